@@ -1,0 +1,86 @@
+"""Find the user's line of code in the current stack, hiding torch, traindoctor and the stdlib."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_SCENARIOS_DIR = os.path.join(_PKG_DIR, "scenarios")
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"])
+# Framework internals are not the user's code either (Lightning, HF, accelerate, Ultralytics).
+_FRAMEWORK_MARKERS = (
+    f"{os.sep}lightning{os.sep}",
+    f"{os.sep}pytorch_lightning{os.sep}",
+    f"{os.sep}transformers{os.sep}",
+    f"{os.sep}accelerate{os.sep}",
+    f"{os.sep}ultralytics{os.sep}",
+    f"{os.sep}peft{os.sep}",
+)
+
+_cache: dict[str, bool] = {}
+
+
+def is_user_file(filename: str) -> bool:
+    hit = _cache.get(filename)
+    if hit is not None:
+        return hit
+    path = os.path.abspath(filename)
+    if filename.startswith("<") and filename not in ("<stdin>", "<string>"):
+        user = False
+    elif path.startswith(_SCENARIOS_DIR):
+        user = True  # bundled scenarios stand in for user scripts
+    elif path.startswith((_PKG_DIR, _TORCH_DIR)) or path.startswith(_STDLIB_DIR) and "site-packages" not in path:
+        user = False
+    else:
+        user = not any(m in path for m in _FRAMEWORK_MARKERS)
+    _cache[filename] = user
+    return user
+
+
+def user_frame(skip: int = 1) -> tuple[str, int, str] | None:
+    """(file, line, code) of the innermost frame that belongs to the user, or None."""
+    frame = sys._getframe(skip)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if is_user_file(filename):
+            return filename, frame.f_lineno, _line_text(filename, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+def user_source(skip: int = 1) -> str | None:
+    """`path:line` of the user's frame, relative to the working directory when inside it."""
+    found = user_frame(skip + 1)
+    if found is None:
+        return None
+    return f"{relpath(found[0])}:{found[1]}"
+
+
+def user_source_with_code(skip: int = 1) -> dict[str, str] | None:
+    found = user_frame(skip + 1)
+    if found is None:
+        return None
+    return {"source": f"{relpath(found[0])}:{found[1]}", "code": found[2]}
+
+
+def relpath(filename: str) -> str:
+    try:
+        rel = Path(filename).resolve().relative_to(Path.cwd().resolve())
+        return str(rel)
+    except ValueError:
+        pass
+    if filename.startswith(_PKG_DIR):
+        return "traindoctor/" + os.path.relpath(filename, _PKG_DIR)
+    return filename
+
+
+def _line_text(filename: str, lineno: int) -> str:
+    import linecache
+
+    return linecache.getline(filename, lineno).strip()

@@ -1,0 +1,421 @@
+"""Doctor: attach probes, observe steps, diagnose with the rules, write the report."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _patches
+from ._guard import Guard
+from ._source import is_user_file, relpath, user_source
+from .budget import Budget
+from .errors import StopTraining, UsageError
+from .findings import Finding, rank
+from .probes import default_probes
+from .probes.base import AttachContext, Probe, Recorder
+from .report.model import Report
+from .rules._registry import Rule, all_rules, select
+from .timeline import Timeline
+
+READBACK_EVERY = 25
+DIAGNOSE_EVERY = 25
+# Backward passes without an optimizer step after which the run is re-diagnosed (TD105).
+NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Doctor:
+    """Watches one training run. Create it with `traindoctor.watch(...)`."""
+
+    def __init__(
+        self,
+        *,
+        out_dir: str | Path = "traindoctor-runs",
+        run_id: str | None = None,
+        budget: float = 0.03,
+        mode: str = "watch",
+        framework: str = "plain",
+        max_steps: int | None = None,
+        console: bool = True,
+        select_codes: Iterable[str] = (),
+        ignore_codes: Iterable[str] = (),
+        rules: list[Rule] | None = None,
+        probes: list[Probe] | None = None,
+        script: str | None = None,
+    ) -> None:
+        self.step = 1  # the open step: optimizer steps completed so far + 1
+        self.timeline = Timeline()
+        self.rec = Recorder(self.timeline)
+        self.guard = Guard(lambda: self.step)
+        self.budget = Budget(budget)
+        self.mode = mode
+        self.framework = framework
+        self.max_steps = max_steps
+        self.console = console
+        self.out_dir = Path(out_dir)
+        self.run_id = run_id or _new_run_id(script)
+        self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
+        self.probes: list[Probe] = probes if probes is not None else default_probes()
+        self.models: dict[str, torch.nn.Module] = {}
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.scaler: Any = None
+        self.created_at: dict[int, str] = {}  # id(optimizer) -> source line that built it
+        self.findings: list[Finding] = []
+        self.report: Report | None = None
+        self._ctx: AttachContext | None = None
+        self._handles: list[Any] = []
+        self._scaler_restore: list[tuple[Any, str]] = []
+        self._validating = 0
+        self._validations = 0
+        self._primary_stepped = False
+        self._model_output: dict[str, Any] | None = None
+        self._backward_since_step = 0
+        self._closed = False
+        self._listening = False
+        self._step_started = time.perf_counter()
+        self.timeline.facts.update(
+            {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
+        )
+
+    # -- attaching ------------------------------------------------------------------------
+    def attach(
+        self,
+        models: dict[str, torch.nn.Module],
+        optimizers: list[torch.optim.Optimizer],
+        scaler: Any = None,
+    ) -> None:
+        """Start watching these objects. Called once by `watch()`, lazily in zero-code mode."""
+        self.models = dict(models)
+        self.optimizers = list(optimizers)
+        self.scaler = scaler
+        names: dict[int, str] = {}
+        for prefix, model in self.models.items():
+            for name, p in model.named_parameters():
+                names.setdefault(id(p), f"{prefix}{name}")
+        self._ctx = AttachContext(
+            doctor=self,
+            models=self.models,
+            optimizers=self.optimizers,
+            scaler=scaler,
+            mode=self.mode,
+            param_names=names,
+        )
+        self.timeline.facts["models"] = {
+            (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
+        }
+        self.timeline.facts["scaler"] = type(scaler).__name__ if scaler is not None else None
+        for probe in self.probes:
+            self.guard.call(f"probe {probe.name}", probe.attach, self._ctx, self.rec)
+        for opt in self.optimizers:
+            self._hook_optimizer(opt)
+        if scaler is not None:
+            self._wrap_scaler(scaler)
+        if not self._listening:
+            _patches.add_backward_listener(self._on_backward)
+            self._listening = True
+        self._prepare_step()
+        self._structure_check()
+
+    def add_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        """Zero-code mode: an optimizer that appeared after attach."""
+        if self._ctx is None or any(o is opt for o in self.optimizers):
+            return
+        self.optimizers.append(opt)
+        self._hook_optimizer(opt)
+        optim_probe = self._probe("optim")
+        if optim_probe is not None:
+            self.guard.call("probe optim", optim_probe.describe, self.rec)
+
+    def _hook_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        self._handles.append(opt.register_step_pre_hook(self._make_step_hook(opt, pre=True)))
+        self._handles.append(opt.register_step_post_hook(self._make_step_hook(opt, pre=False)))
+
+    def _make_step_hook(self, opt: torch.optim.Optimizer, pre: bool):
+        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            if self._closed or not self.optimizers or optimizer is not self.optimizers[0]:
+                return
+            t0 = time.perf_counter()
+            try:
+                if pre:
+                    self.guard.call("hook optimizer pre-step", self._pre_step)
+                else:
+                    self.guard.call("hook optimizer post-step", self._post_step)
+            finally:
+                self.budget.spend(time.perf_counter() - t0)
+            if not pre:
+                self._end_step()
+
+        return hook
+
+    def _wrap_scaler(self, scaler: Any) -> None:
+        """Watch a GradScaler instance: map scaled losses back, and close steps it skips."""
+        scale_fn, update_fn = scaler.scale, scaler.update
+
+        def scale(outputs: Any) -> Any:
+            out = scale_fn(outputs)
+            _patches.note_scaled(out, outputs)
+            return out
+
+        def update(*args: Any, **kwargs: Any) -> Any:
+            result = update_fn(*args, **kwargs)
+            if not self._closed and not self._primary_stepped:
+                self._end_step()  # the scaler skipped optimizer.step(): still a step boundary
+            self._primary_stepped = False
+            return result
+
+        for name, fn in (("scale", scale), ("update", update)):
+            self._scaler_restore.append((scaler, name))
+            setattr(scaler, name, fn)
+
+    # -- observing ------------------------------------------------------------------------
+    def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
+        if self._closed or self._validating:
+            return
+        t0 = time.perf_counter()
+        self._backward_since_step += 1
+        for probe in self.probes:
+            self.guard.call(
+                f"probe {probe.name}", probe.on_backward, self.step, root, loss, self.rec
+            )
+        self.budget.spend(time.perf_counter() - t0)
+        if self._backward_since_step in NO_STEP_CHECKPOINTS:
+            self.guard.call("diagnose", self.diagnose)
+        if self.max_steps and self._backward_since_step >= max(64, 4 * self.max_steps):
+            self.timeline.event(self.step, "stopped", reason="max_steps_without_optimizer_step")
+            raise StopTraining(f"{self._backward_since_step} backward passes without a step")
+
+    def _pre_step(self) -> None:
+        sampled = self.budget.sampled(self.step)
+        for probe in self.probes:
+            self.guard.call(f"probe {probe.name}", probe.on_pre_step, self.step, sampled, self.rec)
+
+    def _post_step(self) -> None:
+        self._primary_stepped = True
+        self._backward_since_step = 0
+        sampled = self.budget.sampled(self.step)
+        for probe in self.probes:
+            self.guard.call(f"probe {probe.name}", probe.on_post_step, self.step, sampled, self.rec)
+
+    def _end_step(self) -> None:
+        t0 = time.perf_counter()
+        step = self.step
+        self.guard.call("step end", self._close_step, step)
+        self.step = step + 1
+        self.guard.call("step prepare", self._prepare_step)
+        self.budget.spend(time.perf_counter() - t0)
+        self.budget.step_end(step)
+        if self.max_steps and step >= self.max_steps:
+            self.timeline.event(step, "stopped", reason="max_steps")
+            raise StopTraining(f"--max-steps {self.max_steps} reached")
+
+    def _close_step(self, step: int) -> None:
+        sampled = self.budget.sampled(step)
+        for probe in self.probes:
+            self.guard.call(f"probe {probe.name}", probe.on_step_end, step, sampled, self.rec)
+        self.timeline.last_step = step
+        if step <= self.budget.structural_steps or step % READBACK_EVERY == 0:
+            self.rec.readback()
+        if step <= self.budget.structural_steps:
+            self._structure_check()
+        if step <= self.budget.structural_steps or step % DIAGNOSE_EVERY == 0:
+            self.diagnose()
+
+    def _prepare_step(self) -> None:
+        sampled = self.budget.sampled(self.step)
+        for probe in self.probes:
+            self.guard.call(f"probe {probe.name}", probe.prepare, self.step, sampled, self.rec)
+
+    def _structure_check(self) -> None:
+        optim_probe = self._probe("optim")
+        if optim_probe is not None and self._ctx is not None:
+            self.guard.call("probe optim", optim_probe.describe, self.rec)
+
+    def _probe(self, name: str) -> Any:
+        return next((p for p in self.probes if p.name == name), None)
+
+    def optimizer_param_ids(self) -> set[int]:
+        return {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
+
+    def note_model_output(self, facts: dict[str, Any]) -> None:
+        self._model_output = facts
+
+    def last_model_output(self) -> dict[str, Any] | None:
+        return self._model_output
+
+    # -- public API -----------------------------------------------------------------------
+    def log(
+        self,
+        loss: torch.Tensor | float | None = None,
+        parts: dict[str, torch.Tensor | float] | None = None,
+        **metrics: torch.Tensor | float,
+    ) -> None:
+        """Record the training loss (or, inside `validating()`, the validation loss), optional
+        loss parts and metrics. Tensors are read back in batches: no host sync here."""
+        _check_value("loss", loss, allow_none=True)
+        if parts is not None and not isinstance(parts, dict):
+            raise UsageError(
+                f"doc.log(parts=...) takes a dict of name -> tensor, got {type(parts).__name__}; "
+                "pass e.g. parts={'box': box_loss, 'cls': cls_loss}"
+            )
+        for k, v in (parts or {}).items():
+            _check_value(f"parts[{k!r}]", v)
+        for k, v in metrics.items():
+            _check_value(k, v)
+        if self._closed:
+            return
+        loss_probe = self._probe("loss")
+        if loss_probe is not None:
+            self.guard.call(
+                "probe loss",
+                loss_probe.on_log,
+                self.step,
+                loss,
+                parts,
+                metrics,
+                self._validating > 0,
+                self.rec,
+            )
+
+    @contextlib.contextmanager
+    def validating(self, model: torch.nn.Module | None = None) -> Iterator[Doctor]:
+        """Evaluate safely: eval mode and `torch.no_grad()` (not inference_mode, whose tensors
+        cannot be trained later); each module's previous mode is restored afterwards."""
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise UsageError(
+                f"doc.validating(model) takes a torch.nn.Module, got {type(model).__name__}; "
+                "pass the model you evaluate, e.g. `with doc.validating(model):`"
+            )
+        targets = [model] if model is not None else list(self.models.values())
+        modes = [(m, m.training) for t in targets for m in t.modules()]
+        self._validations += 1
+        self.timeline.event(self.step, "validation", index=self._validations)
+        for t in targets:
+            t.eval()
+        self._validating += 1
+        try:
+            with torch.no_grad():
+                yield self
+        finally:
+            self._validating -= 1
+            for m, was_training in modes:
+                m.training = was_training
+
+    def diagnose(self) -> list[Finding]:
+        """Run every rule over the timeline; a rule that raises is recorded, never propagated."""
+        previous = {f.key(): f for f in self.findings}
+        fresh: dict[Any, Finding] = {}
+        for r in self.rules:
+            found = self.guard.call(f"rule {r.code}", r.run, self.timeline.view(r))
+            for f in found or ():
+                key = f.key()
+                if key in fresh:
+                    continue
+                old = previous.get(key)
+                fresh[key] = old.merged_with(f) if old is not None else f
+        self.findings = rank(list(fresh.values()))
+        return self.findings
+
+    def close(self, exc: BaseException | None = None) -> Report:
+        """Detach everything, diagnose the whole run and write the report. Idempotent."""
+        if self.report is not None:
+            return self.report
+        self._closed = True
+        self._record_outcome(exc)
+        self._detach()
+        self.guard.call("readback", self.rec.readback)
+        self.guard.call("diagnose", self.diagnose)
+        from .report import write_run
+
+        self.report = Report(
+            findings=self.findings,
+            steps=self.timeline.last_step,
+            framework=self.framework,
+            outcome=self.timeline.facts.get("outcome", {}),
+            internal_errors=[e.to_dict() for e in self.guard.errors],
+            run_dir=self.out_dir / self.run_id,
+            timeline=self.timeline,
+        )
+        try:
+            write_run(self.report)
+        except OSError as err:
+            self.report.write_error = f"could not write the run directory: {err}"
+        if self.console:
+            from .report.console import print_report
+
+            with contextlib.suppress(Exception):
+                print_report(self.report)
+        return self.report
+
+    def _record_outcome(self, exc: BaseException | None) -> None:
+        outcome: dict[str, Any] = {"ended": "normal", "step": self.step}
+        stops = self.timeline.events("stopped")
+        if isinstance(exc, StopTraining) or stops:
+            outcome["ended"] = "max_steps"
+        elif isinstance(exc, KeyboardInterrupt):
+            outcome["ended"] = "interrupted"
+            outcome["exception"] = "KeyboardInterrupt"
+        elif exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            outcome["ended"] = "exception"
+            outcome["exception"] = f"{type(exc).__name__}: {exc}".strip()
+            outcome["source"] = _exception_source(exc)
+        self.timeline.facts["outcome"] = outcome
+        self.timeline.facts["overhead"] = {
+            "seconds_in_traindoctor": round(self.budget.spent, 4),
+            "final_sample_interval": self.budget.interval,
+        }
+
+    def _detach(self) -> None:
+        if self._listening:
+            _patches.remove_backward_listener(self._on_backward)
+            self._listening = False
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for obj, name in self._scaler_restore:
+            with contextlib.suppress(AttributeError):
+                delattr(obj, name)  # the instance attribute shadowed the class method
+        self._scaler_restore.clear()
+        for probe in self.probes:
+            self.guard.call(f"probe {probe.name} detach", probe.detach)
+
+    def __enter__(self) -> Doctor:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        self.close(exc)
+        # Swallow only our own --max-steps stop signal; a user's exception propagates.
+        return isinstance(exc, StopTraining)
+
+
+def _check_value(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, torch.Tensor | float | int) and not isinstance(value, bool):
+        return
+    raise UsageError(
+        f"doc.log({name}=...) takes a tensor or a number, got {type(value).__name__}; "
+        f"pass the tensor itself, e.g. doc.log({name}=loss)"
+    )
+
+
+def _exception_source(exc: BaseException) -> str | None:
+    found = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if is_user_file(frame.f_code.co_filename):
+            found = f"{relpath(frame.f_code.co_filename)}:{lineno}"
+    return found
+
+
+def _new_run_id(script: str | None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = Path(script).stem if script else "run"
+    return f"{stamp}-{stem}-{time.perf_counter_ns() % 100000:05d}"
+
+
+def current_source() -> str | None:
+    return user_source(skip=1)

@@ -1,0 +1,1 @@
+"""Ways to attach traindoctor: zero-code (autopatch + runner); frameworks come later."""

@@ -1,0 +1,215 @@
+"""Zero-code mode: discover optimizers, models and losses of an unmodified script.
+
+Global hooks, all removable: `Optimizer.__init__` (to know every optimizer and where it was
+built), the global optimizer step pre-hook (optimizers built before we were installed), a
+global module forward pre/post hook (root models and their outputs, on the first steps only),
+`GradScaler.scale/update` and, through the Doctor, `Tensor.backward`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.nn.modules import module as nn_module
+from torch.optim import optimizer as optim_module
+
+from .. import _patches
+from .._source import user_source
+from ..doctor import Doctor
+from ..probes.forward import output_facts
+
+
+class ZeroCodeSession:
+    """Owns the global patches and attaches the Doctor to what the script creates."""
+
+    def __init__(self, doctor: Doctor) -> None:
+        self.doctor = doctor
+        self._optimizers: list[weakref.ref] = []
+        self._roots: dict[int, weakref.ref] = {}  # id(module) -> module called at depth 0
+        self._depth = 0
+        self._handles: list[Any] = []
+        self._restore: list[tuple[Any, str, Any]] = []
+        self._attached = False
+        self._forward_hooks_live = False
+
+    # -- install / uninstall ----------------------------------------------------------------
+    def install(self) -> None:
+        session = self
+        original_init = torch.optim.Optimizer.__init__
+
+        def init(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+            original_init(opt, *args, **kwargs)
+            session.doctor.guard.call("zero-code optimizer", session._on_optimizer, opt)
+
+        self._patch(torch.optim.Optimizer, "__init__", init)
+        self._handles.append(
+            optim_module.register_optimizer_step_pre_hook(
+                lambda opt, args, kwargs: self.doctor.guard.call(
+                    "zero-code step", self._on_step, opt
+                )
+            )
+        )
+        self._install_forward_hooks()
+        self._patch_grad_scaler()
+        _patches.add_backward_listener(self._on_backward)
+
+    def uninstall(self) -> None:
+        _patches.remove_backward_listener(self._on_backward)
+        self._remove_forward_hooks()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for owner, name, original in reversed(self._restore):
+            setattr(owner, name, original)
+        self._restore.clear()
+
+    def _patch(self, owner: Any, name: str, new: Any) -> None:
+        self._restore.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, new)
+
+    def _patch_grad_scaler(self) -> None:
+        scaler_cls = torch.amp.GradScaler
+        scale_fn, update_fn = scaler_cls.scale, scaler_cls.update
+        session = self
+
+        def scale(scaler: Any, outputs: Any) -> Any:
+            out = scale_fn(scaler, outputs)
+            _patches.note_scaled(out, outputs)
+            if session.doctor.scaler is None and session._attached:
+                session.doctor.scaler = scaler
+                if session.doctor._ctx is not None:
+                    session.doctor._ctx.scaler = scaler
+            return out
+
+        def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
+            result = update_fn(scaler, *args, **kwargs)
+            doc = session.doctor
+            if session._attached and not doc._closed and not doc._primary_stepped:
+                doc._end_step()
+            doc._primary_stepped = False
+            return result
+
+        self._patch(scaler_cls, "scale", scale)
+        self._patch(scaler_cls, "update", update)
+
+    # -- forward discovery ------------------------------------------------------------------
+    def _install_forward_hooks(self) -> None:
+        self._handles_fwd = [
+            nn_module.register_module_forward_pre_hook(self._pre_forward),
+            nn_module.register_module_forward_hook(self._post_forward, always_call=True),
+        ]
+        self._forward_hooks_live = True
+
+    def _remove_forward_hooks(self) -> None:
+        if self._forward_hooks_live:
+            for h in self._handles_fwd:
+                h.remove()
+            self._forward_hooks_live = False
+
+    def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
+        if self._depth == 0:
+            with contextlib.suppress(TypeError):
+                self._roots.setdefault(id(module), weakref.ref(module))
+        self._depth += 1
+
+    def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self.doctor.guard.call(
+                "zero-code forward", self.doctor.note_model_output, output_facts(output)
+            )
+
+    # -- discovery --------------------------------------------------------------------------
+    def _on_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        self._optimizers.append(weakref.ref(opt))
+        src = user_source(skip=1)
+        if src:
+            self.doctor.created_at[id(opt)] = src
+        if self._attached:
+            self.doctor.add_optimizer(opt)
+
+    def _on_step(self, opt: torch.optim.Optimizer) -> None:
+        if not any(r() is opt for r in self._optimizers):
+            self._optimizers.append(weakref.ref(opt))
+        if not self._attached:
+            self._attach()
+        else:
+            self.doctor.add_optimizer(opt)
+
+    def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
+        if not self._attached:
+            self.doctor.guard.call("zero-code attach", self._attach)
+            if self._attached:
+                # The doctor started listening during this dispatch: hand it this backward too.
+                self.doctor._on_backward(root, loss)
+
+    def _attach(self) -> None:
+        if self._attached:
+            return
+        optimizers = [o for o in (r() for r in self._optimizers) if o is not None]
+        opt_ids = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
+        roots = [m for m in (r() for r in self._roots.values()) if m is not None]
+        # Models: root modules called in forward; prefer those whose params an optimizer holds,
+        # but keep every root with trainable params (a model left out of the optimizer is TD103).
+        models = [m for m in roots if any(True for _ in m.parameters())]
+        models = _outermost(models)
+        named = {}
+        if len(models) == 1:
+            named[""] = models[0]
+        else:
+            used: set[str] = set()
+            for m in models:
+                base = type(m).__name__
+                name, k = base, 1
+                while name in used:
+                    k += 1
+                    name = f"{base}{k}"
+                used.add(name)
+                named[f"{name}."] = m
+        if not named and not optimizers:
+            return  # nothing to watch yet
+        self._attached = True
+        # The primary optimizer is the one holding the most of the models' params.
+        if optimizers and named:
+            model_ids = {id(p) for m in named.values() for p in m.parameters()}
+            optimizers.sort(
+                key=lambda o: -sum(id(p) in model_ids for g in o.param_groups for p in g["params"])
+            )
+        del opt_ids
+        self.doctor.attach(named, optimizers, scaler=None)
+
+    def after_structural_phase(self) -> None:
+        self._remove_forward_hooks()
+
+
+def _outermost(models: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Drop models that are submodules of another root model (called standalone sometimes)."""
+    out = []
+    for m in models:
+        if any(other is not m and any(sub is m for sub in other.modules()) for other in models):
+            continue
+        out.append(m)
+    return out
+
+
+@contextlib.contextmanager
+def attached(doctor: Doctor) -> Iterator[ZeroCodeSession]:
+    """Install zero-code discovery for the duration of the block; the Doctor is closed after."""
+    session = ZeroCodeSession(doctor)
+    session.install()
+    original_prepare = doctor._prepare_step
+
+    def prepare() -> None:
+        original_prepare()
+        if doctor.step > doctor.budget.structural_steps:
+            session.after_structural_phase()
+
+    doctor._prepare_step = prepare  # type: ignore[method-assign]
+    try:
+        yield session
+    finally:
+        session.uninstall()

@@ -1,0 +1,134 @@
+"""Run a user's script or module as `python script.py` / `python -m module` would, with
+traindoctor attached, and always write the report (normal exit, exception, SIGINT, SIGTERM)."""
+
+from __future__ import annotations
+
+import contextlib
+import runpy
+import signal
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..doctor import Doctor
+from ..errors import StopTraining, UsageError
+from ..report.model import Report
+from .autopatch import attached
+
+
+@dataclass
+class RunResult:
+    report: Report
+    script_exit_code: int  # what `python script.py` would have exited with
+    exception: BaseException | None
+
+
+def run_target(
+    target: str,
+    args: list[str],
+    *,
+    module: bool = False,
+    out_dir: str | Path = "traindoctor-runs",
+    max_steps: int | None = None,
+    console: bool = True,
+    budget: float = 0.03,
+) -> RunResult:
+    if module:
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise UsageError(
+                f"no module named {target!r}; pass an importable module, e.g. "
+                "`traindoctor run -m mypackage.train`"
+            )
+        script_label = target
+    else:
+        path = Path(target)
+        if not path.is_file():
+            raise UsageError(
+                f"script {target!r} does not exist; pass the path of a Python training script, "
+                "e.g. `traindoctor run train.py --epochs 3`"
+            )
+        script_label = str(path)
+    doctor = Doctor(
+        out_dir=out_dir,
+        mode="zero-code",
+        max_steps=max_steps,
+        console=console,
+        budget=budget,
+        script=script_label,
+    )
+    exc: BaseException | None = None
+    code = 0
+    old_argv, old_path0 = sys.argv[:], sys.path[0] if sys.path else None
+    old_main = sys.modules.get("__main__")
+    old_term = _install_sigterm()
+    try:
+        with attached(doctor):
+            try:
+                if module:
+                    sys.argv = [target, *args]
+                    runpy.run_module(target, run_name="__main__", alter_sys=True)
+                else:
+                    _run_path(Path(target), args)
+            except SystemExit as e:
+                code = _exit_code(e)
+                if code != 0:
+                    exc = e
+            except StopTraining:
+                code = 0
+            except KeyboardInterrupt as e:
+                exc, code = e, 130
+            except BaseException as e:  # noqa: BLE001  (the report must name it)
+                exc, code = e, 1
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, old_term)
+        sys.argv = old_argv
+        if old_path0 is not None and sys.path:
+            sys.path[0] = old_path0
+        if old_main is not None:
+            sys.modules["__main__"] = old_main
+    report = doctor.close(exc)
+    return RunResult(report=report, script_exit_code=code, exception=exc)
+
+
+def _run_path(path: Path, args: list[str]) -> None:
+    """Execute like `python path args`: fresh __main__, argv, sys.path[0] = the script's folder."""
+    source = path.read_bytes()
+    code = compile(source, str(path), "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__file__ = str(path)
+    main.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    main.__loader__ = None  # type: ignore[assignment]
+    sys.modules["__main__"] = main
+    sys.argv = [str(path), *args]
+    sys.path[0] = str(path.resolve().parent)
+    exec(code, main.__dict__)
+
+
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+def _install_sigterm() -> Any:
+    """SIGTERM becomes a KeyboardInterrupt-like exception so that `finally` writes the report."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGTERM)

@@ -1,0 +1,107 @@
+"""Forward calls: which modules ran, with grad enabled or not, and whether outputs carry a graph.
+
+Hooks every submodule for the structural steps only (the first few), then removes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .._source import user_source
+from ..timeline import signal
+from .base import AttachContext, Cost, Probe, Recorder
+
+FORWARD_CALLS = signal(
+    "forward.calls",
+    "per module: {calls, grad_enabled, output_requires_grad, source} on structural steps",
+)
+
+
+def output_facts(output: Any) -> dict[str, Any]:
+    """Whether a module output (tensor, tuple, dict, dataclass-like) carries an autograd graph."""
+    tensors = list(_tensors(output, depth=0))
+    floats = [t for t in tensors if t.is_floating_point() or t.is_complex()]
+    grad_fns = sorted({type(t.grad_fn).__name__ for t in floats if t.grad_fn is not None})
+    return {
+        "tensors": len(tensors),
+        "requires_grad": any(t.requires_grad for t in floats),
+        "grad_fn": grad_fns[0] if grad_fns else None,
+    }
+
+
+def _tensors(obj: Any, depth: int):
+    if depth > 3:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, list | tuple):
+        for o in obj[:16]:
+            yield from _tensors(o, depth + 1)
+    elif isinstance(obj, dict):
+        for o in list(obj.values())[:16]:
+            yield from _tensors(o, depth + 1)
+
+
+class ForwardProbe(Probe):
+    name = "forward"
+    provides: ClassVar[tuple[str, ...]] = (FORWARD_CALLS,)
+    cost = Cost.MODERATE
+
+    STRUCTURAL_STEPS = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: dict[str, dict[str, Any]] = {}
+        self._step = 1
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        for prefix, model in ctx.models.items():
+            for name, module in model.named_modules():
+                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                self.handles.append(
+                    module.register_forward_hook(
+                        ctx.hook("probe forward", self._make_hook(qual, is_root=not name))
+                    )
+                )
+
+    def _make_hook(self, qual: str, is_root: bool):
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            entry = self._calls.get(qual)
+            if entry is None:
+                facts = output_facts(output)
+                self._calls[qual] = {
+                    "calls": 1,
+                    "grad_enabled": torch.is_grad_enabled(),
+                    "output_requires_grad": facts["requires_grad"],
+                    "output_grad_fn": facts["grad_fn"],
+                    "source": user_source(skip=1),
+                }
+                if is_root:
+                    assert self.ctx is not None
+                    self.ctx.doctor.note_model_output(facts)
+            else:
+                entry["calls"] += 1
+                if torch.is_grad_enabled():
+                    entry["grad_enabled"] = True
+                    if not entry["output_requires_grad"]:
+                        entry["output_requires_grad"] = output_facts(output)["requires_grad"]
+
+        return hook
+
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._step = step
+
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self.flush(step, rec)
+        if step >= self.STRUCTURAL_STEPS:
+            self.detach()
+
+    def flush(self, step: int, rec: Recorder) -> None:
+        if self._calls:
+            rec.record(step, FORWARD_CALLS, self._calls)
+            self._calls = {}
+        elif self.handles:
+            rec.record(step, FORWARD_CALLS, {})

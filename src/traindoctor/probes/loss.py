@@ -1,0 +1,188 @@
+"""Losses: values of backward roots and logged losses, their graph, and constant scale factors."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, ClassVar
+
+import torch
+
+from .._source import user_source_with_code
+from ..timeline import signal
+from .base import Cost, Probe, Recorder
+
+LOSS_BACKWARD = signal("loss.backward", "per step: list of backward-root values, scaler removed")
+LOSS_FACTOR = signal(
+    "loss.factor", "per step: list of constant factors (e.g. 1/accum) applied just before backward"
+)
+LOSS_TRAIN = signal("loss.train", "per step: list of losses logged with doc.log(loss=...)")
+LOSS_VAL = signal("loss.val", "per step: list of losses logged inside doc.validating()")
+BACKWARD_COUNT = signal("backward.count", "backward passes in the step")
+LOSS_PARTS = signal("loss.parts", "per step: {part name: value} of doc.log(parts=...)")
+METRIC = "metric"  # metric.<name>: per step list of logged metric values
+signal(METRIC, "prefix: metric.<name> holds values logged with doc.log(<name>=...)")
+
+_SCALE_OPS = ("MulBackward0", "DivBackward0")
+# Wrapped Python numbers (`loss / 4`, `loss * 0.25`) are saved as 0-d CPU tensors of these dtypes.
+_WRAPPED_DTYPES = (torch.int64, torch.float64)
+
+
+def constant_factor(root: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Peel `x * c` / `x / c` nodes with a constant Python number c off the top of the graph.
+
+    Returns the product of those constants and the tensor-like node below. A data-dependent
+    tensor divisor (e.g. `loss / mask.sum()`) stops the walk: it is not a constant factor.
+    """
+    factor = 1.0
+    node = root.grad_fn
+    for _ in range(8):
+        if node is None or type(node).__name__ not in _SCALE_OPS:
+            break
+        other = getattr(node, "_saved_other", None)
+        nxt = node.next_functions
+        if (
+            not isinstance(other, torch.Tensor)
+            or other.dim() != 0
+            or other.device.type != "cpu"
+            or other.dtype not in _WRAPPED_DTYPES
+            or len(nxt) != 2
+            or nxt[1][0] is not None
+        ):
+            break
+        value = float(other)  # CPU scalar: no device sync
+        if value == 0:
+            break
+        factor = factor * value if type(node).__name__ == "MulBackward0" else factor / value
+        node = nxt[0][0]
+    return factor, node
+
+
+STRUCTURAL_STEPS = 3
+
+
+def reaches_params(root: torch.Tensor, param_ids: set[int], limit: int = 100_000):
+    """None if the graph of `root` reaches a parameter; else the shapes of the leaves it reaches.
+
+    Breadth-first from the root, stopping at the first parameter found, so a healthy loss
+    costs a few nodes; only a graph that reaches no parameter is walked whole.
+    """
+    leaves: list[list[int]] = []
+    seen: set[int] = set()
+    frontier = deque([root.grad_fn])
+    visited = 0
+    while frontier and visited < limit:
+        node = frontier.popleft()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        visited += 1
+        var = getattr(node, "variable", None)
+        if var is not None:
+            if id(var) in param_ids:
+                return None
+            leaves.append(list(var.shape))
+        frontier.extend(fn for fn, _ in node.next_functions)
+    return leaves if visited < limit else None
+
+
+class LossProbe(Probe):
+    name = "loss"
+    provides: ClassVar[tuple[str, ...]] = (
+        LOSS_BACKWARD,
+        LOSS_FACTOR,
+        LOSS_TRAIN,
+        LOSS_VAL,
+        BACKWARD_COUNT,
+        LOSS_PARTS,
+    )
+    cost = Cost.CHEAP
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backward_total = 0
+        self._sources_seen: set[str] = set()
+
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        self.backward_total += 1
+        rec.record(step, BACKWARD_COUNT, rec.timeline.get(step, BACKWARD_COUNT, 0) + 1)
+        if loss.grad_fn is None:
+            self._not_differentiable(step, loss, rec, via="backward")
+            return
+        if step <= STRUCTURAL_STEPS and self.ctx is not None:
+            leaves = reaches_params(loss, set(self.ctx.param_names))
+            if leaves is not None:
+                self._not_differentiable(step, loss, rec, via="backward", leaves=leaves)
+        factor, _ = constant_factor(loss)
+        rec.append(step, LOSS_FACTOR, factor)
+        if loss.numel() == 1:
+            # Queue the value unscaled by the constant factor: the loss the user computed.
+            rec.defer(step, LOSS_BACKWARD, loss.detach().reshape(()) / factor, append=True)
+        src = user_source_with_code(skip=1)
+        if src and src["source"] not in self._sources_seen and len(self._sources_seen) < 16:
+            self._sources_seen.add(src["source"])
+            rec.event(
+                step,
+                "backward_call",
+                factor=factor,
+                backward_index=self.backward_total,
+                **src,
+            )
+
+    def on_log(
+        self,
+        step: int,
+        loss: torch.Tensor | float | None,
+        parts: dict[str, Any] | None,
+        metrics: dict[str, Any],
+        validating: bool,
+        rec: Recorder,
+    ) -> None:
+        kind = "log_val" if validating else "log_train"
+        if kind not in self._sources_seen:
+            self._sources_seen.add(kind)
+            rec.event(step, "log_call", validating=validating, **(user_source_with_code() or {}))
+        if loss is not None:
+            name = LOSS_VAL if validating else LOSS_TRAIN
+            if isinstance(loss, torch.Tensor):
+                if not validating and loss.grad_fn is None:
+                    self._not_differentiable(step, loss, rec, via="log")
+                rec.defer(step, name, loss.detach().float().mean(), append=True)
+            else:
+                rec.append(step, name, float(loss))
+        for pname, value in (parts or {}).items():
+            if isinstance(value, torch.Tensor):
+                rec.defer(step, LOSS_PARTS, value.detach().float().mean().reshape(1), keys=[pname])
+            else:
+                rec.record(step, LOSS_PARTS, float(value), key=pname)
+        for mname, value in metrics.items():
+            sig = f"{METRIC}.{mname}"
+            if isinstance(value, torch.Tensor):
+                rec.defer(step, sig, value.detach().float().mean(), append=True)
+            else:
+                rec.append(step, sig, float(value))
+
+    def _not_differentiable(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        rec: Recorder,
+        via: str,
+        leaves: list[list[int]] | None = None,
+    ) -> None:
+        if sum(1 for e in rec.timeline.events("loss_not_differentiable")) >= 8:
+            return
+        src = user_source_with_code(skip=1) or {}
+        doctor = self.ctx.doctor if self.ctx else None
+        rec.event(
+            step,
+            "loss_not_differentiable",
+            via=via,
+            requires_grad=bool(loss.requires_grad),
+            is_leaf=bool(loss.is_leaf),
+            grad_enabled=torch.is_grad_enabled(),
+            inference=bool(loss.is_inference()),
+            model_output=doctor.last_model_output() if doctor else None,
+            grad_fn=type(loss.grad_fn).__name__ if loss.grad_fn is not None else None,
+            leaves=leaves,
+            **src,
+        )

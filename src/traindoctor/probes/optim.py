@@ -1,0 +1,95 @@
+"""Optimizers: param groups, learning rates, where step() is called, and which params they hold."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .._source import user_source
+from ..timeline import signal
+from .base import AttachContext, Cost, Probe, Recorder
+
+OPTIM_LR = signal("optim.lr", "per param group ('opt0/group0'): learning rate at the step")
+OPTIM_STEP = signal("optim.step", "1 when the primary optimizer's step() ran in this step")
+
+
+class OptimProbe(Probe):
+    name = "optim"
+    provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP)
+    cost = Cost.CHEAP
+
+    def __init__(self) -> None:
+        super().__init__()
+        # ids of optimizer tensors outside the watched models that were seen with a gradient
+        self._unnamed_with_grad: set[int] = set()
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        self.describe(rec)
+
+    def describe(self, rec: Recorder) -> None:
+        """Facts about every optimizer: groups, their hyper-parameters and the params they hold."""
+        ctx = self.ctx
+        assert ctx is not None
+        names = ctx.param_names
+        optimizers = []
+        for oi, opt in enumerate(ctx.optimizers):
+            groups = []
+            for gi, group in enumerate(opt.param_groups):
+                params = group["params"]
+                groups.append(
+                    {
+                        "id": f"opt{oi}/group{gi}",
+                        "lr": _float(group.get("lr")),
+                        "initial_lr": _float(group.get("initial_lr")),
+                        "weight_decay": _float(group.get("weight_decay")),
+                        "params": [names.get(id(p)) for p in params],
+                        "unnamed": [
+                            {
+                                "shape": list(p.shape),
+                                "requires_grad": bool(p.requires_grad),
+                                "had_grad": id(p) in self._unnamed_with_grad,
+                            }
+                            for p in params
+                            if id(p) not in names
+                        ],
+                    }
+                )
+            optimizers.append(
+                {
+                    "class": type(opt).__name__,
+                    "groups": groups,
+                    "created_at": ctx.doctor.created_at.get(id(opt)),
+                }
+            )
+        rec.timeline.facts["optimizers"] = optimizers
+
+    def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        if sampled:
+            names = ctx.param_names
+            for opt in ctx.optimizers:
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        if id(p) not in names and p.grad is not None:
+                            self._unnamed_with_grad.add(id(p))
+        for oi, opt in enumerate(ctx.optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                rec.record(step, OPTIM_LR, _float(group.get("lr")), key=f"opt{oi}/group{gi}")
+        if sampled or step <= 3:
+            # Where the user calls step(); only on early and sampled steps (stack walks cost µs).
+            src = user_source(skip=1)
+            if src and not any(
+                e.get("source") == src for e in rec.timeline.events("optimizer_step")
+            ):
+                rec.event(step, "optimizer_step", source=src)
+
+    def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        rec.record(step, OPTIM_STEP, 1)
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

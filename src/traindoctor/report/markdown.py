@@ -1,0 +1,45 @@
+"""report.md: the same findings, for reading in an editor or a pull request."""
+
+from __future__ import annotations
+
+from .model import Report
+from .text import evidence_text, outcome_text, summary_line, where_text
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# traindoctor report: {report.status}", "", f"_{summary_line(report)}_", ""]
+    outcome = outcome_text(report)
+    if outcome:
+        lines += [f"> {outcome}", ""]
+    if not report.findings:
+        lines += ["No problems found.", ""]
+    if report.findings:
+        lines += ["| severity | code | name | step | where |", "|---|---|---|---|---|"]
+        for f in report.findings:
+            lines.append(
+                f"| {f.severity.value} | {f.code} | {f.name} | {f.step if f.step is not None else ''} "
+                f"| {f.where.source or f.where.module or ''} |"
+            )
+        lines.append("")
+    for f in report.findings:
+        lines += [
+            f"## {f.code} {f.name} ({f.severity.value})",
+            "",
+            f"**{f.title}**",
+            "",
+            f"- **Evidence:** {evidence_text(f) or '—'}",
+            f"- **Where:** {where_text(f)}",
+            f"- **Cause:** {f.cause or '—'}",
+            f"- **Fix:** {f.fix or '—'}",
+            f"- **First seen:** step {f.step}" + (f" (seen {f.count}×)" if f.count > 1 else ""),
+            f"- **Docs:** `{f.docs}`",
+            "",
+        ]
+    if report.internal_errors:
+        lines += ["## Internal errors (caught; training unaffected)", ""]
+        lines += [
+            f"- {e['where']} at step {e.get('step')}: `{e['error']}`"
+            for e in report.internal_errors
+        ]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Report: the findings of one run plus what is needed to render and re-render it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..findings import Finding, Severity, status_of
+from ..timeline import Timeline
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    findings: list[Finding]
+    steps: int
+    framework: str = "plain"
+    outcome: dict[str, Any] = field(default_factory=dict)
+    internal_errors: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+    timeline: Timeline | None = None
+    write_error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return status_of(self.findings)
+
+    @property
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.WARNING]
+
+    def get(self, code: str) -> Finding | None:
+        return next((f for f in self.findings if f.code == code), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """findings.json, schema 1 (DESIGN.md), with `run` and `internal_errors` added."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "tool": "traindoctor",
+            "version": __version__,
+            "status": self.status,
+            "steps": self.steps,
+            "framework": self.framework,
+            "findings": [f.to_dict() for f in self.findings],
+            "run": self.outcome,
+            "internal_errors": self.internal_errors,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], run_dir: Path | None = None) -> Report:
+        if data.get("schema") != SCHEMA_VERSION or data.get("tool") != "traindoctor":
+            raise ValueError("not a traindoctor findings.json (schema 1)")
+        return cls(
+            findings=[Finding.from_dict(f) for f in data.get("findings", [])],
+            steps=int(data.get("steps", 0)),
+            framework=data.get("framework", "plain"),
+            outcome=data.get("run") or {},
+            internal_errors=data.get("internal_errors") or [],
+            run_dir=run_dir,
+        )
+
+    def __str__(self) -> str:
+        from .console import render_text
+
+        return render_text(self)

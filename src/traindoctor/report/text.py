@@ -1,0 +1,81 @@
+"""Shared wording for renderers: evidence lines, where lines, the summary line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..findings import Finding, Severity
+from .model import Report
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e4 or abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        shown = ", ".join(fmt_value(v) for v in value[:8])
+        return f"[{shown}{', …' if len(value) > 8 else ''}]"
+    if isinstance(value, dict):
+        items = list(value.items())
+        shown = ", ".join(f"{k}: {fmt_value(v)}" for k, v in items[:6])
+        return "{" + shown + (", …" if len(items) > 6 else "") + "}"
+    return str(value)
+
+
+def evidence_text(f: Finding) -> str:
+    return "; ".join(f"{k}={fmt_value(v)}" for k, v in f.evidence.items())
+
+
+def where_text(f: Finding) -> str:
+    w = f.where
+    parts = []
+    if w.module:
+        parts.append(f"module {w.module}")
+    if w.params:
+        shown = ", ".join(w.params[:6]) + (
+            f", … ({len(w.params)} in all)" if len(w.params) > 6 else ""
+        )
+        parts.append(f"params {shown}")
+    if w.op:
+        parts.append(f"op {w.op}")
+    if w.source:
+        parts.append(f"source {w.source}")
+    return " · ".join(parts) or "—"
+
+
+def location(f: Finding) -> str:
+    return f"{f.where.source}: " if f.where.source else ""
+
+
+def summary_line(report: Report) -> str:
+    n_err = sum(f.severity is Severity.ERROR for f in report.findings)
+    n_warn = sum(f.severity is Severity.WARNING for f in report.findings)
+    n_info = sum(f.severity is Severity.INFO for f in report.findings)
+    bits = []
+    if n_err:
+        bits.append(f"{n_err} error{'s' if n_err != 1 else ''}")
+    if n_warn:
+        bits.append(f"{n_warn} warning{'s' if n_warn != 1 else ''}")
+    if n_info:
+        bits.append(f"{n_info} info")
+    head = ", ".join(bits) if bits else "healthy: no problems found"
+    line = f"{head} in {report.steps} step{'s' if report.steps != 1 else ''}"
+    if report.run_dir is not None:
+        line += f" · report: {report.run_dir}/report.md"
+    return line
+
+
+def outcome_text(report: Report) -> str | None:
+    out = report.outcome or {}
+    ended = out.get("ended")
+    if ended == "exception":
+        src = f" at {out['source']}" if out.get("source") else ""
+        return f"the run raised {out.get('exception')} in step {out.get('step')}{src}"
+    if ended == "interrupted":
+        return f"the run was interrupted (KeyboardInterrupt/SIGTERM) in step {out.get('step')}"
+    if ended == "max_steps":
+        return f"the run was ended by --max-steps after step {report.steps}"
+    return None

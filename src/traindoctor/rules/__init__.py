@@ -1,0 +1,31 @@
+"""Rules judge the timeline. CATALOG is the one reviewable list of built-in rule modules."""
+
+from __future__ import annotations
+
+from .grad_flow import (
+    accumulation_scaling_inconsistent,
+    grads_never_zeroed,
+    loss_constant,
+    loss_not_decreasing,
+    loss_not_differentiable,
+    nothing_trainable,
+    optimizer_never_steps,
+    params_not_in_optimizer,
+    params_not_updating,
+    params_without_grad,
+    stale_optimizer_params,
+)
+
+CATALOG = (
+    loss_not_differentiable,  # TD101
+    params_without_grad,  # TD102
+    params_not_in_optimizer,  # TD103
+    params_not_updating,  # TD104
+    optimizer_never_steps,  # TD105
+    grads_never_zeroed,  # TD106
+    loss_constant,  # TD107
+    loss_not_decreasing,  # TD108
+    accumulation_scaling_inconsistent,  # TD109
+    nothing_trainable,  # TD110
+    stale_optimizer_params,  # TD111
+)

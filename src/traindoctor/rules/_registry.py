@@ -1,0 +1,184 @@
+"""Rule metadata and registration: `@rule(...)` on a pure function of the timeline."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..findings import Finding, Severity
+from ..timeline import TimelineView
+
+CODE_RE = re.compile(r"^TD[1-6]\d{2}$")
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+REQUIRED_SECTIONS = (
+    "## What it detects",
+    "## Why it matters",
+    "## How it is measured",
+    "## Example",
+    "## Fix",
+    "## Known false positives",
+)
+FAMILIES = {
+    "1": "gradient flow",
+    "2": "numerics",
+    "3": "gradient path",
+    "4": "evaluation",
+    "5": "setup and data",
+    "6": "distributed",
+}
+
+RuleFunc = Callable[..., Iterable[Finding]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    name: str
+    severity: Severity
+    summary: str
+    requires: tuple[str, ...]
+    priority: int
+    func: RuleFunc
+    since: str = "0.1.0"
+
+    @property
+    def family(self) -> str:
+        return FAMILIES[self.code[2]]
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.func.__doc__ or "")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        sig = inspect.signature(self.func)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return {
+            "file": inspect.getsourcefile(self.func),
+            "line": inspect.getsourcelines(self.func)[1],
+        }
+
+    def run(self, view: TimelineView, options: dict[str, Any] | None = None) -> list[Finding]:
+        return list(self.func(view, **(options or {})))
+
+    def explain(self) -> str:
+        head = f"# {self.name} ({self.code})\n\nFamily: {self.family} · Severity: {self.severity.value}"
+        opts = self.options
+        options = ""
+        if opts:
+            options = "\n\n## Options\n" + "\n".join(f"- `{k}` = {v!r}" for k, v in opts.items())
+        return f"{head}\n\n{self.summary}\n\n{self.doc}{options}\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "family": self.family,
+            "severity": self.severity.value,
+            "status": "stable",
+            "since": self.since,
+            "summary": self.summary,
+            "requires": list(self.requires),
+            "options": {k: _json_default(v) for k, v in self.options.items()},
+            "explanation": self.doc,
+            "source": self.source,
+        }
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def rule(
+    *,
+    code: str,
+    name: str,
+    severity: Severity,
+    summary: str,
+    requires: tuple[str, ...] = (),
+    priority: int = 50,
+) -> Callable[[RuleFunc], RuleFunc]:
+    """Register a rule. `priority` orders findings of one severity: root causes get low numbers."""
+    if not CODE_RE.match(code):
+        raise ValueError(f"rule code {code!r} must look like TD1xx..TD6xx")
+    if not NAME_RE.match(name):
+        raise ValueError(f"rule name {name!r} must be kebab-case")
+
+    def decorate(func: RuleFunc) -> RuleFunc:
+        if code in _RULES and _RULES[code].func.__qualname__ != func.__qualname__:
+            raise ValueError(f"rule code {code} registered twice")
+        _RULES[code] = Rule(
+            code=code,
+            name=name,
+            severity=severity,
+            summary=summary,
+            requires=requires,
+            priority=priority,
+            func=func,
+        )
+        return func
+
+    return decorate
+
+
+def all_rules() -> list[Rule]:
+    from . import CATALOG  # noqa: F401  (importing the catalog registers the built-in rules)
+
+    return [_RULES[c] for c in sorted(_RULES)]
+
+
+def get_rule(code: str) -> Rule | None:
+    all_rules()
+    return _RULES.get(code.upper())
+
+
+def resolve(code: str) -> Rule:
+    """Look a rule up by code or name, or raise a one-line usage error."""
+    from ..errors import UsageError
+
+    rules = all_rules()
+    key = code.strip()
+    for r in rules:
+        if key.upper() == r.code or key.lower() == r.name:
+            return r
+    raise UsageError(
+        f"unknown rule {code!r}: pass a code such as TD102 or a name such as "
+        f"params-without-grad (`traindoctor rules` lists all {len(rules)})"
+    )
+
+
+def select(rules: list[Rule], select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Rule]:
+    """Filter by code prefix, as ruff's --select/--ignore do (`TD1` selects the whole family)."""
+    sel = [s.upper() for s in select]
+    ign = [s.upper() for s in ignore]
+    out = []
+    for r in rules:
+        if sel and not any(r.code.startswith(s) for s in sel):
+            continue
+        if any(r.code.startswith(s) for s in ign):
+            continue
+        out.append(r)
+    return out
+
+
+def _unregister(code: str) -> None:
+    """For tests that inject a rule."""
+    _RULES.pop(code, None)
+
+
+def _json_default(value: Any) -> Any:
+    return value if isinstance(value, int | float | str | bool | type(None)) else repr(value)
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).strip()

@@ -1,0 +1,123 @@
+"""Helpers shared by rules: grouping parameter names by module, loss series, number formats."""
+
+from __future__ import annotations
+
+import statistics
+from fractions import Fraction
+from typing import Any
+
+from ..timeline import TimelineView
+
+
+def module_of(param: str) -> str:
+    return param.rsplit(".", 1)[0] if "." in param else "<model>"
+
+
+def group_params(names: list[str], all_names: list[str]) -> list[tuple[str, list[str]]]:
+    """Collapse names into the largest modules they cover entirely.
+
+    Returns [(label, names)], e.g. [("decoder", [... 12 names]), ("head.bias", ["head.bias"])].
+    """
+    chosen = set(names)
+    groups: list[tuple[str, list[str]]] = []
+    left = sorted(chosen)
+    while left:
+        name = left[0]
+        parts = name.split(".")
+        label, members = name, [name]
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            under = [n for n in all_names if n.startswith(prefix + ".")]
+            if under and all(n in chosen for n in under):
+                label, members = prefix, sorted(under)
+                break
+        groups.append((label, members))
+        taken = set(members)
+        left = [n for n in left if n not in taken]
+    return groups
+
+
+def describe_groups(groups: list[tuple[str, list[str]]], limit: int = 4) -> str:
+    bits = []
+    for label, members in groups[:limit]:
+        if len(members) == 1 and members[0] == label:
+            bits.append(f"`{label}`")
+        else:
+            bits.append(f"all {len(members)} params of `{label}.*`")
+    if len(groups) > limit:
+        bits.append(f"{len(groups) - limit} more group(s)")
+    return ", ".join(bits)
+
+
+def common_module(names: list[str]) -> str | None:
+    if not names:
+        return None
+    split = [module_of(n).split(".") for n in names]
+    common: list[str] = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common) or None
+
+
+def train_loss_values(tl: TimelineView) -> list[tuple[int, float]]:
+    """Training loss values in order: logged ones if the user logged, else backward roots."""
+    logged = tl.series("loss.train")
+    source = logged if logged else tl.series("loss.backward")
+    return [(step, float(v)) for step, values in source for v in values]
+
+
+def per_step_mean(values: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    by_step: dict[int, list[float]] = {}
+    for step, v in values:
+        by_step.setdefault(step, []).append(v)
+    return [(s, statistics.fmean(vs)) for s, vs in sorted(by_step.items())]
+
+
+def fmt_factor(f: float) -> str:
+    frac = Fraction(f).limit_denominator(4096)
+    if abs(float(frac) - f) <= 1e-9 * max(1.0, abs(f)) and frac.denominator != 1:
+        return f"{frac.numerator}/{frac.denominator}"
+    return f"{f:g}"
+
+
+def first_event(tl: TimelineView, kind: str, **match: Any) -> dict[str, Any] | None:
+    for e in tl.events(kind):
+        if all(e.get(k) == v for k, v in match.items()):
+            return e
+    return None
+
+
+def trainable_names(tl: TimelineView) -> list[str]:
+    return [n for n, info in (tl.fact("params") or {}).items() if info.get("requires_grad")]
+
+
+def optimizer_names(tl: TimelineView) -> set[str]:
+    return {
+        n
+        for opt in tl.fact("optimizers") or []
+        for g in opt["groups"]
+        for n in g["params"]
+        if n is not None
+    }
+
+
+def merged_forward_calls(tl: TimelineView) -> dict[str, dict[str, Any]] | None:
+    """Module call facts merged over the structural steps, or None if never recorded."""
+    series = tl.series("forward.calls")
+    if not series:
+        return None
+    merged: dict[str, dict[str, Any]] = {}
+    for _, calls in series:
+        for mod, info in calls.items():
+            m = merged.setdefault(mod, dict(info))
+            m["grad_enabled"] = m.get("grad_enabled") or info.get("grad_enabled")
+            m["output_requires_grad"] = m.get("output_requires_grad") or info.get(
+                "output_requires_grad"
+            )
+    return merged
+
+
+def ended(tl: TimelineView) -> bool:
+    return bool(tl.fact("outcome"))

@@ -1,0 +1,1 @@
+"""TD1xx: gradient flow, "the model is not learning"."""

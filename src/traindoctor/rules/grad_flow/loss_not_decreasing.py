@@ -1,0 +1,129 @@
+"""TD108 loss-not-decreasing."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import per_step_mean, train_loss_values
+
+
+@rule(
+    code="TD108",
+    name="loss-not-decreasing",
+    severity=Severity.WARNING,
+    summary="The training loss has not fallen significantly since the start of the run.",
+    requires=("loss.train", "loss.backward", "params.update", "params.norm", "optim.lr"),
+    priority=60,
+)
+def loss_not_decreasing(
+    tl: TimelineView, *, min_steps: int = 50, min_rel_drop: float = 0.05
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    A training loss whose median over the last fifth of the run is not at least `min_rel_drop`
+    (5%) below its median over the first fifth, after at least `min_steps` optimizer steps.
+
+    ## Why it matters
+    A run that trains from scratch drops its loss quickly at first. A flat loss means the run
+    is burning compute without learning; the cause decides the fix, so traindoctor measures it.
+
+    ## How it is measured
+    Per-step mean losses (from `doc.log(loss=...)` or the backward root) are compared between
+    the first and last fifth of the run (medians, robust to spikes). For the cause, sampled
+    steps measure the relative update size ||Δθ|| / ||θ|| per parameter: far below 1e-6 means
+    the learning rate is too small, above 1e-1 too large; zero means nothing moves (TD104/TD105).
+
+    ## Example
+    ```python
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-7)   # updates are 1e-8 of the weights
+    ```
+
+    ## Fix
+    ```python
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)   # relative updates near 1e-3
+    ```
+
+    ## Known false positives
+    Fine-tuning from a converged checkpoint may legitimately move the loss by less than 5% in
+    the first `min_steps` steps; lower `min_rel_drop` for such runs.
+    """
+    series = per_step_mean(train_loss_values(tl))
+    if len(series) < min_steps:
+        return
+    values = [v for _, v in series]
+    if len(set(values)) <= 2:
+        return  # bit-constant: TD107 reports it with its cause
+    w = max(5, len(values) // 5)
+    first, last = statistics.median(values[:w]), statistics.median(values[-w:])
+    drop = (first - last) / abs(first) if first else 0.0
+    if drop >= min_rel_drop:
+        return
+    ratio = _median_update_ratio(tl)
+    cause, fix = _cause(tl, ratio, drop)
+    src = next((e["source"] for e in tl.events("log_call") if not e.get("validating")), None)
+    if src is None and tl.events("backward_call"):
+        src = tl.events("backward_call")[0].get("source")
+    yield tl.finding(
+        title=f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
+        f"{len(values)} steps",
+        step=series[0][0],
+        evidence={
+            "first_median": first,
+            "last_median": last,
+            "relative_change": -drop,
+            "steps": len(values),
+            "median_update_ratio": ratio,
+        },
+        where=Where(source=src),
+        cause=cause,
+        fix=fix,
+        confidence=0.7,
+    )
+
+
+def _median_update_ratio(tl: TimelineView) -> float | None:
+    norms = dict(tl.series("params.norm"))
+    ratios = []
+    for step, upd in tl.series("params.update"):
+        pn = norms.get(step, {})
+        for name, d in upd.items():
+            if pn.get(name):
+                ratios.append(d / pn[name])
+    return statistics.median(ratios) if ratios else None
+
+
+def _cause(tl: TimelineView, ratio: float | None, drop: float) -> tuple[str, str]:
+    lrs = [v for _, d in tl.series("optim.lr") for v in d.values() if v is not None]
+    lr = f" (lr={lrs[-1]:g})" if lrs else ""
+    if ratio is None:
+        return (
+            "no parameter update was measured",
+            "check that optimizer.step() runs and the params are in the optimizer",
+        )
+    if ratio == 0:
+        return (
+            "the parameters do not change at all (see TD104/TD105)",
+            "fix what stops the update first",
+        )
+    if ratio < 1e-6:
+        return (
+            f"updates are tiny: the median ||Δθ||/||θ|| per step is {ratio:.2g}{lr}, so the "
+            "learning rate is far too small to move the weights in this many steps",
+            "raise the learning rate until ||Δθ||/||θ|| is around 1e-4 to 1e-2 per step",
+        )
+    if ratio > 1e-1:
+        return (
+            f"updates are huge: the median ||Δθ||/||θ|| per step is {ratio:.2g}{lr}; the weights "
+            "jump around instead of descending",
+            "lower the learning rate (or clip gradients) until ||Δθ||/||θ|| is about 1e-3",
+        )
+    return (
+        f"the weights move at a normal rate (median ||Δθ||/||θ|| = {ratio:.2g}{lr}) but the loss "
+        "does not fall: the targets may not match the inputs (shuffled or misaligned labels), the "
+        "loss may not be the quantity the model can reduce, or the model is too small",
+        "check input/target alignment on a few samples, and that the model can overfit one batch",
+    )

@@ -1,0 +1,107 @@
+"""TD105 optimizer-never-steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+
+
+@rule(
+    code="TD105",
+    name="optimizer-never-steps",
+    severity=Severity.ERROR,
+    summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
+    requires=("backward.count", "optim.step", "amp.skipped"),
+    priority=12,
+)
+def optimizer_never_steps(
+    tl: TimelineView, *, min_backward: int = 8, accumulation_margin: int = 4
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Backward passes that are never followed by `optimizer.step()`: the optimizer never steps,
+    or stepped on the first batch(es) and then stopped.
+
+    ## Why it matters
+    Gradients are computed (and, without `zero_grad()`, pile up) but never applied: the model
+    stays where it was, while the training loss is still logged. A `step()` placed inside a
+    debug-only `if`, or indented into a branch that stops being true, does exactly this.
+
+    ## How it is measured
+    traindoctor counts backward passes per optimizer step. It fires when the backward passes
+    since the last step exceed `accumulation_margin` times the most backward passes that ever
+    preceded one step (gradient accumulation is legitimate), and at least `min_backward`. Steps
+    that a GradScaler skipped count as steps.
+
+    ## Example
+    ```python
+    for i, (x, y) in enumerate(loader):
+        loss = criterion(model(x), y) / accum
+        loss.backward()
+        if epoch == 0 and i == 0:          # debug block
+            print(loss.item())
+            optimizer.step()               # indented into the debug block
+            optimizer.zero_grad()
+    ```
+
+    ## Fix
+    ```python
+        if (i + 1) % accum == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+    ```
+
+    ## Known false positives
+    Gradient accumulation over more than `min_backward` micro-batches before the first step:
+    it is fine once a step has been seen; raise `min_backward` for very long accumulations.
+    """
+    counts = dict(tl.series("backward.count"))
+    if not counts:
+        return
+    stepped = {s for s, v in tl.series("optim.step") if v} | {
+        s for s, v in tl.series("amp.skipped") if v
+    }
+    last = max(stepped) if stepped else 0
+    since = sum(c for s, c in counts.items() if s > last)
+    per_step = [counts.get(s, 0) for s in sorted(stepped)]
+    threshold = max(min_backward, accumulation_margin * max(per_step, default=0))
+    if since < threshold:
+        return
+    total = sum(counts.values())
+    step_events = tl.events("optimizer_step")
+    backward_events = tl.events("backward_call")
+    if stepped:
+        title = (
+            f"optimizer.step() ran {len(stepped)} time(s), the last at step {last}, then not once "
+            f"in the following {since} backward passes"
+        )
+        cause = (
+            f"optimizer.step() stopped being called after step {last}: the call sits under a "
+            "condition that was true only at the start (a debug or first-batch block, or the wrong "
+            "indentation level), so gradients are computed but never applied"
+        )
+        source = step_events[0]["source"] if step_events else None
+    else:
+        title = f"{since} backward passes and optimizer.step() was never called"
+        cause = (
+            "optimizer.step() is never reached: it is missing, or under a condition that is never "
+            "true (e.g. an accumulation counter that never hits its modulus)"
+        )
+        source = backward_events[0]["source"] if backward_events else None
+    yield tl.finding(
+        title=title,
+        step=last + 1,
+        evidence={
+            "optimizer_steps": len(stepped),
+            "backward_passes": total,
+            "backward_since_last_step": since,
+            "backward_per_step_before": max(per_step, default=0),
+        },
+        where=Where(source=source),
+        cause=cause,
+        fix="call optimizer.step() (then zero_grad()) once per accumulation cycle, at the loop "
+        "level: `if (i + 1) % accum == 0: optimizer.step(); optimizer.zero_grad()`",
+    )

@@ -1,0 +1,114 @@
+"""TD103 params-not-in-optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import common_module, describe_groups, group_params, optimizer_names, trainable_names
+
+
+@rule(
+    code="TD103",
+    name="params-not-in-optimizer",
+    severity=Severity.ERROR,
+    summary="Trainable params that no optimizer param group holds.",
+    requires=("grads.norm", "params.replaced"),
+    priority=16,
+)
+def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Parameters with `requires_grad=True` that are not in any param group of the watched
+    optimizer(s).
+
+    ## Why it matters
+    They get gradients (compute and memory are spent) but nothing applies them, so that part of
+    the model stays at its initial values. Typical causes: the optimizer was built from part of
+    the model (`model.backbone.parameters()`), or a module was replaced after the optimizer was
+    built.
+
+    ## How it is measured
+    traindoctor compares, by tensor identity, the watched models' trainable parameters with the
+    tensors in every optimizer param group, at attach and on the first steps. It also records
+    whether those params receive gradients, and whether their tensors were replaced.
+
+    ## Example
+    ```python
+    optimizer = torch.optim.SGD(model.backbone.parameters(), lr=0.1)   # head left out
+    ```
+
+    ## Fix
+    ```python
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # or add what is missing: optimizer.add_param_group({"params": model.head.parameters()})
+    # or, if the head must stay fixed: model.head.requires_grad_(False)
+    ```
+
+    ## Known false positives
+    Params trained by a second optimizer that was not passed to traindoctor: pass all of them,
+    `td.watch(model, [opt_a, opt_b])`.
+    """
+    optimizers = tl.fact("optimizers")
+    if not optimizers:
+        return
+    held = optimizer_names(tl)
+    missing = sorted(n for n in trainable_names(tl) if n not in held)
+    if not missing:
+        return
+    all_names = list((tl.fact("params") or {}).keys())
+    groups = group_params(missing, all_names)
+    with_grad = set()
+    for _, norms in tl.series("grads.norm"):
+        with_grad |= {n for n in missing if n in norms}
+    replaced = set()
+    for _, names in tl.series("params.replaced"):
+        replaced |= set(names)
+    stale = [u for opt in optimizers for g in opt["groups"] for u in g.get("unnamed", [])]
+    shapes = {tuple(u["shape"]) for u in stale}
+    params = tl.fact("params") or {}
+    matches = [n for n in missing if tuple(params[n]["shape"]) in shapes]
+    opt_desc = "; ".join(
+        f"{o['class']} {g['id']}: {len(g['params'])} tensors"
+        for o in optimizers
+        for g in o["groups"]
+    )
+    if (replaced & set(missing)) or (matches and len(matches) == len(missing)):
+        cause = (
+            "these params were replaced after the optimizer was built (the module was re-assigned): "
+            "the optimizer still holds the old tensors (TD111) and never sees the new ones"
+        )
+        fix = "build the optimizer after the model is final, or rebuild it after replacing modules"
+    else:
+        cause = (
+            "no param group holds them: the optimizer was built from part of the model "
+            f"({opt_desc})"
+        )
+        fix = (
+            "build the optimizer from model.parameters(), or add them with "
+            "optimizer.add_param_group({'params': [...]}); freeze them with requires_grad_(False) "
+            "if they are not meant to train"
+        )
+    numel = sum(params[n]["numel"] for n in missing)
+    gets = (
+        f", {len(with_grad)} of them receive gradients that are never applied" if with_grad else ""
+    )
+    opt0 = optimizers[0]
+    yield tl.finding(
+        title=f"{len(missing)} trainable params ({numel:,} values) are in no optimizer: "
+        f"{describe_groups(groups)}{gets}",
+        step=1,
+        evidence={
+            "params_not_in_optimizer": len(missing),
+            "values": numel,
+            "receive_gradients": len(with_grad),
+            "optimizer_groups": opt_desc,
+        },
+        where=Where(
+            module=common_module(missing), params=tuple(missing), source=opt0.get("created_at")
+        ),
+        cause=cause,
+        fix=fix,
+    )

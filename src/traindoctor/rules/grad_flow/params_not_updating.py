@@ -1,0 +1,141 @@
+"""TD104 params-not-updating."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import common_module, describe_groups, ended, group_params
+
+
+@rule(
+    code="TD104",
+    name="params-not-updating",
+    severity=Severity.ERROR,
+    summary="optimizer.step() runs but the params it holds stay bit-identical.",
+    requires=("params.update", "grads.norm", "optim.lr"),
+    priority=30,
+)
+def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Parameters that have a gradient and are held by an optimizer whose `step()` runs, yet are
+    bit-identical before and after every observed step.
+
+    ## Why it matters
+    The loop looks right (forward, backward, step) and the loss is logged, but the model does not
+    change. Learning rate 0 (a typo, or a scheduler that returns 0: `lambda e: e // 1000`), a
+    gradient that is exactly zero, or an update below float precision are the usual causes.
+
+    ## How it is measured
+    On the first steps and on sampled steps, traindoctor copies the params just before
+    `optimizer.step()` and measures ||θ_after − θ_before|| right after, on the device (fused
+    `torch._foreach_*` ops, one read-back). It also records each group's learning rate and the
+    gradient norms at that moment, and picks the cause from them.
+
+    ## Example
+    ```python
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: step // 1000)  # 0 for 1000 steps
+    ```
+
+    ## Fix
+    ```python
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 1000))
+    ```
+
+    ## Known false positives
+    A warmup that starts at lr 0 is not reported: the params must stay unchanged at every
+    observed step (at least `min_steps`), and warmups move them from the second step on.
+    """
+    updates = tl.series("params.update")
+    needed = 1 if ended(tl) else min_steps
+    if len(updates) < needed:
+        return
+    grads = dict(tl.series("grads.norm"))
+    frozen: set[str] | None = None
+    for step, upd in updates:
+        with_grad = set(grads.get(step, {}))
+        still = {n for n, v in upd.items() if v == 0.0 and n in with_grad}
+        frozen = still if frozen is None else frozen & still
+    if not frozen:
+        return
+    names = sorted(frozen)
+    all_names = list((tl.fact("params") or {}).keys())
+    groups = group_params(names, all_names)
+    steps = [s for s, _ in updates]
+    grad_zero = all(grads.get(s, {}).get(n, 0.0) == 0.0 for s in steps for n in names)
+    lrs = _group_lrs(tl, names, steps)
+    zero_lr = {g for g, vals in lrs.items() if vals and all(v == 0 for v in vals)}
+    cause, fix = _cause(tl, zero_lr, lrs, grad_zero)
+    yield tl.finding(
+        title=f"{len(names)} params did not change in {len(steps)} optimizer steps "
+        f"({describe_groups(groups)})",
+        step=steps[0],
+        evidence={
+            "unchanged_params": len(names),
+            "observed_steps": steps,
+            "lr": {g: vals[-1] for g, vals in lrs.items()},
+            "grad_norm_all_zero": grad_zero,
+        },
+        where=Where(module=common_module(names), params=tuple(names), source=_src(tl)),
+        cause=cause,
+        fix=fix,
+    )
+
+
+def _group_lrs(tl: TimelineView, names: list[str], steps: list[int]) -> dict[str, list[float]]:
+    wanted = set(names)
+    groups = [
+        g["id"]
+        for opt in tl.fact("optimizers") or []
+        for g in opt["groups"]
+        if wanted & set(g["params"])
+    ]
+    lr_series = dict(tl.series("optim.lr"))
+    return {g: [lr_series.get(s, {}).get(g) for s in steps if s in lr_series] for g in groups}
+
+
+def _group_initial(tl: TimelineView, gid: str) -> float | None:
+    for opt in tl.fact("optimizers") or []:
+        for g in opt["groups"]:
+            if g["id"] == gid:
+                return g.get("initial_lr")
+    return None
+
+
+def _cause(tl, zero_lr, lrs, grad_zero):
+    if zero_lr:
+        gid = sorted(zero_lr)[0]
+        initial = _group_initial(tl, gid)
+        if initial:
+            return (
+                f"the learning rate of {', '.join(sorted(zero_lr))} is 0 at every observed step "
+                f"although it was built with lr={initial:g}: the LR scheduler sets it to 0 (e.g. "
+                "integer division in a LambdaLR lambda, or a decay that reached 0)",
+                "fix the schedule so that lr > 0 from the first steps (use float arithmetic in the "
+                "lambda: min(1.0, (step + 1) / warmup))",
+            )
+        return (
+            f"the learning rate of {', '.join(sorted(zero_lr))} is 0",
+            "pass a positive learning rate to the optimizer (e.g. lr=1e-3)",
+        )
+    if grad_zero:
+        return (
+            "their gradients are exactly 0 at every observed step: the loss does not depend on them "
+            "through any differentiable path (a saturated clamp, a constant output, a zero mask)",
+            "find where the gradient stops (traindoctor explain TD107 / TD301) and keep the loss "
+            "differentiable with respect to these params",
+        )
+    lr_text = ", ".join(f"{g} lr={v[-1]:g}" for g, v in lrs.items() if v and v[-1] is not None)
+    return (
+        f"the step runs with {lr_text or 'a positive lr'} and non-zero gradients but leaves them "
+        "bit-identical: lr × gradient is below float precision of the weights",
+        "raise the learning rate, or train these params in float32 (not bf16/fp16 master weights)",
+    )
+
+
+def _src(tl):
+    e = tl.events("optimizer_step")
+    return e[0].get("source") if e else None

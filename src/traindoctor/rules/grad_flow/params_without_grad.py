@@ -1,0 +1,152 @@
+"""TD102 params-without-grad."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import describe_groups, ended, group_params, merged_forward_calls, trainable_names
+
+
+@rule(
+    code="TD102",
+    name="params-without-grad",
+    severity=Severity.ERROR,
+    summary="Trainable params whose .grad is still None when optimizer.step() runs.",
+    requires=("grads.none", "grads.cleared", "forward.calls"),
+    priority=20,
+)
+def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Parameters with `requires_grad=True` whose `.grad` is `None` every time the optimizer
+    steps: backward never reaches them.
+
+    ## Why it matters
+    They never train, silently: the optimizer skips params without a gradient. A head that is
+    computed but left out of the loss, a branch run under `no_grad`, or a `.detach()` in the
+    middle of the model all look like this.
+
+    ## How it is measured
+    On the first steps (and sampled steps after), just before `optimizer.step()`, traindoctor
+    lists trainable params whose `.grad` is None. Hooks on the parameters record which ones
+    received a gradient during backward (so a `zero_grad()` between backward and step is told
+    apart), and forward hooks on every module record whether it ran, with grad enabled, and
+    whether its output carried a graph. The cause comes from those facts.
+
+    ## Example
+    ```python
+    feats = model.backbone(x)
+    aux = model.aux_head(feats)            # computed ...
+    loss = criterion(model.head(feats), y) # ... but not in the loss
+    ```
+
+    ## Fix
+    ```python
+    loss = criterion(model.head(feats), y) + 0.4 * aux_criterion(aux, y_aux)
+    # or, if aux_head is not meant to train: model.aux_head.requires_grad_(False)
+    ```
+
+    ## Known false positives
+    Conditional computation (mixture-of-experts, dropped layers) can leave some params without
+    gradient for a few steps; the rule needs them without gradient at every observed step.
+    """
+    observations = tl.series("grads.none")
+    needed = 1 if ended(tl) else min_observations
+    if len(observations) < needed:
+        return
+    never = set(observations[0][1])
+    for _, names in observations[1:]:
+        never &= set(names)
+    if not never:
+        return
+    all_names = list((tl.fact("params") or {}).keys())
+    trainable = trainable_names(tl)
+    never_sorted = sorted(never)
+    groups = group_params(never_sorted, all_names)
+    cleared = set()
+    for _, names in tl.series("grads.cleared"):
+        cleared |= set(names)
+    calls = merged_forward_calls(tl)
+    label = groups[0][0]
+    module = label if label in (calls or {}) or len(groups[0][1]) > 1 else label.rsplit(".", 1)[0]
+    cause, fix, source = _cause(tl, module, never_sorted, cleared, calls)
+    steps = [s for s, _ in observations]
+    yield tl.finding(
+        title=f"{len(never)} of {len(trainable)} trainable params had grad None at every "
+        f"optimizer step ({describe_groups(groups)})",
+        step=steps[0],
+        evidence={
+            "params_without_grad": len(never),
+            "trainable_params": len(trainable),
+            "groups": [g for g, _ in groups],
+            "observed_steps": steps,
+        },
+        where=Where(module=module, params=tuple(never_sorted), source=source),
+        cause=cause,
+        fix=fix,
+    )
+
+
+def _cause(tl, module, names, cleared, calls):
+    if cleared and set(names) <= cleared:
+        return (
+            "their gradients were computed in backward() but were None again when "
+            "optimizer.step() ran: zero_grad() (or p.grad = None) is called between backward() "
+            "and step()",
+            "call optimizer.zero_grad() before the forward pass (or right after step()), never "
+            "between backward() and step()",
+            _step_source(tl),
+        )
+    if tl.events("loss_not_differentiable"):
+        return (
+            "the loss has no autograd graph (TD101), so backward() reaches no parameter",
+            "fix TD101 first: compute the loss from the model output without detaching it",
+            tl.events("loss_not_differentiable")[0].get("source"),
+        )
+    if calls is None:
+        return (
+            "backward() never reaches them: they are not used by the loss",
+            "use the module's output in the loss, or freeze it with requires_grad_(False)",
+            None,
+        )
+    info = calls.get(module)
+    if info is None:
+        return (
+            f"module `{module}` is never called in forward during the observed steps: it is "
+            "defined but unused, or its branch is switched off",
+            f"call `{module}` in forward and use its output in the loss, or remove it / freeze it "
+            f"with {module}.requires_grad_(False)",
+            None,
+        )
+    where = f" (called at {info['source']})" if info.get("source") else ""
+    if not info.get("grad_enabled"):
+        return (
+            f"module `{module}` runs{where} with gradient recording off (inside torch.no_grad() "
+            "or inference_mode), so its params never get a gradient",
+            f"run `{module}` outside torch.no_grad() if it should train, or freeze it with "
+            f"{module}.requires_grad_(False) if it should not",
+            info.get("source"),
+        )
+    if info.get("output_requires_grad"):
+        return (
+            f"module `{module}` runs{where} and its output carries a graph, but nothing from it "
+            "reaches the loss: the output is left out of the loss, or detached (.detach(), .data, "
+            ".item()) on the way",
+            f"add `{module}`'s output to the loss (e.g. loss = main + w * aux), or freeze it with "
+            f"{module}.requires_grad_(False) if it is not meant to train",
+            info.get("source"),
+        )
+    return (
+        f"module `{module}` runs{where} but its output has no graph although its params require "
+        "grad: the params are read through .data or a detached copy",
+        f"use `{module}`'s parameters directly (not .data / .detach()) in its forward",
+        info.get("source"),
+    )
+
+
+def _step_source(tl):
+    e = tl.events("optimizer_step")
+    return e[0].get("source") if e else None

@@ -1,0 +1,113 @@
+"""TD111 stale-optimizer-params."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import common_module, ended, optimizer_names, trainable_names
+
+
+@rule(
+    code="TD111",
+    name="stale-optimizer-params",
+    severity=Severity.ERROR,
+    summary="The optimizer holds tensors the model no longer uses (params replaced after it was built).",
+    requires=("params.replaced", "grads.observed"),
+    priority=14,
+)
+def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Tensors held by an optimizer that are not parameters of the watched model(s) and never
+    receive a gradient: leftovers of modules that were replaced after the optimizer was built.
+
+    ## Why it matters
+    The optimizer keeps stepping the old tensors while the model computes with new ones that
+    nothing updates. The loss may still fall a little (other layers train), which hides the bug.
+    Re-assigning a head (`model.fc = nn.Linear(...)`), re-creating the model, or loading a
+    model object after building the optimizer all do this.
+
+    ## How it is measured
+    traindoctor compares optimizer tensors with the model's parameters by identity, notices
+    parameter names whose tensor changed since attach, and records on sampled steps whether the
+    foreign tensors ever have a `.grad`. Tensors outside the model that do get gradients (a
+    learnable loss weight, say) are legitimate and not reported.
+
+    ## Example
+    ```python
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.head = nn.Linear(512, num_classes)      # replaced after the optimizer was built
+    ```
+
+    ## Fix
+    ```python
+    model.head = nn.Linear(512, num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)   # build it last
+    ```
+
+    ## Known false positives
+    A second model trained by the same optimizer but not passed to traindoctor: pass both,
+    `td.watch({"gen": g, "disc": d}, optimizer)`.
+    """
+    optimizers = tl.fact("optimizers") or []
+    if not tl.series("grads.observed") and not ended(tl):
+        return
+    stale = [
+        u
+        for o in optimizers
+        for g in o["groups"]
+        for u in g.get("unnamed", [])
+        if u.get("requires_grad") and not u.get("had_grad")
+    ]
+    if not stale:
+        return
+    replaced: set[str] = set()
+    for _, names in tl.series("params.replaced"):
+        replaced |= set(names)
+    params = tl.fact("params") or {}
+    held = optimizer_names(tl)
+    orphans = [n for n in trainable_names(tl) if n not in held]
+    shapes = [tuple(u["shape"]) for u in stale]
+    matched = sorted(
+        n for n in (replaced | set(orphans)) if n in params and tuple(params[n]["shape"]) in shapes
+    )
+    numel = 0
+    for s in shapes:
+        size = 1
+        for d in s:
+            size *= d
+        numel += size
+    if matched:
+        cause = (
+            f"the model's {', '.join(f'`{n}`' for n in matched[:6])} are new tensors that no "
+            "optimizer holds, with the same shapes as the stale ones: the module was replaced "
+            "after the optimizer was built, so the optimizer steps the old tensors"
+        )
+    else:
+        cause = (
+            "the optimizer holds tensors that are not parameters of the watched model and never get "
+            "a gradient: it was built for another model object (re-created or re-loaded after)"
+        )
+    obs = tl.series("grads.observed")
+    yield tl.finding(
+        title=f"the optimizer holds {len(stale)} tensors ({numel:,} values) that are not "
+        f"parameters of the model and never receive a gradient",
+        step=obs[0][0] if obs else 1,
+        evidence={
+            "stale_tensors": len(stale),
+            "shapes": [list(s) for s in shapes[:8]],
+            "replaced_params": sorted(replaced),
+            "new_params_not_in_optimizer": len(orphans),
+        },
+        where=Where(
+            module=common_module(matched) if matched else None,
+            params=tuple(matched),
+            source=(optimizers[0].get("created_at") if optimizers else None),
+        ),
+        cause=cause,
+        fix="build (or rebuild) the optimizer after the model's modules are final: "
+        "optimizer = Optim(model.parameters(), ...) after the last module replacement",
+    )
