@@ -34,8 +34,15 @@ def is_user_file(filename: str) -> bool:
     if filename.startswith("<") and filename not in ("<stdin>", "<string>"):
         user = False
     elif path.startswith(_SCENARIOS_DIR):
-        user = True  # bundled scenarios stand in for user scripts
-    elif path.startswith((_PKG_DIR, _TORCH_DIR)) or path.startswith(_STDLIB_DIR) and "site-packages" not in path:
+        # Bundled scenarios stand in for user scripts; their `_base.py` helpers (`log`,
+        # `validating`) and the `demo.py` runner stand in for traindoctor's API, so the user
+        # line is their caller's.
+        user = os.path.basename(path) not in ("_base.py", "demo.py")
+    elif (
+        path.startswith((_PKG_DIR, _TORCH_DIR))
+        or path.startswith(_STDLIB_DIR)
+        and "site-packages" not in path
+    ):
         user = False
     else:
         user = not any(m in path for m in _FRAMEWORK_MARKERS)

@@ -35,9 +35,10 @@ def watch(
             f"watch(scaler=...) takes a torch.amp.GradScaler, got {type(scaler).__name__}; "
             "pass the scaler you call scaler.scale(loss) on, or leave it out"
         )
-    if not 0 < budget <= 1:
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 1:
         raise UsageError(
-            f"watch(budget=...) is a fraction of step time in (0, 1], e.g. 0.03; got {budget}"
+            f"watch(budget=...) got {budget!r}; pass the overhead allowed, as a fraction of "
+            "step time in (0, 1], e.g. budget=0.03"
         )
     doc = Doctor(
         out_dir=out_dir,
@@ -91,7 +92,9 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
         raise UsageError(f"watch() got an empty list of optimizers; {hint}")
     for opt in opts:
         if not isinstance(opt, torch.optim.Optimizer):
-            raise UsageError(f"watch() got a {type(opt).__name__} among the optimizers; {hint}")
+            raise UsageError(
+                f"watch() got a {type(opt).__name__} object among the optimizers; {hint}"
+            )
         if sum(len(g["params"]) for g in opt.param_groups) == 0:
             raise UsageError(
                 f"the {type(opt).__name__} passed to watch() holds no parameters; "

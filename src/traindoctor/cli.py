@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
+import runpy
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -23,7 +26,8 @@ class ExitCode(enum.IntEnum):
     USAGE_ERROR = 4
     #: traindoctor itself failed outside the user's script
     INTERNAL_ERROR = 5
-    #: the script was interrupted (SIGINT/SIGTERM); the report was still written
+    #: the script was interrupted by SIGINT (Ctrl-C); the report was still written.
+    #: SIGTERM gives 143 (128 + 15), as a shell reports it.
     INTERRUPTED = 130
 
 
@@ -69,6 +73,15 @@ def run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
     """Run a training script unchanged with traindoctor attached:
 
     traindoctor run train.py --epochs 3       traindoctor run -m mypkg.train
+
+    Options go before the script; everything after it is the script's own argv.
+
+    \b
+    Exit codes:
+      the script's own   when no finding reaches --fail-on (0 after --max-steps)
+      3                  a finding at or above --fail-on (unlike pytest's 3)
+      4                  usage error (bad option, missing script or module)
+      130 / 143          interrupted by SIGINT / SIGTERM (the report is still written)
     """
     _do_run(target, args, module, out_dir, fail_on, as_json, max_steps)
 
@@ -83,6 +96,7 @@ def check(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
 
 def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
     from .integrations.runner import run_target
+    from .report.console import print_report
 
     args = list(args)
     if module and target:
@@ -90,7 +104,7 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
     name = module or target
     if not name:
         _usage("pass a script to run, e.g. `traindoctor run train.py`, or a module with -m")
-    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    redirect = _stdout_to_stderr() if as_json else contextlib.nullcontext()
     try:
         with redirect:
             result = run_target(
@@ -99,21 +113,62 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
                 module=bool(module),
                 out_dir=out_dir,
                 max_steps=max_steps,
-                console=True,
+                console=False,
             )
     except UsageError as e:
         _usage(str(e))
     report = result.report
+    exc = result.exception
+    if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
+        # The user's traceback, as `python train.py` prints it, without traindoctor's frames.
+        sys.stderr.write(_user_traceback(exc))
+    with contextlib.suppress(Exception):
+        print_report(report)
+    if report.write_error:
+        click.echo(f"traindoctor: {report.write_error}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
-    if result.exception is not None and not isinstance(result.exception, KeyboardInterrupt):
-        import traceback
-
-        if not isinstance(result.exception, SystemExit):
-            traceback.print_exception(result.exception, file=sys.stderr)
     if fail_on and _crosses(report, fail_on):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(result.script_exit_code)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything the script writes to stdout (print, C extensions, child processes) to
+    stderr, so that stdout carries findings.json alone."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        saved = None
+    try:
+        if saved is not None:
+            os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.__stdout__.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and _is_runner_frame(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def _is_runner_frame(filename: str) -> bool:
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(filename).startswith(pkg + os.sep) or filename in (
+        "<frozen runpy>",
+        runpy.__file__,
+    )
 
 
 def _crosses(report, fail_on: str) -> bool:
@@ -159,7 +214,7 @@ def explain(code: str, as_json: bool) -> None:
 )
 def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
     """Re-render a run directory written by `run` or `doc.close()`."""
-    from .report import load_run, write_run
+    from .report import load_run, rewrite_markdown, write_run
     from .report.console import print_report
 
     try:
@@ -171,10 +226,14 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
     if rediagnose:
         rep = _rediagnose(run_dir, rep)
         write_run(rep)
+    else:
+        rewrite_markdown(rep)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
     else:
-        print_report(rep)
+        from rich.console import Console
+
+        print_report(rep, Console(soft_wrap=False))  # the report is this command's output
 
 
 def _rediagnose(run_dir: Path, rep):
@@ -185,10 +244,14 @@ def _rediagnose(run_dir: Path, rep):
     path = run_dir / "timeline.jsonl"
     if not path.is_file():
         _usage(f"{run_dir} has no timeline.jsonl to re-diagnose; pass a complete run directory")
-    tl = Timeline.from_jsonl(path)
+    try:
+        tl = Timeline.from_jsonl(path)
+    except (ValueError, KeyError, TypeError) as e:
+        _usage(f"{path} is not a traindoctor timeline ({e}); pass a complete run directory")
     found = []
-    for r in all_rules():
-        found.extend(r.run(tl.view(r)))
+    if "models" in tl.facts:  # else nothing was watched: no rule has data (see Doctor.diagnose)
+        for r in all_rules():
+            found.extend(r.run(tl.view(r)))
     rep.findings = rank(found)
     rep.timeline = tl
     return rep
@@ -212,8 +275,23 @@ def _usage(message: str) -> None:
     sys.exit(ExitCode.USAGE_ERROR)
 
 
-def main() -> None:
-    cli()
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Bad command lines exit 4 with one line on stderr, like our own usage errors
+    (click's default would be 2 and a multi-line usage block)."""
+    try:
+        code = cli.main(args=argv, prog_name="traindoctor", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+        sys.exit(ExitCode.USAGE_ERROR)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "traindoctor"
+        _usage(f"{e.format_message()} (see `{where} --help`)")
+    except click.ClickException as e:
+        _usage(e.format_message())
+    except click.Abort:
+        click.echo("traindoctor: interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else ExitCode.OK)
 
 
 if __name__ == "__main__":

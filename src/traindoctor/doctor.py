@@ -307,6 +307,11 @@ class Doctor:
 
     def diagnose(self) -> list[Finding]:
         """Run every rule over the timeline; a rule that raises is recorded, never propagated."""
+        if self._ctx is None:
+            # Zero-code mode never found a model or an optimizer: there is no training to
+            # judge, and rules such as TD110 would misread the empty timeline.
+            self.findings = []
+            return self.findings
         previous = {f.key(): f for f in self.findings}
         fresh: dict[Any, Finding] = {}
         for r in self.rules:
@@ -356,13 +361,19 @@ class Doctor:
         stops = self.timeline.events("stopped")
         if isinstance(exc, StopTraining) or stops:
             outcome["ended"] = "max_steps"
+            outcome["step"] = self.timeline.last_step
+            if stops:
+                outcome["reason"] = stops[-1].get("reason", "max_steps")
         elif isinstance(exc, KeyboardInterrupt):
             outcome["ended"] = "interrupted"
-            outcome["exception"] = "KeyboardInterrupt"
+            outcome["exception"] = type(exc).__name__
+            outcome["signal"] = getattr(exc, "signal_name", "SIGINT")
         elif exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
             outcome["ended"] = "exception"
             outcome["exception"] = f"{type(exc).__name__}: {exc}".strip()
             outcome["source"] = _exception_source(exc)
+        if self._ctx is None:
+            outcome["observed"] = False  # no model or optimizer was ever seen
         self.timeline.facts["outcome"] = outcome
         self.timeline.facts["overhead"] = {
             "seconds_in_traindoctor": round(self.budget.spent, 4),

@@ -3,7 +3,10 @@ traindoctor attached, and always write the report (normal exit, exception, SIGIN
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import importlib.machinery
+import os
 import runpy
 import signal
 import sys
@@ -35,14 +38,24 @@ def run_target(
     console: bool = True,
     budget: float = 0.03,
 ) -> RunResult:
+    if target.startswith("-"):
+        raise UsageError(
+            f"unknown option {target!r}; put traindoctor's options before the script and the "
+            "script's own arguments after it, e.g. `traindoctor run --max-steps 50 train.py --lr 3`"
+        )
+    old_argv, old_path0 = sys.argv[:], sys.path[0] if sys.path else None
     if module:
         import importlib.util
 
+        # `python -m` puts the working directory first on sys.path, so that modules and
+        # packages there are found; the `traindoctor` entry point's own folder is not.
+        _set_path0(os.getcwd())
         try:
             spec = importlib.util.find_spec(target)
         except (ImportError, ValueError):
             spec = None
         if spec is None:
+            _set_path0(old_path0)
             raise UsageError(
                 f"no module named {target!r}; pass an importable module, e.g. "
                 "`traindoctor run -m mypackage.train`"
@@ -66,7 +79,7 @@ def run_target(
     )
     exc: BaseException | None = None
     code = 0
-    old_argv, old_path0 = sys.argv[:], sys.path[0] if sys.path else None
+    old_cwd = os.getcwd()
     old_main = sys.modules.get("__main__")
     old_term = _install_sigterm()
     try:
@@ -84,18 +97,26 @@ def run_target(
             except StopTraining:
                 code = 0
             except KeyboardInterrupt as e:
-                exc, code = e, 130
+                # 128 + signal number, as a shell reports a process ended by that signal.
+                exc, code = e, 128 + int(getattr(e, "signum", signal.SIGINT))
             except BaseException as e:  # noqa: BLE001  (the report must name it)
                 exc, code = e, 1
     finally:
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signal.SIGTERM, old_term)
         sys.argv = old_argv
-        if old_path0 is not None and sys.path:
-            sys.path[0] = old_path0
+        _set_path0(old_path0)
         if old_main is not None:
             sys.modules["__main__"] = old_main
-    report = doctor.close(exc)
+        # A script may chdir; the run directory (a relative --out) belongs where `run` started.
+        with contextlib.suppress(OSError):
+            os.chdir(old_cwd)
+    try:
+        # A second SIGTERM while the report is written would lose it; the script is done.
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        report = doctor.close(exc)
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, old_term)
     return RunResult(report=report, script_exit_code=code, exception=exc)
 
 
@@ -105,12 +126,28 @@ def _run_path(path: Path, args: list[str]) -> None:
     code = compile(source, str(path), "exec", dont_inherit=True)
     main = types.ModuleType("__main__")
     main.__file__ = str(path)
-    main.__builtins__ = __builtins__  # type: ignore[attr-defined]
-    main.__loader__ = None  # type: ignore[assignment]
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", str(path))
     sys.modules["__main__"] = main
     sys.argv = [str(path), *args]
     sys.path[0] = str(path.resolve().parent)
     exec(code, main.__dict__)
+
+
+def _set_path0(entry: str | None) -> None:
+    if entry is None:
+        return
+    if sys.path:
+        sys.path[0] = entry
+    else:
+        sys.path.append(entry)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised into the script like Ctrl-C so that `finally` blocks and the report run."""
+
+    signum = int(signal.SIGTERM)
+    signal_name = "SIGTERM"
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -126,7 +163,7 @@ def _install_sigterm() -> Any:
     """SIGTERM becomes a KeyboardInterrupt-like exception so that `finally` writes the report."""
 
     def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated("SIGTERM")
 
     try:
         return signal.signal(signal.SIGTERM, on_term)

@@ -169,7 +169,10 @@ class LossProbe(Probe):
         via: str,
         leaves: list[list[int]] | None = None,
     ) -> None:
-        if sum(1 for e in rec.timeline.events("loss_not_differentiable")) >= 8:
+        # Capped per origin, so that detached copies passed to doc.log() every step cannot use
+        # up the cap before a backward() on a loss without graph is recorded.
+        seen = rec.timeline.events("loss_not_differentiable")
+        if sum(1 for e in seen if e.get("via") == via) >= 8:
             return
         src = user_source_with_code(skip=1) or {}
         doctor = self.ctx.doctor if self.ctx else None

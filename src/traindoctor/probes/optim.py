@@ -21,9 +21,15 @@ class OptimProbe(Probe):
         super().__init__()
         # ids of optimizer tensors outside the watched models that were seen with a gradient
         self._unnamed_with_grad: set[int] = set()
+        # The user's `td.watch(model, optimizer)` line: where the optimizer was handed over.
+        self._watched_at: str | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        if ctx.mode == "watch":
+            # Optimizers built before watch() carry no creation site (only zero-code mode sees
+            # the constructor run); the watch() call is the closest user line that names them.
+            self._watched_at = user_source(skip=1)
         self.describe(rec)
 
     def describe(self, rec: Recorder) -> None:
@@ -59,6 +65,7 @@ class OptimProbe(Probe):
                     "class": type(opt).__name__,
                     "groups": groups,
                     "created_at": ctx.doctor.created_at.get(id(opt)),
+                    "watched_at": self._watched_at,
                 }
             )
         rec.timeline.facts["optimizers"] = optimizers

@@ -39,6 +39,12 @@ def write_run(report: Report) -> None:
         )
 
 
+def rewrite_markdown(report: Report) -> None:
+    """Re-render report.md from a loaded report (findings.json is left as it is)."""
+    assert report.run_dir is not None
+    atomic_write(Path(report.run_dir) / "report.md", [render_markdown(report)])
+
+
 def load_run(run_dir: Path) -> Report:
     path = Path(run_dir) / "findings.json"
     if not path.is_file():
@@ -53,4 +59,11 @@ def load_run(run_dir: Path) -> Report:
     return report
 
 
-__all__ = ["Report", "write_run", "load_run", "atomic_write", "render_markdown"]
+__all__ = [
+    "Report",
+    "write_run",
+    "load_run",
+    "rewrite_markdown",
+    "atomic_write",
+    "render_markdown",
+]

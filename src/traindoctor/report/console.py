@@ -57,7 +57,12 @@ def _render(report: Report, console: Console) -> None:
             line.append(f"{f.code} {f.name}{at}{src}")
             console.print(line)
     style = "bold red" if report.errors else ("yellow" if report.warnings else "green")
-    console.rule(Text(summary_line(report), style=style), characters="═", style=style)
+    # The path goes on its own line: a rule title that is too wide gets cut short.
+    console.rule(
+        Text(summary_line(report, with_path=False), style=style), characters="═", style=style
+    )
+    if report.run_dir is not None:
+        console.print(Text(f"report: {report.run_dir}/report.md", style="dim"), soft_wrap=True)
 
 
 def print_report(report: Report, console: Console | None = None) -> None:

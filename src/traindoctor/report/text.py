@@ -50,7 +50,7 @@ def location(f: Finding) -> str:
     return f"{f.where.source}: " if f.where.source else ""
 
 
-def summary_line(report: Report) -> str:
+def summary_line(report: Report, with_path: bool = True) -> str:
     n_err = sum(f.severity is Severity.ERROR for f in report.findings)
     n_warn = sum(f.severity is Severity.WARNING for f in report.findings)
     n_info = sum(f.severity is Severity.INFO for f in report.findings)
@@ -63,7 +63,7 @@ def summary_line(report: Report) -> str:
         bits.append(f"{n_info} info")
     head = ", ".join(bits) if bits else "healthy: no problems found"
     line = f"{head} in {report.steps} step{'s' if report.steps != 1 else ''}"
-    if report.run_dir is not None:
+    if with_path and report.run_dir is not None:
         line += f" · report: {report.run_dir}/report.md"
     return line
 
@@ -71,11 +71,26 @@ def summary_line(report: Report) -> str:
 def outcome_text(report: Report) -> str | None:
     out = report.outcome or {}
     ended = out.get("ended")
+    done = f"after {report.steps} optimizer step{'s' if report.steps != 1 else ''}"
+    note = None
     if ended == "exception":
         src = f" at {out['source']}" if out.get("source") else ""
-        return f"the run raised {out.get('exception')} in step {out.get('step')}{src}"
-    if ended == "interrupted":
-        return f"the run was interrupted (KeyboardInterrupt/SIGTERM) in step {out.get('step')}"
-    if ended == "max_steps":
-        return f"the run was ended by --max-steps after step {report.steps}"
-    return None
+        note = f"the run raised {out.get('exception')}{src} in step {out.get('step')} ({done})"
+    elif ended == "interrupted":
+        sig = out.get("signal") or "KeyboardInterrupt"
+        note = f"the run was interrupted by {sig} in step {out.get('step')} ({done})"
+    elif ended == "max_steps":
+        if out.get("reason") == "max_steps_without_optimizer_step":
+            note = (
+                f"the run was stopped under --max-steps {done}: backward kept running "
+                "without an optimizer step"
+            )
+        else:
+            note = f"the run was ended by --max-steps {done}"
+    if out.get("observed") is False:
+        seen = (
+            "traindoctor saw no training: the script ran no backward pass and no "
+            "optimizer step, so there was nothing to diagnose"
+        )
+        note = f"{note}; {seen}" if note else seen
+    return note

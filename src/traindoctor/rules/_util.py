@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -121,3 +122,32 @@ def merged_forward_calls(tl: TimelineView) -> dict[str, dict[str, Any]] | None:
 
 def ended(tl: TimelineView) -> bool:
     return bool(tl.fact("outcome"))
+
+
+def optimizer_source(opt: dict[str, Any]) -> str | None:
+    """The user line for an optimizer fact: where it was built (zero-code mode sees the
+    constructor), else the `td.watch(...)` call that handed it over."""
+    return opt.get("created_at") or opt.get("watched_at")
+
+
+def same_layout(a: Iterable[Iterable[int]], b: Iterable[Iterable[int]]) -> bool:
+    """Two lists of tensor shapes with the same count and the same ranks (sizes may differ)."""
+    ranks_a = sorted(len(list(s)) for s in a)
+    ranks_b = sorted(len(list(s)) for s in b)
+    return bool(ranks_a) and ranks_a == ranks_b
+
+
+def graphless_loss_events(tl: TimelineView) -> list[dict[str, Any]]:
+    """`loss_not_differentiable` events that mean the trained loss has no graph.
+
+    The tensor backward() ran on decides. A tensor without graph passed to doc.log() counts
+    only when no backward pass was observed at all: once backward() ran on losses with a
+    graph, the logged one is a detached copy for logging (`doc.log(loss=loss.detach())`).
+    """
+    events = tl.events("loss_not_differentiable")
+    from_backward = [e for e in events if e.get("via") == "backward"]
+    if from_backward:
+        return from_backward
+    if any(c for _, c in tl.series("backward.count")):
+        return []
+    return events

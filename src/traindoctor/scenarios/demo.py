@@ -62,7 +62,7 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
     misses = 0
     for s in scenarios:
         t1 = time.perf_counter()
-        report = run_scenario(s, out_dir=out_dir)
+        report = _one_thread(run_scenario, s, out_dir=out_dir)
         secs = time.perf_counter() - t1
         flagged = [f for f in report.findings if f.severity.value != "info"]
         top = flagged[0] if flagged else None
@@ -88,3 +88,14 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
         f"in {time.perf_counter() - t0:.1f}s · `traindoctor explain CODE` documents each rule"
     )
     return misses
+
+
+def _one_thread(fn, *args, **kwargs):
+    """Run with one intra-op thread: the scenario models are tiny, and extra threads only make
+    them slower on a busy machine. The caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(before)

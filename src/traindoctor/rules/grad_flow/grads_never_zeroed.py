@@ -7,7 +7,13 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import common_module, describe_groups, group_params, trainable_names
+from .._util import (
+    common_module,
+    describe_groups,
+    group_params,
+    optimizer_names,
+    trainable_names,
+)
 
 
 @rule(
@@ -34,6 +40,8 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
     (`Tensor.register_hook`) and measures the norm of what is already in `.grad`. Zeroed grads
     (None or all zeros) are fine; non-zero ones were carried over. Gradient accumulation within
     one optimizer step is not affected: only the first backward after a step is checked.
+    Params that no watched optimizer holds are left out: `optimizer.zero_grad()` never clears
+    them by design, and TD103 reports that they are in no optimizer.
 
     ## Example
     ```python
@@ -63,6 +71,10 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
     for _, norms in obs:
         now = {n for n, v in norms.items() if v > 0}
         carried = now if carried is None else carried & now
+    held = optimizer_names(tl)
+    if held:
+        # zero_grad() only clears what the optimizer holds; the rest is TD103's finding.
+        carried &= held
     if not carried:
         return
     names = sorted(carried)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import train_loss_values
+from .._util import train_loss_values, trainable_names
 
 
 @rule(
@@ -15,7 +15,14 @@ from .._util import train_loss_values
     name="loss-constant",
     severity=Severity.ERROR,
     summary="The train loss, or a validation loss across validations, is bit-identical.",
-    requires=("loss.train", "loss.backward", "loss.val", "grads.norm", "params.update"),
+    requires=(
+        "loss.train",
+        "loss.backward",
+        "loss.val",
+        "grads.norm",
+        "grads.none",
+        "params.update",
+    ),
     priority=40,
 )
 def loss_constant(
@@ -149,6 +156,12 @@ def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
             "that is never updated)"
         )
         fix = "evaluate the trained model, or update the EMA copy after every optimizer step"
+    elif _never_get_grad(tl, steps[0], steps[-1]):
+        cause = (
+            "the optimizer steps but no trained parameter ever has a gradient (see TD101/TD102): "
+            "backward() does not reach the model, so it never changes"
+        )
+        fix = "make the loss reach the parameters (no .detach()/.item() on the way); see TD101"
     else:
         cause = "the optimizer steps but the parameters do not change (see TD104)"
         fix = "fix what stops the update (lr 0, zero gradients); see TD104"
@@ -163,3 +176,10 @@ def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
         cause=cause,
         fix=fix,
     )
+
+
+def _never_get_grad(tl: TimelineView, first: int, last: int) -> bool:
+    """Every trainable param had grad None at every observed step() between two validations."""
+    trainable = set(trainable_names(tl))
+    seen = [set(n) for s, n in tl.series("grads.none") if first <= s < last]
+    return bool(trainable) and bool(seen) and all(trainable <= n for n in seen)

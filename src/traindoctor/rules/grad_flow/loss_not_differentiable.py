@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import trainable_names
+from .._util import graphless_loss_events, trainable_names
 
 
 @rule(
@@ -15,7 +15,7 @@ from .._util import trainable_names
     name="loss-not-differentiable",
     severity=Severity.ERROR,
     summary="The loss has no grad_fn, so backward() cannot reach any parameter.",
-    requires=("loss.backward",),
+    requires=("loss.backward", "backward.count"),
     priority=10,
 )
 def loss_not_differentiable(tl: TimelineView) -> Iterator[Finding]:
@@ -51,11 +51,11 @@ def loss_not_differentiable(tl: TimelineView) -> Iterator[Finding]:
     ```
 
     ## Known false positives
-    None known: a loss without `grad_fn` cannot train anything. A loss that is deliberately
-    computed for logging only should not be passed to `backward()` or `doc.log(loss=...)`
-    (log it as a metric: `doc.log(my_metric=value)`).
+    None known: a loss without `grad_fn` cannot train anything. A detached copy passed to
+    `doc.log(loss=loss.detach())` is not reported once `backward()` has been seen running on
+    a loss with a graph; it is reported only when no backward pass was observed at all.
     """
-    events = tl.events("loss_not_differentiable")
+    events = graphless_loss_events(tl)
     if not events:
         return
     e = events[0]

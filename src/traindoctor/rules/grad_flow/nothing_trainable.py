@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
+from .._util import optimizer_source
 
 
 @rule(
@@ -80,7 +81,7 @@ def nothing_trainable(tl: TimelineView) -> Iterator[Finding]:
         title=title,
         step=1,
         evidence={"params": len(params), "values": numel, "trainable": 0},
-        where=Where(module="<model>", source=opt.get("created_at")),
+        where=Where(module="<model>", source=optimizer_source(opt)),
         cause=cause,
         fix=fix,
     )

@@ -7,7 +7,15 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import common_module, describe_groups, group_params, optimizer_names, trainable_names
+from .._util import (
+    common_module,
+    describe_groups,
+    group_params,
+    optimizer_names,
+    optimizer_source,
+    same_layout,
+    trainable_names,
+)
 
 
 @rule(
@@ -70,12 +78,16 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     shapes = {tuple(u["shape"]) for u in stale}
     params = tl.fact("params") or {}
     matches = [n for n in missing if tuple(params[n]["shape"]) in shapes]
+    # Stale tensors that never get a gradient, laid out like the missing params (same count
+    # and ranks, e.g. a head re-created with a new number of classes): a replaced module.
+    never_grad = [u["shape"] for u in stale if u.get("requires_grad") and not u.get("had_grad")]
+    relaid = bool(never_grad) and same_layout(never_grad, [params[n]["shape"] for n in missing])
     opt_desc = "; ".join(
         f"{o['class']} {g['id']}: {len(g['params'])} tensors"
         for o in optimizers
         for g in o["groups"]
     )
-    if (replaced & set(missing)) or (matches and len(matches) == len(missing)):
+    if (replaced & set(missing)) or (matches and len(matches) == len(missing)) or relaid:
         cause = (
             "these params were replaced after the optimizer was built (the module was re-assigned): "
             "the optimizer still holds the old tensors (TD111) and never sees the new ones"
@@ -107,7 +119,7 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
             "optimizer_groups": opt_desc,
         },
         where=Where(
-            module=common_module(missing), params=tuple(missing), source=opt0.get("created_at")
+            module=common_module(missing), params=tuple(missing), source=optimizer_source(opt0)
         ),
         cause=cause,
         fix=fix,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 from .._util import common_module, describe_groups, ended, group_params
+
+# Priority of the zero-gradient case: after the rules that find why the gradient is zero
+# (TD107 loss-constant has 40; the TD3xx gradient-path rules come after the TD1xx ones).
+CONSEQUENCE_PRIORITY = 90
 
 
 @rule(
@@ -46,6 +51,10 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     ```
 
     ## Known false positives
+    When every gradient is exactly 0 the optimizer is not at fault; the finding is still
+    reported (the params do not move) but ranked after the findings that explain the zero
+    gradient (a clamped loss, TD107; a blocking op, TD301).
+
     A warmup that starts at lr 0 is not reported: the params must stay unchanged at every
     observed step (at least `min_steps`), and warmups move them from the second step on.
     """
@@ -69,7 +78,7 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     lrs = _group_lrs(tl, names, steps)
     zero_lr = {g for g, vals in lrs.items() if vals and all(v == 0 for v in vals)}
     cause, fix = _cause(tl, zero_lr, lrs, grad_zero)
-    yield tl.finding(
+    finding = tl.finding(
         title=f"{len(names)} params did not change in {len(steps)} optimizer steps "
         f"({describe_groups(groups)})",
         step=steps[0],
@@ -83,6 +92,11 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
         cause=cause,
         fix=fix,
     )
+    if grad_zero and not zero_lr:
+        # The step did its job on a zero gradient: the root cause is upstream, in the loss or
+        # the gradient path (TD107 loss-constant, TD3xx), so rank this finding after those.
+        finding = replace(finding, priority=CONSEQUENCE_PRIORITY)
+    yield finding
 
 
 def _group_lrs(tl: TimelineView, names: list[str], steps: list[int]) -> dict[str, list[float]]:

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import describe_groups, ended, group_params, merged_forward_calls, trainable_names
+from .._util import (
+    describe_groups,
+    ended,
+    graphless_loss_events,
+    group_params,
+    merged_forward_calls,
+    trainable_names,
+)
 
 
 @rule(
@@ -15,7 +22,7 @@ from .._util import describe_groups, ended, group_params, merged_forward_calls, 
     name="params-without-grad",
     severity=Severity.ERROR,
     summary="Trainable params whose .grad is still None when optimizer.step() runs.",
-    requires=("grads.none", "grads.cleared", "forward.calls"),
+    requires=("grads.none", "grads.cleared", "forward.calls", "backward.count"),
     priority=20,
 )
 def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:
@@ -31,7 +38,8 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
 
     ## How it is measured
     On the first steps (and sampled steps after), just before `optimizer.step()`, traindoctor
-    lists trainable params whose `.grad` is None. Hooks on the parameters record which ones
+    lists trainable params whose `.grad` is None (steps where no backward ran before `step()`
+    are not evidence and are skipped). Hooks on the parameters record which ones
     received a gradient during backward (so a `zero_grad()` between backward and step is told
     apart), and forward hooks on every module record whether it ran, with grad enabled, and
     whether its output carried a graph. The cause comes from those facts.
@@ -54,6 +62,11 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     gradient for a few steps; the rule needs them without gradient at every observed step.
     """
     observations = tl.series("grads.none")
+    counts = dict(tl.series("backward.count"))
+    if counts:
+        # A step() that runs before any backward of its step (a stray step() in a debug block,
+        # or at the top of the loop) finds every grad None: no evidence about the graph.
+        observations = [(s, n) for s, n in observations if counts.get(s, 0) > 0]
     needed = 1 if ended(tl) else min_observations
     if len(observations) < needed:
         return
@@ -100,11 +113,12 @@ def _cause(tl, module, names, cleared, calls):
             "between backward() and step()",
             _step_source(tl),
         )
-    if tl.events("loss_not_differentiable"):
+    graphless = graphless_loss_events(tl)
+    if graphless:
         return (
             "the loss has no autograd graph (TD101), so backward() reaches no parameter",
             "fix TD101 first: compute the loss from the model output without detaching it",
-            tl.events("loss_not_differentiable")[0].get("source"),
+            graphless[0].get("source"),
         )
     if calls is None:
         return (

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import common_module, ended, optimizer_names, trainable_names
+from .._util import (
+    common_module,
+    ended,
+    optimizer_names,
+    optimizer_source,
+    same_layout,
+    trainable_names,
+)
 
 
 @rule(
@@ -74,6 +81,13 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     matched = sorted(
         n for n in (replaced | set(orphans)) if n in params and tuple(params[n]["shape"]) in shapes
     )
+    resized = False
+    if not matched:
+        # A module re-created with other sizes (a head for a new number of classes): no shape
+        # matches, but the new params no optimizer holds are laid out like the stale tensors.
+        candidates = sorted(n for n in (replaced | set(orphans)) if n in params)
+        if candidates and same_layout(shapes, [params[n]["shape"] for n in candidates]):
+            matched, resized = candidates, True
     numel = 0
     for s in shapes:
         size = 1
@@ -81,10 +95,15 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
             size *= d
         numel += size
     if matched:
+        like = (
+            "laid out like the stale ones (same count and ranks, new sizes)"
+            if resized
+            else "with the same shapes as the stale ones"
+        )
         cause = (
             f"the model's {', '.join(f'`{n}`' for n in matched[:6])} are new tensors that no "
-            "optimizer holds, with the same shapes as the stale ones: the module was replaced "
-            "after the optimizer was built, so the optimizer steps the old tensors"
+            f"optimizer holds, {like}: the module was replaced after the optimizer was built, "
+            "so the optimizer steps the old tensors"
         )
     else:
         cause = (
@@ -105,7 +124,7 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         where=Where(
             module=common_module(matched) if matched else None,
             params=tuple(matched),
-            source=(optimizers[0].get("created_at") if optimizers else None),
+            source=optimizer_source(optimizers[0]) if optimizers else None,
         ),
         cause=cause,
         fix="build (or rebuild) the optimizer after the model's modules are final: "

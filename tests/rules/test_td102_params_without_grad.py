@@ -1,0 +1,126 @@
+"""TD102 params-without-grad on hand-built timelines."""
+
+from __future__ import annotations
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+PARAMS = ["enc.weight", "enc.bias", "head.weight", "head.bias", "aux.weight", "aux.bias"]
+
+
+def _calls(**over):
+    base = {
+        "enc": {"calls": 1, "grad_enabled": True, "output_requires_grad": True, "source": "m.py:5"},
+        "head": {
+            "calls": 1,
+            "grad_enabled": True,
+            "output_requires_grad": True,
+            "source": "m.py:6",
+        },
+        "aux": {"calls": 1, "grad_enabled": True, "output_requires_grad": True, "source": "m.py:7"},
+    }
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def _tl(none_per_step, calls=None, ended=False, **extra):
+    steps = {}
+    for i, none in enumerate(none_per_step, 1):
+        steps[i] = {"grads.none": none, "grads.observed": 1}
+        if i == 1 and calls is not False:
+            steps[i]["forward.calls"] = calls or _calls()
+    for step, sigs in extra.pop("more", {}).items():
+        steps.setdefault(step, {}).update(sigs)
+    return make_timeline(params=PARAMS, steps=steps, ended=ended, **extra)
+
+
+AUX = ["aux.bias", "aux.weight"]
+
+
+def test_fires_for_module_left_out_of_the_loss():
+    f = assert_fires("TD102", _tl([AUX, AUX, AUX]))
+    assert f.step == 1
+    assert f.where.module == "aux"
+    assert f.where.params == ("aux.bias", "aux.weight")
+    assert f.where.source == "m.py:7"
+    assert f.evidence["params_without_grad"] == 2
+    assert f.evidence["trainable_params"] == 6
+    assert f.evidence["groups"] == ["aux"]
+    assert f.evidence["observed_steps"] == [1, 2, 3]
+    assert "2 of 6" in f.title and "aux.*" in f.title
+    assert "left out of the loss" in f.cause
+
+
+def test_healthy_twin_is_silent():
+    assert_silent("TD102", _tl([[], [], []]))
+
+
+def test_param_that_gets_a_grad_at_a_later_step_is_silent():
+    # Conditional computation: aux gets no grad on steps 1-2, then one on step 10.
+    assert_silent("TD102", _tl([AUX, AUX, AUX, []]))
+
+
+def test_partial_overlap_reports_only_the_always_missing():
+    f = assert_fires("TD102", _tl([AUX + ["head.bias"], AUX, AUX]))
+    assert f.where.params == ("aux.bias", "aux.weight")
+
+
+def test_one_observation_waits_while_running():
+    assert_silent("TD102", _tl([AUX]))
+
+
+def test_one_observation_is_enough_once_the_run_ended():
+    f = assert_fires("TD102", _tl([AUX], ended=True))
+    assert f.evidence["observed_steps"] == [1]
+
+
+def test_min_observations_option():
+    assert_silent("TD102", _tl([AUX, AUX]), min_observations=3)
+    assert_fires("TD102", _tl([AUX, AUX, AUX]), min_observations=3)
+
+
+def test_cause_zero_grad_between_backward_and_step():
+    more = {1: {"grads.cleared": PARAMS}}
+    tl = _tl(
+        [PARAMS, PARAMS],
+        more=more,
+        events=[{"kind": "optimizer_step", "step": 1, "source": "train.py:30"}],
+    )
+    f = assert_fires("TD102", tl)
+    assert "zero_grad()" in f.cause
+    assert f.where.source == "train.py:30"
+    assert f.evidence["params_without_grad"] == 6
+
+
+def test_cause_module_under_no_grad():
+    calls = _calls(aux={"calls": 1, "grad_enabled": False, "output_requires_grad": False})
+    f = assert_fires("TD102", _tl([AUX, AUX], calls=calls))
+    assert "torch.no_grad()" in f.cause
+
+
+def test_cause_module_never_called():
+    f = assert_fires("TD102", _tl([AUX, AUX], calls=_calls(aux=None)))
+    assert "never called" in f.cause
+    assert f.where.module == "aux"
+
+
+def test_cause_output_without_graph():
+    calls = _calls(aux={"calls": 1, "grad_enabled": True, "output_requires_grad": False})
+    f = assert_fires("TD102", _tl([AUX, AUX], calls=calls))
+    assert ".data" in f.cause
+
+
+def test_single_param_names_its_module():
+    f = assert_fires("TD102", _tl([["head.bias"], ["head.bias"]]))
+    assert f.where.module == "head"
+    assert f.where.params == ("head.bias",)
+    assert "`head.bias`" in f.title
+
+
+def test_cause_loss_not_differentiable():
+    tl = _tl(
+        [PARAMS, PARAMS],
+        events=[{"kind": "loss_not_differentiable", "step": 1, "source": "train.py:9"}],
+    )
+    f = assert_fires("TD102", tl)
+    assert "TD101" in f.cause
+    assert f.where.source == "train.py:9"

@@ -1,0 +1,63 @@
+"""TD103 params-not-in-optimizer on hand-built timelines."""
+
+from __future__ import annotations
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
+
+BACKBONE = ["backbone.0.weight", "backbone.0.bias"]
+HEAD = ["head.weight", "head.bias"]
+SHAPES = {
+    "backbone.0.weight": {"shape": [8, 4]},
+    "backbone.0.bias": {"shape": [8]},
+    "head.weight": {"shape": [3, 8]},
+    "head.bias": {"shape": [3]},
+}
+
+
+def _tl(held, *, frozen=(), unnamed=(), steps=None, optimizers=...):
+    opts = [optimizer_facts(held, unnamed=unnamed)] if optimizers is ... else optimizers
+    return make_timeline(params=SHAPES, frozen=frozen, optimizers=opts, steps=steps or {})
+
+
+def test_fires_when_optimizer_built_from_backbone_only():
+    norms = {n: 0.5 for n in BACKBONE + HEAD}
+    f = assert_fires("TD103", _tl(BACKBONE, steps={1: {"grads.norm": norms}}))
+    assert f.step == 1
+    assert f.where.module == "head"
+    assert f.where.params == ("head.bias", "head.weight")
+    assert f.where.source == "train.py:10"
+    assert f.evidence["params_not_in_optimizer"] == 2
+    assert f.evidence["values"] == 3 * 8 + 3
+    assert f.evidence["receive_gradients"] == 2
+    assert f.evidence["optimizer_groups"] == "SGD opt0/group0: 2 tensors"
+    assert "27 values" in f.title and "head.*" in f.title
+    assert "built from part of the model" in f.cause
+
+
+def test_healthy_twin_is_silent():
+    assert_silent("TD103", _tl(BACKBONE + HEAD))
+
+
+def test_frozen_params_outside_the_optimizer_are_silent():
+    assert_silent("TD103", _tl(BACKBONE, frozen=HEAD))
+
+
+def test_params_split_over_groups_are_silent():
+    opts = [optimizer_facts(BACKBONE, HEAD, lr=[0.1, 0.01])]
+    assert_silent("TD103", _tl(None, optimizers=opts))
+
+
+def test_no_optimizer_facts_is_silent():
+    assert_silent("TD103", _tl(None, optimizers=None))
+
+
+def test_replaced_module_points_to_td111():
+    unnamed = [
+        {"shape": [3, 8], "requires_grad": True, "had_grad": False},
+        {"shape": [3], "requires_grad": True, "had_grad": False},
+    ]
+    tl = _tl(BACKBONE, unnamed=unnamed, steps={2: {"params.replaced": HEAD}})
+    f = assert_fires("TD103", tl)
+    assert "replaced after the optimizer was built" in f.cause
+    assert f.evidence["receive_gradients"] == 0
+    assert "receive gradients" not in f.title

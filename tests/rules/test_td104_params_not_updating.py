@@ -1,0 +1,95 @@
+"""TD104 params-not-updating on hand-built timelines."""
+
+from __future__ import annotations
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
+
+PARAMS = ["fc.weight", "fc.bias"]
+
+
+def _steps(updates, grads=0.5, lr=0.1):
+    """One step per entry of `updates` (||Δθ|| of every param)."""
+    lrs = lr if isinstance(lr, list) else [lr] * len(updates)
+    out = {}
+    for i, (u, rate) in enumerate(zip(updates, lrs), 1):
+        out[i] = {
+            "params.update": {n: u for n in PARAMS},
+            "params.norm": {n: 3.0 for n in PARAMS},
+            "grads.norm": {n: grads for n in PARAMS},
+            "optim.lr": {"opt0/group0": rate},
+            "optim.step": 1,
+        }
+    return out
+
+
+def _tl(steps, initial_lr=None, ended=False):
+    opt = optimizer_facts(PARAMS, lr=0.0, initial_lr=initial_lr)
+    events = [{"kind": "optimizer_step", "step": 1, "source": "train.py:40"}]
+    return make_timeline(params=PARAMS, optimizers=[opt], steps=steps, events=events, ended=ended)
+
+
+def test_fires_when_scheduler_sets_lr_to_zero():
+    f = assert_fires("TD104", _tl(_steps([0.0] * 3, lr=0.0), initial_lr=0.1))
+    assert f.step == 1
+    assert f.where.module == "fc"
+    assert f.where.params == ("fc.bias", "fc.weight")
+    assert f.where.source == "train.py:40"
+    assert f.evidence["unchanged_params"] == 2
+    assert f.evidence["observed_steps"] == [1, 2, 3]
+    assert f.evidence["lr"] == {"opt0/group0": 0.0}
+    assert f.evidence["grad_norm_all_zero"] is False
+    assert "LR scheduler" in f.cause and "lr=0.1" in f.cause
+    assert "2 params did not change in 3 optimizer steps" in f.title
+
+
+def test_healthy_twin_is_silent():
+    assert_silent("TD104", _tl(_steps([1e-3] * 3)))
+
+
+def test_lr_zero_warmup_only_at_step_one_is_silent():
+    assert_silent("TD104", _tl(_steps([0.0, 1e-4, 2e-4], lr=[0.0, 0.05, 0.1]), initial_lr=0.1))
+
+
+def test_waits_for_min_steps_while_running():
+    assert_silent("TD104", _tl(_steps([0.0] * 2, lr=0.0)))
+    assert_fires("TD104", _tl(_steps([0.0] * 2, lr=0.0), ended=True))
+
+
+def test_lr_zero_from_the_constructor():
+    f = assert_fires("TD104", _tl(_steps([0.0] * 3, lr=0.0), initial_lr=None))
+    assert "positive learning rate" in f.fix
+
+
+def test_zero_gradient_cause():
+    f = assert_fires("TD104", _tl(_steps([0.0] * 3, grads=0.0)))
+    assert f.evidence["grad_norm_all_zero"] is True
+    assert "gradients are exactly 0" in f.cause
+
+
+def test_update_below_float_precision_cause():
+    f = assert_fires("TD104", _tl(_steps([0.0] * 3, lr=1e-12)))
+    assert "below float precision" in f.cause
+    assert "lr=1e-12" in f.cause
+
+
+def test_params_without_grad_are_left_to_td102():
+    steps = _steps([0.0] * 3)
+    for s in steps.values():
+        s["grads.norm"] = {}
+    assert_silent("TD104", _tl(steps))
+
+
+def test_only_the_frozen_subset_is_reported():
+    steps = _steps([1e-3] * 3)
+    for s in steps.values():
+        s["params.update"]["fc.bias"] = 0.0
+    f = assert_fires("TD104", _tl(steps))
+    assert f.where.params == ("fc.bias",)
+
+
+def test_zero_gradient_ranks_after_its_upstream_causes():
+    # Zero gradient: the root cause is upstream (TD107, TD3xx), so TD104 ranks after them;
+    # lr 0 is TD104's own root cause and keeps the rule's priority.
+    zero_grad = assert_fires("TD104", _tl(_steps([0.0] * 3, grads=0.0)))
+    zero_lr = assert_fires("TD104", _tl(_steps([0.0] * 3, lr=0.0), initial_lr=0.1))
+    assert zero_grad.priority > 40 > zero_lr.priority

@@ -1,0 +1,71 @@
+"""TD105 optimizer-never-steps on hand-built timelines."""
+
+from __future__ import annotations
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+EVENTS = [
+    {"kind": "backward_call", "step": 1, "source": "train.py:20", "factor": 1.0},
+    {"kind": "optimizer_step", "step": 1, "source": "train.py:23"},
+]
+
+
+def _tl(counts, stepped=(), skipped=()):
+    """counts: {step: backward passes}; stepped: steps whose optimizer.step() ran."""
+    steps = {s: {"backward.count": c} for s, c in counts.items()}
+    for s in stepped:
+        steps.setdefault(s, {})["optim.step"] = 1
+    for s in skipped:
+        steps.setdefault(s, {})["amp.skipped"] = 1
+    return make_timeline(params=["w"], steps=steps, events=EVENTS)
+
+
+def test_fires_when_step_stops_after_the_first_batch():
+    # The step sits in a debug block: it runs once, then every later backward piles up in step 2.
+    f = assert_fires("TD105", _tl({1: 1, 2: 20}, stepped=[1]))
+    assert f.step == 2
+    assert f.where.source == "train.py:23"
+    assert f.evidence == {
+        "optimizer_steps": 1,
+        "backward_passes": 21,
+        "backward_since_last_step": 20,
+        "backward_per_step_before": 1,
+    }
+    assert "the last at step 1" in f.title and "20 backward passes" in f.title
+
+
+def test_fires_when_step_is_never_called():
+    f = assert_fires("TD105", _tl({1: 12}))
+    assert f.step == 1
+    assert f.evidence["optimizer_steps"] == 0
+    assert f.evidence["backward_since_last_step"] == 12
+    assert f.where.source == "train.py:20"
+    assert "never called" in f.title
+
+
+def test_healthy_twin_is_silent():
+    assert_silent("TD105", _tl(dict.fromkeys(range(1, 31), 1), stepped=range(1, 31)))
+
+
+def test_gradient_accumulation_of_eight_is_silent():
+    counts = dict.fromkeys(range(1, 11), 8)
+    assert_silent("TD105", _tl(counts, stepped=range(1, 11)))
+    # ... also in the middle of an accumulation cycle, and one cycle late.
+    assert_silent("TD105", _tl({**counts, 11: 7}, stepped=range(1, 11)))
+    assert_silent("TD105", _tl({**counts, 11: 31}, stepped=range(1, 11)))
+    assert_fires("TD105", _tl({**counts, 11: 32}, stepped=range(1, 11)))
+
+
+def test_below_min_backward_is_silent():
+    assert_silent("TD105", _tl({1: 7}))
+    assert_silent("TD105", _tl({1: 7}), min_backward=8)
+    assert_fires("TD105", _tl({1: 7}), min_backward=4)
+
+
+def test_steps_skipped_by_grad_scaler_count_as_steps():
+    counts = dict.fromkeys(range(1, 13), 1)
+    assert_silent("TD105", _tl(counts, stepped=range(4, 13), skipped=range(1, 4)))
+
+
+def test_no_backward_is_silent():
+    assert_silent("TD105", make_timeline(params=["w"]))

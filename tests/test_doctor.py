@@ -1,0 +1,270 @@
+"""Doctor: failure isolation (a broken rule or probe never reaches the loop), close() semantics,
+the context manager and the user's own exceptions."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import pytest
+import torch
+
+import traindoctor as td
+from tests._loop import (
+    OPTIMIZERS,
+    assert_bit_identical,
+    assert_detached,
+    make_model,
+    params_of,
+    train,
+    watch,
+)
+from traindoctor.doctor import Doctor
+from traindoctor.findings import Severity
+from traindoctor.probes import default_probes
+from traindoctor.probes.base import Probe
+from traindoctor.rules._registry import _unregister, all_rules, get_rule, rule
+
+STEPS = 30
+
+
+def _plain_params() -> list[torch.Tensor]:
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+    torch.manual_seed(5)
+    train(model, opt, STEPS, validate_every=10)
+    return params_of(model)
+
+
+def _doctor_run(tmp_path, **doctor_kw):
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+    torch.manual_seed(5)
+    doc = Doctor(out_dir=tmp_path / "runs", console=False, **doctor_kw)
+    doc.attach({"": model}, [opt])
+    train(model, opt, STEPS, doc=doc, log=True, validate_every=10)
+    report = doc.close()
+    return doc, report, model, opt
+
+
+@pytest.fixture
+def failing_rule():
+    @rule(
+        code="TD199",
+        name="always-raises",
+        severity=Severity.ERROR,
+        summary="A test rule that raises.",
+        requires=("loss.backward",),
+    )
+    def always_raises(tl):
+        raise ZeroDivisionError("rule exploded")
+
+    try:
+        yield get_rule("TD199")
+    finally:
+        _unregister("TD199")
+    assert get_rule("TD199") is None
+
+
+def test_failing_rule_is_isolated(tmp_path, failing_rule):
+    doc, report, model, opt = _doctor_run(tmp_path, rules=[*all_rules(), failing_rule])
+    assert_bit_identical(params_of(model), _plain_params())
+    assert report.steps == STEPS
+    errors = [e for e in report.internal_errors if e["where"] == "rule TD199"]
+    assert len(errors) == 1, report.internal_errors
+    assert errors[0]["error"] == "ZeroDivisionError: rule exploded"
+    assert errors[0]["step"] == 1
+    assert "TD199" not in report.codes
+    assert report.status == "healthy", report.codes
+    on_disk = json.loads((report.run_dir / "findings.json").read_text())
+    assert on_disk["internal_errors"] == report.internal_errors
+    assert_detached(model, opt)
+
+
+class BadPreStep(Probe):
+    name = "bad-pre-step"
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def on_pre_step(self, step, sampled, rec):
+        self.calls += 1
+        raise RuntimeError("probe exploded in on_pre_step")
+
+
+class BadBackward(Probe):
+    name = "bad-backward"
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def on_backward(self, step, root, loss, rec):
+        raise ValueError("probe exploded in on_backward")
+
+
+class BadHook(Probe):
+    """Raises inside a torch hook it installed through ctx.hook()."""
+
+    name = "bad-hook"
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def attach(self, ctx, rec):
+        super().attach(ctx, rec)
+        for _, model in ctx.models.items():
+            self.handles.append(model.register_forward_hook(ctx.hook("probe bad-hook", self._hook)))
+
+    def _hook(self, module, inputs, output):
+        raise KeyError("probe exploded in a forward hook")
+
+
+class BadAttach(Probe):
+    name = "bad-attach"
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def attach(self, ctx, rec):
+        raise TypeError("probe exploded in attach")
+
+
+class BadDetach(Probe):
+    name = "bad-detach"
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def detach(self):
+        raise RuntimeError("probe exploded in detach")
+
+
+@pytest.mark.parametrize(
+    ("probe", "where", "error"),
+    [
+        (BadPreStep, "probe bad-pre-step", "RuntimeError: probe exploded in on_pre_step"),
+        (BadBackward, "probe bad-backward", "ValueError: probe exploded in on_backward"),
+        (BadHook, "probe bad-hook", "KeyError: 'probe exploded in a forward hook'"),
+        (BadAttach, "probe bad-attach", "TypeError: probe exploded in attach"),
+        (BadDetach, "probe bad-detach detach", "RuntimeError: probe exploded in detach"),
+    ],
+)
+def test_failing_probe_is_isolated(tmp_path, probe, where, error):
+    bad = probe()
+    doc, report, model, opt = _doctor_run(tmp_path, probes=[*default_probes(), bad])
+    assert_bit_identical(params_of(model), _plain_params())
+    assert report.steps == STEPS
+    assert [(e["where"], e["error"]) for e in report.internal_errors] == [(where, error)]
+    # The other probes kept working: the healthy run is still diagnosed as healthy.
+    assert report.status == "healthy", report.codes
+    assert len(doc.timeline.series("loss.backward")) == STEPS
+    if isinstance(bad, BadPreStep):
+        assert bad.calls == 1  # disabled after its first error, not called every step
+    if not isinstance(bad, BadDetach):
+        assert_detached(model, opt)
+
+
+def test_close_is_idempotent(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["sgd-momentum"](model)
+    doc = watch(model, opt, tmp_path)
+    train(model, opt, 3, doc=doc)
+    first = doc.close()
+    findings_json = (first.run_dir / "findings.json").read_text()
+    second = doc.close()
+    assert second is first
+    assert (first.run_dir / "findings.json").read_text() == findings_json
+    assert_detached(model, opt)
+    # training on after close is harmless and not recorded
+    train(model, opt, 2, doc=doc, log=True)
+    assert doc.close() is first
+    assert doc.timeline.last_step == 3
+
+
+def test_with_block_closes_and_writes_the_run_dir(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+    with watch(model, opt, tmp_path) as doc:
+        assert isinstance(doc, td.Doctor)
+        train(model, opt, 4, doc=doc, log=True)
+    report = doc.report
+    assert report is not None
+    assert report.run_dir == tmp_path / "runs" / doc.run_id
+    for name in ("findings.json", "report.md", "timeline.jsonl"):
+        assert (report.run_dir / name).is_file(), name
+    data = json.loads((report.run_dir / "findings.json").read_text())
+    assert data["schema"] == 1 and data["tool"] == "traindoctor"
+    assert data["steps"] == 4
+    assert data["status"] == "healthy"
+    assert data["run"]["ended"] == "normal"
+    assert_detached(model, opt)
+
+
+def test_user_exception_propagates_unchanged_and_is_recorded(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+    raised = ValueError("bad batch shape")
+
+    def boom(step):
+        if step == 3:
+            raise raised
+
+    with pytest.raises(ValueError) as info, watch(model, opt, tmp_path) as doc:
+        train(model, opt, 10, doc=doc, on_step=boom)
+    assert info.value is raised
+    assert info.value.__traceback__ is not None
+    outcome = doc.report.outcome
+    assert outcome["ended"] == "exception"
+    assert outcome["exception"] == "ValueError: bad batch shape"
+    assert outcome["source"].endswith(".py:" + outcome["source"].rsplit(":", 1)[1])
+    assert "test_doctor.py" in outcome["source"]
+    on_disk = json.loads((doc.report.run_dir / "findings.json").read_text())
+    assert on_disk["run"]["exception"] == "ValueError: bad batch shape"
+    assert doc.report.internal_errors == []
+    assert_detached(model, opt)
+
+
+def test_keyboard_interrupt_propagates_and_is_recorded(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+
+    def stop(step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), watch(model, opt, tmp_path) as doc:
+        train(model, opt, 5, doc=doc, on_step=stop)
+    assert doc.report.outcome["ended"] == "interrupted"
+    assert_detached(model, opt)
+
+
+def test_internal_errors_do_not_hide_real_findings(tmp_path, failing_rule):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    doc = Doctor(out_dir=tmp_path / "runs", console=False, rules=[*all_rules(), failing_rule])
+    doc.attach({"": model}, [opt])
+    train(model, opt, 5, doc=doc)
+    report = doc.close()
+    assert "TD104" in report.codes
+    assert [e["where"] for e in report.internal_errors] == ["rule TD199"]
+
+
+def test_close_without_attach_reports_no_finding(tmp_path):
+    # e.g. `traindoctor run` on a script that failed before building its model
+    doc = Doctor(out_dir=tmp_path / "runs", console=False)
+    report = doc.close(RuntimeError("script failed before the model"))
+    assert report.outcome["ended"] == "exception"
+    assert report.outcome["observed"] is False
+    assert report.findings == []
+    assert report.internal_errors == []
+
+
+def test_max_steps_stops_the_loop_cleanly(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+    torch.manual_seed(5)
+    with Doctor(out_dir=tmp_path / "runs", console=False, max_steps=5) as doc:
+        doc.attach({"": model}, [opt])
+        train(model, opt, 50, doc=doc)
+    assert doc.report.steps == 5
+    assert doc.report.outcome["ended"] == "max_steps"
+    assert_detached(model, opt)
+    plain = make_model()
+    plain_opt = OPTIMIZERS["adamw"](plain)
+    torch.manual_seed(5)
+    train(plain, plain_opt, 5)
+    assert_bit_identical(params_of(model), params_of(plain))
