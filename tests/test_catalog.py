@@ -120,24 +120,9 @@ def _util_reads() -> dict[str, set[str]]:
     return {fn.name: _series_reads(fn) for fn in tree.body if isinstance(fn, ast.FunctionDef)}
 
 
-# TD107's validation branch reads "optim.step" without declaring it (see xfail below).
-_UNDECLARED = {"TD107"}
-
-
 @pytest.mark.parametrize(
     "r",
-    [
-        pytest.param(
-            r,
-            marks=pytest.mark.xfail(
-                reason="loss_constant.py reads tl.series('optim.step') but its requires= omits it",
-                strict=True,
-            ),
-        )
-        if r.code in _UNDECLARED
-        else r
-        for r in RULES
-    ],
+    RULES,
     ids=IDS,
 )
 def test_every_signal_a_rule_reads_is_in_requires(r):

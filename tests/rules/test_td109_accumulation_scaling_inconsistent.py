@@ -67,11 +67,6 @@ def test_no_backward_is_silent():
     assert_silent("TD109", make_timeline(params=["w"]))
 
 
-@pytest.mark.xfail(
-    reason="rules/_util.py fmt_factor() calls Fraction(f) on a non-finite factor: TD109 raises "
-    "OverflowError (inf) / ValueError (nan) instead of reporting or skipping",
-    strict=True,
-)
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_non_finite_factor_does_not_crash_the_rule(bad):
     # `loss * w` with a Python float w that became inf/nan: LossProbe records w as the factor.

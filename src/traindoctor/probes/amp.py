@@ -28,4 +28,5 @@ class AmpProbe(Probe):
             rec.record(step, AMP_SKIPPED, 1)
         scale = getattr(scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):
-            rec.defer(step, AMP_SCALE, scale.detach().reshape(()).float())
+            # clone: update() changes _scale in place before the batched read-back
+            rec.defer(step, AMP_SCALE, scale.detach().reshape(()).float().clone())

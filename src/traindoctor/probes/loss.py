@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, ClassVar
 
@@ -50,7 +51,7 @@ def constant_factor(root: torch.Tensor) -> tuple[float, torch.Tensor]:
         ):
             break
         value = float(other)  # CPU scalar: no device sync
-        if value == 0:
+        if value == 0 or not math.isfinite(value):
             break
         factor = factor * value if type(node).__name__ == "MulBackward0" else factor / value
         node = nxt[0][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from fractions import Fraction
@@ -77,6 +78,8 @@ def per_step_mean(values: list[tuple[int, float]]) -> list[tuple[int, float]]:
 
 
 def fmt_factor(f: float) -> str:
+    if not math.isfinite(f):
+        return str(f)
     frac = Fraction(f).limit_denominator(4096)
     if abs(float(frac) - f) <= 1e-9 * max(1.0, abs(f)) and frac.denominator != 1:
         return f"{frac.numerator}/{frac.denominator}"

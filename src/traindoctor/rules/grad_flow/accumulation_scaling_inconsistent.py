@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 
@@ -59,7 +60,13 @@ def accumulation_scaling_inconsistent(
     Dividing the last, shorter accumulation cycle of an epoch by its own length gives a second
     factor; it is reported because it changes that step's weight.
     """
-    factors = [(s, i, f) for s, fs in tl.series("loss.factor") for i, f in enumerate(fs)]
+    # A non-finite constant is a numerics problem (TD2xx), not a scaling inconsistency.
+    factors = [
+        (s, i, f)
+        for s, fs in tl.series("loss.factor")
+        for i, f in enumerate(fs)
+        if math.isfinite(f)
+    ]
     if not factors:
         return
     counts = Counter(round(f, 12) for _, _, f in factors)
@@ -108,5 +115,7 @@ def accumulation_scaling_inconsistent(
     )
 
 
-def _op(f: float) -> str:
+def _op(f: float) -> str | None:
+    if f == 1.0:
+        return None  # the odd backward passes are the unscaled ones: no op to point at
     return "DivBackward0" if abs(f) < 1 else "MulBackward0"

@@ -22,6 +22,7 @@ from .._util import train_loss_values, trainable_names
         "grads.norm",
         "grads.none",
         "params.update",
+        "optim.step",
     ),
     priority=40,
 )

@@ -32,7 +32,7 @@ def optimizer_never_steps(
 
     ## How it is measured
     traindoctor counts backward passes per optimizer step. It fires when the backward passes
-    since the last step exceed `accumulation_margin` times the most backward passes that ever
+    since the last step reach `accumulation_margin` times the most backward passes that ever
     preceded one step (gradient accumulation is legitimate), and at least `min_backward`. Steps
     that a GradScaler skipped count as steps.
 
@@ -55,7 +55,7 @@ def optimizer_never_steps(
     ```
 
     ## Known false positives
-    Gradient accumulation over more than `min_backward` micro-batches before the first step:
+    Gradient accumulation over `min_backward` or more micro-batches before the first step:
     it is fine once a step has been seen; raise `min_backward` for very long accumulations.
     """
     counts = dict(tl.series("backward.count"))
