@@ -31,8 +31,8 @@ class Recorder:
 
     def __init__(self, timeline: Timeline) -> None:
         self.timeline = timeline
-        # (step, signal, keys or None, append, device tensor)
-        self._pending: list[tuple[int, str, list[str] | None, bool, torch.Tensor]] = []
+        # (step, signal, keys or None, append, device tensor, host-side multiplier)
+        self._pending: list[tuple[int, str, list[str] | None, bool, torch.Tensor, float]] = []
 
     def record(self, step: int, name: str, value: Any, key: str | None = None) -> None:
         self.timeline.record(step, name, value, key)
@@ -50,9 +50,13 @@ class Recorder:
         value: torch.Tensor,
         keys: list[str] | None = None,
         append: bool = False,
+        scale: float = 1.0,
     ) -> None:
-        """Queue a device value (0-d, or 1-d with one key per element) for the next read-back."""
-        self._pending.append((step, name, keys, append, value.detach()))
+        """Queue a device value (0-d, or 1-d with one key per element) for the next read-back.
+
+        `scale` multiplies the value on the host after the read-back, which saves a device op.
+        """
+        self._pending.append((step, name, keys, append, value.detach(), scale))
 
     @property
     def pending(self) -> int:
@@ -64,7 +68,7 @@ class Recorder:
             return
         pending, self._pending = self._pending, []
         by_device: dict[torch.device, list[int]] = {}
-        for i, (*_, t) in enumerate(pending):
+        for i, (*_, t, _scale) in enumerate(pending):
             by_device.setdefault(t.device, []).append(i)
         values: dict[int, list[float]] = {}
         for idx in by_device.values():
@@ -75,8 +79,8 @@ class Recorder:
                 n = pending[i][4].numel()
                 values[i] = host[pos : pos + n]
                 pos += n
-        for i, (step, name, keys, append, tensor) in enumerate(pending):
-            vals = values[i]
+        for i, (step, name, keys, append, tensor, scale) in enumerate(pending):
+            vals = values[i] if scale == 1.0 else [v * scale for v in values[i]]
             if keys is not None:
                 for k, v in zip(keys, vals):
                     self.timeline.record(step, name, v, key=k)

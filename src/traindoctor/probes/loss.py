@@ -102,6 +102,8 @@ class LossProbe(Probe):
         super().__init__()
         self.backward_total = 0
         self._sources_seen: set[str] = set()
+        self._backward_seen: set[tuple[str, float]] = set()
+        self._factors_seen: set[float] = set()
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self.backward_total += 1
@@ -116,11 +118,17 @@ class LossProbe(Probe):
         factor, _ = constant_factor(loss)
         rec.append(step, LOSS_FACTOR, factor)
         if loss.numel() == 1:
-            # Queue the value unscaled by the constant factor: the loss the user computed.
-            rec.defer(step, LOSS_BACKWARD, loss.detach().reshape(()) / factor, append=True)
+            # The loss the user computed: the factor is divided out on the host at read-back.
+            rec.defer(step, LOSS_BACKWARD, loss.detach().reshape(()), append=True, scale=1 / factor)
+        # Where backward() is called: on the first steps and whenever a new factor shows up
+        # (a stack walk costs microseconds; not every step).
+        if step > STRUCTURAL_STEPS and factor in self._factors_seen:
+            return
+        self._factors_seen.add(factor)
         src = user_source_with_code(skip=1)
-        if src and src["source"] not in self._sources_seen and len(self._sources_seen) < 16:
-            self._sources_seen.add(src["source"])
+        key = (src["source"], round(factor, 12)) if src else None
+        if key and key not in self._backward_seen and len(self._backward_seen) < 16:
+            self._backward_seen.add(key)
             rec.event(
                 step,
                 "backward_call",
