@@ -8,12 +8,38 @@ report = doc.close()                      # console summary + traindoctor-runs/<
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .api import watch  # noqa: E402
-from .doctor import Doctor  # noqa: E402
-from .errors import UsageError  # noqa: E402
-from .findings import Finding, Severity, Where  # noqa: E402
-from .report.model import Report  # noqa: E402
-
 __all__ = ["watch", "Doctor", "Finding", "Severity", "Where", "Report", "UsageError", "__version__"]
+
+# Imported on first use, so that `traindoctor rules` / `explain` / `report` do not pay for
+# importing torch (seconds); the rules themselves never import torch.
+_LAZY = {
+    "watch": ".api",
+    "Doctor": ".doctor",
+    "Finding": ".findings",
+    "Severity": ".findings",
+    "Where": ".findings",
+    "Report": ".report.model",
+    "UsageError": ".errors",
+}
+
+if TYPE_CHECKING:
+    from .api import watch
+    from .doctor import Doctor
+    from .errors import UsageError
+    from .findings import Finding, Severity, Where
+    from .report.model import Report
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'traindoctor' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -76,9 +76,13 @@ def user_source_with_code(skip: int = 1) -> dict[str, str] | None:
     return {"source": f"{relpath(found[0])}:{found[1]}", "code": found[2]}
 
 
+# Paths are shown relative to the directory the run started in, even if the script chdirs.
+_BASE_DIR = Path.cwd().resolve()
+
+
 def relpath(filename: str) -> str:
     try:
-        rel = Path(filename).resolve().relative_to(Path.cwd().resolve())
+        rel = Path(filename).resolve().relative_to(_BASE_DIR)
         return str(rel)
     except ValueError:
         pass

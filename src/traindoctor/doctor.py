@@ -75,6 +75,7 @@ class Doctor:
         self._primary_stepped = False
         self._model_output: dict[str, Any] | None = None
         self._backward_since_step = 0
+        self._last_backward: tuple[int | None, int] = (None, 0)  # (data_ptr of loss, its step)
         self._closed = False
         self._listening = False
         self._step_started = time.perf_counter()
@@ -137,17 +138,19 @@ class Doctor:
 
     def _make_step_hook(self, opt: torch.optim.Optimizer, pre: bool):
         def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            if self._closed or not self.optimizers or optimizer is not self.optimizers[0]:
+            if self._closed or not self.optimizers:
                 return
+            primary = optimizer is self.optimizers[0]
             t0 = time.perf_counter()
             try:
-                if pre:
+                self.guard.call("hook optimizer step", self._optimizer_step, optimizer, pre)
+                if primary and pre:
                     self.guard.call("hook optimizer pre-step", self._pre_step)
-                else:
+                elif primary:
                     self.guard.call("hook optimizer post-step", self._post_step)
             finally:
                 self.budget.spend(time.perf_counter() - t0)
-            if not pre:
+            if primary and not pre:
                 self._end_step()
 
         return hook
@@ -178,6 +181,7 @@ class Doctor:
             return
         t0 = time.perf_counter()
         self._backward_since_step += 1
+        self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)
         for probe in self.probes:
             self.guard.call(
                 f"probe {probe.name}", probe.on_backward, self.step, root, loss, self.rec
@@ -188,6 +192,13 @@ class Doctor:
         if self.max_steps and self._backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(self.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self._backward_since_step} backward passes without a step")
+
+    def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool) -> None:
+        """Every watched optimizer's step (the primary one also closes the step, below)."""
+        sampled = self.budget.sampled(self.step)
+        for probe in self.probes:
+            event = probe.on_optimizer_pre_step if pre else probe.on_optimizer_post_step
+            self.guard.call(f"probe {probe.name}", event, self.step, sampled, opt, self.rec)
 
     def _pre_step(self) -> None:
         sampled = self.budget.sampled(self.step)
@@ -273,13 +284,32 @@ class Doctor:
             self.guard.call(
                 "probe loss",
                 loss_probe.on_log,
-                self.step,
+                self._log_step(loss),
                 loss,
                 parts,
                 metrics,
                 self._validating > 0,
                 self.rec,
             )
+
+    def _log_step(self, loss: Any) -> int:
+        """The step a logged training loss belongs to.
+
+        `loss.backward(); optimizer.step(); doc.log(loss=loss)` logs after the step closed:
+        the loss belongs to the step whose backward produced it. A tensor sharing storage with
+        the last backward's loss (itself or a .detach()) is matched exactly; a plain number
+        logged before the next backward is given to the previous step.
+        """
+        if self._validating:
+            return self.step
+        ptr, step = self._last_backward
+        if isinstance(loss, torch.Tensor):
+            if ptr is not None and loss.numel() == 1 and loss.data_ptr() == ptr:
+                return step
+            return self.step
+        if loss is not None and self._backward_since_step == 0 and step == self.step - 1:
+            return step
+        return self.step
 
     @contextlib.contextmanager
     def validating(self, model: torch.nn.Module | None = None) -> Iterator[Doctor]:

@@ -96,3 +96,42 @@ def test_every_backward_entry_point_is_seen_once(tmp_path, call):
     assert dict(doc.timeline.series("backward.count")) == {1: 1, 2: 1, 3: 1}
     values = [v for _, vs in doc.timeline.series("loss.backward") for v in vs]
     assert values == pytest.approx(losses, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "logged",
+    [lambda loss: loss, lambda loss: loss.detach(), lambda loss: loss.item()],
+    ids=["tensor", "detached", "item"],
+)
+def test_loss_logged_after_step_belongs_to_its_own_step(tmp_path, logged):
+    # `backward(); step(); doc.log(loss=...)`: the step has closed when log() runs.
+    model = make_model()
+    opt = OPTIMIZERS["sgd-momentum"](model)
+    doc = watch(model, opt, tmp_path)
+    losses = {}
+    for step, (x, y) in enumerate(batches(4), start=1):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        doc.log(loss=logged(loss))
+        losses[step] = loss.item()
+    doc.close()
+    series = dict(doc.timeline.series("loss.train"))
+    assert sorted(series) == [1, 2, 3, 4]
+    for step, values in series.items():
+        assert values == pytest.approx([losses[step]], rel=1e-6)
+
+
+def test_loss_logged_before_backward_stays_in_the_open_step(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["sgd-momentum"](model)
+    doc = watch(model, opt, tmp_path)
+    for x, y in batches(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        doc.log(loss=loss)
+        loss.backward()
+        opt.step()
+    doc.close()
+    assert sorted(dict(doc.timeline.series("loss.train"))) == [1, 2, 3]

@@ -9,6 +9,7 @@ global module forward pre/post hook (root models and their outputs, on the first
 from __future__ import annotations
 
 import contextlib
+import gc
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -153,10 +154,15 @@ class ZeroCodeSession:
         optimizers = [o for o in (r() for r in self._optimizers) if o is not None]
         opt_ids = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
         roots = [m for m in (r() for r in self._roots.values()) if m is not None]
-        # Models: root modules called in forward; prefer those whose params an optimizer holds,
-        # but keep every root with trainable params (a model left out of the optimizer is TD103).
-        models = [m for m in roots if any(True for _ in m.parameters())]
-        models = _outermost(models)
+        # Models: the outermost modules that hold the optimizers' params, found once in the
+        # heap (the script may only ever call submodules), plus any root module called in
+        # forward with params of its own that no optimizer holds (that is TD103, not noise).
+        owners = _owning_models(opt_ids)
+        # Deterministic names: models in the order their optimizers were built.
+        owners.sort(key=lambda m: _first_optimizer(m, optimizers))
+        inside = {id(sub) for m in owners for sub in m.modules()}
+        called = [m for m in roots if id(m) not in inside and any(True for _ in m.parameters())]
+        models = _outermost(owners + called)
         named = {}
         if len(models) == 1:
             named[""] = models[0]
@@ -184,6 +190,28 @@ class ZeroCodeSession:
 
     def after_structural_phase(self) -> None:
         self._remove_forward_hooks()
+
+
+def _owning_models(param_ids: set[int]) -> list[torch.nn.Module]:
+    """Top-level modules (no parent module) holding any of these tensors. One heap scan."""
+    if not param_ids:
+        return []
+    # type() rather than isinstance(): isinstance reads __class__, which some proxies warn on.
+    modules = [o for o in gc.get_objects() if issubclass(type(o), torch.nn.Module)]
+    children = {id(c) for m in modules for c in m._modules.values() if c is not None}
+    return [
+        m
+        for m in modules
+        if id(m) not in children and any(id(p) in param_ids for p in m.parameters())
+    ]
+
+
+def _first_optimizer(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
+    ids = {id(p) for p in model.parameters()}
+    for i, opt in enumerate(optimizers):
+        if any(id(p) in ids for g in opt.param_groups for p in g["params"]):
+            return i
+    return len(optimizers)
 
 
 def _outermost(models: list[torch.nn.Module]) -> list[torch.nn.Module]:

@@ -139,6 +139,16 @@ class Probe:
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         """`root` is the tensor backward ran on; `loss` the same with any GradScaler scale removed."""
 
+    def on_optimizer_pre_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        """Before any watched optimizer's step() (GANs and multi-optimizer setups step several)."""
+
+    def on_optimizer_post_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        """After any watched optimizer's step()."""
+
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         """Before the primary optimizer's step() applies the gradients."""
 

@@ -15,7 +15,9 @@ GRADS_CLEARED = signal(
 )
 GRADS_NORM = signal("grads.norm", "per param: ||grad|| when step() runs (after unscale)")
 GRADS_CARRIED = signal(
-    "grads.carried", "per param: ||grad|| already present before the step's first backward"
+    "grads.carried",
+    "per param whose optimizer stepped: the smallest ||grad|| already in .grad before a backward "
+    "of the step (0 when it was zeroed or None before one of them)",
 )
 GRADS_OBSERVED = signal("grads.observed", "1 on steps where the gradient probe looked")
 
@@ -34,20 +36,21 @@ class GradsProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._step_handles: list = []
-        self._received: set[str] = set()
-        self._carried_names: list[str] = []
-        self._carried_norms: list[torch.Tensor] = []
-        self._seen_this_step: set[str] = set()
-        self._armed_step: int | None = None
+        self._armed = False
+        self._received: set[str] = set()  # got a gradient in a backward of this step
+        self._zeroed: set[str] = set()  # .grad was None before one of this step's backwards
+        self._carried: dict[str, torch.Tensor] = {}  # smallest ||.grad|| before a backward
+        self._none: set[str] = set()  # .grad None when its optimizer stepped
+        self._stepped: set[str] = set()  # held by an optimizer that stepped in this step
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         """On sampled steps, hook every trainable param for the step's backward passes."""
-        self._remove_step_hooks()
+        self._reset()
         if not sampled:
             return
         ctx = self.ctx
         assert ctx is not None
-        self._armed_step = step
+        self._armed = True
         for name, p in ctx.named_params():
             if not p.requires_grad:
                 continue
@@ -62,15 +65,16 @@ class GradsProbe(Probe):
 
     def _make_pre_hook(self, name: str, param: torch.Tensor):
         def pre(_incoming: torch.Tensor) -> None:
-            # Runs before the incoming gradient is added to param.grad: what is there now
-            # was left by earlier steps unless the user zeroed it.
-            if name in self._seen_this_step:
-                return
-            self._seen_this_step.add(name)
+            # Runs before the incoming gradient is added to param.grad: what is there now was
+            # left by earlier backward passes. Gradients are carried across optimizer steps
+            # only if none of the step's backward passes found .grad zeroed.
             old = param.grad
-            if old is not None:
-                self._carried_names.append(name)
-                self._carried_norms.append(torch.linalg.vector_norm(old.detach()).float())
+            if old is None:
+                self._zeroed.add(name)
+                return
+            norm = torch.linalg.vector_norm(old.detach()).float()
+            prev = self._carried.get(name)
+            self._carried[name] = norm if prev is None else torch.minimum(prev, norm)
 
         return pre
 
@@ -80,59 +84,94 @@ class GradsProbe(Probe):
 
         return post
 
+    def on_optimizer_pre_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        """The gradients this optimizer is about to apply (after any GradScaler unscale)."""
+        if not sampled:
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        names_by_id = ctx.param_names
+        params = [
+            (names_by_id[id(p)], p)
+            for g in opt.param_groups
+            for p in g["params"]
+            if id(p) in names_by_id and p.requires_grad
+        ]
+        self._stepped.update(n for n, _ in params)
+        self._check(step, params, rec)
+
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         if not sampled:
             return
         ctx = self.ctx
         assert ctx is not None
         rec.record(step, GRADS_OBSERVED, 1)
-        none, cleared, names, grads = [], [], [], []
-        for name, p in ctx.named_params():
-            if not p.requires_grad:
-                continue
+        # Trainable params that no optimizer holds (TD103): do they get gradients?
+        held = ctx.doctor.optimizer_param_ids()
+        self._check(
+            step,
+            [(n, p) for n, p in ctx.named_params() if p.requires_grad and id(p) not in held],
+            rec,
+        )
+
+    def _check(self, step: int, params: list[tuple[str, torch.Tensor]], rec: Recorder) -> None:
+        names, grads = [], []
+        for name, p in params:
             if p.grad is None:
-                none.append(name)
-                if name in self._received:
-                    cleared.append(name)
+                self._none.add(name)
             else:
                 names.append(name)
                 grads.append(p.grad.detach())
-        rec.record(step, GRADS_NONE, none)
-        if cleared:
-            rec.record(step, GRADS_CLEARED, cleared)
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)
-            by_device: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
-            for n, t in zip(names, norms):
-                ns, ts = by_device.setdefault(t.device, ([], []))
-                ns.append(n)
-                ts.append(t)
-            for ns, ts in by_device.values():
+            for device, (ns, ts) in _by_device(names, norms).items():
+                del device
                 rec.defer(step, GRADS_NORM, torch.stack(ts).float(), keys=ns)
-        if self._carried_names:
-            by_device2: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
-            for n, t in zip(self._carried_names, self._carried_norms):
-                ns, ts = by_device2.setdefault(t.device, ([], []))
-                ns.append(n)
-                ts.append(t)
-            for ns, ts in by_device2.values():
-                rec.defer(step, GRADS_CARRIED, torch.stack(ts), keys=ns)
-        elif self._seen_this_step:
-            rec.record(step, GRADS_CARRIED, {})
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
-        self._remove_step_hooks()
+        if self._armed:
+            rec.record(step, GRADS_NONE, sorted(self._none))
+            cleared = sorted(self._none & self._received)
+            if cleared:
+                rec.record(step, GRADS_CLEARED, cleared)
+            judged = {n for n in self._stepped if n in self._zeroed or n in self._carried}
+            carried = {}
+            for name in sorted(judged):
+                if name in self._zeroed:
+                    rec.record(step, GRADS_CARRIED, 0.0, key=name)
+                else:
+                    carried[name] = self._carried[name]
+            for ns, ts in _by_device(list(carried), list(carried.values())).values():
+                rec.defer(step, GRADS_CARRIED, torch.stack(ts), keys=ns)
+            if not judged and self._stepped:
+                rec.record(step, GRADS_CARRIED, {})
+        self._reset()
 
-    def _remove_step_hooks(self) -> None:
+    def _reset(self) -> None:
         for h in self._step_handles:
             h.remove()
         self._step_handles.clear()
-        self._received.clear()
-        self._carried_names, self._carried_norms = [], []
-        self._seen_this_step = set()
-        self._armed_step = None
+        self._armed = False
+        self._received = set()
+        self._zeroed = set()
+        self._carried = {}
+        self._none = set()
+        self._stepped = set()
 
     def detach(self) -> None:
-        self._remove_step_hooks()
+        self._reset()
         super().detach()
+
+
+def _by_device(
+    names: list[str], tensors: list[torch.Tensor]
+) -> dict[torch.device, tuple[list[str], list[torch.Tensor]]]:
+    out: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
+    for n, t in zip(names, tensors):
+        ns, ts = out.setdefault(t.device, ([], []))
+        ns.append(n)
+        ts.append(t)
+    return out

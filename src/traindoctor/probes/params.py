@@ -28,9 +28,9 @@ class ParamsProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._ids_at_attach: dict[str, int] = {}
-        self._snapshot: list[torch.Tensor] | None = None
-        self._snap_names: list[str] = []
-        self._snap_params: list[torch.Tensor] = []
+        # id(optimizer) -> (names, params, copies) between its pre- and post-step hooks
+        self._snapshots: dict[int, tuple[list[str], list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._budget_left = SNAPSHOT_BYTES
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -70,30 +70,46 @@ class ParamsProbe(Probe):
             entry = inventory.get(name)
             if entry is not None:
                 entry["requires_grad"] = bool(p.requires_grad)
-        names, params, budget = [], [], SNAPSHOT_BYTES
-        in_opt = ctx.doctor.optimizer_param_ids()
-        for name, p in ctx.named_params():
-            if id(p) not in in_opt or not p.requires_grad:
-                continue
-            size = p.numel() * p.element_size()
-            if size > budget:
-                continue
-            budget -= size
-            names.append(name)
-            params.append(p.detach())
-        if not params:
-            return
-        # A copy of the params on the device, no host sync; freed at on_post_step.
-        self._snapshot = torch._foreach_mul(params, 1)
-        self._snap_names, self._snap_params = names, params
 
-    def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
-        if self._snapshot is None:
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._budget_left = SNAPSHOT_BYTES
+        self._snapshots.clear()
+
+    def on_optimizer_pre_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        """Copy the params this optimizer holds, to measure exactly what its step changes."""
+        if not sampled:
             return
+        ctx = self.ctx
+        assert ctx is not None
+        names_by_id = ctx.param_names
+        names, params = [], []
+        for group in opt.param_groups:
+            for p in group["params"]:
+                name = names_by_id.get(id(p))
+                if name is None or not p.requires_grad:
+                    continue
+                size = p.numel() * p.element_size()
+                if size > self._budget_left:
+                    continue
+                self._budget_left -= size
+                names.append(name)
+                params.append(p.detach())
+        if params:
+            # A copy on the device, no host sync; freed at on_optimizer_post_step.
+            self._snapshots[id(opt)] = (names, params, torch._foreach_mul(params, 1))
+
+    def on_optimizer_post_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        snap = self._snapshots.pop(id(opt), None)
+        if snap is None:
+            return
+        names, params, before = snap
         with torch.no_grad():
-            delta = torch._foreach_sub(self._snap_params, self._snapshot)
+            delta = torch._foreach_sub(params, before)
             upd = torch.stack(torch._foreach_norm(delta)).float()
-            norms = torch.stack(torch._foreach_norm(self._snapshot)).float()
-        rec.defer(step, PARAMS_UPDATE, upd, keys=self._snap_names)
-        rec.defer(step, PARAMS_NORM, norms, keys=self._snap_names)
-        self._snapshot, self._snap_params = None, []
+            norms = torch.stack(torch._foreach_norm(before)).float()
+        rec.defer(step, PARAMS_UPDATE, upd, keys=names)
+        rec.defer(step, PARAMS_NORM, norms, keys=names)
