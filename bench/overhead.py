@@ -59,7 +59,7 @@ def run(steps: int, watched: bool, out_dir: str) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = steadier timings)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,12 +68,21 @@ def main() -> None:
     n_tensors = len(list(model.parameters()))
     plain: list[float] = []
     watched: list[float] = []
+    pair_ratios: list[float] = []
     with tempfile.TemporaryDirectory() as out:
         run(20, False, out)  # warm-up: allocator, kernels
-        for _ in range(args.rounds):
-            plain += run(args.steps, False, out)
-            watched += run(args.steps, True, out)
-    med = statistics.median(watched) / statistics.median(plain)
+        for i in range(args.rounds):
+            # Alternate which goes first so that drift in machine speed cancels out.
+            if i % 2:
+                w = run(args.steps, True, out)
+                p = run(args.steps, False, out)
+            else:
+                p = run(args.steps, False, out)
+                w = run(args.steps, True, out)
+            plain += p
+            watched += w
+            pair_ratios.append(statistics.median(w) / statistics.median(p))
+    med = statistics.median(pair_ratios)
     mean = statistics.fmean(watched) / statistics.fmean(plain)
     print(
         f"model: {n_params:,} params in {n_tensors} tensors; {args.steps} steps x {args.rounds} rounds"
@@ -84,7 +93,8 @@ def main() -> None:
     print(
         f"watched median step {statistics.median(watched) * 1e3:.3f} ms, mean {statistics.fmean(watched) * 1e3:.3f} ms"
     )
-    print(f"overhead ratio (median step time): {med:.3f}")
+    print(f"overhead ratio (median step time, median over rounds): {med:.3f}")
+    print("per-round ratios: " + ", ".join(f"{r:.3f}" for r in pair_ratios))
     print(f"overhead ratio (mean step time, includes sampled and structural steps): {mean:.3f}")
     print(
         f"time inside traindoctor's hooks, self-measured: {statistics.fmean(SPENT):.2%} of step time"

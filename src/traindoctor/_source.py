@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import sysconfig
@@ -80,6 +81,7 @@ def user_source_with_code(skip: int = 1) -> dict[str, str] | None:
 _BASE_DIR = Path.cwd().resolve()
 
 
+@functools.lru_cache(maxsize=1024)
 def relpath(filename: str) -> str:
     try:
         rel = Path(filename).resolve().relative_to(_BASE_DIR)

@@ -24,7 +24,18 @@ from .rules._registry import Rule, all_rules, select
 from .timeline import Timeline
 
 READBACK_EVERY = 25
-DIAGNOSE_EVERY = 25
+
+
+def diagnose_due(step: int, structural_steps: int = 3) -> bool:
+    """Rules run on the structural steps, then every 25 steps, widening to every 100 after step
+    200 and every 1000 after step 2000: a pass reads the whole timeline, so a fixed interval
+    would make long runs pay more and more."""
+    if step <= structural_steps:
+        return True
+    every = 25 if step < 200 else 100 if step < 2000 else 1000
+    return step % every == 0
+
+
 # Backward passes without an optimizer step after which the run is re-diagnosed (TD105).
 NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -61,6 +72,7 @@ class Doctor:
         self.run_id = run_id or _new_run_id(script)
         self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
         self.probes: list[Probe] = probes if probes is not None else default_probes()
+        self._subscribers: dict[str, list[Probe]] = {}
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self.scaler: Any = None
@@ -182,10 +194,7 @@ class Doctor:
         t0 = time.perf_counter()
         self._backward_since_step += 1
         self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)
-        for probe in self.probes:
-            self.guard.call(
-                f"probe {probe.name}", probe.on_backward, self.step, root, loss, self.rec
-            )
+        self._dispatch("on_backward", self.step, root, loss, self.rec)
         self.budget.spend(time.perf_counter() - t0)
         if self._backward_since_step in NO_STEP_CHECKPOINTS:
             self.guard.call("diagnose", self.diagnose)
@@ -193,24 +202,31 @@ class Doctor:
             self.timeline.event(self.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self._backward_since_step} backward passes without a step")
 
+    def _dispatch(self, event: str, *args: Any) -> None:
+        """Call `event` on the probes that implement it, each behind the guard.
+
+        Probes that keep the base class's no-op are skipped: this runs several times a step.
+        """
+        subscribers = self._subscribers.get(event)
+        if subscribers is None:
+            base = getattr(Probe, event)
+            subscribers = [p for p in self.probes if getattr(type(p), event) is not base]
+            self._subscribers[event] = subscribers
+        for probe in subscribers:
+            self.guard.call(f"probe {probe.name}", getattr(probe, event), *args)
+
     def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool) -> None:
         """Every watched optimizer's step (the primary one also closes the step, below)."""
-        sampled = self.budget.sampled(self.step)
-        for probe in self.probes:
-            event = probe.on_optimizer_pre_step if pre else probe.on_optimizer_post_step
-            self.guard.call(f"probe {probe.name}", event, self.step, sampled, opt, self.rec)
+        event = "on_optimizer_pre_step" if pre else "on_optimizer_post_step"
+        self._dispatch(event, self.step, self.budget.sampled(self.step), opt, self.rec)
 
     def _pre_step(self) -> None:
-        sampled = self.budget.sampled(self.step)
-        for probe in self.probes:
-            self.guard.call(f"probe {probe.name}", probe.on_pre_step, self.step, sampled, self.rec)
+        self._dispatch("on_pre_step", self.step, self.budget.sampled(self.step), self.rec)
 
     def _post_step(self) -> None:
         self._primary_stepped = True
         self._backward_since_step = 0
-        sampled = self.budget.sampled(self.step)
-        for probe in self.probes:
-            self.guard.call(f"probe {probe.name}", probe.on_post_step, self.step, sampled, self.rec)
+        self._dispatch("on_post_step", self.step, self.budget.sampled(self.step), self.rec)
 
     def _end_step(self) -> None:
         t0 = time.perf_counter()
@@ -225,21 +241,19 @@ class Doctor:
             raise StopTraining(f"--max-steps {self.max_steps} reached")
 
     def _close_step(self, step: int) -> None:
-        sampled = self.budget.sampled(step)
-        for probe in self.probes:
-            self.guard.call(f"probe {probe.name}", probe.on_step_end, step, sampled, self.rec)
+        self._dispatch("on_step_end", step, self.budget.sampled(step), self.rec)
         self.timeline.last_step = step
         if step <= self.budget.structural_steps or step % READBACK_EVERY == 0:
             self.rec.readback()
         if step <= self.budget.structural_steps:
             self._structure_check()
-        if step <= self.budget.structural_steps or step % DIAGNOSE_EVERY == 0:
+        if diagnose_due(step, self.budget.structural_steps):
             self.diagnose()
 
     def _prepare_step(self) -> None:
-        sampled = self.budget.sampled(self.step)
-        for probe in self.probes:
-            self.guard.call(f"probe {probe.name}", probe.prepare, self.step, sampled, self.rec)
+        if self._ctx is not None:
+            self._ctx.new_step()
+        self._dispatch("prepare", self.step, self.budget.sampled(self.step), self.rec)
 
     def _structure_check(self) -> None:
         optim_probe = self._probe("optim")

@@ -33,41 +33,56 @@ class Timeline:
 
     def __init__(self) -> None:
         self.facts: dict[str, Any] = {}
-        self._steps: dict[int, dict[str, Any]] = defaultdict(dict)
+        # signal -> {step: value}: a rule reading one signal touches only that signal's steps.
+        self._signals: dict[str, dict[int, Any]] = defaultdict(dict)
         self._events: list[dict[str, Any]] = []
+        self._events_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.last_step: int = 0  # number of completed optimizer steps
 
     # -- writing (probes) -------------------------------------------------------------------
     def record(self, step: int, name: str, value: Any, key: str | None = None) -> None:
         if key is None:
-            self._steps[step][name] = value
+            self._signals[name][step] = value
         else:
-            self._steps[step].setdefault(name, {})[key] = value
+            self._signals[name].setdefault(step, {})[key] = value
 
     def append(self, step: int, name: str, value: Any) -> None:
         """Add a value to a per-step list signal (e.g. one value per micro-batch)."""
-        self._steps[step].setdefault(name, []).append(value)
+        self._signals[name].setdefault(step, []).append(value)
 
     def event(self, step: int, kind: str, **facts: Any) -> None:
-        self._events.append({"step": step, "kind": kind, **facts})
+        event = {"step": step, "kind": kind, **facts}
+        self._events.append(event)
+        self._events_by_kind[kind].append(event)
 
     def get(self, step: int, name: str, default: Any = None) -> Any:
         """One signal at one step; O(1), for probes on the hot path."""
-        data = self._steps.get(step)
-        return default if data is None else data.get(name, default)
+        data = self._signals.get(name)
+        return default if data is None else data.get(step, default)
 
     def has_event(self, kind: str) -> bool:
-        return any(e["kind"] == kind for e in self._events)
+        return bool(self._events_by_kind.get(kind))
 
     # -- reading ----------------------------------------------------------------------------
     def series(self, name: str) -> list[tuple[int, Any]]:
-        return [(s, d[name]) for s, d in sorted(self._steps.items()) if name in d]
+        data = self._signals.get(name)
+        return sorted(data.items()) if data else []
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self._events if kind is None or e["kind"] == kind]
+        if kind is None:
+            return list(self._events)
+        return list(self._events_by_kind.get(kind, ()))
 
     def signal_names(self, prefix: str = "") -> list[str]:
-        return sorted({n for d in self._steps.values() for n in d if n.startswith(prefix)})
+        return sorted(n for n, d in self._signals.items() if d and n.startswith(prefix))
+
+    def steps(self) -> dict[int, dict[str, Any]]:
+        """Per-step view of every signal (for persistence)."""
+        out: dict[int, dict[str, Any]] = defaultdict(dict)
+        for name, data in self._signals.items():
+            for step, value in data.items():
+                out[step][name] = value
+        return dict(sorted(out.items()))
 
     def view(self, rule: Rule | None = None) -> TimelineView:
         return TimelineView(self, rule)
@@ -75,7 +90,7 @@ class Timeline:
     # -- persistence ------------------------------------------------------------------------
     def to_jsonl_lines(self) -> Iterator[str]:
         yield json.dumps({"type": "facts", "last_step": self.last_step, "facts": self.facts})
-        for step, data in sorted(self._steps.items()):
+        for step, data in self.steps().items():
             yield json.dumps({"type": "step", "step": step, "signals": data}, default=str)
         for event in self._events:
             yield json.dumps({"type": "event", **event}, default=str)
@@ -98,9 +113,12 @@ class Timeline:
                     tl.facts = rec.get("facts", {})
                     tl.last_step = rec.get("last_step", 0)
                 elif kind == "step":
-                    tl._steps[int(rec["step"])].update(rec.get("signals", {}))
+                    step = int(rec["step"])
+                    for name, value in (rec.get("signals") or {}).items():
+                        tl._signals[name][step] = value
                 elif kind == "event":
                     tl._events.append(rec)
+                    tl._events_by_kind[rec.get("kind", "")].append(rec)
         return tl
 
 

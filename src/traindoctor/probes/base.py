@@ -100,6 +100,7 @@ class AttachContext:
     scaler: Any
     mode: str  # "watch" | "zero-code" | framework name
     param_names: dict[int, str] = field(default_factory=dict)  # id(tensor) -> qualified name
+    _named_cache: list[tuple[str, torch.nn.Parameter]] | None = None
 
     def hook(self, where: str, fn: Callable[..., Any]) -> Callable[..., None]:
         """Wrap a torch hook so that it can never raise into the training and returns None."""
@@ -111,6 +112,16 @@ class AttachContext:
         return guarded
 
     def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(qualified name, param) of the watched models as they are now; walked once a step
+        (walking the module tree costs ~10 µs per module) and shared by the probes."""
+        if self._named_cache is None:
+            self._named_cache = self._walk_params()
+        return self._named_cache
+
+    def new_step(self) -> None:
+        self._named_cache = None
+
+    def _walk_params(self) -> list[tuple[str, torch.nn.Parameter]]:
         out: list[tuple[str, torch.nn.Parameter]] = []
         seen: set[int] = set()
         for prefix, model in self.models.items():

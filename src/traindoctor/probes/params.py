@@ -49,6 +49,8 @@ class ParamsProbe(Probe):
         }
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if not sampled:
+            return  # walking the module tree every step would cost more than the budget
         ctx = self.ctx
         assert ctx is not None
         # Identity changes: a module whose params were replaced (e.g. `model.head = Linear(...)`).
@@ -59,8 +61,6 @@ class ParamsProbe(Probe):
         ]
         if replaced:
             rec.record(step, PARAMS_REPLACED, replaced)
-        if not sampled:
-            return
         inventory = rec.timeline.facts.get("params", {})
         current = ctx.named_params()
         # Names follow the model as it is now: a replaced tensor loses its name.
@@ -108,8 +108,9 @@ class ParamsProbe(Probe):
             return
         names, params, before = snap
         with torch.no_grad():
-            delta = torch._foreach_sub(params, before)
-            upd = torch.stack(torch._foreach_norm(delta)).float()
             norms = torch.stack(torch._foreach_norm(before)).float()
+            # In place on our copy: it becomes θ_before - θ_after, with no new allocation.
+            torch._foreach_sub_(before, params)
+            upd = torch.stack(torch._foreach_norm(before)).float()
         rec.defer(step, PARAMS_UPDATE, upd, keys=names)
         rec.defer(step, PARAMS_NORM, norms, keys=names)
