@@ -268,3 +268,23 @@ def test_max_steps_stops_the_loop_cleanly(tmp_path):
     torch.manual_seed(5)
     train(plain, plain_opt, 5)
     assert_bit_identical(params_of(model), params_of(plain))
+
+
+def test_a_failing_report_renderer_never_reaches_the_loop(tmp_path, monkeypatch):
+    import traindoctor.report as report_pkg
+
+    def broken(_report):
+        raise RuntimeError("renderer bug")
+
+    monkeypatch.setattr(report_pkg, "render_markdown", broken)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 3)).pow(2).mean().backward()
+            opt.step()
+    report = doc.report
+    assert report is not None
+    assert "renderer bug" in (report.write_error or "")
+    assert any(e["where"] == "report writer" for e in report.internal_errors)

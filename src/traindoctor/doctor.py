@@ -374,8 +374,8 @@ class Doctor:
         if self.report is not None:
             return self.report
         self._closed = True
-        self._record_outcome(exc)
-        self._detach()
+        self.guard.call("outcome", self._record_outcome, exc)
+        self.guard.call("detach", self._detach)
         self.guard.call("readback", self.rec.readback)
         self.guard.call("diagnose", self.diagnose)
         from .report import write_run
@@ -393,6 +393,10 @@ class Doctor:
             write_run(self.report)
         except OSError as err:
             self.report.write_error = f"could not write the run directory: {err}"
+        except Exception as err:  # noqa: BLE001  (a renderer bug must not reach the user's loop)
+            self.guard.record("report writer", err)
+            self.report.internal_errors = [e.to_dict() for e in self.guard.errors]
+            self.report.write_error = f"could not render the report: {type(err).__name__}: {err}"
         if self.console:
             from .report.console import print_report
 

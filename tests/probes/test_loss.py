@@ -135,3 +135,33 @@ def test_loss_logged_before_backward_stays_in_the_open_step(tmp_path):
         opt.step()
     doc.close()
     assert sorted(dict(doc.timeline.series("loss.train"))) == [1, 2, 3]
+
+
+def test_backward_of_an_unwatched_model_is_not_a_graphless_loss(tmp_path):
+    # Only the student is watched; a separately trained model's backward is not TD101.
+    student, other = make_model(), make_model(seed=1)
+    opt_s = OPTIMIZERS["sgd-momentum"](student)
+    opt_o = OPTIMIZERS["sgd-momentum"](other)
+    doc = watch(student, opt_s, tmp_path)
+    for x, y in batches(4):
+        for model, opt in ((student, opt_s), (other, opt_o)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    doc.close()
+    assert "TD101" not in doc.report.codes
+
+
+def test_loss_rewrapped_as_a_leaf_reaches_no_parameter(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["sgd-momentum"](model)
+    doc = watch(model, opt, tmp_path)
+    for x, y in batches(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x).detach(), y).requires_grad_(True)
+        (loss * 1.0).backward()
+        opt.step()
+    doc.close()
+    f = doc.report.get("TD101")
+    assert f is not None and f.step == 1
+    assert f.evidence["graph_leaves"] == [[]]

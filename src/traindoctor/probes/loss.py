@@ -62,10 +62,12 @@ STRUCTURAL_STEPS = 3
 
 
 def reaches_params(root: torch.Tensor, param_ids: set[int], limit: int = 100_000):
-    """None if the graph of `root` reaches a parameter; else the shapes of the leaves it reaches.
+    """None if the graph of `root` reaches a watched parameter; else the shapes of the leaves
+    it reaches.
 
-    Breadth-first from the root, stopping at the first parameter found, so a healthy loss
-    costs a few nodes; only a graph that reaches no parameter is walked whole.
+    Breadth-first from the root, stopping at the first watched parameter found, so a healthy
+    loss costs a few nodes; only a graph that reaches none is walked whole. A graph that reaches
+    an `nn.Parameter` traindoctor does not watch belongs to another model: None too.
     """
     leaves: list[list[int]] = []
     seen: set[int] = set()
@@ -79,7 +81,7 @@ def reaches_params(root: torch.Tensor, param_ids: set[int], limit: int = 100_000
         visited += 1
         var = getattr(node, "variable", None)
         if var is not None:
-            if id(var) in param_ids:
+            if id(var) in param_ids or isinstance(var, torch.nn.Parameter):
                 return None
             leaves.append(list(var.shape))
         frontier.extend(fn for fn, _ in node.next_functions)

@@ -56,6 +56,8 @@ def _render(report: Report, console: Console) -> None:
             line = Text(f"{f.severity.value.upper():<8}", style=_STYLE[f.severity])
             line.append(f"{f.code} {f.name}{at}{src}")
             console.print(line)
+    if report.write_error:
+        console.print(Text(f"traindoctor: {report.write_error}", style="magenta"))
     style = "bold red" if report.errors else ("yellow" if report.warnings else "green")
     # The path goes on its own line: a rule title that is too wide gets cut short.
     console.rule(
