@@ -74,7 +74,9 @@ class Finding:
         return (self.code, self.where.module, self.where.params, self.where.op)
 
     def merged_with(self, later: Finding) -> Finding:
-        """Fold a repeat of this finding: keep the first step, refresh the evidence."""
+        """The same finding derived again by a later diagnosis pass over the longer timeline:
+        keep the step it was first reported at, take the refreshed evidence. `count` is the
+        rule's own (how often the symptom occurred), not the number of passes."""
         first = min(s for s in (self.first_step, later.first_step, self.step) if s is not None)
         last_candidates = [
             s for s in (self.last_step, later.last_step, later.step) if s is not None
@@ -84,7 +86,6 @@ class Finding:
             step=self.step if self.step is not None else later.step,
             first_step=first,
             last_step=max(last_candidates) if last_candidates else None,
-            count=self.count + 1,
         )
 
     def to_dict(self) -> dict[str, Any]:
