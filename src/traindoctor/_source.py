@@ -62,6 +62,18 @@ def user_frame(skip: int = 1) -> tuple[str, int, str] | None:
     return None
 
 
+def call_site(max_depth: int = 24) -> tuple[str, int] | None:
+    """(file, line) of the innermost user frame: cheap enough for every backward (µs)."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        if is_user_file(frame.f_code.co_filename):
+            return frame.f_code.co_filename, frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
 def user_source(skip: int = 1) -> str | None:
     """`path:line` of the user's frame, relative to the working directory when inside it."""
     found = user_frame(skip + 1)

@@ -72,7 +72,7 @@ class GradsProbe(Probe):
             if old is None:
                 self._zeroed.add(name)
                 return
-            norm = torch.linalg.vector_norm(old.detach()).float()
+            norm = torch.linalg.vector_norm(_strided(old.detach())).float()
             prev = self._carried.get(name)
             self._carried[name] = norm if prev is None else torch.minimum(prev, norm)
 
@@ -123,7 +123,7 @@ class GradsProbe(Probe):
                 self._none.add(name)
             else:
                 names.append(name)
-                grads.append(p.grad.detach())
+                grads.append(_strided(p.grad.detach()))
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)
@@ -164,6 +164,16 @@ class GradsProbe(Probe):
     def detach(self) -> None:
         self._reset()
         super().detach()
+
+
+def _strided(grad: torch.Tensor) -> torch.Tensor:
+    """A dense tensor with the same norm: sparse gradients (nn.Embedding(sparse=True),
+    SparseAdam) have no norm kernel; the norm of their (coalesced) stored values is theirs."""
+    if grad.layout is torch.strided:
+        return grad
+    if grad.is_sparse:
+        return grad.coalesce().values()
+    return grad.values()  # compressed layouts (CSR/CSC/BSR/BSC) hold each entry once
 
 
 def _by_device(

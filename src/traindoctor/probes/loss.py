@@ -8,13 +8,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._source import user_source_with_code
+from .._source import call_site, relpath, user_source_with_code
 from ..timeline import signal
 from .base import Cost, Probe, Recorder
 
 LOSS_BACKWARD = signal("loss.backward", "per step: list of backward-root values, scaler removed")
 LOSS_FACTOR = signal(
     "loss.factor", "per step: list of constant factors (e.g. 1/accum) applied just before backward"
+)
+LOSS_SITE = signal(
+    "loss.site", "per step: list of call-site ids (event backward_site) of each backward pass"
 )
 LOSS_TRAIN = signal("loss.train", "per step: list of losses logged with doc.log(loss=...)")
 LOSS_VAL = signal("loss.val", "per step: list of losses logged inside doc.validating()")
@@ -93,6 +96,7 @@ class LossProbe(Probe):
     provides: ClassVar[tuple[str, ...]] = (
         LOSS_BACKWARD,
         LOSS_FACTOR,
+        LOSS_SITE,
         LOSS_TRAIN,
         LOSS_VAL,
         BACKWARD_COUNT,
@@ -106,6 +110,7 @@ class LossProbe(Probe):
         self._sources_seen: set[str] = set()
         self._backward_seen: set[tuple[str, float]] = set()
         self._factors_seen: set[float] = set()
+        self._sites: dict[tuple[str, int] | None, int] = {}
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self.backward_total += 1
@@ -119,6 +124,7 @@ class LossProbe(Probe):
                 self._not_differentiable(step, loss, rec, via="backward", leaves=leaves)
         factor, _ = constant_factor(loss)
         rec.append(step, LOSS_FACTOR, factor)
+        rec.append(step, LOSS_SITE, self._site_id(step, rec))
         if loss.numel() == 1:
             # The loss the user computed: the factor is divided out on the host at read-back.
             rec.defer(step, LOSS_BACKWARD, loss.detach().reshape(()), append=True, scale=1 / factor)
@@ -138,6 +144,18 @@ class LossProbe(Probe):
                 backward_index=self.backward_total,
                 **src,
             )
+
+    def _site_id(self, step: int, rec: Recorder) -> int:
+        """A small id for the line that called backward(), so that rules can compare the
+        passes of one call site (micro-batches) without storing a string per backward."""
+        where = call_site()
+        site = self._sites.get(where)
+        if site is None:
+            site = len(self._sites)
+            self._sites[where] = site
+            source = f"{relpath(where[0])}:{where[1]}" if where else None
+            rec.event(step, "backward_site", site=site, source=source)
+        return site
 
     def on_log(
         self,

@@ -23,6 +23,8 @@ class OptimProbe(Probe):
         self._unnamed_with_grad: set[int] = set()
         # The user's `td.watch(model, optimizer)` line: where the optimizer was handed over.
         self._watched_at: str | None = None
+        # Which tensors each optimizer held when `describe()` last ran.
+        self._layout: tuple = ()
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -69,10 +71,16 @@ class OptimProbe(Probe):
                 }
             )
         rec.timeline.facts["optimizers"] = optimizers
+        self._layout = _layout(ctx.optimizers)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         ctx = self.ctx
         assert ctx is not None
+        if sampled and _layout(ctx.optimizers) != self._layout:
+            # optimizer.add_param_group() after the structural steps (progressive unfreezing):
+            # describe again, or the params it added would look held by no optimizer (TD103).
+            # Only on sampled steps, after the params probe refreshed the names.
+            self.describe(rec)
         if sampled:
             names = ctx.param_names
             for opt in ctx.optimizers:
@@ -93,6 +101,12 @@ class OptimProbe(Probe):
 
     def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         rec.record(step, OPTIM_STEP, 1)
+
+
+def _layout(optimizers: list) -> tuple:
+    """Identity of the tensors in every param group: cheap to compare, changes on
+    add_param_group() or when a group's list of params is edited in place."""
+    return tuple(tuple(tuple(map(id, g["params"])) for g in opt.param_groups) for opt in optimizers)
 
 
 def _float(value: object) -> float | None:
