@@ -47,6 +47,11 @@ class Guard:
             self.record(where, exc)
             return None
 
+    def note(self, where: str, exc: BaseException) -> None:
+        """Record an error without disabling the component (it recovered by itself)."""
+        self.record(where, exc)
+        self.disabled.discard(where)
+
     def record(self, where: str, exc: BaseException) -> None:
         try:
             step = self._step_fn()

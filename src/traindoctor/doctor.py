@@ -129,7 +129,7 @@ class Doctor:
         if scaler is not None:
             self._wrap_scaler(scaler)
         if not self._listening:
-            _patches.add_backward_listener(self._on_backward)
+            _patches.add_backward_listener(self._on_backward, self._after_backward)
             self._listening = True
         self._prepare_step()
         self._structure_check()
@@ -193,7 +193,7 @@ class Doctor:
             return
         t0 = time.perf_counter()
         self._backward_since_step += 1
-        self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)
+        self.guard.call("hook backward", self._note_backward, loss)
         self._dispatch("on_backward", self.step, root, loss, self.rec)
         self.budget.spend(time.perf_counter() - t0)
         if self._backward_since_step in NO_STEP_CHECKPOINTS:
@@ -215,6 +215,16 @@ class Doctor:
         for probe in subscribers:
             self.guard.call(f"probe {probe.name}", getattr(probe, event), *args)
 
+    def _note_backward(self, loss: torch.Tensor) -> None:
+        self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)
+
+    def _after_backward(self) -> None:
+        if self._closed or self._validating:
+            return
+        t0 = time.perf_counter()
+        self._dispatch("on_after_backward", self.step, self.rec)
+        self.budget.spend(time.perf_counter() - t0)
+
     def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool) -> None:
         """Every watched optimizer's step (the primary one also closes the step, below)."""
         event = "on_optimizer_pre_step" if pre else "on_optimizer_post_step"
@@ -231,7 +241,10 @@ class Doctor:
     def _end_step(self) -> None:
         t0 = time.perf_counter()
         step = self.step
-        self.guard.call("step end", self._close_step, step)
+        try:
+            self._close_step(step)
+        except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
+            self.guard.note("step end", exc)
         self.step = step + 1
         self.guard.call("step prepare", self._prepare_step)
         self.budget.spend(time.perf_counter() - t0)
@@ -241,14 +254,21 @@ class Doctor:
             raise StopTraining(f"--max-steps {self.max_steps} reached")
 
     def _close_step(self, step: int) -> None:
+        # Each part under its own guard key: one failing part must not switch off the others.
         self._dispatch("on_step_end", step, self.budget.sampled(step), self.rec)
         self.timeline.last_step = step
         if step <= self.budget.structural_steps or step % READBACK_EVERY == 0:
-            self.rec.readback()
+            self._readback()
         if step <= self.budget.structural_steps:
             self._structure_check()
         if diagnose_due(step, self.budget.structural_steps):
-            self.diagnose()
+            self.guard.call("diagnose", self.diagnose)
+
+    def _readback(self) -> None:
+        self.guard.call("readback", self.rec.readback)
+        for exc in self.rec.errors:
+            self.guard.note("readback", exc)
+        self.rec.errors.clear()
 
     def _prepare_step(self) -> None:
         if self._ctx is not None:
@@ -297,8 +317,7 @@ class Doctor:
         if loss_probe is not None:
             self.guard.call(
                 "probe loss",
-                loss_probe.on_log,
-                self._log_step(loss),
+                lambda *args: loss_probe.on_log(self._log_step(loss), *args),
                 loss,
                 parts,
                 metrics,
@@ -376,7 +395,7 @@ class Doctor:
         self._closed = True
         self.guard.call("outcome", self._record_outcome, exc)
         self.guard.call("detach", self._detach)
-        self.guard.call("readback", self.rec.readback)
+        self._readback()
         self.guard.call("diagnose", self.diagnose)
         from .report import write_run
 
@@ -430,7 +449,7 @@ class Doctor:
 
     def _detach(self) -> None:
         if self._listening:
-            _patches.remove_backward_listener(self._on_backward)
+            _patches.remove_backward_listener(self._on_backward, self._after_backward)
             self._listening = False
         for h in self._handles:
             h.remove()

@@ -8,6 +8,7 @@ batched transfer, never with one `.item()` per tensor per step.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,13 +27,25 @@ class Cost(enum.IntEnum):
     EXPENSIVE = 2  # rare samples
 
 
+@dataclass
+class _Pending:
+    step: int
+    name: str
+    tensor: torch.Tensor
+    keys: list[str] | None
+    append: bool
+    scale: float
+    reduce: Callable[[float, float], float] | None
+    dropped: bool = False
+
+
 class Recorder:
     """Writes host values into the timeline and batches device values for one read-back."""
 
     def __init__(self, timeline: Timeline) -> None:
         self.timeline = timeline
-        # (step, signal, keys or None, append, device tensor, host-side multiplier)
-        self._pending: list[tuple[int, str, list[str] | None, bool, torch.Tensor, float]] = []
+        self._pending: list[_Pending] = []
+        self.errors: list[BaseException] = []  # read-back failures, for the Doctor to report
 
     def record(self, step: int, name: str, value: Any, key: str | None = None) -> None:
         self.timeline.record(step, name, value, key)
@@ -51,43 +64,72 @@ class Recorder:
         keys: list[str] | None = None,
         append: bool = False,
         scale: float = 1.0,
+        reduce: Callable[[float, float], float] | None = None,
     ) -> None:
         """Queue a device value (0-d, or 1-d with one key per element) for the next read-back.
 
-        `scale` multiplies the value on the host after the read-back, which saves a device op.
+        `scale` multiplies the value on the host after the read-back, which saves a device op;
+        `reduce(old, new)` combines a keyed value with one already recorded for the step.
         """
-        self._pending.append((step, name, keys, append, value.detach(), scale))
+        self._pending.append(_Pending(step, name, value.detach(), keys, append, scale, reduce))
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     def readback(self) -> None:
-        """One device-to-host transfer per device for everything queued since the last call."""
+        """One device-to-host transfer per device for everything queued since the last call.
+
+        An entry that cannot be read (an exotic tensor subclass, say) is dropped and reported
+        in `errors`; the others are still recorded.
+        """
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        by_device: dict[torch.device, list[int]] = {}
-        for i, (*_, t, _scale) in enumerate(pending):
-            by_device.setdefault(t.device, []).append(i)
-        values: dict[int, list[float]] = {}
-        for idx in by_device.values():
-            flat = torch.cat([pending[i][4].reshape(-1).to(torch.float64) for i in idx])
-            host = flat.tolist()  # the one host sync of this read-back
+        by_device: dict[torch.device, list[_Pending]] = {}
+        for entry in pending:
+            by_device.setdefault(entry.tensor.device, []).append(entry)
+        for entries in by_device.values():
+            try:
+                host = _to_host([e.tensor for e in entries])  # the one host sync per device
+            except Exception as exc:  # noqa: BLE001
+                self.errors.append(exc)
+                host = []
+                for e in entries:
+                    try:
+                        host.extend(_to_host([e.tensor]))
+                    except Exception:  # noqa: BLE001
+                        host.extend([math.nan] * e.tensor.numel())
+                        e.dropped = True
             pos = 0
-            for i in idx:
-                n = pending[i][4].numel()
-                values[i] = host[pos : pos + n]
+            for e in entries:
+                n = e.tensor.numel()
+                vals = host[pos : pos + n]
                 pos += n
-        for i, (step, name, keys, append, tensor, scale) in enumerate(pending):
-            vals = values[i] if scale == 1.0 else [v * scale for v in values[i]]
-            if keys is not None:
-                for k, v in zip(keys, vals):
-                    self.timeline.record(step, name, v, key=k)
-            elif append:
-                self.timeline.append(step, name, vals[0] if tensor.dim() == 0 else vals)
-            else:
-                self.timeline.record(step, name, vals[0] if tensor.dim() == 0 else vals)
+                if e.dropped:
+                    continue
+                self._store(e, vals if e.scale == 1.0 else [v * e.scale for v in vals])
+
+    def _store(self, e: _Pending, vals: list[float]) -> None:
+        if e.keys is not None:
+            for k, v in zip(e.keys, vals):
+                if e.reduce is not None:
+                    old = (self.timeline.get(e.step, e.name) or {}).get(k)
+                    v = v if old is None else e.reduce(old, v)
+                self.timeline.record(e.step, e.name, v, key=k)
+        elif e.append:
+            self.timeline.append(e.step, e.name, vals[0] if e.tensor.dim() == 0 else vals)
+        else:
+            self.timeline.record(e.step, e.name, vals[0] if e.tensor.dim() == 0 else vals)
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[float]:
+    # float64 keeps float32/float64 values exact (rules compare losses bit for bit); devices
+    # without float64 (Apple MPS) are read in float32 and converted on the host.
+    device = tensors[0].device
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+    return flat.cpu().tolist()
 
 
 @dataclass
@@ -159,6 +201,9 @@ class Probe:
         self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
     ) -> None:
         """After any watched optimizer's step()."""
+
+    def on_after_backward(self, step: int, rec: Recorder) -> None:
+        """After a backward pass has accumulated its gradients."""
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         """Before the primary optimizer's step() applies the gradients."""

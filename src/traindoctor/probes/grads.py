@@ -16,8 +16,11 @@ GRADS_CLEARED = signal(
 GRADS_NORM = signal("grads.norm", "per param: ||grad|| when step() runs (after unscale)")
 GRADS_CARRIED = signal(
     "grads.carried",
-    "per param whose optimizer stepped: the smallest ||grad|| already in .grad before a backward "
-    "of the step (0 when it was zeroed or None before one of them)",
+    "per param: the smallest ||grad|| already in .grad before a backward of the step "
+    "(0 when it was zeroed or None before one of them)",
+)
+GRADS_STEPPED = signal(
+    "grads.stepped", "params held by an optimizer whose step() ran in the step (sampled steps)"
 )
 GRADS_OBSERVED = signal("grads.observed", "1 on steps where the gradient probe looked")
 
@@ -29,60 +32,50 @@ class GradsProbe(Probe):
         GRADS_CLEARED,
         GRADS_NORM,
         GRADS_CARRIED,
+        GRADS_STEPPED,
         GRADS_OBSERVED,
     )
     cost = Cost.MODERATE
 
     def __init__(self) -> None:
         super().__init__()
-        self._step_handles: list = []
         self._armed = False
-        self._received: set[str] = set()  # got a gradient in a backward of this step
-        self._zeroed: set[str] = set()  # .grad was None before one of this step's backwards
-        self._carried: dict[str, torch.Tensor] = {}  # smallest ||.grad|| before a backward
+        self._params: list[tuple[str, torch.Tensor]] = []  # trainable, for this sampled step
+        self._received: set[str] = set()  # had a gradient after a backward of this step
         self._none: set[str] = set()  # .grad None when its optimizer stepped
         self._stepped: set[str] = set()  # held by an optimizer that stepped in this step
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
-        """On sampled steps, hook every trainable param for the step's backward passes."""
         self._reset()
         if not sampled:
             return
         ctx = self.ctx
         assert ctx is not None
         self._armed = True
-        for name, p in ctx.named_params():
-            if not p.requires_grad:
-                continue
-            self._step_handles.append(
-                p.register_hook(ctx.hook("probe grads", self._make_pre_hook(name, p)))
-            )
-            self._step_handles.append(
-                p.register_post_accumulate_grad_hook(
-                    ctx.hook("probe grads", self._make_post_hook(name))
-                )
-            )
+        self._params = [(n, p) for n, p in ctx.named_params() if p.requires_grad]
 
-    def _make_pre_hook(self, name: str, param: torch.Tensor):
-        def pre(_incoming: torch.Tensor) -> None:
-            # Runs before the incoming gradient is added to param.grad: what is there now was
-            # left by earlier backward passes. Gradients are carried across optimizer steps
-            # only if none of the step's backward passes found .grad zeroed.
-            old = param.grad
-            if old is None:
-                self._zeroed.add(name)
-                return
-            norm = torch.linalg.vector_norm(_strided(old.detach())).float()
-            prev = self._carried.get(name)
-            self._carried[name] = norm if prev is None else torch.minimum(prev, norm)
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        """Before the gradients of this backward are added: what is in .grad now was left by
+        earlier passes. A gradient is carried across optimizer steps only if no backward of
+        the step found it zeroed, so the smallest norm over the step's passes is kept."""
+        if not self._armed:
+            return
+        names, grads = [], []
+        for name, p in self._params:
+            if p.grad is None:
+                rec.record(step, GRADS_CARRIED, 0.0, key=name)
+            else:
+                names.append(name)
+                grads.append(_strided(p.grad.detach()))
+        if grads:
+            with torch.no_grad():
+                norms = torch._foreach_norm(grads)  # one fused kernel per device
+            for ns, ts in _by_device(names, norms).values():
+                rec.defer(step, GRADS_CARRIED, torch.stack(ts).float(), keys=ns, reduce=min)
 
-        return pre
-
-    def _make_post_hook(self, name: str):
-        def post(_param: torch.Tensor) -> None:
-            self._received.add(name)
-
-        return post
+    def on_after_backward(self, step: int, rec: Recorder) -> None:
+        if self._armed:
+            self._received.update(n for n, p in self._params if p.grad is not None)
 
     def on_optimizer_pre_step(
         self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
@@ -134,46 +127,18 @@ class GradsProbe(Probe):
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         if self._armed:
             rec.record(step, GRADS_NONE, sorted(self._none))
+            rec.record(step, GRADS_STEPPED, sorted(self._stepped))
             cleared = sorted(self._none & self._received)
             if cleared:
                 rec.record(step, GRADS_CLEARED, cleared)
-            judged = {n for n in self._stepped if n in self._zeroed or n in self._carried}
-            carried = {}
-            for name in sorted(judged):
-                if name in self._zeroed:
-                    rec.record(step, GRADS_CARRIED, 0.0, key=name)
-                else:
-                    carried[name] = self._carried[name]
-            for ns, ts in _by_device(list(carried), list(carried.values())).values():
-                rec.defer(step, GRADS_CARRIED, torch.stack(ts), keys=ns)
-            if not judged and self._stepped:
-                rec.record(step, GRADS_CARRIED, {})
         self._reset()
 
     def _reset(self) -> None:
-        for h in self._step_handles:
-            h.remove()
-        self._step_handles.clear()
         self._armed = False
+        self._params = []
         self._received = set()
-        self._zeroed = set()
-        self._carried = {}
         self._none = set()
         self._stepped = set()
-
-    def detach(self) -> None:
-        self._reset()
-        super().detach()
-
-
-def _strided(grad: torch.Tensor) -> torch.Tensor:
-    """A dense tensor with the same norm: sparse gradients (nn.Embedding(sparse=True),
-    SparseAdam) have no norm kernel; the norm of their (coalesced) stored values is theirs."""
-    if grad.layout is torch.strided:
-        return grad
-    if grad.is_sparse:
-        return grad.coalesce().values()
-    return grad.values()  # compressed layouts (CSR/CSC/BSR/BSC) hold each entry once
 
 
 def _by_device(
@@ -185,3 +150,13 @@ def _by_device(
         ns.append(n)
         ts.append(t)
     return out
+
+
+def _strided(grad: torch.Tensor) -> torch.Tensor:
+    """A dense tensor with the same norm: sparse gradients (nn.Embedding(sparse=True),
+    SparseAdam) have no norm kernel; the norm of their (coalesced) stored values is theirs."""
+    if grad.layout is torch.strided:
+        return grad
+    if grad.is_sparse:
+        return grad.coalesce().values()
+    return grad.values()  # compressed layouts (CSR/CSC/BSR/BSC) hold each entry once

@@ -21,7 +21,7 @@ from .._util import (
     name="grads-never-zeroed",
     severity=Severity.ERROR,
     summary="Gradients from earlier optimizer steps are still in .grad when the next backward adds to them.",
-    requires=("grads.carried", "grads.norm"),
+    requires=("grads.carried", "grads.stepped", "grads.norm"),
     priority=32,
 )
 def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:
@@ -67,10 +67,19 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
     obs = [(s, c) for s, c in tl.series("grads.carried") if s >= 2]
     if len(obs) < min_observations:
         return
-    carried: set[str] | None = None
-    for _, norms in obs:
-        now = {n for n, v in norms.items() if v > 0}
-        carried = now if carried is None else carried & now
+    # A param is judged at a step only if its optimizer stepped then (a GAN's generator is not
+    # zeroed on the discriminator's steps, and need not be).
+    stepped = dict(tl.series("grads.stepped"))
+    judged: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    for step, norms in obs:
+        scope = stepped.get(step)
+        for n, v in norms.items():
+            if scope is not None and n not in scope:
+                continue
+            judged[n] = judged.get(n, 0) + 1
+            kept[n] = kept.get(n, 0) + (v > 0)
+    carried = {n for n, k in judged.items() if k >= min_observations and kept[n] == k}
     held = optimizer_names(tl)
     if held:
         # zero_grad() only clears what the optimizer holds; the rest is TD103's finding.
