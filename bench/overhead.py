@@ -1,6 +1,6 @@
 """Overhead of traindoctor at default settings, as a ratio against the same run without it.
 
-Trains an MLP of ~1.1M parameters in 34 tensors on CPU for 200 steps, plain and watched, in
+Trains an MLP of ~1.06M parameters in 36 tensors on CPU for 200 steps, plain and watched, in
 alternating blocks in one process (plain, watched, plain, watched, ...), and prints the
 median and mean step-time ratios. Usage: python bench/overhead.py [--steps 200] [--rounds 3]
 """

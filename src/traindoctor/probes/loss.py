@@ -175,18 +175,18 @@ class LossProbe(Probe):
             if isinstance(loss, torch.Tensor):
                 if not validating and loss.grad_fn is None:
                     self._not_differentiable(step, loss, rec, via="log")
-                rec.defer(step, name, loss.detach().float().mean(), append=True)
+                rec.defer(step, name, _scalar(loss), append=True)
             else:
                 rec.append(step, name, float(loss))
         for pname, value in (parts or {}).items():
             if isinstance(value, torch.Tensor):
-                rec.defer(step, LOSS_PARTS, value.detach().float().mean().reshape(1), keys=[pname])
+                rec.defer(step, LOSS_PARTS, _scalar(value).reshape(1), keys=[pname])
             else:
                 rec.record(step, LOSS_PARTS, float(value), key=pname)
         for mname, value in metrics.items():
             sig = f"{METRIC}.{mname}"
             if isinstance(value, torch.Tensor):
-                rec.defer(step, sig, value.detach().float().mean(), append=True)
+                rec.defer(step, sig, _scalar(value), append=True)
             else:
                 rec.append(step, sig, float(value))
 
@@ -218,3 +218,9 @@ class LossProbe(Probe):
             leaves=leaves,
             **src,
         )
+
+
+def _scalar(value: torch.Tensor) -> torch.Tensor:
+    """A 0-d view of a logged value; only a non-scalar one costs a (mean) kernel."""
+    value = value.detach()
+    return value.reshape(()) if value.numel() == 1 else value.float().mean()
