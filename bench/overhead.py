@@ -59,7 +59,7 @@ def run(steps: int, watched: bool, out_dir: str) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = steadier timings)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

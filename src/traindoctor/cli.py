@@ -237,7 +237,8 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
 
 
 def _rediagnose(run_dir: Path, rep):
-    from .findings import rank
+    from ._guard import Guard
+    from .diagnosis import diagnose
     from .rules._registry import all_rules
     from .timeline import Timeline
 
@@ -248,11 +249,9 @@ def _rediagnose(run_dir: Path, rep):
         tl = Timeline.from_jsonl(path)
     except (ValueError, KeyError, TypeError) as e:
         _usage(f"{path} is not a traindoctor timeline ({e}); pass a complete run directory")
-    found = []
-    if "models" in tl.facts:  # else nothing was watched: no rule has data (see Doctor.diagnose)
-        for r in all_rules():
-            found.extend(r.run(tl.view(r)))
-    rep.findings = rank(found)
+    guard = Guard()
+    rep.findings = diagnose(tl, all_rules(), guard)
+    rep.internal_errors = [e.to_dict() for e in guard.errors]
     rep.timeline = tl
     return rep
 

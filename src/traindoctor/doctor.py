@@ -15,8 +15,9 @@ from . import _patches
 from ._guard import Guard
 from ._source import is_user_file, relpath, user_source
 from .budget import Budget
+from .diagnosis import diagnose
 from .errors import StopTraining, UsageError
-from .findings import Finding, rank
+from .findings import Finding
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder
 from .report.model import Report
@@ -371,21 +372,16 @@ class Doctor:
     def diagnose(self) -> list[Finding]:
         """Run every rule over the timeline; a rule that raises is recorded, never propagated."""
         if self._ctx is None:
-            # Zero-code mode never found a model or an optimizer: there is no training to
-            # judge, and rules such as TD110 would misread the empty timeline.
             self.findings = []
             return self.findings
-        previous = {f.key(): f for f in self.findings}
-        fresh: dict[Any, Finding] = {}
-        for r in self.rules:
-            found = self.guard.call(f"rule {r.code}", r.run, self.timeline.view(r))
-            for f in found or ():
-                key = f.key()
-                if key in fresh:
-                    continue
-                old = previous.get(key)
-                fresh[key] = old.merged_with(f) if old is not None else f
-        self.findings = rank(list(fresh.values()))
+        failed = {
+            signal
+            for probe in self.probes
+            if f"probe {probe.name}" in self.guard.disabled
+            for signal in probe.provides
+        }
+        self.timeline.facts["unavailable_signals"] = sorted(failed)
+        self.findings = diagnose(self.timeline, self.rules, self.guard, self.findings)
         return self.findings
 
     def close(self, exc: BaseException | None = None) -> Report:
@@ -403,7 +399,10 @@ class Doctor:
             findings=self.findings,
             steps=self.timeline.last_step,
             framework=self.framework,
-            outcome=self.timeline.facts.get("outcome", {}),
+            outcome={
+                **self.timeline.facts.get("outcome", {}),
+                "skipped_rules": self.timeline.facts.get("skipped_rules", []),
+            },
             internal_errors=[e.to_dict() for e in self.guard.errors],
             run_dir=self.out_dir / self.run_id,
             timeline=self.timeline,

@@ -48,6 +48,10 @@ def _render(report: Report, console: Console) -> None:
                 style="dim",
             )
         )
+    skipped = (report.outcome or {}).get("skipped_rules") or []
+    if skipped:
+        codes = ", ".join(s["code"] for s in skipped)
+        console.print(Text(f"rules not run (their probe failed): {codes}", style="dim"))
     if report.findings:
         console.rule("short summary", style="dim")
         for f in report.findings:
