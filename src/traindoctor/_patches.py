@@ -122,3 +122,56 @@ def remove_backward_listener(listener: Listener, after: AfterListener | None = N
 
 def is_patched() -> bool:
     return bool(_listeners)
+
+
+# -- GradScaler instances (watch mode) ------------------------------------------------------
+# One wrapper per scaler instance, shared by every doctor watching it, removed with the last:
+# the instance's attributes are then exactly what they were (usually: none, the class methods).
+_MISSING = object()
+_scalers: dict[int, dict[str, Any]] = {}
+
+
+def watch_scaler(scaler: Any, on_update: AfterListener) -> None:
+    entry = _scalers.get(id(scaler))
+    if entry is None:
+        before = {n: scaler.__dict__.get(n, _MISSING) for n in ("scale", "update")}
+        scale_fn, update_fn = scaler.scale, scaler.update
+        listeners: list[AfterListener] = []
+
+        def scale(outputs: Any) -> Any:
+            out = scale_fn(outputs)
+            note_scaled(out, outputs)
+            return out
+
+        def update(*args: Any, **kwargs: Any) -> Any:
+            result = update_fn(*args, **kwargs)
+            for fn in list(listeners):
+                _call(fn)
+            return result
+
+        entry = {
+            "before": before,
+            "listeners": listeners,
+            "ours": {"scale": scale, "update": update},
+        }
+        _scalers[id(scaler)] = entry
+        scaler.scale, scaler.update = scale, update
+    entry["listeners"].append(on_update)
+
+
+def unwatch_scaler(scaler: Any, on_update: AfterListener) -> None:
+    entry = _scalers.get(id(scaler))
+    if entry is None:
+        return
+    if on_update in entry["listeners"]:
+        entry["listeners"].remove(on_update)
+    if entry["listeners"]:
+        return
+    del _scalers[id(scaler)]
+    for name, before in entry["before"].items():
+        if scaler.__dict__.get(name) is not entry["ours"][name]:
+            continue  # replaced by the user since: theirs stays
+        if before is _MISSING:
+            delattr(scaler, name)
+        else:
+            setattr(scaler, name, before)

@@ -82,7 +82,7 @@ class Doctor:
         self.report: Report | None = None
         self._ctx: AttachContext | None = None
         self._handles: list[Any] = []
-        self._scaler_restore: list[tuple[Any, str]] = []
+        self._watched_scaler: Any = None
         self._validating = 0
         self._validations = 0
         self._primary_stepped = False
@@ -170,23 +170,13 @@ class Doctor:
 
     def _wrap_scaler(self, scaler: Any) -> None:
         """Watch a GradScaler instance: map scaled losses back, and close steps it skips."""
-        scale_fn, update_fn = scaler.scale, scaler.update
+        _patches.watch_scaler(scaler, self._on_scaler_update)
+        self._watched_scaler = scaler
 
-        def scale(outputs: Any) -> Any:
-            out = scale_fn(outputs)
-            _patches.note_scaled(out, outputs)
-            return out
-
-        def update(*args: Any, **kwargs: Any) -> Any:
-            result = update_fn(*args, **kwargs)
-            if not self._closed and not self._primary_stepped:
-                self._end_step()  # the scaler skipped optimizer.step(): still a step boundary
-            self._primary_stepped = False
-            return result
-
-        for name, fn in (("scale", scale), ("update", update)):
-            self._scaler_restore.append((scaler, name))
-            setattr(scaler, name, fn)
+    def _on_scaler_update(self) -> None:
+        if not self._closed and not self._primary_stepped:
+            self._end_step()  # the scaler skipped optimizer.step(): still a step boundary
+        self._primary_stepped = False
 
     # -- observing ------------------------------------------------------------------------
     def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
@@ -453,10 +443,9 @@ class Doctor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for obj, name in self._scaler_restore:
-            with contextlib.suppress(AttributeError):
-                delattr(obj, name)  # the instance attribute shadowed the class method
-        self._scaler_restore.clear()
+        if self._watched_scaler is not None:
+            _patches.unwatch_scaler(self._watched_scaler, self._on_scaler_update)
+            self._watched_scaler = None
         for probe in self.probes:
             self.guard.call(f"probe {probe.name} detach", probe.detach)
 

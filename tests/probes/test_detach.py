@@ -179,3 +179,21 @@ def test_watch_with_unused_module_keeps_params_identical(tmp_path):
         return params_of(net)
 
     assert_bit_identical(run(False), run(True))
+
+
+def test_scaler_attributes_are_restored_exactly(tmp_path):
+    model = make_model()
+    opt = OPTIMIZERS["adamw"](model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def users_update(*args, **kwargs):  # the user's own instance-level override
+        return type(scaler).update(scaler, *args, **kwargs)
+
+    scaler.update = users_update
+    d1 = watch(model, opt, tmp_path / "a", scaler=scaler)
+    d2 = watch(model, opt, tmp_path / "b", scaler=scaler)
+    d1.close()  # d2's wrappers must survive d1
+    assert scaler.__dict__["update"] is not users_update
+    d2.close()
+    assert scaler.__dict__["update"] is users_update
+    assert "scale" not in scaler.__dict__
