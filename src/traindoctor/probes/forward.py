@@ -49,8 +49,6 @@ class ForwardProbe(Probe):
     provides: ClassVar[tuple[str, ...]] = (FORWARD_CALLS,)
     cost = Cost.MODERATE
 
-    STRUCTURAL_STEPS = 3
-
     def __init__(self) -> None:
         super().__init__()
         self._calls: dict[str, dict[str, Any]] = {}
@@ -96,7 +94,8 @@ class ForwardProbe(Probe):
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         self.flush(step, rec)
-        if step >= self.STRUCTURAL_STEPS:
+        assert self.ctx is not None
+        if step >= self.ctx.doctor.budget.structural_steps:
             self.detach()
 
     def flush(self, step: int, rec: Recorder) -> None:

@@ -61,9 +61,6 @@ def constant_factor(root: torch.Tensor) -> tuple[float, torch.Tensor]:
     return factor, node
 
 
-STRUCTURAL_STEPS = 3
-
-
 def reaches_params(root: torch.Tensor, param_ids: set[int], limit: int = 100_000):
     """None if the graph of `root` reaches a watched parameter; else the shapes of the leaves
     it reaches.
@@ -118,7 +115,8 @@ class LossProbe(Probe):
         if loss.grad_fn is None:
             self._not_differentiable(step, loss, rec, via="backward")
             return
-        if step <= STRUCTURAL_STEPS and self.ctx is not None:
+        structural = self.ctx.doctor.budget.structural_steps if self.ctx else 0
+        if step <= structural and self.ctx is not None:
             leaves = reaches_params(loss, set(self.ctx.param_names))
             if leaves is not None:
                 self._not_differentiable(step, loss, rec, via="backward", leaves=leaves)
@@ -130,7 +128,7 @@ class LossProbe(Probe):
             rec.defer(step, LOSS_BACKWARD, loss.detach().reshape(()), append=True, scale=1 / factor)
         # Where backward() is called: on the first steps and whenever a new factor shows up
         # (a stack walk costs microseconds; not every step).
-        if step > STRUCTURAL_STEPS and factor in self._factors_seen:
+        if step > structural and factor in self._factors_seen:
             return
         self._factors_seen.add(factor)
         src = user_source_with_code(skip=1)

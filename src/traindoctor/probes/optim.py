@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+
 from .._source import user_source
 from ..timeline import signal
 from .base import AttachContext, Cost, Probe, Recorder
@@ -21,6 +23,7 @@ class OptimProbe(Probe):
         super().__init__()
         # ids of optimizer tensors outside the watched models that were seen with a gradient
         self._unnamed_with_grad: set[int] = set()
+        self._last_layout: tuple[list[str], int] | None = None
         # The user's `td.watch(model, optimizer)` line: where the optimizer was handed over.
         self._watched_at: str | None = None
         # Which tensors each optimizer held when `describe()` last ran.
@@ -71,14 +74,24 @@ class OptimProbe(Probe):
                 }
             )
         rec.timeline.facts["optimizers"] = optimizers
+        # When the layout changes, an event with the step: rules date findings from it.
+        held = sorted({n for o in optimizers for g in o["groups"] for n in g["params"] if n})
+        stale = sum(
+            1 for o in optimizers for g in o["groups"] for u in g["unnamed"] if u["requires_grad"]
+        )
+        if (held, stale) != self._last_layout:
+            self._last_layout = (held, stale)
+            rec.event(ctx.doctor.step, "optimizer_layout", held=held, stale=stale)
         self._layout = _layout(ctx.optimizers)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         ctx = self.ctx
         assert ctx is not None
-        if sampled and _layout(ctx.optimizers) != self._layout:
-            # optimizer.add_param_group() after the structural steps (progressive unfreezing):
-            # describe again, or the params it added would look held by no optimizer (TD103).
+        replaced = rec.timeline.get(step, "params.replaced")
+        if sampled and (replaced or _layout(ctx.optimizers) != self._layout):
+            # optimizer.add_param_group() after the structural steps (progressive unfreezing),
+            # or model params replaced mid-run: describe again, or the added params would look
+            # held by no optimizer (TD103) and the replaced ones would go unnoticed (TD111).
             # Only on sampled steps, after the params probe refreshed the names.
             self.describe(rec)
         if sampled:
@@ -90,8 +103,12 @@ class OptimProbe(Probe):
                             self._unnamed_with_grad.add(id(p))
         for oi, opt in enumerate(ctx.optimizers):
             for gi, group in enumerate(opt.param_groups):
-                rec.record(step, OPTIM_LR, _float(group.get("lr")), key=f"opt{oi}/group{gi}")
-        if sampled or step <= 3:
+                lr, key = group.get("lr"), f"opt{oi}/group{gi}"
+                if isinstance(lr, torch.Tensor):  # capturable/fused optimizers: no host sync
+                    rec.defer(step, OPTIM_LR, lr.detach().reshape(()).float(), keys=[key])
+                else:
+                    rec.record(step, OPTIM_LR, _float(lr), key=key)
+        if sampled or step <= ctx.doctor.budget.structural_steps:
             # Where the user calls step(); only on early and sampled steps (stack walks cost µs).
             src = user_source(skip=1)
             if src and not any(

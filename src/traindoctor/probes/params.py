@@ -31,6 +31,7 @@ class ParamsProbe(Probe):
         # id(optimizer) -> (names, params, copies) between its pre- and post-step hooks
         self._snapshots: dict[int, tuple[list[str], list[torch.Tensor], list[torch.Tensor]]] = {}
         self._budget_left = SNAPSHOT_BYTES
+        self._trainable: int | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -44,6 +45,7 @@ class ParamsProbe(Probe):
                 "requires_grad": bool(p.requires_grad),
             }
         rec.timeline.facts["params"] = inventory
+        self._note_trainable(1, inventory, rec)
         rec.timeline.facts["modules"] = {
             prefix: sorted(n for n, _ in m.named_modules() if n) for prefix, m in ctx.models.items()
         }
@@ -70,6 +72,14 @@ class ParamsProbe(Probe):
             entry = inventory.get(name)
             if entry is not None:
                 entry["requires_grad"] = bool(p.requires_grad)
+        self._note_trainable(step, inventory, rec)
+
+    def _note_trainable(self, step: int, inventory: dict, rec: Recorder) -> None:
+        """An event when the number of trainable params changes (freezing, unfreezing)."""
+        count = sum(1 for info in inventory.values() if info["requires_grad"])
+        if count != self._trainable:
+            self._trainable = count
+            rec.event(step, "trainable", count=count)
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._budget_left = SNAPSHOT_BYTES

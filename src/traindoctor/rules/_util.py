@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -154,3 +154,13 @@ def graphless_loss_events(tl: TimelineView) -> list[dict[str, Any]]:
     if any(c for _, c in tl.series("backward.count")):
         return []
     return events
+
+
+def onset(events: list[dict[str, Any]], holds: Callable[[dict[str, Any]], bool]) -> int | None:
+    """Step of the first event of the final run of events for which `holds` is true: when a
+    structural fact that is still true at the end became true. None if it is false at the end."""
+    start = None
+    for e in events:
+        # a false event resets the run; the first true event after it starts a new one
+        start = (e["step"] if start is None else start) if holds(e) else None
+    return start

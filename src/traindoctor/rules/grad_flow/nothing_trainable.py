@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import optimizer_source
+from .._util import onset, optimizer_source
 
 
 @rule(
@@ -79,7 +79,7 @@ def nothing_trainable(tl: TimelineView) -> Iterator[Finding]:
     opt = (tl.fact("optimizers") or [{}])[0]
     yield tl.finding(
         title=title,
-        step=1,
+        step=onset(tl.events("trainable"), lambda e: e["count"] == 0) or 1,
         evidence={"params": len(params), "values": numel, "trainable": 0},
         where=Where(module="<model>", source=optimizer_source(opt)),
         cause=cause,

@@ -11,6 +11,7 @@ from .._util import (
     common_module,
     describe_groups,
     group_params,
+    onset,
     optimizer_names,
     optimizer_source,
     same_layout,
@@ -111,7 +112,7 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     yield tl.finding(
         title=f"{len(missing)} trainable params ({numel:,} values) are in no optimizer: "
         f"{describe_groups(groups)}{gets}",
-        step=1,
+        step=onset(tl.events("optimizer_layout"), lambda e: not set(missing) & set(e["held"])) or 1,
         evidence={
             "params_not_in_optimizer": len(missing),
             "values": numel,

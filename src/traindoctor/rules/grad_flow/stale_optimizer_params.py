@@ -10,6 +10,7 @@ from .._registry import rule
 from .._util import (
     common_module,
     ended,
+    onset,
     optimizer_names,
     optimizer_source,
     same_layout,
@@ -110,11 +111,10 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
             "the optimizer holds tensors that are not parameters of the watched model and never get "
             "a gradient: it was built for another model object (re-created or re-loaded after)"
         )
-    obs = tl.series("grads.observed")
     yield tl.finding(
         title=f"the optimizer holds {len(stale)} tensors ({numel:,} values) that are not "
         f"parameters of the model and never receive a gradient",
-        step=obs[0][0] if obs else 1,
+        step=onset(tl.events("optimizer_layout"), lambda e: e["stale"] > 0) or 1,
         evidence={
             "stale_tensors": len(stale),
             "shapes": [list(s) for s in shapes[:8]],
