@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,10 +65,3 @@ class Guard:
             )
         )
         self.disabled.add(where)
-
-    def wrap(self, where: str, fn: Callable[..., T]) -> Callable[..., T | None]:
-        @functools.wraps(fn)
-        def guarded(*args: Any, **kwargs: Any) -> T | None:
-            return self.call(where, fn, *args, **kwargs)
-
-        return guarded

@@ -26,7 +26,6 @@ class Budget:
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.window = window
-        self.forced: set[int] = set()
         self._spent = 0.0
         self._window_spent = 0.0
         self._window_start = time.perf_counter()
@@ -34,11 +33,7 @@ class Budget:
         self.history: list[tuple[int, float, int]] = []  # (step, overhead ratio, interval)
 
     def sampled(self, step: int) -> bool:
-        return step <= self.structural_steps or step % self.interval == 0 or step in self.forced
-
-    def force(self, step: int) -> None:
-        """Sample this step whatever the interval (e.g. the step after a symptom)."""
-        self.forced.add(step)
+        return step <= self.structural_steps or step % self.interval == 0
 
     def spend(self, seconds: float) -> None:
         self._spent += seconds

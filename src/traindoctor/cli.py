@@ -117,6 +117,10 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
             )
     except UsageError as e:
         _usage(str(e))
+    except Exception as e:  # noqa: BLE001  (the user's script ran inside run_target and is
+        # reported there: what reaches here is traindoctor failing around it)
+        click.echo(f"traindoctor: internal error: {type(e).__name__}: {e}", err=True)
+        sys.exit(ExitCode.INTERNAL_ERROR)
     report = result.report
     exc = result.exception
     if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):

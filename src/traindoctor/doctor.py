@@ -434,6 +434,8 @@ class Doctor:
         self.timeline.facts["overhead"] = {
             "seconds_in_traindoctor": round(self.budget.spent, 4),
             "final_sample_interval": self.budget.interval,
+            # (step, measured share of step time, interval chosen) per governor window
+            "windows": [[s, round(r, 5), i] for s, r, i in self.budget.history[-50:]],
         }
 
     def _detach(self) -> None:

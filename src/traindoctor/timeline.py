@@ -60,9 +60,6 @@ class Timeline:
         data = self._signals.get(name)
         return default if data is None else data.get(step, default)
 
-    def has_event(self, kind: str) -> bool:
-        return bool(self._events_by_kind.get(kind))
-
     # -- reading ----------------------------------------------------------------------------
     def series(self, name: str) -> list[tuple[int, Any]]:
         data = self._signals.get(name)

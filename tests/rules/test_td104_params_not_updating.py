@@ -68,7 +68,7 @@ def test_zero_gradient_cause():
 
 def test_update_below_float_precision_cause():
     f = assert_fires("TD104", _tl(_steps([0.0] * 3, lr=1e-12)))
-    assert "below float precision" in f.cause
+    assert "below the float resolution" in f.cause
     assert "lr=1e-12" in f.cause
 
 

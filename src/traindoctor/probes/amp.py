@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from ..timeline import signal
-from .base import Cost, Probe, Recorder
+from .base import Probe, Recorder
 
 AMP_SCALE = signal("amp.scale", "GradScaler scale at the end of the step")
 AMP_SKIPPED = signal("amp.skipped", "1 when the GradScaler skipped optimizer.step() in this step")
@@ -16,7 +16,6 @@ AMP_SKIPPED = signal("amp.skipped", "1 when the GradScaler skipped optimizer.ste
 class AmpProbe(Probe):
     name = "amp"
     provides: ClassVar[tuple[str, ...]] = (AMP_SCALE, AMP_SKIPPED)
-    cost = Cost.CHEAP
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         ctx = self.ctx

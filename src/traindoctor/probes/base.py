@@ -7,7 +7,6 @@ batched transfer, never with one `.item()` per tensor per step.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +18,6 @@ from ..timeline import Timeline
 
 if TYPE_CHECKING:
     from ..doctor import Doctor
-
-
-class Cost(enum.IntEnum):
-    CHEAP = 0  # every step
-    MODERATE = 1  # sampled steps
-    EXPENSIVE = 2  # rare samples
 
 
 @dataclass
@@ -180,7 +173,6 @@ class Probe:
 
     name: ClassVar[str]
     provides: ClassVar[tuple[str, ...]]
-    cost: ClassVar[Cost] = Cost.CHEAP
 
     def __init__(self) -> None:
         self.handles: list[Any] = []

@@ -11,7 +11,7 @@ import torch
 
 from .._source import user_source
 from ..timeline import signal
-from .base import AttachContext, Cost, Probe, Recorder
+from .base import AttachContext, Probe, Recorder
 
 FORWARD_CALLS = signal(
     "forward.calls",
@@ -47,7 +47,6 @@ def _tensors(obj: Any, depth: int):
 class ForwardProbe(Probe):
     name = "forward"
     provides: ClassVar[tuple[str, ...]] = (FORWARD_CALLS,)
-    cost = Cost.MODERATE
 
     def __init__(self) -> None:
         super().__init__()

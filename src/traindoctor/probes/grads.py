@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from ..timeline import signal
-from .base import Cost, Probe, Recorder
+from .base import Probe, Recorder
 
 GRADS_NONE = signal("grads.none", "trainable params whose .grad is None when step() runs")
 GRADS_CLEARED = signal(
@@ -35,7 +35,6 @@ class GradsProbe(Probe):
         GRADS_STEPPED,
         GRADS_OBSERVED,
     )
-    cost = Cost.MODERATE
 
     def __init__(self) -> None:
         super().__init__()

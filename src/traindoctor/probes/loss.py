@@ -10,7 +10,7 @@ import torch
 
 from .._source import call_site, relpath, user_source_with_code
 from ..timeline import signal
-from .base import Cost, Probe, Recorder
+from .base import Probe, Recorder
 
 LOSS_BACKWARD = signal("loss.backward", "per step: list of backward-root values, scaler removed")
 LOSS_FACTOR = signal(
@@ -99,7 +99,6 @@ class LossProbe(Probe):
         BACKWARD_COUNT,
         LOSS_PARTS,
     )
-    cost = Cost.CHEAP
 
     def __init__(self) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ import torch
 
 from .._source import user_source
 from ..timeline import signal
-from .base import AttachContext, Cost, Probe, Recorder
+from .base import AttachContext, Probe, Recorder
 
 OPTIM_LR = signal("optim.lr", "per param group ('opt0/group0'): learning rate at the step")
 OPTIM_STEP = signal("optim.step", "1 when the primary optimizer's step() ran in this step")
@@ -17,7 +17,6 @@ OPTIM_STEP = signal("optim.step", "1 when the primary optimizer's step() ran in 
 class OptimProbe(Probe):
     name = "optim"
     provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP)
-    cost = Cost.CHEAP
 
     def __init__(self) -> None:
         super().__init__()

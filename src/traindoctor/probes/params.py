@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from ..timeline import signal
-from .base import AttachContext, Cost, Probe, Recorder
+from .base import AttachContext, Probe, Recorder
 
 PARAMS_UPDATE = signal("params.update", "per param: ||θ_after - θ_before|| over one optimizer step")
 PARAMS_NORM = signal("params.norm", "per param: ||θ|| before the step")
@@ -23,7 +23,6 @@ SNAPSHOT_BYTES = 256 * 2**20
 class ParamsProbe(Probe):
     name = "params"
     provides: ClassVar[tuple[str, ...]] = (PARAMS_UPDATE, PARAMS_NORM, PARAMS_REPLACED)
-    cost = Cost.MODERATE
 
     def __init__(self) -> None:
         super().__init__()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -178,7 +177,3 @@ def _unregister(code: str) -> None:
 
 def _json_default(value: Any) -> Any:
     return value if isinstance(value, int | float | str | bool | type(None)) else repr(value)
-
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).strip()

@@ -19,24 +19,28 @@ def group_params(names: list[str], all_names: list[str]) -> list[tuple[str, list
     """Collapse names into the largest modules they cover entirely.
 
     Returns [(label, names)], e.g. [("decoder", [... 12 names]), ("head.bias", ["head.bias"])].
+    Linear in the number of names: each module prefix counts its params and the chosen ones.
     """
     chosen = set(names)
-    groups: list[tuple[str, list[str]]] = []
-    left = sorted(chosen)
-    while left:
-        name = left[0]
-        parts = name.split(".")
-        label, members = name, [name]
+    total: dict[str, int] = {}
+    hits: dict[str, int] = {}
+    for n in set(all_names) | chosen:
+        parts = n.split(".")
         for depth in range(1, len(parts)):
             prefix = ".".join(parts[:depth])
-            under = [n for n in all_names if n.startswith(prefix + ".")]
-            if under and all(n in chosen for n in under):
-                label, members = prefix, sorted(under)
+            total[prefix] = total.get(prefix, 0) + 1
+            hits[prefix] = hits.get(prefix, 0) + (n in chosen)
+    members: dict[str, list[str]] = {}
+    for n in sorted(chosen):
+        parts = n.split(".")
+        label = n
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            if hits[prefix] == total[prefix]:
+                label = prefix  # the outermost module whose params are all chosen
                 break
-        groups.append((label, members))
-        taken = set(members)
-        left = [n for n in left if n not in taken]
-    return groups
+        members.setdefault(label, []).append(n)
+    return list(members.items())
 
 
 def describe_groups(groups: list[tuple[str, list[str]]], limit: int = 4) -> str:
@@ -164,3 +168,38 @@ def onset(events: list[dict[str, Any]], holds: Callable[[dict[str, Any]], bool])
         # a false event resets the run; the first true event after it starts a new one
         start = (e["step"] if start is None else start) if holds(e) else None
     return start
+
+
+def step_source(tl: TimelineView) -> str | None:
+    """The user's line that calls optimizer.step()."""
+    e = tl.events("optimizer_step")
+    return e[0].get("source") if e else None
+
+
+def loss_source(tl: TimelineView, validating: bool = False) -> str | None:
+    """The user's line that logs the (train or validation) loss, else the backward() line."""
+    src = next(
+        (e.get("source") for e in tl.events("log_call") if bool(e.get("validating")) == validating),
+        None,
+    )
+    if src is None and not validating and tl.events("backward_call"):
+        src = tl.events("backward_call")[0].get("source")
+    return src
+
+
+def foreign_tensors(tl: TimelineView) -> list[dict[str, Any]]:
+    """Tensors an optimizer holds that are not params of the watched models (facts)."""
+    return [
+        u
+        for opt in tl.fact("optimizers") or []
+        for g in opt["groups"]
+        for u in g.get("unnamed", [])
+    ]
+
+
+def replaced_params(tl: TimelineView) -> set[str]:
+    """Param names whose tensor was replaced at some point of the run."""
+    out: set[str] = set()
+    for _, names in tl.series("params.replaced"):
+        out |= set(names)
+    return out

@@ -7,7 +7,11 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import train_loss_values, trainable_names
+from .._util import (
+    loss_source,
+    train_loss_values,
+    trainable_names,
+)
 
 
 @rule(
@@ -102,10 +106,7 @@ def _train(tl: TimelineView, min_repeats: int) -> Iterator[Finding]:
             "computed from constants (e.g. target against itself)"
         )
         fix = "check that the loss is computed from the model output for the current batch"
-    log = tl.events("log_call")
-    src = next((e["source"] for e in log if not e.get("validating")), None)
-    if src is None and tl.events("backward_call"):
-        src = tl.events("backward_call")[0].get("source")
+    src = loss_source(tl)
     yield tl.finding(
         title=f"the training loss is exactly {value:.6g} on {length} consecutive batches "
         f"(steps {steps[0]}–{steps[-1]})",
@@ -166,8 +167,7 @@ def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
     else:
         cause = "the optimizer steps but the parameters do not change (see TD104)"
         fix = "fix what stops the update (lr 0, zero gradients); see TD104"
-    log = tl.events("log_call")
-    src = next((e.get("source") for e in log if e.get("validating")), None)
+    src = loss_source(tl, validating=True)
     yield tl.finding(
         title=f"the validation loss is exactly {value:.6g} in {length} validations "
         f"(steps {steps[0]}–{steps[-1]})",

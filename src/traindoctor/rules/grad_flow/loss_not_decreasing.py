@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import per_step_mean, train_loss_values
+from .._util import (
+    loss_source,
+    per_step_mean,
+    train_loss_values,
+)
 
 
 @rule(
@@ -64,9 +68,7 @@ def loss_not_decreasing(
         return
     ratio = _median_update_ratio(tl)
     cause, fix = _cause(tl, ratio, drop)
-    src = next((e["source"] for e in tl.events("log_call") if not e.get("validating")), None)
-    if src is None and tl.events("backward_call"):
-        src = tl.events("backward_call")[0].get("source")
+    src = loss_source(tl)
     yield tl.finding(
         title=f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
         f"{len(values)} steps",

@@ -7,7 +7,11 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import onset, optimizer_source
+from .._util import (
+    foreign_tensors,
+    onset,
+    optimizer_source,
+)
 
 
 @rule(
@@ -53,13 +57,7 @@ def nothing_trainable(tl: TimelineView) -> Iterator[Finding]:
     params = tl.fact("params") or {}
     if any(info.get("requires_grad") for info in params.values()):
         return
-    unnamed = [
-        u
-        for opt in tl.fact("optimizers") or []
-        for g in opt["groups"]
-        for u in g.get("unnamed", [])
-    ]
-    if any(u.get("requires_grad") for u in unnamed):
+    if any(u.get("requires_grad") for u in foreign_tensors(tl)):
         return
     numel = sum(info.get("numel", 0) for info in params.values())
     models = ", ".join(f"`{m}`" for m in (tl.fact("models") or {}).values()) or "the model"

@@ -10,10 +10,12 @@ from .._registry import rule
 from .._util import (
     common_module,
     describe_groups,
+    foreign_tensors,
     group_params,
     onset,
     optimizer_names,
     optimizer_source,
+    replaced_params,
     same_layout,
     trainable_names,
 )
@@ -72,10 +74,8 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     with_grad = set()
     for _, norms in tl.series("grads.norm"):
         with_grad |= {n for n in missing if n in norms}
-    replaced = set()
-    for _, names in tl.series("params.replaced"):
-        replaced |= set(names)
-    stale = [u for opt in optimizers for g in opt["groups"] for u in g.get("unnamed", [])]
+    replaced = replaced_params(tl)
+    stale = foreign_tensors(tl)
     shapes = {tuple(u["shape"]) for u in stale}
     params = tl.fact("params") or {}
     matches = [n for n in missing if tuple(params[n]["shape"]) in shapes]

@@ -8,7 +8,13 @@ from dataclasses import replace
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import common_module, describe_groups, ended, group_params
+from .._util import (
+    common_module,
+    describe_groups,
+    ended,
+    group_params,
+    step_source,
+)
 
 # Priority of the zero-gradient case: after the rules that find why the gradient is zero
 # (TD107 loss-constant has 40; the TD3xx gradient-path rules come after the TD1xx ones).
@@ -88,7 +94,7 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
             "lr": {g: vals[-1] for g, vals in lrs.items()},
             "grad_norm_all_zero": grad_zero,
         },
-        where=Where(module=common_module(names), params=tuple(names), source=_src(tl)),
+        where=Where(module=common_module(names), params=tuple(names), source=step_source(tl)),
         cause=cause,
         fix=fix,
     )
@@ -145,11 +151,7 @@ def _cause(tl, zero_lr, lrs, grad_zero):
     lr_text = ", ".join(f"{g} lr={v[-1]:g}" for g, v in lrs.items() if v and v[-1] is not None)
     return (
         f"the step runs with {lr_text or 'a positive lr'} and non-zero gradients but leaves them "
-        "bit-identical: lr × gradient is below float precision of the weights",
+        "bit-identical; the likely reason is an update below the float resolution of the "
+        "weights (lr × update direction smaller than ~1e-7 × |θ| in float32, ~4e-3 in bf16)",
         "raise the learning rate, or train these params in float32 (not bf16/fp16 master weights)",
     )
-
-
-def _src(tl):
-    e = tl.events("optimizer_step")
-    return e[0].get("source") if e else None

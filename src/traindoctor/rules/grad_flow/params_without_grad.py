@@ -13,6 +13,7 @@ from .._util import (
     graphless_loss_events,
     group_params,
     merged_forward_calls,
+    step_source,
     trainable_names,
 )
 
@@ -111,7 +112,7 @@ def _cause(tl, module, names, cleared, calls):
             "and step()",
             "call optimizer.zero_grad() before the forward pass (or right after step()), never "
             "between backward() and step()",
-            _step_source(tl),
+            step_source(tl),
         )
     graphless = graphless_loss_events(tl)
     if graphless:
@@ -159,8 +160,3 @@ def _cause(tl, module, names, cleared, calls):
         f"use `{module}`'s parameters directly (not .data / .detach()) in its forward",
         info.get("source"),
     )
-
-
-def _step_source(tl):
-    e = tl.events("optimizer_step")
-    return e[0].get("source") if e else None

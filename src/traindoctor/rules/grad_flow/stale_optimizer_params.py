@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
@@ -10,9 +11,11 @@ from .._registry import rule
 from .._util import (
     common_module,
     ended,
+    foreign_tensors,
     onset,
     optimizer_names,
     optimizer_source,
+    replaced_params,
     same_layout,
     trainable_names,
 )
@@ -63,18 +66,10 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     optimizers = tl.fact("optimizers") or []
     if not tl.series("grads.observed") and not ended(tl):
         return
-    stale = [
-        u
-        for o in optimizers
-        for g in o["groups"]
-        for u in g.get("unnamed", [])
-        if u.get("requires_grad") and not u.get("had_grad")
-    ]
+    stale = [u for u in foreign_tensors(tl) if u.get("requires_grad") and not u.get("had_grad")]
     if not stale:
         return
-    replaced: set[str] = set()
-    for _, names in tl.series("params.replaced"):
-        replaced |= set(names)
+    replaced = replaced_params(tl)
     params = tl.fact("params") or {}
     held = optimizer_names(tl)
     orphans = [n for n in trainable_names(tl) if n not in held]
@@ -89,12 +84,7 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         candidates = sorted(n for n in (replaced | set(orphans)) if n in params)
         if candidates and same_layout(shapes, [params[n]["shape"] for n in candidates]):
             matched, resized = candidates, True
-    numel = 0
-    for s in shapes:
-        size = 1
-        for d in s:
-            size *= d
-        numel += size
+    numel = sum(math.prod(s) for s in shapes)
     if matched:
         like = (
             "laid out like the stale ones (same count and ranks, new sizes)"
