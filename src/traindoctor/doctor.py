@@ -204,7 +204,13 @@ class Doctor:
             subscribers = [p for p in self.probes if getattr(type(p), event) is not base]
             self._subscribers[event] = subscribers
         for probe in subscribers:
-            self.guard.call(f"probe {probe.name}", getattr(probe, event), *args)
+            where = f"probe {probe.name}"
+            if where in self.guard.disabled:
+                continue
+            self.guard.call(where, getattr(probe, event), *args)
+            if where in self.guard.disabled:
+                # It failed just now: take its hooks off the model, they would only cost time.
+                self.guard.call(f"{where} detach", probe.detach)
 
     def _note_backward(self, loss: torch.Tensor) -> None:
         self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)

@@ -213,3 +213,14 @@ class Probe:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def by_device(
+    names: list[str], tensors: list[torch.Tensor]
+) -> dict[torch.device, tuple[list[str], list[torch.Tensor]]]:
+    out: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
+    for n, t in zip(names, tensors):
+        ns, ts = out.setdefault(t.device, ([], []))
+        ns.append(n)
+        ts.append(t)
+    return out

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from ..timeline import signal
-from .base import Probe, Recorder
+from .base import Probe, Recorder, by_device
 
 GRADS_NONE = signal("grads.none", "trainable params whose .grad is None when step() runs")
 GRADS_CLEARED = signal(
@@ -69,7 +69,7 @@ class GradsProbe(Probe):
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)  # one fused kernel per device
-            for ns, ts in _by_device(names, norms).values():
+            for ns, ts in by_device(names, norms).values():
                 rec.defer(step, GRADS_CARRIED, torch.stack(ts).float(), keys=ns, reduce=min)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
@@ -119,7 +119,7 @@ class GradsProbe(Probe):
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)
-            for device, (ns, ts) in _by_device(names, norms).items():
+            for device, (ns, ts) in by_device(names, norms).items():
                 del device
                 rec.defer(step, GRADS_NORM, torch.stack(ts).float(), keys=ns)
 
@@ -138,17 +138,6 @@ class GradsProbe(Probe):
         self._received = set()
         self._none = set()
         self._stepped = set()
-
-
-def _by_device(
-    names: list[str], tensors: list[torch.Tensor]
-) -> dict[torch.device, tuple[list[str], list[torch.Tensor]]]:
-    out: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
-    for n, t in zip(names, tensors):
-        ns, ts = out.setdefault(t.device, ([], []))
-        ns.append(n)
-        ts.append(t)
-    return out
 
 
 def _strided(grad: torch.Tensor) -> torch.Tensor:

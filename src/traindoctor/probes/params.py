@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from ..timeline import signal
-from .base import AttachContext, Probe, Recorder
+from .base import AttachContext, Probe, Recorder, by_device
 
 PARAMS_UPDATE = signal("params.update", "per param: ||θ_after - θ_before|| over one optimizer step")
 PARAMS_NORM = signal("params.norm", "per param: ||θ|| before the step")
@@ -117,9 +117,12 @@ class ParamsProbe(Probe):
             return
         names, params, before = snap
         with torch.no_grad():
-            norms = torch.stack(torch._foreach_norm(before)).float()
+            norms = torch._foreach_norm(before)
             # In place on our copy: it becomes θ_before - θ_after, with no new allocation.
             torch._foreach_sub_(before, params)
-            upd = torch.stack(torch._foreach_norm(before)).float()
-        rec.defer(step, PARAMS_UPDATE, upd, keys=names)
-        rec.defer(step, PARAMS_NORM, norms, keys=names)
+            updates = torch._foreach_norm(before)
+        # Grouped by device: a model split across devices cannot stack its norms in one tensor.
+        for ns, ts in by_device(names, norms).values():
+            rec.defer(step, PARAMS_NORM, torch.stack(ts).float(), keys=ns)
+        for ns, ts in by_device(names, updates).values():
+            rec.defer(step, PARAMS_UPDATE, torch.stack(ts).float(), keys=ns)
