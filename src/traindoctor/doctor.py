@@ -487,7 +487,12 @@ def _exception_source(exc: BaseException) -> str | None:
 
 def _new_run_id(script: str | None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    stem = Path(script).stem if script else "run"
+    if not script:
+        stem = "run"
+    elif script.endswith(".py") or "/" in script or "\\" in script:
+        stem = Path(script).stem
+    else:
+        stem = script.rsplit(".", 1)[-1]  # a module name: `-m pkg.train` -> train
     return f"{stamp}-{stem}-{time.perf_counter_ns() % 100000:05d}"
 
 
