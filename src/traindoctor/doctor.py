@@ -13,7 +13,7 @@ import torch
 
 from . import _patches
 from ._guard import Guard
-from ._source import is_user_file, relpath, user_source
+from ._source import is_user_file, relpath
 from .budget import Budget
 from .diagnosis import diagnose
 from .errors import StopTraining, UsageError
@@ -91,7 +91,6 @@ class Doctor:
         self._last_backward: tuple[int | None, int] = (None, 0)  # (data_ptr of loss, its step)
         self._closed = False
         self._listening = False
-        self._step_started = time.perf_counter()
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
         )
@@ -494,7 +493,3 @@ def _new_run_id(script: str | None) -> str:
     else:
         stem = script.rsplit(".", 1)[-1]  # a module name: `-m pkg.train` -> train
     return f"{stamp}-{stem}-{time.perf_counter_ns() % 100000:05d}"
-
-
-def current_source() -> str | None:
-    return user_source(skip=1)

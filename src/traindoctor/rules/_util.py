@@ -90,13 +90,6 @@ def fmt_factor(f: float) -> str:
     return f"{f:g}"
 
 
-def first_event(tl: TimelineView, kind: str, **match: Any) -> dict[str, Any] | None:
-    for e in tl.events(kind):
-        if all(e.get(k) == v for k, v in match.items()):
-            return e
-    return None
-
-
 def trainable_names(tl: TimelineView) -> list[str]:
     return [n for n, info in (tl.fact("params") or {}).items() if info.get("requires_grad")]
 
