@@ -1,0 +1,1 @@
+"""TD2xx: numerics and mixed precision (seed 003)."""
