@@ -56,6 +56,12 @@ def load_run(run_dir: Path) -> Report:
         )
     with open(path, encoding="utf-8") as fh:
         report = Report.from_dict(json.load(fh), run_dir=Path(run_dir))
+    timeline = Path(run_dir) / "timeline.jsonl"
+    if timeline.is_file():
+        from ..timeline import Timeline
+
+        with contextlib.suppress(ValueError, OSError):
+            report.timeline = Timeline.from_jsonl(timeline)
     return report
 
 

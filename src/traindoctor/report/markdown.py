@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .model import Report
+from .numerics import render_numerics
 from .text import evidence_text, outcome_text, summary_line, where_text
 
 
@@ -35,6 +36,8 @@ def render_markdown(report: Report) -> str:
             f"- **Docs:** `{f.docs}`",
             "",
         ]
+    if report.timeline is not None:
+        lines += render_numerics(report.timeline)
     if report.internal_errors:
         lines += ["## Internal errors (caught; training unaffected)", ""]
         lines += [
