@@ -114,6 +114,9 @@ class TinyTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
         self.head.weight = self.embed.weight  # weight tying: one Parameter, two modules
+        # Tied embeddings are initialized small (GPT-2: std 0.02): N(0, 1) rows make the
+        # logits' std ~4 and the loss at init ~4x ln(vocab) (TD209 poor-initialization).
+        nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])

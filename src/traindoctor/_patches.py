@@ -1,4 +1,5 @@
-"""Process-wide patches of `Tensor.backward` and `torch.autograd.backward`, shared by all doctors.
+"""Process-wide patches of `Tensor.backward` and `torch.autograd.backward`, shared by all doctors
+(and, below, of the gradient-clipping functions and `GradScaler.unscale_`/`step`).
 
 Installed when the first listener registers and removed with the last, restoring the original
 functions exactly. A listener sees the root tensor before the original backward runs, so the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from types import GeneratorType
 from typing import Any
 
 import torch
@@ -25,33 +27,45 @@ _after: list[AfterListener] = []
 _originals: dict[str, Any] = {}
 _local = threading.local()
 # GradScaler.scale(loss) outputs, mapped back to the loss they scale: id(output) -> (weak
-# output, weak loss). Keyed by id and checked with `is`: a dict keyed by tensors would compare
-# them with `==` (an elementwise op, and a host sync on a GPU).
-_scaled: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+# output, loss). Keyed by id and checked with `is`: a dict keyed by tensors would compare
+# them with `==` (an elementwise op, and a host sync on a GPU). The loss is held strongly while
+# the output lives (the output's graph holds the loss's graph anyway): `scale(loss / accum)`
+# scales a temporary that nothing else keeps. The entry goes when the output is freed.
+_scaled: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 _SCALED_KEEP = 16
 
 
 def note_scaled(output: Any, loss: Any) -> None:
     if not (isinstance(output, torch.Tensor) and isinstance(loss, torch.Tensor)):
         return
+    if output is loss:
+        return  # a disabled scaler returns its input
+    key = id(output)
+
+    def forget(ref: weakref.ref) -> None:
+        entry = _scaled.get(key)
+        if entry is not None and entry[0] is ref:
+            del _scaled[key]
+
     try:
-        _scaled[id(output)] = (weakref.ref(output), weakref.ref(loss))
+        _scaled[key] = (weakref.ref(output, forget), loss)
     except TypeError:
         return
-    if len(_scaled) > _SCALED_KEEP:
-        for key in [k for k, (out, _) in _scaled.items() if out() is None]:
-            del _scaled[key]
-        while len(_scaled) > _SCALED_KEEP:
-            del _scaled[next(iter(_scaled))]
+    while len(_scaled) > _SCALED_KEEP:
+        del _scaled[next(iter(_scaled))]
 
 
 def unscaled(root: torch.Tensor) -> torch.Tensor:
     entry = _scaled.get(id(root))
     if entry is not None and entry[0]() is root:
-        loss = entry[1]()
-        if loss is not None:
-            return loss
+        return entry[1]
     return root
+
+
+def is_scaled(root: torch.Tensor) -> bool:
+    """Whether `root` is the output of an (enabled) GradScaler.scale()."""
+    entry = _scaled.get(id(root))
+    return entry is not None and entry[0]() is root
 
 
 def _call(fn: Callable[..., None], *args: Any) -> None:
@@ -175,3 +189,135 @@ def unwatch_scaler(scaler: Any, on_update: AfterListener) -> None:
             delattr(scaler, name)
         else:
             setattr(scaler, name, before)
+
+
+# -- Mixed precision: clip functions and GradScaler methods (process-wide) ------------------
+# `torch.nn.utils.clip_grad_norm_` / `clip_grad_value_` (in `torch.nn.utils` and
+# `torch.nn.utils.clip_grad`) and `GradScaler.unscale_` / `GradScaler.step`, patched on their
+# owners when the first listener registers and restored exactly with the last. The originals
+# run with the same arguments and their result is returned unchanged; a generator of params is
+# materialized once and handed on as a generator over the same tensors.
+
+
+class AmpListener:
+    """What an AMP listener may implement (all optional, all called behind `_call`)."""
+
+    def clip_before(self, fn: str, params: list[torch.Tensor], threshold: Any) -> None: ...
+
+    def clip_after(
+        self, fn: str, params: list[torch.Tensor], threshold: Any, result: Any
+    ) -> None: ...
+
+    def unscaled(self, scaler: Any, optimizer: Any) -> None: ...
+
+    def scaler_step(self, scaler: Any, optimizer: Any, done: bool) -> None: ...
+
+
+_amp_listeners: list[Any] = []
+_amp_originals: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, ours)
+
+
+def in_scaler_step() -> bool:
+    """True while `GradScaler.step()` runs (its optimizer.step() call is not a bypass)."""
+    return getattr(_local, "scaler_step", 0) > 0
+
+
+def _clip_wrapper(name: str, original: Callable[..., Any], arg: str) -> Callable[..., Any]:
+    def clip(*args: Any, **kwargs: Any) -> Any:
+        if not _amp_listeners or getattr(_local, "clipping", False):
+            return original(*args, **kwargs)
+        params_arg = args[0] if args else kwargs.get("parameters")
+        if isinstance(params_arg, torch.Tensor):
+            params = [params_arg]
+        elif isinstance(params_arg, list | tuple):
+            params = list(params_arg)
+        else:
+            try:
+                params = list(params_arg)
+            except TypeError:
+                return original(*args, **kwargs)  # torch raises its own error
+            handed: Any = (p for p in params) if isinstance(params_arg, GeneratorType) else params
+            if args:
+                args = (handed, *args[1:])
+            else:
+                kwargs = {**kwargs, "parameters": handed}
+        threshold = args[1] if len(args) > 1 else kwargs.get(arg)
+        tensors = [p for p in params if isinstance(p, torch.Tensor)]
+        for listener in list(_amp_listeners):
+            _call(listener.clip_before, name, tensors, threshold)
+        _local.clipping = True
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            _local.clipping = False
+        for listener in list(_amp_listeners):
+            _call(listener.clip_after, name, tensors, threshold, result)
+        return result
+
+    clip.__wrapped__ = original  # type: ignore[attr-defined]
+    return clip
+
+
+def _scaler_wrappers(cls: Any) -> dict[str, Callable[..., Any]]:
+    unscale_fn, step_fn = cls.__dict__["unscale_"], cls.__dict__["step"]
+
+    def unscale_(scaler: Any, optimizer: Any) -> Any:
+        result = unscale_fn(scaler, optimizer)
+        for listener in list(_amp_listeners):
+            _call(listener.unscaled, scaler, optimizer)
+        return result
+
+    def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+        for listener in list(_amp_listeners):
+            _call(listener.scaler_step, scaler, optimizer, False)
+        _local.scaler_step = getattr(_local, "scaler_step", 0) + 1
+        try:
+            result = step_fn(scaler, optimizer, *args, **kwargs)
+        finally:
+            _local.scaler_step -= 1
+        for listener in list(_amp_listeners):
+            _call(listener.scaler_step, scaler, optimizer, True)
+        return result
+
+    return {"unscale_": unscale_, "step": step}
+
+
+def _install_amp() -> None:
+    from torch.nn import utils as nn_utils
+    from torch.nn.utils import clip_grad
+
+    patched: dict[int, Callable[..., Any]] = {}  # id(original) -> its wrapper, shared by owners
+    for fn_name, arg in (("clip_grad_norm_", "max_norm"), ("clip_grad_value_", "clip_value")):
+        for owner in (clip_grad, nn_utils):
+            original = owner.__dict__.get(fn_name)
+            if original is None:
+                continue
+            wrapper = patched.get(id(original))
+            if wrapper is None:
+                wrapper = patched[id(original)] = _clip_wrapper(fn_name, original, arg)
+            _amp_originals.append((owner, fn_name, original, wrapper))
+            setattr(owner, fn_name, wrapper)
+    cls = torch.amp.GradScaler
+    for attr, wrapper in _scaler_wrappers(cls).items():
+        _amp_originals.append((cls, attr, cls.__dict__[attr], wrapper))
+        setattr(cls, attr, wrapper)
+
+
+def add_amp_listener(listener: Any) -> None:
+    if not _amp_listeners:
+        _install_amp()
+    _amp_listeners.append(listener)
+
+
+def remove_amp_listener(listener: Any) -> None:
+    if listener in _amp_listeners:
+        _amp_listeners.remove(listener)
+    if not _amp_listeners:
+        for owner, attr, original, ours in reversed(_amp_originals):
+            if owner.__dict__.get(attr) is ours:  # replaced by someone else since: theirs stays
+                setattr(owner, attr, original)
+        _amp_originals.clear()
+
+
+def amp_is_patched() -> bool:
+    return bool(_amp_listeners)

@@ -6,7 +6,9 @@ from .amp import AmpProbe
 from .base import Probe
 from .forward import ForwardProbe
 from .grads import GradsProbe
+from .init import InitProbe
 from .loss import LossProbe
+from .numerics import NumericsProbe
 from .optim import OptimProbe
 from .params import ParamsProbe
 
@@ -18,6 +20,8 @@ PROBES: tuple[type[Probe], ...] = (
     LossProbe,
     ForwardProbe,
     AmpProbe,
+    InitProbe,
+    NumericsProbe,
 )
 
 

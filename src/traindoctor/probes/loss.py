@@ -11,6 +11,7 @@ import torch
 from .._source import call_site, relpath, user_source_with_code
 from ..timeline import signal
 from .base import Probe, Recorder
+from .parts import LOSS_PARTS_GRAD, PartsMeter
 
 LOSS_BACKWARD = signal("loss.backward", "per step: list of backward-root values, scaler removed")
 LOSS_FACTOR = signal(
@@ -98,10 +99,12 @@ class LossProbe(Probe):
         LOSS_VAL,
         BACKWARD_COUNT,
         LOSS_PARTS,
+        LOSS_PARTS_GRAD,
     )
 
     def __init__(self) -> None:
         super().__init__()
+        self._parts = PartsMeter()
         self.backward_total = 0
         self._sources_seen: set[str] = set()
         self._backward_seen: set[tuple[str, float]] = set()
@@ -180,6 +183,10 @@ class LossProbe(Probe):
                 rec.defer(step, LOSS_PARTS, _scalar(value).reshape(1), keys=[pname])
             else:
                 rec.record(step, LOSS_PARTS, float(value), key=pname)
+        if parts and not validating and self.ctx is not None:
+            # Each part's gradient on the shared params, before the user's backward frees the
+            # graph (sampled steps; .grad is not touched).
+            self._parts.measure(self.ctx, step, parts, rec)
         for mname, value in metrics.items():
             sig = f"{METRIC}.{mname}"
             if isinstance(value, torch.Tensor):

@@ -15,6 +15,19 @@ from .grad_flow import (
     params_without_grad,
     stale_optimizer_params,
 )
+from .numerics import (
+    amp_scaled_grads_used,
+    exploding_gradient,
+    grad_scaler_collapse,
+    loss_component_dominates,
+    loss_spike_or_divergence,
+    nonfinite_activation,
+    nonfinite_grad,
+    nonfinite_loss,
+    nonfinite_masked,
+    poor_initialization,
+    vanishing_gradient,
+)
 
 CATALOG = (
     loss_not_differentiable,  # TD101
@@ -28,4 +41,15 @@ CATALOG = (
     accumulation_scaling_inconsistent,  # TD109
     nothing_trainable,  # TD110
     stale_optimizer_params,  # TD111
+    amp_scaled_grads_used,  # TD204
+    grad_scaler_collapse,  # TD205
+    exploding_gradient,  # TD206
+    vanishing_gradient,  # TD207
+    loss_component_dominates,  # TD208
+    poor_initialization,  # TD209
+    loss_spike_or_divergence,  # TD210
+    nonfinite_loss,  # TD201
+    nonfinite_grad,  # TD202
+    nonfinite_activation,  # TD203
+    nonfinite_masked,  # TD212
 )

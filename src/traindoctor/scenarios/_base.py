@@ -27,6 +27,9 @@ class Scenario:
     twin: str | None = None  # the healthy scenario it mirrors
     steps: int = 60
     raises: type[BaseException] | None = None  # the script itself crashes (e.g. TD110)
+    # Modes whose verdict is asserted: a rule fed by doc.log(parts=...) has nothing to read in
+    # zero-code mode, where the script calls no traindoctor API.
+    modes: tuple[str, ...] = ("zero-code", "watch")
 
     @property
     def healthy(self) -> bool:

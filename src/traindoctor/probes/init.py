@@ -1,0 +1,231 @@
+"""Initialization: the first cross-entropy losses against ln C, and the output scale of the final
+layers against their input's, on the structural steps only.
+
+Two removable instruments, both gone after the structural steps:
+- `torch.nn.functional.cross_entropy` is wrapped (nn.CrossEntropyLoss calls it too) to record
+  the number of classes C and the loss value; the wrapper returns torch's result untouched;
+- forward hooks on the leaf modules that hold parameters record std(input) and std(output);
+  the first backward's graph says which of them are final (the parametric ops closest to the
+  loss on every path).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .._source import user_source
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder
+
+INIT_CE_LOSS = signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
+INIT_CE_CLASSES = signal("init.ce_classes", "per call index: number of classes C of that call")
+INIT_IN_STD = signal("init.in_std", "per leaf module: std of its input on structural steps")
+INIT_OUT_STD = signal("init.out_std", "per leaf module: std of its output on structural steps")
+
+# -- the process-wide cross_entropy wrapper, shared by every watching doctor ----------------
+_ce_listeners: list[Callable[..., None]] = []
+_ce_original: dict[str, Any] = {}
+
+
+def _ce_wrapped(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
+    out = _ce_original["fn"](input, target, *args, **kwargs)
+    for listener in list(_ce_listeners):
+        try:
+            listener(input, out, args, kwargs)
+        except Exception:  # noqa: BLE001  (listeners guard themselves; never reach the user)
+            pass
+    return out
+
+
+def _add_ce_listener(listener: Callable[..., None]) -> None:
+    if not _ce_listeners:
+        _ce_original["fn"] = F.cross_entropy
+        F.cross_entropy = functools.wraps(_ce_original["fn"])(_ce_wrapped)
+        _ce_original["ours"] = F.cross_entropy
+    _ce_listeners.append(listener)
+
+
+def _remove_ce_listener(listener: Callable[..., None]) -> None:
+    if listener in _ce_listeners:
+        _ce_listeners.remove(listener)
+    if not _ce_listeners and "fn" in _ce_original:
+        original = _ce_original.pop("fn")
+        ours = _ce_original.pop("ours", None)
+        if F.cross_entropy is ours:  # replaced by someone else since: theirs stays
+            F.cross_entropy = original
+
+
+def _reduction(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """The effective reduction; None for the legacy size_average/reduce arguments."""
+    # cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, ...)
+    size_average = args[1] if len(args) > 1 else kwargs.get("size_average")
+    reduce = args[3] if len(args) > 3 else kwargs.get("reduce")
+    if size_average is not None or reduce is not None:
+        return None
+    return args[4] if len(args) > 4 else kwargs.get("reduction", "mean")
+
+
+def final_params(root: torch.Tensor, names: dict[int, str], limit: int = 20_000) -> list[str]:
+    """Names of the params used by the parametric ops closest to `root` on every graph path.
+
+    Breadth-first from the loss; a node with a watched parameter among its inputs (directly or
+    through a transpose/cast/view) is a final op: its params are collected and its other inputs
+    are not walked, so the layers before it are not "final".
+    """
+    found: list[str] = []
+    seen: set[int] = set()
+    frontier = deque([root.grad_fn])
+    visited = 0
+    while frontier and visited < limit:
+        node = frontier.popleft()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        visited += 1
+        params, others = [], []
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            name = _param_leaf(child, names)
+            if name is not None:
+                params.append(name)
+            else:
+                others.append(child)
+        if params:
+            found.extend(p for p in params if p not in found)
+        else:
+            frontier.extend(others)
+    return found
+
+
+def _param_leaf(node: Any, names: dict[int, str], depth: int = 0) -> str | None:
+    var = getattr(node, "variable", None)
+    if var is not None:
+        return names.get(id(var))
+    if depth >= 2:
+        return None
+    nxt = [c for c, _ in node.next_functions if c is not None]
+    if len(nxt) != 1:
+        return None
+    return _param_leaf(nxt[0], names, depth + 1)
+
+
+def _std(t: Any) -> torch.Tensor | None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() < 2:
+        return None
+    return t.detach().float().std()
+
+
+class InitProbe(Probe):
+    name = "init"
+    provides: ClassVar[tuple[str, ...]] = (
+        INIT_CE_LOSS,
+        INIT_CE_CLASSES,
+        INIT_IN_STD,
+        INIT_OUT_STD,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ce_calls = 0
+        self._listening = False
+        self._final_done = False
+        self._seen_modules: set[str] = set()
+        self._rec: Recorder | None = None
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        self._rec = rec
+        _add_ce_listener(self._on_cross_entropy)
+        self._listening = True
+        for prefix, model in ctx.models.items():
+            for name, module in model.named_modules():
+                if not name or not any(p.requires_grad for p in module.parameters(recurse=False)):
+                    continue
+                qual = f"{prefix}{name}"
+                self.handles.append(
+                    module.register_forward_hook(ctx.hook("probe init", self._make_hook(qual)))
+                )
+
+    def _active(self) -> bool:
+        ctx = self.ctx
+        return (
+            ctx is not None
+            and not ctx.doctor._validating
+            and torch.is_grad_enabled()
+            and ctx.doctor.step <= ctx.doctor.budget.structural_steps
+        )
+
+    def _make_hook(self, qual: str):
+        def hook(_module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if qual in self._seen_modules or not self._active():
+                return
+            x = inputs[0] if isinstance(inputs, tuple) and inputs else None
+            s_in, s_out = _std(x), _std(output)
+            if s_in is None or s_out is None:
+                return
+            self._seen_modules.add(qual)
+            assert self.ctx is not None and self._rec is not None
+            step = self.ctx.doctor.step
+            self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
+            self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
+
+        return hook
+
+    def _on_cross_entropy(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
+        if self.ctx is None or self._rec is None or not self._active():
+            return
+        self.ctx.doctor.guard.call("probe init", self._record_ce, input, out, args, kwargs)
+
+    def _record_ce(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
+        if not isinstance(input, torch.Tensor) or not isinstance(out, torch.Tensor):
+            return
+        if out.grad_fn is None or input.dim() == 0:
+            return
+        reduction = _reduction(args, kwargs)
+        if reduction not in ("mean", "none") or out.numel() == 0:
+            return
+        assert self.ctx is not None and self._rec is not None
+        step = self.ctx.doctor.step
+        classes = int(input.shape[1] if input.dim() >= 2 else input.shape[0])
+        key = str(self._ce_calls)
+        self._ce_calls += 1
+        value = out.detach().reshape(()) if out.numel() == 1 else out.detach().float().mean()
+        self._rec.defer(step, INIT_CE_LOSS, value.reshape(1), keys=[key])
+        self._rec.record(step, INIT_CE_CLASSES, classes, key=key)
+        if not self._rec.timeline.events("cross_entropy_call"):
+            self._rec.event(step, "cross_entropy_call", classes=classes, source=user_source(skip=1))
+
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        """The first backward: which params belong to the final layers (a graph walk, once)."""
+        if self._final_done or loss.grad_fn is None:
+            return
+        self._final_done = True
+        assert self.ctx is not None
+        params = final_params(loss, self.ctx.param_names)
+        modules = []
+        for p in params:
+            mod = p.rsplit(".", 1)[0] if "." in p else "<model>"
+            if mod not in modules:
+                modules.append(mod)
+        rec.event(step, "final_layers", modules=modules, params=params)
+
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._seen_modules.clear()
+
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        assert self.ctx is not None
+        if step >= self.ctx.doctor.budget.structural_steps:
+            self.detach()
+
+    def detach(self) -> None:
+        super().detach()
+        if self._listening:
+            _remove_ce_listener(self._on_cross_entropy)
+            self._listening = False

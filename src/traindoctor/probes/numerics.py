@@ -1,0 +1,705 @@
+"""Non-finite values: where a NaN/Inf first appears (loss, gradient, activation), and
+non-finite activations hidden from the loss by NaN-prevention code (nan_to_num, where, clamp).
+
+Cost, per step:
+- every backward: `isfinite(loss)` as a device flag (one tiny kernel, no host sync);
+- before each optimizer step: the loss flags, plus on sampled steps (or on every step when it
+  costs under `EVERY_STEP_MAX` of step time) one fused `torch._foreach_norm` over the
+  gradients the optimizer is about to apply, reduced to one flag. The flags are read with ONE
+  host read per step: free on CPU; on CUDA it is the one small device-to-host sync per step
+  this probe costs (it must know before `optimizer.step()` applies a NaN);
+- on sampled steps: a forward hook per module computing `isfinite(output).all()` flags, read
+  with the same single read (the masked-NaN check, TD212);
+- the root model's forward pre-hook keeps a *reference* (no copy) to the last training
+  batch's args/kwargs, and the CPU (and CUDA) RNG state, for the autopsy.
+
+The autopsy runs only when a non-finite value was found (at most `MAX_AUTOPSIES` per run): the
+last batch is replayed on a `copy.deepcopy` of the model inside `torch.random.fork_rng`, with
+forward hooks on every module and a TorchFunctionMode that names the first op whose output is
+non-finite while its inputs are finite (and the op that turns non-finite inputs into finite
+outputs, for TD212), with the user's source line. The user's model, optimizer, gradients and
+RNG are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .._source import user_source
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder
+
+NUMERICS_CHECKED = signal(
+    "numerics.checked",
+    "per step: {loss: bool, grads: bool} which finiteness checks ran before step() (1 = all finite)",
+)
+NUMERICS_NONFINITE = signal(
+    "numerics.nonfinite", "per step: what was non-finite: subset of loss, grads, activations"
+)
+# Events: "nonfinite" (first cause of a non-finite value, from the autopsy) and
+# "nonfinite_masked" (a module output non-finite while the loss stayed finite).
+
+EVERY_STEP_MAX = 0.005  # gradient check on every step when it costs under 0.5% of step time
+MAX_AUTOPSIES = 3
+MAX_MASKED_EVENTS = 4
+_MASKING_OPS = ("nan_to_num", "where", "masked_fill", "clamp", "clip", "clamp_min", "clamp_max")
+# Ops that turn finite inputs into non-finite outputs, recomputed from an intact loss graph.
+_RECOMPUTE = {
+    "LogBackward0": ("log", lambda n: torch.log(n._saved_self), "_saved_self"),
+    "Log2Backward0": ("log2", lambda n: torch.log2(n._saved_self), "_saved_self"),
+    "Log10Backward0": ("log10", lambda n: torch.log10(n._saved_self), "_saved_self"),
+    "Log1PBackward0": ("log1p", lambda n: torch.log1p(n._saved_self), "_saved_self"),
+    "DivBackward0": ("div", lambda n: n._saved_self / n._saved_other, "_saved_other"),
+    "ReciprocalBackward0": ("reciprocal", lambda n: n._saved_result, None),
+    "RsqrtBackward0": ("rsqrt", lambda n: n._saved_result, None),
+    "SqrtBackward0": ("sqrt", lambda n: n._saved_result, None),
+    "ExpBackward0": ("exp", lambda n: n._saved_result, None),
+    "PowBackward0": ("pow", lambda n: n._saved_self**n._saved_exponent, "_saved_self"),
+}
+
+
+class NumericsProbe(Probe):
+    name = "numerics"
+    provides: ClassVar[tuple[str, ...]] = (NUMERICS_CHECKED, NUMERICS_NONFINITE)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, tuple[Any, Any, Any, Any]] = {}  # root -> (args, kwargs, rng, cuda)
+        self._loss_flags: list[torch.Tensor] = []
+        self._loss: torch.Tensor | None = None  # the step's last loss (its graph structure)
+        self._loss_culprits: list[dict[str, Any]] | None = None
+        self._module_flags: list[tuple[str, torch.Tensor]] = []
+        self._input_flags: list[torch.Tensor] = []
+        self._step_hooks: list[Any] = []
+        self._checked = False
+        self._every_step = True
+        self._check_cost = 0.0
+        self._step_time = 0.0
+        self._t_step = time.perf_counter()
+        self._autopsies = 0
+        self._masked_events = 0
+        self._masked_seen: set[str] = set()
+        self._causes: set[tuple[Any, ...]] = set()
+        self._in_autopsy = False
+        self._window: _LossWindow | None = None
+        self._window_hooks: list[Any] = []
+        self._loss_sources: dict[str, list[str]] = {}  # autograd node kind -> user lines
+
+    # -- attaching ------------------------------------------------------------------------
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        for prefix, model in ctx.models.items():
+            self.handles.append(
+                model.register_forward_pre_hook(self._make_capture(prefix), with_kwargs=True)
+            )
+
+    def _make_capture(self, prefix: str):
+        ctx = self.ctx
+        assert ctx is not None
+        guard = ctx.doctor.guard
+
+        # A plain closure (not a bound method): copy.deepcopy of the model copies its hook dicts.
+        def capture(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+            if self._in_autopsy or not module.training or not torch.is_grad_enabled():
+                return
+            if ctx.doctor._validating or "probe numerics" in guard.disabled:
+                return
+            try:
+                cuda = None
+                for t in _tensors((args, kwargs)):
+                    if t.is_cuda:
+                        cuda = (t.device, torch.cuda.get_rng_state(t.device))
+                        break
+                # References only: the batch itself is not copied.
+                self._last[prefix] = (args, kwargs, torch.get_rng_state(), cuda)
+                if self._step_hooks:
+                    self._input_flags.extend(_finite_flags(_tensors((args, kwargs))))
+            except Exception as exc:  # noqa: BLE001
+                guard.record("probe numerics", exc)
+
+        return capture
+
+    # -- per step -------------------------------------------------------------------------
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._remove_step_hooks()
+        self._loss_flags = []
+        self._loss = None
+        self._loss_culprits = None
+        self._module_flags = []
+        self._input_flags = []
+        self._checked = False
+        self._close_window()
+        for h in self._window_hooks:
+            h.remove()
+        self._window_hooks.clear()
+        if sampled and self._masked_events < MAX_MASKED_EVENTS:
+            self._install_step_hooks()
+        ctx = self.ctx
+        if ctx is not None and step <= ctx.doctor.budget.structural_steps:
+            # Structural steps only: which source line creates each op of the loss code (the
+            # ops run between the model's forward and backward), to name the line of a
+            # non-finite loss later.
+            for model in ctx.models.values():
+                self._window_hooks.append(
+                    model.register_forward_hook(ctx.hook("probe numerics", self._open_window))
+                )
+
+    def _open_window(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        assert self.ctx is not None
+        if self._window is not None or self._in_autopsy or not module.training:
+            return
+        if not torch.is_grad_enabled() or self.ctx.doctor._validating:
+            return
+        self._window = _LossWindow().__enter__()
+
+    def _close_window(self) -> None:
+        mode, self._window = self._window, None
+        if mode is None:
+            return
+        n = torch._C._len_torch_function_stack()
+        if n and torch._C._get_function_stack_at(n - 1) is mode:
+            mode.__exit__(None, None, None)
+        else:  # not on top (a mode pushed after ours): leave the stack as the user has it
+            return
+        for kind, sources in mode.sources.items():
+            known = self._loss_sources.setdefault(kind, [])
+            known.extend(src for src in sources if src not in known)
+
+    def _install_step_hooks(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        for prefix, model in ctx.models.items():
+            for name, module in model.named_modules():
+                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                self._step_hooks.append(
+                    module.register_forward_hook(ctx.hook("probe numerics", self._flag_hook(qual)))
+                )
+
+    def _flag_hook(self, qual: str):
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            if self._in_autopsy or not torch.is_grad_enabled():
+                return
+            assert self.ctx is not None
+            if self.ctx.doctor._validating:
+                return
+            for flag in _finite_flags(_tensors(output)):
+                self._module_flags.append((qual, flag))
+
+        return hook
+
+    def _remove_step_hooks(self) -> None:
+        for h in self._step_hooks:
+            h.remove()
+        self._step_hooks.clear()
+
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        self._close_window()
+        if not (loss.is_floating_point() and loss.numel() > 0):
+            return
+        flag = torch.isfinite(loss.detach()).all()
+        self._loss_flags.append(flag)
+        self._loss = loss
+        if loss.device.type == "cpu" and self._loss_culprits is None and not bool(flag):
+            # On CPU the read is free, and before backward the loss graph is still intact:
+            # recompute the ops that can make a finite input non-finite (log, div, sqrt, ...).
+            self._loss_culprits = loss_graph_culprits(loss)
+
+    def on_optimizer_pre_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        t0 = time.perf_counter()
+        check_grads = sampled or self._every_step
+        grads: list[torch.Tensor] = []
+        names: list[str] = []
+        if check_grads:
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None and p.grad.layout is torch.strided:
+                        grads.append(p.grad.detach())
+                        names.append(ctx.param_names.get(id(p), "?"))
+        loss_flags = list(self._loss_flags) if not self._checked else []
+        grad_flags = []
+        if grads:
+            with torch.no_grad():
+                norms = torch._foreach_norm(grads)
+            for dev_norms in _by_device(norms):
+                grad_flags.append(torch.isfinite(torch.stack(dev_norms)).all())
+        module_flags = self._module_flags if not self._checked else []
+        input_flags = self._input_flags if not self._checked else []
+        self._checked = True
+        all_flags = loss_flags + grad_flags + [f for _, f in module_flags] + input_flags
+        if not all_flags:
+            return
+        host = _read(all_flags)  # the one host read of the step
+        n_loss, n_grad, n_mod = len(loss_flags), len(grad_flags), len(module_flags)
+        loss_ok = all(host[:n_loss])
+        grads_ok = all(host[n_loss : n_loss + n_grad])
+        mods = host[n_loss + n_grad : n_loss + n_grad + n_mod]
+        inputs_ok = all(host[n_loss + n_grad + n_mod :])
+        checked: dict[str, int] = {}
+        if loss_flags:
+            checked["loss"] = int(loss_ok)
+        if grads:
+            checked["grads"] = int(grads_ok)
+        if module_flags:
+            checked["activations"] = int(all(mods))
+        rec.record(step, NUMERICS_CHECKED, checked)
+        if grads and not self._in_autopsy:
+            cost = time.perf_counter() - t0
+            self._check_cost = cost if not self._check_cost else 0.8 * self._check_cost + 0.2 * cost
+            if self._step_time:
+                self._every_step = self._check_cost < EVERY_STEP_MAX * self._step_time
+        if not (loss_ok and grads_ok):
+            bad = (["loss"] if not loss_ok else []) + (["grads"] if not grads_ok else [])
+            rec.record(step, NUMERICS_NONFINITE, bad)
+            self._autopsy(
+                step, rec, loss_ok=loss_ok, grads_ok=grads_ok if grads else None, applied=False
+            )
+        elif module_flags and (not all(mods) or not inputs_ok):
+            first = next(q for (q, _), ok in zip(module_flags, mods) if not ok) if mods else None
+            rec.record(step, NUMERICS_NONFINITE, ["activations"])
+            self._masked(step, rec, first if inputs_ok else "<input>")
+
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        now = time.perf_counter()
+        dt = now - self._t_step
+        self._t_step = now
+        self._step_time = dt if not self._step_time else 0.9 * self._step_time + 0.1 * dt
+        if not self._checked and self._loss_flags:
+            # No optimizer step ran (a GradScaler skipped it): the parameters are the ones the
+            # loss was computed with, so the autopsy still replays faithfully.
+            self._checked = True
+            host = _read(self._loss_flags)
+            if not all(host):
+                rec.record(step, NUMERICS_NONFINITE, ["loss"])
+                stepped = bool(rec.timeline.get(step, "optim.step"))
+                self._autopsy(step, rec, loss_ok=False, grads_ok=None, applied=stepped)
+        self._remove_step_hooks()
+        self._close_window()
+        self._loss = None
+
+    def detach(self) -> None:
+        self._remove_step_hooks()
+        self._close_window()
+        for h in self._window_hooks:
+            h.remove()
+        self._window_hooks.clear()
+        self._last.clear()
+        self._loss = None
+        super().detach()
+
+    # -- the autopsy ----------------------------------------------------------------------
+    def _autopsy(
+        self,
+        step: int,
+        rec: Recorder,
+        *,
+        loss_ok: bool,
+        grads_ok: bool | None,
+        applied: bool,
+    ) -> None:
+        if self._autopsies >= MAX_AUTOPSIES:
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        bad_params = _nonfinite_params(ctx.named_params(), grads=False)
+        bad_grads = _nonfinite_params(ctx.named_params(), grads=True)
+        if loss_ok and not bad_grads and not bad_params:
+            return  # a gradient norm overflowed on finite values: not a NaN/Inf
+        if bad_params and self._causes:
+            return  # the weights went NaN after the first cause, already reported: a consequence
+        self._autopsies += 1
+        facts: dict[str, Any] = {
+            "loss_finite": loss_ok,
+            "grads_finite": grads_ok,  # None: not checked on this step
+            "applied": applied,
+        }
+        facts["nonfinite_params"] = bad_params[:16]
+        facts["nonfinite_grads"] = bad_grads[:16]
+        if self._loss is not None:
+            with torch.no_grad():
+                value = float(self._loss.detach().float().reshape(-1)[0])
+            facts["loss"] = value if math.isfinite(value) else str(value)
+        replay = self._replay()
+        facts["replayed"] = replay is not None
+        event: dict[str, Any]
+        if bad_params:
+            # The weights themselves are already non-finite: an earlier update put it there.
+            event = {
+                "first": "param",
+                "module": _module_of(bad_params[0]),
+                "params": bad_params[:16],
+            }
+        elif replay is not None and replay.get("first_input"):
+            event = {"first": "input", "module": "<input>", **replay["first_input"]}
+        elif replay is not None and replay.get("first_module"):
+            event = {"first": "activation", **replay["first_module"]}
+        elif not loss_ok:
+            culprits = self._loss_culprits or (
+                loss_graph_culprits(self._loss) if self._loss is not None else []
+            )
+            event = {"first": "loss", "culprits": culprits}
+            if culprits:
+                event["op"] = culprits[0]["op"]
+                lines = self._loss_sources.get(culprits[0]["node"], [])
+                if lines:
+                    event["source"] = lines[0]
+                    event["candidate_sources"] = lines[:4]
+            if replay is not None:
+                event["model_output_finite"] = True
+        else:
+            # Loss and activations finite, gradients not: backward produced the NaN/Inf. In
+            # backward order, the first layer reached is the last one in forward order.
+            layer = bad_grads[-1] if bad_grads else None
+            event = {
+                "first": "grad",
+                "module": _module_of(layer) if layer else None,
+                "params": bad_grads[:16],
+            }
+        if replay is not None:
+            event.setdefault("source", replay.get("source"))
+            event.setdefault("op", replay.get("op"))
+            if replay.get("module_order"):
+                event["nonfinite_modules"] = replay["module_order"][:8]
+        key = (event.get("first"), event.get("module"), event.get("op"))
+        if key in self._causes:
+            return
+        self._causes.add(key)
+        rec.event(step, "nonfinite", **facts, **event)
+
+    def _masked(self, step: int, rec: Recorder, first: str | None) -> None:
+        if first is None or first in self._masked_seen or self._masked_events >= MAX_MASKED_EVENTS:
+            return
+        self._masked_seen.add(first)
+        self._masked_events += 1
+        event: dict[str, Any] = {"module": first, "input": first == "<input>"}
+        replay = self._replay(trace_masks=True) if self._autopsies < MAX_AUTOPSIES else None
+        if replay is not None:
+            self._autopsies += 1
+            if replay.get("first_module"):
+                event["fraction"] = replay["first_module"].get("fraction")
+                event["op"] = replay["first_module"].get("op")
+                event["source"] = replay["first_module"].get("source")
+            if replay.get("mask"):
+                event["mask"] = replay["mask"]
+        rec.event(step, "nonfinite_masked", **event)
+
+    def _replay(self, trace_masks: bool = False) -> dict[str, Any] | None:
+        """Replay the last training batch on a deep copy of the model: the first module whose
+        output is non-finite (forward order), the first op that made a finite input non-finite
+        and, with `trace_masks`, the op that turned non-finite values back into finite ones."""
+        ctx = self.ctx
+        assert ctx is not None
+        if not self._last:
+            return None
+        prefix, (args, kwargs, rng, cuda) = next(iter(self._last.items()))
+        model = ctx.models.get(prefix)
+        if model is None:
+            return None
+        doctor = ctx.doctor
+        saved_output = doctor._model_output
+        self._in_autopsy = True
+        try:
+            devices = [cuda[0]] if cuda is not None else []
+            with torch.random.fork_rng(devices=devices):
+                torch.set_rng_state(rng)
+                if cuda is not None:
+                    torch.cuda.set_rng_state(cuda[1], cuda[0])
+                twin = copy.deepcopy(model)
+                for m in twin.modules():
+                    for attr in (
+                        "_forward_hooks",
+                        "_forward_pre_hooks",
+                        "_backward_hooks",
+                        "_backward_pre_hooks",
+                        "_forward_hooks_with_kwargs",
+                        "_forward_pre_hooks_with_kwargs",
+                        "_forward_hooks_always_called",
+                    ):
+                        d = getattr(m, attr, None)
+                        if d is not None:
+                            d.clear()
+                return _Tracer(twin, prefix, trace_masks).run(args, kwargs)
+        finally:
+            self._in_autopsy = False
+            doctor._model_output = saved_output
+
+
+class _LossWindow(TorchFunctionMode):
+    """Active between the model's forward and backward on structural steps: records the user
+    line that creates each kind of autograd node of the loss code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, list[str]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        try:
+            if isinstance(result, torch.Tensor) and result.grad_fn is not None:
+                kind = type(result.grad_fn).__name__
+                if kind in _RECOMPUTE and len(self.sources.get(kind, ())) < 8:
+                    src = user_source(skip=2)
+                    if src and src not in self.sources.setdefault(kind, []):
+                        self.sources[kind].append(src)
+        except Exception:  # noqa: BLE001
+            pass
+        return result
+
+
+class _Tracer(TorchFunctionMode):
+    """Replays a forward pass, checking every op's output for non-finite values."""
+
+    def __init__(self, model: torch.nn.Module, prefix: str, trace_masks: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.prefix = prefix
+        self.trace_masks = trace_masks
+        self.stack: list[str] = []
+        self.first_op: dict[str, Any] | None = None
+        self.first_module: dict[str, Any] | None = None
+        self.module_order: list[str] = []
+        self.mask: dict[str, Any] | None = None
+
+    def run(self, args: Any, kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        bad_inputs = [t for t in _tensors((args, kwargs)) if not _all_finite(t)]
+        if bad_inputs:
+            t = bad_inputs[0]
+            out["first_input"] = {"fraction": _bad_fraction(t), "shape": list(t.shape)}
+        handles = []
+        for name, m in self.model.named_modules():
+            qual = f"{self.prefix}{name}" if name else (self.prefix.rstrip(".") or "<model>")
+            handles.append(m.register_forward_pre_hook(self._enter(qual)))
+            handles.append(m.register_forward_hook(self._exit(qual)))
+        try:
+            with self:
+                self.model(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        if self.first_module:
+            out["first_module"] = self.first_module
+        out["module_order"] = self.module_order
+        if self.first_op:
+            out["op"] = self.first_op["op"]
+            out["source"] = self.first_op["source"]
+        if self.mask:
+            out["mask"] = self.mask
+        return out
+
+    def _enter(self, qual: str):
+        def hook(_m: Any, _args: Any) -> None:
+            self.stack.append(qual)
+
+        return hook
+
+    def _exit(self, qual: str):
+        def hook(_m: Any, _args: Any, output: Any) -> None:
+            if self.stack and self.stack[-1] == qual:
+                self.stack.pop()
+            bad = [t for t in _tensors(output) if not _all_finite(t)]
+            if bad and qual not in self.module_order:
+                self.module_order.append(qual)
+                if self.first_module is None:
+                    op = (
+                        self.first_op if self.first_op and self.first_op["module"] == qual else None
+                    )
+                    if op is None and self.first_op is not None and self._inside(qual):
+                        op = self.first_op
+                    self.first_module = {
+                        "module": qual,
+                        "fraction": _bad_fraction(bad[0]),
+                        "op": op["op"] if op else None,
+                        "source": op["source"] if op else None,
+                    }
+
+        return hook
+
+    def _inside(self, qual: str) -> bool:
+        assert self.first_op is not None
+        inner = self.first_op["module"] or ""
+        return qual in ("<model>", self.prefix.rstrip(".")) or inner.startswith(qual + ".")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if self.first_op is not None and (self.mask is not None or not self.trace_masks):
+            return result
+        try:
+            outs = [t for t in _tensors(result) if t.is_floating_point()]
+            if not outs:
+                return result
+            ins = [t for t in _tensors((args, kwargs)) if t.is_floating_point()]
+            outs_ok = all(_all_finite(t) for t in outs)
+            if self.first_op is None and not outs_ok and all(_all_finite(t) for t in ins):
+                self.first_op = {
+                    "op": _op_name(func),
+                    "source": user_source(skip=2),
+                    "module": self.stack[-1] if self.stack else None,
+                }
+            elif self.trace_masks and self.mask is None and outs_ok and ins:
+                bad_in = [t for t in ins if not _all_finite(t)]
+                if bad_in and _op_name(func) in _MASKING_OPS:
+                    self.mask = {
+                        "op": _op_name(func),
+                        "source": user_source(skip=2),
+                        "module": self.stack[-1] if self.stack else None,
+                        **_grad_through(func, args, kwargs, bad_in[0]),
+                    }
+        except Exception:  # noqa: BLE001  (a diagnostic must not break the replay)
+            pass
+        return result
+
+
+def _grad_through(func: Any, args: Any, kwargs: Any, x: torch.Tensor) -> dict[str, Any]:
+    """Measure the gradient the masking op passes back to its non-finite input, on a detached
+    stand-in: d(sum(out))/dx per element, for the finite and the replaced elements."""
+    try:
+        leaf = x.detach().clone().requires_grad_(True)
+        swapped = [leaf if a is x else a for a in args]
+        with torch.enable_grad():
+            out = func(*swapped, **kwargs)
+            (g,) = torch.autograd.grad(out.sum(), leaf, allow_unused=True)
+        if g is None:
+            return {}
+        finite = torch.isfinite(x)
+        fin = g[finite]
+        bad = g[~finite]
+        return {
+            "grad_finite_elements": float(fin.mean()) if fin.numel() else None,
+            "grad_masked_elements": float(bad.mean()) if bad.numel() else None,
+            "masked_fraction": float((~finite).float().mean()),
+        }
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def loss_graph_culprits(loss: torch.Tensor, limit: int = 2000) -> list[dict[str, Any]]:
+    """Ops in the loss's autograd graph whose output is non-finite while their input is finite,
+    recomputed from the graph's saved tensors (only while the graph is intact, before backward);
+    after backward only the op names of the candidates are known."""
+    found: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    visited = 0
+    while stack and visited < limit:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        visited += 1
+        kind = type(node).__name__
+        entry = _RECOMPUTE.get(kind)
+        if entry is not None:
+            op, fn, input_attr = entry
+            try:
+                with torch.no_grad():
+                    value = fn(node)
+                    inp = getattr(node, input_attr) if input_attr else None
+                    if not _all_finite(value) and (inp is None or _all_finite(inp)):
+                        found.append(
+                            {
+                                "op": op,
+                                "node": kind,
+                                "fraction": _bad_fraction(value),
+                                "measured": True,
+                            }
+                        )
+            except Exception:  # noqa: BLE001  (saved tensors already freed)
+                found.append({"op": op, "node": kind, "measured": False})
+        stack.extend(fn for fn, _ in node.next_functions)
+    measured = [f for f in found if f["measured"]]
+    return measured or found
+
+
+def _op_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    return name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
+
+
+def _tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    if depth > 4:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, list | tuple):
+        for o in obj[:32]:
+            yield from _tensors(o, depth + 1)
+    elif isinstance(obj, dict):
+        for o in list(obj.values())[:32]:
+            yield from _tensors(o, depth + 1)
+
+
+def _finite_flags(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
+    out = []
+    with torch.no_grad():
+        for t in tensors:
+            if (
+                (t.is_floating_point() or t.is_complex())
+                and t.numel()
+                and t.layout is torch.strided
+            ):
+                out.append(torch.isfinite(t.detach()).all())
+            if len(out) >= 4:
+                break
+    return out
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return True
+    with torch.no_grad():
+        return bool(torch.isfinite(t.detach()).all())
+
+
+def _bad_fraction(t: torch.Tensor) -> float:
+    with torch.no_grad():
+        return round(float((~torch.isfinite(t.detach())).float().mean()), 6)
+
+
+def _read(flags: list[torch.Tensor]) -> list[bool]:
+    """Read 0-d flags with one transfer per device (one in practice)."""
+    positions: dict[torch.device, list[int]] = {}
+    for i, f in enumerate(flags):
+        positions.setdefault(f.device, []).append(i)
+    out = [True] * len(flags)
+    for idx in positions.values():
+        values = torch.stack([flags[i].reshape(()) for i in idx]).tolist()
+        for i, v in zip(idx, values):
+            out[i] = bool(v)
+    return out
+
+
+def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return list(groups.values())
+
+
+def _nonfinite_params(named: list[tuple[str, torch.nn.Parameter]], grads: bool) -> list[str]:
+    names, tensors = [], []
+    for n, p in named:
+        t = p.grad if grads else p
+        if t is not None and t.layout is torch.strided and t.is_floating_point():
+            names.append(n)
+            tensors.append(t.detach())
+    if not tensors:
+        return []
+    # Autopsy only (rare): exact per-tensor checks, a norm could overflow on finite values.
+    flags = [_all_finite(t) for t in tensors]
+    return [n for n, ok in zip(names, flags) if not ok]
+
+
+def _module_of(param: str) -> str:
+    return param.rsplit(".", 1)[0] if "." in param else "<model>"

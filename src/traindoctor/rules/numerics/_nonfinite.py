@@ -1,0 +1,46 @@
+"""Shared by TD201-TD203 and TD212: the `nonfinite` events the numerics probe's autopsy writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...timeline import TimelineView
+
+
+def nonfinite_events(tl: TimelineView, firsts: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Autopsy events whose first cause is one of `firsts`, one per place, in step order."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for e in sorted(tl.events("nonfinite"), key=lambda e: e["step"]):
+        if e.get("first") not in firsts:
+            continue
+        key = (e.get("first"), e.get("module"), e.get("op"))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(e)
+    return out
+
+
+def first_nonfinite_step(tl: TimelineView) -> int | None:
+    steps = [e["step"] for e in tl.events("nonfinite")]
+    return min(steps) if steps else None
+
+
+def nonfinite_steps(tl: TimelineView, series: list[tuple[int, Any]]) -> list[int]:
+    return [s for s, what in series if what]
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def where_text(e: dict[str, Any]) -> str:
+    bits = []
+    if e.get("op"):
+        bits.append(f"`{e['op']}`")
+    if e.get("source"):
+        bits.append(f"at {e['source']}")
+    return " ".join(bits)

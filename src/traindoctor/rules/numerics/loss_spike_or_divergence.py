@@ -1,0 +1,189 @@
+"""TD210 loss-spike-or-divergence."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import loss_source, per_step_mean, train_loss_values
+from ._layers import fmt, layer_series, median_mad, params_of
+
+
+@rule(
+    code="TD210",
+    name="loss-spike-or-divergence",
+    severity=Severity.ERROR,
+    summary="The training loss spikes far above its recent level, or climbs away for good.",
+    requires=("loss.train", "loss.backward", "grads.norm", "optim.lr"),
+    priority=45,
+)
+def loss_spike_or_divergence(
+    tl: TimelineView,
+    *,
+    min_steps: int = 10,
+    diverge_factor: float = 2.0,
+    spike_factor: float = 3.0,
+    robust_z: float = 10.0,
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    - divergence: the loss of the last steps is `diverge_factor` times the loss of the first
+      steps (or 2.5 x that factor above the lowest level it reached);
+    - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
+      `robust_z` robust deviations above it, and up by at least half the starting loss.
+
+    It names the step, and the layer whose gradient norm rose most (against its own history) at
+    the first sampled step from there: the layer that led the jump.
+
+    ## Why it matters
+    A diverging run wastes every step after the onset; a spike undoes part of the training and
+    is often the first sign of a NaN to come. The step and the layer say where to look (the
+    learning rate of that layer's group, a loss term, a bad batch).
+
+    ## How it is measured
+    The loss of every backward pass (or the logged training loss), read back in batches, averaged
+    per step; median and median absolute deviation over a trailing window. The gradient norms
+    come from the gradient probe's sampled steps (fused `torch._foreach_norm`).
+
+    ## Example
+    ```python
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)  # the loss climbs after a few steps
+    ```
+
+    ## Fix
+    ```python
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=500)  # warmup
+    ```
+
+    ## Known false positives
+    Curriculum or data-mixture changes raise the loss on purpose; a run that restarts from a
+    checkpoint with a different loss weighting can look like a jump. Non-finite losses are left
+    to TD201.
+    """
+    losses = [(s, v) for s, v in per_step_mean(train_loss_values(tl)) if math.isfinite(v)]
+    if len(losses) < min_steps:
+        return
+    values = [v for _, v in losses]
+    w = max(3, len(values) // 10)
+    first = statistics.median(values[:w])
+    last = statistics.median(values[-w:])
+    rolling = [statistics.median(values[i : i + w]) for i in range(len(values) - w + 1)]
+    best = min(rolling)
+    threshold = None
+    if first > 0 and last >= diverge_factor * first:
+        threshold = diverge_factor * first
+    elif best > 0 and last >= 2.5 * diverge_factor * best:
+        threshold = 2.5 * diverge_factor * best
+    if threshold is not None:
+        below = [i for i, v in enumerate(values) if v < threshold]
+        onset_i = below[-1] + 1 if below else 0
+        onset_i = min(onset_i, len(values) - 1)
+        yield _finding(
+            tl,
+            kind="divergence",
+            step=losses[onset_i][0],
+            before=first if threshold == diverge_factor * first else best,
+            value=last,
+            severity=Severity.ERROR,
+        )
+        return
+    for i in range(10, len(values)):
+        window = values[i - 10 : i]
+        med, mad = median_mad(window)
+        v = values[i]
+        if (
+            med > 0
+            and v >= spike_factor * med
+            and v >= med + robust_z * 1.4826 * mad
+            and v - med >= 0.5 * first
+        ):
+            yield _finding(
+                tl, kind="spike", step=losses[i][0], before=med, value=v, severity=Severity.WARNING
+            )
+            return
+
+
+def _finding(
+    tl: TimelineView, *, kind: str, step: int, before: float, value: float, severity: Severity
+) -> Finding:
+    params = tl.fact("params") or {}
+    layer, layer_ev = _leading_layer(tl, step)
+    lrs = dict(tl.series("optim.lr")).get(step) or {}
+    lr_text = ", ".join(f"{g} lr={v:g}" for g, v in sorted(lrs.items()) if v is not None)
+    led = (
+        f"; the gradient of `{layer}` rose most ({layer_ev['ratio']:.0f}x its median)"
+        if layer
+        else ""
+    )
+    if kind == "divergence":
+        title = f"training loss diverges from step {step}: {fmt(before)} -> {fmt(value)}"
+        cause = (
+            f"the loss climbs away from {fmt(before)} to {fmt(value)} and does not come back"
+            f"{led}"
+            + (f"; the optimizer runs with {lr_text}" if lr_text else "")
+            + ": the steps overshoot (a learning rate too large for this model and batch)"
+        )
+    else:
+        title = f"loss spike at step {step}: {fmt(value)}, {value / before:.1f}x the median before"
+        cause = (
+            f"one step's loss jumped to {value / before:.1f}x its recent median{led}: a batch "
+            "unlike the others, or an update that overshot"
+        )
+    return tl.finding(
+        title=title + (f", led by `{layer}`" if layer else ""),
+        step=step,
+        evidence={
+            "kind": kind,
+            "loss_before": before,
+            "loss": value,
+            "leading_layer": layer_ev,
+            "lr": lrs,
+        },
+        where=Where(
+            module=layer,
+            params=params_of(params, layer) if layer else (),
+            source=loss_source(tl),
+        ),
+        cause=cause,
+        fix="lower the learning rate or add a warmup; if one layer leads, give its group a "
+        "smaller lr; look at the batch of that step; clip with clip_grad_norm_ at a norm measured "
+        "on a healthy run as a guard, not as the fix",
+        severity=severity,
+        confidence=0.8 if kind == "divergence" else 0.6,
+    )
+
+
+def _leading_layer(tl: TimelineView, step: int) -> tuple[str | None, dict]:
+    """The layer whose grad norm, at the first sampled step at or after `step` (else the last
+    sampled one), is the highest multiple of its median over the sampled steps before `step`."""
+    layers = layer_series(tl.series("grads.norm"))
+    sampled = sorted({s for series in layers.values() for s, _ in series})
+    after = [s for s in sampled if s >= step]
+    at = after[0] if after else (sampled[-1] if sampled else None)
+    if at is None:
+        return None, {}
+    best: tuple[float, str, float, float] | None = None
+    for layer, series in layers.items():
+        hist = [v for s, v in series if s < step and s != at and v > 0]
+        now = dict(series).get(at)
+        if not hist or now is None:
+            continue
+        med = statistics.median(hist)
+        ratio = now / med if med > 0 else math.inf
+        if best is None or ratio > best[0]:
+            best = (ratio, layer, now, med)
+    if best is None or best[0] <= 1.0:
+        return None, {}
+    ratio, layer, now, med = best
+    return layer, {
+        "layer": layer,
+        "step": at,
+        "grad_norm": now,
+        "median_before": med,
+        "ratio": ratio,
+    }

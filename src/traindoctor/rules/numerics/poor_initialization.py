@@ -1,0 +1,178 @@
+"""TD209 poor-initialization."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from ._layers import fmt, params_of
+
+
+@rule(
+    code="TD209",
+    name="poor-initialization",
+    severity=Severity.WARNING,
+    summary="The loss or the final layer's output scale at init is far from what it should be.",
+    requires=("init.ce_loss", "init.ce_classes", "init.in_std", "init.out_std"),
+    priority=35,
+)
+def poor_initialization(
+    tl: TimelineView,
+    *,
+    ce_factor: float = 2.0,
+    ce_margin: float = 1.0,
+    max_gain: float = 4.0,
+    min_out_std: float = 1.0,
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    - a cross-entropy over C classes whose first observed value is above both `ce_factor` x ln C
+      and ln C + `ce_margin` (a model at init should be unsure: loss ≈ ln C);
+    - a final layer (the parametric op closest to the loss) whose output std at the first
+      steps is more than `max_gain` times its input's std and at least `min_out_std`.
+
+    ## Why it matters
+    A model that starts confidently wrong spends its first steps undoing its init with huge
+    gradients (the "hockey stick" loss curve); a final layer that amplifies its input makes the
+    logits or box regressions large, and with them the loss and the gradients of every layer
+    behind it. In the seed report the final conv of the box head was the layer that exploded.
+
+    ## How it is measured
+    `torch.nn.functional.cross_entropy` (which `nn.CrossEntropyLoss` calls) is wrapped during
+    the structural steps to record C and the loss value (reduction "mean" or "none"); forward
+    hooks on the leaf modules with params record std(input) and std(output) on those steps, and
+    the first backward's graph says which modules are final. Wrapper and hooks are removed
+    after the structural steps and never change a result.
+
+    ## Example
+    ```python
+    model.head = nn.Linear(64, 10)
+    nn.init.normal_(model.head.weight, std=1.0)  # logits std ≈ 8: loss at init ≈ 15, ln 10 = 2.3
+    ```
+
+    ## Fix
+    ```python
+    nn.init.normal_(model.head.weight, std=0.01)  # or keep PyTorch's default init
+    nn.init.zeros_(model.head.bias)               # a prior-probability bias for rare classes
+    ```
+
+    ## Known false positives
+    Fine-tuning a pretrained model on data it was not trained on can start above ln C with a
+    sound init; a regression head whose targets are on a large scale needs a large output (then
+    scale the targets instead). Layers followed by a normalization are not final and not judged.
+    """
+    params = tl.fact("params") or {}
+    final_events = tl.events("final_layers")
+    final = list(final_events[0].get("modules") or []) if final_events else []
+    gain = _first_gains(tl, final)
+    bad_layers = [
+        (m, v[0], v[2]) for m, v in gain.items() if v[0] > max_gain and v[2] >= min_out_std
+    ]
+    bad_layers.sort(key=lambda t: -t[1])
+    ce = _first_ce(tl)
+    bad_ce = None
+    if ce is not None:
+        step, value, classes = ce
+        expected = math.log(classes) if classes > 1 else 0.0
+        if math.isfinite(value) and value > max(ce_factor * expected, expected + ce_margin):
+            bad_ce = (step, value, classes, expected)
+    if not bad_layers and bad_ce is None:
+        return
+    calls = tl.events("cross_entropy_call")
+    source = calls[0].get("source") if calls else None
+    evidence: dict = {}
+    layer = None
+    if bad_layers:
+        layer, g, o = bad_layers[0]
+        evidence["final_layers"] = {
+            m: {"gain": gain[m][0], "input_std": gain[m][1], "output_std": gain[m][2]}
+            for m in final
+            if m in gain
+        }
+    if bad_ce is not None:
+        step, value, classes, expected = bad_ce
+        evidence.update(
+            {"first_loss": value, "classes": classes, "ln_classes": expected, "step": step}
+        )
+    if bad_ce is not None and bad_layers:
+        title = (
+            f"loss at init {fmt(bad_ce[1])} vs ln {bad_ce[2]} = {bad_ce[3]:.2f}: final layer "
+            f"`{layer}` multiplies its input's std by {gain[layer][0]:.1f}"
+        )
+    elif bad_ce is not None:
+        title = (
+            f"cross-entropy at init is {fmt(bad_ce[1])}, far above ln {bad_ce[2]} = "
+            f"{bad_ce[3]:.2f} (uniform predictions)"
+        )
+    else:
+        title = (
+            f"final layer `{layer}` starts with output std {fmt(gain[layer][2])}, "
+            f"{gain[layer][0]:.1f}x its input's {fmt(gain[layer][1])}"
+        )
+    if layer is not None:
+        cause = (
+            f"`{layer}` is initialized with weights too large for its fan-in: its output std is "
+            f"{gain[layer][0]:.1f}x its input's at the first steps, so the model starts with large, "
+            "confident outputs and large gradients flow back from the loss"
+        )
+        fix = (
+            f"initialize `{layer}` with a small std (nn.init.normal_(weight, std=0.01), bias 0) "
+            "or keep PyTorch's default init; do not re-init it with std=1"
+        )
+    else:
+        final_out = {m: gain[m][2] for m in final if m in gain}
+        big = max(final_out, key=lambda m: final_out[m]) if final_out else None
+        cause = (
+            f"the model's first predictions are confidently wrong (loss {fmt(bad_ce[1])} where "
+            f"an unsure model gives {bad_ce[3]:.2f}): the logits are large at init"
+            + (f" (`{big}` outputs std {fmt(final_out[big])})" if big is not None else "")
+            + "; usual causes are inputs that are not normalized, a final layer or bias "
+            "initialized too large, or logits multiplied by a large temperature"
+        )
+        fix = (
+            "normalize the inputs (zero mean, unit std per feature), and initialize the final "
+            "layer small (std 0.01, bias 0 or log class priors) so the first loss is ≈ ln C"
+        )
+    yield tl.finding(
+        title=title,
+        step=bad_ce[0] if bad_ce is not None else gain[layer][3],
+        evidence=evidence,
+        where=Where(
+            module=layer,
+            params=params_of(params, layer) if layer else (),
+            source=source,
+        ),
+        cause=cause,
+        fix=fix,
+    )
+
+
+def _first_gains(tl: TimelineView, final: list[str]) -> dict[str, tuple[float, float, float, int]]:
+    """{final module: (gain, input std, output std, step)} at the first step it was measured."""
+    ins = tl.series("init.in_std")
+    outs = dict(tl.series("init.out_std"))
+    found: dict[str, tuple[float, float, float, int]] = {}
+    for step, by_module in ins:
+        for m in final:
+            if m in found or m not in by_module or m not in (outs.get(step) or {}):
+                continue
+            i, o = by_module[m], outs[step][m]
+            if i is None or o is None or not (math.isfinite(i) and math.isfinite(o)) or i <= 0:
+                continue
+            found[m] = (o / i, i, o, step)
+    return found
+
+
+def _first_ce(tl: TimelineView) -> tuple[int, float, int] | None:
+    """(step, mean value, classes) of the cross-entropy calls of the first step that had one."""
+    classes = dict(tl.series("init.ce_classes"))
+    for step, values in tl.series("init.ce_loss"):
+        cs = classes.get(step) or {}
+        pairs = [(v, cs[k]) for k, v in values.items() if k in cs and v is not None]
+        pairs = [(v, c) for v, c in pairs if math.isfinite(v)]
+        if pairs:
+            return step, sum(v for v, _ in pairs) / len(pairs), max(c for _, c in pairs)
+    return None

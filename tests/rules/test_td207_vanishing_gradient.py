@@ -1,0 +1,41 @@
+"""TD207 vanishing-gradient on hand-built timelines."""
+
+from __future__ import annotations
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+LAYERS = [f"layers.{i}" for i in range(6)] + ["head"]
+PARAMS = [f"{layer}.weight" for layer in LAYERS]
+
+
+def _tl(rel, steps=(1, 2, 3, 10), ended=False):
+    data = {}
+    for s in steps:
+        data[s] = {
+            "grads.norm": {f"{layer}.weight": r * 2.0 for layer, r in zip(LAYERS, rel)},
+            "params.norm": dict.fromkeys(PARAMS, 2.0),
+        }
+    return make_timeline(params=PARAMS, steps=data, ended=ended)
+
+
+def test_names_the_first_layers_orders_below_the_rest():
+    rel = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-1]
+    f = assert_fires("TD207", _tl(rel))
+    assert f.where.module == "layers.0"
+    assert f.where.params == ("layers.0.weight", "layers.1.weight")
+    assert set(f.evidence["layers"]) == {"layers.0", "layers.1"}
+    assert f.evidence["median_layer_ratio"] == 1e-5
+
+
+def test_healthy_spread_is_silent():
+    assert_silent("TD207", _tl([0.03, 0.04, 0.05, 0.03, 0.02, 0.02, 0.2]))
+
+
+def test_waits_for_a_window():
+    rel = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-1]
+    assert_silent("TD207", _tl(rel, steps=(1, 2)))
+    assert_fires("TD207", _tl(rel, steps=(1, 2), ended=True))
+
+
+def test_exactly_zero_gradients_are_left_to_other_rules():
+    assert_silent("TD207", _tl([0.0, 0.03, 0.04, 0.05, 0.03, 0.02, 0.2]))

@@ -1,0 +1,51 @@
+"""TD209 poor-initialization on hand-built timelines."""
+
+from __future__ import annotations
+
+import math
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+PARAMS = ["body.weight", "head.weight", "head.bias"]
+
+
+def _tl(ce=None, classes=10, head=(0.2, 0.15), body=(1.0, 0.6)):
+    steps = {1: {"optim.lr": {"opt0/group0": 0.1}}}
+    if ce is not None:
+        steps[1]["init.ce_loss"] = {"0": ce}
+        steps[1]["init.ce_classes"] = {"0": classes}
+    steps[1]["init.in_std"] = {"body": body[0], "head": head[0]}
+    steps[1]["init.out_std"] = {"body": body[1], "head": head[1]}
+    events = [
+        {"kind": "final_layers", "step": 1, "modules": ["head"], "params": PARAMS[1:]},
+        {"kind": "cross_entropy_call", "step": 1, "classes": classes, "source": "train.py:30"},
+    ]
+    return make_timeline(params=PARAMS, steps=steps, events=events)
+
+
+def test_cross_entropy_far_above_ln_c():
+    f = assert_fires("TD209", _tl(ce=9.0))
+    assert f.evidence["ln_classes"] == math.log(10)
+    assert f.where.source == "train.py:30"
+    assert f.where.module is None
+    assert "inputs that are not normalized" in f.cause
+
+
+def test_final_layer_with_a_large_gain_is_named():
+    f = assert_fires("TD209", _tl(ce=2.4, head=(0.2, 2.0)))
+    assert f.where.module == "head"
+    assert f.where.params == ("head.weight", "head.bias")
+    assert f.evidence["final_layers"]["head"]["gain"] == 10.0
+
+
+def test_both_together_make_one_finding():
+    f = assert_fires("TD209", _tl(ce=15.0, head=(0.2, 3.0)))
+    assert "loss at init" in f.title and "`head`" in f.title
+
+
+def test_healthy_init_is_silent():
+    assert_silent("TD209", _tl(ce=2.35))
+    # a hidden layer with a large gain is not final: not judged
+    assert_silent("TD209", _tl(ce=2.35, body=(0.1, 5.0)))
+    # a large gain on a tiny input (small output) is not judged either
+    assert_silent("TD209", _tl(ce=2.35, head=(0.01, 0.2)))
