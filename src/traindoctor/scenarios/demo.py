@@ -62,7 +62,9 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
     misses = 0
     for s in scenarios:
         t1 = time.perf_counter()
-        report = _one_thread(run_scenario, s, out_dir=out_dir)
+        # Zero-code mode unless the scenario needs the API (named loss parts, say).
+        watch = "zero-code" not in s.modes
+        report = _one_thread(run_scenario, s, out_dir=out_dir, watch=watch)
         secs = time.perf_counter() - t1
         flagged = [f for f in report.findings if f.severity.value != "info"]
         top = flagged[0] if flagged else None
