@@ -72,7 +72,7 @@ class NumericsProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._last: dict[str, tuple[Any, Any, Any, Any]] = {}  # root -> (args, kwargs, rng, cuda)
-        self._loss_flags: list[torch.Tensor] = []
+        self._loss_flags: list[torch.Tensor | bool] = []
         self._loss: torch.Tensor | None = None  # the step's last loss (its graph structure)
         self._loss_culprits: list[dict[str, Any]] | None = None
         self._module_flags: list[tuple[str, torch.Tensor]] = []
@@ -203,7 +203,11 @@ class NumericsProbe(Probe):
         self._close_window()
         if not (loss.is_floating_point() and loss.numel() > 0):
             return
-        flag = torch.isfinite(loss.detach()).all()
+        value = loss.detach()
+        if value.device.type == "cpu" and value.numel() == 1:
+            flag: torch.Tensor | bool = math.isfinite(value.item())  # CPU: a read, no kernel
+        else:
+            flag = torch.isfinite(value).all()  # stays on the device until the step's one read
         self._loss_flags.append(flag)
         self._loss = loss
         if loss.device.type == "cpu" and self._loss_culprits is None and not bool(flag):
@@ -667,12 +671,15 @@ def _bad_fraction(t: torch.Tensor) -> float:
         return round(float((~torch.isfinite(t.detach())).float().mean()), 6)
 
 
-def _read(flags: list[torch.Tensor]) -> list[bool]:
-    """Read 0-d flags with one transfer per device (one in practice)."""
+def _read(flags: list[torch.Tensor | bool]) -> list[bool]:
+    """Read 0-d flags with one transfer per device (one in practice); host bools as they are."""
     positions: dict[torch.device, list[int]] = {}
-    for i, f in enumerate(flags):
-        positions.setdefault(f.device, []).append(i)
     out = [True] * len(flags)
+    for i, f in enumerate(flags):
+        if isinstance(f, bool):
+            out[i] = f
+        else:
+            positions.setdefault(f.device, []).append(i)
     for idx in positions.values():
         values = torch.stack([flags[i].reshape(()) for i in idx]).tolist()
         for i, v in zip(idx, values):
