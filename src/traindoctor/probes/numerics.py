@@ -87,6 +87,7 @@ class NumericsProbe(Probe):
         self._masked_events = 0
         self._masked_seen: set[str] = set()
         self._causes: set[tuple[Any, ...]] = set()
+        self._sourceless: set[tuple[Any, ...]] = set()
         self._in_autopsy = False
         self._window: _LossWindow | None = None
         self._window_hooks: list[Any] = []
@@ -377,7 +378,14 @@ class NumericsProbe(Probe):
         key = (event.get("first"), event.get("module"), event.get("op"))
         if key in self._causes:
             return
-        self._causes.add(key)
+        if event.get("first") == "loss" and not event.get("source"):
+            # The loss's line is not known yet (its ops are traced on the structural steps):
+            # report now, and let one later autopsy of the same cause add the line.
+            if key in self._sourceless:
+                return
+            self._sourceless.add(key)
+        else:
+            self._causes.add(key)
         rec.event(step, "nonfinite", **facts, **event)
 
     def _masked(self, step: int, rec: Recorder, first: str | None) -> None:

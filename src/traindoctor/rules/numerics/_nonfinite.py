@@ -9,17 +9,19 @@ from ...timeline import TimelineView
 
 def nonfinite_events(tl: TimelineView, firsts: tuple[str, ...]) -> list[dict[str, Any]]:
     """Autopsy events whose first cause is one of `firsts`, one per place, in step order."""
-    out: list[dict[str, Any]] = []
-    seen: set[tuple[Any, ...]] = set()
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for e in sorted(tl.events("nonfinite"), key=lambda e: e["step"]):
         if e.get("first") not in firsts:
             continue
         key = (e.get("first"), e.get("module"), e.get("op"))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(e)
-    return out
+        first = out.get(key)
+        if first is None:
+            out[key] = e
+        elif not first.get("source") and e.get("source"):
+            # A later autopsy of the same cause found the line (zero-code mode attaches after
+            # step 1's forward): keep the first step, take the line.
+            out[key] = {**first, "source": e["source"]}
+    return list(out.values())
 
 
 def first_nonfinite_step(tl: TimelineView) -> int | None:

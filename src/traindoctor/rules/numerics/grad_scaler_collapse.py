@@ -18,7 +18,7 @@ from .._util import common_module, module_of, step_source
     severity=Severity.ERROR,
     summary="The GradScaler skips step after step, or its scale falls toward 0.",
     requires=("amp.scale", "amp.skipped", "amp.nonfinite", "optim.step"),
-    priority=22,
+    priority=28,
 )
 def grad_scaler_collapse(
     tl: TimelineView,
