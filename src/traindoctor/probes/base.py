@@ -111,9 +111,9 @@ class Recorder:
                     v = v if old is None else e.reduce(old, v)
                 self.timeline.record(e.step, e.name, v, key=k)
         elif e.append:
-            self.timeline.append(e.step, e.name, vals[0] if e.tensor.dim() == 0 else vals)
+            self.timeline.append(e.step, e.name, vals[0] if e.tensor.numel() == 1 else vals)
         else:
-            self.timeline.record(e.step, e.name, vals[0] if e.tensor.dim() == 0 else vals)
+            self.timeline.record(e.step, e.name, vals[0] if e.tensor.numel() == 1 else vals)
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:

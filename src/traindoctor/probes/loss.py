@@ -110,6 +110,8 @@ class LossProbe(Probe):
         self._backward_seen: set[tuple[str, float]] = set()
         self._factors_seen: set[float] = set()
         self._sites: dict[tuple[str, int] | None, int] = {}
+        self._last_site: int | None = None
+        self._last_factor: float | None = None
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self.backward_total += 1
@@ -124,10 +126,15 @@ class LossProbe(Probe):
                 self._not_differentiable(step, loss, rec, via="backward", leaves=leaves)
         factor, _ = constant_factor(loss)
         rec.append(step, LOSS_FACTOR, factor)
-        rec.append(step, LOSS_SITE, self._site_id(step, rec))
+        # The call site matters only to tell factors apart (TD109): walk the stack on the
+        # structural steps and when the factor changes; otherwise the site is the last one.
+        if step <= structural or factor != self._last_factor or self._last_site is None:
+            self._last_site = self._site_id(step, rec)
+            self._last_factor = factor
+        rec.append(step, LOSS_SITE, self._last_site)
         if loss.numel() == 1:
             # The loss the user computed: the factor is divided out on the host at read-back.
-            rec.defer(step, LOSS_BACKWARD, loss.detach().reshape(()), append=True, scale=1 / factor)
+            rec.defer(step, LOSS_BACKWARD, loss.detach(), append=True, scale=1 / factor)
         # Where backward() is called: on the first steps and whenever a new factor shows up
         # (a stack walk costs microseconds; not every step).
         if step > structural and factor in self._factors_seen:
