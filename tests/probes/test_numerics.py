@@ -93,3 +93,27 @@ def test_loss_graph_culprits_recompute_from_saved_tensors():
     found = loss_graph_culprits(loss)
     assert [c["op"] for c in found] == ["log"]
     assert found[0]["measured"] and abs(found[0]["fraction"] - 1 / 3) < 1e-6
+
+
+def test_loss_window_leaves_modes_and_anomaly_flags_as_the_user_has_them(tmp_path):
+    # The loss-line window spans user code between forward and backward: a user mode entered
+    # around the forward only (torch.device) must come and go as in an unwatched run.
+    import traindoctor as td
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    depths = []
+    with td.watch(model, opt, out_dir=tmp_path, console=False):
+        for _ in range(6):
+            opt.zero_grad()
+            with torch.device("cpu"):
+                out = model(torch.randn(5, 4))
+            loss = torch.log(out.pow(2).sum() + 1)
+            depths.append(torch._C._len_torch_function_stack())
+            loss.backward()
+            opt.step()
+            assert not torch.is_anomaly_enabled()
+    assert depths == [0] * 6
+    assert torch._C._len_torch_function_stack() == 0
+    assert not torch.is_anomaly_enabled()

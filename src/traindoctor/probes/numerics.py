@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .._source import user_source
+from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
 
@@ -89,7 +90,8 @@ class NumericsProbe(Probe):
         self._causes: set[tuple[Any, ...]] = set()
         self._sourceless: set[tuple[Any, ...]] = set()
         self._in_autopsy = False
-        self._window: _LossWindow | None = None
+        # Anomaly-mode flags to restore while the loss window is open (structural steps only).
+        self._window: tuple[bool, bool] | None = None
         self._window_hooks: list[Any] = []
         self._loss_sources: dict[str, list[str]] = {}  # autograd node kind -> user lines
 
@@ -158,20 +160,26 @@ class NumericsProbe(Probe):
             return
         if not torch.is_grad_enabled() or self.ctx.doctor._validating:
             return
-        self._window = _LossWindow().__enter__()
+        if torch.is_anomaly_enabled():
+            return  # the user's own anomaly mode: theirs to keep, and it records lines anyway
+        # Anomaly mode without NaN checks only records where each autograd node is created
+        # (node.metadata["traceback_"]); it computes nothing differently and is a plain flag,
+        # restored at the backward (no mode stack that user code could interleave with).
+        self._window = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
+        torch.set_anomaly_enabled(True, False)
 
-    def _close_window(self) -> None:
-        mode, self._window = self._window, None
-        if mode is None:
-            return
-        n = torch._C._len_torch_function_stack()
-        if n and torch._C._get_function_stack_at(n - 1) is mode:
-            mode.__exit__(None, None, None)
-        else:  # not on top (a mode pushed after ours): leave the stack as the user has it
-            return
-        for kind, sources in mode.sources.items():
-            known = self._loss_sources.setdefault(kind, [])
-            known.extend(src for src in sources if src not in known)
+    def _close_window(self, loss: torch.Tensor | None = None) -> None:
+        prev, self._window = self._window, None
+        if prev is not None:
+            torch.set_anomaly_enabled(*prev)
+        if (
+            loss is not None
+            and loss.grad_fn is not None
+            and (prev is not None or torch.is_anomaly_enabled())
+        ):
+            for kind, sources in loss_op_sources(loss).items():
+                known = self._loss_sources.setdefault(kind, [])
+                known.extend(src for src in sources if src not in known)
 
     def _install_step_hooks(self) -> None:
         ctx = self.ctx
@@ -201,7 +209,7 @@ class NumericsProbe(Probe):
         self._step_hooks.clear()
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
-        self._close_window()
+        self._close_window(loss)
         if not (loss.is_floating_point() and loss.numel() > 0):
             return
         value = loss.detach()
@@ -446,26 +454,36 @@ class NumericsProbe(Probe):
             doctor._model_output = saved_output
 
 
-class _LossWindow(TorchFunctionMode):
-    """Active between the model's forward and backward on structural steps: records the user
-    line that creates each kind of autograd node of the loss code."""
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: dict[str, list[str]] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        try:
-            if isinstance(result, torch.Tensor) and result.grad_fn is not None:
-                kind = type(result.grad_fn).__name__
-                if kind in _RECOMPUTE and len(self.sources.get(kind, ())) < 8:
-                    src = user_source(skip=2)
-                    if src and src not in self.sources.setdefault(kind, []):
-                        self.sources[kind].append(src)
-        except Exception:  # noqa: BLE001
-            pass
-        return result
+def loss_op_sources(root: torch.Tensor, limit: int = 4096) -> dict[str, list[str]]:
+    """User lines that created the loss graph's non-finite-prone ops (log, div, sqrt, ...), read
+    from the anomaly-mode tracebacks of the nodes; nodes without one (created outside the
+    window, e.g. in the model's forward) are skipped. Breadth-first, at most `limit` nodes."""
+    out: dict[str, list[str]] = {}
+    seen: set[int] = set()
+    frontier = [root.grad_fn]
+    while frontier and len(seen) < limit:
+        node = frontier.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        kind = type(node).__name__
+        if kind in _RECOMPUTE:
+            src = _user_line(node.metadata.get("traceback_") or [])
+            if src and src not in out.setdefault(kind, []) and len(out[kind]) < 8:
+                out[kind].append(src)
+        frontier.extend(fn for fn, _ in node.next_functions)
+    return out
+
+
+def _user_line(frames: list[str]) -> str | None:
+    for text in reversed(frames):  # innermost frame last
+        m = _FRAME.search(text)
+        if m and is_user_file(m["file"]):
+            return f"{relpath(m['file'])}:{m['line']}"
+    return None
 
 
 class _Tracer(TorchFunctionMode):
