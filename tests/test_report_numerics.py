@@ -31,7 +31,7 @@ def test_loss_parts_shares_of_value_and_gradient():
     steps = {
         s: {
             "loss.parts": {"dfl": 9.0, "box": 0.5, "cls": 0.5},
-            "parts.grad_norm": {"dfl": 8.0, "box": 1.0, "cls": 1.0},
+            "loss.parts_grad": {"dfl": 8.0, "box": 1.0, "cls": 1.0},
         }
         for s in (1, 2)
     }

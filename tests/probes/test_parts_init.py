@@ -151,3 +151,59 @@ def test_parts_logged_after_backward_are_skipped_once(tmp_path):
     assert not doc.report.internal_errors
     assert len(doc.timeline.events("parts_graph_unavailable")) == 1
     assert not doc.timeline.series("loss.parts_grad")
+
+
+def _two_part_run(watch: bool, tmp_path, checkpointed: bool, module_hook: bool):
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    import traindoctor as td
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Sequential(
+                torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU()
+            )
+            self.a, self.b = torch.nn.Linear(16, 1), torch.nn.Linear(16, 1)
+
+        def forward(self, x):
+            h = checkpoint(self.block, x, use_reentrant=False) if checkpointed else self.block(x)
+            return self.a(h), self.b(h)
+
+    torch.manual_seed(0)
+    model = Net()
+    calls = {"module_backward": 0}
+    if module_hook:
+        model.block.register_full_backward_hook(
+            lambda *_: calls.__setitem__("module_backward", calls["module_backward"] + 1)
+        )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False) if watch else None
+    g = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
+        opt.zero_grad()
+        pa, pb = model(x)
+        la, lb = F.mse_loss(pa, y), F.l1_loss(pb, y)
+        if doc:
+            doc.log(loss=la + lb, parts={"a": la, "b": lb})
+        (la + lb).backward()
+        opt.step()
+    if doc:
+        doc.close()
+    return calls, {k: v.clone() for k, v in model.state_dict().items()}, doc
+
+
+@pytest.mark.parametrize(
+    ("checkpointed", "module_hook"), [(True, False), (False, True)], ids=["checkpoint", "hook"]
+)
+def test_part_gradients_never_change_state_or_call_module_hooks(
+    tmp_path, checkpointed, module_hook
+):
+    plain_calls, plain_state, _ = _two_part_run(False, tmp_path, checkpointed, module_hook)
+    calls, state, doc = _two_part_run(True, tmp_path, checkpointed, module_hook)
+    assert calls == plain_calls
+    for k in plain_state:
+        assert torch.equal(plain_state[k], state[k]), k
+    assert doc.timeline.events("parts_not_measured")

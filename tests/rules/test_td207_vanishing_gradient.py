@@ -39,3 +39,13 @@ def test_waits_for_a_window():
 
 def test_exactly_zero_gradients_are_left_to_other_rules():
     assert_silent("TD207", _tl([0.0, 0.03, 0.04, 0.05, 0.03, 0.02, 0.2]))
+
+
+def test_embedding_tables_are_not_judged():
+    # A batch touches few rows of an embedding table: its relative gradient is small by design.
+    rel = [1e-6, 0.04, 0.05, 0.03, 0.02, 0.02, 0.2]
+    tl = _tl(rel)
+    tl.facts["module_types"] = {"layers.0": "Embedding", **{m: "Linear" for m in LAYERS[1:]}}
+    assert_silent("TD207", tl)
+    tl.facts["module_types"]["layers.0"] = "Linear"
+    assert_fires("TD207", tl)

@@ -434,7 +434,9 @@ class NumericsProbe(Probe):
                 torch.set_rng_state(rng)
                 if cuda is not None:
                     torch.cuda.set_rng_state(cuda[1], cuda[0])
-                twin = copy.deepcopy(model)
+                twin = _copy_without_hooks(model)
+                if twin is None:
+                    return None
                 for m in twin.modules():
                     for attr in (
                         "_forward_hooks",
@@ -736,3 +738,34 @@ def _nonfinite_params(named: list[tuple[str, torch.nn.Parameter]], grads: bool) 
 
 def _module_of(param: str) -> str:
     return param.rsplit(".", 1)[0] if "." in param else "<model>"
+
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def _copy_without_hooks(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A deep copy for the replay, without the hooks (theirs and ours): the memo maps every
+    hook dict to an empty one, so a hook's owner (possibly not copyable) is never copied.
+    None if the model still cannot be copied (a lock or a generator as an attribute)."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for attr in _HOOK_DICTS:
+            hooks = m.__dict__.get(attr)
+            if hooks is not None:
+                memo[id(hooks)] = type(hooks)()
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception:  # noqa: BLE001  (the autopsy then reports from what was measured)
+        return None

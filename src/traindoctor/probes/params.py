@@ -45,6 +45,13 @@ class ParamsProbe(Probe):
             }
         rec.timeline.facts["params"] = inventory
         self._note_trainable(1, inventory, rec)
+        # Module classes by qualified name: rules tell layers apart by kind (an embedding's
+        # gradient touches only the rows a batch uses, say).
+        rec.timeline.facts["module_types"] = {
+            (f"{prefix}{n}" if n else (prefix.rstrip(".") or "<model>")): type(m).__name__
+            for prefix, model in ctx.models.items()
+            for n, m in model.named_modules()
+        }
         rec.timeline.facts["modules"] = {
             prefix: sorted(n for n, _ in m.named_modules() if n) for prefix, m in ctx.models.items()
         }

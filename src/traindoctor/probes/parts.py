@@ -62,18 +62,39 @@ class PartsMeter:
         named = [(n, p) for n, p in ctx.named_params() if p.requires_grad]
         if not named:
             return
+        hooked = _backward_hooks(ctx)
+        if hooked:
+            # Extra backward passes would call the user's module backward hooks again.
+            self.disabled = True
+            rec.event(step, "parts_not_measured", reason=f"backward hooks on {hooked}")
+            return
         params = [p for _, p in named]
+        buffers = [b for m in ctx.models.values() for b in m.buffers()]
+        saved = [b.detach().clone() for b in buffers]  # buffers are small (BatchNorm stats)
         grads: dict[str, tuple[torch.Tensor | None, ...]] = {}
-        for pname, part in graphs.items():
-            try:
+        try:
+            for pname, part in graphs.items():
                 grads[pname] = torch.autograd.grad(
                     part, params, retain_graph=True, allow_unused=True
                 )
-            except RuntimeError as exc:
-                # The graph was freed (doc.log() after backward()): say so once, stop trying.
+        except RuntimeError as exc:
+            # The graph was freed (doc.log() after backward()): say so once, stop trying.
+            self.disabled = True
+            rec.event(step, "parts_graph_unavailable", error=str(exc).split("\n")[0][:200])
+            return
+        finally:
+            # Activation checkpointing recomputes the forward inside autograd.grad, which would
+            # update BatchNorm statistics a second time: put the buffers back exactly, and stop.
+            # (Compared by value: batch_norm updates its statistics without a version bump.)
+            changed = [i for i, b in enumerate(buffers) if not torch.equal(b, saved[i])]
+            if changed:
+                with torch.no_grad():
+                    for i in changed:
+                        buffers[i].copy_(saved[i])
                 self.disabled = True
-                rec.event(step, "parts_graph_unavailable", error=str(exc).split("\n")[0][:200])
-                return
+                rec.event(
+                    step, "parts_not_measured", reason="the forward is recomputed in backward"
+                )
         reached = [sum(g[i] is not None for g in grads.values()) for i in range(len(params))]
         shared = [i for i, r in enumerate(reached) if r >= 2]
         # Parts that share no parameter (separate heads): each is measured on what it reaches.
@@ -93,3 +114,16 @@ class PartsMeter:
                 rec.defer(step, LOSS_PARTS_GRAD, total, keys=[pname], reduce=math.hypot)
         if step <= ctx.doctor.budget.structural_steps and shared:
             rec.timeline.facts["parts_shared_params"] = len(shared)
+
+
+def _backward_hooks(ctx: AttachContext) -> str | None:
+    """Where module backward hooks are registered (they would fire on our extra passes)."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks:
+        return "all modules (global)"
+    for prefix, model in ctx.models.items():
+        for name, m in model.named_modules():
+            if m._backward_hooks or m._backward_pre_hooks:
+                return f"`{prefix}{name}`" if (prefix or name) else "the model"
+    return None

@@ -97,7 +97,7 @@ def _parts(tl: Timeline) -> list[str]:
     means = {n: statistics.fmean(v) for n, v in values.items()}
     total = sum(means.values()) or 1.0
     grad_means: dict[str, float] = {}
-    for _, norms in tl.series("parts.grad_norm"):
+    for _, norms in tl.series("loss.parts_grad"):
         for name, v in norms.items():
             grad_means.setdefault(name, 0.0)
             grad_means[name] += v

@@ -79,7 +79,11 @@ def grad_scaler_collapse(
     recent = [s for s, _ in scales[-window:]]
     recent_skips = [s for s in recent if s in skipped]
     finite = [(s, v) for s, v in scales if math.isfinite(v)]
-    peak_step, peak = max(finite, key=lambda sv: sv[1], default=(None, 0.0))
+    # The peak counts from the first step the scaler let through: backing off from a too-high
+    # init_scale before any step succeeded is calibration, not collapse.
+    first_ok = next((s for s, _ in scales if s not in skipped), None)
+    settled = [(s, v) for s, v in finite if first_ok is not None and s >= first_ok]
+    peak_step, peak = max(settled, key=lambda sv: sv[1], default=(None, 0.0))
     last_step, last = finite[-1] if finite else (None, 0.0)
     fall = peak / last if last > 0 else math.inf
     keeps_skipping = len(recent_skips) >= min_skips and len(recent_skips) > max_skip_ratio * len(

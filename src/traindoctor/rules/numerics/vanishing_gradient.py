@@ -11,6 +11,8 @@ from .._registry import rule
 from .._util import ended
 from ._layers import fmt, layer_order, layer_series, params_of
 
+SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
+
 
 @rule(
     code="TD207",
@@ -60,15 +62,19 @@ def vanishing_gradient(
     ```
 
     ## Known false positives
-    Embeddings of rare tokens and layers frozen on purpose by a zero learning rate get small
+    Embedding tables (`nn.Embedding`, `nn.EmbeddingBag`) are not judged: a batch updates only
+    the rows it uses, so their relative gradient is small by design. Layers frozen on purpose by a zero learning rate get small
     gradients by design; a pretrained backbone fine-tuned with a new head can have a relative
     gradient one or two orders below the head's during the first steps.
     """
     grads = layer_series(tl.series("grads.norm"))
     pnorms = dict(layer_series(tl.series("params.norm")).items())
+    types = tl.fact("module_types") or {}
     rel: dict[str, list[float]] = {}
     steps_seen: set[int] = set()
     for layer, series in grads.items():
+        if types.get(layer) in SPARSE_BY_DESIGN:
+            continue  # a batch touches a few rows of an embedding table: small by design
         pn = dict(pnorms.get(layer, []))
         for step, g in series:
             p = pn.get(step)
