@@ -36,6 +36,8 @@ class ZeroCodeSession:
         self._restore: list[tuple[Any, str, Any]] = []
         self._attached = False
         self._forward_hooks_live = False
+        self._first_call: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._first_out: dict[int, dict[int, torch.Tensor]] = {}
 
     # -- install / uninstall ----------------------------------------------------------------
     def install(self) -> None:
@@ -115,14 +117,26 @@ class ZeroCodeSession:
         if self._depth == 0:
             with contextlib.suppress(TypeError):
                 self._roots.setdefault(id(module), weakref.ref(module))
+            if not self._attached and module.training and torch.is_grad_enabled():
+                # Until the doctor attaches (at the first backward), keep the root call's
+                # inputs (references) and RNG state: a NaN on step 1 can then be replayed.
+                self._first_call[id(module)] = (args, torch.get_rng_state())
         self._depth += 1
 
     def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and not self._attached and id(module) in self._first_call:
+            self.doctor.guard.call("zero-code forward", self._keep_output_grads, module, output)
         if self._depth == 0:
             self.doctor.guard.call(
                 "zero-code forward", self.doctor.note_model_output, output_facts(output)
             )
+
+    def _keep_output_grads(self, module: torch.nn.Module, output: Any) -> None:
+        """Before attach, as the numerics probe does after: references to dL/d output."""
+        from ..probes.numerics import keep_output_grads
+
+        self._first_out[id(module)] = keep_output_grads(output)
 
     # -- discovery --------------------------------------------------------------------------
     def _on_optimizer(self, opt: torch.optim.Optimizer) -> None:
@@ -187,6 +201,15 @@ class ZeroCodeSession:
             )
         del opt_ids
         self.doctor.attach(named, optimizers, scaler=None)
+        numerics = self.doctor._probe("numerics")
+        for prefix, model in named.items():
+            call = self._first_call.get(id(model))
+            if call is not None and numerics is not None:
+                numerics.seed_last_call(
+                    prefix, call[0], {}, call[1], self._first_out.get(id(model))
+                )
+        self._first_call.clear()
+        self._first_out.clear()
 
     def after_structural_phase(self) -> None:
         self._remove_forward_hooks()

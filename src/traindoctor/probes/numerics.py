@@ -27,6 +27,7 @@ import copy
 import math
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -49,6 +50,7 @@ NUMERICS_NONFINITE = signal(
 
 EVERY_STEP_MAX = 0.005  # gradient check on every step when it costs under 0.5% of step time
 MAX_AUTOPSIES = 3
+OUT_GRAD_MAX_NUMEL = 1 << 22  # outputs up to 4M elements keep their incoming gradient
 MAX_MASKED_EVENTS = 4
 _MASKING_OPS = ("nan_to_num", "where", "masked_fill", "clamp", "clip", "clamp_min", "clamp_max")
 # Ops that turn finite inputs into non-finite outputs, recomputed from an intact loss graph.
@@ -88,6 +90,7 @@ class NumericsProbe(Probe):
         self._masked_events = 0
         self._masked_seen: set[str] = set()
         self._causes: set[tuple[Any, ...]] = set()
+        self._out_grads: dict[int, torch.Tensor] = {}  # output index -> dL/d output, last step
         self._sourceless: set[tuple[Any, ...]] = set()
         self._in_autopsy = False
         # Anomaly-mode flags to restore while the loss window is open (structural steps only).
@@ -102,6 +105,35 @@ class NumericsProbe(Probe):
             self.handles.append(
                 model.register_forward_pre_hook(self._make_capture(prefix), with_kwargs=True)
             )
+            self.handles.append(
+                model.register_forward_hook(ctx.hook("probe numerics", self._watch_output))
+            )
+
+    def _watch_output(self, module: torch.nn.Module, _args: Any, output: Any) -> None:
+        """Keep a reference to the gradient the user's backward sends into the model's outputs
+        (dL/d output): with it, an autopsy can replay the backward of the model alone under
+        anomaly detection. Small outputs only (logits, boxes), so no large tensor outlives its
+        backward; nothing is copied and the gradient is returned untouched."""
+        if self._in_autopsy or not module.training or not torch.is_grad_enabled():
+            return
+        assert self.ctx is not None
+        if self.ctx.doctor._validating:
+            return
+        self._out_grads = keep_output_grads(output)
+
+    def seed_last_call(
+        self,
+        prefix: str,
+        args: Any,
+        kwargs: Any,
+        rng: torch.Tensor,
+        out_grads: dict[int, torch.Tensor] | None = None,
+    ) -> None:
+        """The batch (and output gradients, filled by the ongoing backward) of a forward that
+        ran before attach: zero-code mode's first step."""
+        self._last.setdefault(prefix, (args, kwargs, rng, None))
+        if out_grads is not None:
+            self._out_grads = out_grads
 
     def _make_capture(self, prefix: str):
         ctx = self.ctx
@@ -342,7 +374,8 @@ class NumericsProbe(Probe):
             with torch.no_grad():
                 value = float(self._loss.detach().float().reshape(-1)[0])
             facts["loss"] = value if math.isfinite(value) else str(value)
-        replay = self._replay()
+        backward_only = loss_ok and not bad_params and bool(bad_grads)
+        replay = self._replay(out_grads=self._out_grads if backward_only else None)
         facts["replayed"] = replay is not None
         event: dict[str, Any]
         if bad_params:
@@ -386,9 +419,10 @@ class NumericsProbe(Probe):
         key = (event.get("first"), event.get("module"), event.get("op"))
         if key in self._causes:
             return
-        if event.get("first") == "loss" and not event.get("source"):
-            # The loss's line is not known yet (its ops are traced on the structural steps):
-            # report now, and let one later autopsy of the same cause add the line.
+        if not event.get("source"):
+            # No line yet (the loss's ops are traced on the structural steps; zero-code mode
+            # has no batch to replay on step 1): report now, and let one later autopsy of the
+            # same cause add the line.
             if key in self._sourceless:
                 return
             self._sourceless.add(key)
@@ -413,7 +447,9 @@ class NumericsProbe(Probe):
                 event["mask"] = replay["mask"]
         rec.event(step, "nonfinite_masked", **event)
 
-    def _replay(self, trace_masks: bool = False) -> dict[str, Any] | None:
+    def _replay(
+        self, trace_masks: bool = False, out_grads: dict[int, torch.Tensor] | None = None
+    ) -> dict[str, Any] | None:
         """Replay the last training batch on a deep copy of the model: the first module whose
         output is non-finite (forward order), the first op that made a finite input non-finite
         and, with `trace_masks`, the op that turned non-finite values back into finite ones."""
@@ -450,7 +486,7 @@ class NumericsProbe(Probe):
                         d = getattr(m, attr, None)
                         if d is not None:
                             d.clear()
-                return _Tracer(twin, prefix, trace_masks).run(args, kwargs)
+                return _Tracer(twin, prefix, trace_masks).run(args, kwargs, out_grads)
         finally:
             self._in_autopsy = False
             doctor._model_output = saved_output
@@ -502,7 +538,9 @@ class _Tracer(TorchFunctionMode):
         self.module_order: list[str] = []
         self.mask: dict[str, Any] | None = None
 
-    def run(self, args: Any, kwargs: Any) -> dict[str, Any]:
+    def run(
+        self, args: Any, kwargs: Any, out_grads: dict[int, torch.Tensor] | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         bad_inputs = [t for t in _tensors((args, kwargs)) if not _all_finite(t)]
         if bad_inputs:
@@ -513,18 +551,27 @@ class _Tracer(TorchFunctionMode):
             qual = f"{self.prefix}{name}" if name else (self.prefix.rstrip(".") or "<model>")
             handles.append(m.register_forward_pre_hook(self._enter(qual)))
             handles.append(m.register_forward_hook(self._exit(qual)))
+        anomaly = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
         try:
+            # Anomaly mode records each node's forward traceback, for the backward replay.
+            torch.set_anomaly_enabled(True, False)
             with self:
-                self.model(*args, **kwargs)
+                output = self.model(*args, **kwargs)
         finally:
+            torch.set_anomaly_enabled(*anomaly)
             for h in handles:
                 h.remove()
+        if out_grads:
+            out.update(_backward_replay(output, out_grads))
         if self.first_module:
             out["first_module"] = self.first_module
         out["module_order"] = self.module_order
         if self.first_op:
             out["op"] = self.first_op["op"]
             out["source"] = self.first_op["source"]
+        elif out.get("backward_op"):
+            out["op"] = out["backward_op"]
+            out["source"] = out.get("backward_source")
         if self.mask:
             out["mask"] = self.mask
         return out
@@ -769,3 +816,43 @@ def _copy_without_hooks(model: torch.nn.Module) -> torch.nn.Module | None:
         return copy.deepcopy(model, memo)
     except Exception:  # noqa: BLE001  (the autopsy then reports from what was measured)
         return None
+
+
+def _backward_replay(output: Any, out_grads: dict[int, torch.Tensor]) -> dict[str, Any]:
+    """Backward of the replayed model alone, fed the gradient the user's loss sent into its
+    outputs, under `detect_anomaly(check_nan=True)`: torch stops at the first backward op that
+    returns NaN and reports the forward line that created it."""
+    tensors = list(_tensors(output))
+    pairs = [(tensors[i], g) for i, g in out_grads.items() if i < len(tensors)]
+    pairs = [(t, g) for t, g in pairs if t.requires_grad and t.shape == g.shape]
+    if not pairs:
+        return {}
+    anomaly = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.set_anomaly_enabled(True, True)
+        try:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        except RuntimeError as exc:
+            m = re.search(r"Function '(\w+)' returned nan", str(exc))
+            found: dict[str, Any] = {"backward_op": m.group(1) if m else None}
+            for w in caught:
+                frames = str(w.message).splitlines()
+                src = _user_line(frames)
+                if src:
+                    found["backward_source"] = src
+                    break
+            return found
+        finally:
+            torch.set_anomaly_enabled(*anomaly)
+    return {}
+
+
+def keep_output_grads(output: Any) -> dict[int, torch.Tensor]:
+    """A dict that the coming backward fills with dL/d output (references, small outputs
+    only), by output index. The hooks return None: the gradient is not changed."""
+    grads: dict[int, torch.Tensor] = {}
+    for i, t in enumerate(_tensors(output)):
+        if t.requires_grad and t.numel() <= OUT_GRAD_MAX_NUMEL:
+            t.register_hook(lambda g, i=i: grads.__setitem__(i, g))
+    return grads

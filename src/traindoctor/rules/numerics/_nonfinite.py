@@ -14,13 +14,21 @@ def nonfinite_events(tl: TimelineView, firsts: tuple[str, ...]) -> list[dict[str
         if e.get("first") not in firsts:
             continue
         key = (e.get("first"), e.get("module"), e.get("op"))
-        first = out.get(key)
-        if first is None:
+        # An event without a line is completed by a later autopsy of the same place (zero-code
+        # mode attaches after step 1's forward): keep the first step, take the op and line.
+        pending = next(
+            (
+                k
+                for k, v in out.items()
+                if k[:2] == key[:2] and not v.get("source") and e.get("source")
+            ),
+            None,
+        )
+        if pending is not None:
+            first = out.pop(pending)
+            out[key] = {**first, "op": e.get("op") or first.get("op"), "source": e["source"]}
+        elif key not in out:
             out[key] = e
-        elif not first.get("source") and e.get("source"):
-            # A later autopsy of the same cause found the line (zero-code mode attaches after
-            # step 1's forward): keep the first step, take the line.
-            out[key] = {**first, "source": e["source"]}
     return list(out.values())
 
 
