@@ -117,3 +117,42 @@ def test_loss_window_leaves_modes_and_anomaly_flags_as_the_user_has_them(tmp_pat
     assert depths == [0] * 6
     assert torch._C._len_torch_function_stack() == 0
     assert not torch.is_anomaly_enabled()
+
+
+def test_nan_made_by_the_parents_own_code_names_that_op_and_line(tmp_path):
+    # The NaN is made in the root's forward between two submodules: the finding names the
+    # root's op and line, not the innocent submodule that received the values.
+    import traindoctor as td
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.l1(x)
+            h = torch.log(h - h)  # -inf everywhere: made here, in the root's own code
+            return self.l2(h)
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+    f = doc.report.get("TD203")
+    assert f is not None
+    assert f.where.module == "<model>"
+    assert f.where.op == "log"
+    assert f.where.source and f.where.source.endswith(
+        f"test_numerics.py:{_line_of('made here, in the root')}"
+    )
+
+
+def _line_of(marker: str) -> int:
+    import inspect
+
+    lines = inspect.getsource(inspect.getmodule(_line_of)).splitlines()
+    return next(i for i, text in enumerate(lines, 1) if marker in text and "_line_of" not in text)

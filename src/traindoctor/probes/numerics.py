@@ -589,6 +589,22 @@ class _Tracer(TorchFunctionMode):
             bad = [t for t in _tensors(output) if not _all_finite(t)]
             if bad and qual not in self.module_order:
                 self.module_order.append(qual)
+                first_op = self.first_op
+                if (
+                    self.first_module is None
+                    and first_op is not None
+                    and first_op["module"] != qual
+                    and not self._inside(qual)
+                ):
+                    # The op that made it ran in a parent's own code (between submodules): that
+                    # parent, op and line are the first place; `qual` only received the values.
+                    self.first_module = {
+                        "module": first_op["module"] or (self.prefix.rstrip(".") or "<model>"),
+                        "fraction": _bad_fraction(bad[0]),
+                        "op": first_op["op"],
+                        "source": first_op["source"],
+                        "received_by": qual,
+                    }
                 if self.first_module is None:
                     op = (
                         self.first_op if self.first_op and self.first_op["module"] == qual else None
