@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any, ClassVar
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from .._source import call_site, relpath, user_source_with_code
 from ..timeline import signal
 from .base import Probe, Recorder
+from .graph import graph_nodes
 from .parts import LOSS_PARTS_GRAD, PartsMeter
 
 LOSS_BACKWARD = signal("loss.backward", "per step: list of backward-root values, scaler removed")
@@ -71,21 +71,14 @@ def reaches_params(root: torch.Tensor, param_ids: set[int], limit: int = 100_000
     an `nn.Parameter` traindoctor does not watch belongs to another model: None too.
     """
     leaves: list[list[int]] = []
-    seen: set[int] = set()
-    frontier = deque([root.grad_fn])
     visited = 0
-    while frontier and visited < limit:
-        node = frontier.popleft()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in graph_nodes(root, limit):
         visited += 1
         var = getattr(node, "variable", None)
         if var is not None:
             if id(var) in param_ids or isinstance(var, torch.nn.Parameter):
                 return None
             leaves.append(list(var.shape))
-        frontier.extend(fn for fn, _ in node.next_functions)
     return leaves if visited < limit else None
 
 

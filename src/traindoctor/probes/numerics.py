@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
+from .graph import graph_nodes
 
 NUMERICS_CHECKED = signal(
     "numerics.checked",
@@ -473,19 +474,6 @@ class NumericsProbe(Probe):
                 twin = _copy_without_hooks(model)
                 if twin is None:
                     return None
-                for m in twin.modules():
-                    for attr in (
-                        "_forward_hooks",
-                        "_forward_pre_hooks",
-                        "_backward_hooks",
-                        "_backward_pre_hooks",
-                        "_forward_hooks_with_kwargs",
-                        "_forward_pre_hooks_with_kwargs",
-                        "_forward_hooks_always_called",
-                    ):
-                        d = getattr(m, attr, None)
-                        if d is not None:
-                            d.clear()
                 return _Tracer(twin, prefix, trace_masks).run(args, kwargs, out_grads)
         finally:
             self._in_autopsy = False
@@ -500,19 +488,12 @@ def loss_op_sources(root: torch.Tensor, limit: int = 4096) -> dict[str, list[str
     from the anomaly-mode tracebacks of the nodes; nodes without one (created outside the
     window, e.g. in the model's forward) are skipped. Breadth-first, at most `limit` nodes."""
     out: dict[str, list[str]] = {}
-    seen: set[int] = set()
-    frontier = [root.grad_fn]
-    while frontier and len(seen) < limit:
-        node = frontier.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in graph_nodes(root, limit):
         kind = type(node).__name__
         if kind in _RECOMPUTE:
             src = _user_line(node.metadata.get("traceback_") or [])
             if src and src not in out.setdefault(kind, []) and len(out[kind]) < 8:
                 out[kind].append(src)
-        frontier.extend(fn for fn, _ in node.next_functions)
     return out
 
 
@@ -684,15 +665,7 @@ def loss_graph_culprits(loss: torch.Tensor, limit: int = 2000) -> list[dict[str,
     recomputed from the graph's saved tensors (only while the graph is intact, before backward);
     after backward only the op names of the candidates are known."""
     found: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    stack = [loss.grad_fn]
-    visited = 0
-    while stack and visited < limit:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        visited += 1
+    for node in graph_nodes(loss, limit):
         kind = type(node).__name__
         entry = _RECOMPUTE.get(kind)
         if entry is not None:
@@ -712,7 +685,6 @@ def loss_graph_culprits(loss: torch.Tensor, limit: int = 2000) -> list[dict[str,
                         )
             except Exception:  # noqa: BLE001  (saved tensors already freed)
                 found.append({"op": op, "node": kind, "measured": False})
-        stack.extend(fn for fn, _ in node.next_functions)
     measured = [f for f in found if f["measured"]]
     return measured or found
 

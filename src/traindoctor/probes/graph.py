@@ -1,0 +1,22 @@
+"""Walking a loss's autograd graph: shared by the probes that read it (no torch op is run)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+
+
+def graph_nodes(root: torch.Tensor, limit: int) -> Iterator[object]:
+    """The autograd nodes reachable from `root`, breadth-first (nearest the loss first), each
+    once, at most `limit` of them. A consumer may stop early: the walk is lazy."""
+    seen: set[int] = set()
+    frontier = deque([root.grad_fn])
+    while frontier and len(seen) < limit:
+        node = frontier.popleft()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        frontier.extend(fn for fn, _ in node.next_functions)
