@@ -73,7 +73,7 @@ class Doctor:
         self.run_id = run_id or _new_run_id(script)
         self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
         self.probes: list[Probe] = probes if probes is not None else default_probes()
-        self._subscribers: dict[str, list[Probe]] = {}
+        self._subscribers: dict[str, list[tuple[str, Probe]]] = {}
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self.scaler: Any = None
@@ -200,16 +200,23 @@ class Doctor:
         subscribers = self._subscribers.get(event)
         if subscribers is None:
             base = getattr(Probe, event)
-            subscribers = [p for p in self.probes if getattr(type(p), event) is not base]
+            subscribers = [
+                (f"probe {p.name}", p)
+                for p in self.probes
+                if getattr(type(p), event) is not base and not p.retired
+            ]
             self._subscribers[event] = subscribers
-        for probe in subscribers:
-            where = f"probe {probe.name}"
+        retired = False
+        for where, probe in subscribers:
             if where in self.guard.disabled:
                 continue
             self.guard.call(where, getattr(probe, event), *args)
+            retired = retired or probe.retired
             if where in self.guard.disabled:
                 # It failed just now: take its hooks off the model, they would only cost time.
                 self.guard.call(f"{where} detach", probe.detach)
+        if retired:
+            self._subscribers.clear()  # rebuilt without the probes whose work is over
 
     def _note_backward(self, loss: torch.Tensor) -> None:
         self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)

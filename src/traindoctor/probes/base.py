@@ -177,6 +177,8 @@ class Probe:
     def __init__(self) -> None:
         self.handles: list[Any] = []
         self.ctx: AttachContext | None = None
+        # Set by a probe whose work is over (structural-steps probes): it gets no more events.
+        self.retired = False
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         self.ctx = ctx

@@ -96,6 +96,7 @@ class ForwardProbe(Probe):
         assert self.ctx is not None
         if step >= self.ctx.doctor.budget.structural_steps:
             self.detach()
+            self.retired = True
 
     def flush(self, step: int, rec: Recorder) -> None:
         if self._calls:

@@ -133,6 +133,8 @@ class GradsProbe(Probe):
         self._reset()
 
     def _reset(self) -> None:
+        if not (self._armed or self._params or self._received or self._none or self._stepped):
+            return  # nothing to clear: the common, unsampled step
         self._armed = False
         self._params = []
         self._received = set()

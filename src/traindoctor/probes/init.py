@@ -223,6 +223,7 @@ class InitProbe(Probe):
         assert self.ctx is not None
         if step >= self.ctx.doctor.budget.structural_steps:
             self.detach()
+            self.retired = True
 
     def detach(self) -> None:
         super().detach()
