@@ -12,12 +12,27 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["watch", "Doctor", "Finding", "Severity", "Where", "Report", "UsageError", "__version__"]
+__all__ = [
+    "watch",
+    "explain_gradients",
+    "trace_lines",
+    "GradientPath",
+    "Doctor",
+    "Finding",
+    "Severity",
+    "Where",
+    "Report",
+    "UsageError",
+    "__version__",
+]
 
 # Imported on first use, so that `traindoctor rules` / `explain` / `report` do not pay for
 # importing torch (seconds); the rules themselves never import torch.
 _LAZY = {
     "watch": ".api",
+    "explain_gradients": ".gradpath",
+    "trace_lines": ".gradpath",
+    "GradientPath": ".gradpath",
     "Doctor": ".doctor",
     "Finding": ".findings",
     "Severity": ".findings",
@@ -31,6 +46,7 @@ if TYPE_CHECKING:
     from .doctor import Doctor
     from .errors import UsageError
     from .findings import Finding, Severity, Where
+    from .gradpath import GradientPath, explain_gradients, trace_lines
     from .report.model import Report
 
 

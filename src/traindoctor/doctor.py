@@ -316,6 +316,11 @@ class Doctor:
             _check_value(k, v)
         if self._closed:
             return
+        gradpath = self._probe("gradpath")
+        if gradpath is not None and parts and not self._validating:
+            self.guard.call(
+                "probe gradpath", gradpath.note_parts, self._log_step(loss), parts, self.rec
+            )
         loss_probe = self._probe("loss")
         if loss_probe is not None:
             self.guard.call(

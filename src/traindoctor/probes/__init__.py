@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from .activations import ActivationsProbe
 from .amp import AmpProbe
 from .base import Probe
 from .forward import ForwardProbe
+from .gradpath import GradPathProbe
 from .grads import GradsProbe
 from .init import InitProbe
 from .loss import LossProbe
@@ -22,6 +24,8 @@ PROBES: tuple[type[Probe], ...] = (
     AmpProbe,
     InitProbe,
     NumericsProbe,
+    GradPathProbe,
+    ActivationsProbe,
 )
 
 

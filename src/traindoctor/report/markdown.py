@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .gradpath import render_gradient_path
 from .model import Report
 from .numerics import render_numerics
 from .text import evidence_text, outcome_text, summary_line, where_text
@@ -38,6 +39,7 @@ def render_markdown(report: Report) -> str:
         ]
     if report.timeline is not None:
         lines += render_numerics(report.timeline)
+        lines += render_gradient_path(report.timeline)
     if report.internal_errors:
         lines += ["## Internal errors (caught; training unaffected)", ""]
         lines += [

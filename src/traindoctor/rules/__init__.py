@@ -15,6 +15,7 @@ from .grad_flow import (
     params_without_grad,
     stale_optimizer_params,
 )
+from .loss_path import dead_relu, detached_branch, gradient_blocked_by_op, saturated_activation
 from .numerics import (
     amp_scaled_grads_used,
     exploding_gradient,
@@ -52,4 +53,8 @@ CATALOG = (
     nonfinite_grad,  # TD202
     nonfinite_activation,  # TD203
     nonfinite_masked,  # TD212
+    gradient_blocked_by_op,  # TD301
+    detached_branch,  # TD302
+    dead_relu,  # TD303
+    saturated_activation,  # TD304
 )

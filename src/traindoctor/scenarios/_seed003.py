@@ -10,7 +10,11 @@ on the gradients before stepping.
 - "final_conv_std":      the box head's final 1x1 conv initialized with std 10 (the report
                          blamed "default init"; the measured output scale is what matters);
 - "log_prob_zero":       -log of a bin probability without epsilon; in bf16 the probability
-                         of a far bin underflows to exactly 0 and the loss becomes inf.
+                         of a far bin underflows to exactly 0 and the loss becomes inf;
+- "dfl_clamped":         the report's "fix": probabilities clamped at 1e-6 and the per-box
+                         DFL loss at 15, with bin 0 holding almost all the mass: the clamp is
+                         active and passes no gradient ("dfl_clamp_inactive": same clamps, a
+                         normal init, never active).
 """
 
 from __future__ import annotations
@@ -50,6 +54,17 @@ def make_data(n: int = 256, classes: int = 3, seed: int = 3):
     return x, dist, labels
 
 
+def dfl_clamped(bins: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The report's "fix": probabilities clamped at 1e-6, the per-box loss clamped at 15."""
+    prob = bins.float().softmax(-1).clamp(min=1e-6)  # "fix": no log of 0
+    left = target.long()
+    w = target - left
+    p_left = prob.gather(-1, left.unsqueeze(-1)).squeeze(-1)
+    p_right = prob.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
+    per_box = -torch.log(p_left) * (1 - w) - torch.log(p_right) * w
+    return per_box.clamp(max=15.0).mean()  # "fix": no huge loss
+
+
 def dfl(bins: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
     prob = bins.float().softmax(-1) if eps else bins.softmax(-1)
     left = target.long()
@@ -64,6 +79,9 @@ def train(steps: int = 40, watch=None, bug: str | None = None):
     model = TinyDetector()
     if bug == "final_conv_std":
         nn.init.normal_(model.cv2[2].weight, std=10.0)  # BUG: final conv with a large std
+    if bug == "dfl_clamped":
+        with torch.no_grad():
+            model.cv2[2].bias.view(4, REG_MAX)[:, 0] += 30.0  # bin 0 takes almost all the mass
     if bug == "log_prob_zero":
         with torch.no_grad():
             model.cv2[2].bias.view(4, REG_MAX)[:, 0] += (
@@ -81,7 +99,10 @@ def train(steps: int = 40, watch=None, bug: str | None = None):
             box = F.l1_loss(bins.float().softmax(-1) @ proj, dist[idx]) / REG_MAX
             cls = F.cross_entropy(logits.float(), labels[idx])
             eps = 0.0 if bug == "log_prob_zero" else 1e-7
-            dfl_part = 0.25 * dfl(bins, dist[idx], eps)  # BUG if eps == 0: log of an exact 0
+            if bug in ("dfl_clamped", "dfl_clamp_inactive"):
+                dfl_part = 0.25 * dfl_clamped(bins, dist[idx])
+            else:
+                dfl_part = 0.25 * dfl(bins, dist[idx], eps)  # BUG if eps == 0: log of an exact 0
             loss = box + cls + dfl_part
         if doc is not None:
             doc.log(loss=loss, parts={"box": box, "cls": cls, "dfl": dfl_part})

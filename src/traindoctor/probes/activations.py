@@ -1,0 +1,360 @@
+"""Activations: per layer and per unit, which ReLU units never fire and which tanh/sigmoid units
+sit in their flat tails, over a window of sampled steps (TD303, TD304).
+
+On sampled steps only (the budget's schedule, structural steps included), this probe installs
+forward hooks on the watched modules and, for the duration of the root model's forward only, a
+`TorchFunctionMode` that sees every activation *call*: `nn.ReLU`/`nn.Tanh`/`nn.Sigmoid`/
+`nn.Hardtanh`/`nn.LeakyReLU` modules (they call the functional forms), `torch.relu`, `F.relu`,
+`x.relu()`, `torch.tanh`, `torch.sigmoid`, `F.hardtanh`, ... alike. Why a mode rather than
+patching `torch.relu`: a mode sees calls through any alias (`from torch import relu`, tensor
+methods), touches no global name, is removed by leaving it, and costs nothing on unsampled
+steps; nested calls (F.relu calling torch.relu) are seen once. Each call is named after the
+module that produced its input (`fc1` for `relu(self.fc1(x))`), else the activation module
+running it, else the enclosing module and the op.
+
+Per call, on the device, with no host sync: for ReLU-like ops a per-unit `any(x > 0)` (unit =
+channel for conv-like producers, last dim otherwise), for saturating ops a per-unit "saturated
+in >= 90% of its values" flag (|tanh| > 0.99, sigmoid < 0.01 or > 0.99, hardtanh at its
+bounds), and `std_mean` of the pre-activation. Step results are kept on the device for a window
+of `WINDOW` sampled steps and reduced to one number per layer; everything is read back with the
+step's one batched read. The output of the op is returned untouched: training is bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..timeline import signal
+from .base import Probe, Recorder
+
+ACT_SITES = signal(
+    "activations.sites",
+    "per sampled step: {layer: {op, kind, module_type, units, window}} activation calls seen",
+)
+ACT_DEAD = signal(
+    "activations.dead",
+    "per sampled step: {layer: fraction of ReLU units never active over the window}",
+)
+ACT_SATURATED = signal(
+    "activations.saturated",
+    "per sampled step: {layer: fraction of tanh/sigmoid units saturated in every step of the window}",
+)
+ACT_PRE_MEAN = signal("activations.pre_mean", "per sampled step: {layer: mean pre-activation}")
+ACT_PRE_STD = signal("activations.pre_std", "per sampled step: {layer: std of the pre-activation}")
+ACT_BIAS_MEAN = signal(
+    "activations.bias_mean",
+    "per sampled step: {layer: mean bias of the module producing the pre-activation}",
+)
+ACT_INPUT_STD = signal("activations.input_std", "per sampled step: std of the model's input batch")
+
+WINDOW = 4  # sampled steps a unit must stay dead/saturated
+UNIT_SATURATED = 0.9  # a unit is saturated in a step when this share of its values is
+MAX_SITES = 256
+_CONV_LIKE = ("Conv", "BatchNorm", "InstanceNorm", "GroupNorm", "Pool")
+_TANH_SAT = math.atanh(0.99)  # |x| beyond which |tanh(x)| > 0.99
+_SIGMOID_SAT = math.log(0.99 / 0.01)  # |x| beyond which sigmoid(x) < 0.01 or > 0.99
+
+
+def _activation_funcs() -> dict[Any, tuple[str, str]]:
+    out: dict[Any, tuple[str, str]] = {}
+    for op, kind, funcs in (
+        ("relu", "relu", ("relu", "relu_")),
+        ("tanh", "tanh", ("tanh", "tanh_")),
+        ("sigmoid", "sigmoid", ("sigmoid", "sigmoid_")),
+    ):
+        for name in funcs:
+            for owner in (torch, torch.Tensor):
+                fn = getattr(owner, name, None)
+                if fn is not None:
+                    out[fn] = (op, kind)
+    out[F.relu] = ("relu", "relu")
+    out[F.leaky_relu] = ("leaky_relu", "relu")
+    out[F.hardtanh] = ("hardtanh", "hardtanh")
+    out[F.tanh] = ("tanh", "tanh")
+    out[F.sigmoid] = ("sigmoid", "sigmoid")
+    return out
+
+
+ACT_FUNCS = _activation_funcs()
+_ACT_MODULES = ("ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Hardtanh", "ReLU6")
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, probe: ActivationsProbe) -> None:
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        spec = ACT_FUNCS.get(func)
+        if spec is not None and args and isinstance(args[0], torch.Tensor):
+            self.probe._observe(spec, func, args, kwargs)  # before: in-place ops overwrite x
+        return func(*args, **kwargs)
+
+
+class _Site:
+    __slots__ = ("op", "kind", "module", "module_type", "units", "history", "step", "stats")
+
+    def __init__(self, op: str, kind: str, module: Any, module_type: str, units: int) -> None:
+        self.op = op
+        self.kind = kind
+        self.module = module  # the producing module (for its bias), or None
+        self.module_type = module_type
+        self.units = units
+        self.history: deque[torch.Tensor] = deque(maxlen=WINDOW)  # per-unit flags per step
+        self.step: torch.Tensor | None = None  # this step's per-unit flags
+        self.stats: list[torch.Tensor] = []  # this step's [mean, std] per call
+
+
+class ActivationsProbe(Probe):
+    name = "activations"
+    provides: ClassVar[tuple[str, ...]] = (
+        ACT_SITES,
+        ACT_DEAD,
+        ACT_SATURATED,
+        ACT_PRE_MEAN,
+        ACT_PRE_STD,
+        ACT_BIAS_MEAN,
+        ACT_INPUT_STD,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sites: dict[str, _Site] = {}
+        self._step_hooks: list[Any] = []
+        self._mode: _Mode | None = None
+        self._depth = 0
+        self._stack: list[tuple[str, str]] = []  # (qualified name, module type) running now
+        self._produced: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
+        self._calls: dict[str, int] = {}
+        self._input_std: torch.Tensor | None = None
+        self._active = False
+
+    # -- per-step hooks -------------------------------------------------------------------
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._remove_step_hooks()
+        self._input_std = None
+        for site in self._sites.values():
+            site.step = None
+            site.stats = []
+        if sampled:
+            self._install_step_hooks()
+
+    def _install_step_hooks(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        for prefix, model in ctx.models.items():
+            for name, module in model.named_modules():
+                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                root = not name
+                self._step_hooks.append(
+                    module.register_forward_pre_hook(
+                        ctx.hook("probe activations", self._pre_hook(qual, module, root))
+                    )
+                )
+                self._step_hooks.append(
+                    module.register_forward_hook(
+                        ctx.hook("probe activations", self._post_hook(qual, module, root)),
+                        always_call=True,
+                    )
+                )
+        self._active = True
+
+    def _pre_hook(self, qual: str, owner: torch.nn.Module, root: bool):
+        mtype = type(owner).__name__
+
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            if module is not owner:  # a deep copy of the model (an autopsy) carries the hooks
+                return
+            if root:
+                assert self.ctx is not None
+                if (
+                    self._depth == 0
+                    and module.training
+                    and torch.is_grad_enabled()
+                    and not self.ctx.doctor._validating
+                ):
+                    self._mode = _Mode(self)
+                    self._mode.__enter__()
+                    self._produced.clear()
+                    self._calls.clear()
+                    self._stack.clear()
+                    if self._input_std is None:
+                        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                        if x is not None and x.is_floating_point() and x.numel() > 1:
+                            with torch.no_grad():
+                                self._input_std = x.detach().float().std()
+                self._depth += 1
+            if self._mode is not None:
+                self._stack.append((qual, mtype))
+
+        return hook
+
+    def _post_hook(self, qual: str, owner: torch.nn.Module, root: bool):
+        def hook(module: torch.nn.Module, _args: Any, output: Any) -> None:
+            if module is not owner:
+                return
+            if self._mode is not None:
+                if self._stack and self._stack[-1][0] == qual:
+                    self._stack.pop()
+                if isinstance(output, torch.Tensor) and id(output) not in self._produced:
+                    # innermost first: a container returning its last child's output keeps
+                    # the child's name
+                    self._produced[id(output)] = (output, qual, module)
+            if root:
+                self._depth = max(0, self._depth - 1)
+                if self._depth == 0 and self._mode is not None:
+                    mode, self._mode = self._mode, None
+                    self._produced.clear()
+                    self._stack.clear()
+                    mode.__exit__(None, None, None)
+
+        return hook
+
+    def _remove_step_hooks(self) -> None:
+        for h in self._step_hooks:
+            h.remove()
+        self._step_hooks.clear()
+        if self._mode is not None:  # a forward that never finished: leave the mode
+            mode, self._mode = self._mode, None
+            self._depth = 0
+            try:
+                mode.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001
+                pass
+        self._produced.clear()
+        self._stack.clear()
+        self._active = False
+
+    # -- one activation call ----------------------------------------------------------------
+    def _observe(self, spec: tuple[str, str], func: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self._measure(spec, func, args, kwargs)
+        except Exception as exc:  # noqa: BLE001
+            assert self.ctx is not None
+            self.ctx.doctor.guard.record("probe activations", exc)
+
+    def _measure(self, spec: tuple[str, str], func: Any, args: Any, kwargs: Any) -> None:
+        op, kind = spec
+        x = args[0]
+        if x.ndim < 1 or x.numel() < 2 or not x.is_floating_point():
+            return
+        producer = self._produced.get(id(x))
+        module = None
+        if producer is not None and producer[0] is x:
+            name, module = producer[1], producer[2]
+            mtype = type(module).__name__
+        elif self._stack and self._stack[-1][1] in _ACT_MODULES:
+            name, mtype = self._stack[-1]
+        else:
+            outer = self._stack[-1][0] if self._stack else "<model>"
+            mtype = ""
+            k = self._calls.get(f"{outer}.{op}", 0) + 1
+            self._calls[f"{outer}.{op}"] = k
+            name = f"{outer}.{op}" if k == 1 else f"{outer}.{op}#{k}"
+        conv_like = any(c in mtype for c in _CONV_LIKE) or (not mtype and x.ndim in (4, 5))
+        udim = 1 if (conv_like and x.ndim >= 3) else x.ndim - 1
+        units = x.shape[udim]
+        site = self._sites.get(name)
+        if site is None:
+            if len(self._sites) >= MAX_SITES:
+                return
+            site = self._sites[name] = _Site(op, kind, module, mtype, units)
+        if site.units != units or site.kind != kind:
+            return
+        other = tuple(d for d in range(x.ndim) if d != udim)
+        with torch.no_grad():
+            xd = x.detach()
+            if kind == "relu":
+                flags = (xd > 0).any(dim=other) if other else xd > 0
+            else:
+                if kind == "tanh":
+                    sat = xd.abs() > _TANH_SAT
+                elif kind == "sigmoid":
+                    sat = xd.abs() > _SIGMOID_SAT
+                else:
+                    lo, hi = _hardtanh_bounds(args, kwargs)
+                    sat = (xd <= lo) | (xd >= hi)
+                frac = sat.float().mean(dim=other) if other else sat.float()
+                flags = frac >= UNIT_SATURATED
+            std, mean = torch.std_mean(xd.float()) if xd.numel() > 1 else (xd * 0, xd)
+            stats = torch.stack([mean.reshape(()), std.reshape(())])
+        if site.step is None:
+            site.step = flags
+        elif kind == "relu":
+            site.step = site.step | flags  # active in any call
+        else:
+            site.step = site.step & flags  # saturated in every call
+        site.stats.append(stats)
+
+    # -- step end: one number per layer, deferred to the batched read-back ----------------------
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._remove_step_hooks()
+        seen = {n: s for n, s in self._sites.items() if s.step is not None}
+        if self._input_std is not None:
+            rec.defer(step, ACT_INPUT_STD, self._input_std)
+            self._input_std = None
+        if not seen:
+            return
+        names = list(seen)
+        frac, means, stds, bias_names, biases = [], [], [], [], []
+        with torch.no_grad():
+            for n in names:
+                s = seen[n]
+                s.history.append(s.step)  # type: ignore[arg-type]
+                hist = torch.stack(list(s.history))
+                ever = hist.any(dim=0) if s.kind == "relu" else hist.all(dim=0)
+                frac.append(1.0 - ever.float().mean() if s.kind == "relu" else ever.float().mean())
+                st = torch.stack(s.stats).mean(dim=0)
+                means.append(st[0])
+                stds.append(st[1])
+                bias = getattr(s.module, "bias", None) if s.module is not None else None
+                if isinstance(bias, torch.Tensor) and bias.numel() > 0:
+                    bias_names.append(n)
+                    biases.append(bias.detach().float().mean())
+                s.step = None
+                s.stats = []
+            rec.record(
+                step,
+                ACT_SITES,
+                {
+                    n: {
+                        "op": seen[n].op,
+                        "kind": seen[n].kind,
+                        "module_type": seen[n].module_type,
+                        "units": seen[n].units,
+                        "window": len(seen[n].history),
+                    }
+                    for n in names
+                },
+            )
+            relu = [i for i, n in enumerate(names) if seen[n].kind == "relu"]
+            sat = [i for i, n in enumerate(names) if seen[n].kind != "relu"]
+            for signal_name, idx in ((ACT_DEAD, relu), (ACT_SATURATED, sat)):
+                if idx:
+                    rec.defer(
+                        step,
+                        signal_name,
+                        torch.stack([frac[i] for i in idx]),
+                        keys=[names[i] for i in idx],
+                    )
+            rec.defer(step, ACT_PRE_MEAN, torch.stack(means), keys=names)
+            rec.defer(step, ACT_PRE_STD, torch.stack(stds), keys=names)
+            if biases:
+                rec.defer(step, ACT_BIAS_MEAN, torch.stack(biases), keys=bias_names)
+
+    def detach(self) -> None:
+        self._remove_step_hooks()
+        super().detach()
+
+
+def _hardtanh_bounds(args: Any, kwargs: Any) -> tuple[float, float]:
+    lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+    hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+    return float(lo), float(hi)

@@ -1,0 +1,177 @@
+"""Gradient path: on sampled steps, walk the user's own backward node by node.
+
+On step 1, every `GRADPATH_EVERY` steps after it, and on the step after TD107/TD108 first
+fires, hooks go on every autograd node of the loss graph just before the user's backward runs
+(`on_backward`) and come off right after it (`on_after_backward`); they return None, so no
+gradient changes. The loss code of those steps runs under anomaly mode (metadata only, no NaN
+checks) from the model's forward to the backward, so each node knows its source line. The
+per-node norms stay on the device and are read back in one transfer per device; the facts go
+into the timeline as a `gradient_path` event (host values only).
+
+Also records which `doc.log(parts=...)` parts carry no graph (`gradpath.parts_detached`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..gradpath import BLOCKS, MASK, PARTLY, Walk
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder
+
+GRADPATH_EVERY = 1000  # a full walk costs about one extra backward: rare after step 1
+SYMPTOMS = ("TD107", "TD108")  # a stuck loss: walk the next step to say where the gradient goes
+MAX_WALKS = 8
+MAX_EVENT_NODES = 120
+
+PARTS_DETACHED = signal(
+    "gradpath.parts_detached",
+    "per step: {'detached': [part names without graph], 'with_graph': [names]} from doc.log",
+)
+
+
+class GradPathProbe(Probe):
+    name = "gradpath"
+    provides = (PARTS_DETACHED,)  # and the `gradient_path` event
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._due: set[int] = {1}
+        self._symptoms_seen: set[str] = set()
+        self._walk: Walk | None = None
+        self._walk_step = 0
+        self._walked: set[int] = set()
+        self._window: tuple[bool, bool] | None = None
+        self._window_hooks: list[Any] = []
+        self._walks = 0
+        self._parts_steps = 0
+        self._retried = False
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+
+    # -- scheduling -----------------------------------------------------------------------
+    def _is_due(self, step: int) -> bool:
+        if self._walks >= MAX_WALKS or step in self._walked:
+            return False
+        return step in self._due or step % GRADPATH_EVERY == 0
+
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._remove_window_hooks()
+        self._close_window()
+        ctx = self.ctx
+        if ctx is None or not self._is_due(step):
+            return
+        for model in ctx.models.values():
+            self._window_hooks.append(
+                model.register_forward_hook(ctx.hook("probe gradpath", self._open_window))
+            )
+
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        for f in ctx.doctor.findings:
+            if f.code in SYMPTOMS and f.code not in self._symptoms_seen:
+                self._symptoms_seen.add(f.code)
+                self._due.add(step + 1)
+
+    # -- source lines of the loss code ----------------------------------------------------
+    def _open_window(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        assert self.ctx is not None
+        if self._window is not None or not module.training or not torch.is_grad_enabled():
+            return
+        if self.ctx.doctor._validating or torch.is_anomaly_enabled():
+            return  # already on (the numerics probe's window, or the user's): lines recorded
+        self._window = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
+        torch.set_anomaly_enabled(True, False)
+
+    def _close_window(self) -> None:
+        prev, self._window = self._window, None
+        if prev is not None:
+            torch.set_anomaly_enabled(*prev)
+
+    def _remove_window_hooks(self) -> None:
+        for h in self._window_hooks:
+            h.remove()
+        self._window_hooks.clear()
+
+    # -- the walk -------------------------------------------------------------------------
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        self._close_window()
+        self._remove_window_hooks()
+        if self._walk is not None or not self._is_due(step) or root.grad_fn is None:
+            return
+        self._walked.add(step)
+        self._walks += 1
+        self._walk_step = step
+        self._walk = Walk(root)
+
+    def on_after_backward(self, step: int, rec: Recorder) -> None:
+        walk, self._walk = self._walk, None
+        if walk is None:
+            return
+        path = walk.finish()
+        self._record(self._walk_step, path, rec)
+        if not self._retried and not any(n.source for n in path.nodes):
+            # No source lines: the forward ran before the window could open (zero-code mode
+            # attaches at the first backward). Walk the next step once more, with lines.
+            self._retried = True
+            self._due.add(self._walk_step + 1)
+
+    def _record(self, step: int, path: Any, rec: Recorder) -> None:
+        in_loss = [n for n in path.nodes if n.source]
+        ref = max((n.grad_in or 0.0 for n in (in_loss or path.nodes)), default=0.0)
+        keep = [
+            n
+            for n in path.nodes
+            if n.source or n.verdict in (BLOCKS, PARTLY, MASK) or n.detached_input
+        ][:MAX_EVENT_NODES]
+        rec.event(
+            step,
+            "gradient_path",
+            nodes_walked=len(path.nodes),
+            truncated=path.truncated,
+            seconds=round(path.seconds, 5),
+            reference_grad=ref,
+            lines_known=bool(in_loss),
+            nodes=[
+                {
+                    "index": n.index,
+                    "op": n.op,
+                    "source": n.source,
+                    "grad_in": n.grad_in,
+                    "grad_out": n.grad_out,
+                    "zeroed": n.zeroed,
+                    "elements": n.elements,
+                    "verdict": n.verdict,
+                    "detached_input": n.detached_input,
+                    "mask": n.mask,
+                }
+                for n in keep
+            ],
+        )
+
+    # -- loss parts without graph (called by Doctor.log) ----------------------------------
+    def note_parts(self, step: int, parts: dict[str, Any] | None, rec: Recorder) -> None:
+        if not parts or self._parts_steps >= 16:
+            return
+        detached = []
+        with_graph = []
+        for name, value in parts.items():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                with_graph.append(name)
+            else:
+                detached.append(name)
+        self._parts_steps += 1
+        rec.record(step, PARTS_DETACHED, {"detached": detached, "with_graph": with_graph})
+
+    def detach(self) -> None:
+        super().detach()
+        self._remove_window_hooks()
+        self._close_window()
+        if self._walk is not None:
+            self._walk.remove()
+            self._walk = None

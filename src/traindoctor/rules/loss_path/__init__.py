@@ -1,0 +1,1 @@
+"""TD3xx: the gradient path inside the loss: where the gradient of the loss is lost."""

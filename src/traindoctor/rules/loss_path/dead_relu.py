@@ -1,0 +1,106 @@
+"""TD303 dead-relu."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from ._activations import flagged_layers, fmt
+
+
+@rule(
+    code="TD303",
+    name="dead-relu",
+    severity=Severity.WARNING,
+    summary="Most ReLU units of a layer are never active over a window of sampled steps.",
+    requires=("activations.dead", "activations.sites"),
+    priority=42,
+)
+def dead_relu(
+    tl: TimelineView, *, threshold: float = 0.5, min_window: int = 3, min_units: int = 4
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    A layer whose ReLU (or leaky ReLU) units are, for `threshold` (50%) or more of them, never
+    positive for any sample of the batch in any of the last sampled steps (a window of up to 4),
+    named after the module that produces the pre-activation (`fc2` for `relu(self.fc2(x))`).
+
+    ## Why it matters
+    A dead ReLU unit outputs 0 and passes back a zero gradient for every input: its incoming
+    weights and bias never change again, so it stays dead for the rest of the run. A layer that
+    is mostly dead has lost most of its capacity, and the layers before it get only the
+    gradient that the few live units let through.
+
+    ## How it is measured
+    On sampled steps only, a TorchFunctionMode active during the model's forward sees every
+    ReLU call (`nn.ReLU`, `F.relu`, `torch.relu`, `x.relu()`); per unit (channel for
+    convolutions, last dimension otherwise) it computes `any(x > 0)` on the device, ORs it over
+    the calls and the window, and reads back one fraction per layer with the step's batched
+    read. The mean and std of the pre-activation and the mean bias of the producing module are
+    read back with it and give the cause.
+
+    ## Example
+    ```python
+    self.fc2 = nn.Linear(64, 32)
+    nn.init.constant_(self.fc2.bias, -5.0)    # every pre-activation is below zero
+    x = F.relu(self.fc2(x))
+    ```
+
+    ## Fix
+    ```python
+    nn.init.zeros_(self.fc2.bias)             # or PyTorch's default init
+    # and/or: a lower learning rate, LeakyReLU/GELU, a normalization layer before the ReLU
+    ```
+
+    ## Known false positives
+    Sparse-by-design layers (a ReLU gate that is meant to be off for most inputs) and tiny
+    batches, where a unit may simply see no input that excites it in a few sampled steps.
+    """
+    for d in flagged_layers(tl, "activations.dead", threshold, min_window, min_units):
+        layer = d["layer"]
+        pct = round(100 * d["fraction"])
+        pre_mean, pre_std, bias = d["pre_mean"], d["pre_std"], d["bias_mean"]
+        facts = f"mean pre-activation {fmt(pre_mean)} (std {fmt(pre_std)})"
+        if pre_mean is not None and bias is not None and bias < 0 and bias <= 0.5 * pre_mean:
+            cause = (
+                f"{facts}: the pre-activations are pushed below zero by `{layer}`'s bias, whose "
+                f"mean is {fmt(bias)}: a large negative bias shift (an init that sets it, or "
+                "updates from a learning rate too high)"
+            )
+        elif pre_mean is not None and pre_std is not None and pre_mean < -0.5 * pre_std:
+            cause = (
+                f"{facts}: most pre-activations are negative; a learning rate too high often "
+                "drives weights and biases there in a few large updates"
+            )
+        else:
+            cause = (
+                f"{facts}: the dead units get negative inputs for every sample while the rest of "
+                "the layer does not; a learning rate too high is the usual cause"
+            )
+        yield tl.finding(
+            title=(
+                f"{pct}% of the ReLU units after `{layer}` are never active "
+                f"({d['units']} units, {d['window']} sampled steps)"
+            ),
+            step=d["since_step"],
+            evidence={
+                "layer": layer,
+                "dead_fraction": round(d["fraction"], 4),
+                "units": d["units"],
+                "window_sampled_steps": d["window"],
+                "pre_activation_mean": pre_mean,
+                "pre_activation_std": pre_std,
+                "bias_mean": bias,
+                "op": d["op"],
+            },
+            where=Where(module=layer, op=d["op"]),
+            cause=cause,
+            fix=(
+                f"re-initialize `{layer}`'s bias (zeros or PyTorch's default), lower the learning "
+                "rate or warm it up, or use LeakyReLU/GELU or a normalization layer before the "
+                "activation so units cannot die"
+            ),
+            confidence=0.8,
+        )

@@ -1,0 +1,218 @@
+"""TD301 gradient-blocked-by-op."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+
+# What passes gradient instead, per op (kept here: rules never import torch-side modules).
+ALTERNATIVES = {
+    "clamp": "drop the clamp, or bound the value smoothly (e.g. `x.tanh()` scaling); if the "
+    "values are out of range, fix what produces them",
+    "clamp_min": "use a smooth floor (`F.softplus`) or clamp only a denominator",
+    "clamp_max": "drop the upper clamp or bound it smoothly",
+    "hardtanh": "use `tanh`, which still passes a gradient when saturated",
+    "where": "make the chosen branch depend on the prediction; a constant branch passes 0",
+    "masked_fill": "fill with a function of the prediction, not a constant",
+    "relu": "use `leaky_relu`/`softplus`, or fix the scale of its input (mostly < 0)",
+    "threshold": "use `leaky_relu`/`softplus`",
+    "round": "use a straight-through estimator: `x + (x.round() - x).detach()`",
+    "sign": "use `tanh(x / t)` or a straight-through estimator",
+    "floor": "use a straight-through estimator: `x + (x.floor() - x).detach()`",
+    "ceil": "use a straight-through estimator: `x + (x.ceil() - x).detach()`",
+    "trunc": "use a straight-through estimator",
+    "mul": "multiply by a soft weight instead of a hard 0",
+}
+# Only ops whose derivative is exactly 0 on part of the domain are judged; a ReLU zeroes about
+# half of its gradient in a healthy network, so it needs a much higher share (see TD303).
+FRACTION = {"relu": 0.9, "threshold": 0.9}
+DEFAULT_FRACTION = 0.6
+MIN_SHARE = 1e-3  # the node must carry at least this share of the loss code's largest gradient
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _bystanders(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The usual suspects measured on the same step: nan_to_num and 0/1 mask multiplies."""
+    out = []
+    for n in nodes:
+        if n.get("op") == "nan_to_num" or n.get("mask"):
+            out.append(n)
+    return out
+
+
+def _bystander_text(n: dict[str, Any]) -> str:
+    where = f" at {n['source']}" if n.get("source") else ""
+    if n.get("op") == "nan_to_num":
+        ratio = (n.get("grad_out") or 0.0) / n["grad_in"] if n.get("grad_in") else None
+        r = "" if ratio is None else f", norm out/in {ratio:.2f}"
+        return (
+            f"`nan_to_num`{where} is not the problem: it zeroed {_pct(n.get('zeroed'))} of the "
+            f"gradient through it (gradient 1 for finite elements{r})"
+        )
+    return (
+        f"the 0/1 mask multiply{where} is not the problem: it zeroed {_pct(n.get('zeroed'))} "
+        "of the gradient through it, exactly the entries the mask marks as padding"
+    )
+
+
+@rule(
+    code="TD301",
+    name="gradient-blocked-by-op",
+    severity=Severity.ERROR,
+    summary="An op inside the loss zeroes most of the gradient passing through it.",
+    requires=(),
+    priority=12,
+)
+def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    On the sampled backward passes, an autograd op of the loss graph that sets most of the
+    gradient passing through it to exactly zero: a saturated `clamp`/`clamp_min`/`hardtanh`,
+    `torch.where`/`masked_fill` choosing a constant branch, `relu` on mostly negative input,
+    `round`/`sign`/`floor`. Names the op, the fraction zeroed, its source line and what would
+    pass gradient instead. A multiply by a 0/1 mask is reported as expected (info): it zeroes
+    exactly the entries the mask marks as padding, by design.
+
+    ## Why it matters
+    The elements behind such an op receive no gradient at all: the loss is computed, printed
+    and may even look reasonable, but the part of the model feeding those elements does not
+    learn. The loss sits on a plateau and no amount of training moves it.
+
+    ## How it is measured
+    On step 1, rarely after, and on the step after TD107/TD108 fires, the user's own backward
+    runs with a hook on every autograd node of the loss graph (hooks return None: gradients
+    are unchanged). Per node: the norm of the gradient flowing in and out, and the fraction of
+    the elements that carried a gradient in and carry exactly 0 out. The loss code of that step
+    runs under anomaly mode (metadata only), which records the line that created each node.
+    `nan_to_num` is measured like any op: it passes gradient 1 to every finite element.
+    When the walk knows the loss code's lines, only ops created there are judged (a clamp
+    inside the model acts as an activation: TD303/TD304). A clamp of the scalar loss itself is
+    a warning (TD107 reports the constant loss); a blocker behind another one is a warning.
+
+    ## Example
+    ```python
+    giou = (iou - penalty).clamp(-1.0, 1.0)   # most values are below -1: gradient 0
+    loss = (1 - giou).mean()
+    ```
+
+    ## Fix
+    ```python
+    giou = iou - penalty                      # in [-1, 1] by construction: no clamp
+    loss = (1 - giou).mean()
+    ```
+
+    ## Known false positives
+    A clamp that is saturated on purpose (a hinge, a margin loss that is already satisfied for
+    most elements) is reported too; ignore it with `--ignore TD301` once it is meant.
+    """
+    seen: set[tuple[str, str | None]] = set()
+    first_blocker: dict[int, dict[str, Any]] = {}  # per walk: the blocker nearest the loss
+    for e in _walks(tl):
+        nodes = e.get("nodes") or []
+        ref = e.get("reference_grad") or 0.0
+        bystanders = _bystanders(nodes)
+        for n in nodes:
+            op = n.get("op")
+            zeroed = n.get("zeroed")
+            if zeroed is None or op not in ALTERNATIVES or not n.get("grad_in"):
+                continue
+            key = (op, n.get("source"))
+            if key in seen:
+                continue
+            if n.get("mask"):
+                if zeroed > 0:
+                    seen.add(key)
+                    yield _mask_finding(tl, e, n)
+                continue
+            if zeroed < FRACTION.get(op, DEFAULT_FRACTION):
+                continue
+            if not n.get("source") and (e.get("lines_known") or op in FRACTION):
+                # Not created by the loss code (the walk knows the loss code's lines): an
+                # activation-like clamp/ReLU inside the model, TD303/TD304's business.
+                continue
+            share = n["grad_in"] / ref if ref else 1.0
+            if share < MIN_SHARE:
+                continue
+            seen.add(key)
+            src = n.get("source")
+            upstream = first_blocker.get(id(e))
+            if upstream is None:
+                first_blocker[id(e)] = n
+            at = f" at {src}" if src else ""
+            others = [b for b in bystanders if b is not n]
+            cleared = "; ".join(_bystander_text(b) for b in others)
+            cause = (
+                f"`{op}`{at} sets {zeroed:.1%} of the gradient passing through it to exactly "
+                f"0 (measured on step {e['step']}: norm in {n['grad_in']:.3g}, out "
+                f"{n.get('grad_out') or 0.0:.3g})"
+                + (f". {cleared[0].upper()}{cleared[1:]}" if cleared else "")
+            )
+            scalar = (n.get("elements") or 0) <= 1
+            if scalar:
+                cause += (
+                    ". The op clamps the whole (scalar) loss: while it is active the loss is "
+                    "constant and nothing trains (TD107 reports the constant loss)"
+                )
+            if upstream is not None:
+                # Behind a blocker nearer the loss, only the few elements it lets through
+                # reach this op: secondary.
+                up = f"`{upstream['op']}`" + (
+                    f" at {upstream['source']}" if upstream.get("source") else ""
+                )
+                cause += f". It lies behind {up}, which blocks first: fix that one first"
+            yield tl.finding(
+                title=f"`{op}`{at} blocks {zeroed:.0%} of the loss gradient",
+                step=e["step"],
+                evidence={
+                    "op": op,
+                    "zeroed_fraction": round(zeroed, 4),
+                    "grad_in": n["grad_in"],
+                    "grad_out": n.get("grad_out"),
+                    "share_of_loss_gradient": round(share, 4),
+                    "elements": n.get("elements"),
+                    "measured_bystanders": [
+                        {k: b.get(k) for k in ("op", "source", "zeroed", "grad_in", "grad_out")}
+                        for b in others
+                    ],
+                },
+                where=Where(op=op, source=src),
+                cause=cause,
+                fix=ALTERNATIVES[op],
+                confidence=min(1.0, zeroed + 0.1) if upstream is None else 0.3,
+                severity=Severity.WARNING if upstream is not None or scalar else None,
+            )
+
+
+def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Finding:
+    src = n.get("source")
+    at = f" at {src}" if src else ""
+    return tl.finding(
+        title=f"0/1 mask multiply{at} zeroes {n['zeroed']:.0%} of its gradient: expected",
+        step=e["step"],
+        evidence={
+            "op": "mul",
+            "zeroed_fraction": round(n["zeroed"], 4),
+            "grad_in": n["grad_in"],
+            "grad_out": n.get("grad_out"),
+        },
+        where=Where(op="mul", source=src),
+        cause="a multiply by a tensor of 0s and 1s zeroes exactly the masked (padding) "
+        "entries, by design; the valid entries get their full gradient",
+        fix="nothing to fix if the zeros mark padding",
+        severity=Severity.INFO,
+        confidence=0.5,
+    )
+
+
+def _walks(tl: TimelineView) -> list[dict]:
+    """The sampled walks; those that know their source lines, when there are any (a walk of
+    step 1 in zero-code mode has none: its forward ran before traindoctor attached)."""
+    walks = tl.events("gradient_path")
+    return [e for e in walks if e.get("lines_known")] or walks

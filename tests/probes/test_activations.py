@@ -1,0 +1,64 @@
+"""ActivationsProbe: per-unit dead/saturated fractions, bit-identical training, hooks removed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import traindoctor as td
+from traindoctor.probes.activations import ActivationsProbe
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.fc2.bias[:6] = -50.0
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        h = torch.tanh(self.fc2(h) * 100)
+        return self.head(F.dropout(h, 0.1))
+
+
+def _train(watch: bool, out_dir=None, steps: int = 25):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    doc = td.watch(model, opt, out_dir=out_dir, console=False) if watch else None
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(16, 8, generator=g)
+        y = torch.randint(0, 3, (16,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, doc
+
+
+def test_training_is_bit_identical_and_hooks_are_removed(tmp_path):
+    plain, _ = _train(False)
+    watched, doc = _train(True, tmp_path)
+    for a, b in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, b)
+    probe = next(p for p in doc.probes if isinstance(p, ActivationsProbe))
+    tl = doc.timeline
+    dead = tl.series("activations.dead")
+    assert dead, "no sampled step was measured"
+    sites = tl.series("activations.sites")[-1][1]
+    assert sites["fc1"]["op"] == "relu"
+    assert "fc2" not in sites  # tanh(fc2(h) * 100): its input is not fc2's output itself
+    assert any(v["op"] == "tanh" for v in sites.values())
+    assert tl.series("activations.dead")[-1][1]["fc1"] < 0.5
+    sat = tl.series("activations.saturated")[-1][1]
+    assert sat  # tanh measured
+    assert tl.series("activations.bias_mean")[-1][1]["fc1"] is not None
+    # step 25 is not sampled: its hooks are gone, and nothing is left on the model
+    assert not probe._step_hooks and probe._mode is None
+    assert torch._C._len_torch_function_stack() == 0
+    doc.close()
