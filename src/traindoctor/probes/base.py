@@ -153,6 +153,16 @@ class AttachContext:
             self._named_cache = self._walk_params()
         return self._named_cache
 
+    def optimizer_params(self, opt: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
+        """(name, param) of the watched, trainable params this optimizer holds."""
+        names = self.param_names
+        return [
+            (names[id(p)], p)
+            for group in opt.param_groups
+            for p in group["params"]
+            if id(p) in names and p.requires_grad
+        ]
+
     def new_step(self) -> None:
         self._named_cache = None
 

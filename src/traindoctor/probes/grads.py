@@ -82,15 +82,8 @@ class GradsProbe(Probe):
         """The gradients this optimizer is about to apply (after any GradScaler unscale)."""
         if not sampled:
             return
-        ctx = self.ctx
-        assert ctx is not None
-        names_by_id = ctx.param_names
-        params = [
-            (names_by_id[id(p)], p)
-            for g in opt.param_groups
-            for p in g["params"]
-            if id(p) in names_by_id and p.requires_grad
-        ]
+        assert self.ctx is not None
+        params = self.ctx.optimizer_params(opt)
         self._stepped.update(n for n, _ in params)
         self._check(step, params, rec)
 

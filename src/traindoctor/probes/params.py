@@ -97,21 +97,15 @@ class ParamsProbe(Probe):
         """Copy the params this optimizer holds, to measure exactly what its step changes."""
         if not sampled:
             return
-        ctx = self.ctx
-        assert ctx is not None
-        names_by_id = ctx.param_names
+        assert self.ctx is not None
         names, params = [], []
-        for group in opt.param_groups:
-            for p in group["params"]:
-                name = names_by_id.get(id(p))
-                if name is None or not p.requires_grad:
-                    continue
-                size = p.numel() * p.element_size()
-                if size > self._budget_left:
-                    continue
-                self._budget_left -= size
-                names.append(name)
-                params.append(p.detach())
+        for name, p in self.ctx.optimizer_params(opt):
+            size = p.numel() * p.element_size()
+            if size > self._budget_left:
+                continue
+            self._budget_left -= size
+            names.append(name)
+            params.append(p.detach())
         if params:
             # A copy on the device, no host sync; freed at on_optimizer_post_step.
             self._snapshots[id(opt)] = (names, params, torch._foreach_mul(params, 1))
