@@ -31,6 +31,7 @@ def run_scenario(
 
         def watch_fn(model, optimizer, scaler=None):
             docs.append(td.watch(model, optimizer, scaler, out_dir=out_dir, console=console))
+            docs[-1].budget.adaptive = False  # same samples on a busy machine as on an idle one
             return docs[-1]
 
         try:
@@ -41,6 +42,7 @@ def run_scenario(
             return docs[-1].close(exc)
         return docs[-1].close()
     doctor = Doctor(out_dir=out_dir, mode="zero-code", console=console, script=scenario.name)
+    doctor.budget.adaptive = False
     exc = None
     with attached(doctor):
         try:
