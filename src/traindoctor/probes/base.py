@@ -8,7 +8,7 @@ batched transfer, never with one `.item()` per tensor per step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -236,3 +236,20 @@ def by_device(
         ns.append(n)
         ts.append(t)
     return out
+
+
+def iter_tensors(
+    obj: Any, max_depth: int = 4, max_items: int = 32, _depth: int = 0
+) -> Iterator[torch.Tensor]:
+    """Tensors inside a module's inputs/outputs (tensor, list, tuple, dict), bounded in depth and
+    width so that a huge nested output costs little."""
+    if _depth > max_depth:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, list | tuple):
+        for o in obj[:max_items]:
+            yield from iter_tensors(o, max_depth, max_items, _depth + 1)
+    elif isinstance(obj, dict):
+        for o in list(obj.values())[:max_items]:
+            yield from iter_tensors(o, max_depth, max_items, _depth + 1)

@@ -11,7 +11,7 @@ import torch
 
 from .._source import user_source
 from ..timeline import signal
-from .base import AttachContext, Probe, Recorder
+from .base import AttachContext, Probe, Recorder, iter_tensors
 
 FORWARD_CALLS = signal(
     "forward.calls",
@@ -21,7 +21,7 @@ FORWARD_CALLS = signal(
 
 def output_facts(output: Any) -> dict[str, Any]:
     """Whether a module output (tensor, tuple, dict, dataclass-like) carries an autograd graph."""
-    tensors = list(_tensors(output, depth=0))
+    tensors = list(iter_tensors(output, max_depth=3, max_items=16))
     floats = [t for t in tensors if t.is_floating_point() or t.is_complex()]
     grad_fns = sorted({type(t.grad_fn).__name__ for t in floats if t.grad_fn is not None})
     return {
@@ -29,19 +29,6 @@ def output_facts(output: Any) -> dict[str, Any]:
         "requires_grad": any(t.requires_grad for t in floats),
         "grad_fn": grad_fns[0] if grad_fns else None,
     }
-
-
-def _tensors(obj: Any, depth: int):
-    if depth > 3:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, list | tuple):
-        for o in obj[:16]:
-            yield from _tensors(o, depth + 1)
-    elif isinstance(obj, dict):
-        for o in list(obj.values())[:16]:
-            yield from _tensors(o, depth + 1)
 
 
 class ForwardProbe(Probe):

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
-from .base import AttachContext, Probe, Recorder
+from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
 from .graph import graph_nodes
 
 NUMERICS_CHECKED = signal(
@@ -149,14 +149,14 @@ class NumericsProbe(Probe):
                 return
             try:
                 cuda = None
-                for t in _tensors((args, kwargs)):
+                for t in iter_tensors((args, kwargs)):
                     if t.is_cuda:
                         cuda = (t.device, torch.cuda.get_rng_state(t.device))
                         break
                 # References only: the batch itself is not copied.
                 self._last[prefix] = (args, kwargs, torch.get_rng_state(), cuda)
                 if self._step_hooks:
-                    self._input_flags.extend(_finite_flags(_tensors((args, kwargs))))
+                    self._input_flags.extend(_finite_flags(iter_tensors((args, kwargs))))
             except Exception as exc:  # noqa: BLE001
                 guard.record("probe numerics", exc)
 
@@ -231,7 +231,7 @@ class NumericsProbe(Probe):
             assert self.ctx is not None
             if self.ctx.doctor._validating:
                 return
-            for flag in _finite_flags(_tensors(output)):
+            for flag in _finite_flags(iter_tensors(output)):
                 self._module_flags.append((qual, flag))
 
         return hook
@@ -277,7 +277,7 @@ class NumericsProbe(Probe):
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)
-            for dev_norms in _by_device(norms):
+            for _, dev_norms in by_device(names, norms).values():
                 grad_flags.append(torch.isfinite(torch.stack(dev_norms)).all())
         module_flags = self._module_flags if not self._checked else []
         input_flags = self._input_flags if not self._checked else []
@@ -523,7 +523,7 @@ class _Tracer(TorchFunctionMode):
         self, args: Any, kwargs: Any, out_grads: dict[int, torch.Tensor] | None = None
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        bad_inputs = [t for t in _tensors((args, kwargs)) if not _all_finite(t)]
+        bad_inputs = [t for t in iter_tensors((args, kwargs)) if not _all_finite(t)]
         if bad_inputs:
             t = bad_inputs[0]
             out["first_input"] = {"fraction": _bad_fraction(t), "shape": list(t.shape)}
@@ -567,7 +567,7 @@ class _Tracer(TorchFunctionMode):
         def hook(_m: Any, _args: Any, output: Any) -> None:
             if self.stack and self.stack[-1] == qual:
                 self.stack.pop()
-            bad = [t for t in _tensors(output) if not _all_finite(t)]
+            bad = [t for t in iter_tensors(output) if not _all_finite(t)]
             if bad and qual not in self.module_order:
                 self.module_order.append(qual)
                 first_op = self.first_op
@@ -612,10 +612,10 @@ class _Tracer(TorchFunctionMode):
         if self.first_op is not None and (self.mask is not None or not self.trace_masks):
             return result
         try:
-            outs = [t for t in _tensors(result) if t.is_floating_point()]
+            outs = [t for t in iter_tensors(result) if t.is_floating_point()]
             if not outs:
                 return result
-            ins = [t for t in _tensors((args, kwargs)) if t.is_floating_point()]
+            ins = [t for t in iter_tensors((args, kwargs)) if t.is_floating_point()]
             outs_ok = all(_all_finite(t) for t in outs)
             if self.first_op is None and not outs_ok and all(_all_finite(t) for t in ins):
                 self.first_op = {
@@ -694,19 +694,6 @@ def _op_name(func: Any) -> str:
     return name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
 
 
-def _tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    if depth > 4:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, list | tuple):
-        for o in obj[:32]:
-            yield from _tensors(o, depth + 1)
-    elif isinstance(obj, dict):
-        for o in list(obj.values())[:32]:
-            yield from _tensors(o, depth + 1)
-
-
 def _finite_flags(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     with torch.no_grad():
@@ -748,13 +735,6 @@ def _read(flags: list[torch.Tensor | bool]) -> list[bool]:
         for i, v in zip(idx, values):
             out[i] = bool(v)
     return out
-
-
-def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    groups: dict[torch.device, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.device, []).append(t)
-    return list(groups.values())
 
 
 def _nonfinite_params(named: list[tuple[str, torch.nn.Parameter]], grads: bool) -> list[str]:
@@ -810,7 +790,7 @@ def _backward_replay(output: Any, out_grads: dict[int, torch.Tensor]) -> dict[st
     """Backward of the replayed model alone, fed the gradient the user's loss sent into its
     outputs, under `detect_anomaly(check_nan=True)`: torch stops at the first backward op that
     returns NaN and reports the forward line that created it."""
-    tensors = list(_tensors(output))
+    tensors = list(iter_tensors(output))
     pairs = [(tensors[i], g) for i, g in out_grads.items() if i < len(tensors)]
     pairs = [(t, g) for t, g in pairs if t.requires_grad and t.shape == g.shape]
     if not pairs:
@@ -840,7 +820,7 @@ def keep_output_grads(output: Any) -> dict[int, torch.Tensor]:
     """A dict that the coming backward fills with dL/d output (references, small outputs
     only), by output index. The hooks return None: the gradient is not changed."""
     grads: dict[int, torch.Tensor] = {}
-    for i, t in enumerate(_tensors(output)):
+    for i, t in enumerate(iter_tensors(output)):
         if t.requires_grad and t.numel() <= OUT_GRAD_MAX_NUMEL:
             t.register_hook(lambda g, i=i: grads.__setitem__(i, g))
     return grads
