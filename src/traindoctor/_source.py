@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import sysconfig
 from pathlib import Path
@@ -109,3 +110,16 @@ def _line_text(filename: str, lineno: int) -> str:
     import linecache
 
     return linecache.getline(filename, lineno).strip()
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+def user_line_in_traceback(frames: list[str]) -> str | None:
+    """`path:line` of the innermost user frame in formatted traceback lines (anomaly mode's
+    node.metadata["traceback_"], or the text of its warnings)."""
+    for text in reversed(frames):  # innermost frame last
+        m = _FRAME.search(text)
+        if m and is_user_file(m["file"]):
+            return f"{relpath(m['file'])}:{m['line']}"
+    return None

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .probes.graph import node_source
+
 # A walk visits at most this many nodes (a small transformer's backward has ~10^4).
 MAX_NODES = 200_000
 
@@ -322,21 +324,9 @@ def _node_stats(
     return info, device_vals
 
 
-def _source(node: Any) -> str | None:
-    from .probes.numerics import _user_line
-
-    try:
-        frames = node.metadata.get("traceback_")
-    except Exception:  # noqa: BLE001
-        return None
-    if not frames:
-        return None
-    return _user_line(frames)
-
-
 def _judge(index: int, node: Any, row: list[float] | None, names: bool) -> NodeFacts:
     op = op_name(node)
-    source = _source(node) if names else None
+    source = node_source(node) if names else None
     if row is None:
         return NodeFacts(index, op, type(node).__name__, source, None, None, None, 0, NO_GRAD_IN)
     in_sq, out_sq, zeroed, elements, detached, mask = row

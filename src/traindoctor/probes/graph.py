@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .._source import user_line_in_traceback
+
 
 def graph_nodes(root: torch.Tensor, limit: int) -> Iterator[object]:
     """The autograd nodes reachable from `root`, breadth-first (nearest the loss first), each
@@ -20,3 +22,13 @@ def graph_nodes(root: torch.Tensor, limit: int) -> Iterator[object]:
         seen.add(id(node))
         yield node
         frontier.extend(fn for fn, _ in node.next_functions)
+
+
+def node_source(node: object) -> str | None:
+    """The user line that created an autograd node, when the graph was built under anomaly
+    mode (which records each node's forward traceback); None otherwise."""
+    try:
+        frames = node.metadata.get("traceback_")  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        return None
+    return user_line_in_traceback(frames) if frames else None

@@ -34,10 +34,10 @@ from typing import Any, ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .._source import is_user_file, relpath, user_source
+from .._source import user_line_in_traceback, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
-from .graph import graph_nodes
+from .graph import graph_nodes, node_source
 
 NUMERICS_CHECKED = signal(
     "numerics.checked",
@@ -480,9 +480,6 @@ class NumericsProbe(Probe):
             doctor._model_output = saved_output
 
 
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
-
-
 def loss_op_sources(root: torch.Tensor, limit: int = 4096) -> dict[str, list[str]]:
     """User lines that created the loss graph's non-finite-prone ops (log, div, sqrt, ...), read
     from the anomaly-mode tracebacks of the nodes; nodes without one (created outside the
@@ -491,18 +488,10 @@ def loss_op_sources(root: torch.Tensor, limit: int = 4096) -> dict[str, list[str
     for node in graph_nodes(root, limit):
         kind = type(node).__name__
         if kind in _RECOMPUTE:
-            src = _user_line(node.metadata.get("traceback_") or [])
+            src = node_source(node)
             if src and src not in out.setdefault(kind, []) and len(out[kind]) < 8:
                 out[kind].append(src)
     return out
-
-
-def _user_line(frames: list[str]) -> str | None:
-    for text in reversed(frames):  # innermost frame last
-        m = _FRAME.search(text)
-        if m and is_user_file(m["file"]):
-            return f"{relpath(m['file'])}:{m['line']}"
-    return None
 
 
 class _Tracer(TorchFunctionMode):
@@ -806,7 +795,7 @@ def _backward_replay(output: Any, out_grads: dict[int, torch.Tensor]) -> dict[st
             found: dict[str, Any] = {"backward_op": m.group(1) if m else None}
             for w in caught:
                 frames = str(w.message).splitlines()
-                src = _user_line(frames)
+                src = user_line_in_traceback(frames)
                 if src:
                     found["backward_source"] = src
                     break
