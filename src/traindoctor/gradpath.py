@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .probes.graph import node_source
+from ._graph import graph_nodes, node_source
 
 # A walk visits at most this many nodes (a small transformer's backward has ~10^4).
 MAX_NODES = 200_000
@@ -215,8 +215,6 @@ class Walk:
         self.handles: list[Any] = []
         self.stats: dict[int, tuple[Any, list[torch.Tensor]]] = {}
         self.truncated = False
-        from .probes.graph import graph_nodes  # here: probes/ imports this module
-
         if root.grad_fn is None:
             return
         for i, node in enumerate(graph_nodes(root, limit + 1)):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .._source import user_line_in_traceback
+from ._source import user_line_in_traceback
 
 
 def graph_nodes(root: torch.Tensor, limit: int) -> Iterator[object]:
