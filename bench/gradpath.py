@@ -2,18 +2,23 @@
 thousands of autograd nodes), against a plain backward, at growing depth to show the walk is
 linear in the number of nodes (no quadratic blow-up).
 
+Two walks: `full` hooks every node (what `explain_gradients` does), `focused` hooks the nodes
+that can carry a verdict: the traced loss code and ops that can zero a gradient (what the
+sampled walks of `watch()` do; the loss code is traced as watch() traces it).
+
     python bench/gradpath.py [--device cpu|cuda] [--layers 4 8 16 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 import torch.nn as nn
 
-from traindoctor.gradpath import explain_gradients
+from traindoctor.gradpath import Walk, explain_gradients, trace_lines
 
 
 class Block(nn.Module):
@@ -49,9 +54,14 @@ class TinyGPT(nn.Module):
         return self.head(x)
 
 
-def loss_of(model: nn.Module, idx: torch.Tensor, chunks: int) -> torch.Tensor:
+def loss_of(model: nn.Module, idx: torch.Tensor, chunks: int, traced: bool = False) -> torch.Tensor:
     # Per-chunk losses summed: many small ops in the loss code as well, like a detector's.
     logits = model(idx)
+    with trace_lines() if traced else contextlib.nullcontext():
+        return _chunked_loss(logits, idx, chunks)
+
+
+def _chunked_loss(logits: torch.Tensor, idx: torch.Tensor, chunks: int) -> torch.Tensor:
     parts = [
         nn.functional.cross_entropy(c.reshape(-1, c.shape[-1]), t.reshape(-1))
         for c, t in zip(logits.chunk(chunks, 1), idx.roll(-1, 1).chunk(chunks, 1))
@@ -59,29 +69,38 @@ def loss_of(model: nn.Module, idx: torch.Tensor, chunks: int) -> torch.Tensor:
     return torch.stack(parts).mean()
 
 
-def measure(layers: int, device: str, repeats: int = 3) -> dict[str, float]:
+def measure(layers: int, device: str, repeats: int = 5) -> dict[str, float]:
     torch.manual_seed(0)
     model = TinyGPT(layers).to(device)
     idx = torch.randint(0, 64, (4, 64), device=device)
-    plain, walk, nodes = [], [], 0
+    times: dict[str, list[float]] = {"plain": [], "full": [], "focused": []}
+    nodes = measured = 0
     for _ in range(repeats):
-        loss = loss_of(model, idx, 64)
-        _sync(device)
-        t0 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        plain.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-        loss = loss_of(model, idx, 64)
-        _sync(device)
-        t0 = time.perf_counter()
-        path = explain_gradients(loss)
-        _sync(device)
-        walk.append(time.perf_counter() - t0)
-        nodes = len(path.nodes)
-        model.zero_grad(set_to_none=True)
-    w, p = min(walk), min(plain)
-    return {"layers": layers, "nodes": nodes, "walk_s": w, "plain_s": p, "nodes_per_s": nodes / w}
+        for kind in times:
+            loss = loss_of(model, idx, 64, traced=kind == "focused")
+            _sync(device)
+            t0 = time.perf_counter()
+            if kind == "plain":
+                loss.backward()
+            elif kind == "full":
+                nodes = len(explain_gradients(loss).nodes)
+            else:
+                walk = Walk(loss, focus=True)
+                loss.backward()
+                measured = len(walk.finish().nodes)
+            _sync(device)
+            times[kind].append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    p, w, f = (min(times[k]) for k in ("plain", "full", "focused"))
+    return {
+        "layers": layers,
+        "nodes": nodes,
+        "measured": measured,
+        "walk_s": w,
+        "focused_s": f,
+        "plain_s": p,
+        "nodes_per_s": nodes / w,
+    }
 
 
 def _sync(device: str) -> None:
@@ -96,11 +115,15 @@ def main() -> None:
     args = ap.parse_args()
     rows = [measure(n, args.device) for n in args.layers]
     print(f"device {args.device}, torch {torch.__version__}")
-    print(f"{'layers':>6} {'nodes':>7} {'walk s':>8} {'plain s':>8} {'x plain':>8} {'nodes/s':>9}")
+    print(
+        f"{'layers':>6} {'nodes':>7} {'plain s':>8} {'full s':>8} {'x plain':>8} {'nodes/s':>9}"
+        f" {'focused':>8} {'measured':>8} {'x plain':>8}"
+    )
     for r in rows:
         print(
-            f"{r['layers']:>6} {r['nodes']:>7} {r['walk_s']:>8.3f} {r['plain_s']:>8.3f} "
-            f"{r['walk_s'] / r['plain_s']:>8.1f} {r['nodes_per_s']:>9.0f}"
+            f"{r['layers']:>6} {r['nodes']:>7} {r['plain_s']:>8.3f} {r['walk_s']:>8.3f} "
+            f"{r['walk_s'] / r['plain_s']:>8.2f} {r['nodes_per_s']:>9.0f} {r['focused_s']:>8.3f}"
+            f" {r['measured']:>8} {r['focused_s'] / r['plain_s']:>8.2f}"
         )
     first, last = rows[0], rows[-1]
     growth = (last["walk_s"] / first["walk_s"]) / (last["nodes"] / first["nodes"])

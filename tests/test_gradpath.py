@@ -148,3 +148,84 @@ def test_symptom_schedules_a_walk_on_the_next_step_and_report_renders(tmp_path):
     assert steps == [1, 4]
     md = (report.run_dir / "report.md").read_text()
     assert "## Gradient path" in md and "`clamp`" in md
+
+
+def test_zeroed_fraction_matches_brute_force_and_batched_flushes_agree(monkeypatch):
+    import traindoctor.gradpath as gradpath
+
+    torch.manual_seed(1)
+    w = torch.randn(40, 30, requires_grad=True)
+    upstream = (torch.rand(40, 30) > 0.25).float()  # entries with no gradient coming in
+    scaled = w * 3
+    clamped = scaled.clamp(-1, 1)
+    loss = (clamped * upstream).sum()
+    carried = upstream != 0
+    expected = (carried & (scaled.detach().abs() > 1)).sum() / carried.sum()
+    path = td.explain_gradients(loss)
+    (clamp,) = path.find("clamp")
+    assert clamp.zeroed == pytest.approx(expected.item(), abs=1e-6)
+    assert clamp.grad_in == pytest.approx(upstream.norm().item(), rel=1e-5)
+    # flushing the pending gradients every tensor gives the same numbers
+    monkeypatch.setattr(gradpath, "FLUSH_TENSORS", 1)
+    w.grad = None
+    again = td.explain_gradients((w * 3).clamp(-1, 1).mul(upstream).sum())
+    (clamp2,) = again.find("clamp")
+    assert (clamp2.zeroed, clamp2.grad_in, clamp2.grad_out) == pytest.approx(
+        (clamp.zeroed, clamp.grad_in, clamp.grad_out)
+    )
+
+
+def test_focused_walk_hooks_fewer_nodes_and_keeps_every_verdict():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(20)])
+    x = torch.randn(16, 8)
+    mask = (torch.rand(16, 8) > 0.3).float()
+    out = model(x)
+    with td.trace_lines():
+        loss = _loss(torch.nn.Identity(), out, mask)
+    full = td.explain_gradients(loss)
+    out = model(x)
+    with td.trace_lines():
+        loss = _loss(torch.nn.Identity(), out, mask)
+    walk = Walk(loss, focus=True)
+    loss.backward()
+    focused = walk.finish()
+    assert focused.visited == full.visited and len(focused.nodes) < len(full.nodes) / 4
+    judged = [(n.op, n.verdict, n.zeroed, n.source) for n in full.nodes if n.verdict != PASSES]
+    kept = [(n.op, n.verdict, n.zeroed, n.source) for n in focused.nodes if n.verdict != PASSES]
+    assert judged and kept == judged
+    assert "that can block measured" in str(focused)
+
+
+class _Fails(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("user backward failed")
+
+
+def test_collector_state_restored_even_when_the_backward_raises(tmp_path):
+    import gc
+
+    w = torch.randn(3, requires_grad=True)
+    td.explain_gradients((w * 2).sum())
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="user backward failed"):
+        td.explain_gradients(_Fails.apply(w).sum())
+    assert gc.isenabled()
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    with pytest.raises(RuntimeError, match="user backward failed"):
+        _Fails.apply(model(torch.randn(8, 4))).mean().backward()  # step 1's walk is cut short
+    opt.zero_grad()
+    for _ in range(3):
+        model(torch.randn(8, 4)).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert gc.isenabled()
+    report = doc.close()
+    assert gc.isenabled() and not report.internal_errors

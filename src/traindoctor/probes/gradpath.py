@@ -1,9 +1,11 @@
 """Gradient path: on sampled steps, walk the user's own backward node by node.
 
 On step 1, every `GRADPATH_EVERY` steps after it, and on the step after TD107/TD108 first
-fires, hooks go on every autograd node of the loss graph just before the user's backward runs
-(`on_backward`) and come off right after it (`on_after_backward`); they return None, so no
-gradient changes. The loss code of those steps runs under anomaly mode (metadata only, no NaN
+fires, hooks go on the autograd nodes of the loss graph that can carry a verdict (every node
+the loss code created, and anywhere an op that can zero a gradient: clamp, where, relu, mul,
+round, ...) just before the user's backward runs (`on_backward`), and come off right after it
+(`on_after_backward`); they return None, so no gradient changes. The rest of the model's
+backward runs unhooked: a walk costs a fraction of a backward, not several. The loss code of those steps runs under anomaly mode (metadata only, no NaN
 checks) from the model's forward to the backward, so each node knows its source line. The
 per-node norms stay on the device and are read back in one transfer per device; the facts go
 into the timeline as a `gradient_path` event (host values only).
@@ -21,7 +23,7 @@ from ..gradpath import BLOCKS, MASK, PARTLY, Walk
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
 
-GRADPATH_EVERY = 1000  # a full walk costs about one extra backward: rare after step 1
+GRADPATH_EVERY = 1000  # a walk costs up to about one extra backward: rare after step 1
 SYMPTOMS = ("TD107", "TD108")  # a stuck loss: walk the next step to say where the gradient goes
 MAX_WALKS = 8
 MAX_EVENT_NODES = 120
@@ -61,6 +63,9 @@ class GradPathProbe(Probe):
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._remove_window_hooks()
         self._close_window()
+        if self._walk is not None:  # its backward raised: drop the walk, hooks and all
+            self._walk.remove()
+            self._walk = None
         ctx = self.ctx
         if ctx is None or not self._is_due(step):
             return
@@ -107,7 +112,7 @@ class GradPathProbe(Probe):
         self._walked.add(step)
         self._walks += 1
         self._walk_step = step
-        self._walk = Walk(root)
+        self._walk = Walk(root, focus=True)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         walk, self._walk = self._walk, None
@@ -132,7 +137,8 @@ class GradPathProbe(Probe):
         rec.event(
             step,
             "gradient_path",
-            nodes_walked=len(path.nodes),
+            nodes_walked=path.visited,
+            nodes_measured=len(path.nodes),
             truncated=path.truncated,
             seconds=round(path.seconds, 5),
             reference_grad=ref,

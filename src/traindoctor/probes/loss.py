@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._graph import graph_nodes
 from .._source import call_site, relpath, user_source_with_code
 from ..timeline import signal
 from .base import Probe, Recorder
-from .._graph import graph_nodes
 from .parts import LOSS_PARTS_GRAD, PartsMeter
 
 LOSS_BACKWARD = signal("loss.backward", "per step: list of backward-root values, scaler removed")

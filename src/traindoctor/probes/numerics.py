@@ -34,10 +34,10 @@ from typing import Any, ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .._graph import graph_nodes, node_source
 from .._source import user_line_in_traceback, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
-from .._graph import graph_nodes, node_source
 
 NUMERICS_CHECKED = signal(
     "numerics.checked",

@@ -19,8 +19,9 @@ def render_gradient_path(tl: Timeline) -> list[str]:
         "## Gradient path",
         "",
         f"Backward of step {e['step']}, walked node by node ({e.get('nodes_walked', 0)} "
-        f"autograd nodes, {1000 * (e.get('seconds') or 0):.1f} ms). Rows: ops created by the "
-        "loss code and ops that zero gradient.",
+        f"autograd nodes, {e.get('nodes_measured', e.get('nodes_walked', 0))} measured, "
+        f"{1000 * (e.get('seconds') or 0):.1f} ms). Rows: ops created by the loss code and ops "
+        "that zero gradient.",
         "",
         "| # | op | source | grad in | grad out | zeroed | verdict |",
         "|---|---|---|---|---|---|---|",
