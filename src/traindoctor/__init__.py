@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "watch",
+    "evaluate",
     "explain_gradients",
     "trace_lines",
     "GradientPath",
@@ -30,6 +31,7 @@ __all__ = [
 # importing torch (seconds); the rules themselves never import torch.
 _LAZY = {
     "watch": ".api",
+    "evaluate": ".evaluation",
     "explain_gradients": ".gradpath",
     "trace_lines": ".gradpath",
     "GradientPath": ".gradpath",

@@ -40,6 +40,9 @@ def is_user_file(filename: str) -> bool:
         # `validating`) and the `demo.py` runner stand in for traindoctor's API, so the user
         # line is their caller's.
         user = os.path.basename(path) not in ("_base.py", "demo.py")
+    elif f"{os.sep}site-packages{os.sep}" in path or f"{os.sep}dist-packages{os.sep}" in path:
+        # Installed libraries (bitsandbytes, timm, ...): the user's line is their caller's.
+        user = False
     elif (
         path.startswith((_PKG_DIR, _TORCH_DIR))
         or path.startswith(_STDLIB_DIR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 import time
 import traceback
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,18 @@ from .rules._registry import Rule, all_rules, select
 from .timeline import Timeline
 
 READBACK_EVERY = 25
+
+
+# Rules that can judge a run that never attached (it failed in setup).
+SETUP_TIME_RULES = ("TD501", "TD502")
+
+# Open doctors, oldest first: `evaluate()` finds the one watching the model it validates.
+_OPEN: list[weakref.ref[Doctor]] = []
+
+
+def open_doctors() -> list[Doctor]:
+    """The attached doctors that are not closed yet, oldest first."""
+    return [d for r in _OPEN if (d := r()) is not None and not d._closed]
 
 
 def diagnose_due(step: int, structural_steps: int = 3) -> bool:
@@ -84,6 +97,7 @@ class Doctor:
         self._handles: list[Any] = []
         self._watched_scaler: Any = None
         self._validating = 0
+        self._switching_modes = False  # validating() itself calls eval(): not the user's call
         self._validations = 0
         self._primary_stepped = False
         self._model_output: dict[str, Any] | None = None
@@ -133,6 +147,7 @@ class Doctor:
             self._listening = True
         self._prepare_step()
         self._structure_check()
+        _OPEN.append(weakref.ref(self))
 
     def add_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """Zero-code mode: an optimizer that appeared after attach."""
@@ -365,9 +380,15 @@ class Doctor:
         modes = [(m, m.training) for t in targets for m in t.modules()]
         self._validations += 1
         self.timeline.event(self.step, "validation", index=self._validations)
-        for t in targets:
-            t.eval()
+        self._switching_modes = True
+        try:
+            for t in targets:
+                t.eval()
+        finally:
+            self._switching_modes = False
         self._validating += 1
+        if not self._closed:
+            self._dispatch("on_validation", self.step, model, self.rec)
         try:
             with torch.no_grad():
                 yield self
@@ -379,7 +400,14 @@ class Doctor:
     def diagnose(self) -> list[Finding]:
         """Run every rule over the timeline; a rule that raises is recorded, never propagated."""
         if self._ctx is None:
-            self.findings = []
+            # Nothing attached (the script failed in its setup): only the rules that judge
+            # setup-time facts can speak (a requires_grad request on 4-bit params, TD501).
+            rules = [r for r in self.rules if r.code in SETUP_TIME_RULES]
+            if not self.timeline.events("grad_on_non_float") or not rules:
+                self.findings = []
+                return self.findings
+            self.timeline.facts.setdefault("models", {})
+            self.findings = diagnose(self.timeline, rules, self.guard, self.findings)
             return self.findings
         failed = {
             signal
@@ -456,6 +484,7 @@ class Doctor:
         }
 
     def _detach(self) -> None:
+        _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]
         if self._listening:
             _patches.remove_backward_listener(self._on_backward, self._after_backward)
             self._listening = False

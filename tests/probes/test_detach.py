@@ -62,7 +62,8 @@ def test_per_step_hooks_are_gone_after_the_structural_phase(tmp_path):
 
     def look(step):
         # After step 3 closes, the per-module forward hooks are removed; only the root keeps
-        # the numerics probe's one hook (references to dL/d output, for an autopsy). Gradients
+        # the numerics probe's hook (references to dL/d output, for an autopsy) and the modes
+        # probe's (one is_grad_enabled() check: validation forwards in train mode). Gradients
         # are read from the backward listener with fused ops: no per-parameter hook, ever.
         seen[step] = (
             sum(len(m._forward_hooks) for m in model.modules() if m is not model),
@@ -72,8 +73,8 @@ def test_per_step_hooks_are_gone_after_the_structural_phase(tmp_path):
 
     train(model, opt, 5, doc=doc, on_step=look)
     doc.close()
-    assert seen[3] == (0, 1, 0)
-    assert seen[4] == (0, 1, 0)
+    assert seen[3] == (0, 2, 0)
+    assert seen[4] == (0, 2, 0)
     assert seen[1][0] > 0 and seen[1][2] == 0
 
 

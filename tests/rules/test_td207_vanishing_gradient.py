@@ -49,3 +49,24 @@ def test_embedding_tables_are_not_judged():
     assert_silent("TD207", tl)
     tl.facts["module_types"]["layers.0"] = "Linear"
     assert_fires("TD207", tl)
+
+
+def test_lora_a_adapters_are_not_judged():
+    # PEFT starts lora_B at 0: lora_A's gradient is 0, then tiny, by design.
+    layers = ["q.lora_A.default", "q.lora_B.default", "k.lora_A.default", "k.lora_B.default"]
+    layers += ["v.lora_B.default", "head"]
+    params = [f"{layer}.weight" for layer in layers]
+
+    def tl(names):
+        rel = [1e-7, 0.03, 1e-7, 0.04, 0.05, 0.2]
+        step = {
+            "grads.norm": {f"{n}.weight": r * 2.0 for n, r in zip(names, rel)},
+            "params.norm": {f"{n}.weight": 2.0 for n in names},
+        }
+        return make_timeline(
+            params=[f"{n}.weight" for n in names], steps=dict.fromkeys((1, 2, 3, 10), step)
+        )
+
+    assert_silent("TD207", tl(layers))
+    plain = [n.replace("lora_A", "down") for n in layers]
+    assert params and assert_fires("TD207", tl(plain))

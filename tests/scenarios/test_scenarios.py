@@ -40,6 +40,8 @@ def _params(scenarios):
 
 
 def _run(scenario, tmp_path, watch):
+    if scenario.missing:
+        pytest.skip(f"{scenario.name} needs {', '.join(scenario.missing)} (not installed)")
     report = run_scenario(scenario, out_dir=tmp_path, watch=watch)
     assert not report.internal_errors, report.internal_errors
     return report
@@ -110,6 +112,8 @@ def test_every_gradient_flow_rule_has_a_scenario():
 @pytest.mark.parametrize("scenario", _params(SCENARIOS))
 def test_scenario_runs_as_a_plain_script(scenario):
     """Without traindoctor the script trains (or crashes the way it is meant to), quickly."""
+    if scenario.missing:
+        pytest.skip(f"{scenario.name} needs {', '.join(scenario.missing)} (not installed)")
     t0 = time.perf_counter()
     if scenario.raises is not None:
         with pytest.raises(scenario.raises):

@@ -19,6 +19,7 @@ from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
 from .. import _patches
+from ..probes.audit import watch_requires_grad
 from .._source import user_source
 from ..doctor import Doctor
 from ..probes.forward import output_facts
@@ -59,6 +60,9 @@ class ZeroCodeSession:
         self._install_forward_hooks()
         self._patch_grad_scaler()
         _patches.add_backward_listener(self._on_backward)
+        # From the first line of the script: setting requires_grad on quantized params
+        # usually happens in setup, before any optimizer or backward exists (TD501).
+        self._handles.append(watch_requires_grad(self.doctor))
 
     def uninstall(self) -> None:
         _patches.remove_backward_listener(self._on_backward)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from .activations import ActivationsProbe
 from .amp import AmpProbe
+from .audit import AuditProbe
 from .base import Probe
 from .forward import ForwardProbe
 from .gradpath import GradPathProbe
 from .grads import GradsProbe
 from .init import InitProbe
 from .loss import LossProbe
+from .metrics import MetricsProbe
+from .modes import ModesProbe
 from .numerics import NumericsProbe
 from .optim import OptimProbe
 from .params import ParamsProbe
@@ -26,6 +29,9 @@ PROBES: tuple[type[Probe], ...] = (
     NumericsProbe,
     GradPathProbe,
     ActivationsProbe,
+    MetricsProbe,
+    ModesProbe,
+    AuditProbe,
 )
 
 

@@ -221,6 +221,9 @@ class Probe:
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         """Called when step `step` opens; install per-step hooks here for sampled steps."""
 
+    def on_validation(self, step: int, model: torch.nn.Module | None, rec: Recorder) -> None:
+        """When `doc.validating(model)` starts (model None: the watched models)."""
+
     def detach(self) -> None:
         for h in self.handles:
             h.remove()

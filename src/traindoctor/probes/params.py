@@ -74,10 +74,17 @@ class ParamsProbe(Probe):
         # Names follow the model as it is now: a replaced tensor loses its name.
         ctx.param_names.clear()
         ctx.param_names.update({id(p): name for name, p in current})
+        present = set()
         for name, p in current:
+            present.add(name)
             entry = inventory.get(name)
             if entry is not None:
                 entry["requires_grad"] = bool(p.requires_grad)
+        for name, entry in inventory.items():
+            if name not in present:
+                # The module was removed (fused away, deleted): no longer trainable here.
+                entry["removed"] = True
+                entry["requires_grad"] = False
         self._note_trainable(step, inventory, rec)
 
     def _note_trainable(self, step: int, inventory: dict, rec: Recorder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .audit import render_audit
 from .gradpath import render_gradient_path
 from .model import Report
 from .numerics import render_numerics
@@ -37,6 +38,7 @@ def render_markdown(report: Report) -> str:
             f"- **Docs:** `{f.docs}`",
             "",
         ]
+    lines += render_audit(report.findings)
     if report.timeline is not None:
         lines += render_numerics(report.timeline)
         lines += render_gradient_path(report.timeline)

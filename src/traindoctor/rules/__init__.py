@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from .eval_hygiene import (
+    eval_mode_during_training,
+    evaluated_model_frozen,
+    inference_tensor_params,
+    metric_stuck,
+    metric_undefined,
+    train_mode_during_validation,
+)
 from .grad_flow import (
     accumulation_scaling_inconsistent,
     grads_never_zeroed,
@@ -29,6 +37,7 @@ from .numerics import (
     poor_initialization,
     vanishing_gradient,
 )
+from .setup import grad_on_non_float, trainable_audit
 
 CATALOG = (
     loss_not_differentiable,  # TD101
@@ -57,4 +66,12 @@ CATALOG = (
     detached_branch,  # TD302
     dead_relu,  # TD303
     saturated_activation,  # TD304
+    inference_tensor_params,  # TD401
+    eval_mode_during_training,  # TD402
+    train_mode_during_validation,  # TD403
+    evaluated_model_frozen,  # TD405
+    metric_stuck,  # TD404
+    metric_undefined,  # TD406
+    grad_on_non_float,  # TD501
+    trainable_audit,  # TD502
 )

@@ -30,10 +30,19 @@ class Scenario:
     # Modes whose verdict is asserted: a rule fed by doc.log(parts=...) has nothing to read in
     # zero-code mode, where the script calls no traindoctor API.
     modes: tuple[str, ...] = ("zero-code", "watch")
+    # Optional libraries train() imports (transformers, peft, bitsandbytes): skipped without.
+    requires: tuple[str, ...] = ()
 
     @property
     def healthy(self) -> bool:
         return not self.expect
+
+    @property
+    def missing(self) -> list[str]:
+        """The libraries in `requires` that cannot be imported here."""
+        import importlib.util
+
+        return [r for r in self.requires if importlib.util.find_spec(r) is None]
 
 
 def log(doc: Any, **values: Any) -> None:

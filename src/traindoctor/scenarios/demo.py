@@ -63,6 +63,9 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
     t0 = time.perf_counter()
     misses = 0
     for s in scenarios:
+        if s.missing:
+            console.print(f"[dim]- {s.name}: skipped, needs {', '.join(s.missing)}[/dim]")
+            continue
         t1 = time.perf_counter()
         # Zero-code mode unless the scenario needs the API (named loss parts, say).
         watch = "zero-code" not in s.modes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import statistics
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ from .._util import ended
 from ._layers import fmt, layer_order, layer_series, params_of
 
 SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
+LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
 
 
 @rule(
@@ -63,7 +66,8 @@ def vanishing_gradient(
 
     ## Known false positives
     Embedding tables (`nn.Embedding`, `nn.EmbeddingBag`) are not judged: a batch updates only
-    the rows it uses, so their relative gradient is small by design. Layers frozen on purpose by a zero learning rate get small
+    the rows it uses, so their relative gradient is small by design; nor are LoRA `lora_A`
+    adapters, whose gradient is 0 at first because `lora_B` starts at 0. Layers frozen on purpose by a zero learning rate get small
     gradients by design; a pretrained backbone fine-tuned with a new head can have a relative
     gradient one or two orders below the head's during the first steps.
     """
@@ -75,6 +79,8 @@ def vanishing_gradient(
     for layer, series in grads.items():
         if types.get(layer) in SPARSE_BY_DESIGN:
             continue  # a batch touches a few rows of an embedding table: small by design
+        if LORA_A.search(layer):
+            continue  # LoRA's B starts at 0, so A's gradient is 0 then tiny: by design
         pn = dict(pnorms.get(layer, []))
         for step, g in series:
             p = pn.get(step)

@@ -1,0 +1,294 @@
+"""Modes and contamination: train/eval mode at each optimizer step, who switched it, validation
+forwards run in train mode, params that became inference tensors, and fingerprints of the
+models that `doc.validating()` evaluates.
+
+Only mode-sensitive modules matter for train/eval (BatchNorm and InstanceNorm with running
+stats, Dropout with p > 0): a model without them computes the same in both modes.
+
+Costs: per step, one pass over the cached list of mode-sensitive modules (a bool each); per
+training forward, one `torch.is_grad_enabled()` check; per `inference_mode` region in which a
+watched model ran, one pass over its params (`is_inference()`); per validation, one fused norm
+of the evaluated and trained params, read back with everything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .. import _mode_patches
+from .._source import user_source
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder
+
+MODES_EVAL = signal(
+    "modes.eval_at_step",
+    "per step where it changed: {'eval': [mode-sensitive modules in eval mode at the optimizer "
+    "step], 'count': n, 'roots_training': {model: bool}}",
+)
+VALIDATED_FP = signal(
+    "modes.validated_fingerprint",
+    "per validation (appended): per-param norms of the model doc.validating() evaluates",
+)
+TRAINED_FP = signal(
+    "modes.trained_fingerprint",
+    "per validation (appended): per-param norms of the watched (trained) models at that moment",
+)
+MAX_EVENTS = 100
+MAX_NAMES = 50
+
+
+def mode_sensitive(module: torch.nn.Module) -> bool:
+    """Whether train/eval mode changes what the module computes."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return True
+    if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm):
+        return bool(module.track_running_stats)
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return False
+
+
+class ModesProbe(Probe):
+    name = "modes"
+    provides: ClassVar[tuple[str, ...]] = (MODES_EVAL, VALIDATED_FP, TRAINED_FP)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sensitive: list[tuple[str, str, torch.nn.Module]] = []  # (root, name, module)
+        self._names: dict[int, str] = {}  # id(module) -> qualified name, watched modules
+        self._roots: dict[int, str] = {}
+        self._last_eval: tuple[str, ...] | None = None
+        self._events = 0
+        self._nograd_forwards = 0
+        self._phase_reported = False
+        self._region_source: str | None = None
+        self._region_step = 0
+        self._forward_in_region = False
+        self._inference_seen: set[str] = set()
+        self._listening = False
+        self._train_listener: Any = None
+
+    # -- structure ------------------------------------------------------------------------
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        self._index()
+        rec.timeline.facts["modes"] = {"sensitive": len(self._sensitive), "steps_in_eval": 0}
+        for prefix, model in ctx.models.items():
+            self._roots[id(model)] = prefix.rstrip(".") or "<model>"
+            self.handles.append(
+                model.register_forward_hook(ctx.hook("probe modes", self._on_forward))
+            )
+        self._train_listener = ctx.hook("probe modes", self._on_train_call)
+        _mode_patches.add_train_listener(self._train_listener)
+        _mode_patches.add_region_listener(self)
+        self._listening = True
+        self._scan_inference(1, rec, "attach")
+
+    def _index(self) -> None:
+        assert self.ctx is not None
+        self._sensitive.clear()
+        self._names.clear()
+        for prefix, model in self.ctx.models.items():
+            root = prefix.rstrip(".") or "<model>"
+            for name, m in model.named_modules():
+                qualified = f"{prefix}{name}" if name else root
+                self._names[id(m)] = qualified
+                if mode_sensitive(m):
+                    self._sensitive.append((root, qualified, m))
+
+    # -- per step -------------------------------------------------------------------------
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._nograd_forwards = 0
+        self._phase_reported = False
+        if sampled:
+            self._index()  # modules replaced (fused, swapped heads) since the last look
+            self._scan_inference(step, rec, "sampled step")
+
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        self._nograd_forwards = 0
+        self._phase_reported = False
+
+    def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        in_eval = tuple(name for _, name, m in self._sensitive if not m.training)
+        if in_eval:
+            facts = rec.timeline.facts["modes"]
+            facts["steps_in_eval"] = facts.get("steps_in_eval", 0) + 1
+        if in_eval != self._last_eval:
+            self._last_eval = in_eval
+            assert self.ctx is not None
+            rec.record(
+                step,
+                MODES_EVAL,
+                {
+                    "eval": list(in_eval[:MAX_NAMES]),
+                    "count": len(in_eval),
+                    "sensitive": len(self._sensitive),
+                    "roots_training": {
+                        (p.rstrip(".") or "<model>"): bool(m.training)
+                        for p, m in self.ctx.models.items()
+                    },
+                },
+            )
+
+    # -- who switched modes ---------------------------------------------------------------
+    def _on_train_call(self, module: torch.nn.Module, mode: bool) -> None:
+        ctx = self.ctx
+        if ctx is None or self._events >= MAX_EVENTS or ctx.doctor._switching_modes:
+            return
+        name = self._names.get(id(module))
+        if name is None:
+            return
+        if id(module) in self._roots:
+            self._index()  # a root switching modes is rare: refresh what it contains
+        self._events += 1
+        ctx.doctor.rec.event(
+            ctx.doctor.step,
+            "mode_call",
+            module=name,
+            root=id(module) in self._roots,
+            training=mode,
+            validating=ctx.doctor._validating > 0,
+            source=user_source(2),
+        )
+
+    # -- validation forwards --------------------------------------------------------------
+    def _on_forward(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        if torch.is_grad_enabled():
+            return  # a training forward: nothing to look at
+        if torch.is_inference_mode_enabled():
+            self._forward_in_region = True
+        self._nograd_forwards += 1
+        ctx = self.ctx
+        if self._phase_reported or ctx is None:
+            return
+        # One no-grad forward between steps is often deliberate (pseudo-labels, a teacher
+        # pass); a validation is a run of them, or anything inside doc.validating().
+        if self._nograd_forwards < 2 and not ctx.doctor._validating:
+            return
+        root = self._roots.get(id(module))
+        if not any(r == root and m.training for r, _, m in self._sensitive):
+            return
+        self._index()  # modules fused away or swapped since the last look must not count
+        training = [n for r, n, m in self._sensitive if r == root and m.training]
+        if not training or self._events >= MAX_EVENTS:
+            return
+        self._phase_reported = True
+        self._events += 1
+        ctx.doctor.rec.event(
+            ctx.doctor.step,
+            "validation_in_train_mode",
+            model=root,
+            modules=training[:MAX_NAMES],
+            count=len(training),
+            forwards=self._nograd_forwards,
+            validating=ctx.doctor._validating > 0,
+            source=user_source(2),
+        )
+
+    # -- inference_mode regions (called by _mode_patches) ---------------------------------
+    def region_enter(self) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        ctx.doctor.guard.call("probe modes", self._enter_region)
+
+    def _enter_region(self) -> None:
+        assert self.ctx is not None
+        ctx = self.ctx
+        self._region_source = user_source(2)
+        self._region_step = ctx.doctor.step
+        self._forward_in_region = False
+
+    def region_exit(self) -> None:
+        ctx = self.ctx
+        if ctx is None or not self._forward_in_region:
+            return  # no watched model ran inside: the sampled-step scan covers the rest
+        self._forward_in_region = False
+        ctx.doctor.guard.call(
+            "probe modes", self._scan_inference, ctx.doctor.step, ctx.doctor.rec, "region"
+        )
+
+    def _scan_inference(self, step: int, rec: Recorder, when: str) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        params = [
+            f"{prefix}{n}"
+            for prefix, model in ctx.models.items()
+            for n, p in model.named_parameters()
+            if p.is_inference()
+        ]
+        buffers = [
+            f"{prefix}{n}"
+            for prefix, model in ctx.models.items()
+            for n, b in model.named_buffers()
+            if b.is_inference()
+        ]
+        new = set(params + buffers) - self._inference_seen
+        if not new:
+            return
+        self._inference_seen |= new
+        held = ctx.doctor.optimizer_param_ids()
+        in_optimizer = [
+            f"{prefix}{n}"
+            for prefix, model in ctx.models.items()
+            for n, p in model.named_parameters()
+            if p.is_inference() and id(p) in held
+        ]
+        rec.event(
+            step,
+            "inference_tensors",
+            params=params[:MAX_NAMES],
+            buffers=buffers[:MAX_NAMES],
+            count=len(params) + len(buffers),
+            in_optimizer=in_optimizer[:MAX_NAMES],
+            region_source=self._region_source,
+            region_step=self._region_step if self._region_source else None,
+            found_at=when,
+        )
+
+    # -- doc.validating() -----------------------------------------------------------------
+    def on_validation(self, step: int, model: torch.nn.Module | None, rec: Recorder) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        targets = [model] if model is not None else list(ctx.models.values())
+        evaluated = [p.detach() for t in targets for p in t.parameters()]
+        trained = [p.detach() for _, p in ctx.named_params()]
+        is_trained = {id(p) for p in evaluated} <= {id(p) for p in trained}
+        if model is None:
+            name = "<watched models>"
+        elif id(model) in self._roots:
+            name = self._roots[id(model)]
+        else:
+            name = f"a {type(model).__name__} that is not a watched model"
+        rec.event(
+            step,
+            "validated_model",
+            model=name,
+            is_trained_model=bool(evaluated) and is_trained,
+            params=len(evaluated),
+            source=user_source(),
+        )
+        for tensors, sig in ((evaluated, VALIDATED_FP), (trained, TRAINED_FP)):
+            floats = [t for t in tensors if t.is_floating_point()]
+            if floats:
+                with torch.no_grad():
+                    norms = torch._foreach_norm(floats)
+                for device_norms in _by_device(norms):
+                    rec.defer(step, sig, torch.stack(device_norms).float(), append=True)
+
+    def detach(self) -> None:
+        super().detach()
+        if self._listening:
+            _mode_patches.remove_train_listener(self._train_listener)
+            _mode_patches.remove_region_listener(self)
+            self._listening = False
+
+
+def _by_device(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
+    out: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        out.setdefault(t.device, []).append(t)
+    return list(out.values())

@@ -1,0 +1,1 @@
+"""Evaluation hygiene rules (TD4xx): modes, validation, contamination, metrics."""

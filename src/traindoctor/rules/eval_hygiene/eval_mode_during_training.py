@@ -1,0 +1,133 @@
+"""TD402 eval-mode-during-training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import common_module
+
+
+def _switch_call(tl: TimelineView, onset: int) -> dict[str, Any] | None:
+    """The user's last `.eval()`/`.train(False)` call at or before the onset step."""
+    calls = [
+        e
+        for e in tl.events("mode_call")
+        if not e.get("training") and e["step"] <= onset and not e.get("validating")
+    ]
+    return calls[-1] if calls else None
+
+
+@rule(
+    code="TD402",
+    name="eval-mode-during-training",
+    severity=Severity.ERROR,
+    summary="The optimizer steps while BatchNorm/Dropout modules are in eval mode.",
+    requires=("modes.eval_at_step",),
+    priority=15,
+)
+def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Optimizer steps taken while mode-sensitive modules of the trained model (BatchNorm,
+    InstanceNorm with running stats, Dropout with p > 0) are in eval mode: the model was put in
+    eval mode (by a validation, a callback, a helper) and never put back in train mode, or was
+    never in train mode. Names the modules, the first step, how many steps, and the line of the
+    `.eval()` call when it was seen.
+
+    ## Why it matters
+    In eval mode BatchNorm normalizes with its running statistics and stops updating them, and
+    Dropout is off: the model trains a different function from the one you designed,
+    regularization is gone, and with small batches or a shifting input distribution training
+    degrades or diverges. It typically starts right after the first validation.
+
+    ## How it is measured
+    Each step, before the optimizer step, the `training` flag of every mode-sensitive module of
+    the watched models is read (a cached list, a bool each). Calls to `Module.train()`/`.eval()`
+    on watched modules are recorded with their source line (the outermost call only;
+    `doc.validating()`'s own switching is not counted). A subset of modules put in eval mode
+    from the first step while the model itself trains (a deliberate BatchNorm freeze) is not
+    reported.
+
+    ## Example
+    ```python
+    def validate(model):
+        model.eval()                       # never switched back
+        ...
+    for epoch in range(epochs):
+        train_one_epoch(model)             # epochs 2+ train in eval mode
+        validate(model)
+    ```
+
+    ## Fix
+    ```python
+    model.train()                          # at the start of every training epoch
+    # or validate with `with doc.validating(model):`, which restores every module's mode
+    ```
+
+    ## Known false positives
+    Freezing BatchNorm statistics on purpose midway through training (calling `.eval()` on BN
+    layers after some epochs) is reported; ignore TD402 then.
+    """
+    changes = tl.series("modes.eval_at_step")
+    if not changes:
+        return
+    onset = None
+    for step, info in changes:
+        names = info.get("eval") or []
+        if not names:
+            continue
+        roots_off = [r for r, on in (info.get("roots_training") or {}).items() if not on]
+        first_step = step == changes[0][0] and step <= 1
+        # A partial freeze from the very first step while the model trains is deliberate.
+        if roots_off or not first_step:
+            onset = (step, info, roots_off)
+            break
+    if onset is None:
+        return
+    step, info, roots_off = onset
+    names = info.get("eval") or []
+    count = info.get("count", len(names))
+    sensitive = info.get("sensitive", count)
+    steps_in_eval = (tl.fact("modes") or {}).get("steps_in_eval", 0)
+    call = _switch_call(tl, step)
+    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    since = (
+        f" `{call['module']}` was switched to eval mode at {call['source']} (step {call['step']})"
+        " and not switched back."
+        if call and call.get("source")
+        else ""
+    )
+    whole = f"the whole model (`{'`, `'.join(roots_off)}`)" if roots_off else f"{shown}"
+    validations = [e["step"] for e in tl.events("validation")]
+    after_val = next((s for s in validations if s <= step), None)
+    yield tl.finding(
+        title=f"{steps_in_eval} optimizer step(s) taken with {count}/{sensitive} "
+        "BatchNorm/Dropout modules in eval mode",
+        step=step,
+        evidence={
+            "modules_in_eval": names[:20],
+            "count": count,
+            "mode_sensitive_modules": sensitive,
+            "first_step": step,
+            "steps_in_eval": steps_in_eval,
+            "models_in_eval_mode": roots_off,
+            "switched_at": call.get("source") if call else None,
+            "after_validation_at_step": after_val,
+        },
+        where=Where(
+            module=(roots_off[0] if roots_off else common_module([f"{n}.x" for n in names])),
+            source=call.get("source") if call else None,
+        ),
+        cause=(
+            f"From step {step}, {whole} trained in eval mode: BatchNorm normalizes with frozen "
+            "running statistics and Dropout is off while the optimizer steps." + since
+        ),
+        fix=(
+            "Call `model.train()` at the start of each training epoch (after validation), or "
+            "validate inside `with doc.validating(model):`, which restores every module's mode."
+        ),
+    )

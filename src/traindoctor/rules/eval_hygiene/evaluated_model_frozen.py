@@ -1,0 +1,97 @@
+"""TD405 evaluated-model-frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+
+MIN_VALIDATIONS = 3
+
+
+@rule(
+    code="TD405",
+    name="evaluated-model-frozen",
+    severity=Severity.ERROR,
+    summary="The model being validated never changes while the trained model does.",
+    requires=("modes.validated_fingerprint", "modes.trained_fingerprint", "loss.val"),
+    priority=20,
+)
+def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Across several `doc.validating(model)` calls, the evaluated model's parameters are
+    bit-identical every time while the trained model's parameters change: the validation
+    looks at a copy that is never updated (an EMA whose `update()` is never called or is
+    called on another object, a `copy.deepcopy` taken once, a checkpoint loaded once).
+
+    ## Why it matters
+    Every validation number describes the same frozen weights: the validation loss is
+    constant to the last digit and metrics never move, so model selection, early stopping and
+    learning-rate schedules driven by them are blind. Training may be fine; the report of it
+    is not.
+
+    ## How it is measured
+    When `doc.validating(model)` starts, the per-parameter norms of the evaluated model and of
+    the watched models are taken with one fused norm each and read back with the step's other
+    values (no extra sync). Fires when the evaluated model's fingerprint is bit-identical over
+    at least 3 validations while the trained models' fingerprint changed.
+
+    ## Example
+    ```python
+    ema = copy.deepcopy(model)
+    ...
+    optimizer.step()
+    # ema.update(model) is missing
+    with doc.validating(ema):
+        val_loss = criterion(ema(x_val), y_val)
+    ```
+
+    ## Fix
+    ```python
+    optimizer.step()
+    ema.update(model)                      # after every optimizer step
+    ```
+
+    ## Known false positives
+    Evaluating a fixed reference model (a baseline or teacher) on purpose with
+    `doc.validating(reference)`.
+    """
+    evaluated = [fp for _, fps in tl.series("modes.validated_fingerprint") for fp in fps]
+    trained = [fp for _, fps in tl.series("modes.trained_fingerprint") for fp in fps]
+    models = [e for e in tl.events("validated_model") if not e.get("is_trained_model")]
+    if len(evaluated) < MIN_VALIDATIONS or len(models) < MIN_VALIDATIONS:
+        return
+    if any(fp != evaluated[0] for fp in evaluated):
+        return
+    if len(trained) < 2 or all(fp == trained[0] for fp in trained):
+        return  # nothing trained either: not this rule's business (TD104/TD105)
+    name = models[-1].get("model")
+    steps = [e["step"] for e in models]
+    val_losses = [v for _, vs in tl.series("loss.val") for v in (vs or [])]
+    constant_loss = len(val_losses) >= 2 and len(set(val_losses)) == 1
+    yield tl.finding(
+        title=f"The validated model ({name}) never changed over {len(evaluated)} validations",
+        step=steps[MIN_VALIDATIONS - 1],
+        evidence={
+            "validated_model": name,
+            "validations": len(evaluated),
+            "validation_steps": steps[:20],
+            "evaluated_params": models[-1].get("params"),
+            "trained_model_changed": True,
+            "validation_loss_constant": constant_loss,
+        },
+        where=Where(module=None if " " in name else name, source=models[0].get("source")),
+        cause=(
+            f"Every validation (steps {steps[0]}..{steps[-1]}) evaluated {name} with exactly "
+            "the same parameters while the trained model changed: it is a copy that is never "
+            "updated (an EMA whose update is not called, a deepcopy taken once)."
+            + (" The validation loss is bit-constant too." if constant_loss else "")
+        ),
+        fix=(
+            "Update the copy after each optimizer step (`ema.update(model)`), or validate the "
+            "trained model itself."
+        ),
+    )

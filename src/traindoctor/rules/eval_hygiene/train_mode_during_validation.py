@@ -1,0 +1,93 @@
+"""TD403 train-mode-during-validation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import common_module
+
+
+@rule(
+    code="TD403",
+    name="train-mode-during-validation",
+    severity=Severity.WARNING,
+    summary="Validation forward passes run with BatchNorm/Dropout in train mode.",
+    requires=(),
+    priority=38,
+)
+def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Validation forward passes (a run of forward passes of a watched model with gradients
+    disabled, between two training steps, or any forward inside `doc.validating()`) made while
+    BatchNorm or Dropout modules of that model are in train mode. Names the modules and the
+    line of the forward call.
+
+    ## Why it matters
+    In train mode BatchNorm normalizes each validation batch with its own statistics and
+    *updates its running statistics with validation data*; Dropout drops units at random. The
+    metrics are noisy and pessimistic, and the running statistics the model will be deployed
+    with drift toward the validation set (small validation batches make it worse).
+
+    ## How it is measured
+    A forward hook on each watched model checks `torch.is_grad_enabled()` (the only cost on a
+    training forward). A validation is two or more gradient-free forwards without a backward
+    in between, or any forward inside `doc.validating()`; one gradient-free forward per step
+    (pseudo-labels, a teacher pass on the same model) is not counted. For those, the
+    `training` flag of the model's mode-sensitive modules is read.
+
+    ## Example
+    ```python
+    with torch.no_grad():                  # no model.eval()
+        for x, y in val_loader:
+            val_loss += criterion(model(x), y)
+    ```
+
+    ## Fix
+    ```python
+    with doc.validating(model):            # eval mode + no_grad, modes restored after
+        for x, y in val_loader:
+            val_loss += criterion(model(x), y)
+    ```
+
+    ## Known false positives
+    Test-time augmentation or Monte-Carlo dropout that keeps Dropout active on purpose; BN
+    adaptation methods that re-estimate statistics on the target data.
+    """
+    events = tl.events("validation_in_train_mode")
+    if not events:
+        return
+    first = events[0]
+    names = first.get("modules") or []
+    count = first.get("count", len(names))
+    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    at = f" at {first['source']}" if first.get("source") else ""
+    yield tl.finding(
+        title=f"Validation of `{first.get('model')}` ran with {count} BatchNorm/Dropout "
+        "module(s) in train mode",
+        step=first["step"],
+        evidence={
+            "model": first.get("model"),
+            "modules_in_train_mode": names[:20],
+            "count": count,
+            "validations_affected": len(events),
+            "inside_doc_validating": bool(first.get("validating")),
+            "forward_call": first.get("source"),
+        },
+        where=Where(
+            module=common_module([f"{n}.x" for n in names]) or first.get("model"),
+            source=first.get("source"),
+        ),
+        cause=(
+            f"Gradient-free forward passes{at} (a validation) ran while {shown} were in train "
+            "mode: BatchNorm used per-batch statistics and updated its running statistics with "
+            "validation data, and Dropout was active."
+        ),
+        fix=(
+            "Put the model in eval mode for validation and back after: `with "
+            "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
+        ),
+    )
