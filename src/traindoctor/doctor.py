@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import weakref
 import time
 import traceback
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from . import _patches
 from ._guard import Guard
 from .errors import UsageError
 from .probes.metrics import BINARY, MULTICLASS, MULTILABEL, EvalTally

@@ -19,9 +19,9 @@ from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
 from .. import _patches
-from ..probes.audit import watch_requires_grad
 from .._source import user_source
 from ..doctor import Doctor
+from ..probes.audit import watch_requires_grad
 from ..probes.forward import output_facts
 
 
