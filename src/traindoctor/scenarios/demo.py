@@ -61,10 +61,11 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
     console = Console(highlight=False)
     console.rule("traindoctor demo: small real training runs, with real bugs planted")
     t0 = time.perf_counter()
-    misses = 0
+    misses = skipped = 0
     for s in scenarios:
         if s.missing:
             console.print(f"[dim]- {s.name}: skipped, needs {', '.join(s.missing)}[/dim]")
+            skipped += 1
             continue
         t1 = time.perf_counter()
         # Zero-code mode unless the scenario needs the API (named loss parts, say).
@@ -90,8 +91,10 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
         if not ok:
             console.print(f"    [yellow]expected {s.top or 'healthy'}[/yellow]")
         console.print(f"    report        [dim]{report.run_dir}/report.md[/dim]")
+    ran = len(scenarios) - skipped
+    skipped_text = f" ({skipped} skipped: missing libraries)" if skipped else ""
     console.rule(
-        f"{len(scenarios) - misses}/{len(scenarios)} scenarios diagnosed as planted, "
+        f"{ran - misses}/{ran} scenarios diagnosed as planted{skipped_text}, "
         f"in {time.perf_counter() - t0:.1f}s · `traindoctor explain CODE` documents each rule"
     )
     return misses
