@@ -90,3 +90,103 @@ def test_td301_clamp_of_the_scalar_loss_is_a_warning():
 def test_td301_skips_model_ops_when_lines_are_known():
     tl = _walk([_node("clamp_min", 0.9, None)], lines=True)
     assert _run("TD301", tl) == []
+
+
+# -- cut lineage (`gradient_cut` events of the cut tracker) --------------------------------
+def _cut(cut, found="term", part=None, added="train.py:20", at="train.py:18", step=1, **kw):
+    return {
+        "cut": cut,
+        "cut_op": kw.pop("op", {"detach": "detach", "argmax": "argmax"}.get(cut, cut)),
+        "cut_at": at,
+        "cut_code": kw.pop("code", "aux = pred.detach().pow(2).mean()"),
+        "numpy": kw.pop("numpy", False),
+        "found": found,
+        "added_at": added,
+        "part": part,
+        **kw,
+    }
+
+
+def _with_cuts(*cuts, nodes=()):
+    tl = _walk(list(nodes))
+    for c in cuts:
+        tl.event(1, "gradient_cut", **c)
+    return tl
+
+
+def test_td302_names_the_part_and_the_line_of_the_detach():
+    tl = _with_cuts(
+        _cut("detach", numpy=True),
+        _cut("detach", found="part", part="aux"),
+        nodes=[{**_node("add", 0.0, "train.py:20"), "detached_input": True}],
+    )
+    (f,) = _run("TD302", tl)
+    assert f.title == (
+        "Part 'aux' (logged via doc.log parts), added to the loss at train.py:20, comes from "
+        "`.detach()` at train.py:18 and a numpy round-trip: it trains nothing"
+    )
+    assert f.where.source == "train.py:20" and f.evidence["cut_at"] == "train.py:18"
+    assert f.evidence["numpy_round_trip"] is True
+
+
+def test_td302_term_without_part_and_under_no_grad():
+    tl = _with_cuts(_cut("no_grad", op="logsumexp"))
+    (f,) = _run("TD302", tl)
+    assert f.title.startswith("The term added to the loss at train.py:20 comes from `logsumexp`")
+    assert "no_grad" in f.title and "no_grad" in f.fix
+
+
+def test_td302_leaves_argmax_terms_to_td301():
+    node = {**_node("add", 0.0, "train.py:20"), "detached_input": True}
+    tl = _with_cuts(_cut("argmax", at="train.py:17"), nodes=[node])
+    assert _run("TD302", tl) == []
+    (f,) = _run("TD301", tl)
+    assert f.where.source == "train.py:17" and f.where.op == "argmax"
+    assert "added at train.py:20" in f.title and "gather" in f.fix
+
+
+def test_td301_no_graph_kinds_and_parts():
+    tl = _with_cuts(
+        _cut("int_cast", op="long", at="a.py:3", added="a.py:5"),
+        _cut("int_cast", op="long", at="a.py:3", found="part", part="rank", added="a.py:5"),
+        _cut("compare", op="gt", at="a.py:8", found="part", part="hits", added=None),
+    )
+    (f,) = _run("TD301", tl)  # 'hits' is only logged, never seen added: no loss term
+    assert f.where.op == "long" and f.where.source == "a.py:3"
+    assert "'rank'" in f.title and "integer" in f.cause
+    tl = _with_cuts(_cut("compare", op="gt", at="a.py:8"))
+    (f,) = _run("TD301", tl)
+    assert f.where.op == "gt" and "sigmoid" in f.fix
+
+
+def test_item_alone_is_never_a_finding():
+    tl = _with_cuts(_cut("item", at="train.py:30"), _cut("item", found="part", part="aux"))
+    assert _run("TD302", tl) == []
+    assert _run("TD301", tl) == []
+
+
+def test_item_hint_enriches_a_finding_measured_otherwise():
+    node = {**_node("add", 0.0, "train.py:20"), "detached_input": True}
+    tl = _with_cuts(_cut("item", at="train.py:19"), nodes=[node])
+    (f,) = _run("TD302", tl)
+    assert "`.item()` taken at train.py:19" in f.cause and f.evidence["item_at"] == "train.py:19"
+
+
+def test_td302_parts_fallback_names_the_cut_of_each_part():
+    tl = Timeline()
+    tl.facts["models"] = {"<model>": "M"}
+    tl.record(1, "gradpath.parts_detached", {"detached": ["poly"], "with_graph": ["box"]})
+    tl.record(1, "loss.parts", {"box": 0.25, "poly": 0.5})
+    tl.append(1, "loss.train", 0.75)
+    tl.event(1, "gradient_cut", **_cut("data", found="part", part="poly", added=None))
+    (f,) = _run("TD302", tl)
+    assert "'poly' comes from `.data` at train.py:18" in f.cause
+    assert f.evidence["cuts"] == {"poly": {"cut": "data", "cut_at": "train.py:18"}}
+
+
+def test_cut_rules_pass_the_offline_round_trip():
+    from traindoctor.testing import assert_fires
+
+    tl = _with_cuts(_cut("detach"), _cut("argmax", at="b.py:1", added="b.py:2"))
+    assert assert_fires("TD302", tl).evidence["cut"] == "detach"
+    assert assert_fires("TD301", tl).evidence["cut"] == "argmax"

@@ -11,6 +11,11 @@ per-node norms stay on the device and are read back in one transfer per device; 
 into the timeline as a `gradient_path` event (host values only).
 
 Also records which `doc.log(parts=...)` parts carry no graph (`gradpath.parts_detached`).
+
+In the same window a `CutTracker` (probes/cuts.py, a TorchFunctionMode) follows the loss code's
+torch calls: where a gradient is cut (`.detach()`, `.data`, no_grad, argmax, integer casts) and
+whether the cut tensor ends up added to the loss or logged as a part (`gradient_cut` events,
+host values only). It is pushed only on walk steps: other steps pay nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from ..gradpath import BLOCKS, MASK, PARTLY, Walk
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
+from .cuts import CutTracker
 
 GRADPATH_EVERY = 1000  # a walk costs up to about one extra backward: rare after step 1
 SYMPTOMS = ("TD107", "TD108")  # a stuck loss: walk the next step to say where the gradient goes
@@ -50,9 +56,15 @@ class GradPathProbe(Probe):
         self._walks = 0
         self._parts_steps = 0
         self._retried = False
+        self._rec: Recorder | None = None
+        self._window_step = 0
+        self._cuts = CutTracker(self._on_cut)
+        self._cut_step = 0  # the step `gradient_cut` events are recorded at
+        self._cuts_failed = False
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        self._rec = rec
 
     # -- scheduling -----------------------------------------------------------------------
     def _is_due(self, step: int) -> bool:
@@ -69,6 +81,7 @@ class GradPathProbe(Probe):
         ctx = self.ctx
         if ctx is None or not self._is_due(step):
             return
+        self._window_step = step
         for model in ctx.models.values():
             self._window_hooks.append(
                 model.register_forward_hook(ctx.hook("probe gradpath", self._open_window))
@@ -86,9 +99,12 @@ class GradPathProbe(Probe):
     # -- source lines of the loss code ----------------------------------------------------
     def _open_window(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
         assert self.ctx is not None
-        if self._window is not None or not module.training or not torch.is_grad_enabled():
+        if not module.training or not torch.is_grad_enabled() or self.ctx.doctor._validating:
             return
-        if self.ctx.doctor._validating or torch.is_anomaly_enabled():
+        if not self._cuts.active and not self._cuts_failed:
+            self._cut_step = self._window_step
+            self._cuts.start()
+        if self._window is not None or torch.is_anomaly_enabled():
             return  # already on (the numerics probe's window, or the user's): lines recorded
         self._window = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
         torch.set_anomaly_enabled(True, False)
@@ -97,6 +113,16 @@ class GradPathProbe(Probe):
         prev, self._window = self._window, None
         if prev is not None:
             torch.set_anomaly_enabled(*prev)
+        self._cuts.stop()
+        err, self._cuts.error = self._cuts.error, None
+        if err is not None and self.ctx is not None:
+            # Lineage facts are lost from here on, never the user's calls: switch it off.
+            self._cuts_failed = True
+            self.ctx.doctor.guard.record("probe gradpath cuts", err)
+
+    def _on_cut(self, fact: dict[str, Any]) -> None:
+        if self._rec is not None:
+            self._rec.event(self._cut_step, "gradient_cut", **fact)
 
     def _remove_window_hooks(self) -> None:
         for h in self._window_hooks:
@@ -173,11 +199,21 @@ class GradPathProbe(Probe):
                 detached.append(name)
         self._parts_steps += 1
         rec.record(step, PARTS_DETACHED, {"detached": detached, "with_graph": with_graph})
+        if detached and not self._cuts_failed:
+            # Where each part without graph was cut, if the last walk's window saw it.
+            self._cut_step = step
+            try:
+                self._cuts.parts({n: parts[n] for n in detached})
+            except Exception as exc:  # noqa: BLE001 - the parts facts above are kept
+                self._cuts_failed = True
+                if self.ctx is not None:
+                    self.ctx.doctor.guard.record("probe gradpath cuts", exc)
 
     def detach(self) -> None:
         super().detach()
         self._remove_window_hooks()
         self._close_window()
+        self._cuts.reset()
         if self._walk is not None:
             self._walk.remove()
             self._walk = None

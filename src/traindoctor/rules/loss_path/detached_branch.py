@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 
 REL_TOL = 1e-3
+# Cut kinds of the `gradient_cut` events (probes/cuts.py) that are detaches: TD302's. The
+# others (argmax, integer casts, comparisons, ops without a derivative) are TD301's.
+DETACH_KINDS = ("detach", "data", "no_grad")
+OP_KINDS = ("argmax", "index", "int_cast", "compare", "op")
 
 
 @rule(
@@ -24,7 +29,8 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
     ## What it detects
     A loss part added to the loss without its autograd graph: computed from `.detach()`,
     `.data`, `.item()`, a numpy round-trip or under `torch.no_grad()`. Names the part (the
-    `doc.log(parts=...)` name when there is one) and the line that adds it.
+    `doc.log(parts=...)` name when there is one), the line that adds it and the line where
+    the gradient was cut (the `.detach()`, the `.data`, the op run under `no_grad`).
 
     ## Why it matters
     The part shows up in the loss value, so the logs look right, but its gradient is zero:
@@ -32,11 +38,18 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
     stays flat for the whole run.
 
     ## How it is measured
-    On the sampled backward passes every node of the loss graph is hooked: a scalar `add`/
-    `sub` whose other operand is a tensor that does not require grad is a part added without
-    graph; its line comes from the anomaly-mode metadata of that step. With
-    `doc.log(parts=...)`, parts that carry no graph while others do (and whose values sum to
-    the loss) are named, which also catches `.item()` parts that leave no trace in the graph.
+    On the sampled steps (step 1, rarely after, after TD107/TD108) the loss code, from the
+    end of the model's forward to the backward, runs under a `TorchFunctionMode` that sees
+    each torch call once and changes none: a call whose input requires grad and whose output
+    does not (`.detach()`, `.data`, any op under `no_grad`) is a cut, and the tensors computed
+    from it carry its line. A cut tensor added (add/sub) to a tensor with a live graph into
+    a scalar is reported with both lines (and the part it was logged as); the numpy round-trip
+    `torch.from_numpy(t.detach().numpy())` is followed (the tensor that comes back shares the
+    memory of the one that left). The same steps' backward is hooked node by node: a scalar
+    `add`/`sub` whose other operand has no graph is a part added without graph (its line
+    from anomaly-mode metadata). With `doc.log(parts=...)`, parts that carry no graph while
+    others do (and whose values sum to the loss) are named, which also catches `.item()`
+    parts that leave no trace in the graph; a `.item()` is only ever a hint for the line.
 
     ## Example
     ```python
@@ -51,8 +64,11 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
     ```
 
     ## Known false positives
-    Accumulating into a constant tensor (`total = torch.zeros(()); total = total + part`) looks
-    like a detached part in the graph; start from the first part (or a Python 0) instead.
+    Accumulating into a constant tensor (`total = torch.zeros(()); total = total + part`) or
+    adding a constant offset tensor looks like a detached part in the graph; start from the
+    first part (or a Python 0) instead. A deliberate zero-valued trick such as
+    `loss - loss.detach()` is reported too. A detached *target* (a teacher, an EMA network)
+    is not: it meets the prediction inside the loss term, whose result keeps its graph.
     """
     parts_steps = tl.series("gradpath.parts_detached")
     named: list[str] = []
@@ -61,41 +77,159 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
         if det and (info or {}).get("with_graph"):
             named = [n for n in det if n not in named][:4]
             break
-    reported = False
+    cuts = tl.events("gradient_cut")
+    term = next(
+        (c for c in cuts if c.get("found") == "term" and c.get("cut") in DETACH_KINDS), None
+    )
+    if term is not None:
+        yield _cut_finding(tl, term, cuts, named)
+        return
+    # Lines where TD301 reports the cut (an argmax, an integer cast): not a detach.
+    op_sites = {c.get("added_at") for c in cuts if c.get("cut") in OP_KINDS}
     for e in _walks(tl):
         for n in e.get("nodes") or ():
             if not n.get("detached_input") or not n.get("grad_in"):
                 continue
             src = n.get("source")
+            if src and src in op_sites:
+                continue
             at = f" at {src}" if src else ""
             part = f"part {', '.join(repr(p) for p in named)}" if named else "a loss term"
+            hint = _item_hint(cuts, src, named)
             yield tl.finding(
                 title=f"{part[0].upper()}{part[1:]} is added to the loss without its graph{at}",
                 step=e["step"],
-                evidence={"op": n.get("op"), "parts_without_graph": named},
+                evidence={"op": n.get("op"), "parts_without_graph": named, **hint[1]},
                 where=Where(op=n.get("op"), source=src),
                 cause=f"the `{n.get('op')}`{at} adds a tensor that does not require grad "
                 f"({part}): it was computed from .detach()/.data/.item()/numpy or under "
-                "no_grad, so its gradient is 0 and it trains nothing",
+                f"no_grad, so its gradient is 0 and it trains nothing{hint[0]}",
                 fix="compute that part from the tensors that carry the graph (drop the "
                 ".detach()/.item()/.data/numpy round-trip, or the no_grad around it)",
                 confidence=0.8 if named else 0.6,
             )
-            reported = True
-            break
-        if reported:
             return
     if named and _parts_sum_to_loss(tl):
+        origins = _part_origins(cuts, named)
+        hint = _item_hint(cuts, None, named)
+        said = "; ".join(f"{p!r} comes from {_origin(c)}" for p, c in origins.items())
         yield tl.finding(
             title=f"Loss part {', '.join(repr(p) for p in named)} carries no graph",
             step=parts_steps[0][0] if parts_steps else None,
-            evidence={"parts_without_graph": named},
+            evidence={"parts_without_graph": named, **_cut_evidence(origins), **hint[1]},
             cause=f"doc.log(parts=...) got {', '.join(repr(p) for p in named)} without a "
             "graph while the other parts have one, and the parts sum to the loss: that part "
-            "is in the loss value but passes no gradient",
+            "is in the loss value but passes no gradient"
+            + (f" ({said})" if said else "")
+            + hint[0],
             fix="compute that part from the tensors that carry the graph (no .item()/.detach())",
-            confidence=0.6,
+            confidence=0.7 if origins else 0.6,
         )
+
+
+def _origin(c: dict[str, Any]) -> str:
+    """Where the gradient was cut, in words: "`.detach()` at train.py:12"."""
+    at = c.get("cut_at") or "?"
+    kind = c.get("cut")
+    if kind == "data":
+        text = f"`.data` at {at}"
+    elif kind == "no_grad":
+        text = f"`{c.get('cut_op')}` run under `torch.no_grad()` at {at}"
+    elif kind == "item":
+        text = f"`.item()` at {at}"
+    else:
+        text = f"`.{c.get('cut_op') or 'detach'}()` at {at}"
+    return text + (" and a numpy round-trip" if c.get("numpy") else "")
+
+
+def _cut_finding(
+    tl: TimelineView, term: dict[str, Any], cuts: list[dict[str, Any]], named: list[str]
+) -> Finding:
+    added = term.get("added_at")
+    linked = [c["part"] for c in cuts if c.get("found") == "part" and c.get("added_at") == added]
+    parts = [p for p in dict.fromkeys(linked) if p] or (named if len(named) == 1 else [])
+    origin = _origin(term)
+    if parts:
+        subject = (
+            f"Part {', '.join(repr(p) for p in parts)} (logged via doc.log parts), added to "
+            f"the loss at {added},"
+        )
+    else:
+        subject = f"The term added to the loss at {added}"
+    others = [
+        {k: c.get(k) for k in ("cut", "cut_at", "added_at")}
+        for c in cuts
+        if c.get("found") == "term" and c.get("cut") in DETACH_KINDS and c is not term
+    ][:4]
+    no_grad = term.get("cut") == "no_grad"
+    return tl.finding(
+        title=f"{subject} comes from {origin}: it trains nothing",
+        step=term["step"],
+        evidence={
+            "cut": term.get("cut"),
+            "cut_op": term.get("cut_op"),
+            "cut_at": term.get("cut_at"),
+            "cut_code": term.get("cut_code"),
+            "added_at": added,
+            "numpy_round_trip": bool(term.get("numpy")),
+            "parts": parts,
+            "parts_without_graph": named,
+            "other_cuts": others,
+        },
+        where=Where(op="add", source=added),
+        cause=f"measured on step {term['step']}: the tensor added at {added} was computed "
+        f"from {origin} (`{term.get('cut_code') or '?'}`), which carries no graph; it is in "
+        "the loss value but its gradient is 0, so it trains nothing",
+        fix=(
+            "compute it with gradients enabled: move it out of the `torch.no_grad()` block"
+            if no_grad
+            else "compute it from the tensors that carry the graph: drop the "
+            f"`.{term.get('cut_op')}`"
+            + (" and the numpy round-trip (stay in torch)" if term.get("numpy") else "")
+            + "; detach only what is meant as a target (a teacher's output)"
+        ),
+        confidence=0.9,
+    )
+
+
+def _part_origins(cuts: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for c in cuts:
+        p = c.get("part")
+        # An `.item()` is only a hint (_item_hint), never an origin by itself.
+        if (
+            c.get("found") == "part"
+            and p in names
+            and p not in out
+            and c.get("cut") in DETACH_KINDS
+        ):
+            out[p] = c
+    return out
+
+
+def _cut_evidence(origins: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not origins:
+        return {}
+    return {
+        "cuts": {p: {"cut": c.get("cut"), "cut_at": c.get("cut_at")} for p, c in origins.items()}
+    }
+
+
+def _item_hint(
+    cuts: list[dict[str, Any]], source: str | None, names: list[str]
+) -> tuple[str, dict[str, Any]]:
+    """A `.item()` whose value was added at `source` or logged as one of `names`: only a hint
+    (logging `loss.item()` is healthy), never a finding by itself."""
+    for c in cuts:
+        if c.get("cut") != "item":
+            continue
+        if (source and c.get("added_at") == source) or (c.get("part") in names):
+            return (
+                f"; the value equals a `.item()` taken at {c.get('cut_at')}, a Python number "
+                "without graph",
+                {"item_at": c.get("cut_at")},
+            )
+    return "", {}
 
 
 def _parts_sum_to_loss(tl: TimelineView) -> bool:

@@ -33,6 +33,32 @@ FRACTION = {"relu": 0.9, "threshold": 0.9}
 DEFAULT_FRACTION = 0.6
 MIN_SHARE = 1e-3  # the node must carry at least this share of the loss code's largest gradient
 
+# Ops that leave no graph at all, seen by the cut tracker (probes/cuts.py, `gradient_cut`
+# events) when their result reaches the loss: kind -> (why no gradient, what passes one).
+NO_GRAPH = {
+    "argmax": (
+        "returns integer indices, which have no gradient",
+        "use a differentiable surrogate: the expectation under the softmax "
+        "(`(logits.softmax(-1) * values).sum(-1)`), or use the index only to gather the "
+        "prediction (`logits.gather(-1, idx)`), whose gradient flows; Gumbel-softmax or a "
+        "straight-through estimator if a hard choice is needed",
+    ),
+    "int_cast": (
+        "casts to an integer (or bool) dtype, which has no gradient",
+        "keep the value in floating point; if it must be rounded, use a straight-through "
+        "estimator: `x + (x.round() - x).detach()`",
+    ),
+    "compare": (
+        "is a comparison: booleans have no gradient",
+        "use a soft comparison, e.g. `torch.sigmoid((x - threshold) / temperature)`",
+    ),
+    "op": (
+        "has no derivative: its output does not require grad",
+        "replace it by a differentiable surrogate, or keep it out of the loss",
+    ),
+}
+NO_GRAPH["index"] = NO_GRAPH["argmax"]
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
@@ -79,6 +105,9 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     `round`/`sign`/`floor`. Names the op, the fraction zeroed, its source line and what would
     pass gradient instead. A multiply by a 0/1 mask is reported as expected (info): it zeroes
     exactly the entries the mask marks as padding, by design.
+    Also a loss term computed from an op that has no gradient at all and leaves no graph:
+    `argmax`/`argmin` (or the indices of `max`/`topk`/`sort`), an integer cast (`.long()`,
+    `.to(torch.int64)`, `.type(...)`), a comparison, added to the loss or logged as a part.
 
     ## Why it matters
     The elements behind such an op receive no gradient at all: the loss is computed, printed
@@ -92,6 +121,12 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     the elements that carried a gradient in and carry exactly 0 out. The loss code of that step
     runs under anomaly mode (metadata only), which records the line that created each node.
     `nan_to_num` is measured like any op: it passes gradient 1 to every finite element.
+    Ops that leave no graph cannot be seen by the walk: the loss code of the same steps runs
+    under a `TorchFunctionMode` that follows, without changing any call, which tensors descend
+    from an `argmax`/integer cast/comparison of a tensor that requires grad; one that is added
+    (add/sub) into the scalar loss beside a term with a live graph, or logged as a part, is
+    reported with the op's line and the line that adds it. An argmax used as a metric, or as
+    an index into `gather`, never reaches the loss without a graph and is not reported.
     When the walk knows the loss code's lines, only ops created there are judged (a clamp
     inside the model acts as an activation: TD303/TD304). A clamp of the scalar loss itself is
     a warning (TD107 reports the constant loss); a blocker behind another one is a warning.
@@ -110,8 +145,11 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
 
     ## Known false positives
     A clamp that is saturated on purpose (a hinge, a margin loss that is already satisfied for
-    most elements) is reported too; ignore it with `--ignore TD301` once it is meant.
+    most elements) is reported too; ignore it with `--ignore TD301` once it is meant. An
+    argmax-derived term added to the loss on purpose as a constant (it changes the loss value
+    only) is reported as well.
     """
+    yield from _no_graph_findings(tl)
     seen: set[tuple[str, str | None]] = set()
     first_blocker: dict[int, dict[str, Any]] = {}  # per walk: the blocker nearest the loss
     for e in _walks(tl):
@@ -188,6 +226,59 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 confidence=min(1.0, zeroed + 0.1) if upstream is None else 0.3,
                 severity=Severity.WARNING if upstream is not None or scalar else None,
             )
+
+
+def _no_graph_findings(tl: TimelineView) -> Iterator[Finding]:
+    """Loss terms computed from an op without a gradient (argmax, integer casts): one finding
+    per op and line, with the line that adds the term and the part it was logged as."""
+    cuts = [c for c in tl.events("gradient_cut") if c.get("cut") in NO_GRAPH]
+    done: set[tuple[Any, Any]] = set()
+    for c in cuts:
+        if c.get("found") != "term":
+            continue
+        key = (c.get("cut_op"), c.get("cut_at"))
+        if key in done:
+            continue
+        done.add(key)
+        parts = [
+            p["part"]
+            for p in cuts
+            if p.get("found") == "part"
+            and (p.get("cut_op"), p.get("cut_at")) == key
+            and p.get("part")
+        ]
+        # A part alone (logged, but not seen added to the loss) only names a term: an accuracy
+        # logged among the parts is no loss term.
+        yield _no_graph_finding(tl, c, list(dict.fromkeys(parts)))
+
+
+def _no_graph_finding(tl: TimelineView, c: dict[str, Any], parts: list[str]) -> Finding:
+    op, at, added = c.get("cut_op"), c.get("cut_at"), c.get("added_at")
+    why, fix = NO_GRAPH[c["cut"]]
+    if parts:
+        subject = f"part {', '.join(repr(p) for p in parts)} (logged via doc.log parts)"
+    else:
+        subject = "the loss term"
+    if added:
+        subject += f" added at {added}"
+    return tl.finding(
+        title=f"`{op}` at {at} leaves {subject} without gradient: it trains nothing",
+        step=c["step"],
+        evidence={
+            "op": op,
+            "cut": c["cut"],
+            "cut_at": at,
+            "cut_code": c.get("cut_code"),
+            "added_at": added,
+            "parts": parts,
+        },
+        where=Where(op=op, source=at),
+        cause=f"measured on step {c['step']}: {subject} is computed from `{op}` at {at} "
+        f"(`{c.get('cut_code') or '?'}`), which {why}; the term is in the loss value but "
+        "passes no gradient to the prediction",
+        fix=fix,
+        confidence=0.9,
+    )
 
 
 def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Finding:

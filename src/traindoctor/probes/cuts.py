@@ -1,0 +1,398 @@
+"""Cut lineage: where the loss code cuts the gradient, and whether the cut reaches the loss.
+
+`CutTracker` is a `TorchFunctionMode` that GradPathProbe pushes only on the sampled walk steps,
+from the end of the model's forward to the backward (the loss code). Every torch call in that
+window passes through it once; it never changes a call (same function, same arguments, run
+once, its result returned as is) and reads only host metadata (`requires_grad`, dtype, `id`,
+`numel`, `data_ptr`): no device sync.
+
+A *cut* is a call whose tensor input requires grad but whose tensor output does not:
+`.detach()`, `.data`, `argmax`/`argmin` (and the index output of `max`/`topk`/`sort`),
+integer/bool casts, comparisons, or any op run under `torch.no_grad()`. The call's user line
+is its *origin*. Lineage propagates: a call whose inputs are cut-derived and none carries a
+live graph produces cut-derived outputs (a numpy round-trip is followed when the tensor that
+comes back shares memory with the one that left: `torch.from_numpy(t.detach().numpy())`).
+
+What is reported is only a cut that reaches the loss: a cut-derived tensor added (add/sub) to
+a tensor with a live graph into a scalar (a loss term); a cut-derived loss part logged with
+`doc.log(parts=...)` is recorded too, to name that term. Masks,
+metrics, teacher targets, indices into `gather` end in tensors with a live graph, or nowhere,
+and stay silent. `.item()`/`.tolist()` return Python objects, so lineage ends there: their
+values are kept only as a weak hint (a logged part or an added number equal to one).
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .. import _source
+
+# How a gradient was cut, by origin kind. TD302 reports the first group (the value was
+# detached on purpose or by accident), TD301 the second (an op without a derivative); the
+# rules keep their own copies (they never import torch-side modules), tested equal.
+DETACH_KINDS = ("detach", "data", "no_grad")
+OP_KINDS = ("argmax", "index", "int_cast", "compare", "op")
+
+_ADDITIVE = frozenset(
+    {"add", "sub", "add_", "sub_", "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__"}
+    | {"__isub__", "rsub"}
+)
+_DETACH = frozenset({"detach", "detach_"})
+_ARGMAX = frozenset({"argmax", "argmin"})
+# Ops whose integer output is an index into their input.
+_INDEX = frozenset({"max", "min", "topk", "sort", "argsort", "kthvalue", "mode", "median"})
+_CASTS = frozenset({"long", "int", "short", "char", "byte", "bool", "to", "type", "type_as"})
+_COMPARE = frozenset(
+    {"gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal"}
+    | {"__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "isclose", "equal"}
+    | {"isnan", "isinf", "isfinite", "isposinf", "isneginf", "signbit", "logical_not"}
+    | {"logical_and", "logical_or", "logical_xor"}
+)
+# Outputs that carry no value of the input (shape or dtype only): never a cut.
+_CONSTANT = frozenset(
+    {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"}
+    | {"randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+)
+_NUMPY_EXIT = frozenset({"numpy", "__array__"})
+_NUMPY_ENTRY = frozenset({"tensor", "as_tensor", "asarray"})
+_ITEM = frozenset({"item", "tolist"})
+
+MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
+MAX_ORIGINS = 256
+MAX_ITEMS = 64
+
+_TORCH_DIR = _source._TORCH_DIR
+_PKG_DIR = _source._PKG_DIR
+_THIS_FILE = __file__
+_INTERNAL = ("internal",)  # a call made by traindoctor itself
+
+
+def _caller() -> tuple[str, int] | tuple[str] | None:
+    """The user's (file, line) of the current torch call, `_INTERNAL` when traindoctor itself
+    made it, None when no user frame is on the stack."""
+    frame = sys._getframe(1)
+    for _ in range(48):
+        if frame is None:
+            return None
+        name = frame.f_code.co_filename
+        if name != _THIS_FILE and not name.startswith(_TORCH_DIR):
+            if _source.is_user_file(name):
+                return name, frame.f_lineno
+            if name.startswith(_PKG_DIR):
+                return _INTERNAL
+        frame = frame.f_back
+    return None
+
+
+def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[torch.Tensor]:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, list | tuple):
+            for b in a[:64]:
+                if isinstance(b, torch.Tensor):
+                    yield b
+    for a in kwargs.values():
+        if isinstance(a, torch.Tensor):
+            yield a
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, tuple | list):
+        return [o for o in out[:64] if isinstance(o, torch.Tensor)]
+    return []
+
+
+def _kind(name: str, func: Any, out: torch.Tensor) -> str | None:
+    """How `func` cut the gradient of its output, or None when it is no cut."""
+    if name in _DETACH:
+        return "detach"
+    if name == "__get__":
+        # Property reads: only `.data` detaches (`.grad`, `.T`, `.requires_grad`... do not).
+        return (
+            "data" if getattr(getattr(func, "__self__", None), "__name__", "") == "data" else None
+        )
+    if name in _CONSTANT:
+        return None
+    floating = out.is_floating_point() or out.is_complex()
+    if name in _ARGMAX:
+        return "argmax"
+    if name in _INDEX and not floating:
+        return "index"
+    if name in _CASTS and not floating:
+        return "int_cast"
+    if name in _COMPARE:
+        return "compare"
+    if not torch.is_grad_enabled():
+        return "no_grad"
+    return "op"
+
+
+class CutTracker(TorchFunctionMode):
+    """Records cut origins, their lineage and the cuts that reach the loss (see module doc).
+
+    `start()` pushes the mode, `stop()` removes it (from wherever it sits on the mode stack);
+    facts that reach the loss go to `on_cut(fact)` as host-only dicts. The lineage outlives
+    `stop()` (weakly), so that `doc.log(parts=...)` after the backward can still be traced.
+    """
+
+    def __init__(self, on_cut: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self.on_cut = on_cut
+        self.active = False
+        self.error: BaseException | None = None
+        self._lineage: dict[int, tuple[weakref.ref, int, bool]] = {}
+        self._origins: list[dict[str, Any]] = []
+        self._origin_index: dict[tuple[str, str, str], int] = {}
+        # data_ptr of a cut tensor read into numpy -> (the array, weakly; origin). A tensor made
+        # from the array keeps it alive; once it is gone the memory may hold another tensor.
+        self._exits: dict[int, tuple[weakref.ref, int]] = {}
+        self._items: dict[float, str] = {}  # value of a user `.item()` -> its line
+        self._sinks: dict[int, tuple[weakref.ref, str]] = {}  # operand id -> line it was added
+        self._reported: set[tuple[Any, ...]] = set()
+        self.calls = 0  # torch calls seen (for the cost measurements)
+
+    # -- window ---------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Push the mode at the bottom of the mode stack.
+
+        At the bottom, a mode entered before it and left before `stop()` (the activations
+        probe's, which leaves at the end of the forward; a user's `with torch.device(...)`
+        around the forward, whose exit pops the top of the stack) sits above it and pops its
+        own entry; `stop()` takes this one out wherever it is. Only the default-device context
+        of `torch.set_default_device` stays below it: its `__exit__` insists on the bottom."""
+        if self.active:
+            return False
+        taken = [torch._C._pop_torch_function_stack() for _ in range(_stack_len())]
+        taken.reverse()  # bottom first
+        default = getattr(getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None), "device_context", None)
+        base = 1 if taken and default is not None and taken[0] is default else 0
+        for mode in [*taken[:base], self, *taken[base:]]:
+            torch._C._push_on_torch_function_stack(mode)
+        self.reset()
+        self.active = True
+        return True
+
+    def stop(self) -> None:
+        """Take the mode off the stack, wherever it is (modes pushed above it stay)."""
+        if not self.active:
+            return
+        self.active = False
+        above = []
+        while _stack_len() > 0:
+            mode = torch._C._pop_torch_function_stack()
+            if mode is self:
+                break
+            above.append(mode)
+        # Not found (someone popped it): everything taken is put back as it was.
+        for mode in reversed(above):
+            torch._C._push_on_torch_function_stack(mode)
+
+    def reset(self) -> None:
+        self._lineage.clear()
+        self._origins.clear()
+        self._origin_index.clear()
+        self._exits.clear()
+        self._items.clear()
+        self._sinks.clear()
+
+    # -- the mode -------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if kwargs is None:
+            kwargs = {}
+        out = func(*args, **kwargs)
+        if self.active and self.error is None and not torch.compiler.is_compiling():
+            try:
+                self._observe(func, args, kwargs, out)
+            except Exception as exc:  # noqa: BLE001 - a fact is lost, never the user's call
+                self.error = exc
+        return out
+
+    def _observe(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        self.calls += 1
+        name = getattr(func, "__name__", "")
+        cut: tuple[int, bool] | None = None  # (origin, via numpy) of the first cut-derived input
+        live = False  # an input carries a graph that is not cut-derived
+        for t in _tensors(args, kwargs):
+            hit = self._lookup(t)
+            if hit is not None:
+                cut = cut or hit
+            elif t.requires_grad:
+                live = True
+            elif self._exits and cut is None:
+                origin = self._exit(_ptr(t))
+                if origin is not None:
+                    cut = (origin, True)
+        if name in _ITEM:
+            if live and isinstance(out, float) and len(self._items) < MAX_ITEMS:
+                self._item(out)
+            return
+        if name in _NUMPY_EXIT:
+            if cut is not None and args and isinstance(args[0], torch.Tensor):
+                ptr = _ptr(args[0])
+                try:
+                    if ptr > 0:
+                        self._exits[ptr] = (weakref.ref(out), cut[0])
+                except TypeError:  # an array type without weak references: not followed
+                    pass
+            return
+        if self._exits and cut is None and name in _NUMPY_ENTRY and args:
+            origin = self._exit(_array_ptr(args[0]))
+            if origin is not None:
+                cut = (origin, True)
+        if name in _ADDITIVE and live:
+            self._sink(name, args, out, cut)
+        outs = _outputs(out)
+        if not outs:
+            return
+        if cut is not None and not live:
+            for o in outs:
+                self._mark(o, cut)
+            return
+        if not live:
+            return
+        for o in outs:
+            if o.requires_grad:  # (in place: a cut tensor that now carries a live graph)
+                self._lineage.pop(id(o), None)
+                continue
+            if cut is not None:  # a live and a cut input, no graph out (no_grad): still cut
+                self._mark(o, cut)
+                continue
+            kind = _kind(name, func, o)
+            if kind is None:
+                continue
+            origin = self._origin(kind, name)
+            if origin is not None:
+                self._mark(o, (origin, False))
+
+    # -- lineage --------------------------------------------------------------------------
+    def _lookup(self, t: torch.Tensor) -> tuple[int, bool] | None:
+        entry = self._lineage.get(id(t))
+        if entry is None or entry[0]() is not t:
+            return None
+        return entry[1], entry[2]
+
+    def _exit(self, ptr: int) -> int | None:
+        entry = self._exits.get(ptr)
+        if entry is None or entry[0]() is None:
+            return None
+        return entry[1]
+
+    def _mark(self, t: torch.Tensor, cut: tuple[int, bool]) -> None:
+        if len(self._lineage) >= MAX_LINEAGE:
+            self._lineage = {k: v for k, v in self._lineage.items() if v[0]() is not None}
+            if len(self._lineage) >= MAX_LINEAGE:
+                return
+        self._lineage[id(t)] = (weakref.ref(t), cut[0], cut[1])
+
+    def _origin(self, kind: str, op: str) -> int | None:
+        where = _caller()
+        if where is None or where is _INTERNAL:
+            return None
+        source = f"{_source.relpath(where[0])}:{where[1]}"
+        key = (kind, op, source)
+        index = self._origin_index.get(key)
+        if index is None:
+            if len(self._origins) >= MAX_ORIGINS:
+                return None
+            index = len(self._origins)
+            code = _source._line_text(where[0], where[1])
+            self._origins.append({"cut": kind, "cut_op": op, "cut_at": source, "cut_code": code})
+            self._origin_index[key] = index
+        return index
+
+    def _item(self, value: float) -> None:
+        where = _caller()
+        if where is None or where is _INTERNAL or value == 0.0:
+            return
+        self._items.setdefault(value, f"{_source.relpath(where[0])}:{where[1]}")
+
+    # -- cuts that reach the loss ---------------------------------------------------------
+    def _sink(
+        self, name: str, args: tuple[Any, ...], out: Any, cut: tuple[int, bool] | None
+    ) -> None:
+        """A scalar add/sub with a live operand: is the other operand cut-derived (or a Python
+        number equal to a `.item()` of the loss code)?"""
+        if not isinstance(out, torch.Tensor) or not out.requires_grad or out.numel() != 1:
+            return
+        operand = None
+        if cut is not None:
+            operand = next(
+                (a for a in args if isinstance(a, torch.Tensor) and self._lookup(a) is not None),
+                None,
+            )
+        item_at = None
+        if cut is None:
+            number = next((a for a in args if isinstance(a, float) and a in self._items), None)
+            if number is None:
+                return
+            item_at = self._items[number]
+        where = _caller()
+        if where is None or where is _INTERNAL:
+            return
+        added_at = f"{_source.relpath(where[0])}:{where[1]}"
+        if item_at is not None:
+            fact = {"cut": "item", "cut_op": "item", "cut_at": item_at, "cut_code": ""}
+            numpy = False
+        else:
+            fact = dict(self._origins[cut[0]])
+            numpy = cut[1]
+            if operand is not None:
+                self._sinks[id(operand)] = (weakref.ref(operand), added_at)
+        self._report({**fact, "numpy": numpy, "found": "term", "added_at": added_at, "part": None})
+
+    def parts(self, parts: dict[str, Any]) -> None:
+        """Report logged loss parts that are cut-derived (or numbers equal to a `.item()`)."""
+        for part, value in parts.items():
+            added_at = None
+            if isinstance(value, torch.Tensor):
+                hit = self._lookup(value)
+                if hit is None:
+                    continue
+                fact = dict(self._origins[hit[0]])
+                numpy = hit[1]
+                sink = self._sinks.get(id(value))
+                if sink is not None and sink[0]() is value:
+                    added_at = sink[1]
+            elif isinstance(value, float) and value in self._items:
+                fact = {"cut": "item", "cut_op": "item", "cut_at": self._items[value]}
+                fact["cut_code"] = ""
+                numpy = False
+            else:
+                continue
+            self._report(
+                {**fact, "numpy": numpy, "found": "part", "added_at": added_at, "part": str(part)}
+            )
+
+    def _report(self, fact: dict[str, Any]) -> None:
+        key = (fact["found"], fact["cut_at"], fact["added_at"], fact["part"])
+        if key in self._reported or len(self._reported) >= 32:
+            return
+        self._reported.add(key)
+        self.on_cut(fact)
+
+
+def _stack_len() -> int:
+    return torch._C._len_torch_function_stack()
+
+
+def _ptr(t: torch.Tensor) -> int:
+    try:
+        return t.data_ptr()
+    except RuntimeError:  # tensors without storage (meta, some subclasses)
+        return -1
+
+
+def _array_ptr(a: Any) -> int:
+    try:
+        return a.__array_interface__["data"][0]
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return -1
