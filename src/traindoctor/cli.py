@@ -218,7 +218,7 @@ def explain(code: str, as_json: bool) -> None:
 )
 def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
     """Re-render a run directory written by `run` or `doc.close()`."""
-    from .report import load_run, rewrite_markdown, write_run
+    from .report import load_run, rerender_run, write_run
     from .report.console import print_report
 
     try:
@@ -231,7 +231,7 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
         rep = _rediagnose(run_dir, rep)
         write_run(rep)
     else:
-        rewrite_markdown(rep)
+        rerender_run(rep)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
     else:

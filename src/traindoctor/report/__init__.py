@@ -1,4 +1,5 @@
-"""Renderers: findings.json, report.md, timeline.jsonl and the console summary."""
+"""Renderers: findings.json, report.md, report.html, plots/*.png, timeline.jsonl and the console
+summary."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from pathlib import Path
 
 from .markdown import render_markdown
 from .model import Report
+
+PLOTS_DIR = "plots"
+# Internal errors recorded by the HTML report and its plots: a re-render judges them anew.
+VISUAL_WHERE = ("report plot ", "report html")
 
 
 def atomic_write(path: Path, lines: Iterable[str]) -> None:
@@ -28,21 +33,83 @@ def atomic_write(path: Path, lines: Iterable[str]) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_run(report: Report) -> None:
     assert report.run_dir is not None
     run_dir = Path(report.run_dir)
-    atomic_write(run_dir / "findings.json", [json.dumps(report.to_dict(), indent=2) + "\n"])
-    atomic_write(run_dir / "report.md", [render_markdown(report)])
+    _write_text_reports(report)
     if report.timeline is not None:
         atomic_write(
             run_dir / "timeline.jsonl", (line + "\n" for line in report.timeline.to_jsonl_lines())
         )
+    write_visual(report)
 
 
-def rewrite_markdown(report: Report) -> None:
-    """Re-render report.md from a loaded report (findings.json is left as it is)."""
+def rerender_run(report: Report) -> None:
+    """Re-render report.md, report.html and plots/ from a loaded report (findings.json is left
+    as it is unless drawing the plots or the page fails, which it then records)."""
     assert report.run_dir is not None
     atomic_write(Path(report.run_dir) / "report.md", [render_markdown(report)])
+    write_visual(report)
+
+
+def _write_text_reports(report: Report) -> None:
+    run_dir = Path(report.run_dir)  # type: ignore[arg-type]
+    atomic_write(run_dir / "findings.json", [json.dumps(report.to_dict(), indent=2) + "\n"])
+    atomic_write(run_dir / "report.md", [render_markdown(report)])
+
+
+def write_visual(report: Report) -> None:
+    """plots/*.png and report.html, after the text reports are safely on disk.
+
+    Neither may cost the rest of the report: a plot or a page that fails to render becomes an
+    internal error (the other plots and files are still written), and findings.json and
+    report.md are written again so that they say so. OSError (disk full, permissions)
+    propagates like any other write failure of the run directory.
+    """
+    from .html import render_html
+    from .plots import render_plots
+
+    run_dir = Path(report.run_dir)  # type: ignore[arg-type]
+    before = list(report.internal_errors)
+    report.internal_errors = [
+        e for e in report.internal_errors if not str(e.get("where", "")).startswith(VISUAL_WHERE)
+    ]
+    plots = render_plots(report.timeline)
+    for name, err in plots.errors:
+        report.internal_errors.append(_error(f"report plot {name}", err))
+    plots_dir = run_dir / PLOTS_DIR
+    for im in plots.images:
+        atomic_write_bytes(plots_dir / f"{im.name}.png", im.png)
+    for skipped in plots.skipped:
+        # A re-render must not leave a plot drawn earlier beside a page that says it is missing.
+        with contextlib.suppress(OSError):
+            (plots_dir / f"{skipped.name}.png").unlink()
+    try:
+        page = render_html(report, plots)
+    except Exception as err:  # noqa: BLE001  (the page is optional; the findings are not)
+        report.internal_errors.append(_error("report html", err))
+        page = None
+    if page is not None:
+        atomic_write(run_dir / "report.html", [page])
+    if report.internal_errors != before:
+        _write_text_reports(report)
+
+
+def _error(where: str, err: BaseException) -> dict:
+    return {"where": where, "error": f"{type(err).__name__}: {err}", "step": None}
 
 
 def load_run(run_dir: Path) -> Report:
@@ -69,7 +136,9 @@ __all__ = [
     "Report",
     "write_run",
     "load_run",
-    "rewrite_markdown",
+    "rerender_run",
     "atomic_write",
+    "atomic_write_bytes",
     "render_markdown",
+    "write_visual",
 ]
