@@ -150,6 +150,8 @@ def test_real_run_page_has_every_section_and_embeds_every_plot(run_dir):
     assert "plot-missing-grad_scaler" in doc.ids
     assert "the run used no GradScaler" in page
     assert "TD303" in page and "dead-relu" in page
+    # TD502's evidence is the per-component table, not a dump of dicts.
+    assert "<th>trainable</th>" in page and "{&#x27;params&#x27;" not in page
 
 
 def test_page_is_self_contained(run_dir):

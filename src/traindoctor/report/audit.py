@@ -11,37 +11,68 @@ from ..findings import Finding
 _NOT_ROWS = ("not_in_optimizer", "wrappers", "audited_at_steps")
 
 
-def render_audit(findings: list[Finding]) -> list[str]:
+AUDIT_HEADER = (
+    "component",
+    "params",
+    "trainable",
+    "frozen",
+    "quantized",
+    "LoRA",
+    "norms",
+    "dtypes",
+)
+
+
+def audit_table(findings: list[Finding]) -> tuple[int, list[list[str]], list[str]] | None:
+    """TD502's table as plain cells: (step of the audit, rows under AUDIT_HEADER, notes)."""
     f = next((f for f in findings if f.code == "TD502"), None)
     if f is None:
-        return []
+        return None
     rows = [(k, v) for k, v in f.evidence.items() if k not in _NOT_ROWS and isinstance(v, dict)]
     if not rows:
-        return []
+        return None
     # The table is the latest audit; a finding keeps the step it was first reported at.
     steps = f.evidence.get("audited_at_steps") or [f.step]
+    cells = [
+        [
+            name,
+            _vt(r, "params", "tensors"),
+            _vt(r, "trainable", "trainable_tensors"),
+            _frozen(r),
+            _quantized(r),
+            _vt(r, "lora", "lora_tensors"),
+            str(r.get("norm_tensors", 0)),
+            _dtypes(r.get("dtypes")),
+        ]
+        for name, r in rows
+    ]
+    notes = []
+    missing = f.evidence.get("not_in_optimizer")
+    if missing:
+        notes.append("Trainable but held by no optimizer: " + ", ".join(missing[:8]))
+    if f.evidence.get("wrappers"):
+        notes.append(f"Components looked up under: {', '.join(f.evidence['wrappers'])}.")
+    return steps[-1], cells, notes
+
+
+def render_audit(findings: list[Finding]) -> list[str]:
+    table = audit_table(findings)
+    if table is None:
+        return []
+    step, cells, notes = table
     lines = [
         "## What trains",
         "",
-        f"Trainable-parameter audit (TD502) as of step {steps[-1]}: values (tensors).",
+        f"Trainable-parameter audit (TD502) as of step {step}: values (tensors).",
         "",
-        "| component | params | trainable | frozen | quantized | LoRA | norms | dtypes |",
+        "| " + " | ".join(AUDIT_HEADER) + " |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, r in rows:
-        label = f"**{name}**" if name == "total" else f"`{name}`"
-        lines.append(
-            f"| {label} | {_vt(r, 'params', 'tensors')} "
-            f"| {_vt(r, 'trainable', 'trainable_tensors')} "
-            f"| {_frozen(r)} | {_quantized(r)} | {_vt(r, 'lora', 'lora_tensors')} "
-            f"| {r.get('norm_tensors', 0)} | {_dtypes(r.get('dtypes'))} |"
-        )
-    missing = f.evidence.get("not_in_optimizer")
-    if missing:
-        shown = ", ".join(f"`{n}`" for n in missing[:8])
-        lines += ["", f"Trainable but held by no optimizer: {shown}"]
-    if f.evidence.get("wrappers"):
-        lines += ["", f"Components looked up under: {', '.join(f.evidence['wrappers'])}."]
+    for row in cells:
+        label = f"**{row[0]}**" if row[0] == "total" else f"`{row[0]}`"
+        lines.append("| " + " | ".join([label, *row[1:]]) + " |")
+    for note in notes:
+        lines += ["", note]
     lines.append("")
     return lines
 

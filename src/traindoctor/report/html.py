@@ -220,11 +220,33 @@ def _where(f: Finding) -> str:
 def _evidence(f: Finding) -> str:
     if not f.evidence:
         return "—"
+    if f.code == "TD502":
+        audit = _audit(f)
+        if audit:
+            return audit
     rows = "".join(
         f"<tr><th><code>{_e(k)}</code></th><td>{_e(fmt_value(v))}</td></tr>"
         for k, v in f.evidence.items()
     )
     return f'<table class="evidence"><tbody>{rows}</tbody></table>'
+
+
+def _audit(f: Finding) -> str:
+    """TD502's evidence as the per-component table the markdown report shows."""
+    from .audit import AUDIT_HEADER, audit_table
+
+    table = audit_table([f])
+    if table is None:
+        return ""
+    step, cells, notes = table
+    head = "".join(f"<th>{_e(h)}</th>" for h in AUDIT_HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in cells)
+    extra = "".join(f"<p>{_e(n)}</p>" for n in notes)
+    return (
+        f'<p class="muted">as of step {_e(step)}: values (tensors)</p>'
+        f'<table class="evidence"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        f"{extra}"
+    )
 
 
 def _plots(plots: Plots) -> str:
