@@ -148,3 +148,15 @@ def test_a_copy_being_evaluated_is_left_to_td405():
     f = assert_fires("TD404", _timeline([0.0] * 3, name="val_iou", runs=runs))
     assert f.evidence["checked"]["evaluated_model_is_trained"] is False
     assert any("TD405" in s for s in f.evidence["not_checked"])
+
+
+def test_metric_logged_inside_validating_counts_whatever_its_name_and_steps():
+    # Logged inside doc.validating() every step (a validation each step): judged by that fact.
+    steps = {
+        i: {"loss.train": [2.0 - i / 10], "metric.acc": [0.0], "params.update": {"w": 0.1}}
+        for i in range(1, 11)
+    }
+    tl = make_timeline(params=PARAMS, steps=steps)
+    assert_silent("TD404", tl)
+    tl.facts["validation_metrics"] = ["acc"]
+    assert "`acc`" in assert_fires("TD404", tl).title

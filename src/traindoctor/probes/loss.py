@@ -187,6 +187,11 @@ class LossProbe(Probe):
             # Each part's gradient on the shared params, before the user's backward frees the
             # graph (sampled steps; .grad is not touched).
             self._parts.measure(self.ctx, step, parts, rec)
+        if validating and metrics:
+            # Metrics logged inside doc.validating() are validation metrics whatever their
+            # names (TD404 judges those).
+            seen = rec.timeline.facts.setdefault("validation_metrics", [])
+            seen.extend(m for m in metrics if m not in seen)
         for mname, value in metrics.items():
             sig = f"{METRIC}.{mname}"
             if isinstance(value, torch.Tensor):

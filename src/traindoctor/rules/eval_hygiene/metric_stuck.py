@@ -44,8 +44,8 @@ def metric_stuck(
 
     ## How it is measured
     The logged values (`metric.<name>`) are taken at the validations: names with a
-    val/eval/test token, metrics logged by `evaluate()`, or metrics logged only at steps where
-    `doc.validating()` ran. The training loss over the same steps comes from
+    val/eval/test token, metrics logged by `evaluate()` or inside `doc.validating()`, or metrics
+    logged only at steps where `doc.validating()` ran. The training loss over the same steps comes from
     `doc.log(loss=...)` or the tensors `backward()` ran on. When `evaluate()` computed the
     metric, the finding lists what it counted in those validations: batches and targets seen,
     positive targets (or classes present), predictions all in one class or all below the
@@ -136,6 +136,7 @@ def _evaluations(tl: TimelineView) -> list[tuple[int, dict[str, Any]]]:
 
 def _validation_metrics(tl: TimelineView, runs: list[tuple[int, dict[str, Any]]]) -> list[str]:
     by_evaluate = {f"metric.{k}" for _, r in runs for k in (r.get("values") or {})}
+    by_evaluate |= {f"metric.{k}" for k in tl.fact("validation_metrics") or ()}
     validation_steps = {e["step"] for e in tl.events("validation")}
     out = []
     for name in tl.signal_names("metric."):
