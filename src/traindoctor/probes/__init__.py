@@ -6,16 +6,20 @@ from .activations import ActivationsProbe
 from .amp import AmpProbe
 from .audit import AuditProbe
 from .base import Probe
+from .data import DataProbe
 from .forward import ForwardProbe
 from .gradpath import GradPathProbe
 from .grads import GradsProbe
 from .init import InitProbe
 from .loss import LossProbe
+from .loss_inputs import LossInputsProbe
+from .memory import MemoryProbe
 from .metrics import MetricsProbe
-from .modes import ModesProbe
+from .modes import FrozenModesProbe, ModesProbe
 from .numerics import NumericsProbe
 from .optim import OptimProbe
 from .params import ParamsProbe
+from .schedule import ScheduleProbe
 
 # Order matters where probes share a step event: params snapshot before grads are read, etc.
 PROBES: tuple[type[Probe], ...] = (
@@ -23,7 +27,9 @@ PROBES: tuple[type[Probe], ...] = (
     OptimProbe,
     GradsProbe,
     LossProbe,
+    LossInputsProbe,
     ForwardProbe,
+    DataProbe,
     AmpProbe,
     InitProbe,
     NumericsProbe,
@@ -32,6 +38,9 @@ PROBES: tuple[type[Probe], ...] = (
     MetricsProbe,
     ModesProbe,
     AuditProbe,
+    MemoryProbe,
+    FrozenModesProbe,
+    ScheduleProbe,
 )
 
 

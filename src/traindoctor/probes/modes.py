@@ -20,7 +20,7 @@ import torch
 from .. import _mode_patches
 from .._source import user_source
 from ..timeline import signal
-from .base import AttachContext, Probe, Recorder
+from .base import AttachContext, Probe, Recorder, iter_tensors
 
 MODES_EVAL = signal(
     "modes.eval_at_step",
@@ -291,4 +291,159 @@ def _by_device(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[l
     out: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         out.setdefault(t.device, []).append(t)
+    return list(out.values())
+
+
+# -- TD516: frozen modules left in train mode ---------------------------------------------
+# A separate probe (its own name, guard key and schedule) kept beside ModesProbe because it
+# reads the same mode flags; ModesProbe above is unchanged by it.
+FROZEN_BN_DRIFT = signal(
+    "modes.frozen_bn_drift",
+    "per observed step: {BatchNorm inside a frozen module: relative change of its running "
+    "mean/var since the previous observed step}",
+)
+_DRIFT_EPS = 1e-12
+
+
+class FrozenModesProbe(Probe):
+    """Modules whose params are all frozen while the rest trains, and the mode-sensitive
+    modules inside them: in train mode (a bool each), how much their BatchNorm running
+    statistics moved between observed steps (one fused norm per BN, deferred), and whether
+    the frozen module's output carries a graph (host metadata in a forward hook).
+
+    Costs: on observed steps (the first 3, then sampled) one walk of the module tree, a
+    clone of the frozen BatchNorms' running statistics; a forward hook per frozen module
+    that returns at once on other steps."""
+
+    name = "frozen_modes"
+    provides: ClassVar[tuple[str, ...]] = (FROZEN_BN_DRIFT,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen: dict[str, torch.nn.Module] = {}  # maximal frozen module -> module
+        self._inside: dict[str, list[tuple[str, torch.nn.Module]]] = {}  # its sensitive modules
+        self._snap: dict[str, torch.Tensor] = {}
+        self._out_grad: dict[str, bool] = {}
+        self._hooked: dict[int, Any] = {}
+        self._observe = False
+        self._last: Any = None
+        self._events = 0
+
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._observe = step <= 3 or sampled
+        if self._observe:
+            self._index()
+
+    def _index(self) -> None:
+        assert self.ctx is not None
+        frozen: dict[str, torch.nn.Module] = {}
+        inside: dict[str, list[tuple[str, torch.nn.Module]]] = {}
+        trainable = False
+        for prefix, model in self.ctx.models.items():
+            root = prefix.rstrip(".") or "<model>"
+            for name, m in model.named_modules():
+                params = list(m.parameters())
+                trainable = trainable or any(p.requires_grad for p in params)
+                qualified = f"{prefix}{name}" if name else root
+                if not params or any(p.requires_grad for p in params):
+                    continue
+                if any(qualified.startswith(f"{f}.") for f in frozen) or (root in frozen and name):
+                    continue  # inside a frozen module already listed
+                sensitive = [
+                    (f"{qualified}.{n}" if n else qualified, s)
+                    for n, s in m.named_modules()
+                    if mode_sensitive(s)
+                ]
+                if sensitive:
+                    frozen[qualified] = m
+                    inside[qualified] = sensitive
+        if not trainable:
+            frozen, inside = {}, {}  # nothing trains at all: TD110's business
+        self._frozen, self._inside = frozen, inside
+        for key, handle in list(self._hooked.items()):
+            if not any(id(m) == key for m in frozen.values()):
+                handle.remove()
+                del self._hooked[key]
+        for name, m in frozen.items():
+            if id(m) not in self._hooked:
+                hook = self.ctx.hook("probe frozen_modes", self._forward_hook(name))
+                handle = m.register_forward_hook(hook)
+                self._hooked[id(m)] = handle
+                self.handles.append(handle)
+
+    def _forward_hook(self, name: str) -> Any:
+        def on_forward(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            if not self._observe or not torch.is_grad_enabled():
+                return  # validation forwards are TD403's
+            tensors = [t for t in iter_tensors(output) if t.is_floating_point()]
+            if tensors:
+                self._out_grad[name] = any(t.requires_grad for t in tensors)
+
+        return on_forward
+
+    def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if not self._observe or not self._frozen:
+            return
+        state = {}
+        for root, modules in self._inside.items():
+            bn = [n for n, m in modules if _has_stats(m)]
+            state[root] = {
+                "bn_train": [n for n, m in modules if _has_stats(m) and m.training][:MAX_NAMES],
+                "bn_count": len(bn),
+                "dropout_train": [
+                    n
+                    for n, m in modules
+                    if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training
+                ][:MAX_NAMES],
+                "output_requires_grad": self._out_grad.get(root),
+            }
+        if state != self._last and self._events < MAX_EVENTS:
+            self._last = state
+            self._events += 1
+            rec.event(step, "frozen_modules", modules=state)
+        self._measure_drift(step, rec)
+
+    def _measure_drift(self, step: int, rec: Recorder) -> None:
+        names, drifts = [], []
+        snap: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for modules in self._inside.values():
+                for n, m in modules:
+                    if not _has_stats(m):
+                        continue
+                    cur = torch.cat([m.running_mean.reshape(-1), m.running_var.reshape(-1)])
+                    cur = cur.float()
+                    prev = self._snap.get(n)
+                    if prev is not None and prev.shape == cur.shape and prev.device == cur.device:
+                        names.append(n)
+                        drifts.append((cur - prev).norm() / (prev.norm() + _DRIFT_EPS))
+                    snap[n] = cur.clone()
+        self._snap = snap
+        for device_names, device_drifts in _group(names, drifts):
+            rec.defer(step, FROZEN_BN_DRIFT, torch.stack(device_drifts), keys=device_names)
+
+    def detach(self) -> None:
+        super().detach()
+        self._hooked.clear()
+        self._snap.clear()
+
+
+def _has_stats(m: torch.nn.Module) -> bool:
+    return (
+        isinstance(
+            m, torch.nn.modules.batchnorm._BatchNorm | torch.nn.modules.instancenorm._InstanceNorm
+        )
+        and getattr(m, "running_mean", None) is not None
+        and getattr(m, "running_var", None) is not None
+    )
+
+
+def _group(
+    names: list[str], tensors: list[torch.Tensor]
+) -> list[tuple[list[str], list[torch.Tensor]]]:
+    out: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
+    for n, t in zip(names, tensors):
+        ns, ts = out.setdefault(t.device, ([], []))
+        ns.append(n)
+        ts.append(t)
     return list(out.values())

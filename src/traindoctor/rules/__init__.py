@@ -27,6 +27,7 @@ from .loss_path import dead_relu, detached_branch, gradient_blocked_by_op, satur
 from .numerics import (
     amp_scaled_grads_used,
     exploding_gradient,
+    fp16_without_scaler,
     grad_scaler_collapse,
     loss_component_dominates,
     loss_spike_or_divergence,
@@ -37,7 +38,24 @@ from .numerics import (
     poor_initialization,
     vanishing_gradient,
 )
-from .setup import grad_on_non_float, trainable_audit
+from .setup import (
+    augmentation_repeats_across_workers,
+    batches_not_shuffled,
+    data_not_changing,
+    degenerate_loss,
+    frozen_module_in_train_mode,
+    grad_accumulation_unnormalized,
+    grad_on_non_float,
+    inputs_not_normalized,
+    labels_degenerate,
+    log_of_nonpositive,
+    loss_shape_broadcast,
+    lr_schedule_anomaly,
+    memory_growth,
+    probabilities_as_logits,
+    trainable_audit,
+    weight_decay_on_norms,
+)
 
 CATALOG = (
     loss_not_differentiable,  # TD101
@@ -74,4 +92,19 @@ CATALOG = (
     metric_undefined,  # TD406
     grad_on_non_float,  # TD501
     trainable_audit,  # TD502
+    data_not_changing,  # TD504
+    inputs_not_normalized,  # TD510
+    augmentation_repeats_across_workers,  # TD513
+    memory_growth,  # TD505
+    frozen_module_in_train_mode,  # TD516
+    lr_schedule_anomaly,  # TD503
+    weight_decay_on_norms,  # TD514
+    probabilities_as_logits,  # TD506
+    degenerate_loss,  # TD507
+    loss_shape_broadcast,  # TD508
+    log_of_nonpositive,  # TD509
+    labels_degenerate,  # TD511
+    batches_not_shuffled,  # TD512
+    grad_accumulation_unnormalized,  # TD515
+    fp16_without_scaler,  # TD211
 )

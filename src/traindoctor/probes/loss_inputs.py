@@ -1,0 +1,422 @@
+"""Loss inputs: what flows into the standard losses (shapes, dtypes, value ranges, labels).
+
+The losses of `torch.nn.functional` (`cross_entropy`, `nll_loss`, `binary_cross_entropy`,
+`binary_cross_entropy_with_logits`, `mse_loss`, `l1_loss`, `smooth_l1_loss`, `huber_loss`,
+`kl_div`, `poisson_nll_loss`, ...) are wrapped on the `torch.nn.functional` module while at least
+one doctor listens (process-wide, shared, restored exactly with the last listener). The loss
+modules (`nn.CrossEntropyLoss`, `nn.MSELoss`, ...) call `F.<loss>` at call time, so they are seen
+too. Not seen: a name bound before `watch()` (`from torch.nn.functional import cross_entropy`),
+losses written by hand, `torch.nn._reduction`-free C++ entry points (`torch._C._nn.*`), and in
+zero-code mode the losses of step 1 (the doctor attaches at the first backward).
+
+A wrapped call always runs the original with the same arguments, once, and returns its result
+as is; what the probe does runs before and after it under the doctor's guard. Only training
+losses are looked at (grad enabled, an input that requires grad): a loss computed on detached
+tensors for a log line trains nothing.
+
+Per call:
+- every step: for class-index targets over at most `MAX_HIST_CLASSES` classes, a label
+  histogram (`scatter_add_` on the device, no sync), summed over the step's calls of one site;
+- on the structural and sampled steps: host facts (shapes, dtypes, class count, the op that
+  produced the input, the user's line) as a `loss_input` event when a site or its shapes are new,
+  and device facts (input min/max, rows summing to 1, values at the loss's own clamp, labels'
+  min/max, share of non-positive values fed to a log) stacked into one deferred read-back.
+No tensor is kept beyond the call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from .._source import call_site, relpath, user_source_with_code
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder
+
+LOSS_INPUT_STATS = signal(
+    "loss_inputs.stats",
+    "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
+    "(in_min, in_max, rowsum_dev, nonfinite, clamped, t_min, t_max, t_mean, log_arg_nonpos, "
+    "loss); sites are described by `loss_input` events",
+)
+LOSS_INPUT_LABELS = signal(
+    "loss_inputs.labels",
+    "per step: {'<site>.<class>': count} label histogram of class-index targets (<= 64 classes)",
+)
+LOSS_INPUT_OBSERVED = signal(
+    "loss_inputs.observed", "per step: list of loss sites whose inputs were measured"
+)
+
+LOSSES = (
+    "cross_entropy",
+    "nll_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "kl_div",
+    "poisson_nll_loss",
+    "soft_margin_loss",
+    "multilabel_soft_margin_loss",
+)
+CLASS_LOSSES = ("cross_entropy", "nll_loss")
+MAX_HIST_CLASSES = 64
+MAX_EVENTS = 64
+# Autograd nodes that only move or reshape values: the producer of a loss input is looked for
+# below them (`softmax(x).view(-1, C)` was produced by softmax).
+_VIEWS = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "UnsqueezeBackward0",
+        "CloneBackward0",
+        "ToCopyBackward0",
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "TBackward0",
+        "ExpandBackward0",
+        "SliceBackward0",
+        "SelectBackward0",
+        "FlattenBackward0",
+        "ContiguousBackward0",
+    }
+)
+_LOGS = frozenset({"LogBackward0", "Log2Backward0", "Log10Backward0"})
+_SOFTMAX = frozenset({"SoftmaxBackward0", "LogSoftmaxBackward0"})
+
+# -- the shared patch of torch.nn.functional ------------------------------------------------
+_listeners: list[Any] = []  # objects with loss_call(fn, args, kwargs) -> after-callback | None
+_local = threading.local()
+
+
+def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def loss(*args: Any, **kwargs: Any) -> Any:
+        if not _listeners or getattr(_local, "busy", False):
+            return original(*args, **kwargs)
+        afters = []
+        _local.busy = True  # a loss called from inside another (or from a probe) is not a call
+        try:
+            for listener in list(_listeners):
+                try:
+                    after = listener.loss_call(name, args, kwargs)
+                except Exception:  # noqa: BLE001 - never reaches the user's call
+                    after = None
+                if after is not None:
+                    afters.append(after)
+        finally:
+            _local.busy = False
+        _local.busy = True  # torch-function modes re-enter the public function: one call
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            _local.busy = False
+        for after in afters:
+            try:
+                after(out)
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+    loss.__wrapped__ = original  # type: ignore[attr-defined]
+    loss.__name__ = getattr(original, "__name__", name)
+    loss.__doc__ = getattr(original, "__doc__", None)
+    return loss
+
+
+def _owners() -> list[tuple[Any, str, str]]:
+    """(owner, attribute, loss name) of every wrapped loss."""
+    import torch.nn.functional as F
+
+    out = [(F, name, name) for name in LOSSES if name != "cross_entropy"]
+    # cross_entropy is wrapped one level down, at the kernel entry F.cross_entropy calls, so
+    # that F.cross_entropy itself stays the object InitProbe wraps and unwraps on its own
+    # schedule (stacked wrappers of one attribute could not both be removed exactly).
+    out.append((torch._C._nn, "cross_entropy_loss", "cross_entropy"))
+    return out
+
+
+_installed: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, ours)
+
+
+def add_loss_listener(listener: Any) -> None:
+    if not _listeners:
+        for owner, attr, name in _owners():
+            original = getattr(owner, attr, None)
+            if original is None:
+                continue
+            ours = _wrap(name, original)
+            _installed.append((owner, attr, original, ours))
+            setattr(owner, attr, ours)
+    _listeners.append(listener)
+
+
+def remove_loss_listener(listener: Any) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+    if _listeners:
+        return
+    for owner, attr, original, ours in reversed(_installed):
+        if getattr(owner, attr, None) is ours:  # replaced by someone else since: theirs stays
+            setattr(owner, attr, original)
+    _installed.clear()
+
+
+def loss_patched() -> bool:
+    return bool(_listeners)
+
+
+# -- host facts -----------------------------------------------------------------------------
+def producer(t: torch.Tensor) -> tuple[list[str], Any]:
+    """Names of the autograd ops that produced `t` (view-like ones skipped; up to 3 real ops
+    down the first input), and the first real node: host metadata only."""
+    names: list[str] = []
+    first = None
+    node = t.grad_fn
+    for _ in range(12):
+        if node is None or len(names) >= 3:
+            break
+        name = type(node).__name__
+        if name not in _VIEWS:
+            names.append(name)
+            first = first or node
+        nxt = [n for n, _ in node.next_functions if n is not None]
+        node = nxt[0] if nxt else None
+    return names, first
+
+
+def _saved(node: Any, attr: str) -> Any:
+    try:
+        return getattr(node, attr)
+    except Exception:  # noqa: BLE001 - freed or absent
+        return None
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+_KWARGS = {  # name -> position in the functional signature
+    # torch._C._nn.cross_entropy_loss(input, target, weight, reduction enum, ignore_index, ls)
+    "cross_entropy": {"ignore_index": 4, "reduction": 3, "label_smoothing": 5},
+    "nll_loss": {"ignore_index": 4, "reduction": 6},
+    "kl_div": {"reduction": 4, "log_target": 5},
+    "poisson_nll_loss": {"log_input": 2},
+}
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+class LossInputsProbe(Probe):
+    name = "loss_inputs"
+    provides: ClassVar[tuple[str, ...]] = (
+        LOSS_INPUT_STATS,
+        LOSS_INPUT_LABELS,
+        LOSS_INPUT_OBSERVED,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sites: dict[tuple[str, Any], int] = {}
+        self._described: set[tuple[Any, ...]] = set()
+        self._events = 0
+        self._keys: dict[tuple[int, int], list[str]] = {}
+        self._listening = False
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        self._rec = rec
+        add_loss_listener(self)
+        self._listening = True
+
+    def detach(self) -> None:
+        if self._listening:
+            remove_loss_listener(self)
+            self._listening = False
+        super().detach()
+
+    # Called by the patch for every watched loss call (guarded there and here).
+    def loss_call(self, fn: str, args: tuple, kwargs: dict) -> Callable[[Any], None] | None:
+        ctx = self.ctx
+        if ctx is None:
+            return None
+        doc = ctx.doctor
+        if doc._closed or doc._validating or "probe loss_inputs" in doc.guard.disabled:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return doc.guard.call("probe loss_inputs", self._observe, doc, fn, args, kwargs)
+        finally:
+            doc.budget.spend(time.perf_counter() - t0)
+
+    def _observe(self, doc: Any, fn: str, args: tuple, kwargs: dict) -> Callable | None:
+        inp = _arg(args, kwargs, 0, "input")
+        tgt = _arg(args, kwargs, 1, "target")
+        if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
+            return None
+        if not (torch.is_grad_enabled() and inp.requires_grad):
+            return None  # a loss on detached values (a logged metric) trains nothing
+        rec, step = self._rec, doc.step
+        if not doc.budget.sampled(step):
+            return None  # unsampled steps cost one flag check: the budget is per step
+        site = self._site(fn)
+        cdim = 1 if inp.dim() >= 2 else 0
+        classes = int(inp.shape[cdim]) if fn in CLASS_LOSSES and inp.dim() >= 1 else None
+        opts = {k: _arg(args, kwargs, i, k) for k, i in _KWARGS.get(fn, {}).items()}
+        index_target = classes is not None and not tgt.is_floating_point() and tgt.dim() < inp.dim()
+        ignore = opts.get("ignore_index")
+        ignore = -100 if ignore is None else int(ignore)
+        with torch.no_grad():
+            if index_target and classes <= MAX_HIST_CLASSES:
+                self._histogram(rec, step, site, tgt, classes, ignore)
+            names, node = producer(inp)
+            self._describe(rec, step, site, fn, inp, tgt, classes, cdim, names, node, opts)
+            stats = self._stats(fn, inp, tgt, cdim, classes, index_target, ignore, node, opts)
+        rec.append(step, LOSS_INPUT_OBSERVED, site)
+        keys = [f"{site}.{k}" for k in stats]
+        if keys:
+            vals = torch.stack([v.detach().double().reshape(()) for v in stats.values()])
+            rec.defer(step, LOSS_INPUT_STATS, vals, keys=keys)
+
+        def after(out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.numel() >= 1:
+                value = out.detach().reshape(()) if out.numel() == 1 else out.detach().mean()
+                rec.defer(step, LOSS_INPUT_STATS, value.double().reshape(1), keys=[f"{site}.loss"])
+
+        return after
+
+    def _site(self, fn: str) -> int:
+        where = call_site()
+        key = (fn, where)
+        site = self._sites.get(key)
+        if site is None:
+            site = self._sites[key] = len(self._sites)
+        return site
+
+    def _histogram(
+        self, rec: Recorder, step: int, site: int, tgt: torch.Tensor, classes: int, ignore: int
+    ) -> None:
+        t = tgt.reshape(-1).long()
+        # Out-of-range labels and ignore_index (negative, or >= C) go to an overflow bin: no
+        # sync, no device assert. A non-negative ignore_index < C is masked out explicitly.
+        valid = (t >= 0) & (t < classes)
+        if 0 <= ignore < classes:
+            valid &= t != ignore
+        t = torch.where(valid, t, classes)
+        counts = torch.zeros(classes + 1, dtype=torch.float64, device=t.device)
+        counts.scatter_add_(0, t, torch.ones(t.shape, dtype=torch.float64, device=t.device))
+        keys = self._keys.get((site, classes))
+        if keys is None:
+            keys = self._keys[(site, classes)] = [f"{site}.{c}" for c in range(classes)]
+        rec.defer(step, LOSS_INPUT_LABELS, counts[:classes], keys=keys, reduce=_add)
+
+    def _describe(
+        self,
+        rec: Recorder,
+        step: int,
+        site: int,
+        fn: str,
+        inp: torch.Tensor,
+        tgt: torch.Tensor,
+        classes: int | None,
+        cdim: int,
+        names: list[str],
+        node: Any,
+        opts: dict[str, Any],
+    ) -> None:
+        shapes = (site, tuple(inp.shape[1:]), tuple(tgt.shape[1:]), str(tgt.dtype))
+        if shapes in self._described or self._events >= MAX_EVENTS:
+            return
+        self._described.add(shapes)
+        self._events += 1
+        src = user_source_with_code(skip=1) or {}
+        where = call_site()
+        facts: dict[str, Any] = {
+            "site": site,
+            "fn": fn,
+            "input_shape": list(inp.shape),
+            "input_dtype": str(inp.dtype).replace("torch.", ""),
+            "target_shape": list(tgt.shape),
+            "target_dtype": str(tgt.dtype).replace("torch.", ""),
+            "target_float": bool(tgt.is_floating_point()),
+            "classes": classes,
+            "class_dim": cdim if classes is not None else None,
+            "producer": names,
+            "options": {k: v for k, v in opts.items() if isinstance(v, int | float | str | bool)},
+            "source": src.get("source") or (f"{relpath(where[0])}:{where[1]}" if where else None),
+            "code": src.get("code"),
+        }
+        if tuple(inp.shape) != tuple(tgt.shape):
+            try:
+                out = torch.broadcast_shapes(inp.shape, tgt.shape)
+                facts["broadcast_shape"] = list(out)
+            except RuntimeError:
+                facts["broadcast_shape"] = None
+        if node is not None and type(node).__name__ in _SOFTMAX:
+            dim = _saved(node, "_saved_dim")
+            result = _saved(node, "_saved_result")
+            if isinstance(dim, int) and isinstance(result, torch.Tensor) and result.dim() > 0:
+                # Saved as an unsigned int64: dim=-1 comes back as 2**64 - 1.
+                dim = dim - (1 << 64) if dim >= 1 << 63 else dim
+                facts["softmax_dim_size"] = int(result.shape[dim % result.dim()])
+        rec.event(step, "loss_input", **facts)
+
+    def _stats(
+        self,
+        fn: str,
+        inp: torch.Tensor,
+        tgt: torch.Tensor,
+        cdim: int,
+        classes: int | None,
+        index_target: bool,
+        ignore: int,
+        node: Any,
+        opts: dict[str, Any],
+    ) -> dict[str, torch.Tensor]:
+        x = inp.detach()
+        out: dict[str, torch.Tensor] = {}
+        if x.numel() == 0 or not x.is_floating_point():
+            return out
+        out["in_min"] = x.amin()
+        out["in_max"] = x.amax()
+        out["nonfinite"] = (~torch.isfinite(x)).float().mean()
+        if classes is not None and x.dim() >= 1:
+            # Probabilities along the class dim: every row sums to 1.
+            out["rowsum_dev"] = (x.float().sum(cdim) - 1).abs().amax()
+        if index_target and tgt.numel():
+            t = tgt.detach().reshape(-1).long()
+            keep = t != ignore
+            big = torch.iinfo(torch.int64).max
+            out["t_min"] = torch.where(keep, t, torch.full_like(t, big)).amin()
+            out["t_max"] = torch.where(keep, t, torch.full_like(t, -big)).amax()
+        elif tgt.is_floating_point() and tgt.numel():
+            y = tgt.detach()
+            out["t_min"] = y.amin()
+            out["t_max"] = y.amax()
+            out["t_mean"] = y.float().mean()
+            out["t_frac"] = (y != torch.round(y)).float().mean()
+        if fn == "binary_cross_entropy" and tgt.shape == x.shape:
+            # Elements at 0 or 1 with the other target: the loss's own log clamp (-100) makes
+            # them a constant 100, and the sigmoid in front passes them no gradient.
+            y = tgt.detach()
+            at = ((x == 0) | (x == 1)) & (x != y)
+            out["clamped"] = at.float().mean()
+            out["outside_01"] = ((x < 0) | (x > 1)).float().mean()
+        if fn == "poisson_nll_loss" and opts.get("log_input") is False:
+            out["log_arg_nonpos"] = (x <= 0).float().mean()
+        elif node is not None and type(node).__name__ in _LOGS:
+            arg = _saved(node, "_saved_self")
+            if isinstance(arg, torch.Tensor) and arg.numel():
+                out["log_arg_nonpos"] = (arg.detach() <= 0).float().mean()
+        return out

@@ -1,0 +1,339 @@
+"""The schedule of a step: LR schedulers, autocast precision, micro-batches and clipping.
+
+Facts the optimizer probe cannot see from the optimizer alone:
+
+- which LR schedulers drive a watched optimizer (class and settings: `step_size`, `T_max`,
+  milestones, ...) and how many times their `step()` runs in each optimizer step. Schedulers
+  are seen when their `step()` runs (also one built before `td.watch()`), through a
+  process-wide wrapper of `LRScheduler.step` (and of the subclasses that override it),
+  installed with the first listener and restored exactly with the last;
+- the autocast dtype in force when a watched model's forward starts;
+- under float16 autocast without an enabled GradScaler, the number of non-zero gradient
+  elements per parameter at `step()` (one fused L0 `_foreach_norm`, sampled steps);
+- `clip_grad_norm_`'s max_norm and the total norm it measured (through the clip patches of
+  `_patches.py`);
+- backward passes whose loss ends in a division by a tensor (a data-dependent normalizer, e.g.
+  `loss_sum / n_tokens`), which the constant-factor walk of the loss probe cannot see.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from .. import _patches
+from .._source import call_site, relpath
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder, by_device
+
+SCHED_STEPS = signal(
+    "schedule.steps",
+    "per scheduler ('sched0', see the lr_scheduler events): scheduler.step() calls in the step",
+)
+SCHED_AUTOCAST = signal(
+    "schedule.autocast",
+    "per device type: the autocast dtype in force at a watched model's forward ('off' if none)",
+)
+SCHED_GRAD_NONZERO = signal(
+    "schedule.grad_nonzero",
+    "per param: non-zero gradient elements at step() (float16 autocast without a GradScaler)",
+)
+SCHED_CLIP_NORM = signal(
+    "schedule.clip_norm", "per step: list of total norms clip_grad_norm_ measured before clipping"
+)
+SCHED_CLIP_MAX = signal("schedule.clip_max", "per step: list of clip_grad_norm_'s max_norm")
+SCHED_TENSOR_DIV = signal(
+    "schedule.tensor_divided",
+    "per step: backward passes whose loss ends in a division by a tensor (data normalizer)",
+)
+
+# Scheduler attributes that say how long its schedule is; copied into the lr_scheduler event.
+_SETTINGS = (
+    "step_size",
+    "gamma",
+    "milestones",
+    "T_max",
+    "eta_min",
+    "T_0",
+    "T_mult",
+    "total_steps",
+    "total_iters",
+    "factor",
+    "start_factor",
+    "end_factor",
+    "power",
+    "base_lrs",
+)
+
+
+class ScheduleProbe(Probe):
+    name = "schedule"
+    provides: ClassVar[tuple[str, ...]] = (
+        SCHED_STEPS,
+        SCHED_AUTOCAST,
+        SCHED_GRAD_NONZERO,
+        SCHED_CLIP_NORM,
+        SCHED_CLIP_MAX,
+        SCHED_TENSOR_DIV,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rec: Recorder | None = None
+        self._schedulers: dict[int, str] = {}  # id(scheduler) -> "sched<i>"
+        self._keep: list[Any] = []  # the schedulers themselves: their ids stay unique
+        self._sampled = False
+        self._fp16 = False  # float16 autocast seen at a forward
+        self._listening = False
+        self._clip = _ClipListener(self)
+
+    # -- attaching ------------------------------------------------------------------------
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        self._rec = rec
+        for model in ctx.models.values():
+            hook = ctx.hook("probe schedule forward", self._forward)
+            self.handles.append(model.register_forward_pre_hook(lambda m, a, h=hook: h()))
+        add_scheduler_listener(self._scheduler_step)
+        self._hparams(rec)
+        _patches.add_amp_listener(self._clip)
+        self._listening = True
+
+    def detach(self) -> None:
+        if self._listening:
+            remove_scheduler_listener(self._scheduler_step)
+            _patches.remove_amp_listener(self._clip)
+            self._listening = False
+        self._keep.clear()
+        super().detach()
+
+    def _hparams(self, rec: Recorder) -> None:
+        """Momentum per param group: how far weight decay pulls per step (TD514) depends on it."""
+        ctx = self.ctx
+        assert ctx is not None
+        groups = {}
+        for oi, opt in enumerate(ctx.optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                momentum = group.get("momentum")
+                groups[f"opt{oi}/group{gi}"] = {
+                    "momentum": float(momentum) if isinstance(momentum, int | float) else None,
+                    "dampening": _number(group.get("dampening")),
+                    "decoupled": type(opt).__name__ == "AdamW"
+                    or bool(group.get("decoupled_weight_decay")),
+                }
+        rec.event(ctx.doctor.step, "optimizer_hparams", groups=groups)
+
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        self._sampled = sampled
+
+    def _live(self) -> bool:
+        ctx = self.ctx
+        return ctx is not None and not ctx.doctor._closed and not ctx.doctor._validating
+
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        ctx = self.ctx
+        if ctx is None or not self._live():
+            return
+        key = f"probe {self.name}"
+        if key in ctx.doctor.guard.disabled:
+            return
+        ctx.doctor.guard.call(key, fn, *args)
+
+    # -- forward: the autocast dtype ------------------------------------------------------
+    def _forward(self) -> None:
+        if not self._live() or not self._sampled:
+            return
+        ctx, rec = self.ctx, self._rec
+        assert ctx is not None and rec is not None
+        step = ctx.doctor.step
+        for device in ("cpu", "cuda"):
+            if device == "cuda" and not torch.cuda.is_available():
+                continue
+            dtype = "off"
+            if torch.is_autocast_enabled(device):
+                dtype = str(torch.get_autocast_dtype(device)).replace("torch.", "")
+                self._fp16 = self._fp16 or dtype == "float16"
+            rec.record(step, SCHED_AUTOCAST, dtype, key=device)
+
+    # -- backward: a data-dependent normalizer --------------------------------------------
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        node = loss.grad_fn
+        if node is None or type(node).__name__ != "DivBackward0":
+            return
+        other = getattr(node, "_saved_other", None)
+        # A Python number is saved as a 0-d CPU tensor (the loss probe's constant factor); a
+        # tensor divisor from the data (`mask.sum()`, `n_tokens`) is a normalizer.
+        if isinstance(other, torch.Tensor) and (other.requires_grad or not _wrapped(other)):
+            rec.record(step, SCHED_TENSOR_DIV, rec.timeline.get(step, SCHED_TENSOR_DIV, 0) + 1)
+
+    # -- step: zero gradient elements under float16 ---------------------------------------
+    def on_optimizer_pre_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        ctx = self.ctx
+        if not (sampled and self._fp16) or ctx is None:
+            return
+        scaler = ctx.scaler
+        if scaler is not None and getattr(scaler, "is_enabled", lambda: False)():
+            return
+        names, grads = [], []
+        for name, p in ctx.optimizer_params(opt):
+            if p.grad is not None and p.grad.layout is torch.strided:
+                names.append(name)
+                grads.append(p.grad.detach())
+        if not grads:
+            return
+        with torch.no_grad():
+            nonzero = torch._foreach_norm(grads, 0)  # L0: count of non-zero elements, fused
+        for ns, ts in by_device(names, nonzero).values():
+            rec.defer(step, SCHED_GRAD_NONZERO, torch.stack(ts).float(), keys=ns)
+
+    # -- LR schedulers --------------------------------------------------------------------
+    def _scheduler_step(self, sched: Any) -> None:
+        self._guarded(self._on_scheduler_step, sched)
+
+    def _on_scheduler_step(self, sched: Any) -> None:
+        ctx, rec = self.ctx, self._rec
+        assert ctx is not None and rec is not None
+        opt = getattr(sched, "optimizer", None)
+        oi = next((i for i, o in enumerate(ctx.optimizers) if o is opt), None)
+        if oi is None:
+            return  # a scheduler of an optimizer traindoctor does not watch
+        step = ctx.doctor.step
+        key = self._schedulers.get(id(sched))
+        if key is None:
+            key = f"sched{len(self._schedulers)}"
+            self._schedulers[id(sched)] = key
+            self._keep.append(sched)
+            site = call_site()
+            rec.event(
+                step,
+                "lr_scheduler",
+                key=key,
+                cls=type(sched).__name__,
+                optimizer=f"opt{oi}",
+                settings=_settings(sched),
+                source=f"{relpath(site[0])}:{site[1]}" if site else None,
+            )
+        old = (rec.timeline.get(step, SCHED_STEPS) or {}).get(key, 0)
+        rec.record(step, SCHED_STEPS, old + 1, key=key)
+
+    # -- clipping -------------------------------------------------------------------------
+    def clipped(self, fn: str, threshold: Any, result: Any) -> None:
+        self._guarded(self._on_clipped, fn, threshold, result)
+
+    def _on_clipped(self, fn: str, threshold: Any, result: Any) -> None:
+        ctx, rec = self.ctx, self._rec
+        assert ctx is not None and rec is not None
+        if fn != "clip_grad_norm_" or not isinstance(result, torch.Tensor):
+            return
+        try:
+            max_norm = float(threshold)
+        except (TypeError, ValueError):
+            return
+        step = ctx.doctor.step
+        rec.append(step, SCHED_CLIP_MAX, max_norm)
+        rec.defer(step, SCHED_CLIP_NORM, result.detach().reshape(()).float(), append=True)
+
+
+class _ClipListener:
+    """The clip patches' listener interface (`_patches.AmpListener`), forwarding one event."""
+
+    def __init__(self, probe: ScheduleProbe) -> None:
+        self._probe = probe
+
+    def clip_after(self, fn: str, params: Any, threshold: Any, result: Any) -> None:
+        self._probe.clipped(fn, threshold, result)
+
+    def clip_before(self, *args: Any) -> None:
+        pass
+
+    def unscaled(self, *args: Any) -> None:
+        pass
+
+    def scaler_step(self, *args: Any) -> None:
+        pass
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _wrapped(t: torch.Tensor) -> bool:
+    return t.dim() == 0 and t.device.type == "cpu" and t.dtype in (torch.int64, torch.float64)
+
+
+def _settings(sched: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in _SETTINGS:
+        value = sched.__dict__.get(attr)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            out[attr] = value
+        elif isinstance(value, dict):  # MultiStepLR's milestones are a Counter
+            out[attr] = sorted(k for k in value if isinstance(k, int))
+        elif isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
+            out[attr] = list(value)[:16]
+    return out
+
+
+# -- the process-wide LRScheduler.step wrapper ---------------------------------------------
+_sched_listeners: list[Callable[[Any], None]] = []
+_sched_originals: list[tuple[type, Any, Any]] = []  # (class, original step, ours)
+_depth = threading.local()
+
+
+def _scheduler_classes() -> list[type]:
+    from torch.optim import lr_scheduler
+
+    base = lr_scheduler.LRScheduler
+    return [
+        c
+        for c in vars(lr_scheduler).values()
+        if isinstance(c, type) and issubclass(c, base) and "step" in vars(c)
+    ]
+
+
+def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_depth, "n", 0)
+        # The step() the constructor runs (`_step_count` still 0) is not a schedule step, and
+        # the inner steps of SequentialLR/ChainedScheduler belong to the outer one.
+        if depth == 0 and getattr(self, "_step_count", 1) != 0 and _sched_listeners:
+            for listener in list(_sched_listeners):
+                try:
+                    listener(self)
+                except Exception:  # noqa: BLE001  (listeners guard themselves; last resort)
+                    pass
+        _depth.n = depth + 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _depth.n = depth
+
+    step.__wrapped__ = original  # type: ignore[attr-defined]
+    return step
+
+
+def add_scheduler_listener(listener: Callable[[Any], None]) -> None:
+    if not _sched_listeners:
+        for cls in _scheduler_classes():
+            original = cls.__dict__["step"]
+            ours = _wrap(original)
+            _sched_originals.append((cls, original, ours))
+            cls.step = ours  # type: ignore[method-assign]
+    _sched_listeners.append(listener)
+
+
+def remove_scheduler_listener(listener: Callable[[Any], None]) -> None:
+    if listener in _sched_listeners:
+        _sched_listeners.remove(listener)
+    if not _sched_listeners:
+        for cls, original, ours in reversed(_sched_originals):
+            if cls.__dict__.get("step") is ours:  # replaced by someone else since: theirs stays
+                cls.step = original  # type: ignore[method-assign]
+        _sched_originals.clear()

@@ -1,0 +1,148 @@
+"""TD504 data-not-changing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ...findings import Finding, Severity
+from ...timeline import TimelineView
+from .._registry import rule
+
+
+@rule(
+    code="TD504",
+    name="data-not-changing",
+    severity=Severity.WARNING,
+    summary="The model trains on the same batch step after step.",
+    requires=("data.fp", "data.inputs", "optim.step", "params.update"),
+    priority=30,
+)
+def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Finding]:
+    """
+    ## What it detects
+    The first training batch of each step is bit-identical to the previous step's for at
+    least `min_steps` consecutive optimizer steps: the loop trains on one batch over and over.
+    A warning when the batches changed before they froze; info when one batch is used for
+    the whole run, which is also what deliberate full-batch training looks like.
+
+    ## Why it matters
+    The loss falls nicely (the model memorizes the batch) while nothing is learned about the
+    data set: validation stays at chance. Typical causes: `x, y = next(iter(loader))` taken
+    once before the loop, a loop variable shadowed by a batch fetched outside it, an index
+    that never advances (`data[0]`), a dataset whose `__getitem__` ignores its index.
+
+    ## How it is measured
+    On the first training forward of a step (every step for the first 64, then each sampled
+    step and the step after it; grad enabled, train mode, outside `doc.validating()`), the
+    root model's forward pre-hook computes on the device, per input
+    tensor, the sum, sum of squares, a weighted sum with fixed pseudo-random weights, the
+    min and the max (over a strided view of at most 262,144 elements); they are read back
+    with the batched read-back. Two steps have the same batch when all five values of every
+    input are equal to the bit; a run of identical fingerprints must include at least two
+    pairs of adjacent steps (a loader whose epoch length divides the sampling interval shows
+    the same batch at every sampled step, but not at the step after). The run must be made of
+    real optimizer steps (`optim.step`),
+    and where the parameter updates were sampled (`params.update`), they are reported.
+    Validation forwards (no_grad or eval mode) are never fingerprinted.
+
+    ## Example
+    ```python
+    x, y = next(iter(loader))          # taken once
+    for step in range(1000):
+        loss = criterion(model(x), y)  # the same batch every step
+    ```
+
+    ## Fix
+    ```python
+    for x, y in loader:                # a fresh batch every step
+        loss = criterion(model(x), y)
+    ```
+
+    ## Known false positives
+    Deliberate full-batch training (L-BFGS on a small data set, physics-informed networks on
+    fixed collocation points) and the "overfit one batch" sanity check train on one batch on
+    purpose; that case (one batch for the whole run) is reported as info only, and can be
+    ignored (`--ignore TD504`).
+    """
+    stepped = {s for s, v in tl.series("optim.step") if v}
+    # Fingerprints come every step early on, then in pairs (a sampled step and the next). A
+    # streak is a run of bit-identical fingerprints over the fingerprinted steps; it must hold
+    # pairs of adjacent steps, so that a loader whose epoch length divides the sampling
+    # interval (the same batch index at every sampled step) is not mistaken for it.
+    best: tuple[int, int, int, int] = (0, 0, 0, 0)  # first, last, records, adjacent pairs
+    start = prev_step = None
+    prev: Any = None
+    records = pairs = 0
+    for step, fp in tl.series("data.fp"):
+        if not isinstance(fp, dict) or not fp:
+            start, prev, prev_step = None, None, None
+            continue
+        if start is not None and fp == prev:
+            records += 1
+            pairs += prev_step == step - 1
+            if pairs >= 2 and step - start > best[1] - best[0]:
+                best = (start, step, records, pairs)
+        else:
+            start, records, pairs = step, 1, 0
+        prev, prev_step = fp, step
+    first, last, n_records, _ = best
+    length = last - first + 1 if last else 0
+    if length < min_steps:
+        return
+    steps = range(first, last + 1)
+    n_stepped = sum(s in stepped for s in steps)
+    if n_stepped < min_steps - 1:
+        return  # not training steps: nothing is being trained on that batch
+    updates = [
+        sum(v for v in upd.values() if isinstance(v, int | float))
+        for s, upd in tl.series("params.update")
+        if first <= s <= last and isinstance(upd, dict)
+    ]
+    if updates and not any(u > 0 for u in updates):
+        return  # the parameters do not move either: TD104's finding, not a data problem
+    fp = dict(tl.series("data.fp"))[first]
+    shown = _inputs_at(tl, first)
+    key = next(iter(shown), None)
+    shape = shown[key]["shape"] if key else None
+    until_end = last == tl.last_step
+    # One batch from the first fingerprinted step on is also what deliberate full-batch
+    # training looks like: reported as info. Batches that changed and then froze cannot be.
+    whole_run = first == min(s for s, _ in tl.series("data.fp")) and until_end
+    span = f"steps {first}–{last}" + (" (to the end of the run)" if until_end else "")
+    evidence: dict[str, Any] = {
+        "identical_steps": length,
+        "fingerprinted_steps": n_records,
+        "first_step": first,
+        "last_step": last,
+        "optimizer_steps": n_stepped,
+        "inputs": shown,
+        "fingerprint": {k: v for k, v in fp.items() if key and k.startswith(f"{key}.")},
+    }
+    if updates:
+        evidence["sampled_param_updates"] = [round(u, 6) for u in updates[:5]]
+    yield tl.finding(
+        title=f"The same batch was trained on for {length} consecutive steps ({span})"
+        + (f", fingerprinted at {n_records} of them" if n_records < length else ""),
+        step=first,
+        evidence=evidence,
+        cause=f"the first training batch of each of {length} consecutive optimizer steps had "
+        f"bit-identical fingerprints (sum, sum of squares, weighted sum, min, max of every "
+        f"input{f'; input {key} of shape {shape}' if key else ''}) while the optimizer kept "
+        "stepping: the loop feeds one batch again and again, so the model memorizes it",
+        fix="fetch a new batch every step (`for x, y in loader:`), not once before the loop; "
+        "check that the batch index advances and that the dataset's __getitem__ uses its index",
+        confidence=0.9 if until_end else 0.8,
+        severity=Severity.INFO if whole_run else None,
+    )
+
+
+def _inputs_at(tl: TimelineView, step: int) -> dict[str, Any]:
+    """The input descriptions (dtype, shape) in force at `step` (recorded when they change)."""
+    current: dict[str, Any] = {}
+    for s, info in tl.series("data.inputs"):
+        if s > step:
+            break
+        if isinstance(info, dict):
+            current.update(info)
+    return current

@@ -1,0 +1,172 @@
+"""TD511 labels-degenerate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from ._loss_inputs import Site, label_histograms, loss_sites
+
+MIN_LABELS = 64  # labels seen before "never used" or "always the same" is a verdict
+MIN_STEPS = 4
+
+
+@rule(
+    code="TD511",
+    name="labels-degenerate",
+    severity=Severity.ERROR,
+    summary="Class labels that cannot train the classifier: constant, out of range, 1-based "
+    "or not integers.",
+    requires=("loss_inputs.stats", "loss_inputs.labels"),
+    priority=7,
+)
+def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    The class-index targets of `cross_entropy` / `nll_loss` (functional or module form):
+    labels outside the model's output range (`y >= C` or negative, `ignore_index` excepted);
+    labels that are floats where a class index is expected; every label identical over the
+    run; class 0 never used while the largest label is C - 1 (1-based labels with one extra
+    output).
+
+    ## Why it matters
+    Out-of-range labels crash (CPU) or trigger a device-side assert (CUDA) far from the data
+    code; float labels crash with a dtype error; constant labels train a model that predicts
+    one class with a loss going to 0; 1-based labels waste an output and shift every class by
+    one, which a good-looking loss does not reveal.
+
+    ## How it is measured
+    The loss-inputs probe keeps, every step, a label histogram per call site for up to 64
+    classes (`scatter_add_` on the device, summed over micro-batches, read back in batches)
+    and, on the first and sampled steps, the labels' min and max (ignore_index masked) and
+    the target's dtype and shape against the input's class count.
+
+    ## Example
+    ```python
+    y = labels + 1                        # classes 1..K
+    head = nn.Linear(64, K + 1)           # one more output "to make room"
+    loss = F.cross_entropy(head(h), y)
+    ```
+
+    ## Fix
+    ```python
+    y = labels - labels.min()            # 0-based class indices
+    head = nn.Linear(64, K)
+    ```
+
+    ## Known false positives
+    A class that is legitimately absent from the training data (a reserved padding, BOS or
+    background id) reads as a 1-based labelling, which is why that case is reported as info; a deliberate one-class warm-up reads as constant labels.
+    """
+    hists = label_histograms(tl)
+    for site in loss_sites(tl).values():
+        f = (
+            _float_labels(tl, site)
+            or _out_of_range(tl, site)
+            or _from_histogram(tl, site, hists.get(site.id, []))
+        )
+        if f is not None:
+            yield f
+
+
+def _float_labels(tl: TimelineView, site: Site) -> Finding | None:
+    for e in site.events:
+        shape, tshape = e.get("input_shape") or [], e.get("target_shape") or []
+        if e.get("classes") and e.get("target_float") and len(tshape) == len(shape) - 1:
+            return tl.finding(
+                title=f"`{site.fn}` at {site.source} gets {e.get('target_dtype')} labels of "
+                f"shape {tuple(tshape)} where class indices (int64) are expected",
+                step=e.get("step"),
+                evidence={
+                    "loss_fn": site.fn,
+                    "target_dtype": e.get("target_dtype"),
+                    "target_shape": tshape,
+                    "input_shape": shape,
+                },
+                where=Where(op=site.fn, source=site.source),
+                cause="a target with one dimension less than the input is read as class "
+                f"indices, which must be integers; {e.get('target_dtype')} raises (or, "
+                "converted carelessly, truncates fractional labels)",
+                fix="pass `y.long()` class indices (or probabilities of the input's shape)",
+                confidence=0.9,
+            )
+    return None
+
+
+def _out_of_range(tl: TimelineView, site: Site) -> Finding | None:
+    classes = site.classes
+    if not classes or site.facts.get("target_float"):
+        return None  # float targets are probabilities (or TD511's float-label case)
+    lows, highs = dict(site.values("t_min")), dict(site.values("t_max"))
+    for step in sorted(highs):
+        lo, hi = lows.get(step, 0), highs[step]
+        if hi >= classes or lo < 0:
+            return tl.finding(
+                title=f"`{site.fn}` at {site.source} gets labels in [{lo:.0f}, {hi:.0f}] "
+                f"for a model with {classes} outputs (valid: 0..{classes - 1})",
+                step=step,
+                evidence={"loss_fn": site.fn, "label_min": lo, "label_max": hi, "classes": classes},
+                where=Where(op=site.fn, source=site.source),
+                cause=f"class indices must lie in [0, {classes - 1}]: torch raises 'Target "
+                f"{hi:.0f} is out of bounds' on CPU and a device-side assert on CUDA",
+                fix=f"map the labels to 0..C-1 (1-based labels: y - 1), or give the head "
+                f"{int(hi) + 1} outputs if there really are that many classes",
+                confidence=0.95,
+            )
+    return None
+
+
+def _from_histogram(
+    tl: TimelineView, site: Site, rows: list[tuple[int, list[float]]]
+) -> Finding | None:
+    classes = site.classes
+    if not classes or classes < 2 or len(rows) < MIN_STEPS:
+        return None
+    totals = [0.0] * classes
+    for _, counts in rows:
+        for c, n in enumerate(counts[:classes]):
+            totals[c] += n
+    seen = sum(totals)
+    if seen < MIN_LABELS:
+        return None
+    used = [c for c, n in enumerate(totals) if n > 0]
+    ev = {
+        "loss_fn": site.fn,
+        "classes": classes,
+        "labels_seen": int(seen),
+        "steps": len(rows),
+        "counts": [int(n) for n in totals],
+    }
+    if len(used) == 1:
+        return tl.finding(
+            title=f"every one of {int(seen)} labels fed to `{site.fn}` at {site.source} over "
+            f"{len(rows)} steps is class {used[0]}",
+            step=rows[0][0],
+            evidence=ev,
+            where=Where(op=site.fn, source=site.source),
+            cause=f"the model has {classes} outputs but sees one class only: it learns to "
+            "always predict it and the loss goes to 0 without learning anything",
+            fix="check the label column/decoding (a label read from the wrong field, a "
+            "filter that kept one class, labels overwritten in the loop)",
+            confidence=0.9,
+        )
+    if classes >= 3 and totals[0] == 0 and totals[classes - 1] > 0 and len(used) == classes - 1:
+        return tl.finding(
+            title=f"class 0 of {classes} outputs is never used by the {int(seen)} labels fed "
+            f"to `{site.fn}` at {site.source}: labels are 1..{classes - 1} (1-based)",
+            step=rows[0][0],
+            evidence=ev,
+            where=Where(op=site.fn, source=site.source),
+            cause="labels run from 1 to C-1 and class 0 never occurs: 1-based labels with one "
+            "extra output added to make them fit; the extra logit is only ever pushed down "
+            "and every class index is off by one against the dataset's class names",
+            fix="use 0-based labels (y - 1) and C - 1 outputs; if class 0 is a reserved id "
+            "(padding, background) that never occurs, ignore this note",
+            confidence=0.75,
+            # The same counts fit a reserved id (padding, BOS, background) that never occurs:
+            # a note, not a verdict.
+            severity=Severity.INFO,
+        )
+    return None

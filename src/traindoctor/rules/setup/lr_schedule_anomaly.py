@@ -1,0 +1,275 @@
+"""TD503 lr-schedule-anomaly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import optimizer_source
+
+# LR trace points kept in the evidence: enough to see the shape, small in findings.json.
+TRACE_POINTS = 24
+_NOT_EVIDENCE = ("severity", "text", "title", "scheduler")
+
+
+@rule(
+    code="TD503",
+    name="lr-schedule-anomaly",
+    severity=Severity.WARNING,
+    summary="The learning rate is 0 or collapsed for most of the run, or the scheduler "
+    "runs ahead of the optimizer (sized in epochs, stepped per batch).",
+    requires=("optim.lr", "optim.step", "schedule.steps", "amp.skipped"),
+    priority=35,
+)
+def lr_schedule_anomaly(
+    tl: TimelineView,
+    *,
+    min_steps: int = 8,
+    most: float = 0.5,
+    collapse_ratio: float = 0.01,
+    extra_share: float = 0.1,
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Learning-rate schedules that do not do what they were built for:
+    - the lr of a param group is 0 for most of the observed steps (`most`);
+    - the lr collapses to `collapse_ratio` of its peak or less and stays there for most of the
+      run: a scheduler sized in epochs (`StepLR(step_size=30)`, `MultiStepLR(milestones=[30,
+      60])`, `ExponentialLR`) stepped after every batch;
+    - a `CosineAnnealingLR` stepped at least 2·T_max times: past T_max the cosine climbs back
+      up, so the lr cycles (T_max given in epochs, stepped per batch);
+    - a scheduler stepped more often than its optimizer (`scheduler.step()` inside the
+      micro-batch loop of gradient accumulation, or on the steps a GradScaler skipped).
+
+    ## Why it matters
+    The loss curve looks like a slow or stalled training, not like a schedule bug. An
+    epoch-sized schedule stepped per batch runs `len(loader)` times too fast: the lr decays
+    in the first epoch and the rest of the run trains with (almost) nothing. A schedule that
+    runs ahead of the optimizer reaches its end (or its restarts) early.
+
+    ## How it is measured
+    Each group's lr is read at every `optimizer.step()` (the lr trace is in the evidence).
+    `LRScheduler.step` is wrapped process-wide while a doctor is attached, so each scheduler
+    of a watched optimizer is seen with its class, its settings (`step_size`, `milestones`,
+    `T_max`, ...) and the line that steps it, and its `step()` calls are counted against the
+    optimizer's steps. The constructor's own initial `step()` is not counted.
+
+    ## Example
+    ```python
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1)  # 30 epochs
+    for epoch in range(90):
+        for x, y in loader:
+            loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+            sched.step()                    # per batch: lr x 0.1 every 30 batches
+    ```
+
+    ## Fix
+    ```python
+    for epoch in range(90):
+        for x, y in loader:
+            ...
+        sched.step()                        # once per epoch, as the schedule is sized
+    # or size it in batches: CosineAnnealingLR(opt, T_max=epochs * len(loader)), OneCycleLR
+    ```
+
+    ## Known false positives
+    A run stopped (or observed) far past the end of a schedule sized for a shorter run, and
+    schedules that deliberately decay to a floor early (then train there for most of the
+    run), are reported. A warmup that starts at lr 0 is not: it leaves 0 after a few steps.
+    """
+    lr_series = tl.series("optim.lr")
+    schedulers = tl.events("lr_scheduler")
+    sched_steps = _sched_steps(tl)
+    cases: list[dict[str, Any]] = []
+    traces = _traces(lr_series)
+    for gid, trace in traces.items():
+        case = _judge_trace(gid, trace, min_steps, most, collapse_ratio)
+        if case:
+            cases.append(case)
+    opt_steps = sum(1 for _, v in tl.series("optim.step") if v)
+    skipped = sum(1 for _, v in tl.series("amp.skipped") if v)
+    for sched in schedulers:
+        n = sched_steps.get(sched.get("key"), 0)
+        case = _judge_scheduler(sched, n, opt_steps, skipped, extra_share)
+        if case:
+            cases.append(case)
+    if not cases:
+        return
+    cases.sort(key=lambda c: (c["severity"] != "error", c["step"]))
+    first = cases[0]
+    gid = first.get("group") or _group_of(tl, first.get("optimizer"))
+    sched = first.get("scheduler") or _scheduler_of(schedulers, gid)
+    evidence: dict[str, Any] = {
+        "cases": [{k: v for k, v in c.items() if k not in _NOT_EVIDENCE} for c in cases],
+        "lr_trace": _downsample(traces.get(gid, []) if gid else []),
+        "optimizer_steps": opt_steps,
+    }
+    if sched:
+        evidence["scheduler"] = {
+            "class": sched.get("cls"),
+            "settings": sched.get("settings"),
+            "steps": sched_steps.get(sched.get("key"), 0),
+        }
+    source = sched.get("source") if sched else _opt_source(tl)
+    yield tl.finding(
+        title=first["title"],
+        step=first["step"],
+        evidence=evidence,
+        where=Where(source=source),
+        cause="; ".join(c["text"] for c in cases),
+        fix=_fix(first),
+        severity=Severity.ERROR if first["severity"] == "error" else Severity.WARNING,
+    )
+
+
+def _sched_steps(tl: TimelineView) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, counts in tl.series("schedule.steps"):
+        for key, n in (counts or {}).items():
+            out[key] = out.get(key, 0) + int(n)
+    return out
+
+
+def _traces(lr_series: list[tuple[int, Any]]) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step, groups in lr_series:
+        for gid, lr in (groups or {}).items():
+            if isinstance(lr, int | float):
+                out.setdefault(gid, []).append((step, float(lr)))
+    return out
+
+
+def _judge_trace(
+    gid: str, trace: list[tuple[int, float]], min_steps: int, most: float, ratio: float
+) -> dict[str, Any] | None:
+    if len(trace) < min_steps:
+        return None
+    n = len(trace)
+    zero = [s for s, lr in trace if lr == 0]
+    if len(zero) >= most * n:
+        return {
+            "kind": "zero",
+            "group": gid,
+            "severity": "error",
+            "step": zero[0],
+            "zero_steps": len(zero),
+            "observed_steps": n,
+            "title": f"the learning rate of {gid} is 0 at {len(zero)} of {n} observed steps",
+            "text": f"{gid}'s lr is exactly 0 at {len(zero)} of {n} steps: those steps change "
+            "nothing",
+        }
+    peak_at, peak = max(trace, key=lambda t: t[1])
+    if peak <= 0:
+        return None
+    low = [(s, lr) for s, lr in trace if s > peak_at and lr <= ratio * peak * (1 + 1e-6)]
+    if len(low) < most * n:
+        return None
+    start, final = low[0][0], trace[-1][1]
+    return {
+        "kind": "collapse",
+        "group": gid,
+        "severity": "error",
+        "step": start,
+        "peak_lr": peak,
+        "final_lr": final,
+        "collapsed_steps": len(low),
+        "observed_steps": n,
+        "title": f"the learning rate of {gid} collapsed from {peak:.3g} to {low[0][1]:.3g} "
+        f"(≤{ratio:g}x) at step {start} and stayed there for {len(low)} of {n} steps",
+        "text": f"{gid}'s lr fell to ≤{ratio:g} of its peak {peak:.3g} by step {start} and stays "
+        f"there (last {final:.3g}) for {len(low) / n:.0%} of the run: the schedule ends long "
+        "before the training does (a schedule sized in epochs, stepped per batch)",
+    }
+
+
+def _judge_scheduler(
+    sched: dict[str, Any], n: int, opt_steps: int, skipped: int, extra_share: float
+) -> dict[str, Any] | None:
+    cls, settings = sched.get("cls"), sched.get("settings") or {}
+    name = f"{cls} ({sched.get('key')})"
+    t_max = settings.get("T_max")
+    if cls == "CosineAnnealingLR" and isinstance(t_max, int) and t_max >= 1 and n >= 2 * t_max:
+        return {
+            "kind": "cosine_restarts",
+            "scheduler": sched,
+            "severity": "warning",
+            "step": sched["step"] + 2 * t_max,
+            "T_max": t_max,
+            "scheduler_steps": n,
+            "cycles": round(n / (2 * t_max), 2),
+            "title": f"CosineAnnealingLR(T_max={t_max}) was stepped {n} times: the lr went "
+            f"through {n / (2 * t_max):.1f} cosine cycles instead of one decay",
+            "text": f"{name} is stepped {n} times but T_max={t_max}: past T_max the cosine "
+            f"climbs back up, so the lr cycles every {2 * t_max} steps (T_max sized in epochs, "
+            "stepped per batch?)",
+        }
+    if sched.get("optimizer") != "opt0" or n < 3:
+        return None  # optimizer steps are counted for the primary optimizer
+    extra = n - opt_steps
+    if extra < max(3, extra_share * n):
+        return None
+    per = n / opt_steps if opt_steps else float("inf")
+    why = (
+        f"{skipped} of the steps were skipped by the GradScaler and the scheduler stepped anyway"
+        if skipped and per < 1.5
+        else "scheduler.step() runs more often than optimizer.step() (inside the "
+        "micro-batch loop of gradient accumulation?)"
+    )
+    return {
+        "kind": "ahead_of_optimizer",
+        "scheduler": sched,
+        "severity": "warning",
+        "step": sched["step"],
+        "scheduler_steps": n,
+        "optimizer_steps": opt_steps,
+        "skipped_steps": skipped,
+        "title": f"{cls} stepped {n} times for {opt_steps} optimizer steps "
+        f"({per:.2g} per step): the schedule runs ahead of the training",
+        "text": f"{name} stepped {n} times while the optimizer stepped {opt_steps} times: {why}",
+    }
+
+
+def _fix(case: dict[str, Any]) -> str:
+    kind = case["kind"]
+    if kind == "zero":
+        return (
+            "give the group a positive lr: check the scheduler's lambda (use float arithmetic, "
+            "min(1.0, (step + 1) / warmup)) and the lr passed to the optimizer"
+        )
+    if kind == "ahead_of_optimizer":
+        return (
+            "call scheduler.step() once per optimizer.step() (after it, outside the micro-batch "
+            "loop); with a GradScaler, step the scheduler only when the scale did not drop"
+        )
+    return (
+        "step the scheduler as it is sized: once per epoch (after the batch loop), or size it "
+        "in batches (T_max / step_size / milestones × len(loader), OneCycleLR(total_steps=...))"
+    )
+
+
+def _group_of(tl: TimelineView, optimizer: str | None) -> str | None:
+    return f"{optimizer}/group0" if optimizer else None
+
+
+def _scheduler_of(schedulers: list[dict[str, Any]], gid: str | None) -> dict[str, Any] | None:
+    if gid is None:
+        return None
+    opt = gid.split("/", 1)[0]
+    return next((s for s in schedulers if s.get("optimizer") == opt), None)
+
+
+def _opt_source(tl: TimelineView) -> str | None:
+    opts = tl.fact("optimizers") or []
+    return optimizer_source(opts[0]) if opts else None
+
+
+def _downsample(trace: list[tuple[int, float]]) -> list[list[float]]:
+    if len(trace) <= TRACE_POINTS:
+        picked = trace
+    else:
+        idx = {round(i * (len(trace) - 1) / (TRACE_POINTS - 1)) for i in range(TRACE_POINTS)}
+        picked = [trace[i] for i in sorted(idx)]
+    return [[s, float(f"{lr:.4g}")] for s, lr in picked]

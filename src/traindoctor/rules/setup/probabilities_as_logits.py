@@ -1,0 +1,182 @@
+"""TD506 probabilities-as-logits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from ._loss_inputs import Site, fmt, loss_sites
+
+ROW_TOL = 1e-3  # rows sum to 1 within this: float32 softmax rows are off by ~1e-7
+# Losses that apply their own softmax (over the class dim) or sigmoid (per element).
+SOFTMAX_LOSSES = ("cross_entropy",)
+SIGMOID_LOSSES = ("binary_cross_entropy_with_logits", "multilabel_soft_margin_loss")
+SQUASHING = ("SoftmaxBackward0", "SigmoidBackward0")
+MIN_STEPS_BY_VALUE = 3  # sigmoid losses without a sigmoid op in front: in [0,1] this often
+
+
+def double_softmax_floor(classes: int) -> float:
+    """Lowest cross-entropy reachable on probabilities p: at p = one-hot on the target,
+    CE = -1 + log(e + C - 1) = log(1 + (C - 1)/e)."""
+    return math.log1p((classes - 1) / math.e)
+
+
+def double_sigmoid_floor(positive_share: float) -> float:
+    """Lowest BCE-with-logits on p in [0,1]: log(1 + 1/e) per positive (p = 1), log 2 per
+    negative (p = 0)."""
+    return positive_share * math.log1p(math.exp(-1)) + (1 - positive_share) * math.log(2)
+
+
+@rule(
+    code="TD506",
+    name="probabilities-as-logits",
+    severity=Severity.ERROR,
+    summary="softmax/sigmoid outputs fed to a loss that applies its own: the loss has a floor.",
+    requires=("loss_inputs.stats",),
+    priority=19,
+)
+def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Probabilities passed to a loss that expects logits: `F.cross_entropy` /
+    `nn.CrossEntropyLoss` (which apply log-softmax) fed rows that lie in [0, 1] and sum to 1
+    (a softmax output), and `binary_cross_entropy_with_logits` / `BCEWithLogitsLoss` fed
+    sigmoid outputs. Reports the loss floor this imposes next to the observed loss.
+
+    ## Why it matters
+    The loss squashes the probabilities a second time. Over C classes the best the model can
+    do is a one-hot p, whose cross-entropy is log(1 + (C-1)/e) (0.74 for C = 4, 1.9 for
+    C = 100), not 0; the gradient through the second softmax is small and flat, so training
+    is slow and ends at a mediocre accuracy although nothing looks broken.
+
+    ## How it is measured
+    The loss-inputs probe wraps the standard losses while the doctor is attached. On step 1-3
+    and the sampled steps it measures on the device, per call site, the input's min, max and
+    the largest deviation of a row sum (over the class dim) from 1, and records the op that
+    produced the input (SoftmaxBackward0, SigmoidBackward0). Cross-entropy fires when every
+    measured step has all values in [0, 1] and rows summing to 1 within 1e-3. A sigmoid loss
+    fires when every measured step is in [0, 1] and the input comes from a sigmoid (or, with
+    no such op, on at least 3 measured steps). The floor: with p one-hot on the target,
+    CE = -1 + log(e + C - 1) = log(1 + (C-1)/e); for BCE-with-logits, log(1 + 1/e) = 0.313 per
+    positive and log 2 = 0.693 per negative element, weighted by the measured positive share.
+
+    ## Example
+    ```python
+    probs = model(x).softmax(dim=1)
+    loss = nn.CrossEntropyLoss()(probs, y)     # softmax applied twice
+    ```
+
+    ## Fix
+    ```python
+    logits = model(x)
+    loss = nn.CrossEntropyLoss()(logits, y)   # apply softmax only for predictions
+    ```
+
+    ## Known false positives
+    A model whose raw outputs happen to lie in [0, 1] fed to a sigmoid loss with no sigmoid
+    in front (3 measured steps are required then). Probabilities as *targets* (distillation,
+    label smoothing) are fine and not looked at: only the input is.
+    """
+    for site in loss_sites(tl).values():
+        if site.fn in SOFTMAX_LOSSES:
+            finding = _softmax(tl, site)
+        elif site.fn in SIGMOID_LOSSES:
+            finding = _sigmoid(tl, site)
+        else:
+            finding = None
+        if finding is not None:
+            yield finding
+
+
+def _in_unit(site: Site) -> list[int]:
+    """Measured steps; empty unless every one of them is in [0, 1]."""
+    steps = sorted(s for s, v in site.stats.items() if "in_min" in v and "in_max" in v)
+    ok = all(site.stats[s]["in_min"] >= 0.0 and site.stats[s]["in_max"] <= 1.0 for s in steps)
+    return steps if ok else []
+
+
+def _losses(site: Site) -> dict[str, float]:
+    values = site.losses()
+    if not values:
+        return {}
+    return {"first": values[0], "last": values[-1], "min": min(values)}
+
+
+def _softmax(tl: TimelineView, site: Site) -> Finding | None:
+    classes = site.classes
+    steps = _in_unit(site)
+    if not steps or not classes or classes < 2:
+        return None
+    devs = [site.stats[s].get("rowsum_dev") for s in steps]
+    if any(d is None or not d <= ROW_TOL for d in devs):
+        return None
+    floor = double_softmax_floor(classes)
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    producer = (site.facts.get("producer") or [None])[0]
+    made = f" (made by `{producer}`)" if producer in SQUASHING else ""
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} gets probabilities{made}, not logits: its loss "
+        f"cannot go below {floor:.3f} over {classes} classes{seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "classes": classes,
+            "loss_floor": round(floor, 6),
+            "ln_classes": round(math.log(classes), 6),
+            "observed_loss": loss,
+            "input_min": min(site.stats[s]["in_min"] for s in steps),
+            "input_max": max(site.stats[s]["in_max"] for s in steps),
+            "max_row_sum_deviation": max(devs),
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+            "input_shape": site.facts.get("input_shape"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps every input value lay in [0, 1] and every "
+        f"row summed to 1 (max deviation {max(devs):.1e}): softmax outputs. {site.fn} applies "
+        f"log-softmax again, so even a perfect one-hot prediction costs log(1 + (C-1)/e) = "
+        f"{floor:.3f} (ln C = {math.log(classes):.3f}) and the gradient is flattened",
+        fix="pass the logits (the output before softmax) to the loss; apply softmax only to "
+        "report probabilities, or use F.nll_loss(torch.log_softmax(logits, 1), y)",
+        confidence=0.95,
+    )
+
+
+def _sigmoid(tl: TimelineView, site: Site) -> Finding | None:
+    steps = _in_unit(site)
+    producer = (site.facts.get("producer") or [None])[0]
+    if not steps or (producer not in SQUASHING and len(steps) < MIN_STEPS_BY_VALUE):
+        return None
+    shares = [v for _, v in site.values("t_mean")]
+    share = sum(shares) / len(shares) if shares else 0.5
+    floor = double_sigmoid_floor(min(max(share, 0.0), 1.0))
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    made = f" (made by `{producer}`)" if producer in SQUASHING else ""
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} gets probabilities{made}, not logits: its loss "
+        f"cannot go below {floor:.3f}{seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "loss_floor": round(floor, 6),
+            "positive_share": round(share, 6),
+            "observed_loss": loss,
+            "input_min": min(site.stats[s]["in_min"] for s in steps),
+            "input_max": max(site.stats[s]["in_max"] for s in steps),
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps every input value lay in [0, 1]: "
+        f"probabilities. {site.fn} applies a sigmoid again, so its outputs stay within "
+        "[0.5, 0.73]: at best log(1 + 1/e) = 0.313 per positive and log 2 = 0.693 per "
+        f"negative element, {floor:.3f} at the measured positive share {share:.2f}",
+        fix="pass the logits (drop the sigmoid before the loss); apply sigmoid only for "
+        "predictions",
+        confidence=0.9 if producer in SQUASHING else 0.7,
+    )

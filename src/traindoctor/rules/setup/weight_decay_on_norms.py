@@ -1,0 +1,170 @@
+"""TD514 weight-decay-on-norms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from .._util import common_module, module_of, optimizer_source
+
+
+@rule(
+    code="TD514",
+    name="weight-decay-on-norms",
+    severity=Severity.WARNING,
+    summary="Weight decay is applied to normalization gains and biases, and the gains shrink.",
+    requires=("params.norm", "optim.lr"),
+    priority=60,
+)
+def weight_decay_on_norms(
+    tl: TimelineView, *, min_shrink: float = 0.1, min_explained: float = 0.5
+) -> Iterator[Finding]:
+    """
+    ## What it detects
+    A param group with `weight_decay > 0` that holds the gains (`weight`) of normalization
+    layers (LayerNorm, BatchNorm, GroupNorm, RMSNorm, ...), whose norm measurably shrinks
+    during the run (by `min_shrink` or more) while the decay's own pull, summed over the run,
+    accounts for at least `min_explained` of that shrinkage. Biases in decayed groups are listed.
+
+    ## Why it matters
+    A normalization layer's gain sets the scale of its features; weight decay pulls it toward
+    0, which scales the normalized features down layer after layer, and decaying biases
+    pulls them toward 0 for no regularization benefit. `optimizer(model.parameters(),
+    weight_decay=...)` does it silently; the curves only show a slightly worse model.
+
+    ## How it is measured
+    Which params are norm gains comes from the module classes (`named_modules()`); each
+    group's `weight_decay`, lr and momentum from the optimizer. The gains' norm ||γ|| is read
+    before the step on the first and sampled steps (fused norms). The decay pull is
+    Σ lr·wd over the observed steps, divided by (1 − momentum) for SGD with momentum (the
+    decay term is accumulated in the momentum buffer); for Adam with coupled (L2) decay the
+    true pull also depends on the gradient scale.
+
+    ## Example
+    ```python
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3)
+    ```
+
+    ## Fix
+    ```python
+    decay = [p for p in model.parameters() if p.dim() >= 2]       # weight matrices, kernels
+    no_decay = [p for p in model.parameters() if p.dim() < 2]     # norm gains, biases
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-3},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=0.1, momentum=0.9)
+    ```
+
+    ## Known false positives
+    Gains that the loss itself drives down while a strong decay is applied are reported (the
+    decay is then still part of the shrinkage). Decay on norms with a small pull over the run
+    (AdamW's default 0.01 at lr 1e-3 over a short run) is not reported: nothing is measured.
+    """
+    types = tl.fact("module_types") or {}
+    norms_series = tl.series("params.norm")
+    if len(norms_series) < 2:
+        return
+    first_norm: dict[str, float] = {}
+    last_norm: dict[str, tuple[int, float]] = {}
+    for step, norms in norms_series:
+        for name, v in (norms or {}).items():
+            first_norm.setdefault(name, v)
+            last_norm[name] = (step, v)
+    observed = [s for s, _ in norms_series]
+    hparams = _hparams(tl)
+    pulls = _pulls(tl, hparams, observed[0], observed[-1])
+    shrunk: dict[str, dict[str, Any]] = {}
+    biases: list[str] = []
+    decayed_groups: dict[str, float] = {}
+    source = None
+    for opt in tl.fact("optimizers") or []:
+        for g in opt["groups"]:
+            wd = g.get("weight_decay") or 0.0
+            if wd <= 0:
+                continue
+            for name in g["params"]:
+                if name is None:
+                    continue
+                if name.endswith(".bias"):
+                    biases.append(name)
+                if not (name.endswith(".weight") and _is_norm(types.get(module_of(name)))):
+                    continue
+                decayed_groups[g["id"]] = wd
+                source = source or optimizer_source(opt)
+                a, (_, b) = first_norm.get(name), last_norm.get(name, (0, None))
+                if not a or b is None:
+                    continue
+                shrink = 1 - b / a
+                pull = pulls.get(g["id"], 0.0)
+                if shrink >= min_shrink and pull >= min_explained * -math.log(1 - shrink):
+                    shrunk[name] = {
+                        "group": g["id"],
+                        "weight_decay": wd,
+                        "norm_first": round(a, 4),
+                        "norm_last": round(b, 4),
+                        "shrink": round(shrink, 4),
+                        "decay_pull": round(pull, 4),
+                    }
+    if not shrunk:
+        return
+    names = sorted(shrunk)
+    worst = max(names, key=lambda n: shrunk[n]["shrink"])
+    w = shrunk[worst]
+    yield tl.finding(
+        title=f"weight decay shrinks {len(names)} normalization gain(s): `{worst}` lost "
+        f"{w['shrink']:.0%} of its norm in steps {observed[0]}–{observed[-1]}",
+        step=observed[-1],
+        evidence={
+            "gains": shrunk,
+            "decayed_groups": decayed_groups,
+            "decayed_biases": len(biases),
+            "observed_steps": [observed[0], observed[-1]],
+        },
+        where=Where(module=common_module(names), params=tuple(names), source=source),
+        cause=f"param group(s) {', '.join(sorted(decayed_groups))} apply weight_decay to "
+        f"normalization gains ({len(names)} shrank, e.g. ||{worst}|| {w['norm_first']:g} → "
+        f"{w['norm_last']:g}; the decay alone pulls by {w['decay_pull']:.3g} in log-scale over "
+        f"these steps) and to {len(biases)} bias(es): the decay scales the normalized "
+        "features down instead of regularizing",
+        fix="put norm gains and biases in a param group with weight_decay=0: "
+        "decay = [p for p in model.parameters() if p.dim() >= 2], the rest with "
+        "weight_decay=0.0",
+    )
+
+
+def _is_norm(cls: str | None) -> bool:
+    return bool(cls) and "Norm" in cls and cls != "LocalResponseNorm"
+
+
+def _hparams(tl: TimelineView) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for e in tl.events("optimizer_hparams"):
+        out.update(e.get("groups") or {})
+    return out
+
+
+def _pulls(
+    tl: TimelineView, hparams: dict[str, dict[str, Any]], start: int, end: int
+) -> dict[str, float]:
+    """Σ lr·wd (/(1 − momentum) for SGD) per group over steps [start, end): the log-shrink
+    the decay alone would cause."""
+    wds = {
+        g["id"]: g.get("weight_decay") or 0.0
+        for o in tl.fact("optimizers") or []
+        for g in o["groups"]
+    }
+    out: dict[str, float] = {}
+    for step, lrs in tl.series("optim.lr"):
+        if not (start <= step < end):
+            continue
+        for gid, lr in (lrs or {}).items():
+            if not isinstance(lr, int | float):
+                continue
+            hp = hparams.get(gid) or {}
+            m = hp.get("momentum") or 0.0
+            damp = hp.get("dampening") or 0.0
+            boost = (1 - damp) / (1 - m) if 0 < m < 1 and not hp.get("decoupled") else 1.0
+            out[gid] = out.get(gid, 0.0) + lr * wds.get(gid, 0.0) * boost
+    return out

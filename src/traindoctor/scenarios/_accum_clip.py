@@ -1,0 +1,36 @@
+"""Gradient accumulation over `accum` micro-batches with gradient clipping (max_norm=1.0), the
+usual large-batch recipe on a small GPU.
+
+- divide=False: each micro-batch loss is backpropagated as is (bug): the accumulated gradient is
+  the sum of `accum` mean gradients, `accum` times the mean, so clip_grad_norm_ clips at every
+  step and the effective step size is set by the clip, not by the gradient;
+- divide=True:  `loss / accum` before backward(): the gradient is the mean over the micro-batches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._base import batches, classification_data, log
+from ._nets import Classifier
+
+
+def train(steps: int = 40, watch=None, divide: bool = True, accum: int = 4):
+    x, y = classification_data(n=512, seed=17)
+    model = Classifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    doc = watch(model, optimizer) if watch else None
+    data = batches(x, y, batch=16, seed=17)
+    for i in range(steps * accum):
+        xb, yb = next(data)
+        loss = F.cross_entropy(model(xb), yb)
+        log(doc, loss=loss)
+        if divide:
+            loss = loss / accum
+        loss.backward()  # BUG when divide=False: the micro-batch losses add up
+        if (i + 1) % accum == 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return model

@@ -1,0 +1,74 @@
+"""TD504 data-not-changing on hand-built timelines."""
+
+from traindoctor.findings import Severity
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+
+def _fp(v: float) -> dict:
+    return {"in0.sum": v, "in0.sumsq": v * v, "in0.wsum": v / 2, "in0.min": -1.0, "in0.max": 1.0}
+
+
+def _tl(values, stepped=True, updates=None):
+    steps = {}
+    for s, v in enumerate(values, 1):
+        steps[s] = {"data.fp": _fp(v), "optim.step": 1 if stepped else 0}
+        if updates is not None:
+            steps[s]["params.update"] = {"w": updates}
+    steps[1]["data.inputs"] = {"in0": {"dtype": "float32", "shape": [32, 16], "float": True}}
+    return make_timeline(params=["w"], steps=steps)
+
+
+def test_fires_on_the_same_batch_every_step():
+    f = assert_fires("TD504", _tl([3.0] * 30, updates=0.01))
+    assert f.step == 1
+    assert f.evidence["identical_steps"] == 30
+    assert "30 consecutive steps" in f.title
+    assert f.severity is Severity.INFO  # one batch for the whole run: maybe full-batch on purpose
+
+
+def test_fires_on_a_long_identical_run_inside_the_run():
+    f = assert_fires("TD504", _tl([float(i) for i in range(5)] + [9.0] * 12 + [1.5, 2.5]))
+    assert (f.evidence["first_step"], f.evidence["last_step"]) == (6, 17)
+    assert f.severity is Severity.WARNING  # fresh batches, then frozen: not full-batch training
+
+
+def test_silent_on_fresh_batches_and_on_a_short_repeat():
+    assert_silent("TD504", _tl([float(i) for i in range(30)]))
+    assert_silent("TD504", _tl([1.0, 2.0] + [7.0] * 5 + [3.0, 4.0]))
+    # A cycle of a few batches repeats, but never two steps in a row.
+    assert_silent("TD504", _tl([float(i % 4) for i in range(40)]))
+
+
+def test_silent_without_optimizer_steps_or_when_params_do_not_move():
+    assert_silent("TD504", _tl([3.0] * 30, stepped=False))
+    assert_silent("TD504", _tl([3.0] * 30, updates=0.0))  # TD104's finding, not a data one
+
+
+def test_sampled_pairs_count_and_a_loader_cycling_with_the_interval_does_not():
+    # After the first steps, fingerprints come in pairs: a sampled step and the next.
+    pairs = [s for k in (10, 20, 30, 40) for s in (k, k + 1)]
+
+    def steps(fp):
+        out = {s: {"optim.step": 1} for s in range(1, 42)}  # the optimizer steps every step
+        for s in pairs:
+            out[s]["data.fp"] = fp(s)
+        return out
+
+    same = make_timeline(params=["w"], steps=steps(lambda s: _fp(1.0)))
+    f = assert_fires("TD504", same)
+    assert f.evidence["identical_steps"] == 32 and f.evidence["fingerprinted_steps"] == 8
+    # An unshuffled loader of 10 batches: batch 0 at every sampled step, batch 1 after it.
+    cycling = make_timeline(params=["w"], steps=steps(lambda s: _fp(1.0 if s % 10 == 0 else 2.0)))
+    assert_silent("TD504", cycling)
+
+
+def test_a_different_batch_in_between_breaks_the_run():
+    tl = make_timeline(
+        params=["w"],
+        steps={
+            **{s: {"data.fp": _fp(1.0), "optim.step": 1} for s in range(1, 7)},
+            7: {"data.fp": _fp(2.0), "optim.step": 1},
+            **{s: {"data.fp": _fp(1.0), "optim.step": 1} for s in range(8, 14)},
+        },
+    )
+    assert_silent("TD504", tl)

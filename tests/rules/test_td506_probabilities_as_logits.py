@@ -1,0 +1,58 @@
+import math
+
+from tests.rules._loss_inputs_tl import site_timeline
+from traindoctor.rules.setup.probabilities_as_logits import double_softmax_floor
+from traindoctor.testing import assert_fires, assert_silent
+
+CE = {"fn": "cross_entropy", "classes": 4, "producer": ["SoftmaxBackward0"]}
+
+
+def _probs(n=3):
+    return {
+        s: {"in_min": 0.1, "in_max": 0.5, "rowsum_dev": 1e-7, "loss": 1.3} for s in range(1, n + 1)
+    }
+
+
+def test_floor_is_the_one_hot_minimum():
+    # brute force: CE of log_softmax over a one-hot probability row
+    c = 4
+    row = [1.0] + [0.0] * (c - 1)
+    ce = -row[0] + math.log(sum(math.exp(v) for v in row))
+    assert abs(double_softmax_floor(c) - ce) < 1e-12
+
+
+def test_fires_on_softmax_rows():
+    f = assert_fires("TD506", site_timeline(CE, _probs()))
+    assert f.evidence["loss_floor"] == round(math.log1p(3 / math.e), 6)
+    assert f.where.source == "train.py:12"
+
+
+def test_silent_on_logits_and_on_soft_targets():
+    logits = {s: {"in_min": -2.0, "in_max": 3.0, "rowsum_dev": 2.0} for s in (1, 2, 3)}
+    assert_silent("TD506", site_timeline(CE, logits))
+    # log-probabilities as input (distillation's kl_div): not in [0, 1]
+    kd = {"fn": "kl_div", "producer": ["LogSoftmaxBackward0"]}
+    assert_silent("TD506", site_timeline(kd, {1: {"in_min": -3.0, "in_max": -0.1}}))
+
+
+def test_one_step_outside_the_simplex_is_enough_to_stay_silent():
+    stats = _probs()
+    stats[2]["rowsum_dev"] = 0.3
+    assert_silent("TD506", site_timeline(CE, stats))
+
+
+def test_sigmoid_into_bce_with_logits():
+    ev = {"fn": "binary_cross_entropy_with_logits", "producer": ["SigmoidBackward0"]}
+    stats = {1: {"in_min": 0.01, "in_max": 0.99, "t_mean": 0.5}}
+    f = assert_fires("TD506", site_timeline(ev, stats))
+    assert (
+        abs(f.evidence["loss_floor"] - (0.5 * math.log1p(math.exp(-1)) + 0.5 * math.log(2))) < 1e-6
+    )
+    # multi-label logits: values outside [0, 1]
+    assert_silent(
+        "TD506",
+        site_timeline(
+            {**ev, "producer": ["AddmmBackward0"]},
+            {1: {"in_min": -4.0, "in_max": 5.0, "t_mean": 0.3}},
+        ),
+    )

@@ -1,0 +1,57 @@
+"""TD513 augmentation-repeats-across-workers on hand-built timelines."""
+
+import random
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+
+def _tl(batches):
+    return make_timeline(
+        params=["w"], steps={s: {"data.samples": b} for s, b in enumerate(batches, 1)}
+    )
+
+
+def _fresh(rng, n=8):
+    return [rng.random() * 100 for _ in range(n)]
+
+
+def test_fires_on_pairs_of_identical_batches_from_two_workers():
+    rng = random.Random(0)
+    groups = [_fresh(rng) for _ in range(8)]
+    f = assert_fires("TD513", _tl([b for g in groups for b in (g, list(g))]))
+    assert f.evidence["lag"] == 1
+    assert f.evidence["estimated_workers"] == 2
+    assert f.step == 2
+
+
+def test_counts_three_workers():
+    rng = random.Random(1)
+    groups = [_fresh(rng) for _ in range(6)]
+    f = assert_fires("TD513", _tl([b for g in groups for b in (g, list(g), list(g))]))
+    assert f.evidence["estimated_workers"] == 3
+
+
+def test_silent_on_epochs_of_a_dataset_without_augmentation():
+    rng = random.Random(2)
+    pool = [rng.random() for _ in range(32)]
+    batches = []
+    for _ in range(4):  # 4 epochs of 4 shuffled batches: repeats, but nothing fresh after
+        order = pool[:]
+        rng.shuffle(order)
+        batches += [order[i : i + 8] for i in range(0, 32, 8)]
+    assert_silent("TD513", _tl(batches))
+
+
+def test_silent_on_fresh_random_samples_and_on_one_batch_every_step():
+    rng = random.Random(3)
+    assert_silent("TD513", _tl([_fresh(rng) for _ in range(20)]))
+    one = _fresh(rng)
+    assert_silent("TD513", _tl([list(one) for _ in range(20)]))  # TD504's finding
+
+
+def test_silent_when_repeats_come_back_only_after_a_long_lag():
+    rng = random.Random(4)
+    first = [_fresh(rng) for _ in range(20)]
+    assert_silent(
+        "TD513", _tl(first + [list(b) for b in first[:10]] + [_fresh(rng) for _ in range(5)])
+    )
