@@ -52,7 +52,16 @@ if TYPE_CHECKING:
     from .report.model import Report
 
 
+# Framework integrations, as submodules imported on first use: `traindoctor.lightning.Doctor()`
+# works after a plain `import traindoctor` without importing the framework before it is asked.
+_SUBMODULES = ("lightning", "transformers", "accelerate")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'traindoctor' has no attribute {name!r}")

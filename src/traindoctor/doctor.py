@@ -378,24 +378,33 @@ class Doctor:
             )
         targets = [model] if model is not None else list(self.models.values())
         modes = [(m, m.training) for t in targets for m in t.modules()]
-        self._validations += 1
-        self.timeline.event(self.step, "validation", index=self._validations)
         self._switching_modes = True
         try:
             for t in targets:
                 t.eval()
         finally:
             self._switching_modes = False
-        self._validating += 1
-        if not self._closed:
-            self._dispatch("on_validation", self.step, model, self.rec)
+        self.begin_validation(model)
         try:
             with torch.no_grad():
                 yield self
         finally:
-            self._validating -= 1
+            self.end_validation()
             for m, was_training in modes:
                 m.training = was_training
+
+    def begin_validation(self, model: torch.nn.Module | None = None) -> None:
+        """A validation starts whose loop the caller runs and whose modes it sets itself (a
+        framework's evaluation loop): what `validating()` does, minus eval() and no_grad.
+        Pair it with `end_validation()`."""
+        self._validations += 1
+        self.timeline.event(self.step, "validation", index=self._validations)
+        self._validating += 1
+        if not self._closed:
+            self._dispatch("on_validation", self.step, model, self.rec)
+
+    def end_validation(self) -> None:
+        self._validating = max(0, self._validating - 1)
 
     def diagnose(self) -> list[Finding]:
         """Run every rule over the timeline; a rule that raises is recorded, never propagated."""

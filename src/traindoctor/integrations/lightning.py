@@ -1,0 +1,277 @@
+"""Lightning integration: a Callback that attaches a traindoctor Doctor to `Trainer.fit`.
+
+`Trainer(callbacks=[traindoctor.lightning.Doctor()])` is the one line. Lightning is imported
+only when the callback class is built (`callback_class()`), never by `import traindoctor`.
+
+What Lightning changes, and how it is handled here:
+- Every optimizer step goes through the precision plugin, which calls the torch optimizer's
+  `step(closure=...)` with a closure that runs `training_step`, `zero_grad` and `backward`
+  *inside* `step()`; torch's step pre-hooks therefore fire before the gradients exist. With a
+  closure, the Doctor's pre-step work is deferred to `on_before_optimizer_step`, which the
+  precision plugin calls after the closure (after backward, before clipping and the update).
+  With a GradScaler (`precision="16-mixed"`) the closure runs before `scaler.step()`, which
+  calls `step()` without a closure: nothing is deferred. Accumulation micro-batches never call
+  `step()` (Lightning runs the closure alone), so they count as backward passes of one step.
+- Lightning's validation loop switches modes itself (`on_validation_model_eval` / `_train`) and
+  runs under `torch.inference_mode`: the callback only tells the Doctor that a validation is
+  running (no `eval()`, no `no_grad` of its own), so TD403/TD405 see validations without the
+  callback changing what Lightning does.
+- Metrics logged with `self.log` are read from `trainer.callback_metrics` (values that changed
+  since the last read only), under their Lightning names.
+
+Zero-code mode can reuse `attach(trainer, pl_module, ...)` (a Doctor for a Trainer whose
+optimizers are configured) or insert `callback_for(trainer)` into `trainer.callbacks`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..doctor import Doctor
+
+# Metric names that doc.log() takes as its own parameters: passed under another name.
+_RESERVED = {"loss": "loss_logged", "parts": "parts_logged"}
+
+
+class LightningDoctor(Doctor):
+    """A Doctor whose optimizer pre-step waits for Lightning's closure (see the module doc)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._deferred: dict[int, Callable[[], None]] = {}
+        self._val_metrics_before: dict[str, Any] = {}
+
+    def _make_step_hook(self, opt: torch.optim.Optimizer, pre: bool):  # noqa: ANN202
+        hook = super()._make_step_hook(opt, pre)
+        if not pre:
+
+            def post_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+                # A custom optimizer that never called the closure: the pre-step still runs,
+                # late, so that the step is counted and closed.
+                self.run_deferred(optimizer)
+                hook(optimizer, args, kwargs)
+
+            return post_hook
+
+        def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            closure = kwargs.get("closure", args[0] if args else None)
+            if callable(closure) and not self._closed:
+                # Gradients appear only when step() calls the closure: wait for Lightning's
+                # on_before_optimizer_step (see module doc).
+                self._deferred[id(optimizer)] = lambda: hook(optimizer, args, kwargs)
+                return
+            hook(optimizer, args, kwargs)
+
+        return pre_hook
+
+    def run_deferred(self, optimizer: Any) -> None:
+        """Run a pre-step deferred until the closure's backward (on_before_optimizer_step)."""
+        pending = self._deferred.pop(id(optimizer), None)
+        if pending is not None:
+            pending()
+
+
+def attach(
+    trainer: Any,
+    pl_module: Any,
+    *,
+    out_dir: str | Path = "traindoctor-runs",
+    budget: float = 0.03,
+    console: bool = True,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    mode: str = "lightning",
+) -> LightningDoctor | None:
+    """A Doctor watching this Trainer's LightningModule, optimizers and AMP scaler.
+
+    Call it once the optimizers are configured (`on_fit_start`). Returns None when there is
+    nothing to watch (no optimizer: `configure_optimizers` returned None).
+    """
+    optimizers = [o for o in trainer.optimizers if isinstance(o, torch.optim.Optimizer)]
+    if not optimizers:
+        return None
+    plugin = getattr(trainer, "precision_plugin", None)
+    scaler = getattr(plugin, "scaler", None)
+    if scaler is not None and not callable(getattr(scaler, "scale", None)):
+        scaler = None
+    doc = LightningDoctor(
+        out_dir=out_dir,
+        budget=budget,
+        mode=mode,
+        framework="lightning",
+        console=console,
+        select_codes=select,
+        ignore_codes=ignore,
+        script=type(pl_module).__name__,
+    )
+    # The prefix "" keeps parameter names as the module's attribute paths (`encoder.0.weight`);
+    # the report names the model by the LightningModule's class (facts["models"]).
+    doc.attach({"": pl_module}, optimizers, scaler)
+    doc.timeline.facts["lightning"] = {
+        "precision": str(getattr(trainer, "precision", "")),
+        "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", 1),
+        "automatic_optimization": bool(getattr(pl_module, "automatic_optimization", True)),
+        "scaler": type(scaler).__name__ if scaler is not None else None,
+    }
+    return doc
+
+
+def _fresh_metrics(metrics: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
+    """Metrics whose value object changed since the last read: Lightning stores a new tensor
+    each time `self.log` is called, so identity tells a fresh value without a host read."""
+    fresh: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if seen.get(name) is value:
+            continue
+        seen[name] = value
+        scalar = isinstance(value, torch.Tensor) and value.numel() == 1
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if scalar or number:
+            fresh[name] = value
+    return fresh
+
+
+def _log_metrics(doc: Doctor, metrics: dict[str, Any], validating: bool) -> None:
+    if not metrics:
+        return
+    named = {_RESERVED.get(k, k): v for k, v in metrics.items()}
+    loss = None
+    if validating:
+        # The validation loss is the one logged name that says "loss" (val_loss, val/loss).
+        losses = [k for k in metrics if "loss" in k.lower()]
+        if len(losses) == 1:
+            loss = named.pop(_RESERVED.get(losses[0], losses[0]))
+    doc.log(loss=loss, **named)
+
+
+def callback_class(base: type) -> type:
+    """Build the traindoctor callback on a Lightning `Callback` base class (`lightning.pytorch`
+    or `pytorch_lightning`: each Trainer accepts only callbacks of its own package)."""
+
+    class TraindoctorCallback(base):  # type: ignore[misc, valid-type]
+        """Attach traindoctor to `Trainer.fit`: `Trainer(callbacks=[Doctor()])`.
+
+        Options are those of `traindoctor.watch` (out_dir, budget, console, select, ignore).
+        After fit, `callback.report` holds the Report and `callback.doctor` the Doctor.
+        """
+
+        def __init__(
+            self,
+            *,
+            out_dir: str | Path = "traindoctor-runs",
+            budget: float = 0.03,
+            console: bool = True,
+            select: Iterable[str] = (),
+            ignore: Iterable[str] = (),
+            mode: str = "lightning",
+        ) -> None:
+            super().__init__()
+            self.options = {
+                "mode": mode,  # zero-code mode passes "zero-code"
+                "out_dir": out_dir,
+                "budget": budget,
+                "console": console,
+                "select": tuple(select),
+                "ignore": tuple(ignore),
+            }
+            self.doctor: LightningDoctor | None = None
+            self.report: Any = None
+            self._seen: dict[str, Any] = {}
+            self._val_seen: dict[str, Any] = {}
+
+        # -- fit lifecycle ---------------------------------------------------------------
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            if not getattr(trainer, "is_global_zero", True):
+                return  # one report per run: rank 0 watches
+            self.report = None
+            self._seen = {}
+            try:
+                self.doctor = attach(trainer, pl_module, **self.options)
+            except Exception as exc:  # noqa: BLE001  (never stop the user's training)
+                self.doctor = None
+                print(f"traindoctor: could not attach to Lightning: {exc!r}", file=sys.stderr)
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            self._close(None)
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            self._close(exception)
+
+        def _close(self, exc: BaseException | None) -> None:
+            doc, self.doctor = self.doctor, None
+            if doc is not None:
+                self.report = doc.close(exc)
+
+        # -- steps -----------------------------------------------------------------------
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            doc = self.doctor
+            if doc is None:
+                return
+            # Metrics of this step are read here, before the step closes (at on_train_batch_end
+            # the step is over and they would land on the next one); on sampled steps only:
+            # reading callback_metrics costs a host read per progress-bar metric.
+            if doc.budget.sampled(doc.step):
+                doc.guard.call("lightning metrics", self._log_train, trainer, doc)
+            # Not behind the guard: the deferred hook guards its own parts, and a
+            # StopTraining (zero-code --max-steps) must reach the loop.
+            doc.run_deferred(optimizer)
+
+        def _log_train(self, trainer: Any, doc: LightningDoctor) -> None:
+            _log_metrics(doc, _fresh_metrics(trainer.callback_metrics, self._seen), False)
+
+        # -- validation ------------------------------------------------------------------
+        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+            doc = self.doctor
+            if doc is None:
+                return
+            doc.guard.call("lightning validation", doc.begin_validation)
+            doc.guard.call("lightning validation", self._snapshot, trainer)
+
+        def _snapshot(self, trainer: Any) -> None:
+            self._val_seen = dict(trainer.callback_metrics)
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            doc = self.doctor
+            if doc is None:
+                return
+            # The sanity check's metrics are discarded by Lightning: not logged here either.
+            if not getattr(trainer, "sanity_checking", False):
+                doc.guard.call("lightning validation", self._log_val, trainer, doc)
+            doc.guard.call("lightning validation", doc.end_validation)
+
+        def _log_val(self, trainer: Any, doc: LightningDoctor) -> None:
+            fresh = _fresh_metrics(trainer.callback_metrics, self._val_seen)
+            self._seen.update(fresh)  # not fresh for the next training read either
+            _log_metrics(doc, fresh, True)
+
+    return TraindoctorCallback
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def lightning_callback_class(package: str = "lightning.pytorch") -> type:
+    """The callback class for `lightning.pytorch` or `pytorch_lightning` (built once)."""
+    cls = _CLASSES.get(package)
+    if cls is None:
+        import importlib
+
+        base = importlib.import_module(package).Callback
+        cls = callback_class(base)
+        cls.__module__ = "traindoctor.lightning"
+        cls.__qualname__ = cls.__name__ = "Doctor"
+        _CLASSES[package] = cls
+    return cls
+
+
+def callback_for(trainer: Any, **options: Any) -> Any:
+    """A traindoctor callback instance for this Trainer, of the Callback class of the
+    package the Trainer comes from (for zero-code mode: `trainer.callbacks.append(...)`)."""
+    module = type(trainer).__module__
+    package = "pytorch_lightning" if module.startswith("pytorch_lightning") else "lightning.pytorch"
+    return lightning_callback_class(package)(**options)
