@@ -90,6 +90,7 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
         )
     if not opts:
         raise UsageError(f"watch() got an empty list of optimizers; {hint}")
+    opts = [_unwrap_optimizer(o) for o in opts]
     for opt in opts:
         if not isinstance(opt, torch.optim.Optimizer):
             raise UsageError(
@@ -101,3 +102,14 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
                 "build it from the model's parameters, e.g. AdamW(model.parameters(), lr=1e-3)"
             )
     return opts
+
+
+def _unwrap_optimizer(opt: Any) -> Any:
+    """The torch optimizer inside a framework's wrapper (Accelerate's AcceleratedOptimizer,
+    Lightning's LightningOptimizer): its step() calls the inner one, whose hooks fire."""
+    for _ in range(4):
+        inner = getattr(opt, "optimizer", None) or getattr(opt, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is opt:
+            return opt
+        opt = inner
+    return opt

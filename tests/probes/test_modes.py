@@ -107,3 +107,16 @@ def test_mode_sensitive_modules():
     assert not mode_sensitive(nn.InstanceNorm2d(3)) and mode_sensitive(
         nn.InstanceNorm2d(3, track_running_stats=True)
     )
+
+
+def test_validating_the_trained_model_itself_is_known_as_such(tmp_path):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    with doc.validating(model):
+        model(torch.randn(4, 4))
+    with doc.validating(copy.deepcopy(model)):
+        pass
+    report = doc.close()
+    flags = [e["is_trained_model"] for e in report.timeline.events("validated_model")]
+    assert flags == [True, False]

@@ -43,11 +43,30 @@ def test_exactly_zero_gradients_are_left_to_other_rules():
 
 def test_embedding_tables_are_not_judged():
     # A batch touches few rows of an embedding table: its relative gradient is small by design.
-    rel = [1e-6, 0.04, 0.05, 0.03, 0.02, 0.02, 0.2]
+    rel = [1e-6, 1e-5, 1e-4, 0.03, 0.02, 0.02, 0.2]
     tl = _tl(rel)
     tl.facts["module_types"] = {"layers.0": "Embedding", **{m: "Linear" for m in LAYERS[1:]}}
-    assert_silent("TD207", tl)
+    f = assert_fires("TD207", tl)
+    assert "layers.0" not in f.evidence["all_layers"] and f.where.module == "layers.1"
     tl.facts["module_types"]["layers.0"] = "Linear"
+    assert assert_fires("TD207", tl).where.module == "layers.0"
+
+
+def test_one_odd_layer_without_a_depth_trend_is_not_vanishing():
+    # An attention query at init or a gate: one small layer, the early half as a whole is fine.
+    assert_silent("TD207", _tl([1e-6, 0.04, 0.05, 0.03, 0.02, 0.02, 0.2]))
+    assert_silent("TD207", _tl([0.04, 0.05, 0.03, 1e-6, 0.02, 0.02, 0.2]))
+
+
+def test_norm_gains_are_not_judged():
+    # Gains start at 1 (a large ||θ||): their relative gradient is small without vanishing.
+    rel = [0.03, 1e-6, 1e-6, 0.03, 0.02, 0.02, 0.2]
+    tl = _tl(rel)
+    tl.facts["module_types"] = {
+        m: ("LayerNorm" if i in (1, 2) else "Linear") for i, m in enumerate(LAYERS)
+    }
+    assert_silent("TD207", tl)
+    tl.facts["module_types"] = dict.fromkeys(LAYERS, "Linear")
     assert_fires("TD207", tl)
 
 

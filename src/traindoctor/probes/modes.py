@@ -254,9 +254,12 @@ class ModesProbe(Probe):
         if ctx is None:
             return
         targets = [model] if model is not None else list(ctx.models.values())
-        evaluated = [p.detach() for t in targets for p in t.parameters()]
-        trained = [p.detach() for _, p in ctx.named_params()]
-        is_trained = {id(p) for p in evaluated} <= {id(p) for p in trained}
+        evaluated_params = [p for t in targets for p in t.parameters()]
+        trained_params = [p for _, p in ctx.named_params()]
+        # Identity of the parameters themselves (a .detach() is a new tensor object).
+        is_trained = {id(p) for p in evaluated_params} <= {id(p) for p in trained_params}
+        evaluated = [p.detach() for p in evaluated_params]
+        trained = [p.detach() for p in trained_params]
         if model is None:
             name = "<watched models>"
         elif id(model) in self._roots:

@@ -46,7 +46,12 @@ def vanishing_gradient(
     On sampled steps, each param's gradient norm just before `optimizer.step()` and its norm
     before the step (fused `torch._foreach_norm`, batched read-back). Per layer, the ratio
     ||grad|| / ||θ|| makes layers of different sizes comparable; its median over the window is
-    compared with the median over all layers. Exactly-zero gradients are left to TD102/TD104.
+    compared with the median over all layers. Only layers of the early half (in forward order)
+    are reported, and only when the early half as a whole is at least `orders - 1` orders of
+    magnitude below the late half: a vanishing gradient shrinks on its way back to the input,
+    while one odd layer anywhere (an attention query at init, a gate) does not. Normalization
+    gains are not judged (they start at 1, so their relative gradient is small by design).
+    Exactly-zero gradients are left to TD102/TD104.
 
     ## Example
     ```python
@@ -80,6 +85,8 @@ def vanishing_gradient(
             continue  # a batch touches a few rows of an embedding table: small by design
         if LORA_A.search(layer):
             continue  # LoRA's B starts at 0, so A's gradient is 0 then tiny: by design
+        if "Norm" in (types.get(layer) or ""):
+            continue  # norm gains start at 1 (large ||θ||): a small ratio is not vanishing
         pn = dict(pnorms.get(layer, []))
         for step, g in series:
             p = pn.get(step)
@@ -95,11 +102,20 @@ def vanishing_gradient(
         return
     reference = statistics.median(med.values())
     limit = reference * 10.0 ** (-orders)
-    low = [layer for layer, m in med.items() if m < limit]
+    params = tl.fact("params") or {}
+    ordered = layer_order(params, list(med))
+    early = ordered[: max(1, len(ordered) // 2)]
+    late = ordered[len(early) :]
+    # A vanishing gradient shrinks on its way back to the input: the early half of the layers
+    # as a whole gets far less than the late half. One odd layer anywhere (an attention query
+    # at init, a gate) is not that.
+    if late and statistics.median(med[x] for x in early) > statistics.median(
+        med[x] for x in late
+    ) * 10.0 ** (1 - orders):
+        return
+    low = [layer for layer in early if med[layer] < limit]
     if not low:
         return
-    params = tl.fact("params") or {}
-    low = layer_order(params, low)
     first = low[0]
     names = tuple(n for layer in low for n in params_of(params, layer))
     top = max(med.values())

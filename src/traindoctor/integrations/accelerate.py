@@ -1,0 +1,96 @@
+"""Hugging Face Accelerate: watch a loop whose objects went through `accelerator.prepare`.
+
+`accelerator.prepare` wraps the optimizer in an `AcceleratedOptimizer`. That wrapper subclasses
+`torch.optim.Optimizer` without calling its `__init__`, so torch's step hooks never run on it:
+traindoctor hooks the torch optimizer inside, whose `step()` runs only on the micro-batches
+where the accumulation context syncs (and not at all when the GradScaler skips the step). The
+prepared model may be wrapped too (DDP, `torch.compile`); its parameters are the inner
+module's, so either works, and the inner module gives the names the user knows.
+
+Nothing here imports accelerate: the wrappers are recognised by their attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import watch as _watch
+from ..doctor import Doctor
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside an `AcceleratedOptimizer` (or any wrapper that keeps it in
+    `.optimizer`, as Accelerate's and DeepSpeed's do); the object itself otherwise."""
+    seen = 0
+    while seen < 4 and not _hookable(optimizer):
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        optimizer = inner
+        seen += 1
+    return optimizer
+
+
+def _hookable(optimizer: Any) -> bool:
+    # A real torch optimizer has run Optimizer.__init__, which creates the hook dicts.
+    return isinstance(optimizer, torch.optim.Optimizer) and hasattr(
+        optimizer, "_optimizer_step_pre_hooks"
+    )
+
+
+def unwrap_model(model: Any) -> Any:
+    """The module the user built, inside DDP/FSDP (`.module`) or `torch.compile` (`._orig_mod`)."""
+    for _ in range(4):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    return model
+
+
+def watch(
+    accelerator: Any,
+    model: torch.nn.Module | dict[str, torch.nn.Module] | Iterable[torch.nn.Module],
+    optimizer: Any,
+    *,
+    out_dir: str | Path = "traindoctor-runs",
+    budget: float = 0.03,
+    console: bool = True,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+) -> Doctor:
+    """`td.watch` for a loop run by an `accelerate.Accelerator`.
+
+    Pass the prepared model and optimizer (`model, optimizer = accelerator.prepare(...)`);
+    the accelerator's GradScaler (fp16 mixed precision) is watched too, so the steps it skips
+    (`accelerator.optimizer_step_was_skipped`) are seen as such.
+    """
+    models: Any
+    if isinstance(model, dict):
+        models = {k: unwrap_model(m) for k, m in model.items()}
+    elif isinstance(model, list | tuple):
+        models = [unwrap_model(m) for m in model]
+    else:
+        models = unwrap_model(model)
+    opts = (
+        [unwrap_optimizer(o) for o in optimizer]
+        if isinstance(optimizer, list | tuple)
+        else unwrap_optimizer(optimizer)
+    )
+    doc = _watch(
+        models,
+        opts,
+        scaler=getattr(accelerator, "scaler", None),
+        out_dir=out_dir,
+        budget=budget,
+        console=console,
+        select=select,
+        ignore=ignore,
+    )
+    doc.framework = "accelerate"
+    doc.timeline.facts["framework"] = "accelerate"
+    return doc
