@@ -227,3 +227,10 @@ def test_registration_rejects_bad_metadata():
         _registry.rule(code="XX101", name="bad", severity=RULES[0].severity, summary="s")
     with pytest.raises(ValueError, match="kebab"):
         _registry.rule(code="TD198", name="Bad_Name", severity=RULES[0].severity, summary="s")
+
+
+def test_readme_rule_table_lists_every_rule_once():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (TD\d{3}) \| ([a-z0-9-]+) \|", readme, flags=re.M)
+    assert sorted(code for code, _ in rows) == sorted(IDS)
+    assert all(get_rule(code).name == name for code, name in rows)
