@@ -164,12 +164,13 @@ class Doctor(TrainerCallback):
         doc = self.doctor
         entered = False
         if doc is not None and not doc._closed:
-            entered = doc.guard.call("transformers validation", _enter_validation, doc) is True
+            doc.guard.call("transformers validation", doc.begin_validation)
+            entered = True
         try:
             yield
         finally:
             if entered:
-                doc._validating -= 1
+                doc.end_validation()
 
     def _log(self, logs: dict[str, Any]) -> None:
         doc = self.doctor
@@ -222,15 +223,6 @@ def attach_trainer(trainer: Any, doctor: _Doctor | None = None, **options: Any) 
     callback.trainer = trainer
     trainer.add_callback(callback)
     return callback
-
-
-def _enter_validation(doc: _Doctor) -> bool:
-    # Mirrors Doctor.validating() minus the mode and grad-mode changes.
-    doc._validations += 1
-    doc.timeline.event(doc.step, "validation", index=doc._validations)
-    doc._validating += 1
-    doc._dispatch("on_validation", doc.step, None, doc.rec)
-    return True
 
 
 def _find_trainer() -> Any:
