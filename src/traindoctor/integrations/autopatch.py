@@ -41,6 +41,9 @@ class ZeroCodeSession:
         self._first_out: dict[int, dict[int, torch.Tensor]] = {}
 
     # -- install / uninstall ----------------------------------------------------------------
+    delegated = False  # a framework callback watches the run (see _detect_framework)
+    delegate: Any = None  # that callback, when it runs a doctor of its own
+
     def install(self) -> None:
         session = self
         original_init = torch.optim.Optimizer.__init__
@@ -144,6 +147,9 @@ class ZeroCodeSession:
 
     # -- discovery --------------------------------------------------------------------------
     def _on_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        self.doctor.guard.call("zero-code framework", self._detect_framework)
+        if self.delegated:
+            return  # the framework's callback watches this run
         self._optimizers.append(weakref.ref(opt))
         src = user_source(skip=1)
         if src:
@@ -152,6 +158,8 @@ class ZeroCodeSession:
             self.doctor.add_optimizer(opt)
 
     def _on_step(self, opt: torch.optim.Optimizer) -> None:
+        if self.delegated:
+            return
         if not any(r() is opt for r in self._optimizers):
             self._optimizers.append(weakref.ref(opt))
         if not self._attached:
@@ -160,11 +168,52 @@ class ZeroCodeSession:
             self.doctor.add_optimizer(opt)
 
     def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
-        if not self._attached:
+        if not self._attached and not self.delegated:
             self.doctor.guard.call("zero-code attach", self._attach)
             if self._attached:
                 # The doctor started listening during this dispatch: hand it this backward too.
                 self.doctor._on_backward(root, loss)
+
+    # -- frameworks: their own callback watches the run --------------------------------
+    def _detect_framework(self) -> None:
+        """An optimizer built inside a Lightning `fit` or a Hugging Face `train()`: hand the run
+        to that framework's callback, which knows its steps, closures, metrics and
+        evaluation loop. Hugging Face's callback attaches this session's doctor; Lightning's
+        makes its own (it defers closure steps), whose report the runner then uses."""
+        if self.delegated:
+            return
+        trainer, kind = _framework_trainer()
+        if trainer is None:
+            return
+        doc = self.doctor
+        if kind == "transformers":
+            from . import transformers as hf
+
+            handler = getattr(trainer, "callback_handler", None)
+            callbacks = getattr(handler, "callbacks", [])
+            if not any(isinstance(cb, hf.Doctor) for cb in callbacks):
+                hf.attach_trainer(trainer, doctor=doc)
+        else:
+            from .lightning import callback_for
+
+            if not any(type(cb).__module__.startswith("traindoctor") for cb in trainer.callbacks):
+                callback = callback_for(
+                    trainer,
+                    out_dir=doc.out_dir,
+                    budget=doc.budget.budget,
+                    console=doc.console,
+                    mode="zero-code",
+                )
+                trainer.callbacks.append(callback)
+                self.delegate = callback
+        doc.framework = kind
+        doc.timeline.facts["framework"] = kind
+        self.delegated = True
+
+    def delegate_report(self) -> Any:
+        """The report of the framework doctor that watched the run instead of this session's
+        (Lightning), or None."""
+        return getattr(self.delegate, "report", None) if self.delegate is not None else None
 
     def _attach(self) -> None:
         if self._attached:
@@ -268,3 +317,33 @@ def attached(doctor: Doctor) -> Iterator[ZeroCodeSession]:
         yield session
     finally:
         session.uninstall()
+
+
+def _framework_trainer() -> tuple[Any, str | None]:
+    """The Lightning or Hugging Face Trainer whose method is running up the stack, if any.
+    Only frameworks already imported are looked for (no import here)."""
+    import sys
+
+    kinds = []
+    if "transformers" in sys.modules:
+        kinds.append(("transformers", "transformers.trainer"))
+    for pkg in ("lightning.pytorch", "pytorch_lightning"):
+        if pkg in sys.modules:
+            kinds.append(("lightning", f"{pkg}.trainer"))
+    if not kinds:
+        return None, None
+    frame = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            break
+        obj = frame.f_locals.get("self")
+        if obj is not None:
+            # The framework's Trainer or a user subclass of it (a custom compute_loss, say).
+            for cls in type(obj).__mro__:
+                if cls.__name__ != "Trainer":
+                    continue
+                for kind, prefix in kinds:
+                    if cls.__module__.startswith(prefix):
+                        return obj, kind
+        frame = frame.f_back
+    return None, None

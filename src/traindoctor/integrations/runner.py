@@ -79,11 +79,12 @@ def run_target(
     )
     exc: BaseException | None = None
     code = 0
+    session = None
     old_cwd = os.getcwd()
     old_main = sys.modules.get("__main__")
     old_term = _install_sigterm()
     try:
-        with attached(doctor):
+        with attached(doctor) as session:
             try:
                 if module:
                     sys.argv = [target, *args]
@@ -113,7 +114,10 @@ def run_target(
         # A second SIGTERM while the report is written would lose it; the script is done.
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        report = doctor.close(exc)
+        # A Lightning run is watched by its callback's own doctor (closed at the end of fit);
+        # this session's doctor saw nothing and writes nothing.
+        delegated = session.delegate_report() if session is not None else None
+        report = delegated if delegated is not None else doctor.close(exc)
     finally:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, old_term)
