@@ -90,7 +90,7 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
         )
     if not opts:
         raise UsageError(f"watch() got an empty list of optimizers; {hint}")
-    opts = [_unwrap_optimizer(o) for o in opts]
+    opts = [unwrap_optimizer(o) for o in opts]
     for opt in opts:
         if not isinstance(opt, torch.optim.Optimizer):
             raise UsageError(
@@ -104,12 +104,24 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     return opts
 
 
-def _unwrap_optimizer(opt: Any) -> Any:
-    """The torch optimizer inside a framework's wrapper (Accelerate's AcceleratedOptimizer,
-    Lightning's LightningOptimizer): its step() calls the inner one, whose hooks fire."""
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a framework's wrapper (Accelerate's AcceleratedOptimizer and
+    DeepSpeed's keep it in `.optimizer`, Lightning's LightningOptimizer in `._optimizer`): the
+    one whose step() really runs, with torch's hook dicts; the object itself otherwise."""
     for _ in range(4):
-        inner = getattr(opt, "optimizer", None) or getattr(opt, "_optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is opt:
-            return opt
-        opt = inner
-    return opt
+        if _hookable(optimizer):
+            return optimizer
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            return optimizer
+        optimizer = inner
+    return optimizer
+
+
+def _hookable(optimizer: Any) -> bool:
+    # A real torch optimizer has run Optimizer.__init__, which creates the hook dicts.
+    return isinstance(optimizer, torch.optim.Optimizer) and hasattr(
+        optimizer, "_optimizer_step_pre_hooks"
+    )

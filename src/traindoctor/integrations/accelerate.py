@@ -18,28 +18,9 @@ from typing import Any
 
 import torch
 
+from ..api import unwrap_optimizer
 from ..api import watch as _watch
 from ..doctor import Doctor
-
-
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside an `AcceleratedOptimizer` (or any wrapper that keeps it in
-    `.optimizer`, as Accelerate's and DeepSpeed's do); the object itself otherwise."""
-    seen = 0
-    while seen < 4 and not _hookable(optimizer):
-        inner = getattr(optimizer, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer):
-            break
-        optimizer = inner
-        seen += 1
-    return optimizer
-
-
-def _hookable(optimizer: Any) -> bool:
-    # A real torch optimizer has run Optimizer.__init__, which creates the hook dicts.
-    return isinstance(optimizer, torch.optim.Optimizer) and hasattr(
-        optimizer, "_optimizer_step_pre_hooks"
-    )
 
 
 def unwrap_model(model: Any) -> Any:

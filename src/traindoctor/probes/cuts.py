@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .. import _source
+from .. import _mode_stack, _source
 
 # How a gradient was cut, by origin kind. TD302 reports the first group (the value was
 # detached on purpose or by accident), TD301 the second (an op without a derivative); the
@@ -162,21 +162,11 @@ class CutTracker(TorchFunctionMode):
 
     # -- window ---------------------------------------------------------------------------
     def start(self) -> bool:
-        """Push the mode at the bottom of the mode stack.
-
-        At the bottom, a mode entered before it and left before `stop()` (the activations
-        probe's, which leaves at the end of the forward; a user's `with torch.device(...)`
-        around the forward, whose exit pops the top of the stack) sits above it and pops its
-        own entry; `stop()` takes this one out wherever it is. Only the default-device context
-        of `torch.set_default_device` stays below it: its `__exit__` insists on the bottom."""
+        """Push the mode at the bottom of the mode stack (see _mode_stack: the activations
+        probe's mode and a user's `with torch.device(...)` then come and go above it)."""
         if self.active:
             return False
-        taken = [torch._C._pop_torch_function_stack() for _ in range(_stack_len())]
-        taken.reverse()  # bottom first
-        default = getattr(getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None), "device_context", None)
-        base = 1 if taken and default is not None and taken[0] is default else 0
-        for mode in [*taken[:base], self, *taken[base:]]:
-            torch._C._push_on_torch_function_stack(mode)
+        _mode_stack.push_bottom(self)
         self.reset()
         self.active = True
         return True
@@ -186,15 +176,7 @@ class CutTracker(TorchFunctionMode):
         if not self.active:
             return
         self.active = False
-        above = []
-        while _stack_len() > 0:
-            mode = torch._C._pop_torch_function_stack()
-            if mode is self:
-                break
-            above.append(mode)
-        # Not found (someone popped it): everything taken is put back as it was.
-        for mode in reversed(above):
-            torch._C._push_on_torch_function_stack(mode)
+        _mode_stack.remove(self)
 
     def reset(self) -> None:
         self._lineage.clear()
@@ -378,10 +360,6 @@ class CutTracker(TorchFunctionMode):
             return
         self._reported.add(key)
         self.on_cut(fact)
-
-
-def _stack_len() -> int:
-    return torch._C._len_torch_function_stack()
 
 
 def _ptr(t: torch.Tensor) -> int:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .. import _mode_stack
 from .._source import user_source, user_source_with_code
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
@@ -211,7 +212,8 @@ class _HolderFinder(TorchFunctionMode):
         self.done = False
 
     def start(self) -> None:
-        torch._C._push_on_torch_function_stack(self)
+        # At the bottom: a user mode entered and left while this one is on pops its own entry.
+        _mode_stack.push_bottom(self)
         self.active = True
 
     def stop(self) -> None:
@@ -219,14 +221,7 @@ class _HolderFinder(TorchFunctionMode):
         if not self.active:
             return
         self.active = False
-        above = []
-        while torch._C._len_torch_function_stack() > 0:
-            mode = torch._C._pop_torch_function_stack()
-            if mode is self:
-                break
-            above.append(mode)
-        for mode in reversed(above):
-            torch._C._push_on_torch_function_stack(mode)
+        _mode_stack.remove(self)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
