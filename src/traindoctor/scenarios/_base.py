@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,3 +83,13 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int = 0):
         for i in range(0, len(x) - batch + 1, batch):
             idx = perm[i : i + batch]
             yield x[idx], y[idx]
+
+
+def line_in(path: str, marker: str) -> str:
+    """`FILE:LINE` of the first line of `path` that holds `marker` (lines that call a
+    `line_of(` helper themselves excepted): where a scenario's finding must point."""
+    with open(path, encoding="utf-8") as fh:
+        for number, text in enumerate(fh, start=1):
+            if marker in text and "line_of(" not in text:
+                return f"{os.path.basename(path)}:{number}"
+    raise LookupError(f"no line holding {marker!r} in {path}")

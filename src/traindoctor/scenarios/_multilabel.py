@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import log
+from ._base import line_in, log
 
 
 def make_data(n: int = 512, dim: int = 16, tags: int = 8, seed: int = 21):
@@ -19,11 +19,7 @@ def make_data(n: int = 512, dim: int = 16, tags: int = 8, seed: int = 21):
 
 def line_of(marker: str) -> str:
     """`_multilabel.py:LINE` of the first line holding `marker`: where a finding must point."""
-    with open(__file__, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if marker in text and "line_of(" not in text:
-                return f"_multilabel.py:{number}"
-    raise ValueError(marker)
+    return line_in(__file__, marker)
 
 
 def train(steps: int = 48, watch=None, bug: str | None = None):

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._base import line_in
+
 REG_MAX = 8  # bins per box side
 
 
@@ -123,8 +125,4 @@ def train(steps: int = 40, watch=None, bug: str | None = None):
 
 def line_of(marker: str) -> str:
     """`_seed003.py:LINE` of the first line holding `marker`: where a finding must point."""
-    with open(__file__, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if marker in text and "line_of(" not in text:
-                return f"_seed003.py:{number}"
-    raise LookupError(marker)
+    return line_in(__file__, marker)
