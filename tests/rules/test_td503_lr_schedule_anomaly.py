@@ -12,6 +12,8 @@ def _tl(lrs, events=(), sched_steps=None, stepped=None):
         }
         if sched_steps is not None:
             steps[i]["schedule.steps"] = {"sched0": sched_steps[i - 1]}
+        if stepped is not None and not stepped[i - 1]:
+            steps[i]["amp.skipped"] = 1  # a GradScaler skipped this step
     return make_timeline(params=["w"], steps=steps, events=events, ended=True)
 
 
@@ -66,6 +68,7 @@ def test_scheduler_stepping_through_skipped_amp_steps():
         "TD503", _tl([0.1] * 30, events=[_sched("LambdaLR")], sched_steps=[1] * 30, stepped=stepped)
     )
     assert f.evidence["cases"][0]["optimizer_steps"] == 20
+    assert "stepped on the 10 steps the GradScaler skipped" in f.title
 
 
 def test_healthy_schedules_are_silent():

@@ -49,3 +49,47 @@ def test_normalized_accumulation_is_silent():
 def test_inconsistent_factors_are_td109s():
     assert_silent("TD515", _tl([0.25, 1.0, 1.0, 1.0]))
     assert_fires("TD109", _tl([0.25, 1.0, 1.0, 1.0]))
+
+
+def _counted(per_pass, divisor_of, divided, n_steps=10, passes=3, measured=(1, 2, 3, 8)):
+    """Sum-reduced token losses over `passes` micro-batches of `per_pass` targets each,
+    divided by `divisor_of(per_pass, passes)`: a device tensor (`divided`: the backward value
+    is the quotient) or a 0-d CPU count (a constant factor: the value is the sum)."""
+    tl_steps = {}
+    total = 2.0 * per_pass  # the call's sum: 2.0 per target
+    d = divisor_of(per_pass, passes)
+    for s in range(1, n_steps + 1):
+        tl_steps[s] = {
+            "loss.factor": [1.0] * passes if divided else [1.0 / d] * passes,
+            "loss.site": [0] * passes,
+            "backward.count": passes,
+            "loss.backward": [total / d if divided else total] * passes,
+        }
+        if divided:
+            tl_steps[s]["schedule.tensor_divided"] = passes
+        if s in measured:
+            tl_steps[s]["loss_inputs.stats"] = {"0.loss": total, "0.n_valid": float(per_pass)}
+    return make_timeline(
+        params=["w"],
+        optimizers=[optimizer_facts(["w"], cls="SGD")],
+        steps=tl_steps,
+        events=[{"kind": "backward_site", "step": 1, "site": 0, "source": "train.py:42"}],
+        ended=True,
+    )
+
+
+def test_each_micro_batch_divided_by_its_own_target_count_fires():
+    own = lambda n, passes: n  # noqa: E731
+    for divided in (True, False):
+        f = assert_fires("TD515", _counted(55, own, divided))
+        assert f.evidence["micro_batches"] == 3
+        assert f.evidence["divided_by_own_count_steps"] == 4
+        assert "own micro-batch" in f.cause and "whole accumulation window" in f.fix
+
+
+def test_divided_by_the_windows_target_count_is_silent():
+    window = lambda n, passes: n * passes  # noqa: E731
+    for divided in (True, False):
+        assert_silent("TD515", _counted(55, window, divided))
+    # a constant normalizer on a summed loss (/ accum) is silent too
+    assert_silent("TD515", _counted(55, lambda n, passes: passes, False))

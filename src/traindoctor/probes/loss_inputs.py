@@ -14,13 +14,22 @@ as is; what the probe does runs before and after it under the doctor's guard. On
 losses are looked at (grad enabled, an input that requires grad): a loss computed on detached
 tensors for a log line trains nothing.
 
-Per call:
-- every step: for class-index targets over at most `MAX_HIST_CLASSES` classes, a label
-  histogram (`scatter_add_` on the device, no sync), summed over the step's calls of one site;
-- on the structural and sampled steps: host facts (shapes, dtypes, class count, the op that
-  produced the input, the user's line) as a `loss_input` event when a site or its shapes are new,
-  and device facts (input min/max, rows summing to 1, values at the loss's own clamp, labels'
-  min/max, share of non-positive values fed to a log) stacked into one deferred read-back.
+Per call, on the structural and sampled steps only (an unsampled step costs one flag check):
+- for class-index targets over at most `MAX_HIST_CLASSES` classes, a label histogram
+  (`scatter_add_` on the device, no sync), summed over the step's calls of one site;
+- host facts (shapes, dtypes, class count, the op that produced the input, the user's line)
+  as a `loss_input` event when a site or its shapes are new, and device facts (input min/max,
+  rows summing to 1, values at the loss's own clamp, labels' min/max and, for a summed class
+  loss, how many labels count, share of non-positive values fed to a log) stacked into one
+  deferred read-back;
+- with a new site or shapes, the layout of the input (host metadata of the autograd graph only):
+  along which dim the layer that produced it (a Linear's features, a conv's channels, a
+  softmax's normalized dim) ends up after the views, permutes and transposes between, and a
+  `view`/`reshape` that reorders the sizes (used as a transpose);
+- for inputs that come out of a softmax/log_softmax (and the inputs of `nll_loss`/`kl_div`,
+  which expect log-probabilities), on the site's 1st, 2nd, 4th, 8th, ... observed call: how far
+  the input is from normalized along each dim (|logsumexp - 0| or |sum - 1|, max over the
+  slices), and the same for a float target of the same shape: which dim was normalized.
 No tensor is kept beyond the call.
 """
 
@@ -41,7 +50,7 @@ LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, nonfinite, clamped, t_min, t_max, t_mean, log_arg_nonpos, "
-    "loss); sites are described by `loss_input` events",
+    "n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by `loss_input` events",
 )
 LOSS_INPUT_LABELS = signal(
     "loss_inputs.labels",
@@ -93,6 +102,12 @@ _VIEWS = frozenset(
 )
 _LOGS = frozenset({"LogBackward0", "Log2Backward0", "Log10Backward0"})
 _SOFTMAX = frozenset({"SoftmaxBackward0", "LogSoftmaxBackward0"})
+# Layers whose output has a feature dim: a Linear's last (2-D addmm/mm output), a conv's 1.
+_LINEAR = frozenset({"AddmmBackward0", "MmBackward0"})
+_CONV = frozenset({"ConvolutionBackward0"})
+_RESHAPES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
+LOG_INPUT_LOSSES = ("nll_loss", "kl_div")  # their input is meant to be log-probabilities
+MAX_NORM_DIMS = 6
 
 # -- the shared patch of torch.nn.functional ------------------------------------------------
 _listeners: list[Any] = []  # objects with loss_call(fn, args, kwargs) -> after-callback | None
@@ -201,6 +216,171 @@ def _saved(node: Any, attr: str) -> Any:
         return None
 
 
+def _dim(value: Any, ndim: int) -> int | None:
+    """A dim saved by autograd (unsigned: -1 comes back as 2**64 - 1) as an index in [0, ndim)."""
+    if not isinstance(value, int) or ndim <= 0:
+        return None
+    value = value - (1 << 64) if value >= 1 << 63 else value
+    return value % ndim if -ndim <= value < ndim else None
+
+
+def _input_shape(node: Any, name: str, out: list[int]) -> list[int] | None:
+    """Shape of the input of a view-like autograd node whose output has shape `out`."""
+    sizes = _saved(node, "_saved_self_sym_sizes")
+    if sizes is not None:
+        try:
+            return [int(d) for d in sizes]
+        except (TypeError, ValueError):
+            return None
+    n = len(out)
+    if name in ("CloneBackward0", "ToCopyBackward0", "ContiguousBackward0"):
+        return list(out)
+    if name == "PermuteBackward0":
+        dims = _saved(node, "_saved_dims")
+        if not isinstance(dims, tuple | list) or len(dims) != n:
+            return None
+        shape = [0] * n
+        for i, d in enumerate(dims):
+            j = _dim(d, n)
+            if j is None:
+                return None
+            shape[j] = out[i]
+        return shape
+    if name in ("TransposeBackward0", "TBackward0"):
+        if name == "TBackward0":
+            a, b = (0, 1) if n == 2 else (0, 0)
+        else:
+            a, b = _dim(_saved(node, "_saved_dim0"), n), _dim(_saved(node, "_saved_dim1"), n)
+            if a is None or b is None:
+                return None
+        shape = list(out)
+        shape[a], shape[b] = shape[b], shape[a]
+        return shape
+    if name == "UnsqueezeBackward0":
+        d = _dim(_saved(node, "_saved_dim"), n)
+        return None if d is None else out[:d] + out[d + 1 :]
+    return None
+
+
+def _prod(dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _follow(name: str, node: Any, src: list[int], dst: list[int], dim: int) -> int | None:
+    """Where dim `dim` of a view-like node's input (shape `src`) is in its output (`dst`), or
+    None when the node merges, splits or drops it."""
+    n = len(src)
+    if name == "PermuteBackward0":
+        dims = [_dim(d, n) for d in _saved(node, "_saved_dims") or ()]
+        return dims.index(dim) if dim in dims else None
+    if name in ("TransposeBackward0", "TBackward0"):
+        if name == "TBackward0":
+            a, b = (0, 1) if n == 2 else (0, 0)
+        else:
+            a, b = _dim(_saved(node, "_saved_dim0"), n), _dim(_saved(node, "_saved_dim1"), n)
+        return b if dim == a else a if dim == b else dim
+    if name in ("SliceBackward0", "CloneBackward0", "ToCopyBackward0", "ContiguousBackward0"):
+        return dim
+    if name == "SelectBackward0":
+        d = _dim(_saved(node, "_saved_dim"), n)
+        return None if d is None or d == dim else dim - (d < dim)
+    # A reshape of a contiguous layout: a dim survives where the same size has the same
+    # number of elements after it (row-major); squeeze/unsqueeze/expand/view alike.
+    after = _prod(src[dim + 1 :])
+    for j, size in enumerate(dst):
+        if size == src[dim] and _prod(dst[j + 1 :]) == after:
+            return j
+    return None
+
+
+def layout(t: torch.Tensor, param_names: dict[int, str] | None = None) -> dict[str, Any]:
+    """Host metadata of the autograd graph below a loss input `t`: the op that produced it
+    (below view-like ops), the dim of `t` that op's feature/normalized dim ends up at, and a
+    `view`/`reshape` that reorders the sizes. No device work."""
+    out: dict[str, Any] = {}
+    shape = [int(d) for d in t.shape]
+    node = t.grad_fn
+    chain: list[tuple[str, Any, list[int], list[int]]] = []  # (name, node, in, out), top down
+    for _ in range(16):
+        if node is None:
+            break
+        name = type(node).__name__
+        if name == "AddBackward0" and _bias_add(node) is not None:
+            # `x @ W.t() + b`: F.linear on a non-contiguous input; the add keeps the shape.
+            node = _bias_add(node)
+            continue
+        if name not in _VIEWS:
+            break
+        src = _input_shape(node, name, shape)
+        if src is None:
+            return out
+        nxt = [n for n, _ in node.next_functions if n is not None]
+        below = type(nxt[0]).__name__ if nxt else None
+        # Sizes reordered by a reshape of dims that a real op (or a permute) made; dims that
+        # a reshape made itself (a flat vector viewed as (4, 8)) carry no meaning.
+        reordered = src != shape and len(src) >= 2 and sorted(src) == sorted(shape)
+        if name in _RESHAPES and reordered and below not in _RESHAPES:
+            out.setdefault("view_reordered", [src, list(shape)])
+        if name in ("PermuteBackward0", "TransposeBackward0", "TBackward0"):
+            out["moved"] = True
+        chain.append((name, node, src, shape))
+        shape = src
+        node = nxt[0] if nxt else None
+    if node is None:
+        return out
+    head = type(node).__name__
+    out["head_op"] = head
+    dim = None
+    if (head in _LINEAR and len(shape) == 2) or (head in _CONV and len(shape) >= 3):
+        dim = 1  # a Linear's (N, features) output, a conv's (N, channels, ...)
+        out["head_features"] = shape[1]
+        module = _weight_module(node, param_names or {})
+        if module:
+            out["head_module"] = module
+    elif head in _SOFTMAX:
+        dim = _dim(_saved(node, "_saved_dim"), len(shape))
+        out["softmax_dim"] = dim
+        out["softmax_shape"] = list(shape)
+    if dim is None:
+        return out
+    for name, n, src, dst in reversed(chain):
+        dim = _follow(name, n, src, dst, dim)
+        if dim is None:
+            break
+    out["head_dim"] = dim  # None: merged, split or dropped on the way
+    return out
+
+
+def _bias_add(node: Any) -> Any:
+    """The non-bias input of an add whose other input is a 1-D leaf (a Linear's bias)."""
+    nxt = list(node.next_functions)
+    if len(nxt) != 2:
+        return None
+    for i, (n, _) in enumerate(nxt):
+        var = getattr(n, "variable", None)
+        if isinstance(var, torch.Tensor) and var.dim() == 1:
+            other = nxt[1 - i][0]
+            return other if other is not None else None
+    return None
+
+
+def _weight_module(node: Any, param_names: dict[int, str]) -> str | None:
+    """The module whose weight (2-D or more) an addmm/mm node multiplies by (through its
+    `t()`) or a convolution node convolves with."""
+    for n, _ in node.next_functions:
+        if n is None:
+            continue
+        cands = [n] + [m for m, _ in n.next_functions if m is not None]
+        for c in cands:
+            var = getattr(c, "variable", None)
+            if isinstance(var, torch.Tensor) and var.dim() >= 2 and id(var) in param_names:
+                return param_names[id(var)].rpartition(".")[0] or param_names[id(var)]
+    return None
+
+
 def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
     return args[i] if len(args) > i else kwargs.get(name, default)
 
@@ -232,6 +412,7 @@ class LossInputsProbe(Probe):
         self._described: set[tuple[Any, ...]] = set()
         self._events = 0
         self._keys: dict[tuple[int, int], list[str]] = {}
+        self._calls: dict[int, int] = {}  # site -> observed calls (normalization is sampled)
         self._listening = False
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -283,6 +464,9 @@ class LossInputsProbe(Probe):
             names, node = producer(inp)
             self._describe(rec, step, site, fn, inp, tgt, classes, cdim, names, node, opts)
             stats = self._stats(fn, inp, tgt, cdim, classes, index_target, ignore, node, opts)
+            calls = self._calls[site] = self._calls.get(site, 0) + 1
+            if calls & (calls - 1) == 0:  # 1st, 2nd, 4th, 8th, ... call: a structural fact
+                stats.update(_normalization(fn, inp, tgt, names, opts))
         rec.append(step, LOSS_INPUT_OBSERVED, site)
         keys = [f"{site}.{k}" for k in stats]
         if keys:
@@ -364,12 +548,13 @@ class LossInputsProbe(Probe):
             except RuntimeError:
                 facts["broadcast_shape"] = None
         if node is not None and type(node).__name__ in _SOFTMAX:
-            dim = _saved(node, "_saved_dim")
             result = _saved(node, "_saved_result")
-            if isinstance(dim, int) and isinstance(result, torch.Tensor) and result.dim() > 0:
-                # Saved as an unsigned int64: dim=-1 comes back as 2**64 - 1.
-                dim = dim - (1 << 64) if dim >= 1 << 63 else dim
-                facts["softmax_dim_size"] = int(result.shape[dim % result.dim()])
+            if isinstance(result, torch.Tensor) and result.dim() > 0:
+                dim = _dim(_saved(node, "_saved_dim"), result.dim())
+                if dim is not None:
+                    facts["softmax_dim_size"] = int(result.shape[dim])
+        ctx = self.ctx
+        facts["layout"] = layout(inp, ctx.param_names if ctx is not None else None)
         rec.event(step, "loss_input", **facts)
 
     def _stats(
@@ -400,6 +585,10 @@ class LossInputsProbe(Probe):
             big = torch.iinfo(torch.int64).max
             out["t_min"] = torch.where(keep, t, torch.full_like(t, big)).amin()
             out["t_max"] = torch.where(keep, t, torch.full_like(t, -big)).amax()
+            if opts.get("reduction") in (2, "sum"):
+                # A summed loss is normalized by the caller: by how many targets (TD515
+                # compares the divisor with this count).
+                out["n_valid"] = keep.sum()
         elif tgt.is_floating_point() and tgt.numel():
             y = tgt.detach()
             out["t_min"] = y.amin()
@@ -420,3 +609,41 @@ class LossInputsProbe(Probe):
             if isinstance(arg, torch.Tensor) and arg.numel():
                 out["log_arg_nonpos"] = (arg.detach() <= 0).float().mean()
         return out
+
+
+def _normalization(
+    fn: str, inp: torch.Tensor, tgt: torch.Tensor, names: list[str], opts: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """How far `inp` is from a (log-)probability distribution along each dim: the largest
+    |logsumexp - 0| (log space) or |sum - 1| (probabilities) over the slices, as `lnorm<d>` /
+    `pnorm<d>`; for a float target of the same shape, `tnorm<d>` alike. Only for inputs made
+    by a softmax/log_softmax, and for the log-probability inputs of nll_loss/kl_div."""
+    head = names[0] if names else None
+    if head in ("LogSoftmaxBackward0", *_LOGS):
+        space = "l"
+    elif head == "SoftmaxBackward0":
+        space = "p"
+    elif fn in LOG_INPUT_LOSSES:
+        space = "l"
+    else:
+        return {}
+    x = inp.detach()
+    if x.dim() < 2 or not x.is_floating_point() or x.numel() == 0:
+        return {}
+    dims = [d for d in range(min(x.dim(), MAX_NORM_DIMS)) if x.shape[d] > 1]
+    if len(dims) < 2:
+        return {}  # one dim to normalize over: nothing to confuse it with
+    x = x.float()
+    out: dict[str, torch.Tensor] = {}
+    for d in dims:
+        if space == "l":
+            out[f"lnorm{d}"] = torch.logsumexp(x, d).abs().amax()
+        else:
+            out[f"pnorm{d}"] = (x.sum(d) - 1).abs().amax()
+    if tgt.is_floating_point() and tgt.shape == inp.shape:
+        y = tgt.detach().float()
+        log_target = fn == "kl_div" and bool(opts.get("log_target"))
+        for d in dims:
+            dev = torch.logsumexp(y, d) if log_target else y.sum(d) - 1
+            out[f"tnorm{d}"] = dev.abs().amax()
+    return out

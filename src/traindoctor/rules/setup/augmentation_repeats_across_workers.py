@@ -33,7 +33,9 @@ def augmentation_repeats_across_workers(
     seen at most `max_lag` steps earlier, at least `min_repeats` times, while at least
     `min_fresh` batches of entirely new samples keep arriving after the first repeat. That is
     the pattern of DataLoader workers that each hold a copy of one random state: worker k
-    produces the same "random" batch as worker 0 (A A B B C C with 2 workers).
+    produces the same "random" batch as worker 0 (A A B B C C with 2 workers). An
+    `IterableDataset` that does not split its stream between workers gives the same pattern
+    (every worker yields the whole stream), and is reported the same way.
 
     ## Why it matters
     Measured with torch 2.13: each DataLoader worker seeds Python's `random`, torch and the
@@ -42,7 +44,9 @@ def augmentation_repeats_across_workers(
     `np.random.default_rng(0)` or `torch.Generator` created in `__init__` is copied into
     every worker (fork or spawn alike), so every worker draws the same numbers, and each
     epoch again. With W workers, the random augmentations or generated samples repeat W
-    times: the effective data is W times smaller, and the model overfits it.
+    times: the effective data is W times smaller, and the model overfits it. Likewise each
+    worker runs its own `IterableDataset.__iter__`: unless it reads only its share
+    (`get_worker_info().id` / `num_workers`), every sample is trained on W times per epoch.
 
     ## How it is measured
     On the first 64 steps, one fingerprint per sample (a weighted sum with fixed weights of
@@ -71,6 +75,8 @@ def augmentation_repeats_across_workers(
     loader = DataLoader(Synthetic(), batch_size=32, num_workers=2, worker_init_fn=worker_init_fn)
     ```
     or draw from `np.random` / `torch` inside `__getitem__`, which torch reseeds per worker.
+    For an `IterableDataset`, let worker `info.id` of `info.num_workers` read every
+    `num_workers`-th item from its `id`-th on.
 
     ## Known false positives
     Deliberate data echoing (each batch trained on k times in a row) looks the same. Repeated
@@ -127,11 +133,13 @@ def augmentation_repeats_across_workers(
         },
         cause=f"from step {first}, {len(repeats)} batches consist of samples bit-identical "
         f"to those of a batch {lag} step(s) earlier, while fresh batches keep coming: each "
-        "group of consecutive batches comes from different DataLoader workers that drew the "
-        "same random numbers, typically a NumPy Generator or torch.Generator created in the "
-        "dataset's __init__ and copied into every worker",
+        "group of consecutive batches comes from different DataLoader workers that produce "
+        "the same samples: a NumPy Generator or torch.Generator created in the dataset's "
+        "__init__ and copied into every worker, or an IterableDataset whose __iter__ does not "
+        "split the stream between workers",
         fix="give each worker its own stream: in worker_init_fn reseed the dataset's generator "
         "from torch.utils.data.get_worker_info().seed, or draw from np.random/torch inside "
-        "__getitem__ (torch reseeds those per worker and per epoch)",
+        "__getitem__ (torch reseeds those per worker and per epoch); in an IterableDataset, "
+        "have worker `info.id` yield only every `info.num_workers`-th item",
         confidence=0.8,
     )

@@ -35,6 +35,8 @@ SCALE_INVARIANT = {
     requires=(
         "loss.factor",
         "loss.site",
+        "loss.backward",
+        "loss_inputs.stats",
         "backward.count",
         "schedule.tensor_divided",
         "schedule.clip_norm",
@@ -54,6 +56,11 @@ def grad_accumulation_unnormalized(
     gradient (SGD: the effective lr is N times the one set), and for any optimizer when
     gradient clipping is active on at least `min_clip_share` of the steps.
 
+    Also when each micro-batch loss is a sum divided by a tensor that counts the targets of
+    *that* micro-batch (`loss_sum / (y != -100).sum()`): each pass is then a per-micro-batch
+    mean and N of them add up to N times the mean, the same as no division at all. A divisor
+    that counts the whole accumulation window's targets is the fix, and is not reported.
+
     Unlike TD109 (accumulation-scaling-inconsistent), where micro-batches of one step are
     scaled by *different* constants, here all of them are scaled the same way, by nothing;
     a site where TD109's case applies (any pass with another factor) is left to TD109.
@@ -67,7 +74,12 @@ def grad_accumulation_unnormalized(
     ## How it is measured
     At each backward pass the loss probe multiplies out the constant factors on top of the
     loss's graph (`loss / accum` gives 1/accum) and notes the calling line; a division by a
-    tensor (`loss_sum / n_tokens`) is recorded as a data normalizer. `clip_grad_norm_`'s
+    tensor (`loss_sum / n_tokens`) is recorded as a data normalizer. For such a pass, on the
+    sampled steps, the loss-inputs probe counts the non-ignored targets of the sum-reduced
+    `cross_entropy`/`nll_loss` call (on the device, read back in batches); the divisor is the
+    call's sum over the backward value, and a divisor within 5% of the micro-batch's own count
+    on every measured step (none close to N times it) means per-micro-batch normalization.
+    `clip_grad_norm_`'s
     measured total norm and `max_norm` are recorded at each call: the evidence compares the
     measured norm with the norm of the mean (÷N).
 
@@ -94,16 +106,26 @@ def grad_accumulation_unnormalized(
     """
     sites = dict(tl.series("loss.site"))
     divided = {s for s, n in tl.series("schedule.tensor_divided") if n}
+    factor_series = tl.series("loss.factor")
+    ratios = _divisor_ratios(tl, divided, dict(factor_series))
     accum: list[tuple[int, int]] = []  # (step, passes)
+    per_micro = 0  # steps whose passes are each divided by their own micro-batch's count
     site_of: int | None = None
-    for step, factors in tl.series("loss.factor"):
+    for step, factors in factor_series:
         step_sites = sites.get(step) or [0] * len(factors)
         if len(factors) < 2 or len(set(step_sites)) != 1:
             continue
         if site_of is not None and step_sites[0] != site_of:
             continue
-        if any(f != 1.0 for f in factors) or step in divided:
-            return  # scaled by a constant (normalized, or TD109's case) or by a data count
+        counted = step in divided or any(f != 1.0 for f in factors)
+        if counted and step in ratios:
+            if abs(ratios[step] - 1.0) > 0.05:
+                return  # divided by more than its own count: the window's (or unknown)
+            per_micro += 1
+        elif counted and (ratios or step in divided):
+            continue  # a count (a 0-d tensor divisor) not measured on this step
+        elif counted:
+            return  # scaled by a constant (normalized, or TD109's case)
         site_of = step_sites[0]
         accum.append((step, len(factors)))
     if len(accum) < min_steps:
@@ -134,8 +156,15 @@ def grad_accumulation_unnormalized(
         "factor": 1.0,
         "optimizer": opt_cls,
     }
+    if per_micro:
+        evidence["divided_by_own_count_steps"] = per_micro
     if clip is not None:
         evidence["clip"] = clip
+    how = (
+        "each divided by its own micro-batch's target count (a per-micro-batch mean)"
+        if per_micro
+        else "with factor 1"
+    )
     yield tl.finding(
         title=f"{n} micro-batch losses are summed, not averaged: the gradient at step() is "
         f"{n}x the mean"
@@ -148,11 +177,44 @@ def grad_accumulation_unnormalized(
         evidence=evidence,
         where=Where(source=source),
         cause=f"each of the {n} backward passes per optimizer step (same line, {len(accum)} "
-        "steps) backpropagates the loss with factor 1: the gradients add up to "
+        f"steps) backpropagates the loss {how}: the gradients add up to "
         f"{n}x the mean gradient; " + "; ".join(harm),
-        fix=f"divide each micro-batch loss by the number of micro-batches before backward(): "
-        f"loss = loss / {n}",
+        fix=(
+            "divide the summed loss by the target count of the whole accumulation window "
+            "(count the targets of all micro-batches first), or divide each micro-batch's "
+            f"mean by {n}"
+            if per_micro
+            else f"divide each micro-batch loss by the number of micro-batches before "
+            f"backward(): loss = loss / {n}"
+        ),
     )
+
+
+def _divisor_ratios(
+    tl: TimelineView, divided: set[int], factors: dict[int, list[float]]
+) -> dict[int, float]:
+    """step -> (divisor of the step's last backward pass) / (targets counted by the last
+    sum-reduced class loss call), where one loss site counted them. A divisor that is a
+    device tensor is not a constant factor: it is the call's sum over the backward value; a
+    0-d CPU count is taken for a constant, so it is 1 / the pass's factor."""
+    backs = dict(tl.series("loss.backward"))
+    out: dict[int, float] = {}
+    for step, stats in tl.series("loss_inputs.stats"):
+        if not isinstance(stats, dict):
+            continue
+        counted = [k.partition(".")[0] for k in stats if k.endswith(".n_valid")]
+        values, fs = backs.get(step) or [], factors.get(step) or []
+        if len(counted) != 1 or not values or not fs:
+            continue
+        total, n = stats.get(f"{counted[0]}.loss"), stats.get(f"{counted[0]}.n_valid")
+        last = values[-1]
+        if not all(isinstance(v, int | float) for v in (total, n, last, fs[-1])) or not n:
+            continue
+        if step in divided and last:
+            out[step] = (total / last) / n
+        elif fs[-1] not in (0.0, 1.0):
+            out[step] = (1.0 / fs[-1]) / n
+    return out
 
 
 def _clip_stats(tl: TimelineView, n: int) -> dict[str, Any] | None:

@@ -38,10 +38,10 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     one, which a good-looking loss does not reveal.
 
     ## How it is measured
-    The loss-inputs probe keeps, every step, a label histogram per call site for up to 64
-    classes (`scatter_add_` on the device, summed over micro-batches, read back in batches)
-    and, on the first and sampled steps, the labels' min and max (ignore_index masked) and
-    the target's dtype and shape against the input's class count.
+    On the first and sampled steps the loss-inputs probe keeps a label histogram per call
+    site for up to 64 classes (`scatter_add_` on the device, summed over micro-batches, read
+    back in batches), the labels' min and max (ignore_index masked) and the target's dtype
+    and shape against the input's class count.
 
     ## Example
     ```python

@@ -212,11 +212,19 @@ def _judge_scheduler(
     if extra < max(3, extra_share * n):
         return None
     per = n / opt_steps if opt_steps else float("inf")
+    # One scheduler step per iteration while the scaler skipped some: the extra steps are
+    # the skipped ones (accumulation would add (N - 1) per optimizer step instead).
+    amp = bool(skipped) and extra <= skipped + max(1, skipped // 10)
     why = (
         f"{skipped} of the steps were skipped by the GradScaler and the scheduler stepped anyway"
-        if skipped and per < 1.5
+        if amp
         else "scheduler.step() runs more often than optimizer.step() (inside the "
         "micro-batch loop of gradient accumulation?)"
+    )
+    ahead = (
+        f"it also stepped on the {skipped} steps the GradScaler skipped"
+        if amp
+        else f"{per:.2g} per step"
     )
     return {
         "kind": "ahead_of_optimizer",
@@ -227,7 +235,7 @@ def _judge_scheduler(
         "optimizer_steps": opt_steps,
         "skipped_steps": skipped,
         "title": f"{cls} stepped {n} times for {opt_steps} optimizer steps "
-        f"({per:.2g} per step): the schedule runs ahead of the training",
+        f"({ahead}): the schedule runs ahead of the training",
         "text": f"{name} stepped {n} times while the optimizer stepped {opt_steps} times: {why}",
     }
 
