@@ -26,6 +26,8 @@ from .rules._registry import Rule, all_rules, select
 from .timeline import Timeline
 
 READBACK_EVERY = 25
+# Mid-run diagnoses may use this share of the overhead budget (see _diagnosis_affordable).
+DIAGNOSIS_SHARE = 0.1
 
 
 # Rules that can judge a run that never attached (it failed in setup).
@@ -86,7 +88,10 @@ class Doctor:
         self.run_id = run_id or _new_run_id(script)
         self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
         self.probes: list[Probe] = probes if probes is not None else default_probes()
-        self._subscribers: dict[str, list[tuple[str, Probe]]] = {}
+        self._subscribers: dict[str, list[tuple[str, Probe, Any]]] = {}
+        self._by_name: dict[str, Probe] | None = None
+        self._diagnosis_done: float | None = None  # perf_counter at the end of the last pass
+        self._diagnosis_cost = 0.0
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self.scaler: Any = None
@@ -170,11 +175,10 @@ class Doctor:
             primary = optimizer is self.optimizers[0]
             t0 = time.perf_counter()
             try:
-                self.guard.call("hook optimizer step", self._optimizer_step, optimizer, pre)
-                if primary and pre:
-                    self.guard.call("hook optimizer pre-step", self._pre_step)
-                elif primary:
-                    self.guard.call("hook optimizer post-step", self._post_step)
+                # One guarded call per hook; each probe is guarded again inside _dispatch.
+                self.guard.call(
+                    "hook optimizer step", self._optimizer_step, optimizer, pre, primary
+                )
             finally:
                 self.budget.spend(time.perf_counter() - t0)
             if primary and not pre:
@@ -210,28 +214,39 @@ class Doctor:
     def _dispatch(self, event: str, *args: Any) -> None:
         """Call `event` on the probes that implement it, each behind the guard.
 
-        Probes that keep the base class's no-op are skipped: this runs several times a step.
+        Runs about ten times a step, so the loop is lean: probes that keep the base class's
+        no-op are left out of the list (built once per event), and the guard's try/except is
+        inlined. A probe that raises is recorded, disabled and detached, as Guard.call does.
         """
-        subscribers = self._subscribers.get(event)
-        if subscribers is None:
-            base = getattr(Probe, event)
-            subscribers = [
-                (f"probe {p.name}", p)
-                for p in self.probes
-                if getattr(type(p), event) is not base and not p.retired
-            ]
-            self._subscribers[event] = subscribers
+        handlers = self._subscribers.get(event)
+        if handlers is None:
+            handlers = self._subscribe(event)
+        disabled = self.guard.disabled
         retired = False
-        for where, probe in subscribers:
-            if where in self.guard.disabled:
+        for where, probe, method in handlers:
+            if disabled and where in disabled:
                 continue
-            self.guard.call(where, getattr(probe, event), *args)
-            retired = retired or probe.retired
-            if where in self.guard.disabled:
+            try:
+                method(*args)
+            except StopTraining:
+                raise
+            except Exception as exc:  # noqa: BLE001  (isolation is the point)
+                self.guard.record(where, exc)
                 # It failed just now: take its hooks off the model, they would only cost time.
                 self.guard.call(f"{where} detach", probe.detach)
+            retired = retired or probe.retired
         if retired:
             self._subscribers.clear()  # rebuilt without the probes whose work is over
+
+    def _subscribe(self, event: str) -> list[tuple[str, Probe, Any]]:
+        base = getattr(Probe, event)
+        handlers = [
+            (f"probe {p.name}", p, getattr(p, event))
+            for p in self.probes
+            if getattr(type(p), event) is not base and not p.retired
+        ]
+        self._subscribers[event] = handlers
+        return handlers
 
     def _note_backward(self, loss: torch.Tensor) -> None:
         self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)
@@ -243,18 +258,20 @@ class Doctor:
         self._dispatch("on_after_backward", self.step, self.rec)
         self.budget.spend(time.perf_counter() - t0)
 
-    def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool) -> None:
-        """Every watched optimizer's step (the primary one also closes the step, below)."""
-        event = "on_optimizer_pre_step" if pre else "on_optimizer_post_step"
-        self._dispatch(event, self.step, self.budget.sampled(self.step), opt, self.rec)
-
-    def _pre_step(self) -> None:
-        self._dispatch("on_pre_step", self.step, self.budget.sampled(self.step), self.rec)
-
-    def _post_step(self) -> None:
-        self._primary_stepped = True
-        self._backward_since_step = 0
-        self._dispatch("on_post_step", self.step, self.budget.sampled(self.step), self.rec)
+    def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool, primary: bool) -> None:
+        """Every watched optimizer's step; the primary one's also brackets the training step
+        (on_pre_step before it, on_post_step after it, then the step closes in _end_step)."""
+        step, sampled, rec = self.step, self.budget.sampled(self.step), self.rec
+        if pre:
+            self._dispatch("on_optimizer_pre_step", step, sampled, opt, rec)
+            if primary:
+                self._dispatch("on_pre_step", step, sampled, rec)
+            return
+        self._dispatch("on_optimizer_post_step", step, sampled, opt, rec)
+        if primary:
+            self._primary_stepped = True
+            self._backward_since_step = 0
+            self._dispatch("on_post_step", step, sampled, rec)
 
     def _end_step(self) -> None:
         t0 = time.perf_counter()
@@ -279,8 +296,21 @@ class Doctor:
             self._readback()
         if step <= self.budget.structural_steps:
             self._structure_check()
-        if diagnose_due(step, self.budget.structural_steps):
+        if diagnose_due(step, self.budget.structural_steps) and self._diagnosis_affordable(step):
+            t0 = time.perf_counter()
             self.guard.call("diagnose", self.diagnose)
+            self._diagnosis_done = time.perf_counter()
+            self._diagnosis_cost = self._diagnosis_done - t0
+
+    def _diagnosis_affordable(self, step: int) -> bool:
+        """A mid-run diagnosis reads the whole timeline (milliseconds, growing with the run):
+        after the structural steps it runs only when its last cost is under DIAGNOSIS_SHARE
+        of the budget since the last pass; otherwise it waits for the next due step. The
+        full diagnosis at close() is never skipped."""
+        if step <= self.budget.structural_steps or self._diagnosis_done is None:
+            return True
+        elapsed = time.perf_counter() - self._diagnosis_done
+        return self._diagnosis_cost <= elapsed * self.budget.budget * DIAGNOSIS_SHARE
 
     def _readback(self) -> None:
         self.guard.call("readback", self.rec.readback)
@@ -299,7 +329,12 @@ class Doctor:
             self.guard.call("probe optim", optim_probe.describe, self.rec)
 
     def _probe(self, name: str) -> Any:
-        return next((p for p in self.probes if p.name == name), None)
+        by_name = self._by_name
+        if by_name is None:
+            by_name = self._by_name = {}
+            for p in self.probes:
+                by_name.setdefault(p.name, p)
+        return by_name.get(name)
 
     def optimizer_param_ids(self) -> set[int]:
         return {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
