@@ -88,7 +88,8 @@ class Doctor:
         self.run_id = run_id or _new_run_id(script)
         self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
         self.probes: list[Probe] = probes if probes is not None else default_probes()
-        self._subscribers: dict[str, list[tuple[str, Probe, Any]]] = {}
+        self._subscribers: dict[tuple[str, bool], list[tuple[str, Probe, Any]]] = {}
+        self._sampled = True  # whether the open step is sampled (set by _prepare_step)
         self._by_name: dict[str, Probe] | None = None
         self._diagnosis_done: float | None = None  # perf_counter at the end of the last pass
         self._diagnosis_cost = 0.0
@@ -218,9 +219,10 @@ class Doctor:
         no-op are left out of the list (built once per event), and the guard's try/except is
         inlined. A probe that raises is recorded, disabled and detached, as Guard.call does.
         """
-        handlers = self._subscribers.get(event)
+        key = (event, self._sampled)
+        handlers = self._subscribers.get(key)
         if handlers is None:
-            handlers = self._subscribe(event)
+            handlers = self._subscribe(key)
         disabled = self.guard.disabled
         retired = False
         for where, probe, method in handlers:
@@ -238,14 +240,20 @@ class Doctor:
         if retired:
             self._subscribers.clear()  # rebuilt without the probes whose work is over
 
-    def _subscribe(self, event: str) -> list[tuple[str, Probe, Any]]:
+    def _subscribe(self, key: tuple[str, bool]) -> list[tuple[str, Probe, Any]]:
+        """The handlers of an event: probes that override it, minus, on unsampled steps, the
+        probes that declare it in `sampled_only` (calling a handler that returns at once
+        still costs microseconds when the caches are cold after a backward)."""
+        event, sampled = key
         base = getattr(Probe, event)
         handlers = [
             (f"probe {p.name}", p, getattr(p, event))
             for p in self.probes
-            if getattr(type(p), event) is not base and not p.retired
+            if getattr(type(p), event) is not base
+            and not p.retired
+            and (sampled or event not in p.sampled_only)
         ]
-        self._subscribers[event] = handlers
+        self._subscribers[key] = handlers
         return handlers
 
     def _note_backward(self, loss: torch.Tensor) -> None:
@@ -261,7 +269,7 @@ class Doctor:
     def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool, primary: bool) -> None:
         """Every watched optimizer's step; the primary one's also brackets the training step
         (on_pre_step before it, on_post_step after it, then the step closes in _end_step)."""
-        step, sampled, rec = self.step, self.budget.sampled(self.step), self.rec
+        step, sampled, rec = self.step, self._sampled, self.rec
         if pre:
             self._dispatch("on_optimizer_pre_step", step, sampled, opt, rec)
             if primary:
@@ -290,7 +298,7 @@ class Doctor:
 
     def _close_step(self, step: int) -> None:
         # Each part under its own guard key: one failing part must not switch off the others.
-        self._dispatch("on_step_end", step, self.budget.sampled(step), self.rec)
+        self._dispatch("on_step_end", step, self._sampled, self.rec)
         self.timeline.last_step = step
         if step <= self.budget.structural_steps or step % READBACK_EVERY == 0:
             self._readback()
@@ -321,7 +329,10 @@ class Doctor:
     def _prepare_step(self) -> None:
         if self._ctx is not None:
             self._ctx.new_step()
-        self._dispatch("prepare", self.step, self.budget.sampled(self.step), self.rec)
+        # Decided once per step: the governor may change the interval before the step's
+        # events, and a probe that installed hooks for a sampled step must see it sampled.
+        self._sampled = self.budget.sampled(self.step)
+        self._dispatch("prepare", self.step, self._sampled, self.rec)
 
     def _structure_check(self) -> None:
         optim_probe = self._probe("optim")
@@ -366,6 +377,13 @@ class Doctor:
             _check_value(k, v)
         if self._closed:
             return
+        t0 = time.perf_counter()
+        try:
+            self._log(loss, parts, metrics)
+        finally:
+            self.budget.spend(time.perf_counter() - t0)
+
+    def _log(self, loss: Any, parts: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
         gradpath = self._probe("gradpath")
         if gradpath is not None and parts and not self._validating:
             self.guard.call(

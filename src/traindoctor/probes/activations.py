@@ -123,6 +123,8 @@ class ActivationsProbe(Probe):
         ACT_BIAS_MEAN,
         ACT_INPUT_STD,
     )
+    # Hooks go on in a sampled prepare() and come off in that step's on_step_end.
+    sampled_only = frozenset({"prepare", "on_step_end"})
 
     def __init__(self) -> None:
         super().__init__()

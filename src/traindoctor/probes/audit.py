@@ -39,6 +39,7 @@ MAX_EVENTS = 32  # distinct failed requests recorded
 class AuditProbe(Probe):
     name = "audit"
     provides: ClassVar[tuple[str, ...]] = ()
+    sampled_only = frozenset({"on_step_end"})
 
     def __init__(self) -> None:
         super().__init__()

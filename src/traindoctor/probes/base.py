@@ -8,6 +8,7 @@ batched transfer, never with one `.item()` per tensor per step.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from ..doctor import Doctor
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     step: int
     name: str
@@ -64,7 +65,9 @@ class Recorder:
         `scale` multiplies the value on the host after the read-back, which saves a device op;
         `reduce(old, new)` combines a keyed value with one already recorded for the step.
         """
-        self._pending.append(_Pending(step, name, value.detach(), keys, append, scale, reduce))
+        if value.requires_grad:
+            value = value.detach()
+        self._pending.append(_Pending(step, name, value, keys, append, scale, reduce))
 
     @property
     def pending(self) -> int:
@@ -138,11 +141,16 @@ class AttachContext:
     _named_cache: list[tuple[str, torch.nn.Parameter]] | None = None
 
     def hook(self, where: str, fn: Callable[..., Any]) -> Callable[..., None]:
-        """Wrap a torch hook so that it can never raise into the training and returns None."""
+        """Wrap a torch hook so that it can never raise into the training and returns None.
+        Its time counts against the overhead budget, like the Doctor's own hooks."""
         guard = self.doctor.guard
+        budget = self.doctor.budget
+        clock = time.perf_counter
 
         def guarded(*args: Any, **kwargs: Any) -> None:
+            t0 = clock()
             guard.call(where, fn, *args, **kwargs)
+            budget.spend(clock() - t0)
 
         return guarded
 
@@ -183,6 +191,10 @@ class Probe:
 
     name: ClassVar[str]
     provides: ClassVar[tuple[str, ...]]
+    # Events whose handler does nothing on an unsampled step: the Doctor does not call them
+    # there. Only for handlers that return at once when `sampled` is False (and whose state,
+    # set on a sampled step, is consumed within that step).
+    sampled_only: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self.handles: list[Any] = []

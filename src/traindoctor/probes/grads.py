@@ -35,6 +35,17 @@ class GradsProbe(Probe):
         GRADS_STEPPED,
         GRADS_OBSERVED,
     )
+    # Armed only by a sampled prepare(); on_step_end of that step disarms it.
+    sampled_only = frozenset(
+        {
+            "prepare",
+            "on_backward",
+            "on_after_backward",
+            "on_optimizer_pre_step",
+            "on_pre_step",
+            "on_step_end",
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -105,10 +105,14 @@ class LossProbe(Probe):
         self._sites: dict[tuple[str, int] | None, int] = {}
         self._last_site: int | None = None
         self._last_factor: float | None = None
+        self._count_step, self._count = 0, 0  # backward passes in the open step
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self.backward_total += 1
-        rec.record(step, BACKWARD_COUNT, rec.timeline.get(step, BACKWARD_COUNT, 0) + 1)
+        if step != self._count_step:
+            self._count_step, self._count = step, 0
+        self._count += 1
+        rec.record(step, BACKWARD_COUNT, self._count)
         if loss.grad_fn is None:
             self._not_differentiable(step, loss, rec, via="backward")
             return
@@ -232,4 +236,6 @@ class LossProbe(Probe):
 def _scalar(value: torch.Tensor) -> torch.Tensor:
     """A 0-d view of a logged value; only a non-scalar one costs a (mean) kernel."""
     value = value.detach()
+    if value.dim() == 0:
+        return value  # the usual case: a reshape would cost a dispatch (~3 µs) for nothing
     return value.reshape(()) if value.numel() == 1 else value.float().mean()

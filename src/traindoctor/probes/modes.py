@@ -320,6 +320,7 @@ class FrozenModesProbe(Probe):
 
     name = "frozen_modes"
     provides: ClassVar[tuple[str, ...]] = (FROZEN_BN_DRIFT,)
+    sampled_only = frozenset({"on_pre_step"})  # _observe is step <= 3 or sampled
 
     def __init__(self) -> None:
         super().__init__()

@@ -118,7 +118,13 @@ class NumericsProbe(Probe):
         if self._in_autopsy or not module.training or not torch.is_grad_enabled():
             return
         assert self.ctx is not None
-        if self.ctx.doctor._validating:
+        doc = self.ctx.doctor
+        if doc._validating:
+            return
+        if not (self._every_step or doc.budget.sampled(doc.step)):
+            # Only a step whose gradients are checked can need a backward-only replay: a
+            # hook per step would cost more than the rest of the probe (~3% of a fast step).
+            self._out_grads = {}
             return
         self._out_grads = keep_output_grads(output)
 
@@ -147,6 +153,7 @@ class NumericsProbe(Probe):
                 return
             if ctx.doctor._validating or "probe numerics" in guard.disabled:
                 return
+            t0 = time.perf_counter()
             try:
                 cuda = None
                 for t in iter_tensors((args, kwargs)):
@@ -159,6 +166,7 @@ class NumericsProbe(Probe):
                     self._input_flags.extend(_finite_flags(iter_tensors((args, kwargs))))
             except Exception as exc:  # noqa: BLE001
                 guard.record("probe numerics", exc)
+            ctx.doctor.budget.spend(time.perf_counter() - t0)
 
         return capture
 
@@ -245,14 +253,14 @@ class NumericsProbe(Probe):
         self._close_window(loss)
         if not (loss.is_floating_point() and loss.numel() > 0):
             return
-        value = loss.detach()
-        if value.device.type == "cpu" and value.numel() == 1:
-            flag: torch.Tensor | bool = math.isfinite(value.item())  # CPU: a read, no kernel
+        cpu = loss.is_cpu
+        if cpu and loss.numel() == 1:
+            flag: torch.Tensor | bool = math.isfinite(loss.item())  # CPU: a read, no kernel
         else:
-            flag = torch.isfinite(value).all()  # stays on the device until the step's one read
+            flag = torch.isfinite(loss.detach()).all()  # on the device until the step's read
         self._loss_flags.append(flag)
         self._loss = loss
-        if loss.device.type == "cpu" and self._loss_culprits is None and not bool(flag):
+        if cpu and self._loss_culprits is None and not bool(flag):
             # On CPU the read is free, and before backward the loss graph is still intact:
             # recompute the ops that can make a finite input non-finite (log, div, sqrt, ...).
             self._loss_culprits = loss_graph_culprits(loss)

@@ -23,6 +23,8 @@ SNAPSHOT_BYTES = 256 * 2**20
 class ParamsProbe(Probe):
     name = "params"
     provides: ClassVar[tuple[str, ...]] = (PARAMS_UPDATE, PARAMS_NORM, PARAMS_REPLACED)
+    # prepare() runs every step: it drops a snapshot whose step() never came (AMP skip).
+    sampled_only = frozenset({"on_pre_step", "on_optimizer_pre_step", "on_optimizer_post_step"})
 
     def __init__(self) -> None:
         super().__init__()

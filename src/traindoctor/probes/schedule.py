@@ -79,6 +79,7 @@ class ScheduleProbe(Probe):
         SCHED_CLIP_MAX,
         SCHED_TENSOR_DIV,
     )
+    sampled_only = frozenset({"on_optimizer_pre_step"})
 
     def __init__(self) -> None:
         super().__init__()
