@@ -288,10 +288,14 @@ class Doctor:
             self._close_step(step)
         except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
             self.guard.note("step end", exc)
+        self.budget.spend(time.perf_counter() - t0)
+        # The governor closes this step before the next one is prepared: what prepare()
+        # installs for a sampled step counts as that step's cost, under the new interval.
+        self.budget.step_end(step)
         self.step = step + 1
+        t0 = time.perf_counter()
         self.guard.call("step prepare", self._prepare_step)
         self.budget.spend(time.perf_counter() - t0)
-        self.budget.step_end(step)
         if self.max_steps and step >= self.max_steps:
             self.timeline.event(step, "stopped", reason="max_steps")
             raise StopTraining(f"--max-steps {self.max_steps} reached")
@@ -541,6 +545,10 @@ class Doctor:
         self.timeline.facts["overhead"] = {
             "seconds_in_traindoctor": round(self.budget.spent, 4),
             "final_sample_interval": self.budget.interval,
+            # what every step costs, as a share of the user's step time (last measurement)
+            "floor_share": (
+                round(self.budget.floor_share, 5) if self.budget.floor_share is not None else None
+            ),
             # (step, measured share of step time, interval chosen) per governor window
             "windows": [[s, round(r, 5), i] for s, r, i in self.budget.history[-50:]],
         }

@@ -48,7 +48,7 @@ DATA_FIRST_STATS = signal(
 
 MAX_INPUTS = 4  # tensors fingerprinted per forward (args then kwargs)
 MAX_ELEMS = 1 << 18  # elements read per input: a strided view above this
-SAMPLE_STEPS = 64  # steps with per-sample fingerprints (TD513 needs only the first batches)
+SAMPLE_STEPS = 32  # steps with per-sample fingerprints (TD513 needs only the first batches)
 MAX_SAMPLES = 64  # samples per batch fingerprinted
 SAMPLE_ELEMS = 4096  # elements read per sample
 FP_STATS = ("sum", "sumsq", "wsum", "min", "max")

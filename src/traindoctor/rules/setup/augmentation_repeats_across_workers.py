@@ -49,7 +49,7 @@ def augmentation_repeats_across_workers(
     (`get_worker_info().id` / `num_workers`), every sample is trained on W times per epoch.
 
     ## How it is measured
-    On the first 64 steps, one fingerprint per sample (a weighted sum with fixed weights of
+    On the first 32 steps, one fingerprint per sample (a weighted sum with fixed weights of
     up to 4,096 of its values) of the first batched input is computed on the device and read
     back in the batched read-back. A batch is a repeat when `share` of its samples equal
     samples seen at most `max_lag` steps before, and fresh when none of them was seen. A data

@@ -105,10 +105,13 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     shown = _inputs_at(tl, first)
     key = next(iter(shown), None)
     shape = shown[key]["shape"] if key else None
-    until_end = last == tl.last_step
+    # Fingerprints are sampled after the first steps: the streak runs "to the end" when no
+    # later fingerprint differs, even if the run's last steps were not fingerprinted.
+    fingerprinted = [s for s, _ in tl.series("data.fp")]
+    until_end = last == fingerprinted[-1]
     # One batch from the first fingerprinted step on is also what deliberate full-batch
     # training looks like: reported as info. Batches that changed and then froze cannot be.
-    whole_run = first == min(s for s, _ in tl.series("data.fp")) and until_end
+    whole_run = first == fingerprinted[0] and until_end
     span = f"steps {first}–{last}" + (" (to the end of the run)" if until_end else "")
     evidence: dict[str, Any] = {
         "identical_steps": length,
