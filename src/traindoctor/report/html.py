@@ -143,8 +143,10 @@ def _overhead(overhead: dict[str, Any] | None) -> str:
         median = shares[len(shares) // 2]
         text += (
             f"; measured share of step time {median:.1%} (median of {len(windows)} "
-            f"governor window{'s' if len(windows) != 1 else ''})"
+            f"governor decision{'s' if len(windows) != 1 else ''})"
         )
+    if overhead.get("floor_share") is not None:
+        text += f"; every step's own cost {float(overhead['floor_share']):.1%}"
     if overhead.get("final_sample_interval"):
         text += f"; sampling every {overhead['final_sample_interval']} steps at the end"
     return text
