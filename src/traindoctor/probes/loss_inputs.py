@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._source import call_site, relpath, user_source_with_code
+from .._warnings import call_as_caller
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
 
@@ -116,8 +117,10 @@ _local = threading.local()
 
 def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def loss(*args: Any, **kwargs: Any) -> Any:
-        if not _listeners or getattr(_local, "busy", False):
-            return original(*args, **kwargs)
+        if getattr(_local, "busy", False):
+            return original(*args, **kwargs)  # inside our own call: its warnings are caught there
+        if not _listeners:
+            return call_as_caller(__file__, original, *args, **kwargs)
         afters = []
         _local.busy = True  # a loss called from inside another (or from a probe) is not a call
         try:
@@ -132,7 +135,8 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
             _local.busy = False
         _local.busy = True  # torch-function modes re-enter the public function: one call
         try:
-            out = original(*args, **kwargs)
+            # torch's own warnings (shapes that broadcast) name the user's line, not this one.
+            out = call_as_caller(__file__, original, *args, **kwargs)
         finally:
             _local.busy = False
         for after in afters:

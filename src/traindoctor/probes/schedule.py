@@ -26,6 +26,7 @@ import torch
 
 from .. import _patches
 from .._source import call_site, relpath
+from .._warnings import call_as_caller
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device
 
@@ -312,7 +313,8 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
                     pass
         _depth.n = depth + 1
         try:
-            return original(self, *args, **kwargs)
+            # torch's "lr_scheduler.step() before optimizer.step()" names the user's line.
+            return call_as_caller(__file__, original, self, *args, **kwargs)
         finally:
             _depth.n = depth
 
