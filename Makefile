@@ -3,8 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Ultralytics needs torchvision with working compiled ops, which the CPU torch of .venv has no
+# match for: its tests get their own venv with the default torch that `pip install ultralytics`
+# pulls (CUDA libraries included; it runs on CPU), and this package without the dev extras.
+UVENV := .venv-ultralytics
+UBIN := $(UVENV)/bin
+USTAMP := $(UVENV)/.installed
+# Pinned to the versions the tests were written against (override: make ULTRALYTICS=ultralytics).
+ULTRALYTICS ?= ultralytics==8.4.190 torch==2.15.0 torchvision==0.29.2
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-ultralytics lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,6 +23,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+$(USTAMP): pyproject.toml
+	$(PY) -m venv $(UVENV)
+	$(UBIN)/pip install -q --upgrade pip
+	$(UBIN)/pip install -q $(ULTRALYTICS) pytest
+	$(UBIN)/pip install -q -e .
+	touch $(USTAMP)
+
 demo: $(STAMP)
 	$(BIN)/traindoctor demo
 
@@ -22,6 +37,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-ultralytics
+
+test-ultralytics: $(USTAMP)
+	$(UBIN)/python -m pytest -q tests/ultralytics
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -34,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf $(VENV) traindoctor-runs .pytest_cache
+	rm -rf $(VENV) $(UVENV) traindoctor-runs .pytest_cache

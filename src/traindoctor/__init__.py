@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 # Framework integrations, as submodules imported on first use: `traindoctor.lightning.Doctor()`
 # works after a plain `import traindoctor` without importing the framework before it is asked.
-_SUBMODULES = ("lightning", "transformers", "accelerate")
+_SUBMODULES = ("lightning", "transformers", "accelerate", "ultralytics")
 
 
 def __getattr__(name: str) -> Any:

@@ -15,15 +15,33 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _SCENARIOS_DIR = os.path.join(_PKG_DIR, "scenarios")
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"])
-# Framework internals are not the user's code either (Lightning, HF, accelerate, Ultralytics).
-_FRAMEWORK_MARKERS = (
-    f"{os.sep}lightning{os.sep}",
-    f"{os.sep}pytorch_lightning{os.sep}",
-    f"{os.sep}transformers{os.sep}",
-    f"{os.sep}accelerate{os.sep}",
-    f"{os.sep}ultralytics{os.sep}",
-    f"{os.sep}peft{os.sep}",
+# Framework internals are not the user's code either (Lightning, HF, accelerate, Ultralytics),
+# wherever they are installed (an editable checkout too). Matched by the packages' own
+# directories, not by a folder name: a user's `ultralytics/train.py` is the user's code.
+_FRAMEWORKS = (
+    "lightning",
+    "pytorch_lightning",
+    "transformers",
+    "accelerate",
+    "ultralytics",
+    "peft",
 )
+
+
+@functools.cache
+def _framework_dirs() -> tuple[str, ...]:
+    import importlib.util
+
+    dirs = []
+    for name in _FRAMEWORKS:
+        try:
+            spec = importlib.util.find_spec(name)  # a top-level package: not imported
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.abspath(location), ""))
+    return tuple(dirs)
+
 
 _cache: dict[str, bool] = {}
 
@@ -50,7 +68,7 @@ def is_user_file(filename: str) -> bool:
     ):
         user = False
     else:
-        user = not any(m in path for m in _FRAMEWORK_MARKERS)
+        user = not path.startswith(_framework_dirs())
     _cache[filename] = user
     return user
 

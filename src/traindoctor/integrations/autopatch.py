@@ -97,6 +97,8 @@ class ZeroCodeSession:
 
         def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
             result = update_fn(scaler, *args, **kwargs)
+            if session.delegated:
+                return result  # the framework's callback watches this scaler's steps
             doc = session.doctor
             if session._attached and not doc._closed and not doc._primary_stepped:
                 doc._end_step()
@@ -176,17 +178,27 @@ class ZeroCodeSession:
 
     # -- frameworks: their own callback watches the run --------------------------------
     def _detect_framework(self) -> None:
-        """An optimizer built inside a Lightning `fit` or a Hugging Face `train()`: hand the run
-        to that framework's callback, which knows its steps, closures, metrics and
-        evaluation loop. Hugging Face's callback attaches this session's doctor; Lightning's
-        makes its own (it defers closure steps), whose report the runner then uses."""
+        """An optimizer built inside a Lightning `fit`, a Hugging Face `train()` or an
+        Ultralytics trainer's setup: hand the run to that framework's callback, which knows
+        its steps, closures, metrics and evaluation loop. Hugging Face's and Ultralytics'
+        callbacks attach this session's doctor; Lightning's makes its own (it defers closure
+        steps), whose report the runner then uses."""
         if self.delegated:
             return
         trainer, kind = _framework_trainer()
         if trainer is None:
             return
         doc = self.doctor
-        if kind == "transformers":
+        if kind == "ultralytics":
+            from . import ultralytics as ul
+
+            owners = [getattr(h, "__self__", None) for hs in trainer.callbacks.values() for h in hs]
+            mine = next((o for o in owners if isinstance(o, ul.Doctor)), None)
+            if mine is None:
+                ul.Doctor(doctor=doc).add_to(trainer)  # attaches this session's doctor
+            else:
+                self.delegate = mine  # the script attached its own: its report is the run's
+        elif kind == "transformers":
             from . import transformers as hf
 
             handler = getattr(trainer, "callback_handler", None)
@@ -320,10 +332,21 @@ def attached(doctor: Doctor) -> Iterator[ZeroCodeSession]:
 
 
 def _framework_trainer() -> tuple[Any, str | None]:
-    """The Lightning or Hugging Face Trainer whose method is running up the stack, if any.
-    Only frameworks already imported are looked for (no import here)."""
+    """The Lightning, Hugging Face or Ultralytics trainer whose method is running up the
+    stack, if any. Only frameworks already imported are looked for (no import here)."""
     import sys
 
+    if "ultralytics" in sys.modules:
+        from .ultralytics import ultralytics_trainer
+
+        frame = sys._getframe(1)
+        for _ in range(64):
+            if frame is None:
+                break
+            trainer = ultralytics_trainer(frame)
+            if trainer is not None:
+                return trainer, "ultralytics"
+            frame = frame.f_back
     kinds = []
     if "transformers" in sys.modules:
         kinds.append(("transformers", "transformers.trainer"))

@@ -61,7 +61,29 @@ def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:
     """
     evaluated = [fp for _, fps in tl.series("modes.validated_fingerprint") for fp in fps]
     trained = [fp for _, fps in tl.series("modes.trained_fingerprint") for fp in fps]
-    models = [e for e in tl.events("validated_model") if not e.get("is_trained_model")]
+    events = tl.events("validated_model")
+    if len(events) == len(evaluated) and len({_model_key(e) for e in events}) > 1:
+        # Several models validated in one run (an EMA every epoch, and a copy that a callback
+        # validates): each is judged on its own validations.
+        for key in dict.fromkeys(_model_key(e) for e in events):
+            pairs = [(e, fp) for e, fp in zip(events, evaluated) if _model_key(e) == key]
+            yield from _judge(
+                tl,
+                [fp for _, fp in pairs],
+                trained,
+                [e for e, _ in pairs if not e.get("is_trained_model")],
+            )
+        return
+    yield from _judge(tl, evaluated, trained, [e for e in events if not e.get("is_trained_model")])
+
+
+def _model_key(event: dict) -> tuple:
+    return (event.get("model"), event.get("params"))
+
+
+def _judge(
+    tl: TimelineView, evaluated: list, trained: list, models: list[dict]
+) -> Iterator[Finding]:
     if len(evaluated) < MIN_VALIDATIONS or len(models) < MIN_VALIDATIONS:
         return
     if any(fp != evaluated[0] for fp in evaluated):
