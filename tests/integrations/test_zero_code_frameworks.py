@@ -113,3 +113,15 @@ def test_transformers_script_unchanged(loss, expect, tmp_path, monkeypatch):
         assert _loud(report) == []
     else:
         assert report.findings[0].code == expect
+
+
+def test_max_steps_stops_a_delegated_lightning_fit(tmp_path, monkeypatch):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(LIGHTNING.replace("PARAMS", "self.parameters()")))
+    monkeypatch.chdir(tmp_path)
+    result = run_target(str(script), [], out_dir=tmp_path / "runs", console=False, max_steps=5)
+    report = result.report
+    assert result.script_exit_code == 0 and result.exception is None
+    assert report.framework == "lightning"
+    assert report.steps == 5  # 3 epochs of 8 batches would be 24
+    assert report.outcome["ended"] == "max_steps"

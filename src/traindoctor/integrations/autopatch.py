@@ -215,6 +215,7 @@ class ZeroCodeSession:
                     budget=doc.budget.budget,
                     console=doc.console,
                     mode="zero-code",
+                    max_steps=doc.max_steps,
                 )
                 trainer.callbacks.append(callback)
                 self.delegate = callback

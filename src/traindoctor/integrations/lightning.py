@@ -169,8 +169,11 @@ def callback_class(base: type) -> type:
             select: Iterable[str] = (),
             ignore: Iterable[str] = (),
             mode: str = "lightning",
+            max_steps: int | None = None,
         ) -> None:
             super().__init__()
+            # `traindoctor run --max-steps N`: fit stops gracefully after N optimizer steps.
+            self.max_steps = max_steps
             self.options = {
                 "mode": mode,  # zero-code mode passes "zero-code"
                 "out_dir": out_dir,
@@ -225,6 +228,16 @@ def callback_class(base: type) -> type:
             _log_metrics(doc, _fresh_metrics(trainer.callback_metrics, self._seen), False)
 
         # -- validation ------------------------------------------------------------------
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            doc = self.doctor
+            if doc is None or not self.max_steps or trainer.should_stop:
+                return
+            if doc.timeline.last_step >= self.max_steps:
+                doc.timeline.event(doc.timeline.last_step, "stopped", reason="max_steps")
+                trainer.should_stop = True  # Lightning ends fit after this batch
+
         def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
             doc = self.doctor
             if doc is None:
