@@ -40,6 +40,7 @@ from transformers import Trainer, TrainerCallback  # the real package (absolute 
 
 from .._source import relpath
 from ..doctor import Doctor as _Doctor
+from . import doctor_options
 from .accelerate import unwrap_model, unwrap_optimizer
 
 # Keys of the Trainer's logs that are bookkeeping, not measurements of the model.
@@ -65,13 +66,7 @@ class Doctor(TrainerCallback):
         ignore: Iterable[str] = (),
         doctor: _Doctor | None = None,
     ) -> None:
-        self.options = {
-            "out_dir": out_dir,
-            "budget": budget,
-            "console": console,
-            "select_codes": tuple(select),
-            "ignore_codes": tuple(ignore),
-        }
+        self.options = doctor_options(out_dir, budget, console, select, ignore)
         self.doctor: _Doctor | None = doctor
         self._owns_doctor = doctor is None
         self.trainer: Any = None

@@ -52,6 +52,7 @@ import torch
 from .. import _mode_patches
 from ..doctor import Doctor as _Doctor
 from ..findings import Finding
+from . import doctor_options
 from .accelerate import unwrap_model
 
 EVENTS = (
@@ -109,13 +110,7 @@ class Doctor:
         ignore: Iterable[str] = (),
         doctor: _Doctor | None = None,
     ) -> None:
-        self.options = {
-            "out_dir": out_dir,
-            "budget": budget,
-            "console": console,
-            "select_codes": tuple(select),
-            "ignore_codes": tuple(ignore),
-        }
+        self.options = doctor_options(out_dir, budget, console, select, ignore)
         self.doctor: _Doctor | None = doctor
         self._owns_doctor = doctor is None
         self.report: Any = None
