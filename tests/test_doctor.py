@@ -342,3 +342,24 @@ def test_a_failing_builtin_probe_gives_no_false_finding(tmp_path, monkeypatch, c
     assert flagged == []
     if calls["n"] >= 5:
         assert any(cls.name in e["where"] for e in report.internal_errors)
+
+
+def test_a_new_loss_at_a_freed_losss_address_is_not_dated_to_the_old_step(tmp_path):
+    """The allocator reuses a freed loss's memory: the next step's loss, logged before its
+    backward, may sit at the same address. Only a live last loss (or a tensor sharing its
+    storage while it lives) dates a logged loss to the previous step."""
+    import numpy as np
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    memory = np.zeros((), dtype=np.float32)
+    old = torch.from_numpy(memory)
+    doc._note_backward(old)
+    doc.step += 1  # the old loss's step closed
+    same = old.detach()
+    assert doc._log_step(same) == doc.step - 1  # its storage, the loss still alive
+    del old, same
+    new = torch.from_numpy(memory)  # a new tensor at the freed loss's address
+    assert doc._log_step(new) == doc.step
+    doc.close()

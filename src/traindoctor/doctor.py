@@ -108,7 +108,9 @@ class Doctor:
         self._primary_stepped = False
         self._model_output: dict[str, Any] | None = None
         self._backward_since_step = 0
-        self._last_backward: tuple[int | None, int] = (None, 0)  # (data_ptr of loss, its step)
+        # The last backward's loss (weakly: a freed loss's address can be reused by the next
+        # step's tensors, so an address alone would date a new loss to the old step) and step.
+        self._last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
         self._closed = False
         self._listening = False
         self.timeline.facts.update(
@@ -257,7 +259,7 @@ class Doctor:
         return handlers
 
     def _note_backward(self, loss: torch.Tensor) -> None:
-        self._last_backward = (loss.data_ptr() if loss.numel() == 1 else None, self.step)
+        self._last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, self.step)
 
     def _after_backward(self) -> None:
         if self._closed or self._validating:
@@ -415,9 +417,10 @@ class Doctor:
         """
         if self._validating:
             return self.step
-        ptr, step = self._last_backward
+        ref, step = self._last_backward
         if isinstance(loss, torch.Tensor):
-            if ptr is not None and loss.numel() == 1 and loss.data_ptr() == ptr:
+            last = ref() if ref is not None else None
+            if last is not None and loss.numel() == 1 and loss.data_ptr() == last.data_ptr():
                 return step
             return self.step
         if loss is not None and self._backward_since_step == 0 and step == self.step - 1:
