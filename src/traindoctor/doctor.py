@@ -45,7 +45,8 @@ def open_doctors() -> list[Doctor]:
 def diagnose_due(step: int, structural_steps: int = 3) -> bool:
     """Rules run on the structural steps (structural findings must come within 3 steps), then
     every 50 steps, widening to every 250 after step 500 and every 2500 after step 5000: a pass
-    reads the whole timeline (about 1 ms for 20 rules), and the full diagnosis runs at close."""
+    reads the whole timeline (a few ms for the 49 rules), and the full diagnosis runs at close.
+    A due pass is also skipped while it would cost too much (Doctor._diagnosis_affordable)."""
     if step <= structural_steps:
         return True
     every = 50 if step < 500 else 250 if step < 5000 else 2500
