@@ -15,57 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_VERBOSE", "False")
-os.environ.setdefault("TRAINDOCTOR_PLOTS", "0")
-_CONFIG = tempfile.mkdtemp(prefix="yolo-config-")
-os.environ.setdefault("YOLO_CONFIG_DIR", _CONFIG)
-
-
-def _font() -> None:
-    """Ultralytics' dataset check asks github for Arial.ttf unless it is in the config dir."""
-    import matplotlib
-
-    target = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics" / "Arial.ttf"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        shutil.copyfile(src, target)
-
-
-def write_dataset(root: Path, size: int, n_train: int, n_val: int) -> Path:
-    """Filled rectangles of two colours at three scales, YOLO labels, a data yaml."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    ranges = [(size // 8, size // 4), (size // 3, size // 2), (int(size * 0.7), size - 2)]
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img = np.full((size, size, 3), 200, np.uint8)
-            lines = []
-            for k in range(int(rng.integers(1, 4))):
-                c = int(rng.integers(0, 2))
-                w, h = (int(v) for v in rng.integers(*ranges[k % 3], 2))
-                x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-                img[y0 : y0 + h, x0 : x0 + w] = ((230, 40, 40), (40, 80, 230))[c]
-                lines.append(
-                    f"{c} {(x0 + w / 2) / size} {(y0 + h / 2) / size} {w / size} {h / size}"
-                )
-            Image.fromarray(img).save(root / "images" / split / f"{i}.png")
-            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [red, blue]\n")
-    return data
-
+# The offline set-up and the drawn dataset of the Ultralytics tests (sets the environment
+# Ultralytics reads at import, so before it is imported).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.ultralytics._offline import write_dataset  # noqa: E402
 
 # Process CPU time by default: on a shared machine other processes' load changes wall time by
 # more than the overhead measured; --clock wall measures wall time.
@@ -126,7 +85,6 @@ def main() -> None:
     load = os.getloadavg()[0]
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    _font()
     import torch
     import ultralytics
 
