@@ -76,6 +76,7 @@ class DataProbe(Probe):
         self._capturing = False  # inside the step's first training forward (structural steps)
         self._first: dict[str, Any] | None = None
         self._active = True  # fingerprint this step (see prepare)
+        self._prev_sampled = False
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -94,8 +95,10 @@ class DataProbe(Probe):
         self._step = step
         # Every step at first, then a sampled step and the one after it (TD504 compares
         # adjacent steps): the fingerprint costs ~0.1-0.2 ms, too much for every step.
-        budget = self.ctx.doctor.budget if self.ctx is not None else None
-        self._active = budget is None or step <= SAMPLE_STEPS or sampled or budget.sampled(step - 1)
+        # Whether the previous step was sampled is remembered, not recomputed: the governor may
+        # have changed the interval since.
+        self._active = self.ctx is None or step <= SAMPLE_STEPS or sampled or self._prev_sampled
+        self._prev_sampled = sampled
         self._seen.clear()
         self._first = None
         self._capturing = False
