@@ -12,7 +12,7 @@ USTAMP := $(UVENV)/.installed
 # Pinned to the versions the tests were written against (override: make ULTRALYTICS=ultralytics).
 ULTRALYTICS ?= ultralytics==8.4.190 torch==2.15.0 torchvision==0.29.2
 
-.PHONY: demo test test-ultralytics lint format bench clean
+.PHONY: demo test test-ultralytics ecosystem lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,20 +34,26 @@ demo: $(STAMP)
 	$(BIN)/traindoctor demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench ecosystem
+	$(BIN)/ruff format --check src tests bench ecosystem
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-ultralytics
 
 test-ultralytics: $(USTAMP)
 	$(UBIN)/python -m pytest -q tests/ultralytics
 
+# Real public training programs and their mutants (ecosystem/README.md). Programs whose
+# snapshot is not on the machine are listed as unavailable.
+ecosystem: $(STAMP) $(USTAMP)
+	$(BIN)/python ecosystem/run.py --install
+	$(BIN)/python ecosystem/run.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench ecosystem
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench ecosystem
+	$(BIN)/ruff check --fix src tests bench ecosystem
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
