@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._guard import Guard
+from .causality import link_consequences
 from .findings import Finding, rank
 from .rules._registry import Rule
 from .timeline import Timeline
@@ -43,4 +44,4 @@ def diagnose(
             old = earlier.get(key)
             fresh[key] = old.merged_with(f) if old is not None else f
     timeline.facts["skipped_rules"] = skipped
-    return rank(list(fresh.values()))
+    return rank(link_consequences(list(fresh.values())))

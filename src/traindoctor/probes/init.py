@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.module import register_module_forward_hook
 
 from .._source import user_source
 from ..timeline import signal
@@ -26,6 +27,9 @@ from .base import AttachContext, Probe, Recorder
 INIT_CE_LOSS = signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
 INIT_CE_CLASSES = signal("init.ce_classes", "per call index: number of classes C of that call")
 INIT_IN_STD = signal("init.in_std", "per leaf module: std of its input on structural steps")
+# Bounds on what is kept before a lazy attach (zero-code mode attaches at the first backward).
+EARLY_MODULES = 10_000
+EARLY_CE_CALLS = 16
 INIT_OUT_STD = signal("init.out_std", "per leaf module: std of its output on structural steps")
 
 # -- the process-wide cross_entropy wrapper, shared by every watching doctor ----------------
@@ -138,12 +142,53 @@ class InitProbe(Probe):
         self._final_done = False
         self._seen_modules: set[str] = set()
         self._rec: Recorder | None = None
+        # Before attach (zero-code mode): the first forward's measurements, and its hooks.
+        self._early_handle: Any = None
+        self._early_modules: dict[int, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = {}
+        self._early_ce: list[tuple[Any, Any, tuple, dict, str | None]] = []
+
+    def listen_early(self) -> None:
+        """Measure the forward passes that run before `attach`: zero-code mode attaches at the
+        first backward, after the first forward, which is the only one before any update.
+        Global hooks keep (module, stds) and cross-entropy values until attach records them."""
+        if self._early_handle is not None:
+            return
+        self._early_handle = register_module_forward_hook(self._early_forward)
+        _add_ce_listener(self._early_cross_entropy)
+
+    def _early_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        try:  # a global hook: nothing may reach the user's forward
+            if self.ctx is not None or not module.training or not torch.is_grad_enabled():
+                return
+            if id(module) in self._early_modules or len(self._early_modules) >= EARLY_MODULES:
+                return
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                return
+            x = inputs[0] if isinstance(inputs, tuple) and inputs else None
+            s_in, s_out = _std(x), _std(output)
+            if s_in is not None and s_out is not None:
+                self._early_modules[id(module)] = (module, s_in, s_out)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _early_cross_entropy(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
+        # Bounded: a script that never calls backward must not keep every graph alive.
+        if self.ctx is None and len(self._early_ce) < EARLY_CE_CALLS:
+            self._early_ce.append((input, out, args, kwargs, user_source(skip=1)))
+
+    def _stop_early(self) -> None:
+        if self._early_handle is not None:
+            self._early_handle.remove()
+            self._early_handle = None
+            _remove_ce_listener(self._early_cross_entropy)
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
         self._rec = rec
+        self._stop_early()
         _add_ce_listener(self._on_cross_entropy)
         self._listening = True
+        ctx.doctor.guard.call("probe init", self._record_early, ctx)
         for prefix, model in ctx.models.items():
             for name, module in model.named_modules():
                 if not name or not any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -152,6 +197,29 @@ class InitProbe(Probe):
                 self.handles.append(
                     module.register_forward_hook(ctx.hook("probe init", self._make_hook(qual)))
                 )
+
+    def _record_early(self, ctx: AttachContext) -> None:
+        """What the early hooks saw, recorded at the open step (the first: nothing stepped)."""
+        early, ces = self._early_modules, self._early_ce
+        self._early_modules, self._early_ce = {}, []
+        if not self._active():
+            return
+        names = {
+            id(m): f"{prefix}{name}"
+            for prefix, model in ctx.models.items()
+            for name, m in model.named_modules()
+            if name
+        }
+        step = ctx.doctor.step
+        assert self._rec is not None
+        for module, s_in, s_out in early.values():
+            qual = names.get(id(module))
+            if qual is not None and qual not in self._seen_modules:
+                self._seen_modules.add(qual)
+                self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
+                self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
+        for input, out, args, kwargs, source in ces:  # noqa: A001
+            self._record_ce(input, out, args, kwargs, source=source)
 
     def _active(self) -> bool:
         ctx = self.ctx
@@ -183,7 +251,14 @@ class InitProbe(Probe):
             return
         self.ctx.doctor.guard.call("probe init", self._record_ce, input, out, args, kwargs)
 
-    def _record_ce(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
+    def _record_ce(
+        self,
+        input: Any,  # noqa: A002
+        out: Any,
+        args: tuple,
+        kwargs: dict,
+        source: str | None = None,
+    ) -> None:
         if not isinstance(input, torch.Tensor) or not isinstance(out, torch.Tensor):
             return
         if out.grad_fn is None or input.dim() == 0:
@@ -200,7 +275,8 @@ class InitProbe(Probe):
         self._rec.defer(step, INIT_CE_LOSS, value.reshape(1), keys=[key])
         self._rec.record(step, INIT_CE_CLASSES, classes, key=key)
         if not self._rec.timeline.events("cross_entropy_call"):
-            self._rec.event(step, "cross_entropy_call", classes=classes, source=user_source(skip=1))
+            source = source or user_source(skip=1)
+            self._rec.event(step, "cross_entropy_call", classes=classes, source=source)
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         """The first backward: which params belong to the final layers (a graph walk, once)."""
@@ -227,6 +303,8 @@ class InitProbe(Probe):
 
     def detach(self) -> None:
         super().detach()
+        self._stop_early()
+        self._early_modules, self._early_ce = {}, []
         if self._listening:
             _remove_ce_listener(self._on_cross_entropy)
             self._listening = False

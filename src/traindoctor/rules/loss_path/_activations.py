@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ...timeline import TimelineView
@@ -10,8 +11,10 @@ from ...timeline import TimelineView
 def flagged_layers(
     tl: TimelineView, signal: str, threshold: float, min_window: int, min_units: int
 ) -> list[dict[str, Any]]:
-    """Layers whose fraction stays >= threshold from some sampled step to the last one measured
-    with a full enough window; one dict per layer, in forward order."""
+    """Layers whose fraction stays above threshold from some sampled step to the last one
+    measured with a full enough window; one dict per layer, in forward order. Strictly above:
+    "most units" is more than half, and a layer at exactly the threshold (16 of 32 units) is
+    where a different sampled window flips the verdict."""
     series = tl.series(signal)
     sites_by_step = dict(tl.series("activations.sites"))
     ended = bool(tl.fact("outcome"))
@@ -27,17 +30,21 @@ def flagged_layers(
     for layer, points in per_layer.items():
         need = min_window if not ended else 1
         full = [p for p in points if p[2] >= need]
-        if not full or full[-1][1] < threshold:
+        if not full or full[-1][1] <= threshold:
             continue
         first = full[-1][0]
         for step, frac, _ in reversed(full):
-            if frac < threshold:
+            if frac <= threshold:
                 break
             first = step
         last_step = full[-1][0]
         info = (sites_by_step.get(last_step) or {}).get(layer) or {}
         if int(info.get("units", 0)) < min_units:
             continue
+        pre_mean = _at(tl, "activations.pre_mean", last_step, layer)
+        pre_std = _at(tl, "activations.pre_std", last_step, layer)
+        if not all(v is None or math.isfinite(v) for v in (pre_mean, pre_std)):
+            continue  # NaN/Inf pre-activations are not "never positive": TD20x report them
         out.append(
             {
                 "layer": layer,
@@ -48,8 +55,8 @@ def flagged_layers(
                 "units": int(info.get("units", 0)),
                 "op": info.get("op"),
                 "module_type": info.get("module_type") or None,
-                "pre_mean": _at(tl, "activations.pre_mean", last_step, layer),
-                "pre_std": _at(tl, "activations.pre_std", last_step, layer),
+                "pre_mean": pre_mean,
+                "pre_std": pre_std,
                 "bias_mean": _at(tl, "activations.bias_mean", last_step, layer),
                 "input_std": dict(tl.series("activations.input_std")).get(last_step),
             }

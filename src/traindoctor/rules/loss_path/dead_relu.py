@@ -23,7 +23,7 @@ def dead_relu(
 ) -> Iterator[Finding]:
     """
     ## What it detects
-    A layer whose ReLU (or leaky ReLU) units are, for `threshold` (50%) or more of them, never
+    A layer whose ReLU (or leaky ReLU) units are, for more than `threshold` (50%) of them, never
     positive for any sample of the batch in any of the last sampled steps (a window of up to 4),
     named after the module that produces the pre-activation (`fc2` for `relu(self.fc2(x))`).
 

@@ -26,7 +26,7 @@ def saturated_activation(
 ) -> Iterator[Finding]:
     """
     ## What it detects
-    A layer whose tanh, sigmoid or hardtanh units are, for `threshold` (50%) or more of them,
+    A layer whose tanh, sigmoid or hardtanh units are, for more than `threshold` (50%) of them,
     saturated (|tanh| > 0.99, sigmoid < 0.01 or > 0.99, hardtanh at its bounds) for at least 90%
     of the batch in every one of the last sampled steps (a window of up to 4), named after the
     module that produces the pre-activation.

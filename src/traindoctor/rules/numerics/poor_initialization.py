@@ -10,6 +10,11 @@ from ...timeline import TimelineView
 from .._registry import rule
 from ._layers import fmt, params_of
 
+# Measurements of step 1 precede the first optimizer step (or hand-written update): only they
+# describe the initialization. After an update with a learning rate far too high, the output
+# scale and the loss describe the blow-up, not the init (TD210/TD20x report that).
+FIRST_STEP = 1
+
 
 @rule(
     code="TD209",
@@ -44,8 +49,11 @@ def poor_initialization(
     `torch.nn.functional.cross_entropy` (which `nn.CrossEntropyLoss` calls) is wrapped during
     the structural steps to record C and the loss value (reduction "mean" or "none"); forward
     hooks on the leaf modules with params record std(input) and std(output) on those steps, and
-    the first backward's graph says which modules are final. Wrapper and hooks are removed
-    after the structural steps and never change a result.
+    the first backward's graph says which modules are final. Only measurements of the first
+    step, before the first update, are judged: after an update they describe the update, not
+    the init (in `traindoctor run`, where the model is found at its first backward, the init
+    is judged only if the first step's forward was seen). Wrapper and hooks are removed after
+    the structural steps and never change a result.
 
     ## Example
     ```python
@@ -151,8 +159,8 @@ def poor_initialization(
 
 
 def _first_gains(tl: TimelineView, final: list[str]) -> dict[str, tuple[float, float, float, int]]:
-    """{final module: (gain, input std, output std, step)} at the first step it was measured."""
-    ins = tl.series("init.in_std")
+    """{final module: (gain, input std, output std, step)} measured before the first update."""
+    ins = [(step, v) for step, v in tl.series("init.in_std") if step <= FIRST_STEP]
     outs = dict(tl.series("init.out_std"))
     found: dict[str, tuple[float, float, float, int]] = {}
     for step, by_module in ins:
@@ -167,9 +175,11 @@ def _first_gains(tl: TimelineView, final: list[str]) -> dict[str, tuple[float, f
 
 
 def _first_ce(tl: TimelineView) -> tuple[int, float, int] | None:
-    """(step, mean value, classes) of the cross-entropy calls of the first step that had one."""
+    """(step, mean value, classes) of the cross-entropy calls before the first update."""
     classes = dict(tl.series("init.ce_classes"))
     for step, values in tl.series("init.ce_loss"):
+        if step > FIRST_STEP:
+            break
         cs = classes.get(step) or {}
         pairs = [(v, cs[k]) for k, v in values.items() if k in cs and v is not None]
         pairs = [(v, c) for v, c in pairs if math.isfinite(v)]
