@@ -61,6 +61,10 @@ class ZeroCodeSession:
             )
         )
         self._install_forward_hooks()
+        # Probes that measure the first forward, which runs before the lazy attach.
+        for probe in self.doctor.probes:
+            if hasattr(probe, "listen_early"):
+                self.doctor.guard.call(f"probe {probe.name}", probe.listen_early)
         self._patch_grad_scaler()
         _patches.add_backward_listener(self._on_backward)
         # From the first line of the script: setting requires_grad on quantized params

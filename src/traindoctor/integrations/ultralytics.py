@@ -51,7 +51,7 @@ import torch
 
 from .. import _mode_patches
 from ..doctor import Doctor as _Doctor
-from ..findings import Finding
+from ..findings import Finding, Severity
 from . import doctor_options
 from .accelerate import unwrap_model
 
@@ -670,7 +670,29 @@ def _metric_stuck(f: Finding, facts: dict[str, Any], owner: Doctor) -> Finding:
     if cause and body not in cause:
         cause = f"{cause.rstrip('.')}. {body}"
     cause = cause or body
-    return replace(f, cause=cause, fix=fix, where=where, evidence={**f.evidence, **evidence})
+    severity = f.severity
+    zeros = all(v == 0 for v in ((f.evidence or {}).get("metrics") or {}).values())
+    if own and not added and not by_callback and zeros and _validator_counts_explain_zero(vals):
+        # The validator's own counts make 0 the true mAP (no prediction over conf, or none at
+        # IoU 0.5): the metric is measured right; a model trained from scratch is not there yet.
+        severity = Severity.INFO
+    return replace(
+        f,
+        severity=severity,
+        cause=cause,
+        fix=fix,
+        where=where,
+        evidence={**f.evidence, **evidence},
+    )
+
+
+def _validator_counts_explain_zero(vals: list[dict[str, Any]]) -> bool:
+    if not vals:
+        return False
+    return all(
+        v.get("targets") == 0 or v.get("predictions") == 0 or v.get("true_positives_iou50") == 0
+        for v in vals
+    )
 
 
 def _names(names: list[str]) -> str:

@@ -67,6 +67,10 @@ def metric_stuck(
     # or let traindoctor run and check it: td.evaluate(model, val_loader, metrics)
     ```
 
+    When those counts make 0 the true value (no positive target, no prediction over the
+    threshold, a single predicted class), the metric is measured right and the finding is info,
+    with the counts: the model has not learned yet, or collapsed (TD108 and the loss say which).
+
     ## Known false positives
     A metric that is legitimately 0 for the first validations of a short run (detection mAP
     in the first epochs) and would rise later; a bit-constant value from the first validation
@@ -103,6 +107,11 @@ def metric_stuck(
         f"(steps {steps[0]}–{steps[-1]}) while the training loss went {lo:.4g} → {hi:.4g}"
     )
     cause, fix = _cause(checks)
+    # A metric is "stuck" when it is not what the validation measured. When what evaluate()
+    # counted makes the 0 the true value (no positive target, no prediction over the
+    # threshold, one predicted class), the number is right and the model is what it is: said,
+    # at info, with the counts; the warning is for values traindoctor cannot account for.
+    explained = value == 0.0 and _zero_is_measured(checks["checked"])
     yield tl.finding(
         title=title,
         step=steps[min_validations - 1],
@@ -118,6 +127,19 @@ def metric_stuck(
         cause=cause,
         fix=fix,
         confidence=0.9 if value == 0.0 else 0.6,
+        severity=Severity.INFO if explained else None,
+    )
+
+
+def _zero_is_measured(checked: dict[str, Any]) -> bool:
+    """The validation's own counts make 0 the true value of the metric."""
+    if not checked.get("evaluations") or not checked.get("evaluated_model_is_trained"):
+        return False
+    positives = checked.get("target_positives")
+    return bool(
+        (positives is not None and not any(positives))
+        or checked.get("all_predictions_below_threshold")
+        or checked.get("predictions_one_class")
     )
 
 
