@@ -6,6 +6,7 @@ from .activations import ActivationsProbe
 from .amp import AmpProbe
 from .audit import AuditProbe
 from .base import Probe
+from .copies import CopiesProbe
 from .data import DataProbe
 from .forward import ForwardProbe
 from .gradpath import GradPathProbe
@@ -43,6 +44,7 @@ PROBES: tuple[type[Probe], ...] = (
     ScheduleProbe,
 )
 
+    CopiesProbe,
 
 def default_probes() -> list[Probe]:
     return [cls() for cls in PROBES]

@@ -19,6 +19,7 @@ from .._util import (
     same_layout,
     trainable_names,
 )
+from ._held_out import held_out_by_design
 
 
 @rule(
@@ -46,6 +47,14 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     tensors in every optimizer param group, at attach and on the first steps. It also records
     whether those params receive gradients, and whether their tensors were replaced.
 
+    Params kept out of the optimizer on purpose are told apart by measurement and not
+    reported: a copy of the trained weights (a DQN target network, an EMA or teacher as in
+    BYOL, DINO or mean teacher, `AveragedModel`) is bit-identical to trained params when
+    training starts, or its values change during the run without any optimizer (a periodic
+    `load_state_dict`, a Polyak/EMA average, `torch._foreach_lerp_`); a fixed reference model
+    only ever runs with gradient recording off. Either way, such params never get a gradient;
+    params that do get one are reported.
+
     ## Example
     ```python
     optimizer = torch.optim.SGD(model.backbone.parameters(), lr=0.1)   # head left out
@@ -60,13 +69,16 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
 
     ## Known false positives
     Params trained by a second optimizer that was not passed to traindoctor: pass all of them,
-    `td.watch(model, [opt_a, opt_b])`.
+    `td.watch(model, [opt_a, opt_b])`. A copy that is neither a copy of the trained weights
+    at the start, nor changed during the run, nor run under no_grad (a separately initialised
+    target network whose first sync comes after the run ends) is still reported.
     """
     optimizers = tl.fact("optimizers")
     if not optimizers:
         return
     held = optimizer_names(tl)
-    missing = sorted(n for n in trainable_names(tl) if n not in held)
+    by_design = held_out_by_design(tl)
+    missing = sorted(n for n in trainable_names(tl) if n not in held and n not in by_design)
     if not missing:
         return
     all_names = list((tl.fact("params") or {}).keys())

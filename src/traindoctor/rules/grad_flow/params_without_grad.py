@@ -16,6 +16,7 @@ from .._util import (
     step_source,
     trainable_names,
 )
+from ._held_out import got_gradient, held_out_by_design
 
 
 @rule(
@@ -45,6 +46,13 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     apart), and forward hooks on every module record whether it ran, with grad enabled, and
     whether its output carried a graph. The cause comes from those facts.
 
+    Params still without a gradient at the first observed step are also checked on every
+    later step, so a branch that only some batches reach (an auxiliary head, a class head
+    whose targets are absent from the first batches) is not reported once it gets one.
+    Params that no optimizer holds and that are measured to be a copy of the trained weights
+    (a DQN target network, an EMA/teacher; see TD103) or a reference run only under no_grad
+    are not meant to get a gradient and are not reported.
+
     ## Example
     ```python
     feats = model.backbone(x)
@@ -59,8 +67,10 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     ```
 
     ## Known false positives
-    Conditional computation (mixture-of-experts, dropped layers) can leave some params without
-    gradient for a few steps; the rule needs them without gradient at every observed step.
+    Conditional computation (mixture-of-experts, dropped layers, a head for a class that never
+    occurs) leaves some params without gradient on some batches; the rule needs them without
+    gradient at every step of the run, so a run shorter than the first batch that reaches
+    them still reports them.
     """
     observations = tl.series("grads.none")
     counts = dict(tl.series("backward.count"))
@@ -74,6 +84,10 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     never = set(observations[0][1])
     for _, names in observations[1:]:
         never &= set(names)
+    # A gradient on any step (a branch only some batches reach) shows the graph reaches
+    # them; a target network or EMA copy that no optimizer holds gets none by design.
+    never -= got_gradient(tl)
+    never -= set(held_out_by_design(tl))
     if not never:
         return
     all_names = list((tl.fact("params") or {}).keys())
