@@ -96,3 +96,14 @@ def test_cuda_growth_alone():
     assert f.evidence["growth_mb"] == 160.0
     flat = {s: {**v, "memory.cuda_allocated_mb": 100.0 + (s % 2)} for s, v in steps.items()}
     assert_silent("TD505", make_timeline(steps=flat))
+
+
+def test_fires_when_a_per_epoch_total_frees_the_pile_at_each_epoch():
+    # `train_loss = 0` at each epoch's start, `train_loss += loss` inside: graphs pile up over
+    # the 40 steps of an epoch, then are freed together (observed at 1-32, 40, 80).
+    steps = _graphs(lambda s: max(0, s - 2), steps=list(range(1, 33)) + [40])
+    steps[80] = _graphs(lambda s: 0, lambda s: 39, steps=[80])[80]
+    f = assert_fires("TD505", make_timeline(steps=steps, events=[HOLDER]))
+    assert f.evidence["graphs_alive"] == 38
+    assert f.evidence["freed_later_at_step"] == 80
+    assert f.where.source == "train.py:30"

@@ -1,5 +1,6 @@
 """TD514 weight-decay-on-norms on hand-built timelines."""
 
+from traindoctor.findings import Severity
 from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
 
 PARAMS = ["fc.weight", "fc.bias", "ln.weight", "ln.bias"]
@@ -46,11 +47,22 @@ def test_split_groups_are_silent():
     assert_silent("TD514", _tl(groups, shrinking))
 
 
-def test_weak_decay_is_silent_even_if_gains_shrink():
+def test_weak_decay_is_only_the_configuration_even_if_gains_shrink():
     # AdamW's default 0.01 at lr 1e-3: the decay cannot explain a 45% shrink.
     shrinking = [2.0 * 0.99**i for i in range(60)]
-    assert_silent("TD514", _tl([(PARAMS, 0.01)], shrinking, lr=1e-3, momentum=0.0))
+    f = assert_fires("TD514", _tl([(PARAMS, 0.01)], shrinking, lr=1e-3, momentum=0.0))
+    assert f.severity == Severity.INFO and "gains" not in f.evidence
 
 
-def test_decayed_gains_that_hold_are_silent():
-    assert_silent("TD514", _tl([(PARAMS, 5e-3)], [2.0] * 60))
+def test_decayed_gains_that_hold_are_info_from_the_configuration():
+    f = assert_fires("TD514", _tl([(PARAMS, 5e-3)], [2.0] * 60))
+    assert f.severity == Severity.INFO
+    group = f.evidence["groups"]["opt0/group0"]
+    assert group["norm_gains"] == 1 and group["norm_biases"] == 1 and group["other_biases"] == 1
+    assert abs(group["decay_per_step"] - 0.1 * 5e-3) < 1e-12
+    assert f.where.params == ("ln.bias", "ln.weight")
+
+
+def test_configuration_alone_before_any_norm_is_read():
+    tl = _tl([(PARAMS, 5e-4)], [2.0])
+    assert assert_fires("TD514", tl).severity == Severity.INFO

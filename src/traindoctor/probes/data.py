@@ -13,15 +13,28 @@ a private `torch.Generator`, so the user's RNG streams are never drawn from.
 On the structural steps only, forward hooks on the leaf modules find the first module with
 parameters that runs in that forward (the first layer), the two leaf modules called after it,
 and the mean/std/min/max of its input and the std of its output (deferred the same way).
+
+Where the batch comes from (host metadata only, for TD504/TD512/TD513): an input that is a
+row slice of a larger tensor (`X[:64]` of a 10,000-row `X`: its `_base` has the same trailing
+shape and more rows) is described with the rows of that tensor; a forward outside training
+that reads other rows of the same tensor (a validation split) is noted once. On the first
+`LOADER_STEPS` training forwards, the user's frames on the stack (their locals and module
+globals, and one attribute level of the objects there) are scanned for `DataLoader`s, each
+described once as a `data_loader` event: batch size, dataset length, sampler, workers,
+`worker_init_fn`, and the random generators the dataset owns (copied into every worker).
 """
 
 from __future__ import annotations
 
 import math
+import random
+import sys
+import weakref
 from typing import Any, ClassVar
 
 import torch
 
+from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
@@ -51,6 +64,9 @@ MAX_ELEMS = 1 << 18  # elements read per input: a strided view above this
 SAMPLE_STEPS = 32  # steps with per-sample fingerprints (TD513 needs only the first batches)
 MAX_SAMPLES = 64  # samples per batch fingerprinted
 SAMPLE_ELEMS = 4096  # elements read per sample
+LOADER_STEPS = 3  # training forwards whose callers are scanned for DataLoaders
+MAX_FRAMES = 32
+MAX_SCOPE_VALUES = 256  # values looked at per scope (locals or globals)
 FP_STATS = ("sum", "sumsq", "wsum", "min", "max")
 FIRST_STATS = ("in_mean", "in_std", "in_min", "in_max", "out_std")
 
@@ -77,6 +93,10 @@ class DataProbe(Probe):
         self._first: dict[str, Any] | None = None
         self._active = True  # fingerprint this step (see prepare)
         self._prev_sampled = False
+        self._loaders: set[int] = set()  # ids of the DataLoaders described
+        self._loader_scans = 0
+        self._bases: list[weakref.ref] = []  # larger tensors whose rows a batch slices
+        self._base_eval_noted = False
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -143,9 +163,14 @@ class DataProbe(Probe):
 
     def _make_pre(self, prefix: str, rec: Recorder):
         def pre(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+            if self._bases and not self._base_eval_noted and not self._training_forward(module):
+                self._eval_rows(args, kwargs, rec)
             if not self._active or prefix in self._seen or not self._training_forward(module):
                 return
             self._seen.add(prefix)
+            if self._loader_scans < LOADER_STEPS and len(self._seen) == 1:
+                self._loader_scans += 1
+                self._scan_loaders(rec)
             self._capturing = bool(self._layer_hooks) and len(self._seen) == 1
             self._fingerprint(prefix, (args, kwargs), rec)
 
@@ -168,6 +193,11 @@ class DataProbe(Probe):
                 "shape": list(t.shape),
                 "float": t.is_floating_point(),
             }
+            rows = _rows_of_base(t)
+            if rows is not None:
+                described[key]["slice_of_rows"] = rows
+                if not any(r() is t._base for r in self._bases) and len(self._bases) < 4:
+                    self._bases.append(weakref.ref(t._base))
             v = _strided(t.detach().reshape(-1), MAX_ELEMS).to(torch.float32)
             w = self._weight(v.numel(), v.device)
             values.append(torch.stack([v.sum(), (v * v).sum(), (v * w).sum(), v.amin(), v.amax()]))
@@ -179,6 +209,8 @@ class DataProbe(Probe):
         if described != {k: self._inputs.get(k) for k in described}:
             self._inputs.update(described)
             rec.record(step, DATA_INPUTS, described)
+            # The user's line that feeds these inputs (`model(x)`): where TD504 points.
+            rec.event(step, "data_forward", prefix=prefix, source=user_source(skip=1))
         # All of this step's values in one deferred tensor per device (usually one).
         rec.defer(step, DATA_FP, torch.cat(values), keys=keys)
         if batched is not None and step <= SAMPLE_STEPS and len(self._seen) == 1:
@@ -188,6 +220,25 @@ class DataProbe(Probe):
             # Row-wise multiply and sum (not a matmul): a sample's value does not depend on its
             # position in the batch, so a repeat compares bit for bit.
             rec.defer(step, DATA_SAMPLES, (xs * self._weight(xs.shape[1], xs.device)).sum(1))
+
+    def _eval_rows(self, args: Any, kwargs: Any, rec: Recorder) -> None:
+        """A forward outside training on rows of a tensor whose slice is a training batch:
+        the rest of that tensor is validation data, not unused training data."""
+        bases = [r() for r in self._bases]
+        for t in list(iter_tensors((args, kwargs)))[:MAX_INPUTS]:
+            if t._base is not None and any(t._base is b for b in bases if b is not None):
+                self._base_eval_noted = True
+                rec.event(self._step, "data_base_in_eval", rows=int(t.shape[0]) if t.dim() else 0)
+                return
+
+    def _scan_loaders(self, rec: Recorder) -> None:
+        for name, loader in _user_loaders():
+            if id(loader) in self._loaders:
+                continue
+            self._loaders.add(id(loader))
+            facts = describe_loader(loader)
+            if facts is not None:
+                rec.event(self._step, "data_loader", name=name, **facts)
 
     def _weight(self, n: int, device: torch.device) -> torch.Tensor:
         w = self._weights.get((n, device))
@@ -236,3 +287,156 @@ def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
     """A view of at most `limit` evenly spaced elements (no copy for a contiguous input)."""
     n = flat.numel()
     return flat if n <= limit else flat[:: math.ceil(n / limit)]
+
+
+def _rows_of_base(t: torch.Tensor) -> int | None:
+    """Rows of the tensor `t` is a row slice of (`X[:64]`, `X[i:j]`), when it has more rows."""
+    base = t._base
+    if base is None or t.dim() < 1 or base.dim() != t.dim() or base.shape[1:] != t.shape[1:]:
+        return None
+    return int(base.shape[0]) if base.shape[0] > t.shape[0] else None
+
+
+def _user_loaders() -> list[tuple[str, Any]]:
+    """(name, DataLoader) found in the user's frames on the stack: their locals, their module
+    globals, and one attribute level of the objects there (`self.train_loader`)."""
+    try:
+        from torch.utils.data import DataLoader
+    except Exception:  # noqa: BLE001
+        return []
+    found: dict[int, tuple[str, Any]] = {}
+    scopes: list[dict[str, Any]] = []
+    globals_seen: set[int] = set()
+    frame = sys._getframe(1)
+    for _ in range(MAX_FRAMES):
+        if frame is None:
+            break
+        if is_user_file(frame.f_code.co_filename):
+            if frame.f_locals is not frame.f_globals:
+                scopes.append(frame.f_locals)
+            if id(frame.f_globals) not in globals_seen:
+                globals_seen.add(id(frame.f_globals))
+                scopes.append(frame.f_globals)
+        frame = frame.f_back
+    for scope in scopes:
+        for name, value in list(scope.items())[:MAX_SCOPE_VALUES]:
+            if isinstance(value, DataLoader):
+                found.setdefault(id(value), (name, value))
+                continue
+            attrs = getattr(value, "__dict__", None)
+            if not isinstance(attrs, dict) or isinstance(value, type) or _is_module(value):
+                continue
+            for attr, inner in list(attrs.items())[:MAX_SCOPE_VALUES]:
+                if isinstance(inner, DataLoader):
+                    found.setdefault(id(inner), (f"{name}.{attr}", inner))
+    return list(found.values())
+
+
+def _is_module(value: Any) -> bool:
+    return type(value).__name__ == "module"
+
+
+def _rng_kind(value: Any) -> str | None:
+    if isinstance(value, torch.Generator):
+        return "torch.Generator"
+    if isinstance(value, random.Random):
+        return "random.Random"
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.random.Generator):
+            return "numpy.random.Generator"
+        if isinstance(value, np.random.RandomState):
+            return "numpy.random.RandomState"
+    return None
+
+
+def dataset_generators(dataset: Any, depth: int = 2) -> list[tuple[str, str]]:
+    """(attribute path, kind) of the random generators a dataset owns, down `depth` attribute
+    levels (a transform object's own generator, a list of transforms)."""
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any, int]] = [("dataset", dataset, 0)]
+    seen: set[int] = set()
+    while stack and len(seen) < 512:
+        path, obj, level = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, list | tuple):
+            items = list(enumerate(obj))[:32]
+            children = [(f"{path}[{i}]", v) for i, v in items]
+        else:
+            attrs = getattr(obj, "__dict__", None)
+            if not isinstance(attrs, dict) or isinstance(obj, type) or _is_module(obj):
+                continue
+            children = [(f"{path}.{k}", v) for k, v in list(attrs.items())[:MAX_SCOPE_VALUES]]
+        for child_path, value in children:
+            if isinstance(value, torch.Tensor):
+                continue
+            kind = _rng_kind(value)
+            if kind is not None:
+                out.append((child_path, kind))
+            elif level < depth:
+                stack.append((child_path, value, level + 1))
+    return sorted(out)
+
+
+def describe_loader(loader: Any) -> dict[str, Any] | None:
+    """Host facts of a DataLoader: what TD504, TD512 and TD513 judge a batch's source by."""
+    try:
+        dataset = loader.dataset
+        try:
+            length = len(dataset)
+        except TypeError:
+            length = None  # an IterableDataset without __len__
+        sampler = getattr(loader, "sampler", None)
+        return {
+            "batch_size": loader.batch_size,
+            "dataset_len": length,
+            "dataset_type": type(dataset).__name__,
+            "sampler": type(sampler).__name__ if sampler is not None else None,
+            "num_workers": int(getattr(loader, "num_workers", 0) or 0),
+            "worker_init_fn": getattr(loader, "worker_init_fn", None) is not None,
+            "drop_last": bool(getattr(loader, "drop_last", False)),
+            "generators": [
+                {"path": path, "kind": kind, "used_in": _used_in(dataset, path)}
+                for path, kind in dataset_generators(dataset)
+            ],
+        }
+    except Exception:  # noqa: BLE001 - an odd loader is described by nothing
+        return None
+
+
+def _used_in(dataset: Any, path: str) -> str | None:
+    """`Class.method (file:line)` of a method other than `__init__` of the generator's owner
+    that reads it (`self.<attr>` in its source): the generator is drawn from per item, not
+    only when the data set is built. None when no such method is found."""
+    import inspect
+    import re
+
+    owner_path, _, attr = path.rpartition(".")
+    if not owner_path or not attr.isidentifier():
+        return None
+    owner = dataset
+    for part in owner_path.split(".")[1:]:
+        if "[" in part:
+            return None  # inside a list of transforms: not followed
+        owner = getattr(owner, part, None)
+        if owner is None:
+            return None
+    pattern = re.compile(rf"\bself\.{re.escape(attr)}\b")
+    for klass in type(owner).__mro__[:4]:
+        if klass is object:
+            break
+        for name, fn in vars(klass).items():
+            if name == "__init__" or not inspect.isfunction(fn):
+                continue
+            try:
+                lines, start = inspect.getsourcelines(fn)
+                filename = inspect.getsourcefile(fn) or "?"
+            except (OSError, TypeError):
+                continue
+            for i, line in enumerate(lines):
+                if pattern.search(line):
+                    where = f"{relpath(filename)}:{start + i}"
+                    return f"{klass.__name__}.{name} ({where})"
+    return None

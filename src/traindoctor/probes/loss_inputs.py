@@ -16,7 +16,8 @@ tensors for a log line trains nothing.
 
 Per call, on the structural and sampled steps only (an unsampled step costs one flag check):
 - for class-index targets over at most `MAX_HIST_CLASSES` classes, a label histogram
-  (`scatter_add_` on the device, no sync), summed over the step's calls of one site;
+  (`scatter_add_` on the device, no sync), summed over the step's calls of one site; this
+  one also on every step up to `LABEL_STEPS` (consecutive batches, for TD512);
 - host facts (shapes, dtypes, class count, the op that produced the input, the user's line)
   as a `loss_input` event when a site or its shapes are new, and device facts (input min/max,
   rows summing to 1, values at the loss's own clamp, labels' min/max and, for a summed class
@@ -77,6 +78,7 @@ LOSSES = (
 )
 CLASS_LOSSES = ("cross_entropy", "nll_loss")
 MAX_HIST_CLASSES = 64
+LABEL_STEPS = 32  # label histograms on every step up to this one, then on sampled steps
 MAX_EVENTS = 64
 # Autograd nodes that only move or reshape values: the producer of a loss input is looked for
 # below them (`softmax(x).view(-1, C)` was produced by softmax).
@@ -453,15 +455,23 @@ class LossInputsProbe(Probe):
         if not (torch.is_grad_enabled() and inp.requires_grad):
             return None  # a loss on detached values (a logged metric) trains nothing
         rec, step = self._rec, doc.step
-        if not doc.budget.sampled(step):
+        sampled = doc.budget.sampled(step)
+        if not sampled and step > LABEL_STEPS:
             return None  # unsampled steps cost one flag check: the budget is per step
-        site = self._site(fn)
         cdim = 1 if inp.dim() >= 2 else 0
         classes = int(inp.shape[cdim]) if fn in CLASS_LOSSES and inp.dim() >= 1 else None
         opts = {k: _arg(args, kwargs, i, k) for k, i in _KWARGS.get(fn, {}).items()}
         index_target = classes is not None and not tgt.is_floating_point() and tgt.dim() < inp.dim()
         ignore = opts.get("ignore_index")
         ignore = -100 if ignore is None else int(ignore)
+        if not sampled:
+            # The first steps: the label histogram only (one deferred scatter_add), so that
+            # TD512 sees consecutive batches, not batches an interval apart.
+            if index_target and classes <= MAX_HIST_CLASSES:
+                with torch.no_grad():
+                    self._histogram(rec, step, self._site(fn), tgt, classes, ignore)
+            return None
+        site = self._site(fn)
         with torch.no_grad():
             if index_target and classes <= MAX_HIST_CLASSES:
                 self._histogram(rec, step, site, tgt, classes, ignore)

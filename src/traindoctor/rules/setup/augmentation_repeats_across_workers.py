@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from ...findings import Finding, Severity
+from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 
@@ -57,6 +57,14 @@ def augmentation_repeats_across_workers(
     fresh batches follow), so it is not reported; neither is one batch fed every step (that
     is TD504).
 
+    Also, without any repeated sample (augmentations of real data that differ anyway): a
+    DataLoader in the user's frames (see TD504) with at least 2 workers and no
+    `worker_init_fn`, over a data set that owns a random generator (a NumPy `Generator` /
+    `RandomState`, `random.Random` or `torch.Generator`, found down two attribute levels, e.g.
+    a transform's own) that a method other than `__init__` reads (`self.<attr>` in its
+    source): every worker draws the same sequence from the same copied state. A generator
+    read only in `__init__` (data generated once) is not reported.
+
     ## Example
     ```python
     class Synthetic(Dataset):
@@ -84,6 +92,62 @@ def augmentation_repeats_across_workers(
     leave no identical samples and are not detected: only fully random samples (generated
     data, noise) are seen repeating.
     """
+    config = _shared_generator(tl)
+    sampled = _sample_repeats(tl, max_lag, min_repeats, min_fresh, share)
+    if sampled is not None:
+        yield sampled
+    elif config is not None:
+        yield config
+
+
+def _shared_generator(tl: TimelineView) -> Finding | None:
+    """A DataLoader with several workers and no worker_init_fn over a data set that owns a
+    random generator which a method other than `__init__` reads: every worker starts from
+    the same copy of it."""
+    for e in tl.events("data_loader"):
+        workers = e.get("num_workers") or 0
+        if workers < 2 or e.get("worker_init_fn"):
+            continue
+        used = [g for g in e.get("generators") or [] if isinstance(g, dict) and g.get("used_in")]
+        if not used:
+            continue
+        g = used[0]
+        method, _, rest = str(g["used_in"]).partition(" (")
+        source = rest.rstrip(")") or None
+        name = e.get("name") or "the DataLoader"
+        return tl.finding(
+            title=f"`{name}` runs {workers} workers that each start from the same copy of "
+            f"`{g['path']}` ({g['kind']}), drawn from in `{method}`: their random "
+            "augmentations repeat",
+            step=e.get("step"),
+            evidence={
+                "loader": name,
+                "num_workers": workers,
+                "worker_init_fn": False,
+                "generators": used,
+                "dataset_type": e.get("dataset_type"),
+                "batch_size": e.get("batch_size"),
+            },
+            where=Where(source=source),
+            cause=f"`{g['path']}` is a {g['kind']} the data set owns; DataLoader copies the "
+            f"data set into each of its {workers} worker processes, state included, and no "
+            "worker_init_fn reseeds it, so every worker draws the same sequence "
+            f"(`{method}` reads it per item): the k-th sample of each worker gets the same "
+            "random augmentation, and every epoch again from the same state. torch reseeds "
+            "only the global RNGs per worker (random, torch, np.random), not generators a "
+            "data set holds",
+            fix="reseed it per worker: DataLoader(..., worker_init_fn=lambda i: setattr("
+            "torch.utils.data.get_worker_info().dataset, 'rng', np.random.default_rng("
+            "torch.utils.data.get_worker_info().seed % 2**32))), or draw from np.random / "
+            "torch inside __getitem__ (reseeded per worker and per epoch)",
+            confidence=0.8,
+        )
+    return None
+
+
+def _sample_repeats(
+    tl: TimelineView, max_lag: int, min_repeats: int, min_fresh: int, share: float
+) -> Finding | None:
     seen: dict[float, int] = {}
     repeats: list[tuple[int, int]] = []  # (step, lag)
     fresh_after = 0
@@ -102,7 +166,7 @@ def augmentation_repeats_across_workers(
         for v in fps:
             seen[v] = step
     if len(repeats) < min_repeats or fresh_after < min_fresh:
-        return
+        return None
     lag = Counter(lg for _, lg in repeats).most_common(1)[0][0]
     # Workers: 1 + the usual number of repeats in a row (A A B B: 1 repeat per group -> 2).
     runs: list[int] = []
@@ -118,7 +182,7 @@ def augmentation_repeats_across_workers(
     runs.append(run)
     workers = Counter(runs).most_common(1)[0][0] + 1
     first = repeats[0][0]
-    yield tl.finding(
+    return tl.finding(
         title=f"{len(repeats)} of {checked} batches repeat the samples of a batch {lag} "
         f"step{'s' if lag != 1 else ''} earlier while {fresh_after} others are new: "
         f"the pattern of {workers} DataLoader workers sharing one random state",

@@ -9,9 +9,10 @@ from ...timeline import TimelineView
 from .._registry import rule
 from ._loss_inputs import label_histograms, loss_sites
 
-MIN_STEPS = 6  # sampled batches (steps 1-3, then every sampling interval)
+MIN_STEPS = 6  # observed batches (every step up to 32, then every sampling interval)
 MIN_BATCH = 4  # labels per step below which one class per batch is no evidence
 SINGLE_SHARE = 0.5
+NEARLY = 0.9  # a batch whose top class holds this share of its labels is "single-class"
 
 
 @rule(
@@ -25,8 +26,8 @@ SINGLE_SHARE = 0.5
 def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
-    Most training batches of a classification loss hold a single class, and the classes
-    come in runs: the data is sorted by class and the loader does not shuffle
+    Most training batches of a classification loss hold a single class (or nearly), and the
+    classes come in runs: the data is sorted by class and the loader does not shuffle
     (`DataLoader(..., shuffle=False)` over a class-ordered dataset).
 
     ## Why it matters
@@ -35,10 +36,13 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
     model ends biased to the last classes seen.
 
     ## How it is measured
-    On sampled steps (1-3, then every sampling interval) the loss-inputs probe keeps a label
+    On every step up to 32, then on sampled steps, the loss-inputs probe keeps a label
     histogram per call site (class-index targets of at most 64 classes, on the device, read
-    back in batches). Over at least 6 sampled batches with at least 4 labels each, the rule
-    counts the batches whose labels are all one class and the runs of the same class.
+    back in batches). Over at least 6 observed batches with at least 4 labels each, the rule
+    counts the batches whose labels are (nearly: at least 90%) one class, and the runs of
+    consecutive batches of the same class. It fires when at least half the batches are such
+    and at least two different classes have them (class imbalance gives single-class batches
+    of the majority class only).
 
     ## Example
     ```python
@@ -61,8 +65,8 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
             continue
         singles = []
         for _, counts in rows:
-            used = [c for c, n in enumerate(counts) if n > 0]
-            singles.append(used[0] if len(used) == 1 else None)
+            top = max(range(len(counts)), key=counts.__getitem__)
+            singles.append(top if counts[top] >= NEARLY * sum(counts) else None)
         share = sum(c is not None for c in singles) / len(singles)
         classes_seen = {c for c in singles if c is not None}
         if share < SINGLE_SHARE or len(classes_seen) < 2:
@@ -72,6 +76,15 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
         source = site.source if site else None
         fn = site.fn if site else "the loss"
         order = [c for c, _ in runs][:12]
+        # The DataLoaders seen in the user's frames that read their data set in order.
+        in_order = [
+            e.get("name")
+            for e in tl.events("data_loader")
+            if e.get("sampler") == "SequentialSampler" and e.get("name")
+        ]
+        named = (
+            f" (`{in_order[0]}` reads its data set in order: SequentialSampler)" if in_order else ""
+        )
         yield tl.finding(
             title=f"{share:.0%} of {len(rows)} batches fed to `{fn}`"
             + (f" at {source}" if source else "")
@@ -83,10 +96,12 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
                 "runs": [[c, n] for c, n in runs[:20]],
                 "mean_run_length": round(sum(n for _, n in runs) / max(len(runs), 1), 2),
                 "classes_in_single_batches": sorted(classes_seen),
+                "sequential_loaders": in_order,
             },
             where=Where(op=fn if site else None, source=source),
             cause="consecutive batches hold one class each: the data is ordered by class and "
-            "not shuffled, so each run pulls the model towards one class and the next undoes it",
+            f"not shuffled{named}, so each run pulls the model towards one class and the next "
+            "undoes it",
             fix="shuffle the training data (DataLoader(..., shuffle=True) or a RandomSampler)",
             confidence=0.85,
         )

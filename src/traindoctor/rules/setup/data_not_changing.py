@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ...findings import Finding, Severity
+from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 
@@ -23,8 +23,12 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     ## What it detects
     The first training batch of each step is bit-identical to the previous step's for at
     least `min_steps` consecutive optimizer steps: the loop trains on one batch over and over.
-    A warning when the batches changed before they froze; info when one batch is used for
-    the whole run, which is also what deliberate full-batch training looks like.
+    A warning when the batches changed before they froze, or when one batch is used for the
+    whole run while a larger source of it was measured (a DataLoader with that batch size
+    over a data set at least twice as large: `x, y = next(iter(loader))` before the loop; a
+    constant slice `X[:64]` of a tensor with at least twice the rows); info when one batch
+    is used for the whole run and nothing larger is known, which is also what deliberate
+    full-batch training looks like.
 
     ## Why it matters
     The loss falls nicely (the model memorizes the batch) while nothing is learned about the
@@ -44,7 +48,12 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     the same batch at every sampled step, but not at the step after). The run must be made of
     real optimizer steps (`optim.step`),
     and where the parameter updates were sampled (`params.update`), they are reported.
-    Validation forwards (no_grad or eval mode) are never fingerprinted.
+    Validation forwards (no_grad or eval mode) are never fingerprinted. The source: the data
+    probe describes an input that is a row slice of a larger tensor (its `_base`, same
+    trailing shape, more rows), and notes a forward outside training on other rows of that
+    tensor (then the rest is a validation split, and the slice is not called a bug); on the
+    first 3 training forwards it describes the DataLoaders in the user's frames on the stack
+    (locals, module globals, one attribute level: batch size, dataset length).
 
     ## Example
     ```python
@@ -63,7 +72,9 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     Deliberate full-batch training (L-BFGS on a small data set, physics-informed networks on
     fixed collocation points) and the "overfit one batch" sanity check train on one batch on
     purpose; that case (one batch for the whole run) is reported as info only, and can be
-    ignored (`--ignore TD504`).
+    ignored (`--ignore TD504`). Taken from a larger loader or tensor (the "overfit one batch"
+    check with `next(iter(loader))`, a small training split sliced off a tensor with no
+    validation forward on the rest) it is a warning.
     """
     stepped = {s for s, v in tl.series("optim.step") if v}
     # Fingerprints come every step early on, then in pairs (a sampled step and the next). A
@@ -112,6 +123,11 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     # One batch from the first fingerprinted step on is also what deliberate full-batch
     # training looks like: reported as info. Batches that changed and then froze cannot be.
     whole_run = first == fingerprinted[0] and until_end
+    # One batch for the whole run is a bug, not full-batch training, when a larger source of
+    # that batch was measured: a DataLoader with this batch size over a data set at least
+    # twice as large, or a tensor at least twice as large whose rows the batch slices (and
+    # whose other rows are not fed to the model outside training, as a validation split).
+    larger = _larger_source(tl, shown.get(key) if key else None)
     span = f"steps {first}–{last}" + (" (to the end of the run)" if until_end else "")
     evidence: dict[str, Any] = {
         "identical_steps": length,
@@ -124,6 +140,21 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     }
     if updates:
         evidence["sampled_param_updates"] = [round(u, 6) for u in updates[:5]]
+    if larger:
+        evidence["larger_source"] = larger
+    source = ""
+    if larger and larger.get("kind") == "loader":
+        source = (
+            f": `{larger['name']}` holds {larger['dataset_len']} samples in batches of "
+            f"{larger['batch_size']}, so {larger['dataset_len'] - larger['batch_size']} of "
+            "them are never trained on"
+        )
+    elif larger:
+        source = (
+            f": the batch is rows of a {larger['rows']}-row tensor (a constant slice), so "
+            f"{larger['rows'] - larger['batch_rows']} rows are never trained on"
+        )
+    fed_at = [e.get("source") for e in tl.events("data_forward") if e.get("step", 0) <= first]
     yield tl.finding(
         title=f"The same batch was trained on for {length} consecutive steps ({span})"
         + (f", fingerprinted at {n_records} of them" if n_records < length else ""),
@@ -132,12 +163,28 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
         cause=f"the first training batch of each of {length} consecutive optimizer steps had "
         f"bit-identical fingerprints (sum, sum of squares, weighted sum, min, max of every "
         f"input{f'; input {key} of shape {shape}' if key else ''}) while the optimizer kept "
-        "stepping: the loop feeds one batch again and again, so the model memorizes it",
+        f"stepping: the loop feeds one batch again and again, so the model memorizes it{source}",
         fix="fetch a new batch every step (`for x, y in loader:`), not once before the loop; "
         "check that the batch index advances and that the dataset's __getitem__ uses its index",
         confidence=0.9 if until_end else 0.8,
-        severity=Severity.INFO if whole_run else None,
+        where=Where(source=fed_at[-1] if fed_at and fed_at[-1] else None),
+        severity=Severity.INFO if whole_run and not larger else None,
     )
+
+
+def _larger_source(tl: TimelineView, shown: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A measured source of the stuck batch at least twice its size, or None."""
+    if not shown or not shown.get("shape"):
+        return None
+    rows = int(shown["shape"][0])
+    total = shown.get("slice_of_rows")
+    if isinstance(total, int) and total >= 2 * rows and not tl.events("data_base_in_eval"):
+        return {"kind": "slice", "rows": total, "batch_rows": rows}
+    for e in tl.events("data_loader"):
+        n, b = e.get("dataset_len"), e.get("batch_size")
+        if isinstance(n, int) and b == rows and n >= 2 * rows:
+            return {"kind": "loader", "name": e.get("name"), "dataset_len": n, "batch_size": b}
+    return None
 
 
 def _inputs_at(tl: TimelineView, step: int) -> dict[str, Any]:

@@ -47,9 +47,12 @@ def memory_growth(tl: TimelineView) -> Iterator[Finding]:
     marker in its `metadata` dict; traindoctor keeps only a weak reference to it, so the
     marker dies exactly when the node does. At each observed backward it counts the markers
     of steps before the previous one that are still alive (one step's graph held by a
-    `prev_loss` variable is normal) and those already freed. It fires when at least 8
-    earlier graphs are alive at once, they are at least 80% of those observed, and their
-    number rose over the run. Then, once: a walk of the backward's graph for earlier markers
+    `prev_loss` variable is normal) and those already freed. It fires when, at some observed
+    step, at least 8 earlier graphs are alive at once, they are at least 80% of those
+    observed by then, and their number rose to it; it reports the observation with the most
+    alive. A total reset at each epoch (`train_loss = 0` before the epoch's loop) frees the
+    pile at once: that still fires (memory grows over every epoch) and the step at which
+    the graphs were freed is reported. Then, once: a walk of the backward's graph for earlier markers
     (does the backward run through them?) and a `TorchFunctionMode`, from one backward to
     the next, that finds the torch call taking the loss and returning a tensor with a graph
     (the accumulation line). Process RSS (psutil, else /proc/self/statm, else the peak RSS
@@ -89,13 +92,14 @@ def memory_growth(tl: TimelineView) -> Iterator[Finding]:
 def _graph_finding(tl: TimelineView, series: list[tuple[int, dict[str, Any]]]) -> Finding | None:
     if not series:
         return None
-    last_step, last = series[-1]
-    alive, dead = int(last.get("alive") or 0), int(last.get("dead") or 0)
-    rose = bool(last.get("capped")) or any(
-        int(v.get("alive") or 0) <= alive - MIN_RISE for _, v in series
-    )
-    if alive < MIN_ALIVE or alive < MIN_SHARE * (alive + dead) or not rose:
+    peak = _peak(series)
+    if peak is None:
         return None
+    last_step, last = series[peak]
+    alive, dead = int(last.get("alive") or 0), int(last.get("dead") or 0)
+    # A total reset at each epoch's start (`train_loss = 0`) frees the pile at once: memory
+    # still grows over every epoch. Said when the graphs were seen freed after the peak.
+    freed_at = series[peak + 1][0] if peak + 1 < len(series) else None
     first = next((s for s, v in series if int(v.get("alive") or 0) > 0), last_step)
     holder = next(iter(tl.events("graph_holder")), None)
     walk = next(iter(tl.events("graph_retained")), None)
@@ -109,6 +113,7 @@ def _graph_finding(tl: TimelineView, series: list[tuple[int, dict[str, Any]]]) -
         "oldest_alive_step": last.get("oldest"),
         "observed_until_step": last_step,
         "markers_capped": bool(last.get("capped")),
+        "freed_later_at_step": freed_at,
         "accumulation_line": (holder or {}).get("source"),
         "accumulation_code": (holder or {}).get("code"),
         "accumulation_op": (holder or {}).get("op"),
@@ -119,6 +124,11 @@ def _graph_finding(tl: TimelineView, series: list[tuple[int, dict[str, Any]]]) -
     line = f" at {holder['source']}" if holder and holder.get("source") else ""
     code = f" (`{holder['code']}`)" if holder and holder.get("code") else ""
     mem = _memory_words(memory)
+    if freed_at is not None:
+        mem += (
+            f"; they were freed together by step {freed_at} (the holder is reset, e.g. each "
+            "epoch), so memory grows over every such period"
+        )
     if reaches:
         cause = (
             f"the backward{_at(backward_at)} runs through the graphs of earlier steps "
@@ -150,6 +160,27 @@ def _graph_finding(tl: TimelineView, series: list[tuple[int, dict[str, Any]]]) -
         confidence=0.9 if holder else 0.75,
         severity=severity,
     )
+
+
+def _peak(series: list[tuple[int, dict[str, Any]]]) -> int | None:
+    """Index of the observation with the most earlier graphs alive among those that qualify,
+    or None. One qualifies when enough graphs are alive, most of those observed by then, their
+    number rose to it, and they stay alive: it is the last observation, or the next one finds
+    them freed together (at most half left: a total reset at an epoch's start). A bounded
+    window of kept losses (a deque of the last 10) frees one per step and never drops by half."""
+    best = None
+    low = None  # fewest alive so far
+    for i, (_, v) in enumerate(series):
+        alive, dead = int(v.get("alive") or 0), int(v.get("dead") or 0)
+        rose = bool(v.get("capped")) or (low is not None and low <= alive - MIN_RISE)
+        low = alive if low is None else min(low, alive)
+        if alive < MIN_ALIVE or alive < MIN_SHARE * (alive + dead) or not rose:
+            continue
+        if i + 1 < len(series) and int(series[i + 1][1].get("alive") or 0) > alive // 2:
+            continue  # still held at the next observation: judged there
+        if best is None or alive >= int(series[best][1].get("alive") or 0):
+            best = i
+    return best
 
 
 def _cuda_finding(tl: TimelineView) -> Finding | None:

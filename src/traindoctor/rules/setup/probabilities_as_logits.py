@@ -13,6 +13,7 @@ from ._loss_inputs import Site, fmt, loss_sites
 ROW_TOL = 1e-3  # rows sum to 1 within this: float32 softmax rows are off by ~1e-7
 # Losses that apply their own softmax (over the class dim) or sigmoid (per element).
 SOFTMAX_LOSSES = ("cross_entropy",)
+LOG_PROB_LOSSES = ("nll_loss",)  # expect log-probabilities (<= 0, logsumexp 1 per row)
 SIGMOID_LOSSES = ("binary_cross_entropy_with_logits", "multilabel_soft_margin_loss")
 SQUASHING = ("SoftmaxBackward0", "SigmoidBackward0")
 MIN_STEPS_BY_VALUE = 3  # sigmoid losses without a sigmoid op in front: in [0,1] this often
@@ -34,7 +35,8 @@ def double_sigmoid_floor(positive_share: float) -> float:
     code="TD506",
     name="probabilities-as-logits",
     severity=Severity.ERROR,
-    summary="softmax/sigmoid outputs fed to a loss that applies its own: the loss has a floor.",
+    summary="softmax/sigmoid outputs fed to a loss that applies its own (a floor), or to "
+    "nll_loss, which expects log-probabilities (a negative, bounded loss).",
     requires=("loss_inputs.stats",),
     priority=19,
 )
@@ -44,13 +46,19 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     Probabilities passed to a loss that expects logits: `F.cross_entropy` /
     `nn.CrossEntropyLoss` (which apply log-softmax) fed rows that lie in [0, 1] and sum to 1
     (a softmax output), and `binary_cross_entropy_with_logits` / `BCEWithLogitsLoss` fed
-    sigmoid outputs. Reports the loss floor this imposes next to the observed loss.
+    sigmoid outputs. Reports the loss floor this imposes next to the observed loss. Also
+    probabilities passed to `F.nll_loss` / `nn.NLLLoss`, which expect *log*-probabilities
+    (`softmax` where `log_softmax` was meant): the "loss" is then -mean(p_target), negative
+    and bounded in [-1, 0].
 
     ## Why it matters
     The loss squashes the probabilities a second time. Over C classes the best the model can
     do is a one-hot p, whose cross-entropy is log(1 + (C-1)/e) (0.74 for C = 4, 1.9 for
     C = 100), not 0; the gradient through the second softmax is small and flat, so training
-    is slow and ends at a mediocre accuracy although nothing looks broken.
+    is slow and ends at a mediocre accuracy although nothing looks broken. `nll_loss` only
+    picks -input[target]: on probabilities that is -p_target, not -log p_target, so the loss
+    goes negative (a log-likelihood cannot) and a confidently wrong prediction (p_target ~ 0)
+    gets almost no gradient instead of the largest one.
 
     ## How it is measured
     The loss-inputs probe wraps the standard losses while the doctor is attached. On step 1-3
@@ -62,17 +70,22 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     no such op, on at least 3 measured steps). The floor: with p one-hot on the target,
     CE = -1 + log(e + C - 1) = log(1 + (C-1)/e); for BCE-with-logits, log(1 + 1/e) = 0.313 per
     positive and log 2 = 0.693 per negative element, weighted by the measured positive share.
+    `nll_loss` fires when every measured step has all values in [0, 1] and rows summing to 1
+    within 1e-3 (softmax outputs), or values in [0, 1] made by a sigmoid; the observed loss
+    (negative) is reported next to its range [-1, 0].
 
     ## Example
     ```python
     probs = model(x).softmax(dim=1)
     loss = nn.CrossEntropyLoss()(probs, y)     # softmax applied twice
+    loss = F.nll_loss(F.softmax(model(x), dim=1), y)   # -mean(p_target), not the NLL
     ```
 
     ## Fix
     ```python
     logits = model(x)
     loss = nn.CrossEntropyLoss()(logits, y)   # apply softmax only for predictions
+    loss = F.nll_loss(F.log_softmax(model(x), dim=1), y)
     ```
 
     ## Known false positives
@@ -83,6 +96,8 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     for site in loss_sites(tl).values():
         if site.fn in SOFTMAX_LOSSES:
             finding = _softmax(tl, site)
+        elif site.fn in LOG_PROB_LOSSES:
+            finding = _log_probs(tl, site)
         elif site.fn in SIGMOID_LOSSES:
             finding = _sigmoid(tl, site)
         else:
@@ -143,6 +158,54 @@ def _softmax(tl: TimelineView, site: Site) -> Finding | None:
         fix="pass the logits (the output before softmax) to the loss; apply softmax only to "
         "report probabilities, or use F.nll_loss(torch.log_softmax(logits, 1), y)",
         confidence=0.95,
+    )
+
+
+def _log_probs(tl: TimelineView, site: Site) -> Finding | None:
+    """nll_loss on probabilities: log-probabilities are <= 0; these lie in [0, 1]."""
+    classes = site.classes
+    steps = _in_unit(site)
+    if not steps or not classes or classes < 2:
+        return None
+    producer = (site.facts.get("producer") or [None])[0]
+    devs = [site.stats[s].get("rowsum_dev") for s in steps]
+    rows_one = all(d is not None and d <= ROW_TOL for d in devs)
+    if not rows_one and producer != "SigmoidBackward0":
+        return None
+    if max(site.stats[s]["in_max"] for s in steps) <= 0.0:
+        return None  # all zeros: log-probabilities of 1, nothing to tell
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    made = f" (made by `{producer}`)" if producer in SQUASHING else ""
+    what = (
+        f"every row summed to 1 (max deviation {max(devs):.1e}): softmax outputs"
+        if rows_one
+        else "sigmoid outputs"
+    )
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} gets probabilities{made}, not log-probabilities: "
+        f"the loss is -mean(p_target), bounded in [-1, 0]{seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "classes": classes,
+            "loss_range": [-1.0, 0.0],
+            "observed_loss": loss,
+            "input_min": min(site.stats[s]["in_min"] for s in steps),
+            "input_max": max(site.stats[s]["in_max"] for s in steps),
+            "max_row_sum_deviation": max(devs) if rows_one else None,
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+            "input_shape": site.facts.get("input_shape"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps every input value lay in [0, 1] and {what}. "
+        f"{site.fn} expects log-probabilities (<= 0) and only picks -input[target]: on "
+        "probabilities that is -p_target, not -log p_target, so the loss is negative, cannot "
+        "go below -1, and a confidently wrong prediction gets almost no gradient",
+        fix="use log_softmax instead of softmax in front of nll_loss "
+        "(F.nll_loss(F.log_softmax(logits, 1), y)), or pass the logits to F.cross_entropy",
+        confidence=0.95 if rows_one else 0.85,
     )
 
 
