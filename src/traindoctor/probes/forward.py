@@ -39,6 +39,10 @@ class ForwardProbe(Probe):
         super().__init__()
         self._calls: dict[str, dict[str, Any]] = {}
         self._step = 1
+        # id(grad_fn) -> (grad_fn, module) for outputs of modules with a trainable bias, kept
+        # for the step (holding the node keeps its id from being reused): a batch/instance
+        # norm whose input is that very output cancels the bias (TD104).
+        self._biased: dict[int, tuple[Any, str]] = {}
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -50,6 +54,43 @@ class ForwardProbe(Probe):
                         ctx.hook("probe forward", self._make_hook(qual, is_root=not name))
                     )
                 )
+                if name and _has_trainable_bias(module):
+                    self.handles.append(
+                        module.register_forward_hook(ctx.hook("probe forward", self._note_biased))
+                    )
+                if name and _centers_channels(module):
+                    self.handles.append(
+                        module.register_forward_hook(
+                            ctx.hook("probe forward", self._make_norm_hook(qual))
+                        )
+                    )
+        self._names = {
+            id(m): f"{prefix}{n}"
+            for prefix, model in ctx.models.items()
+            for n, m in model.named_modules()
+            if n and _has_trainable_bias(m)
+        }
+        rec.timeline.facts.setdefault("bias_before_norm", {})
+
+    def _note_biased(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        grad_fn = getattr(output, "grad_fn", None) if isinstance(output, torch.Tensor) else None
+        name = self._names.get(id(module))
+        if grad_fn is not None and name is not None:
+            self._biased[id(grad_fn)] = (grad_fn, name)
+
+    def _make_norm_hook(self, qual: str):
+        def hook(module: torch.nn.Module, inputs: Any, _output: Any) -> None:
+            x = inputs[0] if isinstance(inputs, tuple) and inputs else None
+            grad_fn = getattr(x, "grad_fn", None) if isinstance(x, torch.Tensor) else None
+            if grad_fn is None or not _uses_batch_stats(module):
+                return
+            hit = self._biased.get(id(grad_fn))
+            if hit is not None and hit[0] is grad_fn:
+                assert self.ctx is not None
+                facts = self.ctx.doctor.timeline.facts.setdefault("bias_before_norm", {})
+                facts.setdefault(f"{hit[1]}.bias", qual)
+
+        return hook
 
     def _make_hook(self, qual: str, is_root: bool):
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
@@ -77,6 +118,7 @@ class ForwardProbe(Probe):
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._step = step
+        self._biased.clear()
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         self.flush(step, rec)
@@ -84,6 +126,7 @@ class ForwardProbe(Probe):
         if step >= self.ctx.doctor.budget.structural_steps:
             self.detach()
             self.retired = True
+            self._biased.clear()
 
     def flush(self, step: int, rec: Recorder) -> None:
         if self._calls:
@@ -91,3 +134,22 @@ class ForwardProbe(Probe):
             self._calls = {}
         elif self.handles:
             rec.record(step, FORWARD_CALLS, {})
+
+
+def _has_trainable_bias(module: torch.nn.Module) -> bool:
+    bias = module._parameters.get("bias")
+    return bias is not None and bias.requires_grad and bias.dim() == 1
+
+
+def _centers_channels(module: torch.nn.Module) -> bool:
+    """Norms that subtract a per-channel mean over the batch (BatchNorm) or the positions
+    (InstanceNorm): a per-channel bias added right before them cancels. GroupNorm and
+    LayerNorm subtract a mean over several channels: a per-channel bias survives them."""
+    return isinstance(
+        module, torch.nn.modules.batchnorm._BatchNorm | torch.nn.modules.instancenorm._InstanceNorm
+    )
+
+
+def _uses_batch_stats(module: torch.nn.Module) -> bool:
+    # In eval mode with running statistics the mean is a constant: the bias does not cancel.
+    return module.training or getattr(module, "running_mean", None) is None

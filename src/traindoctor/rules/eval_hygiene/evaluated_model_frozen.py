@@ -9,6 +9,11 @@ from ...timeline import TimelineView
 from .._registry import rule
 
 MIN_VALIDATIONS = 3
+# A copy run in more than half of the steps it spans is part of each training step (a DQN
+# target network, a teacher): its syncs may lie beyond a short run. Evaluations run at an
+# epoch cadence, far below it.
+MAX_CALLED_SHARE = 0.5
+TRAINED = "<trained>"
 
 
 @rule(
@@ -55,9 +60,20 @@ def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:
     ema.update(model)                      # after every optimizer step
     ```
 
+    In zero-code mode (`traindoctor run`, no `doc.validating()`), the copies are found by
+    measurement: at the first backward, modules whose parameters are bit-identical to the
+    trained model's (a `copy.deepcopy`, a `load_state_dict`) are followed. Each run of their
+    forward calls without gradient (or in eval mode) that starts after a step without one is
+    an evaluation; the copy's and the trained model's summed parameter norms are taken
+    then. Fires when a copy was evaluated at least 3 times, in at most half of the steps
+    between its first and last evaluation, with bit-identical norms every time while the
+    trained model's changed.
+
     ## Known false positives
     Evaluating a fixed reference model (a baseline or teacher) on purpose with
-    `doc.validating(reference)`.
+    `doc.validating(reference)`, or, in zero-code mode, a copy of the initial model kept on
+    purpose and evaluated every epoch as a baseline. A target network or teacher used in
+    every training step is not an evaluation and is not reported.
     """
     evaluated = [fp for _, fps in tl.series("modes.validated_fingerprint") for fp in fps]
     trained = [fp for _, fps in tl.series("modes.trained_fingerprint") for fp in fps]
@@ -75,6 +91,64 @@ def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:
             )
         return
     yield from _judge(tl, evaluated, trained, [e for e in events if not e.get("is_trained_model")])
+    if not events:
+        yield from _judge_copies(tl)
+
+
+def _judge_copies(tl: TimelineView) -> Iterator[Finding]:
+    """Zero-code mode: copies of the trained model that the script evaluates without a
+    doc.validating() call (an EMA built before the loop, run under no_grad each epoch)."""
+    copies = (tl.fact("copies") or {}).get("modules") or {}
+    if not copies:
+        return
+    fps = tl.series("copies.evaluated")
+    for name, record in copies.items():
+        occasions = record.get("occasions") or []
+        if len(occasions) < MIN_VALIDATIONS:
+            continue
+        first, last = record.get("first_step"), record.get("last_step")
+        span = last - first + 1 if first is not None and last is not None else 0
+        if not span or record.get("steps_called", 0) > span * MAX_CALLED_SHARE:
+            # Run in (nearly) every step: part of the training computation (a target network,
+            # a teacher), whose sync may simply come later than this run; not an evaluation.
+            continue
+        evaluated = [v[name] for _, v in fps if name in v]
+        trained = [v[TRAINED] for _, v in fps if name in v and TRAINED in v]
+        if len(evaluated) < MIN_VALIDATIONS or any(fp != evaluated[0] for fp in evaluated):
+            continue
+        if len(trained) < 2 or all(fp == trained[0] for fp in trained):
+            continue
+        of = record.get("of") or "<model>"
+        model = "the model" if of == "<model>" else f"`{of}`"
+        label = f"a {record.get('class', 'module')} copy of {model}"
+        steps = occasions[:20]
+        yield tl.finding(
+            title=f"The evaluated copy ({label}) never changed over {len(evaluated)} "
+            "evaluations while the trained model did",
+            step=occasions[MIN_VALIDATIONS - 1],
+            evidence={
+                "validated_model": name,
+                "evaluations": len(evaluated),
+                "evaluation_steps": steps,
+                "steps_called": record.get("steps_called"),
+                "steps_spanned": span,
+                "copied_params": record.get("copied_params"),
+                "trained_model_changed": True,
+            },
+            where=Where(module=None, source=record.get("source")),
+            cause=(
+                f"{label[0].upper()}{label[1:]} (bit-identical to it when training started) is "
+                f"run without gradient at steps {occasions[0]}..{occasions[-1]}, once every few "
+                "steps like an evaluation, and its parameters are exactly the same every time "
+                "while the trained model's change: it is never updated (an EMA whose update() "
+                "is not called, a deepcopy taken once), so every number computed from it "
+                "describes the initial weights."
+            ),
+            fix=(
+                "Update the copy after each optimizer step (e.g. `ema.update(model)`), or "
+                "evaluate the trained model itself."
+            ),
+        )
 
 
 def _model_key(event: dict) -> tuple:

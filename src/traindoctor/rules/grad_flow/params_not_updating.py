@@ -56,6 +56,12 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 1000))
     ```
 
+    A bias that goes straight into a BatchNorm or InstanceNorm in training mode (a forward
+    hook sees the norm's input is the biased layer's own output) is cancelled by the norm's
+    mean subtraction: its gradient is 0 up to rounding. It is reported as info, with the fix
+    `bias=False`. Params whose gradient is exactly 0 while other params change are reached by
+    backward but got no signal from the batches seen (a head whose targets were absent): info.
+
     ## Known false positives
     When every gradient is exactly 0 the optimizer is not at fault; the finding is still
     reported (the params do not move) but ranked after the findings that explain the zero
@@ -76,6 +82,13 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
         frozen = still if frozen is None else frozen & still
     if not frozen:
         return
+    cancelled = tl.fact("bias_before_norm") or {}
+    by_norm = sorted(n for n in frozen if n in cancelled)
+    if by_norm:
+        yield _bias_before_norm(tl, by_norm, cancelled, grads, [s for s, _ in updates])
+    frozen -= set(by_norm)
+    if not frozen:
+        return
     names = sorted(frozen)
     all_names = list((tl.fact("params") or {}).keys())
     groups = group_params(names, all_names)
@@ -85,7 +98,7 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     zero_lr = {g for g, vals in lrs.items() if vals and all(v == 0 for v in vals)}
     cause, fix = _cause(tl, zero_lr, lrs, grad_zero)
     finding = tl.finding(
-        title=f"{len(names)} params did not change in {len(steps)} optimizer steps "
+        title=f"{len(names)} params did not change in {len(steps)} {what} "
         f"({describe_groups(groups)})",
         step=steps[0],
         evidence={
@@ -102,7 +115,73 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
         # The step did its job on a zero gradient: the root cause is upstream, in the loss or
         # the gradient path (TD107 loss-constant, TD3xx), so rank this finding after those.
         finding = replace(finding, priority=CONSEQUENCE_PRIORITY)
+        moved = {n for _, upd in updates for n, v in upd.items() if v > 0.0}
+        if moved:
+            # Reached by backward (the gradient is a tensor of zeros, not None) while the
+            # rest of the model trains: the batches seen gave them no signal (a head whose
+            # targets were absent, a masked term). Not an error by itself; a blocking op or
+            # a constant loss, if that is the reason, is reported by its own rule.
+            finding = replace(
+                finding,
+                severity=Severity.INFO,
+                cause=(
+                    f"their gradient was exactly 0 at every observed step while {len(moved)} "
+                    "other params changed: backward reaches them (the gradient is a tensor of "
+                    "zeros, not None) but the loss is flat with respect to them on the batches "
+                    "seen (a head whose targets were absent from these batches, a masked loss "
+                    "term, a saturated op)"
+                ),
+                fix=(
+                    "nothing, if later batches give them a gradient (a class or target that "
+                    "was absent); otherwise find where the gradient stops (traindoctor explain "
+                    "TD301)"
+                ),
+            )
     yield finding
+
+
+def _bias_before_norm(tl, names, cancelled, grads, steps) -> Finding:
+    """Biases that a batch/instance norm cancels: their gradient is zero up to rounding."""
+    bias_grad = max((grads.get(s, {}).get(n, 0.0) for s in steps for n in names), default=0.0)
+    weight_grads = [
+        grads.get(s, {}).get(n.rsplit(".", 1)[0] + ".weight") for s in steps for n in names
+    ]
+    weight_grads = [g for g in weight_grads if g]
+    weight_grad = min(weight_grads) if weight_grads else None
+    layers = sorted({n.rsplit(".", 1)[0] for n in names})
+    norms = sorted({cancelled[n] for n in names})
+    relative = (
+        f", {bias_grad / weight_grad:.0e} × the smallest weight-gradient norm of these layers"
+        if weight_grad and bias_grad
+        else ""
+    )
+    return tl.finding(
+        title=f"{len(names)} bias{'es' if len(names) > 1 else ''} right before a "
+        f"normalization did not change in "
+        f"{len(steps)} optimizer steps ({', '.join(f'`{n}`' for n in names[:4])}"
+        f"{', …' if len(names) > 4 else ''}): the normalization cancels them",
+        step=steps[0],
+        evidence={
+            "unchanged_params": len(names),
+            "observed_steps": steps,
+            "normalized_by": {n: cancelled[n] for n in names},
+            "max_bias_grad_norm": bias_grad,
+            "min_weight_grad_norm": weight_grad,
+        },
+        where=Where(module=common_module(names), params=tuple(names)),
+        cause=(
+            f"the output of {', '.join(f'`{m}`' for m in layers[:4])} goes straight into "
+            f"{', '.join(f'`{m}`' for m in norms[:4])}, which subtracts the per-channel mean "
+            "over the batch: a per-channel bias added before it cancels, so its gradient is 0 "
+            f"up to rounding (at most {bias_grad:.1e}{relative}) and the step leaves it "
+            "unchanged. Harmless for training; the bias is dead weight"
+        ),
+        fix=(
+            "build these layers without a bias (nn.Conv2d(..., bias=False), "
+            "nn.Linear(..., bias=False)): the normalization's own bias (beta) plays its role"
+        ),
+        severity=Severity.INFO,
+    )
 
 
 def _group_lrs(tl: TimelineView, names: list[str], steps: list[int]) -> dict[str, list[float]]:
