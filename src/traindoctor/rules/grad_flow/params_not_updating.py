@@ -98,7 +98,7 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     zero_lr = {g for g, vals in lrs.items() if vals and all(v == 0 for v in vals)}
     cause, fix = _cause(tl, zero_lr, lrs, grad_zero)
     finding = tl.finding(
-        title=f"{len(names)} params did not change in {len(steps)} {what} "
+        title=f"{len(names)} params did not change in {len(steps)} optimizer steps "
         f"({describe_groups(groups)})",
         step=steps[0],
         evidence={
