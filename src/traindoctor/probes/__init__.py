@@ -15,6 +15,7 @@ from .init import InitProbe
 from .loss import LossProbe
 from .loss_inputs import LossInputsProbe
 from .memory import MemoryProbe
+from .metric_calls import MetricCallsProbe
 from .metrics import MetricsProbe
 from .modes import FrozenModesProbe, ModesProbe
 from .numerics import NumericsProbe
@@ -37,14 +38,15 @@ PROBES: tuple[type[Probe], ...] = (
     GradPathProbe,
     ActivationsProbe,
     MetricsProbe,
+    MetricCallsProbe,
     ModesProbe,
     AuditProbe,
     MemoryProbe,
     FrozenModesProbe,
     ScheduleProbe,
+    CopiesProbe,
 )
 
-    CopiesProbe,
 
 def default_probes() -> list[Probe]:
     return [cls() for cls in PROBES]

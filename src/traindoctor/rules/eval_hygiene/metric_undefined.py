@@ -18,6 +18,7 @@ WHAT_IT_NEEDS = {
     "predictions",
     "no target to compare with": "targets",
     "no batch": "at least one batch",
+    "only one class in the targets": "two classes in the targets",
 }
 # Reasons that are about the data (targets), not about what the model predicted.
 DATA_REASONS = {
@@ -26,6 +27,7 @@ DATA_REASONS = {
     "the class is absent from both targets and predictions",
     "no target to compare with",
     "no batch",
+    "only one class in the targets",
 }
 
 
@@ -98,7 +100,11 @@ def _measured(
     evidence: dict[str, Any] = {}
     for name, items in by_metric.items():
         last = items[-1][1]
-        computed = sum(1 for r in runs if name in (r.get("values") or {})) or len(items)
+        computed = (
+            sum(1 for r in runs if name in (r.get("values") or {}))
+            or (tl.fact("metric_calls") or {}).get(name)
+            or len(items)
+        )
         evidence[name] = {
             "reason": last.get("reason"),
             "class": last.get("class"),
@@ -149,6 +155,35 @@ def _measured(
     returned = [v for v in head["library_returned"] if v is not None]
     said = f"; the metric itself returned {returned[-1]:g}" if returned else ""
     needs = WHAT_IT_NEEDS.get(reason or "", "data it can be computed on")
+    first = by_metric[names[0]][-1][1]
+    source = first.get("source")
+    if source is not None:
+        # Called by the script itself (scikit-learn, torchmetrics' functions): no NaN of ours.
+        value = (first.get("counts") or {}).get("target_value")
+        said = (
+            "; it raised"
+            if first.get("raised")
+            else f"; it returned {returned[-1]:g}"
+            if returned
+            else ""
+        )
+        seen = f"every target was {value:g}" if value is not None else "one class only"
+        return tl.finding(
+            title=title.replace(" validation(s)", " call(s)"),
+            step=by_metric[names[0]][0][0],
+            evidence={"metrics": evidence},
+            where=Where(op=names[0].split(" ", 1)[0], source=source),
+            cause=(
+                f"`{names[0]}` needs {needs} and {seen}{said}: the value (often replaced by 0 "
+                "when the call raises) describes the data, not the model"
+            ),
+            fix=(
+                "check how the targets are built (mask thresholds, label mapping); compute "
+                "ranking metrics over the whole validation set, not per batch or per image, "
+                "and skip them where the targets hold one class"
+            ),
+            severity=None if serious(names[0]) else Severity.INFO,
+        )
     return tl.finding(
         title=title,
         step=by_metric[names[0]][0][0],
