@@ -15,7 +15,20 @@ def _flat(n):
     return [2.0 + 0.01 * ((i * 7) % 5) for i in range(n)]
 
 
-def _tl(values, ratio=1e-8, lr=1e-7, per_step=1):
+# A supervised cross-entropy on labels from a fixed set: the loss the rule judges as meant to fall.
+CE = {
+    "kind": "loss_input",
+    "step": 1,
+    "site": 0,
+    "fn": "cross_entropy",
+    "classes": 3,
+    "input_shape": [32, 3],
+    "target_float": False,
+    "source": "train.py:86",
+}
+
+
+def _tl(values, ratio=1e-8, lr=1e-7, per_step=1, loss_event=CE, extra=None):
     steps = {}
     for i, v in enumerate(values, 1):
         steps[i] = {
@@ -25,7 +38,13 @@ def _tl(values, ratio=1e-8, lr=1e-7, per_step=1):
         if i % 10 == 0 or i <= 3:
             steps[i]["params.norm"] = dict.fromkeys(PARAMS, 4.0)
             steps[i]["params.update"] = dict.fromkeys(PARAMS, 4.0 * ratio)
+            if loss_event is not None:
+                steps[i]["loss_inputs.observed"] = [0]
+        for name, value in (extra or {}).get(i, {}).items():
+            steps[i][name] = value
     events = [{"kind": "log_call", "step": 1, "validating": False, "source": "train.py:88"}]
+    if loss_event is not None:
+        events.append(loss_event)
     return make_timeline(params=PARAMS, steps=steps, events=events)
 
 
@@ -41,6 +60,8 @@ def test_fires_for_a_learning_rate_far_too_small():
     assert f.evidence["median_update_ratio"] == pytest.approx(1e-8)
     assert f.confidence == 0.7
     assert "updates are tiny" in f.cause and "lr=1e-07" in f.cause
+    assert f.evidence["objective"] == "supervised"
+    assert "judged: supervised cross_entropy" in f.cause
 
 
 def test_healthy_twin_is_silent():
@@ -87,3 +108,63 @@ def test_no_update_measured():
     f = assert_fires("TD108", tl)
     assert f.evidence["median_update_ratio"] is None
     assert "no parameter update was measured" in f.cause
+
+
+# -- which losses are judged: measured structure, not names ---------------------------------
+def test_hand_written_loss_with_normal_updates_is_info_only():
+    f = assert_fires("TD108", _tl(_flat(60), ratio=1e-3, lr=0.01, loss_event=None))
+    assert f.severity is Severity.INFO
+    assert f.evidence["objective"] == "hand-written"
+    assert "not judged a fault" in f.cause
+
+
+def test_tiny_updates_are_a_fault_whatever_the_objective():
+    f = assert_fires("TD108", _tl(_flat(60), ratio=1e-9, lr=1e-7, loss_event=None))
+    assert f.severity is Severity.WARNING
+    assert "updates are tiny" in f.cause
+
+
+def test_moving_regression_targets_are_not_judged():
+    # TD targets that climb as the Q-values grow: the loss may rise while the agent learns
+    mse = dict(CE, fn="mse_loss", classes=None, target_float=True, input_shape=[32])
+    extra = {
+        s: {
+            "loss_inputs.stats": {
+                "0.t_mean": 0.1 * s,
+                "0.t_min": 0.1 * s - 0.5,
+                "0.t_max": 0.1 * s + 0.5,
+            }
+        }
+        for s in (1, 2, 3, 10, 20, 30, 40, 50, 60)
+    }
+    assert_silent("TD108", _tl(_flat(60), ratio=1e-3, lr=0.01, loss_event=mse, extra=extra))
+    # the same targets without the trend: a supervised regression, judged
+    still = {
+        s: {
+            "loss_inputs.stats": {"0.t_mean": 0.0, "0.t_min": -1.0 - 0.01 * (s % 3), "0.t_max": 1.0}
+        }
+        for s in (1, 2, 3, 10, 20, 30, 40, 50, 60)
+    }
+    f = assert_fires("TD108", _tl(_flat(60), ratio=1e-3, lr=0.01, loss_event=mse, extra=still))
+    assert f.severity is Severity.WARNING and f.evidence["objective"] == "supervised"
+
+
+def test_a_loss_that_fell_in_its_first_steps_then_held_has_fallen():
+    values = [2.0, 1.2, 0.6] + [0.5 + 0.01 * (i % 3) for i in range(57)]
+    assert_silent("TD108", _tl(values, ratio=1e-3, lr=0.01))
+
+
+def test_lr_far_too_high_hidden_by_clipping():
+    values = [1.1] + [1.3 + 0.05 * (i % 4) for i in range(59)]  # above ln 3, the uniform guess
+    extra = {
+        i: {"schedule.clip_norm": [8.0 + (i % 3)], "schedule.clip_max": [1.0]} for i in range(1, 61)
+    }
+    f = assert_fires("TD108", _tl(values, ratio=2.0, lr=1.0, extra=extra))
+    assert f.severity is Severity.WARNING
+    hot = f.evidence["lr_too_high"]
+    assert hot["clipped_steps"] == 60 and hot["max_norm"] == 1.0
+    assert hot["update_to_initial"] == 2.0
+    assert "far too high" in f.cause and "clip_grad_norm_(max_norm=1)" in f.cause
+    # the same clipping with healthy step sizes: not this cause
+    g = assert_fires("TD108", _tl(values, ratio=1e-3, lr=1e-3, extra=extra))
+    assert "lr_too_high" not in g.evidence

@@ -8,13 +8,34 @@ from traindoctor.testing import assert_fires, assert_silent, make_timeline
 PARAMS = ["enc.weight", "head.weight"]
 
 
-def _tl(losses, grads=None):
+# A supervised regression on fixed targets: a loss meant to fall.
+MSE = {
+    "kind": "loss_input",
+    "step": 1,
+    "site": 0,
+    "fn": "mse_loss",
+    "classes": None,
+    "input_shape": [64, 1],
+    "target_float": True,
+    "source": "train.py:30",
+}
+STATS = {"0.t_mean": 0.1, "0.t_min": -2.0, "0.t_max": 2.0}
+
+
+def _tl(losses, grads=None, loss_event=MSE, optimizers=None, sites=()):
     steps = {}
     for i, v in enumerate(losses, 1):
         steps[i] = {"loss.backward": [v], "optim.lr": {"opt0/group0": 0.8}}
+        if loss_event is not None and (i <= 3 or i % 5 == 0):
+            steps[i]["loss_inputs.observed"] = [0]
+            steps[i]["loss_inputs.stats"] = dict(STATS)
     for s, g in (grads or {}).items():
         steps[s]["grads.norm"] = g
-    return make_timeline(params=PARAMS, steps=steps)
+    events = [loss_event] if loss_event is not None else []
+    events += [
+        {"kind": "backward_site", "step": 1, "site": i, "source": s} for i, s in enumerate(sites)
+    ]
+    return make_timeline(params=PARAMS, steps=steps, events=events, optimizers=optimizers)
 
 
 def _grads(head_at_20):
@@ -31,6 +52,7 @@ def test_divergence_with_the_leading_layer():
     assert f.where.module == "head"
     assert f.evidence["leading_layer"]["step"] == 20
     assert 13 <= f.step <= 16
+    assert "judged: supervised mse_loss" in f.cause
 
 
 def test_spike_is_a_warning():
@@ -51,3 +73,31 @@ def test_healthy_decrease_and_noise_are_silent():
 
 def test_nonfinite_losses_are_left_to_td201():
     assert_silent("TD210", _tl([1.0] * 20 + [float("nan")] * 10))
+
+
+def test_a_jump_in_the_first_steps_counts_from_the_loss_before_any_update():
+    losses = [3.3] + [60.0 + 5 * (i % 4) for i in range(39)]
+    f = assert_fires("TD210", _tl(losses))
+    assert f.evidence["kind"] == "divergence" and f.step == 2
+    assert f.evidence["loss_before"] == 3.3
+
+
+def test_a_rising_hand_written_loss_is_info_and_its_spikes_are_not_judged():
+    rising = [1.0 + 0.1 * i for i in range(40)]  # an episode-summed RL loss as episodes grow
+    f = assert_fires("TD210", _tl(rising, loss_event=None))
+    assert f.severity is Severity.INFO
+    assert "not judged a fault" in f.cause and "overshoot" not in f.cause
+    spiky = [1.0 - 0.01 * i for i in range(30)]
+    spiky[20] = 4.0
+    assert_silent("TD210", _tl(spiky, loss_event=None))
+
+
+def test_models_trained_against_each_other_are_not_judged():
+    from traindoctor.testing import optimizer_facts
+
+    opts = [optimizer_facts(["enc.weight"]), optimizer_facts(["head.weight"])]
+    rising = [0.7 + 0.05 * i for i in range(40)]
+    assert_silent("TD210", _tl(rising, optimizers=opts, sites=("gan.py:26", "gan.py:30")))
+    # one loss stepped by two optimizers (per-group optimizers): still judged
+    f = assert_fires("TD210", _tl(rising, optimizers=opts, sites=("train.py:40",)))
+    assert f.severity is Severity.ERROR

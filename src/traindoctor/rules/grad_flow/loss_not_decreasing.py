@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._objective import objective, too_high_lr
 from .._registry import rule
 from .._util import (
     loss_source,
@@ -62,28 +63,50 @@ def loss_not_decreasing(
     if len(set(values)) <= 2:
         return  # bit-constant: TD107 reports it with its cause
     w = max(5, len(values) // 5)
-    first, last = statistics.median(values[:w]), statistics.median(values[-w:])
+    # The start is the higher of the first fifth and the first 3 steps: a loss that fell within
+    # the first few steps and then held its level has fallen.
+    first = max(statistics.median(values[:w]), statistics.median(values[:3]))
+    last = statistics.median(values[-w:])
     drop = (first - last) / abs(first) if first else 0.0
-    if drop >= min_rel_drop:
+    obj = objective(tl)
+    hot = too_high_lr(tl, values)
+    if drop >= min_rel_drop and hot is None:
         return
     ratio = _median_update_ratio(tl)
-    cause, fix = _cause(tl, ratio, drop)
+    cause, fix, fault = _cause(tl, ratio, drop, hot)
+    if not (fault or obj.falls) and ratio is not None:
+        cause = f"the loss did not fall while the weights moved (median ||Δθ||/||θ|| = {ratio:.2g})"
+        fix = "nothing to fix if this loss is not meant to fall; otherwise see the docs"
+    if fault or obj.falls:
+        severity = Severity.WARNING
+    elif obj.falls is None:
+        severity = Severity.INFO
+    else:
+        return  # a loss that is not meant to fall, moved at a normal rate: nothing to say
     src = loss_source(tl)
+    evidence = {
+        "first_median": first,
+        "last_median": last,
+        "relative_change": -drop,
+        "steps": len(values),
+        "median_update_ratio": ratio,
+        "objective": obj.kind,
+        "judged": obj.judged,
+    }
+    if hot is not None:
+        evidence["lr_too_high"] = hot
     yield tl.finding(
         title=f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
         f"{len(values)} steps",
         step=series[0][0],
-        evidence={
-            "first_median": first,
-            "last_median": last,
-            "relative_change": -drop,
-            "steps": len(values),
-            "median_update_ratio": ratio,
-        },
+        evidence=evidence,
         where=Where(source=src),
-        cause=cause,
+        cause=f"{cause}; judged: {obj.judged}"
+        if severity is Severity.WARNING
+        else f"{cause}; not judged a fault: {obj.judged}",
         fix=fix,
-        confidence=0.7,
+        severity=severity,
+        confidence=0.7 if severity is Severity.WARNING else 0.4,
     )
 
 
@@ -98,34 +121,58 @@ def _median_update_ratio(tl: TimelineView) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def _cause(tl: TimelineView, ratio: float | None, drop: float) -> tuple[str, str]:
+def _cause(
+    tl: TimelineView, ratio: float | None, drop: float, hot: dict | None
+) -> tuple[str, str, bool]:
+    """(cause, fix, fault): fault is True when the measured cause is a fault in itself,
+    whatever the objective (nothing moves, or steps far too small or too large)."""
     lrs = [v for _, d in tl.series("optim.lr") for v in d.values() if v is not None]
     lr = f" (lr={lrs[-1]:g})" if lrs else ""
+    if hot is not None:
+        return (
+            f"the learning rate is far too high{lr} and gradient clipping hides it: "
+            f"clip_grad_norm_(max_norm={hot['max_norm']:g}) cut the gradient on "
+            f"{hot['clipped_steps']} of {hot['clip_steps']} steps (median norm "
+            f"{hot['median_grad_norm']:.3g}, {hot['median_grad_norm'] / hot['max_norm']:.0f}x the "
+            f"limit), each step moved the weights by {hot['update_to_initial']:.2g} times their "
+            f"initial norm (||Δθ||/||θ_0||, median; a healthy step moves them by about 1e-3), "
+            f"and the loss ends at "
+            f"{hot['last']:.4g}, {hot['reference_text']}: no NaN, because every step is clipped, "
+            "but no descent either",
+            "lower the learning rate (by 10x steps) until clipping is active on few steps and "
+            "||Δθ||/||θ|| is about 1e-3 per step; keep the clip as a guard",
+            True,
+        )
     if ratio is None:
         return (
             "no parameter update was measured",
             "check that optimizer.step() runs and the params are in the optimizer",
+            False,
         )
     if ratio == 0:
         return (
             "the parameters do not change at all (see TD104/TD105)",
             "fix what stops the update first",
+            True,
         )
     if ratio < 1e-6:
         return (
             f"updates are tiny: the median ||Δθ||/||θ|| per step is {ratio:.2g}{lr}, so the "
             "learning rate is far too small to move the weights in this many steps",
             "raise the learning rate until ||Δθ||/||θ|| is around 1e-4 to 1e-2 per step",
+            True,
         )
     if ratio > 1e-1:
         return (
             f"updates are huge: the median ||Δθ||/||θ|| per step is {ratio:.2g}{lr}; the weights "
             "jump around instead of descending",
             "lower the learning rate (or clip gradients) until ||Δθ||/||θ|| is about 1e-3",
+            False,
         )
     return (
         f"the weights move at a normal rate (median ||Δθ||/||θ|| = {ratio:.2g}{lr}) but the loss "
         "does not fall: the targets may not match the inputs (shuffled or misaligned labels), the "
         "loss may not be the quantity the model can reduce, or the model is too small",
         "check input/target alignment on a few samples, and that the model can overfit one batch",
+        False,
     )

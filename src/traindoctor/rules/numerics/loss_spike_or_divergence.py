@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._objective import objective, too_high_lr, updates_to_initial
 from .._registry import rule
 from .._util import loss_source, per_step_mean, train_loss_values
 from ._layers import fmt, layer_series, median_mad, params_of
@@ -68,9 +69,15 @@ def loss_spike_or_divergence(
     losses = [(s, v) for s, v in per_step_mean(train_loss_values(tl)) if math.isfinite(v)]
     if len(losses) < min_steps:
         return
+    obj = objective(tl)
+    if obj.falls is False:
+        return  # a loss not meant to fall: its rises and jumps are its course, not a fault
     values = [v for _, v in losses]
     w = max(3, len(values) // 10)
-    first = statistics.median(values[:w])
+    # The loss before any update counts as the start too: a loss that jumped within the first
+    # window (a far too high lr) already has a blown-up first-window median.
+    first = min(statistics.median(values[:w]), values[0]) if values[0] > 0 else None
+    first = first if first is not None else statistics.median(values[:w])
     last = statistics.median(values[-w:])
     rolling = [statistics.median(values[i : i + w]) for i in range(len(values) - w + 1)]
     best = min(rolling)
@@ -83,15 +90,24 @@ def loss_spike_or_divergence(
         below = [i for i, v in enumerate(values) if v < threshold]
         onset_i = below[-1] + 1 if below else 0
         onset_i = min(onset_i, len(values) - 1)
+        if obj.falls:
+            severity = Severity.ERROR
+        elif too_high_lr(tl, values) is not None or _overshoots(tl):
+            severity = Severity.WARNING  # the steps are measured too large, whatever the loss
+        else:
+            severity = Severity.INFO
         yield _finding(
             tl,
             kind="divergence",
             step=losses[onset_i][0],
             before=first if threshold == diverge_factor * first else best,
             value=last,
-            severity=Severity.ERROR,
+            severity=severity,
+            judged=obj.judged,
         )
         return
+    if not obj.falls:
+        return  # jumps of a loss whose course is unknown: not judged
     for i in range(10, len(values)):
         window = values[i - 10 : i]
         med, mad = median_mad(window)
@@ -103,13 +119,32 @@ def loss_spike_or_divergence(
             and v - med >= 0.5 * first
         ):
             yield _finding(
-                tl, kind="spike", step=losses[i][0], before=med, value=v, severity=Severity.WARNING
+                tl,
+                kind="spike",
+                step=losses[i][0],
+                before=med,
+                value=v,
+                severity=Severity.WARNING,
+                judged=obj.judged,
             )
             return
 
 
+def _overshoots(tl: TimelineView, min_update: float = 0.3) -> bool:
+    """Each step moves the weights by at least `min_update` of their initial norm (median)."""
+    moves = updates_to_initial(tl)
+    return len(moves) >= 2 and statistics.median(moves) >= min_update
+
+
 def _finding(
-    tl: TimelineView, *, kind: str, step: int, before: float, value: float, severity: Severity
+    tl: TimelineView,
+    *,
+    kind: str,
+    step: int,
+    before: float,
+    value: float,
+    severity: Severity,
+    judged: str,
 ) -> Finding:
     params = tl.fact("params") or {}
     layer, layer_ev = _leading_layer(tl, step)
@@ -120,7 +155,10 @@ def _finding(
         if layer
         else ""
     )
-    if kind == "divergence":
+    if kind == "divergence" and severity is Severity.INFO:
+        title = f"training loss rises from step {step}: {fmt(before)} -> {fmt(value)}"
+        cause = f"the loss climbs from {fmt(before)} to {fmt(value)} and does not come back"
+    elif kind == "divergence":
         title = f"training loss diverges from step {step}: {fmt(before)} -> {fmt(value)}"
         cause = (
             f"the loss climbs away from {fmt(before)} to {fmt(value)} and does not come back"
@@ -143,13 +181,16 @@ def _finding(
             "loss": value,
             "leading_layer": layer_ev,
             "lr": lrs,
+            "judged": judged,
         },
         where=Where(
             module=layer,
             params=params_of(params, layer) if layer else (),
             source=loss_source(tl),
         ),
-        cause=cause,
+        cause=f"{cause}; judged: {judged}"
+        if severity is not Severity.INFO
+        else f"{cause}; not judged a fault: {judged}",
         fix="lower the learning rate or add a warmup; if one layer leads, give its group a "
         "smaller lr; look at the batch of that step; clip with clip_grad_norm_ at a norm measured "
         "on a healthy run as a guard, not as the fix",

@@ -1,0 +1,378 @@
+"""Which training losses are expected to fall, judged from measured structure (not from names).
+
+TD108 (loss-not-decreasing) and TD210 (loss-spike-or-divergence) compare a loss with its own
+start. That is a fault only for an objective that is meant to fall: a supervised loss against
+targets from a fixed set. Many healthy programs train objectives that are not: models trained
+against each other (a GAN's generator and discriminator), targets the run itself produces and
+moves (RL returns and TD targets, an assigner's matches), instance-discrimination losses whose
+classes are the batch's own embeddings (InfoNCE), losses written by hand that traindoctor cannot
+read. `objective(tl)` says which of these a run is, from what the probes recorded:
+
+- the optimizers: two or more stepping disjoint sets of params, with two or more backward call
+  sites, are separate models with their own losses;
+- the standard loss calls (`loss_input` events, `loss_inputs.*`): the kind of target, whether
+  the label mix or the target range moves over the run (halves compared, measured against the
+  spread within a batch), whether each sample is its own class;
+- how much of the backward root the standard losses account for.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from ..timeline import TimelineView
+from ._util import per_step_mean, train_loss_values
+
+CLASS_FNS = ("cross_entropy", "nll_loss")
+# Observed steps of a site's targets needed to call them stationary or moving: batches of one
+# target (no range within a batch to compare with) need more.
+MIN_OBSERVED = 6
+MIN_OBSERVED_WIDE = 4
+
+
+@dataclass(frozen=True)
+class Objective:
+    """`falls`: True when the loss is expected to fall (a fault if it does not), False when it
+    is not meant to, None when traindoctor cannot tell. `judged` says why, for the evidence."""
+
+    falls: bool | None
+    kind: str
+    judged: str
+
+
+def objective(tl: TimelineView) -> Objective:
+    several = _several_models(tl)
+    if several is not None:
+        return several
+    sites = _training_sites(tl)
+    if not sites:
+        return Objective(
+            None,
+            "hand-written",
+            "a loss written by hand (no standard loss function was seen in training), so "
+            "traindoctor cannot tell whether it is meant to fall",
+        )
+    stats = _stats_by_site(tl)
+    labels = _labels_by_site(tl)
+    kinds = []
+    for site, event in sorted(sites.items()):
+        fn = event.get("fn")
+        if fn in CLASS_FNS and not event.get("target_float"):
+            own = _own_class(event, stats.get(site, []), labels.get(site, []))
+            if own:
+                return Objective(None, "contrastive", f"{fn} at {_src(event)}: {own}")
+            moved = _labels_moved(labels.get(site, []))
+            if moved:
+                return Objective(False, "moving-targets", f"{fn} at {_src(event)}: {moved}")
+            kinds.append(f"{fn} ({event.get('classes')} classes)")
+        else:
+            moved = _targets_moved(stats.get(site, []))
+            if moved is None:
+                return Objective(
+                    None,
+                    "unobserved-targets",
+                    f"{fn} at {_src(event)}: its targets were observed on too few steps to tell "
+                    "whether they stay put",
+                )
+            if moved:
+                return Objective(False, "moving-targets", f"{fn} at {_src(event)}: {moved}")
+            kinds.append(f"{fn}")
+    share = _standard_share(tl, sites, stats)
+    if share is not None and not 0.8 <= share <= 1.25:
+        return Objective(
+            None,
+            "mixed",
+            f"the standard losses seen ({', '.join(sorted(set(kinds)))}) make up "
+            f"{share:.0%} of the loss backward() runs on: the rest is written by hand "
+            "(a KL or regularization term, a policy term), whose course traindoctor cannot read",
+        )
+    return Objective(
+        True,
+        "supervised",
+        f"supervised {', '.join(sorted(set(kinds)))} against targets whose mix and range stay "
+        "the same over the run (a fixed dataset)",
+    )
+
+
+def _src(event: dict[str, Any]) -> str:
+    return event.get("source") or f"site {event.get('site')}"
+
+
+def _several_models(tl: TimelineView) -> Objective | None:
+    """Two or more optimizers stepping disjoint params, and two or more backward() lines."""
+    opts = [{n for g in o["groups"] for n in g["params"] if n} for o in tl.fact("optimizers") or []]
+    opts = [o for o in opts if o]
+    if len(opts) < 2:
+        return None
+    stepped = {n for _, upd in tl.series("params.update") for n, v in upd.items() if v}
+    active = [o for o in opts if o & stepped] if stepped else opts
+    if len(active) < 2 or any(a & b for i, a in enumerate(active) for b in active[i + 1 :]):
+        return None
+    sources = {e.get("source") for e in tl.events("backward_site")}
+    if len(sources) < 2:
+        return None  # one loss split over several optimizers (per-group optimizers)
+    return Objective(
+        False,
+        "several-models",
+        f"{len(active)} optimizers step separate models, each with its own loss "
+        f"({len(sources)} backward() lines): models trained against each other or on each "
+        "other's outputs (a GAN, actor and critic), whose losses are not meant to fall together",
+    )
+
+
+def _training_sites(tl: TimelineView) -> dict[int, dict[str, Any]]:
+    observed = {s for _, sites in tl.series("loss_inputs.observed") for s in sites}
+    return {
+        e["site"]: e
+        for e in tl.events("loss_input")
+        if e.get("site") in observed or not tl.series("loss_inputs.observed")
+    }
+
+
+def _stats_by_site(tl: TimelineView) -> dict[int, list[tuple[int, dict[str, float]]]]:
+    out: dict[int, list[tuple[int, dict[str, float]]]] = {}
+    for step, values in tl.series("loss_inputs.stats"):
+        by_site: dict[int, dict[str, float]] = {}
+        for key, v in values.items():
+            site, _, stat = key.partition(".")
+            if site.isdigit() and isinstance(v, int | float):
+                by_site.setdefault(int(site), {})[stat] = float(v)
+        for site, d in by_site.items():
+            out.setdefault(site, []).append((step, d))
+    return out
+
+
+def _labels_by_site(tl: TimelineView) -> dict[int, list[dict[int, float]]]:
+    out: dict[int, list[dict[int, float]]] = {}
+    for _, values in tl.series("loss_inputs.labels"):
+        by_site: dict[int, dict[int, float]] = {}
+        for key, v in values.items():
+            site, _, cls = key.partition(".")
+            if site.isdigit() and cls.isdigit():
+                by_site.setdefault(int(site), {})[int(cls)] = float(v)
+        for site, hist in by_site.items():
+            out.setdefault(site, []).append(hist)
+    return out
+
+
+def _own_class(
+    event: dict[str, Any], stats: list[tuple[int, dict[str, float]]], hists: list[dict[int, float]]
+) -> str | None:
+    """Instance discrimination: every sample of the batch is its own class (targets are the
+    row indices, the logits a batch-by-batch similarity), or every target is one column
+    (the positive placed first, as in MoCo)."""
+    classes = event.get("classes")
+    shape = event.get("input_shape") or []
+    if not classes or classes < 2 or len(shape) != 2:
+        return None
+    mins = [d["t_min"] for _, d in stats if "t_min" in d]
+    maxs = [d["t_max"] for _, d in stats if "t_max" in d]
+    if len(mins) >= 2 and set(mins) == {0.0} and set(maxs) == {0.0}:
+        return (
+            f"every target is class 0 of {classes} on every observed step: the logits are "
+            "scores against the model's own embeddings with the positive first (a contrastive "
+            "loss), which moves as the model trains"
+        )
+    if shape[0] != classes:
+        return None
+    uniform = bool(hists) and all(
+        len(h) == classes and len({round(c, 6) for c in h.values()}) == 1 and min(h.values()) > 0
+        for h in hists
+    )
+    ranged = (
+        len(mins) >= 2 and set(mins) == {0.0} and set(maxs) == {float(classes - 1)} and not hists
+    )
+    if uniform or ranged:
+        return (
+            f"the {classes} classes are the {classes} samples of the batch, each its own class "
+            "(a contrastive loss): its targets are the model's own embeddings, which move"
+        )
+    return None
+
+
+def _labels_moved(hists: list[dict[int, float]]) -> str | None:
+    """The label mix of the first half of the observed steps against the second half."""
+    if len(hists) < MIN_OBSERVED:
+        return None
+    half = len(hists) // 2
+    a, b = _sum(hists[:half]), _sum(hists[-half:])
+    na, nb = sum(a.values()), sum(b.values())
+    if na <= 0 or nb <= 0:
+        return None
+    classes = set(a) | set(b)
+    tv = 0.5 * sum(abs(a.get(c, 0) / na - b.get(c, 0) / nb) for c in classes)
+    noise = 2 * math.sqrt(len(classes) / min(na, nb))
+    if tv > max(0.2, noise):
+        return (
+            f"the mix of target classes moved between the first and second half of the run "
+            f"(total variation {tv:.2f}): targets produced by the run itself (assigned or "
+            "bootstrapped), not labels from a fixed set"
+        )
+    return None
+
+
+def _sum(hists: list[dict[int, float]]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for h in hists:
+        for c, v in h.items():
+            out[c] = out.get(c, 0.0) + v
+    return out
+
+
+def _targets_moved(stats: list[tuple[int, dict[str, float]]]) -> str | None:
+    """Float targets: '' (falsy) when they stay put, a sentence when their level moved, None
+    when observed too rarely to tell.
+
+    Moved: one of the targets' mean/min/max trends with the step (Spearman's rank correlation
+    at least 0.8, or 1 on fewer than 6 observed steps: fixed data sampled at random has no
+    order), and the median of its last third is away from that of its first third by more than
+    a fraction of the targets' typical range within a batch (a tenth for the mean, a quarter for
+    the extremes, which vary more from batch to batch), or of that value's spread over the run
+    when a batch holds one target."""
+    obs = [d for _, d in stats if {"t_mean", "t_min", "t_max"} <= set(d)]
+    keys = ("t_mean", "t_min", "t_max")
+    if len(obs) >= 2 and len({tuple(d[k] for k in keys) for d in obs}) == 1:
+        return ""  # the same targets on every observed step (full-batch training)
+    width = statistics.median(d["t_max"] - d["t_min"] for d in obs) if obs else 0.0
+    if len(obs) < (MIN_OBSERVED if width <= 0 else MIN_OBSERVED_WIDE):
+        return None
+    third = max(1, len(obs) // 3)
+    need = 0.8 if len(obs) >= 6 else 1.0
+    for stat, frac in (("t_mean", 0.1), ("t_min", 0.25), ("t_max", 0.25)):
+        values = [d[stat] for d in obs]
+        rho = _spearman(values)
+        if rho is None or abs(rho) < need - 1e-9:
+            continue
+        a, b = statistics.median(values[:third]), statistics.median(values[-third:])
+        q = statistics.quantiles(values, n=4)
+        scale = width if width > 0 else q[2] - q[0]
+        if scale > 0 and abs(b - a) > frac * scale:
+            name = {"t_mean": "mean", "t_min": "minimum", "t_max": "maximum"}[stat]
+            return (
+                f"the targets' {name} moved from {a:.4g} to {b:.4g} over the run, steadily "
+                f"(rank correlation with the step {rho:+.2f}; their range within a batch is "
+                f"{width:.3g}): targets the run produces and moves (returns, bootstrapped or "
+                "TD targets, assigned boxes), not values from a fixed set"
+            )
+    return ""
+
+
+def _spearman(values: list[float]) -> float | None:
+    """Rank correlation of `values` with their order (average ranks for ties)."""
+    n = len(values)
+    order = sorted(range(n), key=lambda i: values[i])
+    ranks = [0.0] * n
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    mean = (n - 1) / 2
+    sx = sum((r - mean) ** 2 for r in ranks)
+    sy = sum((k - mean) ** 2 for k in range(n))
+    if sx == 0 or sy == 0:
+        return None
+    return sum((r - mean) * (k - mean) for k, r in enumerate(ranks)) / math.sqrt(sx * sy)
+
+
+def _standard_share(
+    tl: TimelineView,
+    sites: dict[int, dict[str, Any]],
+    stats: dict[int, list[tuple[int, dict[str, float]]]],
+) -> float | None:
+    """Median over the observed steps of (sum of the standard losses) / (the backward root)."""
+    roots = dict(per_step_mean(train_loss_values(tl)))
+    seen: dict[int, float] = {}
+    for site in sites:
+        for step, d in stats.get(site, []):
+            if "loss" in d:
+                seen[step] = seen.get(step, 0.0) + d["loss"]
+    ratios = [
+        seen[s] / roots[s]
+        for s in seen
+        if s in roots and roots[s] and math.isfinite(roots[s]) and math.isfinite(seen[s])
+    ]
+    return statistics.median(ratios) if len(ratios) >= 3 else None
+
+
+def too_high_lr(
+    tl: TimelineView,
+    values: list[float],
+    *,
+    min_clip_share: float = 0.9,
+    min_update: float = 0.3,
+    min_clip_steps: int = 10,
+) -> dict[str, Any] | None:
+    """A learning rate far too high whose damage gradient clipping hides: no NaN, no blow-up
+    to report, but no descent either. All three measured:
+
+    - `clip_grad_norm_` cut the gradient on at least `min_clip_share` of the steps it ran;
+    - each step moves the weights by at least `min_update` of their initial norm
+      (||Δθ_t|| / ||θ_0||, median over the params and the sampled steps after the first;
+      a healthy step moves them by 1e-3 to a few 1e-2). Measured against the initial weights,
+      not the current ones: weights a too-high lr has blown up make ||Δθ||/||θ|| look small;
+    - the loss of the last fifth is no lower than the run's first loss (before any update)
+      or, for a cross-entropy, than ln C, the loss of a uniform guess.
+    """
+    clip_max = dict(tl.series("schedule.clip_max"))
+    norms: list[float] = []
+    clipped = 0
+    max_norm = None
+    for step, ns in tl.series("schedule.clip_norm"):
+        limits = clip_max.get(step) or []
+        for n, m in zip(ns, limits, strict=False):
+            if isinstance(n, int | float) and isinstance(m, int | float) and math.isfinite(n):
+                norms.append(n)
+                clipped += n > m
+                max_norm = m
+    if len(norms) < min_clip_steps or max_norm is None or clipped < min_clip_share * len(norms):
+        return None
+    moves = updates_to_initial(tl)
+    if len(moves) < 2 or statistics.median(moves) < min_update:
+        return None
+    w = max(5, len(values) // 5)
+    last = statistics.median(values[-w:])
+    refs = {"its first value": values[0]}
+    classes = [
+        e.get("classes")
+        for e in tl.events("loss_input")
+        if e.get("fn") in CLASS_FNS and e.get("classes")
+    ]
+    if classes:
+        refs[f"ln C = ln {classes[0]}, the loss of a uniform guess"] = math.log(classes[0])
+    name, ref = min(refs.items(), key=lambda kv: kv[1])
+    if not (ref > 0 and last >= 0.95 * ref):
+        return None
+    return {
+        "max_norm": max_norm,
+        "clip_steps": len(norms),
+        "clipped_steps": clipped,
+        "median_grad_norm": statistics.median(norms),
+        "update_to_initial": statistics.median(moves),
+        "last": last,
+        "reference": ref,
+        "reference_text": f"no lower than {name} ({ref:.4g})",
+    }
+
+
+def updates_to_initial(tl: TimelineView) -> list[float]:
+    """Per sampled step after the first, the median over params of ||Δθ_t|| / ||θ_0||, θ_0 the
+    first measured weights (params initialized to zero are left out)."""
+    norms = tl.series("params.norm")
+    if not norms:
+        return []
+    initial = norms[0][1]
+    out = []
+    for step, upd in tl.series("params.update"):
+        if step <= 1:
+            continue  # Adam's first step moves every weight by lr: large by construction
+        rs = [d / initial[n] for n, d in upd.items() if initial.get(n)]
+        if rs:
+            out.append(statistics.median(rs))
+    return out
