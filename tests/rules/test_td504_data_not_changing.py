@@ -72,3 +72,36 @@ def test_a_different_batch_in_between_breaks_the_run():
         },
     )
     assert_silent("TD504", tl)
+
+
+def _with_source(tl_steps_extra=None, events=()):
+    steps = {}
+    for s in range(1, 31):
+        steps[s] = {"data.fp": _fp(3.0), "optim.step": 1, "params.update": {"w": 0.01}}
+    steps[1]["data.inputs"] = {"in0": {"dtype": "float32", "shape": [64, 16], "float": True}}
+    steps[1]["data.inputs"]["in0"].update(tl_steps_extra or {})
+    return make_timeline(params=["w"], steps=steps, events=list(events))
+
+
+def test_one_batch_of_a_larger_loader_is_a_warning():
+    loader = {"kind": "data_loader", "step": 1, "name": "loader", "dataset_len": 5000}
+    f = assert_fires("TD504", _with_source(events=[{**loader, "batch_size": 64}]))
+    assert f.severity is Severity.WARNING
+    assert f.evidence["larger_source"]["dataset_len"] == 5000
+    # A loader of another batch size (a validation loader) says nothing about this batch.
+    f = assert_fires("TD504", _with_source(events=[{**loader, "batch_size": 256}]))
+    assert f.severity is Severity.INFO
+    # A loader whose one batch is the whole data set: full-batch training.
+    full = {**loader, "batch_size": 64, "dataset_len": 64}
+    assert assert_fires("TD504", _with_source(events=[full])).severity is Severity.INFO
+
+
+def test_a_constant_slice_of_a_larger_tensor_is_a_warning_unless_its_rest_is_validated():
+    f = assert_fires("TD504", _with_source({"slice_of_rows": 10000}))
+    assert f.severity is Severity.WARNING
+    assert f.evidence["larger_source"] == {"kind": "slice", "rows": 10000, "batch_rows": 64}
+    evald = [{"kind": "data_base_in_eval", "step": 5, "rows": 9936}]
+    f = assert_fires("TD504", _with_source({"slice_of_rows": 10000}, events=evald))
+    assert f.severity is Severity.INFO
+    # A training split of 80% sliced off: not a larger source.
+    assert assert_fires("TD504", _with_source({"slice_of_rows": 80})).severity is Severity.INFO

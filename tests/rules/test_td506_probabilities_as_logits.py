@@ -56,3 +56,22 @@ def test_sigmoid_into_bce_with_logits():
             {1: {"in_min": -4.0, "in_max": 5.0, "t_mean": 0.3}},
         ),
     )
+
+
+NLL = {"fn": "nll_loss", "classes": 10, "producer": ["SoftmaxBackward0"]}
+
+
+def test_softmax_into_nll_loss():
+    stats = {s: {"in_min": 0.01, "in_max": 0.4, "rowsum_dev": 1e-7, "loss": -0.1} for s in (2, 3)}
+    f = assert_fires("TD506", site_timeline(NLL, stats))
+    assert f.evidence["loss_fn"] == "nll_loss"
+    assert f.evidence["loss_range"] == [-1.0, 0.0]
+
+
+def test_log_softmax_into_nll_loss_is_silent():
+    stats = {s: {"in_min": -5.0, "in_max": -0.01, "rowsum_dev": 9.0, "loss": 2.3} for s in (2, 3)}
+    log_probs = {**NLL, "producer": ["LogSoftmaxBackward0"]}
+    assert_silent("TD506", site_timeline(log_probs, stats))
+    # Values in [0, 1] that are neither softmax rows nor a sigmoid: not called probabilities.
+    odd = {s: {"in_min": 0.0, "in_max": 0.9, "rowsum_dev": 2.0} for s in (2, 3)}
+    assert_silent("TD506", site_timeline({**NLL, "producer": ["ReluBackward0"]}, odd))

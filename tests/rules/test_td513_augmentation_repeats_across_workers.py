@@ -55,3 +55,36 @@ def test_silent_when_repeats_come_back_only_after_a_long_lag():
     assert_silent(
         "TD513", _tl(first + [list(b) for b in first[:10]] + [_fresh(rng) for _ in range(5)])
     )
+
+
+def _loader(**kw):
+    event = {
+        "kind": "data_loader",
+        "step": 2,
+        "name": "loader",
+        "batch_size": 32,
+        "num_workers": 2,
+        "worker_init_fn": False,
+        "generators": [
+            {
+                "path": "dataset.rng",
+                "kind": "numpy.random.RandomState",
+                "used_in": "Noisy.__getitem__ (train.py:17)",
+            }
+        ],
+    }
+    event.update(kw)
+    return make_timeline(params=["w"], steps={1: {}}, events=[event])
+
+
+def test_fires_on_a_dataset_generator_read_per_item_under_several_workers():
+    f = assert_fires("TD513", _loader())
+    assert f.where.source == "train.py:17"
+    assert f.evidence["num_workers"] == 2
+
+
+def test_silent_with_a_worker_init_fn_one_worker_or_a_generator_used_in_init_only():
+    assert_silent("TD513", _loader(worker_init_fn=True))
+    assert_silent("TD513", _loader(num_workers=1))
+    unused = [{"path": "dataset.rng", "kind": "numpy.random.Generator", "used_in": None}]
+    assert_silent("TD513", _loader(generators=unused))
