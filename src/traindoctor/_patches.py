@@ -9,6 +9,7 @@ optional `after` listener runs once the gradients are accumulated.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -321,3 +322,79 @@ def remove_amp_listener(listener: Any) -> None:
 
 def amp_is_patched() -> bool:
     return bool(_amp_listeners)
+
+
+# -- Tensor.data of watched params (hand-written weight updates) ----------------------------
+# `p.data.add_(...)` writes p through a tensor whose version counter is its own: p._version does
+# not move. While a DataWatch listens, `Tensor.data` (a property on torch.Tensor, restored
+# exactly by deleting it: torch defines `data` on TensorBase) hands out the very tensor torch's
+# getter returns and, for the params the watch names, keeps it with the caller's line until
+# taken; a kept tensor whose _version moved was written in place. `p.data = t` is noted too.
+_DATA = torch._C.TensorBase.__dict__["data"]
+_DATA_KEEP = 1 << 16  # kept tensors between two takes, at most (unmodified ones go first)
+_data_watches: list[DataWatch] = []
+_data_restore: list[Any] = []
+
+
+class DataWatch:
+    """The `.data` accesses and assignments of the tensors whose ids are in `ids`."""
+
+    __slots__ = ("assigned", "handed", "ids")
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        # (id of the param, the tensor handed out, caller's file, caller's line)
+        self.handed: list[tuple[int, torch.Tensor, str, int]] = []
+        self.assigned: set[int] = set()
+
+    def clear(self) -> None:
+        self.handed = []
+        self.assigned = set()
+
+
+def _data_get(self: torch.Tensor) -> torch.Tensor:
+    data = _DATA.__get__(self)
+    for watch in _data_watches:
+        if id(self) in watch.ids:
+            try:
+                handed = watch.handed
+                if len(handed) >= _DATA_KEEP:
+                    handed[:] = [e for e in handed if e[1]._version]
+                if len(handed) < _DATA_KEEP:
+                    frame = sys._getframe(1)
+                    handed.append((id(self), data, frame.f_code.co_filename, frame.f_lineno))
+            except Exception:  # noqa: BLE001  (never into the user's expression)
+                pass
+    return data
+
+
+def _data_set(self: torch.Tensor, value: Any) -> None:
+    _DATA.__set__(self, value)
+    for watch in _data_watches:
+        if id(self) in watch.ids:
+            watch.assigned.add(id(self))
+
+
+def add_data_watch(watch: DataWatch) -> None:
+    if not _data_watches:
+        _data_restore[:] = [torch.Tensor.__dict__.get("data", _MISSING)]
+        torch.Tensor.data = property(_data_get, _data_set, doc=_DATA.__doc__)  # type: ignore[method-assign,assignment]
+    _data_watches.append(watch)
+
+
+def remove_data_watch(watch: DataWatch) -> None:
+    if watch in _data_watches:
+        _data_watches.remove(watch)
+    if _data_watches or not _data_restore:
+        return
+    before = _data_restore.pop()
+    current = torch.Tensor.__dict__.get("data")
+    if isinstance(current, property) and current.fget is _data_get:  # else: theirs stays
+        if before is _MISSING:
+            del torch.Tensor.data
+        else:
+            torch.Tensor.data = before  # type: ignore[method-assign]
+
+
+def data_is_patched() -> bool:
+    return bool(_data_watches)

@@ -14,7 +14,7 @@ from .errors import UsageError
 
 def watch(
     model: torch.nn.Module | dict[str, torch.nn.Module] | Iterable[torch.nn.Module],
-    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer],
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
     scaler: Any = None,
     *,
     out_dir: str | Path = "traindoctor-runs",
@@ -27,6 +27,10 @@ def watch(
 
     Use `doc.log(loss=...)` in the loop (optional), `with doc.validating(model):` for evaluation
     and `doc.close()` (or `with td.watch(...) as doc:`) at the end to get the report.
+
+    Without an optimizer (`td.watch(model)`), a loop that updates the weights by hand
+    (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad` under no_grad) is watched: each
+    update of the params that got a gradient is a step.
     """
     models = _models(model)
     optimizers = _optimizers(optimizer)
@@ -81,7 +85,7 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     if isinstance(optimizer, torch.optim.Optimizer):
         opts = [optimizer]
     elif optimizer is None:
-        raise UsageError(f"watch() got optimizer=None; {hint}")
+        return []  # the loop updates the weights by hand (see handsteps.py)
     elif isinstance(optimizer, list | tuple):
         opts = list(optimizer)
     else:

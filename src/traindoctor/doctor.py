@@ -19,6 +19,7 @@ from .budget import Budget
 from .diagnosis import diagnose
 from .errors import StopTraining, UsageError
 from .findings import Finding
+from .handsteps import HandSteps
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder
 from .report.model import Report
@@ -114,6 +115,8 @@ class Doctor:
         self._last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
         self._closed = False
         self._listening = False
+        # Updates written by hand (no torch optimizer): they close steps as step() does.
+        self._hand = HandSteps(self)
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
         )
@@ -151,6 +154,7 @@ class Doctor:
             self._hook_optimizer(opt)
         if scaler is not None:
             self._wrap_scaler(scaler)
+        self.guard.call("hand steps", self._hand.start)
         if not self._listening:
             _patches.add_backward_listener(self._on_backward, self._after_backward)
             self._listening = True
@@ -204,6 +208,12 @@ class Doctor:
     def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
         if self._closed or self._validating:
             return
+        if self._hand.armed:
+            t0 = time.perf_counter()
+            found = self.guard.call("hand steps", self._hand.before_backward)
+            self.budget.spend(time.perf_counter() - t0)
+            if found:
+                self._hand_step(*found)  # the weights were updated by hand since the last one
         t0 = time.perf_counter()
         self._backward_since_step += 1
         self.guard.call("hook backward", self._note_backward, loss)
@@ -267,7 +277,18 @@ class Doctor:
             return
         t0 = time.perf_counter()
         self._dispatch("on_after_backward", self.step, self.rec)
+        if self._hand.active:
+            self.guard.call("hand steps", self._hand.after_backward)
         self.budget.spend(time.perf_counter() - t0)
+
+    def _hand_step(self, names: list[str], source: tuple[str, int] | None) -> None:
+        """A weight update written by hand closes the open step, as optimizer.step() does
+        (found at the next backward: the probes see it after the fact, see handsteps.py)."""
+        t0 = time.perf_counter()
+        self._backward_since_step = 0
+        self._dispatch("on_hand_step", self.step, self._sampled, names, source, self.rec)
+        self.budget.spend(time.perf_counter() - t0)
+        self._end_step()  # times itself
 
     def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool, primary: bool) -> None:
         """Every watched optimizer's step; the primary one's also brackets the training step
@@ -493,6 +514,14 @@ class Doctor:
         """Detach everything, diagnose the whole run and write the report. Idempotent."""
         if self.report is not None:
             return self.report
+        if self._hand.active and not self._closed:
+            # The last update by hand (after the last backward) closes the last step.
+            found = self.guard.call("hand steps", self._hand.take)
+            if found:
+                # The run is over: no --max-steps stop to record for this one.
+                self.max_steps, max_steps = None, self.max_steps
+                self.guard.call("hand steps", self._hand_step, *found)
+                self.max_steps = max_steps
         self._closed = True
         self.guard.call("outcome", self._record_outcome, exc)
         self.guard.call("detach", self._detach)
@@ -562,6 +591,7 @@ class Doctor:
         if self._listening:
             _patches.remove_backward_listener(self._on_backward, self._after_backward)
             self._listening = False
+        self._hand.stop()
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -39,7 +39,6 @@ def doc(tmp_path):
     ("make_args", "kwargs", "needles"),
     [
         (lambda m, o: (None, o), {}, ("model",)),
-        (lambda m, o: (m, None), {}, ("optimizer",)),
         (lambda m, o: (m, _empty_optimizer()), {}, ("no parameters", "model.parameters()")),
         (lambda m, o: ("model", o), {}, ("nn.Module",)),
         (lambda m, o: (m, [o, 3]), {}, ("optimizer",)),

@@ -175,7 +175,7 @@ class ZeroCodeSession:
 
     def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
         if not self._attached and not self.delegated:
-            self.doctor.guard.call("zero-code attach", self._attach)
+            self.doctor.guard.call("zero-code attach", self._attach, root)
             if self._attached:
                 # The doctor started listening during this dispatch: hand it this backward too.
                 self.doctor._on_backward(root, loss)
@@ -232,7 +232,7 @@ class ZeroCodeSession:
         (Lightning), or None."""
         return getattr(self.delegate, "report", None) if self.delegate is not None else None
 
-    def _attach(self) -> None:
+    def _attach(self, root: torch.Tensor | None = None) -> None:
         if self._attached:
             return
         optimizers = [o for o in (r() for r in self._optimizers) if o is not None]
@@ -260,6 +260,14 @@ class ZeroCodeSession:
                     name = f"{base}{k}"
                 used.add(name)
                 named[f"{name}."] = m
+        if not named and not optimizers and root is not None:
+            # No module, no optimizer: tensors trained by hand (`w = torch.randn(...,
+            # requires_grad=True)`), found as the leaves of this backward's graph.
+            from ..loose import LooseTensors, graph_leaves, name_tensors
+
+            leaves = graph_leaves(root)
+            if leaves:
+                named[""] = LooseTensors(name_tensors(leaves))
         if not named and not optimizers:
             return  # nothing to watch yet
         self._attached = True

@@ -251,6 +251,19 @@ class Probe:
     def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         """After the primary optimizer's step()."""
 
+    def on_hand_step(
+        self,
+        step: int,
+        sampled: bool,
+        names: list[str],
+        source: tuple[str, int] | None,
+        rec: Recorder,
+    ) -> None:
+        """The weights were updated by hand (no torch optimizer stepped): the params `names`
+        were written in place since the step's last backward. Seen at the next backward (or at
+        close), so the gradients may already be zeroed; `source` is the caller's (file, line)
+        of a `p.data` write when there was one. The step closes right after."""
+
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         """The step boundary: the step is closed (also when a GradScaler skipped the step)."""
 

@@ -43,6 +43,7 @@ class GradsProbe(Probe):
             "on_after_backward",
             "on_optimizer_pre_step",
             "on_pre_step",
+            "on_hand_step",
             "on_step_end",
         }
     )
@@ -84,8 +85,26 @@ class GradsProbe(Probe):
                 rec.defer(step, GRADS_CARRIED, torch.stack(ts).float(), keys=ns, reduce=min)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
-        if self._armed:
-            self._received.update(n for n, p in self._params if p.grad is not None)
+        if not self._armed:
+            return
+        with_grad = [(n, p) for n, p in self._params if p.grad is not None]
+        self._received.update(n for n, _ in with_grad)
+        ctx = self.ctx
+        if ctx is not None and ctx.doctor._hand.expected:
+            # A hand-written update reads .grad after this backward (and often zeroes it
+            # before the next one, where the update is seen): measure the gradient it applies
+            # now. The last backward of the step overwrites: accumulated grads are applied.
+            self._check(step, with_grad, rec)
+
+    def on_hand_step(
+        self,
+        step: int,
+        sampled: bool,
+        names: list[str],
+        source: tuple[str, int] | None,
+        rec: Recorder,
+    ) -> None:
+        self._stepped.update(names)  # the params a hand-written update applied a gradient to
 
     def on_optimizer_pre_step(
         self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder

@@ -6,17 +6,24 @@ from typing import ClassVar
 
 import torch
 
-from .._source import user_source
+from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
 
 OPTIM_LR = signal("optim.lr", "per param group ('opt0/group0'): learning rate at the step")
-OPTIM_STEP = signal("optim.step", "1 when the primary optimizer's step() ran in this step")
+OPTIM_STEP = signal(
+    "optim.step",
+    "1 when the primary optimizer's step() ran in this step, or a hand-written update of the "
+    "trained params (no torch optimizer) closed it",
+)
+OPTIM_HAND_STEP = signal(
+    "optim.hand_step", "1 when a hand-written update of the trained params closed the step"
+)
 
 
 class OptimProbe(Probe):
     name = "optim"
-    provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP)
+    provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP, OPTIM_HAND_STEP)
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,6 +124,23 @@ class OptimProbe(Probe):
 
     def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         rec.record(step, OPTIM_STEP, 1)
+
+    def on_hand_step(
+        self,
+        step: int,
+        sampled: bool,
+        names: list[str],
+        source: tuple[str, int] | None,
+        rec: Recorder,
+    ) -> None:
+        """An update written by hand is the step's update: `optim.step` as for step()."""
+        rec.record(step, OPTIM_STEP, 1)
+        rec.record(step, OPTIM_HAND_STEP, 1)
+        src = f"{relpath(source[0])}:{source[1]}" if source and is_user_file(source[0]) else None
+        seen = rec.timeline.events("hand_step")
+        if not seen or (src and not any(e.get("source") == src for e in seen)):
+            # Where the weights are written (a `p.data` write; None for `p -= ...` in no_grad)
+            rec.event(step, "hand_step", source=src, params=len(names))
 
 
 def _layout(optimizers: list) -> tuple:

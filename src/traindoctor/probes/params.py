@@ -9,7 +9,10 @@ import torch
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device
 
-PARAMS_UPDATE = signal("params.update", "per param: ||θ_after - θ_before|| over one optimizer step")
+PARAMS_UPDATE = signal(
+    "params.update",
+    "per param: ||θ_after - θ_before|| over one optimizer step (or hand-written update)",
+)
 PARAMS_NORM = signal("params.norm", "per param: ||θ|| before the step")
 PARAMS_REPLACED = signal(
     "params.replaced", "names whose tensor is no longer the one seen at attach"
@@ -24,7 +27,15 @@ class ParamsProbe(Probe):
     name = "params"
     provides: ClassVar[tuple[str, ...]] = (PARAMS_UPDATE, PARAMS_NORM, PARAMS_REPLACED)
     # prepare() runs every step: it drops a snapshot whose step() never came (AMP skip).
-    sampled_only = frozenset({"on_pre_step", "on_optimizer_pre_step", "on_optimizer_post_step"})
+    sampled_only = frozenset(
+        {
+            "on_pre_step",
+            "on_optimizer_pre_step",
+            "on_optimizer_post_step",
+            "on_after_backward",
+            "on_hand_step",
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,12 +130,68 @@ class ParamsProbe(Probe):
             # A copy on the device, no host sync; freed at on_optimizer_post_step.
             self._snapshots[id(opt)] = (names, params, torch._foreach_mul(params, 1))
 
+    def on_after_backward(self, step: int, rec: Recorder) -> None:
+        """A loop that updates the weights by hand: copy the params that have a gradient after
+        the step's first backward (no update can come before it), to measure the update when
+        it is seen (on_hand_step). Keyed 0: no optimizer's id."""
+        ctx = self.ctx
+        assert ctx is not None
+        if 0 in self._snapshots or not ctx.doctor._hand.expected:
+            return
+        names, params = [], []
+        for name, p in ctx.named_params():
+            if not p.requires_grad or p.grad is None:
+                continue
+            size = p.numel() * p.element_size()
+            if size > self._budget_left:
+                continue
+            self._budget_left -= size
+            names.append(name)
+            params.append(p)  # not detached: `p.data = t` swaps the storage a view would keep
+        if params:
+            with torch.no_grad():
+                self._snapshots[0] = (names, params, torch._foreach_mul(params, 1))
+
+    def on_hand_step(
+        self,
+        step: int,
+        sampled: bool,
+        names: list[str],
+        source: tuple[str, int] | None,
+        rec: Recorder,
+    ) -> None:
+        snap = self._snapshots.pop(0, None)
+        if snap is None:
+            return
+        wanted = set(names)
+        old_names, params, before = snap
+        keep = [  # what the update wrote, still of the shape copied
+            i for i, n in enumerate(old_names) if n in wanted and params[i].shape == before[i].shape
+        ]
+        if keep:
+            self._measure(
+                step,
+                (
+                    [old_names[i] for i in keep],
+                    [params[i].detach() for i in keep],
+                    [before[i] for i in keep],
+                ),
+                rec,
+            )
+
     def on_optimizer_post_step(
         self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
     ) -> None:
         snap = self._snapshots.pop(id(opt), None)
-        if snap is None:
-            return
+        if snap is not None:
+            self._measure(step, snap, rec)
+
+    def _measure(
+        self,
+        step: int,
+        snap: tuple[list[str], list[torch.Tensor], list[torch.Tensor]],
+        rec: Recorder,
+    ) -> None:
         names, params, before = snap
         with torch.no_grad():
             norms = torch._foreach_norm(before)

@@ -164,9 +164,12 @@ def onset(events: list[dict[str, Any]], holds: Callable[[dict[str, Any]], bool])
 
 
 def step_source(tl: TimelineView) -> str | None:
-    """The user's line that calls optimizer.step()."""
+    """The user's line that calls optimizer.step(); in a loop that updates the weights by hand,
+    the line that writes them through `p.data`, when seen."""
     e = tl.events("optimizer_step")
-    return e[0].get("source") if e else None
+    if e:
+        return e[0].get("source")
+    return next((h["source"] for h in tl.events("hand_step") if h.get("source")), None)
 
 
 def loss_source(tl: TimelineView, validating: bool = False) -> str | None:

@@ -43,6 +43,12 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
     Params that no watched optimizer holds are left out: `optimizer.zero_grad()` never clears
     them by design, and TD103 reports that they are in no optimizer.
 
+    A loop that updates the weights by hand (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad`
+    under `torch.no_grad()`, no torch optimizer) is judged the same way: each update of the
+    params that got a gradient is a step (see `optim.hand_step`), and the params it wrote are
+    the ones judged. The finding then points at the line that writes the weights when it goes
+    through `p.data`, else at the `backward()` line.
+
     ## Example
     ```python
     for x, y in loader:
@@ -92,23 +98,40 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
     groups = group_params(names, all_names)
     growth = _growth(tl, names)
     steps = [s for s, _ in obs]
-    events = tl.events("optimizer_step")
+    hand = bool(tl.events("hand_step")) and not tl.events("optimizer_step")
     share = "all" if len(names) == len(trainable) else f"{len(names)} of {len(trainable)}"
     yield tl.finding(
         title=f"{share} trainable params still held the previous step's gradient when backward "
         f"started ({describe_groups(groups)})",
         step=steps[0],
         evidence={"params_carrying_grad": len(names), "observed_steps": steps, **growth},
-        where=Where(
-            module=common_module(names),
-            params=tuple(names),
-            source=events[0]["source"] if events else None,
+        where=Where(module=common_module(names), params=tuple(names), source=_source(tl)),
+        cause=(
+            "the gradients are never zeroed between the hand-written weight updates: each "
+            "update applies the sum of every gradient since the start, so updates grow and "
+            "point the wrong way"
+            if hand
+            else "no zero_grad() between optimizer steps: each step applies the sum of every "
+            "gradient since the start, so updates grow and point the wrong way"
         ),
-        cause="no zero_grad() between optimizer steps: each step applies the sum of every "
-        "gradient since the start, so updates grow and point the wrong way",
-        fix="call optimizer.zero_grad(set_to_none=True) once per optimizer step "
-        "(before the forward pass, or right after optimizer.step())",
+        fix=(
+            "zero the gradients once per update: model.zero_grad() before the forward pass, or "
+            "p.grad = None (or p.grad.zero_()) for each param right after updating it"
+            if hand
+            else "call optimizer.zero_grad(set_to_none=True) once per optimizer step "
+            "(before the forward pass, or right after optimizer.step())"
+        ),
     )
+
+
+def _source(tl: TimelineView) -> str | None:
+    """optimizer.step()'s line; in a loop that updates the weights by hand, the line that
+    writes them (a `p.data` write), else the backward() line that adds to the stale grads."""
+    for kind in ("optimizer_step", "hand_step", "backward_call"):
+        for e in tl.events(kind):
+            if e.get("source"):
+                return e["source"]
+    return None
 
 
 def _growth(tl: TimelineView, names: list[str]) -> dict[str, object]:

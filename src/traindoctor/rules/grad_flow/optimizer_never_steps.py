@@ -36,6 +36,11 @@ def optimizer_never_steps(
     preceded one step (gradient accumulation is legitimate), and at least `min_backward`. Steps
     that a GradScaler skipped count as steps.
 
+    A loop without a torch optimizer that updates the weights itself (`p.data.add_(p.grad,
+    alpha=-lr)`, `p -= lr * p.grad` under `torch.no_grad()`) steps too: an in-place write of
+    the params that got a gradient, between two backward passes, with no optimizer step in
+    between, is a step (`optim.hand_step`). Only when nothing updates them does this fire.
+
     ## Example
     ```python
     for i, (x, y) in enumerate(loader):
@@ -73,7 +78,40 @@ def optimizer_never_steps(
     total = sum(counts.values())
     step_events = tl.events("optimizer_step")
     backward_events = tl.events("backward_call")
-    if stepped:
+    by_hand = not tl.fact("optimizers") and not step_events
+    fix = (
+        "call optimizer.step() (then zero_grad()) once per accumulation cycle, at the loop "
+        "level: `if (i + 1) % accum == 0: optimizer.step(); optimizer.zero_grad()`"
+    )
+    if by_hand and stepped:
+        hand = tl.events("hand_step")
+        title = (
+            f"the weights were updated by hand {len(stepped)} time(s), the last at step {last}, "
+            f"then not once in the following {since} backward passes"
+        )
+        cause = (
+            f"the hand-written update stopped running after step {last}: it sits under a "
+            "condition that was true only at the start (a debug or first-batch block, or the "
+            "wrong indentation level), so gradients are computed but never applied"
+        )
+        source = next((e["source"] for e in hand if e.get("source")), None)
+        source = source or (backward_events[0]["source"] if backward_events else None)
+        fix = "update the weights after every backward pass, at the loop level"
+    elif by_hand:
+        title = (
+            f"{since} backward passes and the weights were never updated: there is no torch "
+            "optimizer, and no param that gets a gradient was changed in place"
+        )
+        cause = (
+            "the update step is missing, or under a condition that is never true: nothing "
+            "applies the gradients (no optimizer.step(), no `p.data.add_(p.grad, alpha=-lr)`)"
+        )
+        source = backward_events[0]["source"] if backward_events else None
+        fix = (
+            "build an optimizer and call optimizer.step() after backward(), or update the "
+            "weights by hand: `with torch.no_grad(): for p in params: p -= lr * p.grad`"
+        )
+    elif stepped:
         title = (
             f"optimizer.step() ran {len(stepped)} time(s), the last at step {last}, then not once "
             f"in the following {since} backward passes"
@@ -102,6 +140,5 @@ def optimizer_never_steps(
         },
         where=Where(source=source),
         cause=cause,
-        fix="call optimizer.step() (then zero_grad()) once per accumulation cycle, at the loop "
-        "level: `if (i + 1) % accum == 0: optimizer.step(); optimizer.zero_grad()`",
+        fix=fix,
     )

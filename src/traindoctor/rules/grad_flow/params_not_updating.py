@@ -69,6 +69,10 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
 
     A warmup that starts at lr 0 is not reported: the params must stay unchanged at every
     observed step (at least `min_steps`), and warmups move them from the second step on.
+
+    In a loop that updates the weights by hand (no torch optimizer), the update is measured
+    the same way around the hand-written write (copied after the step's first backward,
+    compared when the write is seen), for the params it wrote.
     """
     updates = tl.series("params.update")
     needed = 1 if ended(tl) else min_steps
@@ -97,8 +101,9 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     lrs = _group_lrs(tl, names, steps)
     zero_lr = {g for g, vals in lrs.items() if vals and all(v == 0 for v in vals)}
     cause, fix = _cause(tl, zero_lr, lrs, grad_zero)
+    what = "hand-written updates" if tl.events("hand_step") else "optimizer steps"
     finding = tl.finding(
-        title=f"{len(names)} params did not change in {len(steps)} optimizer steps "
+        title=f"{len(names)} params did not change in {len(steps)} {what} "
         f"({describe_groups(groups)})",
         step=steps[0],
         evidence={
@@ -228,6 +233,14 @@ def _cause(tl, zero_lr, lrs, grad_zero):
             "differentiable with respect to these params",
         )
     lr_text = ", ".join(f"{g} lr={v[-1]:g}" for g, v in lrs.items() if v and v[-1] is not None)
+    if not lr_text and tl.events("hand_step"):
+        return (
+            "the hand-written update writes them in place with non-zero gradients, yet leaves "
+            "them bit-identical: the step size in the update expression is 0 (lr = 0, an integer "
+            "division that rounds it to 0) or below the float resolution of the weights",
+            "check the learning rate the update multiplies the gradient by (e.g. "
+            "`p.data.add_(p.grad, alpha=-lr)` with lr > 0)",
+        )
     return (
         f"the step runs with {lr_text or 'a positive lr'} and non-zero gradients but leaves them "
         "bit-identical; the likely reason is an update below the float resolution of the "
