@@ -77,6 +77,11 @@ _BACKWARD = re.compile(r"Backward\d*$")
 BLOCKS = "blocks"  # zeroes >= BLOCK_FRACTION of the gradient passing through
 PARTLY = "partly blocks"
 MASK = "mask (by design)"  # a multiply by a 0/1 tensor: zeroes exactly the masked entries
+# A multiply whose zeros come from the VALUE of its other operand, itself trained: `r * h0` with
+# a zero-initialised learnable state, ReZero's `alpha * f(x)` with alpha = 0, adaLN-zero gates.
+# The zero operand receives the gradient (it moves at the first update), so the zeros last
+# only as long as its value stays 0: nothing is blocked.
+ZERO_OPERAND = "zero operand (trained)"
 ATTENUATES = "attenuates"  # elementwise op cutting the norm by orders of magnitude
 NO_GRAD_IN = "no gradient in"
 PASSES = "passes"
@@ -122,6 +127,9 @@ class NodeFacts:
     verdict: str
     detached_input: bool = False  # a tensor input that does not require grad (scalar add/sub)
     mask: bool = False  # a multiply by a tensor of 0s and 1s
+    # A multiply whose zeroed side is zeroed by the value of the other operand, which requires
+    # grad and receives gradient through this op (a trained operand that is 0 for now).
+    trained_operand: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -236,8 +244,9 @@ class Walk:
         self.visited = 0
         self.truncated = False
         # Per hooked node that ran: (first L2 slot, #grad outputs, #grad inputs, first L0 slot
-        # or -1, [(numel, same shape as the output grad) per grad input], elements, mask slot).
-        self.rows: dict[int, tuple[int, int, int, int, list[tuple[int, bool]], int, int]] = {}
+        # or -1, [(numel, same shape as the output grad) per grad input], elements, mask slot,
+        # both operands of a multiply require grad).
+        self.rows: dict[int, tuple[int, int, int, int, list[tuple[int, bool]], int, int, bool]] = {}
         self.detached: dict[int, bool] = {}  # add/sub with an operand without graph
         self._pending_l2: list[torch.Tensor] = []
         self._pending_l0: list[torch.Tensor] = []
@@ -316,6 +325,11 @@ class Walk:
             self._pending_l0 += gis
             shapes = [(g.numel(), g.shape == go.shape) for g in gis]
         mask_at = -1
+        # A multiply passes each operand (gradient out) x (the other operand's value): with both
+        # operands requiring grad, a zeroed side is zeroed by the VALUE of a trained operand.
+        both = (
+            mul and len(grad_inputs) == 2 and all(isinstance(g, torch.Tensor) for g in grad_inputs)
+        )
         if mul and len(grad_inputs) == 2:
             other = None
             if grad_inputs[1] is None:
@@ -326,7 +340,7 @@ class Walk:
                 mask_at = len(self._masks)
                 self._masks.append(((other == 0) | (other == 1)).all())
         elements = go.numel() if go is not None else 0
-        self.rows[index] = (l2_at, len(gos), len(gis), l0_at, shapes, elements, mask_at)
+        self.rows[index] = (l2_at, len(gos), len(gis), l0_at, shapes, elements, mask_at, both)
         self._pending_bytes += sum(g.numel() * g.element_size() for g in gos) + sum(
             g.numel() * g.element_size() for g in gis
         )
@@ -354,13 +368,13 @@ class Walk:
         self._flush()
         l2, l0, masks = _read_back(self._l2), _read_back(self._l0), _read_back(self._masks)
         host: dict[int, list[float]] = {}
-        for i, (l2_at, n_out, n_in, l0_at, shapes, elements, mask_at) in self.rows.items():
+        for i, (l2_at, n_out, n_in, l0_at, shapes, elements, mask_at, both) in self.rows.items():
             in_sq = sum(v * v for v in l2[l2_at : l2_at + n_out])
             out_sq = sum(v * v for v in l2[l2_at + n_out : l2_at + n_out + n_in])
             zeroed = -1.0
+            fracs: list[float] = []
             if l0_at >= 0:
                 nnz_go, go_numel = l0[l0_at], max(elements, 1)
-                fracs = []
                 for (numel, same), nnz in zip(shapes, l0[l0_at + 1 : l0_at + 1 + len(shapes)]):
                     if same:
                         fracs.append(max(0.0, (nnz_go - nnz) / max(nnz_go, 1.0)))
@@ -372,7 +386,11 @@ class Walk:
             # A scalar add/sub whose other operand is a tensor without graph: a loss part
             # added without its graph.
             detached = float(self.detached[i] and elements == 1)
-            host[i] = [in_sq, out_sq, zeroed, float(elements), detached, mask]
+            # Zeros passed to one operand of a multiply where the other (the zero one) is
+            # trained and itself gets its gradient: transient, gone once it moves. Both sides
+            # zeroed (0 x 0, a fixed point that never moves) stays a block.
+            trained = float(both and len(fracs) == 2 and min(fracs) < BLOCK_FRACTION)
+            host[i] = [in_sq, out_sq, zeroed, float(elements), detached, mask, trained]
         facts = [_judge(i, node, host.get(i), names) for i, node in enumerate(self.nodes)]
         path = GradientPath(
             facts, time.perf_counter() - self.t0, self.truncated, visited=self.visited
@@ -426,7 +444,7 @@ def _judge(index: int, node: Any, row: list[float] | None, names: bool) -> NodeF
     source = node_source(node) if names else None
     if row is None:
         return NodeFacts(index, op, type(node).__name__, source, None, None, None, 0, NO_GRAD_IN)
-    in_sq, out_sq, zeroed, elements, detached, mask = row
+    in_sq, out_sq, zeroed, elements, detached, mask, trained = row
     g_in, g_out = in_sq**0.5, out_sq**0.5
     is_mask = bool(mask)
     measured = zeroed >= 0
@@ -435,6 +453,8 @@ def _judge(index: int, node: Any, row: list[float] | None, names: bool) -> NodeF
         verdict = NO_GRAD_IN
     elif op == "mul" and is_mask and zeroed > 0:
         verdict = MASK
+    elif op == "mul" and trained and zeroed >= PARTLY_FRACTION:
+        verdict = ZERO_OPERAND
     elif zeroed >= BLOCK_FRACTION and op in BLOCKING_OPS:
         verdict = BLOCKS
     elif zeroed >= PARTLY_FRACTION and op in BLOCKING_OPS:
@@ -457,6 +477,7 @@ def _judge(index: int, node: Any, row: list[float] | None, names: bool) -> NodeF
         verdict,
         detached_input=bool(detached),
         mask=is_mask,
+        trained_operand=bool(trained) and zeroed >= PARTLY_FRACTION,
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..gradpath import BLOCKS, MASK, PARTLY, Walk
+from ..gradpath import BLOCKS, MASK, PARTLY, ZERO_OPERAND, Walk
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
 from .cuts import CutTracker
@@ -158,7 +158,7 @@ class GradPathProbe(Probe):
         keep = [
             n
             for n in path.nodes
-            if n.source or n.verdict in (BLOCKS, PARTLY, MASK) or n.detached_input
+            if n.source or n.verdict in (BLOCKS, PARTLY, MASK, ZERO_OPERAND) or n.detached_input
         ][:MAX_EVENT_NODES]
         rec.event(
             step,
@@ -181,6 +181,7 @@ class GradPathProbe(Probe):
                     "verdict": n.verdict,
                     "detached_input": n.detached_input,
                     "mask": n.mask,
+                    "trained_operand": n.trained_operand,
                 }
                 for n in keep
             ],

@@ -130,6 +130,16 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     When the walk knows the loss code's lines, only ops created there are judged (a clamp
     inside the model acts as an activation: TD303/TD304). A clamp of the scalar loss itself is
     a warning (TD107 reports the constant loss); a blocker behind another one is a warning.
+    A multiply is judged by where its zeros come from: each operand gets (gradient out) x (the
+    other operand's value), so when both operands require grad, the side zeroed is zeroed by
+    the value of a trained operand that gets its own gradient through the same op (a
+    zero-initialised learnable state `r * h0`, ReZero's `alpha * f(x)` with `alpha = 0`, an
+    adaLN-zero gate). That zero lasts until the operand's first update: it is not reported.
+    A multiply by a constant (no grad) that is 0, or 0 x 0 (both sides zeroed), is.
+    An op measured blocking on one walk and passing on a later walk (same op and line) was a
+    transient zero and is not reported; one blocking again is confirmed. One that has no line
+    (the loss is computed inside the model's forward) and was measured on one walk only is a
+    warning.
 
     ## Example
     ```python
@@ -144,7 +154,9 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     ```
 
     ## Known false positives
-    A clamp that is saturated on purpose (a hinge, a margin loss that is already satisfied for
+    A multiply by a zero that is trained but never moves (a zero parameter left out of the
+    optimizer) looks like a transient zero and is not reported (TD102/TD103 report the
+    parameter). A clamp that is saturated on purpose (a hinge, a margin loss that is already satisfied for
     most elements) is reported too; ignore it with `--ignore TD301` once it is meant. An
     argmax-derived term added to the loss on purpose as a constant (it changes the loss value
     only) is reported as well.
@@ -152,7 +164,8 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     yield from _no_graph_findings(tl)
     seen: set[tuple[str, str | None]] = set()
     first_blocker: dict[int, dict[str, Any]] = {}  # per walk: the blocker nearest the loss
-    for e in _walks(tl):
+    walks = _walks(tl)
+    for e in walks:
         nodes = e.get("nodes") or []
         ref = e.get("reference_grad") or 0.0
         bystanders = _bystanders(nodes)
@@ -169,7 +182,11 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                     seen.add(key)
                     yield _mask_finding(tl, e, n)
                 continue
-            if zeroed < FRACTION.get(op, DEFAULT_FRACTION):
+            if n.get("trained_operand") or n.get("verdict") == "zero operand (trained)":
+                # `r * h0` with a zero-initialised learnable state, ReZero's `alpha * f(x)`:
+                # zeroed by the value of a trained operand, which gets its own gradient.
+                continue
+            if not _blocks(n):
                 continue
             if not n.get("source") and (e.get("lines_known") or op in FRACTION):
                 # Not created by the loss code (the walk knows the loss code's lines): an
@@ -178,6 +195,9 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
             share = n["grad_in"] / ref if ref else 1.0
             if share < MIN_SHARE:
                 continue
+            again = _remeasured(walks, e, n)
+            if again is False:
+                continue  # a later walk measured the same op passing: the zeros were transient
             seen.add(key)
             src = n.get("source")
             upstream = first_blocker.get(id(e))
@@ -192,6 +212,16 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 f"{n.get('grad_out') or 0.0:.3g})"
                 + (f". {cleared[0].upper()}{cleared[1:]}" if cleared else "")
             )
+            if again is not None:
+                cause += f"; again on step {again}"
+            # One walk, and no line to check it against: the op may be a transient zero (a
+            # multiply by a value that is 0 only at init) inside the model. Say less.
+            unsure = again is None and not src
+            if unsure:
+                cause += (
+                    "; measured on one step only, and the op's line is unknown (the loss is "
+                    "computed inside the model's forward)"
+                )
             scalar = (n.get("elements") or 0) <= 1
             if scalar:
                 cause += (
@@ -223,8 +253,8 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 where=Where(op=op, source=src),
                 cause=cause,
                 fix=ALTERNATIVES[op],
-                confidence=min(1.0, zeroed + 0.1) if upstream is None else 0.3,
-                severity=Severity.WARNING if upstream is not None or scalar else None,
+                confidence=0.3 if upstream is not None or unsure else min(1.0, zeroed + 0.1),
+                severity=Severity.WARNING if upstream is not None or scalar or unsure else None,
             )
 
 
@@ -300,6 +330,37 @@ def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Fin
         severity=Severity.INFO,
         confidence=0.5,
     )
+
+
+def _blocks(n: dict[str, Any]) -> bool:
+    zeroed = n.get("zeroed")
+    return (
+        zeroed is not None
+        and bool(n.get("grad_in"))
+        and not n.get("mask")
+        and not n.get("trained_operand")
+        and zeroed >= FRACTION.get(n.get("op"), DEFAULT_FRACTION)
+    )
+
+
+def _remeasured(walks: list[dict], e: dict[str, Any], n: dict[str, Any]) -> int | bool | None:
+    """The same op (and line) on the later walks: the first step where it blocks again, False
+    when a later walk measured it passing instead (a transient zero), None when no later walk
+    says (there is none, or a named op is absent from it)."""
+    op, src = n.get("op"), n.get("source")
+    cleared = False
+    for w in walks:
+        if w["step"] <= e["step"]:
+            continue
+        same = [m for m in w.get("nodes") or [] if m.get("op") == op and m.get("source") == src]
+        if any(_blocks(m) for m in same):
+            return w["step"]
+        # A named op is recorded on every walk that runs its line; an unnamed one only when it
+        # blocks (or masks), so on a later walk of the same unnamed code its absence says it
+        # passed.
+        if same or not src:
+            cleared = True
+    return False if cleared else None
 
 
 def _walks(tl: TimelineView) -> list[dict]:
