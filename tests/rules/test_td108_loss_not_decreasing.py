@@ -52,7 +52,8 @@ def test_fires_for_a_learning_rate_far_too_small():
     f = assert_fires("TD108", _tl(_flat(60)))
     assert f.severity is Severity.WARNING
     assert f.step == 1
-    assert f.where.source == "train.py:88"
+    # the learning rate is the cause: the line that built the optimizer
+    assert f.where.source == "train.py:10"
     assert f.evidence["steps"] == 60
     assert f.evidence["first_median"] == pytest.approx(2.02)
     assert f.evidence["last_median"] == pytest.approx(2.02)
@@ -94,7 +95,7 @@ def test_micro_batches_are_averaged_per_step():
 
 @pytest.mark.parametrize(
     ("ratio", "words"),
-    [(0.5, "updates are huge"), (1e-3, "normal rate"), (0.0, "do not change at all")],
+    [(0.5, "far too high"), (1e-3, "normal rate"), (0.0, "do not change at all")],
 )
 def test_cause_follows_the_measured_update_size(ratio, words):
     f = assert_fires("TD108", _tl(_flat(60), ratio=ratio, lr=0.1))
@@ -168,3 +169,15 @@ def test_lr_far_too_high_hidden_by_clipping():
     # the same clipping with healthy step sizes: not this cause
     g = assert_fires("TD108", _tl(values, ratio=1e-3, lr=1e-3, extra=extra))
     assert "lr_too_high" not in g.evidence
+
+
+def test_huge_steps_of_a_loss_that_learned_are_not_this_cause():
+    # every step moves the weights by 2x their initial norm, but the loss ends well below its
+    # start and below a uniform guess (ln 3): it learned (e.g. word-LM SGD at lr=20, clipped)
+    values = [1.1 * 0.97**i for i in range(60)]
+    assert_silent("TD108", _tl(values, ratio=2.0, lr=20.0))
+    # and without clipping the same plateau above the start is still caught
+    flat = [1.1] + [1.3 + 0.05 * (i % 4) for i in range(59)]
+    f = assert_fires("TD108", _tl(flat, ratio=2.0, lr=1.0))
+    assert "max_norm" not in f.evidence["lr_too_high"]
+    assert "lr up to 1" in f.cause

@@ -21,7 +21,19 @@ from .._util import (
     name="loss-not-decreasing",
     severity=Severity.WARNING,
     summary="The training loss has not fallen significantly since the start of the run.",
-    requires=("loss.train", "loss.backward", "params.update", "params.norm", "optim.lr"),
+    requires=(
+        "loss.train",
+        "loss.backward",
+        "params.update",
+        "params.norm",
+        "optim.lr",
+        # what the objective is (rules/_objective.py) and the clipping of a too-high lr
+        "loss_inputs.observed",
+        "loss_inputs.stats",
+        "loss_inputs.labels",
+        "schedule.clip_norm",
+        "schedule.clip_max",
+    ),
     priority=60,
 )
 def loss_not_decreasing(
@@ -29,8 +41,21 @@ def loss_not_decreasing(
 ) -> Iterator[Finding]:
     """
     ## What it detects
-    A training loss whose median over the last fifth of the run is not at least `min_rel_drop`
-    (5%) below its median over the first fifth, after at least `min_steps` optimizer steps.
+    A training loss meant to fall whose median over the last fifth of the run is not at least
+    `min_rel_drop` (5%) below its start (the higher of the first fifth's median and the first 3
+    steps' median), after at least `min_steps` optimizer steps; and a learning rate far too high
+    that does not blow the run up (clipping, Adam's bounded steps): every step moves the weights
+    by a large fraction of their initial size while the loss ends no better than its start,
+    a uniform guess (ln C) or predicting the class frequencies.
+
+    Only a loss measured to be meant to fall is judged at warning: a standard loss (cross-entropy,
+    MSE, ...) on the model's output against targets whose mix and range stay put. Not judged:
+    several optimizers stepping separate models with their own backward() lines (a GAN, actor
+    and critic), targets that trend over the run (RL returns, TD targets, assigned boxes), each
+    sample its own class (InfoNCE), a loss written by hand or with terms the standard losses do
+    not account for (info at most). A measured fault (nothing moves, steps far too small, or
+    far too large as above) is a warning whatever the objective. The evidence says what was
+    judged (`objective`, `judged`).
 
     ## Why it matters
     A run that trains from scratch drops its loss quickly at first. A flat loss means the run
@@ -38,13 +63,20 @@ def loss_not_decreasing(
 
     ## How it is measured
     Per-step mean losses (from `doc.log(loss=...)` or the backward root) are compared between
-    the first and last fifth of the run (medians, robust to spikes). For the cause, sampled
+    the start and the last fifth of the run (medians, robust to spikes). For the cause, sampled
     steps measure the relative update size ||Δθ|| / ||θ|| per parameter: far below 1e-6 means
-    the learning rate is too small, above 1e-1 too large; zero means nothing moves (TD104/TD105).
+    the learning rate is too small; zero means nothing moves (TD104/TD105). A far too high lr:
+    ||Δθ_t|| / ||θ_0|| (against the initial weights, which a blown-up run no longer has) at
+    least 0.3 in median over the params and sampled steps (healthy runs measured 1e-3 to 0.06),
+    and the loss of the last fifth within 5% of, or above, the lowest of its first value, ln C
+    and the entropy of the labels seen; how often `clip_grad_norm_` cut the gradient is given
+    with it. What the objective is comes from `rules/_objective.py` (the loss-input, optimizer
+    and backward-site records).
 
     ## Example
     ```python
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-7)   # updates are 1e-8 of the weights
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)  # 1000x: clipped, never learns
     ```
 
     ## Fix
@@ -54,7 +86,8 @@ def loss_not_decreasing(
 
     ## Known false positives
     Fine-tuning from a converged checkpoint may legitimately move the loss by less than 5% in
-    the first `min_steps` steps; lower `min_rel_drop` for such runs.
+    the first `min_steps` steps; lower `min_rel_drop` for such runs. A supervised dataset read
+    in an order sorted by target is judged as moving targets (not judged: a miss, not an alarm).
     """
     series = per_step_mean(train_loss_values(tl))
     if len(series) < min_steps:
@@ -69,7 +102,7 @@ def loss_not_decreasing(
     last = statistics.median(values[-w:])
     drop = (first - last) / abs(first) if first else 0.0
     obj = objective(tl)
-    hot = too_high_lr(tl, values)
+    hot = too_high_lr(tl, values) if obj.falls else None
     if drop >= min_rel_drop and hot is None:
         return
     ratio = _median_update_ratio(tl)
@@ -84,6 +117,11 @@ def loss_not_decreasing(
     else:
         return  # a loss that is not meant to fall, moved at a normal rate: nothing to say
     src = loss_source(tl)
+    opts = tl.fact("optimizers") or []
+    if (hot is not None or (ratio is not None and 0 < ratio < 1e-6)) and opts:
+        # The learning rate is the cause: the line that built the optimizer (zero-code mode
+        # sees the constructor) says where it is set.
+        src = opts[0].get("created_at") or src
     evidence = {
         "first_median": first,
         "last_median": last,
@@ -95,9 +133,17 @@ def loss_not_decreasing(
     }
     if hot is not None:
         evidence["lr_too_high"] = hot
+    title = (
+        f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
+        f"{len(values)} steps"
+    )
+    if hot is not None:
+        title = (
+            f"the training loss ends at {hot['last']:.4g}, {hot['reference_text']}, while each "
+            f"step moves the weights by {hot['update_to_initial']:.2g}x their initial norm"
+        )
     yield tl.finding(
-        title=f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
-        f"{len(values)} steps",
+        title=title,
         step=series[0][0],
         evidence=evidence,
         where=Where(source=src),
@@ -128,19 +174,22 @@ def _cause(
     whatever the objective (nothing moves, or steps far too small or too large)."""
     lrs = [v for _, d in tl.series("optim.lr") for v in d.values() if v is not None]
     lr = f" (lr={lrs[-1]:g})" if lrs else ""
+    peak = f" (lr up to {max(lrs):g})" if lrs else ""
     if hot is not None:
-        return (
-            f"the learning rate is far too high{lr} and gradient clipping hides it: "
-            f"clip_grad_norm_(max_norm={hot['max_norm']:g}) cut the gradient on "
+        clip = (
+            f"; clip_grad_norm_(max_norm={hot['max_norm']:g}) cut the gradient on "
             f"{hot['clipped_steps']} of {hot['clip_steps']} steps (median norm "
-            f"{hot['median_grad_norm']:.3g}, {hot['median_grad_norm'] / hot['max_norm']:.0f}x the "
-            f"limit), each step moved the weights by {hot['update_to_initial']:.2g} times their "
-            f"initial norm (||Δθ||/||θ_0||, median; a healthy step moves them by about 1e-3), "
-            f"and the loss ends at "
-            f"{hot['last']:.4g}, {hot['reference_text']}: no NaN, because every step is clipped, "
-            "but no descent either",
-            "lower the learning rate (by 10x steps) until clipping is active on few steps and "
-            "||Δθ||/||θ|| is about 1e-3 per step; keep the clip as a guard",
+            f"{hot['median_grad_norm']:.3g}), which keeps it finite"
+            if "max_norm" in hot
+            else ""
+        )
+        return (
+            f"the learning rate is far too high{peak}: each step moves the weights by "
+            f"{hot['update_to_initial']:.2g} times their initial norm (||Δθ||/||θ_0||, median; "
+            f"a healthy step moves them by about 1e-3), and the loss ends at {hot['last']:.4g}, "
+            f"{hot['reference_text']}{clip}: no NaN, but nothing learned",
+            "lower the learning rate (by 10x steps) until ||Δθ||/||θ|| is about 1e-3 per step; "
+            "keep gradient clipping as a guard, not as the fix",
             True,
         )
     if ratio is None:

@@ -19,7 +19,20 @@ from ._layers import fmt, layer_series, median_mad, params_of
     name="loss-spike-or-divergence",
     severity=Severity.ERROR,
     summary="The training loss spikes far above its recent level, or climbs away for good.",
-    requires=("loss.train", "loss.backward", "grads.norm", "optim.lr"),
+    requires=(
+        "loss.train",
+        "loss.backward",
+        "grads.norm",
+        "optim.lr",
+        # what the objective is (rules/_objective.py) and how far each step moves the weights
+        "loss_inputs.observed",
+        "loss_inputs.stats",
+        "loss_inputs.labels",
+        "params.update",
+        "params.norm",
+        "schedule.clip_norm",
+        "schedule.clip_max",
+    ),
     priority=45,
 )
 def loss_spike_or_divergence(
@@ -33,12 +46,20 @@ def loss_spike_or_divergence(
     """
     ## What it detects
     - divergence: the loss of the last steps is `diverge_factor` times the loss of the first
-      steps (or 2.5 x that factor above the lowest level it reached);
+      steps or of the very first step, before any update (or 2.5 x that factor above the
+      lowest level it reached);
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
       `robust_z` robust deviations above it, and up by at least half the starting loss.
 
     It names the step, and the layer whose gradient norm rose most (against its own history) at
     the first sampled step from there: the layer that led the jump.
+
+    Judged only for a loss measured to be meant to fall (see TD108 and `rules/_objective.py`):
+    silent for models trained against each other (several optimizers, several backward()
+    lines) and for targets that trend over the run (RL returns, TD targets); for a loss it
+    cannot read (written by hand, or with hand-written terms, or contrastive) a divergence is
+    info, a warning only when each step moves the weights by 0.3x their initial norm or more,
+    and spikes are not judged. The evidence says what was judged.
 
     ## Why it matters
     A diverging run wastes every step after the onset; a spike undoes part of the training and
@@ -62,7 +83,8 @@ def loss_spike_or_divergence(
     ```
 
     ## Known false positives
-    Curriculum or data-mixture changes raise the loss on purpose; a run that restarts from a
+    Curriculum or data-mixture changes raise the loss on purpose (a curriculum over a fixed
+    label set is not seen as moving targets); a run that restarts from a
     checkpoint with a different loss weighting can look like a jump. Non-finite losses are left
     to TD201.
     """
