@@ -88,6 +88,11 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
         return
     cancelled = tl.fact("bias_before_norm") or {}
     by_norm = sorted(n for n in frozen if n in cancelled)
+    steps_seen = [s for s, _ in updates]
+    if any(
+        vals and all(v == 0 for v in vals) for vals in _group_lrs(tl, by_norm, steps_seen).values()
+    ):
+        by_norm = []  # lr 0 leaves them unchanged whatever the norm does: the lr is the cause
     if by_norm:
         yield _bias_before_norm(tl, by_norm, cancelled, grads, [s for s, _ in updates])
     frozen -= set(by_norm)
