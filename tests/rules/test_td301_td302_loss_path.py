@@ -190,3 +190,40 @@ def test_cut_rules_pass_the_offline_round_trip():
     tl = _with_cuts(_cut("detach"), _cut("argmax", at="b.py:1", added="b.py:2"))
     assert assert_fires("TD302", tl).evidence["cut"] == "detach"
     assert assert_fires("TD301", tl).evidence["cut"] == "argmax"
+
+
+def _walks(*walks, lines=False):
+    tl = Timeline()
+    tl.facts["models"] = {"<model>": "M"}
+    for step, nodes in walks:
+        tl.event(step, "gradient_path", nodes=nodes, reference_grad=1.0, lines_known=lines)
+    return tl
+
+
+def test_td301_mul_zeroed_by_a_trained_operand_is_not_a_block():
+    # `r * h0` with a zero-initialised learnable h0 (makemore's GRU), ReZero's alpha * f(x)
+    node = {**_node("mul", 1.0, None), "trained_operand": True, "verdict": "zero operand (trained)"}
+    assert _run("TD301", _walks((1, [node]))) == []
+
+
+def test_td301_unnamed_block_gone_on_the_next_walk_was_transient():
+    # measured on step 1 only, no line, and the walk of step 2 saw no such block: silent
+    assert _run("TD301", _walks((1, [_node("mul", 1.0, None)]), (2, []))) == []
+
+
+def test_td301_unnamed_block_on_one_walk_only_is_a_warning():
+    (f,) = _run("TD301", _walks((1, [_node("clamp", 0.95, None)])))
+    assert f.severity is Severity.WARNING and "one step only" in f.cause
+
+
+def test_td301_block_confirmed_on_a_later_walk_is_an_error():
+    node = _node("clamp", 0.95, None)
+    (f,) = _run("TD301", _walks((1, [node]), (2, [node])))
+    assert f.severity is Severity.ERROR and "again on step 2" in f.cause
+
+
+def test_td301_named_op_measured_passing_later_is_transient_and_absent_is_unknown():
+    blocks, passes = _node("clamp", 0.95, "loss.py:3"), _node("clamp", 0.01, "loss.py:3")
+    assert _run("TD301", _walks((1, [blocks]), (1000, [passes]), lines=True)) == []
+    (f,) = _run("TD301", _walks((1, [blocks]), (1000, []), lines=True))
+    assert f.severity is Severity.ERROR and f.where.source == "loss.py:3"

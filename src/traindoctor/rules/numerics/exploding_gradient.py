@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
@@ -15,7 +16,7 @@ from ._layers import fmt, layer_order, layer_series, median_mad, params_of
     name="exploding-gradient",
     severity=Severity.ERROR,
     summary="A layer's gradient norm jumps far above its own history.",
-    requires=("grads.norm", "optim.lr"),
+    requires=("grads.norm", "optim.lr", "params.norm"),
     priority=40,
 )
 def exploding_gradient(
@@ -41,8 +42,17 @@ def exploding_gradient(
     The gradient probe takes every param's gradient norm just before `optimizer.step()` on
     sampled steps (one fused `torch._foreach_norm`, read back in batches, after any GradScaler
     unscale). A layer's norm is the root of the sum of its params' squared norms. Each layer is
-    compared with its own history only (median and median absolute deviation), never with a
-    fixed threshold, so layers of any scale are judged alike.
+    compared with its own history (median and median absolute deviation), never with a fixed
+    threshold, so layers of any scale are judged alike.
+    A history that is still rising from far below the rest of the model is no level to jump
+    from: attention weights get almost no gradient while the scores are uniform, a layer behind
+    a zero-initialised gate gets none until the gate opens, and their gradient then grows by
+    orders of magnitude in a few steps while training converges. So when a layer's first
+    samples rise monotonically (at least doubling), those samples count at the level the other
+    layers carry for weights of its size where they lie below it: the median over the other
+    layers of ||g|| / ||θ|| at the same step, times the layer's own ||θ|| (weight norms from the
+    params probe, on the same sampled steps). A layer that starts at the model's level, or
+    every layer rising together (a learning rate too large), keeps its own history.
 
     ## Example
     ```python
@@ -59,32 +69,47 @@ def exploding_gradient(
     ## Known false positives
     A layer that starts with an exactly-zero gradient (behind a zero-initialized layer, as in
     LoRA) grows from nothing: zero norms are not history, and a steady growth is not a jump
-    (the norm must also be `factor` times the one sampled just before). A single rare batch
+    (the norm must also be `factor` times the one sampled just before), and a gradient rising
+    from far below the other layers is judged against their level (above). Without weight
+    norms (a model too large for the params probe to copy), a layer is judged against its own
+    history alone and a rise from ~0 can still be reported. A single rare batch
     (very long sequence, outlier) can produce one isolated jump: that is reported as a warning
     when the norm comes back down.
     """
     grads = tl.series("grads.norm")
     layers = layer_series(grads)
+    levels = _peer_levels(layers, layer_series(tl.series("params.norm")))
     hits = []
     for layer, series in layers.items():
         history: list[float] = []
+        steps: list[int] = []
         for step, value in series:
             if len(history) >= min_history:
-                med, mad = median_mad(history)
-                prev = history[-1]
+                ref = _reference(history, [levels.get((layer, s)) for s in steps])
+                med, mad = median_mad(ref)
+                prev = ref[-1]
                 if (
                     med > 0
                     and value >= factor * max(med, prev)
                     and value >= med + robust_z * 1.4826 * mad
                 ):
-                    hits.append((step, -value / med, layer, med, value, series))
+                    lifted = ref != history
+                    hits.append((step, -value / med, layer, med, value, series, lifted))
                     break
             if value > 0:
                 history.append(value)
+                steps.append(step)
     if not hits:
         return
     hits.sort(key=lambda h: (h[0], h[1]))
-    step, _, layer, med, value, series = hits[0]
+    step, _, layer, med, value, series, lifted = hits[0]
+    # Judged against the other layers' level where the layer's own start was still rising.
+    below = (
+        "the level the other layers carry for its weights (its own gradient was still rising "
+        "from far below it)"
+        if lifted
+        else "its own history"
+    )
     same_step = [h[2] for h in hits if h[0] == step]
     params = tl.fact("params") or {}
     last_step, last = series[-1]
@@ -94,7 +119,8 @@ def exploding_gradient(
     also = [x for x in layer_order(params, same_step) if x != layer]
     yield tl.finding(
         title=f"gradient of `{layer}` exploded at step {step}: norm {fmt(value)}, "
-        f"{value / med:.0f}x its median {fmt(med)} before"
+        f"{_times(value / med)} its median {fmt(med)} before"
+        + (" (counted at the other layers' level)" if lifted else "")
         + (f" ({len(also)} other layer(s) jumped at the same step)" if also else ""),
         step=step,
         evidence={
@@ -102,14 +128,14 @@ def exploding_gradient(
             "grad_norm": value,
             "median_before": med,
             "ratio": value / med,
+            "reference": "other layers" if lifted else "own history",
             "history": [[s, v] for s, v in series if s <= step][-8:],
             "last": [last_step, last],
             "layers_jumping_at_step": layer_order(params, same_step),
             "lr": lrs,
         },
         where=Where(module=layer, params=params_of(params, layer)),
-        cause=f"the gradient of `{layer}` rose {value / med:.0f}x above its own history at step "
-        f"{step}"
+        cause=f"the gradient of `{layer}` rose {_times(value / med)} above {below} at step {step}"
         + (
             f" and stayed there (still {fmt(last)} at step {last_step})"
             if persistent and last_step > step
@@ -124,3 +150,48 @@ def exploding_gradient(
         severity=Severity.ERROR if persistent else Severity.WARNING,
         confidence=0.9 if persistent else 0.6,
     )
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.0f}x" if ratio < 1e4 else f"{ratio:.1e}x"
+
+
+def _peer_levels(
+    grads: dict[str, list[tuple[int, float]]], weights: dict[str, list[tuple[int, float]]]
+) -> dict[tuple[str, int], float]:
+    """{(layer, step): the gradient norm the other layers carry for weights of this layer's size
+    at that step}: the median over the other layers of ||g|| / ||θ||, times this layer's ||θ||.
+    Only where the weight norms were measured (sampled steps) and at least one other layer has
+    a nonzero gradient."""
+    theta = {(layer, s): v for layer, series in weights.items() for s, v in series if v > 0}
+    rel: dict[int, dict[str, float]] = {}
+    for layer, series in grads.items():
+        for s, g in series:
+            w = theta.get((layer, s))
+            if w and g > 0:
+                rel.setdefault(s, {})[layer] = g / w
+    out: dict[tuple[str, int], float] = {}
+    for s, by_layer in rel.items():
+        for layer in grads:
+            others = [r for other, r in by_layer.items() if other != layer]
+            w = theta.get((layer, s))
+            if others and w:
+                out[(layer, s)] = statistics.median(others) * w
+    return out
+
+
+def _reference(history: list[float], peers: list[float | None]) -> list[float]:
+    """The history a new norm is judged against. A layer whose gradient starts far below what
+    the rest of the model carries and is still rising (attention weights while the scores are
+    uniform, a layer behind a zero-initialised gate) has no level of its own yet: the samples
+    of that initial rise count at the other layers' level (`_peer_levels`) where they lie
+    below it. Samples after the rise, and layers that never rose, keep their own values."""
+    rise = 1
+    while rise < len(history) and history[rise] >= history[rise - 1]:
+        rise += 1
+    if rise < 2 or history[rise - 1] < 2 * history[0]:
+        return history  # no initial rise (noise does not double monotonically)
+    return [
+        max(v, p) if i < rise and p is not None else v
+        for i, (v, p) in enumerate(zip(history, peers))
+    ]
