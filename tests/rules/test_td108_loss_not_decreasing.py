@@ -181,3 +181,11 @@ def test_huge_steps_of_a_loss_that_learned_are_not_this_cause():
     f = assert_fires("TD108", _tl(flat, ratio=2.0, lr=1.0))
     assert "max_norm" not in f.evidence["lr_too_high"]
     assert "lr up to 1" in f.cause
+
+
+def test_a_loss_falling_steadily_by_less_than_5_percent_is_slow_not_stuck():
+    # a word-level LSTM at its unigram plateau: 5.56 -> 5.33 over 86 steps, steadily
+    values = [5.56 - 0.0027 * i + 0.03 * ((i * 7) % 5 - 2) / 2 for i in range(86)]
+    assert_silent("TD108", _tl(values, ratio=0.07, lr=20.0))
+    # the same slow fall with tiny updates is still the fault it measures
+    assert_fires("TD108", _tl(values, ratio=1e-8, lr=1e-7))

@@ -52,8 +52,9 @@ def objective(tl: TimelineView) -> Objective:
         return Objective(
             None,
             "hand-written",
-            "a loss written by hand (no standard loss function was seen in training), so "
-            "traindoctor cannot tell whether it is meant to fall",
+            "no standard loss function (cross_entropy, mse_loss, ...) was seen taking the "
+            "model's output as its input (a loss written by hand, or the prediction passed as "
+            "the target), so traindoctor cannot tell whether it is meant to fall",
         )
     stats = _stats_by_site(tl)
     labels = _labels_by_site(tl)
@@ -243,7 +244,7 @@ def _targets_moved(stats: list[tuple[int, dict[str, float]]]) -> str | None:
     need = 0.8 if len(obs) >= 6 else 1.0
     for stat, frac in (("t_mean", 0.1), ("t_min", 0.25), ("t_max", 0.25)):
         values = [d[stat] for d in obs]
-        rho = _spearman(values)
+        rho = spearman(values)
         if rho is None or abs(rho) < need - 1e-9:
             continue
         a, b = statistics.median(values[:third]), statistics.median(values[-third:])
@@ -260,7 +261,7 @@ def _targets_moved(stats: list[tuple[int, dict[str, float]]]) -> str | None:
     return ""
 
 
-def _spearman(values: list[float]) -> float | None:
+def spearman(values: list[float]) -> float | None:
     """Rank correlation of `values` with their order (average ranks for ties)."""
     n = len(values)
     order = sorted(range(n), key=lambda i: values[i])
