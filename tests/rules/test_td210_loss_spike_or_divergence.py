@@ -101,3 +101,14 @@ def test_models_trained_against_each_other_are_not_judged():
     # one loss stepped by two optimizers (per-group optimizers): still judged
     f = assert_fires("TD210", _tl(rising, optimizers=opts, sites=("train.py:40",)))
     assert f.severity is Severity.ERROR
+
+
+def test_a_rising_hand_written_loss_with_huge_steps_is_a_warning():
+    # the objective is unknown, but every step moves the weights by 2x their initial norm
+    rising = [1.0 + 0.1 * i for i in range(40)]
+    tl = _tl(rising, loss_event=None)
+    for s in (1, 2, 3, 10, 20, 30):
+        tl.record(s, "params.norm", dict.fromkeys(PARAMS, 1.0))
+        tl.record(s, "params.update", dict.fromkeys(PARAMS, 2.0))
+    f = assert_fires("TD210", tl)
+    assert f.severity is Severity.WARNING

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
-from .._objective import objective, too_high_lr, updates_to_initial
+from .._objective import objective, updates_to_initial
 from .._registry import rule
 from .._util import loss_source, per_step_mean, train_loss_values
 from ._layers import fmt, layer_series, median_mad, params_of
@@ -114,7 +114,7 @@ def loss_spike_or_divergence(
         onset_i = min(onset_i, len(values) - 1)
         if obj.falls:
             severity = Severity.ERROR
-        elif too_high_lr(tl, values) is not None or _overshoots(tl):
+        elif _overshoots(tl):
             severity = Severity.WARNING  # the steps are measured too large, whatever the loss
         else:
             severity = Severity.INFO
