@@ -21,7 +21,12 @@ TRAINED = "<trained>"
     name="evaluated-model-frozen",
     severity=Severity.ERROR,
     summary="The model being validated never changes while the trained model does.",
-    requires=("modes.validated_fingerprint", "modes.trained_fingerprint", "loss.val"),
+    requires=(
+        "modes.validated_fingerprint",
+        "modes.trained_fingerprint",
+        "loss.val",
+        "copies.evaluated",
+    ),
     priority=20,
 )
 def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:

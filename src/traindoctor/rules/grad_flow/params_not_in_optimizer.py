@@ -27,7 +27,7 @@ from ._held_out import held_out_by_design
     name="params-not-in-optimizer",
     severity=Severity.ERROR,
     summary="Trainable params that no optimizer param group holds.",
-    requires=("grads.norm", "params.replaced"),
+    requires=("grads.norm", "params.replaced", "copies.norm"),
     priority=16,
 )
 def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
