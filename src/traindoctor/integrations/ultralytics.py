@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from .. import _mode_patches
+from .._hooks import CopySafeHook
 from ..doctor import Doctor as _Doctor
 from ..findings import Finding, Severity
 from . import doctor_options
@@ -198,7 +199,7 @@ class Doctor:
         if self._yolo is not None:
             # A YOLO built from a yaml keeps its own model; the trainer trains a new one.
             facts["yolo_model_is_trained_model"] = unwrap_model(self._yolo.model) is model
-        self._hook = model.register_forward_hook(self._on_model_output)
+        self._hook = model.register_forward_hook(CopySafeHook(self._on_model_output))
         modes = doc._probe("modes")
         if modes is not None:
             self._regions = _UserRegions(doc, modes)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .._hooks import CopySafeHook
 from ..timeline import Timeline
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class AttachContext:
             guard.call(where, fn, *args, **kwargs)
             budget.spend(clock() - t0)
 
-        return guarded
+        return CopySafeHook(guarded)
 
     def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(qualified name, param) of the watched models as they are now; walked once a step

@@ -35,6 +35,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .._graph import graph_nodes, node_source
+from .._hooks import CopySafeHook
 from .._source import user_line_in_traceback, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
@@ -104,7 +105,9 @@ class NumericsProbe(Probe):
         super().attach(ctx, rec)
         for prefix, model in ctx.models.items():
             self.handles.append(
-                model.register_forward_pre_hook(self._make_capture(prefix), with_kwargs=True)
+                model.register_forward_pre_hook(
+                    CopySafeHook(self._make_capture(prefix)), with_kwargs=True
+                )
             )
             self.handles.append(
                 model.register_forward_hook(ctx.hook("probe numerics", self._watch_output))
@@ -147,7 +150,7 @@ class NumericsProbe(Probe):
         assert ctx is not None
         guard = ctx.doctor.guard
 
-        # A plain closure (not a bound method): copy.deepcopy of the model copies its hook dicts.
+        # A closure (not a bound method) in a CopySafeHook: copies of the model get an inert hook.
         def capture(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
             if self._in_autopsy or not module.training or not torch.is_grad_enabled():
                 return

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from .. import _patches
+from .._hooks import CopySafeHook
 from .._source import call_site, relpath
 from .._warnings import call_as_caller
 from ..timeline import signal
@@ -98,7 +99,9 @@ class ScheduleProbe(Probe):
         self._rec = rec
         for model in ctx.models.values():
             hook = ctx.hook("probe schedule forward", self._forward)
-            self.handles.append(model.register_forward_pre_hook(lambda m, a, h=hook: h()))
+            self.handles.append(
+                model.register_forward_pre_hook(CopySafeHook(lambda m, a, h=hook: h()))
+            )
         add_scheduler_listener(self._scheduler_step)
         self._hparams(rec)
         _patches.add_amp_listener(self._clip)
