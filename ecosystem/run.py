@@ -179,21 +179,27 @@ def env_of(spec: dict, work: Path) -> dict[str, str]:
     return env
 
 
-def run_case(case: Case, keep: bool, verbose: bool) -> Outcome:
+def run_case(case: Case, keep: bool, verbose: bool, plain_mutants: bool = False) -> Outcome:
     kind = "mutant" if case.mutant else "program"
     outcome = Outcome(case.name, kind, case.expected, "ok")
     work = Path(tempfile.mkdtemp(prefix=f"td-eco-{case.program}-"))
     try:
         spec, timeout = case.spec, case.spec.get("timeout", 300)
         cwd = prepare(case, work)
-        fresh = work / "plain"
-        shutil.copytree(cwd, fresh, symlinks=True)  # the plain run must not leave state behind
+        # The plain run gets a copy of the whole tree (programs read ../data), so it leaves
+        # nothing behind for the run under traindoctor.
         argv = list(spec["argv"])
-        t0 = time.perf_counter()
-        plain = _run([str(python_of(spec)), *argv], fresh, spec, work, timeout)
-        outcome.seconds_plain = time.perf_counter() - t0
-        outcome.plain_rc = plain.returncode
-        shutil.rmtree(fresh, ignore_errors=True)
+        if case.mutant is None or plain_mutants:
+            fresh = work / "plain"
+            shutil.copytree(work / "tree", fresh, symlinks=True)
+            t0 = time.perf_counter()
+            plain_cwd = fresh / cwd.relative_to(work / "tree")
+            plain = _run([str(python_of(spec)), *argv], plain_cwd, spec, work, timeout)
+            outcome.seconds_plain = time.perf_counter() - t0
+            outcome.plain_rc = plain.returncode
+            shutil.rmtree(fresh, ignore_errors=True)
+        else:  # the mutant's harm was measured when it was written; only judged here
+            plain = subprocess.CompletedProcess([], 0, "", "")
         td_args = ["-m", "traindoctor", "run", "--out", str(work / "td"), "--json"]
         if spec.get("max_steps"):
             td_args += ["--max-steps", str(spec["max_steps"])]
@@ -214,7 +220,7 @@ def run_case(case: Case, keep: bool, verbose: bool) -> Outcome:
             outcome.verdict = "CHANGED" if plain.returncode == 0 else "BROKEN"
             outcome.note = "no findings.json: " + _last_line(doc.stderr)
             return outcome
-        if plain.returncode == 0 and doc.returncode not in (0, 3):
+        if outcome.plain_rc == 0 and doc.returncode not in (0, 3):
             outcome.verdict = "CHANGED"
             outcome.note = f"exit {doc.returncode} under traindoctor: " + _last_line(doc.stderr)
         outcome.steps = report.get("steps")
@@ -356,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print each run's stderr")
     parser.add_argument("--keep", action="store_true", help="keep each case's work folder")
     parser.add_argument("--strict", action="store_true", help="fail on any false alarm or miss")
+    parser.add_argument(
+        "--plain-mutants", action="store_true", help="also run each mutant plainly (its harm)"
+    )
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--install", action="store_true", help="pip install the programs' extras")
     args = parser.parse_args(argv)
@@ -381,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, reason in unavailable.items():
         print(f"unavailable: {name}: {reason}", file=sys.stderr)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        outcomes = list(pool.map(lambda c: run_case(c, args.keep, args.verbose), todo))
+        outcomes = list(
+            pool.map(lambda c: run_case(c, args.keep, args.verbose, args.plain_mutants), todo)
+        )
     outcomes += skipped
     print_table(outcomes)
     summary = totals(outcomes)
