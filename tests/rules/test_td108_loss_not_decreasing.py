@@ -95,7 +95,12 @@ def test_micro_batches_are_averaged_per_step():
 
 @pytest.mark.parametrize(
     ("ratio", "words"),
-    [(0.5, "far too high"), (1e-3, "normal rate"), (0.0, "do not change at all")],
+    [
+        (0.5, "updates are huge"),
+        (2.0, "far too high"),
+        (1e-3, "normal rate"),
+        (0.0, "do not change at all"),
+    ],
 )
 def test_cause_follows_the_measured_update_size(ratio, words):
     f = assert_fires("TD108", _tl(_flat(60), ratio=ratio, lr=0.1))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
-from .._objective import objective, updates_to_initial
+from .._objective import MIN_UPDATE, objective, updates_to_initial
 from .._registry import rule
 from .._util import loss_source, per_step_mean, train_loss_values
 from ._layers import fmt, layer_series, median_mad, params_of
@@ -58,7 +58,7 @@ def loss_spike_or_divergence(
     silent for models trained against each other (several optimizers, several backward()
     lines) and for targets that trend over the run (RL returns, TD targets); for a loss it
     cannot read (written by hand, or with hand-written terms, or contrastive) a divergence is
-    info, a warning only when each step moves the weights by 0.3x their initial norm or more,
+    info, a warning only when each step moves the weights by 1x their initial norm or more,
     and spikes are not judged. The evidence says what was judged.
 
     ## Why it matters
@@ -152,7 +152,7 @@ def loss_spike_or_divergence(
             return
 
 
-def _overshoots(tl: TimelineView, min_update: float = 0.3) -> bool:
+def _overshoots(tl: TimelineView, min_update: float = MIN_UPDATE) -> bool:
     """Each step moves the weights by at least `min_update` of their initial norm (median)."""
     moves = updates_to_initial(tl)
     return len(moves) >= 2 and statistics.median(moves) >= min_update
