@@ -63,7 +63,9 @@ class CopiesProbe(Probe):
         held = ctx.doctor.optimizer_param_ids()
         named = ctx.named_params()
         trained = [(n, p) for n, p in named if id(p) in held]
-        self._unheld = [(n, p) for n, p in named if id(p) not in held]
+        # Trainable only: TD102/TD103 judge those, and a frozen backbone (requires_grad off,
+        # e.g. under LoRA) is left alone instead of being fingerprinted every sampled step.
+        self._unheld = [(n, p) for n, p in named if id(p) not in held and p.requires_grad]
         facts: dict[str, Any] = {"params": {}, "modules": {}}
         rec.timeline.facts["copies"] = facts
         rec.timeline.facts["grads_seen_later"] = {}
@@ -77,11 +79,10 @@ class CopiesProbe(Probe):
         # copy called before the first backward, e.g. evaluated once before training) and
         # the top-level modules of the heap that are not watched.
         roots: list[tuple[str, torch.nn.Module, dict[str, str]]] = []
-        unheld = {n for n, _ in self._unheld}
         for prefix, model in ctx.models.items():
-            names = [f"{prefix}{n}" for n, _ in model.named_parameters()]
-            if prefix and names and all(n in unheld for n in names):
-                matched = {n: s for n, s in facts["params"].items() if n.startswith(prefix)}
+            params = list(model.named_parameters())
+            if prefix and params and not any(id(p) in held for _, p in params):
+                matched = finder.sources(params)
                 if matched:
                     roots.append((prefix.rstrip("."), model, matched))
         watched = {id(m) for model in ctx.models.values() for m in model.modules()}
