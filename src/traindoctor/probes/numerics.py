@@ -470,7 +470,7 @@ class NumericsProbe(Probe):
         if not self._last:
             return None
         prefix, (args, kwargs, rng, cuda) = next(iter(self._last.items()))
-        model = ctx.models.get(prefix)
+        model = _replayable(ctx.models.get(prefix))
         if model is None:
             return None
         doctor = ctx.doctor
@@ -768,6 +768,26 @@ _HOOK_DICTS = (
     "_load_state_dict_pre_hooks",
     "_load_state_dict_post_hooks",
 )
+
+
+def _replayable(model: torch.nn.Module | None) -> torch.nn.Module | None:
+    """The module the replay may run without talking to other processes, or None.
+
+    A DistributedDataParallel (or DataParallel) wrapper's forward syncs buffers with the other
+    ranks: replaying it on one rank issued a collective the others never matched and killed
+    the job. The replay runs the wrapped module itself, and not at all when that module still
+    holds a SyncBatchNorm, whose forward in training is a collective too.
+    """
+    while model is not None and isinstance(
+        model,
+        torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel,
+    ):
+        model = model.module
+    if model is None:
+        return None
+    if any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
+        return None
+    return model
 
 
 def _copy_without_hooks(model: torch.nn.Module) -> torch.nn.Module | None:
