@@ -44,15 +44,15 @@ def exploding_gradient(
     unscale). A layer's norm is the root of the sum of its params' squared norms. Each layer is
     compared with its own history (median and median absolute deviation), never with a fixed
     threshold, so layers of any scale are judged alike.
-    A history that is still rising from far below the rest of the model is no level to jump
-    from: attention weights get almost no gradient while the scores are uniform, a layer behind
-    a zero-initialised gate gets none until the gate opens, and their gradient then grows by
-    orders of magnitude in a few steps while training converges. So when a layer's first
-    samples rise monotonically (at least doubling), those samples count at the level the other
-    layers carry for weights of its size where they lie below it: the median over the other
-    layers of ||g|| / ||θ|| at the same step, times the layer's own ||θ|| (weight norms from the
-    params probe, on the same sampled steps). A layer that starts at the model's level, or
-    every layer rising together (a learning rate too large), keeps its own history.
+    A gradient near zero next to the rest of the model is no level to explode from: attention
+    weights get almost no gradient while the scores are uniform, a layer behind a
+    zero-initialised gate gets almost none until the gate opens, and their gradient then grows
+    by orders of magnitude in a few steps while training converges. So each earlier norm counts
+    at least at a `factor`-th of the level the other layers carry for weights of its size: the
+    median over the other layers of ||g|| / ||θ|| at the same step, times the layer's own ||θ||
+    (weight norms from the params probe, on the same sampled steps). A jump from near zero
+    must then take the layer above what the other layers carry; a layer at the model's level,
+    and every layer rising together (a learning rate too large), keep their own history.
 
     ## Example
     ```python
@@ -70,7 +70,9 @@ def exploding_gradient(
     A layer that starts with an exactly-zero gradient (behind a zero-initialized layer, as in
     LoRA) grows from nothing: zero norms are not history, and a steady growth is not a jump
     (the norm must also be `factor` times the one sampled just before), and a gradient rising
-    from far below the other layers is judged against their level (above). Without weight
+    from far below the other layers is judged against their level (above). A layer whose
+    gradient is always far below the others' (an embedding's sparse rows) is therefore
+    reported only once it jumps above their level. Without weight
     norms (a model too large for the params probe to copy), a layer is judged against its own
     history alone and a rise from ~0 can still be reported. A single rare batch
     (very long sequence, outlier) can produce one isolated jump: that is reported as a warning
@@ -85,7 +87,7 @@ def exploding_gradient(
         steps: list[int] = []
         for step, value in series:
             if len(history) >= min_history:
-                ref = _reference(history, [levels.get((layer, s)) for s in steps])
+                ref = _reference(history, [levels.get((layer, s)) for s in steps], factor)
                 med, mad = median_mad(ref)
                 prev = ref[-1]
                 if (
@@ -105,8 +107,8 @@ def exploding_gradient(
     step, _, layer, med, value, series, lifted = hits[0]
     # Judged against the other layers' level where the layer's own start was still rising.
     below = (
-        "the level the other layers carry for its weights (its own gradient was still rising "
-        "from far below it)"
+        f"its history, each norm counted at no less than 1/{factor:g} of the level the other "
+        "layers carry for its weights (its own gradient started near zero next to them)"
         if lifted
         else "its own history"
     )
@@ -120,7 +122,7 @@ def exploding_gradient(
     yield tl.finding(
         title=f"gradient of `{layer}` exploded at step {step}: norm {fmt(value)}, "
         f"{_times(value / med)} its median {fmt(med)} before"
-        + (" (counted at the other layers' level)" if lifted else "")
+        + (" (floored at the other layers' level)" if lifted else "")
         + (f" ({len(also)} other layer(s) jumped at the same step)" if also else ""),
         step=step,
         evidence={
@@ -180,18 +182,10 @@ def _peer_levels(
     return out
 
 
-def _reference(history: list[float], peers: list[float | None]) -> list[float]:
-    """The history a new norm is judged against. A layer whose gradient starts far below what
-    the rest of the model carries and is still rising (attention weights while the scores are
-    uniform, a layer behind a zero-initialised gate) has no level of its own yet: the samples
-    of that initial rise count at the other layers' level (`_peer_levels`) where they lie
-    below it. Samples after the rise, and layers that never rose, keep their own values."""
-    rise = 1
-    while rise < len(history) and history[rise] >= history[rise - 1]:
-        rise += 1
-    if rise < 2 or history[rise - 1] < 2 * history[0]:
-        return history  # no initial rise (noise does not double monotonically)
-    return [
-        max(v, p) if i < rise and p is not None else v
-        for i, (v, p) in enumerate(zip(history, peers))
-    ]
+def _reference(history: list[float], peers: list[float | None], factor: float) -> list[float]:
+    """The history a new norm is judged against: the layer's own norms, each raised to a
+    `factor`-th of the level the other layers carry for its weights (`_peer_levels`) where it
+    lies below that. A gradient near zero next to the rest of the model (attention weights while
+    the scores are uniform, a layer behind a zero-initialised gate) is no level to explode from:
+    a jump counts only once it takes the layer above what the other layers carry."""
+    return [v if p is None else max(v, p / factor) for v, p in zip(history, peers)]
