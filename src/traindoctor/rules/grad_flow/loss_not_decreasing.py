@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterator
 
@@ -90,6 +91,11 @@ def loss_not_decreasing(
     in an order sorted by target is judged as moving targets (not judged: a miss, not an alarm).
     """
     series = per_step_mean(train_loss_values(tl))
+    if len(series) < min_steps:
+        return
+    if not all(math.isfinite(v) for _, v in series[-max(5, len(series) // 5) :]):
+        return  # a loss that ends NaN/Inf is TD201/TD202/TD203's, with the op that made it
+    series = [(s, v) for s, v in series if math.isfinite(v)]
     if len(series) < min_steps:
         return
     values = [v for _, v in series]
