@@ -339,13 +339,14 @@ _data_restore: list[Any] = []
 class DataWatch:
     """The `.data` accesses and assignments of the tensors whose ids are in `ids`."""
 
-    __slots__ = ("assigned", "handed", "ids")
+    __slots__ = ("assigned", "handed", "ids", "where")
 
     def __init__(self) -> None:
         self.ids: set[int] = set()
         # (id of the param, the tensor handed out, caller's file, caller's line)
-        self.handed: list[tuple[int, torch.Tensor, str, int]] = []
+        self.handed: list[tuple[int, torch.Tensor, str | None, int]] = []
         self.assigned: set[int] = set()
+        self.where = True  # note the caller's line (off once the owner knows it)
 
     def clear(self) -> None:
         self.handed = []
@@ -360,9 +361,13 @@ def _data_get(self: torch.Tensor) -> torch.Tensor:
                 handed = watch.handed
                 if len(handed) >= _DATA_KEEP:
                     handed[:] = [e for e in handed if e[1]._version]
-                if len(handed) < _DATA_KEEP:
+                if len(handed) >= _DATA_KEEP:
+                    pass
+                elif watch.where:
                     frame = sys._getframe(1)
                     handed.append((id(self), data, frame.f_code.co_filename, frame.f_lineno))
+                else:
+                    handed.append((id(self), data, None, 0))
             except Exception:  # noqa: BLE001  (never into the user's expression)
                 pass
     return data

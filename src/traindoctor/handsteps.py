@@ -154,13 +154,15 @@ class HandSteps:
         for pid, tensor, filename, line in handed:
             if tensor._version:
                 changed.add(pid)
-                if source is None and pid in received:
+                if source is None and filename is not None and pid in received:
                     source = (filename, line)
         changed |= assigned
         changed &= received
         if not changed:
             return None
         self.count += 1
+        if source is not None or self.count >= 3:
+            watch.where = False  # the line is known (or never comes): no more frame reads
         return sorted(names[i] for i in changed), source
 
     def _params(self) -> list[tuple[str, torch.Tensor]]:
