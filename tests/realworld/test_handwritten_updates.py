@@ -482,3 +482,21 @@ def test_handwritten_loop_params_are_bit_identical_with_traindoctor(tmp_path):
         assert torch.equal(a, b)
     # Everything put in place is taken off again: torch's own `.data` descriptor is back.
     assert "data" not in torch.Tensor.__dict__
+
+
+def test_handwritten_update_that_stops_after_the_first_batches_is_td105(tmp_path):
+    model = _model()
+    doc = td.watch(model, out_dir=tmp_path, console=False)
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 6), torch.randn(64, 1)
+    for step in range(40):
+        model.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        if step < 3:  # a debug block that updates the first batches only
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-0.05)
+    report = doc.close()
+    assert report.steps == 3
+    f = report.get("TD105")
+    assert f is not None and f.severity.value == "error"
+    assert "updated by hand 3 time(s)" in f.title, f.title
