@@ -19,11 +19,18 @@ OPTIM_STEP = signal(
 OPTIM_HAND_STEP = signal(
     "optim.hand_step", "1 when a hand-written update of the trained params closed the step"
 )
+OPTIM_ANY_STEP = signal(
+    "optim.any_step",
+    "number of step() calls of any watched optimizer in this step (a GAN's, layer-wise "
+    "optimizers': the step clock follows the primary one only)",
+)
+# Params per optimizer whose .grad is watched for fresh gradients (host reads only).
+ACTIVITY_PARAMS = 4
 
 
 class OptimProbe(Probe):
     name = "optim"
-    provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP, OPTIM_HAND_STEP)
+    provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP, OPTIM_HAND_STEP, OPTIM_ANY_STEP)
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +41,11 @@ class OptimProbe(Probe):
         self._watched_at: str | None = None
         # Which tensors each optimizer held when `describe()` last ran.
         self._layout: tuple = ()
+        # Per optimizer (by position): steps taken, backward passes that brought its params
+        # fresh gradients since its last step, the most seen before one step, and the last
+        # gradient signature seen (ids and version counters of a few .grad tensors).
+        self._activity: list[dict[str, int]] = []
+        self._grad_sig: list[tuple] = []
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -124,6 +136,51 @@ class OptimProbe(Probe):
 
     def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         rec.record(step, OPTIM_STEP, 1)
+
+    # -- which optimizers step, and which get gradients they never apply -------------------
+    def _slot(self, oi: int) -> dict[str, int]:
+        while len(self._activity) <= oi:
+            self._activity.append({"steps": 0, "pending": 0, "max_pending": 0, "fresh": 0})
+            self._grad_sig.append(())
+        return self._activity[oi]
+
+    def on_optimizer_post_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        oi = next((i for i, o in enumerate(ctx.optimizers) if o is opt), None)
+        if oi is None:
+            return
+        slot = self._slot(oi)
+        slot["steps"] += 1
+        slot["max_pending"] = max(slot["max_pending"], slot["pending"])
+        slot["pending"] = 0
+        rec.record(step, OPTIM_ANY_STEP, (rec.timeline.get(step, OPTIM_ANY_STEP) or 0) + 1)
+        self._publish(rec)
+
+    def on_after_backward(self, step: int, rec: Recorder) -> None:
+        """A backward that wrote new gradients into an optimizer's params since its last
+        step: counted, so an optimizer whose step() is never reached is named (TD105)."""
+        ctx = self.ctx
+        assert ctx is not None
+        if len(ctx.optimizers) < 2:
+            return  # one optimizer: the step clock itself is its activity
+        for oi, opt in enumerate(ctx.optimizers):
+            slot = self._slot(oi)
+            params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            sig = tuple(
+                (id(p.grad), p.grad._version) if p.grad is not None else None
+                for p in params[:ACTIVITY_PARAMS]
+            )
+            if sig != self._grad_sig[oi] and any(x is not None for x in sig):
+                slot["pending"] += 1
+                slot["fresh"] += 1
+            self._grad_sig[oi] = sig
+        self._publish(rec)
+
+    def _publish(self, rec: Recorder) -> None:
+        rec.timeline.facts["optimizer_activity"] = [dict(a) for a in self._activity]
 
     def on_hand_step(
         self,

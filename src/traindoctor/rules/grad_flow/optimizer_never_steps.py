@@ -14,7 +14,7 @@ from .._registry import rule
     name="optimizer-never-steps",
     severity=Severity.ERROR,
     summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
-    requires=("backward.count", "optim.step", "amp.skipped"),
+    requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped"),
     priority=12,
 )
 def optimizer_never_steps(
@@ -66,9 +66,14 @@ def optimizer_never_steps(
     counts = dict(tl.series("backward.count"))
     if not counts:
         return
-    stepped = {s for s, v in tl.series("optim.step") if v} | {
-        s for s, v in tl.series("amp.skipped") if v
-    }
+    yield from _idle_optimizers(tl, min_backward, accumulation_margin)
+    # Steps of any watched optimizer count: when the one that numbers the steps stops, the
+    # others may go on (layer-wise optimizers trained one after the other, as forward-forward).
+    stepped = (
+        {s for s, v in tl.series("optim.step") if v}
+        | {s for s, v in tl.series("amp.skipped") if v}
+        | {s for s, v in tl.series("optim.any_step") if v}
+    )
     last = max(stepped) if stepped else 0
     since = sum(c for s, c in counts.items() if s > last)
     per_step = [counts.get(s, 0) for s in sorted(stepped)]
@@ -142,3 +147,55 @@ def optimizer_never_steps(
         cause=cause,
         fix=fix,
     )
+
+
+def _idle_optimizers(
+    tl: TimelineView, min_backward: int, accumulation_margin: int
+) -> Iterator[Finding]:
+    """With several optimizers: one whose params keep getting fresh gradients that it never
+    applies (a GAN whose discriminator step was removed, an encoder's optimizer never stepped
+    in a seq2seq loop) while the others step."""
+    activity = tl.fact("optimizer_activity") or []
+    optimizers = tl.fact("optimizers") or []
+    if len(activity) < 2 or not any(a.get("steps") for a in activity):
+        return
+    for oi, a in enumerate(activity):
+        pending = int(a.get("pending") or 0)
+        threshold = max(min_backward, accumulation_margin * int(a.get("max_pending") or 0))
+        if pending < threshold:
+            continue
+        info = optimizers[oi] if oi < len(optimizers) else {}
+        names = [n for g in info.get("groups") or () for n in g.get("params") or () if n]
+        modules = sorted({n.rsplit(".", 1)[0] if "." in n else n for n in names})
+        held = ", ".join(f"`{m}`" for m in modules[:4]) + (" ..." if len(modules) > 4 else "")
+        kind = info.get("class", "optimizer")
+        steps = int(a.get("steps") or 0)
+        ran = "never ran" if not steps else f"ran {steps} time(s), then stopped"
+        yield tl.finding(
+            title=(
+                f"{kind} #{oi} (holding {held or 'its params'}) got fresh gradients in "
+                f"{pending} backward passes that its step() never applied: step() {ran}"
+            ),
+            step=None,
+            evidence={
+                "optimizer": oi,
+                "class": kind,
+                "steps": steps,
+                "backward_with_fresh_grads_since_last_step": pending,
+                "most_before_one_step": int(a.get("max_pending") or 0),
+                "other_optimizers_steps": [
+                    int(b.get("steps") or 0) for j, b in enumerate(activity) if j != oi
+                ],
+            },
+            where=Where(params=tuple(names[:16]), source=info.get("created_at")),
+            cause=(
+                f"the gradients of {held or 'these params'} are computed every iteration but "
+                f"this optimizer's step() is not called (removed, or under a condition that is "
+                "not true), while the other optimizers step: that part of the model never "
+                "trains"
+            ),
+            fix=(
+                f"call step() of the optimizer that holds {held or 'these params'} after its "
+                "backward pass (and zero_grad() before the next one)"
+            ),
+        )
