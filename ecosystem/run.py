@@ -170,12 +170,22 @@ def python_of(spec: dict) -> Path:
     return VENVS[spec.get("venv", "main")] / "bin" / "python"
 
 
+# Another checkout's src/ to measure instead of the installed traindoctor (a "before" table).
+TRAINDOCTOR_SRC: Path | None = None
+
+
 def env_of(spec: dict, work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINDOCTOR_")}
     env.update(BASE_ENV)
+    if TRAINDOCTOR_SRC is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(TRAINDOCTOR_SRC), spec.get("env", {}).get("PYTHONPATH")) if p
+        )
     env["HOME"] = str(work / "home")  # caches and config files stay in the case's folder
     env["MPLCONFIGDIR"] = str(work / "home" / "mpl")
-    env.update(spec.get("env", {}))
+    env.update(
+        {k: v for k, v in spec.get("env", {}).items() if k != "PYTHONPATH" or not TRAINDOCTOR_SRC}
+    )
     return env
 
 
@@ -367,7 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--install", action="store_true", help="pip install the programs' extras")
+    parser.add_argument(
+        "--traindoctor-src", type=Path, help="measure the traindoctor of another checkout's src/"
+    )
     args = parser.parse_args(argv)
+    global TRAINDOCTOR_SRC
+    TRAINDOCTOR_SRC = args.traindoctor_src.resolve() if args.traindoctor_src else None
     only = set(args.only) if args.only else None
     if args.install:
         return install(load_programs(only))
