@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     TRAINDOCTOR_SRC = args.traindoctor_src.resolve() if args.traindoctor_src else None
     only = set(args.only) if args.only else None
     if args.install:
-        return install(load_programs(only))
+        specs = load_programs(only)
+        return install({n: s for n, s in specs.items() if materialize(n, s) is None})
 
     specs = load_programs(only)
     if not specs:
