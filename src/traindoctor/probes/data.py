@@ -97,9 +97,18 @@ class DataProbe(Probe):
         self._loader_scans = 0
         self._bases: list[weakref.ref] = []  # larger tensors whose rows a batch slices
         self._base_eval_noted = False
+        self._listening_loaders = False
+
+    def listen_early(self) -> None:
+        """Zero-code mode attaches at the first backward, after the first epoch's loader was
+        iterated: note iterated loaders from the start."""
+        if not self._listening_loaders:
+            _listen_loaders()
+            self._listening_loaders = True
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        self.listen_early()
         for prefix, model in ctx.models.items():
             self.handles.append(
                 model.register_forward_pre_hook(
@@ -144,6 +153,9 @@ class DataProbe(Probe):
 
     def detach(self) -> None:
         self._remove_layer_hooks()
+        if self._listening_loaders:
+            _stop_listening_loaders()
+            self._listening_loaders = False
         super().detach()
 
     def _remove_layer_hooks(self) -> None:
@@ -297,39 +309,81 @@ def _rows_of_base(t: torch.Tensor) -> int | None:
     return int(base.shape[0]) if base.shape[0] > t.shape[0] else None
 
 
-def _user_loaders() -> list[tuple[str, Any]]:
-    """(name, DataLoader) found in the user's frames on the stack: their locals, their module
-    globals, and one attribute level of the objects there (`self.train_loader`)."""
+# DataLoaders the script iterated while a doctor listened (weak: never kept alive by us).
+_ITERATED: list[weakref.ref] = []
+_ITER_PATCH: dict[str, Any] = {}
+MAX_LOADERS = 64
+
+
+def _listen_loaders() -> None:
+    """Patch DataLoader.__iter__ to note each loader the script iterates (`for x, y in loader`
+    calls it once per epoch). Reading the user's function frames' `f_locals` for them, as
+    before, left in Python 3.11 a snapshot of those locals on the frame, which kept the
+    step's loss and batch alive for the rest of the loop (a memory leak and a false TD505)."""
     try:
         from torch.utils.data import DataLoader
     except Exception:  # noqa: BLE001
+        return
+    if "original" in _ITER_PATCH:
+        _ITER_PATCH["users"] += 1
+        return
+    original = DataLoader.__iter__
+
+    def __iter__(loader: Any) -> Any:  # noqa: N807
+        try:
+            if len(_ITERATED) < MAX_LOADERS and not any(r() is loader for r in _ITERATED):
+                _ITERATED.append(weakref.ref(loader))
+        except Exception:  # noqa: BLE001  (never in the user's way)
+            pass
+        return original(loader)
+
+    __iter__.__wrapped__ = original  # type: ignore[attr-defined]
+    _ITER_PATCH.update(original=original, ours=__iter__, users=1)
+    DataLoader.__iter__ = __iter__  # type: ignore[method-assign]
+
+
+def _stop_listening_loaders() -> None:
+    if "original" not in _ITER_PATCH:
+        return
+    _ITER_PATCH["users"] -= 1
+    if _ITER_PATCH["users"] > 0:
+        return
+    from torch.utils.data import DataLoader
+
+    if DataLoader.__iter__ is _ITER_PATCH["ours"]:  # replaced by someone else since: theirs stays
+        DataLoader.__iter__ = _ITER_PATCH["original"]  # type: ignore[method-assign]
+    _ITER_PATCH.clear()
+    _ITERATED.clear()
+
+
+def _user_loaders() -> list[tuple[str, Any]]:
+    """(name, DataLoader) of the loaders the script iterated, named after a user module's
+    global or one attribute level of one (`trainer.train_loader`) when one holds it; module
+    globals only: function frames' locals are not read (see _listen_loaders)."""
+    loaders = [ld for ld in (r() for r in _ITERATED) if ld is not None]
+    if not loaders:
         return []
-    found: dict[int, tuple[str, Any]] = {}
-    scopes: list[dict[str, Any]] = []
-    globals_seen: set[int] = set()
+    names: dict[int, str] = {}
     frame = sys._getframe(1)
+    globals_seen: set[int] = set()
     for _ in range(MAX_FRAMES):
         if frame is None:
             break
-        if is_user_file(frame.f_code.co_filename):
-            if frame.f_locals is not frame.f_globals:
-                scopes.append(frame.f_locals)
-            if id(frame.f_globals) not in globals_seen:
-                globals_seen.add(id(frame.f_globals))
-                scopes.append(frame.f_globals)
+        scope = frame.f_globals
+        if is_user_file(frame.f_code.co_filename) and id(scope) not in globals_seen:
+            globals_seen.add(id(scope))
+            for name, value in list(scope.items())[:MAX_SCOPE_VALUES]:
+                if any(value is ld for ld in loaders):
+                    names.setdefault(id(value), name)
+                    continue
+                attrs = getattr(value, "__dict__", None)
+                if not isinstance(attrs, dict) or isinstance(value, type) or _is_module(value):
+                    continue
+                for attr, inner in list(attrs.items())[:MAX_SCOPE_VALUES]:
+                    if any(inner is ld for ld in loaders):
+                        names.setdefault(id(inner), f"{name}.{attr}")
         frame = frame.f_back
-    for scope in scopes:
-        for name, value in list(scope.items())[:MAX_SCOPE_VALUES]:
-            if isinstance(value, DataLoader):
-                found.setdefault(id(value), (name, value))
-                continue
-            attrs = getattr(value, "__dict__", None)
-            if not isinstance(attrs, dict) or isinstance(value, type) or _is_module(value):
-                continue
-            for attr, inner in list(attrs.items())[:MAX_SCOPE_VALUES]:
-                if isinstance(inner, DataLoader):
-                    found.setdefault(id(inner), (f"{name}.{attr}", inner))
-    return list(found.values())
+    return [(names.get(id(ld), "DataLoader"), ld) for ld in loaders]
 
 
 def _is_module(value: Any) -> bool:
