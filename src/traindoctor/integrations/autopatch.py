@@ -74,6 +74,12 @@ class ZeroCodeSession:
     def uninstall(self) -> None:
         _patches.remove_backward_listener(self._on_backward)
         self._remove_forward_hooks()
+        if not self._attached:
+            # Probes that listened from the start and were never attached (no backward ran):
+            # their global patches go with the session (the doctor detaches attached ones).
+            for probe in self.doctor.probes:
+                if hasattr(probe, "listen_early"):
+                    self.doctor.guard.call(f"probe {probe.name}", probe.detach)
         for h in self._handles:
             h.remove()
         self._handles.clear()
