@@ -27,6 +27,10 @@ SCALE_INVARIANT = {
 }
 
 
+# Optimizers whose step() calls the closure (forward + backward) several times.
+CLOSURE_OPTIMIZERS = ("LBFGS",)
+
+
 @rule(
     code="TD515",
     name="grad-accumulation-unnormalized",
@@ -99,11 +103,17 @@ def grad_accumulation_unnormalized(
     ```
 
     ## Known false positives
-    A sum over micro-batches chosen on purpose with an lr tuned for it (SGD), and a sum-
+    Not judged with LBFGS, whose step() re-evaluates its closure (several backward passes per
+    step, each from zeroed gradients). A sum over micro-batches chosen on purpose with an lr tuned for it (SGD), and a sum-
     reduced loss normalized afterwards by scaling the gradients by hand (`p.grad /= n`), are
     reported. Adam-family optimizers without active clipping are not: their update does not
     depend on the gradient's scale.
     """
+    if any(o.get("class") in CLOSURE_OPTIMIZERS for o in tl.fact("optimizers") or ()):
+        # step(closure) re-evaluates the loss several times per step, each from zeroed
+        # gradients (pytorch/examples time_sequence_prediction: 20 evaluations a step): no
+        # accumulation.
+        return
     sites = dict(tl.series("loss.site"))
     divided = {s for s, n in tl.series("schedule.tensor_divided") if n}
     factor_series = tl.series("loss.factor")
