@@ -1,11 +1,13 @@
-"""Hooks traindoctor puts on the user's modules, safe to pickle and to copy with the module.
+"""Hooks traindoctor puts on the user's modules, left out when the module is pickled or copied.
 
 `torch.save(model)`, `pickle.dumps(model)` and `copy.deepcopy(model)` serialize a module's hook
 dicts with it. A closure there made `torch.save(model)` raise ("Can't pickle local object"),
-and a deep copy (an EMA, the autopsy's replay copy) kept calling the live run's probes. A
-`CopySafeHook` reduces to an inert hook built from the standard library only
-(`functools.partial(sys.audit, ...)`, which accepts any arguments and returns None), so the
-saved file loads where traindoctor is not installed, and a copy is not watched as the original.
+and a deep copy (an EMA, the autopsy's replay copy) kept calling the live run's probes. While a
+doctor is attached, modules' `__getstate__` leaves every `CopySafeHook` out (below), so a saved
+model holds no trace of traindoctor and loads under `torch.serialization.safe_globals` with the
+user's own classes only. A `CopySafeHook` that still reaches a pickle (a class defined after
+attach with its own `__getstate__`) reduces to an inert hook from the standard library
+(`functools.partial(sys.audit, ...)`, which accepts any arguments and returns None).
 """
 
 from __future__ import annotations
@@ -34,3 +36,94 @@ class CopySafeHook:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return self.__reduce_ex__(None)
+
+
+# -- pickling a module leaves traindoctor's hooks out -----------------------------------------
+# A CopySafeHook that reaches a pickle becomes an inert stdlib hook, but any global in a saved
+# model breaks `torch.load(f)` under `torch.serialization.safe_globals([...the user's classes])`
+# (pytorch/examples word_language_model), and the inert hook stays on the loaded model. While a
+# doctor is attached, `__getstate__` of nn.Module, and of every subclass that defines its own
+# (RNNBase copies its __dict__ without calling super), drops our hooks from the state it
+# returns: torch.save, pickle and copy.deepcopy then see the module as it was before attach.
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_KEYED_BY_HOOK = (
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
+_getstate_originals: dict[type, Any] = {}
+_users = [0]
+
+
+def _without_our_hooks(state: Any) -> Any:
+    if not isinstance(state, dict):
+        return state
+    ours: set[int] = set()
+    copied = None
+    for attr in HOOK_DICTS:
+        hooks = state.get(attr)
+        if not hooks or not any(isinstance(h, CopySafeHook) for h in hooks.values()):
+            continue
+        if copied is None:
+            copied = dict(state)
+        kept = type(hooks)()
+        for key, h in hooks.items():
+            if isinstance(h, CopySafeHook):
+                ours.add(key)
+            else:
+                kept[key] = h
+        copied[attr] = kept
+    if copied is None:
+        return state
+    for attr in _KEYED_BY_HOOK:
+        flags = copied.get(attr)
+        if flags and ours & set(flags):
+            copied[attr] = type(flags)((k, v) for k, v in flags.items() if k not in ours)
+    return copied
+
+
+def _wrap_getstate(cls: type) -> None:
+    original = cls.__dict__["__getstate__"]
+
+    def __getstate__(self: Any) -> Any:  # noqa: N807
+        return _without_our_hooks(original(self))
+
+    __getstate__.__wrapped__ = original  # type: ignore[attr-defined]
+    _getstate_originals[cls] = original
+    cls.__getstate__ = __getstate__  # type: ignore[attr-defined]
+
+
+def strip_hooks_from_pickles() -> None:
+    """Start (reference-counted, one per attached doctor)."""
+    import torch
+
+    _users[0] += 1
+    if _users[0] > 1:
+        return
+    stack: list[type] = [torch.nn.Module]
+    seen: set[type] = set()
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if "__getstate__" in cls.__dict__:
+            _wrap_getstate(cls)
+        stack.extend(cls.__subclasses__())
+
+
+def keep_hooks_in_pickles() -> None:
+    """Stop (the last attached doctor detached): the original __getstate__ methods return."""
+    _users[0] = max(0, _users[0] - 1)
+    if _users[0]:
+        return
+    for cls, original in _getstate_originals.items():
+        current = cls.__dict__.get("__getstate__")
+        if getattr(current, "__wrapped__", None) is original:
+            cls.__getstate__ = original  # type: ignore[attr-defined]
+    _getstate_originals.clear()

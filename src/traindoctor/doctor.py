@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import _patches
+from . import _hooks, _patches
 from ._guard import Guard
 from ._source import is_user_file, relpath
 from .budget import Budget
@@ -115,6 +115,7 @@ class Doctor:
         self._last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
         self._closed = False
         self._listening = False
+        self._pickles_clean = False  # our hooks are left out of pickles while attached
         # Updates written by hand (no torch optimizer): they close steps as step() does.
         self._hand = HandSteps(self)
         self.timeline.facts.update(
@@ -148,6 +149,9 @@ class Doctor:
             (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
         }
         self.timeline.facts["scaler"] = type(scaler).__name__ if scaler is not None else None
+        if not self._pickles_clean:
+            self.guard.call("hooks out of pickles", _hooks.strip_hooks_from_pickles)
+            self._pickles_clean = True
         for probe in self.probes:
             self.guard.call(f"probe {probe.name}", probe.attach, self._ctx, self.rec)
         for opt in self.optimizers:
@@ -600,6 +604,9 @@ class Doctor:
             self._watched_scaler = None
         for probe in self.probes:
             self.guard.call(f"probe {probe.name} detach", probe.detach)
+        if self._pickles_clean:
+            self._pickles_clean = False
+            self.guard.call("hooks out of pickles", _hooks.keep_hooks_in_pickles)
 
     def __enter__(self) -> Doctor:
         return self

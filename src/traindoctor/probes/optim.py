@@ -140,7 +140,9 @@ class OptimProbe(Probe):
     # -- which optimizers step, and which get gradients they never apply -------------------
     def _slot(self, oi: int) -> dict[str, int]:
         while len(self._activity) <= oi:
-            self._activity.append({"steps": 0, "pending": 0, "max_pending": 0, "fresh": 0})
+            self._activity.append(
+                {"steps": 0, "pending": 0, "max_pending": 0, "fresh": 0, "since": 0}
+            )
             self._grad_sig.append(())
         return self._activity[oi]
 
@@ -174,6 +176,8 @@ class OptimProbe(Probe):
                 for p in params[:ACTIVITY_PARAMS]
             )
             if sig != self._grad_sig[oi] and any(x is not None for x in sig):
+                if not slot["pending"]:
+                    slot["since"] = step  # the first of the gradients not applied yet
                 slot["pending"] += 1
                 slot["fresh"] += 1
             self._grad_sig[oi] = sig

@@ -176,7 +176,7 @@ def _idle_optimizers(
                 f"{kind} #{oi} (holding {held or 'its params'}) got fresh gradients in "
                 f"{pending} backward passes that its step() never applied: step() {ran}"
             ),
-            step=None,
+            step=int(a.get("since") or 1),
             evidence={
                 "optimizer": oi,
                 "class": kind,
