@@ -8,14 +8,34 @@ from traindoctor.testing import assert_fires, assert_silent, make_timeline
 PARAMS = ["enc.weight", "enc.bias", "head.weight", "head.bias"]
 
 
-def _tl(head_norms, enc=0.5):
+# A supervised cross-entropy whose loss does not fall through the jump: what TD206 judges at
+# warning/error (a loss not meant to fall, or falling through the jump, is info).
+CE = {
+    "kind": "loss_input",
+    "step": 1,
+    "site": 0,
+    "fn": "cross_entropy",
+    "classes": 3,
+    "input_shape": [32, 3],
+    "target_float": False,
+    "source": "train.py:86",
+}
+
+
+def _tl(head_norms, enc=0.5, losses=None, loss_event=CE):
     steps = {}
     for step, v in head_norms.items():
         steps[step] = {
             "grads.norm": {"enc.weight": enc, "enc.bias": 0.0, "head.weight": v, "head.bias": 0.0},
             "optim.lr": {"opt0/group0": 0.8},
         }
-    return make_timeline(params=PARAMS, steps=steps)
+    for step in range(1, max(head_norms) + 1):
+        row = steps.setdefault(step, {})
+        row["loss.train"] = [(losses or {}).get(step, 2.0)]
+        if loss_event is not None:
+            row["loss_inputs.observed"] = [0]
+    events = [loss_event] if loss_event is not None else []
+    return make_timeline(params=PARAMS, steps=steps, events=events)
 
 
 def test_names_the_layer_and_step_of_the_jump():
@@ -106,3 +126,20 @@ def test_every_layer_rising_together_is_still_an_explosion():
     weights = {"a": 5.0, "b": 5.0, "c": 5.0}
     f = assert_fires("TD206", _layers_tl(grads, weights))
     assert f.step == 10
+
+
+def test_a_jump_the_loss_falls_through_is_info():
+    # the network leaving its init: gradients rise 50x while the loss keeps falling
+    losses = {s: 2.0 * 0.97**s for s in range(1, 31)}
+    f = assert_fires(
+        "TD206", _tl({1: 0.6, 2: 0.7, 3: 0.65, 10: 0.7, 20: 35.0, 30: 40.0}, losses=losses)
+    )
+    assert f.severity is Severity.INFO
+    assert f.evidence["loss_before_after"][1] < f.evidence["loss_before_after"][0]
+
+
+def test_a_jump_on_a_loss_not_known_to_fall_is_info():
+    f = assert_fires(
+        "TD206", _tl({1: 0.6, 2: 0.7, 3: 0.65, 10: 0.7, 20: 35.0, 30: 40.0}, loss_event=None)
+    )
+    assert f.severity is Severity.INFO

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._objective import objective
 from .._registry import rule
 from .._util import per_step_mean, train_loss_values
 from ._layers import fmt, layer_order, layer_series, median_mad, params_of
@@ -18,7 +19,17 @@ from ._layers import fmt, layer_order, layer_series, median_mad, params_of
     name="exploding-gradient",
     severity=Severity.ERROR,
     summary="A layer's gradient norm jumps far above its own history.",
-    requires=("grads.norm", "optim.lr", "params.norm", "loss.train", "loss.backward"),
+    requires=(
+        "grads.norm",
+        "optim.lr",
+        "params.norm",
+        "loss.train",
+        "loss.backward",
+        # what the objective is (rules/_objective.py)
+        "loss_inputs.observed",
+        "loss_inputs.stats",
+        "loss_inputs.labels",
+    ),
     priority=40,
 )
 def exploding_gradient(
@@ -29,62 +40,67 @@ def exploding_gradient(
     robust_z: float = 10.0,
 ) -> Iterator[Finding]:
     """
-    ## What it detects
-    A layer whose gradient norm, at some sampled step, is at least `factor` times the median of
-    its own earlier norms (and of the norm just before), and `robust_z` robust deviations above
-    that median. It names the first such layer and step.
+        ## What it detects
+        A layer whose gradient norm, at some sampled step, is at least `factor` times the median of
+        its own earlier norms (and of the norm just before), and `robust_z` robust deviations above
+        that median. It names the first such layer and step.
 
-    When the training loss kept falling through the jump (median of the 8 steps after it below
-    that of the 8 steps up to it), the finding is info: a gradient that grows while the model
-    learns (a from-scratch network leaving its init with a 1000-way head, pytorch/examples'
-    ImageNet script at lr 0.01: loss 6.9 -> 0.7 while the gradients rose 100x) has not hurt
-    training; an explosion that does shows in the loss.
+        When the training loss kept falling through the jump (median of the 8 steps after it below
+        that of the 8 steps up to it), the finding is info: a gradient that grows while the model
+        learns (a from-scratch network leaving its init with a 1000-way head, pytorch/examples'
+        ImageNet script at lr 0.01: loss 6.9 -> 0.7 while the gradients rose 100x) has not hurt
+        training; an explosion that does shows in the loss.
 
-    ## Why it matters
-    An exploding gradient moves the weights by far more than the learning rate intends: the
-    loss spikes or diverges, and under mixed precision the gradients overflow to Inf a few
-    steps later. Fixes applied to the symptom (a tighter clip, a clamped loss) hide it; the
-    first layer and step where the norm left its history point at the cause.
+        It is info too when the loss is not measured to be meant to fall (rules/_objective.py:
+    several models trained against each other, targets that move with the run as RL returns do,
+    a loss the standard losses do not account for): there a growing gradient follows the growing
+    targets (cleanrl's DQN and PPO) and the loss cannot say whether it harms.
 
-    ## How it is measured
-    The gradient probe takes every param's gradient norm just before `optimizer.step()` on
-    sampled steps (one fused `torch._foreach_norm`, read back in batches, after any GradScaler
-    unscale). A layer's norm is the root of the sum of its params' squared norms. Each layer is
-    compared with its own history (median and median absolute deviation), never with a fixed
-    threshold, so layers of any scale are judged alike.
-    A gradient near zero next to the rest of the model is no level to explode from: attention
-    weights get almost no gradient while the scores are uniform, a layer behind a
-    zero-initialised gate gets almost none until the gate opens, and their gradient then grows
-    by orders of magnitude in a few steps while training converges. So each earlier norm counts
-    at least at a `factor`-th of the level the other layers carry for weights of its size: the
-    median over the other layers of ||g|| / ||θ|| at the same step, times the layer's own ||θ||
-    (weight norms from the params probe, on the same sampled steps). A jump from near zero
-    must then take the layer above what the other layers carry; a layer at the model's level,
-    and every layer rising together (a learning rate too large), keep their own history.
+        ## Why it matters
+        An exploding gradient moves the weights by far more than the learning rate intends: the
+        loss spikes or diverges, and under mixed precision the gradients overflow to Inf a few
+        steps later. Fixes applied to the symptom (a tighter clip, a clamped loss) hide it; the
+        first layer and step where the norm left its history point at the cause.
 
-    ## Example
-    ```python
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)  # far too large
-    ```
+        ## How it is measured
+        The gradient probe takes every param's gradient norm just before `optimizer.step()` on
+        sampled steps (one fused `torch._foreach_norm`, read back in batches, after any GradScaler
+        unscale). A layer's norm is the root of the sum of its params' squared norms. Each layer is
+        compared with its own history (median and median absolute deviation), never with a fixed
+        threshold, so layers of any scale are judged alike.
+        A gradient near zero next to the rest of the model is no level to explode from: attention
+        weights get almost no gradient while the scores are uniform, a layer behind a
+        zero-initialised gate gets almost none until the gate opens, and their gradient then grows
+        by orders of magnitude in a few steps while training converges. So each earlier norm counts
+        at least at a `factor`-th of the level the other layers carry for weights of its size: the
+        median over the other layers of ||g|| / ||θ|| at the same step, times the layer's own ||θ||
+        (weight norms from the params probe, on the same sampled steps). A jump from near zero
+        must then take the layer above what the other layers carry; a layer at the model's level,
+        and every layer rising together (a learning rate too large), keep their own history.
 
-    ## Fix
-    ```python
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    # or a warmup, and clipping at a norm measured on a healthy run:
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=healthy_p99)
-    ```
+        ## Example
+        ```python
+        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)  # far too large
+        ```
 
-    ## Known false positives
-    A layer that starts with an exactly-zero gradient (behind a zero-initialized layer, as in
-    LoRA) grows from nothing: zero norms are not history, and a steady growth is not a jump
-    (the norm must also be `factor` times the one sampled just before), and a gradient rising
-    from far below the other layers is judged against their level (above). A layer whose
-    gradient is always far below the others' (an embedding's sparse rows) is therefore
-    reported only once it jumps above their level. Without weight
-    norms (a model too large for the params probe to copy), a layer is judged against its own
-    history alone and a rise from ~0 can still be reported. A single rare batch
-    (very long sequence, outlier) can produce one isolated jump: that is reported as a warning
-    when the norm comes back down.
+        ## Fix
+        ```python
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        # or a warmup, and clipping at a norm measured on a healthy run:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=healthy_p99)
+        ```
+
+        ## Known false positives
+        A layer that starts with an exactly-zero gradient (behind a zero-initialized layer, as in
+        LoRA) grows from nothing: zero norms are not history, and a steady growth is not a jump
+        (the norm must also be `factor` times the one sampled just before), and a gradient rising
+        from far below the other layers is judged against their level (above). A layer whose
+        gradient is always far below the others' (an embedding's sparse rows) is therefore
+        reported only once it jumps above their level. Without weight
+        norms (a model too large for the params probe to copy), a layer is judged against its own
+        history alone and a rise from ~0 can still be reported. A single rare batch
+        (very long sequence, outlier) can produce one isolated jump: that is reported as a warning
+        when the norm comes back down.
     """
     grads = tl.series("grads.norm")
     layers = layer_series(grads)
@@ -129,10 +145,12 @@ def exploding_gradient(
     also = [x for x in layer_order(params, same_step) if x != layer]
     severity = Severity.ERROR if persistent else Severity.WARNING
     improving = _loss_improved_after(tl, step)
-    if improving is not None:
+    obj = objective(tl)
+    if improving is not None or obj.falls is not True:
         # An explosion that harms shows in the loss; one that kept falling through the jump is
         # a gradient growing while the model learns (a network leaving its init, a head
-        # starting to fit): measured and said, not asserted.
+        # starting to fit). A loss not known to be meant to fall (RL: value targets grow with
+        # the returns, and the gradients with them; GANs) cannot show it: said, not asserted.
         severity = Severity.INFO
     yield tl.finding(
         title=f"gradient of `{layer}` exploded at step {step}: norm {fmt(value)}, "
@@ -151,6 +169,8 @@ def exploding_gradient(
             "layers_jumping_at_step": layer_order(params, same_step),
             "lr": lrs,
             "loss_before_after": improving,
+            "objective": obj.kind,
+            "judged": obj.judged,
         },
         where=Where(module=layer, params=params_of(params, layer)),
         cause=f"the gradient of `{layer}` rose {_times(value / med)} above {below} at step {step}"
