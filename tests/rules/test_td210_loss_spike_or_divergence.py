@@ -122,3 +122,11 @@ def test_a_rising_hand_written_loss_with_huge_steps_is_a_warning():
         tl.record(s, "params.update", dict.fromkeys(PARAMS, 2.0))
     f = assert_fires("TD210", tl)
     assert f.severity is Severity.WARNING
+
+
+def test_spike_at_the_last_step_is_info():
+    # nothing after it says whether the run recovered
+    losses = [1.0 - 0.01 * i for i in range(30)]
+    losses[29] = 4.0
+    f = assert_fires("TD210", _tl(losses, _grads(29.0)))
+    assert f.evidence["kind"] == "spike" and f.severity is Severity.INFO
