@@ -151,7 +151,8 @@ def prepare(case: Case, work: Path) -> Path:
         apply_mutant(tree, case.mutant)
     cwd = tree / case.spec.get("cwd", ".")
     cwd.mkdir(parents=True, exist_ok=True)
-    make_data = PROGRAMS / case.program / "make_data.py"
+    # A program may share another's generator when both read the same format.
+    make_data = PROGRAMS / case.program / case.spec.get("make_data", "make_data.py")
     if make_data.exists():
         run = subprocess.run(
             [str(python_of(case.spec)), str(make_data), *case.spec.get("data", [])],

@@ -1,4 +1,5 @@
-"""Synthetic ImageFolder data (train/ and val/, one folder per class) for pytorch/examples imagenet/main.py.
+"""Synthetic ImageFolder data (train/ and val/, one folder per class) for pytorch/examples imagenet/main.py and timm's train.py
+(--data-dir data --val-split val).
 
 Each class is a distinct colour + stripe orientation so a small CNN can learn it in ~100 steps.
 Written as small PNGs; the program's own RandomResizedCrop/Resize bring them to 224.
