@@ -148,3 +148,19 @@ def run_all(jobs: dict[str, Callable[[], Result]]) -> dict[str, Result]:
 class _Results(dict):
     def __getitem__(self, name: str) -> Result:
         return super().__getitem__(name).result()
+
+
+def run_scripts(folders: Any, scripts: dict[str, str], *args: str) -> dict[str, Result]:
+    """Write each script as train.py in a folder of its own (`folders` is pytest's
+    tmp_path_factory) and run `traindoctor ARGS train.py` (default: `run`) on all, side by side."""
+    jobs = {}
+    for name, text in scripts.items():
+        folder = folders.mktemp(name)
+        write(folder, "train.py", text)
+        jobs[name] = lambda folder=folder: td(folder, *(args or ("run",)), "train.py")
+    return run_all(jobs)
+
+
+def loud(result: Result) -> list[str]:
+    """Codes of the warnings and errors of a run."""
+    return [f["code"] for f in result.findings()["findings"] if f["severity"] != "info"]

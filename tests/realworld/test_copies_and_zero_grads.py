@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, run_all, td, write
+from tests.cli.conftest import line_of, loud, run_scripts
 
 DQN_HARD = """
 # Tiny DQN in the style of cleanrl's dqn.py: the target network is a copy refreshed every N steps.
@@ -502,16 +502,7 @@ OURS = {"TD102", "TD103", "TD104", "TD405"}
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    jobs = {}
-    for name, text in SCRIPTS.items():
-        folder = tmp_path_factory.mktemp(name)
-        write(folder, "train.py", text)
-        jobs[name] = lambda folder=folder: td(folder, "run", "train.py")
-    return run_all(jobs)
-
-
-def loud(result) -> list[str]:
-    return [f["code"] for f in result.findings()["findings"] if f["severity"] != "info"]
+    return run_scripts(tmp_path_factory, SCRIPTS)
 
 
 @pytest.mark.parametrize("name", HEALTHY)

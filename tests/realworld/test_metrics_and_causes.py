@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, run_all, td, write
+from tests.cli.conftest import line_of, loud, run_scripts
 
 SKLEARN_PIXELS = """
 import torch
@@ -128,16 +128,7 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    jobs = {}
-    for name, text in SCRIPTS.items():
-        folder = tmp_path_factory.mktemp(name)
-        write(folder, "train.py", text)
-        jobs[name] = lambda folder=folder: td(folder, "run", "train.py")
-    return run_all(jobs)
-
-
-def loud(result) -> list[str]:
-    return [f["code"] for f in result.findings()["findings"] if f["severity"] != "info"]
+    return run_scripts(tmp_path_factory, SCRIPTS)
 
 
 @pytest.mark.parametrize("name", ["sklearn_bug", "tm_bug"])

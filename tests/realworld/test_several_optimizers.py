@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, run_all, td, write
+from tests.cli.conftest import line_of, run_scripts
 
 GAN = """
 import torch
@@ -63,12 +63,7 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    jobs = {}
-    for name, text in SCRIPTS.items():
-        folder = tmp_path_factory.mktemp(name)
-        write(folder, "train.py", text)
-        jobs[name] = lambda folder=folder: td(folder, "run", "train.py")
-    return run_all(jobs)
+    return run_scripts(tmp_path_factory, SCRIPTS)
 
 
 def test_an_optimizer_whose_step_was_removed_is_named(runs):
