@@ -410,7 +410,8 @@ def test_browser_renders_the_real_report(browser, run_dir):
     assert page["findings"] >= 1
     assert page["scripts"] == 0
     assert page["width"] <= 1280  # no horizontal scrolling at a laptop's width
-    assert page["title"].startswith("traindoctor · failing")
+    status = json.loads((run_dir / "findings.json").read_text())["status"]
+    assert page["title"].startswith(f"traindoctor · {status}")
 
 
 @needs_chromium
