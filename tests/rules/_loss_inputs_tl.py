@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from traindoctor.testing import make_timeline
 
+# The loss-input event of a supervised cross-entropy at site 0: a loss meant to fall
+# (rules/_objective.py), for the rules that judge only such losses.
+SUPERVISED_CE = {
+    "kind": "loss_input",
+    "step": 1,
+    "site": 0,
+    "fn": "cross_entropy",
+    "classes": 3,
+    "input_shape": [32, 3],
+    "target_float": False,
+    "source": "train.py:86",
+}
+
 
 def site_timeline(
     event: dict,

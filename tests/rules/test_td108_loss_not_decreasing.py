@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.rules._loss_inputs_tl import SUPERVISED_CE
 from traindoctor.findings import Severity
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 
@@ -16,16 +17,7 @@ def _flat(n):
 
 
 # A supervised cross-entropy on labels from a fixed set: the loss the rule judges as meant to fall.
-CE = {
-    "kind": "loss_input",
-    "step": 1,
-    "site": 0,
-    "fn": "cross_entropy",
-    "classes": 3,
-    "input_shape": [32, 3],
-    "target_float": False,
-    "source": "train.py:86",
-}
+CE = SUPERVISED_CE
 
 
 def _tl(values, ratio=1e-8, lr=1e-7, per_step=1, loss_event=CE, extra=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.rules._loss_inputs_tl import SUPERVISED_CE
 from traindoctor.findings import Severity
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 
@@ -10,16 +11,7 @@ PARAMS = ["enc.weight", "enc.bias", "head.weight", "head.bias"]
 
 # A supervised cross-entropy whose loss does not fall through the jump: what TD206 judges at
 # warning/error (a loss not meant to fall, or falling through the jump, is info).
-CE = {
-    "kind": "loss_input",
-    "step": 1,
-    "site": 0,
-    "fn": "cross_entropy",
-    "classes": 3,
-    "input_shape": [32, 3],
-    "target_float": False,
-    "source": "train.py:86",
-}
+CE = SUPERVISED_CE
 
 
 def _tl(head_norms, enc=0.5, losses=None, loss_event=CE):
