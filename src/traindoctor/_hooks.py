@@ -20,6 +20,18 @@ from typing import Any
 INERT_EVENT = "traindoctor.inert-hook"
 
 
+def _compiling() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
+# Every function traindoctor puts in torch's place (losses, clip_grad_norm_, Tensor.data) and
+# every global hook asks this first: traced by torch.compile, it is the original alone (a
+# graph break or a guard on our state otherwise).
+compiling = _compiling
+
+
 class CopySafeHook:
     """Calls `fn`; pickled or copied, it becomes an inert hook."""
 
@@ -29,6 +41,11 @@ class CopySafeHook:
         self.fn = fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _compiling():
+            # Traced by torch.compile (dynamo inlines module hooks): a hook that returns at
+            # once traces to nothing, so it causes no graph break and no guard on our state;
+            # the compiled graph runs without it (see compiled.py).
+            return None
         return self.fn(*args, **kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -127,3 +144,29 @@ def keep_hooks_in_pickles() -> None:
         if getattr(current, "__wrapped__", None) is original:
             cls.__getstate__ = original  # type: ignore[attr-defined]
     _getstate_originals.clear()
+
+
+def remove_our_hooks(model: Any) -> int:
+    """Take every CopySafeHook off the model's modules at once; returns how many went.
+
+    For a model found running compiled (compiled.py): our hooks never run inside its graph,
+    and each later removal would fail one of dynamo's guards, recompiling it once more.
+    """
+    removed = 0
+    for module in model.modules():
+        ours: set[int] = set()
+        for attr in HOOK_DICTS:
+            hooks = getattr(module, attr, None)
+            if not hooks:
+                continue
+            for key in [k for k, h in hooks.items() if isinstance(h, CopySafeHook)]:
+                del hooks[key]
+                ours.add(key)
+        if not ours:
+            continue
+        removed += len(ours)
+        for attr in _KEYED_BY_HOOK:
+            flags = getattr(module, attr, None)
+            for key in ours & set(flags or ()):
+                del flags[key]
+    return removed

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._hooks import compiling
 from .errors import StopTraining
 
 Listener = Callable[[torch.Tensor, torch.Tensor], None]  # (root, unscaled loss)
@@ -89,7 +90,7 @@ def _roots(tensors: Any) -> list[torch.Tensor]:
 
 
 def _run(original: Callable[..., Any], tensors: Any, args: Any, kwargs: Any) -> Any:
-    if getattr(_local, "active", False) or not _listeners:
+    if getattr(_local, "active", False) or not _listeners or compiling():
         return original(tensors, *args, **kwargs)
     for root in _roots(tensors):
         loss = unscaled(root)
@@ -225,7 +226,7 @@ def in_scaler_step() -> bool:
 
 def _clip_wrapper(name: str, original: Callable[..., Any], arg: str) -> Callable[..., Any]:
     def clip(*args: Any, **kwargs: Any) -> Any:
-        if not _amp_listeners or getattr(_local, "clipping", False):
+        if not _amp_listeners or getattr(_local, "clipping", False) or compiling():
             return original(*args, **kwargs)
         params_arg = args[0] if args else kwargs.get("parameters")
         if isinstance(params_arg, torch.Tensor):
@@ -355,6 +356,8 @@ class DataWatch:
 
 def _data_get(self: torch.Tensor) -> torch.Tensor:
     data = _DATA.__get__(self)
+    if compiling():
+        return data
     for watch in _data_watches:
         if id(self) in watch.ids:
             try:
@@ -375,6 +378,8 @@ def _data_get(self: torch.Tensor) -> torch.Tensor:
 
 def _data_set(self: torch.Tensor, value: Any) -> None:
     _DATA.__set__(self, value)
+    if compiling():
+        return
     for watch in _data_watches:
         if id(self) in watch.ids:
             watch.assigned.add(id(self))

@@ -16,6 +16,7 @@ from . import _hooks, _patches
 from ._guard import Guard
 from ._source import is_user_file, relpath
 from .budget import Budget
+from .compiled import CompileWatch
 from .diagnosis import diagnose
 from .errors import StopTraining, UsageError
 from .findings import Finding
@@ -110,6 +111,8 @@ class Doctor:
         self._primary_stepped = False
         self._model_output: dict[str, Any] | None = None
         self._backward_since_step = 0
+        self._step_backwards = 0  # backward passes in the open step (CompileWatch)
+        self._compile_watch = CompileWatch()
         # The last backward's loss (weakly: a freed loss's address can be reused by the next
         # step's tensors, so an address alone would date a new loss to the old step) and step.
         self._last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
@@ -130,7 +133,9 @@ class Doctor:
         scaler: Any = None,
     ) -> None:
         """Start watching these objects. Called once by `watch()`, lazily in zero-code mode."""
-        self.models = dict(models)
+        # torch.compile's wrapper is watched through the module it wraps: names without
+        # `_orig_mod.`, and the model is known to run compiled from the start.
+        self.models = {p: self._compile_watch.unwrap(p, m) for p, m in models.items()}
         self.optimizers = list(optimizers)
         self.scaler = scaler
         names: dict[int, str] = {}
@@ -144,7 +149,10 @@ class Doctor:
             scaler=scaler,
             mode=self.mode,
             param_names=names,
+            compiled=self._compile_watch.compiled,
         )
+        self.guard.call("compile watch", self._compile_watch.attach, self.models)
+        self._note_compiled()
         self.timeline.facts["models"] = {
             (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
         }
@@ -220,6 +228,7 @@ class Doctor:
                 self._hand_step(*found)  # the weights were updated by hand since the last one
         t0 = time.perf_counter()
         self._backward_since_step += 1
+        self._step_backwards += 1
         self.guard.call("hook backward", self._note_backward, loss)
         self._dispatch("on_backward", self.step, root, loss, self.rec)
         self.budget.spend(time.perf_counter() - t0)
@@ -332,6 +341,13 @@ class Doctor:
         # Each part under its own guard key: one failing part must not switch off the others.
         self._dispatch("on_step_end", step, self._sampled, self.rec)
         self.timeline.last_step = step
+        backward_ran, self._step_backwards = self._step_backwards > 0, 0
+        found = self.guard.call("compile watch", self._compile_watch.step_end, backward_ran)
+        for prefix in found or ():
+            # All of our hooks off it at once: one recompile now, none at later steps.
+            self.guard.call("compile watch", _hooks.remove_our_hooks, self.models[prefix])
+        if found:
+            self._note_compiled()
         if step <= self.budget.structural_steps or step % READBACK_EVERY == 0:
             self._readback()
         if step <= self.budget.structural_steps:
@@ -357,6 +373,13 @@ class Doctor:
         for exc in self.rec.errors:
             self.guard.note("readback", exc)
         self.rec.errors.clear()
+
+    def _note_compiled(self) -> None:
+        compiled = self._compile_watch.compiled
+        if compiled:
+            self.timeline.facts["compiled_models"] = sorted(
+                p.rstrip(".") or "<model>" for p in compiled
+            )
 
     def _prepare_step(self) -> None:
         if self._ctx is not None:
@@ -596,6 +619,7 @@ class Doctor:
             _patches.remove_backward_listener(self._on_backward, self._after_backward)
             self._listening = False
         self._hand.stop()
+        self.guard.call("compile watch", self._compile_watch.detach)
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -19,6 +19,7 @@ from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
 from .. import _patches
+from .._hooks import compiling
 from .._source import user_source
 from ..doctor import Doctor
 from ..probes.audit import watch_requires_grad
@@ -133,6 +134,8 @@ class ZeroCodeSession:
             self._forward_hooks_live = False
 
     def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
+        if compiling():
+            return
         if self._depth == 0:
             with contextlib.suppress(TypeError):
                 self._roots.setdefault(id(module), weakref.ref(module))
@@ -143,6 +146,8 @@ class ZeroCodeSession:
         self._depth += 1
 
     def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if compiling():
+            return
         self._depth = max(0, self._depth - 1)
         if self._depth == 0 and not self._attached and id(module) in self._first_call:
             self.doctor.guard.call("zero-code forward", self._keep_output_grads, module, output)

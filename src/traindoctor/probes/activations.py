@@ -151,7 +151,7 @@ class ActivationsProbe(Probe):
     def _install_step_hooks(self) -> None:
         ctx = self.ctx
         assert ctx is not None
-        for prefix, model in ctx.models.items():
+        for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                 root = not name

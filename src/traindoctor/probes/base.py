@@ -163,6 +163,8 @@ class AttachContext:
     scaler: Any
     mode: str  # "watch" | "zero-code" | framework name
     param_names: dict[int, str] = field(default_factory=dict)  # id(tensor) -> qualified name
+    # Prefixes of the models that run under torch.compile (compiled.py); shared, it grows.
+    compiled: set[str] = field(default_factory=set)
     _named_cache: list[tuple[str, torch.nn.Parameter]] | None = None
 
     def hook(self, where: str, fn: Callable[..., Any]) -> Callable[..., None]:
@@ -178,6 +180,13 @@ class AttachContext:
             budget.spend(clock() - t0)
 
         return CopySafeHook(guarded)
+
+    def eager_models(self) -> dict[str, torch.nn.Module]:
+        """The watched models that run eagerly: the only ones a probe may add hooks to after
+        attach (a hook added to a compiled model, or removed from it, recompiles it)."""
+        if not self.compiled:
+            return self.models
+        return {p: m for p, m in self.models.items() if p not in self.compiled}
 
     def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(qualified name, param) of the watched models as they are now; walked once a step

@@ -134,7 +134,7 @@ class DataProbe(Probe):
         self._remove_layer_hooks()
         ctx = self.ctx
         if ctx is not None and step <= ctx.doctor.budget.structural_steps:
-            for prefix, model in ctx.models.items():
+            for prefix, model in ctx.eager_models().items():
                 for name, module in model.named_modules():
                     if next(module.children(), None) is not None:
                         continue  # leaves only: the layers themselves

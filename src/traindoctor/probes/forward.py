@@ -46,7 +46,7 @@ class ForwardProbe(Probe):
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
-        for prefix, model in ctx.models.items():
+        for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                 self.handles.append(

@@ -82,7 +82,7 @@ class GradPathProbe(Probe):
         if ctx is None or not self._is_due(step):
             return
         self._window_step = step
-        for model in ctx.models.values():
+        for model in ctx.eager_models().values():
             self._window_hooks.append(
                 model.register_forward_hook(ctx.hook("probe gradpath", self._open_window))
             )

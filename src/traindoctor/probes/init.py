@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.module import register_module_forward_hook
 
+from .._hooks import compiling
 from .._source import user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
@@ -39,6 +40,8 @@ _ce_original: dict[str, Any] = {}
 
 def _ce_wrapped(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
     out = _ce_original["fn"](input, target, *args, **kwargs)
+    if compiling():
+        return out
     for listener in list(_ce_listeners):
         try:
             listener(input, out, args, kwargs)
@@ -158,7 +161,12 @@ class InitProbe(Probe):
 
     def _early_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         try:  # a global hook: nothing may reach the user's forward
-            if self.ctx is not None or not module.training or not torch.is_grad_enabled():
+            if (
+                compiling()
+                or self.ctx is not None
+                or not module.training
+                or not torch.is_grad_enabled()
+            ):
                 return
             if id(module) in self._early_modules or len(self._early_modules) >= EARLY_MODULES:
                 return
@@ -189,7 +197,7 @@ class InitProbe(Probe):
         _add_ce_listener(self._on_cross_entropy)
         self._listening = True
         ctx.doctor.guard.call("probe init", self._record_early, ctx)
-        for prefix, model in ctx.models.items():
+        for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 if not name or not any(p.requires_grad for p in module.parameters(recurse=False)):
                     continue

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._hooks import compiling
 from .._source import call_site, relpath, user_source_with_code
 from .._warnings import call_as_caller
 from ..timeline import signal
@@ -119,6 +120,8 @@ _local = threading.local()
 
 def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def loss(*args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return original(*args, **kwargs)
         if getattr(_local, "busy", False):
             return original(*args, **kwargs)  # inside our own call: its warnings are caught there
         if not _listeners:

@@ -193,7 +193,7 @@ class NumericsProbe(Probe):
             # Structural steps only: which source line creates each op of the loss code (the
             # ops run between the model's forward and backward), to name the line of a
             # non-finite loss later.
-            for model in ctx.models.values():
+            for model in ctx.eager_models().values():
                 self._window_hooks.append(
                     model.register_forward_hook(ctx.hook("probe numerics", self._open_window))
                 )
@@ -228,7 +228,7 @@ class NumericsProbe(Probe):
     def _install_step_hooks(self) -> None:
         ctx = self.ctx
         assert ctx is not None
-        for prefix, model in ctx.models.items():
+        for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                 self._step_hooks.append(
