@@ -78,6 +78,16 @@ LOSSES = (
     "multilabel_soft_margin_loss",
 )
 CLASS_LOSSES = ("cross_entropy", "nll_loss")
+# Elementwise losses that broadcast their two arguments against each other.
+ELEMENTWISE = (
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "kl_div",
+    "poisson_nll_loss",
+    "soft_margin_loss",
+)
 MAX_HIST_CLASSES = 64
 LABEL_STEPS = 32  # label histograms on every step up to this one, then on sampled steps
 MAX_EVENTS = 64
@@ -353,6 +363,16 @@ def layout(t: torch.Tensor, param_names: dict[int, str] | None = None) -> dict[s
         dim = _dim(_saved(node, "_saved_dim"), len(shape))
         out["softmax_dim"] = dim
         out["softmax_shape"] = list(shape)
+        # Where each dim of the softmax's output ends up in the loss input (None: merged,
+        # split or dropped): the dim the loss reads may be another dim of that output.
+        ends = []
+        for d in range(len(shape)):
+            for name, n, src, dst in reversed(chain):
+                d = _follow(name, n, src, dst, d)
+                if d is None:
+                    break
+            ends.append(d)
+        out["softmax_dims_in_input"] = ends
     if dim is None:
         return out
     for name, n, src, dst in reversed(chain):
@@ -455,9 +475,16 @@ class LossInputsProbe(Probe):
         tgt = _arg(args, kwargs, 1, "target")
         if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
             return None
-        if not (torch.is_grad_enabled() and inp.requires_grad):
-            return None  # a loss on detached values (a logged metric) trains nothing
+        if not torch.is_grad_enabled():
+            return None
         rec, step = self._rec, doc.step
+        if not inp.requires_grad:
+            # A loss on detached values (a logged metric) trains nothing; but an elementwise
+            # loss given the prediction as its target (`mse_loss(td_target, q)`) does: its
+            # shapes are described (host metadata only), nothing else is measured.
+            if tgt.requires_grad and fn in ELEMENTWISE and tuple(inp.shape) != tuple(tgt.shape):
+                self._describe_reversed(rec, step, fn, inp, tgt)
+            return None
         sampled = doc.budget.sampled(step)
         if not sampled and step > LABEL_STEPS:
             return None  # unsampled steps cost one flag check: the budget is per step
@@ -573,6 +600,36 @@ class LossInputsProbe(Probe):
         ctx = self.ctx
         facts["layout"] = layout(inp, ctx.param_names if ctx is not None else None)
         rec.event(step, "loss_input", **facts)
+
+    def _describe_reversed(
+        self, rec: Recorder, step: int, fn: str, inp: torch.Tensor, tgt: torch.Tensor
+    ) -> None:
+        """A `loss_call_reversed` event: an elementwise loss whose target (2nd argument) is the
+        one that requires grad, with both shapes; once per site and shapes."""
+        site = self._site(fn)
+        shapes = ("reversed", site, tuple(inp.shape[1:]), tuple(tgt.shape[1:]))
+        if shapes in self._described or self._events >= MAX_EVENTS:
+            return
+        self._described.add(shapes)
+        self._events += 1
+        src = user_source_with_code(skip=1) or {}
+        where = call_site()
+        try:
+            out: list[int] | None = list(torch.broadcast_shapes(inp.shape, tgt.shape))
+        except RuntimeError:
+            out = None
+        rec.event(
+            step,
+            "loss_call_reversed",
+            site=site,
+            fn=fn,
+            # As the loss sees them: the prediction is the target argument.
+            input_shape=list(inp.shape),
+            target_shape=list(tgt.shape),
+            broadcast_shape=out,
+            source=src.get("source") or (f"{relpath(where[0])}:{where[1]}" if where else None),
+            code=src.get("code"),
+        )
 
     def _stats(
         self,

@@ -52,12 +52,16 @@ def loss_shape_broadcast(
     - **broadcast**: an elementwise loss (`mse_loss`, `l1_loss`, `smooth_l1_loss`,
       `huber_loss`, `kl_div`, `poisson_nll_loss`) given a prediction and a target of different
       shapes that broadcast into a larger tensor: `(B, 1)` against `(B,)` becomes `(B, B)`;
+      also when the prediction is passed second, as the target (`F.mse_loss(td_target, q)`:
+      the argument that requires grad is the second);
     - **normalized over the wrong dim**: (log-)probabilities normalized along one dim fed to a
       loss that reads the distribution along another: `F.log_softmax(x, dim=0)` (the batch) into
       `nll_loss`, whose classes are dim 1; `nn.Softmax(dim=0)` in front of `cross_entropy`; an
       implicit `F.log_softmax(x)` on a 3-D `(B, T, C)` tensor, which normalizes dim 0;
       `log_softmax(dim=-1)` of `(B, T, C)` given to `nll_loss` as is; a `kl_div` whose input and
-      target are distributions along different dims;
+      target are distributions along different dims; `F.log_softmax(x, dim=1)` of `(B, T, C)`
+      scores viewed as `(B*T, C)` for `nll_loss` (the normalized dim merged away by the view,
+      the classes read along another dim of the softmax's output);
     - **classes in the wrong dim**: `cross_entropy`/`nll_loss` read the classes along dim 1 of
       a `(N, C, d1, ...)` input, but the layer that produced it (a `Linear`'s features, a conv's
       channels) put them elsewhere: `(B, T, C)` logits given as is when `T == C` (so torch does
@@ -80,7 +84,8 @@ def loss_shape_broadcast(
     the autograd nodes below the input, following view, permute and transpose nodes down to
     the op that made it (their saved sizes and dims), so it knows along which dim of the loss
     input a Linear's features, a conv's channels or a softmax's normalized dim end up, and
-    whether a `view`/`reshape` reordered the sizes. For inputs made by a softmax/log_softmax
+    whether a `view`/`reshape` reordered the sizes, and where each dim of a softmax's output
+    ends up in the loss input. For inputs made by a softmax/log_softmax
     and for the inputs of `nll_loss`/`kl_div`, on the site's 1st, 2nd, 4th, 8th, ... observed
     call, it measures on the device how far the input is from normalized along each dim (the
     largest |logsumexp| for log-probabilities, |sum - 1| for probabilities, one reduction per
@@ -122,7 +127,12 @@ def loss_shape_broadcast(
     that way on purpose.
     """
     hists = label_histograms(tl)
-    for site in loss_sites(tl).values():
+    sites = loss_sites(tl)
+    for site in _reversed_sites(tl, sites).values():
+        finding = _broadcast(tl, site)
+        if finding is not None:
+            yield finding
+    for site in sites.values():
         finding = (
             _broadcast(tl, site)
             or _normalized(tl, site, norm_tol, off_by, dict(hists.get(site.id, [])))
@@ -130,6 +140,22 @@ def loss_shape_broadcast(
         )
         if finding is not None:
             yield finding
+
+
+def _reversed_sites(tl: TimelineView, sites: dict[int, Site]) -> dict[int, Site]:
+    """Elementwise loss calls whose second argument is the one that requires grad (the
+    prediction passed as the target: `F.mse_loss(td_target, q_values)`), from their
+    `loss_call_reversed` events; a site also seen the usual way is judged there."""
+    out: dict[int, Site] = {}
+    for e in tl.events("loss_call_reversed"):
+        sid = e.get("site")
+        if not isinstance(sid, int) or sid in sites:
+            continue
+        site = out.get(sid)
+        if site is None:
+            site = out[sid] = Site(sid, e)
+        site.events.append(e)
+    return out
 
 
 def _broadcast(tl: TimelineView, site: Site) -> Finding | None:
@@ -141,15 +167,25 @@ def _broadcast(tl: TimelineView, site: Site) -> Finding | None:
         if not shape or _numel(shape) <= max(_numel(a), _numel(b)):
             continue
         grow = _numel(shape) / max(_numel(a), _numel(b), 1)
+        reversed_args = e.get("kind") == "loss_call_reversed"
+        pred, tgt = (b, a) if reversed_args else (a, b)
+        args = (
+            f"prediction {tuple(pred)} (passed 2nd, as the target: it is the argument that "
+            f"requires grad) against target {tuple(tgt)}"
+            if reversed_args
+            else f"prediction {tuple(a)} against target {tuple(b)}"
+        )
         return tl.finding(
-            title=f"`{site.fn}` at {site.source} broadcasts prediction {tuple(a)} against "
-            f"target {tuple(b)} into {tuple(shape)} ({grow:.0f}x the elements)",
+            title=f"`{site.fn}` at {site.source} broadcasts {args} into {tuple(shape)} "
+            f"({grow:.0f}x the elements)",
             step=e.get("step"),
             evidence={
                 "case": "broadcast",
                 "loss_fn": site.fn,
                 "input_shape": a,
                 "target_shape": b,
+                "prediction_shape": pred,
+                "prediction_argument": 2 if reversed_args else 1,
                 "broadcast_shape": shape,
                 "element_ratio": grow,
                 "code": e.get("code"),
@@ -225,6 +261,10 @@ def _normalized(
         wrong = sorted(d for d, v in dev.items() if v <= tol and d not in expected)
         if wrong:
             decided.append((step, wrong[0], expected, dev, space))
+        elif index_target:
+            merged = _softmax_elsewhere(_event_at(site, step), expected)
+            if merged is not None:
+                return _softmax_dim_lost(tl, site, step, expected, dev, space, merged, off_by)
     if not decided:
         return None
     step, wrong, expected, dev, space = decided[0]
@@ -276,6 +316,70 @@ def _normalized(
         fix=f"normalize over the dim the loss reads: `F.log_softmax(x, dim={expected[0]})` "
         f"(`dim=-1` for (N, C) logits; an implicit `F.log_softmax(x)` picks dim 0 for 3-D "
         "inputs), or pass the logits to `F.cross_entropy` and drop the softmax",
+        confidence=0.9,
+    )
+
+
+def _softmax_elsewhere(e: dict[str, Any], expected: list[int]) -> int | None:
+    """The dim of a softmax/log_softmax's output that the loss reads as its classes, when the
+    softmax normalized another dim of that output, one the views between merged into another
+    dim of the loss input (so no dim of the input is normalized): `log_softmax(x, dim=1)` of
+    (B, T, V) viewed as (B*T, V) for `nll_loss`. Host metadata of the graph only."""
+    lay = e.get("layout") or {}
+    sdim, ends = lay.get("softmax_dim"), lay.get("softmax_dims_in_input")
+    if not isinstance(sdim, int) or not isinstance(ends, list) or len(expected) != 1:
+        return None
+    if sdim >= len(ends) or ends[sdim] is not None:
+        return None  # it survives as a dim of the input: the measured dims judge it
+    read = [d for d, end in enumerate(ends) if end == expected[0]]
+    return read[0] if read and read[0] != sdim else None
+
+
+def _softmax_dim_lost(
+    tl: TimelineView,
+    site: Site,
+    step: int,
+    expected: list[int],
+    dev: dict[int, float],
+    space: str,
+    read: int,
+    off_by: float,
+) -> Finding:
+    e = _event_at(site, step)
+    shape = e.get("input_shape") or []
+    lay = e.get("layout") or {}
+    sdim = lay["softmax_dim"]
+    of = lay.get("softmax_shape") or []
+    op = "log_softmax" if lay.get("head_op") == "LogSoftmaxBackward0" else "softmax"
+    cdim = expected[0]
+    measure = "logsumexp" if space == "l" else "sum"
+    goal = "0" if space == "l" else "1"
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} reads the classes along {_name(cdim, shape)} of "
+        f"{tuple(shape)}, which is dim {read} of a {op} over dim {sdim} of {tuple(of)}: the "
+        "distribution was normalized over another dim",
+        step=step,
+        evidence={
+            "case": "normalized_dim",
+            "loss_fn": site.fn,
+            "input_shape": shape,
+            "target_shape": e.get("target_shape"),
+            "normalized_dim": None,
+            "loss_dims": expected,
+            "softmax_dim": sdim,
+            "softmax_shape": of,
+            "softmax_dim_read_as_classes": read,
+            f"max_abs_{measure}_dev": {f"dim {d}": float(f"{v:.3g}") for d, v in dev.items()},
+            "code": e.get("code"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"the {op} normalized dim {sdim} (size {of[sdim] if sdim < len(of) else '?'}) "
+        f"of its {tuple(of)} output, and a view merged that dim into another before the "
+        f"loss; the loss reads its classes along dim {read} of that output, over which the "
+        f"{measure} is off from {goal} by up to {dev[cdim]:.3g} (more than {off_by:g}): each "
+        "position's scores are normalized across positions, not across its classes",
+        fix=f"normalize over the classes: `F.{op}(x, dim={read})` (or `dim=-1` for "
+        "(B, T, C) scores), or pass the raw scores to `F.cross_entropy`",
         confidence=0.9,
     )
 

@@ -1,0 +1,154 @@
+"""Classes of bugs the ecosystem corpus's mutants showed traindoctor missing (ecosystem/), each
+reproduced here independently, as a small script in a style of its own, run unchanged under the
+zero-code `traindoctor run`, beside healthy twins that must stay silent.
+
+- TD508, prediction passed as the target: `nn.MSELoss()(y, model(x))` with a (N, 1) output and
+  (N,) targets (cleanrl's DQN wrote `F.mse_loss(td_target, q.gather(1, a))`).
+- TD508, log_softmax over the time dim of (B, T, C) scores, flattened to (B*T, C) for
+  `nll_loss` (the seq2seq tutorial's decoder with `dim=1`); a segmentation net's log_softmax
+  over the channels, permuted and flattened, is the healthy twin.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli.conftest import line_of, run_all, td, write
+
+SWAPPED_MSE = """
+import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+x = torch.randn(512, 6)
+y = x @ torch.randn(6) + 0.1 * torch.randn(512)   # (N,) targets
+model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 1))
+criterion = nn.MSELoss()
+opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+for epoch in range(3):
+    for i in range(0, 512, 64):
+        pred = model(x[i:i + 64])                  # (64, 1)
+        loss = criterion(y[i:i + 64], pred)  # LOSS
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+"""
+
+TAGGER = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Tagger(nn.Module):
+    def __init__(self, vocab=50, tags=7, dim=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.rnn = nn.LSTM(dim, dim, batch_first=True)
+        self.out = nn.Linear(dim, tags)
+
+    def forward(self, tokens):
+        h, _ = self.rnn(self.emb(tokens))
+        return F.log_softmax(self.out(h), dim=1)  # NORM
+
+
+torch.manual_seed(0)
+tokens = torch.randint(0, 50, (256, 12))
+tags = tokens % 7
+net = Tagger()
+opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+for step in range(40):
+    idx = torch.randint(0, 256, (16,))
+    logp = net(tokens[idx])                                   # (16, 12, 7)
+    loss = F.nll_loss(logp.reshape(-1, logp.size(-1)), tags[idx].reshape(-1))  # LOSS
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+SEGMENTER = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+images = torch.randn(64, 3, 16, 16)
+masks = (images[:, 0] > 0).long() + (images[:, 1] > 1).long()   # 3 classes per pixel
+net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 1))
+opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+for step in range(30):
+    idx = torch.randint(0, 64, (8,))
+    logp = F.log_softmax(net(images[idx]), dim=1)                # (8, 3, 16, 16)
+    flat = logp.permute(0, 2, 3, 1).reshape(-1, 3)
+    loss = F.nll_loss(flat, masks[idx].reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+BUGGY = {
+    "swapped_mse.py": SWAPPED_MSE,
+    "tagger_time_softmax.py": TAGGER,
+}
+HEALTHY = {
+    "swapped_mse_same_shape.py": SWAPPED_MSE.replace(
+        "criterion(y[i:i + 64], pred)", "criterion(y[i:i + 64], pred.squeeze(1))"
+    ),
+    "tagger_class_softmax.py": TAGGER.replace("dim=1)  # NORM", "dim=-1)  # NORM"),
+    "segmenter.py": SEGMENTER,
+}
+MINE = {"TD508", "TD510", "TD512", "TD504"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    jobs = {}
+    for name, text in {**BUGGY, **HEALTHY}.items():
+        folder = tmp_path_factory.mktemp(name.removesuffix(".py"))
+        write(folder, name, text)
+        jobs[name] = lambda folder=folder, name=name: td(folder, "run", name)
+    return run_all(jobs)
+
+
+def _where(result, name, marker):
+    return f"{name}:{line_of(result.cwd / name, marker)}"
+
+
+def _top3(result, code):
+    top = [f for f in result.findings()["findings"] if f["severity"] in ("error", "warning")][:3]
+    return code in [f["code"] for f in top]
+
+
+def test_prediction_passed_as_target_broadcasts(runs):
+    r = runs["swapped_mse.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD508")
+    assert f["severity"] == "error" and _top3(r, "TD508")
+    assert f["where"]["source"] == _where(r, "swapped_mse.py", "# LOSS")
+    ev = f["evidence"]
+    assert ev["prediction_argument"] == 2 and ev["prediction_shape"] == [64, 1]
+    assert ev["broadcast_shape"] == [64, 64]
+
+
+def test_log_softmax_over_the_time_dim_then_flattened(runs):
+    r = runs["tagger_time_softmax.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD508")
+    assert f["severity"] == "error" and _top3(r, "TD508")
+    assert f["where"]["source"] == _where(r, "tagger_time_softmax.py", "# LOSS")
+    ev = f["evidence"]
+    assert ev["softmax_dim"] == 1 and ev["softmax_shape"] == [16, 12, 7]
+    assert ev["softmax_dim_read_as_classes"] == 2 and ev["loss_dims"] == [1]
+    assert "dim=2" in f["fix"]
+
+
+@pytest.mark.parametrize("name", sorted(HEALTHY))
+def test_healthy_twins_stay_quiet(runs, name):
+    r = runs[name]
+    assert r.rc == 0, r
+    loud = [
+        (f["code"], f["title"])
+        for f in r.findings()["findings"]
+        if f["code"] in MINE and f["severity"] in ("error", "warning")
+    ]
+    assert not loud, loud
