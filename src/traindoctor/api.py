@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._validate import WATCH_OPTIONS, check_options, reject_unknown, show
 from .doctor import Doctor
 from .errors import UsageError
 
@@ -22,6 +23,7 @@ def watch(
     console: bool = True,
     select: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    **unknown: Any,
 ) -> Doctor:
     """Attach traindoctor to a model and its optimizer(s). Returns the Doctor.
 
@@ -32,51 +34,61 @@ def watch(
     (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad` under no_grad) is watched: each
     update of the params that got a gradient is a step.
     """
+    reject_unknown("watch", unknown, ("model", "optimizer", "scaler", *WATCH_OPTIONS))
     models = _models(model)
     optimizers = _optimizers(optimizer)
-    if scaler is not None and not callable(getattr(scaler, "scale", None)):
-        raise UsageError(
-            f"watch(scaler=...) takes a torch.amp.GradScaler, got {type(scaler).__name__}; "
-            "pass the scaler you call scaler.scale(loss) on, or leave it out"
-        )
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 1:
-        raise UsageError(
-            f"watch(budget=...) got {budget!r}; pass the overhead allowed, as a fraction of "
-            "step time in (0, 1], e.g. budget=0.03"
-        )
+    _check_scaler(scaler)
+    opts = check_options(
+        "watch", out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+    )
     doc = Doctor(
-        out_dir=out_dir,
-        budget=budget,
+        out_dir=opts["out_dir"],
+        budget=opts["budget"],
         mode="watch",
-        console=console,
-        select_codes=select,
-        ignore_codes=ignore,
+        console=opts["console"],
+        select_codes=opts["select"],
+        ignore_codes=opts["ignore"],
     )
     doc.attach(models, optimizers, scaler)
     return doc
 
 
+def _check_scaler(scaler: Any) -> None:
+    if scaler is None or callable(getattr(scaler, "scale", None)):
+        return
+    hint = "pass the scaler you call scaler.scale(loss) on, or leave it out"
+    if isinstance(scaler, int | float) and not isinstance(scaler, bool):
+        hint += f" (the budget is keyword-only: watch(model, optimizer, budget={scaler!r}))"
+    raise UsageError(f"watch(scaler=...) takes a torch.amp.GradScaler, got {show(scaler)}; {hint}")
+
+
 def _models(model: Any) -> dict[str, torch.nn.Module]:
-    hint = "pass the nn.Module you train, e.g. td.watch(model, optimizer)"
+    hint = "pass the nn.Module you train (or a dict/list of them), e.g. td.watch(model, optimizer)"
     if isinstance(model, torch.nn.Module):
         return {"": model}
     if model is None:
         raise UsageError(f"watch() got model=None; {hint}")
+    if isinstance(model, torch.optim.Optimizer):
+        raise UsageError(
+            f"watch() got an optimizer ({type(model).__name__}) as model; pass the model first: "
+            "td.watch(model, optimizer)"
+        )
     if isinstance(model, dict):
         items = list(model.items())
     elif isinstance(model, list | tuple):
         items = [(f"{type(m).__name__.lower()}{i}", m) for i, m in enumerate(model)]
     else:
-        raise UsageError(
-            f"watch() takes a torch.nn.Module as model, got {type(model).__name__}; {hint}"
-        )
+        raise UsageError(f"watch() takes a torch.nn.Module as model, got {show(model)}; {hint}")
     if not items:
-        raise UsageError(f"watch() got no models; {hint}")
+        raise UsageError(f"watch() got an empty {type(model).__name__} of models; {hint}")
     for name, m in items:
-        if not isinstance(m, torch.nn.Module):
+        if not isinstance(name, str):
             raise UsageError(
-                f"watch() model {name!r} is a {type(m).__name__}, not an nn.Module; {hint}"
+                f"watch() got the model key {show(name)}; pass a dict with string keys, "
+                "e.g. td.watch({'gen': g, 'disc': d}, [opt_g, opt_d])"
             )
+        if not isinstance(m, torch.nn.Module):
+            raise UsageError(f"watch() model {name!r} is {show(m)}, not an nn.Module; {hint}")
     return {f"{name}.": m for name, m in items}
 
 
@@ -89,17 +101,13 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     elif isinstance(optimizer, list | tuple):
         opts = list(optimizer)
     else:
-        raise UsageError(
-            f"watch() takes a torch.optim.Optimizer, got {type(optimizer).__name__}; {hint}"
-        )
+        raise UsageError(f"watch() takes a torch.optim.Optimizer, got {show(optimizer)}; {hint}")
     if not opts:
         raise UsageError(f"watch() got an empty list of optimizers; {hint}")
     opts = [unwrap_optimizer(o) for o in opts]
     for opt in opts:
         if not isinstance(opt, torch.optim.Optimizer):
-            raise UsageError(
-                f"watch() got a {type(opt).__name__} object among the optimizers; {hint}"
-            )
+            raise UsageError(f"watch() got {show(opt)} among the optimizers; {hint}")
         if sum(len(g["params"]) for g in opt.param_groups) == 0:
             raise UsageError(
                 f"the {type(opt).__name__} passed to watch() holds no parameters; "
