@@ -43,6 +43,9 @@ _LAZY = {
     "UsageError": ".errors",
 }
 
+# Public functions whose arguments api.py checks before calling them.
+_CHECKED = ("evaluate", "explain_gradients")
+
 if TYPE_CHECKING:
     from .api import watch
     from .doctor import Doctor
@@ -68,5 +71,12 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     value = getattr(importlib.import_module(module, __name__), name)
+    if name in _CHECKED:
+        # The same function behind the one-line input checks of api.py (UsageError naming
+        # the bad value and what to pass), under the original's name, module and doc.
+        import functools
+
+        checked = getattr(importlib.import_module(".api", __name__), name)
+        value = functools.update_wrapper(checked, value)
     globals()[name] = value
     return value

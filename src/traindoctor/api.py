@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,122 @@ def _hookable(optimizer: Any) -> bool:
     return isinstance(optimizer, torch.optim.Optimizer) and hasattr(
         optimizer, "_optimizer_step_pre_hooks"
     )
+
+
+def explain_gradients(
+    loss: torch.Tensor, params: Iterable[torch.Tensor] | None = None, *, limit: int | None = None
+) -> Any:
+    from . import gradpath
+
+    if not isinstance(loss, torch.Tensor):
+        raise UsageError(
+            f"explain_gradients(loss) takes the loss tensor, got {show(loss)}; pass the scalar "
+            "loss you would call backward() on, e.g. td.explain_gradients(loss)"
+        )
+    if loss.numel() != 1:
+        raise UsageError(
+            f"explain_gradients(loss) takes a scalar loss, got a tensor of shape "
+            f"{tuple(loss.shape)}; pass the reduced loss, e.g. td.explain_gradients(loss.mean())"
+        )
+    if loss.grad_fn is None:
+        raise UsageError(
+            "explain_gradients(loss): the loss has no grad_fn (computed under no_grad, from "
+            ".detach()/.item()/.data or numpy): no gradient flows at all; pass a loss computed "
+            "from the model's output with gradients enabled"
+        )
+    if params is not None:
+        params = _check_params(params)
+    if limit is None:
+        limit = gradpath.MAX_NODES
+    elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise UsageError(
+            f"explain_gradients(limit=...) got {show(limit)}; pass the most autograd nodes to "
+            f"walk, a whole number >= 1 (default {gradpath.MAX_NODES})"
+        )
+    return gradpath.explain_gradients(loss, params, limit=limit)
+
+
+def _check_params(params: Any) -> list[torch.Tensor]:
+    hint = "pass tensors that require grad, e.g. params=model.parameters(), or leave it out"
+    if isinstance(params, torch.nn.Module):
+        raise UsageError(
+            f"explain_gradients(params=...) got a module ({type(params).__name__}); "
+            "pass its parameters: params=model.parameters()"
+        )
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    try:
+        items = list(params)
+    except TypeError:
+        raise UsageError(f"explain_gradients(params=...) got {show(params)}; {hint}") from None
+    if not items:
+        raise UsageError(f"explain_gradients(params=...) got no tensors; {hint}")
+    for p in items:
+        if not isinstance(p, torch.Tensor):
+            raise UsageError(f"explain_gradients(params=...) got {show(p)} among them; {hint}")
+        if not p.requires_grad:
+            raise UsageError(
+                "explain_gradients(params=...) got a tensor of shape "
+                f"{tuple(p.shape)} that does not require grad; {hint}"
+            )
+    return items
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[Any],
+    metrics: Any,
+    step_fn: Any = None,
+    *,
+    doctor: Any = None,
+    prefix: str = "val_",
+) -> dict[str, float]:
+    from . import evaluation
+
+    example = "e.g. td.evaluate(model, val_loader, {'auroc': BinaryAUROC()})"
+    if isinstance(model, torch.nn.Module) and isinstance(loader, torch.nn.Module | dict):
+        raise UsageError(
+            f"evaluate() got {show(loader)} as the loader; pass the model, the validation "
+            f"loader, then the metrics, {example}"
+        )
+    if isinstance(loader, str | bytes) or not (
+        hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")
+    ):
+        raise UsageError(
+            f"evaluate() takes an iterable of batches as loader, got {show(loader)}; pass the "
+            f"validation DataLoader, {example}"
+        )
+    if isinstance(metrics, dict):
+        if not metrics:
+            raise UsageError(
+                f"evaluate() got an empty dict of metrics; pass at least one, {example}"
+            )
+        from torchmetrics import Metric
+
+        for name, m in metrics.items():
+            if not isinstance(m, Metric):
+                raise UsageError(
+                    f"evaluate() metric {name!r} is {show(m)}, not a torchmetrics Metric; "
+                    f"pass Metric objects, {example}"
+                )
+    if step_fn is not None and not callable(step_fn):
+        raise UsageError(
+            f"evaluate(step_fn=...) got {show(step_fn)}; pass a function (model, batch) -> "
+            "(preds, target), e.g. step_fn=lambda model, batch: (model(batch[0]), batch[1])"
+        )
+    if doctor is not None and not isinstance(doctor, Doctor):
+        raise UsageError(
+            f"evaluate(doctor=...) got {show(doctor)}; pass the Doctor that td.watch() "
+            "returned, or leave it out (the attached one is found)"
+        )
+    if not isinstance(prefix, str):
+        raise UsageError(
+            f"evaluate(prefix=...) got {show(prefix)}; pass a string such as prefix='val_'"
+        )
+    # evaluate() warns at its caller's line (stacklevel=2): re-issued here, at the user's.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = evaluation.evaluate(model, loader, metrics, step_fn, doctor=doctor, prefix=prefix)
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    return values
