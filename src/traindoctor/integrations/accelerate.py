@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
+from .._validate import WATCH_OPTIONS, check_options, reject_unknown, show
 from ..api import unwrap_optimizer
 from ..api import watch as _watch
 from ..doctor import Doctor
+from ..errors import UsageError
 
 
 def unwrap_model(model: Any) -> Any:
@@ -36,13 +38,14 @@ def unwrap_model(model: Any) -> Any:
 def watch(
     accelerator: Any,
     model: torch.nn.Module | dict[str, torch.nn.Module] | Iterable[torch.nn.Module],
-    optimizer: Any,
+    optimizer: Any = None,
     *,
     out_dir: str | Path = "traindoctor-runs",
     budget: float = 0.03,
     console: bool = True,
     select: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    **unknown: Any,
 ) -> Doctor:
     """`td.watch` for a loop run by an `accelerate.Accelerator`.
 
@@ -50,6 +53,23 @@ def watch(
     the accelerator's GradScaler (fp16 mixed precision) is watched too, so the steps it skips
     (`accelerator.optimizer_step_was_skipped`) are seen as such.
     """
+    caller = "traindoctor.accelerate.watch"
+    reject_unknown(caller, unknown, ("accelerator", "model", "optimizer", *WATCH_OPTIONS))
+    if isinstance(accelerator, torch.nn.Module | torch.optim.Optimizer) or not callable(
+        getattr(accelerator, "prepare", None)
+    ):
+        raise UsageError(
+            f"{caller}() takes the Accelerator first, got {show(accelerator)}; pass "
+            "watch(accelerator, model, optimizer) with the objects accelerator.prepare returned"
+        )
+    if optimizer is None:
+        raise UsageError(
+            f"{caller}() got no optimizer; pass watch(accelerator, model, optimizer) with the "
+            "optimizer accelerator.prepare returned"
+        )
+    check_options(
+        caller, out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+    )
     models: Any
     if isinstance(model, dict):
         models = {k: unwrap_model(m) for k, m in model.items()}

@@ -32,7 +32,18 @@ from typing import Any
 
 import torch
 
+from .._validate import (
+    WATCH_OPTIONS,
+    check_options,
+    reject_positional,
+    reject_unknown,
+    show,
+)
 from ..doctor import Doctor
+from ..errors import UsageError
+
+_CALLER = "traindoctor.lightning.Doctor"
+_OPTIONS = (*WATCH_OPTIONS, "mode", "max_steps")
 
 # Metric names that doc.log() takes as its own parameters: passed under another name.
 _RESERVED = {"loss": "loss_logged", "parts": "parts_logged"}
@@ -92,6 +103,26 @@ def attach(
     Call it once the optimizers are configured (`on_fit_start`). Returns None when there is
     nothing to watch (no optimizer: `configure_optimizers` returned None).
     """
+    if not hasattr(trainer, "optimizers"):
+        raise UsageError(
+            f"traindoctor.lightning.attach() takes a Lightning Trainer first, got {show(trainer)}; "
+            "pass attach(trainer, pl_module) once its optimizers are configured (on_fit_start)"
+        )
+    if not isinstance(pl_module, torch.nn.Module):
+        raise UsageError(
+            f"traindoctor.lightning.attach() takes the LightningModule second, got "
+            f"{show(pl_module)}; pass attach(trainer, pl_module)"
+        )
+    opts = check_options(
+        "traindoctor.lightning.attach",
+        out_dir=out_dir,
+        budget=budget,
+        console=console,
+        select=select,
+        ignore=ignore,
+        mode=mode,
+    )
+    select, ignore = opts["select"], opts["ignore"]
     optimizers = [o for o in trainer.optimizers if isinstance(o, torch.optim.Optimizer)]
     if not optimizers:
         return None
@@ -162,7 +193,7 @@ def callback_class(base: type) -> type:
 
         def __init__(
             self,
-            *,
+            *args: Any,
             out_dir: str | Path = "traindoctor-runs",
             budget: float = 0.03,
             console: bool = True,
@@ -170,17 +201,31 @@ def callback_class(base: type) -> type:
             ignore: Iterable[str] = (),
             mode: str = "lightning",
             max_steps: int | None = None,
+            **unknown: Any,
         ) -> None:
+            # Checked here, not at on_fit_start where an error is only printed.
+            reject_positional(_CALLER, args, _OPTIONS)
+            reject_unknown(_CALLER, unknown, _OPTIONS)
+            opts = check_options(
+                _CALLER,
+                out_dir=out_dir,
+                budget=budget,
+                console=console,
+                select=select,
+                ignore=ignore,
+                mode=mode,
+                max_steps=max_steps,
+            )
             super().__init__()
             # `traindoctor run --max-steps N`: fit stops gracefully after N optimizer steps.
-            self.max_steps = max_steps
+            self.max_steps = opts["max_steps"]
             self.options = {
                 "mode": mode,  # zero-code mode passes "zero-code"
                 "out_dir": out_dir,
-                "budget": budget,
+                "budget": opts["budget"],
                 "console": console,
-                "select": tuple(select),
-                "ignore": tuple(ignore),
+                "select": opts["select"],
+                "ignore": opts["ignore"],
             }
             self.doctor: LightningDoctor | None = None
             self.report: Any = None

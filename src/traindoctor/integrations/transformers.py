@@ -39,9 +39,14 @@ import torch
 from transformers import Trainer, TrainerCallback  # the real package (absolute import)
 
 from .._source import relpath
+from .._validate import WATCH_OPTIONS, reject_positional, reject_unknown, show
 from ..doctor import Doctor as _Doctor
+from ..errors import UsageError
 from . import doctor_options
 from .accelerate import unwrap_model, unwrap_optimizer
+
+_CALLER = "traindoctor.transformers.Doctor"
+_OPTIONS = (*WATCH_OPTIONS, "doctor")
 
 # Keys of the Trainer's logs that are bookkeeping, not measurements of the model.
 _SKIP_SUFFIXES = ("_runtime", "_per_second", "_model_preparation_time", "_flos")
@@ -58,15 +63,23 @@ class Doctor(TrainerCallback):
 
     def __init__(
         self,
-        *,
+        *args: Any,
         out_dir: str | Path = "traindoctor-runs",
         budget: float = 0.03,
         console: bool = True,
         select: Iterable[str] = (),
         ignore: Iterable[str] = (),
         doctor: _Doctor | None = None,
+        **unknown: Any,
     ) -> None:
-        self.options = doctor_options(out_dir, budget, console, select, ignore)
+        reject_positional(_CALLER, args, _OPTIONS)
+        reject_unknown(_CALLER, unknown, _OPTIONS)
+        if doctor is not None and not isinstance(doctor, _Doctor):
+            raise UsageError(
+                f"{_CALLER}(doctor=...) got {show(doctor)}; pass a traindoctor Doctor made "
+                "elsewhere (zero-code mode), or leave it out"
+            )
+        self.options = doctor_options(out_dir, budget, console, select, ignore, _CALLER)
         self.doctor: _Doctor | None = doctor
         self._owns_doctor = doctor is None
         self.trainer: Any = None
@@ -214,6 +227,11 @@ def attach_trainer(trainer: Any, doctor: _Doctor | None = None, **options: Any) 
     to close; otherwise the callback makes and closes its own, with `options` as in `Doctor`.
     Returns the callback (its `.report` is set when training ends).
     """
+    if not isinstance(trainer, Trainer):
+        raise UsageError(
+            f"traindoctor.transformers.attach_trainer() takes a transformers.Trainer, got "
+            f"{show(trainer)}; pass the Trainer before calling trainer.train()"
+        )
     callback = Doctor(doctor=doctor, **options)
     callback.trainer = trainer
     trainer.add_callback(callback)
