@@ -7,6 +7,9 @@ zero-code `traindoctor run`, beside healthy twins that must stay silent.
 - TD508, log_softmax over the time dim of (B, T, C) scores, flattened to (B*T, C) for
   `nll_loss` (the seq2seq tutorial's decoder with `dim=1`); a segmentation net's log_softmax
   over the channels, permuted and flattened, is the healthy twin.
+- TD510, a denoiser whose first layer to run is its timestep MLP, fed 0-255 pixels (the
+  improved-diffusion UNet without `/ 127.5 - 1`): the layer judged is the first to take the
+  model's image input; raw float timesteps into a Linear beside scaled images stay silent.
 """
 
 from __future__ import annotations
@@ -86,9 +89,56 @@ for step in range(30):
     opt.step()
 """
 
+DENOISER = """
+import math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sinusoid(t, dim=32):
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2) / (dim // 2))
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class Denoiser(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.time = nn.Sequential(nn.Linear(32, 64), nn.SiLU(), nn.Linear(64, 16))
+        self.inp = nn.Conv2d(1, 16, 3, padding=1)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        self.out = nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        emb = self.time(sinusoid(t))
+        h = F.silu(self.inp(x) + emb[:, :, None, None])
+        return self.out(F.silu(self.mid(h)))
+
+
+torch.manual_seed(0)
+digits = torch.randint(0, 256, (256, 1, 12, 12)).float()
+data = digits  # SCALE
+betas = torch.linspace(1e-4, 0.02, 200)
+abar = torch.cumprod(1 - betas, 0)
+net = Denoiser()
+opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+for it in range(30):
+    x0 = data[torch.randint(0, 256, (32,))]
+    t = torch.randint(0, 200, (32,))
+    noise = torch.randn_like(x0)
+    a = abar[t][:, None, None, None]
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    loss = F.mse_loss(net(xt, t), noise)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
 BUGGY = {
     "swapped_mse.py": SWAPPED_MSE,
     "tagger_time_softmax.py": TAGGER,
+    "denoiser_raw_pixels.py": DENOISER,
 }
 HEALTHY = {
     "swapped_mse_same_shape.py": SWAPPED_MSE.replace(
@@ -96,6 +146,14 @@ HEALTHY = {
     ),
     "tagger_class_softmax.py": TAGGER.replace("dim=1)  # NORM", "dim=-1)  # NORM"),
     "segmenter.py": SEGMENTER,
+    "denoiser_scaled.py": DENOISER.replace("data = digits  # SCALE", "data = digits / 127.5 - 1"),
+    # Raw float timesteps (0..199) into the first Linear, images scaled: only the images are
+    # the data whose scale is judged.
+    "denoiser_raw_timesteps.py": DENOISER.replace(
+        "data = digits  # SCALE", "data = digits / 127.5 - 1"
+    )
+    .replace("nn.Linear(32, 64)", "nn.Linear(1, 64)")
+    .replace("self.time(sinusoid(t))", "self.time(t.float()[:, None])"),
 }
 MINE = {"TD508", "TD510", "TD512", "TD504"}
 
@@ -140,6 +198,16 @@ def test_log_softmax_over_the_time_dim_then_flattened(runs):
     assert ev["softmax_dim"] == 1 and ev["softmax_shape"] == [16, 12, 7]
     assert ev["softmax_dim_read_as_classes"] == 2 and ev["loss_dims"] == [1]
     assert "dim=2" in f["fix"]
+
+
+def test_raw_pixels_into_a_denoiser_whose_time_mlp_runs_first(runs):
+    r = runs["denoiser_raw_pixels.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD510")
+    assert f["severity"] == "warning" and _top3(r, "TD510")
+    ev = f["evidence"]
+    assert ev["first_layer"] == "inp" and ev["layer_type"] == "Conv2d"
+    assert ev["input_max"] > 100 and ev["input_rms"] > 20
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))

@@ -68,6 +68,7 @@ LOADER_STEPS = 3  # training forwards whose callers are scanned for DataLoaders
 MAX_FRAMES = 32
 MAX_SCOPE_VALUES = 256  # values looked at per scope (locals or globals)
 FP_STATS = ("sum", "sumsq", "wsum", "min", "max")
+MAX_FIRST_SEARCH = 64  # leaves looked at for the first layer that takes the model's input
 FIRST_STATS = ("in_mean", "in_std", "in_min", "in_max", "out_std")
 
 
@@ -91,6 +92,13 @@ class DataProbe(Probe):
         self._layer_hooks: list[Any] = []
         self._capturing = False  # inside the step's first training forward (structural steps)
         self._first: dict[str, Any] | None = None
+        # The model's main input (its largest floating-point tensor argument) in the step's
+        # first training forward: (data_ptr, numel). The first layer judged is the first one
+        # with weights to take it as it is; the first layer with weights to run stands in
+        # (kept in _fallback until the forward ends) when none does.
+        self._primary: tuple[int, int] | None = None
+        self._fallback: tuple[str, torch.nn.Module, Any, Any, list[str]] | None = None
+        self._leaves_seen = 0
         self._active = True  # fingerprint this step (see prepare)
         self._prev_sampled = False
         self._loaders: set[int] = set()  # ids of the DataLoaders described
@@ -108,6 +116,7 @@ class DataProbe(Probe):
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        self._rec = rec
         self.listen_early()
         for prefix, model in ctx.models.items():
             self.handles.append(
@@ -131,6 +140,8 @@ class DataProbe(Probe):
         self._seen.clear()
         self._first = None
         self._capturing = False
+        self._primary = None
+        self._fallback = None
         self._remove_layer_hooks()
         ctx = self.ctx
         if ctx is not None and step <= ctx.doctor.budget.structural_steps:
@@ -149,6 +160,7 @@ class DataProbe(Probe):
         if self._first is not None:
             rec.record(step, DATA_FIRST_LAYER, self._first)
             self._first = None
+        self._fallback = None  # holds no batch past the step
         self._remove_layer_hooks()
 
     def detach(self) -> None:
@@ -184,11 +196,22 @@ class DataProbe(Probe):
                 self._loader_scans += 1
                 self._scan_loaders(rec)
             self._capturing = bool(self._layer_hooks) and len(self._seen) == 1
+            if self._capturing:
+                self._primary = _primary_input((args, kwargs))
+                self._fallback = None
+                self._leaves_seen = 0
             self._fingerprint(prefix, (args, kwargs), rec)
 
         return pre
 
     def _root_done(self, _module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        if self._capturing and self._first is None and self._fallback is not None:
+            qual, module, x, out, nxt = self._fallback
+            self._choose_first(qual, module, x, out)
+            if self._first is not None:
+                self._first["next"] = nxt
+                self._first["takes_model_input"] = False
+        self._fallback = None
         self._capturing = False
 
     def _fingerprint(self, prefix: str, inputs: Any, rec: Recorder) -> None:
@@ -268,31 +291,66 @@ class DataProbe(Probe):
             if not self._capturing:
                 return
             first = self._first
-            if first is None:
-                if next(module.parameters(recurse=False), None) is None:
-                    return  # a layer without weights (a ReLU, a Flatten) comes first
-                x = next(iter_tensors(inputs, max_depth=1), None)
-                if x is None:
-                    return
-                self._first = {
-                    "module": qual,
-                    "type": type(module).__name__,
-                    "dtype": str(x.dtype).removeprefix("torch."),
-                    "next": [],
-                }
-                out = next(iter_tensors(output, max_depth=1), None)
-                if x.is_floating_point() and x.numel() >= 2 and out is not None:
-                    v = _strided(x.detach().reshape(-1), MAX_ELEMS).to(torch.float32)
-                    o = _strided(out.detach().reshape(-1), MAX_ELEMS).to(torch.float32)
-                    std_o = o.std() if o.numel() >= 2 else torch.zeros((), device=o.device)
-                    stats = torch.stack([v.mean(), v.std(), v.amin(), v.amax(), std_o.to(v.device)])
-                    rec.defer(self._step, DATA_FIRST_STATS, stats, keys=list(FIRST_STATS))
-            elif len(first["next"]) < 2:
-                first["next"].append(type(module).__name__)
-            else:
-                self._capturing = False
+            if first is not None:
+                if len(first["next"]) < 2:
+                    first["next"].append(type(module).__name__)
+                else:
+                    self._capturing = False
+                return
+            self._leaves_seen += 1
+            fallback = self._fallback
+            has_params = next(module.parameters(recurse=False), None) is not None
+            x = next(iter_tensors(inputs, max_depth=1), None) if has_params else None
+            if x is not None and (self._primary is None or _same_data(x, self._primary)):
+                self._choose_first(qual, module, x, output)
+                if self._first is not None:
+                    self._first["takes_model_input"] = self._primary is not None
+                return
+            if fallback is None:
+                if x is not None:
+                    self._fallback = (qual, module, x, output, [])
+            elif len(fallback[4]) < 2:
+                fallback[4].append(type(module).__name__)
+            if self._leaves_seen >= MAX_FIRST_SEARCH and self._fallback is not None:
+                self._root_done(module, inputs, output)  # stop looking: the fallback it is
 
         return hook
+
+    def _choose_first(self, qual: str, module: torch.nn.Module, x: Any, output: Any) -> None:
+        self._first = {
+            "module": qual,
+            "type": type(module).__name__,
+            "dtype": str(x.dtype).removeprefix("torch."),
+            "next": [],
+        }
+        out = next(iter_tensors(output, max_depth=1), None)
+        if x.is_floating_point() and x.numel() >= 2 and out is not None:
+            v = _strided(x.detach().reshape(-1), MAX_ELEMS).to(torch.float32)
+            o = _strided(out.detach().reshape(-1), MAX_ELEMS).to(torch.float32)
+            std_o = o.std() if o.numel() >= 2 else torch.zeros((), device=o.device)
+            stats = torch.stack([v.mean(), v.std(), v.amin(), v.amax(), std_o.to(v.device)])
+            self._rec.defer(self._step, DATA_FIRST_STATS, stats, keys=list(FIRST_STATS))
+
+
+def _primary_input(inputs: Any) -> tuple[int, int] | None:
+    """(data_ptr, numel) of the forward's floating-point tensor argument with the most elements
+    per sample (the images of `unet(x_t, t)`, not its timesteps), when it is batched."""
+    best: torch.Tensor | None = None
+    for t in list(iter_tensors(inputs))[:MAX_INPUTS]:
+        if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0:
+            continue
+        if best is None or t[0].numel() > best[0].numel():
+            best = t
+    return None if best is None else (best.data_ptr(), best.numel())
+
+
+def _same_data(x: torch.Tensor, primary: tuple[int, int]) -> bool:
+    """`x` holds the model input's values as they are: the same tensor or a view of all of it
+    (`x.flatten(1)`, `x.view(B, -1)`, `x.float()` of a float tensor)."""
+    try:
+        return x.data_ptr() == primary[0] and x.numel() == primary[1]
+    except Exception:  # noqa: BLE001 - tensors without storage
+        return False
 
 
 def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:

@@ -49,9 +49,12 @@ def inputs_not_normalized(
     almost no gradient.
 
     ## How it is measured
-    On the structural steps (the first 3), forward hooks on the leaf modules find the first
-    module with parameters that runs in the step's first training forward (after any
-    normalization the model does itself) and the two leaf modules called after it; the mean,
+    On the structural steps (the first 3), forward hooks on the leaf modules find, in the
+    step's first training forward, the first module with parameters that takes the model's
+    main input as it is (its floating-point argument with the most values per sample, or a
+    view of it: the images of `unet(x, t)`, not a timestep MLP that runs before), else the
+    first module with parameters to run (after any normalization the model does itself),
+    and the two leaf modules called after it; the mean,
     std, min and max of its input and the std of its output are computed on the device (a
     strided view of at most 262,144 elements) and read back in the batched read-back.
     Integer inputs (token ids, indices) and first layers that normalize (BatchNorm,
