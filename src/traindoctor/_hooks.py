@@ -20,15 +20,39 @@ from typing import Any
 INERT_EVENT = "traindoctor.inert-hook"
 
 
-def _compiling() -> bool:
+_checks: list[Callable[[], bool]] = []
+
+
+def _load_checks() -> list[Callable[[], bool]]:
     import torch
+    from torch.fx import _symbolic_trace
 
-    return torch.compiler.is_compiling()
+    def fx_tracing() -> bool:  # is_fx_tracing() logs a warning on its first call
+        return bool(getattr(_symbolic_trace, "_is_fx_tracing_flag", False))
+
+    _checks[:] = [
+        torch.compiler.is_compiling,
+        torch._C._is_tracing,  # torch.jit.trace (also torch.onnx.export's trace)
+        getattr(torch._C, "_are_functorch_transforms_active", lambda: False),
+        fx_tracing,
+    ]
+    return _checks
 
 
-# Every function traindoctor puts in torch's place (losses, clip_grad_norm_, Tensor.data) and
-# every global hook asks this first: traced by torch.compile, it is the original alone (a
-# graph break or a guard on our state otherwise).
+def _compiling() -> bool:
+    checks = _checks or _load_checks()
+    # torch.compile first: dynamo folds it to True and traces none of the others.
+    return checks[0]() or checks[1]() or checks[2]() or checks[3]()
+
+
+# Every function traindoctor puts in torch's place (losses, clip_grad_norm_, Tensor.data), every
+# module hook and every global hook asks this first. While torch traces the user's code into a
+# graph, it is the original alone: torch.compile (a graph break or a guard on our state
+# otherwise), torch.jit.trace (our ops recorded into the user's graph, and the trace's check
+# failing because our hooks do different things on different calls: "Graphs differed across
+# invocations"), torch.fx.symbolic_trace (our ops on Proxy objects), and the torch.func
+# transforms (vmap/grad: our hooks would see batched tensors and raise inside them, e.g. a
+# random op under vmap). What runs there is not observed.
 compiling = _compiling
 
 
@@ -115,13 +139,93 @@ def _wrap_getstate(cls: type) -> None:
     cls.__getstate__ = __getstate__  # type: ignore[attr-defined]
 
 
+# -- scripting a module leaves traindoctor's hooks out ----------------------------------------
+# `torch.jit.script(model)` compiles the module's forward hooks into the ScriptModule (each must
+# be a scriptable function): with our CopySafeHooks there it raised "AttributeError:
+# 'CopySafeHook' object has no attribute '__name__'". Every module that torch.jit scripts, or
+# traces (torch.jit.trace scripts an empty copy of each module), goes through
+# `torch.jit._recursive.create_script_module`; while a doctor is attached it runs with our hooks
+# out of the hook dicts of the module and its submodules (the dict objects themselves swapped
+# for copies without them, the originals put back after: their order, and the handles that
+# point at them, are untouched). The ScriptModule then is what it is without traindoctor: the
+# user's own hooks, in their order, and none of ours.
+_script_original: list[Any] = []
+
+
+def _our_keys(module: Any) -> set[int]:
+    ours: set[int] = set()
+    for attr in HOOK_DICTS:
+        hooks = module.__dict__.get(attr)
+        if hooks:
+            ours.update(k for k, h in hooks.items() if isinstance(h, CopySafeHook))
+    return ours
+
+
+def _hide_our_hooks(root: Any) -> list[tuple[Any, str, Any]]:
+    hidden: list[tuple[Any, str, Any]] = []
+    modules = root.modules() if callable(getattr(root, "modules", None)) else ()
+    for module in modules:
+        ours = _our_keys(module)
+        if not ours:
+            continue
+        for attr in HOOK_DICTS + _KEYED_BY_HOOK:
+            hooks = module.__dict__.get(attr)
+            if hooks is None or not ours & set(hooks):
+                continue
+            hidden.append((module, attr, hooks))
+            module.__dict__[attr] = type(hooks)((k, v) for k, v in hooks.items() if k not in ours)
+    return hidden
+
+
+def _show_our_hooks(hidden: list[tuple[Any, str, Any]]) -> None:
+    for module, attr, hooks in reversed(hidden):
+        module.__dict__[attr] = hooks
+
+
+def _create_script_module(nn_module: Any, *args: Any, **kwargs: Any) -> Any:
+    # Through __wrapped__: a wrapper someone put around ours after attach may outlive it.
+    original = _create_script_module.__wrapped__  # type: ignore[attr-defined]
+    try:
+        hidden = _hide_our_hooks(nn_module)
+    except Exception:  # noqa: BLE001  (never into the user's torch.jit call)
+        hidden = []
+    try:
+        return original(nn_module, *args, **kwargs)
+    finally:
+        _show_our_hooks(hidden)
+
+
+def _script_without_our_hooks() -> None:
+    from torch.jit import _recursive
+
+    original = _recursive.__dict__.get("create_script_module")
+    if original is None or original is _create_script_module:
+        return
+    _create_script_module.__wrapped__ = original  # type: ignore[attr-defined]
+    _create_script_module.__doc__ = original.__doc__
+    _script_original[:] = [original]
+    _recursive.create_script_module = _create_script_module
+
+
+def _script_with_our_hooks() -> None:
+    from torch.jit import _recursive
+
+    if not _script_original:
+        return
+    if _recursive.__dict__.get("create_script_module") is _create_script_module:
+        _recursive.create_script_module = _script_original[0]  # else: someone else's stays
+    _script_original.clear()
+
+
 def strip_hooks_from_pickles() -> None:
-    """Start (reference-counted, one per attached doctor)."""
+    """Start (reference-counted, one per attached doctor): pickles, copies and torch.jit see the
+    user's modules without our hooks."""
     import torch
 
     _users[0] += 1
     if _users[0] > 1:
         return
+    _script_without_our_hooks()
     stack: list[type] = [torch.nn.Module]
     seen: set[type] = set()
     while stack:
@@ -139,6 +243,7 @@ def keep_hooks_in_pickles() -> None:
     _users[0] = max(0, _users[0] - 1)
     if _users[0]:
         return
+    _script_with_our_hooks()
     for cls, original in _getstate_originals.items():
         current = cls.__dict__.get("__getstate__")
         if getattr(current, "__wrapped__", None) is original:
