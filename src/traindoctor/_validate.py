@@ -80,22 +80,22 @@ def check_choice(caller: str, name: str, value: Any, choices: Iterable[str]) -> 
 
 def check_out_dir(caller: str, out_dir: Any, flag: str = "out_dir=...") -> Path:
     """The run directories' parent: a directory, or a path that can be created as one."""
+    where = f"{caller}({flag})" if caller else flag
     if isinstance(out_dir, bool) or not isinstance(out_dir, str | os.PathLike):
         raise UsageError(
-            f"{caller}({flag}) got {show(out_dir)}; pass a directory path (str or Path) "
+            f"{where} got {show(out_dir)}; pass a directory path (str or Path) "
             "for the run reports, e.g. out_dir='traindoctor-runs'"
         )
     try:
         path = Path(out_dir)
     except TypeError:  # a PathLike whose __fspath__ returns bytes
         raise UsageError(
-            f"{caller}({flag}) got {show(out_dir)}; pass a directory path as a str or Path"
+            f"{where} got {show(out_dir)}; pass a directory path as a str or Path"
         ) from None
-    return _check_dir_path(caller, flag, path)
+    return _check_dir_path(where, path)
 
 
-def _check_dir_path(caller: str, flag: str, path: Path) -> Path:
-    where = f"{caller}({flag})" if caller else flag
+def _check_dir_path(where: str, path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UsageError(
             f"{where} got {str(path)!r}, which is a file, not a directory; pass a directory "

@@ -104,6 +104,11 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
     name = module or target
     if not name:
         _usage("pass a script to run, e.g. `traindoctor run train.py`, or a module with -m")
+    try:
+        command = click.get_current_context().info_name or "run"
+        _check_run_input(command, name, args, bool(module), out_dir)
+    except UsageError as e:
+        _usage(str(e))
     redirect = _stdout_to_stderr() if as_json else contextlib.nullcontext()
     try:
         with redirect:
@@ -135,6 +140,113 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
     if fail_on and _crosses(report, fail_on):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(result.script_exit_code)
+
+
+# `traindoctor run`'s own options (those that take a value, then the flags).
+RUN_VALUE_OPTIONS = ("--out", "--max-steps", "--fail-on", "-m")
+RUN_FLAGS = ("--json",)
+SCRIPT_SUFFIXES = ("", ".py", ".pyw")
+
+
+def _check_run_input(command: str, name: str, args: list[str], module: bool, out_dir: str) -> None:
+    """What `run`/`check` can tell is wrong before the script starts: a one-line UsageError."""
+    opts = ", ".join((*RUN_VALUE_OPTIONS, *RUN_FLAGS))
+    if name.startswith("-"):
+        raise UsageError(
+            f"traindoctor {command} has no option {name!r}; pass one of {opts} before the script, "
+            "and the script's own arguments after it, e.g. `traindoctor run --max-steps 50 "
+            "train.py --lr 3`"
+        )
+    if module:
+        if name.endswith(".py") or "/" in name or os.sep in name:
+            stem = Path(name).with_suffix("").as_posix().replace("/", ".").strip(".")
+            raise UsageError(
+                f"-m takes a module name, got the path {name!r}; pass the script itself, "
+                f"`traindoctor run {name}`, or its module name, `traindoctor run -m {stem}`"
+            )
+    else:
+        _check_script(Path(name))
+    _check_out_dir(out_dir)
+    if not module:
+        _check_misplaced_options(command, Path(name), args)
+
+
+def _check_out_dir(out_dir: str) -> None:
+    from ._validate import check_out_dir
+
+    check_out_dir("", out_dir, flag="--out")
+
+
+def _check_script(path: Path) -> None:
+    example = "e.g. `traindoctor run train.py --epochs 3`"
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.py"))[:3]
+        hint = f" such as {', '.join(inside)}" if inside else ""
+        raise UsageError(
+            f"{str(path)!r} is a directory, not a script; pass the Python training script "
+            f"inside it{hint}, {example}"
+        )
+    if not path.exists():
+        return  # the runner says so, with the same advice
+    if path.suffix.lower() == ".ipynb":
+        raise UsageError(
+            f"{str(path)!r} is a notebook, not a script; export it with `jupyter nbconvert "
+            f"--to script {path}` and pass the .py file it writes"
+        )
+    if path.suffix.lower() not in SCRIPT_SUFFIXES:
+        raise UsageError(
+            f"{str(path)!r} is not a Python script (a {path.suffix} file); pass the .py "
+            f"training script, {example}"
+        )
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{str(path)!r} is not readable; pass a script you can read")
+
+
+def _check_misplaced_options(command: str, script: Path, args: list[str]) -> None:
+    """`traindoctor run train.py --max-steps 5`: everything after the script is its own argv.
+    An option of ours there that the script cannot take (its name is in neither the script nor
+    a .py file beside it) was meant for traindoctor: said, rather than silently passed on."""
+    ours = [
+        (i, a)
+        for i, a in enumerate(args)
+        if a.split("=", 1)[0] in (*RUN_VALUE_OPTIONS[:-1], *RUN_FLAGS)
+    ]
+    if not ours or not script.is_file():
+        return
+    i, arg = ours[0]
+    option = arg.split("=", 1)[0]
+    if _script_mentions(script, option.lstrip("-")):
+        return
+    moved = [arg]
+    if "=" not in arg and option in RUN_VALUE_OPTIONS and i + 1 < len(args):
+        moved.append(args[i + 1])
+    rest = [a for j, a in enumerate(args) if j not in (i, i + len(moved) - 1)]
+    fixed = " ".join([f"traindoctor {command}", *moved, str(script), *rest])
+    raise UsageError(
+        f"{option} after the script goes to {script}, which does not take it; pass "
+        f"traindoctor's options before the script: `{fixed}`"
+    )
+
+
+def _script_mentions(script: Path, name: str, limit: int = 300) -> bool:
+    """Whether `name` (or its snake_case form) is a word of the script or of a .py file in its
+    folder tree (where its argument parser may live); up to `limit` files, True past it."""
+    import re
+
+    forms = {name, name.replace("-", "_")}
+    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(f) for f in forms) + r")(?![\w-])")
+    files = [script]
+    root = script.resolve().parent
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "site-packages"]
+        files.extend(Path(dirpath, f) for f in filenames if f.endswith(".py"))
+        if len(files) > limit:
+            return True  # too much to read: assume it does
+    for f in files:
+        with contextlib.suppress(OSError):
+            if pattern.search(f.read_text(encoding="utf-8", errors="replace")):
+                return True
+    return False
 
 
 @contextlib.contextmanager
@@ -221,6 +333,11 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
     from .report import load_run, rerender_run, write_run
     from .report.console import print_report
 
+    example = "pass a run directory such as traindoctor-runs/<run-id>/"
+    if not run_dir.exists():
+        _usage(f"{str(run_dir)!r} does not exist; {example} written by `traindoctor run`")
+    if not run_dir.is_dir():
+        _usage(f"{str(run_dir)!r} is a file, not a run directory; {example}")
     try:
         rep = load_run(run_dir)
     except UsageError as e:
@@ -268,6 +385,7 @@ def demo(out_dir: str, only: tuple[str, ...]) -> None:
     from .scenarios.demo import run_demo
 
     try:
+        _check_out_dir(out_dir)
         run_demo(out_dir=out_dir, only=list(only))
     except UsageError as e:
         _usage(str(e))
@@ -288,7 +406,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.USAGE_ERROR)
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "traindoctor"
-        _usage(f"{e.format_message()} (see `{where} --help`)")
+        message = e.format_message().replace("\n", " ")
+        if message.startswith("No such command"):
+            message += f" Pass one of: {', '.join(sorted(cli.commands))}."
+        _usage(f"{message} (see `{where} --help`)")
     except click.ClickException as e:
         _usage(e.format_message())
     except click.Abort:
