@@ -95,9 +95,6 @@ def check(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
 
 
 def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
-    from .integrations.runner import run_target
-    from .report.console import print_report
-
     args = list(args)
     if module and target:
         args = [target, *args]
@@ -108,7 +105,10 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
         command = click.get_current_context().info_name or "run"
         _check_run_input(command, name, args, bool(module), out_dir)
     except UsageError as e:
-        _usage(str(e))
+        _usage(str(e))  # before torch is imported: a usage error is instant
+    from .integrations.runner import run_target
+    from .report.console import print_report
+
     redirect = _stdout_to_stderr() if as_json else contextlib.nullcontext()
     try:
         with redirect:
@@ -396,6 +396,37 @@ def _usage(message: str) -> None:
     sys.exit(ExitCode.USAGE_ERROR)
 
 
+# What to pass, for click's own errors about these parameters (by their Python names).
+PARAM_HINTS = {
+    "max_steps": "Pass a whole number of optimizer steps >= 1, e.g. --max-steps 20.",
+    "fail_on": "Pass --fail-on error or --fail-on warning.",
+    "module": "Pass an importable module name, e.g. -m mypackage.train.",
+    "out_dir": "Pass a directory for the run reports, e.g. --out traindoctor-runs.",
+    "code": "Pass a rule code such as TD102 (`traindoctor rules` lists them).",
+    "run_dir": "Pass a run directory, e.g. traindoctor-runs/<run-id>/.",
+}
+
+
+def _click_hint(e: click.UsageError) -> str:
+    """What to pass instead, for a command-line error that click found."""
+    ctx = e.ctx
+    if isinstance(e, click.BadParameter) and e.param is not None and e.param.name in PARAM_HINTS:
+        return PARAM_HINTS[e.param.name]
+    if isinstance(e, click.BadOptionUsage):  # an option without its value
+        name = {"-m": "module", "--out": "out_dir"}.get(e.option_name, e.option_name)
+        return PARAM_HINTS.get(name.lstrip("-").replace("-", "_"), "")
+    if isinstance(e, click.NoSuchOption) and ctx is not None:
+        names = [o for p in ctx.command.params for o in p.opts if o.startswith("-")]
+        return f"Pass one of: {', '.join(names)}, or --help."
+    message = e.format_message()
+    if message.startswith("No such command"):
+        return f"Pass one of: {', '.join(sorted(cli.commands))}."
+    if "unexpected extra argument" in message and ctx is not None:
+        args = [p.human_readable_name for p in ctx.command.params if not p.opts[0].startswith("-")]
+        return f"Pass {' '.join(args) if args else 'no arguments'} and options only."
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Bad command lines exit 4 with one line on stderr, like our own usage errors
     (click's default would be 2 and a multi-line usage block)."""
@@ -407,8 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "traindoctor"
         message = e.format_message().replace("\n", " ")
-        if message.startswith("No such command"):
-            message += f" Pass one of: {', '.join(sorted(cli.commands))}."
+        hint = _click_hint(e)
+        if hint:
+            message = f"{message.rstrip('.')}. {hint}"
         _usage(f"{message} (see `{where} --help`)")
     except click.ClickException as e:
         _usage(e.format_message())
