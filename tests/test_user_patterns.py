@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.checkpoint import checkpoint
 
 import traindoctor as td
+from traindoctor._hooks import CopySafeHook
 from traindoctor.doctor import Doctor
 from traindoctor.integrations.autopatch import attached
 
@@ -560,6 +562,53 @@ def jit_trace_function(attach: Attach) -> Any:
     return {"state": _state(model), "got": got}
 
 
+def export_live_model(attach: Attach) -> Any:
+    """torch.export of the live model mid-run (its graph and outputs as plainly)."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _data()
+    got = []
+    with attach(model, opt):
+        for step in range(4):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            if step == 2:
+                exported = torch.export.export(model, (x,))
+                got.append((exported.module()(x).detach(), str(exported.graph)))
+    return {"state": _state(model), "got": got}
+
+
+def module_rewrites(attach: Attach) -> Any:
+    """What torch rewrites in a module mid-run: parametrizations (weight_norm, spectral_norm,
+    which swap the module's class), the old hook-based weight_norm, pruning (a forward
+    pre-hook of torch's), and their removal."""
+    from torch.nn.utils import parametrizations, parametrize, prune
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _data()
+    with attach(model, opt):
+        for step in range(STEPS):
+            if step == 2:
+                parametrizations.weight_norm(model[0])
+                parametrizations.spectral_norm(model[4])
+                prune.l1_unstructured(model[2], "weight", amount=0.3)
+                opt.add_param_group({"params": list(model[0].parametrizations.parameters())})
+            if step == 3:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # deprecated, still used
+                    torch.nn.utils.weight_norm(model[2], "bias")
+            if step == 5:
+                parametrize.remove_parametrizations(model[0], "weight")
+                prune.remove(model[2], "weight")
+                torch.nn.utils.remove_weight_norm(model[2], "bias")
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+    return {"state": _state(model), "classes": [type(m).__name__ for m in model]}
+
+
 # -- 9. state_dict round trips, deepcopy of the optimizer, load_state_dict mid-run -----------
 def state_dicts(attach: Attach) -> Any:
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
@@ -615,6 +664,8 @@ PROGRAMS: list[Callable[[Attach], Any]] = [
     user_global_hooks,
     jit_script_and_trace,
     jit_trace_function,
+    export_live_model,
+    module_rewrites,
     state_dicts,
 ]
 
@@ -664,3 +715,42 @@ def test_every_pattern_gives_the_same_result_under_traindoctor_run(tmp_path):
     findings = res["td"].findings()
     assert findings["internal_errors"] == [], findings["internal_errors"]
     assert findings["steps"] >= STEPS  # numbered by the first optimizer (MAML's)
+
+
+def test_scripting_puts_our_hooks_back_exactly_and_the_doctor_goes_on(tmp_path):
+    model = _mlp()
+    user = model[0].register_forward_hook(scale_output)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _data()
+    with td.watch(model, opt, console=False, out_dir=tmp_path, budget=1.0) as doc:
+        for _ in range(6):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            before = {
+                (i, attr): (d, list(d.items()))
+                for i, m in enumerate(model.modules())
+                for attr in vars(m)
+                if attr.endswith("hooks") or "hooks_" in attr
+                for d in [getattr(m, attr)]
+            }
+            assert any(
+                isinstance(h, CopySafeHook) for _, items in before.values() for _, h in items
+            )
+            scripted = torch.jit.script(model)
+            # The user's hook is in the ScriptModule, ours are not.
+            assert [h.name for h in scripted._c.getattr("0")._get_forward_hooks()] == [
+                "scale_output"
+            ]
+            after = {
+                (i, attr): (d, list(d.items()))
+                for i, m in enumerate(model.modules())
+                for attr in vars(m)
+                if attr.endswith("hooks") or "hooks_" in attr
+                for d in [getattr(m, attr)]
+            }
+            assert after.keys() == before.keys()
+            for key, (d, items) in before.items():
+                assert after[key][0] is d and after[key][1] == items, key
+    assert doc.step == 7 and not doc.guard.errors
+    user.remove()
