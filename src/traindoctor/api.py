@@ -211,6 +211,11 @@ def evaluate(
     from . import evaluation
 
     example = "e.g. td.evaluate(model, val_loader, {'auroc': BinaryAUROC()})"
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(
+            f"evaluate() takes the torch.nn.Module to validate first, got {show(model)}; "
+            f"pass {example[5:]}"
+        )
     if isinstance(model, torch.nn.Module) and isinstance(loader, torch.nn.Module | dict):
         raise UsageError(
             f"evaluate() got {show(loader)} as the loader; pass the model, the validation "
