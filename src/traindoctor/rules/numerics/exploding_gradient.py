@@ -51,6 +51,17 @@ def exploding_gradient(
         ImageNet script at lr 0.01: loss 6.9 -> 0.7 while the gradients rose 100x) has not hurt
         training; an explosion that does shows in the loss.
 
+        When the jump is the last sample of the norm, whether it stayed up is not measured: the
+        finding is an error only when the loss shows harm (its median after the jump not below
+        the one before, or, with no loss measured after it, the loss at the jump's step above
+        every loss since the previous sample), else a warning. When the run ended right after
+        the jump (fewer than 3 losses after it) and the loss kept falling over the steps since
+        the previous sample, it is info: a deep net leaving the plateau of its init (8 ReLU
+        layers, AdamW 1e-3: the first layer's gradient 0.0012 at steps 1-10, 0.0098 at step 20,
+        0.215 at step 40, the last, while the loss fell 2.32 -> 1.67) grows its gradients by
+        orders of magnitude over a few dozen steps, and a blow-up inside that span would have
+        shown in the loss by the jump's own step.
+
         It is info too when the loss is not measured to be meant to fall (rules/_objective.py:
     several models trained against each other, targets that move with the run as RL returns do,
     a loss the standard losses do not account for): there a growing gradient follows the growing
@@ -120,7 +131,7 @@ def exploding_gradient(
                     and value >= med + robust_z * 1.4826 * mad
                 ):
                     lifted = ref != history
-                    hits.append((step, -value / med, layer, med, value, series, lifted))
+                    hits.append((step, -value / med, layer, med, value, series, lifted, steps[-1]))
                     break
             if value > 0:
                 history.append(value)
@@ -128,7 +139,7 @@ def exploding_gradient(
     if not hits:
         return
     hits.sort(key=lambda h: (h[0], h[1]))
-    step, _, layer, med, value, series, lifted = hits[0]
+    step, _, layer, med, value, series, lifted, prev_step = hits[0]
     # Judged against the other layers' level where the layer's own start was still rising.
     below = (
         f"its history, each norm counted at no less than 1/{factor:g} of the level the other "
@@ -139,14 +150,32 @@ def exploding_gradient(
     same_step = [h[2] for h in hits if h[0] == step]
     params = tl.fact("params") or {}
     last_step, last = series[-1]
-    persistent = last >= factor * med
+    # "Stayed there" needs a later sample: a jump at the last sampled step is one measure.
+    persistent = last_step > step and last >= factor * med
     lrs = dict(tl.series("optim.lr")).get(step) or {}
     lr_text = ", ".join(f"{g} lr={v:g}" for g, v in sorted(lrs.items()) if v is not None)
     also = [x for x in layer_order(params, same_step) if x != layer]
-    severity = Severity.ERROR if persistent else Severity.WARNING
-    improving = _loss_improved_after(tl, step)
+    around = _loss_around(tl, step)
+    improving = around if around is not None and around[1] < around[0] else None
+    # No loss measured after the jump (the run ended right after it): the loss over the steps
+    # since the previous sample is the evidence. A gradient that blew up in that span moved the
+    # weights by far more than the lr intends, which shows in the loss by the jump's own step;
+    # one the loss kept falling through grew while the model learned (a deep net leaving the
+    # plateau of its init, where its first layers' gradients start vanishingly small).
+    unmeasured_after = around is None and _losses_after(tl, step) < 3
+    through = _loss_through(tl, prev_step, step) if unmeasured_after else None
+    fell = through is not None and through["trend"] == "fell"
+    if last_step > step:
+        # a later sample says whether the norm stayed up
+        severity = Severity.ERROR if persistent else Severity.WARNING
+    else:
+        # the jump is the last sample of the norm: the loss says whether it harmed
+        rose = (around is not None and not around[1] < around[0]) or (
+            through is not None and through["trend"] == "rose"
+        )
+        severity = Severity.ERROR if rose else Severity.WARNING
     obj = objective(tl)
-    if improving is not None or obj.falls is not True:
+    if improving is not None or fell or obj.falls is not True:
         # An explosion that harms shows in the loss; one that kept falling through the jump is
         # a gradient growing while the model learns (a network leaving its init, a head
         # starting to fit). A loss not known to be meant to fall (RL: value targets grow with
@@ -169,6 +198,8 @@ def exploding_gradient(
             "layers_jumping_at_step": layer_order(params, same_step),
             "lr": lrs,
             "loss_before_after": improving,
+            "loss_measured_after": not unmeasured_after,
+            "loss_through_rise": through,
             "objective": obj.kind,
             "judged": obj.judged,
         },
@@ -184,6 +215,17 @@ def exploding_gradient(
             f"; the training loss kept falling through it ({fmt(improving[0])} before, "
             f"{fmt(improving[1])} after), so it has not hurt training (yet)"
             if improving is not None
+            else f"; the training loss kept falling while it rose ({fmt(through['before'])} "
+            f"from step {prev_step}, {fmt(through['at'])} at step {step}) and the run ended "
+            "before any later loss was measured, so nothing shows that it hurt training"
+            if fell
+            else f"; the training loss rose with it ({fmt(through['before'])} from step "
+            f"{prev_step}, {fmt(through['at'])} at step {step}): updates this large throw the "
+            "weights out of the region they were trained in (a learning rate too large for "
+            "this layer, or a loss term that grows without bound)"
+            if through is not None
+            else "; the run ended before its effect on the loss could be measured"
+            if unmeasured_after
             else ": updates this large throw the weights out of the region they were trained "
             "in (a learning rate too large for this layer, or a loss term that grows without "
             "bound)"
@@ -196,18 +238,51 @@ def exploding_gradient(
     )
 
 
-def _loss_improved_after(tl: TimelineView, step: int, span: int = 8) -> list[float] | None:
+def _loss_around(tl: TimelineView, step: int, span: int = 8) -> list[float] | None:
     """[median training loss of the `span` steps up to `step`, of the `span` steps after it]
-    when both are finite and the later one is lower; else None."""
+    when at least 3 of each are measured and the earlier one is finite; else None."""
     losses = per_step_mean(train_loss_values(tl))
     before = [v for s, v in losses if s <= step][-span:]
     after = [v for s, v in losses if s > step][:span]
     if len(before) < 3 or len(after) < 3:
         return None
     b, a = statistics.median(before), statistics.median(after)
-    if not (math.isfinite(a) and math.isfinite(b)) or a >= b:
+    if not math.isfinite(b):
         return None
-    return [b, a]
+    return [b, a if math.isfinite(a) else math.inf]
+
+
+def _losses_after(tl: TimelineView, step: int) -> int:
+    """How many steps after `step` have a training loss."""
+    return sum(1 for s, _ in per_step_mean(train_loss_values(tl)) if s > step)
+
+
+def _loss_through(tl: TimelineView, start: int, step: int, span: int = 8) -> dict | None:
+    """How the training loss moved over the steps start..step (the span since the previous
+    gradient sample up to the jump): {"trend": "fell" | "rose", "before": median of its first
+    `span` steps, "at": the loss at `step`}. "rose": the loss at `step` is above every earlier
+    loss of the span (a blow-up inside the span shows by then); "fell": the median of its last
+    steps is below that of its first and the loss at `step` is not out of the span's range.
+    None when flat, non-finite, or with fewer than 3 steps measured."""
+    losses = [(s, v) for s, v in per_step_mean(train_loss_values(tl)) if start <= s <= step]
+    if len(losses) < 3 or losses[-1][0] != step:
+        return None
+    values = [v for _, v in losses]
+    if not all(math.isfinite(v) for v in values):
+        return None
+    half = min(span, len(values) // 2 + 1)
+    first, late, at = (
+        statistics.median(values[:half]),
+        statistics.median(values[-half:]),
+        values[-1],
+    )
+    if at > max(values[:-1]):
+        trend = "rose"
+    elif late < first:
+        trend = "fell"
+    else:
+        return None
+    return {"trend": trend, "before": first, "at": at}
 
 
 def _times(ratio: float) -> str:
