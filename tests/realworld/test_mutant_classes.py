@@ -10,6 +10,10 @@ zero-code `traindoctor run`, beside healthy twins that must stay silent.
 - TD510, a denoiser whose first layer to run is its timestep MLP, fed 0-255 pixels (the
   improved-diffusion UNet without `/ 127.5 - 1`): the layer judged is the first to take the
   model's image input; raw float timesteps into a Linear beside scaled images stay silent.
+- TD512, class-sorted data without shuffling under a head of more than 64 classes (the
+  ImageNet example's 1000-way mobilenet on an ImageFolder, `shuffle=False`): a 100-way
+  classifier over a data set written class by class; the shuffled twin and a character
+  language model over 80 symbols stay silent.
 """
 
 from __future__ import annotations
@@ -135,10 +139,64 @@ for it in range(30):
     opt.step()
 """
 
+SORTED_100 = """
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class Shards(Dataset):
+    # one shard per class, read in order (as a list of per-class files would be)
+    def __init__(self, classes=100, per_class=24):
+        g = torch.Generator().manual_seed(0)
+        self.protos = torch.randn(classes, 20, generator=g)
+        self.index = [(c, i) for c in range(classes) for i in range(per_class)]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, k):
+        c, i = self.index[k]
+        return self.protos[c] + 0.3 * torch.randn(20), c
+
+
+torch.manual_seed(0)
+loader = DataLoader(Shards(), batch_size=24)  # LOADER
+head = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 100))
+opt = torch.optim.SGD(head.parameters(), lr=0.05, momentum=0.9)
+for xb, yb in loader:
+    loss = nn.functional.cross_entropy(head(xb), yb)  # LOSS
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+CHAR_LM = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+text = torch.randint(0, 80, (20000,))
+emb, rnn, out = nn.Embedding(80, 32), nn.GRU(32, 64, batch_first=True), nn.Linear(64, 80)
+params = [*emb.parameters(), *rnn.parameters(), *out.parameters()]
+opt = torch.optim.Adam(params, lr=2e-3)
+for step in range(60):
+    ix = torch.randint(0, 20000 - 33, (8,))
+    x = torch.stack([text[i:i + 32] for i in ix])
+    y = torch.stack([text[i + 1:i + 33] for i in ix])
+    h, _ = rnn(emb(x))
+    loss = F.cross_entropy(out(h).reshape(-1, 80), y.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
 BUGGY = {
     "swapped_mse.py": SWAPPED_MSE,
     "tagger_time_softmax.py": TAGGER,
     "denoiser_raw_pixels.py": DENOISER,
+    "sorted_100_classes.py": SORTED_100,
 }
 HEALTHY = {
     "swapped_mse_same_shape.py": SWAPPED_MSE.replace(
@@ -154,6 +212,8 @@ HEALTHY = {
     )
     .replace("nn.Linear(32, 64)", "nn.Linear(1, 64)")
     .replace("self.time(sinusoid(t))", "self.time(t.float()[:, None])"),
+    "shuffled_100_classes.py": SORTED_100.replace("batch_size=24)", "batch_size=24, shuffle=True)"),
+    "char_lm_80.py": CHAR_LM,
 }
 MINE = {"TD508", "TD510", "TD512", "TD504"}
 
@@ -208,6 +268,18 @@ def test_raw_pixels_into_a_denoiser_whose_time_mlp_runs_first(runs):
     ev = f["evidence"]
     assert ev["first_layer"] == "inp" and ev["layer_type"] == "Conv2d"
     assert ev["input_max"] > 100 and ev["input_rms"] > 20
+
+
+def test_class_sorted_batches_under_a_100_way_head(runs):
+    r = runs["sorted_100_classes.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD512")
+    assert f["severity"] == "warning" and _top3(r, "TD512")
+    assert f["where"]["source"] == _where(r, "sorted_100_classes.py", "# LOSS")
+    ev = f["evidence"]
+    assert ev["single_class_share"] == 1.0 and len(ev["classes_in_single_batches"]) >= 10
+    first = ev["runs"][0][0]  # zero-code mode attaches at the first backward
+    assert ev["runs"][:3] == [[first, 1], [first + 1, 1], [first + 2, 1]]
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))

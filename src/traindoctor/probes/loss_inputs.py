@@ -59,6 +59,11 @@ LOSS_INPUT_LABELS = signal(
     "loss_inputs.labels",
     "per step: {'<site>.<class>': count} label histogram of class-index targets (<= 64 classes)",
 )
+LOSS_INPUT_TOP_LABEL = signal(
+    "loss_inputs.top_label",
+    "per step: {'<site>.top': class, '<site>.top_n': its count, '<site>.n': labels} of "
+    "class-index targets over more than 64 classes (the batch's most frequent class)",
+)
 LOSS_INPUT_OBSERVED = signal(
     "loss_inputs.observed", "per step: list of loss sites whose inputs were measured"
 )
@@ -89,6 +94,7 @@ ELEMENTWISE = (
     "soft_margin_loss",
 )
 MAX_HIST_CLASSES = 64
+MAX_TOP_CLASSES = 1 << 20  # above MAX_HIST_CLASSES: only the batch's most frequent class
 LABEL_STEPS = 32  # label histograms on every step up to this one, then on sampled steps
 MAX_EVENTS = 64
 # Autograd nodes that only move or reshape values: the producer of a loss input is looked for
@@ -427,11 +433,16 @@ def _add(a: float, b: float) -> float:
     return a + b
 
 
+def _first(a: float, _b: float) -> float:
+    return a
+
+
 class LossInputsProbe(Probe):
     name = "loss_inputs"
     provides: ClassVar[tuple[str, ...]] = (
         LOSS_INPUT_STATS,
         LOSS_INPUT_LABELS,
+        LOSS_INPUT_TOP_LABEL,
         LOSS_INPUT_OBSERVED,
     )
 
@@ -497,14 +508,14 @@ class LossInputsProbe(Probe):
         if not sampled:
             # The first steps: the label histogram only (one deferred scatter_add), so that
             # TD512 sees consecutive batches, not batches an interval apart.
-            if index_target and classes <= MAX_HIST_CLASSES:
+            if index_target:
                 with torch.no_grad():
-                    self._histogram(rec, step, self._site(fn), tgt, classes, ignore)
+                    self._labels(rec, step, self._site(fn), tgt, classes, ignore)
             return None
         site = self._site(fn)
         with torch.no_grad():
-            if index_target and classes <= MAX_HIST_CLASSES:
-                self._histogram(rec, step, site, tgt, classes, ignore)
+            if index_target:
+                self._labels(rec, step, site, tgt, classes, ignore)
             names, node = producer(inp)
             self._describe(rec, step, site, fn, inp, tgt, classes, cdim, names, node, opts)
             stats = self._stats(fn, inp, tgt, cdim, classes, index_target, ignore, node, opts)
@@ -531,6 +542,32 @@ class LossInputsProbe(Probe):
         if site is None:
             site = self._sites[key] = len(self._sites)
         return site
+
+    def _labels(
+        self, rec: Recorder, step: int, site: int, tgt: torch.Tensor, classes: int, ignore: int
+    ) -> None:
+        if classes <= MAX_HIST_CLASSES:
+            self._histogram(rec, step, site, tgt, classes, ignore)
+        elif classes <= MAX_TOP_CLASSES:
+            self._top_label(rec, step, site, tgt, classes, ignore)
+
+    def _top_label(
+        self, rec: Recorder, step: int, site: int, tgt: torch.Tensor, classes: int, ignore: int
+    ) -> None:
+        """The most frequent class of the call's labels, its count and the count of valid
+        labels (one deferred read of 3 values; the counts per class stay on the device). A
+        site called several times in a step keeps its first call's."""
+        t = tgt.reshape(-1).long()
+        valid = (t >= 0) & (t < classes)
+        if 0 <= ignore < classes:
+            valid &= t != ignore
+        t = torch.where(valid, t, classes)
+        counts = torch.zeros(classes + 1, dtype=torch.float64, device=t.device)
+        counts.scatter_add_(0, t, torch.ones(t.shape, dtype=torch.float64, device=t.device))
+        top_n, top = counts[:classes].max(0)
+        vals = torch.stack([top.double(), top_n, valid.sum().double()])
+        keys = [f"{site}.top", f"{site}.top_n", f"{site}.n"]
+        rec.defer(step, LOSS_INPUT_TOP_LABEL, vals, keys=keys, reduce=_first)
 
     def _histogram(
         self, rec: Recorder, step: int, site: int, tgt: torch.Tensor, classes: int, ignore: int

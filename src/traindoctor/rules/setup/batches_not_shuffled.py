@@ -9,6 +9,7 @@ from ...timeline import TimelineView
 from .._registry import rule
 from ._loss_inputs import label_histograms, loss_sites
 
+TOP = "loss_inputs.top_label"
 MIN_STEPS = 6  # observed batches (every step up to 32, then every sampling interval)
 MIN_BATCH = 4  # labels per step below which one class per batch is no evidence
 SINGLE_SHARE = 0.5
@@ -20,7 +21,7 @@ NEARLY = 0.9  # a batch whose top class holds this share of its labels is "singl
     name="batches-not-shuffled",
     severity=Severity.WARNING,
     summary="Batches of a single class in sequence: class-sorted data without shuffling.",
-    requires=("loss_inputs.labels",),
+    requires=("loss_inputs.labels", "loss_inputs.top_label"),
     priority=30,
 )
 def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
@@ -38,7 +39,8 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
     ## How it is measured
     On every step up to 32, then on sampled steps, the loss-inputs probe keeps a label
     histogram per call site (class-index targets of at most 64 classes, on the device, read
-    back in batches). Over at least 6 observed batches with at least 4 labels each, the rule
+    back in batches); over more classes (an ImageNet head of 1000), only each batch's most
+    frequent class, its count and the number of labels. Over at least 6 observed batches with at least 4 labels each, the rule
     counts the batches whose labels are (nearly: at least 90%) one class, and the runs of
     consecutive batches of the same class. It fires when at least half the batches are such
     and at least two different classes have them (class imbalance gives single-class batches
@@ -59,14 +61,11 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
     images each hold one class, are reported too.
     """
     sites = loss_sites(tl)
-    for sid, rows in label_histograms(tl).items():
-        rows = [(s, c) for s, c in rows if sum(c) >= MIN_BATCH]
+    for sid, rows in _batches(tl).items():
+        rows = [(s, top, n) for s, top, n in rows if n >= MIN_BATCH]
         if len(rows) < MIN_STEPS:
             continue
-        singles = []
-        for _, counts in rows:
-            top = max(range(len(counts)), key=counts.__getitem__)
-            singles.append(top if counts[top] >= NEARLY * sum(counts) else None)
+        singles = [top for _, top, _ in rows]
         share = sum(c is not None for c in singles) / len(singles)
         classes_seen = {c for c in singles if c is not None}
         if share < SINGLE_SHARE or len(classes_seen) < 2:
@@ -105,6 +104,33 @@ def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
             fix="shuffle the training data (DataLoader(..., shuffle=True) or a RandomSampler)",
             confidence=0.85,
         )
+
+
+def _batches(tl: TimelineView) -> dict[int, list[tuple[int, int | None, float]]]:
+    """site -> [(step, the batch's class when (nearly) all its labels are one, labels)], from
+    the label histograms (<= 64 classes) and the top labels (more classes)."""
+    out: dict[int, list[tuple[int, int | None, float]]] = {}
+    for sid, rows in label_histograms(tl).items():
+        for step, counts in rows:
+            n = sum(counts)
+            top = max(range(len(counts)), key=counts.__getitem__) if counts else 0
+            single = top if counts and counts[top] >= NEARLY * n else None
+            out.setdefault(sid, []).append((step, single, n))
+    tops: dict[int, dict[int, dict[str, float]]] = {}
+    for step, values in tl.series(TOP):
+        for key, value in (values or {}).items():
+            sid, _, stat = str(key).partition(".")
+            if sid.isdigit() and isinstance(value, int | float):
+                tops.setdefault(int(sid), {}).setdefault(step, {})[stat] = float(value)
+    for sid, steps in tops.items():
+        if sid in out:
+            continue
+        for step, d in sorted(steps.items()):
+            if not {"top", "top_n", "n"} <= d.keys():
+                continue
+            single = int(d["top"]) if d["n"] > 0 and d["top_n"] >= NEARLY * d["n"] else None
+            out.setdefault(sid, []).append((step, single, d["n"]))
+    return out
 
 
 def _runs(singles: list[int | None]) -> list[tuple[int | None, int]]:
