@@ -645,6 +645,46 @@ def state_dicts(attach: Attach) -> Any:
     return {"state": _state(model), "opt": _opt_state(opt), "got": got}
 
 
+# -- warnings: what the user sees is what they see without traindoctor ------------------------
+def _library_call() -> None:
+    warnings.warn("a library's deprecation", UserWarning, stacklevel=2)
+
+
+def warnings_shown(attach: Attach) -> Any:
+    """torch's and the user's warnings name the same lines, as often: a warning of the user's
+    each step (shown once), a full backward hook that fires in backward (torch's stacklevel=5
+    names the backward() line), shapes that broadcast in a loss, a scheduler stepped first; and
+    under an "error" filter, the same exception from the same call."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 3)
+    x, y = _data()
+    model[0].register_full_backward_hook(lambda m, gi, go: None)  # x needs no grad: it warns
+    with warnings.catch_warnings(record=True) as record, attach(model, opt):
+        warnings.simplefilter("default")
+        for step in range(STEPS):
+            _library_call()
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            if step == 2:
+                F.mse_loss(model(x)[:, :1], y[:, 0])  # (16, 1) against (16,): it broadcasts
+            loss.backward()
+            if step == 0:
+                sched.step()  # before optimizer.step(): torch warns
+            opt.step()
+            sched.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            errors = [
+                _caught(lambda: F.mse_loss(model(x), y).backward()),
+                _caught(lambda: F.mse_loss(model(x)[:, :1], y[:, 0])),
+            ]
+        _library_call()  # once per location: not shown again
+    shown = [(w.filename, w.lineno, w.category.__name__, str(w.message)[:50]) for w in record]
+    assert all(f == __file__ for f, *_ in shown), shown
+    return {"state": _state(model), "shown": shown, "errors": errors}
+
+
 PROGRAMS: list[Callable[[Attach], Any]] = [
     maml,
     per_sample_grads,
@@ -667,6 +707,7 @@ PROGRAMS: list[Callable[[Attach], Any]] = [
     export_live_model,
     module_rewrites,
     state_dicts,
+    warnings_shown,
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ._hooks import compiling
+from ._warnings import call_from
 from .errors import StopTraining
 
 Listener = Callable[[torch.Tensor, torch.Tensor], None]  # (root, unscaled loss)
@@ -98,7 +99,13 @@ def _run(original: Callable[..., Any], tensors: Any, args: Any, kwargs: Any) -> 
             _call(listener, root, loss)
     _local.active = True
     try:
-        result = original(tensors, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread():
+            # A warning torch gives with a stacklevel that names the line calling backward()
+            # (a full backward hook that fires without inputs needing grad) names it still,
+            # not this file. sys._getframe(2): the caller of _tensor_backward/_autograd_backward.
+            result = call_from(sys._getframe(2), (__file__,), original, tensors, *args, **kwargs)
+        else:
+            result = original(tensors, *args, **kwargs)
     finally:
         _local.active = False
     for after in list(_after):
