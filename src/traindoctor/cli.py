@@ -228,25 +228,31 @@ def _check_misplaced_options(command: str, script: Path, args: list[str]) -> Non
     )
 
 
-def _script_mentions(script: Path, name: str, limit: int = 300) -> bool:
+def _script_mentions(script: Path, name: str, limit: int = 300, entries: int = 20000) -> bool:
     """Whether `name` (or its snake_case form) is a word of the script or of a .py file in its
-    folder tree (where its argument parser may live); up to `limit` files, True past it."""
+    folder tree (where its argument parser may live). Past `limit` .py files or `entries`
+    directory entries (a dataset beside the script), True: the script may well take it."""
     import re
 
     forms = {name, name.replace("-", "_")}
     pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(f) for f in forms) + r")(?![\w-])")
-    files = [script]
-    root = script.resolve().parent
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "site-packages"]
-        files.extend(Path(dirpath, f) for f in filenames if f.endswith(".py"))
-        if len(files) > limit:
-            return True  # too much to read: assume it does
-    for f in files:
+
+    def mentions(path: Path) -> bool:
         with contextlib.suppress(OSError):
-            if pattern.search(f.read_text(encoding="utf-8", errors="replace")):
-                return True
-    return False
+            return bool(pattern.search(path.read_text(encoding="utf-8", errors="replace")))
+        return True  # unreadable: assume it does
+
+    if mentions(script):
+        return True
+    files: list[Path] = []
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(script.resolve().parent):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "site-packages"]
+        seen += len(filenames) + len(dirnames)
+        files.extend(Path(dirpath, f) for f in filenames if f.endswith(".py"))
+        if len(files) > limit or seen > entries:
+            return True
+    return any(mentions(f) for f in files)
 
 
 @contextlib.contextmanager
