@@ -331,6 +331,39 @@ def multi_backward(attach: Attach) -> Any:
     return {"state": _state(model)}
 
 
+def saved_tensor_hooks(attach: Attach) -> Any:
+    """The user's saved_tensors_hooks see what they see plainly (our hooks save nothing for
+    backward), save_on_cpu, and a backward under detect_anomaly."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _data()
+    counts = []
+    with attach(model, opt):
+        for _ in range(STEPS):
+            n = [0, 0]
+
+            def pack(t: torch.Tensor, n: list[int] = n) -> torch.Tensor:
+                n[0] += 1
+                return t
+
+            def unpack(t: torch.Tensor, n: list[int] = n) -> torch.Tensor:
+                n[1] += 1
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "Anomaly Detection has been enabled"
+                with torch.autograd.detect_anomaly(check_nan=True):
+                    loss.backward()
+            opt.step()
+            with torch.autograd.graph.save_on_cpu():
+                F.mse_loss(model(x), y).backward()
+            counts.append(tuple(n))
+    return {"state": _state(model), "counts": counts}
+
+
 # -- 5. nn.DataParallel on CPU ----------------------------------------------------------------
 def data_parallel(attach: Attach) -> Any:
     model = nn.DataParallel(
@@ -696,6 +729,7 @@ PROGRAMS: list[Callable[[Attach], Any]] = [
     _checkpointing(reentrant=True, sequential=True),
     _checkpointing(reentrant=False, sequential=True),
     multi_backward,
+    saved_tensor_hooks,
     data_parallel,
     dtype_changes,
     dtype_change_with_adam_state,

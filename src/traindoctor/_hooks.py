@@ -17,32 +17,26 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch.fx import _symbolic_trace
+
 INERT_EVENT = "traindoctor.inert-hook"
 
 
-_checks: list[Callable[[], bool]] = []
-
-
-def _load_checks() -> list[Callable[[], bool]]:
-    import torch
-    from torch.fx import _symbolic_trace
-
-    def fx_tracing() -> bool:  # is_fx_tracing() logs a warning on its first call
-        return bool(getattr(_symbolic_trace, "_is_fx_tracing_flag", False))
-
-    _checks[:] = [
-        torch.compiler.is_compiling,
-        torch._C._is_tracing,  # torch.jit.trace (also torch.onnx.export's trace)
-        getattr(torch._C, "_are_functorch_transforms_active", lambda: False),
-        fx_tracing,
-    ]
-    return _checks
+_is_compiling = torch.compiler.is_compiling
+_jit_tracing = torch._C._is_tracing  # torch.jit.trace (also torch.onnx.export's trace)
+_func_transforming = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 def _compiling() -> bool:
-    checks = _checks or _load_checks()
-    # torch.compile first: dynamo folds it to True and traces none of the others.
-    return checks[0]() or checks[1]() or checks[2]() or checks[3]()
+    # torch.compile first: dynamo folds it to True and traces none of the others. The fx flag
+    # is read as it is (is_fx_tracing() logs a warning on its first call).
+    return (
+        _is_compiling()
+        or _jit_tracing()
+        or _func_transforming()
+        or _symbolic_trace._is_fx_tracing_flag
+    )
 
 
 # Every function traindoctor puts in torch's place (losses, clip_grad_norm_, Tensor.data), every
@@ -220,8 +214,6 @@ def _script_with_our_hooks() -> None:
 def strip_hooks_from_pickles() -> None:
     """Start (reference-counted, one per attached doctor): pickles, copies and torch.jit see the
     user's modules without our hooks."""
-    import torch
-
     _users[0] += 1
     if _users[0] > 1:
         return
