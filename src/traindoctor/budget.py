@@ -1,24 +1,74 @@
-"""Overhead governor: measures the time traindoctor spends in its hooks against step time and
-sets the sampling interval of the moderate/expensive probes to stay within budget."""
+"""The sampling schedule: which steps the moderate/expensive probes measure.
+
+The schedule is a function of the step count and of the run's counted work (probes/work.py),
+never of timing: two runs of the same script sample the same steps, and give the same findings,
+however loaded the machine. Before the work is counted (the structural steps) every step is
+sampled; then `plan()` picks the target interval whose predicted cost stays within the budget:
+
+    predicted cost of a sampled step / (interval * predicted step time) <= budget * SAMPLED_SHARE
+
+The interval starts at 10 and moves toward the target: down at once, up twofold at a sampled
+step at least `window` steps after the last change, so a run is sampled densely in its first
+hundred steps (where most problems show) and sparsely after, whatever the target.
+
+Both predictions are linear models of counted work (modules hooked, parameter tensors and
+elements, activation elements, forward FLOPs) whose constants were measured with
+bench/schedule_calibration.py. The time spent in traindoctor's hooks is still measured, and
+reported (the run's `overhead`), but decides nothing.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Work:
+    """One training step's counted work (the `work.counted` signal)."""
+
+    modules: int  # module calls in one training forward (each gets sampled-step hooks)
+    tensors: int  # trainable parameter tensors (each read a few times on a sampled step)
+    elements: int  # their elements
+    activations: int  # elements of the module outputs of one training forward
+    flops: float  # estimated floating-point operations of one forward
+    device: str = "cpu"
+
+
+# Cost model (seconds), measured by bench/schedule_calibration.py on CPU, torch 2.13; on an
+# accelerator the statistics are kernel launches (per tensor) and the math is fast.
+SAMPLED_BASE = 1.5e-3  # a sampled step's fixed cost (readbacks, records)
+PER_MODULE = 50e-6  # activation statistics and finiteness flags, per module call
+PER_TENSOR = 20e-6  # norms of params, grads and updates, per parameter tensor
+PER_ELEMENT = {"cpu": 1.0e-9}  # reading one element of a param/grad/activation
+PER_ELEMENT_ACCELERATOR = 1.0e-11
+FLOPS_PER_SECOND = {"cpu": 4.0e10}  # the user's step: forward + backward = 3 forwards
+FLOPS_PER_SECOND_ACCELERATOR = 2.0e13
+LAUNCH = {"cpu": 15e-6}  # the floor of a step on small models: per module call, per pass
+LAUNCH_ACCELERATOR = 1.5e-5
+SAMPLED_SHARE = 0.5  # of the budget, for sampled steps; the rest is every step's own cost
+
+
+def predicted_sampled_seconds(work: Work) -> float:
+    per_element = PER_ELEMENT.get(work.device, PER_ELEMENT_ACCELERATOR)
+    return (
+        SAMPLED_BASE
+        + PER_MODULE * work.modules
+        + PER_TENSOR * work.tensors
+        + per_element * (2 * work.elements + 2 * work.activations)
+    )
+
+
+def predicted_step_seconds(work: Work) -> float:
+    rate = FLOPS_PER_SECOND.get(work.device, FLOPS_PER_SECOND_ACCELERATOR)
+    launch = LAUNCH.get(work.device, LAUNCH_ACCELERATOR)
+    return max(3.0 * work.flops / rate, 3.0 * launch * max(work.modules, 1))
 
 
 class Budget:
-    """Splits traindoctor's cost into the floor (what every step costs) and the extra of a
-    sampled step, both measured, and picks the interval that keeps their sum in budget:
-
-        floor share + extra / (interval * user step time) <= budget
-
-    A fixed window that doubles the interval whenever it holds a sampled step ratchets up to
-    the maximum once the interval exceeds the window; solving for the interval does not.
-    When the floor alone exceeds the budget, sampling falls to `max_interval`, doubling the
-    interval at most once per decision on the way.
-    """
+    """The sampling schedule (see the module docstring), and the measured overhead."""
 
     def __init__(
         self,
@@ -30,9 +80,9 @@ class Budget:
         window: int = 20,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if not 0 < budget <= 1:
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 1:
             raise ValueError(
-                f"budget must be a fraction in (0, 1], e.g. 0.03 for 3% (got {budget})"
+                f"budget must be a fraction in (0, 1], e.g. 0.03 for 3% (got {budget!r})"
             )
         self.budget = budget
         self.structural_steps = structural_steps
@@ -40,20 +90,43 @@ class Budget:
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.window = window
-        # False keeps the interval fixed: reproducible schedules for the bundled scenarios,
-        # whose verdicts must not depend on how busy the machine is.
+        # False keeps the interval as given: the bundled scenarios sample every 10th step.
         self.adaptive = True
+        self.work: Work | None = None
+        self.target: int | None = None  # the planned interval
+        self._changed_at = structural_steps  # the step the interval last changed at
+        self.predicted: dict[str, float] | None = None  # the plan's predictions, for reports
         self._clock = clock
         self._spent = 0.0
         self._step_spent = 0.0
         self._last_end = clock()
         self._reset_window()
-        self._extra: float | None = None  # measured extra cost of a sampled step (seconds)
-        self.floor_share: float | None = None  # last measured floor, share of user step time
-        self.history: list[tuple[int, float, int]] = []  # (step, overhead ratio, interval)
+        self.floor_share: float | None = None  # measured: every step's own cost, share of step
+        self.history: list[tuple[int, float, int]] = []  # (step, measured overhead, interval)
 
     def sampled(self, step: int) -> bool:
         return step <= self.structural_steps or step % self.interval == 0
+
+    def plan(self, work: Work) -> int:
+        """Decide the interval from the counted work (once; later calls keep the first plan)."""
+        if self.work is not None:
+            return self.target or self.interval
+        self.work = work
+        sampled = predicted_sampled_seconds(work)
+        step = predicted_step_seconds(work)
+        self.predicted = {"sampled_step_s": sampled, "step_s": step}
+        if self.adaptive:
+            wanted = math.ceil(sampled / (self.budget * SAMPLED_SHARE * step) - 1e-9)
+            self.target = min(self.max_interval, max(self.min_interval, wanted))
+            self.interval = min(self.interval, self.target)
+        return self.target or self.interval
+
+    def every_step_affordable(self, seconds: float, share: float) -> bool:
+        """Whether a check predicted to cost `seconds` fits in `share` of a predicted step
+        (True until the work is counted: the first steps are checked in full)."""
+        if self.work is None:
+            return True
+        return seconds <= share * predicted_step_seconds(self.work)
 
     def spend(self, seconds: float) -> None:
         self._spent += seconds
@@ -64,56 +137,42 @@ class Budget:
         return self._spent
 
     def step_end(self, step: int) -> None:
+        """Move the interval toward the target (by step count), and measure the overhead (for
+        the report only: the schedule never reads these numbers)."""
+        target = self.target
+        if target is not None and step > self.structural_steps:
+            if target < self.interval:
+                self.interval = target
+                self._changed_at = step
+            elif (
+                target > self.interval
+                and step % self.interval == 0  # each interval is sampled at least once
+                and step - self._changed_at >= self.window
+            ):
+                self.interval = min(target, 2 * self.interval)
+                self._changed_at = step
         now = self._clock()
         wall, self._last_end = now - self._last_end, now
         spent, self._step_spent = self._step_spent, 0.0
-        if not self.adaptive:
-            return
         if step <= self.structural_steps:
-            # Structural steps are deliberately thorough; start measuring after them.
-            self._reset_window()
             return
         self._wall += wall
         self._total += spent
-        if self.sampled(step):
-            self._sampled_spent += spent
-            self._sampled_n += 1
-        else:
+        if not self.sampled(step):
             self._plain_spent += spent
             self._plain_n += 1
-        if self._plain_n < self.window:
+        self._n += 1
+        if self._n < self.window:
             return
-        self._decide(step)
+        user = max(self._wall - self._total, 1e-9)
+        if self._plain_n:
+            self.floor_share = (self._plain_spent / self._plain_n) / (user / self._n)
+        self.history.append((step, self._total / user, self.interval))
         self._reset_window()
-
-    def _decide(self, step: int) -> None:
-        steps = self._plain_n + self._sampled_n
-        user_step = max((self._wall - self._total) / steps, 1e-9)
-        floor = self._plain_spent / self._plain_n
-        if self._sampled_n:
-            extra = max(self._sampled_spent / self._sampled_n - floor, 0.0)
-            self._extra = extra if self._extra is None else 0.5 * (self._extra + extra)
-        self.floor_share = floor / user_step
-        available = self.budget - self.floor_share
-        if self._extra is None:
-            interval = self.interval  # no sampled step measured yet: keep the schedule
-        elif available <= 0:
-            interval = self.max_interval
-        else:
-            interval = math.ceil(self._extra / (available * user_step) - 1e-9)
-        # Widen at most twofold per decision: a change in the model a few steps later (a head
-        # replaced, layers unfrozen) still meets a sampled step, on a toy model whose floor
-        # alone exceeds the budget too. Narrowing is immediate.
-        interval = min(interval, 2 * self.interval)
-        self.interval = min(self.max_interval, max(self.min_interval, interval))
-        self.history.append(
-            (step, self._total / max(self._wall - self._total, 1e-9), self.interval)
-        )
 
     def _reset_window(self) -> None:
         self._wall = 0.0
         self._total = 0.0
         self._plain_spent = 0.0
         self._plain_n = 0
-        self._sampled_spent = 0.0
-        self._sampled_n = 0
+        self._n = 0

@@ -10,10 +10,10 @@ at the next step (one recompile, in the first steps). What those hooks measure (
 per-layer finiteness, the first layer's input) is then not measured inside that model; the
 timeline's `compiled_models` fact says so.
 
-A model runs compiled when it is, or holds, a dynamo `OptimizedModule`, was compiled in place
-(`module.compile()`), or, found at a step's end, a backward reached its parameters while dynamo
+A model runs compiled when it is, or holds, a dynamo `OptimizedModule`, or, found at a step's
+end, a backward reached its parameters while dynamo
 had compiled graphs and none of our eager hooks on it ran (`torch.compile(model)` kept under
-another name, or a compiled function that calls the model).
+another name, `module.compile()`, or a compiled function that calls the model).
 """
 
 from __future__ import annotations
@@ -35,14 +35,10 @@ def _optimized_module_type() -> type | None:
 
 
 def compiled_statically(model: torch.nn.Module) -> bool:
-    """The model is, or holds, a compiled module (torch.compile's wrapper, module.compile())."""
+    """The model is, or holds, torch.compile's wrapper. (`module.compile()` is left to the
+    runtime check: with torch 2.13 it can leave the module running eagerly.)"""
     optimized = _optimized_module_type()
-    for m in model.modules():
-        if optimized is not None and isinstance(m, optimized):
-            return True
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            return True
-    return False
+    return optimized is not None and any(isinstance(m, optimized) for m in model.modules())
 
 
 def _dynamo_compiled_anything() -> bool:

@@ -15,7 +15,7 @@ import torch
 from . import _hooks, _patches
 from ._guard import Guard
 from ._source import is_user_file, relpath
-from .budget import Budget
+from .budget import Budget, Work, predicted_step_seconds
 from .compiled import CompileWatch
 from .diagnosis import diagnose
 from .errors import StopTraining, UsageError
@@ -23,6 +23,7 @@ from .findings import Finding
 from .handsteps import HandSteps
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder
+from .probes.work import WORK_COUNTED
 from .report.model import Report
 from .rules._registry import Rule, all_rules, select
 from .timeline import Timeline
@@ -30,6 +31,9 @@ from .timeline import Timeline
 READBACK_EVERY = 25
 # Mid-run diagnoses may use this share of the overhead budget (see _diagnosis_affordable).
 DIAGNOSIS_SHARE = 0.1
+# Predicted cost of a diagnosis pass (bench/schedule_calibration.py): rules over the timeline.
+DIAGNOSIS_BASE_S = 2e-3
+DIAGNOSIS_PER_RECORD_S = 2e-6
 
 
 # Rules that can judge a run that never attached (it failed in setup).
@@ -94,8 +98,7 @@ class Doctor:
         self._subscribers: dict[tuple[str, bool], list[tuple[str, Probe, Any]]] = {}
         self._sampled = True  # whether the open step is sampled (set by _prepare_step)
         self._by_name: dict[str, Probe] | None = None
-        self._diagnosis_done: float | None = None  # perf_counter at the end of the last pass
-        self._diagnosis_cost = 0.0
+        self._diagnosed_at = 0  # the step of the last mid-run diagnosis pass
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self.scaler: Any = None
@@ -342,6 +345,10 @@ class Doctor:
         self._dispatch("on_step_end", step, self._sampled, self.rec)
         self.timeline.last_step = step
         backward_ran, self._step_backwards = self._step_backwards > 0, 0
+        if self.budget.work is None:
+            counted = self.timeline.get(step, WORK_COUNTED)
+            if counted is not None:
+                self.budget.plan(Work(**counted))
         found = self.guard.call("compile watch", self._compile_watch.step_end, backward_ran)
         for prefix in found or ():
             # All of our hooks off it at once: one recompile now, none at later steps.
@@ -353,20 +360,22 @@ class Doctor:
         if step <= self.budget.structural_steps:
             self._structure_check()
         if diagnose_due(step, self.budget.structural_steps) and self._diagnosis_affordable(step):
-            t0 = time.perf_counter()
             self.guard.call("diagnose", self.diagnose)
-            self._diagnosis_done = time.perf_counter()
-            self._diagnosis_cost = self._diagnosis_done - t0
+            self._diagnosed_at = step
 
     def _diagnosis_affordable(self, step: int) -> bool:
         """A mid-run diagnosis reads the whole timeline (milliseconds, growing with the run):
-        after the structural steps it runs only when its last cost is under DIAGNOSIS_SHARE
-        of the budget since the last pass; otherwise it waits for the next due step. The
-        full diagnosis at close() is never skipped."""
-        if step <= self.budget.structural_steps or self._diagnosis_done is None:
+        after the structural steps it runs only when its predicted cost (from the timeline's
+        size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
+        the counted work, budget.py); otherwise it waits for the next due step. Counted, not
+        timed: the passes, and the step each finding is first reported at, are the same in
+        every run. The full diagnosis at close() is never skipped."""
+        work = self.budget.work
+        if step <= self.budget.structural_steps or work is None:
             return True
-        elapsed = time.perf_counter() - self._diagnosis_done
-        return self._diagnosis_cost <= elapsed * self.budget.budget * DIAGNOSIS_SHARE
+        cost = DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * self.timeline.size()
+        since = step - self._diagnosed_at
+        return cost <= since * predicted_step_seconds(work) * self.budget.budget * DIAGNOSIS_SHARE
 
     def _readback(self) -> None:
         self.guard.call("readback", self.rec.readback)

@@ -60,6 +60,10 @@ class Timeline:
         data = self._signals.get(name)
         return default if data is None else data.get(step, default)
 
+    def size(self) -> int:
+        """Records held (signal values and events): what a diagnosis pass reads."""
+        return sum(len(d) for d in self._signals.values()) + len(self._events)
+
     # -- reading ----------------------------------------------------------------------------
     def series(self, name: str) -> list[tuple[int, Any]]:
         data = self._signals.get(name)

@@ -22,6 +22,7 @@ from .numerics import NumericsProbe
 from .optim import OptimProbe
 from .params import ParamsProbe
 from .schedule import ScheduleProbe
+from .work import WorkProbe
 
 # Order matters where probes share a step event: params snapshot before grads are read, etc.
 PROBES: tuple[type[Probe], ...] = (
@@ -45,6 +46,7 @@ PROBES: tuple[type[Probe], ...] = (
     FrozenModesProbe,
     ScheduleProbe,
     CopiesProbe,
+    WorkProbe,
 )
 
 

@@ -4,7 +4,7 @@ non-finite activations hidden from the loss by NaN-prevention code (nan_to_num, 
 Cost, per step:
 - every backward: `isfinite(loss)` as a device flag (one tiny kernel, no host sync);
 - before each optimizer step: the loss flags, plus on sampled steps (or on every step when it
-  costs under `EVERY_STEP_MAX` of step time) one fused `torch._foreach_norm` over the
+  is predicted, from the counted work, to cost under `EVERY_STEP_MAX` of a step) one fused `torch._foreach_norm` over the
   gradients the optimizer is about to apply, reduced to one flag. The flags are read with ONE
   host read per step: free on CPU; on CUDA it is the one small device-to-host sync per step
   this probe costs (it must know before `optimizer.step()` applies a NaN);
@@ -51,6 +51,9 @@ NUMERICS_NONFINITE = signal(
 # "nonfinite_masked" (a module output non-finite while the loss stayed finite).
 
 EVERY_STEP_MAX = 0.005  # gradient check on every step when it costs under 0.5% of step time
+# The check's predicted cost (one fused norm over the grads, bench/schedule_calibration.py).
+CHECK_PER_TENSOR_S = 3e-6
+CHECK_PER_ELEMENT_S = 0.5e-9
 MAX_AUTOPSIES = 3
 OUT_GRAD_MAX_NUMEL = 1 << 22  # outputs up to 4M elements keep their incoming gradient
 MAX_MASKED_EVENTS = 4
@@ -84,10 +87,8 @@ class NumericsProbe(Probe):
         self._input_flags: list[torch.Tensor] = []
         self._step_hooks: list[Any] = []
         self._checked = False
-        self._every_step = True
-        self._check_cost = 0.0
-        self._step_time = 0.0
-        self._t_step = time.perf_counter()
+        self._every_step = True  # until the work is counted (budget.py): then decided once
+        self._every_step_decided = False
         self._autopsies = 0
         self._masked_events = 0
         self._masked_seen: set[str] = set()
@@ -273,7 +274,6 @@ class NumericsProbe(Probe):
     ) -> None:
         ctx = self.ctx
         assert ctx is not None
-        t0 = time.perf_counter()
         check_grads = sampled or self._every_step
         grads: list[torch.Tensor] = []
         names: list[str] = []
@@ -310,11 +310,6 @@ class NumericsProbe(Probe):
         if module_flags:
             checked["activations"] = int(all(mods))
         rec.record(step, NUMERICS_CHECKED, checked)
-        if grads and not self._in_autopsy:
-            cost = time.perf_counter() - t0
-            self._check_cost = cost if not self._check_cost else 0.8 * self._check_cost + 0.2 * cost
-            if self._step_time:
-                self._every_step = self._check_cost < EVERY_STEP_MAX * self._step_time
         if not (loss_ok and grads_ok):
             bad = (["loss"] if not loss_ok else []) + (["grads"] if not grads_ok else [])
             rec.record(step, NUMERICS_NONFINITE, bad)
@@ -327,10 +322,14 @@ class NumericsProbe(Probe):
             self._masked(step, rec, first if inputs_ok else "<input>")
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
-        now = time.perf_counter()
-        dt = now - self._t_step
-        self._t_step = now
-        self._step_time = dt if not self._step_time else 0.9 * self._step_time + 0.1 * dt
+        budget = self.ctx.doctor.budget if self.ctx is not None else None
+        if not self._every_step_decided and budget is not None and budget.work is not None:
+            # Counted, not timed: the same steps are checked in every run of the script.
+            work = budget.work
+            per_element = CHECK_PER_ELEMENT_S if work.device == "cpu" else 0.0
+            cost = CHECK_PER_TENSOR_S * work.tensors + per_element * work.elements
+            self._every_step = budget.every_step_affordable(cost, EVERY_STEP_MAX)
+            self._every_step_decided = True
         if not self._checked and self._loss_flags:
             # No optimizer step ran (a GradScaler skipped it): the parameters are the ones the
             # loss was computed with, so the autopsy still replays faithfully.
