@@ -47,7 +47,8 @@ def loss_spike_or_divergence(
     ## What it detects
     - divergence: the loss of the last steps is `diverge_factor` times the loss of the first
       steps or of the very first step, before any update (or 2.5 x that factor above the
-      lowest level it reached);
+      lowest level it reached, and up from it by at least half the starting loss: a loss fit
+      to ~0 that drifts to a few percent of its start is a large ratio of a tiny level);
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
       `robust_z` robust deviations above it, and up by at least half the starting loss.
 
@@ -110,7 +111,10 @@ def loss_spike_or_divergence(
     threshold = None
     if first > 0 and last >= diverge_factor * first:
         threshold = diverge_factor * first
-    elif best > 0 and last >= 2.5 * diverge_factor * best:
+    elif best > 0 and last >= 2.5 * diverge_factor * best and last - best >= 0.5 * first:
+        # A rise from the lowest level counts when it is also large next to the starting loss
+        # (as for a spike): a loss fit to ~0 that drifts back to a few percent of its start
+        # (0.001 -> 0.04 from 1.8, resnet18 on batches of 16) is a large ratio of a tiny level.
         threshold = 2.5 * diverge_factor * best
     if threshold is not None:
         below = [i for i, v in enumerate(values) if v < threshold]
