@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 import traceback
 import weakref
@@ -15,6 +16,7 @@ import torch
 from . import _hooks, _patches
 from ._guard import Guard
 from ._source import is_user_file, relpath
+from ._validate import check_options
 from .budget import Budget, Work, predicted_step_seconds
 from .compiled import CompileWatch
 from .diagnosis import diagnose
@@ -82,6 +84,18 @@ class Doctor:
         probes: list[Probe] | None = None,
         script: str | None = None,
     ) -> None:
+        # Doctor(...) is public too: the same one-line errors as watch() (_validate.py).
+        checked = check_options(
+            "Doctor",
+            budget=budget,
+            max_steps=max_steps,
+            mode=mode,
+            framework=framework,
+            console=console,
+            select=select_codes,
+            ignore=ignore_codes,
+        )
+        select_codes, ignore_codes = checked["select"], checked["ignore"]
         self.step = 1  # the open step: optimizer steps completed so far + 1
         self.timeline = Timeline()
         self.rec = Recorder(self.timeline)
@@ -653,8 +667,8 @@ class Doctor:
 def _check_value(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, torch.Tensor | float | int) and not isinstance(value, bool):
-        return
+    if isinstance(value, torch.Tensor | numbers.Real) and not isinstance(value, bool):
+        return  # numbers.Real: numpy's float32/int64 scalars too
     raise UsageError(
         f"doc.log({name}=...) takes a tensor or a number, got {type(value).__name__}; "
         f"pass the tensor itself, e.g. doc.log({name}=loss)"
