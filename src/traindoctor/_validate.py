@@ -117,23 +117,22 @@ def _check_dir_path(where: str, path: Path) -> Path:
     return path
 
 
-def check_codes(caller: str, name: str, codes: Any) -> tuple[str, ...]:
+def check_codes(caller: str, name: str, codes: Any, where: str | None = None) -> tuple[str, ...]:
     """`select=` / `ignore=`: rule codes or code prefixes (`TD1`), or rule names; returned as
-    codes/prefixes, upper case."""
-    example = f"{name}=['TD102', 'TD5']"
+    codes/prefixes, upper case. `where` names the setting in messages instead of
+    `caller(name=...)` (a pyproject.toml key, a command-line flag)."""
+    at = where or f"{caller}({name}=...)"
+    example = f"{name}=['TD102', 'TD5']" if where is None else "['TD102', 'TD5']"
     if codes is None:
         return ()
     if isinstance(codes, str | bytes):
-        raise UsageError(
-            f"{caller}({name}=...) takes a list of rule codes, got the string {codes!r}; "
-            f"pass {name}=[{codes!r}]"
-        )
+        fix = f"{name}=[{codes!r}]" if where is None else f"[{codes!r}]"
+        raise UsageError(f"{at} takes a list of rule codes, got the string {codes!r}; pass {fix}")
     try:
         items = list(codes)
     except TypeError:
         raise UsageError(
-            f"{caller}({name}=...) takes a list of rule codes, got {show(codes)}; pass e.g. "
-            f"{example}"
+            f"{at} takes a list of rule codes, got {show(codes)}; pass e.g. {example}"
         ) from None
     from .rules._registry import all_rules
 
@@ -143,8 +142,7 @@ def check_codes(caller: str, name: str, codes: Any) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str):
             raise UsageError(
-                f"{caller}({name}=...) got {show(item)} among the codes; pass rule codes as "
-                f"strings, e.g. {example}"
+                f"{at} got {show(item)} among the codes; pass rule codes as strings, e.g. {example}"
             )
         key = item.strip()
         if key.lower() in by_name:
@@ -153,12 +151,12 @@ def check_codes(caller: str, name: str, codes: Any) -> tuple[str, ...]:
         key = key.upper()
         if not CODE_RE.match(key):
             raise UsageError(
-                f"{caller}({name}=...) got {item!r}, which is not a rule code; pass codes such "
+                f"{at} got {item!r}, which is not a rule code; pass codes such "
                 f"as 'TD102' or prefixes such as 'TD1' (`traindoctor rules` lists them)"
             )
         if not any(r.code.startswith(key) for r in rules):
             raise UsageError(
-                f"{caller}({name}=...) got {item!r}, which matches no rule; pass codes such as "
+                f"{at} got {item!r}, which matches no rule; pass codes such as "
                 f"'TD102' or prefixes such as 'TD1' (`traindoctor rules` lists all {len(rules)})"
             )
         out.append(key)

@@ -41,6 +41,45 @@ def cli() -> None:
 
 
 def _run_options(f):
+    f = click.option(
+        "--no-config",
+        is_flag=True,
+        help="Ignore [tool.traindoctor] in pyproject.toml.",
+    )(f)
+    f = click.option(
+        "--config-file",
+        "config_file",
+        default=None,
+        metavar="PATH",
+        help="Read settings from this pyproject.toml ([tool.traindoctor]) or .toml file instead "
+        "of the nearest pyproject.toml.",
+    )(f)
+    f = click.option(
+        "--option",
+        "rule_options",
+        multiple=True,
+        metavar="RULE.OPTION=VALUE",
+        help="Set a rule's option, e.g. --option TD210.min_steps=20 (repeatable; `traindoctor "
+        "explain CODE` lists a rule's options).",
+    )(f)
+    f = click.option(
+        "--ignore",
+        multiple=True,
+        metavar="CODES",
+        help="Rule codes or prefixes not to run, comma-separated (e.g. TD5,TD207).",
+    )(f)
+    f = click.option(
+        "--extend-select",
+        multiple=True,
+        metavar="CODES",
+        help="Rule codes or prefixes to run on top of those selected.",
+    )(f)
+    f = click.option(
+        "--select",
+        multiple=True,
+        metavar="CODES",
+        help="Run only these rule codes or prefixes, comma-separated (e.g. TD1,TD210).",
+    )(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print findings.json to stdout.")(f)
     f = click.option(
         "--fail-on",
@@ -51,9 +90,9 @@ def _run_options(f):
     f = click.option(
         "--out",
         "out_dir",
-        default="traindoctor-runs",
-        show_default=True,
-        help="Directory for run reports.",
+        default=None,
+        help="Directory for run reports (default: `out` in [tool.traindoctor], else "
+        "traindoctor-runs).",
     )(f)
     f = click.option("-m", "module", default=None, help="Run a module, like `python -m`.")(f)
     f = click.argument("args", nargs=-1, type=click.UNPROCESSED)(f)
@@ -69,7 +108,7 @@ def _run_options(f):
     default=None,
     help="End the run cleanly after N optimizer steps (the report is still written).",
 )
-def run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
+def run(max_steps, **options) -> None:
     """Run a training script unchanged with traindoctor attached:
 
     traindoctor run train.py --epochs 3       traindoctor run -m mypkg.train
@@ -83,18 +122,37 @@ def run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
       4                  usage error (bad option, missing script or module)
       130 / 143          interrupted by SIGINT / SIGTERM (the report is still written)
     """
-    _do_run(target, args, module, out_dir, fail_on, as_json, max_steps)
+    _do_run(max_steps=max_steps, **options)
 
 
 @cli.command(context_settings=RUN_CONTEXT)
 @_run_options
-@click.option("--max-steps", type=click.IntRange(min=1), default=20, show_default=True)
-def check(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Optimizer steps to run (default: check-steps in [tool.traindoctor], else 20).",
+)
+def check(max_steps, **options) -> None:
     """Run a script for a few optimizer steps (default 20) and report: a quick preflight."""
-    _do_run(target, args, module, out_dir, fail_on, as_json, max_steps)
+    _do_run(max_steps=max_steps, **options)
 
 
-def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
+def _do_run(
+    target,
+    args,
+    module,
+    out_dir,
+    fail_on,
+    as_json,
+    max_steps,
+    select=(),
+    extend_select=(),
+    ignore=(),
+    rule_options=(),
+    config_file=None,
+    no_config=False,
+) -> None:
     args = list(args)
     if module and target:
         args = [target, *args]
@@ -103,7 +161,17 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
         _usage("pass a script to run, e.g. `traindoctor run train.py`, or a module with -m")
     try:
         command = click.get_current_context().info_name or "run"
-        _check_run_input(command, name, args, bool(module), out_dir)
+        _check_run_input(command, name, args, bool(module))
+        settings = _settings(
+            name, bool(module), select, extend_select, ignore, rule_options, config_file, no_config
+        )
+        if out_dir is None:
+            out_dir = str(settings.out) if settings.out is not None else "traindoctor-runs"
+        if fail_on is None:
+            fail_on = settings.fail_on
+        if max_steps is None and command == "check":
+            max_steps = settings.check_steps or 20
+        _check_out_dir(out_dir)
     except UsageError as e:
         _usage(str(e))  # before torch is imported: a usage error is instant
     from .integrations.runner import run_target
@@ -119,6 +187,7 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
                 out_dir=out_dir,
                 max_steps=max_steps,
                 console=False,
+                settings=settings,
             )
     except UsageError as e:
         _usage(str(e))
@@ -142,13 +211,44 @@ def _do_run(target, args, module, out_dir, fail_on, as_json, max_steps) -> None:
     sys.exit(result.script_exit_code)
 
 
-# `traindoctor run`'s own options (those that take a value, then the flags).
-RUN_VALUE_OPTIONS = ("--out", "--max-steps", "--fail-on", "-m")
-RUN_FLAGS = ("--json",)
+def _settings(name, module, select, extend_select, ignore, rule_options, config_file, no_config):
+    """pyproject.toml's [tool.traindoctor] (the nearest above the script's folder, or the
+    working directory for -m), then the command line's flags over it (traindoctor.config)."""
+    from . import config
+
+    if no_config and config_file:
+        raise UsageError(
+            "--no-config and --config-file contradict each other; pass one of them, or neither "
+            "to read the nearest pyproject.toml"
+        )
+    if no_config:
+        base = config.Settings()
+    elif config_file:
+        base = config.load(config_file)
+    else:
+        start = Path.cwd() if module else Path(name).parent
+        base = config.discover(start)
+    layer = config.cli_layer(select, extend_select, ignore)
+    return base.then(layer, config.cli_options(rule_options))
+
+
+# `traindoctor run`'s own options (those that take a value, then the flags; -m last).
+RUN_VALUE_OPTIONS = (
+    "--out",
+    "--max-steps",
+    "--fail-on",
+    "--select",
+    "--extend-select",
+    "--ignore",
+    "--option",
+    "--config-file",
+    "-m",
+)
+RUN_FLAGS = ("--json", "--no-config")
 SCRIPT_SUFFIXES = ("", ".py", ".pyw")
 
 
-def _check_run_input(command: str, name: str, args: list[str], module: bool, out_dir: str) -> None:
+def _check_run_input(command: str, name: str, args: list[str], module: bool) -> None:
     """What `run`/`check` can tell is wrong before the script starts: a one-line UsageError."""
     opts = ", ".join((*RUN_VALUE_OPTIONS, *RUN_FLAGS))
     if name.startswith("-"):
@@ -166,7 +266,6 @@ def _check_run_input(command: str, name: str, args: list[str], module: bool, out
             )
     else:
         _check_script(Path(name))
-    _check_out_dir(out_dir)
     if not module:
         _check_misplaced_options(command, Path(name), args)
 
@@ -377,7 +476,14 @@ def _rediagnose(run_dir: Path, rep):
     except (ValueError, KeyError, TypeError) as e:
         _usage(f"{path} is not a traindoctor timeline ({e}); pass a complete run directory")
     guard = Guard()
-    rep.findings = diagnose(tl, all_rules(), guard)
+    recorded = tl.facts.get("config")
+    if isinstance(recorded, dict):  # the rules and options the run was judged with
+        from .config import Settings
+
+        rules = Settings.recorded(recorded).rules()
+    else:
+        rules = all_rules()
+    rep.findings = diagnose(tl, rules, guard)
     rep.internal_errors = [e.to_dict() for e in guard.errors]
     rep.timeline = tl
     return rep

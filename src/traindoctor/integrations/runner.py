@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import Settings
 from ..doctor import Doctor
 from ..errors import StopTraining, UsageError
 from ..report.model import Report
@@ -37,7 +38,11 @@ def run_target(
     max_steps: int | None = None,
     console: bool = True,
     budget: float = 0.03,
+    settings: Settings | None = None,
 ) -> RunResult:
+    """`settings` (traindoctor.config: the rules to run, with their options) as the command
+    line resolved them from pyproject.toml and its flags; None runs every rule with its
+    defaults."""
     if target.startswith("-"):
         raise UsageError(
             f"unknown option {target!r}; put traindoctor's options before the script and the "
@@ -76,7 +81,10 @@ def run_target(
         console=console,
         budget=budget,
         script=script_label,
+        rules=settings.rules() if settings is not None else None,
     )
+    if settings is not None:
+        doctor.timeline.facts["config"] = settings.describe()
     exc: BaseException | None = None
     code = 0
     session = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Iterable
@@ -43,6 +44,9 @@ class Rule:
     priority: int
     func: RuleFunc
     since: str = "0.1.0"
+    #: options set by configuration (`[tool.traindoctor.rules.TDxxx]`, `--option`), over the
+    #: defaults of the rule function's keyword-only parameters; see `configured()`.
+    settings: tuple[tuple[str, Any], ...] = ()
 
     @property
     def family(self) -> str:
@@ -68,15 +72,26 @@ class Rule:
             "line": inspect.getsourcelines(self.func)[1],
         }
 
+    def configured(self, **options: Any) -> Rule:
+        """This rule with these options set (checked by `traindoctor.config`)."""
+        merged = {**dict(self.settings), **options}
+        return dataclasses.replace(self, settings=tuple(sorted(merged.items())))
+
     def run(self, view: TimelineView, options: dict[str, Any] | None = None) -> list[Finding]:
-        return list(self.func(view, **(options or {})))
+        return list(self.func(view, **{**dict(self.settings), **(options or {})}))
 
     def explain(self) -> str:
         head = f"# {self.name} ({self.code})\n\nFamily: {self.family} · Severity: {self.severity.value}"
         opts = self.options
         options = ""
         if opts:
-            options = "\n\n## Options\n" + "\n".join(f"- `{k}` = {v!r}" for k, v in opts.items())
+            first = next(iter(opts))
+            options = (
+                "\n\n## Options\n"
+                + "\n".join(f"- `{k}` = {v!r}" for k, v in opts.items())
+                + f"\n\nSet one with `traindoctor run --option {self.code}.{first}=VALUE` or in "
+                f"pyproject.toml under `[tool.traindoctor.rules.{self.code}]` (`{first} = ...`)."
+            )
         return f"{head}\n\n{self.summary}\n\n{self.doc}{options}\n"
 
     def to_json(self) -> dict[str, Any]:
