@@ -122,7 +122,10 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     until_end = last == fingerprinted[-1]
     # One batch from the first fingerprinted step on is also what deliberate full-batch
     # training looks like: reported as info. Batches that changed and then froze cannot be.
-    whole_run = first == fingerprinted[0] and until_end
+    # Per input: a model trained phase by phase (layer-wise training, each layer on the full
+    # batch) feeds a new first layer in each phase, a different input, not a changed batch.
+    same_input = [s for s, f in tl.series("data.fp") if isinstance(f, dict) and set(f) == set(fp)]
+    whole_run = first == same_input[0] and last == same_input[-1]
     # One batch for the whole run is a bug, not full-batch training, when a larger source of
     # that batch was measured: a DataLoader with this batch size over a data set at least
     # twice as large, or a tensor at least twice as large whose rows the batch slices (and
