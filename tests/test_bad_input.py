@@ -333,7 +333,7 @@ CLI_CASES = {
     "max_steps_x": (["check", "--max-steps", "x", "t.py"], ("--max-steps", "'x'")),
     "fail_on": (["run", "--fail-on", "bad", "t.py"], ("'bad'", "--fail-on error")),
     "budget": (["run", "--budget", "0.1", "t.py"], ("'--budget'", "--max-steps")),
-    "select": (["run", "--select", "TD1", "t.py"], ("'--select'",)),
+    "select": (["run", "--select", "TD999", "t.py"], ("--select", "'TD999'", "matches no rule")),
     "json_after": (["run", "t.py", "--json"], ("--json", "`traindoctor run --json t.py`")),
     "max_after": (
         ["check", "t.py", "--max-steps", "3", "--lr", "1"],
