@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from . import config
-from ._validate import WATCH_OPTIONS, check_options, reject_unknown, show
+from ._validate import WATCH_OPTIONS, check_options, check_out_dir, reject_unknown, show
 from .doctor import Doctor
 from .errors import UsageError
 
@@ -20,7 +20,7 @@ def watch(
     optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
     scaler: Any = None,
     *,
-    out_dir: str | Path | None = None,
+    out_dir: str | Path = config.DEFAULT_OUT_DIR,
     budget: float = 0.03,
     console: bool = True,
     select: Iterable[str] = (),
@@ -37,19 +37,21 @@ def watch(
     update of the params that got a gradient is a step.
 
     `[tool.traindoctor]` in the nearest pyproject.toml above the working directory applies
-    (traindoctor.config): its rule selection, per-rule options and `out` (the default of
-    `out_dir`, else "traindoctor-runs"); a non-empty `select` replaces its selection and `ignore`
+    (traindoctor.config): its rule selection, per-rule options and `out` (over `out_dir`'s
+    default); a non-empty `select` replaces its selection and `ignore`
     removes rules on top, as the command line's flags do.
     """
     reject_unknown("watch", unknown, ("model", "optimizer", "scaler", *WATCH_OPTIONS))
     models = _models(model)
     optimizers = _optimizers(optimizer)
     _check_scaler(scaler)
-    opts = check_options("watch", budget=budget, console=console, select=select, ignore=ignore)
+    opts = check_options(
+        "watch", out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+    )
     settings = config.for_watch(opts["select"], opts["ignore"])
-    if out_dir is None:
-        out_dir = settings.out if settings.out is not None else config.DEFAULT_OUT
-    check_options("watch", out_dir=out_dir)
+    if out_dir is config.DEFAULT_OUT_DIR and settings.out is not None:
+        out_dir = settings.out
+        check_out_dir("", out_dir, flag=f"{settings.path} {config.TABLE} out")
     doc = Doctor(
         out_dir=out_dir,
         budget=opts["budget"],

@@ -165,13 +165,16 @@ def _do_run(
         settings = _settings(
             name, bool(module), select, extend_select, ignore, rule_options, config_file, no_config
         )
-        if out_dir is None:
-            out_dir = str(settings.out) if settings.out is not None else "traindoctor-runs"
+        out_flag = "--out"
+        if out_dir is None and settings.out is not None:
+            out_dir, out_flag = str(settings.out), f"{settings.path} [tool.traindoctor] out"
+        elif out_dir is None:
+            out_dir = "traindoctor-runs"
         if fail_on is None:
             fail_on = settings.fail_on
         if max_steps is None and command == "check":
             max_steps = settings.check_steps or 20
-        _check_out_dir(out_dir)
+        _check_out_dir(out_dir, out_flag)
     except UsageError as e:
         _usage(str(e))  # before torch is imported: a usage error is instant
     from .integrations.runner import run_target
@@ -270,10 +273,10 @@ def _check_run_input(command: str, name: str, args: list[str], module: bool) -> 
         _check_misplaced_options(command, Path(name), args)
 
 
-def _check_out_dir(out_dir: str) -> None:
+def _check_out_dir(out_dir: str, flag: str = "--out") -> None:
     from ._validate import check_out_dir
 
-    check_out_dir("", out_dir, flag="--out")
+    check_out_dir("", out_dir, flag=flag)
 
 
 def _check_script(path: Path) -> None:

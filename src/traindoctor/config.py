@@ -29,6 +29,14 @@ TABLE = "[tool.traindoctor]"
 KEYS = ("select", "extend-select", "ignore", "fail-on", "out", "check-steps", "rules")
 FAIL_ON = ("error", "warning")
 DEFAULT_OUT = "traindoctor-runs"
+
+
+class _Default(str):
+    """`watch(out_dir=...)`'s default, told apart from the same path passed on purpose (`is`):
+    [tool.traindoctor]'s `out` replaces only the default."""
+
+
+DEFAULT_OUT_DIR = _Default(DEFAULT_OUT)
 DEFAULT_CHECK_STEPS = 20
 # `[tool.traindoctor]` (or `[tool.traindoctor.rules.TD210]`) as a table header, seen without a
 # TOML parser: which pyproject.toml files are ours, when Python < 3.11 has no tomllib.

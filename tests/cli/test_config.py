@@ -334,6 +334,18 @@ def test_a_bad_pyproject_stops_the_cli_before_the_script(tmp_path, monkeypatch, 
     assert exc.value.code == 1 and "the script ran" in capsys.readouterr().err
 
 
+def test_an_out_that_is_a_file_names_the_setting(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "pyproject.toml", '[tool.traindoctor]\nout = "afile"\n')
+    write(tmp_path, "afile", "not a folder\n")
+    write(tmp_path, "train.py", BUGGY)
+    code, err = _main(["run", "train.py"], capsys)
+    assert code == USAGE
+    assert "pyproject.toml [tool.traindoctor] out got" in err and "is a file" in err, err
+    with pytest.raises(UsageError, match=r"\[tool.traindoctor\] out got .* is a file"):
+        _train_without_zero_grad({})
+
+
 def test_config_file_flag_reads_a_plain_toml(tmp_path):
     write(tmp_path, "ci.toml", 'select = ["TD2"]\n[rules.TD210]\nmin_steps = 3\n')
     settings = config.load(tmp_path / "ci.toml")
