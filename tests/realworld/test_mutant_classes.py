@@ -14,6 +14,10 @@ zero-code `traindoctor run`, beside healthy twins that must stay silent.
   ImageNet example's 1000-way mobilenet on an ImageFolder, `shuffle=False`): a 100-way
   classifier over a data set written class by class; the shuffled twin and a character
   language model over 80 symbols stay silent.
+- TD402/TD403 through a task wrapper (timm's `ClassificationTask(model, criterion)` trained as
+  a whole, its inner network switched by hand): `.eval()` of the wrapped network at the start
+  of each epoch, validation that calls the wrapped network itself in train mode; the healthy
+  twin switches modes right, and a partial BatchNorm freeze inside it stays silent.
 """
 
 from __future__ import annotations
@@ -192,11 +196,66 @@ for step in range(60):
     opt.step()
 """
 
+WRAPPED = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(12, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Dropout(0.3))
+        self.head = nn.Linear(48, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class Task(nn.Module):
+    # owns the network and the criterion; training calls the task, validation the network
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def forward(self, x, y):
+        return self.criterion(self.net(x), y)
+
+
+def validate(net, xs, ys):
+    net.eval()  # VALMODE
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(xs), 50):
+            correct += (net(xs[i:i + 50]).argmax(1) == ys[i:i + 50]).sum().item()
+    return correct / len(xs)
+
+
+torch.manual_seed(0)
+X = torch.randn(600, 12)
+Y = (X[:, :3].argmax(1))
+task = Task(Net())
+opt = torch.optim.SGD(task.parameters(), lr=0.05, momentum=0.9)
+for epoch in range(4):
+    task.net.train()  # TRAINMODE
+    for i in range(0, 400, 40):
+        loss = task(X[i:i + 40], Y[i:i + 40])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = validate(task.net, X[400:], Y[400:])
+"""
+
 BUGGY = {
     "swapped_mse.py": SWAPPED_MSE,
     "tagger_time_softmax.py": TAGGER,
     "denoiser_raw_pixels.py": DENOISER,
     "sorted_100_classes.py": SORTED_100,
+    "wrapped_eval_in_train.py": WRAPPED.replace(
+        "task.net.train()  # TRAINMODE", "task.net.eval()  # TRAINMODE"
+    ),
+    "wrapped_train_in_val.py": WRAPPED.replace("net.eval()  # VALMODE", "net.train()  # VALMODE"),
 }
 HEALTHY = {
     "swapped_mse_same_shape.py": SWAPPED_MSE.replace(
@@ -214,8 +273,13 @@ HEALTHY = {
     .replace("self.time(sinusoid(t))", "self.time(t.float()[:, None])"),
     "shuffled_100_classes.py": SORTED_100.replace("batch_size=24)", "batch_size=24, shuffle=True)"),
     "char_lm_80.py": CHAR_LM,
+    "wrapped.py": WRAPPED,
+    # BatchNorm of the body frozen on purpose from the start while the rest trains.
+    "wrapped_bn_frozen.py": WRAPPED.replace(
+        "task.net.train()  # TRAINMODE", "task.net.train()\n    task.net.body[1].eval()"
+    ),
 }
-MINE = {"TD508", "TD510", "TD512", "TD504"}
+MINE = {"TD508", "TD510", "TD512", "TD504", "TD402", "TD403"}
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +344,22 @@ def test_class_sorted_batches_under_a_100_way_head(runs):
     assert ev["single_class_share"] == 1.0 and len(ev["classes_in_single_batches"]) >= 10
     first = ev["runs"][0][0]  # zero-code mode attaches at the first backward
     assert ev["runs"][:3] == [[first, 1], [first + 1, 1], [first + 2, 1]]
+
+
+def test_wrapped_network_switched_to_eval_for_training(runs):
+    r = runs["wrapped_eval_in_train.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD402")
+    assert f["severity"] == "error" and _top3(r, "TD402")
+    assert f["evidence"]["models_in_eval_mode"] == ["<model>"]
+    assert f["evidence"]["modules_in_eval"] == ["net.body.1", "net.body.3"]
+
+
+def test_wrapped_network_validated_in_train_mode(runs):
+    r = runs["wrapped_train_in_val.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD403")
+    assert f["severity"] in ("error", "warning") and _top3(r, "TD403")
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))

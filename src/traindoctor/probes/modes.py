@@ -59,6 +59,11 @@ class ModesProbe(Probe):
         self._sensitive: list[tuple[str, str, torch.nn.Module]] = []  # (root, name, module)
         self._names: dict[int, str] = {}  # id(module) -> qualified name, watched modules
         self._roots: dict[int, str] = {}
+        # Watched models that only wrap another module (a task or loss wrapper around the
+        # network: no params of their own, one child holding all the params and the
+        # mode-sensitive modules): prefix -> that inner module, whose mode is the model's.
+        self._inner: dict[str, torch.nn.Module] = {}
+        self._in_root = 0  # inside a watched model's forward (the inner one's is nested)
         self._last_eval: tuple[str, ...] | None = None
         self._events = 0
         self._nograd_forwards = 0
@@ -76,9 +81,28 @@ class ModesProbe(Probe):
         self._index()
         rec.timeline.facts["modes"] = {"sensitive": len(self._sensitive), "steps_in_eval": 0}
         for prefix, model in ctx.models.items():
-            self._roots[id(model)] = prefix.rstrip(".") or "<model>"
+            root = prefix.rstrip(".") or "<model>"
+            self._roots[id(model)] = root
             self.handles.append(
                 model.register_forward_hook(ctx.hook("probe modes", self._on_forward))
+            )
+            inner = _inner_model(model)
+            if inner is None:
+                continue
+            # Validation that calls the wrapped network itself (timm's validate(model) with
+            # the task wrapper trained): its forwards are the model's.
+            self._inner[prefix] = inner
+            self._roots.setdefault(id(inner), root)
+            self.handles.append(
+                model.register_forward_pre_hook(ctx.hook("probe modes", self._enter_root))
+            )
+            self.handles.append(
+                model.register_forward_hook(
+                    ctx.hook("probe modes", self._leave_root), always_call=True
+                )
+            )
+            self.handles.append(
+                inner.register_forward_hook(ctx.hook("probe modes", self._on_inner_forward))
             )
         self._train_listener = ctx.hook("probe modes", self._on_train_call)
         _mode_patches.add_train_listener(self._train_listener)
@@ -126,7 +150,7 @@ class ModesProbe(Probe):
                     "count": len(in_eval),
                     "sensitive": len(self._sensitive),
                     "roots_training": {
-                        (p.rstrip(".") or "<model>"): bool(m.training)
+                        (p.rstrip(".") or "<model>"): bool(self._inner.get(p, m).training)
                         for p, m in self.ctx.models.items()
                     },
                 },
@@ -154,6 +178,17 @@ class ModesProbe(Probe):
         )
 
     # -- validation forwards --------------------------------------------------------------
+    def _enter_root(self, _module: torch.nn.Module, _args: Any) -> None:
+        self._in_root += 1
+
+    def _leave_root(self, _module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        self._in_root = max(0, self._in_root - 1)
+
+    def _on_inner_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._in_root:
+            return  # called by its wrapper: the wrapper's forward is the one counted
+        self._on_forward(module, args, output)
+
     def _on_forward(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
         if torch.is_grad_enabled():
             return  # a training forward: nothing to look at
@@ -288,6 +323,29 @@ class ModesProbe(Probe):
             _mode_patches.remove_train_listener(self._train_listener)
             _mode_patches.remove_region_listener(self)
             self._listening = False
+
+
+def _inner_model(model: torch.nn.Module, depth: int = 4) -> torch.nn.Module | None:
+    """The module a watched model only wraps: the model has no params of its own, and one
+    child holds all its params and all its mode-sensitive modules (a task/loss wrapper,
+    `Wrapper(net, criterion)`), followed down while that holds. None when the model is not
+    such a wrapper."""
+    inner = None
+    m = model
+    for _ in range(depth):
+        if any(p is not None for p in m._parameters.values()):
+            break
+        holders = [c for c in m.children() if next(c.parameters(), None) is not None]
+        if len(holders) != 1:
+            break
+        child = holders[0]
+        others = [c for c in m.children() if c is not child]
+        if any(mode_sensitive(x) for o in others for x in o.modules()):
+            break
+        if not any(mode_sensitive(x) for x in child.modules()):
+            break
+        inner = m = child
+    return inner
 
 
 def _by_device(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
