@@ -26,17 +26,16 @@ INERT_EVENT = "traindoctor.inert-hook"
 _is_compiling = torch.compiler.is_compiling
 _jit_tracing = torch._C._is_tracing  # torch.jit.trace (also torch.onnx.export's trace)
 _func_transforming = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+# fx symbolic tracing: a module global up to torch 2.13, a thread-local read by
+# _get_is_fx_tracing() since (is_fx_tracing() itself logs a warning on its first call).
+_fx_tracing: Callable[[], bool] = getattr(_symbolic_trace, "_get_is_fx_tracing", None) or (
+    lambda: bool(getattr(_symbolic_trace, "_is_fx_tracing_flag", False))
+)
 
 
 def _compiling() -> bool:
-    # torch.compile first: dynamo folds it to True and traces none of the others. The fx flag
-    # is read as it is (is_fx_tracing() logs a warning on its first call).
-    return (
-        _is_compiling()
-        or _jit_tracing()
-        or _func_transforming()
-        or _symbolic_trace._is_fx_tracing_flag
-    )
+    # torch.compile first: dynamo folds it to True and traces none of the others.
+    return _is_compiling() or _jit_tracing() or _func_transforming() or _fx_tracing()
 
 
 # Every function traindoctor puts in torch's place (losses, clip_grad_norm_, Tensor.data), every
