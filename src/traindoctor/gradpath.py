@@ -130,6 +130,9 @@ class NodeFacts:
     # A multiply whose zeroed side is zeroed by the value of the other operand, which requires
     # grad and receives gradient through this op (a trained operand that is 0 for now).
     trained_operand: bool = False
+    # An op whose derivative is 0 everywhere (sign, round, floor, ...) on a value that also
+    # reaches the loss another way (`sign(x) * sqrt(abs(x))`): x still gets its gradient.
+    bypassed: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -225,6 +228,8 @@ def _fmt(v: float | None) -> str:
 # Batched statistics: gradients wait (referenced, never copied) until this many, or this many
 # bytes, are pending, then one fused norm reads them all. Holding a reference also keeps the
 # engine from reusing a gradient buffer in place, so the values read are the ones that flowed.
+# Ops whose derivative is exactly 0 wherever it is defined: all they pass is 0, by definition.
+ZERO_DERIVATIVE = frozenset({"sign", "round", "floor", "ceil", "trunc"})
 FLUSH_TENSORS = 2048
 FLUSH_BYTES = 64 << 20
 
@@ -255,8 +260,11 @@ class Walk:
         self._l0: list[torch.Tensor] = []
         self._masks: list[torch.Tensor] = []
         self._gc_was_enabled = False
+        self.bypassed: dict[int, bool] = {}
         if root.grad_fn is None:
             return
+        consumers: dict[int, int] = {}  # id(node) -> nodes of the graph that take its output
+        zero_derivative: dict[int, int] = {}  # hooked index -> id of the node feeding it
         # The walk creates a few Python objects per node (node wrappers, hooks, handles): with
         # the collector on, its full passes over a heap growing by 10^4 objects made the walk
         # superlinear (13k nodes: 1.2 s with, 0.76 s without). Off until remove(), which every
@@ -270,6 +278,9 @@ class Walk:
                 break
             self.visited += 1
             kind = type(node).__name__
+            for fn, _ in getattr(node, "next_functions", ()):
+                if fn is not None:
+                    consumers[id(fn)] = consumers.get(id(fn), 0) + 1
             if kind == "AccumulateGrad":
                 continue
             op = op_name(node)
@@ -283,11 +294,15 @@ class Walk:
             index = len(self.nodes)
             self.nodes.append(node)
             self.detached[index] = detached
+            if op in ZERO_DERIVATIVE and node.next_functions and node.next_functions[0][0]:
+                zero_derivative[index] = id(node.next_functions[0][0])
             try:
                 hook = self._hook(index, node, op in _ELEMENTWISE, kind == "MulBackward0")
                 self.handles.append(node.register_hook(hook))
             except (RuntimeError, AttributeError):
                 pass
+        # While the graph is alive (ids are not reused): the fed node has another consumer.
+        self.bypassed = {i: consumers.get(fed, 0) > 1 for i, fed in zero_derivative.items()}
 
     def _hook(self, index: int, node: Any, elementwise: bool, mul: bool):
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
@@ -392,6 +407,8 @@ class Walk:
             trained = float(both and len(fracs) == 2 and min(fracs) < BLOCK_FRACTION)
             host[i] = [in_sq, out_sq, zeroed, float(elements), detached, mask, trained]
         facts = [_judge(i, node, host.get(i), names) for i, node in enumerate(self.nodes)]
+        for i, bypassed in self.bypassed.items():
+            facts[i].bypassed = bypassed
         path = GradientPath(
             facts, time.perf_counter() - self.t0, self.truncated, visited=self.visited
         )

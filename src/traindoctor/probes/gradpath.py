@@ -182,6 +182,7 @@ class GradPathProbe(Probe):
                     "detached_input": n.detached_input,
                     "mask": n.mask,
                     "trained_operand": n.trained_operand,
+                    "bypassed": n.bypassed,
                 }
                 for n in keep
             ],

@@ -135,6 +135,9 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     the value of a trained operand that gets its own gradient through the same op (a
     zero-initialised learnable state `r * h0`, ReZero's `alpha * f(x)` with `alpha = 0`, an
     adaLN-zero gate). That zero lasts until the operand's first update: it is not reported.
+    An op whose derivative is 0 everywhere (`sign`, `round`, `floor`, `ceil`, `trunc`) on a
+    value that also reaches the loss through another op (YOLO's `sign(x) * sqrt(abs(x))`) blocks
+    nothing: that value gets its gradient the other way. It is not reported.
     A multiply by a constant (no grad) that is 0, or 0 x 0 (both sides zeroed), is.
     An op measured blocking on one walk and passing on a later walk (same op and line) was a
     transient zero and is not reported; one blocking again is confirmed. One that has no line
@@ -187,6 +190,10 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 # zeroed by the value of a trained operand, which gets its own gradient.
                 continue
             if not _blocks(n):
+                continue
+            if n.get("bypassed"):
+                # `sign(x) * sqrt(abs(x))`: sign passes 0 by definition, and x gets its
+                # gradient through the other factor; nothing is blocked.
                 continue
             if not n.get("source") and (e.get("lines_known") or op in FRACTION):
                 # Not created by the loss code (the walk knows the loss code's lines): an
