@@ -18,6 +18,10 @@ zero-code `traindoctor run`, beside healthy twins that must stay silent.
   a whole, its inner network switched by hand): `.eval()` of the wrapped network at the start
   of each epoch, validation that calls the wrapped network itself in train mode; the healthy
   twin switches modes right, and a partial BatchNorm freeze inside it stays silent.
+- TD504, one batch trained on while the program draws fresh ones (nanoGPT's `get_batch` on
+  a memmap: no DataLoader, no slice of a tensor): a batch sampled once from a NumPy array
+  before the loop while a periodic loss estimate samples new ones; full-batch training
+  evaluated on one fixed held-out batch stays info.
 """
 
 from __future__ import annotations
@@ -247,6 +251,36 @@ for epoch in range(4):
     acc = validate(task.net, X[400:], Y[400:])
 """
 
+NUMPY_BATCHES = """
+import numpy as np
+import torch
+import torch.nn as nn
+
+rng = np.random.default_rng(0)
+table = rng.normal(size=(5000, 16)).astype(np.float32)
+labels = (table[:, :2].sum(1) > 0).astype(np.int64)
+
+
+def sample(n=32):
+    ix = rng.integers(0, len(table), n)
+    return torch.from_numpy(table[ix]), torch.from_numpy(labels[ix])
+
+
+model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 2))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+xb, yb = sample()
+for it in range(120):
+    if it % 40 == 0:
+        model.eval()
+        with torch.no_grad():
+            est = sum(nn.functional.cross_entropy(model(x), y).item() for x, y in [sample() for _ in range(4)])
+        model.train()
+    loss = nn.functional.cross_entropy(model(xb), yb)  # FED
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
 BUGGY = {
     "swapped_mse.py": SWAPPED_MSE,
     "tagger_time_softmax.py": TAGGER,
@@ -256,6 +290,7 @@ BUGGY = {
         "task.net.train()  # TRAINMODE", "task.net.eval()  # TRAINMODE"
     ),
     "wrapped_train_in_val.py": WRAPPED.replace("net.eval()  # VALMODE", "net.train()  # VALMODE"),
+    "numpy_one_batch.py": NUMPY_BATCHES,
 }
 HEALTHY = {
     "swapped_mse_same_shape.py": SWAPPED_MSE.replace(
@@ -278,6 +313,11 @@ HEALTHY = {
     "wrapped_bn_frozen.py": WRAPPED.replace(
         "task.net.train()  # TRAINMODE", "task.net.train()\n    task.net.body[1].eval()"
     ),
+    # Full-batch: 32 rows are the whole training set, one fixed held-out batch of 32 rows is
+    # estimated again and again.
+    "numpy_full_batch.py": NUMPY_BATCHES.replace(
+        "[sample() for _ in range(4)]", "[(held_x, held_y)] * 4"
+    ).replace("xb, yb = sample()", "xb, yb = sample()\nheld_x, held_y = sample()"),
 }
 MINE = {"TD508", "TD510", "TD512", "TD504", "TD402", "TD403"}
 
@@ -360,6 +400,23 @@ def test_wrapped_network_validated_in_train_mode(runs):
     assert r.rc == 0, r
     f = r.finding("TD403")
     assert f["severity"] in ("error", "warning") and _top3(r, "TD403")
+
+
+def test_one_batch_while_fresh_ones_are_drawn_for_a_loss_estimate(runs):
+    r = runs["numpy_one_batch.py"]
+    assert r.rc == 0, r
+    f = r.finding("TD504")
+    assert f["severity"] == "warning" and _top3(r, "TD504")
+    assert f["where"]["source"] == _where(r, "numpy_one_batch.py", "# FED")
+    larger = f["evidence"]["larger_source"]
+    assert larger["kind"] == "fresh_batches" and larger["distinct"] >= 3
+    assert larger["shape"] == [32, 16]
+
+
+def test_full_batch_with_a_fixed_held_out_batch_is_info(runs):
+    r = runs["numpy_full_batch.py"]
+    f = r.finding("TD504")
+    assert f["severity"] == "info" and "larger_source" not in f["evidence"]
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))

@@ -50,6 +50,12 @@ DATA_SAMPLES = signal(
     "data.samples",
     "per step (first SAMPLE_STEPS steps): one fingerprint per sample of the first batched input",
 )
+DATA_EVAL_FP = signal(
+    "data.eval_fp",
+    "per step: {'<key>@<n>.sum|sumsq|wsum|min|max': value} fingerprint of the first input of "
+    "the n-th forward outside training whose input has the training input's shape and dtype "
+    "(at most MAX_EVAL_FP in a run)",
+)
 DATA_FIRST_LAYER = signal(
     "data.first_layer",
     "per structural step: {module, type, next, dtype} of the first module with params to run",
@@ -67,6 +73,7 @@ SAMPLE_ELEMS = 4096  # elements read per sample
 LOADER_STEPS = 3  # training forwards whose callers are scanned for DataLoaders
 MAX_FRAMES = 32
 MAX_SCOPE_VALUES = 256  # values looked at per scope (locals or globals)
+MAX_EVAL_FP = 16  # forwards outside training fingerprinted in a run (TD504's fresh batches)
 FP_STATS = ("sum", "sumsq", "wsum", "min", "max")
 MAX_FIRST_SEARCH = 64  # leaves looked at for the first layer that takes the model's input
 FIRST_STATS = ("in_mean", "in_std", "in_min", "in_max", "out_std")
@@ -77,6 +84,7 @@ class DataProbe(Probe):
     provides: ClassVar[tuple[str, ...]] = (
         DATA_INPUTS,
         DATA_FP,
+        DATA_EVAL_FP,
         DATA_SAMPLES,
         DATA_FIRST_LAYER,
         DATA_FIRST_STATS,
@@ -105,6 +113,7 @@ class DataProbe(Probe):
         self._loader_scans = 0
         self._bases: list[weakref.ref] = []  # larger tensors whose rows a batch slices
         self._base_eval_noted = False
+        self._eval_fps = 0
         self._listening_loaders = False
 
     def listen_early(self) -> None:
@@ -187,8 +196,11 @@ class DataProbe(Probe):
 
     def _make_pre(self, prefix: str, rec: Recorder):
         def pre(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-            if self._bases and not self._base_eval_noted and not self._training_forward(module):
-                self._eval_rows(args, kwargs, rec)
+            if not self._training_forward(module):
+                if self._bases and not self._base_eval_noted:
+                    self._eval_rows(args, kwargs, rec)
+                if self._eval_fps < MAX_EVAL_FP:
+                    self._eval_fingerprint(prefix, (args, kwargs), rec)
             if not self._active or prefix in self._seen or not self._training_forward(module):
                 return
             self._seen.add(prefix)
@@ -255,6 +267,27 @@ class DataProbe(Probe):
             # Row-wise multiply and sum (not a matmul): a sample's value does not depend on its
             # position in the batch, so a repeat compares bit for bit.
             rec.defer(step, DATA_SAMPLES, (xs * self._weight(xs.shape[1], xs.device)).sum(1))
+
+    def _eval_fingerprint(self, prefix: str, inputs: Any, rec: Recorder) -> None:
+        """The fingerprint of a forward outside training (a validation, a loss estimate on
+        fresh batches) whose first input looks like the training batch (same shape and
+        dtype): TD504 tells from them whether the program has other batches than the one it
+        trains on."""
+        key = f"{prefix}in0"
+        known = self._inputs.get(key)
+        if known is None:
+            return
+        t = next((t for t in iter_tensors(inputs) if t.numel() > 0 and not t.is_complex()), None)
+        if t is None or list(t.shape) != known["shape"]:
+            return
+        if str(t.dtype).removeprefix("torch.") != known["dtype"]:
+            return
+        n = self._eval_fps
+        self._eval_fps += 1
+        v = _strided(t.detach().reshape(-1), MAX_ELEMS).to(torch.float32)
+        w = self._weight(v.numel(), v.device)
+        fp = torch.stack([v.sum(), (v * v).sum(), (v * w).sum(), v.amin(), v.amax()])
+        rec.defer(self._step, DATA_EVAL_FP, fp, keys=[f"{key}@{n}.{s}" for s in FP_STATS])
 
     def _eval_rows(self, args: Any, kwargs: Any, rec: Recorder) -> None:
         """A forward outside training on rows of a tensor whose slice is a training batch:

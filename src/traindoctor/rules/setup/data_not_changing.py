@@ -15,7 +15,7 @@ from .._registry import rule
     name="data-not-changing",
     severity=Severity.WARNING,
     summary="The model trains on the same batch step after step.",
-    requires=("data.fp", "data.inputs", "optim.step", "params.update"),
+    requires=("data.fp", "data.inputs", "data.eval_fp", "optim.step", "params.update"),
     priority=30,
 )
 def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Finding]:
@@ -26,7 +26,9 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     A warning when the batches changed before they froze, or when one batch is used for the
     whole run while a larger source of it was measured (a DataLoader with that batch size
     over a data set at least twice as large: `x, y = next(iter(loader))` before the loop; a
-    constant slice `X[:64]` of a tensor with at least twice the rows); info when one batch
+    constant slice `X[:64]` of a tensor with at least twice the rows; at least 3 other batches
+    of its shape and dtype fed to the model outside training, a loss estimate or validation
+    on fresh batches while the loop trains on one); info when one batch
     is used for the whole run and nothing larger is known, which is also what deliberate
     full-batch training looks like.
 
@@ -53,7 +55,9 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     trailing shape, more rows), and notes a forward outside training on other rows of that
     tensor (then the rest is a validation split, and the slice is not called a bug); on the
     first 3 training forwards it describes the DataLoaders in the user's frames on the stack
-    (locals, module globals, one attribute level: batch size, dataset length).
+    (locals, module globals, one attribute level: batch size, dataset length). The first 16
+    forwards outside training whose first input has the training input's shape and dtype are
+    fingerprinted alike (no more than 16 in a run).
 
     ## Example
     ```python
@@ -74,7 +78,9 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     purpose; that case (one batch for the whole run) is reported as info only, and can be
     ignored (`--ignore TD504`). Taken from a larger loader or tensor (the "overfit one batch"
     check with `next(iter(loader))`, a small training split sliced off a tensor with no
-    validation forward on the rest) it is a warning.
+    validation forward on the rest) it is a warning, and so is full-batch training evaluated
+    without gradient on at least 3 other batches of exactly the training batch's shape and
+    dtype (fixed collocation points tested on fresh random points of the same count).
     """
     stepped = {s for s, v in tl.series("optim.step") if v}
     # Fingerprints come every step early on, then in pairs (a sampled step and the next). A
@@ -131,6 +137,8 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     # twice as large, or a tensor at least twice as large whose rows the batch slices (and
     # whose other rows are not fed to the model outside training, as a validation split).
     larger = _larger_source(tl, shown.get(key) if key else None)
+    if larger is None and key:
+        larger = _fresh_batches(tl, key, fp, shown[key])
     span = f"steps {first}–{last}" + (" (to the end of the run)" if until_end else "")
     evidence: dict[str, Any] = {
         "identical_steps": length,
@@ -151,6 +159,12 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
             f": `{larger['name']}` holds {larger['dataset_len']} samples in batches of "
             f"{larger['batch_size']}, so {larger['dataset_len'] - larger['batch_size']} of "
             "them are never trained on"
+        )
+    elif larger and larger.get("kind") == "fresh_batches":
+        source = (
+            f"; yet outside training (a validation or a loss estimate) the model was fed "
+            f"{larger['distinct']} other batches of this shape and dtype, so the program has "
+            "fresh batches and the training loop does not take them"
         )
     elif larger:
         source = (
@@ -188,6 +202,37 @@ def _larger_source(tl: TimelineView, shown: dict[str, Any] | None) -> dict[str, 
         if isinstance(n, int) and b == rows and n >= 2 * rows:
             return {"kind": "loader", "name": e.get("name"), "dataset_len": n, "batch_size": b}
     return None
+
+
+MIN_FRESH = 3  # distinct batches seen outside training that make a source of fresh ones
+
+
+def _fresh_batches(
+    tl: TimelineView, key: str, fp: dict[str, Any], shown: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Batches of the stuck input's shape and dtype fed to the model outside training (no
+    grad or eval mode) that differ from it and from each other: the program draws fresh
+    batches (nanoGPT's estimate_loss calls get_batch) while training reuses one."""
+    stuck = tuple(fp.get(f"{key}.{s}") for s in ("sum", "sumsq", "wsum", "min", "max"))
+    seen: dict[str, dict[str, float]] = {}
+    for _, values in tl.series("data.eval_fp"):
+        for k, v in (values or {}).items():
+            name, _, stat = str(k).rpartition(".")
+            which, _, n = name.rpartition("@")
+            if which == key and n.isdigit() and isinstance(v, int | float):
+                seen.setdefault(n, {})[stat] = float(v)
+    stats = ("sum", "sumsq", "wsum", "min", "max")
+    distinct = {tuple(d.get(s) for s in stats) for d in seen.values() if len(d) == len(stats)}
+    distinct.discard(stuck)
+    if len(distinct) < MIN_FRESH:
+        return None
+    return {
+        "kind": "fresh_batches",
+        "distinct": len(distinct),
+        "forwards": len(seen),
+        "shape": shown.get("shape"),
+        "dtype": shown.get("dtype"),
+    }
 
 
 def _inputs_at(tl: TimelineView, step: int) -> dict[str, Any]:
