@@ -42,6 +42,7 @@ def loss_spike_or_divergence(
     diverge_factor: float = 2.0,
     spike_factor: float = 3.0,
     robust_z: float = 10.0,
+    stand_out: float = 1.5,
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -50,7 +51,9 @@ def loss_spike_or_divergence(
       lowest level it reached, and up from it by at least half the starting loss: a loss fit
       to ~0 that drifts to a few percent of its start is a large ratio of a tiny level);
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
-      `robust_z` robust deviations above it, and up by at least half the starting loss.
+      `robust_z` robust deviations above it, `stand_out` times the largest of those 10 losses
+      (a loss no higher than one the run just had is within its own spread), and up by at
+      least half the starting loss.
 
     It names the step, and the layer whose gradient norm rose most (against its own history) at
     the first sampled step from there: the layer that led the jump.
@@ -62,9 +65,12 @@ def loss_spike_or_divergence(
     info, a warning only when each step moves the weights by 1x their initial norm or more,
     and spikes are not judged. The evidence says what was judged.
 
-    A spike after which the loss is back within 1.5x its level in the next steps and ends
-    the run below that level is info: one batch far above the rest, not instability; so is a
-    spike in the run's last two steps, whose aftermath cannot be seen.
+    A spike after which the loss is back at its level (the window before the spike: up to its
+    upper quartile or 1.5x its median, or three quarters of the way down from the spike) over
+    the next `max(3, n/10)` steps, and is no higher over the run's last fifth, is info: one batch far above the rest
+    (heavy-tailed per-batch losses, as those of a small-batch BatchNorm net fit to ~0, which
+    swing between 0.001 and 3), not instability; so is a spike in the run's last two steps,
+    whose aftermath cannot be seen.
 
     ## Why it matters
     A diverging run wastes every step after the onset; a spike undoes part of the training and
@@ -105,6 +111,9 @@ def loss_spike_or_divergence(
     # window (a far too high lr) already has a blown-up first-window median.
     first = min(statistics.median(values[:w]), values[0]) if values[0] > 0 else None
     first = first if first is not None else statistics.median(values[:w])
+    before = _loss_before_updates(tl, losses)
+    if before is not None and first > 0:
+        first = min(first, before)
     last = statistics.median(values[-w:])
     rolling = [statistics.median(values[i : i + w]) for i in range(len(values) - w + 1)]
     best = min(rolling)
@@ -146,25 +155,82 @@ def loss_spike_or_divergence(
             med > 0
             and v >= spike_factor * med
             and v >= med + robust_z * 1.4826 * mad
+            and v >= stand_out * max(window)
             and v - med >= 0.5 * first
         ):
-            # A spike the run shrugged off (back near its level at once, and lower still by
-            # the end) is one batch far above the rest (heavy-tailed data, as x^4 features in
-            # pytorch/examples' regression): said at info, not called instability.
-            after = values[i + 1 : i + 4]
-            end = statistics.median(values[-max(5, len(values) // 5) :])
-            # At the very end of the run the recovery cannot be seen: not asserted either.
-            shrugged = len(after) < 2 or (statistics.median(after) <= 1.5 * med and end <= med)
             yield _finding(
                 tl,
                 kind="spike",
                 step=losses[i][0],
                 before=med,
                 value=v,
-                severity=Severity.INFO if shrugged else Severity.WARNING,
+                severity=Severity.INFO if _shrugged_off(values, i, window) else Severity.WARNING,
                 judged=obj.judged,
             )
             return
+
+
+def _shrugged_off(values: list[float], i: int, window: list[float]) -> bool:
+    """The run is back at its level after the spike at `values[i]`, and stays there: one batch
+    far above the rest (heavy-tailed data: x^4 features in pytorch/examples' regression, the
+    per-batch losses of a small-batch BatchNorm net fit to ~0), not instability.
+
+    Back at its level: no higher than the window before the spike with its own spread (its
+    upper quartile, or 1.5x its median: per-batch losses of 0.001 to 0.8 around a median of
+    0.08 are one level), or back down at least three quarters of the way from the spike to
+    that median (the median of a few heavy-tailed losses is itself noisy). Judged on the median
+    of the next `max(3, n // 10)` steps (back at once) and of the run's last fifth without the
+    spike itself (no higher by the end). At the very end of the run the recovery cannot be
+    seen: not asserted either."""
+    after = values[i + 1 : i + 1 + max(3, len(values) // 10)]
+    if len(after) < 2:
+        return True
+    med = statistics.median(window)
+    level = max(1.5 * med, _quantile(window, 0.75), med + 0.25 * (values[i] - med))
+    tail = max(5, len(values) // 5)
+    end = [v for j, v in enumerate(values) if j >= len(values) - tail and j != i]
+    return statistics.median(after) <= level and statistics.median(end) <= level
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of `values` (0 <= q <= 1)."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _loss_before_updates(tl: TimelineView, losses: list[tuple[int, float]]) -> float | None:
+    """The backward loss of the run's first step, before any update, when the loss judged is
+    the logged one and the backward losses are on its scale.
+
+    A logged loss is often a mean over the steps since the last log (the Hugging Face Trainer
+    logs every `logging_steps`): when a far too high lr blows the loss up within the first
+    steps, the first logged value already holds the blown-up steps (60.9, the mean of 3.5 ..
+    121, for run_clm.py at lr x1000). Same scale: the median over the logs of (logged value) /
+    (mean of the backward losses of the steps it covers) within [0.8, 1.25]."""
+    logged = per_step_mean(
+        [(s, float(v)) for s, vs in tl.series("loss.train") for v in vs if _finite(v)]
+    )
+    backs = per_step_mean(
+        [(s, float(v)) for s, vs in tl.series("loss.backward") for v in vs if _finite(v)]
+    )
+    if not logged or not backs or backs[0][0] > losses[0][0] or backs[0][1] <= 0:
+        return None
+    ratios, prev = [], -math.inf
+    for step, v in logged:
+        covered = [b for s, b in backs if prev < s <= step]
+        prev = step
+        if covered and statistics.fmean(covered) > 0:
+            ratios.append(v / statistics.fmean(covered))
+    if len(ratios) < 3 or not 0.8 <= statistics.median(ratios) <= 1.25:
+        return None
+    return backs[0][1]
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
 
 
 def _overshoots(tl: TimelineView, min_update: float = MIN_UPDATE) -> bool:
