@@ -22,6 +22,10 @@ zero-code `traindoctor run`, beside healthy twins that must stay silent.
   a memmap: no DataLoader, no slice of a tensor): a batch sampled once from a NumPy array
   before the loop while a periodic loss estimate samples new ones; full-batch training
   evaluated on one fixed held-out batch stays info.
+- TD301/TD303 after a far too high learning rate (pytorch/examples' actor-critic at lr x1000:
+  TD301 blamed torch.distributions' clamp of the saturated probabilities): a hand-written
+  BCE whose clamp passed on step 1 and blocks after steps that moved the weights by more than
+  their norm is info naming the lr; dead ReLUs after such steps say so, measured.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cli.conftest import line_of, run_all, td, write
+from traindoctor.testing import assert_fires, make_timeline
 
 SWAPPED_MSE = """
 import torch
@@ -281,6 +286,24 @@ for it in range(120):
     opt.step()
 """
 
+HOT_LR = """
+import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+X = torch.randn(512, 8)
+y = (X[:, 0] + X[:, 1] > 0).float()
+net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+opt = torch.optim.Adam(net.parameters(), lr=5.0)  # LR
+for step in range(60):
+    idx = torch.randint(0, 512, (64,))
+    p = torch.sigmoid(net(X[idx]).squeeze(1)).clamp(1e-6, 1 - 1e-6)  # CLAMP
+    loss = -(y[idx] * p.log() + (1 - y[idx]) * (1 - p).log()).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
 BUGGY = {
     "swapped_mse.py": SWAPPED_MSE,
     "tagger_time_softmax.py": TAGGER,
@@ -291,6 +314,7 @@ BUGGY = {
     ),
     "wrapped_train_in_val.py": WRAPPED.replace("net.eval()  # VALMODE", "net.train()  # VALMODE"),
     "numpy_one_batch.py": NUMPY_BATCHES,
+    "hot_lr_clamp.py": HOT_LR,
 }
 HEALTHY = {
     "swapped_mse_same_shape.py": SWAPPED_MSE.replace(
@@ -318,8 +342,9 @@ HEALTHY = {
     "numpy_full_batch.py": NUMPY_BATCHES.replace(
         "[sample() for _ in range(4)]", "[(held_x, held_y)] * 4"
     ).replace("xb, yb = sample()", "xb, yb = sample()\nheld_x, held_y = sample()"),
+    "hot_lr_clamp_fixed.py": HOT_LR.replace("lr=5.0)", "lr=5e-3)"),
 }
-MINE = {"TD508", "TD510", "TD512", "TD504", "TD402", "TD403"}
+MINE = {"TD508", "TD510", "TD512", "TD504", "TD402", "TD403", "TD301", "TD303"}
 
 
 @pytest.fixture(scope="module")
@@ -417,6 +442,47 @@ def test_full_batch_with_a_fixed_held_out_batch_is_info(runs):
     r = runs["numpy_full_batch.py"]
     f = r.finding("TD504")
     assert f["severity"] == "info" and "larger_source" not in f["evidence"]
+
+
+def test_clamp_saturated_by_a_far_too_high_lr_names_the_lr(runs):
+    r = runs["hot_lr_clamp.py"]
+    assert r.rc == 0, r
+    clamp = _where(r, "hot_lr_clamp.py", "# CLAMP")
+    (f,) = [
+        f
+        for f in r.findings()["findings"]
+        if f["code"] == "TD301" and f["where"]["source"] == clamp
+    ]
+    assert f["severity"] == "info"
+    assert "passed gradient on step 1" in f["cause"] and "learning rate far too high" in f["cause"]
+    assert "lower the learning rate" in f["fix"]
+    loud = [f for f in r.findings()["findings"] if f["severity"] in ("error", "warning")]
+    assert loud and loud[0]["code"] == "TD210"
+
+
+def _dead_tl(update):
+    steps = {}
+    for i, s in enumerate((1, 2, 3, 10, 20)):
+        steps[s] = {
+            "activations.sites": {
+                "fc1": {"op": "relu", "kind": "relu", "units": 64, "window": min(i + 1, 4)}
+            },
+            "activations.dead": {"fc1": 1.0},
+            "activations.pre_mean": {"fc1": -300.0},
+            "activations.pre_std": {"fc1": 150.0},
+            "activations.bias_mean": {"fc1": -100.0},
+            "params.norm": {"fc1.weight": 4.0, "fc1.bias": 0.5},
+            "params.update": {"fc1.weight": 4.0 * update, "fc1.bias": 0.5 * update},
+        }
+    return make_timeline(steps=steps)
+
+
+def test_dead_relus_after_steps_larger_than_the_weights_say_so():
+    f = assert_fires("TD303", _dead_tl(12.0))
+    assert f.evidence["median_update_to_initial"] == 12.0
+    assert "12x the weights' initial norm" in f.title and "learning rate far too high" in f.cause
+    f = assert_fires("TD303", _dead_tl(0.01))  # healthy step sizes: the usual causes
+    assert "median_update_to_initial" not in f.evidence and "after steps" not in f.title
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))

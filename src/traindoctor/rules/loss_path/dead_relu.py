@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._objective import MIN_UPDATE, updates_to_initial
 from .._registry import rule
 from ._activations import flagged_layers, fmt
 
@@ -49,7 +51,9 @@ def dead_relu(
     convolutions, last dimension otherwise) it computes `any(x > 0)` on the device, ORs it over
     the calls and the window, and reads back one fraction per layer with the step's batched
     read. The mean and std of the pre-activation and the mean bias of the producing module are
-    read back with it and give the cause.
+    read back with it and give the cause. When the optimizer steps move the weights by a
+    median of more than their initial norm (||Δθ|| / ||θ_0|| >= 1, sampled steps after the
+    first; healthy runs 0.002 to 0.06), that measured step size is given as the cause.
 
     ## Example
     ```python
@@ -68,6 +72,10 @@ def dead_relu(
     Sparse-by-design layers (a ReLU gate that is meant to be off for most inputs) and tiny
     batches, where a unit may simply see no input that excites it in a few sampled steps.
     """
+    moves = updates_to_initial(tl)
+    blown = statistics.median(moves) if len(moves) >= 2 else None
+    if blown is not None and blown < MIN_UPDATE:
+        blown = None
     for d in flagged_layers(tl, "activations.dead", threshold, min_window, min_units):
         layer = d["layer"]
         pct = round(100 * d["fraction"])
@@ -89,10 +97,31 @@ def dead_relu(
                 f"{facts}: the dead units get negative inputs for every sample while the rest of "
                 "the layer does not; a learning rate too high is the usual cause"
             )
+        fix = (
+            f"re-initialize `{layer}`'s bias (zeros or PyTorch's default), lower the learning "
+            "rate or warm it up, or use LeakyReLU/GELU or a normalization layer before the "
+            "activation so units cannot die"
+        )
+        if blown is not None:
+            # Measured, not guessed: the steps moved the weights by more than their own norm.
+            cause = (
+                f"{facts}; the optimizer steps moved the weights by a median {blown:.3g}x their "
+                "initial norm per step (healthy runs: about 0.002 to 0.06): a learning rate far "
+                "too high drove the pre-activations below zero in a few updates"
+            )
+            fix = (
+                "lower the learning rate by orders of magnitude (or warm it up): each step moves "
+                f"the weights by more than their own norm; then re-initialize `{layer}`"
+            )
         yield tl.finding(
             title=(
                 f"{pct}% of the ReLU units after `{layer}` are never active "
                 f"({d['units']} units, {d['window']} sampled steps)"
+                + (
+                    f", after steps of {blown:.3g}x the weights' initial norm"
+                    if blown is not None
+                    else ""
+                )
             ),
             step=d["since_step"],
             evidence={
@@ -104,14 +133,11 @@ def dead_relu(
                 "pre_activation_std": pre_std,
                 "bias_mean": bias,
                 "op": d["op"],
+                **({"median_update_to_initial": round(blown, 4)} if blown is not None else {}),
             },
             where=Where(module=layer, op=d["op"]),
             cause=cause,
-            fix=(
-                f"re-initialize `{layer}`'s bias (zeros or PyTorch's default), lower the learning "
-                "rate or warm it up, or use LeakyReLU/GELU or a normalization layer before the "
-                "activation so units cannot die"
-            ),
+            fix=fix,
             confidence=0.8,
             severity=None if d["fraction"] >= warn_at else Severity.INFO,
         )

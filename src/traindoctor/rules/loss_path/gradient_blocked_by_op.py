@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._objective import MIN_UPDATE, updates_to_initial
 from .._registry import rule
 
 # What passes gradient instead, per op (kept here: rules never import torch-side modules).
@@ -143,6 +145,10 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     transient zero and is not reported; one blocking again is confirmed. One that has no line
     (the loss is computed inside the model's forward) and was measured on one walk only is a
     warning.
+    An op that passed gradient on step 1 (before any update) and blocks on a later walk, in a
+    run whose optimizer steps move the weights by a median of more than their initial norm
+    (||Δθ|| / ||θ_0|| >= 1; healthy runs 0.002 to 0.06), was driven into its flat range by a
+    far too high learning rate: it is info, with the measured step size and the lr as the fix.
 
     ## Example
     ```python
@@ -165,6 +171,10 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     only) is reported as well.
     """
     yield from _no_graph_findings(tl)
+    moves = updates_to_initial(tl)
+    blown = statistics.median(moves) if len(moves) >= 2 else None
+    if blown is not None and blown < MIN_UPDATE:
+        blown = None
     seen: set[tuple[str, str | None]] = set()
     first_blocker: dict[int, dict[str, Any]] = {}  # per walk: the blocker nearest the loss
     walks = _walks(tl)
@@ -242,6 +252,24 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                     f" at {upstream['source']}" if upstream.get("source") else ""
                 )
                 cause += f". It lies behind {up}, which blocks first: fix that one first"
+            fix = ALTERNATIVES[op]
+            severity = Severity.WARNING if upstream is not None or scalar or unsure else None
+            before = _passed_before(tl, e, n) if blown is not None else None
+            if before is not None:
+                # It passed before the first updates and blocks after steps that moved the
+                # weights by more than their own norm: the lr pushed its input out of range.
+                cause += (
+                    f". It passed gradient on step {before}; the optimizer steps since moved "
+                    f"the weights by a median {blown:.3g}x their initial norm per step "
+                    "(healthy runs: about 0.002 to 0.06): a learning rate far too high drove "
+                    f"the values into the `{op}`'s flat range, which is where the damage shows"
+                )
+                fix = (
+                    "lower the learning rate (by orders of magnitude: each step moves the "
+                    f"weights by more than their own norm) or warm it up; the `{op}` is not "
+                    "the cause"
+                )
+                severity = Severity.INFO
             yield tl.finding(
                 title=f"`{op}`{at} blocks {zeroed:.0%} of the loss gradient",
                 step=e["step"],
@@ -259,9 +287,9 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 },
                 where=Where(op=op, source=src),
                 cause=cause,
-                fix=ALTERNATIVES[op],
+                fix=fix,
                 confidence=0.3 if upstream is not None or unsure else min(1.0, zeroed + 0.1),
-                severity=Severity.WARNING if upstream is not None or scalar or unsure else None,
+                severity=severity,
             )
 
 
@@ -368,6 +396,25 @@ def _remeasured(walks: list[dict], e: dict[str, Any], n: dict[str, Any]) -> int 
         if same or not src:
             cleared = True
     return False if cleared else None
+
+
+def _passed_before(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> int | None:
+    """The step of the run's first walk when it came before any update (step 1) and the op
+    did not block on it: for a walk without lines (zero-code mode's step 1), no op of that
+    name blocked; with lines, the same op and line passed (or did not block)."""
+    walks = sorted(tl.events("gradient_path"), key=lambda w: w.get("step", 0))
+    if not walks or walks[0].get("step") != 1 or e.get("step", 0) <= 1:
+        return None
+    first = walks[0]
+    op, src = n.get("op"), n.get("source")
+    nodes = first.get("nodes") or []
+    if first.get("lines_known"):
+        same = [m for m in nodes if m.get("op") == op and m.get("source") == src]
+        if not same:
+            return None  # its line did not run on step 1: nothing to compare
+    else:
+        same = [m for m in nodes if m.get("op") == op]
+    return None if any(_blocks(m) for m in same) else 1
 
 
 def _walks(tl: TimelineView) -> list[dict]:
