@@ -51,9 +51,9 @@ def loss_spike_or_divergence(
       lowest level it reached, and up from it by at least half the starting loss: a loss fit
       to ~0 that drifts to a few percent of its start is a large ratio of a tiny level);
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
-      `robust_z` robust deviations above it, `stand_out` times the largest of those 10 losses
-      (a loss no higher than one the run just had is within its own spread), and up by at
-      least half the starting loss.
+      `robust_z` robust deviations above it, `stand_out` times their upper quartile (per-batch
+      losses that are often high are the run's own spread), and up by at least half the
+      starting loss.
 
     It names the step, and the layer whose gradient norm rose most (against its own history) at
     the first sampled step from there: the layer that led the jump.
@@ -155,7 +155,7 @@ def loss_spike_or_divergence(
             med > 0
             and v >= spike_factor * med
             and v >= med + robust_z * 1.4826 * mad
-            and v >= stand_out * max(window)
+            and v >= stand_out * _quantile(window, 0.75)
             and v - med >= 0.5 * first
         ):
             yield _finding(
