@@ -65,9 +65,8 @@ dist.destroy_process_group()
 """
 )
 
-# Rank 1 raises at step 5; rank 0 is then stuck in its next all-reduce until torchrun tears
-# the job down (plainly too): the job fails, and nothing hangs past torchrun's own teardown.
-CRASH = (
+# A small DDP model and its optimizer on each rank, collectives counted.
+SMALL_DDP = (
     COUNT_COLLECTIVES
     + """
 import torch
@@ -80,6 +79,14 @@ rank = dist.get_rank()
 torch.manual_seed(0)
 model = DDP(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
+"""
+)
+
+# Rank 1 raises at step 5; rank 0 is then stuck in its next all-reduce until torchrun tears
+# the job down (plainly too): the job fails, and nothing hangs past torchrun's own teardown.
+CRASH = (
+    SMALL_DDP
+    + """
 for step in range(12):
     if rank == 1 and step == 5:
         raise RuntimeError("rank 1 fails")
@@ -92,18 +99,8 @@ print(f"rank {rank} done")
 
 # Rank 1 trains 6 steps and leaves; rank 0 goes on alone with a local model (no collective).
 EARLY = (
-    COUNT_COLLECTIVES
+    SMALL_DDP
     + """
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-torch.manual_seed(0)
-model = DDP(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)))
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for step in range(6):
     opt.zero_grad()
     nn.functional.mse_loss(model(torch.randn(16, 8)), torch.randn(16, 1)).backward()
