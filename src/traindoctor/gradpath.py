@@ -264,7 +264,10 @@ class Walk:
         if root.grad_fn is None:
             return
         consumers: dict[int, int] = {}  # id(node) -> nodes of the graph that take its output
-        zero_derivative: dict[int, int] = {}  # hooked index -> id of the node feeding it
+        zero_derivative: dict[int, Any] = {}  # hooked index -> the node feeding it
+        # The same elements taken twice (`x[..., 2:4]` written twice): view nodes with the same
+        # input and arguments, counted per key.
+        views: dict[tuple[Any, ...], int] = {}
         # The walk creates a few Python objects per node (node wrappers, hooks, handles): with
         # the collector on, its full passes over a heap growing by 10^4 objects made the walk
         # superlinear (13k nodes: 1.2 s with, 0.76 s without). Off until remove(), which every
@@ -281,6 +284,9 @@ class Walk:
             for fn, _ in getattr(node, "next_functions", ()):
                 if fn is not None:
                     consumers[id(fn)] = consumers.get(id(fn), 0) + 1
+            vkey = _view_key(node, kind)
+            if vkey is not None:
+                views[vkey] = views.get(vkey, 0) + 1
             if kind == "AccumulateGrad":
                 continue
             op = op_name(node)
@@ -295,14 +301,18 @@ class Walk:
             self.nodes.append(node)
             self.detached[index] = detached
             if op in ZERO_DERIVATIVE and node.next_functions and node.next_functions[0][0]:
-                zero_derivative[index] = id(node.next_functions[0][0])
+                zero_derivative[index] = node.next_functions[0][0]
             try:
                 hook = self._hook(index, node, op in _ELEMENTWISE, kind == "MulBackward0")
                 self.handles.append(node.register_hook(hook))
             except (RuntimeError, AttributeError):
                 pass
-        # While the graph is alive (ids are not reused): the fed node has another consumer.
-        self.bypassed = {i: consumers.get(fed, 0) > 1 for i, fed in zero_derivative.items()}
+        # While the graph is alive (ids are not reused): the value fed to the op reaches the
+        # loss another way, through another consumer of its node or the same view taken again.
+        self.bypassed = {
+            i: consumers.get(id(fed), 0) > 1 or views.get(_view_key(fed, type(fed).__name__), 0) > 1  # type: ignore[arg-type]
+            for i, fed in zero_derivative.items()
+        }
 
     def _hook(self, index: int, node: Any, elementwise: bool, mul: bool):
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
@@ -416,6 +426,41 @@ class Walk:
         self.rows.clear()
         self._l2, self._l0, self._masks = [], [], []
         return path
+
+
+# Views whose arguments are plain numbers: two with the same input and arguments select the
+# same elements.
+_VIEWS = frozenset(
+    {
+        "SliceBackward0",
+        "SelectBackward0",
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "UnsqueezeBackward0",
+        "TransposeBackward0",
+        "PermuteBackward0",
+        "TBackward0",
+        "ExpandBackward0",
+        "AliasBackward0",
+    }
+)
+
+
+def _view_key(node: Any, kind: str) -> tuple[Any, ...] | None:
+    if kind not in _VIEWS or not node.next_functions or node.next_functions[0][0] is None:
+        return None
+    args = []
+    for name in dir(node):
+        if name.startswith("_saved_"):
+            try:
+                value = getattr(node, name)
+            except Exception:  # noqa: BLE001 - a freed buffer: not a plain argument
+                continue
+            if isinstance(value, int | tuple | list):
+                args.append((name, tuple(value) if isinstance(value, list) else value))
+    return (id(node.next_functions[0][0]), kind, tuple(args))
 
 
 def _traced(node: Any) -> bool:

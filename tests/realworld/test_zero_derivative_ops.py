@@ -27,6 +27,26 @@ for step in range(60):
     opt.step()
 """
 
+# As YOLOv1's loss writes it: the slice taken twice, written back in place.
+YOLO_WH_INPLACE = """
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+x = torch.randn(256, 8)
+boxes = torch.rand(256, 4) * 0.5 + 0.05
+for step in range(60):
+    pred = model(x) * 1.0
+    pred[..., 2:4] = torch.sign(pred[..., 2:4]) * torch.sqrt(torch.abs(pred[..., 2:4] + 1e-6))
+    target = boxes.clone()
+    target[..., 2:4] = torch.sqrt(target[..., 2:4])
+    loss = torch.nn.functional.mse_loss(pred, target, reduction="sum") / 256
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
 ROUNDED = """
 import torch
 
@@ -46,11 +66,15 @@ for step in range(40):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {"yolo_wh": YOLO_WH, "rounded": ROUNDED})
+    return run_scripts(
+        tmp_path_factory,
+        {"yolo_wh": YOLO_WH, "yolo_wh_inplace": YOLO_WH_INPLACE, "rounded": ROUNDED},
+    )
 
 
-def test_sign_beside_another_path_is_not_a_block(runs):
-    r = runs["yolo_wh"]
+@pytest.mark.parametrize("name", ["yolo_wh", "yolo_wh_inplace"])
+def test_sign_beside_another_path_is_not_a_block(runs, name):
+    r = runs[name]
     assert r.rc == 0, r
     assert "TD301" not in r.codes(), r
 
