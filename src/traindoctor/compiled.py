@@ -114,4 +114,7 @@ class CompileWatch:
 
 
 def _has_grad(model: torch.nn.Module) -> bool:
-    return any(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # The first trainable parameter only: asked every step of a model that was not called
+    # (an EMA copy evaluated now and then), it must not walk all of its parameters.
+    first = next((p for p in model.parameters() if p.requires_grad), None)
+    return first is not None and first.grad is not None
