@@ -1,0 +1,1 @@
+"""Scenarios of the loss-path rules (TD3xx): a buggy/healthy pair per module, named by code."""

@@ -1,0 +1,1 @@
+"""Small replicas of real seed reports (shared/seeds/): one module per report, its variants by `bug`."""
