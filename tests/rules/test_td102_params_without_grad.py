@@ -124,3 +124,16 @@ def test_cause_loss_not_differentiable():
     f = assert_fires("TD102", tl)
     assert "TD101" in f.cause
     assert f.where.source == "train.py:9"
+
+
+# -- a branch that gets its gradient on a later step (the `grads_seen_later` fact) -----------
+def test_td102_a_branch_that_got_a_gradient_on_a_later_step_is_not_reported():
+    params = ["body.weight", "aux.weight"]
+    steps = {
+        s: {"grads.none": ["aux.weight"], "grads.norm": {"body.weight": 1.0}, "backward.count": 1}
+        for s in (1, 2, 3)
+    }
+    tl = make_timeline(params=params, steps=steps, ended=True)
+    assert_fires("TD102", tl)
+    tl.facts["grads_seen_later"] = {"aux.weight": 4}
+    assert_silent("TD102", tl)

@@ -61,3 +61,68 @@ def test_replaced_module_points_to_td111():
     assert "replaced after the optimizer was built" in f.cause
     assert f.evidence["receive_gradients"] == 0
     assert "receive gradients" not in f.title
+
+
+# -- copies kept out of the optimizer on purpose (DQN targets): neither TD103 nor TD102 -------
+Q = ["q.fc.weight", "q.fc.bias"]
+
+TARGET = ["target.fc.weight", "target.fc.bias"]
+
+
+def _dqn(steps=3, *, copies=None, norms=None, grads_target=False, calls=None):
+    """q trained; target in no optimizer, without gradient unless `grads_target`."""
+    out = {}
+    for s in range(1, steps + 1):
+        grads = {n: 0.5 for n in Q}
+        if grads_target:
+            grads.update({n: 0.1 for n in TARGET})
+        out[s] = {
+            "grads.norm": grads,
+            "grads.none": [] if grads_target else list(TARGET),
+            "backward.count": 1,
+            "forward.calls": calls
+            or {
+                "q.fc": {"calls": 1, "grad_enabled": True, "output_requires_grad": True},
+                "target.fc": {"calls": 1, "grad_enabled": True, "output_requires_grad": True},
+            },
+        }
+        if norms is not None:
+            out[s]["copies.norm"] = {n: norms[s - 1] for n in TARGET}
+    facts = {"copies": {"params": copies or {}, "modules": {}}}
+    return make_timeline(
+        params=Q + TARGET, optimizers=[optimizer_facts(Q)], steps=out, facts=facts, ended=True
+    )
+
+
+def test_target_copied_from_the_trained_weights_is_neither_td103_nor_td102():
+    tl = _dqn(copies=dict(zip(TARGET, Q)))
+    assert_silent("TD103", tl)
+    assert_silent("TD102", tl)
+
+
+def test_target_changed_without_optimizer_is_neither_td103_nor_td102():
+    tl = _dqn(norms=[1.0, 1.0, 1.25])  # a hard sync between steps 2 and 3
+    assert_silent("TD103", tl)
+    assert_silent("TD102", tl)
+
+
+def test_reference_run_only_under_no_grad_is_not_reported():
+    calls = {
+        "q.fc": {"calls": 1, "grad_enabled": True, "output_requires_grad": True},
+        "target.fc": {"calls": 1, "grad_enabled": False, "output_requires_grad": False},
+    }
+    tl = _dqn(calls=calls)
+    assert_silent("TD103", tl)
+    assert_silent("TD102", tl)
+
+
+def test_a_module_left_out_that_is_no_copy_is_still_td103_and_td102():
+    tl = _dqn(norms=[1.0, 1.0, 1.0])
+    assert assert_fires("TD103", tl).where.module == "target.fc"
+    assert assert_fires("TD102", tl).where.module == "target"
+
+
+def test_a_copy_that_receives_gradients_is_still_td103():
+    tl = _dqn(copies=dict(zip(TARGET, Q)), grads_target=True)
+    f = assert_fires("TD103", tl)
+    assert f.evidence["receive_gradients"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from traindoctor.findings import Severity
 from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
 
 PARAMS = ["fc.weight", "fc.bias"]
@@ -93,3 +94,50 @@ def test_zero_gradient_ranks_after_its_upstream_causes():
     zero_grad = assert_fires("TD104", _tl(_steps([0.0] * 3, grads=0.0)))
     zero_lr = assert_fires("TD104", _tl(_steps([0.0] * 3, lr=0.0), initial_lr=0.1))
     assert zero_grad.priority > 40 > zero_lr.priority
+
+
+# -- zero gradients by construction (a bias before BatchNorm, an unused head) -----------------
+def _td104(updates, grads, lr=0.1, facts=None):
+    names = list(updates)
+    steps = {
+        s: {
+            "params.update": {n: updates[n] for n in names},
+            "grads.norm": grads,
+            "optim.lr": {"opt0/group0": lr},
+        }
+        for s in (1, 2, 3)
+    }
+    return make_timeline(
+        params=names, optimizers=[optimizer_facts(names, lr=lr)], steps=steps, facts=facts
+    )
+
+
+def test_td104_bias_before_batchnorm_is_info_with_bias_false():
+    updates = {"conv.weight": 1e-3, "conv.bias": 0.0, "bn.weight": 1e-3, "bn.bias": 1e-3}
+    grads = {"conv.weight": 2.0, "conv.bias": 1e-7, "bn.weight": 0.1, "bn.bias": 0.1}
+    tl = _td104(updates, grads, facts={"bias_before_norm": {"conv.bias": "bn"}})
+    f = assert_fires("TD104", tl)
+    assert f.severity is Severity.INFO
+    assert f.where.params == ("conv.bias",)
+    assert f.evidence["normalized_by"] == {"conv.bias": "bn"}
+    assert "bias=False" in f.fix and "`bn`" in f.cause
+    # Without the measured norm after it, the same numbers are the float-resolution error.
+    f = assert_fires("TD104", _td104(updates, grads))
+    assert f.severity is Severity.ERROR
+
+
+def test_td104_bias_before_batchnorm_with_lr_zero_blames_the_lr():
+    updates = {"conv.weight": 0.0, "conv.bias": 0.0}
+    grads = {"conv.weight": 2.0, "conv.bias": 1e-7}
+    tl = _td104(updates, grads, lr=0.0, facts={"bias_before_norm": {"conv.bias": "bn"}})
+    f = assert_fires("TD104", tl)
+    assert f.severity is Severity.ERROR
+    assert set(f.where.params) == {"conv.weight", "conv.bias"}
+
+
+def test_td104_exact_zero_gradient_on_part_of_the_model_is_info():
+    updates = {"body.weight": 1e-3, "cls_head.weight": 0.0}
+    grads = {"body.weight": 1.0, "cls_head.weight": 0.0}
+    f = assert_fires("TD104", _td104(updates, grads))
+    assert f.severity is Severity.INFO
+    assert "batches seen" in f.cause
