@@ -9,11 +9,13 @@ asks), and nothing else: no module names two codes or none. Shared fixtures live
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 from pathlib import Path
 
 import traindoctor.integrations
-from traindoctor.rules._registry import all_rules
+from traindoctor.rules._registry import all_rules, get_rule
 
 TESTS = Path(__file__).parent / "rules"
 RULES = {r.code.lower(): r.name.replace("-", "_") for r in all_rules()}
@@ -46,3 +48,22 @@ def test_every_rule_test_module_belongs_to_one_code():
     assert not strays, (
         f"tests/rules/ modules must be test_<code>_<rule_name>.py (or _<integration>.py): {strays}"
     )
+
+
+def test_paths_named_in_rule_test_docstrings_exist():
+    # A test module that lists its rule's parts (TD503's) must not point at moved files.
+    root = TESTS.parent.parent
+    missing = []
+    for p in TESTS.glob("test_*.py"):
+        doc = ast.get_docstring(ast.parse(p.read_text())) or ""
+        for path in re.findall(r"\b(?:src|tests)/[\w/]+\.py\b", doc):
+            if not (root / path).is_file():
+                missing.append(f"{p.name}: {path}")
+    assert not missing, missing
+
+
+def test_td503_rule_and_its_test_module_point_at_each_other():
+    rule = inspect.getmodule(get_rule("TD503").func)
+    assert "tests/rules/test_td503_lr_schedule_anomaly.py" in (rule.__doc__ or "")
+    doc = (TESTS / "test_td503_lr_schedule_anomaly.py").read_text()
+    assert "src/traindoctor/rules/setup/lr_schedule_anomaly.py" in doc

@@ -1,4 +1,18 @@
-"""TD503 lr-schedule-anomaly on hand-built timelines."""
+"""TD503 lr-schedule-anomaly on hand-built timelines.
+
+The rule's parts (issue 14: "TD503 lives in six places"); its docs point back here:
+- the rule and its private helpers: src/traindoctor/rules/setup/lr_schedule_anomaly.py (its
+  docstring is `traindoctor explain TD503`), optimizer_source from rules/_util.py;
+- the probes that feed it: src/traindoctor/probes/schedule.py (the `lr_scheduler` events and
+  `schedule.steps`, from its LRScheduler.step patch), probes/optim.py (`optim.lr`, `optim.step`),
+  probes/amp.py (`amp.skipped`); tests/probes/test_schedule.py;
+- the scenarios that expect TD503 and their healthy twins (src/traindoctor/scenarios/: an epoch
+  schedule stepped per batch or per micro-batch, a cosine past T_max, stepping on AMP-skipped
+  steps), run by tests/scenarios/test_scenarios.py;
+- real runs: tests/generality/test_schedules.py; the ecosystem mutant
+  lightning-fabric-mnist::scheduler-stepped-per-batch;
+- docs: README.md's rule table, ../shared/DESIGN.md's rule list.
+"""
 
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 

@@ -1,4 +1,8 @@
-"""TD503 lr-schedule-anomaly."""
+"""TD503 lr-schedule-anomaly.
+
+Tests: tests/rules/test_td503_lr_schedule_anomaly.py (hand-built timelines; its docstring lists
+every part of this rule: probes, scenarios, real-run tests, docs).
+"""
 
 from __future__ import annotations
 
