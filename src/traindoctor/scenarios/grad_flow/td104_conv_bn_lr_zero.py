@@ -1,4 +1,4 @@
-"""A small CNN in the classic style: Conv2d layers with their default bias=True, each followed by
+"""TD104: a small CNN in the classic style: Conv2d layers with their default bias=True, each followed by
 a BatchNorm2d, trained with plain SGD. The BatchNorm subtracts the per-channel batch mean, so
 the conv biases cancel: their gradient is 0 up to rounding and SGD leaves them unchanged.
 
@@ -7,11 +7,13 @@ the conv biases cancel: their gradient is 0 up to rounding and SGD leaves them u
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import log
+from .._base import Scenario, log
 
 
 class ConvBN(nn.Module):
@@ -51,3 +53,21 @@ def train(steps: int = 30, watch=None, bug: str | None = None):
             scheduler.step()
         log(doc, loss=loss)
     return model
+
+
+SCENARIOS = (
+    Scenario(
+        name="conv_bn_lr_zero",
+        bug="LambdaLR(opt, lambda s: s // 1000) on a Conv+BatchNorm CNN: lr 0 for 1000 steps",
+        train=partial(train, bug="lr_zero"),
+        expect=("TD104",),
+        top="TD104",
+        twin="conv_bias_before_bn",
+        steps=30,
+    ),
+    # Conv biases before BatchNorm do not move under plain SGD: info, not an error.
+    Scenario(name="conv_bias_before_bn", bug="", train=train, steps=30),
+)
+
+if __name__ == "__main__":
+    train(bug="lr_zero")

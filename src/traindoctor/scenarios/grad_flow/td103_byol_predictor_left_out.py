@@ -1,4 +1,4 @@
-"""A BYOL-style self-supervised loop: an online encoder and a predictor are trained; the target
+"""TD103: a BYOL-style self-supervised loop: an online encoder and a predictor are trained; the target
 encoder is a copy of the online one, run under no_grad and moved towards it by an exponential
 moving average (`torch._foreach_lerp_`), never by the optimizer.
 
@@ -10,12 +10,13 @@ purpose.
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import batches, classification_data, log
+from .._base import Scenario, batches, classification_data, log
 
 
 class Online(nn.Module):
@@ -57,3 +58,22 @@ def train(steps: int = 40, watch=None, bug: str | None = None, tau: float = 0.99
                 list(target.parameters()), [p.detach() for p in model.encoder.parameters()], 1 - tau
             )
     return model
+
+
+SCENARIOS = (
+    Scenario(
+        name="byol_predictor_left_out",
+        bug="optimizer = SGD(model.encoder.parameters()): the predictor is in no param group",
+        train=partial(train, bug="predictor_left_out"),
+        expect=("TD103",),
+        top="TD103",
+        where={"source": "td103_byol_predictor_left_out.py"},
+        twin="byol_ema_target",
+        steps=40,
+    ),
+    # The target encoder is out of the optimizer and moved by an EMA under no_grad, as designed.
+    Scenario(name="byol_ema_target", bug="", train=train, steps=40),
+)
+
+if __name__ == "__main__":
+    train(bug="predictor_left_out")

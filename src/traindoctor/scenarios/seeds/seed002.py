@@ -12,11 +12,12 @@ gradient accumulation, a LR scheduler and an EMA copy that is validated every ep
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 import torch.nn as nn
 
-from ._base import log, validating
+from .._base import Scenario, log, validating
 
 
 class RISNet(nn.Module):
@@ -103,3 +104,41 @@ def train(steps: int = 60, watch=None, bug: str | None = None, accum: int = 4, b
 def ema_update(ema: nn.Module, model: nn.Module, decay: float = 0.9) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+
+
+SCENARIOS = (
+    Scenario(
+        name="seed002_debug_scaling",
+        bug="loss / accum only inside the first-batch debug block (seed 002a)",
+        train=partial(train, bug="debug_scaling"),
+        expect=("TD109",),
+        top="TD109",
+        where={"source": "seed002.py"},
+        twin="seed002_healthy",
+        steps=30,
+    ),
+    Scenario(
+        name="seed002_detached",
+        bug="loss computed from pred.detach(), then loss.requires_grad_(True) (seed 002c)",
+        train=partial(train, bug="detached"),
+        expect=("TD101",),
+        top="TD101",
+        where={"source": "seed002.py"},
+        twin="seed002_healthy",
+        steps=30,
+    ),
+    Scenario(
+        name="seed002_step_indent",
+        bug="optimizer.step() indented into the first-batch debug block (seed 002b)",
+        train=partial(train, bug="step_indent"),
+        expect=("TD105",),
+        top="TD105",
+        where={"source": "seed002.py"},
+        twin="seed002_healthy",
+        steps=30,
+    ),
+    Scenario(name="seed002_healthy", bug="", train=train, steps=60),
+)
+
+if __name__ == "__main__":
+    train(bug="debug_scaling")
