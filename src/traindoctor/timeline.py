@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .findings import Finding, Severity, Where
+from .schema import EVENTS, FACTS, SIGNALS, signal_of
 
 if TYPE_CHECKING:
     from .rules._registry import Rule
 
-SIGNALS: dict[str, str] = {}
-"""Every signal name a probe may record, with a one-line meaning. Rules' `requires` are checked
-against this registry."""
+__all__ = ["SIGNALS", "Timeline", "TimelineView", "UndeclaredRead", "signal"]
 
 
-def signal(name: str, meaning: str) -> str:
-    SIGNALS[name] = meaning
+def signal(name: str, meaning: str = "") -> str:
+    """A probe's signal name, checked against schema.py (where its meaning is declared): a
+    probe cannot record a signal no rule could know of. Fails at import."""
+    declared = SIGNALS.get(name)
+    if declared is None or (meaning and meaning != declared):
+        raise ValueError(
+            f"signal {name!r} is not declared with this meaning in traindoctor/schema.py"
+        )
     return name
 
 
@@ -85,8 +90,10 @@ class Timeline:
                 out[step][name] = value
         return dict(sorted(out.items()))
 
-    def view(self, rule: Rule | None = None) -> TimelineView:
-        return TimelineView(self, rule)
+    def view(self, rule: Rule | None = None, *, strict: bool = False) -> TimelineView:
+        """What `rule` sees. `strict` (tests) raises `UndeclaredRead` on a read the rule did not
+        declare in `@rule(requires=, events=, facts=)`."""
+        return TimelineView(self, rule, strict=strict)
 
     # -- persistence ------------------------------------------------------------------------
     def to_jsonl_lines(self) -> Iterator[str]:
@@ -123,15 +130,36 @@ class Timeline:
         return tl
 
 
-class TimelineView:
-    """Read-only view handed to a rule; `finding()` fills in the rule's code, name and severity."""
+class UndeclaredRead(LookupError):
+    """A rule read a signal, event or fact it did not declare (strict views only)."""
 
-    def __init__(self, timeline: Timeline, rule: Rule | None = None) -> None:
+
+class TimelineView:
+    """Read-only view handed to a rule; `finding()` fills in the rule's code, name and severity.
+
+    A strict view (tests) checks every read against the rule's declaration, so a rule cannot
+    depend on a probe's output without being skipped when that probe fails."""
+
+    def __init__(
+        self, timeline: Timeline, rule: Rule | None = None, *, strict: bool = False
+    ) -> None:
         self._tl = timeline
         self._rule = rule
+        self._strict = strict and rule is not None
+
+    def _check(self, what: str, name: str | None, declared: tuple[str, ...], known: Any) -> None:
+        if name is None or name not in declared or name not in known:
+            assert self._rule is not None
+            raise UndeclaredRead(
+                f"{self._rule.code} reads {what} {name!r}: declare it in @rule({what}s=...) "
+                "(and in traindoctor/schema.py)"
+            )
 
     @property
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> Mapping[str, Any]:
+        if self._strict:
+            assert self._rule is not None
+            return _DeclaredFacts(self, self._rule.facts)
         return self._tl.facts
 
     @property
@@ -139,15 +167,27 @@ class TimelineView:
         return self._tl.last_step
 
     def series(self, name: str) -> list[tuple[int, Any]]:
+        if self._strict:
+            assert self._rule is not None
+            self._check("signal", signal_of(name), self._rule.requires, SIGNALS)
         return self._tl.series(name)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if self._strict:
+            assert self._rule is not None
+            self._check("event", kind, self._rule.events, EVENTS)
         return self._tl.events(kind)
 
     def signal_names(self, prefix: str = "") -> list[str]:
+        if self._strict:
+            assert self._rule is not None
+            self._check("signal", signal_of(prefix.rstrip(".")), self._rule.requires, SIGNALS)
         return self._tl.signal_names(prefix)
 
     def fact(self, name: str, default: Any = None) -> Any:
+        if self._strict:
+            assert self._rule is not None
+            self._check("fact", name, self._rule.facts, FACTS)
         return self._tl.facts.get(name, default)
 
     def finding(
@@ -177,3 +217,21 @@ class TimelineView:
             priority=self._rule.priority,
             confidence=confidence,
         )
+
+
+class _DeclaredFacts(Mapping[str, Any]):
+    """`view.facts` of a strict view: every key read is checked against the declaration."""
+
+    def __init__(self, view: TimelineView, declared: tuple[str, ...]) -> None:
+        self._view = view
+        self._declared = declared
+
+    def __getitem__(self, name: str) -> Any:
+        self._view._check("fact", name, self._declared, FACTS)
+        return self._view._tl.facts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view._tl.facts)
+
+    def __len__(self) -> int:
+        return len(self._view._tl.facts)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..findings import Finding, Severity
+from ..schema import EVENTS, FACTS, SIGNALS
 from ..timeline import TimelineView
 
 CODE_RE = re.compile(r"^TD[1-6]\d{2}$")
@@ -44,6 +45,10 @@ class Rule:
     priority: int
     func: RuleFunc
     since: str = "0.1.0"
+    #: event kinds and fact keys the rule reads (schema.py), as `requires` lists its signals:
+    #: a rule is not judged when the probe that writes one of them failed.
+    events: tuple[str, ...] = ()
+    facts: tuple[str, ...] = ()
     #: options set by configuration (`[tool.traindoctor.rules.TDxxx]`, `--option`), over the
     #: defaults of the rule function's keyword-only parameters; see `configured()`.
     settings: tuple[tuple[str, Any], ...] = ()
@@ -104,6 +109,8 @@ class Rule:
             "since": self.since,
             "summary": self.summary,
             "requires": list(self.requires),
+            "events": list(self.events),
+            "facts": list(self.facts),
             "options": {k: _json_default(v) for k, v in self.options.items()},
             "explanation": self.doc,
             "source": self.source,
@@ -120,13 +127,25 @@ def rule(
     severity: Severity,
     summary: str,
     requires: tuple[str, ...] = (),
+    events: tuple[str, ...] = (),
+    facts: tuple[str, ...] = (),
     priority: int = 50,
 ) -> Callable[[RuleFunc], RuleFunc]:
-    """Register a rule. `priority` orders findings of one severity: root causes get low numbers."""
+    """Register a rule. `requires`, `events` and `facts` name every signal, event kind and fact
+    key it reads (declared in schema.py; unknown names fail here). `priority` orders findings
+    of one severity: root causes get low numbers."""
     if not CODE_RE.match(code):
         raise ValueError(f"rule code {code!r} must look like TD1xx..TD6xx")
     if not NAME_RE.match(name):
         raise ValueError(f"rule name {name!r} must be kebab-case")
+    for what, names, known in (
+        ("signal", requires, SIGNALS),
+        ("event", events, EVENTS),
+        ("fact", facts, FACTS),
+    ):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"rule {code} reads undeclared {what}(s) {unknown}: see schema.py")
 
     def decorate(func: RuleFunc) -> RuleFunc:
         if code in _RULES and _RULES[code].func.__qualname__ != func.__qualname__:
@@ -138,6 +157,8 @@ def rule(
             summary=summary,
             requires=requires,
             priority=priority,
+            events=events,
+            facts=facts,
             func=func,
         )
         return func
