@@ -1,12 +1,17 @@
 """TD201: binary cross-entropy written by hand on sigmoid probabilities. Once the model is
 confident, sigmoid rounds to exactly 1.0 in float32, log(1 - p) = log(0) = -inf and the loss
-turns NaN (0 * -inf); traindoctor names the log and its source line."""
+turns NaN (0 * -inf); traindoctor names the log and its source line.
+
+`bug=True` writes it by hand; the healthy twin `nan_log_prob_stable` uses
+binary_cross_entropy_with_logits."""
+
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import Scenario, batches, log
+from .._base import Scenario, batches, line_in, log
 
 
 def binary_data(n: int = 512, dim: int = 16, seed: int = 11):
@@ -16,7 +21,8 @@ def binary_data(n: int = 512, dim: int = 16, seed: int = 11):
     return x, (x @ w > 0).float()
 
 
-def train(steps: int = 40, watch=None, stable: bool = False):
+def train(steps: int = 40, watch=None, bug: bool = False):
+    stable = not bug
     x, y = binary_data()
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
@@ -37,16 +43,19 @@ def train(steps: int = 40, watch=None, stable: bool = False):
     return model
 
 
-SCENARIO = Scenario(
-    name="nan_log_prob_zero",
-    bug="-(y*log(p) + (1-y)*log(1-p)) on sigmoid outputs: p rounds to 1.0, log(0) = -inf",
-    train=train,
-    expect=("TD201",),
-    top="TD201",
-    where={"source": "nan_log_prob_zero.py:33"},
-    twin="nan_log_prob_stable",
-    steps=40,
+SCENARIOS = (
+    Scenario(
+        name="nan_log_prob_zero",
+        bug="-(y*log(p) + (1-y)*log(1-p)) on sigmoid outputs: p rounds to 1.0, log(0) = -inf",
+        train=partial(train, bug=True),
+        expect=("TD201",),
+        top="TD201",
+        where={"source": line_in(__file__, "# BUG: log(0)")},
+        twin="nan_log_prob_stable",
+        steps=40,
+    ),
+    Scenario(name="nan_log_prob_stable", bug="", train=train, steps=40),
 )
 
 if __name__ == "__main__":
-    train()
+    train(bug=True)

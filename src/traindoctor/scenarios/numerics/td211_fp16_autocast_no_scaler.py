@@ -1,4 +1,4 @@
-"""Autocast without a GradScaler, on a loss with a small scale: the classification loss is
+"""TD211: autocast without a GradScaler, on a loss with a small scale: the classification loss is
 weighted 1e-5 (a weight tuned in float32 with AdamW, whose update does not depend on the
 gradient's scale), so the gradients of the logits are ~1e-7 per element.
 
@@ -6,19 +6,22 @@ gradient's scale), so the gradients of the logits are ~1e-7 per element.
                   autocast casts it back into the float16 backward: it underflows to exactly 0
                   in every layer and the model barely learns (bug: float16 needs a GradScaler);
 - dtype=bfloat16: bfloat16 has float32's exponent range: the same gradients survive, no scaler
-                  is needed.
+                  is needed (the healthy twin `bf16_autocast_no_scaler`).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
-from ._base import classification_data, log
-from ._nets import Classifier
+from .._base import Scenario, classification_data, log
+from .._nets import Classifier
 
 
-def train(steps: int = 60, watch=None, dtype: torch.dtype = torch.bfloat16, weight=1e-5):
+def train(steps: int = 60, watch=None, bug: bool = False, weight=1e-5):
+    dtype = torch.float16 if bug else torch.bfloat16
     x, y = classification_data(n=512, seed=19)
     g = torch.Generator().manual_seed(19)
     torch.manual_seed(19)
@@ -34,3 +37,21 @@ def train(steps: int = 60, watch=None, dtype: torch.dtype = torch.bfloat16, weig
         optimizer.step()
         log(doc, loss=loss)
     return model
+
+
+SCENARIOS = (
+    Scenario(
+        name="fp16_autocast_no_scaler",
+        bug="torch.autocast(dtype=float16) with no GradScaler: small gradients underflow to 0",
+        train=partial(train, bug=True),
+        expect=("TD211",),
+        top="TD211",
+        where={"source": "td211_fp16_autocast_no_scaler.py"},
+        twin="bf16_autocast_no_scaler",
+        steps=40,
+    ),
+    Scenario(name="bf16_autocast_no_scaler", bug="", train=train, steps=40),
+)
+
+if __name__ == "__main__":
+    train(bug=True)

@@ -1,12 +1,16 @@
 """TD212: padded (all-zero) rows are L2-normalised, 0/0 = NaN, and torch.nan_to_num hides the
 NaN before the loss: the loss stays finite and nothing warns. traindoctor names the module
-that produces the NaN and the nan_to_num line that masks it."""
+that produces the NaN and the nan_to_num line that masks it.
+
+`bug=True` plants it; the healthy twin `nan_norm_safe` clamps the norm, nothing to hide."""
+
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import Scenario, batches, classification_data, log
+from .._base import Scenario, batches, classification_data, line_in, log
 
 
 class RowNorm(nn.Module):
@@ -33,7 +37,8 @@ class Net(nn.Module):
         return self.mlp(h)
 
 
-def train(steps: int = 30, watch=None, safe: bool = False):
+def train(steps: int = 30, watch=None, bug: bool = False):
+    safe = not bug
     x, y = classification_data(n=512, seed=13)
     x[::16] = 0.0  # padded samples: all-zero feature rows
     model = Net(safe)
@@ -50,16 +55,20 @@ def train(steps: int = 30, watch=None, safe: bool = False):
     return model
 
 
-SCENARIO = Scenario(
-    name="nan_masked_by_nan_to_num",
-    bug="x / x.norm() on all-zero padded rows gives NaN; torch.nan_to_num hides it from the loss",
-    train=train,
-    expect=("TD212",),
-    top="TD212",
-    where={"module": "norm", "source": "nan_masked_by_nan_to_num.py:32"},
-    twin="nan_norm_safe",
-    steps=30,
+SCENARIOS = (
+    Scenario(
+        name="nan_masked_by_nan_to_num",
+        bug="x / x.norm() on all-zero padded rows gives NaN; torch.nan_to_num hides it from the "
+        "loss",
+        train=partial(train, bug=True),
+        expect=("TD212",),
+        top="TD212",
+        where={"module": "norm", "source": line_in(__file__, "h = torch.nan_to_num(h)")},
+        twin="nan_norm_safe",
+        steps=30,
+    ),
+    Scenario(name="nan_norm_safe", bug="", train=train, steps=30),
 )
 
 if __name__ == "__main__":
-    train()
+    train(bug=True)

@@ -1,11 +1,16 @@
 """TD206/TD210: SGD with a learning rate far too large for the head: its gradient explodes
-(x1.4 per step) and the loss diverges, without reaching Inf/NaN in 60 steps."""
+(x1.4 per step) and the loss diverges, without reaching Inf/NaN in 60 steps.
+
+`bug=True` sets lr=0.8; the healthy twin `lr_well_chosen` has the same model and data with lr
+below 2/λmax."""
+
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import Scenario, log
+from .._base import Scenario, log
 
 
 class Regressor(nn.Module):
@@ -28,7 +33,8 @@ def regression_data(n: int = 256, dim: int = 16, seed: int = 5):
     return x, torch.sin(x @ w) + 0.1 * (x @ w)
 
 
-def train(steps: int = 60, watch=None, lr: float = 0.8):
+def train(steps: int = 60, watch=None, bug: bool = False):
+    lr = 0.8 if bug else 0.2
     x, y = regression_data()
     model = Regressor()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -43,16 +49,20 @@ def train(steps: int = 60, watch=None, lr: float = 0.8):
     return model
 
 
-SCENARIO = Scenario(
-    name="lr_too_large",
-    bug="SGD(lr=0.8) where 2/λmax ≈ 0.68: the head's gradient grows x1.4 per step, loss diverges",
-    train=train,
-    expect=("TD206", "TD210"),
-    top="TD206",
-    where={"module": "head", "params_prefix": "head."},
-    twin="lr_well_chosen",
-    steps=60,
+SCENARIOS = (
+    Scenario(
+        name="lr_too_large",
+        bug="SGD(lr=0.8) where 2/λmax ≈ 0.68: the head's gradient grows x1.4 per step, loss "
+        "diverges",
+        train=partial(train, bug=True),
+        expect=("TD206", "TD210"),
+        top="TD206",
+        where={"module": "head", "params_prefix": "head."},
+        twin="lr_well_chosen",
+        steps=60,
+    ),
+    Scenario(name="lr_well_chosen", bug="", train=train, steps=60),
 )
 
 if __name__ == "__main__":
-    train()
+    train(bug=True)

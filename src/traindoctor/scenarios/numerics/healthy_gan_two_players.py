@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import Scenario, log
+from .._base import Scenario, log
 
 
 def ring(n: int, g: torch.Generator) -> torch.Tensor:

@@ -2,13 +2,16 @@
 batch: the forward is finite, but on the diagonal the distance is exactly 0, sqrt's derivative
 there is infinite and the backward of the square turns it into NaN (0 * inf). Every step's
 gradient is NaN in `embed` while the loss stays finite: only a backward replay under anomaly
-detection can name the op and line. The twin adds an epsilon under the sqrt."""
+detection can name the op and line. `bug=True` plants it; the healthy twin
+`nan_grad_pairwise_distance_eps` adds an epsilon under the sqrt."""
+
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import Scenario, batches, classification_data, log
+from .._base import Scenario, batches, classification_data, line_in, log
 
 
 class SpreadNet(nn.Module):
@@ -25,7 +28,8 @@ class SpreadNet(nn.Module):
         return self.head(z), dist
 
 
-def train(steps: int = 20, watch=None, eps: float = 0.0):
+def train(steps: int = 20, watch=None, bug: bool = False):
+    eps = 0.0 if bug else 1e-8
     x, y = classification_data(n=256, seed=4)
     model = SpreadNet(eps=eps)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -42,16 +46,19 @@ def train(steps: int = 20, watch=None, eps: float = 0.0):
     return model
 
 
-SCENARIO = Scenario(
-    name="nan_grad_pairwise_distance",
-    bug="sqrt of pairwise squared distances: finite forward, NaN gradient on the diagonal",
-    train=train,
-    expect=("TD202",),
-    top="TD202",
-    where={"module": "embed", "source": "nan_grad_pairwise_distance.py:24"},
-    twin="nan_grad_pairwise_distance_eps",
-    steps=20,
+SCENARIOS = (
+    Scenario(
+        name="nan_grad_pairwise_distance",
+        bug="sqrt of pairwise squared distances: finite forward, NaN gradient on the diagonal",
+        train=partial(train, bug=True),
+        expect=("TD202",),
+        top="TD202",
+        where={"module": "embed", "source": line_in(__file__, "BUG if eps == 0: NaN grad")},
+        twin="nan_grad_pairwise_distance_eps",
+        steps=20,
+    ),
+    Scenario(name="nan_grad_pairwise_distance_eps", bug="", train=train, steps=20),
 )
 
 if __name__ == "__main__":
-    train()
+    train(bug=True)

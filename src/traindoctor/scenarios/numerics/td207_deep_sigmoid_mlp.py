@@ -1,10 +1,15 @@
-"""TD207: a deep plain MLP with sigmoid activations: the first layers get ~1e-8 relative gradients."""
+"""TD207: a deep plain MLP with sigmoid activations: the first layers get ~1e-8 relative gradients.
+
+`bug=True` uses sigmoid; the healthy twin `deep_relu_mlp` has the same depth with ReLU and
+Kaiming init."""
+
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import Scenario, batches, classification_data, log
+from .._base import Scenario, batches, classification_data, log
 
 
 class DeepMLP(nn.Module):
@@ -26,7 +31,8 @@ class DeepMLP(nn.Module):
         return self.head(x)
 
 
-def train(steps: int = 60, watch=None, act: str = "sigmoid"):
+def train(steps: int = 60, watch=None, bug: bool = False):
+    act = "sigmoid" if bug else "relu"
     x, y = classification_data(n=512, seed=3)
     model = DeepMLP(act)  # BUG (sigmoid): 8 saturating layers, no normalization, no residuals
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -42,16 +48,19 @@ def train(steps: int = 60, watch=None, act: str = "sigmoid"):
     return model
 
 
-SCENARIO = Scenario(
-    name="deep_sigmoid_mlp",
-    bug="8 Linear+sigmoid layers: the gradient shrinks ~7x per layer on its way back",
-    train=train,
-    expect=("TD207",),
-    top="TD207",
-    where={"module": "layers.0", "params_prefix": "layers."},
-    twin="deep_relu_mlp",
-    steps=60,
+SCENARIOS = (
+    Scenario(
+        name="deep_sigmoid_mlp",
+        bug="8 Linear+sigmoid layers: the gradient shrinks ~7x per layer on its way back",
+        train=partial(train, bug=True),
+        expect=("TD207",),
+        top="TD207",
+        where={"module": "layers.0", "params_prefix": "layers."},
+        twin="deep_relu_mlp",
+        steps=60,
+    ),
+    Scenario(name="deep_relu_mlp", bug="", train=train, steps=60),
 )
 
 if __name__ == "__main__":
-    train()
+    train(bug=True)
