@@ -37,6 +37,7 @@ DATA_REASONS = {
     severity=Severity.WARNING,
     summary="A metric was computed where it has no value (AUROC with one class in the targets).",
     requires=("eval.undefined", "eval.run", "metric"),
+    facts=("metric_calls",),
     priority=58,
 )
 def metric_undefined(tl: TimelineView) -> Iterator[Finding]:

@@ -16,6 +16,7 @@ from .._util import common_module
     severity=Severity.WARNING,
     summary="Validation forward passes run with BatchNorm/Dropout in train mode.",
     requires=(),
+    events=("validation_in_train_mode",),
     priority=38,
 )
 def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:

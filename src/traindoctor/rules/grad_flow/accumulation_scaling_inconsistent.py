@@ -19,6 +19,7 @@ from .._util import fmt_factor
     severity=Severity.ERROR,
     summary="Micro-batch losses are multiplied by different constants before backward().",
     requires=("loss.factor", "loss.site", "loss.backward", "backward.count"),
+    events=("backward_call", "backward_site"),
     priority=25,
 )
 def accumulation_scaling_inconsistent(

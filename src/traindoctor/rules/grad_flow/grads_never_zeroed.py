@@ -22,6 +22,8 @@ from .._util import (
     severity=Severity.ERROR,
     summary="Gradients from earlier optimizer steps are still in .grad when the next backward adds to them.",
     requires=("grads.carried", "grads.stepped", "grads.norm"),
+    events=("backward_call", "hand_step", "optimizer_step"),
+    facts=("optimizers", "params"),
     priority=32,
 )
 def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:

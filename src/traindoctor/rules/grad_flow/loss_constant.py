@@ -27,7 +27,10 @@ from .._util import (
         "grads.none",
         "params.update",
         "optim.step",
+        "metric",
     ),
+    events=("backward_call", "log_call"),
+    facts=("params",),
     priority=40,
 )
 def loss_constant(

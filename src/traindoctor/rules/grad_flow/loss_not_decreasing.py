@@ -35,6 +35,8 @@ from .._util import (
         "schedule.clip_norm",
         "schedule.clip_max",
     ),
+    events=("backward_call", "backward_site", "log_call", "loss_input"),
+    facts=("optimizers",),
     priority=60,
 )
 def loss_not_decreasing(

@@ -16,6 +16,8 @@ from .._util import graphless_loss_events, trainable_names
     severity=Severity.ERROR,
     summary="The loss has no grad_fn, so backward() cannot reach any parameter.",
     requires=("loss.backward", "backward.count"),
+    events=("loss_not_differentiable",),
+    facts=("params",),
     priority=10,
 )
 def loss_not_differentiable(tl: TimelineView) -> Iterator[Finding]:

@@ -20,6 +20,8 @@ from .._util import (
     severity=Severity.ERROR,
     summary="No parameter of the watched model(s) has requires_grad=True.",
     requires=(),
+    events=("trainable",),
+    facts=("models", "optimizers", "params"),
     priority=5,
 )
 def nothing_trainable(tl: TimelineView) -> Iterator[Finding]:

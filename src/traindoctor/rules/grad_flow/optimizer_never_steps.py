@@ -15,6 +15,8 @@ from .._registry import rule
     severity=Severity.ERROR,
     summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
     requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped"),
+    events=("backward_call", "hand_step", "optimizer_step"),
+    facts=("optimizer_activity", "optimizers"),
     priority=12,
 )
 def optimizer_never_steps(

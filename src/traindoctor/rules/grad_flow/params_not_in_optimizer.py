@@ -27,7 +27,9 @@ from ._held_out import held_out_by_design
     name="params-not-in-optimizer",
     severity=Severity.ERROR,
     summary="Trainable params that no optimizer param group holds.",
-    requires=("grads.norm", "params.replaced", "copies.norm"),
+    requires=("grads.norm", "params.replaced", "copies.norm", "forward.calls"),
+    events=("optimizer_layout",),
+    facts=("copies", "grads_seen_later", "optimizers", "params"),
     priority=16,
 )
 def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:

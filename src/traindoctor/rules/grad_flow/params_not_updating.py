@@ -27,6 +27,8 @@ CONSEQUENCE_PRIORITY = 90
     severity=Severity.ERROR,
     summary="optimizer.step() runs but the params it holds stay bit-identical.",
     requires=("params.update", "grads.norm", "optim.lr"),
+    events=("hand_step", "optimizer_step"),
+    facts=("bias_before_norm", "optimizers", "outcome", "params"),
     priority=30,
 )
 def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Finding]:

@@ -24,7 +24,16 @@ from ._held_out import got_gradient, held_out_by_design
     name="params-without-grad",
     severity=Severity.ERROR,
     summary="Trainable params whose .grad is still None when optimizer.step() runs.",
-    requires=("grads.none", "grads.cleared", "forward.calls", "backward.count", "copies.norm"),
+    requires=(
+        "grads.none",
+        "grads.cleared",
+        "forward.calls",
+        "backward.count",
+        "copies.norm",
+        "grads.norm",
+    ),
+    events=("hand_step", "loss_not_differentiable", "optimizer_step"),
+    facts=("copies", "grads_seen_later", "optimizers", "outcome", "params"),
     priority=20,
 )
 def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:

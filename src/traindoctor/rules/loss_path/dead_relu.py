@@ -17,7 +17,14 @@ from ._activations import flagged_layers, fmt
     name="dead-relu",
     severity=Severity.WARNING,
     summary="Most ReLU units of a layer are never active over a window of sampled steps.",
-    requires=("activations.dead", "activations.sites"),
+    requires=(
+        "activations.dead",
+        "activations.sites",
+        "activations.input_std",
+        "params.norm",
+        "params.update",
+    ),
+    facts=("outcome",),
     priority=42,
 )
 def dead_relu(

@@ -22,6 +22,7 @@ OP_KINDS = ("argmax", "index", "int_cast", "compare", "op")
     severity=Severity.ERROR,
     summary="Part of the loss is computed from detached tensors: that part trains nothing.",
     requires=("gradpath.parts_detached", "loss.parts", "loss.train"),
+    events=("gradient_cut", "gradient_path"),
     priority=11,
 )
 def detached_branch(tl: TimelineView) -> Iterator[Finding]:

@@ -95,7 +95,8 @@ def _bystander_text(n: dict[str, Any]) -> str:
     name="gradient-blocked-by-op",
     severity=Severity.ERROR,
     summary="An op inside the loss zeroes most of the gradient passing through it.",
-    requires=(),
+    requires=("params.norm", "params.update"),
+    events=("gradient_cut", "gradient_path"),
     priority=12,
 )
 def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:

@@ -18,6 +18,8 @@ from .._util import common_module, describe_groups, fmt_factor, group_params
     severity=Severity.ERROR,
     summary="Gradients are clipped or applied while still multiplied by the GradScaler scale.",
     requires=("amp.misuse", "amp.misuse.norm", "amp.misuse.scale", "amp.scale"),
+    events=("amp_misuse",),
+    facts=("params",),
     priority=18,
 )
 def amp_scaled_grads_used(tl: TimelineView) -> Iterator[Finding]:

@@ -25,11 +25,13 @@ from ._layers import fmt, layer_order, layer_series, median_mad, params_of
         "params.norm",
         "loss.train",
         "loss.backward",
-        # what the objective is (rules/_objective.py)
         "loss_inputs.observed",
         "loss_inputs.stats",
         "loss_inputs.labels",
+        "params.update",
     ),
+    events=("backward_site", "loss_input"),
+    facts=("optimizers", "params"),
     priority=40,
 )
 def exploding_gradient(

@@ -17,6 +17,8 @@ from .._util import loss_source, module_of
     severity=Severity.ERROR,
     summary="float16 autocast without a GradScaler: gradients underflow to exactly zero.",
     requires=("schedule.autocast", "schedule.grad_nonzero", "amp.scale"),
+    events=("backward_call", "log_call"),
+    facts=("params",),
     priority=20,
 )
 def fp16_without_scaler(tl: TimelineView, *, min_zero_share: float = 0.25) -> Iterator[Finding]:

@@ -18,6 +18,8 @@ from .._util import common_module, module_of, step_source
     severity=Severity.ERROR,
     summary="The GradScaler skips step after step, or its scale falls toward 0.",
     requires=("amp.scale", "amp.skipped", "amp.nonfinite", "optim.step"),
+    events=("hand_step", "optimizer_step", "scaler_step"),
+    facts=("params",),
     priority=28,
 )
 def grad_scaler_collapse(

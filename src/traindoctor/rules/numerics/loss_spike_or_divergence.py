@@ -33,6 +33,8 @@ from ._layers import fmt, layer_series, median_mad, params_of
         "schedule.clip_norm",
         "schedule.clip_max",
     ),
+    events=("backward_call", "backward_site", "log_call", "loss_input"),
+    facts=("optimizers", "params"),
     priority=45,
 )
 def loss_spike_or_divergence(

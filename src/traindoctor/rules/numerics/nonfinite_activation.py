@@ -16,6 +16,7 @@ from ._nonfinite import nonfinite_events, nonfinite_steps, where_text
     severity=Severity.ERROR,
     summary="A module's output (or the input batch) is NaN/Inf: names the first one in forward order.",
     requires=("numerics.checked", "numerics.nonfinite"),
+    events=("nonfinite",),
     priority=23,
 )
 def nonfinite_activation(tl: TimelineView) -> Iterator[Finding]:

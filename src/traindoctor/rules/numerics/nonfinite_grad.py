@@ -16,6 +16,7 @@ from ._nonfinite import fmt_value, nonfinite_events, nonfinite_steps
     severity=Severity.ERROR,
     summary="Gradients (or the weights they updated) became NaN/Inf; names the first layer.",
     requires=("numerics.checked", "numerics.nonfinite"),
+    events=("nonfinite",),
     priority=24,
 )
 def nonfinite_grad(tl: TimelineView) -> Iterator[Finding]:

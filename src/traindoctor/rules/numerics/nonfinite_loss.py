@@ -16,6 +16,7 @@ from ._nonfinite import fmt_value, nonfinite_events, nonfinite_steps
     severity=Severity.ERROR,
     summary="The loss became NaN/Inf while the model's outputs were finite: the loss code made it.",
     requires=("numerics.checked", "numerics.nonfinite"),
+    events=("nonfinite",),
     priority=26,
 )
 def nonfinite_loss(tl: TimelineView) -> Iterator[Finding]:

@@ -15,6 +15,7 @@ from .._registry import rule
     severity=Severity.ERROR,
     summary="A module outputs NaN/Inf but the loss stays finite: NaN-prevention code hides it.",
     requires=("numerics.checked", "numerics.nonfinite"),
+    events=("nonfinite_masked",),
     priority=27,
 )
 def nonfinite_masked(tl: TimelineView) -> Iterator[Finding]:

@@ -22,6 +22,8 @@ FIRST_STEP = 1
     severity=Severity.WARNING,
     summary="The loss or the final layer's output scale at init is far from what it should be.",
     requires=("init.ce_loss", "init.ce_classes", "init.in_std", "init.out_std"),
+    events=("cross_entropy_call", "final_layers"),
+    facts=("params",),
     priority=35,
 )
 def poor_initialization(

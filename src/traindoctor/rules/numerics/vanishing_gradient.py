@@ -22,6 +22,7 @@ LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
     severity=Severity.WARNING,
     summary="Layers whose gradients are orders of magnitude below the other layers'.",
     requires=("grads.norm", "params.norm"),
+    facts=("module_types", "outcome", "params"),
     priority=45,
 )
 def vanishing_gradient(

@@ -17,6 +17,7 @@ from .._registry import rule
     summary="'Random' samples come back within a few batches while others are new: "
     "DataLoader workers share one random state.",
     requires=("data.samples",),
+    events=("data_loader",),
     priority=33,
 )
 def augmentation_repeats_across_workers(

@@ -21,7 +21,8 @@ NEARLY = 0.9  # a batch whose top class holds this share of its labels is "singl
     name="batches-not-shuffled",
     severity=Severity.WARNING,
     summary="Batches of a single class in sequence: class-sorted data without shuffling.",
-    requires=("loss_inputs.labels", "loss_inputs.top_label"),
+    requires=("loss_inputs.labels", "loss_inputs.top_label", "loss_inputs.stats"),
+    events=("data_loader", "loss_input"),
     priority=30,
 )
 def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:

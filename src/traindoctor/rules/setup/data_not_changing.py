@@ -16,6 +16,7 @@ from .._registry import rule
     severity=Severity.WARNING,
     summary="The model trains on the same batch step after step.",
     requires=("data.fp", "data.inputs", "data.eval_fp", "optim.step", "params.update"),
+    events=("data_base_in_eval", "data_forward", "data_loader"),
     priority=30,
 )
 def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Finding]:

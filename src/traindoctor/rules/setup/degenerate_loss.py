@@ -21,6 +21,7 @@ MIN_CLAMP_STEPS = 2
     summary="A loss that cannot produce gradient by construction (one class, a softmax over "
     "one unit, values pinned at the loss's own clamp).",
     requires=("loss_inputs.stats", "grads.norm"),
+    events=("loss_input",),
     priority=9,
 )
 def degenerate_loss(tl: TimelineView) -> Iterator[Finding]:

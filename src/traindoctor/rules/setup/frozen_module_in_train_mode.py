@@ -19,6 +19,7 @@ MAX_FINDINGS = 3
     summary="A frozen module is left in train mode: its BatchNorm statistics drift, its "
     "dropout is active.",
     requires=("modes.frozen_bn_drift",),
+    events=("frozen_modules",),
     priority=45,
 )
 def frozen_module_in_train_mode(tl: TimelineView) -> Iterator[Finding]:

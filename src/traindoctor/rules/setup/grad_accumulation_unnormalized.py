@@ -46,6 +46,8 @@ CLOSURE_OPTIMIZERS = ("LBFGS",)
         "schedule.clip_norm",
         "schedule.clip_max",
     ),
+    events=("backward_site",),
+    facts=("optimizers",),
     priority=40,
 )
 def grad_accumulation_unnormalized(

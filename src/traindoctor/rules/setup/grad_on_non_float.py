@@ -16,6 +16,8 @@ from .._registry import rule
     severity=Severity.ERROR,
     summary="requires_grad=True asked of an integer/quantized param (4-bit, int8): torch raises.",
     requires=(),
+    events=("grad_on_non_float",),
+    facts=("audit",),
     priority=3,
 )
 def grad_on_non_float(tl: TimelineView) -> Iterator[Finding]:

@@ -20,6 +20,7 @@ MIN_STEPS = 4
     summary="Class labels that cannot train the classifier: constant, out of range, 1-based "
     "or not integers.",
     requires=("loss_inputs.stats", "loss_inputs.labels"),
+    events=("loss_input",),
     priority=7,
 )
 def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:

@@ -19,6 +19,7 @@ _SAFE = ("SoftmaxBackward0", "SigmoidBackward0", "ExpBackward0", "SoftplusBackwa
     severity=Severity.ERROR,
     summary="Values <= 0 (a ReLU or linear output) reach a log-based loss: -inf/NaN.",
     requires=("loss_inputs.stats",),
+    events=("loss_input",),
     priority=22,
 )
 def log_of_nonpositive(tl: TimelineView) -> Iterator[Finding]:

@@ -37,7 +37,8 @@ def _numel(shape: list[int]) -> int:
     severity=Severity.ERROR,
     summary="Prediction and target shapes broadcast into a larger tensor inside the loss, or "
     "the loss reduces over a different dim than the one the model normalized or produced.",
-    requires=("loss_inputs.stats",),
+    requires=("loss_inputs.stats", "loss_inputs.labels"),
+    events=("loss_call_reversed", "loss_input"),
     priority=17,
 )
 def loss_shape_broadcast(

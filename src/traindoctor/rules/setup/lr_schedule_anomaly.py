@@ -26,6 +26,8 @@ _NOT_EVIDENCE = ("severity", "text", "title", "scheduler")
     summary="The learning rate is 0 or collapsed for most of the run, or the scheduler "
     "runs ahead of the optimizer (sized in epochs, stepped per batch).",
     requires=("optim.lr", "optim.step", "schedule.steps", "amp.skipped"),
+    events=("lr_scheduler",),
+    facts=("optimizers",),
     priority=35,
 )
 def lr_schedule_anomaly(

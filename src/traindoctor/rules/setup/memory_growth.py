@@ -24,6 +24,8 @@ MIN_GROWTH_MB = 64.0
     severity=Severity.WARNING,
     summary="Every step's autograd graph stays alive (e.g. `total += loss`): memory grows each step.",
     requires=("memory.graphs_alive", "memory.host_rss_mb", "memory.cuda_allocated_mb"),
+    events=("graph_holder", "graph_retained"),
+    facts=("memory",),
     priority=60,
 )
 def memory_growth(tl: TimelineView) -> Iterator[Finding]:

@@ -38,6 +38,7 @@ def double_sigmoid_floor(positive_share: float) -> float:
     summary="softmax/sigmoid outputs fed to a loss that applies its own (a floor), or to "
     "nll_loss, which expects log-probabilities (a negative, bounded loss).",
     requires=("loss_inputs.stats",),
+    events=("loss_input",),
     priority=19,
 )
 def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:

@@ -32,6 +32,8 @@ COLUMNS = (
     severity=Severity.INFO,
     summary="What trains, per component: params trainable/frozen, dtypes, quantized, LoRA.",
     requires=(),
+    events=("audit",),
+    facts=("audit",),
     priority=90,
 )
 def trainable_audit(tl: TimelineView) -> Iterator[Finding]:

@@ -19,6 +19,8 @@ from .._util import common_module, module_of, optimizer_source
     summary="Weight decay is applied to normalization gains and biases (a warning when the "
     "gains measurably shrink from it, else info).",
     requires=("params.norm", "optim.lr"),
+    events=("optimizer_hparams",),
+    facts=("module_types", "optimizers"),
     priority=60,
 )
 def weight_decay_on_norms(
