@@ -93,13 +93,20 @@ def _is_view(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) and node.id in VIEW_NAMES
 
 
-def _names(mod: _Module, fn: ast.AST, node: ast.AST) -> list[str] | None:
-    """The strings `node` stands for: a literal, a module constant, or a loop variable over a
-    tuple of literals in `fn`. None when unknown."""
+Bindings = dict[str, list[str]]  # a helper's parameter -> the literals its callers pass
+
+
+def _names(
+    mod: _Module, fn: ast.AST, node: ast.AST, bound: Bindings | None = None
+) -> list[str] | None:
+    """The strings `node` stands for: a literal, a module constant, a parameter its callers pass
+    literals to, or a loop variable over a tuple of literals in `fn`. None when unknown."""
     s = _str(node)
     if s is not None:
         return [s]
     if isinstance(node, ast.Name):
+        if bound and node.id in bound:
+            return bound[node.id]
         if node.id in mod.constants:
             return [mod.constants[node.id]]
         for n in ast.walk(fn):
@@ -115,7 +122,7 @@ def _names(mod: _Module, fn: ast.AST, node: ast.AST) -> list[str] | None:
     return None
 
 
-def _direct_reads(mod: _Module, fn: ast.AST) -> Reads:
+def _direct_reads(mod: _Module, fn: ast.AST, bound: Bindings | None = None) -> Reads:
     reads = Reads()
     for node in ast.walk(fn):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -125,7 +132,7 @@ def _direct_reads(mod: _Module, fn: ast.AST) -> Reads:
                 if arg is None:
                     reads.dynamic.add(f"{attr}()")
                     continue
-                names = _names(mod, fn, arg)
+                names = _names(mod, fn, arg, bound)
                 if names is None:
                     reads.dynamic.add(f"{attr}({ast.unparse(arg)})")
                     continue
@@ -236,23 +243,42 @@ def _payload_reads(mod: _Module, fn: ast.AST, reads: Reads) -> None:
             reads.payload.setdefault(kind, set()).add(key)
 
 
-def _calls(mod: _Module, fn: ast.AST) -> set[tuple[Path, str]]:
-    """Rule-package functions `fn` calls: this module's own, and helpers imported from others."""
-    out = set()
+def _calls(mod: _Module, fn: ast.AST) -> list[tuple[Path, str, Bindings]]:
+    """Rule-package functions `fn` calls (this module's own, and helpers imported from others),
+    with the string literals passed to their parameters."""
+    out = []
     for node in ast.walk(fn):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             name = node.func.id
             if name in mod.functions:
-                out.add((mod.path, name))
+                path, target = mod.path, name
             elif name in mod.imports:
-                out.add(mod.imports[name])
+                path, target = mod.imports[name]
+            else:
+                continue
+            callee = _module(path).functions.get(target)
+            bound: Bindings = {}
+            if callee is not None:
+                params = [a.arg for a in callee.args.args]
+                for i, arg in enumerate(node.args[: len(params)]):
+                    if (lit := _names(mod, fn, arg)) is not None:
+                        bound[params[i]] = lit
+                for kw in node.keywords:
+                    if kw.arg and (lit := _names(mod, fn, kw.value)) is not None:
+                        bound[kw.arg] = lit
+            out.append((path, target, bound))
     return out
 
 
-def function_reads(path: Path, name: str, _seen: set[tuple[Path, str]] | None = None) -> Reads:
+def function_reads(
+    path: Path,
+    name: str,
+    _seen: set[tuple[Path, str, str]] | None = None,
+    bound: Bindings | None = None,
+) -> Reads:
     """Reads of one function and, transitively, of the rule-package functions it calls."""
     seen = _seen if _seen is not None else set()
-    seen.add((path, name))
+    seen.add((path, name, repr(sorted((bound or {}).items()))))
     mod = _module(path)
     reads = Reads()
     fn = mod.functions.get(name)
@@ -262,10 +288,10 @@ def function_reads(path: Path, name: str, _seen: set[tuple[Path, str]] | None = 
             if key.startswith(f"{name}."):
                 reads.update(_direct_reads(mod, method))
         return reads
-    reads.update(_direct_reads(mod, fn))
-    for callee in _calls(mod, fn):
-        if callee not in seen:
-            reads.update(function_reads(*callee, _seen=seen))
+    reads.update(_direct_reads(mod, fn, bound))
+    for cpath, cname, cbound in _calls(mod, fn):
+        if (cpath, cname, repr(sorted(cbound.items()))) not in seen:
+            reads.update(function_reads(cpath, cname, seen, cbound))
     return reads
 
 
@@ -273,7 +299,7 @@ def module_reads(path: Path) -> Reads:
     """Everything a rule module reads: each of its functions and the helpers they call."""
     mod = _module(path)
     reads = Reads()
-    seen: set[tuple[Path, str]] = set()
+    seen: set[tuple[Path, str, str]] = set()
     for name in mod.functions:
         if "." not in name:
             reads.update(function_reads(path, name, seen))

@@ -129,8 +129,11 @@ def make_timeline(
 
 
 def run_rule(code: str, timeline: Timeline, **options: Any) -> list[Finding]:
-    """Run the rule registered under `code` on `timeline` (options override its defaults)."""
-    return _rule(code).run(timeline.view(_rule(code)), options)
+    """Run the rule registered under `code` on `timeline` (options override its defaults).
+
+    The view is strict: a read the rule does not declare in `@rule(...)` raises, so a rule
+    cannot depend on a probe's output and still be judged when that probe failed."""
+    return _rule(code).run(timeline.view(_rule(code), strict=True), options)
 
 
 def assert_fires(code: str, timeline: Timeline, *, count: int = 1, **options: Any) -> Finding:

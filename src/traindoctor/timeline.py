@@ -130,6 +130,9 @@ class Timeline:
         return tl
 
 
+_KEYWORD = {"signal": "requires", "event": "events", "fact": "facts"}
+
+
 class UndeclaredRead(LookupError):
     """A rule read a signal, event or fact it did not declare (strict views only)."""
 
@@ -151,7 +154,8 @@ class TimelineView:
         if name is None or name not in declared or name not in known:
             assert self._rule is not None
             raise UndeclaredRead(
-                f"{self._rule.code} reads {what} {name!r}: declare it in @rule({what}s=...) "
+                f"{self._rule.code} reads {what} {name!r}: declare it in "
+                f"@rule({_KEYWORD[what]}=...) "
                 "(and in traindoctor/schema.py)"
             )
 

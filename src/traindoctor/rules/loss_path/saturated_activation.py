@@ -18,7 +18,14 @@ _KNEE = {"tanh": 2.65, "sigmoid": 4.6}
     name="saturated-activation",
     severity=Severity.WARNING,
     summary="Most tanh/sigmoid units of a layer sit in their flat tails over a window of steps.",
-    requires=("activations.saturated", "activations.sites", "activations.input_std"),
+    requires=(
+        "activations.saturated",
+        "activations.sites",
+        "activations.input_std",
+        "activations.pre_mean",
+        "activations.pre_std",
+        "activations.bias_mean",
+    ),
     facts=("outcome",),
     priority=43,
 )
