@@ -28,8 +28,10 @@ What the trainer does and how the Doctor sees it:
   loss. A validation a callback starts logs the validator's results as `callback_val/<name>`.
   The final validation of `best.pt` (a checkpoint, not the trained model) is recorded as a
   fact of the report, not as a validation of the run.
-- Findings speak Ultralytics: `_speak` adds to TD208, TD111, TD401, TD402, TD404 and TD405 the
-  trainer args, callbacks and validator facts that explain them.
+- Facts, not verdicts: the trainer args, the user's callbacks (and the line of one that writes
+  a metric), the validations run with the validator's counts, and whether `YOLO.model` is the
+  trained model go to `timeline.facts["ultralytics"]`; TD111, TD208, TD401, TD402, TD404 and
+  TD405 word their findings from them (rules/*/_ultralytics*.py).
 - The Doctor is closed at `on_train_end` (after the final validation); an exception in
   training closes it with that exception (the report names it) and is re-raised unchanged.
 
@@ -43,7 +45,6 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ import torch
 from .. import _mode_patches
 from .._hooks import CopySafeHook
 from ..doctor import Doctor as _Doctor
-from ..findings import Finding, Severity
+from ..rules._ultralytics import CALLBACK_VAL
 from . import doctor_options
 from .accelerate import unwrap_model
 
@@ -89,7 +90,6 @@ _ARGS = (
 )
 # doc.log() keyword names that cannot be metric names.
 _RESERVED = {"loss": "loss_logged", "parts": "parts_logged"}
-CALLBACK_VAL = "callback_val/"
 
 
 class Doctor:
@@ -121,7 +121,8 @@ class Doctor:
         self._open: list[str] = []  # validations in progress: "train" | "callback"
         self._final = False  # inside trainer.final_eval()
         self._loss_names: tuple[str, ...] = ()
-        self._val_facts: list[dict[str, Any]] = []
+        self._val_facts: list[dict[str, Any]] = []  # facts["ultralytics"]["validations"]
+        self._searched: set[str] = set()  # metric names whose writing line was looked for
         self._counts: dict[str, int] = {}
         self._yolo: Any = None  # the YOLO object the callbacks were added to, if any
         self._regions: _UserRegions | None = None
@@ -179,7 +180,7 @@ class Doctor:
         if self._owns_doctor:
             self.doctor = _Doctor(mode="ultralytics", framework="ultralytics", **self.options)
         doc = self.doctor
-        if doc is None or doc._ctx is not None:
+        if doc is None or doc.state.attached:
             return
         model = unwrap_model(trainer.model)
         optimizer = trainer.optimizer
@@ -196,15 +197,15 @@ class Doctor:
         doc.timeline.facts["framework"] = "ultralytics"
         doc.attach({"": model}, [optimizer], scaler)
         facts = doc.timeline.facts["ultralytics"] = _facts(trainer)
+        facts["validations"] = self._val_facts  # appended to as validations run
         if self._yolo is not None:
             # A YOLO built from a yaml keeps its own model; the trainer trains a new one.
             facts["yolo_model_is_trained_model"] = unwrap_model(self._yolo.model) is model
         self._hook = model.register_forward_hook(CopySafeHook(self._on_model_output))
-        modes = doc._probe("modes")
+        modes = doc.probe("modes")
         if modes is not None:
             self._regions = _UserRegions(doc, modes)
             _mode_patches.add_region_listener(self._regions)
-        _speak(doc, self)
         # Metrics are read after every other on_fit_epoch_end callback: numbers a callback
         # puts in trainer.metrics for the loggers are read too.
         for event in ("on_fit_epoch_end",):
@@ -282,7 +283,7 @@ class Doctor:
         ):
             return
         doc = self._live()
-        if doc is None or doc._validating:
+        if doc is None or doc.state.validating:
             return
         names = tuple(str(k) for k in items)
         self._loss_names = names
@@ -352,6 +353,9 @@ class Doctor:
                 **self._counts,
             }
         )
+        facts = doc.timeline.facts.get("ultralytics")
+        if facts is not None:  # recorded at attach; the list may have been renewed since
+            facts["validations"] = self._val_facts
 
     def _on_fit_epoch_end(self, trainer: Any) -> None:
         doc = self._live()
@@ -371,16 +375,29 @@ class Doctor:
 
     def _log_metrics(self, doc: _Doctor, metrics: dict[str, Any]) -> None:
         values = _numbers(metrics)
+        self._note_metric_lines(doc, values)
         losses = [v for k, v in values.items() if k.startswith("val/") and k.endswith("_loss")]
         doc.log(loss=sum(losses) if losses else None, **values)
 
-    # -- helpers ----------------------------------------------------------------------------
-    def _val_kinds(self) -> list[str]:
-        return [str(v.get("kind")) for v in self._val_facts]
+    def _note_metric_lines(self, doc: _Doctor, values: dict[str, float]) -> None:
+        """The user's line that puts each metric no validator computed in `trainer.metrics`
+        (TD404 points at it), searched once per name in the `on_fit_epoch_end` callbacks."""
+        facts = doc.timeline.facts.get("ultralytics")
+        new = [k for k in values if not k.startswith("metrics/") and k not in self._searched]
+        if facts is None or not new:
+            return
+        callbacks = _user_callbacks(self.trainer, "on_fit_epoch_end")
+        lines = facts.setdefault("metric_lines", {})
+        for key in new:
+            self._searched.add(key)
+            line = _line_writing(callbacks, key)
+            if line:
+                lines[key] = line
 
+    # -- helpers ----------------------------------------------------------------------------
     def _live(self) -> _Doctor | None:
         doc = self.doctor
-        if doc is None or doc._closed or doc._ctx is None:
+        if doc is None or doc.state.closed or not doc.state.attached:
             return None
         return doc
 
@@ -408,7 +425,7 @@ class _UserRegions:
 
     def region_exit(self) -> None:
         doc = self.doc
-        if self._user and not doc._closed:
+        if self._user and not doc.state.closed:
             self._user = False
             # The modes probe recorded this region's line when it was entered.
             doc.guard.call("probe modes", self.modes._scan_inference, doc.step, doc.rec, "region")
@@ -560,221 +577,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return str(value)
-
-
-# -- findings in Ultralytics' words --------------------------------------------------------
-def _speak(doc: _Doctor, owner: Doctor) -> None:
-    """Rewrite findings with the trainer's args and callbacks after each diagnosis (the rules
-    know torch, not Ultralytics). Only cause/fix/evidence change, never what is found."""
-    diagnose = doc.diagnose
-
-    def diagnose_in_ultralytics_terms() -> list[Finding]:
-        findings = diagnose()
-        facts = doc.timeline.facts.get("ultralytics") or {}
-        doc.findings = [_translate(f, facts, owner) for f in findings]
-        return doc.findings
-
-    doc.diagnose = diagnose_in_ultralytics_terms  # type: ignore[method-assign]
-
-
-def _inference_tensors_seen(owner: Doctor) -> bool:
-    doc = owner.doctor
-    return doc is not None and bool(doc.timeline.events("inference_tensors"))
-
-
-def _metric_stuck(f: Finding, facts: dict[str, Any], owner: Doctor) -> Finding:
-    """TD404 on Ultralytics metrics: what the validator measured (its own metrics), which
-    validation computed them (a callback's), or that a callback wrote them (not measured)."""
-    names = list((f.evidence or {}).get("metrics") or {})
-    own = [m for m in names if m.startswith("metrics/")]
-    by_callback = [m for m in names if m.startswith(CALLBACK_VAL)]
-    added = [m for m in names if m not in own and m not in by_callback]
-    kinds = [("train", own), ("callback", by_callback)]
-    parts, evidence = [], {}
-    for kind, metrics in kinds:
-        vals = [v for v in owner._val_facts if v.get("kind") == kind]
-        if not metrics or not vals:
-            continue
-        who = "Ultralytics' validator" if kind == "train" else "the validation your callback ran"
-        preds = [v.get("predictions") for v in vals]
-        tps = [v.get("true_positives_iou50") for v in vals]
-        targets = [v.get("targets") for v in vals]
-        text = f"{_names(metrics)} were computed by {who} from its predictions"
-        if all(t == 0 for t in targets):
-            text += ": the validation images hold no labelled object at all"
-        elif all(p == 0 for p in preds):
-            text += (
-                f": it made no prediction above conf={vals[-1].get('conf')} in any of these "
-                f"{len(vals)} validations ({targets[-1]} targets): every class score is below "
-                "the threshold (a model trained from scratch starts near 4e-4, the Detect "
-                "head's prior, and needs more epochs or a higher lr0)"
-            )
-        elif all(t == 0 for t in tps if t is not None):
-            text += (
-                f": it predicted boxes ({preds}) but none overlaps a target at IoU 0.5: the "
-                "boxes are not learned yet, or the labels do not match the images (YOLO "
-                "labels are `class x_center y_center width height`, normalized to 0-1)"
-            )
-        parts.append(text + ".")
-        evidence[f"ultralytics_{kind}_validations"] = [
-            {
-                k: v.get(k)
-                for k in ("epoch", "images", "targets", "predictions", "true_positives_iou50")
-            }
-            for v in vals
-        ]
-    where = f.where
-    fix = f.fix
-    cause = f.cause if added else ""
-    vals = [v for v in owner._val_facts if v.get("kind") == "train"]
-    if added:
-        cms = [v.get("confusion_matrix_sum") for v in vals]
-        cbs = facts.get("user_callbacks", {}).get("on_fit_epoch_end") or []
-        written = _line_writing(_user_callbacks(owner.trainer, "on_fit_epoch_end"), added[0])
-        it = "it" if len(added) == 1 else "them"
-        text = (
-            f"{_names(added)} {'is' if len(added) == 1 else 'are'} not computed by the "
-            f"validator: an `on_fit_epoch_end` callback puts {it} in `trainer.metrics`"
-        )
-        if written:
-            text += f" ({written})"
-            where = replace(where, source=written)
-        elif cbs:
-            text += f" (yours: {', '.join(cbs)})"
-            where = replace(where, source=cbs[0].rsplit("(", 1)[-1].rstrip(")"))
-        if vals and all(c == 0 for c in cms):
-            text += (
-                f"; the validator's confusion matrix summed to 0 after each of these "
-                f"{len(vals)} validations (`plots={vals[-1].get('plots')}`): Ultralytics fills "
-                "it only when `plots=True`, and during training only in the final epoch"
-            )
-            evidence["ultralytics_confusion_matrix_sum"] = cms
-        parts.insert(0, text + ".")
-        fix = (
-            "Read the validator's results where Ultralytics puts them: `trainer.metrics` "
-            "(`metrics/mAP50(B)`, `metrics/precision(B)`, ...) or "
-            "`trainer.validator.metrics.results_dict`, at `on_fit_epoch_end`."
-        )
-    elif by_callback:
-        fix = (
-            "Check which model the callback validates (TD405): during training validate the "
-            "trained one, or read `trainer.metrics`, which Ultralytics fills after each epoch."
-        )
-    elif own:
-        fix = (
-            "Train longer or with more data before judging mAP, or raise `lr0`; if it stays 0, "
-            "check the labels against the images."
-        )
-    if not parts:
-        return f
-    body = " ".join(parts)
-    if cause and body not in cause:
-        cause = f"{cause.rstrip('.')}. {body}"
-    cause = cause or body
-    severity = f.severity
-    zeros = all(v == 0 for v in ((f.evidence or {}).get("metrics") or {}).values())
-    if own and not added and not by_callback and zeros and _validator_counts_explain_zero(vals):
-        # The validator's own counts make 0 the true mAP (no prediction over conf, or none at
-        # IoU 0.5): the metric is measured right; a model trained from scratch is not there yet.
-        severity = Severity.INFO
-    return replace(
-        f,
-        severity=severity,
-        cause=cause,
-        fix=fix,
-        where=where,
-        evidence={**f.evidence, **evidence},
-    )
-
-
-def _validator_counts_explain_zero(vals: list[dict[str, Any]]) -> bool:
-    if not vals:
-        return False
-    return all(
-        v.get("targets") == 0 or v.get("predictions") == 0 or v.get("true_positives_iou50") == 0
-        for v in vals
-    )
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(f"`{n}`" for n in names[:4])
-    return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-
-def _callbacks_text(facts: dict[str, Any], events: tuple[str, ...]) -> str:
-    found = [
-        f"`{e}`: {', '.join(facts.get('user_callbacks', {}).get(e, []))}"
-        for e in events
-        if facts.get("user_callbacks", {}).get(e)
-    ]
-    return "; ".join(found)
-
-
-def _translate(f: Finding, facts: dict[str, Any], owner: Doctor) -> Finding:
-    args = facts.get("args") or {}
-    note = ""
-    fix = ""
-    evidence: dict[str, Any] = {}
-    if f.code == "TD208":
-        dominant = (f.evidence or {}).get("dominant", "")
-        gain = dominant.removesuffix("_loss")
-        if gain in ("box", "cls", "dfl"):
-            gains = ", ".join(f"`{g}={args.get(g)}`" for g in ("box", "cls", "dfl"))
-            note = (
-                f" Ultralytics multiplies each part by its gain before the sum it "
-                f"back-propagates: here {gains}."
-            )
-            fix = (
-                f"Lower the `{gain}` gain in `model.train({gain}=...)` (or the data/cfg yaml) "
-                "until the gradient shares are comparable; the defaults are box=7.5, cls=0.5, "
-                "dfl=1.5."
-            )
-            evidence = {"ultralytics_gains": {g: args.get(g) for g in ("box", "cls", "dfl")}}
-    elif f.code == "TD402":
-        cbs = _callbacks_text(
-            facts, ("on_train_epoch_start", "on_train_batch_start", "on_train_batch_end")
-        )
-        note = (
-            " Ultralytics puts the model in train mode only at the start of each epoch "
-            "(`trainer._model_train()`): a callback that calls `.eval()` during an epoch leaves "
-            "it in eval mode until the next one."
-            + (f" Your training callbacks: {cbs}." if cbs else "")
-        )
-        fix = (
-            "Restore the mode in the same callback (`was = m.training; m.eval(); ...; "
-            "m.train(was)`), or evaluate a copy (`trainer.ema.ema` is one, kept up to date)."
-        )
-    elif f.code == "TD401" or (f.code == "TD111" and _inference_tensors_seen(owner)):
-        cbs = _callbacks_text(facts, ("on_fit_epoch_end", "on_train_epoch_end", "on_val_end"))
-        note = (
-            " Ultralytics' training validation evaluates the EMA (`trainer.ema.ema`), never "
-            "`trainer.model`; work done under `torch.inference_mode()` on `trainer.model` "
-            "itself (a `fuse()`, as AutoBackend did to the model it was given before it worked "
-            "on a copy, a `.half()`, rebuilt layers) gives it inference tensors that the "
-            "optimizer does not hold." + (f" Your callbacks: {cbs}." if cbs else "")
-        )
-        fix = (
-            "In the callback, validate `trainer.ema.ema` or a `copy.deepcopy(trainer.model)`, "
-            "or call `trainer.validator(trainer)`; never fuse or cast `trainer.model`."
-        )
-    elif f.code == "TD404":
-        return _metric_stuck(f, facts, owner)
-    elif f.code == "TD405" and "callback" in owner._val_kinds():
-        if facts.get("yolo_model_is_trained_model") is False:
-            note = (
-                " It is the model a callback's validation evaluates (`model.val()` validates a "
-                "copy of `YOLO.model`), and `YOLO.model` is not the model the trainer trains: "
-                "a `YOLO(...)` built from a yaml keeps its own, untrained model, and "
-                "`model.train()` builds and trains a new one, so the callback validates the "
-                "untrained model until training ends."
-            )
-        fix = (
-            "In the callback, read what Ultralytics validated (`trainer.metrics`, "
-            "`trainer.validator.metrics`) or validate what is trained: `trainer.validator(trainer)` "
-            "(the EMA) or `trainer.model` (`model.val()` is right only after training)."
-        )
-    if not note and not fix and not evidence:
-        return f
-    cause = f.cause if note in f.cause else f.cause + note
-    new_fix = f.fix if not fix or fix in f.fix else f"{fix} ({f.fix})"
-    return replace(f, cause=cause, fix=new_fix, evidence={**(f.evidence or {}), **evidence})

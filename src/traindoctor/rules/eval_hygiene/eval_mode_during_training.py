@@ -9,6 +9,7 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 from .._util import common_module
+from . import _ultralytics as ultralytics
 
 
 def _switch_call(tl: TimelineView, onset: int) -> dict[str, Any] | None:
@@ -104,7 +105,7 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     whole = f"the whole model (`{'`, `'.join(roots_off)}`)" if roots_off else f"{shown}"
     validations = [e["step"] for e in tl.events("validation")]
     after_val = next((s for s in validations if s <= step), None)
-    yield tl.finding(
+    found = tl.finding(
         title=f"{steps_in_eval} optimizer step(s) taken with {count}/{sensitive} "
         "BatchNorm/Dropout modules in eval mode",
         step=step,
@@ -131,3 +132,4 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
             "validate inside `with doc.validating(model):`, which restores every module's mode."
         ),
     )
+    yield ultralytics.eval_mode_during_training(tl, found)  # Ultralytics' words where it trained

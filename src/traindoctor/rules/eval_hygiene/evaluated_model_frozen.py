@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
+from . import _ultralytics as ultralytics
 
 MIN_VALIDATIONS = 3
 # A copy run in more than half of the steps it spans is part of each training step (a DQN
@@ -127,7 +128,7 @@ def _judge_copies(tl: TimelineView) -> Iterator[Finding]:
         model = "the model" if of == "<model>" else f"`{of}`"
         label = f"a {record.get('class', 'module')} copy of {model}"
         steps = occasions[:20]
-        yield tl.finding(
+        found = tl.finding(
             title=f"The evaluated copy ({label}) never changed over {len(evaluated)} "
             "evaluations while the trained model did",
             step=occasions[MIN_VALIDATIONS - 1],
@@ -154,6 +155,7 @@ def _judge_copies(tl: TimelineView) -> Iterator[Finding]:
                 "evaluate the trained model itself."
             ),
         )
+        yield ultralytics.evaluated_model_frozen(tl, found)  # Ultralytics' words where it trained
 
 
 def _model_key(event: dict) -> tuple:
@@ -173,7 +175,7 @@ def _judge(
     steps = [e["step"] for e in models]
     val_losses = [v for _, vs in tl.series("loss.val") for v in (vs or [])]
     constant_loss = len(val_losses) >= 2 and len(set(val_losses)) == 1
-    yield tl.finding(
+    found = tl.finding(
         title=f"The validated model ({name}) never changed over {len(evaluated)} validations",
         step=steps[MIN_VALIDATIONS - 1],
         evidence={
@@ -196,3 +198,4 @@ def _judge(
             "trained model itself."
         ),
     )
+    yield ultralytics.evaluated_model_frozen(tl, found)  # Ultralytics' words where it trained

@@ -8,6 +8,7 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 from .._util import common_module, replaced_params
+from . import _ultralytics as ultralytics
 
 
 @rule(
@@ -86,7 +87,7 @@ def inference_tensor_params(tl: TimelineView) -> Iterator[Finding]:
         if names and not held
         else ""
     )
-    yield tl.finding(
+    found = tl.finding(
         title=f"{count} param/buffer tensor(s) of the trained model are inference tensors",
         step=first["step"],
         evidence={
@@ -116,3 +117,4 @@ def inference_tensor_params(tl: TimelineView) -> Iterator[Finding]:
             "cast a `copy.deepcopy(model)` and evaluate that."
         ),
     )
+    yield ultralytics.inference_tensors(tl, found)  # Ultralytics' words where it trained

@@ -11,6 +11,7 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 from .._util import train_loss_values
+from . import _ultralytics_metric_stuck as ultralytics
 
 VALIDATION_TOKENS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
 # Metrics whose ideal is 0: constant at 0 after moving there is convergence, not a bug.
@@ -112,7 +113,7 @@ def metric_stuck(
     # threshold, one predicted class), the number is right and the model is what it is: said,
     # at info, with the counts; the warning is for values traindoctor cannot account for.
     explained = value == 0.0 and _zero_is_measured(checks["checked"])
-    yield tl.finding(
+    finding = tl.finding(
         title=title,
         step=steps[min_validations - 1],
         evidence={
@@ -129,6 +130,7 @@ def metric_stuck(
         confidence=0.9 if value == 0.0 else 0.6,
         severity=Severity.INFO if explained else None,
     )
+    yield ultralytics.metric_stuck(tl, finding)  # Ultralytics' words where it trained
 
 
 def _zero_is_measured(checked: dict[str, Any]) -> bool:

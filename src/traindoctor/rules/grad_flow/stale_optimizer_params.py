@@ -19,6 +19,7 @@ from .._util import (
     same_layout,
     trainable_names,
 )
+from ..eval_hygiene import _ultralytics as ultralytics
 
 
 @rule(
@@ -101,7 +102,7 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
             "the optimizer holds tensors that are not parameters of the watched model and never get "
             "a gradient: it was built for another model object (re-created or re-loaded after)"
         )
-    yield tl.finding(
+    found = tl.finding(
         title=f"the optimizer holds {len(stale)} tensors ({numel:,} values) that are not "
         f"parameters of the model and never receive a gradient",
         step=onset(tl.events("optimizer_layout"), lambda e: e["stale"] > 0) or 1,
@@ -120,3 +121,4 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         fix="build (or rebuild) the optimizer after the model's modules are final: "
         "optimizer = Optim(model.parameters(), ...) after the last module replacement",
     )
+    yield ultralytics.stale_optimizer_params(tl, found)  # Ultralytics' words where it trained

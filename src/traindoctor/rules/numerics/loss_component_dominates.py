@@ -10,6 +10,7 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 from .._util import loss_source
+from . import _ultralytics as ultralytics
 
 
 @rule(
@@ -105,7 +106,7 @@ def loss_component_dominates(
     ratio_v = statistics.median(vals[top]) / max(
         max(abs(statistics.median(vals[n])) for n in others), 1e-30
     )
-    yield tl.finding(
+    found = tl.finding(
         title=f"{top}: {gmed[top]:.0%} of the gradient norm, {vmed[top]:.0%} of the loss value "
         f"(vs {', '.join(f'{n} {gmed[n]:.0%}/{vmed[n]:.0%}' for n in others)})",
         step=steps[0],
@@ -117,6 +118,7 @@ def loss_component_dominates(
         f"~{1 / max(ratio_v, 1e-9):.2g}), or check why `{top}` is so large (a -log of a "
         "probability near 0); clamping or clipping hides it and does not rebalance",
     )
+    yield ultralytics.loss_component_dominates(tl, found)  # Ultralytics' words where it trained
 
 
 def _finite(x: object) -> bool:
