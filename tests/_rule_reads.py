@@ -58,6 +58,7 @@ class _Module:
         self.functions: dict[str, ast.FunctionDef] = {}
         self.constants: dict[str, str] = {}
         self.imports: dict[str, tuple[Path, str]] = {}  # local name -> (module path, name)
+        self.module_aliases: dict[str, Path] = {}  # local name -> a rule-package module
         for node in self.tree.body:
             if isinstance(node, ast.FunctionDef):
                 self.functions[node.name] = node
@@ -73,11 +74,15 @@ class _Module:
                 base = path.parent
                 for _ in range(node.level - 1):
                     base = base.parent
-                target = base.joinpath(*(node.module or "").split("."))
+                target = base.joinpath(*(node.module or "").split(".")) if node.module else base
                 file = target.with_suffix(".py")
-                if file.is_file() and file.is_relative_to(RULES_DIR):
-                    for alias in node.names:
-                        self.imports[alias.asname or alias.name] = (file, alias.name)
+                for alias in node.names:
+                    local = alias.asname or alias.name
+                    sub = target / f"{alias.name}.py"  # `from . import _helpers as h`
+                    if sub.is_file() and sub.is_relative_to(RULES_DIR):
+                        self.module_aliases[local] = sub
+                    elif file.is_file() and file.is_relative_to(RULES_DIR):
+                        self.imports[local] = (file, alias.name)
 
 
 _CACHE: dict[Path, _Module] = {}
@@ -225,7 +230,27 @@ def _payload_reads(mod: _Module, fn: ast.AST, reads: Reads) -> None:
                 and (k := list_kinds(node.iter))
             ):
                 items.setdefault(node.target.id, set()).update(k)
-    for node in ast.walk(fn):
+
+    def visit(node: ast.AST, scope: dict[str, set[str]]) -> None:
+        # A for loop or comprehension rebinds its target inside its own body only: the same
+        # name `e` over two kinds in two loops must not mix their keys.
+        if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+            inner = {**scope, node.target.id: list_kinds(node.iter)}
+            visit(node.iter, scope)
+            for child in node.body + node.orelse:
+                visit(child, inner)
+            return
+        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+            inner = dict(scope)
+            for gen in node.generators:
+                visit(gen.iter, inner)
+                if isinstance(gen.target, ast.Name):
+                    inner[gen.target.id] = list_kinds(gen.iter)
+                for cond in gen.ifs:
+                    visit(cond, inner)
+            for part in (node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,):
+                visit(part, inner)
+            return
         key, recv = None, None
         if isinstance(node, ast.Subscript) and _str(node.slice) is not None:
             key, recv = _str(node.slice), node.value
@@ -237,10 +262,14 @@ def _payload_reads(mod: _Module, fn: ast.AST, reads: Reads) -> None:
             and _str(node.args[0]) is not None
         ):
             key, recv = _str(node.args[0]), node.func.value
-        if key is None or recv is None:
-            continue
-        for kind in item_kinds(recv):
-            reads.payload.setdefault(kind, set()).add(key)
+        if key is not None and recv is not None:
+            kinds = scope[recv.id] if isinstance(recv, ast.Name) and recv.id in scope else None
+            for kind in kinds if kinds is not None else item_kinds(recv):
+                reads.payload.setdefault(kind, set()).add(key)
+        for child in ast.iter_child_nodes(node):
+            visit(child, scope)
+
+    visit(fn, {})
 
 
 def _calls(mod: _Module, fn: ast.AST) -> list[tuple[Path, str, Bindings]]:
@@ -248,25 +277,32 @@ def _calls(mod: _Module, fn: ast.AST) -> list[tuple[Path, str, Bindings]]:
     with the string literals passed to their parameters."""
     out = []
     for node in ast.walk(fn):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            name = node.func.id
-            if name in mod.functions:
-                path, target = mod.path, name
-            elif name in mod.imports:
-                path, target = mod.imports[name]
-            else:
-                continue
-            callee = _module(path).functions.get(target)
-            bound: Bindings = {}
-            if callee is not None:
-                params = [a.arg for a in callee.args.args]
-                for i, arg in enumerate(node.args[: len(params)]):
-                    if (lit := _names(mod, fn, arg)) is not None:
-                        bound[params[i]] = lit
-                for kw in node.keywords:
-                    if kw.arg and (lit := _names(mod, fn, kw.value)) is not None:
-                        bound[kw.arg] = lit
-            out.append((path, target, bound))
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and f.id in mod.functions:
+            path, target = mod.path, f.id
+        elif isinstance(f, ast.Name) and f.id in mod.imports:
+            path, target = mod.imports[f.id]
+        elif (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id in mod.module_aliases
+        ):
+            path, target = mod.module_aliases[f.value.id], f.attr
+        else:
+            continue
+        callee = _module(path).functions.get(target)
+        bound: Bindings = {}
+        if callee is not None:
+            params = [a.arg for a in callee.args.args]
+            for i, arg in enumerate(node.args[: len(params)]):
+                if (lit := _names(mod, fn, arg)) is not None:
+                    bound[params[i]] = lit
+            for kw in node.keywords:
+                if kw.arg and (lit := _names(mod, fn, kw.value)) is not None:
+                    bound[kw.arg] = lit
+        out.append((path, target, bound))
     return out
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import traindoctor.probes  # noqa: F401  (importing the probes registers every signal)
-from traindoctor.rules import CATALOG, _registry, _util
+from tests._rule_reads import VIEW_NAMES, module_reads
+from traindoctor.rules import CATALOG, _registry
 from traindoctor.rules._registry import REQUIRED_SECTIONS, all_rules, get_rule, resolve
-from traindoctor.timeline import SIGNALS
+from traindoctor.schema import EVENTS, FACTS, SIGNALS, signal_of
 
 RULES_DIR = Path(_registry.__file__).parent
 FAMILY_FOLDERS = {
@@ -99,40 +100,64 @@ def test_every_probe_signal_is_registered():
             assert s in SIGNALS, (cls.__name__, s)
 
 
-def _series_reads(tree: ast.AST) -> set[str]:
-    """String literals passed to `.series(...)`: the per-step signals a function reads."""
-    found = set()
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "series"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            found.add(node.args[0].value)
-    return found
-
-
-def _util_reads() -> dict[str, set[str]]:
-    tree = ast.parse(Path(_util.__file__).read_text("utf-8"))
-    return {fn.name: _series_reads(fn) for fn in tree.body if isinstance(fn, ast.FunctionDef)}
-
-
-@pytest.mark.parametrize(
-    "r",
-    RULES,
-    ids=IDS,
-)
+@pytest.mark.parametrize("r", RULES, ids=IDS)
 def test_every_signal_a_rule_reads_is_in_requires(r):
-    tree = ast.parse(_module_path(r).read_text("utf-8"))
-    reads = _series_reads(tree)
-    helpers = _util_reads()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            reads |= helpers.get(node.func.id, set())
-    assert reads <= set(r.requires), f"{r.code} reads undeclared signals {reads - set(r.requires)}"
+    reads = module_reads(_module_path(r))
+    names = {signal_of(s) for s in reads.signals}
+    names |= {signal_of(p.rstrip(".")) for p in reads.signal_prefixes}
+    assert names <= set(r.requires), f"{r.code} reads undeclared signals {names - set(r.requires)}"
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_every_event_and_fact_a_rule_reads_is_declared(r):
+    # The rule function and the private helpers it calls, walked (tests/_rule_reads.py); reads
+    # by a computed name are checked at run time by the strict view of testing.run_rule.
+    reads = module_reads(_module_path(r))
+    assert reads.events <= set(r.events), (
+        f"{r.code} reads undeclared events {reads.events - set(r.events)}"
+    )
+    assert reads.facts <= set(r.facts), (
+        f"{r.code} reads undeclared facts {reads.facts - set(r.facts)}"
+    )
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_every_declared_read_is_in_the_schema(r):
+    assert set(r.requires) <= set(SIGNALS), set(r.requires) - set(SIGNALS)
+    assert set(r.events) <= set(EVENTS), set(r.events) - set(EVENTS)
+    assert set(r.facts) <= set(FACTS), set(r.facts) - set(FACTS)
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_every_rule_declares_what_it_reads(r):
+    # A rule that declares nothing would be judged (and read as healthy) whatever failed.
+    assert r.requires or r.events or r.facts, f"{r.code} declares no input"
+
+
+def _payload_keys(kind: str) -> set[str]:
+    payload = EVENTS[kind].type
+    return set(payload.__required_keys__) | set(payload.__optional_keys__)
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_event_payload_keys_a_rule_reads_are_declared(r):
+    reads = module_reads(_module_path(r))
+    for kind, keys in reads.payload.items():
+        undeclared = keys - _payload_keys(kind)
+        assert not undeclared, (
+            f"{r.code} reads {sorted(undeclared)} of {kind!r} events: add to schema.py"
+        )
+
+
+def test_rules_call_the_view_tl_or_view():
+    # The AST walk recognises reads by the receiver's name: keep it to these two.
+    for path in sorted(RULES_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                for a in node.args.args:
+                    ann = ast.unparse(a.annotation) if a.annotation else ""
+                    if ann.endswith("TimelineView"):
+                        assert a.arg in VIEW_NAMES, f"{path}:{node.lineno} names its view {a.arg!r}"
 
 
 def _imports(path: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from ._guard import Guard
@@ -10,6 +10,24 @@ from .causality import link_consequences
 from .findings import Finding, rank
 from .rules._registry import Rule
 from .timeline import Timeline
+
+#: (timeline fact naming what failed probes would have written, the probe attribute that
+#: declares it, the rule attribute that declares its reads, the key in `skipped_rules`)
+UNAVAILABLE = (
+    ("unavailable_signals", "provides", "requires", "missing_signals"),
+    ("unavailable_events", "provides_events", "events", "missing_events"),
+    ("unavailable_facts", "provides_facts", "facts", "missing_facts"),
+)
+
+
+def unavailable(probes: Iterable[Any], disabled: Collection[str]) -> dict[str, list[str]]:
+    """The signals, event kinds and fact keys of the probes that failed (`disabled` holds the
+    guard's `probe <name>` entries), as the timeline facts `diagnose` reads."""
+    failed = [p for p in probes if f"probe {p.name}" in disabled]
+    return {
+        fact: sorted({name for p in failed for name in getattr(p, attr, ())})
+        for fact, attr, _, _ in UNAVAILABLE
+    }
 
 
 def diagnose(
@@ -20,22 +38,29 @@ def diagnose(
 ) -> list[Finding]:
     """Ranked findings of `rules`; a raising rule is recorded by `guard`, never propagated.
 
-    Rules that need a signal whose probe failed are skipped (listed in the timeline's
-    `skipped_rules` fact): a signal that stopped being recorded must not read as a symptom.
+    Rules that read a signal, event or fact whose probe failed are not judged (listed in the
+    timeline's `skipped_rules` fact): an output that stopped being recorded must not read as
+    a symptom, nor its absence as health.
     A finding that an earlier pass also produced keeps the step it was first reported at.
     """
     if "models" not in timeline.facts:
         # Nothing was ever watched (no model, no optimizer): there is no training to judge,
         # and rules such as TD110 would misread the empty timeline.
         return []
-    unavailable = set(timeline.facts.get("unavailable_signals", ()))
+    lost = [
+        (set(timeline.facts.get(fact, ())), declared, key) for fact, _, declared, key in UNAVAILABLE
+    ]
     skipped: list[dict[str, Any]] = []
     earlier = {f.key(): f for f in previous}
     fresh: dict[Any, Finding] = {}
     for r in rules:
-        missing = sorted(unavailable.intersection(r.requires))
-        if missing:
-            skipped.append({"code": r.code, "missing_signals": missing})
+        missing = {
+            key: sorted(names.intersection(getattr(r, declared)))
+            for names, declared, key in lost
+            if names
+        }
+        if any(missing.values()):
+            skipped.append({"code": r.code, **{k: v for k, v in missing.items() if v}})
             continue
         for f in guard.call(f"rule {r.code}", r.run, timeline.view(r)) or ():
             key = f.key()

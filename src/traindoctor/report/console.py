@@ -11,7 +11,14 @@ from rich.text import Text
 
 from ..findings import Severity
 from .model import Report
-from .text import evidence_text, location, outcome_text, summary_line, where_text
+from .text import (
+    evidence_text,
+    location,
+    not_judged_text,
+    outcome_text,
+    summary_line,
+    where_text,
+)
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -48,10 +55,9 @@ def _render(report: Report, console: Console) -> None:
                 style="dim",
             )
         )
-    skipped = (report.outcome or {}).get("skipped_rules") or []
-    if skipped:
-        codes = ", ".join(s["code"] for s in skipped)
-        console.print(Text(f"rules not run (their probe failed): {codes}", style="dim"))
+    not_judged = not_judged_text(report)
+    if not_judged:
+        console.print(Text(not_judged, style="dim"))
     if report.findings:
         console.rule("short summary", style="dim")
         for f in report.findings:

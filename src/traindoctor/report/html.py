@@ -334,7 +334,7 @@ def _internal_errors(report: Report) -> str:
         )
     if skipped:
         codes = ", ".join(_e(s.get("code")) for s in skipped)
-        parts.append(f"<p>Rules not run (their probe failed): {codes}</p>")
+        parts.append(f"<p>Rules not judged (a probe they read from failed): {codes}</p>")
     if not parts:
         parts.append('<p class="muted">None: every probe, rule and renderer ran.</p>')
     return f'<section id="internal-errors"><h2>Internal errors</h2>{"".join(parts)}</section>'

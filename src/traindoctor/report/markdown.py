@@ -6,7 +6,7 @@ from .audit import render_audit
 from .gradpath import render_gradient_path
 from .model import Report
 from .numerics import render_numerics
-from .text import evidence_text, outcome_text, summary_line, where_text
+from .text import evidence_text, not_judged_text, outcome_text, summary_line, where_text
 
 
 def render_markdown(report: Report) -> str:
@@ -16,6 +16,9 @@ def render_markdown(report: Report) -> str:
         lines += [f"> {outcome}", ""]
     if not report.findings:
         lines += ["No problems found.", ""]
+    not_judged = not_judged_text(report)
+    if not_judged:
+        lines += [f"_{not_judged[0].upper()}{not_judged[1:]}._", ""]
     if report.findings:
         lines += ["| severity | code | name | step | where |", "|---|---|---|---|---|"]
         for f in report.findings:

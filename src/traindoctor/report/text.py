@@ -94,3 +94,13 @@ def outcome_text(report: Report) -> str | None:
         )
         note = f"{note}; {seen}" if note else seen
     return note
+
+
+def not_judged_text(report: Report) -> str | None:
+    """The rules skipped because a probe they read from failed: not judged, which is not
+    the same as healthy."""
+    skipped = (report.outcome or {}).get("skipped_rules") or []
+    if not skipped:
+        return None
+    codes = ", ".join(str(s.get("code")) for s in skipped)
+    return f"not judged (a probe they read from failed): {codes}"

@@ -28,6 +28,8 @@ def _switch_call(tl: TimelineView, onset: int) -> dict[str, Any] | None:
     severity=Severity.ERROR,
     summary="The optimizer steps while BatchNorm/Dropout modules are in eval mode.",
     requires=("modes.eval_at_step",),
+    events=("mode_call", "validation"),
+    facts=("modes", "ultralytics"),
     priority=15,
 )
 def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:

@@ -28,6 +28,8 @@ TRAINED = "<trained>"
         "loss.val",
         "copies.evaluated",
     ),
+    events=("validated_model",),
+    facts=("copies", "ultralytics"),
     priority=20,
 )
 def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:

@@ -17,6 +17,8 @@ from . import _ultralytics as ultralytics
     severity=Severity.ERROR,
     summary="Params or buffers of the trained model are inference tensors: they cannot train.",
     requires=("params.replaced",),
+    events=("inference_tensors",),
+    facts=("ultralytics",),
     priority=8,
 )
 def inference_tensor_params(tl: TimelineView) -> Iterator[Finding]:

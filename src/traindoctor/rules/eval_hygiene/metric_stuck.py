@@ -24,6 +24,8 @@ LOWER_IS_BETTER = ("loss", "err", "wer", "cer", "mae", "mse", "rmse", "dist", "p
     severity=Severity.WARNING,
     summary="A validation metric stays at exactly 0 (or bit-constant) while the training loss moves.",
     requires=("metric", "eval.run", "loss.train", "loss.backward", "params.update"),
+    events=("validation",),
+    facts=("ultralytics", "validation_metrics"),
     priority=62,
 )
 def metric_stuck(

@@ -28,6 +28,8 @@ from ..eval_hygiene import _ultralytics as ultralytics
     severity=Severity.ERROR,
     summary="The optimizer holds tensors the model no longer uses (params replaced after it was built).",
     requires=("params.replaced", "grads.observed"),
+    events=("inference_tensors", "optimizer_layout"),
+    facts=("optimizers", "outcome", "params", "ultralytics"),
     priority=14,
 )
 def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:

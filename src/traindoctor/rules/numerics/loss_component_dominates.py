@@ -19,6 +19,8 @@ from . import _ultralytics as ultralytics
     severity=Severity.WARNING,
     summary="One part of the loss carries most of its value and most of its gradient.",
     requires=("loss.parts", "loss.parts_grad"),
+    events=("backward_call", "log_call"),
+    facts=("ultralytics",),
     priority=50,
 )
 def loss_component_dominates(
