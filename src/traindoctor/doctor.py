@@ -18,16 +18,18 @@ from ._guard import Guard
 from ._source import is_user_file, relpath
 from ._validate import check_options
 from .budget import Budget, Work, predicted_step_seconds
+from .bus import Bus, Event
 from .compiled import CompileWatch
-from .diagnosis import diagnose
+from .diagnosis import diagnose, unavailable
 from .errors import StopTraining, UsageError
 from .findings import Finding
 from .handsteps import HandSteps
 from .probes import default_probes
-from .probes.base import AttachContext, Probe, Recorder
+from .probes.base import AttachContext, Probe, Recorder, RunContext
 from .probes.work import WORK_COUNTED
 from .report.model import Report
 from .rules._registry import Rule, all_rules, select
+from .run_state import RunClock, RunState
 from .timeline import Timeline
 
 READBACK_EVERY = 25
@@ -47,7 +49,7 @@ _OPEN: list[weakref.ref[Doctor]] = []
 
 def open_doctors() -> list[Doctor]:
     """The attached doctors that are not closed yet, oldest first."""
-    return [d for r in _OPEN if (d := r()) is not None and not d._closed]
+    return [d for r in _OPEN if (d := r()) is not None and not d.state.closed]
 
 
 def diagnose_due(step: int, structural_steps: int = 3) -> bool:
@@ -96,11 +98,17 @@ class Doctor:
             ignore=ignore_codes,
         )
         select_codes, ignore_codes = checked["select"], checked["ignore"]
-        self.step = 1  # the open step: optimizer steps completed so far + 1
+        self.budget = Budget(budget)
+        self._clock = RunClock(self.budget.structural_steps)
+        self.state: RunState = self._clock  # read-only for everyone but this class
         self.timeline = Timeline()
         self.rec = Recorder(self.timeline)
-        self.guard = Guard(lambda: self.step)
-        self.budget = Budget(budget)
+        self.guard = Guard(lambda: self._clock.step)
+        self.bus = Bus(self.guard, self.state)
+        # What probes and integrations may use (the watched objects once attached).
+        self.run = RunContext(
+            state=self.state, guard=self.guard, budget=self.budget, rec=self.rec, bus=self.bus
+        )
         self.mode = mode
         self.framework = framework
         self.max_steps = max_steps
@@ -109,35 +117,30 @@ class Doctor:
         self.run_id = run_id or _new_run_id(script)
         self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
         self.probes: list[Probe] = probes if probes is not None else default_probes()
-        self._subscribers: dict[tuple[str, bool], list[tuple[str, Probe, Any]]] = {}
-        self._sampled = True  # whether the open step is sampled (set by _prepare_step)
+        self.bus.add_probes(self.probes)
+        # The run state keeps the model's last training output (probes publish it).
+        self.bus.subscribe(Event.MODEL_OUTPUT, self._clock.set_model_output, "model output")
         self._by_name: dict[str, Probe] | None = None
         self._diagnosed_at = 0  # the step of the last mid-run diagnosis pass
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
-        self.scaler: Any = None
-        self.created_at: dict[int, str] = {}  # id(optimizer) -> source line that built it
+        self.created_at = self.run.created_at  # id(optimizer) -> source line that built it
         self.findings: list[Finding] = []
         self.report: Report | None = None
-        self._ctx: AttachContext | None = None
         self._handles: list[Any] = []
         self._watched_scaler: Any = None
-        self._validating = 0
-        self._switching_modes = False  # validating() itself calls eval(): not the user's call
-        self._validations = 0
         self._primary_stepped = False
-        self._model_output: dict[str, Any] | None = None
         self._backward_since_step = 0
         self._step_backwards = 0  # backward passes in the open step (CompileWatch)
         self._compile_watch = CompileWatch()
         # The last backward's loss (weakly: a freed loss's address can be reused by the next
         # step's tensors, so an address alone would date a new loss to the old step) and step.
         self._last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
-        self._closed = False
         self._listening = False
         self._pickles_clean = False  # our hooks are left out of pickles while attached
         # Updates written by hand (no torch optimizer): they close steps as step() does.
         self._hand = HandSteps(self)
+        self._clock.expect_hand_steps_from(lambda: self._hand.expected)
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
         )
@@ -154,13 +157,12 @@ class Doctor:
         # `_orig_mod.`, and the model is known to run compiled from the start.
         self.models = {p: self._compile_watch.unwrap(p, m) for p, m in models.items()}
         self.optimizers = list(optimizers)
-        self.scaler = scaler
         names: dict[int, str] = {}
         for prefix, model in self.models.items():
             for name, p in model.named_parameters():
                 names.setdefault(id(p), f"{prefix}{name}")
-        self._ctx = AttachContext(
-            doctor=self,
+        ctx = self.run.attached = AttachContext(
+            run=self.run,
             models=self.models,
             optimizers=self.optimizers,
             scaler=scaler,
@@ -168,6 +170,7 @@ class Doctor:
             param_names=names,
             compiled=self._compile_watch.compiled,
         )
+        self._clock.mark_attached()
         self.guard.call("compile watch", self._compile_watch.attach, self.models)
         self._note_compiled()
         self.timeline.facts["models"] = {
@@ -178,14 +181,14 @@ class Doctor:
             self.guard.call("hooks out of pickles", _hooks.strip_hooks_from_pickles)
             self._pickles_clean = True
         for probe in self.probes:
-            self.guard.call(f"probe {probe.name}", probe.attach, self._ctx, self.rec)
+            self.guard.call(f"probe {probe.name}", probe.attach, ctx, self.rec)
         for opt in self.optimizers:
             self._hook_optimizer(opt)
         if scaler is not None:
             self._wrap_scaler(scaler)
         self.guard.call("hand steps", self._hand.start)
         if not self._listening:
-            _patches.add_backward_listener(self._on_backward, self._after_backward)
+            _patches.add_backward_listener(self.observe_backward, self._after_backward)
             self._listening = True
         self._prepare_step()
         self._structure_check()
@@ -193,26 +196,51 @@ class Doctor:
 
     def add_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """Zero-code mode: an optimizer that appeared after attach."""
-        if self._ctx is None or any(o is opt for o in self.optimizers):
+        if self.context is None or any(o is opt for o in self.optimizers):
             return
         self.optimizers.append(opt)
         self._hook_optimizer(opt)
-        optim_probe = self._probe("optim")
+        optim_probe = self.probe("optim")
         if optim_probe is not None:
             self.guard.call("probe optim", optim_probe.describe, self.rec)
 
-    def _hook_optimizer(self, opt: torch.optim.Optimizer) -> None:
-        self._handles.append(opt.register_step_pre_hook(self._make_step_hook(opt, pre=True)))
-        self._handles.append(opt.register_step_post_hook(self._make_step_hook(opt, pre=False)))
+    @property
+    def step(self) -> int:
+        """The open step: optimizer steps completed so far + 1."""
+        return self._clock.step
 
-    def _make_step_hook(self, opt: torch.optim.Optimizer, pre: bool):
+    @property
+    def context(self) -> AttachContext | None:
+        """The watched objects and the run's services, once attached (None before)."""
+        return self.run.attached
+
+    @property
+    def scaler(self) -> Any:
+        """The GradScaler the run uses, once known (given to watch() or seen scaling)."""
+        ctx = self.run.attached
+        return ctx.scaler if ctx is not None else None
+
+    def use_scaler(self, scaler: Any) -> None:
+        """A GradScaler found after attach (zero-code mode sees it scale the first loss)."""
+        ctx = self.run.attached
+        if ctx is not None and ctx.scaler is None:
+            ctx.scaler = scaler
+
+    def _hook_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        self._handles.append(opt.register_step_pre_hook(self.optimizer_step_hook(opt, pre=True)))
+        self._handles.append(opt.register_step_post_hook(self.optimizer_step_hook(opt, pre=False)))
+
+    def optimizer_step_hook(self, opt: torch.optim.Optimizer, pre: bool):  # noqa: ANN201
+        """The hook watching `opt.step()` (before it if `pre`): an extension point, a subclass
+        may wrap it (Lightning's defers the pre-step until its closure has run backward)."""
+
         def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            if self._closed or not self.optimizers:
+            if self._clock.closed or not self.optimizers:
                 return
             primary = optimizer is self.optimizers[0]
             t0 = time.perf_counter()
             try:
-                # One guarded call per hook; each probe is guarded again inside _dispatch.
+                # One guarded call per hook; each probe is guarded again by the bus.
                 self.guard.call(
                     "hook optimizer step", self._optimizer_step, optimizer, pre, primary
                 )
@@ -225,17 +253,23 @@ class Doctor:
 
     def _wrap_scaler(self, scaler: Any) -> None:
         """Watch a GradScaler instance: map scaled losses back, and close steps it skips."""
-        _patches.watch_scaler(scaler, self._on_scaler_update)
+        _patches.watch_scaler(scaler, self.scaler_updated)
         self._watched_scaler = scaler
 
-    def _on_scaler_update(self) -> None:
-        if not self._closed and not self._primary_stepped:
+    def scaler_updated(self) -> None:
+        """A GradScaler's update() ran: the step boundary, also when the scaler skipped
+        optimizer.step() (inf/NaN gradients). For integrations that watch a scaler's update
+        themselves (zero-code mode); a scaler given to watch() is watched already."""
+        if not self._clock.closed and not self._primary_stepped:
             self._end_step()  # the scaler skipped optimizer.step(): still a step boundary
         self._primary_stepped = False
 
     # -- observing ------------------------------------------------------------------------
-    def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
-        if self._closed or self._validating:
+    def observe_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
+        """A backward pass is about to run. Called by the backward patch once listening; an
+        integration that attaches during a backward (zero-code mode) hands that one over."""
+        state = self._clock
+        if state.closed or state.validating:
             return
         if self._hand.armed:
             t0 = time.perf_counter()
@@ -247,7 +281,7 @@ class Doctor:
         self._backward_since_step += 1
         self._step_backwards += 1
         self.guard.call("hook backward", self._note_backward, loss)
-        self._dispatch("on_backward", self.step, root, loss, self.rec)
+        self.bus.emit(Event.BACKWARD, self.step, root, loss, self.rec)
         self.budget.spend(time.perf_counter() - t0)
         if self._backward_since_step in NO_STEP_CHECKPOINTS:
             self.guard.call("diagnose", self.diagnose)
@@ -255,58 +289,14 @@ class Doctor:
             self.timeline.event(self.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self._backward_since_step} backward passes without a step")
 
-    def _dispatch(self, event: str, *args: Any) -> None:
-        """Call `event` on the probes that implement it, each behind the guard.
-
-        Runs about ten times a step, so the loop is lean: probes that keep the base class's
-        no-op are left out of the list (built once per event), and the guard's try/except is
-        inlined. A probe that raises is recorded, disabled and detached, as Guard.call does.
-        """
-        key = (event, self._sampled)
-        handlers = self._subscribers.get(key)
-        if handlers is None:
-            handlers = self._subscribe(key)
-        disabled = self.guard.disabled
-        retired = False
-        for where, probe, method in handlers:
-            if disabled and where in disabled:
-                continue
-            try:
-                method(*args)
-            except StopTraining:
-                raise
-            except Exception as exc:  # noqa: BLE001  (isolation is the point)
-                self.guard.record(where, exc)
-                # It failed just now: take its hooks off the model, they would only cost time.
-                self.guard.call(f"{where} detach", probe.detach)
-            retired = retired or probe.retired
-        if retired:
-            self._subscribers.clear()  # rebuilt without the probes whose work is over
-
-    def _subscribe(self, key: tuple[str, bool]) -> list[tuple[str, Probe, Any]]:
-        """The handlers of an event: probes that override it, minus, on unsampled steps, the
-        probes that declare it in `sampled_only` (calling a handler that returns at once
-        still costs microseconds when the caches are cold after a backward)."""
-        event, sampled = key
-        base = getattr(Probe, event)
-        handlers = [
-            (f"probe {p.name}", p, getattr(p, event))
-            for p in self.probes
-            if getattr(type(p), event) is not base
-            and not p.retired
-            and (sampled or event not in p.sampled_only)
-        ]
-        self._subscribers[key] = handlers
-        return handlers
-
     def _note_backward(self, loss: torch.Tensor) -> None:
         self._last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, self.step)
 
     def _after_backward(self) -> None:
-        if self._closed or self._validating:
+        if self._clock.closed or self._clock.validating:
             return
         t0 = time.perf_counter()
-        self._dispatch("on_after_backward", self.step, self.rec)
+        self.bus.emit(Event.AFTER_BACKWARD, self.step, self.rec)
         if self._hand.active:
             self.guard.call("hand steps", self._hand.after_backward)
         self.budget.spend(time.perf_counter() - t0)
@@ -316,24 +306,24 @@ class Doctor:
         (found at the next backward: the probes see it after the fact, see handsteps.py)."""
         t0 = time.perf_counter()
         self._backward_since_step = 0
-        self._dispatch("on_hand_step", self.step, self._sampled, names, source, self.rec)
+        self.bus.emit(Event.HAND_STEP, self.step, self._clock.sampled, names, source, self.rec)
         self.budget.spend(time.perf_counter() - t0)
         self._end_step()  # times itself
 
     def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool, primary: bool) -> None:
         """Every watched optimizer's step; the primary one's also brackets the training step
         (on_pre_step before it, on_post_step after it, then the step closes in _end_step)."""
-        step, sampled, rec = self.step, self._sampled, self.rec
+        step, sampled, rec, emit = self.step, self._clock.sampled, self.rec, self.bus.emit
         if pre:
-            self._dispatch("on_optimizer_pre_step", step, sampled, opt, rec)
+            emit(Event.OPTIMIZER_PRE_STEP, step, sampled, opt, rec)
             if primary:
-                self._dispatch("on_pre_step", step, sampled, rec)
+                emit(Event.PRE_STEP, step, sampled, rec)
             return
-        self._dispatch("on_optimizer_post_step", step, sampled, opt, rec)
+        emit(Event.OPTIMIZER_POST_STEP, step, sampled, opt, rec)
         if primary:
             self._primary_stepped = True
             self._backward_since_step = 0
-            self._dispatch("on_post_step", step, sampled, rec)
+            emit(Event.POST_STEP, step, sampled, rec)
 
     def _end_step(self) -> None:
         t0 = time.perf_counter()
@@ -346,7 +336,7 @@ class Doctor:
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.
         self.budget.step_end(step)
-        self.step = step + 1
+        self._clock.advance()
         t0 = time.perf_counter()
         self.guard.call("step prepare", self._prepare_step)
         self.budget.spend(time.perf_counter() - t0)
@@ -356,7 +346,7 @@ class Doctor:
 
     def _close_step(self, step: int) -> None:
         # Each part under its own guard key: one failing part must not switch off the others.
-        self._dispatch("on_step_end", step, self._sampled, self.rec)
+        self.bus.emit(Event.STEP_CLOSED, step, self._clock.sampled, self.rec)
         self.timeline.last_step = step
         backward_ran, self._step_backwards = self._step_backwards > 0, 0
         if self.budget.work is None:
@@ -405,19 +395,23 @@ class Doctor:
             )
 
     def _prepare_step(self) -> None:
-        if self._ctx is not None:
-            self._ctx.new_step()
+        ctx = self.run.attached
+        if ctx is not None:
+            ctx.new_step()
         # Decided once per step: the governor may change the interval before the step's
         # events, and a probe that installed hooks for a sampled step must see it sampled.
-        self._sampled = self.budget.sampled(self.step)
-        self._dispatch("prepare", self.step, self._sampled, self.rec)
+        sampled = self.budget.sampled(self.step)
+        self._clock.set_sampled(sampled)
+        self.bus.emit(Event.STEP_OPENED, self.step, sampled, self.rec)
 
     def _structure_check(self) -> None:
-        optim_probe = self._probe("optim")
-        if optim_probe is not None and self._ctx is not None:
+        optim_probe = self.probe("optim")
+        if optim_probe is not None and self.run.attached is not None:
             self.guard.call("probe optim", optim_probe.describe, self.rec)
 
-    def _probe(self, name: str) -> Any:
+    def probe(self, name: str) -> Any:
+        """The probe named `name` (None if not running): for integrations that hand a probe
+        what only the framework knows (a region, an evaluation's counts)."""
         by_name = self._by_name
         if by_name is None:
             by_name = self._by_name = {}
@@ -428,11 +422,9 @@ class Doctor:
     def optimizer_param_ids(self) -> set[int]:
         return {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
 
-    def note_model_output(self, facts: dict[str, Any]) -> None:
-        self._model_output = facts
-
-    def last_model_output(self) -> dict[str, Any] | None:
-        return self._model_output
+    def note_model_output(self, facts: dict[str, Any] | None) -> None:
+        """The watched model's training output, seen by an integration's own forward hook."""
+        self.bus.emit(Event.MODEL_OUTPUT, facts)
 
     # -- public API -----------------------------------------------------------------------
     def log(
@@ -453,31 +445,15 @@ class Doctor:
             _check_value(f"parts[{k!r}]", v)
         for k, v in metrics.items():
             _check_value(k, v)
-        if self._closed:
+        if self._clock.closed:
             return
         t0 = time.perf_counter()
         try:
-            self._log(loss, parts, metrics)
+            validating = self._clock.validating
+            step = self._log_step(loss)
+            self.bus.emit(Event.LOG, step, loss, parts, metrics, validating, self.rec)
         finally:
             self.budget.spend(time.perf_counter() - t0)
-
-    def _log(self, loss: Any, parts: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
-        gradpath = self._probe("gradpath")
-        if gradpath is not None and parts and not self._validating:
-            self.guard.call(
-                "probe gradpath", gradpath.note_parts, self._log_step(loss), parts, self.rec
-            )
-        loss_probe = self._probe("loss")
-        if loss_probe is not None:
-            self.guard.call(
-                "probe loss",
-                lambda *args: loss_probe.on_log(self._log_step(loss), *args),
-                loss,
-                parts,
-                metrics,
-                self._validating > 0,
-                self.rec,
-            )
 
     def _log_step(self, loss: Any) -> int:
         """The step a logged training loss belongs to.
@@ -487,7 +463,7 @@ class Doctor:
         the last backward's loss (itself or a .detach()) is matched exactly; a plain number
         logged before the next backward is given to the previous step.
         """
-        if self._validating:
+        if self._clock.validating:
             return self.step
         ref, step = self._last_backward
         if isinstance(loss, torch.Tensor):
@@ -510,12 +486,12 @@ class Doctor:
             )
         targets = [model] if model is not None else list(self.models.values())
         modes = [(m, m.training) for t in targets for m in t.modules()]
-        self._switching_modes = True
+        self._clock.set_switching_modes(True)
         try:
             for t in targets:
                 t.eval()
         finally:
-            self._switching_modes = False
+            self._clock.set_switching_modes(False)
         self.begin_validation(model)
         try:
             with torch.no_grad():
@@ -529,18 +505,20 @@ class Doctor:
         """A validation starts whose loop the caller runs and whose modes it sets itself (a
         framework's evaluation loop): what `validating()` does, minus eval() and no_grad.
         Pair it with `end_validation()`."""
-        self._validations += 1
-        self.timeline.event(self.step, "validation", index=self._validations)
-        self._validating += 1
-        if not self._closed:
-            self._dispatch("on_validation", self.step, model, self.rec)
+        index = self._clock.begin_validation()
+        self.timeline.event(self.step, "validation", index=index)
+        if not self._clock.closed:
+            self.bus.emit(Event.VALIDATION_BEGIN, self.step, model, self.rec)
 
     def end_validation(self) -> None:
-        self._validating = max(0, self._validating - 1)
+        """The validation begun by `begin_validation()` ended."""
+        self._clock.end_validation()
+        if not self._clock.closed:
+            self.bus.emit(Event.VALIDATION_END, self.step, self.rec)
 
     def diagnose(self) -> list[Finding]:
         """Run every rule over the timeline; a rule that raises is recorded, never propagated."""
-        if self._ctx is None:
+        if self.run.attached is None:
             # Nothing attached (the script failed in its setup): only the rules that judge
             # setup-time facts can speak (a requires_grad request on 4-bit params, TD501).
             rules = [r for r in self.rules if r.code in SETUP_TIME_RULES]
@@ -550,21 +528,17 @@ class Doctor:
             self.timeline.facts.setdefault("models", {})
             self.findings = diagnose(self.timeline, rules, self.guard, self.findings)
             return self.findings
-        failed = {
-            signal
-            for probe in self.probes
-            if f"probe {probe.name}" in self.guard.disabled
-            for signal in probe.provides
-        }
-        self.timeline.facts["unavailable_signals"] = sorted(failed)
+        # What failed probes would have written: the rules reading it are not judged.
+        self.timeline.facts.update(unavailable(self.probes, self.guard.disabled))
         self.findings = diagnose(self.timeline, self.rules, self.guard, self.findings)
+        self.bus.emit(Event.DIAGNOSIS_MADE, self.findings)
         return self.findings
 
     def close(self, exc: BaseException | None = None) -> Report:
         """Detach everything, diagnose the whole run and write the report. Idempotent."""
         if self.report is not None:
             return self.report
-        if self._hand.active and not self._closed:
+        if self._hand.active and not self._clock.closed:
             # The last update by hand (after the last backward) closes the last step.
             found = self.guard.call("hand steps", self._hand.take)
             if found:
@@ -572,7 +546,7 @@ class Doctor:
                 self.max_steps, max_steps = None, self.max_steps
                 self.guard.call("hand steps", self._hand_step, *found)
                 self.max_steps = max_steps
-        self._closed = True
+        self._clock.mark_closed()
         self.guard.call("outcome", self._record_outcome, exc)
         self.guard.call("detach", self._detach)
         self._readback()
@@ -622,7 +596,7 @@ class Doctor:
             outcome["ended"] = "exception"
             outcome["exception"] = f"{type(exc).__name__}: {exc}".strip()
             outcome["source"] = _exception_source(exc)
-        if self._ctx is None:
+        if self.run.attached is None:
             outcome["observed"] = False  # no model or optimizer was ever seen
         self.timeline.facts["outcome"] = outcome
         self.timeline.facts["overhead"] = {
@@ -639,7 +613,7 @@ class Doctor:
     def _detach(self) -> None:
         _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]
         if self._listening:
-            _patches.remove_backward_listener(self._on_backward, self._after_backward)
+            _patches.remove_backward_listener(self.observe_backward, self._after_backward)
             self._listening = False
         self._hand.stop()
         self.guard.call("compile watch", self._compile_watch.detach)
@@ -647,7 +621,7 @@ class Doctor:
             h.remove()
         self._handles.clear()
         if self._watched_scaler is not None:
-            _patches.unwatch_scaler(self._watched_scaler, self._on_scaler_update)
+            _patches.unwatch_scaler(self._watched_scaler, self.scaler_updated)
             self._watched_scaler = None
         for probe in self.probes:
             self.guard.call(f"probe {probe.name} detach", probe.detach)

@@ -326,13 +326,13 @@ def _record(
     counts: dict[str, Any] | None,
     undefined: list[dict[str, Any]],
 ) -> None:
-    probe = doc._probe("metrics")
+    probe = doc.probe("metrics")
     if probe is None:
         return
-    trained = set(doc._ctx.param_names) if doc._ctx is not None else set()
+    trained = set(doc.context.param_names) if doc.context is not None else set()
     params = [id(p) for p in model.parameters()]
     summary = {
-        "validation": doc._validations,
+        "validation": doc.state.validations,
         "prefix": prefix,
         **(counts or {}),
         # the model evaluated is (part of) the watched model, not a copy of it
@@ -341,7 +341,8 @@ def _record(
         "raw": {f"{prefix}{k}": (v if math.isfinite(v) else None) for k, v in _flatten(raw)},
     }
     entries = [
-        {**e, "metric": f"{prefix}{e['metric']}", "validation": doc._validations} for e in undefined
+        {**e, "metric": f"{prefix}{e['metric']}", "validation": doc.state.validations}
+        for e in undefined
     ]
     probe.record_evaluation(doc.step, summary, entries, doc.rec)
 
@@ -380,6 +381,6 @@ def _current_doctor(model: torch.nn.Module) -> Any:
         return None
     params = {id(p) for p in model.parameters()}
     for doc in reversed(doctors):
-        if doc._ctx is not None and params & set(doc._ctx.param_names):
+        if doc.context is not None and params & set(doc.context.param_names):
             return doc
     return doctors[-1]

@@ -166,7 +166,7 @@ class HandSteps:
         return sorted(names[i] for i in changed), source
 
     def _params(self) -> list[tuple[str, torch.Tensor]]:
-        ctx = self.doctor._ctx
+        ctx = self.doctor.context
         if ctx is None:
             return []
         return [(n, p) for n, p in ctx.named_params() if p.requires_grad]

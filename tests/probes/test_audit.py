@@ -245,7 +245,7 @@ def test_zero_code_session_hook_records_a_setup_time_request(tmp_path):
     request made before any training, with the param named through the module holding it."""
     doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False)
     with attached(doctor):
-        handle = watch_requires_grad(doctor)
+        handle = watch_requires_grad(doctor.run)
         try:
             model = Net()
             with pytest.raises(RuntimeError):
@@ -267,7 +267,7 @@ def test_zero_code_session_hook_records_a_setup_time_request(tmp_path):
 # -- real 4-bit + PEFT ------------------------------------------------------------------------
 @needs_vlm
 def test_audit_of_a_4bit_lora_vlm_matches_brute_force():
-    from traindoctor.scenarios._seed004_vlm import build_model
+    from traindoctor.scenarios.seeds.seed004_vlm import build_model
 
     torch.manual_seed(0)
     model = build_model()

@@ -57,8 +57,8 @@ class LightningDoctor(Doctor):
         self._deferred: dict[int, Callable[[], None]] = {}
         self._val_metrics_before: dict[str, Any] = {}
 
-    def _make_step_hook(self, opt: torch.optim.Optimizer, pre: bool):  # noqa: ANN202
-        hook = super()._make_step_hook(opt, pre)
+    def optimizer_step_hook(self, opt: torch.optim.Optimizer, pre: bool):  # noqa: ANN202
+        hook = super().optimizer_step_hook(opt, pre)
         if not pre:
 
             def post_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -71,7 +71,7 @@ class LightningDoctor(Doctor):
 
         def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
             closure = kwargs.get("closure", args[0] if args else None)
-            if callable(closure) and not self._closed:
+            if callable(closure) and not self.state.closed:
                 # Gradients appear only when step() calls the closure: wait for Lightning's
                 # on_before_optimizer_step (see module doc).
                 self._deferred[id(optimizer)] = lambda: hook(optimizer, args, kwargs)

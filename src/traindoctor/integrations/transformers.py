@@ -102,7 +102,7 @@ class Doctor(TrainerCallback):
             doc.timeline.event(doc.step, "integration_note", note="no model or optimizer given")
             return
         scaler = getattr(getattr(self.trainer, "accelerator", None), "scaler", None)
-        if doc._ctx is None:
+        if not doc.state.attached:
             doc.attach({"": unwrap_model(model)}, [unwrap_optimizer(optimizer)], scaler)
         doc.timeline.facts["transformers"] = _facts(args, self.trainer)
         if self.trainer is not None:
@@ -112,7 +112,7 @@ class Doctor(TrainerCallback):
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
     ) -> None:
         doc = self.doctor
-        if doc is None or doc._closed or not logs:
+        if doc is None or doc.state.closed or not logs:
             return
         doc.guard.call("transformers log", self._log, logs)
 
@@ -171,7 +171,7 @@ class Doctor(TrainerCallback):
         sets the modes and the grad mode of its evaluation itself."""
         doc = self.doctor
         entered = False
-        if doc is not None and not doc._closed:
+        if doc is not None and not doc.state.closed:
             doc.guard.call("transformers validation", doc.begin_validation)
             entered = True
         try:
@@ -199,7 +199,7 @@ class Doctor(TrainerCallback):
 
     def _log_eval(self, prefix: str, metrics: dict[str, Any] | None) -> None:
         doc = self.doctor
-        if doc is None or doc._closed or not metrics:
+        if doc is None or doc.state.closed or not metrics:
             return
         self._eval_prefixes.add(prefix)
         values = {

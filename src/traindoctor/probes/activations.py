@@ -180,7 +180,7 @@ class ActivationsProbe(Probe):
                     self._depth == 0
                     and module.training
                     and torch.is_grad_enabled()
-                    and not self.ctx.doctor._validating
+                    and not self.ctx.state.validating
                 ):
                     self._mode = _Mode(self)
                     self._mode.__enter__()
@@ -240,7 +240,7 @@ class ActivationsProbe(Probe):
             self._measure(spec, func, args, kwargs)
         except Exception as exc:  # noqa: BLE001
             assert self.ctx is not None
-            self.ctx.doctor.guard.record("probe activations", exc)
+            self.ctx.guard.record("probe activations", exc)
 
     def _measure(self, spec: tuple[str, str], func: Any, args: Any, kwargs: Any) -> None:
         op, kind = spec

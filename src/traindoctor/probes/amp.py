@@ -58,6 +58,7 @@ class AmpProbe(Probe):
         AMP_MISUSE_SCALE,
         AMP_NONFINITE,
     )
+    provides_events: ClassVar[tuple[str, ...]] = ("amp_misuse", "scaler_step")
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,14 +89,14 @@ class AmpProbe(Probe):
     # -- helpers --------------------------------------------------------------------------
     def _guarded(self, where: str, fn: Any, *args: Any) -> None:
         ctx = self.ctx
-        if ctx is None or ctx.doctor._closed or ctx.doctor._validating:
+        if ctx is None or ctx.state.closed or ctx.state.validating:
             return
         key = f"probe {self.name}"
-        if key in ctx.doctor.guard.disabled:
+        if key in ctx.guard.disabled:
             return
-        ctx.doctor.guard.call(key, fn, *args)
-        if key in ctx.doctor.guard.disabled:
-            ctx.doctor.guard.call(f"{key} detach", self.detach)
+        ctx.guard.call(key, fn, *args)
+        if key in ctx.guard.disabled:
+            ctx.guard.call(f"{key} detach", self.detach)
 
     def _scaler(self) -> Any:
         ctx = self.ctx
@@ -108,8 +109,8 @@ class AmpProbe(Probe):
         assert ctx is not None
         if ctx.scaler is None and ctx.mode != "watch":
             ctx.scaler = scaler
-            if ctx.doctor.scaler is None:
-                ctx.doctor.scaler = scaler
+            if ctx.scaler is None:
+                ctx.scaler = scaler
         return ctx.scaler is None or ctx.scaler is scaler
 
     def _stage(self, opt: Any) -> str:
@@ -151,7 +152,7 @@ class AmpProbe(Probe):
     ) -> None:
         ctx, rec = self.ctx, self._rec
         assert ctx is not None and rec is not None
-        step = ctx.doctor.step
+        step = ctx.state.step
         source = f"{relpath(site[0])}:{site[1]}" if site else None
         key = f"{what}@{source}"
         old = (rec.timeline.get(step, AMP_MISUSE) or {}).get(key, 0)
@@ -284,8 +285,8 @@ class AmpProbe(Probe):
         assert ctx is not None
         if not _patches.in_scaler_step():
             self._unscaled[id(optimizer)] = (optimizer, call_site())
-        step = ctx.doctor.step
-        armed = ctx.doctor.budget.sampled(step) or self._prev_skipped
+        step = ctx.state.step
+        armed = ctx.budget.sampled(step) or self._prev_skipped
         if not armed or self._localized >= MAX_LOCALIZED:
             return
         names_by_id = ctx.param_names
@@ -312,8 +313,8 @@ class AmpProbe(Probe):
         assert ctx is not None and rec is not None
         if not self._adopt(scaler):
             return
-        step = ctx.doctor.step
-        if not ctx.doctor.budget.sampled(step):
+        step = ctx.state.step
+        if not ctx.budget.sampled(step):
             return
         site = call_site()
         if site is None:

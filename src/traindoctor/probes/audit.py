@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from .. import _requires_grad_patch
 from .._source import user_source_with_code
-from .base import AttachContext, Probe, Recorder
-
-if TYPE_CHECKING:
-    from ..doctor import Doctor
+from .base import AttachContext, Probe, Recorder, RunContext
 
 # Attribute names under which wrappers keep the model they wrap (their only child).
 WRAPPER_CHILDREN = ("base_model", "model", "module", "_orig_mod")
@@ -39,6 +36,8 @@ MAX_EVENTS = 32  # distinct failed requests recorded
 class AuditProbe(Probe):
     name = "audit"
     provides: ClassVar[tuple[str, ...]] = ()
+    provides_events: ClassVar[tuple[str, ...]] = ("audit",)
+    provides_facts: ClassVar[tuple[str, ...]] = ("audit",)
     sampled_only = frozenset({"on_step_end"})
 
     def __init__(self) -> None:
@@ -51,15 +50,15 @@ class AuditProbe(Probe):
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
         self._rec = rec
-        self._watch = watch_requires_grad(ctx.doctor)
-        self._refresh(ctx.doctor.step, rec)
+        self._watch = watch_requires_grad(ctx.run)
+        self._refresh(ctx.state.step, rec)
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         if sampled:
             self._refresh_if_changed(step + 1, rec)  # the structure the next step trains with
 
     def _failed(self, ctx: AttachContext) -> bool:
-        return f"probe {self.name}" in ctx.doctor.guard.disabled
+        return f"probe {self.name}" in ctx.guard.disabled
 
     def _refresh_if_changed(self, step: int, rec: Recorder) -> None:
         ctx = self.ctx
@@ -76,7 +75,7 @@ class AuditProbe(Probe):
         assert ctx is not None
         self._generation = _requires_grad_patch.generation
         self._signature = _signature(ctx)
-        held = ctx.doctor.optimizer_param_ids() if ctx.optimizers else None
+        held = ctx.optimizer_param_ids() if ctx.optimizers else None
         audit = audit_models(ctx.models, ctx.named_params(), held)
         previous = rec.timeline.facts.get("audit")
         if previous is not None and _same(previous, audit):
@@ -100,7 +99,7 @@ class AuditProbe(Probe):
         try:
             if ctx is not None and rec is not None and not self._failed(ctx):
                 # The report's table is the model as the run left it (a late unfreeze included).
-                self._refresh_if_changed(ctx.doctor.step, rec)
+                self._refresh_if_changed(ctx.state.step, rec)
         finally:
             if self._watch is not None:  # the patch goes whatever happened above
                 self._watch.remove()
@@ -326,25 +325,25 @@ class _Handle:
 
 
 class _RequiresGradWatch:
-    """Records `requires_grad=True` asked of non-float params into one doctor's timeline."""
+    """Records `requires_grad=True` asked of non-float params into one run's timeline."""
 
-    def __init__(self, doctor: Doctor) -> None:
-        self.doctor = doctor
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
         self.refs = 0
         self.recorded: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     def __call__(self, param: torch.Tensor, requested: bool, err: BaseException, via: str) -> None:
-        self.doctor.guard.call("requires_grad watch", self._record, param, requested, err, via)
+        self.run.guard.call("requires_grad watch", self._record, param, requested, err, via)
 
     def release(self) -> None:
         self.refs -= 1
         if self.refs <= 0:
             _requires_grad_patch.remove_listener(self)
-            _watches.pop(id(self.doctor), None)
+            _watches.pop(id(self.run), None)
 
     def _record(self, param: torch.Tensor, requested: bool, err: BaseException, via: str) -> None:
-        doctor = self.doctor
-        if getattr(doctor, "_closed", False) or not requested or not is_quantized(param):
+        run = self.run
+        if run.state.closed or not requested or not is_quantized(param):
             return  # other errors (an inference tensor, a non-leaf) are not this rule's
         name, models = self._name(param)
         src = user_source_with_code(skip=1) or {}
@@ -356,11 +355,11 @@ class _RequiresGradWatch:
         if len(self.recorded) >= MAX_EVENTS:
             return
         comps = _Components(models) if models else None
-        facts = doctor.timeline.facts
+        facts = run.rec.timeline.facts
         if "audit" not in facts and models:
             # Before attach (zero-code, the script's setup): audit the model that holds it, so
             # the finding can say what can train.
-            facts["audit"] = {**audit_models(models), "step": doctor.step}
+            facts["audit"] = {**audit_models(models), "step": run.state.step}
         event = {
             "param": name,
             "component": comps.of(name) if comps and name else None,
@@ -371,14 +370,14 @@ class _RequiresGradWatch:
             "error": str(err).splitlines()[0][:200] if str(err) else type(err).__name__,
             "source": src.get("source"),
             "code": src.get("code"),
-            "attached": doctor._ctx is not None,
+            "attached": run.attached is not None,
             "count": 1,
         }
-        doctor.rec.event(doctor.step, "grad_on_non_float", **event)
-        self.recorded[key] = doctor.timeline.events("grad_on_non_float")[-1]
+        run.rec.event(run.state.step, "grad_on_non_float", **event)
+        self.recorded[key] = run.rec.timeline.events("grad_on_non_float")[-1]
 
     def _name(self, param: torch.Tensor) -> tuple[str | None, dict[str, torch.nn.Module]]:
-        ctx = self.doctor._ctx
+        ctx = self.run.attached
         if ctx is not None:
             name = ctx.param_names.get(id(param))
             if name is None:
@@ -408,13 +407,13 @@ def _owning_module(param: torch.Tensor) -> torch.nn.Module | None:
 _watches: dict[int, _RequiresGradWatch] = {}
 
 
-def watch_requires_grad(doctor: Doctor) -> _Handle:
-    """Record failed `requires_grad=True` requests on non-float params into `doctor`'s timeline
-    until the returned handle's `remove()`. One listener per doctor however often it is asked
+def watch_requires_grad(run: RunContext) -> _Handle:
+    """Record failed `requires_grad=True` requests on non-float params into `run`'s timeline
+    until the returned handle's `remove()`. One listener per run however often it is asked
     (the probe at attach, the zero-code session at the start of the script)."""
-    watch = _watches.get(id(doctor))
-    if watch is None or watch.doctor is not doctor:
-        watch = _watches[id(doctor)] = _RequiresGradWatch(doctor)
+    watch = _watches.get(id(run))
+    if watch is None or watch.run is not run:
+        watch = _watches[id(run)] = _RequiresGradWatch(run)
         _requires_grad_patch.add_listener(watch)
     watch.refs += 1
     return _Handle(watch)

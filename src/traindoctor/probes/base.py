@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .._guard import Guard
 from .._hooks import CopySafeHook
+from ..bus import Bus, default_handler
+from ..run_state import RunState
 from ..timeline import Timeline
 
 if TYPE_CHECKING:
-    from ..doctor import Doctor
+    from ..budget import Budget
 
 
 @dataclass(slots=True)
@@ -154,10 +157,28 @@ def _to_host(tensors: list[torch.Tensor]) -> list[float]:
 
 
 @dataclass
-class AttachContext:
-    """What a probe may look at: the watched objects, the schedule, and a guarded hook wrapper."""
+class RunContext:
+    """What everything that observes a run may use, from the Doctor's creation on: the run
+    state (read-only), the guard, the overhead budget, the recorder, the event bus, and the
+    watched objects once attached (`attached`, None before)."""
 
-    doctor: Doctor
+    state: RunState
+    guard: Guard
+    budget: Budget
+    rec: Recorder
+    bus: Bus
+    # id(optimizer) -> the user's source line that built it (zero-code discovery fills it).
+    created_at: dict[int, str] = field(default_factory=dict)
+    attached: AttachContext | None = None
+
+
+@dataclass
+class AttachContext:
+    """What a probe may look at: the watched objects, the run's state and services (copied
+    from its RunContext: read on hot paths, one attribute away), and a guarded hook wrapper.
+    There is no way back to the Doctor: probes publish on the bus and record in the timeline."""
+
+    run: RunContext
     models: dict[str, torch.nn.Module]
     optimizers: list[torch.optim.Optimizer]
     scaler: Any
@@ -166,12 +187,30 @@ class AttachContext:
     # Prefixes of the models that run under torch.compile (compiled.py); shared, it grows.
     compiled: set[str] = field(default_factory=set)
     _named_cache: list[tuple[str, torch.nn.Parameter]] | None = None
+    state: RunState = field(init=False)
+    guard: Guard = field(init=False)
+    budget: Budget = field(init=False)
+    rec: Recorder = field(init=False)
+    bus: Bus = field(init=False)
+
+    def __post_init__(self) -> None:
+        run = self.run
+        self.state, self.guard, self.budget = run.state, run.guard, run.budget
+        self.rec, self.bus = run.rec, run.bus
+
+    @property
+    def created_at(self) -> dict[int, str]:
+        return self.run.created_at
+
+    def optimizer_param_ids(self) -> set[int]:
+        """ids of every tensor the watched optimizers hold."""
+        return {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
 
     def hook(self, where: str, fn: Callable[..., Any]) -> Callable[..., None]:
         """Wrap a torch hook so that it can never raise into the training and returns None.
         Its time counts against the overhead budget, like the Doctor's own hooks."""
-        guard = self.doctor.guard
-        budget = self.doctor.budget
+        guard = self.guard
+        budget = self.budget
         clock = time.perf_counter
 
         def guarded(*args: Any, **kwargs: Any) -> None:
@@ -224,7 +263,11 @@ class Probe:
     """Base probe (every event is optional). Subclasses override the events they need; all are optional."""
 
     name: ClassVar[str]
-    provides: ClassVar[tuple[str, ...]]
+    provides: ClassVar[tuple[str, ...]]  # signals (schema.SIGNALS)
+    # Event kinds and fact keys it writes (schema.EVENTS / FACTS): when the probe fails, the
+    # rules that read one of them are not judged (diagnosis.py).
+    provides_events: ClassVar[tuple[str, ...]] = ()
+    provides_facts: ClassVar[tuple[str, ...]] = ()
     # Events whose handler does nothing on an unsampled step: the Doctor does not call them
     # there. Only for handlers that return at once when `sampled` is False (and whose state,
     # set on a sampled step, is consumed within that step).
@@ -239,28 +282,35 @@ class Probe:
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         self.ctx = ctx
 
+    @default_handler
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         """`root` is the tensor backward ran on; `loss` the same with any GradScaler scale removed."""
 
+    @default_handler
     def on_optimizer_pre_step(
         self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
     ) -> None:
         """Before any watched optimizer's step() (GANs and multi-optimizer setups step several)."""
 
+    @default_handler
     def on_optimizer_post_step(
         self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
     ) -> None:
         """After any watched optimizer's step()."""
 
+    @default_handler
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         """After a backward pass has accumulated its gradients."""
 
+    @default_handler
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         """Before the primary optimizer's step() applies the gradients."""
 
+    @default_handler
     def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         """After the primary optimizer's step()."""
 
+    @default_handler
     def on_hand_step(
         self,
         step: int,
@@ -274,14 +324,41 @@ class Probe:
         close), so the gradients may already be zeroed; `source` is the caller's (file, line)
         of a `p.data` write when there was one. The step closes right after."""
 
+    @default_handler
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         """The step boundary: the step is closed (also when a GradScaler skipped the step)."""
 
+    @default_handler
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         """Called when step `step` opens; install per-step hooks here for sampled steps."""
 
+    @default_handler
     def on_validation(self, step: int, model: torch.nn.Module | None, rec: Recorder) -> None:
         """When `doc.validating(model)` starts (model None: the watched models)."""
+
+    @default_handler
+    def on_validation_end(self, step: int, rec: Recorder) -> None:
+        """When the validation ends."""
+
+    @default_handler
+    def on_log(
+        self,
+        step: int,
+        loss: Any,
+        parts: dict[str, Any] | None,
+        metrics: dict[str, Any],
+        validating: bool,
+        rec: Recorder,
+    ) -> None:
+        """`doc.log(loss, parts, **metrics)`: `step` is the step the loss belongs to."""
+
+    @default_handler
+    def on_model_output(self, facts: dict[str, Any] | None) -> None:
+        """The watched model returned its training output (facts: shape, dtype, grad)."""
+
+    @default_handler
+    def on_diagnosis(self, findings: list[Any]) -> None:
+        """A diagnosis pass ranked these findings (probes may schedule deeper looks)."""
 
     def detach(self) -> None:
         for h in self.handles:

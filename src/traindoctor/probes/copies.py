@@ -49,6 +49,7 @@ MAX_OCCASIONS = 100
 class CopiesProbe(Probe):
     name = "copies"
     provides: ClassVar[tuple[str, ...]] = (COPIES_NORM, COPIES_EVALUATED)
+    provides_facts: ClassVar[tuple[str, ...]] = ("copies", "grads_seen_later")
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,7 +61,7 @@ class CopiesProbe(Probe):
     # -- attach: which unheld params are copies ----------------------------------------------
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
-        held = ctx.doctor.optimizer_param_ids()
+        held = ctx.optimizer_param_ids()
         named = ctx.named_params()
         trained = [(n, p) for n, p in named if id(p) in held]
         # Trainable only: TD102/TD103 judge those, and a frozen backbone (requires_grad off,
@@ -118,7 +119,7 @@ class CopiesProbe(Probe):
                 return  # a training-time use (its output detached by the caller)
             ctx = self.ctx
             assert ctx is not None
-            step = ctx.doctor.step
+            step = ctx.state.step
             record = self._copies[name]
             last = record["last_step"]
             if last == step:
@@ -133,14 +134,14 @@ class CopiesProbe(Probe):
             if len(record["occasions"]) >= MAX_OCCASIONS:
                 return
             record["occasions"].append(step)
-            self._fingerprint(step, name, module, ctx.doctor.rec)
+            self._fingerprint(step, name, module, ctx.rec)
 
         return hook
 
     def _fingerprint(self, step: int, name: str, module: torch.nn.Module, rec: Recorder) -> None:
         assert self.ctx is not None
         copy = [p.detach() for p in module.parameters() if p.is_floating_point()]
-        held = self.ctx.doctor.optimizer_param_ids()
+        held = self.ctx.optimizer_param_ids()
         trained = [
             p.detach()
             for _, p in self.ctx.named_params()

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._source import user_source
+from ..bus import Event
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
@@ -34,6 +35,7 @@ def output_facts(output: Any) -> dict[str, Any]:
 class ForwardProbe(Probe):
     name = "forward"
     provides: ClassVar[tuple[str, ...]] = (FORWARD_CALLS,)
+    provides_facts: ClassVar[tuple[str, ...]] = ("bias_before_norm",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,7 +89,7 @@ class ForwardProbe(Probe):
             hit = self._biased.get(id(grad_fn))
             if hit is not None and hit[0] is grad_fn:
                 assert self.ctx is not None
-                facts = self.ctx.doctor.timeline.facts.setdefault("bias_before_norm", {})
+                facts = self.ctx.rec.timeline.facts.setdefault("bias_before_norm", {})
                 facts.setdefault(f"{hit[1]}.bias", qual)
 
         return hook
@@ -106,7 +108,7 @@ class ForwardProbe(Probe):
                 }
                 if is_root:
                     assert self.ctx is not None
-                    self.ctx.doctor.note_model_output(facts)
+                    self.ctx.bus.emit(Event.MODEL_OUTPUT, facts)
             else:
                 entry["calls"] += 1
                 if torch.is_grad_enabled():
@@ -123,7 +125,7 @@ class ForwardProbe(Probe):
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         self.flush(step, rec)
         assert self.ctx is not None
-        if step >= self.ctx.doctor.budget.structural_steps:
+        if step >= self.ctx.budget.structural_steps:
             self.detach()
             self.retired = True
             self._biased.clear()

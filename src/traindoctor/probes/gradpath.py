@@ -43,6 +43,7 @@ PARTS_DETACHED = signal(
 class GradPathProbe(Probe):
     name = "gradpath"
     provides = (PARTS_DETACHED,)  # and the `gradient_path` event
+    provides_events = ("gradient_path", "gradient_cut")
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,6 +62,7 @@ class GradPathProbe(Probe):
         self._cuts = CutTracker(self._on_cut)
         self._cut_step = 0  # the step `gradient_cut` events are recorded at
         self._cuts_failed = False
+        self._findings: list[Any] = []  # the last diagnosis pass's findings
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -91,7 +93,7 @@ class GradPathProbe(Probe):
         ctx = self.ctx
         if ctx is None:
             return
-        for f in ctx.doctor.findings:
+        for f in self._findings:
             if f.code in SYMPTOMS and f.code not in self._symptoms_seen:
                 self._symptoms_seen.add(f.code)
                 self._due.add(step + 1)
@@ -99,7 +101,7 @@ class GradPathProbe(Probe):
     # -- source lines of the loss code ----------------------------------------------------
     def _open_window(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
         assert self.ctx is not None
-        if not module.training or not torch.is_grad_enabled() or self.ctx.doctor._validating:
+        if not module.training or not torch.is_grad_enabled() or self.ctx.state.validating:
             return
         if not self._cuts.active and not self._cuts_failed:
             self._cut_step = self._window_step
@@ -118,7 +120,7 @@ class GradPathProbe(Probe):
         if err is not None and self.ctx is not None:
             # Lineage facts are lost from here on, never the user's calls: switch it off.
             self._cuts_failed = True
-            self.ctx.doctor.guard.record("probe gradpath cuts", err)
+            self.ctx.guard.record("probe gradpath cuts", err)
 
     def _on_cut(self, fact: dict[str, Any]) -> None:
         if self._rec is not None:
@@ -188,7 +190,22 @@ class GradPathProbe(Probe):
             ],
         )
 
-    # -- loss parts without graph (called by Doctor.log) ----------------------------------
+    def on_diagnosis(self, findings: list[Any]) -> None:
+        self._findings = findings  # read at the next step's end, as they stood then
+
+    # -- loss parts without graph ---------------------------------------------------------
+    def on_log(
+        self,
+        step: int,
+        loss: Any,
+        parts: dict[str, Any] | None,
+        metrics: dict[str, Any],
+        validating: bool,
+        rec: Recorder,
+    ) -> None:
+        if parts and not validating:
+            self.note_parts(step, parts, rec)
+
     def note_parts(self, step: int, parts: dict[str, Any] | None, rec: Recorder) -> None:
         if not parts or self._parts_steps >= 16:
             return
@@ -209,7 +226,7 @@ class GradPathProbe(Probe):
             except Exception as exc:  # noqa: BLE001 - the parts facts above are kept
                 self._cuts_failed = True
                 if self.ctx is not None:
-                    self.ctx.doctor.guard.record("probe gradpath cuts", exc)
+                    self.ctx.guard.record("probe gradpath cuts", exc)
 
     def detach(self) -> None:
         super().detach()

@@ -90,7 +90,7 @@ class GradsProbe(Probe):
         with_grad = [(n, p) for n, p in self._params if p.grad is not None]
         self._received.update(n for n, _ in with_grad)
         ctx = self.ctx
-        if ctx is not None and ctx.doctor._hand.expected:
+        if ctx is not None and ctx.state.hand_steps_expected:
             # A hand-written update reads .grad after this backward (and often zeroes it
             # before the next one, where the update is seen): measure the gradient it applies
             # now. The last backward of the step overwrites: accumulated grads are applied.
@@ -124,7 +124,7 @@ class GradsProbe(Probe):
         assert ctx is not None
         rec.record(step, GRADS_OBSERVED, 1)
         # Trainable params that no optimizer holds (TD103): do they get gradients?
-        held = ctx.doctor.optimizer_param_ids()
+        held = ctx.optimizer_param_ids()
         self._check(
             step,
             [(n, p) for n, p in ctx.named_params() if p.requires_grad and id(p) not in held],

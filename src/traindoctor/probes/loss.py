@@ -93,7 +93,18 @@ class LossProbe(Probe):
         BACKWARD_COUNT,
         LOSS_PARTS,
         LOSS_PARTS_GRAD,
+        METRIC,  # the family metric.<name>
     )
+    provides_events: ClassVar[tuple[str, ...]] = (
+        "backward_call",
+        "backward_site",
+        "log_call",
+        "loss_not_differentiable",
+        "parts_graph_unavailable",
+        "parts_no_shared_params",
+        "parts_not_measured",
+    )
+    provides_facts: ClassVar[tuple[str, ...]] = ("validation_metrics", "parts_shared_params")
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,7 +127,7 @@ class LossProbe(Probe):
         if loss.grad_fn is None:
             self._not_differentiable(step, loss, rec, via="backward")
             return
-        structural = self.ctx.doctor.budget.structural_steps if self.ctx else 0
+        structural = self.ctx.budget.structural_steps if self.ctx else 0
         if step <= structural and self.ctx is not None:
             leaves = reaches_params(loss, set(self.ctx.param_names))
             if leaves is not None:
@@ -217,7 +228,6 @@ class LossProbe(Probe):
         if sum(1 for e in seen if e.get("via") == via) >= 8:
             return
         src = user_source_with_code(skip=1) or {}
-        doctor = self.ctx.doctor if self.ctx else None
         rec.event(
             step,
             "loss_not_differentiable",
@@ -226,7 +236,7 @@ class LossProbe(Probe):
             is_leaf=bool(loss.is_leaf),
             grad_enabled=torch.is_grad_enabled(),
             inference=bool(loss.is_inference()),
-            model_output=doctor.last_model_output() if doctor else None,
+            model_output=self.ctx.state.model_output if self.ctx else None,
             grad_fn=type(loss.grad_fn).__name__ if loss.grad_fn is not None else None,
             leaves=leaves,
             **src,

@@ -65,6 +65,8 @@ class _Marker:
 class MemoryProbe(Probe):
     name = "memory"
     provides: ClassVar[tuple[str, ...]] = (GRAPHS_ALIVE, HOST_RSS, CUDA_ALLOCATED)
+    provides_events: ClassVar[tuple[str, ...]] = ("graph_retained", "graph_holder")
+    provides_facts: ClassVar[tuple[str, ...]] = ("memory",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,7 +91,7 @@ class MemoryProbe(Probe):
 
     def _observed(self, step: int) -> bool:
         assert self.ctx is not None
-        return step <= EVERY_STEP_UNTIL or self.ctx.doctor.budget.sampled(step)
+        return step <= EVERY_STEP_UNTIL or self.ctx.budget.sampled(step)
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self._stop_finder()  # the window after the previous backward closes here
@@ -171,8 +173,8 @@ class MemoryProbe(Probe):
         assert self.ctx is not None
         self._holder_found = True
         facts = where or {}
-        self.ctx.doctor.rec.event(
-            self.ctx.doctor.step,
+        self.ctx.rec.event(
+            self.ctx.state.step,
             "graph_holder",
             loss_step=step,
             op=op,

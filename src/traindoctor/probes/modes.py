@@ -53,6 +53,13 @@ def mode_sensitive(module: torch.nn.Module) -> bool:
 class ModesProbe(Probe):
     name = "modes"
     provides: ClassVar[tuple[str, ...]] = (MODES_EVAL, VALIDATED_FP, TRAINED_FP)
+    provides_events: ClassVar[tuple[str, ...]] = (
+        "mode_call",
+        "validation_in_train_mode",
+        "inference_tensors",
+        "validated_model",
+    )
+    provides_facts: ClassVar[tuple[str, ...]] = ("modes",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -159,7 +166,7 @@ class ModesProbe(Probe):
     # -- who switched modes ---------------------------------------------------------------
     def _on_train_call(self, module: torch.nn.Module, mode: bool) -> None:
         ctx = self.ctx
-        if ctx is None or self._events >= MAX_EVENTS or ctx.doctor._switching_modes:
+        if ctx is None or self._events >= MAX_EVENTS or ctx.state.switching_modes:
             return
         name = self._names.get(id(module))
         if name is None:
@@ -167,13 +174,13 @@ class ModesProbe(Probe):
         if id(module) in self._roots:
             self._index()  # a root switching modes is rare: refresh what it contains
         self._events += 1
-        ctx.doctor.rec.event(
-            ctx.doctor.step,
+        ctx.rec.event(
+            ctx.state.step,
             "mode_call",
             module=name,
             root=id(module) in self._roots,
             training=mode,
-            validating=ctx.doctor._validating > 0,
+            validating=ctx.state.validating,
             source=user_source(2),
         )
 
@@ -200,7 +207,7 @@ class ModesProbe(Probe):
             return
         # One no-grad forward between steps is often deliberate (pseudo-labels, a teacher
         # pass); a validation is a run of them, or anything inside doc.validating().
-        if self._nograd_forwards < 2 and not ctx.doctor._validating:
+        if self._nograd_forwards < 2 and not ctx.state.validating:
             return
         root = self._roots.get(id(module))
         if not any(r == root and m.training for r, _, m in self._sensitive):
@@ -211,14 +218,14 @@ class ModesProbe(Probe):
             return
         self._phase_reported = True
         self._events += 1
-        ctx.doctor.rec.event(
-            ctx.doctor.step,
+        ctx.rec.event(
+            ctx.state.step,
             "validation_in_train_mode",
             model=root,
             modules=training[:MAX_NAMES],
             count=len(training),
             forwards=self._nograd_forwards,
-            validating=ctx.doctor._validating > 0,
+            validating=ctx.state.validating,
             source=user_source(2),
         )
 
@@ -227,13 +234,13 @@ class ModesProbe(Probe):
         ctx = self.ctx
         if ctx is None:
             return
-        ctx.doctor.guard.call("probe modes", self._enter_region)
+        ctx.guard.call("probe modes", self._enter_region)
 
     def _enter_region(self) -> None:
         assert self.ctx is not None
         ctx = self.ctx
         self._region_source = user_source(2)
-        self._region_step = ctx.doctor.step
+        self._region_step = ctx.state.step
         self._forward_in_region = False
 
     def region_exit(self) -> None:
@@ -241,9 +248,7 @@ class ModesProbe(Probe):
         if ctx is None or not self._forward_in_region:
             return  # no watched model ran inside: the sampled-step scan covers the rest
         self._forward_in_region = False
-        ctx.doctor.guard.call(
-            "probe modes", self._scan_inference, ctx.doctor.step, ctx.doctor.rec, "region"
-        )
+        ctx.guard.call("probe modes", self._scan_inference, ctx.state.step, ctx.rec, "region")
 
     def _scan_inference(self, step: int, rec: Recorder, when: str) -> None:
         ctx = self.ctx
@@ -264,7 +269,7 @@ class ModesProbe(Probe):
         if not new:
             return
         self._inference_seen |= new
-        held = ctx.doctor.optimizer_param_ids()
+        held = ctx.optimizer_param_ids()
         in_optimizer = [
             f"{prefix}{n}"
             for prefix, model in ctx.models.items()
@@ -378,6 +383,7 @@ class FrozenModesProbe(Probe):
 
     name = "frozen_modes"
     provides: ClassVar[tuple[str, ...]] = (FROZEN_BN_DRIFT,)
+    provides_events: ClassVar[tuple[str, ...]] = ("frozen_modules",)
     sampled_only = frozenset({"on_pre_step"})  # _observe is step <= 3 or sampled
 
     def __init__(self) -> None:

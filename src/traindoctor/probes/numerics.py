@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from .._graph import graph_nodes, node_source
 from .._hooks import CopySafeHook
 from .._source import user_line_in_traceback, user_source
+from ..bus import Event
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
 
@@ -76,6 +77,7 @@ _RECOMPUTE = {
 class NumericsProbe(Probe):
     name = "numerics"
     provides: ClassVar[tuple[str, ...]] = (NUMERICS_CHECKED, NUMERICS_NONFINITE)
+    provides_events: ClassVar[tuple[str, ...]] = ("nonfinite", "nonfinite_masked")
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,10 +124,10 @@ class NumericsProbe(Probe):
         if self._in_autopsy or not module.training or not torch.is_grad_enabled():
             return
         assert self.ctx is not None
-        doc = self.ctx.doctor
-        if doc._validating:
+        ctx = self.ctx
+        if ctx.state.validating:
             return
-        if not (self._every_step or doc.budget.sampled(doc.step)):
+        if not (self._every_step or ctx.budget.sampled(ctx.state.step)):
             # Only a step whose gradients are checked can need a backward-only replay: a
             # hook per step would cost more than the rest of the probe (~3% of a fast step).
             self._out_grads = {}
@@ -149,13 +151,13 @@ class NumericsProbe(Probe):
     def _make_capture(self, prefix: str):
         ctx = self.ctx
         assert ctx is not None
-        guard = ctx.doctor.guard
+        guard = ctx.guard
 
         # A closure (not a bound method) in a CopySafeHook: copies of the model get an inert hook.
         def capture(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
             if self._in_autopsy or not module.training or not torch.is_grad_enabled():
                 return
-            if ctx.doctor._validating or "probe numerics" in guard.disabled:
+            if ctx.state.validating or "probe numerics" in guard.disabled:
                 return
             t0 = time.perf_counter()
             try:
@@ -170,7 +172,7 @@ class NumericsProbe(Probe):
                     self._input_flags.extend(_finite_flags(iter_tensors((args, kwargs))))
             except Exception as exc:  # noqa: BLE001
                 guard.record("probe numerics", exc)
-            ctx.doctor.budget.spend(time.perf_counter() - t0)
+            ctx.budget.spend(time.perf_counter() - t0)
 
         return capture
 
@@ -190,7 +192,7 @@ class NumericsProbe(Probe):
         if sampled and self._masked_events < MAX_MASKED_EVENTS:
             self._install_step_hooks()
         ctx = self.ctx
-        if ctx is not None and step <= ctx.doctor.budget.structural_steps:
+        if ctx is not None and step <= ctx.budget.structural_steps:
             # Structural steps only: which source line creates each op of the loss code (the
             # ops run between the model's forward and backward), to name the line of a
             # non-finite loss later.
@@ -203,7 +205,7 @@ class NumericsProbe(Probe):
         assert self.ctx is not None
         if self._window is not None or self._in_autopsy or not module.training:
             return
-        if not torch.is_grad_enabled() or self.ctx.doctor._validating:
+        if not torch.is_grad_enabled() or self.ctx.state.validating:
             return
         if torch.is_anomaly_enabled():
             return  # the user's own anomaly mode: theirs to keep, and it records lines anyway
@@ -241,7 +243,7 @@ class NumericsProbe(Probe):
             if self._in_autopsy or not torch.is_grad_enabled():
                 return
             assert self.ctx is not None
-            if self.ctx.doctor._validating:
+            if self.ctx.state.validating:
                 return
             for flag in _finite_flags(iter_tensors(output)):
                 self._module_flags.append((qual, flag))
@@ -322,7 +324,7 @@ class NumericsProbe(Probe):
             self._masked(step, rec, first if inputs_ok else "<input>")
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
-        budget = self.ctx.doctor.budget if self.ctx is not None else None
+        budget = self.ctx.budget if self.ctx is not None else None
         if not self._every_step_decided and budget is not None and budget.work is not None:
             # Counted, not timed: the same steps are checked in every run of the script.
             work = budget.work
@@ -472,8 +474,8 @@ class NumericsProbe(Probe):
         model = _replayable(ctx.models.get(prefix))
         if model is None:
             return None
-        doctor = ctx.doctor
-        saved_output = doctor._model_output
+        # The replayed forward publishes its output too: the run keeps the user's.
+        saved_output = ctx.state.model_output
         self._in_autopsy = True
         try:
             devices = [cuda[0]] if cuda is not None else []
@@ -487,7 +489,7 @@ class NumericsProbe(Probe):
                 return _Tracer(twin, prefix, trace_masks).run(args, kwargs, out_grads)
         finally:
             self._in_autopsy = False
-            doctor._model_output = saved_output
+            ctx.bus.emit(Event.MODEL_OUTPUT, saved_output)
 
 
 def loss_op_sources(root: torch.Tensor, limit: int = 4096) -> dict[str, list[str]]:

@@ -31,6 +31,8 @@ ACTIVITY_PARAMS = 4
 class OptimProbe(Probe):
     name = "optim"
     provides: ClassVar[tuple[str, ...]] = (OPTIM_LR, OPTIM_STEP, OPTIM_HAND_STEP, OPTIM_ANY_STEP)
+    provides_events: ClassVar[tuple[str, ...]] = ("optimizer_layout", "optimizer_step", "hand_step")
+    provides_facts: ClassVar[tuple[str, ...]] = ("optimizers", "optimizer_activity")
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,7 +89,7 @@ class OptimProbe(Probe):
                 {
                     "class": type(opt).__name__,
                     "groups": groups,
-                    "created_at": ctx.doctor.created_at.get(id(opt)),
+                    "created_at": ctx.created_at.get(id(opt)),
                     "watched_at": self._watched_at,
                 }
             )
@@ -99,7 +101,7 @@ class OptimProbe(Probe):
         )
         if (held, stale) != self._last_layout:
             self._last_layout = (held, stale)
-            rec.event(ctx.doctor.step, "optimizer_layout", held=held, stale=stale)
+            rec.event(ctx.state.step, "optimizer_layout", held=held, stale=stale)
         self._layout = _layout(ctx.optimizers)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -126,7 +128,7 @@ class OptimProbe(Probe):
                     rec.defer(step, OPTIM_LR, lr.detach().reshape(()).float(), keys=[key])
                 else:
                     rec.record(step, OPTIM_LR, _float(lr), key=key)
-        if sampled or step <= ctx.doctor.budget.structural_steps:
+        if sampled or step <= ctx.budget.structural_steps:
             # Where the user calls step(); only on early and sampled steps (stack walks cost µs).
             src = user_source(skip=1)
             if src and not any(

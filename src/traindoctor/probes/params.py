@@ -26,6 +26,8 @@ SNAPSHOT_BYTES = 256 * 2**20
 class ParamsProbe(Probe):
     name = "params"
     provides: ClassVar[tuple[str, ...]] = (PARAMS_UPDATE, PARAMS_NORM, PARAMS_REPLACED)
+    provides_events: ClassVar[tuple[str, ...]] = ("trainable",)
+    provides_facts: ClassVar[tuple[str, ...]] = ("params", "module_types", "modules")
     # prepare() runs every step: it drops a snapshot whose step() never came (AMP skip).
     sampled_only = frozenset(
         {
@@ -136,7 +138,7 @@ class ParamsProbe(Probe):
         it is seen (on_hand_step). Keyed 0: no optimizer's id."""
         ctx = self.ctx
         assert ctx is not None
-        if 0 in self._snapshots or not ctx.doctor._hand.expected:
+        if 0 in self._snapshots or not ctx.state.hand_steps_expected:
             return
         names, params = [], []
         for name, p in ctx.named_params():

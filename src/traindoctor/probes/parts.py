@@ -36,7 +36,7 @@ class PartsMeter:
     def due(self, ctx: AttachContext, step: int) -> bool:
         if self.disabled or step == self._last_step:
             return False
-        budget = ctx.doctor.budget
+        budget = ctx.budget
         if step <= budget.structural_steps:
             return True
         return budget.sampled(step) and step % (budget.interval * PARTS_EVERY) == 0
@@ -54,7 +54,7 @@ class PartsMeter:
         try:
             self._measure(ctx, step, graphs, rec)
         finally:
-            ctx.doctor.budget.spend(time.perf_counter() - t0)
+            ctx.budget.spend(time.perf_counter() - t0)
 
     def _measure(
         self, ctx: AttachContext, step: int, graphs: dict[str, torch.Tensor], rec: Recorder
@@ -112,7 +112,7 @@ class PartsMeter:
                 del ns
                 total = torch.linalg.vector_norm(torch.stack(ts).float()).reshape(1)
                 rec.defer(step, LOSS_PARTS_GRAD, total, keys=[pname], reduce=math.hypot)
-        if step <= ctx.doctor.budget.structural_steps and shared:
+        if step <= ctx.budget.structural_steps and shared:
             rec.timeline.facts["parts_shared_params"] = len(shared)
 
 

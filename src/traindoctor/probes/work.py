@@ -62,7 +62,7 @@ class WorkProbe(Probe):
         if not module.training or not torch.is_grad_enabled():
             return
         assert self.ctx is not None
-        if self.ctx.doctor._validating:
+        if self.ctx.state.validating:
             return
         elements = 0
         for t in iter_tensors(output, max_depth=2, max_items=8):
