@@ -71,6 +71,12 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     # or validate with `with doc.validating(model):`, which restores every module's mode
     ```
 
+    Under Ultralytics the trainer puts the model in train mode only at the start of each epoch
+    (`trainer._model_train()`), so a callback's `.eval()` lasts until the next epoch: the finding
+    names your `on_train_epoch_start` / `on_train_batch_start` / `on_train_batch_end` callbacks;
+    restore the mode in the same callback (`was = m.training; m.eval(); ...; m.train(was)`) or
+    evaluate `trainer.ema.ema`.
+
     ## Known false positives
     Freezing BatchNorm statistics on purpose midway through training (calling `.eval()` on BN
     layers after some epochs) is reported; ignore TD402 then.

@@ -77,6 +77,12 @@ def evaluated_model_frozen(tl: TimelineView) -> Iterator[Finding]:
     between its first and last evaluation, with bit-identical norms every time while the
     trained model's changed.
 
+    Under Ultralytics, when a callback runs a validation (`model.val()` at `on_fit_epoch_end`),
+    the finding says that `model.val()` validates a copy of `YOLO.model`, which for a
+    `YOLO("....yaml")` is not the model the trainer trains (it builds and trains a new one): read
+    `trainer.metrics` or `trainer.validator.metrics`, or validate `trainer.validator(trainer)` (the
+    EMA) or `trainer.model`.
+
     ## Known false positives
     Evaluating a fixed reference model (a baseline or teacher) on purpose with
     `doc.validating(reference)`, or, in zero-code mode, a copy of the initial model kept on

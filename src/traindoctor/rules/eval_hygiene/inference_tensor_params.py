@@ -61,6 +61,11 @@ def inference_tensor_params(tl: TimelineView) -> Iterator[Finding]:
     # or fuse a copy: fused = fuse(copy.deepcopy(model)) and validate that copy
     ```
 
+    Under Ultralytics the training validation evaluates the EMA (`trainer.ema.ema`), never
+    `trainer.model`: the finding names your `on_fit_epoch_end` / `on_train_epoch_end` /
+    `on_val_end` callbacks, and the fix is to validate `trainer.ema.ema` or a deep copy there, or
+    call `trainer.validator(trainer)`, and never fuse or cast `trainer.model`.
+
     ## Known false positives
     A frozen submodule built under inference_mode on purpose (a fixed feature extractor that
     never trains) is reported too when it belongs to the watched model; pass only the trained

@@ -74,6 +74,15 @@ def metric_stuck(
     threshold, a single predicted class), the metric is measured right and the finding is info,
     with the counts: the model has not learned yet, or collapsed (TD108 and the loss say which).
 
+    Under Ultralytics (`traindoctor.ultralytics.attach`) the finding says where each stuck
+    metric comes from, from what the integration recorded: `metrics/...` were computed by the
+    trainer's validator, with its counts (targets, predictions above `conf`, true positives at IoU
+    0.5; when they make 0 the true mAP the finding is info: train longer or raise `lr0`);
+    `callback_val/...` by a validation a callback ran (`model.val()`, see TD405); any other name
+    was put in `trainer.metrics` by an `on_fit_epoch_end` callback, whose line the finding points
+    to (the validator's confusion matrix it may read stays 0 unless `plots=True`): read
+    `trainer.metrics` or `trainer.validator.metrics.results_dict` there instead.
+
     ## Known false positives
     A metric that is legitimately 0 for the first validations of a short run (detection mAP
     in the first epochs) and would rise later; a bit-constant value from the first validation

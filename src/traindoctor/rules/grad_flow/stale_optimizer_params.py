@@ -62,6 +62,10 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)   # build it last
     ```
 
+    Under Ultralytics, when inference tensors were seen (TD401: a callback fused or cast
+    `trainer.model` under `inference_mode`), the finding is worded as TD401's: Ultralytics
+    validates the EMA, your callbacks are named, and the fix is to validate `trainer.ema.ema`.
+
     ## Known false positives
     A second model trained by the same optimizer but not passed to traindoctor: pass both,
     `td.watch({"gen": g, "disc": d}, optimizer)`.

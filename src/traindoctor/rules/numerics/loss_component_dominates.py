@@ -60,6 +60,10 @@ def loss_component_dominates(
     loss = 7.5 * box + 0.5 * cls + 0.15 * dfl  # weights chosen from the measured shares
     ```
 
+    Under Ultralytics the parts are `box_loss`, `cls_loss` and `dfl_loss`, each multiplied by its
+    gain (`box=`, `cls=`, `dfl=`) before the sum: the finding names the run's gains and the fix is
+    to lower the dominant part's gain in `model.train(...)` (defaults box=7.5, cls=0.5, dfl=1.5).
+
     ## Known false positives
     A weighting chosen on purpose (one task matters more) is reported too: the shares are
     measured facts, the weights are a design choice. A part with a large constant offset
