@@ -190,7 +190,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 
 def llama_4bit_lora() -> torch.nn.Module:
-    from traindoctor.scenarios._seed004_vlm import quantize_4bit
+    from traindoctor.scenarios.seeds.seed004_vlm import quantize_4bit
 
     # Hidden 64: bitsandbytes' CPU kernel for no-grad forwards (the validations) packs the
     # weights in blocks of 64 input features and fails on narrower layers.

@@ -17,7 +17,7 @@ from traindoctor.probes import cuts as cuts_mod
 from traindoctor.probes import gradpath as gradpath_mod
 from traindoctor.probes.cuts import CutTracker
 from traindoctor.scenarios import get
-from traindoctor.scenarios._cuts import line_of
+from traindoctor.scenarios._base import line_in
 from traindoctor.scenarios.demo import run_scenario
 
 
@@ -379,10 +379,12 @@ def test_healthy_loop_records_no_cut(tmp_path):
     ],
 )
 def test_scenario_names_the_planted_cut(name, cut, marker, watched, tmp_path):
-    report = run_scenario(get(name), out_dir=tmp_path, watch=watched)
+    scenario = get(name)
+    report = run_scenario(scenario, out_dir=tmp_path, watch=watched)
     top = report.findings[0]
     assert top.evidence["cut"] == cut
-    assert top.evidence["cut_at"].endswith(line_of(marker))
+    planted_in = inspect.getsourcefile(scenario.train.func)  # the module of its train()
+    assert top.evidence["cut_at"].endswith(line_in(planted_in, marker))
     assert torch._C._len_torch_function_stack() == 0
 
 
