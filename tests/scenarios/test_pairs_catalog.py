@@ -34,92 +34,6 @@ NO_PAIR = {
     # is the root cause and ranks first, so TD210 is never the top finding of a planted bug.
     "TD210": "always ranked after TD206 on the divergence it reports",
 }
-# Flat top-level scenario modules not yet moved into a family folder. May only shrink (the
-# scenarios/ reorganisation of issue 14 point 4 empties it); no new flat module may appear.
-FLAT_LEFT: frozenset[str] = frozenset(
-    {
-        "accum_loss_divided",
-        "accum_loss_not_divided",
-        "argmax_metric_only",
-        "argmax_selection_loss",
-        "augmentation_shared_rng",
-        "augmentation_worker_seeded",
-        "aux_loss_in_torch",
-        "aux_loss_no_grad",
-        "aux_loss_numpy_roundtrip",
-        "aux_loss_with_grad",
-        "batches_class_sorted",
-        "batches_shuffled",
-        "bce_multilabel_logits",
-        "bce_multilabel_sigmoid",
-        "data_fresh_batches",
-        "data_same_batch",
-        "ema_never_updated",
-        "ema_updated",
-        "frozen_bn_backbone_eval",
-        "frozen_bn_backbone_train_mode",
-        "frozen_dropout_eval",
-        "frozen_dropout_train_mode",
-        "gru_learned_start_state",
-        "gru_probability_clamped",
-        "inputs_raw_units",
-        "inputs_standardized",
-        "inputs_token_ids",
-        "labels_one_based",
-        "labels_zero_based",
-        "logging_bugs_only",
-        "loss_bce_single_logit",
-        "loss_ce_seq_reshape",
-        "loss_ce_seq_transpose",
-        "loss_ce_single_logit",
-        "loss_double_softmax",
-        "loss_log_softmax_batch_dim",
-        "loss_log_softmax_class_dim",
-        "loss_logged_item",
-        "loss_logits_smoothing_distill",
-        "loss_mse_broadcast",
-        "loss_mse_shapes_match",
-        "loss_nll_log_relu",
-        "loss_nll_log_softmax",
-        "loss_nll_softmax",
-        "loss_total_detached",
-        "loss_total_keeps_graph",
-        "loss_total_per_epoch",
-        "loss_total_per_epoch_item",
-        "lr_cosine_epochs_per_batch",
-        "lr_epoch_sched_per_epoch",
-        "lr_epoch_sched_per_micro_batch",
-        "lr_multistep_epochs_per_batch",
-        "lr_onecycle_per_batch",
-        "lr_sched_skips_guarded",
-        "lr_sched_steps_on_amp_skips",
-        "lr_warmup_cosine_per_batch",
-        "relu_bias_default",
-        "relu_bias_shifted",
-        "seed000_metrics_fresh_attribute",
-        "seed000_metrics_stale_attribute",
-        "seed000_validator_copies",
-        "seed000_validator_eval_left",
-        "seed000_validator_fuses",
-        "seed000_validator_fuses_silently",
-        "seed001_clamp_saturates",
-        "seed001_detached",
-        "seed001_healthy",
-        "seed001_where_constant",
-        "seed003_dfl_clamp_inactive",
-        "seed003_dfl_clamped",
-        "seed004_auroc_one_class",
-        "seed004_auroc_two_classes",
-        "seed004_lora_trainable",
-        "seed004_requires_grad_quantized",
-        "tanh_inputs_scaled",
-        "tanh_inputs_unscaled",
-        "validation_without_eval",
-        "weight_decay_on_norms",
-        "weight_decay_split",
-    }
-)
-
 PACKAGE = "traindoctor.scenarios"
 MODULES = scenario_modules()
 SCENARIOS = all_scenarios()
@@ -167,20 +81,15 @@ def test_scenario_names_are_unique():
 
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if not s.healthy], ids=lambda s: s.name)
 def test_buggy_scenario_and_its_twin_run_one_function(scenario):
-    module = _module_of(scenario)
-    if module.rsplit(".", 1)[-1] in FLAT_LEFT:
-        pytest.skip(f"{module} is still flat (FLAT_LEFT)")
     twin = BY_NAME[scenario.twin]
     assert _function(scenario.train) is _function(twin.train), (
         f"{scenario.name} and its twin {twin.name} should be one train(..., bug=...)"
     )
 
 
-def test_no_new_flat_scenario_module():
-    flat = {name.rsplit(".", 1)[-1] for name, _ in MODULES if name.count(".") == 2}
-    assert flat <= FLAT_LEFT, (
-        f"scenario modules outside a family folder: {sorted(flat - FLAT_LEFT)}"
-    )
+def test_no_flat_scenario_module():
+    flat = sorted(name for name, _ in MODULES if name.count(".") == 2)
+    assert not flat, f"scenario modules outside a family folder: {flat}"
 
 
 @pytest.mark.parametrize(
@@ -204,10 +113,3 @@ def test_module_lives_in_its_family_folder_named_by_code(module, scenarios):
     assert codes == tops, f"{module}: named after {sorted(codes)}, plants {sorted(tops)}"
     wrong = {t for t in tops if FAMILY_OF_DIGIT[t[2]] != folder}
     assert not wrong, f"{module}: {sorted(wrong)} belong in {FAMILY_OF_DIGIT[min(wrong)[2]]}/"
-
-
-def _module_of(scenario) -> str:
-    for name, scenarios in MODULES:
-        if any(s is scenario for s in scenarios):
-            return name
-    raise LookupError(scenario.name)
