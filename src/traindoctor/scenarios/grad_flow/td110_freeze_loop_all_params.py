@@ -32,7 +32,7 @@ def train(steps: int = 60, watch=None, bug: bool = False):
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(xb), yb)
         log(doc, loss=loss)
-        loss.backward()  # RuntimeError (bug): element 0 of tensors does not require grad
+        loss.backward()  # RuntimeError: element 0 of tensors does not require grad
         optimizer.step()
         if not bug and (step + 1) % 10 == 0:
             with validating(doc, model):
