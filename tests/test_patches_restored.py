@@ -1,11 +1,14 @@
 """After the last doctor closes, every attribute traindoctor replaced in torch (and in the
 libraries it watches) `is` its original again, and no hook of ours is left in torch's global
-hook dicts: patches are installed in six modules by five mechanisms, so this is checked in
-one place, on a run that switches on every one of them (watch and zero-code, a GradScaler,
-a scheduler, clipping, losses, a DataLoader, hand-written updates, jit scripting)."""
+hook dicts: every process-wide patch goes through _patching.py, so this is checked in one
+place, on a run that switches on every one of them (watch and zero-code, a GradScaler,
+a scheduler, clipping, losses, a DataLoader, hand-written updates, jit scripting): the
+registry's targets while attached, and torch's attributes by snapshot. Nested doctors keep
+the patches until the last closes; a user's patch on top of ours survives our detach."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,6 +16,7 @@ from torch.nn.modules import module as module_globals
 from torch.utils.data import DataLoader, TensorDataset
 
 import traindoctor as td
+from traindoctor._patching import MISSING, patched_targets
 from traindoctor.doctor import Doctor
 from traindoctor.integrations.autopatch import attached
 
@@ -98,23 +102,87 @@ def _train(doc_log=None) -> nn.Module:
     return model
 
 
+def _check_registry(before: dict[tuple[int, str], object], during: list) -> None:
+    """What the registry saved is what was there before any doctor, and it is back."""
+    assert not patched_targets(), patched_targets()
+    snapshotted = {owner for owner, _ in before}  # (classes imported since are not in it)
+    for entry in during:
+        key = (id(entry.owner), entry.attribute)
+        if id(entry.owner) in snapshotted:
+            assert entry.before is before.get(key, MISSING), key
+        assert vars(entry.owner).get(entry.attribute, MISSING) is entry.before, key
+
+
+def _watch(tmp_path, name: str = "run"):
+    model = nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return td.watch(model, opt, out_dir=tmp_path / name, console=False)
+
+
 def test_watch_restores_every_patched_attribute(tmp_path):
+    assert not patched_targets()
     before, hooks = _snapshot(), _global_hooks()
     torch.manual_seed(0)
-    model = nn.Linear(6, 3)
-    doc = td.watch(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), out_dir=tmp_path, console=False
-    )
+    doc = _watch(tmp_path)
     _train(doc.log)
-    during = _snapshot()
+    during, targets = _snapshot(), patched_targets()
     # The check sees the patches: Tensor.backward, the losses, clipping, the scaler, the
     # schedulers, DataLoader.__iter__, Module.__getstate__, jit's scripting, ...
     assert sum(during.get(k) is not v for k, v in before.items()) >= 30
+    # ... and each of them is in the registry.
+    assert {(id(e.owner), e.attribute) for e in targets} >= {
+        k for k, v in before.items() if during.get(k) is not v
+    }
     doc.close()
     after = _snapshot()
     changed = [k for k in before if after.get(k) is not before[k]]
     assert not changed, changed
+    _check_registry(before, targets)
     assert _global_hooks() == hooks
+
+
+@pytest.mark.parametrize("close_first", ["first", "second"])
+def test_nested_doctors_keep_patches_until_the_last_closes(tmp_path, close_first):
+    before = _snapshot()
+    torch.manual_seed(0)
+    first = _watch(tmp_path, "first")
+    _train(first.log)
+    second = _watch(tmp_path, "second")
+    _train(second.log)
+    targets = patched_targets()
+    backward = torch.Tensor.backward
+    assert vars(torch.Tensor)["backward"] is not before[(id(torch.Tensor), "backward")]
+    (first if close_first == "first" else second).close()
+    # The other doctor still listens: every patch is still in place, the same objects.
+    assert torch.Tensor.backward is backward
+    assert [(e.owner, e.attribute, e.ours) for e in patched_targets()] == [
+        (e.owner, e.attribute, e.ours) for e in targets
+    ]
+    (second if close_first == "first" else first).close()
+    after = _snapshot()
+    assert not [k for k in before if after.get(k) is not before[k]]
+    _check_registry(before, targets)
+
+
+def test_user_patch_on_top_of_ours_survives_detach(tmp_path):
+    original = F.mse_loss
+    doc = _watch(tmp_path)
+    ours = F.mse_loss
+    assert ours is not original
+
+    def users_mse(*args, **kwargs):  # e.g. a library's logging wrapper, installed after watch()
+        return ours(*args, **kwargs)
+
+    F.mse_loss = users_mse
+    try:
+        _train(doc.log)
+        doc.close()
+        assert F.mse_loss is users_mse  # not clobbered by our restore
+        assert not patched_targets()
+        x = torch.randn(4)
+        assert torch.equal(F.mse_loss(x, x * 0), original(x, x * 0))  # ours passes through
+    finally:
+        F.mse_loss = original
 
 
 def test_zero_code_restores_every_patched_attribute(tmp_path):
@@ -129,4 +197,5 @@ def test_zero_code_restores_every_patched_attribute(tmp_path):
     added = [k for k in after if k not in before]
     assert not changed, changed
     assert not added, added
+    assert not patched_targets()
     assert _global_hooks() == hooks

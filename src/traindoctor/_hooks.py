@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.fx import _symbolic_trace
 
+from ._patching import Patch, PatchSet, acquire, release
+
 INERT_EVENT = "traindoctor.inert-hook"
 
 
@@ -90,8 +92,6 @@ _KEYED_BY_HOOK = (
     "_forward_hooks_always_called",
     "_forward_pre_hooks_with_kwargs",
 )
-_getstate_originals: dict[type, Any] = {}
-_users = [0]
 
 
 def _without_our_hooks(state: Any) -> Any:
@@ -121,15 +121,12 @@ def _without_our_hooks(state: Any) -> Any:
     return copied
 
 
-def _wrap_getstate(cls: type) -> None:
-    original = cls.__dict__["__getstate__"]
-
+def _getstate_of(original: Callable[..., Any]) -> Callable[..., Any]:
     def __getstate__(self: Any) -> Any:  # noqa: N807
         return _without_our_hooks(original(self))
 
     __getstate__.__wrapped__ = original  # type: ignore[attr-defined]
-    _getstate_originals[cls] = original
-    cls.__getstate__ = __getstate__  # type: ignore[attr-defined]
+    return __getstate__
 
 
 # -- scripting a module leaves traindoctor's hooks out ----------------------------------------
@@ -142,7 +139,6 @@ def _wrap_getstate(cls: type) -> None:
 # for copies without them, the originals put back after: their order, and the handles that
 # point at them, are untouched). The ScriptModule then is what it is without traindoctor: the
 # user's own hooks, in their order, and none of ours.
-_script_original: list[Any] = []
 
 
 def _our_keys(module: Any) -> set[int]:
@@ -188,58 +184,43 @@ def _create_script_module(nn_module: Any, *args: Any, **kwargs: Any) -> Any:
         _show_our_hooks(hidden)
 
 
-def _script_without_our_hooks() -> None:
-    from torch.jit import _recursive
-
-    original = _recursive.__dict__.get("create_script_module")
-    if original is None or original is _create_script_module:
-        return
+def _script_of(original: Any) -> Any:
+    if original is _create_script_module:
+        return None  # ours already (left under someone else's wrapper): nothing to do
     _create_script_module.__wrapped__ = original  # type: ignore[attr-defined]
     _create_script_module.__doc__ = original.__doc__
-    _script_original[:] = [original]
-    _recursive.create_script_module = _create_script_module
+    return _create_script_module
 
 
-def _script_with_our_hooks() -> None:
+def _pickle_patches() -> list[Patch]:
     from torch.jit import _recursive
 
-    if not _script_original:
-        return
-    if _recursive.__dict__.get("create_script_module") is _create_script_module:
-        _recursive.create_script_module = _script_original[0]  # else: someone else's stays
-    _script_original.clear()
-
-
-def strip_hooks_from_pickles() -> None:
-    """Start (reference-counted, one per attached doctor): pickles, copies and torch.jit see the
-    user's modules without our hooks."""
-    _users[0] += 1
-    if _users[0] > 1:
-        return
-    _script_without_our_hooks()
+    patches = [Patch(_recursive, "create_script_module", _script_of, optional=True)]
     stack: list[type] = [torch.nn.Module]
     seen: set[type] = set()
-    while stack:
+    while stack:  # every Module class that defines its own __getstate__ (those existing now)
         cls = stack.pop()
         if cls in seen:
             continue
         seen.add(cls)
         if "__getstate__" in cls.__dict__:
-            _wrap_getstate(cls)
+            patches.append(Patch(cls, "__getstate__", _getstate_of))
         stack.extend(cls.__subclasses__())
+    return patches
+
+
+PICKLES = PatchSet("Module.__getstate__ and jit's create_script_module", _pickle_patches)
+
+
+def strip_hooks_from_pickles() -> None:
+    """Start (reference-counted, one per attached doctor): pickles, copies and torch.jit see the
+    user's modules without our hooks."""
+    acquire(PICKLES)
 
 
 def keep_hooks_in_pickles() -> None:
     """Stop (the last attached doctor detached): the original __getstate__ methods return."""
-    _users[0] = max(0, _users[0] - 1)
-    if _users[0]:
-        return
-    _script_with_our_hooks()
-    for cls, original in _getstate_originals.items():
-        current = cls.__dict__.get("__getstate__")
-        if getattr(current, "__wrapped__", None) is original:
-            cls.__getstate__ = original  # type: ignore[attr-defined]
-    _getstate_originals.clear()
+    release(PICKLES)
 
 
 def remove_our_hooks(model: Any) -> int:

@@ -6,7 +6,7 @@
   `__enter__`): listeners hear each region's entry and exit, outermost only.
 
 Installed while at least one listener is registered; the originals come back when the last one
-leaves. A listener that raises is ignored: the user's call always runs and returns as before.
+leaves (through _patching.py). A listener that raises is ignored: the user's call always runs and returns as before.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from typing import Any
 
 import torch
 
+from ._patching import Patch, PatchSet, acquire, release
+
 TrainListener = Callable[[torch.nn.Module, bool], None]
 
 _local = threading.local()
 _train_listeners: list[TrainListener] = []
 _region_listeners: list[Any] = []  # objects with region_enter() and region_exit()
-_original_train: Any = None
-_original_enter: Any = None
-_original_exit: Any = None
 
 
 def _notify(fn: Callable[..., Any], *args: Any) -> None:
@@ -34,70 +33,74 @@ def _notify(fn: Callable[..., Any], *args: Any) -> None:
         pass
 
 
-def _train(self: torch.nn.Module, mode: bool = True) -> Any:
-    depth = getattr(_local, "train_depth", 0)
-    _local.train_depth = depth + 1
-    try:
-        out = _original_train(self, mode)
-    finally:
-        _local.train_depth = depth
-    if depth == 0:
-        for fn in list(_train_listeners):
-            _notify(fn, self, bool(mode))
-    return out
+def _train_of(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _train(self: torch.nn.Module, mode: bool = True) -> Any:
+        depth = getattr(_local, "train_depth", 0)
+        _local.train_depth = depth + 1
+        try:
+            out = original(self, mode)
+        finally:
+            _local.train_depth = depth
+        if depth == 0:
+            for fn in list(_train_listeners):
+                _notify(fn, self, bool(mode))
+        return out
+
+    return _train
 
 
-def _enter(self: Any) -> Any:
-    depth = getattr(_local, "region_depth", 0)
-    _local.region_depth = depth + 1
-    if depth == 0:
-        for listener in list(_region_listeners):
-            _notify(listener.region_enter)
-    return _original_enter(self)
+def _enter_of(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _enter(self: Any) -> Any:
+        depth = getattr(_local, "region_depth", 0)
+        _local.region_depth = depth + 1
+        if depth == 0:
+            for listener in list(_region_listeners):
+                _notify(listener.region_enter)
+        return original(self)
+
+    return _enter
 
 
-def _exit(self: Any, *exc: Any) -> Any:
-    out = _original_exit(self, *exc)
-    depth = getattr(_local, "region_depth", 1) - 1
-    _local.region_depth = max(depth, 0)
-    if depth <= 0:
-        for listener in list(_region_listeners):
-            _notify(listener.region_exit)
-    return out
+def _exit_of(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _exit(self: Any, *exc: Any) -> Any:
+        out = original(self, *exc)
+        depth = getattr(_local, "region_depth", 1) - 1
+        _local.region_depth = max(depth, 0)
+        if depth <= 0:
+            for listener in list(_region_listeners):
+                _notify(listener.region_exit)
+        return out
+
+    return _exit
+
+
+TRAIN = Patch(torch.nn.Module, "train", _train_of)
+REGION = PatchSet(
+    "inference_mode",
+    lambda: (
+        Patch(torch.inference_mode, "__enter__", _enter_of),
+        Patch(torch.inference_mode, "__exit__", _exit_of),
+    ),
+)
 
 
 def add_train_listener(fn: TrainListener) -> None:
-    global _original_train
-    if _original_train is None:
-        _original_train = torch.nn.Module.train
-        torch.nn.Module.train = _train  # type: ignore[method-assign]
+    acquire(TRAIN)  # one hold per listener
     _train_listeners.append(fn)
 
 
 def remove_train_listener(fn: TrainListener) -> None:
-    global _original_train
     if fn in _train_listeners:
         _train_listeners.remove(fn)
-    if not _train_listeners and _original_train is not None:
-        torch.nn.Module.train = _original_train  # type: ignore[method-assign]
-        _original_train = None
+        release(TRAIN)
 
 
 def add_region_listener(listener: Any) -> None:
-    global _original_enter, _original_exit
-    if _original_enter is None:
-        cls = torch.inference_mode
-        _original_enter, _original_exit = cls.__enter__, cls.__exit__
-        cls.__enter__ = _enter  # type: ignore[method-assign]
-        cls.__exit__ = _exit  # type: ignore[method-assign]
+    acquire(REGION)
     _region_listeners.append(listener)
 
 
 def remove_region_listener(listener: Any) -> None:
-    global _original_enter, _original_exit
     if listener in _region_listeners:
         _region_listeners.remove(listener)
-    if not _region_listeners and _original_enter is not None:
-        cls = torch.inference_mode
-        cls.__enter__, cls.__exit__ = _original_enter, _original_exit  # type: ignore[method-assign]
-        _original_enter = _original_exit = None
+        release(REGION)

@@ -2,7 +2,7 @@
 (and, below, of the gradient-clipping functions and `GradScaler.unscale_`/`step`).
 
 Installed when the first listener registers and removed with the last, restoring the original
-functions exactly. A listener sees the root tensor before the original backward runs, so the
+functions exactly (through _patching.py, like every process-wide patch). A listener sees the root tensor before the original backward runs, so the
 graph is still intact (and a loss without grad_fn is recorded before torch raises on it); an
 optional `after` listener runs once the gradients are accumulated.
 """
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ._hooks import compiling
+from ._patching import Patch, PatchSet, acquire, release
 from ._warnings import call_from
 from .errors import StopTraining
 
@@ -27,7 +28,6 @@ AfterListener = Callable[[], None]
 
 _listeners: list[Listener] = []
 _after: list[AfterListener] = []
-_originals: dict[str, Any] = {}
 _local = threading.local()
 # GradScaler.scale(loss) outputs, mapped back to the loss they scale: id(output) -> (weak
 # output, loss). Keyed by id and checked with `is`: a dict keyed by tensors would compare
@@ -113,33 +113,43 @@ def _run(original: Callable[..., Any], tensors: Any, args: Any, kwargs: Any) -> 
     return result
 
 
-def _tensor_backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    return _run(_originals["Tensor.backward"], self, args, kwargs)
+def _tensor_backward_of(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _tensor_backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return _run(original, self, args, kwargs)
+
+    return _tensor_backward
 
 
-def _autograd_backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-    return _run(_originals["autograd.backward"], tensors, args, kwargs)
+def _autograd_backward_of(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _autograd_backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        return _run(original, tensors, args, kwargs)
+
+    return _autograd_backward
+
+
+BACKWARD = PatchSet(
+    "backward",
+    lambda: (
+        Patch(torch.Tensor, "backward", _tensor_backward_of),
+        Patch(torch.autograd, "backward", _autograd_backward_of),
+    ),
+)
 
 
 def add_backward_listener(listener: Listener, after: AfterListener | None = None) -> None:
-    if not _listeners:
-        _originals["Tensor.backward"] = torch.Tensor.backward
-        _originals["autograd.backward"] = torch.autograd.backward
-        torch.Tensor.backward = _tensor_backward  # type: ignore[method-assign]
-        torch.autograd.backward = _autograd_backward  # type: ignore[assignment]
+    acquire(BACKWARD)  # one hold per listener
     _listeners.append(listener)
     if after is not None:
         _after.append(after)
 
 
 def remove_backward_listener(listener: Listener, after: AfterListener | None = None) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
     if after is not None and after in _after:
         _after.remove(after)
-    if not _listeners and _originals:
-        torch.Tensor.backward = _originals.pop("Tensor.backward")  # type: ignore[method-assign]
-        torch.autograd.backward = _originals.pop("autograd.backward")  # type: ignore[assignment]
+    if listener in _listeners:
+        _listeners.remove(listener)
+        release(BACKWARD)
+    if not _listeners:
         _after.clear()
 
 
@@ -150,54 +160,55 @@ def is_patched() -> bool:
 # -- GradScaler instances (watch mode) ------------------------------------------------------
 # One wrapper per scaler instance, shared by every doctor watching it, removed with the last:
 # the instance's attributes are then exactly what they were (usually: none, the class methods).
-_MISSING = object()
-_scalers: dict[int, dict[str, Any]] = {}
+# id(scaler) -> (its patches, the listeners of its update())
+_scalers: dict[int, tuple[PatchSet, list[AfterListener]]] = {}
 
 
-def watch_scaler(scaler: Any, on_update: AfterListener) -> None:
-    entry = _scalers.get(id(scaler))
-    if entry is None:
-        before = {n: scaler.__dict__.get(n, _MISSING) for n in ("scale", "update")}
-        scale_fn, update_fn = scaler.scale, scaler.update
-        listeners: list[AfterListener] = []
-
+def _scaler_patches(scaler: Any, listeners: list[AfterListener]) -> PatchSet:
+    def scale_of(scale_fn: Callable[..., Any]) -> Callable[..., Any]:
         def scale(outputs: Any) -> Any:
             out = scale_fn(outputs)
             note_scaled(out, outputs)
             return out
 
+        return scale
+
+    def update_of(update_fn: Callable[..., Any]) -> Callable[..., Any]:
         def update(*args: Any, **kwargs: Any) -> Any:
             result = update_fn(*args, **kwargs)
             for fn in list(listeners):
                 _call(fn)
             return result
 
-        entry = {
-            "before": before,
-            "listeners": listeners,
-            "ours": {"scale": scale, "update": update},
-        }
-        _scalers[id(scaler)] = entry
-        scaler.scale, scaler.update = scale, update
-    entry["listeners"].append(on_update)
+        return update
+
+    return PatchSet(
+        f"GradScaler instance {id(scaler):#x}",
+        lambda: (Patch(scaler, "scale", scale_of), Patch(scaler, "update", update_of)),
+    )
+
+
+def watch_scaler(scaler: Any, on_update: AfterListener) -> None:
+    entry = _scalers.get(id(scaler))
+    if entry is None:
+        listeners: list[AfterListener] = []
+        patches = _scaler_patches(scaler, listeners)
+        acquire(patches)  # one hold for all the doctors watching this scaler
+        entry = _scalers[id(scaler)] = (patches, listeners)
+    entry[1].append(on_update)
 
 
 def unwatch_scaler(scaler: Any, on_update: AfterListener) -> None:
     entry = _scalers.get(id(scaler))
     if entry is None:
         return
-    if on_update in entry["listeners"]:
-        entry["listeners"].remove(on_update)
-    if entry["listeners"]:
+    patches, listeners = entry
+    if on_update in listeners:
+        listeners.remove(on_update)
+    if listeners:
         return
     del _scalers[id(scaler)]
-    for name, before in entry["before"].items():
-        if scaler.__dict__.get(name) is not entry["ours"][name]:
-            continue  # replaced by the user since: theirs stays
-        if before is _MISSING:
-            delattr(scaler, name)
-        else:
-            setattr(scaler, name, before)
+    release(patches)
 
 
 # -- Mixed precision: clip functions and GradScaler methods (process-wide) ------------------
@@ -223,7 +234,6 @@ class AmpListener:
 
 
 _amp_listeners: list[Any] = []
-_amp_originals: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, ours)
 
 
 def in_scaler_step() -> bool:
@@ -267,15 +277,17 @@ def _clip_wrapper(name: str, original: Callable[..., Any], arg: str) -> Callable
     return clip
 
 
-def _scaler_wrappers(cls: Any) -> dict[str, Callable[..., Any]]:
-    unscale_fn, step_fn = cls.__dict__["unscale_"], cls.__dict__["step"]
-
+def _unscale_of(unscale_fn: Callable[..., Any]) -> Callable[..., Any]:
     def unscale_(scaler: Any, optimizer: Any) -> Any:
         result = unscale_fn(scaler, optimizer)
         for listener in list(_amp_listeners):
             _call(listener.unscaled, scaler, optimizer)
         return result
 
+    return unscale_
+
+
+def _step_of(step_fn: Callable[..., Any]) -> Callable[..., Any]:
     def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
         for listener in list(_amp_listeners):
             _call(listener.scaler_step, scaler, optimizer, False)
@@ -288,44 +300,45 @@ def _scaler_wrappers(cls: Any) -> dict[str, Callable[..., Any]]:
             _call(listener.scaler_step, scaler, optimizer, True)
         return result
 
-    return {"unscale_": unscale_, "step": step}
+    return step
 
 
-def _install_amp() -> None:
+def _amp_patches() -> list[Patch]:
     from torch.nn import utils as nn_utils
     from torch.nn.utils import clip_grad
 
-    patched: dict[int, Callable[..., Any]] = {}  # id(original) -> its wrapper, shared by owners
+    patches: list[Patch] = []
+    shared: dict[int, Callable[..., Any]] = {}  # id(original) -> its wrapper, one for both owners
     for fn_name, arg in (("clip_grad_norm_", "max_norm"), ("clip_grad_value_", "clip_value")):
-        for owner in (clip_grad, nn_utils):
-            original = owner.__dict__.get(fn_name)
-            if original is None:
-                continue
-            wrapper = patched.get(id(original))
+
+        def clip_of(original: Any, fn_name: str = fn_name, arg: str = arg) -> Any:
+            wrapper = shared.get(id(original))
             if wrapper is None:
-                wrapper = patched[id(original)] = _clip_wrapper(fn_name, original, arg)
-            _amp_originals.append((owner, fn_name, original, wrapper))
-            setattr(owner, fn_name, wrapper)
+                wrapper = shared[id(original)] = _clip_wrapper(fn_name, original, arg)
+            return wrapper
+
+        # Only where the owner defines it itself (as before: not a name it re-exports lazily).
+        patches += [
+            Patch(owner, fn_name, clip_of)
+            for owner in (clip_grad, nn_utils)
+            if owner.__dict__.get(fn_name) is not None
+        ]
     cls = torch.amp.GradScaler
-    for attr, wrapper in _scaler_wrappers(cls).items():
-        _amp_originals.append((cls, attr, cls.__dict__[attr], wrapper))
-        setattr(cls, attr, wrapper)
+    return [*patches, Patch(cls, "unscale_", _unscale_of), Patch(cls, "step", _step_of)]
+
+
+AMP = PatchSet("clip functions and GradScaler.unscale_/step", _amp_patches)
 
 
 def add_amp_listener(listener: Any) -> None:
-    if not _amp_listeners:
-        _install_amp()
+    acquire(AMP)  # one hold per listener
     _amp_listeners.append(listener)
 
 
 def remove_amp_listener(listener: Any) -> None:
     if listener in _amp_listeners:
         _amp_listeners.remove(listener)
-    if not _amp_listeners:
-        for owner, attr, original, ours in reversed(_amp_originals):
-            if owner.__dict__.get(attr) is ours:  # replaced by someone else since: theirs stays
-                setattr(owner, attr, original)
-        _amp_originals.clear()
+        release(AMP)
 
 
 def amp_is_patched() -> bool:
@@ -341,7 +354,6 @@ def amp_is_patched() -> bool:
 _DATA = torch._C.TensorBase.__dict__["data"]
 _DATA_KEEP = 1 << 16  # kept tensors between two takes, at most (unmodified ones go first)
 _data_watches: list[DataWatch] = []
-_data_restore: list[Any] = []
 
 
 class DataWatch:
@@ -392,25 +404,18 @@ def _data_set(self: torch.Tensor, value: Any) -> None:
             watch.assigned.add(id(self))
 
 
+DATA = Patch(torch.Tensor, "data", lambda _: property(_data_get, _data_set, doc=_DATA.__doc__))
+
+
 def add_data_watch(watch: DataWatch) -> None:
-    if not _data_watches:
-        _data_restore[:] = [torch.Tensor.__dict__.get("data", _MISSING)]
-        torch.Tensor.data = property(_data_get, _data_set, doc=_DATA.__doc__)  # type: ignore[method-assign,assignment]
+    acquire(DATA)  # one hold per watch
     _data_watches.append(watch)
 
 
 def remove_data_watch(watch: DataWatch) -> None:
     if watch in _data_watches:
         _data_watches.remove(watch)
-    if _data_watches or not _data_restore:
-        return
-    before = _data_restore.pop()
-    current = torch.Tensor.__dict__.get("data")
-    if isinstance(current, property) and current.fget is _data_get:  # else: theirs stays
-        if before is _MISSING:
-            del torch.Tensor.data
-        else:
-            torch.Tensor.data = before  # type: ignore[method-assign]
+        release(DATA)
 
 
 def data_is_patched() -> bool:

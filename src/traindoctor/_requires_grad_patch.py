@@ -17,8 +17,8 @@ parameter every step, which a `__setattr__` would slow by ~100 ns each; reads of
 `p.requires_grad` (which torch's optimizers do not do per step) cost ~25 ns more through the
 property (measured: 51 -> 78 ns per read; 49 ns per `p.grad = None` either way).
 
-Installed when the first listener registers and removed with the last; a class attribute that
-someone else replaced in between is left as it is. Listeners are called behind a last-resort
+Installed when the first listener registers and removed with the last (through _patching.py); a
+class attribute that someone else replaced in between is left as it is. Listeners are called behind a last-resort
 `try`: the user's program sees exactly the exception torch raised, or nothing.
 """
 
@@ -29,18 +29,17 @@ from typing import Any
 
 import torch
 
+from ._patching import Patch, PatchSet, acquire, release
+
 # (param, requested flag, the error torch raised, how it was asked: "requires_grad =" or
 # "requires_grad_()")
 Listener = Callable[[torch.Tensor, bool, BaseException, str], None]
 
-_MISSING = object()
 _DESCRIPTOR = torch._C.TensorBase.__dict__["requires_grad"]  # the C getset descriptor
 _C_SET = _DESCRIPTOR.__set__
 _C_REQUIRES_GRAD_ = torch._C.TensorBase.requires_grad_
 
 _listeners: list[Listener] = []
-_saved: dict[str, Any] = {}  # attribute -> what Parameter.__dict__ held before (or _MISSING)
-_ours: dict[str, Any] = {}
 # Bumped on every successful flag change of a Parameter while installed: probes compare it to
 # know that the trainable set may have changed, without walking the model every step.
 generation = 0
@@ -80,42 +79,28 @@ def _requires_grad_(self: torch.Tensor, requires_grad: bool = True) -> torch.Ten
 _requires_grad_.__doc__ = _C_REQUIRES_GRAD_.__doc__
 
 
-def _install() -> None:
-    cls = torch.nn.Parameter
-    new = {
-        "requires_grad": property(_DESCRIPTOR.__get__, _set_requires_grad, doc=_DESCRIPTOR.__doc__),
-        "requires_grad_": _requires_grad_,
-    }
-    for name, ours in new.items():
-        _saved[name] = cls.__dict__.get(name, _MISSING)
-        _ours[name] = ours
-        setattr(cls, name, ours)
-
-
-def _uninstall() -> None:
-    cls = torch.nn.Parameter
-    for name, before in _saved.items():
-        if cls.__dict__.get(name) is not _ours.get(name):
-            continue  # replaced by someone else since: theirs stays
-        if before is _MISSING:
-            delattr(cls, name)
-        else:
-            setattr(cls, name, before)
-    _saved.clear()
-    _ours.clear()
+PATCHES = PatchSet(
+    "Parameter.requires_grad",
+    lambda: (
+        Patch(
+            torch.nn.Parameter,
+            "requires_grad",
+            lambda _: property(_DESCRIPTOR.__get__, _set_requires_grad, doc=_DESCRIPTOR.__doc__),
+        ),
+        Patch(torch.nn.Parameter, "requires_grad_", lambda _: _requires_grad_),
+    ),
+)
 
 
 def add_listener(listener: Listener) -> None:
-    if not _listeners:
-        _install()
+    acquire(PATCHES)  # one hold per listener
     _listeners.append(listener)
 
 
 def remove_listener(listener: Listener) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
-    if not _listeners and _saved:
-        _uninstall()
+        release(PATCHES)
 
 
 def is_patched() -> bool:

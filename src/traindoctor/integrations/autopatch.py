@@ -20,7 +20,9 @@ from torch.optim import optimizer as optim_module
 
 from .. import _patches
 from .._hooks import compiling
+from .._patching import Patch, acquire, release
 from .._source import user_source
+from ..bus import Event
 from ..doctor import Doctor
 from ..probes.audit import watch_requires_grad
 from ..probes.forward import output_facts
@@ -35,7 +37,7 @@ class ZeroCodeSession:
         self._roots: dict[int, weakref.ref] = {}  # id(module) -> module called at depth 0
         self._depth = 0
         self._handles: list[Any] = []
-        self._restore: list[tuple[Any, str, Any]] = []
+        self._held: list[Patch] = []  # this session's process-wide patches
         self._attached = False
         self._forward_hooks_live = False
         self._first_call: dict[int, tuple[Any, torch.Tensor]] = {}
@@ -70,7 +72,7 @@ class ZeroCodeSession:
         _patches.add_backward_listener(self._on_backward)
         # From the first line of the script: setting requires_grad on quantized params
         # usually happens in setup, before any optimizer or backward exists (TD501).
-        self._handles.append(watch_requires_grad(self.doctor))
+        self._handles.append(watch_requires_grad(self.doctor.run))
 
     def uninstall(self) -> None:
         _patches.remove_backward_listener(self._on_backward)
@@ -84,13 +86,15 @@ class ZeroCodeSession:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for owner, name, original in reversed(self._restore):
-            setattr(owner, name, original)
-        self._restore.clear()
+        for patch in reversed(self._held):
+            release(patch)
+        self._held.clear()
 
     def _patch(self, owner: Any, name: str, new: Any) -> None:
-        self._restore.append((owner, name, owner.__dict__[name]))
-        setattr(owner, name, new)
+        # `new` closes over this session (one Patch per session, not shared between sessions).
+        patch = Patch(owner, name, lambda _: new)
+        acquire(patch)
+        self._held.append(patch)
 
     def _patch_grad_scaler(self) -> None:
         scaler_cls = torch.amp.GradScaler
@@ -100,20 +104,16 @@ class ZeroCodeSession:
         def scale(scaler: Any, outputs: Any) -> Any:
             out = scale_fn(scaler, outputs)
             _patches.note_scaled(out, outputs)
-            if session.doctor.scaler is None and session._attached:
-                session.doctor.scaler = scaler
-                if session.doctor._ctx is not None:
-                    session.doctor._ctx.scaler = scaler
+            if session._attached:
+                session.doctor.use_scaler(scaler)
             return out
 
         def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
             result = update_fn(scaler, *args, **kwargs)
             if session.delegated:
                 return result  # the framework's callback watches this scaler's steps
-            doc = session.doctor
-            if session._attached and not doc._closed and not doc._primary_stepped:
-                doc._end_step()
-            doc._primary_stepped = False
+            if session._attached:
+                session.doctor.scaler_updated()  # the step boundary, skipped steps too
             return result
 
         self._patch(scaler_cls, "scale", scale)
@@ -189,7 +189,7 @@ class ZeroCodeSession:
             self.doctor.guard.call("zero-code attach", self._attach, root)
             if self._attached:
                 # The doctor started listening during this dispatch: hand it this backward too.
-                self.doctor._on_backward(root, loss)
+                self.doctor.observe_backward(root, loss)
 
     # -- frameworks: their own callback watches the run --------------------------------
     def _detect_framework(self) -> None:
@@ -290,7 +290,7 @@ class ZeroCodeSession:
             )
         del opt_ids
         self.doctor.attach(named, optimizers, scaler=None)
-        numerics = self.doctor._probe("numerics")
+        numerics = self.doctor.probe("numerics")
         for prefix, model in named.items():
             call = self._first_call.get(id(model))
             if call is not None and numerics is not None:
@@ -341,17 +341,16 @@ def attached(doctor: Doctor) -> Iterator[ZeroCodeSession]:
     """Install zero-code discovery for the duration of the block; the Doctor is closed after."""
     session = ZeroCodeSession(doctor)
     session.install()
-    original_prepare = doctor._prepare_step
 
-    def prepare() -> None:
-        original_prepare()
-        if doctor.step > doctor.budget.structural_steps:
+    def step_opened(step: int, sampled: bool, rec: Any) -> None:
+        if step > doctor.budget.structural_steps:
             session.after_structural_phase()
 
-    doctor._prepare_step = prepare  # type: ignore[method-assign]
+    unsubscribe = doctor.bus.subscribe(Event.STEP_OPENED, step_opened, "zero-code session")
     try:
         yield session
     finally:
+        unsubscribe()
         session.uninstall()
 
 

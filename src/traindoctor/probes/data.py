@@ -30,10 +30,12 @@ import math
 import random
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from .._patching import Patch, PatchSet, acquire, release
 from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
@@ -88,6 +90,11 @@ class DataProbe(Probe):
         DATA_SAMPLES,
         DATA_FIRST_LAYER,
         DATA_FIRST_STATS,
+    )
+    provides_events: ClassVar[tuple[str, ...]] = (
+        "data_forward",
+        "data_loader",
+        "data_base_in_eval",
     )
 
     def __init__(self) -> None:
@@ -153,7 +160,7 @@ class DataProbe(Probe):
         self._fallback = None
         self._remove_layer_hooks()
         ctx = self.ctx
-        if ctx is not None and step <= ctx.doctor.budget.structural_steps:
+        if ctx is not None and step <= ctx.budget.structural_steps:
             for prefix, model in ctx.eager_models().items():
                 for name, module in model.named_modules():
                     if next(module.children(), None) is not None:
@@ -191,7 +198,7 @@ class DataProbe(Probe):
             ctx is not None
             and module.training
             and torch.is_grad_enabled()
-            and not ctx.doctor._validating
+            and not ctx.state.validating
         )
 
     def _make_pre(self, prefix: str, rec: Recorder):
@@ -402,24 +409,10 @@ def _rows_of_base(t: torch.Tensor) -> int | None:
 
 # DataLoaders the script iterated while a doctor listened (weak: never kept alive by us).
 _ITERATED: list[weakref.ref] = []
-_ITER_PATCH: dict[str, Any] = {}
 MAX_LOADERS = 64
 
 
-def _listen_loaders() -> None:
-    """Patch DataLoader.__iter__ to note each loader the script iterates (`for x, y in loader`
-    calls it once per epoch). Reading the user's function frames' `f_locals` for them, as
-    before, left in Python 3.11 a snapshot of those locals on the frame, which kept the
-    step's loss and batch alive for the rest of the loop (a memory leak and a false TD505)."""
-    try:
-        from torch.utils.data import DataLoader
-    except Exception:  # noqa: BLE001
-        return
-    if "original" in _ITER_PATCH:
-        _ITER_PATCH["users"] += 1
-        return
-    original = DataLoader.__iter__
-
+def _iter_of(original: Callable[..., Any]) -> Callable[..., Any]:
     def __iter__(loader: Any) -> Any:  # noqa: N807
         try:
             if len(_ITERATED) < MAX_LOADERS and not any(r() is loader for r in _ITERATED):
@@ -429,22 +422,32 @@ def _listen_loaders() -> None:
         return original(loader)
 
     __iter__.__wrapped__ = original  # type: ignore[attr-defined]
-    _ITER_PATCH.update(original=original, ours=__iter__, users=1)
-    DataLoader.__iter__ = __iter__  # type: ignore[method-assign]
+    return __iter__
+
+
+def _iter_patch() -> list[Patch]:
+    from torch.utils.data import DataLoader
+
+    return [Patch(DataLoader, "__iter__", _iter_of)]
+
+
+_ITER_PATCH = PatchSet("DataLoader.__iter__", _iter_patch)
+
+
+def _listen_loaders() -> None:
+    """Patch DataLoader.__iter__ to note each loader the script iterates (`for x, y in loader`
+    calls it once per epoch). Reading the user's function frames' `f_locals` for them, as
+    before, left in Python 3.11 a snapshot of those locals on the frame, which kept the
+    step's loss and batch alive for the rest of the loop (a memory leak and a false TD505)."""
+    try:
+        acquire(_ITER_PATCH)  # one hold per listening probe
+    except Exception:  # noqa: BLE001  (no DataLoader to import: nothing to note)
+        return
 
 
 def _stop_listening_loaders() -> None:
-    if "original" not in _ITER_PATCH:
-        return
-    _ITER_PATCH["users"] -= 1
-    if _ITER_PATCH["users"] > 0:
-        return
-    from torch.utils.data import DataLoader
-
-    if DataLoader.__iter__ is _ITER_PATCH["ours"]:  # replaced by someone else since: theirs stays
-        DataLoader.__iter__ = _ITER_PATCH["original"]  # type: ignore[method-assign]
-    _ITER_PATCH.clear()
-    _ITERATED.clear()
+    if release(_ITER_PATCH):
+        _ITERATED.clear()
 
 
 def _user_loaders() -> list[tuple[str, Any]]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.modules.module import register_module_forward_hook
 
 from .._hooks import compiling
+from .._patching import Patch, acquire, release
 from .._source import user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
@@ -35,37 +36,36 @@ INIT_OUT_STD = signal("init.out_std", "per leaf module: std of its output on str
 
 # -- the process-wide cross_entropy wrapper, shared by every watching doctor ----------------
 _ce_listeners: list[Callable[..., None]] = []
-_ce_original: dict[str, Any] = {}
 
 
-def _ce_wrapped(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
-    out = _ce_original["fn"](input, target, *args, **kwargs)
-    if compiling():
+def _ce_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def _ce_wrapped(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
+        out = original(input, target, *args, **kwargs)
+        if compiling():
+            return out
+        for listener in list(_ce_listeners):
+            try:
+                listener(input, out, args, kwargs)
+            except Exception:  # noqa: BLE001  (listeners guard themselves; never reach the user)
+                pass
         return out
-    for listener in list(_ce_listeners):
-        try:
-            listener(input, out, args, kwargs)
-        except Exception:  # noqa: BLE001  (listeners guard themselves; never reach the user)
-            pass
-    return out
+
+    return _ce_wrapped
+
+
+CROSS_ENTROPY = Patch(F, "cross_entropy", _ce_wrapper)
 
 
 def _add_ce_listener(listener: Callable[..., None]) -> None:
-    if not _ce_listeners:
-        _ce_original["fn"] = F.cross_entropy
-        F.cross_entropy = functools.wraps(_ce_original["fn"])(_ce_wrapped)
-        _ce_original["ours"] = F.cross_entropy
+    acquire(CROSS_ENTROPY)  # one hold per listener
     _ce_listeners.append(listener)
 
 
 def _remove_ce_listener(listener: Callable[..., None]) -> None:
     if listener in _ce_listeners:
         _ce_listeners.remove(listener)
-    if not _ce_listeners and "fn" in _ce_original:
-        original = _ce_original.pop("fn")
-        ours = _ce_original.pop("ours", None)
-        if F.cross_entropy is ours:  # replaced by someone else since: theirs stays
-            F.cross_entropy = original
+        release(CROSS_ENTROPY)
 
 
 def _reduction(args: tuple, kwargs: dict[str, Any]) -> str | None:
@@ -137,6 +137,7 @@ class InitProbe(Probe):
         INIT_IN_STD,
         INIT_OUT_STD,
     )
+    provides_events: ClassVar[tuple[str, ...]] = ("cross_entropy_call", "final_layers")
 
     def __init__(self) -> None:
         super().__init__()
@@ -196,7 +197,7 @@ class InitProbe(Probe):
         self._stop_early()
         _add_ce_listener(self._on_cross_entropy)
         self._listening = True
-        ctx.doctor.guard.call("probe init", self._record_early, ctx)
+        ctx.guard.call("probe init", self._record_early, ctx)
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 if not name or not any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -218,7 +219,7 @@ class InitProbe(Probe):
             for name, m in model.named_modules()
             if name
         }
-        step = ctx.doctor.step
+        step = ctx.state.step
         assert self._rec is not None
         for module, s_in, s_out in early.values():
             qual = names.get(id(module))
@@ -233,9 +234,9 @@ class InitProbe(Probe):
         ctx = self.ctx
         return (
             ctx is not None
-            and not ctx.doctor._validating
+            and not ctx.state.validating
             and torch.is_grad_enabled()
-            and ctx.doctor.step <= ctx.doctor.budget.structural_steps
+            and ctx.state.step <= ctx.budget.structural_steps
         )
 
     def _make_hook(self, qual: str):
@@ -248,7 +249,7 @@ class InitProbe(Probe):
                 return
             self._seen_modules.add(qual)
             assert self.ctx is not None and self._rec is not None
-            step = self.ctx.doctor.step
+            step = self.ctx.state.step
             self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
             self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
 
@@ -257,7 +258,7 @@ class InitProbe(Probe):
     def _on_cross_entropy(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
         if self.ctx is None or self._rec is None or not self._active():
             return
-        self.ctx.doctor.guard.call("probe init", self._record_ce, input, out, args, kwargs)
+        self.ctx.guard.call("probe init", self._record_ce, input, out, args, kwargs)
 
     def _record_ce(
         self,
@@ -275,7 +276,7 @@ class InitProbe(Probe):
         if reduction not in ("mean", "none") or out.numel() == 0:
             return
         assert self.ctx is not None and self._rec is not None
-        step = self.ctx.doctor.step
+        step = self.ctx.state.step
         classes = int(input.shape[1] if input.dim() >= 2 else input.shape[0])
         key = str(self._ce_calls)
         self._ce_calls += 1
@@ -305,7 +306,7 @@ class InitProbe(Probe):
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         assert self.ctx is not None
-        if step >= self.ctx.doctor.budget.structural_steps:
+        if step >= self.ctx.budget.structural_steps:
             self.detach()
             self.retired = True
 

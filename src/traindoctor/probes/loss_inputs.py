@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._hooks import compiling
+from .._patching import Patch, PatchSet, acquire, release
 from .._source import call_site, relpath, user_source_with_code
 from .._warnings import call_as_caller
 from ..timeline import signal
@@ -173,42 +174,33 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     return loss
 
 
-def _owners() -> list[tuple[Any, str, str]]:
-    """(owner, attribute, loss name) of every wrapped loss."""
+def _patches() -> list[Patch]:
+    """One patch per wrapped loss (skipped where this torch lacks the function)."""
     import torch.nn.functional as F
 
-    out = [(F, name, name) for name in LOSSES if name != "cross_entropy"]
+    def of(name: str) -> Callable[[Any], Any]:
+        return lambda original: _wrap(name, original)
+
+    out = [Patch(F, name, of(name), optional=True) for name in LOSSES if name != "cross_entropy"]
     # cross_entropy is wrapped one level down, at the kernel entry F.cross_entropy calls, so
     # that F.cross_entropy itself stays the object InitProbe wraps and unwraps on its own
-    # schedule (stacked wrappers of one attribute could not both be removed exactly).
-    out.append((torch._C._nn, "cross_entropy_loss", "cross_entropy"))
+    # schedule (each probe's wrapper then calls the original directly).
+    out.append(Patch(torch._C._nn, "cross_entropy_loss", of("cross_entropy"), optional=True))
     return out
 
 
-_installed: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, ours)
+LOSS_PATCHES = PatchSet("torch.nn.functional losses", _patches)
 
 
 def add_loss_listener(listener: Any) -> None:
-    if not _listeners:
-        for owner, attr, name in _owners():
-            original = getattr(owner, attr, None)
-            if original is None:
-                continue
-            ours = _wrap(name, original)
-            _installed.append((owner, attr, original, ours))
-            setattr(owner, attr, ours)
+    acquire(LOSS_PATCHES)  # one hold per listener
     _listeners.append(listener)
 
 
 def remove_loss_listener(listener: Any) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
-    if _listeners:
-        return
-    for owner, attr, original, ours in reversed(_installed):
-        if getattr(owner, attr, None) is ours:  # replaced by someone else since: theirs stays
-            setattr(owner, attr, original)
-    _installed.clear()
+        release(LOSS_PATCHES)
 
 
 def loss_patched() -> bool:
@@ -445,6 +437,7 @@ class LossInputsProbe(Probe):
         LOSS_INPUT_TOP_LABEL,
         LOSS_INPUT_OBSERVED,
     )
+    provides_events: ClassVar[tuple[str, ...]] = ("loss_input", "loss_call_reversed")
 
     def __init__(self) -> None:
         super().__init__()
@@ -472,23 +465,23 @@ class LossInputsProbe(Probe):
         ctx = self.ctx
         if ctx is None:
             return None
-        doc = ctx.doctor
-        if doc._closed or doc._validating or "probe loss_inputs" in doc.guard.disabled:
+        state = ctx.state
+        if state.closed or state.validating or "probe loss_inputs" in ctx.guard.disabled:
             return None
         t0 = time.perf_counter()
         try:
-            return doc.guard.call("probe loss_inputs", self._observe, doc, fn, args, kwargs)
+            return ctx.guard.call("probe loss_inputs", self._observe, ctx, fn, args, kwargs)
         finally:
-            doc.budget.spend(time.perf_counter() - t0)
+            ctx.budget.spend(time.perf_counter() - t0)
 
-    def _observe(self, doc: Any, fn: str, args: tuple, kwargs: dict) -> Callable | None:
+    def _observe(self, ctx: AttachContext, fn: str, args: tuple, kwargs: dict) -> Callable | None:
         inp = _arg(args, kwargs, 0, "input")
         tgt = _arg(args, kwargs, 1, "target")
         if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
             return None
         if not torch.is_grad_enabled():
             return None
-        rec, step = self._rec, doc.step
+        rec, step = self._rec, ctx.state.step
         if not inp.requires_grad:
             # A loss on detached values (a logged metric) trains nothing; but an elementwise
             # loss given the prediction as its target (`mse_loss(td_target, q)`) does: its
@@ -496,7 +489,7 @@ class LossInputsProbe(Probe):
             if tgt.requires_grad and fn in ELEMENTWISE and tuple(inp.shape) != tuple(tgt.shape):
                 self._describe_reversed(rec, step, fn, inp, tgt)
             return None
-        sampled = doc.budget.sampled(step)
+        sampled = ctx.budget.sampled(step)
         if not sampled and step > LABEL_STEPS:
             return None  # unsampled steps cost one flag check: the budget is per step
         cdim = 1 if inp.dim() >= 2 else 0

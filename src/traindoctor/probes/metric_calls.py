@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._patching import Patch, acquire, release
 from .._source import user_source
 from .base import AttachContext, Probe, Recorder
 from .metrics import EVAL_UNDEFINED
@@ -40,13 +41,48 @@ TARGETS: dict[str, dict[str, tuple[str, int]]] = {
 }
 
 
+# -- the shared wrappers (process-wide, one hold per listening probe) --------------------------
+_listeners: list[MetricCallsProbe] = []
+_metric_patches: dict[tuple[str, str], Patch] = {}  # (module name, function) -> its one Patch
+
+
+def _metric_patch(module: ModuleType, attr: str, arg: str, pos: int) -> Patch:
+    patch = _metric_patches.get((module.__name__, attr))
+    if patch is None or patch.owner is not module:  # (a module imported afresh: a new owner)
+        patch = Patch(module, attr, lambda fn: _wrap(fn, attr, arg, pos), optional=True)
+        _metric_patches[(module.__name__, attr)] = patch
+    return patch
+
+
+def _wrap(fn: Callable[..., Any], name: str, arg: str, pos: int) -> Callable[..., Any] | None:
+    if getattr(fn, "_traindoctor_metric", False):
+        return None  # ours already (left under someone else's wrapper)
+
+    @functools.wraps(fn)
+    def metric(*args: Any, **kwargs: Any) -> Any:
+        target = kwargs.get(arg, args[pos] if len(args) > pos else None)
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException:
+            for probe in list(_listeners):
+                probe._observe(name, target, kwargs, None)
+            raise
+        for probe in list(_listeners):
+            probe._observe(name, target, kwargs, out)
+        return out
+
+    metric._traindoctor_metric = True  # type: ignore[attr-defined]
+    return metric
+
+
 class MetricCallsProbe(Probe):
     name = "metric_calls"
     provides: ClassVar[tuple[str, ...]] = ()  # writes eval.undefined, which MetricsProbe declares
+    provides_facts: ClassVar[tuple[str, ...]] = ("metric_calls",)
 
     def __init__(self) -> None:
         super().__init__()
-        self._restore: list[tuple[ModuleType, str, Any]] = []
+        self._held: list[Patch] = []
         self._finder: _PatchOnImport | None = None
         self._rec: Recorder | None = None
 
@@ -64,16 +100,16 @@ class MetricCallsProbe(Probe):
         if self._finder is not None and self._finder in sys.meta_path:
             sys.meta_path.remove(self._finder)
         self._finder = None
-        for module, attr, original in reversed(self._restore):
-            if getattr(module, attr, None) is not original:
-                wrapped = getattr(getattr(module, attr, None), "__wrapped__", None)
-                if wrapped is original:  # still ours: put torch's/sklearn's back
-                    setattr(module, attr, original)
-        self._restore.clear()
+        if self in _listeners:
+            _listeners.remove(self)
+        for patch in reversed(self._held):
+            release(patch)
+        self._held.clear()
 
     def _install(self) -> None:
         if self._finder is not None:
             return
+        _listeners.append(self)
         for name in TARGETS:
             module = sys.modules.get(name)
             if module is not None:
@@ -83,35 +119,17 @@ class MetricCallsProbe(Probe):
 
     def _patch(self, module: ModuleType) -> None:
         for attr, (arg, pos) in TARGETS.get(module.__name__, {}).items():
-            original = getattr(module, attr, None)
-            if original is None or getattr(original, "_traindoctor_metric", False):
+            patch = _metric_patch(module, attr, arg, pos)
+            if patch in self._held:
                 continue
-            wrapper = self._wrap(original, attr, arg, pos)
-            setattr(module, attr, wrapper)
-            self._restore.append((module, attr, original))
-
-    def _wrap(self, fn: Callable[..., Any], name: str, arg: str, pos: int) -> Callable[..., Any]:
-        probe = self
-
-        @functools.wraps(fn)
-        def metric(*args: Any, **kwargs: Any) -> Any:
-            target = kwargs.get(arg, args[pos] if len(args) > pos else None)
-            try:
-                out = fn(*args, **kwargs)
-            except BaseException:
-                probe._observe(name, target, kwargs, None)
-                raise
-            probe._observe(name, target, kwargs, out)
-            return out
-
-        metric._traindoctor_metric = True  # type: ignore[attr-defined]
-        return metric
+            acquire(patch)
+            self._held.append(patch)
 
     def _observe(self, name: str, target: Any, kwargs: dict[str, Any], out: Any) -> None:
         ctx = self.ctx
         if ctx is None or self.retired:
             return
-        ctx.doctor.guard.call("probe metric_calls", self._record, name, target, kwargs, out)
+        ctx.guard.call("probe metric_calls", self._record, name, target, kwargs, out)
 
     def _record(self, name: str, target: Any, kwargs: dict[str, Any], out: Any) -> None:
         task = kwargs.get("task")
@@ -135,7 +153,7 @@ class MetricCallsProbe(Probe):
         )
         raw = _as_float(out)
         self._rec.append(
-            self.ctx.doctor.step,
+            self.ctx.state.step,
             EVAL_UNDEFINED,
             {
                 "metric": label,

@@ -26,6 +26,7 @@ import torch
 
 from .. import _patches
 from .._hooks import CopySafeHook
+from .._patching import Patch, PatchSet, acquire, release
 from .._source import call_site, relpath
 from .._warnings import call_as_caller
 from ..timeline import signal
@@ -81,6 +82,7 @@ class ScheduleProbe(Probe):
         SCHED_CLIP_MAX,
         SCHED_TENSOR_DIV,
     )
+    provides_events: ClassVar[tuple[str, ...]] = ("lr_scheduler", "optimizer_hparams")
     sampled_only = frozenset({"on_optimizer_pre_step"})
 
     def __init__(self) -> None:
@@ -129,23 +131,23 @@ class ScheduleProbe(Probe):
                     "decoupled": type(opt).__name__ == "AdamW"
                     or bool(group.get("decoupled_weight_decay")),
                 }
-        rec.event(ctx.doctor.step, "optimizer_hparams", groups=groups)
+        rec.event(ctx.state.step, "optimizer_hparams", groups=groups)
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._sampled = sampled
 
     def _live(self) -> bool:
         ctx = self.ctx
-        return ctx is not None and not ctx.doctor._closed and not ctx.doctor._validating
+        return ctx is not None and not ctx.state.closed and not ctx.state.validating
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         ctx = self.ctx
         if ctx is None or not self._live():
             return
         key = f"probe {self.name}"
-        if key in ctx.doctor.guard.disabled:
+        if key in ctx.guard.disabled:
             return
-        ctx.doctor.guard.call(key, fn, *args)
+        ctx.guard.call(key, fn, *args)
 
     # -- forward: the autocast dtype ------------------------------------------------------
     def _forward(self) -> None:
@@ -153,7 +155,7 @@ class ScheduleProbe(Probe):
             return
         ctx, rec = self.ctx, self._rec
         assert ctx is not None and rec is not None
-        step = ctx.doctor.step
+        step = ctx.state.step
         for device in ("cpu", "cuda"):
             if device == "cuda" and not torch.cuda.is_available():
                 continue
@@ -207,7 +209,7 @@ class ScheduleProbe(Probe):
         oi = next((i for i, o in enumerate(ctx.optimizers) if o is opt), None)
         if oi is None:
             return  # a scheduler of an optimizer traindoctor does not watch
-        step = ctx.doctor.step
+        step = ctx.state.step
         key = self._schedulers.get(id(sched))
         if key is None:
             key = f"sched{len(self._schedulers)}"
@@ -239,7 +241,7 @@ class ScheduleProbe(Probe):
             max_norm = float(threshold)
         except (TypeError, ValueError):
             return
-        step = ctx.doctor.step
+        step = ctx.state.step
         rec.append(step, SCHED_CLIP_MAX, max_norm)
         rec.defer(step, SCHED_CLIP_NORM, result.detach().reshape(()).float(), append=True)
 
@@ -288,7 +290,6 @@ def _settings(sched: Any) -> dict[str, Any]:
 
 # -- the process-wide LRScheduler.step wrapper ---------------------------------------------
 _sched_listeners: list[Callable[[Any], None]] = []
-_sched_originals: list[tuple[type, Any, Any]] = []  # (class, original step, ours)
 _depth = threading.local()
 
 
@@ -325,21 +326,18 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
+# Every scheduler class's own step() (the classes torch defines when the first doctor listens).
+SCHEDULER_STEPS = PatchSet(
+    "LRScheduler.step", lambda: [Patch(cls, "step", _wrap) for cls in _scheduler_classes()]
+)
+
+
 def add_scheduler_listener(listener: Callable[[Any], None]) -> None:
-    if not _sched_listeners:
-        for cls in _scheduler_classes():
-            original = cls.__dict__["step"]
-            ours = _wrap(original)
-            _sched_originals.append((cls, original, ours))
-            cls.step = ours  # type: ignore[method-assign]
+    acquire(SCHEDULER_STEPS)  # one hold per listener
     _sched_listeners.append(listener)
 
 
 def remove_scheduler_listener(listener: Callable[[Any], None]) -> None:
     if listener in _sched_listeners:
         _sched_listeners.remove(listener)
-    if not _sched_listeners:
-        for cls, original, ours in reversed(_sched_originals):
-            if cls.__dict__.get("step") is ours:  # replaced by someone else since: theirs stays
-                cls.step = original  # type: ignore[method-assign]
-        _sched_originals.clear()
+        release(SCHEDULER_STEPS)
