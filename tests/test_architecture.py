@@ -16,14 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
 # (accessing module, private name): why it is still there. Remove a line when its access goes.
-PRIVATE_ACCESS_ALLOWLIST: dict[tuple[str, str], str] = {
-    ("integrations.ultralytics", "_PKG_DIR"): "is_user_file's roots, to find the user's frame",
-    ("integrations.ultralytics", "_TORCH_DIR"): "is_user_file's roots, to find the user's frame",
-    ("integrations.ultralytics", "_scan_inference"): "calls the modes probe's inference scan",
-    ("probes.cuts", "_PKG_DIR"): "skips traindoctor's own frames when naming a cut's line",
-    ("probes.cuts", "_TORCH_DIR"): "skips torch's frames when naming a cut's line",
-    ("probes.cuts", "_line_text"): "reads a source line through _source's cache",
-}
+PRIVATE_ACCESS_ALLOWLIST: dict[tuple[str, str], str] = {}
 
 # Strongly connected components of module-level imports (module names without 'traindoctor.').
 IMPORT_CYCLE_ALLOWLIST: dict[frozenset[str], str] = {}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-_SCENARIOS_DIR = os.path.join(_PKG_DIR, "scenarios")
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_SCENARIOS_DIR = os.path.join(PKG_DIR, "scenarios")
+TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"])
 # Framework internals are not the user's code either (Lightning, HF, accelerate, Ultralytics),
 # wherever they are installed (an editable checkout too). Matched by the packages' own
@@ -62,7 +62,7 @@ def is_user_file(filename: str) -> bool:
         # Installed libraries (bitsandbytes, timm, ...): the user's line is their caller's.
         user = False
     elif (
-        path.startswith((_PKG_DIR, _TORCH_DIR))
+        path.startswith((PKG_DIR, TORCH_DIR))
         or path.startswith(_STDLIB_DIR)
         and "site-packages" not in path
     ):
@@ -79,7 +79,7 @@ def user_frame(skip: int = 1) -> tuple[str, int, str] | None:
     while frame is not None:
         filename = frame.f_code.co_filename
         if is_user_file(filename):
-            return filename, frame.f_lineno, _line_text(filename, frame.f_lineno)
+            return filename, frame.f_lineno, line_text(filename, frame.f_lineno)
         frame = frame.f_back
     return None
 
@@ -122,12 +122,12 @@ def relpath(filename: str) -> str:
         return str(rel)
     except ValueError:
         pass
-    if filename.startswith(_PKG_DIR):
-        return "traindoctor/" + os.path.relpath(filename, _PKG_DIR)
+    if filename.startswith(PKG_DIR):
+        return "traindoctor/" + os.path.relpath(filename, PKG_DIR)
     return filename
 
 
-def _line_text(filename: str, lineno: int) -> str:
+def line_text(filename: str, lineno: int) -> str:
     import linecache
 
     return linecache.getline(filename, lineno).strip()

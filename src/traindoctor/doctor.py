@@ -24,6 +24,7 @@ from .diagnosis import diagnose, unavailable
 from .errors import StopTraining, UsageError
 from .findings import Finding
 from .handsteps import HandSteps
+from .options import Options
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
 from .probes.work import WORK_COUNTED
@@ -85,19 +86,25 @@ class Doctor:
         rules: list[Rule] | None = None,
         probes: list[Probe] | None = None,
         script: str | None = None,
+        options: Options | None = None,
     ) -> None:
-        # Doctor(...) is public too: the same one-line errors as watch() (_validate.py).
-        checked = check_options(
-            "Doctor",
-            budget=budget,
-            max_steps=max_steps,
-            mode=mode,
-            framework=framework,
-            console=console,
-            select=select_codes,
-            ignore=ignore_codes,
-        )
-        select_codes, ignore_codes = checked["select"], checked["ignore"]
+        # The entry points pass `options`, checked; Doctor(...) is public too, with the same
+        # one-line errors (options.py). out_dir is not checked here: the report writer says
+        # when it cannot write there.
+        if options is None:
+            options = Options.checked(
+                "Doctor",
+                budget=budget,
+                max_steps=max_steps,
+                mode=mode,
+                console=console,
+                select=select_codes,
+                ignore=ignore_codes,
+            ).but(out_dir=out_dir, run_id=run_id)
+        check_options("Doctor", framework=framework)
+        out_dir, run_id, budget = options.out_dir, options.run_id, options.budget
+        mode, max_steps, console = options.mode, options.max_steps, options.console
+        select_codes, ignore_codes = options.select, options.ignore
         self.budget = Budget(budget)
         self._clock = RunClock(self.budget.structural_steps)
         self.state: RunState = self._clock  # read-only for everyone but this class
@@ -139,7 +146,7 @@ class Doctor:
         self._listening = False
         self._pickles_clean = False  # our hooks are left out of pickles while attached
         # Updates written by hand (no torch optimizer): they close steps as step() does.
-        self._hand = HandSteps(self)
+        self._hand = HandSteps(self.run)
         self._clock.expect_hand_steps_from(lambda: self._hand.expected)
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}

@@ -29,14 +29,14 @@ from torch.optim import optimizer as optim_module
 from . import _patches
 
 if TYPE_CHECKING:
-    from .doctor import Doctor
+    from .probes.base import RunContext
 
 
 class HandSteps:
-    """Finds the hand-written updates of one Doctor's watched params."""
+    """Finds the hand-written updates of one run's watched params."""
 
-    def __init__(self, doctor: Doctor) -> None:
-        self.doctor = doctor
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
         self.active = False  # watching for hand-written updates
         self.count = 0  # hand-written updates seen so far
         self._watch: _patches.DataWatch | None = None
@@ -52,7 +52,8 @@ class HandSteps:
     def expected(self) -> bool:
         """Whether the open step will likely be closed by a hand-written update: probes then
         measure the gradients and the update around it, as they do around optimizer.step()."""
-        return self.active and (self.count > 0 or not self.doctor.optimizers)
+        ctx = self.run.attached
+        return self.active and (self.count > 0 or ctx is None or not ctx.optimizers)
 
     def start(self) -> None:
         if self.active:
@@ -97,7 +98,7 @@ class HandSteps:
             if self.count == 0:
                 self._retire()  # the optimizer keeps the step clock: nothing to do here
         except Exception as exc:  # noqa: BLE001  (a global hook: never into the user's step)
-            self.doctor.guard.record("hand steps", exc)
+            self.run.guard.record("hand steps", exc)
             self._retire()
 
     def before_backward(self) -> tuple[list[str], tuple[str, int] | None] | None:
@@ -166,7 +167,7 @@ class HandSteps:
         return sorted(names[i] for i in changed), source
 
     def _params(self) -> list[tuple[str, torch.Tensor]]:
-        ctx = self.doctor.context
+        ctx = self.run.attached
         if ctx is None:
             return []
         return [(n, p) for n, p in ctx.named_params() if p.requires_grad]

@@ -53,8 +53,8 @@ import torch
 from .. import _mode_patches
 from .._hooks import CopySafeHook
 from ..doctor import Doctor as _Doctor
+from ..options import Options
 from ..rules._ultralytics import CALLBACK_VAL
-from . import doctor_options
 from .accelerate import unwrap_model
 
 EVENTS = (
@@ -111,7 +111,9 @@ class Doctor:
         ignore: Iterable[str] = (),
         doctor: _Doctor | None = None,
     ) -> None:
-        self.options = doctor_options(out_dir, budget, console, select, ignore)
+        self.options = Options.checked(
+            "Doctor", out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+        )
         self.doctor: _Doctor | None = doctor
         self._owns_doctor = doctor is None
         self.report: Any = None
@@ -178,7 +180,9 @@ class Doctor:
     def _attach(self, trainer: Any) -> None:
         self._use_trainer(trainer)
         if self._owns_doctor:
-            self.doctor = _Doctor(mode="ultralytics", framework="ultralytics", **self.options)
+            self.doctor = _Doctor(
+                options=self.options.but(mode="ultralytics"), framework="ultralytics"
+            )
         doc = self.doctor
         if doc is None or doc.state.attached:
             return
@@ -428,17 +432,17 @@ class _UserRegions:
         if self._user and not doc.state.closed:
             self._user = False
             # The modes probe recorded this region's line when it was entered.
-            doc.guard.call("probe modes", self.modes._scan_inference, doc.step, doc.rec, "region")
+            doc.guard.call("probe modes", self.modes.scan_inference, doc.step, doc.rec, "region")
 
 
 def _entered_by_user() -> bool:
     """Whether the code entering the region is the user's (not torch, traindoctor, a library)."""
-    from .._source import _PKG_DIR, _TORCH_DIR, is_user_file
+    from .._source import PKG_DIR, TORCH_DIR, is_user_file
 
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith((_PKG_DIR, _TORCH_DIR)):
+        if not filename.startswith((PKG_DIR, TORCH_DIR)):
             return is_user_file(filename)
         frame = frame.f_back
     return False

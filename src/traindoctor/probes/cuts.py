@@ -67,8 +67,8 @@ MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
 MAX_ORIGINS = 256
 MAX_ITEMS = 64
 
-_TORCH_DIR = _source._TORCH_DIR
-_PKG_DIR = _source._PKG_DIR
+_TORCH_DIR = _source.TORCH_DIR
+_PKG_DIR = _source.PKG_DIR
 _THIS_FILE = __file__
 _INTERNAL = ("internal",)  # a call made by traindoctor itself
 
@@ -286,7 +286,7 @@ class CutTracker(TorchFunctionMode):
             if len(self._origins) >= MAX_ORIGINS:
                 return None
             index = len(self._origins)
-            code = _source._line_text(where[0], where[1])
+            code = _source.line_text(where[0], where[1])
             self._origins.append({"cut": kind, "cut_op": op, "cut_at": source, "cut_code": code})
             self._origin_index[key] = index
         return index

@@ -115,7 +115,7 @@ class ModesProbe(Probe):
         _mode_patches.add_train_listener(self._train_listener)
         _mode_patches.add_region_listener(self)
         self._listening = True
-        self._scan_inference(1, rec, "attach")
+        self.scan_inference(1, rec, "attach")
 
     def _index(self) -> None:
         assert self.ctx is not None
@@ -135,7 +135,7 @@ class ModesProbe(Probe):
         self._phase_reported = False
         if sampled:
             self._index()  # modules replaced (fused, swapped heads) since the last look
-            self._scan_inference(step, rec, "sampled step")
+            self.scan_inference(step, rec, "sampled step")
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self._nograd_forwards = 0
@@ -248,9 +248,9 @@ class ModesProbe(Probe):
         if ctx is None or not self._forward_in_region:
             return  # no watched model ran inside: the sampled-step scan covers the rest
         self._forward_in_region = False
-        ctx.guard.call("probe modes", self._scan_inference, ctx.state.step, ctx.rec, "region")
+        ctx.guard.call("probe modes", self.scan_inference, ctx.state.step, ctx.rec, "region")
 
-    def _scan_inference(self, step: int, rec: Recorder, when: str) -> None:
+    def scan_inference(self, step: int, rec: Recorder, when: str) -> None:
         ctx = self.ctx
         assert ctx is not None
         params = [

@@ -9,7 +9,7 @@ import html
 import re
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..findings import Finding
 from .gradpath import MAX_ROWS
 from .model import Report
