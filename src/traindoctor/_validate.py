@@ -2,7 +2,8 @@
 framework callbacks and the command line), each failure a one-line `UsageError` that names the
 bad value, its type and what to pass instead.
 
-No torch here: the command line checks `--out` without importing it.
+No torch here: the command line checks `--out` without importing it. The entry points call
+these through `traindoctor.options.Options.checked`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 
 from .errors import UsageError
 
-# The options of `traindoctor.watch`, which every framework callback takes too.
-WATCH_OPTIONS = ("out_dir", "budget", "console", "select", "ignore")
 MODES = ("watch", "zero-code", "lightning", "transformers", "ultralytics")
 FRAMEWORKS = ("plain", "lightning", "transformers", "accelerate", "ultralytics")
 CODE_RE = re.compile(r"^TD\d{0,3}$")

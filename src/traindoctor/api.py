@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from . import config
-from ._validate import WATCH_OPTIONS, check_options, check_out_dir, reject_unknown, show
+from ._validate import check_out_dir, reject_unknown, show
 from .doctor import Doctor
 from .errors import UsageError
+from .options import WATCH_OPTIONS, Options
 
 
 def watch(
@@ -45,18 +46,42 @@ def watch(
     models = _models(model)
     optimizers = _optimizers(optimizer)
     _check_scaler(scaler)
-    opts = check_options(
+    options = Options.checked(
         "watch", out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
     )
-    settings = config.for_watch(opts["select"], opts["ignore"])
+    return _watch(models, optimizers, scaler, options)
+
+
+def watch_with(
+    model: torch.nn.Module | dict[str, torch.nn.Module] | Iterable[torch.nn.Module],
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None,
+    scaler: Any,
+    options: Options,
+) -> Doctor:
+    """`watch` for an entry point that built its `Options` itself (traindoctor.accelerate):
+    the model, optimizer and scaler are checked as `watch` checks them."""
+    models = _models(model)
+    optimizers = _optimizers(optimizer)
+    _check_scaler(scaler)
+    return _watch(models, optimizers, scaler, options)
+
+
+def _watch(
+    models: dict[str, torch.nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    scaler: Any,
+    options: Options,
+) -> Doctor:
+    """`[tool.traindoctor]` applies under `options` (its selection, then `options.select` /
+    `ignore`; its `out` over the default out_dir)."""
+    settings = config.for_watch(options.select, options.ignore)
+    out_dir = options.out_dir
     if out_dir is config.DEFAULT_OUT_DIR and settings.out is not None:
         out_dir = settings.out
         check_out_dir("", out_dir, flag=f"{settings.path} {config.TABLE} out")
+    # The selection is in settings.rules(): the Doctor selects nothing more.
     doc = Doctor(
-        out_dir=out_dir,
-        budget=opts["budget"],
-        mode="watch",
-        console=opts["console"],
+        options=options.but(out_dir=out_dir, mode="watch", select=(), ignore=()),
         rules=settings.rules(),
     )
     doc.timeline.facts["config"] = settings.describe()

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from .._validate import WATCH_OPTIONS, check_options, reject_unknown, show
-from ..api import unwrap_optimizer
-from ..api import watch as _watch
+from .._validate import reject_unknown, show
+from ..api import unwrap_optimizer, watch_with
 from ..doctor import Doctor
 from ..errors import UsageError
+from ..options import WATCH_OPTIONS, Options
 
 
 def unwrap_model(model: Any) -> Any:
@@ -67,7 +67,7 @@ def watch(
             f"{caller}() got no optimizer; pass watch(accelerator, model, optimizer) with the "
             "optimizer accelerator.prepare returned"
         )
-    check_options(
+    options = Options.checked(
         caller, out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
     )
     models: Any
@@ -82,16 +82,7 @@ def watch(
         if isinstance(optimizer, list | tuple)
         else unwrap_optimizer(optimizer)
     )
-    doc = _watch(
-        models,
-        opts,
-        scaler=getattr(accelerator, "scaler", None),
-        out_dir=out_dir,
-        budget=budget,
-        console=console,
-        select=select,
-        ignore=ignore,
-    )
+    doc = watch_with(models, opts, getattr(accelerator, "scaler", None), options)
     doc.framework = "accelerate"
     doc.timeline.facts["framework"] = "accelerate"
     return doc

@@ -32,15 +32,10 @@ from typing import Any
 
 import torch
 
-from .._validate import (
-    WATCH_OPTIONS,
-    check_options,
-    reject_positional,
-    reject_unknown,
-    show,
-)
+from .._validate import reject_positional, reject_unknown, show
 from ..doctor import Doctor
 from ..errors import UsageError
+from ..options import WATCH_OPTIONS, Options
 
 _CALLER = "traindoctor.lightning.Doctor"
 _OPTIONS = (*WATCH_OPTIONS, "mode", "max_steps")
@@ -113,7 +108,7 @@ def attach(
             f"traindoctor.lightning.attach() takes the LightningModule second, got "
             f"{show(pl_module)}; pass attach(trainer, pl_module)"
         )
-    opts = check_options(
+    options = Options.checked(
         "traindoctor.lightning.attach",
         out_dir=out_dir,
         budget=budget,
@@ -122,7 +117,11 @@ def attach(
         ignore=ignore,
         mode=mode,
     )
-    select, ignore = opts["select"], opts["ignore"]
+    return attach_with(trainer, pl_module, options)
+
+
+def attach_with(trainer: Any, pl_module: Any, options: Options) -> LightningDoctor | None:
+    """`attach` with options built by the caller (the callback)."""
     optimizers = [o for o in trainer.optimizers if isinstance(o, torch.optim.Optimizer)]
     if not optimizers:
         return None
@@ -130,16 +129,7 @@ def attach(
     scaler = getattr(plugin, "scaler", None)
     if scaler is not None and not callable(getattr(scaler, "scale", None)):
         scaler = None
-    doc = LightningDoctor(
-        out_dir=out_dir,
-        budget=budget,
-        mode=mode,
-        framework="lightning",
-        console=console,
-        select_codes=select,
-        ignore_codes=ignore,
-        script=type(pl_module).__name__,
-    )
+    doc = LightningDoctor(options=options, framework="lightning", script=type(pl_module).__name__)
     # The prefix "" keeps parameter names as the module's attribute paths (`encoder.0.weight`);
     # the report names the model by the LightningModule's class (facts["models"]).
     doc.attach({"": pl_module}, optimizers, scaler)
@@ -206,27 +196,21 @@ def callback_class(base: type) -> type:
             # Checked here, not at on_fit_start where an error is only printed.
             reject_positional(_CALLER, args, _OPTIONS)
             reject_unknown(_CALLER, unknown, _OPTIONS)
-            opts = check_options(
+            options = Options.checked(
                 _CALLER,
                 out_dir=out_dir,
                 budget=budget,
                 console=console,
                 select=select,
                 ignore=ignore,
-                mode=mode,
+                mode=mode,  # zero-code mode passes "zero-code"
                 max_steps=max_steps,
             )
             super().__init__()
-            # `traindoctor run --max-steps N`: fit stops gracefully after N optimizer steps.
-            self.max_steps = opts["max_steps"]
-            self.options = {
-                "mode": mode,  # zero-code mode passes "zero-code"
-                "out_dir": out_dir,
-                "budget": opts["budget"],
-                "console": console,
-                "select": opts["select"],
-                "ignore": opts["ignore"],
-            }
+            # `traindoctor run --max-steps N`: fit stops gracefully after N optimizer steps,
+            # stopped by this callback (on_train_batch_end), not by the Doctor.
+            self.max_steps = options.max_steps
+            self.options = options.but(max_steps=None)
             self.doctor: LightningDoctor | None = None
             self.report: Any = None
             self._seen: dict[str, Any] = {}
@@ -239,7 +223,7 @@ def callback_class(base: type) -> type:
             self.report = None
             self._seen = {}
             try:
-                self.doctor = attach(trainer, pl_module, **self.options)
+                self.doctor = attach_with(trainer, pl_module, self.options)
             except Exception as exc:  # noqa: BLE001  (never stop the user's training)
                 self.doctor = None
                 print(f"traindoctor: could not attach to Lightning: {exc!r}", file=sys.stderr)

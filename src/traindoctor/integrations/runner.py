@@ -18,6 +18,7 @@ from typing import Any
 from ..config import Settings
 from ..doctor import Doctor
 from ..errors import StopTraining, UsageError
+from ..options import Options
 from ..report.model import Report
 from .autopatch import attached
 
@@ -74,12 +75,11 @@ def run_target(
                 "e.g. `traindoctor run train.py --epochs 3`"
             )
         script_label = str(path)
+    options = Options.checked(
+        "Doctor", budget=budget, max_steps=max_steps, mode="zero-code", console=console
+    ).but(out_dir=out_dir)  # --out was checked by the command line
     doctor = Doctor(
-        out_dir=out_dir,
-        mode="zero-code",
-        max_steps=max_steps,
-        console=console,
-        budget=budget,
+        options=options,
         script=script_label,
         rules=settings.rules() if settings is not None else None,
     )

@@ -39,10 +39,10 @@ import torch
 from transformers import Trainer, TrainerCallback  # the real package (absolute import)
 
 from .._source import relpath
-from .._validate import WATCH_OPTIONS, reject_positional, reject_unknown, show
+from .._validate import reject_positional, reject_unknown, show
 from ..doctor import Doctor as _Doctor
 from ..errors import UsageError
-from . import doctor_options
+from ..options import WATCH_OPTIONS, Options
 from .accelerate import unwrap_model, unwrap_optimizer
 
 _CALLER = "traindoctor.transformers.Doctor"
@@ -79,7 +79,9 @@ class Doctor(TrainerCallback):
                 f"{_CALLER}(doctor=...) got {show(doctor)}; pass a traindoctor Doctor made "
                 "elsewhere (zero-code mode), or leave it out"
             )
-        self.options = doctor_options(out_dir, budget, console, select, ignore, _CALLER)
+        self.options = Options.checked(
+            _CALLER, out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+        )
         self.doctor: _Doctor | None = doctor
         self._owns_doctor = doctor is None
         self.trainer: Any = None
@@ -92,7 +94,9 @@ class Doctor(TrainerCallback):
         if self.trainer is None:
             self.trainer = _find_trainer()
         if self._owns_doctor:
-            self.doctor = _Doctor(mode="transformers", framework="transformers", **self.options)
+            self.doctor = _Doctor(
+                options=self.options.but(mode="transformers"), framework="transformers"
+            )
             self.report = None
         doc = self.doctor
         assert doc is not None
