@@ -57,4 +57,7 @@ SCENARIOS = (
 )
 
 if __name__ == "__main__":
+    import warnings
+
+    warnings.simplefilter("ignore")  # torch warns about the planted broadcast
     SCENARIOS[0].train()
