@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import numbers
 import time
-import traceback
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,16 +14,17 @@ import torch
 
 from . import _hooks, _patches
 from ._guard import Guard
-from ._source import is_user_file, relpath
 from ._validate import check_options
-from .budget import Budget, Work, predicted_step_seconds
+from .budget import Budget, Work
 from .bus import Bus, Event
 from .compiled import CompileWatch
 from .diagnosis import diagnose, unavailable
+from .diagnosis_schedule import DiagnosisSchedule
 from .errors import StopTraining, UsageError
 from .findings import Finding
 from .handsteps import HandSteps
 from .options import Options
+from .outcome import record_outcome
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
 from .probes.work import WORK_COUNTED
@@ -34,11 +34,6 @@ from .run_state import RunClock, RunState
 from .timeline import Timeline
 
 READBACK_EVERY = 25
-# Mid-run diagnoses may use this share of the overhead budget (see _diagnosis_affordable).
-DIAGNOSIS_SHARE = 0.1
-# Predicted cost of a diagnosis pass (bench/schedule_calibration.py): rules over the timeline.
-DIAGNOSIS_BASE_S = 2e-3
-DIAGNOSIS_PER_RECORD_S = 2e-6
 
 
 # Rules that can judge a run that never attached (it failed in setup).
@@ -51,21 +46,6 @@ _OPEN: list[weakref.ref[Doctor]] = []
 def open_doctors() -> list[Doctor]:
     """The attached doctors that are not closed yet, oldest first."""
     return [d for r in _OPEN if (d := r()) is not None and not d.state.closed]
-
-
-def diagnose_due(step: int, structural_steps: int = 3) -> bool:
-    """Rules run on the structural steps (structural findings must come within 3 steps), then
-    every 50 steps, widening to every 250 after step 500 and every 2500 after step 5000: a pass
-    reads the whole timeline (a few ms for the 49 rules), and the full diagnosis runs at close.
-    A due pass is also skipped while it would cost too much (Doctor._diagnosis_affordable)."""
-    if step <= structural_steps:
-        return True
-    every = 50 if step < 500 else 250 if step < 5000 else 2500
-    return step % every == 0
-
-
-# Backward passes without an optimizer step after which the run is re-diagnosed (TD105).
-NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Doctor:
@@ -128,7 +108,7 @@ class Doctor:
         # The run state keeps the model's last training output (probes publish it).
         self.bus.subscribe(Event.MODEL_OUTPUT, self._clock.set_model_output, "model output")
         self._by_name: dict[str, Probe] | None = None
-        self._diagnosed_at = 0  # the step of the last mid-run diagnosis pass
+        self._schedule = DiagnosisSchedule(self.budget)
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self.created_at = self.run.created_at  # id(optimizer) -> source line that built it
@@ -290,7 +270,7 @@ class Doctor:
         self.guard.call("hook backward", self._note_backward, loss)
         self.bus.emit(Event.BACKWARD, self.step, root, loss, self.rec)
         self.budget.spend(time.perf_counter() - t0)
-        if self._backward_since_step in NO_STEP_CHECKPOINTS:
+        if self._schedule.after_backwards(self._backward_since_step):
             self.guard.call("diagnose", self.diagnose)
         if self.max_steps and self._backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(self.step, "stopped", reason="max_steps_without_optimizer_step")
@@ -370,23 +350,9 @@ class Doctor:
             self._readback()
         if step <= self.budget.structural_steps:
             self._structure_check()
-        if diagnose_due(step, self.budget.structural_steps) and self._diagnosis_affordable(step):
+        if self._schedule.due(step, self.timeline.size()):
             self.guard.call("diagnose", self.diagnose)
-            self._diagnosed_at = step
-
-    def _diagnosis_affordable(self, step: int) -> bool:
-        """A mid-run diagnosis reads the whole timeline (milliseconds, growing with the run):
-        after the structural steps it runs only when its predicted cost (from the timeline's
-        size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
-        the counted work, budget.py); otherwise it waits for the next due step. Counted, not
-        timed: the passes, and the step each finding is first reported at, are the same in
-        every run. The full diagnosis at close() is never skipped."""
-        work = self.budget.work
-        if step <= self.budget.structural_steps or work is None:
-            return True
-        cost = DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * self.timeline.size()
-        since = step - self._diagnosed_at
-        return cost <= since * predicted_step_seconds(work) * self.budget.budget * DIAGNOSIS_SHARE
+            self._schedule.ran(step)
 
     def _readback(self) -> None:
         self.guard.call("readback", self.rec.readback)
@@ -554,7 +520,15 @@ class Doctor:
                 self.guard.call("hand steps", self._hand_step, *found)
                 self.max_steps = max_steps
         self._clock.mark_closed()
-        self.guard.call("outcome", self._record_outcome, exc)
+        self.guard.call(
+            "outcome",
+            record_outcome,
+            self.timeline,
+            exc,
+            self.step,
+            self.run.attached is not None,
+            self.budget,
+        )
         self.guard.call("detach", self._detach)
         self._readback()
         self.guard.call("diagnose", self.diagnose)
@@ -586,36 +560,6 @@ class Doctor:
             with contextlib.suppress(Exception):
                 print_report(self.report)
         return self.report
-
-    def _record_outcome(self, exc: BaseException | None) -> None:
-        outcome: dict[str, Any] = {"ended": "normal", "step": self.step}
-        stops = self.timeline.events("stopped")
-        if isinstance(exc, StopTraining) or stops:
-            outcome["ended"] = "max_steps"
-            outcome["step"] = self.timeline.last_step
-            if stops:
-                outcome["reason"] = stops[-1].get("reason", "max_steps")
-        elif isinstance(exc, KeyboardInterrupt):
-            outcome["ended"] = "interrupted"
-            outcome["exception"] = type(exc).__name__
-            outcome["signal"] = getattr(exc, "signal_name", "SIGINT")
-        elif exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
-            outcome["ended"] = "exception"
-            outcome["exception"] = f"{type(exc).__name__}: {exc}".strip()
-            outcome["source"] = _exception_source(exc)
-        if self.run.attached is None:
-            outcome["observed"] = False  # no model or optimizer was ever seen
-        self.timeline.facts["outcome"] = outcome
-        self.timeline.facts["overhead"] = {
-            "seconds_in_traindoctor": round(self.budget.spent, 4),
-            "final_sample_interval": self.budget.interval,
-            # what every step costs, as a share of the user's step time (last measurement)
-            "floor_share": (
-                round(self.budget.floor_share, 5) if self.budget.floor_share is not None else None
-            ),
-            # (step, measured share of step time, interval chosen) per governor window
-            "windows": [[s, round(r, 5), i] for s, r, i in self.budget.history[-50:]],
-        }
 
     def _detach(self) -> None:
         _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]
@@ -654,14 +598,6 @@ def _check_value(name: str, value: Any, allow_none: bool = False) -> None:
         f"doc.log({name}=...) takes a tensor or a number, got {type(value).__name__}; "
         f"pass the tensor itself, e.g. doc.log({name}=loss)"
     )
-
-
-def _exception_source(exc: BaseException) -> str | None:
-    found = None
-    for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        if is_user_file(frame.f_code.co_filename):
-            found = f"{relpath(frame.f_code.co_filename)}:{lineno}"
-    return found
 
 
 def _new_run_id(script: str | None) -> str:

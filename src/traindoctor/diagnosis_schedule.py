@@ -1,0 +1,64 @@
+"""When the live Doctor runs the rules: a deterministic schedule from counted work.
+
+Rules run on the structural steps (structural findings must come within 3 steps), then every
+50 steps, widening with the run; after a run of backward passes without an optimizer step
+(TD105); and always once at close. A due pass is skipped while it would cost too much.
+"""
+
+from __future__ import annotations
+
+from .budget import Budget, predicted_step_seconds
+
+# Mid-run diagnoses may use this share of the overhead budget (see DiagnosisSchedule.due).
+DIAGNOSIS_SHARE = 0.1
+# Predicted cost of a diagnosis pass (bench/schedule_calibration.py): rules over the timeline.
+DIAGNOSIS_BASE_S = 2e-3
+DIAGNOSIS_PER_RECORD_S = 2e-6
+# Backward passes without an optimizer step after which the run is re-diagnosed (TD105).
+NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def diagnose_due(step: int, structural_steps: int = 3) -> bool:
+    """Rules run on the structural steps, then every 50 steps, widening to every 250 after
+    step 500 and every 2500 after step 5000: a pass reads the whole timeline (a few ms for
+    the 49 rules), and the full diagnosis runs at close."""
+    if step <= structural_steps:
+        return True
+    every = 50 if step < 500 else 250 if step < 5000 else 2500
+    return step % every == 0
+
+
+class DiagnosisSchedule:
+    """Decides, at each step's end, whether a mid-run diagnosis pass runs."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.diagnosed_at = 0  # the step of the last mid-run pass
+
+    def due(self, step: int, timeline_size: int) -> bool:
+        return diagnose_due(step, self.budget.structural_steps) and self.affordable(
+            step, timeline_size
+        )
+
+    def ran(self, step: int) -> None:
+        self.diagnosed_at = step
+
+    def affordable(self, step: int, timeline_size: int) -> bool:
+        """A mid-run diagnosis reads the whole timeline (milliseconds, growing with the run):
+        after the structural steps it runs only when its predicted cost (from the timeline's
+        size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
+        the counted work, budget.py); otherwise it waits for the next due step. Counted, not
+        timed: the passes, and the step each finding is first reported at, are the same in
+        every run. The full diagnosis at close() is never skipped."""
+        budget = self.budget
+        work = budget.work
+        if step <= budget.structural_steps or work is None:
+            return True
+        cost = DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * timeline_size
+        since = step - self.diagnosed_at
+        return cost <= since * predicted_step_seconds(work) * budget.budget * DIAGNOSIS_SHARE
+
+    @staticmethod
+    def after_backwards(backwards_without_step: int) -> bool:
+        """Whether this many backward passes without an optimizer step call for a pass."""
+        return backwards_without_step in NO_STEP_CHECKPOINTS
