@@ -3,8 +3,12 @@ deleted again), someone else's patch on top kept, nothing half-installed after a
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
+import traindoctor
 from traindoctor import _patching
 from traindoctor._patching import MISSING, Patch, PatchSet, acquire, patched_targets, release
 
@@ -158,3 +162,59 @@ def test_works_on_module_attributes():
     assert module.score(0) == "wrapped score"
     release(patch)
     assert module.score is original
+
+
+# -- no patch outside the mechanism -----------------------------------------------------------
+# Per-instance patches of one user object for one run stay where they are (a trainer's methods,
+# wrapped for the run); _warnings.py swaps warnings.showwarning for the span of one call and the
+# runner sets the script's sys.argv: not patches of a library.
+SETATTR_ALLOWED = {"_patching.py", "integrations/transformers.py", "integrations/ultralytics.py"}
+ASSIGN_ALLOWED = {
+    ("_warnings.py", "warnings.showwarning"),
+    ("integrations/runner.py", "sys.argv"),
+}
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _root(node: ast.expr) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def test_process_wide_patches_go_through_the_patching_module():
+    """No `setattr(` and no assignment to an attribute of an imported module or class
+    (`torch.Tensor.backward = ...`, `F.mse_loss = ...`, `DataLoader.__iter__ = ...`) outside
+    _patching.py: a new patch uses Patch/PatchSet, so it is restored and tested with the rest."""
+    src = Path(traindoctor.__file__).parent
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src).as_posix()
+        if rel.startswith("scenarios/"):
+            continue  # the users' training code, bugs included
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported = _imported_names(tree)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("setattr", "delattr")
+                and rel not in SETATTR_ALLOWED
+            ):
+                found.append(f"{rel}:{node.lineno} {node.func.id}(")
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for target in targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and _root(target) in imported
+                    and (rel, ast.unparse(target)) not in ASSIGN_ALLOWED
+                ):
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(target)} =")
+    assert not found, found
