@@ -1,4 +1,4 @@
-"""`Trainer(callbacks=[traindoctor.lightning.Doctor()])`: traindoctor for Lightning.
+"""`Trainer(callbacks=[traindoctor.lightning.TraindoctorCallback()])`: traindoctor for Lightning.
 
 Importing this module imports Lightning (`lightning.pytorch`, else `pytorch_lightning`);
 `import traindoctor` alone never does. `PLDoctor` is the same callback for a Trainer from the
@@ -11,12 +11,16 @@ import importlib.util
 
 from .integrations.lightning import attach, callback_for, lightning_callback_class
 
-__all__ = ["Doctor", "attach", "callback_for"]  # and PLDoctor, built on first use
+# `Doctor` is the former name of TraindoctorCallback (deprecated alias).
+__all__ = ["TraindoctorCallback", "attach", "callback_for", "Doctor"]  # and PLDoctor, on first use
 
 _HAS_LIGHTNING = importlib.util.find_spec("lightning") is not None
 _HAS_PL = importlib.util.find_spec("pytorch_lightning") is not None
 
-Doctor = lightning_callback_class("lightning.pytorch" if _HAS_LIGHTNING else "pytorch_lightning")
+TraindoctorCallback = lightning_callback_class(
+    "lightning.pytorch" if _HAS_LIGHTNING else "pytorch_lightning"
+)
+Doctor = TraindoctorCallback
 
 
 def __getattr__(name: str) -> type:

@@ -14,6 +14,7 @@ does not import this module until `traindoctor.ultralytics` is used.
 
 from __future__ import annotations
 
-from .integrations.ultralytics import Doctor, attach
+from .integrations.ultralytics import Doctor, UltralyticsCallbacks, attach
 
-__all__ = ["Doctor", "attach"]
+# `Doctor` is the former name of UltralyticsCallbacks (deprecated alias).
+__all__ = ["UltralyticsCallbacks", "attach", "Doctor"]

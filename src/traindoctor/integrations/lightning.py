@@ -1,6 +1,6 @@
 """Lightning integration: a Callback that attaches a traindoctor Doctor to `Trainer.fit`.
 
-`Trainer(callbacks=[traindoctor.lightning.Doctor()])` is the one line. Lightning is imported
+`Trainer(callbacks=[traindoctor.lightning.TraindoctorCallback()])` is the one line. Lightning is imported
 only when the callback class is built (`callback_class()`), never by `import traindoctor`.
 
 What Lightning changes, and how it is handled here:
@@ -175,7 +175,7 @@ def callback_class(base: type) -> type:
     or `pytorch_lightning`: each Trainer accepts only callbacks of its own package)."""
 
     class TraindoctorCallback(base):  # type: ignore[misc, valid-type]
-        """Attach traindoctor to `Trainer.fit`: `Trainer(callbacks=[Doctor()])`.
+        """Attach traindoctor to `Trainer.fit`: `Trainer(callbacks=[TraindoctorCallback()])`.
 
         Options are those of `traindoctor.watch` (out_dir, budget, console, select, ignore).
         After fit, `callback.report` holds the Report and `callback.doctor` the Doctor.
@@ -306,7 +306,7 @@ def lightning_callback_class(package: str = "lightning.pytorch") -> type:
         base = importlib.import_module(package).Callback
         cls = callback_class(base)
         cls.__module__ = "traindoctor.lightning"
-        cls.__qualname__ = cls.__name__ = "Doctor"
+        cls.__qualname__ = cls.__name__ = "TraindoctorCallback"
         _CLASSES[package] = cls
     return cls
 

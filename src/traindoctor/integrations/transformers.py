@@ -1,6 +1,6 @@
 """Hugging Face `transformers.Trainer`: one callback runs a traindoctor Doctor over `train()`.
 
-    trainer = Trainer(..., callbacks=[traindoctor.transformers.Doctor()])
+    trainer = Trainer(..., callbacks=[traindoctor.transformers.TraindoctorCallback()])
 
 What the Trainer does and how the Doctor sees it:
 - `on_train_begin` gets the model and the optimizer (an `AcceleratedOptimizer`: the torch
@@ -54,7 +54,7 @@ _OVERRIDABLE = ("compute_loss", "training_step", "prediction_step", "evaluation_
 _SKIP_KEYS = {"epoch", "step", "total_flos", "num_input_tokens_seen", "train_loss"}
 
 
-class Doctor(TrainerCallback):
+class TraindoctorCallback(TrainerCallback):
     """A `TrainerCallback` that watches `Trainer.train()` with traindoctor.
 
     Options are those of `traindoctor.watch`. Pass `doctor=` to use a Doctor made elsewhere
@@ -236,7 +236,7 @@ def attach_trainer(trainer: Any, doctor: _Doctor | None = None, **options: Any) 
             f"traindoctor.transformers.attach_trainer() takes a transformers.Trainer, got "
             f"{show(trainer)}; pass the Trainer before calling trainer.train()"
         )
-    callback = Doctor(doctor=doctor, **options)
+    callback = TraindoctorCallback(doctor=doctor, **options)
     callback.trainer = trainer
     trainer.add_callback(callback)
     return callback
@@ -284,3 +284,7 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1
     return isinstance(value, int | float)
+
+
+# The former name, kept for code and docs that import it (deprecated: it is a callback).
+Doctor = TraindoctorCallback

@@ -92,11 +92,11 @@ _ARGS = (
 _RESERVED = {"loss": "loss_logged", "parts": "parts_logged"}
 
 
-class Doctor:
+class UltralyticsCallbacks:
     """traindoctor's callbacks for an Ultralytics model or trainer.
 
-    `Doctor(...).add_to(model)` (or `attach(model)`) registers them; options are those of
-    `traindoctor.watch` (out_dir, budget, console, select, ignore). After training,
+    `UltralyticsCallbacks(...).add_to(model)` (or `attach(model)`) registers them; options
+    are those of `traindoctor.watch` (out_dir, budget, console, select, ignore). After training,
     `.report` holds the Report. Pass `doctor=` to use a Doctor made elsewhere (zero-code
     mode): it is attached here but left open, its owner closes it.
     """
@@ -132,7 +132,7 @@ class Doctor:
             name: getattr(self, f"_{name}") for name in EVENTS
         }
 
-    def add_to(self, target: Any) -> Doctor:
+    def add_to(self, target: Any) -> UltralyticsCallbacks:
         """Register the callbacks on a `YOLO` model (before `model.train()`) or a trainer."""
         add = getattr(target, "add_callback", None)
         if not callable(add):
@@ -448,11 +448,15 @@ def _entered_by_user() -> bool:
     return False
 
 
-def attach(target: Any, **options: Any) -> Doctor:
+def attach(target: Any, **options: Any) -> UltralyticsCallbacks:
     """Add traindoctor's callbacks to a `YOLO` model (call it before `model.train()`) or to a
     trainer. Options as in `traindoctor.watch`. Returns the callbacks' owner: `.report` holds
     the report when training ends."""
-    return Doctor(**options).add_to(target)
+    return UltralyticsCallbacks(**options).add_to(target)
+
+
+# The former name, kept for code that imports it (deprecated: it is no Doctor).
+Doctor = UltralyticsCallbacks
 
 
 def ultralytics_trainer(frame: Any) -> Any:
