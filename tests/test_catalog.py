@@ -12,8 +12,8 @@ import pytest
 
 import traindoctor.probes  # noqa: F401  (importing the probes registers every signal)
 from tests._rule_reads import VIEW_NAMES, module_reads
-from traindoctor.rules import CATALOG, _registry
-from traindoctor.rules._registry import REQUIRED_SECTIONS, all_rules, get_rule, resolve
+from traindoctor.rules import CATALOG, _registry, all_rules, get_rule, resolve
+from traindoctor.rules._registry import REQUIRED_SECTIONS
 from traindoctor.schema import EVENTS, FACTS, SIGNALS, signal_of
 
 RULES_DIR = Path(_registry.__file__).parent

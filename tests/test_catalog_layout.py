@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import traindoctor.integrations
-from traindoctor.rules._registry import all_rules, get_rule
+from traindoctor.rules import all_rules, get_rule
 
 TESTS = Path(__file__).parent / "rules"
 RULES = {r.code.lower(): r.name.replace("-", "_") for r in all_rules()}

@@ -23,7 +23,8 @@ from traindoctor.doctor import Doctor
 from traindoctor.findings import Severity
 from traindoctor.probes import default_probes
 from traindoctor.probes.base import Probe
-from traindoctor.rules._registry import _unregister, all_rules, get_rule, rule
+from traindoctor.rules import all_rules, get_rule
+from traindoctor.rules._registry import _unregister, rule
 
 STEPS = 30
 

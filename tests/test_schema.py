@@ -13,7 +13,7 @@ import torch
 import traindoctor as td
 from traindoctor import probes
 from traindoctor.probes.params import ParamsProbe
-from traindoctor.rules._registry import all_rules
+from traindoctor.rules import all_rules
 from traindoctor.schema import EVENTS, FACTS
 
 SRC = Path(td.__file__).parent

@@ -133,7 +133,7 @@ def check_codes(caller: str, name: str, codes: Any, where: str | None = None) ->
         raise UsageError(
             f"{at} takes a list of rule codes, got {show(codes)}; pass e.g. {example}"
         ) from None
-    from .rules._registry import all_rules
+    from .rules import all_rules
 
     rules = all_rules()
     by_name = {r.name: r.code for r in rules}

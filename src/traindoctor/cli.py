@@ -404,7 +404,7 @@ def _crosses(report, fail_on: str) -> bool:
 @click.option("--json", "as_json", is_flag=True)
 def rules_cmd(as_json: bool) -> None:
     """List every rule: code, name, severity and one line."""
-    from .rules._registry import all_rules
+    from .rules import all_rules
 
     rules = all_rules()
     if as_json:
@@ -419,7 +419,7 @@ def rules_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def explain(code: str, as_json: bool) -> None:
     """Print a rule's documentation (Why it matters, Example, Fix)."""
-    from .rules._registry import resolve
+    from .rules import resolve
 
     try:
         r = resolve(code)
@@ -468,7 +468,7 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
 def _rediagnose(run_dir: Path, rep):
     from ._guard import Guard
     from .diagnosis import diagnose
-    from .rules._registry import all_rules
+    from .rules import all_rules
     from .timeline import Timeline
 
     path = run_dir / "timeline.jsonl"

@@ -85,7 +85,7 @@ class Settings:
 
     def rules(self) -> list[Any]:
         """The selected rules, in code order, with their options set."""
-        from .rules._registry import all_rules
+        from .rules import all_rules
 
         everything = all_rules()
         enabled = {r.code for r in everything}
@@ -118,7 +118,7 @@ class Settings:
     def recorded(cls, facts: Mapping[str, Any]) -> Settings:
         """The settings a run directory's timeline recorded (`describe()`); options that this
         version's rules no longer take are dropped."""
-        from .rules._registry import get_rule
+        from .rules import get_rule
 
         layers = [
             Layer(
@@ -330,7 +330,7 @@ def discover(start: str | Path) -> Settings:
 
 
 def _rule(key: str, where: str) -> Any:
-    from .rules._registry import resolve
+    from .rules import resolve
 
     try:
         return resolve(str(key))

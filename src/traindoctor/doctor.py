@@ -29,7 +29,8 @@ from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
 from .probes.work import WORK_COUNTED
 from .report.model import Report
-from .rules._registry import Rule, all_rules, select
+from .rules import all_rules
+from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
 from .timeline import Timeline
 

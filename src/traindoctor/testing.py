@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .findings import Finding
-from .rules._registry import Rule, get_rule
+from .rules import get_rule
+from .rules._registry import Rule
 from .timeline import Timeline
 
 __all__ = [

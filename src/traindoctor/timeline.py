@@ -11,13 +11,31 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .findings import Finding, Severity, Where
 from .schema import EVENTS, FACTS, SIGNALS, signal_of
 
-if TYPE_CHECKING:
-    from .rules._registry import Rule
+
+class Rule(Protocol):
+    """What a TimelineView needs of a rule (rules/_registry.Rule is one): who it is, to fill
+    in its findings, and what it declares it reads, for the strict view."""
+
+    @property
+    def code(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def severity(self) -> Severity: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def requires(self) -> tuple[str, ...]: ...
+    @property
+    def events(self) -> tuple[str, ...]: ...
+    @property
+    def facts(self) -> tuple[str, ...]: ...
+
 
 __all__ = ["SIGNALS", "Timeline", "TimelineView", "UndeclaredRead", "signal"]
 

@@ -16,7 +16,7 @@ import traindoctor as td
 from traindoctor import config
 from traindoctor.cli import ExitCode, main
 from traindoctor.errors import UsageError
-from traindoctor.rules._registry import all_rules
+from traindoctor.rules import all_rules
 
 from .conftest import run_all, write
 from .conftest import td as td_cli

@@ -3,7 +3,7 @@ by the TD301 and TD302 tests."""
 
 from __future__ import annotations
 
-from traindoctor.rules._registry import get_rule
+from traindoctor.rules import get_rule
 from traindoctor.timeline import Timeline
 
 

@@ -17,7 +17,7 @@ import re
 import pytest
 
 from traindoctor.findings import Severity
-from traindoctor.rules._registry import all_rules
+from traindoctor.rules import all_rules
 from traindoctor.scenarios import FAMILIES, all_scenarios, scenario_modules
 
 FAMILY_OF_DIGIT = {

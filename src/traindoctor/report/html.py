@@ -342,7 +342,7 @@ def _internal_errors(report: Report) -> str:
 
 def _rule_docs(findings: list[Finding]) -> str:
     """`traindoctor explain CODE` for each code reported, so the docs links work offline."""
-    from ..rules._registry import get_rule
+    from ..rules import get_rule
 
     blocks = []
     for code in dict.fromkeys(f.code for f in findings):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
+from ._registry import Rule, registered
 from .eval_hygiene import (
     eval_mode_during_training,
     evaluated_model_frozen,
@@ -108,3 +110,26 @@ CATALOG = (
     grad_accumulation_unnormalized,  # TD515
     fp16_without_scaler,  # TD211
 )
+
+
+def all_rules() -> list[Rule]:
+    """Every registered rule, by code: the built-in CATALOG and any registered since."""
+    rules = registered()
+    return [rules[c] for c in sorted(rules)]
+
+
+def get_rule(code: str) -> Rule | None:
+    return registered().get(code.upper())
+
+
+def resolve(code: str) -> Rule:
+    """Look a rule up by code or name, or raise a one-line usage error."""
+    rules = all_rules()
+    key = code.strip()
+    for r in rules:
+        if key.upper() == r.code or key.lower() == r.name:
+            return r
+    raise UsageError(
+        f"unknown rule {code!r}: pass a code such as TD102 or a name such as "
+        f"params-without-grad (`traindoctor rules` lists all {len(rules)})"
+    )

@@ -166,32 +166,6 @@ def rule(
     return decorate
 
 
-def all_rules() -> list[Rule]:
-    from . import CATALOG  # noqa: F401  (importing the catalog registers the built-in rules)
-
-    return [_RULES[c] for c in sorted(_RULES)]
-
-
-def get_rule(code: str) -> Rule | None:
-    all_rules()
-    return _RULES.get(code.upper())
-
-
-def resolve(code: str) -> Rule:
-    """Look a rule up by code or name, or raise a one-line usage error."""
-    from ..errors import UsageError
-
-    rules = all_rules()
-    key = code.strip()
-    for r in rules:
-        if key.upper() == r.code or key.lower() == r.name:
-            return r
-    raise UsageError(
-        f"unknown rule {code!r}: pass a code such as TD102 or a name such as "
-        f"params-without-grad (`traindoctor rules` lists all {len(rules)})"
-    )
-
-
 def select(rules: list[Rule], select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Rule]:
     """Filter by code prefix, as ruff's --select/--ignore do (`TD1` selects the whole family)."""
     sel = [s.upper() for s in select]
@@ -204,6 +178,11 @@ def select(rules: list[Rule], select: Iterable[str] = (), ignore: Iterable[str] 
             continue
         out.append(r)
     return out
+
+
+def registered() -> dict[str, Rule]:
+    """The rules registered so far, by code (rules/__init__.py imports the built-in ones)."""
+    return _RULES
 
 
 def _unregister(code: str) -> None:
