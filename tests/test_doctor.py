@@ -356,7 +356,7 @@ def test_a_new_loss_at_a_freed_losss_address_is_not_dated_to_the_old_step(tmp_pa
     doc = td.watch(model, opt, out_dir=tmp_path, console=False)
     memory = np.zeros((), dtype=np.float32)
     old = torch.from_numpy(memory)
-    doc._note_backward(old)
+    doc._steps.note_backward(old)
     doc._clock.advance()  # the old loss's step closed
     same = old.detach()
     assert doc._log_step(same) == doc.step - 1  # its storage, the loss still alive

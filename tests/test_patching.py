@@ -165,10 +165,10 @@ def test_works_on_module_attributes():
 
 
 # -- no patch outside the mechanism -----------------------------------------------------------
-# Per-instance patches of one user object for one run stay where they are (a trainer's methods,
-# wrapped for the run); _warnings.py swaps warnings.showwarning for the span of one call and the
-# runner sets the script's sys.argv: not patches of a library.
-SETATTR_ALLOWED = {"_patching.py", "integrations/transformers.py", "integrations/ultralytics.py"}
+# The trainers' methods wrapped for one run (transformers, Ultralytics) go through Patch too;
+# _warnings.py swaps warnings.showwarning for the span of one call and the runner sets the
+# script's sys.argv: not patches of a library.
+SETATTR_ALLOWED = {"_patching.py"}
 ASSIGN_ALLOWED = {
     ("_warnings.py", "warnings.showwarning"),
     ("integrations/runner.py", "sys.argv"),

@@ -15,27 +15,21 @@ import torch
 from . import _hooks, _patches
 from ._guard import Guard
 from ._validate import check_options
-from .budget import Budget, Work
+from .budget import Budget
 from .bus import Bus, Event
-from .compiled import CompileWatch
 from .diagnosis import diagnose, unavailable
-from .diagnosis_schedule import DiagnosisSchedule
 from .errors import StopTraining, UsageError
 from .findings import Finding
-from .handsteps import HandSteps
 from .options import Options
 from .outcome import record_outcome
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
-from .probes.work import WORK_COUNTED
 from .report.model import Report
 from .rules import all_rules
 from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
+from .steps import StepDriver
 from .timeline import Timeline
-
-READBACK_EVERY = 25
-
 
 # Rules that can judge a run that never attached (it failed in setup).
 SETUP_TIME_RULES = ("TD501", "TD502")
@@ -99,7 +93,6 @@ class Doctor:
         )
         self.mode = mode
         self.framework = framework
-        self.max_steps = max_steps
         self.console = console
         self.out_dir = Path(out_dir)
         self.run_id = run_id or _new_run_id(script)
@@ -109,7 +102,6 @@ class Doctor:
         # The run state keeps the model's last training output (probes publish it).
         self.bus.subscribe(Event.MODEL_OUTPUT, self._clock.set_model_output, "model output")
         self._by_name: dict[str, Probe] | None = None
-        self._schedule = DiagnosisSchedule(self.budget)
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self.created_at = self.run.created_at  # id(optimizer) -> source line that built it
@@ -117,18 +109,12 @@ class Doctor:
         self.report: Report | None = None
         self._handles: list[Any] = []
         self._watched_scaler: Any = None
-        self._primary_stepped = False
-        self._backward_since_step = 0
-        self._step_backwards = 0  # backward passes in the open step (CompileWatch)
-        self._compile_watch = CompileWatch()
-        # The last backward's loss (weakly: a freed loss's address can be reused by the next
-        # step's tensors, so an address alone would date a new loss to the old step) and step.
-        self._last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
         self._listening = False
         self._pickles_clean = False  # our hooks are left out of pickles while attached
-        # Updates written by hand (no torch optimizer): they close steps as step() does.
-        self._hand = HandSteps(self.run)
-        self._clock.expect_hand_steps_from(lambda: self._hand.expected)
+        # The step boundary: backward, optimizer steps, scaler updates, updates by hand.
+        self._steps = StepDriver(
+            self.run, self._clock, self.diagnose, self._structure_check, max_steps
+        )
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
         )
@@ -143,7 +129,8 @@ class Doctor:
         """Start watching these objects. Called once by `watch()`, lazily in zero-code mode."""
         # torch.compile's wrapper is watched through the module it wraps: names without
         # `_orig_mod.`, and the model is known to run compiled from the start.
-        self.models = {p: self._compile_watch.unwrap(p, m) for p, m in models.items()}
+        compile_watch = self._steps.compile_watch
+        self.models = {p: compile_watch.unwrap(p, m) for p, m in models.items()}
         self.optimizers = list(optimizers)
         names: dict[int, str] = {}
         for prefix, model in self.models.items():
@@ -156,11 +143,11 @@ class Doctor:
             scaler=scaler,
             mode=self.mode,
             param_names=names,
-            compiled=self._compile_watch.compiled,
+            compiled=compile_watch.compiled,
         )
         self._clock.mark_attached()
-        self.guard.call("compile watch", self._compile_watch.attach, self.models)
-        self._note_compiled()
+        self.guard.call("compile watch", compile_watch.attach, self.models)
+        self._steps.note_compiled()
         self.timeline.facts["models"] = {
             (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
         }
@@ -174,11 +161,11 @@ class Doctor:
             self._hook_optimizer(opt)
         if scaler is not None:
             self._wrap_scaler(scaler)
-        self.guard.call("hand steps", self._hand.start)
+        self.guard.call("hand steps", self._steps.hand.start)
         if not self._listening:
-            _patches.add_backward_listener(self.observe_backward, self._after_backward)
+            _patches.add_backward_listener(self.observe_backward, self._steps.after_backward)
             self._listening = True
-        self._prepare_step()
+        self._steps.prepare_step()
         self._structure_check()
         _OPEN.append(weakref.ref(self))
 
@@ -191,6 +178,15 @@ class Doctor:
         optim_probe = self.probe("optim")
         if optim_probe is not None:
             self.guard.call("probe optim", optim_probe.describe, self.rec)
+
+    @property
+    def max_steps(self) -> int | None:
+        """Stop the run (StopTraining) after this many steps; None: never."""
+        return self._steps.max_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int | None) -> None:
+        self._steps.max_steps = value
 
     @property
     def step(self) -> int:
@@ -230,12 +226,12 @@ class Doctor:
             try:
                 # One guarded call per hook; each probe is guarded again by the bus.
                 self.guard.call(
-                    "hook optimizer step", self._optimizer_step, optimizer, pre, primary
+                    "hook optimizer step", self._steps.optimizer_step, optimizer, pre, primary
                 )
             finally:
                 self.budget.spend(time.perf_counter() - t0)
             if primary and not pre:
-                self._end_step()
+                self._steps.end_step()
 
         return hook
 
@@ -248,135 +244,12 @@ class Doctor:
         """A GradScaler's update() ran: the step boundary, also when the scaler skipped
         optimizer.step() (inf/NaN gradients). For integrations that watch a scaler's update
         themselves (zero-code mode); a scaler given to watch() is watched already."""
-        if not self._clock.closed and not self._primary_stepped:
-            self._end_step()  # the scaler skipped optimizer.step(): still a step boundary
-        self._primary_stepped = False
+        self._steps.scaler_updated()
 
-    # -- observing ------------------------------------------------------------------------
     def observe_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
         """A backward pass is about to run. Called by the backward patch once listening; an
         integration that attaches during a backward (zero-code mode) hands that one over."""
-        state = self._clock
-        if state.closed or state.validating:
-            return
-        if self._hand.armed:
-            t0 = time.perf_counter()
-            found = self.guard.call("hand steps", self._hand.before_backward)
-            self.budget.spend(time.perf_counter() - t0)
-            if found:
-                self._hand_step(*found)  # the weights were updated by hand since the last one
-        t0 = time.perf_counter()
-        self._backward_since_step += 1
-        self._step_backwards += 1
-        self.guard.call("hook backward", self._note_backward, loss)
-        self.bus.emit(Event.BACKWARD, self.step, root, loss, self.rec)
-        self.budget.spend(time.perf_counter() - t0)
-        if self._schedule.after_backwards(self._backward_since_step):
-            self.guard.call("diagnose", self.diagnose)
-        if self.max_steps and self._backward_since_step >= max(64, 4 * self.max_steps):
-            self.timeline.event(self.step, "stopped", reason="max_steps_without_optimizer_step")
-            raise StopTraining(f"{self._backward_since_step} backward passes without a step")
-
-    def _note_backward(self, loss: torch.Tensor) -> None:
-        self._last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, self.step)
-
-    def _after_backward(self) -> None:
-        if self._clock.closed or self._clock.validating:
-            return
-        t0 = time.perf_counter()
-        self.bus.emit(Event.AFTER_BACKWARD, self.step, self.rec)
-        if self._hand.active:
-            self.guard.call("hand steps", self._hand.after_backward)
-        self.budget.spend(time.perf_counter() - t0)
-
-    def _hand_step(self, names: list[str], source: tuple[str, int] | None) -> None:
-        """A weight update written by hand closes the open step, as optimizer.step() does
-        (found at the next backward: the probes see it after the fact, see handsteps.py)."""
-        t0 = time.perf_counter()
-        self._backward_since_step = 0
-        self.bus.emit(Event.HAND_STEP, self.step, self._clock.sampled, names, source, self.rec)
-        self.budget.spend(time.perf_counter() - t0)
-        self._end_step()  # times itself
-
-    def _optimizer_step(self, opt: torch.optim.Optimizer, pre: bool, primary: bool) -> None:
-        """Every watched optimizer's step; the primary one's also brackets the training step
-        (on_pre_step before it, on_post_step after it, then the step closes in _end_step)."""
-        step, sampled, rec, emit = self.step, self._clock.sampled, self.rec, self.bus.emit
-        if pre:
-            emit(Event.OPTIMIZER_PRE_STEP, step, sampled, opt, rec)
-            if primary:
-                emit(Event.PRE_STEP, step, sampled, rec)
-            return
-        emit(Event.OPTIMIZER_POST_STEP, step, sampled, opt, rec)
-        if primary:
-            self._primary_stepped = True
-            self._backward_since_step = 0
-            emit(Event.POST_STEP, step, sampled, rec)
-
-    def _end_step(self) -> None:
-        t0 = time.perf_counter()
-        step = self.step
-        try:
-            self._close_step(step)
-        except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
-            self.guard.note("step end", exc)
-        self.budget.spend(time.perf_counter() - t0)
-        # The governor closes this step before the next one is prepared: what prepare()
-        # installs for a sampled step counts as that step's cost, under the new interval.
-        self.budget.step_end(step)
-        self._clock.advance()
-        t0 = time.perf_counter()
-        self.guard.call("step prepare", self._prepare_step)
-        self.budget.spend(time.perf_counter() - t0)
-        if self.max_steps and step >= self.max_steps:
-            self.timeline.event(step, "stopped", reason="max_steps")
-            raise StopTraining(f"--max-steps {self.max_steps} reached")
-
-    def _close_step(self, step: int) -> None:
-        # Each part under its own guard key: one failing part must not switch off the others.
-        self.bus.emit(Event.STEP_CLOSED, step, self._clock.sampled, self.rec)
-        self.timeline.last_step = step
-        backward_ran, self._step_backwards = self._step_backwards > 0, 0
-        if self.budget.work is None:
-            counted = self.timeline.get(step, WORK_COUNTED)
-            if counted is not None:
-                self.budget.plan(Work(**counted))
-        found = self.guard.call("compile watch", self._compile_watch.step_end, backward_ran)
-        for prefix in found or ():
-            # All of our hooks off it at once: one recompile now, none at later steps.
-            self.guard.call("compile watch", _hooks.remove_our_hooks, self.models[prefix])
-        if found:
-            self._note_compiled()
-        if step <= self.budget.structural_steps or step % READBACK_EVERY == 0:
-            self._readback()
-        if step <= self.budget.structural_steps:
-            self._structure_check()
-        if self._schedule.due(step, self.timeline.size()):
-            self.guard.call("diagnose", self.diagnose)
-            self._schedule.ran(step)
-
-    def _readback(self) -> None:
-        self.guard.call("readback", self.rec.readback)
-        for exc in self.rec.errors:
-            self.guard.note("readback", exc)
-        self.rec.errors.clear()
-
-    def _note_compiled(self) -> None:
-        compiled = self._compile_watch.compiled
-        if compiled:
-            self.timeline.facts["compiled_models"] = sorted(
-                p.rstrip(".") or "<model>" for p in compiled
-            )
-
-    def _prepare_step(self) -> None:
-        ctx = self.run.attached
-        if ctx is not None:
-            ctx.new_step()
-        # Decided once per step: the governor may change the interval before the step's
-        # events, and a probe that installed hooks for a sampled step must see it sampled.
-        sampled = self.budget.sampled(self.step)
-        self._clock.set_sampled(sampled)
-        self.bus.emit(Event.STEP_OPENED, self.step, sampled, self.rec)
+        self._steps.observe_backward(root, loss)
 
     def _structure_check(self) -> None:
         optim_probe = self.probe("optim")
@@ -439,13 +312,13 @@ class Doctor:
         """
         if self._clock.validating:
             return self.step
-        ref, step = self._last_backward
+        ref, step = self._steps.last_backward
         if isinstance(loss, torch.Tensor):
             last = ref() if ref is not None else None
             if last is not None and loss.numel() == 1 and loss.data_ptr() == last.data_ptr():
                 return step
             return self.step
-        if loss is not None and self._backward_since_step == 0 and step == self.step - 1:
+        if loss is not None and self._steps.backward_since_step == 0 and step == self.step - 1:
             return step
         return self.step
 
@@ -512,13 +385,14 @@ class Doctor:
         """Detach everything, diagnose the whole run and write the report. Idempotent."""
         if self.report is not None:
             return self.report
-        if self._hand.active and not self._clock.closed:
+        hand = self._steps.hand
+        if hand.active and not self._clock.closed:
             # The last update by hand (after the last backward) closes the last step.
-            found = self.guard.call("hand steps", self._hand.take)
+            found = self.guard.call("hand steps", hand.take)
             if found:
                 # The run is over: no --max-steps stop to record for this one.
                 self.max_steps, max_steps = None, self.max_steps
-                self.guard.call("hand steps", self._hand_step, *found)
+                self.guard.call("hand steps", self._steps.hand_step, *found)
                 self.max_steps = max_steps
         self._clock.mark_closed()
         self.guard.call(
@@ -531,7 +405,7 @@ class Doctor:
             self.budget,
         )
         self.guard.call("detach", self._detach)
-        self._readback()
+        self._steps.readback()
         self.guard.call("diagnose", self.diagnose)
         from .report import write_run
 
@@ -565,10 +439,10 @@ class Doctor:
     def _detach(self) -> None:
         _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]
         if self._listening:
-            _patches.remove_backward_listener(self.observe_backward, self._after_backward)
+            _patches.remove_backward_listener(self.observe_backward, self._steps.after_backward)
             self._listening = False
-        self._hand.stop()
-        self.guard.call("compile watch", self._compile_watch.detach)
+        self._steps.hand.stop()
+        self.guard.call("compile watch", self._steps.compile_watch.detach)
         for h in self._handles:
             h.remove()
         self._handles.clear()

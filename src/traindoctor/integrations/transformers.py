@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback  # the real package (absolute import)
 
+from .._patching import Patch, acquire, release
 from .._source import relpath
 from .._validate import reject_positional, reject_unknown, show
 from ..doctor import Doctor as _Doctor
@@ -86,7 +87,7 @@ class TraindoctorCallback(TrainerCallback):
         self._owns_doctor = doctor is None
         self.trainer: Any = None
         self.report: Any = None
-        self._patched: list[tuple[str, Any]] = []  # (attribute, previous instance value or None)
+        self._patched: list[Patch] = []  # the trainer instance's methods we wrap (_patching.py)
         self._eval_prefixes: set[str] = set()
 
     # -- TrainerCallback events -----------------------------------------------------------
@@ -128,9 +129,9 @@ class TraindoctorCallback(TrainerCallback):
         callback = self
 
         def wrap(name: str, around: Any) -> None:
-            original = getattr(trainer, name)
-            self._patched.append((name, trainer.__dict__.get(name)))
-            setattr(trainer, name, around(original))
+            patch = Patch(trainer, name, around)
+            acquire(patch)
+            self._patched.append(patch)
 
         def training_step(original: Any) -> Any:
             def step(*args: Any, **kwargs: Any) -> Any:
@@ -160,12 +161,8 @@ class TraindoctorCallback(TrainerCallback):
         wrap("evaluation_loop", evaluation_loop)
 
     def _unpatch(self) -> None:
-        trainer = self.trainer
-        for name, previous in reversed(self._patched):
-            if previous is None:
-                trainer.__dict__.pop(name, None)
-            else:
-                setattr(trainer, name, previous)
+        for patch in reversed(self._patched):
+            release(patch)  # exactly what the instance held before (or nothing), see _patching
         self._patched.clear()
 
     # -- what each event does -------------------------------------------------------------

@@ -52,6 +52,7 @@ import torch
 
 from .. import _mode_patches
 from .._hooks import CopySafeHook
+from .._patching import Patch, acquire, release
 from ..doctor import Doctor as _Doctor
 from ..options import Options
 from ..rules._ultralytics import CALLBACK_VAL
@@ -118,7 +119,7 @@ class UltralyticsCallbacks:
         self._owns_doctor = doctor is None
         self.report: Any = None
         self.trainer: Any = None
-        self._patched: list[str] = []  # trainer attributes wrapped on the instance
+        self._patched: list[Patch] = []  # trainer methods wrapped on the instance
         self._hook: Any = None  # the forward hook that reads the loss parts
         self._open: list[str] = []  # validations in progress: "train" | "callback"
         self._final = False  # inside trainer.final_eval()
@@ -235,9 +236,8 @@ class UltralyticsCallbacks:
         if self._regions is not None:
             _mode_patches.remove_region_listener(self._regions)
             self._regions = None
-        trainer = self.trainer
-        for name in self._patched:
-            trainer.__dict__.pop(name, None)
+        for patch in reversed(self._patched):
+            release(patch)  # exactly what the instance held before (or nothing), see _patching
         self._patched.clear()
         doc = self.doctor
         if doc is None or not self._owns_doctor or doc.report is not None:
@@ -247,10 +247,13 @@ class UltralyticsCallbacks:
 
     # -- the trainer's own methods, wrapped on the instance --------------------------------
     def _wrap(self, trainer: Any, name: str, around: Callable[[Any], Any]) -> None:
-        if name in self._patched or not callable(getattr(trainer, name, None)):
+        if any(p.attribute == name for p in self._patched):
             return
-        setattr(trainer, name, around(getattr(trainer, name)))
-        self._patched.append(name)
+        if not callable(getattr(trainer, name, None)):
+            return
+        patch = Patch(trainer, name, around)
+        acquire(patch)
+        self._patched.append(patch)
 
     def _closing_on_error(self, original: Any) -> Any:
         def do_train(*args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,203 @@
+"""The step boundary: what closes a training step, and the upkeep each step end does.
+
+A step closes when the primary optimizer's step() returns, when a GradScaler's update() runs
+after it skipped the step (inf/NaN gradients), or when the weights were updated by hand (no
+torch optimizer; handsteps.py). The driver advances the run's clock, publishes the step's
+events on the bus, and at each step end reads device values back, re-checks the structure on
+the first steps and runs a mid-run diagnosis when it is due (diagnosis_schedule.py).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import _hooks
+from .budget import Work
+from .bus import Event
+from .compiled import CompileWatch
+from .diagnosis_schedule import DiagnosisSchedule
+from .errors import StopTraining
+from .handsteps import HandSteps
+from .probes.base import RunContext
+from .probes.work import WORK_COUNTED
+from .run_state import RunClock
+
+READBACK_EVERY = 25
+
+
+class StepDriver:
+    """Turns backward passes, optimizer steps, scaler updates and updates by hand into the
+    run's step clock and bus events. Held by the Doctor; every entry is guarded by it."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        clock: RunClock,
+        diagnose: Callable[[], Any],
+        describe_optimizers: Callable[[], None],
+        max_steps: int | None,
+    ) -> None:
+        self.run = run
+        self.clock = clock
+        self.timeline = run.rec.timeline
+        self.max_steps = max_steps
+        self._diagnose = diagnose
+        self._describe_optimizers = describe_optimizers
+        self.schedule = DiagnosisSchedule(run.budget)
+        self.compile_watch = CompileWatch()
+        # Updates written by hand (no torch optimizer): they close steps as step() does.
+        self.hand = HandSteps(run)
+        clock.expect_hand_steps_from(lambda: self.hand.expected)
+        self.primary_stepped = False
+        self.backward_since_step = 0
+        self.step_backwards = 0  # backward passes in the open step (CompileWatch)
+        # The last backward's loss (weakly: a freed loss's address can be reused by the next
+        # step's tensors, so an address alone would date a new loss to the old step) and step.
+        self.last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
+
+    # -- backward -------------------------------------------------------------------------
+    def observe_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
+        run, state = self.run, self.clock
+        if state.closed or state.validating:
+            return
+        guard, budget = run.guard, run.budget
+        if self.hand.armed:
+            t0 = time.perf_counter()
+            found = guard.call("hand steps", self.hand.before_backward)
+            budget.spend(time.perf_counter() - t0)
+            if found:
+                self.hand_step(*found)  # the weights were updated by hand since the last one
+        t0 = time.perf_counter()
+        self.backward_since_step += 1
+        self.step_backwards += 1
+        guard.call("hook backward", self.note_backward, loss)
+        run.bus.emit(Event.BACKWARD, state.step, root, loss, run.rec)
+        budget.spend(time.perf_counter() - t0)
+        if self.schedule.after_backwards(self.backward_since_step):
+            guard.call("diagnose", self._diagnose)
+        if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
+            self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
+            raise StopTraining(f"{self.backward_since_step} backward passes without a step")
+
+    def note_backward(self, loss: torch.Tensor) -> None:
+        self.last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, self.clock.step)
+
+    def after_backward(self) -> None:
+        run, state = self.run, self.clock
+        if state.closed or state.validating:
+            return
+        t0 = time.perf_counter()
+        run.bus.emit(Event.AFTER_BACKWARD, state.step, run.rec)
+        if self.hand.active:
+            run.guard.call("hand steps", self.hand.after_backward)
+        run.budget.spend(time.perf_counter() - t0)
+
+    # -- what closes a step -----------------------------------------------------------------
+    def hand_step(self, names: list[str], source: tuple[str, int] | None) -> None:
+        """A weight update written by hand closes the open step, as optimizer.step() does
+        (found at the next backward: the probes see it after the fact, see handsteps.py)."""
+        run, state = self.run, self.clock
+        t0 = time.perf_counter()
+        self.backward_since_step = 0
+        run.bus.emit(Event.HAND_STEP, state.step, state.sampled, names, source, run.rec)
+        run.budget.spend(time.perf_counter() - t0)
+        self.end_step()  # times itself
+
+    def optimizer_step(self, opt: torch.optim.Optimizer, pre: bool, primary: bool) -> None:
+        """Every watched optimizer's step; the primary one's also brackets the training step
+        (PRE_STEP before it, POST_STEP after it, then the step closes in end_step)."""
+        run, state = self.run, self.clock
+        step, sampled, rec, emit = state.step, state.sampled, run.rec, run.bus.emit
+        if pre:
+            emit(Event.OPTIMIZER_PRE_STEP, step, sampled, opt, rec)
+            if primary:
+                emit(Event.PRE_STEP, step, sampled, rec)
+            return
+        emit(Event.OPTIMIZER_POST_STEP, step, sampled, opt, rec)
+        if primary:
+            self.primary_stepped = True
+            self.backward_since_step = 0
+            emit(Event.POST_STEP, step, sampled, rec)
+
+    def scaler_updated(self) -> None:
+        if not self.clock.closed and not self.primary_stepped:
+            self.end_step()  # the scaler skipped optimizer.step(): still a step boundary
+        self.primary_stepped = False
+
+    def end_step(self) -> None:
+        run, budget = self.run, self.run.budget
+        t0 = time.perf_counter()
+        step = self.clock.step
+        try:
+            self._close_step(step)
+        except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
+            run.guard.note("step end", exc)
+        budget.spend(time.perf_counter() - t0)
+        # The governor closes this step before the next one is prepared: what prepare()
+        # installs for a sampled step counts as that step's cost, under the new interval.
+        budget.step_end(step)
+        self.clock.advance()
+        t0 = time.perf_counter()
+        run.guard.call("step prepare", self.prepare_step)
+        budget.spend(time.perf_counter() - t0)
+        if self.max_steps and step >= self.max_steps:
+            self.timeline.event(step, "stopped", reason="max_steps")
+            raise StopTraining(f"--max-steps {self.max_steps} reached")
+
+    def _close_step(self, step: int) -> None:
+        # Each part under its own guard key: one failing part must not switch off the others.
+        run, budget, guard = self.run, self.run.budget, self.run.guard
+        run.bus.emit(Event.STEP_CLOSED, step, self.clock.sampled, run.rec)
+        self.timeline.last_step = step
+        backward_ran, self.step_backwards = self.step_backwards > 0, 0
+        if budget.work is None:
+            counted = self.timeline.get(step, WORK_COUNTED)
+            if counted is not None:
+                budget.plan(Work(**counted))
+        found = guard.call("compile watch", self.compile_watch.step_end, backward_ran)
+        ctx = run.attached
+        for prefix in found or ():
+            # All of our hooks off it at once: one recompile now, none at later steps.
+            if ctx is not None:
+                guard.call("compile watch", _hooks.remove_our_hooks, ctx.models[prefix])
+        if found:
+            self.note_compiled()
+        if step <= budget.structural_steps or step % READBACK_EVERY == 0:
+            self.readback()
+        if step <= budget.structural_steps:
+            self._describe_optimizers()
+        if self.schedule.due(step, self.timeline.size()):
+            guard.call("diagnose", self._diagnose)
+            self.schedule.ran(step)
+
+    # -- upkeep -----------------------------------------------------------------------------
+    def prepare_step(self) -> None:
+        run = self.run
+        ctx = run.attached
+        if ctx is not None:
+            ctx.new_step()
+        # Decided once per step: the governor may change the interval before the step's
+        # events, and a probe that installed hooks for a sampled step must see it sampled.
+        step = self.clock.step
+        sampled = run.budget.sampled(step)
+        self.clock.set_sampled(sampled)
+        run.bus.emit(Event.STEP_OPENED, step, sampled, run.rec)
+
+    def readback(self) -> None:
+        rec, guard = self.run.rec, self.run.guard
+        guard.call("readback", rec.readback)
+        for exc in rec.errors:
+            guard.note("readback", exc)
+        rec.errors.clear()
+
+    def note_compiled(self) -> None:
+        compiled = self.compile_watch.compiled
+        if compiled:
+            self.timeline.facts["compiled_models"] = sorted(
+                p.rstrip(".") or "<model>" for p in compiled
+            )
