@@ -137,9 +137,7 @@ class Bus:
         handlers: list[Handler] = [
             (f"probe {p.name}", p, getattr(p, name))
             for p in self._probes
-            if _overrides(p, name)
-            and not p.retired
-            and (sampled or name not in p.sampled_only)
+            if _overrides(p, name) and not p.retired and (sampled or name not in p.sampled_only)
         ]
         handlers.extend((where, None, fn) for e, where, fn in self._listeners if e is event)
         self._cache[key] = handlers
