@@ -66,28 +66,24 @@ def test_no_private_access_across_package_boundaries(arch):
     assert not gone, f"no longer accessed: delete these from PRIVATE_ACCESS_ALLOWLIST: {gone}"
 
 
-def test_no_import_cycles_at_import_time(arch):
+@pytest.mark.parametrize(
+    ("module_level_only", "allowlist", "what"),
+    [
+        (True, IMPORT_CYCLE_ALLOWLIST, "at import time"),
+        (False, HIDDEN_CYCLE_ALLOWLIST, "lazily or for typing"),
+    ],
+    ids=["at-import", "hidden"],
+)
+def test_no_import_cycles(arch, module_level_only, allowlist, what):
     mod, modules = arch
     found = {
         frozenset(map(_short, comp))
-        for comp in mod.cycles(mod.import_graph(modules, module_level_only=True))
+        for comp in mod.cycles(mod.import_graph(modules, module_level_only=module_level_only))
     }
-    new = [sorted(c) for c in found if c not in IMPORT_CYCLE_ALLOWLIST]
-    gone = [sorted(c) for c in IMPORT_CYCLE_ALLOWLIST if c not in found]
-    assert not new, f"modules that import each other at import time: {new}"
-    assert not gone, f"no longer a cycle: delete these from IMPORT_CYCLE_ALLOWLIST: {gone}"
-
-
-def test_no_hidden_import_cycles(arch):
-    mod, modules = arch
-    found = {
-        frozenset(map(_short, comp))
-        for comp in mod.cycles(mod.import_graph(modules, module_level_only=False))
-    }
-    new = [sorted(c) for c in found if c not in HIDDEN_CYCLE_ALLOWLIST]
-    gone = [sorted(c) for c in HIDDEN_CYCLE_ALLOWLIST if c not in found]
-    assert not new, f"modules that import each other (lazily or for typing): {new}"
-    assert not gone, f"no longer a cycle: delete these from HIDDEN_CYCLE_ALLOWLIST: {gone}"
+    new = [sorted(c) for c in found if c not in allowlist]
+    gone = [sorted(c) for c in allowlist if c not in found]
+    assert not new, f"modules that import each other ({what}): {new}"
+    assert not gone, f"no longer a cycle: delete these from the allowlist: {gone}"
 
 
 def test_the_checks_see_what_they_forbid(arch, tmp_path):
