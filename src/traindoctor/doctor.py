@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import _hooks, _patches
+from . import _hooks, _patches, config
 from ._guard import Guard
 from ._validate import check_options
 from .budget import Budget
@@ -25,7 +25,6 @@ from .outcome import record_outcome
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
 from .report.model import Report
-from .rules import all_rules
 from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
 from .steps import StepDriver
@@ -96,7 +95,14 @@ class Doctor:
         self.console = console
         self.out_dir = Path(out_dir)
         self.run_id = run_id or _new_run_id(script)
-        self.rules = select(rules if rules is not None else all_rules(), select_codes, ignore_codes)
+        if rules is None:
+            # [tool.traindoctor] applies wherever a Doctor picks its own rules (the framework
+            # callbacks), as it does for watch() and `traindoctor run`, which pass theirs.
+            settings = config.for_watch(tuple(select_codes), tuple(ignore_codes))
+            self.rules = settings.rules()
+            self.timeline.facts["config"] = settings.describe()
+        else:
+            self.rules = select(rules, select_codes, ignore_codes)
         self.probes: list[Probe] = probes if probes is not None else default_probes()
         self.bus.add_probes(self.probes)
         # The run state keeps the model's last training output (probes publish it).

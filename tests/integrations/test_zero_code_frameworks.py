@@ -125,3 +125,40 @@ def test_max_steps_stops_a_delegated_lightning_fit(tmp_path, monkeypatch):
     assert report.framework == "lightning"
     assert report.steps == 5  # 3 epochs of 8 batches would be 24
     assert report.outcome["ended"] == "max_steps"
+
+
+def test_run_selection_reaches_the_delegated_lightning_doctor(tmp_path, monkeypatch):
+    """`traindoctor run --ignore TD103` on a Lightning script: Lightning's own doctor watches the
+    run, with the command line's rules (it used to run every rule)."""
+    from traindoctor import config
+
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(LIGHTNING.replace("PARAMS", "self.head.parameters()")))
+    monkeypatch.chdir(tmp_path)
+    settings = config.Settings().then(config.cli_layer((), (), ("TD103",)))
+    result = run_target(
+        str(script), [], out_dir=tmp_path / "runs", console=False, settings=settings
+    )
+    report = result.report
+    assert report.framework == "lightning" and not report.internal_errors
+    assert "TD103" not in {f.code for f in report.findings}
+
+
+def test_a_framework_callback_reads_pyproject(tmp_path, monkeypatch):
+    """[tool.traindoctor] applies to the framework callbacks as it does to watch()."""
+    from traindoctor.lightning import TraindoctorCallback
+
+    (tmp_path / "pyproject.toml").write_text('[tool.traindoctor]\nignore = ["TD103"]\n')
+    script = tmp_path / "train.py"
+    source = LIGHTNING.replace("PARAMS", "self.head.parameters()").replace(
+        "enable_model_summary=False)",
+        "enable_model_summary=False, callbacks=[CALLBACK])",
+    )
+    script.write_text(textwrap.dedent(source))
+    monkeypatch.chdir(tmp_path)
+    callback = TraindoctorCallback(out_dir=tmp_path / "runs", console=False)
+    namespace = {"CALLBACK": callback, "__name__": "__main__"}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)  # noqa: S102
+    doc_rules = callback.report.timeline.facts["config"]["rules"]
+    assert "TD103" not in doc_rules and "TD102" in doc_rules
+    assert "TD103" not in {f.code for f in callback.report.findings}

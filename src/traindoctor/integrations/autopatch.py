@@ -232,6 +232,7 @@ class ZeroCodeSession:
                     mode="zero-code",
                     max_steps=doc.max_steps,
                 )
+                callback.rules = doc.rules  # `traindoctor run`'s selection and rule options
                 trainer.callbacks.append(callback)
                 self.delegate = callback
         doc.framework = kind

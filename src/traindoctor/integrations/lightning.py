@@ -120,8 +120,11 @@ def attach(
     return attach_with(trainer, pl_module, options)
 
 
-def attach_with(trainer: Any, pl_module: Any, options: Options) -> LightningDoctor | None:
-    """`attach` with options built by the caller (the callback)."""
+def attach_with(
+    trainer: Any, pl_module: Any, options: Options, rules: list[Any] | None = None
+) -> LightningDoctor | None:
+    """`attach` with options built by the caller (the callback); `rules`: the rules to run
+    (None: pyproject.toml's selection, see Doctor)."""
     optimizers = [o for o in trainer.optimizers if isinstance(o, torch.optim.Optimizer)]
     if not optimizers:
         return None
@@ -129,7 +132,9 @@ def attach_with(trainer: Any, pl_module: Any, options: Options) -> LightningDoct
     scaler = getattr(plugin, "scaler", None)
     if scaler is not None and not callable(getattr(scaler, "scale", None)):
         scaler = None
-    doc = LightningDoctor(options=options, framework="lightning", script=type(pl_module).__name__)
+    doc = LightningDoctor(
+        options=options, rules=rules, framework="lightning", script=type(pl_module).__name__
+    )
     # The prefix "" keeps parameter names as the module's attribute paths (`encoder.0.weight`);
     # the report names the model by the LightningModule's class (facts["models"]).
     doc.attach({"": pl_module}, optimizers, scaler)
@@ -211,6 +216,8 @@ def callback_class(base: type) -> type:
             # stopped by this callback (on_train_batch_end), not by the Doctor.
             self.max_steps = options.max_steps
             self.options = options.but(max_steps=None)
+            # Zero-code mode sets the session's rules (`traindoctor run`'s configuration).
+            self.rules: list[Any] | None = None
             self.doctor: LightningDoctor | None = None
             self.report: Any = None
             self._seen: dict[str, Any] = {}
@@ -223,7 +230,7 @@ def callback_class(base: type) -> type:
             self.report = None
             self._seen = {}
             try:
-                self.doctor = attach_with(trainer, pl_module, self.options)
+                self.doctor = attach_with(trainer, pl_module, self.options, self.rules)
             except Exception as exc:  # noqa: BLE001  (never stop the user's training)
                 self.doctor = None
                 print(f"traindoctor: could not attach to Lightning: {exc!r}", file=sys.stderr)
