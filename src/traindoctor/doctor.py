@@ -24,6 +24,7 @@ from .options import Options
 from .outcome import record_outcome
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
+from .report import publish
 from .report.model import Report
 from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
@@ -413,8 +414,6 @@ class Doctor:
         self.guard.call("detach", self._detach)
         self._steps.readback()
         self.guard.call("diagnose", self.diagnose)
-        from .report import write_run
-
         self.report = Report(
             findings=self.findings,
             steps=self.timeline.last_step,
@@ -427,19 +426,7 @@ class Doctor:
             run_dir=self.out_dir / self.run_id,
             timeline=self.timeline,
         )
-        try:
-            write_run(self.report)
-        except OSError as err:
-            self.report.write_error = f"could not write the run directory: {err}"
-        except Exception as err:  # noqa: BLE001  (a renderer bug must not reach the user's loop)
-            self.guard.record("report writer", err)
-            self.report.internal_errors = [e.to_dict() for e in self.guard.errors]
-            self.report.write_error = f"could not render the report: {type(err).__name__}: {err}"
-        if self.console:
-            from .report.console import print_report
-
-            with contextlib.suppress(Exception):
-                print_report(self.report)
+        publish(self.report, self.guard, self.console)
         return self.report
 
     def _detach(self) -> None:

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .._guard import Guard
 from .markdown import render_markdown
 from .model import Report
 
@@ -44,6 +45,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def publish(report: Report, guard: Guard, console: bool) -> None:
+    """Write the run directory and print the console summary. A failure is recorded in the
+    report (`write_error`, and `guard` for a renderer bug), never raised into the user's loop."""
+    try:
+        write_run(report)
+    except OSError as err:
+        report.write_error = f"could not write the run directory: {err}"
+    except Exception as err:  # noqa: BLE001  (a renderer bug must not reach the user's loop)
+        guard.record("report writer", err)
+        report.internal_errors = [e.to_dict() for e in guard.errors]
+        report.write_error = f"could not render the report: {type(err).__name__}: {err}"
+    if console:
+        from .console import print_report
+
+        with contextlib.suppress(Exception):
+            print_report(report)
 
 
 def write_run(report: Report) -> None:
