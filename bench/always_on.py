@@ -1,0 +1,465 @@
+"""Issue 15's side-by-side bench: traindoctor's cost per phase of a run, on five model shapes.
+
+For each shape (a 1M-parameter MLP, a small nanoGPT-like model, a CIFAR-sized ResNet with
+BatchNorm, and chains of tiny Linear layers holding 2,000 and 10,000 parameter tensors) it
+trains the same model from the same seed on the same batches, plain and watched, in
+alternating order within one process (plain, watched, then watched, plain, ...; the method of
+bench/overhead.py), and prints the ratio watched / plain of the summed step time for
+
+- steps 1-3 (the structural steps), steps 4-50, and the steady state (steps 51-N);
+- the whole loop, and the whole loop plus attach (td.watch) and close() time;
+- the median step of the steady state (sampled steps are outliers, so it is near 1);
+
+with the number of hook handles created (torch's RemovableHandle counter, which every
+register_*_hook of a module, a tensor or an autograd node increments) at attach, in steps
+1-3 and per step after, and whether the parameters came out bit-identical.
+
+The same is measured on the small GPT for `torch.autograd.detect_anomaly()` and, where wandb is
+installed, `wandb.watch(model, log="all", log_freq=100)` in offline mode (WANDB_MODE=offline,
+WANDB_DIR in a temporary folder: nothing reaches the network).
+
+Run with one thread, and say the machine's load (`uptime`) next to the figures:
+
+    OMP_NUM_THREADS=1 python bench/always_on.py [--quick] [--shapes mlp,gpt] [--steps 200]
+        [--rounds 2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.hooks import RemovableHandle
+
+import traindoctor as td
+
+# -- the five model shapes of issue 15 --------------------------------------------------------
+
+
+def mlp_1m() -> nn.Module:
+    """bench/overhead.py's MLP: ~1.06M parameters in 36 tensors."""
+    layers: list[nn.Module] = []
+    for _ in range(16):
+        layers += [nn.Linear(256, 256), nn.GELU()]
+    return nn.Sequential(*layers, nn.LayerNorm(256), nn.Linear(256, 10))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class SmallGPT(nn.Module):
+    """nanoGPT's layout (token + position embeddings, pre-LN blocks, tied lm_head), small."""
+
+    def __init__(self, vocab: int = 256, block: int = 64, dim: int = 128, layers: int = 4) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, dim)
+        self.wpe = nn.Embedding(block, dim)
+        self.h = nn.ModuleList(Block(dim, 4) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying, as nanoGPT does
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet (one basic block per stage, 16/32/64 channels), CPU-sized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
+        self.layers = nn.Sequential(
+            BasicBlock(16, 16, 1), BasicBlock(16, 32, 2), BasicBlock(32, 64, 2)
+        )
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.stem(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ManyTensors(nn.Module):
+    """`tensors` parameter tensors in tiny residual Linear layers (a weight and a bias each)."""
+
+    def __init__(self, tensors: int, width: int = 16) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(tensors // 2 - 1))
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.blocks:
+            x = x + 0.1 * torch.tanh(layer(x))
+        return self.head(x)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Shape:
+    build: Callable[[], nn.Module]
+    data: Callable[[torch.Generator], Batch]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+
+
+def _adamw(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def _lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+SHAPES: dict[str, Shape] = {
+    "mlp": Shape(
+        mlp_1m,
+        lambda g: (torch.randn(64, 256, generator=g), torch.randint(0, 10, (64,), generator=g)),
+        F.cross_entropy,
+        _adamw,
+    ),
+    "gpt": Shape(
+        SmallGPT,
+        lambda g: (
+            torch.randint(0, 256, (8, 64), generator=g),
+            torch.randint(0, 256, (8, 64), generator=g),
+        ),
+        _lm_loss,
+        _adamw,
+    ),
+    "resnet": Shape(
+        SmallResNet,
+        lambda g: (
+            torch.randn(32, 3, 32, 32, generator=g),
+            torch.randint(0, 10, (32,), generator=g),
+        ),
+        F.cross_entropy,
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4),
+    ),
+    "t2000": Shape(
+        lambda: ManyTensors(2000),
+        lambda g: (torch.randn(32, 16, generator=g), torch.randint(0, 4, (32,), generator=g)),
+        F.cross_entropy,
+        _adamw,
+    ),
+    "t10000": Shape(
+        lambda: ManyTensors(10000),
+        lambda g: (torch.randn(32, 16, generator=g), torch.randint(0, 4, (32,), generator=g)),
+        F.cross_entropy,
+        _adamw,
+    ),
+}
+
+# -- what watches the run ---------------------------------------------------------------------
+
+
+class Watcher:
+    """Plain (nothing attached); subclasses attach something and detach it in close()."""
+
+    name = "plain"
+
+    def attach(self, model: nn.Module, opt: torch.optim.Optimizer, out_dir: str) -> None:
+        pass
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def log(self, loss: torch.Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Traindoctor(Watcher):
+    name = "traindoctor"
+
+    def attach(self, model: nn.Module, opt: torch.optim.Optimizer, out_dir: str) -> None:
+        self.doc = td.watch(model, opt, out_dir=out_dir, console=False)
+
+    def log(self, loss: torch.Tensor) -> None:
+        self.doc.log(loss=loss)
+
+    def close(self) -> None:
+        history = self.doc.budget.history
+        self.interval = history[-1][2] if history else self.doc.budget.interval
+        self.report = self.doc.close()
+
+
+class DetectAnomaly(Watcher):
+    name = "detect_anomaly"
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autograd.detect_anomaly()
+
+
+class WandbWatch(Watcher):
+    """wandb.watch(log="all", log_freq=100), offline; wandb.log(loss) every step, which is
+    how its gradient histograms get written (it reads the loss back: one host sync)."""
+
+    name = "wandb.watch"
+
+    def attach(self, model: nn.Module, opt: torch.optim.Optimizer, out_dir: str) -> None:
+        import wandb
+
+        os.environ["WANDB_MODE"] = "offline"
+        os.environ["WANDB_DIR"] = out_dir
+        os.environ["WANDB_SILENT"] = "true"
+        self.run = wandb.init(project="traindoctor-bench", dir=out_dir, mode="offline")
+        wandb.watch(model, log="all", log_freq=100)
+
+    def log(self, loss: torch.Tensor) -> None:
+        self.run.log({"loss": loss.item()})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+# -- one run, and the side-by-side comparison -------------------------------------------------
+
+
+@dataclass
+class Run:
+    times: list[float]  # seconds per step
+    attach: float = 0.0
+    close: float = 0.0
+    handles_attach: int = 0
+    handles_first3: int = 0
+    handles_after: int = 0
+    params: list[torch.Tensor] = field(default_factory=list, repr=False)
+    interval: int | None = None
+    findings: list[str] = field(default_factory=list)
+
+
+def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
+    torch.manual_seed(0)
+    model = shape.build()
+    opt = shape.optimizer(model)
+    g = torch.Generator().manual_seed(1)
+    data = [shape.data(g) for _ in range(16)]
+    h0 = RemovableHandle.next_id
+    t0 = time.perf_counter()
+    watcher.attach(model, opt, out_dir)
+    attach = time.perf_counter() - t0
+    h1 = RemovableHandle.next_id
+    h3 = h1
+    times = []
+    with watcher.context():
+        for i in range(steps):
+            x, y = data[i % len(data)]
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = shape.loss(model(x), y)
+            loss.backward()
+            opt.step()
+            watcher.log(loss)
+            times.append(time.perf_counter() - t0)
+            if i == 2:
+                h3 = RemovableHandle.next_id
+    h_end = RemovableHandle.next_id
+    t0 = time.perf_counter()
+    watcher.close()
+    close = time.perf_counter() - t0
+    out = Run(times, attach, close, h1 - h0, h3 - h1, h_end - h3)
+    out.params = [p.detach().clone() for p in model.parameters()]
+    if isinstance(watcher, Traindoctor):
+        out.interval = watcher.interval
+        out.findings = [f.code for f in watcher.report.findings]
+    return out
+
+
+PHASES = (("steps 1-3", 0, 3), ("steps 4-50", 3, 50), ("steady 51-N", 50, None))
+
+
+def compare(
+    shape: Shape, steps: int, rounds: int, make: Callable[[], Watcher], out_dir: str
+) -> dict[str, Any]:
+    """Plain and watched runs alternated `rounds` times; ratios of the summed phase times."""
+    plain: list[Run] = []
+    watched: list[Run] = []
+    for i in range(rounds):
+        # Alternate which goes first so that drift in machine speed cancels out.
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for w in order:
+            r = run(shape, steps, make() if w else Watcher(), out_dir)
+            (watched if w else plain).append(r)
+
+    def phase_sum(runs: list[Run], lo: int, hi: int | None) -> float:
+        return sum(sum(r.times[lo:hi]) for r in runs)
+
+    out: dict[str, Any] = {"steps": steps, "rounds": rounds}
+    for label, lo, hi in PHASES:
+        if lo < steps:
+            out[label] = phase_sum(watched, lo, hi) / phase_sum(plain, lo, hi)
+    loop_w, loop_p = phase_sum(watched, 0, None), phase_sum(plain, 0, None)
+    out["whole loop"] = loop_w / loop_p
+    extra = sum(r.attach + r.close for r in watched) - sum(r.attach + r.close for r in plain)
+    out["whole run incl. attach+close"] = (loop_w + extra) / loop_p
+    if steps > 50:
+        med = [
+            statistics.median(w.times[50:]) / statistics.median(p.times[50:])
+            for w, p in zip(watched, plain, strict=True)
+        ]
+        out["steady median step"] = statistics.median(med)
+    out["plain step ms (median)"] = statistics.median(t for r in plain for t in r.times) * 1e3
+    out["plain ms steps 1-3"] = phase_sum(plain, 0, 3) / len(plain) * 1e3
+    out["watched ms steps 1-3"] = phase_sum(watched, 0, 3) / len(watched) * 1e3
+    out["attach s"] = statistics.fmean(r.attach for r in watched)
+    out["close s"] = statistics.fmean(r.close for r in watched)
+    w0 = watched[0]
+    out["handles at attach"] = w0.handles_attach
+    out["handles steps 1-3"] = w0.handles_first3
+    out["handles per step after 3"] = w0.handles_after / max(steps - 3, 1)
+    out["bit-identical params"] = all(
+        len(w.params) == len(p.params)
+        and all(torch.equal(a, b) for a, b in zip(w.params, p.params, strict=True))
+        for w, p in zip(watched, plain, strict=True)
+    )
+    if w0.interval is not None:
+        out["sampling interval at end"] = w0.interval
+        out["findings"] = w0.findings
+    return out
+
+
+def describe(model: nn.Module) -> str:
+    params = list(model.parameters())
+    return f"{sum(p.numel() for p in params):,} params in {len(params):,} tensors"
+
+
+def rows(results: dict[str, dict[str, Any]]) -> Iterator[str]:
+    keys: list[str] = []
+    for res in results.values():
+        keys += [k for k in res if k not in keys and k not in ("params",)]
+    names = list(results)
+    yield "| | " + " | ".join(names) + " |"
+    yield "|---|" + "---|" * len(names)
+    for k in keys:
+        cells = []
+        for n in names:
+            v = results[n].get(k, "")
+            if isinstance(v, float):
+                v = f"{v:.3f}" if math.isfinite(v) else str(v)
+            elif isinstance(v, list):
+                v = ",".join(v) or "-"
+            cells.append(str(v))
+        yield f"| {k} | " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="60 steps, 1 round: a smoke check")
+    ap.add_argument(
+        "--shapes", default=",".join(SHAPES), help="comma-separated: " + ",".join(SHAPES)
+    )
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2, help="plain/watched pairs per shape")
+    ap.add_argument("--no-peers", action="store_true", help="skip detect_anomaly and wandb")
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 60, 1
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")  # detect_anomaly warns once per run
+    shapes = [s for s in args.shapes.split(",") if s]
+    results: dict[str, dict[str, Any]] = {}
+    print(f"load: {os.getloadavg()}; torch {torch.__version__}, 1 thread")
+    with tempfile.TemporaryDirectory() as out:
+        run(SHAPES["mlp"], 10, Watcher(), out)  # warm-up: allocator, kernels
+        for name in shapes:
+            shape = SHAPES[name]
+            t0 = time.perf_counter()
+            res = {"params": describe(shape.build())}
+            res.update(compare(shape, args.steps, args.rounds, Traindoctor, out))
+            results[name] = res
+            print(f"{name}: {res['params']}, done in {time.perf_counter() - t0:.0f} s")
+            print(json.dumps(res, default=str))
+        peers: dict[str, dict[str, Any]] = {}
+        if not args.no_peers:
+            peers["gpt: detect_anomaly"] = compare(
+                SHAPES["gpt"], args.steps, args.rounds, DetectAnomaly, out
+            )
+            try:
+                import wandb  # noqa: F401
+
+                peers["gpt: wandb.watch"] = compare(
+                    SHAPES["gpt"], args.steps, args.rounds, WandbWatch, out
+                )
+            except ImportError:
+                peers["gpt: wandb.watch"] = {"note": "wandb is not installed: skipped"}
+            if "gpt" in results:
+                peers = {"gpt: traindoctor": results["gpt"], **peers}
+            for name, res in peers.items():
+                print(name, json.dumps(res, default=str))
+    print(f"load after: {os.getloadavg()}")
+    print("\n".join(rows(results)))
+    if peers:
+        print()
+        print("\n".join(rows(peers)))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"shapes": results, "peers": peers}, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
