@@ -7,6 +7,7 @@ them offline from timeline.jsonl.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -61,9 +62,19 @@ class Timeline:
         self._events: list[dict[str, Any]] = []
         self._events_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.last_step: int = 0  # number of completed optimizer steps
+        # Steps are written in increasing order almost always, so a signal's dict is kept in
+        # step order as written and series() need not sort it. `_tail`: a signal's highest step;
+        # `_rewrites`: writes below it (to an earlier step), which send incremental readers back
+        # to the start; `_unsorted`: signals with a step inserted out of order, whose sorted
+        # items `_sorted` caches until their next write.
+        self._tail: dict[str, int] = {}
+        self._rewrites: dict[str, int] = {}
+        self._unsorted: set[str] = set()
+        self._sorted: dict[str, list[tuple[int, Any]]] = {}
 
     # -- writing (probes) -------------------------------------------------------------------
     def record(self, step: int, name: str, value: Any, key: str | None = None) -> None:
+        self._written(step, name)
         if key is None:
             self._signals[name][step] = value
         else:
@@ -71,7 +82,20 @@ class Timeline:
 
     def append(self, step: int, name: str, value: Any) -> None:
         """Add a value to a per-step list signal (e.g. one value per micro-batch)."""
+        self._written(step, name)
         self._signals[name].setdefault(step, []).append(value)
+
+    def _written(self, step: int, name: str) -> None:
+        """Order bookkeeping of a write (O(1), on the probes' hot path)."""
+        tail = self._tail.get(name)
+        if tail is None or step > tail:
+            self._tail[name] = step
+        elif step < tail:
+            self._rewrites[name] = self._rewrites.get(name, 0) + 1
+            if step not in self._signals[name]:
+                self._unsorted.add(name)
+        if name in self._unsorted:
+            self._sorted.pop(name, None)
 
     def event(self, step: int, kind: str, **facts: Any) -> None:
         event = {"step": step, "kind": kind, **facts}
@@ -89,8 +113,44 @@ class Timeline:
 
     # -- reading ----------------------------------------------------------------------------
     def series(self, name: str) -> list[tuple[int, Any]]:
+        """(step, value) of a signal in step order: a copy, without sorting when the steps
+        were written in order (the usual case)."""
+        return list(self._ordered(name))
+
+    def series_since(self, name: str, step: int) -> list[tuple[int, Any]]:
+        """(step, value) of a signal after `step`, in step order: O(records returned) when
+        the steps were written in order."""
         data = self._signals.get(name)
-        return sorted(data.items()) if data else []
+        if not data:
+            return []
+        if name in self._unsorted:
+            items = self._ordered(name)
+            return items[bisect.bisect_right(items, step, key=_step_of) :]
+        out = []
+        for s in reversed(data):  # the newest first: stops at the first step not after `step`
+            if s <= step:
+                break
+            out.append((s, data[s]))
+        out.reverse()
+        return out
+
+    def rewrites(self, name: str) -> int:
+        """How many writes to `name` went below its highest step so far: an incremental
+        reader that saw a different count reads the signal again from the start."""
+        return self._rewrites.get(name, 0)
+
+    def _ordered(self, name: str) -> list[tuple[int, Any]] | Any:
+        data = self._signals.get(name)
+        if not data:
+            return []
+        if name not in self._unsorted:
+            return data.items()  # written in step order
+        cached = self._sorted.get(name)
+        if cached is None:
+            # Sorted once, kept until the next write to this signal.
+            cached = self._sorted[name] = sorted(data.items(), key=_step_of)
+        return cached
+
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:
@@ -151,6 +211,10 @@ class Timeline:
 _KEYWORD = {"signal": "requires", "event": "events", "fact": "facts"}
 
 
+def _step_of(item: tuple[int, Any]) -> int:
+    return item[0]
+
+
 class UndeclaredRead(LookupError):
     """A rule read a signal, event or fact it did not declare (strict views only)."""
 
@@ -193,6 +257,17 @@ class TimelineView:
             assert self._rule is not None
             self._check("signal", signal_of(name), self._rule.requires, SIGNALS)
         return self._tl.series(name)
+
+    def series_since(self, name: str, step: int) -> list[tuple[int, Any]]:
+        """The records of `name` after `step` (incremental rules: see rules/_incremental.py)."""
+        if self._strict:
+            assert self._rule is not None
+            self._check("signal", signal_of(name), self._rule.requires, SIGNALS)
+        return self._tl.series_since(name, step)
+
+    def rewrites(self, name: str) -> int:
+        """Writes to `name` below its highest step so far (Timeline.rewrites)."""
+        return self._tl.rewrites(name)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if self._strict:
