@@ -10,6 +10,9 @@ bench/overhead.py), and prints the ratio watched / plain of the summed step time
 - the whole loop, and the whole loop plus attach (td.watch) and close() time;
 - the median step of the steady state (sampled steps are outliers, so it is near 1);
 
+each measured twice: in this process's CPU time (time.process_time: on a machine other jobs
+share, waiting for a core is left out, so it is the steadier figure) and in wall-clock time;
+
 with the number of hook handles created (torch's RemovableHandle counter, which every
 register_*_hook of a module, a tensor or an autograd node increments) at attach, in steps
 1-3 and per step after, and whether the parameters came out bit-identical.
@@ -281,7 +284,8 @@ class WandbWatch(Watcher):
 
 @dataclass
 class Run:
-    times: list[float]  # seconds per step
+    times: list[float]  # seconds per step, wall clock
+    cpu: list[float]  # seconds per step, this process's CPU time (steadier on a busy machine)
     attach: float = 0.0
     close: float = 0.0
     handles_attach: int = 0
@@ -304,24 +308,25 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     attach = time.perf_counter() - t0
     h1 = RemovableHandle.next_id
     h3 = h1
-    times = []
+    times, cpu = [], []
     with watcher.context():
         for i in range(steps):
             x, y = data[i % len(data)]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
             loss = shape.loss(model(x), y)
             loss.backward()
             opt.step()
             watcher.log(loss)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             if i == 2:
                 h3 = RemovableHandle.next_id
     h_end = RemovableHandle.next_id
     t0 = time.perf_counter()
     watcher.close()
     close = time.perf_counter() - t0
-    out = Run(times, attach, close, h1 - h0, h3 - h1, h_end - h3)
+    out = Run(times, cpu, attach, close, h1 - h0, h3 - h1, h_end - h3)
     out.params = [p.detach().clone() for p in model.parameters()]
     if isinstance(watcher, Traindoctor):
         out.interval = watcher.interval
@@ -345,26 +350,32 @@ def compare(
             r = run(shape, steps, make() if w else Watcher(), out_dir)
             (watched if w else plain).append(r)
 
-    def phase_sum(runs: list[Run], lo: int, hi: int | None) -> float:
-        return sum(sum(r.times[lo:hi]) for r in runs)
+    def phase_sum(runs: list[Run], lo: int, hi: int | None, clock: str = "times") -> float:
+        return sum(sum(getattr(r, clock)[lo:hi]) for r in runs)
 
     out: dict[str, Any] = {"steps": steps, "rounds": rounds}
-    for label, lo, hi in PHASES:
-        if lo < steps:
-            out[label] = phase_sum(watched, lo, hi) / phase_sum(plain, lo, hi)
+    for clock, tag in (("cpu", "cpu"), ("times", "wall")):
+        for label, lo, hi in PHASES:
+            if lo < steps:
+                out[f"{label} ({tag})"] = phase_sum(watched, lo, hi, clock) / phase_sum(
+                    plain, lo, hi, clock
+                )
+        loop_w, loop_p = phase_sum(watched, 0, None, clock), phase_sum(plain, 0, None, clock)
+        out[f"whole loop ({tag})"] = loop_w / loop_p
+        if steps > 50:
+            med = [
+                statistics.median(getattr(w, clock)[50:])
+                / statistics.median(getattr(p, clock)[50:])
+                for w, p in zip(watched, plain, strict=True)
+            ]
+            out[f"steady median step ({tag})"] = statistics.median(med)
+    # attach and close in wall time (close writes files: CPU time would leave the waits out)
     loop_w, loop_p = phase_sum(watched, 0, None), phase_sum(plain, 0, None)
-    out["whole loop"] = loop_w / loop_p
     extra = sum(r.attach + r.close for r in watched) - sum(r.attach + r.close for r in plain)
-    out["whole run incl. attach+close"] = (loop_w + extra) / loop_p
-    if steps > 50:
-        med = [
-            statistics.median(w.times[50:]) / statistics.median(p.times[50:])
-            for w, p in zip(watched, plain, strict=True)
-        ]
-        out["steady median step"] = statistics.median(med)
-    out["plain step ms (median)"] = statistics.median(t for r in plain for t in r.times) * 1e3
-    out["plain ms steps 1-3"] = phase_sum(plain, 0, 3) / len(plain) * 1e3
-    out["watched ms steps 1-3"] = phase_sum(watched, 0, 3) / len(watched) * 1e3
+    out["whole run incl. attach+close (wall)"] = (loop_w + extra) / loop_p
+    out["plain step ms (median, cpu)"] = statistics.median(t for r in plain for t in r.cpu) * 1e3
+    out["plain ms steps 1-3 (cpu)"] = phase_sum(plain, 0, 3, "cpu") / len(plain) * 1e3
+    out["watched ms steps 1-3 (cpu)"] = phase_sum(watched, 0, 3, "cpu") / len(watched) * 1e3
     out["attach s"] = statistics.fmean(r.attach for r in watched)
     out["close s"] = statistics.fmean(r.close for r in watched)
     w0 = watched[0]
