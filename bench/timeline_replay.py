@@ -10,16 +10,16 @@ records of its last quarter, where the loss has levelled off, played forward the
 signal at its own phase (every-step signals every step, sampled signals every sampled step,
 validations every 10 steps), every float multiplied by 1 + 2% Gaussian noise (a fixed seed)
 so that no series is exactly periodic. The synthetic run's findings are printed: they should
-be the template's. The sampling interval is
-the template's (10, the scenario runs with a fixed schedule; a live run's interval moves between
-10 and 1000 with the model's cost, so this is the dense end).
+be the template's. The sampling interval is the template's (10: the scenario runs with a fixed
+schedule; a live run's interval moves between 10 and 1000 with the model's cost, so this is
+the dense end).
 
-At each N (10^3 to 10^5 by default, with steps between for the slope; `--max 1000000` adds
-10^6) it times one full pass
-(`traindoctor.diagnosis.diagnose` over every rule) and each rule alone on the same timeline,
-and prints the top 10 costliest rules with their growth exponent (the slope of log time over
-log N between the last two sizes: 1 is linear, 2 quadratic). A size whose full pass the
-slope so far predicts to exceed `--budget-s` is skipped, with the prediction.
+At each N (10^3 to 10^5 by default, with sizes between for the slope; `--max 1000000` adds
+10^6) it times one full pass (`traindoctor.diagnosis.diagnose` over every rule) and each rule
+alone on the same timeline, in CPU time (time.process_time), and prints the top 10 costliest
+rules with their growth exponent (the slope of log time over log N between the last two
+sizes: 1 is linear, 2 quadratic). A size whose full pass the slope so far predicts to exceed
+`--budget-s` is skipped, with the prediction.
 
     OMP_NUM_THREADS=1 python bench/timeline_replay.py [--max 100000] [--json OUT]
 """
@@ -106,12 +106,13 @@ def synthesize(template: Timeline, n: int, seed: int = 0) -> Timeline:
 
 
 def timed(fn: Any, min_total: float = 0.3, max_reps: int = 5) -> float:
-    """Best of a few runs of `fn` (one run when it is slow)."""
+    """Best of a few runs of `fn` (one run when it is slow), in this process's CPU time: on a
+    machine other jobs share, the time spent waiting for a core is left out."""
     best, total, reps = math.inf, 0.0, 0
     while reps < max_reps and (reps == 0 or total < min_total):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        dt = time.perf_counter() - t0
+        dt = time.process_time() - t0
         best, total, reps = min(best, dt), total + dt, reps + 1
     return best
 
