@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -18,6 +19,12 @@ UNAVAILABLE = (
     ("unavailable_events", "provides_events", "events", "missing_events"),
     ("unavailable_facts", "provides_facts", "facts", "missing_facts"),
 )
+
+
+#: What each incremental rule keeps between the passes over one timeline, by (code, settings):
+#: a later pass over the same timeline reads only the records written since (the live Doctor's
+#: mid-run passes and close()); a new timeline (`report --rediagnose`) starts afresh.
+_STATES: weakref.WeakKeyDictionary[Timeline, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 def unavailable(probes: Iterable[Any], disabled: Collection[str]) -> dict[str, list[str]]:
@@ -62,7 +69,7 @@ def diagnose(
         if any(missing.values()):
             skipped.append({"code": r.code, **{k: v for k, v in missing.items() if v}})
             continue
-        for f in guard.call(f"rule {r.code}", r.run, timeline.view(r)) or ():
+        for f in _run(r, timeline, guard) or ():
             key = f.key()
             if key in fresh:
                 continue
@@ -70,3 +77,17 @@ def diagnose(
             fresh[key] = old.merged_with(f) if old is not None else f
     timeline.facts["skipped_rules"] = skipped
     return rank(link_consequences(list(fresh.values())))
+
+
+def _run(r: Rule, timeline: Timeline, guard: Guard) -> list[Finding] | None:
+    if r.state is None:
+        return guard.call(f"rule {r.code}", r.run, timeline.view(r))
+    states = _STATES.setdefault(timeline, {})
+    key = (r.code, r.settings)
+    state = states.get(key)
+    if state is None:
+        state = states[key] = r.state()
+    found = guard.call(f"rule {r.code}", r.run, timeline.view(r), None, state)
+    if found is None:
+        states.pop(key, None)  # a pass that raised may have left its state half updated
+    return found

@@ -52,6 +52,9 @@ class Rule:
     #: options set by configuration (`[tool.traindoctor.rules.TDxxx]`, `--option`), over the
     #: defaults of the rule function's keyword-only parameters; see `configured()`.
     settings: tuple[tuple[str, Any], ...] = ()
+    #: an incremental rule's state factory (rules/_incremental.py): the rule is called as
+    #: `func(view, state, **options)` and reads only the records written since its last pass.
+    state: Callable[[], Any] | None = None
 
     @property
     def family(self) -> str:
@@ -82,8 +85,15 @@ class Rule:
         merged = {**dict(self.settings), **options}
         return dataclasses.replace(self, settings=tuple(sorted(merged.items())))
 
-    def run(self, view: TimelineView, options: dict[str, Any] | None = None) -> list[Finding]:
-        return list(self.func(view, **{**dict(self.settings), **(options or {})}))
+    def run(
+        self, view: TimelineView, options: dict[str, Any] | None = None, state: Any = None
+    ) -> list[Finding]:
+        """The rule's findings; an incremental rule goes on from `state` (a new one: a fresh
+        pass over the whole timeline, with the same findings)."""
+        opts = {**dict(self.settings), **(options or {})}
+        if self.state is None:
+            return list(self.func(view, **opts))
+        return list(self.func(view, self.state() if state is None else state, **opts))
 
     def explain(self) -> str:
         head = f"# {self.name} ({self.code})\n\nFamily: {self.family} · Severity: {self.severity.value}"
@@ -130,10 +140,12 @@ def rule(
     events: tuple[str, ...] = (),
     facts: tuple[str, ...] = (),
     priority: int = 50,
+    state: Callable[[], Any] | None = None,
 ) -> Callable[[RuleFunc], RuleFunc]:
     """Register a rule. `requires`, `events` and `facts` name every signal, event kind and fact
     key it reads (declared in schema.py; unknown names fail here). `priority` orders findings
-    of one severity: root causes get low numbers."""
+    of one severity: root causes get low numbers. `state`: a factory of what the rule keeps
+    between passes to read only new records (rules/_incremental.py)."""
     if not CODE_RE.match(code):
         raise ValueError(f"rule code {code!r} must look like TD1xx..TD6xx")
     if not NAME_RE.match(name):
@@ -160,6 +172,7 @@ def rule(
             events=events,
             facts=facts,
             func=func,
+            state=state,
         )
         return func
 

@@ -5,13 +5,116 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
+from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, SortedWindow, fresh
 from .._objective import objective
 from .._registry import rule
 from .._util import per_step_mean, train_loss_values
-from ._layers import fmt, layer_order, layer_series, median_mad, params_of
+from ._layers import fmt, layer_order, layer_series, params_of
+
+
+class ExplodeScan:
+    """TD206's scan kept between passes (rules/_incremental.py): per layer, its reference
+    history, sorted for the median (the MAD is computed only when a norm clears the median
+    test: rare), and the step it first jumped at. A pass folds in the sampled steps written
+    since the last one; the steps still open are judged and then undone."""
+
+    def __init__(self) -> None:
+        self.grads, self.weights = Reader("grads.norm"), Reader("params.norm")
+        self.readers = (self.grads, self.weights)
+        self.layers: dict[str, _LayerScan] = {}
+        self.open: dict[int, list[Any]] = {}  # step -> [grad norms, weight norms] not folded
+
+    def hits(self, tl: TimelineView, min_history: int, factor: float, robust_z: float) -> list:
+        """The first jump of each layer, in the order the layers first appear (a fresh scan's)."""
+        for i, reader in enumerate(self.readers):
+            settled, pending = reader.read(tl)
+            for s, rec in settled + pending:
+                self.open.setdefault(s, [None, None])[i] = rec
+        args = (min_history, factor, robust_z)
+        for s in sorted(self.open):
+            # Folded for good once settled in both signals (a later step exists in each; the
+            # weight norms may be absent altogether, for a model too large to copy).
+            g_done, p_done = self.grads.done, self.weights.done
+            if g_done is None or s > g_done or (p_done is not None and s > p_done):
+                break
+            self._fold(s, *self.open.pop(s), args, undo=None)
+        undo: list[tuple] = []
+        for s in sorted(self.open):
+            self._fold(s, *self.open[s], args, undo=undo)
+        found = [scan.hit for scan in self.layers.values() if scan.hit is not None]
+        for layer, saved, added in reversed(undo):
+            if saved is None:
+                del self.layers[layer]
+            else:
+                self.layers[layer].restore(saved, added)
+        return found
+
+    def _fold(self, step: int, g: Any, p: Any, args: tuple, undo: list | None) -> None:
+        grads = layer_series([(step, g)]) if g is not None else {}
+        levels = _peer_levels(grads, layer_series([(step, p)]) if p is not None else {})
+        for layer, series in grads.items():
+            scan = self.layers.get(layer)
+            saved = None if scan is None else scan.saved()
+            if scan is None:
+                scan = self.layers[layer] = _LayerScan()
+            added = scan.add(layer, step, series[0][1], levels.get((layer, step)), *args)
+            if undo is not None:
+                undo.append((layer, saved, added))
+
+
+class _LayerScan:
+    """One layer's history: its nonzero norms, each lifted to a `factor`-th of the other
+    layers' level at its step (`_reference`), until its first jump."""
+
+    def __init__(self) -> None:
+        self.ref = SortedWindow()
+        self.n = 0
+        self.prev = 0.0  # the last reference value
+        self.prev_step = 0
+        self.lifted = False  # a reference value differs from the norm itself
+        self.hit: tuple | None = None
+
+    def add(
+        self,
+        layer: str,
+        step: int,
+        value: float,
+        level: float | None,
+        min_history: int,
+        factor: float,
+        robust_z: float,
+    ) -> float | None:
+        """Judge `value` against the history, then add it; returns the reference value added."""
+        if self.hit is not None:
+            return None
+        if self.n >= min_history:
+            med = self.ref.median()
+            if med > 0 and value >= factor * max(med, self.prev):
+                mad = statistics.median([abs(v - med) for v in self.ref.xs])
+                if value >= med + robust_z * 1.4826 * mad:
+                    self.hit = (step, -value / med, layer, med, value, self.lifted, self.prev_step)
+                    return None
+        if value > 0:
+            ref = value if level is None else max(value, level / factor)
+            self.ref.add(ref)
+            self.n += 1
+            self.prev, self.prev_step = ref, step
+            self.lifted = self.lifted or ref != value
+            return ref
+        return None
+
+    def saved(self) -> tuple:
+        return (self.n, self.prev, self.prev_step, self.lifted, self.hit)
+
+    def restore(self, saved: tuple, added: float | None) -> None:
+        """Undo an add() that returned `added` (undone newest first)."""
+        if added is not None:
+            self.ref.remove(added)
+        self.n, self.prev, self.prev_step, self.lifted, self.hit = saved
 
 
 @rule(
@@ -33,9 +136,11 @@ from ._layers import fmt, layer_order, layer_series, median_mad, params_of
     events=("backward_site", "loss_input"),
     facts=("optimizers", "params"),
     priority=40,
+    state=lambda: ExplodeScan(),
 )
 def exploding_gradient(
     tl: TimelineView,
+    state: ExplodeScan,
     *,
     min_history: int = 3,
     factor: float = 10.0,
@@ -115,33 +220,14 @@ def exploding_gradient(
         (very long sequence, outlier) can produce one isolated jump: that is reported as a warning
         when the norm comes back down.
     """
-    grads = tl.series("grads.norm")
-    layers = layer_series(grads)
-    levels = _peer_levels(layers, layer_series(tl.series("params.norm")))
-    hits = []
-    for layer, series in layers.items():
-        history: list[float] = []
-        steps: list[int] = []
-        for step, value in series:
-            if len(history) >= min_history:
-                ref = _reference(history, [levels.get((layer, s)) for s in steps], factor)
-                med, mad = median_mad(ref)
-                prev = ref[-1]
-                if (
-                    med > 0
-                    and value >= factor * max(med, prev)
-                    and value >= med + robust_z * 1.4826 * mad
-                ):
-                    lifted = ref != history
-                    hits.append((step, -value / med, layer, med, value, series, lifted, steps[-1]))
-                    break
-            if value > 0:
-                history.append(value)
-                steps.append(step)
+    if not fresh(state, tl):
+        state.__init__()  # an earlier step was rewritten: read the whole timeline again
+    hits = state.hits(tl, min_history, factor, robust_z)
     if not hits:
         return
     hits.sort(key=lambda h: (h[0], h[1]))
-    step, _, layer, med, value, series, lifted, prev_step = hits[0]
+    step, _, layer, med, value, lifted, prev_step = hits[0]
+    series = layer_series(tl.series("grads.norm"))[layer]  # the whole series: on a jump only
     # Judged against the other layers' level where the layer's own start was still rising.
     below = (
         f"its history, each norm counted at no less than 1/{factor:g} of the level the other "
