@@ -59,6 +59,6 @@ def test_training_is_bit_identical_and_hooks_are_removed(tmp_path):
     assert sat  # tanh measured
     assert tl.series("activations.bias_mean")[-1][1]["fc1"] is not None
     # step 25 is not sampled: its hooks are gone, and nothing is left on the model
-    assert not probe._step_hooks and probe._mode is None
+    assert not probe._switch.active and probe._mode is None
     assert torch._C._len_torch_function_stack() == 0
     doc.close()

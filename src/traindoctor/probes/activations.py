@@ -1,8 +1,8 @@
 """Activations: per layer and per unit, which ReLU units never fire and which tanh/sigmoid units
 sit in their flat tails, over a window of sampled steps (TD303, TD304).
 
-On sampled steps only (the budget's schedule, structural steps included), this probe installs
-forward hooks on the watched modules and, for the duration of the root model's forward only, a
+On sampled steps only (the budget's schedule, structural steps included), this probe switches
+on forward hooks (registered once at attach, _switch.py) on the watched modules and, for the duration of the root model's forward only, a
 `TorchFunctionMode` that sees every activation *call*: `nn.ReLU`/`nn.Tanh`/`nn.Sigmoid`/
 `nn.Hardtanh`/`nn.LeakyReLU` modules (they call the functional forms), `torch.relu`, `F.relu`,
 `x.relu()`, `torch.tanh`, `torch.sigmoid`, `F.hardtanh`, ... alike. Why a mode rather than
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..timeline import signal
-from .base import Probe, Recorder
+from ._switch import HookSwitch
+from .base import AttachContext, Probe, Recorder
 
 ACT_SITES = signal(
     "activations.sites",
@@ -123,13 +124,13 @@ class ActivationsProbe(Probe):
         ACT_BIAS_MEAN,
         ACT_INPUT_STD,
     )
-    # Hooks go on in a sampled prepare() and come off in that step's on_step_end.
+    # Hooks are switched on in a sampled prepare() and off in that step's on_step_end.
     sampled_only = frozenset({"prepare", "on_step_end"})
 
     def __init__(self) -> None:
         super().__init__()
         self._sites: dict[str, _Site] = {}
-        self._step_hooks: list[Any] = []
+        self._switch: HookSwitch | None = None
         self._mode: _Mode | None = None
         self._depth = 0
         self._stack: list[tuple[str, str]] = []  # (qualified name, module type) running now
@@ -138,6 +139,28 @@ class ActivationsProbe(Probe):
         self._input_std: torch.Tensor | None = None
         self._active = False
 
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        # Registered once, off: a sampled step switches them on (see _switch.py).
+        switch = self._switch = HookSwitch(ctx)
+        for prefix, model in ctx.eager_models().items():
+            for name, module in model.named_modules():
+                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                root = not name
+                switch.forward_pre_hook(
+                    prefix,
+                    module,
+                    ctx.hook("probe activations", self._pre_hook(qual, module, root), in_mode=True),
+                )
+                switch.forward_hook(
+                    prefix,
+                    module,
+                    ctx.hook(
+                        "probe activations", self._post_hook(qual, module, root), in_mode=True
+                    ),
+                    always_call=True,
+                )
+
     # -- per-step hooks -------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._remove_step_hooks()
@@ -145,28 +168,9 @@ class ActivationsProbe(Probe):
         for site in self._sites.values():
             site.step = None
             site.stats = []
-        if sampled:
-            self._install_step_hooks()
-
-    def _install_step_hooks(self) -> None:
-        ctx = self.ctx
-        assert ctx is not None
-        for prefix, model in ctx.eager_models().items():
-            for name, module in model.named_modules():
-                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
-                root = not name
-                self._step_hooks.append(
-                    module.register_forward_pre_hook(
-                        ctx.hook("probe activations", self._pre_hook(qual, module, root))
-                    )
-                )
-                self._step_hooks.append(
-                    module.register_forward_hook(
-                        ctx.hook("probe activations", self._post_hook(qual, module, root)),
-                        always_call=True,
-                    )
-                )
-        self._active = True
+        if sampled and self._switch is not None:
+            self._switch.on()
+            self._active = True
 
     def _pre_hook(self, qual: str, owner: torch.nn.Module, root: bool):
         mtype = type(owner).__name__
@@ -184,6 +188,7 @@ class ActivationsProbe(Probe):
                 ):
                     self._mode = _Mode(self)
                     self._mode.__enter__()
+                    self.ctx.quiet_mode = self._mode  # our other hooks run without it
                     self._produced.clear()
                     self._calls.clear()
                     self._stack.clear()
@@ -213,6 +218,7 @@ class ActivationsProbe(Probe):
                 self._depth = max(0, self._depth - 1)
                 if self._depth == 0 and self._mode is not None:
                     mode, self._mode = self._mode, None
+                    self._quiet_off()
                     self._produced.clear()
                     self._stack.clear()
                     mode.__exit__(None, None, None)
@@ -220,11 +226,11 @@ class ActivationsProbe(Probe):
         return hook
 
     def _remove_step_hooks(self) -> None:
-        for h in self._step_hooks:
-            h.remove()
-        self._step_hooks.clear()
+        if self._switch is not None:
+            self._switch.off()
         if self._mode is not None:  # a forward that never finished: leave the mode
             mode, self._mode = self._mode, None
+            self._quiet_off()
             self._depth = 0
             try:
                 mode.__exit__(None, None, None)
@@ -233,6 +239,10 @@ class ActivationsProbe(Probe):
         self._produced.clear()
         self._stack.clear()
         self._active = False
+
+    def _quiet_off(self) -> None:
+        if self.ctx is not None:
+            self.ctx.quiet_mode = None
 
     # -- one activation call ----------------------------------------------------------------
     def _observe(self, spec: tuple[str, str], func: Any, args: Any, kwargs: Any) -> None:
@@ -353,6 +363,8 @@ class ActivationsProbe(Probe):
 
     def detach(self) -> None:
         self._remove_step_hooks()
+        if self._switch is not None:
+            self._switch.remove()
         super().detach()
 
 

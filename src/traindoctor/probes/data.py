@@ -38,6 +38,7 @@ import torch
 from .._patching import Patch, PatchSet, acquire, release
 from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
+from ._switch import HookSwitch
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
 DATA_INPUTS = signal(
@@ -104,7 +105,7 @@ class DataProbe(Probe):
         self._inputs: dict[str, dict[str, Any]] = {}
         self._weights: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._gen = torch.Generator().manual_seed(0x7D504)  # private: no user RNG draw
-        self._layer_hooks: list[Any] = []
+        self._layers: HookSwitch | None = None  # leaf hooks, on in the structural steps
         self._capturing = False  # inside the step's first training forward (structural steps)
         self._first: dict[str, Any] | None = None
         # The model's main input (its largest floating-point tensor argument) in the step's
@@ -143,6 +144,17 @@ class DataProbe(Probe):
             self.handles.append(
                 model.register_forward_hook(ctx.hook("probe data", self._root_done))
             )
+        # The first layer's input (structural steps): leaf hooks registered once, off, and
+        # switched on for those steps (see _switch.py).
+        layers = self._layers = HookSwitch(ctx)
+        for prefix, model in ctx.eager_models().items():
+            for name, module in model.named_modules():
+                if next(module.children(), None) is not None:
+                    continue  # leaves only: the layers themselves
+                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                layers.forward_hook(
+                    prefix, module, ctx.hook("probe data", self._make_leaf(qual, rec))
+                )
 
     # -- per step -------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -159,18 +171,12 @@ class DataProbe(Probe):
         self._primary = None
         self._fallback = None
         self._remove_layer_hooks()
-        ctx = self.ctx
-        if ctx is not None and step <= ctx.budget.structural_steps:
-            for prefix, model in ctx.eager_models().items():
-                for name, module in model.named_modules():
-                    if next(module.children(), None) is not None:
-                        continue  # leaves only: the layers themselves
-                    qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
-                    self._layer_hooks.append(
-                        module.register_forward_hook(
-                            ctx.hook("probe data", self._make_leaf(qual, rec))
-                        )
-                    )
+        ctx, layers = self.ctx, self._layers
+        if ctx is not None and layers is not None and len(layers):
+            if step <= ctx.budget.structural_steps:
+                layers.on()
+            else:
+                layers.remove()  # the structural steps are over: for good
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         if self._first is not None:
@@ -180,16 +186,16 @@ class DataProbe(Probe):
         self._remove_layer_hooks()
 
     def detach(self) -> None:
-        self._remove_layer_hooks()
+        if self._layers is not None:
+            self._layers.remove()
         if self._listening_loaders:
             _stop_listening_loaders()
             self._listening_loaders = False
         super().detach()
 
     def _remove_layer_hooks(self) -> None:
-        for h in self._layer_hooks:
-            h.remove()
-        self._layer_hooks.clear()
+        if self._layers is not None:
+            self._layers.off()
 
     # -- the batch --------------------------------------------------------------------------
     def _training_forward(self, module: torch.nn.Module) -> bool:
@@ -214,7 +220,8 @@ class DataProbe(Probe):
             if self._loader_scans < LOADER_STEPS and len(self._seen) == 1:
                 self._loader_scans += 1
                 self._scan_loaders(rec)
-            self._capturing = bool(self._layer_hooks) and len(self._seen) == 1
+            self._capturing = self._layers is not None and self._layers.active
+            self._capturing = self._capturing and len(self._seen) == 1
             if self._capturing:
                 self._primary = _primary_input((args, kwargs))
                 self._fallback = None

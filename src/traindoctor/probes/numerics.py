@@ -39,6 +39,7 @@ from .._hooks import CopySafeHook
 from .._source import user_line_in_traceback, user_source
 from ..bus import Event
 from ..timeline import signal
+from ._switch import HookSwitch
 from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
 
 NUMERICS_CHECKED = signal(
@@ -87,7 +88,7 @@ class NumericsProbe(Probe):
         self._loss_culprits: list[dict[str, Any]] | None = None
         self._module_flags: list[tuple[str, torch.Tensor]] = []
         self._input_flags: list[torch.Tensor] = []
-        self._step_hooks: list[Any] = []
+        self._flags: HookSwitch | None = None  # per-module finiteness flags, sampled steps
         self._checked = False
         self._every_step = True  # until the work is counted (budget.py): then decided once
         self._every_step_decided = False
@@ -106,6 +107,14 @@ class NumericsProbe(Probe):
     # -- attaching ------------------------------------------------------------------------
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        # Registered once, off: a sampled step switches them on (see _switch.py).
+        self._flags = HookSwitch(ctx)
+        for prefix, model in ctx.eager_models().items():
+            for name, module in model.named_modules():
+                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                self._flags.forward_hook(
+                    prefix, module, ctx.hook("probe numerics", self._flag_hook(qual))
+                )
         for prefix, model in ctx.models.items():
             self.handles.append(
                 model.register_forward_pre_hook(
@@ -168,7 +177,7 @@ class NumericsProbe(Probe):
                         break
                 # References only: the batch itself is not copied.
                 self._last[prefix] = (args, kwargs, torch.get_rng_state(), cuda)
-                if self._step_hooks:
+                if self._flags is not None and self._flags.active:
                     self._input_flags.extend(_finite_flags(iter_tensors((args, kwargs))))
             except Exception as exc:  # noqa: BLE001
                 guard.record("probe numerics", exc)
@@ -189,8 +198,8 @@ class NumericsProbe(Probe):
         for h in self._window_hooks:
             h.remove()
         self._window_hooks.clear()
-        if sampled and self._masked_events < MAX_MASKED_EVENTS:
-            self._install_step_hooks()
+        if sampled and self._masked_events < MAX_MASKED_EVENTS and self._flags is not None:
+            self._flags.on()
         ctx = self.ctx
         if ctx is not None and step <= ctx.budget.structural_steps:
             # Structural steps only: which source line creates each op of the loss code (the
@@ -228,16 +237,6 @@ class NumericsProbe(Probe):
                 known = self._loss_sources.setdefault(kind, [])
                 known.extend(src for src in sources if src not in known)
 
-    def _install_step_hooks(self) -> None:
-        ctx = self.ctx
-        assert ctx is not None
-        for prefix, model in ctx.eager_models().items():
-            for name, module in model.named_modules():
-                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
-                self._step_hooks.append(
-                    module.register_forward_hook(ctx.hook("probe numerics", self._flag_hook(qual)))
-                )
-
     def _flag_hook(self, qual: str):
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             if self._in_autopsy or not torch.is_grad_enabled():
@@ -251,9 +250,8 @@ class NumericsProbe(Probe):
         return hook
 
     def _remove_step_hooks(self) -> None:
-        for h in self._step_hooks:
-            h.remove()
-        self._step_hooks.clear()
+        if self._flags is not None:
+            self._flags.off()
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self._close_window(loss)
@@ -347,6 +345,8 @@ class NumericsProbe(Probe):
 
     def detach(self) -> None:
         self._remove_step_hooks()
+        if self._flags is not None:
+            self._flags.remove()
         self._close_window()
         for h in self._window_hooks:
             h.remove()
