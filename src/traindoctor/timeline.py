@@ -269,6 +269,13 @@ class TimelineView:
         """Writes to `name` below its highest step so far (Timeline.rewrites)."""
         return self._tl.rewrites(name)
 
+    def at(self, name: str, step: int, default: Any = None) -> Any:
+        """One signal at one step, O(1) (a rule that needs a few steps, not the series)."""
+        if self._strict:
+            assert self._rule is not None
+            self._check("signal", signal_of(name), self._rule.requires, SIGNALS)
+        return self._tl.get(step, name, default)
+
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if self._strict:
             assert self._rule is not None

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..timeline import TimelineView
-from ._util import per_step_mean, train_loss_values
 
 CLASS_FNS = ("cross_entropy", "nll_loss")
 # Observed steps of a site's targets needed to call them stationary or moving: batches of one
@@ -314,7 +313,7 @@ def _share(
     *,
     per_target: bool,
 ) -> float | None:
-    roots = dict(per_step_mean(train_loss_values(tl)))
+    roots = _RootsAt(tl)
     seen: dict[int, float] = {}
     summed = False
     for site in sites:
@@ -335,6 +334,32 @@ def _share(
         if s in roots and roots[s] and math.isfinite(roots[s]) and math.isfinite(seen[s])
     ]
     return statistics.median(ratios) if len(ratios) >= 3 else None
+
+
+class _RootsAt:
+    """dict(per_step_mean(train_loss_values(tl))) read only at the steps asked for (the observed
+    steps of the standard losses): O(1) a step instead of a pass over the whole loss series."""
+
+    def __init__(self, tl: TimelineView) -> None:
+        self.tl = tl
+        self.name = (
+            "loss.train" if "loss.train" in tl.signal_names("loss.train") else "loss.backward"
+        )
+        self.cache: dict[int, float | None] = {}
+
+    def get(self, step: int) -> float | None:
+        if step not in self.cache:
+            values = self.tl.at(self.name, step) or ()
+            self.cache[step] = statistics.fmean([float(v) for v in values]) if values else None
+        return self.cache[step]
+
+    def __contains__(self, step: int) -> bool:
+        return self.get(step) is not None
+
+    def __getitem__(self, step: int) -> float:
+        value = self.get(step)
+        assert value is not None
+        return value
 
 
 def too_high_lr(
