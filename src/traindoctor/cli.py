@@ -437,8 +437,9 @@ def explain(code: str, as_json: bool) -> None:
     help="Re-run the rules on timeline.jsonl instead of reading findings.json.",
 )
 def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
-    """Re-render a run directory written by `run` or `doc.close()`."""
-    from .report import load_run, rerender_run, write_run
+    """Re-render a run directory written by `run` or `doc.close()` (or re-diagnose the
+    timeline of a run that never closed: killed, or still running)."""
+    from .report import rerender_run
     from .report.console import print_report
 
     example = "pass a run directory such as traindoctor-runs/<run-id>/"
@@ -446,6 +447,25 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
         _usage(f"{str(run_dir)!r} does not exist; {example} written by `traindoctor run`")
     if not run_dir.is_dir():
         _usage(f"{str(run_dir)!r} is a file, not a run directory; {example}")
+    if not (run_dir / "findings.json").is_file() and (run_dir / "timeline.jsonl").is_file():
+        # The run never closed (killed: SIGKILL, out of memory): its timeline was streamed.
+        rep = _unclosed_run(run_dir)
+        # No findings.json: the directory stays an unclosed run, re-diagnosed on every call
+        # (it may still be running: its timeline.jsonl is left to its writer).
+        rerender_run(rep)
+    else:
+        rep = _closed_run(run_dir, rediagnose)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        print_report(rep, Console(soft_wrap=False))  # the report is this command's output
+
+
+def _closed_run(run_dir: Path, rediagnose: bool):
+    from .report import load_run, rerender_run, write_run
+
     try:
         rep = load_run(run_dir)
     except UsageError as e:
@@ -457,15 +477,23 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
         write_run(rep)
     else:
         rerender_run(rep)
-    if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
-    else:
-        from rich.console import Console
-
-        print_report(rep, Console(soft_wrap=False))  # the report is this command's output
+    return rep
 
 
-def _rediagnose(run_dir: Path, rep):
+def _unclosed_run(run_dir: Path):
+    """A run directory without findings.json: the run was killed before close() (or could
+    not write its report). Its streamed timeline is diagnosed as `--rediagnose` does."""
+    from .report.model import Report
+
+    rep = _rediagnose(run_dir, Report(findings=[], steps=0, run_dir=run_dir), unclosed=True)
+    tl = rep.timeline
+    rep.steps = tl.last_step
+    rep.framework = str(tl.facts.get("framework") or "plain")
+    rep.outcome = {**tl.facts["outcome"], "skipped_rules": tl.facts.get("skipped_rules", [])}
+    return rep
+
+
+def _rediagnose(run_dir: Path, rep, unclosed: bool = False):
     from ._guard import Guard
     from .diagnosis import diagnose
     from .rules import all_rules
@@ -478,6 +506,11 @@ def _rediagnose(run_dir: Path, rep):
         tl = Timeline.from_jsonl(path)
     except (ValueError, KeyError, TypeError) as e:
         _usage(f"{path} is not a traindoctor timeline ({e}); pass a complete run directory")
+    for note in tl.load_notes:
+        click.echo(f"traindoctor: note: {note}", err=True)
+    if unclosed and (not tl.ended or not isinstance(tl.facts.get("outcome"), dict)):
+        # Before the rules run: the run is over, so they judge it whole, as at close().
+        tl.facts["outcome"] = {"ended": "killed", "step": tl.last_step}
     guard = Guard()
     recorded = tl.facts.get("config")
     if isinstance(recorded, dict):  # the rules and options the run was judged with

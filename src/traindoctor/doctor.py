@@ -30,6 +30,7 @@ from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
 from .steps import StepDriver
 from .timeline import Timeline
+from .timeline_store import TimelineWriter
 
 # Rules that can judge a run that never attached (it failed in setup).
 SETUP_TIME_RULES = ("TD501", "TD502")
@@ -153,6 +154,10 @@ class Doctor:
             compiled=compile_watch.compiled,
         )
         self._clock.mark_attached()
+        if self.timeline.stream is None:
+            # The timeline goes to disk as the run goes: a killed run keeps what it recorded.
+            path = self.out_dir / self.run_id / "timeline.jsonl"
+            self.timeline.stream = TimelineWriter(self.timeline, path)
         self.guard.call("compile watch", compile_watch.attach, self.models)
         self._steps.note_compiled()
         self.timeline.facts["models"] = {

@@ -137,6 +137,12 @@ class StepDriver:
             self._close_step(step)
         except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
             run.guard.note("step end", exc)
+        stream = self.timeline.stream
+        if stream is not None:
+            # The step's records go to disk now; the facts (mutated in place, so found only by
+            # comparing them) on the read-back steps.
+            full = step <= budget.structural_steps or step % READBACK_EVERY == 0
+            run.guard.call("timeline stream", stream.flush, full=full)
         budget.spend(time.perf_counter() - t0)
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .findings import Finding, Severity, Where
 from .schema import EVENTS, FACTS, SIGNALS, signal_of
+from .timeline_store import read_timeline
 
 
 class Rule(Protocol):
@@ -62,6 +63,14 @@ class Timeline:
         self._events: list[dict[str, Any]] = []
         self._events_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.last_step: int = 0  # number of completed optimizer steps
+        # (signal, step) written since the stream last took them (None: nothing streams).
+        self._changes: set[tuple[str, int]] | None = None
+        # The writer appending this timeline to disk as the run goes (timeline_store.py).
+        self.stream: Any = None
+        # From from_jsonl: whether the run closed (a streamed file without its end mark was
+        # killed), and what the reader skipped (a truncated last line).
+        self.ended: bool = True
+        self.load_notes: list[str] = []
         # Steps are written in increasing order almost always, so a signal's dict is kept in
         # step order as written and series() need not sort it. `_tail`: a signal's highest step;
         # `_rewrites`: writes below it (to an earlier step), which send incremental readers back
@@ -79,11 +88,15 @@ class Timeline:
             self._signals[name][step] = value
         else:
             self._signals[name].setdefault(step, {})[key] = value
+        if self._changes is not None:
+            self._changes.add((name, step))
 
     def append(self, step: int, name: str, value: Any) -> None:
         """Add a value to a per-step list signal (e.g. one value per micro-batch)."""
         self._written(step, name)
         self._signals[name].setdefault(step, []).append(value)
+        if self._changes is not None:
+            self._changes.add((name, step))
 
     def _written(self, step: int, name: str) -> None:
         """Order bookkeeping of a write (O(1), on the probes' hot path)."""
@@ -151,7 +164,6 @@ class Timeline:
             cached = self._sorted[name] = sorted(data.items(), key=_step_of)
         return cached
 
-
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:
             return list(self._events)
@@ -174,6 +186,20 @@ class Timeline:
         return TimelineView(self, rule, strict=strict)
 
     # -- persistence ------------------------------------------------------------------------
+    def track_changes(self) -> None:
+        """From now on, remember which (signal, step) values are written (for the stream);
+        everything already held counts as written."""
+        self._changes = {(n, s) for n, d in self._signals.items() for s in d}
+
+    def take_changes(self) -> set[tuple[str, int]]:
+        """The (signal, step) values written since the last call, forgotten here."""
+        changes, self._changes = self._changes or set(), set()
+        return changes
+
+    def events_from(self, index: int) -> list[dict[str, Any]]:
+        """The events recorded from the `index`-th on, in order (the stream's new ones)."""
+        return self._events[index:]
+
     def to_jsonl_lines(self) -> Iterator[str]:
         yield json.dumps({"type": "facts", "last_step": self.last_step, "facts": self.facts})
         for step, data in self.steps().items():
@@ -183,28 +209,20 @@ class Timeline:
 
     @classmethod
     def from_jsonl(cls, path: Path) -> Timeline:
+        """A timeline.jsonl written whole at close (format 1) or streamed as the run went
+        (format 2; `ended` is False when the run never closed). ValueError if it is not one."""
+        loaded = read_timeline(Path(path))
         tl = cls()
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(
-                        f"{path}:{lineno}: not a timeline record ({exc.msg})"
-                    ) from None
-                kind = rec.pop("type", None)
-                if kind == "facts":
-                    tl.facts = rec.get("facts", {})
-                    tl.last_step = rec.get("last_step", 0)
-                elif kind == "step":
-                    step = int(rec["step"])
-                    for name, value in (rec.get("signals") or {}).items():
-                        tl._signals[name][step] = value
-                elif kind == "event":
-                    tl._events.append(rec)
-                    tl._events_by_kind[rec.get("kind", "")].append(rec)
+        tl.facts = loaded.facts
+        tl.last_step = loaded.last_step
+        for name, data in loaded.signals.items():
+            for step, value in data.items():  # in step order, as a run writes them
+                tl.record(step, name, value)
+        for event in loaded.events:
+            tl._events.append(event)
+            tl._events_by_kind[event.get("kind", "")].append(event)
+        tl.ended = loaded.ended
+        tl.load_notes = loaded.notes
         return tl
 
 

@@ -69,10 +69,14 @@ def write_run(report: Report) -> None:
     assert report.run_dir is not None
     run_dir = Path(report.run_dir)
     _write_text_reports(report)
-    if report.timeline is not None:
-        atomic_write(
-            run_dir / "timeline.jsonl", (line + "\n" for line in report.timeline.to_jsonl_lines())
-        )
+    timeline = report.timeline
+    if timeline is not None:
+        path = run_dir / "timeline.jsonl"
+        stream = timeline.stream
+        if stream is not None and stream.path == path:
+            stream.finish()  # streamed as the run went: completed, not written again
+        if stream is None or stream.path != path or not stream.finished:
+            atomic_write(path, (line + "\n" for line in timeline.to_jsonl_lines()))
     write_visual(report)
 
 

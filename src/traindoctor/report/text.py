@@ -87,6 +87,11 @@ def outcome_text(report: Report) -> str | None:
             )
         else:
             note = f"the run was ended by --max-steps {done}"
+    elif ended == "killed":
+        note = (
+            f"the run never closed: it was killed (SIGKILL, out of memory) {done}; "
+            "the report is re-diagnosed from the timeline it had written"
+        )
     if out.get("observed") is False:
         seen = (
             "traindoctor saw no training: the script ran no backward pass and no "

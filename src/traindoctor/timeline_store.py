@@ -1,0 +1,318 @@
+"""timeline.jsonl on disk: appended as the run goes (crash-safe), and read back.
+
+The writer appends what changed since its last flush at every step end, so a run killed with
+SIGKILL or by the out-of-memory killer leaves every step it closed on disk, and close() only
+completes the file. Its records (format 2; format 1, one `facts` line then one `step` line per
+step and the events, written whole at close, still loads):
+
+    {"type": "stream", "version": 2}                  first line
+    {"type": "fact", "key": k, "value": v}            a fact set or changed ("removed": true)
+    {"type": "keys", "id": i, "keys": [...]}          a key list, declared once
+    {"type": "same", "id": i, "names": [...]}         a set of signal names, declared once
+    {"type": "step", "step": s, "signals": {name: value},
+     "keyed": {name: [keys id, [values]]}, "same": i, "last_step": n}
+    {"type": "event", "step": s, "kind": k, ...}      as they come
+    {"type": "event_update", "index": i, "event": {...}}   an event changed after it was written
+    {"type": "progress", "last_step": n}              steps closed with nothing recorded
+    {"type": "end", "last_step": n}                   close() completed the file
+
+A step's signal is written again whole when it changes later (the reader keeps the last one);
+`same: i` restores, for each name of set i, the last value written for that name (the lr, a
+loss's site: values that rarely change cost a few bytes a step); per-parameter dicts name their
+keys by a key list declared once. The reader skips a truncated last line (a kill mid-write).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = 2
+# A dict with at least this many string keys is written as a key-list id and its values.
+KEYED_MIN = 4
+_MISSING = object()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+class TimelineWriter:
+    """Appends one Timeline's changes to `path`. Never raises into the run: a failure (disk
+    full, permissions) marks it `broken`, and close() then writes the file whole, as before."""
+
+    def __init__(self, timeline: Any, path: Path) -> None:
+        self.timeline = timeline
+        self.path = Path(path)
+        self.broken: str | None = None
+        self.finished = False
+        self._fh: Any = None
+        self._last: dict[str, str] = {}  # signal -> its last value written, encoded
+        self._keys: dict[tuple[str, ...], int] = {}
+        self._same: dict[tuple[str, ...], int] = {}
+        self._facts: dict[str, str] = {}
+        self._events = 0  # events written
+        self._event_lines: list[int] = []  # hash of each written event's line: later changes
+        self._last_step: int | None = None
+        self.bytes = 0
+        timeline.track_changes()
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None and not self.finished
+
+    def flush(self, *, full: bool = False) -> None:
+        """Append the changes since the last flush. `full` (every few steps, and at close) also
+        compares the facts: they are mutated in place, so only a comparison finds changes."""
+        if not self.ok:
+            return
+        try:
+            lines: list[str] = []
+            if self._fh is None:
+                lines.append(_dumps({"type": "stream", "version": FORMAT}))
+            if full or self._fh is None:
+                self._fact_lines(lines)
+            self._step_lines(lines)
+            self._new_event_lines(lines)
+            self._write(lines)
+        except OSError as err:  # disk full, permissions: close() writes the file whole
+            self.broken = f"{type(err).__name__}: {err}"
+        except BaseException as err:
+            self.broken = f"{type(err).__name__}: {err}"
+            raise
+
+    def finish(self) -> None:
+        """close(): the last changes, events changed since they were written, the end mark."""
+        if not self.ok:
+            return
+        self.flush(full=True)
+        if not self.ok:
+            return
+        try:
+            lines: list[str] = []
+            self._changed_event_lines(lines)
+            lines.append(_dumps({"type": "end", "last_step": self.timeline.last_step}))
+            self._write(lines)
+            self._fh.close()
+            self.finished = True
+        except OSError as err:
+            self.broken = f"{type(err).__name__}: {err}"
+        except BaseException as err:
+            self.broken = f"{type(err).__name__}: {err}"
+            raise
+
+    def _write(self, lines: list[str]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Buffered; flushed to the OS once per call (no fsync: a SIGKILL keeps what the
+            # kernel has, and an fsync per step would cost more than the step).
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        if lines:
+            text = "\n".join(lines) + "\n"
+            self._fh.write(text)
+            self.bytes += len(text)
+        self._fh.flush()
+
+    # -- records ----------------------------------------------------------------------------
+    def _fact_lines(self, lines: list[str]) -> None:
+        facts, written = self.timeline.facts, self._facts
+        for key, value in facts.items():
+            enc = _dumps(value)
+            if written.get(key) != enc:
+                written[key] = enc
+                lines.append(f'{{"type":"fact","key":{_dumps(key)},"value":{enc}}}')
+        for key in [k for k in written if k not in facts]:
+            del written[key]
+            lines.append(_dumps({"type": "fact", "key": key, "removed": True}))
+
+    def _step_lines(self, lines: list[str]) -> None:
+        tl = self.timeline
+        by_step: dict[int, list[str]] = {}
+        for name, step in tl.take_changes():
+            by_step.setdefault(step, []).append(name)
+        last_step = tl.last_step
+        for step in sorted(by_step):
+            plain: list[str] = []
+            keyed: list[str] = []
+            same: list[str] = []
+            for name in sorted(by_step[step]):
+                value = tl.get(step, name, _MISSING)
+                if value is _MISSING:
+                    continue
+                enc, is_keyed = self._encode(value, lines)
+                tag = ("k" if is_keyed else "p") + enc
+                if self._last.get(name) == tag:
+                    same.append(name)
+                    continue
+                self._last[name] = tag
+                (keyed if is_keyed else plain).append(f"{_dumps(name)}:{enc}")
+            if not (plain or keyed or same):
+                continue
+            parts = [f'{{"type":"step","step":{step},"signals":{{{",".join(plain)}}}']
+            if keyed:
+                parts.append(f',"keyed":{{{",".join(keyed)}}}')
+            if same:
+                parts.append(f',"same":{self._declare(self._same, tuple(same), "names", lines)}')
+            if self._last_step != last_step:
+                self._last_step = last_step
+                parts.append(f',"last_step":{last_step}')
+            lines.append("".join(parts) + "}")
+        if self._last_step != last_step:
+            self._last_step = last_step
+            lines.append(f'{{"type":"progress","last_step":{last_step}}}')
+
+    def _encode(self, value: Any, lines: list[str]) -> tuple[str, bool]:
+        if type(value) is dict and len(value) >= KEYED_MIN and all(type(k) is str for k in value):
+            kid = self._declare(self._keys, tuple(value), "keys", lines)
+            return f"[{kid},{_dumps(list(value.values()))}]", True
+        return _dumps(value), False
+
+    @staticmethod
+    def _declare(
+        table: dict[tuple[str, ...], int], names: tuple[str, ...], what: str, lines: list[str]
+    ) -> int:
+        found = table.get(names)
+        if found is None:
+            found = table[names] = len(table)
+            kind = "keys" if what == "keys" else "same"
+            lines.append(_dumps({"type": kind, "id": found, what: list(names)}))
+        return found
+
+    def _new_event_lines(self, lines: list[str]) -> None:
+        for event in self.timeline.events_from(self._events):
+            line = _dumps({"type": "event", **event})
+            self._event_lines.append(hash(line))
+            lines.append(line)
+            self._events += 1
+
+    def _changed_event_lines(self, lines: list[str]) -> None:
+        # A probe may update an event it recorded (a repeat count): written again at close.
+        for index, event in enumerate(self.timeline.events_from(0)[: self._events]):
+            if hash(_dumps({"type": "event", **event})) != self._event_lines[index]:
+                lines.append(_dumps({"type": "event_update", "index": index, "event": event}))
+
+
+@dataclass
+class Loaded:
+    """What a timeline.jsonl holds, for Timeline.from_jsonl to build itself from."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    last_step: int = 0
+    signals: dict[str, dict[int, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    streamed: bool = False  # format 2: appended as the run went
+    ended: bool = True  # format 2 without the end mark: the run never closed (killed)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_timeline(path: Path) -> Loaded:
+    """Both formats. A last line cut short (a kill mid-write) is skipped with a note; a bad
+    line anywhere else is an error (ValueError)."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    out = Loaded()
+    reader = _Reader(out)
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if index == last and out.streamed:  # format 1 is written whole: never cut short
+                out.notes.append(
+                    f"{path}:{index + 1}: the last line is cut short (the run was killed "
+                    "while writing it); it was skipped"
+                )
+                break
+            msg = getattr(exc, "msg", str(exc))
+            raise ValueError(f"{path}:{index + 1}: not a timeline record ({msg})") from None
+        reader.read(rec)
+    if out.streamed and not reader.saw_end:
+        out.ended = False
+    for name, data in out.signals.items():
+        out.signals[name] = dict(sorted(data.items()))
+    return out
+
+
+class _Reader:
+    def __init__(self, out: Loaded) -> None:
+        self.out = out
+        self.keys: dict[int, list[str]] = {}
+        self.same: dict[int, list[str]] = {}
+        self.last: dict[str, Any] = {}  # signal -> its last value read (for `same`)
+        self.saw_end = False
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "facts": self._facts,
+            "stream": self._stream,
+            "fact": self._fact,
+            "keys": lambda rec: self.keys.__setitem__(int(rec["id"]), list(rec["keys"])),
+            "same": lambda rec: self.same.__setitem__(int(rec["id"]), list(rec["names"])),
+            "step": self._step,
+            "event": self._event,
+            "event_update": self._event_update,
+            "progress": self._progress,
+            "end": self._end,
+        }
+
+    def read(self, rec: dict[str, Any]) -> None:
+        handler = self.handlers.get(rec.pop("type", None))
+        if handler is not None:
+            handler(rec)
+
+    def _facts(self, rec: dict[str, Any]) -> None:  # format 1: all the facts at once
+        self.out.facts = rec.get("facts", {})
+        self.out.last_step = rec.get("last_step", 0)
+
+    def _stream(self, rec: dict[str, Any]) -> None:
+        self.out.streamed = True
+
+    def _fact(self, rec: dict[str, Any]) -> None:
+        if rec.get("removed"):
+            self.out.facts.pop(rec["key"], None)
+        else:
+            self.out.facts[rec["key"]] = rec.get("value")
+
+    def _set(self, name: str, step: int, value: Any) -> None:
+        self.out.signals.setdefault(name, {})[step] = value
+        self.last[name] = value
+
+    def _step(self, rec: dict[str, Any]) -> None:
+        step = int(rec["step"])
+        for name, value in (rec.get("signals") or {}).items():
+            self._set(name, step, value)
+        for name, (kid, values) in (rec.get("keyed") or {}).items():
+            self._set(name, step, dict(zip(self.keys[int(kid)], values, strict=True)))
+        if "same" in rec:
+            for name in self.same[int(rec["same"])]:
+                self._set(name, step, _copy(self.last[name]))
+        self._progress(rec)
+
+    def _progress(self, rec: dict[str, Any]) -> None:
+        if "last_step" in rec:
+            self.out.last_step = int(rec["last_step"])
+
+    def _end(self, rec: dict[str, Any]) -> None:
+        self.saw_end = True
+        self._progress(rec)
+
+    def _event(self, rec: dict[str, Any]) -> None:
+        self.out.events.append(rec)
+
+    def _event_update(self, rec: dict[str, Any]) -> None:
+        index = int(rec["index"])
+        if 0 <= index < len(self.out.events):
+            self.out.events[index] = rec["event"]
+
+
+def _copy(value: Any) -> Any:
+    # Each step gets its own container, as in memory: a reader that mutates one step's value
+    # must not change the others.
+    if isinstance(value, dict | list):
+        return json.loads(json.dumps(value))
+    return value
