@@ -115,7 +115,7 @@ class GradsProbe(Probe):
         assert self.ctx is not None
         params = self.ctx.optimizer_params(opt)
         self._stepped.update(n for n, _ in params)
-        self._check(step, params, rec)
+        self._check(step, params, rec, opt)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         if not sampled:
@@ -131,17 +131,26 @@ class GradsProbe(Probe):
             rec,
         )
 
-    def _check(self, step: int, params: list[tuple[str, torch.Tensor]], rec: Recorder) -> None:
-        names, grads = [], []
+    def _check(
+        self,
+        step: int,
+        params: list[tuple[str, torch.Tensor]],
+        rec: Recorder,
+        opt: torch.optim.Optimizer | None = None,
+    ) -> None:
+        names, grads, held = [], [], []
         for name, p in params:
             if p.grad is None:
                 self._none.add(name)
             else:
                 names.append(name)
                 grads.append(_strided(p.grad.detach()))
+                held.append(p)
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)
+            if opt is not None and self.ctx is not None:
+                self.ctx.share_grad_norms(opt, held, norms)  # the numerics probe reads them
             for device, (ns, ts) in by_device(names, norms).items():
                 del device
                 rec.defer(step, GRADS_NORM, torch.stack(ts).float(), keys=ns)

@@ -40,7 +40,7 @@ from .._source import user_line_in_traceback, user_source
 from ..bus import Event
 from ..timeline import signal
 from ._switch import HookSwitch
-from .base import AttachContext, Probe, Recorder, by_device, iter_tensors
+from .base import AttachContext, Probe, Recorder, iter_tensors
 
 NUMERICS_CHECKED = signal(
     "numerics.checked",
@@ -275,12 +275,20 @@ class NumericsProbe(Probe):
         ctx = self.ctx
         assert ctx is not None
         check_grads = sampled or self._every_step
+        # The gradient probe's norms of these same gradients, when it took them (sampled
+        # steps): only the gradients it did not measure get a norm here.
+        shared = ctx.take_grad_norms(opt)
         grads: list[torch.Tensor] = []
         names: list[str] = []
+        known: list[torch.Tensor] = []
         if check_grads:
             for g in opt.param_groups:
                 for p in g["params"]:
                     if p.grad is not None and p.grad.layout is torch.strided:
+                        norm = shared.get(id(p))
+                        if norm is not None:
+                            known.append(norm)
+                            continue
                         grads.append(p.grad.detach())
                         names.append(ctx.param_names.get(id(p), "?"))
         loss_flags = list(self._loss_flags) if not self._checked else []
@@ -288,7 +296,9 @@ class NumericsProbe(Probe):
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)
-            for _, dev_norms in by_device(names, norms).values():
+            known.extend(norms)
+        if known:
+            for dev_norms in _by_device(known):
                 grad_flags.append(torch.isfinite(torch.stack(dev_norms)).all())
         module_flags = self._module_flags if not self._checked else []
         input_flags = self._input_flags if not self._checked else []
@@ -305,7 +315,7 @@ class NumericsProbe(Probe):
         checked: dict[str, int] = {}
         if loss_flags:
             checked["loss"] = int(loss_ok)
-        if grads:
+        if known:
             checked["grads"] = int(grads_ok)
         if module_flags:
             checked["activations"] = int(all(mods))
@@ -314,7 +324,7 @@ class NumericsProbe(Probe):
             bad = (["loss"] if not loss_ok else []) + (["grads"] if not grads_ok else [])
             rec.record(step, NUMERICS_NONFINITE, bad)
             self._autopsy(
-                step, rec, loss_ok=loss_ok, grads_ok=grads_ok if grads else None, applied=False
+                step, rec, loss_ok=loss_ok, grads_ok=grads_ok if known else None, applied=False
             )
         elif module_flags and (not all(mods) or not inputs_ok):
             first = next(q for (q, _), ok in zip(module_flags, mods) if not ok) if mods else None
@@ -693,6 +703,13 @@ def loss_graph_culprits(loss: torch.Tensor, limit: int = 2000) -> list[dict[str,
 def _op_name(func: Any) -> str:
     name = getattr(func, "__name__", None) or str(func)
     return name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
+
+
+def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    out: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        out.setdefault(t.device, []).append(t)
+    return list(out.values())
 
 
 def _finite_flags(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
