@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from traindoctor.budget import Budget, Work, predicted_sampled_seconds, predicted_step_seconds
@@ -36,12 +38,15 @@ def test_the_interval_widens_twofold_per_window_toward_its_target():
     b.plan(TINY)  # tiny: slow
     assert b.target is not None and b.target > 100
     seen, sampled = [], []
-    for step in range(1, 1000):
+    for step in range(1, 4000):
         if b.sampled(step):
             sampled.append(step)
         b.step_end(step)
         seen.append(b.interval)
-    assert sorted(set(seen)) == [10, 20, 40, 80, 160, 320, b.target]
+    doubling = [10]
+    while 2 * doubling[-1] < b.target:
+        doubling.append(2 * doubling[-1])
+    assert sorted(set(seen)) == [*doubling, b.target]
     assert sampled[:12] == [1, 2, 3, 10, 20, 30, 40, 60, 80, 160, 320, 640]
 
 
@@ -82,3 +87,35 @@ def test_without_counted_work_the_interval_stays_at_its_start():
 def test_budget_must_be_a_fraction(bad):
     with pytest.raises(ValueError, match="fraction"):
         Budget(bad)
+
+
+def test_the_structural_steps_are_paid_back_within_their_cap():
+    from traindoctor.budget import (
+        HORIZON,
+        SAMPLED_SHARE,
+        STRUCTURAL_CAP,
+        predicted_structural_seconds,
+    )
+
+    # Many small modules: the structural steps cost many plain steps.
+    work = Work(modules=10_001, tensors=10_000, elements=720_000, activations=160_000, flops=4e6)
+    b = Budget(0.03)
+    b.max_interval = 10**9  # the bound alone
+    target = b.plan(work)
+    assert b.predicted is not None
+    step, sampled = predicted_step_seconds(work), predicted_sampled_seconds(work)
+    share = 0.03 * SAMPLED_SHARE * step
+    debt = b.predicted["structural_per_step_s"]
+    assert debt == min(predicted_structural_seconds(work) / HORIZON, STRUCTURAL_CAP * share)
+    assert debt == STRUCTURAL_CAP * share  # capped: sampling is at most twice as sparse
+    assert sampled / target + debt <= share + 1e-12
+    # Without the structural steps' debt the same work is sampled more densely.
+    assert math.ceil(sampled / share - 1e-9) < target
+    # A large model: the structural steps are a small debt, below the cap.
+    big = Work(modules=34, tensors=34, elements=1_055_242, activations=525_568, flops=1.35e8)
+    b2 = Budget(0.03)
+    b2.plan(big)
+    assert b2.predicted is not None
+    assert b2.predicted["structural_per_step_s"] < STRUCTURAL_CAP * 0.03 * SAMPLED_SHARE * (
+        predicted_step_seconds(big)
+    )
