@@ -3,6 +3,14 @@ and rules that keep state between passes give the findings of a fresh pass."""
 
 from __future__ import annotations
 
+import math
+import random
+
+import pytest
+
+from tests.rules._loss_inputs_tl import SUPERVISED_CE
+from traindoctor.rules import get_rule
+from traindoctor.testing import make_timeline, run_rule
 from traindoctor.timeline import Timeline
 
 
@@ -33,3 +41,107 @@ def test_series_since_reads_only_newer_records():
     tl.append(9, "loss.backward", 12.0)  # an earlier step changed: readers start over
     assert tl.rewrites("loss.backward") == 1
     assert tl.series("loss.backward")[-2:] == [(9, [9.0, 12.0]), (10, [10.0, 11.0])]
+
+
+# -- incremental passes give the findings of a fresh pass --------------------------------------
+
+INCREMENTAL = ("TD206", "TD210")
+
+
+def _replay(src: Timeline, code: str, every: int) -> list[dict]:
+    """Write `src` again step by step, as the probes would (list signals one value at a time,
+    events at their step), running `code` with one kept state every `every` writes; the last
+    pass's findings."""
+    r = get_rule(code)
+    state = r.state()
+    tl = Timeline()
+    tl.facts = dict(src.facts)
+    events = sorted(src.events(), key=lambda e: e["step"])
+    writes = 0
+    for step, signals in src.steps().items():
+        while events and events[0]["step"] <= step:
+            e = dict(events.pop(0))
+            tl.event(e.pop("step"), e.pop("kind"), **e)
+        for name, value in signals.items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(value, list):
+                    tl.append(step, name, v)
+                else:
+                    tl.record(step, name, v)
+                writes += 1
+                if writes % every == 0:
+                    r.run(tl.view(r, strict=True), None, state)
+        tl.last_step = step
+    for e in events:
+        e = dict(e)
+        tl.event(e.pop("step"), e.pop("kind"), **e)
+    tl.last_step = src.last_step
+    return [f.to_dict() for f in r.run(tl.view(r, strict=True), None, state)]
+
+
+def _fresh(src: Timeline, code: str) -> list[dict]:
+    return [f.to_dict() for f in run_rule(code, src)]
+
+
+def _supervised(n: int, seed: int, *, spike_at=None, diverge_at=None, jump_at=None, micro=1):
+    """A long supervised run: a falling, noisy loss (`micro` backward losses a step), the grad
+    and weight norms of two layers sampled every 10 steps; optionally a loss spike, a
+    divergence, a gradient jump."""
+    rng = random.Random(seed)
+    steps: dict[int, dict] = {}
+    for s in range(1, n + 1):
+        level = 0.3 + 2.0 * math.exp(-s / (n / 5))
+        if diverge_at and s >= diverge_at:
+            level *= 1.02 ** (s - diverge_at)
+        losses = [level * (1 + 0.2 * rng.uniform(-1, 1)) for _ in range(micro)]
+        if s == spike_at:
+            losses = [20.0 * level] * micro
+        row = steps[s] = {"loss.backward": losses, "optim.lr": {"opt0/group0": 0.1}}
+        row["loss.train"] = [sum(losses) / micro]
+        if s <= 3 or s % 10 == 0:
+            head = 0.5 * (1 + 0.1 * rng.uniform(-1, 1)) * (30.0 if s == jump_at else 1.0)
+            row["grads.norm"] = {"enc.weight": 0.4, "enc.bias": 0.0, "head.weight": head}
+            row["params.norm"] = {"enc.weight": 3.0, "head.weight": 2.0}
+            row["loss_inputs.observed"] = [0]
+            row["loss_inputs.stats"] = {"0.loss": losses[-1], "0.t_min": 0.0, "0.t_max": 2.0}
+    return make_timeline(
+        params=["enc.weight", "enc.bias", "head.weight"], steps=steps, events=[SUPERVISED_CE]
+    )
+
+
+LONG = {
+    "healthy": dict(n=3000, seed=0),
+    "spike": dict(n=3000, seed=1, spike_at=2200),
+    "diverges": dict(n=2000, seed=2, diverge_at=1800),
+    "jump": dict(n=2000, seed=3, jump_at=1500, micro=3),
+}
+
+
+@pytest.mark.parametrize("code", INCREMENTAL)
+@pytest.mark.parametrize("case", sorted(LONG))
+def test_incremental_passes_match_a_fresh_pass_on_long_runs(code, case):
+    src = _supervised(**LONG[case])
+    fresh = _fresh(src, code)
+    assert _replay(src, code, every=997) == fresh
+    if code == "TD210" and case in ("spike", "diverges"):
+        assert fresh, "the long run's planted fault is found"
+    if code == "TD206" and case == "jump":
+        assert fresh and fresh[0]["step"] == 1500
+
+
+@pytest.mark.parametrize("code", INCREMENTAL)
+def test_incremental_passes_match_a_fresh_pass_on_short_runs(code):
+    # passes after nearly every write: the newest step still being written on most of them
+    for case in LONG.values():
+        src = _supervised(**{**case, "n": 120, "spike_at": 90, "jump_at": 60})
+        assert _replay(src, code, every=3) == _fresh(src, code)
+
+
+def test_a_rewritten_step_sends_the_rule_back_to_a_fresh_state():
+    src = _supervised(n=400, seed=4)
+    r = get_rule("TD210")
+    state = r.state()
+    r.run(src.view(r), None, state)
+    src.record(200, "loss.backward", [50.0])  # an earlier step changed
+    src.record(200, "loss.train", [50.0])
+    assert [f.to_dict() for f in r.run(src.view(r), None, state)] == _fresh(src, "TD210")

@@ -11,8 +11,9 @@ from ...timeline import TimelineView
 from .._incremental import SortedWindow
 from .._objective import MIN_UPDATE, objective, updates_to_initial
 from .._registry import rule
-from .._util import loss_source, per_step_mean, train_loss_values
-from ._layers import fmt, layer_series, median_mad, params_of
+from .._util import loss_source
+from ._layers import fmt, layer_series, params_of
+from ._loss_scan import Levels, LossScan, SpikeTests
 
 
 @rule(
@@ -37,9 +38,11 @@ from ._layers import fmt, layer_series, median_mad, params_of
     events=("backward_call", "backward_site", "log_call", "loss_input"),
     facts=("optimizers", "params"),
     priority=45,
+    state=LossScan,
 )
 def loss_spike_or_divergence(
     tl: TimelineView,
+    state: LossScan,
     *,
     min_steps: int = 10,
     diverge_factor: float = 2.0,
@@ -102,26 +105,38 @@ def loss_spike_or_divergence(
     checkpoint with a different loss weighting can look like a jump. Non-finite losses are left
     to TD201.
     """
-    losses = [(s, v) for s, v in per_step_mean(train_loss_values(tl)) if math.isfinite(v)]
-    if len(losses) < min_steps:
+    tests = SpikeTests(spike_factor, robust_z, stand_out)
+    state.read(tl, tests)
+    with state.current() as levels:
+        return list(_judge(tl, state, levels, min_steps=min_steps, diverge_factor=diverge_factor))
+
+
+def _judge(
+    tl: TimelineView, state: LossScan, levels: Levels, *, min_steps: int, diverge_factor: float
+) -> Iterator[Finding]:
+    values, steps = levels.values, levels.steps
+    if len(values) < min_steps:
         return
     obj = objective(tl)
     if obj.falls is False:
         return  # a loss not meant to fall: its rises and jumps are its course, not a fault
-    values = [v for _, v in losses]
     w = max(3, len(values) // 10)
     # The loss before any update counts as the start too: a loss that jumped within the first
     # window (a far too high lr) already has a blown-up first-window median.
-    first = min(statistics.median(values[:w]), values[0]) if values[0] > 0 else None
-    first = first if first is not None else statistics.median(values[:w])
-    before = _loss_before_updates(tl, losses)
+    head = levels.head_median(w)
+    first = min(head, values[0]) if values[0] > 0 else head
+    before = state.before(steps[0])
     if before is not None and first > 0:
         first = min(first, before)
-    last = statistics.median(values[-w:])
+    last = levels.tail_median(w)
     threshold = None
     if first > 0 and last >= diverge_factor * first:
         threshold = diverge_factor * first
-    elif (best := _lowest_level(values, w, last, 2.5 * diverge_factor, 0.5 * first)) is not None:
+    elif (
+        best := _lowest_level(
+            values, w, last, 2.5 * diverge_factor, 0.5 * first, levels.bound((w + 1) // 2)
+        )
+    ) is not None:
         # A rise from the lowest level counts when it is also large next to the starting loss
         # (as for a spike): a loss fit to ~0 that drifts back to a few percent of its start
         # (0.001 -> 0.04 from 1.8, resnet18 on batches of 16) is a large ratio of a tiny level.
@@ -140,7 +155,7 @@ def loss_spike_or_divergence(
         yield _finding(
             tl,
             kind="divergence",
-            step=losses[onset_i][0],
+            step=steps[onset_i],
             before=first if threshold == diverge_factor * first else best,
             value=last,
             severity=severity,
@@ -149,19 +164,14 @@ def loss_spike_or_divergence(
         return
     if not obj.falls:
         return  # jumps of a loss whose course is unknown: not judged
-    for i in range(10, len(values)):
-        window = values[i - 10 : i]
+    for i, med in levels.spikes():
         v = values[i]
-        ordered = sorted(window)
-        med = (ordered[4] + ordered[5]) / 2  # statistics.median of 10, from one sort
-        if not (med > 0 and v >= spike_factor * med and v - med >= 0.5 * first):
-            continue  # the cheap tests first: the MAD and quartile only for a candidate
-        _, mad = median_mad(window)
-        if v >= med + robust_z * 1.4826 * mad and v >= stand_out * _quantile(window, 0.75):
+        if v - med >= 0.5 * first:
+            window = values[i - 10 : i]
             yield _finding(
                 tl,
                 kind="spike",
-                step=losses[i][0],
+                step=steps[i],
                 before=med,
                 value=v,
                 severity=Severity.INFO if _shrugged_off(values, i, window) else Severity.WARNING,
@@ -171,17 +181,17 @@ def loss_spike_or_divergence(
 
 
 def _lowest_level(
-    values: list[float], w: int, last: float, ratio: float, rise: float
+    values: list[float], w: int, last: float, ratio: float, rise: float, bound: float | None
 ) -> float | None:
     """The lowest median of `w` consecutive losses when the loss of the last steps is
     `ratio` times it and `rise` above it (and it is > 0), else None.
 
     Every window's median is at least its ceil(w/2)-th smallest value, so at least the
-    ceil(w/2)-th smallest loss of the run: when that bound already rules the rise out (the
-    usual case), no window is computed; otherwise one sliding sorted window, O(n log w), gives
-    the exact minimum the old per-window medians gave."""
-    k = (w + 1) // 2
-    bound = sorted(values)[k - 1]
+    ceil(w/2)-th smallest loss of the run (`bound`, or a lower bound of it): when that already
+    rules the rise out (the usual case), no window is computed; otherwise one sliding sorted
+    window, O(n log w), gives the exact minimum the old per-window medians gave."""
+    if bound is None:
+        bound = sorted(values)[(w + 1) // 2 - 1]
     if last <= 0 or (bound > 0 and (last < ratio * bound or last - bound < rise)):
         return None
     window = SortedWindow()
@@ -226,40 +236,6 @@ def _quantile(values: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def _loss_before_updates(tl: TimelineView, losses: list[tuple[int, float]]) -> float | None:
-    """The backward loss of the run's first step, before any update, when the loss judged is
-    the logged one and the backward losses are on its scale.
-
-    A logged loss is often a mean over the steps since the last log (the Hugging Face Trainer
-    logs every `logging_steps`): when a far too high lr blows the loss up within the first
-    steps, the first logged value already holds the blown-up steps (60.9, the mean of 3.5 ..
-    121, for run_clm.py at lr x1000). Same scale: the median over the logs of (logged value) /
-    (mean of the backward losses of the steps it covers) within [0.8, 1.25]."""
-    logged = per_step_mean(
-        [(s, float(v)) for s, vs in tl.series("loss.train") for v in vs if _finite(v)]
-    )
-    backs = per_step_mean(
-        [(s, float(v)) for s, vs in tl.series("loss.backward") for v in vs if _finite(v)]
-    )
-    if not logged or not backs or backs[0][0] > losses[0][0] or backs[0][1] <= 0:
-        return None
-    ratios, j = [], 0
-    for step, v in logged:  # both in step order: each backward loss is visited once
-        covered = []
-        while j < len(backs) and backs[j][0] <= step:
-            covered.append(backs[j][1])
-            j += 1
-        if covered and statistics.fmean(covered) > 0:
-            ratios.append(v / statistics.fmean(covered))
-    if len(ratios) < 3 or not 0.8 <= statistics.median(ratios) <= 1.25:
-        return None
-    return backs[0][1]
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
 
 
 def _overshoots(tl: TimelineView, min_update: float = MIN_UPDATE) -> bool:

@@ -1,0 +1,252 @@
+"""TD210's reading of the training loss, kept between passes (rules/_incremental.py).
+
+A pass folds in the steps settled since the last one: their per-step mean loss, the sorted
+first and last windows (n/10 steps), a k-th-smallest bound on the lowest level, the spike
+candidates (tests that do not depend on the run's length) and the logged/backward scale ratios.
+The newest step, which may still be written, is added for the pass and taken out after it, so
+every statistic is the one a fresh pass computes over the whole series.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...timeline import TimelineView
+from .._incremental import KthSmallest, Reader, SortedWindow, fresh, step_mean
+
+
+def _finite_mean(values: Any) -> float | None:
+    """The mean of a step's finite losses (the backward/logged scale check reads only those)."""
+    xs = [float(v) for v in values or () if isinstance(v, int | float) and math.isfinite(v)]
+    return statistics.fmean(xs) if xs else None
+
+
+@dataclass
+class SpikeTests:
+    """TD210's spike options (the state is kept per rule options)."""
+
+    spike_factor: float
+    robust_z: float
+    stand_out: float
+
+
+@dataclass
+class Levels:
+    """The judged loss (finite per-step means of one signal) and its running statistics."""
+
+    tests: SpikeTests
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    prefix: SortedWindow = field(default_factory=SortedWindow)  # values[:len(prefix)]
+    window: SortedWindow = field(default_factory=SortedWindow)  # values[-len(window):]
+    low: KthSmallest = field(default_factory=KthSmallest)
+    candidates: list[tuple[int, float]] = field(default_factory=list)  # (index, median before)
+    settled: int = 0  # values[:settled] are folded in; the rest are this pass's newest
+
+    def add(self, step: int, v: float) -> None:
+        """Fold in a settled step's loss for good."""
+        self.steps.append(step)
+        self.values.append(v)
+        self.settled = n = len(self.values)
+        self.window.add(v)
+        while len(self.window) > max(3, n // 10):
+            self.window.remove(self.values[n - len(self.window)])
+        self.low.add(v)
+        cand = self.candidate(n - 1)
+        if cand is not None:
+            self.candidates.append(cand)
+
+    def head_median(self, w: int) -> float:
+        """statistics.median(values[:w])."""
+        while len(self.prefix) < w <= self.settled:
+            self.prefix.add(self.values[len(self.prefix)])
+        if len(self.prefix) == w:
+            return self.prefix.median()
+        return statistics.median(self.values[:w])  # the first steps of a run, or w shrank
+
+    def tail_median(self, w: int) -> float:
+        """statistics.median(values[-w:]): the kept window moved to the end for the pass."""
+        n, start = len(self.values), self.settled - len(self.window)
+        a = max(0, n - w)
+        added = self.values[self.settled : n] + (self.values[a:start] if a < start else [])
+        removed = self.values[start:a] if a > start else []
+        for v in added:
+            self.window.add(v)
+        for v in removed:
+            self.window.remove(v)
+        try:
+            return self.window.median()
+        finally:
+            for v in removed:
+                self.window.add(v)
+            for v in added:
+                self.window.remove(v)
+
+    def bound(self, k: int) -> float | None:
+        """A lower bound of the k-th smallest loss (the k-th smallest settled one, or a newer
+        loss below it), None when fewer than k are settled."""
+        kth = self.low.kth(k)
+        if kth is None:
+            return None
+        return min([kth, *self.values[self.settled :]])
+
+    def spikes(self) -> list[tuple[int, float]]:
+        """The spike candidates, the newest steps' included."""
+        newest = (self.candidate(i) for i in range(self.settled, len(self.values)))
+        return self.candidates + [c for c in newest if c is not None]
+
+    def candidate(self, i: int) -> tuple[int, float] | None:
+        """Index `i` passes the spike tests that do not depend on the run's length: `factor`
+        times the median of the 10 steps before, `robust_z` MADs and `stand_out` times their
+        upper quartile above it."""
+        if i < 10:
+            return None
+        window = self.values[i - 10 : i]
+        v, t = self.values[i], self.tests
+        ordered = sorted(window)
+        med = (ordered[4] + ordered[5]) / 2  # statistics.median of 10
+        if not (med > 0 and v >= t.spike_factor * med):
+            return None
+        mad = statistics.median([abs(x - med) for x in window])
+        q = 0.75 * 9  # _quantile(window, 0.75): linear interpolation
+        q75 = ordered[6] + (ordered[7] - ordered[6]) * (q - 6)
+        if v >= med + t.robust_z * 1.4826 * mad and v >= t.stand_out * q75:
+            return i, med
+        return None
+
+
+class LossScan:
+    """What TD210 keeps between passes: the per-step loss means of both loss signals (settled
+    steps), the judged loss's Levels, and the logged/backward scale ratios."""
+
+    def __init__(self) -> None:
+        self.train, self.back = Reader("loss.train"), Reader("loss.backward")
+        self.readers = (self.train, self.back)
+        self.logged: list[tuple[int, float | None, float | None]] = []  # step, mean, finite mean
+        self.backs: list[tuple[int, float | None, float | None]] = []
+        self.pending: dict[str, list[tuple[int, float | None, float | None]]] = {}
+        self.levels: Levels | None = None
+        self.source: str | None = None
+        self.fed = 0  # settled steps of the judged signal folded into `levels`
+        self.ratios = SortedWindow()
+        self.fin_logged = 0  # logged steps folded into `ratios`
+        self.fin_backs = 0  # backward steps they covered
+        self.first_back: tuple[int, float] | None = None  # the first finite backward loss
+        self.backs_scanned = 0
+
+    def read(self, tl: TimelineView, tests: SpikeTests) -> None:
+        if not fresh(self, tl):
+            self.__init__()  # an earlier step was rewritten: read everything again
+        for name, reader, settled_list in (
+            ("train", self.train, self.logged),
+            ("back", self.back, self.backs),
+        ):
+            settled, pending = reader.read(tl)
+            settled_list.extend((s, step_mean(v), _finite_mean(v)) for s, v in settled)
+            self.pending[name] = [(s, step_mean(v), _finite_mean(v)) for s, v in pending]
+        source = "train" if self.logged or self.pending["train"] else "back"
+        if source != self.source or self.levels is None:
+            # the logged loss, once there is one, is judged (as train_loss_values)
+            self.source, self.levels, self.fed = source, Levels(tests), 0
+        judged = self.logged if source == "train" else self.backs
+        for s, m, _ in judged[self.fed :]:
+            if m is not None and math.isfinite(m):
+                self.levels.add(s, m)
+        self.fed = len(judged)
+        if self.first_back is None:
+            self.first_back = next(
+                ((s, f) for s, _, f in self.backs[self.backs_scanned :] if f is not None), None
+            )
+            self.backs_scanned = len(self.backs)
+        self._fold_ratios()
+
+    def _fold_ratios(self) -> None:
+        """Fold the logged steps whose backward losses are all settled into `ratios`."""
+        done = self.back.done
+        while done is not None and self.fin_logged < len(self.logged):
+            step, _, v = self.logged[self.fin_logged]
+            if step > done:
+                break
+            self.fin_logged += 1
+            if v is None:
+                continue  # no finite log: its backward losses count with the next log's
+            covered = []
+            while self.fin_backs < len(self.backs) and self.backs[self.fin_backs][0] <= step:
+                f = self.backs[self.fin_backs][2]
+                if f is not None:
+                    covered.append(f)
+                self.fin_backs += 1
+            if covered and statistics.fmean(covered) > 0:
+                self.ratios.add(v / statistics.fmean(covered))
+
+    @contextmanager
+    def current(self) -> Iterator[Levels]:
+        """The Levels with the newest step added for this pass, taken out afterwards."""
+        levels = self.levels
+        assert levels is not None
+        added = [
+            (s, m)
+            for s, m, _ in self.pending["train" if self.source == "train" else "back"]
+            if m is not None and math.isfinite(m)
+        ]
+        for s, m in added:
+            levels.steps.append(s)
+            levels.values.append(m)
+        try:
+            yield levels
+        finally:
+            for _ in added:
+                levels.steps.pop()
+                levels.values.pop()
+
+    def before(self, first_step: int) -> float | None:
+        """The backward loss of the run's first step, before any update, when the loss judged
+        is the logged one and the backward losses are on its scale.
+
+        A logged loss is often a mean over the steps since the last log (the Hugging Face
+        Trainer logs every `logging_steps`): when a far too high lr blows the loss up within
+        the first steps, the first logged value already holds the blown-up steps (60.9, the
+        mean of 3.5 .. 121, for run_clm.py at lr x1000). Same scale: the median over the logs
+        of (logged value) / (mean of the backward losses of the steps it covers) within
+        [0.8, 1.25], over 3 logs or more; finite losses only."""
+        logged = [(s, f) for s, _, f in self.logged if f is not None]
+        if not logged and not any(f is not None for _, _, f in self.pending["train"]):
+            return None
+        first_back = self.first_back
+        if first_back is None:
+            first_back = next(((s, f) for s, _, f in self.pending["back"] if f is not None), None)
+        if first_back is None or first_back[0] > first_step or first_back[1] <= 0:
+            return None
+        # the logs not folded yet (their backward losses not all settled), and the newest ones
+        rest_logged = [
+            (s, f)
+            for s, _, f in self.logged[self.fin_logged :] + self.pending["train"]
+            if f is not None
+        ]
+        rest_backs = [
+            (s, f)
+            for s, _, f in self.backs[self.fin_backs :] + self.pending["back"]
+            if f is not None
+        ]
+        added, j = [], 0
+        for step, v in rest_logged:
+            covered = []
+            while j < len(rest_backs) and rest_backs[j][0] <= step:
+                covered.append(rest_backs[j][1])
+                j += 1
+            if covered and statistics.fmean(covered) > 0:
+                added.append(v / statistics.fmean(covered))
+        for r in added:
+            self.ratios.add(r)
+        try:
+            if len(self.ratios) < 3 or not 0.8 <= self.ratios.median() <= 1.25:
+                return None
+            return first_back[1]
+        finally:
+            for r in added:
+                self.ratios.remove(r)
