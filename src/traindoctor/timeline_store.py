@@ -1,7 +1,8 @@
 """timeline.jsonl on disk: appended as the run goes (crash-safe), and read back.
 
-The writer appends what changed since its last flush at every step end, so a run killed with
-SIGKILL or by the out-of-memory killer leaves every step it closed on disk, and close() only
+The writer appends what changed since its last flush whenever the device values are read back
+(the first steps, then every 25 steps: steps.py), so a run killed with SIGKILL or by the
+out-of-memory killer leaves on disk every step up to its last read-back, and close() only
 completes the file. Its records (format 2; format 1, one `facts` line then one `step` line per
 step and the events, written whole at close, still loads):
 
@@ -36,8 +37,21 @@ KEYED_MIN = 4
 _MISSING = object()
 
 
+# One encoder for every record: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+_encode_str = json.encoder.encode_basestring_ascii  # what the encoder writes for a str
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
+    # Scalars, most of a step's records, without the encoder's machinery (same text).
+    kind = type(value)
+    if kind is float and value - value == 0.0:  # finite: NaN and inf go to the encoder
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return _encode_str(value)
+    return _ENCODER.encode(value)
 
 
 class TimelineWriter:
@@ -50,7 +64,10 @@ class TimelineWriter:
         self.broken: str | None = None
         self.finished = False
         self._fh: Any = None
-        self._last: dict[str, str] = {}  # signal -> its last value written, encoded
+        # signal -> its last value written (a shallow copy: the next step's is compared to it
+        # without encoding it, the cost of a step's records is in the encoding)
+        self._last: dict[str, Any] = {}
+        self._names: dict[str, str] = {}  # signal -> its name encoded
         self._keys: dict[tuple[str, ...], int] = {}
         self._same: dict[tuple[str, ...], int] = {}
         self._facts: dict[str, str] = {}
@@ -142,13 +159,17 @@ class TimelineWriter:
                 value = tl.get(step, name, _MISSING)
                 if value is _MISSING:
                     continue
-                enc, is_keyed = self._encode(value, lines)
-                tag = ("k" if is_keyed else "p") + enc
-                if self._last.get(name) == tag:
+                last = self._last.get(name, _MISSING)
+                # Equal and of the same type (1 and 1.0 are equal, not the same record).
+                if type(last) is type(value) and last == value:
                     same.append(name)
                     continue
-                self._last[name] = tag
-                (keyed if is_keyed else plain).append(f"{_dumps(name)}:{enc}")
+                self._last[name] = _shallow(value)
+                enc, is_keyed = self._encode(value, lines)
+                key = self._names.get(name)
+                if key is None:
+                    key = self._names[name] = _dumps(name)
+                (keyed if is_keyed else plain).append(f"{key}:{enc}")
             if not (plain or keyed or same):
                 continue
             parts = [f'{{"type":"step","step":{step},"signals":{{{",".join(plain)}}}']
@@ -193,6 +214,15 @@ class TimelineWriter:
         for index, event in enumerate(self.timeline.events_from(0)[: self._events]):
             if hash(_dumps({"type": "event", **event})) != self._event_lines[index]:
                 lines.append(_dumps({"type": "event_update", "index": index, "event": event}))
+
+
+def _shallow(value: Any) -> Any:
+    kind = type(value)
+    if kind is list:
+        return list(value)
+    if kind is dict:
+        return dict(value)
+    return value
 
 
 @dataclass

@@ -15,7 +15,8 @@ from traindoctor.timeline import Timeline
 
 from .conftest import TIMEOUT, env, write
 
-KILLED_AT = 40
+KILLED_AT = 60
+WRITTEN = 50  # the last read-back step before the kill: written to disk then
 
 SCRIPT = f"""
 import os, signal
@@ -55,7 +56,7 @@ def test_a_killed_run_leaves_a_timeline_that_loads(killed):
     assert not (killed / "findings.json").exists()
     tl = Timeline.from_jsonl(killed / "timeline.jsonl")
     assert not tl.ended
-    assert tl.last_step == KILLED_AT
+    assert tl.last_step == WRITTEN
     assert tl.series("loss.train"), "the losses read back before the kill are on disk"
 
 
@@ -69,7 +70,7 @@ def test_report_renders_a_killed_run(killed, capsys):
     _report(str(killed), "--json")
     out = json.loads(capsys.readouterr().out)
     assert out["run"]["ended"] == "killed"
-    assert out["steps"] == KILLED_AT
+    assert out["steps"] == WRITTEN
     md = (killed / "report.md").read_text()
     assert "never closed" in md
     # Still an unclosed run: every call re-diagnoses what is on disk.
@@ -82,7 +83,7 @@ def test_report_skips_a_last_line_cut_short_with_a_note(killed, tmp_path, capsys
     cut = tmp_path / "cut"
     cut.mkdir()
     text = (killed / "timeline.jsonl").read_text()
-    (cut / "timeline.jsonl").write_text(text + '{"type":"step","step":41,"sig')
+    (cut / "timeline.jsonl").write_text(text + '{"type":"step","step":51,"sig')
     _report(str(cut), "--json")
     captured = capsys.readouterr()
     assert json.loads(captured.out)["run"]["ended"] == "killed"
