@@ -12,7 +12,8 @@ is trained for the longest checkpoint (default 10^5 steps) in one run; at each c
 
 The long run is then closed (its close() time), and fresh runs as long as each shorter
 checkpoint are trained and closed, so close() time is measured at every checkpoint size, each
-on a run of that length. Each closed run's directory size (and timeline.jsonl's) is divided
+on a run of that length (a run longer than `--close-max` steps is closed with no rules: its
+rule pass alone would take many minutes at the base commit, see bench/timeline_replay.py). Each closed run's directory size (and timeline.jsonl's) is divided
 by its steps: the on-disk cost per step. Plots are written as by default
 (TRAINDOCTOR_PLOTS=0 in the environment skips them).
 
@@ -83,10 +84,14 @@ class Loop:
         n = max(n, 1)
         return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
-    def close(self) -> dict[str, Any]:
+    def close(self, rules: bool = True) -> dict[str, Any]:
+        """close(), timed; without `rules`, the doctor's rule list is emptied first (a bench
+        shortcut: a pass over a very long run at the base commit takes many minutes)."""
+        if not rules:
+            self.doc.rules = []
         t0 = time.perf_counter()
         report = self.doc.close()
-        out: dict[str, Any] = {"close s": time.perf_counter() - t0}
+        out: dict[str, Any] = {"close s": time.perf_counter() - t0, "rules run": rules}
         run_dir = Path(report.run_dir)
         timeline = run_dir / "timeline.jsonl"
         out["run dir bytes"] = dir_bytes(run_dir)
@@ -118,6 +123,12 @@ def snapshot(loop: Loop, base_rss: float, per_step: tuple[float, float]) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoints", default="1000,10000,100000")
+    ap.add_argument(
+        "--close-max",
+        type=int,
+        default=20000,
+        help="a longer run is closed with no rules (its close() time then leaves the rule pass out)",
+    )
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
@@ -142,14 +153,14 @@ def main() -> None:
             snap = snapshot(loop, base, per_step)
             result["checkpoints"].append(snap)
             print(json.dumps(snap))
-        closed = {"steps": loop.step, **loop.close()}
+        closed = {"steps": loop.step, **loop.close(rules=loop.step <= args.close_max)}
         result["closes"].append(closed)
         print(json.dumps(closed))
         del loop
         for c in checkpoints[:-1]:  # close() time on a fresh run of each shorter length
             short = Loop(out)
             short.train(c)
-            closed = {"steps": c, **short.close()}
+            closed = {"steps": c, **short.close(rules=c <= args.close_max)}
             result["closes"].append(closed)
             print(json.dumps(closed))
     result["closes"].sort(key=lambda r: r["steps"])
@@ -164,7 +175,9 @@ def main() -> None:
         )
     for r in result["closes"]:
         print(
-            f"run of {r['steps']:>8} steps: close() {r['close s']:.2f} s, run dir"
+            f"run of {r['steps']:>8} steps: close() {r['close s']:.2f} s"
+            + ("" if r["rules run"] else " (no rules run)")
+            + ", run dir"
             f" {r['run dir bytes/step']:.0f} B/step (timeline.jsonl"
             f" {r['timeline.jsonl bytes/step']:.0f} B/step)"
         )
