@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..timeline import TimelineView
+from ._objective_inputs import Inputs, ObjectiveScan, Stats, move_of
 
 CLASS_FNS = ("cross_entropy", "nll_loss")
 # Observed steps of a site's targets needed to call them stationary or moving: batches of one
@@ -47,11 +48,14 @@ class Objective:
     judged: str
 
 
-def objective(tl: TimelineView) -> Objective:
-    several = _several_models(tl)
+def objective(tl: TimelineView, data: Inputs | None = None) -> Objective:
+    """What the run's loss is. `data`: its parsed inputs, from the ObjectiveScan an
+    incremental rule keeps (a fresh pass parses the whole timeline)."""
+    data = data if data is not None else ObjectiveScan().inputs(tl)
+    several = _several_models(tl, data.stepped)
     if several is not None:
         return several
-    sites = _training_sites(tl)
+    sites = _training_sites(tl, data)
     if not sites:
         return Objective(
             None,
@@ -60,8 +64,7 @@ def objective(tl: TimelineView) -> Objective:
             "model's output as its input (a loss written by hand, or the prediction passed as "
             "the target), so traindoctor cannot tell whether it is meant to fall",
         )
-    stats = _stats_by_site(tl)
-    labels = _labels_by_site(tl)
+    stats, labels = data.stats, data.labels
     kinds = []
     for site, event in sorted(sites.items()):
         fn = event.get("fn")
@@ -85,7 +88,7 @@ def objective(tl: TimelineView) -> Objective:
             if moved:
                 return Objective(False, "moving-targets", f"{fn} at {_src(event)}: {moved}")
             kinds.append(f"{fn}")
-    share = _standard_share(tl, sites, stats)
+    share = _standard_share(sites, stats, data.roots)
     if share is not None and not 0.8 <= share <= 1.25:
         return Objective(
             None,
@@ -106,13 +109,12 @@ def _src(event: dict[str, Any]) -> str:
     return event.get("source") or f"site {event.get('site')}"
 
 
-def _several_models(tl: TimelineView) -> Objective | None:
+def _several_models(tl: TimelineView, stepped: set[str]) -> Objective | None:
     """Two or more optimizers stepping disjoint params, and two or more backward() lines."""
     opts = [{n for g in o["groups"] for n in g["params"] if n} for o in tl.fact("optimizers") or []]
     opts = [o for o in opts if o]
     if len(opts) < 2:
         return None
-    stepped = {n for _, upd in tl.series("params.update") for n, v in upd.items() if v}
     active = [o for o in opts if o & stepped] if stepped else opts
     if len(active) < 2 or any(a & b for i, a in enumerate(active) for b in active[i + 1 :]):
         return None
@@ -128,39 +130,12 @@ def _several_models(tl: TimelineView) -> Objective | None:
     )
 
 
-def _training_sites(tl: TimelineView) -> dict[int, dict[str, Any]]:
-    observed = {s for _, sites in tl.series("loss_inputs.observed") for s in sites}
+def _training_sites(tl: TimelineView, data: Inputs) -> dict[int, dict[str, Any]]:
     return {
         e["site"]: e
         for e in tl.events("loss_input")
-        if e.get("site") in observed or not tl.series("loss_inputs.observed")
+        if e.get("site") in data.observed or not data.any_observed
     }
-
-
-def _stats_by_site(tl: TimelineView) -> dict[int, list[tuple[int, dict[str, float]]]]:
-    out: dict[int, list[tuple[int, dict[str, float]]]] = {}
-    for step, values in tl.series("loss_inputs.stats"):
-        by_site: dict[int, dict[str, float]] = {}
-        for key, v in values.items():
-            site, _, stat = key.partition(".")
-            if site.isdigit() and isinstance(v, int | float):
-                by_site.setdefault(int(site), {})[stat] = float(v)
-        for site, d in by_site.items():
-            out.setdefault(site, []).append((step, d))
-    return out
-
-
-def _labels_by_site(tl: TimelineView) -> dict[int, list[dict[int, float]]]:
-    out: dict[int, list[dict[int, float]]] = {}
-    for _, values in tl.series("loss_inputs.labels"):
-        by_site: dict[int, dict[int, float]] = {}
-        for key, v in values.items():
-            site, _, cls = key.partition(".")
-            if site.isdigit() and cls.isdigit():
-                by_site.setdefault(int(site), {})[int(cls)] = float(v)
-        for site, hist in by_site.items():
-            out.setdefault(site, []).append(hist)
-    return out
 
 
 def _own_class(
@@ -287,9 +262,7 @@ def spearman(values: list[float]) -> float | None:
 
 
 def _standard_share(
-    tl: TimelineView,
-    sites: dict[int, dict[str, Any]],
-    stats: dict[int, list[tuple[int, dict[str, float]]]],
+    sites: dict[int, dict[str, Any]], stats: Stats, roots: dict[int, float | None]
 ) -> float | None:
     """Median over the observed steps of (sum of the standard losses) / (the backward root).
 
@@ -299,21 +272,20 @@ def _standard_share(
     divisor need not be the call's own count: the Hugging Face Trainer divides the sum over the
     shifted labels (n - batch) by `num_items_in_batch`, counted before the shift (896.4 / 256
     for 248 valid tokens: 0.97 of the mean), which the tolerance covers as it does for a mean."""
-    raw = _share(tl, sites, stats, per_target=False)
+    raw = _share(sites, stats, roots, per_target=False)
     if raw is None or 0.8 <= raw <= 1.25:
         return raw
-    mean = _share(tl, sites, stats, per_target=True)
+    mean = _share(sites, stats, roots, per_target=True)
     return mean if mean is not None and 0.8 <= mean <= 1.25 else raw
 
 
 def _share(
-    tl: TimelineView,
     sites: dict[int, dict[str, Any]],
-    stats: dict[int, list[tuple[int, dict[str, float]]]],
+    stats: Stats,
+    roots: dict[int, float | None],
     *,
     per_target: bool,
 ) -> float | None:
-    roots = _RootsAt(tl)
     seen: dict[int, float] = {}
     summed = False
     for site in sites:
@@ -329,37 +301,11 @@ def _share(
     if per_target and not summed:
         return None
     ratios = [
-        seen[s] / roots[s]
+        seen[s] / root
         for s in seen
-        if s in roots and roots[s] and math.isfinite(roots[s]) and math.isfinite(seen[s])
+        if (root := roots.get(s)) and math.isfinite(root) and math.isfinite(seen[s])
     ]
     return statistics.median(ratios) if len(ratios) >= 3 else None
-
-
-class _RootsAt:
-    """dict(per_step_mean(train_loss_values(tl))) read only at the steps asked for (the observed
-    steps of the standard losses): O(1) a step instead of a pass over the whole loss series."""
-
-    def __init__(self, tl: TimelineView) -> None:
-        self.tl = tl
-        self.name = (
-            "loss.train" if "loss.train" in tl.signal_names("loss.train") else "loss.backward"
-        )
-        self.cache: dict[int, float | None] = {}
-
-    def get(self, step: int) -> float | None:
-        if step not in self.cache:
-            values = self.tl.at(self.name, step) or ()
-            self.cache[step] = statistics.fmean([float(v) for v in values]) if values else None
-        return self.cache[step]
-
-    def __contains__(self, step: int) -> bool:
-        return self.get(step) is not None
-
-    def __getitem__(self, step: int) -> float:
-        value = self.get(step)
-        assert value is not None
-        return value
 
 
 def too_high_lr(
@@ -368,6 +314,7 @@ def too_high_lr(
     *,
     min_update: float = MIN_UPDATE,
     plateau: float = 0.95,
+    data: Inputs | None = None,
 ) -> dict[str, Any] | None:
     """A learning rate far too high that does not blow the run up (gradient clipping, Adam's
     bounded steps, a decaying schedule): no NaN, no divergence to report, but no learning
@@ -382,8 +329,10 @@ def too_high_lr(
       entropy of the labels seen (predicting the class frequencies, ignoring the input).
 
     How often clip_grad_norm_ cut the gradient is reported with it when the run clips.
+    `data`: objective()'s parsed inputs (the update sizes and label counts), if at hand.
     """
-    moves = updates_to_initial(tl)
+    data = data if data is not None else ObjectiveScan().inputs(tl)
+    moves = data.moves
     if len(moves) < 2 or statistics.median(moves) < min_update:
         return None
     w = max(5, len(values) // 5)
@@ -398,7 +347,7 @@ def too_high_lr(
         refs[f"ln {classes[0]}, the loss of a uniform guess over the classes"] = math.log(
             classes[0]
         )
-    entropy = _label_entropy(tl)
+    entropy = _label_entropy(data.totals)
     if entropy is not None:
         refs["the entropy of the labels, the loss of predicting the class frequencies"] = entropy
     name, ref = min(refs.items(), key=lambda kv: kv[1])
@@ -416,12 +365,8 @@ def too_high_lr(
     return out
 
 
-def _label_entropy(tl: TimelineView) -> float | None:
+def _label_entropy(totals: dict[str, float]) -> float | None:
     """Entropy (nats) of the class-index targets seen on the observed steps, all sites."""
-    totals: dict[str, float] = {}
-    for _, hist in tl.series("loss_inputs.labels"):
-        for key, v in hist.items():
-            totals[key] = totals.get(key, 0.0) + float(v)
     n = sum(totals.values())
     if n < 100:
         return None
@@ -457,11 +402,5 @@ def updates_to_initial(tl: TimelineView) -> list[float]:
     if not norms:
         return []
     initial = norms[0][1]
-    out = []
-    for step, upd in tl.series("params.update"):
-        if step <= 1:
-            continue  # Adam's first step moves every weight by lr: large by construction
-        rs = [d / initial[n] for n, d in upd.items() if initial.get(n)]
-        if rs:
-            out.append(statistics.median(rs))
-    return out
+    moves = (move_of(step, upd, initial) for step, upd in tl.series("params.update"))
+    return [m for m in moves if m is not None]

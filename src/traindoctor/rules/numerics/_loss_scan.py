@@ -18,6 +18,7 @@ from typing import Any
 
 from ...timeline import TimelineView
 from .._incremental import KthSmallest, Reader, SortedWindow, fresh, step_mean
+from .._objective_inputs import ObjectiveScan
 
 
 def _finite_mean(values: Any) -> float | None:
@@ -138,6 +139,7 @@ class LossScan:
         self.fin_backs = 0  # backward steps they covered
         self.first_back: tuple[int, float] | None = None  # the first finite backward loss
         self.backs_scanned = 0
+        self.objective = ObjectiveScan()  # what objective() reads, parsed once a record
 
     def read(self, tl: TimelineView, tests: SpikeTests) -> None:
         if not fresh(self, tl):

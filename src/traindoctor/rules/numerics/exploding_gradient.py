@@ -11,6 +11,7 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._incremental import Reader, SortedWindow, fresh
 from .._objective import objective
+from .._objective_inputs import ObjectiveScan
 from .._registry import rule
 from .._util import per_step_mean, train_loss_values
 from ._layers import fmt, layer_order, layer_series, params_of
@@ -27,6 +28,7 @@ class ExplodeScan:
         self.readers = (self.grads, self.weights)
         self.layers: dict[str, _LayerScan] = {}
         self.open: dict[int, list[Any]] = {}  # step -> [grad norms, weight norms] not folded
+        self.objective = ObjectiveScan()  # read once there is a jump to judge
 
     def hits(self, tl: TimelineView, min_history: int, factor: float, robust_z: float) -> list:
         """The first jump of each layer, in the order the layers first appear (a fresh scan's)."""
@@ -262,7 +264,7 @@ def exploding_gradient(
             through is not None and through["trend"] == "rose"
         )
         severity = Severity.ERROR if rose else Severity.WARNING
-    obj = objective(tl)
+    obj = objective(tl, state.objective.inputs(tl))
     if improving is not None or fell or obj.falls is not True:
         # An explosion that harms shows in the loss; one that kept falling through the jump is
         # a gradient growing while the model learns (a network leaving its init, a head

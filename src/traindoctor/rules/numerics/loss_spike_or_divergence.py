@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._incremental import SortedWindow
-from .._objective import MIN_UPDATE, objective, updates_to_initial
+from .._objective import MIN_UPDATE, objective
 from .._registry import rule
 from .._util import loss_source
 from ._layers import fmt, layer_series, params_of
@@ -117,7 +117,8 @@ def _judge(
     values, steps = levels.values, levels.steps
     if len(values) < min_steps:
         return
-    obj = objective(tl)
+    data = state.objective.inputs(tl)
+    obj = objective(tl, data)
     if obj.falls is False:
         return  # a loss not meant to fall: its rises and jumps are its course, not a fault
     w = max(3, len(values) // 10)
@@ -148,7 +149,7 @@ def _judge(
         onset_i = min(onset_i, len(values) - 1)
         if obj.falls:
             severity = Severity.ERROR
-        elif _overshoots(tl):
+        elif _overshoots(data.moves):
             severity = Severity.WARNING  # the steps are measured too large, whatever the loss
         else:
             severity = Severity.INFO
@@ -238,9 +239,9 @@ def _quantile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _overshoots(tl: TimelineView, min_update: float = MIN_UPDATE) -> bool:
-    """Each step moves the weights by at least `min_update` of their initial norm (median)."""
-    moves = updates_to_initial(tl)
+def _overshoots(moves: list[float], min_update: float = MIN_UPDATE) -> bool:
+    """Each step moves the weights by at least `min_update` of their initial norm (median of
+    updates_to_initial)."""
     return len(moves) >= 2 and statistics.median(moves) >= min_update
 
 

@@ -1,0 +1,177 @@
+"""What `objective()` reads of the timeline, parsed once per record (rules/_incremental.py).
+
+`ObjectiveScan` keeps the parsed records between passes (an incremental rule holds one in its
+state; a fresh one is a fresh pass), so a pass parses only the records written since the last:
+the names the updates moved, the observed loss sites, each site's target stats and label
+counts, the label totals, the per-step update sizes against the initial weights, and the
+training loss at the observed steps. The newest step of each signal, which may still be
+written, is parsed for the pass only.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..timeline import TimelineView
+from ._incremental import Reader, fresh, step_mean
+
+Stats = dict[int, list[tuple[int, dict[str, float]]]]
+Labels = dict[int, list[dict[int, float]]]
+
+
+@dataclass
+class Inputs:
+    """The parsed inputs of one pass (read-only for the functions of _objective.py)."""
+
+    stepped: set[str]  # params with a nonzero update at some sampled step
+    observed: set[int]  # loss sites seen taking the model's output
+    any_observed: bool  # loss_inputs.observed was recorded at all
+    stats: Stats  # site -> [(step, {stat: value})]
+    labels: Labels  # site -> [{class: count}]
+    totals: dict[str, float]  # "site.class" -> count over the run
+    moves: list[float]  # updates_to_initial()
+    roots: dict[int, float | None] = field(default_factory=dict)  # step -> training loss
+
+
+def parse_stats(values: dict[str, Any]) -> dict[int, dict[str, float]]:
+    by_site: dict[int, dict[str, float]] = {}
+    for key, v in (values or {}).items():
+        site, _, stat = key.partition(".")
+        if site.isdigit() and isinstance(v, int | float):
+            by_site.setdefault(int(site), {})[stat] = float(v)
+    return by_site
+
+
+def parse_labels(values: dict[str, Any]) -> dict[int, dict[int, float]]:
+    by_site: dict[int, dict[int, float]] = {}
+    for key, v in (values or {}).items():
+        site, _, cls = key.partition(".")
+        if site.isdigit() and cls.isdigit():
+            by_site.setdefault(int(site), {})[int(cls)] = float(v)
+    return by_site
+
+
+def move_of(step: int, upd: dict[str, float], initial: dict[str, Any]) -> float | None:
+    """The median over params of ||Δθ_t|| / ||θ_0|| at one sampled step (none at step 1:
+    Adam's first step moves every weight by lr, large by construction)."""
+    if step <= 1:
+        return None
+    rs = [d / initial[n] for n, d in upd.items() if initial.get(n)]
+    return statistics.median(rs) if rs else None
+
+
+class ObjectiveScan:
+    """The parsed inputs of objective() kept between passes."""
+
+    def __init__(self) -> None:
+        self.update, self.norm = Reader("params.update"), Reader("params.norm")
+        self.obs, self.stat = Reader("loss_inputs.observed"), Reader("loss_inputs.stats")
+        self.label = Reader("loss_inputs.labels")
+        self.train, self.back = Reader("loss.train"), Reader("loss.backward")
+        self.readers = (
+            self.update,
+            self.norm,
+            self.obs,
+            self.stat,
+            self.label,
+            self.train,
+            self.back,
+        )
+        self.stepped: set[str] = set()
+        self.observed: set[int] = set()
+        self.any_observed = False
+        self.stats: Stats = {}
+        self.labels: Labels = {}
+        self.totals: dict[str, float] = {}
+        self.moves: list[float] = []
+        self.initial: dict[str, Any] | None = None  # the first weight norms, once settled
+        self.raw_updates: list[tuple[int, dict[str, float]]] = []  # before `initial` settled
+        self.logged = False  # the training loss is the logged one (train_loss_values)
+        self.roots: dict[int, float | None] = {}  # settled training loss at the stats' steps
+
+    def inputs(self, tl: TimelineView) -> Inputs:
+        if not fresh(self, tl):
+            self.__init__()  # an earlier step was rewritten: parse everything again
+        up, up_new = self.update.read(tl)
+        for _, upd in up:
+            self.stepped.update(n for n, v in (upd or {}).items() if v)
+        norm, norm_new = self.norm.read(tl)
+        if self.initial is None and norm:
+            self.initial = norm[0][1] or {}
+        self.raw_updates.extend(up)
+        if self.initial is not None:
+            for s, upd in self.raw_updates:
+                m = move_of(s, upd or {}, self.initial)
+                if m is not None:
+                    self.moves.append(m)
+            self.raw_updates = []
+        ob, ob_new = self.obs.read(tl)
+        for _, sites in ob:
+            self.any_observed = True
+            self.observed.update(sites or ())
+        st, st_new = self.stat.read(tl)
+        for s, values in st:
+            for site, d in parse_stats(values).items():
+                self.stats.setdefault(site, []).append((s, d))
+        lab, lab_new = self.label.read(tl)
+        for _, values in lab:
+            for site, hist in parse_labels(values).items():
+                self.labels.setdefault(site, []).append(hist)
+            for key, v in (values or {}).items():
+                self.totals[key] = self.totals.get(key, 0.0) + float(v)
+        self._read_losses(tl)
+        return self._with_newest(tl, up_new, norm_new, ob_new, st_new, lab_new)
+
+    def _read_losses(self, tl: TimelineView) -> None:
+        """Advance the loss readers (their settled steps date the cached roots)."""
+        train, train_new = self.train.read(tl)
+        self.back.read(tl)
+        if (train or train_new) and not self.logged:
+            self.logged = True  # the logged loss is judged from now on: roots read again
+            self.roots = {}
+
+    def _root(self, tl: TimelineView, step: int) -> float | None:
+        if step in self.roots:
+            return self.roots[step]
+        reader = self.train if self.logged else self.back
+        root = step_mean(tl.at(reader.name, step))
+        if reader.done is not None and step <= reader.done:
+            self.roots[step] = root  # settled: no more values for that step
+        return root
+
+    def _with_newest(self, tl, up_new, norm_new, ob_new, st_new, lab_new) -> Inputs:
+        """The settled inputs plus the newest step of each signal (copies where it adds)."""
+        stepped = self.stepped
+        new_names = {n for _, upd in up_new for n, v in (upd or {}).items() if v}
+        if not new_names <= stepped:
+            stepped = stepped | new_names
+        moves = self.moves
+        initial = self.initial
+        if initial is None and norm_new:
+            initial = norm_new[0][1] or {}
+        if initial is not None:
+            extra = [move_of(s, u or {}, initial) for s, u in self.raw_updates + up_new]
+            extra = [m for m in extra if m is not None]
+            if extra:
+                moves = moves + extra
+        observed, any_observed = self.observed, self.any_observed
+        for _, sites in ob_new:
+            any_observed = True
+            if not set(sites or ()) <= observed:
+                observed = observed | set(sites or ())
+        stats = self.stats
+        for s, values in st_new:
+            stats = dict(stats)
+            for site, d in parse_stats(values).items():
+                stats[site] = [*stats.get(site, []), (s, d)]
+        labels, totals = self.labels, self.totals
+        for _, values in lab_new:
+            labels, totals = dict(labels), dict(totals)
+            for site, hist in parse_labels(values).items():
+                labels[site] = [*labels.get(site, []), hist]
+            for key, v in (values or {}).items():
+                totals[key] = totals.get(key, 0.0) + float(v)
+        roots = {s: self._root(tl, s) for site in stats.values() for s, _ in site}
+        return Inputs(stepped, observed, any_observed, stats, labels, totals, moves, roots)
