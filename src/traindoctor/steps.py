@@ -141,7 +141,7 @@ class StepDriver:
         if stream is not None and (step <= budget.structural_steps or step % READBACK_EVERY == 0):
             # To disk with the device values just read back: a kill loses the steps since (a
             # write to the OS every step cost ~2% of a small GPT's step on this machine).
-            run.guard.call("timeline stream", stream.flush, full=True)
+            run.guard.call("timeline stream", stream.flush)
         budget.spend(time.perf_counter() - t0)
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.

@@ -34,6 +34,8 @@ from typing import Any
 FORMAT = 2
 # A dict with at least this many string keys is written as a key-list id and its values.
 KEYED_MIN = 4
+# Facts are compared on the first flushes and on every FACTS_EVERY-th after (and at close).
+FACTS_EVERY = 10
 _MISSING = object()
 
 
@@ -74,6 +76,7 @@ class TimelineWriter:
         self._events = 0  # events written
         self._event_lines: list[int] = []  # hash of each written event's line: later changes
         self._last_step: int | None = None
+        self._flushes = 0
         self.bytes = 0
         timeline.track_changes()
 
@@ -81,15 +84,19 @@ class TimelineWriter:
     def ok(self) -> bool:
         return self.broken is None and not self.finished
 
-    def flush(self, *, full: bool = False) -> None:
-        """Append the changes since the last flush. `full` (every few steps, and at close) also
-        compares the facts: they are mutated in place, so only a comparison finds changes."""
+    def flush(self, *, full: bool | None = None) -> None:
+        """Append the changes since the last flush. The facts are mutated in place, so only a
+        comparison (an encoding of all of them) finds their changes: `full` compares them, by
+        default on the first few flushes and every FACTS_EVERY-th after (they settle early)."""
         if not self.ok:
             return
         try:
             lines: list[str] = []
             if self._fh is None:
                 lines.append(_dumps({"type": "stream", "version": FORMAT}))
+            if full is None:
+                full = self._flushes < FACTS_EVERY or self._flushes % FACTS_EVERY == 0
+            self._flushes += 1
             if full or self._fh is None:
                 self._fact_lines(lines)
             self._step_lines(lines)
