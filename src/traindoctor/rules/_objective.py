@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..timeline import TimelineView
-from ._objective_inputs import Inputs, ObjectiveScan, Stats, move_of
+from ._objective_inputs import Inputs, ObjectiveScan, move_of
 
 CLASS_FNS = ("cross_entropy", "nll_loss")
 # Observed steps of a site's targets needed to call them stationary or moving: batches of one
@@ -88,7 +88,7 @@ def objective(tl: TimelineView, data: Inputs | None = None) -> Objective:
             if moved:
                 return Objective(False, "moving-targets", f"{fn} at {_src(event)}: {moved}")
             kinds.append(f"{fn}")
-    share = _standard_share(sites, stats, data.roots)
+    share = _standard_share(sites, data)
     if share is not None and not 0.8 <= share <= 1.25:
         return Objective(
             None,
@@ -261,9 +261,7 @@ def spearman(values: list[float]) -> float | None:
     return sum((r - mean) * (k - mean) for k, r in enumerate(ranks)) / math.sqrt(sx * sy)
 
 
-def _standard_share(
-    sites: dict[int, dict[str, Any]], stats: Stats, roots: dict[int, float | None]
-) -> float | None:
+def _standard_share(sites: dict[int, dict[str, Any]], data: Inputs) -> float | None:
     """Median over the observed steps of (sum of the standard losses) / (the backward root).
 
     A sum-reduced class loss (its call counted the valid targets, `n_valid`) divided by a count
@@ -272,40 +270,12 @@ def _standard_share(
     divisor need not be the call's own count: the Hugging Face Trainer divides the sum over the
     shifted labels (n - batch) by `num_items_in_batch`, counted before the shift (896.4 / 256
     for 248 valid tokens: 0.97 of the mean), which the tolerance covers as it does for a mean."""
-    raw = _share(sites, stats, roots, per_target=False)
+    order = tuple(sites)
+    raw = data.share(order, False)
     if raw is None or 0.8 <= raw <= 1.25:
         return raw
-    mean = _share(sites, stats, roots, per_target=True)
+    mean = data.share(order, True)
     return mean if mean is not None and 0.8 <= mean <= 1.25 else raw
-
-
-def _share(
-    sites: dict[int, dict[str, Any]],
-    stats: Stats,
-    roots: dict[int, float | None],
-    *,
-    per_target: bool,
-) -> float | None:
-    seen: dict[int, float] = {}
-    summed = False
-    for site in sites:
-        for step, d in stats.get(site, []):
-            if "loss" not in d:
-                continue
-            loss = d["loss"]
-            if per_target and "n_valid" in d:
-                if d["n_valid"] <= 0:
-                    continue  # no valid target: no mean to compare (NaN in the program too)
-                loss, summed = loss / d["n_valid"], True
-            seen[step] = seen.get(step, 0.0) + loss
-    if per_target and not summed:
-        return None
-    ratios = [
-        seen[s] / root
-        for s in seen
-        if (root := roots.get(s)) and math.isfinite(root) and math.isfinite(seen[s])
-    ]
-    return statistics.median(ratios) if len(ratios) >= 3 else None
 
 
 def too_high_lr(

@@ -10,12 +10,14 @@ written, is parsed for the pass only.
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..timeline import TimelineView
-from ._incremental import Reader, fresh, step_mean
+from ._incremental import Reader, SortedWindow, fresh, step_mean
 
 Stats = dict[int, list[tuple[int, dict[str, float]]]]
 Labels = dict[int, list[dict[int, float]]]
@@ -32,7 +34,9 @@ class Inputs:
     labels: Labels  # site -> [{class: count}]
     totals: dict[str, float]  # "site.class" -> count over the run
     moves: list[float]  # updates_to_initial()
-    roots: dict[int, float | None] = field(default_factory=dict)  # step -> training loss
+    #: share(sites, per_target): (sum of the sites' standard losses) / (the training loss),
+    #: median over the observed steps, None under 3 steps (or per target, none summed)
+    share: Callable[[tuple[int, ...], bool], float | None]
 
 
 def parse_stats(values: dict[str, Any]) -> dict[int, dict[str, float]]:
@@ -90,6 +94,8 @@ class ObjectiveScan:
         self.raw_updates: list[tuple[int, dict[str, float]]] = []  # before `initial` settled
         self.logged = False  # the training loss is the logged one (train_loss_values)
         self.roots: dict[int, float | None] = {}  # settled training loss at the stats' steps
+        self.by_step: list[tuple[int, dict[int, dict[str, float]]]] = []  # settled stats
+        self.shares: dict[tuple[tuple[int, ...], bool], _Share] = {}
 
     def inputs(self, tl: TimelineView) -> Inputs:
         if not fresh(self, tl):
@@ -113,7 +119,9 @@ class ObjectiveScan:
             self.observed.update(sites or ())
         st, st_new = self.stat.read(tl)
         for s, values in st:
-            for site, d in parse_stats(values).items():
+            parsed = parse_stats(values)
+            self.by_step.append((s, parsed))
+            for site, d in parsed.items():
                 self.stats.setdefault(site, []).append((s, d))
         lab, lab_new = self.label.read(tl)
         for _, values in lab:
@@ -130,7 +138,7 @@ class ObjectiveScan:
         self.back.read(tl)
         if (train or train_new) and not self.logged:
             self.logged = True  # the logged loss is judged from now on: roots read again
-            self.roots = {}
+            self.roots, self.shares = {}, {}
 
     def _root(self, tl: TimelineView, step: int) -> float | None:
         if step in self.roots:
@@ -173,5 +181,81 @@ class ObjectiveScan:
                 labels[site] = [*labels.get(site, []), hist]
             for key, v in (values or {}).items():
                 totals[key] = totals.get(key, 0.0) + float(v)
-        roots = {s: self._root(tl, s) for site in stats.values() for s, _ in site}
-        return Inputs(stepped, observed, any_observed, stats, labels, totals, moves, roots)
+        newest = [(s, parse_stats(values)) for s, values in st_new]
+
+        def share(sites: tuple[int, ...], per_target: bool) -> float | None:
+            return self._share(tl, sites, per_target, newest)
+
+        return Inputs(stepped, observed, any_observed, stats, labels, totals, moves, share)
+
+    def _share(
+        self,
+        tl: TimelineView,
+        sites: tuple[int, ...],
+        per_target: bool,
+        newest: list[tuple[int, dict[int, dict[str, float]]]],
+    ) -> float | None:
+        """Inputs.share: the steps whose training loss is settled folded in for good."""
+        cache = self.shares.setdefault((sites, per_target), _Share())
+        reader = self.train if self.logged else self.back
+        while cache.folded < len(self.by_step):
+            step, parsed = self.by_step[cache.folded]
+            if reader.done is None or step > reader.done:
+                break  # that step's loss may still be written
+            cache.fold(parsed, sites, per_target, self._root(tl, step), keep=True)
+            cache.folded += 1
+        rest = self.by_step[cache.folded :] + newest
+        added = [
+            cache.fold(parsed, sites, per_target, self._root(tl, step), keep=False)
+            for step, parsed in rest
+        ]
+        summed = cache.summed or any(a[1] for a in added)
+        ratios = [a[0] for a in added if a[0] is not None]
+        for r in ratios:
+            cache.ratios.add(r)
+        try:
+            if per_target and not summed:
+                return None
+            return cache.ratios.median() if len(cache.ratios) >= 3 else None
+        finally:
+            for r in ratios:
+                cache.ratios.remove(r)
+
+
+class _Share:
+    """The ratios of one (sites, per_target) share over the folded steps."""
+
+    def __init__(self) -> None:
+        self.folded = 0
+        self.ratios = SortedWindow()
+        self.summed = False
+
+    def fold(
+        self,
+        parsed: dict[int, dict[str, float]],
+        sites: tuple[int, ...],
+        per_target: bool,
+        root: float | None,
+        keep: bool,
+    ) -> tuple[float | None, bool]:
+        """One step's ratio (or None) and whether a summed loss was taken per target; kept
+        for good when `keep`."""
+        seen, summed = None, False
+        for site in sites:  # summed in the sites' order, as _objective._share did
+            d = parsed.get(site)
+            if d is None or "loss" not in d:
+                continue
+            loss = d["loss"]
+            if per_target and "n_valid" in d:
+                if d["n_valid"] <= 0:
+                    continue  # no valid target: no mean to compare (NaN in the program too)
+                loss, summed = loss / d["n_valid"], True
+            seen = (0.0 if seen is None else seen) + loss
+        ratio = None
+        if seen is not None and root and math.isfinite(root) and math.isfinite(seen):
+            ratio = seen / root
+        if keep:
+            self.summed = self.summed or summed
+            if ratio is not None:
+                self.ratios.add(ratio)
+        return ratio, summed

@@ -140,6 +140,7 @@ class LossScan:
         self.first_back: tuple[int, float] | None = None  # the first finite backward loss
         self.backs_scanned = 0
         self.objective = ObjectiveScan()  # what objective() reads, parsed once a record
+        self.logged_finite = False  # a settled log has a finite loss
 
     def read(self, tl: TimelineView, tests: SpikeTests) -> None:
         if not fresh(self, tl):
@@ -149,7 +150,10 @@ class LossScan:
             ("back", self.back, self.backs),
         ):
             settled, pending = reader.read(tl)
-            settled_list.extend((s, step_mean(v), _finite_mean(v)) for s, v in settled)
+            new = [(s, step_mean(v), _finite_mean(v)) for s, v in settled]
+            settled_list.extend(new)
+            if name == "train" and any(f is not None for _, _, f in new):
+                self.logged_finite = True
             self.pending[name] = [(s, step_mean(v), _finite_mean(v)) for s, v in pending]
         source = "train" if self.logged or self.pending["train"] else "back"
         if source != self.source or self.levels is None:
@@ -216,8 +220,7 @@ class LossScan:
         mean of 3.5 .. 121, for run_clm.py at lr x1000). Same scale: the median over the logs
         of (logged value) / (mean of the backward losses of the steps it covers) within
         [0.8, 1.25], over 3 logs or more; finite losses only."""
-        logged = [(s, f) for s, _, f in self.logged if f is not None]
-        if not logged and not any(f is not None for _, _, f in self.pending["train"]):
+        if not self.logged_finite and not any(f is not None for _, _, f in self.pending["train"]):
             return None
         first_back = self.first_back
         if first_back is None:
