@@ -288,6 +288,7 @@ class Run:
     cpu: list[float]  # seconds per step, this process's CPU time (steadier on a busy machine)
     attach: float = 0.0
     close: float = 0.0
+    close_cpu: float = 0.0
     handles_attach: int = 0
     handles_first3: int = 0
     handles_after: int = 0
@@ -323,10 +324,10 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
             if i == 2:
                 h3 = RemovableHandle.next_id
     h_end = RemovableHandle.next_id
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     watcher.close()
-    close = time.perf_counter() - t0
-    out = Run(times, cpu, attach, close, h1 - h0, h3 - h1, h_end - h3)
+    close, close_cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = Run(times, cpu, attach, close, close_cpu, h1 - h0, h3 - h1, h_end - h3)
     out.params = [p.detach().clone() for p in model.parameters()]
     if isinstance(watcher, Traindoctor):
         out.interval = watcher.interval
@@ -378,6 +379,7 @@ def compare(
     out["watched ms steps 1-3 (cpu)"] = phase_sum(watched, 0, 3, "cpu") / len(watched) * 1e3
     out["attach s"] = statistics.fmean(r.attach for r in watched)
     out["close s"] = statistics.fmean(r.close for r in watched)
+    out["close cpu s"] = statistics.fmean(r.close_cpu for r in watched)
     w0 = watched[0]
     out["handles at attach"] = w0.handles_attach
     out["handles steps 1-3"] = w0.handles_first3
