@@ -28,6 +28,7 @@ import math
 import re
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -507,13 +508,32 @@ def loss_op_sources(root: torch.Tensor, limit: int = 4096) -> dict[str, list[str
     from the anomaly-mode tracebacks of the nodes; nodes without one (created outside the
     window, e.g. in the model's forward) are skipped. Breadth-first, at most `limit` nodes."""
     out: dict[str, list[str]] = {}
-    for node in graph_nodes(root, limit):
+    seen: set[int] = set()
+    frontier = deque([root.grad_fn])
+    while frontier and len(seen) < limit:
+        node = frontier.popleft()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if not _has_traceback(node):
+            # Created before the window opened, as was every node it reads: the walk stops
+            # here instead of visiting the model's whole backward graph (4,096 nodes and
+            # ~0.6 s a structural step on a 2,000-tensor model).
+            continue
         kind = type(node).__name__
         if kind in _RECOMPUTE:
             src = node_source(node)
             if src and src not in out.setdefault(kind, []) and len(out[kind]) < 8:
                 out[kind].append(src)
+        frontier.extend(fn for fn, _ in node.next_functions)
     return out
+
+
+def _has_traceback(node: object) -> bool:
+    try:
+        return bool(node.metadata.get("traceback_"))  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        return False
 
 
 class _Tracer(TorchFunctionMode):
