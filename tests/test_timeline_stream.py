@@ -185,3 +185,20 @@ def test_streaming_leaves_training_bit_identical(tmp_path):
 
     for a, b in zip(run(False), run(True), strict=True):
         assert torch.equal(a, b)
+
+
+def test_many_floats_are_packed_and_read_back_exactly(tmp_path):
+    tl = Timeline()
+    writer = TimelineWriter(tl, tmp_path / "timeline.jsonl")
+    names = [f"blocks.{i}.weight" for i in range(40)]
+    single = torch.randn(40, generator=torch.Generator().manual_seed(0)).tolist()  # float32s
+    tl.record(1, "grads.norm", dict(zip(names, single, strict=True)))
+    tl.record(2, "grads.norm", dict(zip(names, [v / 3 for v in single], strict=True)))  # float64
+    tl.record(3, "grads.norm", dict(zip(names, [float("nan"), float("inf"), *single[2:]])))
+    tl.record(4, "grads.norm", dict(zip(names, [None, *single[1:]])))  # not all floats: text
+    writer.finish()
+    text = (tmp_path / "timeline.jsonl").read_text()
+    assert text.count('"f4:') == 1 and text.count('"f8:') == 2
+    loaded = Timeline.from_jsonl(tmp_path / "timeline.jsonl")
+    assert _norm(loaded) == _norm(tl)
+    assert loaded.series("grads.norm")[0][1] == tl.series("grads.norm")[0][1]  # bit for bit

@@ -11,7 +11,7 @@ step and the events, written whole at close, still loads):
     {"type": "keys", "id": i, "keys": [...]}          a key list, declared once
     {"type": "same", "id": i, "names": [...]}         a set of signal names, declared once
     {"type": "step", "step": s, "signals": {name: value},
-     "keyed": {name: [keys id, [values]]}, "same": i, "last_step": n}
+     "keyed": {name: [keys id, [values] or "f4:"/"f8:" + base64]}, "same": i, "last_step": n}
     {"type": "event", "step": s, "kind": k, ...}      as they come
     {"type": "event_update", "index": i, "event": {...}}   an event changed after it was written
     {"type": "progress", "last_step": n}              steps closed with nothing recorded
@@ -25,7 +25,10 @@ keys by a key list declared once. The reader skips a truncated last line (a kill
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,8 @@ from typing import Any
 FORMAT = 2
 # A dict with at least this many string keys is written as a key-list id and its values.
 KEYED_MIN = 4
+# Its values, when there are at least this many floats, as packed bytes (base64).
+PACKED_MIN = 16
 # Facts are compared on the first flushes and on every FACTS_EVERY-th after (and at close).
 FACTS_EVERY = 10
 _MISSING = object()
@@ -195,7 +200,8 @@ class TimelineWriter:
     def _encode(self, value: Any, lines: list[str]) -> tuple[str, bool]:
         if type(value) is dict and len(value) >= KEYED_MIN and all(type(k) is str for k in value):
             kid = self._declare(self._keys, tuple(value), "keys", lines)
-            return f"[{kid},{_dumps(list(value.values()))}]", True
+            values = list(value.values())
+            return f"[{kid},{_packed(values) or _dumps(values)}]", True
         return _dumps(value), False
 
     @staticmethod
@@ -221,6 +227,35 @@ class TimelineWriter:
         for index, event in enumerate(self.timeline.events_from(0)[: self._events]):
             if hash(_dumps({"type": "event", **event})) != self._event_lines[index]:
                 lines.append(_dumps({"type": "event_update", "index": index, "event": event}))
+
+
+def _packed(values: list[Any]) -> str | None:
+    """Many floats as base64 of their float32 bytes when each is exactly a float32 (read back
+    from a float32 tensor: 4 bytes for ~20 characters of text), else of float64; exact either
+    way. None when they are not all floats (the text list then)."""
+    if len(values) < PACKED_MIN or set(map(type, values)) != {float}:
+        return None
+    try:
+        packed = array("f", values)
+    except OverflowError:  # beyond float32's range
+        packed = None
+    kind = "f4"
+    if packed is None or packed.tolist() != values:  # also with a NaN: float64 keeps it
+        packed, kind = array("d", values), "f8"
+    if sys.byteorder != "little":  # written little-endian
+        packed.byteswap()
+    return f'"{kind}:{base64.b64encode(packed.tobytes()).decode()}"'
+
+
+def _unpacked(values: Any) -> list[Any]:
+    if isinstance(values, str):
+        kind, data = values.split(":", 1)
+        packed = array({"f4": "f", "f8": "d"}[kind])
+        packed.frombytes(base64.b64decode(data))
+        if sys.byteorder != "little":
+            packed.byteswap()
+        return packed.tolist()
+    return values
 
 
 def _shallow(value: Any) -> Any:
@@ -324,7 +359,7 @@ class _Reader:
         for name, value in (rec.get("signals") or {}).items():
             self._set(name, step, value)
         for name, (kid, values) in (rec.get("keyed") or {}).items():
-            self._set(name, step, dict(zip(self.keys[int(kid)], values, strict=True)))
+            self._set(name, step, dict(zip(self.keys[int(kid)], _unpacked(values), strict=True)))
         if "same" in rec:
             for name in self.same[int(rec["same"])]:
                 self._set(name, step, _copy(self.last[name]))
