@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 
 from tests.rules._loss_inputs_tl import SUPERVISED_CE
 from traindoctor.rules import get_rule
+from traindoctor.rules._incremental import KthSmallest, SortedWindow
 from traindoctor.testing import make_timeline, run_rule
 from traindoctor.timeline import Timeline
 
@@ -45,7 +47,7 @@ def test_series_since_reads_only_newer_records():
 
 # -- incremental passes give the findings of a fresh pass --------------------------------------
 
-INCREMENTAL = ("TD206", "TD210")
+INCREMENTAL = ("TD108", "TD206", "TD210")
 
 
 def _replay(src: Timeline, code: str, every: int) -> list[dict]:
@@ -83,14 +85,16 @@ def _fresh(src: Timeline, code: str) -> list[dict]:
     return [f.to_dict() for f in run_rule(code, src)]
 
 
-def _supervised(n: int, seed: int, *, spike_at=None, diverge_at=None, jump_at=None, micro=1):
+def _supervised(
+    n: int, seed: int, *, spike_at=None, diverge_at=None, jump_at=None, micro=1, flat=False
+):
     """A long supervised run: a falling, noisy loss (`micro` backward losses a step), the grad
     and weight norms of two layers sampled every 10 steps; optionally a loss spike, a
-    divergence, a gradient jump."""
+    divergence, a gradient jump, a loss that does not fall."""
     rng = random.Random(seed)
     steps: dict[int, dict] = {}
     for s in range(1, n + 1):
-        level = 0.3 + 2.0 * math.exp(-s / (n / 5))
+        level = 2.0 if flat else 0.3 + 2.0 * math.exp(-s / (n / 5))
         if diverge_at and s >= diverge_at:
             level *= 1.02 ** (s - diverge_at)
         losses = [level * (1 + 0.2 * rng.uniform(-1, 1)) for _ in range(micro)]
@@ -114,6 +118,7 @@ LONG = {
     "spike": dict(n=3000, seed=1, spike_at=2200),
     "diverges": dict(n=2000, seed=2, diverge_at=1800),
     "jump": dict(n=2000, seed=3, jump_at=1500, micro=3),
+    "flat": dict(n=2000, seed=5, flat=True, micro=2),
 }
 
 
@@ -127,6 +132,8 @@ def test_incremental_passes_match_a_fresh_pass_on_long_runs(code, case):
         assert fresh, "the long run's planted fault is found"
     if code == "TD206" and case == "jump":
         assert fresh and fresh[0]["step"] == 1500
+    if code == "TD108" and case != "flat":
+        assert not fresh
 
 
 @pytest.mark.parametrize("code", INCREMENTAL)
@@ -137,6 +144,17 @@ def test_incremental_passes_match_a_fresh_pass_on_short_runs(code):
         assert _replay(src, code, every=3) == _fresh(src, code)
 
 
+@pytest.mark.parametrize("per_step", [1, 3])
+def test_a_long_loss_that_does_not_fall_td108(per_step):
+    from tests.rules.test_td108_loss_not_decreasing import _flat
+    from tests.rules.test_td108_loss_not_decreasing import _tl as td108_timeline
+
+    src = td108_timeline(_flat(3000), per_step=per_step)
+    fresh = _fresh(src, "TD108")
+    assert fresh and fresh[0]["severity"] == "warning"
+    assert _replay(src, "TD108", every=613) == fresh
+
+
 def test_a_rewritten_step_sends_the_rule_back_to_a_fresh_state():
     src = _supervised(n=400, seed=4)
     r = get_rule("TD210")
@@ -145,3 +163,25 @@ def test_a_rewritten_step_sends_the_rule_back_to_a_fresh_state():
     src.record(200, "loss.backward", [50.0])  # an earlier step changed
     src.record(200, "loss.train", [50.0])
     assert [f.to_dict() for f in r.run(src.view(r), None, state)] == _fresh(src, "TD210")
+
+
+def test_sorted_window_and_kth_smallest_match_a_sort(monkeypatch):
+    monkeypatch.setattr(SortedWindow, "LOAD", 4)  # many blocks, splits and empty blocks
+    rng = random.Random(0)
+    window, kth, held, seen = SortedWindow(), KthSmallest(), [], []
+    for _ in range(3000):
+        if held and rng.random() < 0.45:
+            x = rng.choice(held)
+            held.remove(x)
+            window.remove(x)
+        else:
+            x = rng.choice([rng.random(), float(rng.randint(0, 5)), -0.0, 0.0])
+            held.append(x)
+            window.add(x)
+            kth.add(x)
+            seen.append(x)
+        if held:
+            assert window.median() == statistics.median(held)
+        k = (len(seen) + 9) // 10
+        assert kth.kth(k) == sorted(seen)[k - 1]
+    assert list(window) == sorted(held)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 import statistics
+from collections.abc import Iterator
 from typing import Any
 
 from ..timeline import TimelineView
@@ -56,32 +56,66 @@ def step_mean(values: Any) -> float | None:
 
 
 class SortedWindow:
-    """A sorted list with exact inverse operations (insert/remove), for medians and order
-    statistics of a window that slides or grows. O(log n) to find, a memmove to insert."""
+    """A sorted multiset with exact inverse operations (add/remove), for medians and order
+    statistics of a window that slides or grows. Kept in sorted blocks of about `LOAD` values
+    (as sortedcontainers does): an insert moves one block, not the whole list, so the cost
+    stays flat up to millions of values."""
+
+    LOAD = 1024
 
     def __init__(self) -> None:
-        self.xs: list[float] = []
+        self._blocks: list[list[float]] = []
+        self._maxes: list[float] = []  # the last (largest) value of each block
+        self._len = 0
 
     def add(self, x: float) -> None:
-        bisect.insort(self.xs, x)
+        if not self._blocks:
+            self._blocks, self._maxes = [[x]], [x]
+        else:
+            i = min(bisect.bisect_left(self._maxes, x), len(self._blocks) - 1)
+            block = self._blocks[i]
+            bisect.insort(block, x)
+            self._maxes[i] = block[-1]
+            if len(block) > 2 * self.LOAD:
+                self._blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
+                self._maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
+        self._len += 1
 
     def remove(self, x: float) -> None:
-        i = bisect.bisect_left(self.xs, x)
-        if i < len(self.xs) and (self.xs[i] == x or (math.isnan(x) and math.isnan(self.xs[i]))):
-            del self.xs[i]
-            return
-        self.xs.remove(x)  # NaN or -0.0 vs 0.0: never expected, exact anyway
+        """Remove one value equal to `x` (it must be held)."""
+        i = bisect.bisect_left(self._maxes, x)
+        block = self._blocks[i] if i < len(self._blocks) else []
+        j = bisect.bisect_left(block, x)
+        if j == len(block) or block[j] != x:
+            raise ValueError(f"{x!r} is not in the window")
+        del block[j]
+        if block:
+            self._maxes[i] = block[-1]
+        else:
+            del self._blocks[i], self._maxes[i]
+        self._len -= 1
+
+    def __getitem__(self, k: int) -> float:
+        """The k-th smallest (0-based)."""
+        for block in self._blocks:
+            if k < len(block):
+                return block[k]
+            k -= len(block)
+        raise IndexError(k)
 
     def median(self) -> float:
         """statistics.median of the values held (same arithmetic)."""
-        xs, n = self.xs, len(self.xs)
+        n = self._len
         if n % 2 == 1:
-            return xs[n // 2]
-        i = n // 2
-        return (xs[i - 1] + xs[i]) / 2
+            return self[n // 2]
+        return (self[n // 2 - 1] + self[n // 2]) / 2
+
+    def __iter__(self) -> Iterator[float]:
+        for block in self._blocks:
+            yield from block
 
     def __len__(self) -> int:
-        return len(self.xs)
+        return self._len
 
 
 class KthSmallest:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._loss_scan import Levels, LossScan
 from .._objective import objective, spearman, too_high_lr
 from .._registry import rule
-from .._util import (
-    loss_source,
-    per_step_mean,
-    train_loss_values,
-)
+from .._util import loss_source
 
 
 @rule(
@@ -38,9 +34,10 @@ from .._util import (
     events=("backward_call", "backward_site", "log_call", "loss_input"),
     facts=("optimizers",),
     priority=60,
+    state=lambda: LossScan(width=fifth),
 )
 def loss_not_decreasing(
-    tl: TimelineView, *, min_steps: int = 50, min_rel_drop: float = 0.05
+    tl: TimelineView, state: LossScan, *, min_steps: int = 50, min_rel_drop: float = 0.05
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -92,25 +89,33 @@ def loss_not_decreasing(
     the first `min_steps` steps; lower `min_rel_drop` for such runs. A supervised dataset read
     in an order sorted by target is judged as moving targets (not judged: a miss, not an alarm).
     """
-    series = per_step_mean(train_loss_values(tl))
-    if len(series) < min_steps:
+    state.read(tl)
+    with state.current() as levels:
+        return list(_judge(tl, state, levels, min_steps=min_steps, min_rel_drop=min_rel_drop))
+
+
+def _judge(
+    tl: TimelineView, state: LossScan, levels: Levels, *, min_steps: int, min_rel_drop: float
+) -> Iterator[Finding]:
+    measured = state.steps_measured()
+    if measured < min_steps:
         return
-    if not all(math.isfinite(v) for _, v in series[-max(5, len(series) // 5) :]):
+    if state.nonfinite_within(max(5, measured // 5)):
         return  # a loss that ends NaN/Inf is TD201/TD202/TD203's, with the op that made it
-    series = [(s, v) for s, v in series if math.isfinite(v)]
-    if len(series) < min_steps:
+    values, steps = levels.values, levels.steps
+    if len(values) < min_steps:
         return
-    values = [v for _, v in series]
-    if len(set(values)) <= 2:
+    if levels.few_values():
         return  # bit-constant: TD107 reports it with its cause
     w = max(5, len(values) // 5)
     # The start is the higher of the first fifth and the first 3 steps: a loss that fell within
     # the first few steps and then held its level has fallen.
-    first = max(statistics.median(values[:w]), statistics.median(values[:3]))
-    last = statistics.median(values[-w:])
+    first = max(levels.head_median(w), statistics.median(values[:3]))
+    last = levels.tail_median(w)
     drop = (first - last) / abs(first) if first else 0.0
-    obj = objective(tl)
-    hot = too_high_lr(tl, values) if obj.falls else None
+    data = state.objective.inputs(tl)
+    obj = objective(tl, data)
+    hot = too_high_lr(tl, values, data=data) if obj.falls else None
     if drop >= min_rel_drop and hot is None:
         return
     ratio = _median_update_ratio(tl)
@@ -157,7 +162,7 @@ def loss_not_decreasing(
         )
     yield tl.finding(
         title=title,
-        step=series[0][0],
+        step=steps[0],
         evidence=evidence,
         where=Where(source=src),
         cause=f"{cause}; judged: {obj.judged}"
@@ -167,6 +172,11 @@ def loss_not_decreasing(
         severity=severity,
         confidence=0.7 if severity is Severity.WARNING else 0.4,
     )
+
+
+def fifth(n: int) -> int:
+    """TD108's windows: a fifth of the run, at least 5 steps."""
+    return max(5, n // 5)
 
 
 def _median_update_ratio(tl: TimelineView) -> float | None:

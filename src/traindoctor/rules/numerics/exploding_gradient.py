@@ -96,7 +96,7 @@ class _LayerScan:
         if self.n >= min_history:
             med = self.ref.median()
             if med > 0 and value >= factor * max(med, self.prev):
-                mad = statistics.median([abs(v - med) for v in self.ref.xs])
+                mad = statistics.median([abs(v - med) for v in self.ref])
                 if value >= med + robust_z * 1.4826 * mad:
                     self.hit = (step, -value / med, layer, med, value, self.lifted, self.prev_step)
                     return None

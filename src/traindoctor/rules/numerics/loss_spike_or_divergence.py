@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._incremental import SortedWindow
+from .._loss_scan import Levels, LossScan, SpikeTests
 from .._objective import MIN_UPDATE, objective
 from .._registry import rule
 from .._util import loss_source
 from ._layers import fmt, layer_series, params_of
-from ._loss_scan import Levels, LossScan, SpikeTests
 
 
 @rule(

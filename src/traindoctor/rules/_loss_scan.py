@@ -1,8 +1,9 @@
-"""TD210's reading of the training loss, kept between passes (rules/_incremental.py).
+"""The training loss as TD108 and TD210 read it, kept between passes (rules/_incremental.py).
 
 A pass folds in the steps settled since the last one: their per-step mean loss, the sorted
-first and last windows (n/10 steps), a k-th-smallest bound on the lowest level, the spike
-candidates (tests that do not depend on the run's length) and the logged/backward scale ratios.
+first and last windows (a fraction of the run: `width`), a k-th-smallest bound on the lowest
+level, TD210's spike candidates (tests that do not depend on the run's length) and the
+logged/backward scale ratios.
 The newest step, which may still be written, is added for the pass and taken out after it, so
 every statistic is the one a fresh pass computes over the whole series.
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...timeline import TimelineView
-from .._incremental import KthSmallest, Reader, SortedWindow, fresh, step_mean
-from .._objective_inputs import ObjectiveScan
+from ..timeline import TimelineView
+from ._incremental import KthSmallest, Reader, SortedWindow, fresh, step_mean
+from ._objective_inputs import ObjectiveScan
 
 
 def _finite_mean(values: Any) -> float | None:
@@ -40,7 +41,8 @@ class SpikeTests:
 class Levels:
     """The judged loss (finite per-step means of one signal) and its running statistics."""
 
-    tests: SpikeTests
+    tests: SpikeTests | None
+    width: Callable[[int], int]  # the first and last windows' length on n steps
     steps: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     prefix: SortedWindow = field(default_factory=SortedWindow)  # values[:len(prefix)]
@@ -48,6 +50,7 @@ class Levels:
     low: KthSmallest = field(default_factory=KthSmallest)
     candidates: list[tuple[int, float]] = field(default_factory=list)  # (index, median before)
     settled: int = 0  # values[:settled] are folded in; the rest are this pass's newest
+    distinct: set[float] = field(default_factory=set)  # up to 3 distinct settled values
 
     def add(self, step: int, v: float) -> None:
         """Fold in a settled step's loss for good."""
@@ -55,9 +58,11 @@ class Levels:
         self.values.append(v)
         self.settled = n = len(self.values)
         self.window.add(v)
-        while len(self.window) > max(3, n // 10):
+        while len(self.window) > self.width(n):
             self.window.remove(self.values[n - len(self.window)])
         self.low.add(v)
+        if len(self.distinct) < 3:
+            self.distinct.add(v)
         cand = self.candidate(n - 1)
         if cand is not None:
             self.candidates.append(cand)
@@ -88,6 +93,10 @@ class Levels:
             for v in added:
                 self.window.remove(v)
 
+    def few_values(self) -> bool:
+        """Two distinct values or fewer (a bit-constant loss)."""
+        return len(self.distinct.union(self.values[self.settled :])) <= 2
+
     def bound(self, k: int) -> float | None:
         """A lower bound of the k-th smallest loss (the k-th smallest settled one, or a newer
         loss below it), None when fewer than k are settled."""
@@ -105,10 +114,11 @@ class Levels:
         """Index `i` passes the spike tests that do not depend on the run's length: `factor`
         times the median of the 10 steps before, `robust_z` MADs and `stand_out` times their
         upper quartile above it."""
-        if i < 10:
+        if i < 10 or self.tests is None:
             return None
         window = self.values[i - 10 : i]
         v, t = self.values[i], self.tests
+        assert t is not None
         ordered = sorted(window)
         med = (ordered[4] + ordered[5]) / 2  # statistics.median of 10
         if not (med > 0 and v >= t.spike_factor * med):
@@ -121,17 +131,25 @@ class Levels:
         return None
 
 
-class LossScan:
-    """What TD210 keeps between passes: the per-step loss means of both loss signals (settled
-    steps), the judged loss's Levels, and the logged/backward scale ratios."""
+def tenth(n: int) -> int:
+    """TD210's windows: a tenth of the run, at least 3 steps."""
+    return max(3, n // 10)
 
-    def __init__(self) -> None:
+
+class LossScan:
+    """What TD108 and TD210 keep between passes: the per-step loss means of both loss signals
+    (settled steps), the judged loss's Levels, and the logged/backward scale ratios."""
+
+    def __init__(self, width: Callable[[int], int] = tenth) -> None:
+        self.width = width
         self.train, self.back = Reader("loss.train"), Reader("loss.backward")
         self.readers = (self.train, self.back)
         self.logged: list[tuple[int, float | None, float | None]] = []  # step, mean, finite mean
         self.backs: list[tuple[int, float | None, float | None]] = []
         self.pending: dict[str, list[tuple[int, float | None, float | None]]] = {}
         self.levels: Levels | None = None
+        self.full = 0  # settled steps of the judged loss, non-finite ones included
+        self.nonfinite_at = -1  # the index among them of the last non-finite one
         self.source: str | None = None
         self.fed = 0  # settled steps of the judged signal folded into `levels`
         self.ratios = SortedWindow()
@@ -142,9 +160,9 @@ class LossScan:
         self.objective = ObjectiveScan()  # what objective() reads, parsed once a record
         self.logged_finite = False  # a settled log has a finite loss
 
-    def read(self, tl: TimelineView, tests: SpikeTests) -> None:
+    def read(self, tl: TimelineView, tests: SpikeTests | None = None) -> None:
         if not fresh(self, tl):
-            self.__init__()  # an earlier step was rewritten: read everything again
+            self.__init__(self.width)  # an earlier step was rewritten: read everything again
         for name, reader, settled_list in (
             ("train", self.train, self.logged),
             ("back", self.back, self.backs),
@@ -158,11 +176,17 @@ class LossScan:
         source = "train" if self.logged or self.pending["train"] else "back"
         if source != self.source or self.levels is None:
             # the logged loss, once there is one, is judged (as train_loss_values)
-            self.source, self.levels, self.fed = source, Levels(tests), 0
+            self.source, self.levels, self.fed = source, Levels(tests, self.width), 0
+            self.full, self.nonfinite_at = 0, -1
         judged = self.logged if source == "train" else self.backs
         for s, m, _ in judged[self.fed :]:
-            if m is not None and math.isfinite(m):
+            if m is None:
+                continue  # a step without a loss value is no step of the series
+            if math.isfinite(m):
                 self.levels.add(s, m)
+            else:
+                self.nonfinite_at = self.full
+            self.full += 1
         self.fed = len(judged)
         if self.first_back is None:
             self.first_back = next(
@@ -189,6 +213,22 @@ class LossScan:
                 self.fin_backs += 1
             if covered and statistics.fmean(covered) > 0:
                 self.ratios.add(v / statistics.fmean(covered))
+
+    def _newest(self) -> list[float]:
+        """The newest step's mean loss of the judged signal (none or one value)."""
+        pending = self.pending["train" if self.source == "train" else "back"]
+        return [m for _, m, _ in pending if m is not None]
+
+    def steps_measured(self) -> int:
+        """Steps of the judged loss, non-finite ones included."""
+        return self.full + len(self._newest())
+
+    def nonfinite_within(self, last: int) -> bool:
+        """A non-finite mean loss among the last `last` steps of the judged loss."""
+        newest = self._newest()
+        if last > 0 and any(not math.isfinite(m) for m in newest[-last:]):
+            return True
+        return last > len(newest) and self.nonfinite_at >= self.full - (last - len(newest))
 
     @contextmanager
     def current(self) -> Iterator[Levels]:
