@@ -146,6 +146,9 @@ class InitProbe(Probe):
         self._final_done = False
         self._seen_modules: set[str] = set()
         self._rec: Recorder | None = None
+        # (step, module, std in, std out) measured this step, deferred together at its end:
+        # two read-back entries per step instead of two per module.
+        self._stds: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []
         # Before attach (zero-code mode): the first forward's measurements, and its hooks.
         self._early_handle: Any = None
         self._early_modules: dict[int, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = {}
@@ -248,12 +251,28 @@ class InitProbe(Probe):
             if s_in is None or s_out is None:
                 return
             self._seen_modules.add(qual)
-            assert self.ctx is not None and self._rec is not None
-            step = self.ctx.state.step
-            self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
-            self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
+            assert self.ctx is not None
+            self._stds.append((self.ctx.state.step, qual, s_in, s_out))
 
         return hook
+
+    def _flush(self) -> None:
+        stds, self._stds = self._stds, []
+        if not stds or self._rec is None:
+            return
+        groups: dict[tuple[int, torch.device], list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+        for step, qual, s_in, s_out in stds:
+            key = (step, s_out.device if s_in.device == s_out.device else torch.device("meta"))
+            groups.setdefault(key, []).append((qual, s_in, s_out))
+        for (step, device), rows in groups.items():
+            if device.type == "meta":  # input and output on different devices: one by one
+                for qual, s_in, s_out in rows:
+                    self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
+                    self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
+                continue
+            quals = [q for q, _, _ in rows]
+            self._rec.defer(step, INIT_IN_STD, torch.stack([i for _, i, _ in rows]), keys=quals)
+            self._rec.defer(step, INIT_OUT_STD, torch.stack([o for _, _, o in rows]), keys=quals)
 
     def _on_cross_entropy(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
         if self.ctx is None or self._rec is None or not self._active():
@@ -306,11 +325,13 @@ class InitProbe(Probe):
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         assert self.ctx is not None
+        self._flush()
         if step >= self.ctx.budget.structural_steps:
             self.detach()
             self.retired = True
 
     def detach(self) -> None:
+        self._flush()  # a run closed inside a step (read back after detach)
         super().detach()
         self._stop_early()
         self._early_modules, self._early_ce = {}, []
