@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..timeline import TimelineView
-from ._objective_inputs import Inputs, ObjectiveScan, move_of
+from ._objective_inputs import Inputs, ObjectiveScan, Targets, move_of
 
 CLASS_FNS = ("cross_entropy", "nll_loss")
 # Observed steps of a site's targets needed to call them stationary or moving: batches of one
@@ -69,7 +69,7 @@ def objective(tl: TimelineView, data: Inputs | None = None) -> Objective:
     for site, event in sorted(sites.items()):
         fn = event.get("fn")
         if fn in CLASS_FNS and not event.get("target_float"):
-            own = _own_class(event, stats.get(site, []), labels.get(site, []))
+            own = _own_class(event, data.targets.get(site) or Targets())
             if own:
                 return Objective(None, "contrastive", f"{fn} at {_src(event)}: {own}")
             moved = _labels_moved(labels.get(site, []))
@@ -138,9 +138,7 @@ def _training_sites(tl: TimelineView, data: Inputs) -> dict[int, dict[str, Any]]
     }
 
 
-def _own_class(
-    event: dict[str, Any], stats: list[tuple[int, dict[str, float]]], hists: list[dict[int, float]]
-) -> str | None:
+def _own_class(event: dict[str, Any], targets: Targets) -> str | None:
     """Instance discrimination: every sample of the batch is its own class (targets are the
     row indices, the logits a batch-by-batch similarity), or every target is one column
     (the positive placed first, as in MoCo)."""
@@ -148,9 +146,8 @@ def _own_class(
     shape = event.get("input_shape") or []
     if not classes or classes < 2 or len(shape) != 2:
         return None
-    mins = [d["t_min"] for _, d in stats if "t_min" in d]
-    maxs = [d["t_max"] for _, d in stats if "t_max" in d]
-    if len(mins) >= 2 and set(mins) == {0.0} and set(maxs) == {0.0}:
+    t = targets  # counts and distinct values of the site's t_min/t_max and label histograms
+    if t.n_mins >= 2 and t.mins == {0.0} and t.maxs == {0.0}:
         return (
             f"every target is class 0 of {classes} on every observed step: the logits are "
             "scores against the model's own embeddings with the positive first (a contrastive "
@@ -158,13 +155,9 @@ def _own_class(
         )
     if shape[0] != classes:
         return None
-    uniform = bool(hists) and all(
-        len(h) == classes and len({round(c, 6) for c in h.values()}) == 1 and min(h.values()) > 0
-        for h in hists
-    )
-    ranged = (
-        len(mins) >= 2 and set(mins) == {0.0} and set(maxs) == {float(classes - 1)} and not hists
-    )
+    # every histogram has every class, each with the same positive count
+    uniform = t.n_hists > 0 and set(t.kinds) == {(classes, True)}
+    ranged = t.n_mins >= 2 and t.mins == {0.0} and t.maxs == {float(classes - 1)} and not t.n_hists
     if uniform or ranged:
         return (
             f"the {classes} classes are the {classes} samples of the batch, each its own class "

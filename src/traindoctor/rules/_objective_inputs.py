@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..timeline import TimelineView
@@ -34,9 +34,44 @@ class Inputs:
     labels: Labels  # site -> [{class: count}]
     totals: dict[str, float]  # "site.class" -> count over the run
     moves: list[float]  # updates_to_initial()
+    targets: dict[int, Targets]  # site -> what _own_class reads of its targets
     #: share(sites, per_target): (sum of the sites' standard losses) / (the training loss),
     #: median over the observed steps, None under 3 steps (or per target, none summed)
     share: Callable[[tuple[int, ...], bool], float | None]
+
+
+@dataclass
+class Targets:
+    """A site's targets as _own_class reads them, kept as the records come: how many steps
+    had a t_min, the distinct t_min and t_max values (two are enough to tell "not one value"),
+    and the kinds of label histograms ((classes seen, every count equal and positive): count)."""
+
+    n_mins: int = 0
+    mins: set[float] = field(default_factory=set)
+    maxs: set[float] = field(default_factory=set)
+    n_hists: int = 0
+    kinds: dict[tuple[int, bool], int] = field(default_factory=dict)
+
+    def add_stats(self, d: dict[str, float]) -> None:
+        if "t_min" in d:
+            self.n_mins += 1
+            _add_capped(self.mins, d["t_min"])
+        if "t_max" in d:
+            _add_capped(self.maxs, d["t_max"])
+
+    def add_hist(self, h: dict[int, float]) -> None:
+        self.n_hists += 1
+        even = bool(h) and len({round(c, 6) for c in h.values()}) == 1 and min(h.values()) > 0
+        kind = (len(h), even)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def copy(self) -> Targets:
+        return Targets(self.n_mins, set(self.mins), set(self.maxs), self.n_hists, dict(self.kinds))
+
+
+def _add_capped(values: set[float], v: float) -> None:
+    if len(values) < 2:
+        values.add(v)
 
 
 def parse_stats(values: dict[str, Any]) -> dict[int, dict[str, float]]:
@@ -95,6 +130,7 @@ class ObjectiveScan:
         self.logged = False  # the training loss is the logged one (train_loss_values)
         self.roots: dict[int, float | None] = {}  # settled training loss at the stats' steps
         self.by_step: list[tuple[int, dict[int, dict[str, float]]]] = []  # settled stats
+        self.targets: dict[int, Targets] = {}
         self.shares: dict[tuple[tuple[int, ...], bool], _Share] = {}
 
     def inputs(self, tl: TimelineView) -> Inputs:
@@ -123,10 +159,12 @@ class ObjectiveScan:
             self.by_step.append((s, parsed))
             for site, d in parsed.items():
                 self.stats.setdefault(site, []).append((s, d))
+                self.targets.setdefault(site, Targets()).add_stats(d)
         lab, lab_new = self.label.read(tl)
         for _, values in lab:
             for site, hist in parse_labels(values).items():
                 self.labels.setdefault(site, []).append(hist)
+                self.targets.setdefault(site, Targets()).add_hist(hist)
             for key, v in (values or {}).items():
                 self.totals[key] = self.totals.get(key, 0.0) + float(v)
         self._read_losses(tl)
@@ -169,16 +207,20 @@ class ObjectiveScan:
             any_observed = True
             if not set(sites or ()) <= observed:
                 observed = observed | set(sites or ())
-        stats = self.stats
+        stats, targets = self.stats, self.targets
         for s, values in st_new:
-            stats = dict(stats)
+            stats, targets = dict(stats), dict(targets)
             for site, d in parse_stats(values).items():
                 stats[site] = [*stats.get(site, []), (s, d)]
+                targets[site] = targets[site].copy() if site in targets else Targets()
+                targets[site].add_stats(d)
         labels, totals = self.labels, self.totals
         for _, values in lab_new:
-            labels, totals = dict(labels), dict(totals)
+            labels, totals, targets = dict(labels), dict(totals), dict(targets)
             for site, hist in parse_labels(values).items():
                 labels[site] = [*labels.get(site, []), hist]
+                targets[site] = targets[site].copy() if site in targets else Targets()
+                targets[site].add_hist(hist)
             for key, v in (values or {}).items():
                 totals[key] = totals.get(key, 0.0) + float(v)
         newest = [(s, parse_stats(values)) for s, values in st_new]
@@ -186,7 +228,7 @@ class ObjectiveScan:
         def share(sites: tuple[int, ...], per_target: bool) -> float | None:
             return self._share(tl, sites, per_target, newest)
 
-        return Inputs(stepped, observed, any_observed, stats, labels, totals, moves, share)
+        return Inputs(stepped, observed, any_observed, stats, labels, totals, moves, targets, share)
 
     def _share(
         self,
