@@ -171,6 +171,7 @@ def test_a_directory_it_cannot_write_is_reported_as_before(tmp_path):
     report = doc.close()
     assert report.write_error and "could not write the run directory" in report.write_error
     assert not doc.guard.errors, "a write failure is not an internal error"
+    assert doc.timeline.stream.broken and doc.timeline.take_changes() == set()
 
 
 def test_streaming_leaves_training_bit_identical(tmp_path):

@@ -186,14 +186,17 @@ class Timeline:
         return TimelineView(self, rule, strict=strict)
 
     # -- persistence ------------------------------------------------------------------------
-    def track_changes(self) -> None:
+    def track_changes(self, on: bool = True) -> None:
         """From now on, remember which (signal, step) values are written (for the stream);
-        everything already held counts as written."""
-        self._changes = {(n, s) for n, d in self._signals.items() for s in d}
+        everything already held counts as written. `on=False`: stop (nothing takes them)."""
+        self._changes = {(n, s) for n, d in self._signals.items() for s in d} if on else None
 
     def take_changes(self) -> set[tuple[str, int]]:
         """The (signal, step) values written since the last call, forgotten here."""
-        changes, self._changes = self._changes or set(), set()
+        changes = self._changes
+        if changes is None:
+            return set()
+        self._changes = set()
         return changes
 
     def events_from(self, index: int) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ keys by a key list declared once. The reader skips a truncated last line (a kill
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 from array import array
@@ -108,9 +109,9 @@ class TimelineWriter:
             self._new_event_lines(lines)
             self._write(lines)
         except OSError as err:  # disk full, permissions: close() writes the file whole
-            self.broken = f"{type(err).__name__}: {err}"
+            self._stop(err)
         except BaseException as err:
-            self.broken = f"{type(err).__name__}: {err}"
+            self._stop(err)
             raise
 
     def finish(self) -> None:
@@ -127,11 +128,19 @@ class TimelineWriter:
             self._write(lines)
             self._fh.close()
             self.finished = True
+            self.timeline.track_changes(False)
         except OSError as err:
-            self.broken = f"{type(err).__name__}: {err}"
+            self._stop(err)
         except BaseException as err:
-            self.broken = f"{type(err).__name__}: {err}"
+            self._stop(err)
             raise
+
+    def _stop(self, err: BaseException) -> None:
+        self.broken = f"{type(err).__name__}: {err}"
+        self.timeline.track_changes(False)  # nothing will take them: no growing set
+        if self._fh is not None:
+            with contextlib.suppress(Exception):
+                self._fh.close()
 
     def _write(self, lines: list[str]) -> None:
         if self._fh is None:
