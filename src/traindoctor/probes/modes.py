@@ -253,12 +253,16 @@ class ModesProbe(Probe):
     def scan_inference(self, step: int, rec: Recorder, when: str) -> None:
         ctx = self.ctx
         assert ctx is not None
-        params = [
-            f"{prefix}{n}"
-            for prefix, model in ctx.models.items()
-            for n, p in model.named_parameters()
-            if p.is_inference()
-        ]
+        if len(ctx.models) == 1 and when == "sampled step":
+            # The step's shared walk, fresh when a step opens: the same names, in order.
+            params = [n for n, p in ctx.named_params() if p.is_inference()]
+        else:
+            params = [
+                f"{prefix}{n}"
+                for prefix, model in ctx.models.items()
+                for n, p in model.named_parameters()
+                if p.is_inference()
+            ]
         buffers = [
             f"{prefix}{n}"
             for prefix, model in ctx.models.items()
@@ -407,13 +411,16 @@ class FrozenModesProbe(Probe):
         frozen: dict[str, torch.nn.Module] = {}
         inside: dict[str, list[tuple[str, torch.nn.Module]]] = {}
         trainable = False
+        # (has params, has a trainable one) of each module's subtree, bottom-up: one pass
+        # instead of m.parameters() re-walking every module's subtree (quadratic in depth).
+        held: dict[int, tuple[bool, bool]] = {}
         for prefix, model in self.ctx.models.items():
             root = prefix.rstrip(".") or "<model>"
             for name, m in model.named_modules():
-                params = list(m.parameters())
-                trainable = trainable or any(p.requires_grad for p in params)
+                has, trains = _subtree_params(m, held)
+                trainable = trainable or trains
                 qualified = f"{prefix}{name}" if name else root
-                if not params or any(p.requires_grad for p in params):
+                if not has or trains:
                     continue
                 if any(qualified.startswith(f"{f}.") for f in frozen) or (root in frozen and name):
                     continue  # inside a frozen module already listed
@@ -494,6 +501,24 @@ class FrozenModesProbe(Probe):
         super().detach()
         self._hooked.clear()
         self._snap.clear()
+
+
+def _subtree_params(m: torch.nn.Module, memo: dict[int, tuple[bool, bool]]) -> tuple[bool, bool]:
+    """Whether `m.parameters()` is non-empty, and whether one of them requires grad."""
+    known = memo.get(id(m))
+    if known is not None:
+        return known
+    has = trains = False
+    for p in m._parameters.values():
+        if p is not None:
+            has = True
+            trains = trains or p.requires_grad
+    for child in m._modules.values():
+        if child is not None and not (has and trains):
+            c_has, c_trains = _subtree_params(child, memo)
+            has, trains = has or c_has, trains or c_trains
+    memo[id(m)] = (has, trains)
+    return has, trains
 
 
 def _has_stats(m: torch.nn.Module) -> bool:
