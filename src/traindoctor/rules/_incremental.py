@@ -12,7 +12,7 @@ signal's newest step (Timeline.rewrites) sends the rule back to a fresh state.
 from __future__ import annotations
 
 import bisect
-import heapq
+import math
 import statistics
 from collections.abc import Iterator
 from typing import Any
@@ -118,24 +118,34 @@ class SortedWindow:
         return self._len
 
 
-class KthSmallest:
-    """The k-th smallest of a growing multiset, k non-decreasing: two heaps, O(log n) a value."""
+class LowerBound:
+    """A lower bound of the k-th smallest of a growing multiset, in bounded memory: counts per
+    1% band of positive values (all values <= 0 in one band, bounded by -inf). The bound is
+    the lower edge of the band holding the k-th smallest: at most 1% below it. For a test that
+    only needs to rule a statistic out before computing it exactly."""
+
+    STEP = math.log(1.01)
 
     def __init__(self) -> None:
-        self.low: list[float] = []  # the k smallest, negated (a max-heap)
-        self.high: list[float] = []
+        self.counts: dict[int | None, int] = {}
+        self.n = 0
 
     def add(self, x: float) -> None:
-        if self.low and x < -self.low[0]:
-            heapq.heappush(self.low, -x)
-        else:
-            heapq.heappush(self.high, x)
+        # values <= 0 (or not finite: never fed) in the band below all: bound -inf
+        band = math.floor(math.log(x) / self.STEP) if x > 0 and math.isfinite(x) else None
+        self.counts[band] = self.counts.get(band, 0) + 1
+        self.n += 1
 
     def kth(self, k: int) -> float | None:
-        """The k-th smallest (1-based), None with fewer than k values."""
-        while len(self.low) > k:
-            heapq.heappush(self.high, -heapq.heappop(self.low))
-        while len(self.low) < k and self.high:
-            heapq.heappush(self.low, -heapq.heappop(self.high))
-        # Every value of `low` stays <= every value of `high` (add() and the moves keep it).
-        return -self.low[0] if k > 0 and len(self.low) == k else None
+        """A value <= the k-th smallest (1-based), None with fewer than k values."""
+        if k <= 0 or k > self.n:
+            return None
+        seen = self.counts.get(None, 0)
+        if seen >= k:
+            return -math.inf
+        for band in sorted(b for b in self.counts if b is not None):
+            seen += self.counts[band]
+            if seen >= k:
+                # exp() of the band's edge, less a margin for its rounding
+                return math.exp(band * self.STEP) * (1 - 1e-9)
+        return None  # not reached: the counts add up to n

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import statistics
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..timeline import TimelineView
-from ._incremental import KthSmallest, Reader, SortedWindow, fresh, step_mean
+from ._incremental import LowerBound, Reader, SortedWindow, fresh, step_mean
 from ._objective_inputs import ObjectiveScan
 
 
@@ -43,11 +44,12 @@ class Levels:
 
     tests: SpikeTests | None
     width: Callable[[int], int]  # the first and last windows' length on n steps
-    steps: list[int] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    # compact (8 bytes a step each): these grow with the run
+    steps: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
     prefix: SortedWindow = field(default_factory=SortedWindow)  # values[:len(prefix)]
     window: SortedWindow = field(default_factory=SortedWindow)  # values[-len(window):]
-    low: KthSmallest = field(default_factory=KthSmallest)
+    low: LowerBound = field(default_factory=LowerBound)
     candidates: list[tuple[int, float]] = field(default_factory=list)  # (index, median before)
     settled: int = 0  # values[:settled] are folded in; the rest are this pass's newest
     distinct: set[float] = field(default_factory=set)  # up to 3 distinct settled values
@@ -79,8 +81,10 @@ class Levels:
         """statistics.median(values[-w:]): the kept window moved to the end for the pass."""
         n, start = len(self.values), self.settled - len(self.window)
         a = max(0, n - w)
-        added = self.values[self.settled : n] + (self.values[a:start] if a < start else [])
-        removed = self.values[start:a] if a > start else []
+        added = list(self.values[self.settled : n]) + list(
+            self.values[a:start] if a < start else []
+        )
+        removed = list(self.values[start:a]) if a > start else []
         for v in added:
             self.window.add(v)
         for v in removed:
@@ -100,7 +104,7 @@ class Levels:
     def bound(self, k: int) -> float | None:
         """A lower bound of the k-th smallest loss (the k-th smallest settled one, or a newer
         loss below it), None when fewer than k are settled."""
-        kth = self.low.kth(k)
+        kth = self.low.kth(k)  # within 1% below the k-th smallest: still a lower bound
         if kth is None:
             return None
         return min([kth, *self.values[self.settled :]])
@@ -131,6 +135,39 @@ class Levels:
         return None
 
 
+class StepMeans:
+    """One loss signal's settled steps: (step, mean of its values, mean of its finite values or
+    None), 24 bytes a step. A step whose list is empty is no step of either mean."""
+
+    def __init__(self) -> None:
+        self.steps, self.means, self.finite = array("q"), array("d"), array("d")  # NaN: None
+
+    def append(self, step: int, values: Any) -> None:
+        mean = step_mean(values)
+        if mean is None:
+            return
+        fin = _finite_mean(values)
+        self.steps.append(step)
+        self.means.append(mean)
+        self.finite.append(math.nan if fin is None else fin)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> tuple[int, float, float | None]:
+        fin = self.finite[i]
+        return self.steps[i], self.means[i], None if math.isnan(fin) else fin
+
+    def since(self, i: int) -> list[tuple[int, float, float | None]]:
+        return [self[j] for j in range(i, len(self))]
+
+
+def _means(step: int, values: Any) -> list[tuple[int, float, float | None]]:
+    """A newest step as StepMeans holds one (none for an empty list)."""
+    mean = step_mean(values)
+    return [] if mean is None else [(step, mean, _finite_mean(values))]
+
+
 def tenth(n: int) -> int:
     """TD210's windows: a tenth of the run, at least 3 steps."""
     return max(3, n // 10)
@@ -144,9 +181,9 @@ class LossScan:
         self.width = width
         self.train, self.back = Reader("loss.train"), Reader("loss.backward")
         self.readers = (self.train, self.back)
-        self.logged: list[tuple[int, float | None, float | None]] = []  # step, mean, finite mean
-        self.backs: list[tuple[int, float | None, float | None]] = []
-        self.pending: dict[str, list[tuple[int, float | None, float | None]]] = {}
+        self.logged, self.backs = StepMeans(), StepMeans()
+        self.pending: dict[str, list[tuple[int, float, float | None]]] = {}
+        self.train_seen = False  # loss.train has a record (even an empty one): it is judged
         self.levels: Levels | None = None
         self.full = 0  # settled steps of the judged loss, non-finite ones included
         self.nonfinite_at = -1  # the index among them of the last non-finite one
@@ -168,20 +205,22 @@ class LossScan:
             ("back", self.back, self.backs),
         ):
             settled, pending = reader.read(tl)
-            new = [(s, step_mean(v), _finite_mean(v)) for s, v in settled]
-            settled_list.extend(new)
-            if name == "train" and any(f is not None for _, _, f in new):
-                self.logged_finite = True
-            self.pending[name] = [(s, step_mean(v), _finite_mean(v)) for s, v in pending]
-        source = "train" if self.logged or self.pending["train"] else "back"
+            start = len(settled_list)
+            for s, v in settled:
+                settled_list.append(s, v)
+            if name == "train":
+                self.train_seen = self.train_seen or bool(settled or pending)
+                self.logged_finite = self.logged_finite or any(
+                    f is not None for _, _, f in settled_list.since(start)
+                )
+            self.pending[name] = [m for s, v in pending for m in _means(s, v)]
+        source = "train" if self.train_seen else "back"
         if source != self.source or self.levels is None:
             # the logged loss, once there is one, is judged (as train_loss_values)
             self.source, self.levels, self.fed = source, Levels(tests, self.width), 0
             self.full, self.nonfinite_at = 0, -1
         judged = self.logged if source == "train" else self.backs
-        for s, m, _ in judged[self.fed :]:
-            if m is None:
-                continue  # a step without a loss value is no step of the series
+        for s, m, _ in judged.since(self.fed):
             if math.isfinite(m):
                 self.levels.add(s, m)
             else:
@@ -190,7 +229,7 @@ class LossScan:
         self.fed = len(judged)
         if self.first_back is None:
             self.first_back = next(
-                ((s, f) for s, _, f in self.backs[self.backs_scanned :] if f is not None), None
+                ((s, f) for s, _, f in self.backs.since(self.backs_scanned) if f is not None), None
             )
             self.backs_scanned = len(self.backs)
         self._fold_ratios()
@@ -270,12 +309,12 @@ class LossScan:
         # the logs not folded yet (their backward losses not all settled), and the newest ones
         rest_logged = [
             (s, f)
-            for s, _, f in self.logged[self.fin_logged :] + self.pending["train"]
+            for s, _, f in self.logged.since(self.fin_logged) + self.pending["train"]
             if f is not None
         ]
         rest_backs = [
             (s, f)
-            for s, _, f in self.backs[self.fin_backs :] + self.pending["back"]
+            for s, _, f in self.backs.since(self.fin_backs) + self.pending["back"]
             if f is not None
         ]
         added, j = [], 0
