@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -97,6 +98,9 @@ class Doctor:
         self.console = console
         self.out_dir = Path(out_dir)
         self.run_id = run_id or _new_run_id(script)
+        # Where the timeline streams: a relative out_dir belongs where the run started (a
+        # script may chdir before attach; `traindoctor run` writes the report there too).
+        self._stream_path = Path(os.path.abspath(self.out_dir / self.run_id / "timeline.jsonl"))
         if rules is None:
             # [tool.traindoctor] applies wherever a Doctor picks its own rules (the framework
             # callbacks), as it does for watch() and `traindoctor run`, which pass theirs.
@@ -156,8 +160,7 @@ class Doctor:
         self._clock.mark_attached()
         if self.timeline.stream is None:
             # The timeline goes to disk as the run goes: a killed run keeps what it recorded.
-            path = self.out_dir / self.run_id / "timeline.jsonl"
-            self.timeline.stream = TimelineWriter(self.timeline, path)
+            self.timeline.stream = TimelineWriter(self.timeline, self._stream_path)
         self.guard.call("compile watch", compile_watch.attach, self.models)
         self._steps.note_compiled()
         self.timeline.facts["models"] = {

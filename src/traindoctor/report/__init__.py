@@ -73,9 +73,11 @@ def write_run(report: Report) -> None:
     if timeline is not None:
         path = run_dir / "timeline.jsonl"
         stream = timeline.stream
-        if stream is not None and stream.path == path:
+        if stream is not None:
             stream.finish()  # streamed as the run went: completed, not written again
-        if stream is None or stream.path != path or not stream.finished:
+        if stream is None or not stream.finished or stream.path != Path(os.path.abspath(path)):
+            # Not streamed, the stream failed, or the report goes elsewhere (a td.watch script
+            # that changed directory since: the report goes where close() runs, as before).
             atomic_write(path, (line + "\n" for line in timeline.to_jsonl_lines()))
     write_visual(report)
 
