@@ -10,6 +10,8 @@ import statistics
 import pytest
 
 from tests.rules._loss_inputs_tl import SUPERVISED_CE
+from traindoctor._guard import Guard
+from traindoctor.diagnosis import diagnose
 from traindoctor.rules import get_rule
 from traindoctor.rules._incremental import LowerBound, SortedWindow
 from traindoctor.testing import make_timeline, run_rule
@@ -187,3 +189,48 @@ def test_sorted_window_and_lower_bound_against_a_sort(monkeypatch):
         bound = low.kth(k)
         assert bound <= exact and (exact <= 0 or bound >= exact / 1.0101)
     assert list(window) == sorted(held)
+
+
+def test_diagnose_goes_on_from_the_kept_states():
+    """The live Doctor's passes (diagnosis.diagnose on one growing timeline) end with a fresh
+    pass's findings, for the incremental rules and the others alike."""
+    src = _supervised(n=1500, seed=6, spike_at=1200)
+    rules = [get_rule(c) for c in ("TD107", "TD108", "TD206", "TD210")]
+    expected = [f.to_dict() for f in diagnose(src, rules, Guard())]
+    assert any(f["code"] == "TD210" for f in expected)
+    tl = Timeline()
+    tl.facts = dict(src.facts)
+    for e in src.events():
+        e = dict(e)
+        tl.event(e.pop("step"), e.pop("kind"), **e)
+    guard = Guard()
+    for step, signals in src.steps().items():
+        for name, value in signals.items():
+            tl.record(step, name, value)
+        tl.last_step = step
+        if step % 250 == 0:
+            diagnose(tl, rules, guard)
+    assert [f.to_dict() for f in diagnose(tl, rules, guard)] == expected
+    assert not guard.errors
+
+
+def test_a_pass_that_raises_is_recorded_and_the_next_starts_afresh(monkeypatch):
+    from traindoctor.rules import _loss_scan
+
+    src = _supervised(n=600, seed=7, spike_at=500)
+    rules = [get_rule("TD210")]
+    expected = [f.to_dict() for f in diagnose(src, rules, Guard())]
+    tl = _supervised(n=600, seed=7, spike_at=500)
+    diagnose(tl, rules, Guard())  # a state kept for this timeline
+    read = _loss_scan.LossScan.read
+
+    def broken(self, *args, **kwargs):
+        read(self, *args, **kwargs)  # half updated, then fails
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_loss_scan.LossScan, "read", broken)
+    guard = Guard()
+    assert diagnose(tl, rules, guard) == []
+    assert [e.to_dict()["where"] for e in guard.errors] == ["rule TD210"]
+    monkeypatch.setattr(_loss_scan.LossScan, "read", read)
+    assert [f.to_dict() for f in diagnose(tl, rules, Guard())] == expected

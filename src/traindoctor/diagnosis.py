@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -82,12 +83,18 @@ def diagnose(
 def _run(r: Rule, timeline: Timeline, guard: Guard) -> list[Finding] | None:
     if r.state is None:
         return guard.call(f"rule {r.code}", r.run, timeline.view(r))
+    key = (r.code, repr(r.settings))  # options may be unhashable
+    found = guard.call(f"rule {r.code}", _incremental_pass, r, timeline, key)
+    if found is None:
+        # a pass that raised may have left its state half updated: the next one starts afresh
+        with contextlib.suppress(TypeError):
+            _STATES.get(timeline, {}).pop(key, None)
+    return found
+
+
+def _incremental_pass(r: Rule, timeline: Timeline, key: tuple[str, str]) -> list[Finding]:
     states = _STATES.setdefault(timeline, {})
-    key = (r.code, r.settings)
     state = states.get(key)
     if state is None:
-        state = states[key] = r.state()
-    found = guard.call(f"rule {r.code}", r.run, timeline.view(r), None, state)
-    if found is None:
-        states.pop(key, None)  # a pass that raised may have left its state half updated
-    return found
+        state = states[key] = r.state() if r.state is not None else None
+    return r.run(timeline.view(r), None, state)
