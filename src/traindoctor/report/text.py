@@ -89,8 +89,8 @@ def outcome_text(report: Report) -> str | None:
             note = f"the run was ended by --max-steps {done}"
     elif ended == "killed":
         note = (
-            f"the run never closed: it was killed (SIGKILL, out of memory) {done}; "
-            "the report is re-diagnosed from the timeline it had written"
+            "the run never closed (killed: SIGKILL, out of memory; or still running): "
+            f"re-diagnosed from the timeline it had written, {done}"
         )
     if out.get("observed") is False:
         seen = (
