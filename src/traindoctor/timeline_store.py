@@ -290,35 +290,45 @@ class Loaded:
 
 
 def read_timeline(path: Path) -> Loaded:
-    """Both formats. A last line cut short (a kill mid-write) is skipped with a note; a bad
-    line anywhere else is an error (ValueError)."""
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    """Both formats, line by line (a long run's file is not held whole). A last line cut
+    short (a kill mid-write) is skipped with a note; a bad line anywhere else is an error
+    (ValueError)."""
     out = Loaded()
     reader = _Reader(out)
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
+    pending: tuple[int, str] | None = None  # a line is known to be the last only at the end
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if pending is not None:
+                reader.read(_record(path, *pending))
+            pending = (lineno, line)
+    if pending is not None:
         try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if index == last and out.streamed:  # format 1 is written whole: never cut short
-                out.notes.append(
-                    f"{path}:{index + 1}: the last line is cut short (the run was killed "
-                    "while writing it); it was skipped"
-                )
-                break
-            msg = getattr(exc, "msg", str(exc))
-            raise ValueError(f"{path}:{index + 1}: not a timeline record ({msg})") from None
-        reader.read(rec)
+            reader.read(_record(path, *pending))
+        except ValueError:
+            if not out.streamed:  # format 1 is written whole: never cut short
+                raise
+            out.notes.append(
+                f"{path}:{pending[0]}: the last line is cut short (the run was killed "
+                "while writing it); it was skipped"
+            )
     if out.streamed and not reader.saw_end:
         out.ended = False
     for name, data in out.signals.items():
         out.signals[name] = dict(sorted(data.items()))
     return out
+
+
+def _record(path: Path, lineno: int, line: str) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except ValueError as exc:
+        msg = getattr(exc, "msg", str(exc))
+        raise ValueError(f"{path}:{lineno}: not a timeline record ({msg})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}:{lineno}: not a timeline record (not a JSON object)")
+    return rec
 
 
 class _Reader:
