@@ -404,6 +404,9 @@ class _Reader:
 def _copy(value: Any) -> Any:
     # Each step gets its own container, as in memory: a reader that mutates one step's value
     # must not change the others.
-    if isinstance(value, dict | list):
-        return json.loads(json.dumps(value))
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy(v) for v in value]
     return value
