@@ -164,14 +164,21 @@ def test_format1_files_still_load(tmp_path):
     assert old.ended and _norm(old) == _norm(report.timeline)
 
 
-def test_a_directory_it_cannot_write_is_reported_as_before(tmp_path):
+def test_a_stream_that_cannot_write_falls_back_to_the_whole_write_at_close(tmp_path, monkeypatch):
+    def disk_full(self, lines):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TimelineWriter, "_write", disk_full)
     model, opt, doc = _doctor(tmp_path)
-    (tmp_path / doc.run_id).write_text("a file where the run directory goes")
-    train(model, opt, 3, doc=doc)
-    report = doc.close()
-    assert report.write_error and "could not write the run directory" in report.write_error
-    assert not doc.guard.errors, "a write failure is not an internal error"
+    train(model, opt, 30, doc=doc)
     assert doc.timeline.stream.broken and doc.timeline.take_changes() == set()
+    monkeypatch.undo()  # the disk has room again at close
+    report = doc.close()
+    assert report.write_error is None
+    assert not doc.guard.errors, "a write failure is not an internal error"
+    path = tmp_path / doc.run_id / "timeline.jsonl"
+    assert json.loads(path.read_text().splitlines()[0])["type"] == "facts"  # format 1
+    assert _norm(Timeline.from_jsonl(path)) == _norm(report.timeline)
 
 
 def test_streaming_leaves_training_bit_identical(tmp_path):
@@ -203,3 +210,11 @@ def test_many_floats_are_packed_and_read_back_exactly(tmp_path):
     loaded = Timeline.from_jsonl(tmp_path / "timeline.jsonl")
     assert _norm(loaded) == _norm(tl)
     assert loaded.series("grads.norm")[0][1] == tl.series("grads.norm")[0][1]  # bit for bit
+
+
+def test_attach_writes_the_run_directory_before_the_first_step(tmp_path):
+    model, opt, doc = _doctor(tmp_path)  # killed now (OOM in the first forward): still a run
+    early = Timeline.from_jsonl(tmp_path / doc.run_id / "timeline.jsonl")
+    assert not early.ended and early.last_step == 0
+    assert early.facts["models"] == {"<model>": "Sequential"}
+    doc.close()

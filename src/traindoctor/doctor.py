@@ -182,6 +182,9 @@ class Doctor:
             self._listening = True
         self._steps.prepare_step()
         self._structure_check()
+        # The run directory and what attach learnt, on disk before the first step (an
+        # out-of-memory kill in the first forward still leaves a run to report on).
+        self.guard.call("timeline stream", self.timeline.stream.flush)
         _OPEN.append(weakref.ref(self))
 
     def add_optimizer(self, opt: torch.optim.Optimizer) -> None:
