@@ -18,6 +18,7 @@ import torch
 from .._guard import Guard
 from .._hooks import CopySafeHook
 from ..bus import Bus, default_handler
+from ..errors import StopTraining
 from ..run_state import RunState
 from ..timeline import Timeline
 
@@ -233,33 +234,33 @@ class AttachContext:
         nor each routed through the mode's Python handler (~5 µs a call, ~16,000 calls a
         sampled step on a 2,000-module model). `in_mode`: the activations probe's own hooks,
         which enter and leave that mode themselves."""
+        # Guard.call's isolation written out here: this runs per module call (tens of
+        # thousands a structural step on large models), one frame less each.
         guard = self.guard
         budget = self.budget
         clock = time.perf_counter
-        if in_mode:
-
-            def guarded(*args: Any, **kwargs: Any) -> None:
-                t0 = clock()
-                guard.call(where, fn, *args, **kwargs)
-                budget.spend(clock() - t0)
-
-            return CopySafeHook(guarded)
         ctx = self
 
-        def quiet(*args: Any, **kwargs: Any) -> None:
+        def guarded(*args: Any, **kwargs: Any) -> None:
+            if where in guard.disabled:
+                return
             t0 = clock()
-            mode = ctx.quiet_mode
-            if mode is not None and _mode_on_top(mode):
+            mode = None if in_mode else ctx.quiet_mode
+            popped = mode is not None and _mode_on_top(mode)
+            if popped:
                 _pop_function_mode()
-                try:
-                    guard.call(where, fn, *args, **kwargs)
-                finally:
+            try:
+                fn(*args, **kwargs)
+            except StopTraining:
+                raise
+            except Exception as exc:  # noqa: BLE001  (isolation is the point)
+                guard.record(where, exc)
+            finally:
+                if popped:
                     _push_function_mode(mode)
-            else:
-                guard.call(where, fn, *args, **kwargs)
             budget.spend(clock() - t0)
 
-        return CopySafeHook(quiet)
+        return CopySafeHook(guarded)
 
     def eager_models(self) -> dict[str, torch.nn.Module]:
         """The watched models that run eagerly: the only ones a probe may add hooks to after
