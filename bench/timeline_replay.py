@@ -180,7 +180,9 @@ def main() -> None:
         findings: list[Any] = []
 
         def full_pass(tl: Timeline = tl, guard: Guard = guard, out: list = findings) -> None:
-            out[:] = diagnose(tl, rules, guard)
+            # A shallow copy is a new timeline to diagnose(): rules that keep state per
+            # timeline (incremental passes) start afresh, so every repeat is a full pass.
+            out[:] = diagnose(copy.copy(tl), rules, guard)
 
         def one_rule(r: Any, tl: Timeline = tl, guard: Guard = guard) -> None:
             guard.call(f"rule {r.code}", r.run, tl.view(r))
