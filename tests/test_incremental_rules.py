@@ -49,7 +49,7 @@ def test_series_since_reads_only_newer_records():
 
 # -- incremental passes give the findings of a fresh pass --------------------------------------
 
-INCREMENTAL = ("TD108", "TD206", "TD210")
+INCREMENTAL = ("TD108", "TD109", "TD206", "TD210")
 
 
 def _replay(src: Timeline, code: str, every: int) -> list[dict]:
@@ -155,6 +155,24 @@ def test_a_long_loss_that_does_not_fall_td108(per_step):
     fresh = _fresh(src, "TD108")
     assert fresh and fresh[0]["severity"] == "warning"
     assert _replay(src, "TD108", every=613) == fresh
+
+
+@pytest.mark.parametrize(
+    "odd_at",
+    [None, 1, 2500, 2999, 3000],  # never, the first step, mid-run, the step before last, the last
+)
+def test_td109_goes_on_from_the_factors_it_counted(odd_at):
+    from tests.rules.test_td109_accumulation_scaling_inconsistent import _tl as td109_timeline
+
+    steps = [[0.25] * 4 for _ in range(3000)]
+    if odd_at is not None:
+        steps[odd_at - 1][0] = 1.0  # one micro-batch not divided
+    src = td109_timeline(steps)
+    fresh = _fresh(src, "TD109")
+    assert bool(fresh) == (odd_at is not None)
+    assert _replay(src, "TD109", every=1009) == fresh
+    if odd_at in (None, 2999):  # passes between micro-batches too (cheap while all agree)
+        assert _replay(src, "TD109", every=3) == fresh
 
 
 def test_a_rewritten_step_sends_the_rule_back_to_a_fresh_state():

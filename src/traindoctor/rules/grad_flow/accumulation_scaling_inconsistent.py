@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, fresh
 from .._registry import rule
 from .._util import fmt_factor
 
@@ -21,9 +22,10 @@ from .._util import fmt_factor
     requires=("loss.factor", "loss.site", "loss.backward", "backward.count"),
     events=("backward_call", "backward_site"),
     priority=25,
+    state=lambda: FactorCounts(),
 )
 def accumulation_scaling_inconsistent(
-    tl: TimelineView, *, max_distinct: int = 3
+    tl: TimelineView, state: FactorCounts, *, max_distinct: int = 3
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -67,10 +69,59 @@ def accumulation_scaling_inconsistent(
     Dividing the last, shorter accumulation cycle of an epoch by its own length gives a second
     factor; it is reported because it changes that step's weight.
     """
+    if not state.several(tl):
+        return  # one factor at every call site (the usual case): nothing read but new records
     for site, passes in _passes_by_site(tl).items():
         finding = _judge_site(tl, site, passes, max_distinct)
         if finding is not None:
             yield finding
+
+
+class FactorCounts:
+    """What TD109 keeps between passes (rules/_incremental.py): the distinct factors seen at
+    each call site. While every site has one, there is nothing to judge and a pass reads only
+    the new records; once a site has two, the passes are judged from the whole timeline."""
+
+    def __init__(self) -> None:
+        self.factors, self.sites = Reader("loss.factor"), Reader("loss.site")
+        self.readers = (self.factors, self.sites)
+        self.seen: dict[int, set[float]] = {}  # site -> distinct factors (rounded, finite)
+        self.open: dict[int, list] = {}  # step -> [factors, sites] not folded yet
+
+    def several(self, tl: TimelineView) -> bool:
+        """Some call site has two distinct factors or more (the newest step included)."""
+        if not fresh(self, tl):
+            self.__init__()  # an earlier step was rewritten: read everything again
+        for i, reader in enumerate(self.readers):
+            settled, pending = reader.read(tl)
+            for s, rec in settled + pending:
+                self.open.setdefault(s, [None, None])[i] = rec
+        f_done, s_done = self.factors.done, self.sites.done
+        newest: dict[int, set[float]] = {}
+        for step in sorted(self.open):
+            fs, sites = self.open[step]
+            # settled in both signals (a step with no site list reads as all site 0)
+            settled = f_done is not None and step <= f_done and (s_done is None or step <= s_done)
+            if settled:
+                del self.open[step]
+            for site, f in _factors(fs or [], sites):
+                known = self.seen.setdefault(site, set())
+                if settled:
+                    known.add(f)
+                elif f not in known:
+                    newest.setdefault(site, set()).add(f)
+        return any(len(fs | newest.get(site, set())) >= 2 for site, fs in self.seen.items()) or any(
+            len(fs) >= 2 for site, fs in newest.items() if site not in self.seen
+        )
+
+
+def _factors(fs: list, sites: list | None) -> Iterator[tuple[int, float]]:
+    """(site, rounded factor) of one step's backward passes, as _passes_by_site counts them."""
+    step_sites = sites or [0] * len(fs)
+    for i, f in enumerate(fs):
+        if not math.isfinite(f):
+            continue
+        yield (step_sites[i] if i < len(step_sites) else 0), round(f, 12)
 
 
 # One backward pass: (step, index within the step, factor, loss value before the factor or None)
