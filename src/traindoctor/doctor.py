@@ -284,9 +284,6 @@ class Doctor:
                 by_name.setdefault(p.name, p)
         return by_name.get(name)
 
-    def optimizer_param_ids(self) -> set[int]:
-        return {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
-
     def note_model_output(self, facts: dict[str, Any] | None) -> None:
         """The watched model's training output, seen by an integration's own forward hook."""
         self.bus.emit(Event.MODEL_OUTPUT, facts)

@@ -111,9 +111,6 @@ class RunClock(RunState):
     def set_sampled(self, sampled: bool) -> None:
         self._sampled = sampled
 
-    def set_structural_steps(self, n: int) -> None:
-        self._structural_steps = n
-
     def begin_validation(self) -> int:
         self._validations += 1
         self._validating += 1
