@@ -132,8 +132,13 @@ for step in range(1, 10):
 
 # Trains, says READY after step 3, then keeps training slowly until a signal arrives.
 SIGNALLED = """
+import signal
 import time
 import torch
+
+# As from a terminal: Ctrl-C raises KeyboardInterrupt even when this test's runner was started
+# with SIGINT ignored (an asynchronous command of a shell without job control inherits SIG_IGN).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 1)
