@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import _hooks, _patches, config
+from . import _hooks, _patches, config, distributed
 from ._guard import Guard
 from ._validate import check_options
 from .budget import Budget
@@ -97,10 +97,16 @@ class Doctor:
         self.framework = framework
         self.console = console
         self.out_dir = Path(out_dir)
-        self.run_id = run_id or _new_run_id(script)
+        self._script = script
+        self._run_id_given = run_id is not None
+        # A rank of a distributed job (torchrun's environment; else torch.distributed, looked
+        # at again at attach): one run id for the job, this rank's files under ranks/rank<N>/.
+        self.dist = distributed.detect()
+        self.run_id = run_id or self._default_run_id()
+        self.job_report: Report | None = None  # the job's merged report, where this rank wrote it
         # Where the timeline streams: a relative out_dir belongs where the run started (a
         # script may chdir before attach; `traindoctor run` writes the report there too).
-        self._stream_path = Path(os.path.abspath(self.out_dir / self.run_id / "timeline.jsonl"))
+        self._stream_path = Path(os.path.abspath(self.run_dir / "timeline.jsonl"))
         if rules is None:
             # [tool.traindoctor] applies wherever a Doctor picks its own rules (the framework
             # callbacks), as it does for watch() and `traindoctor run`, which pass theirs.
@@ -131,6 +137,33 @@ class Doctor:
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
         )
 
+    def _default_run_id(self) -> str:
+        if self.dist is not None:
+            return distributed.job_run_id(self._script, self.dist)
+        return _new_run_id(self._script)
+
+    @property
+    def run_dir(self) -> Path:
+        """This run's directory: out_dir/run_id, or in a distributed job this rank's own
+        directory inside the job's, out_dir/run_id/ranks/rank<N>."""
+        job_dir = self.out_dir / self.run_id
+        return job_dir if self.dist is None else distributed.rank_dir(job_dir, self.dist.rank)
+
+    def _find_rank(self) -> None:
+        """At attach: a job torchrun's environment did not name (mp.spawn) is known from the
+        initialized process group by now. Writes who this rank is beside its timeline."""
+        if self.dist is None and self.timeline.stream is None:
+            self.dist = distributed.detect()
+            if self.dist is not None:
+                if not self._run_id_given:
+                    self.run_id = self._default_run_id()
+                    self.timeline.facts["run_id"] = self.run_id
+                self._stream_path = Path(os.path.abspath(self.run_dir / "timeline.jsonl"))
+        if self.dist is not None:
+            from .distributed.merge import write_rank_meta
+
+            write_rank_meta(self._stream_path.parent, self.dist, self.run_id)
+
     # -- attaching ------------------------------------------------------------------------
     def attach(
         self,
@@ -158,6 +191,7 @@ class Doctor:
             compiled=compile_watch.compiled,
         )
         self._clock.mark_attached()
+        self.guard.call("ranks", self._find_rank)
         if self.timeline.stream is None:
             # The timeline goes to disk as the run goes: a killed run keeps what it recorded.
             self.timeline.stream = TimelineWriter(self.timeline, self._stream_path)
@@ -431,11 +465,30 @@ class Doctor:
                 "skipped_rules": self.timeline.facts.get("skipped_rules", []),
             },
             internal_errors=[e.to_dict() for e in self.guard.errors],
-            run_dir=self.out_dir / self.run_id,
+            run_dir=self.run_dir,
             timeline=self.timeline,
         )
-        publish(self.report, self.guard, self.console)
+        if self.dist is None:
+            publish(self.report, self.guard, self.console)
+            return self.report
+        self.report.rank, self.report.world_size = self.dist.rank, self.dist.world_size
+        publish(self.report, self.guard, console=False)
+        self.guard.call("merge ranks", self._merge_ranks)
         return self.report
+
+    def _merge_ranks(self) -> None:
+        """The job's report, once this rank's is on disk (distributed/merge.py: rank 0 waits
+        a few seconds at most for the others; the last rank to close completes it). Only
+        rank 0 prints: the job's report (its own where the merge failed)."""
+        from .distributed.merge import merge_at_close
+
+        assert self.dist is not None
+        self.job_report = merge_at_close(self.out_dir / self.run_id, self.dist)
+        if self.console and self.dist.rank == 0:
+            from .report.console import print_report
+
+            with contextlib.suppress(Exception):
+                print_report(self.job_report or self.report)
 
     def _detach(self) -> None:
         _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]

@@ -64,6 +64,9 @@ class Finding:
     first_step: int | None = None
     last_step: int | None = None
     count: int = 1
+    # In a distributed job's merged report: the ranks that showed it (its step and evidence
+    # are the first of them's); () in a single process's report and in a rank's own.
+    ranks: tuple[int, ...] = ()
 
     @property
     def docs(self) -> str:
@@ -105,6 +108,7 @@ class Finding:
             "confidence": self.confidence,
             "priority": self.priority,
             "docs": self.docs,
+            **({"ranks": list(self.ranks)} if self.ranks else {}),
         }
 
     @classmethod
@@ -124,6 +128,7 @@ class Finding:
             first_step=data.get("first_step"),
             last_step=data.get("last_step"),
             count=data.get("count", 1),
+            ranks=tuple(int(r) for r in data.get("ranks") or ()),
         )
 
 

@@ -23,6 +23,12 @@ class Report:
     run_dir: Path | None = None
     timeline: Timeline | None = None
     write_error: str | None = None
+    # A distributed job (traindoctor.distributed): a rank's own report names its `rank` and
+    # the `world_size`; the job's merged report has the `world_size` and one entry per rank
+    # (status closed/killed/running/missing, steps, exit). None in a single process's report.
+    rank: int | None = None
+    world_size: int | None = None
+    ranks: list[dict[str, Any]] | None = None
 
     @property
     def status(self) -> str:
@@ -44,8 +50,9 @@ class Report:
         return next((f for f in self.findings if f.code == code), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """findings.json, schema 1 (DESIGN.md), with `run` and `internal_errors` added."""
-        return {
+        """findings.json, schema 1 (DESIGN.md), with `run` and `internal_errors` added (and,
+        in a distributed job, `rank` or `ranks`, and `world_size`)."""
+        data = {
             "schema": SCHEMA_VERSION,
             "tool": "traindoctor",
             "version": __version__,
@@ -56,6 +63,13 @@ class Report:
             "run": self.outcome,
             "internal_errors": self.internal_errors,
         }
+        if self.rank is not None:
+            data["rank"] = self.rank
+        if self.world_size is not None:
+            data["world_size"] = self.world_size
+        if self.ranks is not None:
+            data["ranks"] = self.ranks
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], run_dir: Path | None = None) -> Report:
@@ -68,6 +82,9 @@ class Report:
             outcome=data.get("run") or {},
             internal_errors=data.get("internal_errors") or [],
             run_dir=run_dir,
+            rank=data.get("rank"),
+            world_size=data.get("world_size"),
+            ranks=data.get("ranks"),
         )
 
     def __str__(self) -> str:
