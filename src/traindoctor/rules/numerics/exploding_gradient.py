@@ -12,6 +12,7 @@ from ...timeline import TimelineView
 from .._incremental import Reader, SortedWindow, fresh
 from .._objective import objective
 from .._objective_inputs import ObjectiveScan
+from .._optimizer_kinds import SCALE_INVARIANT, classes_stepping
 from .._registry import rule
 from .._util import per_step_mean, train_loss_values
 from ._layers import fmt, layer_order, layer_series, params_of
@@ -265,6 +266,20 @@ def exploding_gradient(
         )
         severity = Severity.ERROR if rose else Severity.WARNING
     obj = objective(tl, state.objective.inputs(tl))
+    classes = classes_stepping(tl.fact("optimizers"), params_of(params, layer))
+    # Adam-type steps are sized by the lr, not by the gradient: a gradient that jumps moves the
+    # weights no further unless the update measurably jumped too, so only that or a loss that
+    # rose with it is evidence of harm (a deep net's first layers leaving ~1e-7 under AdamW on
+    # random labels: 1e5x, updates at their usual size, loss flat). Without either: nothing.
+    bounded = bool(classes) and classes <= SCALE_INVARIANT
+    update = _update_jump(tl, layer, step, series, factor * med) if bounded else None
+    rose = None
+    if bounded and not (update is not None and update["ratio"] >= factor):
+        rose = _loss_rose(tl, step, prev_step)
+        if rose is None:
+            return
+        if severity is Severity.ERROR:
+            severity = Severity.WARNING  # the loss, not the update, shows the harm
     if improving is not None or fell or obj.falls is not True:
         # An explosion that harms shows in the loss; one that kept falling through the jump is
         # a gradient growing while the model learns (a network leaving its init, a head
@@ -292,6 +307,9 @@ def exploding_gradient(
             "loss_through_rise": through,
             "objective": obj.kind,
             "judged": obj.judged,
+            "optimizer_step_bounded": bounded,
+            "update": update,
+            "loss_rose": rose,
         },
         where=Where(module=layer, params=params_of(params, layer)),
         cause=f"the gradient of `{layer}` rose {_times(value / med)} above {below} at step {step}"
@@ -301,8 +319,11 @@ def exploding_gradient(
             else ""
         )
         + (f"; the optimizer runs with {lr_text}" if lr_text else "")
+        + (_bounded_cause(classes, update, rose) if rose is not None else _update_text(update))
         + (
-            f"; the training loss kept falling through it ({fmt(improving[0])} before, "
+            ""
+            if rose is not None
+            else f"; the training loss kept falling through it ({fmt(improving[0])} before, "
             f"{fmt(improving[1])} after), so it has not hurt training (yet)"
             if improving is not None
             else f"; the training loss kept falling while it rose ({fmt(through['before'])} "
@@ -326,6 +347,99 @@ def exploding_gradient(
         severity=severity,
         confidence=0.9 if persistent else 0.6,
     )
+
+
+def _update_text(update: dict | None) -> str:
+    if update is None:
+        return ""
+    return (
+        f"; its update rose {_times(update['ratio'])} with it (||Δθ|| {fmt(update['update'])}, "
+        f"{fmt(update['level_before'])} before)"
+    )
+
+
+def _bounded_cause(classes: set, update: dict | None, rose: dict) -> str:
+    """The cause under an optimizer whose step does not grow with the gradient: only what was
+    measured (the update, the loss), no claim of updates that are large."""
+    names = "/".join(sorted(str(c) for c in classes))
+    measured = (
+        f" (its update {fmt(update['update'])}, {update['ratio']:.1f}x its level before)"
+        if update is not None
+        else ""
+    )
+    return (
+        f"; {names} sizes its steps by the lr, not by the gradient, so the jump did not enlarge "
+        f"the updates{measured}, but the training loss rose with it ({fmt(rose['before'])} "
+        f"before, {fmt(rose['after'])} after): what drives the gradient up drives the loss up "
+        "(a learning rate too large for this loss, or a loss term that grows without bound)"
+    )
+
+
+def _update_jump(
+    tl: TimelineView,
+    layer: str,
+    step: int,
+    grads: list[tuple[int, float]],
+    high: float,
+) -> dict | None:
+    """The layer's largest update (||Δθ||) while its gradient stayed at or above `high` from
+    `step` on, against its level before: the median of its own earlier updates, at least the
+    level the other layers' updates carry for weights of its size (the median over earlier
+    steps of their median ||Δθ|| / ||θ||, times its ||θ||; a layer whose gradient sat below
+    Adam's eps moved less than its lr allows until it woke up). None where not measured."""
+    updates = layer_series(tl.series("params.update"))
+    own = dict(updates.get(layer) or ())
+    during = []
+    for s, g in grads:
+        if s < step:
+            continue
+        if g < high:
+            break
+        if s in own:
+            during.append(own[s])
+    before = [v for s, v in own.items() if s < step and v > 0]
+    if not during or not before:
+        return None
+    level = statistics.median(before)
+    weights = {
+        name: dict(series) for name, series in layer_series(tl.series("params.norm")).items()
+    }
+    mine = weights.get(layer, {})
+    peers = []
+    for s, w in mine.items():
+        if s >= step or not w:
+            continue
+        rel = [
+            dict(series).get(s, 0.0) / weights[other][s]
+            for other, series in updates.items()
+            if other != layer and weights.get(other, {}).get(s)
+        ]
+        rel = [r for r in rel if r > 0]
+        if rel:
+            peers.append(statistics.median(rel) * w)
+    if peers:
+        level = max(level, statistics.median(peers))
+    top = max(during)
+    return {"update": top, "level_before": level, "ratio": top / level}
+
+
+def _loss_rose(tl: TimelineView, step: int, prev_step: int, span: int = 8) -> dict | None:
+    """{"before", "after"} when the training loss rose out of its range with the jump: the
+    median of the `span` steps after it above every loss of the `span` steps up to it (at
+    least 3 of each), or, with fewer than 3 measured after it, the loss at the jump above
+    every loss since the previous sample (_loss_through). Else None: flat noise does not."""
+    losses = per_step_mean(train_loss_values(tl))
+    before = [v for s, v in losses if s <= step][-span:]
+    after = [v if math.isfinite(v) else math.inf for s, v in losses if s > step][:span]
+    if len(after) >= 3:
+        if len(before) < 3 or not all(math.isfinite(v) for v in before):
+            return None
+        a = statistics.median(after)
+        return {"before": statistics.median(before), "after": a} if a > max(before) else None
+    through = _loss_through(tl, prev_step, step)
+    if through is not None and through["trend"] == "rose":
+        return {"before": through["before"], "after": through["at"]}
+    return None
 
 
 def _loss_around(tl: TimelineView, step: int, span: int = 8) -> list[float] | None:

@@ -8,24 +8,8 @@ from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._optimizer_kinds import SCALE_INVARIANT
 from .._registry import rule
-
-# Optimizers whose update does not change when every gradient is multiplied by a constant
-# (up to eps): for them an unnormalized sum matters only through clipping.
-SCALE_INVARIANT = {
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "NAdam",
-    "RAdam",
-    "Adagrad",
-    "Adadelta",
-    "RMSprop",
-    "Adafactor",
-    "SparseAdam",
-    "Lion",
-}
-
 
 # Optimizers whose step() calls the closure (forward + backward) several times.
 CLOSURE_OPTIMIZERS = ("LBFGS",)
