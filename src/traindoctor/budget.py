@@ -23,8 +23,9 @@ hundred steps (where most problems show) and sparsely after, whatever the target
 
 Both predictions are linear models of counted work (modules hooked, parameter tensors and
 elements, activation elements, forward FLOPs) whose constants were measured with
-bench/schedule_calibration.py. The time spent in traindoctor's hooks is still measured, and
-reported (the run's `overhead`), but decides nothing.
+bench/schedule_calibration.py. What the run costs is measured too (governor.py: step times by
+kind, against an estimate of the plain step) and reported next to the model's prediction (the
+run's `overhead`), so that a model miscalibrated on some machine shows; it decides nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from .governor import Governor
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,10 @@ class Budget:
         self._clock = clock
         self._spent = 0.0
         self._step_spent = 0.0
+        self._step_calls = 0  # timed sections in the open step (what they cost untimed)
         self._last_end = clock()
+        # Measures what the run costs, for the report; the schedule never reads it.
+        self.governor = Governor(clock, structural_steps)
         self._reset_window()
         self.floor_share: float | None = None  # measured: every step's own cost, share of step
         self.history: list[tuple[int, float, int]] = []  # (step, measured overhead, interval)
@@ -163,6 +170,7 @@ class Budget:
     def spend(self, seconds: float) -> None:
         self._spent += seconds
         self._step_spent += seconds
+        self._step_calls += 1
 
     @property
     def spent(self) -> float:
@@ -171,6 +179,8 @@ class Budget:
     def step_end(self, step: int) -> None:
         """Move the interval toward the target (by step count), and measure the overhead (for
         the report only: the schedule never reads these numbers)."""
+        # As prepare_step decided it, before the interval moves.
+        was_sampled = self.sampled(step)
         target = self.target
         if target is not None and step > self.structural_steps:
             if target < self.interval:
@@ -186,6 +196,8 @@ class Budget:
         now = self._clock()
         wall, self._last_end = now - self._last_end, now
         spent, self._step_spent = self._step_spent, 0.0
+        calls, self._step_calls = self._step_calls, 0
+        self.governor.step_end(step, was_sampled, spent, calls)
         if step <= self.structural_steps:
             return
         self._wall += wall
@@ -201,6 +213,11 @@ class Budget:
             self.floor_share = (self._plain_spent / self._plain_n) / (user / self._n)
         self.history.append((step, self._total / user, self.interval))
         self._reset_window()
+
+    def overhead(self) -> dict[str, Any]:
+        """The measured ratio next to the cost model's prediction (keys of the `overhead`
+        fact; empty parts while the run is too short to measure)."""
+        return {**self.governor.estimate(), **self.governor.predicted(self.predicted)}
 
     def _reset_window(self) -> None:
         self._wall = 0.0

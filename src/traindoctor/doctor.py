@@ -172,6 +172,7 @@ class Doctor:
         scaler: Any = None,
     ) -> None:
         """Start watching these objects. Called once by `watch()`, lazily in zero-code mode."""
+        attach_started = time.perf_counter()  # attach's time is reported (governor.py)
         # torch.compile's wrapper is watched through the module it wraps: names without
         # `_orig_mod.`, and the model is known to run compiled from the start.
         compile_watch = self._steps.compile_watch
@@ -220,6 +221,7 @@ class Doctor:
         # out-of-memory kill in the first forward still leaves a run to report on).
         self.guard.call("timeline stream", self.timeline.stream.flush)
         _OPEN.append(weakref.ref(self))
+        self.budget.governor.attached(time.perf_counter() - attach_started)
 
     def add_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """Zero-code mode: an optimizer that appeared after attach."""

@@ -8,6 +8,7 @@ from typing import Any
 from ._source import is_user_file, relpath
 from .budget import Budget
 from .errors import StopTraining
+from .governor import summary_line
 from .timeline import Timeline
 
 
@@ -34,14 +35,38 @@ def record_outcome(
     if not attached:
         outcome["observed"] = False  # no model or optimizer was ever seen
     timeline.facts["outcome"] = outcome
-    timeline.facts["overhead"] = {
+    budget.governor.closing()
+    overhead: dict[str, Any] = {
         "seconds_in_traindoctor": round(budget.spent, 4),
         "final_sample_interval": budget.interval,
         # what every step costs, as a share of the user's step time (last measurement)
         "floor_share": round(budget.floor_share, 5) if budget.floor_share is not None else None,
         # (step, measured share of step time, interval chosen) per governor window
         "windows": [[s, round(r, 5), i] for s, r, i in budget.history[-50:]],
+        # the side-by-side ratio as measured from step times, and as predicted (governor.py)
+        **budget.overhead(),
     }
+    overhead["summary"] = summary_line(overhead)
+    timeline.facts["overhead"] = overhead
+    # findings.json carries the ratios (its `run`), report.md their line; close_s follows
+    # once close()'s rules ran (StepDriver._diagnosed).
+    outcome["overhead"] = {k: overhead[k] for k in OVERHEAD_IN_FINDINGS if k in overhead}
+
+
+# The `overhead` keys that findings.json repeats under `run.overhead`.
+OVERHEAD_IN_FINDINGS = (
+    "ratio",
+    "ratio_low",
+    "ratio_high",
+    "noisy",
+    "plain_step_s",
+    "sampled_step_x",
+    "predicted_ratio",
+    "predicted_step_s",
+    "predicted_sampled_step_x",
+    "seconds_in_traindoctor",
+    "summary",
+)
 
 
 def exception_source(exc: BaseException) -> str | None:

@@ -20,8 +20,9 @@ from . import _hooks
 from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
-from .diagnosis_schedule import DiagnosisSchedule
+from .diagnosis_schedule import DIAGNOSIS_BASE_S, DIAGNOSIS_PER_RECORD_S, DiagnosisSchedule
 from .errors import StopTraining
+from .governor import summary_line
 from .handsteps import HandSteps
 from .probes.base import RunContext
 from .probes.work import WORK_COUNTED
@@ -59,6 +60,8 @@ class StepDriver:
         # The last backward's loss (weakly: a freed loss's address can be reused by the next
         # step's tensors, so an address alone would date a new loss to the old step) and step.
         self.last_backward: tuple[weakref.ref[torch.Tensor] | None, int] = (None, 0)
+        # close()'s rules have run: its time goes into the overhead fact (governor.py).
+        run.bus.subscribe(Event.DIAGNOSIS_MADE, self._diagnosed, "governor")
 
     # -- backward -------------------------------------------------------------------------
     def observe_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
@@ -79,7 +82,7 @@ class StepDriver:
         run.bus.emit(Event.BACKWARD, state.step, root, loss, run.rec)
         budget.spend(time.perf_counter() - t0)
         if self.schedule.after_backwards(self.backward_since_step):
-            guard.call("diagnose", self._diagnose)
+            self._timed_pass()
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self.backward_since_step} backward passes without a step")
@@ -177,8 +180,27 @@ class StepDriver:
         if step <= budget.structural_steps:
             self._describe_optimizers()
         if self.schedule.due(step, self.timeline.size()):
-            guard.call("diagnose", self._diagnose)
+            self._timed_pass()
             self.schedule.ran(step)
+
+    def _timed_pass(self) -> None:
+        """A mid-run diagnosis pass, timed for the governor (which only reports it)."""
+        predicted = DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * self.timeline.size()
+        t0 = time.perf_counter()
+        self.run.guard.call("diagnose", self._diagnose)
+        self.run.budget.governor.passed(time.perf_counter() - t0, predicted)
+
+    def _diagnosed(self, findings: Any = None) -> None:
+        if not self.clock.closed:
+            return
+        overhead = self.timeline.facts.get("overhead")
+        close_s = self.run.budget.governor.closed()
+        if isinstance(overhead, dict) and close_s is not None:
+            overhead["close_s"] = round(close_s, 4)
+            overhead["summary"] = summary_line(overhead)
+            short = self.timeline.facts.get("outcome", {}).get("overhead")
+            if isinstance(short, dict):
+                short.update(close_s=overhead["close_s"], summary=overhead["summary"])
 
     # -- upkeep -----------------------------------------------------------------------------
     def prepare_step(self) -> None:

@@ -137,6 +137,9 @@ def _overhead(overhead: dict[str, Any] | None) -> str:
     if not overhead:
         return "—"
     text = f"{fmt_value(float(overhead.get('seconds_in_traindoctor') or 0))} s inside traindoctor"
+    if overhead.get("summary"):
+        # The side-by-side ratio measured from step times, and the cost model's prediction.
+        text = f"{overhead['summary']}; {text}"
     windows = [w for w in overhead.get("windows") or [] if len(w) >= 2]
     if windows:
         shares = sorted(float(w[1]) for w in windows)

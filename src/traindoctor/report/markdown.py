@@ -45,6 +45,10 @@ def render_markdown(report: Report) -> str:
     if report.timeline is not None:
         lines += render_numerics(report.timeline)
         lines += render_gradient_path(report.timeline)
+    overhead = (report.outcome or {}).get("overhead") or {}
+    if overhead.get("summary"):
+        # Measured from the run's step times; how it compares to the cost model (governor.py).
+        lines += [f"_traindoctor's overhead: {overhead['summary']}._", ""]
     if report.internal_errors:
         lines += ["## Internal errors (caught; training unaffected)", ""]
         lines += [

@@ -1,0 +1,219 @@
+"""Issue 15's honest governor: the overhead traindoctor reports next to the side-by-side ratio.
+
+For each model shape of bench/always_on.py (its builders, data and the same step loop) it
+trains the same model from the same seed, plain and watched, alternated in one process
+(plain, watched, then watched, plain, ...), and prints
+
+- the measured side-by-side ratio: watched / plain summed step time, in this process's CPU
+  time and in wall-clock time, for the loop alone and with attach added (the governor's
+  figure covers the loop and attach; close() is reported apart);
+- what the governor reported in the run's `overhead` fact: the old estimate (1 + the median
+  share of step time timed inside our hooks, what report.html showed), the new `ratio` with
+  its interval, and the cost model's prediction (`predicted_ratio`);
+- the plain step as measured side by side next to the governor's estimate of it, and the
+  sampled steps' cost each, both ways;
+- close() as measured around it next to the governor's `close_s`.
+
+`--dispatch` also measures what one timed hook call costs outside its own timer (torch's hook
+dispatch, the wrapper's frame, the two clock reads): budget.UNTIMED_PER_CALL.
+
+Run with one thread and say the load (`uptime`) next to the figures:
+
+    OMP_NUM_THREADS=1 python bench/governor_honesty.py [--shapes mlp,gpt,resnet,t2000]
+        [--steps 300] [--rounds 2] [--dispatch] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from always_on import SHAPES, Run, Traindoctor, Watcher, describe, rows, run  # noqa: E402
+
+
+class Governed(Traindoctor):
+    """traindoctor, keeping the run's `overhead` fact after close()."""
+
+    def close(self) -> None:
+        super().close()
+        self.overhead = dict(self.doc.timeline.facts.get("overhead") or {})
+
+
+def old_estimate(overhead: dict[str, Any]) -> float | None:
+    """What report.html said before the honest governor: 1 + the median window share."""
+    windows = [w for w in overhead.get("windows") or [] if len(w) >= 2]
+    if not windows:
+        return None
+    shares = sorted(float(w[1]) for w in windows)
+    return 1.0 + shares[len(shares) // 2]
+
+
+def compare(name: str, steps: int, rounds: int, out_dir: str) -> dict[str, Any]:
+    shape = SHAPES[name]
+    plain: list[Run] = []
+    watched: list[tuple[Run, Governed]] = []
+    for i in range(rounds):
+        for w in (False, True) if i % 2 == 0 else (True, False):
+            watcher = Governed() if w else Watcher()
+            r = run(shape, steps, watcher, out_dir)
+            if w:
+                watched.append((r, watcher))  # type: ignore[arg-type]
+            else:
+                plain.append(r)
+    out: dict[str, Any] = {"params": describe(shape.build()), "steps": steps, "rounds": rounds}
+    for clock, tag in (("cpu", "cpu"), ("times", "wall")):
+        w_sum = sum(sum(getattr(r, clock)) for r, _ in watched)
+        p_sum = sum(sum(getattr(r, clock)) for r in plain)
+        out[f"side by side, loop ({tag})"] = w_sum / p_sum
+    attach = sum(r.attach for r, _ in watched)
+    w_wall = sum(sum(r.times) for r, _ in watched)
+    out["side by side, loop + attach (wall)"] = (w_wall + attach) / sum(sum(r.times) for r in plain)
+    facts = [g.overhead for _, g in watched]
+    old = [old_estimate(f) for f in facts]
+    out["governor before: 1 + median hook share"] = (
+        statistics.fmean(x for x in old if x) if any(old) else None
+    )
+    out["governor before: in-hook s / loop s"] = (
+        statistics.fmean(
+            float(f.get("seconds_in_traindoctor") or 0) / sum(r.times)
+            for f, (r, _) in zip(facts, watched, strict=True)
+        )
+        + 1.0
+    )
+    if all("ratio" in f for f in facts):
+        out["governor after: ratio"] = statistics.fmean(f["ratio"] for f in facts)
+        out["governor after: interval"] = "; ".join(
+            f"{f['ratio_low']:.3f}-{f['ratio_high']:.3f}" + (" noisy" if f.get("noisy") else "")
+            for f in facts
+        )
+        out["governor after: predicted_ratio"] = (
+            statistics.fmean(
+                f["predicted_ratio"] for f in facts if f.get("predicted_ratio") is not None
+            )
+            if any(f.get("predicted_ratio") is not None for f in facts)
+            else None
+        )
+        plain_ms = statistics.median(t for r in plain for t in r.times[50:]) * 1e3
+        out["plain step ms: side by side (median, wall)"] = plain_ms
+        out["plain step ms: governor estimate"] = statistics.fmean(
+            f["plain_step_s"] * 1e3 for f in facts
+        )
+        out["plain step ms: predicted"] = (
+            statistics.fmean(
+                f["predicted_step_s"] * 1e3 for f in facts if f.get("predicted_step_s")
+            )
+            if any(f.get("predicted_step_s") for f in facts)
+            else None
+        )
+        out["sampled step x: governor"] = (
+            statistics.fmean(f["sampled_step_x"] for f in facts if f.get("sampled_step_x"))
+            if any(f.get("sampled_step_x") for f in facts)
+            else None
+        )
+        out["sampled step x: predicted"] = (
+            statistics.fmean(
+                f["predicted_sampled_step_x"] for f in facts if f.get("predicted_sampled_step_x")
+            )
+            if any(f.get("predicted_sampled_step_x") for f in facts)
+            else None
+        )
+        out["close s: measured around close()"] = statistics.fmean(r.close for r, _ in watched)
+        out["close s: governor (rules + detach)"] = statistics.fmean(
+            float(f.get("close_s") or 0) for f in facts
+        )
+        out["summary"] = facts[0].get("summary")
+    out["sampling interval at end"] = facts[0].get("final_sample_interval")
+    out["attach s"] = statistics.fmean(r.attach for r, _ in watched)
+    out["bit-identical params"] = all(
+        all(torch.equal(a, b) for a, b in zip(w.params, p.params, strict=True))
+        for (w, _), p in zip(watched, plain, strict=True)
+    )
+    return out
+
+
+def dispatch_cost(modules: int = 200, repeats: int = 300) -> dict[str, float]:
+    """One timed hook call's cost outside its own timer: a forward pass of tiny Linear layers
+    without hooks, then with a self-timing pre- and post-hook on each (as AttachContext.hook
+    wraps them), minus the time the hooks measured themselves, per hook call."""
+    from traindoctor._hooks import CopySafeHook
+
+    clock = time.perf_counter
+    spent = [0.0, 0]
+
+    def make() -> CopySafeHook:
+        def guarded(*args: Any, **kwargs: Any) -> None:
+            t0 = clock()
+            spent[0] += clock() - t0
+            spent[1] += 1
+
+        return CopySafeHook(guarded)
+
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(modules)))
+    x = torch.randn(2, 4)
+
+    def forward_s() -> float:
+        times = []
+        with torch.no_grad():
+            for _ in range(repeats):
+                t0 = clock()
+                model(x)
+                times.append(clock() - t0)
+        return statistics.median(times)
+
+    base = forward_s()
+    handles = [m.register_forward_pre_hook(make()) for m in model]
+    handles += [m.register_forward_hook(make()) for m in model]
+    spent[:] = [0.0, 0]
+    hooked = forward_s()
+    for h in handles:
+        h.remove()
+    timed = spent[0] / max(spent[1], 1)
+    return {
+        "plain forward us/module": base / modules * 1e6,
+        "hooked forward us/module": hooked / modules * 1e6,
+        "untimed us per hook call": ((hooked - base) / (2 * modules) - timed) * 1e6,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shapes", default="mlp,gpt,resnet,t2000")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dispatch", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    print(f"load: {os.getloadavg()}; torch {torch.__version__}, 1 thread")
+    results: dict[str, dict[str, Any]] = {}
+    if args.dispatch:
+        results["dispatch"] = dispatch_cost()
+        print(json.dumps(results["dispatch"]))
+    with tempfile.TemporaryDirectory() as out:
+        run(SHAPES["mlp"], 10, Watcher(), out)  # warm-up
+        for name in [s for s in args.shapes.split(",") if s]:
+            t0 = time.perf_counter()
+            results[name] = compare(name, args.steps, args.rounds, out)
+            print(f"{name}: done in {time.perf_counter() - t0:.0f} s, load {os.getloadavg()}")
+            print(json.dumps(results[name], default=str))
+    print(f"load after: {os.getloadavg()}")
+    print("\n".join(rows({k: v for k, v in results.items() if k != "dispatch"})))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
