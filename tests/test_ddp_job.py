@@ -1,7 +1,8 @@
 """A DDP job under torchrun (2 processes, gloo, CPU) runs to the end under traindoctor as it
 does plainly: a NaN record on rank 1 at step 10 used to make the autopsy replay the
 DDP-wrapped module, a collective the other rank never matched (rank 1 aborted inside gloo,
-rank 0 died with 'Connection reset by peer'). Each rank writes its own report for now.
+rank 0 died with 'Connection reset by peer'). Each rank writes its own report under the job's
+run directory (runs/<run id>/ranks/rank<N>/; the merged report: tests/distributed/).
 
 A crash of one rank, or one rank stopping early, ends the job as it does plainly (same exit
 statuses, no hang), and nothing traindoctor does calls a torch.distributed collective: the
@@ -142,7 +143,9 @@ def test_nan_on_one_rank_does_not_break_the_ddp_job(tmp_path):
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
-    reports = [json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*/findings.json")]
+    reports = [
+        json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*/ranks/rank*/findings.json")
+    ]
     assert len(reports) == 2, out[-4000:]
     codes = [{f["code"] for f in r["findings"]} for r in reports]
     # The rank that read the NaN record names its input batch.
@@ -158,7 +161,8 @@ def test_a_crashing_rank_ends_the_job_as_it_does_plainly(tmp_path):
     assert "rank 1 done" not in out and "rank 1 done" not in plain_out
     # The rank that crashed still wrote its report, with the user's exception as its end.
     reports = [
-        json.loads(f.read_text()) for f in (tmp_path / "watched" / "runs").glob("*/findings.json")
+        json.loads(f.read_text())
+        for f in (tmp_path / "watched" / "runs").glob("*/ranks/rank*/findings.json")
     ]
     assert reports, out[-4000:]
 
@@ -169,7 +173,9 @@ def test_one_rank_stopping_early_leaves_the_other_running(tmp_path):
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
-    reports = [json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*/findings.json")]
+    reports = [
+        json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*/ranks/rank*/findings.json")
+    ]
     assert len(reports) == 2, out[-4000:]
     steps = sorted(r.get("steps") for r in reports)
     assert steps == [6, 26], steps

@@ -203,15 +203,31 @@ def _do_run(
     if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
         # The user's traceback, as `python train.py` prints it, without traindoctor's frames.
         sys.stderr.write(_user_traceback(exc))
+    # A rank of a distributed job: rank 0 shows the job's merged report, the others nothing
+    # (each rank's own is in its folder; stdout stays one findings.json under --json).
+    shown = _job_report(report) if report.rank is not None else report
     with contextlib.suppress(Exception):
-        print_report(report)
+        if shown is not None:
+            print_report(shown)
     if report.write_error:
         click.echo(f"traindoctor: {report.write_error}", err=True)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+    if as_json and shown is not None:
+        click.echo(json.dumps(shown.to_dict(), indent=2))
     if fail_on and _crosses(report, fail_on):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(result.script_exit_code)
+
+
+def _job_report(report):
+    """On rank 0 of a distributed job, the job's report as merged at its close (its own where
+    the merge could not be written); None on the other ranks."""
+    if report.rank != 0:
+        return None
+    from .report import load_run
+
+    with contextlib.suppress(Exception):
+        return load_run(Path(report.run_dir).parent.parent)
+    return report
 
 
 def _settings(name, module, select, extend_select, ignore, rule_options, config_file, no_config):
@@ -447,7 +463,11 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
         _usage(f"{str(run_dir)!r} does not exist; {example} written by `traindoctor run`")
     if not run_dir.is_dir():
         _usage(f"{str(run_dir)!r} is a file, not a run directory; {example}")
-    if not (run_dir / "findings.json").is_file() and (run_dir / "timeline.jsonl").is_file():
+    from .distributed.merge import is_job_dir
+
+    if is_job_dir(run_dir):
+        rep = _job_run(run_dir, rediagnose)
+    elif not (run_dir / "findings.json").is_file() and (run_dir / "timeline.jsonl").is_file():
         # The run never closed (killed: SIGKILL, out of memory): its timeline was streamed.
         rep = _unclosed_run(run_dir)
         # No findings.json: the directory stays an unclosed run, re-diagnosed on every call
@@ -461,6 +481,24 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
         from rich.console import Console
 
         print_report(rep, Console(soft_wrap=False))  # the report is this command's output
+
+
+def _job_run(job_dir: Path, rediagnose: bool):
+    """A distributed job's directory: each rank's report re-rendered (a rank that never
+    closed re-diagnosed from its timeline, as for a single run), then merged again."""
+    from .distributed.merge import merge, scan, world_size_of, write_job
+    from .report import rerender_run
+
+    def unclosed(rank_dir: Path):
+        rep = _unclosed_run(rank_dir)
+        rerender_run(rep)
+        return rep
+
+    world_size = world_size_of(job_dir)
+    results = scan(job_dir, world_size, unclosed, lambda d: _closed_run(d, rediagnose))
+    rep = merge(job_dir, world_size, results)
+    write_job(rep)
+    return rep
 
 
 def _closed_run(run_dir: Path, rediagnose: bool):

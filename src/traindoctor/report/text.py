@@ -69,6 +69,8 @@ def summary_line(report: Report, with_path: bool = True) -> str:
 
 
 def outcome_text(report: Report) -> str | None:
+    if report.ranks is not None:
+        return ranks_text(report)
     out = report.outcome or {}
     ended = out.get("ended")
     done = f"after {report.steps} optimizer step{'s' if report.steps != 1 else ''}"
@@ -109,3 +111,40 @@ def not_judged_text(report: Report) -> str | None:
         return None
     codes = ", ".join(str(s.get("code")) for s in skipped)
     return f"not judged (a probe they read from failed): {codes}"
+
+
+def rank_ended_text(entry: dict[str, Any]) -> str:
+    """How one rank of a distributed job ended, from its entry in the job's `ranks`."""
+    n, steps, status = entry.get("rank"), int(entry.get("steps") or 0), entry.get("status")
+    done = f"after {steps} optimizer step{'s' if steps != 1 else ''}"
+    if status == "killed":
+        return (
+            f"rank {n} never closed (killed: SIGKILL, out of memory, or ended by its launcher); "
+            f"its timeline on disk ends at step {steps}"
+        )
+    if status == "running":
+        return (
+            f"rank {n} had not closed when this report was merged (still running, or hung) {done}"
+        )
+    if status == "missing":
+        return f"rank {n} wrote nothing (it never started watching, or died before)"
+    note = outcome_text(Report(findings=[], steps=steps, outcome=entry.get("exit") or {}))
+    if not note:
+        return f"rank {n} ended normally {done}"
+    if note.startswith("the run "):
+        return f"rank {n} {note[len('the run ') :]}"
+    return f"rank {n}: {note}"
+
+
+def ranks_text(report: Report) -> str | None:
+    """The job's outcome line: each rank that did not end normally (None when all did), the
+    killed ones first (the others' errors are often what a rank's death did to them)."""
+    ranks = sorted(report.ranks or [], key=lambda e: e.get("status") != "killed")
+    notes = [
+        rank_ended_text(e)
+        for e in ranks
+        if e.get("status") != "closed"
+        or (e.get("exit") or {}).get("ended") not in (None, "normal", "max_steps")
+        or (e.get("exit") or {}).get("observed") is False
+    ]
+    return "; ".join(notes) or None
