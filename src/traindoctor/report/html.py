@@ -123,6 +123,13 @@ def _header(report: Report) -> str:
         ("models", ", ".join(f"{k} ({v})" for k, v in (facts.get("models") or {}).items()) or "—"),
         ("overhead", _overhead(facts.get("overhead"))),
     ]
+    if report.ranks is not None:
+        from .text import rank_ended_text
+
+        # A job's merged report has no timeline of its own (no script line to show): its ranks
+        # and how each ended instead.
+        ended = "; ".join(rank_ended_text(e) for e in report.ranks)
+        rows[1] = ("ranks", f"world size {report.world_size}: {ended}")
     meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     return (
         '<header id="summary" class="card">'
@@ -188,6 +195,7 @@ def _finding(i: int, f: Finding) -> str:
         ("cause", _inline(f.cause) if f.cause else "—"),
         ("fix", _inline(f.fix) if f.fix else "—"),
         ("first seen", _e(seen)),
+        *([("ranks", _e(", ".join(map(str, f.ranks))))] if f.ranks else []),
         (
             "docs",
             f'<a href="#rule-{_e(f.code)}">{_e(f.code)} {_e(f.name)}</a> · '

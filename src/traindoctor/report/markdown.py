@@ -6,7 +6,14 @@ from .audit import render_audit
 from .gradpath import render_gradient_path
 from .model import Report
 from .numerics import render_numerics
-from .text import evidence_text, not_judged_text, outcome_text, summary_line, where_text
+from .text import (
+    evidence_text,
+    not_judged_text,
+    outcome_text,
+    rank_ended_text,
+    summary_line,
+    where_text,
+)
 
 
 def render_markdown(report: Report) -> str:
@@ -14,6 +21,7 @@ def render_markdown(report: Report) -> str:
     outcome = outcome_text(report)
     if outcome:
         lines += [f"> {outcome}", ""]
+    lines += _ranks(report)
     if not report.findings:
         lines += ["No problems found.", ""]
     not_judged = not_judged_text(report)
@@ -38,6 +46,7 @@ def render_markdown(report: Report) -> str:
             f"- **Cause:** {f.cause or '—'}",
             f"- **Fix:** {f.fix or '—'}",
             f"- **First seen:** step {f.step}" + (f" (seen {f.count}×)" if f.count > 1 else ""),
+            *([f"- **Ranks:** {', '.join(map(str, f.ranks))}"] if f.ranks else []),
             f"- **Docs:** `{f.docs}`",
             "",
         ]
@@ -57,3 +66,25 @@ def render_markdown(report: Report) -> str:
         ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _ranks(report: Report) -> list[str]:
+    """A distributed job's ranks: what became of each (its own report is in its folder)."""
+    if report.ranks is None:
+        return []
+    lines = [
+        f"## Ranks (world size {report.world_size})",
+        "",
+        "| rank | status | steps | ended | report |",
+        "|---|---|---|---|---|",
+    ]
+    for e in report.ranks:
+        ended = (e.get("exit") or {}).get("ended") or "—"
+        lines.append(
+            f"| {e.get('rank')} | {e.get('status')} | {e.get('steps')} | {ended} "
+            f"| {e.get('dir', '')}/report.md |"
+        )
+    lines.append("")
+    lines += [f"- {rank_ended_text(e)}" for e in report.ranks]
+    lines.append("")
+    return lines
