@@ -172,6 +172,16 @@ def exploding_gradient(
         orders of magnitude over a few dozen steps, and a blow-up inside that span would have
         shown in the loss by the jump's own step.
 
+        Under an optimizer that sizes its steps by the lr rather than by the gradient (Adam,
+        AdamW, RMSprop, Adagrad, Lion, ...), a gradient that jumps does not move the weights any
+        further: the jump is reported only when the layer's update (||Δθ||, params probe)
+        measurably jumped with it (`factor` times its level before, at least the level the other
+        layers' updates carry for weights of its size), or when the training loss rose out of
+        its range with it (the median of the 8 steps after the jump above every loss of the 8
+        up to it), and then at most as a warning. A 16-layer GELU MLP under AdamW (lr 1e-3) on
+        random labels: its first layers' gradients, ~3e-7 at init, rose 1e5x by step 30 while
+        their updates stayed at Adam's usual size and the loss stayed flat: not reported.
+
         It is info too when the loss is not measured to be meant to fall (rules/_objective.py:
     several models trained against each other, targets that move with the run as RL returns do,
     a loss the standard losses do not account for): there a growing gradient follows the growing
