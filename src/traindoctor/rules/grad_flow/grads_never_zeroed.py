@@ -77,7 +77,8 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
         return
     # A param is judged at a step only if its optimizer stepped then (a GAN's generator is not
     # zeroed on the discriminator's steps, and need not be).
-    stepped = dict(tl.series("grads.stepped"))
+    # As sets: a membership test per param per step (a list made it quadratic in the params).
+    stepped = {s: set(names) for s, names in tl.series("grads.stepped")}
     judged: dict[str, int] = {}
     kept: dict[str, int] = {}
     for step, norms in obs:
