@@ -69,9 +69,12 @@ def accumulation_scaling_inconsistent(
     Dividing the last, shorter accumulation cycle of an epoch by its own length gives a second
     factor; it is reported because it changes that step's weight.
     """
-    if not state.several(tl):
+    sites = state.judged(tl, max_distinct)
+    if not sites:
         return  # one factor at every call site (the usual case): nothing read but new records
     for site, passes in _passes_by_site(tl).items():
+        if site not in sites:
+            continue  # one factor, or more than max_distinct: nothing _judge_site reports
         finding = _judge_site(tl, site, passes, max_distinct)
         if finding is not None:
             yield finding
@@ -80,16 +83,21 @@ def accumulation_scaling_inconsistent(
 class FactorCounts:
     """What TD109 keeps between passes (rules/_incremental.py): the distinct factors seen at
     each call site. While every site has one, there is nothing to judge and a pass reads only
-    the new records; once a site has two, the passes are judged from the whole timeline."""
+    the new records; once a site has two, the passes are judged from the whole timeline. A
+    site past `max_distinct` factors (a divisor computed from the batch: `loss_sum / n_tokens`)
+    can never be reported again, as counts only grow: it is dropped for good, and its factors
+    are no longer kept."""
 
     def __init__(self) -> None:
         self.factors, self.sites = Reader("loss.factor"), Reader("loss.site")
         self.readers = (self.factors, self.sites)
         self.seen: dict[int, set[float]] = {}  # site -> distinct factors (rounded, finite)
         self.open: dict[int, list] = {}  # step -> [factors, sites] not folded yet
+        self.many: set[int] = set()  # sites past max_distinct settled factors: never reported
 
-    def several(self, tl: TimelineView) -> bool:
-        """Some call site has two distinct factors or more (the newest step included)."""
+    def judged(self, tl: TimelineView, max_distinct: int) -> set[int]:
+        """The call sites with 2 to `max_distinct` distinct factors (the newest step included):
+        the only ones _judge_site can report."""
         if not fresh(self, tl):
             self.__init__()  # an earlier step was rewritten: read everything again
         for i, reader in enumerate(self.readers):
@@ -105,14 +113,24 @@ class FactorCounts:
             if settled:
                 del self.open[step]
             for site, f in _factors(fs or [], sites):
+                if site in self.many:
+                    continue
                 known = self.seen.setdefault(site, set())
                 if settled:
                     known.add(f)
+                    if len(known) > max_distinct:
+                        self.many.add(site)
+                        del self.seen[site]
                 elif f not in known:
                     newest.setdefault(site, set()).add(f)
-        return any(len(fs | newest.get(site, set())) >= 2 for site, fs in self.seen.items()) or any(
-            len(fs) >= 2 for site, fs in newest.items() if site not in self.seen
-        )
+        out = set()
+        for site in set(self.seen) | set(newest):
+            if site in self.many:
+                continue
+            n = len(self.seen.get(site, set()) | newest.get(site, set()))
+            if 2 <= n <= max_distinct:
+                out.add(site)
+        return out
 
 
 def _factors(fs: list, sites: list | None) -> Iterator[tuple[int, float]]:
