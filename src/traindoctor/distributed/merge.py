@@ -224,11 +224,13 @@ def job_outcome(results: list[RankResult]) -> dict[str, Any]:
 
 def write_job(report: Report) -> None:
     """findings.json, report.md and report.html of the job (no plots: each rank has its own)."""
-    from ..report import _write_text_reports, atomic_write
+    from ..report import atomic_write, render_markdown
     from ..report.html import render_html
 
-    _write_text_reports(report)
-    atomic_write(Path(report.run_dir) / "report.html", [render_html(report, None)])
+    job_dir = Path(report.run_dir)  # type: ignore[arg-type]
+    atomic_write(job_dir / "findings.json", [json.dumps(report.to_dict(), indent=2) + "\n"])
+    atomic_write(job_dir / "report.md", [render_markdown(report)])
+    atomic_write(job_dir / "report.html", [render_html(report, None)])
 
 
 @contextlib.contextmanager
