@@ -3,15 +3,93 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, fresh
 from .._registry import rule
-from .._util import (
-    loss_source,
-    train_loss_values,
-    trainable_names,
-)
+from .._util import loss_source, trainable_names
+
+
+class Runs:
+    """The longest run of bit-identical consecutive values of a series fed in order (the first
+    of the longest, as a scan of the whole series finds it), in constant memory: a run is
+    [value, length, first step, last step, distinct steps, a value > 0 before it]."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.positive = False  # a value > 0 so far
+        self.cur: list | None = None
+        self.best: list | None = None
+
+    def add(self, step: int, v: float) -> None:
+        c = self.cur
+        if c is not None and v == c[0]:  # NaN starts a new run, as != says
+            c[1] += 1
+            c[4] += step != c[3]
+            c[3] = step
+        else:
+            c = self.cur = [v, 1, step, step, 1, self.positive]
+        if self.best is None or c[1] > self.best[1]:
+            self.best = list(c)
+        self.positive = self.positive or v > 0
+        self.n += 1
+
+    def copy(self) -> Runs:
+        out = Runs()
+        out.n, out.positive = self.n, self.positive
+        out.cur = None if self.cur is None else list(self.cur)
+        out.best = None if self.best is None else list(self.best)
+        return out
+
+
+class _Source:
+    """One series of loss values read pass by pass into Runs (the newest step, which may still
+    grow, on a copy)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reader = Reader(name)
+        self.runs = Runs()
+
+    def read(self, tl: TimelineView) -> Runs:
+        settled, pending = self.reader.read(tl)
+        for step, values in settled:
+            for v in values or ():
+                self.runs.add(step, float(v))
+        if not pending:
+            return self.runs
+        runs = self.runs.copy()
+        for step, values in pending:
+            for v in values or ():
+                runs.add(step, float(v))
+        return runs
+
+
+class ConstantScan:
+    """TD107's state between passes (rules/_incremental.py): the longest constant run of the
+    training loss and of the validation loss, each read only from the records written since the
+    last pass; a change of the series read (the first logged loss, a validation loss found under
+    another name) or a rewritten step starts that series over."""
+
+    def __init__(self) -> None:
+        self.train: _Source | None = None
+        self.val: _Source | None = None
+
+    @property
+    def readers(self) -> tuple[Reader, ...]:
+        return tuple(x.reader for x in (self.train, self.val) if x is not None)
+
+    def runs(self, tl: TimelineView, which: str, name: str | None) -> Runs:
+        src = getattr(self, which)
+        if name is None:
+            setattr(self, which, None)
+            return Runs()
+        if src is None or src.name != name:
+            src = _Source(name)
+            setattr(self, which, src)
+        return src.read(tl)
 
 
 @rule(
@@ -32,9 +110,10 @@ from .._util import (
     events=("backward_call", "log_call"),
     facts=("params",),
     priority=40,
+    state=lambda: ConstantScan(),
 )
 def loss_constant(
-    tl: TimelineView, *, min_repeats: int = 5, min_validations: int = 3
+    tl: TimelineView, state: ConstantScan, *, min_repeats: int = 5, min_validations: int = 3
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -67,32 +146,25 @@ def loss_constant(
     ## Known false positives
     A loss that reached exactly 0 after decreasing (a converged hinge loss) is not reported.
     """
-    yield from _train(tl, min_repeats)
-    yield from _validation(tl, min_validations)
+    if not fresh(state, tl):
+        state.__init__()  # an earlier step was rewritten: read everything again
+    # Logged losses when the user logs any, else the backward roots (train_loss_values).
+    logged = "loss.train" in tl.signal_names("loss.train")
+    yield from _train(
+        tl, state.runs(tl, "train", "loss.train" if logged else "loss.backward"), min_repeats
+    )
+    yield from _validation(tl, state.runs(tl, "val", _validation_name(tl)), min_validations)
 
 
-def _longest_run(values: list[tuple[int, float]]) -> tuple[int, int, float]:
-    best = (0, 0, 0.0)  # (start index, length, value)
-    start = 0
-    for i in range(1, len(values) + 1):
-        if i == len(values) or values[i][1] != values[start][1]:
-            if i - start > best[1]:
-                best = (start, i - start, values[start][1])
-            start = i
-    return best
-
-
-def _train(tl: TimelineView, min_repeats: int) -> Iterator[Finding]:
-    values = train_loss_values(tl)
-    if len(values) < min_repeats:
+def _train(tl: TimelineView, runs: Runs, min_repeats: int) -> Iterator[Finding]:
+    if runs.n < min_repeats or runs.best is None:
         return
-    start, length, value = _longest_run(values)
+    value, length, first, last, _, positive_before = runs.best
     if length < min_repeats:
         return
-    if value == 0.0 and any(v > 0 for _, v in values[:start]):
+    if value == 0.0 and positive_before:
         return  # converged to exactly zero after decreasing
-    steps = sorted({s for s, _ in values[start : start + length]})
-    grads = [n for s, n in tl.series("grads.norm") if steps[0] <= s <= steps[-1] and n]
+    grads = [n for s, n in _between(tl, "grads.norm", first, last) if n]
     zero_grad = bool(grads) and all(v == 0.0 for n in grads for v in n.values())
     if zero_grad:
         cause = (
@@ -112,12 +184,12 @@ def _train(tl: TimelineView, min_repeats: int) -> Iterator[Finding]:
     src = loss_source(tl)
     yield tl.finding(
         title=f"the training loss is exactly {value:.6g} on {length} consecutive batches "
-        f"(steps {steps[0]}–{steps[-1]})",
-        step=steps[0],
+        f"(steps {first}–{last})",
+        step=first,
         evidence={
             "value": value,
             "repeats": length,
-            "batches_seen": len(values),
+            "batches_seen": runs.n,
             "grad_norm_zero": zero_grad,
         },
         where=Where(source=src),
@@ -126,29 +198,32 @@ def _train(tl: TimelineView, min_repeats: int) -> Iterator[Finding]:
     )
 
 
-def _validation_values(tl: TimelineView) -> list[tuple[int, float]]:
-    out = [(s, float(v)) for s, vals in tl.series("loss.val") for v in vals]
-    if out:
-        return out
+def _between(tl: TimelineView, name: str, first: int, last: int) -> list[tuple[int, Any]]:
+    """The records of `name` at steps first..last (read from `first` on, not from the start)."""
+    return [(s, v) for s, v in tl.series_since(name, first - 1) if s <= last]
+
+
+def _validation_name(tl: TimelineView) -> str | None:
+    """The series of validation losses: `loss.val` once any is logged, else the first metric
+    whose name says validation loss."""
+    if "loss.val" in tl.signal_names("loss.val"):
+        return "loss.val"
     for name in tl.signal_names("metric."):
         key = name[len("metric.") :].lower()
         if "loss" in key and any(tag in key for tag in ("val", "eval", "test")):
-            return [(s, float(v)) for s, vals in tl.series(name) for v in vals]
-    return []
+            return name
+    return None
 
 
-def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
-    values = _validation_values(tl)
-    if len(values) < min_validations:
+def _validation(tl: TimelineView, runs: Runs, min_validations: int) -> Iterator[Finding]:
+    if runs.n < min_validations or runs.best is None:
         return
-    start, length, value = _longest_run(values)
-    steps = [s for s, _ in values[start : start + length]]
-    if length < min_validations or len(set(steps)) < min_validations:
+    value, length, first, last, distinct, _ = runs.best
+    if length < min_validations or distinct < min_validations:
         return
-    stepped = {s for s, v in tl.series("optim.step") if v}
-    updates = [u for s, u in tl.series("params.update") if steps[0] <= s < steps[-1]]
+    updates = [u for s, u in _between(tl, "params.update", first, last - 1)]
     moved = any(v > 0 for u in updates for v in u.values())
-    between = [s for s in stepped if steps[0] <= s < steps[-1]]
+    between = [s for s, v in _between(tl, "optim.step", first, last - 1) if v]
     if not between:
         cause = (
             "no optimizer step ran between these validations (see TD105): the model never changes"
@@ -161,7 +236,7 @@ def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
             "that is never updated)"
         )
         fix = "evaluate the trained model, or update the EMA copy after every optimizer step"
-    elif _never_get_grad(tl, steps[0], steps[-1]):
+    elif _never_get_grad(tl, first, last):
         cause = (
             "the optimizer steps but no trained parameter ever has a gradient (see TD101/TD102): "
             "backward() does not reach the model, so it never changes"
@@ -173,8 +248,8 @@ def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
     src = loss_source(tl, validating=True)
     yield tl.finding(
         title=f"the validation loss is exactly {value:.6g} in {length} validations "
-        f"(steps {steps[0]}–{steps[-1]})",
-        step=steps[0],
+        f"(steps {first}–{last})",
+        step=first,
         evidence={"value": value, "validations": length, "optimizer_steps_between": len(between)},
         where=Where(source=src, op="validation"),
         cause=cause,
@@ -185,5 +260,5 @@ def _validation(tl: TimelineView, min_validations: int) -> Iterator[Finding]:
 def _never_get_grad(tl: TimelineView, first: int, last: int) -> bool:
     """Every trainable param had grad None at every observed step() between two validations."""
     trainable = set(trainable_names(tl))
-    seen = [set(n) for s, n in tl.series("grads.none") if first <= s < last]
+    seen = [set(n) for s, n in _between(tl, "grads.none", first, last - 1)]
     return bool(trainable) and bool(seen) and all(trainable <= n for n in seen)
