@@ -145,6 +145,9 @@ class StepDriver:
             # To disk with the device values just read back: a kill loses the steps since (a
             # write to the OS every step cost ~2% of a small GPT's step on this machine).
             run.guard.call("timeline stream", stream.flush)
+        if step % READBACK_EVERY == 0:
+            # Thinned after the flush: every record it drops from memory is on disk.
+            run.guard.call("timeline compact", self.timeline.compact)
         budget.spend(time.perf_counter() - t0)
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.

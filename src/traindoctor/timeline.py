@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .findings import Finding, Severity, Where
 from .schema import EVENTS, FACTS, SIGNALS, signal_of
+from .timeline_retention import Retention
 from .timeline_store import read_timeline
 
 
@@ -54,10 +55,17 @@ def signal(name: str, meaning: str = "") -> str:
 
 
 class Timeline:
-    """Mutable store written by probes through the Doctor."""
+    """Mutable store written by probes through the Doctor.
 
-    def __init__(self) -> None:
+    Bounded: a long run's old records are thinned in memory (timeline_retention.py: each
+    signal keeps its first and last records exact and the extremes and non-finite values of
+    the middle), while the stream keeps every record on disk. `bounded=False` keeps all."""
+
+    def __init__(self, *, bounded: bool = True) -> None:
         self.facts: dict[str, Any] = {}
+        self.bounded = bounded
+        self._retention: dict[str, Retention] = {}
+        self._compacted: dict[str, int] = {}  # signal -> the last step compact() took
         # signal -> {step: value}: a rule reading one signal touches only that signal's steps.
         self._signals: dict[str, dict[int, Any]] = defaultdict(dict)
         self._events: list[dict[str, Any]] = []
@@ -109,6 +117,27 @@ class Timeline:
                 self._unsorted.add(name)
         if name in self._unsorted:
             self._sorted.pop(name, None)
+
+    def compact(self) -> None:
+        """Thin what a long run holds in memory (timeline_retention.py), from the records
+        written since the last call: the Doctor calls it after each flush to disk, so the
+        hot path (record, append) pays nothing for it. What the stream has not written yet
+        stays."""
+        if not self.bounded:
+            return
+        held: dict[str, set[int]] = {}
+        for name, step in self._changes or ():
+            held.setdefault(name, set()).add(step)
+        for name, data in self._signals.items():
+            retention = self._retention.get(name)
+            if retention is None:
+                retention = self._retention[name] = Retention(data)
+            since = self._compacted.get(name)
+            steps = list(data) if since is None else [s for s, _ in self.series_since(name, since)]
+            if steps:
+                self._compacted[name] = steps[-1]
+            # Even with nothing new: records held at the last call may go now.
+            retention.compact(steps, held.get(name))
 
     def event(self, step: int, kind: str, **facts: Any) -> None:
         event = {"step": step, "kind": kind, **facts}
@@ -214,13 +243,10 @@ class Timeline:
     def from_jsonl(cls, path: Path) -> Timeline:
         """A timeline.jsonl written whole at close (format 1) or streamed as the run went
         (format 2; `ended` is False when the run never closed). ValueError if it is not one."""
-        loaded = read_timeline(Path(path))
         tl = cls()
+        loaded = read_timeline(Path(path), sink=tl)  # its signals go straight to tl, thinned
         tl.facts = loaded.facts
         tl.last_step = loaded.last_step
-        for name, data in loaded.signals.items():
-            for step, value in data.items():  # in step order, as a run writes them
-                tl.record(step, name, value)
         for event in loaded.events:
             tl._events.append(event)
             tl._events_by_kind[event.get("kind", "")].append(event)

@@ -289,12 +289,18 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def read_timeline(path: Path) -> Loaded:
+# A sink compacts what it holds after every this many step records (timeline_retention.py).
+COMPACT_EVERY = 1000
+
+
+def read_timeline(path: Path, sink: Any = None) -> Loaded:
     """Both formats, line by line (a long run's file is not held whole). A last line cut
     short (a kill mid-write) is skipped with a note; a bad line anywhere else is an error
-    (ValueError)."""
+    (ValueError). With a `sink` (a Timeline), the signals go to its `record()` as they are
+    read, and its `compact()` runs every COMPACT_EVERY steps, so a run of 10^6 steps loads in
+    the memory the live run held; `Loaded.signals` then stays empty."""
     out = Loaded()
-    reader = _Reader(out)
+    reader = _Reader(out, sink)
     pending: tuple[int, str] | None = None  # a line is known to be the last only at the end
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -315,6 +321,8 @@ def read_timeline(path: Path) -> Loaded:
             )
     if out.streamed and not reader.saw_end:
         out.ended = False
+    if sink is not None:
+        sink.compact()
     for name, data in out.signals.items():
         out.signals[name] = dict(sorted(data.items()))
     return out
@@ -332,8 +340,10 @@ def _record(path: Path, lineno: int, line: str) -> dict[str, Any]:
 
 
 class _Reader:
-    def __init__(self, out: Loaded) -> None:
+    def __init__(self, out: Loaded, sink: Any = None) -> None:
         self.out = out
+        self.sink = sink
+        self.steps_read = 0
         self.keys: dict[int, list[str]] = {}
         self.same: dict[int, list[str]] = {}
         self.last: dict[str, Any] = {}  # signal -> its last value read (for `same`)
@@ -370,7 +380,10 @@ class _Reader:
             self.out.facts[rec["key"]] = rec.get("value")
 
     def _set(self, name: str, step: int, value: Any) -> None:
-        self.out.signals.setdefault(name, {})[step] = value
+        if self.sink is None:
+            self.out.signals.setdefault(name, {})[step] = value
+        else:
+            self.sink.record(step, name, value)
         self.last[name] = value
 
     def _step(self, rec: dict[str, Any]) -> None:
@@ -383,6 +396,9 @@ class _Reader:
             for name in self.same[int(rec["same"])]:
                 self._set(name, step, _copy(self.last[name]))
         self._progress(rec)
+        self.steps_read += 1
+        if self.sink is not None and self.steps_read % COMPACT_EVERY == 0:
+            self.sink.compact()
 
     def _progress(self, rec: dict[str, Any]) -> None:
         if "last_step" in rec:
