@@ -57,7 +57,9 @@ dist.destroy_process_group()
 """
 )
 
-# td.watch inside the script, as the README shows; rank 1's labels are all one class.
+# td.watch inside the script, as the README shows; rank 1's labels are all one class. Rank 1
+# closes only once rank 0 has written the job's report (after waiting 0.5 s for rank 1,
+# TRAINDOCTOR_MERGE_WAIT) with rank 1 still running; rank 1, the last to close, completes it.
 WATCHED_ONE_RANK_BUG = (
     "BAD_LABELS_ON_RANK1 = True\n"
     + DDP_SETUP
@@ -66,9 +68,15 @@ import traindoctor as td
 with td.watch(model, opt, out_dir="runs", console=False) as doc:
     for step in range(12):
         doc.log(loss=train_step(step))
+    if rank == 1:
+        import glob, time
+        deadline = time.monotonic() + 60
+        while not glob.glob("runs/*/findings.json") and time.monotonic() < deadline:
+            time.sleep(0.05)
 job = doc.job_report
 print(f"rank {rank} done, collectives from traindoctor: {len(OURS)}")
 print(f"rank {rank} own report: {doc.report.run_dir}, job report written: {job is not None}")
+print(f"rank {rank} saw ranks: {[r['status'] for r in job.ranks] if job else None}")
 dist.destroy_process_group()
 """
 )
@@ -87,23 +95,26 @@ print(f"rank {rank} done")
 """
 )
 
+# name: (script, traindoctor run's options, or None for the script alone, extra environment)
 JOBS = {
-    "healthy": (HEALTHY, True),
-    "watched": (WATCHED_ONE_RANK_BUG, False),
-    "killed": (KILLED, True),
-    "killed_plain": (KILLED, False),
+    "healthy": (HEALTHY, ["--json"], {}),
+    "watched": (WATCHED_ONE_RANK_BUG, None, {"TRAINDOCTOR_MERGE_WAIT": "0.5"}),
+    "killed": (KILLED, [], {}),
+    "killed_plain": (KILLED, None, {}),
 }
 
 
-def _torchrun(folder: Path, script: str, under_run: bool):
+def _torchrun(folder: Path, script: str, run_options: list[str] | None, extra: dict):
     torchrun = Path(sys.executable).with_name("torchrun")
     write(folder, "train.py", script)
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "traindoctor", "run", "--out", "runs", "train.py"] if under_run else ["train.py"]
-    e = env()
-    e["TRAINDOCTOR_PLOTS"] = "0"
+    if run_options is None:
+        cmd += ["train.py"]
+    else:
+        cmd += ["-m", "traindoctor", "run", *run_options, "--out", "runs", "train.py"]
+    e = {**env(), "TRAINDOCTOR_PLOTS": "0", **extra}
     p = subprocess.run(cmd, cwd=folder, env=e, capture_output=True, text=True, timeout=240)
-    return p.returncode, p.stdout + p.stderr
+    return p.returncode, p.stdout + p.stderr, p.stdout
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +123,7 @@ def jobs(tmp_path_factory):
         pytest.skip("torchrun is not installed")
     root = tmp_path_factory.mktemp("jobs")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {
-            name: pool.submit(_torchrun, root / name, script, under_run)
-            for name, (script, under_run) in JOBS.items()
-        }
+        futures = {name: pool.submit(_torchrun, root / name, *job) for name, job in JOBS.items()}
         return {name: (root / name, *f.result()) for name, f in futures.items()}
 
 
@@ -126,7 +134,7 @@ def _job(folder: Path) -> tuple[Path, dict]:
 
 
 def test_a_healthy_job_has_one_merged_report(jobs):
-    folder, code, out = jobs["healthy"]
+    folder, code, out, stdout = jobs["healthy"]
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
@@ -146,12 +154,12 @@ def test_a_healthy_job_has_one_merged_report(jobs):
         assert (job_dir / "ranks" / f"rank{rank}" / "timeline.jsonl").is_file()
     assert "## Ranks (world size 2)" in (job_dir / "report.md").read_text()
     assert "world size 2" in (job_dir / "report.html").read_text()
-    # The job's report is printed once (rank 0), not once per rank.
-    assert out.count("report: runs/") == 1, out[-4000:]
+    # --json: stdout is the job's findings.json alone (rank 0's; the other ranks print none).
+    assert json.loads(stdout) == data
 
 
 def test_a_finding_on_one_rank_names_that_rank(jobs):
-    folder, code, out = jobs["watched"]
+    folder, code, out, _ = jobs["watched"]
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
@@ -162,11 +170,15 @@ def test_a_finding_on_one_rank_names_that_rank(jobs):
     assert ranks.get("TD502") == [0, 1], data["findings"]
     md = (job_dir / "report.md").read_text()
     assert "- **Ranks:** 1\n" in md
+    # Rank 0 merged at its close with rank 1 still running; rank 1, last, completed the report.
+    assert "rank 0 saw ranks: ['closed', 'running']" in out, out[-4000:]
+    assert "rank 1 saw ranks: ['closed', 'closed']" in out, out[-4000:]
+    assert [r["status"] for r in data["ranks"]] == ["closed", "closed"]
 
 
 def test_a_killed_rank_is_reported_and_the_job_exits_as_plainly(jobs):
-    _, plain_code, plain_out = jobs["killed_plain"]
-    folder, code, out = jobs["killed"]
+    _, plain_code, _, _ = jobs["killed_plain"]
+    folder, code, out, _ = jobs["killed"]
     assert code == plain_code != 0, (code, plain_code, out[-4000:])
     job_dir, data = _job(folder)
     by_rank = {r["rank"]: r for r in data["ranks"]}
@@ -196,7 +208,7 @@ def test_a_killed_rank_is_reported_and_the_job_exits_as_plainly(jobs):
 
 
 def test_report_of_a_rank_folder_is_that_rank_alone(jobs):
-    folder, _, _ = jobs["healthy"]
+    folder = jobs["healthy"][0]
     job_dir, _ = _job(folder)
     p = subprocess.run(
         [*TRAINDOCTOR, "report", "--json", str(job_dir / "ranks" / "rank1")],
