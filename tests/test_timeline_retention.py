@@ -109,3 +109,10 @@ def test_a_long_streamed_run_loads_back_bounded(tmp_path) -> None:
     assert loaded.size() < 6_000
     assert loaded.series("loss.train")[-1] == (30_000, [1.0 / 30_000])
     assert loaded.series("loss.train")[0] == (1, [1.0])
+
+
+def test_the_widest_interval_between_passes_fits_in_the_exact_tail() -> None:
+    from traindoctor.diagnosis_schedule import diagnose_due
+
+    due = [s for s in range(5_000, 200_000) if diagnose_due(s)]
+    assert max(b - a for a, b in zip(due, due[1:], strict=False)) <= TAIL

@@ -20,11 +20,13 @@ NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 def diagnose_due(step: int, structural_steps: int = 3) -> bool:
     """Rules run on the structural steps, then every 50 steps, widening to every 250 after
-    step 500 and every 2500 after step 5000: a pass reads the whole timeline (a few ms for
-    the 49 rules), and the full diagnosis runs at close."""
+    step 500 and every 2000 after step 5000, and the full diagnosis runs at close. A pass
+    reads the in-memory timeline, bounded however long the run (timeline_retention.py); the
+    widest interval stays under its exact tail (TAIL records), so the rules that keep a state
+    between passes read every record of a per-step signal when no due pass was skipped."""
     if step <= structural_steps:
         return True
-    every = 50 if step < 500 else 250 if step < 5000 else 2500
+    every = 50 if step < 500 else 250 if step < 5000 else 2000
     return step % every == 0
 
 
@@ -44,8 +46,8 @@ class DiagnosisSchedule:
         self.diagnosed_at = step
 
     def affordable(self, step: int, timeline_size: int) -> bool:
-        """A mid-run diagnosis reads the whole timeline (milliseconds, growing with the run):
-        after the structural steps it runs only when its predicted cost (from the timeline's
+        """A mid-run diagnosis reads the in-memory timeline (milliseconds; bounded, so it stops
+        growing with the run after a few thousand steps): after the structural steps it runs only when its predicted cost (from the timeline's
         size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
         the counted work, budget.py); otherwise it waits for the next due step. Counted, not
         timed: the passes, and the step each finding is first reported at, are the same in
