@@ -49,7 +49,7 @@ def test_series_since_reads_only_newer_records():
 
 # -- incremental passes give the findings of a fresh pass --------------------------------------
 
-INCREMENTAL = ("TD107", "TD108", "TD109", "TD206", "TD210")
+INCREMENTAL = ("TD107", "TD108", "TD109", "TD206", "TD210", "TD514", "TD515")
 
 
 def _replay(src: Timeline, code: str, every: int) -> list[dict]:

@@ -8,11 +8,31 @@ from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, fresh
 from .._optimizer_kinds import SCALE_INVARIANT
 from .._registry import rule
 
 # Optimizers whose step() calls the closure (forward + backward) several times.
 CLOSURE_OPTIMIZERS = ("LBFGS",)
+
+
+class AccumulationCount:
+    """TD515's state between passes (rules/_incremental.py): how many steps ran two backward
+    passes or more, read from the records written since the last pass. Fewer than `min_steps`
+    (a run without gradient accumulation: the usual case) leaves nothing to judge, and a pass
+    reads nothing else; from there on the steps are judged from the whole timeline."""
+
+    def __init__(self) -> None:
+        self.factors = Reader("loss.factor")
+        self.readers = (self.factors,)
+        self.steps = 0  # settled steps with two passes or more
+
+    def enough(self, tl: TimelineView, min_steps: int) -> bool:
+        if not fresh(self, tl):
+            self.__init__()
+        settled, pending = self.factors.read(tl)
+        self.steps += sum(len(fs or ()) >= 2 for _, fs in settled)
+        return self.steps + sum(len(fs or ()) >= 2 for _, fs in pending) >= min_steps
 
 
 @rule(
@@ -33,9 +53,10 @@ CLOSURE_OPTIMIZERS = ("LBFGS",)
     events=("backward_site",),
     facts=("optimizers",),
     priority=40,
+    state=lambda: AccumulationCount(),
 )
 def grad_accumulation_unnormalized(
-    tl: TimelineView, *, min_steps: int = 3, min_clip_share: float = 0.5
+    tl: TimelineView, state: AccumulationCount, *, min_steps: int = 3, min_clip_share: float = 0.5
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -95,6 +116,8 @@ def grad_accumulation_unnormalized(
     reported. Adam-family optimizers without active clipping are not: their update does not
     depend on the gradient's scale.
     """
+    if not state.enough(tl, min_steps):
+        return  # fewer accumulation steps than judged: nothing read but the new factors
     if any(o.get("class") in CLOSURE_OPTIMIZERS for o in tl.fact("optimizers") or ()):
         # step(closure) re-evaluates the loss several times per step, each from zeroed
         # gradients (pytorch/examples time_sequence_prediction: 20 evaluations a step): no

@@ -8,8 +8,73 @@ from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, fresh
 from .._registry import rule
 from .._util import common_module, module_of, optimizer_source
+
+
+class DecayScan:
+    """TD514's state between passes (rules/_incremental.py): each param's first and last
+    measured norm, and the decay's pull Σ lr·wd per group summed from the first measured step,
+    in step order (the same additions as a fresh pass); a pass reads the norms and lrs written
+    since the last. The newest records (still being written) are folded on copies. New
+    optimizer hparams or decay settings start the sums over."""
+
+    def __init__(self, key: str | None = None) -> None:
+        self.key = key  # the decays and hparams the pulls were summed with
+        self.norms = Reader("params.norm")
+        self.lr_rewrites = 0
+        self.readers = (self.norms,)
+        self.count = 0
+        self.start: int | None = None  # the first measured step
+        self.end: int | None = None  # the last settled measured step
+        self.first: dict[str, float] = {}
+        self.last: dict[str, tuple[int, float]] = {}
+        self.pulls: dict[str, float] = {}
+        self.lr_done: int | None = None  # optim.lr summed for good up to this step
+
+    def read(self, tl: TimelineView, wds: dict, hparams: dict) -> tuple:
+        """(steps measured, first step, last step, first norms, last norms, pulls over
+        [first step, last step)), the newest records included."""
+        key = repr((sorted(wds.items()), sorted(hparams.items())))
+        if key != self.key or not fresh(self, tl) or tl.rewrites("optim.lr") != self.lr_rewrites:
+            self.__init__(key)
+            self.lr_rewrites = tl.rewrites("optim.lr")
+        settled, pending = self.norms.read(tl)
+        for step, norms in settled:
+            self._fold(step, norms, self.first, self.last)
+            self.count += 1
+            self.end = step
+        first, last, end = self.first, self.last, self.end
+        if pending:
+            first, last = dict(first), dict(last)
+            step, norms = pending[0]
+            self._fold(step, norms, first, last)
+            end = step
+        count = self.count + len(pending)
+        pulls = self.pulls
+        if self.start is not None and end is not None:
+            since = self.start - 1 if self.lr_done is None else self.lr_done
+            lrs = tl.series_since("optim.lr", since)
+            # Summed for good: below the last settled measured step, never the newest lr
+            # record (its groups may still be written).
+            good = min(self.end if self.end is not None else self.start, lrs[-1][0] if lrs else 0)
+            for step, groups in lrs:
+                if step >= good and pulls is self.pulls:
+                    pulls = dict(pulls)  # the rest only for this pass
+                if step >= end:
+                    break
+                _add_pull(pulls, groups, wds, hparams)
+                if pulls is self.pulls:
+                    self.lr_done = step
+        return count, self.start, end, first, last, pulls
+
+    def _fold(self, step: int, norms: Any, first: dict, last: dict) -> None:
+        if self.start is None:
+            self.start = step
+        for name, v in (norms or {}).items():
+            first.setdefault(name, v)
+            last[name] = (step, v)
 
 
 @rule(
@@ -22,9 +87,10 @@ from .._util import common_module, module_of, optimizer_source
     events=("optimizer_hparams",),
     facts=("module_types", "optimizers"),
     priority=60,
+    state=lambda: DecayScan(),
 )
 def weight_decay_on_norms(
-    tl: TimelineView, *, min_shrink: float = 0.1, min_explained: float = 0.5
+    tl: TimelineView, state: DecayScan, *, min_shrink: float = 0.1, min_explained: float = 0.5
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -77,19 +143,11 @@ def weight_decay_on_norms(
     (AdamW's default 0.01 at lr 1e-3 over a short run) is not reported: nothing is measured.
     """
     types = tl.fact("module_types") or {}
-    norms_series = tl.series("params.norm")
-    if len(norms_series) < 2:
+    count, start, end, first_norm, last_norm, pulls = state.read(tl, _decays(tl), _hparams(tl))
+    if count < 2:
         yield from _configured(tl, types)
         return
-    first_norm: dict[str, float] = {}
-    last_norm: dict[str, tuple[int, float]] = {}
-    for step, norms in norms_series:
-        for name, v in (norms or {}).items():
-            first_norm.setdefault(name, v)
-            last_norm[name] = (step, v)
-    observed = [s for s, _ in norms_series]
-    hparams = _hparams(tl)
-    pulls = _pulls(tl, hparams, observed[0], observed[-1])
+    observed = [start, end]
     shrunk: dict[str, dict[str, Any]] = {}
     biases: list[str] = []
     decayed_groups: dict[str, float] = {}
@@ -221,26 +279,24 @@ def _hparams(tl: TimelineView) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _pulls(
-    tl: TimelineView, hparams: dict[str, dict[str, Any]], start: int, end: int
-) -> dict[str, float]:
-    """Σ lr·wd (/(1 − momentum) for SGD) per group over steps [start, end): the log-shrink
-    the decay alone would cause."""
-    wds = {
+def _decays(tl: TimelineView) -> dict[str, float]:
+    return {
         g["id"]: g.get("weight_decay") or 0.0
         for o in tl.fact("optimizers") or []
         for g in o["groups"]
     }
-    out: dict[str, float] = {}
-    for step, lrs in tl.series("optim.lr"):
-        if not (start <= step < end):
+
+
+def _add_pull(
+    out: dict[str, float], lrs: Any, wds: dict[str, float], hparams: dict[str, dict[str, Any]]
+) -> None:
+    """Add one step's lr·wd (/(1 − momentum) for SGD) per group to `out`: summed over steps,
+    the log-shrink the decay alone would cause."""
+    for gid, lr in (lrs or {}).items():
+        if not isinstance(lr, int | float):
             continue
-        for gid, lr in (lrs or {}).items():
-            if not isinstance(lr, int | float):
-                continue
-            hp = hparams.get(gid) or {}
-            m = hp.get("momentum") or 0.0
-            damp = hp.get("dampening") or 0.0
-            boost = (1 - damp) / (1 - m) if 0 < m < 1 and not hp.get("decoupled") else 1.0
-            out[gid] = out.get(gid, 0.0) + lr * wds.get(gid, 0.0) * boost
-    return out
+        hp = hparams.get(gid) or {}
+        m = hp.get("momentum") or 0.0
+        damp = hp.get("dampening") or 0.0
+        boost = (1 - damp) / (1 - m) if 0 < m < 1 and not hp.get("decoupled") else 1.0
+        out[gid] = out.get(gid, 0.0) + lr * wds.get(gid, 0.0) * boost
