@@ -475,7 +475,12 @@ class Doctor:
             return self.report
         self.report.rank, self.report.world_size = self.dist.rank, self.dist.world_size
         publish(self.report, self.guard, console=False)
+        errors = len(self.guard.errors)
         self.guard.call("merge ranks", self._merge_ranks)
+        if len(self.guard.errors) > errors:
+            # The merge failed (recorded): this rank's own report says so.
+            self.report.internal_errors = [e.to_dict() for e in self.guard.errors]
+            publish(self.report, self.guard, console=False)
         return self.report
 
     def _merge_ranks(self) -> None:
