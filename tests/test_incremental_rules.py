@@ -252,3 +252,123 @@ def test_a_pass_that_raises_is_recorded_and_the_next_starts_afresh(monkeypatch):
     assert [e.to_dict()["where"] for e in guard.errors] == ["rule TD210"]
     monkeypatch.setattr(_loss_scan.LossScan, "read", read)
     assert [f.to_dict() for f in diagnose(tl, rules, Guard())] == expected
+
+
+# -- every step, every 50 steps, once at close: the same findings -------------------------------
+
+
+def _replay_steps(src: Timeline, code: str, every: int | None) -> list[dict]:
+    """`src` written again step by step (list signals a value at a time, events at their
+    step), `code` run with one kept state at the end of every `every`-th step (None: once, at
+    close); the last pass's findings."""
+    r = get_rule(code)
+    state = r.state()
+    tl = Timeline()
+    tl.facts = dict(src.facts)
+    events = sorted(src.events(), key=lambda e: e["step"])
+    for i, (step, signals) in enumerate(src.steps().items(), 1):
+        while events and events[0]["step"] <= step:
+            e = dict(events.pop(0))
+            tl.event(e.pop("step"), e.pop("kind"), **e)
+        for name, value in signals.items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(value, list):
+                    tl.append(step, name, v)
+                else:
+                    tl.record(step, name, v)
+        tl.last_step = step
+        if every is not None and i % every == 0:
+            r.run(tl.view(r, strict=True), None, state)
+    for e in events:
+        e = dict(e)
+        tl.event(e.pop("step"), e.pop("kind"), **e)
+    tl.last_step = src.last_step
+    return [f.to_dict() for f in r.run(tl.view(r, strict=True), None, state)]
+
+
+def _constant_train_loss(n=1200, at=700, length=60):
+    """A falling loss, bit-identical (clamped) on `length` steps from `at`; zero gradients
+    there."""
+    rng = random.Random(11)
+    steps = {}
+    for s in range(1, n + 1):
+        v = 15.0 if at <= s < at + length else 2.0 * math.exp(-s / 400) * (1 + 0.1 * rng.random())
+        steps[s] = {"loss.backward": [v], "optim.step": 1}
+        if s % 10 == 0:
+            zero = at <= s < at + length
+            steps[s]["grads.norm"] = {"w": 0.0 if zero else 0.3}
+    return make_timeline(params=["w"], steps=steps)
+
+
+def _constant_validation(n=1200, every=50, frozen_from=600):
+    """A validation loss every `every` steps, bit-identical from step `frozen_from` on while the
+    params keep moving (an EMA copy never updated)."""
+    rng = random.Random(12)
+    steps = {}
+    for s in range(1, n + 1):
+        steps[s] = {"loss.train": [1.0 + rng.random()], "optim.step": 1}
+        if s % 10 == 0:
+            steps[s]["params.update"] = {"w": 0.01}
+        if s % every == 0:
+            steps[s]["loss.val"] = [0.75 if s >= frozen_from else 1.0 + rng.random()]
+    return make_timeline(params=["w"], steps=steps)
+
+
+def _decayed_gains(n=1000, shrink=True):
+    from tests.rules.test_td514_weight_decay_on_norms import PARAMS
+    from tests.rules.test_td514_weight_decay_on_norms import _tl as td514_timeline
+
+    tl = td514_timeline([(PARAMS, 1e-2)], [2.0 * (0.9995**s if shrink else 1.0) for s in range(n)])
+    # sampled norms: every 10th step only (lrs every step)
+    thinned = Timeline()
+    thinned.facts = tl.facts
+    for e in tl.events():
+        e = dict(e)
+        thinned.event(e.pop("step"), e.pop("kind"), **e)
+    for step, signals in tl.steps().items():
+        for name, value in signals.items():
+            if name != "params.norm" or step % 10 in (0, 1):
+                thinned.record(step, name, value)
+    thinned.last_step = tl.last_step
+    return thinned
+
+
+def _accumulation(n=600, factors=(1.0,) * 4, cls="SGD"):
+    from tests.rules.test_td515_grad_accumulation_unnormalized import _tl as td515_timeline
+
+    return td515_timeline(list(factors), cls=cls, n_steps=n)
+
+
+def _batch_divisors(n=1500, odd_at=None):
+    """`loss_sum / n_tokens` with a token count that changes every step (a divisor from the
+    batch: many distinct factors), optionally one step scaled by another constant."""
+    from tests.rules.test_td109_accumulation_scaling_inconsistent import _tl as td109_timeline
+
+    if odd_at is None:
+        return td109_timeline([[1 / (100 + s % 37)] * 2 for s in range(n)])
+    return td109_timeline([[0.25, 1.0] if s == odd_at else [1.0, 1.0] for s in range(1, n + 1)])
+
+
+STEP_CASES = {
+    "TD107 train": ("TD107", _constant_train_loss, True),
+    "TD107 validation": ("TD107", _constant_validation, True),
+    "TD107 healthy": ("TD107", lambda: _supervised(n=1500, seed=13), False),
+    "TD514 shrinks": ("TD514", _decayed_gains, True),
+    "TD514 holds": ("TD514", lambda: _decayed_gains(shrink=False), True),
+    "TD515 summed": ("TD515", _accumulation, True),
+    "TD515 no accumulation": ("TD515", lambda: _accumulation(factors=(1.0,)), False),
+    "TD515 divided": ("TD515", lambda: _accumulation(factors=(0.25,) * 4), False),
+    "TD109 batch divisors": ("TD109", _batch_divisors, False),
+    "TD109 one odd step": ("TD109", lambda: _batch_divisors(odd_at=1300), True),
+    "TD206 jump": ("TD206", lambda: _supervised(n=1500, seed=3, jump_at=1200, micro=2), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASES))
+def test_passes_every_step_every_50_steps_or_at_close_agree(case):
+    code, build, fires = STEP_CASES[case]
+    src = build()
+    fresh = _fresh(src, code)
+    assert bool(fresh) == fires, fresh
+    for every in (1, 50, None):
+        assert _replay_steps(src, code, every) == fresh, every
