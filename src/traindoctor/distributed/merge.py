@@ -154,10 +154,14 @@ def scan(
     return results
 
 
+# What a rank's `exit` keeps of its `run`: how it ended. The rules it could not judge are the
+# job's `run.skipped_rules`; its overhead and the rest stay in its own findings.json.
+EXIT_KEYS = ("ended", "step", "exception", "source", "signal", "reason", "observed")
+
+
 def _exit(outcome: dict[str, Any]) -> dict[str, Any]:
-    """How a closed rank ended (its `run`), without the rules it could not judge (those are
-    the job's `run.skipped_rules`)."""
-    return {k: v for k, v in outcome.items() if k != "skipped_rules"}
+    """How a closed rank ended, from its `run`."""
+    return {k: outcome[k] for k in EXIT_KEYS if k in outcome}
 
 
 def merge(job_dir: Path, world_size: int, results: list[RankResult]) -> Report:
