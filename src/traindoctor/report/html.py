@@ -130,6 +130,7 @@ def _header(report: Report) -> str:
         # and how each ended instead.
         ended = "; ".join(rank_ended_text(e) for e in report.ranks)
         rows[1] = ("ranks", f"world size {report.world_size}: {ended}")
+        rows = [r for r in rows if r[0] not in ("models", "overhead")]  # in each rank's page
     meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     return (
         '<header id="summary" class="card">'
