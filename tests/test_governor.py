@@ -28,12 +28,15 @@ class FakeClock:
         return self.now
 
 
-def _run(budget: Budget, clock: FakeClock, steps: int, plain: float) -> dict[str, float]:
+def _run(
+    budget: Budget, clock: FakeClock, steps: int, plain: float, attach: bool = True
+) -> dict[str, float]:
     """Steps of `plain` seconds; traindoctor adds known costs: attach 50 ms; step 1 spends
     20 ms in 10 timed calls; steps 2-3 add 20 ms; sampled steps add 6 ms (2 ms of it timed,
     in 100 calls); unsampled steps spend 0.3 ms in 5 calls (plus their untimed cost)."""
-    added = 0.05  # attach
-    budget.governor.attached(0.05)
+    added = 0.05 if attach else 0.0
+    if attach:
+        budget.governor.attached(0.05)
     for step in range(1, steps + 1):
         if step <= 3:
             extra = 0.02
@@ -75,6 +78,15 @@ def test_the_estimate_is_the_side_by_side_ratio_on_a_fake_clock():
     assert sum(est["steps_by_kind"].values()) == 400
     # The cost model's prediction for the same schedule, beside it.
     assert est["predicted_ratio"] > 1 and est["predicted_step_s"] > 0
+
+
+def test_without_attach_timed_step_1_counts_its_timed_cost_and_a_plain_step():
+    clock = FakeClock()
+    b = Budget(0.03, clock=clock)
+    truth = _run(b, clock, 300, plain=0.02, attach=False)
+    assert b.overhead()["ratio"] == pytest.approx(
+        1 + truth["added"] / truth["plain_total"], abs=1e-4
+    )
 
 
 def test_irregular_user_steps_leave_the_median_estimate_and_stay_on_both_sides():

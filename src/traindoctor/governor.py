@@ -92,7 +92,8 @@ class Governor:
         self._closing_at: float | None = None
         self.untimed_s = 0.0  # timed calls x UNTIMED_PER_CALL, all steps
         self.walls = 0.0  # summed walls of the steps whose wall is known
-        self.unknown_walls = 0
+        self.unknown_walls = 0  # steps whose wall is unknown (step 1 without attach timed)
+        self.unknown_timed = 0.0  # and their timed cost
         # Per kind: steps, and the timed cost (spent + counted untimed) summed.
         self.count = {"structural": 0, "sampled": 0, "unsampled": 0, "pass": 0}
         self.timed = {"structural": 0.0, "sampled": 0.0, "unsampled": 0.0, "pass": 0.0}
@@ -100,7 +101,7 @@ class Governor:
         self.plain = Sample()  # unsampled steps' wall minus their timed cost
         self.sampled_walls = Sample()
         self.structural_walls: list[float] = []  # steps 2.. of the structural steps
-        self.first_timed: float | None = None  # step 1's timed cost, when its wall is unknown
+        self.first_timed: float | None = None  # step 1's timed cost (its wall holds setup)
 
     def attached(self, seconds: float) -> None:
         self.attach_s += seconds
@@ -155,6 +156,7 @@ class Governor:
             self.walls += wall
         else:
             self.unknown_walls += 1
+            self.unknown_timed += timed
 
     # -- the estimate ---------------------------------------------------------------------
     def _extra(self, plain: float, sampled_wall: float | None) -> float:
@@ -189,7 +191,8 @@ class Governor:
             extra = self._extra(p, s)
             # The plain run: the steps' walls less what watching added to them, and a plain
             # step for each step whose wall is unknown (a step 1 with no attach timed).
-            base = self.walls - (extra - self.attach_s) + self.unknown_walls * p
+            loop_extra = extra - self.attach_s - self.unknown_timed
+            base = self.walls - loop_extra + self.unknown_walls * p
             return 1.0 + extra / max(base, 1e-12)
 
         mid = ratio(plain, sampled)
