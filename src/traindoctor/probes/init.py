@@ -4,8 +4,8 @@ layers against their input's, on the structural steps only.
 Two removable instruments, both gone after the structural steps:
 - `torch.nn.functional.cross_entropy` is wrapped (nn.CrossEntropyLoss calls it too) to record
   the number of classes C and the loss value; the wrapper returns torch's result untouched;
-- forward hooks on the leaf modules that hold parameters record std(input) and std(output);
-  the first backward's graph says which of them are final (the parametric ops closest to the
+- forward hooks on the leaf modules that hold parameters record std(input) and std(output) on
+  step 1 (then they go); the first backward's graph says which of them are final (the parametric ops closest to the
   loss on every path).
 """
 
@@ -33,6 +33,9 @@ INIT_IN_STD = signal("init.in_std", "per leaf module: std of its input on struct
 EARLY_MODULES = 10_000
 EARLY_CE_CALLS = 16
 INIT_OUT_STD = signal("init.out_std", "per leaf module: std of its output on structural steps")
+# The module stds are measured on step 1 only: the one before any update, and the only one
+# TD209 reads (after an update they describe the update, not the initialization).
+STD_STEPS = 1
 
 # -- the process-wide cross_entropy wrapper, shared by every watching doctor ----------------
 _ce_listeners: list[Callable[..., None]] = []
@@ -326,6 +329,12 @@ class InitProbe(Probe):
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         assert self.ctx is not None
         self._flush()
+        if step >= STD_STEPS and self.handles:
+            # The module hooks' work is over (TD209 judges the stds of step 1 only): steps
+            # 2-3 run without them; the cross-entropy listener stays to the structural end.
+            for h in self.handles:
+                h.remove()
+            self.handles.clear()
         if step >= self.ctx.budget.structural_steps:
             self.detach()
             self.retired = True

@@ -87,7 +87,10 @@ class NumericsProbe(Probe):
         self._loss_flags: list[torch.Tensor | bool] = []
         self._loss: torch.Tensor | None = None  # the step's last loss (its graph structure)
         self._loss_culprits: list[dict[str, Any]] | None = None
-        self._module_flags: list[tuple[str, torch.Tensor]] = []
+        # Per-module output checks of a sampled step: 0-d values that are all finite exactly
+        # when the outputs are (their min and max), and the module of each, in call order.
+        self._module_vals: list[torch.Tensor] = []
+        self._module_quals: list[str] = []
         self._input_flags: list[torch.Tensor] = []
         self._flags: HookSwitch | None = None  # per-module finiteness flags, sampled steps
         self._checked = False
@@ -192,7 +195,8 @@ class NumericsProbe(Probe):
         self._loss_flags = []
         self._loss = None
         self._loss_culprits = None
-        self._module_flags = []
+        self._module_vals = []
+        self._module_quals = []
         self._input_flags = []
         self._checked = False
         self._close_window()
@@ -239,14 +243,19 @@ class NumericsProbe(Probe):
                 known.extend(src for src in sources if src not in known)
 
     def _flag_hook(self, qual: str):
+        assert self.ctx is not None
+        state = self.ctx.state
+
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            if self._in_autopsy or not torch.is_grad_enabled():
+            # Runs per module per sampled step: one op per output, the check itself deferred
+            # to the step's read-back (one isfinite over every module's values).
+            if self._in_autopsy or state.validating or not torch.is_grad_enabled():
                 return
-            assert self.ctx is not None
-            if self.ctx.state.validating:
-                return
-            for flag in _finite_flags(iter_tensors(output)):
-                self._module_flags.append((qual, flag))
+            vals = self._module_vals
+            n = len(vals)
+            _finite_values(output, vals)
+            if len(vals) > n:
+                self._module_quals.extend([qual] * (len(vals) - n))
 
         return hook
 
@@ -301,24 +310,24 @@ class NumericsProbe(Probe):
         if known:
             for dev_norms in _by_device(known):
                 grad_flags.append(torch.isfinite(torch.stack(dev_norms)).all())
-        module_flags = self._module_flags if not self._checked else []
+        module_vals = self._module_vals if not self._checked else []
+        module_quals = self._module_quals
         input_flags = self._input_flags if not self._checked else []
         self._checked = True
-        all_flags = loss_flags + grad_flags + [f for _, f in module_flags] + input_flags
-        if not all_flags:
+        all_flags = loss_flags + grad_flags + input_flags
+        if not all_flags and not module_vals:
             return
-        host = _read(all_flags)  # the one host read of the step
-        n_loss, n_grad, n_mod = len(loss_flags), len(grad_flags), len(module_flags)
+        host, mods = _read_with_values(all_flags, module_vals)  # the one host read of the step
+        n_loss, n_grad = len(loss_flags), len(grad_flags)
         loss_ok = all(host[:n_loss])
         grads_ok = all(host[n_loss : n_loss + n_grad])
-        mods = host[n_loss + n_grad : n_loss + n_grad + n_mod]
-        inputs_ok = all(host[n_loss + n_grad + n_mod :])
+        inputs_ok = all(host[n_loss + n_grad :])
         checked: dict[str, int] = {}
         if loss_flags:
             checked["loss"] = int(loss_ok)
         if known:
             checked["grads"] = int(grads_ok)
-        if module_flags:
+        if module_vals:
             checked["activations"] = int(all(mods))
         rec.record(step, NUMERICS_CHECKED, checked)
         if not (loss_ok and grads_ok):
@@ -327,8 +336,8 @@ class NumericsProbe(Probe):
             self._autopsy(
                 step, rec, loss_ok=loss_ok, grads_ok=grads_ok if known else None, applied=False
             )
-        elif module_flags and (not all(mods) or not inputs_ok):
-            first = next(q for (q, _), ok in zip(module_flags, mods) if not ok) if mods else None
+        elif module_vals and (not all(mods) or not inputs_ok):
+            first = next((q for q, ok in zip(module_quals, mods) if not ok), None)
             rec.record(step, NUMERICS_NONFINITE, ["activations"])
             self._masked(step, rec, first if inputs_ok else "<input>")
 
@@ -756,6 +765,59 @@ def _finite_flags(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
             if len(out) >= 4:
                 break
     return out
+
+
+def _finite_values(output: Any, out: list[torch.Tensor]) -> None:
+    """Append to `out` 0-d tensors that are all finite exactly when the first 4 floating
+    tensors of a module's output are: each one's min and max (NaN propagates, an inf shows in
+    one of them), one op per tensor; the isfinite is left to the step's read-back."""
+    tensors = (output,) if isinstance(output, torch.Tensor) else iter_tensors(output)
+    n = 0
+    for t in tensors:
+        if not (t.is_floating_point() or t.is_complex()) or not t.numel():
+            continue
+        if t.layout is not torch.strided:
+            continue
+        x = t.detach()
+        if x.is_complex():
+            x = torch.view_as_real(x.resolve_conj())
+        if x.dtype in _MINMAX_DTYPES:
+            out.extend(torch.aminmax(x))
+        else:  # 1 where finite, inf where not
+            out.append(torch.isfinite(x).all().float().reciprocal())
+        n += 1
+        if n >= 4:
+            break
+
+
+def _read_with_values(
+    flags: list[torch.Tensor | bool], values: list[torch.Tensor]
+) -> tuple[list[bool], list[bool]]:
+    """`_read(flags)`, and whether each of `values` is finite, in one transfer per device."""
+    out_flags = [True] * len(flags)
+    out_vals = [True] * len(values)
+    by_dev: dict[torch.device, tuple[list[int], list[int]]] = {}
+    for i, f in enumerate(flags):
+        if isinstance(f, bool):
+            out_flags[i] = f
+        else:
+            by_dev.setdefault(f.device, ([], []))[0].append(i)
+    for i, v in enumerate(values):
+        by_dev.setdefault(v.device, ([], []))[1].append(i)
+    with torch.no_grad():
+        for fi, vi in by_dev.values():
+            parts = []
+            if fi:
+                parts.append(torch.stack([flags[i].reshape(()) for i in fi]).bool())  # type: ignore[union-attr]
+            if vi:
+                vs = values if len(vi) == len(values) else [values[i] for i in vi]
+                parts.append(torch.isfinite(torch.stack(vs)))
+            read = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()
+            for i, v in zip(fi, read[: len(fi)]):
+                out_flags[i] = bool(v)
+            for i, v in zip(vi, read[len(fi) :]):
+                out_vals[i] = bool(v)
+    return out_flags, out_vals
 
 
 def _all_finite(t: torch.Tensor) -> bool:
