@@ -54,14 +54,11 @@ def test_a_rank_writes_under_the_job_and_merges_with_a_missing_rank(rank0, tmp_p
     assert (meta["rank"], meta["world_size"], meta["run_id"]) == (0, 2, doc.run_id)
     job = json.loads((job_dir / "findings.json").read_text())
     assert [(r["rank"], r["status"]) for r in job["ranks"]] == [(0, "closed"), (1, "missing")]
-    assert job["run"] == {
-        "ended": "abnormal",
-        "step": 4,
-        "abnormal_ranks": [1],
-        "skipped_rules": [],
-    }
+    # A rank that never attached is not waited for (TRAINDOCTOR_MERGE_WAIT is 0 here anyway),
+    # nor called abnormal: it was not watched (an integration that watches rank 0 only).
+    assert job["run"] == {"ended": "normal", "step": 4, "unwatched_ranks": [1], "skipped_rules": []}
     assert doc.job_report is not None and doc.job_report.world_size == 2
-    assert "rank 1 wrote nothing" in (job_dir / "report.md").read_text()
+    assert "rank 1 was not watched" in (job_dir / "report.md").read_text()
 
 
 def test_a_failing_merge_is_recorded_and_never_reaches_the_loop(rank0, tmp_path, monkeypatch):
@@ -87,3 +84,29 @@ def test_a_single_process_keeps_its_layout(tmp_path, monkeypatch):
     data = json.loads((run_dir / "findings.json").read_text())
     assert not {"rank", "ranks", "world_size"} & set(data)
     assert all("ranks" not in f for f in data["findings"])
+
+
+def test_rank0_waits_for_a_running_rank_only_and_only_so_long(rank0, tmp_path, monkeypatch):
+    import os
+    import socket
+    import time
+
+    monkeypatch.setenv("TRAINDOCTOR_MERGE_WAIT", "30")
+    t0 = time.monotonic()
+    doc, _ = _train(tmp_path / "missing")  # rank 1 never attached: not waited for
+    assert time.monotonic() - t0 < 15
+    assert [r["status"] for r in doc.job_report.ranks] == ["closed", "missing"]
+
+    # Rank 1 attached and its process runs (this one stands for it): rank 0 waits for it, for
+    # TRAINDOCTOR_MERGE_WAIT seconds at most, then writes the report with rank 1 running.
+    monkeypatch.setenv("TRAINDOCTOR_MERGE_WAIT", "0.5")
+    monkeypatch.setenv("TRAINDOCTOR_RUN_ID", "job")
+    rank1 = tmp_path / "running" / "job" / "ranks" / "rank1"
+    rank1.mkdir(parents=True)
+    meta = {"rank": 1, "world_size": 2, "host": socket.gethostname(), "pid": os.getpid()}
+    (rank1 / "rank.json").write_text(json.dumps(meta))
+    t0 = time.monotonic()
+    doc, _ = _train(tmp_path / "running")
+    assert time.monotonic() - t0 >= 0.5
+    assert [r["status"] for r in doc.job_report.ranks] == ["closed", "running"]
+    assert "rank 1 had not closed" in (tmp_path / "running" / "job" / "report.md").read_text()

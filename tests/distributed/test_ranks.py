@@ -118,4 +118,5 @@ def test_a_dead_rank_and_a_rank_that_wrote_nothing(tmp_path):
     results = scan(tmp_path, 3)
     assert [(r.status, r.steps) for r in results] == [(CLOSED, 9), (KILLED, 4), (MISSING, 0)]
     job = merge(tmp_path, 3, results)
-    assert job.outcome["ended"] == "abnormal" and job.outcome["abnormal_ranks"] == [0, 1, 2]
+    assert job.outcome["ended"] == "abnormal" and job.outcome["abnormal_ranks"] == [0, 1]
+    assert job.outcome["unwatched_ranks"] == [2]

@@ -7,8 +7,8 @@ Layout of a distributed job's run directory (RUN_DIR = out/<run id>, the same fo
     RUN_DIR/ranks/rank<N>/timeline.jsonl ...          that rank's own run directory
 
 Every rank writes its own directory as a single run does. At its close, a rank merges when
-every rank is done (closed, or dead: its process is gone from this host); rank 0 also merges at
-its close after waiting for the others a few seconds at most (TRAINDOCTOR_MERGE_WAIT, default
+every rank is done (closed, dead: its process is gone from this host, or never watched); rank 0
+also merges at its close after waiting for the running ones a few seconds at most (TRAINDOCTOR_MERGE_WAIT, default
 5), so the job has a report even when a rank hangs or runs on. Whoever closes last writes the
 complete one. The merges are serialized by a lock file, taken for a bounded time only. Nothing
 here is called before close: training never waits.
@@ -212,18 +212,27 @@ def merge(job_dir: Path, world_size: int, results: list[RankResult]) -> Report:
 
 
 def job_outcome(results: list[RankResult]) -> dict[str, Any]:
-    """How the job ended: normally or by --max-steps when every rank did; else `abnormal`,
-    with the ranks that did not (report.ranks says how each ended)."""
+    """How the job ended: normally or by --max-steps when every watched rank did; else
+    `abnormal`, with the ranks that did not (report.ranks says how each ended). A rank that
+    was never watched (`missing`: an integration that watches rank 0 only) is listed apart."""
     step = max((res.steps for res in results), default=0)
-    ended = [(res.exit or {}).get("ended") if res.status == CLOSED else None for res in results]
+    watched = [res for res in results if res.status != MISSING]
+    ended = [(res.exit or {}).get("ended") if res.status == CLOSED else None for res in watched]
     if all(e == "normal" for e in ended):
-        return {"ended": "normal", "step": step}
-    if all(e in ("normal", "max_steps") for e in ended):
-        return {"ended": "max_steps", "step": step}
-    bad = [
-        res.rank for res, e in zip(results, ended, strict=True) if e not in ("normal", "max_steps")
-    ]
-    return {"ended": "abnormal", "step": step, "abnormal_ranks": bad}
+        out: dict[str, Any] = {"ended": "normal", "step": step}
+    elif all(e in ("normal", "max_steps") for e in ended):
+        out = {"ended": "max_steps", "step": step}
+    else:
+        bad = [
+            res.rank
+            for res, e in zip(watched, ended, strict=True)
+            if e not in ("normal", "max_steps")
+        ]
+        out = {"ended": "abnormal", "step": step, "abnormal_ranks": bad}
+    unwatched = [res.rank for res in results if res.status == MISSING]
+    if unwatched:
+        out["unwatched_ranks"] = unwatched
+    return out
 
 
 def write_job(report: Report) -> None:
@@ -284,9 +293,10 @@ def merge_at_close(job_dir: Path, info: RankInfo, wait_s: float | None = None) -
     deadline = time.monotonic() + (wait_s if info.rank == 0 else 0.0)
     while True:
         results = scan(job_dir, info.world_size)
-        pending = [res for res in results if res.status in (RUNNING, MISSING)]
-        if not pending:
-            break  # every rank closed or dead: this is the complete report
+        # A rank that never attached (missing) is not waited for: by the time a rank closes,
+        # every rank that watches has long attached (an integration may watch rank 0 only).
+        if not any(res.status == RUNNING for res in results):
+            break  # every watched rank closed or dead: this is the complete report
         if time.monotonic() >= deadline:
             if info.rank != 0:
                 return None  # rank 0, or the last rank to close, writes it

@@ -127,7 +127,10 @@ def rank_ended_text(entry: dict[str, Any]) -> str:
             f"rank {n} had not closed when this report was merged (still running, or hung) {done}"
         )
     if status == "missing":
-        return f"rank {n} wrote nothing (it never started watching, or died before)"
+        return (
+            f"rank {n} was not watched (traindoctor never attached there: an integration that "
+            "watches rank 0 only, or the rank ended before its first step)"
+        )
     note = outcome_text(Report(findings=[], steps=steps, outcome=entry.get("exit") or {}))
     if not note:
         return f"rank {n} ended normally {done}"
