@@ -372,3 +372,34 @@ def test_passes_every_step_every_50_steps_or_at_close_agree(case):
     assert bool(fresh) == fires, fresh
     for every in (1, 50, None):
         assert _replay_steps(src, code, every) == fresh, every
+
+
+# Real timelines: a bundled scenario trained under td.watch, its timeline replayed.
+SCENARIO_CASES = [
+    ("batches_class_sorted", "TD512"),
+    ("labels_one_based", "TD511"),
+    ("loss_nll_log_relu", "TD509"),
+    ("loss_double_softmax", "TD506"),
+    ("loss_mse_broadcast", "TD508"),
+    ("loss_ce_single_logit", "TD507"),
+    ("weight_decay_on_norms", "TD514"),
+    ("accum_loss_not_divided", "TD515"),
+    ("loss_clamped", "TD107"),
+    ("seed002_debug_scaling", "TD109"),
+    ("lr_too_large", "TD206"),
+]
+
+
+@pytest.mark.parametrize(("scenario", "code"), SCENARIO_CASES)
+def test_passes_on_a_real_timeline_agree(scenario, code, tmp_path):
+    import torch
+
+    from traindoctor.scenarios import get
+    from traindoctor.scenarios.demo import run_scenario
+
+    torch.set_num_threads(1)
+    src = run_scenario(get(scenario), out_dir=tmp_path, watch=True).timeline
+    fresh = _fresh(src, code)
+    assert fresh, f"{code} fires on {scenario}"
+    for every in (1, 50, None):
+        assert _replay_steps(src, code, every) == fresh, every

@@ -34,6 +34,11 @@ class Reader:
 
     def read(self, tl: TimelineView) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
         """(new settled records, the pending newest record or none)."""
+        if self.done is None:
+            # A whole read sees every write so far: only later ones below the newest step
+            # make this reader stale (else a signal rewritten once would be read whole on
+            # every pass).
+            self.rewrites = tl.rewrites(self.name)
         recs = tl.series(self.name) if self.done is None else tl.series_since(self.name, self.done)
         if not recs:
             return [], []
