@@ -1,22 +1,25 @@
 """Which records of a long run a Timeline keeps in memory (everything goes to disk as the run
-goes: timeline_store.py), so its working set stays flat from step 10^3 to 10^6.
+goes: timeline_store.py), so its working set is bounded however long the run.
 
 Per signal, in the order its records are written:
 
-- the **head**, its first records, kept exact (what the run looked like at the start);
-- the **tail**, its last records, kept exact (what incremental rules read with `series_since`,
-  and what the probes read back with `Timeline.get`);
+- the **head**, its records of the first `HEAD` steps from its first record, kept exact (what
+  the run looked like at the start);
+- the **tail**, its records of the last `TAIL` steps, kept exact (what the rules that keep a
+  state between passes read with `series_since`: the widest interval between two mid-run
+  passes is under it; and what the probes read back with `Timeline.get`);
 - the **middle**, thinned: the records leaving the tail fall into buckets of `stride` records,
   each keeping its first record and, for numbers, the records of its lowest and highest value;
-  when there are too many buckets, neighbours merge and the stride doubles. Records holding a
-  NaN or an infinity are kept whatever their bucket (the first `NONFINITE_KEEP` of them): the
-  anomalies a rule looks for survive the thinning.
+  when there are more than `BUCKETS` buckets, neighbours merge and the stride doubles. Records
+  holding a NaN or an infinity are kept whatever their bucket (the first `NONFINITE_KEEP` of
+  them): the anomalies a rule looks for survive the thinning.
 
-Record counts are capped per signal; a record holding many items (a per-parameter dict, a list
-per micro-batch) counts its items against a cell budget, so a model of 10,000 parameter tensors
-keeps fewer of its per-parameter records than a small one keeps of its loss. The decisions
-depend only on the records and their order, never on timing: identical runs keep identical
-records.
+So a signal recorded every step holds at most HEAD + TAIL + 3 * BUCKETS records, and one
+recorded every k steps about 1/k of the head and tail and the same middle. A record holding
+many items (a per-parameter dict, a list per micro-batch) counts its items against a cell
+budget, so a model of 10,000 parameter tensors keeps fewer of its per-parameter records than a
+small one keeps of its loss. The decisions depend only on the records and their order, never
+on timing: identical runs keep identical records.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import math
 from collections import deque
 from typing import Any
 
-# Scalars: records kept in each part (the middle: buckets of at most 3 records each).
+# Steps of the head and of the tail, and buckets of the middle (at most 3 records each).
 HEAD = 256
 TAIL = 2048
-BUCKETS = 512
+BUCKETS = 128
 # Records of many items: items kept in each part, and the fewest records kept whatever their size.
 HEAD_CELLS = 1 << 12
 TAIL_CELLS = 1 << 15
@@ -93,10 +96,11 @@ class Retention:
     signal's dict `data` since the last call, in order, and those not yet streamed to disk
     (which stay); it deletes from `data` what the signal no longer keeps."""
 
-    __slots__ = ("_data", "_head", "_pending", "_buckets", "_stride", "_protected")
+    __slots__ = ("_data", "_first", "_head", "_pending", "_buckets", "_stride", "_protected")
 
     def __init__(self, data: dict[int, Any]) -> None:
         self._data = data
+        self._first: int | None = None  # the step of the signal's first record
         self._head = 0  # records kept in the head so far
         self._pending: deque[int] = deque()  # the tail's steps, oldest first
         # Each bucket: [records merged, first, low step, low level, high step, high level].
@@ -110,21 +114,25 @@ class Retention:
         if len(pending) <= TAIL_MIN:
             return
         data = self._data
+        if self._first is None:
+            self._first = pending[0]
+        head_end = self._first + HEAD
+        tail_start = pending[-1] - TAIL  # records after it are the tail
         # One size for the batch: a signal's records have one shape (a dict per parameter...).
         size = cells(data.get(pending[0]))
         tail = _cap(TAIL, TAIL_CELLS, TAIL_MIN, size)
         head = _cap(HEAD, HEAD_CELLS, HEAD_MIN, size)
         buckets = _cap(BUCKETS, BUCKET_CELLS, BUCKETS_MIN, size)
         to_middle = self._to_middle
-        while len(pending) > tail:
+        while len(pending) > TAIL_MIN:
             oldest = pending[0]
-            if held and oldest in held:
+            if (oldest > tail_start and len(pending) <= tail) or (held and oldest in held):
                 return
             pending.popleft()
             value = data.get(oldest, _MISSING)
             if value is _MISSING:
                 continue
-            if self._head < head:
+            if self._head < head and (oldest < head_end or self._head < HEAD_MIN):
                 self._head += 1
                 continue
             to_middle(oldest, value, buckets)
