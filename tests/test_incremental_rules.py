@@ -387,6 +387,8 @@ SCENARIO_CASES = [
     ("loss_clamped", "TD107"),
     ("seed002_debug_scaling", "TD109"),
     ("lr_too_large", "TD206"),
+    ("lr_multistep_epochs_per_batch", "TD503"),
+    ("lr_sched_steps_on_amp_skips", "TD503"),
 ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, fresh
 from .._registry import rule
 from .._util import optimizer_source
 
@@ -29,9 +30,11 @@ _NOT_EVIDENCE = ("severity", "text", "title", "scheduler")
     events=("lr_scheduler",),
     facts=("optimizers",),
     priority=35,
+    state=lambda: ScheduleScan(),
 )
 def lr_schedule_anomaly(
     tl: TimelineView,
+    state: ScheduleScan,
     *,
     min_steps: int = 8,
     most: float = 0.5,
@@ -86,17 +89,15 @@ def lr_schedule_anomaly(
     schedules that deliberately decay to a floor early (then train there for most of the
     run), are reported. A warmup that starts at lr 0 is not: it leaves 0 after a few steps.
     """
-    lr_series = tl.series("optim.lr")
+    if not fresh(state, tl):
+        state.__init__()  # an earlier step was rewritten: read everything again
+    traces, opt_steps, skipped, sched_steps = state.read(tl, collapse_ratio)
     schedulers = tl.events("lr_scheduler")
-    sched_steps = _sched_steps(tl)
     cases: list[dict[str, Any]] = []
-    traces = _traces(lr_series)
     for gid, trace in traces.items():
         case = _judge_trace(gid, trace, min_steps, most, collapse_ratio)
         if case:
             cases.append(case)
-    opt_steps = sum(1 for _, v in tl.series("optim.step") if v)
-    skipped = sum(1 for _, v in tl.series("amp.skipped") if v)
     for sched in schedulers:
         n = sched_steps.get(sched.get("key"), 0)
         case = _judge_scheduler(sched, n, opt_steps, skipped, extra_share)
@@ -110,7 +111,8 @@ def lr_schedule_anomaly(
     sched = first.get("scheduler") or _scheduler_of(schedulers, gid)
     evidence: dict[str, Any] = {
         "cases": [{k: v for k, v in c.items() if k not in _NOT_EVIDENCE} for c in cases],
-        "lr_trace": _downsample(traces.get(gid, []) if gid else []),
+        # the whole trace: read only for a finding
+        "lr_trace": _downsample(_traces(tl.series("optim.lr")).get(gid, []) if gid else []),
         "optimizer_steps": opt_steps,
     }
     if sched:
@@ -131,12 +133,86 @@ def lr_schedule_anomaly(
     )
 
 
-def _sched_steps(tl: TimelineView) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for _, counts in tl.series("schedule.steps"):
+class Trace:
+    """What _judge_trace needs of one group's lr trace, folded value by value in step order:
+    its length, its zeros, its (first) peak, the values after the peak at or below
+    `ratio` of it, its last value."""
+
+    def __init__(self) -> None:
+        self.n = self.zeros = self.low = 0
+        self.first_zero: int | None = None
+        self.peak: float | None = None
+        self.peak_at = 0
+        self.first_low: tuple[int, float] | None = None
+        self.final = 0.0
+
+    def add(self, step: int, lr: float, ratio: float) -> None:
+        self.n += 1
+        if lr == 0:
+            self.zeros += 1
+            if self.first_zero is None:
+                self.first_zero = step
+        if self.peak is None or lr > self.peak:  # max() keeps the first of equal peaks
+            self.peak, self.peak_at, self.low, self.first_low = lr, step, 0, None
+        elif step > self.peak_at and lr <= ratio * self.peak * (1 + 1e-6):
+            self.low += 1
+            if self.first_low is None:
+                self.first_low = (step, lr)
+        self.final = lr
+
+    def copy(self) -> Trace:
+        out = Trace()
+        out.__dict__.update(self.__dict__)
+        return out
+
+
+class ScheduleScan:
+    """TD503's state between passes (rules/_incremental.py): per param group its Trace, and
+    the optimizer steps, GradScaler skips and scheduler steps counted so far, from the records
+    written since the last pass (the newest ones, still being written, on copies)."""
+
+    def __init__(self) -> None:
+        self.lrs, self.steps = Reader("optim.lr"), Reader("optim.step")
+        self.skips, self.scheds = Reader("amp.skipped"), Reader("schedule.steps")
+        self.readers = (self.lrs, self.steps, self.skips, self.scheds)
+        self.traces: dict[str, Trace] = {}
+        self.opt_steps = self.skipped = 0
+        self.sched_steps: dict[str, int] = {}
+
+    def read(self, tl: TimelineView, ratio: float) -> tuple:
+        """(traces, optimizer steps, skipped steps, scheduler steps per key)."""
+        settled, pending = self.lrs.read(tl)
+        for step, groups in settled:
+            _add_lrs(self.traces, step, groups, ratio)
+        traces = self.traces
+        if pending:
+            traces = {gid: t.copy() for gid, t in traces.items()}
+            _add_lrs(traces, *pending[0], ratio)
+        counts = []
+        for reader, held in ((self.steps, self.opt_steps), (self.skips, self.skipped)):
+            settled, pending = reader.read(tl)
+            held += sum(1 for _, v in settled if v)
+            counts.append((held, held + sum(1 for _, v in pending if v)))
+        (self.opt_steps, opt_steps), (self.skipped, skipped) = counts
+        settled, pending = self.scheds.read(tl)
+        _add_counts(self.sched_steps, settled)
+        sched_steps = self.sched_steps
+        if pending:
+            sched_steps = dict(sched_steps)
+            _add_counts(sched_steps, pending)
+        return traces, opt_steps, skipped, sched_steps
+
+
+def _add_lrs(traces: dict[str, Trace], step: int, groups: Any, ratio: float) -> None:
+    for gid, lr in (groups or {}).items():
+        if isinstance(lr, int | float):
+            traces.setdefault(gid, Trace()).add(step, float(lr), ratio)
+
+
+def _add_counts(out: dict[str, int], records: list[tuple[int, Any]]) -> None:
+    for _, counts in records:
         for key, n in (counts or {}).items():
             out[key] = out.get(key, 0) + int(n)
-    return out
 
 
 def _traces(lr_series: list[tuple[int, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -149,31 +225,29 @@ def _traces(lr_series: list[tuple[int, Any]]) -> dict[str, list[tuple[int, float
 
 
 def _judge_trace(
-    gid: str, trace: list[tuple[int, float]], min_steps: int, most: float, ratio: float
+    gid: str, trace: Trace, min_steps: int, most: float, ratio: float
 ) -> dict[str, Any] | None:
-    if len(trace) < min_steps:
+    n = trace.n
+    if n < min_steps:
         return None
-    n = len(trace)
-    zero = [s for s, lr in trace if lr == 0]
-    if len(zero) >= most * n:
+    if trace.zeros >= most * n:
         return {
             "kind": "zero",
             "group": gid,
             "severity": "error",
-            "step": zero[0],
-            "zero_steps": len(zero),
+            "step": trace.first_zero,
+            "zero_steps": trace.zeros,
             "observed_steps": n,
-            "title": f"the learning rate of {gid} is 0 at {len(zero)} of {n} observed steps",
-            "text": f"{gid}'s lr is exactly 0 at {len(zero)} of {n} steps: those steps change "
+            "title": f"the learning rate of {gid} is 0 at {trace.zeros} of {n} observed steps",
+            "text": f"{gid}'s lr is exactly 0 at {trace.zeros} of {n} steps: those steps change "
             "nothing",
         }
-    peak_at, peak = max(trace, key=lambda t: t[1])
-    if peak <= 0:
+    peak = trace.peak
+    if peak is None or peak <= 0:
         return None
-    low = [(s, lr) for s, lr in trace if s > peak_at and lr <= ratio * peak * (1 + 1e-6)]
-    if len(low) < most * n:
+    if trace.low < most * n or trace.first_low is None:
         return None
-    start, final = low[0][0], trace[-1][1]
+    (start, start_lr), final = trace.first_low, trace.final
     return {
         "kind": "collapse",
         "group": gid,
@@ -181,12 +255,12 @@ def _judge_trace(
         "step": start,
         "peak_lr": peak,
         "final_lr": final,
-        "collapsed_steps": len(low),
+        "collapsed_steps": trace.low,
         "observed_steps": n,
-        "title": f"the learning rate of {gid} collapsed from {peak:.3g} to {low[0][1]:.3g} "
-        f"(≤{ratio:g}x) at step {start} and stayed there for {len(low)} of {n} steps",
+        "title": f"the learning rate of {gid} collapsed from {peak:.3g} to {start_lr:.3g} "
+        f"(≤{ratio:g}x) at step {start} and stayed there for {trace.low} of {n} steps",
         "text": f"{gid}'s lr fell to ≤{ratio:g} of its peak {peak:.3g} by step {start} and stays "
-        f"there (last {final:.3g}) for {len(low) / n:.0%} of the run: the schedule ends long "
+        f"there (last {final:.3g}) for {trace.low / n:.0%} of the run: the schedule ends long "
         "before the training does (a schedule sized in epochs, stepped per batch)",
     }
 
