@@ -7,8 +7,8 @@ TD210) then read only the records written since their last pass. This bench writ
 timeline_replay's synthetic run (the `loss_unclamped` template tiled to N steps) step by step
 into a live timeline, runs `diagnose()` over every rule every `--every` steps, and at each
 checkpoint prints, in CPU ms: each stateful rule's pass (the records of the last `--every`
-steps), the same rule's fresh pass over the whole timeline, and the whole pass (every rule;
-the stateless ones still read everything).
+steps), the same rule's fresh pass over the whole timeline, the whole pass (every rule;
+the stateless ones still read everything), and the `--top` costliest rules' passes.
 
     OMP_NUM_THREADS=1 python bench/incremental_passes.py [--max 100000] [--every 2500]
 """
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=2500)
     ap.add_argument("--template", default="loss_unclamped")
     ap.add_argument("--template-steps", type=int, default=400)
+    ap.add_argument("--top", type=int, default=12, help="the costliest passes listed")
     args = ap.parse_args()
     marks = {n for n in (10_000, 100_000, 1_000_000) if n <= args.max} | {args.max}
     print(f"load: {os.getloadavg()}")
@@ -74,6 +75,8 @@ def main() -> None:
             f"{sum(per.values()):.0f} ms, of which stateless {sum(per.values()) - sum(per[r.code] for r in stateful):.0f}",
             flush=True,
         )
+        top = sorted(per, key=per.get, reverse=True)[: args.top]
+        print("    costliest passes: " + ", ".join(f"{c} {per[c]:.1f}" for c in top) + " ms")
     print(f"internal errors: {len(guard.errors)}; load: {os.getloadavg()}")
 
 
