@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -41,9 +42,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from always_on import SHAPES, Run, Traindoctor, Watcher, describe, rows, run  # noqa: E402
 
+from traindoctor.bus import Event  # noqa: E402
+
 
 class Governed(Traindoctor):
-    """traindoctor, keeping the run's `overhead` fact after close()."""
+    """traindoctor, keeping the run's `overhead` fact after close() and which steps it sampled."""
+
+    def attach(self, model: torch.nn.Module, opt: torch.optim.Optimizer, out_dir: str) -> None:
+        super().attach(model, opt, out_dir)
+        self.sampled: dict[int, bool] = {1: True}  # step 1 opened inside attach
+        self.doc.bus.subscribe(Event.STEP_OPENED, self._opened, "bench")
+
+    def _opened(self, step: int, sampled: bool, rec: Any) -> None:
+        self.sampled[step] = sampled
 
     def close(self) -> None:
         super().close()
@@ -83,6 +94,7 @@ def compare(name: str, steps: int, rounds: int, out_dir: str) -> dict[str, Any]:
     w_wall = sum(sum(r.times) for r, _ in watched)
     out["side by side, loop + attach (wall)"] = (w_wall + attach) / sum(sum(r.times) for r in plain)
     facts = [g.overhead for _, g in watched]
+    out.update(by_kind(plain, watched))
     old = [old_estimate(f) for f in facts]
     out["governor before: 1 + median hook share"] = (
         statistics.fmean(x for x in old if x) if any(old) else None
@@ -143,6 +155,35 @@ def compare(name: str, steps: int, rounds: int, out_dir: str) -> dict[str, Any]:
         for (w, _), p in zip(watched, plain, strict=True)
     )
     return out
+
+
+def by_kind(plain: list[Run], watched: list[tuple[Run, Governed]]) -> dict[str, Any]:
+    """The side-by-side truth per kind of step, in CPU time, each watched run against the plain
+    run of its round at the same step indices: steps 1-3 (extra seconds), sampled and unsampled
+    steps after them (ratio of medians), next to the governor's figures for the same run."""
+    out: dict[str, list[float]] = {k: [] for k in ("s13", "sx", "ux", "gs13", "gsx", "gux")}
+    for p, (w, g) in zip(plain, watched, strict=True):
+        kinds = {"sampled": [], "unsampled": []}  # type: dict[str, list[int]]
+        for i in range(3, len(w.cpu)):
+            kinds["sampled" if g.sampled.get(i + 1) else "unsampled"].append(i)
+        out["s13"].append(sum(w.cpu[:3]) - sum(p.cpu[:3]))
+        for key, kind in (("sx", "sampled"), ("ux", "unsampled")):
+            idx = kinds[kind]
+            if idx:
+                wm = statistics.median(w.cpu[i] for i in idx)
+                out[key].append(wm / statistics.median(p.cpu[i] for i in idx))
+        o = g.overhead
+        out["gs13"].append(o.get("structural_s", math.nan))
+        out["gsx"].append(o.get("sampled_step_x") or math.nan)
+        out["gux"].append(o.get("every_step_x", math.nan))
+    mean = statistics.fmean
+    return {
+        "steps 1-3 extra s: side by side (cpu)": mean(out["s13"]),
+        "steps 1-3 extra s: governor": mean(out["gs13"]),
+        "sampled step x: side by side (cpu, medians)": mean(out["sx"]) if out["sx"] else None,
+        "unsampled step x: side by side (cpu, medians)": mean(out["ux"]) if out["ux"] else None,
+        "unsampled step x: governor": mean(out["gux"]),
+    }
 
 
 def dispatch_cost(modules: int = 200, repeats: int = 300) -> dict[str, float]:

@@ -208,5 +208,5 @@ def test_the_summary_line_names_measured_and_predicted():
     )
     assert line == (
         "measured 1.040x (1.02-1.06; sampled steps 1.60x each, every 20 steps), "
-        "predicted 1.030x; close() 0.50 s"
+        "predicted 1.030x; close() 0.50 s before writing the report"
     )

@@ -164,9 +164,7 @@ class Governor:
         count, timed = self.count, self.timed
         every = timed["unsampled"] / count["unsampled"] if count["unsampled"] else 0.0
         per_sampled = max(sampled_wall - plain, 0.0) if sampled_wall is not None else every
-        structural = (self.first_timed or 0.0) + sum(
-            max(w - plain, 0.0) for w in self.structural_walls
-        )
+        structural = self._structural(plain)
         passes = self.passes_s + self.pass_sampled * per_sampled
         passes += (self.passes - self.pass_sampled) * every
         return (
@@ -176,6 +174,9 @@ class Governor:
             + timed["unsampled"]
             + passes
         )
+
+    def _structural(self, plain: float) -> float:
+        return (self.first_timed or 0.0) + sum(max(w - plain, 0.0) for w in self.structural_walls)
 
     def estimate(self) -> dict[str, Any]:
         """The measured ratio and its parts (empty while too few unsampled steps ran)."""
@@ -212,6 +213,8 @@ class Governor:
             ),
             "sampled_step_x": round(sampled / plain, 3) if sampled is not None else None,
             "steps_by_kind": dict(self.count),
+            "extra_s": round(self._extra(plain, sampled), 4),  # what watching added, attach in
+            "structural_s": round(self._structural(plain), 4),
             "attach_s": round(self.attach_s, 4),
             "passes_s": round(self.passes_s, 4),
             "untimed_s": round(self.untimed_s, 4),
@@ -254,5 +257,5 @@ def summary_line(overhead: dict[str, Any]) -> str | None:
     if overhead.get("predicted_ratio") is not None:
         text += f", predicted {float(overhead['predicted_ratio']):.3f}x"
     if overhead.get("close_s") is not None:
-        text += f"; close() {float(overhead['close_s']):.2f} s"
+        text += f"; close() {float(overhead['close_s']):.2f} s before writing the report"
     return text
