@@ -88,8 +88,9 @@ def metric_stuck(
     in the first epochs) and would rise later; a bit-constant value from the first validation
     on a tiny validation set where the metric moves in coarse steps.
     """
-    train = train_loss_values(tl)
-    if not train:
+    # The training loss (every step: the costly read) only once a metric is stuck (issue 15).
+    train: list[tuple[int, float]] | None = None
+    if not any(n in tl.signal_names(n) for n in ("loss.train", "loss.backward")):
         return
     runs = _evaluations(tl)
     stuck: list[dict[str, Any]] = []
@@ -99,6 +100,10 @@ def metric_stuck(
         if found is None:
             continue
         steps, value = found
+        if train is None:
+            train = train_loss_values(tl)
+            if not train:
+                return
         moved = _loss_moved(train, steps[0], steps[-1], min_loss_change)
         if moved is None:
             continue
