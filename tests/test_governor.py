@@ -105,7 +105,7 @@ def test_irregular_user_steps_leave_the_median_estimate_and_stay_on_both_sides()
         b.step_end(step)
     est = b.overhead()
     assert est["plain_step_s"] == pytest.approx(0.01, rel=0.1)
-    assert est["ratio_low"] < est["ratio"] < est["ratio_high"]
+    assert est["ratio_low"] <= est["ratio"] <= est["ratio_high"]
     # The validations count on both sides, as in a side-by-side run.
     assert est["ratio"] == pytest.approx(1 + added / user, abs=2e-3)
 

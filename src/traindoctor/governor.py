@@ -10,7 +10,8 @@ wall clock from one step's end to the next, and splits the steps by kind:
   plain step; the median of these is the plain-step estimate;
 - sampled steps: each costs the median sampled wall minus the plain estimate;
 - structural steps: steps 2-3 likewise (their wall minus the plain estimate); step 1's wall
-  also holds whatever the script did since attach, so step 1 counts its timed cost only;
+  also holds whatever the script did since attach, so step 1 counts as a plain step plus
+  its timed cost;
 - steps that ran a mid-run diagnosis pass: the pass's own time plus their kind's cost;
 - attach, timed around it; close() apart (`close_s`: detach and the rules, before the files).
 
@@ -92,7 +93,7 @@ class Governor:
         self._closing_at: float | None = None
         self.untimed_s = 0.0  # timed calls x UNTIMED_PER_CALL, all steps
         self.walls = 0.0  # summed walls of the steps whose wall is known
-        self.unknown_walls = 0  # steps whose wall is unknown (step 1 without attach timed)
+        self.unknown_walls = 0  # steps whose wall is not used (step 1)
         self.unknown_timed = 0.0  # and their timed cost
         # Per kind: steps, and the timed cost (spent + counted untimed) summed.
         self.count = {"structural": 0, "sampled": 0, "unsampled": 0, "pass": 0}
@@ -123,7 +124,9 @@ class Governor:
 
     def step_end(self, step: int, sampled: bool, spent: float, calls: int) -> None:
         now = self._clock()
-        wall = None if self._last is None else now - self._last
+        # Step 1's wall also holds whatever the script did since attach (building a data
+        # loader, its workers' start): it counts as one plain step, plus its timed cost.
+        wall = None if self._last is None or step == 1 else now - self._last
         self._last = now
         untimed = calls * UNTIMED_PER_CALL
         self.untimed_s += untimed
@@ -191,7 +194,7 @@ class Governor:
         def ratio(p: float, s: float | None) -> float:
             extra = self._extra(p, s)
             # The plain run: the steps' walls less what watching added to them, and a plain
-            # step for each step whose wall is unknown (a step 1 with no attach timed).
+            # step for each step whose wall is not used (step 1).
             loop_extra = extra - self.attach_s - self.unknown_timed
             base = self.walls - loop_extra + self.unknown_walls * p
             return 1.0 + extra / max(base, 1e-12)
