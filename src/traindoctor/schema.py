@@ -737,3 +737,45 @@ _fact(
     dict[str, Any],
     writers=("integration:transformers",),
 )
+
+# -- a distributed job (issue 16) -----------------------------------------------------------
+# Recorded by each rank (probes/ranks.py), in a job of more than one process only.
+_signal(
+    "ranks.ddp",
+    "per step where it changes: {DDP wrapper prefix: {broadcast_buffers, "
+    "find_unused_parameters, unsynced: params of the wrapped module DDP does not synchronize, "
+    "ignored: params and buffers DDP was told to ignore}}",
+)
+_signal(
+    "ranks.param_fp",
+    "per fingerprint step (1-4, powers of 2, every FP_EVERY-th): {'<param>#2': L2 norm, "
+    "'<param>#1': L1 norm} of each DDP-wrapped module's params at the step's first training "
+    "forward",
+)
+_signal(
+    "ranks.buffer_fp",
+    "per fingerprint step: {'<buffer>#2': L2 norm, '<buffer>#1': L1 norm} of each DDP-wrapped "
+    "module's floating-point buffers at the step's first training forward (after DDP's buffer "
+    "broadcast)",
+)
+_signal(
+    "ranks.bypass",
+    "per step with one: {count, source} training forwards of a DDP-wrapped module called "
+    "directly, not through its DDP wrapper (source: the user's line of the first)",
+)
+_signal(
+    "ranks.sampler",
+    "per step where it changes: {loader: {epoch, shuffle, batches, seed, dataset}} of each "
+    "iterated DataLoader whose sampler is a DistributedSampler",
+)
+# The job timeline (distributed/job_timeline.py): each rank's values side by side, keyed by
+# rank (a string, as JSON keys are), read only by the merge's cross-rank rules.
+_signal("job.ranks", "at step 0: {rank: {last_step, ended}} of each rank whose timeline was read")
+_signal("job.ddp", "at step 0: {rank: its last ranks.ddp value}")
+_signal("job.param_fp", "per fingerprint step: {rank: that rank's ranks.param_fp}")
+_signal("job.buffer_fp", "per fingerprint step: {rank: that rank's ranks.buffer_fp}")
+_signal("job.bypass", "per step: {rank: that rank's ranks.bypass}")
+_signal("job.data_fp", "per step: {rank: that rank's data.fp}")
+_signal("job.data_samples", "per step: {rank: that rank's data.samples}")
+_signal("job.loss", "per step: {rank: that rank's loss.backward}")
+_signal("job.nonfinite", "per step: {rank: that rank's numerics.nonfinite}")

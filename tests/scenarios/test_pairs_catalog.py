@@ -18,7 +18,13 @@ import pytest
 
 from traindoctor.findings import Severity
 from traindoctor.rules import all_rules
-from traindoctor.scenarios import FAMILIES, all_scenarios, scenario_modules
+from traindoctor.scenarios import (
+    FAMILIES,
+    JOB_FAMILIES,
+    all_scenarios,
+    job_scenarios,
+    scenario_modules,
+)
 
 FAMILY_OF_DIGIT = {
     "1": "grad_flow",
@@ -26,6 +32,7 @@ FAMILY_OF_DIGIT = {
     "3": "loss_path",
     "4": "eval_hygiene",
     "5": "setup",
+    "6": "distributed",
 }
 # Warning/error rules with no buggy scenario where they are the top finding, and why. This list
 # may only shrink: an entry whose rule gets such a scenario fails the test until removed.
@@ -35,8 +42,13 @@ NO_PAIR = {
     "TD210": "always ranked after TD206 on the divergence it reports",
 }
 PACKAGE = "traindoctor.scenarios"
-MODULES = scenario_modules()
-SCENARIOS = all_scenarios()
+# The torchrun jobs (scenarios/distributed/, run by tests/distributed/test_td60x_jobs.py) pair
+# their rules as the single-process scenarios do.
+JOBS = job_scenarios()
+MODULES = scenario_modules() + [
+    (m, tuple(s for mm, s in JOBS if mm == m)) for m in dict.fromkeys(m for m, _ in JOBS)
+]
+SCENARIOS = all_scenarios() + [s for _, s in JOBS]
 BY_NAME = {s.name: s for s in SCENARIOS}
 RULES = all_rules()
 JUDGED = [r for r in RULES if r.severity in (Severity.WARNING, Severity.ERROR)]
@@ -99,7 +111,7 @@ def test_no_flat_scenario_module():
 )
 def test_module_lives_in_its_family_folder_named_by_code(module, scenarios):
     folder, filename = module.split(".")[-2:]
-    assert folder in FAMILIES
+    assert folder in FAMILIES or folder in JOB_FAMILIES
     if folder == "seeds":  # a seed report's bugs span families: one module per report
         assert filename.startswith("seed"), module
         return

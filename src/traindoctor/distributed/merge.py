@@ -32,6 +32,7 @@ from typing import Any
 
 from ..findings import Finding, rank
 from ..report.model import Report
+from .job_timeline import cross_rank_findings
 from .ranks import RANKS_DIR, RankInfo, alive, process_identity, rank_dir
 
 RANK_META = "rank.json"
@@ -197,6 +198,10 @@ def merge(job_dir: Path, world_size: int, results: list[RankResult]) -> Report:
         for s in res.report.outcome.get("skipped_rules") or []:
             skipped.setdefault(str(s.get("code")), s)
         errors += [{**e, "rank": res.rank} for e in res.report.internal_errors]
+    # The cross-rank rules (TD6xx) over the ranks' timelines side by side (job_timeline.py).
+    cross, cross_errors = cross_rank_findings(job_dir, world_size)
+    findings += cross
+    errors += cross_errors
     outcome = job_outcome(results)
     outcome["skipped_rules"] = [skipped[k] for k in sorted(skipped)]
     return Report(

@@ -21,6 +21,7 @@ from .modes import FrozenModesProbe, ModesProbe
 from .numerics import NumericsProbe
 from .optim import OptimProbe
 from .params import ParamsProbe
+from .ranks import RanksProbe
 from .schedule import ScheduleProbe
 from .work import WorkProbe
 
@@ -47,6 +48,7 @@ PROBES: tuple[type[Probe], ...] = (
     ScheduleProbe,
     CopiesProbe,
     WorkProbe,
+    RanksProbe,
 )
 
 

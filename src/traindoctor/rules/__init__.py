@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ._registry import Rule, registered
+from .distributed import (
+    data_not_sharded,
+    nonfinite_on_one_rank,
+    rank_desync,
+    sampler_epoch_not_set,
+)
 from .eval_hygiene import (
     eval_mode_during_training,
     evaluated_model_frozen,
@@ -109,6 +115,10 @@ CATALOG = (
     batches_not_shuffled,  # TD512
     grad_accumulation_unnormalized,  # TD515
     fp16_without_scaler,  # TD211
+    rank_desync,  # TD601
+    nonfinite_on_one_rank,  # TD602
+    data_not_sharded,  # TD604
+    sampler_epoch_not_set,  # TD605
 )
 
 

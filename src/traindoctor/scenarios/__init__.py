@@ -21,6 +21,9 @@ from ._base import Scenario
 
 # The family subpackages searched besides the top level (one per rule family, and seeds).
 FAMILIES = ("grad_flow", "numerics", "loss_path", "eval_hygiene", "setup", "seeds")
+# Scenarios that are whole multi-process jobs (torchrun): not run by the single-process runner
+# (all_scenarios), listed by job_scenarios().
+JOB_FAMILIES = ("distributed",)
 
 
 def _module_names() -> Iterator[str]:
@@ -67,3 +70,17 @@ def get(name: str) -> Scenario:
 
     names = ", ".join(s.name for s in all_scenarios())
     raise UsageError(f"no scenario named {name!r}; pass one of: {names}")
+
+
+def job_scenarios() -> list[tuple[str, Scenario]]:
+    """(dotted module name, scenario) of the multi-process job scenarios (scenarios/distributed/:
+    each module runs one rank under torchrun; distributed/_job.run_job launches the job)."""
+    out = []
+    for family in JOB_FAMILIES:
+        package = importlib.import_module(f"{__name__}.{family}")
+        for sub in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            if sub.name.startswith("_") or sub.ispkg:
+                continue
+            name = f"{package.__name__}.{sub.name}"
+            out.extend((name, s) for s in scenarios_of(importlib.import_module(name)))
+    return out

@@ -1,0 +1,278 @@
+"""Ranks: what each rank of a distributed job records for the cross-rank rules (TD601, TD605;
+the merge folds the ranks' timelines side by side: distributed/job_timeline.py).
+
+Active only in a job of more than one process (distributed.detect()); a single process pays
+nothing. Never a collective, never a wait: each rank records its own values in its own
+timeline, and the ranks are compared at the merge, after the job.
+
+- DDP-wrapped models (a `DistributedDataParallel` among the watched models): a forward
+  pre-hook on the wrapped module (`ddp.module`) fingerprints its parameters and floating-point
+  buffers on fingerprint steps: steps 1-4, the powers of two, every `FP_EVERY`-th. The schedule
+  is a function of the step count alone, so every rank fingerprints the same steps. Two fused
+  `torch._foreach_norm` calls (L2 and L1, accumulated in float32) per device, deferred to the
+  batched read-back: no host sync. It runs at the step's first training forward, after DDP's
+  own buffer broadcast (buffers then match across ranks when `broadcast_buffers=True`).
+  The same hook counts the training forwards of the wrapped module that did not come through
+  its wrapper (`model.module(x)`: DDP never all-reduces that step's gradients), with the user's
+  line of the first; hooks on the wrapper mark the forwards that do. The wrapper's settings
+  (`broadcast_buffers`, `find_unused_parameters`) and the parameters DDP does not synchronize
+  (registered after wrapping, or ignored) are recorded when they change.
+- DistributedSampler: the DataLoaders the data probe saw iterated (its `DataLoader.__iter__`
+  listener; nothing patched here) are looked at when each step opens: their sampler's epoch,
+  shuffle, seed and batches per epoch, recorded when they change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .._source import user_source
+from ..distributed.ranks import RankInfo, detect
+from ..timeline import signal
+from .base import AttachContext, Probe, Recorder, by_device
+from .data import _ITERATED
+
+RANKS_DDP = signal(
+    "ranks.ddp",
+    "per step where it changes: {DDP wrapper prefix: {broadcast_buffers, "
+    "find_unused_parameters, unsynced: params of the wrapped module DDP does not synchronize, "
+    "ignored: params and buffers DDP was told to ignore}}",
+)
+RANKS_PARAM_FP = signal(
+    "ranks.param_fp",
+    "per fingerprint step (1-4, powers of 2, every FP_EVERY-th): {'<param>#2': L2 norm, "
+    "'<param>#1': L1 norm} of each DDP-wrapped module's params at the step's first training "
+    "forward",
+)
+RANKS_BUFFER_FP = signal(
+    "ranks.buffer_fp",
+    "per fingerprint step: {'<buffer>#2': L2 norm, '<buffer>#1': L1 norm} of each DDP-wrapped "
+    "module's floating-point buffers at the step's first training forward (after DDP's buffer "
+    "broadcast)",
+)
+RANKS_BYPASS = signal(
+    "ranks.bypass",
+    "per step with one: {count, source} training forwards of a DDP-wrapped module called "
+    "directly, not through its DDP wrapper (source: the user's line of the first)",
+)
+RANKS_SAMPLER = signal(
+    "ranks.sampler",
+    "per step where it changes: {loader: {epoch, shuffle, batches, seed, dataset}} of each "
+    "iterated DataLoader whose sampler is a DistributedSampler",
+)
+
+FP_EVERY = 100  # a fingerprint step every this many steps, past the powers of two
+MAX_LOADERS = 8  # DistributedSampler loaders followed
+
+
+def fingerprint_step(step: int) -> bool:
+    """The steps every rank fingerprints: a function of the step number alone."""
+    return step <= 4 or (step & (step - 1)) == 0 or step % FP_EVERY == 0
+
+
+def _ddp_class() -> type | None:
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except Exception:  # noqa: BLE001  (a torch built without distributed)
+        return None
+    return DistributedDataParallel
+
+
+class RanksProbe(Probe):
+    name = "ranks"
+    provides: ClassVar[tuple[str, ...]] = (
+        RANKS_DDP,
+        RANKS_PARAM_FP,
+        RANKS_BUFFER_FP,
+        RANKS_BYPASS,
+        RANKS_SAMPLER,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.info: RankInfo | None = None
+        self._wrappers: list[tuple[str, torch.nn.Module]] = []
+        self._through = 0  # forwards of a DDP wrapper under way (its module is called inside)
+        self._step = 1
+        self._fp_due = False
+        self._fp_done: set[str] = set()
+        self._bypass: dict[str, Any] | None = None  # this step's bypassed forwards
+        self._bypass_source: str | None = None
+        self._ddp_facts: dict[str, Any] | None = None
+        self._samplers: dict[str, dict[str, Any]] = {}
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        self.info = detect()
+        if self.info is None:
+            return  # a single process: nothing to compare across ranks
+        ddp = _ddp_class()
+        if ddp is None:
+            return
+        for prefix, model in ctx.eager_models().items():
+            if isinstance(model, ddp) and isinstance(
+                getattr(model, "module", None), torch.nn.Module
+            ):
+                self._wrappers.append((prefix, model))
+        for prefix, wrapper in self._wrappers:
+            self.handles.append(
+                wrapper.register_forward_pre_hook(ctx.hook("probe ranks", self._enter))
+            )
+            self.handles.append(wrapper.register_forward_hook(ctx.hook("probe ranks", self._leave)))
+            self.handles.append(
+                wrapper.module.register_forward_pre_hook(
+                    ctx.hook("probe ranks", self._make_inner(prefix, wrapper, rec))
+                )
+            )
+        self._step = ctx.state.step
+        self._fp_due = bool(self._wrappers) and fingerprint_step(self._step)
+        self._note_ddp(self._step, rec)
+
+    # -- per step ---------------------------------------------------------------------------
+    def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if self.info is None:
+            return
+        self._step = step
+        self._through = 0
+        self._fp_due = bool(self._wrappers) and fingerprint_step(step)
+        self._fp_done.clear()
+        self._bypass = None
+        self._watch_samplers(step, rec)
+
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if self._bypass is not None:
+            rec.record(step, RANKS_BYPASS, self._bypass)
+            self._bypass = None
+
+    # -- DDP --------------------------------------------------------------------------------
+    def _enter(self, _module: torch.nn.Module, _args: Any) -> None:
+        self._through += 1
+
+    def _leave(self, _module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        self._through = max(0, self._through - 1)
+
+    def _training(self, module: torch.nn.Module) -> bool:
+        ctx = self.ctx
+        return (
+            ctx is not None
+            and module.training
+            and torch.is_grad_enabled()
+            and not ctx.state.validating
+        )
+
+    def _make_inner(self, prefix: str, wrapper: torch.nn.Module, rec: Recorder):
+        def pre(module: torch.nn.Module, _args: Any) -> None:
+            if not self._training(module):
+                return
+            if self._through == 0:
+                if self._bypass_source is None:
+                    self._bypass_source = user_source(skip=1) or "?"
+                if self._bypass is None:
+                    self._bypass = {"count": 0, "source": self._bypass_source}
+                self._bypass["count"] += 1
+            if self._fp_due and prefix not in self._fp_done:
+                self._fp_done.add(prefix)
+                self._note_ddp(self._step, rec)
+                self._fingerprint(prefix, module, rec)
+
+        return pre
+
+    def _fingerprint(self, prefix: str, module: torch.nn.Module, rec: Recorder) -> None:
+        step = self._step
+        base = f"{prefix}module."
+        for tensors, signal_name in (
+            (list(module.named_parameters()), RANKS_PARAM_FP),
+            (list(module.named_buffers()), RANKS_BUFFER_FP),
+        ):
+            names = []
+            ts = []
+            for n, t in tensors:
+                if t.layout is not torch.strided or not t.is_floating_point() or t.numel() == 0:
+                    continue
+                names.append(f"{base}{n}")
+                ts.append(t.detach())
+            if not ts:
+                continue
+            for dev_names, dev_ts in by_device(names, ts).values():
+                with torch.no_grad():
+                    l2 = torch._foreach_norm(dev_ts, 2, dtype=torch.float32)
+                    l1 = torch._foreach_norm(dev_ts, 1, dtype=torch.float32)
+                keys = [f"{n}#2" for n in dev_names] + [f"{n}#1" for n in dev_names]
+                rec.defer(step, signal_name, torch.stack([*l2, *l1]), keys=keys)
+
+    def _note_ddp(self, step: int, rec: Recorder) -> None:
+        facts: dict[str, Any] = {}
+        for prefix, wrapper in self._wrappers:
+            synced = getattr(wrapper, "_module_parameters", None)
+            unsynced: list[str] | None = None
+            if isinstance(synced, list):
+                ids = {id(p) for p in synced}
+                unsynced = [
+                    f"{prefix}module.{n}"
+                    for n, p in wrapper.module.named_parameters()
+                    if p.requires_grad and id(p) not in ids
+                ]
+            ignored = getattr(wrapper, "parameters_to_ignore", None) or ()
+            facts[prefix.rstrip(".") or "<model>"] = {
+                "broadcast_buffers": bool(
+                    getattr(wrapper, "forward_sync_buffers", None)
+                    if hasattr(wrapper, "forward_sync_buffers")
+                    else getattr(wrapper, "broadcast_buffers", True)
+                ),
+                "find_unused_parameters": bool(getattr(wrapper, "find_unused_parameters", False)),
+                "unsynced": unsynced,
+                "ignored": sorted(f"{prefix}module.{n}" for n in ignored),
+            }
+        if facts and facts != self._ddp_facts:
+            self._ddp_facts = facts
+            rec.record(step, RANKS_DDP, facts)
+
+    # -- DistributedSampler -----------------------------------------------------------------
+    def _watch_samplers(self, step: int, rec: Recorder) -> None:
+        changed = False
+        found = 0
+        for i, ref in enumerate(list(_ITERATED)):
+            loader = ref()
+            if loader is None:
+                continue
+            state = _sampler_state(loader)
+            if state is None:
+                continue
+            found += 1
+            if found > MAX_LOADERS:
+                break
+            key = f"loader{i}"
+            if self._samplers.get(key) != state:
+                self._samplers[key] = state
+                changed = True
+        if changed:
+            rec.record(step, RANKS_SAMPLER, {k: dict(v) for k, v in self._samplers.items()})
+
+
+def _sampler_state(loader: Any) -> dict[str, Any] | None:
+    """{epoch, shuffle, batches, seed, dataset} of a loader's DistributedSampler, else None."""
+    try:
+        from torch.utils.data.distributed import DistributedSampler
+    except Exception:  # noqa: BLE001
+        return None
+    try:
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler):
+            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        if not isinstance(sampler, DistributedSampler):
+            return None
+        try:
+            batches: int | None = len(loader)
+        except TypeError:
+            batches = None
+        return {
+            "epoch": int(sampler.epoch),
+            "shuffle": bool(sampler.shuffle),
+            "seed": int(sampler.seed),
+            "batches": batches,
+            "dataset": type(loader.dataset).__name__,
+        }
+    except Exception:  # noqa: BLE001  (an odd sampler is described by nothing)
+        return None

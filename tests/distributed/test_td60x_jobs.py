@@ -1,0 +1,133 @@
+"""The cross-rank rules (TD601, TD602, TD604, TD605) on real 2-rank torchrun jobs (gloo, CPU):
+every buggy scenario of src/traindoctor/scenarios/distributed/ gets its rule first in the job's
+merged findings.json, naming the ranks; every healthy twin gets no warning and no error (DDP
+with BatchNorm and broadcast buffers, a DistributedSampler with set_epoch, ranks on different
+data). The rules themselves: tests/rules/test_td60*.py on hand-built job timelines.
+
+Also: traindoctor adds no collective (the ranks' scripts count them) and the trained
+parameters are bit-identical with and without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.test_ddp_job import COUNT_COLLECTIVES
+from traindoctor.scenarios import job_scenarios
+from traindoctor.scenarios.distributed._job import run_job
+
+pytestmark = pytest.mark.slow
+
+JOBS = job_scenarios()  # (module, Scenario)
+BUGGY = [(m, s) for m, s in JOBS if not s.healthy]
+HEALTHY = [(m, s) for m, s in JOBS if s.healthy]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+
+    def one(item):
+        module, scenario = item
+        return scenario.name, run_job(module, scenario.name, root / scenario.name)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, JOBS))
+
+
+def _describe(data) -> str:
+    return "\n".join(
+        f"{f['code']} {f['severity']} ranks={f.get('ranks')}: {f['title']}"
+        for f in (data or {}).get("findings", [])
+    )
+
+
+@pytest.mark.parametrize("item", BUGGY, ids=lambda i: i[1].name)
+def test_buggy_job_gets_its_cross_rank_rule_first(results, item):
+    _, scenario = item
+    data, output = results[scenario.name]
+    assert data is not None, output
+    assert data["world_size"] == 2 and [r["status"] for r in data["ranks"]] == ["closed"] * 2
+    assert not data["internal_errors"], data["internal_errors"]
+    top = data["findings"][0]
+    assert top["code"] == scenario.top, _describe(data)
+    assert top["ranks"], top
+    where = scenario.where
+    if "source" in where:
+        assert where["source"] in (top["where"].get("source") or ""), top["where"]
+    if "params_prefix" in where:
+        params = top["where"].get("params") or []
+        assert params and all(p.startswith(where["params_prefix"]) for p in params), top["where"]
+
+
+@pytest.mark.parametrize("item", HEALTHY, ids=lambda i: i[1].name)
+def test_healthy_twin_is_silent(results, item):
+    _, scenario = item
+    data, output = results[scenario.name]
+    assert data is not None, output
+    assert not data["internal_errors"], data["internal_errors"]
+    flagged = [f for f in data["findings"] if f["severity"] in ("error", "warning")]
+    assert not flagged, _describe(data)
+
+
+def test_td602_names_the_rank_the_step_and_the_batch(results):
+    data, _ = results["ddp_nan_record_on_rank1"]
+    f = data["findings"][0]
+    assert f["code"] == "TD602" and f["step"] == 10
+    assert f["evidence"]["origin_ranks"] == [1]
+    assert f["evidence"]["batch"]["nonfinite_inputs"] == ["in0"]
+    assert f["evidence"]["batch"]["nonfinite_samples"] == [3]
+
+
+def test_td601_says_why_buffers_alone_drift(results):
+    data, _ = results["ddp_broadcast_buffers_off"]
+    f = data["findings"][0]
+    assert f["code"] == "TD601" and f["severity"] == "warning"
+    assert f["evidence"]["kind"] == "buffers" and "broadcast_buffers=False" in f["cause"]
+
+
+# One rank of the healthy BatchNorm job, its collectives counted and its trained parameters
+# hashed, watched or not.
+RANK_SCRIPT = (
+    COUNT_COLLECTIVES
+    + """
+import hashlib
+import torch
+from traindoctor.scenarios.distributed.td601_ddp_replicas_drift import SCENARIOS
+from traindoctor.scenarios.distributed._job import main
+model = main(SCENARIOS, ["--scenario", "ddp_in_sync"] + sys.argv[1:])
+h = hashlib.sha256()
+for k, v in sorted(model.state_dict().items()):
+    h.update(k.encode()); h.update(v.detach().cpu().numpy().tobytes())
+print("PARAMS", h.hexdigest(), "COLLECTIVES", len(OURS))
+"""
+)
+
+
+def test_no_collective_and_the_same_parameters_with_and_without_traindoctor(tmp_path):
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = {}
+    for label, extra in (("plain", []), ("watched", ["--watch", str(tmp_path / "runs")])):
+        p = subprocess.run(
+            [str(torchrun), "--standalone", "--nproc_per_node", "2", "rank.py", *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "TRAINDOCTOR_PLOTS": "0"},
+        )
+        lines = [ln.split() for ln in p.stdout.splitlines() if ln.startswith("PARAMS")]
+        assert len(lines) == 2, p.stdout + p.stderr
+        out[label] = lines
+    assert {ln[1] for ln in out["plain"]} == {ln[1] for ln in out["watched"]}
+    assert len({ln[1] for ln in out["plain"]}) == 1  # the replicas agree, bit for bit
+    assert [ln[3] for ln in out["watched"]] == ["0", "0"]
+    job = json.loads(next((tmp_path / "runs").glob("*/findings.json")).read_text())
+    assert not [f for f in job["findings"] if f["code"].startswith("TD6")]
