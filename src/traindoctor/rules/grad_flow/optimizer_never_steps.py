@@ -65,19 +65,19 @@ def optimizer_never_steps(
     Gradient accumulation over `min_backward` or more micro-batches before the first step:
     it is fine once a step has been seen; raise `min_backward` for very long accumulations.
     """
-    counts = dict(tl.series("backward.count"))
-    if not counts:
+    if "backward.count" not in tl.signal_names("backward.count"):
         return
     yield from _idle_optimizers(tl, min_backward, accumulation_margin)
     # Steps of any watched optimizer count: when the one that numbers the steps stops, the
     # others may go on (layer-wise optimizers trained one after the other, as forward-forward).
-    stepped = (
-        {s for s, v in tl.series("optim.step") if v}
-        | {s for s, v in tl.series("amp.skipped") if v}
-        | {s for s, v in tl.series("optim.any_step") if v}
-    )
-    last = max(stepped) if stepped else 0
-    since = sum(c for s, c in counts.items() if s > last)
+    # The last step and the backward passes since are read back from the newest records (a
+    # few steps in a run that steps), not from the start (issue 15).
+    last = _last_step(tl)
+    since = sum(c for s, c in tl.series_since("backward.count", last))
+    if since < min_backward:
+        return  # below any threshold: the rest (every step) is not read
+    counts = dict(tl.series("backward.count"))
+    stepped = {s for name in STEPPED for s, v in tl.series(name) if v}
     per_step = [counts.get(s, 0) for s in sorted(stepped)]
     threshold = max(min_backward, accumulation_margin * max(per_step, default=0))
     if since < threshold:
@@ -149,6 +149,30 @@ def optimizer_never_steps(
         cause=cause,
         fix=fix,
     )
+
+
+STEPPED = ("optim.step", "optim.any_step", "amp.skipped")  # a step ran (or a scaler skipped it)
+
+
+def _last_step(tl: TimelineView) -> int:
+    """The last step that stepped (max of the steps STEPPED marks; 0 if none): each signal
+    read back from its newest records, in windows that grow until one marks a step, then the
+    others only after it."""
+    last = 0
+    for name in STEPPED:
+        if last:
+            last = max([last, *(s for s, v in tl.series_since(name, last) if v)])
+            continue
+        width = 64
+        while True:
+            start = tl.last_step - width
+            recs = tl.series_since(name, start) if start > 0 else tl.series(name)
+            marked = [s for s, v in recs if v]
+            if marked or start <= 0:
+                last = max(marked, default=0)
+                break
+            width *= 4
+    return last
 
 
 def _idle_optimizers(
