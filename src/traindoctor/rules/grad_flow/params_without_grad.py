@@ -82,11 +82,11 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     them still reports them.
     """
     observations = tl.series("grads.none")
-    counts = dict(tl.series("backward.count"))
-    if counts:
+    # backward.count (every step) read at the observed steps only (issue 15)
+    if "backward.count" in tl.signal_names("backward.count"):
         # A step() that runs before any backward of its step (a stray step() in a debug block,
         # or at the top of the loop) finds every grad None: no evidence about the graph.
-        observations = [(s, n) for s, n in observations if counts.get(s, 0) > 0]
+        observations = [(s, n) for s, n in observations if tl.at("backward.count", s, 0) > 0]
     needed = 1 if ended(tl) else min_observations
     if len(observations) < needed:
         return

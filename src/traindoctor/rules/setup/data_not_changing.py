@@ -83,7 +83,6 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     without gradient on at least 3 other batches of exactly the training batch's shape and
     dtype (fixed collocation points tested on fresh random points of the same count).
     """
-    stepped = {s for s, v in tl.series("optim.step") if v}
     # Fingerprints come every step early on, then in pairs (a sampled step and the next). A
     # streak is a run of bit-identical fingerprints over the fingerprinted steps; it must hold
     # pairs of adjacent steps, so that a loader whose epoch length divides the sampling
@@ -109,7 +108,8 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     if length < min_steps:
         return
     steps = range(first, last + 1)
-    n_stepped = sum(s in stepped for s in steps)
+    # optim.step (every step) read over the streak only, not from the start (issue 15)
+    n_stepped = sum(1 for s in steps if tl.at("optim.step", s))
     if n_stepped < min_steps - 1:
         return  # not training steps: nothing is being trained on that batch
     updates = [
