@@ -389,6 +389,7 @@ SCENARIO_CASES = [
     ("lr_too_large", "TD206"),
     ("lr_multistep_epochs_per_batch", "TD503"),
     ("lr_sched_steps_on_amp_skips", "TD503"),
+    ("deep_sigmoid_mlp", "TD207"),
 ]
 
 

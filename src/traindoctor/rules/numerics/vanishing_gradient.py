@@ -8,12 +8,116 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, SortedWindow, fresh
 from .._registry import rule
 from .._util import ended
 from ._layers import fmt, layer_order, layer_series, params_of
 
 SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
 LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
+
+
+class RatioScan:
+    """TD207's state between passes (rules/_incremental.py): per layer the ||grad|| / ||θ||
+    ratios of the sampled steps, sorted for their median, and how many steps gave one; a step
+    is folded in for good once settled in both signals, the others for one pass and taken out
+    again. A change of the module types starts over."""
+
+    def __init__(self, types_key: str | None = None) -> None:
+        self.types_key = types_key
+        self.grads, self.weights = Reader("grads.norm"), Reader("params.norm")
+        self.readers = (self.grads, self.weights)
+        self.open: dict[int, list] = {}  # step -> [grad norms, weight norms] not folded
+        self.rel: dict[str, SortedWindow] = {}
+        self.steps = 0
+
+    def judge(self, tl: TimelineView, types: dict, decide: object) -> object:
+        """decide(rel, steps) with every step read so far folded in."""
+        key = repr(sorted(types.items()))
+        if key != self.types_key or not fresh(self, tl):
+            self.__init__(key)
+        for i, reader in enumerate(self.readers):
+            settled, pending = reader.read(tl)
+            for s, rec in settled + pending:
+                self.open.setdefault(s, [None, None])[i] = rec
+        g_done, p_done = self.grads.done, self.weights.done
+        for s in sorted(self.open):
+            if g_done is None or p_done is None or s > g_done or s > p_done:
+                break
+            self._fold(s, *self.open.pop(s), types)
+        undo: list[tuple[str, float]] = []
+        steps = self.steps
+        for s in sorted(self.open):
+            steps += self._fold(s, *self.open[s], types, undo)
+        rel = {layer: (len(w), w.median) for layer, w in self.rel.items() if len(w)}
+        try:
+            return decide(rel, steps)  # type: ignore[operator]
+        finally:
+            for layer, ratio in reversed(undo):
+                self.rel[layer].remove(ratio)
+
+    def _fold(self, step: int, g: object, p: object, types: dict, undo: list | None = None) -> int:
+        if g is None or p is None:
+            return 0
+        seen = 0
+        for layer, ratio in _ratios(g, p, types):
+            self.rel.setdefault(layer, SortedWindow()).add(ratio)
+            seen = 1
+            if undo is not None:
+                undo.append((layer, ratio))
+        if undo is None:
+            self.steps += seen
+        return seen
+
+
+def _pairs(grads: list, weights: list) -> Iterator[tuple[int, object, object]]:
+    """(step, grad norms, weight norms) at the steps that have both."""
+    by_step = dict(weights)
+    for step, g in grads:
+        if step in by_step:
+            yield step, g, by_step[step]
+
+
+def _ratios(g: object, p: object, types: dict) -> Iterator[tuple[str, float]]:
+    """(layer, ||grad|| / ||θ||) of one sampled step, for the layers judged."""
+    pn = {layer: series[0][1] for layer, series in layer_series([(0, p)]).items()}
+    for layer, series in layer_series([(0, g)]).items():
+        if types.get(layer) in SPARSE_BY_DESIGN:
+            continue  # a batch touches a few rows of an embedding table: small by design
+        if LORA_A.search(layer):
+            continue  # LoRA's B starts at 0, so A's gradient is 0 then tiny: by design
+        if "Norm" in (types.get(layer) or ""):
+            continue  # norm gains start at 1 (large ||θ||): a small ratio is not vanishing
+        gv, pv = series[0][1], pn.get(layer)
+        if pv is None or pv <= 0 or gv <= 0:
+            continue
+        yield layer, gv / pv
+
+
+def _low(
+    rel: dict[str, tuple[int, object]], steps: int, needed: int, params: dict, orders: float
+) -> tuple[list[str], dict[str, float], float] | None:
+    """(the early layers far below the median layer, the medians, the median layer's) or None.
+    `rel`: layer -> (ratios held, their median as a call)."""
+    if len(rel) < 3 or steps < needed:
+        return None
+    med = {layer: m() for layer, (n, m) in rel.items() if n >= needed}  # type: ignore[operator]
+    if len(med) < 3:
+        return None
+    reference = statistics.median(med.values())
+    limit = reference * 10.0 ** (-orders)
+    ordered = layer_order(params, list(med))
+    early = ordered[: max(1, len(ordered) // 2)]
+    late = ordered[len(early) :]
+    # A vanishing gradient shrinks on its way back to the input: the early half of the layers
+    # as a whole gets far less than the late half. One odd layer anywhere (an attention query
+    # at init, a gate) is not that.
+    if late and statistics.median(med[x] for x in early) > statistics.median(
+        med[x] for x in late
+    ) * 10.0 ** (1 - orders):
+        return None
+    low = [layer for layer in early if med[layer] < limit]
+    return (low, med, reference) if low else None
 
 
 @rule(
@@ -24,9 +128,11 @@ LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
     requires=("grads.norm", "params.norm"),
     facts=("module_types", "outcome", "params"),
     priority=45,
+    state=lambda: RatioScan(),
 )
 def vanishing_gradient(
     tl: TimelineView,
+    state: RatioScan,
     *,
     min_steps: int = 4,
     orders: float = 2.0,
@@ -76,47 +182,29 @@ def vanishing_gradient(
     gradients by design; a pretrained backbone fine-tuned with a new head can have a relative
     gradient one or two orders below the head's during the first steps.
     """
-    grads = layer_series(tl.series("grads.norm"))
-    pnorms = dict(layer_series(tl.series("params.norm")).items())
     types = tl.fact("module_types") or {}
+    needed = 1 if ended(tl) else min_steps
+    params = tl.fact("params") or {}
+    # The medians of the ratios kept between passes decide; a finding (rare) is then worded
+    # from the whole series.
+    if not state.judge(tl, types, lambda rel, n: _low(rel, n, needed, params, orders) is not None):
+        return
     rel: dict[str, list[float]] = {}
     steps_seen: set[int] = set()
-    for layer, series in grads.items():
-        if types.get(layer) in SPARSE_BY_DESIGN:
-            continue  # a batch touches a few rows of an embedding table: small by design
-        if LORA_A.search(layer):
-            continue  # LoRA's B starts at 0, so A's gradient is 0 then tiny: by design
-        if "Norm" in (types.get(layer) or ""):
-            continue  # norm gains start at 1 (large ||θ||): a small ratio is not vanishing
-        pn = dict(pnorms.get(layer, []))
-        for step, g in series:
-            p = pn.get(step)
-            if p is None or p <= 0 or g <= 0:
-                continue
-            rel.setdefault(layer, []).append(g / p)
+    for step, g, p in _pairs(tl.series("grads.norm"), tl.series("params.norm")):
+        for layer, ratio in _ratios(g, p, types):
+            rel.setdefault(layer, []).append(ratio)
             steps_seen.add(step)
-    needed = 1 if ended(tl) else min_steps
-    if len(rel) < 3 or len(steps_seen) < needed:
+    found = _low(
+        {layer: (len(v), lambda v=v: statistics.median(v)) for layer, v in rel.items()},
+        len(steps_seen),
+        needed,
+        params,
+        orders,
+    )
+    if found is None:
         return
-    med = {layer: statistics.median(v) for layer, v in rel.items() if len(v) >= needed}
-    if len(med) < 3:
-        return
-    reference = statistics.median(med.values())
-    limit = reference * 10.0 ** (-orders)
-    params = tl.fact("params") or {}
-    ordered = layer_order(params, list(med))
-    early = ordered[: max(1, len(ordered) // 2)]
-    late = ordered[len(early) :]
-    # A vanishing gradient shrinks on its way back to the input: the early half of the layers
-    # as a whole gets far less than the late half. One odd layer anywhere (an attention query
-    # at init, a gate) is not that.
-    if late and statistics.median(med[x] for x in early) > statistics.median(
-        med[x] for x in late
-    ) * 10.0 ** (1 - orders):
-        return
-    low = [layer for layer in early if med[layer] < limit]
-    if not low:
-        return
+    low, med, reference = found
     first = low[0]
     names = tuple(n for layer in low for n in params_of(params, layer))
     top = max(med.values())
