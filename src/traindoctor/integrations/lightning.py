@@ -21,18 +21,31 @@ What Lightning changes, and how it is handled here:
 
 Zero-code mode can reuse `attach(trainer, pl_module, ...)` (a Doctor for a Trainer whose
 optimizers are configured) or insert `callback_for(trainer)` into `trainer.callbacks`.
+
+In a multi-process run (`strategy="ddp"`) every rank's callback watches its rank: each writes
+RUN_DIR/ranks/rank<N>/ of one job, merged at close (distributed/merge.py). Lightning's own
+launcher (`_SubprocessScriptLauncher`: rank 0 runs the script and starts the other local ranks
+by running it again) would give rank 0 and its children different run ids (each derives the id
+from its parent process): while a callback exists, the launcher first sets TRAINDOCTOR_RUN_ID,
+which the children inherit (rank 0 reads it at on_fit_start, after the launch).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
+import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._patching import Patch, acquire, release
 from .._validate import reject_positional, reject_unknown, show
+from ..distributed.run_id import ENV_RUN_ID
 from ..doctor import Doctor
 from ..errors import UsageError
 from ..options import WATCH_OPTIONS, Options
@@ -175,9 +188,46 @@ def _log_metrics(doc: Doctor, metrics: dict[str, Any], validating: bool) -> None
     doc.log(loss=loss, **named)
 
 
-def callback_class(base: type) -> type:
+def _share_run_id(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Lightning's launcher's `_call_children_scripts`, which first names the job
+    (TRAINDOCTOR_RUN_ID, unless set already) so that the ranks it starts inherit the name."""
+
+    def _call_children_scripts(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not os.environ.get(ENV_RUN_ID):
+            stem = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            os.environ[ENV_RUN_ID] = f"{stamp}-{stem or 'run'}-{secrets.token_hex(4)}"
+        return original(self, *args, **kwargs)
+
+    return _call_children_scripts
+
+
+def _launcher_patch(package: str) -> Patch | None:
+    """The patch of `package`'s subprocess-script launcher (None where it has none)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"{package}.strategies.launchers.subprocess_script")
+        launcher = module._SubprocessScriptLauncher
+    except (ImportError, AttributeError):
+        return None
+    if not callable(getattr(launcher, "_call_children_scripts", None)):
+        return None
+    return Patch(launcher, "_call_children_scripts", _share_run_id)
+
+
+_HOLDS: dict[int, weakref.finalize] = {}  # callback id -> its hold on the launcher patch
+
+
+def _let_go(key: int, patch: Patch) -> None:
+    _HOLDS.pop(key, None)
+    release(patch)
+
+
+def callback_class(base: type, launcher_patch: Patch | None = None) -> type:
     """Build the traindoctor callback on a Lightning `Callback` base class (`lightning.pytorch`
-    or `pytorch_lightning`: each Trainer accepts only callbacks of its own package)."""
+    or `pytorch_lightning`: each Trainer accepts only callbacks of its own package).
+    `launcher_patch`: held while a callback may still see its Trainer launch other ranks."""
 
     class TraindoctorCallback(base):  # type: ignore[misc, valid-type]
         """Attach traindoctor to `Trainer.fit`: `Trainer(callbacks=[TraindoctorCallback()])`.
@@ -222,11 +272,21 @@ def callback_class(base: type) -> type:
             self.report: Any = None
             self._seen: dict[str, Any] = {}
             self._val_seen: dict[str, Any] = {}
+            # Until this callback's first fit has launched its ranks (see the module doc), or
+            # it is gone: the hold is keyed by this instance (a copy holds nothing).
+            if launcher_patch is not None:
+                acquire(launcher_patch)
+                _HOLDS[id(self)] = weakref.finalize(self, _let_go, id(self), launcher_patch)
+
+        def _release_launcher(self) -> None:
+            hold = _HOLDS.get(id(self))
+            if hold is not None:
+                hold()  # once: a finalizer runs at most once
 
         # -- fit lifecycle ---------------------------------------------------------------
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-            if not getattr(trainer, "is_global_zero", True):
-                return  # one report per run: rank 0 watches
+            # Every rank watches its own (a job of several ranks: one merged report).
+            self._release_launcher()  # the ranks are launched by now
             self.report = None
             self._seen = {}
             try:
@@ -239,6 +299,7 @@ def callback_class(base: type) -> type:
             self._close(None)
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            self._release_launcher()
             self._close(exception)
 
         def _close(self, exc: BaseException | None) -> None:
@@ -311,7 +372,7 @@ def lightning_callback_class(package: str = "lightning.pytorch") -> type:
         import importlib
 
         base = importlib.import_module(package).Callback
-        cls = callback_class(base)
+        cls = callback_class(base, _launcher_patch(package))
         cls.__module__ = "traindoctor.lightning"
         cls.__qualname__ = cls.__name__ = "TraindoctorCallback"
         _CLASSES[package] = cls

@@ -1,0 +1,126 @@
+"""Lightning's `strategy="ddp"` (2 processes on CPU, gloo) with the traindoctor callback: every
+rank is watched and the job has one merged report. Lightning's own launcher runs the script
+again for rank 1 (a child of rank 0): both ranks get the same run id (TRAINDOCTOR_RUN_ID, set
+by the launcher before it starts rank 1). Parameters are bit-identical to a plain fit, and
+no collective is called from traindoctor's files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import env, write
+from tests.test_ddp_job import COUNT_COLLECTIVES
+
+pytest.importorskip("lightning.pytorch")
+pytestmark = pytest.mark.slow
+
+SCRIPT = (
+    COUNT_COLLECTIVES
+    + """
+import logging, os, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+import lightning.pytorch as L
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+WATCH = sys.argv[1] == "watch"
+
+class Lit(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(256, 8, generator=g)
+data = torch.utils.data.TensorDataset(x, x[:, :3].argmax(1))
+loader = torch.utils.data.DataLoader(data, batch_size=16)
+torch.manual_seed(0)
+model = Lit()
+callbacks = []
+if WATCH:
+    import traindoctor.lightning as tdl
+    callbacks = [tdl.TraindoctorCallback(out_dir="runs", console=False)]
+trainer = L.Trainer(
+    strategy="ddp", accelerator="cpu", devices=2, max_steps=6, logger=False,
+    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    callbacks=callbacks,
+)
+trainer.fit(model, loader)
+rank = trainer.global_rank
+torch.save(model.state_dict(), f"params_{sys.argv[1]}_{rank}.pt")
+print(f"rank {rank} done, collectives from traindoctor: {len(OURS)}", flush=True)
+"""
+)
+
+
+def _fit(folder: Path, how: str) -> tuple[int, str]:
+    e = {**env(), "TRAINDOCTOR_PLOTS": "0"}
+    e.pop("TRAINDOCTOR_RUN_ID", None)
+    p = subprocess.run(
+        [sys.executable, "train.py", how],
+        cwd=folder,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return p.returncode, p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lightning_ddp")
+    write(folder, "train.py", SCRIPT)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {how: pool.submit(_fit, folder, how) for how in ("watch", "plain")}
+        return folder, {how: f.result() for how, f in runs.items()}
+
+
+def test_every_rank_is_watched_in_one_job(fits):
+    folder, results = fits
+    code, out = results["watch"]
+    assert code == 0, out[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
+    jobs = [p.parent for p in (folder / "runs").glob("*/findings.json")]
+    assert len(jobs) == 1, sorted((folder / "runs").rglob("*"))
+    data = json.loads((jobs[0] / "findings.json").read_text())
+    assert data["world_size"] == 2
+    assert [(r["rank"], r["status"], r["steps"]) for r in data["ranks"]] == [
+        (0, "closed", 6),
+        (1, "closed", 6),
+    ]
+    assert data["run"]["ended"] == "normal" and not data["run"].get("unwatched_ranks")
+    assert all(f["ranks"] == [0, 1] for f in data["findings"]), data["findings"]
+    for rank in (0, 1):
+        own = json.loads((jobs[0] / "ranks" / f"rank{rank}" / "findings.json").read_text())
+        assert (own["rank"], own["world_size"], own["steps"]) == (rank, 2, 6)
+        assert not own["internal_errors"], own["internal_errors"]
+
+
+def test_parameters_bit_identical_to_a_plain_fit(fits):
+    import torch
+
+    folder, results = fits
+    assert results["plain"][0] == 0, results["plain"][1][-4000:]
+    for rank in (0, 1):
+        watched = torch.load(folder / f"params_watch_{rank}.pt")
+        plain = torch.load(folder / f"params_plain_{rank}.pt")
+        assert watched.keys() == plain.keys()
+        assert all(torch.equal(watched[k], plain[k]) for k in plain), rank
