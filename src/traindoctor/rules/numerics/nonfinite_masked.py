@@ -56,12 +56,15 @@ def nonfinite_masked(tl: TimelineView) -> Iterator[Finding]:
     to -inf before a softmax) is reported as well; ignore it with `--ignore TD212` when the
     module named is such a mask.
     """
+    events = sorted(tl.events("nonfinite_masked"), key=lambda e: e["step"])
+    if not events:
+        return  # the sampled-step counts below are read only for a finding (issue 15)
     checked = tl.series("numerics.checked")
     nonfinite = tl.series("numerics.nonfinite")
     activation_steps = [s for s, what in nonfinite if "activations" in (what or ())]
     sampled = sum(1 for _, c in checked if "activations" in (c or {}))
     seen: set[str] = set()
-    for e in sorted(tl.events("nonfinite_masked"), key=lambda e: e["step"]):
+    for e in events:
         module = e.get("module")
         if module in seen:
             continue
