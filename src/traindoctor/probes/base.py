@@ -113,11 +113,20 @@ class Recorder:
 
     def _store(self, e: _Pending, vals: list[float]) -> None:
         if e.keys is not None:
-            for k, v in zip(e.keys, vals):
-                if e.reduce is not None:
-                    old = (self.timeline.get(e.step, e.name) or {}).get(k)
-                    v = v if old is None else e.reduce(old, v)
-                self.timeline.record(e.step, e.name, v, key=k)
+            if not e.keys:
+                return
+            # One write of the merged dict, the same as a write per key (existing keys first,
+            # then the new ones in order): per-param signals hold 10,000 keys on some models.
+            current = self.timeline.get(e.step, e.name)
+            merged = dict(current) if isinstance(current, dict) else {}
+            if e.reduce is None:
+                merged.update(zip(e.keys, vals))
+            else:
+                reduce = e.reduce
+                for k, v in zip(e.keys, vals):
+                    old = merged.get(k)
+                    merged[k] = v if old is None else reduce(old, v)
+            self.timeline.record(e.step, e.name, merged)
         elif e.append:
             self.timeline.append(e.step, e.name, vals[0] if e.tensor.numel() == 1 else vals)
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -21,6 +21,11 @@ PARAMS_REPLACED = signal(
 # Bytes of parameters copied on a sampled step to measure the update exactly; bigger models
 # measure a subset (the largest tensors first are skipped so that many tensors are covered).
 SNAPSHOT_BYTES = 256 * 2**20
+# Many small tensors on the CPU (thousands of layers): one flat copy and segment norms instead
+# of per-tensor foreach ops, whose CPU fallback pays a dispatch and an allocation per tensor.
+FLAT_MIN_TENSORS = 256
+FLAT_MAX_ELEMENTS = 2**22  # the norms' float64 squares stay under 32 MB
+_FLAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class ParamsProbe(Probe):
@@ -42,8 +47,9 @@ class ParamsProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._ids_at_attach: dict[str, int] = {}
-        # id(optimizer) -> (names, params, copies) between its pre- and post-step hooks
-        self._snapshots: dict[int, tuple[list[str], list[torch.Tensor], list[torch.Tensor]]] = {}
+        # id(optimizer) -> (names, params, copies) between its pre- and post-step hooks; the
+        # copies: a list of tensors, or one flat tensor (_flat_copy)
+        self._snapshots: dict[int, tuple[list[str], list[torch.Tensor], Any]] = {}
         self._budget_left = SNAPSHOT_BYTES
         self._trainable: int | None = None
 
@@ -130,7 +136,9 @@ class ParamsProbe(Probe):
             params.append(p.detach())
         if params:
             # A copy on the device, no host sync; freed at on_optimizer_post_step.
-            self._snapshots[id(opt)] = (names, params, torch._foreach_mul(params, 1))
+            flat = _flat_copy(params)
+            copies = flat if flat is not None else torch._foreach_mul(params, 1)
+            self._snapshots[id(opt)] = (names, params, copies)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         """A loop that updates the weights by hand: copy the params that have a gradient after
@@ -191,10 +199,13 @@ class ParamsProbe(Probe):
     def _measure(
         self,
         step: int,
-        snap: tuple[list[str], list[torch.Tensor], list[torch.Tensor]],
+        snap: tuple[list[str], list[torch.Tensor], Any],
         rec: Recorder,
     ) -> None:
         names, params, before = snap
+        if isinstance(before, torch.Tensor):
+            self._measure_flat(step, names, params, before, rec)
+            return
         with torch.no_grad():
             norms = torch._foreach_norm(before)
             # In place on our copy: it becomes θ_before - θ_after, with no new allocation.
@@ -205,3 +216,48 @@ class ParamsProbe(Probe):
             rec.defer(step, PARAMS_NORM, torch.stack(ts).float(), keys=ns)
         for ns, ts in by_device(names, updates).values():
             rec.defer(step, PARAMS_UPDATE, torch.stack(ts).float(), keys=ns)
+
+    def _measure_flat(
+        self,
+        step: int,
+        names: list[str],
+        params: list[torch.Tensor],
+        before: torch.Tensor,
+        rec: Recorder,
+    ) -> None:
+        lengths = torch.tensor([p.numel() for p in params])
+        with torch.no_grad():
+            norms = _segment_norms(before, lengths)
+            before.sub_(torch._C._nn.flatten_dense_tensors(params))  # θ_before - θ_after
+            updates = _segment_norms(before, lengths)
+        rec.defer(step, PARAMS_NORM, norms, keys=names)
+        rec.defer(step, PARAMS_UPDATE, updates, keys=names)
+
+
+def _flat_copy(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The params copied into one flat tensor, where they are many small CPU tensors of one
+    floating dtype; None otherwise (the per-tensor copies are as cheap there)."""
+    if len(params) < FLAT_MIN_TENSORS:
+        return None
+    dtype = params[0].dtype
+    if dtype not in _FLAT_DTYPES:
+        return None
+    total = 0
+    for p in params:
+        if p.device.type != "cpu" or p.dtype != dtype or p.layout is not torch.strided:
+            return None
+        n = p.numel()
+        if not n:
+            return None
+        total += n
+    if total > FLAT_MAX_ELEMENTS:
+        return None
+    with torch.no_grad():
+        return torch._C._nn.flatten_dense_tensors(params)
+
+
+def _segment_norms(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """||segment|| of each consecutive run of `lengths` elements, as float32 (squares summed in
+    float64: no overflow where the values are finite)."""
+    squares = flat.double().square()
+    return torch.segment_reduce(squares, "sum", lengths=lengths).sqrt().float()
