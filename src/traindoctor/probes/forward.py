@@ -45,6 +45,9 @@ class ForwardProbe(Probe):
         # for the step (holding the node keeps its id from being reused): a batch/instance
         # norm whose input is that very output cancels the bias (TD104).
         self._biased: dict[int, tuple[Any, str]] = {}
+        # qual -> the user line of its first call: found once (a stack walk per module per
+        # structural step otherwise); the rules read a module's facts from its first step.
+        self._sources: dict[str, str | None] = {}
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -98,12 +101,16 @@ class ForwardProbe(Probe):
             entry = self._calls.get(qual)
             if entry is None:
                 facts = output_facts(output)
+                if qual in self._sources:
+                    source = self._sources[qual]
+                else:
+                    source = self._sources[qual] = user_source(skip=1)
                 self._calls[qual] = {
                     "calls": 1,
                     "grad_enabled": torch.is_grad_enabled(),
                     "output_requires_grad": facts["requires_grad"],
                     "output_grad_fn": facts["grad_fn"],
-                    "source": user_source(skip=1),
+                    "source": source,
                 }
                 if is_root:
                     assert self.ctx is not None
@@ -130,6 +137,7 @@ class ForwardProbe(Probe):
             self.detach()
             self.retired = True
             self._biased.clear()
+            self._sources.clear()
 
     def flush(self, step: int, rec: Recorder) -> None:
         if self._calls:

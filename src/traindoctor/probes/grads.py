@@ -71,13 +71,19 @@ class GradsProbe(Probe):
         the step found it zeroed, so the smallest norm over the step's passes is kept."""
         if not self._armed:
             return
-        names, grads = [], []
+        names, grads, zeroed = [], [], []
         for name, p in self._params:
             if p.grad is None:
-                rec.record(step, GRADS_CARRIED, 0.0, key=name)
+                zeroed.append(name)
             else:
                 names.append(name)
                 grads.append(_strided(p.grad.detach()))
+        if zeroed:
+            # One write for every None gradient (a write per param: 10,000 on some models).
+            current = rec.timeline.get(step, GRADS_CARRIED)
+            carried = dict(current) if isinstance(current, dict) else {}
+            carried.update(dict.fromkeys(zeroed, 0.0))
+            rec.record(step, GRADS_CARRIED, carried)
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(grads)  # one fused kernel per device
