@@ -390,6 +390,8 @@ SCENARIO_CASES = [
     ("lr_multistep_epochs_per_batch", "TD503"),
     ("lr_sched_steps_on_amp_skips", "TD503"),
     ("deep_sigmoid_mlp", "TD207"),
+    ("zero_grad_missing", "TD106"),
+    ("hand_sgd_no_zero_grad", "TD106"),
 ]
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
+from .._incremental import Reader, fresh
 from .._registry import rule
 from .._util import (
     common_module,
@@ -14,6 +15,70 @@ from .._util import (
     optimizer_names,
     trainable_names,
 )
+
+
+class CarriedScan:
+    """TD106's state between passes (rules/_incremental.py): per param how many observed steps
+    judged it (its optimizer stepped) and whether any found its .grad zeroed, from the
+    grads.carried records written since the last pass. A step is folded in for good once a
+    later carried record exists (the run is past it: its grads.stepped is complete); the newest
+    for one pass, then taken out again."""
+
+    def __init__(self) -> None:
+        self.carried, self.stepped = Reader("grads.carried"), Reader("grads.stepped")
+        self.readers = (self.carried, self.stepped)
+        self.open: dict[int, list] = {}  # step -> [carried norms, stepped names]
+        self.judged: dict[str, int] = {}
+        self.zeroed: set[str] = set()  # judged once with nothing carried
+        self.observed = 0  # observed steps (from step 2)
+
+    def carrying(self, tl: TimelineView, min_observations: int) -> set[str]:
+        """The params judged on `min_observations` steps or more that carried a gradient on
+        each (the newest step included), when `min_observations` steps were observed."""
+        if not fresh(self, tl):
+            self.__init__()
+        for i, reader in enumerate(self.readers):
+            settled, pending = reader.read(tl)
+            for s, rec in settled + pending:
+                if s >= 2:
+                    self.open.setdefault(s, [None, None])[i] = rec
+        done = self.carried.done
+        for s in sorted(self.open):
+            if done is None or s > done:
+                break
+            self._fold(*self.open.pop(s), None)
+        undo: list = []
+        observed = self.observed
+        for s in sorted(self.open):
+            observed += self._fold(*self.open[s], undo)
+        try:
+            if observed < min_observations:
+                return set()
+            return {
+                n for n, k in self.judged.items() if k >= min_observations and n not in self.zeroed
+            }
+        finally:
+            for n, zeroed in reversed(undo):
+                self.judged[n] -= 1
+                if zeroed:
+                    self.zeroed.discard(n)
+
+    def _fold(self, norms: dict | None, names: list | None, undo: list | None) -> int:
+        if norms is None:
+            return 0  # grads.stepped alone: no observation
+        scope = None if names is None else set(names)
+        for n, v in norms.items():
+            if scope is not None and n not in scope:
+                continue
+            self.judged[n] = self.judged.get(n, 0) + 1
+            newly = not v > 0 and n not in self.zeroed
+            if newly:
+                self.zeroed.add(n)
+            if undo is not None:
+                undo.append((n, newly))
+        if undo is None:
+            self.observed += 1
+        return 1
 
 
 @rule(
@@ -25,8 +90,11 @@ from .._util import (
     events=("backward_call", "hand_step", "optimizer_step"),
     facts=("optimizers", "params"),
     priority=32,
+    state=lambda: CarriedScan(),
 )
-def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:
+def grads_never_zeroed(
+    tl: TimelineView, state: CarriedScan, *, min_observations: int = 2
+) -> Iterator[Finding]:
     """
     ## What it detects
     Parameters whose `.grad` still holds a non-zero gradient from the previous optimizer step
@@ -72,6 +140,9 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
     Deliberate accumulation across optimizer steps is not a pattern PyTorch supports well; none
     known otherwise.
     """
+    # The counts kept between passes decide; the whole series is read to word a finding.
+    if not _held(tl, state.carrying(tl, min_observations)):
+        return
     obs = [(s, c) for s, c in tl.series("grads.carried") if s >= 2]
     if len(obs) < min_observations:
         return
@@ -88,11 +159,7 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
                 continue
             judged[n] = judged.get(n, 0) + 1
             kept[n] = kept.get(n, 0) + (v > 0)
-    carried = {n for n, k in judged.items() if k >= min_observations and kept[n] == k}
-    held = optimizer_names(tl)
-    if held:
-        # zero_grad() only clears what the optimizer holds; the rest is TD103's finding.
-        carried &= held
+    carried = _held(tl, {n for n, k in judged.items() if k >= min_observations and kept[n] == k})
     if not carried:
         return
     names = sorted(carried)
@@ -125,6 +192,14 @@ def grads_never_zeroed(tl: TimelineView, *, min_observations: int = 2) -> Iterat
             "(before the forward pass, or right after optimizer.step())"
         ),
     )
+
+
+def _held(tl: TimelineView, carried: set[str]) -> set[str]:
+    held = optimizer_names(tl)
+    if held:
+        # zero_grad() only clears what the optimizer holds; the rest is TD103's finding.
+        return carried & held
+    return carried
 
 
 def _source(tl: TimelineView) -> str | None:
