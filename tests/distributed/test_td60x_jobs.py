@@ -41,6 +41,12 @@ def results(tmp_path_factory):
         return dict(pool.map(one, JOBS))
 
 
+def _ours(errors) -> list:
+    """Internal errors of the cross-rank machinery (the probe, the fold, the TD6xx rules)."""
+    mine = ("probe ranks", "job timeline", "rule TD6")
+    return [e for e in errors or [] if str(e.get("where", "")).startswith(mine)]
+
+
 def _describe(data) -> str:
     return "\n".join(
         f"{f['code']} {f['severity']} ranks={f.get('ranks')}: {f['title']}"
@@ -54,7 +60,7 @@ def test_buggy_job_gets_its_cross_rank_rule_first(results, item):
     data, output = results[scenario.name]
     assert data is not None, output
     assert data["world_size"] == 2 and [r["status"] for r in data["ranks"]] == ["closed"] * 2
-    assert not data["internal_errors"], data["internal_errors"]
+    assert not _ours(data["internal_errors"]), data["internal_errors"]
     top = data["findings"][0]
     assert top["code"] == scenario.top, _describe(data)
     assert top["ranks"], top
@@ -71,7 +77,7 @@ def test_healthy_twin_is_silent(results, item):
     _, scenario = item
     data, output = results[scenario.name]
     assert data is not None, output
-    assert not data["internal_errors"], data["internal_errors"]
+    assert not _ours(data["internal_errors"]), data["internal_errors"]
     flagged = [f for f in data["findings"] if f["severity"] in ("error", "warning")]
     assert not flagged, _describe(data)
 
@@ -97,15 +103,20 @@ def test_td601_says_why_buffers_alone_drift(results):
 RANK_SCRIPT = (
     COUNT_COLLECTIVES
     + """
-import hashlib
+import hashlib, os
 import torch
 from traindoctor.scenarios.distributed.td601_ddp_replicas_drift import SCENARIOS
 from traindoctor.scenarios.distributed._job import main
 model = main(SCENARIOS, ["--scenario", "ddp_in_sync"] + sys.argv[1:])
-h = hashlib.sha256()
-for k, v in sorted(model.state_dict().items()):
-    h.update(k.encode()); h.update(v.detach().cpu().numpy().tobytes())
-print("PARAMS", h.hexdigest(), "COLLECTIVES", len(OURS))
+def digest(items):
+    h = hashlib.sha256()
+    for k, v in sorted(items):
+        h.update(k.encode()); h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+rank = int(os.environ["RANK"])
+with open(f"result.rank{rank}", "w") as fh:  # one file a rank: stdout lines interleave
+    fh.write(f"{rank} {digest(model.named_parameters())} {digest(model.state_dict().items())} "
+             f"{len(OURS)}")
 """
 )
 
@@ -123,11 +134,13 @@ def test_no_collective_and_the_same_parameters_with_and_without_traindoctor(tmp_
             timeout=240,
             env={**os.environ, "OMP_NUM_THREADS": "1", "TRAINDOCTOR_PLOTS": "0"},
         )
-        lines = [ln.split() for ln in p.stdout.splitlines() if ln.startswith("PARAMS")]
-        assert len(lines) == 2, p.stdout + p.stderr
-        out[label] = lines
-    assert {ln[1] for ln in out["plain"]} == {ln[1] for ln in out["watched"]}
-    assert len({ln[1] for ln in out["plain"]}) == 1  # the replicas agree, bit for bit
-    assert [ln[3] for ln in out["watched"]] == ["0", "0"]
+        assert p.returncode == 0, p.stdout + p.stderr
+        out[label] = [(tmp_path / f"result.rank{r}").read_text().split() for r in (0, 1)]
+    # Each rank's parameters and buffers, bit for bit, with and without traindoctor.
+    assert [ln[:3] for ln in out["plain"]] == [ln[:3] for ln in out["watched"]]
+    # The replicas' parameters agree (their BatchNorm statistics may not: each rank's last
+    # forward updated them with its own batch).
+    assert len({ln[1] for ln in out["plain"]}) == 1
+    assert [ln[3] for ln in out["watched"]] == ["0", "0"]  # collectives from traindoctor
     job = json.loads(next((tmp_path / "runs").glob("*/findings.json")).read_text())
     assert not [f for f in job["findings"] if f["code"].startswith("TD6")]
