@@ -82,11 +82,14 @@ def dead_relu(
     Sparse-by-design layers (a ReLU gate that is meant to be off for most inputs) and tiny
     batches, where a unit may simply see no input that excites it in a few sampled steps.
     """
+    flagged = flagged_layers(tl, "activations.dead", threshold, min_window, min_units)
+    if not flagged:
+        return  # the update sizes (every sampled step, every param) are read for a finding only
     moves = updates_to_initial(tl)
     blown = statistics.median(moves) if len(moves) >= 2 else None
     if blown is not None and blown < MIN_UPDATE:
         blown = None
-    for d in flagged_layers(tl, "activations.dead", threshold, min_window, min_units):
+    for d in flagged:
         layer = d["layer"]
         pct = round(100 * d["fraction"])
         pre_mean, pre_std, bias = d["pre_mean"], d["pre_std"], d["bias_mean"]
