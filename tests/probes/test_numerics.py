@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import torch
 from torch import nn
 
 from tests._loop import assert_bit_identical, assert_detached, params_of, watch
-from traindoctor.probes.numerics import loss_graph_culprits
+from traindoctor.probes.numerics import _finite_values, _read_with_values, loss_graph_culprits
 
 torch.set_num_threads(1)
 
@@ -167,3 +168,21 @@ def _line_of(marker: str) -> int:
 
     lines = inspect.getsource(inspect.getmodule(_line_of)).splitlines()
     return next(i for i, text in enumerate(lines, 1) if marker in text and "_line_of" not in text)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.complex64])
+def test_module_output_values_are_finite_exactly_when_the_output_is(dtype):
+    cases = [
+        torch.randn(3, 4),
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([2.0, -float("inf")]),
+    ]
+    cases += [torch.tensor([float("inf"), 0.0]), torch.tensor(5.0), torch.full((2000,), 3e4)]
+    for t in cases:
+        x = t.to(dtype)
+        values: list[torch.Tensor] = []
+        _finite_values((x, torch.arange(3), torch.empty(0)), values)
+        flags, finite = _read_with_values([torch.tensor(True), False], values)
+        assert flags == [True, False]
+        assert len(values) == 2  # one tensor checked: its min and max
+        assert all(finite) == bool(torch.isfinite(x).all()), (dtype, t)

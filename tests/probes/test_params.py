@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tests._loop import OPTIMIZERS, Oracle, make_model, train, watch
+from traindoctor.probes.params import FLAT_MIN_TENSORS, _flat_copy, _segment_norms
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
@@ -69,3 +70,39 @@ def test_replaced_params_are_recorded_by_name(tmp_path):
     _, replaced = doc.timeline.series("params.replaced")[0]
     assert sorted(replaced) == ["3.bias", "3.weight"]
     assert "TD111" in doc.report.codes
+
+
+def test_many_small_tensors_are_measured_flat_and_equal_brute_force(tmp_path):
+    # 300+ small CPU tensors: one flat copy and segment norms (_flat_copy), not foreach ops.
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(150)]
+    model = nn.Sequential(nn.Linear(6, 16), *blocks, nn.Linear(16, 3))
+    assert len(list(model.parameters())) >= FLAT_MIN_TENSORS
+    assert _flat_copy([p.detach() for p in model.parameters()]) is not None
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    doc = watch(model, opt, tmp_path)
+    oracle = Oracle()
+    train(model, opt, 4, doc=doc, oracle=oracle)
+    doc.close()
+    updates = dict(doc.timeline.series("params.update"))
+    norms = dict(doc.timeline.series("params.norm"))
+    assert {1, 2, 3} <= set(updates)
+    for step, upd in updates.items():
+        assert list(upd) == [n for n, _ in model.named_parameters()]
+        for name, value in upd.items():
+            assert value == pytest.approx(oracle.updates[step][name], rel=1e-6, abs=1e-12)
+            assert norms[step][name] == pytest.approx(oracle.param_norms[step][name], rel=1e-6)
+
+
+def test_segment_norms_equal_each_tensors_norm():
+    tensors = [torch.randn(5, 3), torch.randn(1), torch.full((4,), 1e25), torch.zeros(7)]
+    tensors.append(torch.tensor([float("nan"), 1.0]))
+    lengths = torch.tensor([t.numel() for t in tensors])
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    got = _segment_norms(flat, lengths)
+    assert got.dtype == torch.float32
+    for g, t in zip(got[:2].tolist(), tensors[:2]):
+        assert g == pytest.approx(t.norm().item(), rel=1e-6)
+    assert got[2].item() == pytest.approx(2e25, rel=1e-6)  # no float32 overflow of squares
+    assert got[3].item() == 0.0
+    assert got[4].isnan()
