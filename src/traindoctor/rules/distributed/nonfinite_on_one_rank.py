@@ -82,11 +82,14 @@ def nonfinite_on_one_rank(tl: TimelineView) -> Iterator[Finding]:
             else:
                 loss_bad.setdefault(int(r), step)
     any_bad: dict[int, int] = dict(loss_bad)
+    kinds: dict[tuple[int, int], list[str]] = {}  # (rank, step) -> what was non-finite
     for step, by_rank in tl.series("job.nonfinite"):
         for r, what in (by_rank or {}).items():
             rank = int(r)
-            if isinstance(what, list) and "loss" in what:
-                loss_bad[rank] = min(loss_bad.get(rank, step), step)
+            if isinstance(what, list):
+                kinds[(rank, step)] = [str(w) for w in what]
+                if "loss" in what:
+                    loss_bad[rank] = min(loss_bad.get(rank, step), step)
             any_bad[rank] = min(any_bad.get(rank, step), step)
     if not loss_bad:
         return
@@ -108,7 +111,10 @@ def nonfinite_on_one_rank(tl: TimelineView) -> Iterator[Finding]:
         if held
         else "its batch's inputs were finite (the loss or the labels made it non-finite)"
     )
-    others = ", ".join(f"rank {r} at step {s}" for r, s in sorted(spread.items()))
+    others = ", ".join(
+        f"rank {r}'s {' and '.join(kinds.get((r, s)) or ['loss'])} at step {s}"
+        for r, s in sorted(spread.items())
+    )
     yield tl.finding(
         title=(
             f"The loss became non-finite on rank {', '.join(map(str, origin))} first, at step "
