@@ -116,3 +116,50 @@ def test_the_widest_interval_between_passes_fits_in_the_exact_tail() -> None:
 
     due = [s for s in range(5_000, 200_000) if diagnose_due(s)]
     assert max(b - a for a, b in zip(due, due[1:], strict=False)) <= TAIL
+
+
+def _watched_run(tmp_path, bounded: bool, steps: int = 3_000) -> list[tuple[str, str, int]]:
+    """A tiny MLP whose lr is raised 1000x late in the run (a loss that blows up)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    import traindoctor as td
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 8, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    doc = td.watch(model, opt, out_dir=tmp_path / str(bounded), console=False)
+    doc.timeline.bounded = bounded
+    for step in range(steps):
+        if step == steps - 700:
+            for group in opt.param_groups:
+                group["lr"] = 50.0
+        i = (step % 16) * 32
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+        loss.backward()
+        opt.step()
+        doc.log(loss=loss)
+    report = doc.close()
+    return sorted((f.code, str(f.severity), f.step) for f in report.findings)
+
+
+def test_a_long_run_gets_the_verdict_it_gets_with_every_record_in_memory(
+    tmp_path, monkeypatch
+) -> None:
+    # Mid-run passes are unaffordable on so small a model: the folds make the incremental
+    # rules (TD210 here) read every record before the thinning, as a full timeline would.
+    # Scaled down 10x (tail, head, folds) to thin a 3,000-step run as a 30,000-step one.
+    from traindoctor import diagnosis_schedule, timeline_retention
+
+    monkeypatch.setattr(timeline_retention, "TAIL", 205)
+    monkeypatch.setattr(timeline_retention, "HEAD", 26)
+    monkeypatch.setattr(timeline_retention, "BUCKETS", 13)
+    monkeypatch.setattr(diagnosis_schedule, "FOLD_EVERY", 100)
+    bounded = _watched_run(tmp_path, True)
+    assert bounded == _watched_run(tmp_path, False)
+    assert "TD210" in {code for code, _, _ in bounded}

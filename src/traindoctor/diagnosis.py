@@ -80,6 +80,24 @@ def diagnose(
     return rank(link_consequences(list(fresh.values())))
 
 
+def fold(timeline: Timeline, rules: Iterable[Rule], guard: Guard) -> None:
+    """Advance the incremental rules' states over the records written since their last pass,
+    their findings left for the next pass (which reports all that a state holds). O(new
+    records): the live Doctor runs it when no pass has read the timeline for FOLD_EVERY steps
+    (diagnosis_schedule.py), so no record is thinned from memory (timeline_retention.py)
+    before these rules have read it exact, however rarely full passes are affordable."""
+    if "models" not in timeline.facts:
+        return
+    lost = [set(timeline.facts.get(fact, ())) for fact, _, _, _ in UNAVAILABLE]
+    declared = [d for _, _, d, _ in UNAVAILABLE]
+    for r in rules:
+        if r.state is None:
+            continue
+        if any(names.intersection(getattr(r, d)) for names, d in zip(lost, declared, strict=True)):
+            continue  # not judged by the passes either
+        _run(r, timeline, guard)
+
+
 def _run(r: Rule, timeline: Timeline, guard: Guard) -> list[Finding] | None:
     if r.state is None:
         return guard.call(f"rule {r.code}", r.run, timeline.view(r))

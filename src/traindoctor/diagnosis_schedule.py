@@ -14,6 +14,10 @@ DIAGNOSIS_SHARE = 0.1
 # Predicted cost of a diagnosis pass (bench/schedule_calibration.py): rules over the timeline.
 DIAGNOSIS_BASE_S = 2e-3
 DIAGNOSIS_PER_RECORD_S = 2e-6
+# A fold (diagnosis.fold: the incremental rules read the new records, nothing else runs) at
+# each multiple of this many steps with no pass or fold since the last: the records between two
+# reads stay under the timeline's exact tail (TAIL steps), however rarely passes are affordable.
+FOLD_EVERY = 1000
 # Backward passes without an optimizer step after which the run is re-diagnosed (TD105).
 NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -36,6 +40,7 @@ class DiagnosisSchedule:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.diagnosed_at = 0  # the step of the last mid-run pass
+        self.read_at = 0  # the step of the last mid-run pass or fold
 
     def due(self, step: int, timeline_size: int) -> bool:
         return diagnose_due(step, self.budget.structural_steps) and self.affordable(
@@ -43,7 +48,15 @@ class DiagnosisSchedule:
         )
 
     def ran(self, step: int) -> None:
-        self.diagnosed_at = step
+        self.diagnosed_at = self.read_at = step
+
+    def fold_due(self, step: int) -> bool:
+        """Whether the incremental rules must read the new records now (see FOLD_EVERY):
+        counted, not timed, like the passes."""
+        return step % FOLD_EVERY == 0 and step - self.read_at >= FOLD_EVERY
+
+    def folded(self, step: int) -> None:
+        self.read_at = step
 
     def affordable(self, step: int, timeline_size: int) -> bool:
         """A mid-run diagnosis reads the in-memory timeline (milliseconds; bounded, so it stops

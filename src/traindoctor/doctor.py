@@ -18,7 +18,7 @@ from ._guard import Guard
 from ._validate import check_options
 from .budget import Budget
 from .bus import Bus, Event
-from .diagnosis import diagnose, unavailable
+from .diagnosis import diagnose, fold, unavailable
 from .errors import StopTraining, UsageError
 from .findings import Finding
 from .options import Options
@@ -131,7 +131,7 @@ class Doctor:
         self._pickles_clean = False  # our hooks are left out of pickles while attached
         # The step boundary: backward, optimizer steps, scaler updates, updates by hand.
         self._steps = StepDriver(
-            self.run, self._clock, self.diagnose, self._structure_check, max_steps
+            self.run, self._clock, self.diagnose, self._structure_check, max_steps, self.fold
         )
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
@@ -431,6 +431,12 @@ class Doctor:
         self.findings = diagnose(self.timeline, self.rules, self.guard, self.findings)
         self.bus.emit(Event.DIAGNOSIS_MADE, self.findings)
         return self.findings
+
+    def fold(self) -> None:
+        """The incremental rules read the records since their last pass, judging nothing
+        (diagnosis.fold): none is thinned from memory before they have read it."""
+        if self.run.attached is not None:
+            fold(self.timeline, self.rules, self.guard)
 
     def close(self, exc: BaseException | None = None) -> Report:
         """Detach everything, diagnose the whole run and write the report. Idempotent."""

@@ -42,12 +42,14 @@ class StepDriver:
         diagnose: Callable[[], Any],
         describe_optimizers: Callable[[], None],
         max_steps: int | None,
+        fold: Callable[[], None] | None = None,
     ) -> None:
         self.run = run
         self.clock = clock
         self.timeline = run.rec.timeline
         self.max_steps = max_steps
         self._diagnose = diagnose
+        self._fold = fold
         self._describe_optimizers = describe_optimizers
         self.schedule = DiagnosisSchedule(run.budget)
         self.compile_watch = CompileWatch()
@@ -185,6 +187,9 @@ class StepDriver:
         if self.schedule.due(step, self.timeline.size()):
             self._timed_pass()
             self.schedule.ran(step)
+        elif self._fold is not None and self.schedule.fold_due(step):
+            guard.call("diagnose", self._fold)
+            self.schedule.folded(step)
 
     def _timed_pass(self) -> None:
         """A mid-run diagnosis pass, timed for the governor (which only reports it)."""
