@@ -148,6 +148,16 @@ def compare(name: str, steps: int, rounds: int, out_dir: str) -> dict[str, Any]:
             float(f.get("close_s") or 0) for f in facts
         )
         out["summary"] = facts[0].get("summary")
+    # Steps 1-3 in plain steps: comparable across clocks (the truth is CPU, the governor wall).
+    plain_cpu = statistics.median(t for r in plain for t in r.cpu[50:])
+    out["steps 1-3 extra, plain steps: side by side (cpu)"] = (
+        out["steps 1-3 extra s: side by side (cpu)"] / plain_cpu
+    )
+    if all(f.get("plain_step_s") for f in facts):
+        out["steps 1-3 extra, plain steps: governor"] = statistics.fmean(
+            f.get("structural_s", math.nan) / f["plain_step_s"] for f in facts
+        )
+    out["plain step ms (median, cpu)"] = plain_cpu * 1e3
     out["sampling interval at end"] = facts[0].get("final_sample_interval")
     out["attach s"] = statistics.fmean(r.attach for r, _ in watched)
     out["bit-identical params"] = all(
