@@ -33,11 +33,12 @@ FOLDED = {
     "data.samples": "job.data_samples",
     "loss.backward": "job.loss",
     "numerics.nonfinite": "job.nonfinite",
+    "grads.none": "job.grads_none",
 }
 DDP = "ranks.ddp"  # folded at step 0: its last value per rank
 # The rank facts the job timeline keeps (from the lowest rank that has them): what diagnose
-# needs to judge a timeline at all, and the rules the job was judged with.
-KEPT_FACTS = ("models", "config")
+# needs to judge a timeline at all, the rules the job was judged with, the params' names.
+KEPT_FACTS = ("models", "config", "params")
 
 
 class _Sink:

@@ -9,6 +9,7 @@ from .distributed import (
     nonfinite_on_one_rank,
     rank_desync,
     sampler_epoch_not_set,
+    unused_params_ddp,
 )
 from .eval_hygiene import (
     eval_mode_during_training,
@@ -117,6 +118,7 @@ CATALOG = (
     fp16_without_scaler,  # TD211
     rank_desync,  # TD601
     nonfinite_on_one_rank,  # TD602
+    unused_params_ddp,  # TD603
     data_not_sharded,  # TD604
     sampler_epoch_not_set,  # TD605
 )
