@@ -23,6 +23,7 @@ import torch
 
 from .. import _patches
 from .._source import call_site, relpath
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
 
@@ -211,7 +212,7 @@ class AmpProbe(Probe):
         if stage == "READY" and params:
             with torch.no_grad():
                 size = torch.linalg.vector_norm(
-                    torch.stack(torch._foreach_norm([_dense(p.grad) for p in params]))
+                    torch.stack(torch._foreach_norm(local_all([_dense(p.grad) for p in params])))
                 )
         self._misuse(
             "optimizer.step",
@@ -264,7 +265,7 @@ class AmpProbe(Probe):
             if fn == "clip_grad_norm_" and isinstance(result, torch.Tensor):
                 size = result
             elif fn == "clip_grad_value_":
-                size = torch.stack(torch._foreach_norm(grads, float("inf"))).max()
+                size = torch.stack(torch._foreach_norm(local_all(grads), float("inf"))).max()
         self._misuse(
             fn,
             call_site(),
@@ -298,7 +299,7 @@ class AmpProbe(Probe):
                     grads.append(_dense(p.grad))
         if grads:
             with torch.no_grad():
-                norms = torch.stack(torch._foreach_norm(grads))
+                norms = torch.stack(torch._foreach_norm(local_all(grads)))
                 self._nonfinite.append((names, (~torch.isfinite(norms)).float()))
 
     def scaler_step(self, scaler: Any, optimizer: Any, done: bool) -> None:

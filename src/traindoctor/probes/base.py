@@ -18,6 +18,7 @@ import torch
 from .._guard import Guard
 from .._hooks import CopySafeHook
 from ..bus import Bus, default_handler
+from ..distributed.dtensor import local_all
 from ..errors import StopTraining
 from ..run_state import RunState
 from ..timeline import Timeline
@@ -146,7 +147,7 @@ def _to_host(tensors: list[torch.Tensor]) -> list[float]:
     parts: list[torch.Tensor] = []
     order: list[int] = []
     for (_, scalar), idx in groups.items():
-        members = [tensors[i] for i in idx]
+        members = local_all([tensors[i] for i in idx])  # FSDP2: each rank's own shard
         if scalar:
             parts.append(torch.stack(members) if len(members) > 1 else members[0].reshape(1))
         else:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._source import user_source
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device
 
@@ -151,7 +152,7 @@ class CopiesProbe(Probe):
             if not tensors:
                 continue
             with torch.no_grad():
-                norms = torch._foreach_norm(tensors)  # fused; read back with the step
+                norms = torch._foreach_norm(local_all(tensors))  # fused; read back with the step
                 # Summed in float64: an EMA step of relative size 1e-3 must show in the sum.
                 sums = [torch.stack(ts).double().sum() for ts in _by_device_list(norms)]
                 total = sum(s.to(sums[0].device) for s in sums[1:]) + sums[0]
@@ -180,7 +181,7 @@ class CopiesProbe(Probe):
             tensors = [p.detach() for n, p in self._unheld if p.is_floating_point()]
             if tensors:
                 with torch.no_grad():
-                    norms = torch._foreach_norm(tensors)  # one fused kernel per device
+                    norms = torch._foreach_norm(local_all(tensors))  # one fused kernel per device
                 for ns, ts in by_device(names, norms).values():
                     rec.defer(step, COPIES_NORM, torch.stack(ts).float(), keys=ns)
 
@@ -254,7 +255,7 @@ def _norms(tensors: list[torch.Tensor]) -> list[float]:
         groups.setdefault(t.device, []).append(i)
     with torch.no_grad():
         for idx in groups.values():
-            norms = torch._foreach_norm([tensors[i] for i in idx])
+            norms = torch._foreach_norm(local_all([tensors[i] for i in idx]))
             values = torch.stack(norms).double().cpu().tolist()  # attach only: one sync
             for i, v in zip(idx, values):
                 out[i] = v

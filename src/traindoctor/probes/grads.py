@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import Probe, Recorder, by_device
 
@@ -86,7 +87,7 @@ class GradsProbe(Probe):
             rec.record(step, GRADS_CARRIED, carried)
         if grads:
             with torch.no_grad():
-                norms = torch._foreach_norm(grads)  # one fused kernel per device
+                norms = torch._foreach_norm(local_all(grads))  # one fused kernel per device
             for ns, ts in by_device(names, norms).values():
                 rec.defer(step, GRADS_CARRIED, torch.stack(ts).float(), keys=ns, reduce=min)
 
@@ -154,7 +155,7 @@ class GradsProbe(Probe):
                 held.append(p)
         if grads:
             with torch.no_grad():
-                norms = torch._foreach_norm(grads)
+                norms = torch._foreach_norm(local_all(grads))
             if opt is not None and self.ctx is not None:
                 self.ctx.share_grad_norms(opt, held, norms)  # the numerics probe reads them
             for device, (ns, ts) in by_device(names, norms).items():

@@ -19,6 +19,7 @@ import torch
 
 from .. import _mode_patches
 from .._source import user_source
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
@@ -322,7 +323,7 @@ class ModesProbe(Probe):
             floats = [t for t in tensors if t.is_floating_point()]
             if floats:
                 with torch.no_grad():
-                    norms = torch._foreach_norm(floats)
+                    norms = torch._foreach_norm(local_all(floats))
                 for device_norms in _by_device(norms):
                     rec.defer(step, sig, torch.stack(device_norms).float(), append=True)
 

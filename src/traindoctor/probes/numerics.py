@@ -39,6 +39,7 @@ from .._graph import graph_nodes, node_source
 from .._hooks import CopySafeHook
 from .._source import user_line_in_traceback, user_source
 from ..bus import Event
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from ._switch import HookSwitch
 from .base import AttachContext, Probe, Recorder, iter_tensors
@@ -305,7 +306,7 @@ class NumericsProbe(Probe):
         grad_flags = []
         if grads:
             with torch.no_grad():
-                norms = torch._foreach_norm(grads)
+                norms = torch._foreach_norm(local_all(grads))
             known.extend(norms)
         if known:
             for dev_norms in _by_device(known):

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device
 
@@ -207,10 +208,10 @@ class ParamsProbe(Probe):
             self._measure_flat(step, names, params, before, rec)
             return
         with torch.no_grad():
-            norms = torch._foreach_norm(before)
+            norms = torch._foreach_norm(local_all(before))
             # In place on our copy: it becomes θ_before - θ_after, with no new allocation.
             torch._foreach_sub_(before, params)
-            updates = torch._foreach_norm(before)
+            updates = torch._foreach_norm(local_all(before))
         # Grouped by device: a model split across devices cannot stack its norms in one tensor.
         for ns, ts in by_device(names, norms).values():
             rec.defer(step, PARAMS_NORM, torch.stack(ts).float(), keys=ns)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Recorder, by_device
 
@@ -107,7 +108,7 @@ class PartsMeter:
                 rec.record(step, LOSS_PARTS_GRAD, 0.0, key=pname)
                 continue
             with torch.no_grad():
-                norms = torch._foreach_norm([t for _, t in present])
+                norms = torch._foreach_norm(local_all([t for _, t in present]))
             for ns, ts in by_device([n for n, _ in present], list(norms)).values():
                 del ns
                 total = torch.linalg.vector_norm(torch.stack(ts).float()).reshape(1)

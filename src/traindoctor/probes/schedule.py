@@ -29,6 +29,7 @@ from .._hooks import CopySafeHook
 from .._patching import Patch, PatchSet, acquire, release
 from .._source import call_site, relpath
 from .._warnings import call_as_caller
+from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device
 
@@ -194,7 +195,7 @@ class ScheduleProbe(Probe):
         if not grads:
             return
         with torch.no_grad():
-            nonzero = torch._foreach_norm(grads, 0)  # L0: count of non-zero elements, fused
+            nonzero = torch._foreach_norm(local_all(grads), 0)  # L0: non-zero count, fused
         for ns, ts in by_device(names, nonzero).values():
             rec.defer(step, SCHED_GRAD_NONZERO, torch.stack(ts).float(), keys=ns)
 
