@@ -1,4 +1,4 @@
-"""The cross-rank rules (TD601, TD602, TD604, TD605) on real 2-rank torchrun jobs (gloo, CPU):
+"""The cross-rank rules (TD601-TD605) on real 2-rank torchrun jobs (gloo, CPU):
 every buggy scenario of src/traindoctor/scenarios/distributed/ gets its rule first in the job's
 merged findings.json, naming the ranks; every healthy twin gets no warning and no error (DDP
 with BatchNorm and broadcast buffers, a DistributedSampler with set_epoch, ranks on different
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow
 JOBS = job_scenarios()  # (module, Scenario)
 BUGGY = [(m, s) for m, s in JOBS if not s.healthy]
 HEALTHY = [(m, s) for m, s in JOBS if s.healthy]
+# Also launched as `torchrun -m traindoctor run ...` (zero-code: the script unchanged).
+ZERO_CODE = ("ddp_forward_bypasses_wrapper", "ddp_training_loop_healthy")
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +36,14 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs")
 
     def one(item):
-        module, scenario = item
-        return scenario.name, run_job(module, scenario.name, root / scenario.name)
+        module, scenario, watch = item
+        key = scenario.name if watch else f"{scenario.name}@zero-code"
+        return key, run_job(module, scenario.name, root / key, watch=watch)
 
+    items = [(m, s, True) for m, s in JOBS]
+    items += [(m, s, False) for m, s in JOBS if s.name in ZERO_CODE]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, JOBS))
+        return dict(pool.map(one, items))
 
 
 def _ours(errors) -> list:
@@ -54,10 +59,22 @@ def _describe(data) -> str:
     )
 
 
-@pytest.mark.parametrize("item", BUGGY, ids=lambda i: i[1].name)
-def test_buggy_job_gets_its_cross_rank_rule_first(results, item):
-    _, scenario = item
-    data, output = results[scenario.name]
+def _modes(items):
+    return [
+        pytest.param(s, mode, id=f"{s.name}-{mode}")
+        for _, s in items
+        for mode in ("watch", "zero-code")
+        if mode == "watch" or s.name in ZERO_CODE
+    ]
+
+
+def _result(results, scenario, mode):
+    return results[scenario.name if mode == "watch" else f"{scenario.name}@zero-code"]
+
+
+@pytest.mark.parametrize(("scenario", "mode"), _modes(BUGGY))
+def test_buggy_job_gets_its_cross_rank_rule_first(results, scenario, mode):
+    data, output = _result(results, scenario, mode)
     assert data is not None, output
     assert data["world_size"] == 2 and [r["status"] for r in data["ranks"]] == ["closed"] * 2
     assert not _ours(data["internal_errors"]), data["internal_errors"]
@@ -72,10 +89,9 @@ def test_buggy_job_gets_its_cross_rank_rule_first(results, item):
         assert params and all(p.startswith(where["params_prefix"]) for p in params), top["where"]
 
 
-@pytest.mark.parametrize("item", HEALTHY, ids=lambda i: i[1].name)
-def test_healthy_twin_is_silent(results, item):
-    _, scenario = item
-    data, output = results[scenario.name]
+@pytest.mark.parametrize(("scenario", "mode"), _modes(HEALTHY))
+def test_healthy_twin_is_silent(results, scenario, mode):
+    data, output = _result(results, scenario, mode)
     assert data is not None, output
     assert not _ours(data["internal_errors"]), data["internal_errors"]
     flagged = [f for f in data["findings"] if f["severity"] in ("error", "warning")]
