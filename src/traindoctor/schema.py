@@ -742,9 +742,9 @@ _fact(
 # Recorded by each rank (probes/ranks.py), in a job of more than one process only.
 _signal(
     "ranks.ddp",
-    "per step where it changes: {DDP wrapper prefix: {broadcast_buffers, "
-    "find_unused_parameters, unsynced: params of the wrapped module DDP does not synchronize, "
-    "ignored: params and buffers DDP was told to ignore}}",
+    "per step where it changes: {model prefix: {kind: ddp|fsdp, and for DDP: "
+    "broadcast_buffers, find_unused_parameters, unsynced: params of the wrapped module DDP "
+    "does not synchronize, ignored: params and buffers DDP was told to ignore}}",
 )
 _signal(
     "ranks.param_fp",

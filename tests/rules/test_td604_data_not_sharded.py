@@ -8,9 +8,11 @@ def _fp(v):
     return {"in0.sum": v, "in0.sumsq": v * v, "in0.wsum": v / 3, "in0.min": -v, "in0.max": v}
 
 
-def _job(per_rank):
+def _job(per_rank, wrapper="ddp"):
     ranks = sorted(per_rank)
     steps = {0: {"job.ranks": {r: {"last_step": 8} for r in ranks}}}
+    if wrapper:
+        steps[0]["job.ddp"] = {r: {"<model>": {"kind": wrapper}} for r in ranks}
     for s in range(1, 9):
         steps[s] = {"job.data_fp": {r: _fp(per_rank[r](s)) for r in ranks}}
     return make_timeline(params=["module.w"], steps=steps, last_step=8)
@@ -35,3 +37,12 @@ def test_sharded_data_is_silent():
 
 def test_one_constant_batch_everywhere_is_td504s_case():
     assert_silent("TD604", _job({"0": lambda s: 1.0, "1": lambda s: 1.0}))
+
+
+def test_fsdp_is_data_parallel_too():
+    assert_fires("TD604", _job({"0": lambda s: float(s), "1": lambda s: float(s)}, "fsdp"))
+
+
+def test_without_a_data_parallel_wrapper_ranks_may_share_inputs():
+    # A tensor- or pipeline-parallel group feeds every rank the same batch by design.
+    assert_silent("TD604", _job({"0": lambda s: float(s), "1": lambda s: float(s)}, None))

@@ -36,9 +36,9 @@ from .data import _ITERATED
 
 RANKS_DDP = signal(
     "ranks.ddp",
-    "per step where it changes: {DDP wrapper prefix: {broadcast_buffers, "
-    "find_unused_parameters, unsynced: params of the wrapped module DDP does not synchronize, "
-    "ignored: params and buffers DDP was told to ignore}}",
+    "per step where it changes: {model prefix: {kind: ddp|fsdp, and for DDP: "
+    "broadcast_buffers, find_unused_parameters, unsynced: params of the wrapped module DDP "
+    "does not synchronize, ignored: params and buffers DDP was told to ignore}}",
 )
 RANKS_PARAM_FP = signal(
     "ranks.param_fp",
@@ -80,6 +80,22 @@ def _ddp_class() -> type | None:
     return DistributedDataParallel
 
 
+def _fsdp_classes() -> tuple[type, ...]:
+    """FSDP (FullyShardedDataParallel) and FSDP2 (`fully_shard`: FSDPModule) wrappers."""
+    try:
+        from torch.distributed import fsdp
+    except Exception:  # noqa: BLE001
+        return ()
+    return tuple(
+        c
+        for c in (
+            getattr(fsdp, "FullyShardedDataParallel", None),
+            getattr(fsdp, "FSDPModule", None),
+        )
+        if isinstance(c, type)
+    )
+
+
 class RanksProbe(Probe):
     name = "ranks"
     provides: ClassVar[tuple[str, ...]] = (
@@ -101,6 +117,7 @@ class RanksProbe(Probe):
         self._bypass: dict[str, Any] | None = None  # this step's bypassed forwards
         self._bypass_source: str | None = None
         self._ddp_facts: dict[str, Any] | None = None
+        self._sharded: list[str] = []  # models with an FSDP wrapper (sharded: not fingerprinted)
         self._samplers: dict[str, dict[str, Any]] = {}
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -116,6 +133,12 @@ class RanksProbe(Probe):
                 getattr(model, "module", None), torch.nn.Module
             ):
                 self._wrappers.append((prefix, model))
+        fsdp = _fsdp_classes()
+        self._sharded = [
+            prefix.rstrip(".") or "<model>"
+            for prefix, model in ctx.models.items()
+            if fsdp and any(isinstance(m, fsdp) for m in model.modules())
+        ]
         for prefix, wrapper in self._wrappers:
             self.handles.append(
                 wrapper.register_forward_pre_hook(ctx.hook("probe ranks", self._enter))
@@ -216,6 +239,7 @@ class RanksProbe(Probe):
                 ]
             ignored = getattr(wrapper, "parameters_to_ignore", None) or ()
             facts[prefix.rstrip(".") or "<model>"] = {
+                "kind": "ddp",
                 "broadcast_buffers": bool(
                     getattr(wrapper, "forward_sync_buffers", None)
                     if hasattr(wrapper, "forward_sync_buffers")
@@ -225,6 +249,8 @@ class RanksProbe(Probe):
                 "unsynced": unsynced,
                 "ignored": sorted(f"{prefix}module.{n}" for n in ignored),
             }
+        for name in self._sharded:
+            facts.setdefault(name, {"kind": "fsdp"})
         if facts and facts != self._ddp_facts:
             self._ddp_facts = facts
             rec.record(step, RANKS_DDP, facts)

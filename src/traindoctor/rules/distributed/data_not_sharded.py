@@ -16,7 +16,7 @@ from .._registry import rule
     name="data-not-sharded",
     severity=Severity.WARNING,
     summary="Ranks train on identical batches: the data is not sharded across the job.",
-    requires=("job.data_fp", "job.ranks"),
+    requires=("job.data_fp", "job.ranks", "job.ddp"),
     priority=20,
 )
 def data_not_sharded(
@@ -40,7 +40,9 @@ def data_not_sharded(
     Each rank's data probe fingerprints the step's first training batch (sum, sum of
     squares, a weighted sum with fixed weights the same on every rank, min and max of each
     input; every step up to 32, then sampled steps). The merge lines the ranks' fingerprints
-    up by step: a pair of ranks whose fingerprints are equal, bit for bit, on at least
+    up by step. In a job with a data-parallel wrapper (DDP or FSDP) on the watched model (a
+    tensor- or pipeline-parallel group shares its inputs by design), a pair of ranks whose
+    fingerprints are equal, bit for bit, on at least
     `share` (90%) of at least `min_steps` (4) common steps, with at least two different
     batches among them (the data changes), trains on the same data. Ranks with different
     data differ on almost every step (the weighted sum depends on every value and its place).
@@ -61,12 +63,14 @@ def data_not_sharded(
     ```
 
     ## Known false positives
-    A job whose ranks are meant to see the same inputs (the same prompts on every rank of a
-    tensor- or pipeline-parallel group, whose model replicas are not data-parallel) is reported.
+    Ranks meant to see the same inputs inside a DDP/FSDP model (a tensor-parallel group nested
+    in a data-parallel one, fingerprinted on the same steps) are reported. A model whose
+    data-parallel wrapper traindoctor does not watch (the framework integrations watch the
+    unwrapped module) is not judged.
     """
     ranks = sorted((tl.at("job.ranks", 0) or {}), key=int)
-    if len(ranks) < 2:
-        return
+    if len(ranks) < 2 or not tl.at("job.ddp", 0):
+        return  # no data-parallel wrapper seen: ranks may share inputs by design (TP/PP)
     # rank -> {step: the fingerprint as a hashable tuple}
     fps: dict[str, dict[int, tuple]] = {r: {} for r in ranks}
     for step, by_rank in tl.series("job.data_fp"):
