@@ -49,3 +49,12 @@ def test_a_nan_that_did_not_spread_is_left_to_td201():
 
 def test_finite_everywhere_is_silent():
     assert_silent("TD602", _job(_losses({})))
+
+
+def test_a_batch_not_fingerprinted_is_not_called_finite():
+    nonfinite = {20: {"1": ["loss", "grads"], "0": ["grads"]}}
+    losses = {
+        s: {r: [NAN if s >= {"1": 20, "0": 21}[r] else 1.0] for r in "01"} for s in (19, 20, 21)
+    }
+    f = assert_fires("TD602", _job(losses, nonfinite))
+    assert "not fingerprinted" in f.title and f.step == 20

@@ -105,12 +105,14 @@ def nonfinite_on_one_rank(tl: TimelineView) -> Iterator[Finding]:
     batch = _batch(tl, onset, rank)
     held = batch.get("nonfinite_inputs")
     samples = batch.get("nonfinite_samples")
-    what = (
-        f"its batch's input {', '.join(held)} held NaN/Inf"
-        + (f" (sample(s) {samples} of the batch)" if samples else "")
-        if held
-        else "its batch's inputs were finite (the loss or the labels made it non-finite)"
-    )
+    if held:
+        what = f"its batch's input {', '.join(held)} held NaN/Inf" + (
+            f" (sample(s) {samples} of the batch)" if samples else ""
+        )
+    elif batch.get("fingerprinted"):
+        what = "its batch's inputs were finite: the loss, its targets or the model made it"
+    else:
+        what = "its batch was not fingerprinted at that step"
     others = ", ".join(
         f"rank {r}'s {' and '.join(kinds.get((r, s)) or ['loss'])} at step {s}"
         for r, s in sorted(spread.items())
