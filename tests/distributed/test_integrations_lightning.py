@@ -1,8 +1,10 @@
-"""Lightning's `strategy="ddp"` (2 processes on CPU, gloo) with the traindoctor callback: every
-rank is watched and the job has one merged report. Lightning's own launcher runs the script
-again for rank 1 (a child of rank 0): both ranks get the same run id (TRAINDOCTOR_RUN_ID, set
-by the launcher before it starts rank 1). Parameters are bit-identical to a plain fit, and
-no collective is called from traindoctor's files."""
+"""Lightning's `strategy="ddp"` (2 processes on CPU, gloo) with the traindoctor callback and
+under `traindoctor run` (zero-code): every rank is watched and the job has one merged report.
+Lightning's own launcher runs the script again for rank 1 (a child of rank 0): both ranks get
+the same run id (TRAINDOCTOR_RUN_ID, set by the launcher before it starts rank 1), and under
+`traindoctor run` rank 1 is started under the same command (it had run unwatched).
+Parameters are bit-identical to a plain fit, and no collective is called from traindoctor's
+files."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import env, write
+from tests.cli.conftest import TRAINDOCTOR, env, write
 from tests.test_ddp_job import COUNT_COLLECTIVES
 
 pytest.importorskip("lightning.pytorch")
@@ -28,7 +30,7 @@ warnings.filterwarnings("ignore")
 import torch
 import lightning.pytorch as L
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-WATCH = sys.argv[1] == "watch"
+WATCH = sys.argv[1] == "watch"  # the callback; "zero": under traindoctor run; "plain"
 
 class Lit(L.LightningModule):
     def __init__(self):
@@ -69,32 +71,34 @@ print(f"rank {rank} done, collectives from traindoctor: {len(OURS)}", flush=True
 )
 
 
-def _fit(folder: Path, how: str) -> tuple[int, str]:
+def _fit(root: Path, how: str) -> tuple[Path, int, str]:
+    folder = root / how
+    write(folder, "train.py", SCRIPT)
     e = {**env(), "TRAINDOCTOR_PLOTS": "0"}
     e.pop("TRAINDOCTOR_RUN_ID", None)
+    cmd = [*TRAINDOCTOR, "run", "--out", "runs"] if how == "zero" else [sys.executable]
     p = subprocess.run(
-        [sys.executable, "train.py", how],
+        [*cmd, "train.py", how],
         cwd=folder,
         env=e,
         capture_output=True,
         text=True,
         timeout=240,
     )
-    return p.returncode, p.stdout + p.stderr
+    return folder, p.returncode, p.stdout + p.stderr
 
 
 @pytest.fixture(scope="module")
 def fits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lightning_ddp")
-    write(folder, "train.py", SCRIPT)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {how: pool.submit(_fit, folder, how) for how in ("watch", "plain")}
-        return folder, {how: f.result() for how, f in runs.items()}
+    root = tmp_path_factory.mktemp("lightning_ddp")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = {how: pool.submit(_fit, root, how) for how in ("watch", "zero", "plain")}
+        return {how: f.result() for how, f in runs.items()}
 
 
-def test_every_rank_is_watched_in_one_job(fits):
-    folder, results = fits
-    code, out = results["watch"]
+@pytest.mark.parametrize("how", ["watch", "zero"])
+def test_every_rank_is_watched_in_one_job(fits, how):
+    folder, code, out = fits[how]
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
@@ -114,13 +118,13 @@ def test_every_rank_is_watched_in_one_job(fits):
         assert not own["internal_errors"], own["internal_errors"]
 
 
-def test_parameters_bit_identical_to_a_plain_fit(fits):
+@pytest.mark.parametrize("how", ["watch", "zero"])
+def test_parameters_bit_identical_to_a_plain_fit(fits, how):
     import torch
 
-    folder, results = fits
-    assert results["plain"][0] == 0, results["plain"][1][-4000:]
+    assert fits["plain"][1] == 0, fits["plain"][2][-4000:]
     for rank in (0, 1):
-        watched = torch.load(folder / f"params_watch_{rank}.pt")
-        plain = torch.load(folder / f"params_plain_{rank}.pt")
+        watched = torch.load(fits[how][0] / f"params_{how}_{rank}.pt")
+        plain = torch.load(fits["plain"][0] / f"params_plain_{rank}.pt")
         assert watched.keys() == plain.keys()
-        assert all(torch.equal(watched[k], plain[k]) for k in plain), rank
+        assert all(torch.equal(watched[k], plain[k]) for k in plain), (how, rank)

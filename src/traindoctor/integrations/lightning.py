@@ -216,6 +216,118 @@ def _launcher_patch(package: str) -> Patch | None:
     return Patch(launcher, "_call_children_scripts", _share_run_id)
 
 
+def _traindoctor_command() -> list[str] | None:
+    """This process's `traindoctor run ...` command line (sys.orig_argv), to start another rank
+    with; None where this process was not started by that command (`cli.main()` called from
+    another program: its command line would start that program again)."""
+    rest = list(getattr(sys, "orig_argv", None) or [])[1:]
+    for i, arg in enumerate(rest):
+        by_module = rest[i : i + 2] == ["-m", "traindoctor"]
+        by_script = os.path.basename(arg) in ("traindoctor", "traindoctor.exe")
+        if by_module or by_script:
+            after = rest[i + (2 if by_module else 1) :]
+            return [sys.executable, *rest] if after[:1] == ["run"] else None
+        if not arg.startswith("-"):
+            return None  # a script or a module of its own before any traindoctor
+    return None
+
+
+def _rerun_under_traindoctor(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Lightning's command for the ranks it starts (`python script args`), turned into this
+    process's own `traindoctor run [options] script args` so that they are watched too."""
+
+    def _basic_subprocess_cmd(*args: Any, **kwargs: Any) -> Any:
+        command = original(*args, **kwargs)
+        ours = _traindoctor_command()
+        return ours if ours is not None else command
+
+    return _basic_subprocess_cmd
+
+
+class _ThenLoader:
+    """A module's own loader, and `then()` once the module is executed (errors swallowed: a
+    user's import never fails because of traindoctor)."""
+
+    def __init__(self, loader: Any, then: Callable[[], None]) -> None:
+        self._loader, self._then = loader, then
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        try:
+            self._then()
+        except Exception:  # noqa: BLE001, S110  (the module is imported; we only lose the patch)
+            pass
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... as the loader's
+        return getattr(self._loader, name)
+
+
+class _OnImport:
+    """A sys.meta_path finder that runs `then()` after the named modules are imported."""
+
+    def __init__(self, names: dict[str, Callable[[], None]]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        then = self.names.pop(fullname, None)
+        if then is None:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or not callable(getattr(spec.loader, "exec_module", None)):
+            return None
+        spec.loader = _ThenLoader(spec.loader, then)
+        return spec
+
+
+def zero_code_launches() -> Callable[[], None]:
+    """For `traindoctor run`, while the script runs: Lightning's launcher, which starts the other
+    local ranks by running the script again (strategy="ddp" on one node), names the job first
+    (TRAINDOCTOR_RUN_ID) and starts them under this process's own `traindoctor run` command, so
+    that every rank is watched and in one job (without it rank 1 ran unwatched). Lightning is
+    not imported here: the patches go on when its launcher's module is imported (at once where
+    it is already). Returns what undoes it all."""
+    import importlib.util
+
+    held: list[Patch] = []
+
+    def patch(package: str) -> None:
+        module = sys.modules[_LAUNCHER_MODULE.format(package)]
+        launcher = getattr(module, "_SubprocessScriptLauncher", None)
+        if launcher is None or not callable(getattr(module, "_basic_subprocess_cmd", None)):
+            return
+        for p in (
+            Patch(launcher, "_call_children_scripts", _share_run_id),
+            Patch(module, "_basic_subprocess_cmd", _rerun_under_traindoctor),
+        ):
+            acquire(p)
+            held.append(p)
+
+    waiting: dict[str, Callable[[], None]] = {}
+    for package in ("lightning.pytorch", "pytorch_lightning"):
+        name = _LAUNCHER_MODULE.format(package)
+        if name in sys.modules:
+            patch(package)
+        elif importlib.util.find_spec(package.split(".")[0]) is not None:
+            waiting[name] = lambda package=package: patch(package)
+    finder = _OnImport(waiting) if waiting else None
+    if finder is not None:
+        sys.meta_path.insert(0, finder)
+
+    def undo() -> None:
+        if finder is not None and finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        while held:
+            release(held.pop())
+
+    return undo
+
+
+_LAUNCHER_MODULE = "{}.strategies.launchers.subprocess_script"
 _HOLDS: dict[int, weakref.finalize] = {}  # callback id -> its hold on the launcher patch
 
 

@@ -11,6 +11,7 @@ import runpy
 import signal
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def run_target(
     old_cwd = os.getcwd()
     old_main = sys.modules.get("__main__")
     old_term = _install_sigterm()
+    undo_launches = _lightning_launches()
     try:
         with attached(doctor) as session:
             try:
@@ -111,6 +113,7 @@ def run_target(
             except BaseException as e:  # noqa: BLE001  (the report must name it)
                 exc, code = e, 1
     finally:
+        undo_launches()
         sys.argv = old_argv
         _set_path0(old_path0)
         if old_main is not None:
@@ -130,6 +133,17 @@ def run_target(
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, old_term)
     return RunResult(report=report, script_exit_code=code, exception=exc)
+
+
+def _lightning_launches() -> Callable[[], None]:
+    """Lightning's launcher starts its other ranks under `traindoctor run` too (lightning.py's
+    zero_code_launches); what undoes it. Never fails the run."""
+    try:
+        from .lightning import zero_code_launches
+
+        return zero_code_launches()
+    except Exception:  # noqa: BLE001  (the rank 0 run goes on; its other ranks unwatched)
+        return lambda: None
 
 
 def _run_path(path: Path, args: list[str]) -> None:
