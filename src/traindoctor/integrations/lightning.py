@@ -207,7 +207,7 @@ def _launcher_patch(package: str) -> Patch | None:
     import importlib
 
     try:
-        module = importlib.import_module(f"{package}.strategies.launchers.subprocess_script")
+        module = importlib.import_module(_LAUNCHER_MODULE.format(package))
         launcher = module._SubprocessScriptLauncher
     except (ImportError, AttributeError):
         return None
