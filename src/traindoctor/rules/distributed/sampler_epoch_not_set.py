@@ -18,6 +18,7 @@ from .._registry import rule
     summary="A shuffling DistributedSampler whose set_epoch is never called: every epoch "
     "repeats the same order.",
     requires=("ranks.sampler", "data.fp"),
+    events=("data_loader",),
     priority=25,
 )
 def sampler_epoch_not_set(tl: TimelineView, *, min_repeats: int = 1) -> Iterator[Finding]:
@@ -89,6 +90,16 @@ def sampler_epoch_not_set(tl: TimelineView, *, min_repeats: int = 1) -> Iterator
             continue
         first, again = repeats[0]
         epoch = next(iter(s["epochs"]))
+        # The user's name for the loader, from the data probe's description of it.
+        named = [
+            str(e.get("name"))
+            for e in tl.events("data_loader")
+            if e.get("sampler") == "DistributedSampler"
+            and e.get("dataset_type") == state.get("dataset")
+            and e.get("name") not in (None, "", "DataLoader")  # "DataLoader": no name found
+        ]
+        if named:
+            name = f"`{named[0]}`"
         yield tl.finding(
             title=(
                 f"DistributedSampler of {name} ({state.get('dataset')}) shuffles with epoch "
@@ -97,7 +108,7 @@ def sampler_epoch_not_set(tl: TimelineView, *, min_repeats: int = 1) -> Iterator
             ),
             step=again,
             evidence={
-                "loader": name,
+                "loader": name.strip("`"),
                 "dataset": state.get("dataset"),
                 "epoch": epoch,
                 "shuffle": True,
