@@ -24,6 +24,7 @@ FAMILY_FOLDERS = {
     "eval_hygiene": "4",
     "setup": "5",
     "distributed": "6",
+    "experiments": "7",
 }
 RULES = all_rules()
 IDS = [r.code for r in RULES]
@@ -53,7 +54,7 @@ def test_every_rule_file_is_in_the_catalog():
 def test_codes_are_unique_and_well_formed():
     assert len(set(IDS)) == len(IDS)
     for code in IDS:
-        assert re.fullmatch(r"TD[1-6]\d{2}", code), code
+        assert re.fullmatch(r"TD[1-7]\d{2}", code), code
 
 
 @pytest.mark.parametrize("r", RULES, ids=IDS)

@@ -135,6 +135,8 @@ def run(max_steps, **options) -> None:
 )
 def check(max_steps, **options) -> None:
     """Run a script for a few optimizer steps (default 20) and report: a quick preflight."""
+    # Then Karpathy's recipe on a copy of the model (experiments/): overfit one batch, ...
+    os.environ.setdefault("TRAINDOCTOR_EXPERIMENTS", "1")
     _do_run(max_steps=max_steps, **options)
 
 

@@ -463,6 +463,10 @@ class Doctor:
         )
         self.guard.call("detach", self._detach)
         self._steps.readback()
+        capture = self.probe("capture")
+        if capture is not None and self.run.attached is not None:
+            # Experiments on a copy (check, TRAINDOCTOR_EXPERIMENTS=1), every hook detached.
+            self.guard.call("probe capture", capture.run_experiments, self.step, self.rec)
         self.guard.call("diagnose", self.diagnose)
         self.report = Report(
             findings=self.findings,

@@ -780,3 +780,28 @@ _signal("job.data_samples", "per step: {rank: that rank's data.samples}")
 _signal("job.loss", "per step: {rank: that rank's loss.backward}")
 _signal("job.nonfinite", "per step: {rank: that rank's numerics.nonfinite}")
 _signal("job.grads_none", "per sampled step: {rank: that rank's grads.none}")
+
+# -- experiments on a copy (issue 17) -------------------------------------------------------
+# Run at close under `traindoctor check` (or TRAINDOCTOR_EXPERIMENTS=1): Karpathy's recipe on a
+# deep copy of the model, the captured batch and a fresh optimizer of the user's class
+# (src/traindoctor/experiments/); the user's run is never touched.
+
+
+class Experiment(Event, total=False):
+    name: str  # init_loss | overfit_one_batch | input_independent | batch_independence | skipped
+    verdict: str  # what it concluded: ok | failed | partial | not_measured | ...
+    reason: str  # why it was skipped or not measured
+    loss_fn: str  # the replayed loss (cross_entropy, mse_loss, ...)
+    source: str | None  # the user's line of the replayed loss call
+    curves: dict[str, list[float]]  # the measured loss curves, by label (lr x1, x10, ...)
+    seconds: float  # wall time of the experiment
+    steps: int  # optimizer steps run on the copy
+    facts: dict[str, Any]  # the experiment's own measurements
+
+
+_event(
+    "experiment",
+    "an experiment run on a copy of the model at close (loss at init, overfit one batch, "
+    "input-independent baseline, batch independence) and what it measured",
+    Experiment,
+)

@@ -6,6 +6,7 @@ from .activations import ActivationsProbe
 from .amp import AmpProbe
 from .audit import AuditProbe
 from .base import Probe
+from .capture import CaptureProbe
 from .copies import CopiesProbe
 from .data import DataProbe
 from .forward import ForwardProbe
@@ -49,6 +50,7 @@ PROBES: tuple[type[Probe], ...] = (
     CopiesProbe,
     WorkProbe,
     RanksProbe,
+    CaptureProbe,
 )
 
 

@@ -19,6 +19,13 @@ from .eval_hygiene import (
     metric_undefined,
     train_mode_during_validation,
 )
+from .experiments import (
+    cannot_overfit_one_batch,
+    experiments_not_run,
+    loss_at_init_off,
+    model_mixes_batch,
+    output_ignores_input,
+)
 from .grad_flow import (
     accumulation_scaling_inconsistent,
     grads_never_zeroed,
@@ -121,6 +128,11 @@ CATALOG = (
     unused_params_ddp,  # TD603
     data_not_sharded,  # TD604
     sampler_epoch_not_set,  # TD605
+    loss_at_init_off,  # TD701
+    cannot_overfit_one_batch,  # TD702
+    output_ignores_input,  # TD703
+    model_mixes_batch,  # TD704
+    experiments_not_run,  # TD705
 )
 
 

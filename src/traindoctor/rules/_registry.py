@@ -13,7 +13,7 @@ from ..findings import Finding, Severity
 from ..schema import EVENTS, FACTS, SIGNALS
 from ..timeline import TimelineView
 
-CODE_RE = re.compile(r"^TD[1-6]\d{2}$")
+CODE_RE = re.compile(r"^TD[1-7]\d{2}$")
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 REQUIRED_SECTIONS = (
     "## What it detects",
@@ -30,6 +30,7 @@ FAMILIES = {
     "4": "evaluation",
     "5": "setup and data",
     "6": "distributed",
+    "7": "experiments",
 }
 
 RuleFunc = Callable[..., Iterable[Finding]]
@@ -147,7 +148,7 @@ def rule(
     of one severity: root causes get low numbers. `state`: a factory of what the rule keeps
     between passes to read only new records (rules/_incremental.py)."""
     if not CODE_RE.match(code):
-        raise ValueError(f"rule code {code!r} must look like TD1xx..TD6xx")
+        raise ValueError(f"rule code {code!r} must look like TD1xx..TD7xx")
     if not NAME_RE.match(name):
         raise ValueError(f"rule name {name!r} must be kebab-case")
     for what, names, known in (

@@ -1,0 +1,384 @@
+"""Karpathy's recipe on a copy ("A Recipe for Training Neural Networks", 2019), automated.
+
+`run_recipe(setup)` returns one `experiment` event payload per experiment (schema.Experiment):
+init_loss, overfit_one_batch, input_independent, batch_independence. Each is isolated
+(runner.isolated: the user's RNG forked and restored) and any error inside one is caught and
+recorded as its verdict ("error"), never raised.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from .._graph import node_source
+from ..probes.base import iter_tensors
+from .runner import Curve, Replay, Setup, fresh_copy, isolated, train_copy, zeroed
+
+OVERFIT_STEPS = 50  # optimizer steps of each overfit-one-batch run
+LR_GRID = (1.0, 10.0, 0.1)  # tried in this order until one fits
+FIT_RATIO = 0.1  # fits: the loss above its floor falls to 10% of where it started
+FAIL_RATIO = 0.5  # cannot fit: above 50% of where it started at every lr of the grid
+INPUT_STEPS = 50  # steps of the input-independent baseline (as the overfit run)
+MIX_TOL = 1e-6  # |d out[i] / d in[j]| over |d out[i] / d in[i]| above this: the batch mixes
+ROUND = 5
+
+
+def run_recipe(setup: Setup) -> list[dict[str, Any]]:
+    batch = setup.batch
+    assert batch is not None
+    base = {"loss_fn": batch.loss_fn, "source": batch.source}
+    if batch.several_losses:
+        base["facts"] = {"several_losses": True}
+    out = []
+    overfit: dict[str, Any] | None = None
+    for name, fn in (
+        ("init_loss", _init_loss),
+        ("overfit_one_batch", _overfit),
+        ("input_independent", _input_independent),
+        ("batch_independence", _batch_independence),
+    ):
+        t0 = time.perf_counter()
+        try:
+            with isolated(setup.model):
+                event = fn(setup, overfit) if name == "input_independent" else fn(setup)
+        except Exception as exc:  # noqa: BLE001  (an experiment never reaches the user)
+            event = {
+                "verdict": "error",
+                "reason": f"{type(exc).__name__}: {exc}"[:300],
+                "facts": {"traceback": traceback.format_exc(limit=3)[-800:]},
+            }
+        if name == "overfit_one_batch":
+            overfit = {**event, "facts": dict(event.get("facts", {}))}
+        facts = {**base.get("facts", {}), **event.pop("facts", {})}
+        out.append(
+            {
+                **base,
+                "name": name,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "steps": event.pop("steps", 0),
+                **event,
+                "facts": facts,
+            }
+        )
+    return out
+
+
+def _floor(setup: Setup) -> float | None:
+    """The loss's floor on this batch when it is 0 (hard targets), else None (unknown)."""
+    b = setup.batch
+    assert b is not None
+    if b.loss_fn in ("cross_entropy", "nll_loss"):
+        smoothing = b.loss_args[3] if b.loss_fn == "cross_entropy" and len(b.loss_args) > 3 else 0
+        smoothing = b.loss_kwargs.get("label_smoothing", smoothing)
+        if b.target.is_floating_point() or (smoothing or 0) > 0:
+            return None
+        return 0.0
+    if b.loss_fn in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"):
+        return 0.0
+    if b.loss_fn in ("binary_cross_entropy", "binary_cross_entropy_with_logits"):
+        t = b.target
+        hard = bool(((t == 0) | (t == 1)).all())
+        return 0.0 if hard else None
+    return None
+
+
+def _init_loss(setup: Setup) -> dict[str, Any]:
+    b = setup.batch
+    assert b is not None
+    model = fresh_copy(setup)
+    replay = Replay(b)
+    with torch.no_grad():
+        inp = replay.output(model, b.args, b.kwargs)
+        value = float(_reduced(replay.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)))
+    facts: dict[str, Any] = {"measured": round(value, ROUND)}
+    classes = b.classes
+    if classes is not None and classes >= 2 and b.loss_fn in ("cross_entropy", "nll_loss"):
+        # The same loss call (weights, reduction, ignore_index, smoothing) on uniform
+        # predictions: zero logits, or log(1/C) log-probabilities for nll_loss.
+        fill = 0.0 if b.loss_fn == "cross_entropy" else -math.log(classes)
+        with torch.no_grad():
+            uniform = torch.full_like(inp, fill)
+            expected = float(_reduced(replay.fn(uniform, b.target, *b.loss_args, **b.loss_kwargs)))
+        facts.update(classes=classes, expected=round(expected, ROUND))
+        facts["per_example_expected"] = round(math.log(classes), ROUND)
+        facts["what"] = (
+            f"{b.loss_fn} of the initial weights on the captured batch of step {b.step}, against "
+            f"the same call on uniform predictions ({expected:.4g}; ln {classes} = "
+            f"{math.log(classes):.3f} per example)"
+        )
+        ref = max(abs(expected), 1e-12)
+        per = abs(expected) / max(math.log(classes), 1e-12)  # examples summed (1 for a mean)
+        if not math.isfinite(value):
+            verdict = "nonfinite"
+        elif value > 3 * ref and value - ref > 1.0 * per:
+            verdict = "too_high"
+        elif value < ref / 3 and ref - value > 0.5 * per:
+            verdict = "too_low"
+        else:
+            verdict = "ok"
+        return {"verdict": verdict, "facts": facts}
+    if b.loss_fn in ("mse_loss",) and b.target.is_floating_point():
+        # Predicting the target's mean would give its variance; predicting 0, its mean square.
+        t = b.target.double()
+        facts["target_var"] = round(float(t.var(unbiased=False)), ROUND)
+        facts["target_mean_square"] = round(float((t * t).mean()), ROUND)
+    facts["what"] = f"{b.loss_fn} of the initial weights on the captured batch of step {b.step}"
+    return {"verdict": "measured", "facts": facts}
+
+
+def _reduced(t: torch.Tensor) -> torch.Tensor:
+    return t if t.numel() == 1 else t.mean()
+
+
+def _ratio(curve: Curve, floor: float | None) -> float:
+    """How much of the distance to the floor is left at the best point of the curve."""
+    if not curve.losses or not math.isfinite(curve.losses[0]):
+        return math.inf
+    start = curve.losses[0] - (floor or 0.0)
+    if start <= 1e-12:
+        return 0.0
+    return max(0.0, (curve.best - (floor or 0.0)) / start)
+
+
+def _overfit(setup: Setup) -> dict[str, Any]:
+    if setup.optimizer_class is None:
+        return {
+            "verdict": "not_measured",
+            "reason": "no torch optimizer holds the model's params (updates by hand cannot be "
+            "replayed)",
+        }
+    floor = _floor(setup)
+    curves: dict[str, list[float]] = {}
+    ratios: dict[str, float] = {}
+    seconds, steps = 0.0, 0
+    verdict = "failed"
+    fit_at = None
+    for scale in LR_GRID:
+        curve = train_copy(setup, OVERFIT_STEPS, lr_scale=scale)
+        label = f"lr x{scale:g}"
+        curves[label] = [round(v, ROUND) for v in curve.losses]
+        ratios[label] = round(_ratio(curve, floor), 4)
+        seconds += curve.seconds
+        steps += len(curve.losses) - (0 if curve.diverged else 1)
+        if ratios[label] <= FIT_RATIO:
+            verdict, fit_at = "ok", scale
+            break
+    best = min(ratios.values())
+    if verdict != "ok":
+        # With an unknown floor the curve must not even fall by 10%: conservative.
+        limit = FAIL_RATIO if floor is not None else 0.9
+        verdict = "failed" if best > limit else "partial"
+    lrs = [g[1].get("initial_lr", g[1].get("lr")) for g in setup.groups]
+    facts = {
+        "ratios": ratios,
+        "floor": floor,
+        "fit_at_lr_scale": fit_at,
+        "optimizer": setup.optimizer_class.__name__,
+        "lr": [float(v) if v is not None else None for v in lrs],
+        "k": OVERFIT_STEPS,
+    }
+    return {"verdict": verdict, "curves": curves, "steps": steps, "facts": facts}
+
+
+def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
+    b = setup.batch
+    assert b is not None
+    zargs, zkwargs = zeroed(b.args, b.kwargs)
+    # The output's dependence on the input, at init: exactly none when the forward ignores it.
+    model = fresh_copy(setup)
+    replay = Replay(b)
+    with torch.no_grad():
+        real = replay.output(model, b.args, b.kwargs).detach()
+        zero = replay.output(model, zargs, zkwargs).detach()
+    diff = float((real.double() - zero.double()).abs().max()) if real.numel() else 0.0
+    scale = float(real.double().abs().max()) if real.numel() else 0.0
+    facts: dict[str, Any] = {
+        "output_change": round(diff, 8),
+        "output_scale": round(scale, 8),
+    }
+    if setup.optimizer_class is None:
+        ignores = diff <= 1e-7 * max(scale, 1.0)
+        return {"verdict": "ignores_input" if ignores else "ok", "facts": facts}
+    # The same short training with real and with zeroed inputs (the real run: the overfit
+    # run at the user's lr, measured already).
+    scale_lr = 1.0
+    real_curve = None
+    if overfit and overfit.get("curves"):
+        fit = (overfit.get("facts") or {}).get("fit_at_lr_scale")
+        scale_lr = fit if fit is not None else 1.0
+        label = f"lr x{scale_lr:g}"
+        values = overfit["curves"].get(label)
+        if values:
+            real_curve = Curve(losses=list(values), seconds=0.0)
+    steps = 0
+    if real_curve is None:
+        real_curve = train_copy(setup, INPUT_STEPS, lr_scale=scale_lr)
+        steps += INPUT_STEPS
+    zero_curve = train_copy(setup, len(real_curve.losses) - 1, lr_scale=scale_lr, zero_inputs=True)
+    steps += len(zero_curve.losses) - 1
+    real_end, zero_end = real_curve.losses[-1], zero_curve.losses[-1]
+    facts.update(real_loss=round(real_end, ROUND), zeroed_loss=round(zero_end, ROUND))
+    facts["lr_scale"] = scale_lr
+    fitted = bool(overfit) and overfit.get("verdict") in ("ok", "partial")
+    if diff <= 1e-7 * max(scale, 1.0):
+        verdict = "ignores_input"
+    elif math.isfinite(zero_end) and math.isfinite(real_end) and zero_end <= real_end * 1.05:
+        # When one batch cannot be fit at all (TD702), the real inputs cannot do better than a
+        # constant either: that says nothing about the input.
+        verdict = "no_better_than_zeros" if fitted else "inconclusive"
+    else:
+        verdict = "ok"
+    return {
+        "verdict": verdict,
+        "steps": steps,
+        "curves": {
+            "real inputs": [round(v, ROUND) for v in real_curve.losses],
+            "zeroed inputs": [round(v, ROUND) for v in zero_curve.losses],
+        },
+        "facts": facts,
+    }
+
+
+_BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)
+_DROPOUTS = (torch.nn.modules.dropout._DropoutNd,)
+
+
+def _batch_independence(setup: Setup) -> dict[str, Any]:
+    b = setup.batch
+    assert b is not None
+    model = fresh_copy(setup)
+    for m in model.modules():
+        if isinstance(m, _BATCH_NORMS + _DROPOUTS):
+            m.eval()
+    positional = [i for i, a in enumerate(b.args) if isinstance(a, torch.Tensor)]
+    if not positional:
+        return {"verdict": "not_measured", "reason": "the model's input is not a positional tensor"}
+    k = positional[0]
+    x = b.args[k]
+    if not x.is_floating_point():
+        return {
+            "verdict": "not_measured",
+            "reason": f"the input is {x.dtype} (token ids?): no gradient to take with respect "
+            "to it",
+        }
+    n = int(x.shape[0]) if x.dim() >= 1 else 0
+    if n < 2:
+        return {"verdict": "not_measured", "reason": "a batch of fewer than 2 examples"}
+    x = x.detach().clone().requires_grad_(True)
+    args = tuple(x if i == k else a for i, a in enumerate(b.args))
+    anomaly = torch.is_anomaly_enabled()
+    torch.set_anomaly_enabled(True)  # each node keeps its forward line (node_source)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outs = list(iter_tensors(model(*args, **b.kwargs)))
+    finally:
+        torch.set_anomaly_enabled(anomaly)
+    out = outs[b.out_index] if b.out_index < len(outs) else None
+    if out is None or out.dim() < 1 or not out.requires_grad:
+        return {"verdict": "not_measured", "reason": "the output does not depend on the input"}
+    if int(out.shape[0]) != n:
+        return {
+            "verdict": "not_measured",
+            "reason": f"the output's dim 0 ({int(out.shape[0])}) is not the batch ({n})",
+        }
+    i = n // 2
+    mixer = _first_mixing_node(out[i].sum(), n, i, x)
+    grad = x.grad
+    if grad is None:
+        return {"verdict": "not_measured", "reason": "no gradient reached the input"}
+    rows = grad.detach().double().reshape(n, -1).abs().amax(dim=1)
+    own = float(rows[i])
+    others = torch.cat([rows[:i], rows[i + 1 :]])
+    worst = float(others.max())
+    mixed = [j for j in range(n) if j != i and float(rows[j]) > MIX_TOL * max(own, 1e-30)]
+    facts: dict[str, Any] = {
+        "example": i,
+        "batch": n,
+        "own_grad": own,
+        "max_other_grad": worst,
+        "examples_mixed_in": len(mixed),
+        "first_mixed": mixed[:8],
+    }
+    if mixer:
+        facts.update(mixer)
+    verdict = "mixes" if mixed and worst > MIX_TOL * max(own, 1e-30) else "independent"
+    return {"verdict": verdict, "facts": facts}
+
+
+def _first_mixing_node(
+    root: torch.Tensor, n: int, i: int, x: torch.Tensor
+) -> dict[str, Any] | None:
+    """Backward from output[i] with a hook on every autograd node: the first node (backward
+    order) that sends gradient into rows other than i of a tensor whose dim 0 is the batch."""
+    found: list[dict[str, Any]] = []
+    handles = []
+    seen: set[int] = set()
+    on_path = _depends_on(root.grad_fn, x)
+    stack = [root.grad_fn]
+    while stack and len(seen) < 5000:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        # Only the inputs that carry the examples (they depend on x): a weight's gradient has
+        # rows that are not examples, whatever its dim 0.
+        nexts = [
+            f if f is not None and id(f) in on_path else None
+            for f, _ in getattr(node, "next_functions", ())
+        ]
+
+        def hook(grad_inputs: Any, grad_outputs: Any, node: Any = node, nexts: Any = nexts) -> None:
+            if found:
+                return
+            for g, fn in zip(grad_inputs, nexts):
+                if fn is None or not isinstance(g, torch.Tensor) or g.dim() < 1:
+                    continue
+                if int(g.shape[0]) == n:
+                    rows = g.detach().reshape(n, -1).abs().amax(dim=1)
+                    own = float(rows[i])
+                    rows[i] = 0
+                    if float(rows.max()) > MIX_TOL * max(own, 1e-30):
+                        found.append({"op": node.name(), "op_source": node_source(node)})
+                        return
+
+        if id(node) in on_path:
+            handles.append(node.register_hook(hook))
+        stack.extend(f for f in nexts if f is not None)
+    try:
+        root.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+def _depends_on(root: Any, x: torch.Tensor, limit: int = 20000) -> set[int]:
+    """ids of the autograd nodes under `root` whose inputs reach the leaf `x` (iterative
+    post-order; the graph's other branches, weights and constants, are left out)."""
+    memo: dict[int, bool] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack and len(memo) < limit:
+        node, expanded = stack.pop()
+        if node is None:
+            continue
+        if not expanded:
+            if id(node) in memo:
+                continue
+            if getattr(node, "variable", None) is x:
+                memo[id(node)] = True
+                continue
+            nexts = [f for f, _ in getattr(node, "next_functions", ()) if f is not None]
+            stack.append((node, True))
+            stack.extend((f, False) for f in nexts if id(f) not in memo)
+        else:
+            nexts = [f for f, _ in getattr(node, "next_functions", ()) if f is not None]
+            memo[id(node)] = any(memo.get(id(f), False) for f in nexts)
+    return {k for k, v in memo.items() if v}

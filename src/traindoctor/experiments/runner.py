@@ -1,0 +1,315 @@
+"""The experiment runner: K optimizer steps on a deep copy of the model, on one captured batch.
+
+Isolation is the point. A run builds nothing the user's run can see: a deep copy of the model
+without any hook (theirs and ours), loaded with the weights captured at attach; a fresh
+optimizer of the user's class over the copy's parameters, with the user's param groups'
+settings; everything inside `torch.random.fork_rng` (the CPU and every CUDA device in use), so
+the user's RNG streams come out as they went in. The data loader is never read: the batch was
+cloned when the script fed it. Errors are the caller's to record (recipe.py catches them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..probes.base import iter_tensors
+
+# Hook dicts of nn.Module left out of the copy (as the NaN autopsy's copy does).
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+# How much memory an experiment may need, in model sizes: the copy, its gradients, two
+# optimizer state tensors per param (Adam), and the initial weights loaded into it.
+MEMORY_FACTOR = 5.0
+# Keep this share of the available memory free after the experiments' estimate.
+MEMORY_HEADROOM = 0.5
+
+
+@dataclass
+class Batch:
+    """One training batch as the script fed it, with the standard loss it called on the model's
+    output (cloned at capture: later in-place changes by the script do not reach it)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    loss_fn: str  # name in LOSSES (loss_inputs.py); cross_entropy is torch._C._nn's entry
+    loss_args: tuple[Any, ...]  # the loss's positional args after (input, target)
+    loss_kwargs: dict[str, Any]
+    target: torch.Tensor
+    out_index: int  # which tensor of the model's output (iter_tensors order) feeds the loss
+    # The loss input as a view of that output: (size, stride, storage_offset), and the output's
+    # own (size, stride, storage_offset) it was read from; None: the output itself.
+    view: tuple[tuple[int, ...], tuple[int, ...], int] | None
+    out_layout: tuple[tuple[int, ...], tuple[int, ...], int]
+    step: int
+    source: str | None = None
+    several_losses: bool = False
+
+    @property
+    def classes(self) -> int | None:
+        """Classes of a cross_entropy/nll_loss call with class-index targets, else None."""
+        if self.loss_fn not in ("cross_entropy", "nll_loss"):
+            return None
+        size = self.view[0] if self.view is not None else self.out_layout[0]
+        if len(size) < 1 or self.target.is_floating_point():
+            return None
+        return int(size[1]) if len(size) >= 2 else int(size[0])
+
+
+@dataclass
+class Setup:
+    """What the experiments replay: the model, its weights at attach, the optimizer's class and
+    groups (param indices into `model.parameters()` and their settings), and the batch."""
+
+    model: torch.nn.Module
+    init_state: dict[str, torch.Tensor] | None
+    optimizer_class: type | None
+    groups: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    batch: Batch | None = None
+
+
+def clone_tree(obj: Any, depth: int = 0) -> Any:
+    """A copy of a call's arguments: tensors detached and cloned, containers rebuilt."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if depth > 4:
+        return obj
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(clone_tree(o, depth + 1) for o in obj)
+    if isinstance(obj, list):
+        return [clone_tree(o, depth + 1) for o in obj]
+    if isinstance(obj, dict):
+        return {k: clone_tree(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def model_bytes(model: torch.nn.Module) -> tuple[int, set[torch.device]]:
+    size, devices = 0, set()
+    for t in (*model.parameters(), *model.buffers()):
+        size += t.numel() * t.element_size()
+        devices.add(t.device)
+    return size, devices
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a copy on this device: MemAvailable of /proc/meminfo (or psutil) on CPU,
+    `torch.cuda.mem_get_info` on CUDA; None when it cannot be measured."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001
+            return None
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def memory_short(model: torch.nn.Module) -> str | None:
+    """Why a copy of this model should not be made now, or None when memory allows it."""
+    size, devices = model_bytes(model)
+    need = int(size * MEMORY_FACTOR)
+    for device in devices:
+        free = available_memory(device)
+        if free is None:
+            if device.type != "cpu":
+                return f"free memory on {device} cannot be measured: not copied"
+            continue
+        if need > free * MEMORY_HEADROOM:
+            return (
+                f"memory short on {device}: the experiments need about {need / 2**20:.0f} MiB "
+                f"({MEMORY_FACTOR:g}x the model's {size / 2**20:.1f} MiB), "
+                f"{free / 2**20:.0f} MiB free"
+            )
+    return None
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy without any hook: the memo maps each hook dict to an empty one."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for attr in _HOOK_DICTS:
+            hooks = m.__dict__.get(attr)
+            if hooks is not None:
+                memo[id(hooks)] = type(hooks)()
+    twin = copy.deepcopy(model, memo)
+    for p in twin.parameters():
+        p.grad = None
+    return twin
+
+
+@contextlib.contextmanager
+def isolated(model: torch.nn.Module, seed: int = 0) -> Iterator[None]:
+    """The user's RNG streams (CPU and the CUDA devices the model lives on) forked and restored,
+    grad mode on, a fixed seed inside (the same experiment gives the same curve)."""
+    devices = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
+    with (
+        torch.random.fork_rng(devices=devices),
+        torch.enable_grad(),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # the user's own warnings, seen once in their run
+        torch.manual_seed(seed)
+        yield
+
+
+def loss_function(name: str) -> Any:
+    """The original loss callable (any traindoctor wrapper peeled off)."""
+    import torch.nn.functional as F
+
+    fn = torch._C._nn.cross_entropy_loss if name == "cross_entropy" else getattr(F, name)
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
+
+
+class Replay:
+    """The batch's forward and loss on a copy: `loss(model, args, kwargs)`."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.fn = loss_function(batch.loss_fn)
+
+    def output(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        b = self.batch
+        outs = list(iter_tensors(model(*args, **kwargs)))
+        if b.out_index >= len(outs):
+            raise RuntimeError("the copy's output has fewer tensors than the captured one")
+        out = outs[b.out_index]
+        layout = (tuple(out.shape), tuple(out.stride()), out.storage_offset())
+        if layout != b.out_layout:
+            raise RuntimeError(f"the copy's output layout {layout} is not {b.out_layout}")
+        if b.view is None:
+            return out
+        return out.as_strided(*b.view)
+
+    def loss(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        b = self.batch
+        inp = self.output(model, args, kwargs)
+        out = self.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)
+        return out if out.numel() == 1 else out.mean()
+
+
+def build_optimizer(setup: Setup, model: torch.nn.Module, lr_scale: float = 1.0):
+    """A fresh optimizer of the user's class over the copy's params, the user's group settings
+    (the base lr, `initial_lr`, where a scheduler set one), lr scaled by `lr_scale`."""
+    params = list(model.parameters())
+    groups = []
+    for indices, settings in setup.groups:
+        group = {k: v for k, v in settings.items() if k != "initial_lr"}
+        lr = settings.get("initial_lr", settings.get("lr"))
+        if isinstance(lr, torch.Tensor):
+            lr = float(lr)
+        if lr is not None:
+            group["lr"] = lr * lr_scale
+        group["params"] = [params[i] for i in indices if i < len(params)]
+        if group["params"]:
+            groups.append(group)
+    if not groups or setup.optimizer_class is None:
+        raise RuntimeError("no optimizer group over the model's parameters")
+    defaults = {k: v for k, v in setup.defaults.items() if k != "lr"}
+    try:
+        return setup.optimizer_class(groups, **defaults)
+    except TypeError:
+        return setup.optimizer_class(groups)
+
+
+@dataclass
+class Curve:
+    losses: list[float]
+    seconds: float
+    diverged: bool = False
+
+    @property
+    def best(self) -> float:
+        finite = [v for v in self.losses if math.isfinite(v)]
+        return min(finite) if finite else math.inf
+
+
+def fresh_copy(setup: Setup) -> torch.nn.Module:
+    twin = copy_model(setup.model)
+    if setup.init_state is not None:
+        twin.load_state_dict(setup.init_state, strict=False)
+    twin.train()
+    return twin
+
+
+def train_copy(
+    setup: Setup,
+    steps: int,
+    lr_scale: float = 1.0,
+    zero_inputs: bool = False,
+    model: torch.nn.Module | None = None,
+) -> Curve:
+    """K optimizer steps on a fresh copy (initial weights) on the captured batch: the loss
+    before each step, and the loss after the last one (steps + 1 values)."""
+    assert setup.batch is not None
+    t0 = time.perf_counter()
+    twin = model if model is not None else fresh_copy(setup)
+    replay = Replay(setup.batch)
+    args, kwargs = setup.batch.args, setup.batch.kwargs
+    if zero_inputs:
+        args, kwargs = zeroed(args, kwargs)
+    opt = build_optimizer(setup, twin, lr_scale)
+    values: list[torch.Tensor] = []
+    diverged = False
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = replay.loss(twin, args, kwargs)
+        values.append(loss.detach().float().reshape(()))
+        if not torch.isfinite(values[-1]):
+            diverged = True
+            break
+        loss.backward()
+        opt.step()
+    if not diverged:
+        with torch.no_grad():
+            values.append(replay.loss(twin, args, kwargs).detach().float().reshape(()))
+    losses = [float(v) for v in torch.stack(values).cpu()] if values else []
+    return Curve(losses=losses, seconds=time.perf_counter() - t0, diverged=diverged)
+
+
+def zeroed(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The model's inputs with their tensors zeroed: the positional ones, or the first keyword
+    tensor when none is positional (masks and other keywords kept)."""
+    if any(isinstance(a, torch.Tensor) for a in args):
+        return tuple(
+            torch.zeros_like(a) if isinstance(a, torch.Tensor) else a for a in args
+        ), kwargs
+    out = dict(kwargs)
+    for k, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = torch.zeros_like(v)
+            break
+    return args, out

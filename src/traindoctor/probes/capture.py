@@ -1,0 +1,223 @@
+"""Capture one training batch for the experiments on a copy (issue 17, experiments/).
+
+Off unless the experiments are enabled (`traindoctor check`, `TRAINDOCTOR_EXPERIMENTS=1`):
+then nothing is hooked and this probe costs nothing.
+
+When enabled, with one watched model: at attach, the model's weights (a CPU copy of its state
+dict, when memory allows) and the primary optimizer's class and param groups' settings; until
+a batch is captured, a forward pre/post hook on the model (the last training call's inputs and
+output tensors, references) and a listener on the standard losses (loss_inputs.py's shared
+patch): the first loss call whose input is a tensor of that output, or a view of one, is the
+batch (inputs, target and the loss's other arguments cloned). The hooks go at the end of the
+step after. At close, `run_experiments` runs the recipe (experiments/recipe.py) on a copy and
+records one `experiment` event per experiment; a script whose loss is custom code (no
+standard loss call on the model's output) gets one event that says so.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import torch
+
+from .. import experiments
+from .._source import user_source
+from .base import AttachContext, Probe, Recorder, iter_tensors
+from .loss_inputs import add_loss_listener, remove_loss_listener
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name)
+
+
+class CaptureProbe(Probe):
+    name = "capture"
+    provides: ClassVar[tuple[str, ...]] = ()
+    provides_events: ClassVar[tuple[str, ...]] = ("experiment",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setup: Any = None  # experiments.runner.Setup once attached with experiments on
+        self.skipped: str | None = None  # why nothing can be replayed
+        self._pending: tuple[tuple, dict] | None = None
+        self._outputs: list[torch.Tensor] = []
+        self._listening = False
+        self._unmatched: list[str] = []
+        self._done = False
+
+    def attach(self, ctx: AttachContext, rec: Recorder) -> None:
+        super().attach(ctx, rec)
+        if not experiments.enabled():
+            self.retired = True  # no event reaches it: free
+            return
+        from ..experiments.runner import Setup, memory_short
+
+        models = {p: m for p, m in ctx.models.items() if isinstance(m, torch.nn.Module)}
+        if len(models) != 1 or len(ctx.models) != 1:
+            self.skipped = f"{len(ctx.models)} models watched: the experiments replay one model"
+            return
+        prefix, model = next(iter(models.items()))
+        if prefix in ctx.compiled or isinstance(
+            model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel
+        ):
+            self.skipped = "a compiled or DDP-wrapped model is not replayed"
+            return
+        short = memory_short(model)
+        if short is not None:
+            self.skipped = short
+            return
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        setup = Setup(model=model, init_state=state, optimizer_class=None)
+        index = {id(p): i for i, p in enumerate(model.parameters())}
+        for opt in ctx.optimizers:
+            groups = []
+            for g in opt.param_groups:
+                ids = [index[id(p)] for p in g["params"] if id(p) in index]
+                if ids:
+                    settings = {k: _plain(v) for k, v in g.items() if k != "params"}
+                    groups.append((ids, settings))
+            if groups:
+                setup.optimizer_class = type(opt)
+                setup.groups = groups
+                setup.defaults = {k: _plain(v) for k, v in opt.defaults.items()}
+                break
+        self.setup = setup
+        self.handles.append(
+            model.register_forward_pre_hook(ctx.hook("probe capture", self._pre), with_kwargs=True)
+        )
+        self.handles.append(model.register_forward_hook(ctx.hook("probe capture", self._post)))
+        add_loss_listener(self)
+        self._listening = True
+
+    def _pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        ctx = self.ctx
+        if ctx is None or self._done or not module.training or not torch.is_grad_enabled():
+            self._pending = None
+            return
+        if ctx.state.validating:
+            self._pending = None
+            return
+        self._pending = (args, kwargs)
+        self._outputs = []
+
+    def _post(self, _module: torch.nn.Module, _args: Any, output: Any) -> None:
+        if self._pending is not None:
+            self._outputs = list(iter_tensors(output))
+
+    # Called by loss_inputs' shared patch for every standard loss call.
+    def loss_call(self, fn: str, args: tuple, kwargs: dict) -> None:
+        ctx = self.ctx
+        if ctx is None or self.setup is None or ctx.state.closed or ctx.state.validating:
+            return None
+        batch = self.setup.batch
+        if batch is not None:
+            if ctx.state.step == batch.step and torch.is_grad_enabled():
+                inp = _arg(args, kwargs, 0, "input")
+                if isinstance(inp, torch.Tensor) and inp.requires_grad:
+                    batch.several_losses = True
+            return None
+        t0 = time.perf_counter()
+        try:
+            ctx.guard.call("probe capture", self._match, ctx, fn, args, kwargs)
+        finally:
+            ctx.budget.spend(time.perf_counter() - t0)
+        return None
+
+    def _match(self, ctx: AttachContext, fn: str, args: tuple, kwargs: dict) -> None:
+        from ..experiments.runner import Batch, clone_tree
+
+        inp = _arg(args, kwargs, 0, "input")
+        tgt = _arg(args, kwargs, 1, "target")
+        if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
+            return
+        if not torch.is_grad_enabled() or not inp.requires_grad or tgt.requires_grad:
+            return
+        if self._pending is None or not self._outputs:
+            self._note_unmatched(fn)
+            return
+        found = None
+        for i, out in enumerate(self._outputs):
+            if out is inp:
+                found = (i, out, None)
+                break
+        if found is None:
+            ptr = inp.untyped_storage().data_ptr()
+            for i, out in enumerate(self._outputs):
+                if out.requires_grad and out.untyped_storage().data_ptr() == ptr:
+                    view = (tuple(inp.shape), tuple(inp.stride()), inp.storage_offset())
+                    found = (i, out, view)
+                    break
+        if found is None:
+            self._note_unmatched(fn)
+            return
+        i, out, view = found
+        model_args, model_kwargs = self._pending
+        names = ("input", "target")
+        self.setup.batch = Batch(
+            args=clone_tree(tuple(model_args)),
+            kwargs=clone_tree(dict(model_kwargs)),
+            loss_fn=fn,
+            loss_args=clone_tree(tuple(args[2:])),
+            loss_kwargs=clone_tree({k: v for k, v in kwargs.items() if k not in names}),
+            target=tgt.detach().clone(),
+            out_index=i,
+            view=view,
+            out_layout=(tuple(out.shape), tuple(out.stride()), out.storage_offset()),
+            step=ctx.state.step,
+            source=user_source(skip=2),
+        )
+        self._pending, self._outputs = None, []
+
+    def _note_unmatched(self, fn: str) -> None:
+        if len(self._unmatched) < 8:
+            self._unmatched.append(fn)
+
+    def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        batch = self.setup.batch if self.setup is not None else None
+        if batch is not None and step > batch.step and not self._done:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._done = True
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        if self._listening:
+            remove_loss_listener(self)
+            self._listening = False
+        self._pending, self._outputs = None, []
+
+    def detach(self) -> None:
+        self._stop()
+        super().detach()
+
+    def run_experiments(self, step: int, rec: Recorder) -> None:
+        """At close, hooks detached: the recipe on a copy, one `experiment` event each."""
+        if not experiments.enabled() and self.setup is None and self.skipped is None:
+            return
+        from ..experiments.recipe import run_recipe
+
+        if self.setup is None or self.setup.batch is None:
+            reason = self.skipped
+            if reason is None and self.setup is not None:
+                reason = (
+                    f"the loss is custom code: no standard loss was called on the model's output "
+                    f"(seen: {', '.join(self._unmatched)} on other tensors)"
+                    if self._unmatched
+                    else "the loss is custom code (no torch.nn.functional loss call on the "
+                    "model's output): it cannot be replayed"
+                )
+            if reason is None:
+                return
+            rec.event(step, "experiment", name="skipped", verdict="not_measured", reason=reason)
+            return
+        for event in run_recipe(self.setup):
+            rec.event(step, "experiment", **event)
+
+
+def _plain(value: Any) -> Any:
+    """A group setting as the experiments use it (a tensor lr read once, at attach)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return value

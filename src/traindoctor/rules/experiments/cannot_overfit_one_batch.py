@@ -1,0 +1,124 @@
+"""TD702 cannot-overfit-one-batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from ._experiments import cost, curve_text, experiment
+
+
+@rule(
+    code="TD702",
+    name="cannot-overfit-one-batch",
+    severity=Severity.INFO,
+    summary="Overfit one batch on a copy: whether the model and loss can drive the loss on one "
+    "fixed batch toward its floor with the user's optimizer, at lr x1, x10 and x0.1.",
+    events=("experiment",),
+    priority=15,
+)
+def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Karpathy's "overfit one batch": any working model/loss pipeline can memorize one small
+    batch. The captured batch is trained on, alone, for K steps (50) on a copy of the model
+    from its initial weights, with a fresh optimizer of the user's class and hyper-parameters
+    (param groups, betas, weight decay, momentum), at the user's learning rate; when that does
+    not fit, at 10x and 0.1x. It is reported for every checked run: it fits (with the lr that
+    did), partially, or not at all, with the curves.
+
+    ## Why it matters
+    When the loss cannot fall on one batch at any learning rate, the bug is in the model or the
+    loss (a broadcast in the loss, an output that blocks the gradient, a detached head, a
+    target the model cannot express), not in the data, the amount of training or the lr; a run
+    whose loss is stuck can then stop tuning the lr. When it fits at 10x but not at the user's
+    lr, the lr is the suspect. When it fits at once, a stuck full run points at the data.
+
+    ## How it is measured
+    At close, every hook detached: the batch (model inputs, the standard loss called on the
+    model's output, its target and options, cloned when captured) is replayed on a deep copy,
+    inside `torch.random.fork_rng`, so the user's weights, gradients, optimizer state, RNG and
+    data loader are untouched. "Fits": the loss above its floor (0 for hard targets) falls to
+    10% of its start; "cannot fit": above 50% at every lr (the floor unknown, soft targets or
+    label smoothing: not even 10% lower). Cost: 50 to 150 steps of the copy on one batch.
+
+    ## Example
+    ```python
+    pred = model(x)                       # (B, 1)
+    loss = F.mse_loss(pred, y)            # y is (B,): broadcast to (B, B)
+    # TD702: lr x1: 1.9 -> 1.0, x10: 1.9 -> 1.0, x0.1: 1.9 -> 1.7: cannot fit, at any lr
+    ```
+
+    ## Fix
+    Look at the loss and the model's output path first (the other findings name the op or the
+    shape); the learning rate is not the cause when no lr fits.
+    ```python
+    loss = F.mse_loss(model(x).squeeze(1), y)   # shapes (B,) and (B,)
+    ```
+
+    ## Known false positives
+    A model much too small for the batch, strong regularization (dropout, weight decay) or a
+    loss with a large irreducible part can stay above 50% in 50 steps: reported as info.
+    """
+    e = experiment(tl, "overfit_one_batch")
+    if e is None or e.get("verdict") in ("error", None):
+        return
+    facts = e.get("facts") or {}
+    curves = e.get("curves") or {}
+    verdict = e.get("verdict")
+    if verdict == "not_measured":
+        yield tl.finding(
+            title=f"Overfit one batch not measured: {e.get('reason')}",
+            step=e.get("step"),
+            evidence={"reason": e.get("reason")},
+        )
+        return
+    lr = facts.get("lr") or []
+    lr_text = ", ".join(f"{v:g}" for v in lr if v is not None) or "?"
+    opt = facts.get("optimizer")
+    if verdict == "ok":
+        fit = facts.get("fit_at_lr_scale")
+        label = f"lr x{fit:g}"
+        title = (
+            f"The model overfits one batch: {curve_text(curves.get(label, []), 25)} in "
+            f"{facts.get('k')} steps of {opt} at {label} (lr {lr_text})"
+        )
+        cause = (
+            "the model and loss can fit one batch"
+            + ("; only at 10x the lr: the lr may be too low" if fit == 10 else "")
+            + ("; only at 0.1x the lr: the lr may be too high" if fit == 0.1 else "")
+        )
+    elif verdict == "partial":
+        title = (
+            f"The model fits one batch only partly: best ratio to start "
+            f"{min(facts.get('ratios', {}).values(), default=1):.2f} over lr x1/x10/x0.1 of {opt}"
+        )
+        cause = "the loss on one batch falls, but not toward its floor in K steps"
+    else:
+        title = (
+            f"The model cannot overfit one batch at any lr ({opt}, lr {lr_text} x1/x10/x0.1): "
+            + "; ".join(f"{k}: {curve_text(v, 50)}" for k, v in curves.items())
+        )
+        cause = (
+            "the loss on one fixed batch does not fall at any lr: the bug is in the model or "
+            "the loss, not in the data or the learning rate"
+        )
+    yield tl.finding(
+        title=title,
+        step=e.get("step"),
+        evidence={
+            "verdict": verdict,
+            "curves": curves,
+            **facts,
+            "cost": cost(e),
+            "loss_fn": e.get("loss_fn"),
+        },
+        where=Where(source=e.get("source")),
+        cause=cause,
+        fix="nothing to fix in the model/loss pipeline: it can fit one batch"
+        if verdict == "ok"
+        else "inspect the model's output path and the loss call (shapes, detach, clamps) "
+        "before tuning the lr",
+    )

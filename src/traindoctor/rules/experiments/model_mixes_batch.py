@@ -1,0 +1,85 @@
+"""TD704 model-mixes-batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...findings import Finding, Severity, Where
+from ...timeline import TimelineView
+from .._registry import rule
+from ._experiments import experiment
+
+
+@rule(
+    code="TD704",
+    name="model-mixes-batch",
+    severity=Severity.INFO,
+    summary="Batch independence on a copy: the gradient of example i's output with respect to "
+    "example j's input (j != i), BatchNorm and Dropout in eval mode; non-zero names the op.",
+    events=("experiment",),
+    priority=10,
+)
+def model_mixes_batch(tl: TimelineView) -> Iterator[Finding]:
+    """
+    ## What it detects
+    Karpathy's batch-independence check: with BatchNorm (and Dropout) in eval mode on a copy,
+    example i's output must not depend on example j's input. A non-zero d output[i] /
+    d input[j] means the model mixes examples: a `view`/`reshape` across the batch dim
+    (`x.view(-1, B)` instead of `x.view(B, -1)`), a `transpose` before it, a softmax or a
+    normalization over dim 0, an RNN fed `(B, T, D)` without `batch_first=True` (it runs along
+    the batch). The finding names the autograd op where the mixing starts and its line.
+
+    ## Why it matters
+    Each example's prediction then depends on the others in its batch: training fits batch
+    statistics, evaluation depends on the batch size and order, and nothing crashes.
+
+    ## How it is measured
+    At close, on a deep copy from the initial weights: one forward of the captured batch with
+    the input requiring grad (anomaly mode on, to keep each op's line), then backward from
+    output[B // 2].sum(); a hook on every autograd node finds the first one (backward order)
+    that sends gradient into another example's rows. Mixing: another example's input gradient
+    above 1e-6 of the example's own. Floating-point positional inputs only (token ids: not
+    measured); the output's dim 0 must be the batch.
+
+    ## Example
+    ```python
+    out, _ = self.lstm(x)          # x is (B, T, D); nn.LSTM(batch_first=False) reads (T, B, D)
+    # TD704: example 16's output depends on 16 other examples (op MkldnnRnnLayerBackward0)
+    ```
+
+    ## Fix
+    ```python
+    self.lstm = nn.LSTM(d, h, batch_first=True)   # (B, T, D) inputs
+    x = x.reshape(x.size(0), -1)                  # flatten each example, not the batch
+    ```
+
+    ## Known false positives
+    Models that mix the batch on purpose (attention across the batch, in-batch negatives
+    inside the model) are reported too: then it is what they do.
+    """
+    e = experiment(tl, "batch_independence")
+    if e is None or e.get("verdict") in ("error", None, "not_measured"):
+        return
+    facts = e.get("facts") or {}
+    if e.get("verdict") == "independent":
+        yield tl.finding(
+            title=f"Examples are independent: example {facts.get('example')}'s output has no "
+            f"gradient into the {int(facts.get('batch', 1)) - 1} other inputs of the batch",
+            step=e.get("step"),
+            evidence={**facts, "seconds": e.get("seconds")},
+            fix="nothing to fix: each example's output depends on its own input only",
+        )
+        return
+    op = facts.get("op")
+    at = f" (op {op}" + (f" at {facts['op_source']}" if facts.get("op_source") else "") + ")"
+    yield tl.finding(
+        title=f"The model mixes the examples of a batch: example {facts.get('example')}'s output "
+        f"depends on {facts.get('examples_mixed_in')} other examples' inputs" + (at if op else ""),
+        step=e.get("step"),
+        evidence={**facts, "seconds": e.get("seconds")},
+        where=Where(op=op, source=facts.get("op_source") or e.get("source")),
+        cause="an op moves values across the batch dim (a view/reshape/transpose across it, a "
+        "reduction or softmax over dim 0, an RNN run along the batch)",
+        fix="keep dim 0 the batch: x.reshape(x.size(0), -1), softmax(dim=-1), "
+        "nn.LSTM(batch_first=True) for (B, T, D) inputs",
+    )

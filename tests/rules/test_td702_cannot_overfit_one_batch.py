@@ -1,0 +1,66 @@
+"""TD702 cannot-overfit-one-batch on hand-built timelines (the experiment itself:
+tests/experiments/test_recipe_scenarios.py)."""
+
+from __future__ import annotations
+
+from traindoctor.testing import assert_fires, assert_silent, make_timeline, run_rule
+
+
+def overfit_event(verdict: str, curves: dict, ratios: dict, fit=None) -> dict:
+    return {
+        "kind": "experiment",
+        "step": 20,
+        "name": "overfit_one_batch",
+        "verdict": verdict,
+        "loss_fn": "mse_loss",
+        "source": "train.py:30",
+        "seconds": 0.4,
+        "steps": sum(len(c) - 1 for c in curves.values()),
+        "curves": curves,
+        "facts": {
+            "ratios": ratios,
+            "floor": 0.0,
+            "fit_at_lr_scale": fit,
+            "optimizer": "Adam",
+            "lr": [0.01],
+            "k": 50,
+        },
+    }
+
+
+def test_fails_at_every_lr_says_the_bug_is_not_the_lr():
+    curves = {k: [2.0] + [1.1] * 50 for k in ("lr x1", "lr x10", "lr x0.1")}
+    e = overfit_event("failed", curves, {k: 0.55 for k in curves})
+    f = assert_fires("TD702", make_timeline(events=[e], last_step=20))
+    assert "cannot overfit one batch at any lr" in f.title
+    assert "not in the data or the learning rate" in f.cause
+    assert f.evidence["curves"] == curves and f.evidence["cost"].startswith("150 steps")
+
+
+def test_fits_names_the_lr_that_did():
+    curves = {"lr x1": [1.4, 0.9], "lr x10": [1.4, 0.01]}
+    e = overfit_event("ok", curves, {"lr x1": 0.6, "lr x10": 0.007}, fit=10.0)
+    f = assert_fires("TD702", make_timeline(events=[e], last_step=20))
+    assert "overfits one batch" in f.title and "lr x10" in f.title
+    assert "too low" in f.cause
+
+
+def test_partial_and_not_measured():
+    curves = {k: [1.0, 0.7] for k in ("lr x1", "lr x10", "lr x0.1")}
+    f = assert_fires(
+        "TD702", make_timeline(events=[overfit_event("partial", curves, {"lr x1": 0.3})])
+    )
+    assert "only partly" in f.title
+    e = {
+        "kind": "experiment",
+        "step": 3,
+        "name": "overfit_one_batch",
+        "verdict": "not_measured",
+        "reason": "no torch optimizer holds the model's params",
+    }
+    (f,) = run_rule("TD702", make_timeline(events=[e], last_step=3))
+    assert "not measured" in f.title
+
+
+def test_silent_without_the_experiment():
+    assert_silent("TD702", make_timeline(last_step=20))
