@@ -160,3 +160,39 @@ def test_no_collective_and_the_same_parameters_with_and_without_traindoctor(tmp_
     assert [ln[3] for ln in out["watched"]] == ["0", "0"]  # collectives from traindoctor
     job = json.loads(next((tmp_path / "runs").glob("*/findings.json")).read_text())
     assert not [f for f in job["findings"] if f["code"].startswith("TD6")]
+
+
+# The module inside the DDP wrapper handed to td.watch (as the framework integrations do): the
+# probe finds its wrapper at the first training forward (DDP's active module) and judges it.
+UNWRAPPED = """
+import torch.distributed as dist
+import traindoctor as td
+from traindoctor.scenarios.distributed.td601_ddp_replicas_drift import train
+dist.init_process_group("gloo")
+docs = []
+def watch(model, opt):
+    docs.append(td.watch(model.module, opt, out_dir="runs", console=False))
+    return docs[-1]
+train(steps=24, watch=watch, bug="bypass")
+docs[0].close()
+dist.destroy_process_group()
+"""
+
+
+def test_a_watched_module_inside_ddp_is_judged_with_its_wrapper(tmp_path):
+    (tmp_path / "rank.py").write_text(UNWRAPPED)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    p = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "rank.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TRAINDOCTOR_PLOTS": "0"},
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    job = json.loads(next((tmp_path / "runs").glob("*/findings.json")).read_text())
+    top = job["findings"][0]
+    assert top["code"] == "TD601", _describe(job)
+    assert "td601_ddp_replicas_drift.py" in top["where"]["source"]
+    assert all(not p.startswith("module.") for p in top["where"]["params"])

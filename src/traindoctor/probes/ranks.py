@@ -14,7 +14,11 @@ timeline, and the ranks are compared at the merge, after the job.
   own buffer broadcast (buffers then match across ranks when `broadcast_buffers=True`).
   The same hook counts the training forwards of the wrapped module that did not come through
   its wrapper (`model.module(x)`: DDP never all-reduces that step's gradients), with the user's
-  line of the first; hooks on the wrapper mark the forwards that do. The wrapper's settings
+  line of the first; hooks on the wrapper mark the forwards that do. A watched module that is
+  itself wrapped by a DDP the script did not hand over (`td.watch(model.module)`, the
+  framework integrations, which watch the unwrapped module) is matched to its wrapper at its
+  first training forwards, where DDP names itself the active one
+  (`DistributedDataParallel._active_ddp_module`). The wrapper's settings
   (`broadcast_buffers`, `find_unused_parameters`) and the parameters DDP does not synchronize
   (registered after wrapping, or ignored) are recorded when they change.
 - DistributedSampler: the DataLoaders the data probe saw iterated (its `DataLoader.__iter__`
@@ -65,6 +69,7 @@ RANKS_SAMPLER = signal(
 
 FP_EVERY = 100  # a fingerprint step every this many steps, past the powers of two
 MAX_LOADERS = 8  # DistributedSampler loaders followed
+FIND_FORWARDS = 8  # training forwards of an unwrapped model looked at for its DDP wrapper
 
 
 def fingerprint_step(step: int) -> bool:
@@ -109,7 +114,10 @@ class RanksProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self.info: RankInfo | None = None
-        self._wrappers: list[tuple[str, torch.nn.Module]] = []
+        # (watched model prefix, its DDP wrapper, the name prefix of the wrapped module's
+        # params: "<prefix>module." when the wrapper is watched, "<prefix>" when the module is)
+        self._wrappers: list[tuple[str, torch.nn.Module, str]] = []
+        self._ddp: type | None = None
         self._through = 0  # forwards of a DDP wrapper under way (its module is called inside)
         self._step = 1
         self._fp_due = False
@@ -125,28 +133,37 @@ class RanksProbe(Probe):
         self.info = detect()
         if self.info is None:
             return  # a single process: nothing to compare across ranks
-        ddp = _ddp_class()
+        ddp = self._ddp = _ddp_class()
         if ddp is None:
             return
+        unwrapped = []
         for prefix, model in ctx.eager_models().items():
             if isinstance(model, ddp) and isinstance(
                 getattr(model, "module", None), torch.nn.Module
             ):
-                self._wrappers.append((prefix, model))
+                self._wrappers.append((prefix, model, f"{prefix}module."))
+            else:
+                unwrapped.append((prefix, model))
         fsdp = _fsdp_classes()
         self._sharded = [
             prefix.rstrip(".") or "<model>"
             for prefix, model in ctx.models.items()
             if fsdp and any(isinstance(m, fsdp) for m in model.modules())
         ]
-        for prefix, wrapper in self._wrappers:
-            self.handles.append(
-                wrapper.register_forward_pre_hook(ctx.hook("probe ranks", self._enter))
-            )
-            self.handles.append(wrapper.register_forward_hook(ctx.hook("probe ranks", self._leave)))
+        for prefix, wrapper, base in self._wrappers:
+            self._hook_wrapper(wrapper)
             self.handles.append(
                 wrapper.module.register_forward_pre_hook(
-                    ctx.hook("probe ranks", self._make_inner(prefix, wrapper, rec))
+                    ctx.hook("probe ranks", self._make_inner(prefix, base, rec))
+                )
+            )
+        for prefix, model in unwrapped:
+            # The module inside a DDP wrapper the script did not hand over (the framework
+            # integrations watch the unwrapped module): found at its first training forwards,
+            # where DDP names itself the active wrapper.
+            self.handles.append(
+                model.register_forward_pre_hook(
+                    ctx.hook("probe ranks", self._make_finder(prefix, rec))
                 )
             )
         self._step = ctx.state.step
@@ -170,6 +187,34 @@ class RanksProbe(Probe):
             self._bypass = None
 
     # -- DDP --------------------------------------------------------------------------------
+    def _hook_wrapper(self, wrapper: torch.nn.Module) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        self.handles.append(wrapper.register_forward_pre_hook(ctx.hook("probe ranks", self._enter)))
+        self.handles.append(wrapper.register_forward_hook(ctx.hook("probe ranks", self._leave)))
+
+    def _make_finder(self, prefix: str, rec: Recorder):
+        found: list[Any] = []  # the inner hook, once the wrapper is found
+        tries = [0]
+
+        def pre(module: torch.nn.Module, args: Any) -> None:
+            if found:
+                found[0](module, args)
+                return
+            if tries[0] >= FIND_FORWARDS or not self._training(module):
+                return
+            tries[0] += 1
+            active = getattr(self._ddp, "_active_ddp_module", None)
+            if active is None or getattr(active, "module", None) is not module:
+                return
+            self._wrappers.append((prefix, active, prefix))
+            self._hook_wrapper(active)  # from its next forward on (this one is under way)
+            self._fp_due = fingerprint_step(self._step)
+            found.append(self._make_inner(prefix, prefix, rec))
+            found[0](module, args)
+
+        return pre
+
     def _enter(self, _module: torch.nn.Module, _args: Any) -> None:
         self._through += 1
 
@@ -185,11 +230,11 @@ class RanksProbe(Probe):
             and not ctx.state.validating
         )
 
-    def _make_inner(self, prefix: str, wrapper: torch.nn.Module, rec: Recorder):
+    def _make_inner(self, prefix: str, base: str, rec: Recorder):
         def pre(module: torch.nn.Module, _args: Any) -> None:
             if not self._training(module):
                 return
-            if self._through == 0:
+            if self._through == 0 and getattr(self._ddp, "_active_ddp_module", None) is None:
                 if self._bypass_source is None:
                     self._bypass_source = user_source(skip=1) or "?"
                 if self._bypass is None:
@@ -198,13 +243,12 @@ class RanksProbe(Probe):
             if self._fp_due and prefix not in self._fp_done:
                 self._fp_done.add(prefix)
                 self._note_ddp(self._step, rec)
-                self._fingerprint(prefix, module, rec)
+                self._fingerprint(base, module, rec)
 
         return pre
 
-    def _fingerprint(self, prefix: str, module: torch.nn.Module, rec: Recorder) -> None:
+    def _fingerprint(self, base: str, module: torch.nn.Module, rec: Recorder) -> None:
         step = self._step
-        base = f"{prefix}module."
         for tensors, signal_name in (
             (list(module.named_parameters()), RANKS_PARAM_FP),
             (list(module.named_buffers()), RANKS_BUFFER_FP),
@@ -227,13 +271,13 @@ class RanksProbe(Probe):
 
     def _note_ddp(self, step: int, rec: Recorder) -> None:
         facts: dict[str, Any] = {}
-        for prefix, wrapper in self._wrappers:
+        for prefix, wrapper, base in self._wrappers:
             synced = getattr(wrapper, "_module_parameters", None)
             unsynced: list[str] | None = None
             if isinstance(synced, list):
                 ids = {id(p) for p in synced}
                 unsynced = [
-                    f"{prefix}module.{n}"
+                    f"{base}{n}"
                     for n, p in wrapper.module.named_parameters()
                     if p.requires_grad and id(p) not in ids
                 ]
@@ -247,7 +291,7 @@ class RanksProbe(Probe):
                 ),
                 "find_unused_parameters": bool(getattr(wrapper, "find_unused_parameters", False)),
                 "unsynced": unsynced,
-                "ignored": sorted(f"{prefix}module.{n}" for n in ignored),
+                "ignored": sorted(f"{base}{n}" for n in ignored),
             }
         for name in self._sharded:
             facts.setdefault(name, {"kind": "fsdp"})

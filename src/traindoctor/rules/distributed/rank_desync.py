@@ -9,7 +9,7 @@ from typing import Any
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from .._util import common_module, module_of
+from .._util import common_module
 
 PARAMS = "job.param_fp"
 BUFFERS = "job.buffer_fp"
@@ -247,7 +247,7 @@ def _finding(
             "update the model only through the DDP wrapper's forward/backward and the same "
             "optimizer on every rank"
         )
-    module = common_module(names) or (module_of(names[0]) if names else None)
+    module = common_module(names)  # None when the tensors span several modules
     title = (
         f"DDP replicas' {kind} differ across ranks from step {first_step}"
         + (f" (in sync at step {in_sync[-1]})" if in_sync else "")
