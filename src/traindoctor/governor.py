@@ -18,10 +18,12 @@ wall clock from one step's end to the next, and splits the steps by kind:
     ratio = 1 + extra / (sum of step walls - extra of the steps)
 
 where extra adds the costs above and attach: the summed walls hold the user's own irregular
-work (validation, data stalls) on both sides, as a side-by-side comparison would. Medians, not
-means, and an interval from their notches (1.57 IQR / sqrt(n)); a wide one is called noisy.
-Only step ends are timed (two clock reads a step), and the samples are bounded and decimated
-by count. Nothing here feeds the schedule (budget.py) or any rule: timing decides nothing.
+work (validation, data stalls) on both sides, as a side-by-side comparison would. Step walls
+enter as medians, not means, with an interval from their notches (1.57 IQR / sqrt(n)); a wide
+one is called noisy. Timed costs are summed. One clock read more per step end, and samples
+bounded and decimated by count. Nothing here feeds the schedule (budget.py) or any rule: timing
+decides nothing. Not seen: Python's garbage collector running longer over our objects, and
+the report files written after close()'s rules.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 # What one timed section costs outside its own timer (torch's hook dispatch, the wrapper's
 # frame, two clock reads), per Budget.spend call: bench/governor_honesty.py --dispatch
-# measured 1.1-1.3 us on this CPU (torch 2.13), one thread.
+# measured 1.2 us (load 1.5) and 1.5 us (load 11) on this CPU (torch 2.13), one thread.
 UNTIMED_PER_CALL = 1.2e-6
 # Wider than this (ratio_high - ratio_low) and the estimate is reported as noisy.
 NOISY_WIDTH = 0.02
