@@ -7,7 +7,8 @@ come from traindoctor). Watched by td.watch and by `torchrun -m traindoctor run`
 completes with parameters bit-identical to the plain job, no internal error, no collective
 from traindoctor (DTensor's functional collectives counted too), parameter names as the module
 names them and the audit (TD502) counting the whole model, and nothing but the audit reported
-on a healthy run."""
+on a healthy run; a NaN on rank 1 is reported (TD201 on rank 1) without a collective or a
+hang."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ SCRIPT = (
 import torch
 import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
-how = sys.argv[1]  # watch (td.watch), zero (under traindoctor run), plain
+how = sys.argv[1]  # watch (td.watch), zero (under traindoctor run), plain; nan: watch + a NaN
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
@@ -67,11 +68,13 @@ fully_shard(model)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
 g = torch.Generator().manual_seed(rank)
 doc = None
-if how == "watch":
+if how in ("watch", "nan"):
     import traindoctor as td
     doc = td.watch(model, opt, out_dir="runs", console=False)
 for step in range(25):
     x = torch.randn(32, 8, generator=g)
+    if how == "nan" and rank == 1 and step == 9:
+        x[0, 0] = float("nan")  # BAD RECORD on rank 1: the job's parameters all turn NaN
     opt.zero_grad()
     loss = nn.functional.cross_entropy(model(x), x[:, :3].argmax(1))
     loss.backward()
@@ -88,7 +91,7 @@ dist.destroy_process_group()
 """
 )
 
-HOWS = ("watch", "zero", "plain")
+HOWS = ("watch", "zero", "plain", "nan")
 
 
 def _torchrun(root: Path, how: str) -> tuple[Path, int, str]:
@@ -110,7 +113,7 @@ def jobs(tmp_path_factory):
         pytest.skip("torchrun is not installed")
     pytest.importorskip("torch.distributed.fsdp").fully_shard  # noqa: B018
     root = tmp_path_factory.mktemp("fsdp2")
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {how: pool.submit(_torchrun, root, how) for how in HOWS}
         return {how: f.result() for how, f in futures.items()}
 
@@ -155,3 +158,20 @@ def test_parameters_bit_identical_to_the_plain_job(jobs, how):
         plain = torch.load(jobs["plain"][0] / f"params_plain_{rank}.pt")
         assert watched.keys() == plain.keys()
         assert all(torch.equal(watched[k], plain[k]) for k in plain), (how, rank)
+
+
+def test_a_nan_on_one_rank_is_reported_without_a_collective_or_a_hang(jobs):
+    """The NaN's autopsy (which replays modules on a bad step) must not run an FSDP module's
+    forward again: that would all-gather its parameters on one rank only."""
+    folder, code, out = jobs["nan"]
+    assert code == 0, out[-4000:]
+    for rank in (0, 1):
+        line = f"rank {rank} done, parameters ['DTensor'], collectives from traindoctor: 0"
+        assert line in out, out[-4000:]
+    found = [p.parent for p in (folder / "runs").glob("*/findings.json")]
+    data = json.loads((found[0] / "findings.json").read_text())
+    assert [r["status"] for r in data["ranks"]] == ["closed", "closed"]
+    assert [1] in [f["ranks"] for f in data["findings"] if f["code"] == "TD201"], data["findings"]
+    for rank in (0, 1):
+        own = json.loads((found[0] / "ranks" / f"rank{rank}" / "findings.json").read_text())
+        assert not own["internal_errors"], own["internal_errors"]
