@@ -17,7 +17,7 @@ import torch
 
 from .._graph import node_source
 from ..probes.base import iter_tensors
-from .runner import Curve, Replay, Setup, fresh_copy, isolated, train_copy, zeroed
+from .runner import Curve, Replay, Setup, base_lr, fresh_copy, isolated, train_copy, zeroed
 
 OVERFIT_STEPS = 50  # optimizer steps of each overfit-one-batch run
 LR_GRID = (1.0, 10.0, 0.1)  # tried in this order until one fits
@@ -93,8 +93,7 @@ def _init_loss(setup: Setup) -> dict[str, Any]:
     model = fresh_copy(setup)
     replay = Replay(b)
     with torch.no_grad():
-        inp = replay.output(model, b.args, b.kwargs)
-        value = float(_reduced(replay.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)))
+        value = float(replay.loss(model, b.args, b.kwargs))
     facts: dict[str, Any] = {"measured": round(value, ROUND)}
     classes = b.classes
     if classes is not None and classes >= 2 and b.loss_fn in ("cross_entropy", "nll_loss"):
@@ -102,7 +101,7 @@ def _init_loss(setup: Setup) -> dict[str, Any]:
         # predictions: zero logits, or log(1/C) log-probabilities for nll_loss.
         fill = 0.0 if b.loss_fn == "cross_entropy" else -math.log(classes)
         with torch.no_grad():
-            uniform = torch.full_like(inp, fill)
+            uniform = torch.full(b.input_size, fill, device=b.target.device)
             expected = float(_reduced(replay.fn(uniform, b.target, *b.loss_args, **b.loss_kwargs)))
         facts.update(classes=classes, expected=round(expected, ROUND))
         facts["per_example_expected"] = round(math.log(classes), ROUND)
@@ -145,6 +144,22 @@ def _ratio(curve: Curve, floor: float | None) -> float:
     return max(0.0, (curve.best - (floor or 0.0)) / start)
 
 
+def _still_falling(curve: Curve, floor: float | None, tail: int = 10) -> bool:
+    """Whether the loss still falls at the end: over the last `tail` steps at a quarter or
+    more of its average rate over the run (a slow, steady descent: more steps needed), and by
+    more than 0.1% of its distance to the floor. A plateau, or a run that diverged or blew up
+    above 1.5x its start, is not falling."""
+    values = curve.losses
+    if curve.diverged or len(values) <= tail + 1 or not math.isfinite(values[0]):
+        return False
+    if max(values) > 1.5 * values[0] + 1e-12:
+        return False  # it blew up first (too high an lr): recovering is not converging
+    total = values[0] - (floor or 0.0)
+    overall = (values[0] - min(values)) / (len(values) - 1)
+    recent = (values[-tail - 1] - min(values[-tail:])) / tail
+    return total > 0 and overall > 0 and recent >= 0.25 * overall and recent * tail > 1e-3 * total
+
+
 def _overfit(setup: Setup) -> dict[str, Any]:
     if setup.optimizer_class is None:
         return {
@@ -154,6 +169,7 @@ def _overfit(setup: Setup) -> dict[str, Any]:
         }
     floor = _floor(setup)
     curves: dict[str, list[float]] = {}
+    runs: dict[str, Curve] = {}
     ratios: dict[str, float] = {}
     seconds, steps = 0.0, 0
     verdict = "failed"
@@ -161,6 +177,7 @@ def _overfit(setup: Setup) -> dict[str, Any]:
     for scale in LR_GRID:
         curve = train_copy(setup, OVERFIT_STEPS, lr_scale=scale)
         label = f"lr x{scale:g}"
+        runs[label] = curve
         curves[label] = [round(v, ROUND) for v in curve.losses]
         ratios[label] = round(_ratio(curve, floor), 4)
         seconds += curve.seconds
@@ -169,11 +186,13 @@ def _overfit(setup: Setup) -> dict[str, Any]:
             verdict, fit_at = "ok", scale
             break
     best = min(ratios.values())
+    falling = [label for label, c in runs.items() if _still_falling(c, floor)]
     if verdict != "ok":
-        # With an unknown floor the curve must not even fall by 10%: conservative.
+        # With an unknown floor the curve must not even fall by 10%: conservative. A curve
+        # still falling at its end (a small lr, a LoRA) is not a failure: more steps needed.
         limit = FAIL_RATIO if floor is not None else 0.9
-        verdict = "failed" if best > limit else "partial"
-    lrs = [g[1].get("initial_lr", g[1].get("lr")) for g in setup.groups]
+        verdict = "failed" if best > limit and not falling else "partial"
+    lrs = [base_lr(g[1]) for g in setup.groups]
     facts = {
         "ratios": ratios,
         "floor": floor,
@@ -181,6 +200,7 @@ def _overfit(setup: Setup) -> dict[str, Any]:
         "optimizer": setup.optimizer_class.__name__,
         "lr": [float(v) if v is not None else None for v in lrs],
         "k": OVERFIT_STEPS,
+        "still_falling": falling,
     }
     return {"verdict": verdict, "curves": curves, "steps": steps, "facts": facts}
 
@@ -188,7 +208,7 @@ def _overfit(setup: Setup) -> dict[str, Any]:
 def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
     b = setup.batch
     assert b is not None
-    zargs, zkwargs = zeroed(b.args, b.kwargs)
+    zargs, zkwargs = zeroed(b.args, b.kwargs, b.labels)
     # The output's dependence on the input, at init: exactly none when the forward ignores it.
     model = fresh_copy(setup)
     replay = Replay(b)
@@ -224,7 +244,7 @@ def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str
     real_end, zero_end = real_curve.losses[-1], zero_curve.losses[-1]
     facts.update(real_loss=round(real_end, ROUND), zeroed_loss=round(zero_end, ROUND))
     facts["lr_scale"] = scale_lr
-    fitted = bool(overfit) and overfit.get("verdict") in ("ok", "partial")
+    fitted = bool(overfit) and overfit.get("verdict") == "ok"
     if diff <= 1e-7 * max(scale, 1.0):
         verdict = "ignores_input"
     elif math.isfinite(zero_end) and math.isfinite(real_end) and zero_end <= real_end * 1.05:
@@ -282,6 +302,8 @@ def _batch_independence(setup: Setup) -> dict[str, Any]:
     finally:
         torch.set_anomaly_enabled(anomaly)
     out = outs[b.out_index] if b.out_index < len(outs) else None
+    if b.internal:  # the output is the loss: the first output with the batch in dim 0
+        out = next((t for t in outs if t.dim() >= 1 and int(t.shape[0]) == n), out)
     if out is None or out.dim() < 1 or not out.requires_grad:
         return {"verdict": "not_measured", "reason": "the output does not depend on the input"}
     if int(out.shape[0]) != n:

@@ -63,13 +63,25 @@ class Batch:
     step: int
     source: str | None = None
     several_losses: bool = False
+    train_mode: bool = True  # the model's mode in that forward (replayed the same)
+    cast: str | None = None  # the output cast to this dtype before the loss (`.float()`)
+    # The loss was computed inside forward() and returned: output tensor `out_index` is it.
+    internal: bool = False
+    input_shape: tuple[int, ...] | None = None  # the loss input's shape
+    labels: list[int | str] = field(default_factory=list)  # model args holding the target
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        if self.input_shape is not None:
+            return tuple(self.input_shape)
+        return tuple(self.view[0] if self.view is not None else self.out_layout[0])
 
     @property
     def classes(self) -> int | None:
         """Classes of a cross_entropy/nll_loss call with class-index targets, else None."""
         if self.loss_fn not in ("cross_entropy", "nll_loss"):
             return None
-        size = self.view[0] if self.view is not None else self.out_layout[0]
+        size = self.input_size
         if len(size) < 1 or self.target.is_floating_point():
             return None
         return int(size[1]) if len(size) >= 2 else int(size[0])
@@ -210,6 +222,9 @@ class Replay:
         layout = (tuple(out.shape), tuple(out.stride()), out.storage_offset())
         if layout != b.out_layout:
             raise RuntimeError(f"the copy's output layout {layout} is not {b.out_layout}")
+        if b.cast is not None:
+            # The cast of a contiguous-as-captured output: the same layout as the user's.
+            out = out.to(getattr(torch, b.cast))
         if b.view is None:
             return out
         return out.as_strided(*b.view)
@@ -217,8 +232,15 @@ class Replay:
     def loss(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         b = self.batch
         inp = self.output(model, args, kwargs)
-        out = self.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)
+        out = inp if b.internal else self.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)
         return out if out.numel() == 1 else out.mean()
+
+
+def base_lr(settings: dict[str, Any]) -> float | None:
+    """The lr a group's schedule is built around: OneCycleLR's `max_lr`, else a scheduler's
+    `initial_lr`, else the group's `lr` (as it was at attach)."""
+    lr = settings.get("max_lr", settings.get("initial_lr", settings.get("lr")))
+    return float(lr) if isinstance(lr, int | float | torch.Tensor) else None
 
 
 def build_optimizer(setup: Setup, model: torch.nn.Module, lr_scale: float = 1.0):
@@ -228,7 +250,7 @@ def build_optimizer(setup: Setup, model: torch.nn.Module, lr_scale: float = 1.0)
     groups = []
     for indices, settings in setup.groups:
         group = {k: v for k, v in settings.items() if k != "initial_lr"}
-        lr = settings.get("initial_lr", settings.get("lr"))
+        lr = base_lr(settings)
         if isinstance(lr, torch.Tensor):
             lr = float(lr)
         if lr is not None:
@@ -261,7 +283,7 @@ def fresh_copy(setup: Setup) -> torch.nn.Module:
     twin = copy_model(setup.model)
     if setup.init_state is not None:
         twin.load_state_dict(setup.init_state, strict=False)
-    twin.train()
+    twin.train(setup.batch.train_mode if setup.batch is not None else True)
     return twin
 
 
@@ -276,11 +298,14 @@ def train_copy(
     before each step, and the loss after the last one (steps + 1 values)."""
     assert setup.batch is not None
     t0 = time.perf_counter()
+    # Called inside isolated() (the user's RNG forked): each run draws the same dropout masks,
+    # so the curves of the lr grid and of the zeroed inputs start from the same loss.
+    torch.manual_seed(0)
     twin = model if model is not None else fresh_copy(setup)
     replay = Replay(setup.batch)
     args, kwargs = setup.batch.args, setup.batch.kwargs
     if zero_inputs:
-        args, kwargs = zeroed(args, kwargs)
+        args, kwargs = zeroed(args, kwargs, setup.batch.labels)
     opt = build_optimizer(setup, twin, lr_scale)
     values: list[torch.Tensor] = []
     diverged = False
@@ -300,16 +325,19 @@ def train_copy(
     return Curve(losses=losses, seconds=time.perf_counter() - t0, diverged=diverged)
 
 
-def zeroed(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def zeroed(args: tuple, kwargs: dict, labels: list[int | str] = ()) -> tuple[tuple, dict]:
     """The model's inputs with their tensors zeroed: the positional ones, or the first keyword
-    tensor when none is positional (masks and other keywords kept)."""
-    if any(isinstance(a, torch.Tensor) for a in args):
+    tensor when none is positional (masks and other keywords kept); never `labels` (the
+    positions or names of the inputs that hold the loss's target)."""
+    skip = set(labels)
+    if any(isinstance(a, torch.Tensor) and i not in skip for i, a in enumerate(args)):
         return tuple(
-            torch.zeros_like(a) if isinstance(a, torch.Tensor) else a for a in args
+            torch.zeros_like(a) if isinstance(a, torch.Tensor) and i not in skip else a
+            for i, a in enumerate(args)
         ), kwargs
     out = dict(kwargs)
     for k, v in kwargs.items():
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, torch.Tensor) and k not in skip:
             out[k] = torch.zeros_like(v)
             break
     return args, out

@@ -43,6 +43,9 @@ class CaptureProbe(Probe):
         self._pending: tuple[tuple, dict] | None = None
         self._outputs: list[torch.Tensor] = []
         self._listening = False
+        self._training = True
+        self._in_forward = False
+        self._internal: dict[str, Any] | None = None
         self._unmatched: list[str] = []
         self._done = False
 
@@ -54,7 +57,10 @@ class CaptureProbe(Probe):
         from ..experiments.runner import Setup, memory_short
 
         models = {p: m for p, m in ctx.models.items() if isinstance(m, torch.nn.Module)}
-        if len(models) != 1 or len(ctx.models) != 1:
+        if not models:
+            self.skipped = "no nn.Module is watched (tensors trained by hand): nothing to copy"
+            return
+        if len(ctx.models) != 1:
             self.skipped = f"{len(ctx.models)} models watched: the experiments replay one model"
             return
         prefix, model = next(iter(models.items()))
@@ -91,22 +97,34 @@ class CaptureProbe(Probe):
         self._listening = True
 
     def _pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        # A training forward: grad enabled, not inside doc.validating() (a model left in eval
+        # mode by mistake, TD402, is still captured, and replayed in that mode).
         ctx = self.ctx
-        if ctx is None or self._done or not module.training or not torch.is_grad_enabled():
-            self._pending = None
-            return
-        if ctx.state.validating:
+        if ctx is None or self._done or not torch.is_grad_enabled() or ctx.state.validating:
             self._pending = None
             return
         self._pending = (args, kwargs)
+        self._training = module.training
         self._outputs = []
+        self._in_forward = True
+        self._internal = None
 
     def _post(self, _module: torch.nn.Module, _args: Any, output: Any) -> None:
-        if self._pending is not None:
-            self._outputs = list(iter_tensors(output))
+        self._in_forward = False
+        if self._pending is None:
+            return
+        self._outputs = list(iter_tensors(output))
+        internal, self._internal = self._internal, None
+        if internal is not None and "out" in internal and self.setup.batch is None:
+            # The loss was computed inside forward() and returned (a model that takes its
+            # labels, as Hugging Face models do): the replay reads it from the output.
+            for i, out in enumerate(self._outputs):
+                if out is internal["out"]:
+                    self._capture(internal, i, out, None, None, internal=True)
+                    break
 
     # Called by loss_inputs' shared patch for every standard loss call.
-    def loss_call(self, fn: str, args: tuple, kwargs: dict) -> None:
+    def loss_call(self, fn: str, args: tuple, kwargs: dict) -> Any:
         ctx = self.ctx
         if ctx is None or self.setup is None or ctx.state.closed or ctx.state.validating:
             return None
@@ -119,20 +137,29 @@ class CaptureProbe(Probe):
             return None
         t0 = time.perf_counter()
         try:
-            ctx.guard.call("probe capture", self._match, ctx, fn, args, kwargs)
+            return ctx.guard.call("probe capture", self._match, ctx, fn, args, kwargs)
         finally:
             ctx.budget.spend(time.perf_counter() - t0)
-        return None
 
-    def _match(self, ctx: AttachContext, fn: str, args: tuple, kwargs: dict) -> None:
-        from ..experiments.runner import Batch, clone_tree
-
+    def _match(self, ctx: AttachContext, fn: str, args: tuple, kwargs: dict) -> Any:
         inp = _arg(args, kwargs, 0, "input")
         tgt = _arg(args, kwargs, 1, "target")
         if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
-            return
+            return None
         if not torch.is_grad_enabled() or not inp.requires_grad or tgt.requires_grad:
-            return
+            return None
+        if self._pending is not None and self._in_forward:
+            if self._internal is not None:
+                return None  # the first loss computed inside forward() is the one kept
+            internal = self._internal = {
+                "fn": fn,
+                "args": args,
+                "kwargs": kwargs,
+                "input_shape": tuple(inp.shape),
+                "step": ctx.state.step,
+                "source": user_source(skip=2),
+            }
+            return lambda out: internal.__setitem__("out", out)
         if self._pending is None or not self._outputs:
             self._note_unmatched(fn)
             return
@@ -148,24 +175,76 @@ class CaptureProbe(Probe):
                     view = (tuple(inp.shape), tuple(inp.stride()), inp.storage_offset())
                     found = (i, out, view)
                     break
+        cast = None
+        if found is None:
+            # `model(x).float()` (mixed precision), possibly viewed after: a dtype cast of an
+            # output, replayed as the same cast.
+            base = inp if inp._base is None else inp._base
+            node = base.grad_fn
+            if node is not None and node.name() == "ToCopyBackward0":
+                src = node.next_functions[0][0] if node.next_functions else None
+                for i, out in enumerate(self._outputs):
+                    if out.grad_fn is not None and out.grad_fn is src and out.shape == base.shape:
+                        cast = str(base.dtype).removeprefix("torch.")
+                        view = None
+                        if inp is not base:
+                            view = (tuple(inp.shape), tuple(inp.stride()), inp.storage_offset())
+                        found = (i, out, view)
+                        break
         if found is None:
             self._note_unmatched(fn)
-            return
+            return None
         i, out, view = found
+        call = {
+            "fn": fn,
+            "args": args,
+            "kwargs": kwargs,
+            "input_shape": tuple(inp.shape),
+            "step": ctx.state.step,
+            "source": user_source(skip=2),
+        }
+        self._capture(call, i, out, view, cast)
+        return None
+
+    def _capture(
+        self,
+        call: dict[str, Any],
+        i: int,
+        out: torch.Tensor,
+        view: Any,
+        cast: str | None,
+        internal: bool = False,
+    ) -> None:
+        from ..experiments.runner import Batch, clone_tree
+
+        assert self._pending is not None
         model_args, model_kwargs = self._pending
+        args, kwargs = call["args"], call["kwargs"]
+        # The model's inputs that hold the labels (`model(x, targets)`): never zeroed.
+        ptr = _arg(args, kwargs, 1, "target").untyped_storage().data_ptr()
+        labels = [
+            k
+            for k, a in [*enumerate(model_args), *model_kwargs.items()]
+            if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == ptr
+        ]
         names = ("input", "target")
         self.setup.batch = Batch(
             args=clone_tree(tuple(model_args)),
             kwargs=clone_tree(dict(model_kwargs)),
-            loss_fn=fn,
+            loss_fn=call["fn"],
             loss_args=clone_tree(tuple(args[2:])),
             loss_kwargs=clone_tree({k: v for k, v in kwargs.items() if k not in names}),
-            target=tgt.detach().clone(),
+            target=_arg(args, kwargs, 1, "target").detach().clone(),
             out_index=i,
             view=view,
             out_layout=(tuple(out.shape), tuple(out.stride()), out.storage_offset()),
-            step=ctx.state.step,
-            source=user_source(skip=2),
+            step=call["step"],
+            source=call["source"],
+            train_mode=self._training,
+            cast=cast,
+            internal=internal,
+            input_shape=call["input_shape"],
+            labels=labels,
         )
         self._pending, self._outputs = None, []
 

@@ -81,9 +81,10 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
     if verdict == "ok":
         fit = facts.get("fit_at_lr_scale")
         label = f"lr x{fit:g}"
+        at = f"lr {lr_text}" if fit == 1 else f"{label} of the lr ({lr_text})"
         title = (
             f"The model overfits one batch: {curve_text(curves.get(label, []), 25)} in "
-            f"{facts.get('k')} steps of {opt} at {label} (lr {lr_text})"
+            f"{facts.get('k')} steps of {opt} at {at}"
         )
         cause = (
             "the model and loss can fit one batch"
@@ -104,6 +105,11 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
         cause = (
             "the loss on one fixed batch does not fall at any lr: the bug is in the model or "
             "the loss, not in the data or the learning rate"
+        )
+    if facts.get("several_losses"):
+        cause += (
+            f"; the step called several losses: the replay fits its first, "
+            f"`{e.get('loss_fn')}`, alone"
         )
     yield tl.finding(
         title=title,
