@@ -262,7 +262,7 @@ def _replay_steps(src: Timeline, code: str, every: int | None) -> list[dict]:
     step), `code` run with one kept state at the end of every `every`-th step (None: once, at
     close); the last pass's findings."""
     r = get_rule(code)
-    state = r.state()
+    state = r.state() if r.state is not None else None  # a stateless rule reads it all
     tl = Timeline()
     tl.facts = dict(src.facts)
     events = sorted(src.events(), key=lambda e: e["step"])

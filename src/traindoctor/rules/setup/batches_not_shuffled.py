@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import LossInputsScan
+from ._loss_inputs import label_histograms, loss_sites
 
 TOP = "loss_inputs.top_label"
 MIN_STEPS = 6  # observed batches (every step up to 32, then every sampling interval)
@@ -24,9 +24,8 @@ NEARLY = 0.9  # a batch whose top class holds this share of its labels is "singl
     requires=("loss_inputs.labels", "loss_inputs.top_label", "loss_inputs.stats"),
     events=("data_loader", "loss_input"),
     priority=30,
-    state=lambda: LossInputsScan(),
 )
-def batches_not_shuffled(tl: TimelineView, state: LossInputsScan) -> Iterator[Finding]:
+def batches_not_shuffled(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
     Most training batches of a classification loss hold a single class (or nearly), and the
@@ -62,8 +61,8 @@ def batches_not_shuffled(tl: TimelineView, state: LossInputsScan) -> Iterator[Fi
     A curriculum that is meant to present one class at a time, or a segmentation task whose
     images each hold one class, are reported too.
     """
-    sites = state.sites(tl)
-    for sid, rows in _batches(tl, state.histograms(tl)).items():
+    sites = loss_sites(tl)
+    for sid, rows in _batches(tl).items():
         rows = [(s, top, n) for s, top, n in rows if n >= MIN_BATCH]
         if len(rows) < MIN_STEPS:
             continue
@@ -108,13 +107,11 @@ def batches_not_shuffled(tl: TimelineView, state: LossInputsScan) -> Iterator[Fi
         )
 
 
-def _batches(
-    tl: TimelineView, hists: dict[int, list[tuple[int, list[float]]]]
-) -> dict[int, list[tuple[int, int | None, float]]]:
+def _batches(tl: TimelineView) -> dict[int, list[tuple[int, int | None, float]]]:
     """site -> [(step, the batch's class when (nearly) all its labels are one, labels)], from
     the label histograms (<= 64 classes) and the top labels (more classes)."""
     out: dict[int, list[tuple[int, int | None, float]]] = {}
-    for sid, rows in hists.items():
+    for sid, rows in label_histograms(tl).items():
         for step, counts in rows:
             n = sum(counts)
             top = max(range(len(counts)), key=counts.__getitem__) if counts else 0

@@ -8,7 +8,7 @@ from typing import Any
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import LossInputsScan, Site, fmt
+from ._loss_inputs import Site, fmt, loss_sites
 
 CLAMP_SHARE = 0.05  # share of BCE elements pinned at the loss's own log clamp
 MIN_CLAMP_STEPS = 2
@@ -23,9 +23,8 @@ MIN_CLAMP_STEPS = 2
     requires=("loss_inputs.stats", "grads.norm"),
     events=("loss_input",),
     priority=9,
-    state=lambda: LossInputsScan(),
 )
-def degenerate_loss(tl: TimelineView, state: LossInputsScan) -> Iterator[Finding]:
+def degenerate_loss(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
     A loss whose value does not depend on the model by construction, so its gradient is
@@ -65,7 +64,7 @@ def degenerate_loss(tl: TimelineView, state: LossInputsScan) -> Iterator[Finding
     above ~17 and to 0.0 only below ~-103).
     """
     grads = _grad_max(tl)
-    for site in state.sites(tl).values():
+    for site in loss_sites(tl).values():
         f = _one_class(tl, site, grads) or _softmax_one(tl, site, grads) or _clamped(tl, site)
         if f is not None:
             yield f

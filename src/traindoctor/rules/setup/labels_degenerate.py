@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import LossInputsScan, Site
+from ._loss_inputs import Site, label_histograms, loss_sites
 
 MIN_LABELS = 64  # labels seen before "never used" or "always the same" is a verdict
 MIN_STEPS = 4
@@ -22,9 +22,8 @@ MIN_STEPS = 4
     requires=("loss_inputs.stats", "loss_inputs.labels"),
     events=("loss_input",),
     priority=7,
-    state=lambda: LossInputsScan(),
 )
-def labels_degenerate(tl: TimelineView, state: LossInputsScan) -> Iterator[Finding]:
+def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
     The class-index targets of `cross_entropy` / `nll_loss` (functional or module form):
@@ -62,8 +61,8 @@ def labels_degenerate(tl: TimelineView, state: LossInputsScan) -> Iterator[Findi
     A class that is legitimately absent from the training data (a reserved padding, BOS or
     background id) reads as a 1-based labelling, which is why that case is reported as info; a deliberate one-class warm-up reads as constant labels.
     """
-    hists = state.histograms(tl)
-    for site in state.sites(tl).values():
+    hists = label_histograms(tl)
+    for site in loss_sites(tl).values():
         f = (
             _float_labels(tl, site)
             or _out_of_range(tl, site)

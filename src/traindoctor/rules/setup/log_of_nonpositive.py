@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import LossInputsScan, Site, finite, fmt
+from ._loss_inputs import Site, finite, fmt, loss_sites
 
 # Ops that can output values <= 0, whose log is -inf/NaN (anything but a softmax/sigmoid/exp).
 _SAFE = ("SoftmaxBackward0", "SigmoidBackward0", "ExpBackward0", "SoftplusBackward0")
@@ -21,9 +21,8 @@ _SAFE = ("SoftmaxBackward0", "SigmoidBackward0", "ExpBackward0", "SoftplusBackwa
     requires=("loss_inputs.stats",),
     events=("loss_input",),
     priority=22,
-    state=lambda: LossInputsScan(),
 )
-def log_of_nonpositive(tl: TimelineView, state: LossInputsScan) -> Iterator[Finding]:
+def log_of_nonpositive(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
     A log-based loss whose input holds the log of values <= 0: `F.nll_loss` / `F.kl_div` fed
@@ -60,7 +59,7 @@ def log_of_nonpositive(tl: TimelineView, state: LossInputsScan) -> Iterator[Find
     A log of values that are 0 only for masked-out entries which are dropped later still
     counts; the rule needs a non-finite loss or input, so finite results stay silent.
     """
-    for site in state.sites(tl).values():
+    for site in loss_sites(tl).values():
         f = _bce_range(tl, site) or _log_input(tl, site)
         if f is not None:
             yield f

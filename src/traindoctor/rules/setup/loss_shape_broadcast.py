@@ -8,7 +8,7 @@ from typing import Any
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import LossInputsScan, Site
+from ._loss_inputs import Site, label_histograms, loss_sites
 
 # Elementwise losses that broadcast prediction against target instead of refusing.
 ELEMENTWISE = (
@@ -40,11 +40,9 @@ def _numel(shape: list[int]) -> int:
     requires=("loss_inputs.stats", "loss_inputs.labels"),
     events=("loss_call_reversed", "loss_input"),
     priority=17,
-    state=lambda: LossInputsScan(),
 )
 def loss_shape_broadcast(
     tl: TimelineView,
-    state: LossInputsScan,
     *,
     norm_tol: float = 1e-3,
     off_by: float = 0.05,
@@ -129,8 +127,8 @@ def loss_shape_broadcast(
     classes as positions. A `view` that reorders sizes on a tensor whose values were laid out
     that way on purpose.
     """
-    hists = state.histograms(tl)
-    sites = state.sites(tl)
+    hists = label_histograms(tl)
+    sites = loss_sites(tl)
     for site in _reversed_sites(tl, sites).values():
         finding = _broadcast(tl, site)
         if finding is not None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import LossInputsScan, Site, fmt
+from ._loss_inputs import Site, fmt, loss_sites
 
 ROW_TOL = 1e-3  # rows sum to 1 within this: float32 softmax rows are off by ~1e-7
 # Losses that apply their own softmax (over the class dim) or sigmoid (per element).
@@ -40,9 +40,8 @@ def double_sigmoid_floor(positive_share: float) -> float:
     requires=("loss_inputs.stats",),
     events=("loss_input",),
     priority=19,
-    state=lambda: LossInputsScan(),
 )
-def probabilities_as_logits(tl: TimelineView, state: LossInputsScan) -> Iterator[Finding]:
+def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
     Probabilities passed to a loss that expects logits: `F.cross_entropy` /
@@ -95,7 +94,7 @@ def probabilities_as_logits(tl: TimelineView, state: LossInputsScan) -> Iterator
     in front (3 measured steps are required then). Probabilities as *targets* (distillation,
     label smoothing) are fine and not looked at: only the input is.
     """
-    for site in state.sites(tl).values():
+    for site in loss_sites(tl).values():
         if site.fn in SOFTMAX_LOSSES:
             finding = _softmax(tl, site)
         elif site.fn in LOG_PROB_LOSSES:
