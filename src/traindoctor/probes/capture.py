@@ -69,6 +69,12 @@ class CaptureProbe(Probe):
         ):
             self.skipped = "a compiled or DDP-wrapped model is not replayed"
             return
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # A replayed forward of a sharded or synchronized model is a collective the other
+            # ranks never join (FSDP, SyncBatchNorm): no experiment in a multi-process job.
+            self.skipped = "a distributed job: the experiments run in single-process runs only"
+            return
         short = memory_short(model)
         if short is not None:
             self.skipped = short
