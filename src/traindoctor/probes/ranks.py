@@ -161,11 +161,13 @@ class RanksProbe(Probe):
             # The module inside a DDP wrapper the script did not hand over (the framework
             # integrations watch the unwrapped module): found at its first training forwards,
             # where DDP names itself the active wrapper.
-            self.handles.append(
+            handle: list[Any] = []
+            handle.append(
                 model.register_forward_pre_hook(
-                    ctx.hook("probe ranks", self._make_finder(prefix, rec))
+                    ctx.hook("probe ranks", self._make_finder(prefix, rec, handle))
                 )
             )
+            self.handles.extend(handle)
         self._step = ctx.state.step
         self._fp_due = bool(self._wrappers) and fingerprint_step(self._step)
         self._note_ddp(self._step, rec)
@@ -193,7 +195,7 @@ class RanksProbe(Probe):
         self.handles.append(wrapper.register_forward_pre_hook(ctx.hook("probe ranks", self._enter)))
         self.handles.append(wrapper.register_forward_hook(ctx.hook("probe ranks", self._leave)))
 
-    def _make_finder(self, prefix: str, rec: Recorder):
+    def _make_finder(self, prefix: str, rec: Recorder, handle: list[Any]):
         found: list[Any] = []  # the inner hook, once the wrapper is found
         tries = [0]
 
@@ -201,11 +203,13 @@ class RanksProbe(Probe):
             if found:
                 found[0](module, args)
                 return
-            if tries[0] >= FIND_FORWARDS or not self._training(module):
+            if not self._training(module):
                 return
             tries[0] += 1
             active = getattr(self._ddp, "_active_ddp_module", None)
             if active is None or getattr(active, "module", None) is not module:
+                if tries[0] >= FIND_FORWARDS and handle:
+                    handle[0].remove()  # not in a DDP wrapper: no hook on its forwards
                 return
             self._wrappers.append((prefix, active, prefix))
             self._hook_wrapper(active)  # from its next forward on (this one is under way)
