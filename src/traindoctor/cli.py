@@ -136,8 +136,11 @@ def run(max_steps, **options) -> None:
 def check(max_steps, **options) -> None:
     """Run a script for a few optimizer steps (default 20) and report: a quick preflight."""
     # Then Karpathy's recipe on a copy of the model (experiments/): overfit one batch, ...
-    os.environ.setdefault("TRAINDOCTOR_EXPERIMENTS", "1")
-    _do_run(max_steps=max_steps, **options)
+    # unless TRAINDOCTOR_EXPERIMENTS says otherwise.
+    from . import experiments
+
+    with experiments.enable(experiments.enabled() or experiments.ENV not in os.environ):
+        _do_run(max_steps=max_steps, **options)
 
 
 def _do_run(
