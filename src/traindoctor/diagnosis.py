@@ -26,6 +26,10 @@ UNAVAILABLE = (
 #: a later pass over the same timeline reads only the records written since (the live Doctor's
 #: mid-run passes and close()); a new timeline (`report --rediagnose`) starts afresh.
 _STATES: weakref.WeakKeyDictionary[Timeline, dict[Any, Any]] = weakref.WeakKeyDictionary()
+#: An incremental rule keeps exact per-step data (TD108/TD210's loss curve: ~100 bytes a step);
+#: its state starts afresh, from the bounded timeline, at each multiple of this many steps, so a
+#: run of 10^6 steps holds no more of it than one of 2^16. Counted, not timed: same verdicts.
+STATE_EPOCH_STEPS = 1 << 16
 
 
 def unavailable(probes: Iterable[Any], disabled: Collection[str]) -> dict[str, list[str]]:
@@ -112,7 +116,10 @@ def _run(r: Rule, timeline: Timeline, guard: Guard) -> list[Finding] | None:
 
 def _incremental_pass(r: Rule, timeline: Timeline, key: tuple[str, str]) -> list[Finding]:
     states = _STATES.setdefault(timeline, {})
-    state = states.get(key)
-    if state is None:
-        state = states[key] = r.state() if r.state is not None else None
-    return r.run(timeline.view(r), None, state)
+    epoch = timeline.last_step // STATE_EPOCH_STEPS
+    kept = states.get(key)
+    if kept is None or kept[0] != epoch:
+        # A new state each STATE_EPOCH_STEPS steps, read from the bounded timeline (its head,
+        # thinned middle and exact tail): what a state keeps per step stays bounded too.
+        kept = states[key] = (epoch, r.state() if r.state is not None else None)
+    return r.run(timeline.view(r), None, kept[1])
