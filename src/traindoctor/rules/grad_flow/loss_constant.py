@@ -82,14 +82,16 @@ class ConstantScan:
         return tuple(x.reader for x in (self.train, self.val) if x is not None)
 
     def runs(self, tl: TimelineView, which: str, name: str | None) -> Runs:
-        src = getattr(self, which)
+        src = self.train if which == "train" else self.val
         if name is None:
-            setattr(self, which, None)
-            return Runs()
-        if src is None or src.name != name:
+            src = None
+        elif src is None or src.name != name:
             src = _Source(name)
-            setattr(self, which, src)
-        return src.read(tl)
+        if which == "train":
+            self.train = src
+        else:
+            self.val = src
+        return Runs() if src is None else src.read(tl)
 
 
 @rule(
