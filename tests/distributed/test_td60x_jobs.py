@@ -196,3 +196,69 @@ def test_a_watched_module_inside_ddp_is_judged_with_its_wrapper(tmp_path):
     assert top["code"] == "TD601", _describe(job)
     assert "td601_ddp_replicas_drift.py" in top["where"]["source"]
     assert all(not p.startswith("module.") for p in top["where"]["params"])
+
+
+# Lightning's strategy="ddp" with the callback: the LightningModule inside Lightning's DDP is
+# found in memory at attach (its own forward is never the wrapper's) and fingerprinted when
+# each fingerprint step opens. BatchNorm, healthy: silent; a write to a weight on rank 1: TD601.
+LIGHTNING = """import logging, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+import lightning.pytorch as L
+import traindoctor.lightning as tdl
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+BUG = sys.argv[1] == "bug"
+
+class Lit(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        if BUG and self.global_rank == 1 and batch_idx == 2:
+            with torch.no_grad():
+                self.net[0].weight.mul_(0.9)  # BUG: a local write on one rank
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(512, 8, generator=g)
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :3].argmax(1)), batch_size=16)
+torch.manual_seed(0)
+trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=16, logger=False,
+    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    callbacks=[tdl.TraindoctorCallback(out_dir=f"runs_{sys.argv[1]}", console=False)])
+trainer.fit(Lit(), loader)
+"""
+
+
+def test_lightning_ddp_replicas_are_compared(tmp_path):
+    pytest.importorskip("lightning.pytorch")
+    (tmp_path / "train.py").write_text(LIGHTNING)
+
+    def fit(how):
+        return subprocess.run(
+            [sys.executable, "train.py", how],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "TRAINDOCTOR_PLOTS": "0"},
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(("ok", "bug"), pool.map(fit, ("ok", "bug")), strict=True))
+    jobs = {}
+    for how, p in done.items():
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        jobs[how] = json.loads(next((tmp_path / f"runs_{how}").glob("*/findings.json")).read_text())
+    assert not [f for f in jobs["ok"]["findings"] if f["code"].startswith("TD6")], _describe(
+        jobs["ok"]
+    )
+    top = jobs["bug"]["findings"][0]
+    assert top["code"] == "TD601" and top["ranks"] == [0, 1], _describe(jobs["bug"])
+    assert top["where"]["params"] == ["net.0.weight"]

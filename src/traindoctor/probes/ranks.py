@@ -85,6 +85,30 @@ def _ddp_class() -> type | None:
     return DistributedDataParallel
 
 
+def _wrappers_around(
+    models: list[torch.nn.Module], ddp: type
+) -> dict[int, tuple[torch.nn.Module, str]]:
+    """id(model) -> (the DDP wrapper that holds it, its path inside wrapper.module), for
+    watched models inside a DDP the script did not hand over: one pass over the objects the
+    garbage collector tracks, at attach, in a distributed job only."""
+    import gc
+
+    wanted = {id(m): m for m in models}
+    out: dict[int, tuple[torch.nn.Module, str]] = {}
+    try:
+        wrappers = [o for o in gc.get_objects() if isinstance(o, ddp)]
+    except Exception:  # noqa: BLE001
+        return out
+    for w in wrappers:
+        inner = getattr(w, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            continue
+        for path, m in inner.named_modules():
+            if id(m) in wanted and id(m) not in out:
+                out[id(m)] = (w, path)
+    return out
+
+
 def _fsdp_classes() -> tuple[type, ...]:
     """FSDP (FullyShardedDataParallel) and FSDP2 (`fully_shard`: FSDPModule) wrappers."""
     try:
@@ -118,6 +142,10 @@ class RanksProbe(Probe):
         # params: "<prefix>module." when the wrapper is watched, "<prefix>" when the module is)
         self._wrappers: list[tuple[str, torch.nn.Module, str]] = []
         self._ddp: type | None = None
+        # (watched model prefix, the DDP wrapper found around it in memory, the model's path
+        # inside wrapper.module): a model whose own forward the wrapper does not call
+        # (Lightning's training_step), fingerprinted when each fingerprint step opens.
+        self._held: list[tuple[str, torch.nn.Module, str]] = []
         self._through = 0  # forwards of a DDP wrapper under way (its module is called inside)
         self._step = 1
         self._fp_due = False
@@ -127,6 +155,7 @@ class RanksProbe(Probe):
         self._ddp_facts: dict[str, Any] | None = None
         self._sharded: list[str] = []  # models with an FSDP wrapper (sharded: not fingerprinted)
         self._samplers: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, torch.nn.Module] = {}
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -136,6 +165,7 @@ class RanksProbe(Probe):
         ddp = self._ddp = _ddp_class()
         if ddp is None:
             return
+        self._models = dict(ctx.models)
         unwrapped = []
         for prefix, model in ctx.eager_models().items():
             if isinstance(model, ddp) and isinstance(
@@ -157,7 +187,22 @@ class RanksProbe(Probe):
                     ctx.hook("probe ranks", self._make_inner(prefix, base, rec))
                 )
             )
+        held = _wrappers_around([m for _, m in unwrapped], ddp) if unwrapped else {}
         for prefix, model in unwrapped:
+            if id(model) in held:
+                wrapper, path = held[id(model)]
+                if path:  # deeper inside: its forward is not the wrapper's
+                    self._held.append((prefix, wrapper, path))
+                    continue
+                # wrapper.module itself (td.watch(model.module)): as a watched wrapper's
+                self._wrappers.append((prefix, wrapper, prefix))
+                self._hook_wrapper(wrapper)
+                self.handles.append(
+                    model.register_forward_pre_hook(
+                        ctx.hook("probe ranks", self._make_inner(prefix, prefix, rec))
+                    )
+                )
+                continue
             # The module inside a DDP wrapper the script did not hand over (the framework
             # integrations watch the unwrapped module): found at its first training forwards,
             # where DDP names itself the active wrapper.
@@ -182,6 +227,12 @@ class RanksProbe(Probe):
         self._fp_done.clear()
         self._bypass = None
         self._watch_samplers(step, rec)
+        if self._held and fingerprint_step(step):
+            self._note_ddp(step, rec)
+            for prefix, _wrapper, _path in self._held:
+                model = self._models.get(prefix)
+                if model is not None:
+                    self._fingerprint(prefix, model, rec)
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         if self._bypass is not None:
@@ -275,17 +326,26 @@ class RanksProbe(Probe):
 
     def _note_ddp(self, step: int, rec: Recorder) -> None:
         facts: dict[str, Any] = {}
-        for prefix, wrapper, base in self._wrappers:
+        entries = [(p, w, b, w.module, "") for p, w, b in self._wrappers]
+        entries += [
+            (p, w, p, self._models[p], path) for p, w, path in self._held if p in self._models
+        ]
+        for prefix, wrapper, base, inner, path in entries:
             synced = getattr(wrapper, "_module_parameters", None)
             unsynced: list[str] | None = None
             if isinstance(synced, list):
                 ids = {id(p) for p in synced}
                 unsynced = [
                     f"{base}{n}"
-                    for n, p in wrapper.module.named_parameters()
+                    for n, p in inner.named_parameters()
                     if p.requires_grad and id(p) not in ids
                 ]
-            ignored = getattr(wrapper, "parameters_to_ignore", None) or ()
+            within = f"{path}." if path else ""
+            ignored = [
+                n[len(within) :]
+                for n in getattr(wrapper, "parameters_to_ignore", None) or ()
+                if str(n).startswith(within)
+            ]
             facts[prefix.rstrip(".") or "<model>"] = {
                 "kind": "ddp",
                 "broadcast_buffers": bool(
