@@ -18,7 +18,10 @@ timeline, and the ranks are compared at the merge, after the job.
   itself wrapped by a DDP the script did not hand over (`td.watch(model.module)`, the
   framework integrations, which watch the unwrapped module) is matched to its wrapper at its
   first training forwards, where DDP names itself the active one
-  (`DistributedDataParallel._active_ddp_module`). The wrapper's settings
+  (`DistributedDataParallel._active_ddp_module`). A watched model deeper inside a DDP wrapper
+  (Lightning's LightningModule: the wrapper calls its training_step, never its forward) is
+  found in memory at attach (one pass over the garbage collector's objects, only in a
+  distributed job with such a model) and fingerprinted when each fingerprint step opens. The wrapper's settings
   (`broadcast_buffers`, `find_unused_parameters`) and the parameters DDP does not synchronize
   (registered after wrapping, or ignored) are recorded when they change.
 - DistributedSampler: the DataLoaders the data probe saw iterated (its `DataLoader.__iter__`

@@ -53,7 +53,8 @@ def rank_desync(
     the step number alone): one L2 and one L1 norm per parameter tensor and per floating-point
     buffer, two fused `torch._foreach_norm` calls accumulated in float32 (no collective: each
     rank records its own, and the merge compares them after the job). Buffers are taken after
-    DDP's own broadcast, so with `broadcast_buffers=True` they match too.
+    DDP's own broadcast, so with `broadcast_buffers=True` they match too. A model deeper
+    inside the wrapper (Lightning's LightningModule) is fingerprinted when the step opens.
     In healthy DDP the replicas are bit-identical: every rank receives the same bits of the
     all-reduced gradient (each element is reduced once and copied to every rank, as in ring
     and tree all-reduce) and applies the same element-wise optimizer step, and the
