@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,7 @@ SAMPLED_SHARE = 0.5  # of the budget, for sampled steps; the rest is every step'
 # audit, optimizer description). Measured with cProfile on models of 2,000-10,000 tensors.
 STRUCTURAL_PER_MODULE = 100e-6
 STRUCTURAL_PER_TENSOR = 40e-6
+HISTORY_WINDOWS = 50  # overhead windows kept: a long run's history stays bounded
 HORIZON = 1000  # steps over which the structural steps are paid back
 STRUCTURAL_CAP = 0.5  # at most this part of the sampled steps' share pays for them
 
@@ -132,7 +134,8 @@ class Budget:
         self.governor = Governor(clock, structural_steps)
         self._reset_window()
         self.floor_share: float | None = None  # measured: every step's own cost, share of step
-        self.history: list[tuple[int, float, int]] = []  # (step, measured overhead, interval)
+        # (step, measured overhead, interval) of the last windows (the report shows 50)
+        self.history: deque[tuple[int, float, int]] = deque(maxlen=HISTORY_WINDOWS)
 
     def sampled(self, step: int) -> bool:
         return step <= self.structural_steps or step % self.interval == 0

@@ -42,7 +42,7 @@ def record_outcome(
         # what every step costs, as a share of the user's step time (last measurement)
         "floor_share": round(budget.floor_share, 5) if budget.floor_share is not None else None,
         # (step, measured share of step time, interval chosen) per governor window
-        "windows": [[s, round(r, 5), i] for s, r, i in budget.history[-50:]],
+        "windows": [[s, round(r, 5), i] for s, r, i in budget.history],
         # the side-by-side ratio as measured from step times, and as predicted (governor.py)
         **budget.overhead(),
     }
