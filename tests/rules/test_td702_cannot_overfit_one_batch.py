@@ -64,3 +64,11 @@ def test_partial_and_not_measured():
 
 def test_silent_without_the_experiment():
     assert_silent("TD702", make_timeline(last_step=20))
+
+
+def test_lr_too_high_does_not_blame_the_model():
+    curves = {"lr x1": [0.9, 5.0, 300.0], "lr x10": [0.9, 1e9], "lr x0.1": [0.9, 0.6, 0.47]}
+    e = overfit_event("lr_too_high", curves, {"lr x1": 1.0, "lr x10": 1.0, "lr x0.1": 0.51})
+    f = assert_fires("TD702", make_timeline(events=[e], last_step=20))
+    assert "blows up" in f.title and "not established" in f.cause
+    assert "lower the learning rate" in f.fix

@@ -21,8 +21,9 @@ from .runner import Curve, Replay, Setup, base_lr, fresh_copy, isolated, train_c
 
 OVERFIT_STEPS = 50  # optimizer steps of each overfit-one-batch run
 LR_GRID = (1.0, 10.0, 0.1)  # tried in this order until one fits
+LR_EXTRA = (100.0, 1000.0)  # when nothing moved at all on the grid
 FIT_RATIO = 0.1  # fits: the loss above its floor falls to 10% of where it started
-FAIL_RATIO = 0.5  # cannot fit: above 50% of where it started at every lr of the grid
+FIT_LIMIT = 0.5  # cannot fit: above 50% of where it started at every lr of the grid
 INPUT_STEPS = 50  # steps of the input-independent baseline (as the overfit run)
 MIX_TOL = 1e-6  # |d out[i] / d in[j]| over |d out[i] / d in[i]| above this: the batch mixes
 ROUND = 5
@@ -144,6 +145,14 @@ def _ratio(curve: Curve, floor: float | None) -> float:
     return max(0.0, (curve.best - (floor or 0.0)) / start)
 
 
+def _blew_up(curve: Curve) -> bool:
+    """The loss went non-finite or above 1.5x its start (the lr is too high for this run)."""
+    values = curve.losses
+    if curve.diverged or not values or not all(math.isfinite(v) for v in values):
+        return True
+    return max(values) > 1.5 * values[0] + 1e-12
+
+
 def _still_falling(curve: Curve, floor: float | None, tail: int = 10) -> bool:
     """Whether the loss still falls at the end: over the last `tail` steps at a quarter or
     more of its average rate over the run (a slow, steady descent: more steps needed), and by
@@ -174,7 +183,9 @@ def _overfit(setup: Setup) -> dict[str, Any]:
     seconds, steps = 0.0, 0
     verdict = "failed"
     fit_at = None
-    for scale in LR_GRID:
+    grid = list(LR_GRID)
+    while grid:
+        scale = grid.pop(0)
         curve = train_copy(setup, OVERFIT_STEPS, lr_scale=scale)
         label = f"lr x{scale:g}"
         runs[label] = curve
@@ -185,13 +196,26 @@ def _overfit(setup: Setup) -> dict[str, Any]:
         if ratios[label] <= FIT_RATIO:
             verdict, fit_at = "ok", scale
             break
+        # Hardly anything moved at x0.1, x1 or x10 and nothing blew up: the lr may be far
+        # too small to test anything; Karpathy's advice, raise it (x100, x1000).
+        still = min(ratios.values()) > 0.95 and not any(_blew_up(c) for c in runs.values())
+        if not grid and scale == LR_GRID[-1] and still:
+            grid = list(LR_EXTRA)
     best = min(ratios.values())
     falling = [label for label, c in runs.items() if _still_falling(c, floor)]
+    smallest = runs.get(f"lr x{min(LR_GRID):g}")
     if verdict != "ok":
         # With an unknown floor the curve must not even fall by 10%: conservative. A curve
-        # still falling at its end (a small lr, a LoRA) is not a failure: more steps needed.
-        limit = FAIL_RATIO if floor is not None else 0.9
-        verdict = "failed" if best > limit and not falling else "partial"
+        # still falling at its end (a small lr, a LoRA) is not a failure: more steps needed;
+        # one that blows up even at the smallest lr says the lr is too high, not the model.
+        limit = FIT_LIMIT if floor is not None else 0.9
+        user = runs.get("lr x1")
+        if (user is not None and _blew_up(user)) or (smallest is not None and _blew_up(smallest)):
+            verdict = "lr_too_high"  # the user's lr (or even 0.1x) blows up on one batch
+        elif best > limit and not falling:
+            verdict = "failed"
+        else:
+            verdict = "partial"
     lrs = [base_lr(g[1]) for g in setup.groups]
     facts = {
         "ratios": ratios,

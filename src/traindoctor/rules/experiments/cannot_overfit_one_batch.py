@@ -42,7 +42,10 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
     inside `torch.random.fork_rng`, so the user's weights, gradients, optimizer state, RNG and
     data loader are untouched. "Fits": the loss above its floor (0 for hard targets) falls to
     10% of its start; "cannot fit": above 50% at every lr (the floor unknown, soft targets or
-    label smoothing: not even 10% lower). Cost: 50 to 150 steps of the copy on one batch.
+    label smoothing: not even 10% lower), every curve flat at its end and none blown up. A
+    loss that blows up at the script's lr (or at 0.1x) is reported as "lr too high" instead,
+    and one that barely moves on the grid is tried at x100 and x1000. Cost: 50 to 250 steps
+    of the copy on one batch.
 
     ## Example
     ```python
@@ -91,6 +94,14 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
             + ("; only at 10x the lr: the lr may be too low" if fit == 10 else "")
             + ("; only at 0.1x the lr: the lr may be too high" if fit == 0.1 else "")
         )
+    elif verdict == "lr_too_high":
+        title = f"On one batch the loss blows up at the lr ({opt}, lr {lr_text}): " + "; ".join(
+            f"{k}: {curve_text(v, 50)}" for k, v in curves.items()
+        )
+        cause = (
+            "the loss on one fixed batch goes up at the script's lr (or even at 0.1x): the lr "
+            "is too high for this model; whether the model can fit is not established"
+        )
     elif verdict == "partial":
         title = (
             f"The model fits one batch only partly: best ratio to start "
@@ -125,6 +136,8 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
         cause=cause,
         fix="nothing to fix in the model/loss pipeline: it can fit one batch"
         if verdict == "ok"
+        else "lower the learning rate (the curves show where the loss stays finite)"
+        if verdict == "lr_too_high"
         else "inspect the model's output path and the loss call (shapes, detach, clamps) "
         "before tuning the lr",
     )
