@@ -18,6 +18,10 @@ DIAGNOSIS_PER_RECORD_S = 2e-6
 # each multiple of this many steps with no pass or fold since the last: the records between two
 # reads stay under the timeline's exact tail (TAIL steps), however rarely passes are affordable.
 FOLD_EVERY = 1000
+# Predicted cost of a fold per step folded (bench: TD108's and TD210's loss scans, ~22 us a step
+# for both on this CPU). A fold that does not fit the diagnosis share is skipped like a pass:
+# the records it would have read are then thinned first, and those rules read what is kept.
+FOLD_PER_STEP_S = 2.5e-5
 # Backward passes without an optimizer step after which the run is re-diagnosed (TD105).
 NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -53,15 +57,21 @@ class DiagnosisSchedule:
     def fold_due(self, step: int) -> bool:
         """Whether the incremental rules must read the new records now (see FOLD_EVERY):
         counted, not timed, like the passes."""
-        return step % FOLD_EVERY == 0 and step - self.read_at >= FOLD_EVERY
+        if step % FOLD_EVERY or step - self.read_at < FOLD_EVERY:
+            return False
+        work = self.budget.work
+        if work is None:
+            return True
+        share = predicted_step_seconds(work) * self.budget.budget * DIAGNOSIS_SHARE
+        return share >= FOLD_PER_STEP_S
 
     def folded(self, step: int) -> None:
         self.read_at = step
 
     def affordable(self, step: int, timeline_size: int) -> bool:
         """A mid-run diagnosis reads the in-memory timeline (milliseconds; bounded, so it stops
-        growing with the run after a few thousand steps): after the structural steps it runs only when its predicted cost (from the timeline's
-        size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
+        growing with the run after a few thousand steps): after the structural steps it runs
+        only when its predicted cost (from the timeline's size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
         the counted work, budget.py); otherwise it waits for the next due step. Counted, not
         timed: the passes, and the step each finding is first reported at, are the same in
         every run. The full diagnosis at close() is never skipped."""
