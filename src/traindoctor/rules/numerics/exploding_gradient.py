@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Iterator
@@ -519,12 +520,32 @@ def _peer_levels(
                 rel.setdefault(s, {})[layer] = g / w
     out: dict[tuple[str, int], float] = {}
     for s, by_layer in rel.items():
+        # The median of the others, read by index in the step's sorted ratios with this layer's
+        # one left out: O(L log L) a step instead of a list and a sort per layer (O(L^2 log L):
+        # seconds per pass on a model of 10,000 tensors). Same values as statistics.median.
+        ranked = sorted(by_layer.values())
+        where = {layer: bisect.bisect_left(ranked, r) for layer, r in by_layer.items()}
+        n = len(ranked)
         for layer in grads:
-            others = [r for other, r in by_layer.items() if other != layer]
             w = theta.get((layer, s))
-            if others and w:
-                out[(layer, s)] = statistics.median(others) * w
+            skip = where.get(layer)
+            m = n if skip is None else n - 1
+            if m and w:
+                out[(layer, s)] = _median_without(ranked, skip, m) * w
     return out
+
+
+def _median_without(ranked: list[float], skip: int | None, m: int) -> float:
+    """statistics.median of `ranked` (sorted) with the item at index `skip` left out (none when
+    None); m: how many are left."""
+
+    def at(j: int) -> float:
+        return ranked[j if skip is None or j < skip else j + 1]
+
+    half = m // 2
+    if m % 2:
+        return at(half)
+    return (at(half - 1) + at(half)) / 2
 
 
 def _reference(history: list[float], peers: list[float | None], factor: float) -> list[float]:
