@@ -1,16 +1,17 @@
 """Issue 15's live-run rule passes: what a pass costs when the rules keep their state.
 
 bench/timeline_replay.py times a fresh pass (a new timeline, as `report --rediagnose` runs).
-A live run instead diagnoses the same timeline again and again (every 2500 steps after step
-5000, and once more at close()), and the rules declared with `@rule(state=...)` (TD108, TD206,
-TD210) then read only the records written since their last pass. This bench writes
-timeline_replay's synthetic run (the `loss_unclamped` template tiled to N steps) step by step
-into a live timeline, runs `diagnose()` over every rule every `--every` steps, and at each
-checkpoint prints, in CPU ms: each stateful rule's pass (the records of the last `--every`
-steps), the same rule's fresh pass over the whole timeline, the whole pass (every rule;
-the stateless ones still read everything), and the `--top` costliest rules' passes.
+A live run instead diagnoses the same timeline again and again (every 2000 steps after step
+5000, and once more at close()), and the rules declared with `@rule(state=...)` then read only
+the records written since their last pass. This bench writes timeline_replay's synthetic run
+(the `loss_unclamped` template tiled to N steps) step by step into a live timeline, thinned as
+the live Doctor thins it (Timeline.compact every 25 steps: timeline_retention.py), runs
+`diagnose()` over every rule every `--every` steps, and at each checkpoint prints, in CPU ms:
+each stateful rule's pass (the records of the last `--every` steps), the same rule's fresh
+pass over the (bounded) timeline, the whole pass (every rule), the `--top` costliest rules'
+passes, and the records the live timeline holds.
 
-    OMP_NUM_THREADS=1 python bench/incremental_passes.py [--max 100000] [--every 2500]
+    OMP_NUM_THREADS=1 python bench/incremental_passes.py [--max 1000000] [--every 2000]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def cpu_ms(fn) -> float:  # noqa: ANN001
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--max", type=int, default=100_000)
-    ap.add_argument("--every", type=int, default=2500)
+    ap.add_argument("--every", type=int, default=2000)
     ap.add_argument("--template", default="loss_unclamped")
     ap.add_argument("--template-steps", type=int, default=400)
     ap.add_argument("--top", type=int, default=12, help="the costliest passes listed")
@@ -65,6 +66,8 @@ def main() -> None:
         for name, value in signals.items():
             live.record(step, name, value)
         live.last_step = step
+        if step % 25 == 0:
+            live.compact()
         if step % args.every and step not in marks:
             continue
         if step not in marks:
@@ -76,7 +79,9 @@ def main() -> None:
         frs = ", ".join(f"{r.code} {fresh[r.code]:.0f}" for r in stateful)
         print(
             f"step {step}: stateful rules' pass {inc} ms (fresh: {frs} ms); every rule "
-            f"{sum(per.values()):.0f} ms, of which stateless {sum(per.values()) - sum(per[r.code] for r in stateful):.0f}",
+            f"{sum(per.values()):.0f} ms, of which stateless "
+            f"{sum(per.values()) - sum(per[r.code] for r in stateful):.0f}; the live timeline "
+            f"holds {live.size():,} records",
             flush=True,
         )
         top = sorted(per, key=per.get, reverse=True)[: args.top]
