@@ -142,6 +142,8 @@ def test_no_collective_and_the_same_parameters_with_and_without_traindoctor(tmp_
     torchrun = Path(sys.executable).with_name("torchrun")
     out = {}
     for label, extra in (("plain", []), ("watched", ["--watch", str(tmp_path / "runs")])):
+        for r in (0, 1):
+            (tmp_path / f"result.rank{r}").unlink(missing_ok=True)
         p = subprocess.run(
             [str(torchrun), "--standalone", "--nproc_per_node", "2", "rank.py", *extra],
             cwd=tmp_path,
@@ -150,7 +152,11 @@ def test_no_collective_and_the_same_parameters_with_and_without_traindoctor(tmp_
             timeout=240,
             env={**os.environ, "OMP_NUM_THREADS": "1", "TRAINDOCTOR_PLOTS": "0"},
         )
-        assert p.returncode == 0, p.stdout + p.stderr
+        written = all((tmp_path / f"result.rank{r}").is_file() for r in (0, 1))
+        # A rank sometimes aborts in gloo's teardown after its work is done, with or without
+        # traindoctor ("terminate called without an active exception"): not what is tested.
+        teardown = written and "terminate called without an active exception" in p.stderr
+        assert p.returncode == 0 or teardown, f"{label}: {p.stdout}{p.stderr}"
         out[label] = [(tmp_path / f"result.rank{r}").read_text().split() for r in (0, 1)]
     # Each rank's parameters and buffers, bit for bit, with and without traindoctor.
     assert [ln[:3] for ln in out["plain"]] == [ln[:3] for ln in out["watched"]]
