@@ -247,3 +247,34 @@ def remove_our_hooks(model: Any) -> int:
             for key in ours & set(flags or ()):
                 del flags[key]
     return removed
+
+
+# Every hook dict of an nn.Module: a copy for a replay or an experiment leaves them all out.
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def copy_without_hooks(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model` without any hook (theirs and ours): the memo maps every hook
+    dict to an empty one, so a hook's owner (possibly not copyable) is never copied. Raises
+    what `copy.deepcopy` raises (a lock or a generator as an attribute)."""
+    import copy
+
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for attr in HOOK_DICTS:
+            hooks = m.__dict__.get(attr)
+            if hooks is not None:
+                memo[id(hooks)] = type(hooks)()
+    return copy.deepcopy(model, memo)

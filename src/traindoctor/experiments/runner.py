@@ -11,7 +11,6 @@ cloned when the script fed it. Errors are the caller's to record (recipe.py catc
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 import warnings
@@ -21,22 +20,9 @@ from typing import Any
 
 import torch
 
+from .._hooks import copy_without_hooks
 from ..probes.base import iter_tensors
 
-# Hook dicts of nn.Module left out of the copy (as the NaN autopsy's copy does).
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
 # How much memory an experiment may need, in model sizes: the copy, its gradients, two
 # optimizer state tensors per param (Adam), and the initial weights loaded into it.
 MEMORY_FACTOR = 5.0
@@ -169,13 +155,7 @@ def memory_short(model: torch.nn.Module) -> str | None:
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy without any hook: the memo maps each hook dict to an empty one."""
-    memo: dict[int, Any] = {}
-    for m in model.modules():
-        for attr in _HOOK_DICTS:
-            hooks = m.__dict__.get(attr)
-            if hooks is not None:
-                memo[id(hooks)] = type(hooks)()
-    twin = copy.deepcopy(model, memo)
+    twin = copy_without_hooks(model)
     for p in twin.parameters():
         p.grad = None
     return twin

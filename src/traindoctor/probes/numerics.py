@@ -23,7 +23,6 @@ RNG are never touched.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import time
@@ -36,7 +35,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .._graph import graph_nodes, node_source
-from .._hooks import CopySafeHook
+from .._hooks import CopySafeHook, copy_without_hooks
 from .._source import user_line_in_traceback, user_source
 from ..bus import Event
 from ..distributed.dtensor import local_all
@@ -867,21 +866,6 @@ def _module_of(param: str) -> str:
     return param.rsplit(".", 1)[0] if "." in param else "<model>"
 
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
-
-
 def _replayable(model: torch.nn.Module | None) -> torch.nn.Module | None:
     """The module the replay may run without talking to other processes, or None.
 
@@ -903,18 +887,11 @@ def _replayable(model: torch.nn.Module | None) -> torch.nn.Module | None:
 
 
 def _copy_without_hooks(model: torch.nn.Module) -> torch.nn.Module | None:
-    """A deep copy for the replay, without the hooks (theirs and ours): the memo maps every
-    hook dict to an empty one, so a hook's owner (possibly not copyable) is never copied.
-    None if the model still cannot be copied (a lock or a generator as an attribute)."""
-    memo: dict[int, Any] = {}
-    for m in model.modules():
-        for attr in _HOOK_DICTS:
-            hooks = m.__dict__.get(attr)
-            if hooks is not None:
-                memo[id(hooks)] = type(hooks)()
+    """_hooks.copy_without_hooks, or None if the model cannot be copied (a lock or a
+    generator as an attribute): the autopsy then reports from what was measured."""
     try:
-        return copy.deepcopy(model, memo)
-    except Exception:  # noqa: BLE001  (the autopsy then reports from what was measured)
+        return copy_without_hooks(model)
+    except Exception:  # noqa: BLE001
         return None
 
 
