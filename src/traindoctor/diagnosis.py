@@ -59,18 +59,12 @@ def diagnose(
         # Nothing was ever watched (no model, no optimizer): there is no training to judge,
         # and rules such as TD110 would misread the empty timeline.
         return []
-    lost = [
-        (set(timeline.facts.get(fact, ())), declared, key) for fact, _, declared, key in UNAVAILABLE
-    ]
+    lost = _lost(timeline)
     skipped: list[dict[str, Any]] = []
     earlier = {f.key(): f for f in previous}
     fresh: dict[Any, Finding] = {}
     for r in rules:
-        missing = {
-            key: sorted(names.intersection(getattr(r, declared)))
-            for names, declared, key in lost
-            if names
-        }
+        missing = _missing(r, lost)
         if any(missing.values()):
             skipped.append({"code": r.code, **{k: v for k, v in missing.items() if v}})
             continue
@@ -92,14 +86,27 @@ def fold(timeline: Timeline, rules: Iterable[Rule], guard: Guard) -> None:
     before these rules have read it exact, however rarely full passes are affordable."""
     if "models" not in timeline.facts:
         return
-    lost = [set(timeline.facts.get(fact, ())) for fact, _, _, _ in UNAVAILABLE]
-    declared = [d for _, _, d, _ in UNAVAILABLE]
+    lost = _lost(timeline)
     for r in rules:
-        if r.state is None:
-            continue
-        if any(names.intersection(getattr(r, d)) for names, d in zip(lost, declared, strict=True)):
-            continue  # not judged by the passes either
-        _run(r, timeline, guard)
+        if r.state is not None and not any(_missing(r, lost).values()):
+            _run(r, timeline, guard)  # (a rule the passes do not judge is not folded either)
+
+
+def _lost(timeline: Timeline) -> list[tuple[set[str], str, str]]:
+    """(what failed probes would have written, the rule attribute declaring reads of it, the
+    `skipped_rules` key), per kind of input."""
+    return [
+        (set(timeline.facts.get(fact, ())), declared, key) for fact, _, declared, key in UNAVAILABLE
+    ]
+
+
+def _missing(r: Rule, lost: list[tuple[set[str], str, str]]) -> dict[str, list[str]]:
+    """What `r` reads that a failed probe would have written, by `skipped_rules` key."""
+    return {
+        key: sorted(names.intersection(getattr(r, declared)))
+        for names, declared, key in lost
+        if names
+    }
 
 
 def _run(r: Rule, timeline: Timeline, guard: Guard) -> list[Finding] | None:

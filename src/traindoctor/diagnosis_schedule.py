@@ -26,6 +26,11 @@ FOLD_PER_STEP_S = 2.5e-5
 NO_STEP_CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+def predicted_pass_seconds(timeline_size: int) -> float:
+    """A diagnosis pass's predicted cost over a timeline holding this many records."""
+    return DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * timeline_size
+
+
 def diagnose_due(step: int, structural_steps: int = 3) -> bool:
     """Rules run on the structural steps, then every 50 steps, widening to every 250 after
     step 500 and every 2000 after step 5000, and the full diagnosis runs at close. A pass
@@ -71,15 +76,15 @@ class DiagnosisSchedule:
     def affordable(self, step: int, timeline_size: int) -> bool:
         """A mid-run diagnosis reads the in-memory timeline (milliseconds; bounded, so it stops
         growing with the run after a few thousand steps): after the structural steps it runs
-        only when its predicted cost (from the timeline's size) is under DIAGNOSIS_SHARE of the budget of the steps since the last pass (from
-        the counted work, budget.py); otherwise it waits for the next due step. Counted, not
+        only when its predicted cost (from the timeline's size) is under DIAGNOSIS_SHARE of
+        the budget of the steps since the last pass (from the counted work, budget.py); otherwise it waits for the next due step. Counted, not
         timed: the passes, and the step each finding is first reported at, are the same in
         every run. The full diagnosis at close() is never skipped."""
         budget = self.budget
         work = budget.work
         if step <= budget.structural_steps or work is None:
             return True
-        cost = DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * timeline_size
+        cost = predicted_pass_seconds(timeline_size)
         since = step - self.diagnosed_at
         return cost <= since * predicted_step_seconds(work) * budget.budget * DIAGNOSIS_SHARE
 

@@ -20,7 +20,7 @@ from . import _hooks
 from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
-from .diagnosis_schedule import DIAGNOSIS_BASE_S, DIAGNOSIS_PER_RECORD_S, DiagnosisSchedule
+from .diagnosis_schedule import DiagnosisSchedule, predicted_pass_seconds
 from .errors import StopTraining
 from .governor import summary_line
 from .handsteps import HandSteps
@@ -193,7 +193,7 @@ class StepDriver:
 
     def _timed_pass(self) -> None:
         """A mid-run diagnosis pass, timed for the governor (which only reports it)."""
-        predicted = DIAGNOSIS_BASE_S + DIAGNOSIS_PER_RECORD_S * self.timeline.size()
+        predicted = predicted_pass_seconds(self.timeline.size())
         t0 = time.perf_counter()
         self.run.guard.call("diagnose", self._diagnose)
         self.run.budget.governor.passed(time.perf_counter() - t0, predicted)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 # Steps of the head and of the tail, and buckets of the middle (at most 3 records each).
@@ -54,15 +55,14 @@ def _numbers(value: Any) -> list[float] | None:
         return None
     if isinstance(value, float | int):
         return [value]
-    items = value.values() if isinstance(value, dict) else value
-    if isinstance(value, dict | list | tuple):
-        out = []
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, float | int):
-                return None
-            out.append(item)
-        return out
-    return None
+    if not isinstance(value, dict | list | tuple):
+        return None
+    out = []
+    for item in value.values() if isinstance(value, dict) else value:
+        if isinstance(item, bool) or not isinstance(item, float | int):
+            return None
+        out.append(item)
+    return out
 
 
 def level(value: Any) -> float | None:
@@ -169,11 +169,8 @@ class Retention:
                 drop.append(last[4])
                 last[4], last[5] = step, lvl
         # The new record stays if it is the bucket's low or high; a displaced low or high goes.
-        first, low, high = last[1], last[2], last[4]
-        data, protected = self._data, self._protected
-        for s in drop:
-            if s != first and s != low and s != high and s not in protected:
-                data.pop(s, None)
+        reps = _reps(last)
+        self._drop([s for s in drop if s not in reps])
 
     def _merge(self) -> None:
         """Halve the buckets: neighbours merge, keeping the first record and the extremes."""
@@ -191,7 +188,7 @@ class Retention:
         self._buckets = merged
         self._stride *= 2
 
-    def _drop(self, steps: set[int]) -> None:
+    def _drop(self, steps: Iterable[int]) -> None:
         data, protected = self._data, self._protected
         for step in steps:
             if step not in protected:
