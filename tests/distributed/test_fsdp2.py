@@ -13,14 +13,19 @@ hang."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import env, write
+from tests.distributed._jobs import (
+    Job,
+    assert_params_as_plain,
+    job_report,
+    launch,
+    rank_report,
+    side_by_side,
+)
 from tests.test_ddp_job import COUNT_COLLECTIVES
 
 pytestmark = pytest.mark.slow
@@ -94,17 +99,11 @@ dist.destroy_process_group()
 HOWS = ("watch", "zero", "plain", "nan")
 
 
-def _torchrun(root: Path, how: str) -> tuple[Path, int, str]:
-    folder = root / how
-    write(folder, "train.py", SCRIPT)
+def _torchrun(root: Path, how: str) -> Job:
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     if how == "zero":
         cmd += ["-m", "traindoctor", "run", "--out", "runs"]
-    e = {**env(), "TRAINDOCTOR_PLOTS": "0"}
-    p = subprocess.run(
-        [*cmd, "train.py", how], cwd=folder, env=e, capture_output=True, text=True, timeout=300
-    )
-    return folder, p.returncode, p.stdout + p.stderr
+    return launch(root, how, SCRIPT, cmd)
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +111,7 @@ def jobs(tmp_path_factory):
     if not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun is not installed")
     pytest.importorskip("torch.distributed.fsdp").fully_shard  # noqa: B018
-    root = tmp_path_factory.mktemp("fsdp2")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {how: pool.submit(_torchrun, root, how) for how in HOWS}
-        return {how: f.result() for how, f in futures.items()}
+    return side_by_side(tmp_path_factory.mktemp("fsdp2"), HOWS, _torchrun, workers=4)
 
 
 @pytest.mark.parametrize("how", ["watch", "zero"])
@@ -125,9 +121,7 @@ def test_an_fsdp2_job_is_watched_without_a_collective(jobs, how):
     for rank in (0, 1):
         line = f"rank {rank} done, parameters ['DTensor'], collectives from traindoctor: 0"
         assert line in out, out[-4000:]
-    found = [p.parent for p in (folder / "runs").glob("*/findings.json")]
-    assert len(found) == 1, sorted((folder / "runs").rglob("*"))
-    data = json.loads((found[0] / "findings.json").read_text())
+    job_dir, data = job_report(folder)
     assert [(r["rank"], r["status"], r["steps"]) for r in data["ranks"]] == [
         (0, "closed", 25),
         (1, "closed", 25),
@@ -136,7 +130,7 @@ def test_an_fsdp2_job_is_watched_without_a_collective(jobs, how):
     assert [(f["code"], f["ranks"]) for f in data["findings"]] == [("TD502", [0, 1])]
     assert data["findings"][0]["evidence"]["total"]["params"] == 8 * 32 + 32 + 32 * 32 + 32 + 99
     for rank in (0, 1):
-        rank_dir = found[0] / "ranks" / f"rank{rank}"
+        rank_dir = job_dir / "ranks" / f"rank{rank}"
         own = json.loads((rank_dir / "findings.json").read_text())
         assert not own["internal_errors"], own["internal_errors"]
         facts = [json.loads(line) for line in (rank_dir / "timeline.jsonl").open()]
@@ -150,14 +144,7 @@ def test_an_fsdp2_job_is_watched_without_a_collective(jobs, how):
 
 @pytest.mark.parametrize("how", ["watch", "zero"])
 def test_parameters_bit_identical_to_the_plain_job(jobs, how):
-    import torch
-
-    assert jobs["plain"][1] == 0, jobs["plain"][2][-4000:]
-    for rank in (0, 1):
-        watched = torch.load(jobs[how][0] / f"params_{how}_{rank}.pt")
-        plain = torch.load(jobs["plain"][0] / f"params_plain_{rank}.pt")
-        assert watched.keys() == plain.keys()
-        assert all(torch.equal(watched[k], plain[k]) for k in plain), (how, rank)
+    assert_params_as_plain(jobs, how)
 
 
 def test_a_nan_on_one_rank_is_reported_without_a_collective_or_a_hang(jobs):
@@ -168,10 +155,9 @@ def test_a_nan_on_one_rank_is_reported_without_a_collective_or_a_hang(jobs):
     for rank in (0, 1):
         line = f"rank {rank} done, parameters ['DTensor'], collectives from traindoctor: 0"
         assert line in out, out[-4000:]
-    found = [p.parent for p in (folder / "runs").glob("*/findings.json")]
-    data = json.loads((found[0] / "findings.json").read_text())
+    job_dir, data = job_report(folder)
     assert [r["status"] for r in data["ranks"]] == ["closed", "closed"]
     assert [1] in [f["ranks"] for f in data["findings"] if f["code"] == "TD201"], data["findings"]
     for rank in (0, 1):
-        own = json.loads((found[0] / "ranks" / f"rank{rank}" / "findings.json").read_text())
+        own = rank_report(job_dir, rank)
         assert not own["internal_errors"], own["internal_errors"]

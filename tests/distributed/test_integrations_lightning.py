@@ -8,15 +8,20 @@ files."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import TRAINDOCTOR, env, write
+from tests.cli.conftest import TRAINDOCTOR
+from tests.distributed._jobs import (
+    Job,
+    assert_params_as_plain,
+    job_report,
+    launch,
+    rank_report,
+    side_by_side,
+)
 from tests.test_ddp_job import COUNT_COLLECTIVES
 
 pytest.importorskip("lightning.pytorch")
@@ -71,29 +76,15 @@ print(f"rank {rank} done, collectives from traindoctor: {len(OURS)}", flush=True
 )
 
 
-def _fit(root: Path, how: str) -> tuple[Path, int, str]:
-    folder = root / how
-    write(folder, "train.py", SCRIPT)
-    e = {**env(), "TRAINDOCTOR_PLOTS": "0"}
-    e.pop("TRAINDOCTOR_RUN_ID", None)
+def _fit(root: Path, how: str) -> Job:
     cmd = [*TRAINDOCTOR, "run", "--out", "runs"] if how == "zero" else [sys.executable]
-    p = subprocess.run(
-        [*cmd, "train.py", how],
-        cwd=folder,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    return folder, p.returncode, p.stdout + p.stderr
+    # No TRAINDOCTOR_RUN_ID from outside: the callback (or the runner) must set it for rank 1.
+    return launch(root, how, SCRIPT, cmd, unset=("TRAINDOCTOR_RUN_ID",), timeout=240)
 
 
 @pytest.fixture(scope="module")
 def fits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lightning_ddp")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        runs = {how: pool.submit(_fit, root, how) for how in ("watch", "zero", "plain")}
-        return {how: f.result() for how, f in runs.items()}
+    return side_by_side(tmp_path_factory.mktemp("lightning_ddp"), ("watch", "zero", "plain"), _fit)
 
 
 @pytest.mark.parametrize("how", ["watch", "zero"])
@@ -102,9 +93,7 @@ def test_every_rank_is_watched_in_one_job(fits, how):
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
-    jobs = [p.parent for p in (folder / "runs").glob("*/findings.json")]
-    assert len(jobs) == 1, sorted((folder / "runs").rglob("*"))
-    data = json.loads((jobs[0] / "findings.json").read_text())
+    job_dir, data = job_report(folder)
     assert data["world_size"] == 2
     assert [(r["rank"], r["status"], r["steps"]) for r in data["ranks"]] == [
         (0, "closed", 6),
@@ -113,18 +102,11 @@ def test_every_rank_is_watched_in_one_job(fits, how):
     assert data["run"]["ended"] == "normal" and not data["run"].get("unwatched_ranks")
     assert all(f["ranks"] == [0, 1] for f in data["findings"]), data["findings"]
     for rank in (0, 1):
-        own = json.loads((jobs[0] / "ranks" / f"rank{rank}" / "findings.json").read_text())
+        own = rank_report(job_dir, rank)
         assert (own["rank"], own["world_size"], own["steps"]) == (rank, 2, 6)
         assert not own["internal_errors"], own["internal_errors"]
 
 
 @pytest.mark.parametrize("how", ["watch", "zero"])
 def test_parameters_bit_identical_to_a_plain_fit(fits, how):
-    import torch
-
-    assert fits["plain"][1] == 0, fits["plain"][2][-4000:]
-    for rank in (0, 1):
-        watched = torch.load(fits[how][0] / f"params_{how}_{rank}.pt")
-        plain = torch.load(fits["plain"][0] / f"params_plain_{rank}.pt")
-        assert watched.keys() == plain.keys()
-        assert all(torch.equal(watched[k], plain[k]) for k in plain), (how, rank)
+    assert_params_as_plain(fits, how)

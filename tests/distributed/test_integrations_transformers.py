@@ -5,15 +5,19 @@ ranks closed, parameters bit-identical to the plain job, no collective from trai
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import env, write
+from tests.distributed._jobs import (
+    Job,
+    assert_params_as_plain,
+    job_report,
+    launch,
+    rank_report,
+    side_by_side,
+)
 from tests.test_ddp_job import COUNT_COLLECTIVES
 
 pytest.importorskip("transformers")
@@ -62,27 +66,18 @@ print(f"rank {rank} done, collectives from traindoctor: {len(OURS)}", flush=True
 HOWS = ("callback", "zero", "plain")
 
 
-def _torchrun(root: Path, how: str) -> tuple[Path, int, str]:
-    folder = root / how
-    write(folder, "train.py", SCRIPT)
+def _torchrun(root: Path, how: str) -> Job:
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     if how == "zero":
         cmd += ["-m", "traindoctor", "run", "--out", "runs"]
-    e = {**env(), "TRAINDOCTOR_PLOTS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    p = subprocess.run(
-        [*cmd, "train.py", how], cwd=folder, env=e, capture_output=True, text=True, timeout=300
-    )
-    return folder, p.returncode, p.stdout + p.stderr
+    return launch(root, how, SCRIPT, cmd, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     if not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun is not installed")
-    root = tmp_path_factory.mktemp("hf_ddp")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {how: pool.submit(_torchrun, root, how) for how in HOWS}
-        return {how: f.result() for how, f in futures.items()}
+    return side_by_side(tmp_path_factory.mktemp("hf_ddp"), HOWS, _torchrun)
 
 
 @pytest.mark.parametrize("how", ["callback", "zero"])
@@ -91,9 +86,7 @@ def test_one_merged_report_for_the_job(jobs, how):
     assert code == 0, out[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} done, collectives from traindoctor: 0" in out, out[-4000:]
-    found = [p.parent for p in (folder / "runs").glob("*/findings.json")]
-    assert len(found) == 1, sorted((folder / "runs").rglob("*"))
-    data = json.loads((found[0] / "findings.json").read_text())
+    job_dir, data = job_report(folder)
     assert data["world_size"] == 2
     assert [(r["rank"], r["status"], r["steps"]) for r in data["ranks"]] == [
         (0, "closed", 6),
@@ -103,17 +96,10 @@ def test_one_merged_report_for_the_job(jobs, how):
     assert all(f["ranks"] == [0, 1] for f in data["findings"]), data["findings"]
     assert {f["severity"] for f in data["findings"]} <= {"info"}, data["findings"]
     for rank in (0, 1):
-        own = json.loads((found[0] / "ranks" / f"rank{rank}" / "findings.json").read_text())
+        own = rank_report(job_dir, rank)
         assert not own["internal_errors"], own["internal_errors"]
 
 
 @pytest.mark.parametrize("how", ["callback", "zero"])
 def test_parameters_bit_identical_to_the_plain_job(jobs, how):
-    import torch
-
-    assert jobs["plain"][1] == 0, jobs["plain"][2][-4000:]
-    for rank in (0, 1):
-        watched = torch.load(jobs[how][0] / f"params_{how}_{rank}.pt")
-        plain = torch.load(jobs["plain"][0] / f"params_plain_{rank}.pt")
-        assert watched.keys() == plain.keys()
-        assert all(torch.equal(watched[k], plain[k]) for k in plain), (how, rank)
+    assert_params_as_plain(jobs, how)
