@@ -112,7 +112,7 @@ def write_visual(report: Report) -> None:
     report.internal_errors = [
         e for e in report.internal_errors if not str(e.get("where", "")).startswith(VISUAL_WHERE)
     ]
-    plots = render_plots(report.timeline)
+    plots = render_plots(report.timeline, report.findings)  # with the findings' loss curves
     for name, err in plots.errors:
         report.internal_errors.append(_error(f"report plot {name}", err))
     plots_dir = run_dir / PLOTS_DIR

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..findings import Severity
+from .curves import curves_text
 from .model import Report
 from .text import (
     evidence_text,
@@ -36,6 +37,7 @@ def _render(report: Report, console: Console) -> None:
         console.print(head)
         rows = [
             ("evidence", evidence_text(f)),
+            ("curves", curves_text(f)),
             ("where", where_text(f)),
             ("cause", f.cause),
             ("fix", f.fix),

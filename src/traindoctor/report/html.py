@@ -11,6 +11,8 @@ from typing import Any
 
 from .._version import __version__
 from ..findings import Finding
+from .curves import PREFIX as CURVES_PREFIX
+from .curves import curve_groups, curves_html
 from .gradpath import MAX_ROWS
 from .model import Report
 from .plots import Plots
@@ -65,6 +67,8 @@ figure { margin:0 0 14px; background:var(--card); border:1px solid var(--line);
 figure img { display:block; max-width:100%; height:auto; margin:0 auto; }
 figcaption { color:var(--muted); font-size:13px; margin-top:6px; }
 figcaption b { color:var(--fg); }
+figure.curves { display:inline-block; margin:0 8px 6px 0; padding:6px; }
+figure.curves svg { display:block; max-width:100%; height:auto; }
 tr.blocks td { background:#fdecea; } tr.partial td { background:#fff6e0; }
 .docs h4 { margin:14px 0 4px; font-size:14px; }
 details.card > summary { cursor:pointer; font-weight:600; }
@@ -193,6 +197,7 @@ def _finding(i: int, f: Finding) -> str:
     rows = [
         ("where", _where(f)),
         ("evidence", _evidence(f)),
+        *([("curves", curves_html(f))] if curve_groups(f) else []),
         ("cause", _inline(f.cause) if f.cause else "—"),
         ("fix", _inline(f.fix) if f.fix else "—"),
         ("first seen", _e(seen)),
@@ -241,6 +246,7 @@ def _evidence(f: Finding) -> str:
     rows = "".join(
         f"<tr><th><code>{_e(k)}</code></th><td>{_e(fmt_value(v))}</td></tr>"
         for k, v in f.evidence.items()
+        if not (k == "curves" and curve_groups(f))  # drawn in the row below, in full
     )
     return f'<table class="evidence"><tbody>{rows}</tbody></table>'
 
@@ -266,6 +272,8 @@ def _audit(f: Finding) -> str:
 def _plots(plots: Plots) -> str:
     figures = []
     for im in plots.images:
+        if im.name.startswith(CURVES_PREFIX):  # drawn inline at their finding (curves.py)
+            continue
         width, height = im.size
         data = base64.b64encode(im.png).decode("ascii")
         figures.append(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from ..findings import Finding
 from .audit import render_audit
+from .curves import curves_text, plot_name
 from .gradpath import render_gradient_path
 from .model import Report
 from .numerics import render_numerics
+from .plots import plots_off
 from .text import (
     evidence_text,
     not_judged_text,
@@ -14,6 +17,8 @@ from .text import (
     summary_line,
     where_text,
 )
+
+PLOTS_DIR = "plots"  # where report/__init__.py writes the PNGs
 
 
 def render_markdown(report: Report) -> str:
@@ -35,13 +40,15 @@ def render_markdown(report: Report) -> str:
                 f"| {f.where.source or f.where.module or ''} |"
             )
         lines.append("")
-    for f in report.findings:
+    drawn = plots_off() is None
+    for rank, f in enumerate(report.findings, 1):
         lines += [
             f"## {f.code} {f.name} ({f.severity.value})",
             "",
             f"**{f.title}**",
             "",
             f"- **Evidence:** {evidence_text(f) or '—'}",
+            *_curves(rank, f, drawn),
             f"- **Where:** {where_text(f)}",
             f"- **Cause:** {f.cause or '—'}",
             f"- **Fix:** {f.fix or '—'}",
@@ -66,6 +73,15 @@ def render_markdown(report: Report) -> str:
         ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _curves(rank: int, f: Finding, drawn: bool) -> list[str]:
+    """The finding's loss curves: one line, and the plot written beside the report."""
+    text = curves_text(f)
+    if text is None:
+        return []
+    image = f" ![{f.code} curves]({PLOTS_DIR}/{plot_name(rank, f)}.png)" if drawn else ""
+    return [f"- **Curves:** {text}{image}"]
 
 
 def _ranks(report: Report) -> list[str]:

@@ -675,8 +675,73 @@ PLOTS: tuple[tuple[str, str, Callable[[Timeline], Any]], ...] = (
 )
 
 
-def render_plots(tl: Timeline | None) -> Plots:
+def plots_off() -> str | None:
+    """Why no plot is drawn at all (TRAINDOCTOR_PLOTS=0, no matplotlib), or None."""
+    if os.environ.get("TRAINDOCTOR_PLOTS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "plots are turned off (TRAINDOCTOR_PLOTS=0)"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed"
+    return None
+
+
+def plot_curves(group: Any, code: str):
+    """One finding's compared loss curves (report/curves.py's CurveGroup), small."""
+    fig = _figure(2.6, left=0.75, right=2.6)
+    ax = fig.add_subplot(1, 1, 1)
+    values = [v for vs in group.curves.values() for v in vs]
+    for n, (label, vs) in enumerate(group.curves.items()):
+        bad = _line(ax, list(enumerate(vs)), label, COLORS[n % len(COLORS)], linewidth=1.4)
+        _mark_nonfinite(ax, bad[:1], f"{label}: not finite")
+    if _positive_spread(values):
+        _log_y(ax, values)
+    _title(ax, f"{code}: {group.title}, loss per step on the copy", fontsize=9)
+    _style(ax, ylabel="loss")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def curve_images(findings: list[Any]) -> tuple[list[PlotImage], list[tuple[str, BaseException]]]:
+    """plots/curves-<rank>-<code>.png for each finding that carries loss curves."""
+    from .curves import curve_groups, curves_text, plot_name
+
+    images, errors = [], []
+    for rank, f in enumerate(findings, 1):
+        groups = curve_groups(f)
+        if not groups:
+            continue
+        name = plot_name(rank, f)
+        try:
+            # Several groups (experiment, fix trial): drawn one under the other in one file.
+            pngs = [_png(plot_curves(g, f.code)) for g in groups]
+            images.append(PlotImage(name, f"{f.code} curves", curves_text(f) or "", _stack(pngs)))
+        except Exception as exc:  # noqa: BLE001  (one broken plot must not cost the others)
+            errors.append((name, exc))
+    return images, errors
+
+
+def _stack(pngs: list[bytes]) -> bytes:
+    if len(pngs) == 1:
+        return pngs[0]
+    from PIL import Image
+
+    ims = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    out = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)), "white")
+    y = 0
+    for im in ims:
+        out.paste(im, (0, y))
+        y += im.height
+    buf = io.BytesIO()
+    out.save(buf, format="png", compress_level=1)
+    return buf.getvalue()
+
+
+def render_plots(tl: Timeline | None, findings: list[Any] | None = None) -> Plots:
     """Draw every plot the timeline has data for; each plot's failure is kept, not raised.
+    With `findings`, also each finding's loss curves (plots/curves-*.png, for report.md; the
+    page draws them inline).
 
     `TRAINDOCTOR_PLOTS=0` turns plotting off (report.html is still written, and says so): a
     render costs a few tenths of a second of CPU, which test suites running hundreds of short
@@ -684,16 +749,10 @@ def render_plots(tl: Timeline | None) -> Plots:
     """
     out = Plots()
     t0 = time.perf_counter()
-    reason = None
-    if tl is None:
-        reason = "the run directory has no timeline.jsonl"
-    elif os.environ.get("TRAINDOCTOR_PLOTS", "1").strip().lower() in ("0", "false", "no", "off"):
-        reason = "plots are turned off (TRAINDOCTOR_PLOTS=0)"
-    else:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            reason = "matplotlib is not installed"
+    off = plots_off()
+    if off is None and findings:
+        out.images, out.errors = curve_images(findings)
+    reason = "the run directory has no timeline.jsonl" if tl is None else off
     if reason is not None:
         out.skipped = [PlotSkipped(name, title, reason) for name, title, _ in PLOTS]
         return out
