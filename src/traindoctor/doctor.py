@@ -470,6 +470,10 @@ class Doctor:
         self.guard.call("diagnose", self.diagnose)
         self.report = Report(
             findings=self.findings,
+        if capture is not None and self.run.attached is not None and self.findings:
+            # Fix trials of the error findings on a copy (experiments/trials.py), when on.
+            tried = self.guard.call("fix trials", capture.run_trials, self.findings)
+            self.findings = tried if tried is not None else self.findings
             steps=self.timeline.last_step,
             framework=self.framework,
             outcome={

@@ -55,6 +55,9 @@ class Batch:
     internal: bool = False
     input_shape: tuple[int, ...] | None = None  # the loss input's shape
     labels: list[int | str] = field(default_factory=list)  # model args holding the target
+    # A probability op applied to the output before the loss, outside the model
+    # (`F.cross_entropy(model(x).softmax(1), y)`): ("softmax" | "log_softmax" | "sigmoid", dim).
+    squash: tuple[str, int | None] | None = None
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -84,6 +87,8 @@ class Setup:
     groups: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
     batch: Batch | None = None
+    # The batches of the first steps (batch first), for the fix trials (experiments/trials.py).
+    batches: list[Batch] = field(default_factory=list)
 
 
 def clone_tree(obj: Any, depth: int = 0) -> Any:
@@ -205,15 +210,25 @@ class Replay:
         if b.cast is not None:
             # The cast of a contiguous-as-captured output: the same layout as the user's.
             out = out.to(getattr(torch, b.cast))
-        if b.view is None:
-            return out
-        return out.as_strided(*b.view)
+        if b.view is not None:
+            out = out.as_strided(*b.view)
+        return squashed(out, b.squash)
 
     def loss(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         b = self.batch
         inp = self.output(model, args, kwargs)
         out = inp if b.internal else self.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)
         return out if out.numel() == 1 else out.mean()
+
+
+def squashed(out: torch.Tensor, squash: tuple[str, int | None] | None) -> torch.Tensor:
+    """The output with the script's probability op applied after the model, if any."""
+    if squash is None:
+        return out
+    op, dim = squash
+    if op == "sigmoid":
+        return torch.sigmoid(out)
+    return getattr(torch, op)(out, dim=dim)
 
 
 def base_lr(settings: dict[str, Any]) -> float | None:

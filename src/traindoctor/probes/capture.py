@@ -8,8 +8,9 @@ dict, when memory allows) and the primary optimizer's class and param groups' se
 a batch is captured, a forward pre/post hook on the model (the last training call's inputs and
 output tensors, references) and a listener on the standard losses (loss_inputs.py's shared
 patch): the first loss call whose input is a tensor of that output, or a view of one, is the
-batch (inputs, target and the loss's other arguments cloned). The hooks go at the end of the
-step after. At close, `run_experiments` runs the recipe (experiments/recipe.py) on a copy and
+batch (inputs, target and the loss's other arguments cloned). The next steps' batches are
+captured the same way, one a step, up to MAX_BATCHES and BATCH_BYTES (cloned: the fix trials,
+experiments/trials.py, replay them cycled); the hooks go at the end of the step after the last. At close, `run_experiments` runs the recipe (experiments/recipe.py) on a copy and
 records one `experiment` event per experiment; a script whose loss is custom code (no
 standard loss call on the model's output) gets one event that says so.
 """
@@ -25,6 +26,15 @@ from .. import experiments
 from .._source import user_source
 from .base import AttachContext, Probe, Recorder, iter_tensors
 from .loss_inputs import add_loss_listener, remove_loss_listener
+
+MAX_BATCHES = 8  # batches kept for the fix trials (the first one is the recipe's)
+BATCH_BYTES = 64 * 2**20  # the clones of the batches after the first stop at this size
+# The probability ops a script may apply to the model's output before the loss, replayed as such.
+_SQUASH = {
+    "SoftmaxBackward0": "softmax",
+    "LogSoftmaxBackward0": "log_softmax",
+    "SigmoidBackward0": "sigmoid",
+}
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
@@ -48,6 +58,10 @@ class CaptureProbe(Probe):
         self._internal: dict[str, Any] | None = None
         self._unmatched: list[str] = []
         self._done = False
+        self._bytes = 0  # the cloned batches after the first
+        self._stopped = False  # a later batch differed from the first: none captured after
+        # step -> [training forwards, standard loss calls on tensors that require grad]
+        self._calls: dict[int, list[int]] = {}
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -110,6 +124,7 @@ class CaptureProbe(Probe):
             self._pending = None
             return
         self._pending = (args, kwargs)
+        self._count(ctx.state.step, 0)
         self._training = module.training
         self._outputs = []
         self._in_forward = True
@@ -121,7 +136,7 @@ class CaptureProbe(Probe):
             return
         self._outputs = list(iter_tensors(output))
         internal, self._internal = self._internal, None
-        if internal is not None and "out" in internal and self.setup.batch is None:
+        if internal is not None and "out" in internal and self._wants(internal["step"]):
             # The loss was computed inside forward() and returned (a model that takes its
             # labels, as Hugging Face models do): the replay reads it from the output.
             for i, out in enumerate(self._outputs):
@@ -135,7 +150,11 @@ class CaptureProbe(Probe):
         if ctx is None or self.setup is None or ctx.state.closed or ctx.state.validating:
             return None
         batch = self.setup.batch
-        if batch is not None:
+        if not self._done and torch.is_grad_enabled():
+            inp = _arg(args, kwargs, 0, "input")
+            if isinstance(inp, torch.Tensor) and inp.requires_grad:
+                self._count(ctx.state.step, 1)
+        if batch is not None and not self._wants(ctx.state.step):
             if ctx.state.step == batch.step and torch.is_grad_enabled():
                 inp = _arg(args, kwargs, 0, "input")
                 if isinstance(inp, torch.Tensor) and inp.requires_grad:
@@ -181,7 +200,18 @@ class CaptureProbe(Probe):
                     view = (tuple(inp.shape), tuple(inp.stride()), inp.storage_offset())
                     found = (i, out, view)
                     break
-        cast = None
+        cast = squash = None
+        if found is None:
+            # `F.cross_entropy(model(x).softmax(1), y)`: a probability op on an output, outside
+            # the model, replayed as such (the fix trial of TD506 drops it).
+            node = inp.grad_fn
+            op = _SQUASH.get(node.name()) if node is not None else None
+            src = node.next_functions[0][0] if op and node.next_functions else None
+            for i, out in enumerate(self._outputs if src is not None else ()):
+                if out.grad_fn is src and out.shape == inp.shape:
+                    squash = (op, None if op == "sigmoid" else int(node._saved_dim))
+                    found = (i, out, None)
+                    break
         if found is None:
             # `model(x).float()` (mixed precision), possibly viewed after: a dtype cast of an
             # output, replayed as the same cast.
@@ -209,7 +239,7 @@ class CaptureProbe(Probe):
             "step": ctx.state.step,
             "source": user_source(skip=2),
         }
-        self._capture(call, i, out, view, cast)
+        self._capture(call, i, out, view, cast, squash=squash)
         return None
 
     def _capture(
@@ -220,6 +250,7 @@ class CaptureProbe(Probe):
         view: Any,
         cast: str | None,
         internal: bool = False,
+        squash: tuple[str, int | None] | None = None,
     ) -> None:
         from ..experiments.runner import Batch, clone_tree
 
@@ -234,7 +265,22 @@ class CaptureProbe(Probe):
             if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == ptr
         ]
         names = ("input", "target")
-        self.setup.batch = Batch(
+        first = self.setup.batch
+        if first is not None:
+            # A later step's batch, for the fix trials: the same call on the same output.
+            same = (call["fn"], i, internal, cast, squash, view is None)
+            if same != (
+                first.loss_fn,
+                first.out_index,
+                first.internal,
+                first.cast,
+                first.squash,
+                first.view is None,
+            ):
+                self._pending, self._outputs = None, []
+                self._stopped = True  # replayed as one kind of batch, or not at all
+                return
+        batch = Batch(
             args=clone_tree(tuple(model_args)),
             kwargs=clone_tree(dict(model_kwargs)),
             loss_fn=call["fn"],
@@ -251,8 +297,38 @@ class CaptureProbe(Probe):
             internal=internal,
             input_shape=call["input_shape"],
             labels=labels,
+            squash=squash,
         )
+        if first is None:
+            self.setup.batch = batch
+        else:
+            self._bytes += _nbytes((batch.args, batch.kwargs, batch.target, batch.loss_args))
+        self.setup.batches.append(batch)
         self._pending, self._outputs = None, []
+
+    def _wants(self, step: int) -> bool:
+        """Whether a batch of this step is still to be captured (one a step, while room)."""
+        batches = self.setup.batches if self.setup is not None else []
+        if self._done or self._full:
+            return False
+        return not batches or step > batches[-1].step
+
+    @property
+    def _full(self) -> bool:
+        batches = self.setup.batches if self.setup is not None else []
+        return self._stopped or len(batches) >= MAX_BATCHES or self._bytes >= BATCH_BYTES
+
+    def _count(self, step: int, which: int) -> None:
+        if step in self._calls or len(self._calls) < 4 * MAX_BATCHES:
+            self._calls.setdefault(step, [0, 0])[which] += 1
+
+    def loss_parts(self) -> tuple[int, int] | None:
+        """(training forwards, standard loss calls) at the first captured batch's step."""
+        batch = self.setup.batch if self.setup is not None else None
+        if batch is None or batch.step not in self._calls:
+            return None
+        forwards, losses = self._calls[batch.step]
+        return forwards, losses
 
     def _note_unmatched(self, fn: str) -> None:
         if len(self._unmatched) < 8:
@@ -260,7 +336,10 @@ class CaptureProbe(Probe):
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         batch = self.setup.batch if self.setup is not None else None
-        if batch is not None and step > batch.step and not self._done:
+        if batch is None or self._done:
+            return
+        # Full, or a window twice MAX_BATCHES steps long gone by (steps without a batch).
+        if self._full or step >= batch.step + 2 * MAX_BATCHES:
             self._stop()
 
     def _stop(self) -> None:
@@ -284,15 +363,7 @@ class CaptureProbe(Probe):
         from ..experiments.recipe import run_recipe
 
         if self.setup is None or self.setup.batch is None:
-            reason = self.skipped
-            if reason is None and self.setup is not None:
-                reason = (
-                    f"the loss is custom code: no standard loss was called on the model's output "
-                    f"(seen: {', '.join(self._unmatched)} on other tensors)"
-                    if self._unmatched
-                    else "the loss is custom code (no torch.nn.functional loss call on the "
-                    "model's output): it cannot be replayed"
-                )
+            reason = self.why_not()
             if reason is None:
                 return
             rec.event(step, "experiment", name="skipped", verdict="not_measured", reason=reason)
@@ -300,9 +371,38 @@ class CaptureProbe(Probe):
         for event in run_recipe(self.setup):
             rec.event(step, "experiment", **event)
 
+    def why_not(self) -> str | None:
+        """Why no batch can be replayed, or None (a batch was captured, or nothing watched)."""
+        if self.setup is not None and self.setup.batch is not None:
+            return None
+        reason = self.skipped
+        if reason is None and self.setup is not None:
+            reason = (
+                f"the loss is custom code: no standard loss was called on the model's output "
+                f"(seen: {', '.join(self._unmatched)} on other tensors)"
+                if self._unmatched
+                else "the loss is custom code (no torch.nn.functional loss call on the "
+                "model's output): it cannot be replayed"
+            )
+        return reason
+
+    def run_trials(self, findings: list[Any]) -> list[Any]:
+        """At close, after the final diagnosis: the fix trials of the error findings
+        (experiments/trials.py), when the experiments are on; the findings otherwise."""
+        if not experiments.enabled() and self.setup is None and self.skipped is None:
+            return findings
+        from ..experiments.trials import run_trials
+
+        return run_trials(self.setup, findings, self.why_not(), self.loss_parts())
+
 
 def _plain(value: Any) -> Any:
     """A group setting as the experiments use it (a tensor lr read once, at attach)."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     return value
+
+
+def _nbytes(tree: Any) -> int:
+    """Bytes of the tensors in a (cloned) call's arguments."""
+    return sum(t.numel() * t.element_size() for t in iter_tensors(tree))

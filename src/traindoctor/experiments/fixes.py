@@ -1,0 +1,220 @@
+"""The fixes a trial can apply to a copy (experiments/trials.py): one registry, rule code ->
+a plan that says how the replay reproduces the bug (as written) and how it applies the fix.
+
+A plan is two sets of replay settings (`Arm`'s fields). Every trial replays the run as written
+with *every* reproducible bug of the run in it (the union of the plans' `as_written`), and the
+fix arm changes only this finding's part: one fix tried at a time, on the run as it was.
+A finding whose fix cannot be applied to a copy gets a reason instead (`NotRun`), said in the
+finding as "not run: <reason>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..findings import Finding
+from .runner import Setup, base_lr
+
+_STATS_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
+_PROBABILITY_MODULES = {torch.nn.Softmax: "softmax", torch.nn.Sigmoid: "sigmoid"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How one replay runs. The defaults are a clean loop: zero_grad() every step, the user's
+    optimizer groups, the captured modes, the lr of the user's groups, the captured output."""
+
+    carry_grads: tuple[str, ...] = ()  # params whose .grad is never zeroed (TD106)
+    extra_params: tuple[str, ...] = ()  # params added to the optimizer in a group (TD103)
+    eval_modules: tuple[str, ...] = ()  # modules in eval mode while training ("" = the model)
+    train_all: bool = False  # every module in train mode (TD402's fix)
+    lr_scale: float = 1.0
+    # The loss input's probability op: None keeps what the script does; "drop" removes it;
+    # "log_softmax" replaces a softmax before nll_loss (TD506).
+    squash: str | None = None
+
+    def merged(self, other: dict[str, Any]) -> Arm:
+        return Arm(**{**self.__dict__, **other})
+
+
+@dataclass(frozen=True)
+class Plan:
+    fix: str  # what the fix is, in a few words ("zero_grad() each step")
+    as_written: dict[str, Any]  # Arm fields that reproduce the bug
+    with_fix: dict[str, Any]  # Arm fields that apply the fix (over the as-written arm)
+    # Both arms train the same loss function on the same forward: their curves compare. When
+    # not (the fix changes the loss input), both final models are scored with the fixed one.
+    same_loss: bool = True
+
+
+@dataclass(frozen=True)
+class NotRun:
+    fix: str
+    reason: str
+
+
+PlanFn = Callable[[Finding, Setup], "Plan | NotRun"]
+FIXES: dict[str, PlanFn] = {}
+
+
+def fix_for(code: str) -> Callable[[PlanFn], PlanFn]:
+    def register(fn: PlanFn) -> PlanFn:
+        FIXES[code] = fn
+        return fn
+
+    return register
+
+
+def resolve(names: tuple[str, ...] | list[str], model: torch.nn.Module, kind: str) -> list[str]:
+    """The model's own names for a finding's names (which may carry a watched-model prefix,
+    `model.fc.weight`): exact, else the longest own name the finding's name ends with."""
+    own = [n for n, _ in model.named_parameters()] if kind == "param" else []
+    if kind == "module":
+        own = [n for n, _ in model.named_modules()]
+    found = []
+    for name in names:
+        if name in own:
+            found.append(name)
+            continue
+        tails = [n for n in own if n and name.endswith("." + n)]
+        if tails:
+            found.append(max(tails, key=len))
+    return found
+
+
+def _needs_optimizer(setup: Setup) -> str | None:
+    if setup.optimizer_class is None:
+        return "no torch optimizer holds the model's params: an update by hand cannot be replayed"
+    return None
+
+
+@fix_for("TD106")
+def _zero_grad(finding: Finding, setup: Setup) -> Plan | NotRun:
+    fix = "zero_grad() each step"
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    names = resolve(finding.where.params, setup.model, "param")
+    if not names:
+        return NotRun(fix, "the params that carried their gradient are not the copy's")
+    return Plan(fix, {"carry_grads": tuple(names)}, {"carry_grads": ()})
+
+
+@fix_for("TD103")
+def _add_param_group(finding: Finding, setup: Setup) -> Plan | NotRun:
+    fix = "the missing params added to the optimizer"
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    names = resolve(finding.where.params, setup.model, "param")
+    if len(names) != len(finding.where.params):
+        return NotRun(fix, "the params left out are not all in the copy (replaced modules?)")
+    return Plan(fix, {}, {"extra_params": tuple(names)})
+
+
+@fix_for("TD402")
+def _train_mode(finding: Finding, setup: Setup) -> Plan | NotRun:
+    fix = "model.train() while training"
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    ev = finding.evidence
+    roots = ev.get("models_in_eval_mode") or []
+    names = tuple(ev.get("modules_in_eval") or ())
+    model = setup.model
+    if roots:
+        modules = [model]
+        eval_modules: tuple[str, ...] = ("",)
+    else:
+        resolved = resolve(names, model, "module")
+        lookup = dict(model.named_modules())
+        modules = [lookup[n] for n in resolved]
+        eval_modules = tuple(resolved)
+    if not modules:
+        return NotRun(fix, "the modules in eval mode are not the copy's")
+    norms = [m for top in modules for m in top.modules() if isinstance(m, _STATS_NORMS)]
+    if not any(getattr(m, "track_running_stats", False) for m in norms):
+        # Dropout off lowers the training loss on the same batches; its harm is on held-out
+        # data, which the trial does not have: a curve would say the wrong thing.
+        return NotRun(
+            fix,
+            "no normalization layer with running statistics is in eval mode (Dropout only): "
+            "the effect is on held-out data, not on the training loss a trial measures",
+        )
+    return Plan(fix, {"eval_modules": eval_modules}, {"eval_modules": (), "train_all": True})
+
+
+@fix_for("TD506")
+def _logits(finding: Finding, setup: Setup) -> Plan | NotRun:
+    loss_fn = finding.evidence.get("loss_fn") or ""
+    batch = setup.batch
+    nll = loss_fn == "nll_loss"
+    fix = "log_softmax instead of softmax" if nll else "the logits to the loss (no softmax/sigmoid)"
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    if batch is None:
+        return NotRun(fix, "no batch was captured")
+    if batch.loss_fn != loss_fn:
+        return NotRun(fix, f"the replayed loss is {batch.loss_fn}, not this {loss_fn}")
+    if batch.squash is None and probability_module(setup) is None:
+        return NotRun(
+            fix,
+            "the probability op is inside forward() code, not a module the copy can drop",
+        )
+    op = batch.squash[0] if batch.squash else probability_module(setup)[1]  # type: ignore[index]
+    if nll and op != "softmax":
+        return NotRun(fix, f"a {op} before nll_loss has no log-probability twin to swap in")
+    return Plan(fix, {}, {"squash": "log_softmax" if nll else "drop"}, same_loss=False)
+
+
+def probability_module(setup: Setup) -> tuple[str, str] | None:
+    """(name, op) of the nn.Softmax/nn.Sigmoid module whose output is the loss input, when the
+    captured output is the loss input itself and the model's last such module makes it."""
+    batch = setup.batch
+    if batch is None or batch.squash is not None or batch.view is not None or batch.cast:
+        return None
+    found = [
+        (n, op)
+        for n, m in setup.model.named_modules()
+        for cls, op in _PROBABILITY_MODULES.items()
+        if type(m) is cls
+    ]
+    return found[-1] if len(found) == 1 else None
+
+
+@fix_for("TD210")
+def _lower_lr(finding: Finding, setup: Setup) -> Plan | NotRun:
+    lrs = [base_lr(g[1]) for g in setup.groups]
+    lr = next((v for v in lrs if v is not None), None)
+    fix = "lr x0.1" + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else "")
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    if finding.evidence.get("kind") not in ("divergence", "spike"):
+        return NotRun(fix, f"a {finding.evidence.get('kind')} is not an lr's to fix")
+    return Plan(fix, {}, {"lr_scale": 0.1})
+
+
+def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:
+    """The finding's plan, its reason for none, or None when no fix is declared for it."""
+    fn = FIXES.get(finding.code)
+    return fn(finding, setup) if fn is not None else None
+
+
+def fix_name(code: str) -> str | None:
+    """The fix's words for a finding with no setup to plan on (the experiments were off)."""
+    return _NAMES.get(code)
+
+
+_NAMES = {
+    "TD106": "zero_grad() each step",
+    "TD103": "the missing params added to the optimizer",
+    "TD402": "model.train() while training",
+    "TD506": "the logits to the loss (no softmax/sigmoid)",
+    "TD210": "lr x0.1",
+}

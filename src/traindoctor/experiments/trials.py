@@ -1,0 +1,297 @@
+"""Fix trials (issue 17): does the fix an error finding proposes help, on this run?
+
+For each error finding with a declared fix (fixes.py), at close and on a copy: K optimizer
+steps from the captured initial weights, with a fresh optimizer of the user's class and
+groups, on the captured batches (up to 8, cycled), once as written (every reproducible bug of
+the run replayed in the loop) and once with the fix. Both loss curves go in the finding's
+`evidence["trial"]`, with the verdict ("fix helps" / "fix does not help" / "not run: <why>"),
+the cost in steps and seconds, and a sentence in its cause. A fix that does not help ranks
+the finding lower.
+
+The verdict compares the mean loss over all the captured batches at the final weights of
+each arm (the same batches, the same dropout draws); where the fix changes the loss input
+(TD506), both final models are scored with the fixed forward. It reads no clock: identical
+runs give identical verdicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from ..findings import Finding, Severity, rank
+from .fixes import Arm, NotRun, Plan, fix_name, plan_for, probability_module
+from .runner import Batch, Replay, Setup, build_optimizer, fresh_copy, isolated, memory_short
+
+STEPS = 30  # optimizer steps of each arm
+MAX_TRIALS = 4  # error findings tried per run (highest ranked first): a bounded cost at close
+HELPS = 0.05  # the fix helps: its final loss is below the as-written one by 5% of the start
+DEMOTE = 30  # priority added to a finding whose fix does not help (ranks after the others)
+ROUND = 5
+AS_WRITTEN, WITH_FIX = "as written", "with fix"
+
+
+def run_trials(
+    setup: Setup | None,
+    findings: list[Finding],
+    skipped: str | None = None,
+    parts: tuple[int, int] | None = None,
+) -> list[Finding]:
+    """The findings, each error finding with a declared fix carrying its trial; ranked again
+    when a verdict moved one. `skipped`: why nothing can be replayed (said in each trial)."""
+    candidates = [f for f in findings if f.severity is Severity.ERROR and fix_name(f.code)]
+    if not candidates:
+        return findings
+    reason = _why_not(setup, skipped, parts)
+    plans: dict[int, Plan | NotRun] = {}
+    for f in candidates:
+        if reason is not None:
+            plans[id(f)] = NotRun(_fix_words(f, setup), reason)
+            continue
+        try:
+            plan = plan_for(f, setup)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001  (a trial never reaches the user)
+            plan = NotRun(fix_name(f.code) or "", f"{type(exc).__name__}: {exc}"[:200])
+        if plan is not None:
+            plans[id(f)] = plan
+    # The run as written: every reproducible bug in the loop at once.
+    baseline = Arm()
+    for plan in plans.values():
+        if isinstance(plan, Plan):
+            baseline = baseline.merged(plan.as_written)
+    tried = 0
+    out = []
+    for f in findings:
+        plan = plans.get(id(f))
+        if plan is None:
+            out.append(f)
+            continue
+        if isinstance(plan, Plan) and tried >= MAX_TRIALS:
+            plan = NotRun(plan.fix, f"{MAX_TRIALS} trials already run at this close")
+        if isinstance(plan, NotRun):
+            trial = _not_run(plan.fix, plan.reason)
+        else:
+            tried += 1
+            trial = _trial(setup, plan, baseline)  # type: ignore[arg-type]
+        out.append(_with_trial(f, trial))
+    return rank(out)
+
+
+def _why_not(setup: Setup | None, skipped: str | None, parts: tuple[int, int] | None) -> str | None:
+    if skipped:
+        return skipped
+    if setup is None:
+        return (
+            "the experiments are off (run under `traindoctor check` or TRAINDOCTOR_EXPERIMENTS=1)"
+        )
+    if setup.batch is None:
+        return "the loss is custom code (no torch.nn.functional loss on the model's output)"
+    if parts is not None and parts[1] > max(parts[0], 1):
+        return (
+            f"the loss has several parts ({parts[1]} standard loss calls for {parts[0]} forward "
+            "pass(es) in a step): a replay of one part is not the run"
+        )
+    return memory_short(setup.model)
+
+
+def _fix_words(f: Finding, setup: Setup | None) -> str:
+    return fix_name(f.code) or ""
+
+
+def _not_run(fix: str, reason: str) -> dict[str, Any]:
+    return {
+        "fix": fix,
+        "steps": 0,
+        "batches": 0,
+        "curves": {},
+        "verdict": f"not run: {reason}",
+        "seconds": 0.0,
+    }
+
+
+def _trial(setup: Setup, plan: Plan, baseline: Arm) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    arms = {AS_WRITTEN: baseline, WITH_FIX: baseline.merged(plan.with_fix)}
+    # Both final models are scored with the fixed forward when the fix changes the loss input.
+    scorer = None if plan.same_loss else arms[WITH_FIX]
+    try:
+        with isolated(setup.model):
+            runs = {label: _replay(setup, arm, scorer) for label, arm in arms.items()}
+    except Exception as exc:  # noqa: BLE001  (recorded in the finding, never raised)
+        trial = _not_run(plan.fix, f"{type(exc).__name__}: {exc}"[:300])
+        trial["traceback"] = traceback.format_exc(limit=3)[-800:]
+        return trial
+    n = min(len(setup.batches), STEPS) or 1
+    a, w = runs[AS_WRITTEN], runs[WITH_FIX]
+    ref = max(abs(a["start"]), abs(w["start"]), 1e-12)
+    if not math.isfinite(w["end"]):
+        helps = False
+    elif not math.isfinite(a["end"]):
+        helps = True
+    else:
+        helps = w["end"] < a["end"] - HELPS * ref
+    verdict = "fix helps" if helps else "fix does not help"
+    scored = "" if plan.same_loss else " (both scored on the fixed forward)"
+    summary = (
+        f"with {plan.fix}, the mean loss on the same {n} batches goes {_num(w['start'])} -> "
+        f"{_num(w['end'])} in {STEPS} steps; as written it goes {_num(a['start'])} -> "
+        f"{_num(a['end'])}{scored}"
+    )
+    return {
+        "fix": plan.fix,
+        "steps": STEPS,
+        "batches": n,
+        "curves": {label: [round(v, ROUND) for v in r["curve"]] for label, r in runs.items()},
+        "verdict": verdict,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "start": {label: _round(r["start"]) for label, r in runs.items()},
+        "end": {label: _round(r["end"]) for label, r in runs.items()},
+        "cost": f"{2 * STEPS} steps on a copy",
+        "summary": summary,
+    }
+
+
+def _replay(setup: Setup, arm: Arm, scorer: Arm | None) -> dict[str, Any]:
+    """K steps of one arm on a fresh copy: its loss curve (the loss before each step and one
+    after the last), and the mean loss over all batches at the start and at the end (with
+    `scorer`'s forward when given)."""
+    twin = fresh_copy(setup)
+    _set_modes(twin, arm)
+    _swap_module(twin, setup, arm)
+    batches = _arm_batches(setup, arm)
+    replays = [Replay(b) for b in batches]
+    n = min(len(batches), STEPS)
+    start = _score(twin, setup, scorer or arm, n)
+    opt = build_optimizer(setup, twin, arm.lr_scale)
+    if arm.extra_params:
+        _add_group(opt, twin, arm.extra_params)
+    carry = set(arm.carry_grads)
+    params = list(twin.named_parameters())
+    torch.manual_seed(0)
+    values: list[torch.Tensor] = []
+    diverged = False
+    for k in range(STEPS):
+        for name, p in params:
+            if name not in carry:
+                p.grad = None
+        b, r = batches[k % n], replays[k % n]
+        loss = r.loss(twin, b.args, b.kwargs)
+        values.append(loss.detach().float().reshape(()))
+        if not torch.isfinite(values[-1]):
+            diverged = True
+            break
+        loss.backward()
+        opt.step()
+    if not diverged:
+        b, r = batches[STEPS % n], replays[STEPS % n]
+        with torch.no_grad():
+            values.append(r.loss(twin, b.args, b.kwargs).detach().float().reshape(()))
+    curve = [float(v) for v in torch.stack(values).cpu()] if values else []
+    end = math.inf if diverged else _score(twin, setup, scorer or arm, n)
+    return {"curve": curve, "start": start, "end": end}
+
+
+def _set_modes(twin: torch.nn.Module, arm: Arm) -> None:
+    if arm.train_all:
+        twin.train(True)
+    modules = dict(twin.named_modules())
+    for name in arm.eval_modules:
+        if name in modules:
+            modules[name].eval()
+
+
+def _arm_batches(setup: Setup, arm: Arm) -> list[Batch]:
+    """The captured batches as this arm replays them: TD506's fix drops the probability op the
+    script applied to the output (or swaps softmax for log_softmax before nll_loss)."""
+    batches = list(setup.batches) or [setup.batch]  # type: ignore[list-item]
+    if arm.squash is None or batches[0].squash is None:
+        return batches
+    dim = batches[0].squash[1]
+    new = None if arm.squash == "drop" else ("log_softmax", dim)
+    return [dataclasses.replace(b, squash=new) for b in batches]
+
+
+def _swap_module(twin: torch.nn.Module, setup: Setup, arm: Arm) -> tuple[Any, str, Any] | None:
+    """TD506's fix where the model's own nn.Softmax/nn.Sigmoid makes the loss input: that
+    module of the copy replaced (Identity, or LogSoftmax before nll_loss). Returns what to put
+    back, or None when nothing was swapped (no such module, or swapped already)."""
+    if arm.squash is None or setup.batch is None or setup.batch.squash is not None:
+        return None
+    found = probability_module(setup)
+    if found is None:
+        raise RuntimeError("no probability op to drop on the copy")
+    parent_name, _, attr = found[0].rpartition(".")
+    parent = twin.get_submodule(parent_name) if parent_name else twin
+    old = getattr(parent, attr)
+    if not isinstance(old, torch.nn.Softmax | torch.nn.Sigmoid):
+        return None
+    new = torch.nn.Identity() if arm.squash == "drop" else torch.nn.LogSoftmax(dim=old.dim)
+    setattr(parent, attr, new)
+    return parent, attr, old
+
+
+def _add_group(opt: torch.optim.Optimizer, twin: torch.nn.Module, names: tuple[str, ...]) -> None:
+    """The left-out params in a group of their own, with the first group's settings."""
+    own = dict(twin.named_parameters())
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    params = [own[n] for n in names if n in own and id(own[n]) not in held]
+    if params:
+        settings = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        opt.add_param_group({**settings, "params": params})
+
+
+def _score(twin: torch.nn.Module, setup: Setup, arm: Arm, n: int) -> float:
+    """The mean loss over the first n batches at the current weights, with `arm`'s forward,
+    leaving the copy as it was (its buffers, BatchNorm's running stats, put back)."""
+    buffers = {k: v.detach().clone() for k, v in twin.named_buffers()}
+    swapped = _swap_module(twin, setup, arm)
+    batches = _arm_batches(setup, arm)[:n]
+    torch.manual_seed(1)  # the same dropout draws for both arms
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for b in batches:
+                value = float(Replay(b).loss(twin, b.args, b.kwargs))
+                if not math.isfinite(value):
+                    return math.inf
+                total += value
+    finally:
+        if swapped is not None:
+            parent, attr, old = swapped
+            setattr(parent, attr, old)
+        with torch.no_grad():
+            for k, v in twin.named_buffers():
+                v.copy_(buffers[k])
+    return total / max(len(batches), 1)
+
+
+def _with_trial(f: Finding, trial: dict[str, Any]) -> Finding:
+    evidence = {**f.evidence, "trial": trial}
+    verdict = trial["verdict"]
+    cause = f.cause
+    if "summary" in trial:
+        cause = f"{cause}. Measured on a copy: {trial['summary']} ({verdict})"
+    elif verdict.startswith("not run"):
+        cause = f"{cause}. Fix trial {verdict}"
+    if verdict == "fix does not help":
+        return dataclasses.replace(
+            f,
+            evidence=evidence,
+            cause=cause,
+            priority=f.priority + DEMOTE,
+            confidence=round(f.confidence * 0.5, 3),
+        )
+    return dataclasses.replace(f, evidence=evidence, cause=cause)
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}" if math.isfinite(v) else "non-finite"
+
+
+def _round(v: float) -> float | str:
+    return round(v, ROUND) if math.isfinite(v) else "non-finite"
