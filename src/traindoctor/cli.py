@@ -80,7 +80,13 @@ def _run_options(f):
         metavar="CODES",
         help="Run only these rule codes or prefixes, comma-separated (e.g. TD1,TD210).",
     )(f)
-    f = click.option("--json", "as_json", is_flag=True, help="Print findings.json to stdout.")(f)
+    f = click.option(
+        "--no-progress",
+        is_flag=True,
+        help="No live status line on stderr (also TRAINDOCTOR_PROGRESS=0; off when stderr is "
+        "not a terminal).",
+    )(f)
+    f = _output_options(f)
     f = click.option(
         "--fail-on",
         type=click.Choice(["error", "warning"]),
@@ -97,6 +103,35 @@ def _run_options(f):
     f = click.option("-m", "module", default=None, help="Run a module, like `python -m`.")(f)
     f = click.argument("args", nargs=-1, type=click.UNPROCESSED)(f)
     f = click.argument("target", required=False)(f)
+    return f
+
+
+def _output_options(f):
+    """--output-format, --output-file and --json: the options of every command that prints
+    findings (run, check, report)."""
+    f = click.option(
+        "--output-file",
+        "-o",
+        "output_file",
+        default=None,
+        metavar="PATH",
+        help="Write the findings to this file instead of stdout.",
+    )(f)
+    f = click.option(
+        "--output-format",
+        "output_format",
+        default=None,
+        metavar="FORMAT",
+        help="How to print the findings: full (default), concise, grouped, json, json-lines, "
+        "junit, github, gitlab, pylint, azure, sarif (as ruff's). Machine-readable formats "
+        "keep stdout for themselves (the script's own stdout goes to stderr).",
+    )(f)
+    f = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print findings.json to stdout (= --output-format json).",
+    )(f)
     return f
 
 
@@ -157,6 +192,9 @@ def _do_run(
     rule_options=(),
     config_file=None,
     no_config=False,
+    output_format=None,
+    output_file=None,
+    no_progress=False,
 ) -> None:
     args = list(args)
     if module and target:
@@ -180,14 +218,21 @@ def _do_run(
         if max_steps is None and command == "check":
             max_steps = settings.check_steps or 20
         _check_out_dir(out_dir, out_flag)
+        fmt = _output_format(as_json, output_format, settings.output_format)
+        _check_output_file(output_file)
     except UsageError as e:
         _usage(str(e))  # before torch is imported: a usage error is instant
+    from . import progress
     from .integrations.runner import run_target
+    from .report import formats
     from .report.console import print_report
 
-    redirect = _stdout_to_stderr() if as_json else contextlib.nullcontext()
+    # A machine-readable format on stdout: stdout carries it alone.
+    clean_stdout = formats.is_machine(fmt) and output_file is None
+    redirect = _stdout_to_stderr() if clean_stdout else contextlib.nullcontext()
+    live = progress.live(progress.wanted(no_progress, clean_stdout))
     try:
-        with redirect:
+        with redirect, live:
             result = run_target(
                 name,
                 args,
@@ -211,16 +256,78 @@ def _do_run(
     # A rank of a distributed job: rank 0 shows the job's merged report, the others nothing
     # (each rank's own is in its folder; stdout stays one findings.json under --json).
     shown = _job_report(report) if report.rank is not None else report
+    # The console summary goes to stderr, unless a human format on stdout replaces it.
+    summary = fmt == "full" or formats.is_machine(fmt) or output_file is not None
     with contextlib.suppress(Exception):
-        if shown is not None:
+        if shown is not None and summary:
             print_report(shown)
     if report.write_error:
         click.echo(f"traindoctor: {report.write_error}", err=True)
-    if as_json and shown is not None:
-        click.echo(json.dumps(shown.to_dict(), indent=2))
+    if shown is not None and (fmt != "full" or output_file is not None):
+        _emit(shown, fmt, output_file)
     if fail_on and _crosses(report, fail_on):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(result.script_exit_code)
+
+
+def _output_format(as_json: bool, value: str | None, configured: str | None) -> str:
+    """The output format: --output-format (or --json), else [tool.traindoctor]'s, else full."""
+    from .report import formats
+
+    if value is not None:
+        fmt = formats.check(value)
+        if as_json and fmt != "json":
+            raise UsageError(
+                f"--json and --output-format {value} contradict each other; pass one of them "
+                "(--json is --output-format json)"
+            )
+        return fmt
+    if as_json:
+        return "json"
+    return configured or formats.DEFAULT
+
+
+def _check_output_file(path: str | None) -> None:
+    """--output-file names a file whose folder exists: said before the script starts, not
+    after the training."""
+    if path is None:
+        return
+    target = Path(path)
+    if not path.strip() or target.is_dir():
+        raise UsageError(
+            f"--output-file got {path!r}, a directory; pass a file path, e.g. "
+            "--output-file traindoctor.sarif"
+        )
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(
+            f"--output-file {path!r}: the folder {str(folder)!r} does not exist; create it or "
+            "pass a file in an existing folder"
+        )
+
+
+def _emit(report, fmt: str, output_file: str | None) -> None:
+    """The findings in `fmt`, on stdout or into --output-file. A renderer or a write that
+    fails is traindoctor failing (exit 5), said in one line."""
+    from .report import formats
+
+    try:
+        text = formats.render(fmt, report)
+        if output_file is None:
+            click.echo(text, nl=False)
+            return
+        with open(output_file, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as e:
+        click.echo(
+            f"traindoctor: error: could not write --output-file {output_file}: {e}", err=True
+        )
+        sys.exit(ExitCode.INTERNAL_ERROR)
+    except Exception as e:  # noqa: BLE001  (a renderer bug: one line, not a traceback)
+        click.echo(
+            f"traindoctor: internal error: rendering {fmt}: {type(e).__name__}: {e}", err=True
+        )
+        sys.exit(ExitCode.INTERNAL_ERROR)
 
 
 def _job_report(report):
@@ -266,9 +373,11 @@ RUN_VALUE_OPTIONS = (
     "--ignore",
     "--option",
     "--config-file",
+    "--output-format",
+    "--output-file",
     "-m",
 )
-RUN_FLAGS = ("--json", "--no-config")
+RUN_FLAGS = ("--json", "--no-config", "--no-progress")
 SCRIPT_SUFFIXES = ("", ".py", ".pyw")
 
 
@@ -451,19 +560,30 @@ def explain(code: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@_output_options
 @click.option(
     "--rediagnose",
     is_flag=True,
     help="Re-run the rules on timeline.jsonl instead of reading findings.json.",
 )
-def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
+def report(
+    run_dir: Path,
+    as_json: bool,
+    rediagnose: bool,
+    output_format: str | None = None,
+    output_file: str | None = None,
+) -> None:
     """Re-render a run directory written by `run` or `doc.close()` (or re-diagnose the
     timeline of a run that never closed: killed, or still running)."""
     from .report import rerender_run
     from .report.console import print_report
 
     example = "pass a run directory such as traindoctor-runs/<run-id>/"
+    try:
+        fmt = _output_format(as_json, output_format, None)
+        _check_output_file(output_file)
+    except UsageError as e:
+        _usage(str(e))
     if not run_dir.exists():
         _usage(f"{str(run_dir)!r} does not exist; {example} written by `traindoctor run`")
     if not run_dir.is_dir():
@@ -480,8 +600,8 @@ def report(run_dir: Path, as_json: bool, rediagnose: bool) -> None:
         rerender_run(rep)
     else:
         rep = _closed_run(run_dir, rediagnose)
-    if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+    if fmt != "full" or output_file is not None:
+        _emit(rep, fmt, output_file)
     else:
         from rich.console import Console
 
@@ -595,6 +715,8 @@ PARAM_HINTS = {
     "out_dir": "Pass a directory for the run reports, e.g. --out traindoctor-runs.",
     "code": "Pass a rule code such as TD102 (`traindoctor rules` lists them).",
     "run_dir": "Pass a run directory, e.g. traindoctor-runs/<run-id>/.",
+    "output_file": "Pass a file path, e.g. --output-file traindoctor.sarif.",
+    "output_format": "Pass a format, e.g. --output-format github.",
 }
 
 

@@ -26,7 +26,16 @@ from .errors import UsageError
 
 TABLE = "[tool.traindoctor]"
 # The keys of [tool.traindoctor] (kebab-case, as ruff's), besides the `rules` sub-table.
-KEYS = ("select", "extend-select", "ignore", "fail-on", "out", "check-steps", "rules")
+KEYS = (
+    "select",
+    "extend-select",
+    "ignore",
+    "fail-on",
+    "out",
+    "check-steps",
+    "output-format",
+    "rules",
+)
 FAIL_ON = ("error", "warning")
 DEFAULT_OUT = "traindoctor-runs"
 
@@ -66,6 +75,7 @@ class Settings:
     fail_on: str | None = None
     out: Path | None = None
     check_steps: int | None = None
+    output_format: str | None = None
 
     def then(
         self, layer: Layer, options: Mapping[str, Mapping[str, Any]] | None = None
@@ -81,6 +91,7 @@ class Settings:
             fail_on=self.fail_on,
             out=self.out,
             check_steps=self.check_steps,
+            output_format=self.output_format,
         )
 
     def rules(self) -> list[Any]:
@@ -292,6 +303,11 @@ def from_table(table: Mapping[str, Any], path: Path | None, where: str) -> Setti
             f"{where} check-steps got {show(steps)}; pass a whole number of optimizer steps "
             f">= 1 for `traindoctor check` (default {DEFAULT_CHECK_STEPS})"
         )
+    output_format = None
+    if "output-format" in table:
+        from .report import formats  # names only: no renderer, no torch
+
+        output_format = formats.check(table["output-format"], where=f"{where} output-format")
     rules = table.get("rules", {})
     if not isinstance(rules, dict):
         raise UsageError(
@@ -317,6 +333,7 @@ def from_table(table: Mapping[str, Any], path: Path | None, where: str) -> Setti
         fail_on=fail_on,
         out=out,
         check_steps=steps,
+        output_format=output_format,
     )
 
 
