@@ -768,6 +768,19 @@ _signal(
     "per step where it changes: {loader: {epoch, shuffle, batches, seed, dataset}} of each "
     "iterated DataLoader whose sampler is a DistributedSampler",
 )
+_signal(
+    "ranks.sync",
+    "per step with a DDP wrapper's training forwards not all synchronized, or several: "
+    "{synced, unsynced, backwards, last, source} forwards through the wrapper with and "
+    "without require_backward_grad_sync (no_sync()), the step's backward passes, whether the "
+    "forward before its last backward synchronized, and (last False) the user's line of the "
+    "step's last unsynchronized forward",
+)
+_signal(
+    "ranks.save",
+    "per step with one: [{path, host, source}] torch.save calls to a file path (absolute), "
+    "with the user's line",
+)
 # The job timeline (distributed/job_timeline.py): each rank's values side by side, keyed by
 # rank (a string, as JSON keys are), read only by the merge's cross-rank rules.
 _signal("job.ranks", "at step 0: {rank: {last_step, ended}} of each rank whose timeline was read")
@@ -780,6 +793,8 @@ _signal("job.data_samples", "per step: {rank: that rank's data.samples}")
 _signal("job.loss", "per step: {rank: that rank's loss.backward}")
 _signal("job.nonfinite", "per step: {rank: that rank's numerics.nonfinite}")
 _signal("job.grads_none", "per sampled step: {rank: that rank's grads.none}")
+_signal("job.sync", "per step: {rank: that rank's ranks.sync}")
+_signal("job.save", "per step: {rank: that rank's ranks.save}")
 
 # -- experiments on a copy (issue 17) -------------------------------------------------------
 # Run at close under `traindoctor check` (or TRAINDOCTOR_EXPERIMENTS=1): Karpathy's recipe on a

@@ -34,6 +34,8 @@ FOLDED = {
     "loss.backward": "job.loss",
     "numerics.nonfinite": "job.nonfinite",
     "grads.none": "job.grads_none",
+    "ranks.sync": "job.sync",
+    "ranks.save": "job.save",
 }
 DDP = "ranks.ddp"  # folded at step 0: its last value per rank
 # The rank facts the job timeline keeps (from the lowest rank that has them): what diagnose

@@ -24,6 +24,17 @@ timeline, and the ranks are compared at the merge, after the job.
   distributed job with such a model) and fingerprinted when each fingerprint step opens. The wrapper's settings
   (`broadcast_buffers`, `find_unused_parameters`) and the parameters DDP does not synchronize
   (registered after wrapping, or ignored) are recorded when they change.
+- Gradient synchronization (TD606): the wrapper's forward pre-hook reads DDP's
+  `require_backward_grad_sync` (False inside `no_sync()`), which DDP reads at that forward to
+  decide whether the following backward all-reduces. A step whose last backward followed a
+  forward without it (its optimizer step applies gradients the ranks did not exchange: the
+  user's line of that forward is recorded), or that ran several synchronized forwards (with
+  its backward passes counted: accumulation without no_sync all-reduces each micro-batch),
+  is recorded.
+- torch.save (TD607): while a rank is watched, `torch.save` (and `torch.serialization.save`)
+  pass through a wrapper that records the absolute path of each file written (a file object
+  or a buffer is not recorded), the host and the user's line; the merge compares the ranks'
+  paths. An audit hook would not see it: torch's zip writer opens the file in C++.
 - DistributedSampler: the DataLoaders the data probe saw iterated (its `DataLoader.__iter__`
   listener; nothing patched here) are looked at when each step opens: their sampler's epoch,
   shuffle, seed and batches per epoch, recorded when they change.
@@ -35,6 +46,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._patching import Patch, PatchSet, acquire, release
 from .._source import user_source
 from ..distributed.ranks import RankInfo, detect
 from ..timeline import signal
@@ -64,6 +76,19 @@ RANKS_BYPASS = signal(
     "per step with one: {count, source} training forwards of a DDP-wrapped module called "
     "directly, not through its DDP wrapper (source: the user's line of the first)",
 )
+RANKS_SYNC = signal(
+    "ranks.sync",
+    "per step with a DDP wrapper's training forwards not all synchronized, or several: "
+    "{synced, unsynced, backwards, last, source} forwards through the wrapper with and "
+    "without require_backward_grad_sync (no_sync()), the step's backward passes, whether the "
+    "forward before its last backward synchronized, and (last False) the user's line of the "
+    "step's last unsynchronized forward",
+)
+RANKS_SAVE = signal(
+    "ranks.save",
+    "per step with one: [{path, host, source}] torch.save calls to a file path (absolute), "
+    "with the user's line",
+)
 RANKS_SAMPLER = signal(
     "ranks.sampler",
     "per step where it changes: {loader: {epoch, shuffle, batches, seed, dataset}} of each "
@@ -73,6 +98,8 @@ RANKS_SAMPLER = signal(
 FP_EVERY = 100  # a fingerprint step every this many steps, past the powers of two
 MAX_LOADERS = 8  # DistributedSampler loaders followed
 FIND_FORWARDS = 8  # training forwards of an unwrapped model looked at for its DDP wrapper
+MAX_SYNC_SOURCES = 32  # steps whose unsynchronized forwards are located (a stack walk each)
+MAX_SAVES = 64  # torch.save calls recorded per rank
 
 
 def fingerprint_step(step: int) -> bool:
@@ -135,6 +162,8 @@ class RanksProbe(Probe):
         RANKS_PARAM_FP,
         RANKS_BUFFER_FP,
         RANKS_BYPASS,
+        RANKS_SYNC,
+        RANKS_SAVE,
         RANKS_SAMPLER,
     )
 
@@ -159,6 +188,21 @@ class RanksProbe(Probe):
         self._sharded: list[str] = []  # models with an FSDP wrapper (sharded: not fingerprinted)
         self._samplers: dict[str, dict[str, Any]] = {}
         self._models: dict[str, torch.nn.Module] = {}
+        # This step's training forwards through a DDP wrapper, with and without gradient
+        # synchronization, its backward passes, and the line of its last unsynced forward.
+        self._synced = 0
+        self._unsynced = 0
+        self._backwards = 0
+        self._unsynced_source: str | None = None
+        self._forward_synced: bool | None = None  # the last forward through a wrapper's
+        self._backward_synced: bool | None = None  # ... as the step's last backward found it
+        self._located = 0  # steps whose unsynced forwards were located
+        self._saves: list[dict[str, Any]] = []  # this step's torch.save calls
+        self._save_step = 0
+        self._saved = 0
+        self._listening_saves = False
+        self._save_listener: Any = None
+        self._rec: Recorder | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -219,6 +263,19 @@ class RanksProbe(Probe):
         self._step = ctx.state.step
         self._fp_due = bool(self._wrappers) and fingerprint_step(self._step)
         self._note_ddp(self._step, rec)
+        self._rec = rec
+        self._save_listener = lambda f: ctx.guard.call("probe ranks", self._on_save, f)
+        _SAVE_LISTENERS.append(self._save_listener)
+        self._listening_saves = True
+        acquire(_SAVE_PATCH)
+
+    def detach(self) -> None:
+        super().detach()
+        if self._listening_saves:
+            self._listening_saves = False
+            if self._save_listener in _SAVE_LISTENERS:
+                _SAVE_LISTENERS.remove(self._save_listener)
+            release(_SAVE_PATCH)
 
     # -- per step ---------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -229,6 +286,10 @@ class RanksProbe(Probe):
         self._fp_due = bool(self._wrappers) and fingerprint_step(step)
         self._fp_done.clear()
         self._bypass = None
+        self._synced = self._unsynced = self._backwards = 0
+        self._unsynced_source = None
+        self._backward_synced = None
+        self._forward_synced = None
         self._watch_samplers(step, rec)
         if self._held and fingerprint_step(step):
             self._note_ddp(step, rec)
@@ -237,10 +298,51 @@ class RanksProbe(Probe):
                 if model is not None:
                     self._fingerprint(prefix, model, rec)
 
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        self._backwards += 1
+        self._backward_synced = self._forward_synced
+
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         if self._bypass is not None:
             rec.record(step, RANKS_BYPASS, self._bypass)
             self._bypass = None
+        if self._unsynced or self._synced > 1:
+            # last: whether the forward before the step's last backward synchronized (its
+            # gradients, and all accumulated since the previous all-reduce, are exchanged)
+            last = self._backward_synced
+            sync: dict[str, Any] = {
+                "synced": self._synced,
+                "unsynced": self._unsynced,
+                "backwards": self._backwards,
+                "last": last,
+            }
+            if last is False:
+                self._located += 1
+                sync["source"] = self._unsynced_source
+            rec.record(step, RANKS_SYNC, sync)
+
+    # -- torch.save -------------------------------------------------------------------------
+    def _on_save(self, f: Any) -> None:
+        """A torch.save call of this process (from the wrapper, before the file is written)."""
+        import os
+
+        if self.info is None or self._saved >= MAX_SAVES:
+            return
+        if not isinstance(f, str | os.PathLike):
+            return  # a file object or a buffer (Lightning's, HF's): no path to compare
+        self._saved += 1
+        step = self._step
+        if step != self._save_step:
+            self._saves, self._save_step = [], step
+        self._saves.append(
+            {
+                "path": os.path.abspath(os.fsdecode(f)),
+                "host": _host(),
+                "source": user_source(skip=1),
+            }
+        )
+        if self._rec is not None:
+            self._rec.record(step, RANKS_SAVE, list(self._saves))
 
     # -- DDP --------------------------------------------------------------------------------
     def _hook_wrapper(self, wrapper: torch.nn.Module) -> None:
@@ -273,8 +375,20 @@ class RanksProbe(Probe):
 
         return pre
 
-    def _enter(self, _module: torch.nn.Module, _args: Any) -> None:
+    def _enter(self, module: torch.nn.Module, _args: Any) -> None:
         self._through += 1
+        if self._through != 1 or not self._training(module):
+            return
+        # DDP decides at this forward whether the next backward all-reduces (no_sync() sets
+        # the flag False): read where DDP reads it.
+        if getattr(module, "require_backward_grad_sync", True):
+            self._synced += 1
+            self._forward_synced = True
+        else:
+            self._unsynced += 1
+            self._forward_synced = False
+            if self._located < MAX_SYNC_SOURCES:
+                self._unsynced_source = user_source(skip=1) or "?"
 
     def _leave(self, _module: torch.nn.Module, _args: Any, _output: Any) -> None:
         self._through = max(0, self._through - 1)
@@ -386,6 +500,40 @@ class RanksProbe(Probe):
                 changed = True
         if changed:
             rec.record(step, RANKS_SAMPLER, {k: dict(v) for k, v in self._samplers.items()})
+
+
+# -- torch.save, while some rank's probe listens ---------------------------------------------
+_SAVE_LISTENERS: list[Any] = []
+
+
+def _save_of(original: Any) -> Any:
+    import functools
+
+    @functools.wraps(original)
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
+        for listener in list(_SAVE_LISTENERS):
+            try:
+                listener(f)
+            except Exception:  # noqa: BLE001  (never in the user's way)
+                pass
+        return original(obj, f, *args, **kwargs)
+
+    return save
+
+
+def _save_patches() -> list[Patch]:
+    import torch.serialization
+
+    return [Patch(torch, "save", _save_of), Patch(torch.serialization, "save", _save_of)]
+
+
+_SAVE_PATCH = PatchSet("torch.save", _save_patches)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _sampler_state(loader: Any) -> dict[str, Any] | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from ..errors import UsageError
 from ._registry import Rule, registered
 from .distributed import (
+    checkpoint_every_rank,
     data_not_sharded,
     nonfinite_on_one_rank,
     rank_desync,
     sampler_epoch_not_set,
+    step_without_grad_sync,
     unused_params_ddp,
 )
 from .eval_hygiene import (
@@ -23,6 +25,7 @@ from .experiments import (
     cannot_overfit_one_batch,
     experiments_not_run,
     loss_at_init_off,
+    lr_probe,
     model_mixes_batch,
     output_ignores_input,
 )
@@ -128,11 +131,14 @@ CATALOG = (
     unused_params_ddp,  # TD603
     data_not_sharded,  # TD604
     sampler_epoch_not_set,  # TD605
+    step_without_grad_sync,  # TD606
+    checkpoint_every_rank,  # TD607
     loss_at_init_off,  # TD701
     cannot_overfit_one_batch,  # TD702
     output_ignores_input,  # TD703
     model_mixes_batch,  # TD704
     experiments_not_run,  # TD705
+    lr_probe,  # TD706
 )
 
 
