@@ -781,6 +781,11 @@ _signal(
     "per step with one: [{path, host, source}] torch.save calls to a file path (absolute), "
     "with the user's line",
 )
+_signal(
+    "ranks.loader",
+    "once: {built, iterated} the user's lines that built the DataLoader the training loop "
+    "iterates and that loop (read from the source, distributed/loader_line.py)",
+)
 # The job timeline (distributed/job_timeline.py): each rank's values side by side, keyed by
 # rank (a string, as JSON keys are), read only by the merge's cross-rank rules.
 _signal("job.ranks", "at step 0: {rank: {last_step, ended}} of each rank whose timeline was read")
@@ -795,6 +800,7 @@ _signal("job.nonfinite", "per step: {rank: that rank's numerics.nonfinite}")
 _signal("job.grads_none", "per sampled step: {rank: that rank's grads.none}")
 _signal("job.sync", "per step: {rank: that rank's ranks.sync}")
 _signal("job.save", "per step: {rank: that rank's ranks.save}")
+_signal("job.loader", "once: {rank: that rank's ranks.loader}")
 
 # -- experiments on a copy (issue 17) -------------------------------------------------------
 # Run at close under `traindoctor check` (or TRAINDOCTOR_EXPERIMENTS=1): Karpathy's recipe on a

@@ -46,3 +46,10 @@ def test_fsdp_is_data_parallel_too():
 def test_without_a_data_parallel_wrapper_ranks_may_share_inputs():
     # A tensor- or pipeline-parallel group feeds every rank the same batch by design.
     assert_silent("TD604", _job({"0": lambda s: float(s), "1": lambda s: float(s)}, None))
+
+
+def test_names_the_line_that_built_the_loader():
+    tl = _job({"0": lambda s: float(s), "1": lambda s: float(s)})
+    tl.record(2, "job.loader", {"0": {"built": "train.py:24", "iterated": "train.py:31"}})
+    f = assert_fires("TD604", tl)
+    assert f.where.source == "train.py:24" and f.evidence["loader_iterated_at"] == "train.py:31"

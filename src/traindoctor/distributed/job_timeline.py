@@ -36,6 +36,7 @@ FOLDED = {
     "grads.none": "job.grads_none",
     "ranks.sync": "job.sync",
     "ranks.save": "job.save",
+    "ranks.loader": "job.loader",
 }
 DDP = "ranks.ddp"  # folded at step 0: its last value per rank
 # The rank facts the job timeline keeps (from the lowest rank that has them): what diagnose

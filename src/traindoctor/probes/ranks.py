@@ -35,6 +35,9 @@ timeline, and the ranks are compared at the merge, after the job.
   pass through a wrapper that records the absolute path of each file written (a file object
   or a buffer is not recorded), the host and the user's line; the merge compares the ranks'
   paths. An audit hook would not see it: torch's zip writer opens the file in C++.
+- The DataLoader's line (TD604): at the step opens 2-4 (inside the training loop), the user's
+  line that built the DataLoader the loop iterates, read from the source
+  (distributed/loader_line.py), once.
 - DistributedSampler: the DataLoaders the data probe saw iterated (its `DataLoader.__iter__`
   listener; nothing patched here) are looked at when each step opens: their sampler's epoch,
   shuffle, seed and batches per epoch, recorded when they change.
@@ -48,6 +51,7 @@ import torch
 
 from .._patching import Patch, PatchSet, acquire, release
 from .._source import user_source
+from ..distributed import loader_line
 from ..distributed.ranks import RankInfo, detect
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, by_device
@@ -89,6 +93,11 @@ RANKS_SAVE = signal(
     "per step with one: [{path, host, source}] torch.save calls to a file path (absolute), "
     "with the user's line",
 )
+RANKS_LOADER = signal(
+    "ranks.loader",
+    "once: {built, iterated} the user's lines that built the DataLoader the training loop "
+    "iterates and that loop (read from the source, distributed/loader_line.py)",
+)
 RANKS_SAMPLER = signal(
     "ranks.sampler",
     "per step where it changes: {loader: {epoch, shuffle, batches, seed, dataset}} of each "
@@ -100,6 +109,7 @@ MAX_LOADERS = 8  # DistributedSampler loaders followed
 FIND_FORWARDS = 8  # training forwards of an unwrapped model looked at for its DDP wrapper
 MAX_SYNC_SOURCES = 32  # steps whose unsynchronized forwards are located (a stack walk each)
 MAX_SAVES = 64  # torch.save calls recorded per rank
+LOADER_TRIES = 3  # step opens at which the training loop's DataLoader line is looked for
 
 
 def fingerprint_step(step: int) -> bool:
@@ -164,6 +174,7 @@ class RanksProbe(Probe):
         RANKS_BYPASS,
         RANKS_SYNC,
         RANKS_SAVE,
+        RANKS_LOADER,
         RANKS_SAMPLER,
     )
 
@@ -201,6 +212,7 @@ class RanksProbe(Probe):
         self._save_step = 0
         self._saved = 0
         self._listening_saves = False
+        self._loader_tries = 0
         self._save_listener: Any = None
         self._rec: Recorder | None = None
 
@@ -291,6 +303,8 @@ class RanksProbe(Probe):
         self._backward_synced = None
         self._forward_synced = None
         self._watch_samplers(step, rec)
+        if self._loader_tries < LOADER_TRIES and (self._wrappers or self._held or self._sharded):
+            self._find_loader_line(step, rec)
         if self._held and fingerprint_step(step):
             self._note_ddp(step, rec)
             for prefix, _wrapper, _path in self._held:
@@ -320,6 +334,17 @@ class RanksProbe(Probe):
                 self._located += 1
                 sync["source"] = self._unsynced_source
             rec.record(step, RANKS_SYNC, sync)
+
+    def _find_loader_line(self, step: int, rec: Recorder) -> None:
+        """Where the training loop's DataLoader was built (TD604's line), looked for from
+        inside the loop: at the step opens after the first (the loop's optimizer.step())."""
+        if step < 2 or not any(r() is not None for r in _ITERATED):
+            return
+        self._loader_tries += 1
+        found = loader_line.find(skip=2)
+        if found is not None:
+            self._loader_tries = LOADER_TRIES
+            rec.record(step, RANKS_LOADER, found)
 
     # -- torch.save -------------------------------------------------------------------------
     def _on_save(self, f: Any) -> None:

@@ -16,7 +16,7 @@ from .._registry import rule
     name="data-not-sharded",
     severity=Severity.WARNING,
     summary="Ranks train on identical batches: the data is not sharded across the job.",
-    requires=("job.data_fp", "job.ranks", "job.ddp"),
+    requires=("job.data_fp", "job.ranks", "job.ddp", "job.loader"),
     priority=20,
 )
 def data_not_sharded(
@@ -46,6 +46,8 @@ def data_not_sharded(
     `share` (90%) of at least `min_steps` (4) common steps, with at least two different
     batches among them (the data changes), trains on the same data. Ranks with different
     data differ on almost every step (the weighted sum depends on every value and its place).
+    The finding names the user's line that built the DataLoader the training loop iterates
+    (read from the source around the loop, on the lowest of those ranks), when there is one.
 
     ## Example
     ```python
@@ -100,6 +102,7 @@ def data_not_sharded(
     first = groups[0]
     pair = evidence[f"{first[0]}-{first[1]}"]
     steps = sorted(set(fps[first[0]]) & set(fps[first[1]]))
+    loader = _loader_line(tl, named)
     yield tl.finding(
         title=(
             f"Ranks {', '.join(first)} trained on identical batches: {pair['identical']} of "
@@ -112,8 +115,9 @@ def data_not_sharded(
             "groups": [[int(r) for r in g] for g in groups],
             "pairs": evidence,
             "world_size_read": len(ranks),
+            **({"loader_iterated_at": loader["iterated"]} if loader else {}),
         },
-        where=Where(op="DataLoader"),
+        where=Where(op="DataLoader", source=loader["built"] if loader else None),
         cause=(
             "every rank draws the same batches (no DistributedSampler, or the same shuffling "
             "seed on every rank): the all-reduced gradient is one batch's gradient computed "
@@ -125,6 +129,18 @@ def data_not_sharded(
         ),
         confidence=0.9,
     )
+
+
+def _loader_line(tl: TimelineView, ranks: list[int]) -> dict[str, str] | None:
+    """{built, iterated} of the training loop's DataLoader, from the lowest rank that found
+    them among `ranks`."""
+    rows = tl.series("job.loader")
+    for r in ranks:
+        for _, by_rank in rows:
+            found = (by_rank or {}).get(str(r))
+            if isinstance(found, dict) and isinstance(found.get("built"), str):
+                return found
+    return None
 
 
 def _key(fp: dict[str, Any]) -> tuple:

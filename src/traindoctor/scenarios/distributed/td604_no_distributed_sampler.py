@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .._base import Scenario, log
+from .._base import Scenario, line_in, log
 from ._data import dataset, net
 from ._job import main
 
@@ -49,6 +49,7 @@ SCENARIOS = (
         train=partial(train, bug=True),
         expect=("TD604",),
         top="TD604",
+        where={"source": line_in(__file__, "loader = DataLoader(data")},
         twin="ddp_data_sharded",
         steps=16,
     ),
