@@ -28,8 +28,12 @@ from ..findings import Finding, Severity, rank
 from .fixes import Arm, NotRun, Plan, fix_name, plan_for, probability_module
 from .runner import Batch, Replay, Setup, build_optimizer, fresh_copy, isolated, memory_short
 
-STEPS = 30  # optimizer steps of each arm
+STEPS = 30  # optimizer steps of each arm a round
+ROUNDS = 3  # rounds at most (30, 60, 90 steps) while the fix has not helped yet
 MAX_TRIALS = 4  # error findings tried per run (highest ranked first): a bounded cost at close
+# What all the trials of one close may cost, in parameter-steps (a step of each arm counts the
+# model's parameters): ~80 rounds of a 1M-param model, one of a 40M one, none of a GPT-2.
+BUDGET = 5e9
 HELPS = 0.05  # the fix helps: its final loss is below the as-written one by 5% of the start
 DEMOTE = 30  # priority added to a finding whose fix does not help (ranks after the others)
 ROUND = 5
@@ -64,6 +68,11 @@ def run_trials(
     for plan in plans.values():
         if isinstance(plan, Plan):
             baseline = baseline.merged(plan.as_written)
+    runnable = sum(isinstance(p, Plan) for p in plans.values())
+    size = sum(p.numel() for p in setup.model.parameters()) if setup is not None else 0
+    affordable = int(BUDGET // max(2 * STEPS * size, 1))
+    trials = min(runnable, MAX_TRIALS, affordable)
+    rounds = min(ROUNDS, affordable // trials) if trials else 0
     tried = 0
     out = []
     for f in findings:
@@ -71,15 +80,24 @@ def run_trials(
         if plan is None:
             out.append(f)
             continue
-        if isinstance(plan, Plan) and tried >= MAX_TRIALS:
-            plan = NotRun(plan.fix, f"{MAX_TRIALS} trials already run at this close")
+        if isinstance(plan, Plan) and tried >= trials:
+            plan = NotRun(plan.fix, _over_budget(tried, size))
         if isinstance(plan, NotRun):
             trial = _not_run(plan.fix, plan.reason)
         else:
             tried += 1
-            trial = _trial(setup, plan, baseline)  # type: ignore[arg-type]
+            trial = _trial(setup, plan, baseline, rounds)  # type: ignore[arg-type]
         out.append(_with_trial(f, trial))
     return rank(out)
+
+
+def _over_budget(tried: int, size: int) -> str:
+    if tried >= MAX_TRIALS:
+        return f"{MAX_TRIALS} trials already run at this close"
+    return (
+        f"a trial costs {2 * STEPS} steps of the {size / 1e6:.3g}M-param model on a copy, over "
+        f"the {BUDGET:.0e} parameter-steps the trials may spend at close"
+    )
 
 
 def _why_not(setup: Setup | None, skipped: str | None, parts: tuple[int, int] | None) -> str | None:
@@ -114,86 +132,131 @@ def _not_run(fix: str, reason: str) -> dict[str, Any]:
     }
 
 
-def _trial(setup: Setup, plan: Plan, baseline: Arm) -> dict[str, Any]:
+def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, Any]:
+    """Both arms, STEPS steps a round; a further round (up to `rounds`) while the fix has not
+    helped yet and its own arm still learns: a slow fix is not called useless after 30 steps."""
     t0 = time.perf_counter()
     arms = {AS_WRITTEN: baseline, WITH_FIX: baseline.merged(plan.with_fix)}
     # Both final models are scored with the fixed forward when the fix changes the loss input.
     scorer = None if plan.same_loss else arms[WITH_FIX]
     try:
         with isolated(setup.model):
-            runs = {label: _replay(setup, arm, scorer) for label, arm in arms.items()}
+            runs = {label: ArmRun(setup, arm, scorer) for label, arm in arms.items()}
+            for _ in range(rounds):
+                for run in runs.values():
+                    run.train(STEPS)
+                helps = _helps(runs[AS_WRITTEN], runs[WITH_FIX])
+                w = runs[WITH_FIX]
+                if helps or not (math.isfinite(w.end) and w.end < w.start):
+                    break
+            for run in runs.values():
+                run.finish()
     except Exception as exc:  # noqa: BLE001  (recorded in the finding, never raised)
         trial = _not_run(plan.fix, f"{type(exc).__name__}: {exc}"[:300])
         trial["traceback"] = traceback.format_exc(limit=3)[-800:]
         return trial
-    n = min(len(setup.batches), STEPS) or 1
     a, w = runs[AS_WRITTEN], runs[WITH_FIX]
-    ref = max(abs(a["start"]), abs(w["start"]), 1e-12)
-    if not math.isfinite(w["end"]):
-        helps = False
-    elif not math.isfinite(a["end"]):
-        helps = True
-    else:
-        helps = w["end"] < a["end"] - HELPS * ref
+    steps = w.steps
     verdict = "fix helps" if helps else "fix does not help"
     scored = "" if plan.same_loss else " (both scored on the fixed forward)"
     summary = (
-        f"with {plan.fix}, the mean loss on the same {n} batches goes {_num(w['start'])} -> "
-        f"{_num(w['end'])} in {STEPS} steps; as written it goes {_num(a['start'])} -> "
-        f"{_num(a['end'])}{scored}"
+        f"with {plan.fix}, the mean loss on the same {w.n} batches goes {_num(w.start)} -> "
+        f"{_num(w.end)} in {steps} steps; as written it goes {_num(a.start)} -> "
+        f"{_num(a.end)}{scored}"
     )
     return {
         "fix": plan.fix,
-        "steps": STEPS,
-        "batches": n,
-        "curves": {label: [round(v, ROUND) for v in r["curve"]] for label, r in runs.items()},
+        "steps": steps,
+        "batches": w.n,
+        "curves": {label: [round(v, ROUND) for v in r.curve] for label, r in runs.items()},
         "verdict": verdict,
         "seconds": round(time.perf_counter() - t0, 3),
-        "start": {label: _round(r["start"]) for label, r in runs.items()},
-        "end": {label: _round(r["end"]) for label, r in runs.items()},
-        "cost": f"{2 * STEPS} steps on a copy",
+        "start": {label: _round(r.start) for label, r in runs.items()},
+        "end": {label: _round(r.end) for label, r in runs.items()},
+        "cost": f"{a.steps + w.steps} steps on a copy",
         "summary": summary,
     }
 
 
-def _replay(setup: Setup, arm: Arm, scorer: Arm | None) -> dict[str, Any]:
-    """K steps of one arm on a fresh copy: its loss curve (the loss before each step and one
-    after the last), and the mean loss over all batches at the start and at the end (with
-    `scorer`'s forward when given)."""
-    twin = fresh_copy(setup)
-    _set_modes(twin, arm)
-    _swap_module(twin, setup, arm)
-    batches = _arm_batches(setup, arm)
-    replays = [Replay(b) for b in batches]
-    n = min(len(batches), STEPS)
-    start = _score(twin, setup, scorer or arm, n)
-    opt = build_optimizer(setup, twin, arm.lr_scale)
-    if arm.extra_params:
-        _add_group(opt, twin, arm.extra_params)
-    carry = set(arm.carry_grads)
-    params = list(twin.named_parameters())
-    torch.manual_seed(0)
-    values: list[torch.Tensor] = []
-    diverged = False
-    for k in range(STEPS):
-        for name, p in params:
-            if name not in carry:
-                p.grad = None
-        b, r = batches[k % n], replays[k % n]
-        loss = r.loss(twin, b.args, b.kwargs)
-        values.append(loss.detach().float().reshape(()))
-        if not torch.isfinite(values[-1]):
-            diverged = True
-            break
-        loss.backward()
-        opt.step()
-    if not diverged:
-        b, r = batches[STEPS % n], replays[STEPS % n]
-        with torch.no_grad():
-            values.append(r.loss(twin, b.args, b.kwargs).detach().float().reshape(()))
-    curve = [float(v) for v in torch.stack(values).cpu()] if values else []
-    end = math.inf if diverged else _score(twin, setup, scorer or arm, n)
-    return {"curve": curve, "start": start, "end": end}
+def _helps(a: ArmRun, w: ArmRun) -> bool:
+    """The fix's mean loss over the batches ends below the as-written one by HELPS of the
+    start, or stays finite where the as-written one does not."""
+    if not math.isfinite(w.end):
+        return False
+    if not math.isfinite(a.end):
+        return True
+    ref = max(abs(a.start), abs(w.start), 1e-12)
+    return w.end < a.end - HELPS * ref
+
+
+class ArmRun:
+    """One arm on a fresh copy, trained a round at a time: its loss curve (the loss before each
+    step, and one after the last at `finish`), the mean loss over all the batches at the start
+    and after the last round (with `scorer`'s forward when given), its own RNG stream."""
+
+    def __init__(self, setup: Setup, arm: Arm, scorer: Arm | None) -> None:
+        self.setup, self.arm, self.scorer = setup, arm, scorer or arm
+        self.twin = twin = fresh_copy(setup)
+        _set_modes(twin, arm)
+        _swap_module(twin, setup, arm)
+        self.batches = _arm_batches(setup, arm)
+        self.replays = [Replay(b) for b in self.batches]
+        self.n = min(len(self.batches), STEPS)
+        self.start = _score(twin, setup, self.scorer, self.n)
+        self.end = self.start
+        self.opt = build_optimizer(setup, twin, arm.lr_scale)
+        if arm.extra_params:
+            _add_group(self.opt, twin, arm.extra_params)
+        self.carry = set(arm.carry_grads)
+        self.params = list(twin.named_parameters())
+        self.values: list[torch.Tensor] = []
+        self.curve: list[float] = []
+        self.steps = 0
+        self.diverged = False
+        torch.manual_seed(0)  # both arms draw the same dropout masks
+        self.rng = _rng_state(twin)
+
+    def train(self, k: int) -> None:
+        if self.diverged:
+            return
+        _set_rng_state(self.twin, self.rng)
+        for _ in range(k):
+            for name, p in self.params:
+                if name not in self.carry:
+                    p.grad = None
+            i = self.steps % self.n
+            b, r = self.batches[i], self.replays[i]
+            loss = r.loss(self.twin, b.args, b.kwargs)
+            self.values.append(loss.detach().float().reshape(()))
+            if not torch.isfinite(self.values[-1]):
+                self.diverged = True
+                break
+            loss.backward()
+            self.opt.step()
+            self.steps += 1
+        self.rng = _rng_state(self.twin)
+        self.end = math.inf if self.diverged else _score(self.twin, self.setup, self.scorer, self.n)
+
+    def finish(self) -> None:
+        if not self.diverged:
+            _set_rng_state(self.twin, self.rng)
+            i = self.steps % self.n
+            b, r = self.batches[i], self.replays[i]
+            with torch.no_grad():
+                self.values.append(r.loss(self.twin, b.args, b.kwargs).detach().float().reshape(()))
+        self.curve = [float(v) for v in torch.stack(self.values).cpu()] if self.values else []
+
+
+def _rng_state(model: torch.nn.Module) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in cuda]
+
+
+def _set_rng_state(model: torch.nn.Module, state: Any) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for d, s in cuda:
+        torch.cuda.set_rng_state(s, d)
 
 
 def _set_modes(twin: torch.nn.Module, arm: Arm) -> None:
