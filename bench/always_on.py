@@ -231,6 +231,10 @@ class Watcher:
     def log(self, loss: torch.Tensor) -> None:
         pass
 
+    def sampled(self) -> bool | None:
+        """Whether the step about to run is sampled (None: nothing samples); read untimed."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -243,6 +247,9 @@ class Traindoctor(Watcher):
 
     def log(self, loss: torch.Tensor) -> None:
         self.doc.log(loss=loss)
+
+    def sampled(self) -> bool | None:
+        return self.doc.budget.sampled(self.doc.step)
 
     def close(self) -> None:
         history = self.doc.budget.history
@@ -293,6 +300,7 @@ class Run:
     handles_first3: int = 0
     handles_after: int = 0
     params: list[torch.Tensor] = field(default_factory=list, repr=False)
+    sampled: list[bool | None] = field(default_factory=list, repr=False)
     interval: int | None = None
     findings: list[str] = field(default_factory=list)
 
@@ -310,9 +318,11 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     h1 = RemovableHandle.next_id
     h3 = h1
     times, cpu = [], []
+    sampled: list[bool | None] = []
     with watcher.context():
         for i in range(steps):
             x, y = data[i % len(data)]
+            sampled.append(watcher.sampled())  # before the clocks start
             t0, c0 = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
             loss = shape.loss(model(x), y)
@@ -329,6 +339,7 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     close, close_cpu = time.perf_counter() - t0, time.process_time() - c0
     out = Run(times, cpu, attach, close, close_cpu, h1 - h0, h3 - h1, h_end - h3)
     out.params = [p.detach().clone() for p in model.parameters()]
+    out.sampled = sampled
     if isinstance(watcher, Traindoctor):
         out.interval = watcher.interval
         out.findings = [f.code for f in watcher.report.findings]
@@ -370,6 +381,20 @@ def compare(
                 for w, p in zip(watched, plain, strict=True)
             ]
             out[f"steady median step ({tag})"] = statistics.median(med)
+    # The same schedule in every watched run (counted, not timed): the plain runs' steps of
+    # the same numbers are the comparison.
+    flags = watched[0].sampled
+    if flags and flags[0] is not None:
+        for label, lo, want in (
+            ("sampled steps 4-N", 3, True),
+            ("unsampled steps 51-N", 50, False),
+        ):
+            idx = [i for i in range(lo, steps) if bool(flags[i]) is want]
+            if idx:
+                w = sum(r.cpu[i] for r in watched for i in idx)
+                p = sum(r.cpu[i] for r in plain for i in idx)
+                out[f"{label} (cpu)"] = w / p
+                out[f"{label}: steps"] = len(idx)
     # attach and close in wall time (close writes files: CPU time would leave the waits out)
     loop_w, loop_p = phase_sum(watched, 0, None), phase_sum(plain, 0, None)
     extra = sum(r.attach + r.close for r in watched) - sum(r.attach + r.close for r in plain)
