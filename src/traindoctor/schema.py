@@ -786,9 +786,19 @@ _signal(
     "once: {built, iterated} the user's lines that built the DataLoader the training loop "
     "iterates and that loop (read from the source, distributed/loader_line.py)",
 )
+_signal(
+    "ranks.collectives",
+    "per step with one: {n, calls: [[op, source], ...]} the torch.distributed collectives "
+    "this rank called on the whole job's group (n of them; the first MAX_CALLS with the user's "
+    "line)",
+)
 # The job timeline (distributed/job_timeline.py): each rank's values side by side, keyed by
 # rank (a string, as JSON keys are), read only by the merge's cross-rank rules.
-_signal("job.ranks", "at step 0: {rank: {last_step, ended}} of each rank whose timeline was read")
+_signal(
+    "job.ranks",
+    "at step 0: {rank: {last_step, ended, outcome}} of each rank whose timeline was read "
+    "(outcome: its `outcome` fact, how it ended, when it closed)",
+)
 _signal("job.ddp", "at step 0: {rank: its last ranks.ddp value}")
 _signal("job.param_fp", "per fingerprint step: {rank: that rank's ranks.param_fp}")
 _signal("job.buffer_fp", "per fingerprint step: {rank: that rank's ranks.buffer_fp}")
@@ -801,6 +811,7 @@ _signal("job.grads_none", "per sampled step: {rank: that rank's grads.none}")
 _signal("job.sync", "per step: {rank: that rank's ranks.sync}")
 _signal("job.save", "per step: {rank: that rank's ranks.save}")
 _signal("job.loader", "once: {rank: that rank's ranks.loader}")
+_signal("job.collectives", "per step: {rank: that rank's ranks.collectives}")
 
 # -- experiments on a copy (issue 17) -------------------------------------------------------
 # Run at close under `traindoctor check` (or TRAINDOCTOR_EXPERIMENTS=1): Karpathy's recipe on a

@@ -37,6 +37,7 @@ FOLDED = {
     "ranks.sync": "job.sync",
     "ranks.save": "job.save",
     "ranks.loader": "job.loader",
+    "ranks.collectives": "job.collectives",
 }
 DDP = "ranks.ddp"  # folded at step 0: its last value per rank
 # The rank facts the job timeline keeps (from the lowest rank that has them): what diagnose
@@ -78,7 +79,11 @@ def fold(job_dir: Path, world_size: int) -> Timeline:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         rank = str(r)
-        read[rank] = {"last_step": loaded.last_step, "ended": loaded.ended}
+        read[rank] = {
+            "last_step": loaded.last_step,
+            "ended": loaded.ended,
+            "outcome": loaded.facts.get("outcome"),
+        }
         for key in KEPT_FACTS:
             if key not in tl.facts and key in loaded.facts:
                 tl.facts[key] = loaded.facts[key]

@@ -35,6 +35,11 @@ timeline, and the ranks are compared at the merge, after the job.
   pass through a wrapper that records the absolute path of each file written (a file object
   or a buffer is not recorded), the host and the user's line; the merge compares the ranks'
   paths. An audit hook would not see it: torch's zip writer opens the file in C++.
+- Collectives (TD608): `torch.distributed`'s collectives (all_reduce, barrier, broadcast,
+  ...) pass through listening wrappers while a rank is watched: each call on the job's whole
+  group is counted per step, the first ones of a step with the user's line, before it runs
+  (a rank that hangs in it has it recorded). Nothing is added to the group: the merge
+  compares the ranks' sequences after the job.
 - The DataLoader's line (TD604): at the step opens 2-4 (inside the training loop), the user's
   line that built the DataLoader the loop iterates, read from the source
   (distributed/loader_line.py), once.
@@ -98,6 +103,12 @@ RANKS_LOADER = signal(
     "once: {built, iterated} the user's lines that built the DataLoader the training loop "
     "iterates and that loop (read from the source, distributed/loader_line.py)",
 )
+RANKS_COLLECTIVES = signal(
+    "ranks.collectives",
+    "per step with one: {n, calls: [[op, source], ...]} the torch.distributed collectives "
+    "this rank called on the whole job's group (n of them; the first MAX_CALLS with the user's "
+    "line)",
+)
 RANKS_SAMPLER = signal(
     "ranks.sampler",
     "per step where it changes: {loader: {epoch, shuffle, batches, seed, dataset}} of each "
@@ -109,6 +120,7 @@ MAX_LOADERS = 8  # DistributedSampler loaders followed
 FIND_FORWARDS = 8  # training forwards of an unwrapped model looked at for its DDP wrapper
 MAX_SYNC_SOURCES = 32  # steps whose unsynchronized forwards are located (a stack walk each)
 MAX_SAVES = 64  # torch.save calls recorded per rank
+MAX_CALLS = 16  # collectives of a step recorded with their line
 LOADER_TRIES = 3  # step opens at which the training loop's DataLoader line is looked for
 
 
@@ -175,6 +187,7 @@ class RanksProbe(Probe):
         RANKS_SYNC,
         RANKS_SAVE,
         RANKS_LOADER,
+        RANKS_COLLECTIVES,
         RANKS_SAMPLER,
     )
 
@@ -213,7 +226,10 @@ class RanksProbe(Probe):
         self._saved = 0
         self._listening_saves = False
         self._loader_tries = 0
+        self._calls: dict[str, Any] | None = None  # this step's collectives
+        self._calls_step = 0
         self._save_listener: Any = None
+        self._coll_listener: Any = None
         self._rec: Recorder | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -277,9 +293,14 @@ class RanksProbe(Probe):
         self._note_ddp(self._step, rec)
         self._rec = rec
         self._save_listener = lambda f: ctx.guard.call("probe ranks", self._on_save, f)
+        self._coll_listener = lambda op, a, kw: ctx.guard.call(
+            "probe ranks", self._on_collective, op, a, kw
+        )
         _SAVE_LISTENERS.append(self._save_listener)
+        _COLLECTIVE_LISTENERS.append(self._coll_listener)
         self._listening_saves = True
         acquire(_SAVE_PATCH)
+        acquire(_COLLECTIVE_PATCH)
 
     def detach(self) -> None:
         super().detach()
@@ -287,7 +308,10 @@ class RanksProbe(Probe):
             self._listening_saves = False
             if self._save_listener in _SAVE_LISTENERS:
                 _SAVE_LISTENERS.remove(self._save_listener)
+            if self._coll_listener in _COLLECTIVE_LISTENERS:
+                _COLLECTIVE_LISTENERS.remove(self._coll_listener)
             release(_SAVE_PATCH)
+            release(_COLLECTIVE_PATCH)
 
     # -- per step ---------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -345,6 +369,26 @@ class RanksProbe(Probe):
         if found is not None:
             self._loader_tries = LOADER_TRIES
             rec.record(step, RANKS_LOADER, found)
+
+    # -- collectives ------------------------------------------------------------------------
+    def _on_collective(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A torch.distributed collective called by the script (before it runs: a rank that
+        then hangs in it has it recorded). One on a subgroup is left out: the ranks outside
+        that group rightly never call it."""
+        if self.info is None or not _whole_job(args, kwargs):
+            return
+        step = self._step
+        if self._calls is None or step != self._calls_step:
+            self._calls, self._calls_step = {"n": 0, "calls": []}, step
+        self._calls["n"] += 1
+        if len(self._calls["calls"]) < MAX_CALLS:
+            self._calls["calls"].append([op, user_source(skip=1)])
+        if self._rec is not None:
+            self._rec.record(
+                step,
+                RANKS_COLLECTIVES,
+                {"n": self._calls["n"], "calls": list(self._calls["calls"])},
+            )
 
     # -- torch.save -------------------------------------------------------------------------
     def _on_save(self, f: Any) -> None:
@@ -553,6 +597,69 @@ def _save_patches() -> list[Patch]:
 
 
 _SAVE_PATCH = PatchSet("torch.save", _save_patches)
+
+
+# -- torch.distributed collectives, while some rank's probe listens -------------------------
+_COLLECTIVE_LISTENERS: list[Any] = []
+COLLECTIVES = (
+    "all_reduce",
+    "broadcast",
+    "barrier",
+    "monitored_barrier",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "all_to_all_single",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
+    "scatter_object_list",
+)
+
+
+def _collective_of(op: str) -> Any:
+    def make(original: Any) -> Any:
+        import functools
+
+        @functools.wraps(original)
+        def collective(*args: Any, **kwargs: Any) -> Any:
+            for listener in list(_COLLECTIVE_LISTENERS):
+                try:
+                    listener(op, args, kwargs)
+                except Exception:  # noqa: BLE001  (never in the user's way)
+                    pass
+            return original(*args, **kwargs)
+
+        return collective
+
+    return make
+
+
+def _collective_patches() -> list[Patch]:
+    import torch.distributed as dist
+
+    # The package's names only: what scripts call (dist.all_reduce); torch's own internal
+    # calls go through distributed_c10d's globals and are not seen.
+    return [Patch(dist, name, _collective_of(name), optional=True) for name in COLLECTIVES]
+
+
+_COLLECTIVE_PATCH = PatchSet("torch.distributed collectives", _collective_patches)
+
+
+def _whole_job(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a collective's group is the default one (none given, or group.WORLD)."""
+    import torch.distributed as dist
+
+    group = kwargs.get("group")
+    if group is None:
+        pg = getattr(dist, "ProcessGroup", None)
+        group = next((a for a in args if pg is not None and isinstance(a, pg)), None)
+    return group is None or group is getattr(getattr(dist, "group", None), "WORLD", None)
 
 
 def _host() -> str:

@@ -6,6 +6,7 @@ from ..errors import UsageError
 from ._registry import Rule, registered
 from .distributed import (
     checkpoint_every_rank,
+    collective_on_some_ranks,
     data_not_sharded,
     nonfinite_on_one_rank,
     rank_desync,
@@ -133,6 +134,7 @@ CATALOG = (
     sampler_epoch_not_set,  # TD605
     step_without_grad_sync,  # TD606
     checkpoint_every_rank,  # TD607
+    collective_on_some_ranks,  # TD608
     loss_at_init_off,  # TD701
     cannot_overfit_one_batch,  # TD702
     output_ignores_input,  # TD703
