@@ -44,7 +44,7 @@ def run_trials(
     setup: Setup | None,
     findings: list[Finding],
     skipped: str | None = None,
-    parts: tuple[int, int] | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> list[Finding]:
     """The findings, each error finding with a declared fix carrying its trial; ranked again
     when a verdict moved one. `skipped`: why nothing can be replayed (said in each trial)."""
@@ -100,7 +100,7 @@ def _over_budget(tried: int, size: int) -> str:
     )
 
 
-def _why_not(setup: Setup | None, skipped: str | None, parts: tuple[int, int] | None) -> str | None:
+def _why_not(setup: Setup | None, skipped: str | None, parts: dict[str, Any] | None) -> str | None:
     if skipped:
         return skipped
     if setup is None:
@@ -109,12 +109,34 @@ def _why_not(setup: Setup | None, skipped: str | None, parts: tuple[int, int] | 
         )
     if setup.batch is None:
         return "the loss is custom code (no torch.nn.functional loss on the model's output)"
-    if parts is not None and parts[1] > max(parts[0], 1):
+    return _not_the_run(parts) or memory_short(setup.model)
+
+
+def _not_the_run(parts: dict[str, Any] | None) -> str | None:
+    """Why a replay of the captured loss call would not be the run's training, or None: the
+    step backpropagates more than that call (several standard losses, or terms written by
+    hand), or a multiple of it other than 1/micro-batches (`loss / accum_steps`)."""
+    if parts is None:
+        return None
+    forwards, losses = max(parts["forwards"], 1), parts["losses"]
+    if losses > forwards:
         return (
-            f"the loss has several parts ({parts[1]} standard loss calls for {parts[0]} forward "
+            f"the loss has several parts ({losses} standard loss calls for {forwards} forward "
             "pass(es) in a step): a replay of one part is not the run"
         )
-    return memory_short(setup.model)
+    replayed, backward = parts.get("replayed"), parts.get("backward")
+    if replayed is None or backward is None:
+        return None
+    if not (math.isfinite(replayed) and math.isfinite(backward)):
+        return "the first loss is not finite"
+    for scale in {1.0, 1.0 / forwards}:
+        if abs(backward - replayed * scale) <= 1e-4 * max(abs(backward), abs(replayed), 1e-6):
+            return None
+    return (
+        f"the loss backpropagated at the first captured step ({backward:.7g}) is not the "
+        f"replayed {parts.get('fn', 'loss')} call ({replayed:.7g}): terms written by hand are "
+        "added to it, or it is scaled"
+    )
 
 
 def _fix_words(f: Finding, setup: Setup | None) -> str:

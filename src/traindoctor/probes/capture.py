@@ -60,6 +60,9 @@ class CaptureProbe(Probe):
         self._done = False
         self._bytes = 0  # the cloned batches after the first
         self._stopped = False  # a later batch differed from the first: none captured after
+        # The first batch's loss call's value and the first backward's loss at its step: the
+        # trials replay the run only when they agree (no terms written by hand added).
+        self._values: dict[str, torch.Tensor | None] = {"replayed": None, "backward": None}
         # step -> [training forwards, standard loss calls on tensors that require grad]
         self._calls: dict[int, list[int]] = {}
 
@@ -141,7 +144,10 @@ class CaptureProbe(Probe):
             # labels, as Hugging Face models do): the replay reads it from the output.
             for i, out in enumerate(self._outputs):
                 if out is internal["out"]:
+                    first = self.setup.batch is None
                     self._capture(internal, i, out, None, None, internal=True)
+                    if first and self.setup.batch is not None:
+                        self._values["replayed"] = out.detach()
                     break
 
     # Called by loss_inputs' shared patch for every standard loss call.
@@ -239,8 +245,20 @@ class CaptureProbe(Probe):
             "step": ctx.state.step,
             "source": user_source(skip=2),
         }
+        first = self.setup.batch is None
         self._capture(call, i, out, view, cast, squash=squash)
+        if first and self.setup.batch is not None:
+            return self._keep_value
         return None
+
+    def _keep_value(self, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            self._values["replayed"] = out.detach()
+
+    def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        batch = self.setup.batch if self.setup is not None else None
+        if batch is not None and step == batch.step and self._values["backward"] is None:
+            self._values["backward"] = loss.detach()
 
     def _capture(
         self,
@@ -322,13 +340,18 @@ class CaptureProbe(Probe):
         if step in self._calls or len(self._calls) < 4 * MAX_BATCHES:
             self._calls.setdefault(step, [0, 0])[which] += 1
 
-    def loss_parts(self) -> tuple[int, int] | None:
-        """(training forwards, standard loss calls) at the first captured batch's step."""
+    def loss_parts(self) -> dict[str, Any] | None:
+        """At the first captured batch's step: the training forwards, the standard loss calls,
+        the replayed loss call's value and the first backward's loss (floats, or None)."""
         batch = self.setup.batch if self.setup is not None else None
         if batch is None or batch.step not in self._calls:
             return None
         forwards, losses = self._calls[batch.step]
-        return forwards, losses
+        values = {
+            k: float(v.float().mean()) if v is not None and v.numel() >= 1 else None
+            for k, v in self._values.items()
+        }
+        return {"forwards": forwards, "losses": losses, "fn": batch.loss_fn, **values}
 
     def _note_unmatched(self, fn: str) -> None:
         if len(self._unmatched) < 8:
