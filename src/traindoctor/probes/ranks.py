@@ -35,11 +35,12 @@ timeline, and the ranks are compared at the merge, after the job.
   pass through a wrapper that records the absolute path of each file written (a file object
   or a buffer is not recorded), the host and the user's line; the merge compares the ranks'
   paths. An audit hook would not see it: torch's zip writer opens the file in C++.
-- Collectives (TD608): `torch.distributed`'s collectives (all_reduce, barrier, broadcast,
-  ...) pass through listening wrappers while a rank is watched: each call on the job's whole
-  group is counted per step, the first ones of a step with the user's line, before it runs
-  (a rank that hangs in it has it recorded). Nothing is added to the group: the merge
-  compares the ranks' sequences after the job.
+- Collectives (TD608): while a rank is watched, `distributed_c10d._get_default_group`, which
+  torch's collectives (all_reduce, barrier, broadcast, ...) call on the job's whole group
+  before they run, passes through a listening wrapper that counts each such collective per
+  step (its caller), the first ones of a step with the user's line: a rank that hangs in one
+  has it recorded. Nothing is added to the group, and the script's own call chain to
+  `dist.all_reduce` is untouched; the merge compares the ranks' counts after the job.
 - The DataLoader's line (TD604): at the step opens 2-4 (inside the training loop), the user's
   line that built the DataLoader the loop iterates, read from the source
   (distributed/loader_line.py), once.
@@ -293,9 +294,7 @@ class RanksProbe(Probe):
         self._note_ddp(self._step, rec)
         self._rec = rec
         self._save_listener = lambda f: ctx.guard.call("probe ranks", self._on_save, f)
-        self._coll_listener = lambda op, a, kw: ctx.guard.call(
-            "probe ranks", self._on_collective, op, a, kw
-        )
+        self._coll_listener = lambda op: ctx.guard.call("probe ranks", self._on_collective, op)
         _SAVE_LISTENERS.append(self._save_listener)
         _COLLECTIVE_LISTENERS.append(self._coll_listener)
         self._listening_saves = True
@@ -371,11 +370,11 @@ class RanksProbe(Probe):
             rec.record(step, RANKS_LOADER, found)
 
     # -- collectives ------------------------------------------------------------------------
-    def _on_collective(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """A torch.distributed collective called by the script (before it runs: a rank that
-        then hangs in it has it recorded). One on a subgroup is left out: the ranks outside
-        that group rightly never call it."""
-        if self.info is None or not _whole_job(args, kwargs):
+    def _on_collective(self, op: str) -> None:
+        """A torch.distributed collective on the job's whole group (before it runs: a rank
+        that then hangs in it has it recorded). One on a subgroup is not seen: the ranks
+        outside that group rightly never call it."""
+        if self.info is None:
             return
         step = self._step
         if self._calls is None or step != self._calls_step:
@@ -601,65 +600,71 @@ _SAVE_PATCH = PatchSet("torch.save", _save_patches)
 
 # -- torch.distributed collectives, while some rank's probe listens -------------------------
 _COLLECTIVE_LISTENERS: list[Any] = []
-COLLECTIVES = (
-    "all_reduce",
-    "broadcast",
-    "barrier",
-    "monitored_barrier",
-    "all_gather",
-    "all_gather_into_tensor",
-    "reduce",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "gather",
-    "scatter",
-    "all_to_all",
-    "all_to_all_single",
-    "all_gather_object",
-    "broadcast_object_list",
-    "gather_object",
-    "scatter_object_list",
+COLLECTIVES = frozenset(
+    (
+        "all_reduce",
+        "broadcast",
+        "barrier",
+        "monitored_barrier",
+        "all_gather",
+        "all_gather_into_tensor",
+        "all_gather_single",
+        "all_gather_coalesced",
+        "all_reduce_coalesced",
+        "reduce_scatter_single",
+        "reduce",
+        "reduce_scatter",
+        "reduce_scatter_tensor",
+        "gather",
+        "scatter",
+        "all_to_all",
+        "all_to_all_single",
+        "broadcast_object_list",
+        "gather_object",
+        "scatter_object_list",
+    )
 )
 
 
-def _collective_of(op: str) -> Any:
-    def make(original: Any) -> Any:
-        import functools
+def _default_group_of(original: Any) -> Any:
+    """`distributed_c10d._get_default_group`, which each collective called on the job's whole
+    group (group None or WORLD) calls before it runs: the collective is its caller. Listening
+    there, not on `dist.all_reduce` itself, leaves the script's own call chain (and whatever it
+    wrapped around torch's collectives) untouched; a collective on a subgroup never asks for
+    the default group."""
+    import functools
+    import sys
 
-        @functools.wraps(original)
-        def collective(*args: Any, **kwargs: Any) -> Any:
-            for listener in list(_COLLECTIVE_LISTENERS):
-                try:
-                    listener(op, args, kwargs)
-                except Exception:  # noqa: BLE001  (never in the user's way)
-                    pass
-            return original(*args, **kwargs)
+    import torch.distributed.distributed_c10d as c10d
 
-        return collective
+    here = c10d.__file__
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
-    return make
+    @functools.wraps(original)
+    def _get_default_group() -> Any:
+        if _COLLECTIVE_LISTENERS and not compiling():
+            try:
+                f = sys._getframe(1)
+                if f.f_code.co_name == "_group_or_default_group" and f.f_back is not None:
+                    f = f.f_back
+                op = f.f_code.co_name
+                if op in COLLECTIVES and f.f_code.co_filename == here:
+                    for listener in list(_COLLECTIVE_LISTENERS):
+                        listener(op)
+            except Exception:  # noqa: BLE001  (never in the user's way)
+                pass
+        return original()
+
+    return _get_default_group
 
 
 def _collective_patches() -> list[Patch]:
-    import torch.distributed as dist
+    import torch.distributed.distributed_c10d as c10d
 
-    # The package's names only: what scripts call (dist.all_reduce); torch's own internal
-    # calls go through distributed_c10d's globals and are not seen.
-    return [Patch(dist, name, _collective_of(name), optional=True) for name in COLLECTIVES]
+    return [Patch(c10d, "_get_default_group", _default_group_of, optional=True)]
 
 
 _COLLECTIVE_PATCH = PatchSet("torch.distributed collectives", _collective_patches)
-
-
-def _whole_job(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a collective's group is the default one (none given, or group.WORLD)."""
-    import torch.distributed as dist
-
-    group = kwargs.get("group")
-    if group is None:
-        pg = getattr(dist, "ProcessGroup", None)
-        group = next((a for a in args if pg is not None and isinstance(a, pg)), None)
-    return group is None or group is getattr(getattr(dist, "group", None), "WORLD", None)
 
 
 def _host() -> str:

@@ -43,8 +43,10 @@ def collective_on_some_ranks(tl: TimelineView) -> Iterator[Finding]:
     own way nor the line; on several nodes the whole allocation idles meanwhile.
 
     ## How it is measured
-    While a rank is watched, `torch.distributed`'s collectives pass through listening wrappers
-    (nothing is added to the process group): each call on the job's whole group is counted per
+    While a rank is watched, `torch.distributed.distributed_c10d._get_default_group`, which
+    torch's collectives call on the job's whole group before they run, passes through a
+    listening wrapper (nothing is added to the process group, and the script's own call to
+    `dist.all_reduce` is untouched): each collective on the whole group is counted per
     training step, the first ones of each step with the user's line, before it runs, so a rank
     that then hangs in it has it recorded (collectives on a subgroup are left out: ranks
     outside it rightly skip them). The merge compares the ranks' counts step by step, with
@@ -75,9 +77,9 @@ def collective_on_some_ranks(tl: TimelineView) -> Iterator[Finding]:
     ```
 
     ## Known false positives
-    None known. Collectives torch calls inside DDP (its gradient all-reduce, its buffer
-    broadcast) and collectives imported by name before the run (`from torch.distributed
-    import all_reduce`) are not seen: a hang in one of those is missed.
+    None known. Collectives DDP runs in C++ (its gradient all-reduce, its buffer broadcast)
+    and collectives given an explicit group (a subgroup, or `group.WORLD` for most of them)
+    are not counted: a hang in one of those is missed.
     """
     info = tl.at("job.ranks", 0) or {}
     ranks = sorted(int(r) for r in info)
