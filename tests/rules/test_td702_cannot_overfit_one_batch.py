@@ -72,3 +72,42 @@ def test_lr_too_high_does_not_blame_the_model():
     f = assert_fires("TD702", make_timeline(events=[e], last_step=20))
     assert "blows up" in f.title and "not established" in f.cause
     assert "lower the learning rate" in f.fix
+
+
+def _zeroed(verdict: str) -> dict:
+    return {
+        "kind": "experiment",
+        "step": 20,
+        "name": "input_independent",
+        "verdict": verdict,
+        "facts": {"real_loss": 1.1, "zeroed_loss": 1.1},
+    }
+
+
+def test_a_warning_only_when_no_better_than_a_constant():
+    """Cannot fit, and zeroed inputs do as well (or the output ignores them): decisive. A model
+    that still uses its input (too small, regularized) stays info, as does an unknown floor."""
+    curves = {k: [2.0] + [1.1] * 50 for k in ("lr x1", "lr x10", "lr x0.1")}
+    failed = overfit_event("failed", curves, {k: 0.55 for k in curves})
+    for zeroed in ("inconclusive", "ignores_input"):
+        f = assert_fires("TD702", make_timeline(events=[failed, _zeroed(zeroed)], last_step=20))
+        assert f.severity.value == "warning", zeroed
+        assert "constant prediction" in f.cause or "input is zeroed" in f.cause
+    f = assert_fires("TD702", make_timeline(events=[failed, _zeroed("ok")], last_step=20))
+    assert f.severity.value == "info"
+    f = assert_fires("TD702", make_timeline(events=[failed], last_step=20))
+    assert f.severity.value == "info"  # no baseline measured
+    unknown = {**failed, "facts": {**failed["facts"], "floor": None}}
+    f = assert_fires(
+        "TD702", make_timeline(events=[unknown, _zeroed("inconclusive")], last_step=20)
+    )
+    assert f.severity.value == "info"
+    several = {**failed, "facts": {**failed["facts"], "several_losses": True}}
+    f = assert_fires(
+        "TD702", make_timeline(events=[several, _zeroed("inconclusive")], last_step=20)
+    )
+    assert f.severity.value == "info"
+    for verdict in ("ok", "partial", "lr_too_high"):
+        e = overfit_event(verdict, curves, {k: 0.3 for k in curves}, fit=1.0)
+        f = assert_fires("TD702", make_timeline(events=[e, _zeroed("inconclusive")], last_step=20))
+        assert f.severity.value == "info", verdict

@@ -3,6 +3,8 @@ tests/experiments/test_recipe_scenarios.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 
 
@@ -34,3 +36,33 @@ def test_independent_is_info():
 def test_silent_when_not_measured():
     e = {"kind": "experiment", "step": 2, "name": "batch_independence", "verdict": "not_measured"}
     assert_silent("TD704", make_timeline(events=[e]))
+
+
+DECISIVE = {"output_shape": [16, 3], "loss_input_shape": [16, 3], "other_tensor_inputs": 0}
+
+
+@pytest.mark.parametrize(
+    "op", ["MkldnnRnnLayerBackward0", "LogSoftmaxBackward0", "ViewBackward0", "TransposeBackward0"]
+)
+def test_a_warning_where_the_mix_cannot_be_a_design(op):
+    f = assert_fires("TD704", make_timeline(events=[event("mixes", op=op, **DECISIVE)]))
+    assert f.severity.value == "warning"
+
+
+@pytest.mark.parametrize(
+    "facts, why",
+    [
+        ({"op": "MmBackward0"}, "a matmul"),  # a graph network's A @ X, an in-batch similarity
+        ({"op": "MeanBackward1"}, "a reduction"),  # a hand-written batch normalization
+        ({"op": "ViewBackward0", "other_tensor_inputs": 1}, "other tensor inputs"),
+        ({"op": "ViewBackward0", "output_shape": [16, 16]}, "not one prediction"),  # (B, B)
+        ({"op": "MkldnnRnnLayerBackward0", "output_shape": [16, 4, 3]}, "sequence-first"),
+        ({"op": "ViewBackward0", "loss_input_shape": [64, 3]}, "the loss reads"),
+        ({"op": None}, "could not be named"),
+        ({"op": "ViewBackward0", "output_shape": None}, "not recorded"),
+    ],
+)
+def test_info_where_the_mix_may_be_the_design(facts, why):
+    e = event("mixes", **{**DECISIVE, **facts})
+    f = assert_fires("TD704", make_timeline(events=[e]))
+    assert f.severity.value == "info" and why in f.cause, f.cause

@@ -33,6 +33,7 @@ FAMILY_OF_DIGIT = {
     "4": "eval_hygiene",
     "5": "setup",
     "6": "distributed",
+    "7": "experiments",
 }
 # Warning/error rules with no buggy scenario where they are the top finding, and why. This list
 # may only shrink: an entry whose rule gets such a scenario fails the test until removed.

@@ -1,7 +1,9 @@
 """Karpathy's recipe on a copy ("A Recipe for Training Neural Networks", 2019), automated.
 
 `run_recipe(setup)` returns one `experiment` event payload per experiment (schema.Experiment):
-init_loss, overfit_one_batch, input_independent, batch_independence. Each is isolated
+init_loss, overfit_one_batch, lr_probe (whether the lr is the cause, from the overfit's lr grid
+and, where it blew up even at 0.1x, lower lrs), input_independent, batch_independence. Each is
+isolated
 (runner.isolated: the user's RNG forked and restored) and any error inside one is caught and
 recorded as its verdict ("error"), never raised.
 """
@@ -22,8 +24,10 @@ from .runner import Curve, Replay, Setup, base_lr, fresh_copy, isolated, train_c
 OVERFIT_STEPS = 50  # optimizer steps of each overfit-one-batch run
 LR_GRID = (1.0, 10.0, 0.1)  # tried in this order until one fits
 LR_EXTRA = (100.0, 1000.0)  # when nothing moved at all on the grid
+LR_LOWER = (0.01, 0.001)  # the lr probe, when the loss blows up even at 0.1x
 FIT_RATIO = 0.1  # fits: the loss above its floor falls to 10% of where it started
 FIT_LIMIT = 0.5  # cannot fit: above 50% of where it started at every lr of the grid
+BARELY = 0.9  # the lr probe's "too low": the script's lr leaves more than 90% of the loss
 INPUT_STEPS = 50  # steps of the input-independent baseline (as the overfit run)
 MIX_TOL = 1e-6  # |d out[i] / d in[j]| over |d out[i] / d in[i]| above this: the batch mixes
 ROUND = 5
@@ -40,13 +44,15 @@ def run_recipe(setup: Setup) -> list[dict[str, Any]]:
     for name, fn in (
         ("init_loss", _init_loss),
         ("overfit_one_batch", _overfit),
+        ("lr_probe", _lr_probe),
         ("input_independent", _input_independent),
         ("batch_independence", _batch_independence),
     ):
         t0 = time.perf_counter()
         try:
             with isolated(setup.model):
-                event = fn(setup, overfit) if name == "input_independent" else fn(setup)
+                uses = name in ("input_independent", "lr_probe")
+                event = fn(setup, overfit) if uses else fn(setup)
         except Exception as exc:  # noqa: BLE001  (an experiment never reaches the user)
             event = {
                 "verdict": "error",
@@ -229,6 +235,85 @@ def _overfit(setup: Setup) -> dict[str, Any]:
     return {"verdict": verdict, "curves": curves, "steps": steps, "facts": facts}
 
 
+def _scale_of(label: str) -> float | None:
+    try:
+        return float(label.removeprefix("lr x"))
+    except ValueError:
+        return None
+
+
+def _lr_probe(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the lr is what keeps one batch from being fit: the overfit's curves at each lr
+    of its grid (x1, x10, x0.1; x100, x1000 when nothing moved), and where the loss blew up at
+    x1 and at x0.1 alike, the same K steps at x0.01 and x0.001 (stopping at the first that
+    does not blow up). Verdicts: `fits_as_written` (x1 fits: the lr can train this model),
+    `too_high` (x1 blows up or does not fit while a smaller lr fits or falls without blowing
+    up), `too_low` (x1 leaves more than 90% of the loss while a larger lr fits), `not_the_lr` (no lr fits one batch
+    and none blew up: the model or the loss), `inconclusive` otherwise."""
+    if not overfit or overfit.get("verdict") in (None, "error", "not_measured"):
+        return {"verdict": "not_measured", "reason": "overfit one batch did not run"}
+    floor = _floor(setup)
+    runs = {
+        scale: Curve(
+            losses=list(values), seconds=0.0, diverged=any(not math.isfinite(v) for v in values)
+        )
+        for label, values in (overfit.get("curves") or {}).items()
+        if (scale := _scale_of(label)) is not None
+    }
+    curves: dict[str, list[float]] = {}
+    steps = 0
+    if 1.0 in runs and 0.1 in runs and _blew_up(runs[1.0]) and _blew_up(runs[0.1]):
+        for scale in LR_LOWER:
+            curve = train_copy(setup, OVERFIT_STEPS, lr_scale=scale)
+            runs[scale] = curve
+            curves[f"lr x{scale:g}"] = [round(v, ROUND) for v in curve.losses]
+            steps += len(curve.losses) - (0 if curve.diverged else 1)
+            if not _blew_up(curve):
+                break
+    ratios = {s: _ratio(c, floor) for s, c in runs.items()}
+    blew = {s for s, c in runs.items() if _blew_up(c)}
+    fits = {s for s, r in ratios.items() if r <= FIT_RATIO and s not in blew}
+    # Falls clearly without blowing up: at least half-way to the floor, or still falling.
+    falls = {
+        s
+        for s, r in ratios.items()
+        if s not in blew and (r <= FIT_LIMIT or _still_falling(runs[s], floor))
+    }
+    user = runs.get(1.0)
+    verdict, better = "inconclusive", None
+    # The user's lr is implicated only when it blew up, or left more than half of the loss.
+    stuck = user is not None and (1.0 in blew or ratios[1.0] > FIT_LIMIT)
+    lower = sorted((s for s in fits | falls if s < 1.0), key=lambda s: (s not in fits, -s))
+    higher = sorted(s for s in fits if s > 1.0)
+    if user is not None and 1.0 in fits:
+        verdict = "fits_as_written"
+    elif stuck and lower and (1.0 in blew or lower[0] in fits):
+        verdict, better = "too_high", lower[0]  # the largest lower lr that fits, else falls
+    elif stuck and 1.0 not in blew and higher and ratios[1.0] > BARELY:
+        # Only when the script's lr hardly moves the loss: an lr that gets half-way in 50 steps
+        # (Adam's default 1e-3 on a fresh model) is not "the cause" because 10x gets further.
+        verdict, better = "too_low", higher[0]
+    elif user is not None and overfit.get("verdict") == "failed":
+        verdict = "not_the_lr"
+    facts = {
+        "ratios": {f"lr x{s:g}": round(r, 4) for s, r in sorted(ratios.items())},
+        "blew_up": [f"lr x{s:g}" for s in sorted(blew)],
+        "fits": [f"lr x{s:g}" for s in sorted(fits)],
+        "better_lr_scale": better,
+        "floor": floor,
+        "k": OVERFIT_STEPS,
+        "lr": (overfit.get("facts") or {}).get("lr"),
+        "optimizer": (overfit.get("facts") or {}).get("optimizer"),
+        "overfit_verdict": overfit.get("verdict"),
+    }
+    every = {
+        **{k: list(v) for k, v in (overfit.get("curves") or {}).items()},
+        **curves,
+    }
+    ordered = dict(sorted(every.items(), key=lambda kv: _scale_of(kv[0]) or 0.0))
+    return {"verdict": verdict, "steps": steps, "curves": ordered, "facts": facts}
+
+
 def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
     b = setup.batch
     assert b is not None
@@ -345,7 +430,17 @@ def _batch_independence(setup: Setup) -> dict[str, Any]:
     others = torch.cat([rows[:i], rows[i + 1 :]])
     worst = float(others.max())
     mixed = [j for j in range(n) if j != i and float(rows[j]) > MIX_TOL * max(own, 1e-30)]
+    skip = set(b.labels)
+    others_in = sum(
+        1 for j, a in enumerate(b.args) if isinstance(a, torch.Tensor) and j != k and j not in skip
+    ) + sum(1 for key, v in b.kwargs.items() if isinstance(v, torch.Tensor) and key not in skip)
     facts: dict[str, Any] = {
+        # Whether the mix can be the model's design (TD704 judges): the output's shape (a
+        # (B, B) similarity, a (T, B, ...) sequence-first output), the loss input's, and the
+        # model's other tensor inputs (a graph's adjacency or edges, masks).
+        "output_shape": [int(d) for d in out.shape],
+        "loss_input_shape": [int(d) for d in b.input_size],
+        "other_tensor_inputs": others_in,
         "example": i,
         "batch": n,
         "own_grad": own,

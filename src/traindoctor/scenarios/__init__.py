@@ -1,7 +1,8 @@
 """Runnable buggy/healthy training scenarios, used by `traindoctor demo` and the tests.
 
 Scenarios live by rule family, next to the rules they exercise: `grad_flow/` (TD1xx),
-`numerics/` (TD2xx), `loss_path/` (TD3xx), `eval_hygiene/` (TD4xx), `setup/` (TD5xx), and
+`numerics/` (TD2xx), `loss_path/` (TD3xx), `eval_hygiene/` (TD4xx), `setup/` (TD5xx),
+`experiments/` (TD7xx, run with the experiments on a copy on: `Scenario.experiments`), and
 `seeds/` for the small replicas of real reports. A module is named after the code its bug
 plants (`grad_flow/td106_zero_grad_missing.py`) and holds one plain PyTorch training function
 `train(steps=..., watch=None, bug=...)` whose healthy twin is `bug=None`; its `SCENARIOS`
@@ -20,7 +21,7 @@ from types import ModuleType
 from ._base import Scenario
 
 # The family subpackages searched besides the top level (one per rule family, and seeds).
-FAMILIES = ("grad_flow", "numerics", "loss_path", "eval_hygiene", "setup", "seeds")
+FAMILIES = ("grad_flow", "numerics", "loss_path", "eval_hygiene", "setup", "experiments", "seeds")
 # Scenarios that are whole multi-process jobs (torchrun): not run by the single-process runner
 # (all_scenarios), listed by job_scenarios().
 JOB_FAMILIES = ("distributed",)

@@ -33,6 +33,8 @@ class Scenario:
     modes: tuple[str, ...] = ("zero-code", "watch")
     # Optional libraries train() imports (transformers, peft, bitsandbytes): skipped without.
     requires: tuple[str, ...] = ()
+    # Run with the experiments on a copy (as under `traindoctor check`): the TD7xx scenarios.
+    experiments: bool = False
 
     @property
     def healthy(self) -> bool:

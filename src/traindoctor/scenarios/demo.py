@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -21,7 +22,17 @@ def run_scenario(
     steps: int | None = None,
     console: bool = False,
 ):
-    """Train one scenario with traindoctor attached and return the Report."""
+    """Train one scenario with traindoctor attached and return the Report (with the
+    experiments on a copy for the scenarios that declare them, as `traindoctor check` runs)."""
+    if scenario.experiments:
+        from .. import experiments
+
+        with experiments.enable():
+            return _run_scenario(scenario, out_dir, watch, steps, console)
+    return _run_scenario(scenario, out_dir, watch, steps, console)
+
+
+def _run_scenario(scenario: Scenario, out_dir, watch: bool, steps: int | None, console: bool):
     torch.manual_seed(0)
     n = steps or scenario.steps
     if watch:
@@ -52,6 +63,23 @@ def run_scenario(
     return doctor.close(exc)
 
 
+def verdict_finding(scenario: Scenario, findings: list) -> Any:
+    """The finding a buggy scenario is judged by: the first ranked one. For a scenario of the
+    experiments on a copy (TD7xx), whose findings sit beside the run's own (which rank first,
+    and which the planted bug may also trigger), the first TD7xx finding of the planted code
+    when no other TD7xx finding is more severe than it (those the scenario also expects aside),
+    else the first TD7xx finding."""
+    if not scenario.experiments:
+        return findings[0] if findings else None
+    also = set(scenario.expect) - {scenario.top}
+    seven = [f for f in findings if f.code.startswith("TD7") and f.code not in also]
+    if not seven:
+        return None
+    worst = min(f.severity.rank for f in seven)
+    planted = [f for f in seven if f.code == scenario.top and f.severity.rank == worst]
+    return planted[0] if planted else seven[0]
+
+
 def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -> int:
     """Print, per scenario, the bug planted, the top finding and the report path.
 
@@ -77,7 +105,7 @@ def run_demo(out_dir: str = "traindoctor-runs", only: list[str] | None = None) -
         # are info by design, e.g. 1-based labels, which healthy token models resemble).
         top = flagged[0] if s.healthy and flagged else None
         if not s.healthy and report.findings:
-            top = report.findings[0]
+            top = verdict_finding(s, report.findings)
         ok = (top is None) if s.healthy else (top is not None and top.code == s.top)
         misses += not ok
         mark = "[green]✓[/green]" if ok else "[red]✗[/red]"

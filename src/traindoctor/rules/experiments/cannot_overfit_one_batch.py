@@ -13,9 +13,10 @@ from ._experiments import cost, curve_text, experiment
 @rule(
     code="TD702",
     name="cannot-overfit-one-batch",
-    severity=Severity.INFO,
+    severity=Severity.WARNING,
     summary="Overfit one batch on a copy: whether the model and loss can drive the loss on one "
-    "fixed batch toward its floor with the user's optimizer, at lr x1, x10 and x0.1.",
+    "fixed batch toward its floor with the user's optimizer, at lr x1, x10 and x0.1 (a warning "
+    "when no lr does better than a constant prediction, else info).",
     events=("experiment",),
     priority=15,
 )
@@ -61,9 +62,20 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
     loss = F.mse_loss(model(x).squeeze(1), y)   # shapes (B,) and (B,)
     ```
 
+    ## Severity
+    A warning only when the failure is decisive: the loss has a known floor (hard targets: 0),
+    no lr of the grid blew up, one loss was replayed (not one of several), and the
+    input-independent baseline (TD703's runs) shows the real inputs doing no better than zeroed
+    ones: the model/loss pipeline reduces to a constant prediction, which no working pipeline
+    does on one batch it trains on. Every other verdict is info: it fits, partly fits, blows up
+    at the lr (TD706 says whether the lr is the cause), or fails while the model still uses its
+    input (a model too small for the batch, strong regularization: not necessarily a bug).
+
     ## Known false positives
     A model much too small for the batch, strong regularization (dropout, weight decay) or a
-    loss with a large irreducible part can stay above 50% in 50 steps: reported as info.
+    loss with a large irreducible part can stay above 50% in 50 steps: reported as info, since
+    such a model still does better with its inputs than without. A task whose labels do not
+    depend on the input, within the batch, would read as a warning: that is a data bug.
     """
     e = experiment(tl, "overfit_one_batch")
     if e is None or e.get("verdict") in ("error", None):
@@ -76,8 +88,10 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
             title=f"Overfit one batch not measured: {e.get('reason')}",
             step=e.get("step"),
             evidence={"reason": e.get("reason")},
+            severity=Severity.INFO,
         )
         return
+    severity = Severity.INFO  # decisive failures only are warnings (_decisive)
     lr = facts.get("lr") or []
     lr_text = ", ".join(f"{v:g}" for v in lr if v is not None) or "?"
     opt = facts.get("optimizer")
@@ -117,6 +131,9 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
             "the loss on one fixed batch does not fall at any lr: the bug is in the model or "
             "the loss, not in the data or the learning rate"
         )
+        severity, constant = _decisive(tl, facts)
+        if constant:
+            cause += f"; {constant}"
     if facts.get("several_losses"):
         cause += (
             f"; the step called several losses: the replay fits its first, "
@@ -140,4 +157,27 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
         if verdict == "lr_too_high"
         else "inspect the model's output path and the loss call (shapes, detach, clamps) "
         "before tuning the lr",
+        severity=severity,
+    )
+
+
+def _decisive(tl: TimelineView, facts: dict) -> tuple[Severity, str]:
+    """A "cannot fit" is a warning when the pipeline is no better than a constant prediction
+    (the input-independent baseline), the floor is known and one loss was replayed."""
+    zeroed = experiment(tl, "input_independent") or {}
+    z = zeroed.get("facts") or {}
+    constant = zeroed.get("verdict") in ("inconclusive", "ignores_input", "no_better_than_zeros")
+    if not constant or facts.get("floor") is None or facts.get("several_losses"):
+        return Severity.INFO, ""
+    if zeroed.get("verdict") == "ignores_input":
+        return Severity.WARNING, "the output does not even change when the input is zeroed"
+    real, zero = z.get("real_loss"), z.get("zeroed_loss")
+    pair = (
+        f" ({zero:.4g} on zeroed inputs, {real:.4g} on the real ones)"
+        if isinstance(real, int | float) and isinstance(zero, int | float)
+        else ""
+    )
+    return Severity.WARNING, (
+        f"trained the same way on zeroed inputs it does as well{pair}: the pipeline does no "
+        "better than a constant prediction"
     )

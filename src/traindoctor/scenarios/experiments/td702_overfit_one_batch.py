@@ -3,7 +3,8 @@
 - `broadcast`: a regressor's (B, 1) prediction against a (B,) target in `mse_loss`: the loss
   broadcasts to (B, B) and its floor is the target's variance. The lr is high (Adam 0.05) and
   the loss is noisy, so "the lr is too high" is the plausible cause; one batch cannot be fit at
-  any lr of the grid: the bug is in the loss (refutes the lr, confirms the loss);
+  any lr of the grid, and no better than a constant prediction (the zeroed inputs do as well):
+  the bug is in the loss (refutes the lr, TD706 "not the lr"; confirms the loss: TD702 warns);
 - `lr_low`: a healthy model with SGD at lr 1e-3: the loss barely moves; one batch is fit only
   at 10x: the lr is the cause (confirms);
 - the healthy twin: `pred.squeeze(1)`, Adam 0.01: fits at the user's lr.
@@ -52,17 +53,21 @@ SCENARIOS = (
         name="exp_overfit_broadcast_not_lr",
         bug="mse_loss((B,1), (B,)) with a high lr: cannot fit one batch at any lr",
         train=partial(train, bug="broadcast"),
-        expect=("TD702",),
+        expect=("TD702", "TD706"),
+        top="TD702",
         twin="exp_overfit_healthy",
         steps=20,
+        experiments=True,
     ),
     Scenario(
         name="exp_overfit_lr_too_low",
         bug="SGD at lr 1e-3: one batch is fit only at 10x the lr",
         train=partial(train, bug="lr_low"),
         expect=("TD702",),
+        top="TD702",
         twin="exp_overfit_healthy",
         steps=20,
+        experiments=True,
     ),
-    Scenario(name="exp_overfit_healthy", bug="", train=train, steps=20),
+    Scenario(name="exp_overfit_healthy", bug="", train=train, steps=20, experiments=True),
 )

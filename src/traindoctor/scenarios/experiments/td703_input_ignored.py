@@ -65,17 +65,21 @@ SCENARIOS = (
         name="exp_input_per_sample_norm",
         bug="per-example standardization over a feature dim of size 1: the input is zeroed",
         train=partial(train, bug="per_sample_norm"),
-        expect=("TD703",),
+        expect=("TD703", "TD702"),  # TD702 warns: one batch cannot be fit, no better than zeros
+        top="TD703",
         twin="exp_input_healthy",
         steps=20,
+        experiments=True,
     ),
     Scenario(
         name="exp_input_noisy_labels",
         bug="40% label noise: the loss plateaus high, but the model uses its input (refuted)",
         train=partial(train, bug="noisy_labels"),
         expect=("TD703",),
+        top="TD703",
         twin="exp_input_healthy",
         steps=20,
+        experiments=True,
     ),
-    Scenario(name="exp_input_healthy", bug="", train=train, steps=20),
+    Scenario(name="exp_input_healthy", bug="", train=train, steps=20, experiments=True),
 )
