@@ -820,7 +820,8 @@ _signal("job.collectives", "per step: {rank: that rank's ranks.collectives}")
 
 
 class Experiment(Event, total=False):
-    name: str  # init_loss | overfit_one_batch | input_independent | batch_independence | skipped
+    # init_loss | overfit_one_batch | lr_probe | input_independent | batch_independence | skipped
+    name: str
     verdict: str  # what it concluded: ok | failed | partial | not_measured | ...
     reason: str  # why it was skipped or not measured
     loss_fn: str  # the replayed loss (cross_entropy, mse_loss, ...)
@@ -833,7 +834,7 @@ class Experiment(Event, total=False):
 
 _event(
     "experiment",
-    "an experiment run on a copy of the model at close (loss at init, overfit one batch, "
-    "input-independent baseline, batch independence) and what it measured",
+    "an experiment run on a copy of the model at close (loss at init, overfit one batch, lr "
+    "probe, input-independent baseline, batch independence) and what it measured",
     Experiment,
 )
