@@ -69,6 +69,8 @@ class Event(enum.Enum):
     MODEL_OUTPUT = "on_model_output"
     #: (findings,): a diagnosis pass ranked these findings.
     DIAGNOSIS_MADE = "on_diagnosis"
+    #: (report,): close() wrote the run directory (report.run_dir holds its files).
+    REPORT_WRITTEN = "on_report_written"
 
 
 Handler = tuple[str, Any, Callable[..., Any]]  # (guard key, probe or None, callable)
@@ -87,30 +89,36 @@ class Bus:
         self._state = state
         self._probes: list[Subscriber] = []
         self._listeners: list[tuple[Event, str, Callable[..., Any]]] = []
-        self._cache: dict[tuple[Event, bool], list[Handler]] = {}
+        # Handler lists by sampled flag, then by event (an Enum member hashes in Python: a
+        # (event, sampled) tuple key cost a Python call per emit).
+        self._cache: tuple[dict[int, list[Handler]], dict[int, list[Handler]]] = ({}, {})
 
     def add_probes(self, probes: list[Subscriber]) -> None:
         self._probes.extend(probes)
-        self._cache.clear()
+        self._clear()
 
     def subscribe(self, event: Event, fn: Callable[..., Any], where: str) -> Callable[[], None]:
         """Call `fn` with the event's arguments after the probes; returns an unsubscribe."""
         entry = (event, where, fn)
         self._listeners.append(entry)
-        self._cache.clear()
+        self._clear()
 
         def unsubscribe() -> None:
             if entry in self._listeners:
                 self._listeners.remove(entry)
-                self._cache.clear()
+                self._clear()
 
         return unsubscribe
 
+    def _clear(self) -> None:
+        for cache in self._cache:
+            cache.clear()
+
     def emit(self, event: Event, *args: Any) -> None:
-        key = (event, self._state.sampled)
-        handlers = self._cache.get(key)
+        sampled = self._state.sampled
+        handlers = self._cache[sampled].get(id(event))
         if handlers is None:
-            handlers = self._handlers(key)
+            handlers = self._handlers((event, sampled))
         guard = self._guard
         disabled = guard.disabled
         retired = False
@@ -129,7 +137,7 @@ class Bus:
             if probe is not None:
                 retired = retired or probe.retired
         if retired:
-            self._cache.clear()  # rebuilt without the probes whose work is over
+            self._clear()  # rebuilt without the probes whose work is over
 
     def _handlers(self, key: tuple[Event, bool]) -> list[Handler]:
         event, sampled = key
@@ -140,7 +148,7 @@ class Bus:
             if _overrides(p, name) and not p.retired and (sampled or name not in p.sampled_only)
         ]
         handlers.extend((where, None, fn) for e, where, fn in self._listeners if e is event)
-        self._cache[key] = handlers
+        self._cache[sampled][id(event)] = handlers
         return handlers
 
 

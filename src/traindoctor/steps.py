@@ -20,7 +20,7 @@ from . import _hooks
 from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
-from .diagnosis_schedule import DiagnosisSchedule, predicted_pass_seconds
+from .diagnosis_schedule import DiagnosisSchedule, diagnose_due, predicted_pass_seconds
 from .errors import StopTraining
 from .governor import summary_line
 from .handsteps import HandSteps
@@ -184,7 +184,10 @@ class StepDriver:
             self.readback()
         if step <= budget.structural_steps:
             self._describe_optimizers()
-        if self.schedule.due(step, self.timeline.size()):
+        # The timeline's size (a sum over its signals) only on the steps a pass is due at.
+        if diagnose_due(step, budget.structural_steps) and self.schedule.due(
+            step, self.timeline.size()
+        ):
             self._timed_pass()
             self.schedule.ran(step)
         elif self._fold is not None and self.schedule.fold_due(step):
