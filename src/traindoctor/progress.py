@@ -70,6 +70,8 @@ class Progress:
         self._saved: list[tuple[str, TextIO]] = []
         self._rate: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
         self._open_doctors: Any = None
+        self.encoding = "utf-8"
+        self.sep = " · "
 
     # -- the block ----------------------------------------------------------------------------
     def __enter__(self) -> Progress:
@@ -77,6 +79,9 @@ class Progress:
             from .doctor import open_doctors  # here, not in the thread: no import races
 
             self._open_doctors = open_doctors
+            self.encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+            if not _encodes("·…", self.encoding):
+                self.sep = " | "  # a terminal without UTF-8 (LANG=C)
             for name in ("stdout", "stderr"):
                 stream = getattr(sys, name)
                 if _stream_isatty(stream):
@@ -127,7 +132,7 @@ class Progress:
             if text is None:
                 self._clear()
             elif self.at_line_start:
-                self._write(CLEAR + _fit(text, _width(self.fd)) + "\r")
+                self._write(CLEAR + _fit(text, _width(self.fd), self.sep != " | ") + "\r")
                 self.drawn = True
 
     def status(self, now: float) -> str | None:
@@ -140,7 +145,7 @@ class Progress:
         step = max(doctor.state.step - 1, 0)  # steps completed
         self._rate.append((now, step))
         (t0, s0), (t1, s1) = self._rate[0], self._rate[-1]
-        parts = [f"traindoctor · step {step}"]
+        parts = [f"traindoctor{self.sep}step {step}"]
         if t1 > t0 and s1 >= s0:
             parts.append(f"{(s1 - s0) / (t1 - t0):.3g} steps/s")
         findings = list(doctor.findings)
@@ -154,7 +159,7 @@ class Progress:
                 parts.append(f"{n} {word}{'s' if n != 1 and sev != 'info' else ''}")
         if not findings:
             parts.append("no findings yet")
-        return " · ".join(parts)
+        return self.sep.join(parts)
 
     def _clear(self) -> None:
         if self.drawn:
@@ -162,7 +167,7 @@ class Progress:
             self.drawn = False
 
     def _write(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
+        data = text.encode(self.encoding, "replace")
         while data:
             data = data[os.write(self.fd, data) :]
 
@@ -227,10 +232,18 @@ def _width(fd: int) -> int:
     return columns
 
 
-def _fit(text: str, width: int) -> str:
+def _fit(text: str, width: int, unicode: bool = True) -> str:
     """Never wider than the terminal: a wrapped status line could not be cleared with `\\r`."""
     limit = max(width - 1, 10)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + ("…" if unicode else ">")
+
+
+def _encodes(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except (LookupError, UnicodeError):
+        return False
+    return True
 
 
 # A forked child (a DataLoader worker) must never wait on a lock its parent's thread held at

@@ -1,8 +1,9 @@
 """`sarif`: SARIF 2.1.0 (GitHub code scanning, VS Code's SARIF viewer). tool.driver.rules is the
 whole catalog (fullDescription and help from each rule's docstring, as `traindoctor explain`
 prints it); each finding is a result with its ruleId, level and, where it has a user-source
-line, a physicalLocation (artifactLocation.uri relative to the working directory, region). An
-info finding is a result of kind "informational" (level "none"): recorded, not a problem."""
+line, a physicalLocation (artifactLocation.uri relative to GITHUB_WORKSPACE or the working
+directory, region). An info finding is a result of kind "informational" (level "none"):
+recorded, not a problem."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def _uri(path: str) -> str:
-    rel = relative_to(path, os.getcwd())
+    """Relative to the checkout in a GitHub workflow (code scanning resolves it there), else to
+    the working directory; a file outside it as a file:// URI."""
+    rel = relative_to(path, os.environ.get("GITHUB_WORKSPACE") or os.getcwd())
     return Path(rel).as_uri() if Path(rel).is_absolute() else rel
 
 
