@@ -46,7 +46,7 @@ def test_too_high_says_the_lr_is_the_cause_and_by_how_much():
     f = assert_fires("TD706", tl)
     assert f.title.startswith("The lr is the cause (too high): on one batch, at lr x0.1")
     assert "2.3 -> 0.01 in 50 steps" in f.title and "2.3 -> nan at step 2" in f.title
-    assert "the run's loss.backward: 2.3 -> inf at step 3" in f.title
+    assert "the run's own loss: 2.3 -> inf at step 3" in f.title
     assert "lower the lr about 10x (to 0.05)" in f.fix
     assert f.evidence["curves"] == curves and f.evidence["run_stalled"] is True
 

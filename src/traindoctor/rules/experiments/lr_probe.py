@@ -182,8 +182,7 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
         cause = "the script's lr fits one fixed batch: it is neither far too high nor far too low"
         fix = "check the labels and the batches the run trains on (TD504, TD511, TD512)"
     if run is not None:
-        values, name = run
-        title += f" (the run's {name}: {_curve(values)})"
+        title += f" (the run's own loss: {_curve(run[0])})"
     yield tl.finding(
         title=title,
         step=e.get("step"),
@@ -197,7 +196,7 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
                 if key in facts
             },
             "run_stalled": stalled,
-            "cost": cost(e),
+            "cost": cost(e) if e.get("steps") else "no step beyond TD702's runs",
         },
         where=Where(source=e.get("source")),
         cause=cause,
