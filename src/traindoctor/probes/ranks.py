@@ -51,6 +51,7 @@ timeline, and the ranks are compared at the merge, after the job.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar
 
 import torch
@@ -231,6 +232,7 @@ class RanksProbe(Probe):
         self._calls_step = 0
         self._save_listener: Any = None
         self._coll_listener: Any = None
+        self._thread: int | None = None  # the thread that attached: the training loop's
         self._rec: Recorder | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -293,6 +295,7 @@ class RanksProbe(Probe):
         self._fp_due = bool(self._wrappers) and fingerprint_step(self._step)
         self._note_ddp(self._step, rec)
         self._rec = rec
+        self._thread = threading.get_ident()
         self._save_listener = lambda f: ctx.guard.call("probe ranks", self._on_save, f)
         self._coll_listener = lambda op: ctx.guard.call("probe ranks", self._on_collective, op)
         _SAVE_LISTENERS.append(self._save_listener)
@@ -369,12 +372,17 @@ class RanksProbe(Probe):
             self._loader_tries = LOADER_TRIES
             rec.record(step, RANKS_LOADER, found)
 
+    def _own_thread(self) -> bool:
+        """The timeline is written from the training thread only: a record from another
+        thread (an asynchronous checkpointer's save) could race its flush."""
+        return threading.get_ident() == self._thread
+
     # -- collectives ------------------------------------------------------------------------
     def _on_collective(self, op: str) -> None:
         """A torch.distributed collective on the job's whole group (before it runs: a rank
         that then hangs in it has it recorded). One on a subgroup is not seen: the ranks
         outside that group rightly never call it."""
-        if self.info is None:
+        if self.info is None or not self._own_thread():
             return
         step = self._step
         if self._calls is None or step != self._calls_step:
@@ -394,8 +402,8 @@ class RanksProbe(Probe):
         """A torch.save call of this process (from the wrapper, before the file is written)."""
         import os
 
-        if self.info is None or self._saved >= MAX_SAVES:
-            return
+        if self.info is None or self._saved >= MAX_SAVES or not self._own_thread():
+            return  # (another thread's save, an async checkpointer's: not into the timeline)
         if not isinstance(f, str | os.PathLike):
             return  # a file object or a buffer (Lightning's, HF's): no path to compare
         self._saved += 1
