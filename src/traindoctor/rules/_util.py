@@ -144,7 +144,14 @@ def graphless_loss_events(tl: TimelineView) -> list[dict[str, Any]]:
     only when no backward pass was observed at all: once backward() ran on losses with a
     graph, the logged one is a detached copy for logging (`doc.log(loss=loss.detach())`).
     """
-    events = tl.events("loss_not_differentiable")
+    # A graph that reaches only tensors an optimizer holds trains those tensors (SAC's
+    # log_alpha temperature, a learnable loss weight kept outside any module): not graphless.
+    held = {tuple(u["shape"]) for u in foreign_tensors(tl) if u.get("requires_grad")}
+    events = [
+        e
+        for e in tl.events("loss_not_differentiable")
+        if not e.get("leaves") or not all(tuple(s) in held for s in e["leaves"])
+    ]
     from_backward = [e for e in events if e.get("via") == "backward"]
     if from_backward:
         return from_backward

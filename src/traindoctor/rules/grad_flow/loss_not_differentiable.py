@@ -17,7 +17,7 @@ from .._util import graphless_loss_events, trainable_names
     summary="The loss has no grad_fn, so backward() cannot reach any parameter.",
     requires=("loss.backward", "backward.count"),
     events=("loss_not_differentiable",),
-    facts=("params",),
+    facts=("optimizers", "params"),
     priority=10,
 )
 def loss_not_differentiable(tl: TimelineView) -> Iterator[Finding]:
@@ -53,7 +53,9 @@ def loss_not_differentiable(tl: TimelineView) -> Iterator[Finding]:
     ```
 
     ## Known false positives
-    None known: a loss without `grad_fn` cannot train anything. A detached copy passed to
+    None known: a loss without `grad_fn` cannot train anything. A loss whose graph reaches
+    only tensors an optimizer holds outside any module (SAC's `log_alpha`, a learnable loss
+    weight) trains those tensors and is not reported. A detached copy passed to
     `doc.log(loss=loss.detach())` is not reported once `backward()` has been seen running on
     a loss with a graph; it is reported only when no backward pass was observed at all.
     """
