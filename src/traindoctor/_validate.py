@@ -20,6 +20,10 @@ from .errors import UsageError
 MODES = ("watch", "zero-code", "lightning", "transformers", "ultralytics")
 FRAMEWORKS = ("plain", "lightning", "transformers", "accelerate", "ultralytics")
 CODE_RE = re.compile(r"^TD\d{0,3}$")
+# Experiment trackers traindoctor posts to (integrations/trackers/), and the variable that
+# sets `export` where the code leaves the default ("none" turns every tracker off).
+TRACKERS = ("wandb", "tensorboard", "mlflow")
+EXPORT_ENV = "TRAINDOCTOR_EXPORT"
 
 
 def show(value: Any) -> str:
@@ -116,6 +120,49 @@ def _check_dir_path(where: str, path: Path) -> Path:
     return path
 
 
+def check_export(caller: str, export: Any) -> str | tuple[str, ...]:
+    """`export=`: "auto" (the trackers the script has active), tracker names (a list, or one
+    string, comma-separated as on the command line) or None / [] / "none" for none. The
+    environment's TRAINDOCTOR_EXPORT replaces "auto", and its "none" turns off any list."""
+    value = parse_export(f"{caller}(export=...)", export)
+    env = os.environ.get(EXPORT_ENV, "").strip()
+    if env:
+        from_env = parse_export(f"{EXPORT_ENV}={env!r}", env)
+        if value == "auto" or from_env == ():
+            return from_env
+    return value
+
+
+def parse_export(where: str, export: Any) -> str | tuple[str, ...]:
+    fix = (
+        "pass 'auto' (the trackers the script has active, the default), a list of "
+        + ", ".join(repr(t) for t in TRACKERS)
+        + ", or None (on the command line: none) to post to none"
+    )
+    if export is None:
+        return ()
+    if isinstance(export, str):
+        items: list[Any] = [i for i in export.replace(" ", ",").split(",") if i]
+        if items in ([], ["none"]):
+            return ()
+        if items == ["auto"]:
+            return "auto"
+    elif isinstance(export, list | tuple | set | frozenset):
+        items = list(export)
+    else:
+        raise UsageError(f"{where} got {show(export)}; {fix}")
+    out: list[str] = []
+    for item in items:
+        name = item.strip().lower() if isinstance(item, str) else item
+        if name not in TRACKERS:
+            near = difflib.get_close_matches(str(name), TRACKERS, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise UsageError(f"{where} got {show(item)}, not a tracker; {hint}{fix}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 def check_codes(caller: str, name: str, codes: Any, where: str | None = None) -> tuple[str, ...]:
     """`select=` / `ignore=`: rule codes or code prefixes (`TD1`), or rule names; returned as
     codes/prefixes, upper case. `where` names the setting in messages instead of
@@ -174,6 +221,7 @@ def check_options(caller: str, **options: Any) -> dict[str, Any]:
         "max_steps": lambda v: check_max_steps(caller, v),
         "mode": lambda v: check_choice(caller, "mode", v, MODES),
         "framework": lambda v: check_choice(caller, "framework", v, FRAMEWORKS),
+        "export": lambda v: check_export(caller, v),
     }
     out = {}
     for name, value in options.items():

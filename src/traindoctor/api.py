@@ -26,6 +26,7 @@ def watch(
     console: bool = True,
     select: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    export: str | Iterable[str] | None = "auto",
     **unknown: Any,
 ) -> Doctor:
     """Attach traindoctor to a model and its optimizer(s). Returns the Doctor.
@@ -41,13 +42,24 @@ def watch(
     (traindoctor.config): its rule selection, per-rule options and `out` (over `out_dir`'s
     default); a non-empty `select` replaces its selection and `ignore`
     removes rules on top, as the command line's flags do.
+
+    `export`: the experiment trackers the findings, the run's status and the measured per-layer
+    quantities are posted to (integrations/trackers/): "auto" (default: an active W&B run, open
+    TensorBoard SummaryWriters, an active MLflow run), a list of "wandb", "tensorboard",
+    "mlflow", or None for none (TRAINDOCTOR_EXPORT=none too).
     """
     reject_unknown("watch", unknown, ("model", "optimizer", "scaler", *WATCH_OPTIONS))
     models = _models(model)
     optimizers = _optimizers(optimizer)
     _check_scaler(scaler)
     options = Options.checked(
-        "watch", out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+        "watch",
+        out_dir=out_dir,
+        budget=budget,
+        console=console,
+        select=select,
+        ignore=ignore,
+        export=export,
     )
     return _watch(models, optimizers, scaler, options)
 

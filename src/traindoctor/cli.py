@@ -87,6 +87,9 @@ def _run_options(f):
         "not a terminal).",
     )(f)
     f = _output_options(f)
+    from .integrations.trackers.cli_option import export_option  # sets TRAINDOCTOR_EXPORT
+
+    f = export_option(f)
     f = click.option(
         "--fail-on",
         type=click.Choice(["error", "warning"]),
@@ -375,6 +378,7 @@ RUN_VALUE_OPTIONS = (
     "--config-file",
     "--output-format",
     "--output-file",
+    "--export",
     "-m",
 )
 RUN_FLAGS = ("--json", "--no-config", "--no-progress")

@@ -21,6 +21,7 @@ from .bus import Bus, Event
 from .diagnosis import diagnose, fold, unavailable
 from .errors import StopTraining, UsageError
 from .findings import Finding
+from .integrations import trackers
 from .options import Options
 from .outcome import record_outcome
 from .probes import default_probes
@@ -119,6 +120,8 @@ class Doctor:
         self.bus.add_probes(self.probes)
         # The run state keeps the model's last training output (probes publish it).
         self.bus.subscribe(Event.MODEL_OUTPUT, self._clock.set_model_output, "model output")
+        # Findings posted to the script's W&B / TensorBoard / MLflow (a bus listener).
+        trackers.install(self.run, self.timeline, options.export)
         self._by_name: dict[str, Probe] | None = None
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -488,6 +491,7 @@ class Doctor:
             publish(self.report, self.guard, self.console)
             return self.report
         self.report.rank, self.report.world_size = self.dist.rank, self.dist.world_size
+            self.bus.emit(Event.REPORT_WRITTEN, self.report)
         publish(self.report, self.guard, console=False)
         errors = len(self.guard.errors)
         self.guard.call("merge ranks", self._merge_ranks)
@@ -497,6 +501,7 @@ class Doctor:
             publish(self.report, self.guard, console=False)
         return self.report
 
+        self.bus.emit(Event.REPORT_WRITTEN, self.report)
     def _merge_ranks(self) -> None:
         """The job's report, once this rank's is on disk (distributed/merge.py: rank 0 waits
         a few seconds at most for the others; the last rank to close completes it). Only

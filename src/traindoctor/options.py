@@ -17,7 +17,7 @@ from ._validate import check_options
 from .config import DEFAULT_OUT_DIR
 
 # The options users pass to `traindoctor.watch` and to every framework callback.
-WATCH_OPTIONS = ("out_dir", "budget", "console", "select", "ignore")
+WATCH_OPTIONS = ("out_dir", "budget", "console", "select", "ignore", "export")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class Options:
     - `select` / `ignore`: rule codes or prefixes, checked and upper-cased;
     - `max_steps`: stop after this many optimizer steps (`traindoctor run --max-steps`);
     - `mode`: how it is attached ("watch", "zero-code", "lightning", ...);
-    - `run_id`: the run directory's name (generated when None).
+    - `run_id`: the run directory's name (generated when None);
+    - `export`: the experiment trackers findings are posted to: "auto" (those the script has
+      active), a tuple of names from `_validate.TRACKERS`, or () for none.
     """
 
     out_dir: str | Path = DEFAULT_OUT_DIR
@@ -42,6 +44,7 @@ class Options:
     max_steps: int | None = None
     mode: str = "watch"
     run_id: str | None = None
+    export: str | tuple[str, ...] = "auto"
 
     @classmethod
     def checked(cls, caller: str, **given: Any) -> Options:
@@ -50,6 +53,8 @@ class Options:
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"Options has no field {sorted(unknown)[0]!r}")  # a bug of ours
+        # Always checked: TRAINDOCTOR_EXPORT applies where the entry point left the default.
+        given.setdefault("export", "auto")
         return cls(**check_options(caller, **given))
 
     def but(self, **changes: Any) -> Options:

@@ -45,6 +45,7 @@ def watch(
     console: bool = True,
     select: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    export: Any = "auto",
     **unknown: Any,
 ) -> Doctor:
     """`td.watch` for a loop run by an `accelerate.Accelerator`.
@@ -68,7 +69,13 @@ def watch(
             "optimizer accelerator.prepare returned"
         )
     options = Options.checked(
-        caller, out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+        caller,
+        out_dir=out_dir,
+        budget=budget,
+        console=console,
+        select=select,
+        ignore=ignore,
+        export=export,
     )
     models: Any
     if isinstance(model, dict):

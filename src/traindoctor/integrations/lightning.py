@@ -358,6 +358,7 @@ def callback_class(base: type, launcher_patch: Patch | None = None) -> type:
             ignore: Iterable[str] = (),
             mode: str = "lightning",
             max_steps: int | None = None,
+            export: Any = "auto",
             **unknown: Any,
         ) -> None:
             # Checked here, not at on_fit_start where an error is only printed.
@@ -372,6 +373,7 @@ def callback_class(base: type, launcher_patch: Patch | None = None) -> type:
                 ignore=ignore,
                 mode=mode,  # zero-code mode passes "zero-code"
                 max_steps=max_steps,
+                export=export,
             )
             super().__init__()
             # `traindoctor run --max-steps N`: fit stops gracefully after N optimizer steps,

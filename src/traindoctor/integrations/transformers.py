@@ -71,6 +71,7 @@ class TraindoctorCallback(TrainerCallback):
         select: Iterable[str] = (),
         ignore: Iterable[str] = (),
         doctor: _Doctor | None = None,
+        export: Any = "auto",
         **unknown: Any,
     ) -> None:
         reject_positional(_CALLER, args, _OPTIONS)
@@ -81,7 +82,13 @@ class TraindoctorCallback(TrainerCallback):
                 "elsewhere (zero-code mode), or leave it out"
             )
         self.options = Options.checked(
-            _CALLER, out_dir=out_dir, budget=budget, console=console, select=select, ignore=ignore
+            _CALLER,
+            out_dir=out_dir,
+            budget=budget,
+            console=console,
+            select=select,
+            ignore=ignore,
+            export=export,
         )
         self.doctor: _Doctor | None = doctor
         self._owns_doctor = doctor is None
