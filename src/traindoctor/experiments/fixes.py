@@ -10,6 +10,7 @@ finding as "not run: <reason>".
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ class Plan:
     # Both arms train the same loss function on the same forward: their curves compare. When
     # not (the fix changes the loss input), both final models are scored with the fixed one.
     same_loss: bool = True
+    # Arm fields of both arms of this trial only (the lr the run had when it diverged).
+    both: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,15 +192,20 @@ def probability_module(setup: Setup) -> tuple[str, str] | None:
 
 @fix_for("TD210")
 def _lower_lr(finding: Finding, setup: Setup) -> Plan | NotRun:
-    lrs = [base_lr(g[1]) for g in setup.groups]
-    lr = next((v for v in lrs if v is not None), None)
-    fix = "lr x0.1" + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else "")
     why = _needs_optimizer(setup)
+    base = base_lr(setup.groups[0][1]) if setup.groups else None
+    # The lr of the first group when the loss diverged (a schedule may have raised it since
+    # the start): both arms run at it, the fix at a tenth of it.
+    lrs = finding.evidence.get("lr") or {}
+    at = next((v for k, v in sorted(lrs.items()) if isinstance(v, int | float)), None)
+    scale = at / base if at and base else 1.0
+    lr = at or base
+    fix = "lr x0.1" + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else "")
     if why:
         return NotRun(fix, why)
-    if finding.evidence.get("kind") not in ("divergence", "spike"):
+    if finding.evidence.get("kind") != "divergence":
         return NotRun(fix, f"a {finding.evidence.get('kind')} is not an lr's to fix")
-    return Plan(fix, {}, {"lr_scale": 0.1})
+    return Plan(fix, {}, {"lr_scale": 0.1 * scale}, both={"lr_scale": scale})
 
 
 def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:

@@ -129,8 +129,8 @@ def _not_the_run(parts: dict[str, Any] | None) -> str | None:
         return None
     if not (math.isfinite(replayed) and math.isfinite(backward)):
         return "the first loss is not finite"
-    for scale in {1.0, 1.0 / forwards}:
-        if abs(backward - replayed * scale) <= 1e-4 * max(abs(backward), abs(replayed), 1e-6):
+    for k in range(1, max(parts.get("micro_batches", forwards), forwards) + 1):
+        if abs(backward - replayed / k) <= 1e-4 * max(abs(backward), abs(replayed), 1e-6):
             return None
     return (
         f"the loss backpropagated at the first captured step ({backward:.7g}) is not the "
@@ -158,7 +158,8 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
     """Both arms, STEPS steps a round; a further round (up to `rounds`) while the fix has not
     helped yet and its own arm still learns: a slow fix is not called useless after 30 steps."""
     t0 = time.perf_counter()
-    arms = {AS_WRITTEN: baseline, WITH_FIX: baseline.merged(plan.with_fix)}
+    written = baseline.merged(plan.both)
+    arms = {AS_WRITTEN: written, WITH_FIX: written.merged(plan.with_fix)}
     # Both final models are scored with the fixed forward when the fix changes the loss input.
     scorer = None if plan.same_loss else arms[WITH_FIX]
     try:

@@ -347,11 +347,20 @@ class CaptureProbe(Probe):
         if batch is None or batch.step not in self._calls:
             return None
         forwards, losses = self._calls[batch.step]
+        # Micro-batches a step (`loss / accum_steps`): the most forwards of a captured step
+        # (the first step's count can miss the forwards before a zero-code attach).
+        micro = max(c[0] for c in self._calls.values())
         values = {
             k: float(v.float().mean()) if v is not None and v.numel() >= 1 else None
             for k, v in self._values.items()
         }
-        return {"forwards": forwards, "losses": losses, "fn": batch.loss_fn, **values}
+        return {
+            "forwards": forwards,
+            "losses": losses,
+            "micro_batches": micro,
+            "fn": batch.loss_fn,
+            **values,
+        }
 
     def _note_unmatched(self, fn: str) -> None:
         if len(self._unmatched) < 8:
