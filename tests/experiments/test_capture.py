@@ -54,7 +54,13 @@ def run(tmp_path, how: str):
 @pytest.mark.parametrize("how", ["view", "cast", "internal", "eval"])
 def test_replayed(how, tmp_path):
     ran = run(tmp_path, how)
-    assert set(ran) == {"init_loss", "overfit_one_batch", "input_independent", "batch_independence"}
+    assert set(ran) == {
+        "init_loss",
+        "overfit_one_batch",
+        "lr_probe",
+        "input_independent",
+        "batch_independence",
+    }
     assert ran["init_loss"]["verdict"] == "ok", ran["init_loss"]
     assert ran["init_loss"]["facts"]["classes"] == 5
     assert ran["overfit_one_batch"]["verdict"] == "ok", ran["overfit_one_batch"]

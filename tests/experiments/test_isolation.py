@@ -125,7 +125,13 @@ def test_user_run_is_bit_identical_with_and_without_experiments(runner, tmp_path
     same(off, on)
     assert not on_report.internal_errors, on_report.internal_errors
     ran = {e["name"]: e for e in on_report.timeline.events("experiment")}
-    assert set(ran) == {"init_loss", "overfit_one_batch", "input_independent", "batch_independence"}
+    assert set(ran) == {
+        "init_loss",
+        "overfit_one_batch",
+        "lr_probe",
+        "input_independent",
+        "batch_independence",
+    }
     assert all(e["verdict"] != "error" for e in ran.values()), ran
     assert not off_report.timeline.events("experiment")
     assert not [f for f in off_report.findings if f.code.startswith("TD7")]
