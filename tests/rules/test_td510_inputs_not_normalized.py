@@ -51,3 +51,15 @@ def test_silent_on_indices_and_on_normalizing_first_layers():
 def test_a_single_layer_model_is_not_judged():
     # Nothing runs after the layer: a linear regression whose inputs share the targets' units.
     assert_silent("TD510", _tl(200.0, 50.0, nxt=(), out=60.0))
+
+
+def test_a_batchnorm_right_after_the_first_layer_makes_it_info():
+    # ResNet's conv1 -> bn1: the batch statistics cancel the input's scale in training.
+    f = assert_fires(
+        "TD510",
+        _tl(127.0, 73.0, 0.0, 255.0, kind="Conv2d", nxt=("BatchNorm2d", "ReLU"), out=90.0),
+    )
+    assert f.severity is Severity.INFO and "cancels" in f.cause
+    # A BatchNorm further down does not: the first layer's outputs are still too large.
+    f = assert_fires("TD510", _tl(127.0, 73.0, 0.0, 255.0, nxt=("ReLU", "BatchNorm1d"), out=90.0))
+    assert f.severity is Severity.WARNING

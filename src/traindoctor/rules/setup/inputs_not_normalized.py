@@ -58,7 +58,8 @@ def inputs_not_normalized(
     std, min and max of its input and the std of its output are computed on the device (a
     strided view of at most 262,144 elements) and read back in the batched read-back.
     Integer inputs (token ids, indices) and first layers that normalize (BatchNorm,
-    LayerNorm, ...) or look up embeddings are not judged. A tanh/sigmoid called functionally
+    LayerNorm, ...) or look up embeddings are not judged. A first layer followed by a BatchNorm
+    is reported as info: the batch statistics cancel the input's scale in training. A tanh/sigmoid called functionally
     after the first layer is known from the activations probe's sites, when it ran.
 
     ## Example
@@ -107,6 +108,10 @@ def inputs_not_normalized(
             rms > max_scale and act is not None and out_std is not None and out_std > saturating_std
         )
         big = rms > max_scale
+        # A BatchNorm right after the first layer (ResNet's conv1 -> bn1) normalizes each
+        # channel with the batch's own statistics: the input's scale and offset cancel, and the
+        # loss and gradients are those of normalized inputs (measured: same losses to 1e-6).
+        absorbed = not saturates and str((first.get("next") or [""])[0]).startswith("BatchNorm")
         evidence: dict[str, Any] = {
             "first_layer": module,
             "layer_type": kind,
@@ -132,6 +137,13 @@ def inputs_not_normalized(
             )
         else:
             effect = "its weights get almost no gradient"
+        if absorbed:
+            effect = (
+                f"the {first['next'][0]} right after it normalizes each channel with the "
+                "batch's statistics, so in training the scale cancels; it matters where those "
+                "statistics are not the batch's (eval mode, a frozen BatchNorm) and the inputs "
+                "there are scaled otherwise"
+            )
         yield tl.finding(
             title=f"The first layer `{module}` ({kind}) receives inputs of scale {rms:.3g} "
             f"({measured})",
@@ -145,6 +157,7 @@ def inputs_not_normalized(
             "per channel (x - mean) / std with statistics of the training set, or standardize "
             "each feature; a normalization layer as the first layer also works",
             confidence=0.9 if saturates else 0.7,
+            severity=Severity.INFO if absorbed else None,
         )
         return
 
