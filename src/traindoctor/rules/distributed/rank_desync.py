@@ -241,8 +241,9 @@ def _finding(
         where_src = None
         cause = (
             "the replicas were updated differently: an update outside DDP's gradient "
-            "all-reduce (a forward/backward that bypasses the wrapper, a rank-specific "
-            "optimizer or learning rate, an in-place write to the weights on some ranks)"
+            "all-reduce (a forward/backward that bypasses the wrapper, an optimizer step after "
+            "a micro-batch inside no_sync() (TD606), a rank-specific optimizer or learning "
+            "rate, an in-place write to the weights on some ranks)"
         )
         fix = (
             "update the model only through the DDP wrapper's forward/backward and the same "
