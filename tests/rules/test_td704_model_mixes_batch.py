@@ -38,7 +38,12 @@ def test_silent_when_not_measured():
     assert_silent("TD704", make_timeline(events=[e]))
 
 
-DECISIVE = {"output_shape": [16, 3], "loss_input_shape": [16, 3], "other_tensor_inputs": 0}
+DECISIVE = {
+    "output_shape": [16, 3],
+    "loss_input_shape": [16, 3],
+    "other_tensor_inputs": 0,
+    "mixes_in_eval": True,
+}
 
 
 @pytest.mark.parametrize(
@@ -60,6 +65,8 @@ def test_a_warning_where_the_mix_cannot_be_a_design(op):
         ({"op": "ViewBackward0", "loss_input_shape": [64, 3]}, "the loss reads"),
         ({"op": None}, "could not be named"),
         ({"op": "ViewBackward0", "output_shape": None}, "not recorded"),
+        ({"op": "ViewBackward0", "mixes_in_eval": False}, "independent (a hand-written"),
+        ({"op": "ViewBackward0", "mixes_in_eval": None}, "was not measured"),
     ],
 )
 def test_info_where_the_mix_may_be_the_design(facts, why):

@@ -451,7 +451,33 @@ def _batch_independence(setup: Setup) -> dict[str, Any]:
     if mixer:
         facts.update(mixer)
     verdict = "mixes" if mixed and worst > MIX_TOL * max(own, 1e-30) else "independent"
+    if verdict == "mixes":
+        # Does it still mix with the whole copy in eval mode? A hand-written batch
+        # normalization (ghost batch norm, a custom BatchNorm) mixes in train mode only, by
+        # design; None when the eval output is not the same tensor (TD704 stays info then).
+        facts["mixes_in_eval"] = _mixes_in_eval(setup, k, n, i, tuple(out.shape))
     return {"verdict": verdict, "facts": facts}
+
+
+def _mixes_in_eval(setup: Setup, k: int, n: int, i: int, shape: tuple) -> bool | None:
+    b = setup.batch
+    assert b is not None
+    model = fresh_copy(setup).eval()
+    x = b.args[k].detach().clone().requires_grad_(True)
+    args = tuple(x if j == k else a for j, a in enumerate(b.args))
+    outs = list(iter_tensors(model(*args, **b.kwargs)))
+    out = outs[b.out_index] if b.out_index < len(outs) else None
+    if b.internal:
+        out = next((t for t in outs if t.dim() >= 1 and int(t.shape[0]) == n), out)
+    if out is None or tuple(out.shape) != shape or not out.requires_grad:
+        return None
+    (grad,) = torch.autograd.grad(out[i].sum(), x, allow_unused=True)
+    if grad is None:
+        return None
+    rows = grad.detach().double().reshape(n, -1).abs().amax(dim=1)
+    own = float(rows[i])
+    rows[i] = 0
+    return bool(float(rows.max()) > MIX_TOL * max(own, 1e-30))
 
 
 def _first_mixing_node(

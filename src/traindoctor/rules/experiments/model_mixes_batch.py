@@ -60,7 +60,8 @@ def model_mixes_batch(tl: TimelineView) -> Iterator[Finding]:
     ## Severity
     A warning only where the mix cannot be the model's design: the op is one that moves values
     across dim 0 by mistake (an RNN run along it, a softmax over it, a view, reshape, transpose
-    or permute across it), the model's only tensor input is the one checked, its output is one
+    or permute across it), it still mixes with the whole copy in eval mode (a hand-written
+    batch normalization mixes in train mode only), the model's only tensor input is the one checked, its output is one
     prediction per example (`(B,)` or `(B, C)`, no other dim of size B) and the loss reads the
     same B rows. Everything else is info: a matmul or a reduction over the batch (a graph
     network's message passing over a full graph, a hand-written normalization, an in-batch
@@ -111,7 +112,17 @@ def model_mixes_batch(tl: TimelineView) -> Iterator[Finding]:
 
 
 # Autograd ops that move values across dim 0 by mistake (their names, or a part of them).
-_MISTAKES = ("Rnn", "Lstm", "Gru", "Softmax", "View", "Reshape", "Transpose", "Permute")
+_MISTAKES = (
+    "Rnn",
+    "Lstm",
+    "Gru",
+    "Softmax",
+    "View",
+    "Reshape",
+    "Transpose",
+    "TBackward",
+    "Permute",
+)
 
 
 def by_design(facts: dict) -> str:
@@ -124,6 +135,13 @@ def by_design(facts: dict) -> str:
         return "the op that mixes could not be named"
     if not any(m in op for m in _MISTAKES):
         return f"{op} (a matmul, an index or a reduction) mixes examples in models built to"
+    if facts.get("mixes_in_eval") is not True:
+        return (
+            "with the whole model in eval mode the examples are independent (a hand-written "
+            "batch normalization?)"
+            if facts.get("mixes_in_eval") is False
+            else "whether it mixes with the whole model in eval mode was not measured"
+        )
     if shape is None or loss_shape is None or facts.get("other_tensor_inputs") is None:
         return "the output's shape was not recorded"
     if facts["other_tensor_inputs"]:
