@@ -343,3 +343,14 @@ def test_user_run_is_bit_identical_with_and_without_trials(runner, tmp_path):
     (finding,) = [f for f in report.findings if f.code == "TD106"]
     assert finding.evidence["trial"]["verdict"] == "fix helps"
     assert all("trial" not in f.evidence for f in snaps[False][0].findings)
+
+
+def test_memory_short_for_two_copies_is_said(tmp_path, monkeypatch):
+    monkeypatch.setattr(trials, "available_memory", lambda device: 1024)
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with experiments.enable():
+        report = loop(tmp_path, model, opt, steps=20, zero_grad=False)
+    (finding,) = [f for f in report.findings if f.code == "TD106"]
+    assert finding.evidence["trial"]["verdict"].startswith("not run: memory short on cpu")

@@ -89,6 +89,8 @@ class Setup:
     batch: Batch | None = None
     # The batches of the first steps (batch first), for the fix trials (experiments/trials.py).
     batches: list[Batch] = field(default_factory=list)
+    # Each module's `training` flag in the first captured forward (trials.py replays them).
+    modes: dict[str, bool] = field(default_factory=dict)
 
 
 def clone_tree(obj: Any, depth: int = 0) -> Any:

@@ -26,7 +26,17 @@ import torch
 
 from ..findings import Finding, Severity, rank
 from .fixes import Arm, NotRun, Plan, fix_name, plan_for, probability_module
-from .runner import Batch, Replay, Setup, build_optimizer, fresh_copy, isolated, memory_short
+from .runner import (
+    MEMORY_HEADROOM,
+    Batch,
+    Replay,
+    Setup,
+    available_memory,
+    build_optimizer,
+    fresh_copy,
+    isolated,
+    model_bytes,
+)
 
 STEPS = 30  # optimizer steps of each arm a round
 ROUNDS = 3  # rounds at most (30, 60, 90 steps) while the fix has not helped yet
@@ -34,6 +44,7 @@ MAX_TRIALS = 4  # error findings tried per run (highest ranked first): a bounded
 # What all the trials of one close may cost, in parameter-steps (a step of each arm counts the
 # model's parameters): ~80 rounds of a 1M-param model, one of a 40M one, none of a GPT-2.
 BUDGET = 5e9
+TRIAL_MEMORY = 8.0  # model sizes: two copies, each with its grads and two optimizer states
 HELPS = 0.05  # the fix helps: its final loss is below the as-written one by 5% of the start
 DEMOTE = 30  # priority added to a finding whose fix does not help (ranks after the others)
 ROUND = 5
@@ -109,7 +120,27 @@ def _why_not(setup: Setup | None, skipped: str | None, parts: dict[str, Any] | N
         )
     if setup.batch is None:
         return "the loss is custom code (no torch.nn.functional loss on the model's output)"
-    return _not_the_run(parts) or memory_short(setup.model)
+    return _not_the_run(parts) or _memory_short(setup.model)
+
+
+def _memory_short(model: torch.nn.Module) -> str | None:
+    """Why two copies (both arms, each with its grads and two optimizer states) should not be
+    made now, or None."""
+    size, devices = model_bytes(model)
+    need = int(size * TRIAL_MEMORY)
+    for device in devices:
+        free = available_memory(device)
+        if free is None:
+            if device.type != "cpu":
+                return f"free memory on {device} cannot be measured: not copied"
+            continue
+        if need > free * MEMORY_HEADROOM:
+            return (
+                f"memory short on {device}: a trial needs about {need / 2**20:.0f} MiB (two "
+                f"copies of the {size / 2**20:.1f} MiB model, their grads and optimizer "
+                f"states), {free / 2**20:.0f} MiB free"
+            )
+    return None
 
 
 def _not_the_run(parts: dict[str, Any] | None) -> str | None:
@@ -220,7 +251,7 @@ class ArmRun:
     def __init__(self, setup: Setup, arm: Arm, scorer: Arm | None) -> None:
         self.setup, self.arm, self.scorer = setup, arm, scorer or arm
         self.twin = twin = fresh_copy(setup)
-        _set_modes(twin, arm)
+        _set_modes(twin, setup, arm)
         _swap_module(twin, setup, arm)
         self.batches = _arm_batches(setup, arm)
         self.replays = [Replay(b) for b in self.batches]
@@ -282,7 +313,11 @@ def _set_rng_state(model: torch.nn.Module, state: Any) -> None:
         torch.cuda.set_rng_state(s, d)
 
 
-def _set_modes(twin: torch.nn.Module, arm: Arm) -> None:
+def _set_modes(twin: torch.nn.Module, setup: Setup, arm: Arm) -> None:
+    """The modes of the script's first captured forward, then the arm's own."""
+    for name, m in twin.named_modules():
+        if name in setup.modes:
+            m.training = setup.modes[name]
     if arm.train_all:
         twin.train(True)
     modules = dict(twin.named_modules())

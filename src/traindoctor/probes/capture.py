@@ -126,9 +126,16 @@ class CaptureProbe(Probe):
         if ctx is None or self._done or not torch.is_grad_enabled() or ctx.state.validating:
             self._pending = None
             return
-        self._pending = (args, kwargs)
         self._count(ctx.state.step, 0)
+        if not self._wants(ctx.state.step):
+            self._pending = None  # this step's batch is kept: no output held until the next
+            return
+        self._pending = (args, kwargs)
         self._training = module.training
+        if self.setup.batch is None:
+            # Each module's mode in the first captured forward (a BatchNorm frozen on purpose
+            # stays in eval mode in the trials' replay).
+            self.setup.modes = {n: m.training for n, m in module.named_modules()}
         self._outputs = []
         self._in_forward = True
         self._internal = None
