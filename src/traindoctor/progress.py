@@ -65,6 +65,7 @@ class Progress:
         self.active = False
         self.drawn = False  # the status line is on the screen now
         self.at_line_start = True  # the script's last write on the terminal ended a line
+        self.child = False  # a process forked while the line was on (a DataLoader worker)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._saved: list[tuple[str, TextIO]] = []
@@ -191,6 +192,12 @@ class _Proxy:
     def write(self, text: str) -> int:
         progress = self._progress
         if not progress.active:
+            if progress.child and text:
+                # A forked worker cannot know whether its parent's status line is on the
+                # screen: a line it starts clears the terminal's line first.
+                if progress.at_line_start:
+                    self._stream.write(CLEAR)
+                progress.at_line_start = text.endswith("\n")
             return self._stream.write(text)
         with progress.lock:
             if progress.drawn:
@@ -247,14 +254,16 @@ def _encodes(text: str, encoding: str) -> bool:
 
 
 # A forked child (a DataLoader worker) must never wait on a lock its parent's thread held at
-# fork time, nor draw: its proxies write straight through.
+# fork time, nor draw: its proxies write through, clearing the line before a line they start.
 _current: Progress | None = None
 
 
 def _after_fork_in_child() -> None:
     progress = _current
     if progress is not None:
+        progress.child = progress.active
         progress.active = False
+        progress.drawn = False
         progress.lock = threading.RLock()
 
 

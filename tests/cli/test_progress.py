@@ -19,10 +19,22 @@ from traindoctor import progress
 from traindoctor.findings import Severity
 
 # Prints to stdout and stderr, a line in two pieces with a pause between them (no status line
-# may be drawn inside it), and trains long enough for several redraws.
+# may be drawn inside it), a line from a forked DataLoader worker, and trains long enough for
+# several redraws.
 SCRIPT = """
 import sys, time
 import torch
+
+
+class Talks(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        time.sleep(0.6)  # the status line is on the screen by now
+        print("a worker says hello")
+        return i
+
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -41,6 +53,8 @@ for step in range(120):
         print("half a line, ", end="", flush=True)
         time.sleep(0.6)
         print("then the rest")
+    if step == 60:
+        list(torch.utils.data.DataLoader(Talks(), num_workers=1))
 torch.save([p.detach().clone() for p in model.parameters()], "params.pt")
 """
 
@@ -52,7 +66,7 @@ EXPECTED = [
         f"stderr line {step}",
         "half a line, then the rest",
     )
-]
+] + ["a worker says hello"]
 STATUS = "traindoctor · step"
 
 
