@@ -31,11 +31,15 @@ def collective_on_some_ranks(tl: TimelineView) -> Iterator[Finding]:
     Every rank must call the same collectives in the same order; the rank that calls one alone
     waits for the others until the process group's timeout (30 minutes by default) and then
     fails, or the collective is paired with a different one on the other ranks. Real reports:
-    pytorch/pytorch#89716 (https://github.com/pytorch/pytorch/issues/89716: "I want to do a
-    forward pass on one GPU but not the other" and DDP hangs), cfzd/Ultra-Fast-Lane-Detection-v2#119
+    huggingface/transformers-bloom-inference#40
+    (https://github.com/huggingface/transformers-bloom-inference/pull/40: "rank 0 calls
+    `dist.barrier()` while other processes don't. Cause deadlock forever"),
+    cfzd/Ultra-Fast-Lane-Detection-v2#119
     (https://github.com/cfzd/Ultra-Fast-Lane-Detection-v2/issues/119: DDP training stuck at
     "Evaluating the results..." then "Watchdog caught collective operation timeout ...
-    OpType=ALLREDUCE").
+    OpType=ALLREDUCE"), horovod/horovod#159 (https://github.com/horovod/horovod/issues/159:
+    validation on rank 0, "only subset of ranks is submitting tensors, which will cause
+    deadlock").
 
     ## Why it matters
     The job hangs, usually for the whole collective timeout, and the error finally printed

@@ -1,5 +1,5 @@
 """TD608: after training, rank 0 alone evaluates and averages its accuracy with
-dist.all_reduce (the "evaluate under `if rank == 0:`" pattern of pytorch/pytorch#89716): rank 1
+dist.all_reduce (the "validate under `if rank == 0:`" pattern of horovod/horovod#159): rank 1
 never joins, finishes and leaves; rank 0 waits in the all_reduce until gloo fails it (the job is
 launched with a 10 s process-group timeout so it ends). The healthy twin evaluates on every rank
 and every rank joins the all_reduce."""
