@@ -293,6 +293,54 @@ def test_wandb_healthy_run_posts_healthy_and_no_alert(tmp_path, monkeypatch):
     assert summary["traindoctor/status"] == "healthy" and summary["traindoctor/errors"] == 0
 
 
+# -- Lightning ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_tensorboard_logger_gets_the_findings(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    import traindoctor.lightning
+
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x).softmax(-1), y)  # bug: probabilities
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    data = list(zip(torch.randn(128, 16), torch.randint(0, 4, (128,))))
+    callback = traindoctor.lightning.TraindoctorCallback(out_dir=tmp_path / "runs", console=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=TensorBoardLogger(str(tmp_path / "tb"), name="lit"),
+        callbacks=[callback],
+        log_every_n_steps=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Lit(), torch.utils.data.DataLoader(data, batch_size=16))
+    assert "TD506" in callback.report.codes and callback.report.internal_errors == []
+    [version] = (tmp_path / "tb" / "lit").iterdir()
+    scalars, texts = _tb_read(version)
+    assert "train_loss" in scalars  # Lightning's own, in the same run
+    assert "**error TD506**" in texts["traindoctor/findings"][0][1]
+    assert texts["traindoctor/status"][0][1].startswith("failing")
+    # Named by the LightningModule's attribute paths.
+    assert scalars["traindoctor/grad_norm/net.0.weight"][0][0] == 1
+
+
 # -- every tracker at once: the training and the user's logging unchanged ------------------
 
 

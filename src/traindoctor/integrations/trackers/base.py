@@ -9,6 +9,7 @@ from .measurements import Point
 
 if TYPE_CHECKING:
     from ...report.model import Report
+    from ...timeline import Timeline
 
 FindingKey = tuple[str, Any, Any, Any]
 
@@ -41,6 +42,9 @@ class Finder:
 
     name = "tracker"
     label = "tracker"  # how a message names it
+
+    def __init__(self, timeline: Timeline) -> None:
+        pass
 
     def active(self, closing: bool) -> list[Handle]:
         raise NotImplementedError

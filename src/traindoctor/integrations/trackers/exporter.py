@@ -41,7 +41,7 @@ class Exporter:
         self._guard = run.guard
         self.explicit = export != "auto"
         names = TRACKERS if export == "auto" else tuple(export)
-        self.finders = [FINDERS[name]() for name in names]
+        self.finders = [FINDERS[name](timeline) for name in names]
         self._measure = Measurements(timeline)
         self._timeline = timeline
 

@@ -2,7 +2,9 @@
 report_to="mlflow" starts too) and the run of a Lightning MLFlowLogger (which logs through a
 client, with no active run).
 
-Each finding is a tag (`traindoctor.TD104` = "error: <title> (<where>)") with the counts so
+Lightning's loggers are looked for among the live objects (gc.get_referrers, tens of
+milliseconds on a large heap) in a run the Lightning callback watches only, at the 1st, 2nd,
+4th, 8th... pass and at close. Each finding is a tag (`traindoctor.TD104` = "error: <title> (<where>)") with the counts so
 far (`traindoctor.errors`, `traindoctor.warnings`), the measured values metrics at their own
 steps, all in one `log_batch` request a pass. At close: `traindoctor.status` and the report's
 files (report.md, report.html, findings.json) as artifacts under `traindoctor/`. A run that
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...findings import Finding
+from ...timeline import Timeline
 from . import content
 from .base import Finder, Handle
 from .measurements import Point
@@ -84,7 +87,8 @@ class MlflowFinder(Finder):
     name = "mlflow"
     label = "MLflow run (mlflow.start_run)"
 
-    def __init__(self) -> None:
+    def __init__(self, timeline: Timeline) -> None:
+        self._facts = timeline.facts
         self._handles: dict[tuple[str, str], MlflowRun] = {}
         self._calls = 0
         self._loggers: list[Any] = []
@@ -98,7 +102,8 @@ class MlflowFinder(Finder):
         if run is not None:
             found.append(self._handle(mlflow, mlflow.get_tracking_uri(), run.info.run_id))
         self._calls += 1
-        if closing or self._calls & (self._calls - 1) == 0:  # passes 1, 2, 4, 8, ...
+        lightning = self._facts.get("framework") == "lightning"
+        if lightning and (closing or self._calls & (self._calls - 1) == 0):  # 1, 2, 4, 8, ...
             self._loggers = [weakref.ref(o) for o in _lightning_loggers()]
         for ref in self._loggers:
             logger = ref()

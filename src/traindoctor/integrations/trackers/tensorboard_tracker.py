@@ -3,9 +3,10 @@ Lightning's TensorBoardLogger and the Hugging Face Trainer's report_to="tensorbo
 and tensorboardX's).
 
 There is no registry of writers: they are found among the live objects (gc.get_referrers on
-the writer classes, tens of milliseconds on a million-object heap), only once the process has
-imported a writer module, at the 1st, 2nd, 4th, 8th... diagnosis pass until one is found, and
-at close. Each finding is a text summary at the step of the pass that made it
+the writer classes, tens of milliseconds on a million-object heap), only while an open writer's
+thread runs (a writer starts one when it opens its event file, and joins it when it closes:
+threading.enumerate() says so for free), at the 1st, 2nd, 4th, 8th... diagnosis pass until
+one is found, and at close. Each finding is a text summary at the step of the pass that made it
 (`traindoctor/findings`), the measured values scalars at their own steps, the status a text and
 two scalars at the last step. A writer its owner closed before traindoctor's close (the
 Trainer's callback does at train end) gets the close-time summary through a writer of ours in
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import weakref
 from typing import Any
 
 from ...findings import Finding
+from ...timeline import Timeline
 from . import content
 from .base import Finder, Handle
 from .measurements import PREFIX, Point
@@ -85,7 +88,7 @@ class TensorBoardFinder(Finder):
     name = "tensorboard"
     label = "TensorBoard SummaryWriter"
 
-    def __init__(self) -> None:
+    def __init__(self, timeline: Timeline) -> None:
         self._handles: dict[int, Writer] = {}
         self._calls = 0
 
@@ -95,8 +98,10 @@ class TensorBoardFinder(Finder):
         if not classes:
             return []
         any_open = any(h.is_open() for h in self._handles.values())
-        # Looked for at passes 1, 2, 4, 8, ... while none is open, and always at close.
-        if closing or not any_open and self._calls & (self._calls - 1) == 0:
+        # Looked for at passes 1, 2, 4, 8, ... while none is open, and always at close, when
+        # some writer's thread runs.
+        due = closing or not any_open and self._calls & (self._calls - 1) == 0
+        if due and _writer_thread_runs():
             for writer in _instances(classes):
                 known = self._handles.get(id(writer))
                 fresh = known is None or known.writer is not writer
@@ -131,6 +136,14 @@ def _writer_classes() -> list[type]:
                 out.append(sub)
                 stack.append(sub)
     return out
+
+
+def _writer_thread_runs() -> bool:
+    """Whether an event-file writer thread (tensorboard's or tensorboardX's) is alive."""
+    return any(
+        type(t).__module__.startswith(("tensorboard.", "tensorboardX."))
+        for t in threading.enumerate()
+    )
 
 
 def _instances(classes: list[type]) -> list[Any]:

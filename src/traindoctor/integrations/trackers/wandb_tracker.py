@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from ...findings import Finding
+from ...timeline import Timeline
 from . import content
 from .base import Finder, Handle
 from .measurements import PREFIX, Point
@@ -72,7 +73,7 @@ class WandbFinder(Finder):
     name = "wandb"
     label = "W&B run (wandb.init)"
 
-    def __init__(self) -> None:
+    def __init__(self, timeline: Timeline) -> None:
         self._handle: WandbRun | None = None
 
     def active(self, closing: bool) -> list[Handle]:
