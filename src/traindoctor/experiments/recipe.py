@@ -318,6 +318,17 @@ def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str
     b = setup.batch
     assert b is not None
     zargs, zkwargs = zeroed(b.args, b.kwargs, b.labels)
+    changed = sum(a is not z for a, z in zip(b.args, zargs)) + sum(
+        zkwargs[key] is not v for key, v in b.kwargs.items()
+    )
+    if not changed:
+        # A batch passed as a dict or an object: nothing was zeroed, so an unchanged output
+        # would say nothing about the model (and TD702 would read it as decisive).
+        return {
+            "verdict": "not_measured",
+            "reason": "no tensor among the model's top-level inputs to zero (a dict or an "
+            "object holds the batch)",
+        }
     # The output's dependence on the input, at init: exactly none when the forward ignores it.
     model = fresh_copy(setup)
     replay = Replay(b)
