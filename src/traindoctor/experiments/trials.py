@@ -352,7 +352,7 @@ def _swap_module(twin: torch.nn.Module, setup: Setup, arm: Arm) -> tuple[Any, st
     if not isinstance(old, torch.nn.Softmax | torch.nn.Sigmoid):
         return None
     new = torch.nn.Identity() if arm.squash == "drop" else torch.nn.LogSoftmax(dim=old.dim)
-    setattr(parent, attr, new)
+    parent.add_module(attr, new)  # the copy's own module replaced (add_module: no setattr)
     return parent, attr, old
 
 
@@ -384,7 +384,7 @@ def _score(twin: torch.nn.Module, setup: Setup, arm: Arm, n: int) -> float:
     finally:
         if swapped is not None:
             parent, attr, old = swapped
-            setattr(parent, attr, old)
+            parent.add_module(attr, old)
         with torch.no_grad():
             for k, v in twin.named_buffers():
                 v.copy_(buffers[k])
