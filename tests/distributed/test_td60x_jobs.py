@@ -1,4 +1,4 @@
-"""The cross-rank rules (TD601-TD605) on real 2-rank torchrun jobs (gloo, CPU):
+"""The cross-rank rules (TD601-TD608) on real 2-rank torchrun jobs (gloo, CPU):
 every buggy scenario of src/traindoctor/scenarios/distributed/ gets its rule first in the job's
 merged findings.json, naming the ranks; every healthy twin gets no warning and no error (DDP
 with BatchNorm and broadcast buffers, a DistributedSampler with set_epoch, ranks on different
@@ -112,6 +112,35 @@ def test_td601_says_why_buffers_alone_drift(results):
     f = data["findings"][0]
     assert f["code"] == "TD601" and f["severity"] == "warning"
     assert f["evidence"]["kind"] == "buffers" and "broadcast_buffers=False" in f["cause"]
+
+
+def test_td606_names_the_micro_batch_and_the_drift(results):
+    data, _ = results["ddp_no_sync_on_the_step_micro_batch"]
+    f = data["findings"][0]
+    assert f["code"] == "TD606" and f["step"] == 1 and f["evidence"]["drift_step"] == 2
+    assert f["evidence"]["unsynced_steps"] == {"0": 12, "1": 12}
+
+
+def test_td606_accumulation_without_no_sync_is_only_info(results):
+    data, _ = results["ddp_accumulation_without_no_sync"]
+    found = [f for f in data["findings"] if f["code"] == "TD606"]
+    assert [f["severity"] for f in found] == ["info"], _describe(data)
+    assert found[0]["evidence"]["synced_backwards_per_step"] == [2]
+
+
+def test_td607_names_the_shared_path_and_the_steps(results):
+    data, _ = results["ddp_checkpoint_saved_by_every_rank"]
+    f = data["findings"][0]
+    assert f["evidence"]["path"].endswith("td607_checkpoint.pt")
+    assert f["evidence"]["same_steps"] == [4, 8, 12] and f["ranks"] == [0, 1]
+
+
+def test_td608_names_the_rank_the_collective_and_how_the_job_ended(results):
+    data, _ = results["ddp_all_reduce_on_rank0_only"]
+    f = data["findings"][0]
+    assert f["evidence"]["called_by"] == [0] and f["evidence"]["not_called_by"] == [1]
+    assert f["evidence"]["collective"] == "all_reduce" and f["step"] == 8
+    assert data["run"]["ended"] == "abnormal" and data["run"]["abnormal_ranks"] == [0]
 
 
 # One rank of the healthy BatchNorm job, its collectives counted and its trained parameters
