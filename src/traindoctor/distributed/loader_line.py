@@ -21,11 +21,17 @@ MAX_FRAMES = 32
 WRAPPERS = frozenset(("enumerate", "tqdm", "iter", "zip", "islice"))
 
 
+MAX_BYTES = 1 << 20  # a larger file is not parsed (~0.1 s per 1,000 lines under load)
+
+
 @functools.lru_cache(maxsize=64)
 def _tree(filename: str) -> ast.Module | None:
     try:
         with open(filename, encoding="utf-8") as fh:
-            return ast.parse(fh.read(), filename)
+            text = fh.read(MAX_BYTES + 1)
+        if len(text) > MAX_BYTES:
+            return None
+        return ast.parse(text, filename)
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
         return None
 
