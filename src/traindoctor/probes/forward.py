@@ -22,6 +22,17 @@ FORWARD_CALLS = signal(
 
 def output_facts(output: Any) -> dict[str, Any]:
     """Whether a module output (tensor, tuple, dict, dataclass-like) carries an autograd graph."""
+    if isinstance(output, torch.Tensor):
+        # The usual output, without the generator walk (per module call on structural steps:
+        # 10,000 modules on some models). The same facts as the walk below gives.
+        if not (output.is_floating_point() or output.is_complex()):
+            return {"tensors": 1, "requires_grad": False, "grad_fn": None}
+        grad_fn = output.grad_fn
+        return {
+            "tensors": 1,
+            "requires_grad": output.requires_grad,
+            "grad_fn": type(grad_fn).__name__ if grad_fn is not None else None,
+        }
     tensors = list(iter_tensors(output, max_depth=3, max_items=16))
     floats = [t for t in tensors if t.is_floating_point() or t.is_complex()]
     grad_fns = sorted({type(t.grad_fn).__name__ for t in floats if t.grad_fn is not None})
