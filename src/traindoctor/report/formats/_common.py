@@ -69,4 +69,3 @@ def problems(report: Report) -> list[Finding]:
     problem (a healthy `check` has several: the experiments' measurements), so a healthy run
     gets no annotation."""
     return [f for f in report.findings if f.severity is not Severity.INFO]
-
