@@ -168,9 +168,15 @@ class Progress:
             self.drawn = False
 
     def _write(self, text: str) -> None:
+        """To the terminal's file descriptor; a terminal that fails (closed, non-blocking and
+        full) turns the status line off instead of failing the script's own write."""
         data = text.encode(self.encoding, "replace")
-        while data:
-            data = data[os.write(self.fd, data) :]
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            self.active = False
+            self.drawn = False
 
     # -- the script's writes (under the lock, from the proxies) -------------------------------
     def before_write(self) -> None:

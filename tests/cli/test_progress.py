@@ -259,3 +259,18 @@ def test_drawn_only_at_a_line_start_and_cleared_before_the_scripts_writes():
 def test_status_text_fits_the_terminal():
     assert progress._fit("x" * 200, 40) == "x" * 38 + "…"
     assert progress._fit("short", 80) == "short"
+
+
+def test_a_terminal_that_fails_turns_it_off_and_the_scripts_write_goes_on():
+    r, w = os.pipe()
+    p = progress.Progress(fd=w)
+    p._open_doctors = lambda: [_doctor(3)]
+    p.active = True
+    stream = _Stream()
+    proxy = progress._Proxy(stream, p)
+    p.tick()
+    os.close(r)
+    os.close(w)  # the terminal is gone: writing to it fails
+    proxy.write("the script's line\n")
+    assert stream.text == "the script's line\n" and not p.active
+    p.tick()  # nothing more is drawn
