@@ -219,6 +219,8 @@ class _Proxy:
             self.write(line)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_stream", "_progress"):  # a copy being built: no endless recursion
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
     def __iter__(self) -> Iterator[str]:
