@@ -20,6 +20,8 @@ import torch
 from ..findings import Finding
 from .runner import Setup, base_lr
 
+STEPS = 30  # optimizer steps of each arm a round (trials.py)
+
 _STATS_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
 _PROBABILITY_MODULES = {torch.nn.Softmax: "softmax", torch.nn.Sigmoid: "sigmoid"}
 
@@ -32,7 +34,8 @@ class Arm:
     carry_grads: tuple[str, ...] = ()  # params whose .grad is never zeroed (TD106)
     extra_params: tuple[str, ...] = ()  # params added to the optimizer in a group (TD103)
     eval_modules: tuple[str, ...] = ()  # modules in eval mode while training ("" = the model)
-    train_all: bool = False  # every module in train mode (TD402's fix)
+    eval_from: int = 0  # from this step of the replay on (TD402: the onset, 10 at most)
+    train_modules: tuple[str, ...] = ()  # modules put back in train mode (TD402's fix)
     lr_scale: float = 1.0
     # The loss input's probability op: None keeps what the script does; "drop" removes it;
     # "log_softmax" replaces a softmax before nll_loss (TD506).
@@ -148,7 +151,15 @@ def _train_mode(finding: Finding, setup: Setup) -> Plan | NotRun:
             "no normalization layer with running statistics is in eval mode (Dropout only): "
             "the effect is on held-out data, not on the training loss a trial measures",
         )
-    return Plan(fix, {"eval_modules": eval_modules}, {"eval_modules": (), "train_all": True})
+    # Eval mode from the step it began in the run (BatchNorm's statistics warmed up that long),
+    # within the first third of a round, so that the replay reproduces it.
+    onset = ev.get("first_step")
+    eval_from = min(max(int(onset) - 1, 0), STEPS // 3) if isinstance(onset, int) else 0
+    return Plan(
+        fix,
+        {"eval_modules": eval_modules, "eval_from": eval_from},
+        {"eval_modules": (), "eval_from": 0, "train_modules": eval_modules},
+    )
 
 
 @fix_for("TD506")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..findings import Finding, Severity, rank
-from .fixes import Arm, NotRun, Plan, fix_name, plan_for, probability_module
+from .fixes import STEPS, Arm, NotRun, Plan, fix_name, plan_for, probability_module
 from .runner import (
     MEMORY_HEADROOM,
     Batch,
@@ -38,7 +38,6 @@ from .runner import (
     model_bytes,
 )
 
-STEPS = 30  # optimizer steps of each arm a round
 ROUNDS = 3  # rounds at most (30, 60, 90 steps) while the fix has not helped yet
 MAX_TRIALS = 4  # error findings tried per run (highest ranked first): a bounded cost at close
 # What all the trials of one close may cost, in parameter-steps (a step of each arm counts the
@@ -275,6 +274,8 @@ class ArmRun:
             return
         _set_rng_state(self.twin, self.rng)
         for _ in range(k):
+            if self.steps == self.arm.eval_from and self.steps > 0:
+                _eval(self.twin, self.arm)  # the script's .eval() that was never undone
             for name, p in self.params:
                 if name not in self.carry:
                     p.grad = None
@@ -314,12 +315,19 @@ def _set_rng_state(model: torch.nn.Module, state: Any) -> None:
 
 
 def _set_modes(twin: torch.nn.Module, setup: Setup, arm: Arm) -> None:
-    """The modes of the script's first captured forward, then the arm's own."""
+    """The modes of the script's first captured forward, then the arm's own at step 0."""
     for name, m in twin.named_modules():
         if name in setup.modes:
             m.training = setup.modes[name]
-    if arm.train_all:
-        twin.train(True)
+    modules = dict(twin.named_modules())
+    for name in arm.train_modules:
+        if name in modules:
+            modules[name].train(True)
+    if arm.eval_from == 0:
+        _eval(twin, arm)
+
+
+def _eval(twin: torch.nn.Module, arm: Arm) -> None:
     modules = dict(twin.named_modules())
     for name in arm.eval_modules:
         if name in modules:
