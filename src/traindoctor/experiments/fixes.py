@@ -63,11 +63,22 @@ class NotRun:
     reason: str
 
 
+# Each declared fix in a few words (said in a trial that could not run, too).
+FIX_NAMES = {
+    "TD106": "zero_grad() each step",
+    "TD103": "the missing params added to the optimizer",
+    "TD402": "model.train() while training",
+    "TD506": "the logits to the loss (no softmax/sigmoid)",
+    "TD210": "lr x0.1",
+}
+
 PlanFn = Callable[[Finding, Setup], "Plan | NotRun"]
 FIXES: dict[str, PlanFn] = {}
 
 
 def fix_for(code: str) -> Callable[[PlanFn], PlanFn]:
+    assert code in FIX_NAMES, code
+
     def register(fn: PlanFn) -> PlanFn:
         FIXES[code] = fn
         return fn
@@ -100,7 +111,7 @@ def _needs_optimizer(setup: Setup) -> str | None:
 
 @fix_for("TD106")
 def _zero_grad(finding: Finding, setup: Setup) -> Plan | NotRun:
-    fix = "zero_grad() each step"
+    fix = FIX_NAMES["TD106"]
     why = _needs_optimizer(setup)
     if why:
         return NotRun(fix, why)
@@ -112,7 +123,7 @@ def _zero_grad(finding: Finding, setup: Setup) -> Plan | NotRun:
 
 @fix_for("TD103")
 def _add_param_group(finding: Finding, setup: Setup) -> Plan | NotRun:
-    fix = "the missing params added to the optimizer"
+    fix = FIX_NAMES["TD103"]
     why = _needs_optimizer(setup)
     if why:
         return NotRun(fix, why)
@@ -124,7 +135,7 @@ def _add_param_group(finding: Finding, setup: Setup) -> Plan | NotRun:
 
 @fix_for("TD402")
 def _train_mode(finding: Finding, setup: Setup) -> Plan | NotRun:
-    fix = "model.train() while training"
+    fix = FIX_NAMES["TD402"]
     why = _needs_optimizer(setup)
     if why:
         return NotRun(fix, why)
@@ -167,7 +178,7 @@ def _logits(finding: Finding, setup: Setup) -> Plan | NotRun:
     loss_fn = finding.evidence.get("loss_fn") or ""
     batch = setup.batch
     nll = loss_fn == "nll_loss"
-    fix = "log_softmax instead of softmax" if nll else "the logits to the loss (no softmax/sigmoid)"
+    fix = "log_softmax instead of softmax" if nll else FIX_NAMES["TD506"]
     why = _needs_optimizer(setup)
     if why:
         return NotRun(fix, why)
@@ -211,7 +222,7 @@ def _lower_lr(finding: Finding, setup: Setup) -> Plan | NotRun:
     at = next((v for k, v in sorted(lrs.items()) if isinstance(v, int | float)), None)
     scale = at / base if at and base else 1.0
     lr = at or base
-    fix = "lr x0.1" + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else "")
+    fix = FIX_NAMES["TD210"] + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else "")
     if why:
         return NotRun(fix, why)
     if finding.evidence.get("kind") != "divergence":
@@ -223,17 +234,3 @@ def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:
     """The finding's plan, its reason for none, or None when no fix is declared for it."""
     fn = FIXES.get(finding.code)
     return fn(finding, setup) if fn is not None else None
-
-
-def fix_name(code: str) -> str | None:
-    """The fix's words for a finding with no setup to plan on (the experiments were off)."""
-    return _NAMES.get(code)
-
-
-_NAMES = {
-    "TD106": "zero_grad() each step",
-    "TD103": "the missing params added to the optimizer",
-    "TD402": "model.train() while training",
-    "TD506": "the logits to the loss (no softmax/sigmoid)",
-    "TD210": "lr x0.1",
-}

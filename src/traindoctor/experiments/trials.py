@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..findings import Finding, Severity, rank
-from .fixes import STEPS, Arm, NotRun, Plan, fix_name, plan_for, probability_module
+from .fixes import FIX_NAMES, STEPS, Arm, NotRun, Plan, plan_for, probability_module
 from .runner import (
     MEMORY_HEADROOM,
     Batch,
@@ -58,19 +58,19 @@ def run_trials(
 ) -> list[Finding]:
     """The findings, each error finding with a declared fix carrying its trial; ranked again
     when a verdict moved one. `skipped`: why nothing can be replayed (said in each trial)."""
-    candidates = [f for f in findings if f.severity is Severity.ERROR and fix_name(f.code)]
+    candidates = [f for f in findings if f.severity is Severity.ERROR and FIX_NAMES.get(f.code)]
     if not candidates:
         return findings
     reason = _why_not(setup, skipped, parts)
     plans: dict[int, Plan | NotRun] = {}
     for f in candidates:
         if reason is not None:
-            plans[id(f)] = NotRun(_fix_words(f, setup), reason)
+            plans[id(f)] = NotRun(FIX_NAMES[f.code], reason)
             continue
         try:
             plan = plan_for(f, setup)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001  (a trial never reaches the user)
-            plan = NotRun(fix_name(f.code) or "", f"{type(exc).__name__}: {exc}"[:200])
+            plan = NotRun(FIX_NAMES[f.code], f"{type(exc).__name__}: {exc}"[:200])
         if plan is not None:
             plans[id(f)] = plan
     # The run as written: every reproducible bug in the loop at once.
@@ -167,10 +167,6 @@ def _not_the_run(parts: dict[str, Any] | None) -> str | None:
         f"replayed {parts.get('fn', 'loss')} call ({replayed:.7g}): terms written by hand are "
         "added to it, or it is scaled"
     )
-
-
-def _fix_words(f: Finding, setup: Setup | None) -> str:
-    return fix_name(f.code) or ""
 
 
 def _not_run(fix: str, reason: str) -> dict[str, Any]:
