@@ -26,7 +26,7 @@ from .options import Options
 from .outcome import record_outcome
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
-from .report import publish
+from .report import notebook, publish
 from .report.model import Report
 from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
@@ -224,6 +224,8 @@ class Doctor:
         # out-of-memory kill in the first forward still leaves a run to report on).
         self.guard.call("timeline stream", self.timeline.stream.flush)
         _OPEN.append(weakref.ref(self))
+        # In a Jupyter cell: a live status line (a bus listener; nothing elsewhere).
+        self.guard.call("notebook status", notebook.watch_live, self)
         self.budget.governor.attached(time.perf_counter() - attach_started)
 
     def add_optimizer(self, opt: torch.optim.Optimizer) -> None:

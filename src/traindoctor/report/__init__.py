@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .._guard import Guard
+from . import notebook  # registers how Jupyter shows a Report (model.NOTEBOOK_VIEWS)
 from .markdown import render_markdown
 from .model import Report
 
@@ -61,8 +62,13 @@ def publish(report: Report, guard: Guard, console: bool) -> None:
     if console:
         from .console import print_report
 
+        shown = False
         with contextlib.suppress(Exception):
-            print_report(report)
+            # In a notebook the inline report stands for the console summary.
+            shown = notebook.show_at_close(report)
+        if not shown:
+            with contextlib.suppress(Exception):
+                print_report(report)
 
 
 def write_run(report: Report) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from ..findings import Finding, Severity, status_of
 from ..timeline import Timeline
 
 SCHEMA_VERSION = 1
+# How Jupyter shows a Report (html, markdown, display), filled by report/notebook.py when the
+# report package is imported: every renderer imports Report, so this module imports none.
+NOTEBOOK_VIEWS: dict[str, Callable[[Report], Any]] = {}
 
 
 @dataclass
@@ -91,3 +95,22 @@ class Report:
         from .console import render_text
 
         return render_text(self)
+
+    def __repr__(self) -> str:
+        codes = f" ({', '.join(self.codes)})" if self.findings else ""
+        where = f" · {self.run_dir}" if self.run_dir is not None else ""
+        n = len(self.findings)
+        return (
+            f"<traindoctor Report {self.status} · {n} finding{'s' if n != 1 else ''}{codes} "
+            f"in {self.steps} step{'s' if self.steps != 1 else ''}{where}>"
+        )
+
+    # Jupyter (report/notebook.py): inline, the content of report.html.
+    def _repr_html_(self) -> str | None:
+        return NOTEBOOK_VIEWS["html"](self)
+
+    def _repr_markdown_(self) -> str | None:
+        return NOTEBOOK_VIEWS["markdown"](self)
+
+    def _ipython_display_(self) -> None:
+        NOTEBOOK_VIEWS["display"](self)
