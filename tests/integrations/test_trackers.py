@@ -341,6 +341,58 @@ def test_lightning_tensorboard_logger_gets_the_findings(tmp_path):
     assert scalars["traindoctor/grad_norm/net.0.weight"][0][0] == 1
 
 
+# -- Hugging Face Trainer -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_transformers_report_to_tensorboard_and_mlflow(tmp_path, mlflow_store, monkeypatch):
+    """The Trainer's callbacks close their writer and end the MLflow run they started at train
+    end, before traindoctor's close: the end of run still reaches both."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    from traindoctor.transformers import Doctor
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def forward(self, x, labels):
+            probs = self.net(x).softmax(-1)  # bug: cross_entropy takes logits
+            return {"loss": nn.functional.cross_entropy(probs, labels), "logits": probs}
+
+    mlflow, client = mlflow_store
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    torch.manual_seed(0)
+    data = [{"x": torch.randn(16), "labels": torch.randint(0, 4, ()).item()} for _ in range(64)]
+    callback = Doctor(out_dir=tmp_path / "runs", console=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=0.1,
+        report_to=["tensorboard", "mlflow"],
+        logging_steps=4,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=[callback]).train()
+    report = callback.report
+    assert "TD506" in report.codes and report.internal_errors == []
+    scalars, texts = _tb_read(tmp_path / "tb")
+    assert "train/loss" in scalars  # the Trainer's own, unchanged
+    assert texts["traindoctor/status"][0][1].startswith("failing")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"  # ended by the Trainer, tagged after
+    assert run.data.tags["traindoctor.status"] == "failing"
+    assert "train_loss" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "traindoctor")}
+    assert "traindoctor/findings.json" in artifacts
+
+
 # -- every tracker at once: the training and the user's logging unchanged ------------------
 
 

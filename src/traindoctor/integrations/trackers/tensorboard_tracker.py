@@ -5,8 +5,8 @@ and tensorboardX's).
 There is no registry of writers: they are found among the live objects (gc.get_referrers on
 the writer classes, tens of milliseconds on a million-object heap), only while an open writer's
 thread runs (a writer starts one when it opens its event file, and joins it when it closes:
-threading.enumerate() says so for free), at the 1st, 2nd, 4th, 8th... diagnosis pass until
-one is found, and at close. Each finding is a text summary at the step of the pass that made it
+threading.enumerate() says so for free), at the 1st, 2nd, 4th, 8th... diagnosis pass and at
+close until one is found. Each finding is a text summary at the step of the pass that made it
 (`traindoctor/findings`), the measured values scalars at their own steps, the status a text and
 two scalars at the last step. A writer its owner closed before traindoctor's close (the
 Trainer's callback does at train end) gets the close-time summary through a writer of ours in
@@ -98,9 +98,9 @@ class TensorBoardFinder(Finder):
         if not classes:
             return []
         any_open = any(h.is_open() for h in self._handles.values())
-        # Looked for at passes 1, 2, 4, 8, ... while none is open, and always at close, when
-        # some writer's thread runs.
-        due = closing or not any_open and self._calls & (self._calls - 1) == 0
+        # Looked for at passes 1, 2, 4, 8, ... and at close, while none is open and some
+        # writer's thread runs.
+        due = not any_open and (closing or self._calls & (self._calls - 1) == 0)
         if due and _writer_thread_runs():
             for writer in _instances(classes):
                 known = self._handles.get(id(writer))
