@@ -194,6 +194,11 @@ def test_live_status_redraws_in_place_and_close_shows_the_report(kernel, tmp_pat
     assert 'class="badge healthy"' in shown["text/html"]
     assert capsys.readouterr().err == ""  # the inline report stands for the console summary
     report = doc.report
+    # The same content as report.html (read back, not drawn twice), and as a fresh render.
+    written = (report.run_dir / "report.html").read_text().split("<body><main>\n")[1]
+    for fragment in (shown["text/html"], report._repr_html_()):
+        scope = fragment.split('"', 2)[1]
+        assert written.split("<footer>")[0] in fragment.replace(f"{scope}-", "")
     assert not report.internal_errors
     # `doc.close()` as the cell's last line: Jupyter's display of the return value is skipped...
     shown_so_far = len(kernel.log)

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 import weakref
+from pathlib import Path
 from typing import Any
 
 from ..bus import Event
@@ -60,14 +61,15 @@ def _display(bundle: dict[str, str], **kwargs: Any) -> Any:
 # -- the report ------------------------------------------------------------------------------
 
 
-def report_html(report: model.Report) -> str:
+def report_html(report: model.Report, page: str | None = None) -> str:
     """report.html's body as one self-contained fragment: its CSS scoped to the fragment (a
     notebook page has its own styles), ids made unique (several reports in one notebook),
-    plots as data: URIs, no <head>, no file links."""
+    plots as data: URIs, no <head>, no file links. `page`: report.html as just written."""
     from .html import CSS, render_html
     from .plots import render_plots
 
-    page = render_html(report, render_plots(report.timeline))
+    if page is None:
+        page = render_html(report, render_plots(report.timeline))
     body = page.split("<body><main>\n", 1)[1].rsplit("\n</main></body>", 1)[0]
     body = re.sub(r"<footer>.*?</footer>", lambda _: _footer(report), body, flags=re.S)
     scope = f"td-report-{uuid.uuid4().hex[:10]}"
@@ -141,12 +143,25 @@ def display_report(report: model.Report) -> None:
     _display(_bundle(report))
 
 
-def _bundle(report: model.Report) -> dict[str, str]:
+def _bundle(report: model.Report, page: str | None = None) -> dict[str, str]:
     return {
         "text/plain": repr(report),
         "text/markdown": report_markdown(report),
-        "text/html": report_html(report),
+        "text/html": report_html(report, page),
     }
+
+
+def _written_page(report: model.Report) -> str | None:
+    """report.html as publish() wrote it a moment ago: its plots are not drawn twice."""
+    if report.run_dir is None or report.write_error is not None:
+        return None
+    if any(str(e.get("where", "")) == "report html" for e in report.internal_errors):
+        return None  # not written this time: a page there would be an older run's
+    path = Path(report.run_dir) / "report.html"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 # id(report) -> (ref, cell): the report shown by its run's close, and where.
@@ -163,7 +178,7 @@ def show_at_close(report: model.Report) -> bool:
     for live in list(_live):
         if live.timeline is report.timeline:
             live.finish(report, cell)
-    _display(_bundle(report))
+    _display(_bundle(report, _written_page(report)))
     _shown.clear()  # only the last one can be a cell's last line
     _shown[id(report)] = (weakref.ref(report), cell)
     return True
