@@ -55,6 +55,15 @@ FLAT = [2.0] * 51
             "too_high",
             0.1,
         ),
+        # x1 spikes above 1.5x its start, then recovers and fits: not the cause.
+        ("ok", {"lr x1": [2.0, 4.0] + _falling(2.0, 0.01, 49)}, "fits_as_written", None),
+        # x1 spikes and stays high (not NaN), x0.1 gets half-way: too high.
+        (
+            "ok",
+            {"lr x1": [2.0, 6.0, 5.0, 4.0], "lr x10": [2.0, NAN], "lr x0.1": _falling(2.0, 0.9)},
+            "too_high",
+            0.1,
+        ),
         # x1 does not move, x10 fits: too low.
         ("ok", {"lr x1": _falling(2.0, 1.95), "lr x10": _falling(2.0, 0.05)}, "too_low", 10.0),
         # x1 gets half-way, x10 fits: an lr that trains is not called the cause.
@@ -74,7 +83,7 @@ FLAT = [2.0] * 51
             None,
         ),
     ],
-    ids=["fits", "too_high", "too_low", "halfway", "not_the_lr", "partial"],
+    ids=["fits", "too_high", "spike", "stays_up", "too_low", "halfway", "not_the_lr", "partial"],
 )
 def test_verdicts_from_the_overfit_curves(verdict, curves, expected, better):
     out = _lr_probe(_setup(), _overfit(verdict, curves))

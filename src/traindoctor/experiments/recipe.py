@@ -242,6 +242,12 @@ def _scale_of(label: str) -> float | None:
         return None
 
 
+def _ended_up(curve: Curve) -> bool:
+    """The curve ends non-finite, or above where it started."""
+    values = curve.losses
+    return bool(values) and (not math.isfinite(values[-1]) or values[-1] > values[0])
+
+
 def _lr_probe(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
     """Whether the lr is what keeps one batch from being fit: the overfit's curves at each lr
     of its grid (x1, x10, x0.1; x100, x1000 when nothing moved), and where the loss blew up at
@@ -272,7 +278,7 @@ def _lr_probe(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
                 break
     ratios = {s: _ratio(c, floor) for s, c in runs.items()}
     blew = {s for s, c in runs.items() if _blew_up(c)}
-    fits = {s for s, r in ratios.items() if r <= FIT_RATIO and s not in blew}
+    fits = {s for s, r in ratios.items() if r <= FIT_RATIO}  # as TD702 counts a fit
     # Falls clearly without blowing up: at least half-way to the floor, or still falling.
     falls = {
         s
@@ -281,8 +287,10 @@ def _lr_probe(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
     }
     user = runs.get(1.0)
     verdict, better = "inconclusive", None
-    # The user's lr is implicated only when it blew up, or left more than half of the loss.
-    stuck = user is not None and (1.0 in blew or ratios[1.0] > FIT_LIMIT)
+    # The user's lr is implicated only when it left more than half of the loss, or blew up and
+    # stayed up (non-finite, or above its start at the end): a transient spike that recovers
+    # to fit the batch is not "the lr is the cause".
+    stuck = user is not None and (ratios[1.0] > FIT_LIMIT or _ended_up(user))
     lower = sorted((s for s in fits | falls if s < 1.0), key=lambda s: (s not in fits, -s))
     higher = sorted(s for s in fits if s > 1.0)
     if user is not None and 1.0 in fits:
