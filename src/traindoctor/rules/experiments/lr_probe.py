@@ -80,8 +80,9 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
     x100 and x1000 when nothing moved) are read side by side; when the loss blows up at x1 and
     at x0.1 alike, the same runs at x0.01 and x0.001 are added. Concluded:
 
-    - **the lr is too high**: at the script's lr the loss blows up (or stays above half of its
-      start) while a smaller lr fits the batch (or falls at least half-way without blowing up);
+    - **the lr is too high**: at the script's lr the loss blows up and stays up (non-finite, or
+      above its start at the end) or keeps more than half of its start, while a smaller lr fits
+      the batch (or, where the script's blew up, falls at least half-way without blowing up);
     - **the lr is too low**: at the script's lr the loss keeps more than 90% of its start while
       a larger lr fits the batch;
     - **the lr is not the cause**: no lr fits one batch and none blew up (TD702 "cannot fit"):
