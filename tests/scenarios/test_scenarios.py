@@ -1,8 +1,9 @@
 """End-to-end: every bundled scenario, trained for real with traindoctor attached, in zero-code
 mode (global hooks, the script unchanged) and through the `td.watch()` API.
 
-A buggy scenario must get its planted rule as the first ranked finding, at the planted place;
-its healthy twin must get no error and no warning.
+A buggy scenario must get its planted rule as the first ranked finding, at the planted place
+(a scenario of the experiments on a copy, TD7xx, run with them on: first among the TD7xx
+findings, demo.verdict_finding); its healthy twin must get no error and no warning.
 """
 
 from __future__ import annotations
