@@ -19,8 +19,15 @@ parser.add_argument("--edges", type=int, default=5000)
 args = parser.parse_args()
 
 rng = np.random.default_rng(0)
-classes = ["Case_Based", "Genetic_Algorithms", "Neural_Networks", "Probabilistic_Methods",
-           "Reinforcement_Learning", "Rule_Learning", "Theory"]
+classes = [
+    "Case_Based",
+    "Genetic_Algorithms",
+    "Neural_Networks",
+    "Probabilistic_Methods",
+    "Reinforcement_Learning",
+    "Rule_Learning",
+    "Theory",
+]
 labels = rng.integers(0, len(classes), args.nodes)
 ids = rng.choice(np.arange(1000, 1_200_000), args.nodes, replace=False)
 topic = rng.uniform(0.0, 1.0, (len(classes), args.words)) ** 8 * 0.2  # a few likely words per class
