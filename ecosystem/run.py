@@ -173,6 +173,8 @@ def python_of(spec: dict) -> Path:
 
 # Another checkout's src/ to measure instead of the installed traindoctor (a "before" table).
 TRAINDOCTOR_SRC: Path | None = None
+# `traindoctor run` (the judged mode) or `check` (20 steps + the experiments, TD701-TD705).
+COMMAND = "run"
 
 
 def env_of(spec: dict, work: Path) -> dict[str, str]:
@@ -211,8 +213,8 @@ def run_case(case: Case, keep: bool, verbose: bool, plain_mutants: bool = False)
             shutil.rmtree(fresh, ignore_errors=True)
         else:  # the mutant's harm was measured when it was written; only judged here
             plain = subprocess.CompletedProcess([], 0, "", "")
-        td_args = ["-m", "traindoctor", "run", "--out", str(work / "td"), "--json"]
-        if spec.get("max_steps"):
+        td_args = ["-m", "traindoctor", COMMAND, "--out", str(work / "td"), "--json"]
+        if spec.get("max_steps") and COMMAND == "run":
             td_args += ["--max-steps", str(spec["max_steps"])]
         t0 = time.perf_counter()
         doc = _run([str(python_of(spec)), *td_args, *argv], cwd, spec, work, timeout)
@@ -388,10 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--install", action="store_true", help="pip install the programs' extras")
     parser.add_argument(
+        "--check", action="store_true", help="use `traindoctor check` (20 steps + experiments)"
+    )
+    parser.add_argument(
         "--traindoctor-src", type=Path, help="measure the traindoctor of another checkout's src/"
     )
     args = parser.parse_args(argv)
-    global TRAINDOCTOR_SRC
+    global TRAINDOCTOR_SRC, COMMAND
+    COMMAND = "check" if args.check else "run"
     TRAINDOCTOR_SRC = args.traindoctor_src.resolve() if args.traindoctor_src else None
     only = set(args.only) if args.only else None
     if args.install:
