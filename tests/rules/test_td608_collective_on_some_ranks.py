@@ -55,3 +55,11 @@ def test_a_rank_that_crashed_elsewhere_is_not_compared_past_its_last_step():
 
 def test_subgroup_calls_are_not_recorded_so_a_single_process_is_silent():
     assert_silent("TD608", make_timeline(params=["w"], steps={0: {"job.ranks": {"0": {}}}}))
+
+
+def test_ranks_all_stopped_inside_a_step_have_partial_counts():
+    # Ctrl-C on a healthy job: rank 0 was in the step's second all_reduce, rank 1 in its first.
+    calls = _per_step(n=2)
+    calls[9] = {"0": _c(2), "1": _c(1)}
+    stopped = {"ended": "interrupted", "signal": "SIGINT"}
+    assert_silent("TD608", _job(calls, [stopped, stopped]))

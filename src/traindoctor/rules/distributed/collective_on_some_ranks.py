@@ -56,7 +56,8 @@ def collective_on_some_ranks(tl: TimelineView) -> Iterator[Finding]:
     outside it rightly skip them). The merge compares the ranks' counts step by step, with
     each rank taken at the steps it reached: every step it closed, and the step after its last
     when it ended cleanly, or when it ended in the very collective it recorded there (a rank
-    that crashed elsewhere is not compared past its last step). The first step where the
+    that crashed elsewhere is not compared past its last step), and only at steps some rank
+    completed (ranks all stopped inside one step, by a Ctrl-C, have partial counts). The first step where the
     counts differ names the ranks that called more, their first extra collective and its line.
     Reported only when the job did not end cleanly on every rank (a rank raised, was killed
     or never closed): that is what a divergence does.
@@ -100,8 +101,10 @@ def collective_on_some_ranks(tl: TimelineView) -> Iterator[Finding]:
             rec = rows[step].get(str(r))
             if _reached(info.get(str(r)) or {}, outcomes[r], step, rec):
                 counts[r] = rec if isinstance(rec, dict) else {"n": 0, "calls": []}
-        if len(counts) < 2:
-            continue
+        if len(counts) < 2 or not any(
+            _complete(info.get(str(r)) or {}, outcomes[r], step) for r in counts
+        ):
+            continue  # only ranks stopped inside the step (a Ctrl-C): partial counts
         ns = {r: int(c.get("n") or 0) for r, c in counts.items()}
         low, high = min(ns.values()), max(ns.values())
         if low == high:
@@ -121,6 +124,15 @@ def _outcome(rank_info: Any) -> dict[str, Any]:
     if isinstance(out, dict):
         return out
     return {"ended": "killed" if rank_info.get("ended") is False else "unknown"}
+
+
+def _complete(rank_info: dict[str, Any], outcome: dict[str, Any], step: int) -> bool:
+    """Whether this rank did all of `step`'s collectives: it closed the step, or it was in it
+    when it ended cleanly."""
+    last = rank_info.get("last_step")
+    if not isinstance(last, int):
+        return False
+    return last >= step or (last == step - 1 and outcome.get("ended") in CLEAN_ENDS)
 
 
 def _reached(rank_info: dict[str, Any], outcome: dict[str, Any], step: int, rec: Any) -> bool:
