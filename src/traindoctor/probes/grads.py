@@ -78,7 +78,7 @@ class GradsProbe(Probe):
                 zeroed.append(name)
             else:
                 names.append(name)
-                grads.append(_strided(p.grad.detach()))
+                grads.append(_strided(p.grad))  # normed under no_grad: no detach
         if zeroed:
             # One write for every None gradient (a write per param: 10,000 on some models).
             current = rec.timeline.get(step, GRADS_CARRIED)
@@ -151,7 +151,7 @@ class GradsProbe(Probe):
                 self._none.add(name)
             else:
                 names.append(name)
-                grads.append(_strided(p.grad.detach()))
+                grads.append(_strided(p.grad))  # normed under no_grad: no detach
                 held.append(p)
         if grads:
             with torch.no_grad():

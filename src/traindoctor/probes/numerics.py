@@ -299,7 +299,7 @@ class NumericsProbe(Probe):
                         if norm is not None:
                             known.append(norm)
                             continue
-                        grads.append(p.grad.detach())
+                        grads.append(p.grad)  # normed under no_grad: no detach
                         names.append(ctx.param_names.get(id(p), "?"))
         loss_flags = list(self._loss_flags) if not self._checked else []
         grad_flags = []
