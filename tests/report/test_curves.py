@@ -88,6 +88,9 @@ def test_console_and_markdown_show_the_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINDOCTOR_PLOTS", "0")
     md = render_markdown(report)
     assert "- **Curves:** lr x1" in md and "plots/curves-" not in md
+    monkeypatch.setenv("TRAINDOCTOR_PLOTS", "1")
+    report.timeline = None  # a merged job's report: no plot is drawn beside it
+    assert "plots/curves-" not in render_markdown(report)
 
 
 def test_png_written_for_report_md(tmp_path, monkeypatch):

@@ -40,7 +40,8 @@ def render_markdown(report: Report) -> str:
                 f"| {f.where.source or f.where.module or ''} |"
             )
         lines.append("")
-    drawn = plots_off() is None
+    # The curve plots are drawn beside a run's report (write_visual), not a merged job's.
+    drawn = plots_off() is None and report.timeline is not None
     for rank, f in enumerate(report.findings, 1):
         lines += [
             f"## {f.code} {f.name} ({f.severity.value})",

@@ -750,7 +750,7 @@ def render_plots(tl: Timeline | None, findings: list[Any] | None = None) -> Plot
     out = Plots()
     t0 = time.perf_counter()
     off = plots_off()
-    if off is None and findings:
+    if off is None and findings and tl is not None:  # as report.md links them (markdown.py)
         out.images, out.errors = curve_images(findings)
     reason = "the run directory has no timeline.jsonl" if tl is None else off
     if reason is not None:
