@@ -380,3 +380,15 @@ def test_memory_short_for_two_copies_is_said(tmp_path, monkeypatch):
         report = loop(tmp_path, model, opt, steps=20, zero_grad=False)
     (finding,) = [f for f in report.findings if f.code == "TD106"]
     assert finding.evidence["trial"]["verdict"].startswith("not run: memory short on cpu")
+
+
+def test_over_the_budget_is_said(tmp_path, monkeypatch):
+    monkeypatch.setattr(trials, "BUDGET", 1e4)  # less than 60 steps of this 676-param MLP
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with experiments.enable():
+        report = loop(tmp_path, model, opt, steps=20, zero_grad=False)
+    (finding,) = [f for f in report.findings if f.code == "TD106"]
+    verdict = finding.evidence["trial"]["verdict"]
+    assert verdict.startswith("not run: a trial costs 60 steps of the 0.000676M-param"), verdict

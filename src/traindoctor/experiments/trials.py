@@ -400,7 +400,14 @@ def _with_trial(f: Finding, trial: dict[str, Any]) -> Finding:
     evidence = {**f.evidence, "trial": trial}
     verdict = trial["verdict"]
     cause = f.cause
-    if "summary" in trial:
+    if verdict == "fix does not help":
+        # What a short replay cannot see, said with it: later instability, held-out data.
+        cause = (
+            f"{cause}. Measured on a copy: {trial['summary']} (the fix does not help within "
+            f"{trial['steps']} steps on these batches; a trial this short sees neither later "
+            "instability nor held-out data)"
+        )
+    elif "summary" in trial:
         cause = f"{cause}. Measured on a copy: {trial['summary']} ({verdict})"
     elif verdict.startswith("not run"):
         cause = f"{cause}. Fix trial {verdict}"
