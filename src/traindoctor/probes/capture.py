@@ -1,18 +1,23 @@
-"""Capture one training batch for the experiments on a copy (issue 17, experiments/).
+"""Capture the first training batches for the experiments on a copy (issue 17, experiments/).
 
 Off unless the experiments are enabled (`traindoctor check`, `TRAINDOCTOR_EXPERIMENTS=1`):
 then nothing is hooked and this probe costs nothing.
 
 When enabled, with one watched model: at attach, the model's weights (a CPU copy of its state
 dict, when memory allows) and the primary optimizer's class and param groups' settings; until
-a batch is captured, a forward pre/post hook on the model (the last training call's inputs and
-output tensors, references) and a listener on the standard losses (loss_inputs.py's shared
-patch): the first loss call whose input is a tensor of that output, or a view of one, is the
-batch (inputs, target and the loss's other arguments cloned). The next steps' batches are
-captured the same way, one a step, up to MAX_BATCHES and BATCH_BYTES (cloned: the fix trials,
-experiments/trials.py, replay them cycled); the hooks go at the end of the step after the last. At close, `run_experiments` runs the recipe (experiments/recipe.py) on a copy and
-records one `experiment` event per experiment; a script whose loss is custom code (no
-standard loss call on the model's output) gets one event that says so.
+the batches are captured, a forward pre/post hook on the model (the last training call's inputs
+and output tensors, references) and a listener on the standard losses (loss_inputs.py's shared
+patch): the first loss call of a step whose input is a tensor of that output, a view or a cast
+of one, or a softmax/sigmoid of one (`F.cross_entropy(model(x).softmax(1), y)`, replayed as
+such), is that step's batch (inputs, target and the loss's other arguments cloned). One batch a
+step, up to MAX_BATCHES and BATCH_BYTES; the hooks go at the end of the step after the last.
+Also kept: each module's mode in the first captured forward, and the first backward's loss at
+that step (the fix trials replay the run only when it is the captured call, or 1/k of it).
+
+At close, `run_experiments` runs the recipe (experiments/recipe.py) on the first batch and
+records one `experiment` event per experiment; a script whose loss is custom code (no standard
+loss call on the model's output) gets one event that says so. After the final diagnosis,
+`run_trials` replays the error findings' fixes on all the batches (experiments/trials.py).
 """
 
 from __future__ import annotations
