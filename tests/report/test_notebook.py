@@ -114,6 +114,14 @@ def test_html_fragment_is_self_contained_and_scoped(tmp_path):
     assert report._repr_html_().split('"', 2)[1] != scope  # each display its own ids
 
 
+def test_html_fragment_without_run_dir_or_timeline_and_when_rendering_fails(monkeypatch):
+    bare = Report(findings=[], steps=1)
+    assert "No problems found." in bare._repr_html_()
+    monkeypatch.setattr("traindoctor.report.html.render_html", lambda *a: 1 / 0)
+    shown = bare._repr_html_()  # the text report and why, not a traceback in the notebook
+    assert shown.startswith("<pre>") and "ZeroDivisionError" in shown
+
+
 def test_scope_css_refuses_at_rules():
     with pytest.raises(ValueError, match="at-rules"):
         notebook.scope_css("@media print { body { color: red } }", "#x")

@@ -64,7 +64,20 @@ def _display(bundle: dict[str, str], **kwargs: Any) -> Any:
 def report_html(report: model.Report, page: str | None = None) -> str:
     """report.html's body as one self-contained fragment: its CSS scoped to the fragment (a
     notebook page has its own styles), ids made unique (several reports in one notebook),
-    plots as data: URIs, no <head>, no file links. `page`: report.html as just written."""
+    plots as data: URIs, no <head>, no file links. `page`: report.html as just written.
+    A renderer that fails shows the text report and the error, not a formatter traceback."""
+    try:
+        return _fragment(report, page)
+    except Exception as err:  # noqa: BLE001  (the findings must still be shown)
+        from .console import render_text
+
+        return (
+            f"<pre>{_e(render_text(report))}</pre><p>traindoctor could not render the HTML "
+            f"report here: {_e(type(err).__name__)}: {_e(err)}</p>"
+        )
+
+
+def _fragment(report: model.Report, page: str | None) -> str:
     from .html import CSS, render_html
     from .plots import render_plots
 
