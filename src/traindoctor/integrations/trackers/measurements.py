@@ -17,6 +17,7 @@ from ...timeline import Timeline
 PREFIX = "traindoctor/"
 MAX_LAYERS = 20  # per-layer series chosen by size
 MAX_NAMED = 10  # params named by findings, kept even past MAX_LAYERS
+MAX_GROUPS = 8  # optimizer param groups whose lr is posted (layer-wise lr: the first ones)
 
 # (timeline signal, tracker name): per-param quantities read as they are.
 PER_PARAM = (("grads.norm", "grad_norm"),)
@@ -102,7 +103,7 @@ class Measurements:
                 points.append(Point(s, f"{PREFIX}amp_scale", scale))
             lrs = tl.get(s, "optim.lr")
             if isinstance(lrs, dict):
-                for group, lr in sorted(lrs.items()):
+                for group, lr in sorted(lrs.items())[:MAX_GROUPS]:
                     value = _number(lr)
                     if value is not None:
                         points.append(Point(s, f"{PREFIX}lr/{group}", value))

@@ -37,7 +37,7 @@ class Writer(Handle):
     def __init__(self, writer: Any) -> None:
         super().__init__()
         self._ref = weakref.ref(writer)
-        self.cls = type(writer)
+        self.cls = _library_class(type(writer))
         self.log_dir = str(writer.get_logdir())
 
     @property
@@ -136,6 +136,15 @@ def _writer_classes() -> list[type]:
                 out.append(sub)
                 stack.append(sub)
     return out
+
+
+def _library_class(cls: type) -> type:
+    """The library's own SummaryWriter among a writer's classes (a subclass's __init__ may
+    take other arguments)."""
+    for base in cls.__mro__:
+        if base.__name__ == "SummaryWriter" and base.__module__ in WRITER_MODULES:
+            return base
+    return cls
 
 
 def _writer_thread_runs() -> bool:
