@@ -392,3 +392,101 @@ def test_over_the_budget_is_said(tmp_path, monkeypatch):
     (finding,) = [f for f in report.findings if f.code == "TD106"]
     verdict = finding.evidence["trial"]["verdict"]
     assert verdict.startswith("not run: a trial costs 60 steps of the 0.000676M-param"), verdict
+
+
+# -- frameworks ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_softmax_before_cross_entropy(tmp_path):
+    """A LightningModule whose training_step feeds softmax outputs to cross_entropy: the trial
+    drops the softmax on the copy and the fix helps."""
+    L = pytest.importorskip("lightning.pytorch")
+    import traindoctor.lightning as tdl
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, i):
+            xb, yb = batch
+            return F.cross_entropy(self(xb).softmax(dim=1), yb)  # probabilities, not logits
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    x, y = data()
+    g = torch.Generator().manual_seed(0)
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True, generator=g
+    )
+    torch.manual_seed(0)
+    doc = tdl.Doctor(out_dir=tmp_path, console=False)
+    trainer = L.Trainer(
+        callbacks=[doc],
+        max_epochs=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with experiments.enable():
+        trainer.fit(Lit(), dl)
+    (finding,) = [f for f in doc.report.findings if f.code == "TD506"]
+    assert finding.evidence["trial"]["verdict"] == "fix helps", finding.evidence["trial"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_transformers_trainer_head_left_out(tmp_path):
+    """HF Trainer with an optimizer over all but the classifier (the loss computed inside the
+    model's forward): the trial adds the classifier and the fix helps."""
+    transformers = pytest.importorskip("transformers")
+    import traindoctor.transformers as tdt
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+        max_position_embeddings=32,
+    )
+    model = transformers.BertForSequenceClassification(cfg)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (256, 12), generator=g)
+    labels = ids[:, 0] % 3
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": ids[i], "labels": labels[i]}
+
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+    opt = torch.optim.AdamW(body, lr=1e-3)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        max_steps=40,
+        per_device_train_batch_size=32,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    doc = tdt.Doctor(out_dir=tmp_path, console=False)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Data(), optimizers=(opt, None), callbacks=[doc]
+    )
+    with experiments.enable():
+        trainer.train()
+    (finding,) = [f for f in doc.report.findings if f.code == "TD103"]
+    assert finding.evidence["trial"]["verdict"] == "fix helps", finding.evidence["trial"]
