@@ -172,7 +172,7 @@ def _error(
     forwards = sum(int(v.get("unsynced") or 0) for _, v in rows)
     return tl.finding(
         title=(
-            f"{len(rows)} optimizer step(s) from step {first} applied gradients DDP never "
+            f"{len(rows)} optimizer step(s) from step {first} applied gradients DDP had not "
             f"all-reduced: the forward of the step's last backward ran inside no_sync() "
             f"(require_backward_grad_sync=False) on rank(s) {', '.join(map(str, unsynced))}; "
             f"the replicas' parameters differ from step {drift_step} ({tensor})"
