@@ -334,11 +334,6 @@ CLI_CASES = {
     "fail_on": (["run", "--fail-on", "bad", "t.py"], ("'bad'", "--fail-on error")),
     "budget": (["run", "--budget", "0.1", "t.py"], ("'--budget'", "--max-steps")),
     "select": (["run", "--select", "TD999", "t.py"], ("--select", "'TD999'", "matches no rule")),
-    "json_after": (["run", "t.py", "--json"], ("--json", "`traindoctor run --json t.py`")),
-    "max_after": (
-        ["check", "t.py", "--max-steps", "3", "--lr", "1"],
-        ("--max-steps", "`traindoctor check --max-steps 3 t.py --lr 1`"),
-    ),
     "out_file": (["run", "--out", "afile", "t.py"], ("'afile'", "is a file")),
     "module_path": (["run", "-m", "t.py"], ("'t.py'", "-m t")),
     "module_missing": (["run", "-m", "no_such_module_xyz"], ("'no_such_module_xyz'",)),

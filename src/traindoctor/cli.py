@@ -207,7 +207,7 @@ def _do_run(
         _usage("pass a script to run, e.g. `traindoctor run train.py`, or a module with -m")
     try:
         command = click.get_current_context().info_name or "run"
-        _check_run_input(command, name, args, bool(module))
+        _check_run_input(command, name, bool(module))
         settings = _settings(
             name, bool(module), select, extend_select, ignore, rule_options, config_file, no_config
         )
@@ -385,7 +385,7 @@ RUN_FLAGS = ("--json", "--no-config", "--no-progress")
 SCRIPT_SUFFIXES = ("", ".py", ".pyw")
 
 
-def _check_run_input(command: str, name: str, args: list[str], module: bool) -> None:
+def _check_run_input(command: str, name: str, module: bool) -> None:
     """What `run`/`check` can tell is wrong before the script starts: a one-line UsageError."""
     opts = ", ".join((*RUN_VALUE_OPTIONS, *RUN_FLAGS))
     if name.startswith("-"):
@@ -403,8 +403,6 @@ def _check_run_input(command: str, name: str, args: list[str], module: bool) -> 
             )
     else:
         _check_script(Path(name))
-    if not module:
-        _check_misplaced_options(command, Path(name), args)
 
 
 def _check_out_dir(out_dir: str, flag: str = "--out") -> None:
@@ -438,30 +436,47 @@ def _check_script(path: Path) -> None:
         raise UsageError(f"{str(path)!r} is not readable; pass a script you can read")
 
 
-def _check_misplaced_options(command: str, script: Path, args: list[str]) -> None:
-    """`traindoctor run train.py --max-steps 5`: everything after the script is its own argv.
-    An option of ours there that the script cannot take (its name is in neither the script nor
-    a .py file beside it) was meant for traindoctor: said, rather than silently passed on."""
-    ours = [
-        (i, a)
-        for i, a in enumerate(args)
-        if a.split("=", 1)[0] in (*RUN_VALUE_OPTIONS[:-1], *RUN_FLAGS)
-    ]
-    if not ours or not script.is_file():
-        return
-    i, arg = ours[0]
-    option = arg.split("=", 1)[0]
-    if _script_mentions(script, option.lstrip("-")):
-        return
-    moved = [arg]
-    if "=" not in arg and option in RUN_VALUE_OPTIONS and i + 1 < len(args):
-        moved.append(args[i + 1])
-    rest = [a for j, a in enumerate(args) if j not in (i, i + len(moved) - 1)]
-    fixed = " ".join([f"traindoctor {command}", *moved, str(script), *rest])
-    raise UsageError(
-        f"{option} after the script goes to {script}, which does not take it; pass "
-        f"traindoctor's options before the script: `{fixed}`"
-    )
+def _hoist_options(argv: list[str]) -> list[str]:
+    """`traindoctor check train.py --fail-on error --output-format github`, as ruff and pytest
+    take options anywhere: everything after the script is its own argv, except an option of
+    ours that the script cannot take (its name is in neither the script nor a .py file beside
+    it), which is moved before the script, with a note on stderr. One the script may take
+    stays the script's; `--` ends the search (what follows is the script's)."""
+    if len(argv) < 2 or argv[0] not in ("run", "check"):
+        return argv
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        name = argv[i].split("=", 1)[0]
+        if name == "-m" or argv[i] == "--":
+            return argv  # a module (its args are its own), or nothing to look at
+        i += 2 if name in (*RUN_VALUE_OPTIONS, "-o") and "=" not in argv[i] else 1
+    if i >= len(argv) or not Path(argv[i]).is_file():
+        return argv
+    script, rest = Path(argv[i]), argv[i + 1 :]
+    moved: list[str] = []
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        arg = rest[j]
+        if arg == "--":
+            kept += rest[j:]
+            break
+        option = arg.split("=", 1)[0]
+        ours = option in (*RUN_VALUE_OPTIONS[:-1], *RUN_FLAGS)
+        if not ours or _script_mentions(script, option.lstrip("-")):
+            kept.append(arg)
+            j += 1
+            continue
+        width = 2 if option in RUN_VALUE_OPTIONS and "=" not in arg and j + 1 < len(rest) else 1
+        moved += rest[j : j + width]
+        j += width
+    if moved:
+        click.echo(
+            f"traindoctor: {' '.join(moved)} after {script} taken as traindoctor's "
+            f"(the script does not take it)",
+            err=True,
+        )
+    return [*argv[:i], *moved, str(script), *kept]
 
 
 def _script_mentions(script: Path, name: str, limit: int = 300, entries: int = 20000) -> bool:
@@ -748,6 +763,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point. Bad command lines exit 4 with one line on stderr, like our own usage errors
     (click's default would be 2 and a multi-line usage block)."""
     try:
+        argv = _hoist_options(list(sys.argv[1:] if argv is None else argv))
         code = cli.main(args=argv, prog_name="traindoctor", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
