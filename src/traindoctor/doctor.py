@@ -473,12 +473,12 @@ class Doctor:
             # Experiments on a copy (check, TRAINDOCTOR_EXPERIMENTS=1), every hook detached.
             self.guard.call("probe capture", capture.run_experiments, self.step, self.rec)
         self.guard.call("diagnose", self.diagnose)
-        self.report = Report(
-            findings=self.findings,
         if capture is not None and self.run.attached is not None and self.findings:
             # Fix trials of the error findings on a copy (experiments/trials.py), when on.
             tried = self.guard.call("fix trials", capture.run_trials, self.findings)
             self.findings = tried if tried is not None else self.findings
+        self.report = Report(
+            findings=self.findings,
             steps=self.timeline.last_step,
             framework=self.framework,
             outcome={
@@ -491,9 +491,9 @@ class Doctor:
         )
         if self.dist is None:
             publish(self.report, self.guard, self.console)
+            self.bus.emit(Event.REPORT_WRITTEN, self.report)
             return self.report
         self.report.rank, self.report.world_size = self.dist.rank, self.dist.world_size
-            self.bus.emit(Event.REPORT_WRITTEN, self.report)
         publish(self.report, self.guard, console=False)
         errors = len(self.guard.errors)
         self.guard.call("merge ranks", self._merge_ranks)
@@ -501,9 +501,9 @@ class Doctor:
             # The merge failed (recorded): this rank's own report says so.
             self.report.internal_errors = [e.to_dict() for e in self.guard.errors]
             publish(self.report, self.guard, console=False)
+        self.bus.emit(Event.REPORT_WRITTEN, self.report)
         return self.report
 
-        self.bus.emit(Event.REPORT_WRITTEN, self.report)
     def _merge_ranks(self) -> None:
         """The job's report, once this rank's is on disk (distributed/merge.py: rank 0 waits
         a few seconds at most for the others; the last rank to close completes it). Only
