@@ -23,7 +23,7 @@ from traindoctor.scenarios.demo import run_scenario
 from traindoctor.scenarios.grad_flow import td103_td108_optimizer_params as td103
 from traindoctor.scenarios.grad_flow import td105_td106_grad_accumulation as td106
 from traindoctor.scenarios.grad_flow import td105_td106_hand_sgd as hand_sgd
-from traindoctor.scenarios.numerics import td206_lr_too_large as td210
+from traindoctor.scenarios.numerics import td206_lr_too_large as td210  # TD206 and TD210
 from traindoctor.scenarios.seeds import seed000
 from traindoctor.scenarios.setup import td506_bce_multilabel_sigmoid as td506_bce
 from traindoctor.scenarios.setup import td506_loss_double_softmax as td506_ce
@@ -190,6 +190,9 @@ CASES = [
     (scenario(td506_ce, "loss_double_softmax"), "TD506", "fix does not help"),
     (scenario(td210, "lr_too_large"), "TD210", "fix helps"),
     (inputs_mutated, "TD210", "fix does not help"),
+    # TD206's fix is the same lr x0.1 (run once when both fire).
+    (scenario(td210, "lr_too_large", watch=False), "TD206", "fix helps"),
+    (inputs_mutated, "TD206", "fix does not help"),
 ]
 
 

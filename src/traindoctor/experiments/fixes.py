@@ -70,6 +70,7 @@ FIX_NAMES = {
     "TD402": "model.train() while training",
     "TD506": "the logits to the loss (no softmax/sigmoid)",
     "TD210": "lr x0.1",
+    "TD206": "lr x0.1",
 }
 
 PlanFn = Callable[[Finding, Setup], "Plan | NotRun"]
@@ -213,21 +214,33 @@ def probability_module(setup: Setup) -> tuple[str, str] | None:
 
 
 @fix_for("TD210")
+def _lower_lr_divergence(finding: Finding, setup: Setup) -> Plan | NotRun:
+    kind = finding.evidence.get("kind")
+    if kind != "divergence":
+        return NotRun(_lr_words(finding, setup)[0], f"a {kind} is not an lr's to fix")
+    return _lower_lr(finding, setup)
+
+
+@fix_for("TD206")
 def _lower_lr(finding: Finding, setup: Setup) -> Plan | NotRun:
+    """Both arms at the lr the run had at the finding's step (a schedule may have raised it
+    since the start), the fix at a tenth of it."""
+    fix, scale = _lr_words(finding, setup)
     why = _needs_optimizer(setup)
-    base = base_lr(setup.groups[0][1]) if setup.groups else None
-    # The lr of the first group when the loss diverged (a schedule may have raised it since
-    # the start): both arms run at it, the fix at a tenth of it.
-    lrs = finding.evidence.get("lr") or {}
-    at = next((v for k, v in sorted(lrs.items()) if isinstance(v, int | float)), None)
-    scale = at / base if at and base else 1.0
-    lr = at or base
-    fix = FIX_NAMES["TD210"] + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else "")
     if why:
         return NotRun(fix, why)
-    if finding.evidence.get("kind") != "divergence":
-        return NotRun(fix, f"a {finding.evidence.get('kind')} is not an lr's to fix")
     return Plan(fix, {}, {"lr_scale": 0.1 * scale}, both={"lr_scale": scale})
+
+
+def _lr_words(finding: Finding, setup: Setup) -> tuple[str, float]:
+    """The fix's words with the first group's lr at the finding's step, and that lr over the
+    group's base lr (1 when either is unknown)."""
+    base = base_lr(setup.groups[0][1]) if setup.groups else None
+    lrs = finding.evidence.get("lr") or {}
+    at = next((v for _, v in sorted(lrs.items()) if isinstance(v, int | float)), None)
+    scale = at / base if at and base else 1.0
+    lr = at or base
+    return FIX_NAMES["TD210"] + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else ""), scale
 
 
 def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:

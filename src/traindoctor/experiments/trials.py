@@ -86,20 +86,29 @@ def run_trials(
     rounds = min(ROUNDS, affordable // trials) if trials else 0
     tried = 0
     out = []
+    done: dict[Any, dict[str, Any]] = {}  # the same arms (TD206 and TD210: lr x0.1) run once
     for f in findings:
         plan = plans.get(id(f))
         if plan is None:
             out.append(f)
             continue
-        if isinstance(plan, Plan) and tried >= trials:
-            plan = NotRun(plan.fix, _over_budget(tried, size))
-        if isinstance(plan, NotRun):
+        key = _key(plan, baseline) if isinstance(plan, Plan) else None
+        if key in done:
+            trial = dict(done[key])
+        elif isinstance(plan, Plan) and tried >= trials:
+            trial = _not_run(plan.fix, _over_budget(tried, size))
+        elif isinstance(plan, NotRun):
             trial = _not_run(plan.fix, plan.reason)
         else:
             tried += 1
-            trial = _trial(setup, plan, baseline, rounds)  # type: ignore[arg-type]
+            trial = done[key] = _trial(setup, plan, baseline, rounds)  # type: ignore[arg-type]
         out.append(_with_trial(f, trial))
     return rank(out)
+
+
+def _key(plan: Plan, baseline: Arm) -> Any:
+    written = baseline.merged(plan.both)
+    return (plan.fix, written, written.merged(plan.with_fix), plan.same_loss)
 
 
 def _over_budget(tried: int, size: int) -> str:
