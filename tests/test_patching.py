@@ -172,6 +172,9 @@ SETATTR_ALLOWED = {"_patching.py"}
 ASSIGN_ALLOWED = {
     ("_warnings.py", "warnings.showwarning"),
     ("integrations/runner.py", "sys.argv"),
+    # The live status line wraps the script's streams and puts back only its own wrapper.
+    ("progress.py", "sys.stdout"),
+    ("progress.py", "sys.stderr"),
 }
 
 

@@ -83,11 +83,14 @@ class Progress:
             self.encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
             if not _encodes("·…", self.encoding):
                 self.sep = " | "  # a terminal without UTF-8 (LANG=C)
-            for name in ("stdout", "stderr"):
-                stream = getattr(sys, name)
-                if _stream_isatty(stream):
-                    self._saved.append((name, stream))
-                    setattr(sys, name, _Proxy(stream, self))
+            # The script's streams, wrapped while the line is on: not a Patch (_patching.py),
+            # whose restore is exact, because a script that replaces sys.stdout keeps its own.
+            if _stream_isatty(sys.stdout):
+                self._saved.append(("stdout", sys.stdout))
+                sys.stdout = _Proxy(sys.stdout, self)
+            if _stream_isatty(sys.stderr):
+                self._saved.append(("stderr", sys.stderr))
+                sys.stderr = _Proxy(sys.stderr, self)
             self.active = True
             global _current
             _current = self
@@ -112,8 +115,12 @@ class Progress:
         """Put the streams back where they are still our proxies (a script that replaced
         sys.stdout keeps its own; our proxy, if it holds one, writes straight through)."""
         for name, stream in self._saved:
-            if isinstance(getattr(sys, name), _Proxy) and getattr(sys, name)._progress is self:
-                setattr(sys, name, stream)
+            now = sys.stdout if name == "stdout" else sys.stderr
+            if isinstance(now, _Proxy) and now._progress is self:
+                if name == "stdout":
+                    sys.stdout = stream
+                else:
+                    sys.stderr = stream
         self._saved = []
 
     # -- drawing ------------------------------------------------------------------------------
