@@ -388,6 +388,7 @@ class CaptureProbe(Probe):
 
     def _stop(self) -> None:
         self._done = True
+        self.retired = True  # no step-end or backward event for the rest of the run
         for h in self.handles:
             h.remove()
         self.handles.clear()
