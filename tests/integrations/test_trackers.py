@@ -534,3 +534,22 @@ def test_series_are_bounded_and_follow_the_findings():
     points = measure.since(0, [named])
     assert {p.step for p in points} == {5} and len(points) == MAX_LAYERS
     assert measure.since(5, [named]) == []
+
+
+def test_measured_values_of_a_sampled_step():
+    tl = Timeline()
+    tl.facts["params"] = {"w": {"numel": 4}, "b": {"numel": 2}}
+    tl.record(3, "grads.norm", {"w": 2.0, "b": float("nan")})
+    tl.record(3, "params.update", {"w": 0.5, "b": 0.1})
+    tl.record(3, "params.norm", {"w": 10.0, "b": 0.0})  # b: no ratio of a zero norm
+    tl.record(3, "amp.scale", 1024.0)
+    tl.record(3, "optim.lr", {"opt0/group0": 0.01})
+    tl.record(4, "amp.scale", 512.0)  # not a sampled step: not posted
+    got = {p.key: p.value for p in Measurements(tl).since(0, [])}
+    assert got.pop("traindoctor/grad_norm/b") != got.get("traindoctor/grad_norm/b")  # NaN kept
+    assert got == {
+        "traindoctor/grad_norm/w": 2.0,
+        "traindoctor/update_ratio/w": 0.05,
+        "traindoctor/amp_scale": 1024.0,
+        "traindoctor/lr/opt0/group0": 0.01,
+    }
