@@ -8,6 +8,6 @@ rank waits for the others' files only at its close, for a few seconds at most (m
 from __future__ import annotations
 
 from .ranks import RankInfo, detect, rank_dir
-from .run_id import job_run_id
+from .run_id import job_run_id, unused_by_this_process
 
-__all__ = ["RankInfo", "detect", "rank_dir", "job_run_id"]
+__all__ = ["RankInfo", "detect", "rank_dir", "job_run_id", "unused_by_this_process"]

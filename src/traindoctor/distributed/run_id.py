@@ -17,7 +17,12 @@ The key, in this order of preference:
 
 Two jobs in a row on one node always differ (a new launcher process). Across several nodes
 the rendezvous id (or SLURM's) must tell jobs apart; under torchrun's static rendezvous
-(`--rdzv-id` left as "none") with the same master port twice, set TRAINDOCTOR_RUN_ID."""
+(`--rdzv-id` left as "none") with the same master port twice, set TRAINDOCTOR_RUN_ID.
+
+Several jobs in one process (a second Lightning `fit()`, two `td.watch` blocks in a row) derive
+the same id; `unused_by_this_process` then gives the next ones `<id>-2`, `<id>-3`: each rank
+looks only at its own directory (a rank.json this very process wrote means an earlier job of
+it), so every rank that ran the same jobs picks the same suffix."""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .ranks import RankInfo
+from .ranks import RankInfo, process_identity, rank_dir
 
 ENV_RUN_ID = "TRAINDOCTOR_RUN_ID"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -81,3 +86,26 @@ def _parent_identity() -> tuple[int, int, float] | None:
         return ppid, ticks, btime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def unused_by_this_process(job_id: str, out_dir: Path, info: RankInfo) -> str:
+    """`job_id`, or `<job_id>-2`, `-3`, ...: the first whose directory for this rank holds no
+    rank.json written by this process (an earlier job of the same process: a second fit())."""
+    import json
+
+    me = process_identity()
+    candidate = job_id
+    for n in range(2, 1000):
+        try:
+            meta = json.loads(
+                (rank_dir(Path(out_dir) / candidate, info.rank) / "rank.json").read_text()
+            )
+        except (OSError, ValueError):
+            return candidate
+        if not isinstance(meta, dict) or (meta.get("host"), meta.get("pid")) != (
+            me["host"],
+            me["pid"],
+        ):
+            return candidate
+        candidate = f"{job_id}-{n}"
+    return candidate
