@@ -142,7 +142,9 @@ class Doctor:
 
     def _default_run_id(self) -> str:
         if self.dist is not None:
-            return distributed.job_run_id(self._script, self.dist)
+            # A second job of this process (another fit()) gets its own: `<id>-2`.
+            job = distributed.job_run_id(self._script, self.dist)
+            return distributed.unused_by_this_process(job, self.out_dir, self.dist)
         return _new_run_id(self._script)
 
     @property
