@@ -107,6 +107,19 @@ def test_a_warning_only_when_no_better_than_a_constant():
         "TD702", make_timeline(events=[several, _zeroed("inconclusive")], last_step=20)
     )
     assert f.severity.value == "info"
+    # A warmup: the run's lr rose to 10x the captured one.
+    warm = make_timeline(
+        steps={1: {"optim.lr": {"opt0/group0": 0.001}}, 9: {"optim.lr": {"opt0/group0": 0.1}}},
+        events=[failed, _zeroed("inconclusive")],
+        last_step=20,
+    )
+    assert assert_fires("TD702", warm).severity.value == "info"
+    steady = make_timeline(
+        steps={1: {"optim.lr": {"opt0/group0": 0.01}}, 9: {"optim.lr": {"opt0/group0": 0.01}}},
+        events=[failed, _zeroed("inconclusive")],
+        last_step=20,
+    )
+    assert assert_fires("TD702", steady).severity.value == "warning"
     for verdict in ("ok", "partial", "lr_too_high"):
         e = overfit_event(verdict, curves, {k: 0.3 for k in curves}, fit=1.0)
         f = assert_fires("TD702", make_timeline(events=[e, _zeroed("inconclusive")], last_step=20))

@@ -322,6 +322,24 @@ def _lr_probe(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
     return {"verdict": verdict, "steps": steps, "curves": ordered, "facts": facts}
 
 
+def _best_scale(overfit: dict[str, Any]) -> float:
+    """Where nothing fit, the lr scale that went furthest without blowing up (x1 on a tie): the
+    baseline compares real and zeroed inputs where training moves the loss most. At x1 alone,
+    a warmup's near-zero first lr (nanoGPT) moves neither, and zeros would look as good."""
+    ratios = (overfit.get("facts") or {}).get("ratios") or {}
+    curves = overfit.get("curves") or {}
+    best, scale = math.inf, 1.0
+    for label, values in curves.items():
+        s = _scale_of(label)
+        r = ratios.get(label)
+        if s is None or not isinstance(r, int | float):
+            continue
+        curve = Curve(losses=list(values), seconds=0.0)
+        if not _blew_up(curve) and (r < best or (r == best and s == 1.0)):
+            best, scale = r, s
+    return scale
+
+
 def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str, Any]:
     b = setup.batch
     assert b is not None
@@ -358,7 +376,7 @@ def _input_independent(setup: Setup, overfit: dict[str, Any] | None) -> dict[str
     real_curve = None
     if overfit and overfit.get("curves"):
         fit = (overfit.get("facts") or {}).get("fit_at_lr_scale")
-        scale_lr = fit if fit is not None else 1.0
+        scale_lr = fit if fit is not None else _best_scale(overfit)
         label = f"lr x{scale_lr:g}"
         values = overfit["curves"].get(label)
         if values:

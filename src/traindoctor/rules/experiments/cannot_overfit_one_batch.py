@@ -17,6 +17,7 @@ from ._experiments import cost, curve_text, experiment
     summary="Overfit one batch on a copy: whether the model and loss can drive the loss on one "
     "fixed batch toward its floor with the user's optimizer, at lr x1, x10 and x0.1 (a warning "
     "when no lr does better than a constant prediction, else info).",
+    requires=("optim.lr",),
     events=("experiment",),
     priority=15,
 )
@@ -64,7 +65,9 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
 
     ## Severity
     A warning only when the failure is decisive: the loss has a known floor (hard targets: 0),
-    no lr of the grid blew up, one loss was replayed (not one of several), and the
+    no lr of the grid blew up, one loss was replayed (not one of several), the run's lr never
+    rose above 3x the one the copy used (a warmup from ~0 makes the captured lr
+    unrepresentative), and the
     input-independent baseline (TD703's runs) shows the real inputs doing no better than zeroed
     ones: the model/loss pipeline reduces to a constant prediction, which no working pipeline
     does on one batch it trains on. Every other verdict is info: it fits, partly fits, blows up
@@ -161,6 +164,15 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
     )
 
 
+def _run_lr(tl: TimelineView) -> float:
+    """The largest lr of any param group over the run (optim.lr), 0 when not recorded."""
+    top = 0.0
+    for _, groups in tl.series("optim.lr"):
+        if isinstance(groups, dict):
+            top = max([top, *(float(v) for v in groups.values() if isinstance(v, int | float))])
+    return top
+
+
 def _decisive(tl: TimelineView, facts: dict) -> tuple[Severity, str]:
     """A "cannot fit" is a warning when the pipeline is no better than a constant prediction
     (the input-independent baseline), the floor is known and one loss was replayed."""
@@ -168,6 +180,11 @@ def _decisive(tl: TimelineView, facts: dict) -> tuple[Severity, str]:
     z = zeroed.get("facts") or {}
     constant = zeroed.get("verdict") in ("inconclusive", "ignores_input", "no_better_than_zeros")
     if not constant or facts.get("floor") is None or facts.get("several_losses"):
+        return Severity.INFO, ""
+    used = max((v for v in facts.get("lr") or [] if isinstance(v, int | float)), default=None)
+    if used is None or _run_lr(tl) > 3 * used:
+        # The lr rose after the batch was captured (a warmup from ~0): the copy trained at a
+        # lr the run soon left behind; "cannot fit" there is not decisive.
         return Severity.INFO, ""
     if zeroed.get("verdict") == "ignores_input":
         return Severity.WARNING, "the output does not even change when the input is zeroed"
