@@ -55,6 +55,9 @@ def test_too_low_and_not_the_lr():
     curves = {"lr x1": [2.3, 2.29], "lr x10": [2.3, 0.1]}
     f = assert_fires("TD706", make_timeline(events=[probe("too_low", curves, better=10.0)]))
     assert f.title.startswith("The lr is the cause (too low)") and "raise the lr" in f.fix
+    warmup = {1: {"optim.lr": {"opt0/group0": 0.5}}, 30: {"optim.lr": {"opt0/group0": 5.0}}}
+    e = probe("too_low", curves, better=10.0)
+    assert_silent("TD706", make_timeline(steps=warmup, events=[e]))  # captured at a warmup
     curves = {k: [2.0, 1.1] for k in ("lr x0.1", "lr x1", "lr x10")}
     f = assert_fires("TD706", make_timeline(events=[probe("not_the_lr", curves)]))
     assert f.title.startswith("The lr is not the cause: no lr fits one batch")

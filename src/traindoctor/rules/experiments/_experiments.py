@@ -27,3 +27,13 @@ def cost(event: dict[str, Any]) -> str:
     steps = event.get("steps") or 0
     seconds = event.get("seconds") or 0.0
     return f"{steps} steps, {seconds:.2f} s on the copy" if steps else f"{seconds:.2f} s"
+
+
+def run_lr(tl: TimelineView) -> float:
+    """The largest lr of any param group over the run (optim.lr), 0 when not recorded: a
+    warmup from ~0 leaves the lr captured for the experiments far below it."""
+    top = 0.0
+    for _, groups in tl.series("optim.lr"):
+        if isinstance(groups, dict):
+            top = max([top, *(float(v) for v in groups.values() if isinstance(v, int | float))])
+    return top

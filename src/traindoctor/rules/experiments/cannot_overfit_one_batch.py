@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._experiments import cost, curve_text, experiment
+from ._experiments import cost, curve_text, experiment, run_lr
 
 
 @rule(
@@ -164,15 +164,6 @@ def cannot_overfit_one_batch(tl: TimelineView) -> Iterator[Finding]:
     )
 
 
-def _run_lr(tl: TimelineView) -> float:
-    """The largest lr of any param group over the run (optim.lr), 0 when not recorded."""
-    top = 0.0
-    for _, groups in tl.series("optim.lr"):
-        if isinstance(groups, dict):
-            top = max([top, *(float(v) for v in groups.values() if isinstance(v, int | float))])
-    return top
-
-
 def _decisive(tl: TimelineView, facts: dict) -> tuple[Severity, str]:
     """A "cannot fit" is a warning when the pipeline is no better than a constant prediction
     (the input-independent baseline), the floor is known and one loss was replayed."""
@@ -182,7 +173,7 @@ def _decisive(tl: TimelineView, facts: dict) -> tuple[Severity, str]:
     if not constant or facts.get("floor") is None or facts.get("several_losses"):
         return Severity.INFO, ""
     used = max((v for v in facts.get("lr") or [] if isinstance(v, int | float)), default=None)
-    if used is None or _run_lr(tl) > 3 * used:
+    if used is None or run_lr(tl) > 3 * used:
         # The lr rose after the batch was captured (a warmup from ~0): the copy trained at a
         # lr the run soon left behind; "cannot fit" there is not decisive.
         return Severity.INFO, ""

@@ -10,7 +10,7 @@ from typing import Any
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._experiments import cost, experiment
+from ._experiments import cost, experiment, run_lr
 
 # The run's own loss stalled: its last fifth's median at least this share of its first fifth's.
 STALLED = 0.95
@@ -67,7 +67,7 @@ def _curve(values: list[Any]) -> str:
     severity=Severity.INFO,
     summary="Whether the learning rate is the cause: the loss on one captured batch at lr x0.1, "
     "x1 and x10 on a copy (lower when x0.1 blows up too), worded as a conclusion.",
-    requires=("loss.train", "loss.backward"),
+    requires=("loss.train", "loss.backward", "optim.lr"),
     events=("experiment",),
     priority=13,
 )
@@ -84,7 +84,8 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
       above its start at the end) or keeps more than half of its start, while a smaller lr fits
       the batch (or, where the script's blew up, falls at least half-way without blowing up);
     - **the lr is too low**: at the script's lr the loss keeps more than 90% of its start while
-      a larger lr fits the batch;
+      a larger lr fits the batch (not said when the run's lr later rose above 3x the captured
+      one: a warmup starts near 0);
     - **the lr is not the cause**: no lr fits one batch and none blew up (TD702 "cannot fit"):
       the model or the loss is broken, tuning the lr will not help;
     - **the lr can fit one batch** (said only when the run's own loss, over 50 steps or more,
@@ -145,6 +146,8 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
     stalled = run is not None and _stalled(run[0])
     if verdict == "fits_as_written" and not (stalled and len(run[0]) >= MIN_RUN_STEPS):
         return  # TD702 already says the batch fits; nothing to conclude about the lr
+    if verdict == "too_low" and run_lr(tl) > 3 * max(lr, default=math.inf):
+        return  # the captured lr was a warmup's start: the run's own lr is higher already
     here = f"at the script's lr ({opt}, lr {lr_text}) {_curve(mine)}" if mine else ""
     if verdict == "too_high":
         other = curves.get(f"lr x{better:g}") or []
