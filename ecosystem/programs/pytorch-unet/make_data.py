@@ -14,8 +14,8 @@ from PIL import Image
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--root", default="data")
-parser.add_argument("-n", type=int, default=48)
-parser.add_argument("--size", type=int, default=96)
+parser.add_argument("-n", type=int, default=24)
+parser.add_argument("--size", type=int, default=64)
 args = parser.parse_args()
 
 rng = np.random.default_rng(0)
