@@ -493,3 +493,18 @@ def test_transformers_trainer_head_left_out(tmp_path):
         trainer.train()
     (finding,) = [f for f in doc.report.findings if f.code == "TD103"]
     assert finding.evidence["trial"]["verdict"] == "fix helps", finding.evidence["trial"]
+
+
+def test_the_scripts_clipping_is_replayed(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = data()
+    with experiments.enable(), td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for s in range(20):
+            i = s % 8 * 32
+            F.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()  # never zeroed
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+    (finding,) = [f for f in doc.report.findings if f.code == "TD106"]
+    assert finding.evidence["trial"]["clipping"] == "clip_grad_norm_(0.5)"

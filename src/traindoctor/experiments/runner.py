@@ -91,6 +91,9 @@ class Setup:
     batches: list[Batch] = field(default_factory=list)
     # Each module's `training` flag in the first captured forward (trials.py replays them).
     modes: dict[str, bool] = field(default_factory=dict)
+    # The script's gradient clipping: (clip_grad_norm_ | clip_grad_value_, threshold, indices
+    # into model.parameters()), seen while the batches were captured (trials.py replays it).
+    clip: tuple[str, float, list[int]] | None = None
 
 
 def clone_tree(obj: Any, depth: int = 0) -> Any:

@@ -234,6 +234,7 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
         "end": {label: _round(r.end) for label, r in runs.items()},
         "cost": f"{a.steps + w.steps} steps on a copy",
         "summary": summary,
+        **({"clipping": f"{setup.clip[0]}({setup.clip[1]:g})"} if setup.clip else {}),
     }
 
 
@@ -268,6 +269,7 @@ class ArmRun:
             _add_group(self.opt, twin, arm.extra_params)
         self.carry = set(arm.carry_grads)
         self.params = list(twin.named_parameters())
+        self.clip = _clipping(setup, [p for _, p in self.params])
         self.values: list[torch.Tensor] = []
         self.curve: list[float] = []
         self.steps = 0
@@ -293,6 +295,8 @@ class ArmRun:
                 self.diverged = True
                 break
             loss.backward()
+            if self.clip is not None:
+                self.clip()
             self.opt.step()
             self.steps += 1
         self.rng = _rng_state(self.twin)
@@ -306,6 +310,21 @@ class ArmRun:
             with torch.no_grad():
                 self.values.append(r.loss(self.twin, b.args, b.kwargs).detach().float().reshape(()))
         self.curve = [float(v) for v in torch.stack(self.values).cpu()] if self.values else []
+
+
+def _clipping(setup: Setup, params: list[torch.Tensor]) -> Any:
+    """The script's clipping on the copy's params (torch's own function, not our patch of
+    it), or None."""
+    if setup.clip is None:
+        return None
+    fn, threshold, ids = setup.clip
+    clip = getattr(torch.nn.utils, fn, None)
+    while hasattr(clip, "__wrapped__"):
+        clip = clip.__wrapped__
+    if clip is None:
+        return None
+    chosen = [params[i] for i in ids if i < len(params)]
+    return lambda: clip(chosen, threshold)
 
 
 def _rng_state(model: torch.nn.Module) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .. import experiments
+from .. import _patches, experiments
 from .._source import user_source
 from .base import AttachContext, Probe, Recorder, iter_tensors
 from .loss_inputs import add_loss_listener, remove_loss_listener
@@ -65,6 +65,8 @@ class CaptureProbe(Probe):
         self._done = False
         self._bytes = 0  # the cloned batches after the first
         self._stopped = False  # a later batch differed from the first: none captured after
+        self._index: dict[int, int] = {}  # id(param) -> its index in model.parameters()
+        self._clips = _ClipWatch(self)
         # The first batch's loss call's value and the first backward's loss at its step: the
         # trials replay the run only when they agree (no terms written by hand added).
         self._values: dict[str, torch.Tensor | None] = {"replayed": None, "backward": None}
@@ -117,6 +119,8 @@ class CaptureProbe(Probe):
                 setup.defaults = {k: _plain(v) for k, v in opt.defaults.items()}
                 break
         self.setup = setup
+        self._index = index
+        _patches.add_amp_listener(self._clips)
         self.handles.append(
             model.register_forward_pre_hook(ctx.hook("probe capture", self._pre), with_kwargs=True)
         )
@@ -395,7 +399,19 @@ class CaptureProbe(Probe):
         if self._listening:
             remove_loss_listener(self)
             self._listening = False
+        _patches.remove_amp_listener(self._clips)
         self._pending, self._outputs = None, []
+
+    def clipped(self, fn: str, params: list[torch.Tensor], threshold: Any) -> None:
+        """The script's first clip_grad_norm_/clip_grad_value_ over the model's params."""
+        setup = self.setup
+        if setup is None or setup.clip is not None or self._done:
+            return
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            return
+        ids = [self._index[id(p)] for p in params if id(p) in self._index]
+        if ids:
+            setup.clip = (fn, float(threshold), ids)
 
     def detach(self) -> None:
         self._stop()
@@ -446,6 +462,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     return value
+
+
+class _ClipWatch:
+    """The clip patches' listener interface (`_patches.AmpListener`): the clipping seen."""
+
+    def __init__(self, probe: CaptureProbe) -> None:
+        self._probe = probe
+
+    def clip_after(self, fn: str, params: Any, threshold: Any, result: Any) -> None:
+        self._probe.clipped(fn, params, threshold)
+
+    def clip_before(self, *args: Any) -> None:
+        pass
+
+    def unscaled(self, *args: Any) -> None:
+        pass
+
+    def scaler_step(self, *args: Any) -> None:
+        pass
 
 
 def _nbytes(tree: Any) -> int:
