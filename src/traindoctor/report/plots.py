@@ -696,7 +696,7 @@ def plot_curves(group: Any, code: str):
         _mark_nonfinite(ax, bad[:1], f"{label}: not finite")
     if _positive_spread(values):
         _log_y(ax, values)
-    _title(ax, f"{code}: {group.title}, loss per step on the copy", fontsize=9)
+    _title(ax, f"{code}: {group.title}, loss per step", fontsize=9)
     _style(ax, ylabel="loss")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
