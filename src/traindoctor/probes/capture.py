@@ -439,8 +439,9 @@ class CaptureProbe(Probe):
         reason = self.skipped
         if reason is None and self.setup is not None:
             reason = (
-                f"the loss is custom code: no standard loss was called on the model's output "
-                f"(seen: {', '.join(self._unmatched)} on other tensors)"
+                f"no standard loss was called on the watched model's output itself (seen: "
+                f"{', '.join(self._unmatched)} on other tensors, e.g. a sub-module's output or "
+                f"one computed from it): the loss cannot be replayed from the model's inputs"
                 if self._unmatched
                 else "the loss is custom code (no torch.nn.functional loss call on the "
                 "model's output): it cannot be replayed"
