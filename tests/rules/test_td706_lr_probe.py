@@ -51,15 +51,30 @@ def test_too_high_says_the_lr_is_the_cause_and_by_how_much():
     assert f.evidence["curves"] == curves and f.evidence["run_stalled"] is True
 
 
+STUCK = run_loss([2.3, 2.31, 2.29, 2.3, 2.28, 2.3, 2.29, 2.3, 2.3, 2.29])
+
+
+def test_silent_on_a_run_that_learns():
+    """One batch blowing up at the lr while the run's loss falls: not 'the cause'."""
+    curves = {"lr x0.1": [0.77, 0.0004], "lr x1": [0.77, 11.2, 1.56]}
+    e = probe("too_high", curves, better=0.1, blew_up=["lr x1"])
+    assert_silent(
+        "TD706", make_timeline(steps=run_loss([0.97 - i / 50 for i in range(20)]), events=[e])
+    )
+    assert_silent("TD706", make_timeline(events=[e]))  # no loss recorded: no symptom known
+
+
 def test_too_low_and_not_the_lr():
     curves = {"lr x1": [2.3, 2.29], "lr x10": [2.3, 0.1]}
-    f = assert_fires("TD706", make_timeline(events=[probe("too_low", curves, better=10.0)]))
+    f = assert_fires(
+        "TD706", make_timeline(steps=STUCK, events=[probe("too_low", curves, better=10.0)])
+    )
     assert f.title.startswith("The lr is the cause (too low)") and "raise the lr" in f.fix
-    warmup = {1: {"optim.lr": {"opt0/group0": 0.5}}, 30: {"optim.lr": {"opt0/group0": 5.0}}}
+    warmup = {**STUCK, 30: {"optim.lr": {"opt0/group0": 5.0}}}
     e = probe("too_low", curves, better=10.0)
     assert_silent("TD706", make_timeline(steps=warmup, events=[e]))  # captured at a warmup
     curves = {k: [2.0, 1.1] for k in ("lr x0.1", "lr x1", "lr x10")}
-    f = assert_fires("TD706", make_timeline(events=[probe("not_the_lr", curves)]))
+    f = assert_fires("TD706", make_timeline(steps=STUCK, events=[probe("not_the_lr", curves)]))
     assert f.title.startswith("The lr is not the cause: no lr fits one batch")
     assert "look at the loss" in f.fix
 

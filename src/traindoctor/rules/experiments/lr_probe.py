@@ -92,6 +92,8 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
       stalled or went non-finite): the script's lr fits the batch, so the stall is more likely
       the data.
 
+    Said only of a run whose own loss did not fall (its last fifth's median at least 95% of
+    its first fifth's) or went non-finite: the question is asked of a run that does not learn.
     Nothing is said when the probe cannot tell (every lr only partly fits).
 
     ## Why it matters
@@ -144,7 +146,12 @@ def lr_probe(tl: TimelineView) -> Iterator[Finding]:
     mine = curves.get("lr x1")
     run = run_loss(tl)
     stalled = run is not None and _stalled(run[0])
-    if verdict == "fits_as_written" and not (stalled and len(run[0]) >= MIN_RUN_STEPS):
+    if not stalled:
+        # The question is asked of a run that does not learn: on a run whose loss falls, one
+        # batch blowing up at the lr (Adadelta at lr 1 on pytorch/examples' siamese network,
+        # depending on the batch drawn) is TD702's "lr too high" at info, not "the cause".
+        return
+    if verdict == "fits_as_written" and len(run[0]) < MIN_RUN_STEPS:
         return  # TD702 already says the batch fits; nothing to conclude about the lr
     if verdict == "too_low" and run_lr(tl) > 3 * max(lr, default=math.inf):
         return  # the captured lr was a warmup's start: the run's own lr is higher already
