@@ -75,3 +75,18 @@ def test_log_softmax_into_nll_loss_is_silent():
     # Values in [0, 1] that are neither softmax rows nor a sigmoid: not called probabilities.
     odd = {s: {"in_min": 0.0, "in_max": 0.9, "rowsum_dev": 2.0} for s in (2, 3)}
     assert_silent("TD506", site_timeline({**NLL, "producer": ["ReluBackward0"]}, odd))
+
+
+NLL = {"fn": "nll_loss", "classes": 7, "producer": ["IndexBackward0"]}
+
+
+def test_nll_loss_on_raw_scores_fires_and_log_probabilities_do_not():
+    # the log_softmax left out of a classifier trained with NLLLoss
+    raw = {s: {"in_min": -3.0, "in_max": 2.5 + s, "rowsum_dev": 4.0, "loss": -s} for s in (1, 2, 4)}
+    f = assert_fires("TD506", site_timeline(NLL, raw))
+    assert "raw scores" in f.title and f.evidence["input_max"] == 6.5
+    logp = {s: {"in_min": -9.0, "in_max": -0.01, "rowsum_dev": 0.9} for s in (1, 2, 4)}
+    assert_silent("TD506", site_timeline(NLL, logp))
+    # one measured step at or below 0 is enough to stay silent
+    raw[2]["in_max"] = 0.0
+    assert_silent("TD506", site_timeline(NLL, raw))

@@ -17,6 +17,9 @@ LOG_PROB_LOSSES = ("nll_loss",)  # expect log-probabilities (<= 0, logsumexp 1 p
 SIGMOID_LOSSES = ("binary_cross_entropy_with_logits", "multilabel_soft_margin_loss")
 SQUASHING = ("SoftmaxBackward0", "SigmoidBackward0")
 MIN_STEPS_BY_VALUE = 3  # sigmoid losses without a sigmoid op in front: in [0,1] this often
+# A log-probability is <= 0 (float32 log_softmax rounds to at most 0): inputs above this on
+# every measured step are raw scores, not rounding.
+LOG_PROB_MAX = 1e-2
 
 
 def double_softmax_floor(classes: int) -> float:
@@ -73,7 +76,9 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     positive and log 2 = 0.693 per negative element, weighted by the measured positive share.
     `nll_loss` fires when every measured step has all values in [0, 1] and rows summing to 1
     within 1e-3 (softmax outputs), or values in [0, 1] made by a sigmoid; the observed loss
-    (negative) is reported next to its range [-1, 0].
+    (negative) is reported next to its range [-1, 0]. `nll_loss` given values above 0.01 on
+    every measured step (raw scores: no log-probability is above 0) is reported too: its loss
+    has no lower bound.
 
     ## Example
     ```python
@@ -98,7 +103,7 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
         if site.fn in SOFTMAX_LOSSES:
             finding = _softmax(tl, site)
         elif site.fn in LOG_PROB_LOSSES:
-            finding = _log_probs(tl, site)
+            finding = _log_probs(tl, site) or _above_zero(tl, site)
         elif site.fn in SIGMOID_LOSSES:
             finding = _sigmoid(tl, site)
         else:
@@ -207,6 +212,44 @@ def _log_probs(tl: TimelineView, site: Site) -> Finding | None:
         fix="use log_softmax instead of softmax in front of nll_loss "
         "(F.nll_loss(F.log_softmax(logits, 1), y)), or pass the logits to F.cross_entropy",
         confidence=0.95 if rows_one else 0.85,
+    )
+
+
+def _above_zero(tl: TimelineView, site: Site) -> Finding | None:
+    """nll_loss on raw scores (the log_softmax left out): values above 0 on every measured
+    step are no log-probabilities, and -input[target] then has no lower bound."""
+    steps = sorted(s for s, v in site.stats.items() if "in_max" in v)
+    if not steps or not site.classes or site.classes < 2 or _in_unit(site):
+        return None
+    if "LogBackward0" in (site.facts.get("producer") or []):
+        return None  # a log of unnormalized values: TD509 judges its domain
+    highs = [site.stats[s]["in_max"] for s in steps]
+    if min(highs) <= LOG_PROB_MAX:
+        return None
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} gets raw scores (values up to {fmt(max(highs))}), "
+        f"not log-probabilities: the loss -input[target] has no lower bound{seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "classes": site.classes,
+            "observed_loss": loss,
+            "input_min": min(site.stats[s].get("in_min", 0.0) for s in steps),
+            "input_max": max(highs),
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+            "input_shape": site.facts.get("input_shape"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps the input had values above 0 (max "
+        f"{fmt(max(highs))}); a log-probability is <= 0. {site.fn} only picks -input[target], "
+        "so on unnormalized scores training raises the target's score without bound instead "
+        "of lowering the other classes'",
+        fix="put log_softmax over the class dim in front of nll_loss "
+        "(F.nll_loss(F.log_softmax(scores, 1), y)), or pass the scores to F.cross_entropy",
+        confidence=0.9,
     )
 
 
