@@ -94,5 +94,7 @@ def test_script_keeps_its_own_option(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert "Namespace(lr=2.0, json=True)" in r.stderr  # the script's stdout goes to stderr under --json
+    assert (
+        "Namespace(lr=2.0, json=True)" in r.stderr
+    )  # the script's stdout goes to stderr under --json
     json.loads(r.stdout)
