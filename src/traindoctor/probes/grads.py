@@ -64,7 +64,9 @@ class GradsProbe(Probe):
         ctx = self.ctx
         assert ctx is not None
         self._armed = True
-        self._params = [(n, p) for n, p in ctx.named_params() if p.requires_grad]
+        # The walk's own (name, param) tuples: no new tuple per param (GC-tracked, 10,000 a
+        # sampled step on some models).
+        self._params = [np for np in ctx.named_params() if np[1].requires_grad]
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         """Before the gradients of this backward are added: what is in .grad now was left by
@@ -94,7 +96,7 @@ class GradsProbe(Probe):
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         if not self._armed:
             return
-        with_grad = [(n, p) for n, p in self._params if p.grad is not None]
+        with_grad = [np for np in self._params if np[1].grad is not None]
         self._received.update(n for n, _ in with_grad)
         ctx = self.ctx
         if ctx is not None and ctx.state.hand_steps_expected:
@@ -134,7 +136,7 @@ class GradsProbe(Probe):
         held = ctx.optimizer_param_ids()
         self._check(
             step,
-            [(n, p) for n, p in ctx.named_params() if p.requires_grad and id(p) not in held],
+            [np for np in ctx.named_params() if np[1].requires_grad and id(np[1]) not in held],
             rec,
         )
 
