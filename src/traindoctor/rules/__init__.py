@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import UsageError
 from ._registry import Rule, registered
 from .distributed import (
-    checkpoint_every_rank,
+    checkpoint_written_by_every_rank,
     collective_on_some_ranks,
     data_not_sharded,
     nonfinite_on_one_rank,
@@ -133,7 +133,7 @@ CATALOG = (
     data_not_sharded,  # TD604
     sampler_epoch_not_set,  # TD605
     step_without_grad_sync,  # TD606
-    checkpoint_every_rank,  # TD607
+    checkpoint_written_by_every_rank,  # TD607
     collective_on_some_ranks,  # TD608
     loss_at_init_off,  # TD701
     cannot_overfit_one_batch,  # TD702
