@@ -277,4 +277,29 @@ def copy_without_hooks(model: torch.nn.Module) -> torch.nn.Module:
             hooks = m.__dict__.get(attr)
             if hooks is not None:
                 memo[id(hooks)] = type(hooks)()
+        # Tensors of the graph kept as plain attributes (an RNN's `self.hidden`, a policy's
+        # `saved_log_probs` list) cannot be deep-copied (only graph leaves can): their values,
+        # detached, are.
+        for key, value in m.__dict__.items():
+            if key not in _MODULE_STORES and key not in HOOK_DICTS:
+                _detach_graph_tensors(value, memo, [_GRAPH_TENSORS_SEEN])
     return copy.deepcopy(model, memo)
+
+
+_MODULE_STORES = ("_parameters", "_buffers", "_modules")
+_GRAPH_TENSORS_SEEN = 10_000  # values looked at per attribute (a long list of them)
+
+
+def _detach_graph_tensors(value: Any, memo: dict[int, Any], budget: list[int], depth: int = 0):
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 3:
+        return
+    if isinstance(value, torch.Tensor):
+        if value.grad_fn is not None and id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            _detach_graph_tensors(item, memo, budget, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _detach_graph_tensors(item, memo, budget, depth + 1)

@@ -316,13 +316,28 @@ def train_copy(
         if not torch.isfinite(values[-1]):
             diverged = True
             break
-        loss.backward()
-        opt.step()
+        if isinstance(opt, torch.optim.LBFGS):
+            opt.step(_closure(opt, replay, twin, args, kwargs))  # it raises without one
+        else:
+            loss.backward()
+            opt.step()
     if not diverged:
         with torch.no_grad():
             values.append(replay.loss(twin, args, kwargs).detach().float().reshape(()))
     losses = [float(v) for v in torch.stack(values).cpu()] if values else []
     return Curve(losses=losses, seconds=time.perf_counter() - t0, diverged=diverged)
+
+
+def _closure(opt: Any, replay: Replay, model: torch.nn.Module, args: tuple, kwargs: dict):
+    """The loss closure an optimizer that re-evaluates the loss (LBFGS) takes in step()."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = replay.loss(model, args, kwargs)
+        loss.backward()
+        return loss
+
+    return closure
 
 
 def zeroed(args: tuple, kwargs: dict, labels: list[int | str] = ()) -> tuple[tuple, dict]:

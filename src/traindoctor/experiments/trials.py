@@ -129,6 +129,8 @@ def _why_not(setup: Setup | None, skipped: str | None, parts: dict[str, Any] | N
         )
     if setup.batch is None:
         return "the loss is custom code (no torch.nn.functional loss on the model's output)"
+    if setup.optimizer_class is not None and issubclass(setup.optimizer_class, torch.optim.LBFGS):
+        return "LBFGS re-evaluates the loss inside its step: the two arms are not replayed"
     return _not_the_run(parts) or _memory_short(setup.model)
 
 
