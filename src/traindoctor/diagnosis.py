@@ -9,6 +9,8 @@ from typing import Any
 
 from ._guard import Guard
 from .causality import link_consequences
+from .experiments.trial_record import EVENT as TRIAL_EVENT
+from .experiments.trial_record import reattach
 from .findings import Finding, rank
 from .rules._registry import Rule
 from .timeline import Timeline
@@ -75,7 +77,8 @@ def diagnose(
             old = earlier.get(key)
             fresh[key] = old.merged_with(f) if old is not None else f
     timeline.facts["skipped_rules"] = skipped
-    return rank(link_consequences(list(fresh.values())))
+    # The fix trials made at close (experiments/), recorded in the timeline: re-attached.
+    return reattach(timeline.events(TRIAL_EVENT), rank(link_consequences(list(fresh.values()))))
 
 
 def fold(timeline: Timeline, rules: Iterable[Rule], guard: Guard) -> None:

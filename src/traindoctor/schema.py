@@ -360,7 +360,9 @@ class GradientCut(Event, total=False):
     cut_at: str | None
     cut_code: str
     numpy: bool
-    found: str  # "term" (in the loss) or "part" (a logged loss part)
+    # "term" (in the loss), "part" (a logged loss part), or "constant" (cut "constant": a
+    # Python number added to the loss at added_at, not a cut; TD302 skips that add)
+    found: str
     added_at: str | None
     part: str | None
 
@@ -837,4 +839,18 @@ _event(
     "an experiment run on a copy of the model at close (loss at init, overfit one batch, lr "
     "probe, input-independent baseline, batch independence) and what it measured",
     Experiment,
+)
+
+
+class FixTrial(Event, total=False):
+    code: str  # the finding's code
+    key: list[Any]  # the finding's key: [code, module, params, op] (findings.Finding.key)
+    trial: dict[str, Any]  # its evidence["trial"]: fix, verdict, curves, steps, summary, ...
+
+
+_event(
+    "fix_trial",
+    "a fix trial of an error finding at close (experiments/trials.py): the run replayed on a "
+    "copy as written and with the fix; re-attached to the finding by every diagnosis",
+    FixTrial,
 )

@@ -37,6 +37,7 @@ from .runner import (
     isolated,
     model_bytes,
 )
+from .trial_record import with_trial
 
 ROUNDS = 3  # rounds at most (30, 60, 90 steps) while the fix has not helped yet
 MAX_TRIALS = 4  # error findings tried per run (highest ranked first): a bounded cost at close
@@ -46,7 +47,6 @@ MAX_TRIALS = 4  # error findings tried per run (highest ranked first): a bounded
 BUDGET = 5e9
 TRIAL_MEMORY = 8.0  # model sizes: two copies, each with its grads and two optimizer states
 HELPS = 0.05  # the fix helps: its final loss is below the as-written one by 5% of the start
-DEMOTE = 30  # priority added to a finding whose fix does not help (ranks after the others)
 ROUND = 5
 AS_WRITTEN, WITH_FIX = "as written", "with fix"
 
@@ -102,7 +102,7 @@ def run_trials(
         else:
             tried += 1
             trial = done[key] = _trial(setup, plan, baseline, rounds)  # type: ignore[arg-type]
-        out.append(_with_trial(f, trial))
+        out.append(with_trial(f, trial))
     return rank(out)
 
 
@@ -424,32 +424,6 @@ def _score(twin: torch.nn.Module, setup: Setup, arm: Arm, n: int) -> float:
             for k, v in twin.named_buffers():
                 v.copy_(buffers[k])
     return total / max(len(batches), 1)
-
-
-def _with_trial(f: Finding, trial: dict[str, Any]) -> Finding:
-    evidence = {**f.evidence, "trial": trial}
-    verdict = trial["verdict"]
-    cause = f.cause
-    if verdict == "fix does not help":
-        # What a short replay cannot see, said with it: later instability, held-out data.
-        cause = (
-            f"{cause}. Measured on a copy: {trial['summary']} (the fix does not help within "
-            f"{trial['steps']} steps on these batches; a trial this short sees neither later "
-            "instability nor held-out data)"
-        )
-    elif "summary" in trial:
-        cause = f"{cause}. Measured on a copy: {trial['summary']} ({verdict})"
-    elif verdict.startswith("not run"):
-        cause = f"{cause}. Fix trial {verdict}"
-    if verdict == "fix does not help":
-        return dataclasses.replace(
-            f,
-            evidence=evidence,
-            cause=cause,
-            priority=f.priority + DEMOTE,
-            confidence=round(f.confidence * 0.5, 3),
-        )
-    return dataclasses.replace(f, evidence=evidence, cause=cause)
 
 
 def _num(v: float) -> str:

@@ -49,7 +49,7 @@ def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
 class CaptureProbe(Probe):
     name = "capture"
     provides: ClassVar[tuple[str, ...]] = ()
-    provides_events: ClassVar[tuple[str, ...]] = ("experiment",)
+    provides_events: ClassVar[tuple[str, ...]] = ("experiment", "fix_trial")
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,9 +72,11 @@ class CaptureProbe(Probe):
         self._values: dict[str, torch.Tensor | None] = {"replayed": None, "backward": None}
         # step -> [training forwards, standard loss calls on tensors that require grad]
         self._calls: dict[int, list[int]] = {}
+        self._rec: Recorder | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        self._rec = rec  # the fix trials' `fix_trial` events, at close
         if not experiments.enabled():
             self.retired = True  # no event reaches it: free
             return
@@ -453,9 +455,18 @@ class CaptureProbe(Probe):
         (experiments/trials.py), when the experiments are on; the findings otherwise."""
         if not experiments.enabled() and self.setup is None and self.skipped is None:
             return findings
+        from ..experiments.trial_record import EVENT, payload
         from ..experiments.trials import run_trials
 
-        return run_trials(self.setup, findings, self.why_not(), self.loss_parts())
+        tried = run_trials(self.setup, findings, self.why_not(), self.loss_parts())
+        if self._rec is not None:
+            # In the timeline: every later diagnosis of it (`report --rediagnose`) re-attaches
+            # each trial to its finding (diagnosis.py).
+            step = self.ctx.state.step if self.ctx is not None else 0
+            for f in tried:
+                if "trial" in f.evidence:
+                    self._rec.event(step, EVENT, **payload(f))
+        return tried
 
 
 def _plain(value: Any) -> Any:
