@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..findings import Finding
+from ..rules._optimizer_kinds import SCALE_INVARIANT
 from .runner import Setup, base_lr
 
 STEPS = 30  # optimizer steps of each arm a round (trials.py)
@@ -40,6 +41,10 @@ class Arm:
     # The loss input's probability op: None keeps what the script does; "drop" removes it;
     # "log_softmax" replaces a softmax before nll_loss (TD506).
     squash: str | None = None
+    # Micro-batches a step (TD515: the run's gradient accumulation) and the factor each
+    # micro-batch loss is multiplied by before its backward (the fix: 1/micro).
+    micro: int = 1
+    loss_scale: float = 1.0
 
     def merged(self, other: dict[str, Any]) -> Arm:
         return Arm(**{**self.__dict__, **other})
@@ -55,6 +60,8 @@ class Plan:
     same_loss: bool = True
     # Arm fields of both arms of this trial only (the lr the run had when it diverged).
     both: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # What the trial cannot show, said with its result (TD515 under Adam: scale-invariant).
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,11 @@ FIX_NAMES = {
     "TD506": "the logits to the loss (no softmax/sigmoid)",
     "TD210": "lr x0.1",
     "TD206": "lr x0.1",
+    "TD515": "each micro-batch loss divided by the micro-batches a step",
 }
+# Warnings whose fix is tried too (the trials are otherwise for errors only).
+WARNING_TRIALS = frozenset({"TD515"})
+MAX_MICRO = 16  # micro-batches a step replayed at most (a trial step costs that many passes)
 
 PlanFn = Callable[[Finding, Setup], "Plan | NotRun"]
 FIXES: dict[str, PlanFn] = {}
@@ -241,6 +252,34 @@ def _lr_words(finding: Finding, setup: Setup) -> tuple[str, float]:
     scale = at / base if at and base else 1.0
     lr = at or base
     return FIX_NAMES["TD210"] + (f" ({lr:.3g} -> {lr * 0.1:.3g})" if lr else ""), scale
+
+
+@fix_for("TD515")
+def _divide_accumulated(finding: Finding, setup: Setup) -> Plan | NotRun:
+    """As written: k micro-batch losses summed into each optimizer step (k measured by TD515:
+    backward passes a step); the fix divides each by k. The captured batches (one from each
+    of the run's first steps) are replayed in groups of k."""
+    k = finding.evidence.get("micro_batches")
+    fix = f"loss / {k} on each micro-batch" if isinstance(k, int) else FIX_NAMES["TD515"]
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    if not isinstance(k, int) or k < 2:
+        return NotRun(fix, "the micro-batches a step were not measured")
+    if k > MAX_MICRO:
+        return NotRun(fix, f"{k} micro-batches a step: over the {MAX_MICRO} a trial replays")
+    if finding.evidence.get("divided_by_own_count_steps"):
+        # Each micro-batch divided by its own target count: the replayed call is a mean, and
+        # the run's count-normalized sum is not what it reproduces.
+        return NotRun(fix, "each micro-batch loss is divided by its own target count")
+    name = getattr(setup.optimizer_class, "__name__", "")
+    note = None
+    if name in SCALE_INVARIANT:
+        # Adam-like updates divide the gradient by its own running size: scaling the loss by
+        # 1/k leaves them as they were but for the clipping threshold and epsilon.
+        changes = "the clipping and the epsilon only" if setup.clip else "the epsilon only"
+        note = f"{name} is invariant to the loss scale: the fix changes {changes}"
+    return Plan(fix, {"micro": k}, {"loss_scale": 1.0 / k}, note=note)
 
 
 def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:

@@ -65,7 +65,8 @@ def with_trial(f: Finding, trial: dict[str, Any]) -> Finding:
             + "a trial this short sees neither later instability nor held-out data)"
         )
     elif "summary" in trial:
-        cause = f"{cause}. Measured on a copy: {trial['summary']} ({verdict})"
+        note = f"; {trial['note']}" if trial.get("note") else ""
+        cause = f"{cause}. Measured on a copy: {trial['summary']} ({verdict}{note})"
     elif verdict.startswith("not run"):
         cause = f"{cause}. Fix trial {verdict}"
     if verdict == "fix does not help":

@@ -1,6 +1,7 @@
 """Fix trials (issue 17): does the fix an error finding proposes help, on this run?
 
-For each error finding with a declared fix (fixes.py), at close and on a copy: K optimizer
+For each error finding with a declared fix (fixes.py; and the warnings of WARNING_TRIALS:
+TD515, whose replay sums k micro-batch losses a step), at close and on a copy: K optimizer
 steps from the captured initial weights, with a fresh optimizer of the user's class and
 groups, on the captured batches (up to 8, cycled), once as written (every reproducible bug of
 the run replayed in the loop) and once with the fix. Both loss curves go in the finding's
@@ -25,7 +26,16 @@ from typing import Any
 import torch
 
 from ..findings import Finding, Severity, rank
-from .fixes import FIX_NAMES, STEPS, Arm, NotRun, Plan, plan_for, probability_module
+from .fixes import (
+    FIX_NAMES,
+    STEPS,
+    WARNING_TRIALS,
+    Arm,
+    NotRun,
+    Plan,
+    plan_for,
+    probability_module,
+)
 from .runner import (
     MEMORY_HEADROOM,
     Batch,
@@ -59,7 +69,11 @@ def run_trials(
 ) -> list[Finding]:
     """The findings, each error finding with a declared fix carrying its trial; ranked again
     when a verdict moved one. `skipped`: why nothing can be replayed (said in each trial)."""
-    candidates = [f for f in findings if f.severity is Severity.ERROR and FIX_NAMES.get(f.code)]
+    candidates = [
+        f
+        for f in findings
+        if FIX_NAMES.get(f.code) and (f.severity is Severity.ERROR or f.code in WARNING_TRIALS)
+    ]
     if not candidates:
         return findings
     reason = _why_not(setup, skipped, parts)
@@ -81,6 +95,8 @@ def run_trials(
             baseline = baseline.merged(plan.as_written)
     runnable = sum(isinstance(p, Plan) for p in plans.values())
     size = sum(p.numel() for p in setup.model.parameters()) if setup is not None else 0
+    # A replayed step costs a forward and backward per micro-batch (an accumulation run).
+    size *= baseline.micro
     affordable = int(BUDGET // max(2 * STEPS * size, 1))
     trials = min(runnable, MAX_TRIALS, affordable)
     rounds = min(ROUNDS, affordable // trials) if trials else 0
@@ -220,6 +236,15 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
     steps = w.steps
     verdict = "fix helps" if helps else "fix does not help"
     scored = "" if plan.same_loss else " (both scored on the fixed forward)"
+    k = written.micro
+    extra: dict[str, Any] = {}
+    if k > 1:
+        extra["accumulation"] = (
+            f"{k} micro-batches a step: the captured batches (one from each of the run's "
+            f"first steps) in groups of {k}; each curve point is their mean loss"
+        )
+    if plan.note:
+        extra["note"] = plan.note
     summary = (
         f"with {plan.fix}, the mean loss on the same {w.n} batches goes {_num(w.start)} -> "
         f"{_num(w.end)} in {steps} steps; as written it goes {_num(a.start)} -> "
@@ -234,9 +259,11 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
         "seconds": round(time.perf_counter() - t0, 3),
         "start": {label: _round(r.start) for label, r in runs.items()},
         "end": {label: _round(r.end) for label, r in runs.items()},
-        "cost": f"{a.steps + w.steps} steps on a copy",
+        "cost": f"{a.steps + w.steps} steps on a copy"
+        + (f" ({k * (a.steps + w.steps)} forward and backward passes)" if k > 1 else ""),
         "summary": summary,
         **({"clipping": f"{setup.clip[0]}({setup.clip[1]:g})"} if setup.clip else {}),
+        **extra,
     }
 
 
@@ -289,14 +316,9 @@ class ArmRun:
             for name, p in self.params:
                 if name not in self.carry:
                     p.grad = None
-            i = self.steps % self.n
-            b, r = self.batches[i], self.replays[i]
-            loss = r.loss(self.twin, b.args, b.kwargs)
-            self.values.append(loss.detach().float().reshape(()))
-            if not torch.isfinite(self.values[-1]):
+            if not self._accumulate():
                 self.diverged = True
                 break
-            loss.backward()
             if self.clip is not None:
                 self.clip()
             self.opt.step()
@@ -304,13 +326,36 @@ class ArmRun:
         self.rng = _rng_state(self.twin)
         self.end = math.inf if self.diverged else _score(self.twin, self.setup, self.scorer, self.n)
 
+    def _accumulate(self) -> bool:
+        """One optimizer step's backward passes: the arm's micro-batches (one batch, but for
+        an accumulation run), each loss times the arm's scale; their mean loss is the curve's
+        point. False, with nothing backpropagated after it, at a non-finite loss."""
+        micro, scale = self.arm.micro, self.arm.loss_scale
+        total = None
+        for m in range(micro):
+            i = (self.steps * micro + m) % self.n
+            b, r = self.batches[i], self.replays[i]
+            loss = r.loss(self.twin, b.args, b.kwargs)
+            value = loss.detach().float().reshape(())
+            total = value if total is None else total + value
+            if not torch.isfinite(value):
+                self.values.append(total / (m + 1))
+                return False
+            (loss if scale == 1.0 else loss * scale).backward()
+        self.values.append(total / micro)
+        return True
+
     def finish(self) -> None:
         if not self.diverged:
             _set_rng_state(self.twin, self.rng)
-            i = self.steps % self.n
-            b, r = self.batches[i], self.replays[i]
+            micro = self.arm.micro
             with torch.no_grad():
-                self.values.append(r.loss(self.twin, b.args, b.kwargs).detach().float().reshape(()))
+                total = 0.0
+                for m in range(micro):
+                    i = (self.steps * micro + m) % self.n
+                    b, r = self.batches[i], self.replays[i]
+                    total = total + r.loss(self.twin, b.args, b.kwargs).detach().float()
+                self.values.append((total / micro).reshape(()))
         self.curve = [float(v) for v in torch.stack(self.values).cpu()] if self.values else []
 
 
