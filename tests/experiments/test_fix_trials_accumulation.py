@@ -155,3 +155,73 @@ def test_user_run_is_bit_identical_with_and_without_the_trial(tmp_path):
         tried = [f for f in report.findings if "trial" in f.evidence]
         assert bool(tried) is on
     same(snaps[False], snaps[True])
+
+
+# -- TD109: `loss / k` on a few micro-batches only (a first-batch debug block) ---------------
+
+
+def debug_block_scaling(tmp, opt_class, settings: dict, k: int = 4):
+    """`loss / k` sits in a debug block that runs on the first micro-batch only: every other
+    micro-batch loss is summed unscaled (TD109, an error)."""
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = opt_class(model.parameters(), **settings)
+    x, y = _data()
+    with experiments.enable(), td.watch(model, opt, out_dir=tmp, console=False) as doc:
+        for s in range(30):
+            for m in range(k):
+                i = (s * k + m) % 16 * 32
+                loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                if s == 0 and m == 0:
+                    loss = loss / k  # BUG: the scaling runs in the debug block only
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert not doc.report.internal_errors, doc.report.internal_errors
+    (finding,) = [f for f in doc.report.findings if f.code == "TD109"]
+    return finding, finding.evidence["trial"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "opt_class, settings, verdict",
+    [
+        (torch.optim.SGD, {"lr": 2.0}, "fix helps"),
+        (torch.optim.Adam, {"lr": 1e-3}, "fix does not help"),
+    ],
+    ids=["sgd", "adam"],
+)
+def test_td109_debug_block_scaling(tmp_path, opt_class, settings, verdict):
+    finding, trial = debug_block_scaling(tmp_path, opt_class, settings)
+    assert trial["verdict"] == verdict, trial
+    assert trial["fix"] == "loss / 4 on every micro-batch"
+    assert trial["note"].startswith("as written every pass is scaled by 1 (1 of 120 passes")
+    assert trial["note"] in finding.cause
+    if opt_class is torch.optim.Adam:
+        assert trial["note"].endswith(
+            "Adam is invariant to the loss scale: the fix changes the epsilon only"
+        )
+
+
+def test_td109_without_accumulation_says_why_not():
+    """One forward a step: which scale is right is not the trial's to guess."""
+    from traindoctor.experiments.fixes import NotRun, plan_for
+    from traindoctor.experiments.runner import Setup
+    from traindoctor.findings import Finding, Severity
+
+    model = _mlp()
+    setup = Setup(model=model, init_state=None, optimizer_class=torch.optim.SGD)
+    finding = Finding(
+        code="TD109",
+        name="accumulation-scaling-inconsistent",
+        severity=Severity.ERROR,
+        title="t",
+        step=1,
+        evidence={"factors": {"1": 30, "1/4": 1}},
+    )
+    plan = plan_for(finding, setup)
+    assert isinstance(plan, NotRun) and plan.reason.startswith("one forward a step"), plan
+    setup.micro_batches = 4
+    assert not isinstance(plan_for(finding, setup), NotRun)
+    setup.micro_batches = 3  # no pass divided by 3
+    assert plan_for(finding, setup).reason == "no pass is divided by the 3 micro-batches a step"

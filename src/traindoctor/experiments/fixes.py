@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -79,6 +80,7 @@ FIX_NAMES = {
     "TD210": "lr x0.1",
     "TD206": "lr x0.1",
     "TD515": "each micro-batch loss divided by the micro-batches a step",
+    "TD109": "every micro-batch loss divided by the micro-batches a step",
 }
 # Warnings whose fix is tried too (the trials are otherwise for errors only).
 WARNING_TRIALS = frozenset({"TD515"})
@@ -272,14 +274,63 @@ def _divide_accumulated(finding: Finding, setup: Setup) -> Plan | NotRun:
         # Each micro-batch divided by its own target count: the replayed call is a mean, and
         # the run's count-normalized sum is not what it reproduces.
         return NotRun(fix, "each micro-batch loss is divided by its own target count")
+    return Plan(fix, {"micro": k}, {"loss_scale": 1.0 / k}, note=_scale_note(setup))
+
+
+def _scale_note(setup: Setup) -> str | None:
+    """What a loss-scale fix can change under an Adam-like optimizer, or None."""
     name = getattr(setup.optimizer_class, "__name__", "")
-    note = None
-    if name in SCALE_INVARIANT:
-        # Adam-like updates divide the gradient by its own running size: scaling the loss by
-        # 1/k leaves them as they were but for the clipping threshold and epsilon.
-        changes = "the clipping and the epsilon only" if setup.clip else "the epsilon only"
-        note = f"{name} is invariant to the loss scale: the fix changes {changes}"
-    return Plan(fix, {"micro": k}, {"loss_scale": 1.0 / k}, note=note)
+    if name not in SCALE_INVARIANT:
+        return None
+    # Adam-like updates divide the gradient by its own running size: scaling the loss by 1/k
+    # leaves them as they were but for the clipping threshold and epsilon.
+    changes = "the clipping and the epsilon only" if setup.clip else "the epsilon only"
+    return f"{name} is invariant to the loss scale: the fix changes {changes}"
+
+
+COMMON_SHARE = 0.9  # TD109's trial replays one scale: the run's on this share of passes at least
+
+
+@fix_for("TD109")
+def _same_scale(finding: Finding, setup: Setup) -> Plan | NotRun:
+    """Where it fits: an accumulation run (k micro-batches a step, as captured) whose passes
+    are scaled by one constant c but for a few (a `loss / k` in a first-batch debug block),
+    and 1/k among the run's factors. As written: every pass times c (the few odd passes are
+    not replayed); the fix: every pass times 1/k."""
+    k = setup.micro_batches
+    fix = f"loss / {k} on every micro-batch" if k >= 2 else FIX_NAMES["TD109"]
+    why = _needs_optimizer(setup)
+    if why:
+        return NotRun(fix, why)
+    if k < 2:
+        return NotRun(fix, "one forward a step: no accumulation window to divide over")
+    if k > MAX_MICRO:
+        return NotRun(fix, f"{k} micro-batches a step: over the {MAX_MICRO} a trial replays")
+    try:
+        counts = {
+            float(Fraction(str(s))): int(n)
+            for s, n in (finding.evidence.get("factors") or {}).items()
+        }
+    except (ValueError, ZeroDivisionError, TypeError):
+        return NotRun(fix, "the run's loss scales were not measured")
+    total = sum(counts.values())
+    if not counts or total <= 0:
+        return NotRun(fix, "the run's loss scales were not measured")
+    common = max(counts, key=lambda f: counts[f])
+    if counts[common] < COMMON_SHARE * total:
+        return NotRun(
+            fix, f"the scale differs on {total - counts[common]} of {total} passes: not replayed"
+        )
+    if not any(abs(f * k - 1.0) < 1e-6 for f in counts):
+        return NotRun(fix, f"no pass is divided by the {k} micro-batches a step")
+    if abs(common * k - 1.0) < 1e-6:
+        return NotRun(fix, f"most passes are divided by {k} already: only the odd ones differ")
+    odd = total - counts[common]
+    notes = [f"as written every pass is scaled by {common:g} ({odd} of {total} passes were not)"]
+    notes += [n for n in (_scale_note(setup),) if n]
+    return Plan(
+        fix, {"micro": k, "loss_scale": common}, {"loss_scale": 1.0 / k}, note="; ".join(notes)
+    )
 
 
 def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:

@@ -94,6 +94,8 @@ class Setup:
     # The script's gradient clipping: (clip_grad_norm_ | clip_grad_value_, threshold, indices
     # into model.parameters()), seen while the batches were captured (trials.py replays it).
     clip: tuple[str, float, list[int]] | None = None
+    # The most training forwards of a captured step (gradient accumulation's micro-batches).
+    micro_batches: int = 1
 
 
 def clone_tree(obj: Any, depth: int = 0) -> Any:

@@ -458,7 +458,10 @@ class CaptureProbe(Probe):
         from ..experiments.trial_record import EVENT, payload
         from ..experiments.trials import run_trials
 
-        tried = run_trials(self.setup, findings, self.why_not(), self.loss_parts())
+        parts = self.loss_parts()
+        if parts is not None:
+            self.setup.micro_batches = int(parts["micro_batches"])  # TD109's trial reads it
+        tried = run_trials(self.setup, findings, self.why_not(), parts)
         if self._rec is not None:
             # In the timeline: every later diagnosis of it (`report --rediagnose`) re-attaches
             # each trial to its finding (diagnosis.py).
