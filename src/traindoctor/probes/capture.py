@@ -455,7 +455,7 @@ class CaptureProbe(Probe):
         (experiments/trials.py), when the experiments are on; the findings otherwise."""
         if not experiments.enabled() and self.setup is None and self.skipped is None:
             return findings
-        from ..experiments.trial_record import EVENT, payload
+        from ..experiments.trial_record import payload
         from ..experiments.trials import run_trials
 
         parts = self.loss_parts()
@@ -468,7 +468,7 @@ class CaptureProbe(Probe):
             step = self.ctx.state.step if self.ctx is not None else 0
             for f in tried:
                 if "trial" in f.evidence:
-                    self._rec.event(step, EVENT, **payload(f))
+                    self._rec.event(step, "fix_trial", **payload(f))
         return tried
 
 
