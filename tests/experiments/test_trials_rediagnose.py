@@ -120,3 +120,16 @@ def test_reattach_matches_by_key_and_ranks_again():
 def test_no_trial_event_leaves_the_findings_as_they_are():
     findings = [_finding("TD106")]
     assert reattach([], findings) is findings
+
+
+@pytest.mark.slow
+def test_rediagnose_keeps_a_warnings_trial(tmp_path):
+    """TD515's trial (a warning, demoted: Adam is scale-invariant) comes back the same."""
+    from .test_fix_trials_accumulation import adam_clipped
+
+    with experiments.enable():
+        report = adam_clipped(tmp_path)
+    live, again = _rediagnosed(Path(report.run_dir))
+    (trial,) = [f["evidence"]["trial"] for f in live["findings"] if f["code"] == "TD515"]
+    assert trial["verdict"] == "fix does not help"
+    assert again["findings"] == live["findings"]
