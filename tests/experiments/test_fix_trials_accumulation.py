@@ -225,3 +225,16 @@ def test_td109_without_accumulation_says_why_not():
     assert not isinstance(plan_for(finding, setup), NotRun)
     setup.micro_batches = 3  # no pass divided by 3
     assert plan_for(finding, setup).reason == "no pass is divided by the 3 micro-batches a step"
+
+
+@pytest.mark.slow
+def test_over_the_budget_counts_the_micro_batches(tmp_path, monkeypatch):
+    from traindoctor.experiments import trials
+
+    # 60 steps of this 676-param MLP fit 5e4 parameter-steps; 60 steps of 4 micro-batches do not.
+    monkeypatch.setattr(trials, "BUDGET", 5e4)
+    report, *_ = sgd_zero_code(tmp_path)
+    _, trial = _trial(report)
+    assert trial["verdict"].startswith(
+        "not run: a trial costs 60 steps (4 micro-batches each) of the 0.000676M-param"
+    ), trial

@@ -96,8 +96,7 @@ def run_trials(
     runnable = sum(isinstance(p, Plan) for p in plans.values())
     size = sum(p.numel() for p in setup.model.parameters()) if setup is not None else 0
     # A replayed step costs a forward and backward per micro-batch (an accumulation run).
-    size *= baseline.micro
-    affordable = int(BUDGET // max(2 * STEPS * size, 1))
+    affordable = int(BUDGET // max(2 * STEPS * size * baseline.micro, 1))
     trials = min(runnable, MAX_TRIALS, affordable)
     rounds = min(ROUNDS, affordable // trials) if trials else 0
     tried = 0
@@ -112,7 +111,7 @@ def run_trials(
         if key in done:
             trial = dict(done[key])
         elif isinstance(plan, Plan) and tried >= trials:
-            trial = _not_run(plan.fix, _over_budget(tried, size))
+            trial = _not_run(plan.fix, _over_budget(tried, size, baseline.micro))
         elif isinstance(plan, NotRun):
             trial = _not_run(plan.fix, plan.reason)
         else:
@@ -127,12 +126,13 @@ def _key(plan: Plan, baseline: Arm) -> Any:
     return (plan.fix, written, written.merged(plan.with_fix), plan.same_loss)
 
 
-def _over_budget(tried: int, size: int) -> str:
+def _over_budget(tried: int, size: int, micro: int = 1) -> str:
     if tried >= MAX_TRIALS:
         return f"{MAX_TRIALS} trials already run at this close"
+    passes = f" ({micro} micro-batches each)" if micro > 1 else ""
     return (
-        f"a trial costs {2 * STEPS} steps of the {size / 1e6:.3g}M-param model on a copy, over "
-        f"the {BUDGET:.0e} parameter-steps the trials may spend at close"
+        f"a trial costs {2 * STEPS} steps{passes} of the {size / 1e6:.3g}M-param model on a "
+        f"copy, over the {BUDGET:.0e} parameter-steps the trials may spend at close"
     )
 
 
