@@ -275,23 +275,35 @@ class Walk:
         # next step / detach if that backward raised).
         self._gc_was_enabled = gc.isenabled()
         gc.disable()
+        # Nodes whose output reaches the loss linearly (sums, means, scaling by a constant):
+        # their additive inputs are terms of the loss. An add with a None input deeper, under
+        # a product or a division of two live values (a Dice loss's `(inter + eps) / (union +
+        # eps)`, `input.sum() + target.sum()`), adds a constant inside a term, not a term.
+        on_term: set[int] = {id(root.grad_fn)}
         for node in graph_nodes(root, limit + 1):
             if self.visited == limit:
                 self.truncated = True
                 break
             self.visited += 1
             kind = type(node).__name__
-            for fn, _ in getattr(node, "next_functions", ()):
+            term = id(node) in on_term
+            nexts = getattr(node, "next_functions", ())
+            linear = term and _passes_terms(kind, nexts)
+            for fn, _ in nexts:
                 if fn is not None:
                     consumers[id(fn)] = consumers.get(id(fn), 0) + 1
+                    if linear:
+                        on_term.add(id(fn))
             vkey = _view_key(node, kind)
             if vkey is not None:
                 views[vkey] = views.get(vkey, 0) + 1
             if kind == "AccumulateGrad":
                 continue
             op = op_name(node)
-            detached = kind in ("AddBackward0", "SubBackward0") and any(
-                fn is None for fn, _ in node.next_functions
+            detached = (
+                term
+                and kind in ("AddBackward0", "SubBackward0")
+                and any(fn is None for fn, _ in node.next_functions)
             )
             if focus and not (
                 op in BLOCKING_OPS or op == "nan_to_num" or detached or _traced(node)
@@ -446,6 +458,25 @@ _VIEWS = frozenset(
         "AliasBackward0",
     }
 )
+
+
+# Nodes through which a loss term stays a term: the gradient passes unchanged or scaled by a
+# constant (sums, means, negation, reshapes; a product or quotient with one live input).
+_LINEAR_NODES = frozenset(
+    {"AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "RsubBackward0"}
+    | {"RsubBackward1", "NegBackward0", "MeanBackward0", "MeanBackward1", "SumBackward0"}
+    | {"SumBackward1", "CloneBackward0", "ViewBackward0", "ReshapeAliasBackward0"}
+    | {"UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1", "MulBackward1"}
+    | {"DivBackward1", "ToCopyBackward0"}
+)
+
+
+def _passes_terms(kind: str, nexts: Any) -> bool:
+    if kind in _LINEAR_NODES:
+        return True
+    if kind in ("MulBackward0", "DivBackward0"):
+        return sum(fn is not None for fn, _ in nexts) == 1
+    return False
 
 
 def _view_key(node: Any, kind: str) -> tuple[Any, ...] | None:

@@ -37,9 +37,12 @@ def _model_out() -> tuple[torch.Tensor, torch.Tensor]:
     return lin(torch.randn(8, 6)), torch.randint(0, 4, (8,))
 
 
-def _track(fn) -> list[dict]:
+def _track(fn, constants: list[dict] | None = None) -> list[dict]:
+    """The cuts reported while `fn` runs; the Python numbers added to the loss (not cuts)
+    go to `constants` when given."""
     facts: list[dict] = []
-    tracker = CutTracker(facts.append)
+    kept = constants if constants is not None else []
+    tracker = CutTracker(lambda f: (kept if f["found"] == "constant" else facts).append(f))
     assert tracker.start()
     try:
         fn()
@@ -175,7 +178,11 @@ def test_healthy_uses_are_silent():
         total = total + loss  # accumulation into a constant tensor: no cut
         return total, logged
 
-    assert _track(loss_code) == []
+    constants: list[dict] = []
+    assert _track(loss_code, constants) == []
+    # `+ 0.0` adds a Python number: reported so that TD302 does not take its add (a None
+    # input in the graph, like a detached term's) for a detached term.
+    assert [c["added_at"].rsplit(":", 1)[0] for c in constants] == ["tests/probes/test_cuts.py"]
 
 
 def test_item_is_only_a_hint():

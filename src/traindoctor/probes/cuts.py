@@ -66,6 +66,7 @@ _ITEM = frozenset({"item", "tolist"})
 MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
 MAX_ORIGINS = 256
 MAX_ITEMS = 64
+MAX_CONSTANTS = 16  # lines where a Python number is added to the loss, reported
 
 _TORCH_DIR = _source.TORCH_DIR
 _PKG_DIR = _source.PKG_DIR
@@ -158,6 +159,7 @@ class CutTracker(TorchFunctionMode):
         self._items: dict[float, str] = {}  # value of a user `.item()` -> its line
         self._sinks: dict[int, tuple[weakref.ref, str]] = {}  # operand id -> line it was added
         self._reported: set[tuple[Any, ...]] = set()
+        self._constants: set[str] = set()  # lines adding a Python number to a live scalar
         self.calls = 0  # torch calls seen (for the cost measurements)
 
     # -- window ---------------------------------------------------------------------------
@@ -315,6 +317,7 @@ class CutTracker(TorchFunctionMode):
         if cut is None:
             number = next((a for a in args if isinstance(a, float) and a in self._items), None)
             if number is None:
+                self._constant(name, args)
                 return
             item_at = self._items[number]
         where = _caller()
@@ -330,6 +333,26 @@ class CutTracker(TorchFunctionMode):
             if operand is not None:
                 self._sinks[id(operand)] = (weakref.ref(operand), added_at)
         self._report({**fact, "numpy": numpy, "found": "term", "added_at": added_at, "part": None})
+
+    def _constant(self, name: str, args: tuple[Any, ...]) -> None:
+        """A Python number added to a live scalar (`(inter + eps) / (union + eps)`): in the
+        graph its add has a None input, as a detached term's has; the line is reported so
+        that TD302 does not take that add for one."""
+        if len(self._constants) >= MAX_CONSTANTS or not any(
+            isinstance(a, int | float) and not isinstance(a, bool) for a in args
+        ):
+            return
+        where = _caller()
+        if where is None or where is _INTERNAL:
+            return
+        added_at = f"{_source.relpath(where[0])}:{where[1]}"
+        if added_at in self._constants:
+            return
+        self._constants.add(added_at)
+        self.on_cut(
+            {"cut": "constant", "cut_op": name, "cut_at": None, "cut_code": "", "numpy": False}
+            | {"found": "constant", "added_at": added_at, "part": None}
+        )
 
     def parts(self, parts: dict[str, Any]) -> None:
         """Report logged loss parts that are cut-derived (or numbers equal to a `.item()`)."""

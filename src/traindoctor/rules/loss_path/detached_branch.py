@@ -87,6 +87,9 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
         return
     # Lines where TD301 reports the cut (an argmax, an integer cast): not a detach.
     op_sites = {c.get("added_at") for c in cuts if c.get("cut") in OP_KINDS}
+    # Lines that add a Python number (a Dice loss's epsilon): the same graph node as a
+    # detached term, but a constant on purpose.
+    op_sites |= {c.get("added_at") for c in cuts if c.get("found") == "constant"}
     for e in _walks(tl):
         for n in e.get("nodes") or ():
             if not n.get("detached_input") or not n.get("grad_in"):
