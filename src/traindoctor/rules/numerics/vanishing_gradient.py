@@ -222,10 +222,45 @@ def vanishing_gradient(
         },
         where=Where(module=first, params=names),
         cause=f"the relative gradient ||grad||/||θ|| of `{first}` is {fmt(med[first])} against "
-        f"{fmt(reference)} for the median layer: the gradient shrinks on its way back through "
-        "the layers after it (saturating activations such as sigmoid/tanh, whose derivative is "
-        "at most 0.25/1, multiplied layer after layer), so these layers barely train",
-        fix="use non-saturating activations (ReLU/GELU) with a matching init (kaiming_normal_), "
-        "or add normalization (LayerNorm/BatchNorm) or residual connections; raising the "
+        f"{fmt(reference)} for the median layer: "
+        + _shrink_cause(layer_order(params, med), med, first, reference, types),
+        fix=(
+            "use non-saturating activations (ReLU/GELU) with a matching init (kaiming_normal_), "
+            if any(str(t) in SATURATING for t in types.values())
+            else "init the layers with a gain that matches the activation "
+            "(kaiming_normal_(w, nonlinearity='relu') for ReLU/GELU), "
+        )
+        + "or add normalization (LayerNorm/BatchNorm) or residual connections; raising the "
         "learning rate does not help the early layers",
     )
+
+
+SATURATING = ("Sigmoid", "Tanh", "Hardtanh", "Softsign", "LogSigmoid", "Hardsigmoid")
+
+
+def _shrink_cause(
+    order: list[str], med: dict[str, float], first: str, reference: float, types: dict
+) -> str:
+    """How the gradient shrinks, from the measured layers, and the cause the model's own
+    activation modules point to (saturating ones, or none: the scale lost layer by layer)."""
+    between = [layer for layer in order if med.get(layer, 0) > med[first]]
+    k = max(1, sum(1 for layer in between if med[layer] <= reference))
+    per_layer = (reference / med[first]) ** (1 / k) if med[first] > 0 else None
+    shrink = (
+        f"it shrinks about {per_layer:.2g}x per layer over the {k} layers up to the median one"
+        if per_layer
+        else "it shrinks on its way back through the layers after it"
+    )
+    saturating = sorted({t for t in types.values() if str(t) in SATURATING})
+    if saturating:
+        why = (
+            f"the model's {', '.join(saturating)} activations (derivative at most 0.25 for "
+            "sigmoid, 1 for tanh, near 0 in their tails) multiply it layer after layer"
+        )
+    else:
+        why = (
+            "the model has no saturating activation module, so the signal itself loses scale "
+            "layer after layer (an init whose gain does not match the activation, with no "
+            "normalization or residual path to restore it)"
+        )
+    return f"{shrink}: {why}, so these layers barely train"
