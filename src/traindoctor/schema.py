@@ -814,6 +814,11 @@ _signal("job.sync", "per step: {rank: that rank's ranks.sync}")
 _signal("job.save", "per step: {rank: that rank's ranks.save}")
 _signal("job.loader", "once: {rank: that rank's ranks.loader}")
 _signal("job.collectives", "per step: {rank: that rank's ranks.collectives}")
+_signal(
+    "job.val",
+    "per validation step: {rank: {name: the one value that rank logged in the validation}} "
+    "(loss.val as 'loss', and its validation_metrics)",
+)
 
 # -- experiments on a copy (issue 17) -------------------------------------------------------
 # Run at close under `traindoctor check` (or TRAINDOCTOR_EXPERIMENTS=1): Karpathy's recipe on a

@@ -40,6 +40,11 @@ FOLDED = {
     "ranks.collectives": "job.collectives",
 }
 DDP = "ranks.ddp"  # folded at step 0: its last value per rank
+# What a rank logged inside its validations (doc.validating(), the frameworks' validation
+# loops): folded into `job.val` at the validation steps only, one value per name (TD609).
+VAL_LOSS = "loss.val"
+METRIC_PREFIX = "metric."
+JOB_VAL = "job.val"
 # The rank facts the job timeline keeps (from the lowest rank that has them): what diagnose
 # needs to judge a timeline at all, the rules the job was judged with, the params' names.
 KEPT_FACTS = ("models", "config", "params")
@@ -52,7 +57,7 @@ class _Sink:
         self.signals: dict[str, dict[int, Any]] = defaultdict(dict)
 
     def record(self, step: int, name: str, value: Any, key: str | None = None) -> None:
-        if name not in FOLDED and name != DDP:
+        if name not in FOLDED and name != DDP and not _validation_signal(name):
             return
         if key is None:
             self.signals[name][step] = value
@@ -87,7 +92,11 @@ def fold(job_dir: Path, world_size: int) -> Timeline:
         for key in KEPT_FACTS:
             if key not in tl.facts and key in loaded.facts:
                 tl.facts[key] = loaded.facts[key]
+        for step, values in _validation_values(sink.signals, loaded).items():
+            tl.record(step, JOB_VAL, values, key=rank)
         for name, data in sink.signals.items():
+            if _validation_signal(name):
+                continue
             if name == DDP:
                 if data:
                     ddp[rank] = data[max(data)]
@@ -100,6 +109,40 @@ def fold(job_dir: Path, world_size: int) -> Timeline:
         tl.record(0, "job.ddp", ddp)
     tl.last_step = max((v["last_step"] for v in read.values()), default=0)
     return tl
+
+
+def _validation_signal(name: str) -> bool:
+    return name == VAL_LOSS or name.startswith(METRIC_PREFIX)
+
+
+def _validation_values(signals: dict[str, dict[int, Any]], loaded: Any) -> dict[int, dict]:
+    """{validation step: {name: the one value logged}} of one rank: the validation loss
+    ("loss") and the metrics the rank logged inside a validation (its `validation_metrics`
+    fact), at the steps where it began a validation, where that name got exactly one value
+    (several are per-batch values, or a training value logged at the same step: not judged)."""
+    steps = {
+        int(e["step"])
+        for e in loaded.events
+        if isinstance(e, dict) and e.get("kind") == "validation" and "step" in e
+    }
+    if not steps:
+        return {}
+    names = {VAL_LOSS: "loss"}
+    for m in loaded.facts.get("validation_metrics") or []:
+        if isinstance(m, str):
+            names[METRIC_PREFIX + m] = m
+    out: dict[int, dict] = {}
+    for sig, label in names.items():
+        for step, value in signals.get(sig, {}).items():
+            if step not in steps:
+                continue
+            if isinstance(value, list):
+                if len(value) != 1:
+                    continue
+                value = value[0]
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out.setdefault(step, {})[label] = float(value)
+    return out
 
 
 def job_rules(recorded_config: Any = None) -> list[Any]:

@@ -13,6 +13,7 @@ from .distributed import (
     sampler_epoch_not_set,
     step_without_grad_sync,
     unused_params_ddp,
+    validation_metric_not_synced,
 )
 from .eval_hygiene import (
     eval_mode_during_training,
@@ -135,6 +136,7 @@ CATALOG = (
     step_without_grad_sync,  # TD606
     checkpoint_written_by_every_rank,  # TD607
     collective_on_some_ranks,  # TD608
+    validation_metric_not_synced,  # TD609
     loss_at_init_off,  # TD701
     cannot_overfit_one_batch,  # TD702
     output_ignores_input,  # TD703
