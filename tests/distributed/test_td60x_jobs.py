@@ -1,4 +1,4 @@
-"""The cross-rank rules (TD601-TD608) on real 2-rank torchrun jobs (gloo, CPU):
+"""The cross-rank rules (TD601-TD609) on real 2-rank torchrun jobs (gloo, CPU):
 every buggy scenario of src/traindoctor/scenarios/distributed/ gets its rule first in the job's
 merged findings.json, naming the ranks; every healthy twin gets no warning and no error (DDP
 with BatchNorm and broadcast buffers, a DistributedSampler with set_epoch, ranks on different
@@ -141,6 +141,15 @@ def test_td608_names_the_rank_the_collective_and_how_the_job_ended(results):
     assert f["evidence"]["called_by"] == [0] and f["evidence"]["not_called_by"] == [1]
     assert f["evidence"]["collective"] == "all_reduce" and f["step"] == 8
     assert data["run"]["ended"] == "abnormal" and data["run"]["abnormal_ranks"] == [0]
+
+
+def test_td609_names_the_metric_and_each_ranks_value(results):
+    data, _ = results["ddp_val_loss_on_own_shard"]
+    f = data["findings"][0]
+    ev = f["evidence"]
+    assert ev["metric"] == "loss" and ev["metrics"] == ["loss", "val_acc"]
+    assert ev["validations"] == 2 and sorted(ev["values"]) == ["0", "1"]
+    assert ev["values"]["0"] != ev["values"]["1"] and f["ranks"] == [0, 1]
 
 
 # One rank of the healthy BatchNorm job, its collectives counted and its trained parameters
