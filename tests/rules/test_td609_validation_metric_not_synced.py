@@ -74,3 +74,11 @@ def test_without_validations_silent():
         params=["module.w"], steps={0: {"job.ranks": {"0": {}, "1": {}}}}, last_step=4
     )
     assert_silent("TD609", tl)
+
+
+def test_a_ranks_own_timing_or_memory_is_not_judged():
+    per_rank = {
+        "0": lambda s: {"loss": 0.5, "val_time": 1.25, "samples_per_second": 800.0},
+        "1": lambda s: {"loss": 0.5, "val_time": 1.5, "samples_per_second": 700.0},
+    }
+    assert_silent("TD609", _job(per_rank))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,12 @@ from .._registry import rule
 # all-reduce (or a metric computed on gathered data) gives every rank the same number, at most
 # float32 rounding apart when ranks reduce in another order; per-shard values differ by far more.
 REL_TOL = 1e-5
+# Names that say a value is a rank's own by nature (its time, speed, memory, rank, the lr or
+# the epoch counter): differing across ranks says nothing about the validation data.
+_OWN_TOKENS = frozenset(
+    ("time", "runtime", "duration", "sec", "secs", "second", "seconds", "throughput", "speed")
+    + ("mem", "memory", "gpu", "rank", "lr", "epoch", "step", "it")
+)
 
 
 @rule(
@@ -55,8 +62,9 @@ def validation_metric_not_synced(tl: TimelineView) -> Iterator[Finding]:
     several times in one validation, per batch, is not judged). A name is reported when it was
     logged by at least two ranks at one or more common validations and, at every one of them,
     the ranks' values differ by more than a relative 1e-5 (far beyond float rounding).
-    Training losses are per rank by design and are never read. A value logged on rank 0 only
-    cannot be compared: silent.
+    Training losses are per rank by design and are never read; nor are values whose name says
+    they are a rank's own (time, speed, memory, rank, lr, epoch, step). A value logged on rank
+    0 only cannot be compared: silent.
 
     ## Example
     ```python
@@ -90,6 +98,8 @@ def validation_metric_not_synced(tl: TimelineView) -> Iterator[Finding]:
             if not isinstance(values, dict):
                 continue
             for name, v in values.items():
+                if _own(name):
+                    continue
                 if isinstance(v, int | float) and math.isfinite(v):
                     per_name.setdefault(name, {})[r] = float(v)
         for name, vals in per_name.items():
@@ -138,6 +148,10 @@ def validation_metric_not_synced(tl: TimelineView) -> Iterator[Finding]:
             "compute()), or evaluate on rank 0 over the whole validation set"
         ),
     )
+
+
+def _own(name: str) -> bool:
+    return bool(_OWN_TOKENS & set(re.split(r"[^a-z0-9]+", name.lower())))
 
 
 def _spread(values: dict[str, float]) -> float:
