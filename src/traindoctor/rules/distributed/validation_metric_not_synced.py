@@ -85,7 +85,9 @@ def validation_metric_not_synced(tl: TimelineView) -> Iterator[Finding]:
 
     ## Known false positives
     Ranks that validate different data sets on purpose (one validation set per rank, each
-    reported separately under the same name) are reported.
+    reported separately under the same name) are reported; so are ranks that each estimate the
+    validation loss on their own random sample of the whole set on purpose (litgpt's
+    approximation): rank 0's logged value is then still its own sample's.
     """
     ranks = sorted((tl.at("job.ranks", 0) or {}), key=int)
     if len(ranks) < 2:
