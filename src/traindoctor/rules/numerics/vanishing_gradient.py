@@ -125,7 +125,7 @@ def _low(
     name="vanishing-gradient",
     severity=Severity.WARNING,
     summary="Layers whose gradients are orders of magnitude below the other layers'.",
-    requires=("grads.norm", "params.norm"),
+    requires=("grads.norm", "params.norm", "activations.sites"),
     facts=("module_types", "outcome", "params"),
     priority=45,
     state=lambda: RatioScan(),
@@ -208,6 +208,7 @@ def vanishing_gradient(
     first = low[0]
     names = tuple(n for layer in low for n in params_of(params, layer))
     top = max(med.values())
+    saturating = _saturating(tl, types)
     yield tl.finding(
         title=f"vanishing gradient: {len(low)} of {len(med)} layers get gradients "
         f"{reference / med[first]:.3g}x smaller than the median layer (first: `{first}`)",
@@ -223,10 +224,10 @@ def vanishing_gradient(
         where=Where(module=first, params=names),
         cause=f"the relative gradient ||grad||/||θ|| of `{first}` is {fmt(med[first])} against "
         f"{fmt(reference)} for the median layer: "
-        + _shrink_cause(layer_order(params, med), med, first, reference, types),
+        + _shrink_cause(layer_order(params, med), med, first, reference, saturating),
         fix=(
             "use non-saturating activations (ReLU/GELU) with a matching init (kaiming_normal_), "
-            if any(str(t) in SATURATING for t in types.values())
+            if saturating
             else "init the layers with a gain that matches the activation "
             "(kaiming_normal_(w, nonlinearity='relu') for ReLU/GELU), "
         )
@@ -235,14 +236,27 @@ def vanishing_gradient(
     )
 
 
-SATURATING = ("Sigmoid", "Tanh", "Hardtanh", "Softsign", "LogSigmoid", "Hardsigmoid")
+SATURATING = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Hardtanh": "hardtanh", "Softsign": "softsign"}
+SATURATING |= {"LogSigmoid": "logsigmoid", "Hardsigmoid": "hardsigmoid"}
+
+
+def _saturating(tl: TimelineView, types: dict) -> list[str]:
+    """The saturating activations the model uses: its modules, and the tanh/sigmoid calls
+    (functional ones included) the activations probe saw in its forward."""
+    kinds = {SATURATING[str(t)] for t in types.values() if str(t) in SATURATING}
+    for _, sites in tl.series("activations.sites"):
+        for info in (sites or {}).values():
+            kind = (info or {}).get("kind")
+            if kind in ("tanh", "sigmoid", "hardtanh"):
+                kinds.add(kind)
+    return sorted(kinds)
 
 
 def _shrink_cause(
-    order: list[str], med: dict[str, float], first: str, reference: float, types: dict
+    order: list[str], med: dict[str, float], first: str, reference: float, saturating: list[str]
 ) -> str:
     """How the gradient shrinks, from the measured layers, and the cause the model's own
-    activation modules point to (saturating ones, or none: the scale lost layer by layer)."""
+    activations point to (saturating ones, or none: the scale lost layer by layer)."""
     between = [layer for layer in order if med.get(layer, 0) > med[first]]
     k = max(1, sum(1 for layer in between if med[layer] <= reference))
     per_layer = (reference / med[first]) ** (1 / k) if med[first] > 0 else None
@@ -251,16 +265,15 @@ def _shrink_cause(
         if per_layer
         else "it shrinks on its way back through the layers after it"
     )
-    saturating = sorted({t for t in types.values() if str(t) in SATURATING})
     if saturating:
         why = (
-            f"the model's {', '.join(saturating)} activations (derivative at most 0.25 for "
+            f"the model's {'/'.join(saturating)} activations (derivative at most 0.25 for "
             "sigmoid, 1 for tanh, near 0 in their tails) multiply it layer after layer"
         )
     else:
         why = (
-            "the model has no saturating activation module, so the signal itself loses scale "
-            "layer after layer (an init whose gain does not match the activation, with no "
-            "normalization or residual path to restore it)"
+            "no tanh/sigmoid activation was seen in the model's forward, so the signal itself "
+            "loses scale layer after layer (an init whose gain does not match the activation, "
+            "with no normalization or residual path to restore it)"
         )
     return f"{shrink}: {why}, so these layers barely train"
