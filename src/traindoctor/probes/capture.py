@@ -179,7 +179,13 @@ class CaptureProbe(Probe):
             if isinstance(inp, torch.Tensor) and inp.requires_grad:
                 self._count(ctx.state.step, 1)
         if batch is not None and not self._wants(ctx.state.step):
-            if ctx.state.step == batch.step and torch.is_grad_enabled():
+            # Another loss before the captured call's backward: the step backpropagates more
+            # than that call. After it, it is the next micro-batch's (accumulation), not more.
+            if (
+                ctx.state.step == batch.step
+                and torch.is_grad_enabled()
+                and self._values.get("backward") is None
+            ):
                 inp = _arg(args, kwargs, 0, "input")
                 if isinstance(inp, torch.Tensor) and inp.requires_grad:
                     batch.several_losses = True
