@@ -28,7 +28,12 @@ VOCAB, SEQ = 64, 12
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    """Accelerate keeps its state in process-wide singletons: each test builds its own."""
+    """Accelerate keeps its state in process-wide singletons: each test builds its own, also
+    after another module's test left one (a Hugging Face Trainer builds an Accelerator with
+    gradient_accumulation_steps=1, which a later Accelerator(gradient_accumulation_steps=2)
+    would silently keep)."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
