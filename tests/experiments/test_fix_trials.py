@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import traindoctor as td
 from traindoctor import experiments
 from traindoctor.doctor import Doctor
-from traindoctor.experiments import trials
+from traindoctor.experiments import runner, trials
 from traindoctor.integrations.autopatch import attached
 from traindoctor.scenarios.demo import run_scenario
 from traindoctor.scenarios.grad_flow import td103_td108_optimizer_params as td103
@@ -375,14 +375,18 @@ def test_user_run_is_bit_identical_with_and_without_trials(runner, tmp_path):
 
 
 def test_memory_short_for_two_copies_is_said(tmp_path, monkeypatch):
-    monkeypatch.setattr(trials, "available_memory", lambda device: 1024)
     torch.manual_seed(0)
     model = mlp()
+    # Enough free memory for the experiments' one copy (5x the model), not for a trial's two
+    # (8x): the trial says so itself.
+    size = runner.model_bytes(model)[0]
+    free = int(size * 6.5 / runner.MEMORY_HEADROOM)
+    monkeypatch.setattr(runner, "available_memory", lambda device: free)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with experiments.enable():
         report = loop(tmp_path, model, opt, steps=20, zero_grad=False)
     (finding,) = [f for f in report.findings if f.code == "TD106"]
-    assert finding.evidence["trial"]["verdict"].startswith("not run: memory short on cpu")
+    assert finding.evidence["trial"]["verdict"].startswith("not run: memory short on cpu: a trial")
 
 
 def test_over_the_budget_is_said(tmp_path, monkeypatch):

@@ -146,10 +146,13 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def memory_short(model: torch.nn.Module) -> str | None:
-    """Why a copy of this model should not be made now, or None when memory allows it."""
+def memory_short(
+    model: torch.nn.Module, factor: float = MEMORY_FACTOR, what: str = "the experiments need"
+) -> str | None:
+    """Why `factor` times this model's size should not be allocated now (a copy, its grads
+    and optimizer state), or None when memory allows it."""
     size, devices = model_bytes(model)
-    need = int(size * MEMORY_FACTOR)
+    need = int(size * factor)
     for device in devices:
         free = available_memory(device)
         if free is None:
@@ -158,8 +161,8 @@ def memory_short(model: torch.nn.Module) -> str | None:
             continue
         if need > free * MEMORY_HEADROOM:
             return (
-                f"memory short on {device}: the experiments need about {need / 2**20:.0f} MiB "
-                f"({MEMORY_FACTOR:g}x the model's {size / 2**20:.1f} MiB), "
+                f"memory short on {device}: {what} about {need / 2**20:.0f} MiB "
+                f"({factor:g}x the model's {size / 2**20:.1f} MiB), "
                 f"{free / 2**20:.0f} MiB free"
             )
     return None

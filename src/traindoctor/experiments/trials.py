@@ -37,15 +37,13 @@ from .fixes import (
     probability_module,
 )
 from .runner import (
-    MEMORY_HEADROOM,
     Batch,
     Replay,
     Setup,
-    available_memory,
     build_optimizer,
     fresh_copy,
     isolated,
-    model_bytes,
+    memory_short,
 )
 from .trial_record import with_trial
 
@@ -153,21 +151,9 @@ def _why_not(setup: Setup | None, skipped: str | None, parts: dict[str, Any] | N
 def _memory_short(model: torch.nn.Module) -> str | None:
     """Why two copies (both arms, each with its grads and two optimizer states) should not be
     made now, or None."""
-    size, devices = model_bytes(model)
-    need = int(size * TRIAL_MEMORY)
-    for device in devices:
-        free = available_memory(device)
-        if free is None:
-            if device.type != "cpu":
-                return f"free memory on {device} cannot be measured: not copied"
-            continue
-        if need > free * MEMORY_HEADROOM:
-            return (
-                f"memory short on {device}: a trial needs about {need / 2**20:.0f} MiB (two "
-                f"copies of the {size / 2**20:.1f} MiB model, their grads and optimizer "
-                f"states), {free / 2**20:.0f} MiB free"
-            )
-    return None
+    return memory_short(
+        model, TRIAL_MEMORY, "a trial (two copies, their grads and optimizer states) needs"
+    )
 
 
 def _not_the_run(parts: dict[str, Any] | None) -> str | None:
