@@ -485,23 +485,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _ClipWatch:
-    """The clip patches' listener interface (`_patches.AmpListener`): the clipping seen."""
+class _ClipWatch(_patches.AmpListener):
+    """The clip patches' listener: the clipping seen (AmpListener's other events are no-ops)."""
 
     def __init__(self, probe: CaptureProbe) -> None:
         self._probe = probe
 
     def clip_after(self, fn: str, params: Any, threshold: Any, result: Any) -> None:
         self._probe.clipped(fn, params, threshold)
-
-    def clip_before(self, *args: Any) -> None:
-        pass
-
-    def unscaled(self, *args: Any) -> None:
-        pass
-
-    def scaler_step(self, *args: Any) -> None:
-        pass
 
 
 def _nbytes(tree: Any) -> int:

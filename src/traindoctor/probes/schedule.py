@@ -247,23 +247,14 @@ class ScheduleProbe(Probe):
         rec.defer(step, SCHED_CLIP_NORM, result.detach().reshape(()).float(), append=True)
 
 
-class _ClipListener:
-    """The clip patches' listener interface (`_patches.AmpListener`), forwarding one event."""
+class _ClipListener(_patches.AmpListener):
+    """The clip patches' listener, forwarding clip_after (AmpListener's other events are no-ops)."""
 
     def __init__(self, probe: ScheduleProbe) -> None:
         self._probe = probe
 
     def clip_after(self, fn: str, params: Any, threshold: Any, result: Any) -> None:
         self._probe.clipped(fn, threshold, result)
-
-    def clip_before(self, *args: Any) -> None:
-        pass
-
-    def unscaled(self, *args: Any) -> None:
-        pass
-
-    def scaler_step(self, *args: Any) -> None:
-        pass
 
 
 def _number(value: Any) -> float | None:
