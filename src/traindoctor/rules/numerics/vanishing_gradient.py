@@ -236,8 +236,15 @@ def vanishing_gradient(
     )
 
 
-SATURATING = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Hardtanh": "hardtanh", "Softsign": "softsign"}
-SATURATING |= {"LogSigmoid": "logsigmoid", "Hardsigmoid": "hardsigmoid"}
+# Saturating activation modules -> the name their cause uses.
+SATURATING = {
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Hardtanh": "hardtanh",
+    "Softsign": "softsign",
+    "LogSigmoid": "logsigmoid",
+    "Hardsigmoid": "hardsigmoid",
+}
 
 
 def _saturating(tl: TimelineView, types: dict) -> list[str]:
