@@ -115,8 +115,29 @@ def user_source_with_code(skip: int = 1) -> dict[str, str] | None:
 _BASE_DIR = Path.cwd().resolve()
 
 
-@functools.lru_cache(maxsize=1024)
 def relpath(filename: str) -> str:
+    cell = _notebook_cell(filename)
+    return cell if cell is not None else _relpath(filename)
+
+
+def _notebook_cell(filename: str) -> str | None:
+    """`Cell In[N]` for code a Jupyter kernel compiled from cell N, as IPython's tracebacks
+    name it (the kernel's file is a temporary `ipykernel_<pid>/<hash>.py`). Not cached: a
+    cell run again maps the same file to its new number."""
+    if "ipykernel_" not in filename:
+        return None
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    try:
+        shell = get() if callable(get) else None
+        number = shell.compile._filename_map.get(filename) if shell is not None else None
+    except Exception:  # noqa: BLE001  (an IPython without the map: keep the path)
+        return None
+    return f"Cell In[{number}]" if isinstance(number, int) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _relpath(filename: str) -> str:
     try:
         rel = Path(filename).resolve().relative_to(_BASE_DIR)
         return str(rel)

@@ -308,6 +308,9 @@ for i in range(40):
     doc2.log(loss=step(model2, opt2, i))
 """
 
+# A finding's source line, taken in a cell: named as IPython's tracebacks name it.
+WHERE = "from traindoctor._source import user_source\nprint(user_source())"
+
 FACTS = "print(json.dumps([[r.status, [[f.code, f.title] for f in r.findings]] for r in (doc.report, doc2.report)]))"
 
 
@@ -352,6 +355,7 @@ def executed(tmp_path_factory):
         HEALTHY,
         "doc2.close()",
         FACTS,
+        WHERE,
     ]
     nb = new_notebook(cells=[new_code_cell(c) for c in cells])
     with pytest.MonkeyPatch.context() as mp:
@@ -400,6 +404,8 @@ def test_notebook_shows_live_status_then_the_report(executed):
     (healthy_report,) = _outputs(cells[4])  # `doc2.close()`: the report once, not twice
     assert 'class="badge healthy"' in healthy_report.data["text/html"]
     assert "healthy" in healthy_report.data["text/markdown"]
+    (where,) = [o for o in cells[6].outputs if o.output_type == "stream"]
+    assert where.text.strip() == "Cell In[7]:2", where.text  # not /tmp/ipykernel_<pid>/<hash>.py
     streams = [o.get("text", "") for c in cells for o in c.outputs if o.output_type == "stream"]
     assert not any("short summary" in s or "═" in s for s in streams)  # no console summary
 
