@@ -61,6 +61,18 @@ def test_td302_leaves_argmax_terms_to_td301():
     assert "added at train.py:20" in f.title and "gather" in f.fix
 
 
+def test_td302_skips_a_line_that_adds_a_python_number():
+    """`(inter + eps) / (sets_sum + eps)`: adding a constant leaves an add node with a None
+    input, as a detached term does; the cut tracker reports such lines as `constant`."""
+    node = {**path_node("add", 0.0, "train.py:20"), "detached_input": True}
+    constant = cut_event("constant", found="constant", at=None, op="add", code="")
+    assert run_code("TD302", with_cuts(constant, nodes=[node])) == []
+    # The same node on another line is still a detached term.
+    elsewhere = cut_event("constant", found="constant", added="train.py:9", at=None, code="")
+    (f,) = run_code("TD302", with_cuts(elsewhere, nodes=[node]))
+    assert f.where.source == "train.py:20"
+
+
 def test_item_alone_is_never_a_finding():
     tl = with_cuts(cut_event("item", at="train.py:30"), cut_event("item", found="part", part="aux"))
     assert run_code("TD302", tl) == []
