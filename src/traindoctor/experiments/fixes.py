@@ -46,6 +46,13 @@ class Arm:
     # micro-batch loss is multiplied by before its backward (the fix: 1/micro).
     micro: int = 1
     loss_scale: float = 1.0
+    # The run's lr per step is replayed (fidelity.py) unless this is set: one lr throughout.
+    constant_lr: bool = False
+    # TD204 (fix_amp.py): the GradScaler's gradients used still scaled, "clip" (clipped before
+    # unscale_) or "step" (optimizer.step() without the scaler); None: unscale_ first.
+    scaled: str | None = None
+    # A GradScaler's settings (sorted items) where the run's own was not seen (fix_amp.py).
+    scaler: tuple[tuple[str, Any], ...] | None = None
 
     def merged(self, other: dict[str, Any]) -> Arm:
         return Arm(**{**self.__dict__, **other})
@@ -242,7 +249,8 @@ def _lower_lr(finding: Finding, setup: Setup) -> Plan | NotRun:
     why = _needs_optimizer(setup)
     if why:
         return NotRun(fix, why)
-    return Plan(fix, {}, {"lr_scale": 0.1 * scale}, both={"lr_scale": scale})
+    # The lr the run had when it blew up, held: the run's schedule is not replayed (said).
+    return Plan(fix, {}, {"lr_scale": 0.1 * scale}, both={"lr_scale": scale, "constant_lr": True})
 
 
 def _lr_words(finding: Finding, setup: Setup) -> tuple[str, float]:
@@ -337,3 +345,6 @@ def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:
     """The finding's plan, its reason for none, or None when no fix is declared for it."""
     fn = FIXES.get(finding.code)
     return fn(finding, setup) if fn is not None else None
+
+
+from . import fix_amp  # noqa: E402, F401  (registers TD204's fix)

@@ -58,6 +58,10 @@ class Batch:
     # A probability op applied to the output before the loss, outside the model
     # (`F.cross_entropy(model(x).softmax(1), y)`): ("softmax" | "log_softmax" | "sigmoid", dim).
     squash: tuple[str, int | None] | None = None
+    # The autocast in force at the model's forward: (device type, dtype name), replayed the
+    # same; and whether the loss call itself ran under it too.
+    autocast: tuple[str, str] | None = None
+    loss_autocast: bool = False
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -96,6 +100,13 @@ class Setup:
     clip: tuple[str, float, list[int]] | None = None
     # The most training forwards of a captured step (gradient accumulation's micro-batches).
     micro_batches: int = 1
+    # The timeline keys of the groups' lr ("opt0/group1"), one per entry of `groups`.
+    lr_keys: list[str] = field(default_factory=list)
+    # Filled at close (experiments/fidelity.py): the lr each group had at each of the run's
+    # steps from attach on, the schedulers that drove it, and the enabled GradScaler's settings.
+    lrs: list[list[float]] | None = None
+    schedulers: list[str] = field(default_factory=list)
+    scaler: dict[str, Any] | None = None
 
 
 def clone_tree(obj: Any, depth: int = 0) -> Any:
@@ -210,7 +221,8 @@ class Replay:
 
     def output(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         b = self.batch
-        outs = list(iter_tensors(model(*args, **kwargs)))
+        with autocast_of(b):
+            outs = list(iter_tensors(model(*args, **kwargs)))
         if b.out_index >= len(outs):
             raise RuntimeError("the copy's output has fewer tensors than the captured one")
         out = outs[b.out_index]
@@ -227,8 +239,20 @@ class Replay:
     def loss(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         b = self.batch
         inp = self.output(model, args, kwargs)
-        out = inp if b.internal else self.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)
+        if b.internal:
+            out = inp
+        else:
+            with autocast_of(b) if b.loss_autocast else contextlib.nullcontext():
+                out = self.fn(inp, b.target, *b.loss_args, **b.loss_kwargs)
         return out if out.numel() == 1 else out.mean()
+
+
+def autocast_of(batch: Batch) -> contextlib.AbstractContextManager[Any]:
+    """The autocast the script's forward ran under (none: a no-op context)."""
+    if batch.autocast is None:
+        return contextlib.nullcontext()
+    device, dtype = batch.autocast
+    return torch.autocast(device, dtype=getattr(torch, dtype))
 
 
 def squashed(out: torch.Tensor, squash: tuple[str, int | None] | None) -> torch.Tensor:
@@ -312,6 +336,10 @@ def train_copy(
     if zero_inputs:
         args, kwargs = zeroed(args, kwargs, setup.batch.labels)
     opt = build_optimizer(setup, twin, lr_scale)
+    from .fidelity import new_scaler
+
+    # The run's GradScaler, fresh (float16 gradients underflow without it, as in the run).
+    scaler = new_scaler(setup.scaler)
     values: list[torch.Tensor] = []
     diverged = False
     for _ in range(steps):
@@ -323,6 +351,10 @@ def train_copy(
             break
         if isinstance(opt, torch.optim.LBFGS):
             opt.step(_closure(opt, replay, twin, args, kwargs))  # it raises without one
+        elif scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         else:
             loss.backward()
             opt.step()

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..findings import Finding, Severity, rank
+from .fidelity import StepDriver, describe
 from .fixes import (
     FIX_NAMES,
     STEPS,
@@ -248,6 +249,7 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
         "cost": f"{a.steps + w.steps} steps on a copy"
         + (f" ({k * (a.steps + w.steps)} forward and backward passes)" if k > 1 else ""),
         "summary": summary,
+        "replay": describe(setup, written, setup.batch),
         **({"clipping": f"{setup.clip[0]}({setup.clip[1]:g})"} if setup.clip else {}),
         **extra,
     }
@@ -285,6 +287,8 @@ class ArmRun:
         self.carry = set(arm.carry_grads)
         self.params = list(twin.named_parameters())
         self.clip = _clipping(setup, [p for _, p in self.params])
+        # The run's lr per step, its GradScaler and the order of unscale_/clip/step.
+        self.driver = StepDriver(setup, arm, self.opt, self.clip)
         self.values: list[torch.Tensor] = []
         self.curve: list[float] = []
         self.steps = 0
@@ -302,12 +306,11 @@ class ArmRun:
             for name, p in self.params:
                 if name not in self.carry:
                     p.grad = None
+            self.driver.set_lr(self.steps)
             if not self._accumulate():
                 self.diverged = True
                 break
-            if self.clip is not None:
-                self.clip()
-            self.opt.step()
+            self.driver.step()
             self.steps += 1
         self.rng = _rng_state(self.twin)
         self.end = math.inf if self.diverged else _score(self.twin, self.setup, self.scorer, self.n)
@@ -327,7 +330,7 @@ class ArmRun:
             if not torch.isfinite(value):
                 self.values.append(total / (m + 1))
                 return False
-            (loss if scale == 1.0 else loss * scale).backward()
+            self.driver.backward(loss if scale == 1.0 else loss * scale)
         self.values.append(total / micro)
         return True
 

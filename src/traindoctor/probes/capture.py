@@ -59,6 +59,7 @@ class CaptureProbe(Probe):
         self._outputs: list[torch.Tensor] = []
         self._listening = False
         self._training = True
+        self._autocast: tuple[str, str] | None = None
         self._in_forward = False
         self._internal: dict[str, Any] | None = None
         self._unmatched: list[str] = []
@@ -108,16 +109,18 @@ class CaptureProbe(Probe):
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         setup = Setup(model=model, init_state=state, optimizer_class=None)
         index = {id(p): i for i, p in enumerate(model.parameters())}
-        for opt in ctx.optimizers:
-            groups = []
-            for g in opt.param_groups:
+        for oi, opt in enumerate(ctx.optimizers):
+            groups, keys = [], []
+            for gi, g in enumerate(opt.param_groups):
                 ids = [index[id(p)] for p in g["params"] if id(p) in index]
                 if ids:
                     settings = {k: _plain(v) for k, v in g.items() if k != "params"}
                     groups.append((ids, settings))
+                    keys.append(f"opt{oi}/group{gi}")  # its lr per step (optim.lr)
             if groups:
                 setup.optimizer_class = type(opt)
                 setup.groups = groups
+                setup.lr_keys = keys
                 setup.defaults = {k: _plain(v) for k, v in opt.defaults.items()}
                 break
         self.setup = setup
@@ -143,6 +146,7 @@ class CaptureProbe(Probe):
             return
         self._pending = (args, kwargs)
         self._training = module.training
+        self._autocast = _autocast_now(module)  # replayed the same (experiments/runner.py)
         if self.setup.batch is None:
             # Each module's mode in the first captured forward (a BatchNorm frozen on purpose
             # stays in eval mode in the trials' replay).
@@ -268,6 +272,7 @@ class CaptureProbe(Probe):
             "input_shape": tuple(inp.shape),
             "step": ctx.state.step,
             "source": user_source(skip=2),
+            "autocast": _autocast_now(inp) is not None,
         }
         first = self.setup.batch is None
         self._capture(call, i, out, view, cast, squash=squash)
@@ -340,6 +345,8 @@ class CaptureProbe(Probe):
             input_shape=call["input_shape"],
             labels=labels,
             squash=squash,
+            autocast=self._autocast,
+            loss_autocast=bool(call.get("autocast")) or internal,
         )
         if first is None:
             self.setup.batch = batch
@@ -429,6 +436,7 @@ class CaptureProbe(Probe):
         """At close, hooks detached: the recipe on a copy, one `experiment` event each."""
         if not experiments.enabled() and self.setup is None and self.skipped is None:
             return
+        from ..experiments.fidelity import complete
         from ..experiments.recipe import run_recipe
 
         if self.setup is None or self.setup.batch is None:
@@ -437,6 +445,7 @@ class CaptureProbe(Probe):
                 return
             rec.event(step, "experiment", name="skipped", verdict="not_measured", reason=reason)
             return
+        complete(self.setup, rec.timeline, self.ctx.scaler if self.ctx is not None else None)
         for event in run_recipe(self.setup):
             rec.event(step, "experiment", **event)
 
@@ -464,6 +473,10 @@ class CaptureProbe(Probe):
         from ..experiments.trial_record import payload
         from ..experiments.trials import run_trials
 
+        if self._rec is not None and self.setup is not None and self.setup.lrs is None:
+            from ..experiments.fidelity import complete
+
+            complete(self.setup, self._rec.timeline, self.ctx.scaler if self.ctx else None)
         parts = self.loss_parts()
         if parts is not None:
             self.setup.micro_batches = int(parts["micro_batches"])  # TD109's trial reads it
@@ -476,6 +489,16 @@ class CaptureProbe(Probe):
                 if "trial" in f.evidence:
                     self._rec.event(step, "fix_trial", **payload(f))
         return tried
+
+
+def _autocast_now(where: Any) -> tuple[str, str] | None:
+    """(device type, dtype name) of the autocast in force for this module's or tensor's
+    device, or None."""
+    t = where if isinstance(where, torch.Tensor) else next(where.parameters(), None)
+    device = t.device.type if t is not None else "cpu"
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    return device, str(torch.get_autocast_dtype(device)).removeprefix("torch.")
 
 
 def _plain(value: Any) -> Any:
