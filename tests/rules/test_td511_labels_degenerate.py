@@ -29,3 +29,36 @@ def test_silent_on_balanced_labels_and_soft_targets():
     )
     soft = {**CE, "target_float": True, "target_shape": [32, 5]}
     assert_silent("TD511", site_timeline(soft, {1: {"t_min": 0.0, "t_max": 0.9}}))
+
+
+BCE = {
+    "fn": "binary_cross_entropy_with_logits",
+    "classes": None,
+    "input_shape": [8, 1, 16, 16],
+    "target_shape": [8, 1, 16, 16],
+    "target_float": True,
+    "target_dtype": "float32",
+}
+
+
+def test_binary_targets_read_as_0_255():
+    stats = {
+        2: {"t_min": 0.0, "t_max": 255.0, "loss": 9.8},
+        30: {"t_min": 0.0, "t_max": 255.0, "loss": -27.5},
+    }
+    f = assert_fires("TD511", site_timeline(BCE, stats))
+    assert f.evidence["target_max"] == 255.0 and f.evidence["negative_loss_steps"] == 1
+    assert "/ 255" in f.fix and "9.8 -> -27.5" in f.cause
+
+
+def test_binary_targets_normalized_like_the_image():
+    f = assert_fires("TD511", site_timeline(BCE, {2: {"t_min": -1.0, "t_max": 1.0}}))
+    assert f.evidence["target_min"] == -1.0 and "Normalize" in f.fix
+
+
+def test_silent_on_binary_targets_in_0_1():
+    # 0/1 masks, soft (smoothed) targets, and a loss that is not binary cross-entropy.
+    assert_silent("TD511", site_timeline(BCE, {2: {"t_min": 0.0, "t_max": 1.0}}))
+    assert_silent("TD511", site_timeline(BCE, {2: {"t_min": 0.05, "t_max": 0.95}}))
+    mse = {**BCE, "fn": "mse_loss"}
+    assert_silent("TD511", site_timeline(mse, {2: {"t_min": -3.0, "t_max": 255.0}}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
@@ -18,7 +19,7 @@ MIN_STEPS = 4
     name="labels-degenerate",
     severity=Severity.ERROR,
     summary="Class labels that cannot train the classifier: constant, out of range, 1-based "
-    "or not integers.",
+    "or not integers; binary cross-entropy targets outside [0, 1].",
     requires=("loss_inputs.stats", "loss_inputs.labels"),
     events=("loss_input",),
     priority=7,
@@ -36,13 +37,15 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     Out-of-range labels crash (CPU) or trigger a device-side assert (CUDA) far from the data
     code; float labels crash with a dtype error; constant labels train a model that predicts
     one class with a loss going to 0; 1-based labels waste an output and shift every class by
-    one, which a good-looking loss does not reveal.
+    one, which a good-looking loss does not reveal. A binary cross-entropy target above 1 or
+    below 0 has no minimum: the loss goes negative and falls without end as the logits grow,
+    so it looks like training while the model learns to output ever larger values.
 
     ## How it is measured
     On the first and sampled steps the loss-inputs probe keeps a label histogram per call
     site for up to 64 classes (`scatter_add_` on the device, summed over micro-batches, read
     back in batches), the labels' min and max (ignore_index masked) and the target's dtype
-    and shape against the input's class count.
+    and shape against the input's class count; for float targets, their min and max.
 
     ## Example
     ```python
@@ -64,7 +67,8 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     hists = label_histograms(tl)
     for site in loss_sites(tl).values():
         f = (
-            _float_labels(tl, site)
+            _binary_targets_outside_01(tl, site)
+            or _float_labels(tl, site)
             or _out_of_range(tl, site)
             or _from_histogram(tl, site, hists.get(site.id, []))
         )
@@ -93,6 +97,56 @@ def _float_labels(tl: TimelineView, site: Site) -> Finding | None:
                 fix="pass `y.long()` class indices (or probabilities of the input's shape)",
                 confidence=0.9,
             )
+    return None
+
+
+_BINARY = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
+
+
+def _binary_targets_outside_01(tl: TimelineView, site: Site) -> Finding | None:
+    """A BCE target is a probability: outside [0, 1] the loss has no minimum (torch checks it
+    for binary_cross_entropy only). Measured, never a threshold on the data: any value out."""
+    if site.fn not in _BINARY or not site.facts.get("target_float"):
+        return None
+    lows, highs = dict(site.values("t_min")), dict(site.values("t_max"))
+    for step in sorted(highs):
+        lo, hi = lows.get(step, 0.0), highs[step]
+        if lo >= 0.0 and hi <= 1.0:
+            continue
+        losses = site.losses()
+        negative = [v for v in losses if v < 0]
+        scaled = hi > 1.0 and float(hi).is_integer() and hi <= 255
+        ev: dict[str, Any] = {
+            "loss_fn": site.fn,
+            "target_min": lo,
+            "target_max": hi,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "negative_loss_steps": len(negative),
+        }
+        went = (
+            f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
+            if len(losses) >= 2
+            else ""
+        )
+        return tl.finding(
+            title=f"`{site.fn}` at {site.source} gets targets in [{lo:.4g}, {hi:.4g}]: a "
+            "binary cross-entropy target must lie in [0, 1]",
+            step=step,
+            evidence=ev,
+            where=Where(op=site.fn, source=site.source),
+            cause=f"targets up to {hi:.4g} and down to {lo:.4g} are not probabilities: "
+            "-[y·log σ(x) + (1-y)·log(1-σ(x))] has no minimum when y > 1 or y < 0, so the "
+            "loss turns negative and keeps falling as the logits grow without bound" + went,
+            fix=(
+                "scale the masks to 0/1 where they are loaded (`mask / 255` or "
+                "`(mask > 127).float()`)"
+                if scaled
+                else "give the loss 0/1 (or [0, 1]) targets: do not pass the mask through the "
+                "image's Normalize, clamp or rescale it"
+            ),
+            confidence=0.95,
+        )
     return None
 
 
