@@ -53,6 +53,9 @@ class Arm:
     scaled: str | None = None
     # A GradScaler's settings (sorted items) where the run's own was not seen (fix_amp.py).
     scaler: tuple[tuple[str, Any], ...] | None = None
+    # TD301/TD302 (fix_branch.py): the recorded loss code replayed instead of the captured
+    # loss call, with this loss_code.Swap (one op at one line changed; AS_RECORDED: none).
+    swap: Any = None
 
     def merged(self, other: dict[str, Any]) -> Arm:
         return Arm(**{**self.__dict__, **other})
@@ -70,6 +73,10 @@ class Plan:
     both: dict[str, Any] = dataclasses.field(default_factory=dict)
     # What the trial cannot show, said with its result (TD515 under Adam: scale-invariant).
     note: str | None = None
+    # With same_loss False: both final models scored with the loss as written rather than
+    # the fixed one (TD301: a clamp dropped changes the loss value; the script's loss is the
+    # objective).
+    score_as_written: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,4 +354,5 @@ def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:
     return fn(finding, setup) if fn is not None else None
 
 
-from . import fix_amp  # noqa: E402, F401  (registers TD204's fix)
+# The fixes of their own modules, registered on import: TD204's; TD301's and TD302's.
+from . import fix_amp, fix_branch  # noqa: E402, F401

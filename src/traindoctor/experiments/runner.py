@@ -62,6 +62,11 @@ class Batch:
     # same; and whether the loss call itself ran under it too.
     autocast: tuple[str, str] | None = None
     loss_autocast: bool = False
+    # The step's loss code, recorded from the forward's end to the backward (loss_code.py's
+    # LossCode), or why it could not be (a str); `swap`: replay that code, with this op
+    # swapped (the TD301/TD302 trials), instead of the one captured loss call.
+    trace: Any = None
+    swap: Any = None
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -238,6 +243,11 @@ class Replay:
 
     def loss(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         b = self.batch
+        if b.swap is not None:  # the recorded loss code, with its op swapped (loss_code.py)
+            with autocast_of(b):
+                outs = list(iter_tensors(model(*args, **kwargs)))
+            with autocast_of(b) if b.loss_autocast else contextlib.nullcontext():
+                return b.trace.after_forward(outs, model, b.swap)
         inp = self.output(model, args, kwargs)
         if b.internal:
             out = inp

@@ -27,6 +27,7 @@ import torch
 
 from ..findings import Finding, Severity, rank
 from .fidelity import StepDriver, describe
+from .fix_branch import TRACED, traced
 from .fixes import (
     FIX_NAMES,
     STEPS,
@@ -76,10 +77,13 @@ def run_trials(
     if not candidates:
         return findings
     reason = _why_not(setup, skipped, parts)
+    # The trials that replay the recorded loss code (fix_branch.py) replay every term of it.
+    whole = _why_not(setup, skipped, None) if TRACED & {f.code for f in candidates} else None
     plans: dict[int, Plan | NotRun] = {}
     for f in candidates:
-        if reason is not None:
-            plans[id(f)] = NotRun(FIX_NAMES[f.code], reason)
+        why = whole if f.code in TRACED else reason
+        if why is not None:
+            plans[id(f)] = NotRun(FIX_NAMES[f.code], why)
             continue
         try:
             plan = plan_for(f, setup)  # type: ignore[arg-type]
@@ -202,7 +206,7 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
     written = baseline.merged(plan.both)
     arms = {AS_WRITTEN: written, WITH_FIX: written.merged(plan.with_fix)}
     # Both final models are scored with the fixed forward when the fix changes the loss input.
-    scorer = None if plan.same_loss else arms[WITH_FIX]
+    scorer = None if plan.same_loss else arms[AS_WRITTEN if plan.score_as_written else WITH_FIX]
     try:
         with isolated(setup.model):
             runs = {label: ArmRun(setup, arm, scorer) for label, arm in arms.items()}
@@ -223,6 +227,8 @@ def _trial(setup: Setup, plan: Plan, baseline: Arm, rounds: int) -> dict[str, An
     steps = w.steps
     verdict = "fix helps" if helps else "fix does not help"
     scored = "" if plan.same_loss else " (both scored on the fixed forward)"
+    if not plan.same_loss and plan.score_as_written:
+        scored = " (both scored on the loss as written)"
     k = written.micro
     extra: dict[str, Any] = {}
     if k > 1:
@@ -399,6 +405,8 @@ def _arm_batches(setup: Setup, arm: Arm) -> list[Batch]:
     """The captured batches as this arm replays them: TD506's fix drops the probability op the
     script applied to the output (or swaps softmax for log_softmax before nll_loss)."""
     batches = list(setup.batches) or [setup.batch]  # type: ignore[list-item]
+    if arm.swap is not None:  # the recorded loss code, where each batch has one (TD301/302)
+        return [dataclasses.replace(b, swap=arm.swap) for b in batches if traced(b)]
     if arm.squash is None or batches[0].squash is None:
         return batches
     dim = batches[0].squash[1]

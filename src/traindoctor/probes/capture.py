@@ -74,6 +74,9 @@ class CaptureProbe(Probe):
         # step -> [training forwards, standard loss calls on tensors that require grad]
         self._calls: dict[int, list[int]] = {}
         self._rec: Recorder | None = None
+        # The loss code of a captured step, recorded from the forward's end to the backward
+        # (experiments/loss_code.py: the TD301/TD302 trials replay it with the op swapped).
+        self._recorder: Any = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -141,6 +144,8 @@ class CaptureProbe(Probe):
             self._pending = None
             return
         self._count(ctx.state.step, 0)
+        if self._recorder is not None:
+            self._end_trace("a second forward of the model before the backward")
         if not self._wants(ctx.state.step):
             self._pending = None  # this step's batch is kept: no output held until the next
             return
@@ -160,6 +165,7 @@ class CaptureProbe(Probe):
         if self._pending is None:
             return
         self._outputs = list(iter_tensors(output))
+        self._start_trace(_module)
         internal, self._internal = self._internal, None
         if internal is not None and "out" in internal and self._wants(internal["step"]):
             # The loss was computed inside forward() and returned (a model that takes its
@@ -280,11 +286,51 @@ class CaptureProbe(Probe):
             return self._keep_value
         return None
 
+    def _start_trace(self, model: torch.nn.Module) -> None:
+        """Record this step's loss code until its backward (a step whose batch is wanted)."""
+        from ..experiments.loss_code import LossRecorder
+
+        recorder = LossRecorder()
+        if self.setup.batch is None:
+            recorder.rng = torch.get_rng_state()  # the first trace's check replays its draws
+        try:
+            recorder.start(self._outputs, model)
+        except Exception:  # noqa: BLE001  (no trace: its trial says so)
+            recorder.stop()
+            return
+        self._recorder = recorder
+
+    def _end_trace(self, reason: str | None, root: torch.Tensor | None = None) -> None:
+        """The recorder off the mode stack; its trace (or why there is none) on the batch
+        captured at this step."""
+        from ..experiments.loss_code import NotReplayable
+
+        recorder, self._recorder = self._recorder, None
+        recorder.stop()
+        ctx = self.ctx
+        batches = self.setup.batches if self.setup is not None else []
+        batch = batches[-1] if batches else None
+        if ctx is None or batch is None or batch.step != ctx.state.step or batch.trace:
+            recorder.abort("no batch")
+            return
+        if reason is not None or root is None:
+            recorder.abort(reason or "no backward")
+            batch.trace = recorder.reason
+            return
+        try:
+            batch.trace = recorder.finish(root)
+        except NotReplayable as exc:
+            batch.trace = str(exc)
+        except Exception as exc:  # noqa: BLE001
+            batch.trace = f"the loss code could not be recorded ({type(exc).__name__})"
+
     def _keep_value(self, out: Any) -> None:
         if isinstance(out, torch.Tensor):
             self._values["replayed"] = out.detach()
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
+        if self._recorder is not None:
+            self._end_trace(None, root)
         batch = self.setup.batch if self.setup is not None else None
         if batch is not None and step == batch.step and self._values["backward"] is None:
             self._values["backward"] = loss.detach()
@@ -398,6 +444,8 @@ class CaptureProbe(Probe):
             self._unmatched.append(fn)
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if self._recorder is not None:
+            self._end_trace("no backward after the forward in its step")
         batch = self.setup.batch if self.setup is not None else None
         if batch is None or self._done:
             return
@@ -408,6 +456,8 @@ class CaptureProbe(Probe):
     def _stop(self) -> None:
         self._done = True
         self.retired = True  # no step-end or backward event for the rest of the run
+        if self._recorder is not None:
+            self._end_trace("the capture stopped before the backward")
         for h in self.handles:
             h.remove()
         self.handles.clear()

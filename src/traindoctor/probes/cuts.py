@@ -23,6 +23,7 @@ values are kept only as a weak hint (a logged part or an added number equal to o
 
 from __future__ import annotations
 
+import os
 import sys
 import weakref
 from collections.abc import Callable, Iterator
@@ -71,6 +72,9 @@ MAX_CONSTANTS = 16  # lines where a Python number is added to the loss, reported
 _TORCH_DIR = _source.TORCH_DIR
 _PKG_DIR = _source.PKG_DIR
 _THIS_FILE = __file__
+# The experiments' loss-code recorder, a mode that may sit above this one on the captured
+# steps: a call passed on by it is still the user's.
+_PASS_ON = (_THIS_FILE, os.path.join(_PKG_DIR, "experiments", "loss_code.py"))
 _INTERNAL = ("internal",)  # a call made by traindoctor itself
 
 
@@ -82,7 +86,7 @@ def _caller() -> tuple[str, int] | tuple[str] | None:
         if frame is None:
             return None
         name = frame.f_code.co_filename
-        if name != _THIS_FILE and not name.startswith(_TORCH_DIR):
+        if name not in _PASS_ON and not name.startswith(_TORCH_DIR):
             if _source.is_user_file(name):
                 return name, frame.f_lineno
             if name.startswith(_PKG_DIR):
