@@ -156,9 +156,10 @@ def _lr_words(setup: Setup, arm: Any) -> str:
         return f"the run's lr {lrs[0] * arm.lr_scale:.3g} (constant in its {len(lrs)} steps)"
     by = f" ({scheds})" if scheds else ""
     scale = f" x{arm.lr_scale:g}" if arm.lr_scale != 1.0 else ""
+    peak = f" -> {max(lrs):.3g}" if max(lrs) > max(lrs[0], lrs[-1]) else ""
     return (
         f"the lr of each of the run's {len(lrs)} steps{by}{scale}, "
-        f"{lrs[0]:.3g} -> {lrs[-1]:.3g}; the last held after step {len(lrs)}"
+        f"{lrs[0]:.3g}{peak} -> {lrs[-1]:.3g}; the last held after step {len(lrs)}"
     )
 
 

@@ -348,8 +348,10 @@ def train_copy(
     opt = build_optimizer(setup, twin, lr_scale)
     from .fidelity import new_scaler
 
-    # The run's GradScaler, fresh (float16 gradients underflow without it, as in the run).
-    scaler = new_scaler(setup.scaler)
+    # The run's GradScaler, fresh, under float16 autocast (its gradients underflow without
+    # it). Elsewhere it only skips non-finite steps: the recipe lets those show as divergence.
+    fp16 = setup.batch.autocast is not None and setup.batch.autocast[1] == "float16"
+    scaler = new_scaler(setup.scaler) if fp16 else None
     values: list[torch.Tensor] = []
     diverged = False
     for _ in range(steps):
