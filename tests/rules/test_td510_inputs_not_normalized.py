@@ -63,3 +63,13 @@ def test_a_batchnorm_right_after_the_first_layer_makes_it_info():
     # A BatchNorm further down does not: the first layer's outputs are still too large.
     f = assert_fires("TD510", _tl(127.0, 73.0, 0.0, 255.0, nxt=("ReLU", "BatchNorm1d"), out=90.0))
     assert f.severity is Severity.WARNING
+
+
+def test_an_instancenorm_right_after_the_first_layer_makes_it_info():
+    # fast neural style's TransformerNet: 0-255 pixels -> conv1 -> InstanceNorm2d, by design;
+    # each sample's own statistics cancel the scale, in eval too.
+    f = assert_fires(
+        "TD510",
+        _tl(127.0, 73.0, 0.0, 255.0, kind="Conv2d", nxt=("InstanceNorm2d", "ReLU"), out=90.0),
+    )
+    assert f.severity is Severity.INFO and "cancel" in f.cause

@@ -59,7 +59,8 @@ def inputs_not_normalized(
     strided view of at most 262,144 elements) and read back in the batched read-back.
     Integer inputs (token ids, indices) and first layers that normalize (BatchNorm,
     LayerNorm, ...) or look up embeddings are not judged. A first layer followed by a BatchNorm
-    is reported as info: the batch statistics cancel the input's scale in training. A tanh/sigmoid called functionally
+    (or an InstanceNorm) is reported as info: the batch's (the sample's) statistics cancel the
+    input's scale in training. A tanh/sigmoid called functionally
     after the first layer is known from the activations probe's sites, when it ran.
 
     ## Example
@@ -111,7 +112,10 @@ def inputs_not_normalized(
         # A BatchNorm right after the first layer (ResNet's conv1 -> bn1) normalizes each
         # channel with the batch's own statistics: the input's scale and offset cancel, and the
         # loss and gradients are those of normalized inputs (measured: same losses to 1e-6).
-        absorbed = not saturates and str((first.get("next") or [""])[0]).startswith("BatchNorm")
+        # An InstanceNorm does the same per sample, in eval too (fast neural style's
+        # TransformerNet is fed 0-255 pixels by design: conv1 -> in1).
+        after = str((first.get("next") or [""])[0])
+        absorbed = not saturates and after.startswith(("BatchNorm", "InstanceNorm"))
         evidence: dict[str, Any] = {
             "first_layer": module,
             "layer_type": kind,
@@ -137,7 +141,12 @@ def inputs_not_normalized(
             )
         else:
             effect = "its weights get almost no gradient"
-        if absorbed:
+        if absorbed and after.startswith("InstanceNorm"):
+            effect = (
+                f"the {after} right after it normalizes each channel of each sample with its "
+                "own statistics, so the scale and offset cancel"
+            )
+        elif absorbed:
             effect = (
                 f"the {first['next'][0]} right after it normalizes each channel with the "
                 "batch's statistics, so in training the scale cancels; it matters where those "
