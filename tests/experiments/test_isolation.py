@@ -174,3 +174,77 @@ def test_memory_short_skips_with_the_reason(tmp_path, monkeypatch):
     report, _ = run_watch(tmp_path, True)
     (event,) = report.timeline.events("experiment")
     assert event["name"] == "skipped" and "memory short" in event["reason"]
+
+
+def amp_script(watch=None, steps: int = 10):
+    """bf16 autocast with a GradScaler whose scale moves (growth_interval 3), a OneCycleLR, and
+    clip_grad_norm_ before unscale_ (TD204: its fix trial runs with a GradScaler of its own)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True
+    )
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps + 1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=3)
+    doc = watch(model, opt, scaler) if watch else None
+    seen, step = [], 0
+    while step < steps:
+        for xb, yb in loader:
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(xb), yb)
+            scaler.scale(loss).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # BUG: still scaled
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            seen.append(yb.clone())
+            step += 1
+            if step >= steps:
+                break
+    opt.zero_grad(set_to_none=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scaler.scale(F.cross_entropy(model(x[:16]), y[:16])).backward()
+    return doc, model, opt, seen, scaler, sched
+
+
+def _amp_run(tmp_path, on: bool, watched: bool):
+    docs = []
+
+    def watch(model, opt, scaler):
+        docs.append(td.watch(model, opt, scaler, out_dir=tmp_path, console=False))
+        return docs[-1]
+
+    with experiments.enable(on):
+        if watched:
+            _, model, opt, seen, scaler, sched = amp_script(watch)
+            report = docs[-1].close()
+        else:
+            doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False, script="iso-amp")
+            with attached(doctor):
+                _, model, opt, seen, scaler, sched = amp_script()
+            report = doctor.close()
+    snap = snapshot(model, opt, seen)
+    snap["next_random"] = torch.rand(4)
+    # The user's GradScaler (scale, growth tracker) and scheduler (last_epoch, the lrs) too.
+    snap["scaler"] = scaler.state_dict()
+    snap["sched"] = {k: v for k, v in sched.state_dict().items() if k != "anneal_func"}
+    return report, snap
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["watch", "zero-code"])
+def test_amp_and_schedule_untouched_by_the_trials(watched, tmp_path):
+    """The fix trial replays a GradScaler and the lr schedule on its copy: the user's scaler,
+    scheduler, params, grads, optimizer state, RNG and loader order are bit-identical."""
+    torch.set_num_threads(1)
+    off_report, off = _amp_run(tmp_path / "off", False, watched)
+    on_report, on = _amp_run(tmp_path / "on", True, watched)
+    same(off, on)
+    assert not on_report.internal_errors, on_report.internal_errors
+    (finding,) = [f for f in on_report.findings if f.code == "TD204"]
+    trial = finding.evidence["trial"]
+    assert trial["verdict"] in ("fix helps", "fix does not help"), trial["verdict"]
+    assert "OneCycleLR" in trial["replay"] and "init_scale 256" in trial["replay"]
+    assert all("trial" not in f.evidence for f in off_report.findings)

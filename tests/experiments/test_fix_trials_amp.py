@@ -1,0 +1,179 @@
+"""TD204's fix trial (experiments/fix_amp.py) and the replay's fidelity (experiments/fidelity.py):
+the trials replay the run's lr per step, its autocast and a fresh GradScaler with its settings;
+as written the scaled gradients are clipped (or stepped), with the fix unscale_ comes first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import traindoctor as td
+from traindoctor import experiments
+from traindoctor.experiments import runner
+from traindoctor.experiments.fidelity import StepDriver, describe
+from traindoctor.experiments.fixes import Arm
+from traindoctor.scenarios.numerics import td204_amp_onecycle_clip as onecycle
+from traindoctor.scenarios.numerics import td204_td205_amp_scaler as td204
+
+from .test_fix_trials import scenario
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def amp_loop(
+    tmp, opt_fn, steps=30, bypass=False, sched_fn=None, scaler_kwargs=None, clip=None, lrs=None
+):
+    """bf16 autocast on CPU with a GradScaler; `bypass`: optimizer.step() on the scaled
+    gradients; `clip`: clip_grad_norm_ at that max_norm before unscale_. Returns the doctor,
+    the model, the optimizer, the scaler, the scheduler and the doctor."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 16, generator=g)
+    y = (x @ torch.randn(16, 4, generator=g)).argmax(1)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 4))
+    opt = opt_fn(model)
+    sched = sched_fn(opt) if sched_fn else None
+    scaler = torch.amp.GradScaler("cpu", **(scaler_kwargs or {}))
+    doc = td.watch(model, opt, scaler, out_dir=tmp, console=False)
+    for i in range(steps):
+        xb, yb = x[(i * 16) % 128 :][:16], y[(i * 16) % 128 :][:16]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(xb), yb)
+        scaler.scale(loss).backward()
+        if lrs is not None:
+            lrs.append(opt.param_groups[0]["lr"])  # the lr this step runs at
+        if bypass:
+            opt.step()  # BUG: the gradients are still scaled
+        else:
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)  # BUG: still scaled
+            scaler.step(opt)
+            scaler.update()
+        if sched is not None:
+            sched.step()
+        doc.log(loss=loss)
+    # The last backward's gradients stay on the params (compared by the isolation test).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x[:16]), y[:16])
+    scaler.scale(loss).backward()
+    report = doc.close()
+    return report, model, opt, scaler, sched, doc
+
+
+def sgd_step_bypass(tmp):
+    report, *_ = amp_loop(
+        tmp, lambda m: torch.optim.SGD(m.parameters(), lr=0.05), bypass=True, steps=20
+    )
+    return report
+
+
+CASES = [
+    (scenario(td204, "amp_clip_before_unscale"), "fix helps"),
+    (scenario(onecycle, "amp_onecycle_clip_before_unscale", watch=False), "fix helps"),
+    (sgd_step_bypass, "fix helps"),
+    # The clip at 1e9 never bites, even on the scaled norm: unscaling first changes nothing.
+    (scenario(onecycle, "amp_onecycle_clip_never_bites"), "fix does not help"),
+    # AdamW divides the gradient by its own running size: the scale cancels (but for eps).
+    (scenario(td204, "amp_step_bypasses_scaler"), "fix does not help"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run, verdict", CASES, ids=[r.__name__ for r, _ in CASES])
+def test_td204_trial_verdict(run, verdict, tmp_path):
+    with experiments.enable():
+        report = run(tmp_path)
+    assert not report.internal_errors, report.internal_errors
+    (finding,) = [f for f in report.findings if f.code == "TD204"]
+    trial = finding.evidence["trial"]
+    assert trial["verdict"] == verdict, trial.get("summary", trial)
+    assert "unscale_" in trial["fix"] or "scaler.step" in trial["fix"]
+    assert trial["summary"] in finding.cause
+    # Replayed as the run ran: under its autocast, with a GradScaler of its settings.
+    assert "autocast cpu bfloat16" in trial["replay"]
+    assert "a fresh GradScaler(init_scale 65536" in trial["replay"]
+    if verdict == "fix does not help":
+        assert finding.priority >= 30 and "does not help" in finding.cause
+    if run.__name__ == "amp_step_bypasses_scaler":
+        assert "AdamW is invariant to the loss scale" in trial["note"]
+
+
+@pytest.mark.slow
+def test_the_schedule_is_replayed_and_said(tmp_path):
+    with experiments.enable():
+        report = scenario(onecycle, "amp_onecycle_clip_before_unscale")(tmp_path)
+    trial = next(f for f in report.findings if f.code == "TD204").evidence["trial"]
+    assert "the lr of each of the run's 40 steps (OneCycleLR), 0.008 -> 0.2 ->" in trial["replay"]
+    # As written, every update is cut to a sliver: the curve does not move; with the fix it fits.
+    start, end = trial["start"], trial["end"]
+    assert end["as written"] > 0.95 * start["as written"]
+    assert end["with fix"] < 0.2 * start["with fix"]
+
+
+def test_the_capture_keeps_lr_autocast_and_scaler_settings(tmp_path):
+    """What the replay reads from the run: the lr each step had (OneCycleLR), the autocast of
+    the forward and the loss call, and the GradScaler's constructor settings."""
+    lrs = []
+
+    def sched(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=12)
+
+    with experiments.enable():
+        report, *_, doc = amp_loop(
+            tmp_path,
+            lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+            steps=12,
+            sched_fn=sched,
+            scaler_kwargs={"init_scale": 2.0**10, "growth_interval": 7},
+            lrs=lrs,
+        )
+    assert not report.internal_errors, report.internal_errors
+    setup = doc.probe("capture").setup
+    assert [row[0] for row in setup.lrs] == pytest.approx(lrs)
+    assert setup.schedulers == ["OneCycleLR"]
+    assert setup.batch.autocast == ("cpu", "bfloat16") and setup.batch.loss_autocast
+    assert setup.scaler == {
+        "device": "cpu",
+        "init_scale": 1024.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 7,
+    }
+
+
+def test_the_driver_sets_the_runs_lr_per_step():
+    model = nn.Linear(2, 1)
+    setup = runner.Setup(
+        model=model,
+        init_state=None,
+        optimizer_class=torch.optim.SGD,
+        groups=[([0, 1], {"lr": 0.1})],
+        lrs=[[0.1], [0.2], [0.05]],
+    )
+
+    def lrs(arm):
+        opt = runner.build_optimizer(setup, model, arm.lr_scale)
+        driver = StepDriver(setup, arm, opt, None)
+        out = []
+        for k in range(5):
+            driver.set_lr(k)
+            out.append(opt.param_groups[0]["lr"])
+        return out
+
+    assert lrs(Arm()) == [0.1, 0.2, 0.05, 0.05, 0.05]  # the last held after the run's steps
+    assert lrs(Arm(lr_scale=0.5)) == pytest.approx([0.05, 0.1, 0.025, 0.025, 0.025])
+    # TD206/TD210's arms: one lr throughout, and the schedule said to be not replayed.
+    assert lrs(Arm(lr_scale=2.0, constant_lr=True)) == [0.2] * 5
+    setup.schedulers = ["OneCycleLR"]
+    words = describe(setup, Arm(lr_scale=2.0, constant_lr=True), None)
+    assert words.startswith("constant lr 0.2; the run's OneCycleLR not replayed")
+    assert "no autocast seen" in words
