@@ -94,6 +94,22 @@ def _reattach(finding: Finding, setup: Setup) -> Plan | NotRun:
         if len(found) == 1:
             cut, at = next(iter(found))
     fix = FIX_NAMES["TD302"]
+    found = None
+    if cut is None and finding.where.source:
+        # Seen in the graph only (an add with an operand without graph): its cut, from the
+        # recorded loss code.
+        code = _loss_code(fix, setup)
+        if isinstance(code, NotRun):
+            return code
+        found = code.cut_into(finding.where.source)
+        if found is None:
+            return NotRun(
+                fix,
+                f"the term added at {finding.where.source} has no `.detach()`/`.data`/no_grad "
+                "in the recorded loss code (numpy, `.item()` or a constant): not replayed",
+            )
+        cut = "no_grad" if found.kind == "grad" else found.ops[0]
+        at = found.at
     if cut == "detach":
         fix = f"the `.detach()` at {at} removed"
     elif cut == "data":

@@ -24,6 +24,7 @@ says why; a replay whose Python branch (`if loss.isnan()`) goes the other way ra
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,14 @@ _INPLACE_DUNDER = frozenset(
 # Calls that read a value of a tensor into Python: their result, used in the loss, is frozen.
 _READS = frozenset({"item", "tolist", "__float__", "__int__", "__index__"})
 _BRANCH = frozenset({"__bool__"})
+# A value of the prediction leaving torch (numpy, Python), and the factories that bring one
+# back: a tensor they make after such an exit, used in the loss, would be frozen by a replay.
+_ADDITIVE = frozenset(
+    {"add", "sub", "add_", "sub_", "rsub", "__add__", "__radd__", "__iadd__", "__sub__"}
+    | {"__rsub__", "__isub__"}
+)
+_EXITS = _READS | {"numpy", "__array__"}
+_FACTORIES = frozenset({"tensor", "as_tensor", "asarray", "from_numpy", "scalar_tensor"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Call:
     grad: bool
     source: str | None
     block: int  # consecutive calls of one grad mode share a block (a no_grad block)
+    rg: tuple[bool, ...] = ()  # whether each of `outs` required grad when recorded
     result: Any = None  # a __bool__'s recorded answer (a replay must branch the same way)
 
 
@@ -92,6 +102,7 @@ class LossCode:
     params: dict[str, torch.Tensor] | None = None
     rng: torch.Tensor | None = None
     lines: list[str] = field(default_factory=list)  # the user lines of the kept calls
+    out_rg: tuple[bool, ...] = ()  # whether each output of the model required grad
 
     def loss(
         self, model: torch.nn.Module, args: tuple, kwargs: dict, swap: Swap = AS_RECORDED
@@ -158,6 +169,38 @@ class LossCode:
     def find(self, ops: frozenset[str] | set[str], at: str) -> list[Call]:
         """The kept calls of these functions at user line `at`."""
         return [c for c in self.calls if c.name in ops and c.source == at]
+
+    def cut_into(self, at: str) -> Swap | None:
+        """Where the gradient of a term added at line `at` was cut (a detached term seen in
+        the graph only): back from that add through the tensors without graph to the
+        `.detach()`/`.data` that made one, or the call run under no_grad on a tensor with
+        one. None when the value comes from elsewhere (a constant, numpy, `.item()`)."""
+        producer = {slot: c for c in self.calls for _, slot in c.outs}
+        rg = dict(enumerate(self.out_rg))
+        for c in self.calls:
+            rg.update({slot: r for (_, slot), r in zip(c.outs, c.rg)})
+        for add in self.calls:
+            if add.source != at or add.name not in _ADDITIVE:
+                continue
+            stack = [k for k in _slots_in((add.args, add.kwargs)) if k >= 0 and not rg.get(k)]
+            seen: set[int] = set()
+            while stack:
+                k = stack.pop()
+                p = producer.get(k)
+                if k in seen or p is None:
+                    continue
+                seen.add(k)
+                ins = [i for i in _slots_in((p.args, p.kwargs)) if i >= 0]
+                live = any(rg.get(i) for i in ins) or any(
+                    r.kind == "param" for r in _refs((p.args, p.kwargs))
+                )
+                if p.name in ("detach", "detach_", "data") and live and p.source:
+                    ops = ("data",) if p.name == "data" else ("detach", "detach_")
+                    return Swap("identity", p.source, ops)
+                if not p.grad and live and p.source:
+                    return Swap("grad", p.source)
+                stack += [i for i in ins if not rg.get(i)]
+        return None
 
     def consumers(self, call: Call) -> list[Call]:
         """The kept calls that read an output of `call`."""
@@ -258,8 +301,11 @@ class LossRecorder(TorchFunctionMode):
         super().__init__()
         self.active = False
         self.reason: str | None = None
+        self.check = False  # keep what `LossCode.verify` replays (the first captured step)
         self.rng: torch.Tensor | None = None  # the CPU RNG at the start (`LossCode.verify`)
-        self._values: dict[int, tuple[torch.Tensor, int]] = {}
+        # id(tensor) -> (a weak reference to it, its slot): the loss code's tensors die when
+        # the script drops them, as without the recorder (a dead one's id may come back).
+        self._values: dict[int, tuple[weakref.ref, int]] = {}
         self._params: dict[int, tuple[str, torch.Tensor]] = {}
         self._calls: list[Call] = []
         self._consts: list[torch.Tensor] = []
@@ -268,16 +314,20 @@ class LossRecorder(TorchFunctionMode):
         self._block = 0
         self._last_grad: bool | None = None
         self._reads: dict[float, str | None] = {}  # a value read into Python -> its line
-        self._frozen: str | None = None  # a read value fed back into the loss, at this line
+        self._suspect: dict[int, str] = {}  # const slots made from values that left torch
+        self._exited = False  # a value of the prediction left torch (numpy, .item())
+        self._made: dict[int, tuple[weakref.ref, str | None]] = {}  # tensors made after it
         self._n_outputs = 0
+        self._out_rg: tuple[bool, ...] = ()
         self._outputs: list[torch.Tensor] = []
 
     def start(self, outputs: list[torch.Tensor], model: torch.nn.Module) -> None:
         self._params = {id(p): (n, p) for n, p in model.named_parameters()}
         self._n_outputs = len(outputs)
-        self._outputs = list(outputs)
+        self._out_rg = tuple(bool(o.requires_grad) for o in outputs)
+        self._outputs = list(outputs) if self.check else []  # held for `verify` only
         for i, o in enumerate(outputs):
-            self._values[id(o)] = (o, i)
+            self._values[id(o)] = (weakref.ref(o), i)
         self._slot = len(outputs)
         self.active = True
         _mode_stack.push_bottom(self)
@@ -298,6 +348,8 @@ class LossRecorder(TorchFunctionMode):
         self._calls.clear()
         self._consts.clear()
         self._outputs = []
+        self._made.clear()
+        self._reads.clear()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -315,16 +367,25 @@ class LossRecorder(TorchFunctionMode):
     def _record(self, func: Any, args: tuple, kwargs: dict, out: Any, grad: bool) -> None:
         name = getattr(func, "__name__", "") or ""
         if name == "__get__":
-            # A property read: `.data` (a detach) named as such, the others by their name.
-            name = getattr(getattr(func, "__self__", None), "__name__", "") or name
+            # A property read: `.data` (a detach) named as such, the others by their name
+            # (`.data` may be a Python property while traindoctor watches updates by hand).
+            desc = getattr(func, "__self__", None)
+            name = getattr(desc, "__name__", "") or name
+            if desc is not None and desc is torch.Tensor.__dict__.get("data"):
+                name = "data"
         hit = [False]
         enc_args = self._encode(args, hit, grad)
         enc_kwargs = self._encode(kwargs, hit, grad)
         if not hit[0]:
+            if self._exited and name in _FACTORIES:
+                for _, t in _paths(out):  # made from Python/numpy values after an exit
+                    self._made[id(t)] = (weakref.ref(t), _caller())
             return  # nothing of the prediction in it: its tensors are constants if used
         if len(self._calls) >= MAX_CALLS:
             raise NotReplayable(f"the loss code makes over {MAX_CALLS} torch calls a step")
         source = _caller()
+        if name in _EXITS:
+            self._exited = True
         if name in _READS:
             for v in _numbers(out):
                 self._reads.setdefault(v, source)
@@ -346,18 +407,19 @@ class LossRecorder(TorchFunctionMode):
         )
         for path, t in _paths(out):
             known = self._values.get(id(t))
-            if known is not None and known[0] is t:
+            if known is not None and known[0]() is t:
                 call.outs.append((path, known[1]))  # in place: the same slot, rebuilt
                 continue
-            self._values[id(t)] = (t, self._slot)
+            self._values[id(t)] = (weakref.ref(t), self._slot)
             call.outs.append((path, self._slot))
             self._slot += 1
+        call.rg = tuple(bool(t.requires_grad) for _, t in _paths(out))
         self._calls.append(call)
 
     def _encode(self, obj: Any, hit: list[bool], grad: bool, depth: int = 0) -> Any:
         if isinstance(obj, torch.Tensor):
             known = self._values.get(id(obj))
-            if known is not None and known[0] is obj:
+            if known is not None and known[0]() is obj:
                 hit[0] = hit[0] or known[1] >= 0  # a constant's slot is no prediction
                 return _Ref("slot", known[1])
             param = self._params.get(id(obj))
@@ -370,8 +432,6 @@ class LossRecorder(TorchFunctionMode):
                     "output nor its parameters (another model's, or a second forward's)"
                 )
             return self._const(obj)
-        if isinstance(obj, float) and obj in self._reads and self._frozen is None:
-            self._frozen = self._reads[obj] or "?"
         if depth > 4:
             return obj
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
@@ -385,13 +445,16 @@ class LossRecorder(TorchFunctionMode):
     def _const(self, t: torch.Tensor) -> _Ref:
         """A tensor the prediction does not reach: cloned once, a slot of its own (an in-place
         write into it by the loss code is replayed on the clone)."""
+        made = self._made.get(id(t))
         size = t.numel() * t.element_size()
         self._const_bytes += size
         if self._const_bytes > MAX_CONST_BYTES:
             raise NotReplayable("the loss code's constants are too large to keep")
         self._consts.append(t.detach().clone())
         key = -len(self._consts)
-        self._values[id(t)] = (t, key)
+        if made is not None and made[0]() is t:
+            self._suspect[key] = made[1] or "?"  # it may hold a value of the prediction
+        self._values[id(t)] = (weakref.ref(t), key)
         return _Ref("slot", key)
 
     def finish(self, root: torch.Tensor) -> LossCode:
@@ -401,7 +464,7 @@ class LossRecorder(TorchFunctionMode):
             if self.reason is not None:
                 raise NotReplayable(self.reason)
             known = self._values.get(id(root))
-            if known is None or known[0] is not root or known[1] < 0:
+            if known is None or known[0]() is not root or known[1] < 0:
                 raise NotReplayable("the backward's root does not come from the model's output")
             calls = _live(self._calls, known[1])
             frozen = self._frozen_in(calls)
@@ -418,15 +481,29 @@ class LossRecorder(TorchFunctionMode):
                 root=known[1],
                 root_value=root.detach().clone(),
                 lines=list(dict.fromkeys(c.source for c in calls if c.source)),
+                out_rg=self._out_rg,
             )
-            code.rng = self.rng
-            code.outputs = [o.detach().clone() for o in self._outputs]
-            code.params = {n: p.detach().clone() for _, (n, p) in self._params.items() if n in used}
+            if self.check:
+                # What `verify` replays, when small enough to keep a copy of (the first
+                # trace only): the output values, the params the loss code read, the RNG.
+                keep = [*self._outputs, *(p for n, p in self._params.values() if n in used)]
+                if sum(t.numel() * t.element_size() for t in keep) <= MAX_CONST_BYTES:
+                    code.rng = self.rng
+                    code.outputs = [o.detach().clone() for o in self._outputs]
+                    code.params = {
+                        n: p.detach().clone() for n, p in self._params.values() if n in used
+                    }
             return code
         finally:
             self._clear()
 
     def _frozen_in(self, calls: list[Call]) -> str | None:
+        """The line of a value of the prediction read into Python or numpy and fed back into
+        the kept calls (as a number, or a tensor made from it), or None."""
+        for c in calls:
+            for r in _refs((c.args, c.kwargs)):
+                if r.kind == "slot" and r.key in self._suspect:
+                    return self._suspect[r.key]
         if not self._reads:
             return None
         for c in calls:

@@ -292,7 +292,8 @@ class CaptureProbe(Probe):
 
         recorder = LossRecorder()
         if self.setup.batch is None:
-            recorder.rng = torch.get_rng_state()  # the first trace's check replays its draws
+            recorder.check = True  # the first trace is checked against the run's loss
+            recorder.rng = torch.get_rng_state()  # with the loss code's own draws
         try:
             recorder.start(self._outputs, model)
         except Exception:  # noqa: BLE001  (no trace: its trial says so)
