@@ -2,12 +2,17 @@
 non-finite activations hidden from the loss by NaN-prevention code (nan_to_num, where, clamp).
 
 Cost, per step:
-- every backward: `isfinite(loss)` as a device flag (one tiny kernel, no host sync);
+- every backward: `isfinite(loss)` as a device flag (one tiny kernel, no host sync; on CPU the
+  loss is read directly, a read there waits for no device);
 - before each optimizer step: the loss flags, plus on sampled steps (or on every step when it
-  is predicted, from the counted work, to cost under `EVERY_STEP_MAX` of a step) one fused `torch._foreach_norm` over the
-  gradients the optimizer is about to apply, reduced to one flag. The flags are read with ONE
-  host read per step: free on CPU; on CUDA it is the one small device-to-host sync per step
-  this probe costs (it must know before `optimizer.step()` applies a NaN);
+  is predicted, from the counted work, to cost under `EVERY_STEP_MAX` of a step) one fused
+  `torch._foreach_norm` over the gradients the optimizer is about to apply, reduced to one
+  flag. Where a read is free (CPU) the flags are read at once, before `optimizer.step()`
+  applies a NaN. On a device (CUDA, ...) an unsampled step's flags stay there: they are read,
+  with every step's since, in ONE transfer at the next sampled step, every `READ_EVERY` steps
+  and at close, so no unsampled step synchronises the host. The step of a non-finite value is
+  still exact (each step keeps its own flags); its autopsy then replays the model as it is at
+  the read (tests/test_host_syncs.py forces this path on CPU and counts the reads);
 - on sampled steps: a forward hook per module computing `isfinite(output).all()` flags, read
   with the same single read (the masked-NaN check, TD212);
 - the root model's forward pre-hook keeps a *reference* (no copy) to the last training
@@ -54,6 +59,12 @@ NUMERICS_NONFINITE = signal(
 # "nonfinite_masked" (a module output non-finite while the loss stayed finite).
 
 EVERY_STEP_MAX = 0.005  # gradient check on every step when it costs under 0.5% of step time
+# Flags of unsampled steps on a device wait at most this many steps for their read (the
+# Recorder's read-back cadence, steps.READBACK_EVERY).
+READ_EVERY = 25
+# Whether reading a CPU tensor is free (no device to wait for). Tests set it False to run the
+# device path on CPU and count its reads (tests/test_host_syncs.py).
+CPU_READS_FREE = True
 # The check's predicted cost (one fused norm over the grads, bench/schedule_calibration.py).
 CHECK_PER_TENSOR_S = 3e-6
 CHECK_PER_ELEMENT_S = 0.5e-9
@@ -94,6 +105,9 @@ class NumericsProbe(Probe):
         self._input_flags: list[torch.Tensor] = []
         self._flags: HookSwitch | None = None  # per-module finiteness flags, sampled steps
         self._checked = False
+        # Flags of earlier steps not read yet (device path): (step, flags, n_loss, n_grad,
+        # grads checked, loss tensor, applied), in step order.
+        self._pending: list[tuple[int, list[Any], int, int, bool, Any, bool]] = []
         self._every_step = True  # until the work is counted (budget.py): then decided once
         self._every_step_decided = False
         self._autopsies = 0
@@ -267,14 +281,13 @@ class NumericsProbe(Probe):
         self._close_window(loss)
         if not (loss.is_floating_point() and loss.numel() > 0):
             return
-        cpu = loss.is_cpu
-        if cpu and loss.numel() == 1:
+        if loss.numel() == 1 and _reads_free(loss):
             flag: torch.Tensor | bool = math.isfinite(loss.item())  # CPU: a read, no kernel
         else:
             flag = torch.isfinite(loss.detach()).all()  # on the device until the step's read
         self._loss_flags.append(flag)
         self._loss = loss
-        if cpu and self._loss_culprits is None and not bool(flag):
+        if self._loss_culprits is None and _reads_free(loss) and not bool(flag):
             # On CPU the read is free, and before backward the loss graph is still intact:
             # recompute the ops that can make a finite input non-finite (log, div, sqrt, ...).
             self._loss_culprits = loss_graph_culprits(loss)
@@ -317,29 +330,88 @@ class NumericsProbe(Probe):
         all_flags = loss_flags + grad_flags + input_flags
         if not all_flags and not module_vals:
             return
-        host, mods = _read_with_values(all_flags, module_vals)  # the one host read of the step
         n_loss, n_grad = len(loss_flags), len(grad_flags)
+        if not sampled and not module_vals and not input_flags and _device_flags(all_flags):
+            # A device's flags: read later, with the next read's (no host sync on this step).
+            self._pending.append(
+                (step, all_flags, n_loss, n_grad, bool(known), self._loss_value(), True)
+            )
+            return
+        self._read_pending(rec)
+        if module_vals or not all(isinstance(f, bool) for f in all_flags):
+            host, mods = _read_with_values(all_flags, module_vals)  # the step's one host read
+        else:
+            host, mods = all_flags, []  # host bools already (a CPU loss): nothing to read
         loss_ok = all(host[:n_loss])
         grads_ok = all(host[n_loss : n_loss + n_grad])
         inputs_ok = all(host[n_loss + n_grad :])
-        checked: dict[str, int] = {}
-        if loss_flags:
-            checked["loss"] = int(loss_ok)
-        if known:
-            checked["grads"] = int(grads_ok)
-        if module_vals:
-            checked["activations"] = int(all(mods))
-        rec.record(step, NUMERICS_CHECKED, checked)
-        if not (loss_ok and grads_ok):
-            bad = (["loss"] if not loss_ok else []) + (["grads"] if not grads_ok else [])
-            rec.record(step, NUMERICS_NONFINITE, bad)
-            self._autopsy(
-                step, rec, loss_ok=loss_ok, grads_ok=grads_ok if known else None, applied=False
-            )
-        elif module_vals and (not all(mods) or not inputs_ok):
+        judged = self._judge(step, rec, loss_ok, grads_ok, bool(loss_flags), bool(known), mods)
+        if not judged and module_vals and (not all(mods) or not inputs_ok):
             first = next((q for q, ok in zip(module_quals, mods) if not ok), None)
             rec.record(step, NUMERICS_NONFINITE, ["activations"])
             self._masked(step, rec, first if inputs_ok else "<input>")
+
+    def _judge(
+        self,
+        step: int,
+        rec: Recorder,
+        loss_ok: bool,
+        grads_ok: bool,
+        loss_checked: bool,
+        grads_checked: bool,
+        mods: list[bool],
+        applied: bool = False,
+        loss: Any = None,
+        late: bool = False,
+    ) -> bool:
+        """Record what step `step` checked; on a non-finite loss or gradient, the autopsy
+        (True). `applied`: the step's optimizer.step() ran; `late`: a deferred read."""
+        checked: dict[str, int] = {}
+        if loss_checked:
+            checked["loss"] = int(loss_ok)
+        if grads_checked:
+            checked["grads"] = int(grads_ok)
+        if mods:
+            checked["activations"] = int(all(mods))
+        rec.record(step, NUMERICS_CHECKED, checked)
+        if loss_ok and grads_ok:
+            return False
+        bad = (["loss"] if not loss_ok else []) + (["grads"] if not grads_ok else [])
+        rec.record(step, NUMERICS_NONFINITE, bad)
+        self._autopsy(
+            step,
+            rec,
+            loss_ok=loss_ok,
+            grads_ok=grads_ok if grads_checked else None,
+            applied=applied,
+            loss=loss,
+            late=late,
+        )
+        return True
+
+    def _loss_value(self) -> torch.Tensor | None:
+        """The step's loss as a detached 0-d tensor (no copy, no read), for a deferred read."""
+        loss = self._loss
+        if loss is None or loss.numel() == 0:
+            return None
+        return loss.detach().reshape(-1)[0]
+
+    def _read_pending(self, rec: Recorder) -> None:
+        """Read every deferred step's flags in one transfer per device, and judge each step in
+        order (its own step number: a finding's step stays exact)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        host = _read([f for entry in pending for f in entry[1]])
+        pos = 0
+        for step, flags, n_loss, n_grad, grads_checked, loss, applied in pending:
+            vals = host[pos : pos + len(flags)]
+            pos += len(flags)
+            loss_ok = all(vals[:n_loss])
+            grads_ok = all(vals[n_loss : n_loss + n_grad])
+            self._judge(
+                step, rec, loss_ok, grads_ok, n_loss > 0, grads_checked, [], applied, loss, True
+            )
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         budget = self.ctx.budget if self.ctx is not None else None
@@ -354,16 +426,25 @@ class NumericsProbe(Probe):
             # No optimizer step ran (a GradScaler skipped it): the parameters are the ones the
             # loss was computed with, so the autopsy still replays faithfully.
             self._checked = True
-            host = _read(self._loss_flags)
-            if not all(host):
-                rec.record(step, NUMERICS_NONFINITE, ["loss"])
-                stepped = bool(rec.timeline.get(step, "optim.step"))
-                self._autopsy(step, rec, loss_ok=False, grads_ok=None, applied=stepped)
+            flags = list(self._loss_flags)
+            stepped = bool(rec.timeline.get(step, "optim.step"))
+            if not sampled and _device_flags(flags):
+                n = len(flags)
+                self._pending.append((step, flags, n, 0, False, self._loss_value(), stepped))
+            else:
+                self._read_pending(rec)
+                if not all(_read(flags)):
+                    rec.record(step, NUMERICS_NONFINITE, ["loss"])
+                    self._autopsy(step, rec, loss_ok=False, grads_ok=None, applied=stepped)
+        if self._pending and (sampled or step % READ_EVERY == 0):
+            self._read_pending(rec)
         self._remove_step_hooks()
         self._close_window()
         self._loss = None
 
     def detach(self) -> None:
+        if self._pending and self.ctx is not None:
+            self.ctx.guard.call("probe numerics", self._read_pending, self.ctx.rec)
         self._remove_step_hooks()
         if self._flags is not None:
             self._flags.remove()
@@ -384,7 +465,11 @@ class NumericsProbe(Probe):
         loss_ok: bool,
         grads_ok: bool | None,
         applied: bool,
+        loss: Any = None,
+        late: bool = False,
     ) -> None:
+        """`loss`: the step's loss (0-d); `late`: its flags were read after the step (a
+        device's deferred read)."""
         if self._autopsies >= MAX_AUTOPSIES:
             return
         ctx = self.ctx
@@ -395,6 +480,11 @@ class NumericsProbe(Probe):
             return  # a gradient norm overflowed on finite values: not a NaN/Inf
         if bad_params and self._causes:
             return  # the weights went NaN after the first cause, already reported: a consequence
+        if late:
+            # Read after the step's update (a device's deferred flags): weights made
+            # non-finite since are its consequence, and neither the weights nor the batch are
+            # the step's any more, so nothing is replayed: the flags say what was measured.
+            bad_params = []
         self._autopsies += 1
         facts: dict[str, Any] = {
             "loss_finite": loss_ok,
@@ -403,12 +493,15 @@ class NumericsProbe(Probe):
         }
         facts["nonfinite_params"] = bad_params[:16]
         facts["nonfinite_grads"] = bad_grads[:16]
-        if self._loss is not None:
+        loss = loss if loss is not None else self._loss
+        if loss is not None:
             with torch.no_grad():
-                value = float(self._loss.detach().float().reshape(-1)[0])
+                value = float(loss.detach().float().reshape(-1)[0])
             facts["loss"] = value if math.isfinite(value) else str(value)
         backward_only = loss_ok and not bad_params and bool(bad_grads)
-        replay = self._replay(out_grads=self._out_grads if backward_only else None)
+        replay = (
+            None if late else self._replay(out_grads=self._out_grads if backward_only else None)
+        )
         facts["replayed"] = replay is not None
         event: dict[str, Any]
         if bad_params:
@@ -732,6 +825,16 @@ def loss_graph_culprits(loss: torch.Tensor, limit: int = 2000) -> list[dict[str,
 def _op_name(func: Any) -> str:
     name = getattr(func, "__name__", None) or str(func)
     return name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
+
+
+def _reads_free(t: torch.Tensor) -> bool:
+    """Whether reading `t` on the host waits for no device (CPU, unless a test says not)."""
+    return CPU_READS_FREE and t.device.type == "cpu"
+
+
+def _device_flags(flags: list[Any]) -> bool:
+    """Whether reading these flags would synchronise the host with a device."""
+    return any(not isinstance(f, bool) and not _reads_free(f) for f in flags)
 
 
 def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
