@@ -98,3 +98,16 @@ def test_silent_without_misuse():
         params=PARAMS, steps={s: {"amp.scale": 65536.0, "optim.step": 1} for s in range(1, 30)}
     )
     assert_silent("TD204", tl)
+
+
+def test_a_norm_clip_that_never_bit_is_a_warning():
+    """The wrong order, but even the scaled norm stayed under max_norm at every measured step:
+    nothing was clipped either way, so no update of this run has changed yet."""
+    tl = _misuse("clip_grad_norm_", [1, 2, 3], norm=3.0 * 65536, threshold=1e9)
+    f = assert_fires("TD204", tl)
+    assert f.severity.value == "warning"
+    assert f.evidence["never_clipped"] == 3 and "update_shrunk_by" not in f.evidence
+    assert "clipped at none of the 3 measured steps" in f.title
+    # Clipped at one step of three: an error.
+    tl = _misuse("clip_grad_norm_", [1, 2, 3], norm=3.0 * 65536, threshold=1e5)
+    assert assert_fires("TD204", tl).severity.value == "error"

@@ -34,6 +34,10 @@ def amp_scaled_grads_used(tl: TimelineView) -> Iterator[Finding]:
       micro-batch, or before the last micro-batch, under gradient accumulation), so scaled and
       unscaled gradients are summed and the step applies the mixture.
 
+    A `clip_grad_norm_` before unscale_ that clipped at no measured step (the scaled norm
+    stayed under max_norm each time, so the unscaled one did too) changed no update of this
+    run yet: that one is a warning.
+
     ## Why it matters
     A clip threshold of 1.0 compared with a norm 65536x too large clips every step to 1/65536
     of the intended size: the model barely trains, and no error is raised. A direct
@@ -95,6 +99,8 @@ def amp_scaled_grads_used(tl: TimelineView) -> Iterator[Finding]:
         groups = group_params(names, all_names) if names else []
         what = event.get("what")
         title, cause, fix, effect = _describe(event, scale, sizes.get(key, []), groups, all_names)
+        # A norm clip measured at every affected step that never bit: no update changed yet.
+        idle = what == "clip_grad_norm_" and effect.get("never_clipped", 0) >= len(steps)
         evidence: dict[str, Any] = {
             "call": _CALL.get(what, what),
             "scaler_stage": event.get("stage"),
@@ -119,6 +125,7 @@ def amp_scaled_grads_used(tl: TimelineView) -> Iterator[Finding]:
             ),
             cause=cause,
             fix=fix,
+            severity=Severity.WARNING if idle else None,
         )
 
 
@@ -167,8 +174,16 @@ def _describe(
             actual = min(true, (threshold or math.inf) / scale)
             if actual > 0 and intended / actual > 1.0 + 1e-9:
                 effect["update_shrunk_by"] = intended / actual
+            if threshold and not clipped and all(v / scale <= threshold for v in finite):
+                effect["never_clipped"] = len(finite)
         shrink = effect.get("update_shrunk_by")
         tail = f": every update is cut to 1/{_ratio(shrink)} of its intended size" if shrink else ""
+        if "never_clipped" in effect:
+            tail = (
+                f"; it clipped at none of the {effect['never_clipped']} measured steps (the "
+                "scaled norm stayed under max_norm), so no update has changed yet: a larger "
+                f"gradient would be cut to max_norm/{s}"
+            )
         title = (
             f"clip_grad_norm_(max_norm={threshold:g}) at {src} runs on gradients still "
             f"multiplied by the GradScaler scale {s}"
