@@ -11,7 +11,7 @@ from ...timeline import TimelineView
 from .._incremental import Reader, SortedWindow, fresh
 from .._registry import rule
 from .._util import ended
-from ._layers import fmt, layer_order, layer_series, params_of
+from ._layers import fmt, layer_norms, layer_order, params_of
 
 SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
 LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
@@ -31,8 +31,9 @@ class RatioScan:
         self.rel: dict[str, SortedWindow] = {}
         self.steps = 0
 
-    def judge(self, tl: TimelineView, types: dict, decide: object) -> object:
-        """decide(rel, steps) with every step read so far folded in."""
+    def judge(self, tl: TimelineView, types: dict, decide: object, needed: int = 1) -> object:
+        """decide(rel, steps) with every step read so far folded in; False, folding nothing,
+        while fewer than `needed` steps have both norms (decide could not find enough)."""
         key = repr(sorted(types.items()))
         if key != self.types_key or not fresh(self, tl):
             self.__init__(key)
@@ -40,6 +41,14 @@ class RatioScan:
             settled, pending = reader.read(tl)
             for s, rec in settled + pending:
                 self.open.setdefault(s, [None, None])[i] = rec
+        if (
+            self.steps + sum(g is not None and p is not None for g, p in self.open.values())
+            < needed
+        ):
+            # The structural steps' passes: the steps wait, unfolded, for a pass that can
+            # judge them (on a model of 10,000 tensors, 5,000 layers folded and undone for
+            # nothing at each of them).
+            return False
         g_done, p_done = self.grads.done, self.weights.done
         for s in sorted(self.open):
             if g_done is None or p_done is None or s > g_done or s > p_done:
@@ -80,15 +89,15 @@ def _pairs(grads: list, weights: list) -> Iterator[tuple[int, object, object]]:
 
 def _ratios(g: object, p: object, types: dict) -> Iterator[tuple[str, float]]:
     """(layer, ||grad|| / ||θ||) of one sampled step, for the layers judged."""
-    pn = {layer: series[0][1] for layer, series in layer_series([(0, p)]).items()}
-    for layer, series in layer_series([(0, g)]).items():
+    pn = layer_norms(p)  # type: ignore[arg-type]
+    for layer, gv in layer_norms(g).items():  # type: ignore[arg-type]
         if types.get(layer) in SPARSE_BY_DESIGN:
             continue  # a batch touches a few rows of an embedding table: small by design
         if LORA_A.search(layer):
             continue  # LoRA's B starts at 0, so A's gradient is 0 then tiny: by design
         if "Norm" in (types.get(layer) or ""):
             continue  # norm gains start at 1 (large ||θ||): a small ratio is not vanishing
-        gv, pv = series[0][1], pn.get(layer)
+        pv = pn.get(layer)
         if pv is None or pv <= 0 or gv <= 0:
             continue
         yield layer, gv / pv
@@ -187,7 +196,8 @@ def vanishing_gradient(
     params = tl.fact("params") or {}
     # The medians of the ratios kept between passes decide; a finding (rare) is then worded
     # from the whole series.
-    if not state.judge(tl, types, lambda rel, n: _low(rel, n, needed, params, orders) is not None):
+    decide = lambda rel, n: _low(rel, n, needed, params, orders) is not None  # noqa: E731
+    if not state.judge(tl, types, decide, needed):
         return
     rel: dict[str, list[float]] = {}
     steps_seen: set[int] = set()
