@@ -177,3 +177,31 @@ def test_the_driver_sets_the_runs_lr_per_step():
     words = describe(setup, Arm(lr_scale=2.0, constant_lr=True), None)
     assert words.startswith("constant lr 0.2; the run's OneCycleLR not replayed")
     assert "no autocast seen" in words
+
+
+def test_a_warm_up_the_run_ended_inside_goes_on_to_the_base_lr():
+    """`check` stops after 20 steps, often inside a warm-up: after the recorded steps the
+    replay runs at the base lr the warm-up was heading to, not at its early lr (said)."""
+    model = nn.Linear(2, 1)
+    setup = runner.Setup(
+        model=model,
+        init_state=None,
+        optimizer_class=torch.optim.SGD,
+        groups=[([0, 1], {"lr": 0.001, "initial_lr": 0.1})],
+        lrs=[[0.001], [0.002], [0.003]],
+        schedulers=["LinearLR"],
+    )
+    opt = runner.build_optimizer(setup, model)
+    driver = StepDriver(setup, Arm(), opt, None)
+    seen = []
+    for k in range(5):
+        driver.set_lr(k)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == [0.001, 0.002, 0.003, 0.1, 0.1]
+    words = describe(setup, Arm(), None)
+    assert (
+        "0.001 -> 0.003; the base lr 0.1 after step 3 (the run ended inside its warm-up)" in words
+    )
+    # A decay (or a schedule that ended) holds its last lr.
+    setup.lrs = [[0.1], [0.05], [0.01]]
+    assert "the last held after step 3" in describe(setup, Arm(), None)

@@ -3,7 +3,10 @@ autocast of the forward, and the GradScaler (experiments/trials.py, recipe.py).
 
 - **lr:** the optimizer probe records each group's lr at every step (`optim.lr`). A trial's
   step k runs at the lr the run's step k had (a schedule, a warm-up, an lr set by hand), times
-  the arm's `lr_scale`; after the run's last recorded step the last lr is held. An arm with
+  the arm's `lr_scale`. After the run's last recorded step the last lr is held, but for a
+  warm-up the run ended inside (the lr still rising, below the groups' base lr): then the
+  base lr, where the warm-up was heading (`check` stops after 20 steps, and a replay that
+  held a warm-up's first lr would learn nothing with or without the fix). An arm with
   `constant_lr` (TD206/TD210: the lr the run had when it blew up) runs at one lr.
 - **autocast:** replayed from the captured forward (runner.Batch.autocast, runner.autocast_of).
 - **GradScaler:** a fresh one on the copy with the user's settings (init_scale, growth and
@@ -84,13 +87,13 @@ class StepDriver:
         # Each optimizer group's base lr (a group TD103's fix adds follows the first group).
         self.bases = [float(g["lr"]) if _number(g.get("lr")) else None for g in opt.param_groups]
         self.lrs = None if getattr(arm, "constant_lr", False) else setup.lrs
-        self.replayed = len(setup.groups)
+        self.after = after_run(setup) if self.lrs else None
 
     def set_lr(self, step: int) -> None:
         """The lr the run had at this step (0-based), times the arm's lr_scale."""
         if not self.lrs:
             return
-        row = self.lrs[min(step, len(self.lrs) - 1)]
+        row = self.lrs[step] if step < len(self.lrs) else self.after or self.lrs[-1]
         scale = self.arm.lr_scale
         for i, group in enumerate(self.opt.param_groups):
             lr = row[i] if i < len(row) else row[0] * _ratio(self.bases, i)
@@ -119,6 +122,23 @@ class StepDriver:
     def _clip(self) -> None:
         if self.clip is not None:
             self.clip()
+
+
+def after_run(setup: Setup) -> list[float] | None:
+    """The lr row replayed after the run's recorded steps when the run ended inside a warm-up
+    (each group's lr rising to its last step, below its base lr): the base lrs; else None (the
+    last row is held)."""
+    lrs = setup.lrs
+    if not lrs or len(lrs) < 2 or len(setup.groups) != len(lrs[0]):
+        return None
+    bases = [base_lr(settings) for _, settings in setup.groups]
+    if any(b is None for b in bases):
+        return None
+    for g, base in enumerate(bases):
+        col = [row[g] for row in lrs]
+        if not (col[-1] > col[0] and col[-1] >= max(col) and col[-1] < base):  # type: ignore[operator]
+            return None
+    return [float(b) for b in bases]  # type: ignore[arg-type]
 
 
 def arm_scaler(setup: Setup, arm: Any) -> dict[str, Any] | None:
@@ -157,9 +177,16 @@ def _lr_words(setup: Setup, arm: Any) -> str:
     by = f" ({scheds})" if scheds else ""
     scale = f" x{arm.lr_scale:g}" if arm.lr_scale != 1.0 else ""
     peak = f" -> {max(lrs):.3g}" if max(lrs) > max(lrs[0], lrs[-1]) else ""
+    after = after_run(setup)
+    tail = (
+        f"the base lr {after[0] * arm.lr_scale:.3g} after step {len(lrs)} (the run ended "
+        "inside its warm-up)"
+        if after
+        else f"the last held after step {len(lrs)}"
+    )
     return (
         f"the lr of each of the run's {len(lrs)} steps{by}{scale}, "
-        f"{lrs[0]:.3g}{peak} -> {lrs[-1]:.3g}; the last held after step {len(lrs)}"
+        f"{lrs[0]:.3g}{peak} -> {lrs[-1]:.3g}; {tail}"
     )
 
 
