@@ -353,7 +353,3 @@ def plan_for(finding: Finding, setup: Setup) -> Plan | NotRun | None:
     """The finding's plan, its reason for none, or None when no fix is declared for it."""
     fn = FIXES.get(finding.code)
     return fn(finding, setup) if fn is not None else None
-
-
-# The fixes of their own modules, registered on import: TD204's; TD301's and TD302's.
-from . import fix_amp, fix_branch  # noqa: E402, F401

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..findings import Finding, Severity, rank
+from . import fix_amp  # noqa: F401  (registers TD204's fix; fix_branch: TD301's, TD302's)
 from .fidelity import StepDriver, describe
 from .fix_branch import TRACED, traced
 from .fixes import (
