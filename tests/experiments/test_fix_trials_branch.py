@@ -343,3 +343,52 @@ def test_recorder_refuses_a_tensor_with_another_graph():
     rec, loss, *_ = _record(two_models, None)
     with pytest.raises(NotReplayable, match="neither the model's output nor its parameters"):
         rec.finish(loss)
+
+
+# -- frameworks -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_detached_penalty_helps(tmp_path):
+    """A LightningModule whose training_step adds a penalty on detached logits: the trial
+    replays the training_step's loss code with the `.detach()` removed, and the fix helps."""
+    L = pytest.importorskip("lightning.pytorch")
+    import traindoctor.lightning as tdl
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, i):
+            xb, yb = batch
+            logits = self(xb)
+            reg = logits.detach().pow(2).mean()  # BUG: the penalty trains nothing
+            return F.cross_entropy(logits, yb) + 0.5 * reg
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x, y = data()
+    g = torch.Generator().manual_seed(0)
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True, generator=g
+    )
+    torch.manual_seed(0)
+    doc = tdl.Doctor(out_dir=tmp_path, console=False)
+    trainer = L.Trainer(
+        callbacks=[doc],
+        max_epochs=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with experiments.enable():
+        trainer.fit(Lit(), dl)
+    _, trial = _trial(doc.report, "TD302")
+    assert trial["verdict"] == "fix helps", trial
