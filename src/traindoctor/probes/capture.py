@@ -331,7 +331,7 @@ class CaptureProbe(Probe):
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         if self._recorder is not None:
-            self._end_trace(None, root)
+            self._end_trace(None, loss)  # the loss before any GradScaler scale: the replay scales
         batch = self.setup.batch if self.setup is not None else None
         if batch is not None and step == batch.step and self._values["backward"] is None:
             self._values["backward"] = loss.detach()
