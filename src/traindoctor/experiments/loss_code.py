@@ -166,6 +166,11 @@ class LossCode:
             )
         return None
 
+    def nbytes(self) -> int:
+        """Bytes of the copies this trace keeps (its constants, the checked output)."""
+        kept = [*self.consts, *(self.outputs or ()), *(self.params or {}).values()]
+        return sum(t.numel() * t.element_size() for t in kept)
+
     def find(self, ops: frozenset[str] | set[str], at: str) -> list[Call]:
         """The kept calls of these functions at user line `at`."""
         return [c for c in self.calls if c.name in ops and c.source == at]

@@ -77,6 +77,7 @@ class CaptureProbe(Probe):
         # The loss code of a captured step, recorded from the forward's end to the backward
         # (experiments/loss_code.py: the TD301/TD302 trials replay it with the op swapped).
         self._recorder: Any = None
+        self._trace_bytes = 0
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -319,7 +320,13 @@ class CaptureProbe(Probe):
             batch.trace = recorder.reason
             return
         try:
-            batch.trace = recorder.finish(root)
+            code = recorder.finish(root)
+            self._trace_bytes += code.nbytes()
+            # The traces' copies (targets, masks, the first step's output) kept within a bound:
+            # later steps' loss code is then not kept (the TD301/TD302 trials replay fewer).
+            batch.trace = code
+            if self._trace_bytes > BATCH_BYTES:
+                batch.trace = f"the loss code's copies pass the {BATCH_BYTES >> 20} MiB kept"
         except NotReplayable as exc:
             batch.trace = str(exc)
         except Exception as exc:  # noqa: BLE001
