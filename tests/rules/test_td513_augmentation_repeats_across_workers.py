@@ -88,3 +88,17 @@ def test_silent_with_a_worker_init_fn_one_worker_or_a_generator_used_in_init_onl
     assert_silent("TD513", _loader(num_workers=1))
     unused = [{"path": "dataset.rng", "kind": "numpy.random.Generator", "used_in": None}]
     assert_silent("TD513", _loader(generators=unused))
+
+
+def test_silent_on_repeats_when_every_loader_runs_in_the_main_process():
+    # torchvision's detection reference on 16 images under a random flip, num_workers=0:
+    # after the first epoch some samples come back (same image, same flip) among fresh ones.
+    rng = random.Random(5)
+    groups = [_fresh(rng) for _ in range(8)]
+    batches = [b for g in groups for b in (g, list(g))]
+    steps = {s: {"data.samples": b} for s, b in enumerate(batches, 1)}
+    for workers in (0, 1):
+        event = {"kind": "data_loader", "step": 1, "name": "data_loader", "num_workers": workers}
+        assert_silent("TD513", make_timeline(params=["w"], steps=steps, events=[event]))
+    event = {"kind": "data_loader", "step": 1, "name": "data_loader", "num_workers": 2}
+    assert_fires("TD513", make_timeline(params=["w"], steps=steps, events=[event]))
