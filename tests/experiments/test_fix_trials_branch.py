@@ -392,3 +392,38 @@ def test_lightning_detached_penalty_helps(tmp_path):
         trainer.fit(Lit(), dl)
     _, trial = _trial(doc.report, "TD302")
     assert trial["verdict"] == "fix helps", trial
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a):
+        return a.round()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_recorder_refuses_a_custom_autograd_function():
+    """Its forward's ops run without grad (as recorded), its gradient comes from a backward
+    the trace does not hold: a replay would lose it."""
+
+    def custom(out, y, _c):
+        return F.cross_entropy(out, y) + _StraightThrough.apply(out).pow(2).mean()
+
+    rec, loss, *_ = _record(custom, None)
+    with pytest.raises(NotReplayable, match="custom autograd.Function"):
+        rec.finish(loss)
+
+
+def test_recorder_replays_autograd_grad():
+    """A gradient penalty (torch.autograd.grad with create_graph) is a recorded call."""
+
+    def penalty(out, y, _c):
+        (g,) = torch.autograd.grad(out.pow(2).sum(), out, create_graph=True)
+        return F.cross_entropy(out, y) + g.pow(2).mean()
+
+    rec, loss, *_ = _record(penalty, None)
+    code = rec.finish(loss)
+    assert code.verify() is None
+    assert "grad" in [c.name for c in code.calls]

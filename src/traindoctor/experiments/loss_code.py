@@ -319,6 +319,7 @@ class LossRecorder(TorchFunctionMode):
         self._block = 0
         self._last_grad: bool | None = None
         self._reads: dict[float, str | None] = {}  # a value read into Python -> its line
+        self._rg: dict[int, bool] = {}  # slot -> it required grad when last made or written
         self._suspect: dict[int, str] = {}  # const slots made from values that left torch
         self._exited = False  # a value of the prediction left torch (numpy, .item())
         self._made: dict[int, tuple[weakref.ref, str | None]] = {}  # tensors made after it
@@ -355,6 +356,7 @@ class LossRecorder(TorchFunctionMode):
         self._outputs = []
         self._made.clear()
         self._reads.clear()
+        self._rg.clear()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -419,6 +421,8 @@ class LossRecorder(TorchFunctionMode):
             call.outs.append((path, self._slot))
             self._slot += 1
         call.rg = tuple(bool(t.requires_grad) for _, t in _paths(out))
+        for (_, slot), rg in zip(call.outs, call.rg):
+            self._rg[slot] = rg
         self._calls.append(call)
 
     def _encode(self, obj: Any, hit: list[bool], grad: bool, depth: int = 0) -> Any:
@@ -426,6 +430,13 @@ class LossRecorder(TorchFunctionMode):
             known = self._values.get(id(obj))
             if known is not None and known[0]() is obj:
                 hit[0] = hit[0] or known[1] >= 0  # a constant's slot is no prediction
+                if obj.requires_grad and not self._rg.get(known[1], True):
+                    # It got a graph that no recorded call gave it: a custom autograd
+                    # Function's output (its forward's ops run without grad, as recorded).
+                    raise NotReplayable(
+                        "a tensor of the loss code got its graph outside torch's functions "
+                        "(a custom autograd.Function?): its gradient would not be replayed"
+                    )
                 return _Ref("slot", known[1])
             param = self._params.get(id(obj))
             if param is not None and param[1] is obj:
