@@ -126,10 +126,11 @@ class LossCode:
         for k, c in enumerate(self.consts):
             table[-1 - k] = c.clone()
         grad_blocks = _grad_blocks(self.calls, swap)
+        outer = torch.is_grad_enabled()  # a replay scored under no_grad builds no graph
         for call in self.calls:
             a = _decode(call.args, table, params)
             kw = _decode(call.kwargs, table, params)
-            grad = call.grad or call.block in grad_blocks
+            grad = outer and (call.grad or call.block in grad_blocks)
             with torch.set_grad_enabled(grad):
                 result = _swapped(call, swap, a, kw)
             if call.name in _BRANCH and call.result is not None and bool(result) != call.result:
@@ -149,7 +150,10 @@ class LossCode:
         replay on the recorded output gives the recorded loss."""
         if self.outputs is None or self.root_value is None:
             return "the recorded loss code has no value to check against"
-        outs = [o.clone().requires_grad_(o.is_floating_point()) for o in self.outputs]
+        outs = [
+            o.clone().requires_grad_(bool(rg) and o.is_floating_point())
+            for o, rg in zip(self.outputs, self.out_rg or (True,) * len(self.outputs))
+        ]
         params = {k: v.clone().requires_grad_(True) for k, v in (self.params or {}).items()}
         with torch.random.fork_rng(devices=[]):
             if self.rng is not None:
