@@ -72,6 +72,11 @@ def _loss_code(fix: str, setup: Setup) -> LossCode | NotRun:
     why = _needs_optimizer(setup)
     if why:
         return NotRun(fix, why)
+    if setup.micro_batches > 1:
+        # The loss code recorded is one micro-batch's (`loss / k` in it): a step is k of them.
+        return NotRun(
+            fix, f"{setup.micro_batches} micro-batches a step: the loss code of one is replayed"
+        )
     code, why = recorded(setup)
     return code if code is not None else NotRun(fix, why or "the loss code was not recorded")
 
