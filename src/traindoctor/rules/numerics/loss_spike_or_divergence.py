@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
@@ -14,6 +15,10 @@ from .._objective import MIN_UPDATE, objective
 from .._registry import rule
 from .._util import loss_source
 from ._layers import fmt, layer_series, params_of
+
+# A spike the run never came back from is a fault when it undid this share of the progress made
+# before it, to the end of the run (see _recovery).
+UNDONE = 0.2
 
 
 @rule(
@@ -55,7 +60,10 @@ def loss_spike_or_divergence(
     - divergence: the loss of the last steps is `diverge_factor` times the loss of the first
       steps or of the very first step, before any update (or 2.5 x that factor above the
       lowest level it reached, and up from it by at least half the starting loss: a loss fit
-      to ~0 that drifts to a few percent of its start is a large ratio of a tiny level);
+      to ~0 that drifts to a few percent of its start is a large ratio of a tiny level), and
+      three quarters of the last steps are above the level the run had reached (the start, or
+      the highest loss of the steps of that lowest level): a few batches far above the rest at
+      the very end, between batches still at the fitted level, are no climb;
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
       `robust_z` robust deviations above it, `stand_out` times their upper quartile (per-batch
       losses that are often high are the run's own spread), and up by at least half the
@@ -71,12 +79,15 @@ def loss_spike_or_divergence(
     info, a warning only when each step moves the weights by 1x their initial norm or more,
     and spikes are not judged. The evidence says what was judged.
 
-    A spike after which the loss is back at its level (the window before the spike: up to its
-    upper quartile or 1.5x its median, or three quarters of the way down from the spike) over
-    the next `max(3, n/10)` steps, and is no higher over the run's last fifth, is info: one batch far above the rest
+    A spike is a warning only when the run never came back from it: no median of
+    `max(3, n/10)` consecutive steps after it is back at the level of the 10 steps before it
+    (up to their highest loss), and even the lowest undid a fifth or more of the progress made
+    before the spike (from the starting loss down to their median). A spike the run came back
+    from, at once or after many bad steps, is info: one batch far above the rest
     (heavy-tailed per-batch losses, as those of a small-batch BatchNorm net fit to ~0, which
-    swing between 0.001 and 3), not instability; so is a spike in the run's last two steps,
-    whose aftermath cannot be seen.
+    swing between 0.001 and 3), not a fault of the run; so is a spike too near the end for its
+    aftermath to be seen. Every spike is weighed: the first one the run never came back from
+    is the warning, else the first one is said at info.
 
     ## Why it matters
     A diverging run wastes every step after the onset; a spike undoes part of the training and
@@ -130,18 +141,12 @@ def _judge(
     if before is not None and first > 0:
         first = min(first, before)
     last = levels.tail_median(w)
-    threshold = None
-    if first > 0 and last >= diverge_factor * first:
-        threshold = diverge_factor * first
-    elif (
-        best := _lowest_level(
-            values, w, last, 2.5 * diverge_factor, 0.5 * first, levels.bound((w + 1) // 2)
-        )
-    ) is not None:
-        # A rise from the lowest level counts when it is also large next to the starting loss
-        # (as for a spike): a loss fit to ~0 that drifts back to a few percent of its start
-        # (0.001 -> 0.04 from 1.8, resnet18 on batches of 16) is a large ratio of a tiny level.
-        threshold = 2.5 * diverge_factor * best
+    threshold, best, reached = _rise(values, levels, w, first, last, diverge_factor)
+    if threshold is not None and _quarter(values[-w:]) <= reached:
+        # A quarter of the last steps are still back at the level the run had reached: a few
+        # batches far above the rest at the very end (the per-batch losses of a small-batch
+        # net fit to ~0 swing between 0.001 and 6), not a loss that climbed away for good.
+        threshold = None
     if threshold is not None:
         # the step after the last one below the threshold (scanned from the end)
         below = next((i for i in range(len(values) - 1, -1, -1) if values[i] < threshold), None)
@@ -157,7 +162,7 @@ def _judge(
             tl,
             kind="divergence",
             step=steps[onset_i],
-            before=first if threshold == diverge_factor * first else best,
+            before=first if best is None else best,
             value=last,
             severity=severity,
             judged=obj.judged,
@@ -165,27 +170,85 @@ def _judge(
         return
     if not obj.falls:
         return  # jumps of a loss whose course is unknown: not judged
+    # Every spike is weighed, not only the first: a batch far above the rest early on must not
+    # hide a later spike the run never came back from.
+    first_info = None
     for i, med in levels.spikes():
         v = values[i]
-        if v - med >= 0.5 * first:
-            window = values[i - 10 : i]
+        if v - med < 0.5 * first:
+            continue
+        window = list(values[i - 10 : i])
+        came_back = _recovery(values, steps, i, window, w, first)
+        if came_back["recovered"] is False:
             yield _finding(
                 tl,
                 kind="spike",
                 step=steps[i],
                 before=med,
                 value=v,
-                severity=Severity.INFO if _shrugged_off(values, i, window) else Severity.WARNING,
+                severity=Severity.WARNING,
                 judged=obj.judged,
+                recovery=came_back,
             )
             return
+        if first_info is None:
+            first_info = (i, med, came_back)
+    if first_info is not None:
+        i, med, came_back = first_info
+        yield _finding(
+            tl,
+            kind="spike",
+            step=steps[i],
+            before=med,
+            value=values[i],
+            severity=Severity.INFO,
+            judged=obj.judged,
+            recovery=came_back,
+        )
+
+
+def _rise(
+    values: Sequence[float],
+    levels: Levels,
+    w: int,
+    first: float,
+    last: float,
+    diverge_factor: float,
+) -> tuple[float | None, float | None, float]:
+    """When `last` is a divergence: (its threshold, the lowest level it is measured from or
+    None when from the start, the level the run had reached: the start, or the highest loss of
+    the window of that lowest level, with its spread); else (None, None, 0)."""
+    if first > 0 and last >= diverge_factor * first:
+        return diverge_factor * first, None, first
+    found = _lowest_level(
+        values, w, last, 2.5 * diverge_factor, 0.5 * first, levels.bound((w + 1) // 2)
+    )
+    if found is not None:
+        # A rise from the lowest level counts when it is also large next to the starting loss
+        # (as for a spike): a loss fit to ~0 that drifts back to a few percent of its start
+        # (0.001 -> 0.04 from 1.8, resnet18 on batches of 16) is a large ratio of a tiny level.
+        best, at = found
+        return 2.5 * diverge_factor * best, best, max(values[at : at + w])
+    return None, None, 0.0
+
+
+def _quarter(values: Sequence[float]) -> float:
+    """The lower quartile of `values` (the value a quarter of them are below)."""
+    xs = sorted(values)
+    return xs[len(xs) // 4]
 
 
 def _lowest_level(
-    values: list[float], w: int, last: float, ratio: float, rise: float, bound: float | None
-) -> float | None:
-    """The lowest median of `w` consecutive losses when the loss of the last steps is
-    `ratio` times it and `rise` above it (and it is > 0), else None.
+    values: Sequence[float],
+    w: int,
+    last: float,
+    ratio: float,
+    rise: float,
+    bound: float | None,
+) -> tuple[float, int] | None:
+    """The lowest median of `w` consecutive losses and the index its window starts at, when
+    the loss of the last steps is `ratio` times it and `rise` above it (and it is > 0), else
+    None.
 
     Every window's median is at least its ceil(w/2)-th smallest value, so at least the
     ceil(w/2)-th smallest loss of the run (`bound`, or a lower bound of it): when that already
@@ -198,45 +261,64 @@ def _lowest_level(
     window = SortedWindow()
     for v in values[:w]:
         window.add(v)
-    best = window.median()
+    best, at = window.median(), 0
     for i in range(w, len(values)):
         window.remove(values[i - w])
         window.add(values[i])
-        best = min(best, window.median())
+        if (m := window.median()) < best:
+            best, at = m, i - w + 1
     if best > 0 and last >= ratio * best and last - best >= rise:
-        return best
+        return best, at
     return None
 
 
-def _shrugged_off(values: list[float], i: int, window: list[float]) -> bool:
-    """The run is back at its level after the spike at `values[i]`, and stays there: one batch
-    far above the rest (heavy-tailed data: x^4 features in pytorch/examples' regression, the
-    per-batch losses of a small-batch BatchNorm net fit to ~0), not instability.
+def _recovery(
+    values: Sequence[float],
+    steps: Sequence[int],
+    i: int,
+    window: list[float],
+    w: int,
+    first: float,
+) -> dict[str, Any]:
+    """Whether the run came back to its level after the spike at `values[i]`.
 
-    Back at its level: no higher than the window before the spike with its own spread (its
-    upper quartile, or 1.5x its median: per-batch losses of 0.001 to 0.8 around a median of
-    0.08 are one level), or back down at least three quarters of the way from the spike to
-    that median (the median of a few heavy-tailed losses is itself noisy). Judged on the median
-    of the next `max(3, n // 10)` steps (back at once) and of the run's last fifth without the
-    spike itself (no higher by the end). At the very end of the run the recovery cannot be
-    seen: not asserted either."""
-    after = values[i + 1 : i + 1 + max(3, len(values) // 10)]
-    if len(after) < 2:
-        return True
+    The level is the one of the 10 steps before the spike with their whole spread: up to the
+    highest of them (heavy-tailed per-batch losses, as those of a small-batch BatchNorm net fit
+    to ~0, swing between 0.001 and 3 from one batch to the next, and several high batches in a
+    row happen on a healthy run). The run came back when the median of some `w` consecutive
+    steps after the spike (a tenth of the run) is at that level, however long it took: a spike
+    the run comes back from is no fault of the run, and what happens after that is not this
+    spike's doing (a later spike, a drift: judged on their own). One it never came back from
+    left the loss higher to the end; it counts when even the lowest of those medians undid a
+    fifth or more of the progress made before it (from `first`, the starting loss, down to the
+    median before the spike): a loss fit to 0.02 that stays at 0.1 from a start of 1.8 is
+    noise of a tiny level. Fewer than `w` steps after the spike: it cannot be told (None)."""
+    n = len(values)
     med = statistics.median(window)
-    level = max(1.5 * med, _quantile(window, 0.75), med + 0.25 * (values[i] - med))
-    tail = max(5, len(values) // 5)
-    end = [v for j, v in enumerate(values) if j >= len(values) - tail and j != i]
-    return statistics.median(after) <= level and statistics.median(end) <= level
-
-
-def _quantile(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile of `values` (0 <= q <= 1)."""
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    level = max(window)
+    out: dict[str, Any] = {"recovered": None, "level_before": level}
+    if n - (i + 1) < w:
+        return out
+    # The lowest rolling median after the spike, scanned until one is at the level.
+    rolling = SortedWindow()
+    for v in values[i + 1 : i + 1 + w]:
+        rolling.add(v)
+    best, end = rolling.median(), i + w
+    for j in range(i + 1 + w, n):
+        if best <= level:
+            break
+        rolling.remove(values[j - w])
+        rolling.add(values[j])
+        if (m := rolling.median()) < best:
+            best, end = m, j
+    undone = (best - med) / (first - med) if first > med else 0.0
+    out.update(
+        recovered=best <= level or undone < UNDONE,
+        lowest_median=best,
+        median_steps=[steps[end - w + 1], steps[end]],
+        progress_undone=round(max(undone, 0.0), 4),
+    )
+    return out
 
 
 def _overshoots(moves: list[float], min_update: float = MIN_UPDATE) -> bool:
@@ -254,6 +336,7 @@ def _finding(
     value: float,
     severity: Severity,
     judged: str,
+    recovery: dict[str, Any] | None = None,
 ) -> Finding:
     params = tl.fact("params") or {}
     layer, layer_ev = _leading_layer(tl, step)
@@ -280,7 +363,7 @@ def _finding(
         cause = (
             f"one step's loss jumped to {value / before:.1f}x its recent median{led}: a batch "
             "unlike the others, or an update that overshot"
-        )
+        ) + _aftermath(recovery or {})
     return tl.finding(
         title=title + (f", led by `{layer}`" if layer else ""),
         step=step,
@@ -291,14 +374,16 @@ def _finding(
             "leading_layer": layer_ev,
             "lr": lrs,
             "judged": judged,
+            **({"recovery": recovery} if recovery else {}),
         },
         where=Where(
             module=layer,
             params=params_of(params, layer) if layer else (),
             source=loss_source(tl),
         ),
+        # a spike's severity is its aftermath's; a divergence at info is one not judged
         cause=f"{cause}; judged: {judged}"
-        if severity is not Severity.INFO
+        if severity is not Severity.INFO or kind == "spike"
         else f"{cause}; not judged a fault: {judged}",
         fix="lower the learning rate or add a warmup; if one layer leads, give its group a "
         "smaller lr; look at the batch of that step; clip with clip_grad_norm_ at a norm measured "
@@ -306,6 +391,24 @@ def _finding(
         severity=severity,
         confidence=0.8 if kind == "divergence" else 0.6,
     )
+
+
+def _aftermath(recovery: dict[str, Any]) -> str:
+    """What the run did after a spike, in words (see _recovery)."""
+    level, done = recovery.get("level_before"), recovery.get("recovered")
+    if done is None or level is None:
+        return "; too few steps follow it to tell whether the run came back"
+    low, (a, b) = fmt(recovery["lowest_median"]), recovery["median_steps"]
+    if recovery["lowest_median"] <= level:
+        return (
+            f"; the run came back: the median of steps {a}-{b} is {low}, within the "
+            f"{fmt(level)} of the 10 steps before it"
+        )
+    said = f"the lowest median of {b - a + 1} steps after it is {low} (steps {a}-{b})"
+    undone = f"{recovery['progress_undone']:.0%} of the progress made before it undone"
+    if done:
+        return f"; {said}, above the {fmt(level)} of the steps before it, but only {undone}"
+    return f"; the run never came back: {said}, above the {fmt(level)} before it, {undone}"
 
 
 def _leading_layer(tl: TimelineView, step: int) -> tuple[str | None, dict]:
