@@ -210,6 +210,26 @@ def test_td302_numpy_round_trip_not_run(tmp_path):
     assert trial["verdict"].startswith("not run: a numpy round-trip"), trial
 
 
+def test_td302_accumulation_not_run(tmp_path):
+    """Two micro-batches a step, each loss / 2: the recorded loss code is one micro-batch's,
+    not a step: said, not replayed."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data()
+    with experiments.enable(), td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for s in range(20):
+            opt.zero_grad()
+            for k in range(2):
+                i = (2 * s + k) % 8 * 32
+                out = model(x[i : i + 32])
+                penalty = out.detach().pow(2).mean()  # BUG
+                ((F.cross_entropy(out, y[i : i + 32]) + 0.5 * penalty) / 2).backward()
+            opt.step()
+    _, trial = _trial(doc.report, "TD302")
+    assert trial["verdict"] == "not run: 2 micro-batches a step: the loss code of one is replayed"
+
+
 # -- TD301 ------------------------------------------------------------------------------------
 
 
