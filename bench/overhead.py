@@ -6,13 +6,18 @@ median and mean step-time ratios. 200-step runs weigh the first steps heavily (t
 structural checks of steps 1-3, the data probe's per-sample fingerprints of the first 32), so
 a long watched run then reports the steady state as the governor sees it: the share of step
 time spent in traindoctor's hooks per 20-step window, and the sampling interval it settled on.
-Usage: python bench/overhead.py [--steps 200] [--rounds 12] [--long 1500]
+`--calls` prints instead the load-independent figure of issue 15: the Python calls (function
+and builtin calls, `sys.setprofile`) of one unsampled step after step 60, median over 200
+steps, plain and watched; run it on an export of another commit (PYTHONPATH=<export>/src) for
+a before/after.
+Usage: python bench/overhead.py [--steps 200] [--rounds 12] [--long 1500] [--calls]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 
@@ -68,8 +73,16 @@ def main() -> None:
     ap.add_argument(
         "--long", type=int, default=1500, help="steps of the steady-state run (0: skip)"
     )
+    ap.add_argument("--calls", action="store_true", help="count Python calls per unsampled step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.calls:
+        plain_calls, watched_calls = count_calls(False), count_calls(True)
+        print(
+            f"Python calls per unsampled step (median of steps 61-260): plain {plain_calls:.0f}, "
+            f"watched {watched_calls:.0f}, traindoctor's {watched_calls - plain_calls:.0f}"
+        )
+        return
     model = make_model()
     n_params = sum(p.numel() for p in model.parameters())
     n_tensors = len(list(model.parameters()))
@@ -108,6 +121,45 @@ def main() -> None:
     )
     if args.long:
         steady(args.long)
+
+
+def count_calls(watched: bool, steps: int = 260, after: int = 60) -> float:
+    """Median Python calls of an unsampled step (neither a read-back nor a pass step)."""
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.randn(64, 256, generator=g), torch.randint(0, 10, (64,), generator=g))
+        for _ in range(16)
+    ]
+    counted = [0]
+
+    def profile(_frame, event, _arg):
+        if event == "call" or event == "c_call":
+            counted[0] += 1
+
+    per_step: list[int] = []
+    with tempfile.TemporaryDirectory() as out:
+        doc = td.watch(model, opt, out_dir=out, console=False) if watched else None
+        for i in range(steps):
+            x, y = data[i % len(data)]
+            on = i >= after and (doc is None or not doc.budget.sampled(doc.step))
+            counted[0] = 0
+            if on:
+                sys.setprofile(profile)
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            if doc is not None:
+                doc.log(loss=loss)
+            sys.setprofile(None)
+            if on:
+                per_step.append(counted[0])
+        if doc is not None:
+            doc.close()
+    return statistics.median(per_step)
 
 
 def steady(steps: int) -> None:

@@ -110,6 +110,10 @@ class Bus:
 
         return unsubscribe
 
+    def refresh(self) -> None:
+        """Rebuild the handler lists: a probe changed its `sampled_only` (or retired)."""
+        self._clear()
+
     def _clear(self) -> None:
         for cache in self._cache:
             cache.clear()

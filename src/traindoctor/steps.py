@@ -20,7 +20,12 @@ from . import _hooks
 from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
-from .diagnosis_schedule import DiagnosisSchedule, diagnose_due, predicted_pass_seconds
+from .diagnosis_schedule import (
+    NO_STEP_CHECKPOINTS,
+    DiagnosisSchedule,
+    diagnose_due,
+    predicted_pass_seconds,
+)
 from .errors import StopTraining
 from .governor import summary_line
 from .handsteps import HandSteps
@@ -80,10 +85,12 @@ class StepDriver:
         t0 = time.perf_counter()
         self.backward_since_step += 1
         self.step_backwards += 1
-        guard.call("hook backward", self.note_backward, loss)
-        run.bus.emit(Event.BACKWARD, state.step, root, loss, run.rec)
+        step = state.step
+        # note_backward, inline (a weakref and a tuple cannot fail: no guard call per step).
+        self.last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, step)
+        run.bus.emit(Event.BACKWARD, step, root, loss, run.rec)
         budget.spend(time.perf_counter() - t0)
-        if self.schedule.after_backwards(self.backward_since_step):
+        if self.backward_since_step in NO_STEP_CHECKPOINTS:
             self._timed_pass()
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
@@ -142,14 +149,15 @@ class StepDriver:
             self._close_step(step)
         except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
             run.guard.note("step end", exc)
-        stream = self.timeline.stream
-        if stream is not None and (step <= budget.structural_steps or step % READBACK_EVERY == 0):
-            # To disk with the device values just read back: a kill loses the steps since (a
-            # write to the OS every step cost ~2% of a small GPT's step on this machine).
-            run.guard.call("timeline stream", stream.flush)
-        if step % READBACK_EVERY == 0:
-            # Thinned after the flush: every record it drops from memory is on disk.
-            run.guard.call("timeline compact", self.timeline.compact)
+        if step % READBACK_EVERY == 0 or step <= budget.structural_steps:
+            stream = self.timeline.stream
+            if stream is not None:
+                # To disk with the device values just read back: a kill loses the steps since
+                # (a write to the OS every step cost ~2% of a small GPT's step here).
+                run.guard.call("timeline stream", stream.flush)
+            if step % READBACK_EVERY == 0:
+                # Thinned after the flush: every record it drops from memory is on disk.
+                run.guard.call("timeline compact", self.timeline.compact)
         budget.spend(time.perf_counter() - t0)
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.

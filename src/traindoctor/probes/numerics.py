@@ -189,7 +189,11 @@ class NumericsProbe(Probe):
             t0 = time.perf_counter()
             try:
                 cuda = None
-                for t in iter_tensors((args, kwargs)):
+                if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+                    tensors: Any = args  # model(x): the usual call, without a tree walk
+                else:
+                    tensors = iter_tensors((args, kwargs))
+                for t in tensors:
                     if t.is_cuda:
                         cuda = (t.device, torch.cuda.get_rng_state(t.device))
                         break
@@ -278,7 +282,8 @@ class NumericsProbe(Probe):
             self._flags.off()
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
-        self._close_window(loss)
+        if self._window is not None or torch.is_anomaly_enabled():
+            self._close_window(loss)  # a structural step's window, or the user's anomaly mode
         if not (loss.is_floating_point() and loss.numel() > 0):
             return
         if loss.numel() == 1 and _reads_free(loss):
@@ -331,14 +336,15 @@ class NumericsProbe(Probe):
         if not all_flags and not module_vals:
             return
         n_loss, n_grad = len(loss_flags), len(grad_flags)
-        if not sampled and not module_vals and not input_flags and _device_flags(all_flags):
+        tensors = [f for f in all_flags if f.__class__ is not bool]
+        if tensors and not (sampled or module_vals or input_flags) and _device_flags(tensors):
             # A device's flags: read later, with the next read's (no host sync on this step).
             self._pending.append(
                 (step, all_flags, n_loss, n_grad, bool(known), self._loss_value(), True)
             )
             return
         self._read_pending(rec)
-        if module_vals or not all(isinstance(f, bool) for f in all_flags):
+        if module_vals or tensors:
             host, mods = _read_with_values(all_flags, module_vals)  # the step's one host read
         else:
             host, mods = all_flags, []  # host bools already (a CPU loss): nothing to read
