@@ -78,6 +78,7 @@ class CaptureProbe(Probe):
         # (experiments/loss_code.py: the TD301/TD302 trials replay it with the op swapped).
         self._recorder: Any = None
         self._trace_bytes = 0
+        self._traces = 0  # loss codes recorded (MAX_BATCHES at most)
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -291,6 +292,9 @@ class CaptureProbe(Probe):
         """Record this step's loss code until its backward (a step whose batch is wanted)."""
         from ..experiments.loss_code import LossRecorder
 
+        if self._traces >= MAX_BATCHES:
+            return  # a script whose loss is never captured is not recorded at every step
+        self._traces += 1
         recorder = LossRecorder()
         if self.setup.batch is None:
             recorder.check = True  # the first trace is checked against the run's loss
