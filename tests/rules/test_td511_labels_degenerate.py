@@ -62,3 +62,13 @@ def test_silent_on_binary_targets_in_0_1():
     assert_silent("TD511", site_timeline(BCE, {2: {"t_min": 0.05, "t_max": 0.95}}))
     mse = {**BCE, "fn": "mse_loss"}
     assert_silent("TD511", site_timeline(mse, {2: {"t_min": -3.0, "t_max": 255.0}}))
+
+
+def test_a_small_overshoot_of_resized_masks_is_a_note():
+    # Bicubic resizing overshoots the 0/1 edges a little; the loss stayed positive.
+    stats = {
+        2: {"t_min": -0.03, "t_max": 1.04, "loss": 0.6},
+        9: {"t_min": -0.03, "t_max": 1.04, "loss": 0.3},
+    }
+    f = assert_fires("TD511", site_timeline(BCE, stats))
+    assert f.severity.value == "info" and "clamp(0, 1)" in f.fix

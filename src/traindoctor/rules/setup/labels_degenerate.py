@@ -62,7 +62,8 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
 
     ## Known false positives
     A class that is legitimately absent from the training data (a reserved padding, BOS or
-    background id) reads as a 1-based labelling, which is why that case is reported as info; a deliberate one-class warm-up reads as constant labels.
+    background id) reads as a 1-based labelling, which is why that case is reported as info; a deliberate one-class warm-up reads as constant labels. Binary targets a little outside [0, 1] (a
+    0/1 mask resized with a bicubic kernel overshoots its edges) are a note, not an error.
     """
     hists = label_histograms(tl)
     for site in loss_sites(tl).values():
@@ -105,14 +106,16 @@ _BINARY = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
 
 def _binary_targets_outside_01(tl: TimelineView, site: Site) -> Finding | None:
     """A BCE target is a probability: outside [0, 1] the loss has no minimum (torch checks it
-    for binary_cross_entropy only). Measured, never a threshold on the data: any value out."""
+    for binary_cross_entropy only). Any value out is reported; its severity says whether it is
+    another encoding of the labels or an interpolation's overshoot."""
     if site.fn not in _BINARY or not site.facts.get("target_float"):
         return None
     lows, highs = dict(site.values("t_min")), dict(site.values("t_max"))
-    for step in sorted(highs):
-        lo, hi = lows.get(step, 0.0), highs[step]
-        if lo >= 0.0 and hi <= 1.0:
-            continue
+    out = [s for s in sorted(highs) if lows.get(s, 0.0) < 0.0 or highs[s] > 1.0]
+    if out:
+        # The extremes over every measured step: the first step out may be the mildest.
+        step = out[0]
+        lo, hi = min(lows.get(s, 0.0) for s in out), max(highs[s] for s in out)
         losses = site.losses()
         negative = [v for v in losses if v < 0]
         scaled = hi > 1.0 and float(hi).is_integer() and hi <= 255
@@ -129,9 +132,14 @@ def _binary_targets_outside_01(tl: TimelineView, site: Site) -> Finding | None:
             if len(losses) >= 2
             else ""
         )
+        # Another encoding (0/255 masks, -1/1 labels, counts) or a loss measured below 0: an
+        # error. A small overshoot (a mask resized with a bicubic kernel, 1.03) bends the loss
+        # of a few pixels only: said, as a note.
+        encoded = hi >= 2.0 or lo <= -1.0 or bool(negative)
         return tl.finding(
             title=f"`{site.fn}` at {site.source} gets targets in [{lo:.4g}, {hi:.4g}]: a "
             "binary cross-entropy target must lie in [0, 1]",
+            severity=Severity.ERROR if encoded else Severity.INFO,
             step=step,
             evidence=ev,
             where=Where(op=site.fn, source=site.source),
@@ -144,6 +152,9 @@ def _binary_targets_outside_01(tl: TimelineView, site: Site) -> Finding | None:
                 if scaled
                 else "give the loss 0/1 (or [0, 1]) targets: do not pass the mask through the "
                 "image's Normalize, clamp or rescale it"
+                if encoded
+                else "clamp the resized targets to [0, 1] (`mask.clamp(0, 1)`), or resize masks "
+                "with nearest-neighbour interpolation"
             ),
             confidence=0.95,
         )
