@@ -25,6 +25,7 @@ from traindoctor.scenarios.demo import run_scenario
 from traindoctor.scenarios.loss_path import td301_argmax_selection_loss as td301_argmax
 from traindoctor.scenarios.loss_path import td302_aux_loss_no_grad as td302_no_grad
 from traindoctor.scenarios.loss_path import td302_aux_loss_numpy_roundtrip as td302_numpy
+from traindoctor.scenarios.seeds import seed001
 
 from .test_isolation import same, snapshot
 
@@ -152,7 +153,8 @@ def count_compared(out, y, counts):
 
 
 def _trial(report, code):
-    (finding,) = [f for f in report.findings if f.code == code]
+    """The finding of `code` that carries a trial (an error; a warning beside it has none)."""
+    (finding,) = [f for f in report.findings if f.code == code and "trial" in f.evidence]
     return finding, finding.evidence["trial"]
 
 
@@ -228,6 +230,28 @@ def test_td302_accumulation_not_run(tmp_path):
             opt.step()
     _, trial = _trial(doc.report, "TD302")
     assert trial["verdict"] == "not run: 2 micro-batches a step: the loss code of one is replayed"
+
+
+@pytest.mark.slow
+def test_seed001_loss_written_by_hand_detached_helps(tmp_path):
+    """Seed 001 (a YOLO polygon GIoU loss written by hand: no standard loss call on the
+    model's output itself): its recorded loss code is replayed, the `.detach()` removed, and
+    the fix helps."""
+    with experiments.enable():
+        report = run_scenario(seed001.SCENARIOS[1], out_dir=tmp_path, watch=True)
+    _, trial = _trial(report, "TD302")
+    assert trial["verdict"] == "fix helps", trial
+
+
+@pytest.mark.slow
+def test_seed001_clamp_dropped_is_not_the_fix(tmp_path):
+    """Seed 001's clamp(-1, 1) blocks the gradient, but dropping it is not the fix: the GIoU
+    mixes units (the intersection is not normalized), and without the clamp the loss as
+    written falls less than with it. The trial refutes the plausible fix."""
+    with experiments.enable():
+        report = run_scenario(seed001.SCENARIOS[0], out_dir=tmp_path, watch=True)
+    _, trial = _trial(report, "TD301")
+    assert trial["verdict"] == "fix does not help", trial
 
 
 # -- TD301 ------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def traced(batch: Batch) -> bool:
 def recorded(setup: Setup) -> tuple[LossCode | None, str | None]:
     """The first captured step's loss code when its replay gives the run's loss, else why
     not (checked once)."""
-    batch = setup.batch
+    batch = setup.batch or (setup.traced[0] if setup.traced else None)
     if batch is None:
         return None, "no batch was captured"
     code = batch.trace

@@ -105,6 +105,9 @@ class Setup:
     clip: tuple[str, float, list[int]] | None = None
     # The most training forwards of a captured step (gradient accumulation's micro-batches).
     micro_batches: int = 1
+    # A loss written by hand (no standard loss call captured): the first steps' batches with
+    # their recorded loss code only (loss_code.py), replayed by the TD301/TD302 trials alone.
+    traced: list[Batch] = field(default_factory=list)
     # The timeline keys of the groups' lr ("opt0/group1"), one per entry of `groups`.
     lr_keys: list[str] = field(default_factory=list)
     # Filled at close (experiments/fidelity.py): the lr each group had at each of the run's
@@ -222,7 +225,7 @@ class Replay:
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
-        self.fn = loss_function(batch.loss_fn)
+        self.fn = loss_function(batch.loss_fn) if batch.loss_fn else None  # "": loss code only
 
     def output(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         b = self.batch

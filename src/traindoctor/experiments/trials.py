@@ -79,7 +79,7 @@ def run_trials(
         return findings
     reason = _why_not(setup, skipped, parts)
     # The trials that replay the recorded loss code (fix_branch.py) replay every term of it.
-    whole = _why_not(setup, skipped, None) if TRACED & {f.code for f in candidates} else None
+    whole = _why_not_traced(setup, skipped) if TRACED & {f.code for f in candidates} else None
     plans: dict[int, Plan | NotRun] = {}
     for f in candidates:
         why = whole if f.code in TRACED else reason
@@ -152,6 +152,14 @@ def _why_not(setup: Setup | None, skipped: str | None, parts: dict[str, Any] | N
     if setup.optimizer_class is not None and issubclass(setup.optimizer_class, torch.optim.LBFGS):
         return "LBFGS re-evaluates the loss inside its step: the two arms are not replayed"
     return _not_the_run(parts) or _memory_short(setup.model)
+
+
+def _why_not_traced(setup: Setup | None, skipped: str | None) -> str | None:
+    """Why the recorded loss code cannot be replayed (fix_branch.py's trials), or None: a
+    loss written by hand (no standard call captured) is replayed from it."""
+    if setup is not None and setup.batch is None and setup.traced:
+        return _why_not(dataclasses.replace(setup, batch=setup.traced[0]), None, None)
+    return _why_not(setup, skipped, None)
 
 
 def _memory_short(model: torch.nn.Module) -> str | None:
@@ -405,9 +413,10 @@ def _eval(twin: torch.nn.Module, arm: Arm) -> None:
 def _arm_batches(setup: Setup, arm: Arm) -> list[Batch]:
     """The captured batches as this arm replays them: TD506's fix drops the probability op the
     script applied to the output (or swaps softmax for log_softmax before nll_loss)."""
-    batches = list(setup.batches) or [setup.batch]  # type: ignore[list-item]
     if arm.swap is not None:  # the recorded loss code, where each batch has one (TD301/302)
-        return [dataclasses.replace(b, swap=arm.swap) for b in batches if traced(b)]
+        recorded = list(setup.batches) or list(setup.traced)
+        return [dataclasses.replace(b, swap=arm.swap) for b in recorded if traced(b)]
+    batches = list(setup.batches) or [setup.batch]  # type: ignore[list-item]
     if arm.squash is None or batches[0].squash is None:
         return batches
     dim = batches[0].squash[1]

@@ -316,6 +316,8 @@ class CaptureProbe(Probe):
         ctx = self.ctx
         batches = self.setup.batches if self.setup is not None else []
         batch = batches[-1] if batches else None
+        if ctx is not None and batch is None and reason is None and root is not None:
+            batch = self._traced_batch(ctx.state.step)  # a loss written by hand
         if ctx is None or batch is None or batch.step != ctx.state.step or batch.trace:
             recorder.abort("no batch")
             return
@@ -335,6 +337,35 @@ class CaptureProbe(Probe):
             batch.trace = str(exc)
         except Exception as exc:  # noqa: BLE001
             batch.trace = f"the loss code could not be recorded ({type(exc).__name__})"
+
+    def _traced_batch(self, step: int) -> Any:
+        """This step's batch for its recorded loss code alone, when no standard loss call on
+        the output was captured (a loss written by hand): the TD301/TD302 trials replay it."""
+        from ..experiments.runner import Batch, clone_tree
+
+        setup = self.setup
+        if setup is None or setup.batch is not None or self._pending is None:
+            return None
+        if len(setup.traced) >= MAX_BATCHES or self._bytes >= BATCH_BYTES:
+            return None
+        args, kwargs = self._pending
+        batch = Batch(
+            args=clone_tree(tuple(args)),
+            kwargs=clone_tree(dict(kwargs)),
+            loss_fn="",  # no standard loss call: replayed through `trace` only
+            loss_args=(),
+            loss_kwargs={},
+            target=torch.empty(0),
+            out_index=0,
+            view=None,
+            out_layout=((), (), 0),
+            step=step,
+            train_mode=self._training,
+            autocast=self._autocast,
+        )
+        self._bytes += _nbytes((batch.args, batch.kwargs))
+        setup.traced.append(batch)
+        return batch
 
     def _keep_value(self, out: Any) -> None:
         if isinstance(out, torch.Tensor):
