@@ -129,6 +129,12 @@ def simsiam_stop_gradient(out, y, _c):
     return ce - 0.1 * F.cosine_similarity(out.softmax(-1), target, dim=-1).mean()
 
 
+def hand_written_detached(out, y, _c):
+    """No standard loss call at all: a squared error written by hand, plus a detached term."""
+    target = F.one_hot(y, 4).float()
+    return (out - target).pow(2).mean() + 0.5 * out.detach().pow(2).mean()  # BUG: detached
+
+
 def count_rounded(out, y, counts, weight=0.1):
     logits, count = out
     ce = F.cross_entropy(logits, y)
@@ -210,6 +216,15 @@ def test_td302_numpy_round_trip_not_run(tmp_path):
         report = run_scenario(s, out_dir=tmp_path, watch=True)
     _, trial = _trial(report, "TD302")
     assert trial["verdict"].startswith("not run: a numpy round-trip"), trial
+
+
+def test_td302_loss_written_by_hand_is_replayed(tmp_path):
+    """No standard loss call on the output: the batches are kept with their loss code only,
+    and the trial runs from it (the recipe still says the loss is custom code)."""
+    report = watched(tmp_path, hand_written_detached)
+    _, trial = _trial(report, "TD302")
+    assert trial["verdict"] in ("fix helps", "fix does not help"), trial
+    assert trial["batches"] == 8
 
 
 def test_td302_accumulation_not_run(tmp_path):
@@ -326,8 +341,12 @@ def _run(tmp, on: bool, loss_code, zero: bool, **kw):
 @pytest.mark.parametrize("zero", [False, True], ids=["watch", "zero-code"])
 @pytest.mark.parametrize(
     "loss_code,kw",
-    [(penalty_under_no_grad, {}), (count_rounded, {"model_fn": TwoHeads, "lr": 0.05})],
-    ids=["td302", "td301"],
+    [
+        (penalty_under_no_grad, {}),
+        (count_rounded, {"model_fn": TwoHeads, "lr": 0.05}),
+        (hand_written_detached, {}),
+    ],
+    ids=["td302", "td301", "td302-by-hand"],
 )
 def test_trials_leave_the_run_bit_identical(tmp_path, zero, loss_code, kw):
     """Parameters, gradients, optimizer state, RNG state and the next draw are the same with
