@@ -3,7 +3,9 @@
 Both bugs live in the loss code the script writes by hand after the model's forward (the rules
 judge that window), so the one captured standard loss call is not the run: these trials replay
 the loss code recorded on the captured steps (loss_code.py), as written and with the one op at
-the finding's line swapped:
+the finding's line swapped. A loss written wholly by hand (no standard loss call on the output,
+which the recipe calls custom code) is replayed the same way, from the batches kept with their
+loss code (Setup.traced). The swaps:
 - TD302: the `.detach()` / `.data` at the cut's line made the identity, or the
   `torch.no_grad()` block holding it run with gradients (the values are the same: both arms
   train and are scored on the same loss);
@@ -12,7 +14,8 @@ the finding's line swapped:
   number made the expected index under the softmax; an integer cast used as a number dropped.
   Where the swap changes the loss value, both final models are scored with the loss as
   written (the script's objective).
-Not run, and said why: no standard swap for the op (a comparison needs a temperature the script
+Not run, and said why: a gradient-accumulation run (the code recorded is one micro-batch's),
+no standard swap for the op (a comparison needs a temperature the script
 would choose; `where`, `relu`, a mask), an index used to index, a `.item()` or numpy round-trip
 (the value leaves torch), the cut's line not in the recorded loss code (inside the model's
 forward), a loss code that could not be recorded or whose replay does not give the run's loss.
