@@ -13,6 +13,10 @@ such), is that step's batch (inputs, target and the loss's other arguments clone
 step, up to MAX_BATCHES and BATCH_BYTES; the hooks go at the end of the step after the last.
 Also kept: each module's mode in the first captured forward, and the first backward's loss at
 that step (the fix trials replay the run only when it is the captured call, or 1/k of it).
+On those steps (MAX_BATCHES at most) the loss code from the forward's end to the backward is
+recorded too (experiments/loss_code.py, a mode that changes no call), on the step's batch: the
+TD301/TD302 trials replay it with one op swapped; with no standard loss call captured (a loss
+written by hand) the step's inputs are kept for that replay alone (Setup.traced).
 
 At close, `run_experiments` runs the recipe (experiments/recipe.py) on the first batch and
 records one `experiment` event per experiment; a script whose loss is custom code (no standard
