@@ -490,3 +490,24 @@ def test_recorder_replays_autograd_grad():
     code = rec.finish(loss)
     assert code.verify() is None
     assert "grad" in [c.name for c in code.calls]
+
+
+@pytest.mark.slow
+def test_rediagnose_keeps_the_td302_trial(tmp_path):
+    """`report --rediagnose` gives the live findings, the TD302 trial included."""
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from traindoctor.cli import cli
+
+    report = watched(tmp_path, logit_penalty_detached)
+    run_dir = Path(report.run_dir)
+    live = json.loads((run_dir / "findings.json").read_text())
+    result = CliRunner().invoke(cli, ["report", "--rediagnose", "--json", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((run_dir / "findings.json").read_text())
+    (trial,) = [f["evidence"]["trial"] for f in live["findings"] if f["code"] == "TD302"]
+    assert trial["verdict"] == "fix helps"
+    assert again["findings"] == live["findings"]
