@@ -124,6 +124,12 @@ _signal(
     "it was zeroed or None before one of them)",
 )
 _signal("grads.stepped", "params held by an optimizer whose step() ran in the step (sampled steps)")
+_signal(
+    "grads.cycle_carried",
+    "per param of a watched optimizer other than the first: the smallest ||grad|| before a "
+    "backward of one whole cycle of that optimizer (from right after one step() to the next; "
+    "0 when it was zeroed or None before one of them), at the step the cycle ended",
+)
 _signal("grads.observed", "1 on steps where the gradient probe looked")
 _signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
 _signal("init.ce_classes", "per call index: number of classes C of that call")
@@ -501,6 +507,10 @@ class OptimizerHparams(Event, total=False):
     groups: dict[str, dict[str, Any]]  # "opt0/group0" -> {momentum, dampening, decoupled}
 
 
+class OptimizerFirstStep(Source, total=False):
+    optimizer: int  # its index among the watched optimizers (the `optimizers` fact's order)
+
+
 class OptimizerLayout(Event, total=False):
     held: list[str]
     stale: int
@@ -601,6 +611,11 @@ _event("nonfinite", "the first NaN/Inf of a cause, located (autopsy)", Nonfinite
 _event("nonfinite_masked", "NaN/Inf masked before the loss (where and how)", NonfiniteMasked)
 _event(
     "optimizer_hparams", "per param group: momentum, dampening, decoupled decay", OptimizerHparams
+)
+_event(
+    "optimizer_first_step",
+    "a watched optimizer's first step() (a None .grad of its params before it is no zeroing)",
+    OptimizerFirstStep,
 )
 _event("optimizer_layout", "which params the optimizers hold, when it changes", OptimizerLayout)
 _event("optimizer_step", "the line that calls optimizer.step()", Source)

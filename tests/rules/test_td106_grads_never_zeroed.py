@@ -72,3 +72,47 @@ def test_params_outside_the_optimizer_are_left_to_td103():
     carried = {"out.weight": 0.7}
     steps = {s: {"grads.carried": carried} for s in (2, 3, 4)}
     assert_silent("TD106", make_timeline(params=PARAMS, optimizers=[opt], steps=steps))
+
+
+# -- a second optimizer, judged on its own cycles (probes/cycles.py) ------------------------------
+CRITIC, ACTOR = ["q.weight", "q.bias"], ["pi.weight", "pi.bias"]
+TWO = [optimizer_facts(CRITIC), optimizer_facts(ACTOR)]
+FIRST = [
+    {"kind": "optimizer_first_step", "step": 1, "optimizer": 0, "source": "td3.py:40"},
+    {"kind": "optimizer_first_step", "step": 3, "optimizer": 1, "source": "td3.py:45"},
+]
+
+
+def _two(steps):
+    return make_timeline(params=CRITIC + ACTOR, optimizers=TWO, steps=steps, events=FIRST)
+
+
+def test_a_second_optimizer_carrying_over_its_cycles_is_found_at_its_step_line():
+    # the sampled steps hold only the critic's steps (zeroed); the actor's cycles carry
+    zeroed = dict.fromkeys(CRITIC, 0.0)
+    steps = {s: {"grads.carried": zeroed, "grads.stepped": CRITIC} for s in (2, 3, 10, 20)}
+    steps[3] = {"grads.carried": {**zeroed, "pi.weight": 0.0, "pi.bias": 0.0}}
+    steps[3]["grads.stepped"] = CRITIC + ACTOR  # the actor's first step: its grads were None
+    for s in (5, 13, 23):
+        steps[s] = {"grads.cycle_carried": {"pi.weight": 0.2 * s, "pi.bias": 0.1}}
+    f = assert_fires("TD106", _two(steps))
+    assert f.where.params == ("pi.bias", "pi.weight")
+    assert f.where.source == "td3.py:45"
+    assert f.evidence["observed_steps"] == [5, 13, 23]
+
+
+def test_a_second_optimizer_zeroed_over_its_cycles_is_silent():
+    steps = {s: {"grads.cycle_carried": {"pi.weight": 0.0, "pi.bias": 0.0}} for s in (5, 13, 23)}
+    assert_silent("TD106", _two(steps))
+
+
+def test_a_second_optimizers_params_are_not_judged_on_the_sampled_steps():
+    # A head stepped every 2nd step accumulates over two steps of the body: a sampled step
+    # finds its grads from the step before, which belong to the same cycle of the head. Its
+    # cycles found them zeroed.
+    carried = {"q.weight": 0.0, "q.bias": 0.0, "pi.weight": 0.3, "pi.bias": 0.3}
+    sampled = {s: {"grads.carried": carried, "grads.stepped": CRITIC + ACTOR} for s in (2, 10, 20)}
+    cycles = {s: {"grads.cycle_carried": {"pi.weight": 0.0, "pi.bias": 0.0}} for s in (5, 13, 23)}
+    assert_silent("TD106", _two({**sampled, **cycles}))
+    # a timeline written before the cycles were measured judges them there, as it did
+    assert_fires("TD106", make_timeline(params=CRITIC + ACTOR, optimizers=TWO, steps=sampled))

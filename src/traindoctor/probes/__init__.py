@@ -8,6 +8,7 @@ from .audit import AuditProbe
 from .base import Probe
 from .capture import CaptureProbe
 from .copies import CopiesProbe
+from .cycles import CyclesProbe
 from .data import DataProbe
 from .forward import ForwardProbe
 from .gradpath import GradPathProbe
@@ -31,6 +32,7 @@ PROBES: tuple[type[Probe], ...] = (
     ParamsProbe,
     OptimProbe,
     GradsProbe,
+    CyclesProbe,
     LossProbe,
     LossInputsProbe,
     ForwardProbe,

@@ -20,17 +20,19 @@ from .._util import (
 class CarriedScan:
     """TD106's state between passes (rules/_incremental.py): per param how many observed steps
     judged it (its optimizer stepped) and whether any found its .grad zeroed, from the
-    grads.carried records written since the last pass. A step is folded in for good once a
-    later carried record exists (the run is past it: its grads.stepped is complete); the newest
-    for one pass, then taken out again."""
+    grads.carried and grads.cycle_carried records written since the last pass (see
+    `_judged`). A step is folded in for good once a later carried record exists (the run is
+    past it: its grads.stepped is complete); the newest for one pass, then taken out again."""
 
     def __init__(self) -> None:
         self.carried, self.stepped = Reader("grads.carried"), Reader("grads.stepped")
-        self.readers = (self.carried, self.stepped)
-        self.open: dict[int, list] = {}  # step -> [carried norms, stepped names]
+        self.cycle = Reader("grads.cycle_carried")
+        self.readers = (self.carried, self.stepped, self.cycle)
+        self.open: dict[int, list] = {}  # step -> [carried norms, stepped names, cycle norms]
         self.judged: dict[str, int] = {}
         self.zeroed: set[str] = set()  # judged once with nothing carried
         self.observed = 0  # observed steps (from step 2)
+        self.folded = 1  # steps up to this one are folded in for good
 
     def carrying(self, tl: TimelineView, min_observations: int) -> set[str]:
         """The params judged on `min_observations` steps or more that carried a gradient on
@@ -40,17 +42,20 @@ class CarriedScan:
         for i, reader in enumerate(self.readers):
             settled, pending = reader.read(tl)
             for s, rec in settled + pending:
-                if s >= 2:
-                    self.open.setdefault(s, [None, None])[i] = rec
-        done = self.carried.done
+                if s > self.folded:  # a reader hands its newest record out again
+                    self.open.setdefault(s, [None, None, None])[i] = rec
+        others = by_cycles(tl)
+        # The run is past a step once either carried signal has a later record.
+        done = max((d for d in (self.carried.done, self.cycle.done) if d is not None), default=None)
         for s in sorted(self.open):
             if done is None or s > done:
                 break
-            self._fold(*self.open.pop(s), None)
+            self._fold(_judged(*self.open.pop(s), others), None)
+            self.folded = s
         undo: list = []
         observed = self.observed
         for s in sorted(self.open):
-            observed += self._fold(*self.open[s], undo)
+            observed += self._fold(_judged(*self.open[s], others), undo)
         try:
             if observed < min_observations:
                 return set()
@@ -63,13 +68,10 @@ class CarriedScan:
                 if zeroed:
                     self.zeroed.discard(n)
 
-    def _fold(self, norms: dict | None, names: list | None, undo: list | None) -> int:
-        if norms is None:
+    def _fold(self, judged: dict[str, float] | None, undo: list | None) -> int:
+        if judged is None:
             return 0  # grads.stepped alone: no observation
-        scope = None if names is None else set(names)
-        for n, v in norms.items():
-            if scope is not None and n not in scope:
-                continue
+        for n, v in judged.items():
             self.judged[n] = self.judged.get(n, 0) + 1
             newly = not v > 0 and n not in self.zeroed
             if newly:
@@ -81,13 +83,52 @@ class CarriedScan:
         return 1
 
 
+def by_cycles(tl: TimelineView) -> frozenset[str]:
+    """The params judged on their optimizer's own cycles (grads.cycle_carried): those of every
+    watched optimizer but the first, whose step() closes the step (its cycle is the step). A
+    timeline written before the cycles were measured (no optimizer_first_step event) judges
+    every param on the sampled steps."""
+    optimizers = tl.fact("optimizers") or []
+    if len(optimizers) < 2 or not tl.events("optimizer_first_step"):
+        return frozenset()
+    primary = {n for g in optimizers[0]["groups"] for n in g["params"]}
+    return frozenset(
+        n for o in optimizers[1:] for g in o["groups"] for n in g["params"] if n not in primary
+    )
+
+
+def _judged(
+    norms: dict | None, names: list | None, cycle: dict | None, others: frozenset[str]
+) -> dict[str, float] | None:
+    """One step's observations, param -> the smallest ||grad|| found before a backward (0:
+    zeroed), None when the step observed nothing.
+
+    From the gradient probe's sampled steps (grads.carried), the params whose optimizer
+    stepped then (`names`, grads.stepped: a GAN's generator is not zeroed on the
+    discriminator's steps, and need not be), less `others`, judged on one whole cycle of
+    their own optimizer instead (grads.cycle_carried: TD3's actor steps every 2nd step, after
+    the critic's step; a head stepped every 2nd step accumulates over two steps of the body):
+    a sampled step holds a part of two of their cycles, or none."""
+    if norms is None and cycle is None:
+        return None
+    out: dict[str, float] = {}
+    if norms is not None:
+        scope = None if names is None else set(names)
+        for n, v in norms.items():
+            if (scope is None or n in scope) and n not in others:
+                out[n] = v
+    if cycle is not None:
+        out.update(cycle)
+    return out
+
+
 @rule(
     code="TD106",
     name="grads-never-zeroed",
     severity=Severity.ERROR,
     summary="Gradients from earlier optimizer steps are still in .grad when the next backward adds to them.",
-    requires=("grads.carried", "grads.stepped", "grads.norm"),
-    events=("backward_call", "hand_step", "optimizer_step"),
+    requires=("grads.carried", "grads.stepped", "grads.cycle_carried", "grads.norm"),
+    events=("backward_call", "hand_step", "optimizer_step", "optimizer_first_step"),
     facts=("optimizers", "params"),
     priority=32,
     state=lambda: CarriedScan(),
@@ -106,12 +147,18 @@ def grads_never_zeroed(
     run diverges or stalls.
 
     ## How it is measured
-    On sampled steps, a hook on each parameter runs before the step's first gradient is added
-    (`Tensor.register_hook`) and measures the norm of what is already in `.grad`. Zeroed grads
-    (None or all zeros) are fine; non-zero ones were carried over. Gradient accumulation within
-    one optimizer step is not affected: only the first backward after a step is checked.
-    Params that no watched optimizer holds are left out: `optimizer.zero_grad()` never clears
-    them by design, and TD103 reports that they are in no optimizer.
+    On sampled steps, before each backward pass adds its gradients, the norm of what is
+    already in each parameter's `.grad`; the smallest over the step's passes is kept. Zeroed
+    grads (None or all zeros) before any pass are fine; non-zero ones at every pass were
+    carried over. Gradient accumulation within one optimizer step is not affected: the first
+    backward after a zero_grad() finds the grads zeroed. That is the cycle of the first
+    watched optimizer, whose step() closes the step. Every other optimizer is judged on its
+    own cycle (probes/cycles.py): after a sampled step, from right after its next step() to
+    the one after, over all the backward passes between, whatever the number of steps they
+    span (TD3's actor steps every 2nd step, after the critic's; a GAN's generator, every
+    n-th); a param is judged only on the steps its optimizer stepped. Params that no watched
+    optimizer holds are left out: `optimizer.zero_grad()` never clears them by design, and
+    TD103 reports that they are in no optimizer.
 
     A loop that updates the weights by hand (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad`
     under `torch.no_grad()`, no torch optimizer) is judged the same way: each update of the
@@ -143,31 +190,24 @@ def grads_never_zeroed(
     # The counts kept between passes decide; the whole series is read to word a finding.
     if not _held(tl, state.carrying(tl, min_observations)):
         return
-    obs = [(s, c) for s, c in tl.series("grads.carried") if s >= 2]
+    obs = _observations(tl)
     if len(obs) < min_observations:
         return
-    # A param is judged at a step only if its optimizer stepped then (a GAN's generator is not
-    # zeroed on the discriminator's steps, and need not be).
-    # As sets: a membership test per param per step (a list made it quadratic in the params).
-    stepped = {s: set(names) for s, names in tl.series("grads.stepped")}
     judged: dict[str, int] = {}
     kept: dict[str, int] = {}
-    for step, norms in obs:
-        scope = stepped.get(step)
-        for n, v in norms.items():
-            if scope is not None and n not in scope:
-                continue
+    for _, seen in obs:
+        for n, v in seen.items():
             judged[n] = judged.get(n, 0) + 1
             kept[n] = kept.get(n, 0) + (v > 0)
     carried = _held(tl, {n for n, k in judged.items() if k >= min_observations and kept[n] == k})
     if not carried:
         return
     names = sorted(carried)
+    steps = [s for s, seen in obs if not carried.isdisjoint(seen)]
     all_names = list((tl.fact("params") or {}).keys())
     trainable = trainable_names(tl)
     groups = group_params(names, all_names)
     growth = _growth(tl, names)
-    steps = [s for s, _ in obs]
     hand = bool(tl.events("hand_step")) and not tl.events("optimizer_step")
     share = "all" if len(names) == len(trainable) else f"{len(names)} of {len(trainable)}"
     yield tl.finding(
@@ -175,7 +215,7 @@ def grads_never_zeroed(
         f"started ({describe_groups(groups)})",
         step=steps[0],
         evidence={"params_carrying_grad": len(names), "observed_steps": steps, **growth},
-        where=Where(module=common_module(names), params=tuple(names), source=_source(tl)),
+        where=Where(module=common_module(names), params=tuple(names), source=_source(tl, names)),
         cause=(
             "the gradients are never zeroed between the hand-written weight updates: each "
             "update applies the sum of every gradient since the start, so updates grow and "
@@ -194,6 +234,21 @@ def grads_never_zeroed(
     )
 
 
+def _observations(tl: TimelineView) -> list[tuple[int, dict[str, float]]]:
+    """Every observed step from step 2 and what it judged (see _judged), in step order."""
+    carried = {s: c for s, c in tl.series("grads.carried") if s >= 2}
+    cycle = {s: c for s, c in tl.series("grads.cycle_carried") if s >= 2}
+    # As sets: a membership test per param per step (a list made it quadratic in the params).
+    stepped = dict(tl.series("grads.stepped"))
+    others = by_cycles(tl)
+    out = []
+    for s in sorted(carried.keys() | cycle.keys()):
+        seen = _judged(carried.get(s), stepped.get(s), cycle.get(s), others)
+        if seen is not None:
+            out.append((s, seen))
+    return out
+
+
 def _held(tl: TimelineView, carried: set[str]) -> set[str]:
     held = optimizer_names(tl)
     if held:
@@ -202,9 +257,18 @@ def _held(tl: TimelineView, carried: set[str]) -> set[str]:
     return carried
 
 
-def _source(tl: TimelineView) -> str | None:
-    """optimizer.step()'s line; in a loop that updates the weights by hand, the line that
-    writes them (a `p.data` write), else the backward() line that adds to the stale grads."""
+def _source(tl: TimelineView, names: list[str]) -> str | None:
+    """The step() line of the one optimizer that holds every param in `names` (from its first
+    step: a second optimizer's line is seen nowhere else); else optimizer.step()'s line; in a
+    loop that updates the weights by hand, the line that writes them (a `p.data` write), else
+    the backward() line that adds to the stale grads."""
+    optimizers = tl.fact("optimizers") or []
+    for e in tl.events("optimizer_first_step"):
+        i = e.get("optimizer")
+        if e.get("source") and isinstance(i, int) and 0 <= i < len(optimizers):
+            held = {n for g in optimizers[i]["groups"] for n in g["params"]}
+            if held.issuperset(names):
+                return e["source"]
     for kind in ("optimizer_step", "hand_step", "backward_call"):
         for e in tl.events(kind):
             if e.get("source"):
