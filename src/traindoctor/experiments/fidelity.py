@@ -24,10 +24,8 @@ from typing import Any
 
 import torch
 
-from .runner import Setup, base_lr
-
-# GradScaler constructor settings, read from the user's scaler's attributes of the same name.
-_SCALER_SETTINGS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
+from .runner import SCALER_SETTINGS as _SCALER_SETTINGS
+from .runner import Setup, base_lr, new_scaler
 
 
 def complete(setup: Setup | None, timeline: Any, scaler: Any) -> None:
@@ -66,14 +64,6 @@ def scaler_settings(scaler: Any) -> dict[str, Any] | None:
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = value
     return out
-
-
-def new_scaler(settings: dict[str, Any] | None) -> Any:
-    """A fresh torch.amp.GradScaler with these settings, or None."""
-    if settings is None:
-        return None
-    kwargs = {k: settings[k] for k in _SCALER_SETTINGS if k in settings}
-    return torch.amp.GradScaler(settings.get("device", "cuda"), **kwargs)
 
 
 class StepDriver:

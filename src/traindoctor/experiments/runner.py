@@ -321,6 +321,19 @@ class Curve:
         return min(finite) if finite else math.inf
 
 
+# GradScaler constructor settings, read from the user's scaler's attributes of the same name
+# (experiments/fidelity.py) and passed to a fresh one.
+SCALER_SETTINGS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
+
+
+def new_scaler(settings: dict[str, Any] | None) -> Any:
+    """A fresh torch.amp.GradScaler with these settings (never the user's own), or None."""
+    if settings is None:
+        return None
+    kwargs = {k: settings[k] for k in SCALER_SETTINGS if k in settings}
+    return torch.amp.GradScaler(settings.get("device", "cuda"), **kwargs)
+
+
 def fresh_copy(setup: Setup) -> torch.nn.Module:
     twin = copy_model(setup.model)
     if setup.init_state is not None:
@@ -349,8 +362,6 @@ def train_copy(
     if zero_inputs:
         args, kwargs = zeroed(args, kwargs, setup.batch.labels)
     opt = build_optimizer(setup, twin, lr_scale)
-    from .fidelity import new_scaler
-
     # The run's GradScaler, fresh, under float16 autocast (its gradients underflow without
     # it). Elsewhere it only skips non-finite steps: the recipe lets those show as divergence.
     fp16 = setup.batch.autocast is not None and setup.batch.autocast[1] == "float16"
