@@ -90,3 +90,27 @@ def test_nll_loss_on_raw_scores_fires_and_log_probabilities_do_not():
     # one measured step at or below 0 is enough to stay silent
     raw[2]["in_max"] = 0.0
     assert_silent("TD506", site_timeline(NLL, raw))
+
+
+def test_nll_loss_on_log_probabilities_of_another_dim():
+    # log_softmax over a graph's nodes (dim=0), then the training nodes picked by a mask: each
+    # row is <= 0, but its probabilities over the 7 classes sum to ~7/2708
+    wrong = {
+        s: {"in_min": -9.0, "in_max": -7.5, "rowsum_dev": 7.0, "lse_dev": 5.96, "loss": 7.9}
+        for s in (1, 2, 4)
+    }
+    f = assert_fires("TD506", site_timeline(NLL, wrong))
+    assert "not normalized over its 7 classes" in f.title
+    assert f.evidence["min_row_logsumexp_deviation"] == 5.96
+    # log_softmax over the classes: logsumexp 0 up to float32 rounding
+    right = {s: {**v, "lse_dev": 2e-7} for s, v in wrong.items()}
+    assert_silent("TD506", site_timeline(NLL, right))
+    # one measured step normalized is enough to stay silent
+    wrong[2]["lse_dev"] = 1e-6
+    assert_silent("TD506", site_timeline(NLL, wrong))
+
+
+def test_a_log_softmax_over_another_dim_fed_as_is_is_left_to_td508():
+    wrong = {s: {"in_min": -9.0, "in_max": -7.5, "lse_dev": 5.96} for s in (1, 2, 4)}
+    made = {**NLL, "producer": ["LogSoftmaxBackward0", "AddmmBackward0"]}
+    assert_silent("TD506", site_timeline(made, wrong))

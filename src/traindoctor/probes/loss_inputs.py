@@ -53,8 +53,9 @@ from .base import AttachContext, Probe, Recorder
 LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
-    "(in_min, in_max, rowsum_dev, nonfinite, clamped, t_min, t_max, t_mean, log_arg_nonpos, "
-    "n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by `loss_input` events",
+    "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
+    "log_arg_nonpos, n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
+    "`loss_input` events",
 )
 LOSS_INPUT_LABELS = signal(
     "loss_inputs.labels",
@@ -683,6 +684,10 @@ class LossInputsProbe(Probe):
         if classes is not None and x.dim() >= 1:
             # Probabilities along the class dim: every row sums to 1.
             out["rowsum_dev"] = (x.float().sum(cdim) - 1).abs().amax()
+            if fn == "nll_loss":
+                # Log-probabilities along the class dim: every row's logsumexp is 0 (one
+                # normalized over another dim, the batch or the graph's nodes, is not).
+                out["lse_dev"] = torch.logsumexp(x.float(), cdim).abs().amax()
         if index_target and tgt.numel():
             t = tgt.detach().reshape(-1).long()
             keep = t != ignore

@@ -20,6 +20,10 @@ MIN_STEPS_BY_VALUE = 3  # sigmoid losses without a sigmoid op in front: in [0,1]
 # A log-probability is <= 0 (float32 log_softmax rounds to at most 0): inputs above this on
 # every measured step are raw scores, not rounding.
 LOG_PROB_MAX = 1e-2
+# Log-probabilities over the class dim: each row's logsumexp is 0 (float32: ~1e-6; float16:
+# ~1e-3). A row off by more than this (its probabilities sum below 0.9 or above 1.1) was
+# normalized over another dim.
+LSE_TOL = 0.1
 
 
 def double_softmax_floor(classes: int) -> float:
@@ -78,7 +82,10 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     within 1e-3 (softmax outputs), or values in [0, 1] made by a sigmoid; the observed loss
     (negative) is reported next to its range [-1, 0]. `nll_loss` given values above 0.01 on
     every measured step (raw scores: no log-probability is above 0) is reported too: its loss
-    has no lower bound.
+    has no lower bound. So is `nll_loss` given values <= 0 whose rows' logsumexp over the
+    class dim is 0.1 or further from 0 on every measured step: log-probabilities normalized
+    over another dim (a log_softmax over the nodes of a graph, then the training nodes picked
+    by a mask, which hides the dim from TD508's graph walk).
 
     ## Example
     ```python
@@ -103,7 +110,7 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
         if site.fn in SOFTMAX_LOSSES:
             finding = _softmax(tl, site)
         elif site.fn in LOG_PROB_LOSSES:
-            finding = _log_probs(tl, site) or _above_zero(tl, site)
+            finding = _log_probs(tl, site) or _above_zero(tl, site) or _not_normalized(tl, site)
         elif site.fn in SIGMOID_LOSSES:
             finding = _sigmoid(tl, site)
         else:
@@ -249,6 +256,53 @@ def _above_zero(tl: TimelineView, site: Site) -> Finding | None:
         "of lowering the other classes'",
         fix="put log_softmax over the class dim in front of nll_loss "
         "(F.nll_loss(F.log_softmax(scores, 1), y)), or pass the scores to F.cross_entropy",
+        confidence=0.9,
+    )
+
+
+def _not_normalized(tl: TimelineView, site: Site) -> Finding | None:
+    """nll_loss on log-probabilities normalized over another dim: values <= 0, but no row's
+    probabilities sum to 1 over the classes (log_softmax over the batch, or over a graph's
+    nodes before the training nodes are picked by a mask: the index hides the dim from the
+    graph, TD508's view)."""
+    steps = sorted(s for s, v in site.stats.items() if "lse_dev" in v and "in_max" in v)
+    if not steps or not site.classes or site.classes < 2:
+        return None
+    if (site.facts.get("producer") or [None])[0] == "LogSoftmaxBackward0":
+        return None  # made by the log_softmax (through views only): TD508 names its dim
+    stats = [site.stats[s] for s in steps]
+    if any(not v["in_max"] <= LOG_PROB_MAX or not math.isfinite(v["in_min"]) for v in stats):
+        return None  # raw scores (_above_zero) or -inf entries: not this case
+    devs = [v["lse_dev"] for v in stats]
+    if not all(math.isfinite(d) and d > LSE_TOL for d in devs):
+        return None
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    least = min(devs)
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} gets log-probabilities not normalized over its "
+        f"{site.classes} classes (a row's logsumexp {least:.3g} or more from 0){seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "classes": site.classes,
+            "observed_loss": loss,
+            "input_max": max(v["in_max"] for v in stats),
+            "min_row_logsumexp_deviation": least,
+            "max_row_logsumexp_deviation": max(devs),
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+            "input_shape": site.facts.get("input_shape"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps every input value was <= 0, as "
+        f"log-probabilities are, but some row's logsumexp over the class dim was {least:.3g} "
+        "or further from 0 (its probabilities do not sum to 1): the log_softmax normalized "
+        "another dim (dim=0, the batch or the graph's nodes), so the loss compares each "
+        "example's score against the other examples instead of the other classes",
+        fix="apply log_softmax over the class dim (F.log_softmax(x, dim=1) for (N, C) scores, "
+        "dim=-1 for (..., C)) before indexing and nll_loss, or pass the scores to "
+        "F.cross_entropy",
         confidence=0.9,
     )
 
