@@ -465,3 +465,18 @@ def test_no_stray_references_in_css():
     from traindoctor.report.html import CSS
 
     assert not re.search(r"@import|url\(", CSS)
+
+
+def test_a_run_that_ran_no_step_is_not_called_healthy():
+    """A script that raised before its first step was not judged: its headlines say so (the
+    schema's `status` stays as it is)."""
+    from traindoctor.report.markdown import render_markdown
+    from traindoctor.report.text import summary_line
+
+    report = Report(findings=[], steps=0, outcome={"ended": "exception", "step": 1})
+    assert report.status == "healthy" and report.shown_status == "not diagnosed"
+    assert summary_line(report) == "nothing diagnosed: no training step ran"
+    assert render_markdown(report).startswith("# traindoctor report: not diagnosed")
+    assert '<span class="badge info">not diagnosed</span>' in render_html(report, Plots())
+    ran = Report(findings=[], steps=3)
+    assert ran.shown_status == "healthy" and summary_line(ran).startswith("healthy: no problems")

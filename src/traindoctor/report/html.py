@@ -92,7 +92,7 @@ def render_html(report: Report, plots: Plots | None = None) -> str:
         f"<footer>traindoctor {_e(__version__)} · findings.json, report.md and timeline.jsonl "
         "are beside this file · <code>traindoctor report DIR</code> re-renders it</footer>",
     ]
-    title = f"traindoctor · {report.status} · {_run_id(report)}"
+    title = f"traindoctor · {report.shown_status} · {_run_id(report)}"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">\n'
@@ -104,6 +104,11 @@ def render_html(report: Report, plots: Plots | None = None) -> str:
 
 
 # -- sections ------------------------------------------------------------------------------
+
+
+def _badge(report: Report) -> str:
+    """The headline badge's colour class: a run not diagnosed is shown neutral, not green."""
+    return report.status if report.shown_status == report.status else "info"
 
 
 def _run_id(report: Report) -> str:
@@ -138,7 +143,8 @@ def _header(report: Report) -> str:
     meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     return (
         '<header id="summary" class="card">'
-        f'<h1>traindoctor report <span class="badge {_e(report.status)}">{_e(report.status)}'
+        f'<h1>traindoctor report <span class="badge {_e(_badge(report))}">'
+        f"{_e(report.shown_status)}"
         f"</span></h1>"
         f'<div class="muted">{_e(summary_line(report, with_path=False))}</div>'
         f'<dl class="meta">{meta}</dl></header>'

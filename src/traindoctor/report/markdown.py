@@ -22,7 +22,7 @@ PLOTS_DIR = "plots"  # where report/__init__.py writes the PNGs
 
 
 def render_markdown(report: Report) -> str:
-    lines = [f"# traindoctor report: {report.status}", "", f"_{summary_line(report)}_", ""]
+    lines = [f"# traindoctor report: {report.shown_status}", "", f"_{summary_line(report)}_", ""]
     outcome = outcome_text(report)
     if outcome:
         lines += [f"> {outcome}", ""]

@@ -39,6 +39,15 @@ class Report:
         return status_of(self.findings)
 
     @property
+    def shown_status(self) -> str:
+        """The status as the reports' headlines show it: a run that ended before its first
+        training step was not judged, so it is not called healthy (findings.json keeps
+        `status`, whose values are the schema's)."""
+        if not self.findings and self.steps == 0:
+            return "not diagnosed"
+        return self.status
+
+    @property
     def codes(self) -> list[str]:
         return [f.code for f in self.findings]
 

@@ -140,7 +140,7 @@ def report_markdown(report: model.Report) -> str:
 def _summary(report: model.Report) -> str:
     from .text import summary_line
 
-    return f"{report.status} · {summary_line(report, with_path=False)}"
+    return f"{report.shown_status} · {summary_line(report, with_path=False)}"
 
 
 def display_report(report: model.Report) -> None:

@@ -61,8 +61,16 @@ def summary_line(report: Report, with_path: bool = True) -> str:
         bits.append(f"{n_warn} warning{'s' if n_warn != 1 else ''}")
     if n_info:
         bits.append(f"{n_info} info")
-    head = ", ".join(bits) if bits else "healthy: no problems found"
-    line = f"{head} in {report.steps} step{'s' if report.steps != 1 else ''}"
+    if bits:
+        head = ", ".join(bits)
+    elif report.steps == 0:
+        # Not "healthy": a script that raised (or ended) before its first step was not judged.
+        head = "nothing diagnosed: no training step ran"
+    else:
+        head = "healthy: no problems found"
+    line = head
+    if bits or report.steps:
+        line += f" in {report.steps} step{'s' if report.steps != 1 else ''}"
     if with_path and report.run_dir is not None:
         line += f" · report: {report.run_dir}/report.md"
     return line
