@@ -511,3 +511,31 @@ def test_rediagnose_keeps_the_td302_trial(tmp_path):
     (trial,) = [f["evidence"]["trial"] for f in live["findings"] if f["code"] == "TD302"]
     assert trial["verdict"] == "fix helps"
     assert again["findings"] == live["findings"]
+
+
+def two_detaches_on_a_line(out, y, _c):
+    """A stop-gradient target and a detached penalty on one line: only the penalty's detach
+    is the cut (the target's stays in the fix arm)."""
+    sharp = out.softmax(-1)
+    return F.cross_entropy(out, y) + F.mse_loss(sharp, out.detach().softmax(-1).roll(1, 0)) + 0.5 * out.detach().pow(2).mean()  # fmt: skip  # noqa: E501
+
+
+def test_td302_swaps_only_the_detach_that_feeds_the_term(tmp_path):
+    from traindoctor.experiments import fix_branch, fixes
+
+    plans = []
+    original = fix_branch._reattach
+
+    def spy(finding, setup):
+        plans.append(original(finding, setup))
+        return plans[-1]
+
+    fixes.FIXES["TD302"] = spy
+    try:
+        report = watched(tmp_path, two_detaches_on_a_line)
+    finally:
+        fixes.FIXES["TD302"] = original
+    _, trial = _trial(report, "TD302")
+    assert trial["verdict"] == "fix helps", trial
+    (plan,) = plans
+    assert plan.with_fix["swap"].nth == 1, plan

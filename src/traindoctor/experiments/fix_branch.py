@@ -140,6 +140,11 @@ def _reattach(finding: Finding, setup: Setup) -> Plan | NotRun:
         if not code.find(set(ops), at):
             return _not_in_code(fix, at)
         swap = Swap("identity", at, ops)
+        # The one that feeds the term added there (not a target's detach on the same line).
+        added = ev.get("added_at") or finding.where.source
+        fed = found or (code.cut_into(added) if added else None)
+        if fed is not None and fed.at == at and fed.ops == ops:
+            swap = fed
     return Plan(fix, {"swap": AS_RECORDED}, {"swap": swap})
 
 

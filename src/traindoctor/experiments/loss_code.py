@@ -65,6 +65,9 @@ class Swap:
     kind: str | None = None
     at: str | None = None
     ops: tuple[str, ...] = ()  # the recorded function names swapped at that line
+    # Only the nth of those calls at that line (a `.detach()` of a target beside the cut's on
+    # the same line stays); None: all of them.
+    nth: int | None = None
 
 
 AS_RECORDED = Swap()
@@ -127,12 +130,16 @@ class LossCode:
             table[-1 - k] = c.clone()
         grad_blocks = _grad_blocks(self.calls, swap)
         outer = torch.is_grad_enabled()  # a replay scored under no_grad builds no graph
+        seen = 0  # calls of the swapped ops at the swap's line so far
         for call in self.calls:
             a = _decode(call.args, table, params)
             kw = _decode(call.kwargs, table, params)
             grad = outer and (call.grad or call.block in grad_blocks)
+            hit = swap.kind not in (None, "grad") and _at(call, swap)
+            if hit:
+                hit, seen = swap.nth is None or seen == swap.nth, seen + 1
             with torch.set_grad_enabled(grad):
-                result = _swapped(call, swap, a, kw)
+                result = _swapped(call, swap, a, kw) if hit else call.func(*a, **kw)
             if call.name in _BRANCH and call.result is not None and bool(result) != call.result:
                 raise NotReplayable(
                     f"the loss code branches on a value at {call.source}: the replay took "
@@ -205,11 +212,17 @@ class LossCode:
                 )
                 if p.name in ("detach", "detach_", "data") and live and p.source:
                     ops = ("data",) if p.name == "data" else ("detach", "detach_")
-                    return Swap("identity", p.source, ops)
+                    swap = Swap("identity", p.source, ops)
+                    nth = next(i for i, c in enumerate(self.calls_at(swap)) if c is p)
+                    return Swap("identity", p.source, ops, nth)
                 if not p.grad and live and p.source:
                     return Swap("grad", p.source)
                 stack += [i for i in ins if not rg.get(i)]
         return None
+
+    def calls_at(self, swap: Swap) -> list[Call]:
+        """The kept calls a swap of any occurrence would change, in order."""
+        return [c for c in self.calls if _at(c, swap)]
 
     def consumers(self, call: Call) -> list[Call]:
         """The kept calls that read an output of `call`."""
@@ -223,9 +236,11 @@ def _grad_blocks(calls: list[Call], swap: Swap) -> set[int]:
     return {c.block for c in calls if not c.grad and c.source == swap.at}
 
 
+def _at(call: Call, swap: Swap) -> bool:
+    return call.source == swap.at and call.name in swap.ops
+
+
 def _swapped(call: Call, swap: Swap, a: tuple, kw: dict) -> Any:
-    if swap.kind in (None, "grad") or call.source != swap.at or call.name not in swap.ops:
-        return call.func(*a, **kw)
     x = next((t for t in a if isinstance(t, torch.Tensor)), None)
     if x is None:
         return call.func(*a, **kw)
