@@ -205,3 +205,53 @@ def test_a_warm_up_the_run_ended_inside_goes_on_to_the_base_lr():
     # A decay (or a schedule that ended) holds its last lr.
     setup.lrs = [[0.1], [0.05], [0.01]]
     assert "the last held after step 3" in describe(setup, Arm(), None)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_bf16_mixed_with_a_step_schedule_is_replayed_so(tmp_path):
+    """Lightning's precision="bf16-mixed" enters autocast around training_step, and a StepLR
+    stepped every step: the TD103 trial replays both (and the added group follows the lr)."""
+    L = pytest.importorskip("lightning.pytorch")
+    import traindoctor.lightning as tdl
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, i):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.net[2].parameters(), lr=0.5)  # BUG: net.0 left out
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=g)
+    y = (x @ torch.randn(16, 4, generator=g)).argmax(1)
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True, generator=g
+    )
+    torch.manual_seed(0)
+    doc = tdl.Doctor(out_dir=tmp_path, console=False)
+    trainer = L.Trainer(
+        callbacks=[doc],
+        max_epochs=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision="bf16-mixed",
+    )
+    with experiments.enable():
+        trainer.fit(Lit(), dl)
+    (finding,) = [f for f in doc.report.findings if f.code == "TD103"]
+    trial = finding.evidence["trial"]
+    assert trial["verdict"] == "fix helps", trial
+    assert "(StepLR), 0.5 -> 0.0625" in trial["replay"]
+    assert "autocast cpu bfloat16" in trial["replay"]
