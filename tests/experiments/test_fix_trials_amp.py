@@ -255,3 +255,20 @@ def test_lightning_bf16_mixed_with_a_step_schedule_is_replayed_so(tmp_path):
     assert trial["verdict"] == "fix helps", trial
     assert "(StepLR), 0.5 -> 0.0625" in trial["replay"]
     assert "autocast cpu bfloat16" in trial["replay"]
+
+
+@pytest.mark.slow
+def test_rediagnose_keeps_the_td204_trial(tmp_path):
+    """The never-biting clip's trial (a warning, demoted) comes back the same from the
+    timeline (`report --rediagnose`)."""
+    from pathlib import Path
+
+    from .test_trials_rediagnose import _rediagnosed
+
+    with experiments.enable():
+        report = scenario(onecycle, "amp_onecycle_clip_never_bites")(tmp_path)
+    live, again = _rediagnosed(Path(report.run_dir))
+    (finding,) = [f for f in live["findings"] if f["code"] == "TD204"]
+    assert finding["severity"] == "warning"
+    assert finding["evidence"]["trial"]["verdict"] == "fix does not help"
+    assert again["findings"] == live["findings"]
