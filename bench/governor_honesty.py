@@ -50,11 +50,12 @@ class Governed(Traindoctor):
 
     def attach(self, model: torch.nn.Module, opt: torch.optim.Optimizer, out_dir: str) -> None:
         super().attach(model, opt, out_dir)
-        self.sampled: dict[int, bool] = {1: True}  # step 1 opened inside attach
+        # Not `sampled`: always_on.Watcher.sampled() is the method run() calls before each step.
+        self.opened: dict[int, bool] = {1: True}  # step 1 opened inside attach
         self.doc.bus.subscribe(Event.STEP_OPENED, self._opened, "bench")
 
     def _opened(self, step: int, sampled: bool, rec: Any) -> None:
-        self.sampled[step] = sampled
+        self.opened[step] = sampled
 
     def close(self) -> None:
         super().close()
@@ -175,7 +176,7 @@ def by_kind(plain: list[Run], watched: list[tuple[Run, Governed]]) -> dict[str, 
     for p, (w, g) in zip(plain, watched, strict=True):
         kinds = {"sampled": [], "unsampled": []}  # type: dict[str, list[int]]
         for i in range(3, len(w.cpu)):
-            kinds["sampled" if g.sampled.get(i + 1) else "unsampled"].append(i)
+            kinds["sampled" if g.opened.get(i + 1) else "unsampled"].append(i)
         out["s13"].append(sum(w.cpu[:3]) - sum(p.cpu[:3]))
         for key, kind in (("sx", "sampled"), ("ux", "unsampled")):
             idx = kinds[kind]
