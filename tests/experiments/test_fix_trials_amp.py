@@ -80,6 +80,9 @@ CASES = [
     (scenario(td204, "amp_clip_before_unscale"), "fix helps"),
     (scenario(onecycle, "amp_onecycle_clip_before_unscale", watch=False), "fix helps"),
     (sgd_step_bypass, "fix helps"),
+    # unscale_ after the first of 4 micro-batches: the other 3 add 65536x-scaled gradients, so
+    # the first one's is lost in the sum; unscaled after the last, all 4 count.
+    (scenario(td204, "amp_unscale_inside_accumulation"), "fix helps"),
     # The clip at 1e9 never bites, even on the scaled norm: unscaling first changes nothing.
     (scenario(onecycle, "amp_onecycle_clip_never_bites"), "fix does not help"),
     # AdamW divides the gradient by its own running size: the scale cancels (but for eps).
@@ -105,6 +108,9 @@ def test_td204_trial_verdict(run, verdict, tmp_path):
         assert finding.priority >= 30 and "does not help" in finding.cause
     if run.__name__ == "amp_step_bypasses_scaler":
         assert "AdamW is invariant to the loss scale" in trial["note"]
+    if run.__name__ == "amp_unscale_inside_accumulation":
+        assert trial["accumulation"].startswith("4 micro-batches a step")
+        assert "note" not in trial  # not a global scale: no scale-invariance note
 
 
 @pytest.mark.slow

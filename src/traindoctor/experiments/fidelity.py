@@ -77,6 +77,7 @@ class StepDriver:
         # Each optimizer group's base lr (a group TD103's fix adds follows the first group).
         self.bases = [float(g["lr"]) if _number(g.get("lr")) else None for g in opt.param_groups]
         self.lrs = None if getattr(arm, "constant_lr", False) else setup.lrs
+        self.passes = 0  # backward passes since the last step (micro-batches)
         self.after = after_run(setup) if self.lrs else None
 
     def set_lr(self, step: int) -> None:
@@ -91,9 +92,19 @@ class StepDriver:
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.passes += 1
+        if (
+            self.passes == 1
+            and self.scaler is not None
+            and getattr(self.arm, "scaled", None) == ("mixed")
+        ):
+            # TD204 as written: unscale_ after the first micro-batch; the next ones add scaled
+            # gradients into the unscaled ones (scaler.step() does not unscale again).
+            self.scaler.unscale_(self.opt)
 
     def step(self) -> None:
         scaler, scaled = self.scaler, getattr(self.arm, "scaled", None)
+        self.passes = 0
         if scaler is None:
             self._clip()
             self.opt.step()
@@ -103,7 +114,7 @@ class StepDriver:
             self._clip()
             self.opt.step()
         else:
-            if scaled != "clip":
+            if scaled not in ("clip", "mixed"):
                 scaler.unscale_(self.opt)
             self._clip()
             scaler.step(self.opt)

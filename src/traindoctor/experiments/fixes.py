@@ -49,7 +49,8 @@ class Arm:
     # The run's lr per step is replayed (fidelity.py) unless this is set: one lr throughout.
     constant_lr: bool = False
     # TD204 (fix_amp.py): the GradScaler's gradients used still scaled, "clip" (clipped before
-    # unscale_) or "step" (optimizer.step() without the scaler); None: unscale_ first.
+    # unscale_), "step" (optimizer.step() without the scaler) or "mixed" (unscale_ after the
+    # first micro-batch of the step); None: unscale_ after the last, before clipping.
     scaled: str | None = None
     # A GradScaler's settings (sorted items) where the run's own was not seen (fix_amp.py).
     scaler: tuple[tuple[str, Any], ...] | None = None

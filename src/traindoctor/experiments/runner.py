@@ -105,6 +105,8 @@ class Setup:
     clip: tuple[str, float, list[int]] | None = None
     # The most training forwards of a captured step (gradient accumulation's micro-batches).
     micro_batches: int = 1
+    # The first backward's loss over the replayed call's (1/k for `loss / k`), when measured.
+    loss_factor: float | None = None
     # A loss written by hand (no standard loss call captured): the first steps' batches with
     # their recorded loss code only (loss_code.py), replayed by the TD301/TD302 trials alone.
     traced: list[Batch] = field(default_factory=list)

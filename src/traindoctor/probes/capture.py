@@ -577,6 +577,9 @@ class CaptureProbe(Probe):
         parts = self.loss_parts()
         if parts is not None:
             self.setup.micro_batches = int(parts["micro_batches"])  # TD109's trial reads it
+            back, replayed = parts.get("backward"), parts.get("replayed")
+            if back is not None and replayed:  # TD204's accumulation trial reads it
+                self.setup.loss_factor = back / replayed
         tried = run_trials(self.setup, findings, self.why_not(), parts)
         if self._rec is not None:
             # In the timeline: every later diagnosis of it (`report --rediagnose`) re-attaches
