@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..findings import Finding
 from .fixes import FIX_NAMES, NotRun, Plan, _needs_optimizer, fix_for
-from .loss_code import AS_RECORDED, LossCode, Swap
+from .loss_code import AS_RECORDED, UNCHECKED, LossCode, Swap
 from .runner import Batch, Setup
 
 FIX_NAMES["TD302"] = "the term computed with its graph (no detach/no_grad)"
@@ -36,7 +36,6 @@ _DETACH_OPS = {"detach": ("detach", "detach_"), "data": ("data",)}
 _STE = ("round", "floor", "ceil", "trunc", "sign")
 _CLAMPS = ("clamp", "clamp_min", "clamp_max", "hardtanh")
 _CLAMP_CALLS = ("clamp", "clip", "clamp_min", "clamp_max", "hardtanh", "clamp_", "clip_")
-_CASTS = ("long", "int", "short", "char", "byte", "to", "type", "type_as")
 # What an argmax's index (or an integer cast's value) may feed for the swap to keep its meaning:
 # arithmetic on it as a number. Used as an index (gather, indexing) or compared, it has no
 # differentiable twin.
@@ -63,12 +62,12 @@ def recorded(setup: Setup) -> tuple[LossCode | None, str | None]:
     code = batch.trace
     if not isinstance(code, LossCode):
         return None, code if isinstance(code, str) else "the loss code was not recorded"
-    if not hasattr(code, "checked"):
+    if code.checked is UNCHECKED:
         try:
-            code.checked = code.verify()  # type: ignore[attr-defined]
+            code.checked = code.verify()
         except Exception as exc:  # noqa: BLE001
-            code.checked = f"the recorded loss code does not replay ({type(exc).__name__})"  # type: ignore[attr-defined]
-    return (None, code.checked) if code.checked else (code, None)  # type: ignore[attr-defined]
+            code.checked = f"the recorded loss code does not replay ({type(exc).__name__})"
+    return (None, code.checked) if code.checked else (code, None)
 
 
 def _loss_code(fix: str, setup: Setup) -> LossCode | NotRun:
@@ -169,9 +168,11 @@ def _stand_in(finding: Finding, setup: Setup) -> Plan | NotRun:
         swap, same = Swap("identity", at, _CLAMP_CALLS), False
     else:
         fix = FIX_NAMES["TD301"]
-        what = "a comparison (a soft one needs a temperature the script would choose)"
-        if cut != "compare":
-            what = f"`{op}`" + (" (its indices index; they are no number)" if cut else "")
+        what = f"`{op}`"
+        if cut == "compare":
+            what = "a comparison (a soft one needs a temperature the script would choose)"
+        elif cut == "index":
+            what = f"the indices of `{op}`"
         return NotRun(fix, f"no standard differentiable stand-in for {what}")
     if not at:
         return NotRun(fix, "the op's line was not measured")

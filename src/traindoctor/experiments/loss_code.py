@@ -71,6 +71,7 @@ class Swap:
 
 
 AS_RECORDED = Swap()
+UNCHECKED = "unchecked"
 
 
 @dataclass
@@ -106,6 +107,7 @@ class LossCode:
     rng: torch.Tensor | None = None
     lines: list[str] = field(default_factory=list)  # the user lines of the kept calls
     out_rg: tuple[bool, ...] = ()  # whether each output of the model required grad
+    checked: str | None = UNCHECKED  # `verify`'s answer, once asked (fix_branch.recorded)
 
     def loss(
         self, model: torch.nn.Module, args: tuple, kwargs: dict, swap: Swap = AS_RECORDED
