@@ -196,6 +196,12 @@ _signal(
     "per validation (appended): per-param norms of the watched (trained) models at that moment",
 )
 _signal(
+    "modes.functional_dropout",
+    "per step where it changed: {'on': n, 'off': n, 'roots_training': {model: bool}} calls of "
+    "F.dropout (p > 0, outside nn.Dropout) in the step's training forwards by their "
+    "`training` argument, and the watched models' mode at the optimizer step",
+)
+_signal(
     "modes.frozen_bn_drift",
     "per observed step: {BatchNorm inside a frozen module: relative change of its running "
     "mean/var since the previous observed step}",
@@ -465,6 +471,11 @@ class LrScheduler(Event, total=False):
     source: str | None
 
 
+class FunctionalDropout(Source, total=False):
+    training: bool  # the call's `training` argument
+    p: float
+
+
 class ModeCall(Event, total=False):
     module: str
     root: str
@@ -607,6 +618,12 @@ _event(
     LossNotDifferentiable,
 )
 _event("lr_scheduler", "an LR scheduler, its settings and where it was built", LrScheduler)
+_event(
+    "functional_dropout",
+    "the first F.dropout call (outside nn.Dropout) of a training forward with training on, "
+    "and with it off",
+    FunctionalDropout,
+)
 _event("mode_call", "a .train()/.eval() call on a watched module", ModeCall)
 _event("nonfinite", "the first NaN/Inf of a cause, located (autopsy)", Nonfinite)
 _event("nonfinite_masked", "NaN/Inf masked before the loss (where and how)", NonfiniteMasked)

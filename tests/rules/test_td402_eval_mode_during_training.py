@@ -54,3 +54,33 @@ def test_td402_silent_for_a_deliberate_bn_freeze_from_the_first_step():
 def test_td402_fires_when_training_in_eval_mode_from_the_start():
     tl = _modes_tl([(1, _eval_at(1, ["stem.bn", "drop"], False))])
     assert assert_fires("TD402", tl).step == 1
+
+
+def test_functional_dropout_turned_off_with_the_model_in_eval_mode():
+    on = {"on": 2, "off": 0, "roots_training": {"<model>": True}}
+    off = {"on": 0, "off": 2, "roots_training": {"<model>": False}}
+    events = [
+        {"kind": "functional_dropout", "step": 1, "training": True, "p": 0.6, "source": "m.py:9"},
+        {"kind": "functional_dropout", "step": 2, "training": False, "p": 0.6, "source": "m.py:9"},
+        {
+            "kind": "mode_call",
+            "step": 1,
+            "module": "<model>",
+            "training": False,
+            "source": "m.py:40",
+        },
+    ]
+    steps = {1: {"modes.functional_dropout": on}, 2: {"modes.functional_dropout": off}}
+    tl = make_timeline(params=["a.weight"], steps=steps, events=events)
+    tl.facts["modes"] = {"sensitive": 0, "steps_in_eval": 0, "functional_off_steps": 29}
+    f = assert_fires("TD402", tl)
+    assert f.step == 2 and f.evidence["functional_dropout"] == "m.py:9"
+    assert f.where.source == "m.py:40" and f.title.startswith("29 optimizer step(s)")
+    # never on: a dropout switched off by hand, not by a mode
+    steps = {2: {"modes.functional_dropout": off}}
+    tl = make_timeline(params=["a.weight"], steps=steps, events=events[1:])
+    assert_silent("TD402", tl)
+    # off while the model trains (one submodule frozen in eval): not the whole model
+    half = {**off, "roots_training": {"<model>": True}}
+    steps = {1: {"modes.functional_dropout": on}, 2: {"modes.functional_dropout": half}}
+    assert_silent("TD402", make_timeline(params=["a.weight"], steps=steps, events=events))

@@ -22,11 +22,18 @@ from .._source import user_source
 from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
+from .functional_dropout import add_dropout_listener, remove_dropout_listener
 
 MODES_EVAL = signal(
     "modes.eval_at_step",
     "per step where it changed: {'eval': [mode-sensitive modules in eval mode at the optimizer "
     "step], 'count': n, 'roots_training': {model: bool}}",
+)
+FUNCTIONAL_DROPOUT = signal(
+    "modes.functional_dropout",
+    "per step where it changed: {'on': n, 'off': n, 'roots_training': {model: bool}} calls of "
+    "F.dropout (p > 0, outside nn.Dropout) in the step's training forwards by their "
+    "`training` argument, and the watched models' mode at the optimizer step",
 )
 VALIDATED_FP = signal(
     "modes.validated_fingerprint",
@@ -53,8 +60,9 @@ def mode_sensitive(module: torch.nn.Module) -> bool:
 
 class ModesProbe(Probe):
     name = "modes"
-    provides: ClassVar[tuple[str, ...]] = (MODES_EVAL, VALIDATED_FP, TRAINED_FP)
+    provides: ClassVar[tuple[str, ...]] = (MODES_EVAL, FUNCTIONAL_DROPOUT, VALIDATED_FP, TRAINED_FP)
     provides_events: ClassVar[tuple[str, ...]] = (
+        "functional_dropout",
         "mode_call",
         "validation_in_train_mode",
         "inference_tensors",
@@ -82,6 +90,10 @@ class ModesProbe(Probe):
         self._inference_seen: set[str] = set()
         self._listening = False
         self._train_listener: Any = None
+        # F.dropout calls of this step's training forwards, by their `training` argument
+        self._fdrop = [0, 0]
+        self._fdrop_last: tuple | None = None
+        self._fdrop_said: set[bool] = set()
 
     # -- structure ------------------------------------------------------------------------
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -115,6 +127,7 @@ class ModesProbe(Probe):
         self._train_listener = ctx.hook("probe modes", self._on_train_call)
         _mode_patches.add_train_listener(self._train_listener)
         _mode_patches.add_region_listener(self)
+        add_dropout_listener(self)
         self._listening = True
         self.scan_inference(1, rec, "attach")
 
@@ -134,6 +147,7 @@ class ModesProbe(Probe):
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._nograd_forwards = 0
         self._phase_reported = False
+        self._fdrop = [0, 0]
         if sampled:
             self._index()  # modules replaced (fused, swapped heads) since the last look
             self.scan_inference(step, rec, "sampled step")
@@ -142,7 +156,46 @@ class ModesProbe(Probe):
         self._nograd_forwards = 0
         self._phase_reported = False
 
+    def functional_dropout(self, p: Any, training: Any) -> None:
+        """An F.dropout call outside nn.Dropout (functional_dropout.py): counted when it is
+        part of a training forward, with its source line the first time each mode is seen."""
+        ctx = self.ctx
+        if ctx is None or ctx.state.closed or ctx.state.validating:
+            return
+        if not torch.is_grad_enabled() or not (isinstance(p, int | float) and p > 0):
+            return
+        on = bool(training)
+        self._fdrop[on] += 1
+        if on not in self._fdrop_said:
+            self._fdrop_said.add(on)
+            ctx.rec.event(
+                ctx.state.step,
+                "functional_dropout",
+                training=on,
+                p=float(p),
+                source=user_source(),
+            )
+
+    def _record_functional(self, step: int, rec: Recorder, roots: dict[str, bool]) -> None:
+        off, on = self._fdrop
+        if not (off or on):
+            return
+        if off and not on:
+            facts = rec.timeline.facts["modes"]
+            facts["functional_off_steps"] = facts.get("functional_off_steps", 0) + 1
+        state = (bool(on), bool(off), tuple(sorted(roots.items())))
+        if state != self._fdrop_last:
+            self._fdrop_last = state
+            rec.record(step, FUNCTIONAL_DROPOUT, {"on": on, "off": off, "roots_training": roots})
+
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if self._fdrop[0] or self._fdrop[1]:
+            assert self.ctx is not None
+            roots = {
+                (p.rstrip(".") or "<model>"): bool(self._inner.get(p, m).training)
+                for p, m in self.ctx.models.items()
+            }
+            self._record_functional(step, rec, roots)
         in_eval = tuple(name for _, name, m in self._sensitive if not m.training)
         if in_eval:
             facts = rec.timeline.facts["modes"]
@@ -332,6 +385,7 @@ class ModesProbe(Probe):
         if self._listening:
             _mode_patches.remove_train_listener(self._train_listener)
             _mode_patches.remove_region_listener(self)
+            remove_dropout_listener(self)
             self._listening = False
 
 

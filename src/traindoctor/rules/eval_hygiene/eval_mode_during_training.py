@@ -27,8 +27,8 @@ def _switch_call(tl: TimelineView, onset: int) -> dict[str, Any] | None:
     name="eval-mode-during-training",
     severity=Severity.ERROR,
     summary="The optimizer steps while BatchNorm/Dropout modules are in eval mode.",
-    requires=("modes.eval_at_step",),
-    events=("mode_call", "validation"),
+    requires=("modes.eval_at_step", "modes.functional_dropout"),
+    events=("mode_call", "validation", "functional_dropout"),
     facts=("modes", "ultralytics"),
     priority=15,
 )
@@ -39,7 +39,10 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     InstanceNorm with running stats, Dropout with p > 0) are in eval mode: the model was put in
     eval mode (by a validation, a callback, a helper) and never put back in train mode, or was
     never in train mode. Names the modules, the first step, how many steps, and the line of the
-    `.eval()` call when it was seen.
+    `.eval()` call when it was seen. A model with no such module whose forward calls
+    `F.dropout(x, p, training=self.training)` (pytorch/examples' GAT) is mode-sensitive too:
+    reported when its training forwards dropped out at one step and, at a later one, called
+    it with training off while every watched model was in eval mode at the optimizer step.
 
     ## Why it matters
     In eval mode BatchNorm normalizes with its running statistics and stops updating them, and
@@ -82,8 +85,6 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     layers after some epochs) is reported; ignore TD402 then.
     """
     changes = tl.series("modes.eval_at_step")
-    if not changes:
-        return
     onset = None
     for step, info in changes:
         names = info.get("eval") or []
@@ -96,6 +97,9 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
             onset = (step, info, roots_off)
             break
     if onset is None:
+        found = _functional(tl)
+        if found is not None:
+            yield found
         return
     step, info, roots_off = onset
     names = info.get("eval") or []
@@ -141,3 +145,63 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
         ),
     )
     yield ultralytics.eval_mode_during_training(tl, found)  # Ultralytics' words where it trained
+
+
+def _functional(tl: TimelineView) -> Finding | None:
+    """A model with no Dropout module whose forward calls `F.dropout(x, p,
+    training=self.training)`: dropout was on in an earlier step's training forward, and off in
+    a later one's while every watched model was in eval mode at its optimizer step."""
+    series = tl.series("modes.functional_dropout")
+    on_at = next((s for s, v in series if v.get("on")), None)
+    if on_at is None:
+        return None
+    onset = None
+    for step, info in series:
+        roots = info.get("roots_training") or {}
+        off_only = info.get("off") and not info.get("on")
+        if step > on_at and off_only and roots and not any(roots.values()):
+            onset = (step, sorted(roots))
+            break
+    if onset is None:
+        return None
+    step, roots = onset
+    calls = {bool(e.get("training")): e for e in tl.events("functional_dropout")}
+    off_call = calls.get(False) or {}
+    source = off_call.get("source") or (calls.get(True) or {}).get("source")
+    steps_off = (tl.fact("modes") or {}).get("functional_off_steps", 0)
+    call = _switch_call(tl, step)
+    since = (
+        f" `{call['module']}` was switched to eval mode at {call['source']} (step {call['step']})"
+        " and not switched back."
+        if call and call.get("source")
+        else ""
+    )
+    p = off_call.get("p") or (calls.get(True) or {}).get("p")
+    at = f" at {source}" if source else ""
+    return tl.finding(
+        title=f"{steps_off} optimizer step(s) taken with the model in eval mode: its "
+        f"functional dropout{at} is off",
+        step=step,
+        evidence={
+            "models_in_eval_mode": roots,
+            "functional_dropout": source,
+            "p": p,
+            "on_at_step": on_at,
+            "first_step": step,
+            "steps_in_eval": steps_off,
+            "switched_at": call.get("source") if call else None,
+        },
+        where=Where(module=roots[0], source=(call or {}).get("source") or source),
+        cause=(
+            f"The model holds no Dropout module but calls F.dropout(..., training=...){at}"
+            f"{f' with p={p:g}' if p else ''}: it dropped out in the training forward of step "
+            f"{on_at}, and from step {step} the whole model (`{'`, `'.join(roots)}`) trained "
+            "in eval mode, so `training=self.training` turned it off while the optimizer "
+            "steps." + since
+        ),
+        fix=(
+            "Call `model.train()` at the start of each training step or epoch (after "
+            "evaluation), or validate inside `with doc.validating(model):`, which restores "
+            "every module's mode."
+        ),
+    )

@@ -1,0 +1,87 @@
+"""TD402 for a model that drops out through F.dropout(x, p, training=self.training).
+
+pytorch/examples' GAT holds no Dropout module: its layers call the functional dropout with
+their own mode. When the training step stops calling model.train() while the evaluation after
+each step calls model.eval(), dropout is off from the second step on; no mode-sensitive module
+said so. The F.dropout calls of the training forwards now do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests._loop import assert_bit_identical, params_of, watch
+
+
+class FunctionalDropoutNet(nn.Module):
+    def __init__(self, train_arg: str = "mode") -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 4)
+        self.train_arg = train_arg
+
+    def forward(self, x):
+        training = self.training if self.train_arg == "mode" else False
+        h = F.elu(self.a(F.dropout(x, 0.6, training=training)))
+        return F.log_softmax(self.b(F.dropout(h, 0.6, training=training)), dim=1)
+
+
+def _run(tmp_path, *, restore: bool, train_arg: str = "mode", steps: int = 30):
+    torch.manual_seed(0)
+    x = torch.randn(200, 16)
+    y = x[:, :4].argmax(1)
+    model = FunctionalDropoutNet(train_arg)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    doc = watch(model, opt, tmp_path) if tmp_path is not None else None
+    for _ in range(steps):
+        if restore:
+            model.train()
+        opt.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        opt.step()
+        model.eval()  # evaluation after each step, as GAT's test()
+        with torch.no_grad():
+            model(x)
+    if doc is not None:
+        doc.close()
+    return doc, params_of(model)
+
+
+def _loud(doc):
+    return [f.code for f in doc.report.findings if f.severity.value in ("error", "warning")]
+
+
+def test_functional_dropout_turned_off_by_eval_mode_is_td402(tmp_path):
+    doc, _ = _run(tmp_path, restore=False)
+    f = doc.report.get("TD402")
+    assert f is not None and f.severity.value == "error"
+    assert f.step == 2 and f.evidence["on_at_step"] == 1
+    line = next(
+        i
+        for i, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        if "h = F.elu(self.a(F.dropout(" in text
+    )
+    assert f.evidence["functional_dropout"].endswith(f"test_functional_dropout.py:{line}")
+    assert "functional dropout" in f.title
+
+
+def test_train_mode_restored_each_step_is_silent(tmp_path):
+    doc, _ = _run(tmp_path, restore=True)
+    assert "TD402" not in _loud(doc)
+
+
+def test_dropout_switched_off_by_hand_is_not_a_mode_fault(tmp_path):
+    # training=False written in the call: never on, nothing was turned off by a mode
+    doc, _ = _run(tmp_path, restore=False, train_arg="off")
+    assert "TD402" not in _loud(doc)
+
+
+def test_weights_identical_and_f_dropout_restored(tmp_path):
+    original = F.dropout
+    _, plain = _run(None, restore=False, steps=10)
+    _, watched = _run(tmp_path, restore=False, steps=10)
+    assert_bit_identical(plain, watched)
+    assert F.dropout is original
