@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from ._gc import collector_paused
 from ._guard import Guard
 from .causality import link_consequences
 from .experiments.trial_record import EVENT as TRIAL_EVENT
@@ -61,6 +62,13 @@ def diagnose(
         # Nothing was ever watched (no model, no optimizer): there is no training to judge,
         # and rules such as TD110 would misread the empty timeline.
         return []
+    with collector_paused():  # its per-layer working set is garbage once it ends (_gc.py)
+        return _diagnose(timeline, rules, guard, previous)
+
+
+def _diagnose(
+    timeline: Timeline, rules: Iterable[Rule], guard: Guard, previous: Iterable[Finding]
+) -> list[Finding]:
     lost = _lost(timeline)
     skipped: list[dict[str, Any]] = []
     earlier = {f.key(): f for f in previous}
@@ -90,9 +98,10 @@ def fold(timeline: Timeline, rules: Iterable[Rule], guard: Guard) -> None:
     if "models" not in timeline.facts:
         return
     lost = _lost(timeline)
-    for r in rules:
-        if r.state is not None and not any(_missing(r, lost).values()):
-            _run(r, timeline, guard)  # (a rule the passes do not judge is not folded either)
+    with collector_paused():
+        for r in rules:
+            if r.state is not None and not any(_missing(r, lost).values()):
+                _run(r, timeline, guard)  # (a rule the passes do not judge is not folded either)
 
 
 def _lost(timeline: Timeline) -> list[tuple[set[str], str, str]]:

@@ -419,7 +419,17 @@ class Walk:
 
     def finish(self, names: bool = True) -> GradientPath:
         """Remove the hooks, read the statistics back (one transfer per device) and judge."""
+        # The collector stays paused through the read-back and the judging (_gc.py): their
+        # ~10^4 short-lived objects a walk are garbage at its end.
+        paused, self._gc_was_enabled = self._gc_was_enabled, False
         self.remove()
+        try:
+            return self._finish(names)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _finish(self, names: bool) -> GradientPath:
         self._flush()
         l2, l0, masks = self._l2.read(), self._l0.read(), _read_back(self._masks)
         host: dict[int, list[float]] = {}
