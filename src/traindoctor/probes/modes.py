@@ -164,7 +164,9 @@ class ModesProbe(Probe):
             return
         if not torch.is_grad_enabled() or not (isinstance(p, int | float) and p > 0):
             return
-        on = bool(training)
+        if not isinstance(training, bool):
+            return  # a tensor flag: reading it could wait on the device
+        on = training
         self._fdrop[on] += 1
         if on not in self._fdrop_said:
             self._fdrop_said.add(on)
