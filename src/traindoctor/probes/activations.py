@@ -270,13 +270,13 @@ class ActivationsProbe(Probe):
             k = self._calls.get(f"{outer}.{op}", 0) + 1
             self._calls[f"{outer}.{op}"] = k
             name = f"{outer}.{op}" if k == 1 else f"{outer}.{op}#{k}"
+        site = self._sites.get(name)
+        if site is None and len(self._sites) >= MAX_SITES:
+            return  # (before the unit dim: most calls of a model of thousands of layers)
         conv_like = any(c in mtype for c in _CONV_LIKE) or (not mtype and x.ndim in (4, 5))
         udim = 1 if (conv_like and x.ndim >= 3) else x.ndim - 1
         units = x.shape[udim]
-        site = self._sites.get(name)
         if site is None:
-            if len(self._sites) >= MAX_SITES:
-                return
             site = self._sites[name] = _Site(op, kind, module, mtype, units)
         if site.units != units or site.kind != kind:
             return
