@@ -84,3 +84,15 @@ def test_functional_dropout_turned_off_with_the_model_in_eval_mode():
     half = {**off, "roots_training": {"<model>": True}}
     steps = {1: {"modes.functional_dropout": on}, 2: {"modes.functional_dropout": half}}
     assert_silent("TD402", make_timeline(params=["a.weight"], steps=steps, events=events))
+
+
+def test_functional_dropout_whose_line_reads_the_mode_needs_no_step_with_it_on():
+    # zero-code mode attaches after step 1's forward: no call with training on was seen
+    off = {"on": 0, "off": 4, "roots_training": {"<model>": False}}
+    call = {"kind": "functional_dropout", "step": 2, "training": False, "p": 0.6}
+    steps = {2: {"modes.functional_dropout": off}}
+    reads = dict(call, source="gat.py:108", code="h = F.dropout(h, self.p, training=self.training)")
+    f = assert_fires("TD402", make_timeline(params=["a.weight"], steps=steps, events=[reads]))
+    assert f.step == 2 and "training=self.training" in f.cause
+    fixed = dict(call, source="gat.py:108", code="h = F.dropout(h, self.p, training=False)")
+    assert_silent("TD402", make_timeline(params=["a.weight"], steps=steps, events=[fixed]))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from .. import _mode_patches
-from .._source import user_source
+from .._source import user_source, user_source_with_code
 from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
@@ -170,12 +170,14 @@ class ModesProbe(Probe):
         self._fdrop[on] += 1
         if on not in self._fdrop_said:
             self._fdrop_said.add(on)
+            where = user_source_with_code() or {}
             ctx.rec.event(
                 ctx.state.step,
                 "functional_dropout",
                 training=on,
                 p=float(p),
-                source=user_source(),
+                source=where.get("source"),
+                code=where.get("code"),
             )
 
     def _record_functional(self, step: int, rec: Recorder, roots: dict[str, bool]) -> None:

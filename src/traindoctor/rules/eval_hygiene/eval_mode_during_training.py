@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,8 +42,9 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     never in train mode. Names the modules, the first step, how many steps, and the line of the
     `.eval()` call when it was seen. A model with no such module whose forward calls
     `F.dropout(x, p, training=self.training)` (pytorch/examples' GAT) is mode-sensitive too:
-    reported when its training forwards dropped out at one step and, at a later one, called
-    it with training off while every watched model was in eval mode at the optimizer step.
+    reported when its training forwards called it with training off while every watched model
+    was in eval mode at the optimizer step, and the flag follows the mode: they dropped out at
+    an earlier step, or the calling line reads a module's `.training`.
 
     ## Why it matters
     In eval mode BatchNorm normalizes with its running statistics and stops updating them, and
@@ -147,26 +149,35 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     yield ultralytics.eval_mode_during_training(tl, found)  # Ultralytics' words where it trained
 
 
+# A line that passes a module's mode as the flag: `training=self.training`.
+_READS_MODE = re.compile(r"\.training\b")
+
+
 def _functional(tl: TimelineView) -> Finding | None:
     """A model with no Dropout module whose forward calls `F.dropout(x, p,
-    training=self.training)`: dropout was on in an earlier step's training forward, and off in
-    a later one's while every watched model was in eval mode at its optimizer step."""
+    training=self.training)`: dropout was on in an earlier step's training forward (or the
+    calling line reads a module's mode: zero-code mode attaches after step 1's forward), and
+    off in a later one's while every watched model was in eval mode at its optimizer step."""
     series = tl.series("modes.functional_dropout")
+    calls = {bool(e.get("training")): e for e in tl.events("functional_dropout")}
+    off_call = calls.get(False) or {}
     on_at = next((s for s, v in series if v.get("on")), None)
-    if on_at is None:
+    # Its flag follows the mode: seen on at an earlier step, or read from a module's mode on
+    # the line that calls it (`training=self.training`; a hard-coded False is no mode's).
+    reads_mode = bool(_READS_MODE.search(off_call.get("code") or ""))
+    if on_at is None and not reads_mode:
         return None
     onset = None
     for step, info in series:
         roots = info.get("roots_training") or {}
         off_only = info.get("off") and not info.get("on")
-        if step > on_at and off_only and roots and not any(roots.values()):
+        after_on = on_at is None or step > on_at
+        if after_on and off_only and roots and not any(roots.values()):
             onset = (step, sorted(roots))
             break
     if onset is None:
         return None
     step, roots = onset
-    calls = {bool(e.get("training")): e for e in tl.events("functional_dropout")}
-    off_call = calls.get(False) or {}
     source = off_call.get("source") or (calls.get(True) or {}).get("source")
     steps_off = (tl.fact("modes") or {}).get("functional_off_steps", 0)
     call = _switch_call(tl, step)
@@ -194,10 +205,16 @@ def _functional(tl: TimelineView) -> Finding | None:
         where=Where(module=roots[0], source=(call or {}).get("source") or source),
         cause=(
             f"The model holds no Dropout module but calls F.dropout(..., training=...){at}"
-            f"{f' with p={p:g}' if p else ''}: it dropped out in the training forward of step "
-            f"{on_at}, and from step {step} the whole model (`{'`, `'.join(roots)}`) trained "
-            "in eval mode, so `training=self.training` turned it off while the optimizer "
-            "steps." + since
+            f"{f' with p={p:g}' if p else ''}"
+            + (
+                f": it dropped out in the training forward of step {on_at}, and"
+                if on_at is not None
+                else ", its flag read from the module's mode"
+                + (f" (`{off_call['code'].strip()}`)" if off_call.get("code") else "")
+                + ";"
+            )
+            + f" from step {step} the whole model (`{'`, `'.join(roots)}`) trained in eval "
+            "mode, so the dropout was off while the optimizer steps." + since
         ),
         fix=(
             "Call `model.train()` at the start of each training step or epoch (after "
