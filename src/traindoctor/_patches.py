@@ -211,6 +211,84 @@ def unwatch_scaler(scaler: Any, on_update: AfterListener) -> None:
     release(patches)
 
 
+def scaler_watched(scaler: Any) -> bool:
+    """Whether a doctor was given this scaler (watch(scaler=...)) and watches it itself."""
+    return id(scaler) in _scalers
+
+
+# -- GradScaler class (watch mode without scaler=) ------------------------------------------
+# `GradScaler.scale` / `update` on torch.amp.GradScaler (torch.cuda.amp.GradScaler inherits
+# them), patched while a listener (scaler_find.py) is registered and restored exactly with the
+# last: the instances are not touched (pickling, deepcopy and state_dict() see nothing). The
+# original runs with the same arguments and its result is returned unchanged.
+
+
+class ScalerListener:
+    """What a GradScaler-class listener implements (called behind `_call`)."""
+
+    def scaled(self, scaler: Any) -> None: ...
+
+    def updated(self, scaler: Any, stepped: frozenset[int]) -> None:
+        """`stepped`: ids of the optimizers this scaler unscaled or stepped since its last
+        update() (its per-optimizer states, read just before update() resets them)."""
+
+
+_scaler_listeners: list[Any] = []
+
+
+def _class_scale_of(scale_fn: Callable[..., Any]) -> Callable[..., Any]:
+    def scale(scaler: Any, outputs: Any) -> Any:
+        out = scale_fn(scaler, outputs)
+        if _scaler_listeners and not compiling():
+            _call(note_scaled, out, outputs)
+            for listener in list(_scaler_listeners):
+                _call(listener.scaled, scaler)
+        return out
+
+    return scale
+
+
+def _stepped(scaler: Any) -> frozenset[int]:
+    states = getattr(scaler, "_per_optimizer_states", None)
+    return frozenset(states) if isinstance(states, dict) else frozenset()  # keys: no new entry
+
+
+def _class_update_of(update_fn: Callable[..., Any]) -> Callable[..., Any]:
+    def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _scaler_listeners or compiling():
+            return update_fn(scaler, *args, **kwargs)
+        try:
+            stepped = _stepped(scaler)
+        except Exception:  # noqa: BLE001  (never into the user's update())
+            stepped = frozenset()
+        result = update_fn(scaler, *args, **kwargs)
+        for listener in list(_scaler_listeners):
+            _call(listener.updated, scaler, stepped)
+        return result
+
+    return update
+
+
+SCALER_CLASS = PatchSet(
+    "GradScaler.scale/update",
+    lambda: (
+        Patch(torch.amp.GradScaler, "scale", _class_scale_of),
+        Patch(torch.amp.GradScaler, "update", _class_update_of),
+    ),
+)
+
+
+def add_scaler_listener(listener: Any) -> None:
+    acquire(SCALER_CLASS)  # one hold per listener
+    _scaler_listeners.append(listener)
+
+
+def remove_scaler_listener(listener: Any) -> None:
+    if listener in _scaler_listeners:
+        _scaler_listeners.remove(listener)
+        release(SCALER_CLASS)
+
+
 # -- Mixed precision: clip functions and GradScaler methods (process-wide) ------------------
 # `torch.nn.utils.clip_grad_norm_` / `clip_grad_value_` (in `torch.nn.utils` and
 # `torch.nn.utils.clip_grad`) and `GradScaler.unscale_` / `GradScaler.step`, patched on their

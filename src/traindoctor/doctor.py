@@ -30,6 +30,7 @@ from .report import notebook, publish
 from .report.model import Report
 from .rules._registry import Rule, select
 from .run_state import RunClock, RunState
+from .scaler_find import ScalerFinder
 from .steps import StepDriver
 from .timeline import Timeline
 from .timeline_store import TimelineWriter
@@ -130,6 +131,7 @@ class Doctor:
         self.report: Report | None = None
         self._handles: list[Any] = []
         self._watched_scaler: Any = None
+        self._scaler_finder: ScalerFinder | None = None  # watch() without scaler=
         self._listening = False
         self._pickles_clean = False  # our hooks are left out of pickles while attached
         # The step boundary: backward, optimizer steps, scaler updates, updates by hand.
@@ -216,6 +218,8 @@ class Doctor:
             self._hook_optimizer(opt)
         if scaler is not None:
             self._wrap_scaler(scaler)
+        elif self.mode == "watch" and self._scaler_finder is None:
+            self._find_scaler()
         self.guard.call("hand steps", self._steps.hand.start)
         if not self._listening:
             _patches.add_backward_listener(self.observe_backward, self._steps.after_backward)
@@ -300,6 +304,19 @@ class Doctor:
         """Watch a GradScaler instance: map scaled losses back, and close steps it skips."""
         _patches.watch_scaler(scaler, self.scaler_updated)
         self._watched_scaler = scaler
+
+    def _find_scaler(self) -> None:
+        """watch() without scaler=: the run's GradScaler found as it is used (scaler_find.py)."""
+        self._scaler_finder = ScalerFinder(
+            lambda: self.run.attached, self._adopt_scaler, self.scaler_updated, self.guard
+        )
+        self._scaler_finder.start()
+
+    def _adopt_scaler(self, scaler: Any) -> None:
+        ctx = self.run.attached
+        if ctx is not None:
+            ctx.scaler = scaler
+            self.timeline.facts["scaler"] = type(scaler).__name__
 
     def scaler_updated(self) -> None:
         """A GradScaler's update() ran: the step boundary, also when the scaler skipped
@@ -533,6 +550,9 @@ class Doctor:
         if self._watched_scaler is not None:
             _patches.unwatch_scaler(self._watched_scaler, self.scaler_updated)
             self._watched_scaler = None
+        if self._scaler_finder is not None:
+            self._scaler_finder.stop()
+            self._scaler_finder = None
         for probe in self.probes:
             self.guard.call(f"probe {probe.name} detach", probe.detach)
         if self._pickles_clean:

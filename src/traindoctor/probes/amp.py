@@ -115,6 +115,8 @@ class AmpProbe(Probe):
         return ctx.scaler is None or ctx.scaler is scaler
 
     def _stage(self, opt: Any) -> str:
+        if id(opt) in self._unscaled:
+            return "UNSCALED"  # by the run's scaler or another one (one scaler per optimizer)
         scaler = self._scaler()
         states = getattr(scaler, "_per_optimizer_states", None)
         if isinstance(states, dict):
@@ -280,12 +282,18 @@ class AmpProbe(Probe):
         self._guarded("amp unscale_", self._on_unscaled, scaler, optimizer)
 
     def _on_unscaled(self, scaler: Any, optimizer: Any) -> None:
-        if not self._adopt(scaler) or not scaler.is_enabled():
+        if not scaler.is_enabled():
             return
+        ours = self._adopt(scaler)
+        if not ours and self._opt_index(optimizer) is None:
+            return  # another scaler's unscale_ of an optimizer not watched
         ctx = self.ctx
         assert ctx is not None
         if not _patches.in_scaler_step():
+            # Any scaler's: a GAN's second scaler unscales its own optimizer (its stage).
             self._unscaled[id(optimizer)] = (optimizer, call_site())
+        if not ours:
+            return
         step = ctx.state.step
         armed = ctx.budget.sampled(step) or self._prev_skipped
         if not armed or self._localized >= MAX_LOCALIZED:
