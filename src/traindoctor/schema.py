@@ -440,6 +440,9 @@ class LossInput(Source, total=False):
     fn: str
     input_shape: list[int]
     input_dtype: str
+    # The least precise float dtype the input's values were rounded to since the op that made
+    # them (a bfloat16 softmax cast to float32: bfloat16)
+    values_dtype: str | None
     target_shape: list[int]
     target_dtype: str
     target_float: bool

@@ -186,3 +186,113 @@ def test_amp_scenarios_with_the_scaler_left_out(tmp_path, name, code):
         assert not flagged, flagged
     else:
         assert flagged and flagged[0] == code, flagged
+
+
+# -- 2. loss inputs under autocast -------------------------------------------------------------
+def _autocast_loop(tmp_path, loss_of, *, dtype=torch.bfloat16, steps: int = 6):
+    torch.manual_seed(0)
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    for i in range(steps):
+        xb, yb = x[(i * 16) % 128 :][:16], y[(i * 16) % 128 :][:16]
+        with torch.autocast("cpu", dtype=dtype):
+            loss = loss_of(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    report = doc.close()
+    assert not report.internal_errors, report.internal_errors
+    assert report.steps == steps
+    return report
+
+
+BUGGY_UNDER_BF16 = {
+    "softmax_into_cross_entropy": (lambda o, y: F.cross_entropy(o.softmax(-1), y), "TD506"),
+    "softmax_cast_to_float": (lambda o, y: F.cross_entropy(o.softmax(-1).float(), y), "TD506"),
+    "softmax_into_nll_loss": (lambda o, y: F.nll_loss(o.softmax(-1), y), "TD506"),
+    "log_softmax_over_the_batch": (lambda o, y: F.nll_loss(o.log_softmax(0).float(), y), "TD508"),
+    "bce_class_index_targets": (
+        lambda o, y: F.binary_cross_entropy_with_logits(o, y[:, None].float().expand(-1, 4)),
+        "TD511",
+    ),
+}
+HEALTHY_UNDER_BF16 = {
+    "logits_into_cross_entropy": lambda o, y: F.cross_entropy(o, y),
+    "float_logits_into_cross_entropy": lambda o, y: F.cross_entropy(o.float(), y),
+    "log_softmax_into_nll_loss": lambda o, y: F.nll_loss(o.log_softmax(-1), y),
+    "float_log_softmax_into_nll_loss": lambda o, y: F.nll_loss(o.log_softmax(-1).float(), y),
+}
+
+
+@pytest.mark.parametrize("case", BUGGY_UNDER_BF16)
+def test_loss_input_rules_see_through_bf16_autocast(tmp_path, case):
+    loss_of, code = BUGGY_UNDER_BF16[case]
+    assert code in _codes(_autocast_loop(tmp_path, loss_of), Severity.ERROR)
+
+
+@pytest.mark.parametrize("case", HEALTHY_UNDER_BF16)
+def test_healthy_losses_under_bf16_autocast_are_silent(tmp_path, case):
+    report = _autocast_loop(tmp_path, HEALTHY_UNDER_BF16[case])
+    assert not _codes(report), [(f.code, f.title) for f in report.findings]
+
+
+def test_values_dtype_is_the_softmax_dtype_before_a_cast():
+    from traindoctor.probes.loss_inputs import values_dtype
+
+    x = torch.randn(4, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = F.softmax(F.linear(x, torch.randn(5, 3)), -1)
+    assert values_dtype(probs) == "bfloat16"
+    assert values_dtype(probs.float().view(-1, 5)) == "bfloat16"
+    assert values_dtype(F.softmax(x, -1)) == "float32"
+    assert values_dtype(F.softmax(x, -1).double()) == "float32"
+    assert values_dtype(torch.zeros(3, dtype=torch.long)) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("variant", "code"), [("softmax", "TD506"), ("logits", None)])
+def test_lightning_bf16_mixed(tmp_path, variant, code):
+    L = pytest.importorskip("lightning.pytorch")
+    import logging
+    import warnings
+
+    import traindoctor.lightning as tdl
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            xb, yb = batch
+            out = self.net(xb)
+            return F.cross_entropy(out.softmax(-1) if variant == "softmax" else out, yb)
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    cb = tdl.Doctor(out_dir=tmp_path, console=False)
+    trainer = L.Trainer(
+        callbacks=[cb],
+        max_epochs=1,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Lit(), loader)
+    assert not cb.report.internal_errors, cb.report.internal_errors
+    assert cb.report.steps == 8
+    flagged = _codes(cb.report)
+    assert flagged == ({code} if code else set()), [(f.code, f.title) for f in cb.report.findings]

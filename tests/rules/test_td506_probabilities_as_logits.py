@@ -114,3 +114,19 @@ def test_a_log_softmax_over_another_dim_fed_as_is_is_left_to_td508():
     wrong = {s: {"in_min": -9.0, "in_max": -7.5, "lse_dev": 5.96} for s in (1, 2, 4)}
     made = {**NLL, "producer": ["LogSoftmaxBackward0", "AddmmBackward0"]}
     assert_silent("TD506", site_timeline(made, wrong))
+
+
+def test_low_precision_softmax_rows_sum_to_one_within_their_rounding():
+    # A bfloat16 softmax row of 4 classes sums to 1 within 2^-9 (Lightning "bf16-mixed",
+    # torch.autocast on CPU), over float32's tolerance: judged by the values' dtype.
+    stats = {s: {**v, "rowsum_dev": 2.0**-9} for s, v in _probs().items()}
+    assert_fires("TD506", site_timeline({**CE, "input_dtype": "bfloat16"}, stats))
+    # The softmax in bfloat16, cast to float32 before the loss: its rounding is bfloat16's.
+    cast = {**CE, "input_dtype": "float32", "values_dtype": "bfloat16"}
+    assert_fires("TD506", site_timeline(cast, stats))
+    nll = {"fn": "nll_loss", "classes": 4, "producer": ["SoftmaxBackward0"]}
+    assert_fires("TD506", site_timeline({**nll, "input_dtype": "bfloat16"}, stats))
+    # float32 values that far from 1 are no softmax rows; nor bfloat16 ones a few % off.
+    assert_silent("TD506", site_timeline({**CE, "input_dtype": "float32"}, stats))
+    off = {s: {**v, "rowsum_dev": 0.05} for s, v in _probs().items()}
+    assert_silent("TD506", site_timeline({**CE, "input_dtype": "bfloat16"}, off))

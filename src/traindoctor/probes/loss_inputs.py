@@ -227,6 +227,31 @@ def producer(t: torch.Tensor) -> tuple[list[str], Any]:
     return names, first
 
 
+def values_dtype(t: torch.Tensor) -> str | None:
+    """The least precise floating dtype the values of `t` were held in since the op that
+    produced them, through the view-like ops and dtype casts between (a bfloat16 softmax cast
+    to float32 is bfloat16 still): host metadata of the autograd graph only (each node's output
+    dtype), nothing read on the device."""
+    worst = t.dtype if t.is_floating_point() else None
+    node = t.grad_fn
+    for _ in range(12):
+        if node is None:
+            break
+        try:
+            meta = node._input_metadata  # the forward op's outputs, as the backward gets them
+            dtype = meta[0].dtype if meta else None
+        except Exception:  # noqa: BLE001 - a torch without it, or a node without metadata
+            dtype = None
+        floating = isinstance(dtype, torch.dtype) and dtype.is_floating_point
+        if floating and (worst is None or torch.finfo(dtype).eps > torch.finfo(worst).eps):
+            worst = dtype
+        if type(node).__name__ not in _VIEWS:
+            break  # the producer: where the values were last rounded
+        nxt = [n for n, _ in node.next_functions if n is not None]
+        node = nxt[0] if nxt else None
+    return str(worst).replace("torch.", "") if worst is not None else None
+
+
 def _saved(node: Any, attr: str) -> Any:
     try:
         return getattr(node, attr)
@@ -606,6 +631,7 @@ class LossInputsProbe(Probe):
             "fn": fn,
             "input_shape": list(inp.shape),
             "input_dtype": str(inp.dtype).replace("torch.", ""),
+            "values_dtype": values_dtype(inp),
             "target_shape": list(tgt.shape),
             "target_dtype": str(tgt.dtype).replace("torch.", ""),
             "target_float": bool(tgt.is_floating_point()),

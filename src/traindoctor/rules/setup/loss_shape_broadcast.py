@@ -232,7 +232,8 @@ def _normalized(
     tl: TimelineView, site: Site, tol: float, off_by: float, hist: dict[int, list[float]]
 ) -> Finding | None:
     facts = site.facts
-    if str(facts.get("input_dtype")) in LOW_PRECISION:
+    # The values' own dtype too: a bfloat16 log_softmax cast to float32 is rounded as bfloat16.
+    if any(str(facts.get(k)) in LOW_PRECISION for k in ("input_dtype", "values_dtype")):
         tol, off_by = max(tol, 0.05), max(off_by, 0.3)
     class_dim = facts.get("class_dim")
     index_target = site.fn in CLASS_LOSSES and not facts.get("target_float")

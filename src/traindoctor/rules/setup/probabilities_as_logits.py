@@ -11,6 +11,11 @@ from .._registry import rule
 from ._loss_inputs import Site, fmt, loss_sites
 
 ROW_TOL = 1e-3  # rows sum to 1 within this: float32 softmax rows are off by ~1e-7
+# Machine epsilon of the low-precision dtypes a softmax may round its rows to (under autocast:
+# Lightning's "bf16-mixed", torch.autocast on CPU). Each value is rounded to half an epsilon of
+# itself, so a row sums to 1 within eps/2 of the values' total (bfloat16, 4 classes: 2^-9
+# measured); two epsilons leave room for the softmax's own arithmetic in that dtype.
+LOW_PRECISION_EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10}
 # Losses that apply their own softmax (over the class dim) or sigmoid (per element).
 SOFTMAX_LOSSES = ("cross_entropy",)
 LOG_PROB_LOSSES = ("nll_loss",)  # expect log-probabilities (<= 0, logsumexp 1 per row)
@@ -73,19 +78,22 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     and the sampled steps it measures on the device, per call site, the input's min, max and
     the largest deviation of a row sum (over the class dim) from 1, and records the op that
     produced the input (SoftmaxBackward0, SigmoidBackward0). Cross-entropy fires when every
-    measured step has all values in [0, 1] and rows summing to 1 within 1e-3. A sigmoid loss
-    fires when every measured step is in [0, 1] and the input comes from a sigmoid (or, with
-    no such op, on at least 3 measured steps). The floor: with p one-hot on the target,
+    measured step has all values in [0, 1] and rows summing to 1 within 1e-3 (within two
+    machine epsilons for values rounded to bfloat16 or float16 on the way from the op that made
+    them, under autocast: 0.0156 and 0.00195; a bfloat16 row of 4 classes is off by 2^-9, so
+    1e-3 would miss every bfloat16 softmax). A sigmoid loss fires when every measured step
+    is in [0, 1] and the input comes from a sigmoid (or, with no such op, on at least 3
+    measured steps). The floor: with p one-hot on the target,
     CE = -1 + log(e + C - 1) = log(1 + (C-1)/e); for BCE-with-logits, log(1 + 1/e) = 0.313 per
     positive and log 2 = 0.693 per negative element, weighted by the measured positive share.
     `nll_loss` fires when every measured step has all values in [0, 1] and rows summing to 1
-    within 1e-3 (softmax outputs), or values in [0, 1] made by a sigmoid; the observed loss
-    (negative) is reported next to its range [-1, 0]. `nll_loss` given values above 0.01 on
-    every measured step (raw scores: no log-probability is above 0) is reported too: its loss
-    has no lower bound. So is `nll_loss` given values <= 0 whose rows' logsumexp over the
-    class dim is 0.1 or further from 0 on every measured step: log-probabilities normalized
-    over another dim (a log_softmax over the nodes of a graph, then the training nodes picked
-    by a mask, which hides the dim from TD508's graph walk).
+    within that tolerance (softmax outputs), or values in [0, 1] made by a sigmoid; the
+    observed loss (negative) is reported next to its range [-1, 0]. `nll_loss` given values
+    above 0.01 on every measured step (raw scores: no log-probability is above 0) is reported
+    too: its loss has no lower bound. So is `nll_loss` given values <= 0 whose rows'
+    logsumexp over the class dim is 0.1 or further from 0 on every measured step:
+    log-probabilities normalized over another dim (a log_softmax over the nodes of a graph,
+    then the training nodes picked by a mask, which hides the dim from TD508's graph walk).
 
     ## Example
     ```python
@@ -119,6 +127,16 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
             yield finding
 
 
+def row_tolerance(site: Site) -> float:
+    """How far from 1 a softmax row of this site may sum: ROW_TOL, or two epsilons of the
+    low-precision dtype its values were rounded to (the input's, or one before a cast)."""
+    eps = max(LOW_PRECISION_EPS.get(site.facts.get(k) or "", 0.0) for k in _DTYPE_FACTS)
+    return max(ROW_TOL, 2 * eps)
+
+
+_DTYPE_FACTS = ("input_dtype", "values_dtype")
+
+
 def _in_unit(site: Site) -> list[int]:
     """Measured steps; empty unless every one of them is in [0, 1]."""
     steps = sorted(s for s, v in site.stats.items() if "in_min" in v and "in_max" in v)
@@ -139,7 +157,8 @@ def _softmax(tl: TimelineView, site: Site) -> Finding | None:
     if not steps or not classes or classes < 2:
         return None
     devs = [site.stats[s].get("rowsum_dev") for s in steps]
-    if any(d is None or not d <= ROW_TOL for d in devs):
+    tol = row_tolerance(site)
+    if any(d is None or not d <= tol for d in devs):
         return None
     floor = double_softmax_floor(classes)
     loss = _losses(site)
@@ -182,7 +201,8 @@ def _log_probs(tl: TimelineView, site: Site) -> Finding | None:
         return None
     producer = (site.facts.get("producer") or [None])[0]
     devs = [site.stats[s].get("rowsum_dev") for s in steps]
-    rows_one = all(d is not None and d <= ROW_TOL for d in devs)
+    tol = row_tolerance(site)
+    rows_one = all(d is not None and d <= tol for d in devs)
     if not rows_one and producer != "SigmoidBackward0":
         return None
     if max(site.stats[s]["in_max"] for s in steps) <= 0.0:
