@@ -603,7 +603,7 @@ def plot_grad_scaler(tl: Timeline):
         if _unavailable(tl, "amp.scale"):
             raise Skip(_probe_failed("amp.scale"))
         if not tl.facts.get("scaler"):
-            raise Skip("the run used no GradScaler (pass scaler= to td.watch to follow one)")
+            raise Skip("the run used no GradScaler")
         raise Skip("the GradScaler's scale was never recorded: no step completed")
     skipped = {s for s, v in scalar_series(tl, "amp.skipped") if v}
     fig = _figure(3.0)
