@@ -296,3 +296,17 @@ def test_lightning_bf16_mixed(tmp_path, variant, code):
     assert cb.report.steps == 8
     flagged = _codes(cb.report)
     assert flagged == ({code} if code else set()), [(f.code, f.title) for f in cb.report.findings]
+
+
+def test_a_scaler_given_to_another_doctor_is_left_to_it(tmp_path):
+    first = td.watch(
+        nn.Linear(4, 2),
+        torch.optim.SGD(nn.Linear(4, 2).parameters(), lr=0.1),
+        out_dir=tmp_path / "a",
+        console=False,
+    )
+    _, scaler, second = _amp_loop(_watcher(tmp_path / "b", pass_scaler=True), clip_first=False)
+    assert second.scaler is scaler and first.scaler is None
+    second.close()
+    first.close()
+    assert not patched_targets()
