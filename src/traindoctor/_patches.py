@@ -248,7 +248,8 @@ def _class_scale_of(scale_fn: Callable[..., Any]) -> Callable[..., Any]:
     return scale
 
 
-def _stepped(scaler: Any) -> frozenset[int]:
+def scaler_stepped(scaler: Any) -> frozenset[int]:
+    """The ids of the optimizers `scaler` stepped (or unscaled) since its last update()."""
     states = getattr(scaler, "_per_optimizer_states", None)
     return frozenset(states) if isinstance(states, dict) else frozenset()  # keys: no new entry
 
@@ -258,7 +259,7 @@ def _class_update_of(update_fn: Callable[..., Any]) -> Callable[..., Any]:
         if not _scaler_listeners or compiling():
             return update_fn(scaler, *args, **kwargs)
         try:
-            stepped = _stepped(scaler)
+            stepped = scaler_stepped(scaler)
         except Exception:  # noqa: BLE001  (never into the user's update())
             stepped = frozenset()
         result = update_fn(scaler, *args, **kwargs)

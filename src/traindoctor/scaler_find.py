@@ -70,13 +70,24 @@ class ScalerFinder:
         ctx = self._live(scaler)
         if ctx is None or not _enabled(scaler):
             return
-        primary = ctx.optimizers[0] if ctx.optimizers else None
-        if primary is not None and id(primary) in stepped:
-            if ctx.scaler is not scaler:
-                self._use(scaler)  # the scaler of the first optimizer: the run's from now on
-        elif stepped or scaler is not ctx.scaler:
-            return  # another optimizer's scaler: its update() is not this run's step boundary
-        self._updated()
+        adopt, boundary = update_role(ctx, scaler, stepped)
+        if adopt:
+            self._use(scaler)
+        if boundary:
+            self._updated()
+
+
+def update_role(ctx: Any, scaler: Any, stepped: frozenset[int]) -> tuple[bool, bool]:
+    """What a GradScaler's update() is to the run attached as `ctx`, given the ids of the
+    optimizers it stepped since its last update: (adopt it as the run's scaler, it closes a
+    step). The scaler of the first watched optimizer is the run's; another optimizer's
+    scaler's update() (a GAN with a scaler per player) is not this run's step boundary."""
+    primary = ctx.optimizers[0] if ctx.optimizers else None
+    if primary is not None and id(primary) in stepped:
+        return ctx.scaler is not scaler, True
+    if stepped or scaler is not ctx.scaler:
+        return False, False
+    return False, True
 
 
 def _enabled(scaler: Any) -> bool:

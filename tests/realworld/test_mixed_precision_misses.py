@@ -310,3 +310,45 @@ def test_a_scaler_given_to_another_doctor_is_left_to_it(tmp_path):
     second.close()
     first.close()
     assert not patched_targets()
+
+
+GAN_TWO_SCALERS = """
+import torch, torch.nn as nn, torch.nn.functional as F
+
+torch.manual_seed(0)
+x = torch.randn(128, 16)
+gen, disc = nn.Linear(8, 16), nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 1))
+opt_d = torch.optim.SGD(disc.parameters(), lr=0.01)
+opt_g = torch.optim.SGD(gen.parameters(), lr=0.01)
+scaler_d, scaler_g = torch.amp.GradScaler("cpu"), torch.amp.GradScaler("cpu")
+ones, zeros = torch.ones(16, 1), torch.zeros(16, 1)
+for i in range(8):
+    real = x[(i * 16) % 128 :][:16]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fake = gen(torch.randn(16, 8))
+        d_loss = F.binary_cross_entropy_with_logits(disc(real).float(), ones)
+        d_loss = d_loss + F.binary_cross_entropy_with_logits(disc(fake.detach()).float(), zeros)
+    opt_d.zero_grad()
+    scaler_d.scale(d_loss).backward()
+    scaler_d.step(opt_d)
+    scaler_d.update()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g_loss = F.binary_cross_entropy_with_logits(disc(fake).float(), ones)
+    opt_g.zero_grad()
+    scaler_g.scale(g_loss).backward()
+    scaler_g.step(opt_g)
+    scaler_g.update()
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_zero_code_a_scaler_per_optimizer_keeps_one_step_per_iteration(tmp_path_factory):
+    """`traindoctor run` on a GAN with a GradScaler per player: each scaler's update() used to
+    close a step (16 steps for 8 iterations); only the first optimizer's scaler does."""
+    from tests.cli.conftest import run_scripts
+
+    found = run_scripts(tmp_path_factory, {"gan": GAN_TWO_SCALERS})["gan"].findings()
+    assert found["steps"] == 8, found["steps"]
+    assert not found["internal_errors"], found["internal_errors"]
+    assert "TD204" not in {f["code"] for f in found["findings"]}

@@ -26,6 +26,7 @@ from ..bus import Event
 from ..doctor import Doctor
 from ..probes.audit import watch_requires_grad
 from ..probes.forward import output_facts
+from ..scaler_find import update_role
 
 
 class ZeroCodeSession:
@@ -96,6 +97,18 @@ class ZeroCodeSession:
         acquire(patch)
         self._held.append(patch)
 
+    def scaler_updated(self, scaler: Any, stepped: frozenset[int]) -> None:
+        """A GradScaler's update() ran: the step boundary when it is the scaler of the first
+        watched optimizer (a GAN's second scaler is not), skipped steps too."""
+        ctx = self.doctor.run.attached
+        if ctx is None:
+            return
+        adopt, boundary = update_role(ctx, scaler, stepped)
+        if adopt:
+            ctx.scaler = scaler
+        if boundary:
+            self.doctor.scaler_updated()
+
     def _patch_grad_scaler(self) -> None:
         scaler_cls = torch.amp.GradScaler
         scale_fn, update_fn = scaler_cls.scale, scaler_cls.update
@@ -109,11 +122,15 @@ class ZeroCodeSession:
             return out
 
         def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                stepped = _patches.scaler_stepped(scaler)
+            except Exception:  # noqa: BLE001  (never into the user's update())
+                stepped = frozenset()
             result = update_fn(scaler, *args, **kwargs)
             if session.delegated:
                 return result  # the framework's callback watches this scaler's steps
             if session._attached:
-                session.doctor.scaler_updated()  # the step boundary, skipped steps too
+                session.doctor.guard.call("scaler update", session.scaler_updated, scaler, stepped)
             return result
 
         self._patch(scaler_cls, "scale", scale)
