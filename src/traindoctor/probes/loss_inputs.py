@@ -54,7 +54,7 @@ LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "log_arg_nonpos, n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
+    "t_ms, log_arg_nonpos, n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
 LOSS_INPUT_LABELS = signal(
@@ -729,6 +729,9 @@ class LossInputsProbe(Probe):
             out["t_min"] = y.amin()
             out["t_max"] = y.amax()
             out["t_mean"] = y.float().mean()
+            # Mean square: a regression loss scales with its targets' (TD210 tells a loss that
+            # rose with its targets' scale from one that climbed away).
+            out["t_ms"] = y.float().square().mean()
             out["t_frac"] = (y != torch.round(y)).float().mean()
         if fn == "binary_cross_entropy" and tgt.shape == x.shape:
             # Elements at 0 or 1 with the other target: the loss's own log clamp (-100) makes

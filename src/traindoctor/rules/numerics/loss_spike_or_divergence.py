@@ -63,7 +63,10 @@ def loss_spike_or_divergence(
       to ~0 that drifts to a few percent of its start is a large ratio of a tiny level), and
       three quarters of the last steps are above the level the run had reached (the start, or
       the highest loss of the steps of that lowest level): a few batches far above the rest at
-      the very end, between batches still at the fitted level, are no climb;
+      the very end, between batches still at the fitted level, are no climb; nor is a
+      regression loss that rose with its targets (their mean square grew 1.5x or more in loss
+      units while the loss relative to it, on the observed steps, did not rise `diverge_factor`
+      times: a series whose values grow over the run);
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
       `robust_z` robust deviations above it, `stand_out` times their upper quartile (per-batch
       losses that are often high are the run's own spread), and up by at least half the
@@ -146,6 +149,14 @@ def _judge(
         # A quarter of the last steps are still back at the level the run had reached: a few
         # batches far above the rest at the very end (the per-batch losses of a small-batch
         # net fit to ~0 swing between 0.001 and 6), not a loss that climbed away for good.
+        threshold = None
+    if (
+        threshold is not None
+        and best is None
+        and _rose_with_targets(tl, data, steps, w, diverge_factor)
+    ):
+        # A regression loss that rose with its targets' scale (a random walk's values, series
+        # that grow over the run): the same loss in the targets' units did not.
         threshold = None
     if threshold is not None:
         # the step after the last one below the threshold (scanned from the end)
@@ -230,6 +241,53 @@ def _rise(
         best, at = found
         return 2.5 * diverge_factor * best, best, max(values[at : at + w])
     return None, None, 0.0
+
+
+# How a regression loss scales with its targets' mean square: squared errors with it, absolute
+# errors with its square root.
+_TARGET_POWER = {"mse_loss": 1.0, "l1_loss": 0.5, "smooth_l1_loss": 0.5, "huber_loss": 0.5}
+# The targets' own scale must have grown this much (in loss units) to explain a rise.
+_SCALE_GREW = 1.5
+
+
+def _rose_with_targets(
+    tl: TimelineView, data: Any, steps: Sequence[int], w: int, factor: float
+) -> str | None:
+    """Why a rise of the loss is its targets' and not the training's: every training loss is a
+    regression loss whose targets' mean square grew `_SCALE_GREW`x or more (in loss units) from
+    the first `w` judged steps to the last `w`, while the loss divided by it, step by step on
+    the observed steps, rose less than `factor`x (a model that tracks a random walk's values,
+    or a series that grows over the run, as well at the end as at the start). Else None."""
+    sites = [
+        e
+        for e in tl.events("loss_input")
+        if e.get("site") in data.observed or not data.any_observed
+    ]
+    said = []
+    for e in sites:
+        power = _TARGET_POWER.get(e.get("fn"))
+        if power is None:
+            return None
+        obs = [
+            (st, d["loss"], d["t_ms"] ** power)
+            for st, d in data.stats.get(e.get("site"), [])
+            if "t_ms" in d and "loss" in d and d["t_ms"] > 0 and math.isfinite(d["loss"])
+        ]
+        if len(obs) < 2:
+            return None
+        third = max(1, len(obs) // 3)
+        head = [o for o in obs if o[0] <= steps[w - 1]] or obs[:third]
+        tail = [o for o in obs if o[0] >= steps[-w]] or obs[-third:]
+        scale = statistics.median(o[2] for o in tail) / statistics.median(o[2] for o in head)
+        before = statistics.median(o[1] / o[2] for o in head)
+        after = statistics.median(o[1] / o[2] for o in tail)
+        if scale < _SCALE_GREW or not before > 0 or after >= factor * before:
+            return None
+        said.append(
+            f"{e.get('fn')}'s targets grew {scale:.3g}x in loss units while the loss relative "
+            f"to them went {before:.3g} -> {after:.3g}"
+        )
+    return "; ".join(said) if said else None
 
 
 def _quarter(values: Sequence[float]) -> float:
