@@ -245,3 +245,27 @@ def test_a_few_high_batches_at_the_very_end_are_no_divergence():
     held = LAST_BATCHES[:-5] + [2.1, 5.8, 1.9, 2.0, 3.0]
     f = assert_fires("TD210", _floor_tl(held))
     assert f.evidence["kind"] == "divergence" and f.severity is Severity.ERROR
+
+
+def test_a_short_run_whose_loss_blew_up_before_the_script_stopped_it():
+    """Six steps, the loss x1e21 (the script's own NaN check exits before the next backward):
+    too short for the windows, still a divergence."""
+    losses = [5.38, 5.31, 1.91, 58.8, 31620.0, 5.6e21]
+    f = assert_fires("TD210", _tl(losses))
+    assert f.severity is Severity.ERROR and f.evidence["kind"] == "divergence"
+    assert f.step == 4
+
+
+def test_a_short_run_of_unknown_course_blown_up_a_millionfold_is_a_warning():
+    losses = [5.38, 5.31, 1.91, 58.8, 31620.0, 5.6e21]
+    f = assert_fires("TD210", _tl(losses, loss_event=None))
+    assert f.severity is Severity.WARNING
+    # a thousandfold only: info for a loss whose course is unknown
+    f = assert_fires("TD210", _tl([1.0, 1.1, 3.0, 40.0, 1500.0], loss_event=None))
+    assert f.severity is Severity.INFO
+
+
+def test_a_short_run_with_a_noisy_or_falling_end_is_silent():
+    assert_silent("TD210", _tl([1.0, 0.9, 2000.0, 1800.0, 3000.0]))  # not rising step by step
+    assert_silent("TD210", _tl([1.0, 0.9, 0.8, 0.7, 0.6]))
+    assert_silent("TD210", _tl([1.0, 2.0, 4.0, 8.0, 16.0]))  # 16x: within a short run's reach

@@ -67,6 +67,9 @@ def loss_spike_or_divergence(
       regression loss that rose with its targets (their mean square grew 1.5x or more in loss
       units while the loss relative to it, on the observed steps, did not rise `diverge_factor`
       times: a series whose values grow over the run);
+    - in a run too short for those windows (under `min_steps`: a script that stops itself on
+      a non-finite loss before its backward), a loss that rose 1000x its first step's value,
+      each of the last three steps above the one before;
     - a spike: one step's loss is `spike_factor` times the median of the 10 steps before it,
       `robust_z` robust deviations above it, `stand_out` times their upper quartile (per-batch
       losses that are often high are the run's own spread), and up by at least half the
@@ -130,6 +133,7 @@ def _judge(
 ) -> Iterator[Finding]:
     values, steps = levels.values, levels.steps
     if len(values) < min_steps:
+        yield from _blown_up(tl, state, values, steps)
         return
     data = state.objective.inputs(tl)
     obj = objective(tl, data)
@@ -216,6 +220,48 @@ def _judge(
             judged=obj.judged,
             recovery=came_back,
         )
+
+
+# A short run's loss that rose this many times its first value, step after step, blew up: no
+# batch-to-batch spread reaches that.
+BLOWN_UP = 1e3
+
+
+def _blown_up(
+    tl: TimelineView, state: LossScan, values: Sequence[float], steps: Sequence[int]
+) -> Iterator[Finding]:
+    """A run too short for the windows (the script stopped itself on a non-finite loss, before
+    its backward: a NaN check that exits) whose loss rose `BLOWN_UP`x from its first step, each
+    of its last three steps above the one before: a divergence, judged as the longer runs' (an
+    error for a loss meant to fall; for one of unknown course a warning when its steps move the
+    weights by their initial norm or more, or when it rose a million-fold, else info)."""
+    if len(values) < 4 or not values[0] > 0 or not math.isfinite(values[-1]):
+        return
+    tail = values[-3:]
+    if values[-1] < BLOWN_UP * values[0] or not all(a < b for a, b in zip(tail, tail[1:])):
+        return
+    data = state.objective.inputs(tl)
+    obj = objective(tl, data)
+    if obj.falls is False:
+        return  # a loss not meant to fall
+    if obj.falls:
+        severity = Severity.ERROR
+    elif _overshoots(data.moves) or values[-1] >= BLOWN_UP**2 * values[0]:
+        # The steps are measured too large, or the loss rose a million-fold within a few
+        # steps: no course of a loss, whatever it is, does that (targets that grow do not).
+        severity = Severity.WARNING
+    else:
+        severity = Severity.INFO
+    below = next(i for i in range(len(values) - 1, -1, -1) if values[i] < 2.0 * values[0])
+    yield _finding(
+        tl,
+        kind="divergence",
+        step=steps[min(below + 1, len(values) - 1)],
+        before=values[0],
+        value=values[-1],
+        severity=severity,
+        judged=obj.judged,
+    )
 
 
 def _rise(
