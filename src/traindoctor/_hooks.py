@@ -171,17 +171,46 @@ def _show_our_hooks(hidden: list[tuple[Any, str, Any]]) -> None:
         module.__dict__[attr] = hooks
 
 
+# Functions a forward may call that traindoctor wraps while attached (F.dropout): TorchScript
+# compiles whatever it finds there into the user's scripted module, so while it compiles one
+# the originals are put back. A wrapper names its original in this attribute.
+SCRIPT_ORIGINAL = "_traindoctor_original"
+_script_lifts: list[tuple[Any, str]] = []
+
+
+def lift_while_scripting(owner: Any, attribute: str) -> None:
+    """`owner.attribute`, when one of our wrappers, is the original while a module scripts."""
+    if (owner, attribute) not in _script_lifts:
+        _script_lifts.append((owner, attribute))
+
+
+def _lift_wrappers() -> list[Patch]:
+    lifted = []
+    for owner, attribute in _script_lifts:
+        if getattr(getattr(owner, attribute, None), SCRIPT_ORIGINAL, None) is None:
+            continue
+        patch = Patch(owner, attribute, lambda wrapper: getattr(wrapper, SCRIPT_ORIGINAL, None))
+        acquire(patch)
+        lifted.append(patch)
+    return lifted
+
+
 def _create_script_module(nn_module: Any, *args: Any, **kwargs: Any) -> Any:
     # Through __wrapped__: a wrapper someone put around ours after attach may outlive it.
     original = _create_script_module.__wrapped__  # type: ignore[attr-defined]
+    hidden: list[tuple[Any, str, Any]] = []
+    lifted: list[Patch] = []
     try:
         hidden = _hide_our_hooks(nn_module)
+        lifted = _lift_wrappers()
     except Exception:  # noqa: BLE001  (never into the user's torch.jit call)
-        hidden = []
+        pass
     try:
         return original(nn_module, *args, **kwargs)
     finally:
         _show_our_hooks(hidden)
+        for patch in lifted:
+            release(patch)
 
 
 def _script_of(original: Any) -> Any:

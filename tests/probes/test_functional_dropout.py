@@ -85,3 +85,38 @@ def test_weights_identical_and_f_dropout_restored(tmp_path):
     _, watched = _run(tmp_path, restore=False, steps=10)
     assert_bit_identical(plain, watched)
     assert F.dropout is original
+
+
+class _Scriptable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return F.dropout(self.fc(x), 0.1, training=self.training)
+
+
+def test_torch_jit_script_works_the_same_while_f_dropout_is_wrapped(tmp_path):
+    """torch.jit.script of a module (or a function) calling F.dropout while a doctor holds the
+    wrapper: it compiled the wrapper's *args source and failed. A scripted module compiles the
+    original (its saved code names torch.nn.functional.dropout only); a scripted function
+    compiles the wrapper, whose signature is F.dropout's."""
+    torch.manual_seed(0)
+    plain = torch.jit.script(_Scriptable()).code
+    model = _Scriptable()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = watch(model, opt, tmp_path)
+    model(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    scripted = torch.jit.script(_Scriptable())
+    assert scripted.code == plain and "traindoctor" not in scripted.code
+    fn = torch.jit.script(lambda_free_dropout)
+    assert fn(torch.ones(3)).shape == (3,)
+    doc.close()
+    x = torch.randn(2, 4)
+    scripted.eval()
+    assert torch.equal(scripted(x), scripted.fc(x))
+
+
+def lambda_free_dropout(x: torch.Tensor) -> torch.Tensor:
+    return F.dropout(x, 0.5, training=False)

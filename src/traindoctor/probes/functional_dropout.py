@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .._hooks import compiling
+from .._hooks import compiling, lift_while_scripting
 from .._patching import Patch, PatchSet, acquire, release
 
 _listeners: list[Any] = []  # objects with functional_dropout(p, training)
@@ -24,20 +24,35 @@ _listeners: list[Any] = []  # objects with functional_dropout(p, training)
 _MODULE_CODE = torch.nn.Dropout.forward.__code__
 
 
-def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-    def dropout(*args: Any, **kwargs: Any) -> Any:
-        if _listeners and not compiling():
-            try:
-                if sys._getframe(1).f_code is not _MODULE_CODE:
-                    p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
-                    training = kwargs.get("training", args[2] if len(args) > 2 else True)
-                    for listener in list(_listeners):
-                        listener.functional_dropout(p, training)
-            except Exception:  # noqa: BLE001 - never reaches the user's call
-                pass
-        return original(*args, **kwargs)
+@torch.jit.unused
+def _notify(p: float, training: bool) -> None:
+    """Python only (TorchScript leaves it out): the call's arguments to the listeners, unless
+    the caller is nn.Dropout's forward (frame 2: the caller of the wrapper)."""
+    if not _listeners or compiling():
+        return
+    try:
+        if sys._getframe(2).f_code is not _MODULE_CODE:
+            for listener in list(_listeners):
+                listener.functional_dropout(p, training)
+    except Exception:  # noqa: BLE001 - never reaches the user's call
+        pass
 
-    dropout.__wrapped__ = original  # type: ignore[attr-defined]
+
+def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+    # The wrapper has F.dropout's own signature and is scriptable: torch.jit.script of a
+    # module whose forward calls F.dropout compiles this function while it is installed
+    # (the notification is skipped when scripting, the original compiled as usual).
+    def dropout(
+        input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
+    ) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            _notify(p, training)
+        return original(input, p, training, inplace)
+
+    # No __wrapped__: inspect.getsource follows it, and TorchScript would compile the
+    # original's source with this module's globals. A module scripted while attached sees
+    # the original (_hooks.lift_while_scripting); a function scripted then compiles this one.
+    dropout._traindoctor_original = original  # type: ignore[attr-defined]  (SCRIPT_ORIGINAL)
     dropout.__name__ = getattr(original, "__name__", "dropout")
     dropout.__doc__ = getattr(original, "__doc__", None)
     return dropout
@@ -48,6 +63,7 @@ def _patches() -> list[Patch]:
 
 
 DROPOUT_PATCH = PatchSet("torch.nn.functional.dropout", _patches)
+lift_while_scripting(torch.nn.functional, "dropout")
 
 
 def add_dropout_listener(listener: Any) -> None:
