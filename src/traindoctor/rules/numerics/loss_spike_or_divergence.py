@@ -11,7 +11,7 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._incremental import SortedWindow
 from .._loss_scan import Levels, LossScan, SpikeTests
-from .._objective import MIN_UPDATE, objective
+from .._objective import MIN_UPDATE, _training_sites, objective
 from .._registry import rule
 from .._util import loss_source
 from ._layers import fmt, layer_series, params_of
@@ -304,13 +304,8 @@ def _rose_with_targets(
     the first `w` judged steps to the last `w`, while the loss divided by it, step by step on
     the observed steps, rose less than `factor`x (a model that tracks a random walk's values,
     or a series that grows over the run, as well at the end as at the start). Else None."""
-    sites = [
-        e
-        for e in tl.events("loss_input")
-        if e.get("site") in data.observed or not data.any_observed
-    ]
     said = []
-    for e in sites:
+    for e in _training_sites(tl, data).values():
         power = _TARGET_POWER.get(e.get("fn"))
         if power is None:
             return None
