@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .._anomaly_window import close_window, open_window
 from ..gradpath import BLOCKS, MASK, PARTLY, ZERO_OPERAND, Walk
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
@@ -52,7 +53,7 @@ class GradPathProbe(Probe):
         self._walk: Walk | None = None
         self._walk_step = 0
         self._walked: set[int] = set()
-        self._window: tuple[bool, bool] | None = None
+        self._window: bool | None = None  # True while our anomaly window is open
         self._window_hooks: list[Any] = []
         self._walks = 0
         self._parts_steps = 0
@@ -106,15 +107,14 @@ class GradPathProbe(Probe):
         if not self._cuts.active and not self._cuts_failed:
             self._cut_step = self._window_step
             self._cuts.start()
-        if self._window is not None or torch.is_anomaly_enabled():
+        if self._window is not None or not open_window():
             return  # already on (the numerics probe's window, or the user's): lines recorded
-        self._window = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
-        torch.set_anomaly_enabled(True, False)
+        self._window = True
 
     def _close_window(self) -> None:
-        prev, self._window = self._window, None
-        if prev is not None:
-            torch.set_anomaly_enabled(*prev)
+        opened, self._window = self._window, None
+        if opened:
+            close_window()
         self._cuts.stop()
         err, self._cuts.error = self._cuts.error, None
         if err is not None and self.ctx is not None:

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .._anomaly_window import close_window, open_window
 from .._graph import graph_nodes, node_source
 from .._hooks import CopySafeHook, copy_without_hooks
 from .._source import user_line_in_traceback, user_source
@@ -118,7 +119,7 @@ class NumericsProbe(Probe):
         self._sourceless: set[tuple[Any, ...]] = set()
         self._in_autopsy = False
         # Anomaly-mode flags to restore while the loss window is open (structural steps only).
-        self._window: tuple[bool, bool] | None = None
+        self._window: bool | None = None  # True while our anomaly window is open
         self._window_hooks: list[Any] = []
         self._loss_sources: dict[str, list[str]] = {}  # autograd node kind -> user lines
 
@@ -242,15 +243,15 @@ class NumericsProbe(Probe):
         if torch.is_anomaly_enabled():
             return  # the user's own anomaly mode: theirs to keep, and it records lines anyway
         # Anomaly mode without NaN checks only records where each autograd node is created
-        # (node.metadata["traceback_"]); it computes nothing differently and is a plain flag,
-        # restored at the backward (no mode stack that user code could interleave with).
-        self._window = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
-        torch.set_anomaly_enabled(True, False)
+        # (node.metadata["traceback_"]); it computes nothing differently, and the user's own
+        # anomaly contexts opened inside it end as without us (_anomaly_window.py).
+        if open_window():
+            self._window = True
 
     def _close_window(self, loss: torch.Tensor | None = None) -> None:
         prev, self._window = self._window, None
-        if prev is not None:
-            torch.set_anomaly_enabled(*prev)
+        if prev:
+            close_window()
         if (
             loss is not None
             and loss.grad_fn is not None
