@@ -104,3 +104,11 @@ def test_cut_rules_pass_the_offline_round_trip():
     tl = with_cuts(cut_event("detach"), cut_event("argmax", at="b.py:1", added="b.py:2"))
     assert assert_fires("TD302", tl).evidence["cut"] == "detach"
     assert assert_fires("TD301", tl).evidence["cut"] == "argmax"
+
+
+def test_td302_add_without_a_line_is_only_info():
+    """`model.forward(x)` called directly: no window, no lines, no cut tracker. A scalar add
+    with a None input may be `total = 0; total += loss`: TD302 says it cannot tell."""
+    node = {**path_node("add", 0.0, None), "detached_input": True}
+    (f,) = run_code("TD302", walk_tl([node], lines=False))
+    assert f.severity.value == "info" and f.evidence["lines_known"] is False

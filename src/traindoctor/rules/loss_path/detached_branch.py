@@ -97,6 +97,12 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
             src = n.get("source")
             if src and src in op_sites:
                 continue
+            if not src and not named:
+                # No line: the loss code ran unseen (`model.forward(x)` called directly skips
+                # the forward hook that opens the window), so a Python number
+                # (`total = 0; total += loss`) cannot be told from a detached tensor.
+                yield _unseen_add(tl, e["step"], n.get("op"))
+                return
             at = f" at {src}" if src else ""
             part = f"part {', '.join(repr(p) for p in named)}" if named else "a loss term"
             hint = _item_hint(cuts, src, named)
@@ -129,6 +135,27 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
             fix="compute that part from the tensors that carry the graph (no .item()/.detach())",
             confidence=0.7 if origins else 0.6,
         )
+
+
+def _unseen_add(tl: TimelineView, step: int, op: str | None) -> Finding:
+    """An add with an operand without graph, whose line and operand were not seen: info."""
+    return tl.finding(
+        title="An add in the loss has an operand without graph (a Python number or a "
+        "detached tensor: the loss code was not seen)",
+        step=step,
+        evidence={"op": op, "parts_without_graph": [], "lines_known": False},
+        where=Where(op=op),
+        cause=f"measured on step {step}: a scalar `{op}` on the way to the loss has an input "
+        "that carries no graph; the lines of the loss code were not recorded (the model's "
+        "forward ran without its hooks, e.g. `model.forward(x)` called directly), so it "
+        "cannot be told whether that input is a Python number (`total = 0; total += loss`, "
+        "harmless) or a detached tensor (which would train nothing)",
+        fix="nothing to fix if it is a number; if a loss part comes from .detach()/.item()/"
+        ".data, compute it from the tensors that carry the graph. Calling `model(x)` instead "
+        "of `model.forward(x)` lets traindoctor see the line",
+        confidence=0.3,
+        severity=Severity.INFO,
+    )
 
 
 def _origin(c: dict[str, Any]) -> str:
