@@ -114,3 +114,20 @@ def test_validation_from_a_metric_named_val_loss():
 def test_validations_within_one_step_are_not_enough():
     tl = make_timeline(params=PARAMS, steps={5: {"loss.val": [0.5, 0.5, 0.5]}})
     assert_silent("TD107", tl)
+
+
+def _same_batch(values, grads):
+    tl = _train(values, grads=grads)
+    fp = {"in0.sum": 3.5, "in0.sumsq": 9.0, "in0.wsum": 1.25, "in0.min": -1.0, "in0.max": 2.0}
+    for step in range(1, len(values) + 1):
+        tl.record(step, "data.fp", dict(fp))
+    return tl
+
+
+def test_one_batch_fed_again_with_a_gradient_is_convergence_not_a_constant_loss():
+    """Full-batch LBFGS (a GP's marginal likelihood) stops moving the weights once converged:
+    the same batch and the same weights give the same loss; nothing says it ignores the batch."""
+    values = [3.0, 2.0, 1.5] + [1.25] * 8
+    assert_silent("TD107", _same_batch(values, grads=1e-6))
+    # Saturated (a gradient of exactly 0 on that batch): still the clamped loss.
+    assert assert_fires("TD107", _same_batch(values, grads=0.0)).evidence["grad_norm_zero"]

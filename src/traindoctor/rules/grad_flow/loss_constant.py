@@ -108,6 +108,7 @@ class ConstantScan:
         "params.update",
         "optim.step",
         "metric",
+        "data.fp",
     ),
     events=("backward_call", "log_call"),
     facts=("params",),
@@ -146,7 +147,10 @@ def loss_constant(
     ```
 
     ## Known false positives
-    A loss that reached exactly 0 after decreasing (a converged hinge loss) is not reported.
+    A loss that reached exactly 0 after decreasing (a converged hinge loss) is not reported,
+    nor one repeated on a batch fed unchanged step after step (TD504's fingerprints) with a
+    gradient that is not 0: the optimizer stopped moving the weights (a converged full-batch
+    LBFGS), which says nothing of the loss ignoring its batch.
     """
     if not fresh(state, tl):
         state.__init__()  # an earlier step was rewritten: read everything again
@@ -168,6 +172,12 @@ def _train(tl: TimelineView, runs: Runs, min_repeats: int) -> Iterator[Finding]:
         return  # converged to exactly zero after decreasing
     grads = [n for s, n in _between(tl, "grads.norm", first, last) if n]
     zero_grad = bool(grads) and all(v == 0.0 for n in grads for v in n.values())
+    if not zero_grad and _same_batch(tl, first, last):
+        # One batch fed again and again (full-batch LBFGS, a GP's marginal likelihood) with a
+        # gradient that is not 0: the loss repeats because the optimizer stopped moving the
+        # weights (converged), not because it ignores the batch; a step that does not move
+        # them is TD104's to judge.
+        return
     if zero_grad:
         cause = (
             "its gradient is exactly 0 for every parameter on these steps: the loss is saturated "
@@ -198,6 +208,12 @@ def _train(tl: TimelineView, runs: Runs, min_repeats: int) -> Iterator[Finding]:
         cause=cause,
         fix=fix,
     )
+
+
+def _same_batch(tl: TimelineView, first: int, last: int) -> bool:
+    """The batch fingerprints (TD504's) of steps first..last: at least two, all identical."""
+    fps = [fp for _, fp in _between(tl, "data.fp", first, last) if fp]
+    return len(fps) >= 2 and all(fp == fps[0] for fp in fps)
 
 
 def _between(tl: TimelineView, name: str, first: int, last: int) -> list[tuple[int, Any]]:
