@@ -23,9 +23,13 @@ from ._incremental import LowerBound, Reader, SortedWindow, fresh, step_mean
 from ._objective_inputs import ObjectiveScan
 
 
+def _finite(values: Any) -> list[float]:
+    return [float(v) for v in values or () if isinstance(v, int | float) and math.isfinite(v)]
+
+
 def _finite_mean(values: Any) -> float | None:
     """The mean of a step's finite losses (the backward/logged scale check reads only those)."""
-    xs = [float(v) for v in values or () if isinstance(v, int | float) and math.isfinite(v)]
+    xs = _finite(values)
     return statistics.fmean(xs) if xs else None
 
 
@@ -141,15 +145,17 @@ class StepMeans:
 
     def __init__(self) -> None:
         self.steps, self.means, self.finite = array("q"), array("d"), array("d")  # NaN: None
+        self.sums = array("d")  # the sum of the step's finite losses (NaN: none)
 
     def append(self, step: int, values: Any) -> None:
         mean = step_mean(values)
         if mean is None:
             return
-        fin = _finite_mean(values)
+        fin = _finite(values)
         self.steps.append(step)
         self.means.append(mean)
-        self.finite.append(math.nan if fin is None else fin)
+        self.finite.append(statistics.fmean(fin) if fin else math.nan)
+        self.sums.append(math.fsum(fin) if fin else math.nan)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -160,6 +166,10 @@ class StepMeans:
 
     def since(self, i: int) -> list[tuple[int, float, float | None]]:
         return [self[j] for j in range(i, len(self))]
+
+    def sums_since(self, i: int) -> list[float | None]:
+        """The finite sums of the steps from index `i`, as since() lists them."""
+        return [None if math.isnan(v) else v for v in self.sums[i:]]
 
 
 def _means(step: int, values: Any) -> list[tuple[int, float, float | None]]:
@@ -183,6 +193,7 @@ class LossScan:
         self.readers = (self.train, self.back)
         self.logged, self.backs = StepMeans(), StepMeans()
         self.pending: dict[str, list[tuple[int, float, float | None]]] = {}
+        self.pending_sums: dict[str, list[float | None]] = {}  # their finite sums
         self.train_seen = False  # loss.train has a record (even an empty one): it is judged
         self.levels: Levels | None = None
         self.full = 0  # settled steps of the judged loss, non-finite ones included
@@ -190,9 +201,14 @@ class LossScan:
         self.source: str | None = None
         self.fed = 0  # settled steps of the judged signal folded into `levels`
         self.ratios = SortedWindow()
+        # the same with each step's backward losses summed: a logged loss that adds up the
+        # step's micro-batches (the Hugging Face Trainer at gradient accumulation k logs k times
+        # the loss of one pass)
+        self.sum_ratios = SortedWindow()
         self.fin_logged = 0  # logged steps folded into `ratios`
         self.fin_backs = 0  # backward steps they covered
         self.first_back: tuple[int, float] | None = None  # the first finite backward loss
+        self.first_back_sum: float | None = None  # that step's losses summed
         self.backs_scanned = 0
         self.objective = ObjectiveScan()  # what objective() reads, parsed once a record
         self.logged_finite = False  # a settled log has a finite loss
@@ -214,6 +230,11 @@ class LossScan:
                     f is not None for _, _, f in settled_list.since(start)
                 )
             self.pending[name] = [m for s, v in pending for m in _means(s, v)]
+            self.pending_sums[name] = [
+                math.fsum(_finite(v)) if _finite(v) else None
+                for _, v in pending
+                if step_mean(v) is not None
+            ]
         source = "train" if self.train_seen else "back"
         if source != self.source or self.levels is None:
             # the logged loss, once there is one, is judged (as train_loss_values)
@@ -228,9 +249,20 @@ class LossScan:
             self.full += 1
         self.fed = len(judged)
         if self.first_back is None:
-            self.first_back = next(
-                ((s, f) for s, _, f in self.backs.since(self.backs_scanned) if f is not None), None
+            first = next(
+                (
+                    (s, f, t)
+                    for (s, _, f), t in zip(
+                        self.backs.since(self.backs_scanned),
+                        self.backs.sums_since(self.backs_scanned),
+                        strict=True,
+                    )
+                    if f is not None
+                ),
+                None,
             )
+            if first is not None:
+                self.first_back, self.first_back_sum = first[:2], first[2]
             self.backs_scanned = len(self.backs)
         self._fold_ratios()
 
@@ -244,14 +276,16 @@ class LossScan:
             self.fin_logged += 1
             if v is None:
                 continue  # no finite log: its backward losses count with the next log's
-            covered = []
+            covered, sums = [], []
             while self.fin_backs < len(self.backs) and self.backs[self.fin_backs][0] <= step:
                 f = self.backs[self.fin_backs][2]
                 if f is not None:
                     covered.append(f)
+                    sums.append(self.backs.sums[self.fin_backs])
                 self.fin_backs += 1
             if covered and statistics.fmean(covered) > 0:
                 self.ratios.add(v / statistics.fmean(covered))
+                self.sum_ratios.add(v / statistics.fmean(sums))
 
     def _newest(self) -> list[float]:
         """The newest step's mean loss of the judged signal (none or one value)."""
@@ -298,12 +332,25 @@ class LossScan:
         the first steps, the first logged value already holds the blown-up steps (60.9, the
         mean of 3.5 .. 121, for run_clm.py at lr x1000). Same scale: the median over the logs
         of (logged value) / (mean of the backward losses of the steps it covers) within
-        [0.8, 1.25], over 3 logs or more; finite losses only."""
+        [0.8, 1.25], over 3 logs or more; finite losses only. Or the logged value is the sum
+        of each step's backward losses (the Trainer adds up its micro-batches' losses at
+        gradient accumulation): the same median with the steps' sums, and the first step's
+        losses summed is returned."""
         if not self.logged_finite and not any(f is not None for _, _, f in self.pending["train"]):
             return None
-        first_back = self.first_back
+        first_back, first_sum = self.first_back, self.first_back_sum
         if first_back is None:
-            first_back = next(((s, f) for s, _, f in self.pending["back"] if f is not None), None)
+            first = next(
+                (
+                    (s, f, t)
+                    for (s, _, f), t in zip(
+                        self.pending["back"], self.pending_sums["back"], strict=True
+                    )
+                    if f is not None
+                ),
+                None,
+            )
+            first_back, first_sum = (first[:2], first[2]) if first is not None else (None, None)
         if first_back is None or first_back[0] > first_step or first_back[1] <= 0:
             return None
         # the logs not folded yet (their backward losses not all settled), and the newest ones
@@ -313,24 +360,38 @@ class LossScan:
             if f is not None
         ]
         rest_backs = [
-            (s, f)
-            for s, _, f in self.backs.since(self.fin_backs) + self.pending["back"]
+            (s, f, t)
+            for (s, _, f), t in zip(
+                self.backs.since(self.fin_backs) + self.pending["back"],
+                self.backs.sums_since(self.fin_backs) + self.pending_sums["back"],
+                strict=True,
+            )
             if f is not None
         ]
-        added, j = [], 0
+        added, added_sums, j = [], [], 0
         for step, v in rest_logged:
-            covered = []
+            covered, sums = [], []
             while j < len(rest_backs) and rest_backs[j][0] <= step:
                 covered.append(rest_backs[j][1])
+                sums.append(rest_backs[j][2])
                 j += 1
             if covered and statistics.fmean(covered) > 0:
                 added.append(v / statistics.fmean(covered))
+                added_sums.append(v / statistics.fmean(sums))
         for r in added:
             self.ratios.add(r)
+        for r in added_sums:
+            self.sum_ratios.add(r)
         try:
-            if len(self.ratios) < 3 or not 0.8 <= self.ratios.median() <= 1.25:
+            if len(self.ratios) < 3:
                 return None
-            return first_back[1]
+            if 0.8 <= self.ratios.median() <= 1.25:
+                return first_back[1]
+            if first_sum is not None and 0.8 <= self.sum_ratios.median() <= 1.25:
+                return first_sum  # one pass a step gives the same ratios: the mean's held
+            return None
         finally:
             for r in added:
                 self.ratios.remove(r)
+            for r in added_sums:
+                self.sum_ratios.remove(r)

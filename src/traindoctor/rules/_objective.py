@@ -88,8 +88,8 @@ def objective(tl: TimelineView, data: Inputs | None = None) -> Objective:
             if moved:
                 return Objective(False, "moving-targets", f"{fn} at {_src(event)}: {moved}")
             kinds.append(f"{fn}")
-    share = _standard_share(sites, data)
-    if share is not None and not 0.8 <= share <= 1.25:
+    share, summed = _standard_share(sites, data)
+    if share is not None and not _whole(share):
         return Objective(
             None,
             "mixed",
@@ -101,7 +101,14 @@ def objective(tl: TimelineView, data: Inputs | None = None) -> Objective:
         True,
         "supervised",
         f"supervised {', '.join(sorted(set(kinds)))} against targets whose mix and range stay "
-        "the same over the run (a fixed dataset)",
+        "the same over the run (a fixed dataset)"
+        + (
+            "; the loss logged adds up each step's backward passes (gradient accumulation): "
+            f"the standard losses make up {summed[0]:.0%} of it per pass and {summed[1]:.0%} "
+            "of the loss backward() runs on"
+            if summed is not None
+            else ""
+        ),
     )
 
 
@@ -254,8 +261,38 @@ def spearman(values: list[float]) -> float | None:
     return sum((r - mean) * (k - mean) for k, r in enumerate(ranks)) / math.sqrt(sx * sy)
 
 
-def _standard_share(sites: dict[int, dict[str, Any]], data: Inputs) -> float | None:
-    """Median over the observed steps of (sum of the standard losses) / (the backward root).
+def _whole(share: float) -> bool:
+    """The standard losses are the whole loss (within batch-to-batch noise)."""
+    return 0.8 <= share <= 1.25
+
+
+def _standard_share(
+    sites: dict[int, dict[str, Any]], data: Inputs
+) -> tuple[float | None, tuple[float, float] | None]:
+    """(share, summed): the share of the standard losses in the training loss; and when the
+    logged loss is measured to be a sum over the step's backward passes, their share in it
+    per pass and in the step's last backward root.
+
+    A logged loss is compared as logged first. Out of [0.8, 1.25] it may be a sum over the
+    step's micro-batches (the Hugging Face Trainer with gradient accumulation adds up their
+    losses: 2x the loss of one call at accumulation 2), which is no hand-written term: that
+    is taken only when both comparisons of like with like hold, the standard losses being the
+    whole of the step's last backward root (the pass their stats were kept from) and the
+    logged loss divided by the step's backward passes. A hand-written term beside them (a KL
+    term of the loss's size) keeps the root apart from them, whatever the logged loss is."""
+    order = tuple(sites)
+    share = _share_against(order, data, "loss")
+    if share is None or _whole(share) or not data.logged:
+        return share, None
+    per_pass = _share_against(order, data, "pass")
+    summed = _share_against(order, data, "sum")
+    if per_pass is not None and summed is not None and _whole(per_pass) and _whole(summed):
+        return summed, (summed, per_pass)
+    return share, None
+
+
+def _share_against(order: tuple[int, ...], data: Inputs, against: str) -> float | None:
+    """Median over the observed steps of (sum of the standard losses) / (a loss of the step).
 
     A sum-reduced class loss (its call counted the valid targets, `n_valid`) divided by a count
     of targets is still the standard objective, a mean: when the share read as is falls outside
@@ -263,12 +300,11 @@ def _standard_share(sites: dict[int, dict[str, Any]], data: Inputs) -> float | N
     divisor need not be the call's own count: the Hugging Face Trainer divides the sum over the
     shifted labels (n - batch) by `num_items_in_batch`, counted before the shift (896.4 / 256
     for 248 valid tokens: 0.97 of the mean), which the tolerance covers as it does for a mean."""
-    order = tuple(sites)
-    raw = data.share(order, False)
-    if raw is None or 0.8 <= raw <= 1.25:
+    raw = data.share(order, False, against)
+    if raw is None or _whole(raw):
         return raw
-    mean = data.share(order, True)
-    return mean if mean is not None and 0.8 <= mean <= 1.25 else raw
+    mean = data.share(order, True, against)
+    return mean if mean is not None and _whole(mean) else raw
 
 
 def too_high_lr(

@@ -35,9 +35,14 @@ class Inputs:
     totals: dict[str, float]  # "site.class" -> count over the run
     moves: list[float]  # updates_to_initial()
     targets: dict[int, Targets]  # site -> what _own_class reads of its targets
-    #: share(sites, per_target): (sum of the sites' standard losses) / (the training loss),
-    #: median over the observed steps, None under 3 steps (or per target, none summed)
-    share: Callable[[tuple[int, ...], bool], float | None]
+    #: share(sites, per_target, against): (sum of the sites' standard losses) / (a loss of the
+    #: step), median over the observed steps, None under 3 steps (or per target, none summed).
+    #: `against` (REFERENCES): "loss" the training loss (the logged one when the run logs one,
+    #: else the backward roots' mean); "pass" the step's last backward root, the pass whose
+    #: loss call the stats keep (its constant factor divided out by the loss probe); "sum"
+    #: the logged loss per backward pass of the step (None with one pass).
+    share: Callable[[tuple[int, ...], bool, str], float | None]
+    logged: bool  # the training loss is the logged one
 
 
 @dataclass
@@ -101,6 +106,9 @@ def move_of(step: int, upd: dict[str, float], initial: dict[str, Any]) -> float 
     return statistics.median(rs) if rs else None
 
 
+REFERENCES = ("loss", "pass", "sum")
+
+
 class ObjectiveScan:
     """The parsed inputs of objective() kept between passes."""
 
@@ -128,10 +136,11 @@ class ObjectiveScan:
         self.initial: dict[str, Any] | None = None  # the first weight norms, once settled
         self.raw_updates: list[tuple[int, dict[str, float]]] = []  # before `initial` settled
         self.logged = False  # the training loss is the logged one (train_loss_values)
-        self.roots: dict[int, float | None] = {}  # settled training loss at the stats' steps
+        # settled reference losses (REFERENCES) at the stats' steps: (against, step) -> value
+        self.roots: dict[tuple[str, int], float | None] = {}
         self.by_step: list[tuple[int, dict[int, dict[str, float]]]] = []  # settled stats
         self.targets: dict[int, Targets] = {}
-        self.shares: dict[tuple[tuple[int, ...], bool], _Share] = {}
+        self.shares: dict[tuple[tuple[int, ...], bool, str], _Share] = {}
 
     def inputs(self, tl: TimelineView) -> Inputs:
         if not fresh(self, tl):
@@ -178,13 +187,35 @@ class ObjectiveScan:
             self.logged = True  # the logged loss is judged from now on: roots read again
             self.roots, self.shares = {}, {}
 
-    def _root(self, tl: TimelineView, step: int) -> float | None:
-        if step in self.roots:
-            return self.roots[step]
-        reader = self.train if self.logged else self.back
-        root = step_mean(tl.at(reader.name, step))
-        if reader.done is not None and step <= reader.done:
-            self.roots[step] = root  # settled: no more values for that step
+    def _readers_of(self, against: str) -> tuple[Reader, ...]:
+        if against == "pass":
+            return (self.back,)
+        if against == "sum":
+            return (self.train, self.back)
+        return (self.train,) if self.logged else (self.back,)
+
+    def _settled(self, step: int, against: str) -> bool:
+        """No more values can come for `step` in the signals `against` reads."""
+        return all(r.done is not None and step <= r.done for r in self._readers_of(against))
+
+    def _root(self, tl: TimelineView, step: int, against: str = "loss") -> float | None:
+        key = (against, step)
+        if key in self.roots:
+            return self.roots[key]
+        if against == "pass":
+            passes = tl.at(self.back.name, step) or ()
+            root = float(passes[-1]) if passes else None
+        elif against == "sum":
+            # the logged loss as a sum over the step's backward passes (the Hugging Face
+            # Trainer adds up its micro-batches' losses): per pass, to compare with one call
+            passes = len(tl.at(self.back.name, step) or ())
+            logged = step_mean(tl.at(self.train.name, step)) if self.logged else None
+            root = logged / passes if logged is not None and passes >= 2 else None
+        else:
+            reader = self.train if self.logged else self.back
+            root = step_mean(tl.at(reader.name, step))
+        if self._settled(step, against):
+            self.roots[key] = root  # settled: no more values for that step
         return root
 
     def _with_newest(self, tl, up_new, norm_new, ob_new, st_new, lab_new) -> Inputs:
@@ -225,10 +256,21 @@ class ObjectiveScan:
                 totals[key] = totals.get(key, 0.0) + float(v)
         newest = [(s, parse_stats(values)) for s, values in st_new]
 
-        def share(sites: tuple[int, ...], per_target: bool) -> float | None:
-            return self._share(tl, sites, per_target, newest)
+        def share(sites: tuple[int, ...], per_target: bool, against: str = "loss") -> float | None:
+            return self._share(tl, sites, per_target, newest, against)
 
-        return Inputs(stepped, observed, any_observed, stats, labels, totals, moves, targets, share)
+        return Inputs(
+            stepped,
+            observed,
+            any_observed,
+            stats,
+            labels,
+            totals,
+            moves,
+            targets,
+            share,
+            self.logged,
+        )
 
     def _share(
         self,
@@ -236,19 +278,19 @@ class ObjectiveScan:
         sites: tuple[int, ...],
         per_target: bool,
         newest: list[tuple[int, dict[int, dict[str, float]]]],
+        against: str = "loss",
     ) -> float | None:
-        """Inputs.share: the steps whose training loss is settled folded in for good."""
-        cache = self.shares.setdefault((sites, per_target), _Share())
-        reader = self.train if self.logged else self.back
+        """Inputs.share: the steps whose reference loss is settled folded in for good."""
+        cache = self.shares.setdefault((sites, per_target, against), _Share())
         while cache.folded < len(self.by_step):
             step, parsed = self.by_step[cache.folded]
-            if reader.done is None or step > reader.done:
+            if not self._settled(step, against):
                 break  # that step's loss may still be written
-            cache.fold(parsed, sites, per_target, self._root(tl, step), keep=True)
+            cache.fold(parsed, sites, per_target, self._root(tl, step, against), keep=True)
             cache.folded += 1
         rest = self.by_step[cache.folded :] + newest
         added = [
-            cache.fold(parsed, sites, per_target, self._root(tl, step), keep=False)
+            cache.fold(parsed, sites, per_target, self._root(tl, step, against), keep=False)
             for step, parsed in rest
         ]
         summed = cache.summed or any(a[1] for a in added)

@@ -1,0 +1,71 @@
+"""A logged loss that adds up the step's micro-batches (the Hugging Face Trainer at gradient
+accumulation 2 logs twice the loss of one pass) is compared with the standard losses like with
+like: it is no hand-written term, so a far too high lr there is still judged by TD210 (the miss
+of ecosystem `hf-run-mlm::lr-x1000`). A real extra term beside the standard loss keeps the
+objective "mixed" whatever the logging, and a healthy falling loss stays silent."""
+
+from __future__ import annotations
+
+from tests.rules._loss_inputs_tl import SUPERVISED_CE
+from traindoctor.findings import Severity
+from traindoctor.rules._objective import objective
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+LOG_EVERY = 5
+
+
+def _tl(passes, *, standard_share=1.0, logged="sum"):
+    """One step per entry of `passes` (the losses of its two backward passes). The standard
+    loss is `standard_share` of each pass (the rest a hand-written term); every 5th step logs
+    the mean over the steps since the last log of each step's sum (or mean) of its passes."""
+    steps, window = {}, []
+    for i, (a, b) in enumerate(passes, 1):
+        s = steps[i] = {"loss.backward": [a, b], "optim.lr": {"opt0/group0": 1.0}}
+        window.append(a + b if logged == "sum" else (a + b) / 2)
+        if i % LOG_EVERY == 0:
+            s["loss.train"] = [sum(window) / len(window)]
+            window = []
+        if i <= 3 or i % 10 == 0:  # sampled steps: the last pass's loss call is kept
+            s["loss_inputs.observed"] = [0]
+            s["loss_inputs.stats"] = {"0.loss": standard_share * b, "0.t_min": 0.0, "0.t_max": 2.0}
+    return make_timeline(params=["fc.weight"], steps=steps, events=[SUPERVISED_CE])
+
+
+def _diverging():
+    """3.6 before any update, up to ~180 within ten steps, ending near 30: a far too high lr."""
+    up = [3.6, 25, 50, 180, 90, 110, 145, 180, 185, 160, 155, 170, 200, 210, 200]
+    down = [190 - 4.5 * i for i in range(36)]
+    values = up + down
+    return [(v, v * (0.96 if i % 2 else 1.04)) for i, v in enumerate(values)]
+
+
+def test_a_logged_sum_over_micro_batches_is_the_supervised_loss():
+    obj = objective(_tl(_diverging()).view())
+    assert obj.falls is True and obj.kind == "supervised", obj
+    assert "adds up each step's backward passes" in obj.judged
+
+
+def test_a_far_too_high_lr_under_accumulation_is_a_divergence():
+    f = assert_fires("TD210", _tl(_diverging()))
+    assert f.severity is Severity.ERROR and f.evidence["kind"] == "divergence"
+    # the start is the first step's passes summed, on the logged loss's scale
+    assert abs(f.evidence["loss_before"] - (3.6 + 3.6 * 1.04)) < 1e-9
+
+
+def test_a_hand_written_term_beside_the_standard_loss_stays_mixed():
+    # the cross-entropy is half of each pass (a KL term of its size beside it): the logged
+    # sum over 2 passes is then 4x it, and per pass 2x: neither comparison holds
+    tl = _tl(_diverging(), standard_share=0.5)
+    obj = objective(tl.view())
+    assert obj.kind == "mixed" and obj.falls is None, obj
+    # logged as the mean of the passes: the same
+    obj = objective(_tl(_diverging(), standard_share=0.5, logged="mean").view())
+    assert obj.kind == "mixed", obj
+
+
+def test_a_healthy_run_logged_as_a_sum_is_silent():
+    falling = [(3.6 * 0.97**i, 3.5 * 0.97**i) for i in range(60)]
+    tl = _tl(falling)
+    assert objective(tl.view()).kind == "supervised"
+    assert_silent("TD210", tl)
+    assert_silent("TD108", tl)
