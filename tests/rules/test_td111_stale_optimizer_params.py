@@ -86,3 +86,20 @@ def test_head_recreated_with_another_number_of_classes():
     assert "new sizes" in f.cause
     g = assert_fires("TD103", make_timeline(params=params, optimizers=[opt], steps=steps))
     assert "replaced after the optimizer was built" in g.cause
+
+
+def test_silent_when_held_only_after_the_last_observed_step():
+    """Zero-code mode, a teacher trained first, then a student with its own optimizer: the
+    student's tensors were added to the layout at step 101, after the last step whose
+    gradients were looked at (80): that they never get a gradient was not measured."""
+    opt = optimizer_facts(list(PARAMS), unnamed=OLD_HEAD)
+    steps = {s: {"grads.observed": 1} for s in (1, 2, 3, 80)}
+    events = [
+        {"kind": "optimizer_layout", "step": 1, "held": sorted(PARAMS), "stale": 0},
+        {"kind": "optimizer_layout", "step": 101, "held": sorted(PARAMS), "stale": 2},
+    ]
+    tl = make_timeline(params=PARAMS, optimizers=[opt], steps=steps, events=events)
+    assert_silent("TD111", tl)
+    steps[120] = {"grads.observed": 1}  # looked at while held: reported
+    tl = make_timeline(params=PARAMS, optimizers=[opt], steps=steps, events=events)
+    assert assert_fires("TD111", tl).step == 101

@@ -48,7 +48,8 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     traindoctor compares optimizer tensors with the model's parameters by identity, notices
     parameter names whose tensor changed since attach, and records on sampled steps whether the
     foreign tensors ever have a `.grad`. Tensors outside the model that do get gradients (a
-    learnable loss weight, say) are legitimate and not reported.
+    learnable loss weight, say) are legitimate and not reported, nor are tensors held only
+    after the last step whose gradients were looked at (never measured).
 
     ## Example
     ```python
@@ -75,6 +76,13 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         return
     stale = [u for u in foreign_tensors(tl) if u.get("requires_grad") and not u.get("had_grad")]
     if not stale:
+        return
+    since = onset(tl.events("optimizer_layout"), lambda e: e["stale"] > 0) or 1
+    observed = [s for s, _ in tl.series("grads.observed")]
+    if observed and max(observed) < since:
+        # Held only after the last step whose gradients were looked at (zero-code mode: a
+        # second model's optimizer built once the first one stopped stepping, a teacher
+        # trained before its student): "never a gradient" was not measured.
         return
     replaced = replaced_params(tl)
     params = tl.fact("params") or {}
@@ -111,7 +119,7 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     found = tl.finding(
         title=f"the optimizer holds {len(stale)} tensors ({numel:,} values) that are not "
         f"parameters of the model and never receive a gradient",
-        step=onset(tl.events("optimizer_layout"), lambda e: e["stale"] > 0) or 1,
+        step=since,
         evidence={
             "stale_tensors": len(stale),
             "shapes": [list(s) for s in shapes[:8]],
