@@ -126,3 +126,24 @@ def test_a_copy_that_receives_gradients_is_still_td103():
     tl = _dqn(copies=dict(zip(TARGET, Q)), grads_target=True)
     f = assert_fires("TD103", tl)
     assert f.evidence["receive_gradients"] == 2
+
+
+def test_members_of_a_vmap_ensemble_are_neither_td103_nor_td102():
+    """torch.func ensemble: the optimizer trains stack_module_state's stacked copies (not the
+    model's params; they get gradients) and the watched members never run a forward."""
+    stacked = [
+        {"shape": [4, *SHAPES[n]["shape"]], "requires_grad": True, "had_grad": True}
+        for n in BACKBONE + HEAD
+    ]
+    steps = {s: {"forward.calls": {}, "grads.observed": 1} for s in (1, 2, 3)}
+    tl = _tl([], unnamed=stacked, steps=steps)
+    assert_silent("TD103", tl)
+    assert_silent("TD102", tl)
+    # The same members called in the forward (or stacked copies that never got a gradient:
+    # a stale optimizer) are still reported.
+    called = {n.rsplit(".", 1)[0]: {"calls": 1, "grad_enabled": True} for n in BACKBONE + HEAD}
+    steps = {s: {"forward.calls": called, "grads.observed": 1} for s in (1, 2, 3)}
+    assert_fires("TD103", _tl([], unnamed=stacked, steps=steps))
+    stale = [{**u, "had_grad": False} for u in stacked]
+    steps = {s: {"forward.calls": {}, "grads.observed": 1} for s in (1, 2, 3)}
+    assert_fires("TD103", _tl([], unnamed=stale, steps=steps))

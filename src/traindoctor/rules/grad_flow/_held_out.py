@@ -44,6 +44,7 @@ def held_out_by_design(tl: TimelineView) -> dict[str, str]:
     copies = (tl.fact("copies") or {}).get("params") or {}
     changed = changed_outside_optimizer(tl)
     calls = merged_forward_calls(tl) or {}
+    calls_seen = bool(tl.series("forward.calls"))
     out: dict[str, str] = {}
     for n in unheld:
         if n in changed:
@@ -57,4 +58,22 @@ def held_out_by_design(tl: TimelineView) -> dict[str, str]:
         info = calls.get(module_of(n))
         if info is not None and not info.get("grad_enabled"):
             out[n] = f"its module `{module_of(n)}` only ever ran with gradient recording off"
+        elif info is None and calls_seen and _foreign_with_grad(tl):
+            # The module never ran while the optimizer trains tensors that are not the model's
+            # and get gradients: stacked copies run by torch.func (stack_module_state + vmap
+            # of functional_call), the members kept only to build or save them.
+            out[n] = (
+                f"its module `{module_of(n)}` never ran, and the optimizer trains tensors that "
+                "are not the model's (copies, e.g. torch.func.stack_module_state)"
+            )
     return out
+
+
+def _foreign_with_grad(tl: TimelineView) -> bool:
+    """An optimizer holds tensors that are no watched param and that had a gradient."""
+    return any(
+        u.get("had_grad")
+        for o in tl.fact("optimizers") or []
+        for g in o["groups"]
+        for u in g.get("unnamed") or ()
+    )

@@ -54,8 +54,10 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     BYOL, DINO or mean teacher, `AveragedModel`) is bit-identical to trained params when
     training starts, or its values change during the run without any optimizer (a periodic
     `load_state_dict`, a Polyak/EMA average, `torch._foreach_lerp_`); a fixed reference model
-    only ever runs with gradient recording off. Either way, such params never get a gradient;
-    params that do get one are reported.
+    only ever runs with gradient recording off; the members of a torch.func ensemble never run
+    while the optimizer trains their stacked copies (tensors that are no param of the model
+    and get gradients). Either way, such params never get a gradient; params that do get one
+    are reported.
 
     ## Example
     ```python
