@@ -29,14 +29,17 @@ _is_compiling = torch.compiler.is_compiling
 _jit_tracing = torch._C._is_tracing  # torch.jit.trace (also torch.onnx.export's trace)
 _func_transforming = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 # fx symbolic tracing: a module global up to torch 2.13, a thread-local read by
-# _get_is_fx_tracing() since (is_fx_tracing() itself logs a warning on its first call).
-_fx_tracing: Callable[[], bool] = getattr(_symbolic_trace, "_get_is_fx_tracing", None) or (
-    lambda: bool(getattr(_symbolic_trace, "_is_fx_tracing_flag", False))
-)
+# _get_is_fx_tracing() since (is_fx_tracing() itself logs a warning on its first call). The
+# global is read through a partial of getattr: a C call, where a lambda was three calls (this
+# runs in every hook call of every step).
+_fx_tracing: Callable[[], bool] = getattr(
+    _symbolic_trace, "_get_is_fx_tracing", None
+) or functools.partial(getattr, _symbolic_trace, "_is_fx_tracing_flag", False)
 
 
 def _compiling() -> bool:
-    # torch.compile first: dynamo folds it to True and traces none of the others.
+    # torch.compile first: dynamo folds it to True and traces none of the others. The hooks
+    # below write the same test out (one frame less per hook call).
     return _is_compiling() or _jit_tracing() or _func_transforming() or _fx_tracing()
 
 
@@ -49,6 +52,8 @@ def _compiling() -> bool:
 # transforms (vmap/grad: our hooks would see batched tensors and raise inside them, e.g. a
 # random op under vmap). What runs there is not observed.
 compiling = _compiling
+# The same four tests, for a hook that writes them out inline (probes/base.py's GuardedHook).
+COMPILE_TESTS = (_is_compiling, _jit_tracing, _func_transforming, _fx_tracing)
 
 
 class CopySafeHook:
@@ -60,7 +65,7 @@ class CopySafeHook:
         self.fn = fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _compiling():
+        if _is_compiling() or _jit_tracing() or _func_transforming() or _fx_tracing():
             # Traced by torch.compile (dynamo inlines module hooks): a hook that returns at
             # once traces to nothing, so it causes no graph break and no guard on our state;
             # the compiled graph runs without it (see compiled.py).

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .._guard import Guard
-from .._hooks import CopySafeHook, compiling
+from .._hooks import COMPILE_TESTS, CopySafeHook
 from ..bus import Bus, default_handler
 from ..distributed.dtensor import local_all
 from ..errors import StopTraining
@@ -197,7 +197,8 @@ class GuardedHook(CopySafeHook):
         self.in_mode = in_mode
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
-        if compiling():
+        # _hooks.compiling() written out: one frame less in every hook call of every step.
+        if _is_compiling() or _jit_tracing() or _func_transforming() or _fx_tracing():
             return None  # traced: a hook that returns at once traces to nothing (_hooks.py)
         ctx = self.ctx
         guard = ctx.guard
@@ -223,6 +224,7 @@ class GuardedHook(CopySafeHook):
 
 
 _clock = time.perf_counter
+_is_compiling, _jit_tracing, _func_transforming, _fx_tracing = COMPILE_TESTS
 
 
 @dataclass
