@@ -99,6 +99,26 @@ def test_cause_follows_the_measured_update_size(ratio, words):
     assert words in f.cause
 
 
+def test_an_lr_of_0_for_an_epoch_is_named_as_the_cause():
+    # huggingface/transformers#20916: a warmup sized in steps, stepped once an epoch by
+    # Lightning: lr 0 for the whole first epoch (the sampled steps 1-3, 10, 20), then small.
+    extra = {
+        i: {"optim.lr": {"opt0/group0": 0.0 if i <= 32 else 1e-4 * (i // 32)}} for i in range(1, 61)
+    }
+    for i in (40, 50, 60):
+        extra[i]["params.update"] = dict.fromkeys(PARAMS, 4.0 * 1e-4)
+    f = assert_fires("TD108", _tl(_flat(60), ratio=0.0, extra=extra))
+    assert "exactly 0 at 32 of the 60 optimizer steps" in f.cause
+    assert "the first at step 1, the last at step 32" in f.cause
+    assert "interval='step'" in f.fix
+
+
+def test_no_update_at_most_sampled_steps_is_not_called_no_change_at_all():
+    extra = {i: {"params.update": dict.fromkeys(PARAMS, 4e-3)} for i in (50, 60)}
+    f = assert_fires("TD108", _tl(_flat(60), ratio=0.0, extra=extra))
+    assert "do not change at most of the sampled steps" in f.cause
+
+
 def test_no_update_measured():
     tl = make_timeline(
         params=PARAMS, steps={i: {"loss.train": [v]} for i, v in enumerate(_flat(60), 1)}

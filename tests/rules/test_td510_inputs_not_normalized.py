@@ -30,6 +30,20 @@ def test_fires_on_raw_units_and_on_tiny_inputs():
     assert "far below" in f.cause
 
 
+def test_fires_on_8bit_data_divided_by_255_twice():
+    # facebookresearch/InterHand2.6M#110: ToTensor() then `/ 255`: scale ~2e-3, top 1/255.
+    f = assert_fires("TD510", _tl(0.5 / 255, 0.29 / 255, 0.0, 1.0 / 255))
+    assert f.evidence["divided_twice_by_255"] is True
+    assert "divided by 255 twice" in f.cause and "ToTensor" in f.fix
+    # float32 rounding of 1 / 255 is still that top
+    assert_fires("TD510", _tl(0.002, 0.001, 0.0, 0.003921568859368563))
+
+
+def test_small_inputs_of_another_range_are_not_taken_for_pixels_divided_twice():
+    assert_silent("TD510", _tl(0.002, 0.001, 0.0, 0.0033))  # a normalized histogram
+    assert_silent("TD510", _tl(0.002, 0.001, -1.0 / 255, 1.0 / 255))  # signed
+
+
 def test_functional_tanh_is_found_from_the_activation_sites():
     tl = _tl(127.0, 73.0, 0.0, 255.0, nxt=("Linear",), out=80.0)
     tl.record(1, "activations.sites", {"fc1": {"op": "tanh", "kind": "tanh"}})

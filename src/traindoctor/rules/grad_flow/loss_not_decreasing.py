@@ -190,6 +190,25 @@ def _median_update_ratio(tl: TimelineView) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def _zero_lr_steps(tl: TimelineView) -> tuple[int, int, int, int, float | None] | None:
+    """(steps at which every param group's lr is 0, steps with an lr, first and last such
+    step, the largest lr after the last) when the lr is 0 at a quarter of the steps or more."""
+    zeros, n, after = [], 0, None
+    for step, groups in tl.series("optim.lr"):
+        lrs = [v for v in (groups or {}).values() if isinstance(v, int | float)]
+        if not lrs:
+            continue
+        n += 1
+        if max(lrs) == 0:
+            zeros.append(step)
+            after = None
+        else:
+            after = max(lrs) if after is None else max(after, max(lrs))
+    if not zeros or len(zeros) < n / 4:
+        return None
+    return len(zeros), n, zeros[0], zeros[-1], after
+
+
 def _cause(
     tl: TimelineView, ratio: float | None, drop: float, hot: dict | None
 ) -> tuple[str, str, bool]:
@@ -222,8 +241,25 @@ def _cause(
             False,
         )
     if ratio == 0:
+        zero = _zero_lr_steps(tl)
+        if zero:
+            n_zero, n, first, last, after = zero
+            rest = f"; at most {after:g} after it" if after is not None else ""
+            return (
+                f"the learning rate is exactly 0 at {n_zero} of the {n} optimizer steps (the "
+                f"first at step {first}, the last at step {last}{rest}): those steps change "
+                "nothing",
+                "check the lr schedule: a warmup sized in optimizer steps but stepped once an "
+                "epoch (scheduler.step() in the epoch loop, Lightning's default "
+                "interval='epoch') holds the lr at 0 for a whole epoch; step it per batch "
+                "(Lightning: interval='step')",
+                True,
+            )
+        moved = any(d > 0 for _, upd in tl.series("params.update") for d in upd.values())
         return (
-            "the parameters do not change at all (see TD104/TD105)",
+            "the parameters do not change at "
+            + ("most of the sampled steps" if moved else "all")
+            + " (see TD104/TD105)",
             "fix what stops the update first",
             True,
         )

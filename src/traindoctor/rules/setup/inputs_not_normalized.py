@@ -36,7 +36,9 @@ def inputs_not_normalized(
     ## What it detects
     The first layer with weights (a Linear or Conv) receives floating-point inputs whose
     root-mean-square sqrt(mean² + std²) is above `max_scale` or below `min_scale`: raw 0–255
-    pixels, features in their physical units, data divided twice by 255. When the first layer
+    pixels, features in their physical units. 8-bit data divided twice by 255
+    (`ToTensor()`, then `/ 255`) has a scale of ~2e-3, above `min_scale`: it is known by its
+    range, [0, 1/255] with 1/255 itself as its top (a 255 pixel). When the first layer
     feeds a tanh/sigmoid and its output std exceeds `saturating_std`, the finding says those
     units start saturated (TD304 measures how many stay so).
 
@@ -97,7 +99,8 @@ def inputs_not_normalized(
         if None in (mean, std, lo, hi):
             continue
         rms = math.sqrt(mean * mean + std * std)
-        if min_scale <= rms <= max_scale or (lo == hi == 0.0):
+        twice = _divided_twice_by_255(lo, hi)
+        if (min_scale <= rms <= max_scale and not twice) or (lo == hi == 0.0):
             continue
         module = str(first.get("module"))
         act = _following_activation(tl, first)
@@ -127,6 +130,8 @@ def inputs_not_normalized(
             "first_layer_output_std": out_std,
             "followed_by": act or (first.get("next") or [None])[0],
         }
+        if twice:
+            evidence["divided_twice_by_255"] = True
         measured = f"mean {mean:.3g}, std {std:.3g}, range [{lo:.3g}, {hi:.3g}]"
         if saturates:
             effect = (
@@ -138,6 +143,11 @@ def inputs_not_normalized(
                 f"its outputs have std {out_std:.3g} where unit-scale inputs give ~1"
                 if out_std is not None
                 else "its outputs are ~that many times too large"
+            )
+        elif twice:
+            effect = (
+                "they lie in [0, 1/255]: 8-bit values divided by 255 twice (ToTensor() already "
+                "returns [0, 1]), so its weights get almost no gradient"
             )
         else:
             effect = "its weights get almost no gradient"
@@ -162,13 +172,25 @@ def inputs_not_normalized(
             cause=f"measured on step {step}: the input of `{module}`, the first layer with "
             f"weights, has {measured}, {'far above' if big else 'far below'} the unit scale "
             f"its default initialization assumes; {effect}",
-            fix="normalize the inputs before the model: divide pixels by 255 and standardize "
-            "per channel (x - mean) / std with statistics of the training set, or standardize "
-            "each feature; a normalization layer as the first layer also works",
+            fix=(
+                "divide by 255 once: transforms.ToTensor() already scales 8-bit images to "
+                "[0, 1], so drop the second `/ 255`, then standardize per channel"
+                if twice
+                else "normalize the inputs before the model: divide pixels by 255 and "
+                "standardize per channel (x - mean) / std with statistics of the training set, "
+                "or standardize each feature; a normalization layer as the first layer also "
+                "works"
+            ),
             confidence=0.9 if saturates else 0.7,
             severity=Severity.INFO if absorbed else None,
         )
         return
+
+
+def _divided_twice_by_255(lo: float, hi: float) -> bool:
+    """8-bit values divided by 255 twice lie in [0, 1/255] and their top (a 255 pixel) is
+    1/255 itself: a scale of ~2e-3, above `min_scale`, but the range says how it was made."""
+    return lo >= 0 and abs(hi * 255 - 1) <= 1e-5
 
 
 def _following_activation(tl: TimelineView, first: dict[str, Any]) -> str | None:
