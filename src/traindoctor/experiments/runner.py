@@ -364,6 +364,8 @@ def train_copy(
     if zero_inputs:
         args, kwargs = zeroed(args, kwargs, setup.batch.labels)
     opt = build_optimizer(setup, twin, lr_scale)
+    if isinstance(opt, torch.optim.LBFGS):
+        _one_iteration_per_step(opt)
     # The run's GradScaler, fresh, under float16 autocast (its gradients underflow without
     # it). Elsewhere it only skips non-finite steps: the recipe lets those show as divergence.
     fp16 = setup.batch.autocast is not None and setup.batch.autocast[1] == "float16"
@@ -391,6 +393,18 @@ def train_copy(
             values.append(replay.loss(twin, args, kwargs).detach().float().reshape(()))
     losses = [float(v) for v in torch.stack(values).cpu()] if values else []
     return Curve(losses=losses, seconds=time.perf_counter() - t0, diverged=diverged)
+
+
+def _one_iteration_per_step(opt: torch.optim.LBFGS) -> None:
+    """LBFGS's step() runs up to `max_iter` iterations (20 by default), each a forward and a
+    backward: K replayed steps cost K x 20 evaluations (a float64 LSTM's recipe took minutes).
+    Each replayed step is one iteration instead, so K steps cost about K evaluations, as with
+    any other optimizer; LBFGS keeps its history across step() calls, so K one-iteration steps
+    are one LBFGS run of K iterations. The evaluations per iteration (line search) are kept."""
+    for group in opt.param_groups:
+        max_iter = max(1, int(group.get("max_iter") or 1))
+        max_eval = max(1, int(group.get("max_eval") or max_iter * 5 // 4))
+        group["max_iter"], group["max_eval"] = 1, max(2, math.ceil(max_eval / max_iter))
 
 
 def _closure(opt: Any, replay: Replay, model: torch.nn.Module, args: tuple, kwargs: dict):
