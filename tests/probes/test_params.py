@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tests._loop import OPTIMIZERS, Oracle, make_model, train, watch
-from traindoctor.probes.params import FLAT_MIN_TENSORS, _flat_copy, _segment_norms
+from traindoctor.probes._param_stats import FLAT_MIN_TENSORS, flat_lengths, segment_norms
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
@@ -73,12 +73,12 @@ def test_replaced_params_are_recorded_by_name(tmp_path):
 
 
 def test_many_small_tensors_are_measured_flat_and_equal_brute_force(tmp_path):
-    # 300+ small CPU tensors: one flat copy and segment norms (_flat_copy), not foreach ops.
+    # 300+ small CPU tensors: one flat copy and segment norms (flat_lengths), not foreach ops.
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(150)]
     model = nn.Sequential(nn.Linear(6, 16), *blocks, nn.Linear(16, 3))
     assert len(list(model.parameters())) >= FLAT_MIN_TENSORS
-    assert _flat_copy([p.detach() for p in model.parameters()]) is not None
+    assert flat_lengths([p.detach() for p in model.parameters()]) is not None
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     doc = watch(model, opt, tmp_path)
     oracle = Oracle()
@@ -99,7 +99,7 @@ def test_segment_norms_equal_each_tensors_norm():
     tensors.append(torch.tensor([float("nan"), 1.0]))
     lengths = torch.tensor([t.numel() for t in tensors])
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    got = _segment_norms(flat, lengths)
+    got = segment_norms(flat, lengths)
     assert got.dtype == torch.float32
     for g, t in zip(got[:2].tolist(), tensors[:2]):
         assert g == pytest.approx(t.norm().item(), rel=1e-6)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from itertools import chain, compress
+from operator import attrgetter, itemgetter, not_
 from typing import ClassVar
 
 import torch
 
-from ..distributed.dtensor import local_all
 from ..timeline import signal
-from .base import Probe, Recorder, by_device
+from ._param_stats import GRAD, REQUIRES_GRAD, GradNorms, keyed, present, shared
+from ._param_stats import norms as param_norms
+from .base import Probe, Recorder
+
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_LAYOUT = attrgetter("layout")
 
 GRADS_NONE = signal("grads.none", "trainable params whose .grad is None when step() runs")
 GRADS_CLEARED = signal(
@@ -52,10 +58,17 @@ class GradsProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._armed = False
-        self._params: list[tuple[str, torch.Tensor]] = []  # trainable, for this sampled step
+        # The trainable (name, param) of this sampled step, and the two split (C-level maps
+        # over them: a Python loop costs ~1 us a param, 10,000 params on some models).
+        self._params: list[tuple[str, torch.Tensor]] = []
+        self._names: list[str] = []
+        self._tensors: list[torch.Tensor] = []
         self._received: set[str] = set()  # had a gradient after a backward of this step
         self._none: set[str] = set()  # .grad None when its optimizer stepped
         self._stepped: set[str] = set()  # held by an optimizer that stepped in this step
+        # The last sampled step's stepped set and its sorted list (the same on most steps).
+        self._stepped_seen: set[str] = set()
+        self._stepped_sorted: list[str] = []
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._reset()
@@ -66,7 +79,11 @@ class GradsProbe(Probe):
         self._armed = True
         # The walk's own (name, param) tuples: no new tuple per param (GC-tracked, 10,000 a
         # sampled step on some models).
-        self._params = [np for np in ctx.named_params() if np[1].requires_grad]
+        named = ctx.named_params()
+        trainable = list(map(REQUIRES_GRAD, map(_SECOND, named)))
+        self._params = named if all(trainable) else list(compress(named, trainable))
+        self._names = list(map(_FIRST, self._params))
+        self._tensors = list(map(_SECOND, self._params))
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         """Before the gradients of this backward are added: what is in .grad now was left by
@@ -74,36 +91,33 @@ class GradsProbe(Probe):
         the step found it zeroed, so the smallest norm over the step's passes is kept."""
         if not self._armed:
             return
-        names, grads, zeroed = [], [], []
-        for name, p in self._params:
-            if p.grad is None:
-                zeroed.append(name)
-            else:
-                names.append(name)
-                grads.append(_strided(p.grad))  # normed under no_grad: no detach
-        if zeroed:
+        names, grads = self._names, list(map(GRAD, self._tensors))
+        has = present(grads)
+        if not all(has):
             # One write for every None gradient (a write per param: 10,000 on some models).
             current = rec.timeline.get(step, GRADS_CARRIED)
             carried = dict(current) if isinstance(current, dict) else {}
-            carried.update(dict.fromkeys(zeroed, 0.0))
+            carried.update(dict.fromkeys(compress(names, map(not_, has)), 0.0))
             rec.record(step, GRADS_CARRIED, carried)
+            names, grads = list(compress(names, has)), list(compress(grads, has))
         if grads:
-            with torch.no_grad():
-                norms = torch._foreach_norm(local_all(grads))  # one fused kernel per device
-            for ns, ts in by_device(names, norms).values():
-                rec.defer(step, GRADS_CARRIED, torch.stack(ts).float(), keys=ns, reduce=min)
+            grads = _strided_all(grads)
+            for (_, norms), keys in zip(param_norms(grads), keyed(names, grads)):
+                rec.defer(step, GRADS_CARRIED, norms, keys=keys, reduce=min)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         if not self._armed:
             return
-        with_grad = [np for np in self._params if np[1].grad is not None]
-        self._received.update(n for n, _ in with_grad)
+        has = present(list(map(GRAD, self._tensors)))
+        self._received.update(compress(self._names, has))
         ctx = self.ctx
         if ctx is not None and ctx.state.hand_steps_expected:
             # A hand-written update reads .grad after this backward (and often zeroes it
             # before the next one, where the update is seen): measure the gradient it applies
             # now. The last backward of the step overwrites: accumulated grads are applied.
-            self._check(step, with_grad, rec)
+            self._check(
+                step, list(compress(self._names, has)), list(compress(self._tensors, has)), rec
+            )
 
     def on_hand_step(
         self,
@@ -122,9 +136,9 @@ class GradsProbe(Probe):
         if not sampled:
             return
         assert self.ctx is not None
-        params = self.ctx.optimizer_params(opt)
-        self._stepped.update(n for n, _ in params)
-        self._check(step, params, rec, opt)
+        held = shared(self.ctx).held(opt)
+        self._stepped.update(held.names)
+        self._check(step, held.names, held.params, rec, opt, held.others)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         if not sampled:
@@ -133,41 +147,56 @@ class GradsProbe(Probe):
         assert ctx is not None
         rec.record(step, GRADS_OBSERVED, 1)
         # Trainable params that no optimizer holds (TD103): do they get gradients?
-        held = ctx.optimizer_param_ids()
-        self._check(
-            step,
-            [np for np in ctx.named_params() if np[1].requires_grad and id(np[1]) not in held],
-            rec,
+        held = set(
+            map(
+                id, chain.from_iterable(g["params"] for o in ctx.optimizers for g in o.param_groups)
+            )
         )
+        named = ctx.named_params()
+        free = [
+            id(p) not in held and rg
+            for p, rg in zip(map(_SECOND, named), map(REQUIRES_GRAD, map(_SECOND, named)))
+        ]
+        if any(free):
+            params = list(compress(named, free))
+            self._check(step, list(map(_FIRST, params)), list(map(_SECOND, params)), rec)
 
     def _check(
         self,
         step: int,
-        params: list[tuple[str, torch.Tensor]],
+        names: list[str],
+        tensors: list[torch.Tensor],
         rec: Recorder,
         opt: torch.optim.Optimizer | None = None,
+        others: list[torch.Tensor] | None = None,
     ) -> None:
-        names, grads, held = [], [], []
-        for name, p in params:
-            if p.grad is None:
-                self._none.add(name)
-            else:
-                names.append(name)
-                grads.append(_strided(p.grad))  # normed under no_grad: no detach
-                held.append(p)
-        if grads:
-            with torch.no_grad():
-                norms = torch._foreach_norm(local_all(grads))
-            if opt is not None and self.ctx is not None:
-                self.ctx.share_grad_norms(opt, held, norms)  # the numerics probe reads them
-            for device, (ns, ts) in by_device(names, norms).items():
-                del device
-                rec.defer(step, GRADS_NORM, torch.stack(ts).float(), keys=ns)
+        grads = list(map(GRAD, tensors))
+        has = present(grads)
+        if not all(has):
+            self._none.update(compress(names, map(not_, has)))
+            names, tensors = list(compress(names, has)), list(compress(tensors, has))
+            grads = list(compress(grads, has))
+        if not grads:
+            return
+        strided = _strided_all(grads)
+        parts = param_norms(strided)
+        if opt is not None and self.ctx is not None:
+            # The numerics probe reads them (its finiteness check, the same event): complete
+            # when they are every strided gradient the optimizer holds.
+            complete = strided is grads and not any(
+                g is not None and g.layout is torch.strided for g in map(GRAD, others or ())
+            )
+            shared(self.ctx).share_grad_norms(opt, GradNorms(tensors, parts, complete))
+        for (_, norms), keys in zip(parts, keyed(names, strided)):
+            rec.defer(step, GRADS_NORM, norms, keys=keys)
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
         if self._armed:
             rec.record(step, GRADS_NONE, sorted(self._none))
-            rec.record(step, GRADS_STEPPED, sorted(self._stepped))
+            stepped = self._stepped
+            if stepped != self._stepped_seen:  # sorted again only when it changed
+                self._stepped_seen, self._stepped_sorted = stepped, sorted(stepped)
+            rec.record(step, GRADS_STEPPED, list(self._stepped_sorted))
             cleared = sorted(self._none & self._received)
             if cleared:
                 rec.record(step, GRADS_CLEARED, cleared)
@@ -178,9 +207,18 @@ class GradsProbe(Probe):
             return  # nothing to clear: the common, unsampled step
         self._armed = False
         self._params = []
+        self._names = []
+        self._tensors = []
         self._received = set()
         self._none = set()
         self._stepped = set()
+
+
+def _strided_all(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`grads` itself when every one is strided (checked in C), else each one `_strided`."""
+    if set(map(_LAYOUT, grads)) == {torch.strided}:
+        return grads
+    return [_strided(g) for g in grads]
 
 
 def _strided(grad: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ from .._source import user_line_in_traceback, user_source
 from ..bus import Event
 from ..distributed.dtensor import local_all
 from ..timeline import signal
+from ._param_stats import shared as param_stats
 from ._switch import HookSwitch
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
@@ -306,10 +307,18 @@ class NumericsProbe(Probe):
         check_grads = sampled or self._every_step
         # The gradient probe's norms of these same gradients, when it took them (sampled
         # steps): only the gradients it did not measure get a norm here.
-        shared = ctx.take_grad_norms(opt)
+        taken = param_stats(ctx).take_grad_norms(opt)
         grads: list[torch.Tensor] = []
         names: list[str] = []
         known: list[torch.Tensor] = []
+        if check_grads and taken is not None and taken.complete:
+            # Every gradient this check reads, normed already: one 1-D tensor per device.
+            grad_flags = [torch.isfinite(norms).all() for _, norms in taken.parts]
+            check_grads = False
+            known = [norms for _, norms in taken.parts]
+        else:
+            grad_flags = []
+        shared = taken.by_id() if taken is not None and check_grads else {}
         if check_grads:
             for g in opt.param_groups:
                 for p in g["params"]:
@@ -321,12 +330,11 @@ class NumericsProbe(Probe):
                         grads.append(p.grad)  # normed under no_grad: no detach
                         names.append(ctx.param_names.get(id(p), "?"))
         loss_flags = list(self._loss_flags) if not self._checked else []
-        grad_flags = []
         if grads:
             with torch.no_grad():
                 norms = torch._foreach_norm(local_all(grads))
             known.extend(norms)
-        if known:
+        if known and not grad_flags:
             for dev_norms in _by_device(known):
                 grad_flags.append(torch.isfinite(torch.stack(dev_norms)).all())
         module_vals = self._module_vals if not self._checked else []

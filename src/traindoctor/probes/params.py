@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from operator import itemgetter
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from ..distributed.dtensor import local_all
 from ..timeline import signal
+from ._param_stats import REQUIRES_GRAD, flat_copy, flat_lengths, nbytes, segment_norms, shared
 from .base import AttachContext, Probe, Recorder, by_device
+
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+class _Flat(NamedTuple):
+    """A snapshot as one flat copy (many small CPU tensors) and its segments' lengths."""
+
+    flat: torch.Tensor
+    lengths: torch.Tensor
+
 
 PARAMS_UPDATE = signal(
     "params.update",
@@ -22,11 +34,6 @@ PARAMS_REPLACED = signal(
 # Bytes of parameters copied on a sampled step to measure the update exactly; bigger models
 # measure a subset (the largest tensors first are skipped so that many tensors are covered).
 SNAPSHOT_BYTES = 256 * 2**20
-# Many small tensors on the CPU (thousands of layers): one flat copy and segment norms instead
-# of per-tensor foreach ops, whose CPU fallback pays a dispatch and an allocation per tensor.
-FLAT_MIN_TENSORS = 256
-FLAT_MAX_ELEMENTS = 2**22  # the norms' float64 squares stay under 32 MB
-_FLAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class ParamsProbe(Probe):
@@ -49,10 +56,13 @@ class ParamsProbe(Probe):
         super().__init__()
         self._ids_at_attach: dict[str, int] = {}
         # id(optimizer) -> (names, params, copies) between its pre- and post-step hooks; the
-        # copies: a list of tensors, or one flat tensor (_flat_copy)
+        # copies: a list of tensors, or (one flat copy, the lengths of its segments)
         self._snapshots: dict[int, tuple[list[str], list[torch.Tensor], Any]] = {}
         self._budget_left = SNAPSHOT_BYTES
         self._trainable: int | None = None
+        # The last sampled step's (names, ids, requires_grad) and replaced names (on_pre_step).
+        self._seen: tuple[list[Any], ...] | None = None
+        self._replaced: list[str] = []
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -83,19 +93,33 @@ class ParamsProbe(Probe):
             return  # walking the module tree every step would cost more than the budget
         ctx = self.ctx
         assert ctx is not None
+        current = ctx.named_params()
+        # The same names, tensors and requires_grad flags as at the last sampled step (read in
+        # C): nothing below would change, but the replaced names are recorded again.
+        seen = (
+            list(map(_FIRST, current)),
+            list(map(id, map(_SECOND, current))),
+            list(map(REQUIRES_GRAD, map(_SECOND, current))),
+        )
+        if seen == self._seen:
+            if self._replaced:
+                rec.record(step, PARAMS_REPLACED, list(self._replaced))
+            return
+        self._seen = seen
         # Identity changes: a module whose params were replaced (e.g. `model.head = Linear(...)`).
         replaced = [
             name
-            for name, p in ctx.named_params()
+            for name, p in current
             if name in self._ids_at_attach and self._ids_at_attach[name] != id(p)
         ]
+        self._replaced = replaced
         if replaced:
-            rec.record(step, PARAMS_REPLACED, replaced)
+            rec.record(step, PARAMS_REPLACED, list(replaced))
         inventory = rec.timeline.facts.get("params", {})
-        current = ctx.named_params()
         # Names follow the model as it is now: a replaced tensor loses its name.
         ctx.param_names.clear()
         ctx.param_names.update({id(p): name for name, p in current})
+        shared(ctx).names_version += 1  # the optimizers' held params are named again
         present = set()
         for name, p in current:
             present.add(name)
@@ -127,18 +151,29 @@ class ParamsProbe(Probe):
         if not sampled:
             return
         assert self.ctx is not None
-        names, params = [], []
-        for name, p in self.ctx.optimizer_params(opt):
-            size = p.numel() * p.element_size()
-            if size > self._budget_left:
-                continue
+        held = shared(self.ctx).held(opt)
+        names, params = held.names, held.params
+        size = nbytes(params)
+        if size <= self._budget_left:  # all of them (the usual case): no loop in Python
             self._budget_left -= size
-            names.append(name)
-            params.append(p.detach())
+        else:
+            names, params = [], []
+            for name, p in held.pairs():
+                size = p.numel() * p.element_size()
+                if size > self._budget_left:
+                    continue
+                self._budget_left -= size
+                names.append(name)
+                params.append(p)
         if params:
-            # A copy on the device, no host sync; freed at on_optimizer_post_step.
-            flat = _flat_copy(params)
-            copies = flat if flat is not None else torch._foreach_mul(params, 1)
+            # A copy on the device, no host sync; freed at on_optimizer_post_step. Under
+            # no_grad: the params themselves, no detached view each.
+            lengths = flat_lengths(params)
+            if lengths is not None:
+                copies: Any = _Flat(flat_copy(params), torch.tensor(lengths))
+            else:
+                with torch.no_grad():
+                    copies = torch._foreach_mul(params, 1)
             self._snapshots[id(opt)] = (names, params, copies)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
@@ -204,8 +239,8 @@ class ParamsProbe(Probe):
         rec: Recorder,
     ) -> None:
         names, params, before = snap
-        if isinstance(before, torch.Tensor):
-            self._measure_flat(step, names, params, before, rec)
+        if isinstance(before, _Flat):
+            self._measure_flat(step, names, params, before.flat, before.lengths, rec)
             return
         with torch.no_grad():
             norms = torch._foreach_norm(local_all(before))
@@ -224,41 +259,12 @@ class ParamsProbe(Probe):
         names: list[str],
         params: list[torch.Tensor],
         before: torch.Tensor,
+        lengths: torch.Tensor,
         rec: Recorder,
     ) -> None:
-        lengths = torch.tensor([p.numel() for p in params])
         with torch.no_grad():
-            norms = _segment_norms(before, lengths)
+            norms = segment_norms(before, lengths)
             before.sub_(torch._C._nn.flatten_dense_tensors(params))  # θ_before - θ_after
-            updates = _segment_norms(before, lengths)
+            updates = segment_norms(before, lengths)
         rec.defer(step, PARAMS_NORM, norms, keys=names)
         rec.defer(step, PARAMS_UPDATE, updates, keys=names)
-
-
-def _flat_copy(params: list[torch.Tensor]) -> torch.Tensor | None:
-    """The params copied into one flat tensor, where they are many small CPU tensors of one
-    floating dtype; None otherwise (the per-tensor copies are as cheap there)."""
-    if len(params) < FLAT_MIN_TENSORS:
-        return None
-    dtype = params[0].dtype
-    if dtype not in _FLAT_DTYPES:
-        return None
-    total = 0
-    for p in params:
-        if p.device.type != "cpu" or p.dtype != dtype or p.layout is not torch.strided:
-            return None
-        n = p.numel()
-        if not n:
-            return None
-        total += n
-    if total > FLAT_MAX_ELEMENTS:
-        return None
-    with torch.no_grad():
-        return torch._C._nn.flatten_dense_tensors(params)
-
-
-def _segment_norms(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """||segment|| of each consecutive run of `lengths` elements, as float32 (squares summed in
-    float64: no overflow where the values are finite)."""
-    squares = flat.double().square()
-    return torch.segment_reduce(squares, "sum", lengths=lengths).sqrt().float()
