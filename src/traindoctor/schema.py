@@ -755,6 +755,12 @@ _fact("grads_seen_later", "param -> step its gradient was first seen after attac
 _fact("metric_calls", '"<metric> (<source>)" -> calls seen (sklearn, torchmetrics)', dict[str, int])
 _fact("memory", "how memory is measured: {host_measure, cuda_device}", dict[str, Any])
 _fact("bias_before_norm", "bias param -> the norm layer that cancels it", dict[str, str])
+_fact(
+    "modules_unrun_referenced",
+    "modules forward never ran on the structural steps whose attribute name the forward of "
+    "the module holding them mentions (a branch switched off, not a layer left unused)",
+    list[str],
+)
 _fact("audit", "what can train, per model and component (TD502's table)", dict[str, Any])
 _fact("validation_metrics", "metric names logged inside doc.validating()", list[str])
 _fact(

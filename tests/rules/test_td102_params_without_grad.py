@@ -137,3 +137,27 @@ def test_td102_a_branch_that_got_a_gradient_on_a_later_step_is_not_reported():
     assert_fires("TD102", tl)
     tl.facts["grads_seen_later"] = {"aux.weight": 4}
     assert_silent("TD102", tl)
+
+
+def test_module_the_forward_mentions_but_never_ran_is_info():
+    """PatrickHua/SimSiam's projector built with 3 layers and run with 2 (`proj_layers: 2`,
+    `self.layer2` under an `if`): dead weight, not a training failure, said at info. A layer
+    the forward never mentions (defined and forgotten) stays an error."""
+    mentioned = {"facts": {"modules_unrun_referenced": ["aux"]}}
+    f = assert_fires("TD102", _tl([AUX, AUX], calls=_calls(aux=None), **mentioned))
+    assert f.severity.value == "info" and "never called" in f.cause
+    f = assert_fires("TD102", _tl([AUX, AUX], calls=_calls(aux=None)))
+    assert f.severity.value == "error"
+
+
+def test_nothing_called_gets_a_grad_is_still_an_error():
+    everything = sorted(PARAMS)
+    calls = {"other": {"calls": 1, "grad_enabled": True, "output_requires_grad": True}}
+    mentioned = {"facts": {"modules_unrun_referenced": ["enc", "head", "aux"]}}
+    f = assert_fires("TD102", _tl([everything, everything], calls=calls, **mentioned))
+    assert f.severity.value == "error"
+
+
+def test_module_called_but_left_out_of_the_loss_is_still_an_error():
+    f = assert_fires("TD102", _tl([AUX, AUX, AUX]))
+    assert f.severity.value == "error"

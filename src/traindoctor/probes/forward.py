@@ -5,6 +5,8 @@ Hooks every submodule for the structural steps only (the first few), then remove
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +48,7 @@ def output_facts(output: Any) -> dict[str, Any]:
 class ForwardProbe(Probe):
     name = "forward"
     provides: ClassVar[tuple[str, ...]] = (FORWARD_CALLS,)
-    provides_facts: ClassVar[tuple[str, ...]] = ("bias_before_norm",)
+    provides_facts: ClassVar[tuple[str, ...]] = ("bias_before_norm", "modules_unrun_referenced")
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,6 +61,7 @@ class ForwardProbe(Probe):
         # qual -> the user line of its first call: found once (a stack walk per module per
         # structural step otherwise); the rules read a module's facts from its first step.
         self._sources: dict[str, str | None] = {}
+        self._ran: set[str] = set()  # modules called on any structural step
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -145,6 +148,9 @@ class ForwardProbe(Probe):
         self.flush(step, rec)
         assert self.ctx is not None
         if step >= self.ctx.budget.structural_steps:
+            rec.timeline.facts["modules_unrun_referenced"] = _unrun_referenced(
+                self.ctx.eager_models(), self._ran
+            )
             self.detach()
             self.retired = True
             self._biased.clear()
@@ -152,10 +158,49 @@ class ForwardProbe(Probe):
 
     def flush(self, step: int, rec: Recorder) -> None:
         if self._calls:
+            self._ran.update(self._calls)
             rec.record(step, FORWARD_CALLS, self._calls)
             self._calls = {}
         elif self.handles:
             rec.record(step, FORWARD_CALLS, {})
+
+
+MAX_UNRUN = 200
+
+
+def _unrun_referenced(models: dict[str, torch.nn.Module], ran: set[str]) -> list[str]:
+    """Modules that never ran whose attribute name appears in the forward of the nearest
+    module holding them that has a forward of its own (`self.layer2` under an `if` a config
+    switches off), as opposed to a layer defined and never used (TD102 says the first at info).
+    Read once, when the structural steps end; a forward whose source cannot be read counts as
+    not mentioning it."""
+    out: list[str] = []
+    sources: dict[type, str] = {}
+    for prefix, model in models.items():
+        chain: dict[str, torch.nn.Module] = {}
+        for name, module in model.named_modules():
+            chain[name] = module
+            qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+            if not name or qual in ran or len(out) >= MAX_UNRUN:
+                continue
+            parts = name.split(".")
+            for depth in range(len(parts) - 1, -1, -1):
+                holder = chain.get(".".join(parts[:depth]))
+                forward = type(holder).forward if holder is not None else None
+                if forward is None or forward is torch.nn.Module.forward:
+                    continue  # a ModuleList/ModuleDict: look further up
+                if isinstance(holder, torch.nn.Sequential):
+                    break  # runs every child: a child that never ran was not switched off
+                src = sources.get(type(holder))
+                if src is None:
+                    try:
+                        src = sources[type(holder)] = inspect.getsource(forward)
+                    except (OSError, TypeError):
+                        src = sources[type(holder)] = ""
+                if re.search(rf"\.{re.escape(parts[depth])}\b", src):
+                    out.append(qual)
+                break
+    return out
 
 
 def _has_trainable_bias(module: torch.nn.Module) -> bool:

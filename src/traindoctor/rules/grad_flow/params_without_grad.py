@@ -33,7 +33,14 @@ from ._held_out import got_gradient, held_out_by_design
         "grads.norm",
     ),
     events=("hand_step", "loss_not_differentiable", "optimizer_step"),
-    facts=("copies", "grads_seen_later", "optimizers", "outcome", "params"),
+    facts=(
+        "copies",
+        "grads_seen_later",
+        "modules_unrun_referenced",
+        "optimizers",
+        "outcome",
+        "params",
+    ),
     priority=20,
 )
 def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Iterator[Finding]:
@@ -111,6 +118,17 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     module = label if label in (calls or {}) or len(groups[0][1]) > 1 else label.rsplit(".", 1)[0]
     cause, fix, source = _cause(tl, module, never_sorted, cleared, calls)
     steps = [s for s, _ in observations]
+    severity = None
+    if len(never) < len(trainable) and _never_called(groups, calls, all_names, cleared, tl):
+        # Modules the forward mentions but never ran, while the rest of the model trains: a
+        # branch a config switches off (a 2-layer projector built with 3), dead weight rather
+        # than a training failure: said, not alarmed. A layer the forward never mentions
+        # (defined, forgotten) stays an error.
+        severity = Severity.INFO
+        cause += (
+            "; the forward mentions it in a branch that did not run, and the rest of the "
+            "model receives gradients and trains"
+        )
     yield tl.finding(
         title=f"{len(never)} of {len(trainable)} trainable params had grad None at every "
         f"optimizer step ({describe_groups(groups)})",
@@ -124,7 +142,23 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
         where=Where(module=module, params=tuple(never_sorted), source=source),
         cause=cause,
         fix=fix,
+        severity=severity,
     )
+
+
+def _never_called(groups, calls, all_names, cleared, tl) -> bool:
+    """Every group of params without grad belongs to a module that forward never called but
+    mentions (and no zero_grad between backward and step, no graphless loss explains them)."""
+    if calls is None or (cleared and all(set(n) <= cleared for _, n in groups)):
+        return False
+    if graphless_loss_events(tl):
+        return False
+    referenced = set(tl.fact("modules_unrun_referenced") or ())
+    for label, names in groups:
+        module = label if label in calls or len(names) > 1 else label.rsplit(".", 1)[0]
+        if calls.get(module) is not None or module not in referenced:
+            return False
+    return True
 
 
 def _cause(tl, module, names, cleared, calls):
