@@ -236,9 +236,47 @@ class ScalerListener:
 _scaler_listeners: list[Any] = []
 
 
+def scaler_classes(method: str) -> list[type]:
+    """torch.amp.GradScaler and torch's own subclasses of it loaded now that define `method`
+    themselves: FSDP's ShardedGradScaler overrides scale(), unscale_() and update() without
+    calling GradScaler's, so a patch of the base alone never sees them. (A user's subclass is
+    left alone: its methods may take other arguments.)"""
+    out, todo, seen = [], [torch.amp.GradScaler], set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if method in vars(cls):
+            out.append(cls)
+        todo.extend(c for c in cls.__subclasses__() if c.__module__.startswith("torch."))
+    return out
+
+
+def _outermost(name: str) -> bool:
+    """Enter the wrapper `name` on this thread; False when already inside it (a subclass's
+    method that calls the base's: both are patched, the outer one notifies)."""
+    inside = getattr(_local, "inside", None)
+    if inside is None:
+        inside = _local.inside = set()
+    if name in inside:
+        return False
+    inside.add(name)
+    return True
+
+
+def _left(name: str) -> None:
+    _local.inside.discard(name)
+
+
 def _class_scale_of(scale_fn: Callable[..., Any]) -> Callable[..., Any]:
     def scale(scaler: Any, outputs: Any) -> Any:
-        out = scale_fn(scaler, outputs)
+        if not _outermost("scale"):
+            return scale_fn(scaler, outputs)
+        try:
+            out = scale_fn(scaler, outputs)
+        finally:
+            _left("scale")
         if _scaler_listeners and not compiling():
             _call(note_scaled, out, outputs)
             for listener in list(_scaler_listeners):
@@ -256,13 +294,16 @@ def scaler_stepped(scaler: Any) -> frozenset[int]:
 
 def _class_update_of(update_fn: Callable[..., Any]) -> Callable[..., Any]:
     def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _scaler_listeners or compiling():
+        if not _scaler_listeners or compiling() or not _outermost("update"):
             return update_fn(scaler, *args, **kwargs)
         try:
-            stepped = scaler_stepped(scaler)
-        except Exception:  # noqa: BLE001  (never into the user's update())
-            stepped = frozenset()
-        result = update_fn(scaler, *args, **kwargs)
+            try:
+                stepped = scaler_stepped(scaler)
+            except Exception:  # noqa: BLE001  (never into the user's update())
+                stepped = frozenset()
+            result = update_fn(scaler, *args, **kwargs)
+        finally:
+            _left("update")
         for listener in list(_scaler_listeners):
             _call(listener.updated, scaler, stepped)
         return result
@@ -273,8 +314,8 @@ def _class_update_of(update_fn: Callable[..., Any]) -> Callable[..., Any]:
 SCALER_CLASS = PatchSet(
     "GradScaler.scale/update",
     lambda: (
-        Patch(torch.amp.GradScaler, "scale", _class_scale_of),
-        Patch(torch.amp.GradScaler, "update", _class_update_of),
+        *(Patch(cls, "scale", _class_scale_of) for cls in scaler_classes("scale")),
+        *(Patch(cls, "update", _class_update_of) for cls in scaler_classes("update")),
     ),
 )
 
@@ -358,7 +399,12 @@ def _clip_wrapper(name: str, original: Callable[..., Any], arg: str) -> Callable
 
 def _unscale_of(unscale_fn: Callable[..., Any]) -> Callable[..., Any]:
     def unscale_(scaler: Any, optimizer: Any) -> Any:
-        result = unscale_fn(scaler, optimizer)
+        if not _outermost("unscale_"):
+            return unscale_fn(scaler, optimizer)
+        try:
+            result = unscale_fn(scaler, optimizer)
+        finally:
+            _left("unscale_")
         for listener in list(_amp_listeners):
             _call(listener.unscaled, scaler, optimizer)
         return result
@@ -402,8 +448,11 @@ def _amp_patches() -> list[Patch]:
             for owner in (clip_grad, nn_utils)
             if owner.__dict__.get(fn_name) is not None
         ]
-    cls = torch.amp.GradScaler
-    return [*patches, Patch(cls, "unscale_", _unscale_of), Patch(cls, "step", _step_of)]
+    return [
+        *patches,
+        *(Patch(cls, "unscale_", _unscale_of) for cls in scaler_classes("unscale_")),
+        *(Patch(cls, "step", _step_of) for cls in scaler_classes("step")),
+    ]
 
 
 AMP = PatchSet("clip functions and GradScaler.unscale_/step", _amp_patches)
