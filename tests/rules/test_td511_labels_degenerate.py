@@ -13,6 +13,13 @@ def test_one_based_labels():
     assert "1-based" in f.title
 
 
+def test_class_0_as_the_ignore_index_is_padding_not_one_based_labels():
+    """A language model's targets padded with id 0 and `ignore_index=0`: the probe masks the
+    padding out, so class 0 never occurs among the counted labels, by design."""
+    padded = {**CE, "options": {"ignore_index": 0, "reduction": 1}}
+    assert_silent("TD511", site_timeline(padded, {}, labels=_hist([0, 8, 8, 8, 8])))
+
+
 def test_all_labels_identical():
     assert_fires("TD511", site_timeline(CE, {}, labels=_hist([0, 0, 32, 0, 0])))
 

@@ -218,7 +218,15 @@ def _from_histogram(
             "filter that kept one class, labels overwritten in the loop)",
             confidence=0.9,
         )
-    if classes >= 3 and totals[0] == 0 and totals[classes - 1] > 0 and len(used) == classes - 1:
+    # Class 0 as the loss's ignore_index (padding): never a label by design.
+    pad = (site.facts.get("options") or {}).get("ignore_index") == 0
+    if (
+        classes >= 3
+        and not pad
+        and totals[0] == 0
+        and totals[classes - 1] > 0
+        and len(used) == classes - 1
+    ):
         return tl.finding(
             title=f"class 0 of {classes} outputs is never used by the {int(seen)} labels fed "
             f"to `{site.fn}` at {site.source}: labels are 1..{classes - 1} (1-based)",
