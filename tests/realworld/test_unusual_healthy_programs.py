@@ -7,7 +7,9 @@ straight-through VQ-VAE with an EMA codebook, spectral-norm GAN, orthogonal para
 SparseAdam, LBFGS, SWA, EMA by _foreach_lerp_, QAT, channels_last, complex weights, unfreezing
 with add_param_group, two optimizers on a shared trunk, distillation, InfoNCE, label smoothing,
 focal and CTC losses, negative log-likelihoods, a normalizing flow, REINFORCE, a GP fitted with
-LBFGS, clipping by value, accumulation, zero_grad(set_to_none=False), torch.compile). Each runs
+LBFGS, clipping by value, accumulation, zero_grad(set_to_none=False), YOLOv5-style loss
+accumulators, a gradient reversal layer, a warmup from lr 0, frozen BatchNorm, tied embeddings
+with padding, SGD written by hand, a DQN target network, torch.compile). Each runs
 under `td.watch` (a few also under the zero-code hooks of `traindoctor run`, in this process) and
 must: train (its loss falls, or its own measure of progress improves) exactly as it does
 without traindoctor (the same losses, bit for bit), record no internal error, and get no
@@ -921,6 +923,190 @@ def compiled_model(attach: Attach) -> dict[str, Any]:
     return {"losses": losses}
 
 
+# -- 7. more styles ------------------------------------------------------------------------------
+class _GradReverse(torch.autograd.Function):
+    """Identity forward, gradient times -lambda backward (DANN's gradient reversal layer)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lam: float) -> torch.Tensor:
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.lam * grad, None
+
+
+def dann_gradient_reversal(attach: Attach) -> dict[str, Any]:
+    """Domain-adversarial training: a gradient reversal layer between the features and a domain
+    classifier (the features are pushed to *raise* the domain loss), lambda ramped up."""
+    feat = nn.Sequential(nn.Linear(10, 32), nn.ReLU())
+    cls = nn.Linear(32, 3)
+    dom = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 1))
+    model = nn.ModuleDict({"feat": feat, "cls": cls, "dom": dom})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = _gen()
+    domains = torch.cat([torch.zeros(64), torch.ones(64)])
+    losses = []
+    with attach(model, opt):
+        for step in range(100):
+            xs = torch.randn(64, 10, generator=g)
+            xt = torch.randn(64, 10, generator=g) * 1.5 + 0.5
+            hs, ht = feat(xs), feat(xt)
+            lam = 2 / (1 + math.exp(-10 * step / 100)) - 1
+            d = dom(_GradReverse.apply(torch.cat([hs, ht]), lam)).squeeze(1)
+            cl = F.cross_entropy(cls(hs), xs[:, :3].argmax(1))
+            loss = cl + F.binary_cross_entropy_with_logits(d, domains)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(cl.item())
+    return {"losses": losses}
+
+
+def warmup_from_zero(attach: Attach) -> dict[str, Any]:
+    """LambdaLR: a linear warmup whose first lr is exactly 0 (step / warmup), then cosine."""
+    model = nn.Sequential(nn.Linear(12, 64), nn.GELU(), nn.Linear(64, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    warm, total = 10, 80
+
+    def factor(s: int) -> float:
+        return s / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    g = _gen()
+    losses = []
+    with attach(model, opt):
+        for _ in range(total):
+            x = torch.randn(64, 12, generator=g)
+            loss = F.cross_entropy(model(x), (x[:, :4] + 0.5 * x[:, 4:8]).argmax(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return {"losses": losses, "k": 8}
+
+
+def frozen_batchnorm_finetune(attach: Attach) -> dict[str, Any]:
+    """Detection-style fine-tuning: the backbone's BatchNorm layers frozen (requires_grad off,
+    out of the optimizer) and put back in eval() after every model.train()."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    )  # fmt: skip
+    g = _gen()
+    with torch.no_grad():  # "pretrained" statistics
+        for _ in range(5):
+            model(torch.randn(32, 3, 8, 8, generator=g))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.requires_grad_(False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
+    x = torch.randn(256, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + (x[:, 1].mean((1, 2)) > 0).long()
+    losses = []
+    with attach(model, opt):
+        for step in range(80):
+            model.train()
+            for bn in bns:
+                bn.eval()
+            i = (step * 32) % 256
+            loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return {"losses": losses, "k": 8}
+
+
+def tied_embeddings_lm(attach: Attach) -> dict[str, Any]:
+    """A GRU language model whose output layer is tied to its input embedding (padding_idx=0),
+    the targets padded with 0 and cross_entropy(ignore_index=0)."""
+    vocab, dim = 30, 32
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+            self.rnn = nn.GRU(dim, dim, batch_first=True)
+            self.out = nn.Linear(dim, vocab, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.rnn(self.emb(x))[0])
+
+    model = LM()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    g = _gen()
+    losses = []
+    with attach(model, opt):
+        for _ in range(80):
+            lens = torch.randint(4, 12, (32,), generator=g)
+            start = torch.randint(1, vocab, (32,), generator=g)
+            seq = (start[:, None] + torch.arange(12)[None]) % (vocab - 1) + 1  # counting
+            seq[torch.arange(12)[None] >= lens[:, None]] = 0
+            logits = model(seq[:, :-1])
+            loss = F.cross_entropy(
+                logits.reshape(-1, vocab), seq[:, 1:].reshape(-1), ignore_index=0
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return {"losses": losses}
+
+
+def handwritten_sgd_momentum(attach: Attach) -> dict[str, Any]:
+    """No torch optimizer (td.watch(model)): SGD with momentum and weight decay written by hand
+    under no_grad, the gradients zeroed in place with p.grad.zero_()."""
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 1))
+    bufs = [torch.zeros_like(p) for p in model.parameters()]
+    g = _gen()
+    w = torch.randn(6, 1, generator=g)
+    losses = []
+    with attach(model):
+        for _ in range(100):
+            x = torch.randn(64, 6, generator=g)
+            loss = F.mse_loss(model(x), torch.sin(x @ w))
+            loss.backward()
+            with torch.no_grad():
+                for p, b in zip(model.parameters(), bufs):
+                    b.mul_(0.9).add_(p.grad + 1e-4 * p)
+                    p.sub_(0.05 * b)
+                    p.grad.zero_()
+            losses.append(loss.item())
+    return {"losses": losses}
+
+
+def dqn_target_network(attach: Attach) -> dict[str, Any]:
+    """DQN on a chain MDP: a target network synced with load_state_dict every 20 steps, the
+    Huber loss against r + gamma * max Q_target computed under no_grad."""
+    q = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
+    target = copy.deepcopy(q)
+    opt = torch.optim.Adam(q.parameters(), lr=3e-3)
+    g = _gen()
+    losses = []
+    with attach(q, opt):
+        for step in range(120):
+            s = torch.randint(0, 6, (64,), generator=g)
+            a = torch.randint(0, 2, (64,), generator=g)
+            s2 = (s + 2 * a - 1).clamp(0, 5)
+            r = (s2 == 5).float()
+            qs = q(F.one_hot(s, 6).float()).gather(1, a[:, None]).squeeze(1)
+            with torch.no_grad():
+                y = r + 0.9 * (1 - r) * target(F.one_hot(s2, 6).float()).max(1).values
+            loss = F.smooth_l1_loss(qs, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if step % 20 == 19:
+                target.load_state_dict(q.state_dict())
+    return {"losses": losses, "k": 10}
+
+
 # -- the checks --------------------------------------------------------------------------------------
 FAST = [
     vmap_ensemble,
@@ -947,6 +1133,12 @@ FAST = [
     reinforce_with_baseline,
     accumulation_no_sync_clip_value,
     detector_loss_accumulators,
+    dann_gradient_reversal,
+    warmup_from_zero,
+    frozen_batchnorm_finetune,
+    tied_embeddings_lm,
+    handwritten_sgd_momentum,
+    dqn_target_network,
 ]
 SLOW = [compiled_model]
 # also run under the zero-code hooks of `traindoctor run` (models and optimizers found alone)
@@ -958,6 +1150,8 @@ ZERO_CODE = [
     gp_lbfgs,
     distillation_kl,
     detector_loss_accumulators,
+    handwritten_sgd_momentum,
+    dqn_target_network,
 ]
 # A running sum started from a tensor without graph (`total = torch.zeros(())`, YOLOv5's
 # `lbox = torch.zeros(1); lbox += ...`) has an add with a None input in the graph, as a detached
