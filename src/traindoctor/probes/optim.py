@@ -103,10 +103,15 @@ class OptimProbe(Probe):
             self._last_layout = (held, stale)
             rec.event(ctx.state.step, "optimizer_layout", held=held, stale=stale)
         self._layout = _layout(ctx.optimizers)
-        # One optimizer: on_after_backward returns at once (the step clock is its activity),
-        # so the bus leaves it out of unsampled steps; a second one (zero-code mode finds
-        # optimizers late) puts it back.
-        only = frozenset({"on_after_backward"}) if len(ctx.optimizers) < 2 else frozenset()
+        # One optimizer: on_after_backward returns at once (the step clock is its activity)
+        # and on_post_step counts its step, so the bus leaves both per-optimizer handlers out
+        # of unsampled steps (one place less where our code runs after torch's optimizer
+        # step); a second one (zero-code mode finds optimizers late) puts them back.
+        only = (
+            frozenset({"on_after_backward", "on_optimizer_post_step"})
+            if len(ctx.optimizers) < 2
+            else frozenset()
+        )
         if only != self.sampled_only:
             self.sampled_only = only
             ctx.bus.refresh()
@@ -114,8 +119,9 @@ class OptimProbe(Probe):
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         ctx = self.ctx
         assert ctx is not None
-        replaced = rec.timeline.get(step, "params.replaced")
-        if sampled and (replaced or _layout(ctx.optimizers) != self._layout):
+        if sampled and (
+            rec.timeline.get(step, "params.replaced") or _layout(ctx.optimizers) != self._layout
+        ):
             # optimizer.add_param_group() after the structural steps (progressive unfreezing),
             # or model params replaced mid-run: describe again, or the added params would look
             # held by no optimizer (TD103) and the replaced ones would go unnoticed (TD111).
@@ -145,6 +151,9 @@ class OptimProbe(Probe):
 
     def on_post_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         rec.record(step, OPTIM_STEP, 1)
+        ctx = self.ctx
+        if ctx is not None and len(ctx.optimizers) == 1:
+            self._stepped(0, step, rec)  # the one optimizer's step (see on_optimizer_post_step)
 
     # -- which optimizers step, and which get gradients they never apply -------------------
     def _slot(self, oi: int) -> dict[str, int]:
@@ -161,12 +170,13 @@ class OptimProbe(Probe):
         ctx = self.ctx
         assert ctx is not None
         optimizers = ctx.optimizers
-        if optimizers and optimizers[0] is opt:
-            oi: int | None = 0  # the usual case, without a generator per step
-        else:
-            oi = next((i for i, o in enumerate(optimizers) if o is opt), None)
-        if oi is None:
-            return
+        if len(optimizers) == 1:
+            return  # one optimizer: its step is the primary step, counted in on_post_step
+        oi = next((i for i, o in enumerate(optimizers) if o is opt), None)
+        if oi is not None:
+            self._stepped(oi, step, rec)
+
+    def _stepped(self, oi: int, step: int, rec: Recorder) -> None:
         slot = self._activity[oi] if oi < len(self._activity) else self._slot(oi)
         slot["steps"] += 1
         slot["max_pending"] = max(slot["max_pending"], slot["pending"])
