@@ -141,3 +141,32 @@ def test_td104_exact_zero_gradient_on_part_of_the_model_is_info():
     f = assert_fires("TD104", _td104(updates, grads))
     assert f.severity is Severity.INFO
     assert "batches seen" in f.cause
+
+
+def test_a_group_built_with_lr_zero_beside_groups_that_train_is_info():
+    """`AdamW([{"params": backbone, "lr": 0.0}, {"params": head}])`: a freeze written as a
+    param group. The same group while nothing else trains, or set to 0 by a schedule, is
+    still the error."""
+    names = ["backbone.weight", "head.weight"]
+    steps = {
+        s: {
+            "params.update": {"backbone.weight": 0.0, "head.weight": 1e-3},
+            "grads.norm": dict.fromkeys(names, 0.5),
+            "optim.lr": {"opt0/group0": 0.0, "opt0/group1": 3e-3},
+            "optim.step": 1,
+        }
+        for s in (1, 2, 3)
+    }
+
+    def tl(initial_lr=None):
+        opt = optimizer_facts(["backbone.weight"], ["head.weight"], lr=[0.0, 3e-3])
+        opt["groups"][0]["initial_lr"] = initial_lr
+        return make_timeline(params=names, optimizers=[opt], steps=steps)
+
+    f = assert_fires("TD104", tl())
+    assert f.severity == Severity.INFO and "frozen by its learning rate" in f.cause
+    assert assert_fires("TD104", tl(initial_lr=0.1)).severity == Severity.ERROR
+    alone = {s: {**v, "params.update": dict.fromkeys(names, 0.0)} for s, v in steps.items()}
+    opt = optimizer_facts(["backbone.weight"], ["head.weight"], lr=[0.0, 3e-3])
+    f = assert_fires("TD104", make_timeline(params=names, optimizers=[opt], steps=alone))
+    assert f.severity == Severity.ERROR

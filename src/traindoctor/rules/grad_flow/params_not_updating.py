@@ -70,7 +70,9 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     gradient (a clamped loss, TD107; a blocking op, TD301).
 
     A warmup that starts at lr 0 is not reported: the params must stay unchanged at every
-    observed step (at least `min_steps`), and warmups move them from the second step on.
+    observed step (at least `min_steps`), and warmups move them from the second step on. A
+    param group built with lr=0 (and kept there) while other groups train is a freeze written
+    as a param group: info.
 
     In a loop that updates the weights by hand (no torch optimizer), the update is measured
     the same way around the hand-written write (copied after the step's first backward,
@@ -123,11 +125,23 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
         cause=cause,
         fix=fix,
     )
+    moved = {n for _, upd in updates for n, v in upd.items() if v > 0.0}
+    if zero_lr and moved and _frozen_by_lr(tl, zero_lr, names):
+        # `{"params": backbone.parameters(), "lr": 0.0}` beside groups that train: a freeze
+        # written as a param group, not a schedule that lost the lr.
+        finding = replace(
+            finding,
+            severity=Severity.INFO,
+            cause=f"{', '.join(sorted(zero_lr))} was built with lr=0 and kept it at every "
+            f"observed step while {len(moved)} params of other groups changed: a group frozen "
+            "by its learning rate",
+            fix="nothing, if that group is meant to stay fixed (requires_grad_(False) also saves "
+            "its gradients); otherwise give the group a positive lr",
+        )
     if grad_zero and not zero_lr:
         # The step did its job on a zero gradient: the root cause is upstream, in the loss or
         # the gradient path (TD107 loss-constant, TD3xx), so rank this finding after those.
         finding = replace(finding, priority=CONSEQUENCE_PRIORITY)
-        moved = {n for _, upd in updates for n, v in upd.items() if v > 0.0}
         if moved:
             # Reached by backward (the gradient is a tensor of zeros, not None) while the
             # rest of the model trains: the batches seen gave them no signal (a head whose
@@ -206,6 +220,20 @@ def _group_lrs(tl: TimelineView, names: list[str], steps: list[int]) -> dict[str
     ]
     lr_series = dict(tl.series("optim.lr"))
     return {g: [lr_series.get(s, {}).get(g) for s in steps if s in lr_series] for g in groups}
+
+
+def _frozen_by_lr(tl: TimelineView, zero_lr: set[str], names: list[str]) -> bool:
+    """Every unchanged param sits in a group built with lr 0 (its lr when watched, and its
+    scheduler's base lr when there is one)."""
+    held: set[str] = set()
+    for opt in tl.fact("optimizers") or []:
+        for g in opt["groups"]:
+            if g["id"] not in zero_lr:
+                continue
+            if g.get("lr") != 0 or g.get("initial_lr") not in (None, 0):
+                return False
+            held |= {n for n in g["params"] if n}
+    return set(names) <= held
 
 
 def _group_initial(tl: TimelineView, gid: str) -> float | None:
