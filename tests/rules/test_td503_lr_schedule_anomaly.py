@@ -109,3 +109,60 @@ def test_healthy_schedules_are_silent():
 
 def test_too_few_steps_is_silent():
     assert_silent("TD503", _tl([0.0] * 4))
+
+
+# -- StepLR sized in epochs, stepped per batch, on a run too short for the lr to collapse --------
+def _loader(n=1216, batch=32, **over):
+    return {
+        "kind": "data_loader",
+        "step": 1,
+        "name": "train_iter",
+        "batch_size": batch,
+        "dataset_len": n,
+        "drop_last": False,
+        **over,
+    }
+
+
+def _step_lr(steps, size=10, gamma=0.95, per_batch=True, loaders=None, passes=1, epoch=38):
+    lrs = [1e-3 * gamma ** (i // size if per_batch else i // epoch) for i in range(steps)]
+    sched = [1] * steps if per_batch else [1 if i % epoch == epoch - 1 else 0 for i in range(steps)]
+    loaders = [_loader()] if loaders is None else loaders
+    events = [_sched("StepLR", step_size=size, gamma=gamma), *loaders]
+    tl = _tl(lrs, events=events, sched_steps=sched)
+    for s in range(1, steps + 1):
+        tl.record(s, "backward.count", passes)
+    return tl
+
+
+def test_step_lr_decaying_within_every_epoch_is_a_warning():
+    # hazdzz/stgcn#18: StepLR(step_size=10, gamma=0.95) per batch, 3 epochs of 38 batches
+    f = assert_fires("TD503", _step_lr(114))
+    assert f.severity.value == "warning"
+    case = f.evidence["cases"][0]
+    assert case["kind"] == "step_per_batch" and case["decays_per_epoch"] == 3.8
+    assert case["lr_after_first_epoch"] == 1e-3 * 0.95**3
+    assert case["lr_last"] == 1e-3 * 0.95**11
+    assert "3.8 times an epoch of 38 steps" in f.title and "once per epoch" in f.fix
+
+
+def test_step_lr_decaying_once_or_so_an_epoch_is_info():
+    f = assert_fires("TD503", _step_lr(114, size=25))
+    assert f.severity.value == "info" and f.evidence["cases"][0]["decays_per_epoch"] == 1.52
+
+
+def test_an_epoch_counts_optimizer_steps_under_accumulation():
+    # 38 batches, 2 backward passes a step: 19 optimizer steps an epoch, 1.9 decays
+    f = assert_fires("TD503", _step_lr(60, passes=2))
+    assert f.severity.value == "info" and f.evidence["cases"][0]["epoch_steps"] == 19
+
+
+def test_step_lr_per_batch_that_cannot_be_told_is_silent():
+    assert_silent("TD503", _step_lr(60))  # under two epochs: a run sized in steps
+    assert_silent("TD503", _step_lr(114, size=38))  # a step_size of an epoch or more
+    assert_silent("TD503", _step_lr(114, per_batch=False))  # stepped once per epoch
+    # loaders of two lengths (which one the loop iterates is not known), or of no length
+    two = [_loader(), _loader(n=640)]
+    assert_silent("TD503", _step_lr(114, loaders=two))
+    assert_silent("TD503", _step_lr(114, loaders=[_loader(batch=None)]))
+    assert_silent("TD503", _step_lr(114, loaders=[]))

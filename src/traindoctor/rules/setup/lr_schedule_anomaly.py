@@ -6,6 +6,7 @@ every part of this rule: probes, scenarios, real-run tests, docs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from .._util import optimizer_source
 # LR trace points kept in the evidence: enough to see the shape, small in findings.json.
 TRACE_POINTS = 24
 _NOT_EVIDENCE = ("severity", "text", "title", "scheduler")
+_RANK = {"error": 0, "warning": 1, "info": 2}
 
 
 @rule(
@@ -26,8 +28,8 @@ _NOT_EVIDENCE = ("severity", "text", "title", "scheduler")
     severity=Severity.WARNING,
     summary="The learning rate is 0 or collapsed for most of the run, or the scheduler "
     "runs ahead of the optimizer (sized in epochs, stepped per batch).",
-    requires=("optim.lr", "optim.step", "schedule.steps", "amp.skipped"),
-    events=("lr_scheduler",),
+    requires=("optim.lr", "optim.step", "schedule.steps", "amp.skipped", "backward.count"),
+    events=("lr_scheduler", "data_loader"),
     facts=("optimizers",),
     priority=35,
     state=lambda: ScheduleScan(),
@@ -51,7 +53,10 @@ def lr_schedule_anomaly(
     - a `CosineAnnealingLR` stepped at least 2·T_max times: past T_max the cosine climbs back
       up, so the lr cycles (T_max given in epochs, stepped per batch);
     - a scheduler stepped more often than its optimizer (`scheduler.step()` inside the
-      micro-batch loop of gradient accumulation, or on the steps a GradScaler skipped).
+      micro-batch loop of gradient accumulation, or on the steps a GradScaler skipped);
+    - a `StepLR` stepped at every optimizer step whose `step_size` is a fraction of an epoch of
+      the loader the loop iterates, over two epochs or more: it decays several times within
+      every epoch (`step_size` counted in epochs, stepped per batch), before the lr collapses.
 
     ## Why it matters
     The loss curve looks like a slow or stalled training, not like a schedule bug. An
@@ -64,7 +69,11 @@ def lr_schedule_anomaly(
     `LRScheduler.step` is wrapped process-wide while a doctor is attached, so each scheduler
     of a watched optimizer is seen with its class, its settings (`step_size`, `milestones`,
     `T_max`, ...) and the line that steps it, and its `step()` calls are counted against the
-    optimizer's steps. The constructor's own initial `step()` is not counted.
+    optimizer's steps. The constructor's own initial `step()` is not counted. An epoch's
+    length is the iterated DataLoader's batches (its dataset's length over its batch size)
+    divided by the backward passes of an optimizer step; a StepLR is judged on it only when
+    one such length is known and the run covered two of them (a warning at two decays or more
+    an epoch, info below).
 
     ## Example
     ```python
@@ -98,14 +107,18 @@ def lr_schedule_anomaly(
         case = _judge_trace(gid, trace, min_steps, most, collapse_ratio)
         if case:
             cases.append(case)
+    epoch = None
     for sched in schedulers:
         n = sched_steps.get(sched.get("key"), 0)
         case = _judge_scheduler(sched, n, opt_steps, skipped, extra_share)
+        if case is None and sched.get("cls") == "StepLR":
+            epoch = epoch or _epoch_steps(tl)
+            case = _judge_step_lr_per_batch(tl, sched, n, opt_steps, epoch, traces)
         if case:
             cases.append(case)
     if not cases:
         return
-    cases.sort(key=lambda c: (c["severity"] != "error", c["step"]))
+    cases.sort(key=lambda c: (_RANK[c["severity"]], c["step"]))
     first = cases[0]
     gid = first.get("group") or _group_of(tl, first.get("optimizer"))
     sched = first.get("scheduler") or _scheduler_of(schedulers, gid)
@@ -129,7 +142,7 @@ def lr_schedule_anomaly(
         where=Where(source=source),
         cause="; ".join(c["text"] for c in cases),
         fix=_fix(first),
-        severity=Severity.ERROR if first["severity"] == "error" else Severity.WARNING,
+        severity=Severity(first["severity"]),
     )
 
 
@@ -320,12 +333,105 @@ def _judge_scheduler(
     }
 
 
+def _epoch_steps(tl: TimelineView) -> tuple[float | None, int | None]:
+    """(optimizer steps an epoch, batches an epoch) of the DataLoader the training loop
+    iterates, when the loaders seen (those iterated by the first training steps) agree on
+    one length; the backward passes of the first steps divide it (gradient accumulation)."""
+    lengths = set()
+    for e in tl.events("data_loader"):
+        n, b = e.get("dataset_len"), e.get("batch_size")
+        if not isinstance(n, int) or not isinstance(b, int) or n <= 0 or b <= 0:
+            return None, None  # a loader of unknown length (a batch sampler, an iterable)
+        lengths.add(n // b if e.get("drop_last") else -(-n // b))
+    if len(lengths) != 1:
+        return None, None
+    batches = lengths.pop()
+    counts = [tl.at("backward.count", s) for s in (1, 2, 3)]
+    counts = [c for c in counts if isinstance(c, int | float) and c >= 1]
+    passes = sorted(counts)[len(counts) // 2] if counts else 1
+    return batches / passes, batches
+
+
+def _judge_step_lr_per_batch(
+    tl: TimelineView,
+    sched: dict[str, Any],
+    n: int,
+    opt_steps: int,
+    epoch: tuple[float | None, int | None],
+    traces: dict[str, Trace],
+) -> dict[str, Any] | None:
+    """A StepLR stepped with every optimizer step whose step_size is a fraction of an epoch:
+    measured, the scheduler's steps against the optimizer's, the epoch's length from the
+    loader, and the lr at the start, at the end of the first epoch and at the last step."""
+    per_epoch, batches = epoch
+    settings = sched.get("settings") or {}
+    size, gamma = settings.get("step_size"), settings.get("gamma")
+    if per_epoch is None or not isinstance(size, int) or size < 1:
+        return None
+    if not isinstance(gamma, int | float) or not 0 < gamma < 1:
+        return None
+    if sched.get("optimizer") != "opt0" or opt_steps < 2 * per_epoch:
+        return None  # fewer than two epochs: a run that may be sized in steps
+    if abs(n - opt_steps) > max(1, 0.05 * opt_steps) or size >= per_epoch:
+        return None  # not stepped once a step, or decays less than once an epoch
+    gid = f"{sched['optimizer']}/group0"
+    first_step = sched.get("step") or 1
+    start = _lr_at(tl, gid, first_step)
+    end_first = _lr_at(tl, gid, first_step + int(per_epoch) - 1)
+    last = traces[gid].final if gid in traces else None
+    if start is None or end_first is None or last is None or not start > 0:
+        return None
+    if end_first >= start * (1 - 1e-9):
+        return None  # the lr did not fall within the first epoch: not what is judged
+    decays = per_epoch / size
+    epochs = opt_steps / per_epoch
+    per_epoch_factor = gamma**decays
+    to_1pc = math.log(0.01) / math.log(per_epoch_factor) if per_epoch_factor < 1 else None
+    name = f"StepLR(step_size={size}, gamma={gamma:g})"
+    return {
+        "kind": "step_per_batch",
+        "scheduler": sched,
+        "severity": "warning" if decays >= 2 else "info",
+        "step": first_step + size,
+        "step_size": size,
+        "gamma": gamma,
+        "scheduler_steps": n,
+        "optimizer_steps": opt_steps,
+        "epoch_steps": per_epoch,
+        "epoch_batches": batches,
+        "decays_per_epoch": round(decays, 2),
+        "lr_start": start,
+        "lr_after_first_epoch": end_first,
+        "lr_last": last,
+        "title": f"{name} is stepped at every optimizer step, {decays:.2g} times an epoch of "
+        f"{per_epoch:g} steps: the lr fell {start:.3g} -> {end_first:.3g} within the first "
+        f"epoch and to {last:.3g} ({last / start:.2g}x) over {epochs:.3g} epochs",
+        "text": f"{name} was stepped {n} times for {opt_steps} optimizer steps ({epochs:.3g} "
+        f"epochs of {per_epoch:g}): a step_size of {size} counted in steps is a fraction of an "
+        f"epoch, so the lr is multiplied by {per_epoch_factor:.3g} every epoch"
+        + (f" and is 1% of its start after {to_1pc:.3g} epochs" if to_1pc else "")
+        + " (step_size sized in epochs, scheduler.step() in the batch loop?)",
+    }
+
+
+def _lr_at(tl: TimelineView, gid: str, step: int) -> float | None:
+    lrs = tl.at("optim.lr", step)
+    lr = (lrs or {}).get(gid) if isinstance(lrs, dict) else None
+    return float(lr) if isinstance(lr, int | float) else None
+
+
 def _fix(case: dict[str, Any]) -> str:
     kind = case["kind"]
     if kind == "zero":
         return (
             "give the group a positive lr: check the scheduler's lambda (use float arithmetic, "
             "min(1.0, (step + 1) / warmup)) and the lr passed to the optimizer"
+        )
+    if kind == "step_per_batch":
+        return (
+            "call scheduler.step() once per epoch, after the batch loop, as step_size counts "
+            f"epochs; or size it in steps: StepLR(step_size={case['step_size']} * "
+            "len(train_loader))"
         )
     if kind == "ahead_of_optimizer":
         return (
