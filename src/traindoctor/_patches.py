@@ -532,7 +532,20 @@ def _data_set(self: torch.Tensor, value: Any) -> None:
             watch.assigned.add(id(self))
 
 
-DATA = Patch(torch.Tensor, "data", lambda _: property(_data_get, _data_set, doc=_DATA.__doc__))
+# Frames of the `.data` property: the torch call under one is the caller's own `.data` read
+# (what the cut tracker attributes to the user's line), not a call traindoctor makes.
+DATA_CODES = frozenset({_data_get.__code__, _data_set.__code__})
+
+
+class _DataProperty(property):
+    """`Tensor.data` as a Python property, named "data" as torch's own descriptor is: a
+    TorchFunctionMode sees a `.data` read as `__get__` of this object, and the cut tracker
+    (probes/cuts.py) and a user's mode tell `.data` from other property reads by that name."""
+
+    __name__ = "data"
+
+
+DATA = Patch(torch.Tensor, "data", lambda _: _DataProperty(_data_get, _data_set, doc=_DATA.__doc__))
 
 
 def add_data_watch(watch: DataWatch) -> None:

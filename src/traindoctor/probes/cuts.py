@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .. import _mode_stack, _source
+from .. import _mode_stack, _patches, _source
 
 # How a gradient was cut, by origin kind. TD302 reports the first group (the value was
 # detached on purpose or by accident), TD301 the second (an op without a derivative); the
@@ -86,7 +86,9 @@ def _caller() -> tuple[str, int] | tuple[str] | None:
         if frame is None:
             return None
         name = frame.f_code.co_filename
-        if name not in _PASS_ON and not name.startswith(_TORCH_DIR):
+        if frame.f_code in _patches.DATA_CODES:
+            pass  # traindoctor's `.data` property: the read is the caller's
+        elif name not in _PASS_ON and not name.startswith(_TORCH_DIR):
             if _source.is_user_file(name):
                 return name, frame.f_lineno
             if name.startswith(_PKG_DIR):
