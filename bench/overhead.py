@@ -9,8 +9,12 @@ time spent in traindoctor's hooks per 20-step window, and the sampling interval 
 `--calls` prints instead the load-independent figure of issue 15: the Python calls (function
 and builtin calls, `sys.setprofile`) of one unsampled step after step 60, median over 200
 steps, plain and watched; run it on an export of another commit (PYTHONPATH=<export>/src) for
-a before/after.
-Usage: python bench/overhead.py [--steps 200] [--rounds 12] [--long 1500] [--calls]
+a before/after. `--entries` prints the other load-independent figure: the places where
+traindoctor's code runs on an unsampled step (each call from torch's or the user's code into
+the package: a module hook, an optimizer hook, a patched function, doc.log), per entry point,
+per step. In situ each entry costs more than its calls (the first code to run after one of
+torch's heavy phases finds a cold cache), so fewer entries is the lever calls are not.
+Usage: python bench/overhead.py [--steps 200] [--rounds 12] [--long 1500] [--calls] [--entries]
 """
 
 from __future__ import annotations
@@ -74,8 +78,14 @@ def main() -> None:
         "--long", type=int, default=1500, help="steps of the steady-state run (0: skip)"
     )
     ap.add_argument("--calls", action="store_true", help="count Python calls per unsampled step")
+    ap.add_argument(
+        "--entries", action="store_true", help="list the entries into traindoctor per step"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.entries:
+        count_entries()
+        return
     if args.calls:
         plain_calls, watched_calls = count_calls(False), count_calls(True)
         print(
@@ -160,6 +170,61 @@ def count_calls(watched: bool, steps: int = 260, after: int = 60) -> float:
         if doc is not None:
             doc.close()
     return statistics.median(per_step)
+
+
+def count_entries(steps: int = 260, after: int = 60) -> None:
+    """Each call into the package from outside it (its caller's frame is not the package's), on
+    unsampled steps after `after` that are neither read-back nor pass steps: per entry point."""
+    import collections
+    import os
+
+    package = os.path.dirname(td.__file__)
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.randn(64, 256, generator=g), torch.randint(0, 10, (64,), generator=g))
+        for _ in range(16)
+    ]
+    entries: collections.Counter[str] = collections.Counter()
+    per_step: list[int] = []
+    n = [0]
+
+    def profile(frame, event, _arg):
+        if event != "call" or not frame.f_code.co_filename.startswith(package):
+            return
+        back = frame.f_back
+        if back is None or not back.f_code.co_filename.startswith(package):
+            code = frame.f_code
+            where = os.path.relpath(code.co_filename, package)
+            entries[f"{where}:{code.co_firstlineno} {code.co_qualname}"] += 1
+            n[0] += 1
+
+    with tempfile.TemporaryDirectory() as out:
+        doc = td.watch(model, opt, out_dir=out, console=False)
+        for i in range(steps):
+            x, y = data[i % len(data)]
+            # Neither sampled, nor a read-back step (every 25th), nor one a pass may run at.
+            on = i >= after and not doc.budget.sampled(doc.step) and doc.step % 25 != 0
+            n[0] = 0
+            if on:
+                sys.setprofile(profile)
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            doc.log(loss=loss)
+            sys.setprofile(None)
+            if on:
+                per_step.append(n[0])
+        doc.close()
+    print(
+        f"entries into traindoctor per unsampled step: median {statistics.median(per_step):.0f}"
+        f" (min {min(per_step)}, max {max(per_step)}, {len(per_step)} steps)"
+    )
+    for where, count in entries.most_common():
+        print(f"  {count / len(per_step):5.2f}  {where}")
 
 
 def steady(steps: int) -> None:
