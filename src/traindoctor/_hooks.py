@@ -56,6 +56,12 @@ compiling = _compiling
 COMPILE_TESTS = (_is_compiling, _jit_tracing, _func_transforming, _fx_tracing)
 
 
+# Calls of plain CopySafeHooks since import (a GuardedHook times itself and is not counted):
+# the governor charges each what a hook call costs outside any timer. Process-wide; a list, so
+# that the hot path needs no `global`.
+UNTIMED_HOOK_CALLS = [0]
+
+
 class CopySafeHook:
     """Calls `fn`; pickled or copied, it becomes an inert hook."""
 
@@ -70,6 +76,7 @@ class CopySafeHook:
             # once traces to nothing, so it causes no graph break and no guard on our state;
             # the compiled graph runs without it (see compiled.py).
             return None
+        UNTIMED_HOOK_CALLS[0] += 1
         return self.fn(*args, **kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:

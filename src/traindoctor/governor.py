@@ -6,8 +6,9 @@ MLP the side-by-side ratio was about twice the timed share. So the governor time
 wall clock from one step's end to the next, and splits the steps by kind:
 
 - unsampled steps: their wall minus what they spent in our timed sections, minus what those
-  sections cost outside their own timers (counted: `UNTIMED_PER_CALL` per timed call), is a
-  plain step; the median of these is the plain-step estimate;
+  sections cost outside their own timers (counted: `UNTIMED_PER_CALL` per timed call and per
+  call of a hook that times nothing itself, `_hooks.UNTIMED_HOOK_CALLS`), is a plain step;
+  the median of these is the plain-step estimate;
 - sampled steps: each costs the median sampled wall minus the plain estimate;
 - structural steps: steps 2-3 likewise (their wall minus the plain estimate); step 1's wall
   also holds whatever the script did since attach, so step 1 counts as a plain step plus
@@ -105,10 +106,19 @@ class Governor:
         self.sampled_walls = Sample()
         self.structural_walls: list[float] = []  # steps 2.. of the structural steps
         self.first_timed: float | None = None  # step 1's timed cost (its wall holds setup)
+        # Calls of untimed hooks (_hooks.UNTIMED_HOOK_CALLS, from attach on) and the count
+        # at the last step end: each is charged UNTIMED_PER_CALL like a timed call.
+        self._hook_calls: list[int] | None = None
+        self._hook_calls_seen = 0
 
     def attached(self, seconds: float) -> None:
         self.attach_s += seconds
         self._last = self._clock()
+        if self._hook_calls is None:
+            from ._hooks import UNTIMED_HOOK_CALLS  # torch's: imported once attached
+
+            self._hook_calls = UNTIMED_HOOK_CALLS
+            self._hook_calls_seen = UNTIMED_HOOK_CALLS[0]
 
     def passed(self, seconds: float, predicted: float = 0.0) -> None:
         """A mid-run diagnosis pass took `seconds` in the open step."""
@@ -130,6 +140,9 @@ class Governor:
         # loader, its workers' start): it counts as one plain step, plus its timed cost.
         wall = None if self._last is None or step == 1 else now - self._last
         self._last = now
+        if self._hook_calls is not None:
+            seen, self._hook_calls_seen = self._hook_calls_seen, self._hook_calls[0]
+            calls += self._hook_calls_seen - seen
         untimed = calls * UNTIMED_PER_CALL
         self.untimed_s += untimed
         timed = spent + untimed

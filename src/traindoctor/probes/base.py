@@ -200,12 +200,14 @@ class GuardedHook(CopySafeHook):
         # _hooks.compiling() written out: one frame less in every hook call of every step.
         if _is_compiling() or _jit_tracing() or _func_transforming() or _fx_tracing():
             return None  # traced: a hook that returns at once traces to nothing (_hooks.py)
+        # Timed from here: the guard's and the mode's checks are our cost too (the governor
+        # charges what stays outside, the dispatch and the test above, per call).
+        t0 = _clock()
         ctx = self.ctx
         guard = ctx.guard
         where = self.where
         if where in guard.disabled:
             return None
-        t0 = _clock()
         mode = None if self.in_mode else ctx.quiet_mode
         popped = mode is not None and _mode_on_top(mode)
         if popped:
