@@ -12,7 +12,8 @@ Caught (a right code in the top 3 errors/warnings, its cause naming the real cau
 - TD510 (missed before: added to TD510 for it): facebookresearch/InterHand2.6M#110,
   `transforms.ToTensor()` then `/ 255.`: the images reach the first conv in [0, 1/255], a
   scale of ~2e-3, above the rule's min_scale; their range, with 1/255 itself as its top, says
-  they were divided twice.
+  they were divided twice. The same in another style: the Dataset returns [0, 1] and the
+  model's forward divides by 255 again (the loss stays at 2.30 over 3 epochs; 0.003 without it).
 - TD511: MouseLand/cellpose#1220, masks stored as 0 and 1/255 and cast with `.long()` for the
   cross-entropy: every label truncates to class 0.
 - TD506: PingYu-iris/SA-GCN#4 (softmax output into nn.CrossEntropyLoss), with the one-hot
@@ -133,6 +134,61 @@ for epoch in range(3):
         heatmap = model(inputs)
         loss = nn.functional.mse_loss(heatmap, targets)
         optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+# The same double division written in the model (blitz/MNIST style): the Dataset already returns
+# ToTensor()'s [0, 1] and forward() divides by 255 again before conv1.
+DIVIDED_IN_FORWARD = """
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DataLoader
+
+
+class DigitDataset(Dataset):
+    def __init__(self, n=512):
+        rng = np.random.RandomState(0)
+        self.labels = rng.randint(0, 10, n)
+        base = rng.randint(0, 256, (10, 16, 16))
+        noise = rng.randint(-40, 41, (n, 16, 16))
+        self.images = np.clip(base[self.labels] + noise, 0, 255).astype(np.uint8)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = torch.from_numpy(self.images[i]).float().div(255).unsqueeze(0)  # ToTensor()
+        return img, int(self.labels[i])
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, 1)
+        self.conv2 = nn.Conv2d(16, 32, 3, 1)
+        self.fc1 = nn.Linear(32 * 6 * 6, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = x / 255.0  # SCALE
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+torch.manual_seed(0)
+train_loader = DataLoader(DigitDataset(), batch_size=32, shuffle=True)
+model = Net()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for epoch in range(3):
+    model.train()
+    for batch_idx, (data, target) in enumerate(train_loader):
+        optimizer.zero_grad()
+        loss = F.nll_loss(model(data), target)
         loss.backward()
         optimizer.step()
 """
@@ -299,6 +355,9 @@ def _twins() -> dict[str, str]:
         # skhu101/GM-NAS#4: the same next(iter(...)) on a shuffled loader draws a random batch
         "next_iter_shuffled": _fixed(NEXT_ITER_EACH_STEP, [("shuffle=False", "shuffle=True")]),
         "divided_twice": _fixed(DIVIDED_TWICE, [("        img = img / 255.  # DIV\n", "")]),
+        "divided_in_forward": _fixed(
+            DIVIDED_IN_FORWARD, [("        x = x / 255.0  # SCALE\n", "")]
+        ),
         "labels_long_truncated": _fixed(
             LABELS_LONG_TRUNCATED,
             [("lbl[:, 0].long())  # LONG", "(lbl[:, 0] > 0).long())  # LONG")],
@@ -313,6 +372,7 @@ def _twins() -> dict[str, str]:
 BUGGY = {
     "next_iter_each_step": NEXT_ITER_EACH_STEP,
     "divided_twice": DIVIDED_TWICE,
+    "divided_in_forward": DIVIDED_IN_FORWARD,
     "labels_long_truncated": LABELS_LONG_TRUNCATED,
     "softmax_onehot_ce": SOFTMAX_ONEHOT_CE,
     "lstm_batch_first_false": LSTM_BATCH_FIRST_FALSE,
@@ -358,6 +418,14 @@ def test_images_divided_by_255_after_to_tensor(runs):
     assert f["evidence"]["divided_twice_by_255"] is True
     assert "divided by 255 twice" in f["cause"]
     assert "ToTensor" in f["fix"]
+
+
+def test_images_divided_by_255_again_in_forward(runs):
+    r = runs["divided_in_forward"]
+    assert r.rc == 0, r
+    f = _top3(r, "TD510")
+    assert f["where"]["module"] == "conv1"
+    assert f["evidence"]["divided_twice_by_255"] is True
 
 
 def test_float_masks_cast_to_long_are_all_class_0(runs):
