@@ -180,9 +180,10 @@ def test_healthy_uses_are_silent():
 
     constants: list[dict] = []
     assert _track(loss_code, constants) == []
-    # `+ 0.0` adds a Python number: reported so that TD302 does not take its add (a None
-    # input in the graph, like a detached term's) for a detached term.
-    assert [c["added_at"].rsplit(":", 1)[0] for c in constants] == ["tests/probes/test_cuts.py"]
+    # `+ 0.0` adds a Python number and `total + loss` a start of zeros: both reported so that
+    # TD302 does not take their adds (a None input in the graph, like a detached term's) for
+    # a detached term.
+    assert [c["added_at"].rsplit(":", 1)[0] for c in constants] == ["tests/probes/test_cuts.py"] * 2
 
 
 def test_item_is_only_a_hint():

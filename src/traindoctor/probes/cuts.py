@@ -63,6 +63,11 @@ _CONSTANT = frozenset(
 _NUMPY_EXIT = frozenset({"numpy", "__array__"})
 _NUMPY_ENTRY = frozenset({"tensor", "as_tensor", "asarray"})
 _ITEM = frozenset({"item", "tolist"})
+# A running sum's start (`lbox = torch.zeros(1); lbox += part`, YOLOv5's loss): its add has a
+# None input in the graph, as a detached term's has, but a start of 0 adds nothing to the loss.
+_ZERO_FACTORIES = frozenset({"zeros", "zeros_like", "new_zeros"})
+_INPLACE_ADDITIVE = frozenset({"add_", "sub_", "__iadd__", "__isub__"})
+ZERO_CHECK_NUMEL = 64  # CPU tensors up to this size are read to tell a zero start (no sync)
 
 MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
 MAX_ORIGINS = 256
@@ -166,6 +171,8 @@ class CutTracker(TorchFunctionMode):
         self._sinks: dict[int, tuple[weakref.ref, str]] = {}  # operand id -> line it was added
         self._reported: set[tuple[Any, ...]] = set()
         self._constants: set[str] = set()  # lines adding a Python number to a live scalar
+        self._zero_starts: dict[int, weakref.ref] = {}  # zeros made in the window, by id
+        self._zero_before = False  # the in-place add being observed started from zeros
         self.calls = 0  # torch calls seen (for the cost measurements)
 
     # -- window ---------------------------------------------------------------------------
@@ -193,11 +200,15 @@ class CutTracker(TorchFunctionMode):
         self._exits.clear()
         self._items.clear()
         self._sinks.clear()
+        self._zero_starts.clear()
 
     # -- the mode -------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if kwargs is None:
             kwargs = {}
+        if self.active and args and getattr(func, "__name__", "") in _INPLACE_ADDITIVE:
+            # In place, the start is gone once the call ran: read it now (CPU, small only).
+            self._zero_before = self._zeros(args[0])
         out = func(*args, **kwargs)
         if self.active and self.error is None and not torch.compiler.is_compiling():
             try:
@@ -238,6 +249,10 @@ class CutTracker(TorchFunctionMode):
             origin = self._exit(_array_ptr(args[0]))
             if origin is not None:
                 cut = (origin, True)
+        if name in _ZERO_FACTORIES and isinstance(out, torch.Tensor) and not out.requires_grad:
+            if len(self._zero_starts) < MAX_LINEAGE:
+                self._zero_starts[id(out)] = weakref.ref(out)
+            return
         if name in _ADDITIVE and live:
             self._sink(name, args, out, cut)
         outs = _outputs(out)
@@ -340,13 +355,28 @@ class CutTracker(TorchFunctionMode):
                 self._sinks[id(operand)] = (weakref.ref(operand), added_at)
         self._report({**fact, "numpy": numpy, "found": "term", "added_at": added_at, "part": None})
 
+    def _zero_start(self, name: str, args: tuple[Any, ...]) -> bool:
+        """Whether a tensor operand without graph is 0: made by a zeros factory in the window,
+        or read as zeros (a small CPU tensor; in place, before the call)."""
+        if name in _INPLACE_ADDITIVE:
+            zero, self._zero_before = self._zero_before, False
+            if zero:
+                return True
+        return any(self._zeros(a) for a in args)
+
+    def _zeros(self, t: Any) -> bool:
+        if not isinstance(t, torch.Tensor) or t.requires_grad:
+            return False
+        entry = self._zero_starts.get(id(t))
+        return (entry is not None and entry() is t) or _cpu_zeros(t)
+
     def _constant(self, name: str, args: tuple[Any, ...]) -> None:
-        """A Python number added to a live scalar (`(inter + eps) / (union + eps)`): in the
-        graph its add has a None input, as a detached term's has; the line is reported so
-        that TD302 does not take that add for one."""
-        if len(self._constants) >= MAX_CONSTANTS or not any(
-            isinstance(a, int | float) and not isinstance(a, bool) for a in args
-        ):
+        """A Python number added to a live scalar (`(inter + eps) / (union + eps)`), or the
+        zero start of a running sum (`lbox = torch.zeros(1); lbox += part`): in the graph its
+        add has a None input, as a detached term's has; the line is reported so that TD302
+        does not take that add for one."""
+        number = any(isinstance(a, int | float) and not isinstance(a, bool) for a in args)
+        if len(self._constants) >= MAX_CONSTANTS or not (number or self._zero_start(name, args)):
             return
         where = _caller()
         if where is None or where is _INTERNAL:
@@ -389,6 +419,18 @@ class CutTracker(TorchFunctionMode):
             return
         self._reported.add(key)
         self.on_cut(fact)
+
+
+def _cpu_zeros(t: Any) -> bool:
+    """A small CPU tensor without graph whose values are all 0 (read on the host: no sync)."""
+    if not isinstance(t, torch.Tensor) or t.requires_grad or t.device.type != "cpu":
+        return False
+    if t.numel() == 0 or t.numel() > ZERO_CHECK_NUMEL or t.is_sparse:
+        return False
+    try:
+        return not bool(t.any())
+    except (RuntimeError, TypeError):  # meta tensors, subclasses without values
+        return False
 
 
 def _ptr(t: torch.Tensor) -> int:

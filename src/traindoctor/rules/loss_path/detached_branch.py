@@ -64,10 +64,15 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
     loss = box_loss + poly
     ```
 
+    A running sum's start of zeros (`lbox = torch.zeros(1); lbox += part`, as YOLOv5's loss
+    does) has the same graph node as a detached part; the cut tracker knows it (a zeros
+    factory in the loss code, or a small CPU tensor read as 0) and it is not reported: a start
+    of 0 adds nothing.
+
     ## Known false positives
-    Accumulating into a constant tensor (`total = torch.zeros(()); total = total + part`) or
-    adding a constant offset tensor looks like a detached part in the graph; start from the
-    first part (or a Python 0) instead. A deliberate zero-valued trick such as
+    Adding a constant offset tensor that is not 0 looks like a detached part in the graph,
+    and so does, on a GPU, a start of zeros made before the forward. A deliberate
+    zero-valued trick such as
     `loss - loss.detach()` is reported too. A detached *target* (a teacher, an EMA network)
     is not: it meets the prediction inside the loss term, whose result keeps its graph.
     """
