@@ -44,8 +44,10 @@ def cone(n):
 
 def torus(n):
     u, v = rng.uniform(0, 2 * np.pi, (2, n))
-    return np.stack([(1 + 0.35 * np.cos(v)) * np.cos(u), (1 + 0.35 * np.cos(v)) * np.sin(u),
-                     0.35 * np.sin(v)], 1)
+    return np.stack(
+        [(1 + 0.35 * np.cos(v)) * np.cos(u), (1 + 0.35 * np.cos(v)) * np.sin(u), 0.35 * np.sin(v)],
+        1,
+    )
 
 
 def plane(n):
@@ -80,8 +82,10 @@ def helix(n):
     return np.stack([np.cos(t), np.sin(t), t / (2 * np.pi) - 1], 1) + 0.05 * rng.normal(size=(n, 3))
 
 
-SHAPES = {f.__name__: f for f in (sphere, cube, cylinder, cone, torus, plane, cross, dumbbell,
-                                  pyramid, helix)}
+SHAPES = {
+    f.__name__: f
+    for f in (sphere, cube, cylinder, cone, torus, plane, cross, dumbbell, pyramid, helix)
+}
 os.makedirs(args.root, exist_ok=True)
 with open(os.path.join(args.root, "modelnet10_shape_names.txt"), "w") as f:
     f.write("\n".join(SHAPES) + "\n")
@@ -95,8 +99,12 @@ for name, make in SHAPES.items():
         p = p @ rot.T + 0.01 * rng.normal(size=p.shape)
         normals = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-6)
         sid = f"{name}_{i + 1:04d}"
-        np.savetxt(os.path.join(args.root, name, sid + ".txt"), np.hstack([p, normals]),
-                   delimiter=",", fmt="%.6f")
+        np.savetxt(
+            os.path.join(args.root, name, sid + ".txt"),
+            np.hstack([p, normals]),
+            delimiter=",",
+            fmt="%.6f",
+        )
         ids["train" if i < args.train else "test"].append(sid)
 for split, names in ids.items():
     with open(os.path.join(args.root, f"modelnet10_{split}.txt"), "w") as f:

@@ -26,10 +26,8 @@ def image(kind: str) -> np.ndarray:
     bg = rng.uniform(0.05, 0.35, 3)[:, None, None] * (0.6 + 0.4 * ys)[None]
     cy, cx = rng.uniform(0.3, 0.7, 2)
     r = rng.uniform(0.15, 0.28)
-    if kind == "A":
-        dist = np.maximum(abs(ys - cy), abs(xs - cx))
-    else:
-        dist = np.hypot(ys - cy, xs - cx)
+    square = np.maximum(abs(ys - cy), abs(xs - cx))
+    dist = square if kind == "A" else np.hypot(ys - cy, xs - cx)
     shape = 1 / (1 + np.exp((dist - r) * 40))
     colour = rng.uniform(0.4, 1.0, 3)[:, None, None]
     img = bg * (1 - shape) + colour * shape + rng.normal(0, 0.02, (3, s, s))
