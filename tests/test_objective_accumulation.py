@@ -6,6 +6,8 @@ objective "mixed" whatever the logging, and a healthy falling loss stays silent.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.rules._loss_inputs_tl import SUPERVISED_CE
 from traindoctor.findings import Severity
 from traindoctor.rules._objective import objective
@@ -69,3 +71,48 @@ def test_a_healthy_run_logged_as_a_sum_is_silent():
     assert objective(tl.view()).kind == "supervised"
     assert_silent("TD210", tl)
     assert_silent("TD108", tl)
+
+
+# -- a plain loop that logs each step's micro-batch losses added up --------------------------
+def _plain_accumulation(tmp_path, lr: float, steps: int = 60):
+    """Two micro-batches per step, each loss backpropagated as is, the step's losses added up
+    for the log (as the Hugging Face Trainer does)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import traindoctor as td
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x @ torch.randn(20, 5, generator=g)).argmax(1)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    for step in range(steps):
+        total = 0.0
+        for micro in range(2):
+            i = (step * 2 + micro) * 16 % 512
+            logits = model(x[i : i + 16])
+            loss = F.cross_entropy(logits, y[i : i + 16])
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        opt.zero_grad()
+        doc.log(loss=total)
+    return doc.close(), doc
+
+
+@pytest.mark.slow
+def test_plain_loop_logging_the_sum_is_judged_as_supervised(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    report, doc = _plain_accumulation(tmp_path / "high", lr=1.0)
+    loud = {f.code: f for f in report.findings if f.severity is not Severity.INFO}
+    assert "TD210" in loud or "TD108" in loud, [(f.code, f.title) for f in report.findings]
+    judged = (loud.get("TD210") or loud.get("TD108")).evidence["judged"]
+    assert judged.startswith("supervised") and "adds up each step's backward passes" in judged
+    healthy, _ = _plain_accumulation(tmp_path / "ok", lr=3e-3)
+    assert [f.code for f in healthy.findings if f.severity is not Severity.INFO] == []

@@ -349,6 +349,15 @@ def too_high_lr(
     entropy = _label_entropy(data.totals)
     if entropy is not None:
         refs["the entropy of the labels, the loss of predicting the class frequencies"] = entropy
+    passes = _summed_passes(tl, data)
+    if passes > 1:
+        # the loss judged adds up each step's passes: the per-pass references times as many
+        refs = {
+            (f"{k} x {passes:g} backward passes a step" if k != "its first value" else k): (
+                v if k == "its first value" else v * passes
+            )
+            for k, v in refs.items()
+        }
     name, ref = min(refs.items(), key=lambda kv: kv[1])
     if not (ref > 0 and last >= plateau * ref):
         return None
@@ -362,6 +371,20 @@ def too_high_lr(
     if clip is not None:
         out.update(clip)
     return out
+
+
+def _summed_passes(tl: TimelineView, data: Inputs) -> float:
+    """How many backward passes each step's logged loss adds up (the median over the observed
+    steps), when it is measured to be their sum (_standard_share); else 1."""
+    _, summed = _standard_share(_training_sites(tl, data), data)
+    if summed is None:
+        return 1.0
+    counts = [
+        len(tl.at("loss.backward", s) or ())
+        for s in sorted({s for recs in data.stats.values() for s, _ in recs})
+    ]
+    counts = [c for c in counts if c >= 1]
+    return float(statistics.median(counts)) if counts else 1.0
 
 
 def _label_entropy(totals: dict[str, float]) -> float | None:
