@@ -572,6 +572,8 @@ class ValidationInTrainMode(Event, total=False):
     modules: list[str]
     source: str | None
     validating: bool
+    # an F.dropout that dropped in the validation: its line, p, `training` left at its default
+    functional_dropout: dict[str, Any]
 
 
 EVENTS: dict[str, Spec] = {}

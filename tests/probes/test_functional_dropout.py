@@ -120,3 +120,47 @@ def test_torch_jit_script_works_the_same_while_f_dropout_is_wrapped(tmp_path):
 
 def lambda_free_dropout(x: torch.Tensor) -> torch.Tensor:
     return F.dropout(x, 0.5, training=False)
+
+
+class DefaultFlagNet(FunctionalDropoutNet):
+    """F.dropout with `training` left at its default (True): on in eval mode too
+    (rixwew/pytorch-fm#21); `always=True` writes training=True, on purpose (Tacotron 2)."""
+
+    def __init__(self, always: bool = False) -> None:
+        super().__init__()
+        self.always = always
+
+    def forward(self, x):
+        if self.always:
+            h = F.elu(self.a(F.dropout(x, 0.5, training=True)))
+        else:
+            h = F.elu(self.a(F.dropout(x, 0.5)))
+        return F.log_softmax(self.b(h), dim=1)
+
+
+def _validate_each_step(tmp_path, model):
+    torch.manual_seed(0)
+    x = torch.randn(200, 16)
+    y = x[:, :4].argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    doc = watch(model, opt, tmp_path)
+    for _ in range(6):
+        model.train()
+        opt.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, 200, 50):
+                model(x[i : i + 50])
+    doc.close()
+    return doc
+
+
+def test_functional_dropout_at_its_default_in_validation_is_td403(tmp_path):
+    f = _validate_each_step(tmp_path, DefaultFlagNet()).report.get("TD403")
+    assert f is not None and f.severity.value == "warning"
+    assert f.evidence["functional_dropout"]["default"] is True
+    assert "test_functional_dropout.py:" in f.where.source
+    doc = _validate_each_step(tmp_path / "always", DefaultFlagNet(always=True))
+    assert doc.report.get("TD403") is None  # training=True written: on purpose

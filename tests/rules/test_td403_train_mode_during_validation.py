@@ -21,3 +21,23 @@ def test_td403_reports_validation_forwards_in_train_mode():
     f = assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=[e]))
     assert f.where.source == "val.py:7" and f.evidence["modules_in_train_mode"] == e["modules"]
     assert_silent("TD403", make_timeline(params=PARAMS, steps={1: {}}))
+
+
+def test_td403_reports_functional_dropout_left_on_in_validation():
+    # rixwew/pytorch-fm#21: F.dropout(attn_scores, p=0.1) without training=self.training.
+    e = {
+        "kind": "validation_in_train_mode",
+        "step": 24,
+        "model": "<model>",
+        "modules": [],
+        "count": 0,
+        "forwards": 6,
+        "validating": False,
+        "source": "train.py:49",
+        "functional_dropout": {"source": "model.py:29", "p": 0.2, "default": True},
+    }
+    f = assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=[e]))
+    assert f.where.source == "model.py:29"
+    assert "F.dropout(p=0.2) at model.py:29" in f.title
+    assert "left at its default" in f.cause
+    assert "training=self.training" in f.fix

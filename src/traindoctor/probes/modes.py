@@ -94,6 +94,9 @@ class ModesProbe(Probe):
         self._fdrop = [0, 0]
         self._fdrop_last: tuple | None = None
         self._fdrop_said: set[bool] = set()
+        # An F.dropout that dropped in a gradient-free forward since the last step or backward
+        # (its line, p, and whether `training` was left at its default True)
+        self._fdrop_nograd: dict[str, Any] | None = None
 
     # -- structure ------------------------------------------------------------------------
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -147,6 +150,7 @@ class ModesProbe(Probe):
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._nograd_forwards = 0
         self._phase_reported = False
+        self._fdrop_nograd = None
         self._fdrop = [0, 0]
         if sampled:
             self._index()  # modules replaced (fused, swapped heads) since the last look
@@ -155,14 +159,18 @@ class ModesProbe(Probe):
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self._nograd_forwards = 0
         self._phase_reported = False
+        self._fdrop_nograd = None
 
     def functional_dropout(self, p: Any, training: Any) -> None:
         """An F.dropout call outside nn.Dropout (functional_dropout.py): counted when it is
         part of a training forward, with its source line the first time each mode is seen."""
         ctx = self.ctx
-        if ctx is None or ctx.state.closed or ctx.state.validating:
+        if ctx is None or ctx.state.closed:
             return
-        if not torch.is_grad_enabled() or not (isinstance(p, int | float) and p > 0):
+        if not torch.is_grad_enabled():
+            self._nograd_functional(p, training)
+            return
+        if ctx.state.validating or not (isinstance(p, int | float) and p > 0):
             return
         if not isinstance(training, bool):
             return  # a tensor flag: reading it could wait on the device
@@ -179,6 +187,25 @@ class ModesProbe(Probe):
                 source=where.get("source"),
                 code=where.get("code"),
             )
+
+    def _nograd_functional(self, p: Any, training: Any) -> None:
+        """An F.dropout that drops (training is True, p > 0) in a gradient-free forward: its
+        line is kept (once until the next step) for _on_forward's validation
+        check. A call that writes `training=True` keeps dropout on on purpose (Tacotron 2's
+        prenet, Monte-Carlo dropout) and is left out."""
+        if training is not True or self._fdrop_nograd is not None:
+            return
+        if not (isinstance(p, int | float) and p > 0):
+            return
+        where = user_source_with_code() or {}
+        code = str(where.get("code") or "")
+        if "training=True" in code.replace(" ", ""):
+            return
+        self._fdrop_nograd = {
+            "source": where.get("source"),
+            "p": float(p),
+            "default": "training" not in code,
+        }
 
     def _record_functional(self, step: int, rec: Recorder, roots: dict[str, bool]) -> None:
         off, on = self._fdrop
@@ -269,6 +296,7 @@ class ModesProbe(Probe):
             return
         root = self._roots.get(id(module))
         if not any(r == root and m.training for r, _, m in self._sensitive):
+            self._functional_in_validation(root)
             return
         self._index()  # modules fused away or swapped since the last look must not count
         training = [n for r, n, m in self._sensitive if r == root and m.training]
@@ -285,6 +313,26 @@ class ModesProbe(Probe):
             forwards=self._nograd_forwards,
             validating=ctx.state.validating,
             source=user_source(2),
+        )
+
+    def _functional_in_validation(self, root: str | None) -> None:
+        """A validation whose forwards dropped out through F.dropout (no Dropout module in
+        train mode): the call's `training` was True while gradients were off."""
+        ctx = self.ctx
+        if self._fdrop_nograd is None or ctx is None or self._events >= MAX_EVENTS:
+            return
+        self._phase_reported = True
+        self._events += 1
+        ctx.rec.event(
+            ctx.state.step,
+            "validation_in_train_mode",
+            model=root,
+            modules=[],
+            count=0,
+            forwards=self._nograd_forwards,
+            validating=ctx.state.validating,
+            source=user_source(3),
+            functional_dropout=dict(self._fdrop_nograd),
         )
 
     # -- inference_mode regions (called by _mode_patches) ---------------------------------

@@ -25,7 +25,10 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     Validation forward passes (a run of forward passes of a watched model with gradients
     disabled, between two training steps, or any forward inside `doc.validating()`) made while
     BatchNorm or Dropout modules of that model are in train mode. Names the modules and the
-    line of the forward call.
+    line of the forward call. Also a validation whose forwards drop out through
+    `F.dropout(x, p)` with `training` left at its default True (no Dropout module; `eval()`
+    does not reach it), at the F.dropout line; a call that writes `training=True` keeps
+    dropout on on purpose and is not reported.
 
     ## Why it matters
     In train mode BatchNorm normalizes each validation batch with its own statistics and
@@ -62,6 +65,9 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     if not events:
         return
     first = events[0]
+    if first.get("functional_dropout") and not first.get("modules"):
+        yield _functional(tl, first, len(events))
+        return
     names = first.get("modules") or []
     count = first.get("count", len(names))
     shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
@@ -91,4 +97,36 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             "Put the model in eval mode for validation and back after: `with "
             "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
         ),
+    )
+
+
+def _functional(tl: TimelineView, first: dict, validations: int) -> Finding:
+    """Dropout through `F.dropout` in a validation: the call's `training` was True with
+    gradients off, whatever mode the model was in."""
+    fd = first["functional_dropout"]
+    line = fd.get("source")
+    at = f" at {line}" if line else ""
+    default = bool(fd.get("default"))
+    why = (
+        "`training` is left at its default, True, so it drops whatever mode the model is in"
+        if default
+        else "its `training` argument was True"
+    )
+    return tl.finding(
+        title=f"Validation of `{first.get('model')}` ran with dropout on: F.dropout(p="
+        f"{fd.get('p', 0):g}){at} drops in its gradient-free forwards",
+        step=first["step"],
+        evidence={
+            "model": first.get("model"),
+            "functional_dropout": fd,
+            "validations_affected": validations,
+            "inside_doc_validating": bool(first.get("validating")),
+            "forward_call": first.get("source"),
+        },
+        where=Where(module=first.get("model"), source=line),
+        cause=f"Gradient-free forward passes (a validation, called at {first.get('source')}) "
+        f"ran through F.dropout{at} with dropout on: {why}. Validation losses and metrics are "
+        "noisy and pessimistic, and predictions are random.",
+        fix="pass the module's mode: `F.dropout(x, p, training=self.training)` (or use an "
+        "nn.Dropout module), and validate in eval mode",
     )
