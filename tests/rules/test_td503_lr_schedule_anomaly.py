@@ -146,6 +146,13 @@ def test_step_lr_decaying_within_every_epoch_is_a_warning():
     assert "3.8 times an epoch of 38 steps" in f.title and "once per epoch" in f.fix
 
 
+def test_step_lr_a_trainer_steps_per_step_as_configured_is_info():
+    # Lightning's {'interval': 'step'}: stepping per step was chosen, not a misplaced call
+    tl = _step_lr(114)
+    tl.facts["framework"] = "lightning"
+    assert assert_fires("TD503", tl).severity.value == "info"
+
+
 def test_step_lr_decaying_once_or_so_an_epoch_is_info():
     f = assert_fires("TD503", _step_lr(114, size=25))
     assert f.severity.value == "info" and f.evidence["cases"][0]["decays_per_epoch"] == 1.52

@@ -30,7 +30,7 @@ _RANK = {"error": 0, "warning": 1, "info": 2}
     "runs ahead of the optimizer (sized in epochs, stepped per batch).",
     requires=("optim.lr", "optim.step", "schedule.steps", "amp.skipped", "backward.count"),
     events=("lr_scheduler", "data_loader"),
-    facts=("optimizers",),
+    facts=("optimizers", "framework"),
     priority=35,
     state=lambda: ScheduleScan(),
 )
@@ -73,7 +73,8 @@ def lr_schedule_anomaly(
     length is the iterated DataLoader's batches (its dataset's length over its batch size)
     divided by the backward passes of an optimizer step; a StepLR is judged on it only when
     one such length is known and the run covered two of them (a warning at two decays or more
-    an epoch, info below).
+    an epoch, info below; info too when a Lightning or Hugging Face Trainer steps it: stepping
+    per step was then configured, not a `scheduler.step()` put in the batch loop).
 
     ## Example
     ```python
@@ -388,10 +389,12 @@ def _judge_step_lr_per_batch(
     per_epoch_factor = gamma**decays
     to_1pc = math.log(0.01) / math.log(per_epoch_factor) if per_epoch_factor < 1 else None
     name = f"StepLR(step_size={size}, gamma={gamma:g})"
+    # A framework's trainer steps it as configured ('interval': 'step'): chosen, not misplaced.
+    framework = tl.fact("framework") in ("lightning", "transformers")
     return {
         "kind": "step_per_batch",
         "scheduler": sched,
-        "severity": "warning" if decays >= 2 else "info",
+        "severity": "warning" if decays >= 2 and not framework else "info",
         "step": first_step + size,
         "step_size": size,
         "gamma": gamma,
