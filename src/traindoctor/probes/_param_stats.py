@@ -165,6 +165,20 @@ def flat_lengths(tensors: list[torch.Tensor]) -> list[int] | None:
     return lengths
 
 
+_lengths_memo: tuple[list[int], torch.Tensor] | None = None  # the last list and its tensor
+
+
+def lengths_tensor(lengths: list[int]) -> torch.Tensor:
+    """torch.tensor(lengths), the last one's tensor again when the list is equal (a model's
+    shapes rarely change: building it from 10,000 Python ints costs ~5 ms). One tuple swapped
+    whole: a thread never sees another list's tensor."""
+    global _lengths_memo
+    memo = _lengths_memo
+    if memo is None or memo[0] != lengths:
+        memo = _lengths_memo = (lengths, torch.tensor(lengths))
+    return memo[1]
+
+
 def nbytes(tensors: list[torch.Tensor]) -> int:
     return sum(map(int.__mul__, map(_NUMEL, tensors), map(_ELEMENT_SIZE, tensors)))
 
@@ -189,7 +203,7 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[torch.device, torch.Tensor]
     with torch.no_grad():
         if lengths is not None:
             flat = torch._C._nn.flatten_dense_tensors(tensors)
-            return [(flat.device, segment_norms(flat, torch.tensor(lengths)))]
+            return [(flat.device, segment_norms(flat, lengths_tensor(lengths)))]
         each = torch._foreach_norm(local_all(tensors))  # one fused kernel per device
         groups: dict[torch.device, list[torch.Tensor]] = {}
         for n in each:

@@ -9,7 +9,15 @@ import torch
 
 from ..distributed.dtensor import local_all
 from ..timeline import signal
-from ._param_stats import REQUIRES_GRAD, flat_copy, flat_lengths, nbytes, segment_norms, shared
+from ._param_stats import (
+    REQUIRES_GRAD,
+    flat_copy,
+    flat_lengths,
+    lengths_tensor,
+    nbytes,
+    segment_norms,
+    shared,
+)
 from .base import AttachContext, Probe, Recorder, by_device
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
@@ -170,7 +178,7 @@ class ParamsProbe(Probe):
             # no_grad: the params themselves, no detached view each.
             lengths = flat_lengths(params)
             if lengths is not None:
-                copies: Any = _Flat(flat_copy(params), torch.tensor(lengths))
+                copies: Any = _Flat(flat_copy(params), lengths_tensor(lengths))
             else:
                 with torch.no_grad():
                     copies = torch._foreach_mul(params, 1)
