@@ -1222,14 +1222,9 @@ ZERO_CODE = [
     handwritten_sgd_momentum,
     dqn_target_network,
 ]
-# A running sum started from a tensor without graph (`total = torch.zeros(())`, YOLOv5's
-# `lbox = torch.zeros(1); lbox += ...`) has an add with a None input in the graph, as a detached
-# term has: TD302 says error until the cut tracker (probes/cuts.py) tells the start value of a
-# running sum from a detached term (the change is proposed to that file's owner). Everything
-# else is checked on these programs; remove an entry once its finding is gone.
+# Findings still said, wrongly, on these programs; everything else is checked on them. Remove
+# an entry once its finding is gone.
 PENDING = {
-    maml_second_order: {"TD302"},
-    detector_loss_accumulators: {"TD302"},
     # TD503's lr-zero case cannot tell a group built with lr=0 beside groups that train (a
     # freeze) from a lost lr; the change is proposed to that rule's owner (TD104 says info).
     lr_zero_group_freeze: {"TD503"},
