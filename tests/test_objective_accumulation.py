@@ -66,8 +66,7 @@ def test_a_hand_written_term_beside_the_standard_loss_stays_mixed():
 
 
 def test_a_healthy_run_logged_as_a_sum_is_silent():
-    falling = [(3.6 * 0.97**i, 3.5 * 0.97**i) for i in range(60)]
-    tl = _tl(falling)
+    tl = _tl(_falling())
     assert objective(tl.view()).kind == "supervised"
     assert_silent("TD210", tl)
     assert_silent("TD108", tl)
@@ -116,3 +115,16 @@ def test_plain_loop_logging_the_sum_is_judged_as_supervised(tmp_path):
     assert judged.startswith("supervised") and "adds up each step's backward passes" in judged
     healthy, _ = _plain_accumulation(tmp_path / "ok", lr=3e-3)
     assert [f.code for f in healthy.findings if f.severity is not Severity.INFO] == []
+
+
+@pytest.mark.parametrize("every", [1, 7, 50])
+@pytest.mark.parametrize("code", ["TD210", "TD108"])
+def test_incremental_passes_agree_with_a_fresh_pass(code, every):
+    from tests.test_incremental_rules import _fresh, _replay
+
+    for tl in (_tl(_diverging()), _tl(_diverging(), standard_share=0.5), _tl(_falling())):
+        assert _replay(tl, code, every) == _fresh(tl, code)
+
+
+def _falling():
+    return [(3.6 * 0.97**i, 3.5 * 0.97**i) for i in range(60)]
