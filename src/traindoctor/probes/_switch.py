@@ -32,12 +32,14 @@ class _Entry:
         self.prefix = prefix
         self.handle = handle
         self.key = handle.id
-        # (dict, value) for each dict that holds the key: put back as registered.
-        self.slots = [
-            (d, d[handle.id])
-            for d in (getattr(module, attr, None) for attr in _DICTS)
-            if isinstance(d, dict) and handle.id in d
-        ]
+        # dict, value, dict, value, ... for each dict that holds the key: put back as
+        # registered. One flat tuple (not a list of pairs): an entry per hook and module, tens
+        # of thousands on large models, each object one more for the cyclic collector to walk.
+        slots: list[Any] = []
+        for d in (getattr(module, attr, None) for attr in _DICTS):
+            if isinstance(d, dict) and handle.id in d:
+                slots += (d, d[handle.id])
+        self.slots = tuple(slots)
 
 
 class HookSwitch:
@@ -77,9 +79,12 @@ class HookSwitch:
         for e in self._entries:
             if compiled and e.prefix in compiled:
                 continue
-            key = e.key
-            for d, value in e.slots:
-                d[key] = value
+            key, slots = e.key, e.slots
+            if len(slots) == 2:  # the usual: one dict
+                slots[0][key] = slots[1]
+                continue
+            for i in range(0, len(slots), 2):
+                slots[i][key] = slots[i + 1]
 
     def off(self) -> None:
         if not self.active:
@@ -90,9 +95,12 @@ class HookSwitch:
 
     @staticmethod
     def _take_out(e: _Entry) -> None:
-        key = e.key
-        for d, _ in e.slots:
-            d.pop(key, None)
+        key, slots = e.key, e.slots
+        if len(slots) == 2:  # the usual: one dict
+            slots[0].pop(key, None)
+            return
+        for i in range(0, len(slots), 2):
+            slots[i].pop(key, None)
 
     def remove(self) -> None:
         """Unregister every hook for good (detach, or the probe's work is over)."""

@@ -133,8 +133,14 @@ class ActivationsProbe(Probe):
         self._switch: HookSwitch | None = None
         self._mode: _Mode | None = None
         self._depth = 0
-        self._stack: list[tuple[str, str]] = []  # (qualified name, module type) running now
-        self._produced: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
+        # (qualified name, module type, root, module) of the modules running now
+        self._stack: list[tuple[str, str, bool, torch.nn.Module]] = []
+        # id(output) -> the output (held: its id is not reused while the forward runs) and the
+        # facts of the module that produced it, in two dicts (no tuple per module call).
+        self._produced: dict[int, torch.Tensor] = {}
+        self._producer: dict[int, tuple[str, str, bool, torch.nn.Module]] = {}
+        # id(module) -> (name, type name, is a model's root, the module): the shared hooks'
+        self._modules: dict[int, tuple[str, str, bool, torch.nn.Module]] = {}
         self._calls: dict[str, int] = {}
         self._input_std: torch.Tensor | None = None
         self._active = False
@@ -142,24 +148,37 @@ class ActivationsProbe(Probe):
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
         # Registered once, off: a sampled step switches them on (see _switch.py).
+        # One pre and one post hook object for every module, the module's facts looked up by
+        # id (a closure per module and hook was ~6 objects more for the cyclic collector to
+        # walk at every full collection, on models of 10,000 modules).
         switch = self._switch = HookSwitch(ctx)
+        pre = ctx.hook("probe activations", self._on_pre, in_mode=True)
+        post = ctx.hook("probe activations", self._on_post, in_mode=True)
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                 root = not name
-                switch.forward_pre_hook(
-                    prefix,
-                    module,
-                    ctx.hook("probe activations", self._pre_hook(qual, module, root), in_mode=True),
-                )
-                switch.forward_hook(
-                    prefix,
-                    module,
-                    ctx.hook(
-                        "probe activations", self._post_hook(qual, module, root), in_mode=True
-                    ),
-                    always_call=True,
-                )
+                facts = (qual, type(module).__name__, root, module)
+                if self._modules.setdefault(id(module), facts) is not facts:
+                    # the same module object under a second model: hooks of its own
+                    switch.forward_pre_hook(
+                        prefix,
+                        module,
+                        ctx.hook(
+                            "probe activations", self._pre_hook(qual, module, root), in_mode=True
+                        ),
+                    )
+                    switch.forward_hook(
+                        prefix,
+                        module,
+                        ctx.hook(
+                            "probe activations", self._post_hook(qual, module, root), in_mode=True
+                        ),
+                        always_call=True,
+                    )
+                    continue
+                switch.forward_pre_hook(prefix, module, pre)
+                switch.forward_hook(prefix, module, post, always_call=True)
 
     # -- per-step hooks -------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -172,58 +191,83 @@ class ActivationsProbe(Probe):
             self._switch.on()
             self._active = True
 
+    def _on_pre(self, module: torch.nn.Module, args: Any) -> None:
+        facts = self._modules.get(id(module))
+        # (a deep copy of the model, an autopsy's, may carry the hooks: not its modules)
+        if facts is not None and facts[3] is module:
+            self._pre(facts, module, args)
+
+    def _on_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        facts = self._modules.get(id(module))
+        if facts is not None and facts[3] is module:
+            self._post(facts, module, output)
+
     def _pre_hook(self, qual: str, owner: torch.nn.Module, root: bool):
-        mtype = type(owner).__name__
+        facts = (qual, type(owner).__name__, root, owner)
 
         def hook(module: torch.nn.Module, args: Any) -> None:
-            if module is not owner:  # a deep copy of the model (an autopsy) carries the hooks
-                return
-            if root:
-                assert self.ctx is not None
-                if (
-                    self._depth == 0
-                    and module.training
-                    and torch.is_grad_enabled()
-                    and not self.ctx.state.validating
-                ):
-                    self._mode = _Mode(self)
-                    self._mode.__enter__()
-                    self.ctx.quiet_mode = self._mode  # our other hooks run without it
-                    self._produced.clear()
-                    self._calls.clear()
-                    self._stack.clear()
-                    if self._input_std is None:
-                        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-                        if x is not None and x.is_floating_point() and x.numel() > 1:
-                            with torch.no_grad():
-                                self._input_std = x.detach().float().std()
-                self._depth += 1
-            if self._mode is not None:
-                self._stack.append((qual, mtype))
+            if module is owner:  # a deep copy of the model (an autopsy) carries the hooks
+                self._pre(facts, module, args)
 
         return hook
 
     def _post_hook(self, qual: str, owner: torch.nn.Module, root: bool):
+        facts = (qual, type(owner).__name__, root, owner)
+
         def hook(module: torch.nn.Module, _args: Any, output: Any) -> None:
-            if module is not owner:
-                return
-            if self._mode is not None:
-                if self._stack and self._stack[-1][0] == qual:
-                    self._stack.pop()
-                if isinstance(output, torch.Tensor) and id(output) not in self._produced:
-                    # innermost first: a container returning its last child's output keeps
-                    # the child's name
-                    self._produced[id(output)] = (output, qual, module)
-            if root:
-                self._depth = max(0, self._depth - 1)
-                if self._depth == 0 and self._mode is not None:
-                    mode, self._mode = self._mode, None
-                    self._quiet_off()
-                    self._produced.clear()
-                    self._stack.clear()
-                    mode.__exit__(None, None, None)
+            if module is owner:
+                self._post(facts, module, output)
 
         return hook
+
+    def _pre(
+        self, facts: tuple[str, str, bool, torch.nn.Module], module: torch.nn.Module, args: Any
+    ) -> None:
+        if facts[2]:  # a model's root
+            assert self.ctx is not None
+            if (
+                self._depth == 0
+                and module.training
+                and torch.is_grad_enabled()
+                and not self.ctx.state.validating
+            ):
+                self._mode = _Mode(self)
+                self._mode.__enter__()
+                self.ctx.quiet_mode = self._mode  # our other hooks run without it
+                self._produced.clear()
+                self._producer.clear()
+                self._calls.clear()
+                self._stack.clear()
+                if self._input_std is None:
+                    x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                    if x is not None and x.is_floating_point() and x.numel() > 1:
+                        with torch.no_grad():
+                            self._input_std = x.detach().float().std()
+            self._depth += 1
+        if self._mode is not None:
+            self._stack.append(facts)  # (name, type name, ...): no tuple per call
+
+    def _post(
+        self, facts: tuple[str, str, bool, torch.nn.Module], module: torch.nn.Module, output: Any
+    ) -> None:
+        qual, root = facts[0], facts[2]
+        if self._mode is not None:
+            if self._stack and self._stack[-1][0] == qual:
+                self._stack.pop()
+            if isinstance(output, torch.Tensor) and id(output) not in self._produced:
+                # innermost first: a container returning its last child's output keeps the
+                # child's name
+                self._produced[id(output)] = output
+                self._producer[id(output)] = facts
+        if root:
+            self._depth = max(0, self._depth - 1)
+            if self._depth == 0 and self._mode is not None:
+                mode, self._mode = self._mode, None
+                self._quiet_off()
+                self._produced.clear()
+                self._producer.clear()
+                self._stack.clear()
+                mode.__exit__(None, None, None)
 
     def _remove_step_hooks(self) -> None:
         if self._switch is not None:
@@ -237,6 +281,7 @@ class ActivationsProbe(Probe):
             except Exception:  # noqa: BLE001
                 pass
         self._produced.clear()
+        self._producer.clear()
         self._stack.clear()
         self._active = False
 
@@ -257,13 +302,11 @@ class ActivationsProbe(Probe):
         x = args[0]
         if x.ndim < 1 or x.numel() < 2 or not x.is_floating_point():
             return
-        producer = self._produced.get(id(x))
         module = None
-        if producer is not None and producer[0] is x:
-            name, module = producer[1], producer[2]
-            mtype = type(module).__name__
+        if self._produced.get(id(x)) is x:
+            name, mtype, _, module = self._producer[id(x)]
         elif self._stack and self._stack[-1][1] in _ACT_MODULES:
-            name, mtype = self._stack[-1]
+            name, mtype = self._stack[-1][0], self._stack[-1][1]
         else:
             outer = self._stack[-1][0] if self._stack else "<model>"
             mtype = ""

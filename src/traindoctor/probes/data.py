@@ -107,6 +107,7 @@ class DataProbe(Probe):
         self._gen = torch.Generator().manual_seed(0x7D504)  # private: no user RNG draw
         self._layers: HookSwitch | None = None  # leaf hooks, on in the structural steps
         self._capturing = False  # inside the step's first training forward (structural steps)
+        self._leaf_names: dict[int, str] = {}  # id(leaf module) -> its name (the shared hook)
         self._first: dict[str, Any] | None = None
         # The model's main input (its largest floating-point tensor argument) in the step's
         # first training forward: (data_ptr, numel). The first layer judged is the first one
@@ -146,15 +147,20 @@ class DataProbe(Probe):
             )
         # The first layer's input (structural steps): leaf hooks registered once, off, and
         # switched on for those steps (see _switch.py).
+        # One hook object for every leaf, its name looked up by id (a closure per module was
+        # ~6 objects more for the cyclic collector to walk, on models of 10,000 modules).
         layers = self._layers = HookSwitch(ctx)
+        shared = ctx.hook("probe data", self._on_leaf)
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 if next(module.children(), None) is not None:
                     continue  # leaves only: the layers themselves
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
-                layers.forward_hook(
-                    prefix, module, ctx.hook("probe data", self._make_leaf(qual, rec))
-                )
+                if self._leaf_names.setdefault(id(module), qual) is qual:
+                    hook = shared
+                else:  # the same module object under a second model: its own name
+                    hook = ctx.hook("probe data", self._make_leaf(qual, rec))
+                layers.forward_hook(prefix, module, hook)
 
     # -- per step -------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -238,7 +244,14 @@ class DataProbe(Probe):
                 self._first["next"] = nxt
                 self._first["takes_model_input"] = False
         self._fallback = None
+        if self._capturing:
+            self._end_capture()
+
+    def _end_capture(self) -> None:
+        """The first layer is found: the leaf hooks have nothing left to do in this step (no
+        later forward of the step captures), so they go off now rather than at its end."""
         self._capturing = False
+        self._remove_layer_hooks()
 
     def _fingerprint(self, prefix: str, inputs: Any, rec: Recorder) -> None:
         step = self._step
@@ -333,35 +346,43 @@ class DataProbe(Probe):
         return w
 
     # -- the first layer (structural steps) ---------------------------------------------
+    def _on_leaf(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if self._capturing:
+            qual = self._leaf_names.get(id(module))
+            if qual is not None:
+                self._leaf(qual, module, inputs, output)
+
     def _make_leaf(self, qual: str, rec: Recorder):
         def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            if not self._capturing:
-                return
-            first = self._first
-            if first is not None:
-                if len(first["next"]) < 2:
-                    first["next"].append(type(module).__name__)
-                else:
-                    self._capturing = False
-                return
-            self._leaves_seen += 1
-            fallback = self._fallback
-            has_params = next(module.parameters(recurse=False), None) is not None
-            x = next(iter_tensors(inputs, max_depth=1), None) if has_params else None
-            if x is not None and (self._primary is None or _same_data(x, self._primary)):
-                self._choose_first(qual, module, x, output)
-                if self._first is not None:
-                    self._first["takes_model_input"] = self._primary is not None
-                return
-            if fallback is None:
-                if x is not None:
-                    self._fallback = (qual, module, x, output, [])
-            elif len(fallback[4]) < 2:
-                fallback[4].append(type(module).__name__)
-            if self._leaves_seen >= MAX_FIRST_SEARCH and self._fallback is not None:
-                self._root_done(module, inputs, output)  # stop looking: the fallback it is
+            if self._capturing:
+                self._leaf(qual, module, inputs, output)
 
         return hook
+
+    def _leaf(self, qual: str, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        first = self._first
+        if first is not None:
+            if len(first["next"]) < 2:
+                first["next"].append(type(module).__name__)
+            else:
+                self._end_capture()
+            return
+        self._leaves_seen += 1
+        fallback = self._fallback
+        has_params = next(module.parameters(recurse=False), None) is not None
+        x = next(iter_tensors(inputs, max_depth=1), None) if has_params else None
+        if x is not None and (self._primary is None or _same_data(x, self._primary)):
+            self._choose_first(qual, module, x, output)
+            if self._first is not None:
+                self._first["takes_model_input"] = self._primary is not None
+            return
+        if fallback is None:
+            if x is not None:
+                self._fallback = (qual, module, x, output, [])
+        elif len(fallback[4]) < 2:
+            fallback[4].append(type(module).__name__)
+        if self._leaves_seen >= MAX_FIRST_SEARCH and self._fallback is not None:
+            self._root_done(module, inputs, output)  # stop looking: the fallback it is
 
     def _choose_first(self, qual: str, module: torch.nn.Module, x: Any, output: Any) -> None:
         self._first = {

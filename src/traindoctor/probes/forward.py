@@ -65,23 +65,36 @@ class ForwardProbe(Probe):
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        # One hook object shared by every module, with the module's facts looked up by id:
+        # a closure per module was ~6 objects for Python's cyclic collector to walk at every
+        # full collection (10,000 modules on some models), through the whole run.
+        shared = ctx.hook("probe forward", self._on_forward)
+        self._modules: dict[int, tuple[str, bool, bool]] = {}
+        norms = [
+            (prefix, name, module)
+            for prefix, model in ctx.eager_models().items()
+            for name, module in model.named_modules()
+            if name and _centers_channels(module)
+        ]
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
-                # One hook per module (a biased module's output noted by the same call): each
-                # hook call costs a few µs of wrapping, 10,000 modules on some models.
-                biased = bool(name) and _has_trainable_bias(module)
-                self.handles.append(
-                    module.register_forward_hook(
-                        ctx.hook("probe forward", self._make_hook(qual, not name, biased))
-                    )
+                # A biased module's output is noted only where a norm could cancel its bias
+                # (TD104): without one, nothing reads it, and holding each output's node for
+                # the step kept ~2 objects per module alive (promoted toward full collections).
+                biased = bool(norms) and bool(name) and _has_trainable_bias(module)
+                facts = (qual, not name, biased)
+                if self._modules.setdefault(id(module), facts) is facts:
+                    hook = shared
+                else:  # the same module object under a second model: its own facts
+                    hook = ctx.hook("probe forward", self._make_hook(*facts))
+                self.handles.append(module.register_forward_hook(hook))
+        for prefix, name, module in norms:
+            self.handles.append(
+                module.register_forward_hook(
+                    ctx.hook("probe forward", self._make_norm_hook(f"{prefix}{name}"))
                 )
-                if name and _centers_channels(module):
-                    self.handles.append(
-                        module.register_forward_hook(
-                            ctx.hook("probe forward", self._make_norm_hook(qual))
-                        )
-                    )
+            )
         self._names = {
             id(m): f"{prefix}{n}"
             for prefix, model in ctx.models.items()
@@ -110,35 +123,51 @@ class ForwardProbe(Probe):
 
         return hook
 
+    def _on_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        facts = self._modules.get(id(module))
+        if facts is not None:
+            self._called(facts[0], facts[1], facts[2], module, inputs, output)
+
     def _make_hook(self, qual: str, is_root: bool, biased: bool = False):
         def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            entry = self._calls.get(qual)
-            if entry is None:
-                facts = output_facts(output)
-                if qual in self._sources:
-                    source = self._sources[qual]
-                else:
-                    source = self._sources[qual] = user_source(skip=1)
-                self._calls[qual] = {
-                    "calls": 1,
-                    "grad_enabled": torch.is_grad_enabled(),
-                    "output_requires_grad": facts["requires_grad"],
-                    "output_grad_fn": facts["grad_fn"],
-                    "source": source,
-                }
-                if is_root:
-                    assert self.ctx is not None
-                    self.ctx.bus.emit(Event.MODEL_OUTPUT, facts)
-            else:
-                entry["calls"] += 1
-                if torch.is_grad_enabled():
-                    entry["grad_enabled"] = True
-                    if not entry["output_requires_grad"]:
-                        entry["output_requires_grad"] = output_facts(output)["requires_grad"]
-            if biased:
-                self._note_biased(module, inputs, output)
+            self._called(qual, is_root, biased, module, inputs, output)
 
         return hook
+
+    def _called(
+        self,
+        qual: str,
+        is_root: bool,
+        biased: bool,
+        module: torch.nn.Module,
+        inputs: Any,
+        output: Any,
+    ) -> None:
+        entry = self._calls.get(qual)
+        if entry is None:
+            facts = output_facts(output)
+            if qual in self._sources:
+                source = self._sources[qual]
+            else:
+                source = self._sources[qual] = user_source(skip=2)
+            self._calls[qual] = {
+                "calls": 1,
+                "grad_enabled": torch.is_grad_enabled(),
+                "output_requires_grad": facts["requires_grad"],
+                "output_grad_fn": facts["grad_fn"],
+                "source": source,
+            }
+            if is_root:
+                assert self.ctx is not None
+                self.ctx.bus.emit(Event.MODEL_OUTPUT, facts)
+        else:
+            entry["calls"] += 1
+            if torch.is_grad_enabled():
+                entry["grad_enabled"] = True
+                if not entry["output_requires_grad"]:
+                    entry["output_requires_grad"] = output_facts(output)["requires_grad"]
+        if biased:
+            self._note_biased(module, inputs, output)
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._step = step

@@ -132,6 +132,42 @@ def _std(t: Any) -> torch.Tensor | None:
     return t.detach().float().std()
 
 
+STACK_EVERY = 512  # 0-d stds stacked into one tensor per this many modules
+
+
+class _StdRun:
+    """Consecutive stds of one (step, device) key: names in order, the values stacked every
+    STACK_EVERY (on a device of its own, 'meta' key, they stay 0-d and are read one by one)."""
+
+    __slots__ = ("key", "quals", "ins", "outs", "in_stacks", "out_stacks")
+
+    def __init__(self, key: tuple[int, torch.device]) -> None:
+        self.key = key
+        self.quals: list[str] = []
+        self.ins: list[torch.Tensor] = []  # not yet stacked
+        self.outs: list[torch.Tensor] = []
+        self.in_stacks: list[torch.Tensor] = []
+        self.out_stacks: list[torch.Tensor] = []
+
+    def add(self, qual: str, s_in: torch.Tensor, s_out: torch.Tensor) -> None:
+        self.quals.append(qual)
+        self.ins.append(s_in)
+        self.outs.append(s_out)
+        if len(self.ins) >= STACK_EVERY and self.key[1].type != "meta":
+            self.in_stacks.append(torch.stack(self.ins))
+            self.out_stacks.append(torch.stack(self.outs))
+            self.ins, self.outs = [], []
+
+    @staticmethod
+    def stacked(rest: list[torch.Tensor], stacks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The run's values as 1-d tensors, in order."""
+        return [*stacks, torch.stack(rest)] if rest else list(stacks)
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class InitProbe(Probe):
     name = "init"
     provides: ClassVar[tuple[str, ...]] = (
@@ -149,9 +185,12 @@ class InitProbe(Probe):
         self._final_done = False
         self._seen_modules: set[str] = set()
         self._rec: Recorder | None = None
-        # (step, module, std in, std out) measured this step, deferred together at its end:
-        # two read-back entries per step instead of two per module.
-        self._stds: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []
+        # The stds measured this step, deferred together at its end: two read-back entries
+        # per step instead of two per module. Kept as they come in runs of one (step, device)
+        # key, each run stacked every STACK_EVERY modules: on a model of thousands of layers,
+        # ~3 objects per module held to the step's end were promoted toward full collections.
+        self._stds: list[_StdRun] = []
+        self._quals: dict[int, str] = {}  # id(module) -> its name, for the shared hook
         # Before attach (zero-code mode): the first forward's measurements, and its hooks.
         self._early_handle: Any = None
         self._early_modules: dict[int, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = {}
@@ -204,14 +243,20 @@ class InitProbe(Probe):
         _add_ce_listener(self._on_cross_entropy)
         self._listening = True
         ctx.guard.call("probe init", self._record_early, ctx)
+        # One hook object for every module, the name looked up by id (a closure per module
+        # was ~6 objects more for the cyclic collector to walk, on models of 10,000 modules).
+        shared = ctx.hook("probe init", self._on_forward)
+        self._quals: dict[int, str] = {}
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 if not name or not any(p.requires_grad for p in module.parameters(recurse=False)):
                     continue
                 qual = f"{prefix}{name}"
-                self.handles.append(
-                    module.register_forward_hook(ctx.hook("probe init", self._make_hook(qual)))
-                )
+                if self._quals.setdefault(id(module), qual) is qual:
+                    hook = shared
+                else:  # the same module object under a second model: its own name
+                    hook = ctx.hook("probe init", self._make_hook(qual))
+                self.handles.append(module.register_forward_hook(hook))
 
     def _record_early(self, ctx: AttachContext) -> None:
         """What the early hooks saw, recorded at the open step (the first: nothing stepped)."""
@@ -245,37 +290,55 @@ class InitProbe(Probe):
             and ctx.state.step <= ctx.budget.structural_steps
         )
 
+    def _on_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        qual = self._quals.get(id(module))
+        if qual is not None:
+            self._measure(qual, inputs, output)
+
     def _make_hook(self, qual: str):
         def hook(_module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            if qual in self._seen_modules or not self._active():
-                return
-            x = inputs[0] if isinstance(inputs, tuple) and inputs else None
-            s_in, s_out = _std(x), _std(output)
-            if s_in is None or s_out is None:
-                return
-            self._seen_modules.add(qual)
-            assert self.ctx is not None
-            self._stds.append((self.ctx.state.step, qual, s_in, s_out))
+            self._measure(qual, inputs, output)
 
         return hook
 
-    def _flush(self) -> None:
-        stds, self._stds = self._stds, []
-        if not stds or self._rec is None:
+    def _measure(self, qual: str, inputs: Any, output: Any) -> None:
+        if qual in self._seen_modules or not self._active():
             return
-        groups: dict[tuple[int, torch.device], list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
-        for step, qual, s_in, s_out in stds:
-            key = (step, s_out.device if s_in.device == s_out.device else torch.device("meta"))
-            groups.setdefault(key, []).append((qual, s_in, s_out))
-        for (step, device), rows in groups.items():
+        x = inputs[0] if isinstance(inputs, tuple) and inputs else None
+        s_in, s_out = _std(x), _std(output)
+        if s_in is None or s_out is None:
+            return
+        self._seen_modules.add(qual)
+        assert self.ctx is not None
+        key = (
+            self.ctx.state.step,
+            s_out.device if s_in.device == s_out.device else torch.device("meta"),
+        )
+        runs = self._stds
+        if not runs or runs[-1].key != key:
+            runs.append(_StdRun(key))
+        runs[-1].add(qual, s_in, s_out)
+
+    def _flush(self) -> None:
+        runs, self._stds = self._stds, []
+        if not runs or self._rec is None:
+            return
+        # Grouped by (step, device) in the order first seen, each group's rows in order.
+        groups: dict[tuple[int, torch.device], list[_StdRun]] = {}
+        for run in runs:
+            groups.setdefault(run.key, []).append(run)
+        for (step, device), group in groups.items():
             if device.type == "meta":  # input and output on different devices: one by one
-                for qual, s_in, s_out in rows:
-                    self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
-                    self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
+                for run in group:
+                    for qual, s_in, s_out in zip(run.quals, run.ins, run.outs, strict=True):
+                        self._rec.defer(step, INIT_IN_STD, s_in.reshape(1), keys=[qual])
+                        self._rec.defer(step, INIT_OUT_STD, s_out.reshape(1), keys=[qual])
                 continue
-            quals = [q for q, _, _ in rows]
-            self._rec.defer(step, INIT_IN_STD, torch.stack([i for _, i, _ in rows]), keys=quals)
-            self._rec.defer(step, INIT_OUT_STD, torch.stack([o for _, _, o in rows]), keys=quals)
+            quals = [q for run in group for q in run.quals]
+            ins = [t for run in group for t in run.stacked(run.ins, run.in_stacks)]
+            outs = [t for run in group for t in run.stacked(run.outs, run.out_stacks)]
+            self._rec.defer(step, INIT_IN_STD, _joined(ins), keys=quals)
+            self._rec.defer(step, INIT_OUT_STD, _joined(outs), keys=quals)
 
     def _on_cross_entropy(self, input: Any, out: Any, args: tuple, kwargs: dict) -> None:  # noqa: A002
         if self.ctx is None or self._rec is None or not self._active():

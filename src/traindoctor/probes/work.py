@@ -52,11 +52,10 @@ class WorkProbe(Probe):
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
+        hook = ctx.hook("probe work", self._count)  # one object for every module
         for model in ctx.eager_models().values():
             for module in model.modules():
-                self.handles.append(
-                    module.register_forward_hook(ctx.hook("probe work", self._count))
-                )
+                self.handles.append(module.register_forward_hook(hook))
 
     def _count(self, module: torch.nn.Module, _args: Any, output: Any) -> None:
         if not module.training or not torch.is_grad_enabled():
