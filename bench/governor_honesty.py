@@ -194,6 +194,11 @@ def by_kind(plain: list[Run], watched: list[tuple[Run, Governed]]) -> dict[str, 
         "sampled step x: side by side (cpu, medians)": mean(out["sx"]) if out["sx"] else None,
         "unsampled step x: side by side (cpu, medians)": mean(out["ux"]) if out["ux"] else None,
         "unsampled step x: governor": mean(out["gux"]),
+        # Each round apart: the truth's own spread, next to the governor's run by run (an
+        # error smaller than the rounds' spread cannot be told from this machine's noise).
+        "unsampled step x per round: side by side / governor": "; ".join(
+            f"{s:.3f} / {g:.3f}" for s, g in zip(out["ux"], out["gux"], strict=False)
+        ),
     }
 
 
