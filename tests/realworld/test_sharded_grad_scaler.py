@@ -91,3 +91,49 @@ def test_training_and_the_sharded_scaler_unchanged(group, tmp_path):
     for name in ("scale", "unscale_", "update"):  # the class's own methods are back
         assert vars(sharded.ShardedGradScaler)[name].__module__ == sharded.__name__
         assert not hasattr(vars(sharded.ShardedGradScaler)[name], "__wrapped__")
+
+
+ZERO_CODE = """
+import sys
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+scaler = ShardedGradScaler("cpu")
+x, y = torch.randn(128, 16), torch.randint(0, 4, (128,))
+for i in range(12):
+    xb, yb = x[(i * 16) % 128:][:16], y[(i * 16) % 128:][:16]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(xb).float(), yb)
+    scaler.scale(loss).backward()
+    if sys.argv[1] == "fixed":
+        scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # CLIP
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_zero_code_finds_the_sharded_scaler(tmp_path):
+    from tests.cli.conftest import line_of, run_all, td, write
+
+    jobs = {}
+    for arm in ("clip_first", "fixed"):
+        write(tmp_path / arm, "train.py", ZERO_CODE)
+        jobs[arm] = lambda arm=arm: td(tmp_path / arm, "run", "train.py", arm)
+    runs = run_all(jobs)
+    bug, fixed = runs["clip_first"], runs["fixed"]
+    assert bug.rc in (0, 3) and fixed.rc == 0, (bug, fixed)
+    f = bug.findings()["findings"][0]
+    assert f["code"] == "TD204", bug
+    assert f["where"]["source"] == f"train.py:{line_of(bug.cwd / 'train.py', '# CLIP')}"
+    assert [g["code"] for g in fixed.findings()["findings"] if g["severity"] != "info"] == []

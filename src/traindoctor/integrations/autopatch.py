@@ -39,6 +39,7 @@ class ZeroCodeSession:
         self._depth = 0
         self._handles: list[Any] = []
         self._held: list[Patch] = []  # this session's process-wide patches
+        self._scaler_patched: set[tuple[type, str]] = set()  # (GradScaler class, method)
         self._attached = False
         self._forward_hooks_live = False
         self._first_call: dict[int, tuple[Any, torch.Tensor]] = {}
@@ -90,6 +91,7 @@ class ZeroCodeSession:
         for patch in reversed(self._held):
             release(patch)
         self._held.clear()
+        self._scaler_patched.clear()
 
     def _patch(self, owner: Any, name: str, new: Any) -> None:
         # `new` closes over this session (one Patch per session, not shared between sessions).
@@ -110,8 +112,18 @@ class ZeroCodeSession:
             self.doctor.scaler_updated()
 
     def _patch_grad_scaler(self) -> None:
-        scaler_cls = torch.amp.GradScaler
-        scale_fn, update_fn = scaler_cls.scale, scaler_cls.update
+        """GradScaler's scale()/update(), and those of torch's subclasses loaded by now that
+        define them (FSDP's ShardedGradScaler: imported by the script, so looked for again
+        when an optimizer is built)."""
+        done = self._scaler_patched
+        for method in ("scale", "update"):
+            for cls in _patches.scaler_classes(method):
+                if (cls, method) not in done:
+                    done.add((cls, method))
+                    self._patch_scaler_method(cls, method)
+
+    def _patch_scaler_method(self, scaler_cls: type, method: str) -> None:
+        scale_fn, update_fn = vars(scaler_cls).get("scale"), vars(scaler_cls).get("update")
         session = self
 
         def scale(scaler: Any, outputs: Any) -> Any:
@@ -133,8 +145,7 @@ class ZeroCodeSession:
                 session.doctor.guard.call("scaler update", session.scaler_updated, scaler, stepped)
             return result
 
-        self._patch(scaler_cls, "scale", scale)
-        self._patch(scaler_cls, "update", update)
+        self._patch(scaler_cls, method, scale if method == "scale" else update)
 
     # -- forward discovery ------------------------------------------------------------------
     def _install_forward_hooks(self) -> None:
@@ -182,6 +193,7 @@ class ZeroCodeSession:
     # -- discovery --------------------------------------------------------------------------
     def _on_optimizer(self, opt: torch.optim.Optimizer) -> None:
         self.doctor.guard.call("zero-code framework", self._detect_framework)
+        self.doctor.guard.call("zero-code scaler", self._patch_grad_scaler)
         if self.delegated:
             return  # the framework's callback watches this run
         self._optimizers.append(weakref.ref(opt))
