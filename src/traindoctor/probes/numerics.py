@@ -102,8 +102,11 @@ class NumericsProbe(Probe):
         self._loss_culprits: list[dict[str, Any]] | None = None
         # Per-module output checks of a sampled step: 0-d values that are all finite exactly
         # when the outputs are (their min and max), and the module of each, in call order.
+        # (Every _CHUNK of them stacked in one 1-D tensor as they come: `_stack_tail`; the
+        # entries before `_stacked` are done.)
         self._module_vals: list[torch.Tensor] = []
         self._module_quals: list[str] = []
+        self._stacked = 0
         self._input_flags: list[torch.Tensor] = []
         self._flags: HookSwitch | None = None  # per-module finiteness flags, sampled steps
         self._checked = False
@@ -217,6 +220,7 @@ class NumericsProbe(Probe):
         self._loss_culprits = None
         self._module_vals = []
         self._module_quals = []
+        self._stacked = 0
         self._input_flags = []
         self._checked = False
         self._close_window()
@@ -276,8 +280,26 @@ class NumericsProbe(Probe):
             _finite_values(output, vals)
             if len(vals) > n:
                 self._module_quals.extend([qual] * (len(vals) - n))
+                if len(vals) - self._stacked >= _CHUNK:
+                    self._stack_tail(vals)
 
         return hook
+
+    def _stack_tail(self, vals: list[torch.Tensor]) -> None:
+        """The last _CHUNK module values stacked into one 1-D tensor while they are fresh: on
+        models of thousands of modules, 0-d tensors held to the step's read were stacked there
+        from cold memory and kept the collector busy; the order (and each module's place) is
+        the same. Left as they are where the chunk spans devices."""
+        tail = vals[self._stacked :]
+        try:
+            with torch.no_grad():
+                chunk = torch.stack(tail)
+        except RuntimeError:  # several devices: read per device at the step's read
+            self._stacked = len(vals)
+            return
+        del vals[self._stacked :]
+        vals.append(chunk)
+        self._stacked = len(vals)
 
     def _remove_step_hooks(self) -> None:
         if self._flags is not None:
@@ -859,6 +881,7 @@ def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return list(out.values())
 
 
+_CHUNK = 512  # module values stacked together as they come (see _stack_tail)
 _MINMAX_FROM = 1024  # elements: below, isfinite().all() is as fast
 _MINMAX_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -911,9 +934,14 @@ def _finite_values(output: Any, out: list[torch.Tensor]) -> None:
 def _read_with_values(
     flags: list[torch.Tensor | bool], values: list[torch.Tensor]
 ) -> tuple[list[bool], list[bool]]:
-    """`_read(flags)`, and whether each of `values` is finite, in one transfer per device."""
+    """`_read(flags)`, and whether each element of `values` (0-d or 1-d tensors, in order) is
+    finite, in one transfer per device."""
     out_flags = [True] * len(flags)
-    out_vals = [True] * len(values)
+    sizes = [1 if v.dim() == 0 else v.numel() for v in values]
+    starts = [0] * len(values)
+    for i in range(1, len(values)):
+        starts[i] = starts[i - 1] + sizes[i - 1]
+    out_vals = [True] * (starts[-1] + sizes[-1] if values else 0)
     by_dev: dict[torch.device, tuple[list[int], list[int]]] = {}
     for i, f in enumerate(flags):
         if isinstance(f, bool):
@@ -928,13 +956,16 @@ def _read_with_values(
             if fi:
                 parts.append(torch.stack([flags[i].reshape(()) for i in fi]).bool())  # type: ignore[union-attr]
             if vi:
-                vs = values if len(vi) == len(values) else [values[i] for i in vi]
-                parts.append(torch.isfinite(torch.stack(vs)))
+                vs = [values[i].reshape(-1) for i in vi]
+                parts.append(torch.isfinite(vs[0] if len(vs) == 1 else torch.cat(vs)))
             read = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()
             for i, v in zip(fi, read[: len(fi)]):
                 out_flags[i] = bool(v)
-            for i, v in zip(vi, read[len(fi) :]):
-                out_vals[i] = bool(v)
+            pos = len(fi)
+            for i in vi:
+                n, start = sizes[i], starts[i]
+                out_vals[start : start + n] = [bool(v) for v in read[pos : pos + n]]
+                pos += n
     return out_flags, out_vals
 
 
