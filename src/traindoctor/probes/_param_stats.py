@@ -105,6 +105,15 @@ class ParamStats:
         self._grad_norms: dict[int, GradNorms] = {}
         # Bumped by whoever rewrites ctx.param_names (the params probe): names re-read then.
         self.names_version = 0
+        self._last: tuple[torch.optim.Optimizer, int, Held] | None = None
+
+    def held_now(self, opt: torch.optim.Optimizer, step: int) -> Held:
+        """`held(opt)` as the params probe found it earlier in this same optimizer pre-step
+        event (`mark`: nothing runs between the two handlers), else checked again."""
+        last, self._last = self._last, None
+        if last is not None and last[0] is opt and last[1] == step:
+            return last[2]
+        return self.held(opt)
 
     def held(self, opt: torch.optim.Optimizer) -> Held:
         tensors = list(chain.from_iterable(g["params"] for g in opt.param_groups))
@@ -126,6 +135,10 @@ class ParamStats:
                 others.append(p)
         held = self._held[id(opt)] = Held(kept_names, kept, others, signature)
         return held
+
+    def mark(self, opt: torch.optim.Optimizer, step: int, held: Held) -> None:
+        """What the params probe read for `opt` at its pre-step of `step` (see held_now)."""
+        self._last = (opt, step, held)
 
     def share_grad_norms(self, opt: torch.optim.Optimizer, norms: GradNorms) -> None:
         self._grad_norms[id(opt)] = norms

@@ -136,7 +136,8 @@ class GradsProbe(Probe):
         if not sampled:
             return
         assert self.ctx is not None
-        held = shared(self.ctx).held(opt)
+        # As the params probe read it just before, in this event (or checked again).
+        held = shared(self.ctx).held_now(opt, step)
         self._stepped.update(held.names)
         self._check(step, held.names, held.params, rec, opt, held.others)
 

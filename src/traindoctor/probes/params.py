@@ -159,7 +159,9 @@ class ParamsProbe(Probe):
         if not sampled:
             return
         assert self.ctx is not None
-        held = shared(self.ctx).held(opt)
+        stats = shared(self.ctx)
+        held = stats.held(opt)
+        stats.mark(opt, step, held)  # the gradient probe reads the same list next, this event
         names, params = held.names, held.params
         size = nbytes(params)
         if size <= self._budget_left:  # all of them (the usual case): no loop in Python
