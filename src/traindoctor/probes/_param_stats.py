@@ -224,8 +224,13 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[torch.device, torch.Tensor]
         return [(d, torch.stack(ns).float()) for d, ns in groups.items()]
 
 
-def keyed(names: list[str], tensors: list[torch.Tensor]) -> list[list[str]]:
-    """`names` split as `norms` splits `tensors` by device (one list: the usual case)."""
+def keyed(
+    names: list[str], tensors: list[torch.Tensor], parts: list[Any] | None = None
+) -> list[list[str]]:
+    """`names` split as `norms` splits `tensors` by device (one list: the usual case, and
+    always when `norms` gave one part: no device is read then)."""
+    if parts is not None and len(parts) == 1:
+        return [names]
     devices = set(map(attrgetter("device"), tensors))
     if len(devices) <= 1:
         return [names]

@@ -102,7 +102,8 @@ class GradsProbe(Probe):
             names, grads = list(compress(names, has)), list(compress(grads, has))
         if grads:
             grads = _strided_all(grads)
-            for (_, norms), keys in zip(param_norms(grads), keyed(names, grads)):
+            parts = param_norms(grads)
+            for (_, norms), keys in zip(parts, keyed(names, grads, parts)):
                 rec.defer(step, GRADS_CARRIED, norms, keys=keys, reduce=min)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
@@ -188,7 +189,7 @@ class GradsProbe(Probe):
                 g is not None and g.layout is torch.strided for g in map(GRAD, others or ())
             )
             shared(self.ctx).share_grad_norms(opt, GradNorms(tensors, parts, complete))
-        for (_, norms), keys in zip(parts, keyed(names, strided)):
+        for (_, norms), keys in zip(parts, keyed(names, strided, parts)):
             rec.defer(step, GRADS_NORM, norms, keys=keys)
 
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
