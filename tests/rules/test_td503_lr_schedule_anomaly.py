@@ -107,6 +107,27 @@ def test_healthy_schedules_are_silent():
     assert_silent("TD503", _tl([1e-7] * n))  # tiny but constant: not a schedule anomaly
 
 
+def _groups(lrs_by_group):
+    n = len(next(iter(lrs_by_group.values())))
+    steps = {
+        i: {"optim.lr": {g: lrs[i - 1] for g, lrs in lrs_by_group.items()}, "optim.step": 1}
+        for i in range(1, n + 1)
+    }
+    return make_timeline(params=["w"], steps=steps, ended=True)
+
+
+def test_a_group_built_with_lr_zero_beside_one_that_trains_is_info():
+    # AdamW([{'params': backbone, 'lr': 0.0}, {'params': head}], lr=3e-3): a freeze
+    f = assert_fires("TD503", _groups({"opt0/group0": [0.0] * 40, "opt0/group1": [3e-3] * 40}))
+    assert f.severity.value == "info" and f.evidence["cases"][0]["kind"] == "zero_frozen_group"
+    # a group a schedule brought to 0, or lr 0 with nothing else training: still the error
+    decayed = [3e-3] * 4 + [0.0] * 36
+    f = assert_fires("TD503", _groups({"opt0/group0": decayed, "opt0/group1": [3e-3] * 40}))
+    assert f.severity.value == "error"
+    f = assert_fires("TD503", _groups({"opt0/group0": [0.0] * 40, "opt0/group1": [0.0] * 40}))
+    assert f.severity.value == "error"
+
+
 def test_too_few_steps_is_silent():
     assert_silent("TD503", _tl([0.0] * 4))
 

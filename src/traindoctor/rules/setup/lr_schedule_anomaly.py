@@ -106,6 +106,8 @@ def lr_schedule_anomaly(
     cases: list[dict[str, Any]] = []
     for gid, trace in traces.items():
         case = _judge_trace(gid, trace, min_steps, most, collapse_ratio)
+        if case and case["kind"] == "zero" and _frozen_group(gid, trace, traces, most):
+            case = _as_freeze(case)
         if case:
             cases.append(case)
     epoch = None
@@ -279,6 +281,33 @@ def _judge_trace(
     }
 
 
+def _frozen_group(gid: str, trace: Trace, traces: dict[str, Trace], most: float) -> bool:
+    """A group whose lr was 0 at every observed step (built with lr=0: no schedule ever moved
+    it) beside a group of the same optimizer that trains: a freeze written as a param group."""
+    if trace.zeros != trace.n or trace.peak != 0:
+        return False
+    opt = gid.split("/", 1)[0]
+    return any(
+        g.split("/", 1)[0] == opt and t.peak and t.peak > 0 and t.zeros < most * t.n
+        for g, t in traces.items()
+        if g != gid
+    )
+
+
+def _as_freeze(case: dict[str, Any]) -> dict[str, Any]:
+    gid = case["group"]
+    return {
+        **case,
+        "kind": "zero_frozen_group",
+        "severity": "info",
+        "title": f"the learning rate of {gid} is 0 at every one of {case['observed_steps']} "
+        "observed steps, beside a group that trains",
+        "text": f"{gid} was built with lr 0 and stays there while another group of the same "
+        "optimizer trains: its params never change (a freeze written as a param group; "
+        "nothing to fix if that is meant)",
+    }
+
+
 def _judge_scheduler(
     sched: dict[str, Any], n: int, opt_steps: int, skipped: int, extra_share: float
 ) -> dict[str, Any] | None:
@@ -425,6 +454,11 @@ def _lr_at(tl: TimelineView, gid: str, step: int) -> float | None:
 
 def _fix(case: dict[str, Any]) -> str:
     kind = case["kind"]
+    if kind == "zero_frozen_group":
+        return (
+            "nothing to fix if the group is meant to stay frozen; otherwise give it a positive lr "
+            "(or leave its params out of the optimizer and set requires_grad_(False))"
+        )
     if kind == "zero":
         return (
             "give the group a positive lr: check the scheduler's lambda (use float arithmetic, "
