@@ -64,8 +64,10 @@ def frozen_module_in_train_mode(tl: TimelineView) -> Iterator[Finding]:
 
     ## Known false positives
     Re-estimating BatchNorm statistics on purpose on new data (domain adaptation such as
-    AdaBN) while the weights stay frozen; Dropout in a frozen extractor used on purpose as
-    feature noise.
+    AdaBN) while the weights stay frozen. Dropout alone (no BatchNorm drifting) is reported as
+    info: it only adds noise to the frozen features, often on purpose (a frozen encoder
+    under the Hugging Face Trainer, whose `train()` turns it on), with no harm measured on
+    the head's held-out loss there.
     """
     drift = _max_drift(tl)
     events = tl.events("frozen_modules")
@@ -145,6 +147,10 @@ def _finding(
         fix=f"put it in eval mode after every `model.train()`: `model.train(); "
         f"{_attr(root)}.eval()` (or override the model's `train()` to keep `{root}` in eval)",
         confidence=0.9 if drifting else 0.6,
+        # Dropout alone only adds noise to frozen features: often on purpose (a frozen
+        # encoder under the Hugging Face Trainer), and no harm measured there. Drifting
+        # statistics change the features themselves.
+        severity=None if drifting else Severity.INFO,
     )
 
 
