@@ -235,6 +235,11 @@ _signal(
     "per scheduler ('sched0', see the lr_scheduler events): scheduler.step() calls in the step",
 )
 _signal(
+    "schedule.plateau",
+    "per ReduceLROnPlateau ('sched0'): [metric given to step(), lr before, lr after] "
+    "(first param group)",
+)
+_signal(
     "schedule.autocast",
     "per device type: the autocast dtype in force at a watched model's forward ('off' if none)",
 )

@@ -10,6 +10,8 @@ Facts the optimizer probe cannot see from the optimizer alone:
 - the autocast dtype in force when a watched model's forward starts;
 - under float16 autocast without an enabled GradScaler, the number of non-zero gradient
   elements per parameter at `step()` (one fused L0 `_foreach_norm`, sampled steps);
+- for a `ReduceLROnPlateau`, the value each `step(metric)` was given (a Python float) and the
+  lr of its optimizer's first param group before and after that step (its cuts);
 - `clip_grad_norm_`'s max_norm and the total norm it measured (through the clip patches of
   `_patches.py`);
 - backward passes whose loss ends in a division by a tensor (a data-dependent normalizer, e.g.
@@ -18,6 +20,7 @@ Facts the optimizer probe cannot see from the optimizer alone:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -36,6 +39,11 @@ from .base import AttachContext, Probe, Recorder, by_device
 SCHED_STEPS = signal(
     "schedule.steps",
     "per scheduler ('sched0', see the lr_scheduler events): scheduler.step() calls in the step",
+)
+SCHED_PLATEAU = signal(
+    "schedule.plateau",
+    "per ReduceLROnPlateau ('sched0'): [metric given to step(), lr before, lr after] "
+    "(first param group)",
 )
 SCHED_AUTOCAST = signal(
     "schedule.autocast",
@@ -70,13 +78,19 @@ _SETTINGS = (
     "end_factor",
     "power",
     "base_lrs",
+    "patience",
+    "threshold",
+    "cooldown",
 )
+# String settings kept as they are (ReduceLROnPlateau's 'min'/'max', CyclicLR's policy).
+_STR_SETTINGS = ("mode", "threshold_mode")
 
 
 class ScheduleProbe(Probe):
     name = "schedule"
     provides: ClassVar[tuple[str, ...]] = (
         SCHED_STEPS,
+        SCHED_PLATEAU,
         SCHED_AUTOCAST,
         SCHED_GRAD_NONZERO,
         SCHED_CLIP_NORM,
@@ -200,16 +214,44 @@ class ScheduleProbe(Probe):
             rec.defer(step, SCHED_GRAD_NONZERO, torch.stack(ts).float(), keys=ns)
 
     # -- LR schedulers --------------------------------------------------------------------
-    def _scheduler_step(self, sched: Any) -> None:
+    def _scheduler_step(
+        self, sched: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], None] | None:
+        ctx = self.ctx
+        if ctx is not None and _is_plateau(sched) and not ctx.state.closed:
+            # A plateau scheduler is often stepped inside the validation block, with the
+            # validation metric: seen there too.
+            key = f"probe {self.name}"
+            if key in ctx.guard.disabled:
+                return None
+            return ctx.guard.call(key, self._on_plateau_step, sched, args, kwargs)
         self._guarded(self._on_scheduler_step, sched)
+        return None
 
-    def _on_scheduler_step(self, sched: Any) -> None:
+    def _on_plateau_step(
+        self, sched: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], None] | None:
+        key = self._on_scheduler_step(sched)
+        ctx, rec = self.ctx, self._rec
+        if key is None or ctx is None or rec is None:
+            return None
+        metric = _as_float(args[0] if args else kwargs.get("metrics"))
+        before = _first_lr(sched)
+        step = ctx.state.step
+
+        def after() -> None:
+            value = [metric, before, _first_lr(sched)]
+            ctx.guard.call(f"probe {self.name}", rec.record, step, SCHED_PLATEAU, value, key)
+
+        return after
+
+    def _on_scheduler_step(self, sched: Any) -> str | None:
         ctx, rec = self.ctx, self._rec
         assert ctx is not None and rec is not None
         opt = getattr(sched, "optimizer", None)
         oi = next((i for i, o in enumerate(ctx.optimizers) if o is opt), None)
         if oi is None:
-            return  # a scheduler of an optimizer traindoctor does not watch
+            return None  # a scheduler of an optimizer traindoctor does not watch
         step = ctx.state.step
         key = self._schedulers.get(id(sched))
         if key is None:
@@ -228,6 +270,7 @@ class ScheduleProbe(Probe):
             )
         old = (rec.timeline.get(step, SCHED_STEPS) or {}).get(key, 0)
         rec.record(step, SCHED_STEPS, old + 1, key=key)
+        return key
 
     # -- clipping -------------------------------------------------------------------------
     def clipped(self, fn: str, threshold: Any, result: Any) -> None:
@@ -265,8 +308,39 @@ def _wrapped(t: torch.Tensor) -> bool:
     return t.dim() == 0 and t.device.type == "cpu" and t.dtype in (torch.int64, torch.float64)
 
 
+def _is_plateau(sched: Any) -> bool:
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return isinstance(sched, ReduceLROnPlateau)
+
+
+def _as_float(value: Any) -> float | None:
+    """The metric as a Python float (what ReduceLROnPlateau.step itself computes); never the
+    tensor (a 0-d tensor is read like `float(metric)` in step())."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.detach()
+    try:
+        out = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _first_lr(sched: Any) -> float | None:
+    groups = getattr(getattr(sched, "optimizer", None), "param_groups", None) or []
+    return _number(groups[0].get("lr")) if groups else None
+
+
 def _settings(sched: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    for attr in _STR_SETTINGS:
+        value = sched.__dict__.get(attr)
+        if isinstance(value, str):
+            out[attr] = value
     for attr in _SETTINGS:
         value = sched.__dict__.get(attr)
         if isinstance(value, bool) or value is None:
@@ -281,7 +355,10 @@ def _settings(sched: Any) -> dict[str, Any]:
 
 
 # -- the process-wide LRScheduler.step wrapper ---------------------------------------------
-_sched_listeners: list[Callable[[Any], None]] = []
+# A listener gets (scheduler, step's args, step's kwargs) before the step runs; what it returns,
+# if callable, runs after the step returned (to read what the step changed).
+SchedListener = Callable[[Any, tuple[Any, ...], dict[str, Any]], Callable[[], None] | None]
+_sched_listeners: list[SchedListener] = []
 _depth = threading.local()
 
 
@@ -299,20 +376,29 @@ def _scheduler_classes() -> list[type]:
 def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     def step(self: Any, *args: Any, **kwargs: Any) -> Any:
         depth = getattr(_depth, "n", 0)
+        afters = []
         # The step() the constructor runs (`_step_count` still 0) is not a schedule step, and
         # the inner steps of SequentialLR/ChainedScheduler belong to the outer one.
         if depth == 0 and getattr(self, "_step_count", 1) != 0 and _sched_listeners:
             for listener in list(_sched_listeners):
                 try:
-                    listener(self)
+                    after = listener(self, args, kwargs)
+                    if callable(after):
+                        afters.append(after)
                 except Exception:  # noqa: BLE001  (listeners guard themselves; last resort)
                     pass
         _depth.n = depth + 1
         try:
             # torch's "lr_scheduler.step() before optimizer.step()" names the user's line.
-            return call_as_caller(__file__, original, self, *args, **kwargs)
+            out = call_as_caller(__file__, original, self, *args, **kwargs)
         finally:
             _depth.n = depth
+        for after in afters:
+            try:
+                after()
+            except Exception:  # noqa: BLE001  (last resort, as above)
+                pass
+        return out
 
     step.__wrapped__ = original  # type: ignore[attr-defined]
     return step
@@ -324,12 +410,12 @@ SCHEDULER_STEPS = PatchSet(
 )
 
 
-def add_scheduler_listener(listener: Callable[[Any], None]) -> None:
+def add_scheduler_listener(listener: SchedListener) -> None:
     acquire(SCHEDULER_STEPS)  # one hold per listener
     _sched_listeners.append(listener)
 
 
-def remove_scheduler_listener(listener: Callable[[Any], None]) -> None:
+def remove_scheduler_listener(listener: SchedListener) -> None:
     if listener in _sched_listeners:
         _sched_listeners.remove(listener)
         release(SCHEDULER_STEPS)

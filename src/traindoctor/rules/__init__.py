@@ -73,6 +73,7 @@ from .setup import (
     loss_shape_broadcast,
     lr_schedule_anomaly,
     memory_growth,
+    plateau_mode_inverted,
     probabilities_as_logits,
     trainable_audit,
     weight_decay_on_norms,
@@ -119,6 +120,7 @@ CATALOG = (
     memory_growth,  # TD505
     frozen_module_in_train_mode,  # TD516
     lr_schedule_anomaly,  # TD503
+    plateau_mode_inverted,  # TD517
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
