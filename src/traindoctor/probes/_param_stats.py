@@ -147,8 +147,11 @@ class ParamStats:
         """Taken once: a later step of the same optimizer has new gradients."""
         return self._grad_norms.pop(id(opt), None)
 
-    def new_step(self) -> None:
+    def clear(self) -> None:
+        """Forget every tensor held (at detach: the model may outlive nothing of ours)."""
+        self._held.clear()
         self._grad_norms.clear()
+        self._last = None
 
 
 def shared(ctx: Any) -> ParamStats:

@@ -141,6 +141,12 @@ class ParamsProbe(Probe):
                 entry["requires_grad"] = False
         self._note_trainable(step, inventory, rec)
 
+    def detach(self) -> None:
+        if self.ctx is not None:
+            shared(self.ctx).clear()  # its optimizer index holds the params
+        self._snapshots.clear()
+        super().detach()
+
     def _note_trainable(self, step: int, inventory: dict, rec: Recorder) -> None:
         """An event when the number of trainable params changes (freezing, unfreezing)."""
         count = sum(1 for info in inventory.values() if info["requires_grad"])
