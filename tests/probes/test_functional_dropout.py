@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -164,3 +165,46 @@ def test_functional_dropout_at_its_default_in_validation_is_td403(tmp_path):
     assert "test_functional_dropout.py:" in f.where.source
     doc = _validate_each_step(tmp_path / "always", DefaultFlagNet(always=True))
     assert doc.report.get("TD403") is None  # training=True written: on purpose
+
+
+class ExplicitFlagNet(FunctionalDropoutNet):
+    """`training` passed in ways a one-line text search missed: Monte-Carlo dropout with the
+    keyword on the call's second line, the flag as the third positional argument, or a flag
+    computed by the model (review of eba0c0b)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.mc = True
+
+    def forward(self, x):
+        if self.how == "multiline":
+            d = F.dropout(
+                x,
+                0.5,
+                training=True,  # Monte-Carlo dropout at validation, on purpose
+            )
+        elif self.how == "positional":
+            d = F.dropout(x, 0.5, True)
+        else:
+            d = F.dropout(x, 0.5, training=self.training or self.mc)
+        h = F.elu(self.a(d))
+        return F.log_softmax(self.b(h), dim=1)
+
+
+@pytest.mark.parametrize("how", ["multiline", "positional", "computed"])
+def test_functional_dropout_with_training_passed_is_not_td403(how, tmp_path):
+    assert _validate_each_step(tmp_path, ExplicitFlagNet(how)).report.get("TD403") is None
+
+
+def test_the_default_is_read_from_the_whole_call_over_several_lines(tmp_path):
+    class MultiLineDefault(FunctionalDropoutNet):
+        def forward(self, x):
+            d = F.dropout(
+                x,
+                p=0.5,
+            )
+            return F.log_softmax(self.b(F.elu(self.a(d))), dim=1)
+
+    f = _validate_each_step(tmp_path, MultiLineDefault()).report.get("TD403")
+    assert f is not None and f.evidence["functional_dropout"]["default"] is True

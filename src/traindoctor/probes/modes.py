@@ -22,7 +22,11 @@ from .._source import user_source, user_source_with_code
 from ..distributed.dtensor import local_all
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder, iter_tensors
-from .functional_dropout import add_dropout_listener, remove_dropout_listener
+from .functional_dropout import (
+    add_dropout_listener,
+    remove_dropout_listener,
+    training_left_default,
+)
 
 MODES_EVAL = signal(
     "modes.eval_at_step",
@@ -189,23 +193,21 @@ class ModesProbe(Probe):
             )
 
     def _nograd_functional(self, p: Any, training: Any) -> None:
-        """An F.dropout that drops (training is True, p > 0) in a gradient-free forward: its
-        line is kept (once until the next step) for _on_forward's validation
-        check. A call that writes `training=True` keeps dropout on on purpose (Tacotron 2's
-        prenet, Monte-Carlo dropout) and is left out."""
+        """An F.dropout that drops (training is True, p > 0) in a gradient-free forward, called
+        by the user's code with `training` left at its default: its line is kept (once until
+        the next step) for _on_forward's validation check. A call that passes `training`
+        (True on purpose: Tacotron 2's prenet, Monte-Carlo dropout) is left out, and so is a
+        library's call (it passes its module's mode; the module case is TD403's own)."""
         if training is not True or self._fdrop_nograd is not None:
             return
         if not (isinstance(p, int | float) and p > 0):
             return
-        where = user_source_with_code() or {}
-        code = str(where.get("code") or "")
-        if "training=True" in code.replace(" ", ""):
+        where = training_left_default()
+        if where is None:
+            # `training` passed (True on purpose: Tacotron 2's prenet, Monte-Carlo dropout;
+            # or the module's own flag), or a library's call: not this finding's case.
             return
-        self._fdrop_nograd = {
-            "source": where.get("source"),
-            "p": float(p),
-            "default": "training" not in code,
-        }
+        self._fdrop_nograd = {"source": where["source"], "p": float(p), "default": True}
 
     def _record_functional(self, step: int, rec: Recorder, roots: dict[str, bool]) -> None:
         off, on = self._fdrop
