@@ -201,6 +201,7 @@ def _unrun_referenced(models: dict[str, torch.nn.Module], ran: set[str]) -> list
     """Modules that never ran whose attribute name appears in the forward of the nearest
     module holding them that has a forward of its own (`self.layer2` under an `if` a config
     switches off), as opposed to a layer defined and never used (TD102 says the first at info).
+    A member of a ModuleList/ModuleDict whose other members ran is never one (an index bug).
     Read once, when the structural steps end; a forward whose source cannot be read counts as
     not mentioning it."""
     out: list[str] = []
@@ -213,6 +214,13 @@ def _unrun_referenced(models: dict[str, torch.nn.Module], ran: set[str]) -> list
             if not name or qual in ran or len(out) >= MAX_UNRUN:
                 continue
             parts = name.split(".")
+            parent = chain.get(".".join(parts[:-1]))
+            if isinstance(parent, torch.nn.ModuleList | torch.nn.ModuleDict):
+                # A member of a list whose other members ran: an index or slice that misses
+                # it (`range(len(self.blocks) - 1)`), not a branch switched off.
+                base = f"{prefix}{'.'.join(parts[:-1])}."
+                if any(f"{base}{key}" in ran for key in parent._modules):
+                    continue
             for depth in range(len(parts) - 1, -1, -1):
                 holder = chain.get(".".join(parts[:depth]))
                 forward = type(holder).forward if holder is not None else None
