@@ -19,6 +19,10 @@ Caught (a right code in the top 3 errors/warnings, its cause naming the real cau
   get_polynomial_decay_schedule_with_warmup (a LambdaLR sized in steps) returned from a
   LightningModule's configure_optimizers without interval='step', so Lightning steps it once an
   epoch: the lr is exactly 0 for the whole first epoch and 1/8, 2/8 of its value after.
+- TD517 (warning): FunctionLab/selene#115, ReduceLROnPlateau(mode='max') stepped with a
+  validation loss: lr cuts after windows where the value reached its lowest so far. Its mirror,
+  md-mohaiminul/ViS4mer#4 (the default mode='min' stepped with a validation accuracy), is TD517
+  as info: a validation loss rising while the model overfits looks the same.
 
 Misses, not closed:
 - The same warmup in a plain loop: HF's get_linear_schedule_with_warmup sized in batches
@@ -27,14 +31,6 @@ Misses, not closed:
   twin), too much for TD108, and TD503 judges zeros over most of the run only. A TD503 case
   "every param group of the optimizer at lr exactly 0 for the first N >= max(min_steps, 20%
   of the run) optimizer steps" would catch both; TD503 is another helper's file this session.
-- FunctionLab/selene#115 (also ViS4mer#4 in the mirror form): ReduceLROnPlateau(mode='max')
-  stepped with a validation loss, so every patience+1 validations the lr is cut while the loss
-  falls (0.2 -> 0.0056 in 50 validations here; the fixed twin ends at 0.011); and mode 'min'
-  (the default) stepped with a validation accuracy (md-mohaiminul/ViS4mer#4): accuracy 0.63
-  with the lr cut to 3e-7, 0.89 in the fixed twin. The lr trace alone looks like a decay
-  schedule (TD503 reports a collapse only when it covers most of the run). Catching it needs
-  the value passed to ReduceLROnPlateau.step() (a loss when it is the value a loss function
-  returned) against its mode: the schedule probe and TD503, which another helper is editing.
 """
 
 from __future__ import annotations
@@ -593,9 +589,22 @@ def test_step_sized_warmup_stepped_once_an_epoch_by_lightning(runs):
     assert "interval='step'" in f["fix"]
 
 
-@pytest.mark.parametrize(
-    "name", ["warmup_per_epoch", "plateau_max_on_loss", "plateau_min_on_accuracy"]
-)
+def test_plateau_in_mode_max_stepped_with_a_validation_loss(runs):
+    r = runs["plateau_max_on_loss"]
+    assert r.rc == 0, r
+    f = _top3(r, "TD517")
+    assert f["where"]["source"] == _line(r, "# SCHED")
+    assert "lowest so far" in f["cause"] and "mode='min'" in f["fix"]
+
+
+def test_plateau_in_mode_min_stepped_with_a_validation_accuracy_is_info(runs):
+    r = runs["plateau_min_on_accuracy"]
+    assert r.rc == 0, r
+    f = r.finding("TD517")
+    assert f["severity"] == "info" and "mode='max'" in f["fix"]
+
+
+@pytest.mark.parametrize("name", ["warmup_per_epoch"])
 def test_known_misses_run(runs, name):
     # Documented in the module docstring; assert the finding here once it is caught.
     assert runs[name].rc == 0, runs[name]
