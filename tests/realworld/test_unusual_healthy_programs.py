@@ -1224,11 +1224,7 @@ ZERO_CODE = [
 ]
 # Findings still said, wrongly, on these programs; everything else is checked on them. Remove
 # an entry once its finding is gone.
-PENDING = {
-    # TD503's lr-zero case cannot tell a group built with lr=0 beside groups that train (a
-    # freeze) from a lost lr; the change is proposed to that rule's owner (TD104 says info).
-    lr_zero_group_freeze: {"TD503"},
-}
+PENDING: dict[Callable, set[str]] = {}  # none now (the lr-0 group's TD503 is info since 88fc272)
 
 
 def _nothing(*_a: Any, **_kw: Any) -> contextlib.AbstractContextManager:
