@@ -129,3 +129,34 @@ def test_training_is_bit_identical_with_and_without_traindoctor(tmp_path):
 def _line(marker: str) -> int:
     with open(__file__, encoding="utf-8") as fh:
         return next(i for i, text in enumerate(fh, 1) if marker in text and "_line(" not in text)
+
+
+class _Wrapper(torch.optim.Optimizer):
+    """accelerate's AcceleratedOptimizer, as the Hugging Face Trainer builds its scheduler over."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.defaults = optimizer.defaults
+        self.state = optimizer.state
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+
+def test_a_scheduler_over_a_wrapper_of_the_watched_optimizer_is_seen(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(_Wrapper(opt), "max", patience=0)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    x = torch.randn(16, 4)
+    for _ in range(6):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        sched.step(loss.item())
+    doc.close()
+    records = [r["sched0"] for _, r in doc.timeline.series("schedule.plateau")]
+    assert len(records) == 6 and records[1][1:] == [0.1, 0.1 * 0.1]  # the cut, seen
