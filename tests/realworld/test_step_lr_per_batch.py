@@ -159,9 +159,11 @@ def runs(tmp_path_factory):
 def test_step_lr_sized_in_epochs_stepped_per_batch_on_a_short_run(runs):
     r = runs["stgcn"]
     assert r.rc == 0, r
-    assert "TD503" in loud(r)[:3], r
+    # Said, measured, at info: an iteration-sized StepLR stepped per batch on purpose
+    # measures the same on a run this short (0.57x); the collapse case is loud on long runs.
+    assert loud(r) == [], r
     f = r.finding("TD503")
-    assert f["severity"] == "warning"
+    assert f["severity"] == "info"
     case = f["evidence"]["cases"][0]
     assert case["kind"] == "step_per_batch"
     assert case["epoch_batches"] == 38 and case["decays_per_epoch"] == 3.8

@@ -156,10 +156,11 @@ def _step_lr(steps, size=10, gamma=0.95, per_batch=True, loaders=None, passes=1,
     return tl
 
 
-def test_step_lr_decaying_within_every_epoch_is_a_warning():
-    # hazdzz/stgcn#18: StepLR(step_size=10, gamma=0.95) per batch, 3 epochs of 38 batches
+def test_step_lr_decaying_within_every_epoch_is_info():
+    # hazdzz/stgcn#18: StepLR(step_size=10, gamma=0.95) per batch, 3 epochs of 38 batches.
+    # Info: an iteration-sized StepLR stepped per batch on purpose measures the same.
     f = assert_fires("TD503", _step_lr(114))
-    assert f.severity.value == "warning"
+    assert f.severity.value == "info"
     case = f.evidence["cases"][0]
     assert case["kind"] == "step_per_batch" and case["decays_per_epoch"] == 3.8
     assert case["lr_after_first_epoch"] == 1e-3 * 0.95**3
