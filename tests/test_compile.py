@@ -149,3 +149,23 @@ def test_zero_code_run_of_a_compiled_script_with_the_loss_inside_forward(tmp_pat
     assert "BREAKS 0" in out.stdout
     graphs = int(out.stdout.split("GRAPHS")[1].split()[0])
     assert graphs <= 3  # global hooks of zero-code mode go at attach and after: first steps
+
+
+def test_a_model_compiled_earlier_in_the_process_does_not_make_later_models_compiled(tmp_path):
+    """dynamo's graph counter is process-wide: a model compiled and trained before (a notebook
+    cell, an earlier test) made every idle model of a later zero-code run 'compiled', and its
+    findings were lost (the planted TD302 cut among them)."""
+    from traindoctor.scenarios import get
+    from traindoctor.scenarios.demo import run_scenario
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    compiled = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        loss = compiled(torch.randn(4, 8)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    report = run_scenario(get("aux_loss_no_grad"), out_dir=tmp_path, watch=False)
+    assert report.findings[0].code == "TD302"
+    assert report.findings[0].evidence["cut"] == "no_grad"

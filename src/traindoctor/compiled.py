@@ -41,12 +41,13 @@ def compiled_statically(model: torch.nn.Module) -> bool:
     return optimized is not None and any(isinstance(m, optimized) for m in model.modules())
 
 
-def _dynamo_compiled_anything() -> bool:
+def _dynamo_graphs() -> int:
+    """Graphs dynamo compiled in this process so far (a process-wide counter)."""
     if "torch._dynamo" not in sys.modules:
-        return False
+        return 0
     from torch._dynamo.utils import counters
 
-    return bool(counters["stats"].get("unique_graphs", 0))
+    return int(counters["stats"].get("unique_graphs", 0))
 
 
 class CompileWatch:
@@ -57,6 +58,11 @@ class CompileWatch:
         self._eager: dict[str, int] = {}  # prefix -> eager calls of our watch hooks this step
         self._models: dict[str, torch.nn.Module] = {}
         self._handles: list[Any] = []
+        # Graphs compiled before this attach: an earlier run in the process (a notebook, a
+        # test session) that compiled a model must not make this run's idle models compiled.
+        # A model compiled before attach recompiles once our hooks are on (dynamo guards on
+        # module hooks), so its graphs still count after.
+        self._graphs_before = _dynamo_graphs()
 
     def unwrap(self, prefix: str, model: torch.nn.Module) -> torch.nn.Module:
         """The module a torch.compile wrapper wraps (noted as compiled), else the model."""
@@ -98,7 +104,7 @@ class CompileWatch:
         """Models newly found compiled in the step that ends (none while dynamo compiled none)."""
         found: set[str] = set()
         idle = [p for p, calls in self._eager.items() if calls == 0]
-        if backward_ran and idle and _dynamo_compiled_anything():
+        if backward_ran and idle and _dynamo_graphs() > self._graphs_before:
             found = {p for p in idle if _has_grad(self._models[p])}
         for prefix in found:
             self.compiled.add(prefix)
