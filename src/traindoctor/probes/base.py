@@ -262,9 +262,6 @@ class AttachContext:
     _named_cache: list[tuple[str, torch.nn.Parameter]] | None = None
     # The activations probe's TorchFunctionMode while it is entered (see hook()).
     quiet_mode: Any = None
-    # ||grad|| of the params an optimizer is about to step, from the gradient probe, for the
-    # probes after it in the same event (share_grad_norms / take_grad_norms).
-    _grad_norms: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
     state: RunState = field(init=False)
     guard: Guard = field(init=False)
     budget: Budget = field(init=False)
@@ -323,20 +320,6 @@ class AttachContext:
 
     def new_step(self) -> None:
         self._named_cache = None
-        self._grad_norms.clear()
-
-    def share_grad_norms(
-        self, opt: torch.optim.Optimizer, params: list[torch.Tensor], norms: list[torch.Tensor]
-    ) -> None:
-        """One gradient-norm pass per optimizer step: the gradient probe's fused norms (taken
-        at the optimizer's pre-step, after any unscale), for the probes that read the same
-        gradients in the same event."""
-        self._grad_norms[id(opt)] = {id(p): n for p, n in zip(params, norms)}
-
-    def take_grad_norms(self, opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
-        """id(param) -> ||grad|| shared for this optimizer's pre-step ({} when none was);
-        taken once: a later step of the same optimizer has new gradients."""
-        return self._grad_norms.pop(id(opt), {})
 
     def _walk_params(self) -> list[tuple[str, torch.nn.Parameter]]:
         out: list[tuple[str, torch.nn.Parameter]] = []
