@@ -99,6 +99,20 @@ def test_tensorboard_gets_findings_status_and_measured_values(tmp_path):
 
 
 @pytest.mark.slow
+def test_tensorboardx_writer_gets_the_status(tmp_path):
+    # tensorboardX's SummaryWriter has no get_logdir() (found on pytorch-flows' main.py)
+    tbx = pytest.importorskip("tensorboardX")
+    writer = tbx.SummaryWriter(str(tmp_path / "tbx"))
+    try:
+        _, report = _train(tmp_path, log=lambda s, v: writer.add_scalar("loss", v, s))
+    finally:
+        writer.close()
+    assert "TD506" in report.codes and report.internal_errors == []
+    _, texts = _tb_read(tmp_path / "tbx")
+    assert texts["traindoctor/status"][0][1].startswith("failing: 1 error(s)")
+
+
+@pytest.mark.slow
 def test_tensorboard_writer_closed_before_close_gets_the_summary(tmp_path):
     """The Trainer's TensorBoard callback closes its writer at train end, before ours: the
     close-time summary goes to the same directory through a writer of traindoctor's."""

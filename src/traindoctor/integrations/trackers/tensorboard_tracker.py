@@ -38,7 +38,9 @@ class Writer(Handle):
         super().__init__()
         self._ref = weakref.ref(writer)
         self.cls = _library_class(type(writer))
-        self.log_dir = str(writer.get_logdir())
+        # tensorboardX's writer has no get_logdir(); its directory is .logdir
+        get = getattr(writer, "get_logdir", None)
+        self.log_dir = str(get() if callable(get) else writer.logdir)
 
     @property
     def writer(self) -> Any:
