@@ -49,3 +49,41 @@ def test_healthy_init_is_silent():
     assert_silent("TD209", _tl(ce=2.35, body=(0.1, 5.0)))
     # a large gain on a tiny input (small output) is not judged either
     assert_silent("TD209", _tl(ce=2.35, head=(0.01, 0.2)))
+
+
+def _clip_tl(ce, head_params, head=(0.125, 1.76)):
+    """CLIP-like: the final ops are a learned temperature and the towers' projections."""
+    params = {"tower.proj.weight": {"shape": (16, 8)}, **head_params}
+    steps = {
+        1: {
+            "init.ce_loss": {"0": ce},
+            "init.ce_classes": {"0": 32},
+            "init.in_std": {"head": head[0], "tower.proj": 1.0},
+            "init.out_std": {"head": head[1], "tower.proj": 0.5},
+        }
+    }
+    finals = [*head_params, "tower.proj.weight"]
+    modules = sorted({n.rsplit(".", 1)[0] for n in finals})
+    events = [
+        {"kind": "final_layers", "step": 1, "modules": modules, "params": finals},
+        {"kind": "cross_entropy_call", "step": 1, "classes": 32, "source": "train.py:30"},
+    ]
+    return make_timeline(params=params, steps=steps, events=events)
+
+
+def test_learned_temperature_is_not_judged():
+    # CLIP's logit_scale (exp(t) = 1/0.07 at init, trained): the loss above ln C and the
+    # head's 14x gain are the temperature's, by design
+    assert_silent("TD209", _clip_tl(7.73, {"head.logit_scale": {"shape": ()}}))
+    assert_silent("TD209", _clip_tl(7.73, {"head.logit_scale": {"shape": (1,)}}))
+
+
+def test_a_one_output_bias_is_not_a_temperature():
+    # a Linear(d, 1) head's bias is a one-element param too: the large CE is still judged
+    tl = _clip_tl(9.0, {"head.weight": {"shape": (1, 8)}, "head.bias": {"shape": (1,)}})
+    assert_fires("TD209", tl)
+
+
+def test_a_frozen_scalar_is_not_a_learned_temperature():
+    tl = _clip_tl(9.0, {"head.logit_scale": {"shape": (), "requires_grad": False}})
+    assert_fires("TD209", tl)

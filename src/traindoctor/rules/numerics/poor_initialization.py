@@ -69,6 +69,10 @@ def poor_initialization(
     nn.init.zeros_(model.head.bias)               # a prior-probability bias for rare classes
     ```
 
+    A learned scalar among the final params (a temperature such as CLIP's `logit_scale`) is
+    a scale chosen on purpose and trained: the cross-entropy is not judged then, nor a final
+    op whose only params are such scalars.
+
     ## Known false positives
     Fine-tuning a pretrained model on data it was not trained on can start above ln C with a
     sound init; a regression head whose targets are on a large scale needs a large output (then
@@ -77,12 +81,20 @@ def poor_initialization(
     params = tl.fact("params") or {}
     final_events = tl.events("final_layers")
     final = list(final_events[0].get("modules") or []) if final_events else []
+    final_params = list(final_events[0].get("params") or []) if final_events else []
+    temperatures = _learned_scalars(params, final_params)
+    # A final op whose only params are learned scalars is a temperature (CLIP's logit_scale,
+    # SigLIP's t): its gain is the scale chosen by design and trained, not a fan-in init.
+    final = [m for m in final if not _only_scalars(m, final_params, temperatures)]
     gain = _first_gains(tl, final)
     bad_layers = [
         (m, v[0], v[2]) for m, v in gain.items() if v[0] > max_gain and v[2] >= min_out_std
     ]
     bad_layers.sort(key=lambda t: -t[1])
-    ce = _first_ce(tl)
+    # A cross-entropy over logits that a learned temperature multiplies starts where that
+    # temperature puts it (CLIP inits exp(t) = 1/0.07 on purpose) and the temperature trains:
+    # a loss above ln C there says nothing about the init.
+    ce = _first_ce(tl) if not temperatures else None
     bad_ce = None
     if ce is not None:
         step, value, classes = ce
@@ -158,6 +170,23 @@ def poor_initialization(
         cause=cause,
         fix=fix,
     )
+
+
+def _learned_scalars(params: dict, final_params: list[str]) -> set[str]:
+    """The final params that are trainable one-element tensors (a learned temperature); a
+    layer's `bias` of one output (a Linear(d, 1) head) is not one."""
+    return {
+        p
+        for p in final_params
+        if (params.get(p) or {}).get("numel") == 1
+        and (params.get(p) or {}).get("requires_grad")
+        and p.rsplit(".", 1)[-1] != "bias"
+    }
+
+
+def _only_scalars(module: str, final_params: list[str], scalars: set[str]) -> bool:
+    mine = [p for p in final_params if (p.rsplit(".", 1)[0] if "." in p else "<model>") == module]
+    return bool(mine) and all(p in scalars for p in mine)
 
 
 def _first_gains(tl: TimelineView, final: list[str]) -> dict[str, tuple[float, float, float, int]]:
