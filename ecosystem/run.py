@@ -95,7 +95,9 @@ def load_mutants(program: str) -> list[dict]:
 
 
 def mirror_gitdir(repo: str) -> Path:
-    return MIRRORS / repo.replace("/", "+") / "repo"
+    path = MIRRORS / repo.replace("/", "+") / "repo"
+    # some snapshots are a work-tree-less clone (repo/.git) rather than a bare repository
+    return path / ".git" if (path / ".git").is_dir() else path
 
 
 def materialize(program: str, spec: dict) -> str | None:
