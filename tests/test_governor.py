@@ -15,7 +15,14 @@ from traindoctor import doctor as doctor_module
 from traindoctor.budget import Budget, Work
 from traindoctor.bus import Event
 from traindoctor.diagnosis_schedule import DiagnosisSchedule
-from traindoctor.governor import MIN_PLAIN_STEPS, UNTIMED_PER_CALL, Governor, Sample, summary_line
+from traindoctor.governor import (
+    MEASURES,
+    MIN_PLAIN_STEPS,
+    UNTIMED_PER_CALL,
+    Governor,
+    Sample,
+    summary_line,
+)
 
 TINY = Work(modules=6, tensors=6, elements=2442, activations=2368, flops=8e4)
 
@@ -207,6 +214,12 @@ def test_the_summary_line_names_measured_and_predicted():
         }
     )
     assert line == (
-        "measured 1.040x (1.02-1.06; sampled steps 1.60x each, every 20 steps), "
-        "predicted 1.030x; close() 0.50 s before writing the report"
+        "measured 1.040x (interval 1.02-1.06; sampled steps 1.60x each, every 20 steps), "
+        "predicted 1.030x; close() 0.50 s before writing the report; measured " + MEASURES
     )
+
+
+def test_the_summary_line_says_what_the_figure_leaves_out():
+    # The figure is not a side-by-side measurement: the report says what it holds and what not.
+    line = summary_line({"ratio": 1.02, "ratio_low": 1.01, "ratio_high": 1.03})
+    assert "step times" in line and "caches" in line and "garbage collection" in line
