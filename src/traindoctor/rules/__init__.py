@@ -52,6 +52,7 @@ from .numerics import (
     grad_scaler_collapse,
     loss_component_dominates,
     loss_spike_or_divergence,
+    loss_unbounded_below,
     nonfinite_activation,
     nonfinite_grad,
     nonfinite_loss,
@@ -102,6 +103,7 @@ CATALOG = (
     nonfinite_grad,  # TD202
     nonfinite_activation,  # TD203
     nonfinite_masked,  # TD212
+    loss_unbounded_below,  # TD213
     gradient_blocked_by_op,  # TD301
     detached_branch,  # TD302
     dead_relu,  # TD303

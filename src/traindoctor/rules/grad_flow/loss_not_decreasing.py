@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterator
 
@@ -30,8 +31,9 @@ from .._util import loss_source
         "loss_inputs.labels",
         "schedule.clip_norm",
         "schedule.clip_max",
+        "schedule.steps",
     ),
-    events=("backward_call", "backward_site", "log_call", "loss_input"),
+    events=("backward_call", "backward_site", "log_call", "loss_input", "lr_scheduler"),
     facts=("optimizers",),
     priority=60,
     state=lambda: LossScan(width=fifth),
@@ -46,7 +48,10 @@ def loss_not_decreasing(
     steps' median), after at least `min_steps` optimizer steps; and a learning rate far too high
     that does not blow the run up (clipping, Adam's bounded steps): every step moves the weights
     by a large fraction of their initial size while the loss ends no better than its start,
-    a uniform guess (ln C) or predicting the class frequencies.
+    a uniform guess (ln C) or predicting the class frequencies. Also a loss that fell, when
+    every param group's lr was exactly 0 over a stretch of at least 10 consecutive optimizer
+    steps and 15% of the run (a warmup sized in batches, stepped once an epoch: a whole epoch
+    at lr 0, then a fraction of the lr), with the line of `scheduler.step()`.
 
     Only a loss measured to be meant to fall is judged at warning: a standard loss (cross-entropy,
     MSE, ...) on the model's output against targets whose mix and range stay put. Not judged:
@@ -116,10 +121,35 @@ def _judge(
     data = state.objective.inputs(tl)
     obj = objective(tl, data)
     hot = too_high_lr(tl, values, data=data) if obj.falls else None
+    stretch = None
     if drop >= min_rel_drop and hot is None:
-        return
+        # A loss that fell can still have lost whole epochs at lr exactly 0 (a warmup sized
+        # in batches, stepped once an epoch in a plain loop: the later epochs train at a
+        # fraction of the lr and the loss still falls some).
+        stretch = _zero_lr_stretch(tl)
+        if stretch is None:
+            return
     ratio = _median_update_ratio(tl)
-    cause, fix, fault = _cause(tl, ratio, drop, hot)
+    cause, fix, fault = _cause(tl, ratio, drop, hot, stretch)
+    prior = _label_entropy(data.totals)
+    normal = cause.startswith("the weights move at a normal rate")
+    if normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior:
+        # At the loss of predicting the class frequencies: nothing the model outputs
+        # depends on its input, which is what labels that do not belong to their inputs
+        # (shuffled apart, read in another order) leave to learn.
+        cause = (
+            f"the weights move at a normal rate (median ||Δθ||/||θ|| = {ratio:.2g}) but the "
+            f"loss stays at {last:.4g}, the entropy of the labels seen ({prior:.4g}): the "
+            "loss of predicting the class frequencies whatever the input. The labels likely "
+            "do not belong to their inputs (X and y shuffled separately, a Dataset that "
+            "reads its labels in another order than its inputs) or the inputs carry no "
+            "information about them"
+        )
+        fix = (
+            "print a few (input, label) pairs the loop actually trains on; shuffle inputs "
+            "and labels with one permutation (X[perm], y[perm]) and index both with the "
+            "same key in __getitem__"
+        )
     if not fault and (spearman(values) or 0.0) <= -0.5:
         # Falling steadily, by less than `min_rel_drop`: slow (an LSTM at its unigram plateau),
         # not stuck. On 50+ steps a flat noisy loss has |rank correlation| < 0.5 (about 3.5
@@ -135,6 +165,10 @@ def _judge(
     else:
         return  # a loss that is not meant to fall, moved at a normal rate: nothing to say
     src = loss_source(tl)
+    if stretch is not None or "learning rate is exactly 0" in cause:
+        # The schedule is the cause: the line of its first scheduler.step().
+        scheds = [e.get("source") for e in tl.events("lr_scheduler") if e.get("source")]
+        src = scheds[0] if scheds else src
     opts = tl.fact("optimizers") or []
     if (hot is not None or (ratio is not None and 0 < ratio < 1e-6)) and opts:
         # The learning rate is the cause: the line that built the optimizer (zero-code mode
@@ -155,6 +189,18 @@ def _judge(
         f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
         f"{len(values)} steps"
     )
+    if stretch is not None:
+        title = (
+            f"the learning rate was exactly 0 at {stretch[0]} of the {stretch[1]} optimizer "
+            f"steps; the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%})"
+        )
+        evidence["zero_lr_steps"] = {
+            "count": stretch[0],
+            "of": stretch[1],
+            "first": stretch[2],
+            "last": stretch[3],
+            "lr_after": stretch[4],
+        }
     if hot is not None:
         title = (
             f"the training loss ends at {hot['last']:.4g}, {hot['reference_text']}, while each "
@@ -172,6 +218,14 @@ def _judge(
         severity=severity,
         confidence=0.7 if severity is Severity.WARNING else 0.4,
     )
+
+
+def _label_entropy(totals: dict[str, float]) -> float | None:
+    """Entropy (nats) of the class-index targets seen on the observed steps (at least 100)."""
+    n = sum(totals.values())
+    if n < 100:
+        return None
+    return -sum(v / n * math.log(v / n) for v in totals.values() if v > 0)
 
 
 def fifth(n: int) -> int:
@@ -209,8 +263,40 @@ def _zero_lr_steps(tl: TimelineView) -> tuple[int, int, int, int, float | None] 
     return len(zeros), n, zeros[0], zeros[-1], after
 
 
+def _zero_lr_stretch(
+    tl: TimelineView, min_len: int = 10, min_share: float = 0.15
+) -> tuple[int, int, int, int, float | None] | None:
+    """As _zero_lr_steps, for a run whose loss fell: the longest stretch of consecutive
+    optimizer steps at which every param group's lr is exactly 0, when it is at least
+    `min_len` steps and `min_share` of the steps with an lr, and some step has a positive lr.
+    A warmup that starts at 0 has one such step, a decay to 0 its last one or two: a stretch
+    of ten or more is a schedule stepped less often than the optimizer."""
+    n, run, best, after, peak = 0, [], [], None, 0.0
+    for step, groups in tl.series("optim.lr"):
+        lrs = [v for v in (groups or {}).values() if isinstance(v, int | float)]
+        if not lrs:
+            continue
+        n += 1
+        if max(lrs) == 0:
+            run.append(step)
+            if len(run) > len(best):
+                best, after = list(run), None
+            continue
+        run = []
+        peak = max(peak, max(lrs))
+        if best and best[-1] < step:
+            after = max(lrs) if after is None else max(after, max(lrs))
+    if peak <= 0 or len(best) < min_len or len(best) < min_share * n:
+        return None
+    return len(best), n, best[0], best[-1], after
+
+
 def _cause(
-    tl: TimelineView, ratio: float | None, drop: float, hot: dict | None
+    tl: TimelineView,
+    ratio: float | None,
+    drop: float,
+    hot: dict | None,
+    stretch: tuple[int, int, int, int, float | None] | None = None,
 ) -> tuple[str, str, bool]:
     """(cause, fix, fault): fault is True when the measured cause is a fault in itself,
     whatever the objective (nothing moves, or steps far too small or too large)."""
@@ -240,15 +326,21 @@ def _cause(
             "check that optimizer.step() runs and the params are in the optimizer",
             False,
         )
-    if ratio == 0:
-        zero = _zero_lr_steps(tl)
+    if ratio == 0 or stretch is not None:
+        zero = stretch or _zero_lr_steps(tl)
         if zero:
             n_zero, n, first, last, after = zero
             rest = f"; at most {after:g} after it" if after is not None else ""
+            stepped = sum(1 for _, d in tl.series("schedule.steps") if d)
+            calls = (
+                f"; scheduler.step() ran at {stepped} of the {n} optimizer steps"
+                if 0 < stepped < n
+                else ""
+            )
             return (
                 f"the learning rate is exactly 0 at {n_zero} of the {n} optimizer steps (the "
-                f"first at step {first}, the last at step {last}{rest}): those steps change "
-                "nothing",
+                f"first at step {first}, the last at step {last}{rest}){calls}: those steps "
+                "change nothing",
                 "check the lr schedule: a warmup sized in optimizer steps but stepped once an "
                 "epoch (scheduler.step() in the epoch loop, Lightning's default "
                 "interval='epoch') holds the lr at 0 for a whole epoch; step it per batch "
