@@ -334,6 +334,7 @@ class DataLoader(Event, total=False):
     batch_size: int | None
     dataset_len: int | None
     dataset_type: str
+    batches: int | None  # len(loader): batches an epoch as its sampler counts them
     sampler: str | None
     num_workers: int
     worker_init_fn: bool

@@ -195,3 +195,22 @@ def test_step_lr_per_batch_that_cannot_be_told_is_silent():
     assert_silent("TD503", _step_lr(114, loaders=two))
     assert_silent("TD503", _step_lr(114, loaders=[_loader(batch=None)]))
     assert_silent("TD503", _step_lr(114, loaders=[]))
+
+
+def test_an_epoch_is_what_the_sampler_yields():
+    # DistributedSampler(num_replicas=4) / WeightedRandomSampler(num_samples=N/4): the loader
+    # yields 10 batches an epoch from a data set of 1216 (38 batches): a StepLR(step_size=20)
+    # per batch decays every 2 epochs, not 1.9 times an epoch
+    assert_silent("TD503", _step_lr(114, size=20, loaders=[_loader(batches=10)]))
+    assert_fires("TD503", _step_lr(114, size=20, loaders=[_loader()]))  # 38 batches: judged
+
+
+def test_a_batch_sampler_loader_is_judged_on_its_length():
+    # batch_size=None (a batch_sampler) but len(loader) = 38
+    f = assert_fires("TD503", _step_lr(114, loaders=[_loader(batch=None, batches=38)]))
+    assert f.evidence["cases"][0]["epoch_batches"] == 38
+
+
+def test_a_loader_of_no_length_is_silent():
+    # an IterableDataset: the probe records batches=None whatever its dataset_len says
+    assert_silent("TD503", _step_lr(114, loaders=[_loader(batches=None)]))

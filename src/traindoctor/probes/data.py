@@ -568,6 +568,7 @@ def describe_loader(loader: Any) -> dict[str, Any] | None:
         return {
             "batch_size": loader.batch_size,
             "dataset_len": length,
+            "batches": _batches(loader),
             "dataset_type": type(dataset).__name__,
             "sampler": type(sampler).__name__ if sampler is not None else None,
             "num_workers": int(getattr(loader, "num_workers", 0) or 0),
@@ -580,6 +581,22 @@ def describe_loader(loader: Any) -> dict[str, Any] | None:
         }
     except Exception:  # noqa: BLE001 - an odd loader is described by nothing
         return None
+
+
+def _batches(loader: Any) -> int | None:
+    """Batches an epoch as the loader itself counts them (its sampler or batch_sampler, a
+    DistributedSampler's shard, a WeightedRandomSampler's num_samples, drop_last); None where
+    it has no length (an IterableDataset without __len__) or is not a torch DataLoader (a
+    user's class may count something else)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return None  # an iterable's len() is its dataset's guess, not what one rank yields
+    try:
+        n = len(loader)
+    except Exception:  # noqa: BLE001 - a sampler without a length
+        return None
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def _used_in(dataset: Any, path: str) -> str | None:

@@ -70,7 +70,8 @@ def lr_schedule_anomaly(
     of a watched optimizer is seen with its class, its settings (`step_size`, `milestones`,
     `T_max`, ...) and the line that steps it, and its `step()` calls are counted against the
     optimizer's steps. The constructor's own initial `step()` is not counted. An epoch's
-    length is the iterated DataLoader's batches (its dataset's length over its batch size)
+    length is the iterated DataLoader's batches (`len(loader)`: what its sampler or batch
+    sampler yields, a DistributedSampler's shard, drop_last; unknown for an iterable data set)
     divided by the backward passes of an optimizer step; a StepLR is judged on it only when
     one such length is known and the run covered two of them (a warning at two decays or more
     an epoch, info below; info too when a Lightning or Hugging Face Trainer steps it: stepping
@@ -369,7 +370,16 @@ def _epoch_steps(tl: TimelineView) -> tuple[float | None, int | None]:
     one length; the backward passes of the first steps divide it (gradient accumulation)."""
     lengths = set()
     for e in tl.events("data_loader"):
-        n, b = e.get("dataset_len"), e.get("batch_size")
+        if "batches" in e:
+            # len(loader): what its sampler yields (a DistributedSampler's shard, a
+            # WeightedRandomSampler's num_samples, a batch_sampler, drop_last); None for an
+            # iterable data set, whose length per epoch nothing tells
+            batches = e.get("batches")
+            if not isinstance(batches, int) or batches <= 0:
+                return None, None
+            lengths.add(batches)
+            continue
+        n, b = e.get("dataset_len"), e.get("batch_size")  # a timeline written before `batches`
         if not isinstance(n, int) or not isinstance(b, int) or n <= 0 or b <= 0:
             return None, None  # a loader of unknown length (a batch sampler, an iterable)
         lengths.add(n // b if e.get("drop_last") else -(-n // b))
