@@ -21,12 +21,15 @@ run has an optimizer, whose hooks keep the clock (and no update is counted twice
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import optimizer as optim_module
 
 from . import _patches
+from ._mode_stack import OursPaused
 
 if TYPE_CHECKING:
     from .probes.base import RunContext
@@ -43,10 +46,13 @@ class HandSteps:
         self._hook: Any = None
         self._holds: dict[int, bool] = {}  # id(optimizer) -> holds a watched param
         self._opt_stepped = False  # such an optimizer stepped since the last backward
-        # Before the running backward: (name, param, its .grad, the grad's version).
-        self._pre: list[tuple[str, torch.Tensor, Any, int]] | None = None
-        # After the last backward: (names by id, params, their versions, ids given a gradient).
-        self._snap: tuple[dict[int, str], list[torch.Tensor], list[int], set[int]] | None = None
+        # Before the running backward: (names, params, their .grad, the grads' versions), in
+        # parallel lists (no tuple per param: 10,000 on some models, each kept past the step).
+        self._pre: tuple[list[str], list[torch.Tensor], list[Any], list[int]] | None = None
+        # After the last backward: (names, params, their versions, ids given a gradient).
+        self._snap: tuple[list[str], list[torch.Tensor], list[int], set[int]] | None = None
+        # The trained params of named_params() version N: (N, flags, names, params).
+        self._trained: tuple[int, list[bool], list[str], list[torch.Tensor]] | None = None
 
     @property
     def expected(self) -> bool:
@@ -78,7 +84,7 @@ class HandSteps:
     def _retire(self) -> None:
         # Not the global hook: torch iterates over the hooks' dict while it calls them.
         self.active = False
-        self._pre = self._snap = None
+        self._pre = self._snap = self._trained = None
         if self._watch is not None:
             _patches.remove_data_watch(self._watch)
             self._watch = None
@@ -89,7 +95,7 @@ class HandSteps:
         try:
             holds = self._holds.get(id(opt))
             if holds is None:
-                ids = {id(p) for _, p in self._params()}
+                ids = set(map(id, self._params()[1]))
                 holds = any(id(p) in ids for g in opt.param_groups for p in g["params"])
                 self._holds[id(opt)] = holds
             if not holds:
@@ -108,13 +114,12 @@ class HandSteps:
         if not self.active:
             self.stop()  # retired inside an optimizer step: the global hook goes now
             return None
-        found = self.take()
-        params = self._params()
-        pre = []
-        for name, p in params:
-            g = p.grad
-            pre.append((name, p, g, g._version if g is not None else 0))
-        self._pre = pre
+        # Our own reads, 3 per param: not through the loss-code modes still on the stack.
+        with OursPaused():
+            found = self.take()
+            names, params = self._params()
+            grads = list(map(_GRAD, params))
+            self._pre = names, params, grads, [g._version if g is not None else 0 for g in grads]
         return found
 
     def after_backward(self) -> None:
@@ -123,16 +128,15 @@ class HandSteps:
         pre, self._pre = self._pre, None
         if pre is None or self._watch is None:
             return
+        names, params, grads, versions = pre
         received = {
             id(p)
-            for _, p, g, v in pre
-            if (now := p.grad) is not None and (now is not g or now._version != v)
+            for p, g, v, now in zip(params, grads, versions, map(_GRAD, params))
+            if now is not None and (now is not g or now._version != v)
         }
         if self._snap is not None:
             received |= self._snap[3]  # an earlier micro-batch of this step fed them
-        names = {id(p): n for n, p, _, _ in pre}
-        params = [p for _, p, _, _ in pre]
-        self._snap = (names, params, [p._version for p in params], received)
+        self._snap = (names, params, list(map(_VERSION, params)), received)
         watch = self._watch
         watch.clear()
         if watch.ids != received:
@@ -150,7 +154,7 @@ class HandSteps:
         if snap is None or stepped:
             return None
         names, params, versions, received = snap
-        changed = {id(p) for p, v in zip(params, versions) if p._version != v}
+        changed = {id(p) for p, v, now in zip(params, versions, map(_VERSION, params)) if now != v}
         source = None
         for pid, tensor, filename, line in handed:
             if tensor._version:
@@ -164,10 +168,27 @@ class HandSteps:
         self.count += 1
         if source is not None or self.count >= 3:
             watch.where = False  # the line is known (or never comes): no more frame reads
-        return sorted(names[i] for i in changed), source
+        return sorted(n for n, p in zip(names, params) if id(p) in changed), source
 
-    def _params(self) -> list[tuple[str, torch.Tensor]]:
+    def _params(self) -> tuple[list[str], list[torch.Tensor]]:
+        """(names, params) of the watched params that require grad, as named_params() lists
+        them (kept while that list and the flags are the same: read in C)."""
         ctx = self.run.attached
         if ctx is None:
-            return []
-        return [(n, p) for n, p in ctx.named_params() if p.requires_grad]
+            return [], []
+        named = ctx.named_params()
+        flags = list(map(_REQUIRES_GRAD, map(_SECOND, named)))
+        cached = self._trained
+        if cached is not None and cached[0] == ctx.named_version and cached[1] == flags:
+            return cached[2], cached[3]
+        kept = named if all(flags) else list(compress(named, flags))
+        names, params = list(map(_FIRST, kept)), list(map(_SECOND, kept))
+        self._trained = (ctx.named_version, flags, names, params)
+        return names, params
+
+
+_GRAD = attrgetter("grad")
+_VERSION = attrgetter("_version")
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any, ClassVar
 
 import torch
@@ -107,10 +108,16 @@ class AuditProbe(Probe):
 
 
 def _signature(ctx: AttachContext) -> tuple:
-    """Identity of the params and of the optimizers' groups: cheap to compare."""
-    params = tuple(id(p) for _, p in ctx.named_params())
-    groups = tuple(id(p) for opt in ctx.optimizers for g in opt.param_groups for p in g["params"])
-    return params, groups
+    """Identity of the params and of the optimizers' groups: cheap to compare (the params by
+    the version of ctx's list, which changes when a walk finds another module tree; the groups
+    read in C, no tuple per param)."""
+    ctx.named_params()
+    groups = list(
+        map(
+            id, chain.from_iterable(g["params"] for opt in ctx.optimizers for g in opt.param_groups)
+        )
+    )
+    return ctx.named_version, groups
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -69,6 +69,16 @@ _ZERO_FACTORIES = frozenset({"zeros", "zeros_like", "new_zeros"})
 _INPLACE_ADDITIVE = frozenset({"add_", "sub_", "__iadd__", "__isub__"})
 ZERO_CHECK_NUMEL = 64  # CPU tensors up to this size are read to tell a zero start (no sync)
 
+# Property reads whose result carries no value of the tensor (and `.grad`: never part of a
+# loss's lineage), passed through at once: a loop over 10,000 params reading `.grad` and
+# `.requires_grad` goes through this mode on a walk step. `.data`, `.T`, `.real`... are followed.
+_GETTER = type(torch.Tensor.grad.__get__)
+_METADATA = frozenset(
+    getattr(torch.Tensor, name)
+    for name in ("grad", "requires_grad", "_version", "grad_fn", "is_leaf", "shape", "dtype")
+    + ("device", "layout", "ndim", "is_cuda")
+)
+
 MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
 MAX_ORIGINS = 256
 MAX_ITEMS = 64
@@ -204,6 +214,8 @@ class CutTracker(TorchFunctionMode):
 
     # -- the mode -------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if type(func) is _GETTER and func.__self__ in _METADATA:
+            return func(*args)  # `.grad`, `.requires_grad`, ...: nothing to follow (see above)
         if kwargs is None:
             kwargs = {}
         if self.active and args and getattr(func, "__name__", "") in _INPLACE_ADDITIVE:
