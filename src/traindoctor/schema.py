@@ -153,7 +153,8 @@ _signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
+    "t_ms, log_arg_nonpos, n_valid, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
 _signal(

@@ -54,7 +54,8 @@ LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
+    "t_ms, log_arg_nonpos, n_valid, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
 LOSS_INPUT_LABELS = signal(
@@ -724,6 +725,8 @@ class LossInputsProbe(Probe):
                 # A summed loss is normalized by the caller: by how many targets (TD515
                 # compares the divisor with this count).
                 out["n_valid"] = keep.sum()
+            if tgt.dim() == 2 and tgt.shape[0] >= 2 and tgt.shape[1] >= 4:
+                out.update(_padding(tgt.detach().long()))
         elif tgt.is_floating_point() and tgt.numel():
             y = tgt.detach()
             out["t_min"] = y.amin()
@@ -747,6 +750,27 @@ class LossInputsProbe(Probe):
             if isinstance(arg, torch.Tensor) and arg.numel():
                 out["log_arg_nonpos"] = (arg.detach() <= 0).float().mean()
         return out
+
+
+def _padding(t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Padding in (batch, time) class targets (TD518): the most frequent last target of the
+    rows, the share of rows that end with it, the tokens of its trailing runs over all targets,
+    its occurrences outside those runs (padding has none), and the runs' shortest and longest
+    length among the rows that end with it (padding varies with each row's length)."""
+    last = t[:, -1]
+    pad = torch.mode(last).values
+    ends = last == pad
+    same = t == pad
+    run = same.flip(1).to(torch.int32).cumprod(1).sum(1)
+    run = torch.where(ends, run, torch.zeros_like(run))
+    return {
+        "pad_val": pad,
+        "pad_rows": ends.float().mean(),
+        "pad_share": run.sum().double() / t.numel(),
+        "pad_inner": (same.sum() - run.sum()).double() / t.numel(),
+        "pad_rmin": torch.where(ends, run, torch.full_like(run, t.shape[1])).amin(),
+        "pad_rmax": run.amax(),
+    }
 
 
 def _normalization(

@@ -74,6 +74,7 @@ from .setup import (
     loss_shape_broadcast,
     lr_schedule_anomaly,
     memory_growth,
+    padding_in_loss,
     plateau_mode_inverted,
     probabilities_as_logits,
     trainable_audit,
@@ -123,6 +124,7 @@ CATALOG = (
     frozen_module_in_train_mode,  # TD516
     lr_schedule_anomaly,  # TD503
     plateau_mode_inverted,  # TD517
+    padding_in_loss,  # TD518
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507

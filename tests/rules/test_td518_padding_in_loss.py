@@ -1,0 +1,58 @@
+"""TD518 padding-in-loss on hand-built timelines."""
+
+from __future__ import annotations
+
+from traindoctor.findings import Severity
+from traindoctor.testing import assert_fires, assert_silent, make_timeline
+
+
+def _tl(ignore=-100, share=0.45, inner=0.0, rows=0.9, rmin=2, rmax=12, pad=0.0, fn="cross_entropy"):
+    event = {
+        "kind": "loss_input",
+        "step": 1,
+        "site": 0,
+        "fn": fn,
+        "source": "train.py:52",
+        "target_shape": [32, 23],
+        "options": {"ignore_index": ignore},
+    }
+    stats = {
+        "0.pad_val": pad,
+        "0.pad_rows": rows,
+        "0.pad_share": share,
+        "0.pad_inner": inner,
+        "0.pad_rmin": rmin,
+        "0.pad_rmax": rmax,
+    }
+    steps = {s: {"loss_inputs.stats": dict(stats)} for s in (1, 2, 3, 10)}
+    return make_timeline(params=["fc.weight"], steps=steps, events=[event])
+
+
+def test_padding_trained_as_tokens_is_a_warning_at_the_loss_line():
+    f = assert_fires("TD518", _tl())
+    assert f.severity is Severity.WARNING
+    assert f.where.source == "train.py:52"
+    assert "45% of its targets are padding (value 0)" in f.title
+    assert "ignore_index=0" in f.fix
+    assert f.evidence["padding_run"] == [2, 12]
+
+
+def test_ignored_padding_is_silent():
+    assert_silent("TD518", _tl(ignore=0))
+
+
+def test_a_frequent_class_that_also_appears_inside_rows_is_silent():
+    # Token classification: "O" ends most rows but fills their middle too.
+    assert_silent("TD518", _tl(inner=0.3))
+
+
+def test_a_fixed_suffix_is_silent():
+    assert_silent("TD518", _tl(rmin=3, rmax=3))
+
+
+def test_little_padding_is_info():
+    assert assert_fires("TD518", _tl(share=0.1)).severity is Severity.INFO
+
+
+def test_other_losses_are_not_judged():
+    assert_silent("TD518", _tl(fn="mse_loss"))
