@@ -19,9 +19,10 @@ parameter changed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import chain
-from operator import attrgetter, is_not
+from operator import attrgetter, is_not, itemgetter
 from typing import Any
 
 import torch
@@ -38,7 +39,8 @@ GRAD = attrgetter("grad")
 REQUIRES_GRAD = attrgetter("requires_grad")
 _DTYPE = attrgetter("dtype")
 _LAYOUT = attrgetter("layout")
-_IS_CPU = attrgetter("is_cpu")
+_KIND = attrgetter("dtype", "is_cpu", "layout")
+_SHAPE = attrgetter("shape")
 _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 _NUMEL = torch.Tensor.numel
 _ELEMENT_SIZE = torch.Tensor.element_size
@@ -168,10 +170,11 @@ def flat_lengths(tensors: list[torch.Tensor]) -> list[int] | None:
     otherwise (per-tensor foreach ops are as cheap there). Checked in C, no loop in Python."""
     if len(tensors) < FLAT_MIN_TENSORS:
         return None
-    dtypes = set(map(_DTYPE, tensors))
-    if len(dtypes) != 1 or next(iter(dtypes)) not in FLAT_DTYPES:
+    kinds = set(map(_KIND, tensors))  # one pass: (dtype, is_cpu, layout) of each
+    if len(kinds) != 1:
         return None
-    if not all(map(_IS_CPU, tensors)) or set(map(_LAYOUT, tensors)) != {torch.strided}:
+    dtype, is_cpu, layout = next(iter(kinds))
+    if dtype not in FLAT_DTYPES or not is_cpu or layout is not torch.strided:
         return None
     if not _PLAIN.issuperset(map(type, tensors)):
         return None  # subclasses (DTensor, ...) keep their own norm
@@ -181,27 +184,95 @@ def flat_lengths(tensors: list[torch.Tensor]) -> list[int] | None:
     return lengths
 
 
-_lengths_memo: tuple[list[int], torch.Tensor] | None = None  # the last list and its tensor
+class Packing:
+    """How `pack` lays many small tensors out in one flat tensor: the tensors of one shape
+    stacked together, group after group (`torch.stack` of equal shapes copies without a view
+    per tensor: ~4 ms for 10,000 tensors where `flatten_dense_tensors` took ~20 ms). Each
+    tensor's elements stay contiguous and in their order, so a segment sum over them is the
+    flat copy's, bit for bit; `restore` puts per-tensor results back in the tensors' order."""
+
+    __slots__ = ("lengths", "groups", "segments", "inverse", "total")
+
+    def __init__(self, tensors: list[torch.Tensor], lengths: list[int]) -> None:
+        by_shape: dict[Any, list[int]] = {}
+        for i, shape in enumerate(map(_SHAPE, tensors)):
+            by_shape.setdefault(shape, []).append(i)
+        self.lengths = lengths
+        # (picks the group's tensors, its first tensor's index, count, shape, flat position)
+        self.groups: list[tuple[Any, int, int, torch.Size, int]] = []
+        order: list[int] = []
+        pos = 0
+        for shape, idx in by_shape.items():
+            pick = itemgetter(*idx) if len(idx) > 1 else _one(idx[0])
+            self.groups.append((pick, idx[0], len(idx), shape, pos))
+            pos += len(idx) * lengths[idx[0]]
+            order.extend(idx)
+        self.total = pos
+        self.segments = torch.tensor([lengths[i] for i in order])
+        if order == list(range(len(order))):
+            self.inverse: torch.Tensor | None = None  # already in the tensors' order
+        else:
+            inverse = [0] * len(order)
+            for packed, i in enumerate(order):
+                inverse[i] = packed
+            self.inverse = torch.tensor(inverse)
+
+    def pack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """One new flat tensor holding `tensors` (the shapes this packing was made for)."""
+        flat = torch.empty(self.total, dtype=tensors[0].dtype)
+        with torch.no_grad():
+            for pick, first, count, shape, pos in self.groups:
+                if tensors[first].shape != shape:
+                    # (torch.stack checks that a group's tensors agree, not that they still
+                    # have the shape of its slice of `flat`)
+                    raise RuntimeError("packing: the shapes changed")
+                n = count * _numel(shape)
+                torch.stack(pick(tensors), out=flat[pos : pos + n].view(count, *shape))
+        return flat
+
+    def restore(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-segment `values` (packed order) in the tensors' order."""
+        return values if self.inverse is None else values.index_select(0, self.inverse)
 
 
-def lengths_tensor(lengths: list[int]) -> torch.Tensor:
-    """torch.tensor(lengths), the last one's tensor again when the list is equal (a model's
-    shapes rarely change: building it from 10,000 Python ints costs ~5 ms). One tuple swapped
-    whole: a thread never sees another list's tensor."""
-    global _lengths_memo
-    memo = _lengths_memo
-    if memo is None or memo[0] != lengths:
-        memo = _lengths_memo = (lengths, torch.tensor(lengths))
-    return memo[1]
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _one(i: int) -> Any:
+    def pick(tensors: list[torch.Tensor]) -> tuple[torch.Tensor]:
+        return (tensors[i],)
+
+    return pick
+
+
+_packings: list[Packing] = []  # the last two (a model's params, and its grads' subset)
+
+
+def packing(tensors: list[torch.Tensor], lengths: list[int]) -> Packing:
+    """The Packing of tensors of these numels, made again only when the numels change (a
+    model's shapes rarely do); `pack` checks each group's shapes (torch.stack raises)."""
+    for known in _packings:
+        if known.lengths == lengths:
+            return known
+    made = Packing(tensors, lengths)
+    _packings[:] = [made, *_packings[:1]]
+    return made
+
+
+def pack(tensors: list[torch.Tensor], lengths: list[int]) -> tuple[torch.Tensor, Packing]:
+    """`tensors` copied into one flat tensor (see Packing), and its packing."""
+    made = packing(tensors, lengths)
+    try:
+        return made.pack(tensors), made
+    except RuntimeError:  # equal numels, other shapes: group them again
+        made = Packing(tensors, lengths)
+        _packings[:] = [made, *_packings[:1]]
+        return made.pack(tensors), made
 
 
 def nbytes(tensors: list[torch.Tensor]) -> int:
     return sum(map(int.__mul__, map(_NUMEL, tensors), map(_ELEMENT_SIZE, tensors)))
-
-
-def flat_copy(tensors: list[torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return torch._C._nn.flatten_dense_tensors(tensors)
 
 
 def segment_norms(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -218,8 +289,8 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[torch.device, torch.Tensor]
     lengths = flat_lengths(tensors)
     with torch.no_grad():
         if lengths is not None:
-            flat = torch._C._nn.flatten_dense_tensors(tensors)
-            return [(flat.device, segment_norms(flat, lengths_tensor(lengths)))]
+            flat, made = pack(tensors, lengths)
+            return [(flat.device, made.restore(segment_norms(flat, made.segments)))]
         each = torch._foreach_norm(local_all(tensors))  # one fused kernel per device
         groups: dict[torch.device, list[torch.Tensor]] = {}
         for n in each:

@@ -11,10 +11,10 @@ from ..distributed.dtensor import local_all
 from ..timeline import signal
 from ._param_stats import (
     REQUIRES_GRAD,
-    flat_copy,
+    Packing,
     flat_lengths,
-    lengths_tensor,
     nbytes,
+    pack,
     segment_norms,
     shared,
 )
@@ -24,10 +24,10 @@ _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 class _Flat(NamedTuple):
-    """A snapshot as one flat copy (many small CPU tensors) and its segments' lengths."""
+    """A snapshot as one flat copy (many small CPU tensors) and how it was packed."""
 
     flat: torch.Tensor
-    lengths: torch.Tensor
+    packing: Packing
 
 
 PARAMS_UPDATE = signal(
@@ -186,7 +186,7 @@ class ParamsProbe(Probe):
             # no_grad: the params themselves, no detached view each.
             lengths = flat_lengths(params)
             if lengths is not None:
-                copies: Any = _Flat(flat_copy(params), lengths_tensor(lengths))
+                copies: Any = _Flat(*pack(params, lengths))
             else:
                 with torch.no_grad():
                     copies = torch._foreach_mul(params, 1)
@@ -256,7 +256,7 @@ class ParamsProbe(Probe):
     ) -> None:
         names, params, before = snap
         if isinstance(before, _Flat):
-            self._measure_flat(step, names, params, before.flat, before.lengths, rec)
+            self._measure_flat(step, names, params, before.flat, before.packing, rec)
             return
         with torch.no_grad():
             norms = torch._foreach_norm(local_all(before))
@@ -275,12 +275,13 @@ class ParamsProbe(Probe):
         names: list[str],
         params: list[torch.Tensor],
         before: torch.Tensor,
-        lengths: torch.Tensor,
+        packing: Packing,
         rec: Recorder,
     ) -> None:
         with torch.no_grad():
-            norms = segment_norms(before, lengths)
-            before.sub_(torch._C._nn.flatten_dense_tensors(params))  # θ_before - θ_after
-            updates = segment_norms(before, lengths)
+            segments = packing.segments
+            norms = packing.restore(segment_norms(before, segments))
+            before.sub_(packing.pack(params))  # θ_before - θ_after (the step keeps shapes)
+            updates = packing.restore(segment_norms(before, segments))
         rec.defer(step, PARAMS_NORM, norms, keys=names)
         rec.defer(step, PARAMS_UPDATE, updates, keys=names)
