@@ -434,6 +434,16 @@ class LogCall(Source, total=False):
     validating: bool
 
 
+class SoftmaxCall(Event, total=False):
+    module: str  # qualified name of the nn.Softmax/LogSoftmax/Softmin built with dim=0
+    cls: str
+    dim: int
+    shape: list[int]  # its input's shape, the first call of that rank
+    model_input_rank: int | None  # the rank of the watched model's input at that call
+    model_input_lead: int | None  # and its leading size
+    grad: bool  # grad enabled and the input requires grad (a trained call)
+
+
 class LossCallReversed(Source, total=False):
     site: int
     fn: str
@@ -623,6 +633,7 @@ _event(
 )
 _event("log_call", "the first doc.log() call in training / in validation", LogCall)
 _event("loss_call_reversed", "a loss called with (target, input) swapped", LossCallReversed)
+_event("softmax_call", "a dim=0 softmax module's first call at an input rank", SoftmaxCall)
 _event("loss_input", "a loss call site and its inputs' shapes, dtypes and producer", LossInput)
 _event(
     "loss_not_differentiable",

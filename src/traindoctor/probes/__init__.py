@@ -25,6 +25,7 @@ from .optim import OptimProbe
 from .params import ParamsProbe
 from .ranks import RanksProbe
 from .schedule import ScheduleProbe
+from .softmax_dims import SoftmaxDimsProbe
 from .work import WorkProbe
 
 # Order matters where probes share a step event: params snapshot before grads are read, etc.
@@ -53,6 +54,7 @@ PROBES: tuple[type[Probe], ...] = (
     WorkProbe,
     RanksProbe,
     CaptureProbe,
+    SoftmaxDimsProbe,
 )
 
 

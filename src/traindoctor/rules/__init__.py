@@ -77,6 +77,7 @@ from .setup import (
     padding_in_loss,
     plateau_mode_inverted,
     probabilities_as_logits,
+    softmax_over_batch,
     trainable_audit,
     weight_decay_on_norms,
 )
@@ -125,6 +126,7 @@ CATALOG = (
     lr_schedule_anomaly,  # TD503
     plateau_mode_inverted,  # TD517
     padding_in_loss,  # TD518
+    softmax_over_batch,  # TD519
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
