@@ -22,11 +22,11 @@ gradient (usually none); per evaluation of a copy, two fused norms, read back wi
 
 from __future__ import annotations
 
-import gc
 from typing import Any, ClassVar
 
 import torch
 
+from .._heap import heap_roots
 from .._source import user_source
 from ..distributed.dtensor import local_all
 from ..timeline import signal
@@ -200,16 +200,12 @@ def _by_device_list(norms: Any) -> list[list[torch.Tensor]]:
 
 
 def _heap_roots(watched: set[int]) -> list[torch.nn.Module]:
-    """Top-level modules with params that are not part of a watched model. One heap scan."""
-    # type() rather than isinstance(): isinstance reads __class__, which some proxies warn on.
-    modules = [o for o in gc.get_objects() if issubclass(type(o), torch.nn.Module)]
-    children = {id(c) for m in modules for c in m._modules.values() if c is not None}
+    """Top-level modules with params that are not part of a watched model. One heap scan,
+    shared with zero-code attach's inside `_heap.one_scan()`."""
     return [
         m
-        for m in modules
-        if id(m) not in children
-        and id(m) not in watched
-        and next(iter(m.parameters()), None) is not None
+        for m in heap_roots()
+        if id(m) not in watched and next(iter(m.parameters()), None) is not None
     ]
 
 
