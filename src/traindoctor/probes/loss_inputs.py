@@ -753,12 +753,14 @@ class LossInputsProbe(Probe):
 
 
 def _padding(t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Padding in (batch, time) class targets (TD518): the most frequent last target of the
-    rows, the share of rows that end with it, the tokens of its trailing runs over all targets,
+    """Padding in (batch, time) class targets (TD518): the last target most rows end with, the
+    share of rows that end with it, the tokens of its trailing runs over all targets,
     its occurrences outside those runs (padding has none), and the runs' shortest and longest
     length among the rows that end with it (padding varies with each row's length)."""
     last = t[:, -1]
-    pad = torch.mode(last).values
+    # The middle of the sorted last targets: the value most rows end with whenever more than
+    # half share one (what the rule requires); sort runs on every device, torch.mode does not.
+    pad = last.sort().values[last.numel() // 2]
     ends = last == pad
     same = t == pad
     run = same.flip(1).to(torch.int32).cumprod(1).sum(1)
