@@ -60,3 +60,17 @@ def test_no_standard_loss_is_info():
 
 def test_short_runs_are_not_judged():
     assert_silent("TD213", _tl([1.0 - 1e6 * i for i in range(10)], standard=lambda i: i))
+
+
+def test_several_optimizers_are_not_judged():
+    # A WGAN's critic score runs off below zero by design; two optimizers train two players.
+    from traindoctor.testing import optimizer_facts
+
+    opts = [optimizer_facts(["enc.weight"]), optimizer_facts(["dec.weight"])]
+    losses = [1.0 - 10 ** (i / 4) for i in range(40)]
+    assert_silent("TD213", _tl(losses, standard=lambda i: 1.0 + i, optimizers=opts))
+
+
+def test_a_loss_that_ends_above_minus_one_is_silent():
+    losses = [1e-4 - 0.02 * i for i in range(40)]  # from ~0 to -0.8: small, not unbounded
+    assert_silent("TD213", _tl(losses, standard=lambda i: 1.0 + i))
