@@ -231,7 +231,7 @@ class ScheduleProbe(Probe):
     def _on_plateau_step(
         self, sched: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Callable[[], None] | None:
-        key = self._on_scheduler_step(sched, unwrap=True)
+        key = self._on_scheduler_step(sched)
         ctx, rec = self.ctx, self._rec
         if key is None or ctx is None or rec is None:
             return None
@@ -245,15 +245,14 @@ class ScheduleProbe(Probe):
 
         return after
 
-    def _on_scheduler_step(self, sched: Any, unwrap: bool = False) -> str | None:
+    def _on_scheduler_step(self, sched: Any) -> str | None:
         ctx, rec = self.ctx, self._rec
         assert ctx is not None and rec is not None
         opt = getattr(sched, "optimizer", None)
         oi = next((i for i, o in enumerate(ctx.optimizers) if o is opt), None)
-        # The Hugging Face Trainer builds its schedulers over accelerate's AcceleratedOptimizer,
-        # which wraps the watched one as `.optimizer`. (Plateau schedulers only for now: the
-        # other schedulers' facts feed TD503, judged so far without those runs.)
-        for _ in range(3 if unwrap else 0):
+        # The Hugging Face Trainer builds its schedulers (linear/cosine warm-up, plateau) over
+        # accelerate's AcceleratedOptimizer, which wraps the watched one as `.optimizer`.
+        for _ in range(3):
             if oi is not None or opt is None:
                 break
             opt = getattr(opt, "optimizer", None)
