@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests._loop import watch
-from traindoctor.probes.numerics import _CHUNK, _read_with_values
+from traindoctor.probes.numerics import _CHUNK, FLAG_MODULES, _read_with_values
 
 torch.set_num_threads(1)
 
@@ -41,23 +41,56 @@ class Many(nn.Module):
         return x
 
 
-def test_masked_inf_after_several_chunks_names_its_module(tmp_path):
-    assert 2 * _CHUNK < 2 * 701  # two chunks and a tail
+def _run(tmp_path, model: nn.Module, steps: int, on_from: int):
     torch.manual_seed(0)
-    model = Many()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     doc = watch(model, opt, tmp_path)
-    for step in range(1, 5):
-        model.blow.on = step == 3
+    for step in range(1, steps + 1):
+        model.blow.on = step >= on_from  # a broken module stays broken
         opt.zero_grad()
         model(torch.randn(8, 4)).pow(2).mean().backward()
         opt.step()
     report = doc.close()
     assert not report.internal_errors, report.internal_errors
+    return report
+
+
+def test_masked_inf_after_several_chunks_names_its_module(tmp_path):
+    assert 2 * _CHUNK < 2 * 701  # two chunks and a tail
+    assert FLAG_MODULES < 703  # and its modules checked in groups, one a sampled step
+    report = _run(tmp_path, Many(), 12, on_from=3)
+    masked = report.timeline.events("nonfinite_masked")
+    assert masked and masked[0]["module"] == "blow"
+    checked = dict(report.timeline.series("numerics.checked"))
+    assert checked[1]["activations"] == 1
+    # named at the first step whose group held `blow` (the second sampled step after step 3)
+    flagged = [s for s, c in checked.items() if s >= 3 and c.get("activations") == 0]
+    assert flagged and masked[0]["step"] == flagged[0] > 3
+
+
+class Through(Many):
+    """The inf of `blow` (after the layers) runs through 900 ReLU modules before the parent
+    masks it: a group of modules sees it first downstream; the module named is still `blow`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # 1,603 modules under the root: 4 groups; step 3 checks group 2 (the acts with
+        # index 2 mod 4), not `blow` (index 701, group 1)
+        self.acts = nn.ModuleList(nn.ReLU() for _ in range(900))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        x = self.blow(x)
+        for act in self.acts:
+            x = act(x)
+        return torch.nan_to_num(x, posinf=0.0, neginf=0.0)
+
+
+def test_masked_inf_seen_downstream_in_a_group_names_the_first_module(tmp_path):
+    report = _run(tmp_path, Through(), 4, on_from=3)
     masked = report.timeline.events("nonfinite_masked")
     assert masked and masked[0]["step"] == 3 and masked[0]["module"] == "blow"
-    checked = dict(report.timeline.series("numerics.checked"))
-    assert checked[1]["activations"] == 1 and checked[3]["activations"] == 0
 
 
 def test_read_with_values_mixes_chunks_and_scalars_in_order():

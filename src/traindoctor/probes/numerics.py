@@ -71,6 +71,10 @@ CPU_READS_FREE = True
 CHECK_PER_TENSOR_S = 3e-6
 CHECK_PER_ELEMENT_S = 0.5e-9
 MAX_AUTOPSIES = 3
+# Module outputs checked per sampled step (the masked-NaN check, TD212); bigger models check
+# their modules in groups of this size in turn (see `_flag_groups`).
+FLAG_MODULES = 512
+MAX_LOCALISING = 8  # sampled steps with every module checked after a group saw a NaN/Inf
 OUT_GRAD_MAX_NUMEL = 1 << 22  # outputs up to 4M elements keep their incoming gradient
 MAX_MASKED_EVENTS = 4
 _MASKING_OPS = ("nan_to_num", "where", "masked_fill", "clamp", "clip", "clamp_min", "clamp_max")
@@ -109,6 +113,15 @@ class NumericsProbe(Probe):
         self._stacked = 0
         self._input_flags: list[torch.Tensor] = []
         self._flags: HookSwitch | None = None  # per-module finiteness flags, sampled steps
+        # Models of more than FLAG_MODULES modules: the roots in `_flags`, the other modules
+        # dealt into groups of at most FLAG_MODULES, one group a sampled step in turn (by
+        # sampled-step count: the same steps in every run); a non-finite value seen in a
+        # group has every module checked on the next sampled step, which names the first.
+        self._flag_groups: list[HookSwitch] = []
+        self._group_turn = 0
+        self._partial = False  # this step checks one group only
+        self._full_next = False
+        self._localised = 0
         self._checked = False
         # Flags of earlier steps not read yet (device path): (step, flags, n_loss, n_grad,
         # grads checked, loss tensor, applied), in step order.
@@ -132,12 +145,24 @@ class NumericsProbe(Probe):
         super().attach(ctx, rec)
         # Registered once, off: a sampled step switches them on (see _switch.py).
         self._flags = HookSwitch(ctx)
-        for prefix, model in ctx.eager_models().items():
-            for name, module in model.named_modules():
-                qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
-                self._flags.forward_hook(
-                    prefix, module, ctx.hook("probe numerics", self._flag_hook(qual))
-                )
+        modules = [
+            (prefix, name, module)
+            for prefix, model in ctx.eager_models().items()
+            for name, module in model.named_modules()
+        ]
+        inner = sum(1 for _, name, _ in modules if name)
+        groups = 1 if len(modules) <= FLAG_MODULES else -(-inner // FLAG_MODULES)
+        self._flag_groups = [HookSwitch(ctx) for _ in range(groups)] if groups > 1 else []
+        i = 0
+        for prefix, name, module in modules:
+            qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+            switch = self._flags
+            if name and self._flag_groups:
+                # dealt in turn: a group spans the whole model (a NaN that runs through a
+                # stretch of layers shows in every group sooner than in a block of them)
+                switch = self._flag_groups[i % groups]
+                i += 1
+            switch.forward_hook(prefix, module, ctx.hook("probe numerics", self._flag_hook(qual)))
         for prefix, model in ctx.models.items():
             self.handles.append(
                 model.register_forward_pre_hook(
@@ -227,8 +252,18 @@ class NumericsProbe(Probe):
         for h in self._window_hooks:
             h.remove()
         self._window_hooks.clear()
+        self._partial = False
         if sampled and self._masked_events < MAX_MASKED_EVENTS and self._flags is not None:
             self._flags.on()
+            groups = self._flag_groups
+            if groups and self._full_next:
+                self._full_next = False
+                for g in groups:
+                    g.on()
+            elif groups:
+                groups[self._group_turn % len(groups)].on()
+                self._group_turn += 1
+                self._partial = True
         ctx = self.ctx
         if ctx is not None and step <= ctx.budget.structural_steps:
             # Structural steps only: which source line creates each op of the loss code (the
@@ -304,6 +339,8 @@ class NumericsProbe(Probe):
     def _remove_step_hooks(self) -> None:
         if self._flags is not None:
             self._flags.off()
+        for g in self._flag_groups:
+            g.off()
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         if self._window is not None or torch.is_anomaly_enabled():
@@ -386,7 +423,10 @@ class NumericsProbe(Probe):
         if not judged and module_vals and (not all(mods) or not inputs_ok):
             first = next((q for q, ok in zip(module_quals, mods) if not ok), None)
             rec.record(step, NUMERICS_NONFINITE, ["activations"])
-            self._masked(step, rec, first if inputs_ok else "<input>")
+            if self._partial and inputs_ok:
+                self._masked_in_group(step, rec, first)
+            else:
+                self._masked(step, rec, first if inputs_ok else "<input>")
 
     def _judge(
         self,
@@ -485,6 +525,8 @@ class NumericsProbe(Probe):
         self._remove_step_hooks()
         if self._flags is not None:
             self._flags.remove()
+        for g in self._flag_groups:
+            g.remove()
         self._close_window()
         for h in self._window_hooks:
             h.remove()
@@ -593,13 +635,35 @@ class NumericsProbe(Probe):
             self._causes.add(key)
         rec.event(step, "nonfinite", **facts, **event)
 
-    def _masked(self, step: int, rec: Recorder, first: str | None) -> None:
+    def _masked_in_group(self, step: int, rec: Recorder, first: str | None) -> None:
+        """A non-finite output in the one group of modules checked: the module named must be
+        the first of all (as with every module checked). The first time, the replay of this
+        batch (every module hooked) names it; later, or without a replay, every module is
+        checked on the next sampled step (`_full_next`), which names it as usual."""
+        if first is None or self._masked_events >= MAX_MASKED_EVENTS:
+            return
+        if not self._masked_seen and self._autopsies < MAX_AUTOPSIES:
+            replay = self._replay(trace_masks=True)
+            order = (replay or {}).get("module_order")
+            if order:
+                self._masked(step, rec, order[0], replay)  # (it counts the autopsy)
+                return
+            if replay is not None:
+                self._autopsies += 1
+        if self._localised < MAX_LOCALISING:
+            self._full_next = True
+            self._localised += 1
+
+    def _masked(
+        self, step: int, rec: Recorder, first: str | None, replay: dict[str, Any] | None = None
+    ) -> None:
         if first is None or first in self._masked_seen or self._masked_events >= MAX_MASKED_EVENTS:
             return
         self._masked_seen.add(first)
         self._masked_events += 1
         event: dict[str, Any] = {"module": first, "input": first == "<input>"}
-        replay = self._replay(trace_masks=True) if self._autopsies < MAX_AUTOPSIES else None
+        if replay is None:
+            replay = self._replay(trace_masks=True) if self._autopsies < MAX_AUTOPSIES else None
         if replay is not None:
             self._autopsies += 1
             if replay.get("first_module"):
