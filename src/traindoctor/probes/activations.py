@@ -55,6 +55,10 @@ ACT_BIAS_MEAN = signal(
 ACT_INPUT_STD = signal("activations.input_std", "per sampled step: std of the model's input batch")
 
 WINDOW = 4  # sampled steps a unit must stay dead/saturated
+# A forward whose activation calls end early is watched to its last one (see ActivationsProbe's
+# plan) once AGREE full forwards in a row agreed; every VERIFY_EVERY-th one runs in full.
+AGREE = 3
+VERIFY_EVERY = 8
 UNIT_SATURATED = 0.9  # a unit is saturated in a step when this share of its values is
 MAX_SITES = 256
 _CONV_LIKE = ("Conv", "BatchNorm", "InstanceNorm", "GroupNorm", "Pool")
@@ -93,9 +97,13 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        probe = self.probe
+        probe._ops += 1
         spec = ACT_FUNCS.get(func)
         if spec is not None and args and isinstance(args[0], torch.Tensor):
-            self.probe._observe(spec, func, args, kwargs)  # before: in-place ops overwrite x
+            probe._observe(spec, func, args, kwargs)  # before: in-place ops overwrite x
+        if probe._ops == probe._stop_at:
+            probe._leaving = True  # left at the next module hook (see _Plan)
         return func(*args, **kwargs)
 
 
@@ -144,6 +152,26 @@ class ActivationsProbe(Probe):
         self._calls: dict[str, int] = {}
         self._input_std: torch.Tensor | None = None
         self._active = False
+        # The plan: on a model of thousands of modules most of the forward's ops come after
+        # its last activation call that a site records (the first MAX_SITES sites, or none:
+        # GELU/SiLU models), and the mode and the module hooks cost ~5 us an op/module there.
+        # A full forward counts its ops and the op of its last recorded call; when AGREE full
+        # forwards in a row agree (same op count, same last recorded op), later sampled
+        # forwards leave the mode and switch the non-root hooks off at the first module hook
+        # after that op: a model whose forward does the same ops each time records what it
+        # did. A forward whose last recorded op is elsewhere when it leaves drops the plan,
+        # and every VERIFY_EVERY-th one runs in full; a forward that varies without changing
+        # its op count or the place of its last recorded call up to there (an extra call
+        # after it, on some forwards only) goes unseen on the planned ones.
+        self._ops = 0  # ops the mode saw in this forward
+        self._last_use = 0  # the op number of the last call recorded in this forward
+        self._stop_at = -1  # leave after this op (-1: a full forward)
+        self._leaving = False
+        self._full_sig: tuple[int, int] | None = None  # the last full forward's (ops, last)
+        self._agreed = 0  # full forwards in a row with that signature, less one
+        self._plan: int | None = None  # the agreed last recorded op
+        self._forwards = 0  # sampled forwards seen (full or planned)
+        self._roots: HookSwitch | None = None  # the roots' hooks: on for the whole step
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -152,6 +180,7 @@ class ActivationsProbe(Probe):
         # id (a closure per module and hook was ~6 objects more for the cyclic collector to
         # walk at every full collection, on models of 10,000 modules).
         switch = self._switch = HookSwitch(ctx)
+        roots = self._roots = HookSwitch(ctx)
         pre = ctx.hook("probe activations", self._on_pre, in_mode=True)
         post = ctx.hook("probe activations", self._on_post, in_mode=True)
         for prefix, model in ctx.eager_models().items():
@@ -159,16 +188,17 @@ class ActivationsProbe(Probe):
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                 root = not name
                 facts = (qual, type(module).__name__, root, module)
+                where = roots if root else switch
                 if self._modules.setdefault(id(module), facts) is not facts:
                     # the same module object under a second model: hooks of its own
-                    switch.forward_pre_hook(
+                    where.forward_pre_hook(
                         prefix,
                         module,
                         ctx.hook(
                             "probe activations", self._pre_hook(qual, module, root), in_mode=True
                         ),
                     )
-                    switch.forward_hook(
+                    where.forward_hook(
                         prefix,
                         module,
                         ctx.hook(
@@ -177,8 +207,8 @@ class ActivationsProbe(Probe):
                         always_call=True,
                     )
                     continue
-                switch.forward_pre_hook(prefix, module, pre)
-                switch.forward_hook(prefix, module, post, always_call=True)
+                where.forward_pre_hook(prefix, module, pre)
+                where.forward_hook(prefix, module, post, always_call=True)
 
     # -- per-step hooks -------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -189,6 +219,8 @@ class ActivationsProbe(Probe):
             site.stats = []
         if sampled and self._switch is not None:
             self._switch.on()
+            if self._roots is not None:
+                self._roots.on()
             self._active = True
 
     def _on_pre(self, module: torch.nn.Module, args: Any) -> None:
@@ -223,6 +255,8 @@ class ActivationsProbe(Probe):
     def _pre(
         self, facts: tuple[str, str, bool, torch.nn.Module], module: torch.nn.Module, args: Any
     ) -> None:
+        if self._leaving:
+            self._leave()
         if facts[2]:  # a model's root
             assert self.ctx is not None
             if (
@@ -231,25 +265,61 @@ class ActivationsProbe(Probe):
                 and torch.is_grad_enabled()
                 and not self.ctx.state.validating
             ):
-                self._mode = _Mode(self)
-                self._mode.__enter__()
-                self.ctx.quiet_mode = self._mode  # our other hooks run without it
-                self._produced.clear()
-                self._producer.clear()
-                self._calls.clear()
-                self._stack.clear()
-                if self._input_std is None:
+                if self._input_std is None:  # (before the mode: its ops are not counted)
                     x = next((a for a in args if isinstance(a, torch.Tensor)), None)
                     if x is not None and x.is_floating_point() and x.numel() > 1:
                         with torch.no_grad():
                             self._input_std = x.detach().float().std()
+                self._enter_mode()
             self._depth += 1
         if self._mode is not None:
             self._stack.append(facts)  # (name, type name, ...): no tuple per call
 
+    def _enter_mode(self) -> None:
+        assert self.ctx is not None
+        self._forwards += 1
+        plan = self._plan if self._forwards % VERIFY_EVERY else None
+        self._stop_at = -1 if plan is None else plan
+        self._ops = 0
+        self._last_use = 0
+        self._leaving = False
+        if self._switch is not None and not self._switch.active:
+            self._switch.on()  # a planned forward earlier in this step switched them off
+        self._produced.clear()
+        self._producer.clear()
+        self._calls.clear()
+        self._stack.clear()
+        if plan == 0:  # nothing recorded in this model's forwards: no mode at all
+            self._leaving = True
+            return
+        self._mode = _Mode(self)
+        self._mode.__enter__()
+        self.ctx.quiet_mode = self._mode  # our other hooks run without it
+
+    def _leave(self) -> None:
+        """A planned forward past its last recorded call: the mode is left and the non-root
+        hooks switched off for the rest of it (the roots' hooks end the forward as usual)."""
+        mode = self._mode
+        if mode is not None and not _mode_on_top(mode):
+            return  # a mode entered above ours (the user's): ours is left at the root's end
+        self._leaving = False
+        if self._last_use != self._plan:
+            self._plan = None  # this forward differs from the agreed ones: full ones again
+        if mode is not None:
+            self._mode = None
+            self._quiet_off()
+            self._produced.clear()
+            self._producer.clear()
+            self._stack.clear()
+            mode.__exit__(None, None, None)
+        if self._switch is not None:
+            self._switch.off()
+
     def _post(
         self, facts: tuple[str, str, bool, torch.nn.Module], module: torch.nn.Module, output: Any
     ) -> None:
+        if self._leaving:
+            self._leave()
         qual, root = facts[0], facts[2]
         if self._mode is not None:
             if self._stack and self._stack[-1][0] == qual:
@@ -262,6 +332,13 @@ class ActivationsProbe(Probe):
         if root:
             self._depth = max(0, self._depth - 1)
             if self._depth == 0 and self._mode is not None:
+                if self._stop_at < 0:  # a full forward: does it agree with the last ones?
+                    sig = (self._ops, self._last_use)
+                    self._agreed = self._agreed + 1 if sig == self._full_sig else 0
+                    self._plan = sig[1] if self._agreed >= AGREE - 1 else None
+                    self._full_sig = sig
+                else:  # a planned forward that ended before its last recorded op
+                    self._plan = None
                 mode, self._mode = self._mode, None
                 self._quiet_off()
                 self._produced.clear()
@@ -270,8 +347,11 @@ class ActivationsProbe(Probe):
                 mode.__exit__(None, None, None)
 
     def _remove_step_hooks(self) -> None:
+        self._leaving = False
         if self._switch is not None:
             self._switch.off()
+        if self._roots is not None:
+            self._roots.off()
         if self._mode is not None:  # a forward that never finished: leave the mode
             mode, self._mode = self._mode, None
             self._quiet_off()
@@ -340,6 +420,7 @@ class ActivationsProbe(Probe):
                 flags = frac >= UNIT_SATURATED
             std, mean = torch.std_mean(xd.float()) if xd.numel() > 1 else (xd * 0, xd)
             stats = torch.stack([mean.reshape(()), std.reshape(())])
+        self._last_use = self._ops
         if site.step is None:
             site.step = flags
         elif kind == "relu":
@@ -408,7 +489,14 @@ class ActivationsProbe(Probe):
         self._remove_step_hooks()
         if self._switch is not None:
             self._switch.remove()
+        if self._roots is not None:
+            self._roots.remove()
         super().detach()
+
+
+def _mode_on_top(mode: Any) -> bool:
+    n = torch._C._len_torch_function_stack()
+    return n > 0 and torch._C._get_function_stack_at(n - 1) is mode
 
 
 def _hardtanh_bounds(args: Any, kwargs: Any) -> tuple[float, float]:
