@@ -489,6 +489,8 @@ class LrScheduler(Event, total=False):
     optimizer: str | None
     settings: dict[str, Any]
     source: str | None
+    stepped_by_framework: bool  # step() called by a library (Lightning), not the user's line
+    built: str | None  # then the user's line that built it (configure_optimizers), if found
 
 
 class FunctionalDropout(Source, total=False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -160,3 +161,58 @@ def test_a_scheduler_over_a_wrapper_of_the_watched_optimizer_is_seen(tmp_path):
     doc.close()
     records = [r["sched0"] for _, r in doc.timeline.series("schedule.plateau")]
     assert len(records) == 6 and records[1][1:] == [0.1, 0.1 * 0.1]  # the cut, seen
+
+
+LIGHTNING = """
+import torch, torch.nn as nn, torch.nn.functional as F
+import lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(3)
+x = torch.randn(640, 16, generator=g)
+y = (x @ torch.randn(16, 4, generator=g)).argmax(1)
+train = DataLoader(TensorDataset(x[128:], y[128:]), batch_size=32, shuffle=True)
+val = DataLoader(TensorDataset(x[:128], y[:128]), batch_size=64)
+
+
+class Classifier(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def training_step(self, batch, _):
+        loss = F.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", F.cross_entropy(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", patience=1, factor=0.5  # MODE
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+
+trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(Classifier(), train, val)  # FIT
+"""
+
+
+@pytest.mark.slow
+def test_lightning_stepped_plateau_points_at_the_line_that_built_it(tmp_path_factory):
+    # Lightning steps the scheduler with the logged val_loss: the step's site was the user's
+    # trainer.fit() line; the mode to fix is on the constructor's line in configure_optimizers
+    from tests.cli.conftest import run_scripts
+
+    r = run_scripts(tmp_path_factory, {"lightning_plateau": LIGHTNING})["lightning_plateau"]
+    assert r.rc == 0, r
+    found = [f for f in r.findings()["findings"] if f["code"] == "TD517"]
+    assert found and found[0]["severity"] == "warning", r
+    lines = LIGHTNING.lstrip("\n").splitlines()
+    built = next(i for i, t in enumerate(lines, 1) if "ReduceLROnPlateau(" in t)
+    assert found[0]["where"]["source"].endswith(f"train.py:{built}"), found[0]["where"]

@@ -21,6 +21,7 @@ Facts the optimizer probe cannot see from the optimizer alone:
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -266,6 +267,7 @@ class ScheduleProbe(Probe):
             self._schedulers[id(sched)] = key
             self._keep.append(sched)
             site = call_site()
+            by_framework = _stepped_by_framework()
             rec.event(
                 step,
                 "lr_scheduler",
@@ -274,6 +276,8 @@ class ScheduleProbe(Probe):
                 optimizer=f"opt{oi}",
                 settings=_settings(sched),
                 source=f"{relpath(site[0])}:{site[1]}" if site else None,
+                stepped_by_framework=by_framework,
+                built=_built_at(sched, ctx.models.values()) if by_framework else None,
             )
         old = (rec.timeline.get(step, SCHED_STEPS) or {}).get(key, 0)
         rec.record(step, SCHED_STEPS, old + 1, key=key)
@@ -305,6 +309,47 @@ class _ClipListener(_patches.AmpListener):
 
     def clip_after(self, fn: str, params: Any, threshold: Any, result: Any) -> None:
         self._probe.clipped(fn, threshold, result)
+
+
+def _stepped_by_framework() -> bool:
+    """Whether the first caller of step() outside torch and traindoctor is a library (Lightning
+    or an installed package steps it), not the user's own line."""
+    import sys
+
+    from .._source import PKG_DIR, TORCH_DIR, is_user_file
+
+    frame = sys._getframe(1)
+    for _ in range(32):
+        if frame is None:
+            return False
+        name = frame.f_code.co_filename
+        if not os.path.abspath(name).startswith((PKG_DIR, TORCH_DIR)):
+            return not is_user_file(name)
+        frame = frame.f_back
+    return False
+
+
+def _built_at(sched: Any, models: Any) -> str | None:
+    """`path:line` where a framework-stepped scheduler was built: the line of a watched
+    module's own `configure_optimizers` (Lightning) that calls its class. None if not found."""
+    import inspect
+
+    from .._source import is_user_file
+
+    needle = f"{type(sched).__name__}("
+    for model in models:
+        method = getattr(type(model), "configure_optimizers", None)
+        code = getattr(method, "__code__", None)
+        if code is None or not is_user_file(code.co_filename):
+            continue
+        try:
+            lines, first = inspect.getsourcelines(method)
+        except (OSError, TypeError):
+            continue
+        for i, text in enumerate(lines):
+            if needle in text:
+                return f"{relpath(code.co_filename)}:{first + i}"
+    return None
 
 
 def _number(value: Any) -> float | None:

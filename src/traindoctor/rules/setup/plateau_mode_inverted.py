@@ -226,7 +226,7 @@ def _finding(
     values = [p.metric for p in points]
     corr = f"rank correlation with the training loss {rho:+.2f}" if rho is not None else ""
     at = ", ".join(f"{_record(points, i, patience, mode):.4g}" for i in against[:4])
-    source = next((e.get("source") for e in tl.events("lr_scheduler") if e.get("key") == key), None)
+    source = _source(tl, key)
     evidence: dict[str, Any] = {
         "scheduler": key,
         "mode": mode,
@@ -280,3 +280,15 @@ def _finding(
         confidence=0.5,
         severity=Severity.INFO,
     )
+
+
+def _source(tl: TimelineView, key: str) -> str | None:
+    """The user's line: where step() is given the value, or, when a framework steps the
+    scheduler with a logged metric (Lightning's `monitor`), the line that built it with its
+    mode (the step's own site is then a library's line, or the user's trainer.fit())."""
+    event = next((e for e in tl.events("lr_scheduler") if e.get("key") == key), None)
+    if event is None:
+        return None
+    if event.get("stepped_by_framework") and event.get("built"):
+        return event.get("built")
+    return event.get("source")
