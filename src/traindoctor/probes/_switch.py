@@ -26,11 +26,12 @@ _DICTS = (*_DICTS, "_forward_pre_hooks_with_kwargs")
 
 
 class _Entry:
-    __slots__ = ("prefix", "key", "slots", "handle")
+    # No RemovableHandle kept (~2 tracked objects each, 20,000 entries on a model of 5,000
+    # modules): `slots` names every dict that holds the key, which is what remove() needs.
+    __slots__ = ("prefix", "key", "slots")
 
     def __init__(self, prefix: str, handle: Any, module: torch.nn.Module) -> None:
         self.prefix = prefix
-        self.handle = handle
         self.key = handle.id
         # dict, value, dict, value, ... for each dict that holds the key: put back as
         # registered. One flat tuple (not a list of pairs): an entry per hook and module, tens
@@ -105,6 +106,6 @@ class HookSwitch:
     def remove(self) -> None:
         """Unregister every hook for good (detach, or the probe's work is over)."""
         for e in self._entries:
-            e.handle.remove()
+            self._take_out(e)  # what RemovableHandle.remove() does: the key out of its dicts
         self._entries.clear()
         self.active = False

@@ -14,6 +14,7 @@ import torch
 from .._source import user_source
 from ..bus import Event
 from ..timeline import signal
+from ._module_hooks import ForwardHooks
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
 FORWARD_CALLS = signal(
@@ -76,6 +77,7 @@ class ForwardProbe(Probe):
             for name, module in model.named_modules()
             if name and _centers_channels(module)
         ]
+        hooks = ForwardHooks()  # no handle kept per module (_module_hooks.py)
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
@@ -88,7 +90,9 @@ class ForwardProbe(Probe):
                     hook = shared
                 else:  # the same module object under a second model: its own facts
                     hook = ctx.hook("probe forward", self._make_hook(*facts))
-                self.handles.append(module.register_forward_hook(hook))
+                hooks.add(module, hook)
+        if len(hooks):
+            self.handles.append(hooks)
         for prefix, name, module in norms:
             self.handles.append(
                 module.register_forward_hook(

@@ -24,6 +24,7 @@ from .._hooks import compiling
 from .._patching import Patch, acquire, release
 from .._source import user_source
 from ..timeline import signal
+from ._module_hooks import ForwardHooks
 from .base import AttachContext, Probe, Recorder
 
 INIT_CE_LOSS = signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
@@ -247,6 +248,7 @@ class InitProbe(Probe):
         # was ~6 objects more for the cyclic collector to walk, on models of 10,000 modules).
         shared = ctx.hook("probe init", self._on_forward)
         self._quals: dict[int, str] = {}
+        hooks = ForwardHooks()  # no handle kept per module (_module_hooks.py)
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
                 if not name or not any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -256,7 +258,9 @@ class InitProbe(Probe):
                     hook = shared
                 else:  # the same module object under a second model: its own name
                     hook = ctx.hook("probe init", self._make_hook(qual))
-                self.handles.append(module.register_forward_hook(hook))
+                hooks.add(module, hook)
+        if len(hooks):
+            self.handles.append(hooks)
 
     def _record_early(self, ctx: AttachContext) -> None:
         """What the early hooks saw, recorded at the open step (the first: nothing stepped)."""

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..timeline import signal
+from ._module_hooks import ForwardHooks
 from .base import AttachContext, Probe, Recorder, iter_tensors
 
 WORK_COUNTED = signal(
@@ -77,9 +78,12 @@ class WorkProbe(Probe):
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
         hook = ctx.hook("probe work", self._count)  # one object for every module
+        hooks = ForwardHooks()  # no handle kept per module (_module_hooks.py)
         for model in ctx.eager_models().values():
             for module in model.modules():
-                self.handles.append(module.register_forward_hook(hook))
+                hooks.add(module, hook)
+        if len(hooks):
+            self.handles.append(hooks)
 
     def _count(self, module: torch.nn.Module, _args: Any, output: Any) -> None:
         if not module.training or not torch.is_grad_enabled():
