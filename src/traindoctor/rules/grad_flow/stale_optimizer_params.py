@@ -27,7 +27,7 @@ from ..eval_hygiene import _ultralytics as ultralytics
     name="stale-optimizer-params",
     severity=Severity.ERROR,
     summary="The optimizer holds tensors the model no longer uses (params replaced after it was built).",
-    requires=("params.replaced", "grads.observed"),
+    requires=("params.replaced", "grads.observed", "grads.none", "forward.calls"),
     events=("inference_tensors", "optimizer_layout"),
     facts=("optimizers", "outcome", "params", "ultralytics"),
     priority=14,
@@ -73,6 +73,10 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     """
     optimizers = tl.fact("optimizers") or []
     if not tl.series("grads.observed") and not ended(tl):
+        return
+    other = _another_model_trained(tl, optimizers)
+    if other is not None:
+        yield other
         return
     stale = [u for u in foreign_tensors(tl) if u.get("requires_grad") and not u.get("had_grad")]
     if not stale:
@@ -136,3 +140,54 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         "optimizer = Optim(model.parameters(), ...) after the last module replacement",
     )
     yield ultralytics.stale_optimizer_params(tl, found)  # Ultralytics' words where it trained
+
+
+def _another_model_trained(tl: TimelineView, optimizers: list) -> Finding | None:
+    """The watched model is not the one trained: the optimizers hold none of its params, the
+    tensors they hold get gradients, and the watched model ran no forward with gradient (a
+    teacher's no_grad forward is not one) nor got a gradient on the measured steps (td.watch(copy_of_model, optimizer), the wrong variable).
+    Every other rule then judges a model that did nothing: the report would say 'healthy'
+    about a run it never saw. A hand-written master-weight copy is not this: its model runs."""
+    groups = [g for opt in optimizers for g in opt.get("groups", [])]
+    foreign = [u for g in groups for u in g.get("unnamed", []) if u.get("requires_grad")]
+    if not foreign or any(n is not None for g in groups for n in g.get("params", [])):
+        return None
+    if not any(u.get("had_grad") for u in foreign):
+        return None
+    watched = set(trainable_names(tl))
+    nones = tl.series("grads.none")
+    calls = tl.series("forward.calls")
+    if not watched or not nones or not calls:
+        return None
+    ran = any(c.get("grad_enabled") for _, v in calls for c in (v or {}).values())
+    if ran or any(not watched <= set(v or ()) for _, v in nones):
+        return None  # a watched module ran with gradient, or a watched param got one
+    shapes = [tuple(u["shape"]) for u in foreign]
+    numel = sum(math.prod(s) for s in shapes)
+    models = ", ".join(f"`{k}` ({v})" for k, v in (tl.fact("models") or {}).items()) or "the model"
+    params = tl.fact("params") or {}
+    mine = sum(int(params[n].get("numel") or 0) for n in watched if n in params)
+    return tl.finding(
+        title=f"the watched model is not the one trained: the optimizer trains {len(foreign)} "
+        f"other tensors ({numel:,} values), none of them the watched model's parameters",
+        step=nones[0][0],
+        severity=Severity.WARNING,
+        evidence={
+            "watched_models": tl.fact("models") or {},
+            "watched_trainable_values": mine,
+            "optimizer_tensors": len(foreign),
+            "optimizer_values": numel,
+            "shapes": [list(s) for s in shapes[:8]],
+            "steps_measured": len(nones),
+        },
+        where=Where(source=optimizer_source(optimizers[0]) if optimizers else None),
+        cause=f"traindoctor watched {models} ({mine:,} trainable values): it ran no forward "
+        f"with gradient and its parameters got no gradient in {len(nones)} measured steps, while the "
+        f"optimizer's {len(foreign)} tensors got gradients and were stepped. The model passed "
+        "to traindoctor is not the one trained (a copy, another variable, a model loaded "
+        "again): nothing else in this report describes the training",
+        fix="pass the model the optimizer trains: td.watch(model, optimizer) with the object "
+        "whose forward computes the loss (a wrapper of it, DataParallel/DDP/compiled/PEFT, "
+        "is fine)",
+        confidence=0.9,
+    )
