@@ -253,8 +253,9 @@ def _do_run(
         sys.exit(ExitCode.INTERNAL_ERROR)
     report = result.report
     exc = result.exception
-    if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
-        # The user's traceback, as `python train.py` prints it, without traindoctor's frames.
+    if exc is not None and not isinstance(exc, SystemExit) and not _silent_signal(exc):
+        # The user's traceback, as `python train.py` prints it, without traindoctor's frames
+        # (a KeyboardInterrupt's too: Ctrl-C or `raise KeyboardInterrupt` prints one plainly).
         sys.stderr.write(_user_traceback(exc))
     # A rank of a distributed job: rank 0 shows the job's merged report, the others nothing
     # (each rank's own is in its folder; stdout stays one findings.json under --json).
@@ -527,6 +528,11 @@ def _stdout_to_stderr():
         if saved is not None:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+def _silent_signal(exc: BaseException) -> bool:
+    """SIGTERM, raised into the script as runner.Terminated: plainly it ends Python silently."""
+    return getattr(exc, "signal_name", None) == "SIGTERM"
 
 
 def _user_traceback(exc: BaseException) -> str:

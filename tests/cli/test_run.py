@@ -359,7 +359,7 @@ def test_exception_is_reported_and_reraised(results):
     raise_line = line_of(r.cwd / "boom.py", "# raise here")
     # The user's traceback, as python prints it, without traindoctor's own frames.
     assert "Traceback (most recent call last)" in r.stderr
-    assert f'File "boom.py", line {raise_line}, in check' in r.stderr
+    assert f'File "{r.cwd / "boom.py"}", line {raise_line}, in check' in r.stderr  # absolute
     assert "RuntimeError: boom at step three" in r.stderr
     assert "runner.py" not in r.stderr and "runpy" not in r.stderr
     data = r.findings()

@@ -149,11 +149,13 @@ def _lightning_launches() -> Callable[[], None]:
 def _run_path(path: Path, args: list[str]) -> None:
     """Execute like `python path args`: fresh __main__, argv, sys.path[0] = the script's folder."""
     source = path.read_bytes()
-    code = compile(source, str(path), "exec", dont_inherit=True)
+    # Python (3.9+) makes the script's __file__ and its tracebacks' paths absolute; argv[0] not.
+    absolute = os.path.abspath(path)
+    code = compile(source, absolute, "exec", dont_inherit=True)
     main = types.ModuleType("__main__")
-    main.__file__ = str(path)
+    main.__file__ = absolute
     main.__builtins__ = builtins  # type: ignore[attr-defined]
-    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", str(path))
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", absolute)
     sys.modules["__main__"] = main
     sys.argv = [str(path), *args]
     sys.path[0] = str(path.resolve().parent)
