@@ -223,3 +223,24 @@ def test_the_summary_line_says_what_the_figure_leaves_out():
     # The figure is not a side-by-side measurement: the report says what it holds and what not.
     line = summary_line({"ratio": 1.02, "ratio_low": 1.01, "ratio_high": 1.03})
     assert "step times" in line and "caches" in line and "garbage collection" in line
+    assert "waits included" in line and "of a CPU" not in line
+
+
+def test_the_summary_line_names_the_waits_that_dilute_the_whole_run_figure():
+    # A process that got a CPU 30% of the loop's wall time (a shared machine): the whole-run
+    # figure divides by those waits, the per-step figure (a median) does not; both are shown.
+    overhead = {"ratio": 1.25, "ratio_low": 1.2, "ratio_high": 1.3, "every_step_x": 1.7}
+    line = summary_line({**overhead, "loop_cpu_share": 0.3})
+    assert "unsampled steps 1.70x each" in line
+    assert line.endswith("(the process used 30% of a CPU per second of the loop)")
+    assert "of a CPU" not in summary_line({**overhead, "loop_cpu_share": 0.95})
+
+
+def test_the_loop_cpu_share_is_measured_from_attach_to_the_last_step():
+    clock = itertools.count(0.0, 0.01).__next__  # 10 ms a step, whatever the CPU did
+    gov = Governor(clock)
+    gov.attached(0.0)
+    for step in range(1, 30):
+        gov.step_end(step, sampled=False, spent=0.0, calls=0)
+    share = gov.estimate()["loop_cpu_share"]
+    assert share is not None and share >= 0

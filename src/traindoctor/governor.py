@@ -33,6 +33,7 @@ the figure is what this run's own clocks can see, its interval their spread only
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,10 +114,17 @@ class Governor:
         # at the last step end: each is charged UNTIMED_PER_CALL like a timed call.
         self._hook_calls: list[int] | None = None
         self._hook_calls_seen = 0
+        # The process's CPU time and the wall clock from attach to the last step end: on a
+        # shared machine the step walls hold waits for a CPU, which the whole-run figure
+        # divides by (its per-step figures are medians, mostly free of them).
+        self._cpu_wall: list[float] | None = None  # [cpu at attach, wall at attach, cpu, wall]
 
     def attached(self, seconds: float) -> None:
         self.attach_s += seconds
         self._last = self._clock()
+        if self._cpu_wall is None:
+            cpu = time.process_time()
+            self._cpu_wall = [cpu, self._last, cpu, self._last]
         if self._hook_calls is None:
             from ._hooks import UNTIMED_HOOK_CALLS  # torch's: imported once attached
 
@@ -143,6 +151,8 @@ class Governor:
         # loader, its workers' start): it counts as one plain step, plus its timed cost.
         wall = None if self._last is None or step == 1 else now - self._last
         self._last = now
+        if self._cpu_wall is not None:
+            self._cpu_wall[2:] = time.process_time(), now
         if self._hook_calls is not None:
             seen, self._hook_calls_seen = self._hook_calls_seen, self._hook_calls[0]
             calls += self._hook_calls_seen - seen
@@ -239,8 +249,18 @@ class Governor:
             "attach_s": round(self.attach_s, 4),
             "passes_s": round(self.passes_s, 4),
             "untimed_s": round(self.untimed_s, 4),
+            "loop_cpu_share": self._cpu_share(),
         }
         return out
+
+    def _cpu_share(self) -> float | None:
+        """The process's CPU time over the wall time from attach to the last step end (all
+        its threads: above 1 with several busy threads; well under 1 while it waited for a
+        CPU, a device or its data)."""
+        if self._cpu_wall is None:
+            return None
+        cpu0, wall0, cpu, wall = self._cpu_wall
+        return round((cpu - cpu0) / (wall - wall0), 3) if wall > wall0 else None
 
     def predicted(self, plan: dict[str, float] | None) -> dict[str, Any]:
         """The cost model's figures for this run's schedule (budget.py's constants)."""
@@ -268,12 +288,17 @@ class Governor:
 MEASURES = (
     "from this run's step times: traindoctor's own code, its hook calls, its sampled and "
     "first steps; not the time torch's code loses around our hooks (caches) nor extra garbage "
-    "collection, which a side-by-side run would also count"
+    "collection, which a side-by-side run would also count; the whole-run figure is over the "
+    "steps' wall time, waits included"
 )
+# Under this share of CPU time per wall second the summary names the waits (a shared machine,
+# a device, data): they dilute the whole-run figure, not the per-step ones.
+WAITS_SHARE = 0.5
 
 
 def summary_line(overhead: dict[str, Any]) -> str | None:
-    """`measured 1.040x (interval 1.02-1.06; sampled steps 1.6x each, every 20 steps),
+    """`measured 1.040x (interval 1.02-1.06; unsampled steps 1.01x each; sampled steps 1.6x
+    each, every 20 steps),
     predicted 1.03x; ...; measured from ...`: one line for the reports, None when the run was
     too short to measure. The interval is the step times' spread only (`MEASURES` says what
     the figure leaves out)."""
@@ -283,6 +308,8 @@ def summary_line(overhead: dict[str, Any]) -> str | None:
     parts = [f"interval {float(overhead['ratio_low']):.2f}-{float(overhead['ratio_high']):.2f}"]
     if overhead.get("noisy"):
         parts[0] += ", noisy"
+    if overhead.get("every_step_x") is not None:
+        parts.append(f"unsampled steps {float(overhead['every_step_x']):.2f}x each")
     if overhead.get("sampled_step_x") is not None:
         part = f"sampled steps {float(overhead['sampled_step_x']):.2f}x each"
         if overhead.get("final_sample_interval"):
@@ -293,4 +320,8 @@ def summary_line(overhead: dict[str, Any]) -> str | None:
         text += f", predicted {float(overhead['predicted_ratio']):.3f}x"
     if overhead.get("close_s") is not None:
         text += f"; close() {float(overhead['close_s']):.2f} s before writing the report"
-    return f"{text}; measured {MEASURES}"
+    text = f"{text}; measured {MEASURES}"
+    share = overhead.get("loop_cpu_share")
+    if share is not None and float(share) < WAITS_SHARE:
+        text += f" (the process used {float(share):.0%} of a CPU per second of the loop)"
+    return text
