@@ -149,19 +149,28 @@ class ForwardProbe(Probe):
     ) -> None:
         entry = self._calls.get(qual)
         if entry is None:
-            facts = output_facts(output)
-            if qual in self._sources:
-                source = self._sources[qual]
+            if type(output) is torch.Tensor and not is_root:
+                # output_facts' two facts without its dict (per module per structural step).
+                if output.is_floating_point() or output.is_complex():
+                    requires_grad, grad_fn = output.requires_grad, output.grad_fn
+                    grad_fn = type(grad_fn).__name__ if grad_fn is not None else None
+                else:
+                    requires_grad, grad_fn = False, None
+                facts = None
             else:
+                facts = output_facts(output)
+                requires_grad, grad_fn = facts["requires_grad"], facts["grad_fn"]
+            source = self._sources.get(qual, _UNKNOWN)
+            if source is _UNKNOWN:
                 source = self._sources[qual] = user_source(skip=2)
             self._calls[qual] = {
                 "calls": 1,
                 "grad_enabled": torch.is_grad_enabled(),
-                "output_requires_grad": facts["requires_grad"],
-                "output_grad_fn": facts["grad_fn"],
+                "output_requires_grad": requires_grad,
+                "output_grad_fn": grad_fn,
                 "source": source,
             }
-            if is_root:
+            if facts is not None and is_root:
                 assert self.ctx is not None
                 self.ctx.bus.emit(Event.MODEL_OUTPUT, facts)
         else:
@@ -199,6 +208,7 @@ class ForwardProbe(Probe):
 
 
 MAX_UNRUN = 200
+_UNKNOWN = object()  # a module whose source line is not looked up yet
 
 
 def _unrun_referenced(models: dict[str, torch.nn.Module], ran: set[str]) -> list[str]:
