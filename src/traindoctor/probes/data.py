@@ -255,7 +255,7 @@ class DataProbe(Probe):
 
     def _fingerprint(self, prefix: str, inputs: Any, rec: Recorder) -> None:
         step = self._step
-        tensors = [t for t in iter_tensors(inputs) if t.numel() > 0 and not t.is_complex()]
+        tensors = [t for t in iter_tensors(inputs) if _plain(t)]
         keys: list[str] = []
         values: list[torch.Tensor] = []
         described: dict[str, dict[str, Any]] = {}
@@ -304,7 +304,7 @@ class DataProbe(Probe):
         known = self._inputs.get(key)
         if known is None:
             return
-        t = next((t for t in iter_tensors(inputs) if t.numel() > 0 and not t.is_complex()), None)
+        t = next((t for t in iter_tensors(inputs) if _plain(t)), None)
         if t is None or list(t.shape) != known["shape"]:
             return
         if str(t.dtype).removeprefix("torch.") != known["dtype"]:
@@ -400,12 +400,18 @@ class DataProbe(Probe):
             self._rec.defer(self._step, DATA_FIRST_STATS, stats, keys=list(FIRST_STATS))
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A dense, real, non-empty tensor: a sparse one (pygcn's adjacency through torch.spmm)
+    has no data pointer and no strided view to sample."""
+    return t.layout is torch.strided and t.numel() > 0 and not t.is_complex()
+
+
 def _primary_input(inputs: Any) -> tuple[int, int] | None:
     """(data_ptr, numel) of the forward's floating-point tensor argument with the most elements
     per sample (the images of `unet(x_t, t)`, not its timesteps), when it is batched."""
     best: torch.Tensor | None = None
     for t in list(iter_tensors(inputs))[:MAX_INPUTS]:
-        if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0:
+        if not t.is_floating_point() or t.dim() < 2 or not _plain(t):
             continue
         if best is None or t[0].numel() > best[0].numel():
             best = t
