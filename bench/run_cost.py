@@ -89,6 +89,19 @@ for k, v in acc.items():
 """
 
 
+# The plain process's same phases, for the script's row.
+PLAIN_PHASES = """\
+import contextlib, io, runpy, sys, time
+t0 = time.process_time()
+import torch, torch.optim
+t_torch = time.process_time()
+with contextlib.redirect_stdout(io.StringIO()):
+    runpy.run_path(sys.argv[1], run_name="__main__")
+print(f"plain: torch import {t_torch - t0:.3f}")
+print(f"plain: script {time.process_time() - t_torch:.3f}")
+"""
+
+
 def cpu_of(cmd: list[str], env: dict[str, str], cwd: str) -> tuple[float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=True)
@@ -123,15 +136,17 @@ def main() -> None:
         print(f"traindoctor run script.py  {w:.3f}  ({', '.join(f'{v:.2f}' for v in watched)})")
         print(f"ratio {w / p:.3f}x, extra {w - p:.3f} s")
         if args.phases:
-            phases = Path(tmp) / "phases.py"
+            phases, plain_phases = Path(tmp) / "phases.py", Path(tmp) / "plain_phases.py"
             phases.write_text(PHASES)
+            plain_phases.write_text(PLAIN_PHASES)
             rows: dict[str, list[float]] = {}
             for _ in range(args.rounds):
-                out = cpu_of([sys.executable, str(phases), runs, str(script)], env, tmp)[1]
+                out = cpu_of([sys.executable, str(plain_phases), str(script)], env, tmp)[1]
+                out += cpu_of([sys.executable, str(phases), runs, str(script)], env, tmp)[1]
                 for line in out.splitlines():
                     label, _, value = line.rpartition(" ")
                     rows.setdefault(label, []).append(float(value))
-            print("watched process, CPU s (median; rules and files are parts of close())")
+            print("in process, CPU s (median; rules and files are parts of close())")
             for label, values in rows.items():
                 print(f"  {label:32s} {statistics.median(values):.3f}")
 
