@@ -37,6 +37,10 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     ## What it detects
     Tensors held by an optimizer that are not parameters of the watched model(s) and never
     receive a gradient: leftovers of modules that were replaced after the optimizer was built.
+    A warning when the optimizers hold none of the watched params while theirs get gradients
+    and the watched model runs no forward with gradient: the model given to traindoctor is
+    not the one trained (`td.watch(copy_of_model, optimizer)`), and no other finding could
+    describe the training.
 
     ## Why it matters
     The optimizer keeps stepping the old tensors while the model computes with new ones that
