@@ -44,3 +44,9 @@ def test_a_sequence_first_model_is_silent():
 
 def test_a_batched_call_without_gradient_is_silent():
     assert_silent("TD519", _tl(_call(1, [2], 1, 4, False), _call(1, [17, 2], 2, 17, False)))
+
+
+def test_a_time_first_model_over_token_ids_is_silent():
+    # Tokens (T,) unbatched, (T, B) batched: the softmax of (12,) and (12, 16) is over time both
+    # times; the batched last dim is the batch, not the unbatched vector's length.
+    assert_silent("TD519", _tl(_call(1, [12], 1, 12, False), _call(2, [12, 16], 2, 12, True)))

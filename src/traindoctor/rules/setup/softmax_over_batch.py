@@ -55,7 +55,9 @@ def softmax_over_batch(tl: TimelineView) -> Iterator[Finding]:
     ## Known false positives
     None known: a model whose unbatched input is 1-D and whose batched input puts the batch
     first (torch's convention) has its batch where dim 0 of the softmax is. A sequence-first
-    model (unbatched input (T, E)) is not judged.
+    model (unbatched input (T, E)) is not judged, nor a batched call whose last dim is not
+    the unbatched vector's length (a time-first model over 1-D token ids: (T,) and (T, B),
+    over time both times).
     """
     calls: dict[str, list[dict]] = {}
     for e in tl.events("softmax_call"):
@@ -73,6 +75,11 @@ def softmax_over_batch(tl: TimelineView) -> Iterator[Finding]:
                 and e.get("grad")
                 and (e.get("model_input_rank") or 0) >= 2
                 and (e.get("shape") or [0])[0] == e.get("model_input_lead")
+                # A stack of the unbatched vectors: its last dim is theirs. A time-first
+                # model (tokens (T,) unbatched, (T, B) batched) softmaxes (T,) and (T, B)
+                # over time both times: its last dim is the batch.
+                and single is not None
+                and (e.get("shape") or [0])[-1] == (single.get("shape") or [None])[0]
             ),
             None,
         )
