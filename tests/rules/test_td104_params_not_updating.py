@@ -170,3 +170,37 @@ def test_a_group_built_with_lr_zero_beside_groups_that_train_is_info():
     opt = optimizer_facts(["backbone.weight"], ["head.weight"], lr=[0.0, 3e-3])
     f = assert_fires("TD104", make_timeline(params=names, optimizers=[opt], steps=alone))
     assert f.severity == Severity.ERROR
+
+
+def _two_optimizers(updates: dict[str, float], only_d: tuple[str, ...] = ()):
+    """InfoGAN: opt0 (D) holds the params, opt1 (info, over chain(G, D)) holds them too but
+    `only_d`; the update kept per step is the last step's, whose loss never reaches `head`."""
+    names = list(updates)
+    d = optimizer_facts(names)
+    info = optimizer_facts([n for n in names if n not in only_d])
+    info["groups"][0]["id"] = "opt1/group0"
+    steps = {
+        i: {
+            "params.update": dict(updates),
+            "params.norm": {n: 3.0 for n in names},
+            "grads.norm": {n: 0.5 for n in names},
+            "optim.lr": {"opt0/group0": 0.1, "opt1/group0": 0.1},
+            "optim.step": 1,
+        }
+        for i in range(1, 4)
+    }
+    events = [{"kind": "optimizer_step", "step": 1, "source": "infogan.py:282"}]
+    return make_timeline(params=names, optimizers=[d, info], steps=steps, events=events)
+
+
+def test_params_held_by_two_optimizers_unchanged_at_the_last_step_are_info():
+    f = assert_fires("TD104", _two_optimizers({"head.weight": 0.0, "body.weight": 0.2}))
+    assert f.severity is Severity.INFO
+    assert "more than one optimizer" in f.cause
+
+
+def test_a_param_held_once_stays_an_error_beside_shared_ones():
+    updates = {"head.weight": 0.0, "fc.weight": 0.0, "body.weight": 0.2}
+    f = assert_fires("TD104", _two_optimizers(updates, only_d=("fc.weight",)))
+    assert f.severity is Severity.ERROR
+    assert f.where.params == ("fc.weight",)

@@ -102,6 +102,13 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     frozen -= set(by_norm)
     if not frozen:
         return
+    # A param held by several optimizers (InfoGAN's info optimizer over chain(G, D)) has the
+    # update of the last of their steps: unchanged there says only that this optimizer's loss
+    # did not reach it (torch skips a None gradient), not that no optimizer updates it.
+    shared = _held_by_several(tl)
+    only_shared = frozen <= shared
+    if not only_shared:
+        frozen -= shared
     names = sorted(frozen)
     all_names = list((tl.fact("params") or {}).keys())
     groups = group_params(names, all_names)
@@ -163,7 +170,27 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
                     "TD301)"
                 ),
             )
+    if only_shared:
+        finding = replace(
+            finding,
+            severity=Severity.INFO,
+            cause="each of them is held by more than one optimizer, and the update measured at a "
+            "step is the last of those optimizers' steps: that optimizer left them unchanged "
+            "(its loss may not reach them, so their gradient was None there), which does not "
+            "say whether the other optimizers updated them",
+            fix="nothing, if another optimizer trains them; otherwise check that some loss "
+            "reaches them before the step of an optimizer that holds them",
+        )
     yield finding
+
+
+def _held_by_several(tl: TimelineView) -> set[str]:
+    """Param names that more than one optimizer holds."""
+    seen: dict[str, int] = {}
+    for opt in tl.fact("optimizers") or []:
+        for n in {n for g in opt["groups"] for n in g["params"] if n}:
+            seen[n] = seen.get(n, 0) + 1
+    return {n for n, k in seen.items() if k > 1}
 
 
 def _bias_before_norm(tl, names, cancelled, grads, steps) -> Finding:
