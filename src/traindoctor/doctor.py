@@ -126,6 +126,11 @@ class Doctor:
         self._by_name: dict[str, Probe] | None = None
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
+        # Zero-code: optimizers built after attach (a later phase: fine-tuning, a student) and
+        # their steps since the primary's last; one that steps twice in a row while the
+        # primary is idle numbers the steps from then on (self._primary).
+        self._late: dict[int, int] = {}
+        self._primary: torch.optim.Optimizer | None = None
         self.created_at = self.run.created_at  # id(optimizer) -> source line that built it
         self.findings: list[Finding] = []
         self.report: Report | None = None
@@ -239,6 +244,7 @@ class Doctor:
         if self.context is None or any(o is opt for o in self.optimizers):
             return
         self.optimizers.append(opt)
+        self._late[id(opt)] = 0
         self._hook_optimizer(opt)
         optim_probe = self.probe("optim")
         if optim_probe is not None:
@@ -286,7 +292,7 @@ class Doctor:
         def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
             if self._clock.closed or not self.optimizers:
                 return
-            primary = optimizer is self.optimizers[0]
+            primary = optimizer is self._primary_for(optimizer, pre)
             t0 = time.perf_counter()
             try:
                 # One guarded call per hook; each probe is guarded again by the bus.
@@ -299,6 +305,37 @@ class Doctor:
                 self._steps.end_step()
 
         return hook
+
+    def _primary_for(self, optimizer: Any, pre: bool) -> Any:
+        """The optimizer whose step() closes a step. The first watched one, until an optimizer
+        built after attach (zero-code: a second phase with a new optimizer) steps twice while
+        the first stays idle: the first phase is over, the new one numbers the steps (its
+        backward passes and updates were all lumped into one step). Counted in steps, never
+        in time; a GAN's second optimizer steps between the first's and never takes over."""
+        current = self._primary if self._primary is not None else self.optimizers[0]
+        late = self._late
+        if current is not self.optimizers[0] and optimizer is self.optimizers[0]:
+            # The first phase's optimizer steps again: not a phase that ended (a critic stepped
+            # n times per generator step). It numbers the steps again, for good.
+            self._primary = None
+            late.clear()
+            return optimizer
+        if not late or optimizer is current:
+            if not pre:
+                for k in late:
+                    late[k] = 0
+            return current
+        n = late.get(id(optimizer))
+        if n is None:
+            return current
+        if pre and n >= 2:
+            self._primary = optimizer
+            for k in late:
+                late[k] = 0
+            return optimizer
+        if not pre:
+            late[id(optimizer)] = n + 1
+        return current
 
     def _wrap_scaler(self, scaler: Any) -> None:
         """Watch a GradScaler instance: map scaled losses back, and close steps it skips."""

@@ -48,6 +48,12 @@ class OptimProbe(Probe):
         # gradient signature seen (ids and version counters of a few .grad tensors).
         self._activity: list[dict[str, int]] = []
         self._grad_sig: list[tuple] = []
+        # Order of the optimizers' last steps, and the ids each holds (cached by count): a
+        # fresh gradient that another optimizer stepped since is not pending (a first phase's
+        # optimizer whose params a fine-tuning optimizer now steps).
+        self._step_seq = 0
+        self._last_seq: dict[int, int] = {}
+        self._held: dict[int, tuple[int, set[int]]] = {}
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -129,11 +135,17 @@ class OptimProbe(Probe):
             self.describe(rec)
         if sampled:
             names = ctx.param_names
+            seen = len(self._unnamed_with_grad)
             for opt in ctx.optimizers:
                 for group in opt.param_groups:
                     for p in group["params"]:
                         if id(p) not in names and p.grad is not None:
                             self._unnamed_with_grad.add(id(p))
+            if len(self._unnamed_with_grad) != seen:
+                # Tensors of an optimizer described earlier got their first gradient (a
+                # zero-code run's second-phase optimizer, built before its first backward):
+                # the fact's had_grad is written again, or TD111 reads them as never trained.
+                self.describe(rec)
         for oi, opt in enumerate(ctx.optimizers):
             for gi, group in enumerate(opt.param_groups):
                 lr, key = group.get("lr"), f"opt{oi}/group{gi}"
@@ -181,8 +193,33 @@ class OptimProbe(Probe):
         slot["steps"] += 1
         slot["max_pending"] = max(slot["max_pending"], slot["pending"])
         slot["pending"] = 0
+        self._step_seq += 1
+        self._last_seq[oi] = self._step_seq
         rec.record(step, OPTIM_ANY_STEP, (rec.timeline.get(step, OPTIM_ANY_STEP) or 0) + 1)
         self._publish(rec)
+
+    def _stepped_by_another(self, oi: int, params: list, sig: tuple) -> bool:
+        """The changed gradients of optimizer `oi`'s signature are all of tensors that another
+        optimizer, which stepped after `oi` last did, also holds."""
+        ctx = self.ctx
+        prev = self._grad_sig[oi]
+        mine = self._last_seq.get(oi, 0)
+        later = [j for j, q in self._last_seq.items() if j != oi and q > mine]
+        if not later or ctx is None:
+            return False
+        changed = [
+            k for k, x in enumerate(sig) if x is not None and (k >= len(prev) or prev[k] != x)
+        ]
+        held = [self._held_ids(j, ctx.optimizers[j]) for j in later if j < len(ctx.optimizers)]
+        return bool(changed) and all(any(id(params[k]) in h for h in held) for k in changed)
+
+    def _held_ids(self, j: int, opt: torch.optim.Optimizer) -> set[int]:
+        count = sum(len(g["params"]) for g in opt.param_groups)
+        cached = self._held.get(j)
+        if cached is None or cached[0] != count:
+            cached = (count, {id(p) for g in opt.param_groups for p in g["params"]})
+            self._held[j] = cached
+        return cached[1]
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         """A backward that wrote new gradients into an optimizer's params since its last
@@ -198,7 +235,11 @@ class OptimProbe(Probe):
                 (id(p.grad), p.grad._version) if p.grad is not None else None
                 for p in params[:ACTIVITY_PARAMS]
             )
-            if sig != self._grad_sig[oi] and any(x is not None for x in sig):
+            if (
+                sig != self._grad_sig[oi]
+                and any(x is not None for x in sig)
+                and not self._stepped_by_another(oi, params, sig)
+            ):
                 if not slot["pending"]:
                     slot["since"] = step  # the first of the gradients not applied yet
                 slot["pending"] += 1
