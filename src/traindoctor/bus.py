@@ -89,9 +89,9 @@ class Bus:
         self._state = state
         self._probes: list[Subscriber] = []
         self._listeners: list[tuple[Event, str, Callable[..., Any]]] = []
-        # Handler lists by sampled flag, then by event (an Enum member hashes in Python: a
-        # (event, sampled) tuple key cost a Python call per emit).
-        self._cache: tuple[dict[int, list[Handler]], dict[int, list[Handler]]] = ({}, {})
+        # Handler lists by sampled flag, then by the event's value (an Enum member hashes in
+        # Python, and a str's hash is cached: a subscript on `event._value_` makes no call).
+        self._cache: tuple[dict[str, list[Handler]], dict[str, list[Handler]]] = ({}, {})
 
     def add_probes(self, probes: list[Subscriber]) -> None:
         self._probes.extend(probes)
@@ -119,10 +119,13 @@ class Bus:
             cache.clear()
 
     def emit(self, event: Event, *args: Any) -> None:
-        sampled = self._state.sampled
-        handlers = self._cache[sampled].get(id(event))
-        if handlers is None:
+        sampled = self._state._sampled
+        try:
+            handlers = self._cache[sampled][event._value_]
+        except KeyError:
             handlers = self._handlers((event, sampled))
+        if not handlers:
+            return  # nobody listens on this kind of step: no guard, no loop
         guard = self._guard
         disabled = guard.disabled
         retired = False
@@ -152,7 +155,7 @@ class Bus:
             if _overrides(p, name) and not p.retired and (sampled or name not in p.sampled_only)
         ]
         handlers.extend((where, None, fn) for e, where, fn in self._listeners if e is event)
-        self._cache[sampled][id(event)] = handlers
+        self._cache[sampled][event._value_] = handlers
         return handlers
 
 

@@ -2,12 +2,13 @@
 
 `RunState` is the read-only view everyone gets (`ctx.state`, `doctor.state`); only the Doctor
 holds the `RunClock` that writes it. Reading a property costs a few tens of nanoseconds, so
-hooks on the hot path may read it on every call.
+hooks on the hot path may read it on every call (the hottest are C getters: no Python frame).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 
@@ -23,6 +24,7 @@ class RunState:
         "_sampled",
         "_structural_steps",
         "_validating",
+        "_in_validation",
         "_validations",
         "_closed",
         "_attached",
@@ -36,6 +38,7 @@ class RunState:
         self._sampled = True
         self._structural_steps = structural_steps
         self._validating = 0  # nesting depth of validations in progress
+        self._in_validation = False  # _validating > 0, kept as a flag: read on every hook call
         self._validations = 0  # validations begun so far
         self._closed = False
         self._attached = False
@@ -43,15 +46,12 @@ class RunState:
         self._model_output: dict[str, Any] | None = None
         self._hand_steps_expected: Callable[[], bool] = _never
 
-    @property
-    def step(self) -> int:
-        """The open step: optimizer steps completed so far + 1."""
-        return self._step
+    step = property(attrgetter("_step"), doc="The open step: optimizer steps completed so far + 1.")
 
-    @property
-    def sampled(self) -> bool:
-        """Whether the open step is sampled (per-step probes measure it in full)."""
-        return self._sampled
+    sampled = property(
+        attrgetter("_sampled"),
+        doc="Whether the open step is sampled (per-step probes measure it in full).",
+    )
 
     @property
     def structural_steps(self) -> int:
@@ -63,20 +63,19 @@ class RunState:
         """Whether the open step is one of the first steps, where structure is checked."""
         return self._step <= self._structural_steps
 
-    @property
-    def validating(self) -> bool:
-        """Inside `doc.validating()` or a framework's evaluation loop."""
-        return self._validating > 0
+    validating = property(
+        attrgetter("_in_validation"),
+        doc="Inside `doc.validating()` or a framework's evaluation loop.",
+    )
 
     @property
     def validations(self) -> int:
         """How many validations have begun."""
         return self._validations
 
-    @property
-    def closed(self) -> bool:
-        """The doctor closed: hooks still called by torch must do nothing."""
-        return self._closed
+    closed = property(
+        attrgetter("_closed"), doc="The doctor closed: hooks still called by torch must do nothing."
+    )
 
     @property
     def attached(self) -> bool:
@@ -114,10 +113,12 @@ class RunClock(RunState):
     def begin_validation(self) -> int:
         self._validations += 1
         self._validating += 1
+        self._in_validation = True
         return self._validations
 
     def end_validation(self) -> None:
         self._validating = max(0, self._validating - 1)
+        self._in_validation = self._validating > 0
 
     def mark_attached(self) -> None:
         self._attached = True
