@@ -6,7 +6,7 @@ import pytest
 
 from tests.rules._loss_inputs_tl import SUPERVISED_CE
 from traindoctor.findings import Severity
-from traindoctor.testing import assert_fires, assert_silent, make_timeline
+from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
 
 PARAMS = ["fc.weight", "fc.bias"]
 
@@ -221,7 +221,7 @@ SCHED = {
 }
 
 
-def _sched_tl(values, lrs, ratio=1e-3, sched_steps=(), labels=None):
+def _sched_tl(values, lrs, ratio=1e-3, sched_steps=(), labels=None, initial_lr=None):
     steps = {}
     for i, (v, lr) in enumerate(zip(values, lrs), 1):
         steps[i] = {"loss.train": [v], "optim.lr": {"opt0/group0": lr}}
@@ -238,7 +238,8 @@ def _sched_tl(values, lrs, ratio=1e-3, sched_steps=(), labels=None):
         SUPERVISED_CE,
         SCHED,
     ]
-    return make_timeline(params=PARAMS, steps=steps, events=events)
+    opts = [optimizer_facts(PARAMS, lr=lrs[0], initial_lr=initial_lr)] if initial_lr else None
+    return make_timeline(params=PARAMS, optimizers=opts, steps=steps, events=events)
 
 
 def _falling_some(n):
@@ -253,6 +254,21 @@ def test_a_warmup_stepped_per_epoch_is_reported_although_the_loss_fell():
     assert "scheduler.step() ran at 4 of the 100 optimizer steps" in f.cause
     assert f.where.source == "train.py:61"
     assert f.evidence["zero_lr_steps"]["first"] == 1 and f.evidence["zero_lr_steps"]["last"] == 25
+
+
+def test_a_step_sized_warmup_that_never_reaches_its_base_lr_is_still_reported():
+    lrs = [0.0] * 25 + [2e-4] * 25 + [4e-4] * 25 + [6e-4] * 25  # base lr 1e-3, never reached
+    tl = _sched_tl(_falling_some(100), lrs, sched_steps=(25, 50, 75, 100), initial_lr=1e-3)
+    assert assert_fires("TD108", tl).severity is Severity.WARNING
+
+
+def test_an_epoch_sized_warmup_from_zero_that_reaches_its_base_lr_is_silent():
+    # LambdaLR(lambda e: min(1, e / 2)) stepped once an epoch as sized: the first epoch at lr 0,
+    # then 0.05, then the base 0.1; the loss fell 90% (review: a warning on a run that learned).
+    lrs = [0.0] * 25 + [0.05] * 25 + [0.1] * 75
+    falling = [0.7 * (1 - 0.9 * i / 125) for i in range(125)]
+    tl = _sched_tl(falling, lrs, sched_steps=(25, 50, 75, 100, 125), initial_lr=0.1)
+    assert_silent("TD108", tl)
 
 
 def test_a_warmup_from_zero_stepped_per_batch_is_silent():

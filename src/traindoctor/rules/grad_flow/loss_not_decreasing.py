@@ -288,7 +288,25 @@ def _zero_lr_stretch(
             after = max(lrs) if after is None else max(after, max(lrs))
     if peak <= 0 or len(best) < min_len or len(best) < min_share * n:
         return None
+    if after is not None and after >= _base_lr(tl) * (1 - 1e-6):
+        # After the stretch the lr reached the schedule's own base lr: a warmup sized in
+        # epochs that starts at 0 (LambdaLR(lambda e: e / warmup), stepped once an epoch as
+        # sized) lost its first epoch, and the loss fell: not a schedule stepped too rarely.
+        return None
     return len(best), n, best[0], best[-1], after
+
+
+def _base_lr(tl: TimelineView) -> float:
+    """The largest `initial_lr` (a scheduler's base lr) of the optimizers' groups at attach;
+    inf where no scheduler had set one (then nothing is taken for a completed warmup)."""
+    lrs = [
+        g.get("initial_lr")
+        for o in tl.fact("optimizers") or []
+        for g in (o.get("groups") or [])
+        if isinstance(g, dict)
+    ]
+    lrs = [v for v in lrs if isinstance(v, int | float) and v > 0]
+    return max(lrs) if lrs else math.inf
 
 
 def _cause(
