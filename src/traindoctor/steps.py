@@ -35,6 +35,8 @@ from .run_state import RunClock
 
 READBACK_EVERY = 25
 
+_clock = time.perf_counter
+
 
 class StepDriver:
     """Turns backward passes, optimizer steps, scaler updates and updates by hand into the
@@ -82,14 +84,18 @@ class StepDriver:
             budget.spend(time.perf_counter() - t0)
             if found:
                 self.hand_step(*found)  # the weights were updated by hand since the last one
-        t0 = time.perf_counter()
+        t0 = _clock()
         self.backward_since_step += 1
         self.step_backwards += 1
-        step = state.step
+        step = state._step
         # note_backward, inline (a weakref and a tuple cannot fail: no guard call per step).
         self.last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, step)
         run.bus.emit(Event.BACKWARD, step, root, loss, run.rec)
-        budget.spend(time.perf_counter() - t0)
+        # Budget.spend written out: this runs every step (one frame less).
+        spent = _clock() - t0
+        budget._spent += spent
+        budget._step_spent += spent
+        budget._step_calls += 1
         if self.backward_since_step in NO_STEP_CHECKPOINTS:
             self._timed_pass()
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
@@ -103,11 +109,15 @@ class StepDriver:
         run, state = self.run, self.clock
         if state.closed or state.validating:
             return
-        t0 = time.perf_counter()
-        run.bus.emit(Event.AFTER_BACKWARD, state.step, run.rec)
+        t0 = _clock()
+        run.bus.emit(Event.AFTER_BACKWARD, state._step, run.rec)
         if self.hand.active:
             run.guard.call("hand steps", self.hand.after_backward)
-        run.budget.spend(time.perf_counter() - t0)
+        budget = run.budget
+        spent = _clock() - t0
+        budget._spent += spent
+        budget._step_spent += spent
+        budget._step_calls += 1
 
     # -- what closes a step -----------------------------------------------------------------
     def hand_step(self, names: list[str], source: tuple[str, int] | None) -> None:
@@ -142,13 +152,16 @@ class StepDriver:
         self.primary_stepped = False
 
     def end_step(self) -> None:
-        run, budget = self.run, self.run.budget
-        t0 = time.perf_counter()
-        step = self.clock.step
+        # Runs every step: one clock read between the two timed halves, Budget.spend and
+        # Guard.call written out (each a frame per step less), the same work in the same order.
+        run = self.run
+        budget, guard, clock = run.budget, run.guard, self.clock
+        t0 = _clock()
+        step = clock._step
         try:
             self._close_step(step)
         except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
-            run.guard.note("step end", exc)
+            guard.note("step end", exc)
         if step % READBACK_EVERY == 0 or step <= budget.structural_steps:
             stream = self.timeline.stream
             if stream is not None:
@@ -158,16 +171,28 @@ class StepDriver:
             if step % READBACK_EVERY == 0:
                 # Thinned after the flush: every record it drops from memory is on disk.
                 run.guard.call("timeline compact", self.timeline.compact)
-        budget.spend(time.perf_counter() - t0)
+        t1 = _clock()
+        spent = t1 - t0
+        budget._spent += spent
+        budget._step_spent += spent
+        budget._step_calls += 1
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.
         # The governor's own step end and the clock's advance are timed with it (the next
         # step's cost: they were the largest untimed part of an unsampled step).
-        t0 = time.perf_counter()
         budget.step_end(step)
-        self.clock.advance()
-        run.guard.call("step prepare", self.prepare_step)
-        budget.spend(time.perf_counter() - t0)
+        clock._step += 1  # RunClock.advance
+        if "step prepare" not in guard.disabled:
+            try:
+                self.prepare_step()
+            except StopTraining:
+                raise
+            except Exception as exc:  # noqa: BLE001  (isolation is the point)
+                guard.record("step prepare", exc)
+        spent = _clock() - t1
+        budget._spent += spent
+        budget._step_spent += spent
+        budget._step_calls += 1
         if self.max_steps and step >= self.max_steps:
             self.timeline.event(step, "stopped", reason="max_steps")
             raise StopTraining(f"--max-steps {self.max_steps} reached")
@@ -175,14 +200,21 @@ class StepDriver:
     def _close_step(self, step: int) -> None:
         # Each part under its own guard key: one failing part must not switch off the others.
         run, budget, guard = self.run, self.run.budget, self.run.guard
-        run.bus.emit(Event.STEP_CLOSED, step, self.clock.sampled, run.rec)
+        run.bus.emit(Event.STEP_CLOSED, step, self.clock._sampled, run.rec)
         self.timeline.last_step = step
         backward_ran, self.step_backwards = self.step_backwards > 0, 0
         if budget.work is None:
             counted = self.timeline.get(step, WORK_COUNTED)
             if counted is not None:
                 budget.plan(Work(**counted))
-        found = guard.call("compile watch", self.compile_watch.step_end, backward_ran)
+        found = None
+        if "compile watch" not in guard.disabled:  # Guard.call written out (every step)
+            try:
+                found = self.compile_watch.step_end(backward_ran)
+            except StopTraining:
+                raise
+            except Exception as exc:  # noqa: BLE001  (isolation is the point)
+                guard.record("compile watch", exc)
         ctx = run.attached
         for prefix in found or ():
             # All of our hooks off it at once: one recompile now, none at later steps.
@@ -231,9 +263,11 @@ class StepDriver:
             ctx.new_step()
         # Decided once per step: the governor may change the interval before the step's
         # events, and a probe that installed hooks for a sampled step must see it sampled.
-        step = self.clock.step
-        sampled = run.budget.sampled(step)
-        self.clock.set_sampled(sampled)
+        clock, budget = self.clock, run.budget
+        step = clock._step
+        # Budget.sampled and RunClock.set_sampled written out (every step).
+        sampled = step <= budget.structural_steps or step % budget.interval == 0
+        clock._sampled = sampled
         run.bus.emit(Event.STEP_OPENED, step, sampled, run.rec)
 
     def readback(self) -> None:
