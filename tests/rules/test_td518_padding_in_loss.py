@@ -6,7 +6,17 @@ from traindoctor.findings import Severity
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 
 
-def _tl(ignore=-100, share=0.45, inner=0.0, rows=0.9, rmin=2, rmax=12, pad=0.0, fn="cross_entropy"):
+def _tl(
+    ignore=-100,
+    share=0.45,
+    inner=0.0,
+    rows=0.9,
+    rmin=2,
+    rmax=12,
+    pad=0.0,
+    fn="cross_entropy",
+    reduction=1,
+):
     event = {
         "kind": "loss_input",
         "step": 1,
@@ -14,7 +24,7 @@ def _tl(ignore=-100, share=0.45, inner=0.0, rows=0.9, rmin=2, rmax=12, pad=0.0, 
         "fn": fn,
         "source": "train.py:52",
         "target_shape": [32, 23],
-        "options": {"ignore_index": ignore},
+        "options": {"ignore_index": ignore, "reduction": reduction},
     }
     stats = {
         "0.pad_val": pad,
@@ -56,3 +66,9 @@ def test_little_padding_is_info():
 
 def test_other_losses_are_not_judged():
     assert_silent("TD518", _tl(fn="mse_loss"))
+
+
+def test_per_token_losses_reduced_by_the_caller_are_silent():
+    # F.cross_entropy(..., reduction="none") * (tgt != PAD) / mask.sum(): the common masked
+    # form; the padding is not trained (review: a warning on it).
+    assert_silent("TD518", _tl(reduction=0))

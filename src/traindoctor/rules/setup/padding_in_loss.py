@@ -61,7 +61,8 @@ def padding_in_loss(
     ## Known false positives
     A model trained on purpose to emit padding after the end token (fixed-length outputs).
     Not seen: targets flattened before the loss (`view(-1)`), whose rows the probe cannot
-    tell apart, and left padding.
+    tell apart, left padding, and `reduction='none'`, whose per-token losses the caller
+    reduces (most often times the padding mask, over the real tokens' count).
     """
     for site in loss_sites(tl).values():
         if site.fn not in ("cross_entropy", "nll_loss"):
@@ -73,6 +74,8 @@ def padding_in_loss(
         if len(pads) != 1:
             continue  # a different "last token" from call to call: not one pad id
         pad = int(next(iter(pads)))
+        if (site.facts.get("options") or {}).get("reduction") in (0, "none"):
+            continue  # per-token losses: the caller reduces them, the padding masked out or not
         ignore = (site.facts.get("options") or {}).get("ignore_index")
         ignore = -100 if ignore is None else ignore
         if pad == ignore:
