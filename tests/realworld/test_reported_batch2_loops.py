@@ -24,13 +24,11 @@ Caught (a right code in the top 3 errors/warnings, its cause naming the real cau
   md-mohaiminul/ViS4mer#4 (the default mode='min' stepped with a validation accuracy), is TD517
   as info: a validation loss rising while the model overfits looks the same.
 
-Misses, not closed:
-- The same warmup in a plain loop: HF's get_linear_schedule_with_warmup sized in batches
-  (10% of 100) and `scheduler.step()` in the epoch loop: lr 0 for the first epoch (25 of 100
-  steps), then 0.1, 0.2, 0.3 of its value; the loss falls 1.38 -> 1.25 (0.89 in the fixed
-  twin), too much for TD108, and TD503 judges zeros over most of the run only. A TD503 case
-  "every param group of the optimizer at lr exactly 0 for the first N >= max(min_steps, 20%
-  of the run) optimizer steps" would catch both; TD503 is another helper's file this session.
+- TD108 (missed until 84ac5fb): the same warmup in a plain loop: HF's
+  get_linear_schedule_with_warmup sized in batches (10% of 100) and `scheduler.step()` in the
+  epoch loop: lr 0 for the first epoch (25 of 100 steps), then 0.1, 0.2, 0.3 of its value; the
+  loss falls 1.38 -> 1.25 (0.89 in the fixed twin), so TD108 judges the stretch of steps at lr
+  exactly 0 and points at the `scheduler.step()` line.
 """
 
 from __future__ import annotations
@@ -604,10 +602,12 @@ def test_plateau_in_mode_min_stepped_with_a_validation_accuracy_is_info(runs):
     assert f["severity"] == "info" and "mode='max'" in f["fix"]
 
 
-@pytest.mark.parametrize("name", ["warmup_per_epoch"])
-def test_known_misses_run(runs, name):
-    # Documented in the module docstring; assert the finding here once it is caught.
-    assert runs[name].rc == 0, runs[name]
+def test_step_sized_warmup_stepped_once_an_epoch_in_a_plain_loop(runs):
+    r = runs["warmup_per_epoch"]
+    assert r.rc == 0, r
+    f = _top3(r, "TD108")
+    assert "exactly 0" in f["cause"], f
+    assert f["where"]["source"] == _line(r, "# SCHED")
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))
