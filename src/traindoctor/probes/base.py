@@ -47,6 +47,10 @@ class Recorder:
         self.timeline = timeline
         self._pending: list[_Pending] = []
         self.errors: list[BaseException] = []  # read-back failures, for the Doctor to report
+        # The timeline's own writers, bound once: probes write several records a step, and
+        # a forwarding method was one more frame each (same arguments, same behaviour).
+        self.record = timeline.record  # type: ignore[method-assign]
+        self.append = timeline.append  # type: ignore[method-assign]
 
     def record(self, step: int, name: str, value: Any, key: str | None = None) -> None:
         self.timeline.record(step, name, value, key)
