@@ -16,6 +16,7 @@ def _tl(
     pad=0.0,
     fn="cross_entropy",
     reduction=1,
+    classes=None,
 ):
     event = {
         "kind": "loss_input",
@@ -24,6 +25,7 @@ def _tl(
         "fn": fn,
         "source": "train.py:52",
         "target_shape": [32, 23],
+        "classes": classes,
         "options": {"ignore_index": ignore, "reduction": reduction},
     }
     stats = {
@@ -72,3 +74,12 @@ def test_per_token_losses_reduced_by_the_caller_are_silent():
     # F.cross_entropy(..., reduction="none") * (tgt != PAD) / mask.sum(): the common masked
     # form; the padding is not trained (review: a warning on it).
     assert_silent("TD518", _tl(reduction=0))
+
+
+def test_few_classes_is_info_a_class_can_end_every_row_by_design():
+    # A sort task over 5 digits, or "has the event happened yet" labels over 2 classes: a real
+    # class forms the trailing runs and appears nowhere else, as padding does.
+    f = assert_fires("TD518", _tl(classes=5))
+    assert f.severity is Severity.INFO
+    assert "by design" in f.title
+    assert assert_fires("TD518", _tl(classes=24)).severity is Severity.WARNING

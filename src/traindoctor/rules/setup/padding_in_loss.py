@@ -22,7 +22,12 @@ from ._loss_inputs import loss_sites
     priority=52,
 )
 def padding_in_loss(
-    tl: TimelineView, *, min_share: float = 0.2, min_rows: float = 0.5, min_observed: int = 2
+    tl: TimelineView,
+    *,
+    min_share: float = 0.2,
+    min_rows: float = 0.5,
+    min_observed: int = 2,
+    min_vocab: int = 16,
 ) -> Iterator[Finding]:
     """
     ## What it detects
@@ -60,6 +65,8 @@ def padding_in_loss(
 
     ## Known false positives
     A model trained on purpose to emit padding after the end token (fixed-length outputs).
+    Over fewer than `min_vocab` (16) classes a real class can end every row by design (a state
+    that stays on once reached, the largest value of a sorted output): info only there.
     Not seen: targets flattened before the loss (`view(-1)`), whose rows the probe cannot
     tell apart, left padding, and `reduction='none'`, whose per-token losses the caller
     reduces (most often times the padding mask, over the real tokens' count).
@@ -89,11 +96,21 @@ def padding_in_loss(
             continue
         if inner > 0.02 * share:
             continue  # the value also appears inside the rows: a frequent class, not padding
-        severity = Severity.WARNING if share >= min_share else Severity.INFO
+        classes = site.facts.get("classes")
+        vocab = classes is None or classes >= min_vocab
+        # Over a handful of classes a real one can form the trailing runs (an event that stays
+        # on, the largest value of a sorted sequence): padding cannot be told apart there.
+        severity = Severity.WARNING if share >= min_share and vocab else Severity.INFO
         shape = site.facts.get("target_shape")
         yield tl.finding(
-            title=f"`{site.fn}` at {site.source}: {share:.0%} of its targets are padding "
-            f"(value {pad}) that the loss does not ignore (ignore_index={ignore})",
+            title=(
+                f"`{site.fn}` at {site.source}: {share:.0%} of its targets are padding "
+                f"(value {pad}) that the loss does not ignore (ignore_index={ignore})"
+                if vocab
+                else f"`{site.fn}` at {site.source}: {share:.0%} of its targets are trailing "
+                f"runs of {pad}, a value found nowhere else: padding, or a class that ends "
+                f"every row by design (over {classes} classes the two look the same)"
+            ),
             step=site.values("pad_rows")[0][0],
             evidence={
                 "pad_value": pad,
