@@ -19,3 +19,17 @@ def test_td212_without_mask_details_and_silent_when_nothing_masked():
     f = assert_fires("TD212", nonfinite_tl([e], bad_steps=()))
     assert f.where.source == "model.py:19"
     assert_silent("TD212", nonfinite_tl([LOSS_EVENT]))
+
+
+def test_td212_mask_written_on_purpose_is_info():
+    # A -inf attention mask (masked_fill), a fully masked row's softmax NaN zeroed by where:
+    # the masking idiom, not a broken module.
+    from traindoctor.findings import Severity
+
+    e = {**MASK_EVENT, "op": "masked_fill", "source": "model.py:9"}
+    f = assert_fires("TD212", nonfinite_tl([e], bad_steps=()))
+    assert f.severity is Severity.INFO
+    assert "on purpose" in f.cause
+    assert assert_fires("TD212", nonfinite_tl([MASK_EVENT], bad_steps=())).severity is (
+        Severity.ERROR
+    )

@@ -8,6 +8,20 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
 
+# Ops that write a value given to them (a -inf fill of masked positions), not compute one.
+_WRITES_ON_PURPOSE = frozenset(
+    {
+        "masked_fill",
+        "masked_fill_",
+        "fill_",
+        "index_fill",
+        "index_fill_",
+        "where",
+        "full",
+        "full_like",
+    }
+)
+
 
 @rule(
     code="TD212",
@@ -51,10 +65,13 @@ def nonfinite_masked(tl: TimelineView) -> Iterator[Finding]:
     h = self.scale(x) / self.norm(x).clamp_min(1e-6)   # fix the op that produces the NaN
     ```
 
+    When the first op that makes the values non-finite writes them on purpose (`masked_fill`
+    with -inf on an attention mask, `torch.where(mask, x, -inf)`, `fill_`), the NaN of a fully
+    masked softmax row zeroed afterwards is the masking idiom, not a broken module: info.
+
     ## Known false positives
-    Code that produces -inf on purpose and masks it (attention masks, padded positions set
-    to -inf before a softmax) is reported as well; ignore it with `--ignore TD212` when the
-    module named is such a mask.
+    A -inf constant made another way (`torch.tensor(float('-inf'))` added to the scores) and
+    masked later is still an error.
     """
     events = sorted(tl.events("nonfinite_masked"), key=lambda e: e["step"])
     if not events:
@@ -74,6 +91,9 @@ def nonfinite_masked(tl: TimelineView) -> Iterator[Finding]:
         produced = (
             f" (made by `{e['op']}` at {e['source']})" if e.get("op") and e.get("source") else ""
         )
+        # -inf written on purpose (an attention or padding mask): a fully masked row's NaN,
+        # replaced afterwards, is the masking idiom; the values were never a module's failure.
+        on_purpose = (e.get("op") or "") in _WRITES_ON_PURPOSE
         if mask:
             hidden = f"`{mask.get('op')}`" + (f" at {mask['source']}" if mask.get("source") else "")
             grad = ""
@@ -86,6 +106,11 @@ def nonfinite_masked(tl: TimelineView) -> Iterator[Finding]:
             cause = (
                 f"{what} outputs NaN/Inf{produced}; {hidden} replaces them before the loss{grad}"
             )
+            if on_purpose:
+                cause += (
+                    f". `{e['op']}` writes the non-finite values on purpose (a mask): a row "
+                    "masked whole gives NaN in a softmax, and replacing it is the usual idiom"
+                )
         else:
             hidden = None
             cause = (
@@ -110,6 +135,10 @@ def nonfinite_masked(tl: TimelineView) -> Iterator[Finding]:
             cause=cause,
             fix="fix the op that produces the NaN/Inf (a division by a norm or count that can "
             "be 0, log of 0, sqrt of a negative) and remove the nan_to_num/where/clamp that "
-            "hides it",
-            confidence=0.9,
+            "hides it"
+            if not on_purpose
+            else "nothing if the masked rows are meant to be empty; otherwise check the mask "
+            "(a padding mask inverted masks every real position)",
+            severity=Severity.INFO if on_purpose else Severity.ERROR,
+            confidence=0.4 if on_purpose else 0.9,
         )
