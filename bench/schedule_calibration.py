@@ -98,7 +98,7 @@ def run(make, shape, classes, steps: int, watched: bool, out_dir: str):
         original = doc.budget.step_end
 
         def step_end(step: int) -> None:
-            per_step.append((step, doc.budget._step_spent))
+            per_step.append((step, doc.budget.step_spent))
             original(step)
 
         doc.budget.step_end = step_end

@@ -126,9 +126,11 @@ class Budget:
         self._changed_at = structural_steps  # the step the interval last changed at
         self.predicted: dict[str, float] | None = None  # the plan's predictions, for reports
         self._clock = clock
-        self._spent = 0.0
-        self._step_spent = 0.0
-        self._step_calls = 0  # timed sections in the open step (what they cost untimed)
+        self.spent_total = 0.0
+        self.step_spent = 0.0
+        # Public: the per-step path (steps.py, GuardedHook) adds to them directly, one frame
+        # less than spend() per hook call of every step.
+        self.step_calls = 0  # timed sections in the open step (what they cost untimed)
         self._last_end = clock()
         # Measures what the run costs, for the report; the schedule never reads it.
         self.governor = Governor(clock, structural_steps)
@@ -171,13 +173,13 @@ class Budget:
         return seconds <= share * predicted_step_seconds(self.work)
 
     def spend(self, seconds: float) -> None:
-        self._spent += seconds
-        self._step_spent += seconds
-        self._step_calls += 1
+        self.spent_total += seconds
+        self.step_spent += seconds
+        self.step_calls += 1
 
     @property
     def spent(self) -> float:
-        return self._spent
+        return self.spent_total
 
     def step_end(self, step: int) -> None:
         """Move the interval toward the target (by step count), and measure the overhead (for
@@ -198,8 +200,8 @@ class Budget:
                 self._changed_at = step
         now = self._clock()
         wall, self._last_end = now - self._last_end, now
-        spent, self._step_spent = self._step_spent, 0.0
-        calls, self._step_calls = self._step_calls, 0
+        spent, self.step_spent = self.step_spent, 0.0
+        calls, self.step_calls = self.step_calls, 0
         self.governor.step_end(step, was_sampled, spent, calls)
         if step <= self.structural_steps:
             return

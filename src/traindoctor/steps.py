@@ -93,9 +93,9 @@ class StepDriver:
         run.bus.emit(Event.BACKWARD, step, root, loss, run.rec)
         # Budget.spend written out: this runs every step (one frame less).
         spent = _clock() - t0
-        budget._spent += spent
-        budget._step_spent += spent
-        budget._step_calls += 1
+        budget.spent_total += spent
+        budget.step_spent += spent
+        budget.step_calls += 1
         if self.backward_since_step in NO_STEP_CHECKPOINTS:
             self._timed_pass()
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
@@ -115,9 +115,9 @@ class StepDriver:
             run.guard.call("hand steps", self.hand.after_backward)
         budget = run.budget
         spent = _clock() - t0
-        budget._spent += spent
-        budget._step_spent += spent
-        budget._step_calls += 1
+        budget.spent_total += spent
+        budget.step_spent += spent
+        budget.step_calls += 1
 
     # -- what closes a step -----------------------------------------------------------------
     def hand_step(self, names: list[str], source: tuple[str, int] | None) -> None:
@@ -173,9 +173,9 @@ class StepDriver:
                 run.guard.call("timeline compact", self.timeline.compact)
         t1 = _clock()
         spent = t1 - t0
-        budget._spent += spent
-        budget._step_spent += spent
-        budget._step_calls += 1
+        budget.spent_total += spent
+        budget.step_spent += spent
+        budget.step_calls += 1
         # The governor closes this step before the next one is prepared: what prepare()
         # installs for a sampled step counts as that step's cost, under the new interval.
         # The governor's own step end and the clock's advance are timed with it (the next
@@ -190,9 +190,9 @@ class StepDriver:
             except Exception as exc:  # noqa: BLE001  (isolation is the point)
                 guard.record("step prepare", exc)
         spent = _clock() - t1
-        budget._spent += spent
-        budget._step_spent += spent
-        budget._step_calls += 1
+        budget.spent_total += spent
+        budget.step_spent += spent
+        budget.step_calls += 1
         if self.max_steps and step >= self.max_steps:
             self.timeline.event(step, "stopped", reason="max_steps")
             raise StopTraining(f"--max-steps {self.max_steps} reached")

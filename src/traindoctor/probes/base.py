@@ -229,9 +229,9 @@ class GuardedHook(CopySafeHook):
         # Budget.spend written out (one frame less per hook call of every step).
         spent = _clock() - t0
         budget = ctx.budget
-        budget._spent += spent
-        budget._step_spent += spent
-        budget._step_calls += 1
+        budget.spent_total += spent
+        budget.step_spent += spent
+        budget.step_calls += 1
         return None
 
 
