@@ -74,3 +74,14 @@ def test_several_optimizers_are_not_judged():
 def test_a_loss_that_ends_above_minus_one_is_silent():
     losses = [1e-4 - 0.02 * i for i in range(40)]  # from ~0 to -0.8: small, not unbounded
     assert_silent("TD213", _tl(losses, standard=lambda i: 1.0 + i))
+
+
+def test_the_cause_says_what_was_measured_and_names_the_kl_as_the_common_cause_only():
+    # A NegGrad+ unlearning run (retain CE - forget CE) diverges the same way: the words say
+    # what was measured, and the KL sign is named as the most common cause, not the cause.
+    losses = [-0.9 - 3**i if i < 30 else -1e15 * i for i in range(40)]
+    f = assert_fires("TD213", _tl(losses, standard=lambda i: 1.6 + 1e3 * i))
+    assert "no better" in f.cause and "below zero" in f.cause
+    assert "which term is not measured" in f.cause
+    assert "most often a KL divergence" in f.cause
+    assert "gradient ascent on a forget set" in f.cause

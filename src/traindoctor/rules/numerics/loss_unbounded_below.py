@@ -17,7 +17,8 @@ from .._util import loss_source
     name="loss-unbounded-below",
     severity=Severity.ERROR,
     summary="The training loss falls without bound below zero while the standard loss inside "
-    "it does not improve: a term minimized towards -inf (a KL divergence with the wrong sign).",
+    "it does not improve: a term minimized towards -inf (most often a KL divergence with the "
+    "wrong sign).",
     requires=("loss.train", "loss.backward", "loss_inputs.stats"),
     events=("backward_call", "log_call", "loss_input"),
     facts=("optimizers",),
@@ -93,8 +94,9 @@ def loss_unbounded_below(
         fn, src, a, b = flat[0]
         inside = (
             f"; the `{fn}` computed in the same steps{f' ({src})' if src else ''} went from "
-            f"{a:.4g} to {b:.4g}: the data is not fitted better, so the other terms of the "
-            "loss, written by hand beside it, are what fell without bound"
+            f"{a:.4g} to {b:.4g} (no better) while the total fell {-tail / first_abs:.3g}x its "
+            "start below zero: the rest of the loss fell without bound (which term is not "
+            "measured)"
         )
     else:
         inside = (
@@ -107,12 +109,15 @@ def loss_unbounded_below(
         step=values[-w][0],
         evidence=evidence,
         where=Where(source=_backward_source(tl)),
-        cause=f"the loss falls without bound below zero{inside}; a term bounded on one side "
-        "only is minimized with the wrong sign (a KL divergence, >= 0, subtracted: `recon - "
-        "KLD`, or its negative `0.5 * sum(1 + logvar - mu^2 - exp(logvar))` added)",
-        fix="add the divergence itself to the reconstruction loss: loss = recon + KLD, with "
-        "KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) (>= 0); check the sign "
-        "of every hand-written term against what it is meant to do",
+        cause=f"the loss falls without bound below zero{inside}. A term bounded on one side "
+        "only is being minimized towards -inf; most often a KL divergence (>= 0) added with "
+        "the wrong sign (`recon - KLD`, or `0.5 * sum(1 + logvar - mu^2 - exp(logvar))` "
+        "added), or a loss subtracted on purpose (gradient ascent on a forget set, a "
+        "negated score) with nothing to bound it",
+        fix="check the sign of every hand-written term against what it is meant to do; a KL "
+        "divergence is added to the reconstruction: loss = recon + KLD, with "
+        "KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) (>= 0); a term "
+        "subtracted on purpose needs a bound (clamp it, or stop when it passes a threshold)",
         severity=severity,
         confidence=0.7 if severity is Severity.ERROR else 0.4,
     )
