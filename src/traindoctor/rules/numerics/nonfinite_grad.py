@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
@@ -25,7 +26,10 @@ def nonfinite_grad(tl: TimelineView) -> Iterator[Finding]:
     Gradients that are NaN/Inf while the loss and the forward pass were finite (backward made
     them: `sqrt` at 0, `norm` of a zero vector, a custom backward, overflow), or weights that
     are already NaN/Inf because an earlier update put them there (a learning rate far too
-    large makes the weights overflow). Names the parameters and the layer.
+    large makes the weights overflow). Names the parameters and the layer. Weights found
+    NaN/Inf after an earlier non-finite gradient (or loss, or activation) was reported are
+    that value applied by `optimizer.step()`: they are folded into the first finding's
+    evidence (`weights_nonfinite_after`), not reported as a second problem.
 
     ## Why it matters
     One `optimizer.step()` with a NaN gradient makes the weight NaN; every later forward pass
@@ -58,7 +62,18 @@ def nonfinite_grad(tl: TimelineView) -> Iterator[Finding]:
     skipping).
     """
     bad_steps = nonfinite_steps(tl, tl.series("numerics.nonfinite"))
-    for e in nonfinite_events(tl, ("grad", "param")):
+    events = nonfinite_events(tl, ("grad", "param"))
+    # Weights found NaN after an earlier non-finite value was reported are what the optimizer
+    # step did with it: one finding per root cause, the follow-on folded into the first
+    # gradient finding's evidence (or left to the loss/activation rule's finding).
+    earlier = [e["step"] for e in tl.events("nonfinite") if e.get("first") != "param"]
+    root = min(earlier) if earlier else None
+    follow = [
+        e for e in events if e.get("first") == "param" and root is not None and e["step"] > root
+    ]
+    events = [e for e in events if not any(e is f for f in follow)]
+    first_grad = next((e for e in events if e.get("first") == "grad"), None)
+    for e in events:
         params = list(e.get("params") or [])
         module = e.get("module")
         if e.get("first") == "param":
@@ -81,6 +96,13 @@ def nonfinite_grad(tl: TimelineView) -> Iterator[Finding]:
                 "the forward pass and the loss were finite; backward produced the NaN/Inf "
                 f"and `{module}` is the first layer it reached"
             )
+            after = _follow_on(e, follow if e is first_grad else []).get("weights_nonfinite_after")
+            if after:
+                cause += (
+                    f"; optimizer.step() applied it: at step {after['step']} "
+                    f"{after['count']} weight tensor(s) were NaN/Inf (the consequence, "
+                    "not another problem)"
+                )
         yield tl.finding(
             title=title,
             step=e["step"],
@@ -90,6 +112,7 @@ def nonfinite_grad(tl: TimelineView) -> Iterator[Finding]:
                 "nonfinite_grads": e.get("nonfinite_grads") or [],
                 "nonfinite_modules": e.get("nonfinite_modules") or [],
                 "nonfinite_steps": len(bad_steps),
+                **_follow_on(e, follow if e is first_grad else []),
             },
             where=Where(
                 module=module, params=tuple(params), op=e.get("op"), source=e.get("source")
@@ -100,3 +123,24 @@ def nonfinite_grad(tl: TimelineView) -> Iterator[Finding]:
             "backward is unbounded at this input (sqrt/norm at 0, division by a small value)",
             confidence=0.8,
         )
+
+
+def _follow_on(e: dict[str, Any], follow: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first weights-NaN event after gradient event `e` (the run's first gradient
+    finding: `follow` holds only the weights-NaN events after the first non-finite value),
+    as evidence of that finding."""
+    if e.get("first") != "grad":
+        return {}
+    later = [f for f in follow if f["step"] > e["step"]]
+    if not later:
+        return {}
+    f = min(later, key=lambda f: f["step"])
+    params = list(f.get("params") or [])
+    return {
+        "weights_nonfinite_after": {
+            "step": f["step"],
+            "module": f.get("module"),
+            "count": len(params),
+            "params": params,
+        }
+    }
