@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import _hooks
+from ._mode_stack import OursPaused
 from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
@@ -90,7 +91,10 @@ class StepDriver:
         step = state._step
         # note_backward, inline (a weakref and a tuple cannot fail: no guard call per step).
         self.last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, step)
-        run.bus.emit(Event.BACKWARD, step, root, loss, run.rec)
+        # The handlers' own reads (10,000 `.grad`s on a many-tensor model) skip our modes (the
+        # cut tracker's): a Python call each, and seen as the user's ops. The user's stay on.
+        with OursPaused():
+            run.bus.emit(Event.BACKWARD, step, root, loss, run.rec)
         # Budget.spend written out: this runs every step (one frame less).
         spent = _clock() - t0
         budget.spent_total += spent
