@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from traindoctor.findings import Severity
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 
 EVENTS = [
@@ -69,3 +70,29 @@ def test_steps_skipped_by_grad_scaler_count_as_steps():
 
 def test_no_backward_is_silent():
     assert_silent("TD105", make_timeline(params=["w"]))
+
+
+def _no_optimizer_tl(forward_ran: bool):
+    # td.watch(model) without an optimizer: every backward piles up in step 1.
+    signals = {"backward.count": 40}
+    if forward_ran:
+        signals["data.inputs"] = {"in0": {"dtype": "float32", "shape": [16, 10], "float": True}}
+    events = [{"kind": "backward_call", "step": 1, "source": "train.py:17", "factor": 1.0}]
+    return make_timeline(params=["w"], steps={1: signals}, events=events, optimizers=[])
+
+
+def test_watched_copy_without_optimizer_says_what_was_measured():
+    # td.watch(copy_of_model) with no optimizer, the loop trains another model: "there is no
+    # torch optimizer" would be wrong. The watched model ran no forward: say so.
+    f = assert_fires("TD105", _no_optimizer_tl(forward_ran=False))
+    assert f.severity is Severity.WARNING
+    assert "ran no forward pass" in f.title and "not the one trained" in f.title
+    assert "no torch optimizer" not in f.title + f.cause
+    assert "td.watch(model, optimizer)" in f.fix
+
+
+def test_watched_model_without_optimizer_or_update_is_an_error():
+    f = assert_fires("TD105", _no_optimizer_tl(forward_ran=True))
+    assert f.severity is Severity.ERROR
+    assert "no optimizer was given" in f.title
+    assert "no torch optimizer" not in f.title + f.cause

@@ -14,9 +14,9 @@ from .._registry import rule
     name="optimizer-never-steps",
     severity=Severity.ERROR,
     summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
-    requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped"),
+    requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped", "data.inputs"),
     events=("backward_call", "hand_step", "optimizer_step"),
-    facts=("optimizer_activity", "optimizers"),
+    facts=("optimizer_activity", "optimizers", "models"),
     priority=12,
 )
 def optimizer_never_steps(
@@ -86,6 +86,7 @@ def optimizer_never_steps(
     step_events = tl.events("optimizer_step")
     backward_events = tl.events("backward_call")
     by_hand = not tl.fact("optimizers") and not step_events
+    severity = Severity.ERROR
     fix = (
         "call optimizer.step() (then zero_grad()) once per accumulation cycle, at the loop "
         "level: `if (i + 1) % accum == 0: optimizer.step(); optimizer.zero_grad()`"
@@ -104,19 +105,41 @@ def optimizer_never_steps(
         source = next((e["source"] for e in hand if e.get("source")), None)
         source = source or (backward_events[0]["source"] if backward_events else None)
         fix = "update the weights after every backward pass, at the loop level"
-    elif by_hand:
+    elif by_hand and not tl.series("data.inputs"):
+        # No optimizer given and the watched model never ran: the backward passes are another
+        # model's (td.watch(copy_of_model)), whose optimizer traindoctor does not see.
+        models = ", ".join(f"`{k}` ({v})" for k, v in (tl.fact("models") or {}).items())
         title = (
-            f"{since} backward passes and the weights were never updated: there is no torch "
-            "optimizer, and no param that gets a gradient was changed in place"
+            f"{since} backward passes ran, but the watched model ran no forward pass and no "
+            "optimizer was given: the model watched is not the one trained"
         )
         cause = (
-            "the update step is missing, or under a condition that is never true: nothing "
-            "applies the gradients (no optimizer.step(), no `p.data.add_(p.grad, alpha=-lr)`)"
+            f"traindoctor watched {models or 'the model'} without an optimizer: it ran no "
+            f"forward pass during the {since} backward passes, and no in-place update of its "
+            "params was seen. The backward passes belong to another model (a copy, another "
+            "variable); whether that model's optimizer steps is not measured"
+        )
+        source = backward_events[0]["source"] if backward_events else None
+        fix = (
+            "pass the model the loop trains, and its optimizer: td.watch(model, optimizer) "
+            "with the object whose forward computes the loss"
+        )
+        severity = Severity.WARNING
+    elif by_hand:
+        title = (
+            f"{since} backward passes and the weights were never updated: no optimizer was "
+            "given to traindoctor, and no param that gets a gradient was changed in place"
+        )
+        cause = (
+            "the watched model ran, but nothing seen applied its gradients (no optimizer was "
+            "given, no `p.data.add_(p.grad, alpha=-lr)` was seen): the update step is missing, "
+            "or under a condition that is never true"
         )
         source = backward_events[0]["source"] if backward_events else None
         fix = (
             "build an optimizer and call optimizer.step() after backward(), or update the "
-            "weights by hand: `with torch.no_grad(): for p in params: p -= lr * p.grad`"
+            "weights by hand: `with torch.no_grad(): for p in params: p -= lr * p.grad`; if "
+            "the loop has an optimizer, pass it: td.watch(model, optimizer)"
         )
     elif stepped:
         title = (
@@ -148,6 +171,7 @@ def optimizer_never_steps(
         where=Where(source=source),
         cause=cause,
         fix=fix,
+        severity=severity,
     )
 
 
