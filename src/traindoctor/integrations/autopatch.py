@@ -9,7 +9,6 @@ global module forward pre/post hook (root models and their outputs, on the first
 from __future__ import annotations
 
 import contextlib
-import gc
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
 from .. import _patches
+from .._heap import heap_roots, one_scan
 from .._hooks import compiling
 from .._patching import Patch, acquire, release
 from .._source import user_source
@@ -276,50 +276,55 @@ class ZeroCodeSession:
     def _attach(self, root: torch.Tensor | None = None) -> None:
         if self._attached:
             return
-        optimizers = [o for o in (r() for r in self._optimizers) if o is not None]
-        opt_ids = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
-        roots = [m for m in (r() for r in self._roots.values()) if m is not None]
-        # Models: the outermost modules that hold the optimizers' params, found once in the
-        # heap (the script may only ever call submodules), plus any root module called in
-        # forward with params of its own that no optimizer holds (that is TD103, not noise).
-        owners = _owning_models(opt_ids)
-        # Deterministic names: models in the order their optimizers were built.
-        owners.sort(key=lambda m: _first_optimizer(m, optimizers))
-        inside = {id(sub) for m in owners for sub in m.modules()}
-        called = [m for m in roots if id(m) not in inside and any(True for _ in m.parameters())]
-        models = _outermost(owners + called)
-        named = {}
-        if len(models) == 1:
-            named[""] = models[0]
-        else:
-            used: set[str] = set()
-            for m in models:
-                base = type(m).__name__
-                name, k = base, 1
-                while name in used:
-                    k += 1
-                    name = f"{base}{k}"
-                used.add(name)
-                named[f"{name}."] = m
-        if not named and not optimizers and root is not None:
-            # No module, no optimizer: tensors trained by hand (`w = torch.randn(...,
-            # requires_grad=True)`), found as the leaves of this backward's graph.
-            from ..loose import LooseTensors, graph_leaves, name_tensors
+        # One heap scan for this attach: the copies probe (in doctor.attach) reuses the one
+        # that found the models (_heap.one_scan).
+        with one_scan():
+            optimizers = [o for o in (r() for r in self._optimizers) if o is not None]
+            opt_ids = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
+            roots = [m for m in (r() for r in self._roots.values()) if m is not None]
+            # Models: the outermost modules that hold the optimizers' params, found once in the
+            # heap (the script may only ever call submodules), plus any root module called in
+            # forward with params of its own that no optimizer holds (that is TD103, not noise).
+            owners = _owning_models(opt_ids)
+            # Deterministic names: models in the order their optimizers were built.
+            owners.sort(key=lambda m: _first_optimizer(m, optimizers))
+            inside = {id(sub) for m in owners for sub in m.modules()}
+            called = [m for m in roots if id(m) not in inside and any(True for _ in m.parameters())]
+            models = _outermost(owners + called)
+            named = {}
+            if len(models) == 1:
+                named[""] = models[0]
+            else:
+                used: set[str] = set()
+                for m in models:
+                    base = type(m).__name__
+                    name, k = base, 1
+                    while name in used:
+                        k += 1
+                        name = f"{base}{k}"
+                    used.add(name)
+                    named[f"{name}."] = m
+            if not named and not optimizers and root is not None:
+                # No module, no optimizer: tensors trained by hand (`w = torch.randn(...,
+                # requires_grad=True)`), found as the leaves of this backward's graph.
+                from ..loose import LooseTensors, graph_leaves, name_tensors
 
-            leaves = graph_leaves(root)
-            if leaves:
-                named[""] = LooseTensors(name_tensors(leaves))
-        if not named and not optimizers:
-            return  # nothing to watch yet
-        self._attached = True
-        # The primary optimizer is the one holding the most of the models' params.
-        if optimizers and named:
-            model_ids = {id(p) for m in named.values() for p in m.parameters()}
-            optimizers.sort(
-                key=lambda o: -sum(id(p) in model_ids for g in o.param_groups for p in g["params"])
-            )
-        del opt_ids
-        self.doctor.attach(named, optimizers, scaler=None)
+                leaves = graph_leaves(root)
+                if leaves:
+                    named[""] = LooseTensors(name_tensors(leaves))
+            if not named and not optimizers:
+                return  # nothing to watch yet
+            self._attached = True
+            # The primary optimizer is the one holding the most of the models' params.
+            if optimizers and named:
+                model_ids = {id(p) for m in named.values() for p in m.parameters()}
+                optimizers.sort(
+                    key=lambda o: (
+                        -sum(id(p) in model_ids for g in o.param_groups for p in g["params"])
+                    )
+                )
+            del opt_ids
+            self.doctor.attach(named, optimizers, scaler=None)
         numerics = self.doctor.probe("numerics")
         for prefix, model in named.items():
             call = self._first_call.get(id(model))
@@ -335,17 +340,11 @@ class ZeroCodeSession:
 
 
 def _owning_models(param_ids: set[int]) -> list[torch.nn.Module]:
-    """Top-level modules (no parent module) holding any of these tensors. One heap scan."""
+    """Top-level modules (no parent module) holding any of these tensors, in the collector's
+    order (the heap scan of _heap.heap_roots, shared inside one_scan)."""
     if not param_ids:
         return []
-    # type() rather than isinstance(): isinstance reads __class__, which some proxies warn on.
-    modules = [o for o in gc.get_objects() if issubclass(type(o), torch.nn.Module)]
-    children = {id(c) for m in modules for c in m._modules.values() if c is not None}
-    return [
-        m
-        for m in modules
-        if id(m) not in children and any(id(p) in param_ids for p in m.parameters())
-    ]
+    return [m for m in heap_roots() if any(id(p) in param_ids for p in m.parameters())]
 
 
 def _first_optimizer(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
