@@ -89,3 +89,34 @@ def test_lora_a_adapters_are_not_judged():
     assert_silent("TD207", tl(layers))
     plain = [n.replace("lora_A", "down") for n in layers]
     assert params and assert_fires("TD207", tl(plain))
+
+
+def _two_models(g_rel, d_rel):
+    # A GAN: Generator and Discriminator watched together, trained by different losses.
+    g = [f"Generator.l{i}" for i in range(len(g_rel))]
+    d = [f"Discriminator.c{i}" for i in range(len(d_rel))]
+    params = [f"{layer}.weight" for layer in g + d]
+    rel = dict(zip(g + d, list(g_rel) + list(d_rel)))
+    data = {
+        s: {
+            "grads.norm": {f"{layer}.weight": r * 2.0 for layer, r in rel.items()},
+            "params.norm": dict.fromkeys(params, 2.0),
+        }
+        for s in (1, 2, 3, 10)
+    }
+    tl = make_timeline(params=params, steps=data)
+    tl.facts["models"] = {"Generator": "Generator", "Discriminator": "Discriminator"}
+    return tl
+
+
+def test_layers_of_two_models_are_judged_within_each_model():
+    # InfoGAN (PyTorch-GAN), 25 steps: the generator's first layer was 1.16e3x below the
+    # median of the generator's and the discriminator's layers mixed, 19x below the
+    # generator's own median: not a gradient vanishing along one chain of layers.
+    assert_silent("TD207", _two_models([8.5e-7, 1.6e-5, 1.7e-5, 1.8e-4], [3e-4, 1e-3, 2e-3, 3e-3]))
+    # A chain that does vanish inside one of the models is still reported.
+    f = assert_fires(
+        "TD207", _two_models([1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-1], [3e-4, 1e-3, 2e-3])
+    )
+    assert f.where.module == "Generator.l0"
+    assert all(k.startswith("Generator.") for k in f.evidence["all_layers"])

@@ -112,6 +112,39 @@ def _in_attention(layer: str, types: dict) -> bool:
     return "Attention" in (types.get(layer) or "") or "Attention" in (types.get(parent) or "")
 
 
+def _per_model(
+    rel: dict[str, tuple[int, object]], models: list[str]
+) -> list[dict[str, tuple[int, object]]]:
+    """`rel` split by watched model when there are several (a GAN's generator and
+    discriminator, a teacher and a student): a gradient vanishes along one chain of layers, and
+    two models trained by different losses are not one chain (a generator's first layer is far
+    below a discriminator's by design early in a GAN)."""
+    if len(models) < 2:
+        return [rel]
+    groups: dict[str, dict[str, tuple[int, object]]] = {}
+    for layer, v in rel.items():
+        owner = next((m for m in models if layer.startswith(m + ".")), "")
+        groups.setdefault(owner, {})[layer] = v
+    return list(groups.values())
+
+
+def _low_any(
+    rel: dict[str, tuple[int, object]],
+    steps: int,
+    needed: int,
+    params: dict,
+    orders: float,
+    types: dict | None = None,
+    models: list[str] | None = None,
+) -> tuple[list[str], dict[str, float], float] | None:
+    """`_low` judged within each watched model; the first model with low layers."""
+    for group in _per_model(rel, models or []):
+        found = _low(group, steps, needed, params, orders, types)
+        if found is not None:
+            return found
+    return None
+
+
 def _low(
     rel: dict[str, tuple[int, object]],
     steps: int,
@@ -150,7 +183,7 @@ def _low(
     severity=Severity.WARNING,
     summary="Layers whose gradients are orders of magnitude below the other layers'.",
     requires=("grads.norm", "params.norm", "activations.sites"),
-    facts=("module_types", "outcome", "params"),
+    facts=("module_types", "outcome", "params", "models"),
     priority=45,
     state=lambda: RatioScan(),
 )
@@ -177,7 +210,8 @@ def vanishing_gradient(
     On sampled steps, each param's gradient norm just before `optimizer.step()` and its norm
     before the step (fused `torch._foreach_norm`, batched read-back). Per layer, the ratio
     ||grad|| / ||θ|| makes layers of different sizes comparable; its median over the window is
-    compared with the median over all layers. Only layers of the early half (in forward order)
+    compared with the median over all layers (of the same model, when several are watched: a
+    GAN's generator and discriminator are trained by different losses). Only layers of the early half (in forward order)
     are reported, and only when the early half as a whole is at least `orders - 1` orders of
     magnitude below the late half: a vanishing gradient shrinks on its way back to the input,
     while one odd layer anywhere (an attention query at init, a gate) does not. Normalization
@@ -214,7 +248,10 @@ def vanishing_gradient(
     params = tl.fact("params") or {}
     # The medians of the ratios kept between passes decide; a finding (rare) is then worded
     # from the whole series.
-    decide = lambda rel, n: _low(rel, n, needed, params, orders, types) is not None  # noqa: E731
+    models = list(tl.fact("models") or {})
+    decide = lambda rel, n: (  # noqa: E731
+        _low_any(rel, n, needed, params, orders, types, models) is not None
+    )
     if not state.judge(tl, types, decide, needed):
         return
     rel: dict[str, list[float]] = {}
@@ -223,13 +260,14 @@ def vanishing_gradient(
         for layer, ratio in _ratios(g, p, types):
             rel.setdefault(layer, []).append(ratio)
             steps_seen.add(step)
-    found = _low(
+    found = _low_any(
         {layer: (len(v), lambda v=v: statistics.median(v)) for layer, v in rel.items()},
         len(steps_seen),
         needed,
         params,
         orders,
         types,
+        models,
     )
     if found is None:
         return
