@@ -225,6 +225,11 @@ class Doctor:
             self._wrap_scaler(scaler)
         elif self.mode == "watch" and self._scaler_finder is None:
             self._find_scaler()
+        if self.mode == "watch" and not self.optimizers:
+            # watch(model) without its optimizer: the loop's torch optimizer that holds the
+            # watched params is adopted at its first step (else no step ever closes and the
+            # run reads as "never updated").
+            self._steps.hand.adopt = self._adopt_optimizer
         self.guard.call("hand steps", self._steps.hand.start)
         if not self._listening:
             _patches.add_backward_listener(self.observe_backward, self._steps.after_backward)
@@ -249,6 +254,16 @@ class Doctor:
         optim_probe = self.probe("optim")
         if optim_probe is not None:
             self.guard.call("probe optim", optim_probe.describe, self.rec)
+
+    def _adopt_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        """A torch optimizer holding watched params stepped, none was given to watch(): it is
+        the run's. The first one adopted also closes the step its step() just ended (its own
+        hooks are on from the next step)."""
+        first = not self.optimizers
+        self.add_optimizer(opt)
+        if first and self.optimizers and not self._clock.closed:
+            self._steps.optimizer_step(opt, False, True)
+            self._steps.end_step()
 
     @property
     def max_steps(self) -> int | None:

@@ -53,6 +53,10 @@ class HandSteps:
         self._snap: tuple[list[str], list[torch.Tensor], list[int], set[int]] | None = None
         # The trained params of named_params() version N: (N, flags, names, params).
         self._trained: tuple[int, list[bool], list[str], list[torch.Tensor]] | None = None
+        # watch(model) without an optimizer: called with each torch optimizer holding a watched
+        # param at its first step (the Doctor adopts it; the global hook stays on until close).
+        self.adopt: Any = None
+        self._adopted: set[int] = set()
 
     @property
     def expected(self) -> bool:
@@ -103,6 +107,9 @@ class HandSteps:
             self._opt_stepped = True
             if self.count == 0:
                 self._retire()  # the optimizer keeps the step clock: nothing to do here
+                if self.adopt is not None and id(opt) not in self._adopted:
+                    self._adopted.add(id(opt))
+                    self.adopt(opt)
         except Exception as exc:  # noqa: BLE001  (a global hook: never into the user's step)
             self.run.guard.record("hand steps", exc)
             self._retire()
@@ -112,7 +119,8 @@ class HandSteps:
         (names of the params it wrote, the caller's (file, line) of a `.data` write or None).
         Then note each trained param's gradient, to see which ones this backward feeds."""
         if not self.active:
-            self.stop()  # retired inside an optimizer step: the global hook goes now
+            if self.adopt is None:
+                self.stop()  # retired inside an optimizer step: the global hook goes now
             return None
         # Our own reads, 3 per param: not through the loss-code modes still on the stack.
         with OursPaused():
