@@ -164,3 +164,23 @@ def run_scripts(folders: Any, scripts: dict[str, str], *args: str) -> dict[str, 
 def loud(result: Result) -> list[str]:
     """Codes of the warnings and errors of a run."""
     return [f["code"] for f in result.findings()["findings"] if f["severity"] != "info"]
+
+
+def fixed_twin(text: str, edits: list[tuple[str, str]]) -> str:
+    """A reported script with the thread's fix applied (each `old` must be in it)."""
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def top3(result: Result, code: str) -> dict:
+    """The finding `code`, asserted among the run's first three warnings/errors."""
+    top = loud(result)[:3]
+    assert code in top, f"{code} not in the top 3 {top}\n{result}"
+    return result.finding(code)
+
+
+def script_line(result: Result, marker: str) -> str:
+    """`train.py:N`, the line of the run's script that holds `marker`."""
+    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -326,16 +326,9 @@ for epoch in range(num_epochs):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 def _twins() -> dict[str, str]:
     return {
-        "next_iter_each_step": _fixed(
+        "next_iter_each_step": fixed_twin(
             NEXT_ITER_EACH_STEP,
             [
                 (
@@ -353,16 +346,16 @@ def _twins() -> dict[str, str]:
             ],
         ),
         # skhu101/GM-NAS#4: the same next(iter(...)) on a shuffled loader draws a random batch
-        "next_iter_shuffled": _fixed(NEXT_ITER_EACH_STEP, [("shuffle=False", "shuffle=True")]),
-        "divided_twice": _fixed(DIVIDED_TWICE, [("        img = img / 255.  # DIV\n", "")]),
-        "divided_in_forward": _fixed(
+        "next_iter_shuffled": fixed_twin(NEXT_ITER_EACH_STEP, [("shuffle=False", "shuffle=True")]),
+        "divided_twice": fixed_twin(DIVIDED_TWICE, [("        img = img / 255.  # DIV\n", "")]),
+        "divided_in_forward": fixed_twin(
             DIVIDED_IN_FORWARD, [("        x = x / 255.0  # SCALE\n", "")]
         ),
-        "labels_long_truncated": _fixed(
+        "labels_long_truncated": fixed_twin(
             LABELS_LONG_TRUNCATED,
             [("lbl[:, 0].long())  # LONG", "(lbl[:, 0] > 0).long())  # LONG")],
         ),
-        "softmax_onehot_ce": _fixed(
+        "softmax_onehot_ce": fixed_twin(
             SOFTMAX_ONEHOT_CE,
             [("return F.softmax(self.fc(x), dim=1)  # SOFTMAX", "return self.fc(x)  # SOFTMAX")],
         ),
@@ -378,7 +371,7 @@ BUGGY = {
     "lstm_batch_first_false": LSTM_BATCH_FIRST_FALSE,
 }
 HEALTHY = {f"{name}_fixed": text for name, text in _twins().items()}
-LSTM_FIXED = _fixed(LSTM_BATCH_FIRST_FALSE, [("batch_first=False)", "batch_first=True)")])
+LSTM_FIXED = fixed_twin(LSTM_BATCH_FIRST_FALSE, [("batch_first=False)", "batch_first=True)")])
 
 
 @pytest.fixture(scope="module")
@@ -392,20 +385,10 @@ def checks(tmp_path_factory):
     return run_scripts(tmp_path_factory, scripts, "check")
 
 
-def _top3(result, code):
-    top = loud(result)[:3]
-    assert code in top, f"{code} not in the top 3 {top}\n{result}"
-    return result.finding(code)
-
-
-def _line(result, marker):
-    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"
-
-
 def test_next_iter_of_an_unshuffled_loader_at_every_step(runs):
     r = runs["next_iter_each_step"]
     assert r.rc == 0, r
-    f = _top3(r, "TD504")
+    f = top3(r, "TD504")
     assert "bit-identical fingerprints" in f["cause"]
     assert "36 of them are never trained on" in f["cause"]
 
@@ -413,7 +396,7 @@ def test_next_iter_of_an_unshuffled_loader_at_every_step(runs):
 def test_images_divided_by_255_after_to_tensor(runs):
     r = runs["divided_twice"]
     assert r.rc == 0, r
-    f = _top3(r, "TD510")
+    f = top3(r, "TD510")
     assert f["where"]["module"] == "backbone.0"
     assert f["evidence"]["divided_twice_by_255"] is True
     assert "divided by 255 twice" in f["cause"]
@@ -423,7 +406,7 @@ def test_images_divided_by_255_after_to_tensor(runs):
 def test_images_divided_by_255_again_in_forward(runs):
     r = runs["divided_in_forward"]
     assert r.rc == 0, r
-    f = _top3(r, "TD510")
+    f = top3(r, "TD510")
     assert f["where"]["module"] == "conv1"
     assert f["evidence"]["divided_twice_by_255"] is True
 
@@ -431,15 +414,15 @@ def test_images_divided_by_255_again_in_forward(runs):
 def test_float_masks_cast_to_long_are_all_class_0(runs):
     r = runs["labels_long_truncated"]
     assert r.rc == 0, r
-    f = _top3(r, "TD511")
-    assert f["where"]["source"] == _line(r, "# LONG")
+    f = top3(r, "TD511")
+    assert f["where"]["source"] == script_line(r, "# LONG")
     assert "is class 0" in f["title"]
 
 
 def test_softmax_into_cross_entropy_with_one_hot_targets(runs):
     r = runs["softmax_onehot_ce"]
     assert r.rc == 0, r
-    f = _top3(r, "TD506")
+    f = top3(r, "TD506")
     assert "SoftmaxBackward0" in f["title"]
     assert "0.905" in f["title"]  # log(1 + (C - 1) / e), C = 5
 
@@ -448,7 +431,7 @@ def test_lstm_without_batch_first_is_seen_by_the_experiments_only(runs, checks):
     assert loud(runs["lstm_batch_first_false"]) == [], runs["lstm_batch_first_false"]
     r = checks["lstm_batch_first_false"]
     assert r.rc == 0, r
-    f = _top3(r, "TD704")
+    f = top3(r, "TD704")
     assert "an RNN run along the batch" in f["cause"]
     assert loud(checks["lstm_fixed"]) == [], checks["lstm_fixed"]
 

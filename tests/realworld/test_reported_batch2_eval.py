@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, line_of, loud, run_scripts
 
 pytestmark = pytest.mark.slow
 
@@ -123,14 +123,7 @@ for epoch in range(4):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
-FIXED = _fixed(
+FIXED = fixed_twin(
     FUNCTIONAL_DROPOUT_IN_EVAL,
     [
         ("p=self.dropouts[0])", "p=self.dropouts[0], training=self.training)"),

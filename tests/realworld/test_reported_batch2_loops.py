@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -449,20 +449,13 @@ for epoch in range(12):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 def _twins() -> dict[str, str]:
     return {
-        "optimizer_other_instance": _fixed(
+        "optimizer_other_instance": fixed_twin(
             OPTIMIZER_OTHER_INSTANCE,
             [("rnn = RNN(n_letters, n_hidden, n_categories)  # SECOND\n", "")],
         ),
-        "zero_grad_before_step": _fixed(
+        "zero_grad_before_step": fixed_twin(
             ZERO_GRAD_BEFORE_STEP,
             [
                 (
@@ -472,7 +465,7 @@ def _twins() -> dict[str, str]:
                 ("        optimizer.zero_grad()  # ZERO\n", ""),
             ],
         ),
-        "no_grad_in_forward": _fixed(
+        "no_grad_in_forward": fixed_twin(
             NO_GRAD_IN_FORWARD,
             [
                 (
@@ -481,7 +474,7 @@ def _twins() -> dict[str, str]:
                 )
             ],
         ),
-        "frozen_backbone_train_mode": _fixed(
+        "frozen_backbone_train_mode": fixed_twin(
             FROZEN_BACKBONE_TRAIN_MODE,
             [
                 (
@@ -490,7 +483,7 @@ def _twins() -> dict[str, str]:
                 )
             ],
         ),
-        "hf_schedule_per_epoch": _fixed(
+        "hf_schedule_per_epoch": fixed_twin(
             HF_SCHEDULE_PER_EPOCH,
             [
                 (
@@ -499,7 +492,7 @@ def _twins() -> dict[str, str]:
                 )
             ],
         ),
-        "warmup_per_epoch": _fixed(
+        "warmup_per_epoch": fixed_twin(
             WARMUP_PER_EPOCH,
             [
                 (
@@ -508,10 +501,10 @@ def _twins() -> dict[str, str]:
                 )
             ],
         ),
-        "plateau_max_on_loss": _fixed(
+        "plateau_max_on_loss": fixed_twin(
             PLATEAU_MAX_ON_LOSS, [("'max', patience=2", "'min', patience=2")]
         ),
-        "plateau_min_on_accuracy": _fixed(
+        "plateau_min_on_accuracy": fixed_twin(
             PLATEAU_MIN_ON_ACCURACY,
             [("patience=1, factor=0.2)", "mode='max', patience=1, factor=0.2)")],
         ),
@@ -536,29 +529,19 @@ def runs(tmp_path_factory):
     return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
 
 
-def _top3(result, code):
-    top = loud(result)[:3]
-    assert code in top, f"{code} not in the top 3 {top}\n{result}"
-    return result.finding(code)
-
-
-def _line(result, marker):
-    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"
-
-
 def test_optimizer_built_over_another_instance_of_the_model(runs):
     r = runs["optimizer_other_instance"]
     assert r.rc == 0, r
-    f = _top3(r, "TD111")
-    assert f["where"]["source"] == _line(r, "# OPT")
+    f = top3(r, "TD111")
+    assert f["where"]["source"] == script_line(r, "# OPT")
     assert "after the optimizer was built" in f["cause"]
-    assert "never sees the new ones" in _top3(r, "TD103")["cause"]
+    assert "never sees the new ones" in top3(r, "TD103")["cause"]
 
 
 def test_zero_grad_between_backward_and_step(runs):
     r = runs["zero_grad_before_step"]
     assert r.rc == 0, r
-    f = _top3(r, "TD102")
+    f = top3(r, "TD102")
     assert "between backward() and step()" in f["cause"]
     assert f["where"]["module"] == "layers"
 
@@ -566,7 +549,7 @@ def test_zero_grad_between_backward_and_step(runs):
 def test_no_grad_inside_a_helper_of_the_training_forward(runs):
     r = runs["no_grad_in_forward"]
     assert r.rc == 0, r
-    f = _top3(r, "TD102")
+    f = top3(r, "TD102")
     assert f["where"]["module"] == "refine"
     assert "torch.no_grad()" in f["cause"]
 
@@ -574,7 +557,7 @@ def test_no_grad_inside_a_helper_of_the_training_forward(runs):
 def test_frozen_backbone_left_in_train_mode(runs):
     r = runs["frozen_backbone_train_mode"]
     assert r.rc == 0, r
-    f = _top3(r, "TD516")
+    f = top3(r, "TD516")
     assert f["where"]["module"] == "backbone"
     assert "running mean/var changed" in f["cause"]
 
@@ -582,7 +565,7 @@ def test_frozen_backbone_left_in_train_mode(runs):
 def test_step_sized_warmup_stepped_once_an_epoch_by_lightning(runs):
     r = runs["hf_schedule_per_epoch"]
     assert r.rc == 0, r
-    f = _top3(r, "TD108")
+    f = top3(r, "TD108")
     assert "exactly 0 at 32 of the 96 optimizer steps" in f["cause"]
     assert "interval='step'" in f["fix"]
 
@@ -590,8 +573,8 @@ def test_step_sized_warmup_stepped_once_an_epoch_by_lightning(runs):
 def test_plateau_in_mode_max_stepped_with_a_validation_loss(runs):
     r = runs["plateau_max_on_loss"]
     assert r.rc == 0, r
-    f = _top3(r, "TD517")
-    assert f["where"]["source"] == _line(r, "# SCHED")
+    f = top3(r, "TD517")
+    assert f["where"]["source"] == script_line(r, "# SCHED")
     assert "lowest so far" in f["cause"] and "mode='min'" in f["fix"]
 
 
@@ -605,9 +588,9 @@ def test_plateau_in_mode_min_stepped_with_a_validation_accuracy_is_info(runs):
 def test_step_sized_warmup_stepped_once_an_epoch_in_a_plain_loop(runs):
     r = runs["warmup_per_epoch"]
     assert r.rc == 0, r
-    f = _top3(r, "TD108")
+    f = top3(r, "TD108")
     assert "exactly 0" in f["cause"], f
-    assert f["where"]["source"] == _line(r, "# SCHED")
+    assert f["where"]["source"] == script_line(r, "# SCHED")
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts, top3
 
 pytestmark = pytest.mark.slow
 
@@ -121,19 +121,12 @@ trainer.fit(SmallCNN(), loader)
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 BUGGY = {
     "numpy_shuffled_separately": NUMPY_SHUFFLED_SEPARATELY,
     "dataset_labels_other_order": DATASET_LABELS_OTHER_ORDER,
 }
 HEALTHY = {
-    "numpy_shuffled_separately_fixed": _fixed(
+    "numpy_shuffled_separately_fixed": fixed_twin(
         NUMPY_SHUFFLED_SEPARATELY,
         [
             (
@@ -142,7 +135,7 @@ HEALTHY = {
             )
         ],
     ),
-    "dataset_labels_other_order_fixed": _fixed(
+    "dataset_labels_other_order_fixed": fixed_twin(
         DATASET_LABELS_OTHER_ORDER,
         [
             (
@@ -166,20 +159,10 @@ def test_fixed_twins_are_silent(runs, name):
     assert loud(r) == [], r
 
 
-def _top3(result, code):
-    top = loud(result)[:3]
-    assert code in top, f"{code} not in the top 3 {top}\n{result}"
-    return result.finding(code)
-
-
-def _line(result, marker):
-    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"
-
-
 @pytest.mark.parametrize("name", ["numpy_shuffled_separately", "dataset_labels_other_order"])
 def test_labels_apart_from_their_inputs(runs, name):
     r = runs[name]
     assert r.rc == 0, r
-    f = _top3(r, "TD108")
+    f = top3(r, "TD108")
     assert "the entropy of the labels seen" in f["cause"]
     assert "shuffled separately" in f["cause"]

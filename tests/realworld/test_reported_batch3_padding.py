@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -156,19 +156,12 @@ for i in range(120):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 BUGGY = {
     "caption_pad_in_loss": CAPTION_PAD_IN_LOSS,
     "wrapper_ignore_index_default": WRAPPER_IGNORE_INDEX_DEFAULT,
 }
 HEALTHY = {
-    "caption_pad_in_loss_fixed": _fixed(
+    "caption_pad_in_loss_fixed": fixed_twin(
         CAPTION_PAD_IN_LOSS,
         [
             (
@@ -177,7 +170,7 @@ HEALTHY = {
             )
         ],
     ),
-    "wrapper_ignore_index_default_fixed": _fixed(
+    "wrapper_ignore_index_default_fixed": fixed_twin(
         WRAPPER_IGNORE_INDEX_DEFAULT,
         [("ignore_index=-100, pad_value=0):  # IGNORE", "ignore_index=0, pad_value=0):  # IGNORE")],
     ),
@@ -196,16 +189,6 @@ def test_fixed_twins_are_silent(runs, name):
     assert loud(r) == [], r
 
 
-def _top3(result, code):
-    top = loud(result)[:3]
-    assert code in top, f"{code} not in the top 3 {top}\n{result}"
-    return result.finding(code)
-
-
-def _line(result, marker):
-    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"
-
-
 @pytest.mark.parametrize(
     ("name", "marker"),
     [
@@ -216,7 +199,7 @@ def _line(result, marker):
 def test_padding_trained_as_tokens(runs, name, marker):
     r = runs[name]
     assert r.rc == 0, r
-    f = _top3(r, "TD518")
-    assert f["where"]["source"] == _line(r, marker)
+    f = top3(r, "TD518")
+    assert f["where"]["source"] == script_line(r, marker)
     assert f["evidence"]["pad_value"] == 0 and f["evidence"]["ignore_index"] == -100
     assert "ignore_index=0" in f["fix"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -131,19 +131,12 @@ for epoch in range(5):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 BUGGY = {
     "hf_warmup_per_epoch": HF_WARMUP_PER_EPOCH,
     "lambda_warmup_per_epoch": LAMBDA_WARMUP_PER_EPOCH,
 }
 HEALTHY = {
-    "hf_warmup_per_epoch_fixed": _fixed(
+    "hf_warmup_per_epoch_fixed": fixed_twin(
         HF_WARMUP_PER_EPOCH,
         [
             (
@@ -152,7 +145,7 @@ HEALTHY = {
             )
         ],
     ),
-    "lambda_warmup_per_epoch_fixed": _fixed(
+    "lambda_warmup_per_epoch_fixed": fixed_twin(
         LAMBDA_WARMUP_PER_EPOCH,
         [
             (
@@ -176,24 +169,14 @@ def test_fixed_twins_are_silent(runs, name):
     assert loud(r) == [], r
 
 
-def _top3(result, code):
-    top = loud(result)[:3]
-    assert code in top, f"{code} not in the top 3 {top}\n{result}"
-    return result.finding(code)
-
-
-def _line(result, marker):
-    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"
-
-
 @pytest.mark.parametrize(
     ("name", "zeros"), [("hf_warmup_per_epoch", 25), ("lambda_warmup_per_epoch", 20)]
 )
 def test_step_sized_warmup_stepped_once_an_epoch_in_a_plain_loop(runs, name, zeros):
     r = runs[name]
     assert r.rc == 0, r
-    f = _top3(r, "TD108")
+    f = top3(r, "TD108")
     assert f["title"].startswith(f"the learning rate was exactly 0 at {zeros} of the 100")
     assert "scheduler.step() ran at" in f["cause"]
-    assert f["where"]["source"] == _line(r, "    scheduler.step()")
+    assert f["where"]["source"] == script_line(r, "    scheduler.step()")
     assert f["evidence"]["zero_lr_steps"]["first"] == 1

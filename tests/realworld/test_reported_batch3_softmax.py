@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts
 
 pytestmark = pytest.mark.slow
 
@@ -211,24 +211,17 @@ for step in range(60):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 BUGGY = {
     "reinforce_softmax_dim0": REINFORCE_SOFTMAX_DIM0,
     "scratch_softmax_sum_dim0": SCRATCH_SOFTMAX_SUM_DIM0,
 }
 HEALTHY = {
-    "reinforce_softmax_dim0_fixed": _fixed(
+    "reinforce_softmax_dim0_fixed": fixed_twin(
         REINFORCE_SOFTMAX_DIM0,
         [("torch.nn.Softmax(dim=0),  # DIM", "torch.nn.Softmax(dim=-1),  # DIM")],
     ),
     "seq_first_attention_pool": SEQ_FIRST_ATTENTION_POOL,
-    "scratch_softmax_sum_dim0_fixed": _fixed(
+    "scratch_softmax_sum_dim0_fixed": fixed_twin(
         SCRATCH_SOFTMAX_SUM_DIM0,
         [("X_exp.sum(0, keepdim=True)  # DIM", "X_exp.sum(1, keepdim=True)  # DIM")],
     ),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -163,22 +163,15 @@ for epoch in range(8):
 """
 
 
-def _fixed(text: str, edits: list[tuple[str, str]]) -> str:
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
 BUGGY = {
     "examples_vae_minus_kld": EXAMPLES_VAE_MINUS_KLD,
     "dict_loss_kld_sign_dropped": DICT_LOSS_KLD_SIGN_DROPPED,
 }
 HEALTHY = {
-    "examples_vae_minus_kld_fixed": _fixed(
+    "examples_vae_minus_kld_fixed": fixed_twin(
         EXAMPLES_VAE_MINUS_KLD, [("return BCE - KLD  # SIGN", "return BCE + KLD  # SIGN")]
     ),
-    "dict_loss_kld_sign_dropped_fixed": _fixed(
+    "dict_loss_kld_sign_dropped_fixed": fixed_twin(
         DICT_LOSS_KLD_SIGN_DROPPED,
         [("torch.mean(0.5 * torch.sum(", "torch.mean(-0.5 * torch.sum(")],
     ),
@@ -197,16 +190,6 @@ def test_fixed_twins_are_silent(runs, name):
     assert loud(r) == [], r
 
 
-def _top3(result, code):
-    top = loud(result)[:3]
-    assert code in top, f"{code} not in the top 3 {top}\n{result}"
-    return result.finding(code)
-
-
-def _line(result, marker):
-    return f"train.py:{line_of(result.cwd / 'train.py', marker)}"
-
-
 @pytest.mark.parametrize(
     ("name", "fn"),
     [
@@ -217,7 +200,7 @@ def _line(result, marker):
 def test_kl_term_with_the_wrong_sign(runs, name, fn):
     r = runs[name]
     assert r.rc == 0, r
-    f = _top3(r, "TD213")
+    f = top3(r, "TD213")
     assert f["severity"] == "error"
     assert f"`{fn}`" in f["cause"] and "wrong sign" in f["cause"]
-    assert f["where"]["source"] == _line(r, "backward()")
+    assert f["where"]["source"] == script_line(r, "backward()")
