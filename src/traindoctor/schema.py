@@ -121,7 +121,8 @@ _signal("grads.norm", "per param: ||grad|| when step() runs (after unscale)")
 _signal(
     "grads.carried",
     "per param: the smallest ||grad|| already in .grad before a backward of the step (0 when "
-    "it was zeroed or None before one of them)",
+    "it was zeroed or None before one of them; a param of the params inventory that the "
+    "record leaves out is 0)",
 )
 _signal("grads.stepped", "params held by an optimizer whose step() ran in the step (sampled steps)")
 _signal(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import chain, compress
-from operator import attrgetter, itemgetter, not_
+from operator import attrgetter, itemgetter, not_, or_
 from typing import ClassVar
 
 import torch
@@ -23,8 +23,9 @@ GRADS_CLEARED = signal(
 GRADS_NORM = signal("grads.norm", "per param: ||grad|| when step() runs (after unscale)")
 GRADS_CARRIED = signal(
     "grads.carried",
-    "per param: the smallest ||grad|| already in .grad before a backward of the step "
-    "(0 when it was zeroed or None before one of them)",
+    "per param: the smallest ||grad|| already in .grad before a backward of the step (0 when "
+    "it was zeroed or None before one of them; a param of the params inventory that the "
+    "record leaves out is 0)",
 )
 GRADS_STEPPED = signal(
     "grads.stepped", "params held by an optimizer whose step() ran in the step (sampled steps)"
@@ -69,6 +70,11 @@ class GradsProbe(Probe):
         # The last sampled step's stepped set and its sorted list (the same on most steps).
         self._stepped_seen: set[str] = set()
         self._stepped_sorted: list[str] = []
+        # grads.carried of the step being observed: per param (found None by a backward of the
+        # step, norm queued by one), and the trained names the params inventory lacks.
+        self._carried_step = -1
+        self._carried_seen: tuple[list[bool], list[bool]] = ([], [])
+        self._outside: tuple[list[tuple[str, torch.Tensor]], frozenset[str]] | None = None
 
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._reset()
@@ -93,13 +99,35 @@ class GradsProbe(Probe):
             return
         names, grads = self._names, list(map(GRAD, self._tensors))
         has = present(grads)
-        if not all(has):
-            # One write for every None gradient (a write per param: 10,000 on some models).
+        # A None gradient is a 0 left out of the record (readers take a trainable param
+        # missing from it as 0): 10,000 zeros a sampled step on some models otherwise.
+        # Explicit zeros only where a missing key would not read as 0: a param the params
+        # inventory does not list, or one whose norm an earlier backward of the step queued
+        # (min(norm, 0) is 0).
+        seen = self._carried_seen if self._carried_step == step else None
+        self._carried_step = step
+        if seen is not None:
+            # A later backward of the step: a param already found zeroed stays 0.
+            was_none, queued = seen
+            defer = [h and not z for h, z in zip(has, was_none)]
+            zeros = [q and not h for h, q in zip(has, queued)]
+            seen = ([z or not h for h, z in zip(has, was_none)], list(map(or_, queued, defer)))
+        else:
+            defer, zeros = has, None
+            seen = (list(map(not_, has)), has)
+        self._carried_seen = seen
+        if not all(has) or (zeros is not None and any(zeros)):
             current = rec.timeline.get(step, GRADS_CARRIED)
             carried = dict(current) if isinstance(current, dict) else {}
-            carried.update(dict.fromkeys(compress(names, map(not_, has)), 0.0))
-            rec.record(step, GRADS_CARRIED, carried)
-            names, grads = list(compress(names, has)), list(compress(grads, has))
+            explicit = self._explicit_zeros(rec)
+            if explicit:
+                none = compress(names, map(not_, has))
+                carried.update(dict.fromkeys((n for n in none if n in explicit), 0.0))
+            if zeros is not None:
+                carried.update(dict.fromkeys(compress(names, zeros), 0.0))
+            rec.record(step, GRADS_CARRIED, carried)  # also marks the step observed
+        if not all(defer):
+            names, grads = list(compress(names, defer)), list(compress(grads, defer))
         if grads:
             grads = _strided_all(grads)
             parts = param_norms(grads)
@@ -203,6 +231,19 @@ class GradsProbe(Probe):
             if cleared:
                 rec.record(step, GRADS_CLEARED, cleared)
         self._reset()
+
+    def _explicit_zeros(self, rec: Recorder) -> frozenset[str]:
+        """Names of this step's trained params that the params inventory (facts["params"],
+        read by TD106 for the missing keys) does not list: their 0 is written.
+        Cached per (name, param) list: the walk's own list while the params do not change."""
+        names, params = self._names, self._params
+        cached = self._outside
+        if cached is not None and cached[0] is params:
+            return cached[1]
+        inventory = rec.timeline.facts.get("params") or {}
+        outside = frozenset(n for n in names if n not in inventory)
+        self._outside = (params, outside)
+        return outside
 
     def _reset(self) -> None:
         if not (self._armed or self._params or self._received or self._none or self._stepped):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
@@ -44,18 +45,18 @@ class CarriedScan:
             for s, rec in settled + pending:
                 if s > self.folded:  # a reader hands its newest record out again
                     self.open.setdefault(s, [None, None, None])[i] = rec
-        others = by_cycles(tl)
+        others, known = by_cycles(tl), inventory_keys(tl)
         # The run is past a step once either carried signal has a later record.
         done = max((d for d in (self.carried.done, self.cycle.done) if d is not None), default=None)
         for s in sorted(self.open):
             if done is None or s > done:
                 break
-            self._fold(_judged(*self.open.pop(s), others), None)
+            self._fold(_judged(*self.open.pop(s), others, known), None)
             self.folded = s
         undo: list = []
         observed = self.observed
         for s in sorted(self.open):
-            observed += self._fold(_judged(*self.open[s], others), undo)
+            observed += self._fold(_judged(*self.open[s], others, known), undo)
         try:
             if observed < min_observations:
                 return set()
@@ -97,8 +98,19 @@ def by_cycles(tl: TimelineView) -> frozenset[str]:
     )
 
 
+def inventory_keys(tl: TimelineView) -> dict[str, None]:
+    """The params inventory's names (trainable or not: a frozen one is never in the probe's
+    record), in its order, as a dict (ordered set lookups): a name of these missing from a
+    grads.carried record is 0 there."""
+    return dict.fromkeys(tl.fact("params") or {})
+
+
 def _judged(
-    norms: dict | None, names: list | None, cycle: dict | None, others: frozenset[str]
+    norms: dict | None,
+    names: list | None,
+    cycle: dict | None,
+    others: frozenset[str],
+    known: dict[str, None],
 ) -> dict[str, float] | None:
     """One step's observations, param -> the smallest ||grad|| found before a backward (0:
     zeroed), None when the step observed nothing.
@@ -114,9 +126,10 @@ def _judged(
     out: dict[str, float] = {}
     if norms is not None:
         scope = None if names is None else set(names)
-        for n, v in norms.items():
+        # The probe leaves a known param's 0 out of the record (a None .grad).
+        for n in chain(known, (k for k in norms if k not in known)):
             if (scope is None or n in scope) and n not in others:
-                out[n] = v
+                out[n] = norms.get(n, 0.0)
     if cycle is not None:
         out.update(cycle)
     return out
@@ -240,10 +253,10 @@ def _observations(tl: TimelineView) -> list[tuple[int, dict[str, float]]]:
     cycle = {s: c for s, c in tl.series("grads.cycle_carried") if s >= 2}
     # As sets: a membership test per param per step (a list made it quadratic in the params).
     stepped = dict(tl.series("grads.stepped"))
-    others = by_cycles(tl)
+    others, known = by_cycles(tl), inventory_keys(tl)
     out = []
     for s in sorted(carried.keys() | cycle.keys()):
-        seen = _judged(carried.get(s), stepped.get(s), cycle.get(s), others)
+        seen = _judged(carried.get(s), stepped.get(s), cycle.get(s), others, known)
         if seen is not None:
             out.append((s, seen))
     return out
