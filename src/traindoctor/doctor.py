@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import numbers
 import os
+import sys
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -45,6 +47,25 @@ _OPEN: list[weakref.ref[Doctor]] = []
 def open_doctors() -> list[Doctor]:
     """The attached doctors that are not closed yet, oldest first."""
     return [d for r in _OPEN if (d := r()) is not None and not d.state.closed]
+
+
+def _unclosed_at_exit() -> None:
+    """At interpreter exit: a `td.watch()` never closed diagnosed nothing. Its steps since the
+    last flush go to disk, and one line says so and how to get the report; no diagnosis runs
+    here (other processes of a job, the user's own exit handlers, may be gone)."""
+    for doc in open_doctors():
+        if doc.mode != "watch" or doc.framework != "plain":
+            continue  # the integrations close their own runs
+        with contextlib.suppress(Exception):
+            doc.timeline.stream.flush()
+            sys.stderr.write(
+                f"traindoctor: the run in {doc.run_dir} was not closed, so nothing was "
+                "diagnosed: call doc.close() at the end (or use `with td.watch(...) as doc:`); "
+                f"`traindoctor report {doc.run_dir}` diagnoses what it recorded\n"
+            )
+
+
+atexit.register(_unclosed_at_exit)
 
 
 class Doctor:
