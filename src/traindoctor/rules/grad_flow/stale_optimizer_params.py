@@ -167,9 +167,14 @@ def _another_model_trained(tl: TimelineView, optimizers: list) -> Finding | None
     if ran or any(not watched <= set(v or ()) for _, v in nones):
         return None  # a watched module ran with gradient, or a watched param got one
     shapes = [tuple(u["shape"]) for u in foreign]
+    params = tl.fact("params") or {}
+    mine_shapes = {tuple(params[n]["shape"]) for n in watched if n in params}
+    if all(len(s) >= 1 and s[0] >= 2 and s[1:] in mine_shapes for s in shapes):
+        # Stacks of the watched params (torch.func.stack_module_state): an ensemble of the
+        # watched members trained through vmap(functional_call), which never calls them.
+        return None
     numel = sum(math.prod(s) for s in shapes)
     models = ", ".join(f"`{k}` ({v})" for k, v in (tl.fact("models") or {}).items()) or "the model"
-    params = tl.fact("params") or {}
     mine = sum(int(params[n].get("numel") or 0) for n in watched if n in params)
     return tl.finding(
         title=f"the watched model is not the one trained: the optimizer trains {len(foreign)} "
