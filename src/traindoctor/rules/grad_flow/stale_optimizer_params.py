@@ -29,7 +29,7 @@ from ..eval_hygiene import _ultralytics as ultralytics
     summary="The optimizer holds tensors the model no longer uses (params replaced after it was built).",
     requires=("params.replaced", "grads.observed", "grads.none", "forward.calls"),
     events=("inference_tensors", "optimizer_layout"),
-    facts=("optimizers", "outcome", "params", "ultralytics"),
+    facts=("models", "optimizers", "outcome", "params", "ultralytics"),
     priority=14,
 )
 def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
