@@ -56,7 +56,6 @@ class HandSteps:
         # watch(model) without an optimizer: called with each torch optimizer holding a watched
         # param at its first step (the Doctor adopts it; the global hook stays on until close).
         self.adopt: Any = None
-        self._adopted: set[int] = set()
 
     @property
     def expected(self) -> bool:
@@ -107,9 +106,8 @@ class HandSteps:
             self._opt_stepped = True
             if self.count == 0:
                 self._retire()  # the optimizer keeps the step clock: nothing to do here
-                if self.adopt is not None and id(opt) not in self._adopted:
-                    self._adopted.add(id(opt))
-                    self.adopt(opt)
+                if self.adopt is not None:
+                    self.adopt(opt)  # adopting one already adopted does nothing
         except Exception as exc:  # noqa: BLE001  (a global hook: never into the user's step)
             self.run.guard.record("hand steps", exc)
             self._retire()

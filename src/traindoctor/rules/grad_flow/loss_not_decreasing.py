@@ -244,20 +244,25 @@ def _median_update_ratio(tl: TimelineView) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def _top_lrs(tl: TimelineView) -> Iterator[tuple[int, float]]:
+    """(step, the largest lr of its param groups) for each step that recorded an lr."""
+    for step, groups in tl.series("optim.lr"):
+        lrs = [v for v in (groups or {}).values() if isinstance(v, int | float)]
+        if lrs:
+            yield step, max(lrs)
+
+
 def _zero_lr_steps(tl: TimelineView) -> tuple[int, int, int, int, float | None] | None:
     """(steps at which every param group's lr is 0, steps with an lr, first and last such
     step, the largest lr after the last) when the lr is 0 at a quarter of the steps or more."""
     zeros, n, after = [], 0, None
-    for step, groups in tl.series("optim.lr"):
-        lrs = [v for v in (groups or {}).values() if isinstance(v, int | float)]
-        if not lrs:
-            continue
+    for step, top in _top_lrs(tl):
         n += 1
-        if max(lrs) == 0:
+        if top == 0:
             zeros.append(step)
             after = None
         else:
-            after = max(lrs) if after is None else max(after, max(lrs))
+            after = top if after is None else max(after, top)
     if not zeros or len(zeros) < n / 4:
         return None
     return len(zeros), n, zeros[0], zeros[-1], after
@@ -272,20 +277,17 @@ def _zero_lr_stretch(
     A warmup that starts at 0 has one such step, a decay to 0 its last one or two: a stretch
     of ten or more is a schedule stepped less often than the optimizer."""
     n, run, best, after, peak = 0, [], [], None, 0.0
-    for step, groups in tl.series("optim.lr"):
-        lrs = [v for v in (groups or {}).values() if isinstance(v, int | float)]
-        if not lrs:
-            continue
+    for step, top in _top_lrs(tl):
         n += 1
-        if max(lrs) == 0:
+        if top == 0:
             run.append(step)
             if len(run) > len(best):
                 best, after = list(run), None
             continue
         run = []
-        peak = max(peak, max(lrs))
+        peak = max(peak, top)
         if best and best[-1] < step:
-            after = max(lrs) if after is None else max(after, max(lrs))
+            after = top if after is None else max(after, top)
     if peak <= 0 or len(best) < min_len or len(best) < min_share * n:
         return None
     if after is not None and after >= _base_lr(tl) * (1 - 1e-6):
