@@ -14,6 +14,18 @@ from tests.cli.conftest import env, write
 
 Job = tuple[Path, int, str]  # (its folder, exit status, stdout + stderr)
 
+# What libstdc++ prints when a rank aborts in gloo's teardown (destroy_process_group or exit).
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def ended_well(code: int, out: str, ranks: Iterable[int] = (0, 1)) -> bool:
+    """Exit status 0, or every rank printed its `rank N done` line and one then aborted in
+    gloo's teardown: plain FSDP2 jobs without traindoctor do that too (1 in 6 on this machine,
+    2026-12-07), after the work these tests check is done."""
+    if code == 0:
+        return True
+    return GLOO_TEARDOWN_ABORT in out and all(f"rank {r} done" in out for r in ranks)
+
 
 def launch(
     root: Path,
@@ -61,7 +73,7 @@ def assert_params_as_plain(jobs: dict[str, Job], how: str) -> None:
     """Each rank's saved parameters (params_<how>_<rank>.pt) bit-identical to the plain job's."""
     import torch
 
-    assert jobs["plain"][1] == 0, jobs["plain"][2][-4000:]
+    assert ended_well(jobs["plain"][1], jobs["plain"][2]), jobs["plain"][2][-4000:]
     for rank in (0, 1):
         watched = torch.load(jobs[how][0] / f"params_{how}_{rank}.pt")
         plain = torch.load(jobs["plain"][0] / f"params_plain_{rank}.pt")
