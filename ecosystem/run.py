@@ -355,7 +355,9 @@ def install(specs: dict[str, dict]) -> int:
             continue
         python = VENVS[venv] / "bin" / "python"
         torch_version = subprocess.run(
-            [str(python), "-c", "import torch; print(torch.__version__)"],
+            # The distribution's version, not torch.__version__: a CUDA wheel's "2.15.0+cu132"
+            # names no wheel pip can find, and the pin then made every install unresolvable.
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"],
             capture_output=True,
             text=True,
             check=True,
