@@ -86,7 +86,7 @@ def _bystander_text(n: dict[str, Any]) -> str:
         )
     return (
         f"the 0/1 mask multiply{where} is not the problem: it zeroed {_pct(n.get('zeroed'))} "
-        "of the gradient through it, exactly the entries the mask marks as padding"
+        "of the gradient through it, exactly the entries where the mask is 0"
     )
 
 
@@ -107,7 +107,7 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     `torch.where`/`masked_fill` choosing a constant branch, `relu` on mostly negative input,
     `round`/`sign`/`floor`. Names the op, the fraction zeroed, its source line and what would
     pass gradient instead. A multiply by a 0/1 mask is reported as expected (info): it zeroes
-    exactly the entries the mask marks as padding, by design.
+    exactly the entries where the mask is 0, by design (padding, a causal mask).
     Also a loss term computed from an op that has no gradient at all and leaves no graph:
     `argmax`/`argmin` (or the indices of `max`/`topk`/`sort`), an integer cast (`.long()`,
     `.to(torch.int64)`, `.type(...)`), a comparison, added to the loss or logged as a part.
@@ -360,9 +360,10 @@ def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Fin
             "grad_out": n.get("grad_out"),
         },
         where=Where(op="mul", source=src),
-        cause="a multiply by a tensor of 0s and 1s zeroes exactly the masked (padding) "
-        "entries, by design; the valid entries get their full gradient",
-        fix="nothing to fix if the zeros mark padding",
+        cause="a multiply by a tensor of 0s and 1s zeroes exactly the entries where the mask "
+        "is 0, by design; the others get their full gradient",
+        fix="nothing to fix if the zeros are meant: padding, or a structural mask such as a "
+        "causal or an autoregressive (MADE) weight mask",
         severity=Severity.INFO,
         confidence=0.5,
     )
