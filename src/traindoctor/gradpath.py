@@ -285,6 +285,10 @@ class Walk:
         self._masks: list[torch.Tensor] = []
         self._gc_was_enabled = False
         self.bypassed: dict[int, bool] = {}
+        # ids of the nodes whose output is a term of the loss (the loss itself, and what a
+        # sum, a mean or a scaling by a constant passes on): set below, read by the cut
+        # tracker to keep only the detached terms that are added into the loss.
+        self.on_term: set[int] = set()
         if root.grad_fn is None:
             return
         consumers: dict[int, int] = {}  # id(node) -> nodes of the graph that take its output
@@ -304,6 +308,7 @@ class Walk:
         # a product or a division of two live values (a Dice loss's `(inter + eps) / (union +
         # eps)`, `input.sum() + target.sum()`), adds a constant inside a term, not a term.
         on_term: set[int] = {id(root.grad_fn)}
+        self.on_term = on_term
         # View nodes, keyed (a dir() of the node) only where a zero-derivative op needs to know
         # whether the value it is fed is taken twice: rare, and 5,000 keys on a model of 5,000
         # layers otherwise.

@@ -13,6 +13,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from tests._loop import assert_bit_identical, params_of, watch
+from traindoctor.gradpath import Walk
 from traindoctor.probes import cuts as cuts_mod
 from traindoctor.probes import gradpath as gradpath_mod
 from traindoctor.probes.cuts import CutTracker
@@ -45,9 +46,17 @@ def _track(fn, constants: list[dict] | None = None) -> list[dict]:
     tracker = CutTracker(lambda f: (kept if f["found"] == "constant" else facts).append(f))
     assert tracker.start()
     try:
-        fn()
+        out = fn()
     finally:
         tracker.stop()
+    # At the backward, as the probe does: a held add is a term if the loss sums it in.
+    loss = out[0] if isinstance(out, tuple) else out
+    if isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
+        walk = Walk(loss, focus=True)
+        walk.remove()
+        tracker.confirm(walk.on_term)
+    else:
+        tracker.confirm(None)
     assert tracker.error is None, tracker.error
     assert torch._C._len_torch_function_stack() == 0
     return facts

@@ -83,6 +83,7 @@ MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
 MAX_ORIGINS = 256
 MAX_ITEMS = 64
 MAX_CONSTANTS = 16  # lines where a Python number is added to the loss, reported
+MAX_HELD = 8  # scalar adds held per (cut line, add line) until the backward says which are terms
 
 _TORCH_DIR = _source.TORCH_DIR
 _PKG_DIR = _source.PKG_DIR
@@ -183,6 +184,11 @@ class CutTracker(TorchFunctionMode):
         self._constants: set[str] = set()  # lines adding a Python number to a live scalar
         self._zero_starts: dict[int, weakref.ref] = {}  # zeros made in the window, by id
         self._zero_before = False  # the in-place add being observed started from zeros
+        # A scalar add of a cut tensor to a live one, held with its autograd node until the
+        # backward: it is a loss term only if the loss sums it in (`confirm`). An ODE solver
+        # run after the model's forward adds a no_grad step size to a live time (`t1 = t0 +
+        # dt`): a scalar add with a cut operand that the loss never sums.
+        self._held: dict[tuple[Any, ...], tuple[dict[str, Any], list[Any]]] = {}
         self.calls = 0  # torch calls seen (for the cost measurements)
 
     # -- window ---------------------------------------------------------------------------
@@ -211,6 +217,7 @@ class CutTracker(TorchFunctionMode):
         self._items.clear()
         self._sinks.clear()
         self._zero_starts.clear()
+        self._held.clear()
 
     # -- the mode -------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -365,7 +372,19 @@ class CutTracker(TorchFunctionMode):
             numpy = cut[1]
             if operand is not None:
                 self._sinks[id(operand)] = (weakref.ref(operand), added_at)
-        self._report({**fact, "numpy": numpy, "found": "term", "added_at": added_at, "part": None})
+        fact = {**fact, "numpy": numpy, "found": "term", "added_at": added_at, "part": None}
+        key = (fact["cut_at"], added_at)
+        held = self._held.setdefault(key, (fact, []))[1]
+        if len(held) < MAX_HELD and out.grad_fn is not None:
+            held.append(out.grad_fn)  # alive until confirm(): its id cannot be reused
+
+    def confirm(self, terms: set[int] | None) -> None:
+        """At the backward: report the held adds whose node is a term of the loss (`terms`,
+        the ids of the walk's nodes that the loss sums, means or scales); drop the others."""
+        held, self._held = self._held, {}
+        for fact, nodes in held.values():
+            if terms and any(id(n) in terms for n in nodes):
+                self._report(fact)
 
     def _zero_start(self, name: str, args: tuple[Any, ...]) -> bool:
         """Whether a tensor operand without graph is 0: made by a zeros factory in the window,

@@ -136,11 +136,15 @@ class GradPathProbe(Probe):
         self._close_window()
         self._remove_window_hooks()
         if self._walk is not None or not self._is_due(step) or root.grad_fn is None:
+            self._cuts.confirm(None)
             return
         self._walked.add(step)
         self._walks += 1
         self._walk_step = step
         self._walk = Walk(root, focus=True)
+        # Cut tensors added to a live scalar count as loss terms only where the loss sums
+        # that scalar in (not a solver's `t1 = t0 + dt` run after the model's forward).
+        self._cuts.confirm(self._walk.on_term)
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         walk, self._walk = self._walk, None

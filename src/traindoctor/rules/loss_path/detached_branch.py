@@ -44,9 +44,11 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
     each torch call once and changes none: a call whose input requires grad and whose output
     does not (`.detach()`, `.data`, any op under `no_grad`) is a cut, and the tensors computed
     from it carry its line. A cut tensor added (add/sub) to a tensor with a live graph into
-    a scalar is reported with both lines (and the part it was logged as); the numpy round-trip
-    `torch.from_numpy(t.detach().numpy())` is followed (the tensor that comes back shares the
-    memory of the one that left). The same steps' backward is hooked node by node: a scalar
+    a scalar that the loss sums, averages or scales in (checked at the backward, on the
+    loss's graph: not an ODE solver's `t1 = t0 + dt` after the model's forward, a time the
+    loss never sums) is reported with both lines (and the part it was logged as); the numpy
+    round-trip `torch.from_numpy(t.detach().numpy())` is followed (the tensor that comes back
+    shares the memory of the one that left). The same steps' backward is hooked node by node: a scalar
     `add`/`sub` whose other operand has no graph is a part added without graph (its line
     from anomaly-mode metadata). With `doc.log(parts=...)`, parts that carry no graph while
     others do (and whose values sum to the loss) are named, which also catches `.item()`
