@@ -79,3 +79,28 @@ def test_a_small_overshoot_of_resized_masks_is_a_note():
     }
     f = assert_fires("TD511", site_timeline(BCE, stats))
     assert f.severity.value == "info" and "clamp(0, 1)" in f.fix
+
+
+MULTI = {**CE, "target_float": True, "target_dtype": "float32", "target_shape": [32, 5]}
+
+
+def test_multi_hot_rows_into_cross_entropy():
+    """Multi-label 0/1 rows given to cross_entropy as probabilities (rows sum to 0..k)."""
+    stats = {
+        s: {"t_min": 0.0, "t_max": 1.0, "t_rowsum_min": 0.0, "t_rowsum_max": 4.0}
+        | {"t_rows_multi": 0.6, "loss": 5.0 - s / 10}
+        for s in (1, 2, 4)
+    }
+    f = assert_fires("TD511", site_timeline(MULTI, stats))
+    assert "multi-hot" in f.title and "BCEWithLogitsLoss" in f.fix
+    assert f.evidence["row_sum_max"] == 4.0
+
+
+def test_silent_on_soft_mixup_and_smoothed_probability_targets():
+    """Rows that sum to 1 (label smoothing, mixup, distillation) or below 2 are probabilities;
+    values outside [0, 1] are another encoding, not multi-hot labels."""
+    for rows in (1.0, 1.0000001, 1.4):
+        stats = {1: {"t_min": 0.0, "t_max": 0.9, "t_rowsum_min": 1.0, "t_rowsum_max": rows}}
+        assert_silent("TD511", site_timeline(MULTI, stats))
+    signed = {1: {"t_min": -1.0, "t_max": 1.0, "t_rowsum_min": -2.0, "t_rowsum_max": 3.0}}
+    assert_silent("TD511", site_timeline(MULTI, signed))

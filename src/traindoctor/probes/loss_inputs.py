@@ -736,6 +736,13 @@ class LossInputsProbe(Probe):
             # rose with its targets' scale from one that climbed away).
             out["t_ms"] = y.float().square().mean()
             out["t_frac"] = (y != torch.round(y)).float().mean()
+            if fn == "cross_entropy" and classes is not None and tgt.shape == x.shape:
+                # Class-probability targets: every row sums to 1 along the class dim. Multi-hot
+                # rows (several labels) sum to their label count (TD511).
+                rows = y.float().sum(cdim)
+                out["t_rowsum_min"] = rows.amin()
+                out["t_rowsum_max"] = rows.amax()
+                out["t_rows_multi"] = (rows > 1.5).float().mean()
         if fn == "binary_cross_entropy" and tgt.shape == x.shape:
             # Elements at 0 or 1 with the other target: the loss's own log clamp (-100) makes
             # them a constant 100, and the sigmoid in front passes them no gradient.

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
+from ..setup._loss_inputs import loss_sites
+from ..setup.labels_degenerate import multi_hot_rows
 from ._layers import fmt, params_of
 
 # Measurements of step 1 precede the first optimizer step (or hand-written update): only they
@@ -21,8 +23,14 @@ FIRST_STEP = 1
     name="poor-initialization",
     severity=Severity.WARNING,
     summary="The loss or the final layer's output scale at init is far from what it should be.",
-    requires=("init.ce_loss", "init.ce_classes", "init.in_std", "init.out_std"),
-    events=("cross_entropy_call", "final_layers"),
+    requires=(
+        "init.ce_loss",
+        "init.ce_classes",
+        "init.in_std",
+        "init.out_std",
+        "loss_inputs.stats",
+    ),
+    events=("cross_entropy_call", "final_layers", "loss_input"),
     facts=("params",),
     priority=35,
 )
@@ -95,6 +103,10 @@ def poor_initialization(
     # temperature puts it (CLIP inits exp(t) = 1/0.07 on purpose) and the temperature trains:
     # a loss above ln C there says nothing about the init.
     ce = _first_ce(tl) if not temperatures else None
+    # Multi-hot targets read as probabilities (TD511) start at about k x ln C for k labels a
+    # row: the loss is high because of the targets, not the init.
+    if ce is not None and any(multi_hot_rows(s) for s in loss_sites(tl).values()):
+        ce = None
     bad_ce = None
     if ce is not None:
         step, value, classes = ce

@@ -19,7 +19,8 @@ MIN_STEPS = 4
     name="labels-degenerate",
     severity=Severity.ERROR,
     summary="Class labels that cannot train the classifier: constant, out of range, 1-based "
-    "or not integers; binary cross-entropy targets outside [0, 1].",
+    "or not integers; multi-hot rows given to cross-entropy as class probabilities; binary "
+    "cross-entropy targets outside [0, 1].",
     requires=("loss_inputs.stats", "loss_inputs.labels"),
     events=("loss_input",),
     priority=7,
@@ -31,7 +32,9 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     labels outside the model's output range (`y >= C` or negative, `ignore_index` excepted);
     labels that are floats where a class index is expected; every label identical over the
     run; class 0 never used while the largest label is C - 1 (1-based labels with one extra
-    output).
+    output). Float targets of the input's shape are class probabilities: rows of 0/1 values
+    that sum to 2 or more are multi-hot labels (several classes per example) that
+    `cross_entropy` reads as one distribution.
 
     ## Why it matters
     Out-of-range labels crash (CPU) or trigger a device-side assert (CUDA) far from the data
@@ -40,6 +43,10 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     one, which a good-looking loss does not reveal. A binary cross-entropy target above 1 or
     below 0 has no minimum: the loss goes negative and falls without end as the logits grow,
     so it looks like training while the model learns to output ever larger values.
+    Multi-hot rows given to `cross_entropy` (accepted since torch 1.10 as "probabilities")
+    train one softmax to spread its single unit of probability over the k labels: no output
+    can say "yes" to two labels at once, the loss cannot fall below the entropy of each row
+    (ln k), and thresholding the outputs at 0.5 misses most of them.
 
     ## How it is measured
     On the first and sampled steps the loss-inputs probe keeps a label histogram per call
@@ -69,6 +76,7 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     for site in loss_sites(tl).values():
         f = (
             _binary_targets_outside_01(tl, site)
+            or _multi_hot_probabilities(tl, site)
             or _float_labels(tl, site)
             or _out_of_range(tl, site)
             or _from_histogram(tl, site, hists.get(site.id, []))
@@ -102,6 +110,63 @@ def _float_labels(tl: TimelineView, site: Site) -> Finding | None:
 
 
 _BINARY = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
+
+
+def multi_hot_rows(site: Site) -> tuple[int, float, float] | None:
+    """(first step, largest row sum, share of rows with several labels) of a cross-entropy
+    whose float targets of the input's shape are 0/1 rows that sum to 2 or more (multi-hot
+    labels read as class probabilities); None when every measured row sums to 1 or less, or a
+    value lies outside [0, 1] (another encoding, not labels)."""
+    if site.fn != "cross_entropy" or not site.facts.get("target_float"):
+        return None
+    highs = [(s, v) for s, v in site.values("t_rowsum_max") if v >= 2.0 - 1e-3]
+    if not highs:
+        return None
+    lows, tops = dict(site.values("t_min")), dict(site.values("t_max"))
+    if any(lows.get(s, 0.0) < 0.0 or tops.get(s, 1.0) > 1.0 for s, _ in highs):
+        return None
+    multi = [v for _, v in site.values("t_rows_multi")]
+    return highs[0][0], max(v for _, v in highs), max(multi) if multi else 0.0
+
+
+def _multi_hot_probabilities(tl: TimelineView, site: Site) -> Finding | None:
+    measured = multi_hot_rows(site)
+    if measured is None:
+        return None
+    step, top, share = measured
+    lows = [v for _, v in site.values("t_rowsum_min")]
+    empty = min(lows) if lows else None
+    losses = site.losses()
+    went = (
+        f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
+        if len(losses) >= 2
+        else ""
+    )
+    none = "; rows with no label sum to 0 and add nothing to the loss" if empty == 0 else ""
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} gets multi-hot targets: rows of 0/1 that sum to "
+        f"up to {top:.0f} ({share:.0%} of a batch's rows hold several labels), read as class "
+        "probabilities",
+        step=step,
+        evidence={
+            "loss_fn": site.fn,
+            "target_shape": site.facts.get("target_shape"),
+            "row_sum_max": top,
+            "row_sum_min": empty,
+            "rows_with_several_labels": share,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"each target row sums to its number of labels, not to 1 (up to {top:.0f} "
+        f"measured{none}): cross-entropy's softmax has one unit of probability to spread over the "
+        "classes, so an example with k labels is trained towards 1/k on each and no output can "
+        "say yes to two labels; this is a multi-label task trained as a single-label one" + went,
+        fix="use `nn.BCEWithLogitsLoss()` on the raw logits (one independent yes/no per label) "
+        "and `torch.sigmoid(logits) > 0.5` to predict; if one class per example was meant, "
+        "pass `y.argmax(1)`",
+        confidence=0.9,
+    )
 
 
 def _binary_targets_outside_01(tl: TimelineView, site: Site) -> Finding | None:
