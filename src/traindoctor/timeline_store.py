@@ -43,6 +43,7 @@ PACKED_MIN = 16
 # Facts are compared on the first flushes and on every FACTS_EVERY-th after (and at close).
 FACTS_EVERY = 10
 _MISSING = object()
+_STR = {str}
 
 
 # One encoder for every record: json.dumps with options builds a new one per call.
@@ -207,7 +208,9 @@ class TimelineWriter:
             lines.append(f'{{"type":"progress","last_step":{last_step}}}')
 
     def _encode(self, value: Any, lines: list[str]) -> tuple[str, bool]:
-        if type(value) is dict and len(value) >= KEYED_MIN and all(type(k) is str for k in value):
+        # Every key a str, checked in C (a generator cost one Python call per key: 31,000 a
+        # structural step on a model of 10,000 tensors).
+        if type(value) is dict and len(value) >= KEYED_MIN and set(map(type, value)) == _STR:
             kid = self._declare(self._keys, tuple(value), "keys", lines)
             values = list(value.values())
             return f"[{kid},{_packed(values) or _dumps(values)}]", True

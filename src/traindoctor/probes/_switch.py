@@ -91,8 +91,15 @@ class HookSwitch:
         if not self.active:
             return
         self.active = False
+        # _take_out written out: one Python call less per hook entry (10,505 a sampled step
+        # on a 5,000-module model, most of the calls a sampled step adds).
         for e in self._entries:
-            self._take_out(e)
+            key, slots = e.key, e.slots
+            if len(slots) == 2:  # the usual: one dict
+                slots[0].pop(key, None)
+                continue
+            for i in range(0, len(slots), 2):
+                slots[i].pop(key, None)
 
     @staticmethod
     def _take_out(e: _Entry) -> None:
