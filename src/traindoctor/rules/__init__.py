@@ -78,6 +78,7 @@ from .setup import (
     plateau_mode_inverted,
     probabilities_as_logits,
     softmax_over_batch,
+    targets_copy_inputs,
     trainable_audit,
     weight_decay_on_norms,
 )
@@ -127,6 +128,7 @@ CATALOG = (
     plateau_mode_inverted,  # TD517
     padding_in_loss,  # TD518
     softmax_over_batch,  # TD519
+    targets_copy_inputs,  # TD520
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
