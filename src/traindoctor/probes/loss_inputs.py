@@ -542,6 +542,8 @@ class LossInputsProbe(Probe):
             calls = self._calls[site] = self._calls.get(site, 0) + 1
             if calls & (calls - 1) == 0:  # 1st, 2nd, 4th, 8th, ... call: a structural fact
                 stats.update(_normalization(fn, inp, tgt, names, opts))
+                if index_target and tgt.dim() in (1, 2) and tgt.numel() >= 8:
+                    stats.update(_copied_ids(inp, tgt, ignore))
         rec.append(step, LOSS_INPUT_OBSERVED, site)
         keys = [f"{site}.{k}" for k in stats]
         if keys:
@@ -780,6 +782,79 @@ def _padding(t: torch.Tensor) -> dict[str, torch.Tensor]:
         "pad_rmin": torch.where(ends, run, torch.full_like(run, t.shape[1])).amin(),
         "pad_rmax": run.amax(),
     }
+
+
+MAX_GRAPH_NODES = 20_000  # nodes walked back from a loss input for its token ids (TD520)
+
+
+def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, torch.Tensor]:
+    """(batch, time) class targets (or their (batch*time,) flattening) against the token ids an
+    `nn.Embedding` of the same graph read (its backward node's saved indices, same size):
+    `ids_same`, the share of the valid targets equal to the id at their own position (a model
+    trained to output what it reads), `ids_next`, the share equal to the next position's id
+    (targets shifted for next-token prediction). `causal_attn` 1 when an attention of the graph is causal (`is_causal`, or a
+    mask over the strict upper triangle): each position sees its own input there, so same-
+    position targets are copied, not predicted."""
+    out: dict[str, torch.Tensor] = {}
+    root = inp.grad_fn
+    seen: set[Any] = set()
+    stack = [root]
+    ids: list[torch.Tensor] = []
+    causal = False
+    while stack and len(seen) < MAX_GRAPH_NODES:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kind = type(node).__name__
+        if kind == "EmbeddingBackward0":
+            saved = _saved(node, "_saved_indices")
+            if isinstance(saved, torch.Tensor) and (
+                tuple(saved.shape) == tuple(tgt.shape)
+                or (tgt.dim() == 1 and saved.dim() == 2 and saved.numel() == tgt.numel())
+            ):
+                ids.append(saved.reshape(tgt.shape))  # (B*T,) targets of flattened logits
+        elif "DotProduct" in kind and "Attention" in kind and not causal:
+            causal = bool(_saved(node, "_saved_is_causal")) or _causal_mask(
+                _saved(node, "_saved_attn_mask")
+            )
+        stack.extend(f for f, _ in node.next_functions)
+    if not ids:
+        return out
+    t = tgt.detach().long()
+    keep = t != ignore
+    n = keep.sum().clamp(min=1)
+    best_same = best_next = None
+    for x in ids:
+        if x.device != t.device:
+            continue
+        x = x.long()
+        same = ((t == x) & keep).sum() / n
+        nxt = ((t[..., :-1] == x[..., 1:]) & keep[..., :-1]).sum()
+        nxt = nxt / keep[..., :-1].sum().clamp(min=1)
+        best_same = same if best_same is None else torch.maximum(best_same, same)
+        best_next = nxt if best_next is None else torch.maximum(best_next, nxt)
+    if best_same is None:
+        return out
+    out["ids_same"] = best_same.double()
+    out["ids_next"] = best_next.double()
+    out["causal_attn"] = torch.tensor(1.0 if causal else 0.0, dtype=torch.float64)
+    return out
+
+
+def _causal_mask(mask: Any) -> bool:
+    """A square attention mask that masks every position after the query (-inf or a large
+    negative for a float mask, False for a boolean one) and none on the diagonal."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2 or mask.shape[-1] != mask.shape[-2]:
+        return False
+    n = mask.shape[-1]
+    if n < 2:
+        return False
+    m = mask.detach()
+    blocked = ~m if m.dtype == torch.bool else m < -1e4
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=m.device), diagonal=1)
+    eye = torch.eye(n, dtype=torch.bool, device=m.device)
+    return bool(blocked[..., upper].all()) and not bool(blocked[..., eye].any())
 
 
 def _normalization(
