@@ -75,11 +75,22 @@ def is_user_file(filename: str) -> bool:
 
 def user_frame(skip: int = 1) -> tuple[str, int, str] | None:
     """(file, line, code) of the innermost frame that belongs to the user, or None."""
+    found = _user_line(skip + 1)
+    return None if found is None else (*found, line_text(*found))
+
+
+def _user_line(skip: int) -> tuple[str, int] | None:
+    # is_user_file's cache read inline: one Python call less per frame walked (the forward
+    # probe asks once per module, ~6 frames each: 30,000 calls on a model of 5,000 layers).
     frame = sys._getframe(skip)
+    cache = _cache
     while frame is not None:
         filename = frame.f_code.co_filename
-        if is_user_file(filename):
-            return filename, frame.f_lineno, line_text(filename, frame.f_lineno)
+        user = cache.get(filename)
+        if user is None:
+            user = is_user_file(filename)
+        if user:
+            return filename, frame.f_lineno
         frame = frame.f_back
     return None
 
@@ -98,7 +109,7 @@ def call_site(max_depth: int = 24) -> tuple[str, int] | None:
 
 def user_source(skip: int = 1) -> str | None:
     """`path:line` of the user's frame, relative to the working directory when inside it."""
-    found = user_frame(skip + 1)
+    found = _user_line(skip + 1)  # the line's text is not read: only its place is named
     if found is None:
         return None
     return f"{relpath(found[0])}:{found[1]}"
@@ -116,6 +127,8 @@ _BASE_DIR = Path.cwd().resolve()
 
 
 def relpath(filename: str) -> str:
+    if "ipykernel_" not in filename:  # _notebook_cell's own test, without its call
+        return _relpath(filename)
     cell = _notebook_cell(filename)
     return cell if cell is not None else _relpath(filename)
 
