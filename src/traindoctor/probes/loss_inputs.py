@@ -474,6 +474,8 @@ class LossInputsProbe(Probe):
         self._keys: dict[tuple[int, int], list[str]] = {}
         self._calls: dict[int, int] = {}  # site -> observed calls (normalization is sampled)
         self._listening = False
+        self._embeds_key: tuple[int, ...] | None = None
+        self._embeds_seen = False
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -542,7 +544,9 @@ class LossInputsProbe(Probe):
             calls = self._calls[site] = self._calls.get(site, 0) + 1
             if calls & (calls - 1) == 0:  # 1st, 2nd, 4th, 8th, ... call: a structural fact
                 stats.update(_normalization(fn, inp, tgt, names, opts))
-                if index_target and tgt.dim() in (1, 2) and tgt.numel() >= 8:
+                # Token-id targets: no graph walk for models that read no token ids.
+                seq = index_target and tgt.dim() in (1, 2) and tgt.numel() >= 8
+                if seq and self._embeds(ctx):
                     stats.update(_copied_ids(inp, tgt, ignore))
         rec.append(step, LOSS_INPUT_OBSERVED, site)
         keys = [f"{site}.{k}" for k in stats]
@@ -556,6 +560,18 @@ class LossInputsProbe(Probe):
                 rec.defer(step, LOSS_INPUT_STATS, value.double().reshape(1), keys=[f"{site}.loss"])
 
         return after
+
+    def _embeds(self, ctx: AttachContext) -> bool:
+        """Whether a watched model holds an nn.Embedding (checked once per model set)."""
+        key = tuple(id(m) for m in ctx.models.values())
+        if self._embeds_key != key:
+            self._embeds_key = key
+            self._embeds_seen = any(
+                isinstance(m, torch.nn.Embedding)
+                for model in ctx.models.values()
+                for m in model.modules()
+            )
+        return self._embeds_seen
 
     def _site(self, fn: str) -> int:
         where = call_site()
