@@ -40,9 +40,29 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from always_on import SHAPES, Run, Traindoctor, Watcher, describe, rows, run  # noqa: E402
+from always_on import SHAPES, Run, Shape, Traindoctor, Watcher, describe, rows, run  # noqa: E402
 
 from traindoctor.bus import Event  # noqa: E402
+
+
+def mlp_tiny() -> torch.nn.Module:
+    """A sub-millisecond step: 4 Linear(64, 64) + ReLU, batch 32 (~17k parameters)."""
+    layers: list[torch.nn.Module] = []
+    for _ in range(4):
+        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(64, 10))
+
+
+# always_on.py's shapes, and a step our every-step floor is a large part of.
+SHAPES = {
+    **SHAPES,
+    "tiny": Shape(
+        mlp_tiny,
+        lambda g: (torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)),
+        torch.nn.functional.cross_entropy,
+        lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3),
+    ),
+}
 
 
 class Governed(Traindoctor):
@@ -60,6 +80,9 @@ class Governed(Traindoctor):
     def close(self) -> None:
         super().close()
         self.overhead = dict(self.doc.timeline.facts.get("overhead") or {})
+        work = self.doc.budget.work
+        self.work = work and {k: getattr(work, k) for k in ("modules", "tensors", "elements")}
+        self.plan = dict(self.doc.budget.predicted or {})
 
 
 def old_estimate(overhead: dict[str, Any]) -> float | None:
@@ -95,6 +118,26 @@ def compare(name: str, steps: int, rounds: int, out_dir: str) -> dict[str, Any]:
     w_wall = sum(sum(r.times) for r, _ in watched)
     out["side by side, loop + attach (wall)"] = (w_wall + attach) / sum(sum(r.times) for r in plain)
     facts = [g.overhead for _, g in watched]
+    out["work (counted)"] = watched[0][1].work
+    # In seconds, what watching added (loop in CPU time, attach in wall), next to the
+    # governor's `extra_s` (attach in) and the cost model's prediction for the same run.
+    n = len(watched)
+    out["extra s: side by side (cpu loop + attach)"] = (
+        w_cpu + attach - sum(sum(r.cpu) for r in plain)
+    ) / n
+    out["extra s: governor"] = statistics.fmean(float(f.get("extra_s") or math.nan) for f in facts)
+    out["attach s: governor"] = statistics.fmean(
+        float(f.get("attach_s") or math.nan) for f in facts
+    )
+    if all(f.get("predicted_extra_s") is not None for f in facts):
+        out["extra s: predicted"] = statistics.fmean(f["predicted_extra_s"] for f in facts)
+    out["steps 1-3 extra s: predicted"] = statistics.fmean(
+        g.plan.get("structural_s", math.nan) for _, g in watched
+    )
+    if all(f.get("predicted_every_step_s") is not None for f in facts):
+        out["unsampled step x: predicted"] = statistics.fmean(
+            1 + f["predicted_every_step_s"] / f["predicted_step_s"] for f in facts
+        )
     out.update(by_kind(plain, watched))
     old = [old_estimate(f) for f in facts]
     out["governor before: 1 + median hook share"] = (
@@ -248,7 +291,7 @@ def dispatch_cost(modules: int = 200, repeats: int = 300) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--shapes", default="mlp,gpt,resnet,t2000")
+    ap.add_argument("--shapes", default="tiny,mlp,gpt,resnet,t2000")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dispatch", action="store_true")
@@ -262,7 +305,10 @@ def main() -> None:
         results["dispatch"] = dispatch_cost()
         print(json.dumps(results["dispatch"]))
     with tempfile.TemporaryDirectory() as out:
-        run(SHAPES["mlp"], 10, Watcher(), out)  # warm-up
+        # Warm-up: the allocator and kernels, and traindoctor's lazily imported modules (the
+        # first watched run would count their import as attach).
+        run(SHAPES["mlp"], 10, Watcher(), out)
+        run(SHAPES["tiny"], 10, Governed(), out)
         for name in [s for s in args.shapes.split(",") if s]:
             t0 = time.perf_counter()
             results[name] = compare(name, args.steps, args.rounds, out)
@@ -270,6 +316,16 @@ def main() -> None:
             print(json.dumps(results[name], default=str))
     print(f"load after: {os.getloadavg()}")
     print("\n".join(rows({k: v for k, v in results.items() if k != "dispatch"})))
+    print("\nshape: side by side (cpu loop + attach) | governor ratio (gap) | predicted (gap)")
+    for name, r in results.items():
+        if name == "dispatch":
+            continue
+        truth = r["side by side, loop + attach (cpu)"]
+        gov, pred = r.get("governor after: ratio"), r.get("governor after: predicted_ratio")
+        cells = [f"{truth:.3f}"]
+        for est in (gov, pred):
+            cells.append("-" if est is None else f"{est:.3f} ({100 * (est - truth):+.1f} pt)")
+        print(f"{name}: " + " | ".join(cells))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=1, default=str)

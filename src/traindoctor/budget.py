@@ -64,11 +64,20 @@ FLOPS_PER_SECOND_ACCELERATOR = 2.0e13
 LAUNCH = {"cpu": 15e-6}  # the floor of a step on small models: per module call, per pass
 LAUNCH_ACCELERATOR = 1.5e-5
 SAMPLED_SHARE = 0.5  # of the budget, for sampled steps; the rest is every step's own cost
-# A structural step costs a sampled step and more: per module call (initial output scale, the
-# first layer's input, output facts, work counting) and per parameter tensor (inventory,
-# audit, optimizer description). Measured with cProfile on models of 2,000-10,000 tensors.
-STRUCTURAL_PER_MODULE = 100e-6
-STRUCTURAL_PER_TENSOR = 40e-6
+# A structural step costs a sampled step and more: a fixed part (the diagnosis pass, the
+# gradient walk of step 1), per module call (initial output scale, the first layer's input,
+# output facts, work counting), per parameter tensor (inventory, audit, optimizer
+# description) and per activation element (the output statistics of every module). Fitted to
+# the side-by-side CPU time of steps 1-3 on this 2-core machine (bench/governor_honesty.py and
+# bench/ALWAYS_ON.md, loads 1-18; extra over three steps: tiny MLP 21-23 ms, 1M MLP 26-102,
+# small GPT 161, ResNet 415, 2,000 tensors 450-710, 10,000 tensors 2,000-2,200), where the
+# constants before (0.1 ms a module, 40 us a tensor, nothing fixed nor per activation)
+# predicted 11, 36, 70, 71, 820 and 4,080 ms.
+STRUCTURAL_BASE = 4e-3
+STRUCTURAL_PER_MODULE = 25e-6
+STRUCTURAL_PER_TENSOR = 25e-6
+STRUCTURAL_PER_ACTIVATION = {"cpu": 8e-9}
+STRUCTURAL_PER_ACTIVATION_ACCELERATOR = 1e-10
 HISTORY_WINDOWS = 50  # overhead windows kept: a long run's history stays bounded
 HORIZON = 1000  # steps over which the structural steps are paid back
 STRUCTURAL_CAP = 0.5  # at most this part of the sampled steps' share pays for them
@@ -86,7 +95,15 @@ def predicted_sampled_seconds(work: Work) -> float:
 
 def predicted_structural_seconds(work: Work, steps: int = 3) -> float:
     """Extra cost of the structural steps over plain steps (each is a sampled step and more)."""
-    extra = STRUCTURAL_PER_MODULE * work.modules + STRUCTURAL_PER_TENSOR * work.tensors
+    per_activation = STRUCTURAL_PER_ACTIVATION.get(
+        work.device, STRUCTURAL_PER_ACTIVATION_ACCELERATOR
+    )
+    extra = (
+        STRUCTURAL_BASE
+        + STRUCTURAL_PER_MODULE * work.modules
+        + STRUCTURAL_PER_TENSOR * work.tensors
+        + per_activation * work.activations
+    )
     return steps * (predicted_sampled_seconds(work) + extra)
 
 

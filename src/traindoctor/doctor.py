@@ -88,6 +88,7 @@ class Doctor:
         script: str | None = None,
         options: Options | None = None,
     ) -> None:
+        built_from = time.perf_counter()  # building the Doctor is attach's cost too
         # The entry points pass `options`, checked; Doctor(...) is public too, with the same
         # one-line errors (options.py). out_dir is not checked here: the report writer says
         # when it cannot write there.
@@ -167,6 +168,7 @@ class Doctor:
         self.timeline.facts.update(
             {"mode": mode, "framework": framework, "run_id": self.run_id, "script": script}
         )
+        self.budget.governor.attach_s += time.perf_counter() - built_from
 
     def _default_run_id(self) -> str:
         if self.dist is not None:

@@ -8,22 +8,32 @@ wall clock from one step's end to the next, and splits the steps by kind:
 - unsampled steps: their wall minus what they spent in our timed sections, minus what those
   sections cost outside their own timers (counted: `UNTIMED_PER_CALL` per timed call and per
   call of a hook that times nothing itself, `_hooks.UNTIMED_HOOK_CALLS`), is a plain step;
-  the median of these is the plain-step estimate;
+  the median of these is the plain-step estimate; each unsampled step costs the mean timed
+  cost of the unsampled steps that did not wait (`WAIT_SHARE`: a step mostly off the CPU, on a
+  shared machine, had its wait land in our timers as often as in the user's code);
 - sampled steps: each costs the median sampled wall minus the plain estimate;
 - structural steps: steps 2-3 likewise (their wall minus the plain estimate); step 1's wall
   also holds whatever the script did since attach, so step 1 counts as a plain step plus
   its timed cost;
 - steps that ran a mid-run diagnosis pass: the pass's own time plus their kind's cost;
-- attach, timed around it; close() apart (`close_s`: detach and the rules, before the files).
+- attach, timed around it and around building the Doctor; close() apart (`close_s`: detach
+  and the rules, before the files).
 
     ratio = 1 + extra / (sum of step walls - extra of the steps)
 
 where extra adds the costs above and attach: the summed walls hold the user's own irregular
 work (validation, data stalls) on both sides, as a side-by-side comparison would. Step walls
 enter as medians, not means, with an interval from their notches (1.57 IQR / sqrt(n)); a wide
-one is called noisy. Timed costs are summed. One clock read more per step end, and samples
-bounded and decimated by count. Nothing here feeds the schedule (budget.py) or any rule: timing
-decides nothing. Not seen: Python's garbage collector running longer over our objects, the
+one is called noisy. Other timed costs are summed. Two clock reads more per step end (wall
+and process CPU time), and samples
+bounded and decimated by count.
+
+The cost model's figure (`predicted()`, `predicted_ratio`) is budget.py's linear model of the
+counted work for the structural and sampled steps, plus an every-step term: the entries
+counted on each unsampled step (timed calls and untimed hook calls) times one entry's cost
+as measured on the first `CALIBRATION_STEPS` unsampled steps that did not wait.
+
+Nothing here feeds the schedule (budget.py) or any rule: timing decides nothing. Not seen: Python's garbage collector running longer over our objects, the
 time torch's own code loses around our hooks (caches, allocator: measured side by side on the
 MLP, it moved from -2.4 to +7.6 points with the machine's load, so no fixed charge fits it),
 and the report files written after close()'s rules. The summary line says so (`MEASURES`):
@@ -45,6 +55,22 @@ UNTIMED_PER_CALL = 1.2e-6
 NOISY_WIDTH = 0.02
 # Unsampled steps needed for a plain-step estimate.
 MIN_PLAIN_STEPS = 5
+# The cost model's every-step term (predicted()): our entries on an unsampled step (timed
+# calls and calls of untimed hooks, counted) times what one entry cost on the first
+# CALIBRATION_STEPS unsampled steps of this run, in this process (timed, plus its counted
+# untimed part): measured once, then the counts carry it.
+CALIBRATION_STEPS = 20
+# A step whose wall is more than this share off the CPU (process CPU time against wall time)
+# waited: for a CPU on a shared machine, a device, its data. A wait that falls inside one of
+# our timed sections is not our cost, so the every-step cost is the mean over the unsampled
+# steps that did not wait (the mean over all when too few did not: a device-bound run).
+WAIT_SHARE = 0.25
+# With at least this many unsampled steps that did not wait, the process runs on the CPU when
+# it is not waiting for one (a shared machine): each step counts its CPU time where that is
+# under its wall (`busy`), the waits for a CPU left out on both sides, as a side-by-side
+# comparison in CPU time would. Fewer (a run waiting on a device or its data at every step):
+# the walls.
+MIN_CALM_STEPS = MIN_PLAIN_STEPS
 
 
 class Sample:
@@ -86,8 +112,14 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 class Governor:
     """Times each step end and estimates the side-by-side ratio (see the module docstring)."""
 
-    def __init__(self, clock: Callable[[], float], structural_steps: int = 3) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        structural_steps: int = 3,
+        cpu_clock: Callable[[], float] = time.process_time,
+    ) -> None:
         self._clock = clock
+        self.cpu_clock = cpu_clock
         self.structural_steps = structural_steps
         self._last: float | None = None  # the last step end (or attach's end)
         self.attach_s = 0.0
@@ -100,16 +132,28 @@ class Governor:
         self._closing_at: float | None = None
         self.untimed_s = 0.0  # timed calls x UNTIMED_PER_CALL, all steps
         self.walls = 0.0  # summed walls of the steps whose wall is known
+        self.busy_walls = 0.0  # and of min(wall, process CPU time) of each
         self.unknown_walls = 0  # steps whose wall is not used (step 1)
         self.unknown_timed = 0.0  # and their timed cost
         # Per kind: steps, and the timed cost (spent + counted untimed) summed.
         self.count = {"structural": 0, "sampled": 0, "unsampled": 0, "pass": 0}
         self.timed = {"structural": 0.0, "sampled": 0.0, "unsampled": 0.0, "pass": 0.0}
         self.pass_sampled = 0  # pass steps that were also sampled
+        # Per kind: our entries (timed calls + untimed hook calls), counted.
+        self.calls = {"structural": 0, "sampled": 0, "unsampled": 0, "pass": 0}
+        self.pass_unsampled_calls = 0  # entries of the pass steps that were not sampled
+        # The first CALIBRATION_STEPS unsampled steps that did not wait: timed cost, entries.
+        self.calibration = [0.0, 0]
+        # Unsampled steps that did not wait (WAIT_SHARE): their count and timed cost.
+        self.calm = [0, 0.0]
         self.plain = Sample()  # unsampled steps' wall minus their timed cost
+        self.plain_calm = Sample()  # the same, of the unsampled steps that did not wait
         self.sampled_walls = Sample()
+        self.sampled_busy = Sample()  # min(wall, CPU time) of the sampled steps
         self.structural_walls: list[float] = []  # steps 2.. of the structural steps
+        self.structural_busy: list[float] = []
         self.first_timed: float | None = None  # step 1's timed cost (its wall holds setup)
+        self.first_cpu: float | None = None  # and its process CPU time since attach
         # Calls of untimed hooks (_hooks.UNTIMED_HOOK_CALLS, from attach on) and the count
         # at the last step end: each is charged UNTIMED_PER_CALL like a timed call.
         self._hook_calls: list[int] | None = None
@@ -123,7 +167,7 @@ class Governor:
         self.attach_s += seconds
         self._last = self._clock()
         if self._cpu_wall is None:
-            cpu = time.process_time()
+            cpu = self.cpu_clock()
             self._cpu_wall = [cpu, self._last, cpu, self._last]
         if self._hook_calls is None:
             from ._hooks import UNTIMED_HOOK_CALLS  # torch's: imported once attached
@@ -151,8 +195,16 @@ class Governor:
         # loader, its workers' start): it counts as one plain step, plus its timed cost.
         wall = None if self._last is None or step == 1 else now - self._last
         self._last = now
+        waited = True  # unknown counts as waited
+        busy = wall
+        cpu_step = None
         if self._cpu_wall is not None:
-            self._cpu_wall[2:] = time.process_time(), now
+            cpu = self.cpu_clock()
+            cpu_step = cpu - self._cpu_wall[2]
+            if wall is not None:
+                busy = min(wall, cpu_step)
+                waited = wall - busy > WAIT_SHARE * wall
+            self._cpu_wall[2:] = cpu, now
         if self._hook_calls is not None:
             seen, self._hook_calls_seen = self._hook_calls_seen, self._hook_calls[0]
             calls += self._hook_calls_seen - seen
@@ -165,35 +217,62 @@ class Governor:
             kind = "structural"
             if step == 1 or wall is None:
                 self.first_timed = (self.first_timed or 0.0) + timed
+                if cpu_step is not None:  # our code ran on the CPU: at most its CPU time
+                    self.first_cpu = (self.first_cpu or 0.0) + cpu_step
             else:
                 self.structural_walls.append(wall)
+                self.structural_busy.append(busy)
         elif passed > 0:
             kind = "pass"
             self.passes += 1
             self.passes_s += passed
             self.passes_predicted_s += predicted
             self.pass_sampled += sampled
+            if not sampled:
+                self.pass_unsampled_calls += calls
         elif sampled:
             kind = "sampled"
             if wall is not None:
                 self.sampled_walls.add(wall)
+                self.sampled_busy.add(busy)
         else:
             kind = "unsampled"
             if wall is not None:
                 self.plain.add(wall - timed)
+            if not waited:
+                self.plain_calm.add(wall - timed)
+                self.calm[0] += 1
+                self.calm[1] += timed
+                if self.calm[0] <= CALIBRATION_STEPS:
+                    self.calibration[0] += timed
+                    self.calibration[1] += calls
         self.count[kind] += 1
         self.timed[kind] += timed
+        self.calls[kind] += calls
         if wall is not None:
             self.walls += wall
+            self.busy_walls += busy
         else:
             self.unknown_walls += 1
             self.unknown_timed += timed
 
     # -- the estimate ---------------------------------------------------------------------
+    def busy(self) -> bool:
+        """Whether the figures are the steps' CPU time where under their wall (MIN_CALM_STEPS)."""
+        return self.calm[0] >= MIN_CALM_STEPS
+
+    def every_step_s(self) -> float:
+        """An unsampled step's timed cost: the mean over those that did not wait (busy()),
+        else over all."""
+        if self.busy():
+            return self.calm[1] / self.calm[0]
+        n = self.count["unsampled"]
+        return self.timed["unsampled"] / n if n else 0.0
+
     def _extra(self, plain: float, sampled_wall: float | None) -> float:
         """Seconds watching added to the run, for a plain step of `plain` seconds."""
-        count, timed = self.count, self.timed
-        every = timed["unsampled"] / count["unsampled"] if count["unsampled"] else 0.0
+        count = self.count
+        every = self.every_step_s()
         per_sampled = max(sampled_wall - plain, 0.0) if sampled_wall is not None else every
         structural = self._structural(plain)
         passes = self.passes_s + self.pass_sampled * per_sampled
@@ -202,29 +281,42 @@ class Governor:
             self.attach_s
             + structural
             + count["sampled"] * per_sampled
-            + timed["unsampled"]
+            + count["unsampled"] * every
             + passes
         )
 
+    def _first(self) -> float:
+        """Step 1's cost: its timed cost; busy(), at most its CPU time since attach."""
+        first = self.first_timed or 0.0
+        if self.busy() and self.first_cpu is not None:
+            first = min(first, self.first_cpu)
+        return first
+
     def _structural(self, plain: float) -> float:
-        return (self.first_timed or 0.0) + sum(max(w - plain, 0.0) for w in self.structural_walls)
+        walls = self.structural_busy if self.busy() else self.structural_walls
+        return self._first() + sum(max(w - plain, 0.0) for w in walls)
 
     def estimate(self) -> dict[str, Any]:
         """The measured ratio and its parts (empty while too few unsampled steps ran)."""
-        if len(self.plain.values) < MIN_PLAIN_STEPS:
+        busy = self.busy()
+        plains = self.plain_calm if busy else self.plain
+        if len(plains.values) < MIN_PLAIN_STEPS:
             return {}
-        plain, plain_notch = self.plain.median(), self.plain.notch()
+        plain, plain_notch = plains.median(), plains.notch()
         if not plain > 0:
             return {}
-        sampled = self.sampled_walls.median() if self.sampled_walls.values else None
-        s_notch = self.sampled_walls.notch() if sampled is not None else 0.0
+        sampled_walls = self.sampled_busy if busy else self.sampled_walls
+        sampled = sampled_walls.median() if sampled_walls.values else None
+        s_notch = sampled_walls.notch() if sampled is not None else 0.0
+        walls = self.busy_walls if busy else self.walls
 
         def ratio(p: float, s: float | None) -> float:
             extra = self._extra(p, s)
             # The plain run: the steps' walls less what watching added to them, and a plain
             # step for each step whose wall is not used (step 1).
-            loop_extra = extra - self.attach_s - self.unknown_timed
-            base = self.walls - loop_extra + self.unknown_walls * p
+            unknown = self.unknown_timed - (self.first_timed or 0.0) + self._first()
+            loop_extra = extra - self.attach_s - unknown
+            base = walls - loop_extra + self.unknown_walls * p
             return 1.0 + extra / max(base, 1e-12)
 
         mid = ratio(plain, sampled)
@@ -239,9 +331,7 @@ class Governor:
             "ratio_high": round(high, 4),
             "noisy": high - low > NOISY_WIDTH,
             "plain_step_s": round(plain, 7),
-            "every_step_x": round(
-                1 + (self.timed["unsampled"] / max(self.count["unsampled"], 1)) / plain, 4
-            ),
+            "every_step_x": round(1 + self.every_step_s() / plain, 4),
             "sampled_step_x": round(sampled / plain, 3) if sampled is not None else None,
             "steps_by_kind": dict(self.count),
             "extra_s": round(self._extra(plain, sampled), 4),  # what watching added, attach in
@@ -250,6 +340,8 @@ class Governor:
             "passes_s": round(self.passes_s, 4),
             "untimed_s": round(self.untimed_s, 4),
             "loop_cpu_share": self._cpu_share(),
+            # "cpu": each step's CPU time where under its wall (waits for a CPU left out)
+            "step_clock": "cpu" if busy else "wall",
         }
         return out
 
@@ -262,8 +354,16 @@ class Governor:
         cpu0, wall0, cpu, wall = self._cpu_wall
         return round((cpu - cpu0) / (wall - wall0), 3) if wall > wall0 else None
 
+    def per_entry_s(self) -> float | None:
+        """What one entry cost on the first unsampled steps (None before any entry)."""
+        seconds, calls = self.calibration
+        return seconds / calls if calls else None
+
     def predicted(self, plan: dict[str, float] | None) -> dict[str, Any]:
-        """The cost model's figures for this run's schedule (budget.py's constants)."""
+        """The cost model's figures for this run's schedule: budget.py's constants for the
+        structural and sampled steps and the plain step, from counted work; for every other
+        step its counted entries times the per-entry cost calibrated on the first unsampled
+        steps; attach as timed. Nothing here feeds the schedule."""
         if not plan:
             return {}
         step_s = plan["step_s"]
@@ -271,13 +371,28 @@ class Governor:
         steps = sum(self.count.values())
         if not step_s > 0 or not steps:
             return {}
+        per_entry = self.per_entry_s() or 0.0
+        entries = self.calls["unsampled"] + self.pass_unsampled_calls
+        every_step = entries * per_entry
         extra = sampled * plan["sampled_step_s"] + plan["structural_s"]
-        extra += self.passes_predicted_s
-        return {
+        extra += self.passes_predicted_s + every_step + self.attach_s
+        unsampled = self.count["unsampled"]
+        out = {
             "predicted_ratio": round(1 + extra / (steps * step_s), 4),
             "predicted_step_s": round(step_s, 7),
             "predicted_sampled_step_x": round(1 + plan["sampled_step_s"] / step_s, 3),
+            "predicted_structural_s": round(plan["structural_s"], 4),
+            "predicted_extra_s": round(extra, 4),
+            "entries_per_step": round(self.calls["unsampled"] / unsampled, 2)
+            if unsampled
+            else None,
+            "per_entry_s": None if not per_entry else round(per_entry, 8),
         }
+        if unsampled:
+            out["predicted_every_step_s"] = round(
+                self.calls["unsampled"] / unsampled * per_entry, 8
+            )
+        return out
 
 
 # What the measured figure holds and what it cannot, said with it: on a 2-core CPU the ratio
@@ -291,6 +406,8 @@ MEASURES = (
     "collection, which a side-by-side run would also count; the whole-run figure is over the "
     "steps' wall time, waits included"
 )
+# The whole-run figure when the steps were timed in CPU time (Governor.busy()).
+BUSY = "; each step counted its CPU time where under its wall: the waits for a CPU are left out"
 # Under this share of CPU time per wall second the summary names the waits (a shared machine,
 # a device, data): they dilute the whole-run figure, not the per-step ones.
 WAITS_SHARE = 0.5
@@ -322,6 +439,8 @@ def summary_line(overhead: dict[str, Any]) -> str | None:
         text += f"; close() {float(overhead['close_s']):.2f} s before writing the report"
     text = f"{text}; measured {MEASURES}"
     share = overhead.get("loop_cpu_share")
-    if share is not None and float(share) < WAITS_SHARE:
+    if overhead.get("step_clock") == "cpu":
+        text += BUSY
+    elif share is not None and float(share) < WAITS_SHARE:
         text += f" (the process used {float(share):.0%} of a CPU per second of the loop)"
     return text
