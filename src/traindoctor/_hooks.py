@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.fx import _symbolic_trace
 
+from ._mode_stack import TorchFunctionOff, _dispatch_len, _dispatch_modes_off
 from ._patching import Patch, PatchSet, acquire, release
 
 INERT_EVENT = "traindoctor.inert-hook"
@@ -77,7 +78,12 @@ class CopySafeHook:
             # the compiled graph runs without it (see compiled.py).
             return None
         UNTIMED_HOOK_CALLS[0] += 1
-        return self.fn(*args, **kwargs)
+        # Unseen by the user's tensor subclasses and modes (_mode_stack.UsersOff, inline).
+        with TorchFunctionOff():
+            if _dispatch_len():
+                with _dispatch_modes_off():
+                    return self.fn(*args, **kwargs)
+            return self.fn(*args, **kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
         return functools.partial, (sys.audit, INERT_EVENT)

@@ -87,3 +87,67 @@ class OursPaused:
                 break
         for m in reversed(taken):
             push_bottom(m)
+
+
+# -- the user's modes and tensor subclasses do not see our own code ---------------------------
+# Our code reads the user's tensors (norms, fingerprints, finite checks). Left as they were, each
+# of those calls went through the user's `__torch_function__` subclass (a tensor class counting
+# or logging its calls saw 1,419 calls where the program made 48), the user's TorchFunctionModes
+# and TorchDispatchModes (a mode logging the aten ops of one step logged 88 for the user's 59).
+# `with UsersOff():` around our code (probe hooks, bus handlers, guarded calls, loss and backward
+# listeners): torch-function handling off (C: no Python call), and the user's dispatch modes
+# off when there are any. The user's own code that we call again (replays)
+# runs with torch function back on (TorchFunctionOn below); experiments/runner.clone_tree
+# copies a batch with it on, so a copied subclass tensor keeps its class.
+_dispatch_len = torch._C._len_torch_dispatch_stack
+TorchFunctionOff = torch._C.DisableTorchFunction
+# Where our code runs the user's code again (the NaN autopsy's replayed forward, the
+# experiments' replays, the loss code's replay): torch-function handling back on, so that the
+# user's tensor subclasses behave as in their run and our tracing modes see the ops; the
+# user's dispatch modes stay off (a replay is not the user's work: a caching or counting mode
+# must not record it).
+TorchFunctionOn = torch._C._EnableTorchFunction
+
+
+def _dispatch_modes_off() -> Any:
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
+
+
+def UsersOff() -> Any:  # noqa: N802  (used as a context manager class is)
+    """`with UsersOff():` the user's torch-function subclasses and modes, and their dispatch
+    modes, off while our own code runs; put back as they were after it (exceptions included).
+    Without dispatch modes (nearly always) it is torch's own C context: no Python call to enter
+    or leave it, on paths that run every step."""
+    if _dispatch_len():
+        return _AllOff()
+    return TorchFunctionOff()
+
+
+class _AllOff:
+    __slots__ = ("fn_off", "dispatch_off")
+
+    def __enter__(self) -> _AllOff:
+        fn_off = self.fn_off = TorchFunctionOff()
+        fn_off.__enter__()
+        try:
+            off = _dispatch_modes_off()
+            off.__enter__()
+        except BaseException:
+            fn_off.__exit__(None, None, None)
+            raise
+        self.dispatch_off = off
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.dispatch_off.__exit__(*exc)
+        finally:
+            self.fn_off.__exit__(*exc)
+
+
+def call_unseen(fn: Any, *args: Any) -> Any:
+    """fn(*args) inside UsersOff."""
+    with UsersOff():
+        return fn(*args)

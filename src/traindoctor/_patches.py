@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ._hooks import compiling
+from ._mode_stack import UsersOff
 from ._patching import Patch, PatchSet, acquire, release
 from ._warnings import call_from
 from .errors import StopTraining
@@ -73,6 +74,18 @@ def is_scaled(root: torch.Tensor) -> bool:
 
 def _call(fn: Callable[..., None], *args: Any) -> None:
     # Listeners guard themselves; this is the last line of defence for the user's backward().
+    # The user's tensor subclasses and modes do not see them (_mode_stack.UsersOff).
+    try:
+        with UsersOff():
+            fn(*args)
+    except StopTraining:
+        raise
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _call_inside(fn: Callable[..., None], *args: Any) -> None:
+    # _call, inside the one UsersOff its caller holds around a loop of listeners.
     try:
         fn(*args)
     except StopTraining:
@@ -93,10 +106,11 @@ def _roots(tensors: Any) -> list[torch.Tensor]:
 def _run(original: Callable[..., Any], tensors: Any, args: Any, kwargs: Any) -> Any:
     if getattr(_local, "active", False) or not _listeners or compiling():
         return original(tensors, *args, **kwargs)
-    for root in _roots(tensors):
-        loss = unscaled(root)
-        for listener in list(_listeners):
-            _call(listener, root, loss)
+    with UsersOff():
+        for root in _roots(tensors):
+            loss = unscaled(root)
+            for listener in list(_listeners):
+                _call_inside(listener, root, loss)
     _local.active = True
     try:
         if threading.current_thread() is threading.main_thread():
@@ -108,8 +122,10 @@ def _run(original: Callable[..., Any], tensors: Any, args: Any, kwargs: Any) -> 
             result = original(tensors, *args, **kwargs)
     finally:
         _local.active = False
-    for after in list(_after):
-        _call(after)
+    if _after:
+        with UsersOff():
+            for after in list(_after):
+                _call_inside(after)
     return result
 
 
@@ -117,14 +133,26 @@ def _tensor_backward_of(original: Callable[..., Any]) -> Callable[..., Any]:
     def _tensor_backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return _run(original, self, args, kwargs)
 
-    return _tensor_backward
+    return _named_as(_tensor_backward, original)
 
 
 def _autograd_backward_of(original: Callable[..., Any]) -> Callable[..., Any]:
     def _autograd_backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
         return _run(original, tensors, args, kwargs)
 
-    return _autograd_backward
+    return _named_as(_autograd_backward, original)
+
+
+def _named_as(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper under the original's names: a user's TorchFunctionMode that logs or matches
+    `func.__name__` sees `backward` as it does without traindoctor (no `__wrapped__`: the
+    wrapper is not to be unwrapped past)."""
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(wrapper, attr, getattr(original, attr))
+        except (AttributeError, TypeError):
+            pass
+    return wrapper
 
 
 BACKWARD = PatchSet(

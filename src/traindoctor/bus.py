@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from ._guard import Guard
+from ._mode_stack import UsersOff
 from .errors import StopTraining
 from .run_state import RunState
 
@@ -129,20 +130,21 @@ class Bus:
         guard = self._guard
         disabled = guard.disabled
         retired = False
-        for where, probe, method in handlers:
-            if disabled and where in disabled:
-                continue
-            try:
-                method(*args)
-            except StopTraining:
-                raise
-            except Exception as exc:  # noqa: BLE001  (isolation is the point)
-                guard.record(where, exc)
+        with UsersOff():  # the user's tensor subclasses and modes do not see the handlers
+            for where, probe, method in handlers:
+                if disabled and where in disabled:
+                    continue
+                try:
+                    method(*args)
+                except StopTraining:
+                    raise
+                except Exception as exc:  # noqa: BLE001  (isolation is the point)
+                    guard.record(where, exc)
+                    if probe is not None:
+                        # It failed just now: take its hooks off the model, they only cost time.
+                        guard.call(f"{where} detach", probe.detach)
                 if probe is not None:
-                    # It failed just now: take its hooks off the model, they only cost time.
-                    guard.call(f"{where} detach", probe.detach)
-            if probe is not None:
-                retired = retired or probe.retired
+                    retired = retired or probe.retired
         if retired:
             self._clear()  # rebuilt without the probes whose work is over
 

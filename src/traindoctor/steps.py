@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import _hooks
-from ._mode_stack import OursPaused
+from ._mode_stack import OursPaused, UsersOff
 from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
@@ -163,7 +163,8 @@ class StepDriver:
         t0 = _clock()
         step = clock._step
         try:
-            self._close_step(step)
+            with UsersOff():  # the user's tensor subclasses and modes do not see our reads
+                self._close_step(step)
         except Exception as exc:  # noqa: BLE001  (parts are guarded; this is the backstop)
             guard.note("step end", exc)
         if step % READBACK_EVERY == 0 or step <= budget.structural_steps:

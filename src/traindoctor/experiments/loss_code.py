@@ -167,7 +167,7 @@ class LossCode:
         with torch.random.fork_rng(devices=[]):
             if self.rng is not None:
                 torch.set_rng_state(self.rng)
-            with torch.enable_grad():
+            with torch.enable_grad(), _mode_stack.TorchFunctionOn():
                 got = self.replay(outs, params).detach()
         want = self.root_value.reshape(()) if self.root_value.numel() == 1 else None
         if want is None:
@@ -385,7 +385,8 @@ class LossRecorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.active and self.reason is None and not torch.compiler.is_compiling():
             try:
-                self._record(func, args, kwargs, out, grad)
+                with _mode_stack.UsersOff():  # the user's subclasses and modes do not see it
+                    self._record(func, args, kwargs, out, grad)
             except NotReplayable as exc:
                 self.reason = str(exc)
             except Exception as exc:  # noqa: BLE001  (a trace is lost, never the user's call)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .._hooks import copy_without_hooks
+from .._mode_stack import TorchFunctionOn
 from ..probes.base import iter_tensors
 
 # How much memory an experiment may need, in model sizes: the copy, its gradients, two
@@ -122,7 +123,13 @@ class Setup:
 def clone_tree(obj: Any, depth: int = 0) -> Any:
     """A copy of a call's arguments: tensors detached and cloned, containers rebuilt."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        if type(obj) is torch.Tensor or type(obj) is torch.nn.Parameter:
+            return obj.detach().clone()
+        # The user's tensor subclass: copied through its own `__torch_function__` (switched
+        # off around our code, _mode_stack.UsersOff), so the copy keeps its class and the
+        # metadata the class carries, and a replay runs the user's code on what it was given.
+        with TorchFunctionOn():
+            return obj.detach().clone()
     if depth > 4:
         return obj
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
@@ -206,6 +213,7 @@ def isolated(model: torch.nn.Module, seed: int = 0) -> Iterator[None]:
         torch.random.fork_rng(devices=devices),
         torch.enable_grad(),
         warnings.catch_warnings(),
+        TorchFunctionOn(),  # the user's code as in their run (see _mode_stack.UsersOff)
     ):
         warnings.simplefilter("ignore")  # the user's own warnings, seen once in their run
         torch.manual_seed(seed)

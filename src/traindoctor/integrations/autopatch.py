@@ -20,6 +20,7 @@ from torch.optim import optimizer as optim_module
 from .. import _patches
 from .._heap import heap_roots, one_scan
 from .._hooks import compiling
+from .._mode_stack import UsersOff
 from .._patching import Patch, acquire, release
 from .._source import user_source
 from ..bus import Event
@@ -177,12 +178,14 @@ class ZeroCodeSession:
         if compiling():
             return
         self._depth = max(0, self._depth - 1)
-        if self._depth == 0 and not self._attached and id(module) in self._first_call:
-            self.doctor.guard.call("zero-code forward", self._keep_output_grads, module, output)
         if self._depth == 0:
-            self.doctor.guard.call(
-                "zero-code forward", self.doctor.note_model_output, output_facts(output)
-            )
+            with UsersOff():  # the user's tensor subclasses and modes do not see our reads
+                if not self._attached and id(module) in self._first_call:
+                    guard = self.doctor.guard
+                    guard.call("zero-code forward", self._keep_output_grads, module, output)
+                self.doctor.guard.call(
+                    "zero-code forward", self.doctor.note_model_output, output_facts(output)
+                )
 
     def _keep_output_grads(self, module: torch.nn.Module, output: Any) -> None:
         """Before attach, as the numerics probe does after: references to dL/d output."""

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .._mode_stack import UsersOff
 from ..timeline import signal
 from ._switch import HookSwitch
 from .base import AttachContext, Probe, Recorder
@@ -101,7 +102,8 @@ class _Mode(TorchFunctionMode):
         probe._ops += 1
         spec = ACT_FUNCS.get(func)
         if spec is not None and args and isinstance(args[0], torch.Tensor):
-            probe._observe(spec, func, args, kwargs)  # before: in-place ops overwrite x
+            with UsersOff():  # the user's tensor subclasses and modes do not see our reads
+                probe._observe(spec, func, args, kwargs)  # before: in-place ops overwrite x
         if probe._ops == probe._stop_at:
             probe._leaving = True  # left at the next module hook (see _Plan)
         return func(*args, **kwargs)

@@ -17,6 +17,7 @@ import torch
 
 from .._guard import Guard
 from .._hooks import COMPILE_TESTS, CopySafeHook
+from .._mode_stack import TorchFunctionOff, _dispatch_len, _dispatch_modes_off
 from ..bus import Bus, default_handler
 from ..distributed.dtensor import local_all
 from ..errors import StopTraining
@@ -218,7 +219,13 @@ class GuardedHook(CopySafeHook):
         if popped:
             _pop_function_mode()
         try:
-            self.fn(*args, **kwargs)
+            # Unseen by the user's tensor subclasses and modes (_mode_stack.UsersOff, inline).
+            with TorchFunctionOff():
+                if _dispatch_len():
+                    with _dispatch_modes_off():
+                        self.fn(*args, **kwargs)
+                else:
+                    self.fn(*args, **kwargs)
         except StopTraining:
             raise
         except Exception as exc:  # noqa: BLE001  (isolation is the point)

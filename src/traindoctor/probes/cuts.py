@@ -33,6 +33,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .. import _mode_stack, _patches, _source
+from .._mode_stack import TorchFunctionOff, UsersOff, _dispatch_len, _dispatch_modes_off
 
 # How a gradient was cut, by origin kind. TD302 reports the first group (the value was
 # detached on purpose or by accident), TD301 the second (an op without a derivative); the
@@ -227,11 +228,19 @@ class CutTracker(TorchFunctionMode):
             kwargs = {}
         if self.active and args and getattr(func, "__name__", "") in _INPLACE_ADDITIVE:
             # In place, the start is gone once the call ran: read it now (CPU, small only).
-            self._zero_before = self._zeros(args[0])
+            with UsersOff():
+                self._zero_before = self._zeros(args[0])
         out = func(*args, **kwargs)
         if self.active and self.error is None and not torch.compiler.is_compiling():
             try:
-                self._observe(func, args, kwargs, out)
+                # Unseen by the user's tensor subclasses and modes (_mode_stack.UsersOff, inline:
+                # this runs for every op of an observed forward).
+                with TorchFunctionOff():
+                    if _dispatch_len():
+                        with _dispatch_modes_off():
+                            self._observe(func, args, kwargs, out)
+                    else:
+                        self._observe(func, args, kwargs, out)
             except Exception as exc:  # noqa: BLE001 - a fact is lost, never the user's call
                 self.error = exc
         return out

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.modules.module import register_module_forward_hook
 
 from .._hooks import compiling
+from .._mode_stack import UsersOff
 from .._patching import Patch, acquire, release
 from .._source import user_source
 from ..timeline import signal
@@ -50,7 +51,8 @@ def _ce_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             return out
         for listener in list(_ce_listeners):
             try:
-                listener(input, out, args, kwargs)
+                with UsersOff():  # the user's tensor subclasses and modes do not see ours
+                    listener(input, out, args, kwargs)
             except Exception:  # noqa: BLE001  (listeners guard themselves; never reach the user)
                 pass
         return out
@@ -220,7 +222,8 @@ class InitProbe(Probe):
             if not any(p.requires_grad for p in module.parameters(recurse=False)):
                 return
             x = inputs[0] if isinstance(inputs, tuple) and inputs else None
-            s_in, s_out = _std(x), _std(output)
+            with UsersOff():  # the user's tensor subclasses and modes do not see our reads
+                s_in, s_out = _std(x), _std(output)
             if s_in is not None and s_out is not None:
                 self._early_modules[id(module)] = (module, s_in, s_out)
         except Exception:  # noqa: BLE001

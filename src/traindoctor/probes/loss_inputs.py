@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._hooks import compiling
+from .._mode_stack import UsersOff
 from .._patching import Patch, PatchSet, acquire, release
 from .._source import call_site, relpath, user_source_with_code
 from .._warnings import call_as_caller
@@ -148,13 +149,14 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         afters = []
         _local.busy = True  # a loss called from inside another (or from a probe) is not a call
         try:
-            for listener in list(_listeners):
-                try:
-                    after = listener.loss_call(name, args, kwargs)
-                except Exception:  # noqa: BLE001 - never reaches the user's call
-                    after = None
-                if after is not None:
-                    afters.append(after)
+            with UsersOff():  # the user's tensor subclasses and modes do not see our reads
+                for listener in list(_listeners):
+                    try:
+                        after = listener.loss_call(name, args, kwargs)
+                    except Exception:  # noqa: BLE001 - never reaches the user's call
+                        after = None
+                    if after is not None:
+                        afters.append(after)
         finally:
             _local.busy = False
         _local.busy = True  # torch-function modes re-enter the public function: one call
@@ -165,7 +167,8 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
             _local.busy = False
         for after in afters:
             try:
-                after(out)
+                with UsersOff():
+                    after(out)
             except Exception:  # noqa: BLE001
                 pass
         return out

@@ -229,7 +229,8 @@ class _HolderFinder(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         if not self.done:
             try:
-                self._look(func, args, out)
+                with _mode_stack.UsersOff():  # the user's subclasses and modes do not see it
+                    self._look(func, args, out)
             except Exception:  # noqa: BLE001  (never into the user's loop; give up looking)
                 self.done = True
         return out

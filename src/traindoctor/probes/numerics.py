@@ -42,6 +42,7 @@ from torch.overrides import TorchFunctionMode
 from .._anomaly_window import close_window, open_window
 from .._graph import graph_nodes, node_source
 from .._hooks import CopySafeHook, copy_without_hooks
+from .._mode_stack import TorchFunctionOn, UsersOff
 from .._source import user_line_in_traceback, user_source
 from ..bus import Event
 from ..distributed.dtensor import local_all
@@ -770,7 +771,9 @@ class _Tracer(TorchFunctionMode):
         try:
             # Anomaly mode records each node's forward traceback, for the backward replay.
             torch.set_anomaly_enabled(True, False)
-            with self:
+            # The user's forward as in their run: their tensor subclasses on (our code runs
+            # with them off, _mode_stack.UsersOff); the tracer's own reads below turn them off.
+            with self, TorchFunctionOn():
                 output = self.model(*args, **kwargs)
         finally:
             torch.set_anomaly_enabled(*anomaly)
@@ -801,37 +804,40 @@ class _Tracer(TorchFunctionMode):
         def hook(_m: Any, _args: Any, output: Any) -> None:
             if self.stack and self.stack[-1] == qual:
                 self.stack.pop()
-            bad = [t for t in iter_tensors(output) if not _all_finite(t)]
-            if bad and qual not in self.module_order:
-                self.module_order.append(qual)
-                first_op = self.first_op
-                if (
-                    self.first_module is None
-                    and first_op is not None
-                    and first_op["module"] != qual
-                    and not self._inside(qual)
-                ):
-                    # The op that made it ran in a parent's own code (between submodules): that
-                    # parent, op and line are the first place; `qual` only received the values.
-                    self.first_module = {
-                        "module": first_op["module"] or (self.prefix.rstrip(".") or "<model>"),
-                        "fraction": _bad_fraction(bad[0]),
-                        "op": first_op["op"],
-                        "source": first_op["source"],
-                        "received_by": qual,
-                    }
-                if self.first_module is None:
-                    op = (
-                        self.first_op if self.first_op and self.first_op["module"] == qual else None
-                    )
-                    if op is None and self.first_op is not None and self._inside(qual):
-                        op = self.first_op
-                    self.first_module = {
-                        "module": qual,
-                        "fraction": _bad_fraction(bad[0]),
-                        "op": op["op"] if op else None,
-                        "source": op["source"] if op else None,
-                    }
+            with UsersOff():
+                bad = [t for t in iter_tensors(output) if not _all_finite(t)]
+                if bad and qual not in self.module_order:
+                    self.module_order.append(qual)
+                    first_op = self.first_op
+                    if (
+                        self.first_module is None
+                        and first_op is not None
+                        and first_op["module"] != qual
+                        and not self._inside(qual)
+                    ):
+                        # The op that made it ran in a parent's own code (between submodules): that
+                        # parent, op and line are the first place; `qual` only received the values.
+                        self.first_module = {
+                            "module": first_op["module"] or (self.prefix.rstrip(".") or "<model>"),
+                            "fraction": _bad_fraction(bad[0]),
+                            "op": first_op["op"],
+                            "source": first_op["source"],
+                            "received_by": qual,
+                        }
+                    if self.first_module is None:
+                        op = (
+                            self.first_op
+                            if self.first_op and self.first_op["module"] == qual
+                            else None
+                        )
+                        if op is None and self.first_op is not None and self._inside(qual):
+                            op = self.first_op
+                        self.first_module = {
+                            "module": qual,
+                            "fraction": _bad_fraction(bad[0]),
+                            "op": op["op"] if op else None,
+                            "source": op["source"] if op else None,
+                        }
 
         return hook
 
@@ -846,26 +852,27 @@ class _Tracer(TorchFunctionMode):
         if self.first_op is not None and (self.mask is not None or not self.trace_masks):
             return result
         try:
-            outs = [t for t in iter_tensors(result) if t.is_floating_point()]
-            if not outs:
-                return result
-            ins = [t for t in iter_tensors((args, kwargs)) if t.is_floating_point()]
-            outs_ok = all(_all_finite(t) for t in outs)
-            if self.first_op is None and not outs_ok and all(_all_finite(t) for t in ins):
-                self.first_op = {
-                    "op": _op_name(func),
-                    "source": user_source(skip=2),
-                    "module": self.stack[-1] if self.stack else None,
-                }
-            elif self.trace_masks and self.mask is None and outs_ok and ins:
-                bad_in = [t for t in ins if not _all_finite(t)]
-                if bad_in and _op_name(func) in _MASKING_OPS:
-                    self.mask = {
+            with UsersOff():  # the user's subclasses and modes do not see our reads
+                outs = [t for t in iter_tensors(result) if t.is_floating_point()]
+                if not outs:
+                    return result
+                ins = [t for t in iter_tensors((args, kwargs)) if t.is_floating_point()]
+                outs_ok = all(_all_finite(t) for t in outs)
+                if self.first_op is None and not outs_ok and all(_all_finite(t) for t in ins):
+                    self.first_op = {
                         "op": _op_name(func),
                         "source": user_source(skip=2),
                         "module": self.stack[-1] if self.stack else None,
-                        **_grad_through(func, args, kwargs, bad_in[0]),
                     }
+                elif self.trace_masks and self.mask is None and outs_ok and ins:
+                    bad_in = [t for t in ins if not _all_finite(t)]
+                    if bad_in and _op_name(func) in _MASKING_OPS:
+                        self.mask = {
+                            "op": _op_name(func),
+                            "source": user_source(skip=2),
+                            "module": self.stack[-1] if self.stack else None,
+                            **_grad_through(func, args, kwargs, bad_in[0]),
+                        }
         except Exception:  # noqa: BLE001  (a diagnostic must not break the replay)
             pass
         return result
