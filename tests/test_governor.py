@@ -358,3 +358,15 @@ def test_on_a_shared_cpu_the_waits_for_a_cpu_are_left_out_on_both_sides():
     assert est["every_step_x"] == pytest.approx(1 + (0.0003 + 5 * UNTIMED_PER_CALL) / plain)
     assert est["ratio"] == pytest.approx(1 + added / (400 * plain), abs=2e-3)
     assert summary_line(est).endswith(BUSY)
+
+
+def test_without_a_calm_step_the_entry_cost_comes_from_all_unsampled_steps():
+    clock, cpu = FakeClock(), FakeClock()
+    gov = Governor(clock, cpu_clock=cpu)
+    gov.attached(0.0)
+    for step in range(1, 40):
+        clock.now += 0.01
+        cpu.now += 0.001  # every step waits
+        gov.step_end(step, sampled=False, spent=0.0004, calls=4)
+    assert gov.calibration == [0.0, 0]
+    assert gov.per_entry_s() == pytest.approx(0.0001 + UNTIMED_PER_CALL)

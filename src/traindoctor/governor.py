@@ -31,12 +31,14 @@ bounded and decimated by count.
 The cost model's figure (`predicted()`, `predicted_ratio`) is budget.py's linear model of the
 counted work for the structural and sampled steps, plus an every-step term: the entries
 counted on each unsampled step (timed calls and untimed hook calls) times one entry's cost
-as measured on the first `CALIBRATION_STEPS` unsampled steps that did not wait.
+as measured on the first `CALIBRATION_STEPS` unsampled steps that did not wait (on all of
+them, waits in, when none did).
 
-Nothing here feeds the schedule (budget.py) or any rule: timing decides nothing. Not seen: Python's garbage collector running longer over our objects, the
-time torch's own code loses around our hooks (caches, allocator: measured side by side on the
-MLP, it moved from -2.4 to +7.6 points with the machine's load, so no fixed charge fits it),
-and the report files written after close()'s rules. The summary line says so (`MEASURES`):
+Nothing here feeds the schedule (budget.py) or any rule: timing decides nothing. Not seen:
+Python's garbage collector running longer over our objects, the time torch's own code loses
+around our hooks (caches, allocator: measured side by side on the MLP, it moved from -2.4 to
++7.6 points with the machine's load, so no fixed charge fits it; on a 1 ms step at load 15,
+1.9x side by side against 1.3x seen), and the report files written after close()'s rules. The summary line says so (`MEASURES`):
 the figure is what this run's own clocks can see, its interval their spread only.
 """
 
@@ -355,8 +357,11 @@ class Governor:
         return round((cpu - cpu0) / (wall - wall0), 3) if wall > wall0 else None
 
     def per_entry_s(self) -> float | None:
-        """What one entry cost on the first unsampled steps (None before any entry)."""
+        """What one entry cost on the first unsampled steps that did not wait; without such
+        steps, on all unsampled steps, waits in (None before any entry)."""
         seconds, calls = self.calibration
+        if not calls:
+            seconds, calls = self.timed["unsampled"], self.calls["unsampled"]
         return seconds / calls if calls else None
 
     def predicted(self, plan: dict[str, float] | None) -> dict[str, Any]:
