@@ -9,7 +9,22 @@ bench/overhead.py), and prints the ratio watched / plain of the summed step time
 - steps 1-3 (the structural steps), steps 4-50, and the steady state (steps 51-N);
 - the whole loop, and the whole loop plus attach (td.watch) and close() time;
 - the median step of the steady state (sampled steps are outliers, so it is near 1);
-
+- the long-run ratio extrapolated to N = 10^4 and 10^5 steps (a short loop is dominated by
+  steps 1-3, so its whole-loop ratio says little about a real run). Computed from the measured
+  phases in CPU time, summed over the rounds, with the steps of the steady state (51-M, M the
+  steps measured) told apart by the watched run's deterministic schedule, read before each
+  step: pass steps (diagnosis_schedule.diagnose_due: a mid-run rule pass may run there),
+  sampled steps, and the other (unsampled) steps. Measured: the one-off extra X = (watched -
+  plain) of steps 1-50, plus attach and close (their CPU time); the per-step extras e_p, e_s,
+  e_u = (watched - plain) summed over each kind / its steps; the plain time P of steps 1-50 and
+  p per steady step. Then, with n_p(N) the due steps in 51-N (each assumed to run: an upper
+  bound, a pass that does not fit the budget is skipped), r = 1 / (the governor's target
+  interval, or its interval at the end when it set none) and n = N - 50 - n_p(N):
+  ratio(N) = 1 + (X + n_p e_p + n (r e_s + (1 - r) e_u)) / (P + (N - 50) p).
+  Assumed constant, which a longer measurement would refine: a pass's cost (it grows with the
+  in-memory timeline until the timeline is bounded, timeline_retention.py), and the rate of
+  the read-back and flush steps (every 25th, inside e_u); the folds every 1,000 steps are not
+  in a window under 1,000 steps. Without a sampled step in 51-M, e_s comes from steps 4-50;
 each measured twice: in this process's CPU time (time.process_time: on a machine other jobs
 share, waiting for a core is left out, so it is the steadier figure) and in wall-clock time;
 
@@ -48,6 +63,7 @@ import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
 import traindoctor as td
+from traindoctor.diagnosis_schedule import diagnose_due
 
 # -- the five model shapes of issue 15 --------------------------------------------------------
 
@@ -235,6 +251,10 @@ class Watcher:
         """Whether the step about to run is sampled (None: nothing samples); read untimed."""
         return None
 
+    def step(self) -> int | None:
+        """The number of the step about to run (None: nothing counts steps); read untimed."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -251,9 +271,13 @@ class Traindoctor(Watcher):
     def sampled(self) -> bool | None:
         return self.doc.budget.sampled(self.doc.step)
 
+    def step(self) -> int | None:
+        return self.doc.step
+
     def close(self) -> None:
         history = self.doc.budget.history
         self.interval = history[-1][2] if history else self.doc.budget.interval
+        self.target = self.doc.budget.target
         self.report = self.doc.close()
 
 
@@ -294,6 +318,7 @@ class Run:
     times: list[float]  # seconds per step, wall clock
     cpu: list[float]  # seconds per step, this process's CPU time (steadier on a busy machine)
     attach: float = 0.0
+    attach_cpu: float = 0.0
     close: float = 0.0
     close_cpu: float = 0.0
     handles_attach: int = 0
@@ -301,7 +326,9 @@ class Run:
     handles_after: int = 0
     params: list[torch.Tensor] = field(default_factory=list, repr=False)
     sampled: list[bool | None] = field(default_factory=list, repr=False)
+    numbers: list[int | None] = field(default_factory=list, repr=False)
     interval: int | None = None
+    target: int | None = None
     findings: list[str] = field(default_factory=list)
 
 
@@ -312,17 +339,19 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     g = torch.Generator().manual_seed(1)
     data = [shape.data(g) for _ in range(16)]
     h0 = RemovableHandle.next_id
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     watcher.attach(model, opt, out_dir)
-    attach = time.perf_counter() - t0
+    attach, attach_cpu = time.perf_counter() - t0, time.process_time() - c0
     h1 = RemovableHandle.next_id
     h3 = h1
     times, cpu = [], []
     sampled: list[bool | None] = []
+    numbers: list[int | None] = []
     with watcher.context():
         for i in range(steps):
             x, y = data[i % len(data)]
             sampled.append(watcher.sampled())  # before the clocks start
+            numbers.append(watcher.step())
             t0, c0 = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
             loss = shape.loss(model(x), y)
@@ -337,11 +366,13 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     t0, c0 = time.perf_counter(), time.process_time()
     watcher.close()
     close, close_cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = Run(times, cpu, attach, close, close_cpu, h1 - h0, h3 - h1, h_end - h3)
+    out = Run(times, cpu, attach, attach_cpu, close, close_cpu, h1 - h0, h3 - h1, h_end - h3)
     out.params = [p.detach().clone() for p in model.parameters()]
     out.sampled = sampled
+    out.numbers = numbers
     if isinstance(watcher, Traindoctor):
         out.interval = watcher.interval
+        out.target = watcher.target
         out.findings = [f.code for f in watcher.report.findings]
     return out
 
@@ -399,6 +430,11 @@ def compare(
     loop_w, loop_p = phase_sum(watched, 0, None), phase_sum(plain, 0, None)
     extra = sum(r.attach + r.close for r in watched) - sum(r.attach + r.close for r in plain)
     out["whole run incl. attach+close (wall)"] = (loop_w + extra) / loop_p
+    # The extrapolation is in CPU time throughout: attach and close in CPU time too.
+    extra_cpu = sum(r.attach_cpu + r.close_cpu for r in watched) - sum(
+        r.attach_cpu + r.close_cpu for r in plain
+    )
+    out.update(long_run(plain, watched, extra_cpu))
     out["plain step ms (median, cpu)"] = statistics.median(t for r in plain for t in r.cpu) * 1e3
     out["plain ms steps 1-3 (cpu)"] = phase_sum(plain, 0, 3, "cpu") / len(plain) * 1e3
     out["watched ms steps 1-3 (cpu)"] = phase_sum(watched, 0, 3, "cpu") / len(watched) * 1e3
@@ -417,6 +453,57 @@ def compare(
     if w0.interval is not None:
         out["sampling interval at end"] = w0.interval
         out["findings"] = w0.findings
+    return out
+
+
+LONG_RUNS = (10_000, 100_000)
+
+
+def long_run(plain: list[Run], watched: list[Run], attach_close: float) -> dict[str, Any]:
+    """The whole-run ratio extrapolated to LONG_RUNS steps from the measured phases (CPU
+    time; the module docstring says how). Empty when the runs are too short to have a steady
+    state, or nothing samples."""
+    steps = len(plain[0].cpu)
+    w0 = watched[0]
+    flags, numbers = w0.sampled, w0.numbers
+    if steps <= 60 or not flags or flags[0] is None or numbers[0] is None:
+        return {}
+    n = len(plain)
+
+    def extra(idx: list[int]) -> float:
+        return sum(w.cpu[i] - p.cpu[i] for w, p in zip(watched, plain, strict=True) for i in idx)
+
+    head = list(range(50))
+    one_off = (extra(head) + attach_close) / n
+    head_p = sum(p.cpu[i] for p in plain for i in head) / n
+    steady = range(50, steps)
+    per_p = sum(p.cpu[i] for p in plain for i in steady) / (n * len(steady))
+    passes = [i for i in steady if diagnose_due(numbers[i])]
+    rest = [i for i in steady if not diagnose_due(numbers[i])]
+    unsampled = [i for i in rest if not flags[i]]
+    sampled = [i for i in rest if flags[i]] or [i for i in range(3, 50) if flags[i]]
+    if not unsampled or not sampled:
+        return {}
+    e_u = extra(unsampled) / (n * len(unsampled))
+    e_s = extra(sampled) / (n * len(sampled))
+    e_p = extra(passes) / (n * len(passes)) if passes else 0.0
+    interval = w0.target or w0.interval or 1
+    rate = 1 / interval
+    out: dict[str, Any] = {
+        "long run: one-off extra s (steps 1-50 + attach/close)": one_off,
+        "long run: extra ms per unsampled step": e_u * 1e3,
+        "long run: extra ms per sampled step": e_s * 1e3,
+        "long run: extra ms per pass step": e_p * 1e3,
+        "long run: plain ms per step": per_p * 1e3,
+        "long run: steady interval": interval,
+    }
+    first = numbers[50]
+    for big in LONG_RUNS:
+        n_p = sum(1 for s in range(first, first + big - 50) if diagnose_due(s))
+        other = big - 50 - n_p
+        out[f"long run ratio at {big:.0e} steps (extrapolated, cpu)"] = 1 + (
+            one_off + n_p * e_p + other * (rate * e_s + (1 - rate) * e_u)
+        ) / (head_p + (big - 50) * per_p)
     return out
 
 

@@ -14,7 +14,15 @@ traindoctor's code runs on an unsampled step (each call from torch's or the user
 the package: a module hook, an optimizer hook, a patched function, doc.log), per entry point,
 per step. In situ each entry costs more than its calls (the first code to run after one of
 torch's heavy phases finds a cold cache), so fewer entries is the lever calls are not.
+`--interleaved` times unsampled steps against plain ones step by step: two copies of the
+same run in one process, a plain step and a watched step in turn (the order alternating), so
+that the machine's load, which moves by the second, weighs on both sides alike; the plain side
+calls the unpatched torch.autograd.backward (saved at import, before any attach), so that the
+watched doctor does not see its backward passes. With `--control` both sides are plain: the
+method's own error (0.998-1.010 over 240 steps at load 14-20 on this 2-core machine, where
+run-by-run alternation moved by several points).
 Usage: python bench/overhead.py [--steps 200] [--rounds 12] [--long 1500] [--calls] [--entries]
+    [--interleaved [--control]]
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ import torch
 import torch.nn as nn
 
 import traindoctor as td
+
+# Saved before any attach: the plain side of --interleaved runs backward without our patches.
+_BACKWARD = torch.autograd.backward
 
 
 def make_model(width: int = 256, depth: int = 16) -> nn.Module:
@@ -81,8 +92,15 @@ def main() -> None:
     ap.add_argument(
         "--entries", action="store_true", help="list the entries into traindoctor per step"
     )
+    ap.add_argument(
+        "--interleaved", action="store_true", help="plain and watched steps in turn, one process"
+    )
+    ap.add_argument("--control", action="store_true", help="--interleaved, both sides plain")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.interleaved:
+        interleaved(max(args.steps, 300), watched=not args.control)
+        return
     if args.entries:
         count_entries()
         return
@@ -225,6 +243,59 @@ def count_entries(steps: int = 260, after: int = 60) -> None:
     )
     for where, count in entries.most_common():
         print(f"  {count / len(per_step):5.2f}  {where}")
+
+
+def interleaved(steps: int, watched: bool = True, after: int = 60) -> None:
+    """CPU time of each unsampled step after `after`, watched and plain in turn (docstring)."""
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.randn(64, 256, generator=g), torch.randint(0, 10, (64,), generator=g))
+        for _ in range(16)
+    ]
+    sides = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = make_model()
+        sides.append((model, torch.optim.AdamW(model.parameters(), lr=1e-3)))
+    plain_t: list[float] = []
+    watched_t: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        m, o = sides[1]
+        doc = td.watch(m, o, out_dir=out, console=False) if watched else None
+
+        def one(side: int, x: torch.Tensor, y: torch.Tensor) -> float:
+            model, opt = sides[side]
+            d = doc if side == 1 else None
+            c0 = time.process_time()
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            if d is None:
+                _BACKWARD(loss)
+            else:
+                loss.backward()
+            opt.step()
+            if d is not None:
+                d.log(loss=loss)
+            return time.process_time() - c0
+
+        for i in range(steps):
+            x, y = data[i % len(data)]
+            sampled = doc is not None and doc.budget.sampled(doc.step)
+            order = (0, 1) if i % 2 else (1, 0)
+            t = {side: one(side, x, y) for side in order}
+            if i >= after and not sampled:
+                plain_t.append(t[0])
+                watched_t.append(t[1])
+        if doc is not None:
+            doc.close()
+    pairs = [w / p for w, p in zip(watched_t, plain_t, strict=True)]
+    print(
+        f"{'watched' if watched else 'control (both plain)'} / plain, unsampled steps "
+        f"{after + 1}-{steps} ({len(pairs)}): ratio of sums "
+        f"{sum(watched_t) / sum(plain_t):.4f}, median pair {statistics.median(pairs):.4f}; "
+        f"plain median {statistics.median(plain_t) * 1e3:.3f} ms, extra per step "
+        f"{(sum(watched_t) - sum(plain_t)) / len(pairs) * 1e3:.3f} ms (cpu)"
+    )
 
 
 def steady(steps: int) -> None:
