@@ -368,6 +368,49 @@ def generator_loop(attach: Attach) -> Any:
     return {"state": _state(model), "losses": first + rest}
 
 
+# -- the default device set, a shallow copy of the model, the optimizer pickled ---------------
+def default_device_set(attach: Attach) -> Any:
+    """`torch.set_default_device` puts a TorchFunctionMode under everything (ours included)."""
+    torch.set_default_device("cpu")
+    try:
+        model = _mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with attach(model, opt):
+            losses = _train(model, opt)
+            made = torch.zeros(2).device.type
+    finally:
+        torch.set_default_device(None)
+    return {"state": _state(model), "losses": losses, "made": made, "opt": _opt_state(opt)}
+
+
+def shallow_copy_and_pickled_optimizer(attach: Attach) -> Any:
+    """copy.copy(model) shares the hook dicts and parameters: training through it is training
+    the model. The optimizer's state_dict pickles, and the whole optimizer saves and loads."""
+    import copy
+    import io
+    import pickle
+
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    got: dict[str, Any] = {}
+    with attach(model, opt):
+        got["before"] = _train(model, opt, 3)
+        shallow = copy.copy(model)
+        got["through_copy"] = _train(shallow, opt, 3)
+        got["opt_sd"] = pickle.loads(pickle.dumps(opt.state_dict()))
+        buf = io.BytesIO()
+        torch.save(opt, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        got["loaded_hooks"] = len(loaded._optimizer_step_pre_hooks) + len(
+            loaded._optimizer_step_post_hooks
+        )
+        got["loaded_state"] = _opt_state(loaded)
+        got["after"] = _train(model, opt, 2)
+    got["state"] = _state(model)
+    return got
+
+
 PROGRAMS: list[Callable[[Attach], Any]] = [
     prune_midrun,
     parametrizations_midrun,
@@ -381,6 +424,8 @@ PROGRAMS: list[Callable[[Attach], Any]] = [
     inference_phases,
     channels_last_midrun,
     generator_loop,
+    default_device_set,
+    shallow_copy_and_pickled_optimizer,
 ]
 
 
@@ -439,3 +484,67 @@ def test_autopsy_names_the_op_under_the_users_mode_and_subclass(tmp_path):
     assert extra == collections.Counter({k: n * extra["log"] for k, n in forward.items()}), extra
     events = report.timeline.events("nonfinite")
     assert events and events[0]["op"] == "log", events
+
+
+# -- torch.multiprocessing.spawn of a function that trains a module defined at top level ------
+SPAWN_SCRIPT = """
+import sys
+
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def train(rank, out):
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    for _ in range(6):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    torch.save(model.state_dict(), f"{out}.{rank}")
+
+
+if __name__ == "__main__":
+    train(9, sys.argv[1])  # the main process trains too: the run traindoctor watches
+    mp.spawn(train, args=(sys.argv[1],), nprocs=1)
+    print("done")
+"""
+
+
+@pytest.mark.slow
+def test_mp_spawn_trains_the_same_under_traindoctor_run(tmp_path):
+    from ..cli.conftest import python, run_all, write
+    from ..cli.conftest import td as traindoctor
+
+    write(tmp_path, "spawn_train.py", SPAWN_SCRIPT)
+    res = run_all(
+        {
+            # Three fresh interpreters each: minutes on a loaded machine.
+            "plain": lambda: python(tmp_path, "spawn_train.py", "plain", timeout=600),
+            "td": lambda: traindoctor(tmp_path, "run", "spawn_train.py", "td", timeout=600),
+        }
+    )
+    for how in ("plain", "td"):
+        assert res[how].rc == 0 and "done" in res[how].stdout, res[how]
+    for rank in (0, 9):
+        a = torch.load(tmp_path / f"plain.{rank}")
+        b = torch.load(tmp_path / f"td.{rank}")
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), rank
+    assert "Traceback" not in res["td"].stderr, res["td"].stderr
+    assert res["td"].findings()["internal_errors"] == []
+    assert len(list((tmp_path / "traindoctor-runs").iterdir())) == 1  # the main process's
