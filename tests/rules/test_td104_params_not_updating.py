@@ -73,6 +73,14 @@ def test_update_below_float_precision_cause():
     assert "lr=1e-12" in f.cause
 
 
+def test_tiny_gradient_cause_is_not_the_lr():
+    """A gradient of ~1e-20 (an attention that reads only zero padding vectors) moves no
+    weight at any lr: the cause says the gradient, not the float resolution of the update."""
+    f = assert_fires("TD104", _tl(_steps([0.0] * 3, grads=7e-21, lr=1e-3)))
+    assert "tiny" in f.cause and "7.0e-21" in f.cause
+    assert "raise the learning rate" not in f.fix
+
+
 def test_params_without_grad_are_left_to_td102():
     steps = _steps([0.0] * 3)
     for s in steps.values():

@@ -63,6 +63,9 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     mean subtraction: its gradient is 0 up to rounding. It is reported as info, with the fix
     `bias=False`. Params whose gradient is exactly 0 while other params change are reached by
     backward but got no signal from the batches seen (a head whose targets were absent): info.
+    Params whose gradient is not 0 but tiny (a norm below 1e-10 at every observed step: an
+    attention that reads only zero padding vectors, `src_key_padding_mask` True on the real
+    tokens) get that measured cause, not the lr: no learning rate moves a weight by 1e-20.
 
     ## Known false positives
     When every gradient is exactly 0 the optimizer is not at fault; the finding is still
@@ -114,9 +117,12 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
     groups = group_params(names, all_names)
     steps = [s for s, _ in updates]
     grad_zero = all(grads.get(s, {}).get(n, 0.0) == 0.0 for s in steps for n in names)
+    seen = [grads.get(s, {}).get(n) for s in steps for n in names]
+    seen = [v for v in seen if isinstance(v, int | float)]
+    grad_max = max(seen) if seen else None
     lrs = _group_lrs(tl, names, steps)
     zero_lr = {g for g, vals in lrs.items() if vals and all(v == 0 for v in vals)}
-    cause, fix = _cause(tl, zero_lr, lrs, grad_zero)
+    cause, fix = _cause(tl, zero_lr, lrs, grad_zero, grad_max)
     what = "hand-written updates" if tl.events("hand_step") else "optimizer steps"
     finding = tl.finding(
         title=f"{len(names)} params did not change in {len(steps)} {what} "
@@ -271,7 +277,10 @@ def _group_initial(tl: TimelineView, gid: str) -> float | None:
     return None
 
 
-def _cause(tl, zero_lr, lrs, grad_zero):
+TINY_GRAD = 1e-10  # a gradient norm below this moves no float32 weight at any usual lr
+
+
+def _cause(tl, zero_lr, lrs, grad_zero, grad_max=None):
     if zero_lr:
         gid = sorted(zero_lr)[0]
         initial = _group_initial(tl, gid)
@@ -293,6 +302,16 @@ def _cause(tl, zero_lr, lrs, grad_zero):
             "through any differentiable path (a saturated clamp, a constant output, a zero mask)",
             "find where the gradient stops (traindoctor explain TD107 / TD301) and keep the loss "
             "differentiable with respect to these params",
+        )
+    if grad_max is not None and 0.0 < grad_max < TINY_GRAD:
+        # Not the lr: a gradient of 1e-20 moves nothing at any lr (Adam's eps swamps it).
+        return (
+            f"their gradients are not 0 but tiny, a norm of at most {grad_max:.1e} at every "
+            "observed step: almost nothing reaches them from the loss (their inputs carry no "
+            "signal: an attention that only reads padding or zero vectors, a product with a "
+            "near-zero factor), so no learning rate would move them",
+            "find what their inputs are (traindoctor explain TD301 / TD207): e.g. a "
+            "`key_padding_mask` must be True on the padding, not on the real tokens",
         )
     lr_text = ", ".join(f"{g} lr={v[-1]:g}" for g, v in lrs.items() if v and v[-1] is not None)
     if not lr_text and tl.events("hand_step"):
