@@ -112,7 +112,10 @@ class HookSwitch:
 
     def remove(self) -> None:
         """Unregister every hook for good (detach, or the probe's work is over)."""
+        # What RemovableHandle.remove() does: the key out of its dicts (_take_out, inline).
         for e in self._entries:
-            self._take_out(e)  # what RemovableHandle.remove() does: the key out of its dicts
+            key, slots = e.key, e.slots
+            for i in range(0, len(slots), 2):
+                slots[i].pop(key, None)
         self._entries.clear()
         self.active = False
