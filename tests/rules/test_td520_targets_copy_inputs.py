@@ -73,3 +73,20 @@ def test_probe_compares_flattened_targets_too():
     nxt = torch.roll(ids, -1, dims=1)
     shifted = _copied_ids(logits.reshape(-1, 20), nxt.reshape(-1), -100)
     assert shifted["ids_same"].item() < 0.5 and shifted["ids_next"].item() > 0.8
+
+
+def test_probe_skips_embeddings_shifted_in_the_graph():
+    """image-gpt (teddykoker/image-gpt) shifts the embeddings, not the ids:
+    `cat([sos, tok(x)[:-1]])` under a causal mask, the loss on the unshifted ids. Position t
+    reads token t-1 there, so its ids are not compared; a feature-dim cat still is."""
+    ids = torch.randint(0, 20, (4, 10), generator=torch.Generator().manual_seed(2))
+    lm = _LM(causal=True)
+    h = lm.emb(ids)
+    sos = torch.zeros(4, 1, 16, requires_grad=True)
+    for shifted in (torch.cat([sos, h[:, :-1]], 1), F.pad(h, (0, 0, 1, 0))[:, :-1]):
+        mask = nn.Transformer.generate_square_subsequent_mask(10)
+        logits = lm.head(lm.attn(shifted, shifted, shifted, attn_mask=mask, need_weights=False)[0])
+        assert _copied_ids(logits.transpose(1, 2), ids, -100) == {}
+    wide = torch.cat([h, torch.zeros(4, 10, 4)], -1)[..., :16]  # features, not time
+    out = _copied_ids(lm.head(wide).transpose(1, 2), ids, -100)
+    assert out["ids_same"].item() == 1.0

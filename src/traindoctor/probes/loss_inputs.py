@@ -817,16 +817,20 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
     out: dict[str, torch.Tensor] = {}
     root = inp.grad_fn
     seen: set[Any] = set()
-    stack = [root]
+    stack = [(root, False)]
     ids: list[torch.Tensor] = []
     causal = False
     while stack and len(seen) < MAX_GRAPH_NODES:
-        node = stack.pop()
-        if node is None or node in seen:
+        node, shifted = stack.pop()
+        if node is None or (node, shifted) in seen:
             continue
-        seen.add(node)
+        seen.add((node, shifted))
         kind = type(node).__name__
-        if kind == "EmbeddingBackward0":
+        # An embedding reached through a cat/pad/roll off its feature dim may be shifted
+        # along time (image-gpt's `cat([sos, tok(x)[:-1]])`): its ids are not the inputs
+        # read at the targets' positions, so they are not compared.
+        shifted = shifted or _shifts(node, kind)
+        if kind == "EmbeddingBackward0" and not shifted:
             saved = _saved(node, "_saved_indices")
             if isinstance(saved, torch.Tensor) and (
                 tuple(saved.shape) == tuple(tgt.shape)
@@ -837,7 +841,7 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
             causal = bool(_saved(node, "_saved_is_causal")) or _causal_mask(
                 _saved(node, "_saved_attn_mask")
             )
-        stack.extend(f for f, _ in node.next_functions)
+        stack.extend((f, shifted) for f, _ in node.next_functions)
     if not ids:
         return out
     t = tgt.detach().long()
@@ -859,6 +863,18 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
     out["ids_next"] = best_next.double()
     out["causal_attn"] = torch.tensor(1.0 if causal else 0.0, dtype=torch.float64)
     return out
+
+
+def _shifts(node: Any, kind: str) -> bool:
+    """Whether a graph node can move values along a dim other than the last (features): a
+    cat or roll, or a constant pad of a leading dim."""
+    if kind == "CatBackward0":
+        dim = _saved(node, "_saved_dim")
+        return not (isinstance(dim, int) and dim in (-1, 2**64 - 1))  # -1 reads unsigned
+    if kind == "ConstantPadNdBackward0":
+        pad = _saved(node, "_saved_pad")
+        return not (isinstance(pad, tuple) and not any(pad[2:]))
+    return kind == "RollBackward0"
 
 
 def _causal_mask(mask: Any) -> bool:
