@@ -104,3 +104,13 @@ def test_silent_on_soft_mixup_and_smoothed_probability_targets():
         assert_silent("TD511", site_timeline(MULTI, stats))
     signed = {1: {"t_min": -1.0, "t_max": 1.0, "t_rowsum_min": -2.0, "t_rowsum_max": 3.0}}
     assert_silent("TD511", site_timeline(MULTI, signed))
+
+
+def test_multi_hot_is_a_warning_and_soft_rows_are_not_called_0_1_labels():
+    """The finding says rows of 0/1: rows of soft values in [0, 1] summing to 2 or more
+    (smoothed or teacher scores) are another thing, not told apart here."""
+    base = {"t_min": 0.0, "t_max": 1.0, "t_rowsum_min": 1.0, "t_rowsum_max": 3.0}
+    hard = {s: base | {"t_frac": 0.0, "t_rows_multi": 0.5} for s in (1, 2, 4)}
+    assert assert_fires("TD511", site_timeline(MULTI, hard)).severity.value == "warning"
+    soft = {s: base | {"t_frac": 0.3, "t_rows_multi": 0.5} for s in (1, 2, 4)}
+    assert_silent("TD511", site_timeline(MULTI, soft))
