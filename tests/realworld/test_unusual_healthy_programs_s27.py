@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import traindoctor as td
+from traindoctor.doctor import Doctor
 from traindoctor.findings import Severity
+from traindoctor.integrations.autopatch import attached
 
 
 class Field(nn.Module):
@@ -88,3 +91,61 @@ def test_a_detached_term_added_after_the_solver_is_still_caught(tmp_path):
     assert top.severity == Severity.ERROR
     assert top.evidence.get("cut") == "detach"
     assert "test_unusual_healthy_programs_s27.py" in str(top.evidence.get("added_at"))
+
+
+# -- knowledge distillation: a frozen teacher in eval mode --------------------------------
+# Joyful-Buffalo/simplest-knowledge-distillation trains a CNN teacher (with a BatchNorm) with
+# its own Adam, then calls teacher.eval() and distills a new student with a new Adam. Under
+# `traindoctor run` both models are watched: TD402 said error ("the whole model `teacher`
+# trained in eval mode") at the student's steps, though the teacher's optimizer no longer
+# steps. Only the models whose params the stepping optimizers hold are trained.
+
+
+def _kd_run(tmp_path, teacher_trained_in_eval: bool) -> list:
+    """The script's shape under `traindoctor run` (zero-code: models and optimizers found as
+    the script makes them)."""
+    torch.manual_seed(0)
+    doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False)
+    with attached(doctor):
+        teacher = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+        t_opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+        w = torch.randn(8, 4)
+        if teacher_trained_in_eval:
+            teacher.eval()  # BUG: the teacher trains with BatchNorm's running statistics
+        for _ in range(15):  # phase 1: the teacher trains
+            x = torch.randn(64, 8)
+            loss = F.cross_entropy(teacher(x), (x @ w).argmax(1))
+            t_opt.zero_grad()
+            loss.backward()
+            t_opt.step()
+        teacher.eval()  # frozen from here on
+        student = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+        s_opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+        temperature = 2.0
+        for _ in range(25):  # phase 2: distillation into the student
+            x = torch.randn(64, 8)
+            out = student(x)
+            with torch.no_grad():
+                soft = F.softmax(teacher(x) / temperature, dim=1)
+            kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean")
+            loss = 0.5 * kd * temperature**2 + 0.5 * F.cross_entropy(out, (x @ w).argmax(1))
+            s_opt.zero_grad()
+            loss.backward()
+            s_opt.step()
+    report = doctor.close()
+    assert not report.internal_errors
+    return report.findings
+
+
+def test_a_frozen_teacher_in_eval_mode_is_not_trained_in_eval_mode(tmp_path):
+    findings = _kd_run(tmp_path, teacher_trained_in_eval=False)
+    assert not [f for f in findings if f.code == "TD402"], [
+        (f.code, f.title) for f in findings if f.code == "TD402"
+    ]
+
+
+def test_a_teacher_trained_in_eval_mode_is_still_caught(tmp_path):
+    findings = _kd_run(tmp_path, teacher_trained_in_eval=True)
+    top = next(f for f in findings if f.code == "TD402")
+    assert top.severity == Severity.ERROR
+    assert top.step <= 2

@@ -101,6 +101,13 @@ class ModesProbe(Probe):
         # An F.dropout that dropped in a gradient-free forward since the last step or backward
         # (its line, p, and whether `training` was left at its default True)
         self._fdrop_nograd: dict[str, Any] | None = None
+        # The optimizers that stepped this step or the one before (id -> last step), and the
+        # watched models that hold their params: only those train now. A teacher trained in
+        # an earlier phase, then frozen in eval mode for distillation, is not in eval mode
+        # *while training* (its optimizer stopped stepping).
+        self._opt_steps: dict[int, tuple[int, int]] = {}  # id -> (last step, the one before)
+        self._trained_key: frozenset[int] | None = None
+        self._trained_roots: frozenset[str] | None = None
 
     # -- structure ------------------------------------------------------------------------
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -221,15 +228,60 @@ class ModesProbe(Probe):
             self._fdrop_last = state
             rec.record(step, FUNCTIONAL_DROPOUT, {"on": on, "off": off, "roots_training": roots})
 
+    def on_optimizer_pre_step(
+        self, step: int, sampled: bool, opt: torch.optim.Optimizer, rec: Recorder
+    ) -> None:
+        last = self._opt_steps.get(id(opt), (0, 0))[0]
+        if last != step:
+            self._opt_steps[id(opt)] = (step, last)
+
+    def _trained(self, step: int, sampled: bool) -> frozenset[str] | None:
+        """The watched models (root names) whose params the optimizers stepping now (this
+        step, and the one before in a steady loop: a GAN's second optimizer steps after this)
+        hold (empty: the stepping optimizers train none of them, e.g. a student found after
+        the teacher's phase); None when no optimizer steps (hand-written updates)."""
+        ctx = self.ctx
+        if ctx is None:
+            return None
+        now = {i for i, (last, _) in self._opt_steps.items() if last == step}
+        # The previous step's optimizers count only in a steady loop (those stepping now also
+        # stepped then): a GAN's G optimizer, stepped after this pre-step. At a new phase's
+        # first step the previous phase's optimizer is over.
+        if any(self._opt_steps[i][1] == step - 1 for i in now):
+            now |= {i for i, (last, _) in self._opt_steps.items() if last == step - 1}
+        key = frozenset(now)
+        if key == self._trained_key and not sampled:
+            return self._trained_roots
+        ids = {
+            id(p)
+            for opt in ctx.optimizers
+            if id(opt) in key
+            for g in opt.param_groups
+            for p in g["params"]
+        }
+        roots = frozenset(
+            p.rstrip(".") or "<model>"
+            for p, m in ctx.models.items()
+            if any(id(q) in ids for q in m.parameters())
+        )
+        self._trained_key, self._trained_roots = key, (roots if ids else None)
+        return self._trained_roots
+
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
+        trained = self._trained(step, sampled)
         if self._fdrop[0] or self._fdrop[1]:
             assert self.ctx is not None
             roots = {
                 (p.rstrip(".") or "<model>"): bool(self._inner.get(p, m).training)
                 for p, m in self.ctx.models.items()
+                if trained is None or (p.rstrip(".") or "<model>") in trained
             }
             self._record_functional(step, rec, roots)
-        in_eval = tuple(name for _, name, m in self._sensitive if not m.training)
+        in_eval = tuple(
+            name
+            for root, name, m in self._sensitive
+            if not m.training and (trained is None or root in trained)
+        )
         if in_eval:
             facts = rec.timeline.facts["modes"]
             facts["steps_in_eval"] = facts.get("steps_in_eval", 0) + 1
@@ -246,6 +298,7 @@ class ModesProbe(Probe):
                     "roots_training": {
                         (p.rstrip(".") or "<model>"): bool(self._inner.get(p, m).training)
                         for p, m in self.ctx.models.items()
+                        if trained is None or (p.rstrip(".") or "<model>") in trained
                     },
                 },
             )
