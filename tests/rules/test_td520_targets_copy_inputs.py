@@ -90,3 +90,18 @@ def test_probe_skips_embeddings_shifted_in_the_graph():
     wide = torch.cat([h, torch.zeros(4, 10, 4)], -1)[..., :16]  # features, not time
     out = _copied_ids(lm.head(wide).transpose(1, 2), ids, -100)
     assert out["ids_same"].item() == 1.0
+
+
+def test_a_shifted_read_of_the_targets_is_the_next_token_read():
+    """A seq2seq copy task: the encoder reads src (== the targets) at the same positions, the
+    decoder reads the targets shifted on its embeddings; ids_next says the shift is there."""
+    ids = torch.randint(0, 20, (4, 10), generator=torch.Generator().manual_seed(3))
+    lm = _LM(causal=True)
+    enc = lm.emb(ids)
+    dec = torch.cat([torch.zeros(4, 1, 16), lm.emb(ids)[:, :-1]], 1)
+    mask = nn.Transformer.generate_square_subsequent_mask(10)
+    h = lm.attn(dec, enc, enc, need_weights=False)[0]
+    h = lm.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+    out = _copied_ids(lm.head(h).transpose(1, 2), ids, -100)
+    assert out["ids_same"].item() == 1.0 and out["ids_next"].item() == 1.0
+    assert_silent("TD520", site_timeline(SEQ, _stats(1.0, 1.0, 1.0)))

@@ -819,6 +819,7 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
     seen: set[Any] = set()
     stack = [(root, False)]
     ids: list[torch.Tensor] = []
+    moved: list[torch.Tensor] = []  # ids of embeddings reached through a shift
     causal = False
     while stack and len(seen) < MAX_GRAPH_NODES:
         node, shifted = stack.pop()
@@ -827,16 +828,17 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
         seen.add((node, shifted))
         kind = type(node).__name__
         # An embedding reached through a cat/pad/roll off its feature dim may be shifted
-        # along time (image-gpt's `cat([sos, tok(x)[:-1]])`): its ids are not the inputs
-        # read at the targets' positions, so they are not compared.
+        # along time (image-gpt's `cat([sos, tok(x)[:-1]])`, a decoder's teacher forcing
+        # written on the embeddings): its ids are not the inputs read at the targets'
+        # positions. Equal to the targets, they are the next-token read (ids_next).
         shifted = shifted or _shifts(node, kind)
-        if kind == "EmbeddingBackward0" and not shifted:
+        if kind == "EmbeddingBackward0":
             saved = _saved(node, "_saved_indices")
             if isinstance(saved, torch.Tensor) and (
                 tuple(saved.shape) == tuple(tgt.shape)
                 or (tgt.dim() == 1 and saved.dim() == 2 and saved.numel() == tgt.numel())
-            ):
-                ids.append(saved.reshape(tgt.shape))  # (B*T,) targets of flattened logits
+            ):  # (B*T,) targets of flattened logits: reshaped
+                (moved if shifted else ids).append(saved.reshape(tgt.shape))
         elif "DotProduct" in kind and "Attention" in kind and not causal:
             causal = bool(_saved(node, "_saved_is_causal")) or _causal_mask(
                 _saved(node, "_saved_attn_mask")
@@ -857,6 +859,9 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
         nxt = nxt / keep[..., :-1].sum().clamp(min=1)
         best_same = same if best_same is None else torch.maximum(best_same, same)
         best_next = nxt if best_next is None else torch.maximum(best_next, nxt)
+    for x in moved:
+        if best_next is not None and x.device == t.device:
+            best_next = torch.maximum(best_next, ((t == x.long()) & keep).sum() / n)
     if best_same is None:
         return out
     out["ids_same"] = best_same.double()

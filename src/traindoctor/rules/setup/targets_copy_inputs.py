@@ -45,7 +45,11 @@ def targets_copy_inputs(tl: TimelineView) -> Iterator[Finding]:
     autograd graph of the loss input back to its `EmbeddingBackward0` nodes and compares the
     saved indices (the ids the embedding read) with the targets: the share equal at the same
     position and at the next one (ignore_index masked); the same walk reads whether a
-    scaled-dot-product attention node was causal.
+    scaled-dot-product attention node was causal. An embedding reached through a cat, roll
+    or pad off the feature dim may be shifted along time (image-gpt's `cat([sos,
+    tok(x)[:-1]])`, a decoder's teacher forcing written on the embeddings): its ids are not
+    compared at the same position, and equal to the targets they count as the next-token
+    read (a seq2seq copy task's decoder), so the finding stays silent.
 
     ## Example
     ```python
