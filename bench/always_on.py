@@ -466,7 +466,7 @@ def long_run(plain: list[Run], watched: list[Run], attach_close: float) -> dict[
     steps = len(plain[0].cpu)
     w0 = watched[0]
     flags, numbers = w0.sampled, w0.numbers
-    if steps <= 60 or not flags or flags[0] is None or numbers[0] is None:
+    if steps <= 55 or not flags or flags[0] is None or numbers[0] is None:
         return {}
     n = len(plain)
 
