@@ -166,6 +166,26 @@ def loud(result: Result) -> list[str]:
     return [f["code"] for f in result.findings()["findings"] if f["severity"] != "info"]
 
 
+def reported_batch(buggy: dict[str, str], healthy: dict[str, str]) -> tuple[Any, Any]:
+    """What every module of reproduced reports shares: the `runs` fixture (each buggy script
+    and its fixed twin under `traindoctor run`, side by side, once per module) and the test
+    that every fixed twin ends with no warning or error. Use as
+    `runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def runs(tmp_path_factory: Any) -> dict[str, Result]:
+        return run_scripts(tmp_path_factory, {**buggy, **healthy})
+
+    @pytest.mark.parametrize("name", sorted(healthy))
+    def test_fixed_twins_are_silent(runs: dict[str, Result], name: str) -> None:
+        r = runs[name]
+        assert r.rc == 0, r
+        assert loud(r) == [], r
+
+    return runs, test_fixed_twins_are_silent
+
+
 def fixed_twin(text: str, edits: list[tuple[str, str]]) -> str:
     """A reported script with the thread's fix applied (each `old` must be in it)."""
     for old, new in edits:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
+from tests.cli.conftest import fixed_twin, loud, reported_batch, run_scripts, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -374,9 +374,7 @@ HEALTHY = {f"{name}_fixed": text for name, text in _twins().items()}
 LSTM_FIXED = fixed_twin(LSTM_BATCH_FIRST_FALSE, [("batch_first=False)", "batch_first=True)")])
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
 @pytest.fixture(scope="module")
@@ -434,10 +432,3 @@ def test_lstm_without_batch_first_is_seen_by_the_experiments_only(runs, checks):
     f = top3(r, "TD704")
     assert "an RNN run along the batch" in f["cause"]
     assert loud(checks["lstm_fixed"]) == [], checks["lstm_fixed"]
-
-
-@pytest.mark.parametrize("name", sorted(HEALTHY))
-def test_fixed_twins_are_silent(runs, name):
-    r = runs[name]
-    assert r.rc == 0, r
-    assert loud(r) == [], r

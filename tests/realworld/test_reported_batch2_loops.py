@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
+from tests.cli.conftest import fixed_twin, reported_batch, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -524,9 +524,7 @@ BUGGY = {
 HEALTHY = {f"{name}_fixed": text for name, text in _twins().items()}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
 def test_optimizer_built_over_another_instance_of_the_model(runs):
@@ -591,10 +589,3 @@ def test_step_sized_warmup_stepped_once_an_epoch_in_a_plain_loop(runs):
     f = top3(r, "TD108")
     assert "exactly 0" in f["cause"], f
     assert f["where"]["source"] == script_line(r, "# SCHED")
-
-
-@pytest.mark.parametrize("name", sorted(HEALTHY))
-def test_fixed_twins_are_silent(runs, name):
-    r = runs[name]
-    assert r.rc == 0, r
-    assert loud(r) == [], r

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import fixed_twin, loud, run_scripts
+from tests.cli.conftest import fixed_twin, loud, reported_batch
 
 pytestmark = pytest.mark.slow
 
@@ -228,16 +228,7 @@ HEALTHY = {
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
-
-
-@pytest.mark.parametrize("name", sorted(HEALTHY))
-def test_fixed_twins_are_silent(runs, name):
-    r = runs[name]
-    assert r.rc == 0, r
-    assert loud(r) == [], r
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
 def test_policy_softmax_written_for_one_state_trained_on_a_batch(runs):

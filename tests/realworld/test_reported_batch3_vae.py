@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import fixed_twin, loud, run_scripts, script_line, top3
+from tests.cli.conftest import fixed_twin, reported_batch, script_line, top3
 
 pytestmark = pytest.mark.slow
 
@@ -178,16 +178,7 @@ HEALTHY = {
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
-
-
-@pytest.mark.parametrize("name", sorted(HEALTHY))
-def test_fixed_twins_are_silent(runs, name):
-    r = runs[name]
-    assert r.rc == 0, r
-    assert loud(r) == [], r
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import fixed_twin, loud, run_scripts, top3
+from tests.cli.conftest import fixed_twin, reported_batch, top3
 
 pytestmark = pytest.mark.slow
 
@@ -223,16 +223,7 @@ HEALTHY = {
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
-
-
-@pytest.mark.parametrize("name", sorted(HEALTHY))
-def test_fixed_twins_are_silent(runs, name):
-    r = runs[name]
-    assert r.rc == 0, r
-    assert loud(r) == [], r
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
 def test_validation_helper_leaves_the_model_in_eval_mode(runs):

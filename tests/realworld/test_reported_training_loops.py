@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import line_of, loud, run_scripts
+from tests.cli.conftest import line_of, loud, reported_batch
 
 pytestmark = pytest.mark.slow
 
@@ -433,9 +433,7 @@ BUGGY = {
 HEALTHY = {f"{name}_fixed": text for name, text in _twins().items()}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return run_scripts(tmp_path_factory, {**BUGGY, **HEALTHY})
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
 def _top3(result, code):
@@ -481,10 +479,3 @@ def test_cosine_sized_in_epochs_stepped_per_batch(runs):
     f = _top3(r, "TD503")
     assert f["where"]["source"] == _line(r, "# SCHED")
     assert f["evidence"]["cases"][0]["kind"] == "cosine_restarts"
-
-
-@pytest.mark.parametrize("name", sorted(HEALTHY))
-def test_fixed_twins_are_silent(runs, name):
-    r = runs[name]
-    assert r.rc == 0, r
-    assert loud(r) == [], r
