@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.fx import _symbolic_trace
 
-from ._mode_stack import TorchFunctionOff, _dispatch_len, _dispatch_modes_off
+from ._mode_stack import TorchFunctionOff, dispatch_len, dispatch_modes_off
 from ._patching import Patch, PatchSet, acquire, release
 
 INERT_EVENT = "traindoctor.inert-hook"
@@ -80,8 +80,8 @@ class CopySafeHook:
         UNTIMED_HOOK_CALLS[0] += 1
         # Unseen by the user's tensor subclasses and modes (_mode_stack.UsersOff, inline).
         with TorchFunctionOff():
-            if _dispatch_len():
-                with _dispatch_modes_off():
+            if dispatch_len():
+                with dispatch_modes_off():
                     return self.fn(*args, **kwargs)
             return self.fn(*args, **kwargs)
 

@@ -99,7 +99,7 @@ class OursPaused:
 # off when there are any. The user's own code that we call again (replays)
 # runs with torch function back on (TorchFunctionOn below); experiments/runner.clone_tree
 # copies a batch with it on, so a copied subclass tensor keeps its class.
-_dispatch_len = torch._C._len_torch_dispatch_stack
+dispatch_len = torch._C._len_torch_dispatch_stack
 TorchFunctionOff = torch._C.DisableTorchFunction
 # Where our code runs the user's code again (the NaN autopsy's replayed forward, the
 # experiments' replays, the loss code's replay): torch-function handling back on, so that the
@@ -109,7 +109,7 @@ TorchFunctionOff = torch._C.DisableTorchFunction
 TorchFunctionOn = torch._C._EnableTorchFunction
 
 
-def _dispatch_modes_off() -> Any:
+def dispatch_modes_off() -> Any:
     from torch.utils._python_dispatch import _disable_current_modes
 
     return _disable_current_modes()
@@ -120,7 +120,7 @@ def UsersOff() -> Any:  # noqa: N802  (used as a context manager class is)
     modes, off while our own code runs; put back as they were after it (exceptions included).
     Without dispatch modes (nearly always) it is torch's own C context: no Python call to enter
     or leave it, on paths that run every step."""
-    if _dispatch_len():
+    if dispatch_len():
         return _AllOff()
     return TorchFunctionOff()
 
@@ -132,7 +132,7 @@ class _AllOff:
         fn_off = self.fn_off = TorchFunctionOff()
         fn_off.__enter__()
         try:
-            off = _dispatch_modes_off()
+            off = dispatch_modes_off()
             off.__enter__()
         except BaseException:
             fn_off.__exit__(None, None, None)

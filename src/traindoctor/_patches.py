@@ -147,11 +147,15 @@ def _named_as(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Call
     """The wrapper under the original's names: a user's TorchFunctionMode that logs or matches
     `func.__name__` sees `backward` as it does without traindoctor (no `__wrapped__`: the
     wrapper is not to be unwrapped past)."""
-    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
-        try:
-            setattr(wrapper, attr, getattr(original, attr))
-        except (AttributeError, TypeError):
-            pass
+    # Our own function's names (not a process-wide patch): assigned one by one, each may be
+    # missing on a C builtin.
+    try:
+        wrapper.__module__ = original.__module__
+        wrapper.__name__ = original.__name__
+        wrapper.__qualname__ = original.__qualname__
+        wrapper.__doc__ = original.__doc__
+    except (AttributeError, TypeError):
+        pass
     return wrapper
 
 

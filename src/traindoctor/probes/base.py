@@ -17,7 +17,7 @@ import torch
 
 from .._guard import Guard
 from .._hooks import COMPILE_TESTS, CopySafeHook
-from .._mode_stack import TorchFunctionOff, _dispatch_len, _dispatch_modes_off
+from .._mode_stack import TorchFunctionOff, dispatch_len, dispatch_modes_off
 from ..bus import Bus, default_handler
 from ..distributed.dtensor import local_all
 from ..errors import StopTraining
@@ -221,8 +221,8 @@ class GuardedHook(CopySafeHook):
         try:
             # Unseen by the user's tensor subclasses and modes (_mode_stack.UsersOff, inline).
             with TorchFunctionOff():
-                if _dispatch_len():
-                    with _dispatch_modes_off():
+                if dispatch_len():
+                    with dispatch_modes_off():
                         self.fn(*args, **kwargs)
                 else:
                     self.fn(*args, **kwargs)

@@ -33,7 +33,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .. import _mode_stack, _patches, _source
-from .._mode_stack import TorchFunctionOff, UsersOff, _dispatch_len, _dispatch_modes_off
+from .._mode_stack import TorchFunctionOff, UsersOff, dispatch_len, dispatch_modes_off
 
 # How a gradient was cut, by origin kind. TD302 reports the first group (the value was
 # detached on purpose or by accident), TD301 the second (an op without a derivative); the
@@ -236,8 +236,8 @@ class CutTracker(TorchFunctionMode):
                 # Unseen by the user's tensor subclasses and modes (_mode_stack.UsersOff, inline:
                 # this runs for every op of an observed forward).
                 with TorchFunctionOff():
-                    if _dispatch_len():
-                        with _dispatch_modes_off():
+                    if dispatch_len():
+                        with dispatch_modes_off():
                             self._observe(func, args, kwargs, out)
                     else:
                         self._observe(func, args, kwargs, out)
