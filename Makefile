@@ -44,9 +44,11 @@ test-ultralytics: $(USTAMP)
 
 # Real public training programs and their mutants (ecosystem/README.md). Programs whose
 # snapshot is not on the machine are listed as unavailable.
+# ECOSYSTEM_ARGS: e.g. `--budget-s 600` (CI: programs first, no case started after 10 minutes).
+ECOSYSTEM_ARGS ?=
 ecosystem: $(STAMP) $(USTAMP)
 	$(BIN)/python ecosystem/run.py --install
-	$(BIN)/python ecosystem/run.py
+	$(BIN)/python ecosystem/run.py $(ECOSYSTEM_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench ecosystem

@@ -64,12 +64,15 @@ class Case:
         return list((self.mutant or self.spec).get("expected", []))
 
 
+NOT_RUN = "not run"  # the case came after --budget-s was spent
+
+
 @dataclass
 class Outcome:
     case: str
     kind: str  # "program" or "mutant"
     expected: list[str]
-    verdict: str  # ok, FALSE-ALARM, MISS, BROKEN, CHANGED, unavailable
+    verdict: str  # ok, FALSE-ALARM, MISS, BROKEN, CHANGED, unavailable, NOT_RUN
     findings: list[tuple[str, str]] = field(default_factory=list)
     plain_rc: int | None = None
     td_rc: int | None = None
@@ -332,8 +335,9 @@ def print_table(outcomes: list[Outcome]) -> None:
 
 
 def totals(outcomes: list[Outcome]) -> dict[str, object]:
-    progs = [o for o in outcomes if o.kind == "program" and o.verdict != "unavailable"]
-    muts = [o for o in outcomes if o.kind == "mutant" and o.verdict != "unavailable"]
+    counted = [o for o in outcomes if o.verdict not in ("unavailable", NOT_RUN)]
+    progs = [o for o in counted if o.kind == "program"]
+    muts = [o for o in counted if o.kind == "mutant"]
     return {
         "programs": len(progs),
         "programs_clean": sum(o.verdict == "ok" for o in progs),
@@ -342,6 +346,7 @@ def totals(outcomes: list[Outcome]) -> dict[str, object]:
         "broken": sum(o.verdict == "BROKEN" for o in progs + muts),
         "changed": sum(o.verdict == "CHANGED" for o in progs + muts),
         "unavailable": sum(o.verdict == "unavailable" for o in outcomes),
+        "not_run": sum(o.verdict == NOT_RUN for o in outcomes),
     }
 
 
@@ -394,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--install", action="store_true", help="pip install the programs' extras")
     parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no case after this many seconds (programs run before mutants)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="use `traindoctor check` (20 steps + experiments)"
     )
     parser.add_argument(
@@ -426,10 +436,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, reason in unavailable.items():
         print(f"unavailable: {name}: {reason}", file=sys.stderr)
+    started = time.monotonic()
+
+    def run_within_budget(case: Case) -> Outcome:
+        # CI's hard limit bounds the whole job: past the budget a case is listed, not run.
+        if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+            kind = "mutant" if case.mutant else "program"
+            note = f"the time budget (--budget-s {args.budget_s:g}) was spent"
+            return Outcome(case.name, kind, case.expected, NOT_RUN, note=note)
+        return run_case(case, args.keep, args.verbose, args.plain_mutants)
+
+    # Unchanged programs first: under a budget, the false-alarm and bit-identity checks of
+    # every program come before any mutant.
+    order = sorted(range(len(todo)), key=lambda i: todo[i].mutant is not None)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        outcomes = list(
-            pool.map(lambda c: run_case(c, args.keep, args.verbose, args.plain_mutants), todo)
-        )
+        ran = dict(zip(order, pool.map(run_within_budget, [todo[i] for i in order]), strict=True))
+    outcomes = [ran[i] for i in range(len(todo))]
     outcomes += skipped
     print_table(outcomes)
     summary = totals(outcomes)
@@ -438,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         f"mutants caught: {summary['mutants_caught']}/{summary['mutants']}   "
         f"broken: {summary['broken']}   changed by traindoctor: {summary['changed']}   "
         f"unavailable: {summary['unavailable']}"
+        + (f"   not run (time budget): {summary['not_run']}" if summary["not_run"] else "")
     )
     args.results.write_text(
         json.dumps(
