@@ -29,6 +29,23 @@ bench/overhead.py), and prints the ratio watched / plain of the summed step time
 each measured twice: in this process's CPU time (time.process_time: on a machine other jobs
 share, waiting for a core is left out, so it is the steadier figure) and in wall-clock time;
 
+The steady state's unsampled steps are measured a second way, **interleaved** (the method of
+bench/overhead.py --interleaved, for any shape): two copies of the same run in one process, a
+plain step and a watched step in turn (the order alternating), so that the machine's load,
+which moves by the second, weighs on both sides alike. Sequential runs of the same plain code
+differ by 5-24% on the 10,000-tensor model (measured: plain, plain, watched, plain in one
+process), which is larger than the every-step cost being measured; interleaved, two plain
+sides (`--control`) agree within about 1%. The plain side calls torch.autograd.backward as saved
+at import (our patched backward would make the watched doctor see its passes); the other
+patches are process-wide and do run on the plain side: the bench counts the calls into
+traindoctor's code on one plain step (the loss wrapper's pass-through, a handful) and says so.
+The collector's time (gc.callbacks) is reported per side: our objects make every full
+collection of the process longer, and interleaved the plain side pays its share of that;
+`--control` gives the same figure without a doctor. The long-run extrapolation takes the
+unsampled steps' extra from the interleaved run (as a share of its plain step, times the
+sequential plain step) and everything else (steps 1-50, sampled and pass steps,
+attach/close) from the sequential runs; the output names the method of each figure.
+
 with the number of hook handles created (torch's RemovableHandle counter, which every
 register_*_hook of a module, a tensor or an autograd node increments) at attach, in steps
 1-3 and per step after, and whether the parameters came out bit-identical.
@@ -40,17 +57,19 @@ WANDB_DIR in a temporary folder: nothing reaches the network).
 Run with one thread, and say the machine's load (`uptime`) next to the figures:
 
     OMP_NUM_THREADS=1 python bench/always_on.py [--quick] [--shapes mlp,gpt] [--steps 200]
-        [--rounds 2] [--json OUT]
+        [--rounds 2] [--interleaved 200] [--control] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -65,6 +84,11 @@ from torch.utils.hooks import RemovableHandle
 
 import traindoctor as td
 from traindoctor.diagnosis_schedule import diagnose_due
+
+# Saved before any attach: the plain side of the interleaved run calls backward without our
+# patch, so that the watched doctor does not see the plain side's backward passes.
+_BACKWARD = torch.autograd.backward
+_PACKAGE = os.path.dirname(td.__file__)
 
 # -- the five model shapes of issue 15 --------------------------------------------------------
 
@@ -382,9 +406,17 @@ PHASES = (("steps 1-3", 0, 3), ("steps 4-50", 3, 50), ("steady 51-N", 50, None))
 
 
 def compare(
-    shape: Shape, steps: int, rounds: int, make: Callable[[], Watcher], out_dir: str
+    shape: Shape,
+    steps: int,
+    rounds: int,
+    make: Callable[[], Watcher],
+    out_dir: str,
+    interleaved: int = 0,
+    control: bool = False,
 ) -> dict[str, Any]:
-    """Plain and watched runs alternated `rounds` times; ratios of the summed phase times."""
+    """Plain and watched runs alternated `rounds` times; ratios of the summed phase times.
+    With `interleaved` steps (traindoctor only), the interleaved run too (and the control,
+    plain / plain, with `control`), whose unsampled share the long-run figure uses."""
     plain: list[Run] = []
     watched: list[Run] = []
     for i in range(rounds):
@@ -435,7 +467,14 @@ def compare(
     extra_cpu = sum(r.attach_cpu + r.close_cpu for r in watched) - sum(
         r.attach_cpu + r.close_cpu for r in plain
     )
-    out.update(long_run(plain, watched, extra_cpu))
+    share = None
+    if interleaved and make is Traindoctor:
+        inter = interleave(shape, interleaved, True, out_dir)
+        out.update(inter)
+        share = inter.get("interleaved: unsampled share")
+        if control:
+            out.update(interleave(shape, interleaved, False, out_dir))
+    out.update(long_run(plain, watched, extra_cpu, share))
     out["plain step ms (median, cpu)"] = statistics.median(t for r in plain for t in r.cpu) * 1e3
     out["plain ms steps 1-3 (cpu)"] = phase_sum(plain, 0, 3, "cpu") / len(plain) * 1e3
     out["watched ms steps 1-3 (cpu)"] = phase_sum(watched, 0, 3, "cpu") / len(watched) * 1e3
@@ -457,13 +496,144 @@ def compare(
     return out
 
 
+class _GcClock:
+    """CPU time in Python's cyclic collector since the last reset (a gc.callbacks entry)."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.spent += time.process_time() - self._start
+
+
+def _calls_into_package(fn: Callable[[], Any]) -> int:
+    """Python calls into traindoctor's own code while fn runs (counted with sys.setprofile)."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event == "call" and frame.f_code.co_filename.startswith(_PACKAGE):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def interleave(
+    shape: Shape, steps: int, watched: bool, out_dir: str, after: int = 50
+) -> dict[str, Any]:
+    """Two copies of the run in one process, a plain step and a watched step in turn (the
+    order alternating; both plain with watched=False, the control): CPU time per step of each
+    side, told apart by the watched doctor's schedule read before the step (module
+    docstring). Step `after` + 1 is not timed: its plain side runs under sys.setprofile, to
+    count the calls into our code that the plain side makes."""
+    sides = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = shape.build()
+        sides.append((model, shape.optimizer(model)))
+    g = torch.Generator().manual_seed(1)
+    data = [shape.data(g) for _ in range(16)]
+    doc = td.watch(*sides[1], out_dir=out_dir, console=False) if watched else None
+    clock = _GcClock()
+    gc.callbacks.append(clock)
+
+    def one(side: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        model, opt = sides[side]
+        d = doc if side == 1 else None
+        clock.spent = 0.0
+        c0 = time.process_time()
+        opt.zero_grad(set_to_none=True)
+        loss = shape.loss(model(x), y)
+        if d is None:
+            _BACKWARD(loss)
+        else:
+            loss.backward()
+        opt.step()
+        if d is not None:
+            d.log(loss=loss)
+        return time.process_time() - c0, clock.spent
+
+    # kind -> [(plain s, watched s, plain gc s, watched gc s)]
+    kinds: dict[str, list[tuple[float, float, float, float]]] = {
+        "unsampled": [],
+        "sampled": [],
+        "pass": [],
+    }
+    calls = -1
+    try:
+        for i in range(steps):
+            x, y = data[i % len(data)]
+            kind = "unsampled"
+            if doc is not None:
+                number = doc.step
+                if diagnose_due(number):
+                    kind = "pass"
+                elif doc.budget.sampled(number):
+                    kind = "sampled"
+            if i == after:
+                calls = _calls_into_package(lambda x=x, y=y: one(0, x, y))
+                one(1, x, y)
+                continue
+            order = (0, 1) if i % 2 else (1, 0)
+            t = {side: one(side, x, y) for side in order}
+            if i > after or (kind == "sampled" and i >= 3):
+                kinds[kind].append((t[0][0], t[1][0], t[0][1], t[1][1]))
+        objects = len(gc.get_objects())
+    finally:
+        gc.callbacks.remove(clock)
+        if doc is not None:
+            doc.close()
+    tag = "interleaved" if watched else "control (plain / plain, interleaved)"
+    out: dict[str, Any] = {}
+    for kind, lo in (("unsampled", after + 1), ("sampled", 4), ("pass", after + 1)):
+        pairs = kinds[kind]
+        if not pairs or (kind != "unsampled" and not watched):
+            continue
+        plain_s = sum(p for p, *_ in pairs)
+        watched_s = sum(w for _, w, *_ in pairs)
+        label = f"{tag}: {kind} steps {lo}-N"
+        out[f"{label} (cpu)"] = watched_s / plain_s
+        out[f"{label}: steps"] = len(pairs)
+        out[f"{label}: extra ms per step"] = (watched_s - plain_s) / len(pairs) * 1e3
+        if kind == "unsampled":
+            out[f"{label}: median pair"] = statistics.median(w / p for p, w, *_ in pairs)
+            out[f"{label}: plain ms (median)"] = statistics.median(p for p, *_ in pairs) * 1e3
+            gc_p = sum(a for *_, a, _ in pairs) / len(pairs) * 1e3
+            gc_w = sum(b for *_, b in pairs) / len(pairs) * 1e3
+            other = "watched" if watched else "plain"
+            out[f"{tag}: GC ms per unsampled step, plain / {other} side"] = (
+                f"{gc_p:.1f} / {gc_w:.1f}"
+            )
+            out[f"{tag}: unsampled share"] = (watched_s - plain_s) / plain_s
+    out[f"{tag}: calls into traindoctor on a plain step"] = calls
+    out[f"{tag}: objects tracked by the collector"] = objects
+    out[f"{tag}: params bit-identical"] = all(
+        torch.equal(a, b)
+        for a, b in zip(sides[0][0].parameters(), sides[1][0].parameters(), strict=True)
+    )
+    return out
+
+
 LONG_RUNS = (10_000, 100_000)
 
 
-def long_run(plain: list[Run], watched: list[Run], attach_close: float) -> dict[str, Any]:
+def long_run(
+    plain: list[Run], watched: list[Run], attach_close: float, share: float | None = None
+) -> dict[str, Any]:
     """The whole-run ratio extrapolated to LONG_RUNS steps from the measured phases (CPU
-    time; the module docstring says how). Empty when the runs are too short to have a steady
-    state, or nothing samples."""
+    time; the module docstring says how). `share`: the unsampled steps' extra as a share of
+    the plain step, measured interleaved; it replaces the sequential runs' e_u (which is
+    still reported). Empty when the runs are too short to have a steady state, or nothing
+    samples."""
     steps = len(plain[0].cpu)
     w0 = watched[0]
     flags, numbers = w0.sampled, w0.numbers
@@ -485,28 +655,34 @@ def long_run(plain: list[Run], watched: list[Run], attach_close: float) -> dict[
     sampled = [i for i in rest if flags[i]] or [i for i in range(3, 50) if flags[i]]
     if not unsampled or not sampled:
         return {}
-    e_u = extra(unsampled) / (n * len(unsampled))
+    e_u_seq = extra(unsampled) / (n * len(unsampled))
+    e_u = e_u_seq if share is None else share * per_p
     e_s = extra(sampled) / (n * len(sampled))
     # No due step in 51-M (a short window): the passes are not measured, and are priced as
     # the steps they fall on (the figure leaves them out, and says so).
     e_p = extra(passes) / (n * len(passes)) if passes else None
     interval = w0.target or w0.interval or 1
     rate = 1 / interval
+    method = "sequential" if share is None else "interleaved"
     out: dict[str, Any] = {
-        "long run: one-off extra s (steps 1-50 + attach/close)": one_off,
-        "long run: extra ms per unsampled step": e_u * 1e3,
-        "long run: extra ms per sampled step": e_s * 1e3,
-        "long run: extra ms per pass step": "not measured" if e_p is None else e_p * 1e3,
-        "long run: plain ms per step": per_p * 1e3,
+        "long run: one-off extra s (steps 1-50 + attach/close; sequential)": one_off,
+        f"long run: extra ms per unsampled step ({method})": e_u * 1e3,  # share x plain step
+        "long run: extra ms per sampled step (sequential)": e_s * 1e3,
+        "long run: extra ms per pass step (sequential)": (
+            "not measured" if e_p is None else e_p * 1e3
+        ),
+        "long run: plain ms per step (sequential)": per_p * 1e3,
         "long run: steady interval": interval,
     }
+    if share is not None:
+        out["long run: extra ms per unsampled step (sequential; not used)"] = e_u_seq * 1e3
     first = numbers[50]
     for big in LONG_RUNS:
         n_p = (
             0 if e_p is None else sum(1 for s in range(first, first + big - 50) if diagnose_due(s))
         )
         other = big - 50 - n_p
-        out[f"long run ratio at {big:.0e} steps (extrapolated, cpu)"] = 1 + (
+        out[f"long run ratio at {big:.0e} steps (extrapolated, cpu; e_u {method})"] = 1 + (
             one_off + n_p * (e_p or 0.0) + other * (rate * e_s + (1 - rate) * e_u)
         ) / (head_p + (big - 50) * per_p)
     return out
@@ -545,10 +721,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2, help="plain/watched pairs per shape")
     ap.add_argument("--no-peers", action="store_true", help="skip detect_anomaly and wandb")
+    ap.add_argument(
+        "--interleaved",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="steps of the interleaved run per shape (default: --steps; 0: none)",
+    )
+    ap.add_argument(
+        "--control", action="store_true", help="also interleave plain / plain: the method's error"
+    )
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds = 60, 1
+    if args.interleaved is None:
+        args.interleaved = args.steps
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # detect_anomaly warns once per run
     shapes = [s for s in args.shapes.split(",") if s]
@@ -560,7 +748,17 @@ def main() -> None:
             shape = SHAPES[name]
             t0 = time.perf_counter()
             res = {"params": describe(shape.build())}
-            res.update(compare(shape, args.steps, args.rounds, Traindoctor, out))
+            res.update(
+                compare(
+                    shape,
+                    args.steps,
+                    args.rounds,
+                    Traindoctor,
+                    out,
+                    args.interleaved,
+                    args.control,
+                )
+            )
             results[name] = res
             print(f"{name}: {res['params']}, done in {time.perf_counter() - t0:.0f} s")
             print(json.dumps(res, default=str))
