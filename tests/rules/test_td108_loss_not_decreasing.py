@@ -202,10 +202,38 @@ def test_huge_steps_of_a_loss_that_learned_are_not_this_cause():
 
 def test_a_loss_falling_steadily_by_less_than_5_percent_is_slow_not_stuck():
     # a word-level LSTM at its unigram plateau: 5.56 -> 5.33 over 86 steps, steadily
+    # over a 10,000-word vocabulary (ln 10000 = 9.2: far below a uniform guess)
     values = [5.56 - 0.0027 * i + 0.03 * ((i * 7) % 5 - 2) / 2 for i in range(86)]
-    assert_silent("TD108", _tl(values, ratio=0.07, lr=20.0))
+    words = {**CE, "classes": 10000, "input_shape": [32, 10000]}
+    assert_silent("TD108", _tl(values, ratio=0.07, lr=20.0, loss_event=words))
     # the same slow fall with tiny updates is still the fault it measures
-    assert_fires("TD108", _tl(values, ratio=1e-8, lr=1e-7))
+    assert_fires("TD108", _tl(values, ratio=1e-8, lr=1e-7, loss_event=words))
+
+
+def _decaying_tl(values, shrink, weight_decay):
+    """A 3-class CE falling steadily onto ln 3 while the weights shrink by `shrink` a step."""
+    extra = {
+        i: {"params.norm": dict.fromkeys(PARAMS, 4.0 * shrink**i)}
+        for i in range(1, len(values) + 1)
+        if i % 10 == 0 or i <= 3
+    }
+    tl = _tl(values, ratio=1e-2, lr=1e-3, extra=extra)
+    tl.facts["optimizers"][0]["groups"][0]["weight_decay"] = weight_decay
+    return tl
+
+
+def test_a_loss_falling_onto_a_uniform_guess_is_stuck_not_slow():
+    # Adam(weight_decay=10): the loss creeps down from its init onto ln C and stays there,
+    # the weights shrink; the slow-fall exemption does not apply at a uniform guess.
+    values = [1.16 - 0.0006 * i + 0.002 * ((i * 7) % 5 - 2) / 2 for i in range(100)]
+    values = [max(v, 1.0987 + 0.0003 * ((i * 3) % 4)) for i, v in enumerate(values)]
+    f = assert_fires("TD108", _decaying_tl(values, 0.97, 10.0))
+    assert f.severity is Severity.WARNING
+    assert "no lower than a uniform guess over the classes (1.099)" in f.title
+    assert "weights shrank to" in f.cause and "weight_decay=10" in f.cause
+    # the same run learning below ln C is a slow fall: silent
+    learning = [1.16 - 0.0012 * i + 0.002 * ((i * 7) % 5 - 2) / 2 for i in range(100)]
+    assert_silent("TD108", _decaying_tl(learning, 1.0, 1e-2))
 
 
 # A loss that fell while a stretch of steps ran at lr exactly 0 (a step-sized warmup stepped once

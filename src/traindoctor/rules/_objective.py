@@ -373,6 +373,19 @@ def too_high_lr(
     return out
 
 
+def uniform_guess(tl: TimelineView, data: Inputs) -> float | None:
+    """The loss of a uniform guess over the classes (ln C, times the backward passes a logged
+    loss sums), when a cross-entropy/NLL site recorded its number of classes; else None."""
+    classes = [
+        e.get("classes")
+        for e in tl.events("loss_input")
+        if e.get("fn") in CLASS_FNS and e.get("classes")
+    ]
+    if not classes or len(set(classes)) != 1 or classes[0] < 2:
+        return None  # several heads with their own class counts: no one uniform guess
+    return math.log(classes[0]) * _summed_passes(tl, data)
+
+
 def _summed_passes(tl: TimelineView, data: Inputs) -> float:
     """How many backward passes each step's logged loss adds up (the median over the observed
     steps), when it is measured to be their sum (_standard_share); else 1."""

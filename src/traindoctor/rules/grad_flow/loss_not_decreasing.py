@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._loss_scan import Levels, LossScan
-from .._objective import objective, spearman, too_high_lr
+from .._objective import objective, spearman, too_high_lr, uniform_guess
 from .._registry import rule
 from .._util import loss_source
 
@@ -133,7 +133,13 @@ def _judge(
     cause, fix, fault = _cause(tl, ratio, drop, hot, stretch)
     prior = _label_entropy(data.totals)
     normal = cause.startswith("the weights move at a normal rate")
-    if normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior:
+    chance = uniform_guess(tl, data) if obj.falls else None
+    at_chance = chance is not None and last >= chance * (1 - 0.002)
+    # Above the labels' entropy, at ln C: a uniform guess, not the class frequencies (with
+    # balanced labels the two are one value, and the labels' cause is kept).
+    uniform = at_chance and prior is not None and chance > prior * 1.01
+    chance_cause = False
+    if normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior and not uniform:
         # At the loss of predicting the class frequencies: nothing the model outputs
         # depends on its input, which is what labels that do not belong to their inputs
         # (shuffled apart, read in another order) leave to learn.
@@ -150,10 +156,20 @@ def _judge(
             "and labels with one permutation (X[perm], y[perm]) and index both with the "
             "same key in __getitem__"
         )
-    if not fault and (spearman(values) or 0.0) <= -0.5:
+    elif at_chance and normal:
+        chance_cause = True
+        cause = _at_chance_cause(tl, ratio, last, chance)
+        fix = (
+            "make the model's output depend on its input: check the regularisation "
+            "(weight_decay of the order of 1e-4 to 1e-1; decoupled AdamW for large values), "
+            "that the inputs reach the model, and that it can overfit one batch"
+        )
+    if not fault and not at_chance and (spearman(values) or 0.0) <= -0.5:
         # Falling steadily, by less than `min_rel_drop`: slow (an LSTM at its unigram plateau),
         # not stuck. On 50+ steps a flat noisy loss has |rank correlation| < 0.5 (about 3.5
-        # standard deviations); a stuck loss with a measured fault is still reported.
+        # standard deviations); a stuck loss with a measured fault is still reported. A loss
+        # that ends at the uniform guess (ln C) only fell from its init towards chance: the
+        # model learned nothing of its input, not slowly.
         return
     if not (fault or obj.falls) and ratio is not None:
         cause = f"the loss did not fall while the weights moved (median ||Δθ||/||θ|| = {ratio:.2g})"
@@ -189,6 +205,11 @@ def _judge(
         f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
         f"{len(values)} steps"
     )
+    if chance_cause:
+        title = (
+            f"the training loss ends at {last:.4g} after {len(values)} steps, no lower than a "
+            f"uniform guess over the classes ({chance:.4g})"
+        )
     if stretch is not None:
         title = (
             f"the learning rate was exactly 0 at {stretch[0]} of the {stretch[1]} optimizer "
@@ -218,6 +239,37 @@ def _judge(
         severity=severity,
         confidence=0.7 if severity is Severity.WARNING else 0.4,
     )
+
+
+def _at_chance_cause(tl: TimelineView, ratio: float | None, last: float, chance: float) -> str:
+    """The cause of a loss that ends at the uniform guess while the weights move: with the
+    weights' norm measured against their first sampled norm, and the weight decay set."""
+    moving = f" (median ||Δθ||/||θ|| = {ratio:.2g})" if ratio is not None else ""
+    out = (
+        f"the weights move at a normal rate{moving} but the loss ends at {last:.4g}, no lower "
+        f"than a uniform guess over the classes ({chance:.4g}): the model's output does not "
+        "depend on its input"
+    )
+    norms = tl.series("params.norm")
+    if len(norms) >= 2:
+        first, end = norms[0][1], norms[-1][1]
+        shared = [n for n in first if first[n] and n in end]
+        before = math.sqrt(sum(first[n] ** 2 for n in shared))
+        after = math.sqrt(sum(end[n] ** 2 for n in shared))
+        decays = [
+            g.get("weight_decay")
+            for o in tl.fact("optimizers") or []
+            for g in (o.get("groups") or [])
+            if isinstance(g, dict) and g.get("weight_decay")
+        ]
+        if shared and before > 0 and after < 0.5 * before:
+            out += (
+                f"; the weights shrank to {after / before:.2g}x their norm at step "
+                f"{norms[0][0]} (step {norms[-1][0]})"
+            )
+            if decays:
+                out += f" under weight_decay={max(decays):g}, which outweighs the gradient"
+    return out
 
 
 def _label_entropy(totals: dict[str, float]) -> float | None:
