@@ -155,9 +155,15 @@ class Budget:
         self.floor_share: float | None = None  # measured: every step's own cost, share of step
         # (step, measured overhead, interval) of the last windows (the report shows 50)
         self.history: deque[tuple[int, float, int]] = deque(maxlen=HISTORY_WINDOWS)
+        self.extra: set[int] = set()  # steps sampled besides the schedule's (sample_steps)
 
     def sampled(self, step: int) -> bool:
-        return step <= self.structural_steps or step % self.interval == 0
+        return step <= self.structural_steps or step % self.interval == 0 or step in self.extra
+
+    def sample_steps(self, steps: range) -> None:
+        """Sample these steps too: a later phase's first steps (zero-code found models that
+        train from there on), counted in steps like the schedule."""
+        self.extra.update(steps)
 
     def plan(self, work: Work) -> int:
         """Decide the interval from the counted work (once; later calls keep the first plan)."""

@@ -278,6 +278,47 @@ class Doctor:
         if optim_probe is not None:
             self.guard.call("probe optim", optim_probe.describe, self.rec)
 
+    def add_models(self, models: Iterable[torch.nn.Module]) -> list[str]:
+        """Zero-code mode: models that first train after attach (a later phase: the student
+        after its teacher, a classifier after pretraining). Each gets a prefix of its own
+        (its class name, numbered when taken); its params are named and inventoried from now
+        on, so the rules read them as the first models' (the probes that read
+        `named_params()` see them at their next sampled step). Returns the prefixes given."""
+        ctx = self.context
+        if ctx is None:
+            return []
+        watched = {id(sub) for m in self.models.values() for sub in m.modules()}
+        added: dict[str, torch.nn.Module] = {}
+        for model in models:
+            if id(model) in watched:
+                continue
+            watched.update(id(sub) for sub in model.modules())
+            base, k = type(model).__name__, 1
+            prefix = f"{base}."
+            while prefix in self.models or prefix in added:
+                k += 1
+                prefix = f"{base}{k}."
+            added[prefix] = model
+        if not added:
+            return []
+        names = ctx.param_names
+        for prefix, model in added.items():
+            self.models[prefix] = model  # ctx.models is this dict
+            for name, p in model.named_parameters():
+                names.setdefault(id(p), f"{prefix}{name}")
+        self.timeline.facts["models"] = {
+            (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
+        }
+        for probe in self.probes:
+            if hasattr(probe, "models_added"):
+                self.guard.call(f"probe {probe.name}", probe.models_added, added, self.rec)
+        self._structure_check()
+        # The new phase's first steps are sampled, as the run's first ones are: its models'
+        # gradients and updates are measured there, whatever the schedule's interval.
+        step = self._clock.step
+        self.budget.sample_steps(range(step + 1, step + 1 + self.budget.structural_steps))
+        return list(added)
+
     def _adopt_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """A torch optimizer holding watched params stepped, none was given to watch(): it is
         the run's. The first one adopted also closes the step its step() just ended (its own

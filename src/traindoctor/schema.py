@@ -571,6 +571,11 @@ class Trainable(Event, total=False):
     count: int
 
 
+class ModelsAdded(Event, total=False):
+    models: list[str]
+    params: list[str]
+
+
 class UltralyticsEpoch(Event, total=False):
     epoch: int
 
@@ -651,6 +656,11 @@ _event(
     FunctionalDropout,
 )
 _event("mode_call", "a .train()/.eval() call on a watched module", ModeCall)
+_event(
+    "models_added",
+    "models watched from a later phase on (zero-code: trained by an optimizer built after attach)",
+    ModelsAdded,
+)
 _event("nonfinite", "the first NaN/Inf of a cause, located (autopsy)", Nonfinite)
 _event("nonfinite_masked", "NaN/Inf masked before the loss (where and how)", NonfiniteMasked)
 _event(

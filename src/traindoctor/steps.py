@@ -271,7 +271,9 @@ class StepDriver:
         clock, budget = self.clock, run.budget
         step = clock._step
         # Budget.sampled and RunClock.set_sampled written out (every step).
-        sampled = step <= budget.structural_steps or step % budget.interval == 0
+        sampled = (
+            step <= budget.structural_steps or step % budget.interval == 0 or step in budget.extra
+        )
         clock._sampled = sampled
         run.bus.emit(Event.STEP_OPENED, step, sampled, run.rec)
 

@@ -29,6 +29,12 @@ from ..probes.audit import watch_requires_grad
 from ..probes.forward import output_facts
 from ..scaler_find import update_role
 
+# A later phase's optimizer: its first LATE_STEPS steps look for the models it trains; at most
+# LATE_WINDOWS such phases a run (each keeps the global forward hooks on for its first steps).
+LATE_STEPS = 3
+LATE_WINDOWS = 8
+LATE_WAIT = 20  # steps after which a later phase's optimizer that has not stepped is let go
+
 
 class ZeroCodeSession:
     """Owns the global patches and attaches the Doctor to what the script creates."""
@@ -45,6 +51,12 @@ class ZeroCodeSession:
         self._forward_hooks_live = False
         self._first_call: dict[int, tuple[Any, torch.Tensor]] = {}
         self._first_out: dict[int, dict[int, torch.Tensor]] = {}
+        # A later phase (optimizers built after attach): each one's first steps are watched
+        # for the models it trains (_later_phase_step); None until one is built.
+        self._late_opts: weakref.WeakKeyDictionary | None = None
+        self._late_roots: dict[int, weakref.ref] = {}  # called in training, with gradient
+        self._late_windows = LATE_WINDOWS
+        self._structural_over = False
 
     # -- install / uninstall ----------------------------------------------------------------
     delegated = False  # a framework callback watches the run (see _detect_framework)
@@ -166,6 +178,9 @@ class ZeroCodeSession:
         if compiling():
             return
         if self._depth == 0:
+            if self._late_opts and module.training and torch.is_grad_enabled():
+                with contextlib.suppress(TypeError):
+                    self._late_roots.setdefault(id(module), weakref.ref(module))
             with contextlib.suppress(TypeError):
                 self._roots.setdefault(id(module), weakref.ref(module))
             if not self._attached and module.training and torch.is_grad_enabled():
@@ -178,7 +193,7 @@ class ZeroCodeSession:
         if compiling():
             return
         self._depth = max(0, self._depth - 1)
-        if self._depth == 0:
+        if self._depth == 0 and not (self._structural_over and self._late_opts):
             with UsersOff():  # the user's tensor subclasses and modes do not see our reads
                 if not self._attached and id(module) in self._first_call:
                     guard = self.doctor.guard
@@ -205,6 +220,7 @@ class ZeroCodeSession:
             self.doctor.created_at[id(opt)] = src
         if self._attached:
             self.doctor.add_optimizer(opt)
+            self._open_later_phase(opt)
 
     def _on_step(self, opt: torch.optim.Optimizer) -> None:
         if self.delegated:
@@ -213,8 +229,13 @@ class ZeroCodeSession:
             self._optimizers.append(weakref.ref(opt))
         if not self._attached:
             self._attach()
-        else:
+            return
+        if not any(o is opt for o in self.doctor.optimizers):
             self.doctor.add_optimizer(opt)
+            self._open_later_phase(opt)
+        late = self._late_opts
+        if late and opt in late:
+            self.doctor.guard.call("zero-code later phase", self._later_phase_step, opt)
 
     def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
         if not self._attached and not self.delegated:
@@ -338,8 +359,70 @@ class ZeroCodeSession:
         self._first_call.clear()
         self._first_out.clear()
 
-    def after_structural_phase(self) -> None:
-        self._remove_forward_hooks()
+    def after_structural_phase(self, step: int = 0) -> None:
+        self._structural_over = True
+        late = self._late_opts
+        if late:
+            # A later phase's optimizer that never steps (built, then unused) closes its window
+            # LATE_WAIT steps on, so the forward hooks do not stay on for good.
+            for opt, (_, opened) in list(late.items()):
+                if step - opened > LATE_WAIT:
+                    late.pop(opt, None)
+        if not late:
+            self._remove_forward_hooks()
+
+    # -- later phases -----------------------------------------------------------------------
+    def _open_later_phase(self, opt: torch.optim.Optimizer) -> None:
+        """An optimizer built after attach: a later phase may train models no one watches yet
+        (a student after its teacher, a classifier after pretraining, a critic after a warm-up).
+        The forward hooks listen again until its LATE_STEPS first steps, which look for them
+        (_later_phase_step). At most LATE_WINDOWS phases, so that a loop building an optimizer
+        every step keeps no hook on for good."""
+        if self._late_windows <= 0:
+            return
+        self._late_windows -= 1
+        if self._late_opts is None:
+            self._late_opts = weakref.WeakKeyDictionary()
+        self._late_opts[opt] = (0, self.doctor.step)
+        ctx = self.doctor.context
+        if not self._forward_hooks_live and ctx is not None and not ctx.compiled:
+            # (Not while a watched model runs compiled: a global hook added or removed
+            # recompiles it. Its phase's models are then found from its tensors alone.)
+            self._install_forward_hooks()
+
+    def _later_phase_step(self, opt: torch.optim.Optimizer) -> None:
+        """One of a later phase optimizer's first steps: the models it trains that no watched
+        model holds (found once in the heap, from its tensors), and the root modules called in
+        training with gradient recording on since the phase began whose trainable params no
+        watched model holds (a student the optimizer was wrongly not built over), are watched
+        from now on (Doctor.add_models)."""
+        late = self._late_opts
+        assert late is not None
+        n, opened = late.get(opt, (LATE_STEPS, 0))
+        ctx = self.doctor.context
+        if ctx is None:
+            return
+        names = ctx.param_names
+        found: list[torch.nn.Module] = []
+        if n == 0:
+            unnamed = {id(p) for g in opt.param_groups for p in g["params"] if id(p) not in names}
+            if unnamed:
+                found.extend(_owning_models(unnamed))
+        for ref in list(self._late_roots.values()):
+            m = ref()
+            if m is not None and any(
+                p.requires_grad and id(p) not in names for p in m.parameters()
+            ):
+                found.append(m)
+        self._late_roots.clear()
+        if found:
+            self.doctor.add_models(_outermost(found))
+        if n + 1 >= LATE_STEPS:
+            late.pop(opt, None)
+            if not late and self._structural_over:
+                self._remove_forward_hooks()
+        else:
+            late[opt] = (n + 1, opened)
 
 
 def _owning_models(param_ids: set[int]) -> list[torch.nn.Module]:
@@ -376,7 +459,7 @@ def attached(doctor: Doctor) -> Iterator[ZeroCodeSession]:
 
     def step_opened(step: int, sampled: bool, rec: Any) -> None:
         if step > doctor.budget.structural_steps:
-            session.after_structural_phase()
+            session.after_structural_phase(step)
 
     unsubscribe = doctor.bus.subscribe(Event.STEP_OPENED, step_opened, "zero-code session")
     try:

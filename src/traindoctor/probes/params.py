@@ -47,7 +47,7 @@ SNAPSHOT_BYTES = 256 * 2**20
 class ParamsProbe(Probe):
     name = "params"
     provides: ClassVar[tuple[str, ...]] = (PARAMS_UPDATE, PARAMS_NORM, PARAMS_REPLACED)
-    provides_events: ClassVar[tuple[str, ...]] = ("trainable",)
+    provides_events: ClassVar[tuple[str, ...]] = ("trainable", "models_added")
     provides_facts: ClassVar[tuple[str, ...]] = ("params", "module_types", "modules")
     # prepare() runs every step: it drops a snapshot whose step() never came (AMP skip).
     sampled_only = frozenset(
@@ -95,6 +95,36 @@ class ParamsProbe(Probe):
         rec.timeline.facts["modules"] = {
             prefix: sorted(n for n, _ in m.named_modules() if n) for prefix, m in ctx.models.items()
         }
+
+    def models_added(self, models: dict[str, torch.nn.Module], rec: Recorder) -> None:
+        """Models watched from a later phase on (Doctor.add_models): their params join the
+        inventory, the module facts and the replaced-tensor check. Not a `trainable` event:
+        nothing was frozen or unfrozen, the run has more models."""
+        ctx = self.ctx
+        assert ctx is not None
+        facts = rec.timeline.facts
+        inventory = facts.setdefault("params", {})
+        types, modules = facts.setdefault("module_types", {}), facts.setdefault("modules", {})
+        names, new = ctx.param_names, []
+        for prefix, model in models.items():
+            for name, p in model.named_parameters():
+                qualified = f"{prefix}{name}"
+                if qualified in inventory or names.get(id(p), qualified) != qualified:
+                    continue  # a watched model's param, held by the new one too
+                new.append(qualified)
+                self._ids_at_attach[qualified] = id(p)
+                inventory[qualified] = {
+                    "shape": list(p.shape),
+                    "dtype": str(p.dtype).replace("torch.", ""),
+                    "numel": p.numel(),
+                    "requires_grad": bool(p.requires_grad),
+                }
+            for n, m in model.named_modules():
+                types[f"{prefix}{n}" if n else prefix.rstrip(".")] = type(m).__name__
+            modules[prefix] = sorted(n for n, _ in model.named_modules() if n)
+        self._trainable = sum(1 for info in inventory.values() if info["requires_grad"])
+        shared(ctx).names_version += 1
+        rec.event(ctx.state.step, "models_added", models=list(models), params=new)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         if not sampled:

@@ -28,7 +28,7 @@ from ._held_out import held_out_by_design
     severity=Severity.ERROR,
     summary="Trainable params that no optimizer param group holds.",
     requires=("grads.norm", "params.replaced", "copies.norm", "forward.calls"),
-    events=("optimizer_layout",),
+    events=("optimizer_layout", "models_added"),
     facts=("copies", "grads_seen_later", "optimizers", "params"),
     priority=16,
 )
@@ -125,10 +125,15 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
         f", {len(with_grad)} of them receive gradients that are never applied" if with_grad else ""
     )
     opt0 = optimizers[0]
+    step = onset(tl.events("optimizer_layout"), lambda e: not set(missing) & set(e["held"])) or 1
+    # Params of models watched from a later phase on: not missing before they were.
+    added = {n: a["step"] for a in tl.events("models_added") for n in a.get("params") or ()}
+    if all(n in added for n in missing):
+        step = max(step, min(added[n] for n in missing))
     yield tl.finding(
         title=f"{len(missing)} trainable params ({numel:,} values) are in no optimizer: "
         f"{describe_groups(groups)}{gets}",
-        step=onset(tl.events("optimizer_layout"), lambda e: not set(missing) & set(e["held"])) or 1,
+        step=step,
         evidence={
             "params_not_in_optimizer": len(missing),
             "values": numel,

@@ -1,0 +1,159 @@
+"""Models and optimizers that first appear in a later phase of the run, under zero-code
+discovery (what `traindoctor run script.py` does, in process).
+
+Real programs train in phases: a teacher, then a student distilled from it
+(Joyful-Buffalo/simplest-knowledge-distillation, seven phases in one script); an encoder
+pretrained, then a classifier fine-tuned over it with a new optimizer; a critic built after the
+generator's warm-up. Zero-code attach happens at the first backward, so only the first phase's
+models were watched: a student whose loop never zeroed its gradients, or whose optimizer was
+built over the teacher, was 'healthy'. Now an optimizer built after attach opens a window of
+its first steps in which the models it trains (owners of its tensors) and the root modules
+called in training with gradient on whose params no watched model holds are watched too. Each
+bug below has a healthy twin that must stay silent (the earlier phase's model, which no longer
+steps, is done, not frozen).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from traindoctor.doctor import Doctor
+from traindoctor.findings import Severity
+from traindoctor.integrations.autopatch import attached
+
+pytestmark = pytest.mark.slow
+
+_LOUD = (Severity.ERROR, Severity.WARNING)
+
+
+def _zero_code(tmp_path, program, variant: str) -> list:
+    torch.manual_seed(0)
+    doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False)
+    with attached(doctor):
+        program(variant)
+    report = doctor.close()
+    assert not report.internal_errors, report.internal_errors
+    return report.findings
+
+
+def _loud(findings: list) -> list:
+    return [(f.code, f.severity.name, f.title) for f in findings if f.severity in _LOUD]
+
+
+def _top3(findings: list) -> list[str]:
+    return [f.code for f in findings if f.severity in _LOUD][:3]
+
+
+def distillation(variant: str) -> None:
+    """A teacher trained with its own Adam, then frozen (eval) to distill a new student with a
+    new Adam: KL on temperature-scaled softmaxes x T^2 + CE."""
+    w = torch.randn(8, 4)
+    teacher = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    t_opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(15):
+        x = torch.randn(64, 8)
+        loss = F.cross_entropy(teacher(x), (x @ w).argmax(1))
+        t_opt.zero_grad()
+        loss.backward()
+        t_opt.step()
+    teacher.eval()
+    student = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    over = teacher if variant == "optimizer-on-teacher" else student
+    s_opt = torch.optim.Adam(over.parameters(), lr=1e-2)
+    for _ in range(30):
+        x = torch.randn(64, 8)
+        if variant != "no-zero-grad":
+            s_opt.zero_grad()
+        out = student(x)
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / 2.0, dim=1)
+        kd = F.kl_div(F.log_softmax(out / 2.0, dim=1), soft, reduction="batchmean")
+        loss = 0.5 * kd * 4.0 + 0.5 * F.cross_entropy(out, (x @ w).argmax(1))
+        loss.backward()
+        s_opt.step()
+
+
+def pretrain_finetune(variant: str) -> None:
+    """An autoencoder's encoder pretrained, then a classifier built over it (a new head) and
+    fine-tuned with a new SGD."""
+    x = torch.randn(512, 20)
+    y = (x[:, :3].sum(1) > 0).long()
+    enc = nn.Sequential(nn.Linear(20, 32), nn.ReLU())
+    dec = nn.Linear(32, 20)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-2)
+    for _ in range(15):
+        idx = torch.randint(0, 512, (32,))
+        loss = F.mse_loss(dec(enc(x[idx])), x[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    clf = nn.Sequential(enc, nn.Linear(32, 2))
+    over = enc if variant == "head-not-in-optimizer" else clf
+    opt2 = torch.optim.SGD(over.parameters(), lr=0.1)
+    for _ in range(30):
+        idx = torch.randint(0, 512, (32,))
+        loss = F.cross_entropy(clf(x[idx]), y[idx])
+        if variant != "no-zero-grad":
+            opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+
+def late_critic(variant: str) -> None:
+    """A WGAN-GP-free toy: the generator warms up toward the data mean alone, then a critic and
+    its optimizer are built and stepped 3 times per generator step."""
+    gen = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+
+    def real(n: int) -> torch.Tensor:
+        return torch.randn(n, 2) * 0.5 + torch.tensor([2.0, -1.0])
+
+    for _ in range(10):
+        loss = (gen(torch.randn(64, 8)).mean(0) - real(64).mean(0)).pow(2).sum()
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+    critic = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    for _ in range(12):
+        for _ in range(3):
+            fake = gen(torch.randn(64, 8)).detach()
+            loss_c = critic(fake).mean() - critic(real(64)).mean()
+            if variant != "critic-no-zero-grad":
+                opt_c.zero_grad()
+            loss_c.backward()
+            opt_c.step()
+            with torch.no_grad():
+                for p in critic.parameters():
+                    p.clamp_(-0.1, 0.1)
+        loss_g = -critic(gen(torch.randn(64, 8))).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+
+
+@pytest.mark.parametrize("program", [distillation, pretrain_finetune, late_critic])
+def test_healthy_later_phases_stay_silent(tmp_path, program):
+    findings = _zero_code(tmp_path, program, "healthy")
+    assert not _loud(findings), _loud(findings)
+
+
+@pytest.mark.parametrize(
+    ("program", "variant", "expected", "phase_start"),
+    [
+        (distillation, "no-zero-grad", {"TD106"}, 16),
+        (distillation, "optimizer-on-teacher", {"TD103", "TD102", "TD105"}, 16),
+        (pretrain_finetune, "no-zero-grad", {"TD106"}, 16),
+        (pretrain_finetune, "head-not-in-optimizer", {"TD103"}, 16),
+        (late_critic, "critic-no-zero-grad", {"TD106"}, 11),
+    ],
+)
+def test_a_later_phase_bug_is_caught(tmp_path, program, variant, expected, phase_start):
+    findings = _zero_code(tmp_path, program, variant)
+    assert expected & set(_top3(findings)), _loud(findings)
+    hit = next(f for f in findings if f.code in expected and f.severity in _LOUD)
+    # Said of the later phase: the step is one of its steps, the names are the new model's.
+    assert hit.step >= phase_start, (hit.code, hit.step)
