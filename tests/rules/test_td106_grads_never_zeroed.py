@@ -116,3 +116,17 @@ def test_a_second_optimizers_params_are_not_judged_on_the_sampled_steps():
     assert_silent("TD106", _two({**sampled, **cycles}))
     # a timeline written before the cycles were measured judges them there, as it did
     assert_fires("TD106", make_timeline(params=CRITIC + ACTOR, optimizers=TWO, steps=sampled))
+
+
+def test_a_param_dead_at_a_step_is_not_taken_for_zeroed_there():
+    # zero_grad() once an epoch; `fc` dies (ReLU, no gradient) after a divergence: it carries
+    # nothing and gets nothing at steps 4-5, which says nothing about zeroing. All 3 params
+    # carried where they were alive: all are named, not just the one still alive.
+    alive = {"fc.weight": 0.0, "fc.bias": 0.0, "out.weight": 2.0}
+    carried = [{}, _all(1.0), _all(2.0), {"out.weight": 3.0}, {"out.weight": 4.0}]
+    norms = [_all(1.0), _all(2.0), _all(3.0), alive, alive]
+    f = assert_fires("TD106", _tl(carried, norms))
+    assert f.evidence["params_carrying_grad"] == 3
+    # the same zeros with a gradient at step() were zeroed (the 0 is measured): not carried
+    f = assert_fires("TD106", _tl(carried, [_all(1.0)] * 5))
+    assert f.where.params == ("out.weight",)

@@ -27,9 +27,10 @@ class CarriedScan:
 
     def __init__(self) -> None:
         self.carried, self.stepped = Reader("grads.carried"), Reader("grads.stepped")
-        self.cycle = Reader("grads.cycle_carried")
-        self.readers = (self.carried, self.stepped, self.cycle)
-        self.open: dict[int, list] = {}  # step -> [carried norms, stepped names, cycle norms]
+        self.cycle, self.after = Reader("grads.cycle_carried"), Reader("grads.norm")
+        self.readers = (self.carried, self.stepped, self.cycle, self.after)
+        # step -> [carried norms, stepped names, cycle norms, norms at step()]
+        self.open: dict[int, list] = {}
         self.judged: dict[str, int] = {}
         self.zeroed: set[str] = set()  # judged once with nothing carried
         self.observed = 0  # observed steps (from step 2)
@@ -44,19 +45,21 @@ class CarriedScan:
             settled, pending = reader.read(tl)
             for s, rec in settled + pending:
                 if s > self.folded:  # a reader hands its newest record out again
-                    self.open.setdefault(s, [None, None, None])[i] = rec
+                    self.open.setdefault(s, [None, None, None, None])[i] = rec
         others, known = by_cycles(tl), inventory_keys(tl)
         # The run is past a step once either carried signal has a later record.
         done = max((d for d in (self.carried.done, self.cycle.done) if d is not None), default=None)
         for s in sorted(self.open):
             if done is None or s > done:
                 break
-            self._fold(_judged(*self.open.pop(s), others, known), None)
+            carried, stepped, cycle, after = self.open.pop(s)
+            self._fold(_judged(carried, stepped, cycle, others, known, after), None)
             self.folded = s
         undo: list = []
         observed = self.observed
         for s in sorted(self.open):
-            observed += self._fold(_judged(*self.open[s], others, known), undo)
+            carried, stepped, cycle, after = self.open[s]
+            observed += self._fold(_judged(carried, stepped, cycle, others, known, after), undo)
         try:
             if observed < min_observations:
                 return set()
@@ -111,6 +114,7 @@ def _judged(
     cycle: dict | None,
     others: frozenset[str],
     known: dict[str, None],
+    after: dict | None = None,
 ) -> dict[str, float] | None:
     """One step's observations, param -> the smallest ||grad|| found before a backward (0:
     zeroed), None when the step observed nothing.
@@ -120,7 +124,9 @@ def _judged(
     discriminator's steps, and need not be), less `others`, judged on one whole cycle of
     their own optimizer instead (grads.cycle_carried: TD3's actor steps every 2nd step, after
     the critic's step; a head stepped every 2nd step accumulates over two steps of the body):
-    a sampled step holds a part of two of their cycles, or none."""
+    a sampled step holds a part of two of their cycles, or none. A param that carried nothing
+    and got no gradient by step() either (`after`, grads.norm: a dead unit, a branch not taken)
+    is not judged there: nothing was added that a zero_grad() could have cleared."""
     if norms is None and cycle is None:
         return None
     out: dict[str, float] = {}
@@ -129,7 +135,10 @@ def _judged(
         # The probe leaves a known param's 0 out of the record (a None .grad).
         for n in chain(known, (k for k in norms if k not in known)):
             if (scope is None or n in scope) and n not in others:
-                out[n] = norms.get(n, 0.0)
+                v = norms.get(n, 0.0)
+                if not v > 0 and after is not None and not after.get(n, 0.0) > 0:
+                    continue
+                out[n] = v
     if cycle is not None:
         out.update(cycle)
     return out
@@ -253,10 +262,11 @@ def _observations(tl: TimelineView) -> list[tuple[int, dict[str, float]]]:
     cycle = {s: c for s, c in tl.series("grads.cycle_carried") if s >= 2}
     # As sets: a membership test per param per step (a list made it quadratic in the params).
     stepped = dict(tl.series("grads.stepped"))
+    after = dict(tl.series("grads.norm"))
     others, known = by_cycles(tl), inventory_keys(tl)
     out = []
     for s in sorted(carried.keys() | cycle.keys()):
-        seen = _judged(carried.get(s), stepped.get(s), cycle.get(s), others, known)
+        seen = _judged(carried.get(s), stepped.get(s), cycle.get(s), others, known, after.get(s))
         if seen is not None:
             out.append((s, seen))
     return out
