@@ -41,6 +41,17 @@ def test_one_step_outside_the_simplex_is_enough_to_stay_silent():
     assert_silent("TD506", site_timeline(CE, stats))
 
 
+def test_sigmoid_outputs_into_cross_entropy_have_the_same_floor():
+    # logits = torch.sigmoid(head(x)) fed to CrossEntropyLoss: rows do not sum to 1, but
+    # every logit is in [0, 1], so CE cannot go below log(1 + (C-1)/e) (0.744 over 4 classes)
+    sig = {**CE, "producer": ["SigmoidBackward0"]}
+    stats = {s: {"in_min": 0.02, "in_max": 0.97, "rowsum_dev": 0.8} for s in (1, 2, 3)}
+    f = assert_fires("TD506", site_timeline(sig, stats))
+    assert "(made by `SigmoidBackward0`)" in f.title and "sigmoid's output" in f.cause
+    # the same values from another op (raw scores that happen to lie in [0, 1]): silent
+    assert_silent("TD506", site_timeline({**CE, "producer": ["AddmmBackward0"]}, stats))
+
+
 def test_sigmoid_into_bce_with_logits():
     ev = {"fn": "binary_cross_entropy_with_logits", "producer": ["SigmoidBackward0"]}
     stats = {1: {"in_min": 0.01, "in_max": 0.99, "t_mean": 0.5}}

@@ -94,6 +94,9 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     logsumexp over the class dim is 0.1 or further from 0 on every measured step:
     log-probabilities normalized over another dim (a log_softmax over the nodes of a graph,
     then the training nodes picked by a mask, which hides the dim from TD508's graph walk).
+    `ctc_loss` / `nn.CTCLoss` fires when every measured step has values above 0.01 and rows
+    whose logsumexp over the last (class) dim is 0.1 or further from 0: raw scores (or
+    probabilities) where log-probabilities belong, the log_softmax left out.
 
     ## Example
     ```python
@@ -121,6 +124,8 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
             finding = _log_probs(tl, site) or _above_zero(tl, site) or _not_normalized(tl, site)
         elif site.fn in SIGMOID_LOSSES:
             finding = _sigmoid(tl, site)
+        elif site.fn == "ctc_loss":
+            finding = _ctc_not_log_probs(tl, site)
         else:
             finding = None
         if finding is not None:
@@ -158,13 +163,21 @@ def _softmax(tl: TimelineView, site: Site) -> Finding | None:
         return None
     devs = [site.stats[s].get("rowsum_dev") for s in steps]
     tol = row_tolerance(site)
-    if any(d is None or not d <= tol for d in devs):
+    producer = (site.facts.get("producer") or [None])[0]
+    rows_one = all(d is not None and d <= tol for d in devs)
+    # Sigmoid outputs (measured: made by a sigmoid, every value in [0, 1]) have the same
+    # floor: each logit is capped at 1 and floored at 0 whatever the row sums to.
+    if not rows_one and producer != "SigmoidBackward0":
         return None
     floor = double_softmax_floor(classes)
     loss = _losses(site)
     seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
-    producer = (site.facts.get("producer") or [None])[0]
     made = f" (made by `{producer}`)" if producer in SQUASHING else ""
+    measured = (
+        f"every row summed to 1 (max deviation {max(devs):.1e}): softmax outputs"
+        if rows_one
+        else "the input is a sigmoid's output"
+    )
     return tl.finding(
         title=f"`{site.fn}` at {site.source} gets probabilities{made}, not logits: its loss "
         f"cannot go below {floor:.3f} over {classes} classes{seen}",
@@ -177,17 +190,17 @@ def _softmax(tl: TimelineView, site: Site) -> Finding | None:
             "observed_loss": loss,
             "input_min": min(site.stats[s]["in_min"] for s in steps),
             "input_max": max(site.stats[s]["in_max"] for s in steps),
-            "max_row_sum_deviation": max(devs),
+            "max_row_sum_deviation": max((d for d in devs if d is not None), default=None),
             "measured_steps": len(steps),
             "producer": site.facts.get("producer"),
             "input_shape": site.facts.get("input_shape"),
         },
         where=Where(op=site.fn, source=site.source),
-        cause=f"on all {len(steps)} measured steps every input value lay in [0, 1] and every "
-        f"row summed to 1 (max deviation {max(devs):.1e}): softmax outputs. {site.fn} applies "
-        f"log-softmax again, so even a perfect one-hot prediction costs log(1 + (C-1)/e) = "
-        f"{floor:.3f} (ln C = {math.log(classes):.3f}) and the gradient is flattened",
-        fix="pass the logits (the output before softmax) to the loss; apply softmax only to "
+        cause=f"on all {len(steps)} measured steps every input value lay in [0, 1] and "
+        f"{measured}. {site.fn} applies log-softmax to it, so even a perfect one-hot "
+        f"prediction costs log(1 + (C-1)/e) = {floor:.3f} (ln C = {math.log(classes):.3f}) and "
+        "the gradient is flattened",
+        fix="pass the logits (the output before softmax or sigmoid) to the loss; apply softmax only to "
         "report probabilities, or use F.nll_loss(torch.log_softmax(logits, 1), y)",
         confidence=0.95,
     )
@@ -323,6 +336,48 @@ def _not_normalized(tl: TimelineView, site: Site) -> Finding | None:
         fix="apply log_softmax over the class dim (F.log_softmax(x, dim=1) for (N, C) scores, "
         "dim=-1 for (..., C)) before indexing and nll_loss, or pass the scores to "
         "F.cross_entropy",
+        confidence=0.9,
+    )
+
+
+def _ctc_not_log_probs(tl: TimelineView, site: Site) -> Finding | None:
+    """ctc_loss on raw scores or probabilities (the log_softmax left out): values above 0 and
+    rows whose logsumexp over the last (class) dim is far from 0, on every measured step."""
+    steps = sorted(s for s, v in site.stats.items() if "in_max" in v and "lse_dev" in v)
+    if not steps:
+        return None
+    if "LogBackward0" in (site.facts.get("producer") or []):
+        return None  # a log of unnormalized values: TD509 judges its domain
+    stats = [site.stats[s] for s in steps]
+    highs = [v["in_max"] for v in stats]
+    devs = [v["lse_dev"] for v in stats]
+    if min(highs) <= LOG_PROB_MAX or not all(math.isfinite(d) and d > LSE_TOL for d in devs):
+        return None
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    return tl.finding(
+        title=f"`ctc_loss` at {site.source} gets values up to {fmt(max(highs))}, not "
+        f"log-probabilities (a row's logsumexp over the classes {min(devs):.3g} or more from 0)"
+        f"{seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "observed_loss": loss,
+            "input_min": min(v.get("in_min", 0.0) for v in stats),
+            "input_max": max(highs),
+            "min_row_logsumexp_deviation": min(devs),
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+            "input_shape": site.facts.get("input_shape"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps the input had values above 0 (max "
+        f"{fmt(max(highs))}) and rows whose logsumexp over the last dim was {min(devs):.3g} or "
+        "further from 0: CTC reads its input as log-probabilities of each class per time step; "
+        "on unnormalized scores the sum over alignments is no probability and the loss has no "
+        "lower bound, so training raises the scores instead of learning the targets",
+        fix="apply log_softmax over the class dim before the loss "
+        "(F.log_softmax(logits, dim=2) for (T, N, C) scores)",
         confidence=0.9,
     )
 
