@@ -61,6 +61,8 @@ def distillation(variant: str) -> None:
         t_opt.step()
     teacher.eval()
     student = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    if variant == "student-in-eval":
+        student.eval()  # BUG: eval() meant for the teacher, called on the student too
     over = teacher if variant == "optimizer-on-teacher" else student
     s_opt = torch.optim.Adam(over.parameters(), lr=1e-2)
     for _ in range(30):
@@ -146,6 +148,7 @@ def test_healthy_later_phases_stay_silent(tmp_path, program):
     [
         (distillation, "no-zero-grad", {"TD106"}, 16),
         (distillation, "optimizer-on-teacher", {"TD103", "TD102", "TD105"}, 16),
+        (distillation, "student-in-eval", {"TD402"}, 16),
         (pretrain_finetune, "no-zero-grad", {"TD106"}, 16),
         (pretrain_finetune, "head-not-in-optimizer", {"TD103"}, 16),
         (late_critic, "critic-no-zero-grad", {"TD106"}, 11),
