@@ -151,7 +151,26 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
             fix="nothing, if that group is meant to stay fixed (requires_grad_(False) also saves "
             "its gradients); otherwise give the group a positive lr",
         )
-    if grad_zero and not zero_lr:
+    zeros = _zero_weights(tl, names) if grad_zero and not zero_lr else []
+    if zeros:
+        # Weights exactly 0 whose gradient is exactly 0: a zero initialisation is the root
+        # cause (zero-init of one last layer trains: its input is not zero; these do not).
+        finding = replace(
+            finding,
+            cause=(
+                f"{len(zeros)} weight tensors ({', '.join(f'`{n}`' for n in zeros[:4])}"
+                f"{', ...' if len(zeros) > 4 else ''}) were exactly 0 at every observed step "
+                "(norm 0 from the first) and their gradient was exactly 0: initialized to "
+                "zeros, consecutive layers give each other zero inputs and zero gradients "
+                "(ReLU(0) has gradient 0), a fixed point no optimizer step can leave"
+            ),
+            fix=(
+                "initialize these weights randomly (the layer's own reset_parameters(), or "
+                "nn.init.kaiming_uniform_ / xavier_uniform_); zero-init at most the last "
+                "layer of a branch, whose input is not zero"
+            ),
+        )
+    elif grad_zero and not zero_lr:
         # The step did its job on a zero gradient: the root cause is upstream, in the loss or
         # the gradient path (TD107 loss-constant, TD3xx), so rank this finding after those.
         finding = replace(finding, priority=CONSEQUENCE_PRIORITY)
@@ -188,6 +207,24 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
             "reaches them before the step of an optimizer that holds them",
         )
     yield finding
+
+
+def _zero_weights(tl: TimelineView, names: list[str]) -> list[str]:
+    """The weight tensors (2 dims or more) among `names` whose norm was exactly 0 at every
+    step that measured it (params.norm, at least 2 steps)."""
+    shapes = tl.fact("params") or {}
+    norms = [n for _, n in tl.series("params.norm") if n]
+    if len(norms) < 2:
+        return []
+    out = []
+    for name in names:
+        shape = (shapes.get(name) or {}).get("shape") if isinstance(shapes, dict) else None
+        if not shape or len(shape) < 2:
+            continue
+        seen = [n[name] for n in norms if name in n]
+        if len(seen) >= 2 and all(v == 0 for v in seen):
+            out.append(name)
+    return out
 
 
 def _held_by_several(tl: TimelineView) -> set[str]:

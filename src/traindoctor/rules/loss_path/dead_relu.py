@@ -94,7 +94,15 @@ def dead_relu(
         pct = round(100 * d["fraction"])
         pre_mean, pre_std, bias = d["pre_mean"], d["pre_std"], d["bias_mean"]
         facts = f"mean pre-activation {fmt(pre_mean)} (std {fmt(pre_std)})"
-        if pre_mean is not None and bias is not None and bias < 0 and bias <= 0.5 * pre_mean:
+        # Exactly 0 for every sample and unit: a constant layer (zero weights and bias, or a
+        # zero input), not units that training drove below zero; TD104 names the zero weights.
+        constant = pre_mean == 0 and pre_std == 0
+        if constant:
+            cause = (
+                f"{facts}: `{layer}` outputs exactly 0 for every sample, so its units were never "
+                "active: its weights and bias are zero (a zero initialisation), or its input is"
+            )
+        elif pre_mean is not None and bias is not None and bias < 0 and bias <= 0.5 * pre_mean:
             cause = (
                 f"{facts}: the pre-activations are pushed below zero by `{layer}`'s bias, whose "
                 f"mean is {fmt(bias)}: a large negative bias shift (an init that sets it, or "
@@ -115,7 +123,9 @@ def dead_relu(
             "rate or warm it up, or use LeakyReLU/GELU or a normalization layer before the "
             "activation so units cannot die"
         )
-        if blown is not None:
+        if constant:
+            fix = f"initialize `{layer}` randomly (its own reset_parameters()), see TD104"
+        elif blown is not None:
             # Measured, not guessed: the steps moved the weights by more than their own norm.
             cause = (
                 f"{facts}; the optimizer steps moved the weights by a median {blown:.3g}x their "
@@ -152,5 +162,6 @@ def dead_relu(
             cause=cause,
             fix=fix,
             confidence=0.8,
-            severity=None if d["fraction"] >= warn_at else Severity.INFO,
+            # a constant layer is a consequence of its zero weights (TD104), said once there
+            severity=None if d["fraction"] >= warn_at and not constant else Severity.INFO,
         )

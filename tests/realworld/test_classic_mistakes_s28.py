@@ -1,0 +1,102 @@
+"""Classic mistakes in a class-based image trainer (a second style, written apart from our
+scenarios), each against the same healthy trainer:
+
+- all weights initialised to zeros (`nn.init.zeros_` on every Conv2d/Linear; "all weights
+  zero, the network does not learn" is a perennial forum question): TD104 error naming the
+  zero weights as the cause (before: three TD303 dead-ReLU warnings blaming a learning rate
+  too high, with the pre-activation exactly 0, and TD104 as info).
+- `torch.sigmoid` at the end of the head, fed to CrossEntropyLoss: the loss stalls at
+  log(1 + 3/e) = 0.744 over 4 classes. TD506 error (before: silent).
+- `optimizer.zero_grad()` once an epoch instead of once a step: TD106 names all 8 params
+  (before: "1 of 8", the only param whose units did not die after the divergence).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli.conftest import reported_batch, top3
+
+pytestmark = pytest.mark.slow
+
+TRAINER = """import torch, torch.nn as nn, torch.nn.functional as F
+BUG = "{bug}"
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(1)
+N = 1536
+X = torch.randn(N, 1, 12, 12, generator=g)
+proto = torch.randn(4, 1, 12, 12, generator=g)
+Y = torch.randint(0, 4, (N,), generator=g)
+X = X * 0.8 + proto[Y]
+Xv, Yv = X[:256], Y[:256]; X, Y = X[256:], Y[256:]
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1); self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 3 * 3, 32); self.head = nn.Linear(32, 4)
+        self.drop = nn.Dropout(0.9 if BUG == "dropout_09" else 0.1)
+        if BUG == "zero_init":
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)
+        x = self.drop(F.relu(self.fc(x.flatten(1))))
+        x = self.head(x)
+        if BUG == "relu_logits":
+            x = F.relu(x)
+        if BUG == "sigmoid_ce":
+            x = torch.sigmoid(x)
+        return x
+class Trainer:
+    def __init__(self):
+        self.model = CNN()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+    def loss_fn(self, out, y):
+        if BUG == "mse_on_class_idx":
+            return F.mse_loss(out[:, 0], y.float())
+        return F.cross_entropy(out, y)
+    def fit(self, epochs=8, bs=32):
+        for ep in range(epochs):
+            self.model.train()
+            perm = torch.randperm(len(X))
+            if BUG == "zero_grad_per_epoch":
+                self.opt.zero_grad()
+            for i in range(0, len(X), bs):
+                idx = perm[i:i + bs]
+                if BUG != "zero_grad_per_epoch":
+                    self.opt.zero_grad()
+                loss = self.loss_fn(self.model(X[idx]), Y[idx])
+                loss.backward()
+                self.opt.step()
+            self.model.eval()
+            with torch.no_grad():
+                xs, ys = (X[:256], Y[:256]) if BUG == "val_on_train" else (Xv, Yv)
+                acc = (self.model(xs).argmax(1) == ys).float().mean().item()
+            print(f"epoch {ep} loss {loss.item():.3f} val acc {acc:.3f}")
+Trainer().fit()
+"""
+
+BUGGY = {
+    bug: TRAINER.replace("{bug}", bug) for bug in ("zero_init", "sigmoid_ce", "zero_grad_per_epoch")
+}
+HEALTHY = {"trainer_fixed": TRAINER.replace("{bug}", "none")}
+runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
+
+
+def test_zero_initialised_weights_are_the_named_cause(runs):
+    f = top3(runs["zero_init"], "TD104")
+    assert f["severity"] == "error"
+    assert "exactly 0 at every observed step" in f["cause"] and "`c1.weight`" in f["cause"]
+    assert runs["zero_init"].finding("TD303")["severity"] == "info"
+
+
+def test_sigmoid_outputs_into_cross_entropy(runs):
+    f = top3(runs["sigmoid_ce"], "TD506")
+    assert "SigmoidBackward0" in f["title"] and "0.744" in f["title"]
+
+
+def test_zero_grad_once_an_epoch_names_every_param(runs):
+    f = top3(runs["zero_grad_per_epoch"], "TD106")
+    assert f["title"].startswith("all trainable params")
