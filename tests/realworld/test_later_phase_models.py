@@ -160,3 +160,28 @@ def test_a_later_phase_bug_is_caught(tmp_path, program, variant, expected, phase
     hit = next(f for f in findings if f.code in expected and f.severity in _LOUD)
     # Said of the later phase: the step is one of its steps, the names are the new model's.
     assert hit.step >= phase_start, (hit.code, hit.step)
+
+
+def test_an_optimizer_built_every_step_closes_its_windows(tmp_path):
+    """Plain SGD rebuilt at every step over the same model (seen in tutorials): each new
+    optimizer would open a later phase; after LATE_WINDOWS of them none does, every window is
+    closed (counted in step() calls: the step clock does not move here, as no new optimizer
+    steps twice), no model is added, and nothing is reported."""
+    torch.manual_seed(0)
+    doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False)
+    with attached(doctor) as session:
+        model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))
+        w = torch.randn(10, 1)
+        for _ in range(40):
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            x = torch.randn(32, 10)
+            loss = F.mse_loss(model(x), x @ w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        late = session._late_opts
+    report = doctor.close()
+    assert not report.internal_errors
+    assert late is None
+    assert list(doctor.models) == [""]
+    assert not _loud(report.findings), _loud(report.findings)

@@ -33,7 +33,7 @@ from ..scaler_find import update_role
 # LATE_WINDOWS such phases a run (each keeps the global forward hooks on for its first steps).
 LATE_STEPS = 3
 LATE_WINDOWS = 8
-LATE_WAIT = 20  # steps after which a later phase's optimizer that has not stepped is let go
+LATE_WAIT = 20  # step() calls after which a later phase's optimizer not stepped is let go
 
 
 class ZeroCodeSession:
@@ -56,6 +56,7 @@ class ZeroCodeSession:
         self._late_opts: weakref.WeakKeyDictionary | None = None
         self._late_roots: dict[int, weakref.ref] = {}  # called in training, with gradient
         self._late_windows = LATE_WINDOWS
+        self._late_calls = 0  # optimizer step() calls seen while a later phase is open
         self._structural_over = False
 
     # -- install / uninstall ----------------------------------------------------------------
@@ -178,7 +179,7 @@ class ZeroCodeSession:
         if compiling():
             return
         if self._depth == 0:
-            if self._late_opts and module.training and torch.is_grad_enabled():
+            if self._late_opts is not None and module.training and torch.is_grad_enabled():
                 with contextlib.suppress(TypeError):
                     self._late_roots.setdefault(id(module), weakref.ref(module))
             with contextlib.suppress(TypeError):
@@ -193,7 +194,7 @@ class ZeroCodeSession:
         if compiling():
             return
         self._depth = max(0, self._depth - 1)
-        if self._depth == 0 and not (self._structural_over and self._late_opts):
+        if self._depth == 0 and not (self._structural_over and self._late_opts is not None):
             with UsersOff():  # the user's tensor subclasses and modes do not see our reads
                 if not self._attached and id(module) in self._first_call:
                     guard = self.doctor.guard
@@ -233,9 +234,33 @@ class ZeroCodeSession:
         if not any(o is opt for o in self.doctor.optimizers):
             self.doctor.add_optimizer(opt)
             self._open_later_phase(opt)
+        late = self._late_opts  # None but in a later phase's first steps (a dict: calls)
+        if late is not None:
+            self._late_calls += 1
+            if opt in late:
+                self.doctor.guard.call("zero-code later phase", self._later_phase_step, opt)
+            else:
+                self.doctor.guard.call("zero-code later phase", self._let_go_idle)
+
+    def _let_go_idle(self) -> None:
+        """A later phase's optimizer that has not stepped in LATE_WAIT optimizer steps since it
+        was built (built, then unused; or one built every step) closes its window, so the
+        forward hooks do not stay on for good. Counted in step() calls, not in steps (the step
+        clock may not move: a new optimizer every step never takes it over)."""
         late = self._late_opts
-        if late and opt in late:
-            self.doctor.guard.call("zero-code later phase", self._later_phase_step, opt)
+        if late is None:
+            return
+        for opt, (_, opened) in list(late.items()):
+            if self._late_calls - opened > LATE_WAIT:
+                late.pop(opt, None)
+        if not late:
+            self._close_later_phases()
+
+    def _close_later_phases(self) -> None:
+        self._late_opts = None
+        self._late_roots.clear()
+        if self._structural_over:
+            self._remove_forward_hooks()
 
     def _on_backward(self, root: torch.Tensor, loss: torch.Tensor) -> None:
         if not self._attached and not self.delegated:
@@ -359,16 +384,9 @@ class ZeroCodeSession:
         self._first_call.clear()
         self._first_out.clear()
 
-    def after_structural_phase(self, step: int = 0) -> None:
+    def after_structural_phase(self) -> None:
         self._structural_over = True
-        late = self._late_opts
-        if late:
-            # A later phase's optimizer that never steps (built, then unused) closes its window
-            # LATE_WAIT steps on, so the forward hooks do not stay on for good.
-            for opt, (_, opened) in list(late.items()):
-                if step - opened > LATE_WAIT:
-                    late.pop(opt, None)
-        if not late:
+        if self._late_opts is None:
             self._remove_forward_hooks()
 
     # -- later phases -----------------------------------------------------------------------
@@ -383,7 +401,7 @@ class ZeroCodeSession:
         self._late_windows -= 1
         if self._late_opts is None:
             self._late_opts = weakref.WeakKeyDictionary()
-        self._late_opts[opt] = (0, self.doctor.step)
+        self._late_opts[opt] = (0, self._late_calls)
         ctx = self.doctor.context
         if not self._forward_hooks_live and ctx is not None and not ctx.compiled:
             # (Not while a watched model runs compiled: a global hook added or removed
@@ -419,10 +437,9 @@ class ZeroCodeSession:
             self.doctor.add_models(_outermost(found))
         if n + 1 >= LATE_STEPS:
             late.pop(opt, None)
-            if not late and self._structural_over:
-                self._remove_forward_hooks()
         else:
             late[opt] = (n + 1, opened)
+        self._let_go_idle()
 
 
 def _owning_models(param_ids: set[int]) -> list[torch.nn.Module]:
@@ -459,7 +476,7 @@ def attached(doctor: Doctor) -> Iterator[ZeroCodeSession]:
 
     def step_opened(step: int, sampled: bool, rec: Any) -> None:
         if step > doctor.budget.structural_steps:
-            session.after_structural_phase(step)
+            session.after_structural_phase()
 
     unsubscribe = doctor.bus.subscribe(Event.STEP_OPENED, step_opened, "zero-code session")
     try:
