@@ -85,6 +85,7 @@ LOSSES = (
     "poisson_nll_loss",
     "soft_margin_loss",
     "multilabel_soft_margin_loss",
+    "ctc_loss",
 )
 CLASS_LOSSES = ("cross_entropy", "nll_loss")
 # Elementwise losses that broadcast their two arguments against each other.
@@ -545,7 +546,7 @@ class LossInputsProbe(Probe):
             self._describe(rec, step, site, fn, inp, tgt, classes, cdim, names, node, opts)
             stats = self._stats(fn, inp, tgt, cdim, classes, index_target, ignore, node, opts)
             calls = self._calls[site] = self._calls.get(site, 0) + 1
-            if calls & (calls - 1) == 0:  # 1st, 2nd, 4th, 8th, ... call: a structural fact
+            if calls & (calls - 1) == 0 and fn != "ctc_loss":  # 1st, 2nd, 4th, ... call
                 stats.update(_normalization(fn, inp, tgt, names, opts))
                 # Token-id targets: no graph walk for models that read no token ids.
                 seq = index_target and tgt.dim() in (1, 2) and tgt.numel() >= 8
@@ -736,6 +737,10 @@ class LossInputsProbe(Probe):
                 # Log-probabilities along the class dim: every row's logsumexp is 0 (one
                 # normalized over another dim, the batch or the graph's nodes, is not).
                 out["lse_dev"] = torch.logsumexp(x.float(), cdim).abs().amax()
+        if fn == "ctc_loss" and x.dim() in (2, 3):
+            # (T, N, C) or (T, C) log-probabilities over the last dim (no class count is
+            # recorded: its targets are label sequences, not one class per row).
+            out["lse_dev"] = torch.logsumexp(x.float(), -1).abs().amax()
         if index_target and tgt.numel():
             t = tgt.detach().reshape(-1).long()
             keep = t != ignore

@@ -94,9 +94,10 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     logsumexp over the class dim is 0.1 or further from 0 on every measured step:
     log-probabilities normalized over another dim (a log_softmax over the nodes of a graph,
     then the training nodes picked by a mask, which hides the dim from TD508's graph walk).
-    `ctc_loss` / `nn.CTCLoss` fires when every measured step has values above 0.01 and rows
-    whose logsumexp over the last (class) dim is 0.1 or further from 0: raw scores (or
-    probabilities) where log-probabilities belong, the log_softmax left out.
+    `ctc_loss` / `nn.CTCLoss` fires when every measured step has a row whose logsumexp over
+    the last (class) dim is 0.1 or further from 0: raw scores where log-probabilities belong
+    (the log_softmax left out; trained, they need not stay above 0), or a log_softmax over
+    another dim.
 
     ## Example
     ```python
@@ -341,8 +342,9 @@ def _not_normalized(tl: TimelineView, site: Site) -> Finding | None:
 
 
 def _ctc_not_log_probs(tl: TimelineView, site: Site) -> Finding | None:
-    """ctc_loss on raw scores or probabilities (the log_softmax left out): values above 0 and
-    rows whose logsumexp over the last (class) dim is far from 0, on every measured step."""
+    """ctc_loss on values that are no log-probabilities over the classes: rows whose logsumexp
+    over the last (class) dim is far from 0 on every measured step (raw scores, the log_softmax
+    left out, or a log_softmax over another dim)."""
     steps = sorted(s for s, v in site.stats.items() if "in_max" in v and "lse_dev" in v)
     if not steps:
         return None
@@ -351,14 +353,16 @@ def _ctc_not_log_probs(tl: TimelineView, site: Site) -> Finding | None:
     stats = [site.stats[s] for s in steps]
     highs = [v["in_max"] for v in stats]
     devs = [v["lse_dev"] for v in stats]
-    if min(highs) <= LOG_PROB_MAX or not all(math.isfinite(d) and d > LSE_TOL for d in devs):
+    if not all(math.isfinite(d) and d > LSE_TOL for d in devs):
         return None
     loss = _losses(site)
     seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    above = max(highs) > LOG_PROB_MAX
+    values = f"values up to {fmt(max(highs))}, " if above else ""
     return tl.finding(
-        title=f"`ctc_loss` at {site.source} gets values up to {fmt(max(highs))}, not "
-        f"log-probabilities (a row's logsumexp over the classes {min(devs):.3g} or more from 0)"
-        f"{seen}",
+        title=f"`ctc_loss` at {site.source} gets {values}no log-probabilities over the classes "
+        f"(each measured step has a row whose logsumexp over the last dim is {min(devs):.3g} "
+        f"or more from 0){seen}",
         step=steps[0],
         evidence={
             "loss_fn": site.fn,
@@ -366,17 +370,19 @@ def _ctc_not_log_probs(tl: TimelineView, site: Site) -> Finding | None:
             "input_min": min(v.get("in_min", 0.0) for v in stats),
             "input_max": max(highs),
             "min_row_logsumexp_deviation": min(devs),
+            "max_row_logsumexp_deviation": max(devs),
             "measured_steps": len(steps),
             "producer": site.facts.get("producer"),
             "input_shape": site.facts.get("input_shape"),
         },
         where=Where(op=site.fn, source=site.source),
-        cause=f"on all {len(steps)} measured steps the input had values above 0 (max "
-        f"{fmt(max(highs))}) and rows whose logsumexp over the last dim was {min(devs):.3g} or "
-        "further from 0: CTC reads its input as log-probabilities of each class per time step; "
-        "on unnormalized scores the sum over alignments is no probability and the loss has no "
-        "lower bound, so training raises the scores instead of learning the targets",
-        fix="apply log_softmax over the class dim before the loss "
+        cause=f"on all {len(steps)} measured steps some row's logsumexp over the last (class) "
+        f"dim was {min(devs):.3g} or further from 0 (a log_softmax output's is 0 to 1e-5)"
+        + (f", and values reached {fmt(max(highs))} (a log-probability is <= 0)" if above else "")
+        + ": CTC reads its input as the log-probability of each class at each time step; on "
+        "unnormalized scores the sum over alignments is no probability and the loss has no "
+        "lower bound, so training moves the scores instead of learning the targets",
+        fix="apply log_softmax over the class dim just before the loss "
         "(F.log_softmax(logits, dim=2) for (T, N, C) scores)",
         confidence=0.9,
     )
