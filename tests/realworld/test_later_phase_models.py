@@ -160,6 +160,11 @@ def test_a_later_phase_bug_is_caught(tmp_path, program, variant, expected, phase
     hit = next(f for f in findings if f.code in expected and f.severity in _LOUD)
     # Said of the later phase: the step is one of its steps, the names are the new model's.
     assert hit.step >= phase_start, (hit.code, hit.step)
+    if variant == "optimizer-on-teacher":
+        # The teacher its optimizer holds gets no gradient (no_grad forwards): its eval mode is
+        # not 'trained in eval mode' (TD402 said so, ranked first, before the modes probe
+        # counted only the models whose held params have a gradient).
+        assert "TD402" not in {f.code for f in findings}, _loud(findings)
 
 
 def test_an_optimizer_built_every_step_closes_its_windows(tmp_path):

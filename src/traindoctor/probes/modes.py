@@ -259,10 +259,13 @@ class ModesProbe(Probe):
             for g in opt.param_groups
             for p in g["params"]
         }
+        # A model is trained when the stepping optimizers hold its params and they have a
+        # gradient: an optimizer built over a frozen teacher (no_grad forwards) steps nothing
+        # of it, and its eval mode is not the run's problem (TD103 names the student left out).
         roots = frozenset(
             p.rstrip(".") or "<model>"
             for p, m in ctx.models.items()
-            if any(id(q) in ids for q in m.parameters())
+            if any(id(q) in ids and q.grad is not None for q in m.parameters())
         )
         self._trained_key, self._trained_roots = key, (roots if ids else None)
         return self._trained_roots
