@@ -137,7 +137,42 @@ def late_critic(variant: str) -> None:
         opt_g.step()
 
 
-@pytest.mark.parametrize("program", [distillation, pretrain_finetune, late_critic])
+def late_mean_teacher(variant: str) -> None:
+    """Supervised warm-up, then a mean-teacher phase: an EMA copy made at the phase's start,
+    run in train mode with gradient on and its output detached (the targets), updated by lerp;
+    a new Adam over the student. The EMA gets no gradient: it is not a model this phase trains
+    (no TD103 for it)."""
+    import copy
+
+    x = torch.randn(512, 20)
+    y = (x[:, :3].sum(1) > 0).long()
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(10):
+        idx = torch.randint(0, 512, (32,))
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ema = copy.deepcopy(model)
+    opt2 = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(30):
+        idx = torch.randint(0, 512, (32,))
+        xb = x[idx]
+        target = ema(xb + 0.1 * torch.randn_like(xb)).detach()
+        out = model(xb)
+        loss = F.cross_entropy(out, y[idx]) + F.mse_loss(out.softmax(1), target.softmax(1))
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 0.01)
+
+
+@pytest.mark.parametrize(
+    "program", [distillation, pretrain_finetune, late_critic, late_mean_teacher]
+)
 def test_healthy_later_phases_stay_silent(tmp_path, program):
     findings = _zero_code(tmp_path, program, "healthy")
     assert not _loud(findings), _loud(findings)

@@ -411,9 +411,9 @@ class ZeroCodeSession:
     def _later_phase_step(self, opt: torch.optim.Optimizer) -> None:
         """One of a later phase optimizer's first steps: the models it trains that no watched
         model holds (found once in the heap, from its tensors), and the root modules called in
-        training with gradient recording on since the phase began whose trainable params no
-        watched model holds (a student the optimizer was wrongly not built over), are watched
-        from now on (Doctor.add_models)."""
+        training with gradient recording on since the phase began whose params no watched
+        model holds got a gradient (a student the optimizer was wrongly not built over), are
+        watched from now on (Doctor.add_models)."""
         late = self._late_opts
         assert late is not None
         n, opened = late.get(opt, (LATE_STEPS, 0))
@@ -426,10 +426,13 @@ class ZeroCodeSession:
             unnamed = {id(p) for g in opt.param_groups for p in g["params"] if id(p) not in names}
             if unnamed:
                 found.extend(_owning_models(unnamed))
+        # A root called with gradient on counts when its unwatched params hold a gradient now
+        # (its backward ran): a copy run for targets and detached (an EMA, a mean teacher made
+        # in this phase) is no model this phase trains.
         for ref in list(self._late_roots.values()):
             m = ref()
             if m is not None and any(
-                p.requires_grad and id(p) not in names for p in m.parameters()
+                p.grad is not None and id(p) not in names for p in m.parameters()
             ):
                 found.append(m)
         self._late_roots.clear()
