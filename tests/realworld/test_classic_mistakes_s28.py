@@ -9,6 +9,10 @@ scenarios), each against the same healthy trainer:
   log(1 + 3/e) = 0.744 over 4 classes. TD506 error (before: silent).
 - `optimizer.zero_grad()` once an epoch instead of once a step: TD106 names all 8 params
   (before: "1 of 8", the only param whose units did not die after the divergence).
+- a char-level LSTM language model (truncated BPTT) whose targets are transposed against its
+  outputs (`y.t().reshape(-1)` beside `out.reshape(-1, V)`): the loss falls 9%, from ln 28 to
+  the entropy of the characters, and holds there. TD108 warning, the labels' cause (before:
+  silent, the 9% fall was taken for learning).
 """
 
 from __future__ import annotations
@@ -78,10 +82,57 @@ class Trainer:
 Trainer().fit()
 """
 
+CHAR_LM = """import math, torch, torch.nn as nn
+BUG = "{bug}"
+torch.manual_seed(0)
+text = ("the quick brown fox jumps over the lazy dog. " * 200)
+chars = sorted(set(text)); V = len(chars)
+data = torch.tensor([chars.index(c) for c in text])
+B, T = 16, 32
+n = (len(data) - 1) // (B * T) * (B * T)
+xs = data[:n].view(B, -1); ys = data[1:n + 1].view(B, -1)
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 32); self.rnn = nn.LSTM(32, 64, batch_first=True); self.out = nn.Linear(64, V)
+    def forward(self, x, h=None):
+        o, h = self.rnn(self.emb(x), h)
+        return self.out(o), h
+model = LM()
+opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+if BUG == "stale_optimizer":
+    model = LM()  # rebuilt after the optimizer
+crit = nn.CrossEntropyLoss()
+for epoch in range(8):
+    h = None; tot = 0; k = 0
+    for i in range(0, xs.size(1) - T + 1, T):
+        x, y = xs[:, i:i + T], ys[:, i:i + T]
+        if h is not None:
+            h = tuple(t.detach() for t in h)
+        out, h = model(x, h)
+        opt.zero_grad()
+        if BUG == "transposed_targets":
+            loss = crit(out.reshape(-1, V), y.t().reshape(-1))
+        else:
+            loss = crit(out.reshape(-1, V), y.reshape(-1))
+        if BUG == "clip_before_backward":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            loss.backward()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step(); tot += loss.item(); k += 1
+    print(f"epoch {epoch} loss {tot / k:.3f} ppl {math.exp(tot / k):.2f}")
+"""
+
 BUGGY = {
     bug: TRAINER.replace("{bug}", bug) for bug in ("zero_init", "sigmoid_ce", "zero_grad_per_epoch")
 }
-HEALTHY = {"trainer_fixed": TRAINER.replace("{bug}", "none")}
+BUGGY["lm_targets_transposed"] = CHAR_LM.replace("{bug}", "transposed_targets")
+HEALTHY = {
+    "trainer_fixed": TRAINER.replace("{bug}", "none"),
+    "lm_fixed": CHAR_LM.replace("{bug}", "none"),
+}
 runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
 
@@ -100,3 +151,9 @@ def test_sigmoid_outputs_into_cross_entropy(runs):
 def test_zero_grad_once_an_epoch_names_every_param(runs):
     f = top3(runs["zero_grad_per_epoch"], "TD106")
     assert f["title"].startswith("all trainable params")
+
+
+def test_lm_targets_transposed_fall_only_to_the_characters_entropy(runs):
+    f = top3(runs["lm_targets_transposed"], "TD108")
+    assert f["severity"] == "warning"
+    assert "fell only to the entropy of the labels" in f["title"]

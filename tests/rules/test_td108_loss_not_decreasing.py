@@ -315,3 +315,18 @@ def test_a_flat_loss_at_the_label_entropy_names_labels_apart_from_their_inputs()
     f = assert_fires("TD108", _sched_tl(flat, [1e-3] * 80, labels=labels))
     assert "the entropy of the labels seen (1.099)" in f.cause
     assert "shuffled separately" in f.cause and "X[perm], y[perm]" in f.fix
+
+
+def test_a_loss_that_fell_only_to_the_class_frequencies_and_held_there():
+    # targets transposed against the outputs (y.t()): the loss falls from ln 3 to the labels'
+    # entropy (what the bias alone can learn) and stays: a drop of 9%, but nothing of the input
+    labels = {"0.0": 60.0, "0.1": 25.0, "0.2": 15.0}  # entropy 0.938
+    values = [1.0986 - 0.016 * i for i in range(10)] + [
+        0.94 + 0.004 * ((i * 7) % 5 - 2) for i in range(90)
+    ]
+    f = assert_fires("TD108", _sched_tl(values, [1e-3] * 100, labels=labels))
+    assert "fell only to the entropy of the labels (0.9376)" in f.title
+    assert "X[perm], y[perm]" in f.fix
+    # the same fall going on below the labels' entropy (learning the input): silent
+    learning = values[:10] + [0.94 - 0.004 * i for i in range(90)]
+    assert_silent("TD108", _sched_tl(learning, [1e-3] * 100, labels=labels))

@@ -122,7 +122,9 @@ def _judge(
     obj = objective(tl, data)
     hot = too_high_lr(tl, values, data=data) if obj.falls else None
     stretch = None
-    if drop >= min_rel_drop and hot is None:
+    prior = _label_entropy(data.totals)
+    at_prior = bool(obj.falls) and _held_at_prior(values, first, last, prior)
+    if drop >= min_rel_drop and hot is None and not at_prior:
         # A loss that fell can still have lost whole epochs at lr exactly 0 (a warmup sized
         # in batches, stepped once an epoch in a plain loop: the later epochs train at a
         # fraction of the lr and the loss still falls some).
@@ -131,7 +133,6 @@ def _judge(
             return
     ratio = _median_update_ratio(tl)
     cause, fix, fault = _cause(tl, ratio, drop, hot, stretch)
-    prior = _label_entropy(data.totals)
     normal = cause.startswith("the weights move at a normal rate")
     chance = uniform_guess(tl, data) if obj.falls else None
     at_chance = chance is not None and last >= chance * (1 - 0.002)
@@ -164,7 +165,7 @@ def _judge(
             "(weight_decay of the order of 1e-4 to 1e-1; decoupled AdamW for large values), "
             "that the inputs reach the model, and that it can overfit one batch"
         )
-    if not fault and not at_chance and (spearman(values) or 0.0) <= -0.5:
+    if not fault and not at_chance and not at_prior and (spearman(values) or 0.0) <= -0.5:
         # Falling steadily, by less than `min_rel_drop`: slow (an LSTM at its unigram plateau),
         # not stuck. On 50+ steps a flat noisy loss has |rank correlation| < 0.5 (about 3.5
         # standard deviations); a stuck loss with a measured fault is still reported. A loss
@@ -205,6 +206,12 @@ def _judge(
         f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
         f"{len(values)} steps"
     )
+    if at_prior and "the entropy of the labels seen" in cause:
+        title = (
+            f"the training loss fell only to the entropy of the labels ({prior:.4g}), the loss "
+            f"of predicting the class frequencies, and stayed there: {first:.4g} -> {last:.4g} "
+            f"over {len(values)} steps"
+        )
     if chance_cause:
         title = (
             f"the training loss ends at {last:.4g} after {len(values)} steps, no lower than a "
@@ -270,6 +277,19 @@ def _at_chance_cause(tl: TimelineView, ratio: float | None, last: float, chance:
             if decays:
                 out += f" under weight_decay={max(decays):g}, which outweighs the gradient"
     return out
+
+
+def _held_at_prior(values: list[float], first: float, last: float, prior: float | None) -> bool:
+    """The loss fell only as far as the entropy of the labels (predicting the class
+    frequencies) and held there: the last fifth within 2% of it, the fall from the start at
+    least 5% and all of it down to that level (the start at least 5% above it), and the last
+    half flat (no steady fall: |rank correlation| under 0.3). What is left is the input's
+    information, which the model does not use."""
+    if not prior or prior <= 0 or len(values) < 50:
+        return False
+    if abs(last - prior) > 0.02 * prior or first < prior * 1.05:
+        return False
+    return (spearman(values[len(values) // 2 :]) or 0.0) > -0.3
 
 
 def _label_entropy(totals: dict[str, float]) -> float | None:
