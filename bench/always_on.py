@@ -42,9 +42,10 @@ traindoctor's code on one plain step (the loss wrapper's pass-through, a handful
 The collector's time (gc.callbacks) is reported per side: our objects make every full
 collection of the process longer, and interleaved the plain side pays its share of that;
 `--control` gives the same figure without a doctor. The long-run extrapolation takes the
-unsampled steps' extra from the interleaved run (as a share of its plain step, times the
-sequential plain step) and everything else (steps 1-50, sampled and pass steps,
-attach/close) from the sequential runs; the output names the method of each figure.
+unsampled and the pass steps' extra from the interleaved run (as a share of its plain step,
+times the sequential plain step; a pass step is priced sequentially where the interleaved
+run had none, and left out where neither had one) and everything else (steps 1-50, sampled
+steps, attach/close) from the sequential runs; the output names the method of each figure.
 
 with the number of hook handles created (torch's RemovableHandle counter, which every
 register_*_hook of a module, a tensor or an autograd node increments) at attach, in steps
@@ -467,14 +468,15 @@ def compare(
     extra_cpu = sum(r.attach_cpu + r.close_cpu for r in watched) - sum(
         r.attach_cpu + r.close_cpu for r in plain
     )
-    share = None
+    share = pass_share = None
     if interleaved and make is Traindoctor:
         inter = interleave(shape, interleaved, True, out_dir)
         out.update(inter)
         share = inter.get("interleaved: unsampled share")
+        pass_share = inter.get("interleaved: pass share")
         if control:
             out.update(interleave(shape, interleaved, False, out_dir))
-    out.update(long_run(plain, watched, extra_cpu, share))
+    out.update(long_run(plain, watched, extra_cpu, share, pass_share))
     out["plain step ms (median, cpu)"] = statistics.median(t for r in plain for t in r.cpu) * 1e3
     out["plain ms steps 1-3 (cpu)"] = phase_sum(plain, 0, 3, "cpu") / len(plain) * 1e3
     out["watched ms steps 1-3 (cpu)"] = phase_sum(watched, 0, 3, "cpu") / len(watched) * 1e3
@@ -613,7 +615,7 @@ def interleave(
             out[f"{tag}: GC ms per unsampled step, plain / {other} side"] = (
                 f"{gc_p:.1f} / {gc_w:.1f}"
             )
-            out[f"{tag}: unsampled share"] = (watched_s - plain_s) / plain_s
+        out[f"{tag}: {kind} share"] = (watched_s - plain_s) / plain_s
     out[f"{tag}: calls into traindoctor on a plain step"] = calls
     out[f"{tag}: objects tracked by the collector"] = objects
     out[f"{tag}: params bit-identical"] = all(
@@ -627,13 +629,18 @@ LONG_RUNS = (10_000, 100_000)
 
 
 def long_run(
-    plain: list[Run], watched: list[Run], attach_close: float, share: float | None = None
+    plain: list[Run],
+    watched: list[Run],
+    attach_close: float,
+    share: float | None = None,
+    pass_share: float | None = None,
 ) -> dict[str, Any]:
     """The whole-run ratio extrapolated to LONG_RUNS steps from the measured phases (CPU
-    time; the module docstring says how). `share`: the unsampled steps' extra as a share of
-    the plain step, measured interleaved; it replaces the sequential runs' e_u (which is
-    still reported). Empty when the runs are too short to have a steady state, or nothing
-    samples."""
+    time; the module docstring says how). `share` / `pass_share`: the unsampled / pass
+    steps' extra as a share of the plain step, measured interleaved; they replace the
+    sequential runs' e_u / e_p (still reported: one or two pass steps measured sequentially
+    are within that method's noise). Empty when the runs are too short to have a steady
+    state, or nothing samples."""
     steps = len(plain[0].cpu)
     w0 = watched[0]
     flags, numbers = w0.sampled, w0.numbers
@@ -660,7 +667,8 @@ def long_run(
     e_s = extra(sampled) / (n * len(sampled))
     # No due step in 51-M (a short window): the passes are not measured, and are priced as
     # the steps they fall on (the figure leaves them out, and says so).
-    e_p = extra(passes) / (n * len(passes)) if passes else None
+    e_p_seq = extra(passes) / (n * len(passes)) if passes else None
+    e_p = e_p_seq if pass_share is None or e_p_seq is None else pass_share * per_p
     interval = w0.target or w0.interval or 1
     rate = 1 / interval
     method = "sequential" if share is None else "interleaved"
@@ -669,20 +677,25 @@ def long_run(
         f"long run: extra ms per unsampled step ({method})": e_u * 1e3,  # share x plain step
         "long run: extra ms per sampled step (sequential)": e_s * 1e3,
         "long run: extra ms per pass step (sequential)": (
-            "not measured" if e_p is None else e_p * 1e3
+            "not measured" if e_p_seq is None else e_p_seq * 1e3
         ),
         "long run: plain ms per step (sequential)": per_p * 1e3,
         "long run: steady interval": interval,
     }
     if share is not None:
         out["long run: extra ms per unsampled step (sequential; not used)"] = e_u_seq * 1e3
+    if e_p is not None and e_p is not e_p_seq:
+        out["long run: extra ms per pass step (interleaved; used)"] = e_p * 1e3
+    terms = "all terms sequential"
+    if share is not None:
+        terms = "e_u, e_p interleaved" if e_p is not e_p_seq else "e_u interleaved"
     first = numbers[50]
     for big in LONG_RUNS:
         n_p = (
             0 if e_p is None else sum(1 for s in range(first, first + big - 50) if diagnose_due(s))
         )
         other = big - 50 - n_p
-        out[f"long run ratio at {big:.0e} steps (extrapolated, cpu; e_u {method})"] = 1 + (
+        out[f"long run ratio at {big:.0e} steps (extrapolated, cpu; {terms})"] = 1 + (
             one_off + n_p * (e_p or 0.0) + other * (rate * e_s + (1 - rate) * e_u)
         ) / (head_p + (big - 50) * per_p)
     return out
