@@ -170,8 +170,45 @@ def late_mean_teacher(variant: str) -> None:
                 pe.lerp_(pm, 0.01)
 
 
+class _LinearProbe(nn.Module):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the backbone stays as it is (its requires_grad left on)
+            feats = self.backbone(x)
+        return self.head(feats)
+
+
+def late_linear_probe(variant: str) -> None:
+    """A model trained, then a linear probe over a new backbone (loaded, never trained here):
+    its optimizer holds the head only, the backbone runs under no_grad with requires_grad
+    left on. The probe is watched from its optimizer's tensors; the backbone's params, in no
+    optimizer and with no gradient, are no TD103 (their forwards were not measured)."""
+    x = torch.randn(256, 20)
+    y = (x[:, :3].sum(1) > 0).long()
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(10):
+        idx = torch.randint(0, 256, (32,))
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    probe = _LinearProbe(nn.Sequential(nn.Linear(20, 32), nn.ReLU()))
+    opt2 = torch.optim.SGD(probe.head.parameters(), lr=0.1)
+    for _ in range(20):
+        idx = torch.randint(0, 256, (32,))
+        loss = F.cross_entropy(probe(x[idx]), y[idx])
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+
 @pytest.mark.parametrize(
-    "program", [distillation, pretrain_finetune, late_critic, late_mean_teacher]
+    "program",
+    [distillation, pretrain_finetune, late_critic, late_mean_teacher, late_linear_probe],
 )
 def test_healthy_later_phases_stay_silent(tmp_path, program):
     findings = _zero_code(tmp_path, program, "healthy")

@@ -85,11 +85,18 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     missing = sorted(n for n in trainable_names(tl) if n not in held and n not in by_design)
     if not missing:
         return
-    all_names = list((tl.fact("params") or {}).keys())
-    groups = group_params(missing, all_names)
     with_grad = set()
     for _, norms in tl.series("grads.norm"):
         with_grad |= {n for n in missing if n in norms}
+    # Params of a model watched from a later phase on (zero-code): its forward calls were not
+    # measured (a copy or a fixed reference run under no_grad is not told apart), so only
+    # those that got a gradient are reported.
+    added = {n: a["step"] for a in tl.events("models_added") for n in a.get("params") or ()}
+    missing = [n for n in missing if n not in added or n in with_grad]
+    if not missing:
+        return
+    all_names = list((tl.fact("params") or {}).keys())
+    groups = group_params(missing, all_names)
     replaced = replaced_params(tl)
     stale = foreign_tensors(tl)
     shapes = {tuple(u["shape"]) for u in stale}
@@ -127,7 +134,6 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     opt0 = optimizers[0]
     step = onset(tl.events("optimizer_layout"), lambda e: not set(missing) & set(e["held"])) or 1
     # Params of models watched from a later phase on: not missing before they were.
-    added = {n: a["step"] for a in tl.events("models_added") for n in a.get("params") or ()}
     if all(n in added for n in missing):
         step = max(step, min(added[n] for n in missing))
     yield tl.finding(
