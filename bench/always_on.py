@@ -471,11 +471,14 @@ def compare(
     share = pass_share = None
     if interleaved and make is Traindoctor:
         inter = interleave(shape, interleaved, True, out_dir)
+        print(json.dumps(inter, default=str), flush=True)  # a long shape's first figures
         out.update(inter)
         share = inter.get("interleaved: unsampled share")
         pass_share = inter.get("interleaved: pass share")
         if control:
-            out.update(interleave(shape, interleaved, False, out_dir))
+            ctl = interleave(shape, interleaved, False, out_dir)
+            print(json.dumps(ctl, default=str), flush=True)
+            out.update(ctl)
     out.update(long_run(plain, watched, extra_cpu, share, pass_share))
     out["plain step ms (median, cpu)"] = statistics.median(t for r in plain for t in r.cpu) * 1e3
     out["plain ms steps 1-3 (cpu)"] = phase_sum(plain, 0, 3, "cpu") / len(plain) * 1e3
