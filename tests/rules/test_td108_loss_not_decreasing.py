@@ -330,3 +330,21 @@ def test_a_loss_that_fell_only_to_the_class_frequencies_and_held_there():
     # the same fall going on below the labels' entropy (learning the input): silent
     learning = values[:10] + [0.94 - 0.004 * i for i in range(90)]
     assert_silent("TD108", _sched_tl(learning, [1e-3] * 100, labels=labels))
+
+
+def test_regression_targets_far_above_the_outputs_are_named():
+    # house prices in dollars regressed by an MLP with outputs of order 1: MSE ~4e10 that
+    # moves 2% in 320 steps; the targets' scale, measured at the loss, is the cause
+    mse = {**CE, "fn": "mse_loss", "classes": None, "input_shape": [64, 1], "target_float": True}
+    stats = {"0.t_ms": 4.04e10, "0.t_mean": 1.98e5, "0.in_min": -3.0, "0.in_max": 24.9}
+    stats.update({"0.t_min": 1.5e5, "0.t_max": 2.5e5})
+    observed = (1, 2, 3, 10, 20, 30, 40, 50, 60)
+    extra = {i: {"loss_inputs.stats": stats} for i in observed}
+    f = assert_fires("TD108", _tl(_flat(60), ratio=5e-3, lr=1e-3, loss_event=mse, extra=extra))
+    assert "have a scale (rms 2.01e+05, mean 1.98e+05)" in f.cause
+    assert "standardize the targets" in f.fix
+    # targets of the outputs' order: the generic cause
+    small = {**stats, "0.t_ms": 4.0, "0.t_mean": 1.0, "0.t_min": -3.0, "0.t_max": 5.0}
+    extra = {i: {"loss_inputs.stats": small} for i in observed}
+    f = assert_fires("TD108", _tl(_flat(60), ratio=5e-3, lr=1e-3, loss_event=mse, extra=extra))
+    assert "have a scale" not in f.cause

@@ -157,6 +157,20 @@ def _judge(
             "and labels with one permutation (X[perm], y[perm]) and index both with the "
             "same key in __getitem__"
         )
+    elif normal and (scale := _target_scale(tl)) is not None:
+        t_rms, t_mean, out_max, site = scale
+        cause = (
+            f"the weights move at a normal rate (median ||Δθ||/||θ|| = {ratio:.2g}) but the "
+            f"targets of `{site['fn']}` at {site.get('source')} have a scale (rms {t_rms:.3g}, "
+            f"mean {t_mean:.3g}) {t_rms / max(out_max, 1e-12):.3g} times the model's outputs "
+            f"(|output| up to {out_max:.3g} at the last measured step, after {len(values)} "
+            "steps): the loss is that gap, which steps sized for weights of order 1 close "
+            "slowly"
+        )
+        fix = (
+            "standardize the targets ((y - mean) / std over the training set, undone at "
+            "prediction), or scale the output layer to them; keep the loss of order 1"
+        )
     elif at_chance and normal:
         chance_cause = True
         cause = _at_chance_cause(tl, ratio, last, chance)
@@ -290,6 +304,29 @@ def _held_at_prior(values: list[float], first: float, last: float, prior: float 
     if abs(last - prior) > 0.02 * prior or first < prior * 1.05:
         return False
     return (spearman(values[len(values) // 2 :]) or 0.0) > -0.3
+
+
+REGRESSION_FNS = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+
+
+def _target_scale(tl: TimelineView, ratio: float = 100.0, floor: float = 100.0):
+    """(targets' rms, mean, the outputs' largest |value|, the site) at the last step that
+    measured a regression loss site, when its targets' rms is at least `floor` and `ratio`
+    times the outputs' largest magnitude: targets the model's outputs never approach."""
+    sites = {e.get("site"): e for e in tl.events("loss_input") if e.get("fn") in REGRESSION_FNS}
+    if not sites:
+        return None
+    for _, stats in reversed(tl.series("loss_inputs.stats")):
+        for site, event in sites.items():
+            ms, mean = stats.get(f"{site}.t_ms"), stats.get(f"{site}.t_mean")
+            lo, hi = stats.get(f"{site}.in_min"), stats.get(f"{site}.in_max")
+            if None in (ms, mean, lo, hi) or not ms > 0:
+                continue
+            rms, out = math.sqrt(ms), max(abs(lo), abs(hi))
+            if rms >= floor and rms >= ratio * out:
+                return rms, mean, out, event
+            return None
+    return None
 
 
 def _label_entropy(totals: dict[str, float]) -> float | None:
