@@ -51,7 +51,15 @@ def loss_not_decreasing(
     a uniform guess (ln C) or predicting the class frequencies. Also a loss that fell, when
     every param group's lr was exactly 0 over a stretch of at least 10 consecutive optimizer
     steps and 15% of the run (a warmup sized in batches, stepped once an epoch: a whole epoch
-    at lr 0, then a fraction of the lr), with the line of `scheduler.step()`.
+    at lr 0, then a fraction of the lr), with the line of `scheduler.step()`. Also a
+    classifier's loss that fell by more than 5% but only as far as the entropy of its labels
+    (the loss of predicting the class frequencies) and held there over the last half of the
+    run: what it learned is the label prior, nothing of the input (targets misaligned with
+    the outputs). A loss falling steadily by less than 5% is slow, not stuck (an LSTM at its
+    unigram plateau), unless it ends no lower than a uniform guess (ln C): then it only fell
+    from its init towards chance; the cause names the weights' shrink and the weight_decay
+    when measured. Regression targets 100 times the model's outputs (and of rms 100 or more)
+    are named as the cause.
 
     Only a loss measured to be meant to fall is judged at warning: a standard loss (cross-entropy,
     MSE, ...) on the model's output against targets whose mix and range stay put. Not judged:
