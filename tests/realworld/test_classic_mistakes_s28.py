@@ -11,8 +11,9 @@ scenarios), each against the same healthy trainer:
   (before: "1 of 8", the only param whose units did not die after the divergence).
 - a char-level LSTM language model (truncated BPTT) whose targets are transposed against its
   outputs (`y.t().reshape(-1)` beside `out.reshape(-1, V)`): the loss falls 9%, from ln 28 to
-  the entropy of the characters, and holds there. TD108 warning, the labels' cause (before:
-  silent, the 9% fall was taken for learning).
+  the entropy of the characters, and holds there. TD108 info with the labels' cause (before:
+  silent, the 9% fall was taken for learning); info, not a warning, because a healthy LM still
+  on its unigram plateau at the end of a short run (zipf_lm_short, 250 steps) looks the same.
 """
 
 from __future__ import annotations
@@ -125,6 +126,34 @@ for epoch in range(8):
     print(f"epoch {epoch} loss {tot / k:.3f} ppl {math.exp(tot / k):.2f}")
 """
 
+ZIPF_LM = """# Word-level LSTM LM on a Zipfian bigram corpus, short run: sits near the unigram entropy.
+import torch, torch.nn as nn
+torch.manual_seed(0)
+V = 30
+ranks = torch.arange(1, V + 1).float(); uni = (1 / ranks) / (1 / ranks).sum()
+# a sparse bigram structure: each word prefers a few successors, mixed with the unigram
+succ = torch.randint(0, V, (V, 3))
+def sample(n):
+    out = [0]
+    for _ in range(n - 1):
+        if torch.rand(1).item() < 0.2: out.append(succ[out[-1], torch.randint(0, 3, (1,))].item())
+        else: out.append(torch.multinomial(uni, 1).item())
+    return torch.tensor(out)
+corpus = sample(40000)
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__(); self.emb = nn.Embedding(V, 64); self.rnn = nn.LSTM(64, 128, batch_first=True); self.fc = nn.Linear(128, V)
+    def forward(self, x): return self.fc(self.rnn(self.emb(x))[0])
+lm = LM(); opt = torch.optim.Adam(lm.parameters(), lr=3e-4); crit = nn.CrossEntropyLoss()
+bptt, B = 20, 8
+for step in range(250):
+    starts = torch.randint(0, len(corpus) - bptt - 1, (B,))
+    x = torch.stack([corpus[s:s+bptt] for s in starts]); t = torch.stack([corpus[s+1:s+bptt+1] for s in starts])
+    loss = crit(lm(x).reshape(-1, V), t.reshape(-1))
+    opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(lm.parameters(), 0.25); opt.step()
+    if step % 25 == 0: print(step, loss.item())
+"""
+
 BUGGY = {
     bug: TRAINER.replace("{bug}", bug) for bug in ("zero_init", "sigmoid_ce", "zero_grad_per_epoch")
 }
@@ -132,6 +161,9 @@ BUGGY["lm_targets_transposed"] = CHAR_LM.replace("{bug}", "transposed_targets")
 HEALTHY = {
     "trainer_fixed": TRAINER.replace("{bug}", "none"),
     "lm_fixed": CHAR_LM.replace("{bug}", "none"),
+    # a healthy LSTM LM on Zipfian words, 250 steps: still at the unigram entropy when it
+    # ends (3,000 steps take it 5% below); was a false TD108 warning with the labels' cause
+    "zipf_lm_short": ZIPF_LM,
 }
 runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
@@ -154,6 +186,7 @@ def test_zero_grad_once_an_epoch_names_every_param(runs):
 
 
 def test_lm_targets_transposed_fall_only_to_the_characters_entropy(runs):
-    f = top3(runs["lm_targets_transposed"], "TD108")
-    assert f["severity"] == "warning"
+    # said, not judged: a model on its class-frequency plateau (zipf_lm_short) looks the same
+    f = runs["lm_targets_transposed"].finding("TD108")
+    assert f["severity"] == "info"
     assert "fell only to the entropy of the labels" in f["title"]

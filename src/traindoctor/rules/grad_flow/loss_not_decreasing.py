@@ -197,7 +197,17 @@ def _judge(
     if not (fault or obj.falls) and ratio is not None:
         cause = f"the loss did not fall while the weights moved (median ||Δθ||/||θ|| = {ratio:.2g})"
         fix = "nothing to fix if this loss is not meant to fall; otherwise see the docs"
-    if fault or obj.falls:
+    if at_prior and drop >= min_rel_drop and not fault:
+        # A loss that fell to the labels' entropy and held there: targets apart from their
+        # outputs, or a model still on its class-frequency plateau (a short char-LM run sits
+        # there for hundreds of steps, then falls below). The loss alone cannot tell them
+        # apart, so it is said, not judged.
+        severity = Severity.INFO
+        cause += (
+            "; a model still on its class-frequency plateau looks the same, as long as the "
+            "run is short: train longer on a few batches to tell"
+        )
+    elif fault or obj.falls:
         severity = Severity.WARNING
     elif obj.falls is None:
         severity = Severity.INFO
