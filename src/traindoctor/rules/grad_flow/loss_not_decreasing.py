@@ -197,7 +197,11 @@ def _judge(
     if not (fault or obj.falls) and ratio is not None:
         cause = f"the loss did not fall while the weights moved (median ||Δθ||/||θ|| = {ratio:.2g})"
         fix = "nothing to fix if this loss is not meant to fall; otherwise see the docs"
-    if at_prior and drop >= min_rel_drop and not fault:
+    if chance_cause and not fault and "the weights shrank" not in cause:
+        # At a uniform guess with no measured fault: a model still on its initial plateau
+        # (a ViT in a short run) looks the same as one that cannot learn; said, not judged.
+        severity = Severity.INFO
+    elif at_prior and drop >= min_rel_drop and not fault:
         # A loss that fell to the labels' entropy and held there: targets apart from their
         # outputs, or a model still on its class-frequency plateau (a short char-LM run sits
         # there for hundreds of steps, then falls below). The loss alone cannot tell them
