@@ -132,12 +132,13 @@ def _judge(
     stretch = None
     prior = _label_entropy(data.totals)
     at_prior = bool(obj.falls) and _held_at_prior(values, first, last, prior)
-    if drop >= min_rel_drop and hot is None and not at_prior:
+    if drop >= min_rel_drop and hot is None:
         # A loss that fell can still have lost whole epochs at lr exactly 0 (a warmup sized
         # in batches, stepped once an epoch in a plain loop: the later epochs train at a
-        # fraction of the lr and the loss still falls some).
+        # fraction of the lr and the loss still falls some), or fallen only to the labels'
+        # entropy (at_prior); the lr stretch, when there is one, is the measured cause.
         stretch = _zero_lr_stretch(tl)
-        if stretch is None:
+        if stretch is None and not at_prior:
             return
     ratio = _median_update_ratio(tl)
     cause, fix, fault = _cause(tl, ratio, drop, hot, stretch)
