@@ -233,9 +233,7 @@ class Doctor:
             self.timeline.stream = TimelineWriter(self.timeline, self._stream_path)
         self.guard.call("compile watch", compile_watch.attach, self.models)
         self._steps.note_compiled()
-        self.timeline.facts["models"] = {
-            (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
-        }
+        self._note_models()
         self.timeline.facts["scaler"] = type(scaler).__name__ if scaler is not None else None
         if not self._pickles_clean:
             self.guard.call("hooks out of pickles", _hooks.strip_hooks_from_pickles)
@@ -306,9 +304,7 @@ class Doctor:
             self.models[prefix] = model  # ctx.models is this dict
             for name, p in model.named_parameters():
                 names.setdefault(id(p), f"{prefix}{name}")
-        self.timeline.facts["models"] = {
-            (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
-        }
+        self._note_models()
         for probe in self.probes:
             if hasattr(probe, "models_added"):
                 self.guard.call(f"probe {probe.name}", probe.models_added, added, self.rec)
@@ -318,6 +314,13 @@ class Doctor:
         step = self._clock.step
         self.budget.sample_steps(range(step + 1, step + 1 + self.budget.structural_steps))
         return list(added)
+
+    def _note_models(self) -> None:
+        """The `models` fact: each watched model's name and class (at attach, and again when a
+        later phase adds models)."""
+        self.timeline.facts["models"] = {
+            (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
+        }
 
     def _adopt_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """A torch optimizer holding watched params stepped, none was given to watch(): it is

@@ -77,12 +77,7 @@ class ParamsProbe(Probe):
         inventory = {}
         for name, p in ctx.named_params():
             self._ids_at_attach[name] = id(p)
-            inventory[name] = {
-                "shape": list(p.shape),
-                "dtype": str(p.dtype).replace("torch.", ""),
-                "numel": p.numel(),
-                "requires_grad": bool(p.requires_grad),
-            }
+            inventory[name] = _inventory_entry(p)
         rec.timeline.facts["params"] = inventory
         self._note_trainable(1, inventory, rec)
         # Module classes by qualified name: rules tell layers apart by kind (an embedding's
@@ -113,12 +108,7 @@ class ParamsProbe(Probe):
                     continue  # a watched model's param, held by the new one too
                 new.append(qualified)
                 self._ids_at_attach[qualified] = id(p)
-                inventory[qualified] = {
-                    "shape": list(p.shape),
-                    "dtype": str(p.dtype).replace("torch.", ""),
-                    "numel": p.numel(),
-                    "requires_grad": bool(p.requires_grad),
-                }
+                inventory[qualified] = _inventory_entry(p)
             for n, m in model.named_modules():
                 types[f"{prefix}{n}" if n else prefix.rstrip(".")] = type(m).__name__
             modules[prefix] = sorted(n for n, _ in model.named_modules() if n)
@@ -315,3 +305,13 @@ class ParamsProbe(Probe):
             updates = packing.restore(segment_norms(before, segments))
         rec.defer(step, PARAMS_NORM, norms, keys=names)
         rec.defer(step, PARAMS_UPDATE, updates, keys=names)
+
+
+def _inventory_entry(p: torch.Tensor) -> dict[str, Any]:
+    """One param's record in the `params` fact (at attach, and for a later phase's models)."""
+    return {
+        "shape": list(p.shape),
+        "dtype": str(p.dtype).replace("torch.", ""),
+        "numel": p.numel(),
+        "requires_grad": bool(p.requires_grad),
+    }

@@ -337,11 +337,7 @@ def too_high_lr(
     w = max(5, len(values) // 5)
     last = statistics.median(values[-w:])
     refs = {"its first value": values[0]}
-    classes = [
-        e.get("classes")
-        for e in tl.events("loss_input")
-        if e.get("fn") in CLASS_FNS and e.get("classes")
-    ]
+    classes = _class_counts(tl)
     if classes:
         refs[f"ln {classes[0]}, the loss of a uniform guess over the classes"] = math.log(
             classes[0]
@@ -376,14 +372,19 @@ def too_high_lr(
 def uniform_guess(tl: TimelineView, data: Inputs) -> float | None:
     """The loss of a uniform guess over the classes (ln C, times the backward passes a logged
     loss sums), when a cross-entropy/NLL site recorded its number of classes; else None."""
-    classes = [
+    classes = _class_counts(tl)
+    if not classes or len(set(classes)) != 1 or classes[0] < 2:
+        return None  # several heads with their own class counts: no one uniform guess
+    return math.log(classes[0]) * _summed_passes(tl, data)
+
+
+def _class_counts(tl: TimelineView) -> list[int]:
+    """The number of classes each cross-entropy/NLL site recorded, in event order."""
+    return [
         e.get("classes")
         for e in tl.events("loss_input")
         if e.get("fn") in CLASS_FNS and e.get("classes")
     ]
-    if not classes or len(set(classes)) != 1 or classes[0] < 2:
-        return None  # several heads with their own class counts: no one uniform guess
-    return math.log(classes[0]) * _summed_passes(tl, data)
 
 
 def _summed_passes(tl: TimelineView, data: Inputs) -> float:

@@ -148,11 +148,12 @@ def _judge(
     # Above the labels' entropy, at ln C: a uniform guess, not the class frequencies (with
     # balanced labels the two are one value, and the labels' cause is kept).
     uniform = at_chance and prior is not None and chance > prior * 1.01
-    chance_cause = False
+    chance_cause = labels_cause = shrank = False
     if normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior and not uniform:
         # At the loss of predicting the class frequencies: nothing the model outputs
         # depends on its input, which is what labels that do not belong to their inputs
         # (shuffled apart, read in another order) leave to learn.
+        labels_cause = True
         cause = (
             f"the weights move at a normal rate (median ||Δθ||/||θ|| = {ratio:.2g}) but the "
             f"loss stays at {last:.4g}, the entropy of the labels seen ({prior:.4g}): the "
@@ -182,7 +183,7 @@ def _judge(
         )
     elif at_chance and normal:
         chance_cause = True
-        cause = _at_chance_cause(tl, ratio, last, chance)
+        cause, shrank = _at_chance_cause(tl, ratio, last, chance)
         fix = (
             "make the model's output depend on its input: check the regularisation "
             "(weight_decay of the order of 1e-4 to 1e-1; decoupled AdamW for large values), "
@@ -198,7 +199,7 @@ def _judge(
     if not (fault or obj.falls) and ratio is not None:
         cause = f"the loss did not fall while the weights moved (median ||Δθ||/||θ|| = {ratio:.2g})"
         fix = "nothing to fix if this loss is not meant to fall; otherwise see the docs"
-    if chance_cause and not fault and "the weights shrank" not in cause:
+    if chance_cause and not fault and not shrank:
         # At a uniform guess with no measured fault: a model still on its initial plateau
         # (a ViT in a short run) looks the same as one that cannot learn; said, not judged.
         severity = Severity.INFO
@@ -243,7 +244,7 @@ def _judge(
         f"the training loss went from {first:.4g} to {last:.4g} ({-drop:+.1%}) over "
         f"{len(values)} steps"
     )
-    if at_prior and "the entropy of the labels seen" in cause:
+    if at_prior and labels_cause:
         title = (
             f"the training loss fell only to the entropy of the labels ({prior:.4g}), the loss "
             f"of predicting the class frequencies, and stayed there: {first:.4g} -> {last:.4g} "
@@ -285,9 +286,12 @@ def _judge(
     )
 
 
-def _at_chance_cause(tl: TimelineView, ratio: float | None, last: float, chance: float) -> str:
-    """The cause of a loss that ends at the uniform guess while the weights move: with the
-    weights' norm measured against their first sampled norm, and the weight decay set."""
+def _at_chance_cause(
+    tl: TimelineView, ratio: float | None, last: float, chance: float
+) -> tuple[str, bool]:
+    """The cause of a loss that ends at the uniform guess while the weights move, and whether
+    the weights measurably shrank (to under half their first sampled norm: a fault), named
+    with the weight decay set."""
     moving = f" (median ||Δθ||/||θ|| = {ratio:.2g})" if ratio is not None else ""
     out = (
         f"the weights move at a normal rate{moving} but the loss ends at {last:.4g}, no lower "
@@ -300,20 +304,21 @@ def _at_chance_cause(tl: TimelineView, ratio: float | None, last: float, chance:
         shared = [n for n in first if first[n] and n in end]
         before = math.sqrt(sum(first[n] ** 2 for n in shared))
         after = math.sqrt(sum(end[n] ** 2 for n in shared))
-        decays = [
-            g.get("weight_decay")
-            for o in tl.fact("optimizers") or []
-            for g in (o.get("groups") or [])
-            if isinstance(g, dict) and g.get("weight_decay")
-        ]
         if shared and before > 0 and after < 0.5 * before:
+            decays = [
+                g.get("weight_decay")
+                for o in tl.fact("optimizers") or []
+                for g in (o.get("groups") or [])
+                if isinstance(g, dict) and g.get("weight_decay")
+            ]
             out += (
                 f"; the weights shrank to {after / before:.2g}x their norm at step "
                 f"{norms[0][0]} (step {norms[-1][0]})"
             )
             if decays:
                 out += f" under weight_decay={max(decays):g}, which outweighs the gradient"
-    return out
+            return out, True
+    return out, False
 
 
 def _held_at_prior(values: list[float], first: float, last: float, prior: float | None) -> bool:

@@ -218,7 +218,7 @@ def _zero_weights(tl: TimelineView, names: list[str]) -> list[str]:
         return []
     out = []
     for name in names:
-        shape = (shapes.get(name) or {}).get("shape") if isinstance(shapes, dict) else None
+        shape = (shapes.get(name) or {}).get("shape")
         if not shape or len(shape) < 2:
             continue
         seen = [n[name] for n in norms if name in n]
