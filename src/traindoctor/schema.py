@@ -154,7 +154,7 @@ _signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n, ids_offset, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
     "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
@@ -207,6 +207,11 @@ _signal(
     "modes.frozen_bn_drift",
     "per observed step: {BatchNorm inside a frozen module: relative change of its running "
     "mean/var since the previous observed step}",
+)
+_signal(
+    "modes.frozen_params_moved",
+    "per observed step: {frozen module with BatchNorm: relative change of its sampled "
+    "parameters (its BatchNorms' affine ones, else its first) since the previous observed step}",
 )
 _signal(
     "numerics.checked",

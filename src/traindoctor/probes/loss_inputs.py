@@ -55,7 +55,7 @@ LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n, ids_offset, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
     "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
@@ -548,6 +548,8 @@ class LossInputsProbe(Probe):
             calls = self._calls[site] = self._calls.get(site, 0) + 1
             if calls & (calls - 1) == 0 and fn != "ctc_loss":  # 1st, 2nd, 4th, ... call
                 stats.update(_normalization(fn, inp, tgt, names, opts))
+                if index_target:
+                    stats.update(_own_argmax(inp, tgt, cdim, ignore))
                 # Token-id targets: no graph walk for models that read no token ids.
                 seq = index_target and tgt.dim() in (1, 2) and tgt.numel() >= 8
                 if seq and self._embeds(ctx):
@@ -825,6 +827,8 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
     stack = [(root, False)]
     ids: list[torch.Tensor] = []
     moved: list[torch.Tensor] = []  # ids of embeddings reached through a shift
+    wide: list[tuple[torch.Tensor, bool]] = []  # (B, L) ids longer than the targets' time
+    slices: set[tuple[int, int, int, int]] = set()  # (B, L, start, end) time slices
     causal = False
     while stack and len(seen) < MAX_GRAPH_NODES:
         node, shifted = stack.pop()
@@ -844,11 +848,30 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
                 or (tgt.dim() == 1 and saved.dim() == 2 and saved.numel() == tgt.numel())
             ):  # (B*T,) targets of flattened logits: reshaped
                 (moved if shifted else ids).append(saved.reshape(tgt.shape))
+            elif isinstance(saved, torch.Tensor) and saved.dim() == 2:
+                wide.append((saved, shifted))
+        elif kind == "SliceBackward0":
+            cut = _time_slice(node)
+            if cut is not None:
+                slices.add(cut)
         elif "DotProduct" in kind and "Attention" in kind and not causal:
             causal = bool(_saved(node, "_saved_is_causal")) or _causal_mask(
                 _saved(node, "_saved_attn_mask")
             )
         stack.extend((f, shifted) for f, _ in node.next_functions)
+    offset = None
+    for x, shifted in wide:
+        # Ids read over more positions than the targets cover (`cat([bos, x])`), the logits
+        # cut to the targets' length by one slice along time (`logits[:, 1:]`): the ids at
+        # the positions the slice keeps are the ones each logit read.
+        b, n = x.shape
+        if tgt.numel() % b or tgt.numel() // b >= n:
+            continue
+        starts = {c[2] for c in slices if c[:2] == (b, n) and c[3] - c[2] == tgt.numel() // b}
+        if len(starts) == 1:
+            offset = starts.pop()
+            kept = x[:, offset : offset + tgt.numel() // b].reshape(tgt.shape)
+            (moved if shifted else ids).append(kept)
     if not ids:
         return out
     t = tgt.detach().long()
@@ -872,7 +895,51 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
     out["ids_same"] = best_same.double()
     out["ids_next"] = best_next.double()
     out["causal_attn"] = torch.tensor(1.0 if causal else 0.0, dtype=torch.float64)
+    if offset is not None:
+        out["ids_offset"] = torch.tensor(float(offset), dtype=torch.float64)
     return out
+
+
+def _time_slice(node: Any) -> tuple[int, int, int, int] | None:
+    """(B, L, start, end) of a unit-step slice along dim 1 of a tensor of 3 dims or more (the
+    time of (batch, time, features) logits), or None."""
+    sizes = _saved(node, "_saved_self_sym_sizes")
+    try:
+        sizes = [int(d) for d in sizes]
+    except (TypeError, ValueError):
+        return None
+    if len(sizes) < 3 or _dim(_saved(node, "_saved_dim"), len(sizes)) != 1:
+        return None
+    if _saved(node, "_saved_step") != 1:
+        return None
+    start, end = _saved(node, "_saved_start"), _saved(node, "_saved_end")
+    if not isinstance(start, int) or not isinstance(end, int):
+        return None
+    n = sizes[1]
+    start, end = (v - (1 << 64) if v >= 1 << 63 else v for v in (start, end))
+    start, end = (v + n if v < 0 else v for v in (start, end))
+    start, end = max(0, min(start, n)), max(0, min(end, n))
+    return (sizes[0], n, start, end) if end > start else None
+
+
+OWN_ROWS = 64  # leading examples compared with their own argmax (any subset shows the fault)
+
+
+def _own_argmax(inp: torch.Tensor, tgt: torch.Tensor, cdim: int, ignore: int) -> dict:
+    """`own_argmax`: the share of the valid class-index targets (of the first `OWN_ROWS`
+    examples) equal to the argmax of the loss input over its class dim, i.e. to the model's
+    own prediction; `own_n`: how many valid targets were compared."""
+    if tgt.dim() == 0:
+        return {}
+    x, t = inp.detach()[:OWN_ROWS], tgt.detach()[:OWN_ROWS].long()
+    if x.dim() != t.dim() + 1 or x.dim() <= cdim or x.shape[cdim] < 2:
+        return {}
+    pred = x.argmax(cdim)
+    if pred.shape != t.shape:
+        return {}
+    keep = t != ignore
+    n = keep.sum()
+    return {"own_argmax": ((pred == t) & keep).sum() / n.clamp(min=1), "own_n": n}
 
 
 def _shifts(node: Any, kind: str) -> bool:

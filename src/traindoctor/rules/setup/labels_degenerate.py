@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
-from ._loss_inputs import Site, label_histograms, loss_sites
+from ._loss_inputs import Site, finite, label_histograms, loss_sites
 
 MIN_LABELS = 64  # labels seen before "never used" or "always the same" is a verdict
 MIN_STEPS = 4
@@ -21,7 +22,7 @@ MIN_STEPS = 4
     summary="Class labels that cannot train the classifier: constant, out of range, 1-based "
     "or not integers; multi-hot rows given to cross-entropy as class probabilities; binary "
     "cross-entropy targets outside [0, 1].",
-    requires=("loss_inputs.stats", "loss_inputs.labels"),
+    requires=("loss_inputs.stats", "loss_inputs.labels", "loss.backward"),
     events=("loss_input",),
     priority=7,
 )
@@ -79,6 +80,7 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
             or _multi_hot_probabilities(tl, site)
             or _float_labels(tl, site)
             or _out_of_range(tl, site)
+            or _own_predictions(tl, site)
             or _from_histogram(tl, site, hists.get(site.id, []))
         )
         if f is not None:
@@ -253,6 +255,89 @@ def _out_of_range(tl: TimelineView, site: Site) -> Finding | None:
                 confidence=0.95,
             )
     return None
+
+
+OWN_MIN_CALLS = 2  # measured calls (1st, 2nd, 4th, ... of the site)
+OWN_MIN_TARGETS = 64  # targets compared over those calls: chance agreement is (1/C)^64
+OWN_SAME = 0.999
+
+
+def _own_predictions(tl: TimelineView, site: Site) -> Finding | None:
+    """Class targets that are the argmax of the very input they are compared with, on every
+    measured call, from a first call where the model was still near chance (its loss at least
+    half of ln C): the labels were made from the predictions, not read from the data. A model
+    that already fits its labels (a resumed run, a pretrained model adapted on its own
+    pseudo-labels) agrees with them at a low loss, and is not this."""
+    classes = site.classes
+    shares = site.values("own_argmax")
+    if not classes or classes < 2 or len(shares) < OWN_MIN_CALLS:
+        return None
+    if any(v < OWN_SAME for _, v in shares):
+        return None
+    counts = dict(site.values("own_n"))
+    compared = sum(counts.get(s, 0.0) for s, _ in shares)
+    if compared < OWN_MIN_TARGETS:
+        return None
+    losses = dict(site.values("loss"))
+    first = shares[0][0]
+    chance = math.log(classes)
+    if not finite(losses.get(first, float("nan"))) or losses[first] < 0.5 * chance:
+        return None
+    # The whole objective, or one term of it (self-training on unlabelled data beside a
+    # supervised loss written by hand): the loss measured at the site against the backward
+    # roots of the same steps.
+    roots = dict(tl.series("loss.backward"))
+    whole = [
+        any(
+            isinstance(r, int | float) and abs(r - losses[s]) <= 1e-4 * max(1.0, abs(r))
+            for r in (roots.get(s) or [])
+        )
+        for s, _ in shares
+        if s in losses and s in roots
+    ]
+    alone = bool(whole) and all(whole)
+    went = sorted(losses.items())
+    curve = (
+        f"; the loss measured here went {went[0][1]:.4g} -> {went[-1][1]:.4g}"
+        if len(went) >= 2
+        else ""
+    )
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} is given the model's own predictions as its "
+        f"targets: every one of {int(compared)} targets compared equals the argmax of the "
+        "logits it is scored against",
+        severity=Severity.ERROR if alone else Severity.INFO,
+        step=first,
+        evidence={
+            "loss_fn": site.fn,
+            "classes": classes,
+            "share_equal_to_own_argmax": min(v for _, v in shares),
+            "targets_compared": int(compared),
+            "measured_calls": len(shares),
+            "first_loss": losses[first],
+            "chance_loss": chance,
+            "whole_objective": alone,
+            "loss_first": went[0][1] if went else None,
+            "loss_last": went[-1][1] if went else None,
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on every measured call 100% of the targets equal `argmax` of the input over "
+        f"its {classes} classes, from step {first}, where the model was still near chance "
+        f"(loss {losses[first]:.3g}, ln {classes} = {chance:.3g}): the targets are made from "
+        "the predictions, so they carry nothing of the data; the loss falls to 0 by making "
+        "whatever the model predicts more confident, and accuracy on the real labels stays at "
+        "chance"
+        + curve
+        + (
+            ""
+            if alone
+            else "; this loss is one term of the objective (self-training on the model's own "
+            "pseudo-labels beside another loss does this on purpose)"
+        ),
+        fix="score the logits against the dataset's labels: `loss = criterion(outputs, labels)`; "
+        "`outputs.argmax(1)` is the prediction, for the accuracy only",
+        confidence=0.95 if alone else 0.5,
+    )
 
 
 def _from_histogram(

@@ -49,7 +49,10 @@ def targets_copy_inputs(tl: TimelineView) -> Iterator[Finding]:
     or pad off the feature dim may be shifted along time (image-gpt's `cat([sos,
     tok(x)[:-1]])`, a decoder's teacher forcing written on the embeddings): its ids are not
     compared at the same position, and equal to the targets they count as the next-token
-    read (a seq2seq copy task's decoder), so the finding stays silent.
+    read (a seq2seq copy task's decoder), so the finding stays silent. Ids read over more
+    positions than the targets cover (a BOS token prepended, `cat([bos, x])`) are compared at
+    the positions a slice of the logits along time keeps (`logits[:, 1:]` keeps 1..T): one
+    slice of that length, else nothing is compared.
 
     ## Example
     ```python
@@ -76,6 +79,13 @@ def targets_copy_inputs(tl: TimelineView) -> Iterator[Finding]:
         if nxt and max(nxt) >= 0.5:
             continue  # constant runs: equal to the next id too, nothing told apart
         causal = any(v >= 0.5 for _, v in site.values("causal_attn"))
+        offsets = [v for _, v in site.values("ids_offset")]
+        cut = (
+            f" (the logits cut to the targets' length from position {offsets[0]:.0f} on, "
+            "beside ids read over more positions: a token prepended to the inputs)"
+            if offsets and offsets[0] > 0
+            else ""
+        )
         losses = site.losses()
         went = (
             f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
@@ -101,12 +111,13 @@ def targets_copy_inputs(tl: TimelineView) -> Iterator[Finding]:
                 "share_equal_to_next_ids": max(nxt) if nxt else None,
                 "measured_calls": len(same),
                 "causal_attention": causal,
+                "ids_offset": offsets[0] if offsets else None,
                 "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None,
             },
             where=Where(op=site.fn, source=site.source),
             cause=f"{min(v for _, v in same):.1%} of the targets equal the id an nn.Embedding "
-            f"read at the same position on every measured call, {seen}: the model is trained "
+            f"read at the same position{cut} on every measured call, {seen}: the model is trained "
             "to copy its input, not to predict the next token" + went,
             fix="shift the targets against the predictions: `loss = ce(logits[:, :-1], "
             "ids[:, 1:])` (logits (B, T, C)) or `ce(logits[:, :, :-1], ids[:, 1:])` (logits "
