@@ -35,7 +35,9 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     run; class 0 never used while the largest label is C - 1 (1-based labels with one extra
     output). Float targets of the input's shape are class probabilities: rows of 0/1 values
     that sum to 2 or more are multi-hot labels (several classes per example) that
-    `cross_entropy` reads as one distribution.
+    `cross_entropy` reads as one distribution. Targets that are the argmax of the very logits
+    they are scored against (`criterion(outputs, outputs.argmax(1))`), from a first call where
+    the model is still near chance: the labels were made from the predictions.
 
     ## Why it matters
     Out-of-range labels crash (CPU) or trigger a device-side assert (CUDA) far from the data
@@ -44,7 +46,9 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     one, which a good-looking loss does not reveal. A binary cross-entropy target above 1 or
     below 0 has no minimum: the loss goes negative and falls without end as the logits grow,
     so it looks like training while the model learns to output ever larger values.
-    Multi-hot rows given to `cross_entropy` (accepted since torch 1.10 as "probabilities")
+    The model's own argmax as its target teaches it nothing of the data: the loss falls to 0
+    as whatever it predicts grows more confident, and accuracy on the real labels stays at
+    chance. Multi-hot rows given to `cross_entropy` (accepted since torch 1.10 as "probabilities")
     train one softmax to spread its single unit of probability over the k labels: no output
     can say "yes" to two labels at once, the loss cannot fall below the entropy of each row
     (ln k), and thresholding the outputs at 0.5 misses most of them.
@@ -53,7 +57,10 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     On the first and sampled steps the loss-inputs probe keeps a label histogram per call
     site for up to 64 classes (`scatter_add_` on the device, summed over micro-batches, read
     back in batches), the labels' min and max (ignore_index masked) and the target's dtype
-    and shape against the input's class count; for float targets, their min and max.
+    and shape against the input's class count; for float targets, their min and max. On the
+    1st, 2nd, 4th, ... call of a site, the share of the targets (first 64 examples) equal to
+    the argmax of the input over its class dim, read beside the site's loss and the backward's
+    loss of the same step (the whole objective, or one term of it).
 
     ## Example
     ```python
@@ -72,6 +79,9 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     A class that is legitimately absent from the training data (a reserved padding, BOS or
     background id) reads as a 1-based labelling, which is why that case is reported as info; a deliberate one-class warm-up reads as constant labels. Binary targets a little outside [0, 1] (a
     0/1 mask resized with a bicubic kernel overshoots its edges) are a note, not an error.
+    Self-training on the model's own hard pseudo-labels of the same forward (Lee's
+    Pseudo-Label) is the own-argmax pattern on purpose: a note when it is one term of the
+    loss; an error only when it is the whole loss of a model still near chance.
     """
     hists = label_histograms(tl)
     for site in loss_sites(tl).values():
