@@ -100,7 +100,8 @@ def pretrain_finetune(variant: str) -> None:
         loss = F.cross_entropy(clf(x[idx]), y[idx])
         if variant != "no-zero-grad":
             opt2.zero_grad()
-        loss.backward()
+        if variant != "backward-removed":  # pyod#711: Deep SVDD's backward commented out
+            loss.backward()
         opt2.step()
 
 
@@ -223,6 +224,7 @@ def test_healthy_later_phases_stay_silent(tmp_path, program):
         (distillation, "student-in-eval", {"TD402"}, 16),
         (pretrain_finetune, "no-zero-grad", {"TD106"}, 16),
         (pretrain_finetune, "head-not-in-optimizer", {"TD103"}, 16),
+        (pretrain_finetune, "backward-removed", {"TD102"}, 16),
         (late_critic, "critic-no-zero-grad", {"TD106"}, 11),
     ],
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traindoctor.testing import assert_fires, assert_silent, make_timeline
+from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
 
 PARAMS = ["enc.weight", "enc.bias", "head.weight", "head.bias", "aux.weight", "aux.bias"]
 
@@ -161,3 +161,65 @@ def test_nothing_called_gets_a_grad_is_still_an_error():
 def test_module_called_but_left_out_of_the_loss_is_still_an_error():
     f = assert_fires("TD102", _tl([AUX, AUX, AUX]))
     assert f.severity.value == "error"
+
+
+LATE = ["net.bias", "net.weight"]
+
+
+def _two_phases(late_none, late_backward=0, ended=True, late_steps=(5, 6, 10)):
+    """Phase 1: opt0 over the first model, a backward every step. Phase 2 (from step 5): a new
+    model and opt1 over it (lukasruff/Deep-SVDD-PyTorch after its autoencoder pretraining)."""
+    params = PARAMS + LATE
+    steps = {
+        s: {"grads.none": [], "grads.stepped": PARAMS, "backward.count": 1, "grads.observed": 1}
+        for s in (1, 2, 3)
+    }
+    steps[1]["forward.calls"] = _calls()
+    for s in late_steps:
+        steps[s] = {"grads.none": late_none, "grads.stepped": LATE, "grads.observed": 1}
+        if late_backward:
+            steps[s]["backward.count"] = late_backward
+    opt1 = {
+        "class": "Adam",
+        "groups": [{"id": "opt1/group0", "lr": 1e-4, "initial_lr": 1e-4, "weight_decay": 0.0}],
+        "created_at": "train.py:28",
+        "watched_at": None,
+    }
+    opt1["groups"][0].update(params=LATE, unnamed=[])
+    return make_timeline(
+        params=params,
+        optimizers=[optimizer_facts(PARAMS), opt1],
+        steps=steps,
+        events=[
+            {"kind": "optimizer_first_step", "step": 1, "optimizer": 0, "source": "train.py:12"},
+            {"kind": "optimizer_first_step", "step": 5, "optimizer": 1, "source": "train.py:31"},
+        ],
+        ended=ended,
+    )
+
+
+def test_later_optimizer_that_never_had_a_backward_fires():
+    """pyod#711 / Deep-SVDD: `loss.backward()` commented out in the second phase; its Adam
+    steps on None gradients. The first phase's observations say nothing of those params."""
+    f = assert_fires("TD102", _two_phases(LATE))
+    assert f.step == 5 and f.where.params == tuple(LATE)
+    assert f.where.source == "train.py:31"
+    assert f.evidence["optimizer"] == "opt1" and f.evidence["backward_passes"] == 0
+    assert "no backward() ran" in f.cause and "train.py:28" in f.cause
+    assert f.severity.value == "error"
+
+
+def test_later_optimizer_healthy_twins_are_silent():
+    # the later phase has its backward
+    assert_silent("TD102", _two_phases([], late_backward=1))
+    # a backward in its steps that does not reach them: not this judgement (no measured
+    # forward calls in a later phase to name a cause)
+    assert_silent("TD102", _two_phases(LATE, late_backward=1))
+    # one of the params it steps has a gradient: the step is no no-op
+    assert_silent("TD102", _two_phases(["net.bias"]))
+    # one observed step of a run still going: not enough
+    assert_silent("TD102", _two_phases(LATE, ended=False, late_steps=(5,)))
+    # a gradient seen later on an unsampled step
+    tl = _two_phases(LATE)
+    tl.facts["grads_seen_later"] = {"net.bias": 7}
+    assert_silent("TD102", tl)

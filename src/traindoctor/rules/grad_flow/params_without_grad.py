@@ -13,6 +13,7 @@ from .._util import (
     graphless_loss_events,
     group_params,
     merged_forward_calls,
+    optimizer_source,
     step_source,
     trainable_names,
 )
@@ -31,8 +32,9 @@ from ._held_out import got_gradient, held_out_by_design
         "backward.count",
         "copies.norm",
         "grads.norm",
+        "grads.stepped",
     ),
-    events=("hand_step", "loss_not_differentiable", "optimizer_step"),
+    events=("hand_step", "loss_not_differentiable", "optimizer_step", "optimizer_first_step"),
     facts=(
         "copies",
         "grads_seen_later",
@@ -69,6 +71,12 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     (a DQN target network, an EMA/teacher; see TD103) or a reference run only under no_grad
     are not meant to get a gradient and are not reported.
 
+    An optimizer that first steps in a later phase (a net trained after an autoencoder's
+    pretraining, a student after its teacher) is judged on its own steps: when no backward
+    ran in any observed step in which it stepped, and every param it stepped had grad None at
+    each of them, its `step()` changed nothing because `loss.backward()` is missing there
+    (pyod#711: Deep SVDD's `loss.backward()` commented out after the pretraining phase).
+
     ## Example
     ```python
     feats = model.backbone(x)
@@ -89,6 +97,7 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
     them still reports them.
     """
     observations = tl.series("grads.none")
+    yield from _later_optimizers_without_backward(tl, observations, min_observations)
     # backward.count (every step) read at the observed steps only (issue 15)
     if "backward.count" in tl.signal_names("backward.count"):
         # A step() that runs before any backward of its step (a stray step() in a debug block,
@@ -143,6 +152,86 @@ def params_without_grad(tl: TimelineView, *, min_observations: int = 2) -> Itera
         cause=cause,
         fix=fix,
         severity=severity,
+    )
+
+
+def _later_optimizers_without_backward(
+    tl: TimelineView, observations: list, min_observations: int
+) -> Iterator[Finding]:
+    """Optimizers that first stepped after the run's first observed step and never had a
+    backward in the observed steps where they stepped, every param they stepped still None.
+    Steps without a backward are not evidence for the run's first observations (a stray
+    step() before the first backward); a whole later phase without one is."""
+    if not observations:
+        return
+    optimizers = tl.fact("optimizers") or []
+    needed = 1 if ended(tl) else min_observations
+    trainable = set(trainable_names(tl))
+    norms = tl.series("grads.norm")
+    later = tl.fact("grads_seen_later") or {}
+    first_observed = observations[0][0]
+    stepped = dict(tl.series("grads.stepped"))
+    for event in tl.events("optimizer_first_step"):
+        index, start = event.get("optimizer"), event.get("step", 0)
+        if start <= first_observed or not isinstance(index, int) or index >= len(optimizers):
+            continue
+        opt = optimizers[index]
+        held = {n for g in opt["groups"] for n in g["params"] if n in trainable}
+        seen = [
+            (s, set(n) & held)
+            for s, n in observations
+            if s >= start and held & set(stepped.get(s) or ())
+        ]
+        if len(seen) < needed or any(tl.at("backward.count", s, 0) for s, _ in seen):
+            continue
+        # Every param it stepped was None at each of its observed steps, and none of them had
+        # a gradient on any step (sampled norms, or a later gradient followed).
+        names: set[str] = set()
+        for s, none in seen:
+            this = held & set(stepped[s])
+            if not this <= none:
+                break
+            names |= this
+        else:
+            # A gradient from its first step on (a sampled norm, or one followed later).
+            gradient = {n for s, ns in norms if s >= start for n in ns}
+            gradient |= {n for n, s in later.items() if s >= start}
+            if names and not names & gradient:
+                yield _no_backward_finding(tl, index, start, optimizers[index], names, seen, event)
+
+
+def _no_backward_finding(tl, index, start, opt, names, seen, event) -> Finding:
+    all_names = list((tl.fact("params") or {}).keys())
+    trainable = trainable_names(tl)
+    never_sorted = sorted(names)
+    groups = group_params(never_sorted, all_names)
+    label = groups[0][0]
+    module = label if len(groups[0][1]) > 1 else label.rsplit(".", 1)[0]
+    built = optimizer_source(opt)
+    steps = [s for s, _ in seen]
+    return tl.finding(
+        title=f"{len(names)} params had grad None at every step of opt{index} "
+        f"({describe_groups(groups)}): no backward() ran before its step()",
+        step=steps[0],
+        evidence={
+            "params_without_grad": len(names),
+            "trainable_params": len(trainable),
+            "groups": [g for g, _ in groups],
+            "optimizer": f"opt{index}",
+            "optimizer_first_step": start,
+            "backward_passes": 0,
+            "observed_steps": steps,
+        },
+        where=Where(module=module, params=tuple(never_sorted), source=event.get("source")),
+        cause=(
+            f"no backward() ran in any observed step in which opt{index} "
+            f"({opt.get('class', 'optimizer')}"
+            + (f", built at {built}" if built else "")
+            + f") stepped, from its first step ({start}) on: its step() finds every gradient "
+            "None and changes nothing. loss.backward() is missing before optimizer.step() "
+            "in this phase (commented out, or in a branch that never runs)"
+        ),
+        fix="call loss.backward() after computing the loss and before optimizer.step()",
     )
 
 
