@@ -374,6 +374,12 @@ def layout(t: torch.Tensor, param_names: dict[int, str] | None = None) -> dict[s
             out.setdefault("view_reordered", [src, list(shape)])
         if name in ("PermuteBackward0", "TransposeBackward0", "TBackward0"):
             out["moved"] = True
+        if name == "SelectBackward0" and "selected" not in out:
+            # One column of a wider output (`out[:, 0]`): its dim and index in the input.
+            d, i = _dim(_saved(node, "_saved_dim"), len(src)), _saved(node, "_saved_index")
+            if d is not None and isinstance(i, int):
+                i = i - (1 << 64) if i >= 1 << 63 else i
+                out["selected"] = [d, i % src[d] if -src[d] <= i < src[d] else i]
         chain.append((name, node, src, shape))
         shape = src
         node = nxt[0] if nxt else None

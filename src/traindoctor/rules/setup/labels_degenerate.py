@@ -37,7 +37,10 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     that sum to 2 or more are multi-hot labels (several classes per example) that
     `cross_entropy` reads as one distribution. Targets that are the argmax of the very logits
     they are scored against (`criterion(outputs, outputs.argmax(1))`), from a first call where
-    the model is still near chance: the labels were made from the predictions.
+    the model is still near chance: the labels were made from the predictions. One output of
+    an F-way layer (`out[:, 0]`) regressed by MSE/L1/Huber, as the whole loss, onto whole-number
+    targets running exactly over 0..F-1: class indices read as numbers, the other outputs
+    never trained.
 
     ## Why it matters
     Out-of-range labels crash (CPU) or trigger a device-side assert (CUDA) far from the data
@@ -91,6 +94,7 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
             or _float_labels(tl, site)
             or _out_of_range(tl, site)
             or _own_predictions(tl, site)
+            or _class_ids_regressed(tl, site)
             or _from_histogram(tl, site, hists.get(site.id, []))
         )
         if f is not None:
@@ -267,6 +271,80 @@ def _out_of_range(tl: TimelineView, site: Site) -> Finding | None:
     return None
 
 
+def _whole_objective(tl: TimelineView, losses: dict[int, float], steps: list[int]) -> bool:
+    """Whether the loss measured at a site is the backward's whole loss on the given steps
+    (a backward root of the same value at each), not one term of a larger objective."""
+    roots = dict(tl.series("loss.backward"))
+    whole = [
+        any(
+            isinstance(r, int | float) and abs(r - losses[s]) <= 1e-4 * max(1.0, abs(r))
+            for r in (roots.get(s) or [])
+        )
+        for s in steps
+        if s in losses and s in roots
+    ]
+    return bool(whole) and all(whole)
+
+
+_REGRESSION = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+
+
+def _class_ids_regressed(tl: TimelineView, site: Site) -> Finding | None:
+    """One column of a layer with F >= 3 outputs (`out[:, 0]`) regressed onto integer
+    targets that run exactly over 0..F-1, by a loss that is the backward's whole loss: the
+    class indices of an F-way head read as numbers, and the other F - 1 outputs (the ones an
+    argmax reads) never trained."""
+    if site.fn not in _REGRESSION or not site.facts.get("target_float"):
+        return None
+    lay = site.facts.get("layout") or {}
+    width, sel = lay.get("head_features"), lay.get("selected")
+    if not isinstance(width, int) or width < 3 or not sel or sel[0] != 1:
+        return None
+    if lay.get("head_dim") is not None or len(site.facts.get("input_shape") or []) != 1:
+        return None
+    lows, highs, fracs = site.values("t_min"), site.values("t_max"), site.values("t_frac")
+    if len(highs) < 2 or any(v > 0 for _, v in fracs):
+        return None
+    if min(v for _, v in lows) != 0 or max(v for _, v in highs) != width - 1:
+        return None
+    losses = dict(site.values("loss"))
+    if not _whole_objective(tl, losses, [s for s, _ in highs]):
+        return None  # other losses may train the other outputs
+    module = lay.get("head_module")
+    head = f"`{module}`" if module else "the layer"
+    went = sorted(losses.items())
+    curve = (
+        f"; the loss measured here went {went[0][1]:.4g} -> {went[-1][1]:.4g}"
+        if len(went) >= 2
+        else ""
+    )
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source} regresses output {sel[1]} of the {width} outputs "
+        f"of {head} onto integer targets 0..{width - 1}: class indices read as numbers",
+        severity=Severity.WARNING,
+        step=highs[0][0],
+        evidence={
+            "loss_fn": site.fn,
+            "outputs": width,
+            "output_used": sel[1],
+            "head_module": module,
+            "target_min": 0,
+            "target_max": width - 1,
+            "loss_first": went[0][1] if went else None,
+            "loss_last": went[-1][1] if went else None,
+        },
+        where=Where(op=site.fn, module=module, source=site.source),
+        cause=f"the targets are whole numbers running exactly over 0..{width - 1}, one per "
+        f"output of {head}, and the loss, the whole objective, reads output {sel[1]} alone: "
+        f"the class indices are regressed as numbers (class 3 is 'three times class 1'), and "
+        f"the other {width - 1} outputs, which an argmax over the {width} reads, get no "
+        "gradient at all" + curve,
+        fix="train the head as a classifier: `loss = F.cross_entropy(output, y.long())` on all "
+        f"{width} outputs, and predict with `output.argmax(1)`",
+        confidence=0.8,
+    )
+
+
 OWN_MIN_CALLS = 2  # measured calls (1st, 2nd, 4th, ... of the site)
 OWN_MIN_TARGETS = 64  # targets compared over those calls: chance agreement is (1/C)^64
 OWN_SAME = 0.999
@@ -294,18 +372,8 @@ def _own_predictions(tl: TimelineView, site: Site) -> Finding | None:
     if not finite(losses.get(first, float("nan"))) or losses[first] < 0.5 * chance:
         return None
     # The whole objective, or one term of it (self-training on unlabelled data beside a
-    # supervised loss written by hand): the loss measured at the site against the backward
-    # roots of the same steps.
-    roots = dict(tl.series("loss.backward"))
-    whole = [
-        any(
-            isinstance(r, int | float) and abs(r - losses[s]) <= 1e-4 * max(1.0, abs(r))
-            for r in (roots.get(s) or [])
-        )
-        for s, _ in shares
-        if s in losses and s in roots
-    ]
-    alone = bool(whole) and all(whole)
+    # supervised loss written by hand).
+    alone = _whole_objective(tl, losses, [s for s, _ in shares])
     went = sorted(losses.items())
     curve = (
         f"; the loss measured here went {went[0][1]:.4g} -> {went[-1][1]:.4g}"
