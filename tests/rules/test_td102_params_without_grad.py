@@ -223,3 +223,16 @@ def test_later_optimizer_healthy_twins_are_silent():
     tl = _two_phases(LATE)
     tl.facts["grads_seen_later"] = {"net.bias": 7}
     assert_silent("TD102", tl)
+
+
+def test_cause_no_backward_in_the_whole_run():
+    """A one-phase loop with `loss.backward()` commented out: steps taken, no backward recorded,
+    no param ever had a gradient. The cause is the missing backward, not a detached output."""
+    step = [{"kind": "optimizer_step", "step": 1, "source": "train.py:30"}]
+    everything = sorted(PARAMS)
+    f = assert_fires("TD102", _tl([everything, everything], events=step))
+    assert "no backward() ran" in f.cause and f.where.source == "train.py:30"
+    # with a backward recorded, the module's own cause stays
+    backward = {"more": {1: {"backward.count": 1}, 2: {"backward.count": 1}}}
+    f = assert_fires("TD102", _tl([AUX, AUX], events=step, **backward))
+    assert "no backward() ran" not in f.cause and "left out of the loss" in f.cause

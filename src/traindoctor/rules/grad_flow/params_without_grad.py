@@ -34,7 +34,13 @@ from ._held_out import got_gradient, held_out_by_design
         "grads.norm",
         "grads.stepped",
     ),
-    events=("hand_step", "loss_not_differentiable", "optimizer_step", "optimizer_first_step"),
+    events=(
+        "backward_call",
+        "hand_step",
+        "loss_not_differentiable",
+        "optimizer_step",
+        "optimizer_first_step",
+    ),
     facts=(
         "copies",
         "grads_seen_later",
@@ -258,6 +264,20 @@ def _cause(tl, module, names, cleared, calls):
             "and step()",
             "call optimizer.zero_grad() before the forward pass (or right after step()), never "
             "between backward() and step()",
+            step_source(tl),
+        )
+    if (
+        not tl.signal_names("backward.count")
+        and not tl.events("backward_call")
+        and tl.events("optimizer_step")
+        and not got_gradient(tl)
+    ):
+        # Steps were taken and no backward ran in the whole run, nor had any param a gradient.
+        return (
+            "no backward() ran in any step: optimizer.step() finds every gradient None and "
+            "changes nothing. loss.backward() is missing before optimizer.step() (commented "
+            "out, or in a branch that never runs)",
+            "call loss.backward() after computing the loss and before optimizer.step()",
             step_source(tl),
         )
     graphless = graphless_loss_events(tl)
