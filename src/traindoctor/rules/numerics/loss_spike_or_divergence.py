@@ -40,7 +40,7 @@ UNDONE = 0.2
         "schedule.clip_norm",
         "schedule.clip_max",
     ),
-    events=("backward_call", "backward_site", "log_call", "loss_input"),
+    events=("backward_call", "backward_site", "log_call", "loss_input", "models_added"),
     facts=("optimizers", "params"),
     priority=45,
     state=LossScan,
@@ -117,7 +117,10 @@ def loss_spike_or_divergence(
     ```
 
     ## Known false positives
-    Curriculum or data-mixture changes raise the loss on purpose (a curriculum over a fixed
+    A jump within 10 steps of a backward() line first run later in the run, or of a model
+    watched from a later phase on (a student trained after its teacher), is measured against
+    another phase's losses: not judged. Curriculum or data-mixture changes raise the loss on
+    purpose (a curriculum over a fixed
     label set is not seen as moving targets); a run that restarts from a
     checkpoint with a different loss weighting can look like a jump. Non-finite losses are left
     to TD201.
@@ -188,10 +191,17 @@ def _judge(
     # Every spike is weighed, not only the first: a batch far above the rest early on must not
     # hide a later spike the run never came back from.
     first_info = None
+    # A backward() line first run after the run's start is a new phase of the program (a
+    # student trained after its teacher, a fine-tune after a pre-training): its first loss
+    # is another model's or another objective's, no jump of the one before.
+    sites = sorted(e["step"] for e in tl.events("backward_site") if isinstance(e.get("step"), int))
+    phases = set(sites[1:]) - {sites[0]} if sites else set()
+    # models watched from a later phase on (zero-code: trained by an optimizer built later)
+    phases |= {e["step"] for e in tl.events("models_added") if isinstance(e.get("step"), int)}
     for i, med in levels.spikes():
         v = values[i]
-        if v - med < 0.5 * first:
-            continue
+        if v - med < 0.5 * first or any(steps[max(0, i - 10)] < p <= steps[i] for p in phases):
+            continue  # the median it is measured against holds another phase's losses
         window = list(values[i - 10 : i])
         came_back = _recovery(values, steps, i, window, w, first)
         if came_back["recovered"] is False:
