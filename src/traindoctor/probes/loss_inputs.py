@@ -55,7 +55,7 @@ LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n, ids_offset, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
     "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
@@ -834,6 +834,7 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
     ids: list[torch.Tensor] = []
     moved: list[torch.Tensor] = []  # ids of embeddings reached through a shift
     wide: list[tuple[torch.Tensor, bool]] = []  # (B, L) ids longer than the targets' time
+    grid: list[torch.Tensor] = []  # the (B, T) ids of flattened (B*T,) targets, as read
     slices: set[tuple[int, int, int, int]] = set()  # (B, L, start, end) time slices
     causal = False
     while stack and len(seen) < MAX_GRAPH_NODES:
@@ -854,6 +855,8 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
                 or (tgt.dim() == 1 and saved.dim() == 2 and saved.numel() == tgt.numel())
             ):  # (B*T,) targets of flattened logits: reshaped
                 (moved if shifted else ids).append(saved.reshape(tgt.shape))
+                if saved.dim() == 2 and not shifted:
+                    grid.append(saved)
             elif isinstance(saved, torch.Tensor) and saved.dim() == 2:
                 wide.append((saved, shifted))
         elif kind == "SliceBackward0":
@@ -898,12 +901,46 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
             best_next = torch.maximum(best_next, ((t == x.long()) & keep).sum() / n)
     if best_same is None:
         return out
+    flipped = _flattened_flipped(inp, t, keep, grid)
+    if flipped is not None:
+        out["ids_next_t"] = flipped.double()
     out["ids_same"] = best_same.double()
     out["ids_next"] = best_next.double()
     out["causal_attn"] = torch.tensor(1.0 if causal else 0.0, dtype=torch.float64)
     if offset is not None:
         out["ids_offset"] = torch.tensor(float(offset), dtype=torch.float64)
     return out
+
+
+def _flattened_flipped(
+    inp: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, ids: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """For (N*T,) targets beside logits flattened from (N, T, C) whose (N, T) is the shape
+    of the ids an embedding read (N != T): the share of the targets that are the next ids when
+    the targets are read in the other order, (T, N) flattened (`y.t().reshape(-1)` beside
+    `logits.reshape(-1, C)`), or None."""
+    node = inp.grad_fn
+    if t.dim() != 1 or node is None or type(node).__name__ not in _RESHAPES:
+        return None
+    sizes = _saved(node, "_saved_self_sym_sizes")
+    try:
+        sizes = [int(d) for d in sizes]
+    except (TypeError, ValueError):
+        return None
+    if len(sizes) != 3 or sizes[0] == sizes[1] or sizes[0] * sizes[1] != t.numel():
+        return None
+    n, m = sizes[0], sizes[1]
+    best = None
+    for x in ids:
+        if x.device != t.device:
+            continue
+        if tuple(x.shape) != (n, m):
+            continue  # ids read in another layout than the logits': no order to compare
+        x = x.long()
+        tt, kk = t.view(m, n).t(), keep.view(m, n).t()  # the targets read as (T, N)
+        share = ((tt[:, :-1] == x[:, 1:]) & kk[:, :-1]).sum() / kk[:, :-1].sum().clamp(min=1)
+        best = share if best is None else torch.maximum(best, share)
+    return best
 
 
 def _time_slice(node: Any) -> tuple[int, int, int, int] | None:

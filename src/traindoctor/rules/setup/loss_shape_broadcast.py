@@ -67,7 +67,12 @@ def loss_shape_broadcast(
       a `(N, C, d1, ...)` input, but the layer that produced it (a `Linear`'s features, a conv's
       channels) put them elsewhere: `(B, T, C)` logits given as is when `T == C` (so torch does
       not complain), or scrambled by a `view`/`reshape` used as a transpose
-      (`logits.view(B, C, T)` of a `(B, T, C)` tensor).
+      (`logits.view(B, C, T)` of a `(B, T, C)` tensor);
+    - **targets flattened in the other order**: `(B*T,)` token targets beside logits flattened
+      from `(B, T, C)` whose `(B, T)` is the shape of the ids an `nn.Embedding` read, that are
+      the next ids (on every measured call, 1st, 2nd, 4th, ...) only when read `(T, B)`
+      (`y.t().reshape(-1)` beside `logits.reshape(-1, C)`): each row is scored against another
+      sequence's token, and the model learns only the tokens' frequencies.
 
     The finding names the shapes, the dim the model normalized or produced along, the dim the
     loss reduces over, and the line.
@@ -138,9 +143,55 @@ def loss_shape_broadcast(
             _broadcast(tl, site)
             or _normalized(tl, site, norm_tol, off_by, dict(hists.get(site.id, [])))
             or _layout(tl, site)
+            or _flattened_flipped(tl, site)
         )
         if finding is not None:
             yield finding
+
+
+def _flattened_flipped(tl: TimelineView, site: Site) -> Finding | None:
+    """(N*T,) targets that are the next token ids of the (N, T) inputs only when read in
+    (T, N) order, beside logits flattened from (N, T, C) (`y.t().reshape(-1)` beside
+    `logits.reshape(-1, C)`), on every measured call: each logit row is scored against
+    another sequence's token."""
+    flipped = site.values("ids_next_t")
+    if len(flipped) < 2 or any(v < 0.999 for _, v in flipped):
+        return None
+    direct = [v for _, v in site.values("ids_next")] + [v for _, v in site.values("ids_same")]
+    if not direct or max(direct) >= 0.5:
+        return None
+    losses = site.losses()
+    went = (
+        f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
+        if len(losses) >= 2
+        else ""
+    )
+    shape = site.facts.get("target_shape")
+    return tl.finding(
+        title=f"`{site.fn}` at {site.source}: the flattened targets"
+        f"{f' {tuple(shape)}' if shape else ''} are laid out (time, batch), the logits "
+        "(batch, time): each logit row is scored against another sequence's token",
+        severity=Severity.WARNING,
+        step=flipped[0][0],
+        evidence={
+            "loss_fn": site.fn,
+            "target_shape": shape,
+            "share_next_ids_read_time_major": min(v for _, v in flipped),
+            "share_next_ids_read_as_given": max(direct),
+            "measured_calls": len(flipped),
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"read in (time, batch) order, {min(v for _, v in flipped):.1%} of the targets "
+        "are the next token of the ids an nn.Embedding read, on every measured call; read "
+        f"in the (batch, time) order of the logits they are scored against, {max(direct):.1%} "
+        "are: the targets were flattened after a transpose (or from a time-major tensor) and "
+        "the logits without one, so the model can learn only how often each token occurs" + went,
+        fix="flatten both in the same order: `loss = ce(logits.reshape(-1, C), y.reshape(-1))` "
+        "with y (batch, time) like the logits (or transpose the logits too)",
+        confidence=0.9,
+    )
 
 
 def _reversed_sites(tl: TimelineView, sites: dict[int, Site]) -> dict[int, Site]:
