@@ -21,6 +21,12 @@ run unchanged under the zero-code `traindoctor run` beside healthy twins that mu
   report the same "predict the current token" training): loss 0.001, greedy continuation 0%
   valid. Before: silent (the ids the embedding read, T+1 long, were never compared with the T
   targets). After: TD520 warning through the causal attention. Twin: `logits[:, :-1]`.
+- A char LSTM whose (batch, time) targets are flattened after a transpose (`y.t().reshape(-1)`
+  beside `out.reshape(-1, V)`; s28 rewritten): the loss holds at 3.04 (fixed: 0.14). Before:
+  TD108's labels'-entropy info only. After: TD508 warning, 100% of the targets are the next
+  ids read (time, batch). Twins: the fixed loop (test_classic_mistakes_s28's lm_fixed), and
+  pytorch/examples' word_language_model
+  layout (batchified (T, B) data, a seq-first LSTM, `output.view(-1, V)`).
 """
 
 from __future__ import annotations
@@ -218,10 +224,75 @@ for it in range(40):
     opt.zero_grad(); loss.backward(); opt.step()
 """
 
+CHAR_LSTM = """import torch, torch.nn as nn
+torch.manual_seed(0)
+text = ("the quick brown fox jumps over the lazy dog. " * 100)
+chars = sorted(set(text)); V = len(chars)
+data = torch.tensor([chars.index(c) for c in text])
+B, T = 16, 32
+n = (len(data) - 1) // (B * T) * (B * T)
+xs = data[:n].view(B, -1); ys = data[1:n + 1].view(B, -1)
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 32); self.rnn = nn.LSTM(32, 64, batch_first=True)
+        self.out = nn.Linear(64, V)
+    def forward(self, x, h=None):
+        o, h = self.rnn(self.emb(x), h)
+        return self.out(o), h
+model = LM()
+opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+crit = nn.CrossEntropyLoss()
+for epoch in range(3):
+    h = None
+    for i in range(0, xs.size(1) - T + 1, T):
+        x, y = xs[:, i:i + T], ys[:, i:i + T]
+        if h is not None:
+            h = tuple(t.detach() for t in h)
+        out, h = model(x, h)
+        opt.zero_grad()
+        loss = crit(out.reshape(-1, V), {flat})
+        loss.backward()
+        opt.step()
+"""
+
+# pytorch/examples word_language_model: batchified (T, B) data, a seq-first LSTM
+SEQ_FIRST_LM = """import torch, torch.nn as nn
+torch.manual_seed(0)
+text = ("the quick brown fox jumps over the lazy dog. " * 100)
+chars = sorted(set(text)); V = len(chars)
+data = torch.tensor([chars.index(c) for c in text])
+def batchify(d, bsz):
+    nb = d.size(0) // bsz
+    return d[:nb * bsz].view(bsz, -1).t().contiguous()
+train = batchify(data, 20); bptt = 35
+class RNNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Embedding(V, 32); self.rnn = nn.LSTM(32, 64)
+        self.decoder = nn.Linear(64, V)
+    def forward(self, x, h):
+        o, h = self.rnn(self.encoder(x), h)
+        return self.decoder(o).view(-1, V), h
+model = RNNModel(); crit = nn.CrossEntropyLoss()
+opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+for epoch in range(3):
+    h = None
+    for i in range(0, train.size(0) - 1, bptt):
+        L = min(bptt, len(train) - 1 - i)
+        x, y = train[i:i + L], train[i + 1:i + 1 + L].reshape(-1)
+        if h is not None:
+            h = tuple(t.detach() for t in h)
+        out, h = model(x, h)
+        loss = crit(out, y)
+        opt.zero_grad(); loss.backward(); opt.step()
+"""
+
 BUGGY = {
     "argmax_target": ARGMAX_TARGET.replace("{target}", "predicted"),
     "mse_class_ids": MSE_CLASS,
     "bos_unshifted": BOS_LM.replace("{cut}", ":, 1:"),
+    "lm_targets_flattened_transposed": CHAR_LSTM.replace("{flat}", "y.t().reshape(-1)"),
 }
 HEALTHY = {
     "argmax_fixed": ARGMAX_TARGET.replace("{target}", "labels"),
@@ -231,6 +302,7 @@ HEALTHY = {
     "distill_hard_labels": DISTILL_HARD,
     "multitask_count": MULTITASK_COUNT,
     "bos_shifted": BOS_LM.replace("{cut}", ":, :-1"),
+    "seq_first_lm": SEQ_FIRST_LM,
 }
 runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 
@@ -260,6 +332,13 @@ def test_bos_prepended_targets_not_shifted(runs):
     assert f["severity"] == "warning"
     assert f["evidence"]["ids_offset"] == 1
     assert "a token prepended" in f["cause"]
+
+
+def test_targets_flattened_in_the_other_order(runs):
+    f = top3(runs["lm_targets_flattened_transposed"], "TD508")
+    assert f["severity"] == "warning"
+    assert "laid out (time, batch)" in f["title"]
+    assert f["evidence"]["share_next_ids_read_time_major"] == 1.0
 
 
 def test_own_argmax_under_watch(tmp_path):
