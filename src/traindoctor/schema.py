@@ -154,7 +154,7 @@ _signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n/own_plain, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
     "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )

@@ -55,7 +55,7 @@ LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n/own_plain, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
     "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
     "`loss_input` events",
 )
@@ -982,7 +982,17 @@ def _own_argmax(inp: torch.Tensor, tgt: torch.Tensor, cdim: int, ignore: int) ->
         return {}
     keep = t != ignore
     n = keep.sum()
-    return {"own_argmax": ((pred == t) & keep).sum() / n.clamp(min=1), "own_n": n}
+    # Targets built without the model, whose argmax may match them from the first step (a
+    # contrastive loss's positives: all 0 (MoCo) or arange(N) (CLIP, SimCLR), easy at init):
+    # constant or mostly consecutive rows, told by `own_plain` 0.
+    flat = t[keep] if t.dim() else t.reshape(1)
+    steps = flat[1:] - flat[:-1]
+    plain = (flat != flat[:1]).any() & ((steps == 1).float().mean() < 0.5)
+    return {
+        "own_argmax": ((pred == t) & keep).sum() / n.clamp(min=1),
+        "own_n": n,
+        "own_plain": plain.double(),
+    }
 
 
 def _shifts(node: Any, kind: str) -> bool:

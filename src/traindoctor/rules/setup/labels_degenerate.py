@@ -79,7 +79,9 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     ```
 
     ## Known false positives
-    A class that is legitimately absent from the training data (a reserved padding, BOS or
+    Contrastive logits assembled as `cat([l_pos, l_neg])` with every label 0 (the positive's
+    column) are not constant labels and are not reported. A class that is legitimately absent
+    from the training data (a reserved padding, BOS or
     background id) reads as a 1-based labelling, which is why that case is reported as info; a deliberate one-class warm-up reads as constant labels. Binary targets a little outside [0, 1] (a
     0/1 mask resized with a bicubic kernel overshoots its edges) are a note, not an error.
     Self-training on the model's own hard pseudo-labels of the same forward (Lee's
@@ -362,6 +364,9 @@ def _own_predictions(tl: TimelineView, site: Site) -> Finding | None:
         return None
     if any(v < OWN_SAME for _, v in shares):
         return None
+    plain = dict(site.values("own_plain"))
+    if plain.get(shares[0][0], 0.0) < 0.5:
+        return None  # constant or arange-like targets: a contrastive loss's positives
     counts = dict(site.values("own_n"))
     compared = sum(counts.get(s, 0.0) for s, _ in shares)
     if compared < OWN_MIN_TARGETS:
@@ -439,7 +444,10 @@ def _from_histogram(
         "steps": len(rows),
         "counts": [int(n) for n in totals],
     }
-    if len(used) == 1:
+    # Logits assembled by concatenation (`cat([l_pos, l_neg]) / T`, MoCo's and SimCLR's
+    # InfoNCE) with every label 0: the positive's column, not a class the data lacks.
+    assembled = "CatBackward0" in (site.facts.get("producer") or [])[:2]
+    if len(used) == 1 and not (assembled and used[0] == 0):
         return tl.finding(
             title=f"every one of {int(seen)} labels fed to `{site.fn}` at {site.source} over "
             f"{len(rows)} steps is class {used[0]}",
