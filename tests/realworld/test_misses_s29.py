@@ -363,3 +363,36 @@ def test_own_argmax_under_watch(tmp_path):
 
 def loud_codes(report) -> list[str]:
     return [f.code for f in report.findings if f.severity.value in ("error", "warning")]
+
+
+def test_contrastive_positives_are_not_labels(tmp_path):
+    # A random encoder already ranks the positive first under weak augmentation: SimCLR's
+    # arange-like labels and MoCo's all-0 labels over cat([l_pos, l_neg]) (a 48-key queue, so
+    # its labels are counted) match the argmax from step 1 and are no fault.
+    import traindoctor as td
+
+    torch.manual_seed(0)
+    x_all = torch.randn(2000, 32)
+    enc = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+    queue = F.normalize(torch.randn(48, 16), dim=1)
+    with td.watch(enc, opt, out_dir=str(tmp_path)) as doc:
+        for step in range(40):
+            x = x_all[torch.randint(0, 2000, (64,))]
+            a, b = x + 0.05 * torch.randn_like(x), x + 0.05 * torch.randn_like(x)
+            if step % 2:
+                z = F.normalize(enc(torch.cat([a, b])), dim=1)
+                sim = (z @ z.t() / 0.5).fill_diagonal_(-1e9)
+                labels = torch.cat([torch.arange(64, 128), torch.arange(0, 64)])
+                loss = F.cross_entropy(sim, labels)
+            else:
+                q = F.normalize(enc(a), dim=1)
+                with torch.no_grad():
+                    k = F.normalize(enc(b), dim=1)
+                logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], 1) / 0.07
+                loss = F.cross_entropy(logits, torch.zeros(64, dtype=torch.long))
+                queue = torch.cat([k, queue])[:48]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert "TD511" not in [f.code for f in doc.report.findings]
