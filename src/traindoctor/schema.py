@@ -602,6 +602,7 @@ class ValidationInTrainMode(Event, total=False):
     modules: list[str]
     source: str | None
     validating: bool
+    trained: bool  # an optimizer holds a param of the model (not a teacher/EMA copy)
     # an F.dropout that dropped in the validation: its line, p, `training` left at its default
     functional_dropout: dict[str, Any]
 

@@ -41,3 +41,38 @@ def test_td403_reports_functional_dropout_left_on_in_validation():
     assert "F.dropout(p=0.2) at model.py:29" in f.title
     assert "left at its default" in f.cause
     assert "training=self.training" in f.fix
+
+
+def _run(step, model="teacher", validating=False, trained=False):
+    return {
+        "trained": trained,
+        "kind": "validation_in_train_mode",
+        "step": step,
+        "model": model,
+        "modules": [f"{model}.1"],
+        "count": 1,
+        "forwards": 2,
+        "validating": validating,
+        "source": "train.py:26",
+    }
+
+
+def test_td403_silent_on_gradient_free_runs_in_every_step():
+    # A mean teacher on two views before the student's forward, every step: part of the step.
+    teacher = [_run(s) for s in range(2, 40)]
+    assert_silent("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=teacher))
+    # The same runs inside doc.validating(): the user says it is a validation.
+    declared = [_run(s, validating=True) for s in range(2, 40)]
+    assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=declared))
+    # Once an epoch (every 25 steps): a validation.
+    epochs = [_run(s) for s in range(25, 400, 25)]
+    f = assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=epochs))
+    assert f.evidence["validations_affected"] == len(epochs)
+    # The trained model validated after every step (full-batch training): a validation.
+    full_batch = [_run(s, model="<model>", trained=True) for s in range(2, 40)]
+    assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=full_batch))
+    # Another model validated once an epoch beside the per-step teacher is still reported.
+    both = teacher + [_run(s, model="<model>", trained=True) for s in (25, 50, 75)]
+    both.sort(key=lambda e: e["step"])
+    f = assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=both))
+    assert f.evidence["model"] == "<model>"

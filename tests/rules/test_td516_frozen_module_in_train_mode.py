@@ -60,3 +60,18 @@ def test_dropout_only_when_the_frozen_output_has_no_graph():
 
 def test_silent_without_frozen_modules():
     assert_silent("TD516", make_timeline(steps={1: {}, 2: {}}))
+
+
+def test_silent_when_the_frozen_params_move_an_ema_target():
+    # BYOL's target network, MoCo's key encoder, a mean teacher: requires_grad off, no optimizer,
+    # but updated in place from the trained weights, in train mode by the method's design.
+    steps = _drift(0.05)
+    for s in steps:
+        steps[s]["modes.frozen_params_moved"] = {"backbone": 0.004}
+    tl = make_timeline(steps=steps, events=[_event(1, ["backbone.1", "backbone.4"])])
+    assert_silent("TD516", tl)
+    # Params that stay put (a frozen pretrained backbone): still reported.
+    for s in steps:
+        steps[s]["modes.frozen_params_moved"] = {"backbone": 0.0}
+    tl = make_timeline(steps=steps, events=[_event(1, ["backbone.1", "backbone.4"])])
+    assert_fires("TD516", tl)

@@ -87,7 +87,12 @@ class ModesProbe(Probe):
         self._last_eval: tuple[str, ...] | None = None
         self._events = 0
         self._nograd_forwards = 0
-        self._phase_reported = False
+        # A watched model ran a training forward since the last backward: gradient-free
+        # forwards now belong to this step's loss (a target/teacher pass), not a validation.
+        self._grad_forward = False
+        # The models whose gradient-free run was reported since the last step or backward: one
+        # event each, so a teacher's pass each step does not hide a validation of another.
+        self._phase_reported: set[str | None] = set()
         self._region_source: str | None = None
         self._region_step = 0
         self._forward_in_region = False
@@ -160,7 +165,8 @@ class ModesProbe(Probe):
     # -- per step -------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._nograd_forwards = 0
-        self._phase_reported = False
+        self._grad_forward = False
+        self._phase_reported.clear()
         self._fdrop_nograd = None
         self._fdrop = [0, 0]
         if sampled:
@@ -169,7 +175,8 @@ class ModesProbe(Probe):
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self._nograd_forwards = 0
-        self._phase_reported = False
+        self._grad_forward = False
+        self._phase_reported.clear()
         self._fdrop_nograd = None
 
     def functional_dropout(self, p: Any, training: Any) -> None:
@@ -341,18 +348,26 @@ class ModesProbe(Probe):
 
     def _on_forward(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
         if torch.is_grad_enabled():
-            return  # a training forward: nothing to look at
+            self._grad_forward = True
+            return  # a training forward: nothing else to look at
         if torch.is_inference_mode_enabled():
             self._forward_in_region = True
-        self._nograd_forwards += 1
         ctx = self.ctx
-        if self._phase_reported or ctx is None:
+        if self._grad_forward and ctx is not None and not ctx.state.validating:
+            # Between a training forward and its backward: a pass whose output this step's
+            # loss reads (BYOL's target network on both views, MoCo's key encoder), which
+            # nobody validates in the middle of.
+            return
+        self._nograd_forwards += 1
+        if ctx is None:
             return
         # One no-grad forward between steps is often deliberate (pseudo-labels, a teacher
         # pass); a validation is a run of them, or anything inside doc.validating().
         if self._nograd_forwards < 2 and not ctx.state.validating:
             return
         root = self._roots.get(id(module))
+        if root in self._phase_reported:
+            return
         if not any(r == root and m.training for r, _, m in self._sensitive):
             self._functional_in_validation(root)
             return
@@ -360,8 +375,9 @@ class ModesProbe(Probe):
         training = [n for r, n, m in self._sensitive if r == root and m.training]
         if not training or self._events >= MAX_EVENTS:
             return
-        self._phase_reported = True
+        self._phase_reported.add(root)
         self._events += 1
+        held = ctx.optimizer_param_ids()
         ctx.rec.event(
             ctx.state.step,
             "validation_in_train_mode",
@@ -370,6 +386,7 @@ class ModesProbe(Probe):
             count=len(training),
             forwards=self._nograd_forwards,
             validating=ctx.state.validating,
+            trained=any(id(p) in held for p in module.parameters()),
             source=user_source(2),
         )
 
@@ -379,7 +396,7 @@ class ModesProbe(Probe):
         ctx = self.ctx
         if self._fdrop_nograd is None or ctx is None or self._events >= MAX_EVENTS:
             return
-        self._phase_reported = True
+        self._phase_reported.add(root)
         self._events += 1
         ctx.rec.event(
             ctx.state.step,
@@ -537,21 +554,28 @@ FROZEN_BN_DRIFT = signal(
     "per observed step: {BatchNorm inside a frozen module: relative change of its running "
     "mean/var since the previous observed step}",
 )
+FROZEN_PARAMS_MOVED = signal(
+    "modes.frozen_params_moved",
+    "per observed step: {frozen module with BatchNorm: relative change of its sampled "
+    "parameters (its BatchNorms' affine ones, else its first) since the previous observed step}",
+)
 _DRIFT_EPS = 1e-12
 
 
 class FrozenModesProbe(Probe):
     """Modules whose params are all frozen while the rest trains, and the mode-sensitive
     modules inside them: in train mode (a bool each), how much their BatchNorm running
-    statistics moved between observed steps (one fused norm per BN, deferred), and whether
-    the frozen module's output carries a graph (host metadata in a forward hook).
+    statistics moved between observed steps (one fused norm per BN, deferred), whether its
+    parameters moved all the same (a momentum/EMA target updated in place: BYOL, MoCo, mean
+    teacher; one norm of a few small tensors, deferred), and whether the frozen module's output
+    carries a graph (host metadata in a forward hook).
 
     Costs: on observed steps (the first 3, then sampled) one walk of the module tree, a
     clone of the frozen BatchNorms' running statistics; a forward hook per frozen module
     that returns at once on other steps."""
 
     name = "frozen_modes"
-    provides: ClassVar[tuple[str, ...]] = (FROZEN_BN_DRIFT,)
+    provides: ClassVar[tuple[str, ...]] = (FROZEN_BN_DRIFT, FROZEN_PARAMS_MOVED)
     provides_events: ClassVar[tuple[str, ...]] = ("frozen_modules",)
     sampled_only = frozenset({"on_pre_step"})  # _observe is step <= 3 or sampled
 
@@ -560,6 +584,7 @@ class FrozenModesProbe(Probe):
         self._frozen: dict[str, torch.nn.Module] = {}  # maximal frozen module -> module
         self._inside: dict[str, list[tuple[str, torch.nn.Module]]] = {}  # its sensitive modules
         self._snap: dict[str, torch.Tensor] = {}
+        self._psnap: dict[str, torch.Tensor] = {}  # frozen module -> its sampled params
         self._out_grad: dict[str, bool] = {}
         self._hooked: dict[int, Any] = {}
         self._observe = False
@@ -661,11 +686,41 @@ class FrozenModesProbe(Probe):
         self._snap = snap
         for device_names, device_drifts in _group(names, drifts):
             rec.defer(step, FROZEN_BN_DRIFT, torch.stack(device_drifts), keys=device_names)
+        self._measure_params(step, rec)
+
+    def _measure_params(self, step: int, rec: Recorder) -> None:
+        """Whether a frozen module with BatchNorm had its parameters changed in place since
+        the previous observed step: no optimizer trains it, so they move only when the user
+        updates it (an EMA/momentum target). A sample is enough: such an update moves every
+        parameter, a frozen pretrained part moves none."""
+        names, moves = [], []
+        snap: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for root, modules in self._inside.items():
+                bns = [m for _, m in modules if _has_stats(m)]
+                if not bns:
+                    continue  # no statistics to drift: nothing TD516 weighs
+                sample = [p for m in bns for p in m.parameters(recurse=False)]
+                if not sample:
+                    first = next(self._frozen[root].parameters(), None)
+                    sample = [first] if first is not None else []
+                if not sample or len({p.device for p in sample}) != 1:
+                    continue
+                cur = torch.cat([p.detach().reshape(-1).float() for p in sample])
+                prev = self._psnap.get(root)
+                if prev is not None and prev.shape == cur.shape and prev.device == cur.device:
+                    names.append(root)
+                    moves.append((cur - prev).norm() / (prev.norm() + _DRIFT_EPS))
+                snap[root] = cur.clone()
+        self._psnap = snap
+        for device_names, device_moves in _group(names, moves):
+            rec.defer(step, FROZEN_PARAMS_MOVED, torch.stack(device_moves), keys=device_names)
 
     def detach(self) -> None:
         super().detach()
         self._hooked.clear()
         self._snap.clear()
+        self._psnap.clear()
 
 
 def _subtree_params(m: torch.nn.Module, memo: dict[int, tuple[bool, bool]]) -> tuple[bool, bool]:

@@ -9,6 +9,10 @@ from ...timeline import TimelineView
 from .._registry import rule
 from .._util import common_module
 
+# Gradient-free runs of one model in this many consecutive steps (and in no others): a pass
+# of each training step, not a validation between epochs.
+PER_STEP = 5
+
 
 @rule(
     code="TD403",
@@ -40,8 +44,13 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     A forward hook on each watched model checks `torch.is_grad_enabled()` (the only cost on a
     training forward). A validation is two or more gradient-free forwards without a backward
     in between, or any forward inside `doc.validating()`; one gradient-free forward per step
-    (pseudo-labels, a teacher pass on the same model) is not counted. For those, the
-    `training` flag of the model's mode-sensitive modules is read.
+    (pseudo-labels, a teacher pass on the same model) is not counted, nor are gradient-free
+    forwards between a training forward and its backward (a target network's passes whose
+    output that step's loss reads: BYOL, MoCo). For those, the `training` flag of the model's
+    mode-sensitive modules is read. A model that no optimizer trains (a teacher or target
+    copy) whose gradient-free runs come in every step, from the first to the last reported
+    (at least `PER_STEP` steps in a row), is part of each training step (a mean teacher on two
+    views before the student's forward), not validated between epochs, and is not reported.
 
     ## Example
     ```python
@@ -57,11 +66,15 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             val_loss += criterion(model(x), y)
     ```
 
+    ## Known misses
+    An EMA copy (no optimizer holds it) validated in train mode after every single step looks
+    like a teacher pass and is not reported.
+
     ## Known false positives
     Test-time augmentation or Monte-Carlo dropout that keeps Dropout active on purpose; BN
     adaptation methods that re-estimate statistics on the target data.
     """
-    events = tl.events("validation_in_train_mode")
+    events = _validations(tl.events("validation_in_train_mode"))
     if not events:
         return
     first = events[0]
@@ -98,6 +111,26 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
         ),
     )
+
+
+def _validations(events: list[dict]) -> list[dict]:
+    """The events of the models validated between steps: a model no optimizer trains whose
+    gradient-free runs were seen in each step of a stretch of `PER_STEP` or more (every one of
+    its events) runs inside the training step, a teacher or target whose output the loss
+    reads."""
+    steps: dict[object, list[int]] = {}
+    for e in events:
+        steps.setdefault(e.get("model"), []).append(e["step"])
+    for e in events:
+        if e.get("trained", True):
+            steps.pop(e.get("model"), None)  # a model an optimizer trains: validated
+    per_step = {
+        m
+        for m, ss in steps.items()
+        if len(ss) >= PER_STEP and all(b - a == 1 for a, b in zip(ss, ss[1:]))
+    }
+    # Inside doc.validating() the user said it is a validation.
+    return [e for e in events if e.get("validating") or e.get("model") not in per_step]
 
 
 def _functional(tl: TimelineView, first: dict, validations: int) -> Finding:

@@ -18,7 +18,7 @@ MAX_FINDINGS = 3
     severity=Severity.WARNING,
     summary="A frozen module is left in train mode: its BatchNorm statistics drift, its "
     "dropout is active.",
-    requires=("modes.frozen_bn_drift",),
+    requires=("modes.frozen_bn_drift", "modes.frozen_params_moved"),
     events=("frozen_modules",),
     priority=45,
 )
@@ -47,7 +47,12 @@ def frozen_module_in_train_mode(tl: TimelineView) -> Iterator[Finding]:
     forward hook on the frozen module records whether its output requires grad. It fires
     for BatchNorm that was in train mode with a change > 0, and for Dropout in train mode in a
     frozen module whose output carries no graph. Gradient-free (validation) forwards are
-    TD403's business and are not looked at.
+    TD403's business and are not looked at. A sample of the frozen module's parameters (its
+    BatchNorms' affine ones) is compared between observed steps too: when they changed, no
+    optimizer holds them but the user's code updates them (a momentum/EMA target: BYOL's
+    target network, MoCo's key encoder, a mean teacher), a module that is not frozen but
+    follows the trained one, and whose train mode is the published method's. It is not
+    reported.
 
     ## Example
     ```python
@@ -70,6 +75,7 @@ def frozen_module_in_train_mode(tl: TimelineView) -> Iterator[Finding]:
     the head's held-out loss there.
     """
     drift = _max_drift(tl)
+    moved = _moved(tl)
     events = tl.events("frozen_modules")
     seen: dict[str, dict[str, Any]] = {}
     for e in events:
@@ -86,6 +92,8 @@ def frozen_module_in_train_mode(tl: TimelineView) -> Iterator[Finding]:
                     entry["step"] = entry["step"] or e["step"]
     found = 0
     for root, entry in seen.items():
+        if root in moved:
+            continue  # updated in place (an EMA/momentum target), not frozen
         drifting = {n: drift[n] for n in entry["bn_train"] if drift.get(n, (0.0, None))[0] > 0.0}
         dropout = sorted(entry["dropout_train"])
         if not drifting and not dropout:
@@ -103,6 +111,16 @@ def _max_drift(tl: TimelineView) -> dict[str, tuple[float, int]]:
         for name, v in (values or {}).items():
             if isinstance(v, int | float) and v == v and v > out.get(name, (0.0, 0))[0]:
                 out[name] = (float(v), step)
+    return out
+
+
+def _moved(tl: TimelineView) -> set[str]:
+    """Frozen modules whose parameters changed between two observed steps."""
+    out: set[str] = set()
+    for _, values in tl.series("modes.frozen_params_moved"):
+        for name, v in (values or {}).items():
+            if isinstance(v, int | float) and v == v and v > 0.0:
+                out.add(name)
     return out
 
 
