@@ -103,3 +103,12 @@ def test_silent_when_held_only_after_the_last_observed_step():
     steps[120] = {"grads.observed": 1}  # looked at while held: reported
     tl = make_timeline(params=PARAMS, optimizers=[opt], steps=steps, events=events)
     assert assert_fires("TD111", tl).step == 101
+
+
+def test_silent_for_tensors_never_looked_at_after_their_optimizer_stepped():
+    # Reptile's inner loop: an optimizer built per task over a deepcopy, stepped 5 times
+    # between two sampled steps; its tensors were never looked at while they trained.
+    unseen = [dict(u, looked=False) for u in OLD_HEAD]
+    assert_silent("TD111", _tl(unnamed=unseen, replaced=()))
+    seen = [dict(u, looked=True) for u in OLD_HEAD]
+    assert_fires("TD111", _tl(unnamed=seen, replaced=()))

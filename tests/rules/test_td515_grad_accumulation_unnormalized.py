@@ -93,3 +93,15 @@ def test_divided_by_the_windows_target_count_is_silent():
         assert_silent("TD515", _counted(55, window, divided))
     # a constant normalizer on a summed loss (/ accum) is silent too
     assert_silent("TD515", _counted(55, lambda n, passes: passes, False))
+
+
+def test_silent_when_no_optimizer_ever_stepped_after_two_passes():
+    # A model and optimizer built per task (Reptile's inner loop): the step clock merges their
+    # steps (3 passes in one step) but each optimizer had one fresh pass per step.
+    tl = _tl([1.0] * 3)
+    one_each = {"steps": 5, "pending": 0, "max_pending": 1, "fresh": 5, "since": 0}
+    tl.facts["optimizer_activity"] = [dict(one_each) for _ in range(4)]
+    assert_silent("TD515", tl)
+    # One of them stepped after three passes: accumulation.
+    tl.facts["optimizer_activity"][2]["max_pending"] = 3
+    assert_fires("TD515", tl)

@@ -38,6 +38,10 @@ class OptimProbe(Probe):
         super().__init__()
         # ids of optimizer tensors outside the watched models that were seen with a gradient
         self._unnamed_with_grad: set[int] = set()
+        # ... and those looked at on a sampled step after their optimizer had stepped: "never a
+        # gradient" is measured only for these (an optimizer built per task, used for a few
+        # steps between two sampled steps, was never looked at while it trained).
+        self._unnamed_looked: set[int] = set()
         self._last_layout: tuple[list[str], int] | None = None
         # The user's `td.watch(model, optimizer)` line: where the optimizer was handed over.
         self._watched_at: str | None = None
@@ -85,6 +89,7 @@ class OptimProbe(Probe):
                                 "shape": list(p.shape),
                                 "requires_grad": bool(p.requires_grad),
                                 "had_grad": id(p) in self._unnamed_with_grad,
+                                "looked": id(p) in self._unnamed_looked,
                             }
                             for p in params
                             if id(p) not in names
@@ -135,13 +140,18 @@ class OptimProbe(Probe):
             self.describe(rec)
         if sampled:
             names = ctx.param_names
-            seen = len(self._unnamed_with_grad)
-            for opt in ctx.optimizers:
+            seen = len(self._unnamed_with_grad), len(self._unnamed_looked)
+            for oi, opt in enumerate(ctx.optimizers):
+                stepped = oi < len(self._activity) and self._activity[oi]["steps"] > 0
                 for group in opt.param_groups:
                     for p in group["params"]:
-                        if id(p) not in names and p.grad is not None:
+                        if id(p) in names:
+                            continue
+                        if p.grad is not None:
                             self._unnamed_with_grad.add(id(p))
-            if len(self._unnamed_with_grad) != seen:
+                        if stepped:
+                            self._unnamed_looked.add(id(p))
+            if (len(self._unnamed_with_grad), len(self._unnamed_looked)) != seen:
                 # Tensors of an optimizer described earlier got their first gradient (a
                 # zero-code run's second-phase optimizer, built before its first backward):
                 # the fact's had_grad is written again, or TD111 reads them as never trained.

@@ -51,7 +51,9 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     ## How it is measured
     traindoctor compares optimizer tensors with the model's parameters by identity, notices
     parameter names whose tensor changed since attach, and records on sampled steps whether the
-    foreign tensors ever have a `.grad`. Tensors outside the model that do get gradients (a
+    foreign tensors ever have a `.grad`; only tensors looked at on a sampled step after their
+    optimizer had stepped count (an optimizer built per task or fold and used for a few steps
+    between two sampled steps was never seen training: Reptile's inner loop). Tensors outside the model that do get gradients (a
     learnable loss weight, say) are legitimate and not reported, nor are tensors held only
     after the last step whose gradients were looked at (never measured).
 
@@ -82,7 +84,12 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
     if other is not None:
         yield other
         return
-    stale = [u for u in foreign_tensors(tl) if u.get("requires_grad") and not u.get("had_grad")]
+    # Looked at after their optimizer stepped (older timelines lack the flag: looked).
+    stale = [
+        u
+        for u in foreign_tensors(tl)
+        if u.get("requires_grad") and not u.get("had_grad") and u.get("looked", True)
+    ]
     if not stale:
         return
     since = onset(tl.events("optimizer_layout"), lambda e: e["stale"] > 0) or 1

@@ -51,7 +51,7 @@ class AccumulationCount:
         "schedule.clip_max",
     ),
     events=("backward_site",),
-    facts=("optimizers",),
+    facts=("optimizers", "optimizer_activity"),
     priority=40,
     state=lambda: AccumulationCount(),
 )
@@ -94,6 +94,10 @@ def grad_accumulation_unnormalized(
     measured total norm and `max_norm` are recorded at each call: the evidence compares the
     measured norm with the norm of the mean (÷N).
 
+    With several optimizers, each one's backward passes that brought its params fresh
+    gradients are counted between its steps: when none ever stepped after two of them (a
+    model and optimizer built per task, whose steps the step clock merges), nothing is judged.
+
     ## Example
     ```python
     for i, (x, y) in enumerate(loader):
@@ -118,6 +122,12 @@ def grad_accumulation_unnormalized(
     """
     if not state.enough(tl, min_steps):
         return  # fewer accumulation steps than judged: nothing read but the new factors
+    activity = [a for a in tl.fact("optimizer_activity") or () if a.get("steps")]
+    if len(activity) >= 2 and all(a.get("max_pending", 0) <= 1 for a in activity):
+        # Several optimizers, followed pass by pass: none ever stepped after two passes that
+        # brought it gradients (a model and optimizer built per task, Reptile's inner loop,
+        # whose steps the step clock merges): nothing accumulates.
+        return
     if any(o.get("class") in CLOSURE_OPTIMIZERS for o in tl.fact("optimizers") or ()):
         # step(closure) re-evaluates the loss several times per step, each from zeroed
         # gradients (pytorch/examples time_sequence_prediction: 20 evaluations a step): no
