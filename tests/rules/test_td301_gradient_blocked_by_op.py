@@ -43,6 +43,21 @@ def test_td301_clamp_of_the_scalar_loss_is_a_warning():
     assert f.severity is Severity.WARNING and "TD107" in f.cause
 
 
+def test_td301_scalar_term_zeroed_while_the_rest_trains_is_info():
+    # A mean teacher's consistency weight ramped up from 0: `loss = ce + w * cons`, w = 0 on
+    # step 1. The parameters still got gradient from ce on that step: one term, not the loss.
+    tl = walk_tl([{**path_node("mul", 1.0), "elements": 1, "grad_out": 0.0}])
+    tl.record(1, "grads.norm", {"fc.weight": 0.3, "fc.bias": 0.0})
+    (f,) = run_code("TD301", tl)
+    assert f.severity is Severity.INFO and "one scalar term" in f.title
+    assert "TD107" not in f.cause
+    # No parameter got gradient: the whole loss is zeroed, a warning as before.
+    tl = walk_tl([{**path_node("mul", 1.0), "elements": 1, "grad_out": 0.0}])
+    tl.record(1, "grads.norm", {"fc.weight": 0.0, "fc.bias": 0.0})
+    (f,) = run_code("TD301", tl)
+    assert f.severity is Severity.WARNING and "TD107" in f.cause
+
+
 def test_td301_skips_model_ops_when_lines_are_known():
     tl = walk_tl([path_node("clamp_min", 0.9, None)], lines=True)
     assert run_code("TD301", tl) == []

@@ -95,7 +95,7 @@ def _bystander_text(n: dict[str, Any]) -> str:
     name="gradient-blocked-by-op",
     severity=Severity.ERROR,
     summary="An op inside the loss zeroes most of the gradient passing through it.",
-    requires=("params.norm", "params.update"),
+    requires=("params.norm", "params.update", "grads.norm"),
     events=("gradient_cut", "gradient_path"),
     priority=12,
 )
@@ -132,7 +132,9 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     an index into `gather`, never reaches the loss without a graph and is not reported.
     When the walk knows the loss code's lines, only ops created there are judged (a clamp
     inside the model acts as an activation: TD303/TD304). A clamp of the scalar loss itself is
-    a warning (TD107 reports the constant loss); a blocker behind another one is a warning.
+    a warning (TD107 reports the constant loss); a zeroed scalar while the parameters still
+    got gradient on that step (`grads.norm`) is one term of the loss weighted by 0 (a ramp-up
+    starting at 0), info; a blocker behind another one is a warning.
     A multiply is judged by where its zeros come from: each operand gets (gradient out) x (the
     other operand's value), so when both operands require grad, the side zeroed is zeroed by
     the value of a trained operand that gets its own gradient through the same op (a
@@ -241,7 +243,18 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                     "computed inside the model's forward)"
                 )
             scalar = (n.get("elements") or 0) <= 1
-            if scalar:
+            term = scalar and _params_got_gradient(tl, e["step"])
+            if term:
+                # A scalar zeroed while the params still got gradient on that step: one term
+                # of the loss, not the loss (a ramp-up weight that starts at 0: KL annealing,
+                # a mean teacher's consistency weight). The rule cannot tell it from a weight
+                # left at 0 by mistake: it says so, as info.
+                cause += (
+                    ". It zeroes one scalar term of the loss: the parameters still got "
+                    f"gradient from the rest of the loss on step {e['step']} (a weight that is "
+                    "0 on that step, such as a ramp-up starting at 0, zeroes its term only)"
+                )
+            elif scalar:
                 cause += (
                     ". The op clamps the whole (scalar) loss: while it is active the loss is "
                     "constant and nothing trains (TD107 reports the constant loss)"
@@ -255,6 +268,8 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 cause += f". It lies behind {up}, which blocks first: fix that one first"
             fix = ALTERNATIVES[op]
             severity = Severity.WARNING if upstream is not None or scalar or unsure else None
+            if term:
+                severity = Severity.INFO
             before = _passed_before(tl, e, n) if blown is not None else None
             if before is not None:
                 # It passed before the first updates and blocks after steps that moved the
@@ -272,7 +287,12 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 )
                 severity = Severity.INFO
             yield tl.finding(
-                title=f"`{op}`{at} blocks {zeroed:.0%} of the loss gradient",
+                title=(
+                    f"`{op}`{at} zeroes one scalar term of the loss on step {e['step']}; the "
+                    "rest of the loss trains"
+                    if term
+                    else f"`{op}`{at} blocks {zeroed:.0%} of the loss gradient"
+                ),
                 step=e["step"],
                 evidence={
                     "op": op,
@@ -366,6 +386,14 @@ def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Fin
         "causal or an autoregressive (MADE) weight mask",
         severity=Severity.INFO,
         confidence=0.5,
+    )
+
+
+def _params_got_gradient(tl: TimelineView, step: int) -> bool:
+    """Some parameter had a non-zero gradient at that step's optimizer step (measured)."""
+    norms = tl.at("grads.norm", step)
+    return isinstance(norms, dict) and any(
+        isinstance(v, int | float) and v > 0 for v in norms.values()
     )
 
 
