@@ -24,6 +24,9 @@ def test_fires_on_the_same_batch_every_step():
     assert f.evidence["identical_steps"] == 30
     assert "30 consecutive steps" in f.title
     assert f.severity is Severity.INFO  # one batch for the whole run: maybe full-batch on purpose
+    # ... and its words say so, not that the loop is wrong (L-BFGS, a SIREN on a pixel grid).
+    assert "full-batch training if meant" in f.cause
+    assert f.fix.startswith("nothing to fix for deliberate full-batch training")
 
 
 def test_fires_on_a_long_identical_run_inside_the_run():

@@ -173,6 +173,15 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
             f"{larger['rows'] - larger['batch_rows']} rows are never trained on"
         )
     fed_at = [e.get("source") for e in tl.events("data_forward") if e.get("step", 0) <= first]
+    full_batch = whole_run and not larger
+    reading = (
+        # Nothing says which: deliberate full-batch training looks the same.
+        "one batch for the whole run: full-batch training if meant (L-BFGS, a fixed grid of "
+        "coordinates or collocation points, a data set that fits in one batch); otherwise "
+        "the loop feeds one batch again and again, so the model memorizes it"
+        if full_batch
+        else "the loop feeds one batch again and again, so the model memorizes it"
+    )
     yield tl.finding(
         title=f"The same batch was trained on for {length} consecutive steps ({span})"
         + (f", fingerprinted at {n_records} of them" if n_records < length else ""),
@@ -181,12 +190,13 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
         cause=f"the first training batch of each of {length} consecutive optimizer steps had "
         f"bit-identical fingerprints (sum, sum of squares, weighted sum, min, max of every "
         f"input{f'; input {key} of shape {shape}' if key else ''}) while the optimizer kept "
-        f"stepping: the loop feeds one batch again and again, so the model memorizes it{source}",
-        fix="fetch a new batch every step (`for x, y in loader:`), not once before the loop; "
+        f"stepping: {reading}{source}",
+        fix=("nothing to fix for deliberate full-batch training; otherwise " if full_batch else "")
+        + "fetch a new batch every step (`for x, y in loader:`), not once before the loop; "
         "check that the batch index advances and that the dataset's __getitem__ uses its index",
         confidence=0.9 if until_end else 0.8,
         where=Where(source=fed_at[-1] if fed_at and fed_at[-1] else None),
-        severity=Severity.INFO if whole_run and not larger else None,
+        severity=Severity.INFO if full_batch else None,
     )
 
 
