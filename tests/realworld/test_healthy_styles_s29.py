@@ -7,7 +7,8 @@ as in the official code, on two noisy views before the student's forward. Neithe
 module (its weights move) nor a validation (it runs in every step, its output is the loss's
 target): no TD516, no TD403. The same programs with the target never updated (a frozen copy
 whose BatchNorm statistics drift) and with the student validated in train mode every 20 steps
-are still TD516 and TD403."""
+are still TD516 and TD403. Reptile's per-task optimizers are neither stale (TD111) nor
+accumulation (TD515)."""
 
 from __future__ import annotations
 
@@ -109,7 +110,66 @@ VALIDATE_IN_EVAL = """student.eval()
 VALIDATE_IN_TRAIN = """with torch.no_grad():
             val = [student(xb).argmax(1) for xb in Xv.split(64)]"""
 
+# Reptile (Nichol et al. 2018, openai/supervised-reptile's sine example): a deepcopy and a new
+# SGD per task, 5 steps each, the meta-weights moved toward the adapted copy by hand. Was a
+# TD111 error (the per-task optimizers built after the last sampled check were read as never
+# getting a gradient) and a TD515 warning (the step clock merged 3 optimizers' steps).
+REPTILE = """
+# Reptile (Nichol et al. 2018) on sine-wave regression: per task, a deepcopy of the meta-model
+# trained by SGD for k steps, then the meta-weights moved toward it by hand.
+import copy
+import math
+import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+meta = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+
+
+def task():
+    a, ph = torch.rand(()) * 4.9 + 0.1, torch.rand(()) * math.pi
+    return lambda x: a * torch.sin(x + ph)
+
+
+def adapt(model, f, steps, lr=0.02):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        x = torch.rand(10, 1) * 10 - 5
+        loss = ((model(x) - f(x)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def eval_meta():
+    torch.manual_seed(123)
+    errs = []
+    for _ in range(3):
+        f = task()
+        m = copy.deepcopy(meta)
+        adapt(m, f, 8)
+        x = torch.linspace(-5, 5, 50)[:, None]
+        with torch.no_grad():
+            errs.append(((m(x) - f(x)) ** 2).mean().item())
+    return sum(errs) / len(errs)
+
+
+before = eval_meta()
+torch.manual_seed(0)
+for it in range(80):
+    f = task()
+    fast = copy.deepcopy(meta)
+    adapt(fast, f, 5)
+    eps = 0.1 * (1 - it / 80)
+    with torch.no_grad():
+        for p, q in zip(meta.parameters(), fast.parameters()):
+            p += eps * (q - p)
+print("post-adaptation mse before/after meta-training", before, eval_meta())
+"""
+
 HEALTHY = {
+    "reptile_per_task_optimizers": REPTILE,
     "byol_ema_target": BYOL.replace("EMA_UPDATE", "pt.mul_(0.99).add_(po, alpha=0.01)"),
     "mean_teacher_two_views": MEAN_TEACHER.replace("VALIDATE", VALIDATE_IN_EVAL),
 }
