@@ -119,7 +119,7 @@ def loss_spike_or_divergence(
     ## Known false positives
     A jump within 10 steps of a backward() line first run later in the run, or of a model
     watched from a later phase on (a student trained after its teacher), is measured against
-    another phase's losses: not judged. Curriculum or data-mixture changes raise the loss on
+    another phase's losses: not judged; a climb is judged on the last phase's losses alone. Curriculum or data-mixture changes raise the loss on
     purpose (a curriculum over a fixed
     label set is not seen as moving targets); a run that restarts from a
     checkpoint with a different loss weighting can look like a jump. Non-finite losses are left
@@ -165,6 +165,16 @@ def _judge(
         # A regression loss that rose with its targets' scale (a random walk's values, series
         # that grow over the run): the same loss in the targets' units did not.
         threshold = None
+    later = [p for p in _phases(tl) if p > steps[0]]
+    if threshold is not None and later:
+        # A later phase (a student after its teacher) starts at its own loss: the climb is
+        # judged on that phase's losses alone, from its first window to its last.
+        seg = [v for s, v in zip(steps, values, strict=False) if s >= max(later)]
+        w2 = max(3, len(seg) // 10)
+        if len(seg) < min_steps or statistics.median(seg[-w2:]) < diverge_factor * min(
+            statistics.median(seg[:w2]), seg[0]
+        ):
+            threshold = None
     if threshold is not None:
         # the step after the last one below the threshold (scanned from the end)
         below = next((i for i in range(len(values) - 1, -1, -1) if values[i] < threshold), None)
@@ -191,13 +201,7 @@ def _judge(
     # Every spike is weighed, not only the first: a batch far above the rest early on must not
     # hide a later spike the run never came back from.
     first_info = None
-    # A backward() line first run after the run's start is a new phase of the program (a
-    # student trained after its teacher, a fine-tune after a pre-training): its first loss
-    # is another model's or another objective's, no jump of the one before.
-    sites = sorted(e["step"] for e in tl.events("backward_site") if isinstance(e.get("step"), int))
-    phases = set(sites[1:]) - {sites[0]} if sites else set()
-    # models watched from a later phase on (zero-code: trained by an optimizer built later)
-    phases |= {e["step"] for e in tl.events("models_added") if isinstance(e.get("step"), int)}
+    phases = _phases(tl)
     for i, med in levels.spikes():
         v = values[i]
         if v - med < 0.5 * first or any(steps[max(0, i - 10)] < p <= steps[i] for p in phases):
@@ -230,6 +234,16 @@ def _judge(
             judged=obj.judged,
             recovery=came_back,
         )
+
+
+def _phases(tl: TimelineView) -> set[int]:
+    """Steps where a later phase of the program starts: a backward() line first run after
+    the run's start (a student trained after its teacher, a fine-tune after a pre-training),
+    or models watched from a later phase on (zero-code: trained by an optimizer built later).
+    Their losses are another model's or another objective's, no jump of the ones before."""
+    sites = sorted(e["step"] for e in tl.events("backward_site") if isinstance(e.get("step"), int))
+    phases = set(sites[1:]) - {sites[0]} if sites else set()
+    return phases | {e["step"] for e in tl.events("models_added") if isinstance(e.get("step"), int)}
 
 
 # A short run's loss that rose this many times its first value, step after step, blew up: no
