@@ -36,6 +36,7 @@ from .scaler_find import ScalerFinder
 from .steps import StepDriver
 from .timeline import Timeline
 from .timeline_store import TimelineWriter
+from .unwatched_steps import UnwatchedSteps
 
 # Rules that can judge a run that never attached (it failed in setup).
 SETUP_TIME_RULES = ("TD501", "TD502")
@@ -158,6 +159,7 @@ class Doctor:
         self.report: Report | None = None
         self._handles: list[Any] = []
         self._watched_scaler: Any = None
+        self._unwatched: UnwatchedSteps | None = None
         self._scaler_finder: ScalerFinder | None = None  # watch() without scaler=
         self._listening = False
         self._pickles_clean = False  # our hooks are left out of pickles while attached
@@ -252,6 +254,11 @@ class Doctor:
             # run reads as "never updated").
             self._steps.hand.adopt = self._adopt_optimizer
         self.guard.call("hand steps", self._steps.hand.start)
+        # Steps of optimizers not given to watch (a later student's, a test-time adaptation's):
+        # TD105 tells them from no step at all.
+        if self._unwatched is None:
+            self._unwatched = UnwatchedSteps(self.run)
+        self.guard.call("unwatched steps", self._unwatched.start)
         if not self._listening:
             _patches.add_backward_listener(self.observe_backward, self._steps.after_backward)
             self._listening = True
@@ -676,6 +683,8 @@ class Doctor:
             _patches.remove_backward_listener(self.observe_backward, self._steps.after_backward)
             self._listening = False
         self._steps.hand.stop()
+        if self._unwatched is not None:
+            self._unwatched.stop()
         self.guard.call("compile watch", self._steps.compile_watch.detach)
         for h in self._handles:
             h.remove()

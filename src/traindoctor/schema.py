@@ -742,6 +742,13 @@ _fact("run_id", "the run directory's name", str, writers=_DOCTOR)
 _fact("script", "the script `traindoctor run` ran", str | None, writers=_DOCTOR)
 _fact("models", "watched model prefix -> class name", dict[str, str], writers=_DOCTOR)
 _fact("scaler", "the GradScaler's class name, or None", str | None, writers=_DOCTOR)
+_fact(
+    "unwatched_optimizers",
+    "per torch optimizer not watched that stepped: {class, steps, first, last (open steps), "
+    "holds_watched, source}",
+    list[dict[str, Any]],
+    writers=("doctor (unwatched_steps.py)",),
+)
 _fact("compiled_models", "watched models that run under torch.compile", list[str], writers=_DOCTOR)
 _fact(
     "outcome",

@@ -16,7 +16,7 @@ from .._registry import rule
     summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
     requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped", "data.inputs"),
     events=("backward_call", "hand_step", "optimizer_step"),
-    facts=("optimizer_activity", "optimizers", "models"),
+    facts=("optimizer_activity", "optimizers", "models", "unwatched_optimizers"),
     priority=12,
 )
 def optimizer_never_steps(
@@ -61,6 +61,11 @@ def optimizer_never_steps(
             optimizer.zero_grad()
     ```
 
+    Steps of a torch optimizer traindoctor was not given (built after `td.watch`: a student
+    trained after its teacher, a test-time adaptation with its own `SGD`) are seen too: when
+    one steps during these backward passes, the training goes on under an optimizer that is
+    not watched, and this is only an info that names it.
+
     ## Known false positives
     Gradient accumulation over `min_backward` or more micro-batches before the first step:
     it is fine once a step has been seen; raise `min_backward` for very long accumulations.
@@ -83,6 +88,10 @@ def optimizer_never_steps(
     if since < threshold:
         return
     total = sum(counts.values())
+    others = [u for u in tl.fact("unwatched_optimizers") or () if int(u.get("last") or 0) > last]
+    if others:
+        yield _stepped_elsewhere(tl, others, last, since, total, len(stepped), per_step)
+        return
     step_events = tl.events("optimizer_step")
     backward_events = tl.events("backward_call")
     by_hand = not tl.fact("optimizers") and not step_events
@@ -172,6 +181,60 @@ def optimizer_never_steps(
         cause=cause,
         fix=fix,
         severity=severity,
+    )
+
+
+def _stepped_elsewhere(
+    tl: TimelineView,
+    others: list[dict],
+    last: int,
+    since: int,
+    total: int,
+    steps: int,
+    per_step: list[int],
+) -> Finding:
+    """The backward passes since the last watched step are stepped by optimizers that
+    traindoctor was not given: not a missing step, only an optimizer it does not check."""
+    kinds = ", ".join(
+        f"{u.get('class', 'optimizer')} ({u.get('steps', 0)} steps)" for u in others[:3]
+    )
+    kinds += " ..." if len(others) > 3 else ""
+    after = f"after the last watched step (step {last})" if last else "and no watched step"
+    holds = any(u.get("holds_watched") for u in others)
+    what = (
+        "it holds params of the watched model"
+        if holds
+        else "it holds none of the watched model's params: another model trains"
+    )
+    return tl.finding(
+        title=(
+            f"{since} backward passes {after} were stepped by an optimizer not given to "
+            f"traindoctor: {kinds}"
+        ),
+        step=last + 1,
+        evidence={
+            "optimizer_steps": steps,
+            "backward_passes": total,
+            "backward_since_last_step": since,
+            "backward_per_step_before": max(per_step, default=0),
+            "unwatched_optimizers": [
+                {k: u.get(k) for k in ("class", "steps", "first", "last", "holds_watched")}
+                for u in others[:8]
+            ],
+        },
+        where=Where(source=next((u["source"] for u in others if u.get("source")), None)),
+        cause=(
+            "the watched optimizer stopped stepping and another torch optimizer, not passed to "
+            f"td.watch (a later phase: a student, a fine-tuning or a test-time adaptation), "
+            f"steps after these backward passes; {what}. What it trains is not checked"
+        ),
+        fix=(
+            "nothing to fix if the later phase is meant; to have it checked, pass it to "
+            "td.watch: close this doctor and watch the new phase with td.watch(model, "
+            "new_optimizer), or run the script with `traindoctor run`, which follows later "
+            "phases"
+        ),
+        severity=Severity.INFO,
     )
 
 
