@@ -204,8 +204,23 @@ def _stepped_elsewhere(
     what = (
         "it holds params of the watched model"
         if holds
-        else "it holds none of the watched model's params: another model trains"
+        else "it holds none of the watched model's params (it steps another model's)"
     )
+    along = [u for u in others if last and int(u.get("first") or 0) <= last]
+    if along:
+        # It stepped beside the watched one before: a loop that now trains only it, or the
+        # watched optimizer's step() under a condition no longer true. Not told apart here.
+        phase = (
+            f"{along[0].get('class', 'optimizer')}, not passed to td.watch, stepped beside the "
+            f"watched optimizer since step {along[0].get('first')} and goes on after it "
+            "stopped: either the loop now trains only that optimizer's params, or the watched "
+            "optimizer's step() sits under a condition that is no longer true"
+        )
+    else:
+        phase = (
+            "another torch optimizer, not passed to td.watch (a later phase: a student, a "
+            "fine-tuning or a test-time adaptation), steps after these backward passes"
+        )
     return tl.finding(
         title=(
             f"{since} backward passes {after} were stepped by an optimizer not given to "
@@ -224,13 +239,13 @@ def _stepped_elsewhere(
         },
         where=Where(source=next((u["source"] for u in others if u.get("source")), None)),
         cause=(
-            "the watched optimizer stopped stepping and another torch optimizer, not passed to "
-            f"td.watch (a later phase: a student, a fine-tuning or a test-time adaptation), "
-            f"steps after these backward passes; {what}. What it trains is not checked"
+            f"the watched optimizer stopped stepping and {phase}; {what}. What it trains is "
+            "not checked"
         ),
         fix=(
             "nothing to fix if the later phase is meant; to have it checked, pass it to "
-            "td.watch: close this doctor and watch the new phase with td.watch(model, "
+            "td.watch: td.watch(models, [optimizer, other_optimizer]) when it exists at "
+            "watch(), else close this doctor and watch the new phase with td.watch(model, "
             "new_optimizer), or run the script with `traindoctor run`, which follows later "
             "phases"
         ),
