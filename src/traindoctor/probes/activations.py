@@ -57,8 +57,10 @@ ACT_INPUT_STD = signal("activations.input_std", "per sampled step: std of the mo
 
 WINDOW = 4  # sampled steps a unit must stay dead/saturated
 # A forward whose activation calls end early is watched to its last one (see ActivationsProbe's
-# plan) once AGREE full forwards in a row agreed; every VERIFY_EVERY-th one runs in full.
+# plan) once AGREE full forwards in a row agreed; every VERIFY_EVERY-th one runs in full. Two
+# that agree on the structural steps plan the rest of those steps only (AGREE_STRUCTURAL).
 AGREE = 3
+AGREE_STRUCTURAL = 2
 VERIFY_EVERY = 8
 UNIT_SATURATED = 0.9  # a unit is saturated in a step when this share of its values is
 MAX_SITES = 256
@@ -172,6 +174,11 @@ class ActivationsProbe(Probe):
         self._full_sig: tuple[int, int] | None = None  # the last full forward's (ops, last)
         self._agreed = 0  # full forwards in a row with that signature, less one
         self._plan: int | None = None  # the agreed last recorded op
+        # A plan from AGREE_STRUCTURAL forwards holds up to this step (the structural steps':
+        # steps 1-3 are sampled one after another, and a third full forward there cost as much
+        # as the first on a model of thousands of layers); later forwards run in full until
+        # AGREE agree. None: a plan of AGREE forwards.
+        self._plan_until: int | None = None
         self._forwards = 0  # sampled forwards seen (full or planned)
         self._roots: HookSwitch | None = None  # the roots' hooks: on for the whole step
 
@@ -281,6 +288,8 @@ class ActivationsProbe(Probe):
         assert self.ctx is not None
         self._forwards += 1
         plan = self._plan if self._forwards % VERIFY_EVERY else None
+        if self._plan_until is not None and self.ctx.state.step > self._plan_until:
+            plan = None  # a structural steps' plan, past them: full forwards until AGREE agree
         self._stop_at = -1 if plan is None else plan
         self._ops = 0
         self._last_use = 0
@@ -337,7 +346,13 @@ class ActivationsProbe(Probe):
                 if self._stop_at < 0:  # a full forward: does it agree with the last ones?
                     sig = (self._ops, self._last_use)
                     self._agreed = self._agreed + 1 if sig == self._full_sig else 0
-                    self._plan = sig[1] if self._agreed >= AGREE - 1 else None
+                    self._plan, self._plan_until = None, None
+                    if self._agreed >= AGREE - 1:
+                        self._plan = sig[1]
+                    elif self._agreed >= AGREE_STRUCTURAL - 1:
+                        structural = self.ctx.budget.structural_steps  # type: ignore[union-attr]
+                        if self.ctx.state.step < structural:  # type: ignore[union-attr]
+                            self._plan, self._plan_until = sig[1], structural
                     self._full_sig = sig
                 else:  # a planned forward that ended before its last recorded op
                     self._plan = None
