@@ -280,6 +280,10 @@ class AttachContext:
     _named_check = False  # a step opened since the cache was checked
     # Bumped whenever named_params() returns a new list: equal versions, the same list.
     named_version: int = 0
+    # Bumped whenever named_params() walked the models again (the module tree may have changed:
+    # a module or a param replaced, added, deleted, or a model it cannot check): equal versions,
+    # the same modules under the same names.
+    tree_version: int = 0
     # The activations probe's TorchFunctionMode while it is entered (see hook()).
     quiet_mode: Any = None
     state: RunState = field(init=False)
@@ -329,6 +333,7 @@ class AttachContext:
         if cache is None or (self._named_check and not cache.holds(self.models)):
             previous, cache = cache, NamedParams(self.models, cache)
             self._named_cache = cache
+            self.tree_version += 1
             if previous is None or cache.pairs is not previous.pairs:
                 self.named_version += 1
         self._named_check = False

@@ -13,6 +13,7 @@ of the evaluated and trained params, read back with everything else.
 
 from __future__ import annotations
 
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar
 
 import torch
@@ -51,6 +52,30 @@ MAX_EVENTS = 100
 MAX_NAMES = 50
 
 
+_SWITCHABLE = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.modules.dropout._DropoutNd,
+)
+
+
+def tree_key(ctx: Any, switchable: list[torch.nn.Module], grads: bool = False) -> tuple[Any, ...]:
+    """What an index of the watched models' modules depends on: the module tree (the context's
+    tree_version: named_params() checks the tree once a step and walks it again only when it
+    changed), the watched models themselves, whether each norm/dropout module is
+    mode-sensitive now (a dropout's p set to 0 or back), and with `grads` which params
+    require grad (frozen or unfrozen in place)."""
+    pairs = ctx.named_params()
+    sensitive = bytes(map(mode_sensitive, switchable))
+    trains = bytes(map(_REQUIRES_GRAD, map(_TENSOR, pairs))) if grads else b""
+    models = tuple(ctx.models), tuple(map(id, ctx.models.values()))
+    return (ctx.tree_version, models, sensitive, trains)
+
+
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_TENSOR = itemgetter(1)
+
+
 def mode_sensitive(module: torch.nn.Module) -> bool:
     """Whether train/eval mode changes what the module computes."""
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -77,6 +102,8 @@ class ModesProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._sensitive: list[tuple[str, str, torch.nn.Module]] = []  # (root, name, module)
+        self._switchable: list[torch.nn.Module] = []  # norms and dropouts (see tree_key)
+        self._indexed: tuple[Any, ...] | None = None  # tree_key at the last _index()
         self._names: dict[int, str] = {}  # id(module) -> qualified name, watched modules
         self._roots: dict[int, str] = {}
         # Watched models that only wrap another module (a task or loss wrapper around the
@@ -150,17 +177,30 @@ class ModesProbe(Probe):
         self._listening = True
         self.scan_inference(1, rec, "attach")
 
+    def _refresh(self) -> None:
+        """`_index()` again only where it could differ (see `tree_key`): the walk costs ~10 us a
+        module, on every sampled step, on models of thousands of modules."""
+        assert self.ctx is not None
+        key = tree_key(self.ctx, self._switchable)
+        if key != self._indexed:
+            self._index()
+
     def _index(self) -> None:
         assert self.ctx is not None
         self._sensitive.clear()
         self._names.clear()
+        switchable: list[torch.nn.Module] = []
         for prefix, model in self.ctx.models.items():
             root = prefix.rstrip(".") or "<model>"
             for name, m in model.named_modules():
                 qualified = f"{prefix}{name}" if name else root
                 self._names[id(m)] = qualified
+                if isinstance(m, _SWITCHABLE):
+                    switchable.append(m)
                 if mode_sensitive(m):
                     self._sensitive.append((root, qualified, m))
+        self._switchable = switchable
+        self._indexed = tree_key(self.ctx, switchable)
 
     # -- per step -------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -170,7 +210,7 @@ class ModesProbe(Probe):
         self._fdrop_nograd = None
         self._fdrop = [0, 0]
         if sampled:
-            self._index()  # modules replaced (fused, swapped heads) since the last look
+            self._refresh()  # modules replaced (fused, swapped heads) since the last look
             self.scan_inference(step, rec, "sampled step")
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
@@ -587,6 +627,8 @@ class FrozenModesProbe(Probe):
         self._psnap: dict[str, torch.Tensor] = {}  # frozen module -> its sampled params
         self._out_grad: dict[str, bool] = {}
         self._hooked: dict[int, Any] = {}
+        self._switchable: list[torch.nn.Module] = []  # norms and dropouts (see tree_key)
+        self._indexed: tuple[Any, ...] | None = None  # tree_key at the last _index()
         self._observe = False
         self._last: Any = None
         self._events = 0
@@ -594,7 +636,11 @@ class FrozenModesProbe(Probe):
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
         self._observe = step <= 3 or sampled
         if self._observe:
-            self._index()
+            assert self.ctx is not None
+            # Again only where it could differ (tree_key): a walk of every module's subtree
+            # on every observed step otherwise.
+            if tree_key(self.ctx, self._switchable, grads=True) != self._indexed:
+                self._index()
 
     def _index(self) -> None:
         assert self.ctx is not None
@@ -604,9 +650,12 @@ class FrozenModesProbe(Probe):
         # (has params, has a trainable one) of each module's subtree, bottom-up: one pass
         # instead of m.parameters() re-walking every module's subtree (quadratic in depth).
         held: dict[int, tuple[bool, bool]] = {}
+        switchable: list[torch.nn.Module] = []
         for prefix, model in self.ctx.models.items():
             root = prefix.rstrip(".") or "<model>"
             for name, m in model.named_modules():
+                if isinstance(m, _SWITCHABLE):
+                    switchable.append(m)
                 has, trains = _subtree_params(m, held)
                 trainable = trainable or trains
                 qualified = f"{prefix}{name}" if name else root
@@ -625,6 +674,8 @@ class FrozenModesProbe(Probe):
         if not trainable:
             frozen, inside = {}, {}  # nothing trains at all: TD110's business
         self._frozen, self._inside = frozen, inside
+        self._switchable = switchable
+        self._indexed = tree_key(self.ctx, switchable, grads=True)
         for key, handle in list(self._hooked.items()):
             if not any(id(m) == key for m in frozen.values()):
                 handle.remove()
