@@ -146,3 +146,33 @@ def test_plan_is_taken_and_leaves_the_mode_early(tmp_path, monkeypatch):
     full_ops = max(ops for _, ops in seen)
     planned = [ops for stop, ops in seen if stop >= 0]
     assert planned and all(ops < full_ops for ops in planned)
+
+
+def _two_model_records(tmp_path, steps: int) -> dict[str, list]:
+    """A GAN-like order of forwards, D twice then G, on the structural and later steps: a plan
+    agreed on D's forwards must not cut G's short."""
+    torch.manual_seed(0)
+    d, g_ = Modules(), Functional()
+    opt = torch.optim.SGD([*d.parameters(), *g_.parameters()], lr=0.01)
+    doc = watch([d, g_], opt, tmp_path)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        x = torch.randn(16, 8, generator=gen)
+        loss = d(x).pow(2).mean() + d(x * 0.5).pow(2).mean() + g_(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+    report = doc.close()
+    assert not report.internal_errors, report.internal_errors
+    return {s: report.timeline.series(s) for s in SIGNALS}
+
+
+
+
+def test_a_plan_holds_for_the_model_whose_forwards_agreed(tmp_path, monkeypatch):
+    planned = _two_model_records(tmp_path / "planned", 25)
+    monkeypatch.setattr(act_mod, "VERIFY_EVERY", 1)  # every forward in full
+    full = _two_model_records(tmp_path / "full", 25)
+    assert planned == full
+    g_sites = [n for _, sites in planned["activations.sites"] for n in sites if ".layers." in n]
+    assert g_sites  # G's functional calls are recorded on the planned steps too

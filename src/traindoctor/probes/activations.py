@@ -171,9 +171,12 @@ class ActivationsProbe(Probe):
         self._last_use = 0  # the op number of the last call recorded in this forward
         self._stop_at = -1  # leave after this op (-1: a full forward)
         self._leaving = False
-        self._full_sig: tuple[int, int] | None = None  # the last full forward's (ops, last)
+        # the last full forward's (root, ops, last): a plan holds for the forwards of one model
+        self._full_sig: tuple[int | None, int, int] | None = None
         self._agreed = 0  # full forwards in a row with that signature, less one
         self._plan: int | None = None  # the agreed last recorded op
+        self._plan_root: int | None = None  # id() of the model whose forwards agreed
+        self._root: int | None = None  # id() of the model whose forward the mode is in
         # A plan from AGREE_STRUCTURAL forwards holds up to this step (the structural steps':
         # steps 1-3 are sampled one after another, and a third full forward there cost as much
         # as the first on a model of thousands of layers); later forwards run in full until
@@ -279,6 +282,7 @@ class ActivationsProbe(Probe):
                     if x is not None and x.is_floating_point() and x.numel() > 1:
                         with torch.no_grad():
                             self._input_std = x.detach().float().std()
+                self._root = id(module)
                 self._enter_mode()
             self._depth += 1
         if self._mode is not None:
@@ -288,6 +292,8 @@ class ActivationsProbe(Probe):
         assert self.ctx is not None
         self._forwards += 1
         plan = self._plan if self._forwards % VERIFY_EVERY else None
+        if self._plan_root != self._root:
+            plan = None  # agreed on another model's forwards (a GAN's D, then its G)
         if self._plan_until is not None and self.ctx.state.step > self._plan_until:
             plan = None  # a structural steps' plan, past them: full forwards until AGREE agree
         self._stop_at = -1 if plan is None else plan
@@ -344,15 +350,16 @@ class ActivationsProbe(Probe):
             self._depth = max(0, self._depth - 1)
             if self._depth == 0 and self._mode is not None:
                 if self._stop_at < 0:  # a full forward: does it agree with the last ones?
-                    sig = (self._ops, self._last_use)
+                    sig = (self._root, self._ops, self._last_use)
                     self._agreed = self._agreed + 1 if sig == self._full_sig else 0
                     self._plan, self._plan_until = None, None
+                    self._plan_root = sig[0]
                     if self._agreed >= AGREE - 1:
-                        self._plan = sig[1]
+                        self._plan = sig[2]
                     elif self._agreed >= AGREE_STRUCTURAL - 1:
                         structural = self.ctx.budget.structural_steps  # type: ignore[union-attr]
                         if self.ctx.state.step < structural:  # type: ignore[union-attr]
-                            self._plan, self._plan_until = sig[1], structural
+                            self._plan, self._plan_until = sig[2], structural
                     self._full_sig = sig
                 else:  # a planned forward that ended before its last recorded op
                     self._plan = None
