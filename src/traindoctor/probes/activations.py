@@ -58,7 +58,8 @@ ACT_INPUT_STD = signal("activations.input_std", "per sampled step: std of the mo
 WINDOW = 4  # sampled steps a unit must stay dead/saturated
 # A forward whose activation calls end early is watched to its last one (see ActivationsProbe's
 # plan) once AGREE full forwards in a row agreed; every VERIFY_EVERY-th one runs in full. Two
-# that agree on the structural steps plan the rest of those steps only (AGREE_STRUCTURAL).
+# that agree on the structural steps plan the rest of those steps (AGREE_STRUCTURAL); a planned
+# forward there that holds to its plan counts toward AGREE.
 AGREE = 3
 AGREE_STRUCTURAL = 2
 VERIFY_EVERY = 8
@@ -322,6 +323,13 @@ class ActivationsProbe(Probe):
         self._leaving = False
         if self._last_use != self._plan:
             self._plan = None  # this forward differs from the agreed ones: full ones again
+        elif self._plan_until is not None:
+            # A structural steps' plan that held to its last recorded op: it counts toward
+            # AGREE, so that the first sampled step after them is not a full forward again
+            # (what comes after that op is seen only by the full forwards that agreed).
+            self._agreed += 1
+            if self._agreed >= AGREE - 1:
+                self._plan_until = None
         if mode is not None:
             self._mode = None
             self._quiet_off()
