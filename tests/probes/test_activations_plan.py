@@ -167,8 +167,6 @@ def _two_model_records(tmp_path, steps: int) -> dict[str, list]:
     return {s: report.timeline.series(s) for s in SIGNALS}
 
 
-
-
 def test_a_plan_holds_for_the_model_whose_forwards_agreed(tmp_path, monkeypatch):
     planned = _two_model_records(tmp_path / "planned", 25)
     monkeypatch.setattr(act_mod, "VERIFY_EVERY", 1)  # every forward in full
