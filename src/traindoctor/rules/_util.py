@@ -206,3 +206,10 @@ def replaced_params(tl: TimelineView) -> set[str]:
     for _, names in tl.series("params.replaced"):
         out |= set(names)
     return out
+
+
+def loss_went(losses: list[float]) -> str:
+    """ "; the loss measured here went A -> B" (first and last value), or "" under two values."""
+    if len(losses) < 2:
+        return ""
+    return f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"

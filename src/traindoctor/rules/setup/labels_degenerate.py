@@ -9,6 +9,7 @@ from typing import Any
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
+from .._util import loss_went
 from ._loss_inputs import Site, finite, label_histograms, loss_sites
 
 MIN_LABELS = 64  # labels seen before "never used" or "always the same" is a verdict
@@ -158,11 +159,7 @@ def _multi_hot_probabilities(tl: TimelineView, site: Site) -> Finding | None:
     lows = [v for _, v in site.values("t_rowsum_min")]
     empty = min(lows) if lows else None
     losses = site.losses()
-    went = (
-        f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
-        if len(losses) >= 2
-        else ""
-    )
+    went = loss_went(losses)
     none = "; rows with no label sum to 0 and add nothing to the loss" if empty == 0 else ""
     return tl.finding(
         title=f"`{site.fn}` at {site.source} gets multi-hot targets: rows of 0/1 that sum to "
@@ -216,11 +213,7 @@ def _binary_targets_outside_01(tl: TimelineView, site: Site) -> Finding | None:
             "loss_last": losses[-1] if losses else None,
             "negative_loss_steps": len(negative),
         }
-        went = (
-            f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
-            if len(losses) >= 2
-            else ""
-        )
+        went = loss_went(losses)
         # Another encoding (0/255 masks, -1/1 labels, counts) or a loss measured below 0: an
         # error. A small overshoot (a mask resized with a bicubic kernel, 1.03) bends the loss
         # of a few pixels only: said, as a note.
@@ -315,11 +308,7 @@ def _class_ids_regressed(tl: TimelineView, site: Site) -> Finding | None:
     module = lay.get("head_module")
     head = f"`{module}`" if module else "the layer"
     went = sorted(losses.items())
-    curve = (
-        f"; the loss measured here went {went[0][1]:.4g} -> {went[-1][1]:.4g}"
-        if len(went) >= 2
-        else ""
-    )
+    curve = loss_went([v for _, v in went])
     return tl.finding(
         title=f"`{site.fn}` at {site.source} regresses output {sel[1]} of the {width} outputs "
         f"of {head} onto integer targets 0..{width - 1}: class indices read as numbers",
@@ -380,11 +369,7 @@ def _own_predictions(tl: TimelineView, site: Site) -> Finding | None:
     # supervised loss written by hand).
     alone = _whole_objective(tl, losses, [s for s, _ in shares])
     went = sorted(losses.items())
-    curve = (
-        f"; the loss measured here went {went[0][1]:.4g} -> {went[-1][1]:.4g}"
-        if len(went) >= 2
-        else ""
-    )
+    curve = loss_went([v for _, v in went])
     return tl.finding(
         title=f"`{site.fn}` at {site.source} is given the model's own predictions as its "
         f"targets: every one of {int(compared)} targets compared equals the argmax of the "

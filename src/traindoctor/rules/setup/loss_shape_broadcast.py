@@ -8,6 +8,7 @@ from typing import Any
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
+from .._util import loss_went
 from ._loss_inputs import Site, label_histograms, loss_sites
 
 # Elementwise losses that broadcast prediction against target instead of refusing.
@@ -161,11 +162,7 @@ def _flattened_flipped(tl: TimelineView, site: Site) -> Finding | None:
     if not direct or max(direct) >= 0.5:
         return None
     losses = site.losses()
-    went = (
-        f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
-        if len(losses) >= 2
-        else ""
-    )
+    went = loss_went(losses)
     shape = site.facts.get("target_shape")
     return tl.finding(
         title=f"`{site.fn}` at {site.source}: the flattened targets"

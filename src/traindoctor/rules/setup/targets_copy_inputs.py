@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._registry import rule
+from .._util import loss_went
 from ._loss_inputs import loss_sites
 
 SAME = 0.999  # share of the valid targets equal to the id at their own position
@@ -87,11 +88,7 @@ def targets_copy_inputs(tl: TimelineView) -> Iterator[Finding]:
             else ""
         )
         losses = site.losses()
-        went = (
-            f"; the loss measured here went {losses[0]:.4g} -> {losses[-1]:.4g}"
-            if len(losses) >= 2
-            else ""
-        )
+        went = loss_went(losses)
         shape = site.facts.get("target_shape")
         seen = (
             "through a causal attention, so each position sees the token it is asked for"
