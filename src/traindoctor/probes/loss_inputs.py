@@ -264,11 +264,24 @@ def _saved(node: Any, attr: str) -> Any:
         return None
 
 
+def _signed(value: int) -> int:
+    """An int saved by autograd as unsigned (-1 comes back as 2**64 - 1), signed again."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _sizes(saved: Any) -> list[int] | None:
+    """Saved sizes (`_saved_self_sym_sizes`) as ints, or None when they cannot be read."""
+    try:
+        return [int(d) for d in saved]
+    except (TypeError, ValueError):
+        return None
+
+
 def _dim(value: Any, ndim: int) -> int | None:
     """A dim saved by autograd (unsigned: -1 comes back as 2**64 - 1) as an index in [0, ndim)."""
     if not isinstance(value, int) or ndim <= 0:
         return None
-    value = value - (1 << 64) if value >= 1 << 63 else value
+    value = _signed(value)
     return value % ndim if -ndim <= value < ndim else None
 
 
@@ -276,10 +289,7 @@ def _input_shape(node: Any, name: str, out: list[int]) -> list[int] | None:
     """Shape of the input of a view-like autograd node whose output has shape `out`."""
     sizes = _saved(node, "_saved_self_sym_sizes")
     if sizes is not None:
-        try:
-            return [int(d) for d in sizes]
-        except (TypeError, ValueError):
-            return None
+        return _sizes(sizes)
     n = len(out)
     if name in ("CloneBackward0", "ToCopyBackward0", "ContiguousBackward0"):
         return list(out)
@@ -378,7 +388,7 @@ def layout(t: torch.Tensor, param_names: dict[int, str] | None = None) -> dict[s
             # One column of a wider output (`out[:, 0]`): its dim and index in the input.
             d, i = _dim(_saved(node, "_saved_dim"), len(src)), _saved(node, "_saved_index")
             if d is not None and isinstance(i, int):
-                i = i - (1 << 64) if i >= 1 << 63 else i
+                i = _signed(i)
                 out["selected"] = [d, i % src[d] if -src[d] <= i < src[d] else i]
         chain.append((name, node, src, shape))
         shape = src
@@ -922,10 +932,8 @@ def _flattened_flipped(
     node = inp.grad_fn
     if t.dim() != 1 or node is None or type(node).__name__ not in _RESHAPES:
         return None
-    sizes = _saved(node, "_saved_self_sym_sizes")
-    try:
-        sizes = [int(d) for d in sizes]
-    except (TypeError, ValueError):
+    sizes = _sizes(_saved(node, "_saved_self_sym_sizes"))
+    if sizes is None:
         return None
     if len(sizes) != 3 or sizes[0] == sizes[1] or sizes[0] * sizes[1] != t.numel():
         return None
@@ -946,10 +954,8 @@ def _flattened_flipped(
 def _time_slice(node: Any) -> tuple[int, int, int, int] | None:
     """(B, L, start, end) of a unit-step slice along dim 1 of a tensor of 3 dims or more (the
     time of (batch, time, features) logits), or None."""
-    sizes = _saved(node, "_saved_self_sym_sizes")
-    try:
-        sizes = [int(d) for d in sizes]
-    except (TypeError, ValueError):
+    sizes = _sizes(_saved(node, "_saved_self_sym_sizes"))
+    if sizes is None:
         return None
     if len(sizes) < 3 or _dim(_saved(node, "_saved_dim"), len(sizes)) != 1:
         return None
@@ -959,7 +965,7 @@ def _time_slice(node: Any) -> tuple[int, int, int, int] | None:
     if not isinstance(start, int) or not isinstance(end, int):
         return None
     n = sizes[1]
-    start, end = (v - (1 << 64) if v >= 1 << 63 else v for v in (start, end))
+    start, end = _signed(start), _signed(end)
     start, end = (v + n if v < 0 else v for v in (start, end))
     start, end = max(0, min(start, n)), max(0, min(end, n))
     return (sizes[0], n, start, end) if end > start else None
