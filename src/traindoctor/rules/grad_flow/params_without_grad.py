@@ -206,6 +206,11 @@ def _later_optimizers_without_backward(
                 yield _no_backward_finding(tl, index, start, optimizers[index], names, seen, event)
 
 
+_BACKWARD_MISSING = "loss.backward() is missing before optimizer.step()"
+_WHY_MISSING = "commented out, or in a branch that never runs"
+_CALL_BACKWARD = "call loss.backward() after computing the loss and before optimizer.step()"
+
+
 def _no_backward_finding(tl, index, start, opt, names, seen, event) -> Finding:
     all_names = list((tl.fact("params") or {}).keys())
     trainable = trainable_names(tl)
@@ -234,10 +239,9 @@ def _no_backward_finding(tl, index, start, opt, names, seen, event) -> Finding:
             f"({opt.get('class', 'optimizer')}"
             + (f", built at {built}" if built else "")
             + f") stepped, from its first step ({start}) on: its step() finds every gradient "
-            "None and changes nothing. loss.backward() is missing before optimizer.step() "
-            "in this phase (commented out, or in a branch that never runs)"
+            f"None and changes nothing. {_BACKWARD_MISSING} in this phase ({_WHY_MISSING})"
         ),
-        fix="call loss.backward() after computing the loss and before optimizer.step()",
+        fix=_CALL_BACKWARD,
     )
 
 
@@ -275,9 +279,8 @@ def _cause(tl, module, names, cleared, calls):
         # Steps were taken and no backward ran in the whole run, nor had any param a gradient.
         return (
             "no backward() ran in any step: optimizer.step() finds every gradient None and "
-            "changes nothing. loss.backward() is missing before optimizer.step() (commented "
-            "out, or in a branch that never runs)",
-            "call loss.backward() after computing the loss and before optimizer.step()",
+            f"changes nothing. {_BACKWARD_MISSING} ({_WHY_MISSING})",
+            _CALL_BACKWARD,
             step_source(tl),
         )
     graphless = graphless_loss_events(tl)

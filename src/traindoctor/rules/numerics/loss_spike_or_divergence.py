@@ -165,7 +165,8 @@ def _judge(
         # A regression loss that rose with its targets' scale (a random walk's values, series
         # that grow over the run): the same loss in the targets' units did not.
         threshold = None
-    later = [p for p in _phases(tl) if p > steps[0]]
+    phases = _phases(tl)
+    later = [p for p in phases if p > steps[0]]
     if threshold is not None and later:
         # A later phase (a student after its teacher) starts at its own loss: the climb is
         # judged on that phase's losses alone, from its first window to its last.
@@ -201,7 +202,6 @@ def _judge(
     # Every spike is weighed, not only the first: a batch far above the rest early on must not
     # hide a later spike the run never came back from.
     first_info = None
-    phases = _phases(tl)
     for i, med in levels.spikes():
         v = values[i]
         if v - med < 0.5 * first or any(steps[max(0, i - 10)] < p <= steps[i] for p in phases):
