@@ -24,6 +24,21 @@ def test_all_labels_identical():
     assert_fires("TD511", site_timeline(CE, {}, labels=_hist([0, 0, 32, 0, 0])))
 
 
+def test_ignore_index_that_is_a_class_of_a_two_way_head():
+    """codertimo/BERT-pytorch gives its next-sentence head (is_next in {0, 1}) the masked-LM
+    criterion `NLLLoss(ignore_index=0)` (issues #49, #98): every 'not next' label is dropped,
+    so the head only ever sees class 1. The finding names the ignore_index, not the data."""
+    nsp = {"fn": "nll_loss", "classes": 2, "input_shape": [32, 2], "target_shape": [32]}
+    nsp["options"] = {"ignore_index": 0, "reduction": 1}
+    f = assert_fires("TD511", site_timeline(nsp, {}, labels=_hist([0, 16])))
+    assert "ignore_index=0" in f.title and "ignore_index" in f.fix
+    assert f.evidence["ignore_index"] == 0
+    # Without ignore_index, one class only is still reported, with the data's words.
+    plain = {**nsp, "options": {"reduction": 1}}
+    f = assert_fires("TD511", site_timeline(plain, {}, labels=_hist([0, 16])))
+    assert "ignore_index" not in f.title and "label column" in f.fix
+
+
 def test_out_of_range_and_float_labels():
     assert_fires("TD511", site_timeline(CE, {1: {"t_min": 0.0, "t_max": 5.0}}))
     ev = {**CE, "target_float": True, "target_dtype": "float32"}

@@ -433,6 +433,28 @@ def _from_histogram(
     # InfoNCE) with every label 0: the positive's column, not a class the data lacks.
     assembled = "CatBackward0" in (site.facts.get("producer") or [])[:2]
     if len(used) == 1 and not (assembled and used[0] == 0):
+        # The loss's ignore_index is one of the head's classes (a yes/no head given the
+        # criterion of a padded token loss, `NLLLoss(ignore_index=0)`): the labels of that
+        # class are dropped before they are counted, so the one class left is the loss's doing.
+        ignore = (site.facts.get("options") or {}).get("ignore_index")
+        if isinstance(ignore, int) and 0 <= ignore < classes and ignore != used[0]:
+            ev["ignore_index"] = ignore
+            return tl.finding(
+                title=f"every one of {int(seen)} labels `{site.fn}` at {site.source} scores "
+                f"over {len(rows)} steps is class {used[0]}: its ignore_index={ignore} is one "
+                f"of the {classes} classes",
+                step=rows[0][0],
+                evidence=ev,
+                where=Where(op=site.fn, source=site.source),
+                cause=f"`ignore_index={ignore}` leaves every label {ignore} out of the loss "
+                f"(they are not in these counts), so the {classes}-output head is trained on "
+                f"class {used[0]} alone: it learns to always predict it and the loss goes to 0 "
+                f"while its accuracy on the real labels stays at chance",
+                fix=f"give this head a loss without ignore_index (a second criterion, e.g. "
+                f"`nn.NLLLoss()` / `nn.CrossEntropyLoss()`); keep ignore_index={ignore} only "
+                "for the loss whose targets use that id as padding",
+                confidence=0.9,
+            )
         return tl.finding(
             title=f"every one of {int(seen)} labels fed to `{site.fn}` at {site.source} over "
             f"{len(rows)} steps is class {used[0]}",
