@@ -44,6 +44,11 @@ class HandSteps:
         self.count = 0  # hand-written updates seen so far
         self._watch: _patches.DataWatch | None = None
         self._hook: Any = None
+        self._pre_hook: Any = None
+        # (began, ended) of the step driver: an optimizer holding watched params runs step()
+        # (its closure's backward passes evaluate that step; L-BFGS updates the weights in
+        # place between them, which is no update by hand).
+        self.on_step: tuple[Any, Any] | None = None
         self._holds: dict[int, bool] = {}  # id(optimizer) -> holds a watched param
         self._opt_stepped = False  # such an optimizer stepped since the last backward
         # Before the running backward: (names, params, their .grad, the grads' versions), in
@@ -70,6 +75,7 @@ class HandSteps:
         self._watch = _patches.DataWatch()
         _patches.add_data_watch(self._watch)
         self._hook = optim_module.register_optimizer_step_post_hook(self._on_optimizer_step)
+        self._pre_hook = optim_module.register_optimizer_step_pre_hook(self._on_optimizer_pre)
         self.active = True
 
     @property
@@ -83,6 +89,9 @@ class HandSteps:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
 
     def _retire(self) -> None:
         # Not the global hook: torch iterates over the hooks' dict while it calls them.
@@ -93,16 +102,29 @@ class HandSteps:
             self._watch = None
 
     # -- events ---------------------------------------------------------------------------
+    def _holds_watched(self, opt: Any) -> bool:
+        holds = self._holds.get(id(opt))
+        if holds is None:
+            ids = set(map(id, self._params()[1]))
+            holds = any(id(p) in ids for g in opt.param_groups for p in g["params"])
+            self._holds[id(opt)] = holds
+        return holds
+
+    def _on_optimizer_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
+        """Any torch optimizer's step starts (global hook, removed with the post-step one)."""
+        try:
+            if self.active and self.on_step is not None and self._holds_watched(opt):
+                self.on_step[0](opt)
+        except Exception as exc:  # noqa: BLE001  (a global hook: never into the user's step)
+            self.run.guard.record("hand steps", exc)
+
     def _on_optimizer_step(self, opt: Any, args: Any, kwargs: Any) -> None:
         """Any torch optimizer's step (global hook, watched or not)."""
         try:
-            holds = self._holds.get(id(opt))
-            if holds is None:
-                ids = set(map(id, self._params()[1]))
-                holds = any(id(p) in ids for g in opt.param_groups for p in g["params"])
-                self._holds[id(opt)] = holds
-            if not holds:
+            if not self._holds_watched(opt):
                 return  # an optimizer of something else (an input perturbation, say)
+            if self.on_step is not None:
+                self.on_step[1](opt)
             self._opt_stepped = True
             if self.count == 0:
                 self._retire()  # the optimizer keeps the step clock: nothing to do here

@@ -225,6 +225,11 @@ _signal(
     "1 when the primary optimizer's step() ran in this step, or a hand-written update of the "
     "trained params (no torch optimizer) closed it",
 )
+_signal(
+    "optim.evaluations",
+    "closure evaluations (backward passes) inside one optimizer.step(closure), when more than "
+    "one (L-BFGS's line search): the first is the step's backward and loss, the others trials",
+)
 _signal("optim.hand_step", "1 when a hand-written update of the trained params closed the step")
 _signal(
     "optim.any_step",

@@ -63,8 +63,17 @@ class StepDriver:
         self.compile_watch = CompileWatch()
         # Updates written by hand (no torch optimizer): they close steps as step() does.
         self.hand = HandSteps(run)
+        self.hand.on_step = (self.step_began, self.step_ended)
         clock.expect_hand_steps_from(lambda: self.hand.expected)
         self.primary_stepped = False
+        # The watched optimizer whose step() is running, and the backward passes run inside it:
+        # step(closure) evaluates its closure there, L-BFGS several times (its line search).
+        # The first evaluation is the step's backward (its loss: the one step() returns, at
+        # the weights the step starts from, as any other optimizer's); the others are trials
+        # of the same step, counted (`optim.evaluations`), not passed to the probes.
+        self.stepping: Any = None
+        self.evaluations = 0
+        self._skip_after = False
         self.backward_since_step = 0
         self.step_backwards = 0  # backward passes in the open step (CompileWatch)
         # The last backward's loss (weakly: a freed loss's address can be reused by the next
@@ -78,6 +87,11 @@ class StepDriver:
         run, state = self.run, self.clock
         if state.closed or state.validating:
             return
+        if self.stepping is not None:
+            self.evaluations += 1
+            if self.evaluations > 1:
+                self._skip_after = True  # a re-evaluation of the running step's closure
+                return
         guard, budget = run.guard, run.budget
         if self.hand.armed:
             t0 = time.perf_counter()
@@ -113,6 +127,9 @@ class StepDriver:
         run, state = self.run, self.clock
         if state.closed or state.validating:
             return
+        if self._skip_after:
+            self._skip_after = False
+            return
         t0 = _clock()
         run.bus.emit(Event.AFTER_BACKWARD, state._step, run.rec)
         if self.hand.active:
@@ -140,15 +157,34 @@ class StepDriver:
         run, state = self.run, self.clock
         step, sampled, rec, emit = state.step, state.sampled, run.rec, run.bus.emit
         if pre:
+            # step_began, inline (twice a step)
+            if self.stepping is None or self.stepping is opt:
+                self.stepping, self.evaluations = opt, 0
             emit(Event.OPTIMIZER_PRE_STEP, step, sampled, opt, rec)
             if primary:
                 emit(Event.PRE_STEP, step, sampled, rec)
             return
+        if self.stepping is opt:
+            self.step_ended(opt)
         emit(Event.OPTIMIZER_POST_STEP, step, sampled, opt, rec)
         if primary:
             self.primary_stepped = True
             self.backward_since_step = 0
             emit(Event.POST_STEP, step, sampled, rec)
+
+    def step_began(self, opt: Any) -> None:
+        """A watched optimizer's step() starts (also called by the hand-step tracker's global
+        hook for an optimizer not adopted yet): backward passes from here on evaluate it.
+        Another optimizer's step() inside it (a wrapper's) leaves it the one; the same one
+        again starts afresh (its previous step() raised before its end)."""
+        if self.stepping is None or self.stepping is opt:
+            self.stepping, self.evaluations = opt, 0
+
+    def step_ended(self, opt: Any) -> None:
+        if self.stepping is opt:
+            if self.evaluations > 1:
+                self.timeline.record(self.clock.step, "optim.evaluations", self.evaluations)
+            self.stepping, self._skip_after = None, False
 
     def scaler_updated(self) -> None:
         if not self.clock.closed and not self.primary_stepped:

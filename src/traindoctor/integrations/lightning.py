@@ -81,8 +81,17 @@ class LightningDoctor(Doctor):
             closure = kwargs.get("closure", args[0] if args else None)
             if callable(closure) and not self.state.closed:
                 # Gradients appear only when step() calls the closure: wait for Lightning's
-                # on_before_optimizer_step (see module doc).
-                self._deferred[id(optimizer)] = lambda: hook(optimizer, args, kwargs)
+                # on_before_optimizer_step (see module doc). The closure's backward passes
+                # evaluate this step from now (L-BFGS runs several: steps.py).
+                steps = self._steps
+                steps.step_began(optimizer)
+
+                def deferred() -> None:
+                    evaluations = steps.evaluations
+                    hook(optimizer, args, kwargs)
+                    steps.evaluations = evaluations
+
+                self._deferred[id(optimizer)] = deferred
                 return
             hook(optimizer, args, kwargs)
 
