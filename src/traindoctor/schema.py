@@ -422,6 +422,12 @@ class GraphRetained(Event, total=False):
     backward_source: str | None
 
 
+class IdleBackward(Event, total=False):
+    backward_since_step: int  # backward passes since the last step, this one included
+    fed: int  # watched trained params this backward gave a gradient
+    trained: int  # watched params that require grad
+
+
 class HandStep(Event, total=False):
     source: str | None  # the `p.data` write; None for `p -= ...` under no_grad
     params: int
@@ -643,6 +649,12 @@ _event(
     "graph_retained", "graphs of earlier steps still alive, and what reaches them", GraphRetained
 )
 _event("hand_step", "the weights were updated by hand (no torch optimizer)", HandStep)
+_event(
+    "idle_backward",
+    "a backward pass that many others preceded since the last step: the watched trained "
+    "params it gave a gradient",
+    IdleBackward,
+)
 _event("inference_tensors", "params or buffers that are inference tensors", InferenceTensors)
 _event(
     "integration_note",

@@ -74,6 +74,9 @@ class StepDriver:
         self.stepping: Any = None
         self.evaluations = 0
         self._skip_after = False
+        # At a backward that many others preceded since the last step (NO_STEP_CHECKPOINTS):
+        # the watched trained params and their gradients (object, version) before it.
+        self._idle: tuple[list[torch.Tensor], list[Any], list[int]] | None = None
         self.backward_since_step = 0
         self.step_backwards = 0  # backward passes in the open step (CompileWatch)
         # The last backward's loss (weakly: a freed loss's address can be reused by the next
@@ -115,7 +118,9 @@ class StepDriver:
         budget.step_spent += spent
         budget.step_calls += 1
         if self.backward_since_step in NO_STEP_CHECKPOINTS:
-            self._timed_pass()
+            # Many backward passes and no step: the pass runs once this one is in, and
+            # whether it fed the watched params is measured (the `idle_backward` event).
+            self._idle = guard.call("idle backward", self._grads_now)
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self.backward_since_step} backward passes without a step")
@@ -130,6 +135,8 @@ class StepDriver:
         if self._skip_after:
             self._skip_after = False
             return
+        if self._idle is not None:
+            run.guard.call("idle backward", self._idle_measured)
         t0 = _clock()
         run.bus.emit(Event.AFTER_BACKWARD, state._step, run.rec)
         if self.hand.active:
@@ -171,6 +178,30 @@ class StepDriver:
             self.primary_stepped = True
             self.backward_since_step = 0
             emit(Event.POST_STEP, step, sampled, rec)
+
+    def _grads_now(self) -> tuple[list[torch.Tensor], list[Any], list[int]]:
+        ctx = self.run.attached
+        params = [p for _, p in ctx.named_params() if p.requires_grad] if ctx is not None else []
+        grads = [p.grad for p in params]
+        return params, grads, [g._version if g is not None else 0 for g in grads]
+
+    def _idle_measured(self) -> None:
+        """After a backward at a no-step checkpoint: how many watched trained params it gave a
+        gradient (a later phase trains another model: none), then the diagnosis pass."""
+        (params, grads, versions), self._idle = self._idle, None
+        fed = sum(
+            1
+            for p, g, v in zip(params, grads, versions)
+            if p.grad is not None and (p.grad is not g or p.grad._version != v)
+        )
+        self.timeline.event(
+            self.clock.step,
+            "idle_backward",
+            backward_since_step=self.backward_since_step,
+            fed=fed,
+            trained=len(params),
+        )
+        self._timed_pass()
 
     def step_began(self, opt: Any) -> None:
         """A watched optimizer's step() starts (also called by the hand-step tracker's global

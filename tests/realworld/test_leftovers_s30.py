@@ -82,3 +82,57 @@ def test_lbfgs_zero_code(tmp_path) -> None:
     with attached(doc):
         losses, _, _ = _lbfgs()
     _check(doc, losses)
+
+
+# -- a later phase on a model traindoctor does not watch --------------------------------------
+# td.watch(teacher, opt), then a student built later and updated by hand (`p -= lr * p.grad`):
+# the watched optimizer stops, the backward passes go on, and TD105 said "step() ran 20 times
+# then not once" as an error. The backward passes measured since (idle_backward) feed none of
+# the watched params: TD105 now says that in an info. The twin whose step() stops under a
+# condition while the watched model still gets gradients keeps the error.
+
+
+def _later_phase(tmp_path, bug: bool) -> list:
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = (x[:, :3] * torch.tensor([1.0, -1.0, 0.5])).argmax(1)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    teacher = net()
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    doc = td.watch(teacher, opt, out_dir=tmp_path, console=False)
+    for i in range(40 if bug else 20):
+        idx = torch.randint(0, 256, (32,))
+        loss = nn.functional.cross_entropy(teacher(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        if not bug or i < 20:  # the bug: step() under a condition true only at the start
+            opt.step()
+    if not bug:
+        student = net()
+        for _ in range(20):
+            idx = torch.randint(0, 256, (32,))
+            with torch.no_grad():
+                soft = teacher(x[idx]).softmax(1)
+            out = student(x[idx])
+            loss = nn.functional.kl_div(out.log_softmax(1), soft, reduction="batchmean")
+            student.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in student.parameters():
+                    p -= 0.1 * p.grad
+    return doc.close().findings
+
+
+def test_later_phase_by_hand_is_not_blamed_on_the_watched_model(tmp_path) -> None:
+    findings = _later_phase(tmp_path, bug=False)
+    assert not [f for f in findings if f.severity in _LOUD], findings
+    td105 = [f for f in findings if f.code == "TD105"]
+    assert td105 and td105[0].evidence["watched_params_fed"] == 0
+
+
+def test_step_under_a_condition_on_the_watched_model_still_an_error(tmp_path) -> None:
+    findings = _later_phase(tmp_path, bug=True)
+    assert [f.severity for f in findings if f.code == "TD105"] == [Severity.ERROR]

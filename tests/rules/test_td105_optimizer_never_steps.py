@@ -96,3 +96,26 @@ def test_watched_model_without_optimizer_or_update_is_an_error():
     assert f.severity is Severity.ERROR
     assert "no optimizer was given" in f.title
     assert "no torch optimizer" not in f.title + f.cause
+
+
+def _idle_tl(fed: int) -> object:
+    """Step 1 stepped, then 20 backward passes; the 8th and 16th measured (idle_backward)."""
+    steps = {1: {"backward.count": 1, "optim.step": 1}, 2: {"backward.count": 20}}
+    idle = [
+        {"kind": "idle_backward", "step": 2, "backward_since_step": n, "fed": fed, "trained": 4}
+        for n in (8, 16)
+    ]
+    return make_timeline(params=["w"], steps=steps, events=[*EVENTS, *idle])
+
+
+def test_backward_passes_that_feed_no_watched_param_are_an_info():
+    # A later phase trains another model (a student updated by hand): not the watched one's bug.
+    f = assert_fires("TD105", _idle_tl(fed=0))
+    assert f.severity is Severity.INFO
+    assert f.evidence["watched_params_fed"] == 0
+    assert f.evidence["measured_at_backward"] == [8, 16]
+
+
+def test_backward_passes_that_feed_the_watched_params_stay_an_error():
+    f = assert_fires("TD105", _idle_tl(fed=4))
+    assert f.severity is Severity.ERROR

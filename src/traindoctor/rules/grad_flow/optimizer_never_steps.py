@@ -15,7 +15,7 @@ from .._registry import rule
     severity=Severity.ERROR,
     summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
     requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped", "data.inputs"),
-    events=("backward_call", "hand_step", "optimizer_step"),
+    events=("backward_call", "hand_step", "optimizer_step", "idle_backward"),
     facts=("optimizer_activity", "optimizers", "models", "unwatched_optimizers"),
     priority=12,
 )
@@ -42,6 +42,12 @@ def optimizer_never_steps(
     alpha=-lr)`, `p -= lr * p.grad` under `torch.no_grad()`) steps too: an in-place write of
     the params that got a gradient, between two backward passes, with no optimizer step in
     between, is a step (`optim.hand_step`). Only when nothing updates them does this fire.
+
+    At the 8th, 16th, 32nd, ... backward pass without a step, traindoctor measures which
+    watched params that require grad the pass gave a gradient (`idle_backward`). When none
+    did, the passes after the last step train another model (a student after its teacher,
+    updated by hand or by an optimizer not passed to `td.watch`): that is an info, not a
+    missing step.
 
     ## Example
     ```python
@@ -91,6 +97,10 @@ def optimizer_never_steps(
     others = [u for u in tl.fact("unwatched_optimizers") or () if int(u.get("last") or 0) > last]
     if others:
         yield _stepped_elsewhere(tl, others, last, since, total, len(stepped), per_step)
+        return
+    idle = [e for e in tl.events("idle_backward") if int(e.get("step") or 0) > last]
+    if stepped and idle and not any(e.get("fed") for e in idle):
+        yield _other_model(tl, idle, last, since, total, len(stepped), per_step)
         return
     step_events = tl.events("optimizer_step")
     backward_events = tl.events("backward_call")
@@ -182,6 +192,56 @@ def optimizer_never_steps(
         fix=fix,
         severity=severity,
     )
+
+
+def _other_model(
+    tl: TimelineView,
+    idle: list[dict],
+    last: int,
+    since: int,
+    total: int,
+    steps: int,
+    per_step: list[int],
+) -> Finding:
+    """The backward passes since the last step give the watched params no gradient: they
+    train something traindoctor does not watch (a student, by hand or by an optimizer of its
+    own), not the watched model whose optimizer stopped."""
+    measured = ", ".join(str(e.get("backward_since_step")) for e in idle[:4])
+    return tl.finding(
+        title=(
+            f"{since} backward passes after the last step (step {last}) gave the watched "
+            "model's params no gradient: they train something traindoctor does not watch"
+        ),
+        step=last + 1,
+        evidence={
+            "optimizer_steps": steps,
+            "backward_passes": total,
+            "backward_since_last_step": since,
+            "backward_per_step_before": max(per_step, default=0),
+            "measured_at_backward": [e.get("backward_since_step") for e in idle[:8]],
+            "watched_params_fed": 0,
+            "watched_trained_params": idle[-1].get("trained"),
+        },
+        where=Where(source=_first_source(tl)),
+        cause=(
+            f"the watched optimizer stopped stepping after step {last}, and the backward "
+            f"passes measured since (the {measured}th after it) fed none of the "
+            f"{idle[-1].get('trained')} watched params that require grad: a later phase (a "
+            "student after its teacher, a model updated by hand or by an optimizer not passed "
+            "to td.watch) trains another model. Whether that one learns is not checked"
+        ),
+        fix=(
+            "nothing to fix if the later phase is meant; to have it checked, watch it: close "
+            "this doctor and td.watch(new_model, new_optimizer) for the new phase, or run the "
+            "script with `traindoctor run`, which follows later phases"
+        ),
+        severity=Severity.INFO,
+    )
+
+
+def _first_source(tl: TimelineView) -> str | None:
+    backward_events = tl.events("backward_call")
+    return backward_events[-1].get("source") if backward_events else None
 
 
 def _stepped_elsewhere(
