@@ -71,6 +71,20 @@ def test_where_constant_branch_blocks():
     assert where.verdict == BLOCKS and where.zeroed == 1.0
 
 
+def test_where_with_two_trained_branches_routes_and_does_not_block():
+    """ArcFace's `where(one_hot, cos(theta + m), cos)`: each element's gradient goes to one of
+    two branches that both require grad; nothing is lost, even where one branch gets 5%."""
+    z = torch.randn(64, 20, requires_grad=True)
+    pick = torch.nn.functional.one_hot(torch.randint(0, 20, (64,)), 20).bool()
+    path = td.explain_gradients(torch.where(pick, torch.cos(z + 0.3), torch.cos(z)).sum())
+    (where,) = path.find("where")
+    assert where.zeroed == 0.0 and where.verdict == PASSES
+    # One trained branch and a constant one still blocks where the constant is chosen.
+    path = td.explain_gradients(torch.where(pick, torch.zeros_like(z), z * 2).sum())
+    (where,) = path.find("where")
+    assert where.zeroed == pytest.approx(0.05, abs=0.01)
+
+
 def test_detached_part_is_marked_and_params_restrict():
     a = torch.randn(3, requires_grad=True)
     b = torch.randn(3, requires_grad=True)

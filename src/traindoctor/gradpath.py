@@ -484,6 +484,16 @@ class Walk:
                         zero_in = (go_numel - nnz_go) / go_numel
                         fracs.append(max(0.0, (numel - nnz) / max(numel, 1) - zero_in))
                 zeroed = max(fracs)
+                if (
+                    len(shapes) == 2
+                    and shapes[0][1]
+                    and shapes[1][1]
+                    and type(self.nodes[i]).__name__ == "WhereBackward0"
+                ):
+                    # where(c, a, b) routes each element's gradient to one branch: with both
+                    # branches requiring grad, an element is zeroed only when neither gets it.
+                    nnz = l0[l0_at + 1] + l0[l0_at + 2]
+                    zeroed = max(0.0, (nnz_go - nnz) / max(nnz_go, 1.0))
             mask = masks[mask_at] if mask_at >= 0 else 0.0
             # A scalar add/sub whose other operand is a tensor without graph: a loss part
             # added without its graph.
