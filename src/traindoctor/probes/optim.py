@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
 from typing import ClassVar
 
 import torch
@@ -181,7 +183,15 @@ class OptimProbe(Probe):
     def _slot(self, oi: int) -> dict[str, int]:
         while len(self._activity) <= oi:
             self._activity.append(
-                {"steps": 0, "pending": 0, "max_pending": 0, "fresh": 0, "since": 0}
+                {
+                    "steps": 0,
+                    "pending": 0,
+                    "max_pending": 0,
+                    "fresh": 0,
+                    "since": 0,
+                    "summed": 0,
+                    "max_summed": 0,
+                }
             )
             self._grad_sig.append(())
         return self._activity[oi]
@@ -203,6 +213,8 @@ class OptimProbe(Probe):
         slot["steps"] += 1
         slot["max_pending"] = max(slot["max_pending"], slot["pending"])
         slot["pending"] = 0
+        slot["max_summed"] = max(slot["max_summed"], slot["summed"])
+        slot["summed"] = 0
         self._step_seq += 1
         self._last_seq[oi] = self._step_seq
         rec.record(step, OPTIM_ANY_STEP, (rec.timeline.get(step, OPTIM_ANY_STEP) or 0) + 1)
@@ -237,14 +249,21 @@ class OptimProbe(Probe):
         ctx = self.ctx
         assert ctx is not None
         if len(ctx.optimizers) < 2:
-            return  # one optimizer: the step clock itself is its activity
+            # One optimizer: the step clock itself is its activity; only whether the passes of
+            # a step add up in .grad is followed (sampled steps only: sampled_only).
+            if ctx.optimizers:
+                opt = ctx.optimizers[0]
+                params = (p for g in opt.param_groups for p in g["params"] if p.requires_grad)
+                self._slot(0)
+                self._grad_sig[0] = self._summed(
+                    0, self._grad_sig[0], _signature(islice(params, ACTIVITY_PARAMS))
+                )
+            return
         for oi, opt in enumerate(ctx.optimizers):
             slot = self._slot(oi)
             params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-            sig = tuple(
-                (id(p.grad), p.grad._version) if p.grad is not None else None
-                for p in params[:ACTIVITY_PARAMS]
-            )
+            sig = _signature(params[:ACTIVITY_PARAMS])
+            self._summed(oi, self._grad_sig[oi], sig)
             if (
                 sig != self._grad_sig[oi]
                 and any(x is not None for x in sig)
@@ -256,6 +275,27 @@ class OptimProbe(Probe):
                 slot["fresh"] += 1
             self._grad_sig[oi] = sig
         self._publish(rec)
+
+    def _summed(self, oi: int, prev: tuple, sig: tuple) -> tuple:
+        """Whether this backward added its gradients onto those of an earlier pass since the
+        optimizer's last step: every .grad it wrote is the same tensor one in-place add further
+        (`_version` + 1) than after the previous pass. A .grad that was None (zero_grad()) or
+        zeroed in between (`zero_()`: one more version) starts the sum again at 1. TD515 reads
+        the most passes summed before one step ("max_summed")."""
+        written = [
+            k for k, x in enumerate(sig) if x is not None and (k >= len(prev) or prev[k] != x)
+        ]
+        if written:
+            slot = self._activity[oi]
+            onto = all(
+                k < len(prev)
+                and prev[k] is not None
+                and prev[k][0] == sig[k][0]
+                and sig[k][1] == prev[k][1] + 1
+                for k in written
+            )
+            slot["summed"] = slot["summed"] + 1 if onto and slot["summed"] else 1
+        return sig
 
     def _publish(self, rec: Recorder) -> None:
         # The live list (ints only): the stream serialises facts at each flush and writes a
@@ -278,6 +318,11 @@ class OptimProbe(Probe):
         if not seen or (src and not any(e.get("source") == src for e in seen)):
             # Where the weights are written (a `p.data` write; None for `p -= ...` in no_grad)
             rec.event(step, "hand_step", source=src, params=len(names))
+
+
+def _signature(params: Iterable[torch.Tensor]) -> tuple:
+    """Ids and version counters of a few params' .grad tensors (None where there is none)."""
+    return tuple((id(p.grad), p.grad._version) if p.grad is not None else None for p in params)
 
 
 def _layout(optimizers: list) -> tuple:

@@ -113,6 +113,12 @@ def grad_accumulation_unnormalized(
         loss.backward()
     ```
 
+    The optimizer probe follows, on the sampled steps, whether each pass added its gradients
+    onto the previous pass's in .grad (the same tensor, one in-place add further): steps whose
+    passes were zeroed in between (SAM's two forward/backward passes, a bi-level step where
+    each optimizer zeroes its own params) or wrote different params (replicas of the model,
+    each backpropagating its half batch) sum nothing, and are not judged.
+
     ## Known false positives
     Not judged with LBFGS, whose step() re-evaluates its closure (several backward passes per
     step, each from zeroed gradients). A sum over micro-batches chosen on purpose with an lr tuned for it (SGD), and a sum-
@@ -127,6 +133,13 @@ def grad_accumulation_unnormalized(
         # Several optimizers, followed pass by pass: none ever stepped after two passes that
         # brought it gradients (a model and optimizer built per task, Reptile's inner loop,
         # whose steps the step clock merges): nothing accumulates.
+        return
+    summed = [a["max_summed"] for a in activity if a.get("max_summed")]
+    if summed and max(summed) <= 1:
+        # Measured on the sampled steps: no optimizer ever applied gradients that two passes
+        # added up in .grad. The passes were zeroed in between (SAM's second forward/backward
+        # after zero_grad(), a bi-level step where each optimizer zeroes its own params) or
+        # wrote different params (replicas of the model, each with its own half batch).
         return
     if any(o.get("class") in CLOSURE_OPTIMIZERS for o in tl.fact("optimizers") or ()):
         # step(closure) re-evaluates the loss several times per step, each from zeroed
