@@ -134,6 +134,11 @@ _signal(
 _signal("grads.observed", "1 on steps where the gradient probe looked")
 _signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
 _signal("init.ce_classes", "per call index: number of classes C of that call")
+_signal(
+    "init.ce_uniform",
+    "per call index: the cross-entropy of the same logits against a uniformly random target "
+    "(mean over rows of logsumexp(z) - mean(z)), on structural steps",
+)
 _signal("init.in_std", "per leaf module: std of its input on structural steps")
 _signal("init.out_std", "per leaf module: std of its output on structural steps")
 _signal(

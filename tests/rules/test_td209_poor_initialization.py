@@ -9,11 +9,13 @@ from traindoctor.testing import assert_fires, assert_silent, make_timeline
 PARAMS = ["body.weight", "head.weight", "head.bias"]
 
 
-def _tl(ce=None, classes=10, head=(0.2, 0.15), body=(1.0, 0.6)):
+def _tl(ce=None, classes=10, head=(0.2, 0.15), body=(1.0, 0.6), uniform=None):
     steps = {1: {"optim.lr": {"opt0/group0": 0.1}}}
     if ce is not None:
         steps[1]["init.ce_loss"] = {"0": ce}
         steps[1]["init.ce_classes"] = {"0": classes}
+    if uniform is not None:
+        steps[1]["init.ce_uniform"] = {"0": uniform}
     steps[1]["init.in_std"] = {"body": body[0], "head": head[0]}
     steps[1]["init.out_std"] = {"body": body[1], "head": head[1]}
     events = [
@@ -29,6 +31,14 @@ def test_cross_entropy_far_above_ln_c():
     assert f.where.source == "train.py:30"
     assert f.where.module is None
     assert "inputs that are not normalized" in f.cause
+
+
+def test_a_margin_on_the_target_logit_is_not_an_init():
+    """ArcFace/CosFace: the logits are small (against a random target the loss is near ln C)
+    and the loss is high because the margin lowers the target logit, by design."""
+    assert_silent("TD209", _tl(ce=9.0, classes=20, uniform=3.4))
+    # The logits themselves are large: against any target the loss is high.
+    assert_fires("TD209", _tl(ce=9.0, classes=20, uniform=8.7))
 
 
 def test_final_layer_with_a_large_gain_is_named():

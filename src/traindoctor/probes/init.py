@@ -30,6 +30,11 @@ from .base import AttachContext, Probe, Recorder
 
 INIT_CE_LOSS = signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
 INIT_CE_CLASSES = signal("init.ce_classes", "per call index: number of classes C of that call")
+INIT_CE_UNIFORM = signal(
+    "init.ce_uniform",
+    "per call index: the cross-entropy of the same logits against a uniformly random target "
+    "(mean over rows of logsumexp(z) - mean(z)), on structural steps",
+)
 INIT_IN_STD = signal("init.in_std", "per leaf module: std of its input on structural steps")
 # Bounds on what is kept before a lazy attach (zero-code mode attaches at the first backward).
 EARLY_MODULES = 10_000
@@ -176,6 +181,7 @@ class InitProbe(Probe):
     provides: ClassVar[tuple[str, ...]] = (
         INIT_CE_LOSS,
         INIT_CE_CLASSES,
+        INIT_CE_UNIFORM,
         INIT_IN_STD,
         INIT_OUT_STD,
     )
@@ -374,6 +380,14 @@ class InitProbe(Probe):
         self._ce_calls += 1
         value = out.detach().reshape(()) if out.numel() == 1 else out.detach().float().mean()
         self._rec.defer(step, INIT_CE_LOSS, value.reshape(1), keys=[key])
+        if input.dim() <= 2 and input.is_floating_point():
+            # What the logits give against a target they cannot know (the expectation over a
+            # uniform label): the init's own scale, apart from how the target enters the
+            # logits (a margin on the target logit: ArcFace, CosFace).
+            with torch.no_grad():
+                z = input.detach().float()
+                uniform = (torch.logsumexp(z, dim=-1) - z.mean(dim=-1)).mean()
+            self._rec.defer(step, INIT_CE_UNIFORM, uniform.reshape(1), keys=[key])
         self._rec.record(step, INIT_CE_CLASSES, classes, key=key)
         if not self._rec.timeline.events("cross_entropy_call"):
             source = source or user_source(skip=1)

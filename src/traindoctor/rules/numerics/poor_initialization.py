@@ -26,6 +26,7 @@ FIRST_STEP = 1
     requires=(
         "init.ce_loss",
         "init.ce_classes",
+        "init.ce_uniform",
         "init.in_std",
         "init.out_std",
         "loss_inputs.stats",
@@ -77,6 +78,12 @@ def poor_initialization(
     nn.init.zeros_(model.head.bias)               # a prior-probability bias for rare classes
     ```
 
+    The logits of the same call are also scored against a target they cannot know (the mean
+    over rows of logsumexp(z) - mean(z), what a uniformly random label gives): when that is
+    not above the bar, the logits are small and the loss is high because of how the target
+    enters them (ArcFace's and CosFace's margin subtracted from the target logit, s = 16 to
+    64), which no init changes; it is not reported.
+
     A learned scalar among the final params (a temperature such as CLIP's `logit_scale`) is
     a scale chosen on purpose and trained: the cross-entropy is not judged then, nor a final
     op whose only params are such scalars.
@@ -111,7 +118,12 @@ def poor_initialization(
     if ce is not None:
         step, value, classes = ce
         expected = math.log(classes) if classes > 1 else 0.0
-        if math.isfinite(value) and value > max(ce_factor * expected, expected + ce_margin):
+        bar = max(ce_factor * expected, expected + ce_margin)
+        uniform = _uniform_ce(tl, step)
+        # The same logits against a target they cannot know: when that is not high, the
+        # logits are small and the loss is high because of how the target enters them (a
+        # margin subtracted from the target logit: ArcFace, CosFace), not because of the init.
+        if math.isfinite(value) and value > bar and (uniform is None or uniform > bar):
             bad_ce = (step, value, classes, expected)
     if not bad_layers and bad_ce is None:
         return
@@ -215,6 +227,13 @@ def _first_gains(tl: TimelineView, final: list[str]) -> dict[str, tuple[float, f
                 continue
             found[m] = (o / i, i, o, step)
     return found
+
+
+def _uniform_ce(tl: TimelineView, step: int) -> float | None:
+    """Mean over the step's cross-entropy calls of the loss against a uniform target."""
+    values = dict(tl.series("init.ce_uniform")).get(step) or {}
+    finite = [v for v in values.values() if isinstance(v, int | float) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _first_ce(tl: TimelineView) -> tuple[int, float, int] | None:
