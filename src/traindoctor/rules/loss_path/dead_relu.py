@@ -123,6 +123,14 @@ def dead_relu(
             "rate or warm it up, or use LeakyReLU/GELU or a normalization layer before the "
             "activation so units cannot die"
         )
+        leaky = d["op"] == "leaky_relu"
+        if leaky:
+            # Already leaky: its units pass negative_slope x the gradient when negative, so
+            # "use LeakyReLU" is no fix; they are never positive (the layer acts linearly).
+            fix = (
+                f"re-initialize `{layer}`'s bias (zeros or PyTorch's default), lower the "
+                "learning rate or warm it up, or put a normalization layer before the activation"
+            )
         if constant:
             fix = f"initialize `{layer}` randomly (its own reset_parameters()), see TD104"
         elif blown is not None:
@@ -138,7 +146,8 @@ def dead_relu(
             )
         yield tl.finding(
             title=(
-                f"{pct}% of the ReLU units after `{layer}` are never active "
+                f"{pct}% of the {'leaky ReLU' if leaky else 'ReLU'} units after `{layer}` "
+                f"are never {'positive' if leaky else 'active'} "
                 f"({d['units']} units, {d['window']} sampled steps)"
                 + (
                     f", after steps of {blown:.3g}x the weights' initial norm"
