@@ -58,6 +58,10 @@ class Event(enum.Enum):
     POST_STEP = "on_post_step"
     #: (step, sampled, names, source, rec): weights updated by hand (no optimizer stepped).
     HAND_STEP = "on_hand_step"
+    #: (step, rec): a backward pass re-evaluating the closure of the running step(closure)
+    #: (L-BFGS's line search) is about to run; it is no backward of the probes (steps.py):
+    #: what they opened for the loss code since the forward closes here.
+    EVALUATION = "on_evaluation"
     #: (step, sampled, rec): the step closed (also when a GradScaler skipped it).
     STEP_CLOSED = "on_step_end"
     #: (step, model, rec): a validation begins (model None: the watched models).

@@ -94,6 +94,7 @@ class StepDriver:
             self.evaluations += 1
             if self.evaluations > 1:
                 self._skip_after = True  # a re-evaluation of the running step's closure
+                run.bus.emit(Event.EVALUATION, state._step, run.rec)
                 return
         guard, budget = run.guard, run.budget
         if self.hand.armed:

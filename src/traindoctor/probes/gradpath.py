@@ -132,6 +132,10 @@ class GradPathProbe(Probe):
         self._window_hooks.clear()
 
     # -- the walk -------------------------------------------------------------------------
+    def on_evaluation(self, step: int, rec: Recorder) -> None:
+        """A closure re-evaluation's backward (steps.py): the loss code's window closes."""
+        self._close_window()
+
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         self._close_window()
         self._remove_window_hooks()

@@ -343,6 +343,10 @@ class NumericsProbe(Probe):
         for g in self._flag_groups:
             g.off()
 
+    def on_evaluation(self, step: int, rec: Recorder) -> None:
+        """A closure re-evaluation's backward (steps.py): the loss code's window closes."""
+        self._close_window()
+
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         if self._window is not None or torch.is_anomaly_enabled():
             self._close_window(loss)  # a structural step's window, or the user's anomaly mode
