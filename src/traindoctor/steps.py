@@ -122,6 +122,8 @@ class StepDriver:
             # Many backward passes and no step: the pass runs once this one is in, and
             # whether it fed the watched params is measured (the `idle_backward` event).
             self._idle = guard.call("idle backward", self._grads_now)
+            if self._idle is None:
+                self._timed_pass()  # not measured: the pass runs now, as it did
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self.backward_since_step} backward passes without a step")
