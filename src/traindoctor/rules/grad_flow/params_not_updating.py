@@ -187,12 +187,14 @@ def params_not_updating(tl: TimelineView, *, min_steps: int = 3) -> Iterator[Fin
                     "other params changed: backward reaches them (the gradient is a tensor of "
                     "zeros, not None) but the loss is flat with respect to them on the batches "
                     "seen (a head whose targets were absent from these batches, a masked loss "
-                    "term, a saturated op)"
+                    "term, a saturated op, or a loss that does not depend on them: a last "
+                    "bias that cancels in a difference of two outputs of the same network, "
+                    "a critic's D(real) - D(fake) or a distance between two embeddings)"
                 ),
                 fix=(
                     "nothing, if later batches give them a gradient (a class or target that "
-                    "was absent); otherwise find where the gradient stops (traindoctor explain "
-                    "TD301)"
+                    "was absent) or the loss cannot depend on them (then bias=False there); "
+                    "otherwise find where the gradient stops (traindoctor explain TD301)"
                 ),
             )
     if only_shared:
