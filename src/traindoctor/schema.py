@@ -466,6 +466,19 @@ class SoftmaxCall(Event, total=False):
     grad: bool  # grad enabled and the input requires grad (a trained call)
 
 
+class HiddenTensor(TypedDict, total=False):
+    name: str  # the attribute path from the watched model: "hids[0].weight", "cell.Wci"
+    held: str  # "list", "dict" (a plain container) or "attribute" (a plain tensor attribute)
+    numel: int
+    shape: list[int]
+    grad: float  # the sum of its gradient's absolute values after the step (0: none)
+    fingerprint: list[float]  # the sum and the sum of squares of its values
+
+
+class HiddenParams(Event, total=False):
+    tensors: list[HiddenTensor]  # held by no watched optimizer, after a sampled step
+
+
 class LossCallReversed(Source, total=False):
     site: int
     fn: str
@@ -670,6 +683,11 @@ _event(
 _event("log_call", "the first doc.log() call in training / in validation", LogCall)
 _event("loss_call_reversed", "a loss called with (target, input) swapped", LossCallReversed)
 _event("softmax_call", "a dim=0 softmax module's first call at an input rank", SoftmaxCall)
+_event(
+    "hidden_params",
+    "trainable tensors of a watched model that parameters() does not return, after a sampled step",
+    HiddenParams,
+)
 _event("loss_input", "a loss call site and its inputs' shapes, dtypes and producer", LossInput)
 _event(
     "loss_not_differentiable",

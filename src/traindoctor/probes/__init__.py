@@ -13,6 +13,7 @@ from .data import DataProbe
 from .forward import ForwardProbe
 from .gradpath import GradPathProbe
 from .grads import GradsProbe
+from .hidden_params import HiddenParamsProbe
 from .init import InitProbe
 from .loss import LossProbe
 from .loss_inputs import LossInputsProbe
@@ -55,6 +56,7 @@ PROBES: tuple[type[Probe], ...] = (
     RanksProbe,
     CaptureProbe,
     SoftmaxDimsProbe,
+    HiddenParamsProbe,
 )
 
 

@@ -28,7 +28,7 @@ from ._held_out import held_out_by_design
     severity=Severity.ERROR,
     summary="Trainable params that no optimizer param group holds.",
     requires=("grads.norm", "params.replaced", "copies.norm", "forward.calls"),
-    events=("optimizer_layout", "models_added"),
+    events=("optimizer_layout", "models_added", "hidden_params"),
     facts=("copies", "grads_seen_later", "optimizers", "params"),
     priority=16,
 )
@@ -59,9 +59,18 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     and get gradients). Either way, such params never get a gradient; params that do get one
     are reported.
 
+    Trainable tensors the model holds where `model.parameters()` does not look (layers in a
+    plain Python list or dict instead of `nn.ModuleList`/`nn.ModuleDict`, a tensor made with
+    `requires_grad=True` instead of an `nn.Parameter`) are found by walking the model's
+    attributes; they are reported when, at every sampled step (at least two), no optimizer
+    held them, they had a gradient that changed from one to the next, and their values stayed
+    the same (a tensor updated by hand or averaged, or an input cached with requires_grad, is
+    not reported).
+
     ## Example
     ```python
     optimizer = torch.optim.SGD(model.backbone.parameters(), lr=0.1)   # head left out
+    self.hids = [nn.Linear(64, 64) for _ in range(3)]   # a list: model.parameters() skips them
     ```
 
     ## Fix
@@ -80,6 +89,7 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     optimizers = tl.fact("optimizers")
     if not optimizers:
         return
+    yield from _hidden_from_parameters(tl)
     held = optimizer_names(tl)
     by_design = held_out_by_design(tl)
     missing = sorted(n for n in trainable_names(tl) if n not in held and n not in by_design)
@@ -151,4 +161,56 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
         ),
         cause=cause,
         fix=fix,
+    )
+
+
+_HOW = {
+    "list": "held in a plain Python list or tuple (not nn.ModuleList / nn.ParameterList)",
+    "dict": "held in a plain dict (not nn.ModuleDict / nn.ParameterDict)",
+    "attribute": "set as plain tensors with requires_grad=True (not nn.Parameter)",
+}
+
+
+def _hidden_from_parameters(tl: TimelineView) -> Iterator[Finding]:
+    """Tensors of the model that parameters() does not return: gradient, never stepped."""
+    seen: dict[str, list[dict]] = {}
+    first: dict[str, int] = {}
+    for e in tl.events("hidden_params"):
+        for t in e.get("tensors") or ():
+            seen.setdefault(t["name"], []).append(t)
+            first.setdefault(t["name"], e["step"])
+    names = [
+        n
+        for n, ts in seen.items()
+        if len(ts) >= 2
+        and all(t["grad"] for t in ts)
+        # a new gradient each time (not one left from an old backward), the same values
+        and len({t["grad"] for t in ts}) > 1
+        and all(t["fingerprint"] == ts[0]["fingerprint"] for t in ts)
+    ]
+    if not names:
+        return
+    names.sort()
+    hows = sorted({seen[n][0]["held"] for n in names})
+    numel = sum(seen[n][0]["numel"] for n in names)
+    samples = min(len(seen[n]) for n in names)
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    yield tl.finding(
+        title=f"{len(names)} trainable tensors ({numel:,} values) that model.parameters() does not "
+        f"return get gradients no optimizer applies: {shown}",
+        step=min(first[n] for n in names),
+        severity=Severity.WARNING,
+        evidence={
+            "hidden_tensors": names,
+            "values": numel,
+            "held": hows,
+            "steps_measured": samples,
+        },
+        where=Where(module=common_module(names), params=tuple(names)),
+        cause=f"they are {'; others '.join(_HOW[h] for h in hows)}, so model.parameters() does "
+        "not return them and the optimizer built from it never holds them: at each of the "
+        f"{samples} sampled steps they had a gradient and their values were unchanged",
+        fix="keep layers in nn.ModuleList / nn.ModuleDict and trainable tensors as nn.Parameter "
+        "(or nn.ParameterList), then build the optimizer from model.parameters(); if they must "
+        "stay fixed, make them with requires_grad=False or register_buffer",
     )
