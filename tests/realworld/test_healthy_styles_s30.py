@@ -8,7 +8,9 @@ the gradients between its two forward/backward passes, a first-order DARTS step 
 for the weights' optimizer, each zeroing its own params, and replicas of a model written by
 hand backpropagate one half batch each into their own params. None is TD515. ArcFace's
 `where(one_hot, cos(theta + m), cos)` routes each element's gradient to one of two trained
-branches: nothing is blocked (no TD301). The accumulation these must not hide, four
+branches: nothing is blocked (no TD301). A hypernetwork's target, a module on the meta device
+run by torch.func.functional_call with generated weights, is no model of the run (no TD102,
+TD103, nor internal errors from reading its data). The accumulation these must not hide, four
 micro-batch losses summed with SGD, is still TD515.
 """
 
@@ -168,6 +170,39 @@ for step in range(60):
     opt.step()
 """
 
+HYPERNETWORK = """
+import torch, torch.nn as nn, torch.nn.functional as F
+from torch.func import functional_call
+torch.manual_seed(0)
+NT = 8
+amps, phases = torch.rand(NT) * 2 + 0.5, torch.rand(NT) * 3
+target = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 1)).to("meta")
+shapes = {n: p.shape for n, p in target.named_parameters()}
+
+class Hyper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.task = nn.Embedding(NT, 8)
+        self.net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, sum(s.numel() for s in shapes.values())))
+
+    def forward(self, t):
+        flat, out, i = self.net(self.task(t)), {}, 0
+        for n, s in shapes.items():
+            out[n] = flat[i:i + s.numel()].view(s)
+            i += s.numel()
+        return out
+
+h = Hyper()
+opt = torch.optim.Adam(h.parameters(), lr=1e-3)
+for step in range(60):
+    t = int(torch.randint(0, NT, ()))
+    x = torch.rand(64, 1) * 6 - 3
+    loss = F.mse_loss(functional_call(target, h(torch.tensor(t)), (x,)), amps[t] * torch.sin(x + phases[t]))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
 SUMMED = """
 import torch, torch.nn as nn, torch.nn.functional as F
 torch.manual_seed(0)
@@ -183,7 +218,13 @@ for step in range(240):
         opt.zero_grad(set_to_none=False)
 """
 
-HEALTHY = {"sam": SAM, "darts_first_order": DARTS, "replicas_by_hand": REPLICAS, "arcface": ARCFACE}
+HEALTHY = {
+    "sam": SAM,
+    "darts_first_order": DARTS,
+    "replicas_by_hand": REPLICAS,
+    "arcface": ARCFACE,
+    "hypernetwork": HYPERNETWORK,
+}
 BUGGY = {"accumulation_summed": SUMMED}
 
 runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
@@ -192,3 +233,8 @@ runs, test_fixed_twins_are_silent = reported_batch(BUGGY, HEALTHY)
 def test_summed_micro_batches_are_still_td515(runs):
     r = runs["accumulation_summed"]
     assert "TD515" in loud(r), r
+
+
+def test_a_meta_template_is_no_model_and_breaks_no_probe(runs):
+    r = runs["hypernetwork"]
+    assert r.findings().get("internal_errors", []) == [], r

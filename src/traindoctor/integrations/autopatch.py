@@ -338,7 +338,14 @@ class ZeroCodeSession:
             # Deterministic names: models in the order their optimizers were built.
             owners.sort(key=lambda m: _first_optimizer(m, optimizers))
             inside = {id(sub) for m in owners for sub in m.modules()}
-            called = [m for m in roots if id(m) not in inside and any(True for _ in m.parameters())]
+            # A root whose params all live on the meta device holds no values (a shape template
+            # run by torch.func.functional_call with generated weights, a hypernetwork's
+            # target): no model of the run.
+            called = [
+                m
+                for m in roots
+                if id(m) not in inside and any(not p.is_meta for p in m.parameters())
+            ]
             models = _outermost(owners + called)
             named = {}
             if len(models) == 1:

@@ -67,7 +67,9 @@ class CopiesProbe(Probe):
         trained = [(n, p) for n, p in named if id(p) in held]
         # Trainable only: TD102/TD103 judge those, and a frozen backbone (requires_grad off,
         # e.g. under LoRA) is left alone instead of being fingerprinted every sampled step.
-        self._unheld = [(n, p) for n, p in named if id(p) not in held and p.requires_grad]
+        self._unheld = [
+            (n, p) for n, p in named if id(p) not in held and p.requires_grad and not p.is_meta
+        ]
         facts: dict[str, Any] = {"params": {}, "modules": {}}
         rec.timeline.facts["copies"] = facts
         rec.timeline.facts["grads_seen_later"] = {}
@@ -214,7 +216,7 @@ class _CopyFinder:
     norm and one read-back per set, at attach only), then `torch.equal` on equal norms only."""
 
     def __init__(self, trained: list[tuple[str, torch.Tensor]]) -> None:
-        floats = [(n, p.detach()) for n, p in trained if p.is_floating_point() and p.numel() > 1]
+        floats = [(n, p.detach()) for n, p in trained if _valued(p)]
         self._by_key: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
         for (n, p), norm in zip(floats, _norms([p for _, p in floats])):
             self._by_key.setdefault(_key(p, norm), []).append((n, p))
@@ -222,7 +224,7 @@ class _CopyFinder:
     def sources(self, candidates: list[tuple[str, torch.Tensor]]) -> dict[str, str]:
         """{candidate: the trained param it equals}; constant tensors are no evidence of a
         copy (a zero bias equals every zero bias) and are left out."""
-        floats = [(n, p.detach()) for n, p in candidates if p.is_floating_point() and p.numel() > 1]
+        floats = [(n, p.detach()) for n, p in candidates if _valued(p)]
         if not floats or not self._by_key:
             return {}
         out: dict[str, str] = {}
@@ -236,6 +238,12 @@ class _CopyFinder:
                         out[c] = n
                     break
         return out
+
+
+def _valued(p: torch.Tensor) -> bool:
+    """A float tensor of more than one value that holds data: a module on the meta device
+    (a shape template for torch.func.functional_call, as in a hypernetwork) copies nothing."""
+    return p.is_floating_point() and p.numel() > 1 and not p.is_meta
 
 
 def _key(p: torch.Tensor, norm: float) -> tuple:
