@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tests._loop import OPTIMIZERS, Oracle, make_model, train, watch
-from traindoctor.probes._param_stats import FLAT_MIN_TENSORS, flat_lengths, segment_norms
+from traindoctor.probes._param_stats import FLAT_MIN_TENSORS, flat_lengths, norms, pack
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
@@ -94,15 +94,25 @@ def test_many_small_tensors_are_measured_flat_and_equal_brute_force(tmp_path):
             assert norms[step][name] == pytest.approx(oracle.param_norms[step][name], rel=1e-6)
 
 
-def test_segment_norms_equal_each_tensors_norm():
+def test_packed_norms_equal_each_tensors_norm():
     tensors = [torch.randn(5, 3), torch.randn(1), torch.full((4,), 1e25), torch.zeros(7)]
     tensors.append(torch.tensor([float("nan"), 1.0]))
-    lengths = torch.tensor([t.numel() for t in tensors])
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    got = segment_norms(flat, lengths)
+    tensors.append(torch.randn(5, 3))  # a second tensor of the first's shape: packed beside it
+    flat, made = pack(tensors, [t.numel() for t in tensors])
+    got = made.norms(flat)
     assert got.dtype == torch.float32
-    for g, t in zip(got[:2].tolist(), tensors[:2]):
-        assert g == pytest.approx(t.norm().item(), rel=1e-6)
+    for i in (0, 1, 5):
+        assert got[i].item() == pytest.approx(tensors[i].norm().item(), rel=1e-6)
     assert got[2].item() == pytest.approx(2e25, rel=1e-6)  # no float32 overflow of squares
     assert got[3].item() == 0.0
     assert got[4].isnan()
+
+
+def test_norms_of_many_small_tensors_match_foreach_norm():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (3,), (2, 2, 2)] * (FLAT_MIN_TENSORS // 3 + 1)
+    tensors = [torch.randn(s, generator=gen) for s in shapes]
+    assert flat_lengths(tensors) is not None  # the packed path
+    [(_, got)] = norms(tensors)
+    want = torch.stack(torch._foreach_norm(tensors))
+    assert torch.allclose(got, want, rtol=1e-6)

@@ -15,7 +15,6 @@ from ._param_stats import (
     flat_lengths,
     nbytes,
     pack,
-    segment_norms,
     shared,
 )
 from .base import AttachContext, Probe, Recorder, by_device
@@ -64,7 +63,7 @@ class ParamsProbe(Probe):
         super().__init__()
         self._ids_at_attach: dict[str, int] = {}
         # id(optimizer) -> (names, params, copies) between its pre- and post-step hooks; the
-        # copies: a list of tensors, or (one flat copy, the lengths of its segments)
+        # copies: a list of tensors, or (one flat copy, its packing)
         self._snapshots: dict[int, tuple[list[str], list[torch.Tensor], Any]] = {}
         self._budget_left = SNAPSHOT_BYTES
         self._trainable: int | None = None
@@ -299,10 +298,9 @@ class ParamsProbe(Probe):
         rec: Recorder,
     ) -> None:
         with torch.no_grad():
-            segments = packing.segments
-            norms = packing.restore(segment_norms(before, segments))
+            norms = packing.norms(before)
             before.sub_(packing.pack(params))  # θ_before - θ_after (the step keeps shapes)
-            updates = packing.restore(segment_norms(before, segments))
+            updates = packing.norms(before)
         rec.defer(step, PARAMS_NORM, norms, keys=names)
         rec.defer(step, PARAMS_UPDATE, updates, keys=names)
 
