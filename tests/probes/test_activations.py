@@ -62,3 +62,33 @@ def test_training_is_bit_identical_and_hooks_are_removed(tmp_path):
     assert not probe._switch.active and probe._mode is None
     assert torch._C._len_torch_function_stack() == 0
     doc.close()
+
+
+def test_window_fractions_of_sites_with_histories_of_different_lengths():
+    """All sites reduced together give each site's own any/all over its own window."""
+    from traindoctor.probes.activations import _Site, _means, _step_stats, _window_fractions
+
+    gen = torch.Generator().manual_seed(0)
+    for dead in (True, False):
+        sites = []
+        for units, depth in ((3, 4), (5, 1), (2, 3), (7, 4)):
+            site = _Site("relu" if dead else "tanh", "relu" if dead else "tanh", None, "", units)
+            for _ in range(depth):
+                site.history.append(torch.rand(units, generator=gen) > 0.6)
+            m = torch.randn(3, generator=gen)
+            site.stats = [(m[0], m[1].abs())] if units != 2 else [(m[0], m[1]), (m[2], m[0])]
+            sites.append(site)
+        got = _window_fractions(sites, dead=dead)
+        for site, g in zip(sites, got.tolist()):
+            hist = torch.stack(list(site.history))
+            ever = hist.any(dim=0) if dead else hist.all(dim=0)
+            want = 1.0 - ever.float().mean() if dead else ever.float().mean()
+            assert g == want.item()
+        means, stds = _step_stats(sites)
+        for site, m, d in zip(sites, means.tolist(), stds.tolist()):
+            st = torch.stack([torch.stack([a, b]) for a, b in site.stats]).mean(dim=0)
+            assert (m, d) == (st[0].item(), st[1].item())
+    biases = [torch.randn(4, generator=gen), torch.randn(9, generator=gen)]
+    assert torch.allclose(_means(biases), torch.stack([b.mean() for b in biases]))
+    mixed = [torch.randn(4, generator=gen), torch.randn(2, 2, generator=gen)]
+    assert torch.allclose(_means(mixed), torch.stack([b.mean() for b in mixed]))

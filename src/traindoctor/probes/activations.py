@@ -123,7 +123,7 @@ class _Site:
         self.units = units
         self.history: deque[torch.Tensor] = deque(maxlen=WINDOW)  # per-unit flags per step
         self.step: torch.Tensor | None = None  # this step's per-unit flags
-        self.stats: list[torch.Tensor] = []  # this step's [mean, std] per call
+        self.stats: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (mean, std) per call
 
 
 class ActivationsProbe(Probe):
@@ -450,8 +450,7 @@ class ActivationsProbe(Probe):
                     sat = (xd <= lo) | (xd >= hi)
                 frac = sat.float().mean(dim=other) if other else sat.float()
                 flags = frac >= UNIT_SATURATED
-            std, mean = torch.std_mean(xd.float()) if xd.numel() > 1 else (xd * 0, xd)
-            stats = torch.stack([mean.reshape(()), std.reshape(())])
+            std, mean = torch.std_mean(xd.float())  # 0-d each (numel >= 2: checked above)
         self._last_use = self._ops
         if site.step is None:
             site.step = flags
@@ -459,7 +458,7 @@ class ActivationsProbe(Probe):
             site.step = site.step | flags  # active in any call
         else:
             site.step = site.step & flags  # saturated in every call
-        site.stats.append(stats)
+        site.stats.append((mean, std))
 
     # -- step end: one number per layer, deferred to the batched read-back ----------------------
     def on_step_end(self, step: int, sampled: bool, rec: Recorder) -> None:
@@ -471,51 +470,49 @@ class ActivationsProbe(Probe):
         if not seen:
             return
         names = list(seen)
-        frac, means, stds, bias_names, biases = [], [], [], [], []
+        sites = list(seen.values())
+        for site in sites:
+            site.history.append(site.step)  # type: ignore[arg-type]
+        rec.record(
+            step,
+            ACT_SITES,
+            {
+                n: {
+                    "op": s.op,
+                    "kind": s.kind,
+                    "module_type": s.module_type,
+                    "units": s.units,
+                    "window": len(s.history),
+                }
+                for n, s in seen.items()
+            },
+        )
+        # A few ops for all sites together (one each per site was ~15 ops a site, 256 sites).
         with torch.no_grad():
-            for n in names:
-                s = seen[n]
-                s.history.append(s.step)  # type: ignore[arg-type]
-                hist = torch.stack(list(s.history))
-                ever = hist.any(dim=0) if s.kind == "relu" else hist.all(dim=0)
-                frac.append(1.0 - ever.float().mean() if s.kind == "relu" else ever.float().mean())
-                st = torch.stack(s.stats).mean(dim=0)
-                means.append(st[0])
-                stds.append(st[1])
-                bias = getattr(s.module, "bias", None) if s.module is not None else None
-                if isinstance(bias, torch.Tensor) and bias.numel() > 0:
-                    bias_names.append(n)
-                    biases.append(bias.detach().float().mean())
-                s.step = None
-                s.stats = []
-            rec.record(
-                step,
-                ACT_SITES,
-                {
-                    n: {
-                        "op": seen[n].op,
-                        "kind": seen[n].kind,
-                        "module_type": seen[n].module_type,
-                        "units": seen[n].units,
-                        "window": len(seen[n].history),
-                    }
-                    for n in names
-                },
-            )
-            relu = [i for i, n in enumerate(names) if seen[n].kind == "relu"]
-            sat = [i for i, n in enumerate(names) if seen[n].kind != "relu"]
+            relu = [i for i, s in enumerate(sites) if s.kind == "relu"]
+            sat = [i for i, s in enumerate(sites) if s.kind != "relu"]
             for signal_name, idx in ((ACT_DEAD, relu), (ACT_SATURATED, sat)):
                 if idx:
                     rec.defer(
                         step,
                         signal_name,
-                        torch.stack([frac[i] for i in idx]),
+                        _window_fractions([sites[i] for i in idx], dead=signal_name == ACT_DEAD),
                         keys=[names[i] for i in idx],
                     )
-            rec.defer(step, ACT_PRE_MEAN, torch.stack(means), keys=names)
-            rec.defer(step, ACT_PRE_STD, torch.stack(stds), keys=names)
+            means, stds = _step_stats(sites)
+            rec.defer(step, ACT_PRE_MEAN, means, keys=names)
+            rec.defer(step, ACT_PRE_STD, stds, keys=names)
+            bias_names, biases = [], []
+            for n, site in zip(names, sites):
+                bias = getattr(site.module, "bias", None) if site.module is not None else None
+                if isinstance(bias, torch.Tensor) and bias.numel() > 0:
+                    bias_names.append(n)
+                    biases.append(bias.detach())
             if biases:
-                rec.defer(step, ACT_BIAS_MEAN, torch.stack(biases), keys=bias_names)
+                rec.defer(step, ACT_BIAS_MEAN, _means(biases), keys=bias_names)
+        for site in sites:
+            site.step = None
+            site.stats = []
 
     def detach(self) -> None:
         self._remove_step_hooks()
@@ -535,3 +532,47 @@ def _hardtanh_bounds(args: Any, kwargs: Any) -> tuple[float, float]:
     lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
     hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
     return float(lo), float(hi)
+
+
+def _window_fractions(sites: list[_Site], dead: bool) -> torch.Tensor:
+    """Per site, the fraction of its units never active over its window (`dead`: ReLU-like
+    sites), or saturated in every step of it: the window's flags of all sites concatenated,
+    step by step (a site with a shorter history padded with flags that change nothing), one
+    any/all over the window and one mean per site."""
+    depth = max(len(s.history) for s in sites)
+    rows = []
+    for back in range(1, depth + 1):
+        row = [
+            s.history[-back]
+            if back <= len(s.history)
+            else torch.full((s.units,), not dead, dtype=torch.bool, device=s.history[-1].device)
+            for s in sites
+        ]
+        rows.append(torch.cat(row) if len(row) > 1 else row[0])
+    window = torch.stack(rows)
+    ever = window.any(dim=0) if dead else window.all(dim=0)
+    lengths = torch.tensor([s.units for s in sites], device=ever.device)
+    frac = torch.segment_reduce(ever.float(), "mean", lengths=lengths)
+    return 1.0 - frac if dead else frac
+
+
+def _step_stats(sites: list[_Site]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per site, the mean over this step's calls of each call's pre-activation mean and std."""
+    if all(len(s.stats) == 1 for s in sites):  # one call a site: no mean to take
+        both = torch.stack([s.stats[0][0] for s in sites] + [s.stats[0][1] for s in sites])
+    else:
+        both = torch.stack(
+            [torch.stack([m for m, _ in s.stats]).mean() for s in sites]
+            + [torch.stack([d for _, d in s.stats]).mean() for s in sites]
+        )
+    return both[: len(sites)], both[len(sites) :]
+
+
+def _means(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of each tensor, as float32: one concatenation and one segment mean where the
+    tensors are 1-D of one dtype and device (biases, the usual case), else one mean each."""
+    if len({(t.dtype, t.device, t.dim()) for t in tensors}) == 1 and tensors[0].dim() == 1:
+        flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        lengths = torch.tensor([t.numel() for t in tensors], device=flat.device)
+        return torch.segment_reduce(flat.float(), "mean", lengths=lengths)
+    return torch.stack([t.float().mean() for t in tensors])
