@@ -120,3 +120,22 @@ def test_validating_the_trained_model_itself_is_known_as_such(tmp_path):
     report = doc.close()
     flags = [e["is_trained_model"] for e in report.timeline.events("validated_model")]
     assert flags == [True, False]
+
+
+def test_an_inference_buffer_set_between_steps_is_found_on_a_sampled_step(tmp_path):
+    """The scan reads each module's buffer dict (no named_buffers() walk): a buffer made in
+    inference mode and registered on an existing module between steps is still named."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=str(tmp_path), console=False)
+    g = torch.Generator().manual_seed(1)
+    for step in range(1, 25):
+        if step == 4:
+            with torch.inference_mode():
+                model[4].register_buffer("seen", torch.zeros(2))
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(16, 4, generator=g)), torch.randint(0, 2, (16,))).backward()
+        opt.step()
+    doc.close()
+    found = doc.timeline.events("inference_tensors")
+    assert found and found[0]["buffers"] == ["4.seen"]

@@ -67,6 +67,11 @@ class NamedParams:
         self._modules = modules
         self._state = _state(modules) if modules is not None else None
 
+    @property
+    def modules(self) -> list[torch.nn.Module] | None:
+        """The modules of the walk, where its dicts are plain (None: not kept)."""
+        return self._modules
+
     def holds(self, models: dict[str, torch.nn.Module]) -> bool:
         """Whether a walk of `models` now would return `pairs` (False when it cannot tell)."""
         if self._modules is None or len(models) != len(self._models):

@@ -339,6 +339,13 @@ class AttachContext:
         self._named_check = False
         return cache.pairs
 
+    def watched_modules(self) -> list[torch.nn.Module] | None:
+        """Every module of the watched models as of named_params()'s last walk (call that
+        first: it checks the tree once a step), or None where the walk keeps no such list."""
+        self.named_params()
+        cache = self._named_cache
+        return cache.modules if cache is not None else None
+
     def optimizer_params(self, opt: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
         """(name, param) of the watched, trainable params this optimizer holds."""
         names = self.param_names
