@@ -79,7 +79,9 @@ def test_one_optimizer_counts_every_step_on_sampled_and_unsampled_steps(tmp_path
     # on_optimizer_post_step counted it on every step (checked against 1c07579).
     any_steps, activity = _steps(tmp_path, optimizers=1)
     assert any_steps == [1] * 12 + [None]
-    assert activity == [{"steps": 12, "pending": 0, "max_pending": 0, "fresh": 0, "since": 0}]
+    # One pass a step, each from zero_grad(): never two passes summed (TD515 reads max_summed).
+    one = {"steps": 12, "pending": 0, "max_pending": 0, "fresh": 0, "since": 0}
+    assert activity == [{**one, "summed": 0, "max_summed": 1}]
 
 
 def test_two_optimizers_count_each_step_of_each(tmp_path):
@@ -87,4 +89,5 @@ def test_two_optimizers_count_each_step_of_each(tmp_path):
     any_steps, activity = _steps(tmp_path, optimizers=2)
     assert any_steps == [1] + [2] * 11 + [1]
     each = {"steps": 12, "pending": 0, "max_pending": 1, "fresh": 12, "since": 12}
+    each.update(summed=0, max_summed=1)
     assert activity == [each, each]
