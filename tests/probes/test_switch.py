@@ -48,6 +48,24 @@ def test_off_leaves_torch_fast_path_and_on_restores_every_flag():
     assert all(not getattr(m, d) for m in model for d in hook_dicts)
 
 
+def test_switching_keeps_each_hook_dicts_order_and_the_users_hooks():
+    """An OrderedDict switched through its own methods: its iteration (which runs the hooks)
+    sees ours, in the order registered, after the user's hooks registered before."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    calls: list[str] = []
+    model[0].register_forward_pre_hook(lambda mod, a: calls.append("user"))
+    switch = HookSwitch(_ctx(model))
+    for tag in ("a", "b"):
+        switch.forward_pre_hook("", model[0], lambda mod, a, tag=tag: calls.append(tag))
+    for _ in range(3):
+        switch.on()
+        model(torch.randn(2, 4))
+        switch.off()
+    assert calls == ["user", "a", "b"] * 3
+    assert list(model[0]._forward_pre_hooks) == list(model[0]._forward_pre_hooks.keys())
+    assert len(model[0]._forward_pre_hooks) == 1
+
+
 def test_a_model_found_compiled_is_never_switched_on_again():
     model = nn.Linear(4, 4)
     ctx = _ctx(model)

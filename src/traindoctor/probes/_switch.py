@@ -12,7 +12,9 @@ unsampled step runs every module on torch's fast path.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -51,6 +53,11 @@ class HookSwitch:
     def __init__(self, ctx: AttachContext) -> None:
         self._ctx = ctx
         self._entries: list[_Entry] = []
+        # Every (dict, key, value) of the entries, as three parallel lists per type of dict,
+        # in the order registered: switched by a C-level map over that type's own __setitem__
+        # / pop (an OrderedDict's: dict's would skip its order list), where a Python loop was
+        # ~0.2 µs an entry, 10,000 entries twice a sampled step on a model of 5,000 modules.
+        self._slots: dict[type, tuple[list[Any], list[Any], list[Any]]] = {}
         self.active = False
 
     def __len__(self) -> int:
@@ -69,6 +76,12 @@ class HookSwitch:
     def _add(self, prefix: str, module: torch.nn.Module, handle: Any) -> None:
         entry = _Entry(prefix, handle, module)
         self._entries.append(entry)
+        for i in range(0, len(entry.slots), 2):
+            d, value = entry.slots[i], entry.slots[i + 1]
+            dicts, keys, values = self._slots.setdefault(type(d), ([], [], []))
+            dicts.append(d)
+            keys.append(entry.key)
+            values.append(value)
         if not self.active:
             self._take_out(entry)
 
@@ -77,29 +90,26 @@ class HookSwitch:
             return
         self.active = True
         compiled = self._ctx.compiled
-        for e in self._entries:
-            if compiled and e.prefix in compiled:
-                continue
-            key, slots = e.key, e.slots
-            if len(slots) == 2:  # the usual: one dict
-                slots[0][key] = slots[1]
-                continue
-            for i in range(0, len(slots), 2):
-                slots[i][key] = slots[i + 1]
+        if compiled:  # some models are never switched on again: entry by entry
+            for e in self._entries:
+                if e.prefix not in compiled:
+                    self._put_back(e)
+            return
+        for kind, (dicts, keys, values) in self._slots.items():
+            deque(map(kind.__setitem__, dicts, keys, values), maxlen=0)
 
     def off(self) -> None:
         if not self.active:
             return
         self.active = False
-        # _take_out written out: one Python call less per hook entry (10,505 a sampled step
-        # on a 5,000-module model, most of the calls a sampled step adds).
-        for e in self._entries:
-            key, slots = e.key, e.slots
-            if len(slots) == 2:  # the usual: one dict
-                slots[0].pop(key, None)
-                continue
-            for i in range(0, len(slots), 2):
-                slots[i].pop(key, None)
+        for kind, (dicts, keys, _) in self._slots.items():
+            deque(map(kind.pop, dicts, keys, repeat(None, len(keys))), maxlen=0)
+
+    @staticmethod
+    def _put_back(e: _Entry) -> None:
+        key, slots = e.key, e.slots
+        for i in range(0, len(slots), 2):
+            slots[i][key] = slots[i + 1]
 
     @staticmethod
     def _take_out(e: _Entry) -> None:
@@ -118,4 +128,5 @@ class HookSwitch:
             for i in range(0, len(slots), 2):
                 slots[i].pop(key, None)
         self._entries.clear()
+        self._slots.clear()
         self.active = False
