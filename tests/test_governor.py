@@ -9,6 +9,8 @@ import tempfile
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import traindoctor as td
 from traindoctor import doctor as doctor_module
@@ -370,3 +372,26 @@ def test_without_a_calm_step_the_entry_cost_comes_from_all_unsampled_steps():
         gov.step_end(step, sampled=False, spent=0.0004, calls=4)
     assert gov.calibration == [0.0, 0]
     assert gov.per_entry_s() == pytest.approx(0.0001 + UNTIMED_PER_CALL)
+
+
+def test_gradient_accumulation_runs_no_no_step_pass_every_step(tmp_path):
+    """8 micro-batches a step: the 8th backward of each step is not a 'no step' checkpoint
+    once a step had 8 (one pass and one idle_backward event before the first step only); a
+    run whose optimizer then stops still gets its checkpoint further on."""
+    from traindoctor.diagnosis_schedule import after_backwards
+
+    assert after_backwards(8, 0) and not after_backwards(8, 8) and not after_backwards(16, 8)
+    assert after_backwards(32, 8) and not after_backwards(9, 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    doc = td.watch(model, opt, out_dir=str(tmp_path), console=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        opt.zero_grad()
+        for _ in range(8):
+            x = torch.randn(16, 8, generator=g)
+            (F.cross_entropy(model(x), (x[:, 0] > 0).long()) / 8).backward()
+        opt.step()
+    doc.close()
+    assert len(doc.timeline.events("idle_backward")) == 1

@@ -88,7 +88,12 @@ class DiagnosisSchedule:
         since = step - self.diagnosed_at
         return cost <= since * predicted_step_seconds(work) * budget.budget * DIAGNOSIS_SHARE
 
-    @staticmethod
-    def after_backwards(backwards_without_step: int) -> bool:
-        """Whether this many backward passes without an optimizer step call for a pass."""
-        return backwards_without_step in NO_STEP_CHECKPOINTS
+
+def after_backwards(backwards_without_step: int, most_per_step: int) -> bool:
+    """Whether this many backward passes without an optimizer step call for a pass (and the
+    `idle_backward` measurement): at the checkpoints, once past twice the most backward passes
+    a step has had. Gradient accumulation of 8 micro-batches otherwise ran a pass at the 8th
+    backward of every step, and wrote an event each step."""
+    return backwards_without_step in NO_STEP_CHECKPOINTS and (
+        backwards_without_step > 2 * most_per_step
+    )

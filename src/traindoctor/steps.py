@@ -22,8 +22,8 @@ from .budget import Work
 from .bus import Event
 from .compiled import CompileWatch
 from .diagnosis_schedule import (
-    NO_STEP_CHECKPOINTS,
     DiagnosisSchedule,
+    after_backwards,
     diagnose_due,
     predicted_pass_seconds,
 )
@@ -78,6 +78,9 @@ class StepDriver:
         # the watched trained params and their gradients (object, version) before it.
         self._idle: tuple[list[torch.Tensor], list[Any], list[int]] | None = None
         self.backward_since_step = 0
+        # The most backward passes one step has had (gradient accumulation's micro-batches):
+        # a no-step checkpoint counts only past twice that (see after_backwards).
+        self.most_backwards_per_step = 0
         self.step_backwards = 0  # backward passes in the open step (CompileWatch)
         # The last backward's loss (weakly: a freed loss's address can be reused by the next
         # step's tensors, so an address alone would date a new loss to the old step) and step.
@@ -118,7 +121,7 @@ class StepDriver:
         budget.spent_total += spent
         budget.step_spent += spent
         budget.step_calls += 1
-        if self.backward_since_step in NO_STEP_CHECKPOINTS:
+        if after_backwards(self.backward_since_step, self.most_backwards_per_step):
             # Many backward passes and no step: the pass runs once this one is in, and
             # whether it fed the watched params is measured (the `idle_backward` event).
             self._idle = guard.call("idle backward", self._grads_now)
@@ -156,7 +159,7 @@ class StepDriver:
         (found at the next backward: the probes see it after the fact, see handsteps.py)."""
         run, state = self.run, self.clock
         t0 = time.perf_counter()
-        self.backward_since_step = 0
+        self._stepped_after_backwards()
         run.bus.emit(Event.HAND_STEP, state.step, state.sampled, names, source, run.rec)
         run.budget.spend(time.perf_counter() - t0)
         self.end_step()  # times itself
@@ -179,8 +182,13 @@ class StepDriver:
         emit(Event.OPTIMIZER_POST_STEP, step, sampled, opt, rec)
         if primary:
             self.primary_stepped = True
-            self.backward_since_step = 0
+            self._stepped_after_backwards()
             emit(Event.POST_STEP, step, sampled, rec)
+
+    def _stepped_after_backwards(self) -> None:
+        if self.backward_since_step > self.most_backwards_per_step:
+            self.most_backwards_per_step = self.backward_since_step
+        self.backward_since_step = 0
 
     def _grads_now(self) -> tuple[list[torch.Tensor], list[Any], list[int]]:
         ctx = self.run.attached
