@@ -672,6 +672,7 @@ _event(
     "a backward pass that many others preceded since the last step: the watched trained "
     "params it gave a gradient",
     IdleBackward,
+    writers=("doctor (steps.py)",),
 )
 _event("inference_tensors", "params or buffers that are inference tensors", InferenceTensors)
 _event(
