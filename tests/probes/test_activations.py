@@ -66,7 +66,7 @@ def test_training_is_bit_identical_and_hooks_are_removed(tmp_path):
 
 def test_window_fractions_of_sites_with_histories_of_different_lengths():
     """All sites reduced together give each site's own any/all over its own window."""
-    from traindoctor.probes.activations import _Site, _means, _step_stats, _window_fractions
+    from traindoctor.probes.activations import _means, _Site, _step_stats, _window_fractions
 
     gen = torch.Generator().manual_seed(0)
     for dead in (True, False):
