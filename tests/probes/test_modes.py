@@ -134,7 +134,9 @@ def test_an_inference_buffer_set_between_steps_is_found_on_a_sampled_step(tmp_pa
             with torch.inference_mode():
                 model[4].register_buffer("seen", torch.zeros(2))
         opt.zero_grad()
-        F.cross_entropy(model(torch.randn(16, 4, generator=g)), torch.randint(0, 2, (16,))).backward()
+        F.cross_entropy(
+            model(torch.randn(16, 4, generator=g)), torch.randint(0, 2, (16,))
+        ).backward()
         opt.step()
     doc.close()
     found = doc.timeline.events("inference_tensors")
