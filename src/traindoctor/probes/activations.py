@@ -570,8 +570,10 @@ def _step_stats(sites: list[_Site]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _means(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The mean of each tensor, as float32: one concatenation and one segment mean where the
-    tensors are 1-D of one dtype and device (biases, the usual case), else one mean each."""
-    if len({(t.dtype, t.device, t.dim()) for t in tensors}) == 1 and tensors[0].dim() == 1:
+    tensors are plain 1-D tensors of one dtype and device (biases, the usual case), else one
+    mean each (a DTensor's bias under FSDP2 means itself: segment_reduce takes no DTensor)."""
+    kinds = {(type(t), t.dtype, t.device, t.dim()) for t in tensors}
+    if len(kinds) == 1 and next(iter(kinds))[0] is torch.Tensor and tensors[0].dim() == 1:
         flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
         lengths = torch.tensor([t.numel() for t in tensors], device=flat.device)
         return torch.segment_reduce(flat.float(), "mean", lengths=lengths)
