@@ -150,11 +150,11 @@ class HiddenParamsProbe(Probe):
                 else v.new_zeros((), dtype=torch.float64)
             )
             vd = v.double()
-            rows.append(torch.stack([gnorm.cpu(), vd.sum().cpu(), vd.square().sum().cpu()]))
+            rows.append(torch.stack([gnorm, vd.sum(), vd.square().sum()]))  # on its device
             names.append((name, how, v.numel(), list(v.shape)))
         if not rows:
             return
-        values = torch.stack(rows).tolist()
+        values = _read_rows(rows)
         rec.event(
             step,
             "hidden_params",
@@ -175,3 +175,16 @@ class HiddenParamsProbe(Probe):
         super().detach()
         self._found.clear()
         self._ids.clear()
+
+
+def _read_rows(rows: list[torch.Tensor]) -> list[list[float]]:
+    """Each row's values on the host: one read per device (three .cpu() a tensor were three
+    host syncs each on a GPU)."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_device.setdefault(row.device, []).append(i)
+    out: list[list[float]] = [[] for _ in rows]
+    for idx in by_device.values():
+        for i, values in zip(idx, torch.stack([rows[i] for i in idx]).tolist(), strict=True):
+            out[i] = values
+    return out
