@@ -64,6 +64,10 @@ def test_training_is_bit_identical_and_hooks_are_removed(tmp_path):
     doc.close()
 
 
+class _Flags(torch.Tensor):
+    pass
+
+
 def test_window_fractions_of_sites_with_histories_of_different_lengths():
     """All sites reduced together give each site's own any/all over its own window."""
     from traindoctor.probes.activations import _means, _Site, _step_stats, _window_fractions
@@ -79,6 +83,11 @@ def test_window_fractions_of_sites_with_histories_of_different_lengths():
             site.stats = [(m[0], m[1].abs())] if units != 2 else [(m[0], m[1]), (m[2], m[0])]
             sites.append(site)
         got = _window_fractions(sites, dead=dead)
+        # The same, site by site, where one site's flags are a tensor subclass (a DTensor's
+        # case: no concatenation, no segment_reduce).
+        sub = _Site(sites[0].op, sites[0].kind, None, "", 3)
+        sub.history.extend(h.as_subclass(_Flags) for h in sites[0].history)
+        assert _window_fractions([sub, *sites[1:]], dead=dead).tolist() == got.tolist()
         for site, g in zip(sites, got.tolist()):
             hist = torch.stack(list(site.history))
             ever = hist.any(dim=0) if dead else hist.all(dim=0)

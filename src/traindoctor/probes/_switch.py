@@ -102,6 +102,9 @@ class HookSwitch:
         if not self.active:
             return
         self.active = False
+        self._take_all_out()
+
+    def _take_all_out(self) -> None:
         for kind, (dicts, keys, _) in self._slots.items():
             deque(map(kind.pop, dicts, keys, repeat(None, len(keys))), maxlen=0)
 
@@ -114,19 +117,12 @@ class HookSwitch:
     @staticmethod
     def _take_out(e: _Entry) -> None:
         key, slots = e.key, e.slots
-        if len(slots) == 2:  # the usual: one dict
-            slots[0].pop(key, None)
-            return
         for i in range(0, len(slots), 2):
             slots[i].pop(key, None)
 
     def remove(self) -> None:
         """Unregister every hook for good (detach, or the probe's work is over)."""
-        # What RemovableHandle.remove() does: the key out of its dicts (_take_out, inline).
-        for e in self._entries:
-            key, slots = e.key, e.slots
-            for i in range(0, len(slots), 2):
-                slots[i].pop(key, None)
+        self._take_all_out()  # what RemovableHandle.remove() does, whether on or off
         self._entries.clear()
         self._slots.clear()
         self.active = False

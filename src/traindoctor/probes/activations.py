@@ -538,7 +538,10 @@ def _window_fractions(sites: list[_Site], dead: bool) -> torch.Tensor:
     """Per site, the fraction of its units never active over its window (`dead`: ReLU-like
     sites), or saturated in every step of it: the window's flags of all sites concatenated,
     step by step (a site with a shorter history padded with flags that change nothing), one
-    any/all over the window and one mean per site."""
+    any/all over the window and one mean per site. Site by site where the flags cannot be
+    concatenated (see _concatenable)."""
+    if not _concatenable([flags for s in sites for flags in s.history]):
+        return torch.stack([_window_fraction(s, dead) for s in sites])
     depth = max(len(s.history) for s in sites)
     rows = []
     for back in range(1, depth + 1):
@@ -556,6 +559,21 @@ def _window_fractions(sites: list[_Site], dead: bool) -> torch.Tensor:
     return 1.0 - frac if dead else frac
 
 
+def _window_fraction(site: _Site, dead: bool) -> torch.Tensor:
+    """_window_fractions for one site."""
+    window = torch.stack(list(site.history))
+    ever = (window.any(dim=0) if dead else window.all(dim=0)).float().mean()
+    return 1.0 - ever if dead else ever
+
+
+def _concatenable(tensors: list[torch.Tensor]) -> bool:
+    """Plain tensors of one dtype, device and rank: one concatenation and one segment_reduce
+    serve them all (torch.cat takes one device; segment_reduce takes no DTensor, FSDP2's
+    biases or a tensor-parallel model's activations)."""
+    kinds = {(type(t), t.dtype, t.device, t.dim()) for t in tensors}
+    return len(kinds) == 1 and next(iter(kinds))[0] is torch.Tensor
+
+
 def _step_stats(sites: list[_Site]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per site, the mean over this step's calls of each call's pre-activation mean and std."""
     if all(len(s.stats) == 1 for s in sites):  # one call a site: no mean to take
@@ -570,10 +588,8 @@ def _step_stats(sites: list[_Site]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _means(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The mean of each tensor, as float32: one concatenation and one segment mean where the
-    tensors are plain 1-D tensors of one dtype and device (biases, the usual case), else one
-    mean each (a DTensor's bias under FSDP2 means itself: segment_reduce takes no DTensor)."""
-    kinds = {(type(t), t.dtype, t.device, t.dim()) for t in tensors}
-    if len(kinds) == 1 and next(iter(kinds))[0] is torch.Tensor and tensors[0].dim() == 1:
+    tensors are 1-D and concatenable (biases, the usual case), else one mean each."""
+    if _concatenable(tensors) and tensors[0].dim() == 1:
         flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
         lengths = torch.tensor([t.numel() for t in tensors], device=flat.device)
         return torch.segment_reduce(flat.float(), "mean", lengths=lengths)
