@@ -56,7 +56,7 @@ LOSS_INPUT_STATS = signal(
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
     "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n/own_plain, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
-    "lnorm<d>/pnorm<d>/tnorm<d>, loss); sites are described by "
+    "lnorm<d>/pnorm<d>/tnorm<d>, clamp_zero/clamp_rows/clamp_tgt, loss); sites are described by "
     "`loss_input` events",
 )
 LOSS_INPUT_LABELS = signal(
@@ -697,6 +697,12 @@ class LossInputsProbe(Probe):
                     facts["softmax_dim_size"] = int(result.shape[dim])
         ctx = self.ctx
         facts["layout"] = layout(inp, ctx.param_names if ctx is not None else None)
+        clamp = clamp_node(node)
+        if clamp is not None and classes is not None:
+            # The logits clamped at 0 (TD521): the op, and the layer whose output it clamps.
+            below = _below_views(clamp)
+            module = _weight_module(below, ctx.param_names) if below is not None and ctx else None
+            facts["clamp"] = {"op": type(clamp).__name__, "module": module}
         rec.event(step, "loss_input", **facts)
 
     def _describe_reversed(
@@ -755,6 +761,8 @@ class LossInputsProbe(Probe):
                 # Log-probabilities along the class dim: every row's logsumexp is 0 (one
                 # normalized over another dim, the batch or the graph's nodes, is not).
                 out["lse_dev"] = torch.logsumexp(x.float(), cdim).abs().amax()
+        if classes is not None:
+            out.update(_clamped_logits(x, node, tgt, cdim, classes, index_target, ignore))
         if fn == "ctc_loss" and x.dim() in (2, 3):
             # (T, N, C) or (T, C) log-probabilities over the last dim (no class count is
             # recorded: its targets are label sequences, not one class per row).
@@ -801,6 +809,81 @@ class LossInputsProbe(Probe):
             if isinstance(arg, torch.Tensor) and arg.numel():
                 out["log_arg_nonpos"] = (arg.detach() <= 0).float().mean()
         return out
+
+
+# Ops that clamp their input at 0 from below (relu, relu6, clamp(min=0), hardtanh(0, x)).
+_CLAMPS = frozenset({"ReluBackward0", "ClampBackward1", "ClampMinBackward0", "HardtanhBackward0"})
+
+
+def _at_zero(node: Any) -> torch.Tensor | None:
+    """Where the output of a clamp-at-0 node is at 0 (bool, from its saved tensors), or None
+    when the node is no such clamp or its saved tensors cannot be read."""
+    name = type(node).__name__
+    if name not in _CLAMPS:
+        return None
+    if name == "ReluBackward0":
+        out = _saved(node, "_saved_result")
+        return out == 0 if isinstance(out, torch.Tensor) else None
+    low = _saved(node, "_saved_min_val" if name == "HardtanhBackward0" else "_saved_min")
+    if not isinstance(low, int | float) or isinstance(low, bool) or low != 0:
+        return None  # a clamp at another floor (or only from above)
+    x = _saved(node, "_saved_self")
+    return x <= 0 if isinstance(x, torch.Tensor) else None
+
+
+def _below_views(node: Any) -> Any:
+    """The first non-view node under `node` (down its first input)."""
+    nxt = [n for n, _ in node.next_functions if n is not None]
+    node = nxt[0] if nxt else None
+    for _ in range(12):
+        if node is None or type(node).__name__ not in _VIEWS:
+            return node
+        nxt = [n for n, _ in node.next_functions if n is not None]
+        node = nxt[0] if nxt else None
+    return None
+
+
+def clamp_node(node: Any) -> Any:
+    """The clamp-at-0 op (relu, relu6, clamp(min=0)) that made a class loss's input: the
+    input's own producer, or the op under a log_softmax of it (`log_softmax(relu(fc(x)))`
+    into nll_loss). None otherwise. Host metadata only."""
+    if node is None:
+        return None
+    name = type(node).__name__
+    if name in _CLAMPS:
+        return node
+    if name == "LogSoftmaxBackward0":
+        below = _below_views(node)
+        if below is not None and type(below).__name__ in _CLAMPS:
+            return below
+    return None
+
+
+def _clamped_logits(
+    x: torch.Tensor,
+    node: Any,
+    tgt: torch.Tensor,
+    cdim: int,
+    classes: int,
+    index_target: bool,
+    ignore: int,
+) -> dict[str, torch.Tensor]:
+    """For a class loss whose logits a clamp at 0 made (TD521): the share of the logits at 0
+    (`clamp_zero`), of the rows whose every logit is 0 (`clamp_rows`: a uniform prediction
+    that passes no gradient), and of the valid class-index targets whose own logit is 0
+    (`clamp_tgt`: the clamp passes that logit no gradient to rise)."""
+    clamp = clamp_node(node)
+    zero = _at_zero(clamp) if clamp is not None else None
+    if zero is None or zero.numel() != x.numel() or zero.device != x.device:
+        return {}
+    zero = zero.reshape(x.shape)
+    out = {"clamp_zero": zero.float().mean(), "clamp_rows": zero.all(cdim).float().mean()}
+    if index_target and tgt.dim() == x.dim() - 1 and tgt.device == x.device:
+        t = tgt.detach().long()
+        keep = (t >= 0) & (t < classes) & (t != ignore)
+        at = zero.gather(cdim, t.clamp(0, classes - 1).unsqueeze(cdim)).squeeze(cdim) & keep
+        out["clamp_tgt"] = at.sum().double() / keep.sum().clamp(min=1)
+    return out
 
 
 def _padding(t: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -71,6 +71,7 @@ from .setup import (
     inputs_not_normalized,
     labels_degenerate,
     log_of_nonpositive,
+    logits_clamped_at_zero,
     loss_shape_broadcast,
     lr_schedule_anomaly,
     memory_growth,
@@ -129,6 +130,7 @@ CATALOG = (
     padding_in_loss,  # TD518
     softmax_over_batch,  # TD519
     targets_copy_inputs,  # TD520
+    logits_clamped_at_zero,  # TD521
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
