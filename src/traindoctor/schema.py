@@ -633,6 +633,7 @@ class ValidationInTrainMode(Event, total=False):
     source: str | None
     validating: bool
     trained: bool  # an optimizer holds a param of the model (not a teacher/EMA copy)
+    copy_of: str  # an unwatched copy of this watched model (an EMA deep-copied from it)
     # an F.dropout that dropped in the validation: its line, p, `training` left at its default
     functional_dropout: dict[str, Any]
 

@@ -76,3 +76,36 @@ def test_td403_silent_on_gradient_free_runs_in_every_step():
     both.sort(key=lambda e: e["step"])
     f = assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=both))
     assert f.evidence["model"] == "<model>"
+
+
+def _copy_run(step, name="ModelEma"):
+    e = _run(step, model=name)
+    e.pop("forwards")
+    e["copy_of"] = "<model>"
+    e["modules"] = [f"{name}.module.1", f"{name}.module.3"]
+    e["count"] = 2
+    e["source"] = "train.py:41"
+    return e
+
+
+def test_td403_reports_an_unwatched_copy_evaluated_in_train_mode():
+    """An EMA deep-copied from the model, never put in eval, evaluated each epoch."""
+    events = [_copy_run(s) for s in (33, 65, 97)]
+    f = assert_fires("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=events))
+    assert "`ModelEma`, an unwatched copy of the model" in f.title
+    assert f.evidence["steps_evaluated_in_train_mode"] == [33, 65, 97]
+    assert f.where.source == "train.py:41"
+    assert ".eval()" in f.fix
+
+
+def test_td403_silent_on_a_copy_run_in_every_step():
+    """A mean teacher / BYOL target copy: its gradient-free pass is part of each step."""
+    events = [_copy_run(s) for s in range(3, 40)]
+    assert_silent("TD403", make_timeline(params=PARAMS, steps={1: {}}, events=events))
+
+
+def test_td403_copy_and_model_are_reported_apart():
+    events = [_copy_run(33), _run(33, model="<model>", trained=True)]
+    tl = make_timeline(params=PARAMS, steps={1: {}}, events=events)
+    f = assert_fires("TD403", tl, count=2)
+    assert "an unwatched copy" in f.title

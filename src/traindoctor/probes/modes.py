@@ -13,6 +13,7 @@ of the evaluated and trained params, read back with everything else.
 
 from __future__ import annotations
 
+import functools
 from itertools import chain, compress
 from operator import attrgetter, itemgetter
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from .. import _mode_patches
+from .._heap import heap_roots
 from .._source import user_source, user_source_with_code
 from ..distributed.dtensor import local_all
 from ..timeline import signal
@@ -51,6 +53,11 @@ TRAINED_FP = signal(
 )
 MAX_EVENTS = 100
 MAX_NAMES = 50
+# Validation events: MAX_EVENTS per model (a teacher's passes each step do not use up another
+# model's), at most this many in all.
+MAX_VALIDATION_EVENTS = 1000
+# Heap scans for unwatched copies of the watched models (an EMA), at the first evaluations.
+MAX_COPY_SCANS = 2
 
 
 _SWITCHABLE = (
@@ -132,7 +139,14 @@ class ModesProbe(Probe):
         self._inner: dict[str, torch.nn.Module] = {}
         self._in_root = 0  # inside a watched model's forward (the inner one's is nested)
         self._last_eval: tuple[str, ...] | None = None
-        self._events = 0
+        self._events = 0  # mode_call events
+        self._validation_events: dict[str | None, int] = {}  # per model
+        # Unwatched copies of a watched model (an EMA deep-copied from it): id of the module
+        # holding the copy's params -> its record; id of each module of a copy -> that key.
+        self._copies: dict[int, dict[str, Any]] = {}
+        self._copy_ids: dict[int, int] = {}
+        self._copy_scans = 0
+        self._copy_scan_step: int | None = None
         self._nograd_forwards = 0
         # A watched model ran a training forward since the last backward: gradient-free
         # forwards now belong to this step's loss (a target/teacher pass), not a validation.
@@ -196,6 +210,10 @@ class ModesProbe(Probe):
         add_dropout_listener(self)
         self._listening = True
         self.scan_inference(1, rec, "attach")
+        if ctx.mode == "zero-code":
+            # Inside zero-code attach's one heap scan (_heap.one_scan): no cost of its own.
+            self._copy_scans += 1
+            self._scan_copies()
 
     def _refresh(self) -> None:
         """`_index()` again only where it could differ (see `tree_key`): the walk costs ~10 us a
@@ -319,13 +337,17 @@ class ModesProbe(Probe):
         key = frozenset(now)
         if key == self._trained_key and not sampled:
             return self._trained_roots
-        ids = {
-            id(p)
-            for opt in ctx.optimizers
-            if id(opt) in key
-            for g in opt.param_groups
-            for p in g["params"]
-        }
+        ids = set(
+            map(
+                id,
+                chain.from_iterable(
+                    g["params"]
+                    for opt in ctx.optimizers
+                    if id(opt) in key
+                    for g in opt.param_groups
+                ),
+            )
+        )
         # A model is trained when the stepping optimizers hold its params and they have a
         # gradient: an optimizer built over a frozen teacher (no_grad forwards) steps nothing
         # of it, and its eval mode is not the run's problem (TD103 names the student left out).
@@ -376,13 +398,21 @@ class ModesProbe(Probe):
     # -- who switched modes ---------------------------------------------------------------
     def _on_train_call(self, module: torch.nn.Module, mode: bool) -> None:
         ctx = self.ctx
-        if ctx is None or self._events >= MAX_EVENTS or ctx.state.switching_modes:
+        if ctx is None or ctx.state.switching_modes:
+            return
+        key = self._copy_ids.get(id(module))
+        if key is not None:
+            self._copies[key]["mode_set"] = True  # its mode is the user's choice now
+            return
+        if self._events >= MAX_EVENTS:
             return
         name = self._names.get(id(module))
         if name is None:
             return
         if id(module) in self._roots:
             self._index()  # a root switching modes is rare: refresh what it contains
+            if not mode:
+                self._evaluation_seen()
         self._events += 1
         ctx.rec.event(
             ctx.state.step,
@@ -421,6 +451,8 @@ class ModesProbe(Probe):
         self._nograd_forwards += 1
         if ctx is None:
             return
+        if self._copy_scans < MAX_COPY_SCANS:
+            self._evaluation_seen()
         # One no-grad forward between steps is often deliberate (pseudo-labels, a teacher
         # pass); a validation is a run of them, or anything inside doc.validating().
         if self._nograd_forwards < 2 and not ctx.state.validating:
@@ -433,10 +465,9 @@ class ModesProbe(Probe):
             return
         self._index()  # modules fused away or swapped since the last look must not count
         training = [n for r, n, m in self._sensitive if r == root and m.training]
-        if not training or self._events >= MAX_EVENTS:
+        if not training or not self._take_validation_event(root):
             return
         self._phase_reported.add(root)
-        self._events += 1
         held = ctx.optimizer_param_ids()
         ctx.rec.event(
             ctx.state.step,
@@ -454,10 +485,11 @@ class ModesProbe(Probe):
         """A validation whose forwards dropped out through F.dropout (no Dropout module in
         train mode): the call's `training` was True while gradients were off."""
         ctx = self.ctx
-        if self._fdrop_nograd is None or ctx is None or self._events >= MAX_EVENTS:
+        if self._fdrop_nograd is None or ctx is None:
+            return
+        if not self._take_validation_event(root):
             return
         self._phase_reported.add(root)
-        self._events += 1
         ctx.rec.event(
             ctx.state.step,
             "validation_in_train_mode",
@@ -468,6 +500,132 @@ class ModesProbe(Probe):
             validating=ctx.state.validating,
             source=user_source(3),
             functional_dropout=dict(self._fdrop_nograd),
+        )
+
+    def _take_validation_event(self, model: str | None) -> bool:
+        """Whether another validation event of `model` may be recorded: MAX_EVENTS per model
+        (a teacher's gradient-free pass each step does not use up the validations of
+        another), MAX_VALIDATION_EVENTS in all."""
+        taken = self._validation_events
+        if taken.get(model, 0) >= MAX_EVENTS or sum(taken.values()) >= MAX_VALIDATION_EVENTS:
+            return False
+        taken[model] = taken.get(model, 0) + 1
+        return True
+
+    # -- unwatched copies (an EMA) evaluated in train mode ---------------------------------
+    def _evaluation_seen(self) -> None:
+        """A watched model was put in eval mode or ran without gradient, or an inference_mode
+        region opened: an evaluation, where an EMA copy is evaluated too. The heap is scanned
+        for copies at the first two such moments (distinct evaluations: a copy made after
+        the first is found at the second), ~35-70 ms each, never on a run that evaluates
+        nothing."""
+        ctx = self.ctx
+        if ctx is None or self._copy_scans >= MAX_COPY_SCANS:
+            return
+        step = ctx.state.step
+        if self._copy_scan_step is not None and step <= self._copy_scan_step + 1:
+            return
+        self._copy_scan_step = step
+        self._copy_scans += 1
+        self._scan_copies()
+
+    def _scan_copies(self) -> None:
+        """Hook the unwatched modules of the heap that are copies of a watched model with
+        mode-sensitive modules: the same class and the same parameter names and shapes (of
+        the module holding the params, under any wrapper: timm's ModelEmaV2.module), and no
+        param held by an optimizer (trained models are not copies)."""
+        ctx = self.ctx
+        assert ctx is not None
+        targets = []
+        for prefix, model in ctx.models.items():
+            if not isinstance(model, torch.nn.Module):
+                continue
+            holder = _holder(model)
+            if not any(_mode_changes(m) for m in holder.modules()):
+                continue  # train mode changes nothing in a copy of it either
+            signature = [(n, tuple(p.shape)) for n, p in holder.named_parameters()]
+            if signature:
+                targets.append((prefix.rstrip(".") or "<model>", type(holder), signature))
+        if not targets:
+            return
+        watched = {id(m) for model in ctx.models.values() for m in model.modules()}
+        held = ctx.optimizer_param_ids()
+        for module in heap_roots():
+            if id(module) in watched or id(module) in self._copy_ids:
+                continue
+            holder = _holder(module)
+            for of, cls, signature in targets:
+                if type(holder) is not cls:
+                    continue
+                params = list(holder.named_parameters())
+                if [(n, tuple(p.shape)) for n, p in params] != signature:
+                    continue
+                if any(id(p) in held for _, p in params):
+                    continue  # an optimizer trains it: a model, not a copy
+                self._add_copy(module, holder, of)
+                break
+
+    def _add_copy(self, module: torch.nn.Module, holder: torch.nn.Module, of: str) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        base = type(module).__name__
+        taken = set(self._roots.values()) | {c["name"] for c in self._copies.values()}
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}{k}"
+        prefix = (
+            "" if holder is module else next(n for n, m in module.named_modules() if m is holder)
+        )
+        sensitive = [
+            (".".join(x for x in (name, prefix, n) if x), m)
+            for n, m in holder.named_modules()
+            if _mode_changes(m)
+        ]
+        key = id(holder)
+        self._copies[key] = {
+            "name": name,
+            "of": of,
+            "sensitive": sensitive,
+            "mode_set": False,
+            "last": None,
+        }
+        for m in module.modules():
+            self._copy_ids[id(m)] = key
+        # Pre-hooks on the copy and on its params' holder (`ema(x)` or `ema.module(x)`): the
+        # outer one runs first, so the line named is the user's call.
+        hook = ctx.hook("probe modes", functools.partial(self._on_copy_forward, key))
+        for m in {id(module): module, id(holder): holder}.values():
+            self.handles.append(m.register_forward_pre_hook(hook))
+
+    def _on_copy_forward(self, key: int, _module: torch.nn.Module, _args: Any) -> None:
+        """A gradient-free forward of an unwatched copy: the first of each step in which its
+        mode-sensitive modules are in train mode is a `validation_in_train_mode` event (the
+        rule tells a teacher run every step from an evaluation). A copy whose mode the user
+        set (`.eval()`, `.train()`) since it was found is the user's choice: not recorded."""
+        if torch.is_grad_enabled():
+            return
+        ctx = self.ctx
+        copy = self._copies.get(key)
+        if ctx is None or copy is None or copy["mode_set"]:
+            return
+        step = ctx.state.step
+        if copy["last"] == step:
+            return
+        copy["last"] = step
+        training = [n for n, m in copy["sensitive"] if m.training]
+        if not training or not self._take_validation_event(copy["name"]):
+            return
+        ctx.rec.event(
+            step,
+            "validation_in_train_mode",
+            model=copy["name"],
+            modules=training[:MAX_NAMES],
+            count=len(training),
+            validating=ctx.state.validating,
+            trained=False,
+            copy_of=copy["of"],
+            source=user_source(2),
         )
 
     # -- inference_mode regions (called by _mode_patches) ---------------------------------
@@ -483,6 +641,8 @@ class ModesProbe(Probe):
         self._region_source = user_source(2)
         self._region_step = ctx.state.step
         self._forward_in_region = False
+        if self._copy_scans < MAX_COPY_SCANS:
+            self._evaluation_seen()
 
     def region_exit(self) -> None:
         ctx = self.ctx
@@ -601,6 +761,33 @@ def _inner_model(model: torch.nn.Module, depth: int = 4) -> torch.nn.Module | No
             break
         inner = m = child
     return inner
+
+
+def _holder(model: torch.nn.Module, depth: int = 4) -> torch.nn.Module:
+    """The module holding all of `model`'s params under wrappers without params of their own
+    (an EMA wrapper's `.module`, DDP's), or `model` itself."""
+    m = model
+    for _ in range(depth):
+        if any(p is not None for p in m._parameters.values()):
+            break
+        holders = [c for c in m.children() if next(c.parameters(), None) is not None]
+        if len(holders) != 1:
+            break
+        m = holders[0]
+    return m
+
+
+def _mode_changes(module: torch.nn.Module) -> bool:
+    """Whether train mode computes differently from eval mode: a norm layer that keeps
+    running statistics (without them it normalizes by the batch in both), a dropout with
+    p > 0."""
+    if isinstance(
+        module, torch.nn.modules.batchnorm._BatchNorm | torch.nn.modules.instancenorm._InstanceNorm
+    ):
+        return getattr(module, "running_mean", None) is not None
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return False
 
 
 def _by_device(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:

@@ -66,15 +66,26 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             val_loss += criterion(model(x), y)
     ```
 
+    An unwatched copy of a watched model (an EMA deep-copied from it, found in the heap at
+    the first evaluations: same class, same parameter names and shapes, no param held by an
+    optimizer) is followed too: its gradient-free forwards in steps where its BatchNorm or
+    Dropout modules are in train mode are reported the same way, unless the user set its mode
+    (`.eval()`/`.train()`) since it was found (a BN re-estimation like `update_bn` sets it).
+
     ## Known misses
     An EMA copy (no optimizer holds it) validated in train mode after every single step looks
-    like a teacher pass and is not reported.
+    like a teacher pass and is not reported; nor is a copy made after the run's second
+    evaluation, or one called with gradients on.
 
     ## Known false positives
     Test-time augmentation or Monte-Carlo dropout that keeps Dropout active on purpose; BN
     adaptation methods that re-estimate statistics on the target data.
     """
-    events = _validations(tl.events("validation_in_train_mode"))
+    every = _validations(tl.events("validation_in_train_mode"))
+    copies = [e for e in every if e.get("copy_of")]
+    if copies:
+        yield _copy(tl, copies)
+    events = [e for e in every if not e.get("copy_of")]
     if not events:
         return
     first = events[0]
@@ -109,6 +120,48 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
         fix=(
             "Put the model in eval mode for validation and back after: `with "
             "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
+        ),
+    )
+
+
+def _copy(tl: TimelineView, events: list[dict]) -> Finding:
+    """An unwatched copy of a watched model (an EMA) evaluated in train mode."""
+    first = events[0]
+    name, of = first.get("model"), first.get("copy_of")
+    model = "the model" if of == "<model>" else f"`{of}`"
+    names = first.get("modules") or []
+    count = first.get("count", len(names))
+    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    steps = sorted({e["step"] for e in events if e.get("model") == name})
+    at = f" at {first['source']}" if first.get("source") else ""
+    return tl.finding(
+        title=f"`{name}`, an unwatched copy of {model}, was evaluated with {count} "
+        f"BatchNorm/Dropout module(s) in train mode",
+        step=first["step"],
+        evidence={
+            "model": name,
+            "copy_of": of,
+            "modules_in_train_mode": names[:20],
+            "count": count,
+            "steps_evaluated_in_train_mode": steps[:20],
+            "evaluations_affected": len(steps),
+            "mode_set_by_user": False,
+            "forward_call": first.get("source"),
+        },
+        where=Where(module=name, source=first.get("source")),
+        cause=(
+            f"`{name}` has the class and parameter shapes of {model}, no optimizer holds its "
+            f"params, and it ran gradient-free forwards{at} in {len(steps)} step(s) while "
+            f"{shown} were in train mode; its mode was never set since it was found (a "
+            "`copy.deepcopy` keeps the mode of the model it copies, train). In train mode "
+            "BatchNorm normalized each evaluation batch with that batch's statistics (and "
+            "updated the copy's running statistics with evaluation data) and Dropout dropped "
+            "units, so what was computed from the copy is not what the copy computes in eval."
+        ),
+        fix=(
+            "Put the copy in eval mode once after making it (`ema = "
+            "copy.deepcopy(model).eval()`, as timm's ModelEmaV2 and YOLO's ModelEMA do; it is "
+            "never trained), or evaluate it inside `with doc.validating(copy):`."
         ),
     )
 
