@@ -536,10 +536,25 @@ def _silent_signal(exc: BaseException) -> bool:
 
 
 def _user_traceback(exc: BaseException) -> str:
+    """The traceback `python train.py` prints: traindoctor's frames left out (the runner's
+    around the script, and the wrappers a loss or hook call passed through)."""
     tb = exc.__traceback__
     while tb is not None and _is_runner_frame(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    te = traceback.TracebackException(type(exc), exc, tb or exc.__traceback__)
+    _drop_own_frames(te, set())
+    return "".join(te.format())
+
+
+def _drop_own_frames(te: traceback.TracebackException | None, seen: set[int]) -> None:
+    if te is None or id(te) in seen:
+        return
+    seen.add(id(te))
+    kept = [fs for fs in te.stack if not _is_runner_frame(fs.filename)]
+    if kept:  # an error raised by traindoctor itself keeps its frames
+        te.stack = traceback.StackSummary.from_list(kept)
+    for nxt in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
+        _drop_own_frames(nxt, seen)
 
 
 def _is_runner_frame(filename: str) -> bool:

@@ -39,7 +39,9 @@ from .timeline_store import TimelineWriter
 from .unwatched_steps import UnwatchedSteps
 
 # Rules that can judge a run that never attached (it failed in setup).
-SETUP_TIME_RULES = ("TD501", "TD502")
+SETUP_TIME_RULES = ("TD501", "TD502", "TD511")
+# Events that rules of SETUP_TIME_RULES judge on a run that never attached.
+SETUP_TIME_EVENTS = ("grad_on_non_float", "loss_targets_out_of_range")
 
 # Open doctors, oldest first: `evaluate()` finds the one watching the model it validates.
 _OPEN: list[weakref.ref[Doctor]] = []
@@ -584,7 +586,7 @@ class Doctor:
             # Nothing attached (the script failed in its setup): only the rules that judge
             # setup-time facts can speak (a requires_grad request on 4-bit params, TD501).
             rules = [r for r in self.rules if r.code in SETUP_TIME_RULES]
-            if not self.timeline.events("grad_on_non_float") or not rules:
+            if not any(self.timeline.events(k) for k in SETUP_TIME_EVENTS) or not rules:
                 self.findings = []
                 return self.findings
             self.timeline.facts.setdefault("models", {})

@@ -508,6 +508,22 @@ class LossInput(Source, total=False):
     clamp: dict[str, Any]  # {op, module}: a clamp at 0 made the class loss's logits (TD521)
 
 
+class LossTargetsOutOfRange(Source, total=False):
+    fn: str  # cross_entropy, nll_loss
+    classes: int  # C, from the input's class dim
+    input_shape: list[int]
+    target_shape: list[int]
+    device: str
+    ignore_index: int
+    out_of_range: int  # targets outside [0, C), ignore_index excepted
+    targets: int  # all targets of the call
+    counted: int  # targets other than ignore_index
+    target_min: int  # over the targets other than ignore_index
+    target_max: int
+    values: list[list[int]]  # [value, count] of the offending values, most frequent first
+    attached: bool  # False: checked before zero-code mode attached (the first loss call)
+
+
 class LossNotDifferentiable(Source, total=False):
     via: str  # backward, log
     requires_grad: bool
@@ -692,6 +708,12 @@ _event(
     HiddenParams,
 )
 _event("loss_input", "a loss call site and its inputs' shapes, dtypes and producer", LossInput)
+_event(
+    "loss_targets_out_of_range",
+    "class-index targets outside [0, C) given to cross_entropy/nll_loss, checked before it ran",
+    LossTargetsOutOfRange,
+    writers=("doctor (loss target watch, probes/loss_targets.py)",),
+)
 _event(
     "loss_not_differentiable",
     "backward() or doc.log() got a loss with no graph",

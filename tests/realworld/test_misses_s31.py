@@ -184,3 +184,80 @@ def test_logits_clamped_at_zero_silent(tmp_path, case):
         found = _watch(tmp_path, model, model.parameters(), _ce)
     assert "TD521" not in found
     assert not [c for c, f in found.items() if f.severity.value != "info"], found
+
+
+# -- TD511: class targets out of range, before the first step ---------------------------------
+# VainF/DeepLabV3Plus-Pytorch#91: VOC masks carry 255 on the void borders; the loss was built
+# without ignore_index=255 and the first call raised "Target 255 is out of bounds" (on CUDA: a
+# device-side assert). Before: under `traindoctor run` nothing was recorded (the first backward
+# attaches, the loss raised before it). After: TD511 counts them before the loss runs.
+VOC = """import torch, torch.nn as nn
+torch.manual_seed(0)
+class DeepLabHead(nn.Sequential):
+    def __init__(self, in_channels, num_classes):
+        super().__init__(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.Conv2d(16, num_classes, 1))
+model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), DeepLabHead(8, 21))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+criterion = nn.CrossEntropyLoss(reduction='mean')
+for cur_itrs in range(4):
+    images = torch.randn(2, 3, 24, 24)
+    labels = torch.randint(0, 21, (2, 24, 24))
+    labels[:, :, :3] = 255  # void border of the VOC masks
+    optimizer.zero_grad()
+    outputs = model(images)
+    loss = criterion(outputs, labels)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+@pytest.fixture(scope="module")
+def voc_runs(tmp_path_factory):
+    from tests.cli.conftest import fixed_twin, run_scripts
+
+    fixed = fixed_twin(VOC, [("(reduction='mean')", "(ignore_index=255, reduction='mean')")])
+    return run_scripts(tmp_path_factory, {"voc": VOC, "voc_fixed": fixed})
+
+
+@pytest.mark.slow
+def test_void_label_255_named_before_the_first_step(voc_runs):
+    r = voc_runs["voc"]
+    assert r.rc == 1
+    # The user's traceback as python prints it: torch's frames, none of traindoctor's.
+    tb = r.stderr.split("IndexError: Target 255 is out of bounds.\n")[0]
+    assert tb.startswith("Traceback") and 'train.py", line 16' in tb
+    assert "traindoctor/" not in tb and "functional.py" in tb
+    f = r.finding("TD511")
+    assert f["severity"] == "error" and f["evidence"]["values"] == [[255, 144]]
+    assert f["evidence"]["classes"] == 21 and f["where"]["source"] == "train.py:16"
+    assert "ignore_index=255" in f["fix"] and "IndexError" in f["title"]
+    assert voc_runs["voc_fixed"].rc == 0 and "TD511" not in voc_runs["voc_fixed"].codes()
+
+
+def _crash(tmp_path, labels, classes):
+    """A td.watch run whose first loss raises; the exception must reach the caller as is."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    with pytest.raises(IndexError, match="out of bounds") as info, doc:
+        loss = F.cross_entropy(model(torch.randn(len(labels), 8)), labels)
+        loss.backward()
+    assert info.value.__class__ is IndexError and str(info.value).startswith("Target ")
+    return doc.report.findings
+
+
+def test_greyscale_masks_read_as_pixel_values(tmp_path):
+    # milesial/Pytorch-UNet#291: masks loaded as greyscale 0..255, n_classes=2.
+    labels = torch.tensor([0, 255, 128, 192, 0, 255, 64, 1])
+    (f,) = [f for f in _crash(tmp_path, labels, 2) if f.code == "TD511"]
+    assert f.evidence["out_of_range"] == 5 and f.evidence["label_max"] == 255
+    assert "raw 8-bit pixel values" in f.fix
+
+
+def test_one_based_labels(tmp_path):
+    # 649453932/Bert-Chinese-Text-Classification-Pytorch#96: 13 classes labelled 1..13.
+    labels = torch.tensor([1, 13, 5, 13, 2, 7, 13, 12])
+    (f,) = [f for f in _crash(tmp_path, labels, 13) if f.code == "TD511"]
+    assert f.evidence["values"] == [[13, 3]] and "y - 1" in f.fix

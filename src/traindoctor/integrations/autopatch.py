@@ -27,6 +27,7 @@ from ..bus import Event
 from ..doctor import Doctor
 from ..probes.audit import watch_requires_grad
 from ..probes.forward import output_facts
+from ..probes.loss_targets import watch_loss_targets
 from ..scaler_find import update_role
 
 # A later phase's optimizer: its first LATE_STEPS steps look for the models it trains; at most
@@ -89,6 +90,9 @@ class ZeroCodeSession:
         # From the first line of the script: setting requires_grad on quantized params
         # usually happens in setup, before any optimizer or backward exists (TD501).
         self._handles.append(watch_requires_grad(self.doctor.run))
+        # From the first loss call: out-of-range class targets raise there, before the first
+        # backward attaches (TD511).
+        self._handles.append(watch_loss_targets(self.doctor.run))
 
     def uninstall(self) -> None:
         _patches.remove_backward_listener(self._on_backward)

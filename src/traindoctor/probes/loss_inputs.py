@@ -176,6 +176,10 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
 
     loss.__wrapped__ = original  # type: ignore[attr-defined]
     loss.__name__ = getattr(original, "__name__", name)
+    # Pickled by reference, as the original is (`criterion=F.nll_loss` in a saved config):
+    # the name leads to this wrapper while it is installed, to the original once restored.
+    loss.__qualname__ = getattr(original, "__qualname__", loss.__name__)
+    loss.__module__ = getattr(original, "__module__", None) or loss.__module__
     loss.__doc__ = getattr(original, "__doc__", None)
     return loss
 
@@ -502,6 +506,10 @@ class LossInputsProbe(Probe):
         self._rec = rec
         add_loss_listener(self)
         self._listening = True
+        from .loss_targets import watch_loss_targets  # imports this module
+
+        # Class targets out of range, checked before the loss runs (TD511; CUDA asserts).
+        self.handles.append(watch_loss_targets(ctx.run))
 
     def detach(self) -> None:
         if self._listening:

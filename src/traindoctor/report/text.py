@@ -103,9 +103,11 @@ def outcome_text(report: Report) -> str | None:
             f"re-diagnosed from the timeline it had written, {done}"
         )
     if out.get("observed") is False:
+        # What it checked before the first step (TD501, TD511) may still be reported.
+        why = "" if report.findings else ", so there was nothing to diagnose"
         seen = (
             "traindoctor saw no training: the script ran no backward pass and no "
-            "optimizer step, so there was nothing to diagnose"
+            f"optimizer step{why}"
         )
         note = f"{note}; {seen}" if note else seen
     return note

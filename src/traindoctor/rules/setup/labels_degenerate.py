@@ -24,7 +24,8 @@ MIN_STEPS = 4
     "or not integers; multi-hot rows given to cross-entropy as class probabilities; binary "
     "cross-entropy targets outside [0, 1].",
     requires=("loss_inputs.stats", "loss_inputs.labels", "loss.backward"),
-    events=("loss_input",),
+    events=("loss_input", "loss_targets_out_of_range"),
+    facts=("outcome",),
     priority=7,
 )
 def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
@@ -89,13 +90,17 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     Pseudo-Label) is the own-argmax pattern on purpose: a note when it is one term of the
     loss; an error only when it is the whole loss of a model still near chance.
     """
+    checked = set()
+    for e in tl.events("loss_targets_out_of_range"):
+        checked.add((e.get("fn"), e.get("source")))
+        yield _targets_checked(tl, e)
     hists = label_histograms(tl)
     for site in loss_sites(tl).values():
         f = (
             _binary_targets_outside_01(tl, site)
             or _multi_hot_probabilities(tl, site)
             or _float_labels(tl, site)
-            or _out_of_range(tl, site)
+            or (None if (site.fn, site.source) in checked else _out_of_range(tl, site))
             or _own_predictions(tl, site)
             or _class_ids_regressed(tl, site)
             or _from_histogram(tl, site, hists.get(site.id, []))
@@ -264,6 +269,73 @@ def _out_of_range(tl: TimelineView, site: Site) -> Finding | None:
                 confidence=0.95,
             )
     return None
+
+
+def _targets_checked(tl: TimelineView, e: dict[str, Any]) -> Finding:
+    """Out-of-range class targets counted before the loss ran (probes/loss_targets.py): the
+    loss raised on them (CPU), or tripped a device-side assert (CUDA)."""
+    fn, classes, ignore = e.get("fn"), int(e.get("classes") or 0), e.get("ignore_index")
+    values = [tuple(v) for v in e.get("values") or []]
+    bad, n = int(e.get("out_of_range") or 0), int(e.get("targets") or 0)
+    named = ", ".join(f"{v} ({c}x)" for v, c in values)
+    outcome = tl.facts.get("outcome") or {}
+    raised = str(outcome.get("exception") or "") if outcome.get("ended") == "exception" else ""
+    said = ""
+    if raised:
+        said = f"; the run then raised {raised.splitlines()[0][:160]}"
+        if "device-side assert" in raised or "CUDA error" in raised:
+            said += " (the CUDA kernel's assert on these targets)"
+    only = values[0][0] if len(values) == 1 else None
+    if only is not None and (only >= classes or only < 0) and only != classes:
+        # One value outside the classes: a void/padding label (255 in VOC-style masks, -1).
+        fix = (
+            f"if {only} marks pixels/tokens to skip (a void or padding label), pass "
+            f"`ignore_index={only}` to the loss (`nn.CrossEntropyLoss(ignore_index={only})`); "
+            f"otherwise map the labels to 0..{classes - 1}"
+        )
+    elif only == classes and (e.get("target_min") or 0) >= 1:
+        fix = (
+            f"the labels of this call run from {e.get('target_min')} to {classes} (0 absent, "
+            f"{classes} present): if they are 1-based, use `y - 1` (0-based class indices)"
+        )
+    elif len(values) > 2 and (e.get("target_max") or 0) in (254, 255):
+        fix = (
+            "the targets look like raw 8-bit pixel values (up to "
+            f"{e.get('target_max')}): load the masks as class indices 0..{classes - 1} "
+            "(a palette lookup, or `mask // 255` for a 0/255 binary mask)"
+        )
+    else:
+        fix = (
+            f"map the labels to 0..{classes - 1}, or give the layer before the loss as many "
+            f"outputs as there are classes (the labels reach {e.get('target_max')})"
+        )
+    device = str(e.get("device") or "")
+    return tl.finding(
+        title=f"`{fn}` at {e.get('source')} got {bad} of {n} class targets outside "
+        f"0..{classes - 1} ({classes} classes in the input's dim 1): {named}{said}",
+        step=e.get("step"),
+        evidence={
+            "loss_fn": fn,
+            "classes": classes,
+            "out_of_range": bad,
+            "targets": n,
+            "values": [list(v) for v in values],
+            "label_min": e.get("target_min"),
+            "label_max": e.get("target_max"),
+            "ignore_index": ignore,
+            "input_shape": e.get("input_shape"),
+            "target_shape": e.get("target_shape"),
+            "device": device,
+            "exception": raised or None,
+        },
+        where=Where(op=fn, source=e.get("source")),
+        cause=f"class indices must lie in [0, {classes - 1}] (ignore_index={ignore} excepted); "
+        f"counted on the targets before the loss ran: {named}. torch raises 'Target "
+        f"{values[0][0] if values else '?'} is out of bounds' on CPU and a device-side assert "
+        "on CUDA (reported later, at another line)",
+        fix=fix,
+        confidence=0.97,
+    )
 
 
 def _whole_objective(tl: TimelineView, losses: dict[int, float], steps: list[int]) -> bool:
