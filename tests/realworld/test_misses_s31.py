@@ -261,3 +261,56 @@ def test_one_based_labels(tmp_path):
     labels = torch.tensor([1, 13, 5, 13, 2, 7, 13, 12])
     (f,) = [f for f in _crash(tmp_path, labels, 13) if f.code == "TD511"]
     assert f.evidence["values"] == [[13, 3]] and "y - 1" in f.fix
+
+
+# -- TD506 (note): kl_div given probabilities ------------------------------------------------
+# microsoft/ProDA#43 and #20: the self-distillation term `F.kl_div(F.softmax(student), teacher,
+# reduction='none')`, masked and averaged, added to the segmentation loss. Measured (5 classes,
+# soft teacher): the loss fell to -1.68, the student's confidence 0.98 against the teacher's
+# 0.56, true KL 5.45 against 0.0002 with log_softmax, the same argmax agreement (0.99): a note.
+class Seg(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+
+    def forward(self, x):
+        return {"out": self.net(x)}
+
+
+@pytest.mark.parametrize("case", ["proda", "log_softmax", "log_target"])
+def test_kl_div_given_probabilities(tmp_path, case):
+    torch.manual_seed(0)
+    model, teacher_DP = Seg(), Seg()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for _ in range(6):
+            target_imageS = torch.randn(2, 3, 8, 8)
+            labels = torch.randint(0, 5, (2, 8, 8))
+            target_out = model(target_imageS)
+            loss = F.cross_entropy(target_out["out"], labels)
+            with torch.no_grad():
+                teacher_out = teacher_DP(target_imageS)
+            if case == "proda":
+                student = F.softmax(target_out["out"], dim=1)
+                teacher = F.softmax(teacher_out["out"], dim=1)
+                loss_kd = F.kl_div(student, teacher, reduction="none")
+            elif case == "log_softmax":
+                student = F.log_softmax(target_out["out"], dim=1)
+                teacher = F.softmax(teacher_out["out"], dim=1)
+                loss_kd = F.kl_div(student, teacher, reduction="none")
+            else:
+                student = F.log_softmax(target_out["out"], dim=1)
+                teacher = F.log_softmax(teacher_out["out"], dim=1)
+                loss_kd = F.kl_div(student, teacher, reduction="none", log_target=True)
+            mask = (labels != 250).float().unsqueeze(1)
+            loss = loss + 0.1 * (loss_kd * mask).sum() / mask.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    kl = [f for f in doc.report.findings if f.code == "TD506" and f.evidence["loss_fn"] == "kl_div"]
+    if case == "proda":
+        assert len(kl) == 1 and kl[0].severity.value == "info"
+        assert "SoftmaxBackward0" in kl[0].title and "log_softmax" in kl[0].fix
+    else:
+        assert kl == []
+    assert not [f.code for f in doc.report.findings if f.severity.value != "info"]

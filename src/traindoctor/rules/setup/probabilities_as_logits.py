@@ -64,6 +64,9 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
     (`softmax` where `log_softmax` was meant): the "loss" is then -mean(p_target), negative
     and bounded in [-1, 0].
 
+    `kl_div` / `nn.KLDivLoss` given a softmax's output as its input (log-probabilities
+    expected) is a note: its loss is sum t log t - sum t p, minimized by the target's argmax.
+
     ## Why it matters
     The loss squashes the probabilities a second time. Over C classes the best the model can
     do is a one-hot p, whose cross-entropy is log(1 + (C-1)/e) (0.74 for C = 4, 1.9 for
@@ -127,6 +130,8 @@ def probabilities_as_logits(tl: TimelineView) -> Iterator[Finding]:
             finding = _sigmoid(tl, site)
         elif site.fn == "ctc_loss":
             finding = _ctc_not_log_probs(tl, site)
+        elif site.fn == "kl_div":
+            finding = _kl_div_probs(tl, site)
         else:
             finding = None
         if finding is not None:
@@ -385,6 +390,50 @@ def _ctc_not_log_probs(tl: TimelineView, site: Site) -> Finding | None:
         fix="apply log_softmax over the class dim just before the loss "
         "(F.log_softmax(logits, dim=2) for (T, N, C) scores)",
         confidence=0.9,
+    )
+
+
+def _kl_div_probs(tl: TimelineView, site: Site) -> Finding | None:
+    """kl_div given a softmax's output as its input, where log-probabilities belong
+    (microsoft/ProDA#20, #43: `F.kl_div(F.softmax(student), teacher)`). A note: the loss is
+    sum t log t - sum t p, minimized by p one-hot on the target's largest entry, so the student
+    learns the target's argmax, not its distribution (measured on a 5-class distillation: true
+    KL 5.45 against 0.0002 with log_softmax, the same argmax agreement, 0.99)."""
+    producer = (site.facts.get("producer") or [None])[0]
+    steps = _in_unit(site)
+    if producer != "SoftmaxBackward0" or not steps:
+        return None
+    loss = _losses(site)
+    seen = f"; observed loss {fmt(loss['first'])} -> {fmt(loss['last'])}" if loss else ""
+    negative = bool(loss) and loss["min"] < -1e-6
+    return tl.finding(
+        title=f"`kl_div` at {site.source} gets probabilities (made by `SoftmaxBackward0`) as "
+        f"its input, where log-probabilities belong{seen}",
+        step=steps[0],
+        evidence={
+            "loss_fn": site.fn,
+            "observed_loss": loss,
+            "loss_went_negative": negative,
+            "input_min": min(site.stats[s]["in_min"] for s in steps),
+            "input_max": max(site.stats[s]["in_max"] for s in steps),
+            "measured_steps": len(steps),
+            "producer": site.facts.get("producer"),
+            "input_shape": site.facts.get("input_shape"),
+            "log_target": (site.facts.get("options") or {}).get("log_target"),
+        },
+        where=Where(op=site.fn, source=site.source),
+        cause=f"on all {len(steps)} measured steps the input of kl_div was a softmax's output "
+        "(values in [0, 1]). kl_div(input, target) computes target * (log target - input): "
+        "it reads its input as log-probabilities, so this loss is sum t log t - sum t p, not a "
+        "KL divergence"
+        + (" (it went below 0, which a KL cannot)" if negative else "")
+        + ". It is minimized by p one-hot on the target's largest entry: the model learns the "
+        "target's argmax, not its distribution (soft labels and a teacher's confidence are "
+        "lost)",
+        fix="pass log-probabilities: F.kl_div(F.log_softmax(student_logits, dim=1), "
+        "teacher_probs, reduction='batchmean')",
+        confidence=0.85,
+        severity=Severity.INFO,
     )
 
 
