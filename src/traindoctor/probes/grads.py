@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import chain, compress
-from operator import attrgetter, itemgetter, not_, or_
+from operator import and_, attrgetter, itemgetter, not_, or_
 from typing import ClassVar
 
 import torch
@@ -183,10 +183,11 @@ class GradsProbe(Probe):
             )
         )
         named = ctx.named_params()
-        free = [
-            id(p) not in held and rg
-            for p, rg in zip(map(_SECOND, named), map(REQUIRES_GRAD, map(_SECOND, named)))
-        ]
+        tensors = list(map(_SECOND, named))
+        ids = list(map(id, tensors))
+        if held.issuperset(ids):
+            return  # every param is held (the common case: checked in C, no loop)
+        free = list(map(and_, map(not_, map(held.__contains__, ids)), map(REQUIRES_GRAD, tensors)))
         if any(free):
             params = list(compress(named, free))
             self._check(step, list(map(_FIRST, params)), list(map(_SECOND, params)), rec)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
+from itertools import compress, islice
+from operator import not_
 from typing import ClassVar
 
 import torch
@@ -146,9 +147,11 @@ class OptimProbe(Probe):
             for oi, opt in enumerate(ctx.optimizers):
                 stepped = oi < len(self._activity) and self._activity[oi]["steps"] > 0
                 for group in opt.param_groups:
-                    for p in group["params"]:
-                        if id(p) in names:
-                            continue
+                    params = group["params"]
+                    named = list(map(names.__contains__, map(id, params)))  # in C: 10,000 on
+                    if all(named):  # some models, all named on most
+                        continue
+                    for p in compress(params, map(not_, named)):
                         if p.grad is not None:
                             self._unnamed_with_grad.add(id(p))
                         if stepped:
