@@ -89,6 +89,46 @@ from traindoctor.diagnosis_schedule import diagnose_due
 # Saved before any attach: the plain side of the interleaved run calls backward without our
 # patch, so that the watched doctor does not see the plain side's backward passes.
 _BACKWARD = torch.autograd.backward
+
+# Where the runs train (--device): "cpu", or "cuda" where a GPU is lent (issue 15's CUDA goal:
+# <= 1.01x at steady state, no host synchronisation per step).
+DEVICE = torch.device("cpu")
+
+
+def _on_device(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(DEVICE) for t in batch)
+
+
+def _settle() -> None:
+    """Wait for the device's queued work, so that a step's wall time is its own (CUDA)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+class _SyncCounter:
+    """Host synchronisations the step's code made (CUDA only: torch.cuda.set_sync_debug_mode
+    warns on each synchronizing call: .item(), .cpu(), nonzero, a copy to the host, ...)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._catch: Any = None
+
+    def __enter__(self) -> _SyncCounter:
+        if DEVICE.type == "cuda":
+            self._catch = warnings.catch_warnings(record=True)
+            self._seen = self._catch.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._catch is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self.count = sum("synchroniz" in str(w.message) for w in self._seen)
+            self._catch.__exit__(*exc)
+            self._catch = None
+
+
 _PACKAGE = os.path.dirname(td.__file__)
 
 # -- the five model shapes of issue 15 --------------------------------------------------------
@@ -353,6 +393,7 @@ class Run:
     params: list[torch.Tensor] = field(default_factory=list, repr=False)
     sampled: list[bool | None] = field(default_factory=list, repr=False)
     numbers: list[int | None] = field(default_factory=list, repr=False)
+    syncs: list[int] = field(default_factory=list, repr=False)  # host syncs per step (CUDA)
     interval: int | None = None
     target: int | None = None
     findings: list[str] = field(default_factory=list)
@@ -360,17 +401,17 @@ class Run:
 
 def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     torch.manual_seed(0)
-    model = shape.build()
+    model = shape.build().to(DEVICE)
     opt = shape.optimizer(model)
     g = torch.Generator().manual_seed(1)
-    data = [shape.data(g) for _ in range(16)]
+    data = [_on_device(shape.data(g)) for _ in range(16)]
     h0 = RemovableHandle.next_id
     t0, c0 = time.perf_counter(), time.process_time()
     watcher.attach(model, opt, out_dir)
     attach, attach_cpu = time.perf_counter() - t0, time.process_time() - c0
     h1 = RemovableHandle.next_id
     h3 = h1
-    times, cpu = [], []
+    times, cpu, syncs = [], [], []
     sampled: list[bool | None] = []
     numbers: list[int | None] = []
     with watcher.context():
@@ -378,14 +419,18 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
             x, y = data[i % len(data)]
             sampled.append(watcher.sampled())  # before the clocks start
             numbers.append(watcher.step())
+            _settle()
             t0, c0 = time.perf_counter(), time.process_time()
-            opt.zero_grad(set_to_none=True)
-            loss = shape.loss(model(x), y)
-            loss.backward()
-            opt.step()
-            watcher.log(loss)
+            with _SyncCounter() as counted:
+                opt.zero_grad(set_to_none=True)
+                loss = shape.loss(model(x), y)
+                loss.backward()
+                opt.step()
+                watcher.log(loss)
+            _settle()
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+            syncs.append(counted.count)
             if i == 2:
                 h3 = RemovableHandle.next_id
     h_end = RemovableHandle.next_id
@@ -393,7 +438,8 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
     watcher.close()
     close, close_cpu = time.perf_counter() - t0, time.process_time() - c0
     out = Run(times, cpu, attach, attach_cpu, close, close_cpu, h1 - h0, h3 - h1, h_end - h3)
-    out.params = [p.detach().clone() for p in model.parameters()]
+    out.params = [p.detach().cpu().clone() for p in model.parameters()]
+    out.syncs = syncs
     out.sampled = sampled
     out.numbers = numbers
     if isinstance(watcher, Traindoctor):
@@ -414,10 +460,12 @@ def compare(
     out_dir: str,
     interleaved: int = 0,
     control: bool = False,
+    forced: int = 0,
 ) -> dict[str, Any]:
     """Plain and watched runs alternated `rounds` times; ratios of the summed phase times.
     With `interleaved` steps (traindoctor only), the interleaved run too (and the control,
-    plain / plain, with `control`), whose unsampled share the long-run figure uses."""
+    plain / plain, with `control`), whose unsampled share the long-run figure uses; `forced`
+    more interleaved steps with every step sampled price a sampled step."""
     plain: list[Run] = []
     watched: list[Run] = []
     for i in range(rounds):
@@ -460,6 +508,20 @@ def compare(
                 p = sum(r.cpu[i] for r in plain for i in idx)
                 out[f"{label} (cpu)"] = w / p
                 out[f"{label}: steps"] = len(idx)
+    if DEVICE.type == "cuda" and flags and flags[0] is not None:
+        # Host synchronisations per step, by kind of step (steps 4-N; pass steps apart).
+        for label, want in (("unsampled", False), ("sampled", True)):
+            for who, runs in (("watched", watched), ("plain", plain)):
+                idx = [
+                    i
+                    for i in range(3, steps)
+                    if bool(flags[i]) is want and not diagnose_due(watched[0].numbers[i] or 0)
+                ]
+                if idx:
+                    n = sum(r.syncs[i] for r in runs for i in idx)
+                    out[f"host syncs per {label} step 4-N, {who} (cuda)"] = n / (
+                        len(idx) * len(runs)
+                    )
     # attach and close in wall time (close writes files: CPU time would leave the waits out)
     loop_w, loop_p = phase_sum(watched, 0, None), phase_sum(plain, 0, None)
     extra = sum(r.attach + r.close for r in watched) - sum(r.attach + r.close for r in plain)
@@ -470,7 +532,7 @@ def compare(
     )
     share = pass_share = None
     if interleaved and make is Traindoctor:
-        inter = interleave(shape, interleaved, True, out_dir)
+        inter = interleave(shape, interleaved, True, out_dir, forced=forced)
         print(json.dumps(inter, default=str), flush=True)  # a long shape's first figures
         out.update(inter)
         share = inter.get("interleaved: unsampled share")
@@ -532,21 +594,29 @@ def _calls_into_package(fn: Callable[[], Any]) -> int:
     return count
 
 
+def _step_clock() -> float:
+    """CPU time on the CPU (steadier on a shared machine); wall time on a GPU, whose work the
+    process's CPU time does not see (each step is settled first)."""
+    return time.perf_counter() if DEVICE.type == "cuda" else time.process_time()
+
+
 def interleave(
-    shape: Shape, steps: int, watched: bool, out_dir: str, after: int = 50
+    shape: Shape, steps: int, watched: bool, out_dir: str, after: int = 50, forced: int = 0
 ) -> dict[str, Any]:
     """Two copies of the run in one process, a plain step and a watched step in turn (the
     order alternating; both plain with watched=False, the control): CPU time per step of each
     side, told apart by the watched doctor's schedule read before the step (module
     docstring). Step `after` + 1 is not timed: its plain side runs under sys.setprofile, to
-    count the calls into our code that the plain side makes."""
+    count the calls into our code that the plain side makes. With `forced` > 0, `forced` more
+    steps follow with every step sampled (the governor's interval pinned to 1): a run has a
+    few sampled steps in its first hundreds, too few to price one against the noise."""
     sides = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = shape.build()
+        model = shape.build().to(DEVICE)
         sides.append((model, shape.optimizer(model)))
     g = torch.Generator().manual_seed(1)
-    data = [shape.data(g) for _ in range(16)]
+    data = [_on_device(shape.data(g)) for _ in range(16)]
     doc = td.watch(*sides[1], out_dir=out_dir, console=False) if watched else None
     clock = _GcClock()
     gc.callbacks.append(clock)
@@ -555,7 +625,8 @@ def interleave(
         model, opt = sides[side]
         d = doc if side == 1 else None
         clock.spent = 0.0
-        c0 = time.process_time()
+        _settle()
+        c0 = _step_clock()
         opt.zero_grad(set_to_none=True)
         loss = shape.loss(model(x), y)
         if d is None:
@@ -565,20 +636,30 @@ def interleave(
         opt.step()
         if d is not None:
             d.log(loss=loss)
-        return time.process_time() - c0, clock.spent
+        _settle()
+        return _step_clock() - c0, clock.spent
 
     # kind -> [(plain s, watched s, plain gc s, watched gc s)]
     kinds: dict[str, list[tuple[float, float, float, float]]] = {
         "unsampled": [],
         "sampled": [],
         "pass": [],
+        "forced sampled": [],
     }
     calls = -1
     try:
-        for i in range(steps):
+        for i in range(steps + (forced if doc is not None else 0)):
             x, y = data[i % len(data)]
             kind = "unsampled"
-            if doc is not None:
+            if i >= steps:
+                kind = "forced sampled"
+                if i == steps:  # every step sampled from here (read by sampled() below)
+                    budget = doc.budget
+                    budget.interval = budget.min_interval = budget.max_interval = 1
+                    budget.target = 1
+                if diagnose_due(doc.step) or not doc.budget.sampled(doc.step):
+                    kind = "forced, not counted"  # a pass step (or the pin did not hold)
+            elif doc is not None:
                 number = doc.step
                 if diagnose_due(number):
                     kind = "pass"
@@ -590,8 +671,9 @@ def interleave(
                 continue
             order = (0, 1) if i % 2 else (1, 0)
             t = {side: one(side, x, y) for side in order}
-            if i > after or (kind == "sampled" and i >= 3):
+            if kind in kinds and (i > after or (kind == "sampled" and i >= 3)):
                 kinds[kind].append((t[0][0], t[1][0], t[0][1], t[1][1]))
+
         objects = len(gc.get_objects())
     finally:
         gc.callbacks.remove(clock)
@@ -599,7 +681,12 @@ def interleave(
             doc.close()
     tag = "interleaved" if watched else "control (plain / plain, interleaved)"
     out: dict[str, Any] = {}
-    for kind, lo in (("unsampled", after + 1), ("sampled", 4), ("pass", after + 1)):
+    for kind, lo in (
+        ("unsampled", after + 1),
+        ("sampled", 4),
+        ("pass", after + 1),
+        ("forced sampled", steps + 1),
+    ):
         pairs = kinds[kind]
         if not pairs or (kind != "unsampled" and not watched):
             continue
@@ -609,6 +696,9 @@ def interleave(
         out[f"{label} (cpu)"] = watched_s / plain_s
         out[f"{label}: steps"] = len(pairs)
         out[f"{label}: extra ms per step"] = (watched_s - plain_s) / len(pairs) * 1e3
+        if kind == "forced sampled":
+            out[f"{label}: median pair"] = statistics.median(w / p for p, w, *_ in pairs)
+            out[f"{label}: pairs over 1.3x"] = sum(w > 1.3 * p for p, w, *_ in pairs)
         if kind == "unsampled":
             out[f"{label}: median pair"] = statistics.median(w / p for p, w, *_ in pairs)
             out[f"{label}: plain ms (median)"] = statistics.median(p for p, *_ in pairs) * 1e3
@@ -747,17 +837,37 @@ def main() -> None:
     ap.add_argument(
         "--control", action="store_true", help="also interleave plain / plain: the method's error"
     )
+    ap.add_argument(
+        "--forced-sampled",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the interleaved run, this many more interleaved steps, every one sampled",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda where a GPU is lent (wall time; host syncs per step counted)",
+    )
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds = 60, 1
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
     if args.interleaved is None:
         args.interleaved = args.steps
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # detect_anomaly warns once per run
     shapes = [s for s in args.shapes.split(",") if s]
     results: dict[str, dict[str, Any]] = {}
-    print(f"load: {os.getloadavg()}; torch {torch.__version__}, 1 thread")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
+    print(f"load: {os.getloadavg()}; torch {torch.__version__}, 1 thread; device: {where}")
+    if DEVICE.type == "cuda":
+        print("on CUDA read the (wall) ratios and the interleaved figures (wall there); the")
+        print("long-run extrapolation and the (cpu) ratios are the host's CPU time only")
     with tempfile.TemporaryDirectory() as out:
         run(SHAPES["mlp"], 10, Watcher(), out)  # warm-up: allocator, kernels
         for name in shapes:
@@ -773,6 +883,7 @@ def main() -> None:
                     out,
                     args.interleaved,
                     args.control,
+                    args.forced_sampled,
                 )
             )
             results[name] = res
