@@ -28,6 +28,7 @@ from .options import Options
 from .outcome import record_outcome
 from .probes import default_probes
 from .probes.base import AttachContext, Probe, Recorder, RunContext
+from .probes.loss_targets import watch_loss_targets
 from .report import notebook, publish
 from .report.model import Report
 from .rules._registry import Rule, select
@@ -244,6 +245,9 @@ class Doctor:
             self._pickles_clean = True
         for probe in self.probes:
             self.guard.call(f"probe {probe.name}", probe.attach, ctx, self.rec)
+        # Class targets out of range, counted before the loss runs (TD511; zero-code mode
+        # started it with the script, a second hold on the same watch).
+        self._handles.append(watch_loss_targets(self.run))
         for opt in self.optimizers:
             self._hook_optimizer(opt)
         if scaler is not None:

@@ -506,10 +506,6 @@ class LossInputsProbe(Probe):
         self._rec = rec
         add_loss_listener(self)
         self._listening = True
-        from .loss_targets import watch_loss_targets  # imports this module
-
-        # Class targets out of range, checked before the loss runs (TD511; CUDA asserts).
-        self.handles.append(watch_loss_targets(ctx.run))
 
     def detach(self) -> None:
         if self._listening:

@@ -50,8 +50,8 @@ class _TargetWatch:
     def _check(self, fn: str, args: tuple, kwargs: dict) -> None:
         inp = _arg(args, kwargs, 0, "input")
         tgt = _arg(args, kwargs, 1, "target")
-        if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
-            return
+        if type(inp) is not torch.Tensor or type(tgt) is not torch.Tensor:
+            return  # a subclass (DTensor, ...) may turn the read back into a collective
         if not inp.is_floating_point() or inp.dim() < 1 or tgt.is_floating_point():
             return
         if tgt.dim() != inp.dim() - 1 or tgt.numel() == 0 or tgt.dtype == torch.bool:

@@ -65,7 +65,12 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
     and shape against the input's class count; for float targets, their min and max. On the
     1st, 2nd, 4th, ... call of a site, the share of the targets (first 64 examples) equal to
     the argmax of the input over its class dim, read beside the site's loss and the backward's
-    loss of the same step (the whole objective, or one term of it).
+    loss of the same step (the whole objective, or one term of it). Out-of-range class targets
+    are also counted before the loss runs, from the script's first loss call (zero-code mode
+    attaches only at the first backward, which such a loss never reaches) and on the structural
+    steps, at most 64 calls, one read back each: the offending values and their counts, the
+    class count, the line; reported even when the run never got past that first call, and
+    what a CUDA device-side assert (raised later, elsewhere) would hide.
 
     ## Example
     ```python
