@@ -113,7 +113,8 @@ def test_timm_style_ema_validated_in_train_mode_is_td403(tmp_path):
     assert "`ModelEma`, an unwatched copy of the model" in f.title
     assert f.evidence["modules_in_train_mode"] == ["ModelEma.module.1", "ModelEma.module.3"]
     assert f.evidence["evaluations_affected"] == 3
-    line = next(i for i, t in enumerate(open(__file__), 1) if "(ema.module(xv" in t)
+    with open(__file__) as f_:
+        line = next(i for i, t in enumerate(f_, 1) if "(ema.module(xv" in t)
     assert f.where.source.endswith(f"test_leftovers_s31.py:{line}")  # the user's call
 
 
@@ -265,3 +266,36 @@ def teacher_then_validation(tmp_path):
 def test_teacher_passes_do_not_use_up_the_students_validation_events(tmp_path):
     found = _td403(_report(teacher_then_validation(tmp_path)))
     assert [f.evidence["model"] for f in found] == ["student"], found
+
+
+# -- TD511: class 0 a start token of a seq2seq, not 1-based labels --------------------------------
+class Seq2Seq(nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 16)
+        self.enc = nn.GRU(16, 32, batch_first=True)
+        self.dec = nn.GRU(16, 32, batch_first=True)
+        self.out = nn.Linear(32, vocab)
+
+    def forward(self, src, dec_in):
+        _, h = self.enc(self.emb(src))
+        return self.out(self.dec(self.emb(dec_in), h)[0])
+
+
+def test_seq2seq_whose_class_0_is_the_start_token_is_not_one_based_labels(tmp_path):
+    """Reverse a sequence: token 0 is SOS (the decoder's first input), 1 is EOS, never is 0 a
+    target. TD511 said '1-based labels'."""
+    torch.manual_seed(0)
+    sos, eos, vocab = 0, 1, 10
+    model = Seq2Seq(vocab)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    for _ in range(30):
+        src = torch.randint(2, vocab, (16, 5))
+        tgt = torch.cat([src.flip(1), torch.full((16, 1), eos)], 1)
+        dec_in = torch.cat([torch.full((16, 1), sos), tgt[:, :-1]], 1)
+        loss = F.cross_entropy(model(src, dec_in).reshape(-1, vocab), tgt.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not [f for f in _report(doc) if f.code == "TD511"]

@@ -10,7 +10,19 @@ def _hist(counts, steps=6):
 
 def test_one_based_labels():
     f = assert_fires("TD511", site_timeline(CE, {}, labels=_hist([0, 8, 8, 8, 8])))
-    assert "1-based" in f.title
+    assert "class 0 of 5 outputs is never a label" in f.title
+    assert "1-based" in f.cause and "start token" in f.cause  # both readings, no verdict
+
+
+def test_class_0_a_start_token_of_the_input_vocabulary_is_not_one_based_labels():
+    """A seq2seq decoder fed `[SOS] + targets[:-1]` with SOS = 0: the targets are the ids its
+    embedding reads one position on (ids_next), so the classes are the input vocabulary and id
+    0 is a token read but never predicted."""
+    seq = {**CE, "input_shape": [32, 5, 7], "target_shape": [32, 7]}
+    stats = {s: {"ids_next": 1.0, "ids_same": 0.1} for s in range(1, 7)}
+    assert_silent("TD511", site_timeline(seq, stats, labels=_hist([0, 8, 8, 8, 8])))
+    chance = {s: {"ids_next": 0.2, "ids_same": 0.2} for s in range(1, 7)}  # tags, not tokens
+    assert_fires("TD511", site_timeline(seq, chance, labels=_hist([0, 8, 8, 8, 8])))
 
 
 def test_class_0_as_the_ignore_index_is_padding_not_one_based_labels():

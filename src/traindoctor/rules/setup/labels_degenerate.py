@@ -114,6 +114,15 @@ def labels_degenerate(tl: TimelineView) -> Iterator[Finding]:
             yield f
 
 
+def _input_tokens(site: Site) -> bool:
+    """Whether the site's targets are, for the most part, token ids that an nn.Embedding of
+    the same graph reads (at the same position, or one position on: a decoder's teacher
+    forcing, a language model's shifted inputs; the loss-inputs probe's `ids_same` and
+    `ids_next`): the classes are then the model's input vocabulary, whose ids read but never
+    predicted (a start token) are not a 1-based labelling."""
+    return any(v >= 0.5 for stat in ("ids_same", "ids_next") for _, v in site.values(stat))
+
+
 def _float_labels(tl: TimelineView, site: Site) -> Finding | None:
     for e in site.events:
         shape, tshape = e.get("input_shape") or [], e.get("target_shape") or []
@@ -552,18 +561,21 @@ def _from_histogram(
         and totals[0] == 0
         and totals[classes - 1] > 0
         and len(used) == classes - 1
+        and not _input_tokens(site)
     ):
         return tl.finding(
-            title=f"class 0 of {classes} outputs is never used by the {int(seen)} labels fed "
-            f"to `{site.fn}` at {site.source}: labels are 1..{classes - 1} (1-based)",
+            title=f"class 0 of {classes} outputs is never a label of `{site.fn}` at "
+            f"{site.source}: its {int(seen)} labels run 1..{classes - 1}",
             step=rows[0][0],
             evidence=ev,
             where=Where(op=site.fn, source=site.source),
-            cause="labels run from 1 to C-1 and class 0 never occurs: 1-based labels with one "
-            "extra output added to make them fit; the extra logit is only ever pushed down "
-            "and every class index is off by one against the dataset's class names",
-            fix="use 0-based labels (y - 1) and C - 1 outputs; if class 0 is a reserved id "
-            "(padding, background) that never occurs, ignore this note",
+            cause="labels run from 1 to C-1 and class 0 never occurs. Either the labels are "
+            "1-based with one extra output added to make them fit (the extra logit is only "
+            "ever pushed down and every class index is off by one against the dataset's "
+            "class names), or id 0 is reserved for something that is never a target "
+            "(padding, a start token, background)",
+            fix="if the labels are 1-based, use 0-based labels (y - 1) and C - 1 outputs; if "
+            "class 0 is a reserved id that never occurs as a target, ignore this note",
             confidence=0.75,
             # The same counts fit a reserved id (padding, BOS, background) that never occurs:
             # a note, not a verdict.
