@@ -299,3 +299,52 @@ def test_seq2seq_whose_class_0_is_the_start_token_is_not_one_based_labels(tmp_pa
         loss.backward()
         opt.step()
     assert not [f for f in _report(doc) if f.code == "TD511"]
+
+
+# -- TD210/TD108: a second task's loop, after the structural steps -------------------------------
+class LoRALinear(nn.Module):
+    """A frozen linear layer with a low-rank adapter written by hand."""
+
+    def __init__(self, i: int, o: int, r: int = 4) -> None:
+        super().__init__()
+        self.base = nn.Linear(i, o).requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(r, i) / i**0.5)
+        self.B = nn.Parameter(torch.zeros(o, r))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.A.t() @ self.B.t()
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            self.A.normal_(0, self.A.shape[1] ** -0.5)
+            self.B.zero_()
+
+
+def test_second_task_start_is_a_phase_not_a_spike(tmp_path):
+    """Task A trains the adapters for 150 steps; they are reset and task B (larger targets)
+    trains in its own loop. TD210 read task B's first loss as a spike at step 151 (the new
+    backward() line was not re-read after the structural steps) and TD108 as a rise over the
+    run; the phase is dated at 151 now and each rule judges the last phase alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(LoRALinear(16, 64), nn.ReLU(), LoRALinear(64, 4))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    wa, wb = torch.randn(16, 4) * 0.3, torch.randn(16, 4) * 3
+    for _ in range(150):
+        x = torch.randn(64, 16)
+        loss = F.mse_loss(model(x), x @ wa)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for m in model:
+        if isinstance(m, LoRALinear):
+            m.reset()
+    for _ in range(150):
+        x = torch.randn(64, 16)
+        loss_b = F.mse_loss(model(x), torch.tanh(x @ wb) * 4)
+        opt.zero_grad()
+        loss_b.backward()
+        opt.step()
+    findings = _report(doc)
+    assert [e["step"] for e in doc.timeline.events("backward_site")] == [1, 151]
+    assert not [f for f in findings if f.code in ("TD210", "TD108")], findings

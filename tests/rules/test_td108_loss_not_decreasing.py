@@ -20,7 +20,7 @@ def _flat(n):
 CE = SUPERVISED_CE
 
 
-def _tl(values, ratio=1e-8, lr=1e-7, per_step=1, loss_event=CE, extra=None):
+def _tl(values, ratio=1e-8, lr=1e-7, per_step=1, loss_event=CE, extra=None, events=()):
     steps = {}
     for i, v in enumerate(values, 1):
         steps[i] = {
@@ -34,7 +34,10 @@ def _tl(values, ratio=1e-8, lr=1e-7, per_step=1, loss_event=CE, extra=None):
                 steps[i]["loss_inputs.observed"] = [0]
         for name, value in (extra or {}).get(i, {}).items():
             steps[i][name] = value
-    events = [{"kind": "log_call", "step": 1, "validating": False, "source": "train.py:88"}]
+    events = [
+        {"kind": "log_call", "step": 1, "validating": False, "source": "train.py:88"},
+        *events,
+    ]
     if loss_event is not None:
         events.append(loss_event)
     return make_timeline(params=PARAMS, steps=steps, events=events)
@@ -354,3 +357,17 @@ def test_regression_targets_far_above_the_outputs_are_named():
     extra = {i: {"loss_inputs.stats": small} for i in observed}
     f = assert_fires("TD108", _tl(_flat(60), ratio=5e-3, lr=1e-3, loss_event=mse, extra=extra))
     assert "have a scale" not in f.cause
+
+
+def test_a_second_task_is_judged_on_its_own_losses():
+    """Task B starts at its own, higher loss: not a loss that rose over the run. Judged alone,
+    a task B that falls is silent and a task B that stays flat is reported."""
+    falling = [6.0 * 0.99**i for i in range(150)]
+    first = [2.0 * 0.97**i for i in range(150)]
+    events = [
+        {"kind": "backward_site", "step": 1, "site": 0, "source": "train.py:30"},
+        {"kind": "backward_site", "step": 151, "site": 1, "source": "train.py:41"},
+    ]
+    assert_silent("TD108", _tl(first + falling, ratio=1e-3, lr=1e-2, events=events))
+    f = assert_fires("TD108", _tl(first + _flat(150), events=events))
+    assert f.evidence["steps"] == 150

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, ClassVar
 
 import torch
 
 from .._graph import graph_nodes
-from .._source import call_site, relpath, user_source_with_code
+from .._source import is_user_file, relpath, user_source_with_code
 from ..timeline import signal
 from .base import Probe, Recorder
 from .parts import LOSS_PARTS_GRAD, PartsMeter
@@ -115,6 +116,11 @@ class LossProbe(Probe):
         self._factors_seen: set[float] = set()
         self._sites: dict[tuple[str, int] | None, int] = {}
         self._last_site: int | None = None
+        # Where the last site was found: (depth from on_backward, code object, line) of the
+        # user's frame that called backward(). Compared on every backward (one getframe, no
+        # Python call): a new backward() line after the structural steps (a second task's
+        # loop) is a new site, dated at its first backward.
+        self._site_frame: tuple[int, Any, int] | None = None
         self._last_factor: float | None = None
         self._count_step, self._count = 0, 0  # backward passes in the open step
 
@@ -136,7 +142,16 @@ class LossProbe(Probe):
         rec.append(step, LOSS_FACTOR, factor)
         # The call site matters only to tell factors apart (TD109): walk the stack on the
         # structural steps and when the factor changes; otherwise the site is the last one.
-        if step <= structural or factor != self._last_factor or self._last_site is None:
+        moved = self._site_frame is None
+        if not moved:
+            depth, code, line = self._site_frame
+            try:
+                frame = sys._getframe(depth)
+            except ValueError:
+                moved = True
+            else:
+                moved = frame.f_code is not code or frame.f_lineno != line
+        if moved or step <= structural or factor != self._last_factor or self._last_site is None:
             self._last_site = self._site_id(step, rec)
             self._last_factor = factor
         rec.append(step, LOSS_SITE, self._last_site)
@@ -163,7 +178,15 @@ class LossProbe(Probe):
     def _site_id(self, step: int, rec: Recorder) -> int:
         """A small id for the line that called backward(), so that rules can compare the
         passes of one call site (micro-batches) without storing a string per backward."""
-        where = call_site()
+        where = None
+        self._site_frame = None
+        frame, depth = sys._getframe(2), 1  # on_backward's caller, at depth 1 from there
+        while frame is not None and depth < 40:
+            if is_user_file(frame.f_code.co_filename):
+                where = (frame.f_code.co_filename, frame.f_lineno)
+                self._site_frame = (depth, frame.f_code, frame.f_lineno)
+                break
+            frame, depth = frame.f_back, depth + 1
         site = self._sites.get(where)
         if site is None:
             site = len(self._sites)

@@ -12,6 +12,7 @@ from .._loss_scan import Levels, LossScan
 from .._objective import objective, spearman, too_high_lr, uniform_guess
 from .._registry import rule
 from .._util import loss_source
+from ..numerics.loss_spike_or_divergence import _phases
 
 
 @rule(
@@ -33,7 +34,14 @@ from .._util import loss_source
         "schedule.clip_max",
         "schedule.steps",
     ),
-    events=("backward_call", "backward_site", "log_call", "loss_input", "lr_scheduler"),
+    events=(
+        "backward_call",
+        "backward_site",
+        "log_call",
+        "loss_input",
+        "lr_scheduler",
+        "models_added",
+    ),
     facts=("optimizers",),
     priority=60,
     state=lambda: LossScan(width=fifth),
@@ -121,10 +129,22 @@ def _judge(
     if levels.few_values():
         return  # bit-constant: TD107 reports it with its cause
     w = max(5, len(values) // 5)
-    # The start is the higher of the first fifth and the first 3 steps: a loss that fell within
-    # the first few steps and then held its level has fallen.
-    first = max(levels.head_median(w), statistics.median(values[:3]))
-    last = levels.tail_median(w)
+    later = [p for p in _phases(tl) if steps[0] < p <= steps[-1]]
+    if later:
+        # A later phase (a second task's backward() line, a student after its teacher) starts
+        # at its own loss: only the last phase's losses are one objective's to compare.
+        cut = next(i for i, s in enumerate(steps) if s >= max(later))
+        values, steps = list(values[cut:]), list(steps[cut:])
+        if len(values) < min_steps or len(set(values)) <= 2:
+            return
+        w = max(5, len(values) // 5)
+        first = max(statistics.median(values[:w]), statistics.median(values[:3]))
+        last = statistics.median(values[-w:])
+    else:
+        # The start is the higher of the first fifth and the first 3 steps: a loss that fell
+        # within the first few steps and then held its level has fallen.
+        first = max(levels.head_median(w), statistics.median(values[:3]))
+        last = levels.tail_median(w)
     drop = (first - last) / abs(first) if first else 0.0
     data = state.objective.inputs(tl)
     obj = objective(tl, data)
