@@ -53,9 +53,10 @@ def logits_clamped_at_zero(tl: TimelineView) -> Iterator[Finding]:
     the share of rows whose every logit is 0, and the share of the class-index targets whose
     own logit is 0. It fires when a measured step had logits at 0; error when a measured
     step had rows whose logits were all 0 (examples that trained nothing), else a warning. A
-    softplus (smooth, never 0, its gradient never cut: no accuracy lost in the same
-    measurement), a ReLU inside the network and a log_softmax over unclamped logits are not
-    reported; sigmoid or softmax outputs fed to cross-entropy are TD506's.
+    softplus (smooth, never 0, its gradient never cut: the same final accuracy, 1.00, where
+    the same MLP converged; slower where it had not, 0.21 against 0.39 after 5 epochs of SGD at
+    1e-3), a ReLU inside the network and a log_softmax over unclamped logits are not reported;
+    sigmoid or softmax outputs fed to cross-entropy are TD506's.
 
     ## Example
     ```python
