@@ -85,6 +85,11 @@ MASK = "mask (by design)"  # a multiply by a 0/1 tensor: zeroes exactly the mask
 # only as long as its value stays 0: nothing is blocked.
 ZERO_OPERAND = "zero operand (trained)"
 ATTENUATES = "attenuates"  # elementwise op cutting the norm by orders of magnitude
+# A multiply by a constant (no grad) whose zeros the op that made its other operand fills in
+# again: every gradient that op passes on is as dense as the one the multiply received (a
+# soft-target cross-entropy `-(t * log_softmax(z)).sum(-1)`: the softmax's normalisation gives
+# every logit a gradient, zero target entries included). No element behind it loses its gradient.
+REFILLED = "zeros refilled upstream"
 NO_GRAD_IN = "no gradient in"
 PASSES = "passes"
 DETACHED = "adds a detached tensor"  # scalar add/sub of a tensor without graph
@@ -135,6 +140,8 @@ class NodeFacts:
     # An op whose derivative is 0 everywhere (sign, round, floor, ...) on a value that also
     # reaches the loss another way (`sign(x) * sqrt(abs(x))`): x still gets its gradient.
     bypassed: bool = False
+    # A multiply by a constant whose zeros the op making its other operand fills in (REFILLED).
+    refilled: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -259,6 +266,28 @@ class _NodeHook:
         return None
 
 
+class _ProducerHook:
+    """The hook on the node that made a multiply's trained operand (the other one a constant):
+    records the share of exact zeros in each gradient that node passes on."""
+
+    __slots__ = ("walk", "key")
+
+    def __init__(self, walk: Walk, key: int) -> None:
+        self.walk = walk
+        self.key = key
+
+    def __call__(self, grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+        try:
+            zeros = self.walk._producer_zeros.get(self.key)
+            if zeros is not None:
+                for g in grad_inputs:
+                    if isinstance(g, torch.Tensor) and g.numel():
+                        zeros.append(1.0 - torch.count_nonzero(g) / g.numel())
+        except Exception:  # noqa: BLE001 - a statistic is lost, never the backward
+            pass
+        return None
+
+
 class Walk:
     """Hooks on the nodes of one loss graph for one backward; `finish()` reads them back.
 
@@ -284,6 +313,10 @@ class Walk:
         self._l2 = _Scalars()  # device scalars, in slot order
         self._l0 = _Scalars()
         self._masks: list[torch.Tensor] = []
+        # A multiply by a constant -> the node that made its other operand; per such producer,
+        # the zero fraction of each gradient it passes on (device scalars, read at the end).
+        self._producer_of: dict[int, int] = {}
+        self._producer_zeros: dict[int, list[torch.Tensor]] = {}
         self._gc_was_enabled = False
         self.bypassed: dict[int, bool] = {}
         # ids of the nodes whose output is a term of the loss (the loss itself, and what a
@@ -366,6 +399,8 @@ class Walk:
                 self.handles.append(node.register_hook(hook))
             except (RuntimeError, AttributeError):
                 pass
+            if kind == "MulBackward0" and len(nexts) == 2:
+                self._watch_producer(index, nexts[0][0], nexts[1][0])
         if zero_derivative:
             for node, kind in view_nodes:
                 vkey = _view_key(node, kind)
@@ -377,6 +412,34 @@ class Walk:
             i: consumers.get(id(fed), 0) > 1 or views.get(_view_key(fed, type(fed).__name__), 0) > 1  # type: ignore[arg-type]
             for i, fed in zero_derivative.items()
         }
+
+    def _watch_producer(self, index: int, a: Any, b: Any) -> None:
+        """A multiply with one operand without graph (a constant): hook the node that made the
+        other operand, to measure whether the zeros the multiply passes it survive it."""
+        producer = b if a is None else a if b is None else None
+        if producer is None or type(producer).__name__ == "AccumulateGrad":
+            return  # both operands live, or a leaf: its zeros are the parameter's own
+        key = id(producer)
+        self._producer_of[index] = key
+        if key in self._producer_zeros:
+            return
+        self._producer_zeros[key] = []
+        try:
+            self.handles.append(producer.register_hook(_ProducerHook(self, key)))
+        except (RuntimeError, AttributeError):
+            pass
+
+    def _producer_zero_fractions(self) -> dict[int, list[float]]:
+        """Per watched producer that ran: the zero fraction of each gradient it passed on."""
+        keys = [k for k, v in self._producer_zeros.items() if v]
+        values = _read_back([t for k in keys for t in self._producer_zeros[k]])
+        out: dict[int, list[float]] = {}
+        at = 0
+        for k in keys:
+            n = len(self._producer_zeros[k])
+            out[k] = values[at : at + n]
+            at += n
+        return out
 
     def _hook(self, index: int, node: Any, elementwise: bool, mul: bool) -> _NodeHook:
         return _NodeHook(self, index, node, elementwise, mul)
@@ -466,6 +529,7 @@ class Walk:
     def _finish(self, names: bool) -> GradientPath:
         self._flush()
         l2, l0, masks = self._l2.read(), self._l0.read(), _read_back(self._masks)
+        produced = self._producer_zero_fractions()
         host: dict[int, list[float]] = {}
         for i, (l2_at, n_out, n_in, l0_at, shapes, elements, mask_at, both) in self.rows.items():
             # sum(v * v for v in ...) in C: the same products summed in the same order
@@ -502,7 +566,14 @@ class Walk:
             # trained and itself gets its gradient: transient, gone once it moves. Both sides
             # zeroed (0 x 0, a fixed point that never moves) stays a block.
             trained = float(both and len(fracs) == 2 and min(fracs) < BLOCK_FRACTION)
-            host[i] = [in_sq, out_sq, zeroed, float(elements), detached, mask, trained]
+            # The multiply's zeros filled in again by the op that made its trained operand:
+            # no gradient it passes on has a larger share of zeros than the multiply received.
+            refilled = 0.0
+            made = produced.get(self._producer_of.get(i, -1))
+            if made and l0_at >= 0 and zeroed > 0:
+                zero_in = (max(elements, 1) - l0[l0_at]) / max(elements, 1)
+                refilled = float(max(made) <= zero_in)
+            host[i] = [in_sq, out_sq, zeroed, float(elements), detached, mask, trained, refilled]
         facts = [_judge(i, node, host.get(i), names) for i, node in enumerate(self.nodes)]
         for i, bypassed in self.bypassed.items():
             facts[i].bypassed = bypassed
@@ -512,6 +583,7 @@ class Walk:
         self.nodes.clear()
         self.rows.clear()
         self._l2, self._l0, self._masks = _Scalars(), _Scalars(), []
+        self._producer_of, self._producer_zeros = {}, {}
         return path
 
 
@@ -651,13 +723,15 @@ def _judge(index: int, node: Any, row: list[float] | None, names: bool) -> NodeF
     source = node_source(node) if names else None
     if row is None:
         return NodeFacts(index, op, type(node).__name__, source, None, None, None, 0, NO_GRAD_IN)
-    in_sq, out_sq, zeroed, elements, detached, mask, trained = row
+    in_sq, out_sq, zeroed, elements, detached, mask, trained, refilled = row
     g_in, g_out = in_sq**0.5, out_sq**0.5
     is_mask = bool(mask)
     measured = zeroed >= 0
     zeroed = max(zeroed, 0.0)
     if g_in == 0:
         verdict = NO_GRAD_IN
+    elif op == "mul" and refilled and zeroed > 0:
+        verdict = REFILLED
     elif op == "mul" and is_mask and zeroed > 0:
         verdict = MASK
     elif op == "mul" and trained and zeroed >= PARTLY_FRACTION:
@@ -685,6 +759,7 @@ def _judge(index: int, node: Any, row: list[float] | None, names: bool) -> NodeF
         detached_input=bool(detached),
         mask=is_mask,
         trained_operand=bool(trained) and zeroed >= PARTLY_FRACTION,
+        refilled=verdict == REFILLED,
     )
 
 

@@ -193,6 +193,7 @@ class GradPathProbe(Probe):
                     "mask": n.mask,
                     "trained_operand": n.trained_operand,
                     "bypassed": n.bypassed,
+                    "refilled": n.refilled,
                 }
                 for n in keep
             ],

@@ -143,7 +143,12 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     An op whose derivative is 0 everywhere (`sign`, `round`, `floor`, `ceil`, `trunc`) on a
     value that also reaches the loss through another op (YOLO's `sign(x) * sqrt(abs(x))`) blocks
     nothing: that value gets its gradient the other way. It is not reported.
-    A multiply by a constant (no grad) that is 0, or 0 x 0 (both sides zeroed), is.
+    A multiply by a constant (no grad) that is 0, or 0 x 0 (both sides zeroed), is, unless the
+    op that made its other operand fills the zeros in again: when no gradient that op passes on
+    has a larger share of exact zeros than the multiply received, no element behind it lost its
+    gradient (a soft-target cross-entropy `-(t * F.log_softmax(z, -1)).sum(-1)` with CutMix or
+    Mixup targets: the softmax's normalisation gives every logit a gradient). Not reported, nor
+    as a 0/1 mask.
     An op measured blocking on one walk and passing on a later walk (same op and line) was a
     transient zero and is not reported; one blocking again is confirmed. One that has no line
     (the loss is computed inside the model's forward) and was measured on one walk only is a
@@ -192,6 +197,10 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
                 continue
             key = (op, n.get("source"))
             if key in seen:
+                continue
+            if n.get("refilled"):
+                # A multiply by a constant whose zeros the op making its other operand fills
+                # in again (soft-target cross-entropy: `-(t * log_softmax(z)).sum(-1)`).
                 continue
             if n.get("mask"):
                 if zeroed > 0:
