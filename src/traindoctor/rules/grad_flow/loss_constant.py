@@ -211,8 +211,16 @@ def _train(tl: TimelineView, runs: Runs, min_repeats: int) -> Iterator[Finding]:
 
 
 def _same_batch(tl: TimelineView, first: int, last: int) -> bool:
-    """The batch fingerprints (TD504's) of steps first..last: at least two, all identical."""
+    """The batch fingerprints (TD504's) of steps first..last: at least two, all identical.
+    Fingerprints are sampled after the first steps, so a window between two of them may hold
+    none: then the nearest fingerprint before it and the nearest after it, or, where none
+    follows (the run ends), every fingerprint of the run, must be one batch."""
     fps = [fp for _, fp in _between(tl, "data.fp", first, last) if fp]
+    if len(fps) < 2:
+        run = [(s, fp) for s, fp in tl.series("data.fp") if fp]
+        before = [fp for s, fp in run if s < first][-1:]
+        after = [fp for s, fp in run if s > last][:1]
+        fps = before + fps + after if after else [fp for s, fp in run if s <= last]
     return len(fps) >= 2 and all(fp == fps[0] for fp in fps)
 
 
