@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import traindoctor as td
 from tests.cli.conftest import reported_batch
 from traindoctor.gradpath import BLOCKS, REFILLED
-from traindoctor.testing import assert_fires, assert_silent, make_timeline
+from traindoctor.testing import assert_fires, assert_silent, make_timeline, optimizer_facts
 
 
 def _mul(loss):
@@ -154,3 +154,28 @@ def test_a_loss_weight_left_at_zero_still_blocks(runs):
     assert r.rc == 0, r
     f = r.finding("TD301")
     assert f["severity"] == "error" and f["where"]["op"] == "mul", f
+
+
+def _td514_configured(cls, decoupled):
+    params = ["fc.weight", "fc.bias", "bn.weight", "bn.bias"]
+    opt = optimizer_facts(params, lr=1e-3, cls=cls)
+    opt["groups"][0]["weight_decay"] = 1e-6
+    hp = {"opt0/group0": {"momentum": 0.0, "dampening": 0.0, "decoupled": decoupled}}
+    return make_timeline(
+        params=params,
+        optimizers=[opt],
+        steps={1: {"params.norm": {"fc.weight": 4.0, "bn.weight": 2.0}}},
+        facts={"module_types": {"<model>": "Net", "fc": "Linear", "bn": "BatchNorm1d"}},
+        events=[{"kind": "optimizer_hparams", "step": 1, "groups": hp}],
+        ended=True,
+    )
+
+
+def test_td514_info_states_no_lr_wd_factor_for_adams_coupled_decay():
+    """Barlow Twins' Adam(weight_decay=1e-6) was told 'halve them in 693,147,181 steps': with
+    coupled L2 decay the pull goes through Adam's normalisation, not (1 - lr·wd)."""
+    f = assert_fires("TD514", _td514_configured("Adam", decoupled=False))
+    assert "normalisation" in f.cause and "halve" not in f.cause
+    assert f.evidence["half_life_steps"] is None
+    f = assert_fires("TD514", _td514_configured("AdamW", decoupled=True))
+    assert "(1 - lr·wd)" in f.cause and "halve them in" in f.cause

@@ -389,8 +389,9 @@ def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Fin
             "grad_out": n.get("grad_out"),
         },
         where=Where(op="mul", source=src),
-        cause="a multiply by a tensor of 0s and 1s zeroes exactly the entries where the mask "
-        "is 0, by design; the others get their full gradient",
+        cause="a multiply by a tensor of 0s and 1s (a mask, or all 0s such as a zero initial "
+        "state) zeroes exactly the entries where it is 0, by design; the others get their "
+        "full gradient",
         fix="nothing to fix if the zeros are meant: padding, or a structural mask such as a "
         "causal or an autoregressive (MADE) weight mask",
         severity=Severity.INFO,

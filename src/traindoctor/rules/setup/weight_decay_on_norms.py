@@ -248,6 +248,18 @@ def _configured(tl: TimelineView, norms: set[str]) -> Iterator[Finding]:
     gains = sum(g["norm_gains"] for g in groups.values())
     nbias = sum(g["norm_biases"] for g in groups.values())
     life = f"; alone it would halve them in {half_life:,.0f} steps" if half_life else ""
+    pull = f"each step pulls them toward 0 by a factor (1 - lr·wd) = 1 - {per_step:.2g} (before momentum){life}"
+    hparams = _hparams(tl)
+    if worst["optimizer"] in COUPLED_ADAPTIVE and not (hparams.get(gid) or {}).get("decoupled"):
+        # Coupled (L2) decay in an adaptive optimizer: wd·θ joins the gradient before the
+        # per-element normalisation, so the pull is not lr·wd (up to lr where the gradient
+        # is small): no factor nor half-life can be stated from the configuration.
+        half_life = None
+        pull = (
+            f"{worst['optimizer']} adds wd·θ to their gradient before its per-element "
+            "normalisation (coupled L2 decay), so the pull per step is not lr·wd: it depends "
+            "on their gradient's scale (up to lr where the gradient is small)"
+        )
     yield tl.finding(
         title=f"weight decay applies to {gains} normalization gain(s) and {nbias} norm "
         f"bias(es) in {len(groups)} param group(s) (lr·wd = {per_step:.2g} per step in "
@@ -256,8 +268,7 @@ def _configured(tl: TimelineView, norms: set[str]) -> Iterator[Finding]:
         evidence={"groups": groups, "half_life_steps": half_life},
         where=Where(module=common_module(params), params=tuple(sorted(params)), source=source),
         cause=f"param group(s) {', '.join(sorted(groups))} have weight_decay > 0 and hold "
-        f"normalization gains and biases: each step pulls them toward 0 by a factor "
-        f"(1 - lr·wd) = 1 - {per_step:.2g} (before momentum){life}. The gradient usually holds "
+        f"normalization gains and biases: {pull}. The gradient usually holds "
         "them up, so the effect is mild; the gains' norm did not measurably shrink over the "
         "observed steps",
         fix="usual practice (nanoGPT, minGPT, Hugging Face) puts norm gains and biases in a "
@@ -267,6 +278,11 @@ def _configured(tl: TimelineView, norms: set[str]) -> Iterator[Finding]:
         confidence=0.6,
         severity=Severity.INFO,
     )
+
+
+# Optimizers whose weight_decay is coupled L2 added to the gradient before an adaptive,
+# per-element normalisation (unless the group says decoupled).
+COUPLED_ADAPTIVE = frozenset({"Adam", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta"})
 
 
 def _norm_modules(types: dict[str, str]) -> set[str]:
