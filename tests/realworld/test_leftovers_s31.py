@@ -348,3 +348,48 @@ def test_second_task_start_is_a_phase_not_a_spike(tmp_path):
     findings = _report(doc)
     assert [e["step"] for e in doc.timeline.events("backward_site")] == [1, 151]
     assert not [f for f in findings if f.code in ("TD210", "TD108")], findings
+
+
+# -- td.watch and a later phase's model --------------------------------------------------------
+def test_watch_and_a_later_model_of_the_same_class_trained_by_its_own_optimizer(tmp_path):
+    """td.watch(net1, opt1); then net2, of the same class, trained by an optimizer not given to
+    traindoctor and run without gradient each epoch. It is not followed (zero-code mode
+    follows a later optimizer's models; td.watch only the ones it was given): the report says
+    so (TD105 info, the optimizer not given), and net2 is no 'copy' of net1 for TD403 (it has
+    gradients), nor is anything loud said of net1."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 4)
+
+    def make():
+        return nn.Sequential(
+            nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4)
+        )
+
+    net1 = make()
+    opt1 = torch.optim.Adam(net1.parameters(), lr=1e-2)
+    doc = td.watch(net1, opt1, out_dir=tmp_path, console=False)
+    for _ in range(30):
+        x = torch.randn(64, 8)
+        loss = F.cross_entropy(net1(x), (x @ w).argmax(1))
+        opt1.zero_grad()
+        loss.backward()
+        opt1.step()
+    net1.eval()
+    with torch.no_grad():
+        net1(torch.randn(64, 8))
+        net1(torch.randn(64, 8))
+    net2 = make()
+    opt2 = torch.optim.SGD(net2.parameters(), lr=0.05)
+    for _ in range(3):
+        for _ in range(10):
+            x = torch.randn(64, 8)
+            loss = F.cross_entropy(net2(x), (x @ w).argmax(1))
+            opt2.zero_grad()
+            loss.backward()
+            opt2.step()
+        with torch.no_grad():
+            net2(torch.randn(64, 8))
+            net2(torch.randn(64, 8))
+    findings = _report(doc)
+    assert not _loud(findings), _loud(findings)
+    assert "TD105" in [f.code for f in findings]

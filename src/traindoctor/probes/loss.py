@@ -116,11 +116,13 @@ class LossProbe(Probe):
         self._factors_seen: set[float] = set()
         self._sites: dict[tuple[str, int] | None, int] = {}
         self._last_site: int | None = None
-        # Where the last site was found: (depth from on_backward, code object, line) of the
-        # user's frame that called backward(). Compared on every backward (one getframe, no
-        # Python call): a new backward() line after the structural steps (a second task's
-        # loop) is a new site, dated at its first backward.
-        self._site_frame: tuple[int, Any, int] | None = None
+        # The depth (from on_backward) of the user's frame that called backward() last time,
+        # and the sites known by (code object, line) at that depth. Read on every backward
+        # (one getframe, no Python call): a new backward() line after the structural steps
+        # (a second task's loop) is a new site, dated at its first backward; lines taking
+        # turns (a GAN's D and G) are found in the dict without a stack walk.
+        self._site_depth: int | None = None
+        self._site_frames: dict[tuple[Any, int], int] = {}
         self._last_factor: float | None = None
         self._count_step, self._count = 0, 0  # backward passes in the open step
 
@@ -142,18 +144,19 @@ class LossProbe(Probe):
         rec.append(step, LOSS_FACTOR, factor)
         # The call site matters only to tell factors apart (TD109): walk the stack on the
         # structural steps and when the factor changes; otherwise the site is the last one.
-        moved = self._site_frame is None
-        if not moved:
-            depth, code, line = self._site_frame
+        known = None
+        if self._site_depth is not None:
             try:
-                frame = sys._getframe(depth)
+                frame = sys._getframe(self._site_depth)
             except ValueError:
-                moved = True
+                pass
             else:
-                moved = frame.f_code is not code or frame.f_lineno != line
-        if moved or step <= structural or factor != self._last_factor or self._last_site is None:
+                known = self._site_frames.get((frame.f_code, frame.f_lineno))
+        if known is None or step <= structural or factor != self._last_factor:
             self._last_site = self._site_id(step, rec)
             self._last_factor = factor
+        else:
+            self._last_site = known
         rec.append(step, LOSS_SITE, self._last_site)
         if loss.numel() == 1:
             # The loss the user computed: the factor is divided out on the host at read-back.
@@ -178,21 +181,27 @@ class LossProbe(Probe):
     def _site_id(self, step: int, rec: Recorder) -> int:
         """A small id for the line that called backward(), so that rules can compare the
         passes of one call site (micro-batches) without storing a string per backward."""
-        where = None
-        self._site_frame = None
+        where = key = None
         frame, depth = sys._getframe(2), 1  # on_backward's caller, at depth 1 from there
         while frame is not None and depth < 40:
             if is_user_file(frame.f_code.co_filename):
                 where = (frame.f_code.co_filename, frame.f_lineno)
-                self._site_frame = (depth, frame.f_code, frame.f_lineno)
+                key = (frame.f_code, frame.f_lineno)
                 break
             frame, depth = frame.f_back, depth + 1
+        if key is None:  # no user frame: the caller's frame stands for the path
+            caller = sys._getframe(2)
+            depth, key = 1, (caller.f_code, caller.f_lineno)
+        if depth != self._site_depth or len(self._site_frames) >= 64:
+            self._site_frames.clear()  # another call path: the depths differ
+        self._site_depth = depth
         site = self._sites.get(where)
         if site is None:
             site = len(self._sites)
             self._sites[where] = site
             source = f"{relpath(where[0])}:{where[1]}" if where else None
             rec.event(step, "backward_site", site=site, source=source)
+        self._site_frames[key] = site
         return site
 
     def on_log(

@@ -560,8 +560,8 @@ class ModesProbe(Probe):
                 params = list(holder.named_parameters())
                 if [(n, tuple(p.shape)) for n, p in params] != signature:
                     continue
-                if any(id(p) in held for _, p in params):
-                    continue  # an optimizer trains it: a model, not a copy
+                if any(id(p) in held or p.grad is not None for _, p in params):
+                    continue  # trained (by an optimizer, or one not watched): not a copy
                 self._add_copy(module, holder, of)
                 break
 
@@ -586,6 +586,9 @@ class ModesProbe(Probe):
         self._copies[key] = {
             "name": name,
             "of": of,
+            # a few params: a gradient on one later means the module is trained after all (a
+            # later phase's model of the same class, its optimizer not watched)
+            "params": [p for _, p in zip(range(4), holder.parameters())],
             "sensitive": sensitive,
             "mode_set": False,
             "last": None,
@@ -608,6 +611,9 @@ class ModesProbe(Probe):
         ctx = self.ctx
         copy = self._copies.get(key)
         if ctx is None or copy is None or copy["mode_set"]:
+            return
+        if any(p.grad is not None for p in copy["params"]):
+            copy["mode_set"] = True  # it gets gradients: a trained model, not a copy
             return
         step = ctx.state.step
         if copy["last"] == step:
