@@ -56,8 +56,9 @@ MAX_NAMES = 50
 # Validation events: MAX_EVENTS per model (a teacher's passes each step do not use up another
 # model's), at most this many in all.
 MAX_VALIDATION_EVENTS = 1000
-# Heap scans for unwatched copies of the watched models (an EMA), at the first evaluations.
-MAX_COPY_SCANS = 2
+# Heap scans for unwatched copies of the watched models (an EMA), at the first evaluation
+# (~70 ms on a heap of 350k objects); zero-code mode also looks in its attach's shared scan.
+MAX_COPY_SCANS = 1
 
 
 _SWITCHABLE = (
@@ -211,8 +212,8 @@ class ModesProbe(Probe):
         self._listening = True
         self.scan_inference(1, rec, "attach")
         if ctx.mode == "zero-code":
-            # Inside zero-code attach's one heap scan (_heap.one_scan): no cost of its own.
-            self._copy_scans += 1
+            # Inside zero-code attach's one heap scan (_heap.one_scan): no cost of its own. The
+            # first evaluation's scan still finds an EMA made at the first update.
             self._scan_copies()
 
     def _refresh(self) -> None:
@@ -402,7 +403,19 @@ class ModesProbe(Probe):
             return
         key = self._copy_ids.get(id(module))
         if key is not None:
-            self._copies[key]["mode_set"] = True  # its mode is the user's choice now
+            copy = self._copies[key]
+            if not copy["mode_set"] and copy["evented"] == ctx.state.step:
+                # Set right after train-mode passes of the same step (a BN re-estimation by
+                # hand, then `.eval()` to evaluate): those passes were the user's choice too.
+                ctx.rec.event(
+                    ctx.state.step,
+                    "validation_in_train_mode",
+                    model=copy["name"],
+                    trained=False,
+                    copy_of=copy["of"],
+                    mode_set_after=True,
+                )
+            copy["mode_set"] = True  # its mode is the user's choice now
             return
         if self._events >= MAX_EVENTS:
             return
@@ -516,9 +529,8 @@ class ModesProbe(Probe):
     def _evaluation_seen(self) -> None:
         """A watched model was put in eval mode or ran without gradient, or an inference_mode
         region opened: an evaluation, where an EMA copy is evaluated too. The heap is scanned
-        for copies at the first two such moments (distinct evaluations: a copy made after
-        the first is found at the second), ~35-70 ms each, never on a run that evaluates
-        nothing."""
+        for copies at the first such moment (~70 ms on a heap of 350k objects), never on a run
+        that evaluates nothing; a copy made after it is not followed."""
         ctx = self.ctx
         if ctx is None or self._copy_scans >= MAX_COPY_SCANS:
             return
@@ -592,6 +604,7 @@ class ModesProbe(Probe):
             "sensitive": sensitive,
             "mode_set": False,
             "last": None,
+            "evented": None,  # the step of its last validation_in_train_mode event
         }
         for m in module.modules():
             self._copy_ids[id(m)] = key
@@ -622,6 +635,7 @@ class ModesProbe(Probe):
         training = [n for n, m in copy["sensitive"] if m.training]
         if not training or not self._take_validation_event(copy["name"]):
             return
+        copy["evented"] = step
         ctx.rec.event(
             step,
             "validation_in_train_mode",

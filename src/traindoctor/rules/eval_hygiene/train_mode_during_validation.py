@@ -48,9 +48,20 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     forwards between a training forward and its backward (a target network's passes whose
     output that step's loss reads: BYOL, MoCo). For those, the `training` flag of the model's
     mode-sensitive modules is read. A model that no optimizer trains (a teacher or target
-    copy) whose gradient-free runs come in every step, from the first to the last reported
-    (at least `PER_STEP` steps in a row), is part of each training step (a mean teacher on two
-    views before the student's forward), not validated between epochs, and is not reported.
+    copy) whose gradient-free runs come in at least half the steps from the first to the last
+    reported (at least `PER_STEP` of them: every step, or every other one when labeled and
+    unlabeled batches alternate) is part of the training step (a mean teacher on two views
+    before the student's forward), not validated between epochs, and is not reported; nor
+    are a copy's train-mode passes in a step where the user then set its mode (a BN
+    re-estimation by hand, then `.eval()`).
+
+    An unwatched copy of a watched model (an EMA deep-copied from it) is followed too: found
+    in the heap at the first evaluation (a watched model's `.eval()` or gradient-free forward,
+    an `inference_mode` region; zero-code mode also at attach): the same class, the same
+    parameter names and shapes, no param held by an optimizer or with a gradient. Its
+    gradient-free forwards in steps where its BatchNorm or Dropout modules are in train mode
+    are reported the same way, unless the user set its mode (`.eval()`/`.train()`) since it
+    was found (a BN re-estimation like `update_bn` sets it).
 
     ## Example
     ```python
@@ -66,15 +77,9 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             val_loss += criterion(model(x), y)
     ```
 
-    An unwatched copy of a watched model (an EMA deep-copied from it, found in the heap at
-    the first evaluations: same class, same parameter names and shapes, no param held by an
-    optimizer) is followed too: its gradient-free forwards in steps where its BatchNorm or
-    Dropout modules are in train mode are reported the same way, unless the user set its mode
-    (`.eval()`/`.train()`) since it was found (a BN re-estimation like `update_bn` sets it).
-
     ## Known misses
     An EMA copy (no optimizer holds it) validated in train mode after every single step looks
-    like a teacher pass and is not reported; nor is a copy made after the run's second
+    like a teacher pass and is not reported; nor is a copy made after the run's first
     evaluation, or one called with gradients on.
 
     ## Known false positives
@@ -168,19 +173,30 @@ def _copy(tl: TimelineView, events: list[dict]) -> Finding:
 
 def _validations(events: list[dict]) -> list[dict]:
     """The events of the models validated between steps: a model no optimizer trains whose
-    gradient-free runs were seen in each step of a stretch of `PER_STEP` or more (every one of
-    its events) runs inside the training step, a teacher or target whose output the loss
-    reads."""
+    gradient-free runs were seen in at least half the steps of their span, `PER_STEP` or more
+    (every one of its events), runs inside the training step, a teacher or target whose
+    output the loss reads."""
+    # A copy's mode set by the user in the step of its train-mode passes (a BN re-estimation
+    # by hand, then `.eval()`): those passes were deliberate.
+    marked = {(e.get("model"), e["step"]) for e in events if e.get("mode_set_after")}
+    events = [
+        e
+        for e in events
+        if not e.get("mode_set_after") and (e.get("model"), e["step"]) not in marked
+    ]
     steps: dict[object, list[int]] = {}
     for e in events:
         steps.setdefault(e.get("model"), []).append(e["step"])
     for e in events:
         if e.get("trained", True):
             steps.pop(e.get("model"), None)  # a model an optimizer trains: validated
+    # Runs in at least half the steps of their span: part of the training step (a teacher on
+    # every step, or on every other one when labeled and unlabeled batches alternate), not an
+    # evaluation between epochs.
     per_step = {
         m
         for m, ss in steps.items()
-        if len(ss) >= PER_STEP and all(b - a == 1 for a, b in zip(ss, ss[1:]))
+        if len(set(ss)) >= PER_STEP and 2 * len(set(ss)) >= max(ss) - min(ss) + 1
     }
     # Inside doc.validating() the user said it is a validation.
     return [e for e in events if e.get("validating") or e.get("model") not in per_step]
