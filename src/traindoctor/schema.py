@@ -650,6 +650,8 @@ class ValidationInTrainMode(Event, total=False):
     validating: bool
     trained: bool  # an optimizer holds a param of the model (not a teacher/EMA copy)
     copy_of: str  # an unwatched copy of this watched model (an EMA deep-copied from it)
+    # a marker, no pass: the copy's mode was set in the step of its train-mode passes
+    mode_set_after: bool
     # an F.dropout that dropped in the validation: its line, p, `training` left at its default
     functional_dropout: dict[str, Any]
 
