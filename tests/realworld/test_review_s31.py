@@ -125,3 +125,26 @@ def test_ema_bn_reestimated_then_eval_is_silent(tmp_path):
 def test_ema_bn_reestimated_then_evaluated_in_train_mode_still_fires(tmp_path):
     found = _td403(ema_with_bn_reestimated(tmp_path, then_eval=False))
     assert len(found) == 1 and found[0].evidence["copy_of"] == "<model>"
+
+
+# -- TD508: an expand keeps the class dim in place ---------------------------------------------
+def test_image_scores_expanded_to_a_map_are_not_a_split_class_dim(tmp_path):
+    """Logits (N, C) viewed as (N, C, 1, 1) and expanded to (N, C, H, W) against (N, H, W)
+    targets: the classes stay along dim 1. The layout probe lost the dim at the expand (its
+    row-major reshape rule does not hold there) and TD508 said a view split them: an error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 5))
+    w = torch.randn(12, 5)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    doc = td.watch(model, opt, out_dir=tmp_path, console=False)
+    for _ in range(12):
+        x = torch.randn(64, 12)
+        y = (x @ w).argmax(1)
+        logits = model(x).view(64, 5, 1, 1).expand(64, 5, 4, 4)
+        loss = F.cross_entropy(logits, y.view(64, 1, 1).expand(64, 4, 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    report = doc.close()
+    assert not report.internal_errors, report.internal_errors
+    assert not [f for f in report.findings if f.code == "TD508"]

@@ -349,8 +349,13 @@ def _follow(name: str, node: Any, src: list[int], dst: list[int], dim: int) -> i
     if name == "SelectBackward0":
         d = _dim(_saved(node, "_saved_dim"), n)
         return None if d is None or d == dim else dim - (d < dim)
+    if name == "ExpandBackward0":
+        # Every dim stays in place (new ones lead), sized-1 dims grow: `(N, C, 1, 1)` expanded
+        # to `(N, C, H, W)` keeps C at dim 1, though the elements after it change.
+        j = dim + len(dst) - n
+        return j if 0 <= j < len(dst) and dst[j] == src[dim] else None
     # A reshape of a contiguous layout: a dim survives where the same size has the same
-    # number of elements after it (row-major); squeeze/unsqueeze/expand/view alike.
+    # number of elements after it (row-major); squeeze/unsqueeze/view alike.
     after = _prod(src[dim + 1 :])
     for j, size in enumerate(dst):
         if size == src[dim] and _prod(dst[j + 1 :]) == after:
