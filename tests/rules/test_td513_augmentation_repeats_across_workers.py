@@ -5,9 +5,12 @@ import random
 from traindoctor.testing import assert_fires, assert_silent, make_timeline
 
 
-def _tl(batches):
+def _tl(batches, workers=2):
+    loader = {"kind": "data_loader", "step": 1, "name": "loader", "num_workers": workers}
     return make_timeline(
-        params=["w"], steps={s: {"data.samples": b} for s, b in enumerate(batches, 1)}
+        params=["w"],
+        steps={s: {"data.samples": b} for s, b in enumerate(batches, 1)},
+        events=[loader] if workers is not None else [],
     )
 
 
@@ -27,7 +30,7 @@ def test_fires_on_pairs_of_identical_batches_from_two_workers():
 def test_counts_three_workers():
     rng = random.Random(1)
     groups = [_fresh(rng) for _ in range(6)]
-    f = assert_fires("TD513", _tl([b for g in groups for b in (g, list(g), list(g))]))
+    f = assert_fires("TD513", _tl([b for g in groups for b in (g, list(g), list(g))], 3))
     assert f.evidence["estimated_workers"] == 3
 
 
@@ -102,3 +105,11 @@ def test_silent_on_repeats_when_every_loader_runs_in_the_main_process():
         assert_silent("TD513", make_timeline(params=["w"], steps=steps, events=[event]))
     event = {"kind": "data_loader", "step": 1, "name": "data_loader", "num_workers": 2}
     assert_fires("TD513", make_timeline(params=["w"], steps=steps, events=[event]))
+
+
+def test_silent_on_repeats_when_no_dataloader_was_seen():
+    # PPO: a few epochs over each rollout's minibatches, drawn by hand (no DataLoader): the
+    # same samples come back among fresh ones, and no worker is there to blame.
+    rng = random.Random(6)
+    groups = [_fresh(rng) for _ in range(8)]
+    assert_silent("TD513", _tl([b for g in groups for b in (g, list(g))], workers=None))

@@ -56,8 +56,11 @@ def augmentation_repeats_across_workers(
     samples seen at most `max_lag` steps before, and fresh when none of them was seen. A data
     set without augmentation repeats only after an epoch, and then every batch repeats (no
     fresh batches follow), so it is not reported; neither is one batch fed every step (that
-    is TD504), nor repeats while every DataLoader found has fewer than 2 workers (a small
-    data set under a random flip repeats some samples among fresh ones after an epoch).
+    is TD504), nor repeats unless a DataLoader with at least 2 workers was found (a small
+    data set under a random flip repeats some samples among fresh ones after an epoch; PPO's
+    epochs over each rollout's minibatches, drawn by hand, repeat the same way). A loader is
+    found when the script iterates it after `td.watch` (from the start under `traindoctor
+    run`): one iterated before is not, and its repeats are not reported.
 
     Also, without any repeated sample (augmentations of real data that differ anyway): a
     DataLoader in the user's frames (see TD504) with at least 2 workers and no
@@ -96,14 +99,16 @@ def augmentation_repeats_across_workers(
     """
     config = _shared_generator(tl)
     loaders = [e.get("num_workers") or 0 for e in tl.events("data_loader")]
-    # Every DataLoader found runs its items in the main process (or one worker): no copies of
-    # a random state to repeat. A small data set under a random flip over several epochs
-    # repeats some samples (same image, same flip) among fresh ones the same way
-    # (torchvision's detection reference on 16 images, num_workers=0).
+    # Only where a DataLoader with several workers was seen: with none, or every one running
+    # its items in the main process (or one worker), there are no copies of a random state to
+    # repeat. A small data set under a random flip over several epochs repeats some samples
+    # (same image, same flip) among fresh ones the same way (torchvision's detection reference
+    # on 16 images, num_workers=0), and so does PPO's few epochs over each rollout's
+    # minibatches, drawn by hand with no DataLoader at all.
     sampled = (
-        None
-        if loaders and max(loaders) < 2
-        else _sample_repeats(tl, max_lag, min_repeats, min_fresh, share)
+        _sample_repeats(tl, max_lag, min_repeats, min_fresh, share)
+        if loaders and max(loaders) >= 2
+        else None
     )
     if sampled is not None:
         yield sampled
