@@ -83,6 +83,11 @@ def logits_clamped_at_zero(tl: TimelineView) -> Iterator[Finding]:
                 yield finding
 
 
+def _pct(share: float) -> str:
+    """A share as a percentage; a share that rounds to 0% but is not 0 reads "<1%"."""
+    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+
+
 def _clamped(tl: TimelineView, site: Site) -> Finding | None:
     clamp = site.facts.get("clamp") or {}
     op = clamp.get("op")
@@ -107,12 +112,12 @@ def _clamped(tl: TimelineView, site: Site) -> Finding | None:
     tgt = max(tgts.values(), default=None)
     loss = site.losses()
     seen = f"; observed loss {fmt(loss[0])} -> {fmt(loss[-1])}" if loss else ""
-    bits = [f"up to {share:.0%} of the logits were exactly 0"]
+    bits = [f"up to {_pct(share)} of the logits were exactly 0"]
     if tgt:
-        bits.append(f"the target's own logit in up to {tgt:.0%} of the rows")
+        bits.append(f"the target's own logit in up to {_pct(tgt)} of the rows")
     if dead:
         bits.append(
-            f"every logit of up to {max(dead.values()):.0%} of the rows (first at step {min(dead)})"
+            f"every logit of up to {_pct(max(dead.values()))} of the rows (first at step {min(dead)})"
         )
     cause = (
         f"`{op}` ({_OPS[op]}){at}{under} clamps the logits from below at 0: on the measured "
@@ -125,8 +130,8 @@ def _clamped(tl: TimelineView, site: Site) -> Finding | None:
     return tl.finding(
         title=f"`{site.fn}` at {site.source} gets logits clamped at 0 by {_OPS[op]} "
         f"(`{op}`){at}: "
-        f"{share:.0%} of them exactly 0"
-        + (f", all of a row's in {max(dead.values()):.0%} of rows" if dead else "")
+        f"{_pct(share)} of them exactly 0"
+        + (f", all of a row's in {_pct(max(dead.values()))} of rows" if dead else "")
         + seen,
         step=first,
         evidence={
