@@ -798,16 +798,11 @@ def _holder(model: torch.nn.Module, depth: int = 4) -> torch.nn.Module:
 
 
 def _mode_changes(module: torch.nn.Module) -> bool:
-    """Whether train mode computes differently from eval mode: a norm layer that keeps
-    running statistics (without them it normalizes by the batch in both), a dropout with
-    p > 0."""
-    if isinstance(
-        module, torch.nn.modules.batchnorm._BatchNorm | torch.nn.modules.instancenorm._InstanceNorm
-    ):
+    """`mode_sensitive`, where a BatchNorm counts only when it keeps running statistics
+    (without them it normalizes by the batch in both modes)."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
         return getattr(module, "running_mean", None) is not None
-    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-        return module.p > 0
-    return False
+    return mode_sensitive(module)
 
 
 def _by_device(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
