@@ -218,6 +218,12 @@ def loss_patched() -> bool:
 
 
 # -- host facts -----------------------------------------------------------------------------
+def _first_input(node: Any) -> Any:
+    """The node that made `node`'s first input with a graph (None at a leaf)."""
+    nxt = [n for n, _ in node.next_functions if n is not None]
+    return nxt[0] if nxt else None
+
+
 def producer(t: torch.Tensor) -> tuple[list[str], Any]:
     """Names of the autograd ops that produced `t` (view-like ones skipped; up to 3 real ops
     down the first input), and the first real node: host metadata only."""
@@ -231,8 +237,7 @@ def producer(t: torch.Tensor) -> tuple[list[str], Any]:
         if name not in _VIEWS:
             names.append(name)
             first = first or node
-        nxt = [n for n, _ in node.next_functions if n is not None]
-        node = nxt[0] if nxt else None
+        node = _first_input(node)
     return names, first
 
 
@@ -256,8 +261,7 @@ def values_dtype(t: torch.Tensor) -> str | None:
             worst = dtype
         if type(node).__name__ not in _VIEWS:
             break  # the producer: where the values were last rounded
-        nxt = [n for n, _ in node.next_functions if n is not None]
-        node = nxt[0] if nxt else None
+        node = _first_input(node)
     return str(worst).replace("torch.", "") if worst is not None else None
 
 
@@ -384,8 +388,8 @@ def layout(t: torch.Tensor, param_names: dict[int, str] | None = None) -> dict[s
         src = _input_shape(node, name, shape)
         if src is None:
             return out
-        nxt = [n for n, _ in node.next_functions if n is not None]
-        below = type(nxt[0]).__name__ if nxt else None
+        nxt = _first_input(node)
+        below = type(nxt).__name__ if nxt is not None else None
         # Sizes reordered by a reshape of dims that a real op (or a permute) made; dims that
         # a reshape made itself (a flat vector viewed as (4, 8)) carry no meaning.
         reordered = src != shape and len(src) >= 2 and sorted(src) == sorted(shape)
@@ -401,7 +405,7 @@ def layout(t: torch.Tensor, param_names: dict[int, str] | None = None) -> dict[s
                 out["selected"] = [d, i % src[d] if -src[d] <= i < src[d] else i]
         chain.append((name, node, src, shape))
         shape = src
-        node = nxt[0] if nxt else None
+        node = nxt
     if node is None:
         return out
     head = type(node).__name__
@@ -842,13 +846,11 @@ def _at_zero(node: Any) -> torch.Tensor | None:
 
 def _below_views(node: Any) -> Any:
     """The first non-view node under `node` (down its first input)."""
-    nxt = [n for n, _ in node.next_functions if n is not None]
-    node = nxt[0] if nxt else None
+    node = _first_input(node)
     for _ in range(12):
         if node is None or type(node).__name__ not in _VIEWS:
             return node
-        nxt = [n for n, _ in node.next_functions if n is not None]
-        node = nxt[0] if nxt else None
+        node = _first_input(node)
     return None
 
 
