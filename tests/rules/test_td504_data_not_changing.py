@@ -108,3 +108,22 @@ def test_a_constant_slice_of_a_larger_tensor_is_a_warning_unless_its_rest_is_val
     assert f.severity is Severity.INFO
     # A training split of 80% sliced off: not a larger source.
     assert assert_fires("TD504", _with_source({"slice_of_rows": 80})).severity is Severity.INFO
+
+
+def test_span_says_where_the_fingerprints_stop():
+    """A 100-step run fingerprinted at every step to 64, then at sampled steps and the step
+    after (70, 71, 80, 81): the streak ends at the last fingerprint, step 81, not at the end of
+    the run (session 31's review: it said "to the end of the run")."""
+    steps = {}
+    for s in range(1, 101):
+        steps[s] = {"optim.step": 1}
+        if s <= 64 or s in (70, 71, 80, 81):
+            steps[s]["data.fp"] = _fp(3.0 if s >= 2 else 1.0)
+    steps[1]["data.inputs"] = {"in0": {"dtype": "float32", "shape": [32, 16], "float": True}}
+    f = assert_fires("TD504", make_timeline(params=["w"], steps=steps))
+    assert "(steps 2–81; steps 82–100 were not fingerprinted)" in f.title, f.title
+    assert "end of the run" not in f.title
+    assert (f.evidence["last_fingerprinted_step"], f.evidence["run_last_step"]) == (81, 100)
+    # Fingerprinted to the run's last step: "to the end of the run".
+    f = assert_fires("TD504", _tl([3.0] * 30))
+    assert "(to the end of the run)" in f.title

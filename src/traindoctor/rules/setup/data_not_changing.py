@@ -140,13 +140,23 @@ def data_not_changing(tl: TimelineView, *, min_steps: int = 10) -> Iterator[Find
     larger = _larger_source(tl, shown.get(key) if key else None)
     if larger is None and key:
         larger = _fresh_batches(tl, key, fp, shown[key])
-    span = f"steps {first}–{last}" + (" (to the end of the run)" if until_end else "")
+    # What was measured: "to the end of the run" only where the run's last step was
+    # fingerprinted; a run of 100 steps whose fingerprints stop at step 81 says so.
+    run_last = tl.last_step
+    if until_end and last >= run_last:
+        span = f"steps {first}–{last} (to the end of the run)"
+    elif until_end:
+        span = f"steps {first}–{last}; steps {last + 1}–{run_last} were not fingerprinted"
+    else:
+        span = f"steps {first}–{last}"
     evidence: dict[str, Any] = {
         "identical_steps": length,
         "fingerprinted_steps": n_records,
         "first_step": first,
         "last_step": last,
         "optimizer_steps": n_stepped,
+        "last_fingerprinted_step": fingerprinted[-1],
+        "run_last_step": run_last,
         "inputs": shown,
         "fingerprint": {k: v for k, v in fp.items() if key and k.startswith(f"{key}.")},
     }
