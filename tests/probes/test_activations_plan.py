@@ -126,6 +126,7 @@ def test_planned_forwards_record_what_full_forwards_record(tmp_path, monkeypatch
     steps = 45  # sampled steps 1-3, 10, 20, 30, 40: planned forwards from the fourth one
     planned = _records(tmp_path / "planned", make, steps, accumulate)
     monkeypatch.setattr(act_mod, "VERIFY_EVERY", 1)  # every forward in full
+    monkeypatch.setattr(act_mod, "VERIFY_MAX", 1)
     full = _records(tmp_path / "full", make, steps, accumulate)
     assert planned == full
     assert planned["activations.input_std"]
@@ -170,6 +171,7 @@ def _two_model_records(tmp_path, steps: int) -> dict[str, list]:
 def test_a_plan_holds_for_the_model_whose_forwards_agreed(tmp_path, monkeypatch):
     planned = _two_model_records(tmp_path / "planned", 25)
     monkeypatch.setattr(act_mod, "VERIFY_EVERY", 1)  # every forward in full
+    monkeypatch.setattr(act_mod, "VERIFY_MAX", 1)
     full = _two_model_records(tmp_path / "full", 25)
     assert planned == full
     g_sites = [n for _, sites in planned["activations.sites"] for n in sites if ".layers." in n]

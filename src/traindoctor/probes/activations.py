@@ -57,12 +57,15 @@ ACT_INPUT_STD = signal("activations.input_std", "per sampled step: std of the mo
 
 WINDOW = 4  # sampled steps a unit must stay dead/saturated
 # A forward whose activation calls end early is watched to its last one (see ActivationsProbe's
-# plan) once AGREE full forwards in a row agreed; every VERIFY_EVERY-th one runs in full. Two
+# plan) once AGREE full forwards in a row agreed; the VERIFY_EVERY-th one after runs in full,
+# then each gap doubles while the full ones agree, up to VERIFY_MAX (one full forward cost ~5x
+# a planned one on a model of 5,000 layers: every 8th sampled step paid it). Two
 # that agree on the structural steps plan the rest of those steps (AGREE_STRUCTURAL); a planned
 # forward there that holds to its plan counts toward AGREE.
 AGREE = 3
 AGREE_STRUCTURAL = 2
 VERIFY_EVERY = 8
+VERIFY_MAX = 64
 UNIT_SATURATED = 0.9  # a unit is saturated in a step when this share of its values is
 MAX_SITES = 256
 _CONV_LIKE = ("Conv", "BatchNorm", "InstanceNorm", "GroupNorm", "Pool")
@@ -165,7 +168,8 @@ class ActivationsProbe(Probe):
         # forwards leave the mode and switch the non-root hooks off at the first module hook
         # after that op: a model whose forward does the same ops each time records what it
         # did. A forward whose last recorded op is elsewhere when it leaves drops the plan,
-        # and every VERIFY_EVERY-th one runs in full; a forward that varies without changing
+        # and the full ones come back at doubling gaps (VERIFY_EVERY up to VERIFY_MAX, from
+        # VERIFY_EVERY again once one disagrees); a forward that varies without changing
         # its op count or the place of its last recorded call up to there (an extra call
         # after it, on some forwards only) goes unseen on the planned ones.
         self._ops = 0  # ops the mode saw in this forward
@@ -184,6 +188,8 @@ class ActivationsProbe(Probe):
         # AGREE agree. None: a plan of AGREE forwards.
         self._plan_until: int | None = None
         self._forwards = 0  # sampled forwards seen (full or planned)
+        self._verify_gap = VERIFY_EVERY  # forwards from the next full one to the one after
+        self._next_verify = VERIFY_EVERY  # the forward number of the next full one
         self._roots: HookSwitch | None = None  # the roots' hooks: on for the whole step
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
@@ -292,7 +298,11 @@ class ActivationsProbe(Probe):
     def _enter_mode(self) -> None:
         assert self.ctx is not None
         self._forwards += 1
-        plan = self._plan if self._forwards % VERIFY_EVERY else None
+        plan = self._plan
+        if plan is not None and self._forwards >= self._next_verify:
+            plan = None  # a full forward, to check the plan against
+            self._next_verify = self._forwards + self._verify_gap
+            self._verify_gap = min(2 * self._verify_gap, VERIFY_MAX)
         if self._plan_root != self._root:
             plan = None  # agreed on another model's forwards (a GAN's D, then its G)
         if self._plan_until is not None and self.ctx.state.step > self._plan_until:
@@ -323,6 +333,7 @@ class ActivationsProbe(Probe):
         self._leaving = False
         if self._last_use != self._plan:
             self._plan = None  # this forward differs from the agreed ones: full ones again
+            self._verify_sooner()
         elif self._plan_until is not None:
             # A structural steps' plan that held to its last recorded op: it counts toward
             # AGREE, so that the first sampled step after them is not a full forward again
@@ -359,11 +370,17 @@ class ActivationsProbe(Probe):
             if self._depth == 0 and self._mode is not None:
                 if self._stop_at < 0:  # a full forward: does it agree with the last ones?
                     sig = (self._root, self._ops, self._last_use)
+                    if sig != self._full_sig:
+                        self._verify_sooner()
                     self._agreed = self._agreed + 1 if sig == self._full_sig else 0
                     self._plan, self._plan_until = None, None
                     self._plan_root = sig[0]
                     if self._agreed >= AGREE - 1:
                         self._plan = sig[2]
+                        # (a plan agreed now is checked again a gap from now)
+                        self._next_verify = max(
+                            self._next_verify, self._forwards + self._verify_gap
+                        )
                     elif self._agreed >= AGREE_STRUCTURAL - 1:
                         structural = self.ctx.budget.structural_steps  # type: ignore[union-attr]
                         if self.ctx.state.step < structural:  # type: ignore[union-attr]
@@ -371,12 +388,18 @@ class ActivationsProbe(Probe):
                     self._full_sig = sig
                 else:  # a planned forward that ended before its last recorded op
                     self._plan = None
+                    self._verify_sooner()
                 mode, self._mode = self._mode, None
                 self._quiet_off()
                 self._produced.clear()
                 self._producer.clear()
                 self._stack.clear()
                 mode.__exit__(None, None, None)
+
+    def _verify_sooner(self) -> None:
+        """A forward differed from the plan: a later plan is checked at the first gap again."""
+        self._verify_gap = VERIFY_EVERY
+        self._next_verify = min(self._next_verify, self._forwards + VERIFY_EVERY)
 
     def _remove_step_hooks(self) -> None:
         self._leaving = False
