@@ -558,6 +558,15 @@ class ModeCall(Event, total=False):
     validating: bool
 
 
+class PutInEval(Event, total=False):
+    model: str
+    source: str | None
+
+
+class LossWithoutGrad(Event, total=False):
+    fn: str
+
+
 class Nonfinite(Event, total=False):
     loss_finite: bool
     grads_finite: bool | None
@@ -703,6 +712,7 @@ _event(
 )
 _event("log_call", "the first doc.log() call in training / in validation", LogCall)
 _event("loss_call_reversed", "a loss called with (target, input) swapped", LossCallReversed)
+_event("loss_without_grad", "a loss computed with gradients off (once a step)", LossWithoutGrad)
 _event("softmax_call", "a dim=0 softmax module's first call at an input rank", SoftmaxCall)
 _event(
     "hidden_params",
@@ -729,6 +739,7 @@ _event(
     FunctionalDropout,
 )
 _event("mode_call", "a .train()/.eval() call on a watched module", ModeCall)
+_event("put_in_eval", "a watched model's first .eval() by the user", PutInEval)
 _event(
     "models_added",
     "models watched from a later phase on (zero-code: trained by an optimizer built after attach)",

@@ -102,6 +102,7 @@ MAX_HIST_CLASSES = 64
 MAX_TOP_CLASSES = 1 << 20  # above MAX_HIST_CLASSES: only the batch's most frequent class
 LABEL_STEPS = 32  # label histograms on every step up to this one, then on sampled steps
 MAX_EVENTS = 64
+MAX_NOGRAD_EVENTS = 256  # loss_without_grad events: one per step at most
 # Autograd nodes that only move or reshape values: the producer of a loss input is looked for
 # below them (`softmax(x).view(-1, C)` was produced by softmax).
 _VIEWS = frozenset(
@@ -497,7 +498,11 @@ class LossInputsProbe(Probe):
         LOSS_INPUT_TOP_LABEL,
         LOSS_INPUT_OBSERVED,
     )
-    provides_events: ClassVar[tuple[str, ...]] = ("loss_input", "loss_call_reversed")
+    provides_events: ClassVar[tuple[str, ...]] = (
+        "loss_input",
+        "loss_call_reversed",
+        "loss_without_grad",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -509,6 +514,8 @@ class LossInputsProbe(Probe):
         self._listening = False
         self._embeds_key: tuple[int, ...] | None = None
         self._embeds_seen = False
+        self._nograd_step: int | None = None
+        self._nograd_events = 0
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -536,12 +543,24 @@ class LossInputsProbe(Probe):
         finally:
             ctx.budget.spend(time.perf_counter() - t0)
 
+    def _without_grad(self, ctx: AttachContext, fn: str) -> None:
+        """A loss computed with gradients off (a validation loss): one `loss_without_grad`
+        event per step, MAX_NOGRAD_EVENTS in all (TD403 reads it as a sign that gradient-free
+        forwards of that step evaluated the model)."""
+        step = ctx.state.step
+        if step == self._nograd_step or self._nograd_events >= MAX_NOGRAD_EVENTS:
+            return
+        self._nograd_step = step
+        self._nograd_events += 1
+        self._rec.event(step, "loss_without_grad", fn=fn)
+
     def _observe(self, ctx: AttachContext, fn: str, args: tuple, kwargs: dict) -> Callable | None:
         inp = _arg(args, kwargs, 0, "input")
         tgt = _arg(args, kwargs, 1, "target")
         if not isinstance(inp, torch.Tensor) or not isinstance(tgt, torch.Tensor):
             return None
         if not torch.is_grad_enabled():
+            self._without_grad(ctx, fn)
             return None
         rec, step = self._rec, ctx.state.step
         if not inp.requires_grad:

@@ -122,6 +122,7 @@ class ModesProbe(Probe):
         "functional_dropout",
         "mode_call",
         "validation_in_train_mode",
+        "put_in_eval",
         "inference_tensors",
         "validated_model",
     )
@@ -141,6 +142,7 @@ class ModesProbe(Probe):
         self._in_root = 0  # inside a watched model's forward (the inner one's is nested)
         self._last_eval: tuple[str, ...] | None = None
         self._events = 0  # mode_call events
+        self._put_in_eval: set[str] = set()  # watched models the user put in eval mode
         self._validation_events: dict[str | None, int] = {}  # per model
         # Unwatched copies of a watched model (an EMA deep-copied from it): id of the module
         # holding the copy's params -> its record; id of each module of a copy -> that key.
@@ -417,6 +419,12 @@ class ModesProbe(Probe):
                 )
             copy["mode_set"] = True  # its mode is the user's choice now
             return
+        root = self._roots.get(id(module))
+        if not mode and root is not None and root not in self._put_in_eval:
+            # Once per model, past the mode_call cap (a `.train()` every step uses it up):
+            # the run evaluates this model in eval mode somewhere (TD403's wording).
+            self._put_in_eval.add(root)
+            ctx.rec.event(ctx.state.step, "put_in_eval", model=root, source=user_source(2))
         if self._events >= MAX_EVENTS:
             return
         name = self._names.get(id(module))

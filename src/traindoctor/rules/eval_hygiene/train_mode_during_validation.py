@@ -20,7 +20,7 @@ PER_STEP = 5
     severity=Severity.WARNING,
     summary="Validation forward passes run with BatchNorm/Dropout in train mode.",
     requires=(),
-    events=("validation_in_train_mode",),
+    events=("validation_in_train_mode", "put_in_eval", "loss_without_grad"),
     priority=38,
 )
 def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
@@ -77,6 +77,17 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             val_loss += criterion(model(x), y)
     ```
 
+    What the gradient-free forwards were for is said only where the run shows it: they are
+    called a validation (an evaluation, for a copy) inside `doc.validating()`, when the user
+    puts that model (for a copy, the model it copies) in eval mode elsewhere in the run, or
+    when a loss is computed with gradients off in the same step. Otherwise they are described
+    as measured, gradient-free forwards in train mode: a policy acting in an environment or a
+    generator sampled for images runs them too. A watched model's such forwards are still a
+    warning (whatever they are for, what they computed is not what the model computes in eval
+    mode, and BatchNorm's running statistics moved); an unwatched copy's are info (a copy kept
+    in train mode and only ever run so, a PPO behaviour policy or an EMA generator sampled
+    with batch statistics, is consistent by itself).
+
     ## Known misses
     An EMA copy (no optimizer holds it) validated in train mode after every single step looks
     like a teacher pass and is not reported; nor is a copy made after the run's first
@@ -87,50 +98,98 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     adaptation methods that re-estimate statistics on the target data.
     """
     every = _validations(tl.events("validation_in_train_mode"))
+    signs = _Signs(tl)
     copies = [e for e in every if e.get("copy_of")]
     if copies:
-        yield _copy(tl, copies)
+        yield _copy(tl, copies, signs)
     events = [e for e in every if not e.get("copy_of")]
     if not events:
         return
     first = events[0]
+    evaluated = signs.of(events, first.get("model"))
     if first.get("functional_dropout") and not first.get("modules"):
-        yield _functional(tl, first, len(events))
+        yield _functional(tl, first, len(events), evaluated)
         return
     names = first.get("modules") or []
     count = first.get("count", len(names))
     shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
     at = f" at {first['source']}" if first.get("source") else ""
+    model = first.get("model")
+    if evaluated:
+        title = (
+            f"Validation of `{model}` ran with {count} BatchNorm/Dropout module(s) in train mode"
+        )
+        cause = (
+            f"Gradient-free forward passes{at} (a validation: {evaluated}) ran while {shown} were "
+            "in train mode: BatchNorm used per-batch statistics and updated its running "
+            "statistics with validation data, and Dropout was active."
+        )
+        fix = (
+            "Put the model in eval mode for validation and back after: `with "
+            "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
+        )
+    else:
+        title = (
+            f"Gradient-free forwards of `{model}` between training steps ran with {count} "
+            "BatchNorm/Dropout module(s) in train mode"
+        )
+        cause = (
+            f"Gradient-free forward passes{at}, outside any training step's loss, ran while "
+            f"{shown} were in train mode (what they were for, an evaluation, actions in an "
+            "environment or samples, the run does not show): BatchNorm normalized each of "
+            "their batches with its own statistics and updated its running statistics with "
+            "them, and Dropout dropped units, so what they computed is not what the model "
+            "computes in eval mode."
+        )
+        fix = (
+            "Run these forwards in eval mode and switch back after: `with "
+            "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand); "
+            "keep train mode only where batch statistics or dropout are meant there."
+        )
     yield tl.finding(
-        title=f"Validation of `{first.get('model')}` ran with {count} BatchNorm/Dropout "
-        "module(s) in train mode",
+        title=title,
         step=first["step"],
         evidence={
-            "model": first.get("model"),
+            "model": model,
             "modules_in_train_mode": names[:20],
             "count": count,
             "validations_affected": len(events),
             "inside_doc_validating": bool(first.get("validating")),
             "forward_call": first.get("source"),
+            "evaluation_shown_by": evaluated or None,
         },
         where=Where(
-            module=common_module([f"{n}.x" for n in names]) or first.get("model"),
+            module=common_module([f"{n}.x" for n in names]) or model,
             source=first.get("source"),
         ),
-        cause=(
-            f"Gradient-free forward passes{at} (a validation) ran while {shown} were in train "
-            "mode: BatchNorm used per-batch statistics and updated its running statistics with "
-            "validation data, and Dropout was active."
-        ),
-        fix=(
-            "Put the model in eval mode for validation and back after: `with "
-            "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
-        ),
+        cause=cause,
+        fix=fix,
     )
 
 
-def _copy(tl: TimelineView, events: list[dict]) -> Finding:
-    """An unwatched copy of a watched model (an EMA) evaluated in train mode."""
+class _Signs:
+    """What in the run shows that gradient-free forwards evaluated a model: forwards inside
+    `doc.validating()`, the model put in eval mode by the user somewhere in the run, a loss
+    computed with gradients off in a step of those forwards."""
+
+    def __init__(self, tl: TimelineView) -> None:
+        self.put_in_eval = {e.get("model") for e in tl.events("put_in_eval")}
+        self.loss_steps = {e["step"] for e in tl.events("loss_without_grad")}
+
+    def of(self, events: list[dict], model: object) -> str:
+        """A short reason ('' when nothing shows it)."""
+        if any(e.get("validating") for e in events):
+            return "inside doc.validating()"
+        if model in self.put_in_eval:
+            model_name = "the model" if model == "<model>" else f"`{model}`"
+            return f"{model_name} is put in eval mode elsewhere in the run"
+        if any(e["step"] in self.loss_steps for e in events):
+            return "a loss is computed with gradients off in the same step"
+        return ""
+
+
+def _copy(tl: TimelineView, events: list[dict], signs: _Signs) -> Finding:
+    """An unwatched copy of a watched model (an EMA) run without gradient in train mode."""
     first = events[0]
     name, of = first.get("model"), first.get("copy_of")
     model = "the model" if of == "<model>" else f"`{of}`"
@@ -139,9 +198,23 @@ def _copy(tl: TimelineView, events: list[dict]) -> Finding:
     shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
     steps = sorted({e["step"] for e in events if e.get("model") == name})
     at = f" at {first['source']}" if first.get("source") else ""
+    mine = [e for e in events if e.get("model") == name]
+    evaluated = signs.of(mine, of)
+    if evaluated:
+        title = (
+            f"`{name}`, an unwatched copy of {model}, was evaluated with {count} "
+            "BatchNorm/Dropout module(s) in train mode"
+        )
+        use = f"evaluated ({evaluated.replace('the model', model)})"
+    else:
+        title = (
+            f"`{name}`, an unwatched copy of {model}, ran gradient-free forwards with {count} "
+            "BatchNorm/Dropout module(s) in train mode"
+        )
+        use = "run (to evaluate, act or sample: the run does not show which)"
     return tl.finding(
-        title=f"`{name}`, an unwatched copy of {model}, was evaluated with {count} "
-        f"BatchNorm/Dropout module(s) in train mode",
+        title=title,
+        severity=None if evaluated else Severity.INFO,
         step=first["step"],
         evidence={
             "model": name,
@@ -152,21 +225,28 @@ def _copy(tl: TimelineView, events: list[dict]) -> Finding:
             "evaluations_affected": len(steps),
             "mode_set_by_user": False,
             "forward_call": first.get("source"),
+            "evaluation_shown_by": evaluated or None,
         },
         where=Where(module=name, source=first.get("source")),
         cause=(
             f"`{name}` has the class and parameter shapes of {model}, no optimizer holds its "
             f"params, and it ran gradient-free forwards{at} in {len(steps)} step(s) while "
             f"{shown} were in train mode; its mode was never set since it was found (a "
-            "`copy.deepcopy` keeps the mode of the model it copies, train). In train mode "
-            "BatchNorm normalized each evaluation batch with that batch's statistics (and "
-            "updated the copy's running statistics with evaluation data) and Dropout dropped "
-            "units, so what was computed from the copy is not what the copy computes in eval."
+            "`copy.deepcopy` keeps the mode of the model it copies, train). It was "
+            f"{use}. In train mode BatchNorm normalized each of those batches with that "
+            "batch's statistics (and updated the copy's running statistics with them) and "
+            "Dropout dropped units, so what was computed from the copy is not what the copy "
+            "computes in eval."
         ),
         fix=(
             "Put the copy in eval mode once after making it (`ema = "
             "copy.deepcopy(model).eval()`, as timm's ModelEmaV2 and YOLO's ModelEMA do; it is "
-            "never trained), or evaluate it inside `with doc.validating(copy):`."
+            "never trained), or evaluate it inside `with doc.validating(copy):`"
+            + (
+                "."
+                if evaluated
+                else "; keep train mode only where batch statistics or dropout are meant there."
+            )
         ),
     )
 
@@ -202,9 +282,10 @@ def _validations(events: list[dict]) -> list[dict]:
     return [e for e in events if e.get("validating") or e.get("model") not in per_step]
 
 
-def _functional(tl: TimelineView, first: dict, validations: int) -> Finding:
-    """Dropout through `F.dropout` in a validation: the call's `training` was True with
-    gradients off, whatever mode the model was in."""
+def _functional(tl: TimelineView, first: dict, validations: int, evaluated: str) -> Finding:
+    """Dropout through `F.dropout` in gradient-free forwards (a validation where `evaluated`
+    says why): the call's `training` was True with gradients off, whatever mode the model was
+    in."""
     fd = first["functional_dropout"]
     line = fd.get("source")
     at = f" at {line}" if line else ""
@@ -214,8 +295,9 @@ def _functional(tl: TimelineView, first: dict, validations: int) -> Finding:
         if default
         else "its `training` argument was True"
     )
+    what = "Validation" if evaluated else "Gradient-free forwards"
     return tl.finding(
-        title=f"Validation of `{first.get('model')}` ran with dropout on: F.dropout(p="
+        title=f"{what} of `{first.get('model')}` ran with dropout on: F.dropout(p="
         f"{fd.get('p', 0):g}){at} drops in its gradient-free forwards",
         step=first["step"],
         evidence={
@@ -226,9 +308,13 @@ def _functional(tl: TimelineView, first: dict, validations: int) -> Finding:
             "forward_call": first.get("source"),
         },
         where=Where(module=first.get("model"), source=line),
-        cause=f"Gradient-free forward passes (a validation, called at {first.get('source')}) "
-        f"ran through F.dropout{at} with dropout on: {why}. Validation losses and metrics are "
-        "noisy and pessimistic, and predictions are random.",
+        cause=f"Gradient-free forward passes ({f'a validation: {evaluated}; ' if evaluated else ''}"
+        f"called at {first.get('source')}) ran through F.dropout{at} with dropout on: {why}. "
+        + (
+            "Validation losses and metrics are noisy and pessimistic, and predictions are random."
+            if evaluated
+            else "Their outputs are random, not what the model computes in eval mode."
+        ),
         fix="pass the module's mode: `F.dropout(x, p, training=self.training)` (or use an "
         "nn.Dropout module), and validate in eval mode",
     )
