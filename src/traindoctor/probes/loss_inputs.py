@@ -56,7 +56,8 @@ LOSS_INPUT_STATS = signal(
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
     "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n/own_plain, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
-    "lnorm<d>/pnorm<d>/tnorm<d>, clamp_zero/clamp_rows/clamp_tgt, loss); sites are described by "
+    "lnorm<d>/pnorm<d>/tnorm<d>, clamp_zero/clamp_rows/clamp_tgt, rng_out/rng_floor/rng_base, "
+    "loss); sites are described by "
     "`loss_input` events",
 )
 LOSS_INPUT_LABELS = signal(
@@ -834,6 +835,10 @@ class LossInputsProbe(Probe):
             at = ((x == 0) | (x == 1)) & (x != y)
             out["clamped"] = at.float().mean()
             out["outside_01"] = ((x < 0) | (x > 1)).float().mean()
+        if fn in _REGRESSION and node is not None and tgt.is_floating_point():
+            bounds = _RANGES.get(type(node).__name__)
+            if bounds is not None and tuple(tgt.shape) == tuple(x.shape) and tgt.numel() >= 2:
+                out.update(_out_of_range(fn, tgt.detach(), bounds))
         if fn == "poisson_nll_loss" and opts.get("log_input") is False:
             out["log_arg_nonpos"] = (x <= 0).float().mean()
         elif node is not None and type(node).__name__ in _LOGS:
@@ -841,6 +846,46 @@ class LossInputsProbe(Probe):
             if isinstance(arg, torch.Tensor) and arg.numel():
                 out["log_arg_nonpos"] = (arg.detach() <= 0).float().mean()
         return out
+
+
+# Elementwise regression losses whose best prediction of a target is the target itself.
+_REGRESSION = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+# The range of the values an op can output (TD522): a prediction made by one cannot reach a
+# target outside it.
+_RANGES = {
+    "ReluBackward0": (0.0, float("inf")),
+    "SigmoidBackward0": (0.0, 1.0),
+    "TanhBackward0": (-1.0, 1.0),
+    "SoftplusBackward0": (0.0, float("inf")),
+    "ExpBackward0": (0.0, float("inf")),
+}
+
+
+def _out_of_range(fn: str, tgt: torch.Tensor, bounds: tuple[float, float]) -> dict:
+    """Targets of a regression loss against the range of the op that made its prediction
+    (TD522): `rng_out`, the share of the targets outside it; `rng_floor`, the loss the
+    closest reachable prediction (each target clamped into the range) still pays, per
+    element: a floor no training removes; `rng_base`, the loss of predicting the targets'
+    mean, per element, to compare it with. Squared distances for mse_loss, Huber (delta 1,
+    the defaults of smooth_l1_loss and huber_loss) for those two, absolute for l1_loss."""
+    y = tgt.float()
+    lo, hi = bounds
+    d = (lo - y).clamp(min=0)
+    if hi != float("inf"):
+        d = d + (y - hi).clamp(min=0)
+    c = (y - y.mean()).abs()
+    if fn == "mse_loss":
+        floor, base = d.square(), c.square()
+    elif fn == "l1_loss":
+        floor, base = d, c
+    else:
+        floor = torch.where(d < 1, 0.5 * d.square(), d - 0.5)
+        base = torch.where(c < 1, 0.5 * c.square(), c - 0.5)
+    return {
+        "rng_out": (d > 0).float().mean(),
+        "rng_floor": floor.mean(),
+        "rng_base": base.mean(),
+    }
 
 
 # Ops that clamp their input at 0 from below (relu, relu6, clamp(min=0), hardtanh(0, x)).

@@ -80,6 +80,7 @@ from .setup import (
     probabilities_as_logits,
     softmax_over_batch,
     targets_copy_inputs,
+    targets_outside_output_range,
     trainable_audit,
     weight_decay_on_norms,
 )
@@ -131,6 +132,7 @@ CATALOG = (
     softmax_over_batch,  # TD519
     targets_copy_inputs,  # TD520
     logits_clamped_at_zero,  # TD521
+    targets_outside_output_range,  # TD522
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
