@@ -45,6 +45,8 @@ def run_one(case: str, out: Path, src: Path | None) -> dict:
     results = out / "results" / f"{stem}.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(PYTHON), str(HERE / "run.py"), "--only", case, "-j", "1", "-v"]
+    # run.py's --only takes a program name for the program and all its mutants.
+    cmd += [] if "::" in case else ["--programs-only"]
     cmd += ["--results", str(results)] + (["--traindoctor-src", str(src)] if src else [])
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -53,8 +55,9 @@ def run_one(case: str, out: Path, src: Path | None) -> dict:
     (out / "logs").mkdir(exist_ok=True)
     (out / "logs" / f"{stem}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
     try:
-        outcome = json.loads(results.read_text())["cases"][0]
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+        ran = json.loads(results.read_text())["cases"]
+        outcome = next(c for c in ran if c["case"] == case)
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
         outcome = {"verdict": "RUNNER-FAILED", "note": repr(exc)}
     return {
         "case": case,
