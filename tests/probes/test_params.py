@@ -86,12 +86,15 @@ def test_many_small_tensors_are_measured_flat_and_equal_brute_force(tmp_path):
     doc.close()
     updates = dict(doc.timeline.series("params.update"))
     norms = dict(doc.timeline.series("params.norm"))
-    assert {1, 2, 3} <= set(updates)
+    grad_norms = dict(doc.timeline.series("grads.norm"))  # packed with the params' lengths
+    assert {1, 2, 3} <= set(updates) and {1, 2, 3} <= set(grad_norms)
     for step, upd in updates.items():
         assert list(upd) == [n for n, _ in model.named_parameters()]
         for name, value in upd.items():
             assert value == pytest.approx(oracle.updates[step][name], rel=1e-6, abs=1e-12)
             assert norms[step][name] == pytest.approx(oracle.param_norms[step][name], rel=1e-6)
+            want = oracle.grad_norms[step][name]
+            assert grad_norms[step][name] == pytest.approx(want, rel=1e-6, abs=1e-12)
 
 
 def test_packed_norms_equal_each_tensors_norm():

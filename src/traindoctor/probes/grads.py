@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from ..timeline import signal
-from ._param_stats import GRAD, REQUIRES_GRAD, GradNorms, keyed, present, shared
+from ._param_stats import GRAD, REQUIRES_GRAD, GradNorms, Held, keyed, present, shared
 from ._param_stats import norms as param_norms
 from .base import Probe, Recorder
 
@@ -166,9 +166,10 @@ class GradsProbe(Probe):
             return
         assert self.ctx is not None
         # As the params probe read it just before, in this event (or checked again).
-        held = shared(self.ctx).held_now(opt, step)
+        stats = shared(self.ctx)
+        held = stats.held_now(opt, step)
         self._stepped.update(held.names)
-        self._check(step, held.names, held.params, rec, opt, held.others)
+        self._check(step, held.names, held.params, rec, opt, held.others, held)
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         if not sampled:
@@ -200,17 +201,22 @@ class GradsProbe(Probe):
         rec: Recorder,
         opt: torch.optim.Optimizer | None = None,
         others: list[torch.Tensor] | None = None,
+        held: Held | None = None,
     ) -> None:
         grads = list(map(GRAD, tensors))
         has = present(grads)
-        if not all(has):
+        complete = all(has)
+        if not complete:
             self._none.update(compress(names, map(not_, has)))
             names, tensors = list(compress(names, has)), list(compress(tensors, has))
             grads = list(compress(grads, has))
         if not grads:
             return
         strided = _strided_all(grads)
-        parts = param_norms(strided)
+        like = None
+        if held is not None and complete and strided is grads and self.ctx is not None:
+            like = shared(self.ctx).held_lengths(held, step)  # every param's gradient
+        parts = param_norms(strided, like)
         if opt is not None and self.ctx is not None:
             # The numerics probe reads them (its finiteness check, the same event): complete
             # when they are every strided gradient the optimizer holds.

@@ -188,11 +188,13 @@ class ParamsProbe(Probe):
         held = stats.held(opt)
         stats.mark(opt, step, held)  # the gradient probe reads the same list next, this event
         names, params = held.names, held.params
-        size = nbytes(params)
+        lengths = stats.held_lengths(held, step)
+        # (one dtype where the lengths are flat: no per-tensor read of the element size)
+        size = sum(lengths) * params[0].element_size() if lengths else nbytes(params)
         if size <= self._budget_left:  # all of them (the usual case): no loop in Python
             self._budget_left -= size
         else:
-            names, params = [], []
+            names, params, lengths = [], [], None
             for name, p in held.pairs():
                 size = p.numel() * p.element_size()
                 if size > self._budget_left:
@@ -203,7 +205,8 @@ class ParamsProbe(Probe):
         if params:
             # A copy on the device, no host sync; freed at on_optimizer_post_step. Under
             # no_grad: the params themselves, no detached view each.
-            lengths = flat_lengths(params)
+            if lengths is None:
+                lengths = flat_lengths(params)  # (a subset: the budget left some out)
             if lengths is not None:
                 copies: Any = _Flat(*pack(params, lengths))
             else:
