@@ -452,6 +452,33 @@ def run(shape: Shape, steps: int, watcher: Watcher, out_dir: str) -> Run:
 PHASES = (("steps 1-3", 0, 3), ("steps 4-50", 3, 50), ("steady 51-N", 50, None))
 
 
+def first_steps(shape: Shape, pairs: int, out_dir: str) -> dict[str, Any]:
+    """Steps 1-3 priced apart from the run order: one plain and one watched 3-step run thrown
+    away (what the first run of a process pays: lazy imports, the allocator's first pages),
+    then `pairs` fresh pairs, which goes first alternating; ratios of their CPU times."""
+    run(shape, 3, Watcher(), out_dir)
+    run(shape, 3, Traindoctor(), out_dir)
+    ratios: list[float] = []
+    plain_s = watched_s = 0.0
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        got: dict[bool, float] = {}
+        for w in order:
+            got[w] = sum(run(shape, 3, Traindoctor() if w else Watcher(), out_dir).cpu[:3])
+        ratios.append(got[True] / got[False])
+        plain_s += got[False]
+        watched_s += got[True]
+    return {
+        "first steps: pairs": pairs,
+        "first steps 1-3 summed (cpu)": watched_s / plain_s,
+        "first steps 1-3 median pair (cpu)": statistics.median(ratios),
+        "first steps 1-3 pairs over 2x": sum(r > 2.0 for r in ratios),
+        "first steps 1-3 ms per run, plain / watched (cpu)": (
+            f"{plain_s / pairs * 1e3:.0f} / {watched_s / pairs * 1e3:.0f}"
+        ),
+    }
+
+
 def compare(
     shape: Shape,
     steps: int,
@@ -845,6 +872,14 @@ def main() -> None:
         help="after the interleaved run, this many more interleaved steps, every one sampled",
     )
     ap.add_argument(
+        "--first-steps",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="after each shape, this many alternated fresh plain/watched 3-step runs (steps\n"
+        "1-3 apart from the run order, after one thrown-away pair)",
+    )
+    ap.add_argument(
         "--device",
         default="cpu",
         help="cpu, or cuda where a GPU is lent (wall time; host syncs per step counted)",
@@ -886,6 +921,8 @@ def main() -> None:
                     args.forced_sampled,
                 )
             )
+            if args.first_steps:
+                res.update(first_steps(shape, args.first_steps, out))
             results[name] = res
             print(f"{name}: {res['params']}, done in {time.perf_counter() - t0:.0f} s")
             print(json.dumps(res, default=str))
