@@ -139,6 +139,11 @@ _signal(
     "per call index: the cross-entropy of the same logits against a uniformly random target "
     "(mean over rows of logsumexp(z) - mean(z)), on structural steps",
 )
+_signal(
+    "init.ce_cosine",
+    "per call index, step 1: the scale s of logits that are cosines times constants (the graph "
+    "down to normalized operands, their norms measured; _scaled_cosine.py); absent otherwise",
+)
 _signal("init.in_std", "per leaf module: std of its input on structural steps")
 _signal("init.out_std", "per leaf module: std of its output on structural steps")
 _signal(
@@ -336,6 +341,11 @@ class BackwardSite(Event, total=False):
 class CrossEntropyCall(Event, total=False):
     classes: int
     source: str | None
+
+
+class CosineLogits(Event, total=False):
+    scale: float
+    params: list[str]
 
 
 class DataBaseInEval(Event, total=False):
@@ -679,6 +689,7 @@ _event("audit", "what can train: totals of params, trainable, LoRA and quantized
 _event("backward_call", "a backward() call site, with the factor applied to its loss", BackwardCall)
 _event("backward_site", "a new backward() call site and its id in loss.site", BackwardSite)
 _event("cross_entropy_call", "the first cross_entropy call: classes and line", CrossEntropyCall)
+_event("cosine_logits", "step 1's logits are cosines times s: s and the params", CosineLogits)
 _event("data_base_in_eval", "evaluation inputs that match training batches (leak)", DataBaseInEval)
 _event("data_forward", "where the training batches enter the model", DataForward)
 _event("data_loader", "a DataLoader found in the user's frames, described", DataLoader)

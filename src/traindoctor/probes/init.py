@@ -26,6 +26,7 @@ from .._patching import Patch, acquire, release
 from .._source import user_source
 from ..timeline import signal
 from ._module_hooks import ForwardHooks
+from ._scaled_cosine import scaled_cosine
 from .base import AttachContext, Probe, Recorder
 
 INIT_CE_LOSS = signal("init.ce_loss", "per call index: cross_entropy value on structural steps")
@@ -34,6 +35,11 @@ INIT_CE_UNIFORM = signal(
     "init.ce_uniform",
     "per call index: the cross-entropy of the same logits against a uniformly random target "
     "(mean over rows of logsumexp(z) - mean(z)), on structural steps",
+)
+INIT_CE_COSINE = signal(
+    "init.ce_cosine",
+    "per call index, step 1: the scale s of logits that are cosines times constants (the graph "
+    "down to normalized operands, their norms measured; _scaled_cosine.py); absent otherwise",
 )
 INIT_IN_STD = signal("init.in_std", "per leaf module: std of its input on structural steps")
 # Bounds on what is kept before a lazy attach (zero-code mode attaches at the first backward).
@@ -182,10 +188,15 @@ class InitProbe(Probe):
         INIT_CE_LOSS,
         INIT_CE_CLASSES,
         INIT_CE_UNIFORM,
+        INIT_CE_COSINE,
         INIT_IN_STD,
         INIT_OUT_STD,
     )
-    provides_events: ClassVar[tuple[str, ...]] = ("cross_entropy_call", "final_layers")
+    provides_events: ClassVar[tuple[str, ...]] = (
+        "cross_entropy_call",
+        "final_layers",
+        "cosine_logits",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -388,10 +399,27 @@ class InitProbe(Probe):
                 z = input.detach().float()
                 uniform = (torch.logsumexp(z, dim=-1) - z.mean(dim=-1)).mean()
             self._rec.defer(step, INIT_CE_UNIFORM, uniform.reshape(1), keys=[key])
+        if step <= 1 and input.grad_fn is not None:
+            self._record_cosine(step, key, input)
         self._rec.record(step, INIT_CE_CLASSES, classes, key=key)
         if not self._rec.timeline.events("cross_entropy_call"):
             source = source or user_source(skip=1)
             self._rec.event(step, "cross_entropy_call", classes=classes, source=source)
+
+    def _record_cosine(self, step: int, key: str, logits: torch.Tensor) -> None:
+        """Logits that are cosines times a constant (`s * cos`, CosFace, ArcFace): their loss
+        at init is set by `s`, not by the init (TD209). Step 1 only: a walk of the few nodes
+        above the loss, and one norm per normalized operand."""
+        assert self.ctx is not None and self._rec is not None
+        found = scaled_cosine(logits)
+        if found is None:
+            return
+        scale, leaves = found
+        self._rec.record(step, INIT_CE_COSINE, scale, key=key)
+        if not self._rec.timeline.events("cosine_logits"):
+            names = self.ctx.param_names
+            params = [names[id(v)] for v in leaves if id(v) in names]
+            self._rec.event(step, "cosine_logits", scale=scale, params=sorted(set(params)))
 
     def on_backward(self, step: int, root: torch.Tensor, loss: torch.Tensor, rec: Recorder) -> None:
         """The first backward: which params belong to the final layers (a graph walk, once)."""

@@ -27,11 +27,12 @@ FIRST_STEP = 1
         "init.ce_loss",
         "init.ce_classes",
         "init.ce_uniform",
+        "init.ce_cosine",
         "init.in_std",
         "init.out_std",
         "loss_inputs.stats",
     ),
-    events=("cross_entropy_call", "final_layers", "loss_input"),
+    events=("cross_entropy_call", "final_layers", "loss_input", "cosine_logits"),
     facts=("params",),
     priority=35,
 )
@@ -84,6 +85,15 @@ def poor_initialization(
     enters them (ArcFace's and CosFace's margin subtracted from the target logit, s = 16 to
     64), which no init changes; it is not reported.
 
+    Logits that are cosines times a constant (a cosine classifier `s * cos`, `s * relu(cos)`,
+    CosFace's `s * (cos - m)`, ArcFace's `s * cos(theta + m)`; told on the graph of the
+    logits at the loss call: every path down from them ends at a product of operands made by
+    a division and measured normalized, F.normalize's) are bounded by `s` whatever the weights
+    and do not change with the scale of the params: no init sets their loss, `s` and the
+    embeddings' geometry do. Their cross-entropy is not judged, nor the gain of the layer
+    whose weights are normalized into them (its output is `s` times cosines, its input's scale
+    cancels).
+
     A learned scalar among the final params (a temperature such as CLIP's `logit_scale`) is
     a scale chosen on purpose and trained: the cross-entropy is not judged then, nor a final
     op whose only params are such scalars.
@@ -101,6 +111,11 @@ def poor_initialization(
     # A final op whose only params are learned scalars is a temperature (CLIP's logit_scale,
     # SigLIP's t): its gain is the scale chosen by design and trained, not a fan-in init.
     final = [m for m in final if not _only_scalars(m, final_params, temperatures)]
+    # A layer whose weights are normalized into cosine logits (cosine_logits): its output is s
+    # times cosines whatever its weights' scale, and its input's scale cancels.
+    cosine = tl.events("cosine_logits")
+    cosine_params = set(cosine[0].get("params") or []) if cosine else set()
+    final = [m for m in final if not _only_scalars(m, final_params, cosine_params)]
     gain = _first_gains(tl, final)
     bad_layers = [
         (m, v[0], v[2]) for m, v in gain.items() if v[0] > max_gain and v[2] >= min_out_std
@@ -237,13 +252,18 @@ def _uniform_ce(tl: TimelineView, step: int) -> float | None:
 
 
 def _first_ce(tl: TimelineView) -> tuple[int, float, int] | None:
-    """(step, mean value, classes) of the cross-entropy calls before the first update."""
+    """(step, mean value, classes) of the cross-entropy calls before the first update, but
+    those whose logits are cosines times a constant (init.ce_cosine: set by s, not the init)."""
     classes = dict(tl.series("init.ce_classes"))
+    cosine = dict(tl.series("init.ce_cosine"))
     for step, values in tl.series("init.ce_loss"):
         if step > FIRST_STEP:
             break
         cs = classes.get(step) or {}
-        pairs = [(v, cs[k]) for k, v in values.items() if k in cs and v is not None]
+        scaled = cosine.get(step) or {}
+        pairs = [
+            (v, cs[k]) for k, v in values.items() if k in cs and v is not None and k not in scaled
+        ]
         pairs = [(v, c) for v, c in pairs if math.isfinite(v)]
         if pairs:
             return step, sum(v for v, _ in pairs) / len(pairs), max(c for _, c in pairs)
