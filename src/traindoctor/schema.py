@@ -477,6 +477,12 @@ class SoftmaxCall(Event, total=False):
     grad: bool  # grad enabled and the input requires grad (a trained call)
 
 
+class SeqLayerCall(Event, total=False):
+    module: str  # qualified name of an nn.LSTM/GRU/RNN/MultiheadAttention with batch_first=False
+    cls: str
+    shape: list[int]  # its first input's shape (read by it as (time, batch, features))
+
+
 class HiddenTensor(TypedDict, total=False):
     name: str  # the attribute path from the watched model: "hids[0].weight", "cell.Wci"
     held: str  # "list", "dict" (a plain container) or "attribute" (a plain tensor attribute)
@@ -726,6 +732,11 @@ _event("log_call", "the first doc.log() call in training / in validation", LogCa
 _event("loss_call_reversed", "a loss called with (target, input) swapped", LossCallReversed)
 _event("loss_without_grad", "a loss computed with gradients off (once a step)", LossWithoutGrad)
 _event("softmax_call", "a dim=0 softmax module's first call at an input rank", SoftmaxCall)
+_event(
+    "seq_layer_call",
+    "a sequence-first (batch_first=False) RNN/attention module's trained call at a new input shape",
+    SeqLayerCall,
+)
 _event(
     "hidden_params",
     "trainable tensors of a watched model that parameters() does not return, after a sampled step",

@@ -7,6 +7,11 @@ input; a forward hook on each `nn.Softmax`/`nn.LogSoftmax`/`nn.Softmin` built wi
 records, once per input rank, a `softmax_call` event: the module, its dim, the input's shape,
 the model input's rank and leading size, and whether grad was enabled. Host metadata only;
 a call whose rank was seen costs one set lookup.
+
+Also (TD523) each `nn.LSTM`/`nn.GRU`/`nn.RNN` and `nn.MultiheadAttention` built without
+`batch_first=True` (sequence first: (time, batch, features)): a forward hook records, once per
+input shape (at most `MAX_SEQ_SHAPES` per module), a `seq_layer_call` event with the module,
+its class and its first input's shape, on trained calls (grad enabled, module in training).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 from .base import AttachContext, Probe, Recorder
 
 _KINDS = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Softmin)
+_SEQ_KINDS = (torch.nn.RNNBase, torch.nn.MultiheadAttention)
+MAX_SEQ_SHAPES = 4  # distinct input shapes recorded per sequence-first module
 
 
 def _first_tensor(args: tuple) -> torch.Tensor | None:
@@ -30,7 +37,7 @@ def _first_tensor(args: tuple) -> torch.Tensor | None:
 class SoftmaxDimsProbe(Probe):
     name = "softmax_dims"
     provides: ClassVar[tuple[str, ...]] = ()
-    provides_events: ClassVar[tuple[str, ...]] = ("softmax_call",)
+    provides_events: ClassVar[tuple[str, ...]] = ("softmax_call", "seq_layer_call")
 
     def __init__(self) -> None:
         super().__init__()
@@ -43,6 +50,13 @@ class SoftmaxDimsProbe(Probe):
         found = False
         for prefix, model in ctx.eager_models().items():
             for name, module in model.named_modules():
+                if isinstance(module, _SEQ_KINDS) and not getattr(module, "batch_first", True):
+                    qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
+                    self.handles.append(
+                        module.register_forward_hook(
+                            ctx.hook("probe softmax_dims", self._seq_hook(qual, module))
+                        )
+                    )
                 if isinstance(module, _KINDS) and getattr(module, "dim", None) == 0:
                     qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                     self.handles.append(
@@ -84,6 +98,28 @@ class SoftmaxDimsProbe(Probe):
                 model_input_rank=model_in[0] if model_in else None,
                 model_input_lead=model_in[1] if model_in else None,
                 grad=bool(torch.is_grad_enabled() and x.requires_grad),
+            )
+
+        return hook
+
+    def _seq_hook(self, qual: str, module: torch.nn.Module) -> Any:
+        seen: set[tuple[int, ...]] = set()
+        kind = type(module).__name__
+
+        def hook(mod: torch.nn.Module, args: tuple, out: Any) -> None:
+            x = _first_tensor(args)
+            if x is None or x.dim() != 3 or len(seen) >= MAX_SEQ_SHAPES:
+                return
+            if not (mod.training and torch.is_grad_enabled()):
+                return
+            shape = tuple(int(n) for n in x.shape)
+            if shape in seen:
+                return
+            seen.add(shape)
+            ctx = self.ctx
+            assert ctx is not None
+            self._rec.event(
+                ctx.state.step, "seq_layer_call", module=qual, cls=kind, shape=list(shape)
             )
 
         return hook

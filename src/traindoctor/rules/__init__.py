@@ -78,6 +78,7 @@ from .setup import (
     padding_in_loss,
     plateau_mode_inverted,
     probabilities_as_logits,
+    sequence_dim_is_batch,
     softmax_over_batch,
     targets_copy_inputs,
     targets_outside_output_range,
@@ -133,6 +134,7 @@ CATALOG = (
     targets_copy_inputs,  # TD520
     logits_clamped_at_zero,  # TD521
     targets_outside_output_range,  # TD522
+    sequence_dim_is_batch,  # TD523
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
