@@ -82,8 +82,11 @@ class MemoryProbe(Probe):
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
-        devices = {p.device for _, p in ctx.named_params() if p.device.type == "cuda"}
-        self._cuda = next(iter(devices), None)
+        # The first CUDA device in the params' order (a set's order is its hash's: with params
+        # on several GPUs the device measured could change from run to run).
+        self._cuda = next(
+            (p.device for _, p in ctx.named_params() if p.device.type == "cuda"), None
+        )
         rec.timeline.facts["memory"] = {
             "host_measure": self._rss_source,
             "cuda_device": str(self._cuda) if self._cuda is not None else None,
