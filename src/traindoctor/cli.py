@@ -255,8 +255,9 @@ def _do_run(
     exc = result.exception
     if exc is not None and not isinstance(exc, SystemExit) and not _silent_signal(exc):
         # The user's traceback, as `python train.py` prints it, without traindoctor's frames
-        # (a KeyboardInterrupt's too: Ctrl-C or `raise KeyboardInterrupt` prints one plainly).
-        sys.stderr.write(_user_traceback(exc))
+        # (a KeyboardInterrupt's too: Ctrl-C or `raise KeyboardInterrupt` prints one plainly),
+        # or the script's own sys.excepthook called, as Python calls it (rich, wandb).
+        _uncaught(exc)
     # A rank of a distributed job: rank 0 shows the job's merged report, the others nothing
     # (each rank's own is in its folder; stdout stays one findings.json under --json).
     shown = _job_report(report) if report.rank is not None else report
@@ -533,6 +534,26 @@ def _stdout_to_stderr():
 def _silent_signal(exc: BaseException) -> bool:
     """SIGTERM, raised into the script as runner.Terminated: plainly it ends Python silently."""
     return getattr(exc, "signal_name", None) == "SIGTERM"
+
+
+def _uncaught(exc: BaseException) -> None:
+    """What Python does with an exception that ends the script: calls sys.excepthook, the one
+    the script installed (rich's, wandb's, a notifier's) if it replaced the default; that hook
+    failing is reported as Python reports it, with the original exception."""
+    hook = sys.excepthook
+    if hook is sys.__excepthook__ or not callable(hook):
+        sys.stderr.write(_user_traceback(exc))
+        return
+    tb = exc.__traceback__
+    while tb is not None and _is_runner_frame(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    try:
+        hook(type(exc), exc, tb or exc.__traceback__)
+    except BaseException as err:  # noqa: BLE001  (Python prints both and goes on exiting)
+        sys.stderr.write("Error in sys.excepthook:\n")
+        sys.stderr.write("".join(traceback.format_exception(err)))
+        sys.stderr.write("\nOriginal exception was:\n")
+        sys.stderr.write(_user_traceback(exc))
 
 
 def _user_traceback(exc: BaseException) -> str:

@@ -81,6 +81,12 @@ class ZeroCodeSession:
             )
         )
         self._install_forward_hooks()
+        # torch.compile's module warns on every call while any global module hook is on
+        # ("Using `torch.compile(module)` when there are global hooks"): ours must not make
+        # it warn where the plain run does not (an error under -W error).
+        patch = Patch(nn_module, "_has_any_global_hook", _users_global_hooks, optional=True)
+        acquire(patch)
+        self._held.append(patch)
         # Probes that measure the first forward, which runs before the lazy attach.
         for probe in self.doctor.probes:
             if hasattr(probe, "listen_early"):
@@ -480,6 +486,29 @@ def _outermost(models: list[torch.nn.Module]) -> list[torch.nn.Module]:
             continue
         out.append(m)
     return out
+
+
+_GLOBAL_HOOKS = (
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+)
+
+
+def _users_global_hooks(original: Any) -> Any:
+    """torch.nn.modules.module._has_any_global_hook (read by torch.compile's module only, for
+    its warning) counting the global module hooks that are not traindoctor's."""
+
+    def has_any_global_hook() -> bool:
+        for name in _GLOBAL_HOOKS:
+            for fn in getattr(nn_module, name, {}).values():
+                where = getattr(fn, "__module__", None) or type(fn).__module__
+                if not str(where).startswith("traindoctor."):
+                    return True
+        return False
+
+    return has_any_global_hook
 
 
 @contextlib.contextmanager

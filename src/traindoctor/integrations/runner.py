@@ -156,10 +156,72 @@ def _run_path(path: Path, args: list[str]) -> None:
     main.__file__ = absolute
     main.__builtins__ = builtins  # type: ignore[attr-defined]
     main.__loader__ = importlib.machinery.SourceFileLoader("__main__", absolute)
+    main.__cached__ = None  # type: ignore[attr-defined]  (as python sets them for a script)
+    main.__annotations__ = {}
     sys.modules["__main__"] = main
     sys.argv = [str(path), *args]
     sys.path[0] = str(path.resolve().parent)
-    exec(code, main.__dict__)
+    with _threads_as_at_import():
+        exec(code, main.__dict__)
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _threads_as_at_import() -> Any:
+    """torch reads OMP_NUM_THREADS / MKL_NUM_THREADS when it is imported; a script that sets
+    them before its `import torch` (`os.environ["OMP_NUM_THREADS"] = "1"`, as A3C scripts do)
+    gets that many threads plainly, but under `traindoctor run` torch was imported before the
+    script began. At the script's first import of torch (builtins.__import__ watched until
+    then), a thread count it lowered is applied with torch.set_num_threads, as the import
+    would have (a larger one is left: torch caps it at the cores it finds). Never fails the
+    script."""
+    from .._patching import Patch, acquire, release
+
+    start = {k: os.environ.get(k) for k in _THREAD_VARS}
+    done = False
+
+    def make(original: Any) -> Any:
+        def importing(name: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal done
+            if not done and (name == "torch" or name.startswith("torch.")):
+                done = True
+                with contextlib.suppress(Exception):
+                    release(patch)
+                    _apply_thread_vars(start)
+            return original(name, *args, **kwargs)
+
+        return importing
+
+    patch = Patch(builtins, "__import__", make)
+    acquire(patch)
+    try:
+        yield
+    finally:
+        if not done:
+            done = True
+            release(patch)
+
+
+def _apply_thread_vars(start: dict[str, str | None]) -> None:
+    now = {k: os.environ.get(k) for k in _THREAD_VARS}
+    if now == start:
+        return
+    import torch
+
+    def count(value: str | None) -> int | None:
+        try:
+            n = int((value or "").split(",")[0])
+        except ValueError:
+            return None
+        return n if n > 0 else None
+
+    wanted = count(now["OMP_NUM_THREADS"])
+    if torch.backends.mkl.is_available() and count(now["MKL_NUM_THREADS"]) is not None:
+        wanted = count(now["MKL_NUM_THREADS"])
+    if wanted is not None and wanted < torch.get_num_threads():
+        torch.set_num_threads(wanted)
 
 
 def _set_path0(entry: str | None) -> None:
