@@ -390,3 +390,20 @@ def test_the_script_runs_in_the_interpreter_state_python_gives_it(tmp_path):
     assert "hook ValueError boom True" in plain.stdout, plain
     assert run.stdout == plain.stdout, (run.stdout, plain.stdout)
     assert "Traceback" not in run.stderr, run.stderr  # the hook printed it: nothing else
+
+
+def test_a_cpu_run_never_asks_for_cuda(tmp_path, monkeypatch):
+    """torch.cuda.is_available() starts the CUDA driver in the process: on a GPU machine a CPU
+    run then has CUDA initialised that it never used (its forked workers cannot use CUDA;
+    CUDA_VISIBLE_DEVICES set later is ignored). A watched CPU run makes no such call."""
+    import traindoctor as td
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: calls.append("x") or False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: calls.append("x") or 0)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with td.watch(model, opt, console=False, out_dir=tmp_path, budget=1.0) as doc:
+        _train(model, opt)
+    assert not doc.guard.errors
+    assert calls == []

@@ -173,7 +173,9 @@ class ScheduleProbe(Probe):
         assert ctx is not None and rec is not None
         step = ctx.state.step
         for device in ("cpu", "cuda"):
-            if device == "cuda" and not torch.cuda.is_available():
+            # is_initialized, not is_available: that one starts the CUDA driver in a process
+            # that never used CUDA (a CPU run on a GPU machine), which a fork then cannot use.
+            if device == "cuda" and not torch.cuda.is_initialized():
                 continue
             dtype = "off"
             if torch.is_autocast_enabled(device):
