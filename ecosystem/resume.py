@@ -3,7 +3,7 @@
     .venv/bin/python ecosystem/resume.py --out /tmp/eco-rerun --src /tmp/snapshot/src \
         --priority TD103,TD105,TD402 --until 15:25
 
-Each finished case appends one JSON line to OUT/done.jsonl (verdict, findings, wall seconds,
+Each finished case appends one JSON line to OUT/done.jsonl (verdict, findings, wall and CPU seconds,
 the load average before and after, the traindoctor src measured); a case already there is
 skipped, so a later session resumes where this one stopped (same --out). Cases: --only in that
 order, else every mutant (with --programs, the unchanged programs first), those whose expected
@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -40,6 +41,13 @@ def ordered_cases(priority: list[str], programs: bool) -> list[str]:
     return [case for _, case in sorted(rows, key=lambda r: r[0])]
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + sys) of every finished child process and its descendants: the case's
+    cost, less moved by the load than its wall time (run.py waits for all it starts)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(case: str, out: Path, src: Path | None) -> dict:
     stem = case.replace("::", "__")
     results = out / "results" / f"{stem}.json"
@@ -49,9 +57,9 @@ def run_one(case: str, out: Path, src: Path | None) -> dict:
     cmd += [] if "::" in case else ["--programs-only"]
     cmd += ["--results", str(results)] + (["--traindoctor-src", str(src)] if src else [])
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     (out / "logs").mkdir(exist_ok=True)
     (out / "logs" / f"{stem}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
     try:
@@ -67,6 +75,7 @@ def run_one(case: str, out: Path, src: Path | None) -> dict:
         "seconds_plain": round(outcome.get("seconds_plain", 0.0), 1),
         "seconds_td": round(outcome.get("seconds_td", 0.0), 1),
         "wall": round(wall, 1),
+        "cpu": round(cpu, 1),
         "steps": outcome.get("steps"),
         "note": outcome.get("note", ""),
         "load": [round(load, 1), round(os.getloadavg()[0], 1)],
