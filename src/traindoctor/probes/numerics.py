@@ -423,7 +423,7 @@ class NumericsProbe(Probe):
             host, mods = all_flags, []  # host bools already (a CPU loss): nothing to read
         loss_ok = all(host[:n_loss])
         grads_ok = all(host[n_loss : n_loss + n_grad])
-        inputs_ok = all(host[n_loss + n_grad :])
+        inputs_ok = all(host[n_loss + n_grad :]) or self._inputs_are_masks()
         judged = self._judge(step, rec, loss_ok, grads_ok, bool(loss_flags), bool(known), mods)
         if not judged and module_vals and (not all(mods) or not inputs_ok):
             first = next((q for q, ok in zip(module_quals, mods) if not ok), None)
@@ -658,6 +658,28 @@ class NumericsProbe(Probe):
         if self._localised < MAX_LOCALISING:
             self._full_next = True
             self._localised += 1
+
+    def _inputs_are_masks(self) -> bool:
+        """Whether every non-finite floating input of the step's last forward is an additive
+        mask: values 0 and -inf only (`nn.Transformer.generate_square_subsequent_mask`, a float
+        key padding mask), -inf by design and turned into 0 by the softmax it is added under.
+        Read only when an input flag was non-finite (a rare path: no cost on healthy steps)."""
+        try:
+            found = False
+            with torch.no_grad():
+                for args, kwargs, _, _ in self._last.values():
+                    for t in iter_tensors((args, kwargs)):
+                        if not (t.is_floating_point() and t.numel() and t.layout is torch.strided):
+                            continue
+                        t = t.detach()
+                        if bool(torch.isfinite(t).all()):
+                            continue
+                        if not bool(((t == 0) | (t == float("-inf"))).all()):
+                            return False
+                        found = True
+            return found
+        except Exception:  # noqa: BLE001
+            return False
 
     def _masked(
         self, step: int, rec: Recorder, first: str | None, replay: dict[str, Any] | None = None
