@@ -244,6 +244,7 @@ def _do_run(
                 max_steps=max_steps,
                 console=False,
                 settings=settings,
+                keep_main=True,  # the script's threads and atexit handlers run after it
             )
     except UsageError as e:
         _usage(str(e))
@@ -270,6 +271,10 @@ def _do_run(
         click.echo(f"traindoctor: {report.write_error}", err=True)
     if shown is not None and (fmt != "full" or output_file is not None):
         _emit(shown, fmt, output_file)
+    if result.script_cwd is not None:
+        # Where the script left it: its non-daemon threads and atexit handlers run next.
+        with contextlib.suppress(OSError):
+            os.chdir(result.script_cwd)
     if fail_on and _crosses(report, fail_on):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(result.script_exit_code)

@@ -335,8 +335,10 @@ SCRIPT = """
 import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before importing torch, as A3C scripts do
+import atexit
 import hashlib
 import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -358,11 +360,37 @@ for v in model.state_dict().values():
 print("params", h.hexdigest())
 
 
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+
+crashed = threading.Event()
+here = os.getcwd()
+
+
 def hook(kind, value, tb):  # a crash notifier's (rich, wandb and others install one)
     print("hook", kind.__name__, value, tb.tb_frame.f_code.co_filename == __file__, flush=True)
+    crashed.set()
+
+
+def save_when_crashed():  # a non-daemon thread that outlives the script's body
+    crashed.wait(60)
+    torch.save(Tiny(), os.path.join(here, "thread.pt"))  # pickles __main__.Tiny
+    print("thread saved", flush=True)
+
+
+def save_at_exit():  # an atexit checkpoint, to a path relative to the script's chdir
+    torch.save(Tiny(), "at_exit.pt")
+    print("saved at exit", sorted(os.listdir(".")), flush=True)
 
 
 sys.excepthook = hook
+threading.Thread(target=save_when_crashed).start()
+atexit.register(save_at_exit)
+os.makedirs("out", exist_ok=True)
+os.chdir("out")
 raise ValueError("boom")
 """
 
@@ -371,7 +399,9 @@ raise ValueError("boom")
 def test_the_script_runs_in_the_interpreter_state_python_gives_it(tmp_path):
     """Its `__main__` globals, the threads OMP_NUM_THREADS set before `import torch` gives
     (torch was imported by traindoctor first: the parameters differ bitwise at 2 threads),
-    and its own sys.excepthook called with the exception that ends it."""
+    its own sys.excepthook called with the exception that ends it, and after its body: its
+    `__main__` (a non-daemon thread pickling a class of the script raised PicklingError) and
+    its working directory (an atexit checkpoint saved where `run` began)."""
     from ..cli.conftest import TIMEOUT, TRAINDOCTOR
 
     (tmp_path / "train.py").write_text(SCRIPT)
@@ -390,6 +420,7 @@ def test_the_script_runs_in_the_interpreter_state_python_gives_it(tmp_path):
     assert "hook ValueError boom True" in plain.stdout, plain
     assert run.stdout == plain.stdout, (run.stdout, plain.stdout)
     assert "Traceback" not in run.stderr, run.stderr  # the hook printed it: nothing else
+    assert "thread saved" in run.stdout and "saved at exit ['at_exit.pt']" in run.stdout
 
 
 def test_a_cpu_run_never_asks_for_cuda(tmp_path, monkeypatch):

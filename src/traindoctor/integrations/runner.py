@@ -29,6 +29,9 @@ class RunResult:
     report: Report
     script_exit_code: int  # what `python script.py` would have exited with
     exception: BaseException | None
+    # The working directory the script left (the report is written from where `run` began;
+    # the command line goes back to it for the script's threads and atexit handlers).
+    script_cwd: str | None = None
 
 
 def run_target(
@@ -41,10 +44,14 @@ def run_target(
     console: bool = True,
     budget: float = 0.03,
     settings: Settings | None = None,
+    keep_main: bool = False,
 ) -> RunResult:
     """`settings` (traindoctor.config: the rules to run, with their options) as the command
     line resolved them from pyproject.toml and its flags; None runs every rule with its
-    defaults."""
+    defaults. `keep_main` (the command line, whose process ends with the script): the
+    script's `__main__`, argv and sys.path[0] stay after it returns, as python leaves them for
+    its non-daemon threads and atexit handlers (a checkpoint pickled there names
+    `__main__.Net`); else they are put back (a caller that goes on, as tests do)."""
     if target.startswith("-"):
         raise UsageError(
             f"unknown option {target!r}; put traindoctor's options before the script and the "
@@ -89,6 +96,7 @@ def run_target(
     exc: BaseException | None = None
     code = 0
     session = None
+    script_cwd: str | None = None
     old_cwd = os.getcwd()
     old_main = sys.modules.get("__main__")
     old_term = _install_sigterm()
@@ -114,12 +122,14 @@ def run_target(
                 exc, code = e, 1
     finally:
         undo_launches()
-        sys.argv = old_argv
-        _set_path0(old_path0)
-        if old_main is not None:
-            sys.modules["__main__"] = old_main
+        if not keep_main:
+            sys.argv = old_argv
+            _set_path0(old_path0)
+            if old_main is not None:
+                sys.modules["__main__"] = old_main
         # A script may chdir; the run directory (a relative --out) belongs where `run` started.
         with contextlib.suppress(OSError):
+            script_cwd = os.getcwd()
             os.chdir(old_cwd)
     try:
         # A second SIGTERM while the report is written would lose it; the script is done.
@@ -132,7 +142,7 @@ def run_target(
     finally:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, old_term)
-    return RunResult(report=report, script_exit_code=code, exception=exc)
+    return RunResult(report=report, script_exit_code=code, exception=exc, script_cwd=script_cwd)
 
 
 def _lightning_launches() -> Callable[[], None]:
