@@ -254,7 +254,7 @@ def exception_chains(attach: Attach) -> Any:
     return got
 
 
-# -- fused, foreach and for-loop optimizers, partial backwards -----------------------------------
+# -- fused, foreach, for-loop and L-BFGS optimizers, partial backwards -----------------------------------
 def optimizer_flavours(attach: Attach) -> Any:
     got: dict[str, Any] = {}
     for name, make in (
@@ -267,6 +267,23 @@ def optimizer_flavours(attach: Attach) -> Any:
         with attach(model, opt):
             got[name] = _train(model, opt, 4)
         got[name + "_opt"] = _opt_state(opt)
+    # L-BFGS: step(closure), the closure running forward and backward several times.
+    model = _mlp()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4, history_size=3)
+    with attach(model, opt):
+        losses = []
+        for step in range(3):
+            x, y = _batch(step)
+
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            losses.append(opt.step(closure).detach())
+        got["lbfgs"] = losses
+    got["lbfgs_opt"] = _opt_state(opt)
     # Backward into some leaves only: the head's gradients, then the body's.
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
