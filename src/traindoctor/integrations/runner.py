@@ -106,7 +106,10 @@ def run_target(
             try:
                 if module:
                     sys.argv = [target, *args]
-                    runpy.run_module(target, run_name="__main__", alter_sys=True)
+                    # (runpy puts __main__ and argv back when the module returns: its
+                    # non-daemon threads and atexit handlers then see ours; left)
+                    with _threads_as_at_import():
+                        runpy.run_module(target, run_name="__main__", alter_sys=True)
                 else:
                     _run_path(Path(target), args)
             except SystemExit as e:
