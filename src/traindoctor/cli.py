@@ -257,8 +257,10 @@ def _do_run(
     if exc is not None and not isinstance(exc, SystemExit) and not _silent_signal(exc):
         # The user's traceback, as `python train.py` prints it, without traindoctor's frames
         # (a KeyboardInterrupt's too: Ctrl-C or `raise KeyboardInterrupt` prints one plainly),
-        # or the script's own sys.excepthook called, as Python calls it (rich, wandb).
-        _uncaught(exc)
+        # or the script's own sys.excepthook called, as Python calls it (rich, wandb); what
+        # it prints goes where the script's output went (stderr when stdout carries --json).
+        with _stdout_to_stderr() if clean_stdout else contextlib.nullcontext():
+            _uncaught(exc)
     # A rank of a distributed job: rank 0 shows the job's merged report, the others nothing
     # (each rank's own is in its folder; stdout stays one findings.json under --json).
     shown = _job_report(report) if report.rank is not None else report
@@ -271,6 +273,13 @@ def _do_run(
         click.echo(f"traindoctor: {report.write_error}", err=True)
     if shown is not None and (fmt != "full" or output_file is not None):
         _emit(shown, fmt, output_file)
+    if clean_stdout:
+        # The script's non-daemon threads and atexit handlers run after the JSON: what they
+        # print goes to stderr, as the rest of its output did.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            os.dup2(2, 1)
+            sys.stdout = sys.stderr
     if result.script_cwd is not None:
         # Where the script left it: its non-daemon threads and atexit handlers run next.
         with contextlib.suppress(OSError):
