@@ -477,6 +477,12 @@ class SoftmaxCall(Event, total=False):
     grad: bool  # grad enabled and the input requires grad (a trained call)
 
 
+class SchedulerEpochArg(Event, total=False):
+    key: str  # the scheduler ('sched0', as in its lr_scheduler event)
+    value: float | None  # the value its step() was given (the deprecated epoch argument)
+    whole: bool  # a whole number (an epoch count); not one: `scheduler.step(loss)`
+
+
 class SeqLayerCall(Event, total=False):
     module: str  # qualified name of an nn.LSTM/GRU/RNN/MultiheadAttention with batch_first=False
     cls: str
@@ -732,6 +738,11 @@ _event("log_call", "the first doc.log() call in training / in validation", LogCa
 _event("loss_call_reversed", "a loss called with (target, input) swapped", LossCallReversed)
 _event("loss_without_grad", "a loss computed with gradients off (once a step)", LossWithoutGrad)
 _event("softmax_call", "a dim=0 softmax module's first call at an input rank", SoftmaxCall)
+_event(
+    "scheduler_epoch_arg",
+    "a non-plateau LR scheduler's step() given a value (its epoch argument), once per scheduler",
+    SchedulerEpochArg,
+)
 _event(
     "seq_layer_call",
     "a sequence-first (batch_first=False) RNN/attention module's trained call at a new input shape",

@@ -214,3 +214,17 @@ def test_a_batch_sampler_loader_is_judged_on_its_length():
 def test_a_loader_of_no_length_is_silent():
     # an IterableDataset: the probe records batches=None whatever its dataset_len says
     assert_silent("TD503", _step_lr(114, loaders=[_loader(batches=None)]))
+
+
+def test_collapse_from_a_loss_given_as_the_epoch_names_that_cause():
+    # pytorch/pytorch#20527: MultiStepLR([30, 50, 80]).step(loss) with a loss of 387
+    lrs = [1e-3] * 16 + [1e-6] * 176
+    arg = {"kind": "scheduler_epoch_arg", "step": 16, "key": "sched0", "value": 386.76}
+    events = [_sched("MultiStepLR", milestones=[30, 50, 80], gamma=0.1), {**arg, "whole": False}]
+    f = assert_fires("TD503", _tl(lrs, events=events))
+    assert "was given a value (386.8, not an epoch count)" in f.cause
+    assert "stepped per batch" not in f.cause and "no argument" in f.fix
+    # a whole epoch number (scheduler.step(epoch)) keeps the usual cause
+    events[1] = {**arg, "value": 3.0, "whole": True}
+    f = assert_fires("TD503", _tl(lrs, events=events))
+    assert "stepped per batch" in f.cause

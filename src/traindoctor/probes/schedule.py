@@ -98,13 +98,18 @@ class ScheduleProbe(Probe):
         SCHED_CLIP_MAX,
         SCHED_TENSOR_DIV,
     )
-    provides_events: ClassVar[tuple[str, ...]] = ("lr_scheduler", "optimizer_hparams")
+    provides_events: ClassVar[tuple[str, ...]] = (
+        "lr_scheduler",
+        "optimizer_hparams",
+        "scheduler_epoch_arg",
+    )
     sampled_only = frozenset({"on_optimizer_pre_step"})
 
     def __init__(self) -> None:
         super().__init__()
         self._rec: Recorder | None = None
         self._schedulers: dict[int, str] = {}  # id(scheduler) -> "sched<i>"
+        self._epoch_args: set[str] = set()  # schedulers whose step(epoch) value was recorded
         self._keep: list[Any] = []  # the schedulers themselves: their ids stay unique
         self._sampled = False
         self._fp16 = False  # float16 autocast seen at a forward
@@ -229,7 +234,24 @@ class ScheduleProbe(Probe):
                 return None
             return ctx.guard.call(key, self._on_plateau_step, sched, args, kwargs)
         self._guarded(self._on_scheduler_step, sched)
+        if args or kwargs.get("epoch") is not None:
+            self._guarded(self._on_epoch_arg, sched, args[0] if args else kwargs.get("epoch"))
         return None
+
+    def _on_epoch_arg(self, sched: Any, value: Any) -> None:
+        """A non-plateau scheduler's `step(x)` given a value: its (deprecated) `epoch`
+        argument, from which the lr is computed in closed form. A `scheduler_epoch_arg`
+        event, once per scheduler: the value and whether it is a whole number (an epoch count
+        or not: `scheduler.step(loss)` passes the loss)."""
+        ctx, rec = self.ctx, self._rec
+        assert ctx is not None and rec is not None
+        key = self._schedulers.get(id(sched))
+        if key is None or key in self._epoch_args:
+            return
+        self._epoch_args.add(key)
+        number = _as_float(value)
+        whole = number is not None and math.isfinite(number) and number == int(number)
+        rec.event(ctx.state.step, "scheduler_epoch_arg", key=key, value=number, whole=whole)
 
     def _on_plateau_step(
         self, sched: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

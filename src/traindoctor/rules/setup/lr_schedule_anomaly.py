@@ -29,7 +29,7 @@ _RANK = {"error": 0, "warning": 1, "info": 2}
     summary="The learning rate is 0 or collapsed for most of the run, or the scheduler "
     "runs ahead of the optimizer (sized in epochs, stepped per batch).",
     requires=("optim.lr", "optim.step", "schedule.steps", "amp.skipped", "backward.count"),
-    events=("lr_scheduler", "data_loader"),
+    events=("lr_scheduler", "data_loader", "scheduler_epoch_arg"),
     facts=("optimizers", "framework"),
     priority=35,
     state=lambda: ScheduleScan(),
@@ -49,7 +49,9 @@ def lr_schedule_anomaly(
     - the lr of a param group is 0 for most of the observed steps (`most`);
     - the lr collapses to `collapse_ratio` of its peak or less and stays there for most of the
       run: a scheduler sized in epochs (`StepLR(step_size=30)`, `MultiStepLR(milestones=[30,
-      60])`, `ExponentialLR`) stepped after every batch;
+      60])`, `ExponentialLR`) stepped after every batch, or given a value that is no epoch
+      count as its epoch argument (`scheduler.step(loss)` on a MultiStepLR: the loss read as
+      the epoch number; the cause then names the value and the step() line);
     - a `CosineAnnealingLR` stepped at least 2·T_max times: past T_max the cosine climbs back
       up, so the lr cycles (T_max given in epochs, stepped per batch);
     - a scheduler stepped more often than its optimizer (`scheduler.step()` inside the
@@ -111,6 +113,7 @@ def lr_schedule_anomaly(
             case = _as_freeze(case)
         if case:
             cases.append(case)
+    _epoch_arg_cause(tl, schedulers, cases)
     epoch = None
     for sched in schedulers:
         n = sched_steps.get(sched.get("key"), 0)
@@ -280,6 +283,34 @@ def _judge_trace(
         f"there (last {final:.3g}) for {trace.low / n:.0%} of the run: the schedule ends long "
         "before the training does (a schedule sized in epochs, stepped per batch)",
     }
+
+
+def _epoch_arg_cause(tl: TimelineView, schedulers: list[dict], cases: list[dict]) -> None:
+    """A collapse whose optimizer's scheduler was stepped with a value that is no epoch count
+    (`scheduler.step(loss)` on a MultiStepLR/StepLR/...: the loss read as the epoch, the lr
+    computed in closed form there) gets that cause instead of the per-batch guess."""
+    given = {e.get("key"): e for e in tl.events("scheduler_epoch_arg") if not e.get("whole")}
+    if not given:
+        return
+    for case in cases:
+        if case.get("kind") != "collapse":
+            continue
+        opt = str(case.get("group", "")).split("/", 1)[0]
+        sched = next(
+            (s for s in schedulers if s.get("optimizer") == opt and s.get("key") in given), None
+        )
+        if sched is None:
+            continue
+        value = given[sched["key"]].get("value")
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        case["text"] = (
+            case["text"].split(": the schedule ends", 1)[0]
+            + f": `{sched.get('cls')}.step()` at {sched.get('source')} was given a value "
+            f"({shown}, not an epoch count) as its epoch argument, e.g. `scheduler.step(loss)`; "
+            "a scheduler other than ReduceLROnPlateau takes it for the epoch number and sets "
+            "the lr its schedule has at that epoch"
+        )
+        case["epoch_arg"] = value
 
 
 def _frozen_group(gid: str, trace: Trace, traces: dict[str, Trace], most: float) -> bool:
@@ -465,6 +496,12 @@ def _lr_at(tl: TimelineView, gid: str, step: int) -> float | None:
 
 def _fix(case: dict[str, Any]) -> str:
     kind = case["kind"]
+    if kind == "collapse" and "epoch_arg" in case:
+        return (
+            "call scheduler.step() with no argument, once per epoch; to cut the lr when the "
+            "loss stops improving use ReduceLROnPlateau and pass it the loss: "
+            "scheduler.step(val_loss)"
+        )
     if kind == "zero_frozen_group":
         return (
             "nothing to fix if the group is meant to stay frozen; otherwise give it a positive lr "
