@@ -1191,7 +1191,8 @@ def _normalization(
 ) -> dict[str, torch.Tensor]:
     """How far `inp` is from a (log-)probability distribution along each dim: the largest
     |logsumexp - 0| (log space) or |sum - 1| (probabilities) over the slices, as `lnorm<d>` /
-    `pnorm<d>`; for a float target of the same shape, `tnorm<d>` alike. Only for inputs made
+    `pnorm<d>`; for a float target of the same shape, `tnorm<d>` alike (its all-zero slices,
+    masked positions, left out). Only for inputs made
     by a softmax/log_softmax, and for the log-probability inputs of nll_loss/kl_div."""
     head = names[0] if names else None
     if head in ("LogSoftmaxBackward0", *_LOGS):
@@ -1219,6 +1220,11 @@ def _normalization(
         y = tgt.detach().float()
         log_target = fn == "kl_div" and bool(opts.get("log_target"))
         for d in dims:
-            dev = torch.logsumexp(y, d) if log_target else y.sum(d) - 1
+            if log_target:
+                dev = torch.logsumexp(y, d)
+            else:
+                # An all-zero slice is a masked position (label smoothing zeroes the pad
+                # rows' targets): it adds nothing to the loss and is no distribution.
+                dev = (y.sum(d) - 1).masked_fill(y.abs().amax(d) == 0, 0)
             out[f"tnorm{d}"] = dev.abs().amax()
     return out

@@ -62,8 +62,9 @@ def loss_shape_broadcast(
       implicit `F.log_softmax(x)` on a 3-D `(B, T, C)` tensor, which normalizes dim 0;
       `log_softmax(dim=-1)` of `(B, T, C)` given to `nll_loss` as is; a `kl_div` whose input and
       target are distributions along different dims; `F.log_softmax(x, dim=1)` of `(B, T, C)`
-      scores viewed as `(B*T, C)` for `nll_loss` (the normalized dim merged away by the view,
-      the classes read along another dim of the softmax's output);
+      scores viewed as `(B*T, C)` for `nll_loss`, or for a label-smoothing `kl_div` whose
+      target rows are distributions (the pad rows' all-zero targets left out), the normalized
+      dim merged away by the view, the classes read along another dim of the softmax's output;
     - **classes in the wrong dim**: `cross_entropy`/`nll_loss` read the classes along dim 1 of
       a `(N, C, d1, ...)` input, but the layer that produced it (a `Linear`'s features, a conv's
       channels) put them elsewhere: `(B, T, C)` logits given as is when `T == C` (so torch does
@@ -311,7 +312,7 @@ def _normalized(
         wrong = sorted(d for d, v in dev.items() if v <= tol and d not in expected)
         if wrong:
             decided.append((step, wrong[0], expected, dev, space))
-        elif index_target:
+        else:  # also a float target: label smoothing's KLDiv over (B*T, V) log-probs
             merged = _softmax_elsewhere(_event_at(site, step), expected)
             if merged is not None:
                 return _softmax_dim_lost(tl, site, step, expected, dev, space, merged, off_by)
