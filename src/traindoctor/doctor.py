@@ -282,7 +282,9 @@ class Doctor:
         """Zero-code mode: an optimizer that appeared after attach."""
         if self.context is None or any(o is opt for o in self.optimizers):
             return
-        self.optimizers.append(opt)
+        # Copy-on-write: a probe iterating ctx.optimizers on another thread keeps the old list.
+        self.optimizers = [*self.optimizers, opt]
+        self.context.optimizers = self.optimizers
         self._late[id(opt)] = 0
         self._hook_optimizer(opt)
         optim_probe = self.probe("optim")
@@ -314,9 +316,11 @@ class Doctor:
             return []
         names = ctx.param_names
         for prefix, model in added.items():
-            self.models[prefix] = model  # ctx.models is this dict
             for name, p in model.named_parameters():
                 names.setdefault(id(p), f"{prefix}{name}")
+        # Copy-on-write: a probe iterating ctx.models on another thread (two threads training
+        # at once) keeps the dict it holds; inserting into it raised "dictionary changed size".
+        self.models = ctx.models = {**self.models, **added}
         self._note_models()
         for probe in self.probes:
             if hasattr(probe, "models_added"):
