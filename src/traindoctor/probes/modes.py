@@ -139,6 +139,8 @@ class ModesProbe(Probe):
         # network: no params of their own, one child holding all the params and the
         # mode-sensitive modules): prefix -> that inner module, whose mode is the model's.
         self._inner: dict[str, torch.nn.Module] = {}
+        # Watched models in no stepping optimizer, in eval mode at every step (None: no step).
+        self._eval_untrained: frozenset[str] | None = None
         self._in_root = 0  # inside a watched model's forward (the inner one's is nested)
         self._last_eval: tuple[str, ...] | None = None
         self._events = 0  # mode_call events
@@ -304,6 +306,22 @@ class ModesProbe(Probe):
             return
         self._fdrop_nograd = {"source": where["source"], "p": float(p), "default": True}
 
+    def _note_eval_untrained(self, trained: frozenset[str], rec: Recorder) -> None:
+        """The watched models that no stepping optimizer trains and that are in eval mode at
+        every step so far (a frozen loss network or teacher put in eval by the user), as
+        facts['modes']['eval_untrained'] for TD103."""
+        assert self.ctx is not None
+        now = frozenset(
+            root
+            for p, m in self.ctx.models.items()
+            if (root := p.rstrip(".") or "<model>") not in trained
+            and not self._inner.get(p, m).training
+        )
+        before = self._eval_untrained
+        self._eval_untrained = now if before is None else before & now
+        if self._eval_untrained != before:
+            rec.timeline.facts["modes"]["eval_untrained"] = sorted(self._eval_untrained)
+
     def _record_functional(self, step: int, rec: Recorder, roots: dict[str, bool]) -> None:
         off, on = self._fdrop
         if not (off or on):
@@ -364,6 +382,8 @@ class ModesProbe(Probe):
 
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         trained = self._trained(step, sampled)
+        if trained is not None and self._eval_untrained != frozenset():
+            self._note_eval_untrained(trained, rec)
         if self._fdrop[0] or self._fdrop[1]:
             assert self.ctx is not None
             roots = {

@@ -29,7 +29,7 @@ from ._held_out import held_out_by_design
     summary="Trainable params that no optimizer param group holds.",
     requires=("grads.norm", "params.replaced", "copies.norm", "forward.calls"),
     events=("optimizer_layout", "models_added", "hidden_params"),
-    facts=("copies", "grads_seen_later", "optimizers", "params"),
+    facts=("copies", "grads_seen_later", "modes", "optimizers", "params"),
     priority=16,
 )
 def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
@@ -57,7 +57,10 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     only ever runs with gradient recording off; the members of a torch.func ensemble never run
     while the optimizer trains their stacked copies (tensors that are no param of the model
     and get gradients). Either way, such params never get a gradient; params that do get one
-    are reported.
+    are reported. Params that do get one are a note only when they all belong to a separate
+    watched model kept in eval mode at every step while the optimizers train the others (a
+    fixed loss network such as SRGAN's VGG feature extractor, built without
+    `requires_grad_(False)`): the fix is then `requires_grad_(False)`, for the compute.
 
     Trainable tensors the model holds where `model.parameters()` does not look (layers in a
     plain Python list or dict instead of `nn.ModuleList`/`nn.ModuleDict`, a tensor made with
@@ -138,6 +141,38 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
             "if they are not meant to train"
         )
     numel = sum(params[n]["numel"] for n in missing)
+    frozen = _in_eval_throughout(tl, missing)
+    if frozen:
+        # A separate model the user keeps in eval mode, that no optimizer holds, beside the
+        # trained ones: a fixed network by design (SRGAN's VGG loss network, a teacher) whose
+        # only cost is the gradients computed for it.
+        yield tl.finding(
+            title=f"{len(missing)} params ({numel:,} values) of {', '.join(frozen)}, kept in "
+            f"eval mode and in no optimizer, "
+            + (
+                f"receive gradients that are never applied ({len(with_grad)} of them)"
+                if with_grad
+                else "are fixed"
+            ),
+            step=1,
+            severity=Severity.INFO,
+            evidence={
+                "params_not_in_optimizer": len(missing),
+                "values": numel,
+                "receive_gradients": len(with_grad),
+                "eval_mode_throughout": list(frozen),
+                "optimizer_groups": opt_desc,
+            },
+            where=Where(module=common_module(missing), params=tuple(missing)),
+            cause=f"{', '.join(frozen)} stayed in eval mode at every step while the optimizers "
+            "trained the other models: a fixed network (a loss network, a teacher), by design; "
+            "its params still require grad, so backward computes and accumulates their "
+            "gradients for nothing",
+            fix=f"`{frozen[0]}.requires_grad_(False)` once, before training (saves that "
+            "backward's compute and memory); if it was meant to train, add its params to an "
+            "optimizer and call .train() on it",
+        )
+        return
     gets = (
         f", {len(with_grad)} of them receive gradients that are never applied" if with_grad else ""
     )
@@ -162,6 +197,17 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
         cause=cause,
         fix=fix,
     )
+
+
+def _in_eval_throughout(tl: TimelineView, missing: list[str]) -> list[str]:
+    """The watched models that hold every one of `missing` and were in eval mode at every
+    step while no optimizer stepping then trained them (modes probe); [] otherwise."""
+    roots = (tl.fact("modes") or {}).get("eval_untrained") or []
+    named = [r for r in roots if r != "<model>"]
+    owners = {next((r for r in named if n.startswith(r + ".")), None) for n in missing}
+    if not owners or None in owners:
+        return []
+    return sorted(o for o in owners if o is not None)
 
 
 _HOW = {
