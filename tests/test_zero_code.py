@@ -66,9 +66,9 @@ def test_two_models_with_two_optimizers_are_both_watched_and_healthy(tmp_path):
     doctor = _doctor(tmp_path)
     with attached(doctor):
         _gan(30)
+        watched = len(doctor.optimizers), len(doctor.models)
     report = doctor.close()
-    assert len(doctor.optimizers) == 2
-    assert len(doctor.models) == 2
+    assert watched == (2, 2)  # read before close: a closed doctor holds them weakly
     # Updates and zeroing are judged per optimizer, not at the primary optimizer's step only.
     assert [f.code for f in report.findings if f.severity.value != "info"] == []
 
