@@ -7,7 +7,7 @@ The shim turns a number given as `pos_weight` into a 0-d tensor, the value torch
 program's files are unchanged.
 """
 
-SHIM = '''\
+SHIM = """\
 # Written by the ecosystem's make_data.py: torch 2 rejects a NumPy float as pos_weight, which
 # torch 0.4 (the version zfjsail/gae-pytorch pins) accepted. Same value, as a 0-d tensor.
 import functools
@@ -26,7 +26,7 @@ def binary_cross_entropy_with_logits(input, target, *args, pos_weight=None, **kw
 
 
 F.binary_cross_entropy_with_logits = binary_cross_entropy_with_logits
-'''
+"""
 
 with open("sitecustomize.py", "w") as f:
     f.write(SHIM)

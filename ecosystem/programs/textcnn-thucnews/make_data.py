@@ -30,8 +30,7 @@ def headline(label: int) -> str:
     n = int(rng.integers(18, 31))
     topical = rng.random(n) < 0.33
     chars = [
-        topics[label][rng.integers(12)] if t else common[rng.integers(len(common))]
-        for t in topical
+        topics[label][rng.integers(12)] if t else common[rng.integers(len(common))] for t in topical
     ]
     return "".join(chars)
 
@@ -40,6 +39,6 @@ os.makedirs("THUCNews/data", exist_ok=True)
 os.makedirs("THUCNews/saved_dict", exist_ok=True)
 for name, n in (("train", 768), ("dev", 256), ("test", 256)):
     with open(f"THUCNews/data/{name}.txt", "w", encoding="utf-8") as f:
-        for i in range(n):
+        for _ in range(n):
             label = int(rng.integers(CLASSES))
             f.write(f"{headline(label)}\t{label}\n")
