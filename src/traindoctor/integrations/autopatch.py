@@ -557,7 +557,10 @@ def _framework_trainer() -> tuple[Any, str | None]:
     for _ in range(64):
         if frame is None:
             break
-        obj = frame.f_locals.get("self")
+        # f_locals only where a `self` is: reading it snapshots the frame's locals (Python
+        # < 3.13), which kept a model the user's function had `del`ed alive.
+        code = frame.f_code
+        obj = frame.f_locals.get("self") if "self" in code.co_varnames[: code.co_argcount] else None
         if obj is not None:
             # The framework's Trainer or a user subclass of it (a custom compute_loss, say).
             for cls in type(obj).__mro__:
