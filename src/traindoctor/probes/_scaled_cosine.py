@@ -20,8 +20,28 @@ from typing import Any
 
 import torch
 
+# Views and copies: the same values, rearranged.
+_VIEWS = frozenset(
+    {
+        "CloneBackward0",
+        "ToCopyBackward0",
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "TBackward0",
+        "TransposeBackward0",
+        "PermuteBackward0",
+        "ExpandBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "UnsqueezeBackward0",
+        "SliceBackward0",
+        "SelectBackward0",
+    }
+)
 # Elementwise ops and views that keep "a function of cosines and constants".
-_PASS = frozenset(
+_PASS = _VIEWS | frozenset(
     {
         "ReluBackward0",
         "ClampBackward1",
@@ -53,40 +73,6 @@ _PASS = frozenset(
         "GatherBackward0",
         "CatBackward0",
         "StackBackward0",
-        "CloneBackward0",
-        "ToCopyBackward0",
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "ReshapeAliasBackward0",
-        "TBackward0",
-        "TransposeBackward0",
-        "PermuteBackward0",
-        "ExpandBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "SqueezeBackward2",
-        "UnsqueezeBackward0",
-        "SliceBackward0",
-        "SelectBackward0",
-    }
-)
-_VIEWS = frozenset(
-    {
-        "CloneBackward0",
-        "ToCopyBackward0",
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "ReshapeAliasBackward0",
-        "TBackward0",
-        "TransposeBackward0",
-        "PermuteBackward0",
-        "ExpandBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "SqueezeBackward2",
-        "UnsqueezeBackward0",
-        "SliceBackward0",
-        "SelectBackward0",
     }
 )
 MAX_NODES = 200
