@@ -17,6 +17,7 @@ import torch
 
 from . import _hooks, _patches, config, distributed
 from ._guard import Guard
+from ._release import WeakList, WeakModels, scrub
 from ._validate import check_options
 from .budget import Budget
 from .bus import Bus, Event
@@ -694,20 +695,21 @@ class Doctor:
         optimizers or tensors (a closed doctor the user keeps, one `doc` per trial of a sweep,
         must not keep each trial's model and its Adam state alive). `models` and `optimizers`
         stay readable while the user holds them (weakly held from now on)."""
-        self.models = _WeakModels(self.models)
-        self.optimizers = _WeakList(self.optimizers)
+        self.models = WeakModels(self.models)
+        self.optimizers = WeakList(self.optimizers)
         self._primary = None
         ctx = self.run.attached
         if ctx is not None:
-            ctx.models, ctx.optimizers, ctx.scaler = self.models, self.optimizers, None
-            ctx._named_cache = None
+            # (the scaler stays: `doc.scaler` is read after close, and it holds no model)
+            ctx.models, ctx.optimizers = self.models, self.optimizers
+            ctx.forget_params()
         # Never entered: the run's shared services and the report (its timeline is the run's).
         keep = {id(o) for o in (self, self.run, self.timeline, self.rec, self.guard, self.bus)}
         keep |= {id(self.budget), id(self.report), id(self.run.state), id(self._clock)}
         if ctx is not None:
-            _scrub(ctx, keep)
+            scrub(ctx, keep)
         for holder in (self._steps, *self.probes):
-            _scrub(holder, keep)
+            scrub(holder, keep)
 
     def _detach(self) -> None:
         _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]
@@ -740,147 +742,6 @@ class Doctor:
         self.close(exc)
         # Swallow only our own --max-steps stop signal; a user's exception propagates.
         return isinstance(exc, StopTraining)
-
-
-class _WeakModels(dict):
-    """A closed doctor's `models`: prefix -> model while the user still holds it."""
-
-    def __init__(self, models: dict[str, torch.nn.Module]) -> None:
-        super().__init__()
-        self._refs = {p: weakref.ref(m) for p, m in models.items()}
-
-    def _alive(self) -> dict[str, torch.nn.Module]:
-        return {p: m for p, r in self._refs.items() if (m := r()) is not None}
-
-    def __len__(self) -> int:
-        return len(self._alive())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._alive())
-
-    def __contains__(self, prefix: object) -> bool:
-        return prefix in self._alive()
-
-    def __getitem__(self, prefix: str) -> torch.nn.Module:
-        return self._alive()[prefix]
-
-    def __bool__(self) -> bool:
-        return bool(self._alive())
-
-    def get(self, prefix: str, default: Any = None) -> Any:
-        return self._alive().get(prefix, default)
-
-    def keys(self):  # type: ignore[override]
-        return self._alive().keys()
-
-    def values(self):  # type: ignore[override]
-        return self._alive().values()
-
-    def items(self):  # type: ignore[override]
-        return self._alive().items()
-
-    def __eq__(self, other: object) -> bool:
-        return self._alive() == other
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(self._alive())
-
-
-class _WeakList(list):
-    """A closed doctor's `optimizers`: those the user still holds, in their order."""
-
-    def __init__(self, items: Iterable[Any]) -> None:
-        super().__init__()
-        self._refs = [weakref.ref(o) for o in items]
-
-    def _alive(self) -> list[Any]:
-        return [o for r in self._refs if (o := r()) is not None]
-
-    def __len__(self) -> int:
-        return len(self._alive())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._alive())
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._alive()[i]
-
-    def __bool__(self) -> bool:
-        return bool(self._alive())
-
-    def __contains__(self, item: object) -> bool:
-        return any(o is item for o in self._alive())  # identity: Optimizer has no __eq__
-
-    def __eq__(self, other: object) -> bool:
-        return self._alive() == other
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(self._alive())
-
-
-_USERS = (torch.Tensor, torch.nn.Module, torch.optim.Optimizer)
-_CONTAINERS = (dict, list, tuple, set, frozenset)
-
-
-def _holds_user(value: Any, depth: int = 0) -> bool:
-    """Whether a value is, or a container (three levels down) holds, a tensor, module or
-    optimizer: the user's objects (or tensors kept from them) that a closed doctor drops."""
-    if isinstance(value, _USERS):
-        return True
-    if (
-        depth >= 3
-        or not isinstance(value, _CONTAINERS)
-        or isinstance(value, _WeakModels | _WeakList)
-    ):
-        return False
-    if isinstance(value, dict):
-        return any(_holds_user(k, depth + 1) or _holds_user(v, depth + 1) for k, v in value.items())
-    return any(_holds_user(v, depth + 1) for v in value)
-
-
-def _scrub(obj: Any, keep: set[int], depth: int = 0) -> None:
-    """Drop what `obj` holds of the user's: an attribute that is, or is a container of, a
-    tensor, module or optimizer becomes an empty container of its type or None (read after
-    close, it reads as nothing watched); our own objects it holds (directly or in containers)
-    are scrubbed the same way, down to a few levels. `keep`: ids never entered (the run's
-    shared services, the report's timeline) or already done."""
-    if depth > 4 or id(obj) in keep:
-        return
-    keep.add(id(obj))
-    state = getattr(obj, "__dict__", None)
-    names = list(state) if isinstance(state, dict) else []
-    for cls in type(obj).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        names += [slots] if isinstance(slots, str) else [n for n in slots if n != "__dict__"]
-    for name in names:
-        value = getattr(obj, name, None)
-        if _holds_user(value):
-            empty = None
-            if isinstance(value, _CONTAINERS):
-                with contextlib.suppress(Exception):
-                    empty = type(value)()
-            with contextlib.suppress(Exception):
-                setattr(obj, name, empty)  # a frozen dataclass keeps its fields
-            continue
-        for inner in _objects(value):
-            _scrub(inner, keep, depth + 1)
-
-
-def _objects(value: Any, depth: int = 0) -> Iterator[Any]:
-    """Our objects a value is or holds (containers two levels down)."""
-    if isinstance(value, _CONTAINERS):
-        if depth < 2:
-            items = value.values() if isinstance(value, dict) else value
-            for v in list(items)[:10_000]:
-                yield from _objects(v, depth + 1)
-    elif type(value).__module__.startswith("traindoctor.") and not isinstance(
-        value, type | _WeakModels | _WeakList
-    ):
-        yield value  # ours only: a user's object (a scheduler, a loader) is never touched
 
 
 _clock = time.perf_counter

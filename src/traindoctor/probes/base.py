@@ -360,6 +360,10 @@ class AttachContext:
         """The params may have changed since the last call: named_params() checks."""
         self._named_check = True
 
+    def forget_params(self) -> None:
+        """Drop the cached (name, param) walk (a closed doctor keeps no param alive)."""
+        self._named_cache = None
+
 
 class Probe:
     """Base probe (every event is optional). Subclasses override the events they need; all are optional."""
