@@ -9,6 +9,30 @@ import torch
 
 from ._source import user_line_in_traceback
 
+# Autograd nodes that only move, reshape or copy values (views, clones, dtype copies): a walk
+# looking for what made a tensor looks below them (`softmax(x).view(-1, C)` was made by softmax).
+VIEW_NODES = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "UnsqueezeBackward0",
+        "CloneBackward0",
+        "ToCopyBackward0",
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "TBackward0",
+        "ExpandBackward0",
+        "SliceBackward0",
+        "SelectBackward0",
+        "FlattenBackward0",
+        "ContiguousBackward0",
+    }
+)
+
 
 def graph_nodes(root: torch.Tensor, limit: int) -> Iterator[object]:
     """The autograd nodes reachable from `root`, breadth-first (nearest the loss first), each

@@ -20,26 +20,10 @@ from typing import Any
 
 import torch
 
+from .._graph import VIEW_NODES
+
 # Views and copies: the same values, rearranged.
-_VIEWS = frozenset(
-    {
-        "CloneBackward0",
-        "ToCopyBackward0",
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "ReshapeAliasBackward0",
-        "TBackward0",
-        "TransposeBackward0",
-        "PermuteBackward0",
-        "ExpandBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "SqueezeBackward2",
-        "UnsqueezeBackward0",
-        "SliceBackward0",
-        "SelectBackward0",
-    }
-)
+_VIEWS = VIEW_NODES
 # Elementwise ops and views that keep "a function of cosines and constants".
 _PASS = _VIEWS | frozenset(
     {

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._graph import VIEW_NODES
 from .._hooks import compiling
 from .._mode_stack import UsersOff
 from .._patching import Patch, PatchSet, acquire, release
@@ -104,29 +105,7 @@ MAX_TOP_CLASSES = 1 << 20  # above MAX_HIST_CLASSES: only the batch's most frequ
 LABEL_STEPS = 32  # label histograms on every step up to this one, then on sampled steps
 MAX_EVENTS = 64
 MAX_NOGRAD_EVENTS = 256  # loss_without_grad events: one per step at most
-# Autograd nodes that only move or reshape values: the producer of a loss input is looked for
-# below them (`softmax(x).view(-1, C)` was produced by softmax).
-_VIEWS = frozenset(
-    {
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "ReshapeAliasBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "SqueezeBackward2",
-        "UnsqueezeBackward0",
-        "CloneBackward0",
-        "ToCopyBackward0",
-        "PermuteBackward0",
-        "TransposeBackward0",
-        "TBackward0",
-        "ExpandBackward0",
-        "SliceBackward0",
-        "SelectBackward0",
-        "FlattenBackward0",
-        "ContiguousBackward0",
-    }
-)
+_VIEWS = VIEW_NODES  # the producer of a loss input is looked for below them
 _LOGS = frozenset({"LogBackward0", "Log2Backward0", "Log10Backward0"})
 _SOFTMAX = frozenset({"SoftmaxBackward0", "LogSoftmaxBackward0"})
 # Layers whose output has a feature dim: a Linear's last (2-D addmm/mm output), a conv's 1.
