@@ -487,6 +487,8 @@ class SeqLayerCall(Event, total=False):
     module: str  # qualified name of an nn.LSTM/GRU/RNN/MultiheadAttention with batch_first=False
     cls: str
     shape: list[int]  # its first input's shape (read by it as (time, batch, features))
+    model_input_rank: int | None  # the rank of the watched model's input at that call
+    model_input_lead: int | None  # and its leading size (None: no tensor argument seen)
 
 
 class HiddenTensor(TypedDict, total=False):

@@ -11,7 +11,8 @@ a call whose rank was seen costs one set lookup.
 Also (TD523) each `nn.LSTM`/`nn.GRU`/`nn.RNN` and `nn.MultiheadAttention` built without
 `batch_first=True` (sequence first: (time, batch, features)): a forward hook records, once per
 input shape (at most `MAX_SEQ_SHAPES` per module), a `seq_layer_call` event with the module,
-its class and its first input's shape, on trained calls (grad enabled, module in training).
+its class, its first input's shape and the watched model's input rank and leading size (the
+same pre-hook as the softmax's), on trained calls (grad enabled, module in training).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class SoftmaxDimsProbe(Probe):
                             ctx.hook("probe softmax_dims", self._seq_hook(qual, module))
                         )
                     )
+                    found = True
                 if isinstance(module, _KINDS) and getattr(module, "dim", None) == 0:
                     qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                     self.handles.append(
@@ -118,8 +120,15 @@ class SoftmaxDimsProbe(Probe):
             seen.add(shape)
             ctx = self.ctx
             assert ctx is not None
+            model_in = self._model_input
             self._rec.event(
-                ctx.state.step, "seq_layer_call", module=qual, cls=kind, shape=list(shape)
+                ctx.state.step,
+                "seq_layer_call",
+                module=qual,
+                cls=kind,
+                shape=list(shape),
+                model_input_rank=model_in[0] if model_in else None,
+                model_input_lead=model_in[1] if model_in else None,
             )
 
         return hook

@@ -40,12 +40,16 @@ def sequence_dim_is_batch(tl: TimelineView) -> Iterator[Finding]:
 
     ## How it is measured
     A forward hook on each sequence-first RNN/attention module records its input's shape on
-    trained calls (once per shape); the loss-inputs probe records the shape of each training
-    loss's prediction. It fires when a layer's input is (A, B, features) with B > 1 and
-    A != B, and a loss's prediction has A rows, (A,) or (A, C) with C != B: one prediction per
-    index of what the layer takes for time. A sequence-first model that predicts per time
-    step, (T, B) against (T, B) targets, keeps the layer's batch in its prediction and is not
-    reported, nor one whose batch size equals its sequence length (nothing tells them apart).
+    trained calls (once per shape), with the leading size of the watched model's input; the
+    loss-inputs probe records the shape of each training loss's prediction. It fires when a
+    layer's input is (A, B, features) with B > 1 and A != B, the model's input also leads
+    with A, and a loss's prediction of the same step has A rows, (A,) or (A, C) with C != B:
+    one prediction per index of what the layer takes for time, which is the model's batch.
+    A sequence-first model that predicts per time step, (T, B) against (T, B) targets, keeps
+    the layer's batch in its prediction and is not reported, nor one whose batch size equals
+    its sequence length (nothing tells them apart; its smaller last batch is compared with
+    that batch's prediction only), nor a layer whose model is given B examples (DETR's
+    decoder reads N object queries (N, B, D) from B images; its matched boxes can number N).
 
     ## Example
     ```python
@@ -64,38 +68,49 @@ def sequence_dim_is_batch(tl: TimelineView) -> Iterator[Finding]:
     A layer over the batch on purpose (BatchFormer attends across the examples) is fed
     (batch, 1, features): B = 1 is not judged. Otherwise none known.
     """
-    calls: dict[str, dict] = {}
+    calls: dict[str, list[dict]] = {}  # module -> its judged calls, first shape first
     same: dict[tuple[int, ...], list[str]] = {}  # layer input shape -> the modules fed it
     for e in tl.events("seq_layer_call"):
         shape = e.get("shape") or []
         if len(shape) == 3 and shape[1] > 1 and shape[0] != shape[1]:
+            # The watched model's input leads with the layer's dim 0: that dim holds the
+            # examples the model was given. Images (B, C, H, W) whose features reach the layer
+            # as (tokens, B, D) (DETR's queries) lead with the layer's batch: not judged, nor
+            # a call whose model input is not known.
+            if e.get("model_input_lead") != shape[0]:
+                continue
             module = str(e.get("module"))
             modules = same.setdefault(tuple(shape), [])
             if module not in modules:
                 modules.append(module)
             if len(modules) == 1:
-                calls.setdefault(module, e)  # one finding per input shape: the first layer
+                calls.setdefault(module, []).append(e)  # one finding per input shape
     if not calls:
         return
-    preds = []
+    preds: dict[int, list] = {}  # step -> the loss predictions first recorded there
     for site in loss_sites(tl).values():
         for e in site.events:
             shape = e.get("input_shape") or []
             if len(shape) in (1, 2):
-                preds.append((site, e, shape))
-    for module, call in calls.items():
-        a, b = call["shape"][0], call["shape"][1]
+                preds.setdefault(e.get("step"), []).append((site, e, shape))
+    for module, seen in calls.items():
+        # A prediction is compared with the layer's input of its own step: a shape recorded
+        # on another step (the last, smaller batch of a model whose batch size equals its
+        # sequence length: (32, 20, F) against the (32, C) of a full batch) is another batch.
         hit = next(
             (
-                (site, e, shape)
-                for site, e, shape in preds
-                if shape[0] == a and (len(shape) == 1 or shape[1] != b)
+                (call, site, e, shape)
+                for call in seen
+                for site, e, shape in preds.get(call.get("step"), ())
+                if shape[0] == call["shape"][0]
+                and (len(shape) == 1 or shape[1] != call["shape"][1])
             ),
             None,
         )
         if hit is None:
             continue
-        site, event, shape = hit
+        call, site, event, shape = hit
+        a, b = call["shape"][0], call["shape"][1]
         cls = call.get("cls") or "the layer"
         others = same[tuple(call["shape"])][1:]
         also = (
