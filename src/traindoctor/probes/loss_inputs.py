@@ -50,13 +50,16 @@ from .._patching import Patch, PatchSet, acquire, release
 from .._source import call_site, relpath, user_source_with_code
 from .._warnings import call_as_caller
 from ..timeline import signal
+from . import next_token_leak
 from .base import AttachContext, Probe, Recorder
+from .next_token_leak import unsafe_node
+from .parts import _backward_hooks
 
 LOSS_INPUT_STATS = signal(
     "loss_inputs.stats",
     "per step: {'<site>.<stat>': value} device facts of each loss call site on observed steps "
     "(in_min, in_max, rowsum_dev, lse_dev, nonfinite, clamped, t_min, t_max, t_mean, "
-    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n/own_plain, ids_offset, ids_next_t, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
+    "t_ms, log_arg_nonpos, n_valid, own_argmax/own_n/own_plain, ids_offset, ids_next_t, nt_share/nt_dep/nt_dim/nt_rows/nt_attn, pad_val/pad_rows/pad_share/pad_inner/pad_rmin/pad_rmax, "
     "lnorm<d>/pnorm<d>/tnorm<d>, clamp_zero/clamp_rows/clamp_tgt, rng_out/rng_floor/rng_base, "
     "loss); sites are described by "
     "`loss_input` events",
@@ -114,6 +117,7 @@ _CONV = frozenset({"ConvolutionBackward0"})
 _RESHAPES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
 LOG_INPUT_LOSSES = ("nll_loss", "kl_div")  # their input is meant to be log-probabilities
 MAX_NORM_DIMS = 6
+LEAK_TRIES = 8  # next-token leak experiments a site (on its 1st, 2nd, 4th, ... measured call)
 
 # -- the shared patch of torch.nn.functional ------------------------------------------------
 _listeners: list[Any] = []  # objects with loss_call(fn, args, kwargs) -> after-callback | None
@@ -496,6 +500,7 @@ class LossInputsProbe(Probe):
         self._embeds_seen = False
         self._nograd_step: int | None = None
         self._nograd_events = 0
+        self._leak_tries: dict[int, int] = {}  # site -> next-token leak experiments run
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -581,7 +586,12 @@ class LossInputsProbe(Probe):
                 # Token-id targets: no graph walk for models that read no token ids.
                 seq = index_target and tgt.dim() in (1, 2) and tgt.numel() >= 8
                 if seq and self._embeds(ctx):
-                    stats.update(_copied_ids(inp, tgt, ignore))
+                    found: dict[str, Any] | None = None
+                    if self._leak_tries.get(site, 0) < LEAK_TRIES:
+                        found = {}
+                    stats.update(_copied_ids(inp, tgt, ignore, found))
+                    if found:
+                        stats.update(self._leak(ctx, site, inp, tgt, ignore, found))
         rec.append(step, LOSS_INPUT_OBSERVED, site)
         keys = [f"{site}.{k}" for k in stats]
         if keys:
@@ -594,6 +604,29 @@ class LossInputsProbe(Probe):
                 rec.defer(step, LOSS_INPUT_STATS, value.double().reshape(1), keys=[f"{site}.loss"])
 
         return after
+
+    def _leak(
+        self,
+        ctx: AttachContext,
+        site: int,
+        inp: torch.Tensor,
+        tgt: torch.Tensor,
+        ignore: int,
+        found: dict[str, Any],
+    ) -> dict[str, torch.Tensor]:
+        """TD524's experiment (next_token_leak.py) on this call's graph, when its targets are
+        the next ids an embedding read; at most LEAK_TRIES times a site, never where an extra
+        backward could act."""
+        if not found.get("nodes"):
+            return {}
+        if found.get("unsafe") or _backward_hooks(ctx):
+            self._leak_tries[site] = LEAK_TRIES
+            return {}
+        out = next_token_leak.measure(inp, tgt, ignore, found["nodes"])
+        if out:
+            self._leak_tries[site] = self._leak_tries.get(site, 0) + 1
+            out["nt_attn"] = torch.tensor(1.0 if found.get("attn") else 0.0, dtype=torch.float64)
+        return out
 
     def _embeds(self, ctx: AttachContext) -> bool:
         """Whether a watched model holds an nn.Embedding (checked once per model set)."""
@@ -966,14 +999,18 @@ def _padding(t: torch.Tensor) -> dict[str, torch.Tensor]:
 MAX_GRAPH_NODES = 20_000  # nodes walked back from a loss input for its token ids (TD520)
 
 
-def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, torch.Tensor]:
+def _copied_ids(
+    inp: torch.Tensor, tgt: torch.Tensor, ignore: int, found: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """(batch, time) class targets (or their (batch*time,) flattening) against the token ids an
     `nn.Embedding` of the same graph read (its backward node's saved indices, same size):
     `ids_same`, the share of the valid targets equal to the id at their own position (a model
     trained to output what it reads), `ids_next`, the share equal to the next position's id
     (targets shifted for next-token prediction). `causal_attn` 1 when an attention of the graph is causal (`is_causal`, or a
     mask over the strict upper triangle): each position sees its own input there, so same-
-    position targets are copied, not predicted."""
+    position targets are copied, not predicted. `found` (optional) receives the embeddings'
+    backward nodes read unshifted, with their (B, L) ids and the targets' offset in them
+    (`nodes`), and `unsafe`, a node under which no extra backward may run (next_token_leak)."""
     out: dict[str, torch.Tensor] = {}
     root = inp.grad_fn
     seen: set[Any] = set()
@@ -995,6 +1032,11 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
         # written on the embeddings): its ids are not the inputs read at the targets'
         # positions. Equal to the targets, they are the next-token read (ids_next).
         shifted = shifted or _shifts(node, kind)
+        if found is not None:
+            if "unsafe" not in found and unsafe_node(node, kind):
+                found["unsafe"] = kind
+            if kind == "SoftmaxBackward0" or ("DotProduct" in kind and "Attention" in kind):
+                found["attn"] = True
         if kind == "EmbeddingBackward0":
             saved = _saved(node, "_saved_indices")
             if isinstance(saved, torch.Tensor) and (
@@ -1004,8 +1046,10 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
                 (moved if shifted else ids).append(saved.reshape(tgt.shape))
                 if saved.dim() == 2 and not shifted:
                     grid.append(saved)
+                    if found is not None:
+                        found.setdefault("nodes", []).append((node, saved, 0))
             elif isinstance(saved, torch.Tensor) and saved.dim() == 2:
-                wide.append((saved, shifted))
+                wide.append((saved, shifted, node))
         elif kind == "SliceBackward0":
             cut = _time_slice(node)
             if cut is not None:
@@ -1015,8 +1059,10 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
                 _saved(node, "_saved_attn_mask")
             )
         stack.extend((f, shifted) for f, _ in node.next_functions)
+    if found is not None and stack and len(seen) >= MAX_GRAPH_NODES:
+        found.setdefault("unsafe", "a graph too large to walk")
     offset = None
-    for x, shifted in wide:
+    for x, shifted, enode in wide:
         # Ids read over more positions than the targets cover (`cat([bos, x])`), the logits
         # cut to the targets' length by one slice along time (`logits[:, 1:]`): the ids at
         # the positions the slice keeps are the ones each logit read.
@@ -1028,6 +1074,8 @@ def _copied_ids(inp: torch.Tensor, tgt: torch.Tensor, ignore: int) -> dict[str, 
             offset = starts.pop()
             kept = x[:, offset : offset + tgt.numel() // b].reshape(tgt.shape)
             (moved if shifted else ids).append(kept)
+            if found is not None and not shifted:
+                found.setdefault("nodes", []).append((enode, x, offset))
     if not ids:
         return out
     t = tgt.detach().long()

@@ -75,6 +75,7 @@ from .setup import (
     loss_shape_broadcast,
     lr_schedule_anomaly,
     memory_growth,
+    next_token_visible,
     padding_in_loss,
     plateau_mode_inverted,
     probabilities_as_logits,
@@ -135,6 +136,7 @@ CATALOG = (
     logits_clamped_at_zero,  # TD521
     targets_outside_output_range,  # TD522
     sequence_dim_is_batch,  # TD523
+    next_token_visible,  # TD524
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507

@@ -1,0 +1,69 @@
+"""TD524 on hand-built loss-inputs timelines, and the probe's experiment on real graphs."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tests.rules._loss_inputs_tl import site_timeline
+from traindoctor.probes import next_token_leak
+from traindoctor.probes.loss_inputs import _copied_ids
+from traindoctor.testing import assert_fires, assert_silent
+
+SEQ = {"fn": "cross_entropy", "classes": 50, "input_shape": [8, 50, 24], "target_shape": [8, 24]}
+
+
+def _stats(share, dep, steps=(1, 2, 4), dim=1.0):
+    return {
+        s: {"nt_share": share, "nt_dep": dep, "nt_dim": dim, "nt_rows": 8.0, "nt_attn": 1.0}
+        for s in steps
+    }
+
+
+def test_a_prediction_that_reads_its_target_is_an_error():
+    f = assert_fires("TD524", site_timeline(SEQ, _stats(1.0, 0.2)))
+    assert f.severity.value == "error"
+    assert "not causal" in f.cause and "is_causal=True" in f.fix
+    assert f.evidence["layout"] == "(batch, time)"
+    f = assert_fires("TD524", site_timeline(SEQ, _stats(1.0, 0.2, dim=0.0)))
+    assert f.evidence["layout"].startswith("sequence-first")
+
+
+def test_silent_when_causal_or_targets_not_the_next_ids():
+    assert_silent("TD524", site_timeline(SEQ, _stats(1.0, 0.0)))  # causal: exactly 0
+    assert_silent("TD524", site_timeline(SEQ, _stats(0.5, 0.3)))  # not next-token targets
+    assert_silent("TD524", site_timeline(SEQ, {1: {"ids_next": 1.0, "loss": 2.0}}))  # unmeasured
+
+
+class _LM(nn.Module):
+    def __init__(self, causal):
+        super().__init__()
+        torch.manual_seed(0)
+        self.causal = causal
+        self.emb = nn.Embedding(20, 16)
+        self.head = nn.Linear(16, 20)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        q = h.unsqueeze(1)
+        o = F.scaled_dot_product_attention(q, q, q, is_causal=self.causal).squeeze(1)
+        return self.head(h + o)
+
+
+def _measure(model, ids, tgt):
+    logits = model(ids)
+    found = {}
+    _copied_ids(logits.transpose(1, 2), tgt, -100, found)
+    assert "unsafe" not in found
+    return next_token_leak.measure(logits.transpose(1, 2), tgt, -100, found["nodes"]), logits
+
+
+def test_the_experiment_reads_the_next_position_and_leaves_the_graph():
+    ids = torch.randint(0, 20, (4, 12), generator=torch.Generator().manual_seed(0))
+    tgt = torch.cat([ids[:, 1:], torch.full((4, 1), -100)], 1)
+    out, logits = _measure(_LM(causal=False), ids, tgt)
+    assert float(out["nt_share"]) == 1.0 and float(out["nt_dep"]) > 1e-3
+    F.cross_entropy(logits.transpose(1, 2), tgt).backward()  # the graph is still there
+    out, _ = _measure(_LM(causal=True), ids, tgt)
+    assert float(out["nt_dep"]) == 0.0
+    # Targets that are the ids at the same position: not measured (TD520's case).
+    assert next_token_leak.measure(logits.transpose(1, 2), ids, -100, []) == {}
