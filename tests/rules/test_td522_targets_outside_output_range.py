@@ -49,3 +49,25 @@ def test_producer_below_views_is_the_bounded_op():
     head = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
     names, node = producer(head(torch.randn(8, 4)).squeeze(1))
     assert names[0] == "SigmoidBackward0" and type(node).__name__ == "SigmoidBackward0"
+
+
+def _marked(**kw):
+    return {s: {**v, "rng_omin": -1.0, "rng_omax": -1.0} for s, v in _stats(**kw).items()}
+
+
+def test_one_marker_value_outside_kept_per_element_is_not_judged():
+    # heatmaps of unlabelled joints set to -1, the per-element loss masked after the call
+    per_element = {**MSE, "options": {"reduction": 0}}
+    assert_silent("TD522", site_timeline(per_element, _marked()))
+    spread = {s: {**v, "rng_omin": -3.0, "rng_omax": -0.2} for s, v in _stats().items()}
+    assert_fires("TD522", site_timeline(per_element, spread))  # targets spread outside
+    f = assert_fires("TD522", site_timeline({**MSE, "options": {"reduction": 1}}, _marked()))
+    assert "Every target outside the range is -1" in f.cause and "mask" in f.fix
+
+
+def test_probe_measures_the_extremes_of_the_targets_outside():
+    y = torch.tensor([0.2, -1.0, 0.7, -1.0])
+    out = _out_of_range("mse_loss", y, (0.0, 1.0))
+    assert float(out["rng_omin"]) == float(out["rng_omax"]) == -1.0
+    inside = _out_of_range("mse_loss", torch.rand(16), (0.0, 1.0))
+    assert float(inside["rng_omin"]) == float(inside["rng_omax"]) == 0.0

@@ -463,6 +463,11 @@ _KWARGS = {  # name -> position in the functional signature
     "nll_loss": {"ignore_index": 4, "reduction": 6},
     "kl_div": {"reduction": 4, "log_target": 5},
     "poisson_nll_loss": {"log_input": 2},
+    # torch._C._nn.mse_loss(input, target, reduction enum, ...): 0 none, 1 mean, 2 sum
+    "mse_loss": {"reduction": 2},
+    "l1_loss": {"reduction": 2},
+    "smooth_l1_loss": {"reduction": 2},
+    "huber_loss": {"reduction": 2},
 }
 
 
@@ -878,7 +883,8 @@ def _out_of_range(fn: str, tgt: torch.Tensor, bounds: tuple[float, float]) -> di
     (TD522): `rng_out`, the share of the targets outside it; `rng_floor`, the loss the
     closest reachable prediction (each target clamped into the range) still pays, per
     element: a floor no training removes; `rng_base`, the loss of predicting the targets'
-    mean, per element, to compare it with. Squared distances for mse_loss, Huber (delta 1,
+    mean, per element, to compare it with; `rng_omin`/`rng_omax`, the extremes of the targets
+    outside. Squared distances for mse_loss, Huber (delta 1,
     the defaults of smooth_l1_loss and huber_loss) for those two, absolute for l1_loss."""
     y = tgt.float()
     lo, hi = bounds
@@ -893,10 +899,16 @@ def _out_of_range(fn: str, tgt: torch.Tensor, bounds: tuple[float, float]) -> di
     else:
         floor = torch.where(d < 1, 0.5 * d.square(), d - 0.5)
         base = torch.where(c < 1, 0.5 * c.square(), c - 0.5)
+    out = d > 0
+    none = ~out.any()
     return {
-        "rng_out": (d > 0).float().mean(),
+        "rng_out": out.float().mean(),
         "rng_floor": floor.mean(),
         "rng_base": base.mean(),
+        # The smallest and largest target outside the range (0 when none is): equal, one
+        # value marks them (-1 for a missing label), which a mask may drop after the loss.
+        "rng_omin": torch.where(out, y, float("inf")).amin().masked_fill(none, 0.0),
+        "rng_omax": torch.where(out, y, float("-inf")).amax().masked_fill(none, 0.0),
     }
 
 

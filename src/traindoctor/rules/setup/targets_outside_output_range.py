@@ -62,7 +62,10 @@ def targets_outside_output_range(
     the median floor is at least `min_floor` (10%) of the mean-prediction loss and the median
     share outside is at least `min_share` (5%). A bounded output whose targets sit inside its
     range (a sigmoid decoder on [0, 1] images, a ReLU on counts) is silent, and so are a few
-    targets just outside (noise around a bound).
+    targets just outside (noise around a bound). When every target outside takes one value
+    (-1 for a missing label) it is a marker: with `reduction='none'` the loss is masked or
+    weighted after the call (heatmaps of unlabelled joints) and is not judged; averaged, the
+    finding names the marker that reaches the loss.
 
     ## Example
     ```python
@@ -105,6 +108,13 @@ def _outside(tl: TimelineView, site: Site, min_floor: float, min_share: float) -
     if ratio < min_floor or share < min_share:
         return None
     floor = median(floors[s] for s in steps)
+    marker = _marker(site, steps)
+    none = (site.facts.get("options") or {}).get("reduction") in (0, "none")
+    if marker is not None and none:
+        # Every target outside is one value (-1 for a missing label) and the loss is kept per
+        # element: the marked elements are masked or weighted after the loss (the heatmaps
+        # of unlabelled joints); what the objective pays is not measured here.
+        return None
     what, span = _OPS[op]
     loss = site.losses()
     seen = f"; observed loss {fmt(loss[0])} -> {fmt(loss[-1])}" if loss else ""
@@ -120,9 +130,16 @@ def _outside(tl: TimelineView, site: Site, min_floor: float, min_share: float) -
         f"but {share:.0%} of the targets lie outside it{targets}. The closest the model can "
         f"come to those is the range's edge: measured on the batches, a loss of {fmt(floor)} "
         f"per element remains however well it trains, {ratio:.0%} of the loss of predicting "
-        "the targets' mean. The targets were put in another range than the output activation "
-        "can produce (standardized targets under a ReLU, images normalized to [-1, 1] under a "
-        "sigmoid)"
+        "the targets' mean. "
+        + (
+            f"Every target outside the range is {fmt(marker)}: a marker (a missing or "
+            "ignored value) that reaches the averaged loss unmasked, so the model is trained "
+            "toward it"
+            if marker is not None
+            else "The targets were put in another range than the output activation can "
+            "produce (standardized targets under a ReLU, images normalized to [-1, 1] under "
+            "a sigmoid)"
+        )
     )
     return tl.finding(
         title=f"`{site.fn}` at {site.source}: {share:.0%} of the targets lie outside {span}, "
@@ -140,12 +157,30 @@ def _outside(tl: TimelineView, site: Site, min_floor: float, min_share: float) -
             "observed_loss": loss[:1] + loss[-1:] if loss else [],
             "producer": names,
             "measured_steps": len(steps),
+            "marker": marker,
         },
         where=Where(op=op, source=site.source),
         cause=cause,
-        fix="make the output activation match the targets: drop the final ReLU/sigmoid for "
-        "standardized targets (an unbounded Linear output), use tanh for targets in [-1, 1] "
-        "and sigmoid for [0, 1], or transform the targets into the activation's range "
-        "(undo the Normalize, log1p without standard scaling)",
+        fix=(
+            f"mask the elements whose target is {fmt(marker)} out of the loss "
+            "(F.mse_loss(pred, y, reduction='none') * mask, summed and divided by mask.sum())"
+            if marker is not None
+            else "make the output activation match the targets: drop the final ReLU/sigmoid "
+            "for standardized targets (an unbounded Linear output), use tanh for targets in "
+            "[-1, 1] and sigmoid for [0, 1], or transform the targets into the activation's "
+            "range (undo the Normalize, log1p without standard scaling)"
+        ),
         confidence=0.85,
     )
+
+
+def _marker(site: Site, steps: list[int]) -> float | None:
+    """The one value every target outside the range takes on every measured step (-1 for a
+    missing label), or None: targets spread outside it (or not measured, older runs)."""
+    lows = dict(site.values("rng_omin"))
+    highs = dict(site.values("rng_omax"))
+    values = {lows.get(s) for s in steps} | {highs.get(s) for s in steps}
+    if len(values) != 1:
+        return None
+    (value,) = values
+    return value
