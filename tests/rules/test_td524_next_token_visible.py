@@ -67,3 +67,25 @@ def test_the_experiment_reads_the_next_position_and_leaves_the_graph():
     assert float(out["nt_dep"]) == 0.0
     # Targets that are the ids at the same position: not measured (TD520's case).
     assert next_token_leak.measure(logits.transpose(1, 2), ids, -100, []) == {}
+
+
+class _Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+def test_no_experiment_under_python_functions_or_batch_norm():
+    """An extra backward would call a Function's backward (reentrant checkpointing's among
+    them) again, and batch norm mixes positions: the walk marks the graph unsafe."""
+    ids = torch.randint(0, 20, (4, 12), generator=torch.Generator().manual_seed(0))
+    tgt = torch.cat([ids[:, 1:], torch.full((4, 1), -100)], 1)
+    emb, head = nn.Embedding(20, 16), nn.Linear(16, 20)
+    for mid in (_Scale.apply, lambda h: nn.BatchNorm1d(16)(h.transpose(1, 2)).transpose(1, 2)):
+        found = {}
+        _copied_ids(head(mid(emb(ids))).transpose(1, 2), tgt, -100, found)
+        assert found.get("unsafe") and found.get("nodes")

@@ -624,7 +624,10 @@ class LossInputsProbe(Probe):
         backward could act."""
         if not found.get("nodes"):
             return {}
-        if found.get("unsafe") or _backward_hooks(ctx):
+        # A distributed job's wrappers hook the forward's outputs (FSDP's pre-backward
+        # unshard): an extra backward would run them. Single-process runs only.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if found.get("unsafe") or distributed or _backward_hooks(ctx):
             self._leak_tries[site] = LEAK_TRIES
             return {}
         out = next_token_leak.measure(inp, tgt, ignore, found["nodes"])

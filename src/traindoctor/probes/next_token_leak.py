@@ -11,8 +11,10 @@ exactly zero at the next position (the one holding the target's id); a model who
 sees the whole sequence does not. Nothing the training reads changes: `.grad` is not touched,
 the graph is kept for the user's backward, the CPU RNG state is put back, and the experiment is
 not run where an extra backward could act: module backward hooks, autograd Functions written
-in Python (activation checkpointing's among them), batch norm (it mixes positions and a
-recompute would update its statistics), DDP, a compiled region, or a graph too large to walk.
+in Python (reentrant activation checkpointing's among them), batch norm (it mixes positions
+and a recompute would update its statistics), a distributed job (DDP, FSDP), a compiled
+region, or a graph too large to walk. Non-reentrant checkpointing recomputes its segment
+under the RNG state it saved: the gradients and the RNG after the step are the same.
 Tensor hooks a script registered on intermediate tensors of the forward would be called once
 more (torch has no way to list them): a known limit.
 """
