@@ -897,6 +897,11 @@ _fact(
     dict[str, dict[str, Any]],
 )
 _fact("module_types", "module path -> class name", dict[str, str])
+_fact(
+    "tied_params",
+    "param name -> {also: its other qualified names (one tensor in two modules), std at attach}",
+    dict[str, dict[str, Any]],
+)
 _fact("modules", "model prefix -> its submodules' names", dict[str, list[str]])
 _fact("parts_shared_params", "params shared by the logged loss parts", int)
 _fact(

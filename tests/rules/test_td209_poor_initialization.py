@@ -97,3 +97,32 @@ def test_a_one_output_bias_is_not_a_temperature():
 def test_a_frozen_scalar_is_not_a_learned_temperature():
     tl = _clip_tl(9.0, {"head.logit_scale": {"shape": (), "requires_grad": False}})
     assert_fires("TD209", tl)
+
+
+def test_a_tied_output_layer_names_the_shared_weight():
+    """dreamgonfly/transformer-pytorch: the output layer's weight is the target embedding's
+    (N(0, 1), nn.Embedding's default); the cause is the shared weight's init, and the fix
+    re-initializes it for both uses (re-initializing the output layer alone would be the
+    embedding too)."""
+    names = ["embed.weight", "blocks.weight"]
+    steps = {
+        1: {
+            "init.ce_loss": {"0": 49.5},
+            "init.ce_classes": {"0": 200},
+            "init.in_std": {"lm_head": 1.0},
+            "init.out_std": {"lm_head": 8.8},
+        }
+    }
+    events = [
+        {"kind": "final_layers", "step": 1, "modules": ["embed"], "params": ["embed.weight"]},
+        {"kind": "cross_entropy_call", "step": 1, "classes": 200, "source": "lm.py:36"},
+    ]
+    tl = make_timeline(params=names, steps=steps, events=events)
+    tl.facts["params"]["embed.weight"]["shape"] = [200, 64]
+    tl.facts["tied_params"] = {"embed.weight": {"also": ["lm_head.weight"], "std": 1.0}}
+    tl.facts["module_types"] = {"embed": "Embedding", "lm_head": "Linear"}
+    f = assert_fires("TD209", tl)
+    assert f.where.module == "lm_head"
+    assert set(f.where.params) == {"embed.weight", "lm_head.weight"}
+    assert "tied: `embed.weight` is also `lm_head.weight`" in f.cause
+    assert "the embedding `embed`" in f.cause and "64 ** -0.5" in f.fix

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from operator import itemgetter
+from collections import Counter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -20,6 +22,7 @@ from ._param_stats import (
 from .base import AttachContext, Probe, Recorder, by_device
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_PARAMETERS = attrgetter("_parameters")
 
 
 class _Flat(NamedTuple):
@@ -47,7 +50,7 @@ class ParamsProbe(Probe):
     name = "params"
     provides: ClassVar[tuple[str, ...]] = (PARAMS_UPDATE, PARAMS_NORM, PARAMS_REPLACED)
     provides_events: ClassVar[tuple[str, ...]] = ("trainable", "models_added")
-    provides_facts: ClassVar[tuple[str, ...]] = ("params", "module_types", "modules")
+    provides_facts: ClassVar[tuple[str, ...]] = ("params", "module_types", "modules", "tied_params")
     # prepare() runs every step: it drops a snapshot whose step() never came (AMP skip).
     sampled_only = frozenset(
         {
@@ -78,6 +81,7 @@ class ParamsProbe(Probe):
             self._ids_at_attach[name] = id(p)
             inventory[name] = _inventory_entry(p)
         rec.timeline.facts["params"] = inventory
+        rec.timeline.facts["tied_params"] = _tied(ctx)
         self._note_trainable(1, inventory, rec)
         # Module classes by qualified name: rules tell layers apart by kind (an embedding's
         # gradient touches only the rows a batch uses, say).
@@ -306,6 +310,35 @@ class ParamsProbe(Probe):
             updates = packing.norms(before)
         rec.defer(step, PARAMS_NORM, norms, keys=names)
         rec.defer(step, PARAMS_UPDATE, updates, keys=names)
+
+
+def _tied(ctx: AttachContext) -> dict[str, dict[str, Any]]:
+    """Params held under more than one name (one tensor in two modules: an output layer tied
+    to the token embedding, `lm_head.weight = embed.weight`): {its name in the `params` fact:
+    {"also": the other qualified names, "std": its std at attach}}. {} when none: one count
+    of the modules' param ids (in C); the named walk runs only when one is held twice."""
+    modules = ctx.watched_modules()
+    if modules is None:
+        return {}
+    counts = Counter(map(id, chain.from_iterable(map(dict.values, map(_PARAMETERS, modules)))))
+    counts.pop(id(None), None)  # a param registered as None (bias=False)
+    twice = {i for i, n in counts.items() if n > 1}
+    if not twice:
+        return {}
+    names = ctx.param_names
+    out: dict[str, dict[str, Any]] = {}
+    for prefix, model in ctx.models.items():
+        for name, p in model.named_parameters(remove_duplicate=False):
+            main = names.get(id(p))
+            if id(p) not in twice or main is None or f"{prefix}{name}" == main:
+                continue
+            entry = out.get(main)
+            if entry is None:
+                with torch.no_grad():
+                    std = float(p.detach().float().std()) if p.numel() > 1 else None
+                entry = out[main] = {"also": [], "std": std}
+            entry["also"].append(f"{prefix}{name}")
+    return out
 
 
 def _inventory_entry(p: torch.Tensor) -> dict[str, Any]:

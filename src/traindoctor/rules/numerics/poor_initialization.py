@@ -33,7 +33,7 @@ FIRST_STEP = 1
         "loss_inputs.stats",
     ),
     events=("cross_entropy_call", "final_layers", "loss_input", "cosine_logits"),
-    facts=("params",),
+    facts=("params", "tied_params", "module_types"),
     priority=35,
 )
 def poor_initialization(
@@ -113,6 +113,17 @@ def poor_initialization(
     final = [m for m in final if not _only_scalars(m, final_params, temperatures)]
     # A layer whose weights are normalized into cosine logits (cosine_logits): its output is s
     # times cosines whatever its weights' scale, and its input's scale cancels.
+    # A final weight held by another module too (an output layer tied to the embedding,
+    # `lm_head.weight = embed.weight`) is named after its first holder, often the embedding:
+    # the modules holding it under its other names are final layers too (their stds are the
+    # output layer's).
+    tied = tl.fact("tied_params") or {}
+    ties = {p: tied[p] for p in final_params if p in tied}
+    for tie in ties.values():
+        for alias in tie.get("also") or []:
+            mod = alias.rsplit(".", 1)[0] if "." in alias else "<model>"
+            if mod not in final:
+                final.append(mod)
     cosine = tl.events("cosine_logits")
     cosine_params = set(cosine[0].get("params") or []) if cosine else set()
     final = [m for m in final if not _only_scalars(m, final_params, cosine_params)]
@@ -173,7 +184,30 @@ def poor_initialization(
             f"final layer `{layer}` starts with output std {fmt(gain[layer][2])}, "
             f"{gain[layer][0]:.1f}x its input's {fmt(gain[layer][1])}"
         )
-    if layer is not None:
+    tie = _tie_of(ties, params, tl.fact("module_types") or {}, layer)
+    if tie is not None:
+        name, others, std, fan_in, holder = tie
+        scale = (
+            f"{gain[layer][0]:.1f}x its input's std at the first steps"
+            if layer is not None
+            else "large at init"
+        )
+        cause = (
+            f"the final layer's weight is tied: `{name}` is also `{'`, `'.join(others)}` (one "
+            f"tensor), so the output layer starts with the init of {holder}"
+            + (f" (std {fmt(std)} at attach" if std is not None else " (")
+            + (f", over a fan-in of {fan_in}" if fan_in else "")
+            + f"): its output is {scale}, so the model starts with large, confident logits "
+            "and large gradients flow back from the loss"
+        )
+        fix = (
+            f"initialize the shared weight `{name}` for both of its uses, small: "
+            f"nn.init.normal_(w, 0, {fan_in or 'd'} ** -0.5) (the scale of 'Attention is all "
+            "you need', whose embedding is multiplied by sqrt(d) on the input side), or std "
+            f"0.02 as GPT-2; re-initializing the output layer alone re-initializes {holder} "
+            "too (one tensor)"
+        )
+    elif layer is not None:
         cause = (
             f"`{layer}` is initialized with weights too large for its fan-in: its output std is "
             f"{gain[layer][0]:.1f}x its input's at the first steps, so the model starts with large, "
@@ -203,12 +237,34 @@ def poor_initialization(
         evidence=evidence,
         where=Where(
             module=layer,
-            params=params_of(params, layer) if layer else (),
+            params=(
+                (tie[0], *tie[1])
+                if tie is not None
+                else (params_of(params, layer) if layer else ())
+            ),
             source=source,
         ),
         cause=cause,
         fix=fix,
     )
+
+
+def _tie_of(
+    ties: dict[str, dict], params: dict, types: dict[str, str], layer: str | None
+) -> tuple[str, list[str], float | None, int | None, str] | None:
+    """(name, other names, std at attach, fan-in, what holds it) of the tied final weight
+    behind `layer` (any tied final weight when no layer is named), or None."""
+    for name, tie in ties.items():
+        others = list(tie.get("also") or [])
+        holders = [n.rsplit(".", 1)[0] if "." in n else "<model>" for n in [name, *others]]
+        if layer is not None and layer not in holders:
+            continue
+        shape = (params.get(name) or {}).get("shape") or []
+        fan_in = int(shape[1]) if len(shape) == 2 else None
+        embedding = next((h for h in holders if types.get(h) == "Embedding"), None)
+        holder = f"the embedding `{embedding}`" if embedding else f"`{holders[0]}`"
+        return name, others, tie.get("std"), fan_in, holder
+    return None
 
 
 def _learned_scalars(params: dict, final_params: list[str]) -> set[str]:
