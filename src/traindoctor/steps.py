@@ -77,6 +77,9 @@ class StepDriver:
         # At a backward that many others preceded since the last step (NO_STEP_CHECKPOINTS):
         # the watched trained params and their gradients (object, version) before it.
         self._idle: tuple[list[torch.Tensor], list[Any], list[int]] | None = None
+        # What the same backward's gradients are for (_gradient_use): the models' mode and the
+        # inputs that require grad, which tell a gradient-based evaluation from a lost step.
+        self._idle_use: dict[str, Any] | None = None
         self.backward_since_step = 0
         # The most backward passes one step has had (gradient accumulation's micro-batches):
         # a no-step checkpoint counts only past twice that (see after_backwards).
@@ -125,6 +128,7 @@ class StepDriver:
             # Many backward passes and no step: the pass runs once this one is in, and
             # whether it fed the watched params is measured (the `idle_backward` event).
             self._idle = guard.call("idle backward", self._grads_now)
+            self._idle_use = guard.call("idle backward", _gradient_use, run.attached, root)
             if self._idle is None:
                 self._timed_pass()  # not measured: the pass runs now, as it did
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
@@ -211,7 +215,9 @@ class StepDriver:
             backward_since_step=self.backward_since_step,
             fed=fed,
             trained=len(params),
+            **(self._idle_use or {}),
         )
+        self._idle_use = None
         self._timed_pass()
 
     def step_began(self, opt: Any) -> None:
@@ -368,3 +374,32 @@ class StepDriver:
             self.timeline.facts["compiled_models"] = sorted(
                 p.rstrip(".") or "<model>" for p in compiled
             )
+
+
+def _gradient_use(ctx: Any, root: torch.Tensor) -> dict[str, Any]:
+    """At a backward pass long after the last optimizer step (a no-step checkpoint): whether
+    the watched models are in training mode, and how many leaves of the pass's graph require
+    grad without being a parameter of them or of a watched optimizer (an input tensor given
+    `requires_grad`: adversarial examples, saliency maps). Evaluations that use gradients
+    (FGSM, saliency, a Fisher information estimate) run backward passes with no step on
+    purpose; a lost `optimizer.step()` leaves the model training on its data. One walk of the
+    graph, at the checkpoints only (8, 16, 32, ... backward passes without a step)."""
+    if ctx is None:
+        return {}
+    models = list(ctx.models.values())
+    params = {id(p) for m in models for p in m.parameters()} | ctx.optimizer_param_ids()
+    inputs = 0
+    seen: set[int] = set()
+    stack = [root.grad_fn] if root.grad_fn is not None else []
+    while stack and len(seen) < 100_000:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            if id(variable) not in params and not isinstance(variable, torch.nn.Parameter):
+                inputs += 1
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return {"training": any(m.training for m in models), "input_grads": inputs}

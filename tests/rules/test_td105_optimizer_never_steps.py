@@ -98,11 +98,18 @@ def test_watched_model_without_optimizer_or_update_is_an_error():
     assert "no torch optimizer" not in f.title + f.cause
 
 
-def _idle_tl(fed: int) -> object:
+def _idle_tl(fed: int, **use: object) -> object:
     """Step 1 stepped, then 20 backward passes; the 8th and 16th measured (idle_backward)."""
     steps = {1: {"backward.count": 1, "optim.step": 1}, 2: {"backward.count": 20}}
     idle = [
-        {"kind": "idle_backward", "step": 2, "backward_since_step": n, "fed": fed, "trained": 4}
+        {
+            "kind": "idle_backward",
+            "step": 2,
+            "backward_since_step": n,
+            "fed": fed,
+            "trained": 4,
+            **use,
+        }
         for n in (8, 16)
     ]
     return make_timeline(params=["w"], steps=steps, events=[*EVENTS, *idle])
@@ -118,4 +125,20 @@ def test_backward_passes_that_feed_no_watched_param_are_an_info():
 
 def test_backward_passes_that_feed_the_watched_params_stay_an_error():
     f = assert_fires("TD105", _idle_tl(fed=4))
+    assert f.severity is Severity.ERROR
+
+
+def test_backward_passes_of_a_gradient_evaluation_are_an_info():
+    # FGSM after training (eval mode, the input requires grad), a Fisher estimate (eval mode).
+    for use in ({"training": False, "input_grads": 1}, {"training": False, "input_grads": 0}):
+        f = assert_fires("TD105", _idle_tl(fed=4, **use))
+        assert f.severity is Severity.INFO, use
+        assert "evaluation" in f.title
+    # Saliency maps in train mode: the input's gradient is what the passes compute.
+    f = assert_fires("TD105", _idle_tl(fed=4, training=True, input_grads=2))
+    assert f.severity is Severity.INFO
+
+
+def test_backward_passes_in_training_mode_on_params_only_stay_an_error():
+    f = assert_fires("TD105", _idle_tl(fed=4, training=True, input_grads=0))
     assert f.severity is Severity.ERROR

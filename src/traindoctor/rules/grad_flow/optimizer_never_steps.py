@@ -49,6 +49,11 @@ def optimizer_never_steps(
     updated by hand or by an optimizer not passed to `td.watch`): that is an info, not a
     missing step.
 
+    At the same backward passes it reads what the gradients are for: when every watched model
+    was in eval mode, or the graph reached a tensor that requires grad and is no parameter (an
+    input given `requires_grad`), the passes evaluate the model with gradients (FGSM or PGD
+    examples after training, saliency maps, a Fisher information estimate for EWC): an info.
+
     ## Example
     ```python
     for i, (x, y) in enumerate(loader):
@@ -101,6 +106,9 @@ def optimizer_never_steps(
     idle = [e for e in tl.events("idle_backward") if int(e.get("step") or 0) > last]
     if stepped and idle and not any(e.get("fed") for e in idle):
         yield _other_model(tl, idle, last, since, total, len(stepped), per_step)
+        return
+    if idle and all(e.get("training") is False or e.get("input_grads") for e in idle):
+        yield _gradient_evaluation(tl, idle, last, since, total, len(stepped), per_step)
         return
     step_events = tl.events("optimizer_step")
     backward_events = tl.events("backward_call")
@@ -234,6 +242,56 @@ def _other_model(
             "nothing to fix if the later phase is meant; to have it checked, watch it: close "
             "this doctor and td.watch(new_model, new_optimizer) for the new phase, or run the "
             "script with `traindoctor run`, which follows later phases"
+        ),
+        severity=Severity.INFO,
+    )
+
+
+def _gradient_evaluation(
+    tl: TimelineView,
+    idle: list[dict],
+    last: int,
+    since: int,
+    total: int,
+    steps: int,
+    per_step: list[int],
+) -> Finding:
+    """The backward passes with no step ran with the models in eval mode, or computed the
+    gradient of an input that requires grad: an evaluation that uses gradients (adversarial
+    examples, saliency maps, a Fisher information estimate), not a lost optimizer.step()."""
+    inputs = any(e.get("input_grads") for e in idle)
+    evaluating = all(e.get("training") is False for e in idle)
+    measured = []
+    if evaluating:
+        measured.append("every watched model was in eval mode")
+    if inputs:
+        measured.append(
+            "the graph reached a tensor that requires grad and is no parameter, an input "
+            "given `requires_grad`"
+        )
+    after = f"after the last step (step {last})" if steps else "with no optimizer step at all"
+    return tl.finding(
+        title=f"{since} backward passes {after} compute gradients for an evaluation, not "
+        "for training",
+        step=last + 1,
+        evidence={
+            "optimizer_steps": steps,
+            "backward_passes": total,
+            "backward_since_last_step": since,
+            "backward_per_step_before": max(per_step, default=0),
+            "measured_at_backward": [e.get("backward_since_step") for e in idle[:8]],
+            "models_training": [e.get("training") for e in idle[:8]],
+            "input_grads": [e.get("input_grads") for e in idle[:8]],
+        },
+        where=Where(source=_first_source(tl)),
+        cause=(
+            f"at the backward passes measured, {' and '.join(measured)}: gradients used to "
+            "attack, explain or weigh the model (FGSM/PGD examples, saliency maps, a Fisher "
+            "information estimate) need no optimizer step"
+        ),
+        fix=(
+            "nothing to fix if these passes evaluate the model; if they were meant to train "
+            "it, call model.train() and optimizer.step() after backward()"
         ),
         severity=Severity.INFO,
     )
