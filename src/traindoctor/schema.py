@@ -101,7 +101,8 @@ _signal(
 )
 _signal(
     "data.first_layer",
-    "per structural step: {module, type, next, dtype} of the first module with params to run",
+    "per structural step: {module, type, next, dtype, shape, view_of} of the first module with "
+    "params to run (view_of: the shape of the tensor its input is a contiguous view of)",
 )
 _signal(
     "data.first_stats",

@@ -21,6 +21,11 @@ TD524, next-token prediction whose prediction at a position reads the next token
   block calling `nn.MultiheadAttention(batch_first=True)` with the mask left out.
 Silent beside them: each fixed twin, a BERT-style masked LM, a prefix LM (bidirectional over
 its prefix, loss on every position), a classifier over token sequences.
+
+TD525, channels-last images reshaped (not permuted) for the first conv:
+- PaddlePaddle/Paddle#29716 (https://github.com/PaddlePaddle/Paddle/issues/29716) in PyTorch:
+  (N, H, W, C) images given to the conv by `reshape(-1, 3, H, W)` in the training loop (a view
+  of the stored tensor). Silent: the permute, and images stored channels-first.
 """
 
 from __future__ import annotations
@@ -311,3 +316,44 @@ def test_training_is_unchanged_by_the_experiment(tmp_path):
                 assert ("TD524" in {f.code for f in doc.report.findings}) is not masked
             finals.append([p.detach().clone() for p in model.parameters()])
         assert all(torch.equal(a, b) for a, b in zip(*finals))
+
+
+# -- PaddlePaddle/Paddle#29716 in PyTorch: NHWC images reshaped to NCHW (TD525) ---------------
+def _nhwc_images():
+    g = torch.Generator().manual_seed(9)
+    y = torch.randint(0, 2, (64,), generator=g)
+    ramp = torch.linspace(-1, 1, 16)
+    pattern = torch.where(y[:, None, None] == 1, ramp[None, :, None], ramp[None, None, :])
+    images = pattern[..., None] * torch.tensor([1.0, 0.5, -0.5]) + 0.1 * torch.randn(
+        64, 16, 16, 3, generator=g
+    )
+    return images, y  # (N, H, W, C), as the dataset stores them
+
+
+@pytest.mark.parametrize("how", ["reshape", "permute", "nchw-rows"])
+def test_channels_last_images_reshaped_for_the_conv(tmp_path, how):
+    images, y = _nhwc_images()
+    stored = images.permute(0, 3, 1, 2).contiguous() if how == "nchw-rows" else images
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
+
+    def loss_of(m, i):
+        batch = stored[i : i + 16]  # a row slice: a view of the stored tensor
+        if how == "reshape":
+            x = batch.reshape(-1, 3, 16, 16)
+        elif how == "permute":
+            x = batch.permute(0, 3, 1, 2)
+        else:
+            x = batch
+        return F.cross_entropy(m(x), y[i : i + 16])
+
+    loud = _train(tmp_path, model, [(i,) for i in range(0, 64, 16)], loss_of)
+    assert loud == {} if how != "reshape" else list(loud) == ["TD525"], loud
+    if how == "reshape":
+        assert loud["TD525"].evidence["view_of_shape"] == [64, 16, 16, 3]

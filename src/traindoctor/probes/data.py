@@ -61,7 +61,8 @@ DATA_EVAL_FP = signal(
 )
 DATA_FIRST_LAYER = signal(
     "data.first_layer",
-    "per structural step: {module, type, next, dtype} of the first module with params to run",
+    "per structural step: {module, type, next, dtype, shape, view_of} of the first module with "
+    "params to run (view_of: the shape of the tensor its input is a contiguous view of)",
 )
 DATA_FIRST_STATS = signal(
     "data.first_stats",
@@ -390,7 +391,13 @@ class DataProbe(Probe):
             "type": type(module).__name__,
             "dtype": str(x.dtype).removeprefix("torch."),
             "next": [],
+            "shape": [int(d) for d in x.shape],
         }
+        # TD525: an input that is a view of a tensor of other sizes, read without a copy or a
+        # permute (contiguous): `x.reshape(-1, 3, 32, 32)` of (N, 32, 32, 3) images.
+        base = x._base
+        if base is not None and x.is_contiguous() and tuple(base.shape) != tuple(x.shape):
+            self._first["view_of"] = [int(d) for d in base.shape]
         out = next(iter_tensors(output, max_depth=1), None)
         if x.is_floating_point() and x.numel() >= 2 and out is not None:
             v = _strided(x.detach().reshape(-1), MAX_ELEMS).to(torch.float32)

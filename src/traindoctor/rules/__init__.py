@@ -63,6 +63,7 @@ from .numerics import (
 from .setup import (
     augmentation_repeats_across_workers,
     batches_not_shuffled,
+    channels_last_viewed_as_channels_first,
     data_not_changing,
     degenerate_loss,
     frozen_module_in_train_mode,
@@ -137,6 +138,7 @@ CATALOG = (
     targets_outside_output_range,  # TD522
     sequence_dim_is_batch,  # TD523
     next_token_visible,  # TD524
+    channels_last_viewed_as_channels_first,  # TD525
     weight_decay_on_norms,  # TD514
     probabilities_as_logits,  # TD506
     degenerate_loss,  # TD507
