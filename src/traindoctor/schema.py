@@ -915,7 +915,12 @@ _fact(
     "per optimizer: steps, pending gradients and since when",
     list[dict[str, Any]],
 )
-_fact("modes", "{sensitive: mode-sensitive modules, steps_in_eval}", dict[str, int])
+_fact(
+    "modes",
+    "{sensitive: mode-sensitive modules, steps_in_eval, eval_untrained: [model], eval_since: "
+    "{model in eval mode that no stepping optimizer trains: the first step of that run}}",
+    dict[str, Any],
+)
 _fact("copies", "{params, modules}: unheld params and the trained ones they copy", dict[str, Any])
 _fact("grads_seen_later", "param -> step its gradient was first seen after attach", dict[str, int])
 _fact("metric_calls", '"<metric> (<source>)" -> calls seen (sklearn, torchmetrics)', dict[str, int])

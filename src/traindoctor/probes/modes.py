@@ -141,6 +141,7 @@ class ModesProbe(Probe):
         self._inner: dict[str, torch.nn.Module] = {}
         # Watched models in no stepping optimizer, in eval mode at every step (None: no step).
         self._eval_untrained: frozenset[str] | None = None
+        self._eval_since: dict[str, int] = {}  # root -> first step of its current eval run
         self._in_root = 0  # inside a watched model's forward (the inner one's is nested)
         self._last_eval: tuple[str, ...] | None = None
         self._events = 0  # mode_call events
@@ -322,6 +323,25 @@ class ModesProbe(Probe):
         if self._eval_untrained != before:
             rec.timeline.facts["modes"]["eval_untrained"] = sorted(self._eval_untrained)
 
+    def _note_eval_since(self, step: int, trained: frozenset[str], rec: Recorder) -> None:
+        """facts['modes']['eval_since']: each watched model that is in eval mode and that no
+        stepping optimizer trains, with the first step of that unbroken run (a teacher put in
+        eval after its own training phase, then used by a student's loss: TD105 tells its
+        stopped optimizer from a lost step()). One mode read per watched model a step."""
+        assert self.ctx is not None
+        since = self._eval_since
+        changed = False
+        for p, m in self.ctx.models.items():
+            root = p.rstrip(".") or "<model>"
+            if root not in trained and not self._inner.get(p, m).training:
+                if root not in since:
+                    since[root] = step
+                    changed = True
+            elif since.pop(root, None) is not None:
+                changed = True
+        if changed:
+            rec.timeline.facts["modes"]["eval_since"] = dict(since)
+
     def _record_functional(self, step: int, rec: Recorder, roots: dict[str, bool]) -> None:
         off, on = self._fdrop
         if not (off or on):
@@ -340,6 +360,11 @@ class ModesProbe(Probe):
         last = self._opt_steps.get(id(opt), (0, 0))[0]
         if last != step:
             self._opt_steps[id(opt)] = (step, last)
+        # At every optimizer's step, not only the primary's (on_pre_step): after a teacher's
+        # phase its optimizer, the primary, never steps again.
+        trained = self._trained(step, sampled)
+        if trained is not None:
+            self._note_eval_since(step, trained, rec)
 
     def _trained(self, step: int, sampled: bool) -> frozenset[str] | None:
         """The watched models (root names) whose params the optimizers stepping now (this

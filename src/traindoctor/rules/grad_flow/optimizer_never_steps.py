@@ -16,7 +16,7 @@ from .._registry import rule
     summary="backward() keeps running but optimizer.step() does not (or only ran at the start).",
     requires=("backward.count", "optim.step", "optim.any_step", "amp.skipped", "data.inputs"),
     events=("backward_call", "hand_step", "optimizer_step", "idle_backward"),
-    facts=("optimizer_activity", "optimizers", "models", "unwatched_optimizers"),
+    facts=("optimizer_activity", "optimizers", "models", "unwatched_optimizers", "modes"),
     priority=12,
 )
 def optimizer_never_steps(
@@ -75,7 +75,10 @@ def optimizer_never_steps(
     Steps of a torch optimizer traindoctor was not given (built after `td.watch`: a student
     trained after its teacher, a test-time adaptation with its own `SGD`) are seen too: when
     one steps during these backward passes, the training goes on under an optimizer that is
-    not watched, and this is only an info that names it.
+    not watched, and this is only an info that names it. With several optimizers, one that
+    stopped while every model it holds stayed in eval mode, trained by no optimizer, from its
+    last step on (a teacher trained first, then used by a student's loss with requires_grad
+    left on) ended its phase: an info that says its backward work is wasted.
 
     ## Known false positives
     Gradient accumulation over `min_backward` or more micro-batches before the first step:
@@ -417,6 +420,10 @@ def _idle_optimizers(
         kind = info.get("class", "optimizer")
         steps = int(a.get("steps") or 0)
         ran = "never ran" if not steps else f"ran {steps} time(s), then stopped"
+        resting = _resting(tl, names, int(a.get("since") or 1)) if steps else None
+        if resting is not None:
+            yield _phase_over(tl, oi, kind, steps, pending, names, held, resting, info)
+            continue
         yield tl.finding(
             title=(
                 f"{kind} #{oi} (holding {held or 'its params'}) got fresh gradients in "
@@ -445,3 +452,59 @@ def _idle_optimizers(
                 "backward pass (and zero_grad() before the next one)"
             ),
         )
+
+
+def _resting(tl: TimelineView, names: list[str], since: int) -> dict[str, int] | None:
+    """{model: the step since which it is in eval mode} when every watched model whose params
+    the optimizer holds has been in eval mode, trained by no stepping optimizer, from the step
+    after its last step on (facts['modes']['eval_since']): its phase is over (a teacher
+    trained first, then used by a student's loss); None otherwise."""
+    resting = ((tl.fact("modes") or {}).get("eval_since")) or {}
+    roots = [r for r in (tl.fact("models") or {}) if r != "<model>"]
+    owners = set()
+    for n in names:
+        owners.add(next((r for r in roots if n.startswith(f"{r}.")), "<model>"))
+    if not owners or not all(o in resting and int(resting[o]) <= since + 1 for o in owners):
+        return None
+    return {o: int(resting[o]) for o in sorted(owners)}
+
+
+def _phase_over(
+    tl: TimelineView,
+    oi: int,
+    kind: str,
+    steps: int,
+    pending: int,
+    names: list[str],
+    held: str,
+    resting: dict[str, int],
+    info: dict,
+) -> Finding:
+    models = ", ".join(f"`{m}` (since step {s})" for m, s in resting.items())
+    return tl.finding(
+        title=(
+            f"{kind} #{oi} stopped after {steps} step(s) while {models} stayed in eval mode: "
+            f"its params still got gradients in {pending} backward passes"
+        ),
+        step=min(resting.values()),
+        evidence={
+            "optimizer": oi,
+            "class": kind,
+            "steps": steps,
+            "backward_with_fresh_grads_since_last_step": pending,
+            "eval_since": resting,
+        },
+        where=Where(params=tuple(names[:16]), source=info.get("created_at")),
+        cause=(
+            f"the optimizer holding {held or 'these params'} stepped {steps} time(s); since "
+            f"then {models} has been in eval mode at every step and no optimizer trains it, "
+            "while the other optimizers step: a phase that is over (a teacher trained first, "
+            "then used by the student's loss). Its forward still runs with gradients, so "
+            "backward computes gradients for its params that nothing applies"
+        ),
+        fix=(
+            "nothing to fix if its training is over; to save that backward work, "
+            "`teacher.requires_grad_(False)` or its forward under `torch.no_grad()`"
+        ),
+        severity=Severity.INFO,
+    )
