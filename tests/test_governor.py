@@ -395,3 +395,45 @@ def test_gradient_accumulation_runs_no_no_step_pass_every_step(tmp_path):
         opt.step()
     doc.close()
     assert len(doc.timeline.events("idle_backward")) == 1
+
+
+def _no_step_run(tmp_path, accumulate: int, steps: int, stretch: int):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    doc = td.watch(model, opt, out_dir=str(tmp_path), console=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        for _ in range(accumulate):
+            x = torch.randn(16, 8, generator=g)
+            (F.cross_entropy(model(x), (x[:, 0] > 0).long()) / accumulate).backward()
+        opt.step()
+    for _ in range(stretch):  # optimizer.step() lost
+        opt.zero_grad()
+        x = torch.randn(16, 8, generator=g)
+        F.cross_entropy(model(x), (x[:, 0] > 0).long()).backward()
+    doc.close()
+    return doc
+
+
+def test_a_stretch_without_steps_pauses_the_per_pass_probes(tmp_path):
+    """Backward passes with no optimizer step keep one step open: past TD105's threshold (4x
+    the most a step had; 64 before any step) the per-pass probes pause until the step closes,
+    so a lost step() or a gradient-based evaluation does not pay a sampled step's work on
+    every pass. The probes record what they saw; nothing reads as unavailable or failed."""
+    from traindoctor.steps import PER_PASS_PROBES
+
+    doc = _no_step_run(tmp_path / "a", accumulate=4, steps=5, stretch=40)
+    (paused,) = doc.timeline.events("probes_paused")
+    assert paused["backward_since_step"] == 16 and paused["step"] == 6
+    assert not doc.guard.paused and not doc.guard.errors
+    assert not PER_PASS_PROBES & doc.guard.disabled
+    assert "TD105" in {f.code for f in doc.findings}
+    # Before any step: only at the 64th backward pass (a long accumulation is not cut short).
+    doc = _no_step_run(tmp_path / "b", accumulate=1, steps=0, stretch=70)
+    (paused,) = doc.timeline.events("probes_paused")
+    assert paused["backward_since_step"] == 64 and paused["step"] == 1
+    # Gradient accumulation of 8 never pauses.
+    doc = _no_step_run(tmp_path / "c", accumulate=8, steps=12, stretch=0)
+    assert not doc.timeline.events("probes_paused")

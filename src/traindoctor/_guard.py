@@ -33,7 +33,21 @@ class Guard:
     def __init__(self, step_fn: Callable[[], int | None] = lambda: None) -> None:
         self.errors: list[InternalError] = []
         self.disabled: set[str] = set()
+        # Components switched off for a while, not for failing (StepDriver: a long stretch of
+        # backward passes without a step): in `disabled` meanwhile, so every check skips them.
+        self.paused: set[str] = set()
         self._step_fn = step_fn
+
+    def pause(self, keys: frozenset[str]) -> None:
+        """Skip these components (their hooks and handlers) until resume()."""
+        new = keys - self.disabled
+        self.paused |= new
+        self.disabled |= new
+
+    def resume(self) -> None:
+        if self.paused:
+            self.disabled -= self.paused
+            self.paused.clear()
 
     def call(self, where: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         if where in self.disabled:
@@ -65,3 +79,4 @@ class Guard:
             )
         )
         self.disabled.add(where)
+        self.paused.discard(where)  # failed: it stays off

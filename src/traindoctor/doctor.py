@@ -617,6 +617,7 @@ class Doctor:
         """Detach everything, diagnose the whole run and write the report. Idempotent."""
         if self.report is not None:
             return self.report
+        self.guard.resume()  # probes paused in a stretch without a step (steps.py) flush too
         hand = self._steps.hand
         if hand.active and not self._clock.closed:
             # The last update by hand (after the last backward) closes the last step.

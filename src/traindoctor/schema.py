@@ -443,6 +443,12 @@ class IdleBackward(Event, total=False):
     backward_since_step: int  # backward passes since the last step, this one included
     fed: int  # watched trained params this backward gave a gradient
     trained: int  # watched params that require grad
+    training: bool  # whether any watched model was in training mode
+    input_grads: int  # graph leaves that require grad and are no parameter (inputs)
+
+
+class ProbesPaused(Event, total=False):
+    backward_since_step: int  # backward passes since the last step when the probes paused
 
 
 class HandStep(Event, total=False):
@@ -728,6 +734,13 @@ _event(
     "a backward pass that many others preceded since the last step: the watched trained "
     "params it gave a gradient",
     IdleBackward,
+    writers=("doctor (steps.py)",),
+)
+_event(
+    "probes_paused",
+    "the per-pass probes paused for the rest of a step with that many backward passes and "
+    "no optimizer step",
+    ProbesPaused,
     writers=("doctor (steps.py)",),
 )
 _event("inference_tensors", "params or buffers that are inference tensors", InferenceTensors)

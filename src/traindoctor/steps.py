@@ -35,6 +35,30 @@ from .probes.work import WORK_COUNTED
 from .run_state import RunClock
 
 READBACK_EVERY = 25
+# The probes whose work is per forward pass or per backward pass of a step (module hooks,
+# torch-function modes, patched losses): paused during a long stretch of backward passes
+# without an optimizer step (see StepDriver.observe_backward). The per-step counts, the
+# gradients and params at a step, the data and the modes stay on.
+PER_PASS_PROBES = frozenset(
+    f"probe {name}"
+    for name in (
+        "activations",
+        "capture",
+        "forward",
+        "gradpath",
+        "init",
+        "loss_inputs",
+        "memory",
+        "numerics",
+        "softmax_dims",
+        "work",
+    )
+)
+# Backward passes in one step after which those probes pause: past TD105's threshold (4 times
+# the most a step has had: gradient accumulation is legitimate), and 64 before any step.
+PAUSE_AFTER_MARGIN = 4
+PAUSE_BEFORE_ANY_STEP = 64
+PAUSE_AFTER_MIN = 8
 
 _clock = time.perf_counter
 
@@ -131,9 +155,21 @@ class StepDriver:
             self._idle_use = guard.call("idle backward", _gradient_use, run.attached, root)
             if self._idle is None:
                 self._timed_pass()  # not measured: the pass runs now, as it did
+        if not guard.paused and self.backward_since_step >= self._pause_after():
+            # A no-step stretch (a lost optimizer.step(), gradients of inputs after training):
+            # the open step is instrumented like one pass each, not once per backward pass
+            # (a sampled step's per-pass work cost 4-5x a small model's pass, for good).
+            guard.pause(PER_PASS_PROBES)
+            self.timeline.event(step, "probes_paused", backward_since_step=self.backward_since_step)
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self.backward_since_step} backward passes without a step")
+
+    def _pause_after(self) -> int:
+        most = self.most_backwards_per_step
+        if not most:
+            return PAUSE_BEFORE_ANY_STEP
+        return max(PAUSE_AFTER_MIN, PAUSE_AFTER_MARGIN * most)
 
     def note_backward(self, loss: torch.Tensor) -> None:
         self.last_backward = (weakref.ref(loss) if loss.numel() == 1 else None, self.clock.step)
@@ -246,6 +282,8 @@ class StepDriver:
         budget, guard, clock = run.budget, run.guard, self.clock
         t0 = _clock()
         step = clock._step
+        if guard.paused:
+            guard.resume()  # the step closes: its probes record what they saw
         try:
             with UsersOff():  # the user's tensor subclasses and modes do not see our reads
                 self._close_step(step)
