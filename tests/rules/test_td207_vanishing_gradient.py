@@ -120,3 +120,35 @@ def test_layers_of_two_models_are_judged_within_each_model():
     )
     assert f.where.module == "Generator.l0"
     assert all(k.startswith("Generator.") for k in f.evidence["all_layers"])
+
+
+def _named_tl(rel: dict[str, float], steps=(1, 2, 3, 10)):
+    params = [f"{layer}.weight" if layer != "<model>" else "transitions" for layer in rel]
+    data = {
+        s: {
+            "grads.norm": {p: r * 2.0 for p, r in zip(params, rel.values())},
+            "params.norm": dict.fromkeys(params, 2.0),
+        }
+        for s in steps
+    }
+    return make_timeline(params=params, steps=data)
+
+
+def test_params_held_by_a_module_with_child_layers_have_no_place_in_the_chain():
+    # PyTorch's BiLSTM-CRF tutorial: `self.transitions = nn.Parameter(...)` on the model itself
+    # is listed first by named_parameters although the CRF uses it last, and its START/STOP
+    # entries set to -10000 (never trained) make ||θ|| huge: ||grad||/||θ|| 3.9e-05 against
+    # 0.30 on its trained entries and 0.18 / 0.44 for the LSTM / the tag layer (measured).
+    # It was reported as the "first layer" of a vanishing gradient.
+    rel = {"<model>": 4e-5, "lstm": 0.18, "hidden2tag": 0.44}
+    assert_silent("TD207", _named_tl(rel))
+    # A block's own gain beside its conv: the same (the block is a container, not a layer).
+    rel = {"block": 1e-7, "block.conv": 0.03, "head": 0.2}
+    assert_silent("TD207", _named_tl(rel))
+
+
+def test_a_vanishing_chain_beside_a_model_held_param_is_still_found():
+    rel = {"<model>": 0.05, "layers.0": 1e-8, "layers.1": 1e-7, "layers.2": 1e-6}
+    rel |= {"layers.3": 1e-5, "layers.4": 1e-4, "layers.5": 1e-3, "head": 1e-1}
+    f = assert_fires("TD207", _named_tl(rel))
+    assert f.where.module == "layers.0" and "<model>" not in f.evidence["all_layers"]

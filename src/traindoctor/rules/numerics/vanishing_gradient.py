@@ -10,11 +10,12 @@ from ...findings import Finding, Severity, Where
 from ...timeline import TimelineView
 from .._incremental import Reader, SortedWindow, fresh
 from .._registry import rule
-from .._util import ended
+from .._util import ended, module_of
 from ._layers import fmt, layer_norms, layer_order, params_of
 
 SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
 LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
+ROOT = module_of("transitions")  # the layer name of params held by the model itself
 
 
 class RatioScan:
@@ -87,10 +88,38 @@ def _pairs(grads: list, weights: list) -> Iterator[tuple[int, object, object]]:
             yield step, g, by_step[step]
 
 
+#: layer-name tuples -> the containers among them (bounded: the few name sets of a run).
+_CONTAINERS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _containers(layers: tuple[str, ...]) -> frozenset[str]:
+    """The layers that are also the parent of another layer: their own params (a CRF's
+    `transitions` or a CLIP `logit_scale` on the model itself, a block's own `gamma` beside its
+    convs) are listed before their children's by named_parameters, whatever their place in the
+    forward, so they have no position in the chain of layers a vanishing gradient runs along."""
+    found = _CONTAINERS.get(layers)
+    if found is None:
+        parents: set[str] = set()
+        for layer in layers:
+            if layer == ROOT:
+                continue
+            parts = layer.split(".")
+            parents.add(ROOT)  # the model's own params: module_of names them ROOT
+            parents.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        found = frozenset(layer for layer in layers if layer in parents)
+        if len(_CONTAINERS) >= 16:
+            _CONTAINERS.pop(next(iter(_CONTAINERS)))
+        _CONTAINERS[layers] = found
+    return found
+
+
 def _ratios(g: object, p: object, types: dict) -> Iterator[tuple[str, float]]:
     """(layer, ||grad|| / ||θ||) of one sampled step, for the layers judged."""
     pn = layer_norms(p)  # type: ignore[arg-type]
+    containers = _containers(tuple(pn))
     for layer, gv in layer_norms(g).items():  # type: ignore[arg-type]
+        if layer in containers:
+            continue  # params of a module that has child layers: no place in the chain
         if types.get(layer) in SPARSE_BY_DESIGN:
             continue  # a batch touches a few rows of an embedding table: small by design
         if LORA_A.search(layer):
