@@ -12,6 +12,11 @@ False alarms found and fixed (each test fails before its fix):
   compared with the (32, C) prediction of a full batch at another step.
 - TD522 on keypoint heatmaps whose unlabelled joints carry -1, the per-element MSE masked by
   visibility after the call (reduction='none').
+- TD209 on a T5-style tied head (N(0, 1) shared embedding, the last hidden state multiplied
+  by d_model ** -0.5 before the tied lm_head, as HF's modeling_t5): 'final layer `lm_head`
+  starts with output std 1.17, 13.2x its input's 0.0884'. A tied layer's gain is the
+  embedding's init over the program's own scale; only logits that cost more than the rule's
+  ce_margin at init (std above sqrt(2 x 1 nat)) are reported for it.
 - TD105 (error) on knowledge distillation: the teacher trained by its own SGD first, then
   kept in eval mode, requires_grad left on, used in the student's loss: 'SGD #0 got fresh
   gradients that its step() never applied'. Its phase is over: an info.
@@ -158,11 +163,14 @@ class _TiedLM(nn.Module):
                     nn.init.normal_(m.weight, 0.0, 0.02)
         elif style == "fairseq":
             nn.init.normal_(self.embed.weight, 0.0, d**-0.5)
-        self.scale = 1.0 if style == "gpt2" else math.sqrt(d)  # vaswani: N(0, 1) * sqrt(d)
+        # vaswani: N(0, 1) * sqrt(d) on the input side; t5: N(0, 1), the output rescaled
+        self.scale = 1.0 if style in ("gpt2", "t5") else math.sqrt(d)
+        self.out_scale = d**-0.5 if style == "t5" else 1.0
 
     def forward(self, idx):
         mask = nn.Transformer.generate_square_subsequent_mask(idx.size(1))
-        return self.lm_head(self.ln_f(self.block(self.embed(idx) * self.scale, src_mask=mask)))
+        h = self.ln_f(self.block(self.embed(idx) * self.scale, src_mask=mask))
+        return self.lm_head(h * self.out_scale)  # T5: d_model ** -0.5 before the tied head
 
 
 def _lm(tmp_path, style):
@@ -179,7 +187,7 @@ def _lm(tmp_path, style):
     return _loud(doc)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "fairseq"])
+@pytest.mark.parametrize("style", ["gpt2", "fairseq", "t5"])
 def test_tied_output_layer_with_a_sound_init_is_silent(tmp_path, style):
     assert _lm(tmp_path, style) == {}
 

@@ -126,3 +126,20 @@ def test_a_tied_output_layer_names_the_shared_weight():
     assert set(f.where.params) == {"embed.weight", "lm_head.weight"}
     assert "tied: `embed.weight` is also `lm_head.weight`" in f.cause
     assert "the embedding `embed`" in f.cause and "64 ** -0.5" in f.fix
+
+
+def test_a_tied_output_layer_is_judged_by_its_logits_not_its_gain():
+    """T5: an N(0, 1) shared embedding, the last hidden state times d ** -0.5 before the tied
+    lm_head: a gain of 13 over a 0.088 input, logits of std 1.17 (below sqrt(2 x ce_margin))."""
+    names = ["embed.weight", "blocks.weight"]
+    steps = {1: {"init.in_std": {"lm_head": 0.0884}, "init.out_std": {"lm_head": 1.17}}}
+    events = [{"kind": "final_layers", "step": 1, "modules": ["embed"], "params": ["embed.weight"]}]
+    tl = make_timeline(params=names, steps=steps, events=events)
+    tl.facts["params"]["embed.weight"]["shape"] = [300, 128]
+    tl.facts["tied_params"] = {"embed.weight": {"also": ["lm_head.weight"], "std": 1.0}}
+    tl.facts["module_types"] = {"embed": "Embedding", "lm_head": "Linear"}
+    assert_silent("TD209", tl)
+    final = {"kind": "final_layers", "step": 1, "modules": ["lm_head"]}
+    final["params"] = ["lm_head.weight"]
+    untied = make_timeline(params=["lm_head.weight"], steps=steps, events=[final])
+    assert assert_fires("TD209", untied).where.module == "lm_head"  # an untied head: its init

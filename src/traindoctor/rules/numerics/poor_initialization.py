@@ -128,8 +128,22 @@ def poor_initialization(
     cosine_params = set(cosine[0].get("params") or []) if cosine else set()
     final = [m for m in final if not _only_scalars(m, final_params, cosine_params)]
     gain = _first_gains(tl, final)
+    # A tied output layer's gain is the embedding's init over the program's own input-side
+    # scale (T5 multiplies its last hidden state by d ** -0.5 before the tied lm_head of an
+    # N(0, 1) embedding): not a fan-in choice. Only logits large enough to cost more than
+    # `ce_margin` nats at init (std above sqrt(2 x ce_margin): a random target pays about
+    # std^2 / 2 over ln C) are reported for it.
+    tied_mods = {
+        n.rsplit(".", 1)[0] if "." in n else "<model>"
+        for p, tie in ties.items()
+        for n in [p, *(tie.get("also") or [])]
+    }
     bad_layers = [
-        (m, v[0], v[2]) for m, v in gain.items() if v[0] > max_gain and v[2] >= min_out_std
+        (m, v[0], v[2])
+        for m, v in gain.items()
+        if v[0] > max_gain
+        and v[2] >= min_out_std
+        and (m not in tied_mods or v[2] > math.sqrt(2 * ce_margin))
     ]
     bad_layers.sort(key=lambda t: -t[1])
     # A cross-entropy over logits that a learned temperature multiplies starts where that
