@@ -630,9 +630,17 @@ class LossInputsProbe(Probe):
         if found.get("unsafe") or distributed or _backward_hooks(ctx):
             self._leak_tries[site] = LEAK_TRIES
             return {}
-        out = next_token_leak.measure(inp, tgt, ignore, found["nodes"])
+        if not next_token_leak.memory_allows(inp):
+            return {}  # tried again on a later measured call
+        try:
+            out = next_token_leak.measure(inp, tgt, ignore, found["nodes"])
+        except Exception:  # noqa: BLE001  (an OOM or an op without a backward: stop trying,
+            self._leak_tries[site] = LEAK_TRIES  # the rest of the probe goes on measuring)
+            return {}
         if out:
-            self._leak_tries[site] = self._leak_tries.get(site, 0) + 1
+            tries = self._leak_tries.get(site, 0) + 1
+            # A leak measured is the verdict: no further extra backward for it.
+            self._leak_tries[site] = LEAK_TRIES if float(out["nt_dep"]) > 0 else tries
             out["nt_attn"] = torch.tensor(1.0 if found.get("attn") else 0.0, dtype=torch.float64)
         return out
 
@@ -1050,7 +1058,9 @@ def _copied_ids(
         if found is not None:
             if "unsafe" not in found and unsafe_node(node, kind):
                 found["unsafe"] = kind
-            if kind == "SoftmaxBackward0" or ("DotProduct" in kind and "Attention" in kind):
+            if ("Softmax" in kind and "Log" not in kind) or (
+                "DotProduct" in kind and "Attention" in kind
+            ):
                 found["attn"] = True
         if kind == "EmbeddingBackward0":
             saved = _saved(node, "_saved_indices")

@@ -27,6 +27,7 @@ import torch
 
 NEXT_SHARE = 0.99  # share of the valid targets equal to the next position's id
 ROWS = 16  # rows (sequences) queried: one position each
+FREE_FACTOR = 4  # free GPU memory needed, in multiples of the loss input's bytes
 # Node kinds under which the extra backward is not run (see the module docstring).
 _UNSAFE = ("BatchNorm", "DDPSink", "CompiledFunction", "BackwardHookFunction", "Checkpoint")
 
@@ -36,6 +37,16 @@ def unsafe_node(node: Any, kind: str) -> bool:
     return any(u in kind for u in _UNSAFE) or isinstance(
         node, torch.autograd.function.BackwardCFunction
     )
+
+
+def memory_allows(inp: torch.Tensor) -> bool:
+    """The extra backward holds a gradient of the loss input's size (the logits, often the
+    largest tensor of a language model) and the activations' gradients: on a GPU it runs only
+    when the free memory is at least FREE_FACTOR times the loss input's bytes."""
+    if inp.device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(inp.device)
+    return free >= FREE_FACTOR * inp.numel() * inp.element_size()
 
 
 def _grid_targets(tgt: torch.Tensor, d0: int, n: int) -> torch.Tensor | None:

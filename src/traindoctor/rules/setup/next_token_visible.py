@@ -45,7 +45,8 @@ def next_token_visible(tl: TimelineView) -> Iterator[Finding]:
     fell to almost zero within a few hundred steps on random tokens").
 
     ## How it is measured
-    On the 1st, 2nd, 4th, ... measured call of each loss site (8 experiments at most), the
+    On the 1st, 2nd, 4th, ... measured call of each loss site (8 experiments at most, none
+    after a leak is measured; on a GPU only with 4x the logits' bytes free), the
     loss-inputs probe walks the loss input's autograd graph to the `EmbeddingBackward0`
     nodes and compares their saved ids with the targets, along time and along dim 0. When at
     least 99% of the valid targets are the next position's id, one experiment on the step's
