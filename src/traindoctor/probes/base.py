@@ -204,16 +204,21 @@ class GuardedHook(CopySafeHook):
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         # _hooks.compiling() written out: one frame less in every hook call of every step.
-        if _is_compiling() or _jit_tracing() or _func_transforming() or _fx_tracing():
+        # Dynamo first: it would trace (and guard on) the set test below.
+        if _is_compiling():
             return None  # traced: a hook that returns at once traces to nothing (_hooks.py)
-        # Timed from here: the guard's and the mode's checks are our cost too (the governor
-        # charges what stays outside, the dispatch and the test above, per call).
-        t0 = _clock()
+        # Disabled or paused next (steps.py pauses the per-pass probes in a long stretch
+        # without a step: their hooks then cost this test, not the three below).
         ctx = self.ctx
         guard = ctx.guard
         where = self.where
         if where in guard.disabled:
             return None
+        if _jit_tracing() or _func_transforming() or _fx_tracing():
+            return None
+        # Timed from here: the mode's checks are our cost too (the governor charges what
+        # stays outside, the dispatch and the tests above, per call).
+        t0 = _clock()
         mode = None if self.in_mode else ctx.quiet_mode
         popped = mode is not None and _mode_on_top(mode)
         if popped:
