@@ -361,8 +361,10 @@ class ModesProbe(Probe):
         if last != step:
             self._opt_steps[id(opt)] = (step, last)
         # At every optimizer's step, not only the primary's (on_pre_step): after a teacher's
-        # phase its optimizer, the primary, never steps again.
-        trained = self._trained(step, sampled)
+        # phase its optimizer, the primary, never steps again. The cached roots of these
+        # optimizers (recomputed only when they change; a sampled step's on_pre_step
+        # recomputes them as before): no walk of the params per optimizer step.
+        trained = self._trained(step, False)
         if trained is not None:
             self._note_eval_since(step, trained, rec)
 
