@@ -41,7 +41,13 @@ patches are process-wide and do run on the plain side: the bench counts the call
 traindoctor's code on one plain step (the loss wrapper's pass-through, a handful) and says so.
 The collector's time (gc.callbacks) is reported per side: our objects make every full
 collection of the process longer, and interleaved the plain side pays its share of that;
-`--control` gives the same figure without a doctor. The long-run extrapolation takes the
+`--control` gives the same figure without a doctor. With `--gc-apart STEPS` the collector is
+priced apart: a plain run and a watched run of 50 + STEPS steps, each alone in a fresh process
+(its heap holds its own model only), give the collector's CPU time per step over the last STEPS;
+the long-run figure then takes the interleaved unsampled extra without either side's GC time,
+plus that measured extra GC per step (measured on the 10,000-tensor model: the interleaved
+run's watched side spent 52 ms a step in the collector against 6 ms on the plain side, while
+apart the two differ by ~4 ms a step). The long-run extrapolation takes the
 unsampled and the pass steps' extra from the interleaved run (as a share of its plain step,
 times the sequential plain step; a pass step is priced sequentially where the interleaved
 run had none, and left out where neither had one) and everything else (steps 1-50, sampled
@@ -70,6 +76,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -488,6 +495,8 @@ def compare(
     interleaved: int = 0,
     control: bool = False,
     forced: int = 0,
+    gc_steps: int = 0,
+    shape_name: str = "",
 ) -> dict[str, Any]:
     """Plain and watched runs alternated `rounds` times; ratios of the summed phase times.
     With `interleaved` steps (traindoctor only), the interleaved run too (and the control,
@@ -564,6 +573,14 @@ def compare(
         out.update(inter)
         share = inter.get("interleaved: unsampled share")
         pass_share = inter.get("interleaved: pass share")
+        if gc_steps and share is not None:
+            apart = gc_apart(shape_name, gc_steps)
+            out.update(apart)
+            plain_ms = inter["interleaved: unsampled steps 51-N: plain ms (median)"]
+            share = inter["interleaved: unsampled share without GC"] + (
+                apart["gc apart: extra GC ms per step"] / plain_ms
+            )
+            out["interleaved: unsampled share used (without GC, plus GC apart)"] = share
         if control:
             ctl = interleave(shape, interleaved, False, out_dir)
             print(json.dumps(ctl, default=str), flush=True)
@@ -735,6 +752,11 @@ def interleave(
             out[f"{tag}: GC ms per unsampled step, plain / {other} side"] = (
                 f"{gc_p:.1f} / {gc_w:.1f}"
             )
+            # The collector's time left out on both sides: interleaved, which side a
+            # collection of both models' objects falls on is placement, not cost (gc_apart).
+            out[f"{tag}: unsampled share without GC"] = (
+                (watched_s - plain_s) / len(pairs) - (gc_w - gc_p) / 1e3
+            ) / (plain_s / len(pairs))
         out[f"{tag}: {kind} share"] = (watched_s - plain_s) / plain_s
     out[f"{tag}: calls into traindoctor on a plain step"] = calls
     out[f"{tag}: objects tracked by the collector"] = objects
@@ -743,6 +765,66 @@ def interleave(
         for a, b in zip(sides[0][0].parameters(), sides[1][0].parameters(), strict=True)
     )
     return out
+
+
+def gc_side(shape_name: str, steps: int, watched: bool, out_dir: str) -> dict[str, Any]:
+    """One side of gc_apart, in this (fresh) process: the collector's CPU time and its
+    collections per step over steps 51-(50 + steps), with only this side's model alive."""
+    shape = SHAPES[shape_name]
+    torch.manual_seed(0)
+    model = shape.build().to(DEVICE)
+    opt = shape.optimizer(model)
+    g = torch.Generator().manual_seed(1)
+    data = [_on_device(shape.data(g)) for _ in range(16)]
+    doc = td.watch(model, opt, out_dir=out_dir, console=False) if watched else None
+    clock = _GcClock()
+    counts = [0, 0, 0]
+
+    def count(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            counts[info["generation"]] += 1
+
+    for i in range(50 + steps):
+        if i == 50:
+            gc.callbacks.extend((clock, count))
+        x, y = data[i % len(data)]
+        opt.zero_grad(set_to_none=True)
+        loss = shape.loss(model(x), y)
+        loss.backward()
+        opt.step()
+        if doc is not None:
+            doc.log(loss=loss)
+    gc.callbacks.remove(clock)
+    gc.callbacks.remove(count)
+    out = {"gc_ms_per_step": clock.spent / steps * 1e3, "collections": counts}
+    out["objects"] = len(gc.get_objects())
+    if doc is not None:
+        doc.close()
+    return out
+
+
+def gc_apart(shape_name: str, steps: int) -> dict[str, Any]:
+    """The collector's cost of traindoctor, each side in a fresh process of its own (the
+    interleaved run holds both models: its full collections walk both sides' objects, and
+    fall on whichever side allocates past the threshold). Steps 51-(50 + steps) of a plain
+    run and of a watched one; the extra GC ms per step is watched - plain."""
+    sides = {}
+    for side in ("plain", "watched"):
+        cmd = [sys.executable, __file__, "--gc-side", side, "--shapes", shape_name]
+        cmd += ["--gc-apart", str(steps), "--device", str(DEVICE)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        sides[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    p, w = sides["plain"], sides["watched"]
+    return {
+        "gc apart: steps": steps,
+        "gc apart: GC ms per step, plain / watched": (
+            f"{p['gc_ms_per_step']:.1f} / {w['gc_ms_per_step']:.1f}"
+        ),
+        "gc apart: collections gen 0/1/2, plain / watched": f"{p['collections']} / "
+        f"{w['collections']}",
+        "gc apart: objects tracked, plain / watched": f"{p['objects']} / {w['objects']}",
+        "gc apart: extra GC ms per step": w["gc_ms_per_step"] - p["gc_ms_per_step"],
+    }
 
 
 LONG_RUNS = (10_000, 100_000)
@@ -884,6 +966,16 @@ def main() -> None:
         default="cpu",
         help="cpu, or cuda where a GPU is lent (wall time; host syncs per step counted)",
     )
+    ap.add_argument(
+        "--gc-apart",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="price the collector apart: a plain and a watched run of 50 + STEPS steps, each\n"
+        "in a fresh process; the long-run figure then takes the interleaved unsampled extra\n"
+        "without GC, plus this extra GC per step",
+    )
+    ap.add_argument("--gc-side", choices=("plain", "watched"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     if args.quick:
@@ -896,6 +988,11 @@ def main() -> None:
         args.interleaved = args.steps
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # detect_anomaly warns once per run
+    if args.gc_side:
+        with tempfile.TemporaryDirectory() as out:
+            side = gc_side(args.shapes, args.gc_apart, args.gc_side == "watched", out)
+        print(json.dumps(side))
+        return
     shapes = [s for s in args.shapes.split(",") if s]
     results: dict[str, dict[str, Any]] = {}
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
@@ -919,6 +1016,8 @@ def main() -> None:
                     args.interleaved,
                     args.control,
                     args.forced_sampled,
+                    args.gc_apart,
+                    name,
                 )
             )
             if args.first_steps:
