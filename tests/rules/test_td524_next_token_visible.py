@@ -89,3 +89,24 @@ def test_no_experiment_under_python_functions_or_batch_norm():
         found = {}
         _copied_ids(head(mid(emb(ids))).transpose(1, 2), tgt, -100, found)
         assert found.get("unsafe") and found.get("nodes")
+
+
+def test_padded_decoder_rows_and_label_smoothed_targets():
+    """A seq2seq decoder's rows: input [BOS, y..., PAD], target [y..., EOS, PAD(ignored)]:
+    each row's end token has padding after it. Left out of the share; the query is the last
+    target equal to the next input (not the end token, whose next position is padding)."""
+    from traindoctor.probes.loss_inputs import _smoothed_tokens
+
+    y = torch.tensor([[5, 6, 7, 2, 0, 0], [8, 9, 4, 3, 6, 2]])  # 2 = EOS, 0 = PAD
+    inputs = torch.cat([torch.ones(2, 1, dtype=torch.long), y[:, :-1]], 1).masked_fill(y == 0, 0)
+    tgt = y.masked_fill(y == 0, -100)
+    share, last = next_token_leak._queries(tgt, inputs, -100, 1, 0)
+    assert float(share) == 1.0 and last.tolist() == [2, 4]
+    # kl_div's (N, V) smoothed targets: their argmax, all-zero (pad) rows -100
+    dist = torch.full((4, 10), 0.01)
+    dist[torch.arange(4), torch.tensor([3, 1, 4, 1])] = 0.9
+    dist[2] = 0
+    hard = _smoothed_tokens("kl_div", torch.zeros(4, 10), dist)
+    assert hard is None  # fewer than 8 rows: not a sequence batch
+    hard = _smoothed_tokens("kl_div", torch.zeros(8, 10), dist.repeat(2, 1))
+    assert hard.tolist() == [3, 1, -100, 1] * 2

@@ -597,6 +597,16 @@ class LossInputsProbe(Probe):
                     stats.update(_copied_ids(inp, tgt, ignore, found))
                     if found:
                         stats.update(self._leak(ctx, site, inp, tgt, ignore, found))
+                elif self._leak_tries.get(site, 0) < LEAK_TRIES and self._embeds(ctx):
+                    # A label-smoothed kl_div over (N, V) log-probabilities (dreamgonfly's
+                    # LabelSmoothingLoss): its token targets are the rows' argmax, the
+                    # all-zero rows (padding) ignored. For TD524 only (not TD520's stats).
+                    hard = _smoothed_tokens(fn, inp, tgt)
+                    if hard is not None:
+                        found = {}
+                        _copied_ids(inp, hard, -100, found)
+                        if found:
+                            stats.update(self._leak(ctx, site, inp, hard, -100, found))
         rec.append(step, LOSS_INPUT_OBSERVED, site)
         keys = [f"{site}.{k}" for k in stats]
         if keys:
@@ -1159,6 +1169,17 @@ def _flattened_flipped(
         share = ((tt[:, :-1] == x[:, 1:]) & kk[:, :-1]).sum() / kk[:, :-1].sum().clamp(min=1)
         best = share if best is None else torch.maximum(best, share)
     return best
+
+
+def _smoothed_tokens(fn: str, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor | None:
+    """The (N,) token ids of a kl_div's (N, V) target distributions (each row's argmax; -100
+    for an all-zero row), or None for other losses and shapes."""
+    if fn != "kl_div" or inp.dim() != 2 or tuple(tgt.shape) != tuple(inp.shape):
+        return None
+    if not tgt.is_floating_point() or inp.shape[0] < 8 or inp.shape[1] < 2:
+        return None
+    top, hard = tgt.detach().max(dim=1)
+    return hard.masked_fill(top <= 0, -100)
 
 
 def _time_slice(node: Any) -> tuple[int, int, int, int] | None:

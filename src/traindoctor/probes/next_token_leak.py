@@ -58,8 +58,9 @@ def _grid_targets(tgt: torch.Tensor, d0: int, n: int) -> torch.Tensor | None:
 def _queries(
     t2: torch.Tensor, x: torch.Tensor, ignore: int, dim: int, offset: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(share of the valid targets equal to the next id along `dim`, per row the query
-    position: the last valid target with a next position, -1 where none)."""
+    """(share of the valid targets equal to the next id along `dim`, each row's last valid
+    target left out (an end token, whose next input is padding or nothing); per row the
+    query position: the last target equal to the next id, -1 where none)."""
     if dim == 0:  # sequence-first: transpose to (rows, time)
         t2, x = t2.t(), x.t()
     rows, n = t2.shape
@@ -67,12 +68,14 @@ def _queries(
     m = min(n, length - offset - 1)  # targets whose next id exists
     if m < 1:
         return None
-    tt = t2[:, :m]
-    keep = tt != ignore
-    nxt = x[:, offset + 1 : offset + 1 + m]
-    share = ((tt == nxt) & keep).sum().double() / keep.sum().clamp(min=1)
-    pos = torch.arange(m, device=tt.device).expand(rows, m)
-    last = torch.where(keep, pos, torch.full_like(pos, -1)).amax(dim=1)
+    pos = torch.arange(n, device=t2.device).expand(rows, n)
+    valid = t2 != ignore
+    end = torch.where(valid, pos, torch.full_like(pos, -1)).amax(dim=1, keepdim=True)
+    tt, pos = t2[:, :m], pos[:, :m]
+    keep = valid[:, :m] & (pos != end)
+    same = (tt == x[:, offset + 1 : offset + 1 + m]) & valid[:, :m]
+    share = (same & keep).sum().double() / keep.sum().clamp(min=1)
+    last = torch.where(same, pos, torch.full_like(pos, -1)).amax(dim=1)
     return share, last
 
 

@@ -28,7 +28,8 @@ MIN_DEP = 1e-4  # |dL_t/de_{t+1}| / (|dL_t/de_t| + |dL_t/de_{t+1}|): 0 exactly w
 def next_token_visible(tl: TimelineView) -> Iterator[Finding]:
     """
     ## What it detects
-    A `cross_entropy` / `nll_loss` whose (batch, time) targets are the token ids an
+    A `cross_entropy` / `nll_loss` (or a label-smoothed `kl_div`, its targets the rows'
+    argmax) whose (batch, time) targets are the token ids an
     `nn.Embedding` of the same graph read, shifted by one (`targets[:, t] == ids[:, t + 1]`,
     or along dim 0 for sequence-first data), while the prediction at position t measurably
     depends on the embedding at position t + 1: the model sees the token it is asked to
@@ -49,9 +50,10 @@ def next_token_visible(tl: TimelineView) -> Iterator[Finding]:
     after a leak is measured; on a GPU only with 4x the logits' bytes free), the
     loss-inputs probe walks the loss input's autograd graph to the `EmbeddingBackward0`
     nodes and compares their saved ids with the targets, along time and along dim 0. When at
-    least 99% of the valid targets are the next position's id, one experiment on the step's
+    least 99% of the valid targets are the next position's id (each row's last valid target,
+    an end token followed by padding, left out), one experiment on the step's
     own graph, before the user's backward: the gradient of the prediction at one position
-    per sequence (its last valid target with a next position; a random direction over the
+    per sequence (its last target equal to the next id; a random direction over the
     classes) with respect to the embedding's output, `torch.autograd.grad(...,
     retain_graph=True)` on a `GradientEdge` of the embedding node. The measure is the
     gradient's norm at the next position over its norm at the own position plus the next:
