@@ -8,6 +8,7 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -178,3 +179,20 @@ def user_line_in_traceback(frames: list[str]) -> str | None:
         if m and is_user_file(m["file"]):
             return f"{relpath(m['file'])}:{m['line']}"
     return None
+
+
+def library_self(frame: Any, packages: tuple[str, ...]) -> Any:
+    """The `self` argument of a frame running a method of one of these packages (its module's
+    `__name__` is the package or inside it), else None. `frame.f_locals` is read on those
+    frames only: on Python < 3.13 reading it snapshots every local of the frame into a dict
+    the frame keeps, and a user's frame would then keep a model its code `del`eted alive
+    (a library's frame holds its own locals anyway, for as long as it runs)."""
+    code = frame.f_code
+    if "self" not in code.co_varnames[: code.co_argcount]:
+        return None
+    module = frame.f_globals.get("__name__")
+    if not isinstance(module, str) or not any(
+        module == p or module.startswith(p + ".") for p in packages
+    ):
+        return None
+    return frame.f_locals.get("self")

@@ -62,16 +62,22 @@ def name_tensors(tensors: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
     named: dict[int, str] = {}
     frame: Any = sys._getframe(1)
     scopes = []
-    while frame is not None:
+    # Innermost first, and no frame further out once every tensor has a variable's name:
+    # on Python < 3.13 `frame.f_locals` snapshots a function frame's locals into a dict the
+    # frame keeps (a batch, a model its code later `del`s stay alive until it returns), so
+    # only the frames needed are read. (A module's frame reads its globals: no snapshot.)
+    while frame is not None and len(named) < len(wanted):
         if is_user_file(frame.f_code.co_filename):
-            scopes.append(frame.f_locals)
-            if frame.f_globals is not frame.f_locals:
-                scopes.append(frame.f_globals)
+            here = [frame.f_locals]
+            if frame.f_globals is not here[0]:
+                here.append(frame.f_globals)
+            for scope in here:  # variables bound to the tensor itself first
+                for name, value in list(scope.items()):
+                    if isinstance(value, torch.Tensor) and id(value) in wanted:
+                        named.setdefault(id(value), name)
+            scopes += here
         frame = frame.f_back
-    for scope in scopes:  # variables bound to the tensor itself first
-        for name, value in list(scope.items()):
-            if isinstance(value, torch.Tensor) and id(value) in wanted:
-                named.setdefault(id(value), name)
+    del frame
     for scope in scopes:  # then lists, tuples and dicts of them
         for name, value in list(scope.items()):
             if len(named) == len(wanted):

@@ -545,6 +545,8 @@ def _framework_trainer() -> tuple[Any, str | None]:
             if trainer is not None:
                 return trainer, "ultralytics"
             frame = frame.f_back
+    from .._source import library_self
+
     kinds = []
     if "transformers" in sys.modules:
         kinds.append(("transformers", "transformers.trainer"))
@@ -553,14 +555,15 @@ def _framework_trainer() -> tuple[Any, str | None]:
             kinds.append(("lightning", f"{pkg}.trainer"))
     if not kinds:
         return None, None
+    packages = tuple(prefix.rsplit(".", 1)[0] for _, prefix in kinds)
     frame = sys._getframe(1)
     for _ in range(64):
         if frame is None:
             break
-        # f_locals only where a `self` is: reading it snapshots the frame's locals (Python
-        # < 3.13), which kept a model the user's function had `del`ed alive.
-        code = frame.f_code
-        obj = frame.f_locals.get("self") if "self" in code.co_varnames[: code.co_argcount] else None
+        # The frameworks' own frames only (_source.library_self: a user frame's f_locals
+        # would be snapshotted, keeping a model its code had `del`ed alive); a user subclass
+        # of the Trainer is `self` of the framework's method that calls the user's override.
+        obj = library_self(frame, packages)
         if obj is not None:
             # The framework's Trainer or a user subclass of it (a custom compute_loss, say).
             for cls in type(obj).__mro__:

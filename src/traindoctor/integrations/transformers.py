@@ -248,9 +248,11 @@ def attach_trainer(trainer: Any, doctor: _Doctor | None = None, **options: Any) 
 
 def _find_trainer() -> Any:
     """The Trainer whose `train()` is running: the `self` of a Trainer method up the stack."""
+    from .._source import library_self
+
     frame = sys._getframe(1)
     while frame is not None:
-        obj = frame.f_locals.get("self")
+        obj = library_self(frame, ("transformers",))  # never a user frame's f_locals
         if isinstance(obj, Trainer):
             return obj
         frame = frame.f_back

@@ -53,6 +53,7 @@ import torch
 from .. import _mode_patches
 from .._hooks import CopySafeHook
 from .._patching import Patch, acquire, release
+from .._source import library_self
 from ..doctor import Doctor as _Doctor
 from ..options import Options
 from ..rules._ultralytics import CALLBACK_VAL
@@ -464,7 +465,7 @@ Doctor = UltralyticsCallbacks
 
 def ultralytics_trainer(frame: Any) -> Any:
     """An Ultralytics trainer (`BaseTrainer` or a subclass) that is `self` in this frame."""
-    obj = frame.f_locals.get("self")
+    obj = library_self(frame, ("ultralytics",))  # never a user frame's f_locals
     if obj is None:
         return None
     for cls in type(obj).__mro__:
@@ -481,7 +482,7 @@ def _evaluated_model(validator: Any) -> torch.nn.Module | None:
     for _ in range(12):
         if frame is None:
             return None
-        if frame.f_locals.get("self") is validator:
+        if library_self(frame, ("ultralytics",)) is validator:
             model = frame.f_locals.get("model")
             if isinstance(model, torch.nn.Module):
                 if next(model.parameters(), None) is None:
@@ -534,7 +535,7 @@ def _training_yolo(trainer: Any) -> Any:
     for _ in range(64):
         if frame is None:
             return None
-        obj = frame.f_locals.get("self")
+        obj = library_self(frame, ("ultralytics",))
         is_model = obj is not None and any(
             c.__name__ == "Model" and c.__module__.startswith("ultralytics.")
             for c in type(obj).__mro__
