@@ -662,8 +662,7 @@ class Doctor:
         )
         if self.dist is None:
             publish(self.report, self.guard, self.console)
-            self.bus.emit(Event.REPORT_WRITTEN, self.report)
-            self.guard.call("release", self._release)
+            self._after_report()
             return self.report
         self.report.rank, self.report.world_size = self.dist.rank, self.dist.world_size
         publish(self.report, self.guard, console=False)
@@ -673,9 +672,19 @@ class Doctor:
             # The merge failed (recorded): this rank's own report says so.
             self.report.internal_errors = [e.to_dict() for e in self.guard.errors]
             publish(self.report, self.guard, console=False)
+        self._after_report()
+        return self.report
+
+    def _after_report(self) -> None:
+        """The report's listeners (trackers), then the release: an internal error either
+        records after the report was written goes into the run directory's report too
+        (findings.json, report.md; the console summary is already printed)."""
+        errors = len(self.guard.errors)
         self.bus.emit(Event.REPORT_WRITTEN, self.report)
         self.guard.call("release", self._release)
-        return self.report
+        if len(self.guard.errors) > errors and self.report is not None:
+            self.report.internal_errors += [e.to_dict() for e in self.guard.errors[errors:]]
+            publish(self.report, self.guard, console=False)
 
     def _merge_ranks(self) -> None:
         """The job's report, once this rank's is on disk (distributed/merge.py: rank 0 waits

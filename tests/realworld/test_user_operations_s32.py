@@ -503,3 +503,78 @@ def test_a_cpu_run_never_asks_for_cuda(tmp_path, monkeypatch):
         _train(model, opt)
     assert not doc.guard.errors
     assert calls == []
+
+
+# -- the frameworks' Trainer lookup never snapshots a user frame's locals ----------------------
+def test_a_users_method_that_drops_its_model_frees_it_with_a_framework_imported(
+    tmp_path, monkeypatch
+):
+    """With a framework imported, each optimizer built under `traindoctor run` walks the stack
+    for the framework's Trainer. On Python < 3.13 `frame.f_locals` snapshots the frame's
+    locals into a dict the frame keeps: read on a user method's frame (it has a `self`), it kept
+    the model the method then `del`eted alive until the method returned."""
+    import types
+
+    from traindoctor.doctor import Doctor
+    from traindoctor.integrations.autopatch import attached
+
+    for name in ("transformers", "lightning.pytorch", "ultralytics"):
+        if name not in sys.modules:  # only the name is looked for: no framework needed
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+
+    class Search:
+        def trial(self) -> list[bool]:
+            model = _mlp()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # the lookup runs here
+            refs = (weakref.ref(model), weakref.ref(opt))
+            del model, opt
+            gc.collect()
+            return [r() is not None for r in refs]
+
+    doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False, budget=1.0)
+    with attached(doctor):
+        alive = Search().trial()
+    doctor.close()
+    assert alive == [False, False]
+
+
+def test_naming_loose_tensors_snapshots_no_frame_further_out():
+    """Zero-code mode names hand-made trained tensors after the user's variables, read in the
+    user's frames innermost first; once all are named no frame further out is read (its
+    `f_locals` snapshot would keep what that frame later deletes alive, Python < 3.13)."""
+    from traindoctor.loose import name_tensors
+
+    def inner() -> list[str]:
+        w1, b1 = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+        return [n for n, _ in name_tensors([w1, b1])]
+
+    def outer() -> tuple[list[str], bool]:
+        big = torch.ones(4)
+        ref = weakref.ref(big)
+        names = inner()
+        del big
+        gc.collect()
+        return names, ref() is None
+
+    assert outer() == (["w1", "b1"], True)
+
+
+def test_an_error_in_the_release_after_the_report_is_in_the_run_directory(tmp_path, monkeypatch):
+    """close() writes the report, then lets go of the user's objects (_release): an internal
+    error there was recorded after findings.json was written, and so read nowhere."""
+    import json
+
+    from traindoctor.doctor import Doctor
+
+    def broken(self: Doctor) -> None:
+        raise RuntimeError("release failed")
+
+    monkeypatch.setattr(Doctor, "_release", broken)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with traindoctor.watch(model, opt, console=False, out_dir=tmp_path, budget=1.0) as doc:
+        _train(model, opt, 2)
+    assert [e["where"] for e in doc.report.internal_errors] == ["release"]
+    written = json.loads((doc.run_dir / "findings.json").read_text())
+    assert [e["where"] for e in written["internal_errors"]] == ["release"]
+    assert "release failed" in written["internal_errors"][0]["error"]
