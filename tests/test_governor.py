@@ -397,11 +397,11 @@ def test_gradient_accumulation_runs_no_no_step_pass_every_step(tmp_path):
     assert len(doc.timeline.events("idle_backward")) == 1
 
 
-def _no_step_run(tmp_path, accumulate: int, steps: int, stretch: int):
+def _no_step_run(tmp_path, accumulate: int, steps: int, stretch: int, after: int = 0):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    doc = td.watch(model, opt, out_dir=str(tmp_path), console=False)
+    doc = td.watch(model, opt, out_dir=str(tmp_path), console=False) if tmp_path else None
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         opt.zero_grad()
@@ -413,7 +413,15 @@ def _no_step_run(tmp_path, accumulate: int, steps: int, stretch: int):
         opt.zero_grad()
         x = torch.randn(16, 8, generator=g)
         F.cross_entropy(model(x), (x[:, 0] > 0).long()).backward()
+    for _ in range(after):  # and found again
+        opt.zero_grad()
+        x = torch.randn(16, 8, generator=g)
+        F.cross_entropy(model(x), (x[:, 0] > 0).long()).backward()
+        opt.step()
+    if doc is None:
+        return model
     doc.close()
+    doc.trained = model
     return doc
 
 
@@ -434,6 +442,12 @@ def test_a_stretch_without_steps_pauses_the_per_pass_probes(tmp_path):
     doc = _no_step_run(tmp_path / "b", accumulate=1, steps=0, stretch=70)
     (paused,) = doc.timeline.events("probes_paused")
     assert paused["backward_since_step"] == 64 and paused["step"] == 1
+    # The training goes on after the stretch exactly as without traindoctor.
+    doc = _no_step_run(tmp_path / "d", accumulate=1, steps=3, stretch=20, after=5)
+    assert len(doc.timeline.events("probes_paused")) == 1
+    plain = _no_step_run(None, accumulate=1, steps=3, stretch=20, after=5)
+    for a, b in zip(doc.trained.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
     # Gradient accumulation of 8 never pauses.
     doc = _no_step_run(tmp_path / "c", accumulate=8, steps=12, stretch=0)
     assert not doc.timeline.events("probes_paused")

@@ -155,15 +155,24 @@ class StepDriver:
             self._idle_use = guard.call("idle backward", _gradient_use, run.attached, root)
             if self._idle is None:
                 self._timed_pass()  # not measured: the pass runs now, as it did
-        if not guard.paused and self.backward_since_step >= self._pause_after():
-            # A no-step stretch (a lost optimizer.step(), gradients of inputs after training):
-            # the open step is instrumented like one pass each, not once per backward pass
-            # (a sampled step's per-pass work cost 4-5x a small model's pass, for good).
-            guard.pause(PER_PASS_PROBES)
-            self.timeline.event(step, "probes_paused", backward_since_step=self.backward_since_step)
         if self.max_steps and self.backward_since_step >= max(64, 4 * self.max_steps):
             self.timeline.event(state.step, "stopped", reason="max_steps_without_optimizer_step")
             raise StopTraining(f"{self.backward_since_step} backward passes without a step")
+
+    def _pause(self) -> None:
+        """A no-step stretch (a lost optimizer.step(), gradients of inputs after training):
+        the rest of the open step is instrumented like an unsampled one, not as a sampled
+        step's every pass (4-5x a small model's pass, for good). Between two passes, once
+        the backward's own hooks and handlers have run (none is left half done), and not
+        inside a forward holding our torch-function mode (a backward run from a module's
+        forward: that mode is left at the step's end)."""
+        run = self.run
+        if getattr(run.attached, "quiet_mode", None) is not None:
+            return
+        run.guard.pause(PER_PASS_PROBES)
+        self.timeline.event(
+            self.clock.step, "probes_paused", backward_since_step=self.backward_since_step
+        )
 
     def _pause_after(self) -> int:
         most = self.most_backwards_per_step
@@ -187,6 +196,8 @@ class StepDriver:
         run.bus.emit(Event.AFTER_BACKWARD, state._step, run.rec)
         if self.hand.active:
             run.guard.call("hand steps", self.hand.after_backward)
+        if self.backward_since_step >= self._pause_after() and not run.guard.paused:
+            self._pause()
         budget = run.budget
         spent = _clock() - t0
         budget.spent_total += spent
