@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from ...findings import Finding, Severity, Where
@@ -15,7 +16,7 @@ from ._nonfinite import fmt_value, nonfinite_events, nonfinite_steps
     name="nonfinite-loss",
     severity=Severity.ERROR,
     summary="The loss became NaN/Inf while the model's outputs were finite: the loss code made it.",
-    requires=("numerics.checked", "numerics.nonfinite"),
+    requires=("numerics.checked", "numerics.nonfinite", "loss.train", "loss.backward"),
     events=("nonfinite",),
     priority=26,
 )
@@ -81,6 +82,27 @@ def nonfinite_loss(tl: TimelineView) -> Iterator[Finding]:
             if e.get("model_output_finite")
             else ""
         )
+        rise = _rise_before(tl, bad_steps[0] if bad_steps else e["step"])
+        climbed = ""
+        fix = (
+            "compute the loss in log space with a stable op (F.cross_entropy, "
+            "log_softmax, F.binary_cross_entropy_with_logits) instead of log(probability); "
+            "guard divisions by counts that can be 0 (x / n.clamp(min=1)); do not clamp the "
+            "loss value, that zeroes its gradient"
+        )
+        if rise is not None:
+            # The op only finished what the steps before started: a loss that climbed by
+            # orders of magnitude is a divergence (TD210/TD206's), the overflow its end.
+            climbed = (
+                f"the loss had climbed from {rise[1]:.4g} at step {rise[0]} to {rise[3]:.4g} "
+                f"at step {rise[2]} before it, so the values it is computed from grew step "
+                "after step until the op gave up: the divergence is the cause; "
+            )
+            fix = (
+                "find why the loss climbs before it turns non-finite: a learning rate too "
+                "large for the loss's scale, a gradient that does not match the loss (a "
+                "custom backward, an update of the wrong sign); clamping the loss only hides it"
+            )
         yield tl.finding(
             title=f"loss is {fmt_value(e.get('loss', 'non-finite'))} at step {e['step']}"
             + (f" (from `{op}` in the loss)" if op else ""),
@@ -92,13 +114,38 @@ def nonfinite_loss(tl: TimelineView) -> Iterator[Finding]:
                 "grads_finite": e.get("grads_finite"),
                 "nonfinite_steps": len(bad_steps),
                 "first_nonfinite_step": bad_steps[0] if bad_steps else e["step"],
+                "loss_rise_before": rise,
             },
             where=Where(op=op, source=e.get("source")),
-            cause=f"{output}{how}; backward turns it into NaN/Inf gradients and the next "
-            "optimizer.step() into NaN weights",
-            fix="compute the loss in log space with a stable op (F.cross_entropy, "
-            "log_softmax, F.binary_cross_entropy_with_logits) instead of log(probability); "
-            "guard divisions by counts that can be 0 (x / n.clamp(min=1)); do not clamp the "
-            "loss value, that zeroes its gradient",
+            cause=f"{climbed}{output}{how}; backward turns it into NaN/Inf gradients and the "
+            "next optimizer.step() into NaN weights",
+            fix=fix,
             confidence=0.9 if measured else 0.7,
         )
+
+
+RISE = 10.0  # a loss this many times its start before turning non-finite had diverged
+
+
+def _rise_before(tl: TimelineView, first_bad: int) -> tuple[int, float, int, float] | None:
+    """(start step, start loss, last step, last loss) when the finite training loss rose at
+    least RISE-fold between the run's first steps and the steps just before `first_bad`
+    (positive losses only, 5 steps at least): the non-finite value ended a divergence."""
+    losses: list[tuple[int, float]] = []
+    for name in ("loss.train", "loss.backward"):
+        for step, vals in tl.series(name):
+            if step >= first_bad:
+                continue
+            finite = [float(v) for v in vals or () if isinstance(v, int | float)]
+            finite = [v for v in finite if math.isfinite(v)]
+            if finite:
+                losses.append((step, sum(finite) / len(finite)))
+        if losses:
+            break
+    if len(losses) < 5:
+        return None
+    start_step, start = min(losses[:3], key=lambda sv: sv[1])
+    last_step, last = losses[-1]
+    if start <= 0 or last < RISE * start or max(v for _, v in losses[-3:]) < RISE * start:
+        return None
+    return start_step, start, last_step, last
