@@ -357,3 +357,16 @@ def test_channels_last_images_reshaped_for_the_conv(tmp_path, how):
     assert loud == {} if how != "reshape" else list(loud) == ["TD525"], loud
     if how == "reshape":
         assert loud["TD525"].evidence["view_of_shape"] == [64, 16, 16, 3]
+
+
+def test_log_softmax_over_time_is_not_called_a_missing_mask(tmp_path):
+    """dreamgonfly's log-softmax-over-time mutant, on a causal model: the normalization over
+    time makes the loss input at t depend on t + 1, but the model is causal. TD508's case; no
+    TD524 (the experiment is not run through a softmax off the class dim)."""
+
+    def loss_of(model, x, y):
+        logp = F.log_softmax(model(x, _causal(16)), dim=1)  # over time, not the vocabulary
+        return F.nll_loss(logp.reshape(-1, V), y.reshape(-1))
+
+    loud = _train(tmp_path, _MiniGPT(), _gpt_batches(5)[:3], loss_of)
+    assert "TD524" not in loud and "TD508" in loud, loud

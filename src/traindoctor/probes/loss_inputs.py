@@ -640,6 +640,12 @@ class LossInputsProbe(Probe):
         if found.get("unsafe") or distributed or _backward_hooks(ctx):
             self._leak_tries[site] = LEAK_TRIES
             return {}
+        head = layout(inp)
+        if head.get("head_op") in _SOFTMAX and head.get("head_dim") != 1:
+            # A (log_)softmax over another dim than the classes (TD508's case) mixes the
+            # positions itself: a dependence measured through it is not the model's.
+            self._leak_tries[site] = LEAK_TRIES
+            return {}
         if not next_token_leak.memory_allows(inp):
             return {}  # tried again on a later measured call
         try:
