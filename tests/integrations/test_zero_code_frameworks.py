@@ -162,3 +162,44 @@ def test_a_framework_callback_reads_pyproject(tmp_path, monkeypatch):
     doc_rules = callback.report.timeline.facts["config"]["rules"]
     assert "TD103" not in doc_rules and "TD102" in doc_rules
     assert "TD103" not in {f.code for f in callback.report.findings}
+
+
+SIGTERM_FIT = LIGHTNING.replace("PARAMS", "self.parameters()").replace(
+    "trainer.fit(Classifier(), data, data)",
+    """import os, signal
+from lightning.pytorch.callbacks import Callback
+
+
+class Kill(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            print("callback went on", file=open("seen.txt", "a"))
+
+    def on_exception(self, trainer, pl_module, exception):
+        print(type(exception).__name__, trainer.global_step, file=open("seen.txt", "a"))
+
+
+trainer.callbacks.append(Kill())
+trainer.fit(Classifier(), data, data)""",
+)
+
+
+def test_a_sigterm_during_a_lightning_fit_under_run_ends_it_as_plainly(tmp_path, monkeypatch):
+    """Lightning's SIGTERM handler calls the one installed before it: `traindoctor run`'s
+    (SIGTERM raised into the script, for the report). Plainly Lightning only notes the
+    signal; the callback that sent it goes on, the loop stops at the next batch with
+    SIGTERMException (a SystemExit, status 0) and `on_exception` sees it. Under `run` the
+    step was interrupted where the signal came, with status 1."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(SIGTERM_FIT))
+    monkeypatch.chdir(tmp_path)
+    result = run_target(str(script), [], out_dir=tmp_path / "runs", console=False)
+    seen = (tmp_path / "seen.txt").read_text().splitlines()
+    assert seen == ["callback went on", "SIGTERMException 3"]
+    assert result.script_exit_code == 0
+    assert result.report.framework == "lightning" and result.report.steps == 3
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -262,10 +262,29 @@ def _exit_code(e: SystemExit) -> int:
     return 1
 
 
+# Lightning's signal connector: while a Trainer runs, its handler takes SIGTERM and calls the
+# one it found installed (ours) after its own.
+_LIGHTNING_SIGNALS = ("lightning.pytorch.", "pytorch_lightning.")
+
+
 def _install_sigterm() -> Any:
-    """SIGTERM becomes a KeyboardInterrupt-like exception so that `finally` writes the report."""
+    """SIGTERM becomes a KeyboardInterrupt-like exception so that `finally` writes the report.
+
+    Not when Lightning's handler calls it: plainly (SIGTERM's default handler) Lightning's
+    handler only notes the signal, and its loops stop at the next batch with SIGTERMException
+    (a SystemExit: exit status 0, `on_exception` callbacks such as OnExceptionCheckpoint run
+    after a whole step). Raised from inside its handler, ours interrupted the running step
+    and ended the script with status 1."""
 
     def on_term(signum: int, frame: Any) -> None:
+        caller = sys._getframe(1)
+        module = caller.f_globals.get("__name__")
+        if (
+            isinstance(module, str)
+            and module.startswith(_LIGHTNING_SIGNALS)
+            and module.endswith(".signal_connector")
+        ):
+            return  # Lightning stops the run as it does plainly; the report follows
         raise Terminated("SIGTERM")
 
     try:
