@@ -147,3 +147,18 @@ def test_members_of_a_vmap_ensemble_are_neither_td103_nor_td102():
     stale = [{**u, "had_grad": False} for u in stacked]
     steps = {s: {"forward.calls": {}, "grads.observed": 1} for s in (1, 2, 3)}
     assert_fires("TD103", _tl([], unnamed=stale, steps=steps))
+
+
+def test_params_a_hand_written_update_trained_are_not_missing():
+    # PyTorch's "What is torch.nn really?": raw tensors trained by `w -= w.grad * lr` under
+    # no_grad first, then the next models with optim.SGD, in one script: the raw tensors were
+    # trained, by hand (handsteps.py), not left out of an optimizer.
+    norms = {n: 0.5 for n in BACKBONE + HEAD}
+    hand = {
+        1: {"grads.norm": norms, "optim.hand_step": 1, "grads.stepped": BACKBONE},
+        2: {"grads.norm": norms},
+    }
+    assert_silent("TD103", _tl(HEAD, steps=hand))
+    # The same timeline without the hand-written update: the backbone's grads are never applied.
+    hand[1] = {"grads.norm": norms}
+    assert assert_fires("TD103", _tl(HEAD, steps=hand)).where.module == "backbone.0"

@@ -27,7 +27,14 @@ from ._held_out import held_out_by_design
     name="params-not-in-optimizer",
     severity=Severity.ERROR,
     summary="Trainable params that no optimizer param group holds.",
-    requires=("grads.norm", "params.replaced", "copies.norm", "forward.calls"),
+    requires=(
+        "grads.norm",
+        "params.replaced",
+        "copies.norm",
+        "forward.calls",
+        "optim.hand_step",
+        "grads.stepped",
+    ),
     events=("optimizer_layout", "models_added", "hidden_params"),
     facts=("copies", "grads_seen_later", "modes", "optimizers", "params"),
     priority=16,
@@ -96,6 +103,13 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     held = optimizer_names(tl)
     by_design = held_out_by_design(tl)
     missing = sorted(n for n in trainable_names(tl) if n not in held and n not in by_design)
+    if not missing:
+        return
+    # Params whose gradients a hand-written update applied (`p -= lr * p.grad` under no_grad,
+    # `p.data.add_(...)`) are trained, by the user's own code: the nn_tutorial trains raw
+    # tensors so before it builds any optimizer for the next models.
+    by_hand = _stepped_by_hand(tl)
+    missing = [n for n in missing if n not in by_hand]
     if not missing:
         return
     with_grad = set()
@@ -197,6 +211,19 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
         cause=cause,
         fix=fix,
     )
+
+
+def _stepped_by_hand(tl: TimelineView) -> set[str]:
+    """The params a hand-written update applied a gradient to (grads.stepped at the steps
+    closed by one, handsteps.py)."""
+    hand = {step for step, v in tl.series("optim.hand_step") if v}
+    if not hand:
+        return set()
+    out: set[str] = set()
+    for step, names in tl.series("grads.stepped"):
+        if step in hand:
+            out.update(names or ())
+    return out
 
 
 def _in_eval_throughout(tl: TimelineView, missing: list[str]) -> list[str]:
