@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import sys
 from array import array
 from collections.abc import Callable
@@ -85,10 +86,18 @@ class TimelineWriter:
         self._last_step: int | None = None
         self._flushes = 0
         self.bytes = 0
+        # A process forked from this one (hogwild workers by torch.multiprocessing's fork, a
+        # fork Pool) inherits this writer and its open file, offset shared: what it records
+        # must not go into this run's file (the parent's steps and the children's interleaved).
+        self._pid = os.getpid()
         timeline.track_changes()
 
     @property
     def ok(self) -> bool:
+        if os.getpid() != self._pid:
+            # A forked child's copy: it writes nothing, so it tracks no changes either.
+            self.finished = True
+            self.timeline.track_changes(False)
         return self.broken is None and not self.finished
 
     def flush(self, *, full: bool | None = None) -> None:

@@ -578,3 +578,29 @@ def test_an_error_in_the_release_after_the_report_is_in_the_run_directory(tmp_pa
     written = json.loads((doc.run_dir / "findings.json").read_text())
     assert [e["where"] for e in written["internal_errors"]] == ["release"]
     assert "release failed" in written["internal_errors"][0]["error"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_forked_worker_writes_nothing_into_the_runs_timeline(tmp_path):
+    """Hogwild workers started by fork (torch.multiprocessing, pytorch/examples' mnist_hogwild)
+    inherit a watched run's timeline writer and its open file: their own steps' records
+    went into the parent's timeline.jsonl, interleaved with the parent's."""
+    import json
+
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork in a threaded process
+        with traindoctor.watch(model, opt, console=False, out_dir=tmp_path, budget=1.0) as doc:
+            _train(model, opt, 2)
+            pid = os.fork()
+            if pid == 0:  # the worker: trains on, its structural steps flush, then exits
+                try:
+                    _train(model, opt, 3)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+    steps = [r["step"] for r in map(json.loads, (doc.run_dir / "timeline.jsonl").open())
+             if r.get("type") == "step"]  # fmt: skip
+    assert steps and max(steps) <= 2, steps
+    assert doc.report.steps == 2 and not doc.report.internal_errors
