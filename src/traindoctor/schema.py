@@ -588,6 +588,7 @@ class ModeCall(Event, total=False):
     source: str | None
     training: bool
     validating: bool
+    norm: bool  # the module called is a normalization layer (BatchNorm, InstanceNorm)
 
 
 class PutInEval(Event, total=False):

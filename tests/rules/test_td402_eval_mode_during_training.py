@@ -96,3 +96,34 @@ def test_functional_dropout_whose_line_reads_the_mode_needs_no_step_with_it_on()
     assert f.step == 2 and "training=self.training" in f.cause
     fixed = dict(call, source="gat.py:108", code="h = F.dropout(h, self.p, training=False)")
     assert_silent("TD402", make_timeline(params=["a.weight"], steps=steps, events=[fixed]))
+
+
+def _norms(names, roots_training=True):
+    return {**_eval_at(0, names, roots_training), "norms_only": True}
+
+
+def test_td402_a_mid_run_batchnorm_freeze_while_the_model_trains_is_an_info():
+    # QAT's freeze_bn_stats sets bn.training directly: no .eval() call is seen.
+    qat = _modes_tl([(1, _eval_at(1, [])), (49, _norms(["conv.bn"]))])
+    f = assert_fires("TD402", qat)
+    assert f.severity.value == "info" and "frozen" in f.title and f.step == 49
+    # `for m in model.modules(): if isinstance(m, nn.BatchNorm2d): m.eval()` at epoch 3.
+    call = {"step": 30, "training": False, "validating": False, "source": "train.py:77"}
+    loop = _modes_tl(
+        [(1, _eval_at(1, [])), (31, _norms(["backbone.bn1", "backbone.bn2"]))],
+        calls=[{**call, "module": "backbone.bn1", "norm": True}],
+    )
+    f = assert_fires("TD402", loop)
+    assert f.severity.value == "info" and "train.py:77" in f.cause
+
+
+def test_td402_norm_layers_left_in_eval_by_a_container_call_stay_an_error():
+    call = {"step": 30, "training": False, "validating": False, "source": "val.py:12"}
+    tl = _modes_tl(
+        [(1, _eval_at(1, [])), (31, _norms(["backbone.bn1"]))],
+        calls=[{**call, "module": "backbone", "norm": False}],
+    )
+    assert assert_fires("TD402", tl).severity.value == "error"
+    # The whole model in eval mode: the error, norms only or not.
+    tl = _modes_tl([(1, _eval_at(1, [])), (31, _norms(["bn1"], roots_training=False))])
+    assert assert_fires("TD402", tl).severity.value == "error"

@@ -104,6 +104,14 @@ def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+def _is_dropout(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.modules.dropout._DropoutNd)
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._NormBase)
+
+
 def mode_sensitive(module: torch.nn.Module) -> bool:
     """Whether train/eval mode changes what the module computes."""
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -419,11 +427,12 @@ class ModesProbe(Probe):
                 if trained is None or (p.rstrip(".") or "<model>") in trained
             }
             self._record_functional(step, rec, roots)
-        in_eval = tuple(
-            name
+        in_eval_modules = [
+            (name, m)
             for root, name, m in self._sensitive
             if not m.training and (trained is None or root in trained)
-        )
+        ]
+        in_eval = tuple(name for name, _ in in_eval_modules)
         if in_eval:
             facts = rec.timeline.facts["modes"]
             facts["steps_in_eval"] = facts.get("steps_in_eval", 0) + 1
@@ -437,6 +446,8 @@ class ModesProbe(Probe):
                     "eval": list(in_eval[:MAX_NAMES]),
                     "count": len(in_eval),
                     "sensitive": len(self._sensitive),
+                    # Only normalization layers (no Dropout): what a BatchNorm freeze leaves.
+                    "norms_only": not any(map(_is_dropout, map(_TENSOR, in_eval_modules))),
                     "roots_training": {
                         (p.rstrip(".") or "<model>"): bool(self._inner.get(p, m).training)
                         for p, m in self.ctx.models.items()
@@ -490,6 +501,7 @@ class ModesProbe(Probe):
             training=mode,
             validating=ctx.state.validating,
             source=user_source(2),
+            norm=_is_norm(module),
         )
 
     # -- validation forwards --------------------------------------------------------------

@@ -82,9 +82,14 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     restore the mode in the same callback (`was = m.training; m.eval(); ...; m.train(was)`) or
     evaluate `trainer.ema.ema`.
 
+    Normalization layers alone put in eval mode midway while the model stays in train mode,
+    by `.eval()` calls on those layers themselves or by setting their `training` flag
+    (quantization-aware training's `freeze_bn_stats`), are a deliberate BatchNorm freeze: an
+    info.
+
     ## Known false positives
-    Freezing BatchNorm statistics on purpose midway through training (calling `.eval()` on BN
-    layers after some epochs) is reported; ignore TD402 then.
+    A BatchNorm freeze done through a container's `.eval()` (`model.backbone.eval()` midway,
+    the backbone still trained) is reported; ignore TD402 then.
     """
     changes = tl.series("modes.eval_at_step")
     onset = None
@@ -104,6 +109,10 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
             yield found
         return
     step, info, roots_off = onset
+    frozen = _norm_freeze(tl, step, info, roots_off)
+    if frozen is not None:
+        yield frozen
+        return
     names = info.get("eval") or []
     count = info.get("count", len(names))
     sensitive = info.get("sensitive", count)
@@ -147,6 +156,63 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
         ),
     )
     yield ultralytics.eval_mode_during_training(tl, found)  # Ultralytics' words where it trained
+
+
+def _norm_freeze(
+    tl: TimelineView, step: int, info: dict[str, Any], roots_off: list[str]
+) -> Finding | None:
+    """Normalization layers only, put in eval mode midway while every trained model stays in
+    train mode, by no `.eval()` call on a container (each call seen was on a norm layer
+    itself, or none was: QAT's `freeze_bn_stats` sets `bn.training` directly): a BatchNorm
+    freeze (fine-tuning, QAT's recipe), not a validation's `.eval()` left behind. Said as a
+    note. A validation's forgotten `.eval()` reaches the whole model or a submodule, with its
+    Dropout layers and with a call on that container."""
+    if roots_off or not info.get("norms_only"):
+        return None
+    calls = [
+        e
+        for e in tl.events("mode_call")
+        if not e.get("training") and e["step"] <= step and not e.get("validating")
+    ]
+    if any(not e.get("norm") for e in calls):
+        return None
+    names = info.get("eval") or []
+    count = info.get("count", len(names))
+    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    call = calls[-1] if calls else None
+    how = (
+        f" by `.eval()` calls on the layers themselves (the last at {call['source']})"
+        if call and call.get("source")
+        else ", their `training` flag set directly (no `.eval()` call was seen)"
+    )
+    return tl.finding(
+        title=f"BatchNorm statistics frozen from step {step}: {count} normalization "
+        "layer(s) in eval mode while the model trains",
+        step=step,
+        evidence={
+            "modules_in_eval": names[:20],
+            "count": count,
+            "first_step": step,
+            "steps_in_eval": (tl.fact("modes") or {}).get("steps_in_eval", 0),
+            "models_in_eval_mode": [],
+            "switched_at": call.get("source") if call else None,
+        },
+        where=Where(
+            module=common_module([f"{n}.x" for n in names]),
+            source=call.get("source") if call else None,
+        ),
+        cause=(
+            f"From step {step}, {shown} normalize with their running statistics and stop "
+            f"updating them, switched{how}, while the model and its Dropout layers stay in "
+            "train mode: a deliberate freeze (fine-tuning with frozen BatchNorm, "
+            "quantization-aware training's `freeze_bn_stats`)"
+        ),
+        fix=(
+            "nothing, if the freeze is meant; otherwise put the layers back in train mode "
+            "(`model.train()` at the start of each epoch)"
+        ),
+        severity=Severity.INFO,
+    )
 
 
 # A line that passes a module's mode as the flag: `training=self.training`.
