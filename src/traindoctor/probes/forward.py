@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._graph import VIEW_NODES
 from .._source import user_source
 from ..bus import Event
 from ..timeline import signal
@@ -105,6 +106,17 @@ class ForwardProbe(Probe):
             for n, m in model.named_modules()
             if n and _has_trainable_bias(m)
         }
+        # id(bias) -> its name, for a bias added by hand right before a norm (_added_bias).
+        self._biases = (
+            {
+                id(m._parameters["bias"]): f"{prefix}{n}.bias"
+                for prefix, model in ctx.models.items()
+                for n, m in model.named_modules()
+                if n and _has_trainable_bias(m)
+            }
+            if norms
+            else {}
+        )
         rec.timeline.facts.setdefault("bias_before_norm", {})
 
     def _note_biased(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
@@ -120,10 +132,15 @@ class ForwardProbe(Probe):
             if grad_fn is None or not _uses_batch_stats(module):
                 return
             hit = self._biased.get(id(grad_fn))
-            if hit is not None and hit[0] is grad_fn:
+            name = f"{hit[1]}.bias" if hit is not None and hit[0] is grad_fn else None
+            if name is None:
+                # `conv_out + self.bias.view(1, -1, 1, 1)` then the norm, inside one module's
+                # forward (QAT's fused ConvBn: the conv runs with a zero bias, adds its own).
+                name = _added_bias(grad_fn, self._biases, getattr(module, "num_features", 0))
+            if name is not None:
                 assert self.ctx is not None
                 facts = self.ctx.rec.timeline.facts.setdefault("bias_before_norm", {})
-                facts.setdefault(f"{hit[1]}.bias", qual)
+                facts.setdefault(name, qual)
 
         return hook
 
@@ -252,6 +269,27 @@ def _unrun_referenced(models: dict[str, torch.nn.Module], ran: set[str]) -> list
                     out.append(qual)
                 break
     return out
+
+
+def _added_bias(grad_fn: Any, biases: dict[int, str], channels: int) -> str | None:
+    """The name of a watched bias of `channels` values that the node adds to its other
+    operand (directly or through views of it: `x + self.bias.view(1, -1, 1, 1)`)."""
+    if type(grad_fn).__name__ != "AddBackward0" or not channels:
+        return None
+    for node, _ in grad_fn.next_functions:
+        for _ in range(4):  # a view or two of the bias
+            if node is None:
+                break
+            variable = getattr(node, "variable", None)
+            if variable is not None:
+                name = biases.get(id(variable))
+                if name is not None and variable.numel() == channels:
+                    return name
+                break
+            if type(node).__name__ not in VIEW_NODES or not node.next_functions:
+                break
+            node = node.next_functions[0][0]
+    return None
 
 
 def _has_trainable_bias(module: torch.nn.Module) -> bool:
