@@ -74,6 +74,26 @@ def test_params_outside_the_optimizer_are_left_to_td103():
     assert_silent("TD106", make_timeline(params=PARAMS, optimizers=[opt], steps=steps))
 
 
+def test_params_trained_by_hand_beside_a_later_optimizer_are_judged():
+    # PyTorch's nn_tutorial trains raw tensors by hand (w -= w.grad * lr), then later models
+    # with optim.SGD in the same script: the raw tensors are in no optimizer, yet trained; with
+    # their grad.zero_() removed they carry every gradient (they blew up to NaN by step 46).
+    opt = optimizer_facts(["fc.weight", "fc.bias"])
+    carried = {"out.weight": 0.7}
+    steps = {s: {"grads.carried": carried} for s in (2, 3, 4)}
+    for s in (1, 2, 3, 4):
+        steps.setdefault(s, {}).update({"optim.hand_step": 1, "grads.stepped": ["out.weight"]})
+    events = [
+        {"kind": "hand_step", "step": 1, "source": None},
+        {"kind": "backward_call", "step": 1, "source": "nn_tutorial.py:234"},
+        {"kind": "optimizer_step", "step": 9, "source": "nn_tutorial.py:459"},
+    ]
+    tl = make_timeline(params=PARAMS, optimizers=[opt], steps=steps, events=events)
+    f = assert_fires("TD106", tl)
+    assert f.where.params == ("out.weight",) and f.where.source == "nn_tutorial.py:234"
+    assert "hand-written weight updates" in f.cause
+
+
 # -- a second optimizer, judged on its own cycles (probes/cycles.py) ------------------------------
 CRITIC, ACTOR = ["q.weight", "q.bias"], ["pi.weight", "pi.bias"]
 TWO = [optimizer_facts(CRITIC), optimizer_facts(ACTOR)]

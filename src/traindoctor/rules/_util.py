@@ -104,6 +104,20 @@ def optimizer_names(tl: TimelineView) -> set[str]:
     }
 
 
+def stepped_by_hand(tl: TimelineView) -> set[str]:
+    """The params whose gradients a hand-written update applied (`p -= lr * p.grad` under
+    no_grad, `p.data.add_(...)`: grads.stepped at the steps one closed, handsteps.py). The
+    caller declares "optim.hand_step" and "grads.stepped"."""
+    hand = {step for step, v in tl.series("optim.hand_step") if v}
+    if not hand:
+        return set()
+    out: set[str] = set()
+    for step, names in tl.series("grads.stepped"):
+        if step in hand:
+            out.update(names or ())
+    return out
+
+
 def merged_forward_calls(tl: TimelineView) -> dict[str, dict[str, Any]] | None:
     """Module call facts merged over the structural steps, or None if never recorded."""
     series = tl.series("forward.calls")

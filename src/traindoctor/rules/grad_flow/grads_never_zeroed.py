@@ -14,6 +14,7 @@ from .._util import (
     describe_groups,
     group_params,
     optimizer_names,
+    stepped_by_hand,
     trainable_names,
 )
 
@@ -149,7 +150,13 @@ def _judged(
     name="grads-never-zeroed",
     severity=Severity.ERROR,
     summary="Gradients from earlier optimizer steps are still in .grad when the next backward adds to them.",
-    requires=("grads.carried", "grads.stepped", "grads.cycle_carried", "grads.norm"),
+    requires=(
+        "grads.carried",
+        "grads.stepped",
+        "grads.cycle_carried",
+        "grads.norm",
+        "optim.hand_step",
+    ),
     events=("backward_call", "hand_step", "optimizer_step", "optimizer_first_step"),
     facts=("optimizers", "params"),
     priority=32,
@@ -230,14 +237,20 @@ def grads_never_zeroed(
     trainable = trainable_names(tl)
     groups = group_params(names, all_names)
     growth = _growth(tl, names)
-    hand = bool(tl.events("hand_step")) and not tl.events("optimizer_step")
+    # Trained by hand: no optimizer ever stepped, or none holds these params (raw tensors
+    # trained by hand before the script's later models get an optimizer).
+    hand = bool(tl.events("hand_step")) and (
+        not tl.events("optimizer_step") or not carried & optimizer_names(tl)
+    )
     share = "all" if len(names) == len(trainable) else f"{len(names)} of {len(trainable)}"
     yield tl.finding(
         title=f"{share} trainable params still held the previous step's gradient when backward "
         f"started ({describe_groups(groups)})",
         step=steps[0],
         evidence={"params_carrying_grad": len(names), "observed_steps": steps, **growth},
-        where=Where(module=common_module(names), params=tuple(names), source=_source(tl, names)),
+        where=Where(
+            module=common_module(names), params=tuple(names), source=_source(tl, names, hand)
+        ),
         cause=(
             "the gradients are never zeroed between the hand-written weight updates: each "
             "update applies the sum of every gradient since the start, so updates grow and "
@@ -275,12 +288,14 @@ def _observations(tl: TimelineView) -> list[tuple[int, dict[str, float]]]:
 def _held(tl: TimelineView, carried: set[str]) -> set[str]:
     held = optimizer_names(tl)
     if held:
-        # zero_grad() only clears what the optimizer holds; the rest is TD103's finding.
-        return carried & held
+        # zero_grad() only clears what the optimizer holds; the rest is TD103's finding. Params
+        # a hand-written update trained are judged too (raw tensors trained by hand before the
+        # script builds an optimizer for its next model, as PyTorch's nn_tutorial does).
+        return carried & (held | stepped_by_hand(tl))
     return carried
 
 
-def _source(tl: TimelineView, names: list[str]) -> str | None:
+def _source(tl: TimelineView, names: list[str], hand: bool = False) -> str | None:
     """The step() line of the one optimizer that holds every param in `names` (from its first
     step: a second optimizer's line is seen nowhere else); else optimizer.step()'s line; in a
     loop that updates the weights by hand, the line that writes them (a `p.data` write), else
@@ -292,7 +307,8 @@ def _source(tl: TimelineView, names: list[str]) -> str | None:
             held = {n for g in optimizers[i]["groups"] for n in g["params"]}
             if held.issuperset(names):
                 return e["source"]
-    for kind in ("optimizer_step", "hand_step", "backward_call"):
+    kinds = ("hand_step", "backward_call") if hand else ("optimizer_step", "hand_step")
+    for kind in (*kinds, "backward_call"):
         for e in tl.events(kind):
             if e.get("source"):
                 return e["source"]

@@ -17,6 +17,7 @@ from .._util import (
     optimizer_source,
     replaced_params,
     same_layout,
+    stepped_by_hand,
     trainable_names,
 )
 from ._held_out import held_out_by_design
@@ -108,7 +109,7 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
     # Params whose gradients a hand-written update applied (`p -= lr * p.grad` under no_grad,
     # `p.data.add_(...)`) are trained, by the user's own code: the nn_tutorial trains raw
     # tensors so before it builds any optimizer for the next models.
-    by_hand = _stepped_by_hand(tl)
+    by_hand = stepped_by_hand(tl)
     missing = [n for n in missing if n not in by_hand]
     if not missing:
         return
@@ -211,19 +212,6 @@ def params_not_in_optimizer(tl: TimelineView) -> Iterator[Finding]:
         cause=cause,
         fix=fix,
     )
-
-
-def _stepped_by_hand(tl: TimelineView) -> set[str]:
-    """The params a hand-written update applied a gradient to (grads.stepped at the steps
-    closed by one, handsteps.py)."""
-    hand = {step for step, v in tl.series("optim.hand_step") if v}
-    if not hand:
-        return set()
-    out: set[str] = set()
-    for step, names in tl.series("grads.stepped"):
-        if step in hand:
-            out.update(names or ())
-    return out
 
 
 def _in_eval_throughout(tl: TimelineView, missing: list[str]) -> list[str]:
