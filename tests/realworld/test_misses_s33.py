@@ -81,7 +81,7 @@ class _TutorialLM(nn.Module):
 @pytest.mark.parametrize("masked", [False, True])
 def test_tutorial_lm_without_its_causal_mask(tmp_path, masked):
     source = _tokens(1, 200, 8)  # batchified (T, B)
-    batches = [(source[i : i + 16], source[i + 1 : i + 17].reshape(-1)) for i in range(0, 96, 16)]
+    batches = [(source[i : i + 16], source[i + 1 : i + 17].reshape(-1)) for i in range(0, 64, 16)]
 
     def loss_of(model, data, targets):
         mask = nn.Transformer.generate_square_subsequent_mask(16) if masked else None
@@ -119,7 +119,7 @@ class _Seq2Seq(nn.Module):
 def test_transformer_decoder_without_tgt_mask(tmp_path, masked):
     src = _tokens(2, 12, 48)  # (S, N)
     tgt = torch.cat([torch.zeros(1, 48, dtype=torch.long), src.flip(0)])  # BOS + reversed
-    batches = [(src[:, i : i + 8], tgt[:, i : i + 8]) for i in range(0, 48, 8)]
+    batches = [(src[:, i : i + 8], tgt[:, i : i + 8]) for i in range(0, 32, 8)]
 
     def loss_of(model, s, t):
         mask = nn.Transformer.generate_square_subsequent_mask(12) if masked else None
