@@ -131,19 +131,25 @@ def poor_initialization(
     # A tied output layer's gain is the embedding's init over the program's own input-side
     # scale (T5 multiplies its last hidden state by d ** -0.5 before the tied lm_head of an
     # N(0, 1) embedding): not a fan-in choice. Only logits large enough to cost more than
-    # `ce_margin` nats at init (std above sqrt(2 x ce_margin): a random target pays about
-    # std^2 / 2 over ln C) are reported for it.
+    # the loss at init's own bar are reported for it (a random target pays about std^2 / 2
+    # over ln C: std above sqrt(2 x that excess)).
     tied_mods = {
         n.rsplit(".", 1)[0] if "." in n else "<model>"
         for p, tie in ties.items()
         for n in [p, *(tie.get("also") or [])]
     }
+    # The bar is the one the measured loss at init must pass (below): an excess over ln C of
+    # max((ce_factor - 1) ln C, ce_margin), with C the cross-entropy's classes when one ran.
+    first_ce = _first_ce(tl)
+    excess_bar = ce_margin
+    if first_ce is not None and first_ce[2] > 1:
+        excess_bar = max((ce_factor - 1) * math.log(first_ce[2]), ce_margin)
     bad_layers = [
         (m, v[0], v[2])
         for m, v in gain.items()
         if v[0] > max_gain
         and v[2] >= min_out_std
-        and (m not in tied_mods or v[2] > math.sqrt(2 * ce_margin))
+        and (m not in tied_mods or v[2] > math.sqrt(2 * excess_bar))
     ]
     bad_layers.sort(key=lambda t: -t[1])
     # A cross-entropy over logits that a learned temperature multiplies starts where that
