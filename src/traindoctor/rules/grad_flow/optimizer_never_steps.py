@@ -193,10 +193,7 @@ def optimizer_never_steps(
         title=title,
         step=last + 1,
         evidence={
-            "optimizer_steps": len(stepped),
-            "backward_passes": total,
-            "backward_since_last_step": since,
-            "backward_per_step_before": max(per_step, default=0),
+            **_counts(len(stepped), total, since, per_step),
         },
         where=Where(source=source),
         cause=cause,
@@ -225,10 +222,7 @@ def _other_model(
         ),
         step=last + 1,
         evidence={
-            "optimizer_steps": steps,
-            "backward_passes": total,
-            "backward_since_last_step": since,
-            "backward_per_step_before": max(per_step, default=0),
+            **_counts(steps, total, since, per_step),
             "measured_at_backward": [e.get("backward_since_step") for e in idle[:8]],
             "watched_params_fed": 0,
             "watched_trained_params": idle[-1].get("trained"),
@@ -278,10 +272,7 @@ def _gradient_evaluation(
         "for training",
         step=last + 1,
         evidence={
-            "optimizer_steps": steps,
-            "backward_passes": total,
-            "backward_since_last_step": since,
-            "backward_per_step_before": max(per_step, default=0),
+            **_counts(steps, total, since, per_step),
             "measured_at_backward": [e.get("backward_since_step") for e in idle[:8]],
             "models_training": [e.get("training") for e in idle[:8]],
             "input_grads": [e.get("input_grads") for e in idle[:8]],
@@ -298,6 +289,17 @@ def _gradient_evaluation(
         ),
         severity=Severity.INFO,
     )
+
+
+def _counts(steps: int, total: int, since: int, per_step: list[int]) -> dict[str, int]:
+    """The evidence every TD105 finding gives: steps, backward passes, those since the last
+    step, and the most a step had before."""
+    return {
+        "optimizer_steps": steps,
+        "backward_passes": total,
+        "backward_since_last_step": since,
+        "backward_per_step_before": max(per_step, default=0),
+    }
 
 
 def _first_source(tl: TimelineView) -> str | None:
@@ -349,10 +351,7 @@ def _stepped_elsewhere(
         ),
         step=last + 1,
         evidence={
-            "optimizer_steps": steps,
-            "backward_passes": total,
-            "backward_since_last_step": since,
-            "backward_per_step_before": max(per_step, default=0),
+            **_counts(steps, total, since, per_step),
             "unwatched_optimizers": [
                 {k: u.get(k) for k in ("class", "steps", "first", "last", "holds_watched")}
                 for u in others[:8]
