@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -46,6 +47,19 @@ def graph_nodes(root: torch.Tensor, limit: int) -> Iterator[object]:
         seen.add(id(node))
         yield node
         frontier.extend(fn for fn, _ in node.next_functions)
+
+
+def below_views(node: Any, limit: int) -> Any:
+    """The first node at or under `node` that is not a view (VIEW_NODES), down a view's one
+    input, at most `limit` views down (then the view reached); None where a view ends."""
+    for _ in range(limit):
+        if node is None or type(node).__name__ not in VIEW_NODES:
+            return node
+        nxt = [c for c, _ in node.next_functions if c is not None]
+        if len(nxt) != 1:
+            return node
+        node = nxt[0]
+    return node
 
 
 def node_source(node: object) -> str | None:

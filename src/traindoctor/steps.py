@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import _hooks
+from ._graph import graph_nodes
 from ._mode_stack import OursPaused, UsersOff
 from .budget import Work
 from .bus import Event
@@ -196,7 +197,9 @@ class StepDriver:
         run.bus.emit(Event.AFTER_BACKWARD, state._step, run.rec)
         if self.hand.active:
             run.guard.call("hand steps", self.hand.after_backward)
-        if self.backward_since_step >= self._pause_after() and not run.guard.paused:
+        # (PAUSE_AFTER_MIN first: an int test, no call, on every ordinary step)
+        since = self.backward_since_step
+        if since >= PAUSE_AFTER_MIN and since >= self._pause_after() and not run.guard.paused:
             self._pause()
         budget = run.budget
         spent = _clock() - t0
@@ -437,18 +440,12 @@ def _gradient_use(ctx: Any, root: torch.Tensor) -> dict[str, Any]:
         return {}
     models = list(ctx.models.values())
     params = {id(p) for m in models for p in m.parameters()} | ctx.optimizer_param_ids()
-    inputs = 0
-    seen: set[int] = set()
-    stack = [root.grad_fn] if root.grad_fn is not None else []
-    while stack and len(seen) < 100_000:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            if id(variable) not in params and not isinstance(variable, torch.nn.Parameter):
-                inputs += 1
-            continue
-        stack.extend(next_node for next_node, _ in node.next_functions)
+    leaves = (getattr(node, "variable", None) for node in graph_nodes(root, 100_000))
+    inputs = sum(
+        1
+        for v in leaves
+        if isinstance(v, torch.Tensor)
+        and id(v) not in params
+        and not isinstance(v, torch.nn.Parameter)
+    )
     return {"training": any(m.training for m in models), "input_grads": inputs}

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .._graph import VIEW_NODES
+from .._graph import VIEW_NODES, below_views
 
 # Views and copies: the same values, rearranged.
 _VIEWS = VIEW_NODES
@@ -124,14 +124,7 @@ def _constant_factor(node: Any, kind: str, children: list[Any]) -> float | bool 
 
 
 def _below_views(node: Any) -> Any:
-    for _ in range(16):
-        if node is None or type(node).__name__ not in _VIEWS:
-            return node
-        nxt = [c for c, _ in node.next_functions if c is not None]
-        if len(nxt) != 1:
-            return node
-        node = nxt[0]
-    return node
+    return below_views(node, 16)
 
 
 def _made_by_division(child: Any, leaves: list[Any]) -> bool:

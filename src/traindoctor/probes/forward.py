@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._graph import VIEW_NODES
+from .._graph import below_views
 from .._source import user_source
 from ..bus import Event
 from ..timeline import signal
@@ -100,22 +100,16 @@ class ForwardProbe(Probe):
                     ctx.hook("probe forward", self._make_norm_hook(f"{prefix}{name}"))
                 )
             )
-        self._names = {
-            id(m): f"{prefix}{n}"
+        biased = [
+            (f"{prefix}{n}", m)
             for prefix, model in ctx.models.items()
             for n, m in model.named_modules()
             if n and _has_trainable_bias(m)
-        }
+        ]
+        self._names = {id(m): qual for qual, m in biased}
         # id(bias) -> its name, for a bias added by hand right before a norm (_added_bias).
         self._biases = (
-            {
-                id(m._parameters["bias"]): f"{prefix}{n}.bias"
-                for prefix, model in ctx.models.items()
-                for n, m in model.named_modules()
-                if n and _has_trainable_bias(m)
-            }
-            if norms
-            else {}
+            {id(m._parameters["bias"]): f"{qual}.bias" for qual, m in biased} if norms else {}
         )
         rec.timeline.facts.setdefault("bias_before_norm", {})
 
@@ -276,19 +270,11 @@ def _added_bias(grad_fn: Any, biases: dict[int, str], channels: int) -> str | No
     operand (directly or through views of it: `x + self.bias.view(1, -1, 1, 1)`)."""
     if type(grad_fn).__name__ != "AddBackward0" or not channels:
         return None
-    for node, _ in grad_fn.next_functions:
-        for _ in range(4):  # a view or two of the bias
-            if node is None:
-                break
-            variable = getattr(node, "variable", None)
-            if variable is not None:
-                name = biases.get(id(variable))
-                if name is not None and variable.numel() == channels:
-                    return name
-                break
-            if type(node).__name__ not in VIEW_NODES or not node.next_functions:
-                break
-            node = node.next_functions[0][0]
+    for operand, _ in grad_fn.next_functions:
+        variable = getattr(below_views(operand, 3), "variable", None)  # a view or two of it
+        name = biases.get(id(variable)) if variable is not None else None
+        if name is not None and variable.numel() == channels:
+            return name
     return None
 
 

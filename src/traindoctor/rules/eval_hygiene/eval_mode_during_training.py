@@ -13,14 +13,24 @@ from .._util import common_module
 from . import _ultralytics as ultralytics
 
 
-def _switch_call(tl: TimelineView, onset: int) -> dict[str, Any] | None:
-    """The user's last `.eval()`/`.train(False)` call at or before the onset step."""
-    calls = [
+def _eval_calls(tl: TimelineView, onset: int) -> list[dict[str, Any]]:
+    """The user's `.eval()`/`.train(False)` calls at or before the onset step (outside
+    `doc.validating()`)."""
+    return [
         e
         for e in tl.events("mode_call")
         if not e.get("training") and e["step"] <= onset and not e.get("validating")
     ]
+
+
+def _switch_call(tl: TimelineView, onset: int) -> dict[str, Any] | None:
+    """The user's last `.eval()`/`.train(False)` call at or before the onset step."""
+    calls = _eval_calls(tl, onset)
     return calls[-1] if calls else None
+
+
+def _shown(names: list[str], count: int) -> str:
+    return ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
 
 
 @rule(
@@ -118,7 +128,7 @@ def eval_mode_during_training(tl: TimelineView) -> Iterator[Finding]:
     sensitive = info.get("sensitive", count)
     steps_in_eval = (tl.fact("modes") or {}).get("steps_in_eval", 0)
     call = _switch_call(tl, step)
-    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    shown = _shown(names, count)
     since = (
         f" `{call['module']}` was switched to eval mode at {call['source']} (step {call['step']})"
         " and not switched back."
@@ -169,16 +179,12 @@ def _norm_freeze(
     Dropout layers and with a call on that container."""
     if roots_off or not info.get("norms_only"):
         return None
-    calls = [
-        e
-        for e in tl.events("mode_call")
-        if not e.get("training") and e["step"] <= step and not e.get("validating")
-    ]
+    calls = _eval_calls(tl, step)
     if any(not e.get("norm") for e in calls):
         return None
     names = info.get("eval") or []
     count = info.get("count", len(names))
-    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    shown = _shown(names, count)
     call = calls[-1] if calls else None
     how = (
         f" by `.eval()` calls on the layers themselves (the last at {call['source']})"

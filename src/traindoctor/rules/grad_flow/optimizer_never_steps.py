@@ -192,9 +192,7 @@ def optimizer_never_steps(
     yield tl.finding(
         title=title,
         step=last + 1,
-        evidence={
-            **_counts(len(stepped), total, since, per_step),
-        },
+        evidence=_counts(len(stepped), total, since, per_step),
         where=Where(source=source),
         cause=cause,
         fix=fix,
