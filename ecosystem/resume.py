@@ -83,6 +83,17 @@ def run_one(case: str, out: Path, src: Path | None) -> dict:
     }
 
 
+def _until(hhmm: str, start: datetime.datetime) -> datetime.datetime:
+    """The moment --until names: HH:MM UTC on the start's day, or the next day's when that is
+    more than 12 hours before the start (a run started at 23:40 with --until 01:10 stops after
+    midnight, not at once; one started at 15:30 with --until 15:25 starts nothing)."""
+    hour, minute = (int(part) for part in hhmm.split(":"))
+    stop = start.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if start - stop > datetime.timedelta(hours=12):
+        stop += datetime.timedelta(days=1)
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="folder of done.jsonl, logs, results")
@@ -98,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     if done_file.exists():
         done = {json.loads(line)["case"] for line in done_file.read_text().splitlines() if line}
     priority = [c for c in args.priority.split(",") if c]
+    stop = _until(args.until, datetime.datetime.now(datetime.timezone.utc)) if args.until else None
     for case in args.only or ordered_cases(priority, args.programs):
         if case in done:
             continue
         now = datetime.datetime.now(datetime.timezone.utc)
-        if args.until and now.strftime("%H:%M") >= args.until:
+        if stop and now >= stop:
             print(f"{args.until} UTC reached: stopping before {case}", flush=True)
             break
         line = {**run_one(case, args.out, args.src), "at": now.strftime("%H:%M")}
