@@ -600,6 +600,11 @@ class LossWithoutGrad(Event, total=False):
     fn: str
 
 
+class ModelFeeds(Event, total=False):
+    model: str  # a watched model whose training forward's output ...
+    into: str  # ... was an input of this other watched model's training forward
+
+
 class Nonfinite(Event, total=False):
     loss_finite: bool
     grads_finite: bool | None
@@ -791,6 +796,12 @@ _event(
 )
 _event("mode_call", "a .train()/.eval() call on a watched module", ModeCall)
 _event("put_in_eval", "a watched model's first .eval() by the user", PutInEval)
+_event(
+    "model_feeds",
+    "a watched model's training output was the input of another watched model (a generator's "
+    "images given to the discriminator), once per pair in the first steps",
+    ModelFeeds,
+)
 _event(
     "models_added",
     "models watched from a later phase on (zero-code: trained by an optimizer built after attach)",

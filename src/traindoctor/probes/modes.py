@@ -14,6 +14,7 @@ of the evaluated and trained params, read back with everything else.
 from __future__ import annotations
 
 import functools
+import weakref
 from itertools import chain, compress
 from operator import attrgetter, itemgetter
 from typing import Any, ClassVar
@@ -59,6 +60,9 @@ MAX_VALIDATION_EVENTS = 1000
 # Heap scans for unwatched copies of the watched models (an EMA), at the first evaluation
 # (~70 ms on a heap of 350k objects); zero-code mode also looks in its attach's shared scan.
 MAX_COPY_SCANS = 1
+# Steps in which a watched model's training outputs are matched against the inputs of the
+# others (a generator feeding its discriminator): the pairs are set by the code of the step.
+FEED_STEPS = 8
 
 
 _SWITCHABLE = (
@@ -100,6 +104,15 @@ def _no_inference_buffers(modules: list[torch.nn.Module] | None) -> bool:
     return not any(map(_IS_INFERENCE, values))
 
 
+def _data_ptr(t: torch.Tensor) -> int | None:
+    """The address of a tensor's memory; None where it has none (meta, sparse, a subclass
+    without storage) or it is 0 (empty)."""
+    try:
+        return t.data_ptr() or None
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
@@ -131,6 +144,7 @@ class ModesProbe(Probe):
         "mode_call",
         "validation_in_train_mode",
         "put_in_eval",
+        "model_feeds",
         "inference_tensors",
         "validated_model",
     )
@@ -162,6 +176,10 @@ class ModesProbe(Probe):
         self._copy_scans = 0
         self._copy_scan_step: int | None = None
         self._nograd_forwards = 0
+        # The first FEED_STEPS steps of a run of several watched models: root -> a weak
+        # reference to the output of its last training forward; the pairs seen (model, into).
+        self._outputs: dict[str, Any] | None = None
+        self._feeds: set[tuple[str, str]] = set()
         # A watched model ran a training forward since the last backward: gradient-free
         # forwards now belong to this step's loss (a target/teacher pass), not a validation.
         self._grad_forward = False
@@ -218,6 +236,8 @@ class ModesProbe(Probe):
             self.handles.append(
                 inner.register_forward_hook(ctx.hook("probe modes", self._on_inner_forward))
             )
+        if len(ctx.models) > 1:
+            self._outputs = {}
         self._train_listener = ctx.hook("probe modes", self._on_train_call)
         _mode_patches.add_train_listener(self._train_listener)
         _mode_patches.add_region_listener(self)
@@ -256,6 +276,8 @@ class ModesProbe(Probe):
 
     # -- per step -------------------------------------------------------------------------
     def prepare(self, step: int, sampled: bool, rec: Recorder) -> None:
+        if self._outputs is not None and step > FEED_STEPS:
+            self._outputs = None
         self._nograd_forwards = 0
         self._grad_forward = False
         self._phase_reported.clear()
@@ -516,9 +538,11 @@ class ModesProbe(Probe):
             return  # called by its wrapper: the wrapper's forward is the one counted
         self._on_forward(module, args, output)
 
-    def _on_forward(self, module: torch.nn.Module, _args: Any, _output: Any) -> None:
+    def _on_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if torch.is_grad_enabled():
             self._grad_forward = True
+            if self._outputs is not None:
+                self._note_feeds(module, args, output)
             return  # a training forward: nothing else to look at
         if torch.is_inference_mode_enabled():
             self._forward_in_region = True
@@ -560,6 +584,32 @@ class ModesProbe(Probe):
             trained=any(id(p) in held for p in module.parameters()),
             source=user_source(2),
         )
+
+    def _note_feeds(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """In the first FEED_STEPS steps: a `model_feeds` event (once per pair) when an input of
+        this training forward holds the memory of another watched model's last training output
+        still alive (a generator's images, or their `.detach()`, given to the discriminator);
+        then this forward's output is kept (weakly) for the models called after it."""
+        outputs, ctx = self._outputs, self.ctx
+        root = self._roots.get(id(module))
+        if outputs is None or ctx is None or root is None:
+            return
+        ptrs = {_data_ptr(a) for a in args if isinstance(a, torch.Tensor)} - {None}
+        for other, ref in list(outputs.items()):
+            out = ref()
+            if other == root or out is None or (other, root) in self._feeds:
+                continue
+            if _data_ptr(out) in ptrs:
+                self._feeds.add((other, root))
+                ctx.rec.event(ctx.state.step, "model_feeds", model=other, into=root)
+        first = output if isinstance(output, torch.Tensor) else None
+        if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+            first = output[0]
+        if first is not None:
+            try:
+                outputs[root] = weakref.ref(first)
+            except TypeError:
+                outputs.pop(root, None)
 
     def _functional_in_validation(self, root: str | None) -> None:
         """A validation whose forwards dropped out through F.dropout (no Dropout module in

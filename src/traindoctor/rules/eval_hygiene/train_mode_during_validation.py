@@ -20,7 +20,7 @@ PER_STEP = 5
     severity=Severity.WARNING,
     summary="Validation forward passes run with BatchNorm/Dropout in train mode.",
     requires=(),
-    events=("validation_in_train_mode", "put_in_eval", "loss_without_grad"),
+    events=("validation_in_train_mode", "put_in_eval", "loss_without_grad", "model_feeds"),
     priority=38,
 )
 def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
@@ -54,6 +54,13 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     before the student's forward), not validated between epochs, and is not reported; nor
     are a copy's train-mode passes in a step where the user then set its mode (a BN
     re-estimation by hand, then `.eval()`).
+
+    A watched model whose training outputs are the inputs of another watched model's training
+    forward (in the first steps each training forward's inputs are compared by memory address
+    with the other models' last outputs still alive: a generator's images, or their
+    `.detach()`, given to its discriminator) is info when nothing shows an evaluation of it:
+    its gradient-free forwards are samples (for logging, or the discriminator's fake batch)
+    computed as its training forwards are, with batch statistics.
 
     An unwatched copy of a watched model (an EMA deep-copied from it) is followed too: found
     in the heap at the first evaluation (a watched model's `.eval()` or gradient-free forward,
@@ -105,7 +112,13 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
     events = [e for e in every if not e.get("copy_of")]
     if not events:
         return
-    first = events[0]
+    # A model whose training outputs are the inputs of another watched model (a generator's
+    # images go to its discriminator), with nothing in the run that shows an evaluation:
+    # its gradient-free forwards are samples, computed as its training forwards are.
+    fed = {e.get("model"): e.get("into") for e in tl.events("model_feeds")}
+    samplers = {m for m in {e.get("model") for e in events} if m in fed and not signs.of(events, m)}
+    loud = [e for e in events if e.get("model") not in samplers]
+    first = (loud or events)[0]
     evaluated = signs.of(events, first.get("model"))
     if first.get("functional_dropout") and not first.get("modules"):
         yield _functional(tl, first, len(events), evaluated)
@@ -128,6 +141,26 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
             "Put the model in eval mode for validation and back after: `with "
             "doc.validating(model):` does both (`model.eval()` ... `model.train()` by hand)."
         )
+    elif not loud:
+        into = fed[model]
+        title = (
+            f"Gradient-free forwards of `{model}` (its training outputs feed `{into}`) ran "
+            f"with {count} BatchNorm/Dropout module(s) in train mode"
+        )
+        cause = (
+            f"Gradient-free forward passes{at} ran while {shown} were in train mode. In "
+            f"training, `{model}`'s outputs are the inputs of `{into}` (a generator's samples "
+            "given to its discriminator), and nothing in the run evaluates it in eval mode "
+            "(no `.eval()`, no loss computed with gradients off, no `doc.validating()`): "
+            "these forwards computed what its training forwards compute, with batch "
+            "statistics, as samples for logging or for the other model do. Only BatchNorm's "
+            "running statistics, which nothing in this run reads, moved with them."
+        )
+        fix = (
+            f"Nothing to fix for sampling as trained. If `{model}` is later used in eval mode "
+            "(exported, or evaluated with its running statistics), sample it inside `with "
+            f"doc.validating({model}):` or re-estimate BatchNorm's statistics first."
+        )
     else:
         title = (
             f"Gradient-free forwards of `{model}` between training steps ran with {count} "
@@ -148,9 +181,11 @@ def train_mode_during_validation(tl: TimelineView) -> Iterator[Finding]:
         )
     yield tl.finding(
         title=title,
+        severity=None if loud else Severity.INFO,
         step=first["step"],
         evidence={
             "model": model,
+            "outputs_feed": None if loud else fed[model],
             "modules_in_train_mode": names[:20],
             "count": count,
             "validations_affected": len(events),

@@ -1,0 +1,130 @@
+"""Session 34 (H1): healthy programs of kinds not tried before, and known wrong verdicts.
+
+Wrong verdicts fixed (each test fails before its fix):
+- TD403 (warning) on a conditional GAN (eriklindernoren/PyTorch-GAN's cgan.py layout) whose
+  generator, BatchNorm1d in train mode, is sampled one row per class under no_grad for an
+  image grid: 'gradient-free forwards ... in train mode'. The generator is never evaluated
+  (no .eval(), no loss with gradients off): its samples are computed as its training forwards
+  are. The modes probe now sees, in the first steps, that the generator's training outputs
+  are the discriminator's inputs (`model_feeds`); such a model's gradient-free forwards are
+  info unless the run shows an evaluation. A loss computed on the samples with gradients off
+  is still a warning, and so is the head of an encoder/head pair validated in train mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import traindoctor as td
+from traindoctor.findings import Severity
+
+
+def _found(doc) -> dict:
+    report = doc.report
+    assert not report.internal_errors, report.internal_errors
+    return {f.code: f for f in report.findings}
+
+
+def _loud(doc) -> dict:
+    return {c: f for c, f in _found(doc).items() if f.severity is not Severity.INFO}
+
+
+# -- TD403: a generator sampled under no_grad in train mode -------------------------------------
+
+
+class _CGen(nn.Module):
+    def __init__(self, classes=10, latent=16, out=64):
+        super().__init__()
+        self.label_emb = nn.Embedding(classes, classes)
+        self.model = nn.Sequential(
+            nn.Linear(latent + classes, 64),
+            nn.LeakyReLU(0.2),
+            nn.Linear(64, 128),
+            nn.BatchNorm1d(128, 0.8),
+            nn.LeakyReLU(0.2),
+            nn.Linear(128, out),
+            nn.Tanh(),
+        )
+
+    def forward(self, z, labels):
+        return self.model(torch.cat((self.label_emb(labels), z), -1))
+
+
+class _CDisc(nn.Module):
+    def __init__(self, classes=10, inp=64):
+        super().__init__()
+        self.label_embedding = nn.Embedding(classes, classes)
+        self.model = nn.Sequential(
+            nn.Linear(classes + inp, 128), nn.LeakyReLU(0.2), nn.Dropout(0.4), nn.Linear(128, 1)
+        )
+
+    def forward(self, x, labels):
+        return self.model(torch.cat((x, self.label_embedding(labels)), -1))
+
+
+def cgan(tmp_path, scored=False, steps=40):
+    torch.manual_seed(0)
+    g, d = _CGen(), _CDisc()
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    protos = torch.randn(10, 64).tanh()
+    b = 32
+    with td.watch({"G": g, "D": d}, [opt_g, opt_d], out_dir=tmp_path, console=False) as doc:
+        for i in range(steps):
+            labels = torch.randint(0, 10, (b,))
+            real = (protos[labels] + 0.1 * torch.randn(b, 64)).clamp(-1, 1)
+            valid, fake = torch.ones(b, 1), torch.zeros(b, 1)
+            opt_g.zero_grad()
+            gen_labels = torch.randint(0, 10, (b,))
+            gen = g(torch.randn(b, 16), gen_labels)
+            g_loss = F.mse_loss(d(gen, gen_labels), valid)
+            g_loss.backward()
+            opt_g.step()
+            opt_d.zero_grad()
+            d_loss = (
+                F.mse_loss(d(real, labels), valid) + F.mse_loss(d(gen.detach(), gen_labels), fake)
+            ) / 2
+            d_loss.backward()
+            opt_d.step()
+            if i % 10 == 9:  # sample_image(): one row of the grid per class
+                with torch.no_grad():
+                    for c in range(10):
+                        x = g(torch.randn(10, 16), torch.full((10,), c))
+                        if scored:  # a score of the samples, gradients off: an evaluation
+                            F.mse_loss(x, protos[c].expand(10, -1))
+    return doc
+
+
+def test_a_generator_sampled_in_train_mode_is_info(tmp_path):
+    f = _found(cgan(tmp_path))["TD403"]
+    assert f.severity is Severity.INFO, f
+    assert f.evidence["outputs_feed"] == "D" and "feed `D`" in f.title
+
+
+def test_a_generator_scored_with_a_loss_in_train_mode_is_still_a_warning(tmp_path):
+    f = _loud(cgan(tmp_path, scored=True))["TD403"]
+    assert f.evidence["outputs_feed"] is None
+
+
+def test_the_head_of_an_encoder_head_pair_validated_in_train_mode_is_a_warning(tmp_path):
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU())
+    head = nn.Sequential(nn.Dropout(0.3), nn.Linear(32, 3))
+    opt = torch.optim.SGD([*enc.parameters(), *head.parameters()], lr=0.05)
+    w = torch.randn(8, 3)
+    with td.watch({"enc": enc, "head": head}, opt, out_dir=tmp_path, console=False) as doc:
+        for i in range(60):
+            x = torch.randn(32, 8)
+            loss = F.cross_entropy(head(enc(x)), (x @ w).argmax(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i % 20 == 19:  # accuracy only, no eval(), no loss: the classic validation
+                with torch.no_grad():
+                    for _ in range(3):
+                        xv = torch.randn(64, 8)
+                        (head(enc(xv)).argmax(1) == (xv @ w).argmax(1)).float().mean()
+    f = _loud(doc)["TD403"]
+    assert f.evidence["model"] == "head", f.evidence
