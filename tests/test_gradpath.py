@@ -211,6 +211,35 @@ def test_focused_walk_hooks_fewer_nodes_and_keeps_every_verdict():
     assert "that can block measured" in str(focused)
 
 
+def test_focused_walk_skips_scaling_by_a_nonzero_number_but_not_by_zero():
+    # 0.1 * tanh(h) in every block of a deep residual net: nothing to measure there (its
+    # gradient has the zeros of the one it receives), 2 hooks per block otherwise; a scale of
+    # exactly 0 blocks, a constant mask is still judged.
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(4, 4) for _ in range(6)]
+    x = torch.randn(8, 4)
+
+    def walked(scale):
+        h = x
+        for i, layer in enumerate(layers):
+            h = h + (scale if i == 3 else 0.1) * torch.tanh(layer(h))
+        loss = h.square().mean()
+        walk = Walk(loss, focus=True)
+        loss.backward()
+        return walk.finish()
+
+    scaled = walked(0.5)
+    assert not scaled.find("mul")
+    (zeroed,) = walked(0.0).find("mul")
+    assert zeroed.verdict == BLOCKS
+    mask = (torch.rand(8, 4) > 0.5).float()
+    loss = (torch.tanh(layers[0](x)) * mask).sum()
+    walk = Walk(loss, focus=True)
+    loss.backward()
+    (masked,) = walk.finish().find("mul")
+    assert masked.verdict == MASK
+
+
 class _Fails(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
