@@ -47,7 +47,7 @@ def test_model_is_found_when_only_its_submodules_are_called(tmp_path):
     assert f.step == 1
 
 
-def _gan(steps: int, zero_g: bool = True) -> None:
+def _gan(steps: int, zero_g: bool = True) -> tuple[nn.Module, ...]:
     # Each optimizer steps its own model; D's backward also reaches G (no detach), so G's
     # .grad holds D's contribution until opt_g.zero_grad(): legitimate, not TD106.
     gen, disc = nn.Linear(4, 4), nn.Linear(4, 1)
@@ -60,13 +60,15 @@ def _gan(steps: int, zero_g: bool = True) -> None:
             loss = disc(gen(torch.randn(5, 4))).mean()
             loss.backward()
             opt.step()
+    return gen, disc  # (zero-code mode holds the models weakly: the caller keeps them)
 
 
 def test_two_models_with_two_optimizers_are_both_watched_and_healthy(tmp_path):
     doctor = _doctor(tmp_path)
     with attached(doctor):
-        _gan(30)
+        kept = _gan(30)
         watched = len(doctor.optimizers), len(doctor.models)
+        del kept
     report = doctor.close()
     assert watched == (2, 2)  # read before close: a closed doctor holds them weakly
     # Updates and zeroing are judged per optimizer, not at the primary optimizer's step only.

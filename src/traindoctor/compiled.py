@@ -19,6 +19,7 @@ another name, `module.compile()`, or a compiled function that calls the model).
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import torch
@@ -56,7 +57,8 @@ class CompileWatch:
     def __init__(self) -> None:
         self.compiled: set[str] = set()  # prefixes of the watched models that run compiled
         self._eager: dict[str, int] = {}  # prefix -> eager calls of our watch hooks this step
-        self._models: dict[str, torch.nn.Module] = {}
+        # prefix -> weakref: a model the script drops (a zero-code sweep's trial) is freed
+        self._models: dict[str, weakref.ref[torch.nn.Module]] = {}
         self._handles: list[Any] = []
         # Graphs compiled before this attach: an earlier run in the process (a notebook, a
         # test session) that compiled a model must not make this run's idle models compiled.
@@ -73,7 +75,7 @@ class CompileWatch:
         return model
 
     def attach(self, models: dict[str, torch.nn.Module]) -> None:
-        self._models = dict(models)
+        self._models = {p: weakref.ref(m) for p, m in models.items()}
         for prefix, model in models.items():
             if prefix in self.compiled or compiled_statically(model):
                 self.compiled.add(prefix)
@@ -105,7 +107,7 @@ class CompileWatch:
         found: set[str] = set()
         idle = [p for p, calls in self._eager.items() if calls == 0]
         if backward_ran and idle and _dynamo_graphs() > self._graphs_before:
-            found = {p for p in idle if _has_grad(self._models[p])}
+            found = {p for p in idle if _has_grad(self._models[p]())}
         for prefix in found:
             self.compiled.add(prefix)
             del self._eager[prefix]
@@ -119,7 +121,9 @@ class CompileWatch:
         self._handles.clear()
 
 
-def _has_grad(model: torch.nn.Module) -> bool:
+def _has_grad(model: torch.nn.Module | None) -> bool:
+    if model is None:
+        return False  # dropped by the script
     # The first trainable parameter only: asked every step of a model that was not called
     # (an EMA copy evaluated now and then), it must not walk all of its parameters.
     first = next((p for p in model.parameters() if p.requires_grad), None)

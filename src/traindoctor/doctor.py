@@ -17,7 +17,7 @@ import torch
 
 from . import _hooks, _patches, config, distributed
 from ._guard import Guard
-from ._release import WeakList, WeakModels, scrub
+from ._release import DroppedOptimizer, RunModels, WeakList, WeakModels, WeakSlots, scrub
 from ._validate import check_options
 from .budget import Budget
 from .bus import Bus, Event
@@ -157,7 +157,13 @@ class Doctor:
         # their steps since the primary's last; one that steps twice in a row while the
         # primary is idle numbers the steps from then on (self._primary).
         self._late: dict[int, int] = {}
-        self._primary: torch.optim.Optimizer | None = None
+        self._primary: weakref.ref[torch.optim.Optimizer] | None = None
+        # Zero-code mode holds the watched models and optimizers weakly (a sweep's trials are
+        # freed when the script drops them, _release.py): id -> the weakref whose callback
+        # purges what the run's caches keep of a dropped one (_dropped).
+        self._weak = False
+        self._drop_refs: dict[int, weakref.ref] = {}
+        self._first_opt: Any = None  # the first optimizer (a weakref in zero-code mode)
         self.created_at = self.run.created_at  # id(optimizer) -> source line that built it
         self.findings: list[Finding] = []
         self.report: Report | None = None
@@ -217,8 +223,11 @@ class Doctor:
         # torch.compile's wrapper is watched through the module it wraps: names without
         # `_orig_mod.`, and the model is known to run compiled from the start.
         compile_watch = self._steps.compile_watch
-        self.models = {p: compile_watch.unwrap(p, m) for p, m in models.items()}
-        self.optimizers = list(optimizers)
+        self._weak = self.mode == "zero-code"
+        self.models = self._holding({p: compile_watch.unwrap(p, m) for p, m in models.items()})
+        self.optimizers = WeakSlots(optimizers) if self._weak else list(optimizers)
+        self._first_opt = _first_ref(self.optimizers)
+        self._watch_drops(self.models.values(), self.optimizers)
         names: dict[int, str] = {}
         for prefix, model in self.models.items():
             for name, p in model.named_parameters():
@@ -284,8 +293,13 @@ class Doctor:
         if self.context is None or any(o is opt for o in self.optimizers):
             return
         # Copy-on-write: a probe iterating ctx.optimizers on another thread keeps the old list.
-        self.optimizers = [*self.optimizers, opt]
+        if isinstance(self.optimizers, WeakSlots):
+            self.optimizers = self.optimizers.plus(opt)
+        else:
+            self.optimizers = [*self.optimizers, opt]
         self.context.optimizers = self.optimizers
+        self._first_opt = _first_ref(self.optimizers)
+        self._watch_drops((), [opt])
         self._late[id(opt)] = 0
         self._hook_optimizer(opt)
         optim_probe = self.probe("optim")
@@ -302,6 +316,8 @@ class Doctor:
         if ctx is None:
             return []
         watched = {id(sub) for m in self.models.values() for sub in m.modules()}
+        # (a dropped model's prefix is not given again: its names stay in the facts)
+        taken = {*self.models, *(f"{k}." for k in self.timeline.facts.get("models", {}))}
         added: dict[str, torch.nn.Module] = {}
         for model in models:
             if id(model) in watched:
@@ -309,7 +325,7 @@ class Doctor:
             watched.update(id(sub) for sub in model.modules())
             base, k = type(model).__name__, 1
             prefix = f"{base}."
-            while prefix in self.models or prefix in added:
+            while prefix in taken or prefix in added:
                 k += 1
                 prefix = f"{base}{k}."
             added[prefix] = model
@@ -321,7 +337,8 @@ class Doctor:
                 names.setdefault(id(p), f"{prefix}{name}")
         # Copy-on-write: a probe iterating ctx.models on another thread (two threads training
         # at once) keeps the dict it holds; inserting into it raised "dictionary changed size".
-        self.models = ctx.models = {**self.models, **added}
+        self.models = ctx.models = self._holding({**dict(self.models.items()), **added})
+        self._watch_drops(added.values(), ())
         self._note_models()
         for probe in self.probes:
             if hasattr(probe, "models_added"):
@@ -336,9 +353,64 @@ class Doctor:
     def _note_models(self) -> None:
         """The `models` fact: each watched model's name and class (at attach, and again when a
         later phase adds models)."""
-        self.timeline.facts["models"] = {
-            (p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()
-        }
+        models = {(p.rstrip(".") or "<model>"): type(m).__name__ for p, m in self.models.items()}
+        if self._weak:  # a dropped model keeps its name: findings about it still say it
+            models = {**self.timeline.facts.get("models", {}), **models}
+        self.timeline.facts["models"] = models
+
+    def _holding(self, models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+        """How the run holds its models: weakly in zero-code mode (but our own LooseTensors)."""
+        if not self._weak:
+            return models
+        from .loose import LooseTensors
+
+        return RunModels(models, strong=lambda m: isinstance(m, LooseTensors))
+
+    def _watch_drops(self, models: Iterable[Any], optimizers: Iterable[Any]) -> None:
+        """Zero-code mode: a callback when one of these models or optimizers is freed."""
+        if not self._weak:
+            return
+        for kind, objs in (("model", models), ("optimizer", optimizers)):
+            for obj in objs:
+                key = id(obj)
+                if key in self._drop_refs or type(obj).__name__ == "LooseTensors":
+                    continue
+                with contextlib.suppress(TypeError):  # (not weakly referable: held as is)
+                    self._drop_refs[key] = weakref.ref(obj, _on_drop(self, kind, key))
+
+    def _dropped(self, kind: str, key: int) -> None:
+        """A watched model or optimizer the script dropped was freed (weakref callback: it
+        runs where the last reference went, so it only forgets). What the run's caches held
+        of it goes: the named-params walk, names of tensors no one holds now (a later trial's
+        tensors may reuse their ids), a dropped optimizer's index entries; the probes with
+        `models_dropped` forget theirs. Findings about it keep what the timeline recorded."""
+        self._drop_refs.pop(key, None)
+        ctx = self.run.attached
+        if ctx is None or self._clock.closed:
+            return
+        if kind == "optimizer":
+            self._late.pop(key, None)
+            self.created_at.pop(key, None)
+            stats = ctx.__dict__.get("_param_stats")
+            if stats is not None:
+                stats.forget(key)
+        else:
+            # (copy-on-write: a reader keeps the dict it holds)
+            self.models = ctx.models = self._holding(dict(self.models.items()))
+            ctx.forget_params()
+        # (the callback runs before the dropped object's own references go: its tensors are
+        # alive now, and their ids free for a later trial's tensors soon)
+        live = {id(p) for _, p in ctx.named_params()}
+        live.update(id(p) for o in self.optimizers for g in o.param_groups for p in g["params"])
+        names = ctx.param_names
+        for k in [k for k in names if k not in live]:
+            del names[k]
+        if kind == "optimizer":
+            return
+        prefixes = [p for p in self.timeline.facts.get("models", {}) if p not in self.models]
+        for probe in self.probes:
+            if hasattr(probe, "models_dropped"):
+                self.guard.call(f"probe {probe.name}", probe.models_dropped, prefixes, self.rec)
 
     def _adopt_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """A torch optimizer holding watched params stepped, none was given to watch(): it is
@@ -390,12 +462,13 @@ class Doctor:
         may wrap it (Lightning's defers the pre-step until its closure has run backward)."""
 
         def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            if self._clock.closed or not self.optimizers:
+            first = self._first_opt
+            if self._clock.closed or first is None:
                 return
             # Runs twice a step: _primary_for's usual case (no later phase), Guard.call and
             # Budget.spend written out (three frames less per call, the same work).
             if self._primary is None and not self._late:
-                primary = optimizer is self.optimizers[0]
+                primary = optimizer is first()
             else:
                 primary = optimizer is self._primary_for(optimizer, pre)
             t0 = _clock()
@@ -426,9 +499,12 @@ class Doctor:
         the first stays idle: the first phase is over, the new one numbers the steps (its
         backward passes and updates were all lumped into one step). Counted in steps, never
         in time; a GAN's second optimizer steps between the first's and never takes over."""
-        current = self._primary if self._primary is not None else self.optimizers[0]
+        first = self._first_opt()  # (None: the first one was dropped)
+        current = self._primary() if self._primary is not None else None
+        if current is None:
+            current = first
         late = self._late
-        if current is not self.optimizers[0] and optimizer is self.optimizers[0]:
+        if current is not first and optimizer is first:
             # The first phase's optimizer steps again: not a phase that ended (a critic stepped
             # n times per generator step). It numbers the steps again, for good.
             self._primary = None
@@ -443,7 +519,7 @@ class Doctor:
         if n is None:
             return current
         if pre and n >= 2:
-            self._primary = optimizer
+            self._primary = weakref.ref(optimizer)
             for k in late:
                 late[k] = 0
             return optimizer
@@ -706,8 +782,11 @@ class Doctor:
         must not keep each trial's model and its Adam state alive). `models` and `optimizers`
         stay readable while the user holds them (weakly held from now on)."""
         self.models = WeakModels(self.models)
-        self.optimizers = WeakList(self.optimizers)
+        live = self.optimizers.live() if isinstance(self.optimizers, WeakSlots) else self.optimizers
+        self.optimizers = WeakList(live)
         self._primary = None
+        self._first_opt = None
+        self._drop_refs.clear()
         ctx = self.run.attached
         if ctx is not None:
             # (the scaler stays: `doc.scaler` is read after close, and it holds no model)
@@ -756,6 +835,28 @@ class Doctor:
 
 _clock = time.perf_counter
 _OPT_STEP = "hook optimizer step"
+
+
+def _first_ref(optimizers: list[Any]) -> Any:
+    """What the step hook calls for the first optimizer: a weakref (strongly held elsewhere
+    in watch mode), None without one."""
+    if not optimizers:
+        return None
+    first = optimizers[0]
+    return weakref.ref(first) if not isinstance(first, DroppedOptimizer) else lambda: None
+
+
+def _on_drop(doctor: Doctor, kind: str, key: int) -> Any:
+    """The weakref callback for `doctor`'s watched object `key` (the doctor held weakly too:
+    a doctor dropped before the model goes with it)."""
+    ref = weakref.ref(doctor)
+
+    def dropped(_: Any) -> None:
+        doc = ref()
+        if doc is not None:
+            doc.guard.call("release dropped", doc._dropped, kind, key)
+
+    return dropped
 
 
 def _check_value(name: str, value: Any, allow_none: bool = False) -> None:

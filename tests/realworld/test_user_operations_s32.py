@@ -321,6 +321,7 @@ def test_operation_gives_the_same_result_attached(program, tmp_path):
 # Measured (session 33, a sweep script not committed): 5 trials of a 256-1024-1024-10 MLP with Adam, 20
 # steps each, `del` + gc.collect() after each: live tensor bytes plainly 0.1 MiB flat; under the
 # discovery hooks 20.3, 40.5, 60.7, 80.9, 101.1 MiB (each trial's params, grads, Adam state).
+# Session 34 (zero-code mode holds models and optimizers weakly, _release.py): 0.1 MiB flat.
 # What a fix must handle: a live function's locals are invisible to gc.get_referrers (3.11), so
 # "no one else refers to it" cannot be tested and the holds must be weak (a weakref callback
 # then purges the id()-keyed entries: param_names, created_at, Held by id(opt), the
@@ -328,13 +329,6 @@ def test_operation_gives_the_same_result_attached(program, tmp_path):
 # positional (opt{i}/group{j} keys, the optim/cycles/schedule/amp probes), so a freed one
 # keeps its slot, and facts["optimizers"] (rewritten from the live list by optim.describe)
 # keeps its description.
-@pytest.mark.xfail(
-    strict=True,
-    reason="during a zero-code run, every later-phase model and every optimizer it adopted "
-    "stays held until close (doctor.models/optimizers, compile_watch._models, the attach "
-    "context's named-params cache and param stats, the grads and activations probes' per-param "
-    "and per-module state): a sweep holds all its trials until the script ends",
-)
 def test_a_sweep_frees_each_trials_model_under_traindoctor_run(tmp_path):
     from traindoctor.doctor import Doctor
     from traindoctor.integrations.autopatch import attached

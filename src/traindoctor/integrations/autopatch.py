@@ -241,7 +241,7 @@ class ZeroCodeSession:
         if not self._attached:
             self._attach()
             return
-        if not any(o is opt for o in self.doctor.optimizers):
+        if opt not in self.doctor.optimizers:  # identity: Optimizer has no __eq__
             self.doctor.add_optimizer(opt)
             self._open_later_phase(opt)
         late = self._late_opts  # None but in a later phase's first steps (a dict: calls)

@@ -9,6 +9,10 @@ the same keys and the same objects, and the watched models are the same: that is
 when something changed (a layer or a parameter replaced, added, deleted, a parametrization
 registered).
 
+The watched models themselves (the roots) are held weakly: a zero-code run's model that the
+script drops (a sweep's finished trial) is freed, and its callback drops this walk
+(`AttachContext.forget_params`) with the modules and params it kept.
+
 A module type that overrides `named_modules`, or a model that overrides `named_parameters` or
 `_named_members` (FSDP's wrappers, say), may list params from elsewhere: such models are walked
 again at each check, as before.
@@ -16,6 +20,7 @@ again at each check, as before.
 
 from __future__ import annotations
 
+import weakref
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -54,32 +59,39 @@ class NamedParams:
         if previous is not None and _same_pairs(pairs, previous.pairs):
             pairs = previous.pairs  # the same list: a reader that compares lists sees no change
         self.pairs = pairs
-        self._models = list(models.items())
+        roots = list(models.values())
+        self._models = [(p, weakref.ref(m)) for p, m in models.items()]
         modules: list[torch.nn.Module] | None = None
-        if all(map(_plain_root, models.values())):
-            modules = list(chain.from_iterable(m.modules() for m in models.values()))
+        if all(map(_plain_root, roots)):
+            modules = list(chain.from_iterable(m.modules() for m in roots))
             if not all(map(_plain_type, set(map(type, modules)))):
                 modules = None
             elif not {dict}.issuperset(map(type, map(_PARAMETERS, modules))) or not {
                 dict
             }.issuperset(map(type, map(_MODULES, modules))):
                 modules = None  # an OrderedDict's own order is not read here: walk again
-        self._modules = modules
-        self._state = _state(modules) if modules is not None else None
+        ids = set(map(id, roots))
+        # the modules below the roots (the roots are read from `_models` when checked)
+        self._modules = [m for m in modules if id(m) not in ids] if modules is not None else None
+        self._state = _state([*roots, *self._modules]) if self._modules is not None else None
 
     @property
     def modules(self) -> list[torch.nn.Module] | None:
-        """The modules of the walk, where its dicts are plain (None: not kept)."""
-        return self._modules
+        """The modules of the walk, the models' roots first, where its dicts are plain (None:
+        not kept, or a model is gone)."""
+        roots = [r() for _, r in self._models]
+        if self._modules is None or None in roots:
+            return None
+        return [*roots, *self._modules]
 
     def holds(self, models: dict[str, torch.nn.Module]) -> bool:
         """Whether a walk of `models` now would return `pairs` (False when it cannot tell)."""
         if self._modules is None or len(models) != len(self._models):
             return False
-        if not all(a == b[0] and m is b[1] for (a, m), b in zip(models.items(), self._models)):
+        if not all(a == b[0] and m is b[1]() for (a, m), b in zip(models.items(), self._models)):
             return False
         try:
-            return _state(self._modules) == self._state
+            return _state([*models.values(), *self._modules]) == self._state
         except Exception:  # noqa: BLE001  (a module without its dicts: walk again)
             return False
 

@@ -163,6 +163,14 @@ class ParamStats:
         """Taken once: a later step of the same optimizer has new gradients."""
         return self._grad_norms.pop(id(opt), None)
 
+    def forget(self, key: int) -> None:
+        """The optimizer of id `key` was freed (a zero-code sweep's trial, Doctor._dropped):
+        its index entry holds its params no more (a later one may reuse the id)."""
+        self._held.pop(key, None)
+        self._grad_norms.pop(key, None)
+        self._last = None
+        self._lengths = None
+
     def clear(self) -> None:
         """Forget every tensor held (at detach: the model may outlive nothing of ours)."""
         self._held.clear()

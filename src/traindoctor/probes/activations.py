@@ -23,6 +23,7 @@ step's one batched read. The output of the op is returned untouched: training is
 from __future__ import annotations
 
 import math
+import weakref
 from collections import deque
 from typing import Any, ClassVar
 
@@ -155,7 +156,9 @@ class ActivationsProbe(Probe):
         # facts of the module that produced it, in two dicts (no tuple per module call).
         self._produced: dict[int, torch.Tensor] = {}
         self._producer: dict[int, tuple[str, str, bool, torch.nn.Module]] = {}
-        # id(module) -> (name, type name, is a model's root, the module): the shared hooks'
+        # id(module) -> (name, type name, is a model's root, the module): the shared hooks'.
+        # A root's is a weakref (a zero-code run's model the script drops is freed, and
+        # models_dropped forgets its entries); the hooks know a root by facts[2].
         self._modules: dict[int, tuple[str, str, bool, torch.nn.Module]] = {}
         self._calls: dict[str, int] = {}
         self._input_std: torch.Tensor | None = None
@@ -206,7 +209,7 @@ class ActivationsProbe(Probe):
             for name, module in model.named_modules():
                 qual = f"{prefix}{name}" if name else (prefix.rstrip(".") or "<model>")
                 root = not name
-                facts = (qual, type(module).__name__, root, module)
+                facts = (qual, type(module).__name__, root, weakref.ref(module) if root else module)
                 where = roots if root else switch
                 if self._modules.setdefault(id(module), facts) is not facts:
                     # the same module object under a second model: hooks of its own
@@ -244,13 +247,14 @@ class ActivationsProbe(Probe):
 
     def _on_pre(self, module: torch.nn.Module, args: Any) -> None:
         facts = self._modules.get(id(module))
-        # (a deep copy of the model, an autopsy's, may carry the hooks: not its modules)
-        if facts is not None and facts[3] is module:
+        # (a deep copy of the model, an autopsy's, may carry the hooks: not its modules; a
+        # root's entry goes with its root, models_dropped)
+        if facts is not None and (facts[3] is module or facts[2]):
             self._pre(facts, module, args)
 
     def _on_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         facts = self._modules.get(id(module))
-        if facts is not None and facts[3] is module:
+        if facts is not None and (facts[3] is module or facts[2]):
             self._post(facts, module, output)
 
     def _pre_hook(self, qual: str, owner: torch.nn.Module, root: bool):
@@ -527,7 +531,10 @@ class ActivationsProbe(Probe):
             rec.defer(step, ACT_PRE_STD, stds, keys=names)
             bias_names, biases = [], []
             for n, site in zip(names, sites):
-                bias = getattr(site.module, "bias", None) if site.module is not None else None
+                module = site.module
+                if type(module) is weakref.ReferenceType:
+                    module = module()  # a model's root (held weakly)
+                bias = getattr(module, "bias", None) if module is not None else None
                 if isinstance(bias, torch.Tensor) and bias.numel() > 0:
                     bias_names.append(n)
                     biases.append(bias.detach())
@@ -536,6 +543,19 @@ class ActivationsProbe(Probe):
         for site in sites:
             site.step = None
             site.stats = []
+
+    def models_dropped(self, prefixes: list[str], rec: Recorder) -> None:
+        """Watched models the script dropped were freed (Doctor._dropped, zero-code mode):
+        their modules' entries go (a later model may reuse their ids), and their sites keep
+        their history without the module (recorded already)."""
+        ctx = self.ctx
+        assert ctx is not None
+        live = {id(m) for model in ctx.models.values() for m in model.modules()}
+        self._modules = {k: f for k, f in self._modules.items() if k in live}
+        for site in self._sites.values():
+            if isinstance(site.module, torch.nn.Module) and id(site.module) not in live:
+                site.module = None
+        self._plan = self._plan_root = self._full_sig = None  # (a later root may reuse its id)
 
     def detach(self) -> None:
         self._remove_step_hooks()

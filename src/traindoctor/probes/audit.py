@@ -47,6 +47,9 @@ class AuditProbe(Probe):
         self._signature: tuple = ()
         self._watch: _Handle | None = None
         self._rec: Recorder | None = None
+        # Rows of the components of models the script dropped (a zero-code sweep's finished
+        # trials): the table keeps what the run trained.
+        self._gone: list[dict[str, Any]] = []
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -77,7 +80,7 @@ class AuditProbe(Probe):
         self._generation = _requires_grad_patch.generation
         self._signature = _signature(ctx)
         held = ctx.optimizer_param_ids() if ctx.optimizers else None
-        audit = audit_models(ctx.models, ctx.named_params(), held)
+        audit = with_rows(audit_models(ctx.models, ctx.named_params(), held), self._gone)
         previous = rec.timeline.facts.get("audit")
         if previous is not None and _same(previous, audit):
             return
@@ -92,6 +95,17 @@ class AuditProbe(Probe):
             quantized=t["quantized"],
             lora=t["lora"],
         )
+
+    def models_dropped(self, prefixes: list[str], rec: Recorder) -> None:
+        """Watched models the script dropped were freed (Doctor._dropped): the rows of their
+        components in the last audit stay in the table."""
+        ctx = self.ctx
+        previous = rec.timeline.facts.get("audit")
+        if ctx is None or not previous:
+            return
+        live = audit_models(ctx.models, ctx.named_params())["components"]
+        have = {r["component"] for r in (*live, *self._gone)}
+        self._gone += [r for r in previous.get("components", []) if r["component"] not in have]
 
     def detach(self) -> None:
         super().detach()
@@ -307,17 +321,40 @@ def _fold(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rest = [r for r in components if id(r) not in kept]
     other = {"component": f"({len(rest)} more)", "class": "", **_row()}
     for r in rest:
-        for k, v in r.items():
-            if k in ("component", "class"):
-                continue
-            if isinstance(v, int):
-                other[k] = other.get(k, 0) + v
-            elif isinstance(v, dict):
-                for kk, vv in v.items():
-                    other[k][kk] = other[k].get(kk, 0) + vv
-            elif isinstance(v, list):
-                other[k] = (other[k] + v)[:MAX_NAMES]
+        _sum_into(other, r)
     return [r for r in components if id(r) in kept] + [other]
+
+
+def _sum_into(total: dict[str, Any], r: dict[str, Any]) -> None:
+    """Add row `r`'s counts, dtype/class counts and names to `total`."""
+    for k, v in r.items():
+        if k in ("component", "class"):
+            continue
+        if isinstance(v, int):
+            total[k] = total.get(k, 0) + v
+        elif isinstance(v, dict):
+            total[k] = dict(total.get(k, {}))
+            for kk, vv in v.items():
+                total[k][kk] = total[k].get(kk, 0) + vv
+        elif isinstance(v, list):
+            total[k] = (total.get(k, []) + v)[:MAX_NAMES]
+
+
+def with_rows(audit: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`audit` with the rows of dropped models' components first (those it has not), in its
+    totals too."""
+    names = {c["component"] for c in audit["components"]}
+    rows = [r for r in rows if r["component"] not in names]
+    if not rows:
+        return audit
+    totals = _row()  # in the table's order: the dropped models' names first
+    for r in rows:
+        _sum_into(totals, r)
+    _sum_into(totals, audit["totals"])
+    components = [*rows, *audit["components"]]
+    if len(components) > MAX_COMPONENTS:
+        components = _fold(components)
+    return {**audit, "components": components, "totals": totals}
 
 
 # -- failed requires_grad requests ----------------------------------------------------------

@@ -252,6 +252,11 @@ class GradsProbe(Probe):
         self._outside = (params, outside)
         return outside
 
+    def models_dropped(self, prefixes: list[str], rec: Recorder) -> None:
+        """Watched models the script dropped were freed (Doctor._dropped): the cached walk's
+        list (its params) goes with them."""
+        self._outside = None
+
     def _reset(self) -> None:
         if not (self._armed or self._params or self._received or self._none or self._stepped):
             return  # nothing to clear: the common, unsampled step

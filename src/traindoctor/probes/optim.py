@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import torch
 
+from .._release import DroppedOptimizer
 from .._source import is_user_file, relpath, user_source
 from ..timeline import signal
 from .base import AttachContext, Probe, Recorder
@@ -76,7 +77,12 @@ class OptimProbe(Probe):
         assert ctx is not None
         names = ctx.param_names
         optimizers = []
+        before = rec.timeline.facts.get("optimizers") or []
         for oi, opt in enumerate(ctx.optimizers):
+            if isinstance(opt, DroppedOptimizer) and oi < len(before):
+                # dropped by the script (a zero-code sweep's finished trial): as it was
+                optimizers.append(before[oi])
+                continue
             groups = []
             for gi, group in enumerate(opt.param_groups):
                 params = group["params"]

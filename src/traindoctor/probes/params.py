@@ -73,6 +73,9 @@ class ParamsProbe(Probe):
         # The last sampled step's (names, ids, requires_grad) and replaced names (on_pre_step).
         self._seen: tuple[list[Any], ...] | None = None
         self._replaced: list[str] = []
+        # Params of the models the script dropped (a zero-code sweep's finished trials): gone
+        # with their model, not removed from a live one (their inventory stays as it was).
+        self._dropped: set[str] = set()
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -119,6 +122,17 @@ class ParamsProbe(Probe):
         shared(ctx).names_version += 1
         rec.event(ctx.state.step, "models_added", models=list(models), params=new)
 
+    def models_dropped(self, prefixes: list[str], rec: Recorder) -> None:
+        """Watched models the script dropped were freed (Doctor._dropped): the inventory's
+        names that no live model holds now went with them."""
+        ctx = self.ctx
+        assert ctx is not None
+        live = set(map(_FIRST, ctx.named_params()))
+        inventory = rec.timeline.facts.get("params", {})
+        self._dropped.update(
+            n for n, e in inventory.items() if n not in live and not e.get("removed")
+        )
+
     def on_pre_step(self, step: int, sampled: bool, rec: Recorder) -> None:
         if not sampled:
             return  # walking the module tree every step would cost more than the budget
@@ -158,7 +172,7 @@ class ParamsProbe(Probe):
             if entry is not None:
                 entry["requires_grad"] = bool(p.requires_grad)
         for name, entry in inventory.items():
-            if name not in present:
+            if name not in present and name not in self._dropped:
                 # The module was removed (fused away, deleted): no longer trainable here.
                 entry["removed"] = True
                 entry["requires_grad"] = False

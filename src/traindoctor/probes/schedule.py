@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -110,7 +111,11 @@ class ScheduleProbe(Probe):
         self._rec: Recorder | None = None
         self._schedulers: dict[int, str] = {}  # id(scheduler) -> "sched<i>"
         self._epoch_args: set[str] = set()  # schedulers whose step(epoch) value was recorded
-        self._keep: list[Any] = []  # the schedulers themselves: their ids stay unique
+        # Weakrefs to the schedulers, whose callbacks drop their ids (a later one may reuse
+        # the id: a zero-code sweep's trial and its scheduler are freed when the script drops
+        # them; a scheduler holds its optimizer). Keys are numbered by `_count`.
+        self._keep: list[Any] = []
+        self._count = 0
         self._sampled = False
         self._fp16 = False  # float16 autocast seen at a forward
         self._listening = False
@@ -287,9 +292,10 @@ class ScheduleProbe(Probe):
         step = ctx.state.step
         key = self._schedulers.get(id(sched))
         if key is None:
-            key = f"sched{len(self._schedulers)}"
+            key = f"sched{self._count}"
+            self._count += 1
             self._schedulers[id(sched)] = key
-            self._keep.append(sched)
+            self._keep.append(_forgetting(sched, self._schedulers))
             site = call_site()
             by_framework = _stepped_by_framework()
             rec.event(
@@ -495,3 +501,17 @@ def remove_scheduler_listener(listener: SchedListener) -> None:
     if listener in _sched_listeners:
         _sched_listeners.remove(listener)
         release(SCHEDULER_STEPS)
+
+
+def _forgetting(sched: Any, keys: dict[int, str]) -> Any:
+    """A weakref to `sched` that drops its id from `keys` when it is freed (the scheduler
+    itself where it takes no weakref)."""
+    key = id(sched)
+
+    def forget(_: Any) -> None:
+        keys.pop(key, None)
+
+    try:
+        return weakref.ref(sched, forget)
+    except TypeError:
+        return sched
