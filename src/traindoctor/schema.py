@@ -417,6 +417,9 @@ class GradientCut(Event, total=False):
 
 class GradientPath(Event, total=False):
     nodes_walked: int
+    # The loss read as `+ (selected score - logsumexp)` or `+ log_softmax[label]` (a
+    # log-likelihood minimized, _loglik.py): {form, at, score_at, visited}; None otherwise
+    log_likelihood: dict[str, Any] | None
     nodes: list[dict[str, Any]]
     nodes_measured: int
     lines_known: bool

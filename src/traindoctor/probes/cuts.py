@@ -45,6 +45,9 @@ _ADDITIVE = frozenset(
     {"add", "sub", "add_", "sub_", "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__"}
     | {"__isub__", "rsub"}
 )
+# Ops that put their inputs side by side: a cut-derived input stacked beside a live one and
+# summed in (`torch.stack([main, aux.detach()]).sum()`) is a loss term like an added one.
+_JOIN = frozenset({"stack", "cat", "concat", "concatenate"})
 _DETACH = frozenset({"detach", "detach_"})
 _ARGMAX = frozenset({"argmax", "argmin"})
 # Ops whose integer output is an index into their input.
@@ -84,6 +87,7 @@ MAX_LINEAGE = 20_000  # tensors tracked at once (weak references only)
 MAX_ORIGINS = 256
 MAX_ITEMS = 64
 MAX_CONSTANTS = 16  # lines where a Python number is added to the loss, reported
+MAX_SOURCES = 32  # nodes a cut value is known to come from (a straight-through's, see _from)
 MAX_HELD = 8  # scalar adds held per (cut line, add line) until the backward says which are terms
 
 _TORCH_DIR = _source.TORCH_DIR
@@ -174,6 +178,12 @@ class CutTracker(TorchFunctionMode):
         self.active = False
         self.error: BaseException | None = None
         self._lineage: dict[int, tuple[weakref.ref, int, bool]] = {}
+        # Cut-derived tensor id -> the autograd nodes its value was detached from (the detached
+        # tensor's node and that node's inputs): a straight-through estimator adds the cut
+        # value back to one of them (`soft + (hard - soft).detach()`), on purpose. The nodes
+        # are held (they take no weak reference) so that their ids stay theirs, only while
+        # the window is open: stop() drops them.
+        self._from: dict[int, dict[int, Any]] = {}
         self._origins: list[dict[str, Any]] = []
         self._origin_index: dict[tuple[str, str, str], int] = {}
         # data_ptr of a cut tensor read into numpy -> (the array, weakly; origin). A tensor made
@@ -208,10 +218,12 @@ class CutTracker(TorchFunctionMode):
         if not self.active:
             return
         self.active = False
+        self._from.clear()
         _mode_stack.remove(self)
 
     def reset(self) -> None:
         self._lineage.clear()
+        self._from.clear()
         self._origins.clear()
         self._origin_index.clear()
         self._exits.clear()
@@ -250,10 +262,12 @@ class CutTracker(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         cut: tuple[int, bool] | None = None  # (origin, via numpy) of the first cut-derived input
         live = False  # an input carries a graph that is not cut-derived
+        sources: dict[int, Any] = {}  # of the cut-derived inputs (see _from)
         for t in _tensors(args, kwargs):
             hit = self._lookup(t)
             if hit is not None:
                 cut = cut or hit
+                sources.update(self._from.get(id(t), ()))
             elif t.requires_grad:
                 live = True
             elif self._exits and cut is None:
@@ -281,14 +295,14 @@ class CutTracker(TorchFunctionMode):
             if len(self._zero_starts) < MAX_LINEAGE:
                 self._zero_starts[id(out)] = weakref.ref(out)
             return
-        if name in _ADDITIVE and live:
-            self._sink(name, args, out, cut)
+        if live and (name in _ADDITIVE or (name in _JOIN and cut is not None)):
+            self._sink(name, args, kwargs, out, cut, sources)
         outs = _outputs(out)
         if not outs:
             return
         if cut is not None and not live:
             for o in outs:
-                self._mark(o, cut)
+                self._mark(o, cut, sources)
             return
         if not live:
             return
@@ -297,14 +311,14 @@ class CutTracker(TorchFunctionMode):
                 self._lineage.pop(id(o), None)
                 continue
             if cut is not None:  # a live and a cut input, no graph out (no_grad): still cut
-                self._mark(o, cut)
+                self._mark(o, cut, {**sources, **_nodes(args, kwargs)})
                 continue
             kind = _kind(name, func, o)
             if kind is None:
                 continue
             origin = self._origin(kind, name)
             if origin is not None:
-                self._mark(o, (origin, False))
+                self._mark(o, (origin, False), _nodes(args, kwargs))
 
     # -- lineage --------------------------------------------------------------------------
     def _lookup(self, t: torch.Tensor) -> tuple[int, bool] | None:
@@ -319,12 +333,19 @@ class CutTracker(TorchFunctionMode):
             return None
         return entry[1]
 
-    def _mark(self, t: torch.Tensor, cut: tuple[int, bool]) -> None:
+    def _mark(
+        self, t: torch.Tensor, cut: tuple[int, bool], sources: dict[int, Any] | None = None
+    ) -> None:
         if len(self._lineage) >= MAX_LINEAGE:
             self._lineage = {k: v for k, v in self._lineage.items() if v[0]() is not None}
+            self._from = {k: v for k, v in self._from.items() if k in self._lineage}
             if len(self._lineage) >= MAX_LINEAGE:
                 return
         self._lineage[id(t)] = (weakref.ref(t), cut[0], cut[1])
+        if sources and self.active:
+            self._from[id(t)] = sources if len(sources) <= MAX_SOURCES else {}
+        else:
+            self._from.pop(id(t), None)
 
     def _origin(self, kind: str, op: str) -> int | None:
         where = _caller()
@@ -350,11 +371,27 @@ class CutTracker(TorchFunctionMode):
 
     # -- cuts that reach the loss ---------------------------------------------------------
     def _sink(
-        self, name: str, args: tuple[Any, ...], out: Any, cut: tuple[int, bool] | None
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: Any,
+        cut: tuple[int, bool] | None,
+        sources: dict[int, Any],
     ) -> None:
-        """A scalar add/sub with a live operand: is the other operand cut-derived (or a Python
-        number equal to a `.item()` of the loss code)?"""
-        if not isinstance(out, torch.Tensor) or not out.requires_grad or out.numel() != 1:
+        """An add/sub with a live operand: is the other operand cut-derived (or, for a scalar,
+        a Python number equal to a `.item()` of the loss code)? A tensor add (`per_sample +
+        aux.detach()`) or a stack/cat beside a live tensor counts only with a cut-derived
+        operand, and only where the loss sums it in linearly (`confirm`): a detached target
+        inside a squared error (`(q - target.detach()).pow(2)`) is not a term."""
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return
+        if out.numel() != 1 and cut is None:
+            return
+        if cut is not None and sources and not sources.keys().isdisjoint(_nodes(args, kwargs)):
+            # A straight-through estimator (`soft + (hard - soft).detach()`, `loss -
+            # loss.detach()`): the cut value is added back to what it was detached from, so
+            # the value is replaced while the gradient passes. Not a term that trains nothing.
             return
         operand = None
         if cut is not None:
@@ -459,6 +496,21 @@ class CutTracker(TorchFunctionMode):
             return
         self._reported.add(key)
         self.on_cut(fact)
+
+
+def _nodes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[int, Any]:
+    """The autograd nodes of the live tensor inputs and those nodes' inputs, by id (host
+    metadata only)."""
+    out: dict[int, Any] = {}
+    for t in _tensors(args, kwargs):
+        fn = t.grad_fn
+        if fn is None or not t.requires_grad:
+            continue
+        out[id(fn)] = fn
+        for nxt, _ in fn.next_functions:
+            if nxt is not None:
+                out[id(nxt)] = nxt
+    return out
 
 
 def _cpu_zeros(t: Any) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import _loglik
 from .._anomaly_window import close_window, open_window
 from ..gradpath import BLOCKS, MASK, PARTLY, ZERO_OPERAND, Walk
 from ..timeline import signal
@@ -64,6 +65,9 @@ class GradPathProbe(Probe):
         self._cut_step = 0  # the step `gradient_cut` events are recorded at
         self._cuts_failed = False
         self._findings: list[Any] = []  # the last diagnosis pass's findings
+        # The walk step's loss read as `+ (score - logsumexp)` (_loglik), before its backward
+        # frees the numbers saved on the nodes; recorded with the walk.
+        self._loglik: dict[str, Any] | None = None
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -146,9 +150,23 @@ class GradPathProbe(Probe):
         self._walks += 1
         self._walk_step = step
         self._walk = Walk(root, focus=True)
+        self._loglik = None
+        if self._walks <= 2 and not self._maximizes():
+            try:
+                self._loglik = _loglik.log_likelihood(root)
+            except Exception as exc:  # noqa: BLE001 - a fact is lost, never the user's step
+                if self.ctx is not None:
+                    self.ctx.guard.record("probe gradpath loglik", exc)
         # Cut tensors added to a live scalar count as loss terms only where the loss sums
         # that scalar in (not a solver's `t1 = t0 + dt` run after the model's forward).
         self._cuts.confirm(self._walk.on_term)
+
+    def _maximizes(self) -> bool:
+        """An optimizer built with `maximize=True`: a log-likelihood as the loss is right."""
+        ctx = self.ctx
+        return ctx is not None and any(
+            g.get("maximize") for opt in ctx.optimizers for g in getattr(opt, "param_groups", ())
+        )
 
     def on_after_backward(self, step: int, rec: Recorder) -> None:
         walk, self._walk = self._walk, None
@@ -179,6 +197,7 @@ class GradPathProbe(Probe):
             seconds=round(path.seconds, 5),
             reference_grad=ref,
             lines_known=bool(in_loss),
+            log_likelihood=self._loglik,
             nodes=[
                 {
                     "index": n.index,

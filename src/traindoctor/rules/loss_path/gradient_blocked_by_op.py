@@ -60,6 +60,13 @@ NO_GRAPH = {
     ),
 }
 NO_GRAPH["index"] = NO_GRAPH["argmax"]
+# `torch.autograd.grad` without `create_graph=True` (forces from an energy model, torchani#238;
+# a gradient penalty): the gradients it returns carry no graph.
+AUTOGRAD_GRAD = (
+    "returns gradients without a graph: `torch.autograd.grad` ran without `create_graph=True`",
+    "pass `create_graph=True` to that `torch.autograd.grad` call (forces from an energy, a "
+    "gradient penalty), so the term's gradient reaches the model's parameters",
+)
 
 
 def _pct(x: float | None) -> str:
@@ -350,6 +357,8 @@ def _no_graph_findings(tl: TimelineView) -> Iterator[Finding]:
 def _no_graph_finding(tl: TimelineView, c: dict[str, Any], parts: list[str]) -> Finding:
     op, at, added = c.get("cut_op"), c.get("cut_at"), c.get("added_at")
     why, fix = NO_GRAPH[c["cut"]]
+    if c["cut"] == "op" and op == "grad":
+        why, fix = AUTOGRAD_GRAD
     if parts:
         subject = f"part {', '.join(repr(p) for p in parts)} (logged via doc.log parts)"
     else:

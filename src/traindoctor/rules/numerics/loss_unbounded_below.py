@@ -20,7 +20,7 @@ from .._util import loss_source
     "it does not improve: a term minimized towards -inf (most often a KL divergence with the "
     "wrong sign).",
     requires=("loss.train", "loss.backward", "loss_inputs.stats"),
-    events=("backward_call", "log_call", "loss_input"),
+    events=("backward_call", "log_call", "loss_input", "gradient_path"),
     facts=("optimizers",),
     # Before TD507: a sigmoid driven to exactly 0/1 by the blow-up sits at the BCE's clamp.
     priority=8,
@@ -52,7 +52,20 @@ def loss_unbounded_below(
     improved; not judged with several optimizers (a GAN's scores) or a loss that ends above -1 (a density model's negative log-likelihood can
     go below zero by design; it does not grow a hundredfold past it in a healthy run).
 
+    A log-likelihood used as the loss without its minus sign is the other case, found on the
+    loss's graph: the loss is a label's score minus the log of the normalizer with a plus
+    sign (`score - logsumexp(...)`, a CRF's `numerator - denominator`, `log_softmax(x)[y]`:
+    each <= 0), read on the walk step's backward through adds, subtractions, negations,
+    sums, means, views and products with a number (_loglik.py). Reported as an error when
+    the per-step loss also stays <= 0 at every step and falls by `loglik_fall` (10%) of its
+    start (the labels made ever less likely); nothing when an optimizer has `maximize=True`.
+
     ## Example
+    ```python
+    llh = crf(emissions, tags, mask=mask)   # pytorch-crf: the log-likelihood, <= 0
+    loss = llh                              # minimized: the gold tags made least likely
+    ```
+    Fix: `loss = -crf(emissions, tags, mask=mask)`. And:
     ```python
     KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())   # the divergence, >= 0
     loss = F.binary_cross_entropy(recon, x, reduction='sum') - KLD   # wrong sign
@@ -69,6 +82,10 @@ def loss_unbounded_below(
     """
     values = _per_step_losses(tl)
     if len(values) < min_steps:
+        return
+    loglik = _log_likelihood_finding(tl, values)
+    if loglik is not None:
+        yield loglik
         return
     w = max(3, len(values) // 5)
     head = statistics.median(v for _, v in values[:w])
@@ -120,6 +137,62 @@ def loss_unbounded_below(
         "subtracted on purpose needs a bound (clamp it, or stop when it passes a threshold)",
         severity=severity,
         confidence=0.7 if severity is Severity.ERROR else 0.4,
+    )
+
+
+def _log_likelihood_finding(
+    tl: TimelineView, values: list[tuple[int, float]], loglik_fall: float = 0.1
+) -> Finding | None:
+    """The loss is `+ (score - logsumexp)` on the graph (a log-likelihood, <= 0) and the
+    measured loss stays <= 0 and falls: the minimizer makes the labels least likely."""
+    facts = [
+        (e["step"], e["log_likelihood"])
+        for e in tl.events("gradient_path")
+        if isinstance(e.get("log_likelihood"), dict)
+    ]
+    if not facts or len(tl.fact("optimizers") or []) > 1:
+        return None
+    # The first walk that knows its lines (zero-code mode's step 1 ran before the attach).
+    step, ll = next((f for f in facts if f[1].get("at") or f[1].get("score_at")), facts[0])
+    w = max(3, len(values) // 5)
+    head = statistics.median(v for _, v in values[:w])
+    tail = statistics.median(v for _, v in values[-w:])
+    top = max(v for _, v in values)
+    if not (top <= 1e-6 * max(1.0, abs(head)) and head < 0 and tail < head * (1 + loglik_fall)):
+        return None
+    form = ll.get("form")
+    if form == "log_softmax":
+        what = "a label's `log_softmax` (its log-probability, <= 0) added with a plus sign"
+        op = "log_softmax"
+    else:
+        what = (
+            "a label's score minus a log-sum-exp normalizer (`score - logsumexp(...)`, a "
+            "log-probability such as a CRF's log-likelihood, <= 0) added with a plus sign"
+        )
+        op = "logsumexp"
+    at = ll.get("at") or ll.get("score_at")
+    return tl.finding(
+        title=f"the loss is a log-likelihood minimized: it fell from {head:.4g} to {tail:.4g} "
+        "below zero as the labels were made less likely",
+        step=step,
+        evidence={
+            "form": form,
+            "normalizer_at": ll.get("at"),
+            "score_at": ll.get("score_at"),
+            "first_median": head,
+            "last_median": tail,
+            "max_loss": top,
+            "steps": len(values),
+        },
+        where=Where(op=op, source=at or _backward_source(tl)),
+        cause=f"measured on the graph of step {step}: the loss is {what}; every step's loss "
+        f"was <= 0 (max {top:.4g}) and it fell from {head:.4g} to {tail:.4g}. Minimizing a "
+        "log-likelihood makes the true labels as unlikely as possible: the loss heads for "
+        "-inf while the model learns the opposite of the labels",
+        fix="minimize the negative log-likelihood: put the minus sign on it (pytorch-crf: "
+        "`loss = -crf(emissions, tags, mask=mask)`; by hand: `loss = -(score - logsumexp)` "
+        "or `F.nll_loss(log_probs, y)`), or build the optimizer with `maximize=True`",
+        confidence=0.85,
     )
 
 
