@@ -47,7 +47,12 @@ priced apart: a plain run and a watched run of 50 + STEPS steps, each alone in a
 the long-run figure then takes the interleaved unsampled extra without either side's GC time,
 plus that measured extra GC per step (measured on the 10,000-tensor model: the interleaved
 run's watched side spent 52 ms a step in the collector against 6 ms on the plain side, while
-apart the two differ by ~4 ms a step). The long-run extrapolation takes the
+apart the two differ by ~4 ms a step). With `--forced-sampled` too, each side's fresh process
+runs that many more steps, every one sampled on the watched side, and the sampled step is
+also given with the collector priced the same way ("forced sampled steps (cpu), GC apart"):
+interleaved, one full collection (~0.5 s on that model, walking both sides' objects) falls on
+one side of one pair, which moved the summed ratio of 24 pairs by several points from run to
+run. The long-run extrapolation takes the
 unsampled and the pass steps' extra from the interleaved run (as a share of its plain step,
 times the sequential plain step; a pass step is priced sequentially where the interleaved
 run had none, and left out where neither had one) and everything else (steps 1-50, sampled
@@ -574,8 +579,18 @@ def compare(
         share = inter.get("interleaved: unsampled share")
         pass_share = inter.get("interleaved: pass share")
         if gc_steps and share is not None:
-            apart = gc_apart(shape_name, gc_steps)
+            apart = gc_apart(shape_name, gc_steps, forced)
             out.update(apart)
+            label = "interleaved: forced sampled steps"
+            if forced and f"{label} (plain cpu s, no GC)" in inter:
+                # The sampled step with the collector priced apart, as the unsampled share
+                # below: interleaved CPU time less each side's GC, plus each side's GC alone.
+                n = inter[f"{label} (pairs)"]
+                gc_p = apart["gc apart: plain GC ms per forced step"] / 1e3
+                gc_w = gc_p + apart["gc apart: extra GC ms per forced sampled step"] / 1e3
+                out[f"{label} (cpu), GC apart"] = (
+                    inter[f"{label} (watched cpu s, no GC)"] + n * gc_w
+                ) / (inter[f"{label} (plain cpu s, no GC)"] + n * gc_p)
             plain_ms = inter["interleaved: unsampled steps 51-N: plain ms (median)"]
             share = inter["interleaved: unsampled share without GC"] + (
                 apart["gc apart: extra GC ms per step"] / plain_ms
@@ -743,6 +758,19 @@ def interleave(
         if kind == "forced sampled":
             out[f"{label}: median pair"] = statistics.median(w / p for p, w, *_ in pairs)
             out[f"{label}: pairs over 1.3x"] = sum(w > 1.3 * p for p, w, *_ in pairs)
+            # Without the collector on either side (a full collection walks both models and
+            # falls on one side: ~0.5 s on the 10,000-tensor model), for gc_apart's figure.
+            out[f"{tag}: forced sampled steps (plain cpu s, no GC)"] = plain_s - sum(
+                a for *_, a, _ in pairs
+            )
+            out[f"{tag}: forced sampled steps (watched cpu s, no GC)"] = watched_s - sum(
+                b for *_, b in pairs
+            )
+            out[f"{tag}: forced sampled steps (pairs)"] = len(pairs)
+            out[f"{label}: without GC (cpu)"] = (
+                out[f"{tag}: forced sampled steps (watched cpu s, no GC)"]
+                / out[f"{tag}: forced sampled steps (plain cpu s, no GC)"]
+            )
         if kind == "unsampled":
             out[f"{label}: median pair"] = statistics.median(w / p for p, w, *_ in pairs)
             out[f"{label}: plain ms (median)"] = statistics.median(p for p, *_ in pairs) * 1e3
@@ -767,9 +795,13 @@ def interleave(
     return out
 
 
-def gc_side(shape_name: str, steps: int, watched: bool, out_dir: str) -> dict[str, Any]:
+def gc_side(
+    shape_name: str, steps: int, watched: bool, out_dir: str, forced: int = 0
+) -> dict[str, Any]:
     """One side of gc_apart, in this (fresh) process: the collector's CPU time and its
-    collections per step over steps 51-(50 + steps), with only this side's model alive."""
+    collections per step over steps 51-(50 + steps), with only this side's model alive; with
+    `forced`, the same over `forced` more steps, every one sampled on the watched side (the
+    governor's interval pinned to 1, as interleave's forced steps)."""
     shape = SHAPES[shape_name]
     torch.manual_seed(0)
     model = shape.build().to(DEVICE)
@@ -784,9 +816,19 @@ def gc_side(shape_name: str, steps: int, watched: bool, out_dir: str) -> dict[st
         if phase == "start":
             counts[info["generation"]] += 1
 
-    for i in range(50 + steps):
+    unsampled_ms = 0.0
+    pinned = 0
+    for i in range(50 + steps + forced):
         if i == 50:
             gc.callbacks.extend((clock, count))
+        if i == 50 + steps:
+            unsampled_ms, clock.spent = clock.spent / steps * 1e3, 0.0
+            if doc is not None:
+                budget = doc.budget
+                budget.interval = budget.min_interval = budget.max_interval = 1
+                budget.target = 1
+        if i >= 50 + steps and doc is not None:
+            pinned += bool(doc.budget.sampled(doc.step) and not diagnose_due(doc.step))
         x, y = data[i % len(data)]
         opt.zero_grad(set_to_none=True)
         loss = shape.loss(model(x), y)
@@ -796,14 +838,20 @@ def gc_side(shape_name: str, steps: int, watched: bool, out_dir: str) -> dict[st
             doc.log(loss=loss)
     gc.callbacks.remove(clock)
     gc.callbacks.remove(count)
-    out = {"gc_ms_per_step": clock.spent / steps * 1e3, "collections": counts}
+    if not forced:
+        unsampled_ms = clock.spent / steps * 1e3
+    out = {"gc_ms_per_step": unsampled_ms, "collections": counts}
+    if forced:
+        # (a pass step among them is priced as a sampled one: a few in `forced` at most)
+        out["gc_ms_per_forced_step"] = clock.spent / forced * 1e3
+        out["forced_sampled"] = pinned
     out["objects"] = len(gc.get_objects())
     if doc is not None:
         doc.close()
     return out
 
 
-def gc_apart(shape_name: str, steps: int) -> dict[str, Any]:
+def gc_apart(shape_name: str, steps: int, forced: int = 0) -> dict[str, Any]:
     """The collector's cost of traindoctor, each side in a fresh process of its own (the
     interleaved run holds both models: its full collections walk both sides' objects, and
     fall on whichever side allocates past the threshold). Steps 51-(50 + steps) of a plain
@@ -812,6 +860,7 @@ def gc_apart(shape_name: str, steps: int) -> dict[str, Any]:
     for side in ("plain", "watched"):
         cmd = [sys.executable, __file__, "--gc-side", side, "--shapes", shape_name]
         cmd += ["--gc-apart", str(steps), "--device", str(DEVICE)]
+        cmd += ["--forced-sampled", str(forced)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         sides[side] = json.loads(done.stdout.strip().splitlines()[-1])
     p, w = sides["plain"], sides["watched"]
@@ -824,7 +873,19 @@ def gc_apart(shape_name: str, steps: int) -> dict[str, Any]:
         f"{w['collections']}",
         "gc apart: objects tracked, plain / watched": f"{p['objects']} / {w['objects']}",
         "gc apart: extra GC ms per step": w["gc_ms_per_step"] - p["gc_ms_per_step"],
-    }
+    } | (
+        {
+            "gc apart: GC ms per forced sampled step, plain / watched": (
+                f"{p['gc_ms_per_forced_step']:.1f} / {w['gc_ms_per_forced_step']:.1f}"
+            ),
+            "gc apart: forced steps sampled (watched)": f"{w['forced_sampled']} of {forced}",
+            "gc apart: plain GC ms per forced step": p["gc_ms_per_forced_step"],
+            "gc apart: extra GC ms per forced sampled step": w["gc_ms_per_forced_step"]
+            - p["gc_ms_per_forced_step"],
+        }
+        if forced
+        else {}
+    )
 
 
 LONG_RUNS = (10_000, 100_000)
@@ -990,7 +1051,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # detect_anomaly warns once per run
     if args.gc_side:
         with tempfile.TemporaryDirectory() as out:
-            side = gc_side(args.shapes, args.gc_apart, args.gc_side == "watched", out)
+            side = gc_side(
+                args.shapes, args.gc_apart, args.gc_side == "watched", out, args.forced_sampled
+            )
         print(json.dumps(side))
         return
     shapes = [s for s in args.shapes.split(",") if s]
