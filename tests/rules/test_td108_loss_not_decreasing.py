@@ -256,7 +256,7 @@ SCHED = {
 }
 
 
-def _sched_tl(values, lrs, ratio=1e-3, sched_steps=(), labels=None, initial_lr=None):
+def _sched_tl(values, lrs, ratio=1e-3, sched_steps=(), labels=None, initial_lr=None, grads=None):
     steps = {}
     for i, (v, lr) in enumerate(zip(values, lrs), 1):
         steps[i] = {"loss.train": [v], "optim.lr": {"opt0/group0": lr}}
@@ -268,6 +268,8 @@ def _sched_tl(values, lrs, ratio=1e-3, sched_steps=(), labels=None, initial_lr=N
             steps[i]["loss_inputs.observed"] = [0]
             if labels:
                 steps[i]["loss_inputs.labels"] = labels
+            if grads is not None:
+                steps[i]["grads.norm"] = dict.fromkeys(PARAMS, grads)
     events = [
         {"kind": "log_call", "step": 1, "validating": False, "source": "train.py:88"},
         SUPERVISED_CE,
@@ -371,3 +373,44 @@ def test_a_second_task_is_judged_on_its_own_losses():
     assert_silent("TD108", _tl(first + falling, ratio=1e-3, lr=1e-2, events=events))
     f = assert_fires("TD108", _tl(first + _flat(150), events=events))
     assert f.evidence["steps"] == 150
+
+
+def _adam_under_eps(grad_norm, cls="Adam", eps=1e-8):
+    """Tiny updates (1e-8 of the weights) under an lr of 1e-3, gradient norms `grad_norm` on
+    params of 4 values (per element grad_norm / 2) at the sampled steps."""
+    sampled = [i for i in range(1, 61) if i % 10 == 0 or i <= 3]
+    extra = {i: {"grads.norm": dict.fromkeys(PARAMS, grad_norm)} for i in sampled}
+    tl = _tl(_flat(60), ratio=1e-8, lr=1e-3, extra=extra)
+    opt = optimizer_facts(PARAMS, lr=1e-3, cls=cls)
+    for g in opt["groups"]:
+        g["eps"] = eps
+    tl.facts["optimizers"] = [opt]
+    return tl
+
+
+def test_tiny_adam_updates_from_gradients_below_its_eps_name_the_gradient_not_the_lr():
+    # A 30-layer ReLU MLP with PyTorch's default init under Adam(lr=1e-3): gradients of 6e-14
+    # per element, steps of about lr * g / eps; raising the lr was the wrong advice.
+    f = assert_fires("TD108", _adam_under_eps(2e-13))
+    assert f.severity is Severity.WARNING
+    assert "below Adam's eps=1e-08" in f.cause and "1e-13" in f.cause, f.cause
+    assert "not what holds them back" in f.cause
+    assert "rather than the learning rate" in f.fix
+    assert f.where.source == "train.py:88"  # not the optimizer's line
+    # Gradients above eps (or an optimizer without one): the lr is the cause, as before.
+    for tl in (_adam_under_eps(2e-6), _adam_under_eps(2e-13, cls="SGD", eps=None)):
+        f = assert_fires("TD108", tl)
+        assert "learning rate is far too small" in f.cause and f.where.source == "train.py:10"
+
+
+def test_at_the_label_entropy_with_gradients_below_adams_eps_the_gradient_is_named():
+    # A 40-layer ReLU MLP with biases, default init, Adam: the biases move, the loss sits at
+    # the class frequencies, and the median gradient per element is 3e-10: not the labels.
+    flat = [1.0986 + 0.01 * ((i * 7) % 5) - 0.02 for i in range(80)]
+    labels = {"0.0": 20.0, "0.1": 20.0, "0.2": 20.0}
+    tl = _sched_tl(flat, [1e-3] * 80, labels=labels, grads=6e-10)
+    opt = optimizer_facts(PARAMS, lr=1e-3, cls="AdamW")
+    opt["groups"][0]["eps"] = 1e-8
+    tl.facts["optimizers"] = [opt]
+    f = assert_fires("TD108", tl)
+    assert "shuffled separately" not in f.cause and "below AdamW's eps=1e-08" in f.cause

@@ -92,6 +92,7 @@ class OptimProbe(Probe):
                         "lr": _float(group.get("lr")),
                         "initial_lr": _float(group.get("initial_lr")),
                         "weight_decay": _float(group.get("weight_decay")),
+                        "eps": _float(group.get("eps")),
                         "params": [names.get(id(p)) for p in params],
                         "unnamed": [
                             {

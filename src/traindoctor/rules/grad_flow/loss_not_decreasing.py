@@ -25,6 +25,7 @@ from ..numerics.loss_spike_or_divergence import _phases
         "loss.backward",
         "params.update",
         "params.norm",
+        "grads.norm",
         "optim.lr",
         # what the objective is (rules/_objective.py) and the clipping of a too-high lr
         "loss_inputs.observed",
@@ -42,7 +43,7 @@ from ..numerics.loss_spike_or_divergence import _phases
         "lr_scheduler",
         "models_added",
     ),
-    facts=("optimizers",),
+    facts=("optimizers", "params"),
     priority=60,
     state=lambda: LossScan(width=fifth),
 )
@@ -86,7 +87,10 @@ def loss_not_decreasing(
     Per-step mean losses (from `doc.log(loss=...)` or the backward root) are compared between
     the start and the last fifth of the run (medians, robust to spikes). For the cause, sampled
     steps measure the relative update size ||Δθ|| / ||θ|| per parameter: far below 1e-6 means
-    the learning rate is too small; zero means nothing moves (TD104/TD105). A far too high lr:
+    the learning rate is too small, unless the optimizer divides its step by √v + eps (the Adam
+    family, RMSprop, Adagrad) and the median gradient per element (||g|| / √numel over the
+    params and sampled steps) is below eps: then the step is about lr·g/eps and the cause named
+    is the vanished gradient; zero means nothing moves (TD104/TD105). A far too high lr:
     ||Δθ_t|| / ||θ_0|| (against the initial weights, which a blown-up run no longer has) at
     least 1 in median over the params and sampled steps (healthy runs measured 0.002 to 0.19),
     and the loss of the last fifth within 5% of, or above, the lowest of its first value, ln C
@@ -169,7 +173,21 @@ def _judge(
     # balanced labels the two are one value, and the labels' cause is kept).
     uniform = at_chance and prior is not None and chance > prior * 1.01
     chance_cause = labels_cause = shrank = False
-    if normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior and not uniform:
+    under = (
+        _grads_under_eps(tl)
+        if normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior
+        else None
+    )
+    if under is not None:
+        # At the class frequencies with most gradients below the optimizer's eps (a deep ReLU
+        # stack at PyTorch's default init): the signal does not get through, whatever the
+        # labels are.
+        cause, fix = _under_eps_cause(
+            f"the loss stays at {last:.4g}, the entropy of the labels seen ({prior:.4g}: the "
+            "output does not depend on the input), and",
+            under,
+        )
+    elif normal and prior and last > 0 and abs(last - prior) <= 0.03 * prior and not uniform:
         # At the loss of predicting the class frequencies: nothing the model outputs
         # depends on its input, which is what labels that do not belong to their inputs
         # (shuffled apart, read in another order) leave to learn.
@@ -245,7 +263,8 @@ def _judge(
         scheds = [e.get("source") for e in tl.events("lr_scheduler") if e.get("source")]
         src = scheds[0] if scheds else src
     opts = tl.fact("optimizers") or []
-    if (hot is not None or (ratio is not None and 0 < ratio < 1e-6)) and opts:
+    lr_cause = hot is not None or (ratio is not None and 0 < ratio < 1e-6)
+    if lr_cause and UNDER_EPS not in cause and opts:
         # The learning rate is the cause: the line that built the optimizer (zero-code mode
         # sees the constructor) says where it is set.
         src = opts[0].get("created_at") or src
@@ -401,6 +420,50 @@ def _median_update_ratio(tl: TimelineView) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+UNDER_EPS = "The learning rate is not what holds them back"
+# Optimizers whose step divides by sqrt(a running mean of squared gradients) + eps: a gradient
+# far below eps gets a step of about lr * g / eps, whatever the lr.
+_EPS_DIVIDED = ("adam", "rmsprop", "adagrad")
+
+
+def _grads_under_eps(tl: TimelineView) -> tuple[float, float, str] | None:
+    """(median per-element gradient rms over the params and sampled steps, the largest eps,
+    the optimizer's class) when every optimizer divides its step by sqrt(v) + eps (the Adam
+    family, RMSprop, Adagrad) and that median is below the eps of every group."""
+    opts = tl.fact("optimizers") or []
+    groups = [g for o in opts for g in o.get("groups") or []]
+    eps = [g.get("eps") for g in groups]
+    if not opts or not all(isinstance(e, int | float) and e > 0 for e in eps):
+        return None
+    if not all(any(k in str(o.get("class", "")).lower() for k in _EPS_DIVIDED) for o in opts):
+        return None
+    numel = {n: (info or {}).get("numel") for n, info in (tl.fact("params") or {}).items()}
+    rms = [
+        g / math.sqrt(numel[n])
+        for _, norms in tl.series("grads.norm")
+        for n, g in (norms or {}).items()
+        if isinstance(g, int | float) and math.isfinite(g) and g > 0 and numel.get(n)
+    ]
+    if not rms or (median := statistics.median(rms)) >= min(eps):
+        return None
+    return median, max(eps), str(opts[0].get("class"))
+
+
+def _under_eps_cause(lead: str, under: tuple[float, float, str]) -> tuple[str, str]:
+    """(cause, fix) for gradients below the optimizer's eps, after `lead` (what was seen)."""
+    rms, eps, cls = under
+    return (
+        f"{lead} the gradients are vanishingly small: their median size per element (over the "
+        f"params and sampled steps) is {rms:.2g}, below {cls}'s eps={eps:g}, where its step "
+        f"lr·m/(√v + eps) shrinks to about lr·g/eps. {UNDER_EPS}: almost no gradient reaches "
+        "most params from the loss",
+        "restore the gradient rather than the learning rate (where it vanishes: `traindoctor "
+        "explain TD207`): an init matched to the activation (kaiming_normal_ for ReLU), "
+        "normalization or residual connections; a larger lr or a smaller eps only rescales "
+        "gradients this small",
+    )
+
+
 def _top_lrs(tl: TimelineView) -> Iterator[tuple[int, float]]:
     """(step, the largest lr of its param groups) for each step that recorded an lr."""
     for step, groups in tl.series("optim.lr"):
@@ -532,6 +595,8 @@ def _cause(
             "fix what stops the update first",
             True,
         )
+    if ratio < 1e-6 and (under := _grads_under_eps(tl)) is not None:
+        return (*_under_eps_cause(f"updates are tiny ({ratio:.2g}{lr}) because", under), True)
     if ratio < 1e-6:
         return (
             f"updates are tiny: the median ||Δθ||/||θ|| per step is {ratio:.2g}{lr}, so the "
