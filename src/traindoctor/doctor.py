@@ -362,9 +362,7 @@ class Doctor:
         """How the run holds its models: weakly in zero-code mode (but our own LooseTensors)."""
         if not self._weak:
             return models
-        from .loose import LooseTensors
-
-        return RunModels(models, strong=lambda m: isinstance(m, LooseTensors))
+        return RunModels(models, strong=_ours)
 
     def _watch_drops(self, models: Iterable[Any], optimizers: Iterable[Any]) -> None:
         """Zero-code mode: a callback when one of these models or optimizers is freed."""
@@ -373,7 +371,7 @@ class Doctor:
         for kind, objs in (("model", models), ("optimizer", optimizers)):
             for obj in objs:
                 key = id(obj)
-                if key in self._drop_refs or type(obj).__name__ == "LooseTensors":
+                if key in self._drop_refs or _ours(obj):
                     continue
                 with contextlib.suppress(TypeError):  # (not weakly referable: held as is)
                     self._drop_refs[key] = weakref.ref(obj, _on_drop(self, kind, key))
@@ -835,6 +833,12 @@ class Doctor:
 
 _clock = time.perf_counter
 _OPT_STEP = "hook optimizer step"
+
+
+def _ours(model: Any) -> bool:
+    """A model of our own (loose.py's LooseTensors: a script's hand-trained tensors), held
+    strongly for the run (not imported here: it defines a Module subclass)."""
+    return type(model).__module__ == "traindoctor.loose"
 
 
 def _first_ref(optimizers: list[Any]) -> Any:
