@@ -152,3 +152,27 @@ def test_a_vanishing_chain_beside_a_model_held_param_is_still_found():
     rel |= {"layers.3": 1e-5, "layers.4": 1e-4, "layers.5": 1e-3, "head": 1e-1}
     f = assert_fires("TD207", _named_tl(rel))
     assert f.where.module == "layers.0" and "<model>" not in f.evidence["all_layers"]
+
+
+def test_ratios_that_fell_after_the_weights_grew_are_an_info_dated_from_the_fall():
+    """hf-run-mlm with lr x1000 (Adam at lr=1): the ratios are even at step 1 (the initial
+    weights), then the early layers' weights grow ~250x in two steps and their ||grad||/||θ||
+    falls orders below the others'. What grew the weights is the cause (TD210 names it)."""
+    even = [0.03, 0.04, 0.05, 0.03, 0.02, 0.02, 0.2]
+    low = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-1]
+    data = {
+        s: {
+            "grads.norm": {f"{x}.weight": r * 2.0 for x, r in zip(LAYERS, even if s == 1 else low)},
+            "params.norm": dict.fromkeys(PARAMS, 2.0 if s == 1 else 500.0),
+        }
+        for s in (1, 2, 3, 10, 20)
+    }
+    f = assert_fires("TD207", make_timeline(params=PARAMS, steps=data))
+    assert f.severity.value == "info" and f.step == 2, f
+    assert f.evidence["weight_growth"]["layers.0"] == 250.0
+    assert "after their weights grew 250x" in f.title and "not low" in f.cause
+    # The same fall with the weights unchanged (a gradient that vanishes later on): a warning.
+    for s in data:
+        data[s]["params.norm"] = dict.fromkeys(PARAMS, 2.0)
+    f = assert_fires("TD207", make_timeline(params=PARAMS, steps=data))
+    assert f.severity.value == "warning"

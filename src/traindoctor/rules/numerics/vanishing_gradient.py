@@ -305,6 +305,10 @@ def vanishing_gradient(
     names = tuple(n for layer in low for n in params_of(params, layer))
     top = max(med.values())
     saturating = _saturating(tl, types)
+    grown = _after_growth(tl, low, types, orders)
+    if grown is not None:
+        yield _grown_finding(tl, grown, low, med, reference, names, sorted(steps_seen))
+        return
     yield tl.finding(
         title=f"vanishing gradient: {len(low)} of {len(med)} layers get gradients "
         f"{reference / med[first]:.3g}x smaller than the median layer (first: `{first}`)",
@@ -329,6 +333,93 @@ def vanishing_gradient(
         )
         + "or add normalization (LayerNorm/BatchNorm) or residual connections; raising the "
         "learning rate does not help the early layers",
+    )
+
+
+# A layer whose weight norm grew this many times since the first sampled step no longer has
+# the weights its relative gradient was measured against at init.
+GROWTH = 10.0
+
+
+def _after_growth(
+    tl: TimelineView, low: list[str], types: dict, orders: float
+) -> dict[str, object] | None:
+    """When the low layers were not low at the first sampled step (the initial weights, before
+    any update) and every one of their weight norms grew at least GROWTH times since: the
+    small ratio follows ||θ||, not a gradient vanishing on its way back (a step far too large
+    blew the weights up: Adam at lr=1 moves every weight by about 1 per step). The first
+    step, the growth of each layer, and the first sampled step at which they were low."""
+    pairs = list(_pairs(tl.series("grads.norm"), tl.series("params.norm")))
+    if len(pairs) < 2:
+        return None
+    s0, g0, p0 = pairs[0]
+    at_first = dict(_ratios(g0, p0, types))
+    if len(at_first) < 3:
+        return None
+    ref0 = statistics.median(at_first.values())
+    if any(at_first.get(x, 0.0) < ref0 * 10.0 ** (-orders) for x in low):
+        return None  # already low at init: the chain of layers, as the main finding says
+    n0, n1 = layer_norms(p0), layer_norms(pairs[-1][2])  # type: ignore[arg-type]
+    growth = {x: n1[x] / n0[x] for x in low if n0.get(x) and n1.get(x)}
+    if len(growth) < len(low) or min(growth.values()) < GROWTH:
+        return None
+    since = s0
+    for step, g, p in pairs[1:]:
+        now = dict(_ratios(g, p, types))
+        ref = statistics.median(now.values()) if now else 0.0
+        if now and all(now.get(x, ref) < ref * 10.0 ** (-orders) for x in low):
+            since = step
+            break
+    return {
+        "first_step": s0,
+        "low_from_step": since,
+        "ratio_at_first_step": {x: at_first[x] for x in low},
+        "median_at_first_step": ref0,
+        "weight_growth": growth,
+    }
+
+
+def _grown_finding(
+    tl: TimelineView,
+    grown: dict,
+    low: list[str],
+    med: dict[str, float],
+    reference: float,
+    names: tuple[str, ...],
+    steps: list[int],
+) -> Finding:
+    """TD207's measure on layers whose weights grew GROWTH-fold since a normal first step: an
+    info dated from the step they were first low (what follows a blow-up of the weights)."""
+    first = low[0]
+    growth = grown["weight_growth"]
+    return tl.finding(
+        title=f"{len(low)} of {len(med)} layers' relative gradients fell "
+        f"{reference / med[first]:.3g}x below the median layer's after their weights grew "
+        f"{min(growth.values()):.3g}x or more (first: `{first}`)",
+        step=grown["low_from_step"],
+        severity=Severity.INFO,
+        evidence={
+            "layers": {layer: med[layer] for layer in low},
+            "median_layer_ratio": reference,
+            "ratio_at_first_step": grown["ratio_at_first_step"],
+            "median_at_first_step": grown["median_at_first_step"],
+            "weight_growth": growth,
+            "observed_steps": steps,
+            "measure": "median over sampled steps of ||grad|| / ||param|| per layer",
+        },
+        where=Where(module=first, params=names),
+        cause=(
+            f"at step {grown['first_step']} (the initial weights) `{first}`'s relative "
+            f"gradient was {fmt(grown['ratio_at_first_step'][first])} against "
+            f"{fmt(grown['median_at_first_step'])} for the median layer, not low; since then "
+            f"the weights of these layers grew {min(growth.values()):.3g}x or more "
+            f"(||θ|| of `{first}` {growth[first]:.3g}x), and from step "
+            f"{grown['low_from_step']} their ||grad||/||θ|| is orders below the others': the "
+            "ratio fell with the weights' growth (steps far too large blow weights up this "
+            "way), not along a chain of layers at init"
+        ),
+        fix="if a learning rate too high grew the weights (TD206/TD210), lower it first; "
+        "then see whether these layers still fall behind",
     )
 
 
