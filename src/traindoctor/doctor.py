@@ -400,9 +400,8 @@ class Doctor:
         # alive now, and their ids free for a later trial's tensors soon)
         live = {id(p) for _, p in ctx.named_params()}
         live.update(id(p) for o in self.optimizers for g in o.param_groups for p in g["params"])
-        names = ctx.param_names
-        for k in [k for k in names if k not in live]:
-            del names[k]
+        # (copy-on-write: a probe iterating the names keeps the dict it holds)
+        ctx.param_names = {k: v for k, v in ctx.param_names.items() if k in live}
         if kind == "optimizer":
             return
         prefixes = [p for p in self.timeline.facts.get("models", {}) if p not in self.models]
