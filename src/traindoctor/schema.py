@@ -420,6 +420,9 @@ class GradientPath(Event, total=False):
     # The loss read as `+ (selected score - logsumexp)` or `+ log_softmax[label]` (a
     # log-likelihood minimized, _loglik.py): {form, at, score_at, visited}; None otherwise
     log_likelihood: dict[str, Any] | None
+    # Loss terms whose graph reaches leaves that require grad but no trained param while
+    # another term reaches them (_reach.py): [{op, source}]
+    unreached_terms: list[dict[str, Any]]
     nodes: list[dict[str, Any]]
     nodes_measured: int
     lines_known: bool

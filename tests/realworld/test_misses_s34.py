@@ -312,3 +312,45 @@ def test_forces_without_create_graph(tmp_path, create_graph):
     f = loud["TD301"]
     assert f.evidence["op"] == "grad" and "create_graph=True" in f.fix
     assert "create_graph=True" in f.cause
+
+
+# -- functorch's Lennard-Jones example, network derivatives detached (ecosystem mutant) -------
+@pytest.mark.parametrize("detached", [True, False])
+def test_force_term_reaches_only_the_inputs(tmp_path, detached):
+    from torch.func import jacrev, vmap
+
+    sigma, epsilon = 0.5, 4.0
+    r = torch.linspace(0.5, 2 * sigma, steps=64, requires_grad=True)  # as the example's
+    drs = torch.outer(r, torch.tensor([1.0, 0, 0]))
+    norms = torch.norm(drs, dim=1).reshape(-1, 1)
+    training_energies = epsilon * ((sigma / norms) ** 12 - (sigma / norms) ** 6)
+    magnitude = -epsilon * ((-12 * sigma**12 / norms**13) + (6 * sigma**6 / norms**7))
+    training_forces = magnitude * drs
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def loss_of(model, step):
+        n = torch.norm(drs, dim=1).reshape(-1, 1)
+        energies = model(n)
+        network_derivs = vmap(jacrev(model))(n).squeeze(-1)
+        if detached:
+            network_derivs = network_derivs.detach()
+        forces = -network_derivs * drs / n
+        return (
+            F.mse_loss(training_energies, energies) + 0.01 * F.mse_loss(training_forces, forces) / 3
+        )
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for step in range(6):
+            opt.zero_grad()
+            loss_of(model, step).backward(retain_graph=True)
+            opt.step()
+    loud = _loud(doc)
+    if not detached:
+        assert loud == {}
+        return
+    assert list(loud) == ["TD302"], loud
+    f = loud["TD302"]
+    assert f.severity.value == "warning" and f.evidence["terms"][0]["op"] == "mse_loss"
+    assert "reaches no trained parameter" in f.title

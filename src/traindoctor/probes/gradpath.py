@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .. import _loglik
+from .. import _loglik, _reach
 from .._anomaly_window import close_window, open_window
 from ..gradpath import BLOCKS, MASK, PARTLY, ZERO_OPERAND, Walk
 from ..timeline import signal
@@ -68,6 +68,7 @@ class GradPathProbe(Probe):
         # The walk step's loss read as `+ (score - logsumexp)` (_loglik), before its backward
         # frees the numbers saved on the nodes; recorded with the walk.
         self._loglik: dict[str, Any] | None = None
+        self._unreached: list[dict[str, Any]] = []  # loss terms reaching no trained param
 
     def attach(self, ctx: AttachContext, rec: Recorder) -> None:
         super().attach(ctx, rec)
@@ -151,15 +152,29 @@ class GradPathProbe(Probe):
         self._walk_step = step
         self._walk = Walk(root, focus=True)
         self._loglik = None
-        if self._walks <= 2 and not self._maximizes():
+        self._unreached = []
+        if self._walks <= 2:
             try:
-                self._loglik = _loglik.log_likelihood(root)
+                if not self._maximizes():
+                    self._loglik = _loglik.log_likelihood(root)
+                if self.ctx is not None and self.ctx.optimizers:
+                    self._unreached = _reach.unreached_terms(root, self._trainable())
             except Exception as exc:  # noqa: BLE001 - a fact is lost, never the user's step
                 if self.ctx is not None:
                     self.ctx.guard.record("probe gradpath loglik", exc)
         # Cut tensors added to a live scalar count as loss terms only where the loss sums
         # that scalar in (not a solver's `t1 = t0 + dt` run after the model's forward).
         self._cuts.confirm(self._walk.on_term)
+
+    def _trainable(self) -> set[int]:
+        """Ids of the tensors an optimizer holds or the watched models name."""
+        ctx = self.ctx
+        assert ctx is not None
+        ids = set(ctx.param_names)
+        for opt in ctx.optimizers:
+            for g in getattr(opt, "param_groups", ()):
+                ids.update(id(p) for p in g["params"])
+        return ids
 
     def _maximizes(self) -> bool:
         """An optimizer built with `maximize=True`: a log-likelihood as the loss is right."""
@@ -198,6 +213,7 @@ class GradPathProbe(Probe):
             reference_grad=ref,
             lines_known=bool(in_loss),
             log_likelihood=self._loglik,
+            unreached_terms=self._unreached,
             nodes=[
                 {
                     "index": n.index,

@@ -54,6 +54,19 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
     others do (and whose values sum to the loss) are named, which also catches `.item()`
     parts that leave no trace in the graph; a `.item()` is only ever a hint for the line.
 
+    A cut tensor stacked beside live ones and summed (`torch.sum(torch.stack(losses))`) or
+    added per sample before the mean (`(ce + (aux.detach() - r) ** 2).mean()`) is a term too,
+    when the backward confirms the loss sums it in linearly (a detached DQN target inside a
+    square is not). A straight-through estimator adds the cut value back to what it was
+    detached from (`soft + (hard - soft).detach()`, `loss - loss.detach()`): not a term.
+
+    A term that keeps a graph but reaches no trained parameter (`_reach.py`: the loss split
+    into its terms through linear nodes, each term's graph searched for the parameters an
+    optimizer holds) while another term reaches them: its model side was cut on the way and
+    its graph runs only to inputs made with `requires_grad` (forces `-dE/dr` whose network
+    derivatives were `.detach()`ed, functorch's Lennard-Jones example). A warning: the term's
+    share of the loss value is not measured.
+
     ## Example
     ```python
     poly = giou_loss(pred.detach(), target)   # detached: trains nothing
@@ -142,6 +155,42 @@ def detached_branch(tl: TimelineView) -> Iterator[Finding]:
             fix="compute that part from the tensors that carry the graph (no .item()/.detach())",
             confidence=0.7 if origins else 0.6,
         )
+        return
+    unreached = _unreached(tl)
+    if unreached is not None:
+        yield unreached
+
+
+def _unreached(tl: TimelineView) -> Finding | None:
+    """A loss term whose graph reaches inputs that require grad but no trained parameter,
+    while another term reaches them (the walk's `unreached_terms`): a warning, since the term's
+    share of the loss value is not measured."""
+    event = next((e for e in _walks(tl) if e.get("unreached_terms")), None)
+    if event is None:
+        return None
+    terms = event["unreached_terms"]
+    first = terms[0]
+    src = first.get("source")
+    at = f" at {src}" if src else ""
+    return tl.finding(
+        title=f"The loss term `{first.get('op')}`{at} reaches no trained parameter: it trains "
+        "nothing",
+        step=event["step"],
+        evidence={"terms": terms[:4], "parts_without_graph": []},
+        where=Where(op=first.get("op"), source=src),
+        cause=f"measured on the graph of step {event['step']}: the loss is a sum of terms; "
+        f"the `{first.get('op')}` term{at} has a graph, but it reaches only tensors that "
+        "require grad without being trained (inputs made with requires_grad, differentiated "
+        "by the script), while the other terms reach the model's parameters. Its model side "
+        "was cut on the way (a `.detach()`, a `.data`, a value computed under no_grad, "
+        "derivatives taken without create_graph): it is in the loss value but passes no "
+        "gradient to the model",
+        fix="compute that term from the model's outputs with their graph: drop the "
+        "`.detach()`/`.data` on the model's side of it (keep it only on targets), or take "
+        "the derivatives with `create_graph=True`",
+        confidence=0.6,
+        severity=Severity.WARNING,
+    )
 
 
 def _unseen_add(tl: TimelineView, step: int, op: str | None) -> Finding:
