@@ -414,3 +414,12 @@ def test_at_the_label_entropy_with_gradients_below_adams_eps_the_gradient_is_nam
     tl.facts["optimizers"] = [opt]
     f = assert_fires("TD108", tl)
     assert "shuffled separately" not in f.cause and "below AdamW's eps=1e-08" in f.cause
+
+
+def test_a_loss_at_exactly_0_from_the_start_is_said_not_judged():
+    # A triplet margin loss met at init on separated classes: 0 at almost every step.
+    values = [0.0] * 60
+    values[7], values[30] = 0.001, 0.002
+    f = assert_fires("TD108", _tl(values, ratio=0.0))
+    assert f.severity is Severity.INFO and "exactly 0" in f.title
+    assert "already meets" in f.cause and "zeroed by mistake" in f.cause

@@ -108,3 +108,17 @@ def test_td301_named_op_measured_passing_later_is_transient_and_absent_is_unknow
     assert run_code("TD301", walks_tl((1, [blocks]), (1000, [passes]), lines=True)) == []
     (f,) = run_code("TD301", walks_tl((1, [blocks]), (1000, []), lines=True))
     assert f.severity is Severity.ERROR and f.where.source == "loss.py:3"
+
+
+def test_td301_a_clamp_at_its_floor_on_a_step_whose_loss_is_exactly_0_is_info():
+    # A triplet margin loss already met on separated classes: clamp_min(d_ap - d_an + m, 0)
+    # zeroes everything, and the loss is 0 on that step: no block, nothing to reduce.
+    tl = walk_tl([path_node("clamp_min", 1.0, "loss.py:5")], step=2)
+    tl.record(2, "loss.backward", [0.0])
+    (f,) = run_code("TD301", tl)
+    assert f.severity is Severity.INFO and "exactly 0 on step 2" in f.cause
+    # The same clamp on a step whose loss is not 0 still blocks.
+    tl = walk_tl([path_node("clamp_min", 1.0, "loss.py:5")], step=2)
+    tl.record(2, "loss.backward", [0.3])
+    (f,) = run_code("TD301", tl)
+    assert f.severity is Severity.ERROR

@@ -150,6 +150,9 @@ def _judge(
         first = max(levels.head_median(w), statistics.median(values[:3]))
         last = levels.tail_median(w)
     drop = (first - last) / abs(first) if first else 0.0
+    if first == 0.0 and last == 0.0:
+        yield _at_zero(tl, steps, len(values))
+        return
     data = state.objective.inputs(tl)
     obj = objective(tl, data)
     hot = too_high_lr(tl, values, data=data) if obj.falls else None
@@ -322,6 +325,27 @@ def _judge(
         fix=fix,
         severity=severity,
         confidence=0.7 if severity is Severity.WARNING else 0.4,
+    )
+
+
+def _at_zero(tl: TimelineView, steps: list[int], n: int) -> Finding:
+    """A loss whose median is exactly 0 at the start and at the end: at its floor, with nothing
+    to reduce. A hinge or margin loss already met (a triplet loss on separated classes) and a
+    loss zeroed by mistake (times 0, an empty mask) both read so: said, not judged."""
+    return tl.finding(
+        title=f"the training loss is exactly 0 at most of its {n} steps, from the start",
+        step=steps[0],
+        severity=Severity.INFO,
+        evidence={"first_median": 0.0, "last_median": 0.0, "steps": n},
+        where=Where(source=loss_source(tl)),
+        cause="the median loss of the first and of the last fifth of the run is exactly 0: the "
+        "loss sits at its floor and gives no gradient. A hinge or margin loss that the model "
+        "already meets (a triplet or contrastive margin smaller than the distances at init) "
+        "does this by design; a loss zeroed by mistake (multiplied by 0, a mask that selects "
+        "nothing) looks the same, so it is not judged",
+        fix="if the margin is meant to be met already, nothing; otherwise check that the loss "
+        "selects the elements it should and that its margin is on the scale of the distances",
+        confidence=0.4,
     )
 
 

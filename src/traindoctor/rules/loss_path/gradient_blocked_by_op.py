@@ -102,7 +102,7 @@ def _bystander_text(n: dict[str, Any]) -> str:
     name="gradient-blocked-by-op",
     severity=Severity.ERROR,
     summary="An op inside the loss zeroes most of the gradient passing through it.",
-    requires=("params.norm", "params.update", "grads.norm"),
+    requires=("params.norm", "params.update", "grads.norm", "loss.train", "loss.backward"),
     events=("gradient_cut", "gradient_path"),
     priority=12,
 )
@@ -286,6 +286,20 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
             severity = Severity.WARNING if upstream is not None or scalar or unsure else None
             if term:
                 severity = Severity.INFO
+            if not term and zeroed >= 0.999 and _loss_is_zero(tl, e["step"]):
+                # Every element at the clamp's floor and the loss exactly 0 on that step: a
+                # hinge or margin loss already satisfied (a triplet loss on separated
+                # classes) has nothing left to reduce; a loss zeroed by mistake looks the same.
+                cause += (
+                    f". The loss is exactly 0 on step {e['step']}: a hinge or margin loss "
+                    "that is already satisfied gets no gradient by design; a loss zeroed by "
+                    "mistake looks the same (TD107/TD108 report a loss that stays at 0)"
+                )
+                fix = (
+                    "nothing, if the margin is meant to be met already; otherwise make it "
+                    "harder (a larger margin, hard-example mining) or " + fix
+                )
+                severity = Severity.INFO
             before = _passed_before(tl, e, n) if blown is not None else None
             if before is not None:
                 # It passed before the first updates and blocks after steps that moved the
@@ -406,6 +420,13 @@ def _mask_finding(tl: TimelineView, e: dict[str, Any], n: dict[str, Any]) -> Fin
         severity=Severity.INFO,
         confidence=0.5,
     )
+
+
+def _loss_is_zero(tl: TimelineView, step: int) -> bool:
+    """Whether every training loss recorded on `step` (logged, else backward's root) is
+    exactly 0."""
+    values = dict(tl.series("loss.train")).get(step) or dict(tl.series("loss.backward")).get(step)
+    return bool(values) and all(v == 0.0 for v in values)
 
 
 def _params_got_gradient(tl: TimelineView, step: int) -> bool:
