@@ -10,6 +10,8 @@ import sys
 import time
 import weakref
 from collections.abc import Iterable, Iterator
+from itertools import chain
+from operator import itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,8 @@ class Doctor:
         # purges what the run's caches keep of a dropped one (_dropped).
         self._weak = False
         self._drop_refs: dict[int, weakref.ref] = {}
+        # optimizer -> the watched models whose params it holds, kept while it lives (_anchor)
+        self._anchors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._first_opt: Any = None  # the first optimizer (a weakref in zero-code mode)
         self.created_at = self.run.created_at  # id(optimizer) -> source line that built it
         self.findings: list[Finding] = []
@@ -241,6 +245,7 @@ class Doctor:
             param_names=names,
             compiled=compile_watch.compiled,
         )
+        self._anchor()
         self._clock.mark_attached()
         self.guard.call("ranks", self._find_rank)
         if self.timeline.stream is None:
@@ -300,6 +305,7 @@ class Doctor:
         self.context.optimizers = self.optimizers
         self._first_opt = _first_ref(self.optimizers)
         self._watch_drops((), [opt])
+        self._anchor()
         self._late[id(opt)] = 0
         self._hook_optimizer(opt)
         optim_probe = self.probe("optim")
@@ -339,6 +345,7 @@ class Doctor:
         # at once) keeps the dict it holds; inserting into it raised "dictionary changed size".
         self.models = ctx.models = self._holding({**dict(self.models.items()), **added})
         self._watch_drops(added.values(), ())
+        self._anchor()
         self._note_models()
         for probe in self.probes:
             if hasattr(probe, "models_added"):
@@ -375,6 +382,30 @@ class Doctor:
                     continue
                 with contextlib.suppress(TypeError):  # (not weakly referable: held as is)
                     self._drop_refs[key] = weakref.ref(obj, _on_drop(self, kind, key))
+
+    def _anchor(self) -> None:
+        """Zero-code mode: each watched optimizer keeps the watched models whose params it
+        holds alive while it lives. A model is let go once the script holds neither it nor an
+        optimizer over its params (a sweep's trial: `del model, opt`); one rebound while its
+        optimizer still steps its params (a scripted module sharing them, `functional_call`
+        on a new template) stays watched, as the optimizer's params stay named."""
+        ctx = self.run.attached
+        if not self._weak or ctx is None or not isinstance(self.optimizers, WeakSlots):
+            return
+        names = ctx.param_names
+        models = dict(self.models.items())
+        prefixes = {p[:-1]: m for p, m in models.items() if p}
+        root = models.get("")
+        for opt in self.optimizers.live():
+            params = chain.from_iterable(g["params"] for g in opt.param_groups)
+            held = set(map(names.get, map(id, params)))
+            held.discard(None)
+            heads = set(map(_HEAD, map(_PARTITION, held)))
+            kept = [m for p, m in prefixes.items() if p in heads]
+            if root is not None and not heads.issubset(prefixes):
+                kept.append(root)
+            with contextlib.suppress(TypeError):  # (an optimizer that cannot be a dict key)
+                self._anchors[opt] = tuple(kept)
 
     def _dropped(self, kind: str, key: int) -> None:
         """A watched model or optimizer the script dropped was freed (weakref callback: it
@@ -784,6 +815,7 @@ class Doctor:
         self._primary = None
         self._first_opt = None
         self._drop_refs.clear()
+        self._anchors = weakref.WeakKeyDictionary()
         ctx = self.run.attached
         if ctx is not None:
             # (the scaler stays: `doc.scaler` is read after close, and it holds no model)
@@ -832,6 +864,10 @@ class Doctor:
 
 _clock = time.perf_counter
 _OPT_STEP = "hook optimizer step"
+
+
+_HEAD = itemgetter(0)
+_PARTITION = methodcaller("partition", ".")
 
 
 def _ours(model: Any) -> bool:

@@ -135,3 +135,31 @@ def test_a_later_phase_model_the_script_keeps_stays_watched(tmp_path):
     assert report.timeline.facts["models"] == {"<model>": "Net", "Sequential": "Sequential"}
     assert "Sequential.0.weight" in report.timeline.facts["params"]
     assert not [f for f in report.findings if f.severity.value != "info"], report.findings
+
+
+def test_a_model_dropped_while_its_optimizer_steps_stays_watched(tmp_path):
+    """The optimizer keeps the models whose params it holds: a model the script rebinds while
+    its optimizer still steps its params (its layers put in a new container, a scripted module
+    sharing them) is still the run's model; it is freed once the optimizer goes too."""
+    torch.manual_seed(0)
+    doctor = Doctor(out_dir=tmp_path, mode="zero-code", console=False)
+    with attached(doctor):
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        first = weakref.ref(model)
+        for step in range(20):
+            if step == 10:  # the same layers, in a new container
+                model = nn.Sequential(model.fc1, nn.ReLU(), model.fc2)
+            x, y = _batch(step)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        gc.collect()
+        kept = first() is not None and list(doctor.models.values()) == [first()]
+        del opt, model
+        gc.collect()
+        freed = first() is None
+    report = doctor.close()
+    assert not report.internal_errors, report.internal_errors
+    assert kept and freed
+    assert not [f for f in report.findings if f.severity.value != "info"], report.findings
