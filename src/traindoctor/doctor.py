@@ -398,12 +398,16 @@ class Doctor:
         root = models.get("")
         for opt in self.optimizers.live():
             params = chain.from_iterable(g["params"] for g in opt.param_groups)
-            held = set(map(names.get, map(id, params)))
-            held.discard(None)
-            heads = set(map(_HEAD, map(_PARTITION, held)))
-            kept = [m for p, m in prefixes.items() if p in heads]
-            if root is not None and not heads.issubset(prefixes):
-                kept.append(root)
+            if len(models) == 1:  # the usual run: any named param (stops at the first)
+                held_any = any(map(names.__contains__, map(id, params)))
+                kept = list(models.values()) if held_any else []
+            else:  # the models whose names head the optimizer's params' names
+                held = set(map(names.get, map(id, params)))
+                held.discard(None)
+                heads = set(map(_HEAD, map(_PARTITION, held)))
+                kept = [m for p, m in prefixes.items() if p in heads]
+                if root is not None and not heads.issubset(prefixes):
+                    kept.append(root)
             with contextlib.suppress(TypeError):  # (an optimizer that cannot be a dict key)
                 self._anchors[opt] = tuple(kept)
 
