@@ -128,3 +128,61 @@ def test_the_head_of_an_encoder_head_pair_validated_in_train_mode_is_a_warning(t
                         (head(enc(xv)).argmax(1) == (xv @ w).argmax(1)).float().mean()
     f = _loud(doc)["TD403"]
     assert f.evidence["model"] == "head", f.evidence
+
+
+# -- a VQ-VAE whose codebook is an EMA re-assigned as new nn.Parameters in forward ---------------
+
+
+class _VQEMA(nn.Module):
+    """zalandoresearch/pytorch-vq-vae's VectorQuantizerEMA, as written there."""
+
+    def __init__(self, num, dim, commitment=0.25, decay=0.99, eps=1e-5):
+        super().__init__()
+        self._embedding = nn.Embedding(num, dim)
+        self._embedding.weight.data.normal_()
+        self.register_buffer("_ema_cluster_size", torch.zeros(num))
+        self._ema_w = nn.Parameter(torch.Tensor(num, dim))
+        self._ema_w.data.normal_()
+        self.num, self.dim, self.commitment, self.decay, self.eps = num, dim, commitment, decay, eps
+
+    def forward(self, inputs):
+        flat = inputs.view(-1, self.dim)
+        w = self._embedding.weight
+        dist = flat.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * flat @ w.t()
+        enc = torch.zeros(flat.shape[0], self.num).scatter_(1, dist.argmin(1, keepdim=True), 1)
+        quantized = (enc @ w).view(inputs.shape)
+        if self.training:
+            size = self._ema_cluster_size * self.decay + (1 - self.decay) * enc.sum(0)
+            n = size.data.sum()
+            self._ema_cluster_size = (size + self.eps) / (n + self.num * self.eps) * n
+            self._ema_w = nn.Parameter(self._ema_w * self.decay + (1 - self.decay) * enc.t() @ flat)
+            self._embedding.weight = nn.Parameter(self._ema_w / self._ema_cluster_size[:, None])
+        loss = self.commitment * F.mse_loss(quantized.detach(), inputs)
+        return loss, inputs + (quantized - inputs).detach()
+
+
+def test_a_vq_vae_whose_ema_codebook_is_reassigned_in_forward_is_not_an_error(tmp_path):
+    """Before: TD103:E 'trainable params in no optimizer', TD102:E 'grad None at every step'
+    and TD111:E 'the optimizer holds tensors that are not params' on the codebook. The copies
+    probe fingerprinted the tensors it found at attach, never the ones re-assigned since, so
+    their EMA changes were never seen; now they are followed by name, and TD111 says that the
+    replacements are written by the program itself (info)."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict(
+        {
+            "enc": nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)),
+            "vq": _VQEMA(16, 8),
+            "dec": nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 32)),
+        }
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    protos = torch.randn(12, 32)
+    with td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for _ in range(40):
+            x = protos[torch.randint(0, 12, (64,))] + 0.05 * torch.randn(64, 32)
+            vq_loss, q = model["vq"](model["enc"](x))
+            loss = F.mse_loss(model["dec"](q), x) + vq_loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert not _loud(doc), _loud(doc)

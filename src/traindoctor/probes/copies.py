@@ -55,6 +55,7 @@ class CopiesProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self._unheld: list[tuple[str, torch.Tensor]] = []
+        self._unheld_version = 0  # ctx.named_version when _unheld's tensors were taken
         self._followed: list[tuple[str, torch.Tensor]] | None = None  # no grad so far
         self._copies: dict[str, dict[str, Any]] = {}  # unwatched copy name -> its record
         self._modules: dict[str, torch.nn.Module] = {}
@@ -70,6 +71,7 @@ class CopiesProbe(Probe):
         self._unheld = [
             (n, p) for n, p in named if id(p) not in held and p.requires_grad and not p.is_meta
         ]
+        self._unheld_version = ctx.named_version
         facts: dict[str, Any] = {"params": {}, "modules": {}}
         rec.timeline.facts["copies"] = facts
         rec.timeline.facts["grads_seen_later"] = {}
@@ -178,6 +180,17 @@ class CopiesProbe(Probe):
                 for n in got:
                     seen.setdefault(n, step)
                 self._followed = [(n, p) for n, p in self._followed if n not in seen]
+        if sampled and ctx.named_params() and ctx.named_version != self._unheld_version:
+            # Params replaced since (a VQ-VAE's EMA codebook re-assigned as a new nn.Parameter
+            # in each forward): fingerprint the tensors no optimizer holds now, or the changes
+            # of the new ones are never seen. Only when named_params() was walked again.
+            self._unheld_version = ctx.named_version
+            held = ctx.optimizer_param_ids()
+            self._unheld = [
+                (n, p)
+                for n, p in ctx.named_params()
+                if id(p) not in held and p.requires_grad and not p.is_meta
+            ]
         if sampled and self._unheld:
             names = [n for n, p in self._unheld if p.is_floating_point()]
             tensors = [p.detach() for n, p in self._unheld if p.is_floating_point()]

@@ -20,6 +20,7 @@ from .._util import (
     trainable_names,
 )
 from ..eval_hygiene import _ultralytics as ultralytics
+from ._held_out import changed_outside_optimizer
 
 
 @rule(
@@ -27,7 +28,7 @@ from ..eval_hygiene import _ultralytics as ultralytics
     name="stale-optimizer-params",
     severity=Severity.ERROR,
     summary="The optimizer holds tensors the model no longer uses (params replaced after it was built).",
-    requires=("params.replaced", "grads.observed", "grads.none", "forward.calls"),
+    requires=("params.replaced", "grads.observed", "grads.none", "forward.calls", "copies.norm"),
     events=("inference_tensors", "optimizer_layout"),
     facts=("models", "optimizers", "outcome", "params", "ultralytics"),
     priority=14,
@@ -115,7 +116,20 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         if candidates and same_layout(shapes, [params[n]["shape"] for n in candidates]):
             matched, resized = candidates, True
     numel = sum(math.prod(s) for s in shapes)
-    if matched:
+    # The new tensors' values change during the run although no optimizer holds them: the
+    # user's code writes them (a VQ-VAE's EMA codebook re-assigned as a new nn.Parameter in
+    # each forward). The held tensors are leftovers of params managed by hand, not a module
+    # the optimizer should be training.
+    by_hand = bool(matched) and set(matched) <= changed_outside_optimizer(tl)
+    if by_hand:
+        cause = (
+            f"the model's {', '.join(f'`{n}`' for n in matched[:6])} are new tensors that no "
+            "optimizer holds, and their values change during the run without any optimizer "
+            "(the program writes them itself, as an EMA codebook re-assigned as a new "
+            "nn.Parameter in forward): the optimizer's tensors are leftovers it holds for "
+            "nothing, not a module left untrained"
+        )
+    elif matched:
         like = (
             "laid out like the stale ones (same count and ranks, new sizes)"
             if resized
@@ -148,7 +162,9 @@ def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
         ),
         cause=cause,
         fix="build (or rebuild) the optimizer after the model's modules are final: "
-        "optimizer = Optim(model.parameters(), ...) after the last module replacement",
+        "optimizer = Optim(model.parameters(), ...) after the last module replacement"
+        + ("; tensors written by hand are better buffers (register_buffer)" if by_hand else ""),
+        severity=Severity.INFO if by_hand else None,
     )
     yield ultralytics.stale_optimizer_params(tl, found)  # Ultralytics' words where it trained
 
