@@ -10,7 +10,7 @@ on linearly with a known sign (adds, subtractions, negation, sums, means, views,
 a Python number, selections by index) and says, on what it reached: the normalizers
 (`LogsumexpBackward0`, or `log(sum(exp(x)))` written out, inside an add of the max as the
 stable form does) with their sign, label selections (index, gather, select) of a live tensor
-with theirs, and `log_softmax` outputs selected by label. A product with a tensor (a mask, an
+with theirs, and `log_softmax` outputs (or `log(softmax(x))`) selected by label. A product with a tensor (a mask, an
 advantage), a power or any other op stops the walk there: past it the sign is not known.
 Reads host metadata only (node types, Python numbers saved on the node); no device sync.
 """
@@ -61,7 +61,9 @@ def signed_terms(root: Any, limit: int = LIMIT) -> dict[str, Any]:
         if kind == "LogsumexpBackward0" or _written_lse(node, kind):
             _note(out["normalizers"], sign, node)
             continue
-        if kind == "LogSoftmaxBackward0":
+        if kind == "LogSoftmaxBackward0" or (
+            kind == "LogBackward0" and type(_first(node)).__name__ == "SoftmaxBackward0"
+        ):
             if selected:
                 _note(out["log_softmax_selected"], sign, node)
             continue
