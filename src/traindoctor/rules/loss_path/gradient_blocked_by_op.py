@@ -181,7 +181,8 @@ def gradient_blocked_by_op(tl: TimelineView) -> Iterator[Finding]:
     A multiply by a zero that is trained but never moves (a zero parameter left out of the
     optimizer) looks like a transient zero and is not reported (TD102/TD103 report the
     parameter). A clamp that is saturated on purpose (a hinge, a margin loss that is already satisfied for
-    most elements) is reported too; ignore it with `--ignore TD301` once it is meant. An
+    most elements) is reported too; ignore it with `--ignore TD301` once it is meant (one
+    that zeroes every element on a step whose loss is exactly 0 is an info). An
     argmax-derived term added to the loss on purpose as a constant (it changes the loss value
     only) is reported as well.
     """
