@@ -57,8 +57,9 @@ def loss_unbounded_below(
     sign (`score - logsumexp(...)`, a CRF's `numerator - denominator`, `log_softmax(x)[y]`:
     each <= 0), read on the walk step's backward through adds, subtractions, negations,
     sums, means, views and products with a number (_loglik.py). Reported as an error when
-    the per-step loss also stays <= 0 at every step and falls by `loglik_fall` (10%) of its
-    start (the labels made ever less likely); nothing when an optimizer has `maximize=True`.
+    the per-step loss also stays <= 0 at every step and its last fifth's median is 10% or more
+    below its first fifth's (the labels made ever less likely); nothing when an optimizer has
+    `maximize=True` or several optimizers run.
 
     ## Example
     ```python
@@ -78,7 +79,9 @@ def loss_unbounded_below(
 
     ## Known false positives
     An objective meant to be unbounded below (an energy or a critic's score without a
-    penalty) whose run also computes a standard loss: lower the severity with `ignore`.
+    penalty) whose run also computes a standard loss: lower the severity with `ignore`. A
+    log-likelihood minimized on purpose (pushing down the likelihood of rejected labels alone,
+    with one optimizer) reads as the missing minus sign.
     """
     values = _per_step_losses(tl)
     if len(values) < min_steps:
