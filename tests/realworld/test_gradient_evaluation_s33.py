@@ -92,3 +92,19 @@ def test_a_step_lost_mid_training_stays_an_error(tmp_path):
     (f,) = _td105(doc)
     assert f.severity.value == "error", f.title
     assert "stopped being called" in f.cause
+
+
+def test_inputs_requiring_grad_in_train_mode_with_no_step_ever_stay_an_error(tmp_path):
+    """ecosystem maml-sinusoid::optimizer-step-removed: the loop sets requires_grad on its
+    inputs (train.py's x_tr.requires_grad_(True)) and its meta-optimizer never steps; read as
+    a gradient evaluation (info) after b9784e0, TD105:E before it and now."""
+    model, (x, y) = _net(), _data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    doc = watch(model, opt, tmp_path)
+    for k in range(20):
+        data = x[k : k + 8].clone().requires_grad_(True)
+        opt.zero_grad()
+        F.cross_entropy(model(data), y[k : k + 8]).backward()
+    doc.close()
+    (f,) = _td105(doc)
+    assert f.severity.value == "error", f.title

@@ -51,8 +51,10 @@ def optimizer_never_steps(
 
     At the same backward passes it reads what the gradients are for: when every watched model
     was in eval mode, or the graph reached a tensor that requires grad and is no parameter (an
-    input given `requires_grad`), the passes evaluate the model with gradients (FGSM or PGD
-    examples after training, saliency maps, a Fisher information estimate for EWC): an info.
+    input given `requires_grad`) after the optimizer had stepped, the passes evaluate the model
+    with gradients (FGSM or PGD examples after training, saliency maps, a Fisher information
+    estimate for EWC): an info. An input that requires grad in train mode when no optimizer
+    ever stepped is not enough (a MAML loop sets it on its inputs and lost its step): the error.
 
     ## Example
     ```python
@@ -110,7 +112,10 @@ def optimizer_never_steps(
     if stepped and idle and not any(e.get("fed") for e in idle):
         yield _other_model(tl, idle, last, since, total, len(stepped), per_step)
         return
-    if idle and all(e.get("training") is False or e.get("input_grads") for e in idle):
+    # An input gradient in train mode reads as an evaluation after a training phase only: with
+    # no step ever taken, the models training and params given gradients, a loop that sets
+    # requires_grad on its inputs (MAML's x_tr.requires_grad_(True)) lost its step.
+    if idle and all(e.get("training") is False or (e.get("input_grads") and stepped) for e in idle):
         yield _gradient_evaluation(tl, idle, last, since, total, len(stepped), per_step)
         return
     step_events = tl.events("optimizer_step")
