@@ -237,3 +237,37 @@ def test_a_vae_with_cyclical_kl_annealing_is_silent(tmp_path):
             loss.backward()
             opt.step()
     assert not _loud(doc), _loud(doc)
+
+
+def test_a_head_recreated_in_forward_is_still_an_error(tmp_path):
+    """The classic bug beside the VQ-VAE above: `self.head = nn.Linear(...)` inside forward()
+    gives a new random head at each call, whose values change (new each time) and which gets
+    gradients no optimizer applies. 12d41f8 read its changes as the program writing its own
+    params (TD103 silent, TD108 info only); it stays TD103's error."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(20, 32)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            self.head = nn.Linear(32, 3)  # a new, random head at every call
+            return self.head(h)
+
+    torch.manual_seed(0)
+    x_all = torch.randn(512, 20)
+    y_all = (x_all[:, 0] > 0).long() + (x_all[:, 1] > 0).long()
+    model = Net()
+    model(x_all[:2])  # the head exists when the optimizer is built (as in zero-code mode)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with td.watch(model, opt, out_dir=tmp_path, console=False) as doc:
+        for _ in range(120):
+            i = torch.randint(0, 512, (64,))
+            loss = F.cross_entropy(model(x_all[i]), y_all[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doc.log(loss=loss)
+    codes = {(f.code, f.severity) for f in doc.report.findings}
+    assert ("TD103", Severity.ERROR) in codes or ("TD111", Severity.ERROR) in codes, codes

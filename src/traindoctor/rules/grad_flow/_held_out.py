@@ -4,7 +4,13 @@ reference run under no_grad. Shared by TD102 and TD103, which must not report th
 from __future__ import annotations
 
 from ...timeline import TimelineView
-from .._util import merged_forward_calls, module_of, optimizer_names, trainable_names
+from .._util import (
+    merged_forward_calls,
+    module_of,
+    optimizer_names,
+    stepped_by_hand,
+    trainable_names,
+)
 
 
 def got_gradient(tl: TimelineView) -> set[str]:
@@ -18,7 +24,14 @@ def got_gradient(tl: TimelineView) -> set[str]:
 
 def changed_outside_optimizer(tl: TimelineView) -> set[str]:
     """Params no optimizer holds whose values changed between two observed steps: something
-    else writes them (a copy, an average, a hand-written update)."""
+    else writes them (a copy, an average, a hand-written update).
+
+    Not a param re-created with fresh values (`self.head = nn.Linear(...)` inside forward():
+    a new random tensor at each call, replaced under its name) that gets gradients which no
+    update applies: its values change because it is new each time, and that is the bug TD103
+    names. An EMA codebook re-assigned as a new nn.Parameter gets no gradient; a hand-written
+    update is seen applying its gradient (grads.stepped). The caller declares "copies.norm",
+    "grads.norm", "params.replaced", "optim.hand_step" and "grads.stepped"."""
     first: dict[str, float] = {}
     changed: set[str] = set()
     for _, norms in tl.series("copies.norm"):
@@ -27,6 +40,11 @@ def changed_outside_optimizer(tl: TimelineView) -> set[str]:
                 first[name] = value
             elif value != first[name]:
                 changed.add(name)
+    if changed:
+        replaced = {n for _, names in tl.series("params.replaced") for n in names or ()}
+        fresh = changed & replaced & got_gradient(tl)
+        if fresh:
+            changed -= fresh - stepped_by_hand(tl)
     return changed
 
 

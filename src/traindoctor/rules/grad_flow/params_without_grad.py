@@ -33,6 +33,8 @@ from ._held_out import got_gradient, held_out_by_design
         "copies.norm",
         "grads.norm",
         "grads.stepped",
+        "optim.hand_step",
+        "params.replaced",
     ),
     events=(
         "backward_call",
