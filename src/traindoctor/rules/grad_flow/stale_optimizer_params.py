@@ -39,7 +39,7 @@ from ._held_out import changed_outside_optimizer
         "copies.norm",
     ),
     events=("inference_tensors", "optimizer_layout"),
-    facts=("models", "optimizers", "outcome", "params", "ultralytics"),
+    facts=("grads_seen_later", "models", "optimizers", "outcome", "params", "ultralytics"),
     priority=14,
 )
 def stale_optimizer_params(tl: TimelineView) -> Iterator[Finding]:
