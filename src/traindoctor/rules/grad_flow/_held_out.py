@@ -41,8 +41,13 @@ def changed_outside_optimizer(tl: TimelineView) -> set[str]:
             elif value != first[name]:
                 changed.add(name)
     if changed:
-        replaced = {n for _, names in tl.series("params.replaced") for n in names or ()}
-        fresh = changed & replaced & got_gradient(tl)
+        # (the gradient scan only where a changed param was replaced: an EMA teacher's or a
+        # target network's params change without replacement, and held_out_by_design scans
+        # the gradients itself)
+        replaced = changed.intersection(
+            n for _, names in tl.series("params.replaced") for n in names or ()
+        )
+        fresh = replaced & got_gradient(tl) if replaced else set()
         if fresh:
             changed -= fresh - stepped_by_hand(tl)
     return changed
